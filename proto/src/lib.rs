@@ -1,0 +1,17 @@
+//! Rust types and gRPC stubs generated from `proto/confidant/**.proto`.
+//!
+//! Each package of the contract is a module here, e.g. `confidant.audit.v1`
+//! is [`audit::v1`].
+#![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+/// `confidant.audit.v1`: the audit log.
+pub mod audit {
+    pub mod v1 {
+        tonic::include_proto!("confidant.audit.v1");
+    }
+}
+
+/// The encoded `FileDescriptorSet` of the whole contract, served by gRPC
+/// reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/confidant_descriptor.bin"));

@@ -1,0 +1,573 @@
+//! Configuration, layered: defaults → TOML file → `CONFIDANT_` environment
+//! variables → command-line flags, then validated as a whole so that every
+//! problem is reported at once, each naming its setting.
+//!
+//! Environment variables map onto the TOML tree with `__` between levels:
+//! `CONFIDANT_SERVICES__VAULT__DATABASE_URL` sets `services.vault.database_url`.
+//! The environment is passed in as a map so that tests never touch the
+//! process environment.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::service_name::ServiceName;
+use crate::telemetry::TelemetryConfig;
+use crate::tls::TlsFiles;
+
+/// The prefix of configuration environment variables.
+pub const ENV_PREFIX: &str = "CONFIDANT_";
+
+/// Whether the process runs with production safeguards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// `confidant serve`: every safeguard on.
+    #[default]
+    Production,
+    /// `confidant dev`: embedded defaults on one machine.
+    Dev,
+}
+
+/// The whole configuration of a `confidant` process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Production or dev.
+    pub mode: Mode,
+    /// The SPIFFE trust domain of service identities.
+    pub trust_domain: String,
+    /// Directory for local state (dev databases, dev PKI, local KMS key).
+    pub data_dir: Option<PathBuf>,
+    /// The CA bundle that every peer certificate must chain to.
+    pub ca_file: Option<PathBuf>,
+    /// Settings per service.
+    pub services: BTreeMap<ServiceName, ServiceConfig>,
+    /// Where to reach services this process does not run, e.g.
+    /// `audit = "https://confidant-audit:7105"`.
+    pub peers: BTreeMap<ServiceName, String>,
+    /// Redis for cache, rate limits, leases and revocation.
+    pub redis: RedisConfig,
+    /// Key management.
+    pub kms: KmsConfig,
+    /// Logs and traces.
+    pub telemetry: TelemetryConfig,
+    /// Whether gRPC server reflection is served.
+    pub reflection: bool,
+    /// How long in-flight calls may run after a shutdown signal.
+    pub shutdown_grace_seconds: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Production,
+            trust_domain: "confidant.local".to_owned(),
+            data_dir: None,
+            ca_file: None,
+            services: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            redis: RedisConfig::default(),
+            kms: KmsConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            reflection: true,
+            shutdown_grace_seconds: 30,
+        }
+    }
+}
+
+/// Settings of one service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// Listen address; defaults to `0.0.0.0:<service port>`.
+    pub listen: Option<SocketAddr>,
+    /// `postgres://…` or `sqlite:…`.
+    pub database_url: Option<String>,
+    /// Upper bound of database connections.
+    pub max_connections: Option<u32>,
+    /// The service's certificate (with its SPIFFE id), PEM.
+    pub cert_file: Option<PathBuf>,
+    /// The service's private key, PEM.
+    pub key_file: Option<PathBuf>,
+}
+
+/// Redis settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://` or `rediss://` URL. Required in production.
+    pub url: Option<String>,
+    /// Prefix of every key, so that deployments can share a Redis.
+    pub key_prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            key_prefix: "confidant:".to_owned(),
+        }
+    }
+}
+
+/// Which key management service wraps scope keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KmsProvider {
+    /// AWS KMS (or an AWS-compatible endpoint).
+    Aws,
+    /// A master key file in the data directory: for development only.
+    Local,
+}
+
+/// Key management settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct KmsConfig {
+    /// `aws` or `local`. Required when the vault runs.
+    pub provider: Option<KmsProvider>,
+    /// AWS KMS key id or ARN (or alias) that wraps scope keys.
+    pub key_id: Option<String>,
+    /// AWS region.
+    pub region: Option<String>,
+    /// Endpoint override (a VPC endpoint, or a test KMS).
+    pub endpoint: Option<String>,
+    /// The local provider's master key file.
+    pub local_key_file: Option<PathBuf>,
+    /// Must be true to use the local provider outside dev mode.
+    pub allow_insecure_local: bool,
+}
+
+/// One problem with the configuration, naming the setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The setting, as a TOML path, e.g. `services.vault.database_url`.
+    pub setting: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.setting, self.problem)
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The file or an environment variable is not valid TOML, or a value has
+    /// the wrong type or an unknown key.
+    #[error("{origin}: {detail}")]
+    Parse {
+        /// The file or variable.
+        origin: String,
+        /// What is wrong, naming the key.
+        detail: String,
+    },
+    /// The merged configuration breaks rules.
+    #[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+/// Sets `path` in `table` to `value`, creating intermediate tables.
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = path.split_last().ok_or("empty key")?;
+    let mut cur = table;
+    for p in parents {
+        let entry = cur
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("{p} is not a table"))?;
+    }
+    cur.insert(last.clone(), value);
+    Ok(())
+}
+
+/// Interprets an environment value: TOML scalars and arrays (`true`, `42`,
+/// `0.5`, `["a","b"]`) keep their type, anything else is a string.
+fn env_value(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    match doc.parse::<toml::Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_owned())),
+        Err(_) => toml::Value::String(raw.to_owned()),
+    }
+}
+
+/// Builds a configuration from an optional file and an environment map
+/// (only `CONFIDANT_*` keys are read). `base` holds the defaults of the
+/// subcommand (e.g. dev mode's).
+pub fn load(
+    base: toml::Table,
+    file: Option<&Path>,
+    env: &HashMap<String, String>,
+) -> Result<Config, Error> {
+    let mut table = base;
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let from_file: toml::Table = text.parse().map_err(|e: toml::de::Error| Error::Parse {
+            origin: path.display().to_string(),
+            detail: e.message().to_owned(),
+        })?;
+        merge(&mut table, from_file);
+    }
+    let mut vars: Vec<_> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && *k != "CONFIDANT_CONFIG")
+        .collect();
+    vars.sort();
+    for (key, raw) in vars {
+        let path: Vec<String> = key[ENV_PREFIX.len()..]
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        set_path(&mut table, &path, env_value(raw)).map_err(|detail| Error::Parse {
+            origin: key.clone(),
+            detail,
+        })?;
+    }
+    Config::deserialize(toml::Value::Table(table)).map_err(|e| Error::Parse {
+        origin: file.map_or_else(|| "configuration".to_owned(), |p| p.display().to_string()),
+        detail: e.message().to_owned(),
+    })
+}
+
+/// Deep-merges `overlay` into `base`.
+pub fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+impl Config {
+    /// The listen address of `service`.
+    pub fn listen(&self, service: ServiceName) -> SocketAddr {
+        self.services
+            .get(&service)
+            .and_then(|s| s.listen)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], service.default_port())))
+    }
+
+    /// The TLS files of `service`, when all three are set.
+    pub fn tls_files(&self, service: ServiceName) -> Option<TlsFiles> {
+        let s = self.services.get(&service)?;
+        Some(TlsFiles {
+            ca_file: self.ca_file.clone()?,
+            cert_file: s.cert_file.clone()?,
+            key_file: s.key_file.clone()?,
+        })
+    }
+
+    /// Checks everything `running` needs, reporting every problem at once.
+    pub fn validate(&self, running: &[ServiceName]) -> Result<(), Error> {
+        let mut problems = Vec::new();
+        let mut problem = |setting: String, text: &str| {
+            problems.push(Problem {
+                setting,
+                problem: text.to_owned(),
+            });
+        };
+        if running.is_empty() {
+            problem("services".into(), "no service selected to run");
+        }
+        if self.trust_domain.is_empty()
+            || !self
+                .trust_domain
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        {
+            problem(
+                "trust_domain".into(),
+                "must be a DNS-like name (letters, digits, '.', '-')",
+            );
+        }
+        match &self.ca_file {
+            None => problem("ca_file".into(), "is required"),
+            Some(p) if !p.is_file() => problem("ca_file".into(), "file does not exist"),
+            Some(_) => {}
+        }
+        for &service in running {
+            let prefix = format!("services.{service}");
+            let s = self.services.get(&service).cloned().unwrap_or_default();
+            match s.database_url.as_deref() {
+                None => problem(format!("{prefix}.database_url"), "is required"),
+                Some(url)
+                    if !(url.starts_with("postgres://")
+                        || url.starts_with("postgresql://")
+                        || url.starts_with("sqlite:")) =>
+                {
+                    problem(
+                        format!("{prefix}.database_url"),
+                        "must start with postgres:// or sqlite:",
+                    );
+                }
+                Some(_) => {}
+            }
+            for (name, value) in [("cert_file", &s.cert_file), ("key_file", &s.key_file)] {
+                match value {
+                    None => problem(format!("{prefix}.{name}"), "is required"),
+                    Some(p) if !p.is_file() => {
+                        problem(format!("{prefix}.{name}"), "file does not exist")
+                    }
+                    Some(_) => {}
+                }
+            }
+            if s.max_connections == Some(0) {
+                problem(format!("{prefix}.max_connections"), "must be at least 1");
+            }
+            // Every service but audit delivers its audit events to audit.
+            if service != ServiceName::Audit && !running.contains(&ServiceName::Audit) {
+                match self.peers.get(&ServiceName::Audit) {
+                    None => problem(
+                        "peers.audit".into(),
+                        "is required when the audit service runs elsewhere",
+                    ),
+                    Some(url) if !url.starts_with("https://") => {
+                        problem(
+                            "peers.audit".into(),
+                            "must be an https:// URL (peers use mutual TLS)",
+                        );
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        if self.mode == Mode::Production && self.redis.url.is_none() {
+            problem(
+                "redis.url".into(),
+                "is required in production (rate limits, leases and revocation are shared by replicas)",
+            );
+        }
+        if let Some(url) = &self.redis.url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            problem("redis.url".into(), "must start with redis:// or rediss://");
+        }
+        if running.contains(&ServiceName::Vault) {
+            match self.kms.provider {
+                None => problem(
+                    "kms.provider".into(),
+                    "is required when the vault runs (aws or local)",
+                ),
+                Some(KmsProvider::Local)
+                    if self.mode == Mode::Production && !self.kms.allow_insecure_local =>
+                {
+                    problem(
+                        "kms.provider".into(),
+                        "the local KMS keeps its master key on disk and is refused in production; use aws, or set kms.allow_insecure_local = true to accept the risk",
+                    )
+                }
+                Some(KmsProvider::Local) => {
+                    if self.kms.local_key_file.is_none() && self.data_dir.is_none() {
+                        problem(
+                            "kms.local_key_file".into(),
+                            "is required for the local KMS (or set data_dir)",
+                        );
+                    }
+                }
+                Some(KmsProvider::Aws) => {
+                    if self.kms.key_id.as_deref().is_none_or(str::is_empty) {
+                        problem("kms.key_id".into(), "is required for the aws KMS");
+                    }
+                    if self.kms.region.as_deref().is_none_or(str::is_empty) {
+                        problem("kms.region".into(), "is required for the aws KMS");
+                    }
+                }
+            }
+        }
+        if !(0.0..=1.0).contains(&self.telemetry.sampling_ratio) {
+            problem(
+                "telemetry.sampling_ratio".into(),
+                "must be between 0.0 and 1.0",
+            );
+        }
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            problem(
+                "telemetry.otlp_endpoint".into(),
+                "must be an http:// or https:// URL",
+            );
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Invalid(problems))
+        }
+    }
+
+    /// The configuration of `confidant dev`: every service on 127.0.0.1 on
+    /// its fixed port, SQLite per service, dev PKI and local KMS in
+    /// `data_dir`, in-process cache.
+    pub fn dev_defaults(data_dir: &Path) -> toml::Table {
+        let pki = crate::pki::PkiDir::new(data_dir.join("pki"));
+        let mut services = toml::Table::new();
+        for service in ServiceName::ALL {
+            let mut s = toml::Table::new();
+            s.insert(
+                "listen".into(),
+                toml::Value::String(format!("127.0.0.1:{}", service.default_port())),
+            );
+            s.insert(
+                "database_url".into(),
+                toml::Value::String(format!(
+                    "sqlite:{}",
+                    data_dir.join(format!("{service}.db")).display()
+                )),
+            );
+            s.insert("cert_file".into(), path_value(&pki.cert(service.as_str())));
+            s.insert("key_file".into(), path_value(&pki.key(service.as_str())));
+            services.insert(service.as_str().into(), toml::Value::Table(s));
+        }
+        let mut kms = toml::Table::new();
+        kms.insert("provider".into(), toml::Value::String("local".into()));
+        kms.insert(
+            "local_key_file".into(),
+            path_value(&data_dir.join("kms-master.key")),
+        );
+        let mut telemetry = toml::Table::new();
+        telemetry.insert("log_format".into(), toml::Value::String("text".into()));
+        let mut t = toml::Table::new();
+        t.insert("mode".into(), toml::Value::String("dev".into()));
+        t.insert("data_dir".into(), path_value(data_dir));
+        t.insert("ca_file".into(), path_value(&pki.ca_cert()));
+        t.insert("services".into(), toml::Value::Table(services));
+        t.insert("kms".into(), toml::Value::Table(kms));
+        t.insert("telemetry".into(), toml::Value::Table(telemetry));
+        t
+    }
+}
+
+fn path_value(p: &Path) -> toml::Value {
+    toml::Value::String(p.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn environment_overrides_file_and_keeps_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("confidant.toml");
+        std::fs::write(
+            &file,
+            "trust_domain = \"firm.example\"\nreflection = true\n[services.vault]\ndatabase_url = \"postgres://db/one\"\n",
+        )
+        .unwrap();
+        let config = load(
+            toml::Table::new(),
+            Some(&file),
+            &env(&[
+                (
+                    "CONFIDANT_SERVICES__VAULT__DATABASE_URL",
+                    "postgres://db/two",
+                ),
+                ("CONFIDANT_REFLECTION", "false"),
+                ("CONFIDANT_TELEMETRY__SAMPLING_RATIO", "0.25"),
+                ("HOME", "/root"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.trust_domain, "firm.example");
+        assert!(!config.reflection);
+        assert_eq!(config.telemetry.sampling_ratio, 0.25);
+        assert_eq!(
+            config.services[&ServiceName::Vault].database_url.as_deref(),
+            Some("postgres://db/two")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let err = load(
+            toml::Table::new(),
+            None,
+            &env(&[("CONFIDANT_REDIS__URLL", "redis://x")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("urll"), "{err}");
+    }
+
+    #[test]
+    fn production_refuses_missing_settings_and_names_each() {
+        let config = Config::default();
+        let err = config
+            .validate(&[ServiceName::Vault])
+            .unwrap_err()
+            .to_string();
+        for setting in [
+            "ca_file",
+            "services.vault.database_url",
+            "services.vault.cert_file",
+            "services.vault.key_file",
+            "peers.audit",
+            "redis.url",
+            "kms.provider",
+        ] {
+            assert!(err.contains(setting), "{setting} missing from:\n{err}");
+        }
+    }
+
+    #[test]
+    fn local_kms_needs_the_insecure_flag_outside_dev() {
+        let mut config = Config {
+            data_dir: Some("/tmp".into()),
+            ..Config::default()
+        };
+        config.kms.provider = Some(KmsProvider::Local);
+        let err = config
+            .validate(&[ServiceName::Vault])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("refused in production"), "{err}");
+        config.kms.allow_insecure_local = true;
+        let err = config
+            .validate(&[ServiceName::Vault])
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("kms.provider"), "{err}");
+    }
+
+    #[test]
+    fn dev_defaults_are_valid_once_certificates_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::pki::PkiDir::new(dir.path().join("pki"))
+            .ensure_dev("confidant.local")
+            .unwrap();
+        let config = load(Config::dev_defaults(dir.path()), None, &HashMap::new()).unwrap();
+        assert_eq!(config.mode, Mode::Dev);
+        config.validate(&ServiceName::ALL).unwrap();
+        assert_eq!(config.listen(ServiceName::Audit).port(), 7105);
+    }
+}

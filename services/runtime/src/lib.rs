@@ -1,0 +1,22 @@
+//! The shared runtime of Confidant's services: mutual TLS, telemetry,
+//! storage, cache and coordination, error mapping, the audit outbox, and
+//! the lifecycle of a process.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod config;
+pub mod coord;
+pub mod error;
+pub mod outbox;
+pub mod peer;
+pub mod pki;
+pub mod server;
+pub mod service_name;
+pub mod storage;
+pub use storage::Migrations;
+pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod tls;
+
+pub use service_name::ServiceName;

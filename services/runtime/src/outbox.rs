@@ -1,0 +1,294 @@
+//! The transactional outbox of audit events and the relay that delivers it.
+//!
+//! A service writes an audit event into its own database in the same
+//! transaction as the change the event records ([`enqueue_postgres`],
+//! [`enqueue_sqlite`]), so an event exists exactly when its change does. The
+//! [`Relay`] sends pending events to the audit service in batches, in order,
+//! and marks them delivered; the audit service deduplicates by event id, so
+//! a batch re-sent after a lost acknowledgement is stored once.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
+use confidant_proto::audit::v1::{AppendEventsRequest, AuditEvent};
+use prost::Message;
+use sqlx::{PgConnection, SqliteConnection};
+use uuid::Uuid;
+
+use crate::client::PeerChannel;
+use crate::storage::Database;
+
+/// Errors of the outbox.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The event id is not a UUID.
+    #[error("audit event id is not a uuid")]
+    InvalidEventId,
+    /// The database failed.
+    #[error("outbox storage: {0}")]
+    Sqlx(#[from] sqlx::Error),
+}
+
+fn event_uuid(event: &AuditEvent) -> Result<Uuid, Error> {
+    Uuid::parse_str(&event.id).map_err(|_| Error::InvalidEventId)
+}
+
+/// Adds `event` to the outbox inside the caller's PostgreSQL transaction.
+pub async fn enqueue_postgres(conn: &mut PgConnection, event: &AuditEvent) -> Result<(), Error> {
+    sqlx::query("INSERT INTO outbox (event_id, payload, created_at) VALUES ($1, $2, $3)")
+        .bind(event_uuid(event)?)
+        .bind(event.encode_to_vec())
+        .bind(Utc::now())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Adds `event` to the outbox inside the caller's SQLite transaction.
+pub async fn enqueue_sqlite(conn: &mut SqliteConnection, event: &AuditEvent) -> Result<(), Error> {
+    sqlx::query("INSERT INTO outbox (event_id, payload, created_at) VALUES (?1, ?2, ?3)")
+        .bind(event_uuid(event)?.to_string())
+        .bind(event.encode_to_vec())
+        .bind(Utc::now().to_rfc3339())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// An event waiting for delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pending {
+    /// Position in the outbox; delivery follows it.
+    pub seq: i64,
+    /// The event.
+    pub event: AuditEvent,
+    /// Earlier failed deliveries.
+    pub attempts: i32,
+}
+
+/// The outbox of one service's database.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    db: Database,
+}
+
+impl Outbox {
+    /// The outbox in `db` (its table comes with the common migrations).
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    /// Adds one event in a transaction of its own, for events that record no
+    /// other change (e.g. a denied read).
+    pub async fn enqueue(&self, event: &AuditEvent) -> Result<(), Error> {
+        match &self.db {
+            Database::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                enqueue_postgres(&mut tx, event).await?;
+                tx.commit().await?;
+            }
+            Database::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                enqueue_sqlite(&mut tx, event).await?;
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The oldest `limit` undelivered events, in order. A payload that no
+    /// longer decodes is skipped with an error log rather than blocking the
+    /// queue forever.
+    pub async fn pending(&self, limit: i64) -> Result<Vec<Pending>, Error> {
+        let rows: Vec<(i64, Vec<u8>, i32)> = match &self.db {
+            Database::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT seq, payload, attempts FROM outbox WHERE delivered_at IS NULL ORDER BY seq LIMIT $1",
+                )
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+            }
+            Database::Sqlite(pool) => {
+                sqlx::query_as(
+                    "SELECT seq, payload, attempts FROM outbox WHERE delivered_at IS NULL ORDER BY seq LIMIT ?1",
+                )
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+            }
+        };
+        Ok(rows
+            .into_iter()
+            .filter_map(|(seq, payload, attempts)| match AuditEvent::decode(payload.as_slice()) {
+                Ok(event) => Some(Pending { seq, event, attempts }),
+                Err(err) => {
+                    tracing::error!(outbox.seq = seq, error = %err, "undecodable outbox payload skipped");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    /// Marks every pending event up to and including `seq` delivered.
+    pub async fn mark_delivered(&self, up_to_seq: i64) -> Result<u64, Error> {
+        let done = match &self.db {
+            Database::Postgres(pool) => sqlx::query(
+                "UPDATE outbox SET delivered_at = $1, last_error = NULL WHERE delivered_at IS NULL AND seq <= $2",
+            )
+            .bind(Utc::now())
+            .bind(up_to_seq)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+            Database::Sqlite(pool) => sqlx::query(
+                "UPDATE outbox SET delivered_at = ?1, last_error = NULL WHERE delivered_at IS NULL AND seq <= ?2",
+            )
+            .bind(Utc::now().to_rfc3339())
+            .bind(up_to_seq)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+        };
+        Ok(done)
+    }
+
+    /// Records a failed delivery of the events up to `seq`. `error` must be a
+    /// status code or category, never a message that could quote data.
+    pub async fn record_failure(&self, up_to_seq: i64, error: &str) -> Result<(), Error> {
+        match &self.db {
+            Database::Postgres(pool) => {
+                sqlx::query(
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = $1 WHERE delivered_at IS NULL AND seq <= $2",
+                )
+                .bind(error)
+                .bind(up_to_seq)
+                .execute(pool)
+                .await?;
+            }
+            Database::Sqlite(pool) => {
+                sqlx::query(
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = ?1 WHERE delivered_at IS NULL AND seq <= ?2",
+                )
+                .bind(error)
+                .bind(up_to_seq)
+                .execute(pool)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// How many events wait for delivery.
+    pub async fn backlog(&self) -> Result<i64, Error> {
+        let n: i64 = match &self.db {
+            Database::Postgres(pool) => {
+                sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL")
+                    .fetch_one(pool)
+                    .await?
+            }
+            Database::Sqlite(pool) => {
+                sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL")
+                    .fetch_one(pool)
+                    .await?
+            }
+        };
+        Ok(n)
+    }
+}
+
+/// Delivers a service's outbox to the audit service.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    outbox: Outbox,
+    client: AuditServiceClient<PeerChannel>,
+    batch_size: i64,
+    idle_interval: Duration,
+    max_backoff: Duration,
+}
+
+/// What one delivery round did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Round {
+    /// Nothing was pending.
+    Idle,
+    /// This many events were delivered.
+    Delivered(usize),
+}
+
+impl Relay {
+    /// A relay from `outbox` to the audit service behind `channel`.
+    pub fn new(outbox: Outbox, channel: PeerChannel) -> Self {
+        Self {
+            outbox,
+            client: AuditServiceClient::new(channel),
+            batch_size: 500,
+            idle_interval: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+
+    /// Delivers at most one batch.
+    pub async fn deliver_once(&mut self) -> Result<Round, RelayError> {
+        let batch = self.outbox.pending(self.batch_size).await?;
+        let Some(last) = batch.last().map(|p| p.seq) else {
+            return Ok(Round::Idle);
+        };
+        let count = batch.len();
+        let request = AppendEventsRequest {
+            events: batch.into_iter().map(|p| p.event).collect(),
+        };
+        match self.client.append_events(request).await {
+            Ok(_) => {
+                self.outbox.mark_delivered(last).await?;
+                Ok(Round::Delivered(count))
+            }
+            Err(status) => {
+                let code = format!("{:?}", status.code());
+                self.outbox.record_failure(last, &code).await?;
+                Err(RelayError::Rejected(status.code()))
+            }
+        }
+    }
+
+    /// Runs until `shutdown` fires: delivers while there is work, polls when
+    /// idle, backs off exponentially while the audit service is unreachable.
+    /// Undelivered events stay in the outbox for the next start.
+    pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut backoff = self.idle_interval;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let wait = match self.deliver_once().await {
+                Ok(Round::Delivered(_)) => {
+                    backoff = self.idle_interval;
+                    continue;
+                }
+                Ok(Round::Idle) => self.idle_interval,
+                Err(err) => {
+                    tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "audit delivery failed");
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(self.max_backoff);
+                    wait
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+}
+
+/// A failed delivery round.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The outbox could not be read or updated.
+    #[error(transparent)]
+    Outbox(#[from] Error),
+    /// The audit service refused or could not be reached.
+    #[error("audit service answered {0:?}")]
+    Rejected(tonic::Code),
+}

@@ -1,0 +1,156 @@
+//! Serving one service's gRPC API over mutual TLS 1.3: TLS accept loop,
+//! peer-identity checks, a span per RPC, health and reflection, graceful
+//! shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::peer::{PeerLayer, PeerPolicy};
+use crate::service_name::ServiceName;
+use crate::telemetry::ServerTraceLayer;
+
+/// How long a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors of serving.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// tonic's server failed.
+    #[error("grpc server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The reflection service could not be built from the descriptors.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Everything needed to serve one service.
+#[derive(Debug)]
+pub struct GrpcServer {
+    /// The service this server runs.
+    pub name: ServiceName,
+    /// A bound listener (bind port 0 in tests and read the address).
+    pub listener: TcpListener,
+    /// From [`crate::tls::TlsMaterial::server_config`].
+    pub tls: Arc<rustls::ServerConfig>,
+    /// The service's own gRPC services.
+    pub routes: Routes,
+    /// Fully qualified names of the gRPC services in `routes`, reported by
+    /// the health service.
+    pub grpc_services: Vec<&'static str>,
+    /// Which peers may call which RPCs.
+    pub policy: PeerPolicy,
+    /// Whether gRPC server reflection is served.
+    pub reflection: bool,
+}
+
+/// Accepts TCP connections and completes TLS handshakes off the accept loop,
+/// so one slow or hostile client cannot stall the others. Failed handshakes
+/// (no certificate, a certificate from another CA, not TLS 1.3) are logged
+/// and dropped.
+fn tls_incoming(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+) -> impl futures::Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, addr)) => {
+                        let _ = stream.set_nodelay(true);
+                        let acceptor = acceptor.clone();
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(tls)) => {
+                                    let _ = tx.send(tls).await;
+                                }
+                                Ok(Err(err)) => {
+                                    tracing::warn!(peer.addr = %addr, error = %err, "tls handshake refused");
+                                }
+                                Err(_) => {
+                                    tracing::warn!(peer.addr = %addr, "tls handshake timed out");
+                                }
+                            }
+                        });
+                    }
+                    Err(err) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                () = tx.closed() => break,
+            }
+        }
+    });
+    ReceiverStream::new(rx).map(Ok)
+}
+
+impl GrpcServer {
+    /// Serves until `shutdown` resolves, then stops accepting and waits for
+    /// in-flight calls. Returns the health reporter so the caller can mark
+    /// the service NOT_SERVING while draining.
+    pub async fn serve(
+        self,
+        health: (
+            HealthReporter,
+            tonic_health::pb::health_server::HealthServer<
+                impl tonic_health::pb::health_server::Health,
+            >,
+        ),
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), Error> {
+        let (reporter, health_service) = health;
+        for name in std::iter::once("")
+            .chain(std::iter::once(self.name.as_str()))
+            .chain(self.grpc_services.iter().copied())
+        {
+            reporter
+                .set_service_status(name, ServingStatus::Serving)
+                .await;
+        }
+
+        let mut routes = self.routes;
+        routes = routes.add_service(health_service);
+        if self.reflection {
+            let reflection = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(confidant_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .build_v1()?;
+            routes = routes.add_service(reflection);
+        }
+
+        let incoming = tls_incoming(self.listener, TlsAcceptor::from(self.tls));
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .layer(
+                tower::ServiceBuilder::new()
+                    .layer(ServerTraceLayer)
+                    .layer(PeerLayer::new(self.policy)),
+            )
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await?;
+        Ok(())
+    }
+}
+
+/// A health reporter and service for one server.
+pub fn health() -> (
+    HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
+    tonic_health::server::health_reporter()
+}

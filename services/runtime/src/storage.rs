@@ -1,0 +1,227 @@
+//! Database pools, one schema per service, and embedded migrations per
+//! backend.
+//!
+//! Production runs on PostgreSQL, each service in its own schema (so several
+//! services may share one database without seeing each other's tables);
+//! `confidant dev` runs on one SQLite file per service.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::{Migration, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+/// Errors of connecting and migrating.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The URL names no supported backend.
+    #[error("unsupported database url scheme (expected postgres:// or sqlite:)")]
+    UnsupportedUrl,
+    /// The schema name is not a plain lowercase identifier.
+    #[error("invalid schema name {0:?}")]
+    InvalidSchema(String),
+    /// Connecting or running a statement failed.
+    #[error("database: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// A connection pool on one of the two backends.
+#[derive(Debug, Clone)]
+pub enum Database {
+    /// PostgreSQL, with `search_path` set to the service's schema.
+    Postgres(PgPool),
+    /// SQLite, one file per service.
+    Sqlite(SqlitePool),
+}
+
+/// Which backend a [`Database`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL.
+    Postgres,
+    /// SQLite.
+    Sqlite,
+}
+
+/// A service's migrations, one set per backend (`migrations/postgres` and
+/// `migrations/sqlite` in the service crate, embedded with `sqlx::migrate!`).
+#[derive(Debug, Clone, Copy)]
+pub struct Migrations {
+    /// PostgreSQL migrations.
+    pub postgres: &'static Migrator,
+    /// SQLite migrations.
+    pub sqlite: &'static Migrator,
+}
+
+/// No migrations: for a service whose tables have not been written yet, and
+/// for tests of the common tables alone.
+pub static NO_MIGRATIONS: Migrator = Migrator::DEFAULT;
+
+/// Only the common migrations.
+pub const COMMON_ONLY: Migrations = Migrations {
+    postgres: &NO_MIGRATIONS,
+    sqlite: &NO_MIGRATIONS,
+};
+
+/// Migrations every service has: the audit outbox. Their versions are small
+/// integers, below the timestamped versions of the services' own migrations.
+pub static COMMON_POSTGRES: Migrator = sqlx::migrate!("migrations/postgres");
+/// SQLite counterpart of [`COMMON_POSTGRES`].
+pub static COMMON_SQLITE: Migrator = sqlx::migrate!("migrations/sqlite");
+
+fn combined(service: &Migrator, common: &Migrator) -> Migrator {
+    let mut all: Vec<Migration> = common.iter().chain(service.iter()).cloned().collect();
+    all.sort_by_key(|m| m.version);
+    Migrator::with_migrations(all)
+}
+
+fn check_schema(schema: &str) -> Result<(), Error> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && schema.starts_with(|c: char| c.is_ascii_lowercase())
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidSchema(schema.to_owned()))
+    }
+}
+
+/// Pool settings.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolOptions {
+    /// Upper bound of open connections.
+    pub max_connections: u32,
+    /// How long a caller waits for a free connection.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Database {
+    /// Connects to `url`. For PostgreSQL the pool's connections use `schema`
+    /// (created if missing); for SQLite the file is created if missing.
+    pub async fn connect(url: &str, schema: &str, options: PoolOptions) -> Result<Self, Error> {
+        check_schema(schema)?;
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let base = PgConnectOptions::from_str(url)?;
+            // The schema must exist before connections that use it as their
+            // search_path can see anything; a one-off pool creates it.
+            let bootstrap = PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(options.acquire_timeout)
+                .connect_with(base.clone())
+                .await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
+            )))
+            .execute(&bootstrap)
+            .await
+            .or_else(|e| {
+                // Two replicas racing to create the schema: the loser sees a
+                // unique violation on the catalog, which is fine.
+                if crate::error::classify_sqlx(&e) == crate::error::StorageFault::AlreadyExists {
+                    Ok(Default::default())
+                } else {
+                    Err(e)
+                }
+            })?;
+            bootstrap.close().await;
+            let pool = PgPoolOptions::new()
+                .max_connections(options.max_connections)
+                .acquire_timeout(options.acquire_timeout)
+                .connect_with(base.options([("search_path", schema)]))
+                .await?;
+            Ok(Database::Postgres(pool))
+        } else if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(10));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(options.max_connections)
+                .acquire_timeout(options.acquire_timeout)
+                .connect_with(opts)
+                .await?;
+            Ok(Database::Sqlite(pool))
+        } else {
+            Err(Error::UnsupportedUrl)
+        }
+    }
+
+    /// The backend of this pool.
+    pub fn backend(&self) -> Backend {
+        match self {
+            Database::Postgres(_) => Backend::Postgres,
+            Database::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    /// Applies the common migrations and the service's. On PostgreSQL sqlx
+    /// holds an advisory lock while it migrates, so replicas starting together
+    /// run them once.
+    pub async fn migrate(&self, migrations: Migrations) -> Result<(), Error> {
+        match self {
+            Database::Postgres(pool) => {
+                combined(migrations.postgres, &COMMON_POSTGRES)
+                    .run(pool)
+                    .await?
+            }
+            Database::Sqlite(pool) => {
+                combined(migrations.sqlite, &COMMON_SQLITE)
+                    .run(pool)
+                    .await?
+            }
+        }
+        Ok(())
+    }
+
+    /// Cheap liveness check (`SELECT 1`).
+    pub async fn ping(&self) -> Result<(), Error> {
+        match self {
+            Database::Postgres(pool) => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+            }
+            Database::Sqlite(pool) => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        match self {
+            Database::Postgres(pool) => pool.close().await,
+            Database::Sqlite(pool) => pool.close().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        assert!(check_schema("vault").is_ok());
+        assert!(check_schema("t_0a1b").is_ok());
+        assert!(check_schema("Vault").is_err());
+        assert!(check_schema("x\"; drop").is_err());
+        assert!(check_schema("").is_err());
+    }
+}

@@ -1,0 +1,371 @@
+//! Logs and traces: JSON logs carrying trace ids, OpenTelemetry spans for
+//! every RPC on both sides, W3C trace context in gRPC metadata, OTLP export
+//! when an endpoint is configured.
+//!
+//! Span fields are chosen here, never by handlers: method names, peer
+//! identities and status codes, nothing from a request body.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use serde::{Deserialize, Serialize};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer as _};
+
+/// Telemetry settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC endpoint of an OpenTelemetry collector, e.g.
+    /// `http://otel-collector:4317`. No export when unset.
+    pub otlp_endpoint: Option<String>,
+    /// Fraction of new traces sampled (0.0 to 1.0); a request that arrives
+    /// with a sampled parent is always sampled.
+    pub sampling_ratio: f64,
+    /// `json` (default) or `text`.
+    pub log_format: LogFormat,
+    /// Log filter in `RUST_LOG` syntax, e.g. `info,confidant_vault=debug`.
+    pub log_level: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            sampling_ratio: 1.0,
+            log_format: LogFormat::Json,
+            log_level: "info".to_owned(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line, with the span fields (including `trace_id`).
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// Errors of telemetry setup.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The OTLP exporter could not be built.
+    #[error("otlp exporter: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    /// The log filter does not parse.
+    #[error("telemetry.log_level: {0}")]
+    Filter(#[from] tracing_subscriber::filter::ParseError),
+    /// A global subscriber was already installed.
+    #[error("telemetry already initialised: {0}")]
+    AlreadyInitialised(#[from] tracing_subscriber::util::TryInitError),
+}
+
+/// Flushes and stops span export when dropped or shut down.
+#[derive(Debug)]
+pub struct TelemetryGuard {
+    provider: SdkTracerProvider,
+}
+
+impl TelemetryGuard {
+    /// Exports every finished span, then stops the exporter.
+    pub fn shutdown(self) {
+        // Drop does the work.
+    }
+
+    /// Exports every finished span now.
+    pub fn flush(&self) {
+        if let Err(err) = self.provider.force_flush() {
+            tracing::warn!(error = %err, "telemetry flush failed");
+        }
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Err(err) = self.provider.shutdown() {
+            // Already shut down, or the collector is gone: nothing more to do.
+            eprintln!("telemetry shutdown: {err}");
+        }
+    }
+}
+
+/// Installs the global subscriber (logs, spans to OpenTelemetry) and the W3C
+/// trace-context propagator. Must run inside a Tokio runtime.
+pub fn init(service_name: &str, config: &TelemetryConfig) -> Result<TelemetryGuard, Error> {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+
+    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+        config.sampling_ratio.clamp(0.0, 1.0),
+    )));
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service_name.to_owned())
+        .build();
+    let mut builder = SdkTracerProvider::builder()
+        .with_sampler(sampler)
+        .with_resource(resource);
+    if let Some(endpoint) = &config.otlp_endpoint {
+        use opentelemetry_otlp::WithExportConfig;
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint.clone())
+            .build()?;
+        // The async-runtime processor exports on Tokio, which tonic needs.
+        let processor = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+            exporter,
+            opentelemetry_sdk::runtime::Tokio,
+        )
+        .build();
+        builder = builder.with_span_processor(processor);
+    }
+    let provider = builder.build();
+    let tracer = provider.tracer("confidant");
+    opentelemetry::global::set_tracer_provider(provider.clone());
+
+    let filter = EnvFilter::builder().parse(&config.log_level)?;
+    let fmt = match config.log_format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .flatten_event(true)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .with(fmt.with_filter(filter))
+        .try_init()?;
+    Ok(TelemetryGuard { provider })
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+/// `(service, method)` of a gRPC path `/pkg.Service/Method`.
+fn rpc_names(path: &str) -> (&str, &str) {
+    let trimmed = path.trim_start_matches('/');
+    trimmed.split_once('/').unwrap_or((trimmed, ""))
+}
+
+fn trace_id_of(span: &tracing::Span) -> String {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    if sc.is_valid() {
+        sc.trace_id().to_string()
+    } else {
+        String::new()
+    }
+}
+
+/// The W3C trace id (32 hex digits) of the current span, empty when none.
+pub fn current_trace_id() -> String {
+    trace_id_of(&tracing::Span::current())
+}
+
+fn record_status<B>(span: &tracing::Span, response: &http::Response<B>) {
+    if let Some(code) = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+    {
+        span.record("rpc.grpc.status_code", code);
+        if code != 0 {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Server side: a span per RPC, child of the caller's span when the request
+/// carries a `traceparent`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerTraceLayer;
+
+impl<S> tower::Layer<S> for ServerTraceLayer {
+    type Service = ServerTrace<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ServerTrace { inner }
+    }
+}
+
+/// See [`ServerTraceLayer`].
+#[derive(Debug, Clone)]
+pub struct ServerTrace<S> {
+    inner: S,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for ServerTrace<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Send,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+    RB: 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let parent = opentelemetry::global::get_text_map_propagator(|p| {
+            p.extract(&HeaderExtractor(req.headers()))
+        });
+        let path = req.uri().path();
+        let (service, method) = rpc_names(path);
+        let span = tracing::info_span!(
+            "grpc.server",
+            otel.name = %path.trim_start_matches('/'),
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+            rpc.grpc.status_code = tracing::field::Empty,
+            peer.identity = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        let _ = span.set_parent(parent);
+        span.record("trace_id", trace_id_of(&span));
+        if let Some(peer) = req.extensions().get::<crate::peer::PeerIdentity>() {
+            span.record("peer.identity", peer.as_str());
+        }
+        let fut = {
+            let _entered = span.enter();
+            self.inner.call(req)
+        };
+        Box::pin(
+            async move {
+                let result = fut.await;
+                if let Ok(response) = &result {
+                    record_status(&tracing::Span::current(), response);
+                }
+                result
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// Client side: a span per outgoing RPC whose context travels in the
+/// request's `traceparent`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientTraceLayer;
+
+impl<S> tower::Layer<S> for ClientTraceLayer {
+    type Service = ClientTrace<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ClientTrace { inner }
+    }
+}
+
+/// See [`ClientTraceLayer`].
+#[derive(Debug, Clone)]
+pub struct ClientTrace<S> {
+    inner: S,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for ClientTrace<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Send,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+    RB: 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let path = req.uri().path();
+        let (service, method) = rpc_names(path);
+        let span = tracing::info_span!(
+            "grpc.client",
+            otel.name = %path.trim_start_matches('/'),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+            rpc.grpc.status_code = tracing::field::Empty,
+        );
+        let cx = span.context();
+        opentelemetry::global::get_text_map_propagator(|p| {
+            p.inject_context(&cx, &mut HeaderInjector(req.headers_mut()));
+        });
+        let fut = {
+            let _entered = span.enter();
+            self.inner.call(req)
+        };
+        Box::pin(
+            async move {
+                let result = fut.await;
+                match &result {
+                    Ok(response) => record_status(&tracing::Span::current(), response),
+                    Err(_) => {
+                        tracing::Span::current().record("otel.status_code", "ERROR");
+                    }
+                }
+                result
+            }
+            .instrument(span),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_paths_split_into_service_and_method() {
+        assert_eq!(
+            rpc_names("/confidant.audit.v1.AuditService/AppendEvents"),
+            ("confidant.audit.v1.AuditService", "AppendEvents")
+        );
+        assert_eq!(rpc_names("/odd"), ("odd", ""));
+    }
+}

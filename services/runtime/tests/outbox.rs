@@ -1,0 +1,104 @@
+//! The outbox conformance suite, run against SQLite and PostgreSQL.
+
+use confidant_proto::audit::v1::{Actor, ActorKind, AuditEvent, Outcome};
+use confidant_runtime::outbox::{Outbox, enqueue_postgres, enqueue_sqlite};
+use confidant_runtime::storage::{COMMON_ONLY, Database};
+use confidant_runtime::testing::TestDatabase;
+
+fn event(action: &str) -> AuditEvent {
+    AuditEvent {
+        id: uuid::Uuid::now_v7().to_string(),
+        source_service: "vault".into(),
+        actor: Some(Actor {
+            kind: ActorKind::Service as i32,
+            id: "vault".into(),
+            ..Default::default()
+        }),
+        action: action.into(),
+        outcome: Outcome::Allowed as i32,
+        ..Default::default()
+    }
+}
+
+async fn pending_events_come_back_in_order_until_delivered(t: &TestDatabase) {
+    let outbox = Outbox::new(t.db.clone());
+    let events: Vec<_> = (0..5).map(|i| event(&format!("test.step{i}"))).collect();
+    for e in &events {
+        outbox.enqueue(e).await.unwrap();
+    }
+    let pending = outbox.pending(3).await.unwrap();
+    let actions: Vec<_> = pending.iter().map(|p| p.event.action.as_str()).collect();
+    assert_eq!(actions, ["test.step0", "test.step1", "test.step2"]);
+    assert_eq!(pending[0].event, events[0], "payload round-trips");
+
+    assert_eq!(outbox.mark_delivered(pending[2].seq).await.unwrap(), 3);
+    assert_eq!(outbox.backlog().await.unwrap(), 2);
+    let rest = outbox.pending(10).await.unwrap();
+    assert_eq!(rest.len(), 2);
+    assert_eq!(rest[0].event.action, "test.step3");
+}
+
+async fn failures_are_counted_and_events_stay_pending(t: &TestDatabase) {
+    let outbox = Outbox::new(t.db.clone());
+    outbox.enqueue(&event("test.a")).await.unwrap();
+    let seq = outbox.pending(1).await.unwrap()[0].seq;
+    outbox.record_failure(seq, "Unavailable").await.unwrap();
+    outbox.record_failure(seq, "Unavailable").await.unwrap();
+    let again = outbox.pending(1).await.unwrap();
+    assert_eq!(again[0].attempts, 2);
+    assert_eq!(outbox.backlog().await.unwrap(), 1);
+}
+
+async fn an_event_exists_only_if_its_transaction_commits(t: &TestDatabase) {
+    let outbox = Outbox::new(t.db.clone());
+    let rolled_back = event("test.rolled_back");
+    let committed = event("test.committed");
+    match &t.db {
+        Database::Postgres(pool) => {
+            let mut tx = pool.begin().await.unwrap();
+            enqueue_postgres(&mut tx, &rolled_back).await.unwrap();
+            tx.rollback().await.unwrap();
+            let mut tx = pool.begin().await.unwrap();
+            enqueue_postgres(&mut tx, &committed).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+        Database::Sqlite(pool) => {
+            let mut tx = pool.begin().await.unwrap();
+            enqueue_sqlite(&mut tx, &rolled_back).await.unwrap();
+            tx.rollback().await.unwrap();
+            let mut tx = pool.begin().await.unwrap();
+            enqueue_sqlite(&mut tx, &committed).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    }
+    let pending = outbox.pending(10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].event.action, "test.committed");
+}
+
+async fn the_same_event_cannot_be_enqueued_twice(t: &TestDatabase) {
+    let outbox = Outbox::new(t.db.clone());
+    let e = event("test.once");
+    outbox.enqueue(&e).await.unwrap();
+    assert!(outbox.enqueue(&e).await.is_err());
+    assert_eq!(outbox.backlog().await.unwrap(), 1);
+}
+
+async fn malformed_event_ids_are_refused(t: &TestDatabase) {
+    let outbox = Outbox::new(t.db.clone());
+    let mut e = event("test.bad");
+    e.id = "not-a-uuid".into();
+    assert!(matches!(
+        outbox.enqueue(&e).await,
+        Err(confidant_runtime::outbox::Error::InvalidEventId)
+    ));
+    assert_eq!(outbox.backlog().await.unwrap(), 0);
+}
+
+confidant_runtime::backend_tests!(COMMON_ONLY;
+    pending_events_come_back_in_order_until_delivered,
+    failures_are_counted_and_events_stay_pending,
+    an_event_exists_only_if_its_transaction_commits,
+    the_same_event_cannot_be_enqueued_twice,
+    malformed_event_ids_are_refused,
+);
