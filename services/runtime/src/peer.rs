@@ -114,7 +114,7 @@ pub struct PeerCheck<S> {
     policy: Arc<PeerPolicy>,
 }
 
-fn identity_from_extensions(ext: &http::Extensions) -> Option<PeerIdentity> {
+pub(crate) fn identity_from_extensions(ext: &http::Extensions) -> Option<PeerIdentity> {
     let info = ext.get::<TlsConnectInfo<TcpConnectInfo>>()?;
     let certs = info.peer_certs()?;
     let leaf = certs.first()?;
@@ -136,7 +136,11 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let peer = identity_from_extensions(req.extensions());
+        let peer = req
+            .extensions()
+            .get::<PeerIdentity>()
+            .cloned()
+            .or_else(|| identity_from_extensions(req.extensions()));
         if !self.policy.permits(req.uri().path(), peer.as_ref()) {
             tracing::warn!(
                 rpc = %req.uri().path(),

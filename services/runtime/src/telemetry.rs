@@ -143,7 +143,13 @@ pub fn init(service_name: &str, config: &TelemetryConfig) -> Result<TelemetryGua
         LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
     };
     tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        // Library internals (h2, hyper) open TRACE and DEBUG spans; only our
+        // INFO spans become OpenTelemetry spans.
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+        )
         .with(fmt.with_filter(filter))
         .try_init()?;
     Ok(TelemetryGuard { provider })
@@ -245,7 +251,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let parent = opentelemetry::global::get_text_map_propagator(|p| {
             p.extract(&HeaderExtractor(req.headers()))
         });
@@ -265,8 +271,11 @@ where
         );
         let _ = span.set_parent(parent);
         span.record("trace_id", trace_id_of(&span));
-        if let Some(peer) = req.extensions().get::<crate::peer::PeerIdentity>() {
+        // Parsed once here; the peer check and handlers read it from the
+        // extensions.
+        if let Some(peer) = crate::peer::identity_from_extensions(req.extensions()) {
             span.record("peer.identity", peer.as_str());
+            req.extensions_mut().insert(peer);
         }
         let fut = {
             let _entered = span.enter();

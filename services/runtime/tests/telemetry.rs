@@ -1,0 +1,262 @@
+//! One request across two services arrives at an OTLP collector as one
+//! trace with the right parents, and without request data in attributes.
+//!
+//! This file holds a single test: it installs the process-wide subscriber.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
+use confidant_proto::audit::v1::audit_service_server::{AuditService, AuditServiceServer};
+use confidant_proto::audit::v1::{AppendEventsRequest, AppendEventsResponse, AuditEvent};
+use confidant_runtime::ServiceName;
+use confidant_runtime::client::PeerChannel;
+use confidant_runtime::peer::PeerPolicy;
+use confidant_runtime::server::{GrpcServer, health};
+use confidant_runtime::telemetry::TelemetryConfig;
+use confidant_runtime::testing::TestPki;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use tokio::net::TcpListener;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+use tracing::Instrument;
+
+const SECRET: &str = "Jane Roe, passport X1234567";
+
+#[derive(Clone, Default)]
+struct Collector(Arc<Mutex<Vec<Span>>>);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.0.lock().unwrap();
+        for rs in request.into_inner().resource_spans {
+            for ss in rs.scope_spans {
+                spans.extend(ss.spans);
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// Service A: its handler calls service B.
+struct Forwarding {
+    b: PeerChannel,
+}
+
+#[tonic::async_trait]
+impl AuditService for Forwarding {
+    async fn append_events(
+        &self,
+        _request: tonic::Request<AppendEventsRequest>,
+    ) -> Result<tonic::Response<AppendEventsResponse>, tonic::Status> {
+        HealthClient::new(self.b.clone())
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?;
+        Ok(tonic::Response::new(AppendEventsResponse::default()))
+    }
+}
+
+async fn serve(server: GrpcServer) {
+    tokio::spawn(async move {
+        server
+            .serve(health(), std::future::pending())
+            .await
+            .unwrap();
+    });
+}
+
+fn attribute_values(span: &Span) -> Vec<String> {
+    span.attributes
+        .iter()
+        .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Some(s.clone()),
+            other => Some(format!("{other:?}")),
+        })
+        .collect()
+}
+
+fn attribute(span: &Span, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Some(s.clone()),
+            Value::IntValue(i) => Some(i.to_string()),
+            _ => None,
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_across_two_services_is_one_trace_with_the_right_parents() {
+    // A real OTLP/gRPC receiver.
+    let collector = Collector::default();
+    let otlp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let otlp_addr = otlp.local_addr().unwrap();
+    let receiver = TraceServiceServer::new(collector.clone());
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(receiver)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(otlp))
+            .await
+            .unwrap();
+    });
+
+    let guard = confidant_runtime::telemetry::init(
+        "confidant-test",
+        &TelemetryConfig {
+            otlp_endpoint: Some(format!("http://{otlp_addr}")),
+            ..TelemetryConfig::default()
+        },
+    )
+    .unwrap();
+
+    let pki = TestPki::new();
+    // Service B: health only.
+    let b_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b_addr = b_listener.local_addr().unwrap();
+    serve(GrpcServer {
+        name: ServiceName::Audit,
+        listener: b_listener,
+        tls: pki.material("audit").server_config().unwrap(),
+        routes: tonic::service::Routes::default(),
+        grpc_services: vec![],
+        policy: PeerPolicy::new(),
+        reflection: false,
+    })
+    .await;
+    // Service A: calls B from its handler.
+    let a_tls = pki.material("vault");
+    let to_b =
+        confidant_runtime::client::connect_lazy(&format!("https://{b_addr}"), &a_tls, "localhost")
+            .unwrap();
+    let a_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a_addr = a_listener.local_addr().unwrap();
+    serve(GrpcServer {
+        name: ServiceName::Vault,
+        listener: a_listener,
+        tls: a_tls.server_config().unwrap(),
+        routes: tonic::service::Routes::new(AuditServiceServer::new(Forwarding { b: to_b })),
+        grpc_services: vec![],
+        policy: PeerPolicy::new(),
+        reflection: false,
+    })
+    .await;
+
+    // The caller, inside a span of its own.
+    let to_a = confidant_runtime::client::connect(
+        &format!("https://{a_addr}"),
+        &pki.material("operator"),
+        "localhost",
+    )
+    .await
+    .unwrap();
+    let request = AppendEventsRequest {
+        events: vec![AuditEvent {
+            reason: SECRET.to_owned(),
+            sealed_text: SECRET.as_bytes().to_vec(),
+            ..AuditEvent::default()
+        }],
+    };
+    let root = tracing::info_span!("test.request");
+    AuditServiceClient::new(to_a)
+        .append_events(request)
+        .instrument(root)
+        .await
+        .unwrap();
+
+    // Wait for the five spans to arrive.
+    let mut spans = Vec::new();
+    for _ in 0..100 {
+        guard.flush();
+        spans = collector.0.lock().unwrap().clone();
+        if spans.len() >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let find = |name: &str, kind: SpanKind| {
+        spans
+            .iter()
+            .find(|s| s.name == name && s.kind == kind as i32)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {kind:?} span {name} among {:?}",
+                    spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+                )
+            })
+            .clone()
+    };
+    let root = spans
+        .iter()
+        .find(|s| s.name == "test.request")
+        .expect("root span")
+        .clone();
+    let a_client = find(
+        "confidant.audit.v1.AuditService/AppendEvents",
+        SpanKind::Client,
+    );
+    let a_server = find(
+        "confidant.audit.v1.AuditService/AppendEvents",
+        SpanKind::Server,
+    );
+    let b_client = find("grpc.health.v1.Health/Check", SpanKind::Client);
+    let b_server = find("grpc.health.v1.Health/Check", SpanKind::Server);
+
+    for span in [&a_client, &a_server, &b_client, &b_server] {
+        assert_eq!(
+            span.trace_id, root.trace_id,
+            "{} is in another trace",
+            span.name
+        );
+    }
+    assert_eq!(a_client.parent_span_id, root.span_id);
+    assert_eq!(
+        a_server.parent_span_id, a_client.span_id,
+        "server span is a child of the caller's client span"
+    );
+    assert_eq!(
+        b_client.parent_span_id, a_server.span_id,
+        "A's outgoing call is inside its handler span"
+    );
+    assert_eq!(b_server.parent_span_id, b_client.span_id);
+
+    assert_eq!(attribute(&a_server, "rpc.system").as_deref(), Some("grpc"));
+    assert_eq!(
+        attribute(&a_server, "rpc.method").as_deref(),
+        Some("AppendEvents")
+    );
+    assert_eq!(
+        attribute(&a_server, "peer.identity").as_deref(),
+        Some(pki.id("operator").as_str()),
+        "the server span names the calling identity"
+    );
+    assert_eq!(
+        attribute(&b_server, "peer.identity").as_deref(),
+        Some(pki.id("vault").as_str())
+    );
+
+    for span in &spans {
+        for value in attribute_values(span) {
+            assert!(
+                !value.contains("Jane Roe"),
+                "request data leaked into span {}: {value}",
+                span.name
+            );
+        }
+    }
+    guard.shutdown();
+}
