@@ -3,6 +3,8 @@
 //! the lifecycle of a process.
 #![forbid(unsafe_code)]
 
+pub mod app;
+pub mod audit;
 pub mod client;
 pub mod config;
 pub mod coord;

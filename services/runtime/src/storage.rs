@@ -212,6 +212,17 @@ impl Database {
     }
 }
 
+/// Begins a SQLite transaction that takes the write lock at once.
+///
+/// A deferred transaction that reads before it writes fails with "database
+/// is locked" when another writer commits in between; every read-then-write
+/// transaction on SQLite starts here instead.
+pub async fn begin_sqlite_write(
+    pool: &SqlitePool,
+) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+    pool.begin_with("BEGIN IMMEDIATE").await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,229 @@
+//! The append-only event store, on PostgreSQL or SQLite.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use confidant_runtime::storage::Database;
+use uuid::Uuid;
+
+use crate::domain::ValidEvent;
+
+/// Key of the PostgreSQL advisory lock that serialises appends across
+/// replicas, so that log positions stay dense and ordered.
+const APPEND_LOCK_KEY: i64 = 0x0c0f_1da0_0a0d_0001;
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Appended {
+    /// Events stored now.
+    pub appended: usize,
+    /// Events that were already in the log (or repeated within the batch).
+    pub duplicates: usize,
+}
+
+/// A stored event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// Position in the log, from 0.
+    pub idx: i64,
+    /// Event id.
+    pub event_id: Uuid,
+    /// The event as received (protobuf).
+    pub payload: Vec<u8>,
+}
+
+/// The audit log's storage.
+#[derive(Debug)]
+pub struct EventStore {
+    db: Database,
+    // SQLite allows one writer; PostgreSQL replicas also take an advisory
+    // lock. Within a process this mutex keeps appenders from contending.
+    append_lock: tokio::sync::Mutex<()>,
+}
+
+fn sqlite_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+impl EventStore {
+    /// The store in `db` (migrated with [`crate::MIGRATIONS`]).
+    pub fn new(db: Database) -> Self {
+        Self {
+            db,
+            append_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Appends `events` in order, all or nothing, skipping ids already in the
+    /// log.
+    pub async fn append(&self, events: &[ValidEvent]) -> Result<Appended, sqlx::Error> {
+        let _guard = self.append_lock.lock().await;
+        let now = Utc::now();
+        match &self.db {
+            Database::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(APPEND_LOCK_KEY)
+                    .execute(&mut *tx)
+                    .await?;
+                let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+                let existing: HashSet<Uuid> = sqlx::query_scalar::<_, Uuid>(
+                    "SELECT event_id FROM audit_events WHERE event_id = ANY($1)",
+                )
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect();
+                let fresh = fresh_events(events, &existing);
+                let mut next: i64 =
+                    sqlx::query_scalar("SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_events")
+                        .fetch_one(&mut *tx)
+                        .await?;
+                for e in &fresh {
+                    sqlx::query(
+                        "INSERT INTO audit_events (idx, event_id, source_service, occurred_at, recorded_at, action, \
+                         actor_kind, actor_id, client_id, matter_id, outcome, payload) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                    )
+                    .bind(next)
+                    .bind(e.id)
+                    .bind(&e.source_service)
+                    .bind(e.occurred_at)
+                    .bind(now)
+                    .bind(e.action.as_str())
+                    .bind(e.actor_kind as i16)
+                    .bind(&e.actor_id)
+                    .bind(e.client_id.map(|id| id.to_string()))
+                    .bind(e.matter_id.map(|id| id.to_string()))
+                    .bind(e.outcome as i16)
+                    .bind(&e.payload)
+                    .execute(&mut *tx)
+                    .await?;
+                    next += 1;
+                }
+                tx.commit().await?;
+                Ok(Appended {
+                    appended: fresh.len(),
+                    duplicates: events.len() - fresh.len(),
+                })
+            }
+            Database::Sqlite(pool) => {
+                let mut tx = confidant_runtime::storage::begin_sqlite_write(pool).await?;
+                let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                    "SELECT event_id FROM audit_events WHERE event_id IN (",
+                );
+                let mut list = query.separated(", ");
+                for e in events {
+                    list.push_bind(e.id.to_string());
+                }
+                list.push_unseparated(")");
+                let existing: HashSet<Uuid> = query
+                    .build_query_scalar::<String>()
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .iter()
+                    .filter_map(|s| Uuid::parse_str(s).ok())
+                    .collect();
+                let fresh = fresh_events(events, &existing);
+                let mut next: i64 =
+                    sqlx::query_scalar("SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_events")
+                        .fetch_one(&mut *tx)
+                        .await?;
+                for e in &fresh {
+                    sqlx::query(
+                        "INSERT INTO audit_events (idx, event_id, source_service, occurred_at, recorded_at, action, \
+                         actor_kind, actor_id, client_id, matter_id, outcome, payload) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                    )
+                    .bind(next)
+                    .bind(e.id.to_string())
+                    .bind(&e.source_service)
+                    .bind(sqlite_time(e.occurred_at))
+                    .bind(sqlite_time(now))
+                    .bind(e.action.as_str())
+                    .bind(e.actor_kind as i32)
+                    .bind(&e.actor_id)
+                    .bind(e.client_id.map(|id| id.to_string()))
+                    .bind(e.matter_id.map(|id| id.to_string()))
+                    .bind(e.outcome as i32)
+                    .bind(&e.payload)
+                    .execute(&mut *tx)
+                    .await?;
+                    next += 1;
+                }
+                tx.commit().await?;
+                Ok(Appended {
+                    appended: fresh.len(),
+                    duplicates: events.len() - fresh.len(),
+                })
+            }
+        }
+    }
+
+    /// Number of events in the log.
+    pub async fn len(&self) -> Result<i64, sqlx::Error> {
+        match &self.db {
+            Database::Postgres(pool) => {
+                sqlx::query_scalar("SELECT COUNT(*) FROM audit_events")
+                    .fetch_one(pool)
+                    .await
+            }
+            Database::Sqlite(pool) => {
+                sqlx::query_scalar("SELECT COUNT(*) FROM audit_events")
+                    .fetch_one(pool)
+                    .await
+            }
+        }
+    }
+
+    /// Events from position `from` on, in log order, at most `limit`.
+    pub async fn range(&self, from: i64, limit: i64) -> Result<Vec<StoredEvent>, sqlx::Error> {
+        match &self.db {
+            Database::Postgres(pool) => {
+                let rows: Vec<(i64, Uuid, Vec<u8>)> =
+                    sqlx::query_as("SELECT idx, event_id, payload FROM audit_events WHERE idx >= $1 ORDER BY idx LIMIT $2")
+                        .bind(from)
+                        .bind(limit)
+                        .fetch_all(pool)
+                        .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(idx, event_id, payload)| StoredEvent {
+                        idx,
+                        event_id,
+                        payload,
+                    })
+                    .collect())
+            }
+            Database::Sqlite(pool) => {
+                let rows: Vec<(i64, String, Vec<u8>)> =
+                    sqlx::query_as("SELECT idx, event_id, payload FROM audit_events WHERE idx >= ?1 ORDER BY idx LIMIT ?2")
+                        .bind(from)
+                        .bind(limit)
+                        .fetch_all(pool)
+                        .await?;
+                Ok(rows
+                    .into_iter()
+                    .filter_map(|(idx, id, payload)| {
+                        Some(StoredEvent {
+                            idx,
+                            event_id: Uuid::parse_str(&id).ok()?,
+                            payload,
+                        })
+                    })
+                    .collect())
+            }
+        }
+    }
+}
+
+/// The events of a batch that are neither in the log nor repeated earlier in
+/// the batch.
+fn fresh_events<'a>(events: &'a [ValidEvent], existing: &HashSet<Uuid>) -> Vec<&'a ValidEvent> {
+    let mut seen = HashSet::new();
+    events
+        .iter()
+        .filter(|e| !existing.contains(&e.id) && seen.insert(e.id))
+        .collect()
+}

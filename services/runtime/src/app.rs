@@ -1,0 +1,71 @@
+//! What a service gets from the process that runs it, and what it gives
+//! back: the seam between the binary and the service crates.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use tonic::service::Routes;
+
+use crate::client::PeerChannel;
+use crate::config::Config;
+use crate::coord::SharedCoordinator;
+use crate::outbox::Outbox;
+use crate::peer::PeerPolicy;
+use crate::service_name::ServiceName;
+use crate::storage::Database;
+
+/// Everything a service needs to build its handlers.
+#[derive(Debug, Clone)]
+pub struct ServiceContext {
+    /// Which service this is.
+    pub name: ServiceName,
+    /// The validated configuration of the process.
+    pub config: Arc<Config>,
+    /// The service's own database (migrated).
+    pub db: Database,
+    /// Cache, counters and leases.
+    pub coord: SharedCoordinator,
+    /// The service's audit outbox.
+    pub outbox: Outbox,
+    /// Channels to the other services (mutual TLS, traced), connected lazily.
+    pub peers: BTreeMap<ServiceName, PeerChannel>,
+    /// Becomes true when the process begins to shut down.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl ServiceContext {
+    /// The SPIFFE id of `service` in this deployment's trust domain.
+    pub fn spiffe_id(&self, service: ServiceName) -> String {
+        service.spiffe_id(&self.config.trust_domain)
+    }
+
+    /// The channel to `service`.
+    pub fn peer(&self, service: ServiceName) -> Option<PeerChannel> {
+        self.peers.get(&service).cloned()
+    }
+}
+
+/// What a service hands to the process: its gRPC services, who may call
+/// them, and background tasks that run until shutdown.
+#[derive(Default)]
+pub struct ServiceParts {
+    /// The gRPC services.
+    pub routes: Routes,
+    /// Their fully qualified names, for the health service.
+    pub grpc_services: Vec<&'static str>,
+    /// Peer allow-lists.
+    pub policy: PeerPolicy,
+    /// Tasks that run while the service runs and end at shutdown.
+    pub tasks: Vec<BoxFuture<'static, ()>>,
+}
+
+impl std::fmt::Debug for ServiceParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceParts")
+            .field("grpc_services", &self.grpc_services)
+            .field("policy", &self.policy)
+            .field("tasks", &self.tasks.len())
+            .finish_non_exhaustive()
+    }
+}
