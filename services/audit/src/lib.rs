@@ -63,10 +63,26 @@ pub async fn build(ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
         &format!("/{GRPC_SERVICE}/AppendEvents"),
         APPENDERS.iter().map(|s| ctx.spiffe_id(*s)),
     );
+    let trust_domain = ctx.config.trust_domain.clone();
+    let stop_store = store.clone();
+    let on_stop = Box::pin(async move {
+        let stopped = service_event(
+            NAME,
+            &trust_domain,
+            Action::ServiceStopped,
+            Outcome::Allowed,
+        );
+        if let Ok(stopped) = domain::validate_batch(&[stopped], NAME.as_str(), chrono::Utc::now())
+            && let Err(err) = stop_store.append(&stopped).await
+        {
+            tracing::error!(error = %err, "could not record the audit service's stop");
+        }
+    });
     Ok(ServiceParts {
         routes: tonic::service::Routes::new(AuditServiceServer::new(grpc::AuditApi::new(store))),
         grpc_services: vec![GRPC_SERVICE],
         policy,
         tasks: Vec::new(),
+        on_stop: vec![on_stop],
     })
 }

@@ -1,1 +1,286 @@
-fn main() {}
+//! `confidant`: one binary for the five services and the operator tools.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use confidant::process::{self, MigrationPolicy};
+use confidant::{certs, signals};
+use confidant_runtime::ServiceName;
+use confidant_runtime::config::{self, Config};
+use confidant_runtime::pki::PkiDir;
+
+/// Exit code for a configuration the process refuses (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+/// Exit code after a second signal cut the drain short.
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// Confidant: client data held the way a law firm's policy promises.
+#[derive(Debug, Parser)]
+#[command(name = "confidant", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run all five services in one process on embedded defaults: SQLite per
+    /// service, in-process cache, local KMS and a dev CA in the data
+    /// directory; listening on 127.0.0.1:7101-7105.
+    Dev {
+        /// Where databases, certificates and keys live; reused on the next start.
+        #[arg(long, default_value = ".confidant")]
+        data_dir: PathBuf,
+    },
+    /// Run services in production mode, configured by a file and/or
+    /// CONFIDANT_* environment variables (`__` separates levels, e.g.
+    /// CONFIDANT_SERVICES__VAULT__DATABASE_URL).
+    Serve {
+        /// Comma-separated services to run, e.g. `vault,audit`.
+        #[arg(long, value_parser = parse_services)]
+        services: ServiceList,
+        /// TOML configuration file.
+        #[arg(long, env = "CONFIDANT_CONFIG")]
+        config: Option<PathBuf>,
+        /// Apply pending database migrations before serving (otherwise a
+        /// schema that is behind is refused; see `confidant migrate`).
+        #[arg(long)]
+        migrate: bool,
+    },
+    /// Apply database migrations of the given services (default: every
+    /// service with a database_url) and exit.
+    Migrate {
+        /// Comma-separated services; default all configured.
+        #[arg(long, value_parser = parse_services)]
+        services: Option<ServiceList>,
+        /// TOML configuration file.
+        #[arg(long, env = "CONFIDANT_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Create a CA and issue service and client certificates for mutual TLS.
+    Certs {
+        #[command(subcommand)]
+        action: CertsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Create a CA (ca.pem, ca-key.pem) in the directory unless one exists.
+    Init {
+        /// Certificate directory.
+        #[arg(long, default_value = "pki")]
+        dir: PathBuf,
+    },
+    /// Issue <name>.pem and <name>-key.pem. A service name (identity, intake,
+    /// vault, retention, audit) gets a service certificate for the given
+    /// hosts; any other name a client certificate. Both carry the identity
+    /// spiffe://<trust-domain>/<name>.
+    Issue {
+        /// Certificate directory holding the CA.
+        #[arg(long, default_value = "pki")]
+        dir: PathBuf,
+        /// Service or client name.
+        #[arg(long)]
+        name: String,
+        /// DNS name or IP address the service is reached at (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// SPIFFE trust domain.
+        #[arg(long, default_value = "confidant.local")]
+        trust_domain: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = 90)]
+        days: u32,
+    },
+}
+
+/// A comma-separated list of services.
+#[derive(Debug, Clone)]
+struct ServiceList(Vec<ServiceName>);
+
+fn parse_services(s: &str) -> Result<ServiceList, String> {
+    ServiceName::parse_list(s)
+        .map(ServiceList)
+        .map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env: HashMap<String, String> = std::env::vars().collect();
+    // One crypto provider for every TLS stack in the process.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    match cli.command {
+        Command::Certs { action } => {
+            let result = match action {
+                CertsCommand::Init { dir } => certs::init(&dir),
+                CertsCommand::Issue {
+                    dir,
+                    name,
+                    hosts,
+                    trust_domain,
+                    days,
+                } => certs::issue_cert(&dir, &name, &trust_domain, &hosts, days),
+            };
+            report(result)
+        }
+        Command::Dev { data_dir } => {
+            let data_dir = match std::path::absolute(&data_dir) {
+                Ok(dir) => dir,
+                Err(err) => return config_error(&format!("--data-dir: {err}")),
+            };
+            match dev_config(&data_dir, &env) {
+                Ok(config) => run(config, ServiceName::ALL.to_vec(), MigrationPolicy::Apply),
+                Err(err) => config_error(&err),
+            }
+        }
+        Command::Serve {
+            services,
+            config,
+            migrate,
+        } => {
+            let services = services.0;
+            let config = match load(config.as_deref(), &env).and_then(|c| {
+                c.validate(&services).map_err(|e| e.to_string())?;
+                Ok(c)
+            }) {
+                Ok(c) => c,
+                Err(err) => return config_error(&err),
+            };
+            let policy = if migrate {
+                MigrationPolicy::Apply
+            } else {
+                MigrationPolicy::RequireApplied
+            };
+            run(config, services, policy)
+        }
+        Command::Migrate { services, config } => {
+            let config = match load(config.as_deref(), &env) {
+                Ok(c) => c,
+                Err(err) => return config_error(&err),
+            };
+            let services = services.map(|l| l.0).unwrap_or_else(|| {
+                ServiceName::ALL
+                    .into_iter()
+                    .filter(|s| {
+                        config
+                            .services
+                            .get(s)
+                            .is_some_and(|c| c.database_url.is_some())
+                    })
+                    .collect()
+            });
+            if services.is_empty() {
+                return config_error("services: no service has a database_url to migrate");
+            }
+            report(runtime().and_then(|rt| {
+                rt.block_on(async {
+                    for service in services {
+                        let db = process::open_database(&config, service, MigrationPolicy::Apply)
+                            .await?;
+                        db.close().await;
+                        println!("{service}: migrations applied");
+                    }
+                    Ok(())
+                })
+            }))
+        }
+    }
+}
+
+fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Config, String> {
+    config::load(toml::Table::new(), file, env).map_err(|e| e.to_string())
+}
+
+fn dev_config(data_dir: &Path, env: &HashMap<String, String>) -> Result<Config, String> {
+    let config =
+        config::load(Config::dev_defaults(data_dir), None, env).map_err(|e| e.to_string())?;
+    PkiDir::new(data_dir.join("pki"))
+        .ensure_dev(&config.trust_domain)
+        .map_err(|e| format!("dev certificates in {}: {e}", data_dir.display()))?;
+    config
+        .validate(&ServiceName::ALL)
+        .map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+fn config_error(message: &str) -> ExitCode {
+    eprintln!("confidant: {message}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("confidant: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn run(config: Config, services: Vec<ServiceName>, policy: MigrationPolicy) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(err) => return report(Err(err)),
+    };
+    rt.block_on(async move {
+        let telemetry_name = match services.as_slice() {
+            [one] => format!("confidant-{one}"),
+            _ => "confidant".to_owned(),
+        };
+        let telemetry = match confidant_runtime::telemetry::init(&telemetry_name, &config.telemetry) {
+            Ok(guard) => guard,
+            Err(err) => return config_error(&err.to_string()),
+        };
+        let grace = Duration::from_secs(config.shutdown_grace_seconds);
+        let dev_pki = (config.mode == config::Mode::Dev)
+            .then(|| config.data_dir.clone().map(|d| PkiDir::new(d.join("pki"))))
+            .flatten();
+        let mut running = match process::start(Arc::new(config), &services, policy).await {
+            Ok(running) => running,
+            Err(err) => {
+                tracing::error!(error = format!("{err:#}"), "start-up failed");
+                return report(Err(err));
+            }
+        };
+        if let Some(pki) = dev_pki {
+            let ports: Vec<String> = running.addrs.iter().map(|(s, a)| format!("{s}={a}")).collect();
+            tracing::info!(
+                services = ports.join(" "),
+                ca = %pki.ca_cert().display(),
+                operator_cert = %pki.cert("operator").display(),
+                operator_key = %pki.key("operator").display(),
+                "confidant dev is up"
+            );
+        }
+        let mut code = ExitCode::SUCCESS;
+        tokio::select! {
+            signal = signals::shutdown_signal() => tracing::info!(signal, "shutting down"),
+            service = running.failed() => {
+                tracing::error!(service = %service, "a service stopped unexpectedly; shutting down");
+                code = ExitCode::FAILURE;
+            }
+        }
+        tokio::select! {
+            () = running.shutdown(grace) => {}
+            signal = signals::shutdown_signal() => {
+                tracing::warn!(signal, "second signal: exiting without draining");
+                telemetry.flush();
+                return ExitCode::from(EXIT_INTERRUPTED);
+            }
+        }
+        telemetry.shutdown();
+        code
+    })
+}

@@ -58,6 +58,8 @@ pub struct ServiceParts {
     pub policy: PeerPolicy,
     /// Tasks that run while the service runs and end at shutdown.
     pub tasks: Vec<BoxFuture<'static, ()>>,
+    /// Work done once after the server has drained (e.g. recording the stop).
+    pub on_stop: Vec<BoxFuture<'static, ()>>,
 }
 
 impl std::fmt::Debug for ServiceParts {
@@ -66,6 +68,7 @@ impl std::fmt::Debug for ServiceParts {
             .field("grpc_services", &self.grpc_services)
             .field("policy", &self.policy)
             .field("tasks", &self.tasks.len())
+            .field("on_stop", &self.on_stop.len())
             .finish_non_exhaustive()
     }
 }

@@ -124,11 +124,15 @@ impl GrpcServer {
         let mut routes = self.routes;
         routes = routes.add_service(health_service);
         if self.reflection {
-            let reflection = tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(confidant_proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                .build_v1()?;
-            routes = routes.add_service(reflection);
+            let builder = || {
+                tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(confidant_proto::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            };
+            // v1alpha too: grpcurl and many client tools still ask for it.
+            routes = routes
+                .add_service(builder().build_v1()?)
+                .add_service(builder().build_v1alpha()?);
         }
 
         let incoming = tls_incoming(self.listener, TlsAcceptor::from(self.tls));

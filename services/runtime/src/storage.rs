@@ -190,6 +190,33 @@ impl Database {
         Ok(())
     }
 
+    /// Versions of migrations not yet applied to this database. `serve`
+    /// refuses to start on a schema that `confidant migrate` has not brought
+    /// up to date.
+    pub async fn unapplied_migrations(&self, migrations: Migrations) -> Result<Vec<i64>, Error> {
+        let (all, applied) = match self {
+            Database::Postgres(pool) => (
+                combined(migrations.postgres, &COMMON_POSTGRES),
+                sqlx::query_scalar::<_, i64>("SELECT version FROM _sqlx_migrations WHERE success")
+                    .fetch_all(pool)
+                    .await,
+            ),
+            Database::Sqlite(pool) => (
+                combined(migrations.sqlite, &COMMON_SQLITE),
+                sqlx::query_scalar::<_, i64>("SELECT version FROM _sqlx_migrations WHERE success")
+                    .fetch_all(pool)
+                    .await,
+            ),
+        };
+        // No bookkeeping table yet: nothing was ever applied.
+        let applied = applied.unwrap_or_default();
+        Ok(all
+            .iter()
+            .map(|m| m.version)
+            .filter(|v| !applied.contains(v))
+            .collect())
+    }
+
     /// Cheap liveness check (`SELECT 1`).
     pub async fn ping(&self) -> Result<(), Error> {
         match self {

@@ -1,0 +1,7 @@
+//! The `confidant` process: runs any subset of the five services, and the
+//! operator commands. `main.rs` only parses the command line and calls in.
+#![forbid(unsafe_code)]
+
+pub mod certs;
+pub mod process;
+pub mod signals;
