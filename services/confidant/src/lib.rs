@@ -4,4 +4,6 @@
 
 pub mod certs;
 pub mod process;
+#[cfg(feature = "testing")]
+pub mod sandbox;
 pub mod signals;

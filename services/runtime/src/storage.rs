@@ -125,20 +125,26 @@ impl Database {
                 .acquire_timeout(options.acquire_timeout)
                 .connect_with(base.clone())
                 .await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
-            )))
-            .execute(&bootstrap)
-            .await
-            .or_else(|e| {
+            // Checked first so that a normal start logs no "already exists" notice.
+            let exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+                    .bind(schema)
+                    .fetch_one(&bootstrap)
+                    .await?;
+            if !exists {
+                let created = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
+                )))
+                .execute(&bootstrap)
+                .await;
                 // Two replicas racing to create the schema: the loser sees a
                 // unique violation on the catalog, which is fine.
-                if crate::error::classify_sqlx(&e) == crate::error::StorageFault::AlreadyExists {
-                    Ok(Default::default())
-                } else {
-                    Err(e)
+                if let Err(e) = created
+                    && crate::error::classify_sqlx(&e) != crate::error::StorageFault::AlreadyExists
+                {
+                    return Err(e.into());
                 }
-            })?;
+            }
             bootstrap.close().await;
             let pool = PgPoolOptions::new()
                 .max_connections(options.max_connections)

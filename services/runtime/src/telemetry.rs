@@ -135,10 +135,8 @@ pub fn init(service_name: &str, config: &TelemetryConfig) -> Result<TelemetryGua
     let filter = EnvFilter::builder().parse(&config.log_level)?;
     let fmt = match config.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .flatten_event(true)
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(JsonLines)
             .boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
     };
@@ -153,6 +151,86 @@ pub fn init(service_name: &str, config: &TelemetryConfig) -> Result<TelemetryGua
         .with(fmt.with_filter(filter))
         .try_init()?;
     Ok(TelemetryGuard { provider })
+}
+
+/// One JSON object per log line: time, level, target, the event's fields,
+/// the innermost span's name, and the W3C trace id of the request the line
+/// belongs to (from the nearest span that recorded `trace_id`), so that a
+/// log search joins with the trace backend.
+struct JsonLines;
+
+struct JsonVisitor<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+
+impl tracing::field::Visit for JsonVisitor<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .insert(field.name().to_owned(), format!("{value:?}").into());
+    }
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for JsonLines
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let meta = event.metadata();
+        let mut map = serde_json::Map::new();
+        map.insert(
+            "timestamp".into(),
+            chrono::Utc::now()
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                .into(),
+        );
+        map.insert("level".into(), meta.level().as_str().into());
+        map.insert("target".into(), meta.target().into());
+        event.record(&mut JsonVisitor(&mut map));
+        if let Some(scope) = ctx.event_scope() {
+            let mut innermost = true;
+            for span in scope {
+                if innermost {
+                    map.insert("span".into(), span.name().into());
+                    innermost = false;
+                }
+                let ext = span.extensions();
+                let trace_id = ext
+                    .get::<tracing_subscriber::fmt::FormattedFields<N>>()
+                    .and_then(|fields| serde_json::from_str::<serde_json::Value>(fields).ok())
+                    .and_then(|v| {
+                        v.get("trace_id")
+                            .and_then(|t| t.as_str())
+                            .map(str::to_owned)
+                    })
+                    .filter(|t| !t.is_empty());
+                if let Some(trace_id) = trace_id {
+                    map.insert("trace_id".into(), trace_id.into());
+                    break;
+                }
+            }
+        }
+        let line = serde_json::to_string(&map).map_err(|_| std::fmt::Error)?;
+        writeln!(writer, "{line}")
+    }
 }
 
 struct HeaderExtractor<'a>(&'a http::HeaderMap);
@@ -340,7 +418,9 @@ where
             rpc.service = %service,
             rpc.method = %method,
             rpc.grpc.status_code = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
         );
+        span.record("trace_id", trace_id_of(&span));
         let cx = span.context();
         opentelemetry::global::get_text_map_propagator(|p| {
             p.inject_context(&cx, &mut HeaderInjector(req.headers_mut()));

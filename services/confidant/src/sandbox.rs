@@ -1,0 +1,237 @@
+//! A test sandbox: any mix of the five services in one process, on fresh
+//! SQLite files or a fresh PostgreSQL database (with Redis), with a
+//! throwaway CA. Feature `testing`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use confidant_runtime::ServiceName;
+use confidant_runtime::config::{self, Config, Mode};
+use confidant_runtime::pki::{LeafSpec, PkiDir, issue};
+use confidant_runtime::storage::Backend;
+use confidant_runtime::tls::{TlsFiles, TlsMaterial};
+
+use crate::process::{self, MigrationPolicy, Running};
+
+/// Where a sandbox keeps its state; survives restarts of the sandbox so a
+/// test can stop a service and start it again on the same data.
+#[derive(Debug)]
+pub struct SandboxData {
+    dir: tempfile::TempDir,
+    backend: Backend,
+    postgres_db: Option<String>,
+}
+
+impl SandboxData {
+    /// Fresh state on `backend`: a temp dir with a CA and, for PostgreSQL, a
+    /// new database.
+    pub async fn new(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        PkiDir::new(dir.path().join("pki"))
+            .ensure_dev("confidant.local")
+            .expect("pki");
+        let postgres_db = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => {
+                use sqlx::Connection;
+                let name = confidant_runtime::testing::unique_name("sandbox");
+                let mut conn =
+                    sqlx::PgConnection::connect(&confidant_runtime::testing::postgres_url())
+                        .await
+                        .expect("postgres reachable");
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create database");
+                Some(name)
+            }
+        };
+        Self {
+            dir,
+            backend,
+            postgres_db,
+        }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The database URL of `service`.
+    pub fn database_url(&self, service: ServiceName) -> String {
+        match &self.postgres_db {
+            None => format!(
+                "sqlite:{}",
+                self.dir.path().join(format!("{service}.db")).display()
+            ),
+            Some(db) => {
+                let base = confidant_runtime::testing::postgres_url();
+                let root = base.rsplit_once('/').map_or(base.as_str(), |(r, _)| r);
+                format!("{root}/{db}")
+            }
+        }
+    }
+
+    /// TLS material for a client `name`, issued by the sandbox CA.
+    pub fn client_tls(&self, name: &str) -> TlsMaterial {
+        let pki = PkiDir::new(self.dir.path().join("pki"));
+        let ca = pki.load_ca().expect("ca");
+        let leaf = issue(&ca, &LeafSpec::client("confidant.local", name)).expect("client cert");
+        TlsMaterial {
+            ca_pem: ca.cert_pem.into_bytes(),
+            cert_pem: leaf.cert_pem.into_bytes(),
+            key_pem: zeroize::Zeroizing::new(leaf.key_pem.as_bytes().to_vec()),
+        }
+    }
+
+    /// The TLS files of the operator client certificate.
+    pub fn operator_files(&self) -> TlsFiles {
+        let pki = PkiDir::new(self.dir.path().join("pki"));
+        TlsFiles {
+            ca_file: pki.ca_cert(),
+            cert_file: pki.cert("operator"),
+            key_file: pki.key("operator"),
+        }
+    }
+
+    fn pki(&self) -> PkiDir {
+        PkiDir::new(self.dir.path().join("pki"))
+    }
+}
+
+impl Drop for SandboxData {
+    fn drop(&mut self) {
+        let Some(name) = self.postgres_db.take() else {
+            return;
+        };
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                use sqlx::Connection;
+                if let Ok(mut conn) =
+                    sqlx::PgConnection::connect(&confidant_runtime::testing::postgres_url()).await
+                {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Running services of a sandbox.
+#[derive(Debug)]
+pub struct Sandbox {
+    running: Running,
+    /// The configuration the services run with.
+    pub config: Arc<Config>,
+}
+
+/// What to start.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxSpec {
+    /// The services.
+    pub services: Vec<ServiceName>,
+    /// Fixed listen addresses (default: 127.0.0.1, any free port).
+    pub listen: BTreeMap<ServiceName, SocketAddr>,
+    /// Addresses of services running in another sandbox.
+    pub peers: BTreeMap<ServiceName, SocketAddr>,
+}
+
+impl SandboxSpec {
+    /// Runs `services` with defaults.
+    pub fn of(services: &[ServiceName]) -> Self {
+        Self {
+            services: services.to_vec(),
+            ..Self::default()
+        }
+    }
+}
+
+fn sandbox_config(data: &SandboxData, spec: &SandboxSpec) -> Config {
+    let mut base = Config::dev_defaults(data.path());
+    if data.backend == Backend::Postgres {
+        // PostgreSQL runs with Redis, as in production.
+        let mut redis = toml::Table::new();
+        redis.insert("url".into(), confidant_runtime::testing::redis_url().into());
+        redis.insert(
+            "key_prefix".into(),
+            format!("{}:", confidant_runtime::testing::unique_name("sandbox")).into(),
+        );
+        base.insert("redis".into(), toml::Value::Table(redis));
+    }
+    let mut config =
+        config::load(base, None, &std::collections::HashMap::new()).expect("sandbox config");
+    config.mode = Mode::Dev;
+    config.shutdown_grace_seconds = 5;
+    for service in ServiceName::ALL {
+        let s = config.services.entry(service).or_default();
+        s.listen = Some(
+            spec.listen
+                .get(&service)
+                .copied()
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+        );
+        s.database_url = Some(data.database_url(service));
+        s.cert_file = Some(data.pki().cert(service.as_str()));
+        s.key_file = Some(data.pki().key(service.as_str()));
+        s.max_connections = Some(4);
+    }
+    for (service, addr) in &spec.peers {
+        config.peers.insert(*service, format!("https://{addr}"));
+    }
+    config
+}
+
+impl Sandbox {
+    /// Starts `spec` on `data`.
+    pub async fn start(data: &SandboxData, spec: SandboxSpec) -> Sandbox {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let config = Arc::new(sandbox_config(data, &spec));
+        config
+            .validate(&spec.services)
+            .expect("valid sandbox config");
+        let running = process::start(config.clone(), &spec.services, MigrationPolicy::Apply)
+            .await
+            .expect("sandbox starts");
+        Sandbox { running, config }
+    }
+
+    /// Where `service` listens.
+    pub fn addr(&self, service: ServiceName) -> SocketAddr {
+        self.running.addrs[&service]
+    }
+
+    /// The `https://` URL of `service`.
+    pub fn url(&self, service: ServiceName) -> String {
+        format!("https://{}", self.addr(service))
+    }
+
+    /// Stops every service gracefully.
+    pub async fn stop(self) {
+        self.running.shutdown(Duration::from_secs(5)).await;
+    }
+}
+
+/// The path of `service`'s SQLite file in `data` (for tests that read it).
+pub fn sqlite_file(data: &SandboxData, service: ServiceName) -> PathBuf {
+    data.path().join(format!("{service}.db"))
+}

@@ -1,0 +1,142 @@
+//! Helpers shared by the end-to-end tests.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use confidant_runtime::tls::TlsMaterial;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+/// The `confidant` binary cargo built for these tests.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_confidant")
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A command for the binary with a clean `CONFIDANT_*` environment.
+pub fn confidant() -> Command {
+    let mut cmd = Command::new(binary());
+    for (key, _) in std::env::vars() {
+        if key.starts_with("CONFIDANT_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// A child process killed when dropped, its output in a log file.
+pub struct Process {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> Self {
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("spawn confidant");
+        Self { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "confidant did not stop within {within:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The health status of the server at `addr`, called with `tls`.
+pub async fn health(addr: SocketAddr, tls: &TlsMaterial) -> Result<i32, tonic::Status> {
+    let channel = confidant_runtime::client::connect(&format!("https://{addr}"), tls, "localhost")
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    Ok(HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?
+        .into_inner()
+        .status)
+}
+
+/// Waits (bounded) until the server at `addr` reports SERVING.
+pub async fn wait_serving(
+    addr: SocketAddr,
+    tls: &TlsMaterial,
+    within: Duration,
+    log: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        if matches!(health(addr, tls).await, Ok(1)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{addr} not SERVING within {within:?}:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A free port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Polls `check` (bounded) until it returns true.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

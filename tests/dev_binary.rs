@@ -1,0 +1,138 @@
+//! `confidant dev` from the outside: a real process, real clients.
+//!
+//! This is the only test that uses the fixed dev ports 7101-7105.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Process, confidant, wait_serving};
+use confidant_runtime::tls::TlsFiles;
+
+const PORTS: [u16; 5] = [7101, 7102, 7103, 7104, 7105];
+
+fn python_health_check(pki: &Path, with_cert: bool) -> (bool, String) {
+    let script = common::repo_root().join("tests/clients/health_check.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(script).arg("--ca").arg(pki.join("ca.pem"));
+    if with_cert {
+        cmd.arg("--cert").arg(pki.join("operator.pem"));
+        cmd.arg("--key").arg(pki.join("operator-key.pem"));
+    }
+    for port in PORTS {
+        cmd.arg(format!("127.0.0.1:{port}"));
+    }
+    let out = cmd.output().expect("python3 runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+async fn audit_starts(data: &Path, source: &str) -> i64 {
+    let url = format!("sqlite:{}?mode=ro", data.join("audit.db").display());
+    let Ok(pool) = sqlx::SqlitePool::connect(&url).await else {
+        return -1;
+    };
+    let n = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM audit_events WHERE source_service = ?1 AND action = 'service.started'",
+    )
+    .bind(source)
+    .fetch_one(&pool)
+    .await
+    .unwrap_or(-1);
+    pool.close().await;
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_serves_all_five_services_over_mutual_tls_and_reuses_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut cmd = confidant();
+    cmd.args(["dev", "--data-dir"]).arg(&data);
+    let mut first = Process::spawn(cmd, dir.path().join("first.log"));
+
+    let pki = data.join("pki");
+    // The CA and operator certificate appear on first start.
+    common::eventually(Duration::from_secs(30), "dev pki", || {
+        let ready = pki.join("operator-key.pem").exists();
+        async move { ready }
+    })
+    .await;
+    let operator = TlsFiles {
+        ca_file: pki.join("ca.pem"),
+        cert_file: pki.join("operator.pem"),
+        key_file: pki.join("operator-key.pem"),
+    }
+    .load()
+    .unwrap();
+    for port in PORTS {
+        wait_serving(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            &operator,
+            Duration::from_secs(30),
+            || first.log(),
+        )
+        .await;
+    }
+
+    // A standard client (Python grpcio) with the operator certificate gets
+    // SERVING from every port; without a certificate it gets nothing.
+    let (ok, out) = python_health_check(&pki, true);
+    assert!(ok, "grpcio health check failed:\n{out}");
+    assert_eq!(out.matches("SERVING").count(), 5, "{out}");
+    let (ok, out) = python_health_check(&pki, false);
+    assert!(!ok, "a client without a certificate got through:\n{out}");
+    assert!(!out.contains(" SERVING"), "{out}");
+
+    // Each service's start reached the audit log through its outbox.
+    for source in ["identity", "intake", "vault", "retention"] {
+        common::eventually(
+            Duration::from_secs(15),
+            "start events in the audit log",
+            || async { audit_starts(&data, source).await == 1 },
+        )
+        .await;
+    }
+
+    let status = first.terminate(Duration::from_secs(20));
+    assert!(
+        status.success(),
+        "dev exited with {status}:\n{}",
+        first.log()
+    );
+    let log = first.log();
+    assert!(log.contains("shutting down"), "{log}");
+
+    // A second start reuses the CA, certificates and databases.
+    let ca_before = std::fs::read(pki.join("ca.pem")).unwrap();
+    let mut cmd = confidant();
+    cmd.args(["dev", "--data-dir"]).arg(&data);
+    let mut second = Process::spawn(cmd, dir.path().join("second.log"));
+    for port in PORTS {
+        wait_serving(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            &operator,
+            Duration::from_secs(30),
+            || second.log(),
+        )
+        .await;
+    }
+    assert_eq!(
+        std::fs::read(pki.join("ca.pem")).unwrap(),
+        ca_before,
+        "the CA was regenerated"
+    );
+    common::eventually(Duration::from_secs(15), "second start event", || async {
+        audit_starts(&data, "vault").await == 2
+    })
+    .await;
+    let status = second.terminate(Duration::from_secs(20));
+    assert!(status.success(), "{}", second.log());
+}

@@ -1,0 +1,227 @@
+//! `confidant serve`, `migrate` and `certs` from the outside: production
+//! mode on PostgreSQL and Redis, and the refusals that protect it.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Process, confidant, free_port, wait_serving};
+use confidant_runtime::tls::TlsFiles;
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = confidant();
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("confidant runs");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn serve_refuses_an_incomplete_configuration_naming_every_setting() {
+    let (code, out) = run(&["serve", "--services", "vault"], &[]);
+    assert_eq!(code, 64, "{out}");
+    for setting in [
+        "ca_file",
+        "services.vault.database_url",
+        "services.vault.cert_file",
+        "services.vault.key_file",
+        "peers.audit",
+        "redis.url",
+        "kms.provider",
+    ] {
+        assert!(out.contains(setting), "{setting} not named in:\n{out}");
+    }
+}
+
+#[test]
+fn serve_refuses_unknown_services_and_unknown_settings() {
+    let (code, out) = run(&["serve", "--services", "vault,billing"], &[]);
+    assert_ne!(code, 0);
+    assert!(out.contains("billing"), "{out}");
+
+    let (code, out) = run(
+        &["serve", "--services", "audit"],
+        &[("CONFIDANT_REDIS__ADDRESS", "redis://127.0.0.1")],
+    );
+    assert_eq!(code, 64, "{out}");
+    assert!(out.contains("address"), "{out}");
+}
+
+fn write_certs(dir: &Path) {
+    let d = dir.to_str().unwrap();
+    assert_eq!(run(&["certs", "init", "--dir", d], &[]).0, 0);
+    for name in ["audit", "vault"] {
+        let (code, out) = run(
+            &[
+                "certs",
+                "issue",
+                "--dir",
+                d,
+                "--name",
+                name,
+                "--host",
+                "localhost",
+                "--host",
+                "127.0.0.1",
+            ],
+            &[],
+        );
+        assert_eq!(code, 0, "{out}");
+        assert!(
+            out.contains(&format!("spiffe://confidant.local/{name}")),
+            "{out}"
+        );
+    }
+    let (code, out) = run(&["certs", "issue", "--dir", d, "--name", "operator"], &[]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn serve_refuses_the_local_kms_without_the_insecure_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    write_certs(&pki);
+    let p = |name: &str| pki.join(name).display().to_string();
+    let config = dir.path().join("confidant.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "ca_file = \"{}\"\n[redis]\nurl = \"redis://127.0.0.1:6379\"\n[kms]\nprovider = \"local\"\nlocal_key_file = \"{}\"\n\
+             [peers]\naudit = \"https://127.0.0.1:7105\"\n[services.vault]\ndatabase_url = \"postgres://x@127.0.0.1/x\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            p("ca.pem"),
+            dir.path().join("kms.key").display(),
+            p("vault.pem"),
+            p("vault-key.pem"),
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let (code, out) = run(&["serve", "--services", "vault", "--config", cfg], &[]);
+    assert_eq!(code, 64, "{out}");
+    assert!(
+        out.contains("kms.provider") && out.contains("refused in production"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_services_run_on_postgres_and_redis_once_migrated() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let data =
+        confidant::sandbox::SandboxData::new(confidant_runtime::storage::Backend::Postgres).await;
+    let database_url = data.database_url(confidant_runtime::ServiceName::Audit);
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    write_certs(&pki);
+    let p = |name: &str| pki.join(name).display().to_string();
+    let (audit_port, vault_port) = (free_port(), free_port());
+    let config = dir.path().join("confidant.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "ca_file = \"{ca}\"\nshutdown_grace_seconds = 5\n\
+             [redis]\nurl = \"{redis}\"\nkey_prefix = \"{prefix}:\"\n\
+             [kms]\nprovider = \"local\"\nallow_insecure_local = true\nlocal_key_file = \"{kms}\"\n\
+             [telemetry]\nlog_format = \"json\"\n\
+             [services.audit]\nlisten = \"127.0.0.1:{audit_port}\"\ndatabase_url = \"{db}\"\ncert_file = \"{ac}\"\nkey_file = \"{ak}\"\n\
+             [services.vault]\nlisten = \"127.0.0.1:{vault_port}\"\ndatabase_url = \"{db}\"\ncert_file = \"{vc}\"\nkey_file = \"{vk}\"\n",
+            ca = p("ca.pem"),
+            redis = confidant_runtime::testing::redis_url(),
+            prefix = confidant_runtime::testing::unique_name("serve"),
+            kms = dir.path().join("kms.key").display(),
+            db = database_url,
+            ac = p("audit.pem"),
+            ak = p("audit-key.pem"),
+            vc = p("vault.pem"),
+            vk = p("vault-key.pem"),
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+
+    // A schema that is behind is refused.
+    let (code, out) = run(
+        &["serve", "--services", "audit,vault", "--config", cfg],
+        &[],
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("confidant migrate"), "{out}");
+
+    // `migrate` brings both schemas up to date; a second run is a no-op.
+    for _ in 0..2 {
+        let (code, out) = run(&["migrate", "--config", cfg], &[]);
+        assert_eq!(code, 0, "{out}");
+        assert!(
+            out.contains("audit: migrations applied") && out.contains("vault: migrations applied"),
+            "{out}"
+        );
+    }
+
+    let mut cmd = confidant();
+    cmd.args(["serve", "--services", "audit,vault", "--config", cfg]);
+    let mut server = Process::spawn(cmd, dir.path().join("serve.log"));
+    let operator = TlsFiles {
+        ca_file: pki.join("ca.pem"),
+        cert_file: pki.join("operator.pem"),
+        key_file: pki.join("operator-key.pem"),
+    }
+    .load()
+    .unwrap();
+    for port in [audit_port, vault_port] {
+        wait_serving(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            &operator,
+            Duration::from_secs(30),
+            || server.log(),
+        )
+        .await;
+    }
+    // The vault's start travelled through its outbox into the audit log on
+    // PostgreSQL.
+    let audit_db = confidant_runtime::storage::Database::connect(
+        &database_url,
+        "audit",
+        confidant_runtime::storage::PoolOptions::default(),
+    )
+    .await
+    .unwrap();
+    let confidant_runtime::storage::Database::Postgres(pool) = &audit_db else {
+        panic!("expected postgres");
+    };
+    common::eventually(
+        Duration::from_secs(15),
+        "vault start event in the audit log",
+        || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM audit_events WHERE source_service = 'vault'",
+            )
+            .fetch_one(pool)
+            .await
+            .unwrap_or(0)
+                == 1
+        },
+    )
+    .await;
+    audit_db.close().await;
+    let status = server.terminate(Duration::from_secs(20));
+    assert!(status.success(), "{}", server.log());
+    // Production logs are JSON lines carrying trace ids.
+    let log = server.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("audit events appended"))
+        .unwrap_or_else(|| panic!("no append logged:\n{log}"));
+    let json: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+    assert_eq!(json["trace_id"].as_str().map(str::len), Some(32), "{line}");
+}
