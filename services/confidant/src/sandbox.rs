@@ -29,8 +29,26 @@ impl SandboxData {
     /// Fresh state on `backend`: a temp dir with a CA and, for PostgreSQL, a
     /// new database.
     pub async fn new(backend: Backend) -> Self {
+        Self::create(backend, None).await
+    }
+
+    /// Fresh state for services of the same deployment as `self`: new
+    /// databases, the same CA and certificates.
+    pub async fn sibling(&self) -> Self {
+        Self::create(self.backend, Some(self)).await
+    }
+
+    async fn create(backend: Backend, same_pki_as: Option<&SandboxData>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        PkiDir::new(dir.path().join("pki"))
+        let pki = dir.path().join("pki");
+        if let Some(other) = same_pki_as {
+            std::fs::create_dir_all(&pki).expect("pki dir");
+            for entry in std::fs::read_dir(other.pki().path()).expect("pki files") {
+                let entry = entry.expect("pki file");
+                std::fs::copy(entry.path(), pki.join(entry.file_name())).expect("copy pki");
+            }
+        }
+        PkiDir::new(&pki)
             .ensure_dev("confidant.local")
             .expect("pki");
         let postgres_db = match backend {
