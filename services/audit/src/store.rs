@@ -162,7 +162,7 @@ impl EventStore {
     }
 
     /// Number of events in the log.
-    pub async fn len(&self) -> Result<i64, sqlx::Error> {
+    pub async fn count(&self) -> Result<i64, sqlx::Error> {
         match &self.db {
             Database::Postgres(pool) => {
                 sqlx::query_scalar("SELECT COUNT(*) FROM audit_events")

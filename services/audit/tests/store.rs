@@ -62,7 +62,7 @@ async fn a_redelivered_batch_is_stored_once(t: &TestDatabase) {
             duplicates: 3
         }
     );
-    assert_eq!(store.len().await.unwrap(), 4);
+    assert_eq!(store.count().await.unwrap(), 4);
 }
 
 async fn stored_events_cannot_be_updated_or_deleted(t: &TestDatabase) {
@@ -92,7 +92,7 @@ async fn stored_events_cannot_be_updated_or_deleted(t: &TestDatabase) {
     };
     assert!(update.unwrap_err().to_string().contains("append-only"));
     assert!(delete.unwrap_err().to_string().contains("append-only"));
-    assert_eq!(store.len().await.unwrap(), 1);
+    assert_eq!(store.count().await.unwrap(), 1);
 }
 
 async fn concurrent_appenders_keep_positions_dense(t: &TestDatabase) {

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): makes sure PostgreSQL, Redis and the
+# AWS KMS emulator are reachable, starting or installing them when they are
+# not, installs the client tools the tests drive (Python grpcio, buf), then
+# runs every check and test of the workspace.
+#
+# Environment:
+#   CARGO_TARGET_DIR              build directory (default /var/tmp/confidant-target)
+#   CONFIDANT_TOOLS_DIR           where buf is installed (default /var/tmp/confidant-tools)
+#   CONFIDANT_TEST_POSTGRES_URL   PostgreSQL for tests (default postgres://postgres@127.0.0.1:5432/postgres)
+#   CONFIDANT_TEST_REDIS_URL      Redis for tests (default redis://127.0.0.1:6379)
+#   CONFIDANT_TEST_KMS_ENDPOINT   KMS emulator (default http://127.0.0.1:4599)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/services.sh
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/confidant-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "test services"
+ensure_postgres
+ensure_redis
+ensure_kms_emulator
+ensure_python_clients
+ensure_buf
+
+step "formatting"
+cargo fmt --all -- --check
+
+step "proto: buf lint and breaking-change check"
+(cd proto && "$BUF" lint)
+(cd proto && "$BUF" breaking --against breaking-baseline.binpb)
+if git rev-parse --verify -q main >/dev/null && [ "$(git rev-parse HEAD)" != "$(git rev-parse main)" ]; then
+  (cd proto && "$BUF" breaking --against '../.git#branch=main,subdir=proto')
+fi
+
+step "clippy"
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+
+step "tests"
+cargo test --workspace --all-features --locked
