@@ -202,7 +202,9 @@ pub fn validate_event(
         Ok(o) => Some(o),
     };
     let lower_hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
-    if !event.trace_id.is_empty() && (event.trace_id.len() != 32 || !event.trace_id.chars().all(lower_hex)) {
+    if !event.trace_id.is_empty()
+        && (event.trace_id.len() != 32 || !event.trace_id.chars().all(lower_hex))
+    {
         v.add(f("trace_id"), "must be 32 lowercase hex digits");
     }
     if event.sealed_text.len() > MAX_SEALED_TEXT_BYTES {
