@@ -106,7 +106,7 @@ impl Drop for TestDatabase {
 /// Runs each named async test function (taking a [`TestDatabase`]) against
 /// SQLite and PostgreSQL: one conformance suite for every backend.
 ///
-/// ```ignore
+/// ```text
 /// confidant_runtime::backend_tests!(MIGRATIONS; stores_events, dedups_events);
 /// ```
 #[macro_export]
