@@ -2,11 +2,14 @@
 //! hierarchy (KMS key, scope key, record key), purpose-bound reads, masking,
 //! rotation and crypto-shredding.
 //!
-//! What runs today is the part every service shares: the mutual-TLS port with
-//! health and reflection, its own database schema with the audit outbox, and
-//! delivery of its audit events (its start and stop) to the audit service.
-//! Its own API is built on this foundation.
+//! What runs today is the part every service shares — the mutual-TLS port
+//! with health and reflection, its own schema with the audit outbox, and
+//! delivery of its audit events — plus the root of the key hierarchy:
+//! [`kms`], the KMS providers (AWS KMS and a local keyring for development)
+//! behind one interface. Records, documents and shredding are built on these.
 #![forbid(unsafe_code)]
+
+pub mod kms;
 
 use confidant_runtime::{Migrations, ServiceName};
 

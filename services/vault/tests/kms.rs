@@ -1,0 +1,167 @@
+//! The KMS conformance suite, run against the local keyring and against an
+//! AWS KMS API server (moto, started by scripts/test.sh).
+
+use std::sync::Arc;
+
+use confidant_vault::kms::{AwsKms, AwsSettings, EncryptionContext, Error, Kms, LocalKms};
+
+fn endpoint() -> String {
+    std::env::var("CONFIDANT_TEST_KMS_ENDPOINT")
+        .unwrap_or_else(|_| "http://127.0.0.1:4599".to_owned())
+}
+
+async fn aws_with_new_key() -> (Arc<dyn Kms>, AwsKms, String) {
+    let settings = AwsSettings {
+        key_id: String::new(),
+        region: "eu-west-1".into(),
+        endpoint: Some(endpoint()),
+        static_credentials: Some(("testing".into(), "testing".into())),
+    };
+    let admin = AwsKms::connect(&settings).await;
+    let key = admin
+        .client()
+        .create_key()
+        .description("confidant test")
+        .send()
+        .await
+        .expect("the kms emulator is reachable (scripts/test.sh starts it)");
+    let key_id = key.key_metadata().expect("metadata").key_id().to_owned();
+    let kms = AwsKms::connect(&AwsSettings {
+        key_id: key_id.clone(),
+        ..settings
+    })
+    .await;
+    (Arc::new(kms), admin, key_id)
+}
+
+fn scope(id: &str) -> EncryptionContext {
+    EncryptionContext::new()
+        .with("confidant:scope", id)
+        .with("confidant:purpose", "scope-key")
+}
+
+async fn a_data_key_unwraps_only_with_its_own_context(kms: Arc<dyn Kms>) {
+    let key = kms.generate_data_key(&scope("a")).await.unwrap();
+    assert_ne!(
+        key.wrapped.ciphertext.as_slice(),
+        key.plaintext.expose().as_slice()
+    );
+    let again = kms.decrypt(&key.wrapped, &scope("a")).await.unwrap();
+    assert_eq!(again.expose(), key.plaintext.expose());
+
+    // The same wrapped key presented as another scope's does not unwrap.
+    assert!(matches!(
+        kms.decrypt(&key.wrapped, &scope("b")).await,
+        Err(Error::InvalidCiphertext)
+    ));
+    // Nor does a tampered one.
+    let mut tampered = key.wrapped.clone();
+    let last = tampered.ciphertext.len() - 1;
+    tampered.ciphertext[last] ^= 1;
+    assert!(kms.decrypt(&tampered, &scope("a")).await.is_err());
+}
+
+async fn every_data_key_is_fresh(kms: Arc<dyn Kms>) {
+    let a = kms.generate_data_key(&scope("a")).await.unwrap();
+    let b = kms.generate_data_key(&scope("a")).await.unwrap();
+    assert_ne!(a.plaintext.expose(), b.plaintext.expose());
+    assert_ne!(a.wrapped.ciphertext, b.wrapped.ciphertext);
+}
+
+macro_rules! kms_tests {
+    ($($name:ident),+ $(,)?) => {
+        mod local_provider {
+            $( #[tokio::test] async fn $name() {
+                let dir = tempfile::tempdir().unwrap();
+                let kms = confidant_vault::kms::LocalKms::open(&dir.path().join("kms.keys")).unwrap();
+                super::$name(std::sync::Arc::new(kms)).await
+            } )+
+        }
+        mod aws_provider {
+            $( #[tokio::test] async fn $name() { super::$name(super::aws_with_new_key().await.0).await } )+
+        }
+    };
+}
+
+kms_tests!(
+    a_data_key_unwraps_only_with_its_own_context,
+    every_data_key_is_fresh
+);
+
+#[tokio::test]
+async fn aws_rewrap_moves_a_key_to_the_new_kms_key_without_changing_it() {
+    let (kms, admin, _) = aws_with_new_key().await;
+    let key = kms.generate_data_key(&scope("a")).await.unwrap();
+    let new_key = admin.client().create_key().send().await.unwrap();
+    let new_id = new_key.key_metadata().unwrap().key_id().to_owned();
+    let moved = kms
+        .rewrap(&key.wrapped, &scope("a"), Some(&new_id))
+        .await
+        .unwrap();
+    assert!(
+        moved.key_id.contains(&new_id),
+        "{} should name {new_id}",
+        moved.key_id
+    );
+    assert_eq!(
+        kms.decrypt(&moved, &scope("a")).await.unwrap().expose(),
+        key.plaintext.expose()
+    );
+}
+
+#[tokio::test]
+async fn local_rotation_keeps_old_keys_unwrapping_and_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kms.keys");
+    let kms = LocalKms::open(&path).unwrap();
+    let old = kms.generate_data_key(&scope("a")).await.unwrap();
+    let first = kms.active_key_id();
+    let second = kms.rotate().unwrap();
+    assert_ne!(first, second);
+    let moved = kms.rewrap(&old.wrapped, &scope("a"), None).await.unwrap();
+    assert_eq!(moved.key_id, second);
+
+    let reopened = LocalKms::open(&path).unwrap();
+    assert_eq!(reopened.active_key_id(), second);
+    assert_eq!(
+        reopened
+            .decrypt(&old.wrapped, &scope("a"))
+            .await
+            .unwrap()
+            .expose(),
+        old.plaintext.expose()
+    );
+    assert_eq!(
+        reopened
+            .decrypt(&moved, &scope("a"))
+            .await
+            .unwrap()
+            .expose(),
+        old.plaintext.expose()
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_kms_is_reported_as_unavailable() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let kms = AwsKms::connect(&AwsSettings {
+        key_id: "alias/none".into(),
+        region: "eu-west-1".into(),
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        static_credentials: Some(("testing".into(), "testing".into())),
+    })
+    .await;
+    assert!(matches!(
+        kms.generate_data_key(&scope("a")).await,
+        Err(Error::Unavailable(_))
+    ));
+}
