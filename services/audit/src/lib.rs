@@ -8,6 +8,7 @@
 //! ([`confidant_runtime::outbox`]); only their identities may append.
 #![forbid(unsafe_code)]
 
+pub mod checkpoint;
 pub mod domain;
 pub mod error;
 pub mod grpc;
