@@ -1,29 +1,83 @@
 //! The gRPC face of the audit service.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use chrono::Utc;
 use confidant_proto::audit::v1::audit_service_server::AuditService;
-use confidant_proto::audit::v1::{AppendEventsRequest, AppendEventsResponse};
+use confidant_proto::audit::v1::export_log_response::Item;
+use confidant_proto::audit::v1::{
+    AppendEventsRequest, AppendEventsResponse, Checkpoint, ConsistencyProof, EvidenceBundle,
+    ExportLogRequest, ExportLogResponse, ExportedEvent, GetCheckpointRequest,
+    GetCheckpointResponse, GetConsistencyProofRequest, GetConsistencyProofResponse,
+    GetEvidenceBundleRequest, GetEvidenceBundleResponse, GetInclusionProofRequest,
+    GetInclusionProofResponse, GetLogInfoRequest, GetLogInfoResponse, InclusionProof,
+};
+use confidant_runtime::error::Violations;
 use confidant_runtime::peer::PeerIdentity;
+use futures::Stream;
 use tonic::{Request, Response, Status};
+use uuid::Uuid;
 
 use crate::domain::validate_batch;
 use crate::error::Error;
-use crate::store::EventStore;
+use crate::log::AuditLog;
+use crate::store::{StoredCheckpoint, StoredEvent};
 
 /// Handlers of `confidant.audit.v1.AuditService`.
 #[derive(Debug, Clone)]
 pub struct AuditApi {
-    store: Arc<EventStore>,
+    log: Arc<AuditLog>,
 }
 
 impl AuditApi {
-    /// Handlers over `store`.
-    pub fn new(store: Arc<EventStore>) -> Self {
-        Self { store }
+    /// Handlers over `log`.
+    pub fn new(log: Arc<AuditLog>) -> Self {
+        Self { log }
+    }
+
+    async fn checkpoint_for(&self, tree_size: i64) -> Result<StoredCheckpoint, Error> {
+        let found = if tree_size == 0 {
+            self.log.store().latest_checkpoint().await?
+        } else {
+            self.log.store().checkpoint_of_size(tree_size).await?
+        };
+        found.ok_or(Error::NotFound("no signed checkpoint of that tree size"))
     }
 }
+
+fn to_proto(c: &StoredCheckpoint) -> Checkpoint {
+    Checkpoint {
+        tree_size: c.tree_size,
+        root_hash: c.root_hash.clone(),
+        signed_note: c.signed_note.clone(),
+        issue_time: Some(prost_types::Timestamp {
+            seconds: c.issued_at.timestamp(),
+            nanos: i32::try_from(c.issued_at.timestamp_subsec_nanos()).unwrap_or(0),
+        }),
+    }
+}
+
+fn exported(e: StoredEvent) -> ExportedEvent {
+    ExportedEvent {
+        leaf_index: e.idx,
+        event_id: e.event_id.to_string(),
+        event_bytes: e.payload,
+        leaf_hash: e.leaf_hash,
+    }
+}
+
+fn non_negative(v: &mut Violations, field: &str, value: i64) -> u64 {
+    u64::try_from(value).unwrap_or_else(|_| {
+        v.add(field, "must not be negative");
+        0
+    })
+}
+
+type ExportStream = Pin<Box<dyn Stream<Item = Result<ExportLogResponse, Status>> + Send + 'static>>;
+
+/// Events fetched per page of an export.
+const EXPORT_PAGE: i64 = 1000;
 
 #[tonic::async_trait]
 impl AuditService for AuditApi {
@@ -35,7 +89,7 @@ impl AuditService for AuditApi {
         let caller = PeerIdentity::of(&request).ok_or(Error::NoIdentity)?;
         let events = validate_batch(&request.get_ref().events, caller.name(), Utc::now())
             .map_err(Error::Invalid)?;
-        let done = self.store.append(&events).await.map_err(Error::from)?;
+        let done = self.log.append(&events).await.map_err(Error::from)?;
         tracing::info!(
             source = caller.name(),
             appended = done.appended,
@@ -47,4 +101,245 @@ impl AuditService for AuditApi {
             duplicate_count: i32::try_from(done.duplicates).unwrap_or(i32::MAX),
         }))
     }
+
+    #[tracing::instrument(name = "audit.get_log_info", skip_all)]
+    async fn get_log_info(
+        &self,
+        _request: Request<GetLogInfoRequest>,
+    ) -> Result<Response<GetLogInfoResponse>, Status> {
+        let size = self.log.sync().await.map_err(Error::from)?;
+        Ok(Response::new(GetLogInfoResponse {
+            origin: self.log.origin().to_owned(),
+            verifier_key: self.log.verifier_key(),
+            tree_size: i64::try_from(size).unwrap_or(i64::MAX),
+        }))
+    }
+
+    #[tracing::instrument(name = "audit.get_checkpoint", skip_all, fields(tree_size = request.get_ref().tree_size))]
+    async fn get_checkpoint(
+        &self,
+        request: Request<GetCheckpointRequest>,
+    ) -> Result<Response<GetCheckpointResponse>, Status> {
+        let mut v = Violations::new();
+        non_negative(&mut v, "tree_size", request.get_ref().tree_size);
+        v.into_result().map_err(|e| Error::Invalid(violations(e)))?;
+        let checkpoint = self.checkpoint_for(request.get_ref().tree_size).await?;
+        Ok(Response::new(GetCheckpointResponse {
+            checkpoint: Some(to_proto(&checkpoint)),
+        }))
+    }
+
+    #[tracing::instrument(name = "audit.get_inclusion_proof", skip_all)]
+    async fn get_inclusion_proof(
+        &self,
+        request: Request<GetInclusionProofRequest>,
+    ) -> Result<Response<GetInclusionProofResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let event_id = if req.event_id.is_empty() {
+            None
+        } else {
+            match Uuid::parse_str(&req.event_id) {
+                Ok(id) => Some(id),
+                Err(_) => {
+                    v.add("event_id", "must be a UUID");
+                    None
+                }
+            }
+        };
+        let leaf_index = non_negative(&mut v, "leaf_index", req.leaf_index);
+        non_negative(&mut v, "tree_size", req.tree_size);
+        v.into_result().map_err(|e| Error::Invalid(violations(e)))?;
+        let index = match event_id {
+            Some(id) => {
+                let event = self
+                    .log
+                    .store()
+                    .find(id)
+                    .await
+                    .map_err(Error::from)?
+                    .ok_or(Error::NotFound("no event with that id"))?;
+                u64::try_from(event.idx).unwrap_or(0)
+            }
+            None => leaf_index,
+        };
+        let checkpoint = self.checkpoint_for(req.tree_size).await?;
+        let size = u64::try_from(checkpoint.tree_size).unwrap_or(0);
+        self.log.sync().await.map_err(Error::from)?;
+        let hashes = self
+            .log
+            .inclusion_proof(index, size)
+            .map_err(Error::Proof)?;
+        Ok(Response::new(GetInclusionProofResponse {
+            proof: Some(InclusionProof {
+                leaf_index: i64::try_from(index).unwrap_or(i64::MAX),
+                tree_size: checkpoint.tree_size,
+                leaf_hash: self.log.leaf(index).map(|h| h.to_vec()).unwrap_or_default(),
+                hashes: hashes.into_iter().map(|h| h.to_vec()).collect(),
+            }),
+        }))
+    }
+
+    #[tracing::instrument(name = "audit.get_consistency_proof", skip_all)]
+    async fn get_consistency_proof(
+        &self,
+        request: Request<GetConsistencyProofRequest>,
+    ) -> Result<Response<GetConsistencyProofResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let first = non_negative(&mut v, "first_tree_size", req.first_tree_size);
+        let second = non_negative(&mut v, "second_tree_size", req.second_tree_size);
+        if first > second {
+            v.add("first_tree_size", "must not exceed second_tree_size");
+        }
+        v.into_result().map_err(|e| Error::Invalid(violations(e)))?;
+        self.log.sync().await.map_err(Error::from)?;
+        let hashes = self
+            .log
+            .consistency_proof(first, second)
+            .map_err(Error::Proof)?;
+        Ok(Response::new(GetConsistencyProofResponse {
+            proof: Some(ConsistencyProof {
+                first_tree_size: req.first_tree_size,
+                second_tree_size: req.second_tree_size,
+                hashes: hashes.into_iter().map(|h| h.to_vec()).collect(),
+            }),
+        }))
+    }
+
+    type ExportLogStream = ExportStream;
+
+    #[tracing::instrument(name = "audit.export_log", skip_all)]
+    async fn export_log(
+        &self,
+        request: Request<ExportLogRequest>,
+    ) -> Result<Response<Self::ExportLogStream>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let start = non_negative(&mut v, "start_index", req.start_index);
+        let end = non_negative(&mut v, "end_index", req.end_index);
+        if end != 0 && end < start {
+            v.add("end_index", "must not be below start_index");
+        }
+        v.into_result().map_err(|e| Error::Invalid(violations(e)))?;
+        let size = self.log.sync().await.map_err(Error::from)?;
+        let end = if end == 0 { size } else { end.min(size) };
+        let checkpoints = self
+            .log
+            .store()
+            .all_checkpoints()
+            .await
+            .map_err(Error::from)?;
+        let log = self.log.clone();
+        let stream = async_stream(log, start, end, checkpoints);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    #[tracing::instrument(name = "audit.get_evidence_bundle", skip_all)]
+    async fn get_evidence_bundle(
+        &self,
+        request: Request<GetEvidenceBundleRequest>,
+    ) -> Result<Response<GetEvidenceBundleResponse>, Status> {
+        let mut v = Violations::new();
+        let id = Uuid::parse_str(&request.get_ref().event_id).ok();
+        if id.is_none() {
+            v.add("event_id", "must be a UUID");
+        }
+        v.into_result().map_err(|e| Error::Invalid(violations(e)))?;
+        let event = self
+            .log
+            .store()
+            .find(id.unwrap_or_default())
+            .await
+            .map_err(Error::from)?
+            .ok_or(Error::NotFound("no event with that id"))?;
+        let checkpoint = self.checkpoint_for(0).await?;
+        if checkpoint.tree_size <= event.idx {
+            return Err(
+                Error::NotFound("the event is not yet covered by a signed checkpoint").into(),
+            );
+        }
+        self.log.sync().await.map_err(Error::from)?;
+        let index = u64::try_from(event.idx).unwrap_or(0);
+        let hashes = self
+            .log
+            .inclusion_proof(index, u64::try_from(checkpoint.tree_size).unwrap_or(0))
+            .map_err(Error::Proof)?;
+        let proof = InclusionProof {
+            leaf_index: event.idx,
+            tree_size: checkpoint.tree_size,
+            leaf_hash: event.leaf_hash.clone(),
+            hashes: hashes.into_iter().map(|h| h.to_vec()).collect(),
+        };
+        Ok(Response::new(GetEvidenceBundleResponse {
+            bundle: Some(EvidenceBundle {
+                event: Some(exported(event)),
+                checkpoint: Some(to_proto(&checkpoint)),
+                proof: Some(proof),
+                verifier_key: self.log.verifier_key(),
+            }),
+        }))
+    }
+}
+
+fn violations(list: Vec<confidant_runtime::error::FieldViolation>) -> Violations {
+    let mut v = Violations::new();
+    for f in list {
+        v.add(f.field, f.description);
+    }
+    v
+}
+
+/// Streams events `[start, end)` page by page, each checkpoint right after
+/// the last event it covers.
+fn async_stream(
+    log: Arc<AuditLog>,
+    start: u64,
+    end: u64,
+    checkpoints: Vec<StoredCheckpoint>,
+) -> impl Stream<Item = Result<ExportLogResponse, Status>> + Send + 'static {
+    let state = (
+        log,
+        i64::try_from(start).unwrap_or(i64::MAX),
+        checkpoints.into_iter().peekable(),
+        Vec::new(),
+    );
+    let end = i64::try_from(end).unwrap_or(i64::MAX);
+    futures::stream::unfold(
+        state,
+        move |(log, next, mut cps, mut buffered): (_, i64, _, Vec<ExportLogResponse>)| async move {
+            if let Some(item) = buffered.pop() {
+                return Some((Ok(item), (log, next, cps, buffered)));
+            }
+            // Checkpoints covering exactly the events sent so far come first.
+            if let Some(cp) = cps.next_if(|c: &StoredCheckpoint| c.tree_size <= next) {
+                let item = ExportLogResponse {
+                    item: Some(Item::Checkpoint(to_proto(&cp))),
+                };
+                return Some((Ok(item), (log, next, cps, buffered)));
+            }
+            if next >= end {
+                return None;
+            }
+            let page = match log.store().range(next, EXPORT_PAGE.min(end - next)).await {
+                Ok(page) => page,
+                Err(e) => {
+                    return Some((Err(Status::from(Error::from(e))), (log, end, cps, buffered)));
+                }
+            };
+            let Some(last) = page.last().map(|e| e.idx) else {
+                return None;
+            };
+            // Reverse so that pop() yields in order.
+            buffered = page
+                .into_iter()
+                .rev()
+                .map(|e| ExportLogResponse {
+                    item: Some(Item::Event(exported(e))),
+                })
+                .collect();
+            let first = buffered.pop()?;
+            Some((Ok(first), (log, last + 1, cps, buffered)))
+        },
+    )
 }

@@ -1,7 +1,11 @@
-//! The audit service: the append-only log of every access to client data.
+//! The audit service: the tamper-evident log of every access to client data.
 //!
 //! - [`domain`]: events as the log accepts them, checked at the boundary;
-//! - [`store`]: the append-only store on PostgreSQL or SQLite;
+//! - [`store`]: the append-only store of events and checkpoints;
+//! - [`merkle`]: the RFC 9162 tree, proofs and their verification;
+//! - [`checkpoint`]: signed checkpoints (C2SP signed notes, Ed25519);
+//! - [`log`]: the log that ties them together and guards its integrity;
+//! - [`verify`]: offline verification of an exported log;
 //! - [`grpc`]: the `confidant.audit.v1.AuditService` handlers.
 //!
 //! Other services deliver their events through their outboxes
@@ -12,18 +16,28 @@ pub mod checkpoint;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod log;
 pub mod merkle;
 pub mod store;
+pub mod verify;
 
+use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use confidant_proto::audit::v1::Outcome;
 use confidant_proto::audit::v1::audit_service_server::AuditServiceServer;
 use confidant_runtime::app::{ServiceContext, ServiceParts};
 use confidant_runtime::audit::{Action, service_event};
+use confidant_runtime::coord::{Lease, SharedCoordinator};
 use confidant_runtime::peer::PeerPolicy;
 use confidant_runtime::{Migrations, ServiceName};
 use sqlx::migrate::Migrator;
+
+use crate::checkpoint::Signer;
+use crate::log::AuditLog;
+use crate::store::EventStore;
 
 /// This service.
 pub const NAME: ServiceName = ServiceName::Audit;
@@ -48,9 +62,54 @@ pub const APPENDERS: [ServiceName; 4] = [
     ServiceName::Retention,
 ];
 
-/// Builds the audit service and records its own start in the log.
+/// Writes a new checkpoint signing key (Ed25519, PKCS#8 DER) to `path`,
+/// readable by its owner only. Refuses to overwrite an existing key: losing
+/// it would orphan every checkpoint signed so far.
+pub fn write_signing_key(path: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let pkcs8 = Signer::generate_pkcs8()?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "{}: cannot create (an existing key is never overwritten)",
+                path.display()
+            )
+        })?;
+    file.write_all(&pkcs8)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// Loads the checkpoint signer named after the log's origin.
+pub fn load_signer(path: &Path, origin: &str) -> anyhow::Result<Signer> {
+    let pkcs8 = zeroize::Zeroizing::new(
+        std::fs::read(path).with_context(|| format!("{}", path.display()))?,
+    );
+    Signer::from_pkcs8(origin, &pkcs8)
+        .with_context(|| format!("{}: audit signing key", path.display()))
+}
+
+/// Builds the audit service, records its own start in the log and starts
+/// the checkpointer.
 pub async fn build(ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
-    let store = Arc::new(store::EventStore::new(ctx.db.clone()));
+    let key_path = ctx
+        .config
+        .audit
+        .signing_key_file
+        .clone()
+        .context("audit.signing_key_file is not set")?;
+    let origin = ctx.config.audit_origin();
+    let signer = load_signer(&key_path, &origin)?;
+    let log = Arc::new(AuditLog::open(EventStore::new(ctx.db.clone()), signer, &origin).await?);
+
     let started = service_event(
         NAME,
         &ctx.config.trust_domain,
@@ -59,14 +118,33 @@ pub async fn build(ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
     );
     let started = domain::validate_batch(&[started], NAME.as_str(), chrono::Utc::now())
         .map_err(|v| anyhow::anyhow!("own start event invalid: {:?}", v.as_slice()))?;
-    store.append(&started).await?;
+    log.append(&started).await?;
 
-    let policy = PeerPolicy::new().allow(
-        &format!("/{GRPC_SERVICE}/AppendEvents"),
-        APPENDERS.iter().map(|s| ctx.spiffe_id(*s)),
+    let readers: Vec<String> = ctx
+        .config
+        .audit
+        .readers
+        .iter()
+        .map(|name| confidant_runtime::service_name::spiffe_id(&ctx.config.trust_domain, name))
+        .collect();
+    let policy = PeerPolicy::new()
+        .allow(
+            &format!("/{GRPC_SERVICE}/AppendEvents"),
+            APPENDERS.iter().map(|s| ctx.spiffe_id(*s)),
+        )
+        .allow(&format!("/{GRPC_SERVICE}/ExportLog"), readers.clone())
+        .allow(&format!("/{GRPC_SERVICE}/GetEvidenceBundle"), readers);
+
+    let checkpointer = run_checkpointer(
+        log.clone(),
+        ctx.coord.clone(),
+        Duration::from_secs(ctx.config.audit.checkpoint_interval_seconds),
+        ctx.config.audit.checkpoint_max_events,
+        ctx.shutdown.clone(),
     );
+
     let trust_domain = ctx.config.trust_domain.clone();
-    let stop_store = store.clone();
+    let stop_log = log.clone();
     let on_stop = Box::pin(async move {
         let stopped = service_event(
             NAME,
@@ -75,16 +153,73 @@ pub async fn build(ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
             Outcome::Allowed,
         );
         if let Ok(stopped) = domain::validate_batch(&[stopped], NAME.as_str(), chrono::Utc::now())
-            && let Err(err) = stop_store.append(&stopped).await
+            && let Err(err) = stop_log.append(&stopped).await
         {
             tracing::error!(error = %err, "could not record the audit service's stop");
         }
     });
     Ok(ServiceParts {
-        routes: tonic::service::Routes::new(AuditServiceServer::new(grpc::AuditApi::new(store))),
+        routes: tonic::service::Routes::new(AuditServiceServer::new(grpc::AuditApi::new(log))),
         grpc_services: vec![GRPC_SERVICE],
         policy,
-        tasks: Vec::new(),
+        tasks: vec![Box::pin(checkpointer)],
         on_stop: vec![on_stop],
     })
+}
+
+const LEASE: &str = "audit-checkpointer";
+const LEASE_TTL: Duration = Duration::from_secs(15);
+const POLL: Duration = Duration::from_millis(250);
+
+/// Signs a checkpoint every `interval`, and sooner once `max_events` arrived
+/// since the last one. With several replicas, the holder of a lease does it.
+async fn run_checkpointer(
+    log: Arc<AuditLog>,
+    coord: SharedCoordinator,
+    interval: Duration,
+    max_events: u64,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let holder = uuid::Uuid::new_v4().to_string();
+    let mut lease: Option<(Lease, Instant)> = None;
+    let mut last_issue: Option<Instant> = None;
+    let mut last_size = match log.store().latest_checkpoint().await {
+        Ok(Some(c)) => u64::try_from(c.tree_size).unwrap_or(0),
+        _ => 0,
+    };
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        lease = match lease.take() {
+            Some((l, renewed)) if renewed.elapsed() < LEASE_TTL / 3 => Some((l, renewed)),
+            Some((l, _)) => match coord.renew_lease(&l, LEASE_TTL).await {
+                Ok(true) => Some((l, Instant::now())),
+                _ => None,
+            },
+            None => match coord.acquire_lease(LEASE, &holder, LEASE_TTL).await {
+                Ok(Some(l)) => Some((l, Instant::now())),
+                _ => None,
+            },
+        };
+        if lease.is_some() {
+            let size = log.sync().await.unwrap_or(last_size);
+            let due = last_issue.is_none_or(|t| t.elapsed() >= interval)
+                || size >= last_size.saturating_add(max_events);
+            if due {
+                last_issue = Some(Instant::now());
+                match log.issue_checkpoint().await {
+                    Ok(c) => last_size = u64::try_from(c.tree_size).unwrap_or(last_size),
+                    Err(err) => tracing::error!(error = %err, "audit checkpoint not signed"),
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(POLL) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    if let Some((l, _)) = lease {
+        let _ = coord.release_lease(&l).await;
+    }
 }

@@ -1,4 +1,4 @@
-//! The append-only event store, on PostgreSQL or SQLite.
+//! The append-only event and checkpoint store, on PostgreSQL or SQLite.
 
 use std::collections::HashSet;
 
@@ -7,6 +7,7 @@ use confidant_runtime::storage::Database;
 use uuid::Uuid;
 
 use crate::domain::ValidEvent;
+use crate::merkle::{Hash, leaf_hash};
 
 /// Key of the PostgreSQL advisory lock that serialises appends across
 /// replicas, so that log positions stay dense and ordered.
@@ -28,8 +29,23 @@ pub struct StoredEvent {
     pub idx: i64,
     /// Event id.
     pub event_id: Uuid,
-    /// The event as received (protobuf).
+    /// The event as received (protobuf): the bytes the log commits to.
     pub payload: Vec<u8>,
+    /// The leaf hash recorded at append time.
+    pub leaf_hash: Vec<u8>,
+}
+
+/// A stored checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCheckpoint {
+    /// Number of events it covers.
+    pub tree_size: i64,
+    /// Their root hash.
+    pub root_hash: Vec<u8>,
+    /// The signed note.
+    pub signed_note: String,
+    /// When it was issued.
+    pub issued_at: DateTime<Utc>,
 }
 
 /// The audit log's storage.
@@ -45,6 +61,39 @@ fn sqlite_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+fn parse_sqlite_time(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).map_or(DateTime::<Utc>::MIN_UTC, |t| t.with_timezone(&Utc))
+}
+
+type EventRow = (i64, Uuid, Vec<u8>, Vec<u8>);
+type SqliteEventRow = (i64, String, Vec<u8>, Vec<u8>);
+
+fn from_sqlite_rows(rows: Vec<SqliteEventRow>) -> Vec<StoredEvent> {
+    rows.into_iter()
+        .filter_map(|(idx, id, payload, leaf_hash)| {
+            Some(StoredEvent {
+                idx,
+                event_id: Uuid::parse_str(&id).ok()?,
+                payload,
+                leaf_hash,
+            })
+        })
+        .collect()
+}
+
+fn from_pg_rows(rows: Vec<EventRow>) -> Vec<StoredEvent> {
+    rows.into_iter()
+        .map(|(idx, event_id, payload, leaf_hash)| StoredEvent {
+            idx,
+            event_id,
+            payload,
+            leaf_hash,
+        })
+        .collect()
+}
+
+const CHECKPOINT_COLUMNS: &str = "tree_size, root_hash, signed_note, issued_at";
+
 impl EventStore {
     /// The store in `db` (migrated with [`crate::MIGRATIONS`]).
     pub fn new(db: Database) -> Self {
@@ -59,6 +108,7 @@ impl EventStore {
     pub async fn append(&self, events: &[ValidEvent]) -> Result<Appended, sqlx::Error> {
         let _guard = self.append_lock.lock().await;
         let now = Utc::now();
+        let fresh: Vec<&ValidEvent>;
         match &self.db {
             Database::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
@@ -75,7 +125,7 @@ impl EventStore {
                 .await?
                 .into_iter()
                 .collect();
-                let fresh = fresh_events(events, &existing);
+                fresh = fresh_events(events, &existing);
                 let mut next: i64 =
                     sqlx::query_scalar("SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_events")
                         .fetch_one(&mut *tx)
@@ -83,8 +133,8 @@ impl EventStore {
                 for e in &fresh {
                     sqlx::query(
                         "INSERT INTO audit_events (idx, event_id, source_service, occurred_at, recorded_at, action, \
-                         actor_kind, actor_id, client_id, matter_id, outcome, payload) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                         actor_kind, actor_id, client_id, matter_id, outcome, payload, leaf_hash) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
                     )
                     .bind(next)
                     .bind(e.id)
@@ -98,15 +148,12 @@ impl EventStore {
                     .bind(e.matter_id.map(|id| id.to_string()))
                     .bind(e.outcome as i16)
                     .bind(&e.payload)
+                    .bind(leaf_hash(&e.payload).as_slice())
                     .execute(&mut *tx)
                     .await?;
                     next += 1;
                 }
                 tx.commit().await?;
-                Ok(Appended {
-                    appended: fresh.len(),
-                    duplicates: events.len() - fresh.len(),
-                })
             }
             Database::Sqlite(pool) => {
                 let mut tx = confidant_runtime::storage::begin_sqlite_write(pool).await?;
@@ -125,7 +172,7 @@ impl EventStore {
                     .iter()
                     .filter_map(|s| Uuid::parse_str(s).ok())
                     .collect();
-                let fresh = fresh_events(events, &existing);
+                fresh = fresh_events(events, &existing);
                 let mut next: i64 =
                     sqlx::query_scalar("SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_events")
                         .fetch_one(&mut *tx)
@@ -133,8 +180,8 @@ impl EventStore {
                 for e in &fresh {
                     sqlx::query(
                         "INSERT INTO audit_events (idx, event_id, source_service, occurred_at, recorded_at, action, \
-                         actor_kind, actor_id, client_id, matter_id, outcome, payload) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                         actor_kind, actor_id, client_id, matter_id, outcome, payload, leaf_hash) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                     )
                     .bind(next)
                     .bind(e.id.to_string())
@@ -148,17 +195,18 @@ impl EventStore {
                     .bind(e.matter_id.map(|id| id.to_string()))
                     .bind(e.outcome as i32)
                     .bind(&e.payload)
+                    .bind(leaf_hash(&e.payload).as_slice())
                     .execute(&mut *tx)
                     .await?;
                     next += 1;
                 }
                 tx.commit().await?;
-                Ok(Appended {
-                    appended: fresh.len(),
-                    duplicates: events.len() - fresh.len(),
-                })
             }
         }
+        Ok(Appended {
+            appended: fresh.len(),
+            duplicates: events.len() - fresh.len(),
+        })
     }
 
     /// Number of events in the log.
@@ -179,42 +227,159 @@ impl EventStore {
 
     /// Events from position `from` on, in log order, at most `limit`.
     pub async fn range(&self, from: i64, limit: i64) -> Result<Vec<StoredEvent>, sqlx::Error> {
+        const SQL_PG: &str = "SELECT idx, event_id, payload, leaf_hash FROM audit_events WHERE idx >= $1 ORDER BY idx LIMIT $2";
+        const SQL_LITE: &str = "SELECT idx, event_id, payload, leaf_hash FROM audit_events WHERE idx >= ?1 ORDER BY idx LIMIT ?2";
+        Ok(match &self.db {
+            Database::Postgres(pool) => from_pg_rows(
+                sqlx::query_as(SQL_PG)
+                    .bind(from)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await?,
+            ),
+            Database::Sqlite(pool) => from_sqlite_rows(
+                sqlx::query_as(SQL_LITE)
+                    .bind(from)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await?,
+            ),
+        })
+    }
+
+    /// The event with id `event_id`.
+    pub async fn find(&self, event_id: Uuid) -> Result<Option<StoredEvent>, sqlx::Error> {
+        Ok(match &self.db {
+            Database::Postgres(pool) => from_pg_rows(
+                sqlx::query_as("SELECT idx, event_id, payload, leaf_hash FROM audit_events WHERE event_id = $1")
+                    .bind(event_id)
+                    .fetch_all(pool)
+                    .await?,
+            ),
+            Database::Sqlite(pool) => from_sqlite_rows(
+                sqlx::query_as("SELECT idx, event_id, payload, leaf_hash FROM audit_events WHERE event_id = ?1")
+                    .bind(event_id.to_string())
+                    .fetch_all(pool)
+                    .await?,
+            ),
+        }
+        .pop())
+    }
+
+    /// Records a signed checkpoint.
+    pub async fn insert_checkpoint(
+        &self,
+        tree_size: i64,
+        root: &Hash,
+        signed_note: &str,
+        issued_at: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
         match &self.db {
             Database::Postgres(pool) => {
-                let rows: Vec<(i64, Uuid, Vec<u8>)> =
-                    sqlx::query_as("SELECT idx, event_id, payload FROM audit_events WHERE idx >= $1 ORDER BY idx LIMIT $2")
-                        .bind(from)
-                        .bind(limit)
-                        .fetch_all(pool)
-                        .await?;
-                Ok(rows
-                    .into_iter()
-                    .map(|(idx, event_id, payload)| StoredEvent {
-                        idx,
-                        event_id,
-                        payload,
-                    })
-                    .collect())
+                sqlx::query(
+                    "INSERT INTO audit_checkpoints (tree_size, root_hash, signed_note, issued_at) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(tree_size)
+                .bind(root.as_slice())
+                .bind(signed_note)
+                .bind(issued_at)
+                .execute(pool)
+                .await?;
             }
             Database::Sqlite(pool) => {
-                let rows: Vec<(i64, String, Vec<u8>)> =
-                    sqlx::query_as("SELECT idx, event_id, payload FROM audit_events WHERE idx >= ?1 ORDER BY idx LIMIT ?2")
-                        .bind(from)
+                sqlx::query(
+                    "INSERT INTO audit_checkpoints (tree_size, root_hash, signed_note, issued_at) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .bind(tree_size)
+                .bind(root.as_slice())
+                .bind(signed_note)
+                .bind(sqlite_time(issued_at))
+                .execute(pool)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checkpoints matching `condition` (a fixed SQL fragment) with one
+    /// integer parameter, newest first, at most `limit`.
+    async fn checkpoints_where(
+        &self,
+        condition: &str,
+        param: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredCheckpoint>, sqlx::Error> {
+        Ok(match &self.db {
+            Database::Postgres(pool) => {
+                let sql = format!(
+                    "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints WHERE {} ORDER BY id DESC LIMIT $2",
+                    condition.replace('?', "$1")
+                );
+                let rows: Vec<(i64, Vec<u8>, String, DateTime<Utc>)> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                        .bind(param)
                         .bind(limit)
                         .fetch_all(pool)
                         .await?;
-                Ok(rows
-                    .into_iter()
-                    .filter_map(|(idx, id, payload)| {
-                        Some(StoredEvent {
-                            idx,
-                            event_id: Uuid::parse_str(&id).ok()?,
-                            payload,
-                        })
-                    })
-                    .collect())
+                rows.into_iter()
+                    .map(
+                        |(tree_size, root_hash, signed_note, issued_at)| StoredCheckpoint {
+                            tree_size,
+                            root_hash,
+                            signed_note,
+                            issued_at,
+                        },
+                    )
+                    .collect()
             }
-        }
+            Database::Sqlite(pool) => {
+                let sql = format!(
+                    "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints WHERE {} ORDER BY id DESC LIMIT ?2",
+                    condition.replace('?', "?1")
+                );
+                let rows: Vec<(i64, Vec<u8>, String, String)> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                        .bind(param)
+                        .bind(limit)
+                        .fetch_all(pool)
+                        .await?;
+                rows.into_iter()
+                    .map(
+                        |(tree_size, root_hash, signed_note, issued_at)| StoredCheckpoint {
+                            tree_size,
+                            root_hash,
+                            signed_note,
+                            issued_at: parse_sqlite_time(&issued_at),
+                        },
+                    )
+                    .collect()
+            }
+        })
+    }
+
+    /// The newest checkpoint.
+    pub async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, sqlx::Error> {
+        Ok(self.checkpoints_where("tree_size >= ?", 0, 1).await?.pop())
+    }
+
+    /// The newest checkpoint of exactly `tree_size` events.
+    pub async fn checkpoint_of_size(
+        &self,
+        tree_size: i64,
+    ) -> Result<Option<StoredCheckpoint>, sqlx::Error> {
+        Ok(self
+            .checkpoints_where("tree_size = ?", tree_size, 1)
+            .await?
+            .pop())
+    }
+
+    /// Every checkpoint, oldest first.
+    pub async fn all_checkpoints(&self) -> Result<Vec<StoredCheckpoint>, sqlx::Error> {
+        let mut all = self
+            .checkpoints_where("tree_size >= ?", 0, i64::MAX)
+            .await?;
+        all.reverse();
+        Ok(all)
     }
 }
 

@@ -2,6 +2,7 @@
 //! operator commands. `main.rs` only parses the command line and calls in.
 #![forbid(unsafe_code)]
 
+pub mod audit_cli;
 pub mod certs;
 pub mod process;
 #[cfg(feature = "testing")]

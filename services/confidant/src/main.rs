@@ -66,6 +66,68 @@ enum Command {
         #[command(subcommand)]
         action: CertsCommand,
     },
+    /// The audit log: signing key, export, offline verification, evidence.
+    Audit {
+        #[command(subcommand)]
+        action: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Create the Ed25519 key that signs checkpoints (never overwrites).
+    Keygen {
+        /// Where to write the key (PKCS#8 DER, mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Export events and checkpoints as JSON Lines (for SIEMs and auditors).
+    Export {
+        #[command(flatten)]
+        conn: confidant::audit_cli::Connection,
+        /// First position, inclusive.
+        #[arg(long, default_value_t = 0)]
+        start: i64,
+        /// Last position, exclusive (0: the end of the log).
+        #[arg(long, default_value_t = 0)]
+        end: i64,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Verify the whole log: recompute the tree, check every checkpoint's
+    /// signature and root, and name the first event that does not match.
+    /// Reads an export file, or the live service.
+    Verify {
+        #[command(flatten)]
+        conn: confidant::audit_cli::Connection,
+        /// An export file; when absent, the service is asked.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// The log's verifier key (from `GetLogInfo` when the log was set up).
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+    /// Fetch the evidence bundle of one event (JSON).
+    Evidence {
+        #[command(flatten)]
+        conn: confidant::audit_cli::Connection,
+        /// The event id.
+        #[arg(long)]
+        event_id: String,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Check an evidence bundle offline.
+    VerifyEvidence {
+        /// The bundle file.
+        #[arg(long)]
+        file: PathBuf,
+        /// The log's verifier key.
+        #[arg(long)]
+        public_key: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -128,6 +190,7 @@ fn main() -> ExitCode {
             };
             report(result)
         }
+        Command::Audit { action } => audit(action),
         Command::Dev { data_dir } => {
             let data_dir = match std::path::absolute(&data_dir) {
                 Ok(dir) => dir,
@@ -192,6 +255,94 @@ fn main() -> ExitCode {
     }
 }
 
+/// Exit code when a verification finds a problem (EX_DATAERR).
+const EXIT_VERIFY_FAILED: u8 = 65;
+
+fn output(path: Option<&Path>) -> anyhow::Result<Box<dyn std::io::Write>> {
+    Ok(match path {
+        Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p)?)),
+        None => Box::new(std::io::stdout()),
+    })
+}
+
+fn verdict(result: anyhow::Result<bool>) -> ExitCode {
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(EXIT_VERIFY_FAILED),
+        Err(err) => report(Err(err)),
+    }
+}
+
+fn block_on<F: std::future::Future<Output = ExitCode>>(future: F) -> ExitCode {
+    match runtime() {
+        Ok(rt) => rt.block_on(future),
+        Err(err) => report(Err(err)),
+    }
+}
+
+fn audit(action: AuditCommand) -> ExitCode {
+    use confidant::audit_cli;
+    let mut stdout = std::io::stdout();
+    match action {
+        AuditCommand::Keygen { out } => {
+            report(confidant_audit::write_signing_key(&out).map(|()| {
+                println!("audit signing key written: {}", out.display());
+            }))
+        }
+        AuditCommand::VerifyEvidence { file, public_key } => verdict(
+            audit_cli::verify_evidence_file(&file, public_key.as_deref(), &mut stdout),
+        ),
+        AuditCommand::Verify {
+            file: Some(file),
+            public_key,
+            ..
+        } => verdict(audit_cli::verify_file(
+            &file,
+            public_key.as_deref(),
+            &mut stdout,
+        )),
+        AuditCommand::Verify {
+            conn,
+            public_key,
+            file: None,
+        } => block_on(async move {
+            verdict(audit_cli::verify_service(&conn, public_key.as_deref(), &mut stdout).await)
+        }),
+        AuditCommand::Export {
+            conn,
+            start,
+            end,
+            out,
+        } => block_on(async move {
+            report(
+                async {
+                    let mut sink = output(out.as_deref())?;
+                    let n = audit_cli::export(&conn, start, end, &mut sink).await?;
+                    sink.flush()?;
+                    eprintln!("{n} events exported");
+                    Ok(())
+                }
+                .await,
+            )
+        }),
+        AuditCommand::Evidence {
+            conn,
+            event_id,
+            out,
+        } => block_on(async move {
+            report(
+                async {
+                    let mut sink = output(out.as_deref())?;
+                    audit_cli::evidence(&conn, &event_id, &mut sink).await?;
+                    sink.flush()?;
+                    Ok(())
+                }
+                .await,
+            )
+        }),
+    }
+}
+
 fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Config, String> {
     config::load(toml::Table::new(), file, env).map_err(|e| e.to_string())
 }
@@ -202,6 +353,11 @@ fn dev_config(data_dir: &Path, env: &HashMap<String, String>) -> Result<Config, 
     PkiDir::new(data_dir.join("pki"))
         .ensure_dev(&config.trust_domain)
         .map_err(|e| format!("dev certificates in {}: {e}", data_dir.display()))?;
+    if let Some(key) = &config.audit.signing_key_file
+        && !key.exists()
+    {
+        confidant_audit::write_signing_key(key).map_err(|e| format!("audit signing key: {e:#}"))?;
+    }
     config
         .validate(&ServiceName::ALL)
         .map_err(|e| e.to_string())?;

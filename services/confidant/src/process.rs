@@ -122,7 +122,8 @@ fn peer_url(addr: SocketAddr) -> String {
     format!("https://{}", SocketAddr::new(host, addr.port()))
 }
 
-fn host_of(url: &str) -> String {
+/// The host part of a URL, for TLS server-name checks.
+pub fn host_of(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let authority = rest.split('/').next().unwrap_or(rest);
     if let Some(v6) = authority.strip_prefix('[') {

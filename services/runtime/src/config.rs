@@ -54,6 +54,8 @@ pub struct Config {
     pub kms: KmsConfig,
     /// Logs and traces.
     pub telemetry: TelemetryConfig,
+    /// The audit log.
+    pub audit: AuditConfig,
     /// Whether gRPC server reflection is served.
     pub reflection: bool,
     /// How long in-flight calls may run after a shutdown signal.
@@ -72,6 +74,7 @@ impl Default for Config {
             redis: RedisConfig::default(),
             kms: KmsConfig::default(),
             telemetry: TelemetryConfig::default(),
+            audit: AuditConfig::default(),
             reflection: true,
             shutdown_grace_seconds: 30,
         }
@@ -139,6 +142,36 @@ pub struct KmsConfig {
     pub local_key_file: Option<PathBuf>,
     /// Must be true to use the local provider outside dev mode.
     pub allow_insecure_local: bool,
+}
+
+/// Audit log settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// The Ed25519 private key (PKCS#8 DER) that signs checkpoints; create
+    /// one with `confidant audit keygen`. Required where the audit service runs.
+    pub signing_key_file: Option<PathBuf>,
+    /// The checkpoint origin line; defaults to `<trust_domain>/audit`.
+    pub origin: Option<String>,
+    /// A checkpoint is signed at least this often, even when nothing happened.
+    pub checkpoint_interval_seconds: u64,
+    /// ... and as soon as this many events arrived since the last one.
+    pub checkpoint_max_events: u64,
+    /// Client identities (names in the trust domain, e.g. `operator`) that may
+    /// export the log and fetch evidence bundles.
+    pub readers: Vec<String>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            signing_key_file: None,
+            origin: None,
+            checkpoint_interval_seconds: 60,
+            checkpoint_max_events: 1000,
+            readers: vec!["operator".to_owned()],
+        }
+    }
 }
 
 /// One problem with the configuration, naming the setting.
@@ -398,6 +431,27 @@ impl Config {
                 }
             }
         }
+        if running.contains(&ServiceName::Audit) {
+            match &self.audit.signing_key_file {
+                None => problem(
+                    "audit.signing_key_file".into(),
+                    "is required where the audit service runs",
+                ),
+                Some(p) if !p.is_file() => {
+                    problem("audit.signing_key_file".into(), "file does not exist")
+                }
+                Some(_) => {}
+            }
+            if self.audit.checkpoint_interval_seconds == 0 {
+                problem(
+                    "audit.checkpoint_interval_seconds".into(),
+                    "must be at least 1",
+                );
+            }
+            if self.audit.checkpoint_max_events == 0 {
+                problem("audit.checkpoint_max_events".into(), "must be at least 1");
+            }
+        }
         if !(0.0..=1.0).contains(&self.telemetry.sampling_ratio) {
             problem(
                 "telemetry.sampling_ratio".into(),
@@ -450,6 +504,11 @@ impl Config {
         );
         let mut telemetry = toml::Table::new();
         telemetry.insert("log_format".into(), toml::Value::String("text".into()));
+        let mut audit = toml::Table::new();
+        audit.insert(
+            "signing_key_file".into(),
+            path_value(&data_dir.join("audit-log.key")),
+        );
         let mut t = toml::Table::new();
         t.insert("mode".into(), toml::Value::String("dev".into()));
         t.insert("data_dir".into(), path_value(data_dir));
@@ -457,7 +516,16 @@ impl Config {
         t.insert("services".into(), toml::Value::Table(services));
         t.insert("kms".into(), toml::Value::Table(kms));
         t.insert("telemetry".into(), toml::Value::Table(telemetry));
+        t.insert("audit".into(), toml::Value::Table(audit));
         t
+    }
+
+    /// The origin line of the audit log's checkpoints.
+    pub fn audit_origin(&self) -> String {
+        self.audit
+            .origin
+            .clone()
+            .unwrap_or_else(|| format!("{}/audit", self.trust_domain))
     }
 }
 
@@ -537,6 +605,13 @@ mod tests {
         ] {
             assert!(err.contains(setting), "{setting} missing from:\n{err}");
         }
+        let err = config
+            .validate(&[ServiceName::Audit])
+            .unwrap_err()
+            .to_string();
+        for setting in ["audit.signing_key_file", "services.audit.database_url"] {
+            assert!(err.contains(setting), "{setting} missing from:\n{err}");
+        }
     }
 
     #[test]
@@ -565,6 +640,7 @@ mod tests {
         crate::pki::PkiDir::new(dir.path().join("pki"))
             .ensure_dev("confidant.local")
             .unwrap();
+        std::fs::write(dir.path().join("audit-log.key"), b"key").unwrap();
         let config = load(Config::dev_defaults(dir.path()), None, &HashMap::new()).unwrap();
         assert_eq!(config.mode, Mode::Dev);
         config.validate(&ServiceName::ALL).unwrap();

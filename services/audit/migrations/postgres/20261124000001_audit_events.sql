@@ -14,7 +14,9 @@ CREATE TABLE audit_events (
     matter_id      TEXT,
     outcome        SMALLINT    NOT NULL,
     -- The event exactly as received (protobuf), the bytes the log commits to.
-    payload        BYTEA       NOT NULL
+    payload        BYTEA       NOT NULL,
+    -- SHA-256(0x00 || payload), as computed when the event was appended.
+    leaf_hash      BYTEA       NOT NULL
 );
 
 CREATE INDEX audit_events_actor ON audit_events (actor_id, occurred_at);
@@ -31,4 +33,20 @@ END;
 $$;
 
 CREATE TRIGGER audit_events_no_update BEFORE UPDATE OR DELETE ON audit_events
+FOR EACH ROW EXECUTE FUNCTION audit_events_append_only();
+
+-- Signed checkpoints (C2SP signed notes), append-only as well. Several may
+-- state the same size: a checkpoint of an unchanged log is evidence that
+-- nothing was recorded in the interval.
+CREATE TABLE audit_checkpoints (
+    id          BIGSERIAL   PRIMARY KEY,
+    tree_size   BIGINT      NOT NULL,
+    root_hash   BYTEA       NOT NULL,
+    signed_note TEXT        NOT NULL,
+    issued_at   TIMESTAMPTZ NOT NULL
+);
+
+CREATE INDEX audit_checkpoints_size ON audit_checkpoints (tree_size, id);
+
+CREATE TRIGGER audit_checkpoints_no_update BEFORE UPDATE OR DELETE ON audit_checkpoints
 FOR EACH ROW EXECUTE FUNCTION audit_events_append_only();

@@ -13,7 +13,8 @@ CREATE TABLE audit_events (
     client_id      TEXT,
     matter_id      TEXT,
     outcome        INTEGER NOT NULL,
-    payload        BLOB    NOT NULL
+    payload        BLOB    NOT NULL,
+    leaf_hash      BLOB    NOT NULL
 );
 
 CREATE INDEX audit_events_actor ON audit_events (actor_id, occurred_at);
@@ -26,3 +27,21 @@ CREATE TRIGGER audit_events_no_update BEFORE UPDATE ON audit_events
 BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
 CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events
 BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
+
+-- Signed checkpoints (C2SP signed notes), append-only as well. Several may
+-- state the same size: a checkpoint of an unchanged log is evidence that
+-- nothing was recorded in the interval.
+CREATE TABLE audit_checkpoints (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    tree_size   INTEGER NOT NULL,
+    root_hash   BLOB    NOT NULL,
+    signed_note TEXT    NOT NULL,
+    issued_at   TEXT    NOT NULL
+);
+
+CREATE INDEX audit_checkpoints_size ON audit_checkpoints (tree_size, id);
+
+CREATE TRIGGER audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
+BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
+CREATE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
+BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;

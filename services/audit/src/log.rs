@@ -1,0 +1,257 @@
+//! The audit log: the event store plus the Merkle tree over it and the
+//! signed checkpoints that commit to the tree.
+//!
+//! The tree is rebuilt from the stored events when the service starts,
+//! recomputing every leaf hash from the stored bytes, and kept in step with
+//! the store afterwards (other replicas' appends included). A stored event
+//! that no longer matches its recorded hash, or events that no longer match
+//! a signed checkpoint, put the log in a broken state in which it refuses to
+//! sign anything further: it never signs a checkpoint inconsistent with an
+//! earlier one.
+
+use std::sync::{Mutex, RwLock};
+
+use chrono::Utc;
+use uuid::Uuid;
+
+use crate::checkpoint::{Checkpoint, Signer};
+use crate::domain::ValidEvent;
+use crate::merkle::{Hash, ProofError, Tree, leaf_hash};
+use crate::store::{Appended, EventStore, StoredCheckpoint};
+
+/// Evidence that the stored log was altered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Integrity {
+    /// A stored event's bytes no longer hash to the leaf recorded at append.
+    #[error("event {event_id} at position {index} was altered after it was appended")]
+    EventAltered {
+        /// Its position.
+        index: u64,
+        /// Its id.
+        event_id: Uuid,
+    },
+    /// The stored events no longer produce a signed checkpoint's root.
+    #[error("the stored events no longer match the signed checkpoint of size {size}")]
+    CheckpointMismatch {
+        /// The checkpoint's size.
+        size: u64,
+    },
+    /// Fewer events are stored than a signed checkpoint covers.
+    #[error("a signed checkpoint covers {size} events but only {found} are stored")]
+    EventsMissing {
+        /// The checkpoint's size.
+        size: u64,
+        /// Events found.
+        found: u64,
+    },
+}
+
+/// Failures of log operations.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The store failed.
+    #[error("storage: {0}")]
+    Storage(#[from] sqlx::Error),
+    /// The log was altered; it signs nothing more.
+    #[error("audit log integrity: {0}")]
+    Integrity(Integrity),
+    /// A proof was asked for sizes the log cannot answer.
+    #[error(transparent)]
+    Proof(#[from] ProofError),
+}
+
+/// The audit log of one replica.
+#[derive(Debug)]
+pub struct AuditLog {
+    store: EventStore,
+    tree: RwLock<Tree>,
+    sync_lock: tokio::sync::Mutex<()>,
+    signer: Signer,
+    origin: String,
+    broken: Mutex<Option<Integrity>>,
+}
+
+const SYNC_BATCH: i64 = 10_000;
+
+fn to_hash(bytes: &[u8]) -> Option<Hash> {
+    bytes.try_into().ok()
+}
+
+impl AuditLog {
+    /// Opens the log over `store`: rebuilds the tree from every stored event
+    /// and checks it against the latest signed checkpoint.
+    pub async fn open(
+        store: EventStore,
+        signer: Signer,
+        origin: &str,
+    ) -> Result<Self, sqlx::Error> {
+        let log = Self {
+            store,
+            tree: RwLock::new(Tree::new()),
+            sync_lock: tokio::sync::Mutex::new(()),
+            signer,
+            origin: origin.to_owned(),
+            broken: Mutex::new(None),
+        };
+        log.sync().await?;
+        if let Some(latest) = log.store.latest_checkpoint().await? {
+            log.check_against(&latest);
+        }
+        if let Some(problem) = log.integrity() {
+            tracing::error!(problem = %problem, "audit log integrity check failed; no checkpoint will be signed");
+        }
+        Ok(log)
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &EventStore {
+        &self.store
+    }
+
+    /// The origin line of checkpoints.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The key that verifies this log's checkpoints.
+    pub fn verifier_key(&self) -> String {
+        self.signer.verifier_key()
+    }
+
+    /// The first integrity problem found, if any.
+    pub fn integrity(&self) -> Option<Integrity> {
+        self.broken
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn mark_broken(&self, problem: Integrity) {
+        let mut broken = self.broken.lock().unwrap_or_else(|p| p.into_inner());
+        if broken.is_none() {
+            tracing::error!(problem = %problem, "audit log integrity violated");
+            *broken = Some(problem);
+        }
+    }
+
+    fn read_tree(&self) -> std::sync::RwLockReadGuard<'_, Tree> {
+        self.tree.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Number of events in the tree.
+    pub fn size(&self) -> u64 {
+        self.read_tree().size()
+    }
+
+    fn check_against(&self, checkpoint: &StoredCheckpoint) {
+        let size = u64::try_from(checkpoint.tree_size).unwrap_or(0);
+        let tree = self.read_tree();
+        if size > tree.size() {
+            let found = tree.size();
+            drop(tree);
+            self.mark_broken(Integrity::EventsMissing { size, found });
+            return;
+        }
+        let matches = tree
+            .root(size)
+            .ok()
+            .zip(to_hash(&checkpoint.root_hash))
+            .is_some_and(|(a, b)| a == b);
+        drop(tree);
+        if !matches {
+            self.mark_broken(Integrity::CheckpointMismatch { size });
+        }
+    }
+
+    /// Brings the tree up to the store, verifying each new event's bytes
+    /// against its recorded leaf hash. Returns the tree size.
+    pub async fn sync(&self) -> Result<u64, sqlx::Error> {
+        let _guard = self.sync_lock.lock().await;
+        loop {
+            let from = self.size();
+            let rows = self
+                .store
+                .range(i64::try_from(from).unwrap_or(i64::MAX), SYNC_BATCH)
+                .await?;
+            if rows.is_empty() {
+                return Ok(from);
+            }
+            let mut tree = self.tree.write().unwrap_or_else(|p| p.into_inner());
+            for row in rows {
+                let index = tree.size();
+                if u64::try_from(row.idx).ok() != Some(index) {
+                    // A gap: positions are dense, so an event was removed.
+                    drop(tree);
+                    self.mark_broken(Integrity::EventsMissing {
+                        size: index + 1,
+                        found: index,
+                    });
+                    return Ok(index);
+                }
+                let computed = leaf_hash(&row.payload);
+                let recorded = to_hash(&row.leaf_hash).unwrap_or([0; 32]);
+                if computed != recorded {
+                    self.mark_broken(Integrity::EventAltered {
+                        index,
+                        event_id: row.event_id,
+                    });
+                }
+                // The recorded hash is what checkpoints committed to; keep
+                // it so proofs of other events stay valid.
+                tree.push(recorded);
+            }
+        }
+    }
+
+    /// Appends events and brings the tree up to date.
+    pub async fn append(&self, events: &[ValidEvent]) -> Result<Appended, LogError> {
+        let done = self.store.append(events).await?;
+        self.sync().await?;
+        Ok(done)
+    }
+
+    /// Signs and stores a checkpoint of the whole log as it is now.
+    pub async fn issue_checkpoint(&self) -> Result<StoredCheckpoint, LogError> {
+        let size = self.sync().await?;
+        if let Some(previous) = self.store.latest_checkpoint().await? {
+            self.check_against(&previous);
+        }
+        if let Some(problem) = self.integrity() {
+            return Err(LogError::Integrity(problem));
+        }
+        let root = self.read_tree().root(size)?;
+        let now = Utc::now();
+        let note = self.signer.sign(&Checkpoint {
+            origin: self.origin.clone(),
+            size,
+            root,
+            time: now.timestamp(),
+        });
+        let tree_size = i64::try_from(size).unwrap_or(i64::MAX);
+        self.store
+            .insert_checkpoint(tree_size, &root, &note, now)
+            .await?;
+        tracing::info!(tree_size = size, "audit checkpoint signed");
+        Ok(StoredCheckpoint {
+            tree_size,
+            root_hash: root.to_vec(),
+            signed_note: note,
+            issued_at: now,
+        })
+    }
+
+    /// The leaf hash of the event at `index`.
+    pub fn leaf(&self, index: u64) -> Option<Hash> {
+        self.read_tree().leaf(index)
+    }
+
+    /// The inclusion proof of leaf `index` in the tree of `size`.
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, ProofError> {
+        self.read_tree().inclusion_proof(index, size)
+    }
+
+    /// The consistency proof between two sizes.
+    pub fn consistency_proof(&self, first: u64, second: u64) -> Result<Vec<Hash>, ProofError> {
+        self.read_tree().consistency_proof(first, second)
+    }
+}

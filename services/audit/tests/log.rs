@@ -1,0 +1,247 @@
+//! The audit log's tamper evidence, on SQLite and PostgreSQL: checkpoints
+//! commit to every event, proofs verify, and an edit made directly in the
+//! database is named by the verifier and stops further signing.
+
+use chrono::Utc;
+use confidant_audit::checkpoint::{Signer, Verifier};
+use confidant_audit::domain::validate_batch;
+use confidant_audit::log::{AuditLog, Integrity, LogError};
+use confidant_audit::merkle::{leaf_hash, verify_consistency, verify_inclusion};
+use confidant_audit::store::EventStore;
+use confidant_audit::verify::{Entry, Finding, verify};
+use confidant_proto::audit::v1::Outcome;
+use confidant_runtime::ServiceName;
+use confidant_runtime::audit::{Action, service_event};
+use confidant_runtime::storage::Database;
+use confidant_runtime::testing::TestDatabase;
+
+const ORIGIN: &str = "test.local/audit";
+
+fn key() -> Vec<u8> {
+    Signer::generate_pkcs8().unwrap().to_vec()
+}
+
+async fn open(t: &TestDatabase, key: &[u8]) -> AuditLog {
+    AuditLog::open(
+        EventStore::new(t.db.clone()),
+        Signer::from_pkcs8(ORIGIN, key).unwrap(),
+        ORIGIN,
+    )
+    .await
+    .unwrap()
+}
+
+async fn append(log: &AuditLog, n: usize) -> Vec<String> {
+    let raw: Vec<_> = (0..n)
+        .map(|_| {
+            service_event(
+                ServiceName::Vault,
+                "t",
+                Action::ServiceStarted,
+                Outcome::Allowed,
+            )
+        })
+        .collect();
+    log.append(&validate_batch(&raw, "vault", Utc::now()).unwrap())
+        .await
+        .unwrap();
+    raw.into_iter().map(|e| e.id).collect()
+}
+
+fn verifier(log: &AuditLog) -> Verifier {
+    Verifier::parse(&log.verifier_key()).unwrap()
+}
+
+async fn export(log: &AuditLog) -> (Vec<Entry>, Vec<String>) {
+    let entries = log
+        .store()
+        .range(0, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| Entry {
+            index: e.idx as u64,
+            event_id: e.event_id.to_string(),
+            event_bytes: e.payload,
+            leaf_hash: e.leaf_hash,
+        })
+        .collect();
+    let notes = log
+        .store()
+        .all_checkpoints()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.signed_note)
+        .collect();
+    (entries, notes)
+}
+
+/// Edits a stored event the way an intruder with database access would:
+/// switch off the append-only guard, then change the bytes (and, if
+/// `cover_tracks`, the recorded leaf hash too).
+async fn tamper(db: &Database, index: i64, cover_tracks: bool) {
+    let forged = b"forged event".to_vec();
+    let forged_hash = leaf_hash(&forged).to_vec();
+    match db {
+        Database::Postgres(pool) => {
+            sqlx::query("ALTER TABLE audit_events DISABLE TRIGGER USER")
+                .execute(pool)
+                .await
+                .unwrap();
+            let sql = if cover_tracks {
+                "UPDATE audit_events SET payload = $1, leaf_hash = $2 WHERE idx = $3"
+            } else {
+                "UPDATE audit_events SET payload = $1 WHERE idx = $3 AND $2::bytea IS NOT NULL"
+            };
+            sqlx::query(sql)
+                .bind(&forged)
+                .bind(&forged_hash)
+                .bind(index)
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+        Database::Sqlite(pool) => {
+            sqlx::query("DROP TRIGGER audit_events_no_update")
+                .execute(pool)
+                .await
+                .unwrap();
+            let sql = if cover_tracks {
+                "UPDATE audit_events SET payload = ?1, leaf_hash = ?2 WHERE idx = ?3"
+            } else {
+                "UPDATE audit_events SET payload = ?1 WHERE idx = ?3 AND ?2 IS NOT NULL"
+            };
+            sqlx::query(sql)
+                .bind(&forged)
+                .bind(&forged_hash)
+                .bind(index)
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+async fn checkpoints_commit_to_every_event_and_proofs_verify(t: &TestDatabase) {
+    let log = open(t, &key()).await;
+    append(&log, 13).await;
+    let first = log.issue_checkpoint().await.unwrap();
+    let v = verifier(&log);
+    let cp1 = v.verify(&first.signed_note).unwrap();
+    assert_eq!((cp1.size, cp1.origin.as_str()), (13, ORIGIN));
+    for index in 0..13 {
+        let proof = log.inclusion_proof(index, 13).unwrap();
+        let leaf = log.leaf(index).unwrap();
+        assert!(
+            verify_inclusion(index, 13, &leaf, &proof, &cp1.root),
+            "event {index}"
+        );
+    }
+
+    append(&log, 8).await;
+    let second = log.issue_checkpoint().await.unwrap();
+    let cp2 = v.verify(&second.signed_note).unwrap();
+    assert_eq!(cp2.size, 21);
+    let proof = log.consistency_proof(13, 21).unwrap();
+    assert!(verify_consistency(13, 21, &cp1.root, &cp2.root, &proof));
+
+    let (entries, notes) = export(&log).await;
+    let report = verify(&entries, &notes, &v);
+    assert_eq!(report.finding, None);
+    assert_eq!(
+        (
+            report.events,
+            report.checkpoints_verified,
+            report.verified_size
+        ),
+        (21, 2, 21)
+    );
+}
+
+async fn an_interval_without_events_still_gets_a_checkpoint(t: &TestDatabase) {
+    let log = open(t, &key()).await;
+    append(&log, 2).await;
+    log.issue_checkpoint().await.unwrap();
+    log.issue_checkpoint().await.unwrap();
+    let all = log.store().all_checkpoints().await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().all(|c| c.tree_size == 2));
+}
+
+async fn an_edited_event_is_named_and_nothing_more_is_signed(t: &TestDatabase) {
+    let key = key();
+    let log = open(t, &key).await;
+    let ids = append(&log, 10).await;
+    log.issue_checkpoint().await.unwrap();
+    tamper(&t.db, 6, false).await;
+
+    let (entries, notes) = export(&log).await;
+    let report = verify(&entries, &notes, &verifier(&log));
+    assert_eq!(
+        report.finding,
+        Some(Finding::EventAltered {
+            index: 6,
+            event_id: ids[6].clone()
+        })
+    );
+
+    // A restarted service notices too, and refuses to sign.
+    let reopened = open(t, &key).await;
+    assert!(matches!(
+        reopened.integrity(),
+        Some(Integrity::EventAltered { index: 6, .. })
+    ));
+    assert!(matches!(
+        reopened.issue_checkpoint().await,
+        Err(LogError::Integrity(_))
+    ));
+}
+
+async fn an_edit_that_covers_its_tracks_still_breaks_the_signed_root(t: &TestDatabase) {
+    let key = key();
+    let log = open(t, &key).await;
+    append(&log, 5).await;
+    log.issue_checkpoint().await.unwrap();
+    append(&log, 5).await;
+    log.issue_checkpoint().await.unwrap();
+    tamper(&t.db, 7, true).await;
+
+    let (entries, notes) = export(&log).await;
+    let report = verify(&entries, &notes, &verifier(&log));
+    assert_eq!(
+        report.finding,
+        Some(Finding::RootMismatch { size: 10, since: 5 })
+    );
+    let reopened = open(t, &key).await;
+    assert_eq!(
+        reopened.integrity(),
+        Some(Integrity::CheckpointMismatch { size: 10 })
+    );
+    assert!(reopened.issue_checkpoint().await.is_err());
+}
+
+async fn checkpoints_from_another_key_do_not_verify(t: &TestDatabase) {
+    let log = open(t, &key()).await;
+    append(&log, 3).await;
+    log.issue_checkpoint().await.unwrap();
+    let (entries, notes) = export(&log).await;
+    let stranger = Signer::from_pkcs8(ORIGIN, &key()).unwrap();
+    let report = verify(
+        &entries,
+        &notes,
+        &Verifier::parse(&stranger.verifier_key()).unwrap(),
+    );
+    assert!(matches!(
+        report.finding,
+        Some(Finding::BadCheckpoint { position: 0, .. })
+    ));
+}
+
+confidant_runtime::backend_tests!(confidant_audit::MIGRATIONS;
+    checkpoints_commit_to_every_event_and_proofs_verify,
+    an_interval_without_events_still_gets_a_checkpoint,
+    an_edited_event_is_named_and_nothing_more_is_signed,
+    an_edit_that_covers_its_tracks_still_breaks_the_signed_root,
+    checkpoints_from_another_key_do_not_verify,
+);

@@ -1,0 +1,344 @@
+//! `confidant audit`: export the log, verify it offline, and produce or check
+//! evidence bundles for single events.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use confidant_audit::checkpoint::Verifier;
+use confidant_audit::verify::{Entry, Report, verify, verify_evidence};
+use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
+use confidant_proto::audit::v1::export_log_response::Item;
+use confidant_proto::audit::v1::{
+    ActorKind, AuditEvent, ExportLogRequest, GetEvidenceBundleRequest, GetLogInfoRequest, Outcome,
+};
+use confidant_runtime::client::PeerChannel;
+use confidant_runtime::tls::TlsFiles;
+use prost::Message;
+use serde_json::{Value, json};
+
+/// How to reach the audit service.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Connection {
+    /// The audit service URL.
+    #[arg(long, default_value = "https://127.0.0.1:7105")]
+    pub service: String,
+    /// CA bundle.
+    #[arg(long, default_value = ".confidant/pki/ca.pem")]
+    pub ca: PathBuf,
+    /// Client certificate (an identity on the audit readers list).
+    #[arg(long, default_value = ".confidant/pki/operator.pem")]
+    pub cert: PathBuf,
+    /// Client key.
+    #[arg(long, default_value = ".confidant/pki/operator-key.pem")]
+    pub key: PathBuf,
+    /// The name the service's certificate is checked against (default: the URL's host).
+    #[arg(long)]
+    pub server_name: Option<String>,
+}
+
+impl Connection {
+    async fn client(&self) -> anyhow::Result<AuditServiceClient<PeerChannel>> {
+        let tls = TlsFiles {
+            ca_file: self.ca.clone(),
+            cert_file: self.cert.clone(),
+            key_file: self.key.clone(),
+        }
+        .load()?;
+        let host = self
+            .server_name
+            .clone()
+            .unwrap_or_else(|| crate::process::host_of(&self.service));
+        let channel = confidant_runtime::client::connect(&self.service, &tls, &host).await?;
+        Ok(AuditServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// A SIEM-friendly view of an event (no sealed text, only whether there is one).
+fn event_json(bytes: &[u8]) -> Value {
+    let Ok(e) = AuditEvent::decode(bytes) else {
+        return Value::Null;
+    };
+    let time = e
+        .time
+        .as_ref()
+        .and_then(|t| {
+            chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
+        })
+        .map(|t| t.to_rfc3339());
+    let actor = e.actor.unwrap_or_default();
+    let resource = e.resource.unwrap_or_default();
+    json!({
+        "time": time,
+        "source_service": e.source_service,
+        "actor": {
+            "kind": ActorKind::try_from(actor.kind).map(|k| k.as_str_name()).unwrap_or("UNKNOWN"),
+            "id": actor.id,
+            "roles": actor.roles,
+            "peer_identity": actor.peer_identity,
+        },
+        "action": e.action,
+        "resource": {
+            "type": resource.r#type,
+            "id": resource.id,
+            "client_id": resource.client_id,
+            "matter_id": resource.matter_id,
+            "data_category": resource.data_category,
+        },
+        "purpose": e.purpose,
+        "outcome": Outcome::try_from(e.outcome).map(|o| o.as_str_name()).unwrap_or("UNKNOWN"),
+        "reason": e.reason,
+        "trace_id": e.trace_id,
+        "sealed_text": !e.sealed_text.is_empty(),
+    })
+}
+
+/// Streams the log (or a range) from the service as JSON Lines.
+pub async fn export(
+    conn: &Connection,
+    start: i64,
+    end: i64,
+    out: &mut dyn Write,
+) -> anyhow::Result<u64> {
+    let mut client = conn.client().await?;
+    let info = client
+        .get_log_info(GetLogInfoRequest {})
+        .await?
+        .into_inner();
+    writeln!(
+        out,
+        "{}",
+        json!({"type": "log", "origin": info.origin, "verifier_key": info.verifier_key})
+    )?;
+    let mut stream = client
+        .export_log(ExportLogRequest {
+            start_index: start,
+            end_index: end,
+        })
+        .await?
+        .into_inner();
+    let mut events = 0;
+    while let Some(item) = stream.message().await? {
+        let line = match item.item {
+            Some(Item::Event(e)) => {
+                events += 1;
+                json!({
+                    "type": "event",
+                    "index": e.leaf_index,
+                    "event_id": e.event_id,
+                    "leaf_hash": hex(&e.leaf_hash),
+                    "event_bytes": STANDARD.encode(&e.event_bytes),
+                    "event": event_json(&e.event_bytes),
+                })
+            }
+            Some(Item::Checkpoint(c)) => json!({
+                "type": "checkpoint",
+                "tree_size": c.tree_size,
+                "root_hash": hex(&c.root_hash),
+                "signed_note": c.signed_note,
+            }),
+            None => continue,
+        };
+        writeln!(out, "{line}")?;
+    }
+    Ok(events)
+}
+
+/// A parsed export.
+struct Export {
+    verifier_key: Option<String>,
+    entries: Vec<Entry>,
+    notes: Vec<String>,
+}
+
+fn parse_export(reader: impl BufRead) -> anyhow::Result<Export> {
+    let mut export = Export {
+        verifier_key: None,
+        entries: Vec::new(),
+        notes: Vec::new(),
+    };
+    for (n, line) in reader.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value =
+            serde_json::from_str(&line).with_context(|| format!("line {}: not JSON", n + 1))?;
+        let bad = || anyhow::anyhow!("line {}: malformed {}", n + 1, v["type"]);
+        match v["type"].as_str() {
+            Some("log") => export.verifier_key = v["verifier_key"].as_str().map(str::to_owned),
+            Some("event") => export.entries.push(Entry {
+                index: v["index"].as_u64().ok_or_else(bad)?,
+                event_id: v["event_id"].as_str().unwrap_or_default().to_owned(),
+                event_bytes: STANDARD
+                    .decode(v["event_bytes"].as_str().ok_or_else(bad)?)
+                    .map_err(|_| bad())?,
+                leaf_hash: unhex(v["leaf_hash"].as_str().ok_or_else(bad)?).ok_or_else(bad)?,
+            }),
+            Some("checkpoint") => export
+                .notes
+                .push(v["signed_note"].as_str().ok_or_else(bad)?.to_owned()),
+            _ => return Err(bad()),
+        }
+    }
+    Ok(export)
+}
+
+/// The verifier key: given explicitly (trusted), or taken from the export
+/// or service (only proves internal consistency; said so in the output).
+fn verifier(
+    explicit: Option<&str>,
+    fallback: Option<String>,
+    out: &mut dyn Write,
+) -> anyhow::Result<Verifier> {
+    let key = match explicit {
+        Some(k) => k.to_owned(),
+        None => {
+            writeln!(
+                out,
+                "warning: no --public-key given; using the key the log itself names, which proves consistency but not authenticity"
+            )?;
+            fallback.context("no verifier key: pass --public-key")?
+        }
+    };
+    Verifier::parse(&key).map_err(|e| anyhow::anyhow!("--public-key: {e}"))
+}
+
+fn print_report(report: &Report, out: &mut dyn Write) -> anyhow::Result<bool> {
+    writeln!(
+        out,
+        "{} events, {} checkpoints verified, verified tree size {}",
+        report.events, report.checkpoints_verified, report.verified_size
+    )?;
+    match &report.finding {
+        None => {
+            writeln!(out, "OK: every event and checkpoint verifies")?;
+            Ok(true)
+        }
+        Some(finding) => {
+            writeln!(out, "FAILED: {finding}")?;
+            Ok(false)
+        }
+    }
+}
+
+/// Verifies an export file; true when it verifies.
+pub fn verify_file(
+    path: &Path,
+    public_key: Option<&str>,
+    out: &mut dyn Write,
+) -> anyhow::Result<bool> {
+    let file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+    let export = parse_export(std::io::BufReader::new(file))?;
+    let verifier = verifier(public_key, export.verifier_key.clone(), out)?;
+    print_report(&verify(&export.entries, &export.notes, &verifier), out)
+}
+
+/// Exports the whole log from the service and verifies it; true when it
+/// verifies.
+pub async fn verify_service(
+    conn: &Connection,
+    public_key: Option<&str>,
+    out: &mut dyn Write,
+) -> anyhow::Result<bool> {
+    let mut buffer = Vec::new();
+    export(conn, 0, 0, &mut buffer).await?;
+    let export = parse_export(buffer.as_slice())?;
+    let verifier = verifier(public_key, export.verifier_key.clone(), out)?;
+    print_report(&verify(&export.entries, &export.notes, &verifier), out)
+}
+
+/// Fetches the evidence bundle of one event as JSON.
+pub async fn evidence(
+    conn: &Connection,
+    event_id: &str,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let bundle = conn
+        .client()
+        .await?
+        .get_evidence_bundle(GetEvidenceBundleRequest {
+            event_id: event_id.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .bundle
+        .context("empty bundle")?;
+    let event = bundle.event.context("bundle without event")?;
+    let checkpoint = bundle.checkpoint.context("bundle without checkpoint")?;
+    let proof = bundle.proof.context("bundle without proof")?;
+    let doc = json!({
+        "event_id": event.event_id,
+        "index": event.leaf_index,
+        "event_bytes": STANDARD.encode(&event.event_bytes),
+        "event": event_json(&event.event_bytes),
+        "tree_size": checkpoint.tree_size,
+        "signed_note": checkpoint.signed_note,
+        "inclusion_proof": proof.hashes.iter().map(|h| hex(h)).collect::<Vec<_>>(),
+        "verifier_key": bundle.verifier_key,
+    });
+    writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+    Ok(())
+}
+
+/// Checks an evidence bundle offline; true when it verifies.
+pub fn verify_evidence_file(
+    path: &Path,
+    public_key: Option<&str>,
+    out: &mut dyn Write,
+) -> anyhow::Result<bool> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    let v: Value = serde_json::from_str(&text).context("not a JSON evidence bundle")?;
+    let bytes = STANDARD
+        .decode(v["event_bytes"].as_str().context("event_bytes")?)
+        .context("event_bytes")?;
+    let index = v["index"].as_u64().context("index")?;
+    let proof: Vec<[u8; 32]> = v["inclusion_proof"]
+        .as_array()
+        .context("inclusion_proof")?
+        .iter()
+        .map(|h| h.as_str().and_then(unhex).and_then(|b| b.try_into().ok()))
+        .collect::<Option<_>>()
+        .context("inclusion_proof")?;
+    let verifier = verifier(
+        public_key,
+        v["verifier_key"].as_str().map(str::to_owned),
+        out,
+    )?;
+    match verify_evidence(
+        &bytes,
+        index,
+        &proof,
+        v["signed_note"].as_str().context("signed_note")?,
+        &verifier,
+    ) {
+        Ok(()) => {
+            writeln!(
+                out,
+                "OK: event {} is in the signed log at position {index}",
+                v["event_id"]
+            )?;
+            Ok(true)
+        }
+        Err(e) => {
+            writeln!(out, "FAILED: {e}")?;
+            Ok(false)
+        }
+    }
+}
