@@ -126,6 +126,12 @@ async fn production_services_run_on_postgres_and_redis_once_migrated() {
     write_certs(&pki);
     let p = |name: &str| pki.join(name).display().to_string();
     let (audit_port, vault_port) = (free_port(), free_port());
+    let audit_key = dir.path().join("audit.key");
+    let key_arg = audit_key.to_str().unwrap();
+    let (code, out) = run(&["audit", "keygen", "--out", key_arg], &[]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run(&["audit", "keygen", "--out", key_arg], &[]);
+    assert_ne!(code, 0, "an existing signing key was overwritten: {out}");
     let config = dir.path().join("confidant.toml");
     std::fs::write(
         &config,
@@ -134,12 +140,14 @@ async fn production_services_run_on_postgres_and_redis_once_migrated() {
              [redis]\nurl = \"{redis}\"\nkey_prefix = \"{prefix}:\"\n\
              [kms]\nprovider = \"local\"\nallow_insecure_local = true\nlocal_key_file = \"{kms}\"\n\
              [telemetry]\nlog_format = \"json\"\n\
+             [audit]\nsigning_key_file = \"{audit_key}\"\n\
              [services.audit]\nlisten = \"127.0.0.1:{audit_port}\"\ndatabase_url = \"{db}\"\ncert_file = \"{ac}\"\nkey_file = \"{ak}\"\n\
              [services.vault]\nlisten = \"127.0.0.1:{vault_port}\"\ndatabase_url = \"{db}\"\ncert_file = \"{vc}\"\nkey_file = \"{vk}\"\n",
             ca = p("ca.pem"),
             redis = confidant_runtime::testing::redis_url(),
             prefix = confidant_runtime::testing::unique_name("serve"),
             kms = dir.path().join("kms.key").display(),
+            audit_key = audit_key.display(),
             db = database_url,
             ac = p("audit.pem"),
             ak = p("audit-key.pem"),

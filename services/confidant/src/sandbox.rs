@@ -51,6 +51,8 @@ impl SandboxData {
         PkiDir::new(&pki)
             .ensure_dev("confidant.local")
             .expect("pki");
+        confidant_audit::write_signing_key(&dir.path().join("audit-log.key"))
+            .expect("audit signing key");
         let postgres_db = match backend {
             Backend::Sqlite => None,
             Backend::Postgres => {
@@ -200,6 +202,7 @@ fn sandbox_config(data: &SandboxData, spec: &SandboxSpec) -> Config {
         config::load(base, None, &std::collections::HashMap::new()).expect("sandbox config");
     config.mode = Mode::Dev;
     config.shutdown_grace_seconds = 5;
+    config.audit.checkpoint_interval_seconds = 1;
     for service in ServiceName::ALL {
         let s = config.services.entry(service).or_default();
         s.listen = Some(

@@ -57,7 +57,7 @@ pub struct GrpcServer {
 /// so one slow or hostile client cannot stall the others. Failed handshakes
 /// (no certificate, a certificate from another CA, not TLS 1.3) are logged
 /// and dropped.
-fn tls_incoming(
+pub fn tls_incoming(
     listener: TcpListener,
     acceptor: TlsAcceptor,
 ) -> impl futures::Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>> {

@@ -1,0 +1,291 @@
+//! The audit log from the outside: signed checkpoints, proofs, export and
+//! evidence through the real CLI, and an edit made directly in the database
+//! named by `confidant audit verify`. On SQLite and on PostgreSQL.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use confidant::sandbox::{Sandbox, SandboxData, SandboxSpec};
+use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
+use confidant_proto::audit::v1::{
+    ExportLogRequest, GetCheckpointRequest, GetConsistencyProofRequest, GetInclusionProofRequest,
+    GetLogInfoRequest,
+};
+use confidant_runtime::ServiceName;
+use confidant_runtime::client::PeerChannel;
+use confidant_runtime::storage::{Backend, Database, PoolOptions};
+use tonic_types::StatusExt;
+
+fn cli(data: &SandboxData, url: &str, args: &[&str]) -> (i32, String) {
+    let tls = data.operator_files();
+    let mut cmd = common::confidant();
+    cmd.args(["audit"]).args(args);
+    let connects = !matches!(args.first(), Some(&"verify-evidence")) && !args.contains(&"--file");
+    if connects {
+        cmd.arg("--service").arg(url);
+        cmd.arg("--ca")
+            .arg(&tls.ca_file)
+            .arg("--cert")
+            .arg(&tls.cert_file)
+            .arg("--key")
+            .arg(&tls.key_file);
+    }
+    let out: std::process::Output = Command::from(cmd).output().expect("confidant runs");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+async fn client(data: &SandboxData, url: &str, name: &str) -> AuditServiceClient<PeerChannel> {
+    let tls = data.client_tls(name);
+    AuditServiceClient::new(
+        confidant_runtime::client::connect(url, &tls, "localhost")
+            .await
+            .unwrap(),
+    )
+}
+
+async fn tamper_first_vault_event(data: &SandboxData) -> String {
+    let db = Database::connect(
+        &data.database_url(ServiceName::Audit),
+        "audit",
+        PoolOptions::default(),
+    )
+    .await
+    .unwrap();
+    let id = match &db {
+        Database::Postgres(pool) => {
+            let id: uuid::Uuid = sqlx::query_scalar(
+                "SELECT event_id FROM audit_events WHERE source_service = 'vault' ORDER BY idx LIMIT 1",
+            )
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            sqlx::query("ALTER TABLE audit_events DISABLE TRIGGER USER")
+                .execute(pool)
+                .await
+                .unwrap();
+            sqlx::query("UPDATE audit_events SET payload = 'forged'::bytea WHERE event_id = $1")
+                .bind(id)
+                .execute(pool)
+                .await
+                .unwrap();
+            id.to_string()
+        }
+        Database::Sqlite(pool) => {
+            let id: String = sqlx::query_scalar(
+                "SELECT event_id FROM audit_events WHERE source_service = 'vault' ORDER BY idx LIMIT 1",
+            )
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            sqlx::query("DROP TRIGGER audit_events_no_update")
+                .execute(pool)
+                .await
+                .unwrap();
+            sqlx::query("UPDATE audit_events SET payload = X'666f72676564' WHERE event_id = ?1")
+                .bind(&id)
+                .execute(pool)
+                .await
+                .unwrap();
+            id
+        }
+    };
+    db.close().await;
+    id
+}
+
+async fn the_log_proves_itself_and_names_an_edited_event(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec::of(&[ServiceName::Audit, ServiceName::Vault]),
+    )
+    .await;
+    let url = sandbox.url(ServiceName::Audit);
+    let mut operator = client(&data, &url, "operator").await;
+    let key = operator
+        .get_log_info(GetLogInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .verifier_key;
+
+    // Wait for a checkpoint that covers the vault's start.
+    common::eventually(
+        Duration::from_secs(20),
+        "a checkpoint covering two events",
+        || {
+            let mut c = operator.clone();
+            async move {
+                c.get_checkpoint(GetCheckpointRequest { tree_size: 0 })
+                    .await
+                    .is_ok_and(|r| r.into_inner().checkpoint.is_some_and(|c| c.tree_size >= 2))
+            }
+        },
+    )
+    .await;
+
+    let (code, out) = cli(&data, &url, &["verify", "--public-key", &key]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("OK"), "{out}");
+
+    // Export to a file and verify it offline.
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("log.jsonl");
+    let (code, out) = cli(&data, &url, &["export", "--out", export.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let text = std::fs::read_to_string(&export).unwrap();
+    assert!(text.contains("\"action\":\"service.started\""), "{text}");
+    let (code, out) = cli(
+        &data,
+        &url,
+        &[
+            "verify",
+            "--file",
+            export.to_str().unwrap(),
+            "--public-key",
+            &key,
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+
+    // An evidence bundle for the vault's start verifies offline; an edited
+    // one does not.
+    let vault_event = text
+        .lines()
+        .find(|l| l.contains("\"source_service\":\"vault\""))
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .and_then(|v| v["event_id"].as_str().map(str::to_owned))
+        .expect("vault event in export");
+    let bundle = dir.path().join("bundle.json");
+    let (code, out) = cli(
+        &data,
+        &url,
+        &[
+            "evidence",
+            "--event-id",
+            &vault_event,
+            "--out",
+            bundle.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = cli(
+        &data,
+        &url,
+        &[
+            "verify-evidence",
+            "--file",
+            bundle.to_str().unwrap(),
+            "--public-key",
+            &key,
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&bundle).unwrap()).unwrap();
+    doc["index"] = serde_json::json!(doc["index"].as_u64().unwrap() + 1);
+    std::fs::write(&bundle, doc.to_string()).unwrap();
+    let (code, out) = cli(
+        &data,
+        &url,
+        &[
+            "verify-evidence",
+            "--file",
+            bundle.to_str().unwrap(),
+            "--public-key",
+            &key,
+        ],
+    );
+    assert_eq!(code, 65, "{out}");
+
+    // Someone with database access edits the vault's event.
+    let edited = tamper_first_vault_event(&data).await;
+    let (code, out) = cli(&data, &url, &["verify", "--public-key", &key]);
+    assert_eq!(code, 65, "{out}");
+    assert!(
+        out.contains(&edited),
+        "the verifier did not name {edited}:\n{out}"
+    );
+    sandbox.stop().await;
+}
+
+async fn proof_requests_are_checked_and_exports_are_for_readers_only(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(&data, SandboxSpec::of(&[ServiceName::Audit])).await;
+    let url = sandbox.url(ServiceName::Audit);
+    let mut operator = client(&data, &url, "operator").await;
+
+    let err = operator
+        .get_inclusion_proof(GetInclusionProofRequest {
+            event_id: "nope".into(),
+            leaf_index: -1,
+            tree_size: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let details = err.get_error_details();
+    let fields: Vec<_> = details
+        .bad_request()
+        .unwrap()
+        .field_violations
+        .iter()
+        .map(|f| f.field.clone())
+        .collect();
+    assert_eq!(fields, ["event_id", "leaf_index"]);
+
+    let err = operator
+        .get_consistency_proof(GetConsistencyProofRequest {
+            first_tree_size: 5,
+            second_tree_size: 2,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    let err = operator
+        .get_inclusion_proof(GetInclusionProofRequest {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err.code(), tonic::Code::NotFound), "{err:?}");
+
+    let denied = client(&data, &url, "vault")
+        .await
+        .export_log(ExportLogRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_the_log_proves_itself_and_names_an_edited_event() {
+    the_log_proves_itself_and_names_an_edited_event(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_log_proves_itself_and_names_an_edited_event() {
+    the_log_proves_itself_and_names_an_edited_event(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_proof_requests_are_checked_and_exports_are_for_readers_only() {
+    proof_requests_are_checked_and_exports_are_for_readers_only(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_proof_requests_are_checked_and_exports_are_for_readers_only() {
+    proof_requests_are_checked_and_exports_are_for_readers_only(Backend::Postgres).await;
+}
