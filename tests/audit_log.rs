@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use confidant::sandbox::{Sandbox, SandboxData, SandboxSpec};
@@ -32,7 +31,7 @@ fn cli(data: &SandboxData, url: &str, args: &[&str]) -> (i32, String) {
             .arg("--key")
             .arg(&tls.key_file);
     }
-    let out: std::process::Output = Command::from(cmd).output().expect("confidant runs");
+    let out = cmd.output().expect("confidant runs");
     (
         out.status.code().unwrap_or(-1),
         format!(

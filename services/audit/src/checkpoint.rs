@@ -153,8 +153,12 @@ impl Signer {
     pub fn verifier_key(&self) -> String {
         let mut key = vec![ED25519_TYPE];
         key.extend_from_slice(self.key.public_key().as_ref());
-        let hash: String = self.hash.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{}+{hash}+{}", self.name, STANDARD.encode(key))
+        format!(
+            "{}+{}+{}",
+            self.name,
+            hex::encode(self.hash),
+            STANDARD.encode(key)
+        )
     }
 }
 
@@ -185,10 +189,8 @@ impl Verifier {
             return Err(NoteError::Malformed("verifier key"));
         }
         let mut hash = [0u8; 4];
-        for (i, byte) in hash.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&hash_hex[2 * i..2 * i + 2], 16)
-                .map_err(|_| NoteError::Malformed("verifier key"))?;
-        }
+        hex::decode_to_slice(hash_hex, &mut hash)
+            .map_err(|_| NoteError::Malformed("verifier key"))?;
         if hash != key_hash(name, public_key) {
             return Err(NoteError::Malformed("verifier key hash"));
         }

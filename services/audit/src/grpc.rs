@@ -327,9 +327,7 @@ fn async_stream(
                     return Some((Err(Status::from(Error::from(e))), (log, end, cps, buffered)));
                 }
             };
-            let Some(last) = page.last().map(|e| e.idx) else {
-                return None;
-            };
+            let last = page.last().map(|e| e.idx)?;
             // Reverse so that pop() yields in order.
             buffered = page
                 .into_iter()
