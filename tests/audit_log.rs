@@ -9,10 +9,12 @@ use std::time::Duration;
 use confidant::sandbox::{Sandbox, SandboxData, SandboxSpec};
 use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
 use confidant_proto::audit::v1::{
-    ExportLogRequest, GetCheckpointRequest, GetConsistencyProofRequest, GetInclusionProofRequest,
-    GetLogInfoRequest,
+    AppendEventsRequest, ExportLogRequest, GetCheckpointRequest, GetConsistencyProofRequest,
+    GetInclusionProofRequest, GetLogInfoRequest, ListClientAccessHistoryRequest, ListEventsRequest,
+    Outcome,
 };
 use confidant_runtime::ServiceName;
+use confidant_runtime::audit::{Action, service_event};
 use confidant_runtime::client::PeerChannel;
 use confidant_runtime::storage::{Backend, Database, PoolOptions};
 use tonic_types::StatusExt;
@@ -267,6 +269,125 @@ async fn proof_requests_are_checked_and_exports_are_for_readers_only(backend: Ba
         .unwrap_err();
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
     sandbox.stop().await;
+}
+
+async fn a_clients_access_history_is_searchable_and_shows_no_internals(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(&data, SandboxSpec::of(&[ServiceName::Audit])).await;
+    let url = sandbox.url(ServiceName::Audit);
+    let client_id = uuid::Uuid::new_v4().to_string();
+    let events: Vec<_> = (0..5)
+        .map(|i| {
+            let mut e = service_event(
+                ServiceName::Vault,
+                "confidant.local",
+                Action::ServiceStarted,
+                Outcome::Allowed,
+            );
+            let r = e.resource.as_mut().unwrap();
+            r.client_id = client_id.clone();
+            r.data_category = "contact-details".into();
+            e.purpose = if i % 2 == 0 {
+                "legal-advice"
+            } else {
+                "billing"
+            }
+            .into();
+            e
+        })
+        .collect();
+    client(&data, &url, "vault")
+        .await
+        .append_events(AppendEventsRequest {
+            events: events.clone(),
+        })
+        .await
+        .unwrap();
+
+    let mut operator = client(&data, &url, "operator").await;
+    let first = operator
+        .list_client_access_history(ListClientAccessHistoryRequest {
+            client_id: client_id.clone(),
+            page_size: 3,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.accesses.len(), 3);
+    assert_eq!(first.accesses[0].event_id, events[4].id, "newest first");
+    assert_eq!(first.accesses[0].purpose, "legal-advice");
+    assert_eq!(first.accesses[0].data_category, "contact-details");
+    assert!(
+        first
+            .accesses
+            .iter()
+            .all(|a| a.actor.as_ref().is_some_and(|a| a.peer_identity.is_empty()))
+    );
+    let second = operator
+        .list_client_access_history(ListClientAccessHistoryRequest {
+            client_id: client_id.clone(),
+            page_size: 3,
+            page_token: first.next_page_token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(second.accesses.len(), 2);
+    assert!(second.next_page_token.is_empty());
+
+    let by_purpose = operator
+        .list_events(ListEventsRequest {
+            client_id: client_id.clone(),
+            source_service: "vault".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_purpose.events.len(), 5);
+
+    let err = operator
+        .list_events(ListEventsRequest {
+            client_id: "x".into(),
+            action: "vault.record.peek".into(),
+            page_token: "garbage".into(),
+            page_size: -1,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    let details = err.get_error_details();
+    let fields: Vec<_> = details
+        .bad_request()
+        .unwrap()
+        .field_violations
+        .iter()
+        .map(|f| f.field.clone())
+        .collect();
+    assert_eq!(fields, ["client_id", "action", "page_token", "page_size"]);
+
+    // A service identity is not an audit reader.
+    let denied = client(&data, &url, "intake")
+        .await
+        .list_client_access_history(ListClientAccessHistoryRequest {
+            client_id,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_clients_access_history_is_searchable_and_shows_no_internals() {
+    a_clients_access_history_is_searchable_and_shows_no_internals(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_clients_access_history_is_searchable_and_shows_no_internals() {
+    a_clients_access_history_is_searchable_and_shows_no_internals(Backend::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

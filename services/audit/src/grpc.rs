@@ -12,6 +12,8 @@ use confidant_proto::audit::v1::{
     GetCheckpointResponse, GetConsistencyProofRequest, GetConsistencyProofResponse,
     GetEvidenceBundleRequest, GetEvidenceBundleResponse, GetInclusionProofRequest,
     GetInclusionProofResponse, GetLogInfoRequest, GetLogInfoResponse, InclusionProof,
+    ListClientAccessHistoryRequest, ListClientAccessHistoryResponse, ListEventsRequest,
+    ListEventsResponse, LoggedEvent,
 };
 use confidant_runtime::error::Violations;
 use confidant_runtime::peer::PeerIdentity;
@@ -22,7 +24,7 @@ use uuid::Uuid;
 use crate::domain::validate_batch;
 use crate::error::Error;
 use crate::log::AuditLog;
-use crate::store::{StoredCheckpoint, StoredEvent};
+use crate::store::{EventFilter, Found, StoredCheckpoint, StoredEvent};
 
 /// Handlers of `confidant.audit.v1.AuditService`.
 #[derive(Debug, Clone)]
@@ -235,6 +237,118 @@ impl AuditService for AuditApi {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    #[tracing::instrument(name = "audit.list_events", skip_all)]
+    async fn list_events(
+        &self,
+        request: Request<ListEventsRequest>,
+    ) -> Result<Response<ListEventsResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let filter = EventFilter {
+            actor_id: (!req.actor_id.is_empty()).then(|| req.actor_id.clone()),
+            client_id: optional_uuid(&mut v, "client_id", &req.client_id),
+            matter_id: optional_uuid(&mut v, "matter_id", &req.matter_id),
+            action: if req.action.is_empty() {
+                None
+            } else if req
+                .action
+                .parse::<confidant_runtime::audit::Action>()
+                .is_err()
+            {
+                v.add("action", "is not a known audit action");
+                None
+            } else {
+                Some(req.action.clone())
+            },
+            outcome: match confidant_proto::audit::v1::Outcome::try_from(req.outcome) {
+                Ok(confidant_proto::audit::v1::Outcome::Unspecified) => None,
+                Ok(o) => Some(o as i32),
+                Err(_) => {
+                    v.add("outcome", "is not a known outcome");
+                    None
+                }
+            },
+            source_service: (!req.source_service.is_empty()).then(|| req.source_service.clone()),
+            start: timestamp(&mut v, "start_time", req.start_time.as_ref()),
+            end: timestamp(&mut v, "end_time", req.end_time.as_ref()),
+            before_index: decode_token(&mut v, "page_token", &req.page_token),
+            limit: 0,
+        };
+        if let (Some(s), Some(e)) = (filter.start, filter.end)
+            && s >= e
+        {
+            v.add("end_time", "must be after start_time");
+        }
+        let limit = page_size(&mut v, "page_size", req.page_size);
+        if !v.is_empty() {
+            return Err(Error::Invalid(v).into());
+        }
+        let (found, next_page_token) = page(&self.log, filter, limit).await?;
+        let events = found
+            .iter()
+            .map(|f| LoggedEvent {
+                leaf_index: f.event.idx,
+                event: decode_event(f),
+                record_time: Some(proto_time(f.recorded_at)),
+            })
+            .collect();
+        Ok(Response::new(ListEventsResponse {
+            events,
+            next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(name = "audit.list_client_access_history", skip_all)]
+    async fn list_client_access_history(
+        &self,
+        request: Request<ListClientAccessHistoryRequest>,
+    ) -> Result<Response<ListClientAccessHistoryResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let client_id = optional_uuid(&mut v, "client_id", &req.client_id);
+        if req.client_id.is_empty() {
+            v.add("client_id", "is required");
+        }
+        let limit = page_size(&mut v, "page_size", req.page_size);
+        let before_index = decode_token(&mut v, "page_token", &req.page_token);
+        if !v.is_empty() {
+            return Err(Error::Invalid(v).into());
+        }
+        let filter = EventFilter {
+            client_id,
+            before_index,
+            ..EventFilter::default()
+        };
+        let (found, next_page_token) = page(&self.log, filter, limit).await?;
+        let accesses = found
+            .iter()
+            .filter_map(|f| {
+                let e = decode_event(f)?;
+                let resource = e.resource.unwrap_or_default();
+                Some(confidant_proto::audit::v1::ClientAccess {
+                    time: e.time,
+                    // What the client may see of the actor: who, not from where.
+                    actor: e.actor.map(|a| confidant_proto::audit::v1::Actor {
+                        kind: a.kind,
+                        id: a.id,
+                        roles: a.roles,
+                        peer_identity: String::new(),
+                    }),
+                    action: e.action,
+                    data_category: resource.data_category,
+                    matter_id: resource.matter_id,
+                    purpose: e.purpose,
+                    outcome: e.outcome,
+                    event_id: e.id,
+                })
+            })
+            .collect();
+        Ok(Response::new(ListClientAccessHistoryResponse {
+            accesses,
+            next_page_token,
+        }))
+    }
+
     #[tracing::instrument(name = "audit.get_evidence_bundle", skip_all)]
     async fn get_evidence_bundle(
         &self,
@@ -280,6 +394,100 @@ impl AuditService for AuditApi {
             }),
         }))
     }
+}
+
+/// Default and largest page sizes.
+const DEFAULT_PAGE: i64 = 100;
+const MAX_PAGE: i64 = 1000;
+
+fn page_size(v: &mut Violations, field: &str, size: i32) -> i64 {
+    match i64::from(size) {
+        0 => DEFAULT_PAGE,
+        n if n < 0 => {
+            v.add(field, "must not be negative");
+            DEFAULT_PAGE
+        }
+        n => n.min(MAX_PAGE),
+    }
+}
+
+/// Page tokens are opaque to clients: base64 of the position to continue below.
+fn encode_token(before_index: i64) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("v1:{before_index}"))
+}
+
+fn decode_token(v: &mut Violations, field: &str, token: &str) -> Option<i64> {
+    use base64::Engine as _;
+    if token.is_empty() {
+        return None;
+    }
+    let parsed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.strip_prefix("v1:").and_then(|n| n.parse::<i64>().ok()));
+    if parsed.is_none() {
+        v.add(field, "is not a page token from this API");
+    }
+    parsed
+}
+
+fn optional_uuid(v: &mut Violations, field: &str, value: &str) -> Option<Uuid> {
+    if value.is_empty() {
+        return None;
+    }
+    let parsed = Uuid::parse_str(value).ok();
+    if parsed.is_none() {
+        v.add(field, "must be a UUID");
+    }
+    parsed
+}
+
+fn timestamp(
+    v: &mut Violations,
+    field: &str,
+    ts: Option<&prost_types::Timestamp>,
+) -> Option<chrono::DateTime<Utc>> {
+    let ts = ts?;
+    let parsed =
+        chrono::DateTime::from_timestamp(ts.seconds, u32::try_from(ts.nanos).unwrap_or(u32::MAX));
+    if parsed.is_none() {
+        v.add(field, "must be a valid timestamp");
+    }
+    parsed
+}
+
+fn proto_time(t: chrono::DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// Runs a search one page at a time: returns the page and the next token.
+async fn page(
+    log: &AuditLog,
+    mut filter: EventFilter,
+    limit: i64,
+) -> Result<(Vec<Found>, String), Error> {
+    filter.limit = limit + 1;
+    let mut found = log.store().search(&filter).await?;
+    let next = if found.len() as i64 > limit {
+        found.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        found
+            .last()
+            .map(|f| encode_token(f.event.idx))
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    Ok((found, next))
+}
+
+fn decode_event(found: &Found) -> Option<confidant_proto::audit::v1::AuditEvent> {
+    use prost::Message as _;
+    confidant_proto::audit::v1::AuditEvent::decode(found.event.payload.as_slice()).ok()
 }
 
 fn violations(list: Vec<confidant_runtime::error::FieldViolation>) -> Violations {

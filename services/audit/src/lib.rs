@@ -133,7 +133,12 @@ pub async fn build(ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
             APPENDERS.iter().map(|s| ctx.spiffe_id(*s)),
         )
         .allow(&format!("/{GRPC_SERVICE}/ExportLog"), readers.clone())
-        .allow(&format!("/{GRPC_SERVICE}/GetEvidenceBundle"), readers);
+        .allow(
+            &format!("/{GRPC_SERVICE}/GetEvidenceBundle"),
+            readers.clone(),
+        )
+        .allow(&format!("/{GRPC_SERVICE}/ListEvents"), readers.clone())
+        .allow(&format!("/{GRPC_SERVICE}/ListClientAccessHistory"), readers);
 
     let checkpointer = run_checkpointer(
         log.clone(),

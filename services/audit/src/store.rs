@@ -383,6 +383,149 @@ impl EventStore {
     }
 }
 
+/// A search of the log. `None` fields do not filter.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Actor id.
+    pub actor_id: Option<String>,
+    /// Client concerned.
+    pub client_id: Option<Uuid>,
+    /// Matter concerned.
+    pub matter_id: Option<Uuid>,
+    /// Action name.
+    pub action: Option<String>,
+    /// Outcome (protobuf enum value).
+    pub outcome: Option<i32>,
+    /// Producing service.
+    pub source_service: Option<String>,
+    /// At or after.
+    pub start: Option<DateTime<Utc>>,
+    /// Before.
+    pub end: Option<DateTime<Utc>>,
+    /// Only positions below this (pagination, newest first).
+    pub before_index: Option<i64>,
+    /// Most rows.
+    pub limit: i64,
+}
+
+enum Param {
+    Text(String),
+    Int(i64),
+    Time(DateTime<Utc>),
+}
+
+impl EventFilter {
+    fn conditions(&self) -> Vec<(&'static str, Param)> {
+        let mut c = Vec::new();
+        if let Some(v) = &self.actor_id {
+            c.push(("actor_id = ", Param::Text(v.clone())));
+        }
+        if let Some(v) = self.client_id {
+            c.push(("client_id = ", Param::Text(v.to_string())));
+        }
+        if let Some(v) = self.matter_id {
+            c.push(("matter_id = ", Param::Text(v.to_string())));
+        }
+        if let Some(v) = &self.action {
+            c.push(("action = ", Param::Text(v.clone())));
+        }
+        if let Some(v) = self.outcome {
+            c.push(("outcome = ", Param::Int(i64::from(v))));
+        }
+        if let Some(v) = &self.source_service {
+            c.push(("source_service = ", Param::Text(v.clone())));
+        }
+        if let Some(v) = self.start {
+            c.push(("occurred_at >= ", Param::Time(v)));
+        }
+        if let Some(v) = self.end {
+            c.push(("occurred_at < ", Param::Time(v)));
+        }
+        if let Some(v) = self.before_index {
+            c.push(("idx < ", Param::Int(v)));
+        }
+        c
+    }
+}
+
+/// A stored event with the time the log recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// The event.
+    pub event: StoredEvent,
+    /// When it was stored.
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl EventStore {
+    /// Events matching `filter`, newest first.
+    pub async fn search(&self, filter: &EventFilter) -> Result<Vec<Found>, sqlx::Error> {
+        const SELECT: &str =
+            "SELECT idx, event_id, payload, leaf_hash, recorded_at FROM audit_events WHERE 1 = 1";
+        let conditions = filter.conditions();
+        match &self.db {
+            Database::Postgres(pool) => {
+                let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(SELECT);
+                for (sql, param) in conditions {
+                    q.push(" AND ").push(sql);
+                    match param {
+                        // Outcomes are SMALLINT in PostgreSQL.
+                        Param::Int(v) if sql.starts_with("outcome") => {
+                            q.push_bind(i16::try_from(v).unwrap_or(-1))
+                        }
+                        Param::Int(v) => q.push_bind(v),
+                        Param::Text(v) => q.push_bind(v),
+                        Param::Time(v) => q.push_bind(v),
+                    };
+                }
+                q.push(" ORDER BY idx DESC LIMIT ").push_bind(filter.limit);
+                let rows: Vec<(i64, Uuid, Vec<u8>, Vec<u8>, DateTime<Utc>)> =
+                    q.build_query_as().fetch_all(pool).await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(idx, event_id, payload, leaf_hash, recorded_at)| Found {
+                        event: StoredEvent {
+                            idx,
+                            event_id,
+                            payload,
+                            leaf_hash,
+                        },
+                        recorded_at,
+                    })
+                    .collect())
+            }
+            Database::Sqlite(pool) => {
+                let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(SELECT);
+                for (sql, param) in conditions {
+                    q.push(" AND ").push(sql);
+                    match param {
+                        Param::Int(v) => q.push_bind(v),
+                        Param::Text(v) => q.push_bind(v),
+                        Param::Time(v) => q.push_bind(sqlite_time(v)),
+                    };
+                }
+                q.push(" ORDER BY idx DESC LIMIT ").push_bind(filter.limit);
+                let rows: Vec<(i64, String, Vec<u8>, Vec<u8>, String)> =
+                    q.build_query_as().fetch_all(pool).await?;
+                Ok(rows
+                    .into_iter()
+                    .filter_map(|(idx, id, payload, leaf_hash, recorded_at)| {
+                        Some(Found {
+                            event: StoredEvent {
+                                idx,
+                                event_id: Uuid::parse_str(&id).ok()?,
+                                payload,
+                                leaf_hash,
+                            },
+                            recorded_at: parse_sqlite_time(&recorded_at),
+                        })
+                    })
+                    .collect())
+            }
+        }
+    }
+}
+
 /// The events of a batch that are neither in the log nor repeated earlier in
 /// the batch.
 fn fresh_events<'a>(events: &'a [ValidEvent], existing: &HashSet<Uuid>) -> Vec<&'a ValidEvent> {

@@ -119,7 +119,136 @@ async fn concurrent_appenders_keep_positions_dense(t: &TestDatabase) {
     assert_eq!(idx, (0..200).collect::<Vec<i64>>());
 }
 
+fn event_about(
+    client: Option<uuid::Uuid>,
+    actor: &str,
+    action: Action,
+    outcome: Outcome,
+    at: i64,
+) -> ValidEvent {
+    let mut e = service_event(ServiceName::Vault, "t", action, outcome);
+    e.time = Some(prost_types::Timestamp {
+        seconds: at,
+        nanos: 0,
+    });
+    e.actor.as_mut().unwrap().id = actor.into();
+    if let Some(c) = client {
+        e.resource.as_mut().unwrap().client_id = c.to_string();
+    }
+    validate_batch(&[e], "vault", Utc::now()).unwrap().remove(0)
+}
+
+async fn searches_filter_and_page_newest_first(t: &TestDatabase) {
+    use confidant_audit::store::EventFilter;
+    let store = EventStore::new(t.db.clone());
+    let (alice, bob) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let base = Utc::now().timestamp() - 1000;
+    let mut batch = Vec::new();
+    for i in 0..7 {
+        batch.push(event_about(
+            Some(alice),
+            "staff-1",
+            Action::ServiceStarted,
+            Outcome::Allowed,
+            base + i,
+        ));
+    }
+    batch.push(event_about(
+        Some(bob),
+        "staff-2",
+        Action::ServiceStarted,
+        Outcome::Denied,
+        base + 10,
+    ));
+    batch.push(event_about(
+        None,
+        "staff-1",
+        Action::ServiceStopped,
+        Outcome::Allowed,
+        base + 20,
+    ));
+    store.append(&batch).await.unwrap();
+
+    let by = |f: EventFilter| {
+        let store = &store;
+        async move {
+            store
+                .search(&EventFilter { limit: 100, ..f })
+                .await
+                .unwrap()
+        }
+    };
+    let alice_events = by(EventFilter {
+        client_id: Some(alice),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(alice_events.len(), 7);
+    assert!(
+        alice_events
+            .windows(2)
+            .all(|w| w[0].event.idx > w[1].event.idx),
+        "newest first"
+    );
+    assert_eq!(
+        by(EventFilter {
+            actor_id: Some("staff-2".into()),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        1
+    );
+    assert_eq!(
+        by(EventFilter {
+            outcome: Some(Outcome::Denied as i32),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        1
+    );
+    assert_eq!(
+        by(EventFilter {
+            action: Some("service.stopped".into()),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        1
+    );
+    let window = by(EventFilter {
+        start: chrono::DateTime::from_timestamp(base + 2, 0),
+        end: chrono::DateTime::from_timestamp(base + 5, 0),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(window.len(), 3);
+
+    // Paging: three at a time, continuing below the last position seen.
+    let first = store
+        .search(&EventFilter {
+            client_id: Some(alice),
+            limit: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let second = store
+        .search(&EventFilter {
+            client_id: Some(alice),
+            limit: 3,
+            before_index: Some(first.last().unwrap().event.idx),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 3);
+    assert!(second[0].event.idx < first[2].event.idx);
+}
+
 confidant_runtime::backend_tests!(confidant_audit::MIGRATIONS;
+    searches_filter_and_page_newest_first,
     events_get_dense_positions_in_arrival_order,
     a_redelivered_batch_is_stored_once,
     stored_events_cannot_be_updated_or_deleted,
