@@ -67,6 +67,8 @@ fn parse_sqlite_time(s: &str) -> DateTime<Utc> {
 
 type EventRow = (i64, Uuid, Vec<u8>, Vec<u8>);
 type SqliteEventRow = (i64, String, Vec<u8>, Vec<u8>);
+type PgFoundRow = (i64, Uuid, Vec<u8>, Vec<u8>, DateTime<Utc>);
+type SqliteFoundRow = (i64, String, Vec<u8>, Vec<u8>, String);
 
 fn from_sqlite_rows(rows: Vec<SqliteEventRow>) -> Vec<StoredEvent> {
     rows.into_iter()
@@ -479,8 +481,7 @@ impl EventStore {
                     };
                 }
                 q.push(" ORDER BY idx DESC LIMIT ").push_bind(filter.limit);
-                let rows: Vec<(i64, Uuid, Vec<u8>, Vec<u8>, DateTime<Utc>)> =
-                    q.build_query_as().fetch_all(pool).await?;
+                let rows: Vec<PgFoundRow> = q.build_query_as().fetch_all(pool).await?;
                 Ok(rows
                     .into_iter()
                     .map(|(idx, event_id, payload, leaf_hash, recorded_at)| Found {
@@ -505,8 +506,7 @@ impl EventStore {
                     };
                 }
                 q.push(" ORDER BY idx DESC LIMIT ").push_bind(filter.limit);
-                let rows: Vec<(i64, String, Vec<u8>, Vec<u8>, String)> =
-                    q.build_query_as().fetch_all(pool).await?;
+                let rows: Vec<SqliteFoundRow> = q.build_query_as().fetch_all(pool).await?;
                 Ok(rows
                     .into_iter()
                     .filter_map(|(idx, id, payload, leaf_hash, recorded_at)| {
