@@ -167,6 +167,10 @@ impl AuditLog {
     /// against its recorded leaf hash. Returns the tree size.
     pub async fn sync(&self) -> Result<u64, sqlx::Error> {
         let _guard = self.sync_lock.lock().await;
+        self.sync_locked().await
+    }
+
+    async fn sync_locked(&self) -> Result<u64, sqlx::Error> {
         loop {
             let from = self.size();
             let rows = self
@@ -206,7 +210,17 @@ impl AuditLog {
     /// Appends events and brings the tree up to date.
     pub async fn append(&self, events: &[ValidEvent]) -> Result<Appended, LogError> {
         let done = self.store.append(events).await?;
-        self.sync().await?;
+        let _guard = self.sync_lock.lock().await;
+        let contiguous = u64::try_from(done.first_index).is_ok_and(|first| first == self.size());
+        if contiguous {
+            // Nobody else appended in between: the new leaves are ours.
+            let mut tree = self.tree.write().unwrap_or_else(|p| p.into_inner());
+            for leaf in &done.leaves {
+                tree.push(*leaf);
+            }
+        } else {
+            self.sync_locked().await?;
+        }
         Ok(done)
     }
 

@@ -14,12 +14,16 @@ use crate::merkle::{Hash, leaf_hash};
 const APPEND_LOCK_KEY: i64 = 0x0c0f_1da0_0a0d_0001;
 
 /// What an append did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Appended {
     /// Events stored now.
     pub appended: usize,
     /// Events that were already in the log (or repeated within the batch).
     pub duplicates: usize,
+    /// The position of the first event stored now.
+    pub first_index: i64,
+    /// The leaf hashes of the events stored now, in order.
+    pub leaves: Vec<Hash>,
 }
 
 /// A stored event.
@@ -106,12 +110,11 @@ impl EventStore {
     }
 
     /// Appends `events` in order, all or nothing, skipping ids already in the
-    /// log.
+    /// log. One multi-row INSERT per batch.
     pub async fn append(&self, events: &[ValidEvent]) -> Result<Appended, sqlx::Error> {
         let _guard = self.append_lock.lock().await;
         let now = Utc::now();
-        let fresh: Vec<&ValidEvent>;
-        match &self.db {
+        let (fresh, first_index) = match &self.db {
             Database::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
                 sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -127,35 +130,38 @@ impl EventStore {
                 .await?
                 .into_iter()
                 .collect();
-                fresh = fresh_events(events, &existing);
-                let mut next: i64 =
+                let fresh = fresh_events(events, &existing);
+                let first: i64 =
                     sqlx::query_scalar("SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_events")
                         .fetch_one(&mut *tx)
                         .await?;
-                for e in &fresh {
+                if !fresh.is_empty() {
+                    let n = i64::try_from(fresh.len()).unwrap_or(i64::MAX);
                     sqlx::query(
                         "INSERT INTO audit_events (idx, event_id, source_service, occurred_at, recorded_at, action, \
                          actor_kind, actor_id, client_id, matter_id, outcome, payload, leaf_hash) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                         SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::timestamptz[], \
+                         $5::timestamptz[], $6::text[], $7::int2[], $8::text[], $9::text[], $10::text[], \
+                         $11::int2[], $12::bytea[], $13::bytea[])",
                     )
-                    .bind(next)
-                    .bind(e.id)
-                    .bind(&e.source_service)
-                    .bind(e.occurred_at)
-                    .bind(now)
-                    .bind(e.action.as_str())
-                    .bind(e.actor_kind as i16)
-                    .bind(&e.actor_id)
-                    .bind(e.client_id.map(|id| id.to_string()))
-                    .bind(e.matter_id.map(|id| id.to_string()))
-                    .bind(e.outcome as i16)
-                    .bind(&e.payload)
-                    .bind(leaf_hash(&e.payload).as_slice())
+                    .bind((first..first + n).collect::<Vec<i64>>())
+                    .bind(fresh.iter().map(|e| e.id).collect::<Vec<_>>())
+                    .bind(fresh.iter().map(|e| e.source_service.clone()).collect::<Vec<_>>())
+                    .bind(fresh.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
+                    .bind(vec![now; fresh.len()])
+                    .bind(fresh.iter().map(|e| e.action.as_str().to_owned()).collect::<Vec<_>>())
+                    .bind(fresh.iter().map(|e| e.actor_kind as i16).collect::<Vec<_>>())
+                    .bind(fresh.iter().map(|e| e.actor_id.clone()).collect::<Vec<_>>())
+                    .bind(fresh.iter().map(|e| e.client_id.map(|id| id.to_string())).collect::<Vec<_>>())
+                    .bind(fresh.iter().map(|e| e.matter_id.map(|id| id.to_string())).collect::<Vec<_>>())
+                    .bind(fresh.iter().map(|e| e.outcome as i16).collect::<Vec<_>>())
+                    .bind(fresh.iter().map(|e| e.payload.clone()).collect::<Vec<_>>())
+                    .bind(fresh.iter().map(|e| leaf_hash(&e.payload).to_vec()).collect::<Vec<_>>())
                     .execute(&mut *tx)
                     .await?;
-                    next += 1;
                 }
                 tx.commit().await?;
+                (fresh, first)
             }
             Database::Sqlite(pool) => {
                 let mut tx = confidant_runtime::storage::begin_sqlite_write(pool).await?;
@@ -174,40 +180,45 @@ impl EventStore {
                     .iter()
                     .filter_map(|s| Uuid::parse_str(s).ok())
                     .collect();
-                fresh = fresh_events(events, &existing);
-                let mut next: i64 =
+                let fresh = fresh_events(events, &existing);
+                let first: i64 =
                     sqlx::query_scalar("SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_events")
                         .fetch_one(&mut *tx)
                         .await?;
-                for e in &fresh {
-                    sqlx::query(
+                if !fresh.is_empty() {
+                    let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                         "INSERT INTO audit_events (idx, event_id, source_service, occurred_at, recorded_at, action, \
-                         actor_kind, actor_id, client_id, matter_id, outcome, payload, leaf_hash) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-                    )
-                    .bind(next)
-                    .bind(e.id.to_string())
-                    .bind(&e.source_service)
-                    .bind(sqlite_time(e.occurred_at))
-                    .bind(sqlite_time(now))
-                    .bind(e.action.as_str())
-                    .bind(e.actor_kind as i32)
-                    .bind(&e.actor_id)
-                    .bind(e.client_id.map(|id| id.to_string()))
-                    .bind(e.matter_id.map(|id| id.to_string()))
-                    .bind(e.outcome as i32)
-                    .bind(&e.payload)
-                    .bind(leaf_hash(&e.payload).as_slice())
-                    .execute(&mut *tx)
-                    .await?;
-                    next += 1;
+                         actor_kind, actor_id, client_id, matter_id, outcome, payload, leaf_hash) ",
+                    );
+                    let recorded = sqlite_time(now);
+                    let mut idx = first;
+                    insert.push_values(&fresh, |mut row, e| {
+                        row.push_bind(idx)
+                            .push_bind(e.id.to_string())
+                            .push_bind(e.source_service.clone())
+                            .push_bind(sqlite_time(e.occurred_at))
+                            .push_bind(recorded.clone())
+                            .push_bind(e.action.as_str())
+                            .push_bind(e.actor_kind as i32)
+                            .push_bind(e.actor_id.clone())
+                            .push_bind(e.client_id.map(|id| id.to_string()))
+                            .push_bind(e.matter_id.map(|id| id.to_string()))
+                            .push_bind(e.outcome as i32)
+                            .push_bind(e.payload.clone())
+                            .push_bind(leaf_hash(&e.payload).to_vec());
+                        idx += 1;
+                    });
+                    insert.build().execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
+                (fresh, first)
             }
-        }
+        };
         Ok(Appended {
             appended: fresh.len(),
             duplicates: events.len() - fresh.len(),
+            first_index,
+            leaves: fresh.iter().map(|e| leaf_hash(&e.payload)).collect(),
         })
     }
 

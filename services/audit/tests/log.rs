@@ -238,7 +238,23 @@ async fn checkpoints_from_another_key_do_not_verify(t: &TestDatabase) {
     ));
 }
 
+async fn two_replicas_appending_in_turn_agree_on_the_tree(t: &TestDatabase) {
+    let key = key();
+    let (a, b) = (open(t, &key).await, open(t, &key).await);
+    for round in 0..4 {
+        let replica = if round % 2 == 0 { &a } else { &b };
+        append(replica, 3).await;
+    }
+    let from_a = a.issue_checkpoint().await.unwrap();
+    let from_b = b.issue_checkpoint().await.unwrap();
+    assert_eq!(from_a.tree_size, 12);
+    assert_eq!(from_a.root_hash, from_b.root_hash);
+    let (entries, notes) = export(&a).await;
+    assert_eq!(verify(&entries, &notes, &verifier(&a)).finding, None);
+}
+
 confidant_runtime::backend_tests!(confidant_audit::MIGRATIONS;
+    two_replicas_appending_in_turn_agree_on_the_tree,
     checkpoints_commit_to_every_event_and_proofs_verify,
     an_interval_without_events_still_gets_a_checkpoint,
     an_edited_event_is_named_and_nothing_more_is_signed,
