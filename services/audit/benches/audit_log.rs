@@ -140,6 +140,7 @@ fn main() {
                 event_id: String::new(),
                 event_bytes: bytes,
                 leaf_hash: hash,
+                proof: None,
             }
         })
         .collect();

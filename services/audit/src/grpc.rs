@@ -66,6 +66,7 @@ fn exported(e: StoredEvent) -> ExportedEvent {
         event_id: e.event_id.to_string(),
         event_bytes: e.payload,
         leaf_hash: e.leaf_hash,
+        inclusion_proof: None,
     }
 }
 
@@ -232,8 +233,16 @@ impl AuditService for AuditApi {
             .all_checkpoints()
             .await
             .map_err(Error::from)?;
+        // Proofs are against the latest checkpoint at the start of the export.
+        let proof_size = if req.include_proofs {
+            checkpoints
+                .last()
+                .and_then(|c| u64::try_from(c.tree_size).ok())
+        } else {
+            None
+        };
         let log = self.log.clone();
-        let stream = async_stream(log, start, end, checkpoints);
+        let stream = async_stream(log, start, end, checkpoints, proof_size);
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -505,6 +514,7 @@ fn async_stream(
     start: u64,
     end: u64,
     checkpoints: Vec<StoredCheckpoint>,
+    proof_size: Option<u64>,
 ) -> impl Stream<Item = Result<ExportLogResponse, Status>> + Send + 'static {
     let state = (
         log,
@@ -540,8 +550,22 @@ fn async_stream(
             buffered = page
                 .into_iter()
                 .rev()
-                .map(|e| ExportLogResponse {
-                    item: Some(Item::Event(exported(e))),
+                .map(|e| {
+                    let index = u64::try_from(e.idx).unwrap_or(u64::MAX);
+                    let proof = proof_size.filter(|size| index < *size).and_then(|size| {
+                        let hashes = log.inclusion_proof(index, size).ok()?;
+                        Some(InclusionProof {
+                            leaf_index: e.idx,
+                            tree_size: i64::try_from(size).unwrap_or(i64::MAX),
+                            leaf_hash: e.leaf_hash.clone(),
+                            hashes: hashes.into_iter().map(|h| h.to_vec()).collect(),
+                        })
+                    });
+                    let mut event = exported(e);
+                    event.inclusion_proof = proof;
+                    ExportLogResponse {
+                        item: Some(Item::Event(event)),
+                    }
                 })
                 .collect();
             let first = buffered.pop()?;

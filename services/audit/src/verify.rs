@@ -6,7 +6,7 @@
 use uuid::Uuid;
 
 use crate::checkpoint::Verifier;
-use crate::merkle::{Hash, Tree, leaf_hash};
+use crate::merkle::{Hash, Tree, leaf_hash, verify_inclusion};
 
 /// One exported event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +19,8 @@ pub struct Entry {
     pub event_bytes: Vec<u8>,
     /// The leaf hash recorded at append time.
     pub leaf_hash: Vec<u8>,
+    /// An inclusion proof shipped with the event: `(tree size, hashes)`.
+    pub proof: Option<(u64, Vec<Hash>)>,
 }
 
 /// The first problem the verifier found.
@@ -52,6 +54,11 @@ pub enum Finding {
         /// The size of the last checkpoint that still matched.
         since: u64,
     },
+    /// An event's shipped inclusion proof does not lead to the signed root.
+    BadProof {
+        /// The event's position.
+        index: u64,
+    },
     /// A checkpoint covers more events than the export holds.
     Incomplete {
         /// The checkpoint's size.
@@ -78,6 +85,12 @@ impl std::fmt::Display for Finding {
                 f,
                 "the events do not match the signed checkpoint of size {size}: an event at a position in [{since}, {size}) was changed"
             ),
+            Finding::BadProof { index } => {
+                write!(
+                    f,
+                    "the inclusion proof shipped with the event at position {index} does not verify"
+                )
+            }
             Finding::Incomplete { size, events } => {
                 write!(
                     f,
@@ -122,6 +135,7 @@ pub fn verify(entries: &[Entry], notes: &[String], verifier: &Verifier) -> Repor
         tree.push(computed);
     }
     report.events = tree.size();
+    let mut roots: Vec<(u64, Hash)> = Vec::new();
     for (position, note) in notes.iter().enumerate() {
         let checkpoint = match verifier.verify(note) {
             Ok(c) => c,
@@ -149,6 +163,24 @@ pub fn verify(entries: &[Entry], notes: &[String], verifier: &Verifier) -> Repor
         }
         report.checkpoints_verified += 1;
         report.verified_size = report.verified_size.max(checkpoint.size);
+        roots.push((checkpoint.size, checkpoint.root));
+    }
+    // Proofs shipped with events must lead to a root that verified.
+    for entry in entries {
+        let Some((size, proof)) = &entry.proof else {
+            continue;
+        };
+        let leaf = leaf_hash(&entry.event_bytes);
+        let ok = roots
+            .iter()
+            .filter(|(s, _)| s == size)
+            .any(|(_, root)| verify_inclusion(entry.index, *size, &leaf, proof, root));
+        if !ok {
+            report
+                .finding
+                .get_or_insert(Finding::BadProof { index: entry.index });
+            return report;
+        }
     }
     report
 }

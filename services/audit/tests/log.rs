@@ -64,6 +64,7 @@ async fn export(log: &AuditLog) -> (Vec<Entry>, Vec<String>) {
             event_id: e.event_id.to_string(),
             event_bytes: e.payload,
             leaf_hash: e.leaf_hash,
+            proof: None,
         })
         .collect();
     let notes = log

@@ -124,6 +124,7 @@ pub async fn export(
         .export_log(ExportLogRequest {
             start_index: start,
             end_index: end,
+            include_proofs: true,
         })
         .await?
         .into_inner();
@@ -132,6 +133,12 @@ pub async fn export(
         let line = match item.item {
             Some(Item::Event(e)) => {
                 events += 1;
+                let proof = e.inclusion_proof.as_ref().map(|p| {
+                    json!({
+                        "tree_size": p.tree_size,
+                        "hashes": p.hashes.iter().map(|h| hex(h)).collect::<Vec<_>>(),
+                    })
+                });
                 json!({
                     "type": "event",
                     "index": e.leaf_index,
@@ -139,6 +146,7 @@ pub async fn export(
                     "leaf_hash": hex(&e.leaf_hash),
                     "event_bytes": STANDARD.encode(&e.event_bytes),
                     "event": event_json(&e.event_bytes),
+                    "inclusion_proof": proof,
                 })
             }
             Some(Item::Checkpoint(c)) => json!({
@@ -184,6 +192,19 @@ fn parse_export(reader: impl BufRead) -> anyhow::Result<Export> {
                     .decode(v["event_bytes"].as_str().ok_or_else(bad)?)
                     .map_err(|_| bad())?,
                 leaf_hash: unhex(v["leaf_hash"].as_str().ok_or_else(bad)?).ok_or_else(bad)?,
+                proof: match &v["inclusion_proof"] {
+                    Value::Null => None,
+                    p => Some((
+                        p["tree_size"].as_u64().ok_or_else(bad)?,
+                        p["hashes"]
+                            .as_array()
+                            .ok_or_else(bad)?
+                            .iter()
+                            .map(|h| h.as_str().and_then(unhex).and_then(|b| b.try_into().ok()))
+                            .collect::<Option<Vec<[u8; 32]>>>()
+                            .ok_or_else(bad)?,
+                    )),
+                },
             }),
             Some("checkpoint") => export
                 .notes
