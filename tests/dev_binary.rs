@@ -101,6 +101,20 @@ async fn dev_serves_all_five_services_over_mutual_tls_and_reuses_its_data() {
         .await;
     }
 
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&data).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    assert_eq!(
+        std::fs::metadata(pki.join("ca-key.pem"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+
     let status = first.terminate(Duration::from_secs(20));
     assert!(
         status.success(),

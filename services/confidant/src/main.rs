@@ -348,6 +348,19 @@ fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Config, St
 }
 
 fn dev_config(data_dir: &Path, env: &HashMap<String, String>) -> Result<Config, String> {
+    // Databases, keys and certificates live here: owner only.
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let created = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir);
+        created
+            .and_then(|()| {
+                std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+            })
+            .map_err(|e| format!("--data-dir {}: {e}", data_dir.display()))?;
+    }
     let config =
         config::load(Config::dev_defaults(data_dir), None, env).map_err(|e| e.to_string())?;
     PkiDir::new(data_dir.join("pki"))
