@@ -11,6 +11,13 @@ pub mod audit {
     }
 }
 
+/// `confidant.identity.v1`: who everyone is, and the authorization decision.
+pub mod identity {
+    pub mod v1 {
+        tonic::include_proto!("confidant.identity.v1");
+    }
+}
+
 /// The encoded `FileDescriptorSet` of the whole contract, served by gRPC
 /// reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

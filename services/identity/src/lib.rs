@@ -1,19 +1,25 @@
-//! The identity service: staff, roles and permissions, matters, assignments,
-//! ethical walls, attestations (NDA, training), staff login and tokens,
-//! client identity verification, access reviews, and the authorization
-//! decision the other services ask for.
+//! The identity service: staff, roles and permissions, clients, matters,
+//! assignments, ethical walls, attestations (NDA, training), break-glass,
+//! and the authorization decision the other services ask for.
 //!
-//! What runs today is the part every service shares: the mutual-TLS port with
-//! health and reflection, its own database schema with the audit outbox, and
-//! delivery of its audit events (its start and stop) to the audit service.
-//! Its own API is built on this foundation.
+//! - [`domain`]: the decision as a pure function of facts at a point in time;
+//! - [`store`]: the directory on PostgreSQL or SQLite;
+//! - [`grpc`]: the `confidant.identity.v1.IdentityService` handlers.
 #![forbid(unsafe_code)]
 
+pub mod domain;
+
 use confidant_runtime::{Migrations, ServiceName};
+use sqlx::migrate::Migrator;
 
 /// This service.
 pub const NAME: ServiceName = ServiceName::Identity;
 
-/// The service's schema, per backend: so far the common tables (the audit
-/// outbox) only.
-pub const MIGRATIONS: Migrations = confidant_runtime::storage::COMMON_ONLY;
+static POSTGRES: Migrator = sqlx::migrate!("migrations/postgres");
+static SQLITE: Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// The identity schema, per backend.
+pub const MIGRATIONS: Migrations = Migrations {
+    postgres: &POSTGRES,
+    sqlite: &SQLITE,
+};

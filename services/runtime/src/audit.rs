@@ -46,6 +46,17 @@ macro_rules! actions {
 actions! {
     ServiceStarted => "service.started", "A service process started serving (resource: the service).";
     ServiceStopped => "service.stopped", "A service process stopped serving after a shutdown signal.";
+    IdentityAuthorize => "identity.authorize", "An authorization decision (outcome allowed or denied, with its reason).";
+    IdentityStaffCreated => "identity.staff.created", "A staff account was created.";
+    IdentityStaffDisabled => "identity.staff.disabled", "A staff account was disabled.";
+    IdentityClientCreated => "identity.client.created", "A client was registered.";
+    IdentityMatterCreated => "identity.matter.created", "A matter was opened.";
+    IdentityMatterClosed => "identity.matter.closed", "A matter was closed.";
+    IdentityAssignmentGranted => "identity.assignment.granted", "A staff member was assigned to a matter.";
+    IdentityAssignmentRevoked => "identity.assignment.revoked", "An assignment was revoked.";
+    IdentityWallCreated => "identity.wall.created", "An ethical wall was put up.";
+    IdentityAttestationRecorded => "identity.attestation.recorded", "An NDA or training attestation was recorded.";
+    IdentityBreakGlassOpened => "identity.break_glass.opened", "Emergency access to a matter was opened (alerts the security officer).";
 }
 
 /// An action name that is not in the catalogue.

@@ -12,6 +12,7 @@ pub mod error;
 pub mod outbox;
 pub mod peer;
 pub mod pki;
+pub mod portable;
 pub mod server;
 pub mod service_name;
 pub mod storage;

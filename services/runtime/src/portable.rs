@@ -1,0 +1,175 @@
+//! Statements written once for both backends.
+//!
+//! SQL uses PostgreSQL's `$1` placeholders; for SQLite they become `?1`,
+//! which SQLite reads as the same numbered parameters. Values are bound from
+//! a small closed set of types that both drivers encode (UUIDs, text,
+//! integers, UTC times), so one repository implementation serves both
+//! backends, and a change plus its audit events commit in one transaction.
+
+use chrono::{DateTime, Utc};
+use confidant_proto::audit::v1::AuditEvent;
+use sqlx::postgres::PgRow;
+use sqlx::sqlite::SqliteRow;
+use uuid::Uuid;
+
+use crate::storage::Database;
+
+/// A value bound to a placeholder.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// A UUID.
+    Uuid(Uuid),
+    /// An optional UUID.
+    OptUuid(Option<Uuid>),
+    /// Text.
+    Text(String),
+    /// Optional text.
+    OptText(Option<String>),
+    /// A 32-bit integer (INTEGER columns).
+    Int(i32),
+    /// An optional 32-bit integer.
+    OptInt(Option<i32>),
+    /// A UTC time.
+    Time(DateTime<Utc>),
+    /// An optional UTC time.
+    OptTime(Option<DateTime<Utc>>),
+}
+
+/// One statement with its values.
+#[derive(Debug, Clone)]
+pub struct Statement {
+    sql: &'static str,
+    values: Vec<Value>,
+}
+
+impl Statement {
+    /// A statement; `sql` uses `$1`, `$2`… placeholders.
+    pub fn new(sql: &'static str, values: Vec<Value>) -> Self {
+        Self { sql, values }
+    }
+}
+
+fn sqlite_sql(sql: &str) -> String {
+    sql.replace('$', "?")
+}
+
+macro_rules! bind_all {
+    ($query:expr, $values:expr) => {{
+        let mut q = $query;
+        for v in $values {
+            q = match v {
+                Value::Uuid(x) => q.bind(x),
+                Value::OptUuid(x) => q.bind(x),
+                Value::Text(x) => q.bind(x),
+                Value::OptText(x) => q.bind(x),
+                Value::Int(x) => q.bind(x),
+                Value::OptInt(x) => q.bind(x),
+                Value::Time(x) => q.bind(x),
+                Value::OptTime(x) => q.bind(x),
+            };
+        }
+        q
+    }};
+}
+
+/// A row type both drivers can decode.
+pub trait PortableRow:
+    for<'r> sqlx::FromRow<'r, PgRow> + for<'r> sqlx::FromRow<'r, SqliteRow> + Send + Unpin
+{
+}
+impl<T> PortableRow for T where
+    T: for<'r> sqlx::FromRow<'r, PgRow> + for<'r> sqlx::FromRow<'r, SqliteRow> + Send + Unpin
+{
+}
+
+/// What a transaction can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum TransactError {
+    /// A statement failed.
+    #[error(transparent)]
+    Sqlx(#[from] sqlx::Error),
+    /// An audit event could not be put in the outbox.
+    #[error(transparent)]
+    Outbox(#[from] crate::outbox::Error),
+}
+
+impl Database {
+    /// Runs a query and decodes every row.
+    pub async fn fetch_all<R: PortableRow>(
+        &self,
+        sql: &'static str,
+        values: Vec<Value>,
+    ) -> Result<Vec<R>, sqlx::Error> {
+        match self {
+            Database::Postgres(pool) => {
+                bind_all!(sqlx::query_as::<_, R>(sql), values)
+                    .fetch_all(pool)
+                    .await
+            }
+            Database::Sqlite(pool) => {
+                bind_all!(
+                    sqlx::query_as::<_, R>(sqlx::AssertSqlSafe(sqlite_sql(sql))),
+                    values
+                )
+                .fetch_all(pool)
+                .await
+            }
+        }
+    }
+
+    /// Runs a query and decodes the first row, if any.
+    pub async fn fetch_optional<R: PortableRow>(
+        &self,
+        sql: &'static str,
+        values: Vec<Value>,
+    ) -> Result<Option<R>, sqlx::Error> {
+        Ok(self.fetch_all(sql, values).await?.into_iter().next())
+    }
+
+    /// Runs `statements` and puts `events` in the outbox, all in one
+    /// transaction: either everything is written or nothing. Returns the rows
+    /// each statement affected.
+    pub async fn transact(
+        &self,
+        statements: Vec<Statement>,
+        events: &[AuditEvent],
+    ) -> Result<Vec<u64>, TransactError> {
+        let mut affected = Vec::with_capacity(statements.len());
+        match self {
+            Database::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                for s in statements {
+                    affected.push(
+                        bind_all!(sqlx::query(s.sql), s.values)
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected(),
+                    );
+                }
+                for e in events {
+                    crate::outbox::enqueue_postgres(&mut tx, e).await?;
+                }
+                tx.commit().await?;
+            }
+            Database::Sqlite(pool) => {
+                let mut tx = crate::storage::begin_sqlite_write(pool).await?;
+                for s in statements {
+                    affected.push(
+                        bind_all!(
+                            sqlx::query(sqlx::AssertSqlSafe(sqlite_sql(s.sql))),
+                            s.values
+                        )
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected(),
+                    );
+                }
+                for e in events {
+                    crate::outbox::enqueue_sqlite(&mut tx, e).await?;
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(affected)
+    }
+}
