@@ -47,12 +47,12 @@ pub fn migrations(service: ServiceName) -> Migrations {
 async fn build(service: ServiceName, ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
     match service {
         ServiceName::Audit => confidant_audit::build(ctx).await,
+        ServiceName::Identity => confidant_identity::build(ctx).await,
         // Their APIs come with their own issues; until then they run the
         // shared parts only.
-        ServiceName::Identity
-        | ServiceName::Intake
-        | ServiceName::Vault
-        | ServiceName::Retention => Ok(ServiceParts::default()),
+        ServiceName::Intake | ServiceName::Vault | ServiceName::Retention => {
+            Ok(ServiceParts::default())
+        }
     }
 }
 

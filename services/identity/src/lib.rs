@@ -8,6 +8,9 @@
 #![forbid(unsafe_code)]
 
 pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod store;
 
 use confidant_runtime::{Migrations, ServiceName};
 use sqlx::migrate::Migrator;
@@ -23,3 +26,45 @@ pub const MIGRATIONS: Migrations = Migrations {
     postgres: &POSTGRES,
     sqlite: &SQLITE,
 };
+
+/// The fully qualified name of the gRPC service.
+pub const GRPC_SERVICE: &str = "confidant.identity.v1.IdentityService";
+
+/// The services that ask for decisions.
+pub const DECISION_CALLERS: [ServiceName; 4] = [
+    ServiceName::Intake,
+    ServiceName::Vault,
+    ServiceName::Retention,
+    ServiceName::Audit,
+];
+
+/// Builds the identity service.
+pub async fn build(
+    ctx: &confidant_runtime::app::ServiceContext,
+) -> anyhow::Result<confidant_runtime::app::ServiceParts> {
+    use confidant_proto::identity::v1::identity_service_server::IdentityServiceServer;
+    let admins: Vec<String> = ctx
+        .config
+        .identity
+        .admins
+        .iter()
+        .map(|name| confidant_runtime::service_name::spiffe_id(&ctx.config.trust_domain, name))
+        .collect();
+    let mut deciders: Vec<String> = DECISION_CALLERS.iter().map(|s| ctx.spiffe_id(*s)).collect();
+    deciders.extend(admins.iter().cloned());
+    // Everything but Authorize is directory management, for admins only.
+    let policy = confidant_runtime::peer::PeerPolicy::new()
+        .allow(&format!("/{GRPC_SERVICE}/"), admins)
+        .allow(&format!("/{GRPC_SERVICE}/Authorize"), deciders);
+    let api = grpc::IdentityApi::new(
+        store::Directory::new(ctx.db.clone()),
+        &ctx.config.trust_domain,
+    );
+    Ok(confidant_runtime::app::ServiceParts {
+        routes: tonic::service::Routes::new(IdentityServiceServer::new(api)),
+        grpc_services: vec![GRPC_SERVICE],
+        policy,
+        tasks: Vec::new(),
+        on_stop: Vec::new(),
+    })
+}

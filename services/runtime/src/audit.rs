@@ -101,6 +101,64 @@ pub fn service_event(
     }
 }
 
+/// Builds an audit event step by step; starts as an allowed action by the
+/// producing service itself, at the current time and trace.
+#[derive(Debug, Clone)]
+pub struct EventBuilder(AuditEvent);
+
+impl EventBuilder {
+    /// An event of `action` produced by `service`.
+    pub fn new(service: ServiceName, trust_domain: &str, action: Action) -> Self {
+        Self(service_event(
+            service,
+            trust_domain,
+            action,
+            Outcome::Allowed,
+        ))
+    }
+
+    /// Who acted.
+    pub fn actor(mut self, kind: ActorKind, id: &str, peer_identity: &str) -> Self {
+        self.0.actor = Some(Actor {
+            kind: kind as i32,
+            id: id.to_owned(),
+            roles: Vec::new(),
+            peer_identity: peer_identity.to_owned(),
+        });
+        self
+    }
+
+    /// What it concerned.
+    pub fn resource(mut self, kind: &str, id: &str) -> Self {
+        self.0.resource = Some(Resource {
+            r#type: kind.to_owned(),
+            id: id.to_owned(),
+            ..Resource::default()
+        });
+        self
+    }
+
+    /// The client and matter concerned.
+    pub fn scope(mut self, client_id: Option<uuid::Uuid>, matter_id: Option<uuid::Uuid>) -> Self {
+        let r = self.0.resource.get_or_insert_with(Resource::default);
+        r.client_id = client_id.map(|c| c.to_string()).unwrap_or_default();
+        r.matter_id = matter_id.map(|m| m.to_string()).unwrap_or_default();
+        self
+    }
+
+    /// The outcome and its reason code.
+    pub fn outcome(mut self, outcome: Outcome, reason: &str) -> Self {
+        self.0.outcome = outcome as i32;
+        self.0.reason = reason.to_owned();
+        self
+    }
+
+    /// The event.
+    pub fn build(self) -> AuditEvent {
+        self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

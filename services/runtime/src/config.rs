@@ -56,6 +56,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// The audit log.
     pub audit: AuditConfig,
+    /// The identity service.
+    pub identity: IdentityConfig,
     /// Whether gRPC server reflection is served.
     pub reflection: bool,
     /// How long in-flight calls may run after a shutdown signal.
@@ -75,6 +77,7 @@ impl Default for Config {
             kms: KmsConfig::default(),
             telemetry: TelemetryConfig::default(),
             audit: AuditConfig::default(),
+            identity: IdentityConfig::default(),
             reflection: true,
             shutdown_grace_seconds: 30,
         }
@@ -170,6 +173,24 @@ impl Default for AuditConfig {
             checkpoint_interval_seconds: 60,
             checkpoint_max_events: 1000,
             readers: vec!["operator".to_owned()],
+        }
+    }
+}
+
+/// Identity service settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// Client identities (names in the trust domain) that may manage the
+    /// directory — staff, clients, matters, walls, attestations — until staff
+    /// sign-in with tokens takes over.
+    pub admins: Vec<String>,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            admins: vec!["operator".to_owned()],
         }
     }
 }

@@ -1,0 +1,539 @@
+//! The gRPC face of the identity service: boundary validation, then the
+//! directory, each change with its audit event.
+
+use chrono::{DateTime, Duration, Utc};
+use confidant_proto::audit::v1::{ActorKind, Outcome};
+use confidant_proto::identity::v1::identity_service_server::IdentityService;
+use confidant_proto::identity::v1::*;
+use confidant_runtime::ServiceName;
+use confidant_runtime::audit::{Action, EventBuilder};
+use confidant_runtime::error::Violations;
+use confidant_runtime::peer::PeerIdentity;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::domain::decide;
+use crate::error::Error;
+use crate::store::{Directory, KIND_NDA, KIND_TRAINING, NewAttestation};
+
+/// Handlers of `confidant.identity.v1.IdentityService`.
+#[derive(Debug, Clone)]
+pub struct IdentityApi {
+    directory: Directory,
+    trust_domain: String,
+}
+
+impl IdentityApi {
+    /// Handlers over `directory`.
+    pub fn new(directory: Directory, trust_domain: &str) -> Self {
+        Self {
+            directory,
+            trust_domain: trust_domain.to_owned(),
+        }
+    }
+
+    /// An event of `action` by the calling peer (an admin tool or service).
+    fn by_caller(
+        &self,
+        caller: &PeerIdentity,
+        action: Action,
+        kind: &str,
+        id: Uuid,
+    ) -> EventBuilder {
+        EventBuilder::new(ServiceName::Identity, &self.trust_domain, action)
+            .actor(ActorKind::Service, caller.name(), caller.as_str())
+            .resource(kind, &id.to_string())
+    }
+}
+
+fn caller<T>(request: &Request<T>) -> Result<PeerIdentity, Error> {
+    PeerIdentity::of(request).ok_or(Error::NoIdentity)
+}
+
+fn uuid(v: &mut Violations, field: &str, value: &str) -> Option<Uuid> {
+    if value.is_empty() {
+        v.add(field, "is required");
+        return None;
+    }
+    let parsed = Uuid::parse_str(value).ok();
+    if parsed.is_none() {
+        v.add(field, "must be a UUID");
+    }
+    parsed
+}
+
+fn optional_uuid(v: &mut Violations, field: &str, value: &str) -> Option<Uuid> {
+    if value.is_empty() {
+        None
+    } else {
+        uuid(v, field, value)
+    }
+}
+
+fn time(
+    v: &mut Violations,
+    field: &str,
+    ts: Option<&prost_types::Timestamp>,
+    required: bool,
+) -> Option<DateTime<Utc>> {
+    let Some(ts) = ts else {
+        if required {
+            v.add(field, "is required");
+        }
+        return None;
+    };
+    let parsed = DateTime::from_timestamp(ts.seconds, u32::try_from(ts.nanos).unwrap_or(u32::MAX));
+    if parsed.is_none() {
+        v.add(field, "must be a valid timestamp");
+    }
+    parsed
+}
+
+fn text(v: &mut Violations, field: &str, value: &str, max: usize) {
+    if value.trim().is_empty() {
+        v.add(field, "is required");
+    } else if value.chars().count() > max {
+        v.add(field, format!("must be at most {max} characters"));
+    } else if value.chars().any(char::is_control) {
+        v.add(field, "must not contain control characters");
+    }
+}
+
+fn check(v: Violations) -> Result<(), Error> {
+    if v.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Invalid(v))
+    }
+}
+
+fn proto_time(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// Longest break-glass grant.
+const MAX_BREAK_GLASS_MINUTES: i32 = 480;
+
+#[tonic::async_trait]
+impl IdentityService for IdentityApi {
+    #[tracing::instrument(name = "identity.create_staff_member", skip_all)]
+    async fn create_staff_member(
+        &self,
+        request: Request<CreateStaffMemberRequest>,
+    ) -> Result<Response<CreateStaffMemberResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let request_id = optional_uuid(&mut v, "request_id", &req.request_id);
+        text(&mut v, "email", &req.email, 254);
+        if !req.email.is_empty() && !req.email.contains('@') {
+            v.add("email", "must be an e-mail address");
+        }
+        text(&mut v, "display_name", &req.display_name, 200);
+        if req.roles.is_empty() {
+            v.add("roles", "must name at least one role");
+        }
+        let known = self.directory.known_roles().await.map_err(Error::from)?;
+        for (i, role) in req.roles.iter().enumerate() {
+            if !known.contains(role) {
+                v.add(format!("roles[{i}]"), "is not a known role");
+            }
+        }
+        check(v)?;
+        let id = self
+            .directory
+            .create_staff(
+                request_id,
+                &req.email.to_lowercase(),
+                &req.display_name,
+                &req.roles,
+                |id| {
+                    self.by_caller(&caller, Action::IdentityStaffCreated, "staff", id)
+                        .build()
+                },
+            )
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(CreateStaffMemberResponse {
+            staff_id: id.to_string(),
+        }))
+    }
+
+    #[tracing::instrument(name = "identity.disable_staff_member", skip_all)]
+    async fn disable_staff_member(
+        &self,
+        request: Request<DisableStaffMemberRequest>,
+    ) -> Result<Response<DisableStaffMemberResponse>, Status> {
+        let caller = caller(&request)?;
+        let mut v = Violations::new();
+        let id = uuid(&mut v, "staff_id", &request.get_ref().staff_id);
+        check(v)?;
+        let id = id.unwrap_or_default();
+        let event = self
+            .by_caller(&caller, Action::IdentityStaffDisabled, "staff", id)
+            .build();
+        self.directory
+            .disable_staff(id, event)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(DisableStaffMemberResponse {}))
+    }
+
+    #[tracing::instrument(name = "identity.create_client", skip_all)]
+    async fn create_client(
+        &self,
+        request: Request<CreateClientRequest>,
+    ) -> Result<Response<CreateClientResponse>, Status> {
+        let caller = caller(&request)?;
+        let mut v = Violations::new();
+        let request_id = optional_uuid(&mut v, "request_id", &request.get_ref().request_id);
+        check(v)?;
+        let id = self
+            .directory
+            .create_client(request_id, |id| {
+                self.by_caller(&caller, Action::IdentityClientCreated, "client", id)
+                    .scope(Some(id), None)
+                    .build()
+            })
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(CreateClientResponse {
+            client_id: id.to_string(),
+        }))
+    }
+
+    #[tracing::instrument(name = "identity.create_matter", skip_all)]
+    async fn create_matter(
+        &self,
+        request: Request<CreateMatterRequest>,
+    ) -> Result<Response<CreateMatterResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let request_id = optional_uuid(&mut v, "request_id", &req.request_id);
+        let client = uuid(&mut v, "client_id", &req.client_id);
+        let attorney = optional_uuid(
+            &mut v,
+            "responsible_attorney_id",
+            &req.responsible_attorney_id,
+        );
+        text(&mut v, "practice_area", &req.practice_area, 64);
+        check(v)?;
+        let client = client.unwrap_or_default();
+        let id = self
+            .directory
+            .create_matter(request_id, client, attorney, &req.practice_area, |id| {
+                self.by_caller(&caller, Action::IdentityMatterCreated, "matter", id)
+                    .scope(Some(client), Some(id))
+                    .build()
+            })
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(CreateMatterResponse {
+            matter_id: id.to_string(),
+        }))
+    }
+
+    #[tracing::instrument(name = "identity.close_matter", skip_all)]
+    async fn close_matter(
+        &self,
+        request: Request<CloseMatterRequest>,
+    ) -> Result<Response<CloseMatterResponse>, Status> {
+        let caller = caller(&request)?;
+        let mut v = Violations::new();
+        let id = uuid(&mut v, "matter_id", &request.get_ref().matter_id);
+        check(v)?;
+        let id = id.unwrap_or_default();
+        let event = self
+            .by_caller(&caller, Action::IdentityMatterClosed, "matter", id)
+            .scope(None, Some(id))
+            .build();
+        let closed = self
+            .directory
+            .close_matter(id, event)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(CloseMatterResponse {
+            close_time: Some(proto_time(closed)),
+        }))
+    }
+
+    #[tracing::instrument(name = "identity.assign_staff", skip_all)]
+    async fn assign_staff(
+        &self,
+        request: Request<AssignStaffRequest>,
+    ) -> Result<Response<AssignStaffResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let matter = uuid(&mut v, "matter_id", &req.matter_id);
+        let staff = uuid(&mut v, "staff_id", &req.staff_id);
+        let expires = time(&mut v, "expire_time", req.expire_time.as_ref(), false);
+        if expires.is_some_and(|e| e <= Utc::now()) {
+            v.add("expire_time", "must lie in the future");
+        }
+        check(v)?;
+        let (matter, staff) = (matter.unwrap_or_default(), staff.unwrap_or_default());
+        let id = self
+            .directory
+            .assign(matter, staff, expires, |id| {
+                self.by_caller(&caller, Action::IdentityAssignmentGranted, "assignment", id)
+                    .scope(None, Some(matter))
+                    .build()
+            })
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(AssignStaffResponse {
+            assignment_id: id.to_string(),
+        }))
+    }
+
+    #[tracing::instrument(name = "identity.revoke_assignment", skip_all)]
+    async fn revoke_assignment(
+        &self,
+        request: Request<RevokeAssignmentRequest>,
+    ) -> Result<Response<RevokeAssignmentResponse>, Status> {
+        let caller = caller(&request)?;
+        let mut v = Violations::new();
+        let id = uuid(&mut v, "assignment_id", &request.get_ref().assignment_id);
+        check(v)?;
+        let id = id.unwrap_or_default();
+        let event = self
+            .by_caller(&caller, Action::IdentityAssignmentRevoked, "assignment", id)
+            .build();
+        self.directory
+            .revoke_assignment(id, event)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(RevokeAssignmentResponse {}))
+    }
+
+    #[tracing::instrument(name = "identity.create_wall", skip_all)]
+    async fn create_wall(
+        &self,
+        request: Request<CreateWallRequest>,
+    ) -> Result<Response<CreateWallResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let ids = |v: &mut Violations, field: &str, list: &[String]| -> Vec<Uuid> {
+            list.iter()
+                .enumerate()
+                .filter_map(|(i, s)| uuid(v, &format!("{field}[{i}]"), s))
+                .collect()
+        };
+        let staff = ids(&mut v, "screened_staff_ids", &req.screened_staff_ids);
+        let clients = ids(&mut v, "client_ids", &req.client_ids);
+        let matters = ids(&mut v, "matter_ids", &req.matter_ids);
+        if req.screened_staff_ids.is_empty() {
+            v.add("screened_staff_ids", "must name at least one staff member");
+        }
+        if req.client_ids.is_empty() && req.matter_ids.is_empty() {
+            v.add(
+                "client_ids",
+                "a wall must screen off at least one client or matter",
+            );
+        }
+        check(v)?;
+        let id = self
+            .directory
+            .create_wall(&staff, &clients, &matters, |id| {
+                self.by_caller(&caller, Action::IdentityWallCreated, "wall", id)
+                    .build()
+            })
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(CreateWallResponse {
+            wall_id: id.to_string(),
+        }))
+    }
+
+    #[tracing::instrument(name = "identity.record_attestation", skip_all)]
+    async fn record_attestation(
+        &self,
+        request: Request<RecordAttestationRequest>,
+    ) -> Result<Response<RecordAttestationResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let staff = uuid(&mut v, "staff_id", &req.staff_id);
+        let kind = match AttestationKind::try_from(req.kind) {
+            Ok(AttestationKind::Nda) => KIND_NDA,
+            Ok(AttestationKind::Training) => KIND_TRAINING,
+            _ => {
+                v.add("kind", "must be NDA or TRAINING");
+                0
+            }
+        };
+        text(&mut v, "version", &req.version, 64);
+        let completed = time(&mut v, "complete_time", req.complete_time.as_ref(), true);
+        let expires = time(&mut v, "expire_time", req.expire_time.as_ref(), true);
+        if let (Some(c), Some(e)) = (completed, expires)
+            && e <= c
+        {
+            v.add("expire_time", "must be after complete_time");
+        }
+        if completed.is_some_and(|c| c > Utc::now() + Duration::minutes(5)) {
+            v.add("complete_time", "must not lie in the future");
+        }
+        let (score, pass_mark) = if kind == KIND_TRAINING {
+            for (field, value) in [("score", req.score), ("pass_mark", req.pass_mark)] {
+                if !(0..=100).contains(&value) {
+                    v.add(field, "must be between 0 and 100");
+                }
+            }
+            (Some(req.score), Some(req.pass_mark))
+        } else {
+            (None, None)
+        };
+        check(v)?;
+        let attestation = NewAttestation {
+            staff_id: staff.unwrap_or_default(),
+            kind,
+            version: req.version,
+            completed: completed.unwrap_or_default(),
+            expires: expires.unwrap_or_default(),
+            score,
+            pass_mark,
+        };
+        let id = self
+            .directory
+            .record_attestation(&attestation, |id| {
+                self.by_caller(
+                    &caller,
+                    Action::IdentityAttestationRecorded,
+                    "attestation",
+                    id,
+                )
+                .build()
+            })
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(RecordAttestationResponse {
+            attestation_id: id.to_string(),
+        }))
+    }
+
+    #[tracing::instrument(name = "identity.open_break_glass", skip_all)]
+    async fn open_break_glass(
+        &self,
+        request: Request<OpenBreakGlassRequest>,
+    ) -> Result<Response<OpenBreakGlassResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let staff = uuid(&mut v, "staff_id", &req.staff_id);
+        let matter = uuid(&mut v, "matter_id", &req.matter_id);
+        text(&mut v, "justification", &req.justification, 2000);
+        if req.justification.trim().chars().count() < 20 {
+            v.add(
+                "justification",
+                "must explain the emergency in at least 20 characters",
+            );
+        }
+        if !(1..=MAX_BREAK_GLASS_MINUTES).contains(&req.duration_minutes) {
+            v.add(
+                "duration_minutes",
+                format!("must be between 1 and {MAX_BREAK_GLASS_MINUTES}"),
+            );
+        }
+        check(v)?;
+        let (staff, matter) = (staff.unwrap_or_default(), matter.unwrap_or_default());
+        let expires = Utc::now() + Duration::minutes(i64::from(req.duration_minutes));
+        // The justification stays in the identity database for the security
+        // officer's review; the audit event records the grant, not the text.
+        let id = self
+            .directory
+            .open_break_glass(staff, matter, &req.justification, expires, |id| {
+                EventBuilder::new(
+                    ServiceName::Identity,
+                    &self.trust_domain,
+                    Action::IdentityBreakGlassOpened,
+                )
+                .actor(ActorKind::Staff, &staff.to_string(), caller.as_str())
+                .resource("break_glass", &id.to_string())
+                .scope(None, Some(matter))
+                .build()
+            })
+            .await
+            .map_err(Error::from)?;
+        tracing::warn!(
+            break_glass_id = %id,
+            staff_id = %staff,
+            matter_id = %matter,
+            "break-glass access opened; the security officer must review it"
+        );
+        Ok(Response::new(OpenBreakGlassResponse {
+            break_glass_id: id.to_string(),
+            expire_time: Some(proto_time(expires)),
+        }))
+    }
+
+    #[tracing::instrument(name = "identity.authorize", skip_all, fields(permission = %request.get_ref().permission))]
+    async fn authorize(
+        &self,
+        request: Request<AuthorizeRequest>,
+    ) -> Result<Response<AuthorizeResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let staff = uuid(&mut v, "staff_id", &req.staff_id);
+        let client = optional_uuid(&mut v, "client_id", &req.client_id);
+        let matter = optional_uuid(&mut v, "matter_id", &req.matter_id);
+        let well_formed = !req.permission.is_empty()
+            && req.permission.len() <= 64
+            && req
+                .permission
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c == '.' || c == '_');
+        if !well_formed {
+            v.add(
+                "permission",
+                "must be a permission name such as client_data.read",
+            );
+        }
+        if crate::domain::is_client_scoped(&req.permission) && client.is_none() && matter.is_none()
+        {
+            v.add(
+                "matter_id",
+                "a client data permission needs a client_id or matter_id",
+            );
+        }
+        check(v)?;
+        let staff = staff.unwrap_or_default();
+        let facts = self
+            .directory
+            .facts(staff, &req.permission, client, matter)
+            .await
+            .map_err(Error::from)?;
+        let decision = decide(&facts, &req.permission, Utc::now());
+        let outcome = if decision.allowed() {
+            Outcome::Allowed
+        } else {
+            Outcome::Denied
+        };
+        let event = EventBuilder::new(
+            ServiceName::Identity,
+            &self.trust_domain,
+            Action::IdentityAuthorize,
+        )
+        .actor(ActorKind::Staff, &staff.to_string(), caller.as_str())
+        .resource("decision", &req.permission)
+        .scope(client, matter)
+        .outcome(outcome, decision.reason_code())
+        .build();
+        let decision_id = event.id.clone();
+        // A decision that cannot be recorded is not given (fail closed).
+        self.directory.record(event).await.map_err(Error::from)?;
+        Ok(Response::new(AuthorizeResponse {
+            allowed: decision.allowed(),
+            reason: decision.reason as i32,
+            granted_by_role: decision.role.unwrap_or_default(),
+            access_path: decision.path as i32,
+            decision_id,
+        }))
+    }
+}

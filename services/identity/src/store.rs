@@ -1,0 +1,659 @@
+//! The directory on PostgreSQL or SQLite, written once for both through
+//! portable statements. Every change commits together with its audit event.
+
+use chrono::{DateTime, Utc};
+use confidant_proto::audit::v1::AuditEvent;
+use confidant_runtime::portable::{Statement, TransactError, Value};
+use confidant_runtime::storage::Database;
+use uuid::Uuid;
+
+use crate::domain::{Attestation, Facts, Interval};
+
+/// Storage failures, with the constraint cases the API reports.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A row the change depends on does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The change conflicts with what is stored (e.g. a duplicate e-mail).
+    #[error("{0}")]
+    Conflict(&'static str),
+    /// The database failed.
+    #[error(transparent)]
+    Sqlx(#[from] sqlx::Error),
+    /// The outbox failed.
+    #[error(transparent)]
+    Outbox(#[from] confidant_runtime::outbox::Error),
+}
+
+impl From<TransactError> for StoreError {
+    fn from(e: TransactError) -> Self {
+        match e {
+            TransactError::Sqlx(e) => StoreError::Sqlx(e),
+            TransactError::Outbox(e) => StoreError::Outbox(e),
+        }
+    }
+}
+
+/// Attestation kinds as stored (the protobuf enum values).
+pub const KIND_NDA: i32 = 1;
+/// See [`KIND_NDA`].
+pub const KIND_TRAINING: i32 = 2;
+
+/// A new attestation.
+#[derive(Debug, Clone)]
+pub struct NewAttestation {
+    /// Staff member.
+    pub staff_id: Uuid,
+    /// [`KIND_NDA`] or [`KIND_TRAINING`].
+    pub kind: i32,
+    /// Agreement or course version.
+    pub version: String,
+    /// Signed or completed.
+    pub completed: DateTime<Utc>,
+    /// Lapses.
+    pub expires: DateTime<Utc>,
+    /// Training score.
+    pub score: Option<i32>,
+    /// Training pass mark.
+    pub pass_mark: Option<i32>,
+}
+
+/// The identity directory.
+#[derive(Debug, Clone)]
+pub struct Directory {
+    db: Database,
+}
+
+/// kind, completed, expires, score, pass mark.
+type AttestationRow = (i32, DateTime<Utc>, DateTime<Utc>, Option<i32>, Option<i32>);
+type IntervalRow = (DateTime<Utc>, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
+fn interval((start, expires, revoked): IntervalRow) -> Interval {
+    Interval {
+        start,
+        expires,
+        revoked,
+    }
+}
+
+fn is_unique_violation(e: &StoreError) -> bool {
+    matches!(e, StoreError::Sqlx(s) if confidant_runtime::error::classify_sqlx(s)
+        == confidant_runtime::error::StorageFault::AlreadyExists)
+}
+
+impl Directory {
+    /// The directory in `db` (migrated with [`crate::MIGRATIONS`]).
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    /// The result of an earlier request with this idempotency key.
+    async fn replay(
+        &self,
+        request_id: Option<Uuid>,
+        operation: &str,
+    ) -> Result<Option<Uuid>, StoreError> {
+        let Some(request_id) = request_id else {
+            return Ok(None);
+        };
+        let row: Option<(String, Uuid)> = self
+            .db
+            .fetch_optional(
+                "SELECT operation, result_id FROM request_ids WHERE request_id = $1",
+                vec![Value::Uuid(request_id)],
+            )
+            .await?;
+        match row {
+            Some((op, id)) if op == operation => Ok(Some(id)),
+            Some(_) => Err(StoreError::Conflict(
+                "request_id was used for another operation",
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Runs a create: replays a known idempotency key, otherwise writes the
+    /// statements, the key and the event in one transaction.
+    async fn create(
+        &self,
+        request_id: Option<Uuid>,
+        operation: &'static str,
+        id: Uuid,
+        mut statements: Vec<Statement>,
+        event: AuditEvent,
+    ) -> Result<Uuid, StoreError> {
+        if let Some(existing) = self.replay(request_id, operation).await? {
+            return Ok(existing);
+        }
+        if let Some(request_id) = request_id {
+            statements.push(Statement::new(
+                "INSERT INTO request_ids (request_id, operation, result_id, created_at) VALUES ($1, $2, $3, $4)",
+                vec![
+                    Value::Uuid(request_id),
+                    Value::Text(operation.into()),
+                    Value::Uuid(id),
+                    Value::Time(Utc::now()),
+                ],
+            ));
+        }
+        match self
+            .db
+            .transact(statements, &[event])
+            .await
+            .map_err(StoreError::from)
+        {
+            Ok(_) => Ok(id),
+            // A concurrent retry with the same key won the race.
+            Err(e) if is_unique_violation(&e) => match self.replay(request_id, operation).await? {
+                Some(existing) => Ok(existing),
+                None => Err(StoreError::Conflict(
+                    "a row with these unique values exists",
+                )),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records an event that goes with no change (a decision).
+    pub async fn record(&self, event: AuditEvent) -> Result<(), StoreError> {
+        self.db.transact(Vec::new(), &[event]).await?;
+        Ok(())
+    }
+
+    /// Which of `roles` exist.
+    pub async fn known_roles(&self) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = self
+            .db
+            .fetch_all("SELECT name FROM roles ORDER BY name", vec![])
+            .await?;
+        Ok(rows.into_iter().map(|(n,)| n).collect())
+    }
+
+    async fn exists(&self, sql: &'static str, id: Uuid) -> Result<bool, StoreError> {
+        let row: Option<(Uuid,)> = self.db.fetch_optional(sql, vec![Value::Uuid(id)]).await?;
+        Ok(row.is_some())
+    }
+
+    /// Whether a staff member exists.
+    pub async fn staff_exists(&self, id: Uuid) -> Result<bool, StoreError> {
+        self.exists("SELECT id FROM staff WHERE id = $1", id).await
+    }
+
+    /// Whether a client exists.
+    pub async fn client_exists(&self, id: Uuid) -> Result<bool, StoreError> {
+        self.exists("SELECT id FROM clients WHERE id = $1", id)
+            .await
+    }
+
+    /// Whether a matter exists.
+    pub async fn matter_exists(&self, id: Uuid) -> Result<bool, StoreError> {
+        self.exists("SELECT id FROM matters WHERE id = $1", id)
+            .await
+    }
+
+    /// Creates a staff member with roles.
+    pub async fn create_staff(
+        &self,
+        request_id: Option<Uuid>,
+        email: &str,
+        display_name: &str,
+        roles: &[String],
+        event: impl FnOnce(Uuid) -> AuditEvent,
+    ) -> Result<Uuid, StoreError> {
+        let id = Uuid::now_v7();
+        let now = Utc::now();
+        let mut statements = vec![Statement::new(
+            "INSERT INTO staff (id, email, display_name, created_at) VALUES ($1, $2, $3, $4)",
+            vec![
+                Value::Uuid(id),
+                Value::Text(email.to_owned()),
+                Value::Text(display_name.to_owned()),
+                Value::Time(now),
+            ],
+        )];
+        for role in roles {
+            statements.push(Statement::new(
+                "INSERT INTO staff_roles (staff_id, role, granted_at) VALUES ($1, $2, $3)",
+                vec![Value::Uuid(id), Value::Text(role.clone()), Value::Time(now)],
+            ));
+        }
+        self.create(request_id, "create_staff", id, statements, event(id))
+            .await
+    }
+
+    /// Disables a staff member from now on.
+    pub async fn disable_staff(&self, id: Uuid, event: AuditEvent) -> Result<(), StoreError> {
+        let done = self
+            .db
+            .transact(
+                vec![Statement::new(
+                    "UPDATE staff SET disabled_at = $1 WHERE id = $2 AND disabled_at IS NULL",
+                    vec![Value::Time(Utc::now()), Value::Uuid(id)],
+                )],
+                &[event],
+            )
+            .await?;
+        if done[0] == 0 && !self.staff_exists(id).await? {
+            return Err(StoreError::NotFound("staff member"));
+        }
+        Ok(())
+    }
+
+    /// Registers a client.
+    pub async fn create_client(
+        &self,
+        request_id: Option<Uuid>,
+        event: impl FnOnce(Uuid) -> AuditEvent,
+    ) -> Result<Uuid, StoreError> {
+        let id = Uuid::now_v7();
+        let statements = vec![Statement::new(
+            "INSERT INTO clients (id, created_at) VALUES ($1, $2)",
+            vec![Value::Uuid(id), Value::Time(Utc::now())],
+        )];
+        self.create(request_id, "create_client", id, statements, event(id))
+            .await
+    }
+
+    /// Opens a matter.
+    pub async fn create_matter(
+        &self,
+        request_id: Option<Uuid>,
+        client_id: Uuid,
+        responsible: Option<Uuid>,
+        practice_area: &str,
+        event: impl FnOnce(Uuid) -> AuditEvent,
+    ) -> Result<Uuid, StoreError> {
+        if !self.client_exists(client_id).await? {
+            return Err(StoreError::NotFound("client"));
+        }
+        if let Some(staff) = responsible
+            && !self.staff_exists(staff).await?
+        {
+            return Err(StoreError::NotFound("responsible attorney"));
+        }
+        let id = Uuid::now_v7();
+        let statements = vec![Statement::new(
+            "INSERT INTO matters (id, client_id, responsible_attorney_id, practice_area, opened_at) VALUES ($1, $2, $3, $4, $5)",
+            vec![
+                Value::Uuid(id),
+                Value::Uuid(client_id),
+                Value::OptUuid(responsible),
+                Value::Text(practice_area.to_owned()),
+                Value::Time(Utc::now()),
+            ],
+        )];
+        self.create(request_id, "create_matter", id, statements, event(id))
+            .await
+    }
+
+    /// Closes a matter; returns when. Closing twice keeps the first time.
+    pub async fn close_matter(
+        &self,
+        id: Uuid,
+        event: AuditEvent,
+    ) -> Result<DateTime<Utc>, StoreError> {
+        self.db
+            .transact(
+                vec![Statement::new(
+                    "UPDATE matters SET closed_at = $1 WHERE id = $2 AND closed_at IS NULL",
+                    vec![Value::Time(Utc::now()), Value::Uuid(id)],
+                )],
+                &[event],
+            )
+            .await?;
+        let row: Option<(Option<DateTime<Utc>>,)> = self
+            .db
+            .fetch_optional(
+                "SELECT closed_at FROM matters WHERE id = $1",
+                vec![Value::Uuid(id)],
+            )
+            .await?;
+        row.and_then(|(c,)| c).ok_or(StoreError::NotFound("matter"))
+    }
+
+    /// Assigns a staff member to a matter.
+    pub async fn assign(
+        &self,
+        matter: Uuid,
+        staff: Uuid,
+        expires: Option<DateTime<Utc>>,
+        event: impl FnOnce(Uuid) -> AuditEvent,
+    ) -> Result<Uuid, StoreError> {
+        if !self.matter_exists(matter).await? {
+            return Err(StoreError::NotFound("matter"));
+        }
+        if !self.staff_exists(staff).await? {
+            return Err(StoreError::NotFound("staff member"));
+        }
+        let id = Uuid::now_v7();
+        self.db
+            .transact(
+                vec![Statement::new(
+                    "INSERT INTO assignments (id, matter_id, staff_id, granted_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+                    vec![
+                        Value::Uuid(id),
+                        Value::Uuid(matter),
+                        Value::Uuid(staff),
+                        Value::Time(Utc::now()),
+                        Value::OptTime(expires),
+                    ],
+                )],
+                &[event(id)],
+            )
+            .await?;
+        Ok(id)
+    }
+
+    /// Revokes an assignment now.
+    pub async fn revoke_assignment(&self, id: Uuid, event: AuditEvent) -> Result<(), StoreError> {
+        let done = self
+            .db
+            .transact(
+                vec![Statement::new(
+                    "UPDATE assignments SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+                    vec![Value::Time(Utc::now()), Value::Uuid(id)],
+                )],
+                &[event],
+            )
+            .await?;
+        if done[0] == 0
+            && !self
+                .exists("SELECT id FROM assignments WHERE id = $1", id)
+                .await?
+        {
+            return Err(StoreError::NotFound("assignment"));
+        }
+        Ok(())
+    }
+
+    /// Puts up a wall.
+    pub async fn create_wall(
+        &self,
+        staff: &[Uuid],
+        clients: &[Uuid],
+        matters: &[Uuid],
+        event: impl FnOnce(Uuid) -> AuditEvent,
+    ) -> Result<Uuid, StoreError> {
+        for s in staff {
+            if !self.staff_exists(*s).await? {
+                return Err(StoreError::NotFound("staff member"));
+            }
+        }
+        for c in clients {
+            if !self.client_exists(*c).await? {
+                return Err(StoreError::NotFound("client"));
+            }
+        }
+        for m in matters {
+            if !self.matter_exists(*m).await? {
+                return Err(StoreError::NotFound("matter"));
+            }
+        }
+        let id = Uuid::now_v7();
+        let mut statements = vec![Statement::new(
+            "INSERT INTO walls (id, created_at) VALUES ($1, $2)",
+            vec![Value::Uuid(id), Value::Time(Utc::now())],
+        )];
+        for s in staff {
+            statements.push(Statement::new(
+                "INSERT INTO wall_members (wall_id, staff_id) VALUES ($1, $2)",
+                vec![Value::Uuid(id), Value::Uuid(*s)],
+            ));
+        }
+        for c in clients {
+            statements.push(Statement::new(
+                "INSERT INTO wall_targets (wall_id, client_id) VALUES ($1, $2)",
+                vec![Value::Uuid(id), Value::Uuid(*c)],
+            ));
+        }
+        for m in matters {
+            statements.push(Statement::new(
+                "INSERT INTO wall_targets (wall_id, matter_id) VALUES ($1, $2)",
+                vec![Value::Uuid(id), Value::Uuid(*m)],
+            ));
+        }
+        self.db.transact(statements, &[event(id)]).await?;
+        Ok(id)
+    }
+
+    /// Records an attestation.
+    pub async fn record_attestation(
+        &self,
+        a: &NewAttestation,
+        event: impl FnOnce(Uuid) -> AuditEvent,
+    ) -> Result<Uuid, StoreError> {
+        if !self.staff_exists(a.staff_id).await? {
+            return Err(StoreError::NotFound("staff member"));
+        }
+        let id = Uuid::now_v7();
+        self.db
+            .transact(
+                vec![Statement::new(
+                    "INSERT INTO attestations (id, staff_id, kind, version, completed_at, expires_at, score, pass_mark, recorded_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    vec![
+                        Value::Uuid(id),
+                        Value::Uuid(a.staff_id),
+                        Value::Int(a.kind),
+                        Value::Text(a.version.clone()),
+                        Value::Time(a.completed),
+                        Value::Time(a.expires),
+                        Value::OptInt(a.score),
+                        Value::OptInt(a.pass_mark),
+                        Value::Time(Utc::now()),
+                    ],
+                )],
+                &[event(id)],
+            )
+            .await?;
+        Ok(id)
+    }
+
+    /// Opens break-glass access until `expires`.
+    pub async fn open_break_glass(
+        &self,
+        staff: Uuid,
+        matter: Uuid,
+        justification: &str,
+        expires: DateTime<Utc>,
+        event: impl FnOnce(Uuid) -> AuditEvent,
+    ) -> Result<Uuid, StoreError> {
+        if !self.staff_exists(staff).await? {
+            return Err(StoreError::NotFound("staff member"));
+        }
+        if !self.matter_exists(matter).await? {
+            return Err(StoreError::NotFound("matter"));
+        }
+        let id = Uuid::now_v7();
+        self.db
+            .transact(
+                vec![Statement::new(
+                    "INSERT INTO break_glass (id, staff_id, matter_id, justification, opened_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                    vec![
+                        Value::Uuid(id),
+                        Value::Uuid(staff),
+                        Value::Uuid(matter),
+                        Value::Text(justification.to_owned()),
+                        Value::Time(Utc::now()),
+                        Value::Time(expires),
+                    ],
+                )],
+                &[event(id)],
+            )
+            .await?;
+        Ok(id)
+    }
+
+    /// Gathers the facts of a decision: the staff member, the roles that
+    /// grant `permission`, and for a client or matter the attestations,
+    /// walls, assignments and break-glass grants that bear on it.
+    pub async fn facts(
+        &self,
+        staff: Uuid,
+        permission: &str,
+        client: Option<Uuid>,
+        matter: Option<Uuid>,
+    ) -> Result<Facts, StoreError> {
+        let mut facts = Facts::default();
+        let row: Option<(Option<DateTime<Utc>>,)> = self
+            .db
+            .fetch_optional(
+                "SELECT disabled_at FROM staff WHERE id = $1",
+                vec![Value::Uuid(staff)],
+            )
+            .await?;
+        let Some((disabled,)) = row else {
+            return Ok(facts);
+        };
+        facts.staff = Some(disabled);
+        let roles: Vec<(String, DateTime<Utc>, Option<DateTime<Utc>>)> = self
+            .db
+            .fetch_all(
+                "SELECT sr.role, sr.granted_at, sr.revoked_at FROM staff_roles sr \
+                 JOIN role_permissions rp ON rp.role = sr.role WHERE sr.staff_id = $1 AND rp.permission = $2",
+                vec![Value::Uuid(staff), Value::Text(permission.to_owned())],
+            )
+            .await?;
+        facts.granting_roles = roles
+            .into_iter()
+            .map(|(role, start, revoked)| {
+                (
+                    role,
+                    Interval {
+                        start,
+                        expires: None,
+                        revoked,
+                    },
+                )
+            })
+            .collect();
+        if client.is_none() && matter.is_none() {
+            return Ok(facts);
+        }
+
+        // Resolve the resource: a matter (and its client), or a client.
+        let (client_id, matter_row) = match matter {
+            Some(m) => {
+                let row: Option<(Uuid, Option<Uuid>)> = self
+                    .db
+                    .fetch_optional(
+                        "SELECT client_id, responsible_attorney_id FROM matters WHERE id = $1",
+                        vec![Value::Uuid(m)],
+                    )
+                    .await?;
+                match row {
+                    Some((c, attorney)) if client.is_none_or(|given| given == c) => {
+                        (c, Some((m, attorney)))
+                    }
+                    _ => return Ok(facts),
+                }
+            }
+            None => match client {
+                Some(c) if self.client_exists(c).await? => (c, None),
+                _ => return Ok(facts),
+            },
+        };
+        facts.resource_exists = true;
+        facts.responsible_attorney = matter_row.is_some_and(|(_, a)| a == Some(staff));
+
+        let attestations: Vec<AttestationRow> = self
+            .db
+            .fetch_all(
+                "SELECT kind, completed_at, expires_at, score, pass_mark FROM attestations WHERE staff_id = $1",
+                vec![Value::Uuid(staff)],
+            )
+            .await?;
+        for (kind, completed, expires, score, pass_mark) in attestations {
+            let passed = match (score, pass_mark) {
+                (Some(s), Some(p)) => s >= p,
+                _ => kind == KIND_NDA,
+            };
+            let a = Attestation {
+                completed,
+                expires,
+                passed,
+            };
+            if kind == KIND_NDA {
+                facts.ndas.push(a);
+            } else if kind == KIND_TRAINING {
+                facts.trainings.push(a);
+            }
+        }
+
+        let matter_id = matter_row.map(|(m, _)| m);
+        let walls: Vec<IntervalRow> = self
+            .db
+            .fetch_all(
+                "SELECT DISTINCT w.created_at, w.lifted_at, w.lifted_at FROM walls w \
+                 JOIN wall_members m ON m.wall_id = w.id JOIN wall_targets t ON t.wall_id = w.id \
+                 WHERE m.staff_id = $1 AND (t.client_id = $2 OR t.matter_id = $3 \
+                 OR t.matter_id IN (SELECT id FROM matters WHERE client_id = $2))",
+                vec![
+                    Value::Uuid(staff),
+                    Value::Uuid(client_id),
+                    Value::OptUuid(matter_id),
+                ],
+            )
+            .await?;
+        facts.walls = walls
+            .into_iter()
+            .map(|(start, lifted, _)| Interval {
+                start,
+                expires: None,
+                revoked: lifted,
+            })
+            .collect();
+
+        let assignments: Vec<IntervalRow> = match matter_id {
+            Some(m) => {
+                self.db
+                    .fetch_all(
+                        "SELECT granted_at, expires_at, revoked_at FROM assignments WHERE staff_id = $1 AND matter_id = $2",
+                        vec![Value::Uuid(staff), Value::Uuid(m)],
+                    )
+                    .await?
+            }
+            None => {
+                self.db
+                    .fetch_all(
+                        "SELECT a.granted_at, a.expires_at, a.revoked_at FROM assignments a \
+                         JOIN matters m ON m.id = a.matter_id WHERE a.staff_id = $1 AND m.client_id = $2",
+                        vec![Value::Uuid(staff), Value::Uuid(client_id)],
+                    )
+                    .await?
+            }
+        };
+        facts.assignments = assignments.into_iter().map(interval).collect();
+        if matter_id.is_none() {
+            // Responsible for any matter of the client counts too.
+            let responsible: Vec<(Uuid,)> = self
+                .db
+                .fetch_all(
+                    "SELECT id FROM matters WHERE client_id = $1 AND responsible_attorney_id = $2",
+                    vec![Value::Uuid(client_id), Value::Uuid(staff)],
+                )
+                .await?;
+            facts.responsible_attorney = !responsible.is_empty();
+        }
+
+        if let Some(m) = matter_id {
+            let grants: Vec<(DateTime<Utc>, DateTime<Utc>)> = self
+                .db
+                .fetch_all(
+                    "SELECT opened_at, expires_at FROM break_glass WHERE staff_id = $1 AND matter_id = $2",
+                    vec![Value::Uuid(staff), Value::Uuid(m)],
+                )
+                .await?;
+            facts.break_glass = grants
+                .into_iter()
+                .map(|(start, expires)| Interval {
+                    start,
+                    expires: Some(expires),
+                    revoked: None,
+                })
+                .collect();
+        }
+        Ok(facts)
+    }
+}

@@ -1,0 +1,442 @@
+//! The identity service through its gRPC API, on SQLite and on PostgreSQL
+//! with Redis: the directory, every denial reason of the decision, wall
+//! precedence, revocation taking effect at once, bad input, and decisions
+//! recorded in the audit log.
+
+mod common;
+
+use std::time::Duration;
+
+use confidant::sandbox::{Sandbox, SandboxData, SandboxSpec};
+use confidant_audit::store::EventStore;
+use confidant_proto::audit::v1::AuditEvent;
+use confidant_proto::identity::v1::identity_service_client::IdentityServiceClient;
+use confidant_proto::identity::v1::*;
+use confidant_runtime::ServiceName;
+use confidant_runtime::client::PeerChannel;
+use confidant_runtime::storage::{Backend, Database, PoolOptions};
+use prost::Message;
+use tonic_types::StatusExt;
+
+type Client = IdentityServiceClient<PeerChannel>;
+
+async fn client(data: &SandboxData, sandbox: &Sandbox, name: &str) -> Client {
+    let tls = data.client_tls(name);
+    IdentityServiceClient::new(
+        confidant_runtime::client::connect(&sandbox.url(ServiceName::Identity), &tls, "localhost")
+            .await
+            .unwrap(),
+    )
+}
+
+fn ts(t: chrono::DateTime<chrono::Utc>) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: 0,
+    })
+}
+
+async fn staff(c: &mut Client, email: &str, role: &str) -> String {
+    c.create_staff_member(CreateStaffMemberRequest {
+        request_id: String::new(),
+        email: email.into(),
+        display_name: email.into(),
+        roles: vec![role.into()],
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .staff_id
+}
+
+async fn attest(
+    c: &mut Client,
+    staff_id: &str,
+    kind: AttestationKind,
+    days_ago: i64,
+    valid_days: i64,
+    score: i32,
+) {
+    let now = chrono::Utc::now();
+    c.record_attestation(RecordAttestationRequest {
+        staff_id: staff_id.into(),
+        kind: kind as i32,
+        version: "2026-1".into(),
+        complete_time: ts(now - chrono::Duration::days(days_ago)),
+        expire_time: ts(now - chrono::Duration::days(days_ago) + chrono::Duration::days(valid_days)),
+        score,
+        pass_mark: 80,
+    })
+    .await
+    .unwrap();
+}
+
+/// A staff member with a current NDA and passed training.
+async fn cleared(c: &mut Client, email: &str, role: &str) -> String {
+    let id = staff(c, email, role).await;
+    attest(c, &id, AttestationKind::Nda, 10, 365, 0).await;
+    attest(c, &id, AttestationKind::Training, 10, 365, 90).await;
+    id
+}
+
+async fn decide(
+    c: &mut Client,
+    staff_id: &str,
+    permission: &str,
+    matter_id: &str,
+) -> AuthorizeResponse {
+    c.authorize(AuthorizeRequest {
+        staff_id: staff_id.into(),
+        permission: permission.into(),
+        client_id: String::new(),
+        matter_id: matter_id.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+fn reason(r: &AuthorizeResponse) -> DenialReason {
+    DenialReason::try_from(r.reason).unwrap()
+}
+
+async fn every_denial_reason_and_the_path_that_grants(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec::of(&[ServiceName::Identity, ServiceName::Audit]),
+    )
+    .await;
+    let mut admin = client(&data, &sandbox, "operator").await;
+    let mut vault = client(&data, &sandbox, "vault").await;
+
+    let client_id = admin
+        .create_client(CreateClientRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .client_id;
+    let partner = cleared(&mut admin, "partner@firm.example", "partner").await;
+    let matter = admin
+        .create_matter(CreateMatterRequest {
+            request_id: String::new(),
+            client_id: client_id.clone(),
+            responsible_attorney_id: partner.clone(),
+            practice_area: "family".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .matter_id;
+
+    // Allowed: an assigned, cleared associate; the path is explained.
+    let associate = cleared(&mut admin, "associate@firm.example", "associate").await;
+    let assignment = admin
+        .assign_staff(AssignStaffRequest {
+            matter_id: matter.clone(),
+            staff_id: associate.clone(),
+            expire_time: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .assignment_id;
+    let ok = decide(&mut vault, &associate, "client_data.read", &matter).await;
+    assert!(ok.allowed, "{ok:?}");
+    assert_eq!(ok.granted_by_role, "associate");
+    assert_eq!(
+        AccessPath::try_from(ok.access_path).unwrap(),
+        AccessPath::Assignment
+    );
+    let by_partner = decide(&mut vault, &partner, "client_data.read", &matter).await;
+    assert_eq!(
+        AccessPath::try_from(by_partner.access_path).unwrap(),
+        AccessPath::ResponsibleAttorney
+    );
+
+    // Each denial reason, each from real directory data.
+    let unknown = uuid::Uuid::now_v7().to_string();
+    assert_eq!(
+        reason(&decide(&mut vault, &unknown, "client_data.read", &matter).await),
+        DenialReason::UnknownStaff
+    );
+    assert_eq!(
+        reason(&decide(&mut vault, &associate, "client_data.read", &unknown).await),
+        DenialReason::UnknownResource
+    );
+    assert_eq!(
+        reason(&decide(&mut vault, &associate, "client_data.shred", &matter).await),
+        DenialReason::NoRolePermission
+    );
+    let no_nda = staff(&mut admin, "new@firm.example", "associate").await;
+    assert_eq!(
+        reason(&decide(&mut vault, &no_nda, "client_data.read", &matter).await),
+        DenialReason::NdaMissing
+    );
+    let lapsed = staff(&mut admin, "lapsed@firm.example", "associate").await;
+    attest(&mut admin, &lapsed, AttestationKind::Nda, 400, 365, 0).await;
+    assert_eq!(
+        reason(&decide(&mut vault, &lapsed, "client_data.read", &matter).await),
+        DenialReason::NdaExpired
+    );
+    attest(&mut admin, &lapsed, AttestationKind::Nda, 1, 365, 0).await;
+    assert_eq!(
+        reason(&decide(&mut vault, &lapsed, "client_data.read", &matter).await),
+        DenialReason::TrainingMissing
+    );
+    attest(&mut admin, &lapsed, AttestationKind::Training, 1, 365, 50).await;
+    assert_eq!(
+        reason(&decide(&mut vault, &lapsed, "client_data.read", &matter).await),
+        DenialReason::TrainingMissing,
+        "a failed assessment does not count"
+    );
+    // The only passed training has expired.
+    attest(&mut admin, &lapsed, AttestationKind::Training, 400, 365, 95).await;
+    assert_eq!(
+        reason(&decide(&mut vault, &lapsed, "client_data.read", &matter).await),
+        DenialReason::TrainingExpired
+    );
+    let paralegal = cleared(&mut admin, "paralegal@firm.example", "paralegal").await;
+    assert_eq!(
+        reason(&decide(&mut vault, &paralegal, "client_data.read", &matter).await),
+        DenialReason::NotAssigned
+    );
+
+    // Break-glass opens access without an assignment...
+    let glass = admin
+        .open_break_glass(OpenBreakGlassRequest {
+            staff_id: paralegal.clone(),
+            matter_id: matter.clone(),
+            justification: "urgent hearing tomorrow morning, partner unreachable".into(),
+            duration_minutes: 30,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(glass.expire_time.is_some());
+    let via_glass = decide(&mut vault, &paralegal, "client_data.read", &matter).await;
+    assert_eq!(
+        AccessPath::try_from(via_glass.access_path).unwrap(),
+        AccessPath::BreakGlass
+    );
+
+    // ...but a wall beats break-glass, assignment and responsibility alike.
+    admin
+        .create_wall(CreateWallRequest {
+            screened_staff_ids: vec![paralegal.clone(), associate.clone(), partner.clone()],
+            client_ids: vec![client_id.clone()],
+            matter_ids: vec![],
+        })
+        .await
+        .unwrap();
+    for who in [&paralegal, &associate, &partner] {
+        assert_eq!(
+            reason(&decide(&mut vault, who, "client_data.read", &matter).await),
+            DenialReason::BehindWall
+        );
+    }
+
+    // A revoked assignment and a disabled account take effect at once.
+    let other = cleared(&mut admin, "other@firm.example", "associate").await;
+    let a = admin
+        .assign_staff(AssignStaffRequest {
+            matter_id: matter.clone(),
+            staff_id: other.clone(),
+            expire_time: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .assignment_id;
+    assert!(
+        decide(&mut vault, &other, "client_data.read", &matter)
+            .await
+            .allowed
+    );
+    admin
+        .revoke_assignment(RevokeAssignmentRequest { assignment_id: a })
+        .await
+        .unwrap();
+    assert_eq!(
+        reason(&decide(&mut vault, &other, "client_data.read", &matter).await),
+        DenialReason::NotAssigned
+    );
+    admin
+        .disable_staff_member(DisableStaffMemberRequest {
+            staff_id: other.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        reason(&decide(&mut vault, &other, "client_data.read", &matter).await),
+        DenialReason::AccountDisabled
+    );
+    let _ = assignment;
+
+    // Decisions reach the audit log, denials with their reason.
+    let audit = Database::connect(
+        &data.database_url(ServiceName::Audit),
+        "audit",
+        PoolOptions::default(),
+    )
+    .await
+    .unwrap();
+    let store = EventStore::new(audit.clone());
+    common::eventually(
+        Duration::from_secs(20),
+        "decisions in the audit log",
+        || async {
+            let events: Vec<AuditEvent> = store
+                .range(0, 10_000)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| AuditEvent::decode(e.payload.as_slice()).unwrap())
+                .collect();
+            events
+                .iter()
+                .any(|e| e.action == "identity.authorize" && e.reason == "behind_wall")
+                && events
+                    .iter()
+                    .any(|e| e.action == "identity.break_glass.opened")
+        },
+    )
+    .await;
+    audit.close().await;
+    sandbox.stop().await;
+}
+
+async fn bad_input_is_named_and_management_is_for_admins(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec::of(&[ServiceName::Identity, ServiceName::Audit]),
+    )
+    .await;
+    let mut admin = client(&data, &sandbox, "operator").await;
+    let fields = |s: tonic::Status| -> Vec<String> {
+        assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+        s.get_error_details()
+            .bad_request()
+            .unwrap()
+            .field_violations
+            .iter()
+            .map(|f| f.field.clone())
+            .collect()
+    };
+
+    let err = admin
+        .create_staff_member(CreateStaffMemberRequest {
+            request_id: "not-a-uuid".into(),
+            email: "nobody".into(),
+            display_name: String::new(),
+            roles: vec!["partner".into(), "wizard".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        fields(err),
+        ["request_id", "email", "display_name", "roles[1]"]
+    );
+
+    let err = admin
+        .authorize(AuthorizeRequest {
+            staff_id: uuid::Uuid::now_v7().to_string(),
+            permission: "client_data.read".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(fields(err), ["matter_id"]);
+
+    let err = admin
+        .open_break_glass(OpenBreakGlassRequest {
+            staff_id: uuid::Uuid::now_v7().to_string(),
+            matter_id: uuid::Uuid::now_v7().to_string(),
+            justification: "because".into(),
+            duration_minutes: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(fields(err), ["justification", "duration_minutes"]);
+
+    let err = admin
+        .record_attestation(RecordAttestationRequest {
+            staff_id: uuid::Uuid::now_v7().to_string(),
+            kind: AttestationKind::Unspecified as i32,
+            version: "v".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(fields(err), ["kind", "complete_time", "expire_time"]);
+
+    // Unknown references are NOT_FOUND and change nothing.
+    let err = admin
+        .create_matter(CreateMatterRequest {
+            request_id: String::new(),
+            client_id: uuid::Uuid::now_v7().to_string(),
+            responsible_attorney_id: String::new(),
+            practice_area: "tax".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+
+    // A retried create with the same request_id returns the first result.
+    let key = uuid::Uuid::now_v7().to_string();
+    let first = admin
+        .create_client(CreateClientRequest {
+            request_id: key.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .client_id;
+    let again = admin
+        .create_client(CreateClientRequest { request_id: key })
+        .await
+        .unwrap()
+        .into_inner()
+        .client_id;
+    assert_eq!(first, again);
+
+    // Services may ask for decisions but not manage the directory.
+    let mut vault = client(&data, &sandbox, "vault").await;
+    let denied = vault
+        .create_client(CreateClientRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    let decision = vault
+        .authorize(AuthorizeRequest {
+            staff_id: uuid::Uuid::now_v7().to_string(),
+            permission: "audit.read".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reason(&decision), DenialReason::UnknownStaff);
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_every_denial_reason_and_the_path_that_grants() {
+    every_denial_reason_and_the_path_that_grants(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_every_denial_reason_and_the_path_that_grants() {
+    every_denial_reason_and_the_path_that_grants(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_bad_input_is_named_and_management_is_for_admins() {
+    bad_input_is_named_and_management_is_for_admins(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_bad_input_is_named_and_management_is_for_admins() {
+    bad_input_is_named_and_management_is_for_admins(Backend::Postgres).await;
+}
