@@ -66,26 +66,8 @@ pub const APPENDERS: [ServiceName; 4] = [
 /// readable by its owner only. Refuses to overwrite an existing key: losing
 /// it would orphan every checkpoint signed so far.
 pub fn write_signing_key(path: &Path) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let pkcs8 = Signer::generate_pkcs8()?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| {
-            format!(
-                "{}: cannot create (an existing key is never overwritten)",
-                path.display()
-            )
-        })?;
-    file.write_all(&pkcs8)?;
-    file.sync_all()?;
-    Ok(())
+    confidant_runtime::keys::write_new_ed25519_key(path)
+        .with_context(|| "an existing key is never overwritten".to_owned())
 }
 
 /// Loads the checkpoint signer named after the log's origin.

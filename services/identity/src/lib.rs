@@ -7,10 +7,12 @@
 //! - [`grpc`]: the `confidant.identity.v1.IdentityService` handlers.
 #![forbid(unsafe_code)]
 
+pub mod credentials;
 pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod store;
+pub mod tokens;
 
 use confidant_runtime::{Migrations, ServiceName};
 use sqlx::migrate::Migrator;

@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod coord;
 pub mod error;
+pub mod keys;
 pub mod outbox;
 pub mod peer;
 pub mod pki;
