@@ -371,6 +371,12 @@ fn dev_config(data_dir: &Path, env: &HashMap<String, String>) -> Result<Config, 
     {
         confidant_audit::write_signing_key(key).map_err(|e| format!("audit signing key: {e:#}"))?;
     }
+    for key in &config.identity.token_key_files {
+        if !key.exists() {
+            confidant_runtime::keys::write_new_ed25519_key(key)
+                .map_err(|e| format!("identity token key: {e}"))?;
+        }
+    }
     config
         .validate(&ServiceName::ALL)
         .map_err(|e| e.to_string())?;

@@ -53,6 +53,8 @@ impl SandboxData {
             .expect("pki");
         confidant_audit::write_signing_key(&dir.path().join("audit-log.key"))
             .expect("audit signing key");
+        confidant_runtime::keys::write_new_ed25519_key(&dir.path().join("identity-token.key"))
+            .expect("identity token key");
         let postgres_db = match backend {
             Backend::Sqlite => None,
             Backend::Postgres => {

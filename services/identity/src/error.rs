@@ -17,11 +17,51 @@ pub enum Error {
     /// Storage failed or refused.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Sign-in or session failure.
+    #[error(transparent)]
+    Auth(#[from] crate::sessions::AuthError),
 }
 
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
+        use crate::sessions::AuthError;
+        use confidant_runtime::error::with_reason;
+        use tonic::Code;
         match err {
+            Error::Auth(AuthError::BadCredentials) => with_reason(
+                Code::Unauthenticated,
+                "bad_credentials",
+                "invalid credentials",
+            ),
+            Error::Auth(AuthError::Locked) => with_reason(
+                Code::Unauthenticated,
+                "account_locked",
+                "too many failed sign-ins; try again later",
+            ),
+            Error::Auth(AuthError::TotpNotEnrolled) => with_reason(
+                Code::FailedPrecondition,
+                "totp_not_enrolled",
+                "a TOTP authenticator must be enrolled first",
+            ),
+            Error::Auth(AuthError::TotpAlreadyEnrolled) => with_reason(
+                Code::FailedPrecondition,
+                "totp_already_enrolled",
+                "a TOTP authenticator is already enrolled",
+            ),
+            Error::Auth(AuthError::SessionEnded) => with_reason(
+                Code::Unauthenticated,
+                "session_ended",
+                "the session has ended; sign in again",
+            ),
+            Error::Auth(AuthError::Store(e)) => Error::Store(e).into(),
+            Error::Auth(AuthError::Coord(e)) => {
+                tracing::error!(error = %e, "coordination failed");
+                Status::unavailable("coordination is unavailable, retry later")
+            }
+            Error::Auth(AuthError::Token(e)) => {
+                tracing::error!(error = %e, "token signing failed");
+                Status::internal("could not issue tokens")
+            }
             Error::Invalid(v) => invalid_argument(v.as_slice()),
             Error::NoIdentity => {
                 Status::unauthenticated("a client certificate with a SPIFFE identity is required")

@@ -21,15 +21,28 @@ use crate::store::{Directory, KIND_NDA, KIND_TRAINING, NewAttestation};
 pub struct IdentityApi {
     directory: Directory,
     trust_domain: String,
+    sessions: std::sync::Arc<crate::sessions::Sessions>,
+    verifier: crate::tokens::TokenVerifier,
+    admins: Vec<String>,
 }
 
 impl IdentityApi {
     /// Handlers over `directory`.
-    pub fn new(directory: Directory, trust_domain: &str) -> Self {
-        Self {
+    pub fn new(
+        directory: Directory,
+        trust_domain: &str,
+        sessions: std::sync::Arc<crate::sessions::Sessions>,
+        admins: Vec<String>,
+    ) -> Result<Self, crate::tokens::Error> {
+        let keys = sessions.keys();
+        let verifier = crate::tokens::TokenVerifier::from_jwks(&keys.jwks(), keys.issuer())?;
+        Ok(Self {
             directory,
             trust_domain: trust_domain.to_owned(),
-        }
+            sessions,
+            verifier,
+            admins,
+        })
     }
 
     /// An event of `action` by the calling peer (an admin tool or service).
@@ -43,6 +56,29 @@ impl IdentityApi {
         EventBuilder::new(ServiceName::Identity, &self.trust_domain, action)
             .actor(ActorKind::Service, caller.name(), caller.as_str())
             .resource(kind, &id.to_string())
+    }
+}
+
+fn tokens(issued: crate::sessions::Issued) -> SessionTokens {
+    SessionTokens {
+        session_id: issued.session_id.to_string(),
+        access_token: issued.access_token,
+        access_token_expire_time: Some(proto_time(issued.access_expires)),
+        refresh_token: issued.refresh_token.to_string(),
+        session_expire_time: Some(proto_time(issued.session_expires)),
+    }
+}
+
+fn credentials(v: &mut Violations, email: &str, password: &str) {
+    if email.is_empty() {
+        v.add("email", "is required");
+    } else if email.len() > 254 {
+        v.add("email", "must be at most 254 characters");
+    }
+    if password.is_empty() {
+        v.add("password", "is required");
+    } else if password.chars().count() > crate::credentials::MAX_PASSWORD {
+        v.add("password", "is too long");
     }
 }
 
@@ -534,6 +570,173 @@ impl IdentityService for IdentityApi {
             granted_by_role: decision.role.unwrap_or_default(),
             access_path: decision.path as i32,
             decision_id,
+        }))
+    }
+
+    #[tracing::instrument(name = "identity.set_password", skip_all)]
+    async fn set_password(
+        &self,
+        request: Request<SetPasswordRequest>,
+    ) -> Result<Response<SetPasswordResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let staff = uuid(&mut v, "staff_id", &req.staff_id);
+        if let Some(rule) = crate::credentials::password_rule_broken(&req.password) {
+            v.add("password", rule);
+        }
+        check(v)?;
+        self.sessions
+            .set_password(staff.unwrap_or_default(), &req.password, caller.as_str())
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(SetPasswordResponse {}))
+    }
+
+    #[tracing::instrument(name = "identity.enroll_totp", skip_all)]
+    async fn enroll_totp(
+        &self,
+        request: Request<EnrollTotpRequest>,
+    ) -> Result<Response<EnrollTotpResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        credentials(&mut v, &req.email, &req.password);
+        check(v)?;
+        let secret = self
+            .sessions
+            .enroll_totp(&req.email, &req.password, caller.as_str())
+            .await
+            .map_err(Error::from)?;
+        let encoded = crate::credentials::base32(&secret);
+        let issuer = format!("Confidant ({})", self.trust_domain);
+        let uri = format!(
+            "otpauth://totp/{}:{}?secret={encoded}&issuer={}&algorithm=SHA1&digits=6&period=30",
+            issuer.replace(' ', "%20"),
+            req.email.to_lowercase(),
+            issuer.replace(' ', "%20")
+        );
+        Ok(Response::new(EnrollTotpResponse {
+            secret_base32: encoded,
+            otpauth_uri: uri,
+        }))
+    }
+
+    #[tracing::instrument(name = "identity.confirm_totp", skip_all)]
+    async fn confirm_totp(
+        &self,
+        request: Request<ConfirmTotpRequest>,
+    ) -> Result<Response<ConfirmTotpResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        credentials(&mut v, &req.email, &req.password);
+        if req.code.len() != 6 || !req.code.chars().all(|c| c.is_ascii_digit()) {
+            v.add("code", "must be 6 digits");
+        }
+        check(v)?;
+        self.sessions
+            .confirm_totp(&req.email, &req.password, &req.code, caller.as_str())
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(ConfirmTotpResponse {}))
+    }
+
+    #[tracing::instrument(name = "identity.login", skip_all)]
+    async fn login(
+        &self,
+        request: Request<LoginRequest>,
+    ) -> Result<Response<LoginResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        credentials(&mut v, &req.email, &req.password);
+        if req.totp_code.len() != 6 || !req.totp_code.chars().all(|c| c.is_ascii_digit()) {
+            v.add("totp_code", "must be 6 digits");
+        }
+        check(v)?;
+        let issued = self
+            .sessions
+            .login(&req.email, &req.password, &req.totp_code, caller.as_str())
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(LoginResponse {
+            tokens: Some(tokens(issued)),
+        }))
+    }
+
+    #[tracing::instrument(name = "identity.refresh_session", skip_all)]
+    async fn refresh_session(
+        &self,
+        request: Request<RefreshSessionRequest>,
+    ) -> Result<Response<RefreshSessionResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        if req.refresh_token.is_empty() || req.refresh_token.len() > 128 {
+            v.add(
+                "refresh_token",
+                "must be a refresh token from Login or RefreshSession",
+            );
+        }
+        check(v)?;
+        let issued = self
+            .sessions
+            .refresh(&req.refresh_token, caller.as_str())
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(RefreshSessionResponse {
+            tokens: Some(tokens(issued)),
+        }))
+    }
+
+    #[tracing::instrument(name = "identity.revoke_session", skip_all)]
+    async fn revoke_session(
+        &self,
+        request: Request<RevokeSessionRequest>,
+    ) -> Result<Response<RevokeSessionResponse>, Status> {
+        let caller = caller(&request)?;
+        // The session's own holder (logout) or an administrator.
+        let bearer = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|t| self.verifier.verify(t).ok());
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let session = uuid(&mut v, "session_id", &req.session_id);
+        check(v)?;
+        let session = session.unwrap_or_default();
+        let (reason, staff) = match bearer {
+            Some(claims) if claims.sid == session.to_string() => {
+                ("logout", Uuid::parse_str(&claims.sub).ok())
+            }
+            _ if self.admins.iter().any(|a| a == caller.as_str()) => ("admin", None),
+            _ => {
+                return Err(confidant_runtime::error::with_reason(
+                    tonic::Code::PermissionDenied,
+                    "not_session_holder",
+                    "only the session's holder or an administrator may end it",
+                ));
+            }
+        };
+        self.sessions
+            .revoke(session, reason, staff, caller.as_str())
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(RevokeSessionResponse {}))
+    }
+
+    #[tracing::instrument(name = "identity.get_jwks", skip_all)]
+    async fn get_jwks(
+        &self,
+        _request: Request<GetJwksRequest>,
+    ) -> Result<Response<GetJwksResponse>, Status> {
+        let keys = self.sessions.keys();
+        Ok(Response::new(GetJwksResponse {
+            jwks_json: keys.jwks(),
+            issuer: keys.issuer().to_owned(),
         }))
     }
 }

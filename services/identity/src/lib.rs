@@ -11,6 +11,7 @@ pub mod credentials;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod sessions;
 pub mod store;
 pub mod tokens;
 
@@ -54,14 +55,38 @@ pub async fn build(
         .collect();
     let mut deciders: Vec<String> = DECISION_CALLERS.iter().map(|s| ctx.spiffe_id(*s)).collect();
     deciders.extend(admins.iter().cloned());
-    // Everything but Authorize is directory management, for admins only.
-    let policy = confidant_runtime::peer::PeerPolicy::new()
-        .allow(&format!("/{GRPC_SERVICE}/"), admins)
+    // Directory management is for admins; Authorize for the services; the
+    // sign-in methods for every certified client (the firm's applications).
+    let mut policy = confidant_runtime::peer::PeerPolicy::new()
+        .allow(&format!("/{GRPC_SERVICE}/"), admins.clone())
         .allow(&format!("/{GRPC_SERVICE}/Authorize"), deciders);
+    for open in [
+        "EnrollTotp",
+        "ConfirmTotp",
+        "Login",
+        "RefreshSession",
+        "RevokeSession",
+        "GetJwks",
+    ] {
+        policy = policy.open(&format!("/{GRPC_SERVICE}/{open}"));
+    }
+    let keys = tokens::TokenKeys::load(
+        &ctx.config.identity.token_key_files,
+        &ctx.config.trust_domain,
+    )?;
+    let sessions = std::sync::Arc::new(sessions::Sessions::new(
+        ctx.db.clone(),
+        ctx.coord.clone(),
+        keys,
+        ctx.config.identity.clone(),
+        &ctx.config.trust_domain,
+    ));
     let api = grpc::IdentityApi::new(
         store::Directory::new(ctx.db.clone()),
         &ctx.config.trust_domain,
-    );
+        sessions,
+        admins,
+    )?;
     Ok(confidant_runtime::app::ServiceParts {
         routes: tonic::service::Routes::new(IdentityServiceServer::new(api)),
         grpc_services: vec![GRPC_SERVICE],

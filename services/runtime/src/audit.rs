@@ -57,6 +57,11 @@ actions! {
     IdentityWallCreated => "identity.wall.created", "An ethical wall was put up.";
     IdentityAttestationRecorded => "identity.attestation.recorded", "An NDA or training attestation was recorded.";
     IdentityBreakGlassOpened => "identity.break_glass.opened", "Emergency access to a matter was opened (alerts the security officer).";
+    IdentityLoginSucceeded => "identity.login.succeeded", "A staff member signed in (password and TOTP).";
+    IdentityLoginFailed => "identity.login.failed", "A sign-in failed (reason: bad_credentials, account_locked, totp_not_enrolled, account_disabled).";
+    IdentityPasswordSet => "identity.password.set", "A staff member's password was set; their sessions ended.";
+    IdentityTotpEnrolled => "identity.totp.enrolled", "A staff member confirmed a TOTP authenticator.";
+    IdentitySessionRevoked => "identity.session.revoked", "A session was ended (reason: logout, admin, refresh_token_reuse, password_set).";
 }
 
 /// An action name that is not in the catalogue.

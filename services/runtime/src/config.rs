@@ -182,15 +182,31 @@ impl Default for AuditConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct IdentityConfig {
     /// Client identities (names in the trust domain) that may manage the
-    /// directory — staff, clients, matters, walls, attestations — until staff
-    /// sign-in with tokens takes over.
+    /// directory — staff, clients, matters, walls, attestations, passwords.
     pub admins: Vec<String>,
+    /// Ed25519 keys (PKCS#8 DER) for access tokens: the first signs, all
+    /// verify. Rotate by putting a new key first and dropping the old one
+    /// once its tokens have expired. Create one with `confidant audit keygen`.
+    pub token_key_files: Vec<PathBuf>,
+    /// Lifetime of access tokens.
+    pub access_token_minutes: u64,
+    /// Longest a session lives, refreshed or not.
+    pub session_hours: u64,
+    /// Failed sign-ins per account before it locks for the window.
+    pub max_failed_logins: u64,
+    /// How long a lock lasts (and the window failures are counted in).
+    pub lockout_minutes: u64,
 }
 
 impl Default for IdentityConfig {
     fn default() -> Self {
         Self {
             admins: vec!["operator".to_owned()],
+            token_key_files: Vec::new(),
+            access_token_minutes: 15,
+            session_hours: 12,
+            max_failed_logins: 5,
+            lockout_minutes: 15,
         }
     }
 }
@@ -473,6 +489,32 @@ impl Config {
                 problem("audit.checkpoint_max_events".into(), "must be at least 1");
             }
         }
+        if running.contains(&ServiceName::Identity) {
+            if self.identity.token_key_files.is_empty() {
+                problem(
+                    "identity.token_key_files".into(),
+                    "must name at least one key where identity runs",
+                );
+            }
+            for (i, p) in self.identity.token_key_files.iter().enumerate() {
+                if !p.is_file() {
+                    problem(
+                        format!("identity.token_key_files[{i}]"),
+                        "file does not exist",
+                    );
+                }
+            }
+            for (name, value) in [
+                ("access_token_minutes", self.identity.access_token_minutes),
+                ("session_hours", self.identity.session_hours),
+                ("max_failed_logins", self.identity.max_failed_logins),
+                ("lockout_minutes", self.identity.lockout_minutes),
+            ] {
+                if value == 0 {
+                    problem(format!("identity.{name}"), "must be at least 1");
+                }
+            }
+        }
         if !(0.0..=1.0).contains(&self.telemetry.sampling_ratio) {
             problem(
                 "telemetry.sampling_ratio".into(),
@@ -530,6 +572,11 @@ impl Config {
             "signing_key_file".into(),
             path_value(&data_dir.join("audit-log.key")),
         );
+        let mut identity = toml::Table::new();
+        identity.insert(
+            "token_key_files".into(),
+            toml::Value::Array(vec![path_value(&data_dir.join("identity-token.key"))]),
+        );
         let mut t = toml::Table::new();
         t.insert("mode".into(), toml::Value::String("dev".into()));
         t.insert("data_dir".into(), path_value(data_dir));
@@ -538,6 +585,7 @@ impl Config {
         t.insert("kms".into(), toml::Value::Table(kms));
         t.insert("telemetry".into(), toml::Value::Table(telemetry));
         t.insert("audit".into(), toml::Value::Table(audit));
+        t.insert("identity".into(), toml::Value::Table(identity));
         t
     }
 
@@ -661,6 +709,7 @@ mod tests {
         crate::pki::PkiDir::new(dir.path().join("pki"))
             .ensure_dev("confidant.local")
             .unwrap();
+        std::fs::write(dir.path().join("identity-token.key"), b"key").unwrap();
         std::fs::write(dir.path().join("audit-log.key"), b"key").unwrap();
         let config = load(Config::dev_defaults(dir.path()), None, &HashMap::new()).unwrap();
         assert_eq!(config.mode, Mode::Dev);

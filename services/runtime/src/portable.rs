@@ -33,6 +33,8 @@ pub enum Value {
     Time(DateTime<Utc>),
     /// An optional UTC time.
     OptTime(Option<DateTime<Utc>>),
+    /// Bytes (BYTEA, BLOB).
+    Bytes(Vec<u8>),
 }
 
 /// One statement with its values.
@@ -66,6 +68,7 @@ macro_rules! bind_all {
                 Value::OptInt(x) => q.bind(x),
                 Value::Time(x) => q.bind(x),
                 Value::OptTime(x) => q.bind(x),
+                Value::Bytes(x) => q.bind(x),
             };
         }
         q

@@ -1,0 +1,677 @@
+//! Staff sign-in: passwords, TOTP enrolment, sessions with rotating refresh
+//! tokens, lockout after repeated failures (shared by replicas through the
+//! coordinator), and revocation that every replica sees at once.
+
+use std::time::Duration;
+
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use confidant_proto::audit::v1::{ActorKind, AuditEvent, Outcome};
+use confidant_runtime::ServiceName;
+use confidant_runtime::audit::{Action, EventBuilder};
+use confidant_runtime::config::IdentityConfig;
+use confidant_runtime::coord::SharedCoordinator;
+use confidant_runtime::portable::{Statement, Value};
+use confidant_runtime::storage::Database;
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+use crate::credentials;
+use crate::store::StoreError;
+use crate::tokens::{AUDIENCE, Claims, TokenKeys};
+
+/// Why a sign-in step failed. Callers learn as little as possible: every
+/// credential failure looks the same.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Wrong e-mail, password or code (indistinguishable on purpose).
+    #[error("invalid credentials")]
+    BadCredentials,
+    /// Too many failures: locked for the lockout window.
+    #[error("account locked after repeated failed sign-ins")]
+    Locked,
+    /// The password was right but no TOTP authenticator is confirmed.
+    #[error("a TOTP authenticator must be enrolled first")]
+    TotpNotEnrolled,
+    /// TOTP is already confirmed; enrolment is closed.
+    #[error("a TOTP authenticator is already enrolled")]
+    TotpAlreadyEnrolled,
+    /// The session was ended, expired, or its refresh token was reused.
+    #[error("session ended")]
+    SessionEnded,
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The coordinator failed.
+    #[error("coordination: {0}")]
+    Coord(#[from] confidant_runtime::coord::Error),
+    /// Token signing failed.
+    #[error("token: {0}")]
+    Token(#[from] crate::tokens::Error),
+}
+
+impl From<sqlx::Error> for AuthError {
+    fn from(e: sqlx::Error) -> Self {
+        AuthError::Store(StoreError::Sqlx(e))
+    }
+}
+
+impl From<confidant_runtime::portable::TransactError> for AuthError {
+    fn from(e: confidant_runtime::portable::TransactError) -> Self {
+        AuthError::Store(e.into())
+    }
+}
+
+/// Tokens handed to a signed-in client.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// Session id.
+    pub session_id: Uuid,
+    /// Access token (JWT).
+    pub access_token: String,
+    /// When it expires.
+    pub access_expires: DateTime<Utc>,
+    /// Refresh token (single use).
+    pub refresh_token: Zeroizing<String>,
+    /// When the session ends at the latest.
+    pub session_expires: DateTime<Utc>,
+}
+
+/// The coordinator key that marks a session revoked, checked by every
+/// service that verifies access tokens.
+pub fn revoked_session_key(session_id: &str) -> String {
+    format!("revoked-session:{session_id}")
+}
+
+/// Sign-in and sessions.
+pub struct Sessions {
+    db: Database,
+    coord: SharedCoordinator,
+    keys: TokenKeys,
+    config: IdentityConfig,
+    trust_domain: String,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+type CredentialRow = (
+    Uuid,
+    Option<DateTime<Utc>>,
+    Option<String>,
+    Option<Vec<u8>>,
+    Option<DateTime<Utc>>,
+);
+
+/// session, used at, staff, session expiry, session revocation.
+type RefreshRow = (
+    Uuid,
+    Option<DateTime<Utc>>,
+    Uuid,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+);
+
+struct Account {
+    staff_id: Uuid,
+    disabled: bool,
+    password_hash: Option<String>,
+    totp_secret: Option<Zeroizing<Vec<u8>>>,
+    totp_confirmed: bool,
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes)
+        .as_ref()
+        .to_vec()
+}
+
+fn new_refresh_token() -> Result<Zeroizing<String>, AuthError> {
+    let mut bytes = Zeroizing::new([0u8; 32]);
+    SystemRandom::new()
+        .fill(bytes.as_mut())
+        .map_err(|_| AuthError::Token(crate::tokens::Error::Invalid))?;
+    Ok(Zeroizing::new(URL_SAFE_NO_PAD.encode(bytes.as_ref())))
+}
+
+impl Sessions {
+    /// Sign-in over `db`, with token `keys`.
+    pub fn new(
+        db: Database,
+        coord: SharedCoordinator,
+        keys: TokenKeys,
+        config: IdentityConfig,
+        trust_domain: &str,
+    ) -> Self {
+        Self {
+            db,
+            coord,
+            keys,
+            config,
+            trust_domain: trust_domain.to_owned(),
+        }
+    }
+
+    /// The token keys (for the JWKS).
+    pub fn keys(&self) -> &TokenKeys {
+        &self.keys
+    }
+
+    fn event(&self, action: Action, staff: Option<Uuid>, peer: &str) -> EventBuilder {
+        let id = staff
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "unknown".to_owned());
+        EventBuilder::new(ServiceName::Identity, &self.trust_domain, action)
+            .actor(ActorKind::Staff, &id, peer)
+            .resource("staff", &id)
+    }
+
+    async fn account(&self, email: &str) -> Result<Option<Account>, AuthError> {
+        let row: Option<CredentialRow> = self
+            .db
+            .fetch_optional(
+                "SELECT s.id, s.disabled_at, c.password_hash, c.totp_secret, c.totp_confirmed_at \
+                 FROM staff s LEFT JOIN credentials c ON c.staff_id = s.id WHERE s.email = $1",
+                vec![Value::Text(email.to_lowercase())],
+            )
+            .await?;
+        Ok(
+            row.map(|(staff_id, disabled, hash, secret, confirmed)| Account {
+                staff_id,
+                disabled: disabled.is_some_and(|d| d <= Utc::now()),
+                password_hash: hash,
+                totp_secret: secret.map(Zeroizing::new),
+                totp_confirmed: confirmed.is_some(),
+            }),
+        )
+    }
+
+    fn failures_key(email: &str) -> String {
+        format!("login-failures:{}", email.to_lowercase())
+    }
+
+    fn lockout_window(&self) -> Duration {
+        Duration::from_secs(self.config.lockout_minutes.saturating_mul(60))
+    }
+
+    async fn locked(&self, email: &str) -> Result<bool, AuthError> {
+        let count = self
+            .coord
+            .get(&Self::failures_key(email))
+            .await?
+            .and_then(|v| String::from_utf8(v).ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        Ok(count >= self.config.max_failed_logins)
+    }
+
+    async fn fail(
+        &self,
+        email: &str,
+        account: Option<&Account>,
+        reason: &str,
+        peer: &str,
+    ) -> Result<AuthError, AuthError> {
+        self.coord
+            .increment(&Self::failures_key(email), self.lockout_window())
+            .await?;
+        let event = self
+            .event(
+                Action::IdentityLoginFailed,
+                account.map(|a| a.staff_id),
+                peer,
+            )
+            .outcome(Outcome::Denied, reason)
+            .build();
+        self.db.transact(Vec::new(), &[event]).await?;
+        Ok(AuthError::BadCredentials)
+    }
+
+    /// Checks e-mail and password (with lockout); returns the account.
+    async fn check_password(
+        &self,
+        email: &str,
+        password: &str,
+        peer: &str,
+    ) -> Result<Account, AuthError> {
+        if self.locked(email).await? {
+            let event = self
+                .event(Action::IdentityLoginFailed, None, peer)
+                .outcome(Outcome::Denied, "account_locked")
+                .build();
+            self.db.transact(Vec::new(), &[event]).await?;
+            return Err(AuthError::Locked);
+        }
+        let account = self.account(email).await?;
+        let hash = account
+            .as_ref()
+            .and_then(|a| a.password_hash.clone())
+            .unwrap_or_else(|| credentials::dummy_hash().to_owned());
+        // Verify even for unknown accounts, so timing does not tell.
+        let matches = credentials::verify_password(password, &hash);
+        match account {
+            Some(a) if matches && a.password_hash.is_some() => {
+                if a.disabled {
+                    return Err(self.fail(email, Some(&a), "account_disabled", peer).await?);
+                }
+                Ok(a)
+            }
+            other => Err(self
+                .fail(email, other.as_ref(), "bad_credentials", peer)
+                .await?),
+        }
+    }
+
+    /// Sets a password and ends the staff member's sessions.
+    pub async fn set_password(
+        &self,
+        staff_id: Uuid,
+        password: &str,
+        peer: &str,
+    ) -> Result<(), AuthError> {
+        let hash = credentials::hash_password(password)
+            .map_err(|_| AuthError::Token(crate::tokens::Error::Invalid))?;
+        let exists: Option<(Uuid,)> = self
+            .db
+            .fetch_optional(
+                "SELECT id FROM staff WHERE id = $1",
+                vec![Value::Uuid(staff_id)],
+            )
+            .await?;
+        if exists.is_none() {
+            return Err(AuthError::Store(StoreError::NotFound("staff member")));
+        }
+        let now = Utc::now();
+        let sessions: Vec<(Uuid,)> = self
+            .db
+            .fetch_all(
+                "SELECT id FROM sessions WHERE staff_id = $1 AND revoked_at IS NULL",
+                vec![Value::Uuid(staff_id)],
+            )
+            .await?;
+        let event = self
+            .event(Action::IdentityPasswordSet, Some(staff_id), peer)
+            .build();
+        self.db
+            .transact(
+                vec![
+                    Statement::new(
+                        "INSERT INTO credentials (staff_id, password_hash, password_set_at) VALUES ($1, $2, $3) \
+                         ON CONFLICT (staff_id) DO UPDATE SET password_hash = excluded.password_hash, \
+                         password_set_at = excluded.password_set_at",
+                        vec![Value::Uuid(staff_id), Value::Text(hash), Value::Time(now)],
+                    ),
+                    Statement::new(
+                        "UPDATE sessions SET revoked_at = $1, revoke_reason = 'password_set' \
+                         WHERE staff_id = $2 AND revoked_at IS NULL",
+                        vec![Value::Time(now), Value::Uuid(staff_id)],
+                    ),
+                ],
+                &[event],
+            )
+            .await?;
+        for (sid,) in sessions {
+            self.publish_revocation(sid).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts TOTP enrolment; returns the new secret.
+    pub async fn enroll_totp(
+        &self,
+        email: &str,
+        password: &str,
+        peer: &str,
+    ) -> Result<Zeroizing<Vec<u8>>, AuthError> {
+        let account = self.check_password(email, password, peer).await?;
+        if account.totp_confirmed {
+            return Err(AuthError::TotpAlreadyEnrolled);
+        }
+        let secret = credentials::new_totp_secret()
+            .map_err(|_| AuthError::Token(crate::tokens::Error::Invalid))?;
+        // A new enrolment replaces an unconfirmed one.
+        self.db
+            .transact(
+                vec![Statement::new(
+                    "UPDATE credentials SET totp_secret = $1, totp_last_step = NULL \
+                     WHERE staff_id = $2 AND totp_confirmed_at IS NULL",
+                    vec![Value::Bytes(secret.to_vec()), Value::Uuid(account.staff_id)],
+                )],
+                &[],
+            )
+            .await?;
+        Ok(secret)
+    }
+
+    /// Accepts a TOTP code once: the same time step never signs in twice.
+    async fn accept_code(&self, account: &Account, code: &str) -> Result<bool, AuthError> {
+        let Some(secret) = &account.totp_secret else {
+            return Ok(false);
+        };
+        let now = u64::try_from(Utc::now().timestamp()).unwrap_or(0);
+        if !credentials::check_totp(secret, code, now) {
+            return Ok(false);
+        }
+        // The step of the matching code: try the window the check allows.
+        let step = [now / 30, now / 30 - 1, now / 30 + 1]
+            .into_iter()
+            .find(|s| credentials::totp_code(secret, s * 30) == code)
+            .unwrap_or(now / 30);
+        let step = i32::try_from(step % (i32::MAX as u64)).unwrap_or(0);
+        let done = self
+            .db
+            .transact(
+                vec![Statement::new(
+                    "UPDATE credentials SET totp_last_step = $1 WHERE staff_id = $2 \
+                     AND (totp_last_step IS NULL OR totp_last_step < $1)",
+                    vec![Value::Int(step), Value::Uuid(account.staff_id)],
+                )],
+                &[],
+            )
+            .await?;
+        Ok(done[0] == 1)
+    }
+
+    /// Completes TOTP enrolment.
+    pub async fn confirm_totp(
+        &self,
+        email: &str,
+        password: &str,
+        code: &str,
+        peer: &str,
+    ) -> Result<(), AuthError> {
+        let account = self.check_password(email, password, peer).await?;
+        if account.totp_confirmed {
+            return Err(AuthError::TotpAlreadyEnrolled);
+        }
+        if !self.accept_code(&account, code).await? {
+            return Err(self
+                .fail(email, Some(&account), "bad_totp_code", peer)
+                .await?);
+        }
+        let event = self
+            .event(Action::IdentityTotpEnrolled, Some(account.staff_id), peer)
+            .build();
+        self.db
+            .transact(
+                vec![Statement::new(
+                    "UPDATE credentials SET totp_confirmed_at = $1 WHERE staff_id = $2",
+                    vec![Value::Time(Utc::now()), Value::Uuid(account.staff_id)],
+                )],
+                &[event],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn roles(&self, staff_id: Uuid) -> Result<Vec<String>, AuthError> {
+        let rows: Vec<(String,)> = self
+            .db
+            .fetch_all(
+                "SELECT role FROM staff_roles WHERE staff_id = $1 AND revoked_at IS NULL ORDER BY role",
+                vec![Value::Uuid(staff_id)],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|(r,)| r).collect())
+    }
+
+    fn access_token(
+        &self,
+        staff_id: Uuid,
+        session_id: Uuid,
+        roles: Vec<String>,
+    ) -> Result<(String, DateTime<Utc>), AuthError> {
+        let now = Utc::now();
+        let expires = now
+            + chrono::Duration::minutes(
+                i64::try_from(self.config.access_token_minutes).unwrap_or(15),
+            );
+        let claims = Claims {
+            iss: self.keys.issuer().to_owned(),
+            aud: AUDIENCE.to_owned(),
+            sub: staff_id.to_string(),
+            sid: session_id.to_string(),
+            roles,
+            iat: now.timestamp(),
+            exp: expires.timestamp(),
+            jti: Uuid::now_v7().to_string(),
+        };
+        Ok((self.keys.sign(&claims)?, expires))
+    }
+
+    /// Signs in with password and TOTP.
+    pub async fn login(
+        &self,
+        email: &str,
+        password: &str,
+        code: &str,
+        peer: &str,
+    ) -> Result<Issued, AuthError> {
+        let account = self.check_password(email, password, peer).await?;
+        if !account.totp_confirmed {
+            let event = self
+                .event(Action::IdentityLoginFailed, Some(account.staff_id), peer)
+                .outcome(Outcome::Denied, "totp_not_enrolled")
+                .build();
+            self.db.transact(Vec::new(), &[event]).await?;
+            return Err(AuthError::TotpNotEnrolled);
+        }
+        if !self.accept_code(&account, code).await? {
+            return Err(self
+                .fail(email, Some(&account), "bad_totp_code", peer)
+                .await?);
+        }
+        self.coord.delete(&Self::failures_key(email)).await?;
+
+        let session_id = Uuid::now_v7();
+        let now = Utc::now();
+        let session_expires =
+            now + chrono::Duration::hours(i64::try_from(self.config.session_hours).unwrap_or(12));
+        let refresh = new_refresh_token()?;
+        let event = self
+            .event(Action::IdentityLoginSucceeded, Some(account.staff_id), peer)
+            .build();
+        self.db
+            .transact(
+                vec![
+                    Statement::new(
+                        "INSERT INTO sessions (id, staff_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+                        vec![
+                            Value::Uuid(session_id),
+                            Value::Uuid(account.staff_id),
+                            Value::Time(now),
+                            Value::Time(session_expires),
+                        ],
+                    ),
+                    refresh_insert(&refresh, session_id, now),
+                ],
+                &[event],
+            )
+            .await?;
+        let (access_token, access_expires) = self.access_token(
+            account.staff_id,
+            session_id,
+            self.roles(account.staff_id).await?,
+        )?;
+        Ok(Issued {
+            session_id,
+            access_token,
+            access_expires,
+            refresh_token: refresh,
+            session_expires,
+        })
+    }
+
+    /// Exchanges a refresh token; a reused one ends its session.
+    pub async fn refresh(&self, token: &str, peer: &str) -> Result<Issued, AuthError> {
+        let hash = sha256(token.as_bytes());
+        let row: Option<RefreshRow> = self
+            .db
+            .fetch_optional(
+                "SELECT r.session_id, r.used_at, s.staff_id, s.expires_at, s.revoked_at FROM refresh_tokens r \
+                 JOIN sessions s ON s.id = r.session_id WHERE r.token_hash = $1",
+                vec![Value::Bytes(hash.clone())],
+            )
+            .await?;
+        let Some((session_id, used, staff_id, expires, revoked)) = row else {
+            return Err(AuthError::SessionEnded);
+        };
+        let now = Utc::now();
+        if used.is_some() {
+            // Somebody holds an old token: end the session for everyone.
+            self.revoke(session_id, "refresh_token_reuse", Some(staff_id), peer)
+                .await?;
+            return Err(AuthError::SessionEnded);
+        }
+        if revoked.is_some() || expires <= now {
+            return Err(AuthError::SessionEnded);
+        }
+        let disabled: Option<(Option<DateTime<Utc>>,)> = self
+            .db
+            .fetch_optional(
+                "SELECT disabled_at FROM staff WHERE id = $1",
+                vec![Value::Uuid(staff_id)],
+            )
+            .await?;
+        if disabled.and_then(|(d,)| d).is_some_and(|d| d <= now) {
+            self.revoke(session_id, "account_disabled", Some(staff_id), peer)
+                .await?;
+            return Err(AuthError::SessionEnded);
+        }
+        let next = new_refresh_token()?;
+        let marked = match &self.db {
+            Database::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                let done = sqlx::query("UPDATE refresh_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL")
+                    .bind(now)
+                    .bind(&hash)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES ($1, $2, $3)")
+                    .bind(sha256(next.as_bytes()))
+                    .bind(session_id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                if done == 1 {
+                    tx.commit().await?;
+                }
+                done
+            }
+            Database::Sqlite(pool) => {
+                let mut tx = confidant_runtime::storage::begin_sqlite_write(pool).await?;
+                let done = sqlx::query("UPDATE refresh_tokens SET used_at = ?1 WHERE token_hash = ?2 AND used_at IS NULL")
+                    .bind(now)
+                    .bind(&hash)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES (?1, ?2, ?3)")
+                    .bind(sha256(next.as_bytes()))
+                    .bind(session_id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                if done == 1 {
+                    tx.commit().await?;
+                }
+                done
+            }
+        };
+        if marked != 1 {
+            // A concurrent refresh used it first: treat as reuse.
+            self.revoke(session_id, "refresh_token_reuse", Some(staff_id), peer)
+                .await?;
+            return Err(AuthError::SessionEnded);
+        }
+        let (access_token, access_expires) =
+            self.access_token(staff_id, session_id, self.roles(staff_id).await?)?;
+        Ok(Issued {
+            session_id,
+            access_token,
+            access_expires,
+            refresh_token: next,
+            session_expires: expires,
+        })
+    }
+
+    async fn publish_revocation(&self, session_id: Uuid) -> Result<(), AuthError> {
+        // Access tokens live at most this long; after that the mark can go.
+        let ttl = Duration::from_secs(
+            self.config
+                .access_token_minutes
+                .saturating_mul(60)
+                .saturating_add(60),
+        );
+        self.coord
+            .put(&revoked_session_key(&session_id.to_string()), b"1", ttl)
+            .await?;
+        Ok(())
+    }
+
+    /// Ends a session now, on every replica.
+    pub async fn revoke(
+        &self,
+        session_id: Uuid,
+        reason: &str,
+        staff: Option<Uuid>,
+        peer: &str,
+    ) -> Result<(), AuthError> {
+        let event: AuditEvent = self
+            .event(Action::IdentitySessionRevoked, staff, peer)
+            .resource("session", &session_id.to_string())
+            .outcome(Outcome::Allowed, reason)
+            .build();
+        let done = self
+            .db
+            .transact(
+                vec![Statement::new(
+                    "UPDATE sessions SET revoked_at = $1, revoke_reason = $2 WHERE id = $3 AND revoked_at IS NULL",
+                    vec![Value::Time(Utc::now()), Value::Text(reason.to_owned()), Value::Uuid(session_id)],
+                )],
+                &[event],
+            )
+            .await?;
+        if done[0] == 0 {
+            let exists: Option<(Uuid,)> = self
+                .db
+                .fetch_optional(
+                    "SELECT id FROM sessions WHERE id = $1",
+                    vec![Value::Uuid(session_id)],
+                )
+                .await?;
+            if exists.is_none() {
+                return Err(AuthError::Store(StoreError::NotFound("session")));
+            }
+        }
+        self.publish_revocation(session_id).await
+    }
+
+    /// Whether a session was revoked (the check every token verifier makes).
+    pub async fn is_revoked(&self, session_id: &str) -> Result<bool, AuthError> {
+        Ok(self
+            .coord
+            .get(&revoked_session_key(session_id))
+            .await?
+            .is_some())
+    }
+}
+
+fn refresh_insert(token: &str, session_id: Uuid, now: DateTime<Utc>) -> Statement {
+    Statement::new(
+        "INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES ($1, $2, $3)",
+        vec![
+            Value::Bytes(sha256(token.as_bytes())),
+            Value::Uuid(session_id),
+            Value::Time(now),
+        ],
+    )
+}

@@ -1,0 +1,319 @@
+//! Staff sign-in through the identity API, on SQLite (in-process
+//! coordination) and on PostgreSQL with Redis: password and TOTP, tokens
+//! that verify from the JWKS, refresh rotation with reuse detection, logout,
+//! lockout, and bad input.
+
+use confidant::sandbox::{Sandbox, SandboxData, SandboxSpec};
+use confidant_identity::credentials::totp_code;
+use confidant_identity::tokens::TokenVerifier;
+use confidant_proto::identity::v1::identity_service_client::IdentityServiceClient;
+use confidant_proto::identity::v1::*;
+use confidant_runtime::ServiceName;
+use confidant_runtime::client::PeerChannel;
+use confidant_runtime::storage::Backend;
+use tonic_types::StatusExt;
+
+type Client = IdentityServiceClient<PeerChannel>;
+
+async fn client(data: &SandboxData, sandbox: &Sandbox, name: &str) -> Client {
+    let tls = data.client_tls(name);
+    IdentityServiceClient::new(
+        confidant_runtime::client::connect(&sandbox.url(ServiceName::Identity), &tls, "localhost")
+            .await
+            .unwrap(),
+    )
+}
+
+fn reason(status: &tonic::Status) -> String {
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}
+
+fn base32_decode(s: &str) -> Vec<u8> {
+    base32::decode(base32::Alphabet::Rfc4648 { padding: false }, s).unwrap()
+}
+
+fn code_at(secret: &[u8], offset_steps: i64) -> String {
+    let now = chrono::Utc::now().timestamp() + offset_steps * 30;
+    totp_code(secret, u64::try_from(now).unwrap())
+}
+
+const PASSWORD: &str = "a long enough passphrase";
+
+/// A staff member with a password and a confirmed authenticator; returns
+/// (staff id, TOTP secret, the code that confirmed it).
+async fn enrolled(admin: &mut Client, app: &mut Client, email: &str) -> (String, Vec<u8>, String) {
+    let staff_id = admin
+        .create_staff_member(CreateStaffMemberRequest {
+            request_id: String::new(),
+            email: email.into(),
+            display_name: "A. Lawyer".into(),
+            roles: vec!["associate".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .staff_id;
+    admin
+        .set_password(SetPasswordRequest {
+            staff_id: staff_id.clone(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap();
+
+    // Without an authenticator, sign-in stops after the password.
+    let err = app
+        .login(LoginRequest {
+            email: email.into(),
+            password: PASSWORD.into(),
+            totp_code: "000000".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), "totp_not_enrolled");
+
+    let enrolment = app
+        .enroll_totp(EnrollTotpRequest {
+            email: email.into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(enrolment.otpauth_uri.starts_with("otpauth://totp/"));
+    let secret = base32_decode(&enrolment.secret_base32);
+    let code = code_at(&secret, 0);
+    app.confirm_totp(ConfirmTotpRequest {
+        email: email.into(),
+        password: PASSWORD.into(),
+        code: code.clone(),
+    })
+    .await
+    .unwrap();
+    (staff_id, secret, code)
+}
+
+async fn sign_in_with_password_and_totp_then_rotate_and_end_sessions(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec::of(&[ServiceName::Identity, ServiceName::Audit]),
+    )
+    .await;
+    let mut admin = client(&data, &sandbox, "operator").await;
+    let mut app = client(&data, &sandbox, "client-portal").await;
+    let email = "associate@firm.example";
+    let (staff_id, secret, used_code) = enrolled(&mut admin, &mut app, email).await;
+
+    // The code that confirmed enrolment cannot sign in again (single use);
+    // the next step's code can.
+    let replay = app
+        .login(LoginRequest {
+            email: email.into(),
+            password: PASSWORD.into(),
+            totp_code: used_code,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&replay), "bad_credentials");
+    let tokens = app
+        .login(LoginRequest {
+            email: "Associate@Firm.Example".into(),
+            password: PASSWORD.into(),
+            totp_code: code_at(&secret, 1),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap();
+
+    // The access token verifies from the published JWKS.
+    let jwks = app.get_jwks(GetJwksRequest {}).await.unwrap().into_inner();
+    let verifier = TokenVerifier::from_jwks(&jwks.jwks_json, &jwks.issuer).unwrap();
+    let claims = verifier.verify(&tokens.access_token).unwrap();
+    assert_eq!(claims.sub, staff_id);
+    assert_eq!(claims.sid, tokens.session_id);
+    assert_eq!(claims.roles, ["associate"]);
+
+    // Refresh tokens rotate; presenting a used one ends the session.
+    let second = app
+        .refresh_session(RefreshSessionRequest {
+            refresh_token: tokens.refresh_token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap();
+    assert_ne!(second.refresh_token, tokens.refresh_token);
+    assert_eq!(second.session_id, tokens.session_id);
+    let reuse = app
+        .refresh_session(RefreshSessionRequest {
+            refresh_token: tokens.refresh_token.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&reuse), "session_ended");
+    let after = app
+        .refresh_session(RefreshSessionRequest {
+            refresh_token: second.refresh_token.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        reason(&after),
+        "session_ended",
+        "the whole session ended, not just the old token"
+    );
+
+    // Logout: the holder of a session ends it with its access token; another
+    // client cannot end someone else's session.
+    // (A code works once, so a second staff member signs in here rather
+    // than waiting for the next 30-second step.)
+    let partner = "partner@firm.example";
+    let (_, partner_secret, _) = enrolled(&mut admin, &mut app, partner).await;
+    let third = app
+        .login(LoginRequest {
+            email: partner.into(),
+            password: PASSWORD.into(),
+            totp_code: code_at(&partner_secret, 1),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap();
+    let denied = app
+        .revoke_session(RevokeSessionRequest {
+            session_id: third.session_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    let mut logout = tonic::Request::new(RevokeSessionRequest {
+        session_id: third.session_id.clone(),
+    });
+    logout.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", third.access_token).parse().unwrap(),
+    );
+    app.revoke_session(logout).await.unwrap();
+    let ended = app
+        .refresh_session(RefreshSessionRequest {
+            refresh_token: third.refresh_token.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&ended), "session_ended");
+    sandbox.stop().await;
+}
+
+async fn repeated_failures_lock_the_account_and_bad_input_is_named(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec::of(&[ServiceName::Identity, ServiceName::Audit]),
+    )
+    .await;
+    let mut admin = client(&data, &sandbox, "operator").await;
+    let mut app = client(&data, &sandbox, "client-portal").await;
+    let email = "paralegal@firm.example";
+    let (_, secret, _) = enrolled(&mut admin, &mut app, email).await;
+
+    for _ in 0..5 {
+        let err = app
+            .login(LoginRequest {
+                email: email.into(),
+                password: "wrong password entirely".into(),
+                totp_code: code_at(&secret, 1),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&err), "bad_credentials");
+    }
+    let locked = app
+        .login(LoginRequest {
+            email: email.into(),
+            password: PASSWORD.into(),
+            totp_code: code_at(&secret, 1),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(locked.code(), tonic::Code::Unauthenticated);
+    assert_eq!(reason(&locked), "account_locked");
+
+    // An unknown account fails exactly like a wrong password.
+    let unknown = app
+        .login(LoginRequest {
+            email: "nobody@firm.example".into(),
+            password: PASSWORD.into(),
+            totp_code: "123456".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&unknown), "bad_credentials");
+
+    let fields = |s: tonic::Status| -> Vec<String> {
+        assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+        s.get_error_details()
+            .bad_request()
+            .unwrap()
+            .field_violations
+            .iter()
+            .map(|f| f.field.clone())
+            .collect()
+    };
+    let err = admin
+        .set_password(SetPasswordRequest {
+            staff_id: "x".into(),
+            password: "short".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(fields(err), ["staff_id", "password"]);
+    let err = app
+        .login(LoginRequest {
+            email: String::new(),
+            password: String::new(),
+            totp_code: "12".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(fields(err), ["email", "password", "totp_code"]);
+
+    // Passwords are set by administrators only.
+    let err = app
+        .set_password(SetPasswordRequest {
+            staff_id: uuid::Uuid::now_v7().to_string(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_sign_in_with_password_and_totp_then_rotate_and_end_sessions() {
+    sign_in_with_password_and_totp_then_rotate_and_end_sessions(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sign_in_with_password_and_totp_then_rotate_and_end_sessions() {
+    sign_in_with_password_and_totp_then_rotate_and_end_sessions(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_repeated_failures_lock_the_account_and_bad_input_is_named() {
+    repeated_failures_lock_the_account_and_bad_input_is_named(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_repeated_failures_lock_the_account_and_bad_input_is_named() {
+    repeated_failures_lock_the_account_and_bad_input_is_named(Backend::Postgres).await;
+}
