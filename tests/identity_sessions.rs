@@ -298,6 +298,169 @@ async fn repeated_failures_lock_the_account_and_bad_input_is_named(backend: Back
     sandbox.stop().await;
 }
 
+/// Creates a staff member of `role`, signs in, returns the access token and session.
+async fn signed_in(admin: &mut Client, app: &mut Client, email: &str, role: &str) -> SessionTokens {
+    let staff_id = admin
+        .create_staff_member(CreateStaffMemberRequest {
+            request_id: String::new(),
+            email: email.into(),
+            display_name: "S. Officer".into(),
+            roles: vec![role.into()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .staff_id;
+    admin
+        .set_password(SetPasswordRequest {
+            staff_id,
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap();
+    let enrolment = app
+        .enroll_totp(EnrollTotpRequest {
+            email: email.into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let secret = base32_decode(&enrolment.secret_base32);
+    app.confirm_totp(ConfirmTotpRequest {
+        email: email.into(),
+        password: PASSWORD.into(),
+        code: code_at(&secret, 0),
+    })
+    .await
+    .unwrap();
+    app.login(LoginRequest {
+        email: email.into(),
+        password: PASSWORD.into(),
+        totp_code: code_at(&secret, 1),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .tokens
+    .unwrap()
+}
+
+fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+async fn staff_tokens_open_the_audit_log_to_security_officers_only(backend: Backend) {
+    use confidant_proto::audit::v1::ListEventsRequest;
+    use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec::of(&[ServiceName::Identity, ServiceName::Audit]),
+    )
+    .await;
+    let mut admin = client(&data, &sandbox, "operator").await;
+    let mut app = client(&data, &sandbox, "client-portal").await;
+    let officer = signed_in(
+        &mut admin,
+        &mut app,
+        "officer@firm.example",
+        "security_officer",
+    )
+    .await;
+    let associate = signed_in(&mut admin, &mut app, "associate@firm.example", "associate").await;
+
+    // The firm's application holds no reader identity of its own; the staff
+    // member's token decides.
+    let tls = data.client_tls("client-portal");
+    let mut audit = AuditServiceClient::new(
+        confidant_runtime::client::connect(&sandbox.url(ServiceName::Audit), &tls, "localhost")
+            .await
+            .unwrap(),
+    );
+    // (Sign-in events travel through identity's outbox; give them a moment.)
+    let mut seen = false;
+    for _ in 0..100 {
+        let page = audit
+            .list_events(with_bearer(
+                ListEventsRequest::default(),
+                &officer.access_token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        seen = page.events.iter().any(|e| {
+            e.event
+                .as_ref()
+                .is_some_and(|e| e.action == "identity.login.succeeded")
+        });
+        if seen {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(seen, "the officer sees the sign-in events");
+
+    let denied = audit
+        .list_events(with_bearer(
+            ListEventsRequest::default(),
+            &associate.access_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    assert_eq!(reason(&denied), "no_role_permission");
+
+    let anonymous = audit
+        .list_events(ListEventsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&anonymous), "audit_reader_required");
+
+    let forged = audit
+        .list_events(with_bearer(
+            ListEventsRequest::default(),
+            "eyJhbGciOiJFZERTQSJ9.e30.AAAA",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(forged.code(), tonic::Code::Unauthenticated);
+
+    // Once the officer signs out, the same token stops working everywhere.
+    app.revoke_session(with_bearer(
+        RevokeSessionRequest {
+            session_id: officer.session_id.clone(),
+        },
+        &officer.access_token,
+    ))
+    .await
+    .unwrap();
+    let revoked = audit
+        .list_events(with_bearer(
+            ListEventsRequest::default(),
+            &officer.access_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(revoked.code(), tonic::Code::Unauthenticated);
+    assert_eq!(reason(&revoked), "session_revoked");
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_staff_tokens_open_the_audit_log_to_security_officers_only() {
+    staff_tokens_open_the_audit_log_to_security_officers_only(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_staff_tokens_open_the_audit_log_to_security_officers_only() {
+    staff_tokens_open_the_audit_log_to_security_officers_only(Backend::Postgres).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_sign_in_with_password_and_totp_then_rotate_and_end_sessions() {
     sign_in_with_password_and_totp_then_rotate_and_end_sessions(Backend::Sqlite).await;

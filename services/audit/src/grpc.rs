@@ -30,12 +30,70 @@ use crate::store::{EventFilter, Found, StoredCheckpoint, StoredEvent};
 #[derive(Debug, Clone)]
 pub struct AuditApi {
     log: Arc<AuditLog>,
+    identity: Option<confidant_runtime::client::PeerChannel>,
+    readers: Vec<String>,
 }
 
 impl AuditApi {
     /// Handlers over `log`.
-    pub fn new(log: Arc<AuditLog>) -> Self {
-        Self { log }
+    pub fn new(
+        log: Arc<AuditLog>,
+        identity: Option<confidant_runtime::client::PeerChannel>,
+        readers: Vec<String>,
+    ) -> Self {
+        Self {
+            log,
+            identity,
+            readers,
+        }
+    }
+
+    /// Reading the log needs either a staff member whose identity decision
+    /// for `audit.read` allows it (security officers, auditors), or a machine
+    /// identity on the readers list (SIEM exporters).
+    async fn may_read<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        use confidant_proto::identity::v1::identity_service_client::IdentityServiceClient;
+        use confidant_proto::identity::v1::{AuthorizeRequest, DenialReason};
+        if let Some(staff) = confidant_runtime::auth::StaffPrincipal::of(request) {
+            let channel = self
+                .identity
+                .clone()
+                .ok_or_else(|| Status::unavailable("the identity service is not configured"))?;
+            let decision = IdentityServiceClient::new(channel)
+                .authorize(AuthorizeRequest {
+                    staff_id: staff.staff_id,
+                    permission: "audit.read".into(),
+                    client_id: String::new(),
+                    matter_id: String::new(),
+                })
+                .await?
+                .into_inner();
+            if decision.allowed {
+                return Ok(());
+            }
+            let reason = DenialReason::try_from(decision.reason)
+                .map(|r| {
+                    r.as_str_name()
+                        .trim_start_matches("DENIAL_REASON_")
+                        .to_lowercase()
+                })
+                .unwrap_or_else(|_| "denied".to_owned());
+            return Err(confidant_runtime::error::with_reason(
+                tonic::Code::PermissionDenied,
+                &reason,
+                "not allowed to read the audit log",
+            ));
+        }
+        let peer = PeerIdentity::of(request).ok_or(Error::NoIdentity)?;
+        if self.readers.iter().any(|r| r == peer.as_str()) {
+            Ok(())
+        } else {
+            Err(confidant_runtime::error::with_reason(
+                tonic::Code::PermissionDenied,
+                "audit_reader_required",
+                "sign in as a security officer or auditor, or use an audit reader identity",
+            ))
+        }
     }
 
     async fn checkpoint_for(&self, tree_size: i64) -> Result<StoredCheckpoint, Error> {
@@ -251,6 +309,7 @@ impl AuditService for AuditApi {
         &self,
         request: Request<ListEventsRequest>,
     ) -> Result<Response<ListEventsResponse>, Status> {
+        self.may_read(&request).await?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let filter = EventFilter {
@@ -312,6 +371,7 @@ impl AuditService for AuditApi {
         &self,
         request: Request<ListClientAccessHistoryRequest>,
     ) -> Result<Response<ListClientAccessHistoryResponse>, Status> {
+        self.may_read(&request).await?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let client_id = optional_uuid(&mut v, "client_id", &req.client_id);

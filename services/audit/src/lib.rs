@@ -109,6 +109,9 @@ pub async fn build(ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
         .iter()
         .map(|name| confidant_runtime::service_name::spiffe_id(&ctx.config.trust_domain, name))
         .collect();
+    // Searches are checked in the handler: staff through identity's decision,
+    // machines through the readers list.
+    let readers_for_queries = readers.clone();
     let policy = PeerPolicy::new()
         .allow(
             &format!("/{GRPC_SERVICE}/AppendEvents"),
@@ -118,9 +121,7 @@ pub async fn build(ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
         .allow(
             &format!("/{GRPC_SERVICE}/GetEvidenceBundle"),
             readers.clone(),
-        )
-        .allow(&format!("/{GRPC_SERVICE}/ListEvents"), readers.clone())
-        .allow(&format!("/{GRPC_SERVICE}/ListClientAccessHistory"), readers);
+        );
 
     let checkpointer = run_checkpointer(
         log.clone(),
@@ -146,7 +147,11 @@ pub async fn build(ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
         }
     });
     Ok(ServiceParts {
-        routes: tonic::service::Routes::new(AuditServiceServer::new(grpc::AuditApi::new(log))),
+        routes: tonic::service::Routes::new(AuditServiceServer::new(grpc::AuditApi::new(
+            log,
+            ctx.peer(ServiceName::Identity),
+            readers_for_queries,
+        ))),
         grpc_services: vec![GRPC_SERVICE],
         policy,
         tasks: vec![Box::pin(checkpointer)],

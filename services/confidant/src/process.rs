@@ -197,6 +197,18 @@ pub async fn start(
                 peers.insert(*peer, client::connect_lazy(url, &tls, &host_of(url))?);
             }
         }
+        // Staff tokens verify against identity's keys, fetched over mTLS
+        // (identity asks itself over loopback).
+        let auth =
+            match urls.get(&ServiceName::Identity) {
+                Some(url) => Some(confidant_runtime::auth::StaffAuth::new(
+                    std::sync::Arc::new(confidant_runtime::auth::IdentityJwks(
+                        client::connect_lazy(url, &tls, &host_of(url))?,
+                    )),
+                    coord.clone(),
+                )),
+                None => None,
+            };
         let outbox = Outbox::new(db.clone());
         let ctx = ServiceContext {
             name: service,
@@ -257,6 +269,7 @@ pub async fn start(
             grpc_services: parts.grpc_services,
             policy: parts.policy,
             reflection: config.reflection,
+            auth,
         };
         let mut stop = shutdown_rx.clone();
         let exited_tx = exited_tx.clone();

@@ -79,11 +79,7 @@ pub struct Issued {
     pub session_expires: DateTime<Utc>,
 }
 
-/// The coordinator key that marks a session revoked, checked by every
-/// service that verifies access tokens.
-pub fn revoked_session_key(session_id: &str) -> String {
-    format!("revoked-session:{session_id}")
-}
+pub use confidant_runtime::auth::revoked_session_key;
 
 /// Sign-in and sessions.
 pub struct Sessions {

@@ -2,38 +2,14 @@
 //! its key id; the JWKS that lets every service verify them locally; and
 //! rotation by listing a new key first while the old ones still verify.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
-/// The audience of every access token.
-pub const AUDIENCE: &str = "confidant";
-
-/// What an access token says.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claims {
-    /// Issuer: `<trust domain>/identity`.
-    pub iss: String,
-    /// Audience: [`AUDIENCE`].
-    pub aud: String,
-    /// The staff member.
-    pub sub: String,
-    /// The session.
-    pub sid: String,
-    /// Roles at issue time.
-    pub roles: Vec<String>,
-    /// Issued at (unix seconds).
-    pub iat: i64,
-    /// Expires at (unix seconds).
-    pub exp: i64,
-    /// Token id.
-    pub jti: String,
-}
+pub use confidant_runtime::auth::{AUDIENCE, Claims, TokenVerifier};
 
 /// Errors of token keys and tokens.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +23,12 @@ pub enum Error {
     /// The token does not verify (signature, expiry, issuer, audience, key).
     #[error("invalid token")]
     Invalid,
+}
+
+impl From<confidant_runtime::auth::InvalidToken> for Error {
+    fn from(_: confidant_runtime::auth::InvalidToken) -> Self {
+        Error::Invalid
+    }
 }
 
 struct SigningKey {
@@ -132,73 +114,6 @@ impl TokenKeys {
             })
             .collect();
         serde_json::json!({ "keys": keys }).to_string()
-    }
-}
-
-/// Verifies access tokens against a JWKS: what every service does locally.
-#[derive(Clone)]
-pub struct TokenVerifier {
-    keys: BTreeMap<String, DecodingKey>,
-    issuer: String,
-}
-
-impl std::fmt::Debug for TokenVerifier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenVerifier")
-            .field("kids", &self.keys.keys().collect::<Vec<_>>())
-            .finish_non_exhaustive()
-    }
-}
-
-impl TokenVerifier {
-    /// A verifier for the keys of a JWKS document, accepting `issuer`.
-    pub fn from_jwks(jwks: &str, issuer: &str) -> Result<Self, Error> {
-        let doc: serde_json::Value = serde_json::from_str(jwks).map_err(|_| Error::Invalid)?;
-        let mut keys = BTreeMap::new();
-        for k in doc["keys"].as_array().ok_or(Error::Invalid)? {
-            if k["kty"] != "OKP" || k["crv"] != "Ed25519" {
-                continue;
-            }
-            let (Some(kid), Some(x)) = (k["kid"].as_str(), k["x"].as_str()) else {
-                continue;
-            };
-            let key = DecodingKey::from_ed_components(x).map_err(|_| Error::Invalid)?;
-            keys.insert(kid.to_owned(), key);
-        }
-        Ok(Self {
-            keys,
-            issuer: issuer.to_owned(),
-        })
-    }
-
-    /// Whether the verifier knows key `kid` (an unknown one means: fetch the
-    /// JWKS again, the keys rotated).
-    pub fn knows(&self, token: &str) -> bool {
-        jsonwebtoken::decode_header(token)
-            .ok()
-            .and_then(|h| h.kid)
-            .is_some_and(|kid| self.keys.contains_key(&kid))
-    }
-
-    /// Checks signature, expiry, issuer and audience.
-    pub fn verify(&self, token: &str) -> Result<Claims, Error> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| Error::Invalid)?;
-        if header.alg != Algorithm::EdDSA {
-            return Err(Error::Invalid);
-        }
-        let key = header
-            .kid
-            .as_ref()
-            .and_then(|k| self.keys.get(k))
-            .ok_or(Error::Invalid)?;
-        let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.set_audience(&[AUDIENCE]);
-        validation.set_issuer(&[&self.issuer]);
-        validation.leeway = 30;
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        jsonwebtoken::decode::<Claims>(token, key, &validation)
-            .map(|data| data.claims)
-            .map_err(|_| Error::Invalid)
     }
 }
 

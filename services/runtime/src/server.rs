@@ -51,6 +51,8 @@ pub struct GrpcServer {
     pub policy: PeerPolicy,
     /// Whether gRPC server reflection is served.
     pub reflection: bool,
+    /// Verification of staff bearer tokens.
+    pub auth: Option<crate::auth::StaffAuth>,
 }
 
 /// Accepts TCP connections and completes TLS handshakes off the accept loop,
@@ -142,7 +144,8 @@ impl GrpcServer {
             .layer(
                 tower::ServiceBuilder::new()
                     .layer(ServerTraceLayer)
-                    .layer(PeerLayer::new(self.policy)),
+                    .layer(PeerLayer::new(self.policy))
+                    .layer(crate::auth::StaffAuthLayer(self.auth)),
             )
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, shutdown)

@@ -40,6 +40,7 @@ async fn start(pki: &TestPki, policy: PeerPolicy, reflection: bool) -> Running {
         grpc_services: vec![],
         policy,
         reflection,
+        auth: None,
     };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {

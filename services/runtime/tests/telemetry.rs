@@ -142,6 +142,7 @@ async fn a_call_across_two_services_is_one_trace_with_the_right_parents() {
         grpc_services: vec![],
         policy: PeerPolicy::new(),
         reflection: false,
+        auth: None,
     })
     .await;
     // Service A: calls B from its handler.

@@ -1,0 +1,353 @@
+//! Staff authentication in every service: a tower layer that verifies the
+//! `authorization: Bearer` access token of a request locally, against the
+//! identity service's JWKS (cached, refetched when a key id is unknown), and
+//! against the session revocations identity publishes in the coordinator.
+//!
+//! A verified token becomes a [`StaffPrincipal`] in the request's
+//! extensions; a request without a token passes through (the handler decides
+//! whether it needs one); a bad, expired or revoked token is UNAUTHENTICATED.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+use tokio::sync::RwLock;
+
+use crate::coord::SharedCoordinator;
+
+/// The audience of every access token.
+pub const AUDIENCE: &str = "confidant";
+
+/// The coordinator key that marks a session revoked.
+pub fn revoked_session_key(session_id: &str) -> String {
+    format!("revoked-session:{session_id}")
+}
+
+/// What an access token says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Issuer: `<trust domain>/identity`.
+    pub iss: String,
+    /// Audience: [`AUDIENCE`].
+    pub aud: String,
+    /// The staff member.
+    pub sub: String,
+    /// The session.
+    pub sid: String,
+    /// Roles at issue time.
+    pub roles: Vec<String>,
+    /// Issued at (unix seconds).
+    pub iat: i64,
+    /// Expires at (unix seconds).
+    pub exp: i64,
+    /// Token id.
+    pub jti: String,
+}
+
+/// A token that does not verify. The reason stays in the log; the caller
+/// learns only that it was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid access token")]
+pub struct InvalidToken;
+
+/// Verifies access tokens against a JWKS.
+#[derive(Clone)]
+pub struct TokenVerifier {
+    keys: BTreeMap<String, DecodingKey>,
+    issuer: String,
+}
+
+impl std::fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenVerifier")
+            .field("kids", &self.keys.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenVerifier {
+    /// A verifier for the Ed25519 keys of a JWKS document, accepting `issuer`.
+    pub fn from_jwks(jwks: &str, issuer: &str) -> Result<Self, InvalidToken> {
+        let doc: serde_json::Value = serde_json::from_str(jwks).map_err(|_| InvalidToken)?;
+        let mut keys = BTreeMap::new();
+        for k in doc["keys"].as_array().ok_or(InvalidToken)? {
+            if k["kty"] != "OKP" || k["crv"] != "Ed25519" {
+                continue;
+            }
+            let (Some(kid), Some(x)) = (k["kid"].as_str(), k["x"].as_str()) else {
+                continue;
+            };
+            keys.insert(
+                kid.to_owned(),
+                DecodingKey::from_ed_components(x).map_err(|_| InvalidToken)?,
+            );
+        }
+        Ok(Self {
+            keys,
+            issuer: issuer.to_owned(),
+        })
+    }
+
+    /// Whether the token names a key this verifier knows.
+    pub fn knows(&self, token: &str) -> bool {
+        jsonwebtoken::decode_header(token)
+            .ok()
+            .and_then(|h| h.kid)
+            .is_some_and(|kid| self.keys.contains_key(&kid))
+    }
+
+    /// Checks signature, expiry, issuer and audience.
+    pub fn verify(&self, token: &str) -> Result<Claims, InvalidToken> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| InvalidToken)?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(InvalidToken);
+        }
+        let key = header
+            .kid
+            .as_ref()
+            .and_then(|k| self.keys.get(k))
+            .ok_or(InvalidToken)?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_issuer(&[&self.issuer]);
+        validation.leeway = 30;
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        jsonwebtoken::decode::<Claims>(token, key, &validation)
+            .map(|data| data.claims)
+            .map_err(|_| InvalidToken)
+    }
+}
+
+/// The staff member a request acts for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaffPrincipal {
+    /// Staff id.
+    pub staff_id: String,
+    /// Session id.
+    pub session_id: String,
+    /// Roles when the token was issued.
+    pub roles: Vec<String>,
+}
+
+impl StaffPrincipal {
+    /// The principal of a tonic request, if it carried a valid token.
+    pub fn of<T>(request: &tonic::Request<T>) -> Option<StaffPrincipal> {
+        request.extensions().get::<StaffPrincipal>().cloned()
+    }
+}
+
+/// Where the JWKS comes from.
+#[async_trait::async_trait]
+pub trait JwksSource: Send + Sync + std::fmt::Debug {
+    /// The current JWKS document and issuer.
+    async fn fetch(&self) -> Result<(String, String), String>;
+}
+
+/// The identity service's `GetJwks`, over a peer channel.
+#[derive(Debug, Clone)]
+pub struct IdentityJwks(pub crate::client::PeerChannel);
+
+#[async_trait::async_trait]
+impl JwksSource for IdentityJwks {
+    async fn fetch(&self) -> Result<(String, String), String> {
+        use confidant_proto::identity::v1::GetJwksRequest;
+        use confidant_proto::identity::v1::identity_service_client::IdentityServiceClient;
+        let response = IdentityServiceClient::new(self.0.clone())
+            .get_jwks(GetJwksRequest {})
+            .await
+            .map_err(|s| format!("{:?}", s.code()))?
+            .into_inner();
+        Ok((response.jwks_json, response.issuer))
+    }
+}
+
+/// How long a fetched JWKS is trusted before it is fetched again.
+const JWKS_MAX_AGE: Duration = Duration::from_secs(300);
+/// Least time between two fetches triggered by unknown key ids.
+const JWKS_MIN_REFETCH: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+struct Cached {
+    verifier: TokenVerifier,
+    fetched: Instant,
+}
+
+/// Verifies bearer tokens for a service: cached JWKS plus revocation checks.
+#[derive(Debug, Clone)]
+pub struct StaffAuth {
+    source: Arc<dyn JwksSource>,
+    coord: SharedCoordinator,
+    cache: Arc<RwLock<Option<Cached>>>,
+}
+
+/// Why a bearer token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthFailure {
+    /// Bad signature, expired, wrong issuer or audience, unknown key.
+    #[error("invalid access token")]
+    Invalid,
+    /// The session was ended.
+    #[error("session revoked")]
+    Revoked,
+    /// The JWKS or the coordinator could not be reached.
+    #[error("cannot verify tokens right now")]
+    Unavailable,
+}
+
+impl StaffAuth {
+    /// Verification against keys from `source`, revocations in `coord`.
+    pub fn new(source: Arc<dyn JwksSource>, coord: SharedCoordinator) -> Self {
+        Self {
+            source,
+            coord,
+            cache: Arc::new(RwLock::new(None)),
+        }
+    }
+
+    async fn verifier_for(&self, token: &str) -> Result<TokenVerifier, AuthFailure> {
+        {
+            let cache = self.cache.read().await;
+            if let Some(c) = cache.as_ref()
+                && c.fetched.elapsed() < JWKS_MAX_AGE
+                && (c.verifier.knows(token) || c.fetched.elapsed() < JWKS_MIN_REFETCH)
+            {
+                return Ok(c.verifier.clone());
+            }
+        }
+        let mut cache = self.cache.write().await;
+        // Another request may have refreshed it meanwhile.
+        if let Some(c) = cache.as_ref()
+            && c.fetched.elapsed() < JWKS_MIN_REFETCH
+        {
+            return Ok(c.verifier.clone());
+        }
+        let (jwks, issuer) = self.source.fetch().await.map_err(|e| {
+            tracing::warn!(error = %e, "jwks fetch failed");
+            AuthFailure::Unavailable
+        })?;
+        let verifier =
+            TokenVerifier::from_jwks(&jwks, &issuer).map_err(|_| AuthFailure::Unavailable)?;
+        *cache = Some(Cached {
+            verifier: verifier.clone(),
+            fetched: Instant::now(),
+        });
+        Ok(verifier)
+    }
+
+    /// Verifies a bearer token: signature and claims, then revocation.
+    pub async fn authenticate(&self, token: &str) -> Result<StaffPrincipal, AuthFailure> {
+        let claims = self
+            .verifier_for(token)
+            .await?
+            .verify(token)
+            .map_err(|_| AuthFailure::Invalid)?;
+        let revoked = self
+            .coord
+            .get(&revoked_session_key(&claims.sid))
+            .await
+            .map_err(|_| AuthFailure::Unavailable)?;
+        if revoked.is_some() {
+            return Err(AuthFailure::Revoked);
+        }
+        Ok(StaffPrincipal {
+            staff_id: claims.sub,
+            session_id: claims.sid,
+            roles: claims.roles,
+        })
+    }
+}
+
+/// The tower layer around every service; without a [`StaffAuth`] (no
+/// identity service reachable) every bearer token is refused.
+#[derive(Debug, Clone)]
+pub struct StaffAuthLayer(pub Option<StaffAuth>);
+
+impl<S> tower::Layer<S> for StaffAuthLayer {
+    type Service = StaffAuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        StaffAuthService {
+            inner,
+            auth: self.0.clone(),
+        }
+    }
+}
+
+/// See [`StaffAuthLayer`].
+#[derive(Debug, Clone)]
+pub struct StaffAuthService<S> {
+    inner: S,
+    auth: Option<StaffAuth>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+impl<S, B> tower::Service<http::Request<B>> for StaffAuthService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        // Take the service that was polled ready; leave a fresh clone behind.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let auth = self.auth.clone();
+        Box::pin(async move {
+            let token = req
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::to_owned);
+            if let Some(token) = token {
+                let outcome = match &auth {
+                    Some(auth) => auth.authenticate(&token).await,
+                    None => Err(AuthFailure::Unavailable),
+                };
+                match outcome {
+                    Ok(principal) => {
+                        req.extensions_mut().insert(principal);
+                    }
+                    Err(failure) => {
+                        let status = match failure {
+                            AuthFailure::Unavailable => {
+                                tonic::Status::unavailable(failure.to_string())
+                            }
+                            AuthFailure::Invalid | AuthFailure::Revoked => {
+                                crate::error::with_reason(
+                                    tonic::Code::Unauthenticated,
+                                    if failure == AuthFailure::Revoked {
+                                        "session_revoked"
+                                    } else {
+                                        "invalid_token"
+                                    },
+                                    failure.to_string(),
+                                )
+                            }
+                        };
+                        return Ok(status.into_http());
+                    }
+                }
+            }
+            inner.call(req).await
+        })
+    }
+}
