@@ -233,3 +233,55 @@ async fn production_services_run_on_postgres_and_redis_once_migrated() {
     let json: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
     assert_eq!(json["trace_id"].as_str().map(str::len), Some(32), "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_administrator_is_bootstrapped_once_without_any_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap();
+    let args = [
+        "admin",
+        "bootstrap",
+        "--data-dir",
+        d,
+        "--email",
+        "Admin@Firm.Example",
+        "--display-name",
+        "First Admin",
+    ];
+    let (code, out) = run(&args, &[("CONFIDANT_BOOTSTRAP_PASSWORD", "short")]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("at least 12"), "{out}");
+
+    let (code, out) = run(
+        &args,
+        &[("CONFIDANT_BOOTSTRAP_PASSWORD", "a long enough passphrase")],
+    );
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run(
+        &args,
+        &[("CONFIDANT_BOOTSTRAP_PASSWORD", "a long enough passphrase")],
+    );
+    assert_ne!(code, 0, "a second bootstrap succeeded: {out}");
+    assert!(out.contains("exists already"), "{out}");
+
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite:{}?mode=ro",
+        data.join("identity.db").display()
+    ))
+    .await
+    .unwrap();
+    let (email, hash): (String, String) = sqlx::query_as(
+        "SELECT s.email, c.password_hash FROM staff s JOIN staff_roles r ON r.staff_id = s.id \
+         JOIN credentials c ON c.staff_id = s.id WHERE r.role = 'firm_administrator'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(email, "admin@firm.example");
+    assert!(
+        hash.starts_with("$argon2id$"),
+        "the password is stored hashed"
+    );
+    assert!(!hash.contains("passphrase"));
+}

@@ -71,6 +71,32 @@ enum Command {
         #[command(subcommand)]
         action: AuditCommand,
     },
+    /// Administration that needs no account.
+    Admin {
+        #[command(subcommand)]
+        action: AdminCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Create the first firm administrator in the identity database. The
+    /// password is read from CONFIDANT_BOOTSTRAP_PASSWORD or standard input,
+    /// never from the command line. Refused once an administrator exists.
+    Bootstrap {
+        /// The administrator's work e-mail.
+        #[arg(long)]
+        email: String,
+        /// The name shown to colleagues.
+        #[arg(long)]
+        display_name: String,
+        /// TOML configuration file (dev data directory when absent).
+        #[arg(long, env = "CONFIDANT_CONFIG")]
+        config: Option<PathBuf>,
+        /// Use the `confidant dev` data directory instead of a config file.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -191,6 +217,53 @@ fn main() -> ExitCode {
             report(result)
         }
         Command::Audit { action } => audit(action),
+        Command::Admin {
+            action:
+                AdminCommand::Bootstrap {
+                    email,
+                    display_name,
+                    config,
+                    data_dir,
+                },
+        } => {
+            let config = match (config, data_dir) {
+                (Some(file), _) => load(Some(&file), &env),
+                (None, Some(dir)) => std::path::absolute(&dir)
+                    .map_err(|e| e.to_string())
+                    .and_then(|d| dev_config(&d, &env)),
+                (None, None) => return config_error("pass --config or --data-dir"),
+            };
+            let config = match config {
+                Ok(c) => c,
+                Err(err) => return config_error(&err),
+            };
+            let password = match env.get("CONFIDANT_BOOTSTRAP_PASSWORD") {
+                Some(p) => zeroize::Zeroizing::new(p.clone()),
+                None => {
+                    let mut line = zeroize::Zeroizing::new(String::new());
+                    if std::io::stdin().read_line(&mut line).is_err() {
+                        return config_error("could not read the password from standard input");
+                    }
+                    zeroize::Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned())
+                }
+            };
+            report(runtime().and_then(|rt| {
+                rt.block_on(async {
+                    let db = process::open_database(&config, ServiceName::Identity, MigrationPolicy::Apply).await?;
+                    let id = confidant_identity::bootstrap_admin(
+                        &db,
+                        &config.trust_domain,
+                        &email,
+                        &display_name,
+                        &password,
+                    )
+                    .await?;
+                    db.close().await;
+                    println!("firm administrator {id} created; enroll TOTP next (EnrollTotp, ConfirmTotp)");
+                    Ok(())
+                })
+            }))
+        }
         Command::Dev { data_dir } => {
             let data_dir = match std::path::absolute(&data_dir) {
                 Ok(dir) => dir,

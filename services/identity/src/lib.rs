@@ -95,3 +95,84 @@ pub async fn build(
         on_stop: Vec::new(),
     })
 }
+
+/// Why bootstrapping refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    /// A firm administrator exists already: use the API.
+    #[error("a firm administrator exists already; manage staff through the API")]
+    AdminExists,
+    /// The password breaks the policy.
+    #[error("password {0}")]
+    Password(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+}
+
+/// Creates the first firm administrator, with a password, straight in the
+/// identity database: the one account that needs no other account. Refused
+/// once any firm administrator exists. The administrator then enrolls TOTP
+/// like everyone else.
+pub async fn bootstrap_admin(
+    db: &confidant_runtime::storage::Database,
+    trust_domain: &str,
+    email: &str,
+    display_name: &str,
+    password: &str,
+) -> Result<uuid::Uuid, BootstrapError> {
+    use confidant_runtime::portable::{Statement, Value};
+    if let Some(rule) = credentials::password_rule_broken(password) {
+        return Err(BootstrapError::Password(rule));
+    }
+    let existing: Vec<(uuid::Uuid,)> = db
+        .fetch_all(
+            "SELECT staff_id FROM staff_roles WHERE role = 'firm_administrator' AND revoked_at IS NULL",
+            vec![],
+        )
+        .await
+        .map_err(store::StoreError::from)?;
+    if !existing.is_empty() {
+        return Err(BootstrapError::AdminExists);
+    }
+    let hash = credentials::hash_password(password).map_err(BootstrapError::Password)?;
+    let id = uuid::Uuid::now_v7();
+    let now = chrono::Utc::now();
+    let event = confidant_runtime::audit::EventBuilder::new(
+        NAME,
+        trust_domain,
+        confidant_runtime::audit::Action::IdentityAdminBootstrapped,
+    )
+    .actor(
+        confidant_proto::audit::v1::ActorKind::Service,
+        "confidant-cli",
+        "",
+    )
+    .resource("staff", &id.to_string())
+    .build();
+    db.transact(
+        vec![
+            Statement::new(
+                "INSERT INTO staff (id, email, display_name, created_at) VALUES ($1, $2, $3, $4)",
+                vec![
+                    Value::Uuid(id),
+                    Value::Text(email.to_lowercase()),
+                    Value::Text(display_name.to_owned()),
+                    Value::Time(now),
+                ],
+            ),
+            Statement::new(
+                "INSERT INTO staff_roles (staff_id, role, granted_at) VALUES ($1, 'firm_administrator', $2)",
+                vec![Value::Uuid(id), Value::Time(now)],
+            ),
+            Statement::new(
+                "INSERT INTO credentials (staff_id, password_hash, password_set_at) VALUES ($1, $2, $3)",
+                vec![Value::Uuid(id), Value::Text(hash), Value::Time(now)],
+            ),
+        ],
+        &[event],
+    )
+    .await
+    .map_err(store::StoreError::from)?;
+    Ok(id)
+}

@@ -62,6 +62,7 @@ actions! {
     IdentityPasswordSet => "identity.password.set", "A staff member's password was set; their sessions ended.";
     IdentityTotpEnrolled => "identity.totp.enrolled", "A staff member confirmed a TOTP authenticator.";
     IdentitySessionRevoked => "identity.session.revoked", "A session was ended (reason: logout, admin, refresh_token_reuse, password_set).";
+    IdentityAdminBootstrapped => "identity.admin.bootstrapped", "The first firm administrator was created from the command line.";
 }
 
 /// An action name that is not in the catalogue.

@@ -251,6 +251,14 @@ pub enum Error {
     Invalid(Vec<Problem>),
 }
 
+/// `CONFIDANT_*` variables that are not settings: the config file's path,
+/// the bootstrap password, and the test suite's servers.
+fn is_not_config(key: &str) -> bool {
+    key == "CONFIDANT_CONFIG"
+        || key == "CONFIDANT_BOOTSTRAP_PASSWORD"
+        || key.starts_with("CONFIDANT_TEST_")
+}
+
 /// Sets `path` in `table` to `value`, creating intermediate tables.
 fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
     let (last, parents) = path.split_last().ok_or("empty key")?;
@@ -301,7 +309,7 @@ pub fn load(
     }
     let mut vars: Vec<_> = env
         .iter()
-        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && *k != "CONFIDANT_CONFIG")
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !is_not_config(k))
         .collect();
     vars.sort();
     for (key, raw) in vars {
