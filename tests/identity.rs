@@ -32,7 +32,7 @@ async fn client(data: &SandboxData, sandbox: &Sandbox, name: &str) -> Client {
 fn ts(t: chrono::DateTime<chrono::Utc>) -> Option<prost_types::Timestamp> {
     Some(prost_types::Timestamp {
         seconds: t.timestamp(),
-        nanos: 0,
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
     })
 }
 
@@ -253,10 +253,56 @@ async fn every_denial_reason_and_the_path_that_grants(backend: Backend) {
             .await
             .allowed
     );
+    let before_revocation = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
     admin
         .revoke_assignment(RevokeAssignmentRequest { assignment_id: a })
         .await
         .unwrap();
+    // Point in time: the decision as it stood before the revocation, and now.
+    let explain = |at: Option<chrono::DateTime<chrono::Utc>>| {
+        let mut admin = admin.clone();
+        let matter = matter.clone();
+        async move {
+            admin
+                .explain_matter_access(ExplainMatterAccessRequest {
+                    matter_id: matter,
+                    time: at.and_then(ts),
+                    permission: String::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .entries
+        }
+    };
+    let then = explain(Some(before_revocation)).await;
+    let entry = then
+        .iter()
+        .find(|e| e.staff_id == other)
+        .expect("the assigned associate is listed");
+    assert!(entry.allowed);
+    assert_eq!(
+        AccessPath::try_from(entry.access_path).unwrap(),
+        AccessPath::Assignment
+    );
+    let now = explain(None).await;
+    let entry = now.iter().find(|e| e.staff_id == other).unwrap();
+    assert_eq!(
+        DenialReason::try_from(entry.reason).unwrap(),
+        DenialReason::NotAssigned
+    );
+    // Everyone behind the wall is explained as such.
+    let walled: Vec<_> = now
+        .iter()
+        .filter(|e| [&paralegal, &associate, &partner].contains(&&e.staff_id))
+        .collect();
+    assert_eq!(walled.len(), 3);
+    assert!(
+        walled
+            .iter()
+            .all(|e| DenialReason::try_from(e.reason).unwrap() == DenialReason::BehindWall)
+    );
     assert_eq!(
         reason(&decide(&mut vault, &other, "client_data.read", &matter).await),
         DenialReason::NotAssigned

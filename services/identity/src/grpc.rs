@@ -739,4 +739,58 @@ impl IdentityService for IdentityApi {
             issuer: keys.issuer().to_owned(),
         }))
     }
+
+    #[tracing::instrument(name = "identity.explain_matter_access", skip_all)]
+    async fn explain_matter_access(
+        &self,
+        request: Request<ExplainMatterAccessRequest>,
+    ) -> Result<Response<ExplainMatterAccessResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let matter = uuid(&mut v, "matter_id", &req.matter_id);
+        let at = time(&mut v, "time", req.time.as_ref(), false).unwrap_or_else(Utc::now);
+        let permission = if req.permission.is_empty() {
+            "client_data.read".to_owned()
+        } else {
+            req.permission.clone()
+        };
+        if !crate::domain::is_client_scoped(&permission) {
+            v.add(
+                "permission",
+                "must be a client data permission such as client_data.read",
+            );
+        }
+        check(v)?;
+        let matter = matter.unwrap_or_default();
+        if !self
+            .directory
+            .matter_exists(matter)
+            .await
+            .map_err(Error::from)?
+        {
+            return Err(Error::Store(crate::store::StoreError::NotFound("matter")).into());
+        }
+        let mut entries = Vec::new();
+        for staff in self
+            .directory
+            .matter_candidates(matter)
+            .await
+            .map_err(Error::from)?
+        {
+            let facts = self
+                .directory
+                .facts(staff, &permission, None, Some(matter))
+                .await
+                .map_err(Error::from)?;
+            let d = decide(&facts, &permission, at);
+            entries.push(AccessExplanation {
+                staff_id: staff.to_string(),
+                allowed: d.allowed(),
+                reason: d.reason as i32,
+                granted_by_role: d.role.unwrap_or_default(),
+                access_path: d.path as i32,
+            });
+        }
+        Ok(Response::new(ExplainMatterAccessResponse { entries }))
+    }
 }

@@ -485,6 +485,26 @@ impl Directory {
         Ok(id)
     }
 
+    /// Staff connected to a matter in any way, at any time: assignments,
+    /// responsibility, break-glass, walls over the matter or its client.
+    pub async fn matter_candidates(&self, matter: Uuid) -> Result<Vec<Uuid>, StoreError> {
+        let rows: Vec<(Uuid,)> = self
+            .db
+            .fetch_all(
+                "SELECT staff_id FROM assignments WHERE matter_id = $1 \
+                 UNION SELECT responsible_attorney_id FROM matters WHERE id = $1 AND responsible_attorney_id IS NOT NULL \
+                 UNION SELECT staff_id FROM break_glass WHERE matter_id = $1 \
+                 UNION SELECT m.staff_id FROM wall_members m JOIN wall_targets t ON t.wall_id = m.wall_id \
+                 WHERE t.matter_id = $1 OR t.client_id = (SELECT client_id FROM matters WHERE id = $1)",
+                vec![Value::Uuid(matter)],
+            )
+            .await?;
+        let mut ids: Vec<Uuid> = rows.into_iter().map(|(id,)| id).collect();
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
     /// Gathers the facts of a decision: the staff member, the roles that
     /// grant `permission`, and for a client or matter the attestations,
     /// walls, assignments and break-glass grants that bear on it.
