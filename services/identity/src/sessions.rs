@@ -541,47 +541,24 @@ impl Sessions {
                 .await?;
             return Err(AuthError::SessionEnded);
         }
+        // Spend the presented token and issue the next in one transaction.
+        // Only the request that flips `used_at` may go on; if a concurrent
+        // duplicate got there first, the session ends below, which also
+        // strands the token inserted here.
         let next = new_refresh_token()?;
-        let marked = match &self.db {
-            Database::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                let done = sqlx::query("UPDATE refresh_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL")
-                    .bind(now)
-                    .bind(&hash)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES ($1, $2, $3)")
-                    .bind(sha256(next.as_bytes()))
-                    .bind(session_id)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                if done == 1 {
-                    tx.commit().await?;
-                }
-                done
-            }
-            Database::Sqlite(pool) => {
-                let mut tx = confidant_runtime::storage::begin_sqlite_write(pool).await?;
-                let done = sqlx::query("UPDATE refresh_tokens SET used_at = ?1 WHERE token_hash = ?2 AND used_at IS NULL")
-                    .bind(now)
-                    .bind(&hash)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES (?1, ?2, ?3)")
-                    .bind(sha256(next.as_bytes()))
-                    .bind(session_id)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                if done == 1 {
-                    tx.commit().await?;
-                }
-                done
-            }
-        };
+        let marked = self
+            .db
+            .transact(
+                vec![
+                    Statement::new(
+                        "UPDATE refresh_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL",
+                        vec![Value::Time(now), Value::Bytes(hash.clone())],
+                    ),
+                    refresh_insert(&next, session_id, now),
+                ],
+                &[],
+            )
+            .await?[0];
         if marked != 1 {
             // A concurrent refresh used it first: treat as reuse.
             self.revoke(session_id, "refresh_token_reuse", Some(staff_id), peer)
