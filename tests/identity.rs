@@ -486,3 +486,195 @@ async fn sqlite_bad_input_is_named_and_management_is_for_admins() {
 async fn postgres_bad_input_is_named_and_management_is_for_admins() {
     bad_input_is_named_and_management_is_for_admins(Backend::Postgres).await;
 }
+
+fn last_code(data: &SandboxData) -> String {
+    let text = std::fs::read_to_string(data.path().join("notifications.jsonl")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let body = line["body"].as_str().unwrap();
+    body.split_whitespace()
+        .find(|w| w.len() == 6 && w.chars().all(|c| c.is_ascii_digit()))
+        .unwrap()
+        .to_owned()
+}
+
+async fn clients_prove_who_they_are_with_a_one_time_code(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec::of(&[ServiceName::Identity, ServiceName::Audit]),
+    )
+    .await;
+    let mut admin = client(&data, &sandbox, "operator").await;
+    let mut intake = client(&data, &sandbox, "intake").await;
+    let client_id = admin
+        .create_client(CreateClientRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .client_id;
+    let start = |channel: ContactChannel, address: &str| StartClientVerificationRequest {
+        client_id: client_id.clone(),
+        channel: channel as i32,
+        contact_address: address.into(),
+        reference: "invitation-42".into(),
+    };
+    let reason_of = |s: &tonic::Status| {
+        s.get_error_details()
+            .error_info()
+            .map(|i| i.reason.clone())
+            .unwrap_or_default()
+    };
+
+    let v = intake
+        .start_client_verification(start(ContactChannel::Email, "jane@example.org"))
+        .await
+        .unwrap()
+        .into_inner();
+    let code = last_code(&data);
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let err = intake
+        .complete_client_verification(CompleteClientVerificationRequest {
+            verification_id: v.verification_id.clone(),
+            code: wrong.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason_of(&err), "invalid_code");
+    let done = intake
+        .complete_client_verification(CompleteClientVerificationRequest {
+            verification_id: v.verification_id.clone(),
+            code: code.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.verification_level, 1);
+
+    // The client token verifies as a client token, bound to its purpose, and
+    // is no staff token.
+    let jwks = admin
+        .get_jwks(GetJwksRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let verifier =
+        confidant_runtime::auth::TokenVerifier::from_jwks(&jwks.jwks_json, &jwks.issuer).unwrap();
+    let claims = verifier.verify_client(&done.client_token).unwrap();
+    assert_eq!(
+        (claims.sub.as_str(), claims.reference.as_str(), claims.level),
+        (client_id.as_str(), "invitation-42", 1)
+    );
+    assert!(verifier.verify(&done.client_token).is_err());
+
+    // A code works once.
+    let replay = intake
+        .complete_client_verification(CompleteClientVerificationRequest {
+            verification_id: v.verification_id.clone(),
+            code,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason_of(&replay), "code_used");
+
+    // A document check raises the level.
+    let staff_id = admin
+        .create_staff_member(CreateStaffMemberRequest {
+            request_id: String::new(),
+            email: "checker@firm.example".into(),
+            display_name: "Checker".into(),
+            roles: vec!["paralegal".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .staff_id;
+    let level = admin
+        .record_identity_document_check(RecordIdentityDocumentCheckRequest {
+            client_id: client_id.clone(),
+            document_type: "passport".into(),
+            issuing_country: "GB".into(),
+            document_number: "123 456 789".into(),
+            verified_by_staff_id: staff_id,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .verification_level;
+    assert_eq!(level, 2);
+
+    // Five wrong guesses spend a code, even with the right one last.
+    let v = intake
+        .start_client_verification(start(ContactChannel::Phone, "+44 20 7946 0000"))
+        .await
+        .unwrap()
+        .into_inner();
+    let code = last_code(&data);
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    for _ in 0..5 {
+        intake
+            .complete_client_verification(CompleteClientVerificationRequest {
+                verification_id: v.verification_id.clone(),
+                code: wrong.into(),
+            })
+            .await
+            .unwrap_err();
+    }
+    let spent = intake
+        .complete_client_verification(CompleteClientVerificationRequest {
+            verification_id: v.verification_id.clone(),
+            code,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason_of(&spent), "invalid_code");
+
+    // Codes are rate limited per client (two sent so far; five an hour).
+    for _ in 0..3 {
+        intake
+            .start_client_verification(start(ContactChannel::Email, "jane@example.org"))
+            .await
+            .unwrap();
+    }
+    let limited = intake
+        .start_client_verification(start(ContactChannel::Email, "jane@example.org"))
+        .await
+        .unwrap_err();
+    assert_eq!(limited.code(), tonic::Code::ResourceExhausted);
+
+    // Bad input is named; staff services cannot start verifications.
+    let err = intake
+        .start_client_verification(StartClientVerificationRequest {
+            client_id: "nope".into(),
+            channel: ContactChannel::Unspecified as i32,
+            contact_address: "x".into(),
+            reference: String::new(),
+        })
+        .await
+        .unwrap_err();
+    let fields: Vec<_> = err
+        .get_error_details()
+        .bad_request()
+        .unwrap()
+        .field_violations
+        .iter()
+        .map(|f| f.field.clone())
+        .collect();
+    assert_eq!(fields, ["client_id", "channel"]);
+    let mut vault = client(&data, &sandbox, "vault").await;
+    let denied = vault
+        .start_client_verification(start(ContactChannel::Email, "jane@example.org"))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_clients_prove_who_they_are_with_a_one_time_code() {
+    clients_prove_who_they_are_with_a_one_time_code(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_clients_prove_who_they_are_with_a_one_time_code() {
+    clients_prove_who_they_are_with_a_one_time_code(Backend::Postgres).await;
+}

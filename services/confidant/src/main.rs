@@ -444,6 +444,10 @@ fn dev_config(data_dir: &Path, env: &HashMap<String, String>) -> Result<Config, 
     {
         confidant_audit::write_signing_key(key).map_err(|e| format!("audit signing key: {e:#}"))?;
     }
+    if let Some(pepper) = &config.identity.pepper_file {
+        confidant_runtime::keys::ensure_secret_file(pepper)
+            .map_err(|e| format!("identity pepper: {e}"))?;
+    }
     for key in &config.identity.token_key_files {
         if !key.exists() {
             confidant_runtime::keys::write_new_ed25519_key(key)

@@ -55,6 +55,8 @@ impl SandboxData {
             .expect("audit signing key");
         confidant_runtime::keys::write_new_ed25519_key(&dir.path().join("identity-token.key"))
             .expect("identity token key");
+        confidant_runtime::keys::ensure_secret_file(&dir.path().join("identity-pepper.key"))
+            .expect("pepper");
         let postgres_db = match backend {
             Backend::Sqlite => None,
             Backend::Postgres => {

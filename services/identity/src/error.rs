@@ -20,6 +20,9 @@ pub enum Error {
     /// Sign-in or session failure.
     #[error(transparent)]
     Auth(#[from] crate::sessions::AuthError),
+    /// Client verification failure.
+    #[error(transparent)]
+    Client(#[from] crate::clients::ClientError),
 }
 
 impl From<Error> for Status {
@@ -61,6 +64,26 @@ impl From<Error> for Status {
             Error::Auth(AuthError::Token(e)) => {
                 tracing::error!(error = %e, "token signing failed");
                 Status::internal("could not issue tokens")
+            }
+            Error::Client(e) => {
+                use crate::clients::ClientError as C;
+                match e {
+                    C::UnknownClient => Status::not_found("client not found"),
+                    C::RateLimited => {
+                        with_reason(Code::ResourceExhausted, "rate_limited", e.to_string())
+                    }
+                    C::InvalidCode => {
+                        with_reason(Code::Unauthenticated, "invalid_code", e.to_string())
+                    }
+                    C::Expired => with_reason(Code::Unauthenticated, "code_expired", e.to_string()),
+                    C::Used => with_reason(Code::Unauthenticated, "code_used", e.to_string()),
+                    C::NotSent => Status::unavailable("could not send the code; try again"),
+                    C::Store(s) => Error::Store(s).into(),
+                    C::Coord(c) => {
+                        tracing::error!(error = %c, "coordination failed");
+                        Status::unavailable("coordination is unavailable, retry later")
+                    }
+                }
             }
             Error::Invalid(v) => invalid_argument(v.as_slice()),
             Error::NoIdentity => {

@@ -24,6 +24,7 @@ pub struct IdentityApi {
     sessions: std::sync::Arc<crate::sessions::Sessions>,
     verifier: crate::tokens::TokenVerifier,
     admins: Vec<String>,
+    clients: std::sync::Arc<crate::clients::ClientVerification>,
 }
 
 impl IdentityApi {
@@ -33,6 +34,7 @@ impl IdentityApi {
         trust_domain: &str,
         sessions: std::sync::Arc<crate::sessions::Sessions>,
         admins: Vec<String>,
+        clients: std::sync::Arc<crate::clients::ClientVerification>,
     ) -> Result<Self, crate::tokens::Error> {
         let keys = sessions.keys();
         let verifier = crate::tokens::TokenVerifier::from_jwks(&keys.jwks(), keys.issuer())?;
@@ -42,6 +44,7 @@ impl IdentityApi {
             sessions,
             verifier,
             admins,
+            clients,
         })
     }
 
@@ -792,5 +795,134 @@ impl IdentityService for IdentityApi {
             });
         }
         Ok(Response::new(ExplainMatterAccessResponse { entries }))
+    }
+
+    #[tracing::instrument(name = "identity.start_client_verification", skip_all)]
+    async fn start_client_verification(
+        &self,
+        request: Request<StartClientVerificationRequest>,
+    ) -> Result<Response<StartClientVerificationResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let client = uuid(&mut v, "client_id", &req.client_id);
+        let address = req.contact_address.trim();
+        match ContactChannel::try_from(req.channel) {
+            Ok(ContactChannel::Email) => {
+                if !(address.contains('@')
+                    && address.len() <= 254
+                    && !address.chars().any(char::is_whitespace))
+                {
+                    v.add("contact_address", "must be an e-mail address");
+                }
+            }
+            Ok(ContactChannel::Phone) => {
+                let digits = address.chars().filter(char::is_ascii_digit).count();
+                let allowed = address
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || matches!(c, '+' | ' ' | '-' | '(' | ')'));
+                if !(allowed && (7..=15).contains(&digits)) {
+                    v.add("contact_address", "must be a phone number (E.164 digits)");
+                }
+            }
+            _ => v.add("channel", "must be EMAIL or PHONE"),
+        }
+        if req.reference.len() > 128 || req.reference.chars().any(char::is_control) {
+            v.add("reference", "must be at most 128 printable characters");
+        }
+        check(v)?;
+        let (id, expires) = self
+            .clients
+            .start(
+                client.unwrap_or_default(),
+                req.channel,
+                address,
+                &req.reference,
+                caller.as_str(),
+            )
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(StartClientVerificationResponse {
+            verification_id: id.to_string(),
+            expire_time: Some(proto_time(expires)),
+        }))
+    }
+
+    #[tracing::instrument(name = "identity.complete_client_verification", skip_all)]
+    async fn complete_client_verification(
+        &self,
+        request: Request<CompleteClientVerificationRequest>,
+    ) -> Result<Response<CompleteClientVerificationResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let id = uuid(&mut v, "verification_id", &req.verification_id);
+        if req.code.len() != 6 || !req.code.chars().all(|c| c.is_ascii_digit()) {
+            v.add("code", "must be 6 digits");
+        }
+        check(v)?;
+        let (token, expires, level) = self
+            .clients
+            .complete(id.unwrap_or_default(), &req.code, caller.as_str())
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(CompleteClientVerificationResponse {
+            client_token: token,
+            expire_time: Some(proto_time(expires)),
+            verification_level: level,
+        }))
+    }
+
+    #[tracing::instrument(name = "identity.record_identity_document_check", skip_all)]
+    async fn record_identity_document_check(
+        &self,
+        request: Request<RecordIdentityDocumentCheckRequest>,
+    ) -> Result<Response<RecordIdentityDocumentCheckResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let client = uuid(&mut v, "client_id", &req.client_id);
+        let staff = uuid(&mut v, "verified_by_staff_id", &req.verified_by_staff_id);
+        if !matches!(
+            req.document_type.as_str(),
+            "passport" | "national-id" | "driving-licence" | "residence-permit"
+        ) {
+            v.add(
+                "document_type",
+                "must be passport, national-id, driving-licence or residence-permit",
+            );
+        }
+        if !(req.issuing_country.len() == 2
+            && req.issuing_country.chars().all(|c| c.is_ascii_uppercase()))
+        {
+            v.add(
+                "issuing_country",
+                "must be an ISO 3166-1 alpha-2 code such as GB",
+            );
+        }
+        let alnum = req
+            .document_number
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .count();
+        if !(4..=32).contains(&alnum) {
+            v.add("document_number", "must have 4 to 32 letters and digits");
+        }
+        check(v)?;
+        let level = self
+            .clients
+            .record_document_check(
+                client.unwrap_or_default(),
+                &req.document_type,
+                &req.issuing_country,
+                &req.document_number,
+                staff.unwrap_or_default(),
+                caller.as_str(),
+            )
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(RecordIdentityDocumentCheckResponse {
+            verification_level: level,
+        }))
     }
 }

@@ -7,6 +7,7 @@
 //! - [`grpc`]: the `confidant.identity.v1.IdentityService` handlers.
 #![forbid(unsafe_code)]
 
+pub mod clients;
 pub mod credentials;
 pub mod domain;
 pub mod error;
@@ -54,12 +55,23 @@ pub async fn build(
         .map(|name| confidant_runtime::service_name::spiffe_id(&ctx.config.trust_domain, name))
         .collect();
     let mut deciders: Vec<String> = DECISION_CALLERS.iter().map(|s| ctx.spiffe_id(*s)).collect();
+    // Intake runs clients' verification; admins may too (support desk).
+    let mut verifiers = vec![ctx.spiffe_id(ServiceName::Intake)];
+    verifiers.extend(admins.iter().cloned());
     deciders.extend(admins.iter().cloned());
     // Directory management is for admins; Authorize for the services; the
     // sign-in methods for every certified client (the firm's applications).
     let mut policy = confidant_runtime::peer::PeerPolicy::new()
         .allow(&format!("/{GRPC_SERVICE}/"), admins.clone())
-        .allow(&format!("/{GRPC_SERVICE}/Authorize"), deciders);
+        .allow(&format!("/{GRPC_SERVICE}/Authorize"), deciders)
+        .allow(
+            &format!("/{GRPC_SERVICE}/StartClientVerification"),
+            verifiers.clone(),
+        )
+        .allow(
+            &format!("/{GRPC_SERVICE}/CompleteClientVerification"),
+            verifiers,
+        );
     for open in [
         "EnrollTotp",
         "ConfirmTotp",
@@ -81,11 +93,36 @@ pub async fn build(
         ctx.config.identity.clone(),
         &ctx.config.trust_domain,
     ));
+    let pepper_path = ctx
+        .config
+        .identity
+        .pepper_file
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("identity.pepper_file is not set"))?;
+    let pepper = zeroize::Zeroizing::new(std::fs::read(&pepper_path)?);
+    if pepper.len() < 32 {
+        anyhow::bail!("identity.pepper_file must hold at least 32 bytes");
+    }
+    let notifications = ctx
+        .config
+        .identity
+        .notifications_file
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("identity.notifications_file is not set"))?;
+    let clients = std::sync::Arc::new(clients::ClientVerification::new(
+        ctx.db.clone(),
+        ctx.coord.clone(),
+        std::sync::Arc::new(confidant_runtime::notify::FileNotifier::new(notifications)),
+        &pepper,
+        sessions.clone(),
+        &ctx.config.trust_domain,
+    ));
     let api = grpc::IdentityApi::new(
         store::Directory::new(ctx.db.clone()),
         &ctx.config.trust_domain,
         sessions,
         admins,
+        clients,
     )?;
     Ok(confidant_runtime::app::ServiceParts {
         routes: tonic::service::Routes::new(IdentityServiceServer::new(api)),

@@ -89,6 +89,14 @@ impl TokenKeys {
         &self.issuer
     }
 
+    /// Signs any claims with the active key.
+    pub fn sign_any<T: serde::Serialize>(&self, claims: &T) -> Result<String, Error> {
+        let key = self.keys.first().ok_or(Error::NoKey)?;
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(key.kid.clone());
+        jsonwebtoken::encode(&header, claims, &key.encoding).map_err(|_| Error::Invalid)
+    }
+
     /// Signs `claims` with the active key.
     pub fn sign(&self, claims: &Claims) -> Result<String, Error> {
         let key = self.keys.first().ok_or(Error::NoKey)?;

@@ -63,6 +63,9 @@ actions! {
     IdentityTotpEnrolled => "identity.totp.enrolled", "A staff member confirmed a TOTP authenticator.";
     IdentitySessionRevoked => "identity.session.revoked", "A session was ended (reason: logout, admin, refresh_token_reuse, password_set).";
     IdentityAdminBootstrapped => "identity.admin.bootstrapped", "The first firm administrator was created from the command line.";
+    IdentityClientVerificationStarted => "identity.client_verification.started", "A one-time code was sent to a client.";
+    IdentityClientVerified => "identity.client_verification.completed", "A client proved control of a contact channel (outcome denied: wrong or expired code).";
+    IdentityDocumentChecked => "identity.document.checked", "Staff recorded a check of a client's identity document.";
 }
 
 /// An action name that is not in the catalogue.

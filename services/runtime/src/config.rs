@@ -196,6 +196,12 @@ pub struct IdentityConfig {
     pub max_failed_logins: u64,
     /// How long a lock lasts (and the window failures are counted in).
     pub lockout_minutes: u64,
+    /// Secret key (32 bytes or more) for keyed hashes of client contact
+    /// addresses, one-time codes and identity-document numbers.
+    pub pepper_file: Option<PathBuf>,
+    /// Where one-time codes for clients are written (dev; a messaging
+    /// gateway's spool directory in production).
+    pub notifications_file: Option<PathBuf>,
 }
 
 impl Default for IdentityConfig {
@@ -207,6 +213,8 @@ impl Default for IdentityConfig {
             session_hours: 12,
             max_failed_logins: 5,
             lockout_minutes: 15,
+            pepper_file: None,
+            notifications_file: None,
         }
     }
 }
@@ -504,6 +512,22 @@ impl Config {
                     "must name at least one key where identity runs",
                 );
             }
+            match &self.identity.pepper_file {
+                None => problem(
+                    "identity.pepper_file".into(),
+                    "is required where identity runs",
+                ),
+                Some(p) if !p.is_file() => {
+                    problem("identity.pepper_file".into(), "file does not exist")
+                }
+                Some(_) => {}
+            }
+            if self.identity.notifications_file.is_none() {
+                problem(
+                    "identity.notifications_file".into(),
+                    "is required where identity runs (clients' one-time codes go there)",
+                );
+            }
             for (i, p) in self.identity.token_key_files.iter().enumerate() {
                 if !p.is_file() {
                     problem(
@@ -584,6 +608,14 @@ impl Config {
         identity.insert(
             "token_key_files".into(),
             toml::Value::Array(vec![path_value(&data_dir.join("identity-token.key"))]),
+        );
+        identity.insert(
+            "pepper_file".into(),
+            path_value(&data_dir.join("identity-pepper.key")),
+        );
+        identity.insert(
+            "notifications_file".into(),
+            path_value(&data_dir.join("notifications.jsonl")),
         );
         let mut t = toml::Table::new();
         t.insert("mode".into(), toml::Value::String("dev".into()));
@@ -717,6 +749,7 @@ mod tests {
         crate::pki::PkiDir::new(dir.path().join("pki"))
             .ensure_dev("confidant.local")
             .unwrap();
+        std::fs::write(dir.path().join("identity-pepper.key"), b"key").unwrap();
         std::fs::write(dir.path().join("identity-token.key"), b"key").unwrap();
         std::fs::write(dir.path().join("audit-log.key"), b"key").unwrap();
         let config = load(Config::dev_defaults(dir.path()), None, &HashMap::new()).unwrap();

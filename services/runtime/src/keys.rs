@@ -51,3 +51,32 @@ pub fn write_new_ed25519_key(path: &Path) -> Result<(), Error> {
     file.write_all(&key).map_err(io)?;
     file.sync_all().map_err(io)
 }
+
+/// Writes 32 random bytes to `path` (mode 0600) unless it exists: a secret
+/// key for keyed hashes. Returns whether it wrote.
+pub fn ensure_secret_file(path: &Path) -> Result<bool, Error> {
+    use aws_lc_rs::rand::SecureRandom;
+    if path.exists() {
+        return Ok(false);
+    }
+    let io = |source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut secret = Zeroizing::new([0u8; 32]);
+    SystemRandom::new()
+        .fill(secret.as_mut())
+        .map_err(|_| Error::Generate)?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    file.write_all(secret.as_ref()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    Ok(true)
+}
