@@ -678,3 +678,139 @@ async fn sqlite_clients_prove_who_they_are_with_a_one_time_code() {
 async fn postgres_clients_prove_who_they_are_with_a_one_time_code() {
     clients_prove_who_they_are_with_a_one_time_code(Backend::Postgres).await;
 }
+
+async fn access_reviews_certify_or_revoke_every_grant(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec::of(&[ServiceName::Identity, ServiceName::Audit]),
+    )
+    .await;
+    let mut admin = client(&data, &sandbox, "operator").await;
+    let mut vault = client(&data, &sandbox, "vault").await;
+    let client_id = admin
+        .create_client(CreateClientRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .client_id;
+    let matter = admin
+        .create_matter(CreateMatterRequest {
+            request_id: String::new(),
+            client_id,
+            responsible_attorney_id: String::new(),
+            practice_area: "probate".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .matter_id;
+    let associate = cleared(&mut admin, "reviewed@firm.example", "associate").await;
+    admin
+        .assign_staff(AssignStaffRequest {
+            matter_id: matter.clone(),
+            staff_id: associate.clone(),
+            expire_time: None,
+        })
+        .await
+        .unwrap();
+    assert!(
+        decide(&mut vault, &associate, "client_data.read", &matter)
+            .await
+            .allowed
+    );
+
+    let deadline = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    let started = admin
+        .start_access_review(StartAccessReviewRequest {
+            name: "2026 Q4".into(),
+            deadline: ts(deadline),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        started.item_count, 2,
+        "one assignment and one role membership"
+    );
+    let lister = admin.clone();
+    let list = |pending_only: bool| {
+        let mut admin = lister.clone();
+        let campaign_id = started.campaign_id.clone();
+        async move {
+            admin
+                .list_access_review_items(ListAccessReviewItemsRequest {
+                    campaign_id,
+                    pending_only,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let items = list(false).await;
+    let assignment = items
+        .items
+        .iter()
+        .find(|i| i.kind == "assignment")
+        .unwrap()
+        .clone();
+    let role = items
+        .items
+        .iter()
+        .find(|i| i.kind == "role")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (assignment.subject.as_str(), role.subject.as_str()),
+        (matter.as_str(), "associate")
+    );
+
+    // Revoking takes effect at once.
+    admin
+        .decide_access_review_item(DecideAccessReviewItemRequest {
+            item_id: assignment.item_id.clone(),
+            decision: ReviewDecision::Revoke as i32,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        reason(&decide(&mut vault, &associate, "client_data.read", &matter).await),
+        DenialReason::NotAssigned
+    );
+    let again = admin
+        .decide_access_review_item(DecideAccessReviewItemRequest {
+            item_id: assignment.item_id.clone(),
+            decision: ReviewDecision::Certify as i32,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::AlreadyExists);
+    let bad = admin
+        .decide_access_review_item(DecideAccessReviewItemRequest {
+            item_id: role.item_id.clone(),
+            decision: ReviewDecision::Unspecified as i32,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+
+    // The undecided role membership becomes overdue after the deadline.
+    let before = list(true).await;
+    assert_eq!((before.pending_count, before.overdue_count), (1, 0));
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let after = list(true).await;
+    assert_eq!((after.pending_count, after.overdue_count), (1, 1));
+    assert!(after.items[0].overdue);
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_access_reviews_certify_or_revoke_every_grant() {
+    access_reviews_certify_or_revoke_every_grant(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_access_reviews_certify_or_revoke_every_grant() {
+    access_reviews_certify_or_revoke_every_grant(Backend::Postgres).await;
+}

@@ -48,6 +48,10 @@ impl IdentityApi {
         })
     }
 
+    fn reviews(&self) -> crate::reviews::Reviews {
+        crate::reviews::Reviews::new(self.directory.database().clone(), &self.trust_domain)
+    }
+
     /// An event of `action` by the calling peer (an admin tool or service).
     fn by_caller(
         &self,
@@ -924,5 +928,101 @@ impl IdentityService for IdentityApi {
         Ok(Response::new(RecordIdentityDocumentCheckResponse {
             verification_level: level,
         }))
+    }
+
+    #[tracing::instrument(name = "identity.start_access_review", skip_all)]
+    async fn start_access_review(
+        &self,
+        request: Request<StartAccessReviewRequest>,
+    ) -> Result<Response<StartAccessReviewResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        text(&mut v, "name", &req.name, 200);
+        let deadline = time(&mut v, "deadline", req.deadline.as_ref(), true);
+        if deadline.is_some_and(|d| d <= Utc::now()) {
+            v.add("deadline", "must lie in the future");
+        }
+        check(v)?;
+        let (id, count) = self
+            .reviews()
+            .start(&req.name, deadline.unwrap_or_default(), caller.as_str())
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(StartAccessReviewResponse {
+            campaign_id: id.to_string(),
+            item_count: i32::try_from(count).unwrap_or(i32::MAX),
+        }))
+    }
+
+    #[tracing::instrument(name = "identity.list_access_review_items", skip_all)]
+    async fn list_access_review_items(
+        &self,
+        request: Request<ListAccessReviewItemsRequest>,
+    ) -> Result<Response<ListAccessReviewItemsResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let id = uuid(&mut v, "campaign_id", &req.campaign_id);
+        check(v)?;
+        let campaign = self
+            .reviews()
+            .campaign(id.unwrap_or_default())
+            .await
+            .map_err(Error::from)?;
+        let late = Utc::now() > campaign.deadline;
+        let pending = campaign
+            .items
+            .iter()
+            .filter(|i| i.decision.is_none())
+            .count();
+        let items = campaign
+            .items
+            .into_iter()
+            .filter(|i| !req.pending_only || i.decision.is_none())
+            .map(|i| AccessReviewItem {
+                item_id: i.id.to_string(),
+                kind: i.kind,
+                staff_id: i.staff_id.to_string(),
+                subject: i.subject,
+                decision: match i.decision {
+                    Some(crate::reviews::CERTIFY) => ReviewDecision::Certify as i32,
+                    Some(crate::reviews::REVOKE) => ReviewDecision::Revoke as i32,
+                    _ => ReviewDecision::Unspecified as i32,
+                },
+                overdue: late && i.decision.is_none(),
+            })
+            .collect();
+        let pending = i32::try_from(pending).unwrap_or(i32::MAX);
+        Ok(Response::new(ListAccessReviewItemsResponse {
+            items,
+            pending_count: pending,
+            overdue_count: if late { pending } else { 0 },
+            deadline: Some(proto_time(campaign.deadline)),
+        }))
+    }
+
+    #[tracing::instrument(name = "identity.decide_access_review_item", skip_all)]
+    async fn decide_access_review_item(
+        &self,
+        request: Request<DecideAccessReviewItemRequest>,
+    ) -> Result<Response<DecideAccessReviewItemResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let item = uuid(&mut v, "item_id", &req.item_id);
+        let decision = match ReviewDecision::try_from(req.decision) {
+            Ok(ReviewDecision::Certify) => crate::reviews::CERTIFY,
+            Ok(ReviewDecision::Revoke) => crate::reviews::REVOKE,
+            _ => {
+                v.add("decision", "must be CERTIFY or REVOKE");
+                0
+            }
+        };
+        check(v)?;
+        self.reviews()
+            .decide(item.unwrap_or_default(), decision, caller.as_str())
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(DecideAccessReviewItemResponse {}))
     }
 }

@@ -12,6 +12,7 @@ pub mod credentials;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod reviews;
 pub mod sessions;
 pub mod store;
 pub mod tokens;

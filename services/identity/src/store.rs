@@ -155,6 +155,11 @@ impl Directory {
         }
     }
 
+    /// The database underneath.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
     /// Records an event that goes with no change (a decision).
     pub async fn record(&self, event: AuditEvent) -> Result<(), StoreError> {
         self.db.transact(Vec::new(), &[event]).await?;

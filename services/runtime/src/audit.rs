@@ -66,6 +66,8 @@ actions! {
     IdentityClientVerificationStarted => "identity.client_verification.started", "A one-time code was sent to a client.";
     IdentityClientVerified => "identity.client_verification.completed", "A client proved control of a contact channel (outcome denied: wrong or expired code).";
     IdentityDocumentChecked => "identity.document.checked", "Staff recorded a check of a client's identity document.";
+    IdentityReviewStarted => "identity.review.started", "An access review campaign was opened.";
+    IdentityReviewDecided => "identity.review.decided", "A grant under review was certified or revoked (reason: certify, revoke).";
 }
 
 /// An action name that is not in the catalogue.

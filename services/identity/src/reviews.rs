@@ -1,0 +1,221 @@
+//! Access reviews: a campaign snapshots every live grant; reviewers certify
+//! or revoke each before the deadline; revocations take effect at once;
+//! items still undecided after the deadline are reported overdue.
+
+use chrono::{DateTime, Utc};
+use confidant_proto::audit::v1::{ActorKind, Outcome};
+use confidant_runtime::ServiceName;
+use confidant_runtime::audit::{Action, EventBuilder};
+use confidant_runtime::portable::{Statement, Value};
+use confidant_runtime::storage::Database;
+use uuid::Uuid;
+
+use crate::store::StoreError;
+
+/// A verdict stored for an item.
+pub const CERTIFY: i32 = 1;
+/// See [`CERTIFY`].
+pub const REVOKE: i32 = 2;
+
+/// One item as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// Item id.
+    pub id: Uuid,
+    /// `assignment` or `role`.
+    pub kind: String,
+    /// Holder.
+    pub staff_id: Uuid,
+    /// Matter id or role name.
+    pub subject: String,
+    /// Verdict.
+    pub decision: Option<i32>,
+}
+
+/// A campaign's state.
+#[derive(Debug, Clone)]
+pub struct Campaign {
+    /// Deadline.
+    pub deadline: DateTime<Utc>,
+    /// Items.
+    pub items: Vec<Item>,
+}
+
+/// Access reviews over the directory.
+#[derive(Debug, Clone)]
+pub struct Reviews {
+    db: Database,
+    trust_domain: String,
+}
+
+type ItemRow = (Uuid, String, Uuid, String, Option<i32>);
+
+impl Reviews {
+    /// Reviews in `db`.
+    pub fn new(db: Database, trust_domain: &str) -> Self {
+        Self {
+            db,
+            trust_domain: trust_domain.to_owned(),
+        }
+    }
+
+    fn event(&self, action: Action, peer: &str, kind: &str, id: Uuid) -> EventBuilder {
+        let name = peer.rsplit('/').next().unwrap_or(peer);
+        EventBuilder::new(ServiceName::Identity, &self.trust_domain, action)
+            .actor(ActorKind::Service, name, peer)
+            .resource(kind, &id.to_string())
+    }
+
+    /// Opens a campaign over every grant live now; returns its id and size.
+    pub async fn start(
+        &self,
+        name: &str,
+        deadline: DateTime<Utc>,
+        peer: &str,
+    ) -> Result<(Uuid, usize), StoreError> {
+        let now = Utc::now();
+        let assignments: Vec<(Uuid, Uuid, Uuid, Option<DateTime<Utc>>)> = self
+            .db
+            .fetch_all(
+                "SELECT id, staff_id, matter_id, expires_at FROM assignments WHERE revoked_at IS NULL",
+                vec![],
+            )
+            .await?;
+        let roles: Vec<(Uuid, String)> = self
+            .db
+            .fetch_all(
+                "SELECT r.staff_id, r.role FROM staff_roles r JOIN staff s ON s.id = r.staff_id \
+                 WHERE r.revoked_at IS NULL AND s.disabled_at IS NULL",
+                vec![],
+            )
+            .await?;
+        let id = Uuid::now_v7();
+        let mut statements = vec![Statement::new(
+            "INSERT INTO review_campaigns (id, name, created_at, deadline, created_by) VALUES ($1, $2, $3, $4, $5)",
+            vec![
+                Value::Uuid(id),
+                Value::Text(name.to_owned()),
+                Value::Time(now),
+                Value::Time(deadline),
+                Value::Text(peer.to_owned()),
+            ],
+        )];
+        let item = |kind: &str, staff: Uuid, subject: String, grant: String| {
+            Statement::new(
+                "INSERT INTO review_items (id, campaign_id, kind, staff_id, subject, grant_id) VALUES ($1, $2, $3, $4, $5, $6)",
+                vec![
+                    Value::Uuid(Uuid::now_v7()),
+                    Value::Uuid(id),
+                    Value::Text(kind.to_owned()),
+                    Value::Uuid(staff),
+                    Value::Text(subject),
+                    Value::Text(grant),
+                ],
+            )
+        };
+        for (grant, staff, matter, expires) in assignments {
+            if expires.is_none_or(|e| e > now) {
+                statements.push(item(
+                    "assignment",
+                    staff,
+                    matter.to_string(),
+                    grant.to_string(),
+                ));
+            }
+        }
+        for (staff, role) in roles {
+            statements.push(item("role", staff, role, String::new()));
+        }
+        let count = statements.len() - 1;
+        let event = self
+            .event(Action::IdentityReviewStarted, peer, "review", id)
+            .build();
+        self.db.transact(statements, &[event]).await?;
+        Ok((id, count))
+    }
+
+    /// A campaign and its items.
+    pub async fn campaign(&self, id: Uuid) -> Result<Campaign, StoreError> {
+        let row: Option<(DateTime<Utc>,)> = self
+            .db
+            .fetch_optional(
+                "SELECT deadline FROM review_campaigns WHERE id = $1",
+                vec![Value::Uuid(id)],
+            )
+            .await?;
+        let (deadline,) = row.ok_or(StoreError::NotFound("review campaign"))?;
+        let rows: Vec<ItemRow> = self
+            .db
+            .fetch_all(
+                "SELECT id, kind, staff_id, subject, decision FROM review_items WHERE campaign_id = $1 ORDER BY id",
+                vec![Value::Uuid(id)],
+            )
+            .await?;
+        Ok(Campaign {
+            deadline,
+            items: rows
+                .into_iter()
+                .map(|(id, kind, staff_id, subject, decision)| Item {
+                    id,
+                    kind,
+                    staff_id,
+                    subject,
+                    decision,
+                })
+                .collect(),
+        })
+    }
+
+    /// Records a verdict; a revocation ends the grant in the same transaction.
+    pub async fn decide(&self, item: Uuid, decision: i32, peer: &str) -> Result<(), StoreError> {
+        let row: Option<(String, Uuid, String, String, Option<i32>)> = self
+            .db
+            .fetch_optional(
+                "SELECT kind, staff_id, subject, grant_id, decision FROM review_items WHERE id = $1",
+                vec![Value::Uuid(item)],
+            )
+            .await?;
+        let (kind, staff, subject, grant, existing) =
+            row.ok_or(StoreError::NotFound("review item"))?;
+        if existing.is_some() {
+            return Err(StoreError::Conflict("the item was decided already"));
+        }
+        let now = Utc::now();
+        let mut statements = vec![Statement::new(
+            "UPDATE review_items SET decision = $1, decided_at = $2, decided_by = $3 WHERE id = $4 AND decision IS NULL",
+            vec![
+                Value::Int(decision),
+                Value::Time(now),
+                Value::Text(peer.to_owned()),
+                Value::Uuid(item),
+            ],
+        )];
+        if decision == REVOKE {
+            statements.push(if kind == "assignment" {
+                Statement::new(
+                    "UPDATE assignments SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+                    vec![Value::Time(now), Value::Uuid(Uuid::parse_str(&grant).unwrap_or_default())],
+                )
+            } else {
+                Statement::new(
+                    "UPDATE staff_roles SET revoked_at = $1 WHERE staff_id = $2 AND role = $3 AND revoked_at IS NULL",
+                    vec![Value::Time(now), Value::Uuid(staff), Value::Text(subject)],
+                )
+            });
+        }
+        let verdict = if decision == REVOKE {
+            "revoke"
+        } else {
+            "certify"
+        };
+        let event = self
+            .event(Action::IdentityReviewDecided, peer, "review_item", item)
+            .outcome(Outcome::Allowed, verdict)
+            .build();
+        let done = self.db.transact(statements, &[event]).await?;
+        if done[0] != 1 {
+            return Err(StoreError::Conflict("the item was decided already"));
+        }
+        Ok(())
+    }
+}
