@@ -25,6 +25,8 @@ pub struct IdentityApi {
     verifier: crate::tokens::TokenVerifier,
     admins: Vec<String>,
     clients: std::sync::Arc<crate::clients::ClientVerification>,
+    facts: std::sync::Arc<crate::decisions::FactsCache>,
+    recorder: crate::decisions::DecisionRecorder,
 }
 
 impl IdentityApi {
@@ -35,6 +37,7 @@ impl IdentityApi {
         sessions: std::sync::Arc<crate::sessions::Sessions>,
         admins: Vec<String>,
         clients: std::sync::Arc<crate::clients::ClientVerification>,
+        recorder: crate::decisions::DecisionRecorder,
     ) -> Result<Self, crate::tokens::Error> {
         let keys = sessions.keys();
         let verifier = crate::tokens::TokenVerifier::from_jwks(&keys.jwks(), keys.issuer())?;
@@ -45,6 +48,8 @@ impl IdentityApi {
             verifier,
             admins,
             clients,
+            facts: std::sync::Arc::default(),
+            recorder,
         })
     }
 
@@ -200,6 +205,7 @@ impl IdentityService for IdentityApi {
             )
             .await
             .map_err(Error::from)?;
+        self.facts.clear();
         Ok(Response::new(CreateStaffMemberResponse {
             staff_id: id.to_string(),
         }))
@@ -222,6 +228,7 @@ impl IdentityService for IdentityApi {
             .disable_staff(id, event)
             .await
             .map_err(Error::from)?;
+        self.facts.clear();
         Ok(Response::new(DisableStaffMemberResponse {}))
     }
 
@@ -243,6 +250,7 @@ impl IdentityService for IdentityApi {
             })
             .await
             .map_err(Error::from)?;
+        self.facts.clear();
         Ok(Response::new(CreateClientResponse {
             client_id: id.to_string(),
         }))
@@ -275,6 +283,7 @@ impl IdentityService for IdentityApi {
             })
             .await
             .map_err(Error::from)?;
+        self.facts.clear();
         Ok(Response::new(CreateMatterResponse {
             matter_id: id.to_string(),
         }))
@@ -299,6 +308,7 @@ impl IdentityService for IdentityApi {
             .close_matter(id, event)
             .await
             .map_err(Error::from)?;
+        self.facts.clear();
         Ok(Response::new(CloseMatterResponse {
             close_time: Some(proto_time(closed)),
         }))
@@ -329,6 +339,7 @@ impl IdentityService for IdentityApi {
             })
             .await
             .map_err(Error::from)?;
+        self.facts.clear();
         Ok(Response::new(AssignStaffResponse {
             assignment_id: id.to_string(),
         }))
@@ -351,6 +362,7 @@ impl IdentityService for IdentityApi {
             .revoke_assignment(id, event)
             .await
             .map_err(Error::from)?;
+        self.facts.clear();
         Ok(Response::new(RevokeAssignmentResponse {}))
     }
 
@@ -389,6 +401,7 @@ impl IdentityService for IdentityApi {
             })
             .await
             .map_err(Error::from)?;
+        self.facts.clear();
         Ok(Response::new(CreateWallResponse {
             wall_id: id.to_string(),
         }))
@@ -455,6 +468,7 @@ impl IdentityService for IdentityApi {
             })
             .await
             .map_err(Error::from)?;
+        self.facts.clear();
         Ok(Response::new(RecordAttestationResponse {
             attestation_id: id.to_string(),
         }))
@@ -509,6 +523,7 @@ impl IdentityService for IdentityApi {
             matter_id = %matter,
             "break-glass access opened; the security officer must review it"
         );
+        self.facts.clear();
         Ok(Response::new(OpenBreakGlassResponse {
             break_glass_id: id.to_string(),
             expire_time: Some(proto_time(expires)),
@@ -547,11 +562,19 @@ impl IdentityService for IdentityApi {
         }
         check(v)?;
         let staff = staff.unwrap_or_default();
-        let facts = self
-            .directory
-            .facts(staff, &req.permission, client, matter)
-            .await
-            .map_err(Error::from)?;
+        let facts = match self.facts.get(staff, &req.permission, client, matter) {
+            Some(cached) => cached,
+            None => {
+                let fresh = self
+                    .directory
+                    .facts(staff, &req.permission, client, matter)
+                    .await
+                    .map_err(Error::from)?;
+                self.facts
+                    .put(staff, &req.permission, client, matter, fresh.clone());
+                fresh
+            }
+        };
         let decision = decide(&facts, &req.permission, Utc::now());
         let outcome = if decision.allowed() {
             Outcome::Allowed
@@ -569,8 +592,10 @@ impl IdentityService for IdentityApi {
         .outcome(outcome, decision.reason_code())
         .build();
         let decision_id = event.id.clone();
-        // A decision that cannot be recorded is not given (fail closed).
-        self.directory.record(event).await.map_err(Error::from)?;
+        // Records go to the outbox in batches; when the queue is full this
+        // writes synchronously, and a decision that cannot be recorded is not
+        // given.
+        self.recorder.record(event).await.map_err(Error::from)?;
         Ok(Response::new(AuthorizeResponse {
             allowed: decision.allowed(),
             reason: decision.reason as i32,
@@ -1023,6 +1048,7 @@ impl IdentityService for IdentityApi {
             .decide(item.unwrap_or_default(), decision, caller.as_str())
             .await
             .map_err(Error::from)?;
+        self.facts.clear();
         Ok(Response::new(DecideAccessReviewItemResponse {}))
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod clients;
 pub mod credentials;
+pub mod decisions;
 pub mod domain;
 pub mod error;
 pub mod grpc;
@@ -118,18 +119,21 @@ pub async fn build(
         sessions.clone(),
         &ctx.config.trust_domain,
     ));
+    let (recorder, recorder_task) =
+        decisions::DecisionRecorder::new(ctx.db.clone(), ctx.shutdown.clone());
     let api = grpc::IdentityApi::new(
         store::Directory::new(ctx.db.clone()),
         &ctx.config.trust_domain,
         sessions,
         admins,
         clients,
+        recorder,
     )?;
     Ok(confidant_runtime::app::ServiceParts {
         routes: tonic::service::Routes::new(IdentityServiceServer::new(api)),
         grpc_services: vec![GRPC_SERVICE],
         policy,
-        tasks: Vec::new(),
+        tasks: vec![Box::pin(recorder_task)],
         on_stop: Vec::new(),
     })
 }
