@@ -21,12 +21,7 @@ use tonic_types::StatusExt;
 type Client = IdentityServiceClient<PeerChannel>;
 
 async fn client(data: &SandboxData, sandbox: &Sandbox, name: &str) -> Client {
-    let tls = data.client_tls(name);
-    IdentityServiceClient::new(
-        confidant_runtime::client::connect(&sandbox.url(ServiceName::Identity), &tls, "localhost")
-            .await
-            .unwrap(),
-    )
+    common::identity_client(data, sandbox, name).await
 }
 
 fn ts(t: chrono::DateTime<chrono::Utc>) -> Option<prost_types::Timestamp> {
@@ -360,16 +355,7 @@ async fn bad_input_is_named_and_management_is_for_admins(backend: Backend) {
     )
     .await;
     let mut admin = client(&data, &sandbox, "operator").await;
-    let fields = |s: tonic::Status| -> Vec<String> {
-        assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
-        s.get_error_details()
-            .bad_request()
-            .unwrap()
-            .field_violations
-            .iter()
-            .map(|f| f.field.clone())
-            .collect()
-    };
+    let fields = |s: tonic::Status| common::violated_fields(&s);
 
     let err = admin
         .create_staff_member(CreateStaffMemberRequest {

@@ -3,6 +3,8 @@
 //! that verify from the JWKS, refresh rotation with reuse detection, logout,
 //! lockout, and bad input.
 
+mod common;
+
 use confidant::sandbox::{Sandbox, SandboxData, SandboxSpec};
 use confidant_identity::credentials::totp_code;
 use confidant_identity::tokens::TokenVerifier;
@@ -11,25 +13,15 @@ use confidant_proto::identity::v1::*;
 use confidant_runtime::ServiceName;
 use confidant_runtime::client::PeerChannel;
 use confidant_runtime::storage::Backend;
-use tonic_types::StatusExt;
 
 type Client = IdentityServiceClient<PeerChannel>;
 
 async fn client(data: &SandboxData, sandbox: &Sandbox, name: &str) -> Client {
-    let tls = data.client_tls(name);
-    IdentityServiceClient::new(
-        confidant_runtime::client::connect(&sandbox.url(ServiceName::Identity), &tls, "localhost")
-            .await
-            .unwrap(),
-    )
+    common::identity_client(data, sandbox, name).await
 }
 
 fn reason(status: &tonic::Status) -> String {
-    status
-        .get_error_details()
-        .error_info()
-        .map(|i| i.reason.clone())
-        .unwrap_or_default()
+    common::error_reason(status)
 }
 
 fn base32_decode(s: &str) -> Vec<u8> {
@@ -258,16 +250,7 @@ async fn repeated_failures_lock_the_account_and_bad_input_is_named(backend: Back
         .unwrap_err();
     assert_eq!(reason(&unknown), "bad_credentials");
 
-    let fields = |s: tonic::Status| -> Vec<String> {
-        assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
-        s.get_error_details()
-            .bad_request()
-            .unwrap()
-            .field_violations
-            .iter()
-            .map(|f| f.field.clone())
-            .collect()
-    };
+    let fields = |s: tonic::Status| common::violated_fields(&s);
     let err = admin
         .set_password(SetPasswordRequest {
             staff_id: "x".into(),

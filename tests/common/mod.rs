@@ -140,3 +140,44 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The `google.rpc.ErrorInfo` reason of a status, empty when there is none.
+pub fn error_reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}
+
+/// The fields named by an INVALID_ARGUMENT status's BadRequest details.
+pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|f| f.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// An identity client with the certificate of `name` from the sandbox CA.
+pub async fn identity_client(
+    data: &confidant::sandbox::SandboxData,
+    sandbox: &confidant::sandbox::Sandbox,
+    name: &str,
+) -> confidant_proto::identity::v1::identity_service_client::IdentityServiceClient<
+    confidant_runtime::client::PeerChannel,
+> {
+    let tls = data.client_tls(name);
+    confidant_proto::identity::v1::identity_service_client::IdentityServiceClient::new(
+        confidant_runtime::client::connect(
+            &sandbox.url(confidant_runtime::ServiceName::Identity),
+            &tls,
+            "localhost",
+        )
+        .await
+        .expect("identity reachable"),
+    )
+}

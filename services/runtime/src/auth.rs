@@ -126,8 +126,11 @@ impl TokenVerifier {
             .is_some_and(|kid| self.keys.contains_key(&kid))
     }
 
-    /// Checks a client token: signature, expiry, issuer, client audience.
-    pub fn verify_client(&self, token: &str) -> Result<ClientClaims, InvalidToken> {
+    fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        audience: &str,
+    ) -> Result<T, InvalidToken> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| InvalidToken)?;
         if header.alg != Algorithm::EdDSA {
             return Err(InvalidToken);
@@ -138,34 +141,23 @@ impl TokenVerifier {
             .and_then(|k| self.keys.get(k))
             .ok_or(InvalidToken)?;
         let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.set_audience(&[CLIENT_AUDIENCE]);
+        validation.set_audience(&[audience]);
         validation.set_issuer(&[&self.issuer]);
         validation.leeway = 30;
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        jsonwebtoken::decode::<ClientClaims>(token, key, &validation)
+        jsonwebtoken::decode::<T>(token, key, &validation)
             .map(|data| data.claims)
             .map_err(|_| InvalidToken)
     }
 
-    /// Checks signature, expiry, issuer and audience.
+    /// Checks a client token: signature, expiry, issuer, client audience.
+    pub fn verify_client(&self, token: &str) -> Result<ClientClaims, InvalidToken> {
+        self.decode(token, CLIENT_AUDIENCE)
+    }
+
+    /// Checks a staff access token: signature, expiry, issuer, audience.
     pub fn verify(&self, token: &str) -> Result<Claims, InvalidToken> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| InvalidToken)?;
-        if header.alg != Algorithm::EdDSA {
-            return Err(InvalidToken);
-        }
-        let key = header
-            .kid
-            .as_ref()
-            .and_then(|k| self.keys.get(k))
-            .ok_or(InvalidToken)?;
-        let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.set_audience(&[AUDIENCE]);
-        validation.set_issuer(&[&self.issuer]);
-        validation.leeway = 30;
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        jsonwebtoken::decode::<Claims>(token, key, &validation)
-            .map(|data| data.claims)
-            .map_err(|_| InvalidToken)
+        self.decode(token, AUDIENCE)
     }
 }
 
