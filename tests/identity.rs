@@ -800,3 +800,143 @@ async fn sqlite_access_reviews_certify_or_revoke_every_grant() {
 async fn postgres_access_reviews_certify_or_revoke_every_grant() {
     access_reviews_certify_or_revoke_every_grant(Backend::Postgres).await;
 }
+
+async fn walls_are_certified_from_the_audit_log(backend: Backend) {
+    use confidant_proto::audit::v1::ListEventsRequest;
+    use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec::of(&[ServiceName::Identity, ServiceName::Audit]),
+    )
+    .await;
+    let mut admin = client(&data, &sandbox, "operator").await;
+    let mut vault = client(&data, &sandbox, "vault").await;
+    let client_id = admin
+        .create_client(CreateClientRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .client_id;
+    let matter = admin
+        .create_matter(CreateMatterRequest {
+            request_id: String::new(),
+            client_id: client_id.clone(),
+            responsible_attorney_id: String::new(),
+            practice_area: "m&a".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .matter_id;
+    let associate = cleared(&mut admin, "screened@firm.example", "associate").await;
+    admin
+        .assign_staff(AssignStaffRequest {
+            matter_id: matter.clone(),
+            staff_id: associate.clone(),
+            expire_time: None,
+        })
+        .await
+        .unwrap();
+    let before_access = chrono::Utc::now();
+    assert!(
+        decide(&mut vault, &associate, "client_data.read", &matter)
+            .await
+            .allowed
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let wall = admin
+        .create_wall(CreateWallRequest {
+            screened_staff_ids: vec![associate.clone()],
+            client_ids: vec![],
+            matter_ids: vec![matter.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .wall_id;
+    let walled_from = chrono::Utc::now();
+    assert_eq!(
+        reason(&decide(&mut vault, &associate, "client_data.read", &matter).await),
+        DenialReason::BehindWall
+    );
+
+    // Wait until the allowed decision has reached the audit log.
+    let tls = data.client_tls("operator");
+    let mut audit = AuditServiceClient::new(
+        confidant_runtime::client::connect(&sandbox.url(ServiceName::Audit), &tls, "localhost")
+            .await
+            .unwrap(),
+    );
+    common::eventually(
+        Duration::from_secs(20),
+        "the decision in the audit log",
+        || {
+            let mut audit = audit.clone();
+            let associate = associate.clone();
+            async move {
+                audit
+                    .list_events(ListEventsRequest {
+                        actor_id: associate,
+                        outcome: confidant_proto::audit::v1::Outcome::Denied as i32,
+                        ..Default::default()
+                    })
+                    .await
+                    .is_ok_and(|r| !r.into_inner().events.is_empty())
+            }
+        },
+    )
+    .await;
+    let _ = &mut audit;
+    tokio::time::sleep(Duration::from_millis(1200)).await; // a checkpoint
+
+    // The period with the access cannot be certified...
+    let err = admin
+        .certify_wall(CertifyWallRequest {
+            wall_id: wall.clone(),
+            start_time: ts(before_access - chrono::Duration::seconds(1)),
+            end_time: ts(chrono::Utc::now()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(common::error_reason(&err), "accesses_found");
+
+    // ...the period since the wall can, and the certification verifies.
+    let cert = admin
+        .certify_wall(CertifyWallRequest {
+            wall_id: wall.clone(),
+            start_time: ts(walled_from),
+            end_time: ts(chrono::Utc::now()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(cert.audit_tree_size > 0);
+    let jwks = admin
+        .get_jwks(GetJwksRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let verifier =
+        confidant_runtime::auth::TokenVerifier::from_jwks(&jwks.jwks_json, &jwks.issuer).unwrap();
+    let doc = verifier.verify_document(&cert.certification_jws).unwrap();
+    assert_eq!(doc["type"], "wall-certification");
+    assert_eq!(doc["wall_id"], wall.as_str());
+    assert_eq!(doc["successful_accesses"], 0);
+    assert_eq!(doc["screened_staff"][0], associate.as_str());
+    let mut tampered = cert.certification_jws.clone();
+    tampered.replace_range(tampered.len() - 4.., "AAAA");
+    assert!(verifier.verify_document(&tampered).is_err());
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_walls_are_certified_from_the_audit_log() {
+    walls_are_certified_from_the_audit_log(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_walls_are_certified_from_the_audit_log() {
+    walls_are_certified_from_the_audit_log(Backend::Postgres).await;
+}

@@ -111,7 +111,9 @@ pub async fn build(ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
         .collect();
     // Searches are checked in the handler: staff through identity's decision,
     // machines through the readers list.
-    let readers_for_queries = readers.clone();
+    // Identity reads the log for wall certifications.
+    let mut readers_for_queries = readers.clone();
+    readers_for_queries.push(ctx.spiffe_id(ServiceName::Identity));
     let policy = PeerPolicy::new()
         .allow(
             &format!("/{GRPC_SERVICE}/AppendEvents"),

@@ -27,6 +27,8 @@ pub struct IdentityApi {
     clients: std::sync::Arc<crate::clients::ClientVerification>,
     facts: std::sync::Arc<crate::decisions::FactsCache>,
     recorder: crate::decisions::DecisionRecorder,
+    /// The audit service, for wall certifications.
+    pub audit: Option<confidant_runtime::client::PeerChannel>,
 }
 
 impl IdentityApi {
@@ -50,6 +52,7 @@ impl IdentityApi {
             clients,
             facts: std::sync::Arc::default(),
             recorder,
+            audit: None,
         })
     }
 
@@ -1050,5 +1053,137 @@ impl IdentityService for IdentityApi {
             .map_err(Error::from)?;
         self.facts.clear();
         Ok(Response::new(DecideAccessReviewItemResponse {}))
+    }
+
+    #[tracing::instrument(name = "identity.certify_wall", skip_all)]
+    async fn certify_wall(
+        &self,
+        request: Request<CertifyWallRequest>,
+    ) -> Result<Response<CertifyWallResponse>, Status> {
+        use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
+        use confidant_proto::audit::v1::{GetCheckpointRequest, ListEventsRequest};
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let wall = uuid(&mut v, "wall_id", &req.wall_id);
+        let start = time(&mut v, "start_time", req.start_time.as_ref(), true);
+        let end = time(&mut v, "end_time", req.end_time.as_ref(), true);
+        if let (Some(s), Some(e)) = (start, end)
+            && s >= e
+        {
+            v.add("end_time", "must be after start_time");
+        }
+        if end.is_some_and(|e| e > Utc::now()) {
+            v.add("end_time", "must not lie in the future");
+        }
+        check(v)?;
+        let (wall, start, end) = (
+            wall.unwrap_or_default(),
+            start.unwrap_or_default(),
+            end.unwrap_or_default(),
+        );
+        let (staff, clients, matters) = self.directory.wall(wall).await.map_err(Error::from)?;
+        let channel = self
+            .audit
+            .clone()
+            .ok_or_else(|| Status::unavailable("the audit service is not configured"))?;
+        let mut audit = AuditServiceClient::new(channel);
+        let targets: Vec<(String, String)> = clients
+            .iter()
+            .map(|c| (c.to_string(), String::new()))
+            .chain(matters.iter().map(|m| (String::new(), m.to_string())))
+            .collect();
+        let mut found: Vec<String> = Vec::new();
+        for s in &staff {
+            for (client_id, matter_id) in &targets {
+                let mut page_token = String::new();
+                loop {
+                    let page = audit
+                        .list_events(ListEventsRequest {
+                            actor_id: s.to_string(),
+                            client_id: client_id.clone(),
+                            matter_id: matter_id.clone(),
+                            outcome: confidant_proto::audit::v1::Outcome::Allowed as i32,
+                            start_time: Some(proto_time(start)),
+                            end_time: Some(proto_time(end)),
+                            page_size: 1000,
+                            page_token,
+                            ..Default::default()
+                        })
+                        .await?
+                        .into_inner();
+                    found.extend(
+                        page.events
+                            .into_iter()
+                            .filter_map(|e| e.event.map(|e| e.id)),
+                    );
+                    if page.next_page_token.is_empty() {
+                        break;
+                    }
+                    page_token = page.next_page_token;
+                }
+            }
+        }
+        let outcome = if found.is_empty() {
+            Outcome::Allowed
+        } else {
+            Outcome::Denied
+        };
+        let event = self
+            .by_caller(&caller, Action::IdentityWallCertified, "wall", wall)
+            .outcome(
+                outcome,
+                if found.is_empty() {
+                    ""
+                } else {
+                    "accesses_found"
+                },
+            )
+            .build();
+        self.directory.record(event).await.map_err(Error::from)?;
+        if !found.is_empty() {
+            return Err(confidant_runtime::error::with_reason(
+                tonic::Code::FailedPrecondition,
+                "accesses_found",
+                format!(
+                    "{} successful accesses by screened staff in the period (first event {})",
+                    found.len(),
+                    found[0]
+                ),
+            ));
+        }
+        let checkpoint = audit
+            .get_checkpoint(GetCheckpointRequest { tree_size: 0 })
+            .await?
+            .into_inner()
+            .checkpoint
+            .ok_or_else(|| Status::unavailable("the audit log has no checkpoint yet"))?;
+        let now = Utc::now();
+        let document = serde_json::json!({
+            "type": "wall-certification",
+            "iss": self.sessions.keys().issuer(),
+            "wall_id": wall.to_string(),
+            "period_start": start.to_rfc3339(),
+            "period_end": end.to_rfc3339(),
+            "screened_staff": staff.iter().map(Uuid::to_string).collect::<Vec<_>>(),
+            "screened_clients": clients.iter().map(Uuid::to_string).collect::<Vec<_>>(),
+            "screened_matters": matters.iter().map(Uuid::to_string).collect::<Vec<_>>(),
+            "successful_accesses": 0,
+            "audit_checkpoint": {
+                "tree_size": checkpoint.tree_size,
+                "root_hash": checkpoint.root_hash.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                "signed_note": checkpoint.signed_note,
+            },
+            "iat": now.timestamp(),
+        });
+        let jws = self
+            .sessions
+            .keys()
+            .sign_any(&document)
+            .map_err(|_| Status::internal("could not sign the certification"))?;
+        Ok(Response::new(CertifyWallResponse {
+            certification_jws: jws,
+            audit_tree_size: checkpoint.tree_size,
+        }))
     }
 }

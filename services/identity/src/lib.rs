@@ -121,7 +121,7 @@ pub async fn build(
     ));
     let (recorder, recorder_task) =
         decisions::DecisionRecorder::new(ctx.db.clone(), ctx.shutdown.clone());
-    let api = grpc::IdentityApi::new(
+    let mut api = grpc::IdentityApi::new(
         store::Directory::new(ctx.db.clone()),
         &ctx.config.trust_domain,
         sessions,
@@ -129,6 +129,7 @@ pub async fn build(
         clients,
         recorder,
     )?;
+    api.audit = ctx.peer(ServiceName::Audit);
     Ok(confidant_runtime::app::ServiceParts {
         routes: tonic::service::Routes::new(IdentityServiceServer::new(api)),
         grpc_services: vec![GRPC_SERVICE],

@@ -155,6 +155,36 @@ impl Directory {
         }
     }
 
+    /// A wall's screened staff, clients and matters.
+    pub async fn wall(&self, id: Uuid) -> Result<(Vec<Uuid>, Vec<Uuid>, Vec<Uuid>), StoreError> {
+        let exists: Option<(Uuid,)> = self
+            .db
+            .fetch_optional("SELECT id FROM walls WHERE id = $1", vec![Value::Uuid(id)])
+            .await?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound("wall"));
+        }
+        let staff: Vec<(Uuid,)> = self
+            .db
+            .fetch_all(
+                "SELECT staff_id FROM wall_members WHERE wall_id = $1",
+                vec![Value::Uuid(id)],
+            )
+            .await?;
+        let targets: Vec<(Option<Uuid>, Option<Uuid>)> = self
+            .db
+            .fetch_all(
+                "SELECT client_id, matter_id FROM wall_targets WHERE wall_id = $1",
+                vec![Value::Uuid(id)],
+            )
+            .await?;
+        Ok((
+            staff.into_iter().map(|(s,)| s).collect(),
+            targets.iter().filter_map(|(c, _)| *c).collect(),
+            targets.iter().filter_map(|(_, m)| *m).collect(),
+        ))
+    }
+
     /// The database underneath.
     pub fn database(&self) -> &Database {
         &self.db

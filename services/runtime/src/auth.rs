@@ -150,6 +150,27 @@ impl TokenVerifier {
             .map_err(|_| InvalidToken)
     }
 
+    /// Checks the signature of a signed document (a JWS such as a wall
+    /// certification) and returns its payload; no expiry or audience.
+    pub fn verify_document(&self, jws: &str) -> Result<serde_json::Value, InvalidToken> {
+        let header = jsonwebtoken::decode_header(jws).map_err(|_| InvalidToken)?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(InvalidToken);
+        }
+        let key = header
+            .kid
+            .as_ref()
+            .and_then(|k| self.keys.get(k))
+            .ok_or(InvalidToken)?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        validation.set_required_spec_claims::<&str>(&[]);
+        jsonwebtoken::decode::<serde_json::Value>(jws, key, &validation)
+            .map(|data| data.claims)
+            .map_err(|_| InvalidToken)
+    }
+
     /// Checks a client token: signature, expiry, issuer, client audience.
     pub fn verify_client(&self, token: &str) -> Result<ClientClaims, InvalidToken> {
         self.decode(token, CLIENT_AUDIENCE)
