@@ -105,16 +105,27 @@ pub async fn build(
     if pepper.len() < 32 {
         anyhow::bail!("identity.pepper_file must hold at least 32 bytes");
     }
-    let notifications = ctx
-        .config
-        .identity
-        .notifications_file
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("identity.notifications_file is not set"))?;
+    let identity = &ctx.config.identity;
+    let notifier: std::sync::Arc<dyn confidant_runtime::notify::Notifier> = match (
+        &identity.notification_webhook_url,
+        &identity.notifications_file,
+    ) {
+        (Some(url), _) => {
+            let token = match &identity.notification_webhook_token_file {
+                Some(path) => Some(std::fs::read_to_string(path)?.trim().to_owned()),
+                None => None,
+            };
+            std::sync::Arc::new(confidant_runtime::notify::WebhookNotifier::new(url, token)?)
+        }
+        (None, Some(file)) => {
+            std::sync::Arc::new(confidant_runtime::notify::FileNotifier::new(file.clone()))
+        }
+        (None, None) => anyhow::bail!("identity.notification_webhook_url is not set"),
+    };
     let clients = std::sync::Arc::new(clients::ClientVerification::new(
         ctx.db.clone(),
         ctx.coord.clone(),
-        std::sync::Arc::new(confidant_runtime::notify::FileNotifier::new(notifications)),
+        notifier,
         &pepper,
         sessions.clone(),
         &ctx.config.trust_domain,

@@ -199,9 +199,13 @@ pub struct IdentityConfig {
     /// Secret key (32 bytes or more) for keyed hashes of client contact
     /// addresses, one-time codes and identity-document numbers.
     pub pepper_file: Option<PathBuf>,
-    /// Where one-time codes for clients are written (dev; a messaging
-    /// gateway's spool directory in production).
+    /// Where one-time codes for clients are written (dev).
     pub notifications_file: Option<PathBuf>,
+    /// A messaging gateway that sends clients their one-time codes: each
+    /// message is POSTed as JSON. HTTPS (plain HTTP only to loopback).
+    pub notification_webhook_url: Option<String>,
+    /// A file holding the bearer token for the webhook, if it needs one.
+    pub notification_webhook_token_file: Option<PathBuf>,
 }
 
 impl Default for IdentityConfig {
@@ -215,6 +219,8 @@ impl Default for IdentityConfig {
             lockout_minutes: 15,
             pepper_file: None,
             notifications_file: None,
+            notification_webhook_url: None,
+            notification_webhook_token_file: None,
         }
     }
 }
@@ -522,10 +528,24 @@ impl Config {
                 }
                 Some(_) => {}
             }
-            if self.identity.notifications_file.is_none() {
+            match &self.identity.notification_webhook_url {
+                Some(url) if !crate::notify::webhook_url_allowed(url) => problem(
+                    "identity.notification_webhook_url".into(),
+                    "must be an https:// URL (http:// only to loopback)",
+                ),
+                Some(_) => {}
+                None if self.identity.notifications_file.is_none() => problem(
+                    "identity.notification_webhook_url".into(),
+                    "is required where identity runs (or identity.notifications_file for development)",
+                ),
+                None => {}
+            }
+            if let Some(p) = &self.identity.notification_webhook_token_file
+                && !p.is_file()
+            {
                 problem(
-                    "identity.notifications_file".into(),
-                    "is required where identity runs (clients' one-time codes go there)",
+                    "identity.notification_webhook_token_file".into(),
+                    "file does not exist",
                 );
             }
             for (i, p) in self.identity.token_key_files.iter().enumerate() {
@@ -721,6 +741,34 @@ mod tests {
         for setting in ["audit.signing_key_file", "services.audit.database_url"] {
             assert!(err.contains(setting), "{setting} missing from:\n{err}");
         }
+    }
+
+    #[test]
+    fn identity_needs_its_keys_and_a_safe_way_to_reach_clients() {
+        let mut config = Config::default();
+        let err = config
+            .validate(&[ServiceName::Identity])
+            .unwrap_err()
+            .to_string();
+        for setting in [
+            "identity.token_key_files",
+            "identity.pepper_file",
+            "identity.notification_webhook_url",
+        ] {
+            assert!(err.contains(setting), "{setting} missing from:\n{err}");
+        }
+        config.identity.notification_webhook_url = Some("http://gateway.firm.example/send".into());
+        let err = config
+            .validate(&[ServiceName::Identity])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("must be an https:// URL"), "{err}");
+        config.identity.notification_webhook_url = Some("https://gateway.firm.example/send".into());
+        let err = config
+            .validate(&[ServiceName::Identity])
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("notification_webhook_url"), "{err}");
     }
 
     #[test]

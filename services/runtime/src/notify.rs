@@ -76,3 +76,125 @@ impl Notifier for FileNotifier {
         .map_err(|e| SendError(e.to_string()))
     }
 }
+
+/// Posts each message as JSON to a webhook (a messaging gateway that sends
+/// the e-mail or text). HTTPS with the system's roots; plain HTTP only to
+/// loopback addresses.
+#[derive(Clone)]
+pub struct WebhookNotifier {
+    url: http::Uri,
+    bearer: Option<zeroize::Zeroizing<String>>,
+    client: hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+}
+
+impl std::fmt::Debug for WebhookNotifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookNotifier")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether a webhook URL is acceptable: https, or http to a loopback host.
+pub fn webhook_url_allowed(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    match (uri.scheme_str(), uri.host()) {
+        (Some("https"), Some(_)) => true,
+        (Some("http"), Some(host)) => {
+            host == "localhost"
+                || host
+                    .trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        _ => false,
+    }
+}
+
+impl WebhookNotifier {
+    /// A notifier posting to `url`, with an optional bearer token.
+    pub fn new(url: &str, bearer: Option<String>) -> Result<Self, SendError> {
+        if !webhook_url_allowed(url) {
+            return Err(SendError(
+                "webhook url must be https (or http to loopback)".into(),
+            ));
+        }
+        let url: http::Uri = url
+            .parse()
+            .map_err(|_| SendError("webhook url does not parse".into()))?;
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()
+            .map_err(|e| SendError(format!("system roots: {e}")))?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(https);
+        Ok(Self {
+            url,
+            bearer: bearer.map(zeroize::Zeroizing::new),
+            client,
+        })
+    }
+}
+
+#[async_trait]
+impl Notifier for WebhookNotifier {
+    async fn send(&self, message: &Message) -> Result<(), SendError> {
+        let body = serde_json::json!({
+            "channel": message.channel,
+            "address": message.address,
+            "subject": message.subject,
+            "body": message.body,
+        })
+        .to_string();
+        let mut request = http::Request::post(self.url.clone())
+            .header(http::header::CONTENT_TYPE, "application/json");
+        if let Some(token) = &self.bearer {
+            request = request.header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", token.as_str()),
+            );
+        }
+        let request = request
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .map_err(|e| SendError(e.to_string()))?;
+        let response = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            self.client.request(request),
+        )
+        .await
+        .map_err(|_| SendError("webhook timed out".into()))?
+        .map_err(|e| SendError(format!("webhook: {e}")))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            // The status only: the gateway's body could echo the message.
+            Err(SendError(format!(
+                "webhook answered {}",
+                response.status().as_u16()
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhooks_must_be_https_except_on_loopback() {
+        assert!(webhook_url_allowed("https://gateway.firm.example/send"));
+        assert!(webhook_url_allowed("http://127.0.0.1:8080/send"));
+        assert!(webhook_url_allowed("http://localhost/send"));
+        assert!(!webhook_url_allowed("http://gateway.firm.example/send"));
+        assert!(!webhook_url_allowed("ftp://x"));
+        assert!(!webhook_url_allowed("not a url"));
+    }
+}
