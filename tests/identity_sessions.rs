@@ -101,6 +101,31 @@ async fn sign_in_with_password_and_totp_then_rotate_and_end_sessions(backend: Ba
     let email = "associate@firm.example";
     let (staff_id, secret, used_code) = enrolled(&mut admin, &mut app, email).await;
 
+    // The TOTP seed is stored sealed under the KMS-wrapped data key.
+    let db = confidant_runtime::storage::Database::connect(
+        &data.database_url(ServiceName::Identity),
+        "identity",
+        confidant_runtime::storage::PoolOptions::default(),
+    )
+    .await
+    .unwrap();
+    let (stored,): (Vec<u8>,) = db
+        .fetch_optional(
+            "SELECT totp_secret FROM credentials WHERE staff_id = $1",
+            vec![confidant_runtime::portable::Value::Uuid(
+                staff_id.parse().unwrap(),
+            )],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stored.len() > secret.len());
+    assert!(
+        !stored.windows(secret.len()).any(|w| w == secret.as_slice()),
+        "the seed is stored in clear"
+    );
+    db.close().await;
+
     // The code that confirmed enrolment cannot sign in again (single use);
     // the next step's code can.
     let replay = app

@@ -14,6 +14,7 @@ pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod reviews;
+pub mod secrets;
 pub mod sessions;
 pub mod store;
 pub mod tokens;
@@ -88,12 +89,16 @@ pub async fn build(
         &ctx.config.identity.token_key_files,
         &ctx.config.trust_domain,
     )?;
+    let kms = confidant_runtime::kms::from_config(&ctx.config).await?;
+    let secret_box =
+        std::sync::Arc::new(secrets::SecretBox::open_or_create(&ctx.db, kms.as_ref()).await?);
     let sessions = std::sync::Arc::new(sessions::Sessions::new(
         ctx.db.clone(),
         ctx.coord.clone(),
         keys,
         ctx.config.identity.clone(),
         &ctx.config.trust_domain,
+        secret_box,
     ));
     let pepper_path = ctx
         .config

@@ -83,6 +83,7 @@ pub use confidant_runtime::auth::revoked_session_key;
 
 /// Sign-in and sessions.
 pub struct Sessions {
+    secrets: std::sync::Arc<crate::secrets::SecretBox>,
     db: Database,
     coord: SharedCoordinator,
     keys: TokenKeys,
@@ -145,8 +146,10 @@ impl Sessions {
         keys: TokenKeys,
         config: IdentityConfig,
         trust_domain: &str,
+        secrets: std::sync::Arc<crate::secrets::SecretBox>,
     ) -> Self {
         Self {
+            secrets,
             db,
             coord,
             keys,
@@ -178,15 +181,27 @@ impl Sessions {
                 vec![Value::Text(email.to_lowercase())],
             )
             .await?;
-        Ok(
-            row.map(|(staff_id, disabled, hash, secret, confirmed)| Account {
-                staff_id,
-                disabled: disabled.is_some_and(|d| d <= Utc::now()),
-                password_hash: hash,
-                totp_secret: secret.map(Zeroizing::new),
-                totp_confirmed: confirmed.is_some(),
-            }),
-        )
+        let Some((staff_id, disabled, hash, sealed, confirmed)) = row else {
+            return Ok(None);
+        };
+        // TOTP seeds are stored sealed, bound to their staff member.
+        let totp_secret =
+            match sealed {
+                Some(sealed) => Some(self.secrets.open(staff_id.as_bytes(), &sealed).map_err(
+                    |e| {
+                        tracing::error!(error = %e, "a stored TOTP seed does not open");
+                        AuthError::Token(crate::tokens::Error::Invalid)
+                    },
+                )?),
+                None => None,
+            };
+        Ok(Some(Account {
+            staff_id,
+            disabled: disabled.is_some_and(|d| d <= Utc::now()),
+            password_hash: hash,
+            totp_secret,
+            totp_confirmed: confirmed.is_some(),
+        }))
     }
 
     fn failures_key(email: &str) -> String {
@@ -338,7 +353,14 @@ impl Sessions {
                 vec![Statement::new(
                     "UPDATE credentials SET totp_secret = $1, totp_last_step = NULL \
                      WHERE staff_id = $2 AND totp_confirmed_at IS NULL",
-                    vec![Value::Bytes(secret.to_vec()), Value::Uuid(account.staff_id)],
+                    vec![
+                        Value::Bytes(
+                            self.secrets
+                                .seal(account.staff_id.as_bytes(), &secret)
+                                .map_err(|_| AuthError::Token(crate::tokens::Error::Invalid))?,
+                        ),
+                        Value::Uuid(account.staff_id),
+                    ],
                 )],
                 &[],
             )

@@ -458,11 +458,13 @@ impl Config {
         {
             problem("redis.url".into(), "must start with redis:// or rediss://");
         }
-        if running.contains(&ServiceName::Vault) {
+        // The vault wraps scope keys with the KMS; identity seals its secrets
+        // (TOTP seeds) with it.
+        if running.contains(&ServiceName::Vault) || running.contains(&ServiceName::Identity) {
             match self.kms.provider {
                 None => problem(
                     "kms.provider".into(),
-                    "is required when the vault runs (aws or local)",
+                    "is required where the vault or identity runs (aws or local)",
                 ),
                 Some(KmsProvider::Local)
                     if self.mode == Mode::Production && !self.kms.allow_insecure_local =>

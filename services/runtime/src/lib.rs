@@ -11,6 +11,7 @@ pub mod config;
 pub mod coord;
 pub mod error;
 pub mod keys;
+pub mod kms;
 pub mod notify;
 pub mod outbox;
 pub mod peer;

@@ -9,7 +9,9 @@
 //! behind one interface. Records, documents and shredding are built on these.
 #![forbid(unsafe_code)]
 
-pub mod kms;
+/// The KMS providers live in the shared runtime (identity seals its secrets
+/// with them too); the vault builds its key hierarchy on them.
+pub use confidant_runtime::kms;
 
 use confidant_runtime::{Migrations, ServiceName};
 

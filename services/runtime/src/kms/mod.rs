@@ -148,3 +148,30 @@ pub trait Kms: Send + Sync + fmt::Debug {
         destination_key_id: Option<&str>,
     ) -> Result<WrappedKey, Error>;
 }
+
+/// The KMS the configuration names: AWS KMS, or the local keyring (in
+/// `kms.local_key_file`, or `kms-master.key` in the data directory).
+pub async fn from_config(config: &crate::config::Config) -> Result<std::sync::Arc<dyn Kms>, Error> {
+    use crate::config::KmsProvider;
+    match config.kms.provider {
+        Some(KmsProvider::Aws) => Ok(std::sync::Arc::new(
+            AwsKms::connect(&AwsSettings {
+                key_id: config.kms.key_id.clone().unwrap_or_default(),
+                region: config.kms.region.clone().unwrap_or_default(),
+                endpoint: config.kms.endpoint.clone(),
+                static_credentials: None,
+            })
+            .await,
+        )),
+        Some(KmsProvider::Local) => {
+            let path = config
+                .kms
+                .local_key_file
+                .clone()
+                .or_else(|| config.data_dir.as_ref().map(|d| d.join("kms-master.key")))
+                .ok_or_else(|| Error::Keyring("kms.local_key_file is not set".into()))?;
+            Ok(std::sync::Arc::new(LocalKms::open(&path)?))
+        }
+        None => Err(Error::KeyNotUsable("kms.provider is not set".into())),
+    }
+}
