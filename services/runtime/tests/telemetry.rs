@@ -66,13 +66,15 @@ impl Health for Forwarding {
             .await
     }
 
-    type WatchStream = tokio_stream::Empty<Result<HealthCheckResponse, tonic::Status>>;
+    type WatchStream = tokio_stream::Once<Result<HealthCheckResponse, tonic::Status>>;
 
+    /// Reports B's current status once.
     async fn watch(
         &self,
-        _request: tonic::Request<HealthCheckRequest>,
+        request: tonic::Request<HealthCheckRequest>,
     ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
-        Err(tonic::Status::unimplemented("not needed by this test"))
+        let status = self.check(request).await.map(tonic::Response::into_inner);
+        Ok(tonic::Response::new(tokio_stream::once(status)))
     }
 }
 
