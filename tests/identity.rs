@@ -940,3 +940,101 @@ async fn sqlite_walls_are_certified_from_the_audit_log() {
 async fn postgres_walls_are_certified_from_the_audit_log() {
     walls_are_certified_from_the_audit_log(Backend::Postgres).await;
 }
+
+async fn roles_lapse_at_their_expiry_and_revoke_at_once(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec::of(&[ServiceName::Identity, ServiceName::Audit]),
+    )
+    .await;
+    let mut admin = client(&data, &sandbox, "operator").await;
+    let mut audit_svc = client(&data, &sandbox, "audit").await;
+    let staff_id = staff(&mut admin, "temp-auditor@firm.example", "paralegal").await;
+    let can_read_log = |c: &mut Client| {
+        let mut c = c.clone();
+        let staff_id = staff_id.clone();
+        async move {
+            c.authorize(AuthorizeRequest {
+                staff_id,
+                permission: "audit.read".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+    assert_eq!(
+        reason(&can_read_log(&mut audit_svc).await),
+        DenialReason::NoRolePermission
+    );
+
+    admin
+        .grant_role(GrantRoleRequest {
+            staff_id: staff_id.clone(),
+            role: "auditor".into(),
+            expire_time: ts(chrono::Utc::now() + chrono::Duration::milliseconds(1200)),
+        })
+        .await
+        .unwrap();
+    let granted = can_read_log(&mut audit_svc).await;
+    assert!(granted.allowed);
+    assert_eq!(granted.granted_by_role, "auditor");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        reason(&can_read_log(&mut audit_svc).await),
+        DenialReason::NoRolePermission,
+        "the membership lapsed by itself"
+    );
+
+    admin
+        .grant_role(GrantRoleRequest {
+            staff_id: staff_id.clone(),
+            role: "auditor".into(),
+            expire_time: None,
+        })
+        .await
+        .unwrap();
+    assert!(can_read_log(&mut audit_svc).await.allowed);
+    admin
+        .revoke_role(RevokeRoleRequest {
+            staff_id: staff_id.clone(),
+            role: "auditor".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        reason(&can_read_log(&mut audit_svc).await),
+        DenialReason::NoRolePermission
+    );
+
+    let err = admin
+        .grant_role(GrantRoleRequest {
+            staff_id: staff_id.clone(),
+            role: "wizard".into(),
+            expire_time: ts(chrono::Utc::now() - chrono::Duration::hours(1)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(common::violated_fields(&err), ["role", "expire_time"]);
+    let missing = admin
+        .revoke_role(RevokeRoleRequest {
+            staff_id,
+            role: "auditor".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_roles_lapse_at_their_expiry_and_revoke_at_once() {
+    roles_lapse_at_their_expiry_and_revoke_at_once(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_roles_lapse_at_their_expiry_and_revoke_at_once() {
+    roles_lapse_at_their_expiry_and_revoke_at_once(Backend::Postgres).await;
+}

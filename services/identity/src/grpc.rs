@@ -1186,4 +1186,68 @@ impl IdentityService for IdentityApi {
             audit_tree_size: checkpoint.tree_size,
         }))
     }
+
+    #[tracing::instrument(name = "identity.grant_role", skip_all)]
+    async fn grant_role(
+        &self,
+        request: Request<GrantRoleRequest>,
+    ) -> Result<Response<GrantRoleResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let staff = uuid(&mut v, "staff_id", &req.staff_id);
+        let known = self.directory.known_roles().await.map_err(Error::from)?;
+        if !known.contains(&req.role) {
+            v.add("role", "is not a known role");
+        }
+        let expires = time(&mut v, "expire_time", req.expire_time.as_ref(), false);
+        if expires.is_some_and(|e| e <= Utc::now()) {
+            v.add("expire_time", "must lie in the future");
+        }
+        check(v)?;
+        let staff = staff.unwrap_or_default();
+        let event = EventBuilder::new(
+            ServiceName::Identity,
+            &self.trust_domain,
+            Action::IdentityRoleGranted,
+        )
+        .actor(ActorKind::Service, caller.name(), caller.as_str())
+        .resource("role", &req.role)
+        .build();
+        self.directory
+            .grant_role(staff, &req.role, expires, event)
+            .await
+            .map_err(Error::from)?;
+        self.facts.clear();
+        Ok(Response::new(GrantRoleResponse {}))
+    }
+
+    #[tracing::instrument(name = "identity.revoke_role", skip_all)]
+    async fn revoke_role(
+        &self,
+        request: Request<RevokeRoleRequest>,
+    ) -> Result<Response<RevokeRoleResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let staff = uuid(&mut v, "staff_id", &req.staff_id);
+        if req.role.is_empty() {
+            v.add("role", "is required");
+        }
+        check(v)?;
+        let event = EventBuilder::new(
+            ServiceName::Identity,
+            &self.trust_domain,
+            Action::IdentityRoleRevoked,
+        )
+        .actor(ActorKind::Service, caller.name(), caller.as_str())
+        .resource("role", &req.role)
+        .build();
+        self.directory
+            .revoke_role(staff.unwrap_or_default(), &req.role, event)
+            .await
+            .map_err(Error::from)?;
+        self.facts.clear();
+        Ok(Response::new(RevokeRoleResponse {}))
+    }
 }

@@ -85,8 +85,9 @@ impl Reviews {
             .db
             .fetch_all(
                 "SELECT r.staff_id, r.role FROM staff_roles r JOIN staff s ON s.id = r.staff_id \
-                 WHERE r.revoked_at IS NULL AND s.disabled_at IS NULL",
-                vec![],
+                 WHERE r.revoked_at IS NULL AND s.disabled_at IS NULL \
+                 AND (r.expires_at IS NULL OR r.expires_at > $1)",
+                vec![Value::Time(now)],
             )
             .await?;
         let id = Uuid::now_v7();

@@ -433,8 +433,9 @@ impl Sessions {
         let rows: Vec<(String,)> = self
             .db
             .fetch_all(
-                "SELECT role FROM staff_roles WHERE staff_id = $1 AND revoked_at IS NULL ORDER BY role",
-                vec![Value::Uuid(staff_id)],
+                "SELECT role FROM staff_roles WHERE staff_id = $1 AND revoked_at IS NULL \
+                 AND (expires_at IS NULL OR expires_at > $2) ORDER BY role",
+                vec![Value::Uuid(staff_id), Value::Time(Utc::now())],
             )
             .await?;
         Ok(rows.into_iter().map(|(r,)| r).collect())

@@ -67,6 +67,13 @@ pub struct Directory {
 
 /// kind, completed, expires, score, pass mark.
 type AttestationRow = (i32, DateTime<Utc>, DateTime<Utc>, Option<i32>, Option<i32>);
+/// role, granted, expires, revoked.
+type RoleRow = (
+    String,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+);
 type IntervalRow = (DateTime<Utc>, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
 
 fn interval((start, expires, revoked): IntervalRow) -> Interval {
@@ -153,6 +160,57 @@ impl Directory {
             },
             Err(e) => Err(e),
         }
+    }
+
+    /// Gives a staff member a role, optionally until `expires`.
+    pub async fn grant_role(
+        &self,
+        staff: Uuid,
+        role: &str,
+        expires: Option<DateTime<Utc>>,
+        event: AuditEvent,
+    ) -> Result<(), StoreError> {
+        if !self.staff_exists(staff).await? {
+            return Err(StoreError::NotFound("staff member"));
+        }
+        self.db
+            .transact(
+                vec![Statement::new(
+                    "INSERT INTO staff_roles (staff_id, role, granted_at, expires_at) VALUES ($1, $2, $3, $4)",
+                    vec![
+                        Value::Uuid(staff),
+                        Value::Text(role.to_owned()),
+                        Value::Time(Utc::now()),
+                        Value::OptTime(expires),
+                    ],
+                )],
+                &[event],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Takes a role away now; NotFound if the staff member does not hold it.
+    pub async fn revoke_role(
+        &self,
+        staff: Uuid,
+        role: &str,
+        event: AuditEvent,
+    ) -> Result<(), StoreError> {
+        let done = self
+            .db
+            .transact(
+                vec![Statement::new(
+                    "UPDATE staff_roles SET revoked_at = $1 WHERE staff_id = $2 AND role = $3 AND revoked_at IS NULL",
+                    vec![Value::Time(Utc::now()), Value::Uuid(staff), Value::Text(role.to_owned())],
+                )],
+                &[event],
+            )
+            .await?;
+        if done[0] == 0 {
+            return Err(StoreError::NotFound("role membership"));
+        }
+        Ok(())
     }
 
     /// A wall's screened staff, clients and matters.
@@ -562,22 +620,22 @@ impl Directory {
             return Ok(facts);
         };
         facts.staff = Some(disabled);
-        let roles: Vec<(String, DateTime<Utc>, Option<DateTime<Utc>>)> = self
+        let roles: Vec<RoleRow> = self
             .db
             .fetch_all(
-                "SELECT sr.role, sr.granted_at, sr.revoked_at FROM staff_roles sr \
+                "SELECT sr.role, sr.granted_at, sr.expires_at, sr.revoked_at FROM staff_roles sr \
                  JOIN role_permissions rp ON rp.role = sr.role WHERE sr.staff_id = $1 AND rp.permission = $2",
                 vec![Value::Uuid(staff), Value::Text(permission.to_owned())],
             )
             .await?;
         facts.granting_roles = roles
             .into_iter()
-            .map(|(role, start, revoked)| {
+            .map(|(role, start, expires, revoked)| {
                 (
                     role,
                     Interval {
                         start,
-                        expires: None,
+                        expires,
                         revoked,
                     },
                 )

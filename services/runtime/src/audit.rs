@@ -68,6 +68,8 @@ actions! {
     IdentityDocumentChecked => "identity.document.checked", "Staff recorded a check of a client's identity document.";
     IdentityReviewStarted => "identity.review.started", "An access review campaign was opened.";
     IdentityReviewDecided => "identity.review.decided", "A grant under review was certified or revoked (reason: certify, revoke).";
+    IdentityRoleGranted => "identity.role.granted", "A staff member was given a role (resource id: the role).";
+    IdentityRoleRevoked => "identity.role.revoked", "A role was taken from a staff member (resource id: the role).";
     IdentityWallCertified => "identity.wall.certified", "A wall was certified for a period from the audit log (outcome denied: accesses found).";
 }
 
