@@ -91,6 +91,47 @@ async fn decide(
     .into_inner()
 }
 
+async fn new_client(admin: &mut Client) -> String {
+    admin
+        .create_client(CreateClientRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .client_id
+}
+
+async fn new_matter(
+    admin: &mut Client,
+    client_id: &str,
+    attorney: Option<&str>,
+    area: &str,
+) -> String {
+    admin
+        .create_matter(CreateMatterRequest {
+            request_id: String::new(),
+            client_id: client_id.into(),
+            responsible_attorney_id: attorney.unwrap_or_default().into(),
+            practice_area: area.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .matter_id
+}
+
+async fn assign(admin: &mut Client, matter_id: &str, staff_id: &str) -> String {
+    admin
+        .assign_staff(AssignStaffRequest {
+            matter_id: matter_id.into(),
+            staff_id: staff_id.into(),
+            expire_time: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .assignment_id
+}
+
 fn reason(r: &AuthorizeResponse) -> DenialReason {
     DenialReason::try_from(r.reason).unwrap()
 }
@@ -105,37 +146,13 @@ async fn every_denial_reason_and_the_path_that_grants(backend: Backend) {
     let mut admin = client(&data, &sandbox, "operator").await;
     let mut vault = client(&data, &sandbox, "vault").await;
 
-    let client_id = admin
-        .create_client(CreateClientRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .client_id;
+    let client_id = new_client(&mut admin).await;
     let partner = cleared(&mut admin, "partner@firm.example", "partner").await;
-    let matter = admin
-        .create_matter(CreateMatterRequest {
-            request_id: String::new(),
-            client_id: client_id.clone(),
-            responsible_attorney_id: partner.clone(),
-            practice_area: "family".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .matter_id;
+    let matter = new_matter(&mut admin, &client_id, Some(&partner), "family").await;
 
     // Allowed: an assigned, cleared associate; the path is explained.
     let associate = cleared(&mut admin, "associate@firm.example", "associate").await;
-    let assignment = admin
-        .assign_staff(AssignStaffRequest {
-            matter_id: matter.clone(),
-            staff_id: associate.clone(),
-            expire_time: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .assignment_id;
+    assign(&mut admin, &matter, &associate).await;
     let ok = decide(&mut vault, &associate, "client_data.read", &matter).await;
     assert!(ok.allowed, "{ok:?}");
     assert_eq!(ok.granted_by_role, "associate");
@@ -233,16 +250,7 @@ async fn every_denial_reason_and_the_path_that_grants(backend: Backend) {
 
     // A revoked assignment and a disabled account take effect at once.
     let other = cleared(&mut admin, "other@firm.example", "associate").await;
-    let a = admin
-        .assign_staff(AssignStaffRequest {
-            matter_id: matter.clone(),
-            staff_id: other.clone(),
-            expire_time: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .assignment_id;
+    let a = assign(&mut admin, &matter, &other).await;
     assert!(
         decide(&mut vault, &other, "client_data.read", &matter)
             .await
@@ -312,7 +320,6 @@ async fn every_denial_reason_and_the_path_that_grants(backend: Backend) {
         reason(&decide(&mut vault, &other, "client_data.read", &matter).await),
         DenialReason::AccountDisabled
     );
-    let _ = assignment;
 
     // Decisions reach the audit log, denials with their reason.
     let audit = Database::connect(
@@ -492,12 +499,7 @@ async fn clients_prove_who_they_are_with_a_one_time_code(backend: Backend) {
     .await;
     let mut admin = client(&data, &sandbox, "operator").await;
     let mut intake = client(&data, &sandbox, "intake").await;
-    let client_id = admin
-        .create_client(CreateClientRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .client_id;
+    let client_id = new_client(&mut admin).await;
     let start = |channel: ContactChannel, address: &str| StartClientVerificationRequest {
         client_id: client_id.clone(),
         channel: channel as i32,
@@ -674,32 +676,10 @@ async fn access_reviews_certify_or_revoke_every_grant(backend: Backend) {
     .await;
     let mut admin = client(&data, &sandbox, "operator").await;
     let mut vault = client(&data, &sandbox, "vault").await;
-    let client_id = admin
-        .create_client(CreateClientRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .client_id;
-    let matter = admin
-        .create_matter(CreateMatterRequest {
-            request_id: String::new(),
-            client_id,
-            responsible_attorney_id: String::new(),
-            practice_area: "probate".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .matter_id;
+    let client_id = new_client(&mut admin).await;
+    let matter = new_matter(&mut admin, &client_id, None, "probate").await;
     let associate = cleared(&mut admin, "reviewed@firm.example", "associate").await;
-    admin
-        .assign_staff(AssignStaffRequest {
-            matter_id: matter.clone(),
-            staff_id: associate.clone(),
-            expire_time: None,
-        })
-        .await
-        .unwrap();
+    assign(&mut admin, &matter, &associate).await;
     assert!(
         decide(&mut vault, &associate, "client_data.read", &matter)
             .await
@@ -812,32 +792,10 @@ async fn walls_are_certified_from_the_audit_log(backend: Backend) {
     .await;
     let mut admin = client(&data, &sandbox, "operator").await;
     let mut vault = client(&data, &sandbox, "vault").await;
-    let client_id = admin
-        .create_client(CreateClientRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .client_id;
-    let matter = admin
-        .create_matter(CreateMatterRequest {
-            request_id: String::new(),
-            client_id: client_id.clone(),
-            responsible_attorney_id: String::new(),
-            practice_area: "m&a".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .matter_id;
+    let client_id = new_client(&mut admin).await;
+    let matter = new_matter(&mut admin, &client_id, None, "m&a").await;
     let associate = cleared(&mut admin, "screened@firm.example", "associate").await;
-    admin
-        .assign_staff(AssignStaffRequest {
-            matter_id: matter.clone(),
-            staff_id: associate.clone(),
-            expire_time: None,
-        })
-        .await
-        .unwrap();
+    assign(&mut admin, &matter, &associate).await;
     let before_access = chrono::Utc::now();
     assert!(
         decide(&mut vault, &associate, "client_data.read", &matter)
@@ -863,7 +821,7 @@ async fn walls_are_certified_from_the_audit_log(backend: Backend) {
 
     // Wait until the allowed decision has reached the audit log.
     let tls = data.client_tls("operator");
-    let mut audit = AuditServiceClient::new(
+    let audit = AuditServiceClient::new(
         confidant_runtime::client::connect(&sandbox.url(ServiceName::Audit), &tls, "localhost")
             .await
             .unwrap(),
@@ -887,7 +845,6 @@ async fn walls_are_certified_from_the_audit_log(backend: Backend) {
         },
     )
     .await;
-    let _ = &mut audit;
     tokio::time::sleep(Duration::from_millis(1200)).await; // a checkpoint
 
     // The period with the access cannot be certified...

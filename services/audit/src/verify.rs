@@ -3,8 +3,6 @@
 //! its root against the events, and name the first thing that does not
 //! match.
 
-use uuid::Uuid;
-
 use crate::checkpoint::Verifier;
 use crate::merkle::{Hash, Tree, leaf_hash, verify_inclusion};
 
@@ -209,9 +207,4 @@ pub fn verify_evidence(
             checkpoint.size
         ))
     }
-}
-
-/// Parses an event id for display; a malformed one is shown as given.
-pub fn display_id(id: &str) -> String {
-    Uuid::parse_str(id).map_or_else(|_| id.to_owned(), |u| u.to_string())
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -254,9 +254,4 @@ impl Sandbox {
     pub async fn stop(self) {
         self.running.shutdown(Duration::from_secs(5)).await;
     }
-}
-
-/// The path of `service`'s SQLite file in `data` (for tests that read it).
-pub fn sqlite_file(data: &SandboxData, service: ServiceName) -> PathBuf {
-    data.path().join(format!("{service}.db"))
 }

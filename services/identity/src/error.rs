@@ -61,6 +61,10 @@ impl From<Error> for Status {
                 tracing::error!(error = %e, "coordination failed");
                 Status::unavailable("coordination is unavailable, retry later")
             }
+            Error::Auth(AuthError::Crypto) => {
+                tracing::error!("a cryptographic operation failed");
+                Status::internal("internal error")
+            }
             Error::Auth(AuthError::Token(e)) => {
                 tracing::error!(error = %e, "token signing failed");
                 Status::internal("could not issue tokens")

@@ -50,6 +50,9 @@ pub enum AuthError {
     /// Token signing failed.
     #[error("token: {0}")]
     Token(#[from] crate::tokens::Error),
+    /// Hashing, randomness or sealing failed (never a caller's fault).
+    #[error("a cryptographic operation failed")]
+    Crypto,
 }
 
 impl From<sqlx::Error> for AuthError {
@@ -134,7 +137,7 @@ fn new_refresh_token() -> Result<Zeroizing<String>, AuthError> {
     let mut bytes = Zeroizing::new([0u8; 32]);
     SystemRandom::new()
         .fill(bytes.as_mut())
-        .map_err(|_| AuthError::Token(crate::tokens::Error::Invalid))?;
+        .map_err(|_| AuthError::Crypto)?;
     Ok(Zeroizing::new(URL_SAFE_NO_PAD.encode(bytes.as_ref())))
 }
 
@@ -190,7 +193,7 @@ impl Sessions {
                 Some(sealed) => Some(self.secrets.open(staff_id.as_bytes(), &sealed).map_err(
                     |e| {
                         tracing::error!(error = %e, "a stored TOTP seed does not open");
-                        AuthError::Token(crate::tokens::Error::Invalid)
+                        AuthError::Crypto
                     },
                 )?),
                 None => None,
@@ -287,8 +290,7 @@ impl Sessions {
         password: &str,
         peer: &str,
     ) -> Result<(), AuthError> {
-        let hash = credentials::hash_password(password)
-            .map_err(|_| AuthError::Token(crate::tokens::Error::Invalid))?;
+        let hash = credentials::hash_password(password).map_err(|_| AuthError::Crypto)?;
         let exists: Option<(Uuid,)> = self
             .db
             .fetch_optional(
@@ -345,8 +347,7 @@ impl Sessions {
         if account.totp_confirmed {
             return Err(AuthError::TotpAlreadyEnrolled);
         }
-        let secret = credentials::new_totp_secret()
-            .map_err(|_| AuthError::Token(crate::tokens::Error::Invalid))?;
+        let secret = credentials::new_totp_secret().map_err(|_| AuthError::Crypto)?;
         // A new enrolment replaces an unconfirmed one.
         self.db
             .transact(
@@ -357,7 +358,7 @@ impl Sessions {
                         Value::Bytes(
                             self.secrets
                                 .seal(account.staff_id.as_bytes(), &secret)
-                                .map_err(|_| AuthError::Token(crate::tokens::Error::Invalid))?,
+                                .map_err(|_| AuthError::Crypto)?,
                         ),
                         Value::Uuid(account.staff_id),
                     ],
@@ -649,15 +650,6 @@ impl Sessions {
             }
         }
         self.publish_revocation(session_id).await
-    }
-
-    /// Whether a session was revoked (the check every token verifier makes).
-    pub async fn is_revoked(&self, session_id: &str) -> Result<bool, AuthError> {
-        Ok(self
-            .coord
-            .get(&revoked_session_key(session_id))
-            .await?
-            .is_some())
     }
 }
 

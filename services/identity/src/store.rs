@@ -695,10 +695,10 @@ impl Directory {
         }
 
         let matter_id = matter_row.map(|(m, _)| m);
-        let walls: Vec<IntervalRow> = self
+        let walls: Vec<(DateTime<Utc>, Option<DateTime<Utc>>)> = self
             .db
             .fetch_all(
-                "SELECT DISTINCT w.created_at, w.lifted_at, w.lifted_at FROM walls w \
+                "SELECT DISTINCT w.created_at, w.lifted_at FROM walls w \
                  JOIN wall_members m ON m.wall_id = w.id JOIN wall_targets t ON t.wall_id = w.id \
                  WHERE m.staff_id = $1 AND (t.client_id = $2 OR t.matter_id = $3 \
                  OR t.matter_id IN (SELECT id FROM matters WHERE client_id = $2))",
@@ -711,7 +711,7 @@ impl Directory {
             .await?;
         facts.walls = walls
             .into_iter()
-            .map(|(start, lifted, _)| Interval {
+            .map(|(start, lifted)| Interval {
                 start,
                 expires: None,
                 revoked: lifted,

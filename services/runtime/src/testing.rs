@@ -7,8 +7,6 @@
 //! `CONFIDANT_TEST_POSTGRES_URL` / `CONFIDANT_TEST_REDIS_URL` to use other
 //! servers than the local defaults.
 
-use std::path::PathBuf;
-
 use crate::pki::{CertifiedKey, LeafSpec, generate_ca, issue};
 use crate::storage::{Backend, Database, Migrations, PoolOptions};
 use crate::tls::TlsMaterial;
@@ -64,11 +62,6 @@ impl TestDatabase {
             schema,
             _dir: dir,
         }
-    }
-
-    /// The SQLite file, for tests that inspect or corrupt it directly.
-    pub fn sqlite_path(&self) -> Option<PathBuf> {
-        self._dir.as_ref().map(|d| d.path().join("test.db"))
     }
 }
 
