@@ -18,6 +18,13 @@ pub mod identity {
     }
 }
 
+/// `confidant.vault.v1`: encrypted client data and its keys.
+pub mod vault {
+    pub mod v1 {
+        tonic::include_proto!("confidant.vault.v1");
+    }
+}
+
 /// The encoded `FileDescriptorSet` of the whole contract, served by gRPC
 /// reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

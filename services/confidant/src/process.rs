@@ -50,9 +50,8 @@ async fn build(service: ServiceName, ctx: &ServiceContext) -> anyhow::Result<Ser
         ServiceName::Identity => confidant_identity::build(ctx).await,
         // Their APIs come with their own issues; until then they run the
         // shared parts only.
-        ServiceName::Intake | ServiceName::Vault | ServiceName::Retention => {
-            Ok(ServiceParts::default())
-        }
+        ServiceName::Vault => confidant_vault::build(ctx).await,
+        ServiceName::Intake | ServiceName::Retention => Ok(ServiceParts::default()),
     }
 }
 

@@ -31,6 +31,7 @@ impl From<TransactError> for StoreError {
         match e {
             TransactError::Sqlx(e) => StoreError::Sqlx(e),
             TransactError::Outbox(e) => StoreError::Outbox(e),
+            TransactError::Unmet { .. } => StoreError::Conflict("the change was made concurrently"),
         }
     }
 }

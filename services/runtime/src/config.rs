@@ -58,6 +58,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// The identity service.
     pub identity: IdentityConfig,
+    /// The vault.
+    pub vault: VaultConfig,
     /// Whether gRPC server reflection is served.
     pub reflection: bool,
     /// How long in-flight calls may run after a shutdown signal.
@@ -78,6 +80,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             audit: AuditConfig::default(),
             identity: IdentityConfig::default(),
+            vault: VaultConfig::default(),
             reflection: true,
             shutdown_grace_seconds: 30,
         }
@@ -145,6 +148,54 @@ pub struct KmsConfig {
     pub local_key_file: Option<PathBuf>,
     /// Must be true to use the local provider outside dev mode.
     pub allow_insecure_local: bool,
+    /// Static credentials for a KMS-compatible endpoint outside AWS: a file
+    /// with the access key id on its first line and the secret on its
+    /// second. Unset: the default AWS credential chain (on EKS, IAM Roles
+    /// for Service Accounts).
+    pub credentials_file: Option<PathBuf>,
+}
+
+/// Vault settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultConfig {
+    /// Client identities (names in the trust domain) that store records for
+    /// clients they verified themselves, without a staff token.
+    pub writers: Vec<String>,
+    /// Client identities that may run key administration (rewrap).
+    pub admins: Vec<String>,
+    /// Largest value of one field, in bytes.
+    pub max_field_bytes: usize,
+    /// Most fields in one record.
+    pub max_fields: usize,
+    /// How long a shredded scope stays pending destruction (reads refused,
+    /// cancellable) before its key is destroyed, unless the order says
+    /// otherwise. 0: at once.
+    pub destruction_window_seconds: u64,
+    /// How often due destructions are carried out.
+    pub destruction_check_seconds: u64,
+    /// Most unwrapped scope keys held in memory.
+    pub key_cache_capacity: usize,
+    /// Longest an unwrapped scope key stays in memory.
+    pub key_cache_max_age_seconds: u64,
+    /// Most uses of one unwrapped scope key before it is unwrapped again.
+    pub key_cache_max_uses: u64,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        Self {
+            writers: vec!["intake".to_owned()],
+            admins: vec!["operator".to_owned()],
+            max_field_bytes: 1024 * 1024,
+            max_fields: 200,
+            destruction_window_seconds: 0,
+            destruction_check_seconds: 5,
+            key_cache_capacity: 10_000,
+            key_cache_max_age_seconds: 300,
+            key_cache_max_uses: 100_000,
+        }
+    }
 }
 
 /// Audit log settings.
@@ -489,7 +540,42 @@ impl Config {
                     if self.kms.region.as_deref().is_none_or(str::is_empty) {
                         problem("kms.region".into(), "is required for the aws KMS");
                     }
+                    if let Some(p) = &self.kms.credentials_file
+                        && !p.is_file()
+                    {
+                        problem("kms.credentials_file".into(), "file does not exist");
+                    }
                 }
+            }
+        }
+        if running.contains(&ServiceName::Vault) {
+            let v = &self.vault;
+            if v.max_field_bytes == 0 || v.max_field_bytes > 3 * 1024 * 1024 {
+                problem(
+                    "vault.max_field_bytes".into(),
+                    "must be between 1 and 3145728 (a record travels in one gRPC message)",
+                );
+            }
+            if v.max_fields == 0 {
+                problem("vault.max_fields".into(), "must be at least 1");
+            }
+            if v.destruction_window_seconds > 30 * 24 * 3600 {
+                problem(
+                    "vault.destruction_window_seconds".into(),
+                    "must be at most 30 days",
+                );
+            }
+            if v.destruction_check_seconds == 0 {
+                problem(
+                    "vault.destruction_check_seconds".into(),
+                    "must be at least 1",
+                );
+            }
+            if v.key_cache_max_uses == 0 || v.key_cache_max_age_seconds == 0 {
+                problem(
+                    "vault.key_cache_max_uses".into(),
+                    "the key cache needs a max age and max uses of at least 1 (capacity 0 turns it off)",
+                );
             }
         }
         if running.contains(&ServiceName::Audit) {

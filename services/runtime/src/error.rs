@@ -57,6 +57,11 @@ impl Violations {
         }
     }
 
+    /// Adds every violation of `other` as it is.
+    pub fn extend(&mut self, other: Violations) {
+        self.0.extend(other.0);
+    }
+
     /// The violations, prefixed with `prefix.` (for nested messages).
     pub fn extend_prefixed(&mut self, prefix: &str, other: Violations) {
         for v in other.0 {

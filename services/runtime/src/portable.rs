@@ -35,6 +35,10 @@ pub enum Value {
     OptTime(Option<DateTime<Utc>>),
     /// Bytes (BYTEA, BLOB).
     Bytes(Vec<u8>),
+    /// Optional bytes.
+    OptBytes(Option<Vec<u8>>),
+    /// A 64-bit integer (BIGINT columns).
+    BigInt(i64),
 }
 
 /// One statement with its values.
@@ -42,12 +46,25 @@ pub enum Value {
 pub struct Statement {
     sql: &'static str,
     values: Vec<Value>,
+    expect_rows: Option<u64>,
 }
 
 impl Statement {
     /// A statement; `sql` uses `$1`, `$2`… placeholders.
     pub fn new(sql: &'static str, values: Vec<Value>) -> Self {
-        Self { sql, values }
+        Self {
+            sql,
+            values,
+            expect_rows: None,
+        }
+    }
+
+    /// The transaction commits only if this statement affects exactly
+    /// `rows` rows (a guarded UPDATE whose guard held); otherwise nothing of
+    /// it is written, audit events included.
+    pub fn expecting(mut self, rows: u64) -> Self {
+        self.expect_rows = Some(rows);
+        self
     }
 }
 
@@ -69,6 +86,8 @@ macro_rules! bind_all {
                 Value::Time(x) => q.bind(x),
                 Value::OptTime(x) => q.bind(x),
                 Value::Bytes(x) => q.bind(x),
+                Value::OptBytes(x) => q.bind(x),
+                Value::BigInt(x) => q.bind(x),
             };
         }
         q
@@ -94,6 +113,29 @@ pub enum TransactError {
     /// An audit event could not be put in the outbox.
     #[error(transparent)]
     Outbox(#[from] crate::outbox::Error),
+    /// A statement's guard did not hold (it affected another number of rows
+    /// than expected); the transaction was rolled back.
+    #[error("statement {statement} affected {affected} rows; nothing was written")]
+    Unmet {
+        /// The statement's index.
+        statement: usize,
+        /// The rows it affected.
+        affected: u64,
+    },
+}
+
+fn check_expected(
+    statement: usize,
+    expected: Option<u64>,
+    affected: u64,
+) -> Result<(), TransactError> {
+    match expected {
+        Some(n) if n != affected => Err(TransactError::Unmet {
+            statement,
+            affected,
+        }),
+        _ => Ok(()),
+    }
 }
 
 impl Database {
@@ -141,13 +183,13 @@ impl Database {
         match self {
             Database::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
-                for s in statements {
-                    affected.push(
-                        bind_all!(sqlx::query(s.sql), s.values)
-                            .execute(&mut *tx)
-                            .await?
-                            .rows_affected(),
-                    );
+                for (i, s) in statements.into_iter().enumerate() {
+                    let rows = bind_all!(sqlx::query(s.sql), s.values)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    check_expected(i, s.expect_rows, rows)?;
+                    affected.push(rows);
                 }
                 for e in events {
                     crate::outbox::enqueue_postgres(&mut tx, e).await?;
@@ -156,16 +198,16 @@ impl Database {
             }
             Database::Sqlite(pool) => {
                 let mut tx = crate::storage::begin_sqlite_write(pool).await?;
-                for s in statements {
-                    affected.push(
-                        bind_all!(
-                            sqlx::query(sqlx::AssertSqlSafe(sqlite_sql(s.sql))),
-                            s.values
-                        )
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected(),
-                    );
+                for (i, s) in statements.into_iter().enumerate() {
+                    let rows = bind_all!(
+                        sqlx::query(sqlx::AssertSqlSafe(sqlite_sql(s.sql))),
+                        s.values
+                    )
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    check_expected(i, s.expect_rows, rows)?;
+                    affected.push(rows);
                 }
                 for e in events {
                     crate::outbox::enqueue_sqlite(&mut tx, e).await?;

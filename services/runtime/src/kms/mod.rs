@@ -154,15 +154,35 @@ pub trait Kms: Send + Sync + fmt::Debug {
 pub async fn from_config(config: &crate::config::Config) -> Result<std::sync::Arc<dyn Kms>, Error> {
     use crate::config::KmsProvider;
     match config.kms.provider {
-        Some(KmsProvider::Aws) => Ok(std::sync::Arc::new(
-            AwsKms::connect(&AwsSettings {
-                key_id: config.kms.key_id.clone().unwrap_or_default(),
-                region: config.kms.region.clone().unwrap_or_default(),
-                endpoint: config.kms.endpoint.clone(),
-                static_credentials: None,
-            })
-            .await,
-        )),
+        Some(KmsProvider::Aws) => {
+            let static_credentials = match &config.kms.credentials_file {
+                None => None,
+                Some(path) => {
+                    let text =
+                        zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+                            Error::Other(format!("kms.credentials_file {}: {e}", path.display()))
+                        })?);
+                    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+                    match (lines.next(), lines.next()) {
+                        (Some(id), Some(secret)) => Some((id.to_owned(), secret.to_owned())),
+                        _ => {
+                            return Err(Error::Other(
+                                "kms.credentials_file must hold the access key id and the secret on two lines".into(),
+                            ));
+                        }
+                    }
+                }
+            };
+            Ok(std::sync::Arc::new(
+                AwsKms::connect(&AwsSettings {
+                    key_id: config.kms.key_id.clone().unwrap_or_default(),
+                    region: config.kms.region.clone().unwrap_or_default(),
+                    endpoint: config.kms.endpoint.clone(),
+                    static_credentials,
+                })
+                .await,
+            ))
+        }
         Some(KmsProvider::Local) => {
             let path = config
                 .kms

@@ -1,0 +1,168 @@
+//! The vault's errors and, in one place, their gRPC statuses. Messages never
+//! carry field values, key material or database text.
+
+use confidant_runtime::error::{Violations, invalid_argument, storage_status, with_reason};
+use tonic::{Code, Status};
+
+/// What can go wrong in the vault.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request broke field rules.
+    #[error("invalid request")]
+    Invalid(Violations),
+    /// No staff token where one is needed.
+    #[error("sign in as a staff member")]
+    Unauthenticated,
+    /// The caller may not do this; `reason` is machine-readable.
+    #[error("{message}")]
+    Denied {
+        /// e.g. `behind_wall`, `not_assigned`, `retention_only`.
+        reason: String,
+        /// For people.
+        message: String,
+    },
+    /// No such record, scope or hold.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The key is destroyed: the data can never be read again.
+    #[error("{0} is shredded")]
+    Shredded(&'static str),
+    /// The scope is pending destruction: reads and writes refused.
+    #[error("the scope is pending destruction")]
+    PendingDestruction,
+    /// A legal hold forbids the shred.
+    #[error("a legal hold covers the scope")]
+    Held,
+    /// The state does not allow the operation.
+    #[error("{0}")]
+    Conflict(&'static str),
+    /// The KMS cannot be reached or refused.
+    #[error(transparent)]
+    Kms(#[from] confidant_runtime::kms::Error),
+    /// A ciphertext does not open: tampered or corrupt storage.
+    #[error("stored ciphertext does not open")]
+    Integrity,
+    /// The identity service cannot be asked.
+    #[error("identity unavailable: {0}")]
+    Identity(Status),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] sqlx::Error),
+    /// The audit event could not be recorded, so nothing is returned.
+    #[error("audit event not recorded: {0}")]
+    Audit(String),
+}
+
+impl From<crate::keys::KeyError> for Error {
+    fn from(e: crate::keys::KeyError) -> Self {
+        match e {
+            crate::keys::KeyError::Kms(e) => Error::Kms(e),
+            crate::keys::KeyError::Crypto(_) => Error::Integrity,
+        }
+    }
+}
+
+impl From<crate::crypto::CryptoError> for Error {
+    fn from(_: crate::crypto::CryptoError) -> Self {
+        Error::Integrity
+    }
+}
+
+impl Error {
+    /// The machine-readable reason, for batch item statuses.
+    pub fn reason(&self) -> String {
+        match self {
+            Error::Denied { reason, .. } => reason.clone(),
+            Error::Shredded(_) => "shredded".into(),
+            Error::PendingDestruction => "pending_destruction".into(),
+            Error::Held => "legal_hold".into(),
+            Error::Kms(_) => "kms_unavailable".into(),
+            Error::Audit(_) => "audit_unavailable".into(),
+            _ => String::new(),
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        use confidant_runtime::kms::Error as Kms;
+        match err {
+            Error::Invalid(v) => invalid_argument(v.as_slice()),
+            Error::Unauthenticated => with_reason(
+                Code::Unauthenticated,
+                "staff_token_required",
+                "sign in as a staff member: client data is read only for a person",
+            ),
+            Error::Denied { reason, message } => {
+                with_reason(Code::PermissionDenied, &reason, message)
+            }
+            Error::NotFound(what) => Status::not_found(format!("{what} not found")),
+            Error::Shredded(what) => with_reason(
+                Code::FailedPrecondition,
+                "shredded",
+                format!("the {what} was shredded: its key is destroyed and it cannot be read"),
+            ),
+            Error::PendingDestruction => with_reason(
+                Code::FailedPrecondition,
+                "pending_destruction",
+                "the scope is pending destruction; a records manager can cancel it",
+            ),
+            Error::Held => with_reason(
+                Code::FailedPrecondition,
+                "legal_hold",
+                "a legal hold covers the scope; it cannot be shredded until the hold is released",
+            ),
+            Error::Conflict(message) => with_reason(Code::FailedPrecondition, "conflict", message),
+            Error::Kms(e) => {
+                tracing::warn!(error = %e, "kms call failed");
+                match e {
+                    Kms::Unavailable(_) | Kms::Other(_) => with_reason(
+                        Code::Unavailable,
+                        "kms_unavailable",
+                        "the key management service is unavailable; nothing was written",
+                    ),
+                    Kms::AccessDenied(_) | Kms::KeyNotUsable(_) => with_reason(
+                        Code::FailedPrecondition,
+                        "kms_key_unusable",
+                        "the KMS key is not usable by the vault",
+                    ),
+                    Kms::InvalidCiphertext | Kms::InvalidKeyMaterial | Kms::Keyring(_) => {
+                        with_reason(
+                            Code::DataLoss,
+                            "key_unwrap_failed",
+                            "a stored key does not unwrap",
+                        )
+                    }
+                }
+            }
+            Error::Integrity => {
+                tracing::error!("stored ciphertext does not open");
+                with_reason(
+                    Code::DataLoss,
+                    "integrity",
+                    "stored ciphertext does not open: it was altered or moved",
+                )
+            }
+            Error::Identity(status) => {
+                tracing::warn!(code = ?status.code(), "identity call failed");
+                with_reason(
+                    Code::Unavailable,
+                    "identity_unavailable",
+                    "the authorization decision could not be made; retry later",
+                )
+            }
+            Error::Store(e) => {
+                tracing::error!(error = %e, "vault storage failed");
+                storage_status(&e)
+            }
+            Error::Audit(e) => {
+                tracing::error!(error = %e, "audit event not recorded; nothing returned");
+                with_reason(
+                    Code::Unavailable,
+                    "audit_unavailable",
+                    "the access could not be recorded, so nothing was returned; retry later",
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,894 @@
+//! The gRPC face of the vault: boundary validation, the caller's identity
+//! and the identity service's decision, then [`crate::records::Vault`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use confidant_proto::audit::v1::Outcome;
+use confidant_proto::identity::v1::identity_service_client::IdentityServiceClient;
+use confidant_proto::identity::v1::{AuthorizeRequest, DenialReason};
+use confidant_proto::vault::v1 as pb;
+use confidant_proto::vault::v1::vault_service_server::VaultService;
+use confidant_runtime::auth::StaffPrincipal;
+use confidant_runtime::client::PeerChannel;
+use confidant_runtime::error::Violations;
+use confidant_runtime::peer::PeerIdentity;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::domain::{self, NewRecord, optional_category, optional_uuid, required_uuid};
+use crate::error::Error;
+use crate::records::{Actor, OpenedRecord, ReadIntent, Vault};
+use crate::store::{RecordRow, ScopeRow, ScopeState};
+
+/// Handlers of `confidant.vault.v1.VaultService`.
+#[derive(Debug, Clone)]
+pub struct VaultApi {
+    vault: Arc<Vault>,
+    identity: Option<PeerChannel>,
+    writers: Vec<String>,
+    retention: String,
+}
+
+fn check(v: Violations) -> Result<(), Status> {
+    if v.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Invalid(v).into())
+    }
+}
+
+fn ts(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn category_proto(name: &str) -> i32 {
+    domain::Category::parse(name).map_or(0, |c| c.to_proto() as i32)
+}
+
+fn record_state(row: &RecordRow) -> pb::RecordState {
+    if row.wrapped_key.is_none() {
+        return pb::RecordState::Shredded;
+    }
+    match ScopeState::parse(&row.scope_state) {
+        ScopeState::Active => pb::RecordState::Active,
+        ScopeState::PendingDestruction => pb::RecordState::PendingDestruction,
+        ScopeState::Shredded => pb::RecordState::Shredded,
+    }
+}
+
+/// A record's metadata as the API shows it.
+pub fn metadata(row: &RecordRow) -> pb::RecordMetadata {
+    let (shred_time, shred_order) = match (row.shredded_at, row.scope_shredded_at) {
+        (Some(at), _) => (Some(at), row.shred_order.clone()),
+        (None, Some(at)) => (Some(at), row.scope_shred_order.clone()),
+        (None, None) => (None, None),
+    };
+    pb::RecordMetadata {
+        id: row.id.to_string(),
+        client_id: row.client_id.to_string(),
+        matter_id: row.matter_id.map(|m| m.to_string()).unwrap_or_default(),
+        category: category_proto(&row.category),
+        scope_id: row.scope_id.to_string(),
+        field_names: row
+            .field_names
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        create_time: Some(ts(row.created_at)),
+        created_by: row.created_by.clone(),
+        state: record_state(row) as i32,
+        shred_time: shred_time.map(ts),
+        shred_order: shred_order.unwrap_or_default(),
+    }
+}
+
+fn scope_state_proto(row: &ScopeRow) -> pb::ScopeState {
+    match row.state() {
+        ScopeState::Active => pb::ScopeState::Active,
+        ScopeState::PendingDestruction => pb::ScopeState::PendingDestruction,
+        ScopeState::Shredded => pb::ScopeState::Shredded,
+    }
+}
+
+fn opened(record: OpenedRecord) -> pb::GetRecordResponse {
+    pb::GetRecordResponse {
+        record: Some(metadata(&record.row)),
+        fields: record
+            .fields
+            .into_iter()
+            .map(|f| pb::Field {
+                name: f.name,
+                r#type: f.field_type.to_proto() as i32,
+                value: f.value.to_string(),
+                masked: f.masked,
+            })
+            .collect(),
+        audit_event_id: record.audit_event_id,
+    }
+}
+
+fn item_status(result: Result<(), Error>) -> pb::ItemStatus {
+    match result {
+        Ok(()) => pb::ItemStatus::default(),
+        Err(Error::Invalid(v)) => pb::ItemStatus {
+            code: tonic::Code::InvalidArgument as i32,
+            message: "invalid item".into(),
+            reason: String::new(),
+            violations: v
+                .as_slice()
+                .iter()
+                .map(|f| pb::FieldViolation {
+                    field: f.field.clone(),
+                    description: f.description.clone(),
+                })
+                .collect(),
+        },
+        Err(e) => {
+            let reason = e.reason();
+            let status = Status::from(e);
+            pb::ItemStatus {
+                code: status.code() as i32,
+                message: status.message().to_owned(),
+                reason,
+                violations: Vec::new(),
+            }
+        }
+    }
+}
+
+fn denial_reason(code: i32) -> String {
+    DenialReason::try_from(code)
+        .map(|r| {
+            r.as_str_name()
+                .trim_start_matches("DENIAL_REASON_")
+                .to_lowercase()
+        })
+        .unwrap_or_else(|_| "denied".to_owned())
+}
+
+fn page_size(v: &mut Violations, size: i32) -> i64 {
+    match size {
+        0 => 100,
+        1..=1000 => i64::from(size),
+        _ => {
+            v.add("page_size", "must be between 0 and 1000");
+            100
+        }
+    }
+}
+
+/// Decisions already made within one request, per (client, matter).
+type Decisions = HashMap<(Uuid, Option<Uuid>), Result<(), (String, String)>>;
+
+impl VaultApi {
+    /// Handlers over `vault`; `writers` are the SPIFFE ids that store
+    /// records without a staff token.
+    pub fn new(
+        vault: Arc<Vault>,
+        identity: Option<PeerChannel>,
+        writers: Vec<String>,
+        trust_domain: &str,
+    ) -> Self {
+        Self {
+            vault,
+            identity,
+            writers,
+            retention: confidant_runtime::ServiceName::Retention.spiffe_id(trust_domain),
+        }
+    }
+
+    fn actor<T>(request: &Request<T>) -> Result<Actor, Error> {
+        let peer = PeerIdentity::of(request)
+            .map(|p| p.as_str().to_owned())
+            .ok_or(Error::Unauthenticated)?;
+        Ok(match StaffPrincipal::of(request) {
+            Some(staff) => Actor::Staff {
+                staff_id: staff.staff_id,
+                roles: staff.roles,
+                peer,
+            },
+            None => Actor::Service { peer },
+        })
+    }
+
+    async fn decide(
+        &self,
+        staff_id: &str,
+        permission: &str,
+        client_id: Uuid,
+        matter_id: Option<Uuid>,
+    ) -> Result<(), Error> {
+        let channel = self
+            .identity
+            .clone()
+            .ok_or_else(|| Error::Identity(Status::unavailable("identity is not configured")))?;
+        let decision = IdentityServiceClient::new(channel)
+            .authorize(AuthorizeRequest {
+                staff_id: staff_id.to_owned(),
+                permission: permission.to_owned(),
+                client_id: client_id.to_string(),
+                matter_id: matter_id.map(|m| m.to_string()).unwrap_or_default(),
+            })
+            .await
+            .map_err(Error::Identity)?
+            .into_inner();
+        if decision.allowed {
+            Ok(())
+        } else {
+            Err(Error::Denied {
+                reason: denial_reason(decision.reason),
+                message: format!("{permission} denied by the authorization decision"),
+            })
+        }
+    }
+
+    /// A decision, made once per (client, matter) within a request.
+    async fn decide_cached(
+        &self,
+        cache: &mut Decisions,
+        staff_id: &str,
+        permission: &str,
+        client_id: Uuid,
+        matter_id: Option<Uuid>,
+    ) -> Result<(), Error> {
+        if let Some(known) = cache.get(&(client_id, matter_id)) {
+            return known
+                .clone()
+                .map_err(|(reason, message)| Error::Denied { reason, message });
+        }
+        let result = self
+            .decide(staff_id, permission, client_id, matter_id)
+            .await;
+        match &result {
+            Ok(()) => {
+                cache.insert((client_id, matter_id), Ok(()));
+            }
+            Err(Error::Denied { reason, message }) => {
+                cache.insert(
+                    (client_id, matter_id),
+                    Err((reason.clone(), message.clone())),
+                );
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// May `actor` write into the scope of `record`?
+    async fn may_write(
+        &self,
+        actor: &Actor,
+        cache: &mut Decisions,
+        record: &NewRecord,
+    ) -> Result<(), Error> {
+        match actor {
+            Actor::Staff { staff_id, .. } => {
+                self.decide_cached(
+                    cache,
+                    staff_id,
+                    "client_data.write",
+                    record.scope.client_id,
+                    record.scope.matter_id,
+                )
+                .await
+            }
+            Actor::Service { peer } if self.writers.iter().any(|w| w == peer) => Ok(()),
+            Actor::Service { .. } => Err(Error::Unauthenticated),
+        }
+    }
+
+    fn is_retention(&self, actor: &Actor) -> bool {
+        match actor {
+            Actor::Staff { peer, .. } | Actor::Service { peer } => *peer == self.retention,
+        }
+    }
+
+    async fn scope_proto(&self, row: &ScopeRow) -> Result<pb::Scope, Error> {
+        let store = self.vault.store();
+        Ok(pb::Scope {
+            id: row.id.to_string(),
+            client_id: row.client_id.to_string(),
+            matter_id: row.matter_id.map(|m| m.to_string()).unwrap_or_default(),
+            category: category_proto(&row.category),
+            state: scope_state_proto(row) as i32,
+            create_time: Some(ts(row.created_at)),
+            destroy_time: row.destroy_after.map(ts),
+            shred_time: row.shredded_at.map(ts),
+            shred_order: row.shred_order.clone().unwrap_or_default(),
+            kms_key_id: row.kms_key_id.clone().unwrap_or_default(),
+            record_count: store.record_count(row.id).await?,
+            hold_ids: store
+                .holds_covering(row)
+                .await?
+                .into_iter()
+                .map(|h| h.to_string())
+                .collect(),
+        })
+    }
+
+    /// Reads records for a staff member: each decided, refused reads
+    /// recorded, the rest opened together (fail closed).
+    async fn read(
+        &self,
+        actor: &Actor,
+        ids: Vec<Result<Uuid, Violations>>,
+        intent: &ReadIntent<'_>,
+    ) -> Result<Vec<Result<OpenedRecord, Error>>, Error> {
+        let Actor::Staff { staff_id, .. } = actor else {
+            return Err(Error::Unauthenticated);
+        };
+        let mut decisions = Decisions::new();
+        let mut slots: Vec<Option<Result<OpenedRecord, Error>>> = Vec::with_capacity(ids.len());
+        let mut allowed: Vec<(usize, RecordRow)> = Vec::new();
+        for id in ids {
+            let id = match id {
+                Ok(id) => id,
+                Err(v) => {
+                    slots.push(Some(Err(Error::Invalid(v))));
+                    continue;
+                }
+            };
+            let row = match self.vault.load(id).await {
+                Ok(row) => row,
+                Err(e) => {
+                    slots.push(Some(Err(e)));
+                    continue;
+                }
+            };
+            if let Err(e) = self
+                .decide_cached(
+                    &mut decisions,
+                    staff_id,
+                    "client_data.read",
+                    row.client_id,
+                    row.matter_id,
+                )
+                .await
+            {
+                if let Error::Denied { reason, .. } = &e {
+                    self.vault
+                        .record_refused_read(actor, &row, intent, Outcome::Denied, reason)
+                        .await;
+                }
+                slots.push(Some(Err(e)));
+                continue;
+            }
+            if let Some(e) = Vault::unreadable(&row) {
+                self.vault
+                    .record_refused_read(actor, &row, intent, Outcome::Failed, &e.reason())
+                    .await;
+                slots.push(Some(Err(e)));
+                continue;
+            }
+            allowed.push((slots.len(), row));
+            slots.push(None);
+        }
+        let (positions, rows): (Vec<usize>, Vec<RecordRow>) = allowed.into_iter().unzip();
+        let opened = self.vault.open_many(actor, rows, intent).await;
+        for (position, result) in positions.into_iter().zip(opened) {
+            slots[position] = Some(result);
+        }
+        Ok(slots
+            .into_iter()
+            .map(|s| s.unwrap_or(Err(Error::Conflict("record not read"))))
+            .collect())
+    }
+}
+
+fn roles_of(actor: &Actor) -> &[String] {
+    match actor {
+        Actor::Staff { roles, .. } => roles,
+        Actor::Service { .. } => &[],
+    }
+}
+
+#[tonic::async_trait]
+impl VaultService for VaultApi {
+    #[tracing::instrument(name = "vault.create_record", skip_all)]
+    async fn create_record(
+        &self,
+        request: Request<pb::CreateRecordRequest>,
+    ) -> Result<Response<pb::CreateRecordResponse>, Status> {
+        let actor = Self::actor(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let record =
+            match NewRecord::parse(req.record.as_ref(), self.vault.settings().limits, "record") {
+                Ok(r) => Some(r),
+                Err(errors) => {
+                    v.extend(errors);
+                    None
+                }
+            };
+        let request_id = optional_uuid(&mut v, "request_id", &req.request_id);
+        check(v)?;
+        let Some(record) = record else {
+            return Err(Status::internal("validated record missing"));
+        };
+        self.may_write(&actor, &mut Decisions::new(), &record)
+            .await?;
+        let request_id = request_id.map(|r| r.to_string());
+        let row = self
+            .vault
+            .create(&actor, &record, request_id.as_deref())
+            .await?;
+        tracing::info!(record_id = %row.id, scope_id = %row.scope_id, "record stored");
+        Ok(Response::new(pb::CreateRecordResponse {
+            record: Some(metadata(&row)),
+        }))
+    }
+
+    #[tracing::instrument(name = "vault.batch_create_records", skip_all, fields(items = request.get_ref().records.len()))]
+    async fn batch_create_records(
+        &self,
+        request: Request<pb::BatchCreateRecordsRequest>,
+    ) -> Result<Response<pb::BatchCreateRecordsResponse>, Status> {
+        let actor = Self::actor(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        if req.records.is_empty() || req.records.len() > domain::MAX_BATCH {
+            v.add("records", "must hold 1 to 500 records");
+        }
+        check(v)?;
+        let mut decisions = Decisions::new();
+        let mut results = Vec::with_capacity(req.records.len());
+        for (i, item) in req.records.iter().enumerate() {
+            let outcome = async {
+                let record = NewRecord::parse(
+                    Some(item),
+                    self.vault.settings().limits,
+                    &format!("records[{i}]"),
+                )
+                .map_err(Error::Invalid)?;
+                self.may_write(&actor, &mut decisions, &record).await?;
+                self.vault.create(&actor, &record, None).await
+            }
+            .await;
+            results.push(match outcome {
+                Ok(row) => pb::BatchCreateResult {
+                    status: Some(item_status(Ok(()))),
+                    record: Some(metadata(&row)),
+                },
+                Err(e) => pb::BatchCreateResult {
+                    status: Some(item_status(Err(e))),
+                    record: None,
+                },
+            });
+        }
+        Ok(Response::new(pb::BatchCreateRecordsResponse { results }))
+    }
+
+    #[tracing::instrument(name = "vault.get_record", skip_all, fields(record_id = %request.get_ref().record_id))]
+    async fn get_record(
+        &self,
+        request: Request<pb::GetRecordRequest>,
+    ) -> Result<Response<pb::GetRecordResponse>, Status> {
+        let actor = Self::actor(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let id = required_uuid(&mut v, "record_id", &req.record_id);
+        let purpose = domain::purpose(&mut v, req.purpose, &req.justification);
+        check(v)?;
+        let (Some(id), Some(purpose)) = (id, purpose) else {
+            return Err(Status::internal("validated request incomplete"));
+        };
+        let intent = ReadIntent {
+            purpose,
+            justification: &req.justification,
+            roles: roles_of(&actor),
+        };
+        let mut results = self.read(&actor, vec![Ok(id)], &intent).await?;
+        match results.pop() {
+            Some(Ok(record)) => Ok(Response::new(opened(record))),
+            Some(Err(e)) => Err(e.into()),
+            None => Err(Status::internal("no result")),
+        }
+    }
+
+    #[tracing::instrument(name = "vault.batch_get_records", skip_all, fields(items = request.get_ref().record_ids.len()))]
+    async fn batch_get_records(
+        &self,
+        request: Request<pb::BatchGetRecordsRequest>,
+    ) -> Result<Response<pb::BatchGetRecordsResponse>, Status> {
+        let actor = Self::actor(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        if req.record_ids.is_empty() || req.record_ids.len() > domain::MAX_BATCH {
+            v.add("record_ids", "must hold 1 to 500 ids");
+        }
+        let purpose = domain::purpose(&mut v, req.purpose, &req.justification);
+        check(v)?;
+        let Some(purpose) = purpose else {
+            return Err(Status::internal("validated request incomplete"));
+        };
+        let ids = req
+            .record_ids
+            .iter()
+            .enumerate()
+            .map(|(i, raw)| {
+                let mut v = Violations::new();
+                required_uuid(&mut v, &format!("record_ids[{i}]"), raw).ok_or(v)
+            })
+            .collect();
+        let intent = ReadIntent {
+            purpose,
+            justification: &req.justification,
+            roles: roles_of(&actor),
+        };
+        let results = self
+            .read(&actor, ids, &intent)
+            .await?
+            .into_iter()
+            .map(|r| match r {
+                Ok(record) => pb::BatchGetResult {
+                    status: Some(item_status(Ok(()))),
+                    record: Some(opened(record)),
+                },
+                Err(e) => pb::BatchGetResult {
+                    status: Some(item_status(Err(e))),
+                    record: None,
+                },
+            })
+            .collect();
+        Ok(Response::new(pb::BatchGetRecordsResponse { results }))
+    }
+
+    #[tracing::instrument(name = "vault.list_records", skip_all)]
+    async fn list_records(
+        &self,
+        request: Request<pb::ListRecordsRequest>,
+    ) -> Result<Response<pb::ListRecordsResponse>, Status> {
+        let actor = Self::actor(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let client = required_uuid(&mut v, "client_id", &req.client_id);
+        let matter = optional_uuid(&mut v, "matter_id", &req.matter_id);
+        let category = optional_category(&mut v, "category", req.category);
+        let limit = page_size(&mut v, req.page_size);
+        let before = optional_uuid(&mut v, "page_token", &req.page_token);
+        check(v)?;
+        let client = client.unwrap_or_default();
+        match &actor {
+            Actor::Staff { staff_id, .. } => {
+                self.decide(staff_id, "client_data.read", client, matter)
+                    .await?;
+            }
+            Actor::Service { .. } if self.is_retention(&actor) => {}
+            Actor::Service { .. } => return Err(Error::Unauthenticated.into()),
+        }
+        let rows = self
+            .vault
+            .list(client, matter, category, before, limit + 1)
+            .await?;
+        let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+        let records: Vec<pb::RecordMetadata> = rows
+            .iter()
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+            .map(metadata)
+            .collect();
+        let next_page_token = if more {
+            records.last().map(|r| r.id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListRecordsResponse {
+            records,
+            next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(name = "vault.list_scopes", skip_all)]
+    async fn list_scopes(
+        &self,
+        request: Request<pb::ListScopesRequest>,
+    ) -> Result<Response<pb::ListScopesResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let client = optional_uuid(&mut v, "client_id", &req.client_id);
+        let matter = optional_uuid(&mut v, "matter_id", &req.matter_id);
+        let state = match pb::ScopeState::try_from(req.state) {
+            Ok(pb::ScopeState::Unspecified) => None,
+            Ok(pb::ScopeState::Active) => Some("active"),
+            Ok(pb::ScopeState::PendingDestruction) => Some("pending_destruction"),
+            Ok(pb::ScopeState::Shredded) => Some("shredded"),
+            Err(_) => {
+                v.add("state", "is not a known scope state");
+                None
+            }
+        };
+        let limit = page_size(&mut v, req.page_size);
+        let after = optional_uuid(&mut v, "page_token", &req.page_token);
+        check(v)?;
+        let rows = self
+            .vault
+            .store()
+            .list_scopes(client, matter, state, after, limit + 1)
+            .await
+            .map_err(Error::from)?;
+        let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+        let mut scopes = Vec::new();
+        for row in rows
+            .iter()
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+        {
+            scopes.push(self.scope_proto(row).await?);
+        }
+        let next_page_token = if more {
+            scopes.last().map(|s| s.id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListScopesResponse {
+            scopes,
+            next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(name = "vault.shred_record", skip_all, fields(record_id = %request.get_ref().record_id))]
+    async fn shred_record(
+        &self,
+        request: Request<pb::ShredRecordRequest>,
+    ) -> Result<Response<pb::ShredRecordResponse>, Status> {
+        let actor = Self::actor(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let id = required_uuid(&mut v, "record_id", &req.record_id);
+        let order = required_uuid(&mut v, "order_id", &req.order_id);
+        check(v)?;
+        let (Some(id), Some(order)) = (id, order) else {
+            return Err(Status::internal("validated request incomplete"));
+        };
+        let row = self
+            .vault
+            .shred_record(&actor, id, &order.to_string())
+            .await?;
+        Ok(Response::new(pb::ShredRecordResponse {
+            record: Some(metadata(&row)),
+        }))
+    }
+
+    #[tracing::instrument(name = "vault.shred_scope", skip_all, fields(scope_id = %request.get_ref().scope_id))]
+    async fn shred_scope(
+        &self,
+        request: Request<pb::ShredScopeRequest>,
+    ) -> Result<Response<pb::ShredScopeResponse>, Status> {
+        let actor = Self::actor(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let id = required_uuid(&mut v, "scope_id", &req.scope_id);
+        let order = required_uuid(&mut v, "order_id", &req.order_id);
+        let window = match req.pending_window {
+            None => None,
+            Some(d) if d.seconds < 0 || d.nanos < 0 || d.seconds > 30 * 24 * 3600 => {
+                v.add("pending_window", "must be between 0 and 30 days");
+                None
+            }
+            Some(d) => Some(
+                Duration::from_secs(u64::try_from(d.seconds).unwrap_or(0))
+                    + Duration::from_nanos(u64::try_from(d.nanos).unwrap_or(0)),
+            ),
+        };
+        check(v)?;
+        let (Some(id), Some(order)) = (id, order) else {
+            return Err(Status::internal("validated request incomplete"));
+        };
+        let started = std::time::Instant::now();
+        let row = self
+            .vault
+            .shred_scope(&actor, id, &order.to_string(), window)
+            .await?;
+        tracing::info!(scope_id = %id, state = ?row.state(), elapsed_ms = started.elapsed().as_millis() as u64, "scope shred ordered");
+        Ok(Response::new(pb::ShredScopeResponse {
+            scope: Some(self.scope_proto(&row).await?),
+        }))
+    }
+
+    #[tracing::instrument(name = "vault.cancel_scope_destruction", skip_all, fields(scope_id = %request.get_ref().scope_id))]
+    async fn cancel_scope_destruction(
+        &self,
+        request: Request<pb::CancelScopeDestructionRequest>,
+    ) -> Result<Response<pb::CancelScopeDestructionResponse>, Status> {
+        let actor = Self::actor(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let id = required_uuid(&mut v, "scope_id", &req.scope_id);
+        if req.reason.trim().is_empty() || req.reason.chars().count() > 200 {
+            v.add("reason", "is required, at most 200 characters");
+        }
+        check(v)?;
+        let id = id.unwrap_or_default();
+        let scope = self
+            .vault
+            .store()
+            .scope(id)
+            .await
+            .map_err(Error::from)?
+            .ok_or(Error::NotFound("scope"))?;
+        match &actor {
+            Actor::Service { .. } if self.is_retention(&actor) => {}
+            Actor::Staff { staff_id, .. } => {
+                self.decide(
+                    staff_id,
+                    "retention.manage",
+                    scope.client_id,
+                    scope.matter_id,
+                )
+                .await?;
+            }
+            Actor::Service { .. } => {
+                return Err(Error::Denied {
+                    reason: "records_manager_required".into(),
+                    message: "a records manager (or the retention service) cancels destructions"
+                        .into(),
+                }
+                .into());
+            }
+        }
+        let row = self
+            .vault
+            .cancel_destruction(&actor, id, &req.reason)
+            .await?;
+        Ok(Response::new(pb::CancelScopeDestructionResponse {
+            scope: Some(self.scope_proto(&row).await?),
+        }))
+    }
+
+    #[tracing::instrument(name = "vault.place_hold", skip_all, fields(hold_id = %request.get_ref().hold_id))]
+    async fn place_hold(
+        &self,
+        request: Request<pb::PlaceHoldRequest>,
+    ) -> Result<Response<pb::PlaceHoldResponse>, Status> {
+        let actor = Self::actor(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let hold = required_uuid(&mut v, "hold_id", &req.hold_id);
+        let client = required_uuid(&mut v, "client_id", &req.client_id);
+        let matter = optional_uuid(&mut v, "matter_id", &req.matter_id);
+        let category = optional_category(&mut v, "category", req.category);
+        check(v)?;
+        let scopes = self
+            .vault
+            .place_hold(
+                &actor,
+                hold.unwrap_or_default(),
+                client.unwrap_or_default(),
+                matter,
+                category,
+            )
+            .await?;
+        Ok(Response::new(pb::PlaceHoldResponse {
+            scope_ids: scopes.into_iter().map(|s| s.to_string()).collect(),
+        }))
+    }
+
+    #[tracing::instrument(name = "vault.release_hold", skip_all, fields(hold_id = %request.get_ref().hold_id))]
+    async fn release_hold(
+        &self,
+        request: Request<pb::ReleaseHoldRequest>,
+    ) -> Result<Response<pb::ReleaseHoldResponse>, Status> {
+        let actor = Self::actor(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let hold = required_uuid(&mut v, "hold_id", &req.hold_id);
+        check(v)?;
+        self.vault
+            .release_hold(&actor, hold.unwrap_or_default())
+            .await?;
+        Ok(Response::new(pb::ReleaseHoldResponse {}))
+    }
+
+    #[tracing::instrument(name = "vault.seal_text", skip_all)]
+    async fn seal_text(
+        &self,
+        request: Request<pb::SealTextRequest>,
+    ) -> Result<Response<pb::SealTextResponse>, Status> {
+        let actor = Self::actor(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let client = required_uuid(&mut v, "client_id", &req.client_id);
+        let matter = optional_uuid(&mut v, "matter_id", &req.matter_id);
+        let category = domain::required_category(&mut v, "category", req.category);
+        if req.text.is_empty() || req.text.chars().count() > domain::MAX_SEALED_TEXT_CHARS {
+            v.add("text", "must be 1 to 4000 characters");
+        }
+        check(v)?;
+        let (Some(client_id), Some(category)) = (client, category) else {
+            return Err(Status::internal("validated request incomplete"));
+        };
+        let scope = domain::ScopeRef {
+            client_id,
+            matter_id: matter,
+            category,
+        };
+        let (sealed, scope_id) = self.vault.seal_text(&actor, &scope, &req.text).await?;
+        Ok(Response::new(pb::SealTextResponse {
+            sealed_text: sealed,
+            scope_id: scope_id.to_string(),
+        }))
+    }
+
+    #[tracing::instrument(name = "vault.open_sealed_text", skip_all, fields(scope_id = %request.get_ref().scope_id))]
+    async fn open_sealed_text(
+        &self,
+        request: Request<pb::OpenSealedTextRequest>,
+    ) -> Result<Response<pb::OpenSealedTextResponse>, Status> {
+        let actor = Self::actor(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let scope_id = required_uuid(&mut v, "scope_id", &req.scope_id);
+        if req.sealed_text.is_empty() {
+            v.add("sealed_text", "is required");
+        }
+        check(v)?;
+        let scope_id = scope_id.unwrap_or_default();
+        let Actor::Staff { staff_id, .. } = &actor else {
+            return Err(Error::Unauthenticated.into());
+        };
+        let scope = self
+            .vault
+            .store()
+            .scope(scope_id)
+            .await
+            .map_err(Error::from)?
+            .ok_or(Error::NotFound("scope"))?;
+        self.decide(staff_id, "audit.read", scope.client_id, scope.matter_id)
+            .await?;
+        let text = self
+            .vault
+            .open_text(&actor, scope_id, &req.sealed_text)
+            .await?;
+        Ok(Response::new(pb::OpenSealedTextResponse {
+            text: text.to_string(),
+        }))
+    }
+
+    #[tracing::instrument(name = "vault.rewrap_scope_keys", skip_all)]
+    async fn rewrap_scope_keys(
+        &self,
+        request: Request<pb::RewrapScopeKeysRequest>,
+    ) -> Result<Response<pb::RewrapScopeKeysResponse>, Status> {
+        let actor = Self::actor(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let batch = match req.batch_size {
+            0 => 100,
+            1..=1000 => i64::from(req.batch_size),
+            _ => {
+                v.add("batch_size", "must be between 0 and 1000");
+                100
+            }
+        };
+        check(v)?;
+        let (rewrapped, remaining) = self.vault.rewrap(&actor, batch).await?;
+        Ok(Response::new(pb::RewrapScopeKeysResponse {
+            rewrapped,
+            remaining,
+            active_kms_key_id: self.vault.keys().kms().active_key_id(),
+        }))
+    }
+
+    async fn get_key_stats(
+        &self,
+        _request: Request<pb::GetKeyStatsRequest>,
+    ) -> Result<Response<pb::GetKeyStatsResponse>, Status> {
+        let keys = self.vault.keys();
+        let stats = keys.stats();
+        let load = |c: &std::sync::atomic::AtomicU64| {
+            i64::try_from(c.load(Ordering::Relaxed)).unwrap_or(i64::MAX)
+        };
+        Ok(Response::new(pb::GetKeyStatsResponse {
+            cache_hits: load(&stats.cache_hits),
+            kms_decrypt_calls: load(&stats.kms_decrypt_calls),
+            kms_generate_calls: load(&stats.kms_generate_calls),
+            cached_keys: i64::try_from(keys.cache().len()).unwrap_or(i64::MAX),
+            evictions: load(&stats.evictions),
+        }))
+    }
+}

@@ -1,0 +1,328 @@
+//! Scope keys: generated and unwrapped by the KMS, kept in clear only in a
+//! bounded cache (size, age and use limits; evicted keys are zeroized when
+//! the last read using them ends), so that reading many records of one
+//! scope costs one KMS call rather than one per record.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use confidant_runtime::kms::{EncryptionContext, Kms, WrappedKey};
+use uuid::Uuid;
+
+use crate::crypto::ScopeKey;
+use crate::domain::ScopeRef;
+
+/// Cache limits.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheLimits {
+    /// Most keys held (0 turns the cache off).
+    pub capacity: usize,
+    /// Longest a key is held.
+    pub max_age: Duration,
+    /// Most reads served by one unwrapped key.
+    pub max_uses: u64,
+}
+
+struct Cached {
+    key: Arc<ScopeKey>,
+    loaded: Instant,
+    uses: u64,
+}
+
+/// Counters of key use, served by `GetKeyStats`.
+#[derive(Debug, Default)]
+pub struct KeyStats {
+    /// Keys served from the cache.
+    pub cache_hits: AtomicU64,
+    /// KMS Decrypt calls.
+    pub kms_decrypt_calls: AtomicU64,
+    /// KMS GenerateDataKey calls.
+    pub kms_generate_calls: AtomicU64,
+    /// Keys dropped from the cache.
+    pub evictions: AtomicU64,
+}
+
+/// The unwrapped scope keys of this replica.
+pub struct KeyCache {
+    entries: Mutex<HashMap<Uuid, Cached>>,
+    limits: CacheLimits,
+    stats: Arc<KeyStats>,
+}
+
+impl std::fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyCache")
+            .field("limits", &self.limits)
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl KeyCache {
+    /// An empty cache.
+    pub fn new(limits: CacheLimits, stats: Arc<KeyStats>) -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+            limits,
+            stats,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Cached>> {
+        // A panic while holding the lock cannot leave a half-updated entry
+        // (each update is a single insert or remove), so go on.
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The key of `scope_id`, if held and within its limits.
+    pub fn get(&self, scope_id: Uuid) -> Option<Arc<ScopeKey>> {
+        let mut entries = self.lock();
+        let entry = entries.get_mut(&scope_id)?;
+        if entry.loaded.elapsed() >= self.limits.max_age || entry.uses >= self.limits.max_uses {
+            entries.remove(&scope_id);
+            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        entry.uses += 1;
+        self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+        Some(entry.key.clone())
+    }
+
+    /// Holds `key`, making room by dropping the oldest key when full.
+    pub fn insert(&self, key: Arc<ScopeKey>) {
+        if self.limits.capacity == 0 {
+            return;
+        }
+        let mut entries = self.lock();
+        if entries.len() >= self.limits.capacity && !entries.contains_key(&key.scope_id()) {
+            let expired: Vec<Uuid> = entries
+                .iter()
+                .filter(|(_, c)| c.loaded.elapsed() >= self.limits.max_age)
+                .map(|(id, _)| *id)
+                .collect();
+            let mut dropped = expired.len() as u64;
+            for id in expired {
+                entries.remove(&id);
+            }
+            if entries.len() >= self.limits.capacity
+                && let Some(oldest) = entries
+                    .iter()
+                    .min_by_key(|(_, c)| c.loaded)
+                    .map(|(id, _)| *id)
+            {
+                entries.remove(&oldest);
+                dropped += 1;
+            }
+            self.stats.evictions.fetch_add(dropped, Ordering::Relaxed);
+        }
+        entries.insert(
+            key.scope_id(),
+            Cached {
+                key,
+                loaded: Instant::now(),
+                uses: 1,
+            },
+        );
+    }
+
+    /// Drops the key of `scope_id` (after a shred).
+    pub fn evict(&self, scope_id: Uuid) {
+        if self.lock().remove(&scope_id).is_some() {
+            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Keys held now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The KMS encryption context of a scope key: unwrapping needs the same
+/// scope, client, matter and category, so a wrapped key copied to another
+/// scope's row does not unwrap.
+pub fn context(scope_id: Uuid, scope: &ScopeRef) -> EncryptionContext {
+    EncryptionContext::new()
+        .with("confidant:scope", &scope_id.to_string())
+        .with("confidant:client", &scope.client_id.to_string())
+        .with(
+            "confidant:matter",
+            &scope.matter_id.map(|m| m.to_string()).unwrap_or_default(),
+        )
+        .with("confidant:category", scope.category.as_str())
+}
+
+/// Why a scope key is not available.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The KMS failed or refused.
+    #[error(transparent)]
+    Kms(#[from] confidant_runtime::kms::Error),
+    /// The key material does not fit.
+    #[error(transparent)]
+    Crypto(#[from] crate::crypto::CryptoError),
+}
+
+/// Scope keys through the KMS and the cache.
+pub struct Keyring {
+    kms: Arc<dyn Kms>,
+    cache: KeyCache,
+    stats: Arc<KeyStats>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring")
+            .field("kms", &self.kms)
+            .field("cache", &self.cache)
+            .finish()
+    }
+}
+
+impl Keyring {
+    /// A keyring over `kms`.
+    pub fn new(kms: Arc<dyn Kms>, limits: CacheLimits) -> Self {
+        let stats = Arc::new(KeyStats::default());
+        Self {
+            kms,
+            cache: KeyCache::new(limits, stats.clone()),
+            stats,
+        }
+    }
+
+    /// The KMS.
+    pub fn kms(&self) -> &Arc<dyn Kms> {
+        &self.kms
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &KeyStats {
+        &self.stats
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &KeyCache {
+        &self.cache
+    }
+
+    /// A fresh scope key from the KMS: in clear (cached) and wrapped.
+    pub async fn generate(
+        &self,
+        scope_id: Uuid,
+        scope: &ScopeRef,
+        key_version: i32,
+    ) -> Result<(Arc<ScopeKey>, WrappedKey), KeyError> {
+        self.stats
+            .kms_generate_calls
+            .fetch_add(1, Ordering::Relaxed);
+        let fresh = self
+            .kms
+            .generate_data_key(&context(scope_id, scope))
+            .await?;
+        let key = Arc::new(ScopeKey::new(scope_id, key_version, &fresh.plaintext)?);
+        Ok((key, fresh.wrapped))
+    }
+
+    /// Puts a key generated by [`Keyring::generate`] in the cache once it
+    /// is stored.
+    pub fn remember(&self, key: Arc<ScopeKey>) {
+        self.cache.insert(key);
+    }
+
+    /// The scope key in clear: from the cache, or unwrapped by the KMS.
+    pub async fn unwrap(
+        &self,
+        scope_id: Uuid,
+        scope: &ScopeRef,
+        key_version: i32,
+        wrapped: &WrappedKey,
+    ) -> Result<Arc<ScopeKey>, KeyError> {
+        if let Some(key) = self.cache.get(scope_id)
+            && key.key_version() == key_version
+        {
+            return Ok(key);
+        }
+        self.stats.kms_decrypt_calls.fetch_add(1, Ordering::Relaxed);
+        let plain = self.kms.decrypt(wrapped, &context(scope_id, scope)).await?;
+        let key = Arc::new(ScopeKey::new(scope_id, key_version, &plain)?);
+        self.cache.insert(key.clone());
+        Ok(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use confidant_runtime::kms::SecretKey;
+
+    fn key(id: Uuid) -> Arc<ScopeKey> {
+        Arc::new(ScopeKey::new(id, 1, &SecretKey::from_slice(&[7u8; 32]).unwrap()).unwrap())
+    }
+
+    fn cache(capacity: usize, max_age: Duration, max_uses: u64) -> KeyCache {
+        KeyCache::new(
+            CacheLimits {
+                capacity,
+                max_age,
+                max_uses,
+            },
+            Arc::new(KeyStats::default()),
+        )
+    }
+
+    #[test]
+    fn a_key_serves_at_most_its_uses() {
+        let c = cache(10, Duration::from_secs(60), 3);
+        let id = Uuid::now_v7();
+        c.insert(key(id));
+        assert!(c.get(id).is_some());
+        assert!(c.get(id).is_some());
+        assert!(c.get(id).is_none(), "the insert counted as the first use");
+        assert!(c.is_empty());
+        assert_eq!(c.stats.cache_hits.load(Ordering::Relaxed), 2);
+        assert_eq!(c.stats.evictions.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_key_expires_with_age() {
+        let c = cache(10, Duration::from_millis(30), 1000);
+        let id = Uuid::now_v7();
+        c.insert(key(id));
+        assert!(c.get(id).is_some());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(c.get(id).is_none());
+    }
+
+    #[test]
+    fn a_full_cache_drops_its_oldest_key() {
+        let c = cache(2, Duration::from_secs(60), 1000);
+        let (a, b, d) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        c.insert(key(a));
+        std::thread::sleep(Duration::from_millis(2));
+        c.insert(key(b));
+        c.insert(key(d));
+        assert_eq!(c.len(), 2);
+        assert!(c.get(a).is_none());
+        assert!(c.get(b).is_some() && c.get(d).is_some());
+        c.evict(b);
+        assert!(c.get(b).is_none());
+    }
+
+    #[test]
+    fn capacity_zero_turns_the_cache_off() {
+        let c = cache(0, Duration::from_secs(60), 1000);
+        let id = Uuid::now_v7();
+        c.insert(key(id));
+        assert!(c.get(id).is_none());
+    }
+}

@@ -1,0 +1,1007 @@
+//! The vault's operations, independent of gRPC: storing and reading
+//! records under the key hierarchy, shredding, holds, sealing audit text and
+//! rewrapping. Authorization decisions are made by the caller (the gRPC
+//! layer asks identity); what is decided here is what the data and its keys
+//! allow, and every access is recorded in the audit outbox in the same
+//! transaction as its effect — for reads, before any plaintext is returned.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use confidant_proto::audit::v1::{ActorKind, AuditEvent, Outcome};
+use confidant_runtime::audit::{Action, EventBuilder};
+use confidant_runtime::kms::WrappedKey;
+use confidant_runtime::portable::{Statement, TransactError};
+use prost::Message;
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+use crate::crypto::{FieldBinding, RecordKey, ScopeKey};
+use crate::domain::{Category, FieldType, Limits, NewRecord, Purpose, ScopeRef};
+use crate::error::Error;
+use crate::keys::Keyring;
+use crate::masking::{Mask, MaskingRules};
+use crate::store::{self, RecordRow, ScopeRow, ScopeState, VaultStore};
+
+/// How long masking rules are used before they are read again.
+const RULES_TTL: Duration = Duration::from_secs(30);
+
+/// Who acts.
+#[derive(Debug, Clone)]
+pub enum Actor {
+    /// A staff member (through a firm application or directly).
+    Staff {
+        /// Staff id.
+        staff_id: String,
+        /// Roles in their token.
+        roles: Vec<String>,
+        /// The peer certificate's identity.
+        peer: String,
+    },
+    /// A service or application acting for itself.
+    Service {
+        /// The peer certificate's identity.
+        peer: String,
+    },
+}
+
+impl Actor {
+    /// The id recorded as creator.
+    pub fn id(&self) -> &str {
+        match self {
+            Actor::Staff { staff_id, .. } => staff_id,
+            Actor::Service { peer } => peer,
+        }
+    }
+
+    fn event(&self, trust_domain: &str, action: Action) -> EventBuilder {
+        let b = EventBuilder::new(crate::NAME, trust_domain, action);
+        match self {
+            Actor::Staff {
+                staff_id,
+                roles,
+                peer,
+            } => b.actor(ActorKind::Staff, staff_id, peer).roles(roles),
+            Actor::Service { peer } => b.actor(ActorKind::Service, peer, peer),
+        }
+    }
+}
+
+/// Encrypted fields as stored: one message per record.
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredFields {
+    #[prost(message, repeated, tag = "1")]
+    fields: Vec<StoredField>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredField {
+    #[prost(string, tag = "1")]
+    name: String,
+    #[prost(string, tag = "2")]
+    field_type: String,
+    #[prost(bytes = "vec", tag = "3")]
+    sealed: Vec<u8>,
+}
+
+/// A field as read.
+#[derive(Debug)]
+pub struct OpenedField {
+    /// Name.
+    pub name: String,
+    /// Type.
+    pub field_type: FieldType,
+    /// Value as the reader may see it.
+    pub value: Zeroizing<String>,
+    /// Whether it was masked.
+    pub masked: bool,
+}
+
+/// A record as read.
+#[derive(Debug)]
+pub struct OpenedRecord {
+    /// Its row.
+    pub row: RecordRow,
+    /// Its fields.
+    pub fields: Vec<OpenedField>,
+    /// The audit event that recorded the read.
+    pub audit_event_id: String,
+}
+
+/// What a read is for.
+#[derive(Debug, Clone)]
+pub struct ReadIntent<'a> {
+    /// The purpose code.
+    pub purpose: Purpose,
+    /// Free-text justification (sealed in the audit event).
+    pub justification: &'a str,
+    /// The roles whose masks apply.
+    pub roles: &'a [String],
+}
+
+/// Settings of the vault's operations.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Field limits.
+    pub limits: Limits,
+    /// Default pending window of a scope destruction.
+    pub destruction_window: Duration,
+    /// The trust domain, for audit events.
+    pub trust_domain: String,
+}
+
+/// The vault.
+pub struct Vault {
+    store: VaultStore,
+    keys: Keyring,
+    settings: Settings,
+    rules: RwLock<Option<(Instant, Arc<MaskingRules>)>>,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault")
+            .field("keys", &self.keys)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+fn scope_ref_of(row: &RecordRow) -> Result<ScopeRef, Error> {
+    Ok(ScopeRef {
+        client_id: row.client_id,
+        matter_id: row.matter_id,
+        category: Category::parse(&row.category).ok_or(Error::Integrity)?,
+    })
+}
+
+fn is_shredded(row: &RecordRow) -> bool {
+    row.wrapped_key.is_none() || ScopeState::parse(&row.scope_state) == ScopeState::Shredded
+}
+
+impl Vault {
+    /// The vault over its store and keyring.
+    pub fn new(store: VaultStore, keys: Keyring, settings: Settings) -> Self {
+        Self {
+            store,
+            keys,
+            settings,
+            rules: RwLock::new(None),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &VaultStore {
+        &self.store
+    }
+
+    /// The keyring.
+    pub fn keys(&self) -> &Keyring {
+        &self.keys
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn event(&self, actor: &Actor, action: Action) -> EventBuilder {
+        actor.event(&self.settings.trust_domain, action)
+    }
+
+    async fn commit(
+        &self,
+        statements: Vec<Statement>,
+        events: &[AuditEvent],
+    ) -> Result<Vec<u64>, Error> {
+        match self.store.db().transact(statements, events).await {
+            Ok(rows) => Ok(rows),
+            Err(TransactError::Sqlx(e)) => Err(Error::Store(e)),
+            Err(e) => Err(Error::Audit(e.to_string())),
+        }
+    }
+
+    // ---------------------------------------------------------------- scopes
+
+    /// The live scope of `scope` and its key, creating both on first use.
+    pub async fn scope_for_write(
+        &self,
+        actor: &Actor,
+        scope: &ScopeRef,
+    ) -> Result<(ScopeRow, Arc<ScopeKey>), Error> {
+        if let Some(row) = self.store.scope_by_ref(scope).await? {
+            let key = self.live_key(&row).await?;
+            return Ok((row, key));
+        }
+        let id = Uuid::now_v7();
+        let (key, wrapped) = self.keys.generate(id, scope, 1).await?;
+        let event = self
+            .event(actor, Action::VaultScopeCreated)
+            .resource("scope", &id.to_string())
+            .scope(Some(scope.client_id), scope.matter_id)
+            .category(scope.category.as_str())
+            .build();
+        // The event is only kept if this replica's row wins the race.
+        let rows = self
+            .store
+            .db()
+            .transact(
+                vec![
+                    VaultStore::insert_scope(
+                        id,
+                        scope,
+                        1,
+                        &wrapped.key_id,
+                        &wrapped.ciphertext,
+                        Utc::now(),
+                    )
+                    .expecting(1),
+                ],
+                &[event],
+            )
+            .await;
+        match rows {
+            Ok(_) => {}
+            Err(TransactError::Unmet { .. }) => {}
+            Err(TransactError::Sqlx(e)) => return Err(Error::Store(e)),
+            Err(e) => return Err(Error::Audit(e.to_string())),
+        }
+        let row = self
+            .store
+            .scope_by_ref(scope)
+            .await?
+            .ok_or(Error::Conflict(
+                "the scope changed while it was created; retry",
+            ))?;
+        if row.id == id {
+            self.keys.remember(key.clone());
+            return Ok((row, key));
+        }
+        let key = self.live_key(&row).await?;
+        Ok((row, key))
+    }
+
+    /// The key of a live scope (refused once destruction is pending).
+    async fn live_key(&self, row: &ScopeRow) -> Result<Arc<ScopeKey>, Error> {
+        match row.state() {
+            ScopeState::Active => {}
+            ScopeState::PendingDestruction => return Err(Error::PendingDestruction),
+            ScopeState::Shredded => return Err(Error::Shredded("scope")),
+        }
+        let (Some(kms_key_id), Some(ciphertext)) = (&row.kms_key_id, &row.wrapped_key) else {
+            return Err(Error::Shredded("scope"));
+        };
+        let scope = row.scope_ref().ok_or(Error::Integrity)?;
+        Ok(self
+            .keys
+            .unwrap(
+                row.id,
+                &scope,
+                row.key_version,
+                &WrappedKey {
+                    key_id: kms_key_id.clone(),
+                    ciphertext: ciphertext.clone(),
+                },
+            )
+            .await?)
+    }
+
+    // --------------------------------------------------------------- records
+
+    /// Stores a record. With a `request_id`, a retry returns the first
+    /// record.
+    pub async fn create(
+        &self,
+        actor: &Actor,
+        record: &NewRecord,
+        request_id: Option<&str>,
+    ) -> Result<RecordRow, Error> {
+        if let Some(rid) = request_id
+            && let Some(existing) = self.store.record_by_request(actor.id(), rid).await?
+        {
+            return Ok(existing);
+        }
+        let (scope_row, scope_key) = self.scope_for_write(actor, &record.scope).await?;
+        let id = Uuid::now_v7();
+        let record_key = RecordKey::generate()?;
+        let mut stored = StoredFields::default();
+        for field in &record.fields {
+            let at = FieldBinding {
+                record_id: id,
+                scope_id: scope_row.id,
+                key_version: scope_key.key_version(),
+                name: &field.name,
+                field_type: field.field_type.as_str(),
+            };
+            stored.fields.push(StoredField {
+                name: field.name.clone(),
+                field_type: field.field_type.as_str().to_owned(),
+                sealed: record_key.seal_field(&at, field.value.as_bytes())?,
+            });
+        }
+        let now = Utc::now();
+        let encrypted = store::EncryptedRecord {
+            id,
+            scope_id: scope_row.id,
+            scope: record.scope,
+            key_version: scope_key.key_version(),
+            wrapped_key: scope_key.wrap_record_key(id, &record_key)?,
+            fields: stored.encode_to_vec(),
+            field_names: record
+                .fields
+                .iter()
+                .map(|f| f.name.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            created_at: now,
+            created_by: actor.id().to_owned(),
+            request_id: request_id.map(str::to_owned),
+        };
+        let event = self
+            .event(actor, Action::VaultRecordCreated)
+            .resource("record", &id.to_string())
+            .scope(Some(record.scope.client_id), record.scope.matter_id)
+            .category(record.scope.category.as_str())
+            .build();
+        match self
+            .store
+            .db()
+            .transact(vec![encrypted.insert()], &[event])
+            .await
+        {
+            Ok(_) => {}
+            Err(TransactError::Sqlx(e))
+                if request_id.is_some()
+                    && confidant_runtime::error::classify_sqlx(&e)
+                        == confidant_runtime::error::StorageFault::AlreadyExists =>
+            {
+                // A concurrent retry stored it first.
+                if let Some(rid) = request_id
+                    && let Some(existing) = self.store.record_by_request(actor.id(), rid).await?
+                {
+                    return Ok(existing);
+                }
+                return Err(Error::Store(e));
+            }
+            Err(TransactError::Sqlx(e)) => return Err(Error::Store(e)),
+            Err(e) => return Err(Error::Audit(e.to_string())),
+        }
+        Ok(RecordRow {
+            id,
+            scope_id: scope_row.id,
+            client_id: record.scope.client_id,
+            matter_id: record.scope.matter_id,
+            category: record.scope.category.as_str().to_owned(),
+            key_version: encrypted.key_version,
+            wrapped_key: Some(encrypted.wrapped_key),
+            fields: Vec::new(),
+            field_names: encrypted.field_names,
+            created_at: now,
+            created_by: encrypted.created_by,
+            shredded_at: None,
+            shred_order: None,
+            scope_state: scope_row.state,
+            scope_kms_key_id: scope_row.kms_key_id,
+            scope_wrapped_key: None,
+            scope_shredded_at: None,
+            scope_shred_order: None,
+        })
+    }
+
+    /// A record's row (metadata, ciphertext and scope state).
+    pub async fn load(&self, id: Uuid) -> Result<RecordRow, Error> {
+        self.store
+            .record(id)
+            .await?
+            .ok_or(Error::NotFound("record"))
+    }
+
+    /// Why a record cannot be read, if it cannot.
+    pub fn unreadable(row: &RecordRow) -> Option<Error> {
+        if is_shredded(row) {
+            return Some(Error::Shredded("record"));
+        }
+        match ScopeState::parse(&row.scope_state) {
+            ScopeState::PendingDestruction => Some(Error::PendingDestruction),
+            _ => None,
+        }
+    }
+
+    async fn masking_rules(&self) -> Result<Arc<MaskingRules>, Error> {
+        if let Ok(guard) = self.rules.read()
+            && let Some((at, rules)) = guard.as_ref()
+            && at.elapsed() < RULES_TTL
+        {
+            return Ok(rules.clone());
+        }
+        let rules = Arc::new(MaskingRules::from_rows(self.store.masking_rules().await?));
+        if let Ok(mut guard) = self.rules.write() {
+            *guard = Some((Instant::now(), rules.clone()));
+        }
+        Ok(rules)
+    }
+
+    /// Decrypts a record's fields in memory (nothing is returned yet).
+    async fn decrypt(
+        &self,
+        row: &RecordRow,
+    ) -> Result<(Arc<ScopeKey>, Vec<(String, FieldType, Zeroizing<Vec<u8>>)>), Error> {
+        if let Some(e) = Self::unreadable(row) {
+            return Err(e);
+        }
+        let scope = scope_ref_of(row)?;
+        let (Some(kms_key_id), Some(scope_wrapped), Some(record_wrapped)) = (
+            &row.scope_kms_key_id,
+            &row.scope_wrapped_key,
+            &row.wrapped_key,
+        ) else {
+            return Err(Error::Shredded("record"));
+        };
+        let scope_key = self
+            .keys
+            .unwrap(
+                row.scope_id,
+                &scope,
+                row.key_version,
+                &WrappedKey {
+                    key_id: kms_key_id.clone(),
+                    ciphertext: scope_wrapped.clone(),
+                },
+            )
+            .await?;
+        let record_key = scope_key.unwrap_record_key(row.id, record_wrapped)?;
+        let stored = StoredFields::decode(row.fields.as_slice()).map_err(|_| Error::Integrity)?;
+        let mut out = Vec::with_capacity(stored.fields.len());
+        for field in stored.fields {
+            let field_type = FieldType::parse(&field.field_type).ok_or(Error::Integrity)?;
+            let at = FieldBinding {
+                record_id: row.id,
+                scope_id: row.scope_id,
+                key_version: row.key_version,
+                name: &field.name,
+                field_type: &field.field_type,
+            };
+            let plain = record_key.open_field(&at, &field.sealed)?;
+            out.push((field.name, field_type, plain));
+        }
+        Ok((scope_key, out))
+    }
+
+    fn read_event(
+        &self,
+        actor: &Actor,
+        row: &RecordRow,
+        intent: &ReadIntent<'_>,
+        sealed: Option<(Vec<u8>, Uuid)>,
+    ) -> AuditEvent {
+        let mut b = self
+            .event(actor, Action::VaultRecordRead)
+            .resource("record", &row.id.to_string())
+            .scope(Some(row.client_id), row.matter_id)
+            .category(&row.category)
+            .purpose(intent.purpose.as_str());
+        if let Some((text, scope_id)) = sealed {
+            b = b.sealed_text(text, &scope_id.to_string());
+        }
+        b.build()
+    }
+
+    /// Reads records the caller was allowed to read: decrypts each, records
+    /// one audit event per record (justification sealed under its scope
+    /// key) and commits them all before any plaintext is returned. Items
+    /// that cannot be read fail on their own; if the events cannot be
+    /// recorded, every item fails and nothing is returned.
+    pub async fn open_many(
+        &self,
+        actor: &Actor,
+        rows: Vec<RecordRow>,
+        intent: &ReadIntent<'_>,
+    ) -> Vec<Result<OpenedRecord, Error>> {
+        let rules = match self.masking_rules().await {
+            Ok(r) => r,
+            Err(e) => {
+                let reason = e.to_string();
+                tracing::error!(error = %reason, "masking rules unavailable");
+                return rows
+                    .iter()
+                    .map(|_| Err(Error::Conflict("masking rules unavailable")))
+                    .collect();
+            }
+        };
+        let mut events = Vec::new();
+        let mut results: Vec<Result<OpenedRecord, Error>> = Vec::with_capacity(rows.len());
+        for row in rows {
+            match self.decrypt(&row).await {
+                Ok((scope_key, fields)) => {
+                    let sealed = if intent.justification.is_empty() {
+                        None
+                    } else {
+                        match scope_key.seal_text(intent.justification) {
+                            Ok(s) => Some((s, row.scope_id)),
+                            Err(e) => {
+                                results.push(Err(e.into()));
+                                continue;
+                            }
+                        }
+                    };
+                    let event = self.read_event(actor, &row, intent, sealed);
+                    let category = Category::parse(&row.category);
+                    let fields = fields
+                        .into_iter()
+                        .map(|(name, field_type, plain)| {
+                            let mask = category
+                                .map_or(Mask::Redact, |c| rules.mask(intent.roles, c, field_type));
+                            let text = String::from_utf8_lossy(&plain);
+                            OpenedField {
+                                name,
+                                field_type,
+                                value: Zeroizing::new(mask.apply(&text)),
+                                masked: mask != Mask::Clear,
+                            }
+                        })
+                        .collect();
+                    results.push(Ok(OpenedRecord {
+                        row,
+                        fields,
+                        audit_event_id: event.id.clone(),
+                    }));
+                    events.push(event);
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        if events.is_empty() {
+            return results;
+        }
+        // Fail closed: the events are durable (in the outbox, delivered to
+        // the audit log exactly once) before any plaintext leaves.
+        if let Err(e) = self.store.db().transact(Vec::new(), &events).await {
+            tracing::error!(error = %e, "read events not recorded; no plaintext returned");
+            let why = e.to_string();
+            return results
+                .into_iter()
+                .map(|r| match r {
+                    Ok(_) => Err(Error::Audit(why.clone())),
+                    Err(e) => Err(e),
+                })
+                .collect();
+        }
+        results
+    }
+
+    /// Records a refused read (denied by identity, shredded, pending).
+    pub async fn record_refused_read(
+        &self,
+        actor: &Actor,
+        row: &RecordRow,
+        intent: &ReadIntent<'_>,
+        outcome: Outcome,
+        reason: &str,
+    ) {
+        let event = self.read_event(actor, row, intent, None);
+        let mut event = event;
+        event.outcome = outcome as i32;
+        event.reason = reason.to_owned();
+        if let Err(e) = self.commit(Vec::new(), &[event]).await {
+            tracing::error!(error = %e, "refused read not recorded");
+        }
+    }
+
+    /// A page of a client's record metadata.
+    pub async fn list(
+        &self,
+        client_id: Uuid,
+        matter_id: Option<Uuid>,
+        category: Option<Category>,
+        before: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<RecordRow>, Error> {
+        Ok(self
+            .store
+            .list_records(client_id, matter_id, category, before, limit)
+            .await?)
+    }
+
+    // --------------------------------------------------------------- shredding
+
+    /// Destroys one record key.
+    pub async fn shred_record(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        order: &str,
+    ) -> Result<RecordRow, Error> {
+        let row = self.load(id).await?;
+        if is_shredded(&row) {
+            return Ok(row);
+        }
+        let scope = self
+            .store
+            .scope(row.scope_id)
+            .await?
+            .ok_or(Error::NotFound("scope"))?;
+        if scope.hold_count > 0 || !self.store.holds_covering(&scope).await?.is_empty() {
+            self.refused_shred(actor, "record", id, &scope, "legal_hold")
+                .await;
+            return Err(Error::Held);
+        }
+        let event = self
+            .event(actor, Action::VaultRecordShredded)
+            .resource("record", &id.to_string())
+            .scope(Some(row.client_id), row.matter_id)
+            .category(&row.category)
+            .outcome(Outcome::Allowed, &format!("order:{order}"))
+            .build();
+        match self
+            .store
+            .db()
+            .transact(
+                vec![store::shred_record(id, order, Utc::now()).expecting(1)],
+                &[event],
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(TransactError::Unmet { .. }) => return Err(Error::Held),
+            Err(TransactError::Sqlx(e)) => return Err(Error::Store(e)),
+            Err(e) => return Err(Error::Audit(e.to_string())),
+        }
+        self.load(id).await
+    }
+
+    async fn refused_shred(
+        &self,
+        actor: &Actor,
+        kind: &str,
+        id: Uuid,
+        scope: &ScopeRow,
+        reason: &str,
+    ) {
+        let action = if kind == "record" {
+            Action::VaultRecordShredded
+        } else {
+            Action::VaultScopeShredded
+        };
+        let event = self
+            .event(actor, action)
+            .resource(kind, &id.to_string())
+            .scope(Some(scope.client_id), scope.matter_id)
+            .category(&scope.category)
+            .outcome(Outcome::Denied, reason)
+            .build();
+        if let Err(e) = self.commit(Vec::new(), &[event]).await {
+            tracing::error!(error = %e, "refused shred not recorded");
+        }
+    }
+
+    /// Destroys a scope key — at once, or after a pending window.
+    pub async fn shred_scope(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        order: &str,
+        window: Option<Duration>,
+    ) -> Result<ScopeRow, Error> {
+        let scope = self
+            .store
+            .scope(id)
+            .await?
+            .ok_or(Error::NotFound("scope"))?;
+        if scope.state() == ScopeState::Shredded {
+            return Ok(scope);
+        }
+        if scope.hold_count > 0 || !self.store.holds_covering(&scope).await?.is_empty() {
+            self.refused_shred(actor, "scope", id, &scope, "legal_hold")
+                .await;
+            return Err(Error::Held);
+        }
+        let window = window.unwrap_or(self.settings.destruction_window);
+        let now = Utc::now();
+        let base = |action| {
+            self.event(actor, action)
+                .resource("scope", &id.to_string())
+                .scope(Some(scope.client_id), scope.matter_id)
+                .category(&scope.category)
+                .outcome(Outcome::Allowed, &format!("order:{order}"))
+        };
+        let (statement, event) = if window.is_zero() {
+            (
+                store::shred_scope(id, order, now),
+                base(Action::VaultScopeShredded).build(),
+            )
+        } else {
+            if scope.state() == ScopeState::PendingDestruction {
+                return Ok(scope);
+            }
+            let due = now
+                + chrono::Duration::from_std(window)
+                    .map_err(|_| Error::Conflict("pending window too long"))?;
+            (
+                store::schedule_destruction(id, order, due),
+                base(Action::VaultScopeDestructionScheduled).build(),
+            )
+        };
+        match self
+            .store
+            .db()
+            .transact(vec![statement.expecting(1)], &[event])
+            .await
+        {
+            Ok(_) => {}
+            // A hold arrived, or another replica acted first.
+            Err(TransactError::Unmet { .. }) => {
+                let now_row = self
+                    .store
+                    .scope(id)
+                    .await?
+                    .ok_or(Error::NotFound("scope"))?;
+                if now_row.state() == ScopeState::Shredded {
+                    self.keys.cache().evict(id);
+                    return Ok(now_row);
+                }
+                return Err(Error::Held);
+            }
+            Err(TransactError::Sqlx(e)) => return Err(Error::Store(e)),
+            Err(e) => return Err(Error::Audit(e.to_string())),
+        }
+        self.keys.cache().evict(id);
+        self.store.scope(id).await?.ok_or(Error::NotFound("scope"))
+    }
+
+    /// Cancels a pending destruction.
+    pub async fn cancel_destruction(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        reason: &str,
+    ) -> Result<ScopeRow, Error> {
+        let scope = self
+            .store
+            .scope(id)
+            .await?
+            .ok_or(Error::NotFound("scope"))?;
+        match scope.state() {
+            ScopeState::Active => {
+                return Err(Error::Conflict("the scope is not pending destruction"));
+            }
+            ScopeState::Shredded => return Err(Error::Shredded("scope")),
+            ScopeState::PendingDestruction => {}
+        }
+        let event = self
+            .event(actor, Action::VaultScopeDestructionCancelled)
+            .resource("scope", &id.to_string())
+            .scope(Some(scope.client_id), scope.matter_id)
+            .category(&scope.category)
+            .outcome(Outcome::Allowed, reason)
+            .build();
+        match self
+            .store
+            .db()
+            .transact(vec![store::cancel_destruction(id).expecting(1)], &[event])
+            .await
+        {
+            Ok(_) => {}
+            Err(TransactError::Unmet { .. }) => {
+                return Err(Error::Conflict("the destruction already took effect"));
+            }
+            Err(TransactError::Sqlx(e)) => return Err(Error::Store(e)),
+            Err(e) => return Err(Error::Audit(e.to_string())),
+        }
+        self.store.scope(id).await?.ok_or(Error::NotFound("scope"))
+    }
+
+    /// Carries out pending destructions that are due; returns how many.
+    pub async fn destroy_due(&self, now: DateTime<Utc>) -> Result<usize, Error> {
+        let actor = Actor::Service {
+            peer: crate::NAME.spiffe_id(&self.settings.trust_domain),
+        };
+        let mut done = 0;
+        for scope in self.store.due_destructions(now).await? {
+            let order = scope.shred_order.clone().unwrap_or_default();
+            let event = self
+                .event(&actor, Action::VaultScopeShredded)
+                .resource("scope", &scope.id.to_string())
+                .scope(Some(scope.client_id), scope.matter_id)
+                .category(&scope.category)
+                .outcome(Outcome::Allowed, &format!("order:{order}"))
+                .build();
+            match self
+                .store
+                .db()
+                .transact(
+                    vec![store::shred_scope(scope.id, &order, now).expecting(1)],
+                    &[event],
+                )
+                .await
+            {
+                Ok(_) => {
+                    self.keys.cache().evict(scope.id);
+                    done += 1;
+                }
+                Err(TransactError::Unmet { .. }) => {
+                    tracing::info!(scope_id = %scope.id, "pending destruction not carried out: held or changed");
+                }
+                Err(TransactError::Sqlx(e)) => return Err(Error::Store(e)),
+                Err(e) => return Err(Error::Audit(e.to_string())),
+            }
+        }
+        Ok(done)
+    }
+
+    // ----------------------------------------------------------------- holds
+
+    /// Records a legal hold; pending destructions it covers are suspended.
+    /// Returns the scopes it covers.
+    pub async fn place_hold(
+        &self,
+        actor: &Actor,
+        hold_id: Uuid,
+        client_id: Uuid,
+        matter_id: Option<Uuid>,
+        category: Option<Category>,
+    ) -> Result<Vec<Uuid>, Error> {
+        if let Some(existing) = self.store.hold(hold_id).await? {
+            let same = existing.client_id == client_id
+                && existing.matter_id == matter_id
+                && existing.category.as_deref() == category.map(Category::as_str);
+            if !same {
+                return Err(Error::Conflict("a hold with this id covers something else"));
+            }
+            if existing.released_at.is_some() {
+                return Err(Error::Conflict("the hold was released; place a new one"));
+            }
+            return Ok(self.store.scopes_covered(&existing).await?);
+        }
+        let mut b = self
+            .event(actor, Action::VaultHoldPlaced)
+            .resource("hold", &hold_id.to_string())
+            .scope(Some(client_id), matter_id);
+        if let Some(c) = category {
+            b = b.category(c.as_str());
+        }
+        self.commit(
+            vec![
+                store::insert_hold(
+                    hold_id,
+                    client_id,
+                    matter_id,
+                    category,
+                    actor.id(),
+                    Utc::now(),
+                ),
+                store::recount_holds(client_id),
+                store::suspend_destructions(client_id),
+            ],
+            &[b.build()],
+        )
+        .await?;
+        let hold = self
+            .store
+            .hold(hold_id)
+            .await?
+            .ok_or(Error::NotFound("hold"))?;
+        Ok(self.store.scopes_covered(&hold).await?)
+    }
+
+    /// Releases a legal hold.
+    pub async fn release_hold(&self, actor: &Actor, hold_id: Uuid) -> Result<(), Error> {
+        let hold = self
+            .store
+            .hold(hold_id)
+            .await?
+            .ok_or(Error::NotFound("hold"))?;
+        if hold.released_at.is_some() {
+            return Ok(());
+        }
+        let mut b = self
+            .event(actor, Action::VaultHoldReleased)
+            .resource("hold", &hold_id.to_string())
+            .scope(Some(hold.client_id), hold.matter_id);
+        if let Some(c) = &hold.category {
+            b = b.category(c);
+        }
+        self.commit(
+            vec![
+                store::release_hold(hold_id, Utc::now()),
+                store::recount_holds(hold.client_id),
+            ],
+            &[b.build()],
+        )
+        .await?;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ sealed text
+
+    /// Seals text for an audit event about `scope`.
+    pub async fn seal_text(
+        &self,
+        actor: &Actor,
+        scope: &ScopeRef,
+        text: &str,
+    ) -> Result<(Vec<u8>, Uuid), Error> {
+        let (row, key) = self.scope_for_write(actor, scope).await?;
+        Ok((key.seal_text(text)?, row.id))
+    }
+
+    /// Opens sealed audit text; the opening is recorded before the text is
+    /// returned.
+    pub async fn open_text(
+        &self,
+        actor: &Actor,
+        scope_id: Uuid,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<String>, Error> {
+        let row = self
+            .store
+            .scope(scope_id)
+            .await?
+            .ok_or(Error::NotFound("scope"))?;
+        let key = self.live_key(&row).await?;
+        let text = key.open_text(sealed)?;
+        let event = self
+            .event(actor, Action::VaultSealedTextOpened)
+            .resource("scope", &scope_id.to_string())
+            .scope(Some(row.client_id), row.matter_id)
+            .category(&row.category)
+            .build();
+        self.commit(Vec::new(), &[event]).await?;
+        Ok(text)
+    }
+
+    // ----------------------------------------------------------------- rewrap
+
+    /// Rewraps up to `batch` scope keys under the active KMS key; returns
+    /// (rewrapped, remaining).
+    pub async fn rewrap(&self, actor: &Actor, batch: i64) -> Result<(i64, i64), Error> {
+        let active = self.keys.kms().active_key_id();
+        let mut done = 0;
+        for scope in self.store.scopes_to_rewrap(&active, batch).await? {
+            let (Some(old), Some(ciphertext), Some(scope_ref)) = (
+                scope.kms_key_id.clone(),
+                scope.wrapped_key.clone(),
+                scope.scope_ref(),
+            ) else {
+                continue;
+            };
+            let wrapped = self
+                .keys
+                .kms()
+                .rewrap(
+                    &WrappedKey {
+                        key_id: old.clone(),
+                        ciphertext,
+                    },
+                    &crate::keys::context(scope.id, &scope_ref),
+                    None,
+                )
+                .await?;
+            let rows = self
+                .commit(
+                    vec![store::rewrap_scope(
+                        scope.id,
+                        &old,
+                        &wrapped.key_id,
+                        &wrapped.ciphertext,
+                    )],
+                    &[],
+                )
+                .await?;
+            done += i64::try_from(rows.first().copied().unwrap_or(0)).unwrap_or(0);
+        }
+        let remaining = self.store.rewrap_remaining(&active).await?;
+        if done > 0 {
+            let event = self
+                .event(actor, Action::VaultKeysRewrapped)
+                .resource("kms_key", &active)
+                .outcome(
+                    Outcome::Allowed,
+                    &format!("rewrapped:{done} remaining:{remaining}"),
+                )
+                .build();
+            self.commit(Vec::new(), &[event]).await?;
+        }
+        Ok((done, remaining))
+    }
+}

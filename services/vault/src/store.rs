@@ -1,0 +1,599 @@
+//! The vault's tables on PostgreSQL or SQLite, through the portable
+//! statements of the runtime: one implementation, both backends.
+
+use chrono::{DateTime, Utc};
+use confidant_runtime::portable::{Statement, Value};
+use confidant_runtime::storage::Database;
+use uuid::Uuid;
+
+use crate::domain::{Category, ScopeRef};
+
+/// What a query can fail with.
+pub type StoreResult<T> = Result<T, sqlx::Error>;
+
+/// The state of a scope key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScopeState {
+    /// In use.
+    Active,
+    /// Reads refused, destruction due at `destroy_after`.
+    PendingDestruction,
+    /// The key is gone.
+    Shredded,
+}
+
+impl ScopeState {
+    /// From the stored name (unknown names read as shredded: refuse).
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "active" => Self::Active,
+            "pending_destruction" => Self::PendingDestruction,
+            _ => Self::Shredded,
+        }
+    }
+}
+
+/// A scope row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ScopeRow {
+    /// Id.
+    pub id: Uuid,
+    /// Client.
+    pub client_id: Uuid,
+    /// Matter.
+    pub matter_id: Option<Uuid>,
+    /// Category name.
+    pub category: String,
+    /// Scope key version.
+    pub key_version: i32,
+    /// KMS key that wraps it.
+    pub kms_key_id: Option<String>,
+    /// The wrapped key.
+    pub wrapped_key: Option<Vec<u8>>,
+    /// State name.
+    pub state: String,
+    /// Covering holds.
+    pub hold_count: i32,
+    /// When a pending destruction is due.
+    pub destroy_after: Option<DateTime<Utc>>,
+    /// The order that shredded it.
+    pub shred_order: Option<String>,
+    /// When it was shredded.
+    pub shredded_at: Option<DateTime<Utc>>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+}
+
+impl ScopeRow {
+    /// Its state.
+    pub fn state(&self) -> ScopeState {
+        ScopeState::parse(&self.state)
+    }
+
+    /// Its client, matter and category (`None` if the stored category is
+    /// unknown to this version).
+    pub fn scope_ref(&self) -> Option<ScopeRef> {
+        Some(ScopeRef {
+            client_id: self.client_id,
+            matter_id: self.matter_id,
+            category: Category::parse(&self.category)?,
+        })
+    }
+}
+
+/// A record row joined with the state and key of its scope.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RecordRow {
+    /// Id.
+    pub id: Uuid,
+    /// Scope.
+    pub scope_id: Uuid,
+    /// Client.
+    pub client_id: Uuid,
+    /// Matter.
+    pub matter_id: Option<Uuid>,
+    /// Category name.
+    pub category: String,
+    /// Scope key version the record key is wrapped under.
+    pub key_version: i32,
+    /// The record key wrapped by the scope key (NULL once shredded).
+    pub wrapped_key: Option<Vec<u8>>,
+    /// The encrypted fields.
+    pub fields: Vec<u8>,
+    /// Comma-separated field names.
+    pub field_names: String,
+    /// When stored.
+    pub created_at: DateTime<Utc>,
+    /// By whom.
+    pub created_by: String,
+    /// When the record key was destroyed.
+    pub shredded_at: Option<DateTime<Utc>>,
+    /// The order that destroyed it.
+    pub shred_order: Option<String>,
+    /// The scope's state name.
+    pub scope_state: String,
+    /// The scope's KMS key.
+    pub scope_kms_key_id: Option<String>,
+    /// The scope's wrapped key.
+    pub scope_wrapped_key: Option<Vec<u8>>,
+    /// When the scope was shredded.
+    pub scope_shredded_at: Option<DateTime<Utc>>,
+    /// The order that shredded the scope.
+    pub scope_shred_order: Option<String>,
+}
+
+macro_rules! record_select {
+    ($tail:literal) => {
+        concat!(
+            "SELECT r.id, r.scope_id, r.client_id, r.matter_id, r.category, r.key_version, r.wrapped_key, \
+             r.fields, r.field_names, r.created_at, r.created_by, r.shredded_at, r.shred_order, \
+             s.state AS scope_state, s.kms_key_id AS scope_kms_key_id, s.wrapped_key AS scope_wrapped_key, \
+             s.shredded_at AS scope_shredded_at, s.shred_order AS scope_shred_order \
+             FROM vault_records r JOIN vault_scopes s ON s.id = r.scope_id ",
+            $tail
+        )
+    };
+}
+
+macro_rules! scope_select {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, client_id, matter_id, category, key_version, kms_key_id, wrapped_key, state, \
+             hold_count, destroy_after, shred_order, shredded_at, created_at FROM vault_scopes ",
+            $tail
+        )
+    };
+}
+
+/// A record to insert, already encrypted.
+#[derive(Debug, Clone)]
+pub struct EncryptedRecord {
+    /// Id.
+    pub id: Uuid,
+    /// Scope.
+    pub scope_id: Uuid,
+    /// Client, matter, category.
+    pub scope: ScopeRef,
+    /// Scope key version.
+    pub key_version: i32,
+    /// Wrapped record key.
+    pub wrapped_key: Vec<u8>,
+    /// Encoded encrypted fields.
+    pub fields: Vec<u8>,
+    /// Field names, comma-separated.
+    pub field_names: String,
+    /// When.
+    pub created_at: DateTime<Utc>,
+    /// By whom.
+    pub created_by: String,
+    /// Idempotency key.
+    pub request_id: Option<String>,
+}
+
+impl EncryptedRecord {
+    /// The INSERT statement.
+    pub fn insert(&self) -> Statement {
+        Statement::new(
+            "INSERT INTO vault_records (id, scope_id, client_id, matter_id, category, key_version, wrapped_key, \
+             fields, field_names, created_at, created_by, request_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            vec![
+                Value::Uuid(self.id),
+                Value::Uuid(self.scope_id),
+                Value::Uuid(self.scope.client_id),
+                Value::OptUuid(self.scope.matter_id),
+                Value::Text(self.scope.category.as_str().to_owned()),
+                Value::Int(self.key_version),
+                Value::Bytes(self.wrapped_key.clone()),
+                Value::Bytes(self.fields.clone()),
+                Value::Text(self.field_names.clone()),
+                Value::Time(self.created_at),
+                Value::Text(self.created_by.clone()),
+                Value::OptText(self.request_id.clone()),
+            ],
+        )
+    }
+}
+
+/// The vault's storage.
+#[derive(Debug, Clone)]
+pub struct VaultStore {
+    db: Database,
+}
+
+impl VaultStore {
+    /// Over `db` (migrated).
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+
+    /// The scope of a (client, matter, category), if it exists.
+    pub async fn scope_by_ref(&self, scope: &ScopeRef) -> StoreResult<Option<ScopeRow>> {
+        self.db
+            .fetch_optional(
+                scope_select!("WHERE scope_name = $1 AND state <> 'shredded'"),
+                vec![Value::Text(scope.name())],
+            )
+            .await
+    }
+
+    /// A scope by id.
+    pub async fn scope(&self, id: Uuid) -> StoreResult<Option<ScopeRow>> {
+        self.db
+            .fetch_optional(scope_select!("WHERE id = $1"), vec![Value::Uuid(id)])
+            .await
+    }
+
+    /// The statement that creates a scope unless one of the same name
+    /// exists (replicas race; the loser reads the winner's row).
+    pub fn insert_scope(
+        id: Uuid,
+        scope: &ScopeRef,
+        key_version: i32,
+        kms_key_id: &str,
+        wrapped: &[u8],
+        now: DateTime<Utc>,
+    ) -> Statement {
+        Statement::new(
+            "INSERT INTO vault_scopes (id, scope_name, client_id, matter_id, category, key_version, kms_key_id, \
+             wrapped_key, state, hold_count, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'active', \
+             (SELECT COUNT(*) FROM vault_holds h WHERE h.released_at IS NULL AND h.client_id = $3 \
+              AND (h.matter_id IS NULL OR h.matter_id = $4) AND (h.category IS NULL OR h.category = $5)), $9) \
+             ON CONFLICT (scope_name) WHERE state <> 'shredded' DO NOTHING",
+            vec![
+                Value::Uuid(id),
+                Value::Text(scope.name()),
+                Value::Uuid(scope.client_id),
+                Value::OptUuid(scope.matter_id),
+                Value::Text(scope.category.as_str().to_owned()),
+                Value::Int(key_version),
+                Value::Text(kms_key_id.to_owned()),
+                Value::Bytes(wrapped.to_vec()),
+                Value::Time(now),
+            ],
+        )
+    }
+
+    /// A record with its scope's state and key.
+    pub async fn record(&self, id: Uuid) -> StoreResult<Option<RecordRow>> {
+        self.db
+            .fetch_optional(record_select!("WHERE r.id = $1"), vec![Value::Uuid(id)])
+            .await
+    }
+
+    /// The record a caller stored with `request_id`, if any.
+    pub async fn record_by_request(
+        &self,
+        created_by: &str,
+        request_id: &str,
+    ) -> StoreResult<Option<RecordRow>> {
+        self.db
+            .fetch_optional(
+                record_select!("WHERE r.created_by = $1 AND r.request_id = $2"),
+                vec![
+                    Value::Text(created_by.to_owned()),
+                    Value::Text(request_id.to_owned()),
+                ],
+            )
+            .await
+    }
+
+    /// A page of a client's records, newest first.
+    pub async fn list_records(
+        &self,
+        client_id: Uuid,
+        matter_id: Option<Uuid>,
+        category: Option<Category>,
+        before: Option<Uuid>,
+        limit: i64,
+    ) -> StoreResult<Vec<RecordRow>> {
+        self.db
+            .fetch_all(
+                record_select!(
+                    "WHERE r.client_id = $1 AND ($2 IS NULL OR r.matter_id = $2) \
+                     AND ($3 IS NULL OR r.category = $3) AND ($4 IS NULL OR r.id < $4) \
+                     ORDER BY r.id DESC LIMIT $5"
+                ),
+                vec![
+                    Value::Uuid(client_id),
+                    Value::OptUuid(matter_id),
+                    Value::OptText(category.map(|c| c.as_str().to_owned())),
+                    Value::OptUuid(before),
+                    Value::BigInt(limit),
+                ],
+            )
+            .await
+    }
+
+    /// A page of scopes, oldest first.
+    pub async fn list_scopes(
+        &self,
+        client_id: Option<Uuid>,
+        matter_id: Option<Uuid>,
+        state: Option<&'static str>,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> StoreResult<Vec<ScopeRow>> {
+        self.db
+            .fetch_all(
+                scope_select!(
+                    "WHERE ($1 IS NULL OR client_id = $1) AND ($2 IS NULL OR matter_id = $2) \
+                     AND ($3 IS NULL OR state = $3) AND ($4 IS NULL OR id > $4) \
+                     ORDER BY id LIMIT $5"
+                ),
+                vec![
+                    Value::OptUuid(client_id),
+                    Value::OptUuid(matter_id),
+                    Value::OptText(state.map(str::to_owned)),
+                    Value::OptUuid(after),
+                    Value::BigInt(limit),
+                ],
+            )
+            .await
+    }
+
+    /// Records in a scope.
+    pub async fn record_count(&self, scope_id: Uuid) -> StoreResult<i64> {
+        let row: Option<(i64,)> = self
+            .db
+            .fetch_optional(
+                "SELECT COUNT(*) FROM vault_records WHERE scope_id = $1",
+                vec![Value::Uuid(scope_id)],
+            )
+            .await?;
+        Ok(row.map_or(0, |r| r.0))
+    }
+
+    /// The live holds that cover a scope.
+    pub async fn holds_covering(&self, scope: &ScopeRow) -> StoreResult<Vec<Uuid>> {
+        let rows: Vec<(Uuid,)> = self
+            .db
+            .fetch_all(
+                "SELECT hold_id FROM vault_holds WHERE released_at IS NULL AND client_id = $1 \
+                 AND (matter_id IS NULL OR matter_id = $2) AND (category IS NULL OR category = $3) \
+                 ORDER BY hold_id",
+                vec![
+                    Value::Uuid(scope.client_id),
+                    Value::OptUuid(scope.matter_id),
+                    Value::Text(scope.category.clone()),
+                ],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// Scopes whose pending destruction is due.
+    pub async fn due_destructions(&self, now: DateTime<Utc>) -> StoreResult<Vec<ScopeRow>> {
+        let pending: Vec<ScopeRow> = self
+            .db
+            .fetch_all(
+                scope_select!("WHERE state = 'pending_destruction' ORDER BY id LIMIT 1000"),
+                vec![],
+            )
+            .await?;
+        // Compared here rather than in SQL: SQLite stores times as text.
+        Ok(pending
+            .into_iter()
+            .filter(|s| s.destroy_after.is_some_and(|d| d <= now))
+            .collect())
+    }
+
+    /// Live scope keys wrapped under a KMS key other than `active` (a key
+    /// id or ARN; a stored ARN ending in `/<active>` is the same key).
+    pub async fn scopes_to_rewrap(&self, active: &str, limit: i64) -> StoreResult<Vec<ScopeRow>> {
+        self.db
+            .fetch_all(
+                scope_select!(
+                    "WHERE state <> 'shredded' AND kms_key_id <> $1 AND kms_key_id NOT LIKE $2 \
+                     ORDER BY id LIMIT $3"
+                ),
+                vec![
+                    Value::Text(active.to_owned()),
+                    Value::Text(format!("%/{active}")),
+                    Value::BigInt(limit),
+                ],
+            )
+            .await
+    }
+
+    /// How many live scope keys are wrapped under another KMS key.
+    pub async fn rewrap_remaining(&self, active: &str) -> StoreResult<i64> {
+        let row: Option<(i64,)> = self
+            .db
+            .fetch_optional(
+                "SELECT COUNT(*) FROM vault_scopes WHERE state <> 'shredded' AND kms_key_id <> $1 \
+                 AND kms_key_id NOT LIKE $2",
+                vec![
+                    Value::Text(active.to_owned()),
+                    Value::Text(format!("%/{active}")),
+                ],
+            )
+            .await?;
+        Ok(row.map_or(0, |r| r.0))
+    }
+
+    /// The masking rules of `roles`: (role, category, field type, mask).
+    pub async fn masking_rules(&self) -> StoreResult<Vec<(String, String, String, String)>> {
+        self.db
+            .fetch_all(
+                "SELECT role, category, field_type, mask FROM vault_masking_rules",
+                vec![],
+            )
+            .await
+    }
+}
+
+/// Statement: a scope becomes shredded (key gone) if no hold covers it.
+/// Constant time: one row, whatever the number of records.
+pub fn shred_scope(id: Uuid, order: &str, now: DateTime<Utc>) -> Statement {
+    Statement::new(
+        "UPDATE vault_scopes SET state = 'shredded', wrapped_key = NULL, kms_key_id = NULL, \
+         shredded_at = $2, shred_order = $3, destroy_after = NULL \
+         WHERE id = $1 AND state <> 'shredded' AND hold_count = 0 AND NOT EXISTS ( \
+           SELECT 1 FROM vault_holds h WHERE h.released_at IS NULL AND h.client_id = vault_scopes.client_id \
+           AND (h.matter_id IS NULL OR h.matter_id = vault_scopes.matter_id) \
+           AND (h.category IS NULL OR h.category = vault_scopes.category))",
+        vec![
+            Value::Uuid(id),
+            Value::Time(now),
+            Value::Text(order.to_owned()),
+        ],
+    )
+}
+
+/// Statement: a scope becomes pending destruction if no hold covers it.
+pub fn schedule_destruction(id: Uuid, order: &str, due: DateTime<Utc>) -> Statement {
+    Statement::new(
+        "UPDATE vault_scopes SET state = 'pending_destruction', destroy_after = $2, shred_order = $3 \
+         WHERE id = $1 AND state = 'active' AND hold_count = 0 AND NOT EXISTS ( \
+           SELECT 1 FROM vault_holds h WHERE h.released_at IS NULL AND h.client_id = vault_scopes.client_id \
+           AND (h.matter_id IS NULL OR h.matter_id = vault_scopes.matter_id) \
+           AND (h.category IS NULL OR h.category = vault_scopes.category))",
+        vec![
+            Value::Uuid(id),
+            Value::Time(due),
+            Value::Text(order.to_owned()),
+        ],
+    )
+}
+
+/// Statement: a pending destruction is cancelled.
+pub fn cancel_destruction(id: Uuid) -> Statement {
+    Statement::new(
+        "UPDATE vault_scopes SET state = 'active', destroy_after = NULL, shred_order = NULL \
+         WHERE id = $1 AND state = 'pending_destruction'",
+        vec![Value::Uuid(id)],
+    )
+}
+
+/// Statement: one record key is destroyed.
+pub fn shred_record(id: Uuid, order: &str, now: DateTime<Utc>) -> Statement {
+    Statement::new(
+        "UPDATE vault_records SET wrapped_key = NULL, shredded_at = $2, shred_order = $3 \
+         WHERE id = $1 AND wrapped_key IS NOT NULL \
+         AND (SELECT s.hold_count FROM vault_scopes s WHERE s.id = vault_records.scope_id) = 0",
+        vec![
+            Value::Uuid(id),
+            Value::Time(now),
+            Value::Text(order.to_owned()),
+        ],
+    )
+}
+
+/// Statement: a hold is recorded (idempotent).
+pub fn insert_hold(
+    hold_id: Uuid,
+    client_id: Uuid,
+    matter_id: Option<Uuid>,
+    category: Option<Category>,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Statement {
+    Statement::new(
+        "INSERT INTO vault_holds (hold_id, client_id, matter_id, category, placed_at, placed_by) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (hold_id) DO NOTHING",
+        vec![
+            Value::Uuid(hold_id),
+            Value::Uuid(client_id),
+            Value::OptUuid(matter_id),
+            Value::OptText(category.map(|c| c.as_str().to_owned())),
+            Value::Time(now),
+            Value::Text(by.to_owned()),
+        ],
+    )
+}
+
+/// Statement: a hold is released.
+pub fn release_hold(hold_id: Uuid, now: DateTime<Utc>) -> Statement {
+    Statement::new(
+        "UPDATE vault_holds SET released_at = $2 WHERE hold_id = $1 AND released_at IS NULL",
+        vec![Value::Uuid(hold_id), Value::Time(now)],
+    )
+}
+
+/// Statement: a pending destruction that a new hold covers is suspended.
+pub fn suspend_destructions(client_id: Uuid) -> Statement {
+    Statement::new(
+        "UPDATE vault_scopes SET state = 'active', destroy_after = NULL, shred_order = NULL \
+         WHERE client_id = $1 AND state = 'pending_destruction' AND hold_count > 0",
+        vec![Value::Uuid(client_id)],
+    )
+}
+
+/// Statement: the hold counts of a client's scopes are recomputed (after a
+/// hold is placed or released). Locks the rows, so a concurrent shred waits
+/// and then sees the new count.
+pub fn recount_holds(client_id: Uuid) -> Statement {
+    Statement::new(
+        "UPDATE vault_scopes SET hold_count = (SELECT COUNT(*) FROM vault_holds h \
+           WHERE h.released_at IS NULL AND h.client_id = vault_scopes.client_id \
+           AND (h.matter_id IS NULL OR h.matter_id = vault_scopes.matter_id) \
+           AND (h.category IS NULL OR h.category = vault_scopes.category)) \
+         WHERE client_id = $1",
+        vec![Value::Uuid(client_id)],
+    )
+}
+
+/// Statement: a scope key is rewrapped (only if it is still the one read).
+pub fn rewrap_scope(id: Uuid, old_kms_key: &str, new_kms_key: &str, wrapped: &[u8]) -> Statement {
+    Statement::new(
+        "UPDATE vault_scopes SET kms_key_id = $3, wrapped_key = $4 \
+         WHERE id = $1 AND kms_key_id = $2 AND state <> 'shredded'",
+        vec![
+            Value::Uuid(id),
+            Value::Text(old_kms_key.to_owned()),
+            Value::Text(new_kms_key.to_owned()),
+            Value::Bytes(wrapped.to_vec()),
+        ],
+    )
+}
+
+/// A hold row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct HoldRow {
+    /// Id.
+    pub hold_id: Uuid,
+    /// Client.
+    pub client_id: Uuid,
+    /// Matter.
+    pub matter_id: Option<Uuid>,
+    /// Category.
+    pub category: Option<String>,
+    /// When released.
+    pub released_at: Option<DateTime<Utc>>,
+}
+
+impl VaultStore {
+    /// A hold.
+    pub async fn hold(&self, id: Uuid) -> StoreResult<Option<HoldRow>> {
+        self.db
+            .fetch_optional(
+                "SELECT hold_id, client_id, matter_id, category, released_at FROM vault_holds WHERE hold_id = $1",
+                vec![Value::Uuid(id)],
+            )
+            .await
+    }
+
+    /// The ids of the scopes a hold covers.
+    pub async fn scopes_covered(&self, hold: &HoldRow) -> StoreResult<Vec<Uuid>> {
+        let rows: Vec<(Uuid,)> = self
+            .db
+            .fetch_all(
+                "SELECT id FROM vault_scopes WHERE client_id = $1 AND ($2 IS NULL OR matter_id = $2) \
+                 AND ($3 IS NULL OR category = $3) ORDER BY id",
+                vec![
+                    Value::Uuid(hold.client_id),
+                    Value::OptUuid(hold.matter_id),
+                    Value::OptText(hold.category.clone()),
+                ],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+}
