@@ -23,6 +23,37 @@ pub struct SandboxData {
     dir: tempfile::TempDir,
     backend: Backend,
     postgres_db: Option<String>,
+    kms_key_id: Option<String>,
+}
+
+/// The AWS KMS API the PostgreSQL sandboxes use (moto, started by
+/// `scripts/test.sh`): `CONFIDANT_TEST_KMS_ENDPOINT`, by default
+/// `http://127.0.0.1:4599`.
+pub fn kms_endpoint() -> String {
+    std::env::var("CONFIDANT_TEST_KMS_ENDPOINT")
+        .unwrap_or_else(|_| "http://127.0.0.1:4599".to_owned())
+}
+
+/// A new key in the test KMS; returns its id.
+pub async fn new_kms_key() -> String {
+    let admin = confidant_runtime::kms::AwsKms::connect(&confidant_runtime::kms::AwsSettings {
+        key_id: String::new(),
+        region: "eu-west-1".into(),
+        endpoint: Some(kms_endpoint()),
+        static_credentials: Some(("testing".into(), "testing".into())),
+    })
+    .await;
+    admin
+        .client()
+        .create_key()
+        .description("confidant sandbox")
+        .send()
+        .await
+        .expect("the kms emulator is reachable (scripts/test.sh starts it)")
+        .key_metadata()
+        .expect("key metadata")
+        .key_id()
+        .to_owned()
 }
 
 impl SandboxData {
@@ -57,6 +88,16 @@ impl SandboxData {
             .expect("identity token key");
         confidant_runtime::keys::ensure_secret_file(&dir.path().join("identity-pepper.key"))
             .expect("pepper");
+        // PostgreSQL sandboxes run as in production: Redis, and the AWS KMS
+        // API (the emulator) with a key of their own.
+        let kms_key_id = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => {
+                std::fs::write(dir.path().join("kms-credentials"), "testing\ntesting\n")
+                    .expect("kms credentials");
+                Some(new_kms_key().await)
+            }
+        };
         let postgres_db = match backend {
             Backend::Sqlite => None,
             Backend::Postgres => {
@@ -77,6 +118,7 @@ impl SandboxData {
             dir,
             backend,
             postgres_db,
+            kms_key_id,
         }
     }
 
@@ -88,6 +130,16 @@ impl SandboxData {
     /// The backend.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The test KMS key of a PostgreSQL sandbox (`None`: the local KMS).
+    pub fn kms_key_id(&self) -> Option<&str> {
+        self.kms_key_id.as_deref()
+    }
+
+    /// The identity service's token signing key file.
+    pub fn token_key_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("identity-token.key")
     }
 
     /// The database URL of `service`.
@@ -201,6 +253,23 @@ fn sandbox_config(data: &SandboxData, spec: &SandboxSpec) -> Config {
             format!("{}:", confidant_runtime::testing::unique_name("sandbox")).into(),
         );
         base.insert("redis".into(), toml::Value::Table(redis));
+        let mut kms = toml::Table::new();
+        kms.insert("provider".into(), "aws".into());
+        kms.insert(
+            "key_id".into(),
+            data.kms_key_id.clone().unwrap_or_default().into(),
+        );
+        kms.insert("region".into(), "eu-west-1".into());
+        kms.insert("endpoint".into(), kms_endpoint().into());
+        kms.insert(
+            "credentials_file".into(),
+            data.path()
+                .join("kms-credentials")
+                .display()
+                .to_string()
+                .into(),
+        );
+        base.insert("kms".into(), toml::Value::Table(kms));
     }
     let mut config =
         config::load(base, None, &std::collections::HashMap::new()).expect("sandbox config");

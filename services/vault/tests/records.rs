@@ -1,0 +1,803 @@
+//! The vault's operations on every backend: SQLite with the local KMS, and
+//! PostgreSQL with the AWS KMS API (moto, started by scripts/test.sh).
+//! Stored data is checked in the raw tables.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use confidant_proto::vault::v1 as pb;
+use confidant_runtime::kms::{AwsKms, AwsSettings, Kms, LocalKms, WrappedKey};
+use confidant_runtime::storage::Backend;
+use confidant_runtime::testing::TestDatabase;
+use confidant_vault::crypto::ScopeKey;
+use confidant_vault::domain::{Category, Limits, NewRecord, Purpose};
+use confidant_vault::error::Error;
+use confidant_vault::keys::{CacheLimits, Keyring};
+use confidant_vault::records::{Actor, ReadIntent, Settings, Vault};
+use confidant_vault::store::VaultStore;
+use uuid::Uuid;
+
+fn kms_endpoint() -> String {
+    std::env::var("CONFIDANT_TEST_KMS_ENDPOINT")
+        .unwrap_or_else(|_| "http://127.0.0.1:4599".to_owned())
+}
+
+async fn aws_kms(endpoint: &str) -> AwsKms {
+    let settings = AwsSettings {
+        key_id: String::new(),
+        region: "eu-west-1".into(),
+        endpoint: Some(endpoint.to_owned()),
+        static_credentials: Some(("testing".into(), "testing".into())),
+    };
+    let admin = AwsKms::connect(&settings).await;
+    let key_id = admin
+        .client()
+        .create_key()
+        .send()
+        .await
+        .expect("the kms emulator is reachable (scripts/test.sh starts it)")
+        .key_metadata()
+        .expect("metadata")
+        .key_id()
+        .to_owned();
+    AwsKms::connect(&AwsSettings { key_id, ..settings }).await
+}
+
+/// The KMS a backend's tests use: local for SQLite (as in dev), the AWS API
+/// for PostgreSQL (as in production).
+async fn kms_for(db: &TestDatabase, dir: &std::path::Path) -> Arc<dyn Kms> {
+    match db.db.backend() {
+        Backend::Sqlite => Arc::new(LocalKms::open(&dir.join("kms.keys")).unwrap()),
+        Backend::Postgres => Arc::new(aws_kms(&kms_endpoint()).await),
+    }
+}
+
+fn vault_with(db: &TestDatabase, kms: Arc<dyn Kms>, limits: CacheLimits) -> Vault {
+    Vault::new(
+        VaultStore::new(db.db.clone()),
+        Keyring::new(kms, limits),
+        Settings {
+            limits: Limits {
+                max_field_bytes: 64 * 1024,
+                max_fields: 50,
+            },
+            destruction_window: Duration::ZERO,
+            trust_domain: "confidant.local".into(),
+        },
+    )
+}
+
+const CACHE: CacheLimits = CacheLimits {
+    capacity: 100,
+    max_age: Duration::from_secs(300),
+    max_uses: 100_000,
+};
+
+fn partner() -> Actor {
+    Actor::Staff {
+        staff_id: Uuid::now_v7().to_string(),
+        roles: vec!["partner".into()],
+        peer: "spiffe://confidant.local/firm-app".into(),
+    }
+}
+
+fn retention() -> Actor {
+    Actor::Service {
+        peer: "spiffe://confidant.local/retention".into(),
+    }
+}
+
+fn record(
+    client: Uuid,
+    matter: Option<Uuid>,
+    category: pb::DataCategory,
+    fields: &[(&str, pb::FieldType, &str)],
+) -> NewRecord {
+    let proto = pb::NewRecord {
+        client_id: client.to_string(),
+        matter_id: matter.map(|m| m.to_string()).unwrap_or_default(),
+        category: category as i32,
+        fields: fields
+            .iter()
+            .map(|(n, t, v)| pb::Field {
+                name: (*n).into(),
+                r#type: *t as i32,
+                value: (*v).into(),
+                masked: false,
+            })
+            .collect(),
+    };
+    NewRecord::parse(
+        Some(&proto),
+        Limits {
+            max_field_bytes: 64 * 1024,
+            max_fields: 50,
+        },
+        "record",
+    )
+    .unwrap()
+}
+
+fn passport(client: Uuid, matter: Option<Uuid>, number: &str) -> NewRecord {
+    record(
+        client,
+        matter,
+        pb::DataCategory::IdentityDocument,
+        &[
+            ("surname", pb::FieldType::Text, "Okafor"),
+            ("passport_number", pb::FieldType::NationalId, number),
+        ],
+    )
+}
+
+fn intent<'a>(roles: &'a [String], justification: &'a str) -> ReadIntent<'a> {
+    ReadIntent {
+        purpose: Purpose::LegalAdvice,
+        justification,
+        roles,
+    }
+}
+
+async fn read_one(
+    vault: &Vault,
+    actor: &Actor,
+    id: Uuid,
+    roles: &[String],
+) -> Result<Vec<(String, String, bool)>, Error> {
+    let row = vault.load(id).await?;
+    let mut results = vault
+        .open_many(actor, vec![row], &intent(roles, "reviewing the file"))
+        .await;
+    let opened = results.pop().expect("one result")?;
+    Ok(opened
+        .fields
+        .into_iter()
+        .map(|f| (f.name, f.value.to_string(), f.masked))
+        .collect())
+}
+
+/// Every BLOB stored in the vault's tables (scope keys, record keys,
+/// fields), as the raw database holds them.
+async fn stored_blobs(db: &TestDatabase) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let scopes: Vec<(Option<Vec<u8>>,)> = db
+        .db
+        .fetch_all("SELECT wrapped_key FROM vault_scopes", vec![])
+        .await
+        .unwrap();
+    out.extend(scopes.into_iter().filter_map(|r| r.0));
+    let records: Vec<(Option<Vec<u8>>, Vec<u8>)> = db
+        .db
+        .fetch_all("SELECT wrapped_key, fields FROM vault_records", vec![])
+        .await
+        .unwrap();
+    for (k, f) in records {
+        out.extend(k);
+        out.push(f);
+    }
+    out
+}
+
+async fn records_are_encrypted_at_rest_and_bound_to_their_place(db: &TestDatabase) {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = vault_with(db, kms_for(db, dir.path()).await, CACHE);
+    let actor = partner();
+    let client = Uuid::now_v7();
+    let matter = Some(Uuid::now_v7());
+    let a = vault
+        .create(&actor, &passport(client, matter, "P1234567"), None)
+        .await
+        .unwrap();
+    let b = vault
+        .create(&actor, &passport(client, matter, "P7654321"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        a.scope_id, b.scope_id,
+        "one scope per client, matter and category"
+    );
+
+    // Nothing in clear at rest.
+    for blob in stored_blobs(db).await {
+        for needle in [b"Okafor".as_slice(), b"P1234567", b"P7654321"] {
+            assert!(
+                !blob.windows(needle.len()).any(|w| w == needle),
+                "plaintext at rest"
+            );
+        }
+    }
+
+    let partner_roles = vec!["partner".to_owned()];
+    let fields = read_one(&vault, &actor, a.id, &partner_roles)
+        .await
+        .unwrap();
+    assert_eq!(
+        fields,
+        [
+            ("surname".to_owned(), "Okafor".to_owned(), false),
+            ("passport_number".to_owned(), "P1234567".to_owned(), false)
+        ]
+    );
+    // Masks by role, from the rules table.
+    let paralegal = read_one(&vault, &actor, a.id, &["paralegal".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(
+        paralegal[1],
+        ("passport_number".into(), "****4567".into(), true)
+    );
+    let assistant = read_one(&vault, &actor, a.id, &["legal_assistant".to_owned()])
+        .await
+        .unwrap();
+    assert!(
+        assistant
+            .iter()
+            .all(|(_, v, masked)| v == "[redacted]" && *masked)
+    );
+
+    // A's ciphertext copied over B's does not open as B.
+    let (fields_a,): (Vec<u8>,) = db
+        .db
+        .fetch_optional(
+            "SELECT fields FROM vault_records WHERE id = $1",
+            vec![confidant_runtime::portable::Value::Uuid(a.id)],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    db.db
+        .transact(
+            vec![confidant_runtime::portable::Statement::new(
+                "UPDATE vault_records SET fields = $1 WHERE id = $2",
+                vec![
+                    confidant_runtime::portable::Value::Bytes(fields_a),
+                    confidant_runtime::portable::Value::Uuid(b.id),
+                ],
+            )],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        read_one(&vault, &actor, b.id, &partner_roles).await,
+        Err(Error::Integrity)
+    ));
+
+    // A retried create with its request id returns the first record.
+    let request = Uuid::now_v7().to_string();
+    let first = vault
+        .create(&actor, &passport(client, None, "X9999999"), Some(&request))
+        .await
+        .unwrap();
+    let again = vault
+        .create(&actor, &passport(client, None, "X9999999"), Some(&request))
+        .await
+        .unwrap();
+    assert_eq!(first.id, again.id);
+    let count: Vec<(Uuid,)> = db
+        .db
+        .fetch_all(
+            "SELECT id FROM vault_records WHERE request_id = $1",
+            vec![confidant_runtime::portable::Value::Text(request)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(count.len(), 1);
+}
+
+async fn a_read_whose_audit_event_cannot_be_recorded_returns_nothing(db: &TestDatabase) {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = vault_with(db, kms_for(db, dir.path()).await, CACHE);
+    let actor = partner();
+    let stored = vault
+        .create(&actor, &passport(Uuid::now_v7(), None, "P1234567"), None)
+        .await
+        .unwrap();
+    let roles = vec!["partner".to_owned()];
+    assert!(read_one(&vault, &actor, stored.id, &roles).await.is_ok());
+
+    // The outbox is gone: the event cannot be made durable, so the read
+    // fails and no field leaves the vault.
+    db.db
+        .transact(
+            vec![confidant_runtime::portable::Statement::new(
+                "DROP TABLE outbox",
+                vec![],
+            )],
+            &[],
+        )
+        .await
+        .unwrap();
+    let row = vault.load(stored.id).await.unwrap();
+    let results = vault
+        .open_many(&actor, vec![row], &intent(&roles, ""))
+        .await;
+    assert_eq!(results.len(), 1);
+    assert!(
+        matches!(&results[0], Err(Error::Audit(_))),
+        "{:?}",
+        results[0]
+    );
+}
+
+async fn ten_thousand_reads_of_one_scope_cost_a_handful_of_kms_calls(db: &TestDatabase) {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = vault_with(db, kms_for(db, dir.path()).await, CACHE);
+    let actor = partner();
+    let client = Uuid::now_v7();
+    let mut rows = Vec::new();
+    for i in 0..500 {
+        let r = vault
+            .create(&actor, &passport(client, None, &format!("P{i:07}")), None)
+            .await
+            .unwrap();
+        rows.push(r.id);
+    }
+    // A fresh replica: cold cache.
+    let kms = vault.keys().kms().clone();
+    let reader = vault_with(db, kms, CACHE);
+    let roles = vec!["partner".to_owned()];
+    for _ in 0..20 {
+        let mut batch = Vec::new();
+        for id in &rows {
+            batch.push(reader.load(*id).await.unwrap());
+        }
+        let results = reader.open_many(&actor, batch, &intent(&roles, "")).await;
+        assert!(results.iter().all(Result::is_ok));
+    }
+    let stats = reader.keys().stats();
+    let calls = stats.kms_decrypt_calls.load(Ordering::Relaxed);
+    assert_eq!(calls, 1, "10,000 reads of one scope, one unwrap");
+    assert_eq!(stats.cache_hits.load(Ordering::Relaxed), 9_999);
+
+    // With the cache off, every read is a KMS call: the cache is what saves them.
+    let uncached = vault_with(
+        db,
+        vault.keys().kms().clone(),
+        CacheLimits {
+            capacity: 0,
+            ..CACHE
+        },
+    );
+    let batch = vec![
+        reader.load(rows[0]).await.unwrap(),
+        reader.load(rows[1]).await.unwrap(),
+    ];
+    let _ = uncached.open_many(&actor, batch, &intent(&roles, "")).await;
+    assert_eq!(
+        uncached
+            .keys()
+            .stats()
+            .kms_decrypt_calls
+            .load(Ordering::Relaxed),
+        2
+    );
+}
+
+async fn a_shredded_scope_is_unreadable_and_no_stored_key_opens_it(db: &TestDatabase) {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = kms_for(db, dir.path()).await;
+    let vault = vault_with(db, kms.clone(), CACHE);
+    let actor = partner();
+    let client = Uuid::now_v7();
+    let doomed: Vec<Uuid> = {
+        let mut ids = Vec::new();
+        for n in ["P0000001", "P0000002", "P0000003"] {
+            ids.push(
+                vault
+                    .create(&actor, &passport(client, None, n), None)
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
+        ids
+    };
+    let kept = vault
+        .create(
+            &actor,
+            &record(
+                client,
+                None,
+                pb::DataCategory::ContactDetails,
+                &[("email", pb::FieldType::Email, "a@b.org")],
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    let doomed_row = vault.load(doomed[0]).await.unwrap();
+    let roles = vec!["partner".to_owned()];
+    assert!(read_one(&vault, &actor, doomed[0], &roles).await.is_ok());
+
+    let order = Uuid::now_v7().to_string();
+    let scope = vault
+        .shred_scope(&retention(), doomed_row.scope_id, &order, None)
+        .await
+        .unwrap();
+    assert_eq!(scope.state, "shredded");
+    assert_eq!(scope.wrapped_key, None);
+    assert_eq!(scope.kms_key_id, None);
+    assert_eq!(scope.shred_order.as_deref(), Some(order.as_str()));
+
+    // Every record of the scope reads as shredded — not missing, not garbage —
+    // even on this replica, whose cache held the key.
+    for id in &doomed {
+        assert!(matches!(
+            read_one(&vault, &actor, *id, &roles).await,
+            Err(Error::Shredded(_))
+        ));
+        let row = vault.load(*id).await.unwrap();
+        assert!(Vault::unreadable(&row).is_some());
+    }
+    assert!(
+        read_one(&vault, &actor, kept.id, &roles).await.is_ok(),
+        "other scopes live on"
+    );
+    // Shredding again is a no-op; new data of the triple gets a new scope.
+    let again = vault
+        .shred_scope(&retention(), doomed_row.scope_id, &order, None)
+        .await
+        .unwrap();
+    assert_eq!(again.shredded_at, scope.shredded_at);
+    let fresh = vault
+        .create(&actor, &passport(client, None, "P0000004"), None)
+        .await
+        .unwrap();
+    assert_ne!(fresh.scope_id, doomed_row.scope_id);
+
+    // The proof: every key the database still holds — each live scope key
+    // unwrapped through the KMS, and every stored blob taken as a key —
+    // fails to unwrap the shredded records' keys.
+    let live: Vec<(Uuid, Uuid, Option<Uuid>, String, String, Vec<u8>)> = db
+        .db
+        .fetch_all(
+            "SELECT id, client_id, matter_id, category, kms_key_id, wrapped_key FROM vault_scopes WHERE wrapped_key IS NOT NULL",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(live.len(), 2, "the contact scope and the fresh scope");
+    let mut candidates = Vec::new();
+    for (id, client_id, matter_id, category, key_id, wrapped) in live {
+        let scope = confidant_vault::domain::ScopeRef {
+            client_id,
+            matter_id,
+            category: Category::parse(&category).unwrap(),
+        };
+        let plain = kms
+            .decrypt(
+                &WrappedKey {
+                    key_id,
+                    ciphertext: wrapped,
+                },
+                &confidant_vault::keys::context(id, &scope),
+            )
+            .await
+            .unwrap();
+        candidates.push(plain);
+    }
+    for blob in stored_blobs(db).await {
+        for chunk in blob.chunks(32).filter(|c| c.len() == 32) {
+            candidates.push(confidant_runtime::kms::SecretKey::from_slice(chunk).unwrap());
+        }
+    }
+    let remaining: Vec<(Uuid, Option<Vec<u8>>)> = db
+        .db
+        .fetch_all(
+            "SELECT id, wrapped_key FROM vault_records WHERE scope_id = $1",
+            vec![confidant_runtime::portable::Value::Uuid(
+                doomed_row.scope_id,
+            )],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        remaining.len(),
+        3,
+        "the ciphertext stays; only keys are destroyed"
+    );
+    for (record_id, wrapped) in remaining {
+        let wrapped = wrapped.expect("record keys stay wrapped under the destroyed scope key");
+        for candidate in &candidates {
+            let as_scope_key = ScopeKey::new(doomed_row.scope_id, 1, candidate).unwrap();
+            assert!(as_scope_key.unwrap_record_key(record_id, &wrapped).is_err());
+        }
+    }
+}
+
+async fn holds_stop_shredding_and_staged_destruction_can_be_cancelled(db: &TestDatabase) {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = vault_with(db, kms_for(db, dir.path()).await, CACHE);
+    let actor = partner();
+    let client = Uuid::now_v7();
+    let matter = Uuid::now_v7();
+    let r = vault
+        .create(&actor, &passport(client, Some(matter), "P1111111"), None)
+        .await
+        .unwrap();
+    let roles = vec!["partner".to_owned()];
+    let order = Uuid::now_v7().to_string();
+
+    // A hold on the client's matter covers the scope: no shred, no record shred.
+    let hold = Uuid::now_v7();
+    let covered = vault
+        .place_hold(&retention(), hold, client, Some(matter), None)
+        .await
+        .unwrap();
+    assert_eq!(covered, [r.scope_id]);
+    assert!(matches!(
+        vault
+            .shred_scope(&retention(), r.scope_id, &order, None)
+            .await,
+        Err(Error::Held)
+    ));
+    assert!(matches!(
+        vault.shred_record(&retention(), r.id, &order).await,
+        Err(Error::Held)
+    ));
+    // A scope created under an existing hold is held too.
+    let later = vault
+        .create(
+            &actor,
+            &record(
+                client,
+                Some(matter),
+                pb::DataCategory::Financial,
+                &[(
+                    "iban",
+                    pb::FieldType::AccountNumber,
+                    "GB29NWBK60161331926819",
+                )],
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        vault
+            .shred_scope(&retention(), later.scope_id, &order, None)
+            .await,
+        Err(Error::Held)
+    ));
+    vault.release_hold(&retention(), hold).await.unwrap();
+
+    // Staged: pending destruction refuses reads and writes, and cancels.
+    let pending = vault
+        .shred_scope(
+            &retention(),
+            r.scope_id,
+            &order,
+            Some(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(pending.state, "pending_destruction");
+    assert!(pending.wrapped_key.is_some(), "the key survives the window");
+    assert!(matches!(
+        read_one(&vault, &actor, r.id, &roles).await,
+        Err(Error::PendingDestruction)
+    ));
+    assert!(matches!(
+        vault
+            .create(&actor, &passport(client, Some(matter), "P2222222"), None)
+            .await,
+        Err(Error::PendingDestruction)
+    ));
+    // Not yet due: nothing destroyed.
+    assert_eq!(vault.destroy_due(chrono::Utc::now()).await.unwrap(), 0);
+    let active = vault
+        .cancel_destruction(&actor, r.scope_id, "client instructed us again")
+        .await
+        .unwrap();
+    assert_eq!(active.state, "active");
+    assert!(read_one(&vault, &actor, r.id, &roles).await.is_ok());
+
+    // A hold placed during the window suspends the destruction.
+    vault
+        .shred_scope(
+            &retention(),
+            r.scope_id,
+            &order,
+            Some(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+    let second = Uuid::now_v7();
+    vault
+        .place_hold(
+            &retention(),
+            second,
+            client,
+            None,
+            Some(Category::IdentityDocument),
+        )
+        .await
+        .unwrap();
+    let scope = vault.store().scope(r.scope_id).await.unwrap().unwrap();
+    assert_eq!(scope.state, "active");
+    vault.release_hold(&retention(), second).await.unwrap();
+
+    // When the window ends, the key is destroyed.
+    vault
+        .shred_scope(
+            &retention(),
+            r.scope_id,
+            &order,
+            Some(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap();
+    let destroyed = vault
+        .destroy_due(chrono::Utc::now() + chrono::Duration::seconds(2))
+        .await
+        .unwrap();
+    assert_eq!(destroyed, 1);
+    assert!(matches!(
+        read_one(&vault, &actor, r.id, &roles).await,
+        Err(Error::Shredded(_))
+    ));
+    assert!(matches!(
+        vault
+            .cancel_destruction(&actor, r.scope_id, "too late")
+            .await,
+        Err(Error::Shredded(_))
+    ));
+
+    // One record's key alone.
+    let one = vault
+        .create(&actor, &passport(client, None, "P3333333"), None)
+        .await
+        .unwrap();
+    let two = vault
+        .create(&actor, &passport(client, None, "P4444444"), None)
+        .await
+        .unwrap();
+    let tomb = vault
+        .shred_record(&retention(), one.id, &order)
+        .await
+        .unwrap();
+    assert!(tomb.wrapped_key.is_none() && tomb.shredded_at.is_some());
+    assert!(matches!(
+        read_one(&vault, &actor, one.id, &roles).await,
+        Err(Error::Shredded(_))
+    ));
+    assert!(read_one(&vault, &actor, two.id, &roles).await.is_ok());
+}
+
+async fn sealed_text_dies_with_its_scope(db: &TestDatabase) {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = vault_with(db, kms_for(db, dir.path()).await, CACHE);
+    let scope = confidant_vault::domain::ScopeRef {
+        client_id: Uuid::now_v7(),
+        matter_id: None,
+        category: Category::PrivilegedCommunication,
+    };
+    let identity = Actor::Service {
+        peer: "spiffe://confidant.local/identity".into(),
+    };
+    let (sealed, scope_id) = vault
+        .seal_text(&identity, &scope, "break-glass: partner in hospital")
+        .await
+        .unwrap();
+    let reader = partner();
+    assert_eq!(
+        vault
+            .open_text(&reader, scope_id, &sealed)
+            .await
+            .unwrap()
+            .as_str(),
+        "break-glass: partner in hospital"
+    );
+    vault
+        .shred_scope(&retention(), scope_id, &Uuid::now_v7().to_string(), None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        vault.open_text(&reader, scope_id, &sealed).await,
+        Err(Error::Shredded(_))
+    ));
+}
+
+async fn rewrap_moves_scope_keys_to_the_new_kms_key_without_touching_records(db: &TestDatabase) {
+    let dir = tempfile::tempdir().unwrap();
+    let actor = partner();
+    let client = Uuid::now_v7();
+    let roles = vec!["partner".to_owned()];
+    // Scopes wrapped under the first key.
+    let (first, second): (Arc<dyn Kms>, Arc<dyn Kms>) = match db.db.backend() {
+        Backend::Sqlite => {
+            let path = dir.path().join("kms.keys");
+            let before = Arc::new(LocalKms::open(&path).unwrap());
+            let after = LocalKms::open(&path).unwrap();
+            (before, Arc::new(after))
+        }
+        Backend::Postgres => (
+            Arc::new(aws_kms(&kms_endpoint()).await),
+            Arc::new(aws_kms(&kms_endpoint()).await),
+        ),
+    };
+    let old = vault_with(db, first.clone(), CACHE);
+    let mut ids = Vec::new();
+    for category in [
+        pb::DataCategory::IdentityDocument,
+        pb::DataCategory::Health,
+        pb::DataCategory::Financial,
+    ] {
+        let r = old
+            .create(
+                &actor,
+                &record(
+                    client,
+                    None,
+                    category,
+                    &[("note", pb::FieldType::Text, "kept")],
+                ),
+                None,
+            )
+            .await
+            .unwrap();
+        ids.push(r.id);
+    }
+    let fields_before: Vec<(Vec<u8>, Option<Vec<u8>>)> = db
+        .db
+        .fetch_all(
+            "SELECT fields, wrapped_key FROM vault_records ORDER BY id",
+            vec![],
+        )
+        .await
+        .unwrap();
+    // The new key becomes active.
+    if db.db.backend() == Backend::Sqlite {
+        LocalKms::open(&dir.path().join("kms.keys"))
+            .unwrap()
+            .rotate()
+            .unwrap();
+    }
+    let second: Arc<dyn Kms> = match db.db.backend() {
+        Backend::Sqlite => Arc::new(LocalKms::open(&dir.path().join("kms.keys")).unwrap()),
+        Backend::Postgres => second,
+    };
+    let active = second.active_key_id();
+    let new = vault_with(db, second, CACHE);
+    let (done, remaining) = new.rewrap(&actor, 2).await.unwrap();
+    assert_eq!((done, remaining), (2, 1), "resumable in batches");
+    let (done, remaining) = new.rewrap(&actor, 2).await.unwrap();
+    assert_eq!((done, remaining), (1, 0));
+    assert_eq!(new.rewrap(&actor, 2).await.unwrap(), (0, 0));
+    let key_ids: Vec<(String,)> = db
+        .db
+        .fetch_all("SELECT kms_key_id FROM vault_scopes", vec![])
+        .await
+        .unwrap();
+    assert!(
+        key_ids
+            .iter()
+            .all(|(k,)| k == &active || k.ends_with(&format!("/{active}"))),
+        "{key_ids:?} vs {active}"
+    );
+    let fields_after: Vec<(Vec<u8>, Option<Vec<u8>>)> = db
+        .db
+        .fetch_all(
+            "SELECT fields, wrapped_key FROM vault_records ORDER BY id",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(fields_before, fields_after, "no record was re-encrypted");
+    for id in ids {
+        let fields = read_one(&new, &actor, id, &roles).await.unwrap();
+        assert_eq!(fields[0].1, "kept");
+    }
+}
+
+confidant_runtime::backend_tests!(confidant_vault::MIGRATIONS;
+    records_are_encrypted_at_rest_and_bound_to_their_place,
+    a_read_whose_audit_event_cannot_be_recorded_returns_nothing,
+    ten_thousand_reads_of_one_scope_cost_a_handful_of_kms_calls,
+    a_shredded_scope_is_unreadable_and_no_stored_key_opens_it,
+    holds_stop_shredding_and_staged_destruction_can_be_cancelled,
+    sealed_text_dies_with_its_scope,
+    rewrap_moves_scope_keys_to_the_new_kms_key_without_touching_records,
+);
