@@ -20,28 +20,7 @@ use confidant_runtime::storage::{Backend, Database, PoolOptions};
 use tonic_types::StatusExt;
 
 fn cli(data: &SandboxData, url: &str, args: &[&str]) -> (i32, String) {
-    let tls = data.operator_files();
-    let mut cmd = common::confidant();
-    cmd.args(["audit"]).args(args);
-    let connects = !matches!(args.first(), Some(&"verify-evidence")) && !args.contains(&"--file");
-    if connects {
-        cmd.arg("--service").arg(url);
-        cmd.arg("--ca")
-            .arg(&tls.ca_file)
-            .arg("--cert")
-            .arg(&tls.cert_file)
-            .arg("--key")
-            .arg(&tls.key_file);
-    }
-    let out = cmd.output().expect("confidant runs");
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    common::audit_cli(data, url, args)
 }
 
 async fn client(data: &SandboxData, url: &str, name: &str) -> AuditServiceClient<PeerChannel> {

@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end tests.
 #![allow(dead_code)]
 
+pub mod directory;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -179,5 +181,36 @@ pub async fn identity_client(
         )
         .await
         .expect("identity reachable"),
+    )
+}
+
+/// Runs `confidant audit <args>` against the audit service at `url` with
+/// the operator certificate; returns the exit code and the output.
+pub fn audit_cli(
+    data: &confidant::sandbox::SandboxData,
+    url: &str,
+    args: &[&str],
+) -> (i32, String) {
+    let tls = data.operator_files();
+    let mut cmd = confidant();
+    cmd.args(["audit"]).args(args);
+    let connects = !matches!(args.first(), Some(&"verify-evidence")) && !args.contains(&"--file");
+    if connects {
+        cmd.arg("--service").arg(url);
+        cmd.arg("--ca")
+            .arg(&tls.ca_file)
+            .arg("--cert")
+            .arg(&tls.cert_file)
+            .arg("--key")
+            .arg(&tls.key_file);
+    }
+    let out = cmd.output().expect("confidant runs");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
     )
 }

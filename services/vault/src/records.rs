@@ -262,6 +262,19 @@ impl Vault {
         Ok((row, key))
     }
 
+    /// The key of a scope that still has one (pending destruction included),
+    /// for sealing audit text about it.
+    async fn scope_key_for_sealing(&self, row: &ScopeRow) -> Result<Arc<ScopeKey>, Error> {
+        if row.state() == ScopeState::PendingDestruction {
+            let active = ScopeRow {
+                state: "active".into(),
+                ..row.clone()
+            };
+            return self.live_key(&active).await;
+        }
+        self.live_key(row).await
+    }
+
     /// The key of a live scope (refused once destruction is pending).
     async fn live_key(&self, row: &ScopeRow) -> Result<Arc<ScopeKey>, Error> {
         match row.state() {
@@ -631,7 +644,7 @@ impl Vault {
             .resource("record", &id.to_string())
             .scope(Some(row.client_id), row.matter_id)
             .category(&row.category)
-            .outcome(Outcome::Allowed, &format!("order:{order}"))
+            .outcome(Outcome::Allowed, &format!("order-{order}"))
             .build();
         match self
             .store
@@ -703,7 +716,7 @@ impl Vault {
                 .resource("scope", &id.to_string())
                 .scope(Some(scope.client_id), scope.matter_id)
                 .category(&scope.category)
-                .outcome(Outcome::Allowed, &format!("order:{order}"))
+                .outcome(Outcome::Allowed, &format!("order-{order}"))
         };
         let (statement, event) = if window.is_zero() {
             (
@@ -768,12 +781,14 @@ impl Vault {
             ScopeState::Shredded => return Err(Error::Shredded("scope")),
             ScopeState::PendingDestruction => {}
         }
+        // The reason is free text: it travels sealed under the scope's key.
+        let key = self.scope_key_for_sealing(&scope).await?;
         let event = self
             .event(actor, Action::VaultScopeDestructionCancelled)
             .resource("scope", &id.to_string())
             .scope(Some(scope.client_id), scope.matter_id)
             .category(&scope.category)
-            .outcome(Outcome::Allowed, reason)
+            .sealed_text(key.seal_text(reason)?, &id.to_string())
             .build();
         match self
             .store
@@ -804,7 +819,7 @@ impl Vault {
                 .resource("scope", &scope.id.to_string())
                 .scope(Some(scope.client_id), scope.matter_id)
                 .category(&scope.category)
-                .outcome(Outcome::Allowed, &format!("order:{order}"))
+                .outcome(Outcome::Allowed, &format!("order-{order}"))
                 .build();
             match self
                 .store
@@ -997,7 +1012,7 @@ impl Vault {
                 .resource("kms_key", &active)
                 .outcome(
                     Outcome::Allowed,
-                    &format!("rewrapped:{done} remaining:{remaining}"),
+                    &format!("rewrapped-{done}-remaining-{remaining}"),
                 )
                 .build();
             self.commit(Vec::new(), &[event]).await?;

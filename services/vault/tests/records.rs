@@ -450,29 +450,27 @@ async fn a_shredded_scope_is_unreadable_and_no_stored_key_opens_it(db: &TestData
     // The proof: every key the database still holds — each live scope key
     // unwrapped through the KMS, and every stored blob taken as a key —
     // fails to unwrap the shredded records' keys.
-    let live: Vec<(Uuid, Uuid, Option<Uuid>, String, String, Vec<u8>)> = db
+    // Every scope row, read raw.
+    let all: Vec<confidant_vault::store::ScopeRow> = db
         .db
         .fetch_all(
-            "SELECT id, client_id, matter_id, category, kms_key_id, wrapped_key FROM vault_scopes WHERE wrapped_key IS NOT NULL",
+            "SELECT id, client_id, matter_id, category, key_version, kms_key_id, wrapped_key, state, \
+             hold_count, destroy_after, shred_order, shredded_at, created_at FROM vault_scopes",
             vec![],
         )
         .await
         .unwrap();
+    let live: Vec<_> = all.iter().filter(|s| s.wrapped_key.is_some()).collect();
     assert_eq!(live.len(), 2, "the contact scope and the fresh scope");
     let mut candidates = Vec::new();
-    for (id, client_id, matter_id, category, key_id, wrapped) in live {
-        let scope = confidant_vault::domain::ScopeRef {
-            client_id,
-            matter_id,
-            category: Category::parse(&category).unwrap(),
-        };
+    for scope in live {
         let plain = kms
             .decrypt(
                 &WrappedKey {
-                    key_id,
-                    ciphertext: wrapped,
+                    key_id: scope.kms_key_id.clone().unwrap(),
+                    ciphertext: scope.wrapped_key.clone().unwrap(),
                 },
-                &confidant_vault::keys::context(id, &scope),
+                &confidant_vault::keys::context(scope.id, &scope.scope_ref().unwrap()),
             )
             .await
             .unwrap();

@@ -1,0 +1,750 @@
+//! The vault through its gRPC API with identity and audit beside it, on
+//! SQLite with the local KMS and on PostgreSQL with Redis and the AWS KMS
+//! API: reads decided by identity and named by purpose, masking by role,
+//! bad input named field by field, only retention shredding, legal holds,
+//! staged destruction, and sealed audit text that dies with its scope while
+//! the log still verifies.
+
+mod common;
+
+use std::time::Duration;
+
+use common::directory::{Client, as_staff, assign, cleared, new_client, new_matter, staff_token};
+use confidant::sandbox::{Sandbox, SandboxData, SandboxSpec};
+use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
+use confidant_proto::audit::v1::{
+    AuditEvent, GetCheckpointRequest, GetLogInfoRequest, ListEventsRequest, Outcome,
+};
+use confidant_proto::vault::v1 as pb;
+use confidant_proto::vault::v1::vault_service_client::VaultServiceClient;
+use confidant_runtime::ServiceName;
+use confidant_runtime::client::PeerChannel;
+use confidant_runtime::storage::Backend;
+
+type Vault = VaultServiceClient<PeerChannel>;
+
+async fn vault(data: &SandboxData, sandbox: &Sandbox, name: &str) -> Vault {
+    VaultServiceClient::new(
+        confidant_runtime::client::connect(
+            &sandbox.url(ServiceName::Vault),
+            &data.client_tls(name),
+            "localhost",
+        )
+        .await
+        .expect("vault reachable"),
+    )
+}
+
+async fn audit(data: &SandboxData, sandbox: &Sandbox) -> AuditServiceClient<PeerChannel> {
+    AuditServiceClient::new(
+        confidant_runtime::client::connect(
+            &sandbox.url(ServiceName::Audit),
+            &data.client_tls("operator"),
+            "localhost",
+        )
+        .await
+        .expect("audit reachable"),
+    )
+}
+
+fn field(name: &str, t: pb::FieldType, value: &str) -> pb::Field {
+    pb::Field {
+        name: name.into(),
+        r#type: t as i32,
+        value: value.into(),
+        masked: false,
+    }
+}
+
+fn passport(client_id: &str, matter_id: &str) -> pb::NewRecord {
+    pb::NewRecord {
+        client_id: client_id.into(),
+        matter_id: matter_id.into(),
+        category: pb::DataCategory::IdentityDocument as i32,
+        fields: vec![
+            field("surname", pb::FieldType::Text, "Okafor"),
+            field("passport_number", pb::FieldType::NationalId, "P1234567"),
+        ],
+    }
+}
+
+fn contact(client_id: &str, matter_id: &str) -> pb::NewRecord {
+    pb::NewRecord {
+        client_id: client_id.into(),
+        matter_id: matter_id.into(),
+        category: pb::DataCategory::ContactDetails as i32,
+        fields: vec![field("email", pb::FieldType::Email, "a.okafor@example.org")],
+    }
+}
+
+fn get(record_id: &str, justification: &str) -> pb::GetRecordRequest {
+    pb::GetRecordRequest {
+        record_id: record_id.into(),
+        purpose: pb::Purpose::LegalAdvice as i32,
+        justification: justification.into(),
+    }
+}
+
+fn values(r: &pb::GetRecordResponse) -> Vec<(String, String, bool)> {
+    r.fields
+        .iter()
+        .map(|f| (f.name.clone(), f.value.clone(), f.masked))
+        .collect()
+}
+
+/// A matter with a responsible partner and cleared, assigned staff.
+struct Firm {
+    client_id: String,
+    matter_id: String,
+    partner: String,
+    paralegal: String,
+    assistant: String,
+    outsider: String,
+}
+
+async fn firm(admin: &mut Client) -> Firm {
+    let client_id = new_client(admin).await;
+    let partner = cleared(admin, "partner@firm.example", "partner").await;
+    let matter_id = new_matter(admin, &client_id, Some(&partner), "probate").await;
+    let paralegal = cleared(admin, "paralegal@firm.example", "paralegal").await;
+    assign(admin, &matter_id, &paralegal).await;
+    let assistant = cleared(admin, "assistant@firm.example", "legal_assistant").await;
+    assign(admin, &matter_id, &assistant).await;
+    let outsider = cleared(admin, "outsider@firm.example", "associate").await;
+    Firm {
+        client_id,
+        matter_id,
+        partner,
+        paralegal,
+        assistant,
+        outsider,
+    }
+}
+
+async fn vault_events(
+    audit: &mut AuditServiceClient<PeerChannel>,
+    client_id: &str,
+    action: &str,
+) -> Vec<AuditEvent> {
+    audit
+        .list_events(ListEventsRequest {
+            client_id: client_id.into(),
+            action: action.into(),
+            source_service: "vault".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events
+        .into_iter()
+        .filter_map(|e| e.event)
+        .collect()
+}
+
+async fn client_data_is_read_only_for_a_purpose_by_those_the_decision_allows(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec::of(&[
+            ServiceName::Identity,
+            ServiceName::Vault,
+            ServiceName::Audit,
+        ]),
+    )
+    .await;
+    let mut admin = common::identity_client(&data, &sandbox, "operator").await;
+    let f = firm(&mut admin).await;
+    let mut app = vault(&data, &sandbox, "firm-app").await;
+    let partner = staff_token(&data, &f.partner, &["partner"]);
+
+    // Writes: staff with client_data.write for the matter.
+    let stored = app
+        .create_record(as_staff(
+            &partner,
+            pb::CreateRecordRequest {
+                record: Some(passport(&f.client_id, &f.matter_id)),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    assert_eq!(stored.field_names, ["surname", "passport_number"]);
+    assert_eq!(stored.state(), pb::RecordState::Active);
+    let email = app
+        .create_record(as_staff(
+            &partner,
+            pb::CreateRecordRequest {
+                record: Some(contact(&f.client_id, &f.matter_id)),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    // Without a token, only the configured writers (intake) store records.
+    let anonymous = app
+        .create_record(pb::CreateRecordRequest {
+            record: Some(contact(&f.client_id, "")),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(anonymous.code(), tonic::Code::Unauthenticated);
+    let mut intake = vault(&data, &sandbox, "intake").await;
+    intake
+        .create_record(pb::CreateRecordRequest {
+            record: Some(contact(&f.client_id, "")),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    // An idempotent retry returns the first record.
+    let request_id = uuid::Uuid::now_v7().to_string();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        ids.push(
+            intake
+                .create_record(pb::CreateRecordRequest {
+                    record: Some(contact(&f.client_id, "")),
+                    request_id: request_id.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .record
+                .unwrap()
+                .id,
+        );
+    }
+    assert_eq!(ids[0], ids[1]);
+
+    // Reads: the partner sees everything, for a purpose.
+    let read = app
+        .get_record(as_staff(
+            &partner,
+            get(&stored.id, "preparing the grant of probate"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        values(&read),
+        [
+            ("surname".to_owned(), "Okafor".to_owned(), false),
+            ("passport_number".to_owned(), "P1234567".to_owned(), false)
+        ]
+    );
+    assert!(!read.audit_event_id.is_empty());
+    // A paralegal sees the last four of the passport number.
+    let paralegal = staff_token(&data, &f.paralegal, &["paralegal"]);
+    let masked = app
+        .get_record(as_staff(&paralegal, get(&stored.id, "")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(masked.fields[1].value, "****4567");
+    assert!(masked.fields[1].masked && !masked.fields[0].masked);
+    // A legal assistant sees contact details only.
+    let assistant = staff_token(&data, &f.assistant, &["legal_assistant"]);
+    let redacted = app
+        .get_record(as_staff(&assistant, get(&stored.id, "")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        redacted
+            .fields
+            .iter()
+            .all(|f| f.masked && f.value == "[redacted]")
+    );
+    let contact_read = app
+        .get_record(as_staff(&assistant, get(&email.id, "")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(contact_read.fields[0].value, "a.okafor@example.org");
+    // Someone not on the matter is refused, with the decision's reason.
+    let outsider = staff_token(&data, &f.outsider, &["associate"]);
+    let denied = app
+        .get_record(as_staff(&outsider, get(&stored.id, "")))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    assert_eq!(common::error_reason(&denied), "not_assigned");
+    // A service without a staff token reads nothing.
+    let no_person = intake.get_record(get(&stored.id, "")).await.unwrap_err();
+    assert_eq!(no_person.code(), tonic::Code::Unauthenticated);
+
+    // Bad input: every broken rule named.
+    let err = app
+        .get_record(as_staff(
+            &partner,
+            pb::GetRecordRequest {
+                record_id: "not-a-uuid".into(),
+                purpose: 0,
+                justification: String::new(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(common::violated_fields(&err), ["record_id", "purpose"]);
+    let err = app
+        .create_record(as_staff(
+            &partner,
+            pb::CreateRecordRequest {
+                record: Some(pb::NewRecord {
+                    client_id: f.client_id.clone(),
+                    matter_id: "nope".into(),
+                    category: 77,
+                    fields: vec![
+                        field("note", pb::FieldType::Text, &"x".repeat(1024 * 1024 + 1)),
+                        field("dob", pb::FieldType::Date, "yesterday"),
+                    ],
+                }),
+                request_id: "again-nope".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        common::violated_fields(&err),
+        [
+            "record.matter_id",
+            "record.category",
+            "record.fields[0].value",
+            "record.fields[1].value",
+            "request_id"
+        ]
+    );
+    let unknown = app
+        .get_record(as_staff(
+            &partner,
+            get(&uuid::Uuid::now_v7().to_string(), ""),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+
+    // Batches: each item on its own.
+    let batch = app
+        .batch_create_records(as_staff(
+            &partner,
+            pb::BatchCreateRecordsRequest {
+                records: vec![
+                    contact(&f.client_id, &f.matter_id),
+                    pb::NewRecord {
+                        category: 0,
+                        ..contact(&f.client_id, &f.matter_id)
+                    },
+                ],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = batch.results[0].status.clone().unwrap();
+    let second = batch.results[1].status.clone().unwrap();
+    assert_eq!(first.code, 0);
+    assert_eq!(second.code, tonic::Code::InvalidArgument as i32);
+    assert_eq!(second.violations[0].field, "records[1].category");
+    let fresh = batch.results[0].record.clone().unwrap().id;
+    let many = app
+        .batch_get_records(as_staff(
+            &paralegal,
+            pb::BatchGetRecordsRequest {
+                record_ids: vec![
+                    stored.id.clone(),
+                    "bad".into(),
+                    uuid::Uuid::now_v7().to_string(),
+                    fresh,
+                ],
+                purpose: pb::Purpose::Billing as i32,
+                justification: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let codes: Vec<i32> = many
+        .results
+        .iter()
+        .map(|r| r.status.clone().unwrap().code)
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            0,
+            tonic::Code::InvalidArgument as i32,
+            tonic::Code::NotFound as i32,
+            0
+        ]
+    );
+    assert_eq!(
+        many.results[0].record.clone().unwrap().fields[1].value,
+        "****4567"
+    );
+
+    // Listing shows metadata, never values.
+    let listed = app
+        .list_records(as_staff(
+            &partner,
+            pb::ListRecordsRequest {
+                client_id: f.client_id.clone(),
+                matter_id: f.matter_id.clone(),
+                page_size: 2,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.records.len(), 2);
+    assert!(!listed.next_page_token.is_empty());
+    let rest = app
+        .list_records(as_staff(
+            &partner,
+            pb::ListRecordsRequest {
+                client_id: f.client_id.clone(),
+                matter_id: f.matter_id.clone(),
+                page_size: 2,
+                page_token: listed.next_page_token.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.records.len(), 1);
+    assert!(rest.next_page_token.is_empty());
+
+    // Every read and refusal is in the audit log, with its purpose; the
+    // justification travels sealed, never in clear.
+    let mut log = audit(&data, &sandbox).await;
+    common::eventually(
+        Duration::from_secs(20),
+        "vault reads in the audit log",
+        || {
+            let mut log = log.clone();
+            let client_id = f.client_id.clone();
+            async move {
+                vault_events(&mut log, &client_id, "vault.record.read")
+                    .await
+                    .len()
+                    >= 7
+            }
+        },
+    )
+    .await;
+    let reads = vault_events(&mut log, &f.client_id, "vault.record.read").await;
+    let by_partner = reads
+        .iter()
+        .find(|e| e.id == read.audit_event_id)
+        .expect("the partner's read is logged under the id the vault returned");
+    assert_eq!(by_partner.purpose, "legal_advice");
+    assert_eq!(by_partner.actor.clone().unwrap().roles, ["partner"]);
+    assert_eq!(
+        by_partner.resource.clone().unwrap().data_category,
+        "identity_document"
+    );
+    assert!(!by_partner.sealed_text.is_empty());
+    assert!(!String::from_utf8_lossy(&by_partner.sealed_text).contains("probate"));
+    let refusal = reads
+        .iter()
+        .find(|e| e.outcome == Outcome::Denied as i32)
+        .expect("the refused read is logged");
+    assert_eq!(refusal.reason, "not_assigned");
+    assert_eq!(refusal.actor.clone().unwrap().id, f.outsider);
+    sandbox.stop().await;
+}
+
+async fn only_retention_shreds_and_sealed_text_dies_with_its_scope_while_the_log_verifies(
+    backend: Backend,
+) {
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec::of(&[
+            ServiceName::Identity,
+            ServiceName::Vault,
+            ServiceName::Audit,
+        ]),
+    )
+    .await;
+    let mut admin = common::identity_client(&data, &sandbox, "operator").await;
+    let f = firm(&mut admin).await;
+    let officer = cleared(&mut admin, "security@firm.example", "security_officer").await;
+    let records_manager = cleared(&mut admin, "records@firm.example", "records_manager").await;
+    let mut app = vault(&data, &sandbox, "firm-app").await;
+    let mut retention = vault(&data, &sandbox, "retention").await;
+    let partner = staff_token(&data, &f.partner, &["partner"]);
+
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(
+            app.create_record(as_staff(
+                &partner,
+                pb::CreateRecordRequest {
+                    record: Some(passport(&f.client_id, &f.matter_id)),
+                    request_id: String::new(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .record
+            .unwrap(),
+        );
+    }
+    let scope_id = ids[0].scope_id.clone();
+    let read = app
+        .get_record(as_staff(
+            &partner,
+            get(&ids[0].id, "client asked about the estate"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // The read's sealed justification opens for a security officer.
+    let mut log = audit(&data, &sandbox).await;
+    let event_id = read.audit_event_id.clone();
+    common::eventually(Duration::from_secs(20), "the read in the audit log", || {
+        let mut log = log.clone();
+        let (client_id, event_id) = (f.client_id.clone(), event_id.clone());
+        async move {
+            vault_events(&mut log, &client_id, "vault.record.read")
+                .await
+                .iter()
+                .any(|e| e.id == event_id)
+        }
+    })
+    .await;
+    let event = vault_events(&mut log, &f.client_id, "vault.record.read")
+        .await
+        .into_iter()
+        .find(|e| e.id == read.audit_event_id)
+        .unwrap();
+    assert_eq!(event.sealed_scope_id, scope_id);
+    let open = pb::OpenSealedTextRequest {
+        sealed_text: event.sealed_text.clone(),
+        scope_id: scope_id.clone(),
+    };
+    let officer_token = staff_token(&data, &officer, &["security_officer"]);
+    let text = app
+        .open_sealed_text(as_staff(&officer_token, open.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .text;
+    assert_eq!(text, "client asked about the estate");
+    let nosy = app
+        .open_sealed_text(as_staff(&partner, open.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(nosy.code(), tonic::Code::PermissionDenied);
+
+    // Only the retention service may shred.
+    let order = uuid::Uuid::now_v7().to_string();
+    let shred = pb::ShredScopeRequest {
+        scope_id: scope_id.clone(),
+        order_id: order.clone(),
+        pending_window: None,
+    };
+    let refused = app
+        .shred_scope(as_staff(&partner, shred.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    // Not while a legal hold covers the scope.
+    let hold = uuid::Uuid::now_v7().to_string();
+    let covered = retention
+        .place_hold(pb::PlaceHoldRequest {
+            hold_id: hold.clone(),
+            client_id: f.client_id.clone(),
+            matter_id: f.matter_id.clone(),
+            category: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(covered.scope_ids, std::slice::from_ref(&scope_id));
+    let held = retention.shred_scope(shred.clone()).await.unwrap_err();
+    assert_eq!(held.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(common::error_reason(&held), "legal_hold");
+    retention
+        .release_hold(pb::ReleaseHoldRequest { hold_id: hold })
+        .await
+        .unwrap();
+
+    // Staged: pending destruction refuses reads until a records manager
+    // cancels it.
+    let pending = retention
+        .shred_scope(pb::ShredScopeRequest {
+            pending_window: Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
+            ..shred.clone()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .scope
+        .unwrap();
+    assert_eq!(pending.state(), pb::ScopeState::PendingDestruction);
+    let refused = app
+        .get_record(as_staff(&partner, get(&ids[1].id, "")))
+        .await
+        .unwrap_err();
+    assert_eq!(common::error_reason(&refused), "pending_destruction");
+    let cancel = pb::CancelScopeDestructionRequest {
+        scope_id: scope_id.clone(),
+        reason: "matter reopened".into(),
+    };
+    let not_theirs = app
+        .cancel_scope_destruction(as_staff(&partner, cancel.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(not_theirs.code(), tonic::Code::PermissionDenied);
+    let manager = staff_token(&data, &records_manager, &["records_manager"]);
+    app.cancel_scope_destruction(as_staff(&manager, cancel))
+        .await
+        .unwrap();
+    app.get_record(as_staff(&partner, get(&ids[1].id, "")))
+        .await
+        .unwrap();
+
+    // Shredded: every record reads as shredded, the tombstone stays.
+    let shredded = retention
+        .shred_scope(shred)
+        .await
+        .unwrap()
+        .into_inner()
+        .scope
+        .unwrap();
+    assert_eq!(shredded.state(), pb::ScopeState::Shredded);
+    assert_eq!(shredded.shred_order, order);
+    assert_eq!(shredded.record_count, 3);
+    assert!(shredded.kms_key_id.is_empty());
+    for r in &ids {
+        let gone = app
+            .get_record(as_staff(&partner, get(&r.id, "")))
+            .await
+            .unwrap_err();
+        assert_eq!(gone.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(common::error_reason(&gone), "shredded");
+    }
+    let listed = app
+        .list_records(as_staff(
+            &partner,
+            pb::ListRecordsRequest {
+                client_id: f.client_id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        listed
+            .records
+            .iter()
+            .all(|r| r.state() == pb::RecordState::Shredded && r.shred_order == order)
+    );
+
+    // The sealed justification is now unreadable…
+    let dead = app
+        .open_sealed_text(as_staff(&officer_token, open))
+        .await
+        .unwrap_err();
+    assert_eq!(common::error_reason(&dead), "shredded");
+
+    // …and the audit log still verifies, the event with it.
+    let url = sandbox.url(ServiceName::Audit);
+    let key = log
+        .get_log_info(GetLogInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .verifier_key;
+    let mut shred_leaf = None;
+    for _ in 0..200 {
+        let logged = log
+            .list_events(ListEventsRequest {
+                client_id: f.client_id.clone(),
+                action: "vault.scope.shredded".into(),
+                outcome: Outcome::Allowed as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .events;
+        if let Some(e) = logged.first() {
+            shred_leaf = Some(e.leaf_index);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let shred_leaf = shred_leaf.expect("the shred reaches the audit log");
+    common::eventually(
+        Duration::from_secs(20),
+        "a checkpoint covering the shred",
+        || {
+            let mut log = log.clone();
+            async move {
+                log.get_checkpoint(GetCheckpointRequest { tree_size: 0 })
+                    .await
+                    .is_ok_and(|r| {
+                        r.into_inner()
+                            .checkpoint
+                            .is_some_and(|c| c.tree_size > shred_leaf)
+                    })
+            }
+        },
+    )
+    .await;
+    let (code, out) = common::audit_cli(&data, &url, &["verify", "--public-key", &key]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("OK"), "{out}");
+    let still_there = vault_events(&mut log, &f.client_id, "vault.record.read").await;
+    assert!(
+        still_there
+            .iter()
+            .any(|e| e.id == read.audit_event_id && e.sealed_text == event.sealed_text)
+    );
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_client_data_is_read_only_for_a_purpose_by_those_the_decision_allows() {
+    client_data_is_read_only_for_a_purpose_by_those_the_decision_allows(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_client_data_is_read_only_for_a_purpose_by_those_the_decision_allows() {
+    client_data_is_read_only_for_a_purpose_by_those_the_decision_allows(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_only_retention_shreds_and_sealed_text_dies_with_its_scope_while_the_log_verifies() {
+    only_retention_shreds_and_sealed_text_dies_with_its_scope_while_the_log_verifies(
+        Backend::Sqlite,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_only_retention_shreds_and_sealed_text_dies_with_its_scope_while_the_log_verifies()
+{
+    only_retention_shreds_and_sealed_text_dies_with_its_scope_while_the_log_verifies(
+        Backend::Postgres,
+    )
+    .await;
+}
