@@ -722,6 +722,201 @@ async fn only_retention_shreds_and_sealed_text_dies_with_its_scope_while_the_log
     sandbox.stop().await;
 }
 
+fn upload_messages(header: pb::DocumentHeader, content: &[u8]) -> Vec<pb::UploadDocumentRequest> {
+    use pb::upload_document_request::Part;
+    let mut messages = vec![pb::UploadDocumentRequest {
+        part: Some(Part::Header(header)),
+    }];
+    for chunk in content.chunks(200_000) {
+        messages.push(pb::UploadDocumentRequest {
+            part: Some(Part::Chunk(chunk.to_vec())),
+        });
+    }
+    messages
+}
+
+async fn documents_stream_through_the_api_and_a_cancelled_upload_leaves_nothing(backend: Backend) {
+    use pb::download_document_response::Part;
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec::of(&[
+            ServiceName::Identity,
+            ServiceName::Vault,
+            ServiceName::Audit,
+        ]),
+    )
+    .await;
+    let mut admin = common::identity_client(&data, &sandbox, "operator").await;
+    let f = firm(&mut admin).await;
+    let mut app = vault(&data, &sandbox, "firm-app").await;
+    let partner = staff_token(&data, &f.partner, &["partner"]);
+    let header = pb::DocumentHeader {
+        client_id: f.client_id.clone(),
+        matter_id: f.matter_id.clone(),
+        category: pb::DataCategory::MatterFile as i32,
+        filename: "Last will and testament.pdf".into(),
+        media_type: "application/pdf".into(),
+        request_id: String::new(),
+        size_bytes: 2_500_000,
+        sha256: Vec::new(),
+    };
+    let content: Vec<u8> = (0..2_500_000u32).map(|i| (i % 253) as u8).collect();
+    let stored = app
+        .upload_document(as_staff(
+            &partner,
+            futures::stream::iter(upload_messages(header.clone(), &content)),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    assert_eq!(stored.kind(), pb::RecordKind::Document);
+    assert_eq!(stored.field_names, ["filename", "media_type"]);
+    let summary = stored.document.clone().unwrap();
+    assert_eq!(summary.size_bytes, content.len() as i64);
+
+    let mut download = app
+        .download_document(as_staff(
+            &partner,
+            pb::DownloadDocumentRequest {
+                record_id: stored.id.clone(),
+                purpose: pb::Purpose::LegalAdvice as i32,
+                justification: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(Part::Info(info)) = download.message().await.unwrap().and_then(|m| m.part) else {
+        panic!("the details come first");
+    };
+    assert_eq!(info.filename, "Last will and testament.pdf");
+    assert_eq!(info.media_type, "application/pdf");
+    assert!(!info.audit_event_id.is_empty());
+    let mut back = Vec::new();
+    while let Some(message) = download.message().await.unwrap() {
+        let Some(Part::Chunk(chunk)) = message.part else {
+            panic!("only chunks follow the details");
+        };
+        assert!(chunk.len() <= 64 * 1024);
+        back.extend_from_slice(&chunk);
+    }
+    assert_eq!(back, content);
+    // Someone off the matter downloads nothing.
+    let outsider = staff_token(&data, &f.outsider, &["associate"]);
+    let denied = app
+        .download_document(as_staff(
+            &outsider,
+            pb::DownloadDocumentRequest {
+                record_id: stored.id.clone(),
+                purpose: pb::Purpose::LegalAdvice as i32,
+                justification: String::new(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(common::error_reason(&denied), "not_assigned");
+    // A stream without a header first is refused by field.
+    let headless = app
+        .upload_document(as_staff(
+            &partner,
+            futures::stream::iter(
+                upload_messages(header.clone(), &content)
+                    .into_iter()
+                    .skip(1),
+            ),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(common::violated_fields(&headless), ["header"]);
+
+    // The client gives up mid-upload: nothing becomes visible, nothing stays.
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::UploadDocumentRequest>(4);
+    let mut cancelled_app = app.clone();
+    let token = partner.clone();
+    let upload = tokio::spawn(async move {
+        cancelled_app
+            .upload_document(as_staff(
+                &token,
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            ))
+            .await
+    });
+    for message in upload_messages(header.clone(), &content)
+        .into_iter()
+        .take(4)
+    {
+        tx.send(message).await.unwrap();
+    }
+    let db = confidant_runtime::storage::Database::connect(
+        &data.database_url(ServiceName::Vault),
+        "vault",
+        confidant_runtime::storage::PoolOptions::default(),
+    )
+    .await
+    .unwrap();
+    common::eventually(Duration::from_secs(10), "the upload in progress", || {
+        let db = db.clone();
+        async move {
+            let rows: Vec<(uuid::Uuid,)> = db
+                .fetch_all(
+                    "SELECT id FROM vault_records WHERE upload_state = 'uploading'",
+                    vec![],
+                )
+                .await
+                .unwrap();
+            !rows.is_empty()
+        }
+    })
+    .await;
+    upload.abort();
+    drop(tx);
+    common::eventually(Duration::from_secs(10), "the cancelled upload removed", || {
+        let db = db.clone();
+        async move {
+            let rows: Vec<(uuid::Uuid,)> = db
+                .fetch_all("SELECT id FROM vault_records WHERE upload_state = 'uploading'", vec![])
+                .await
+                .unwrap();
+            let segments: Vec<(i32,)> = db
+                .fetch_all(
+                    "SELECT s.seq FROM vault_document_segments s LEFT JOIN vault_records r ON r.id = s.record_id \
+                     WHERE r.id IS NULL OR r.upload_state = 'uploading'",
+                    vec![],
+                )
+                .await
+                .unwrap();
+            rows.is_empty() && segments.is_empty()
+        }
+    })
+    .await;
+    let listed = app
+        .list_records(as_staff(
+            &partner,
+            pb::ListRecordsRequest {
+                client_id: f.client_id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.records.len(), 1, "only the completed document");
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_documents_stream_through_the_api_and_a_cancelled_upload_leaves_nothing() {
+    documents_stream_through_the_api_and_a_cancelled_upload_leaves_nothing(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_documents_stream_through_the_api_and_a_cancelled_upload_leaves_nothing() {
+    documents_stream_through_the_api_and_a_cancelled_upload_leaves_nothing(Backend::Postgres).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_client_data_is_read_only_for_a_purpose_by_those_the_decision_allows() {
     client_data_is_read_only_for_a_purpose_by_those_the_decision_allows(Backend::Sqlite).await;

@@ -168,6 +168,8 @@ pub struct VaultConfig {
     pub max_field_bytes: usize,
     /// Most fields in one record.
     pub max_fields: usize,
+    /// Largest document, in bytes.
+    pub max_document_bytes: u64,
     /// How long a shredded scope stays pending destruction (reads refused,
     /// cancellable) before its key is destroyed, unless the order says
     /// otherwise. 0: at once.
@@ -189,6 +191,7 @@ impl Default for VaultConfig {
             admins: vec!["operator".to_owned()],
             max_field_bytes: 1024 * 1024,
             max_fields: 200,
+            max_document_bytes: 1024 * 1024 * 1024,
             destruction_window_seconds: 0,
             destruction_check_seconds: 5,
             key_cache_capacity: 10_000,
@@ -554,6 +557,12 @@ impl Config {
                 problem(
                     "vault.max_field_bytes".into(),
                     "must be between 1 and 3145728 (a record travels in one gRPC message)",
+                );
+            }
+            if v.max_document_bytes == 0 || v.max_document_bytes > 64 * 1024 * 1024 * 1024 {
+                problem(
+                    "vault.max_document_bytes".into(),
+                    "must be between 1 and 68719476736 (64 GiB)",
                 );
             }
             if v.max_fields == 0 {

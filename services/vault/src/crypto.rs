@@ -257,6 +257,165 @@ impl RecordKey {
     }
 }
 
+/// Documents are encrypted in segments of this many plaintext bytes.
+pub const SEGMENT_BYTES: usize = 64 * 1024;
+/// The random part of a document's STREAM nonce (12-byte GCM nonce minus
+/// the 4-byte counter and the 1-byte last-segment flag).
+pub const STREAM_PREFIX_LEN: usize = 7;
+
+type StreamCipher = aes_gcm::Aes256Gcm;
+
+/// Where a document's segments belong.
+#[derive(Debug, Clone, Copy)]
+pub struct DocumentBinding {
+    /// The record.
+    pub record_id: Uuid,
+    /// The scope.
+    pub scope_id: Uuid,
+    /// The scope key version.
+    pub key_version: i32,
+}
+
+impl DocumentBinding {
+    fn aad(&self) -> Vec<u8> {
+        binding(&[
+            b"confidant.vault.document.v1",
+            self.record_id.as_bytes(),
+            self.scope_id.as_bytes(),
+            &self.key_version.to_be_bytes(),
+        ])
+    }
+}
+
+/// Seals a document segment by segment with the STREAM construction
+/// (RustCrypto `aead::stream`, 32-bit big-endian counter and a last-segment
+/// flag in the nonce): a dropped, reordered or truncated segment fails to
+/// open.
+pub struct SegmentSealer {
+    stream: aes_gcm::aead::stream::EncryptorBE32<StreamCipher>,
+    aad: Vec<u8>,
+}
+
+impl std::fmt::Debug for SegmentSealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SegmentSealer(..)")
+    }
+}
+
+impl SegmentSealer {
+    /// Seals a segment that is not the last.
+    pub fn seal_next(&mut self, plain: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        use aes_gcm::aead::Payload;
+        self.stream
+            .encrypt_next(Payload {
+                msg: plain,
+                aad: &self.aad,
+            })
+            .map_err(|_| CryptoError::Open)
+    }
+
+    /// Seals the last segment (possibly empty).
+    pub fn seal_last(self, plain: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        use aes_gcm::aead::Payload;
+        self.stream
+            .encrypt_last(Payload {
+                msg: plain,
+                aad: &self.aad,
+            })
+            .map_err(|_| CryptoError::Open)
+    }
+}
+
+/// Opens a document's segments in order.
+pub struct SegmentOpener {
+    stream: aes_gcm::aead::stream::DecryptorBE32<StreamCipher>,
+    aad: Vec<u8>,
+}
+
+impl std::fmt::Debug for SegmentOpener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SegmentOpener(..)")
+    }
+}
+
+impl SegmentOpener {
+    /// Opens the next segment, which must not be the last.
+    pub fn open_next(&mut self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        use aes_gcm::aead::Payload;
+        self.stream
+            .decrypt_next(Payload {
+                msg: sealed,
+                aad: &self.aad,
+            })
+            .map(Zeroizing::new)
+            .map_err(|_| CryptoError::Open)
+    }
+
+    /// Opens the last segment.
+    pub fn open_last(self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        use aes_gcm::aead::Payload;
+        self.stream
+            .decrypt_last(Payload {
+                msg: sealed,
+                aad: &self.aad,
+            })
+            .map(Zeroizing::new)
+            .map_err(|_| CryptoError::Open)
+    }
+}
+
+impl RecordKey {
+    /// The document key: derived from the record key, so that segment
+    /// nonces never share a key with field nonces.
+    fn stream_cipher(&self) -> Result<StreamCipher, CryptoError> {
+        use aes_gcm::KeyInit;
+        let mut out = Zeroizing::new([0u8; 32]);
+        Salt::new(HKDF_SHA256, b"confidant.vault.record-key")
+            .extract(self.bytes.as_ref())
+            .expand(&[b"document-stream.v1"], HKDF_SHA256)
+            .and_then(|okm| okm.fill(out.as_mut()))
+            .map_err(|_| CryptoError::Open)?;
+        StreamCipher::new_from_slice(out.as_ref()).map_err(|_| CryptoError::Open)
+    }
+
+    /// A sealer for a new document, with its random nonce prefix (stored
+    /// with the document).
+    pub fn document_sealer(
+        &self,
+        at: &DocumentBinding,
+    ) -> Result<(SegmentSealer, [u8; STREAM_PREFIX_LEN]), CryptoError> {
+        let prefix: [u8; STREAM_PREFIX_LEN] = random()?;
+        let stream = aes_gcm::aead::stream::EncryptorBE32::from_aead(
+            self.stream_cipher()?,
+            prefix.as_slice().into(),
+        );
+        Ok((
+            SegmentSealer {
+                stream,
+                aad: at.aad(),
+            },
+            prefix,
+        ))
+    }
+
+    /// An opener for a stored document.
+    pub fn document_opener(
+        &self,
+        at: &DocumentBinding,
+        prefix: &[u8],
+    ) -> Result<SegmentOpener, CryptoError> {
+        if prefix.len() != STREAM_PREFIX_LEN {
+            return Err(CryptoError::Open);
+        }
+        let stream =
+            aes_gcm::aead::stream::DecryptorBE32::from_aead(self.stream_cipher()?, prefix.into());
+        Ok(SegmentOpener {
+            stream,
+            aad: at.aad(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,6 +501,51 @@ mod tests {
                 .unwrap_record_key(record, &wrapped)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_document_opens_only_whole_and_in_order() {
+        let key = RecordKey::generate().unwrap();
+        let at = DocumentBinding {
+            record_id: Uuid::now_v7(),
+            scope_id: Uuid::now_v7(),
+            key_version: 1,
+        };
+        let (mut sealer, prefix) = key.document_sealer(&at).unwrap();
+        let segments = [
+            sealer.seal_next(b"first").unwrap(),
+            sealer.seal_next(b"second").unwrap(),
+            sealer.seal_last(b"last").unwrap(),
+        ];
+        let open_all = |order: &[usize], last: usize| -> Result<Vec<u8>, CryptoError> {
+            let mut opener = key.document_opener(&at, &prefix)?;
+            let mut out = Vec::new();
+            for i in order {
+                out.extend_from_slice(&opener.open_next(&segments[*i])?);
+            }
+            out.extend_from_slice(&opener.open_last(&segments[last])?);
+            Ok(out)
+        };
+        assert_eq!(open_all(&[0, 1], 2).unwrap(), b"firstsecondlast");
+        assert!(open_all(&[1, 0], 2).is_err(), "reordered");
+        assert!(
+            open_all(&[0], 1).is_err(),
+            "truncated: a middle segment posing as the last"
+        );
+        assert!(
+            open_all(&[0, 2], 1).is_err(),
+            "the last segment posing as a middle one"
+        );
+        let elsewhere = DocumentBinding {
+            record_id: Uuid::now_v7(),
+            ..at
+        };
+        let mut moved = key.document_opener(&elsewhere, &prefix).unwrap();
+        assert!(
+            moved.open_next(&segments[0]).is_err(),
+            "moved to another record"
+        );
+        assert!(key.document_opener(&at, &prefix[..6]).is_err());
     }
 
     #[test]

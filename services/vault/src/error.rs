@@ -33,6 +33,9 @@ pub enum Error {
     /// A legal hold forbids the shred.
     #[error("a legal hold covers the scope")]
     Held,
+    /// A client stream stopped before it was complete; nothing was kept.
+    #[error("the stream stopped before it was complete")]
+    StreamAborted,
     /// The state does not allow the operation.
     #[error("{0}")]
     Conflict(&'static str),
@@ -111,6 +114,11 @@ impl From<Error> for Status {
                 Code::FailedPrecondition,
                 "legal_hold",
                 "a legal hold covers the scope; it cannot be shredded until the hold is released",
+            ),
+            Error::StreamAborted => with_reason(
+                Code::Aborted,
+                "stream_aborted",
+                "the upload stopped before it was complete; nothing was stored",
             ),
             Error::Conflict(message) => with_reason(Code::FailedPrecondition, "conflict", message),
             Error::Kms(e) => {

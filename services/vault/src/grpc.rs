@@ -86,6 +86,15 @@ pub fn metadata(row: &RecordRow) -> pb::RecordMetadata {
         state: record_state(row) as i32,
         shred_time: shred_time.map(ts),
         shred_order: shred_order.unwrap_or_default(),
+        kind: if row.is_document() {
+            pb::RecordKind::Document
+        } else {
+            pb::RecordKind::Fields
+        } as i32,
+        document: row.is_document().then(|| pb::DocumentSummary {
+            size_bytes: row.doc_size.unwrap_or_default(),
+            sha256: row.doc_sha256.clone().unwrap_or_default(),
+        }),
     }
 }
 
@@ -261,12 +270,12 @@ impl VaultApi {
         result
     }
 
-    /// May `actor` write into the scope of `record`?
+    /// May `actor` write into `scope`?
     async fn may_write(
         &self,
         actor: &Actor,
         cache: &mut Decisions,
-        record: &NewRecord,
+        scope: &domain::ScopeRef,
     ) -> Result<(), Error> {
         match actor {
             Actor::Staff { staff_id, .. } => {
@@ -274,8 +283,8 @@ impl VaultApi {
                     cache,
                     staff_id,
                     "client_data.write",
-                    record.scope.client_id,
-                    record.scope.matter_id,
+                    scope.client_id,
+                    scope.matter_id,
                 )
                 .await
             }
@@ -313,6 +322,44 @@ impl VaultApi {
         })
     }
 
+    /// Loads a record a staff member asks to read and lets it through only
+    /// if identity allows it and its keys still exist; refusals are
+    /// recorded in the audit log.
+    async fn admit(
+        &self,
+        actor: &Actor,
+        staff_id: &str,
+        decisions: &mut Decisions,
+        id: Uuid,
+        intent: &ReadIntent<'_>,
+    ) -> Result<RecordRow, Error> {
+        let row = self.vault.load(id).await?;
+        if let Err(e) = self
+            .decide_cached(
+                decisions,
+                staff_id,
+                "client_data.read",
+                row.client_id,
+                row.matter_id,
+            )
+            .await
+        {
+            if let Error::Denied { reason, .. } = &e {
+                self.vault
+                    .record_refused_read(actor, &row, intent, Outcome::Denied, reason)
+                    .await;
+            }
+            return Err(e);
+        }
+        if let Some(e) = Vault::unreadable(&row) {
+            self.vault
+                .record_refused_read(actor, &row, intent, Outcome::Failed, &e.reason())
+                .await;
+            return Err(e);
+        }
+        Ok(row)
+    }
+
     /// Reads records for a staff member: each decided, refused reads
     /// recorded, the rest opened together (fail closed).
     async fn read(
@@ -335,38 +382,16 @@ impl VaultApi {
                     continue;
                 }
             };
-            let row = match self.vault.load(id).await {
+            let row = match self
+                .admit(actor, staff_id, &mut decisions, id, intent)
+                .await
+            {
                 Ok(row) => row,
                 Err(e) => {
                     slots.push(Some(Err(e)));
                     continue;
                 }
             };
-            if let Err(e) = self
-                .decide_cached(
-                    &mut decisions,
-                    staff_id,
-                    "client_data.read",
-                    row.client_id,
-                    row.matter_id,
-                )
-                .await
-            {
-                if let Error::Denied { reason, .. } = &e {
-                    self.vault
-                        .record_refused_read(actor, &row, intent, Outcome::Denied, reason)
-                        .await;
-                }
-                slots.push(Some(Err(e)));
-                continue;
-            }
-            if let Some(e) = Vault::unreadable(&row) {
-                self.vault
-                    .record_refused_read(actor, &row, intent, Outcome::Failed, &e.reason())
-                    .await;
-                slots.push(Some(Err(e)));
-                continue;
-            }
             allowed.push((slots.len(), row));
             slots.push(None);
         }
@@ -389,8 +414,135 @@ fn roles_of(actor: &Actor) -> &[String] {
     }
 }
 
+/// The stream of a download.
+pub type DownloadStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<pb::DownloadDocumentResponse, Status>> + Send>,
+>;
+
+enum Download {
+    Info(Box<pb::DocumentInfo>, crate::documents::DocumentReader),
+    Reading(crate::documents::DocumentReader),
+    Done,
+}
+
 #[tonic::async_trait]
 impl VaultService for VaultApi {
+    type DownloadDocumentStream = DownloadStream;
+
+    #[tracing::instrument(name = "vault.upload_document", skip_all)]
+    async fn upload_document(
+        &self,
+        request: Request<tonic::Streaming<pb::UploadDocumentRequest>>,
+    ) -> Result<Response<pb::UploadDocumentResponse>, Status> {
+        use futures::StreamExt;
+        let actor = Self::actor(&request)?;
+        let mut stream = request.into_inner();
+        let first = stream.message().await?.ok_or(Error::StreamAborted)?;
+        let Some(pb::upload_document_request::Part::Header(header)) = first.part else {
+            let mut v = Violations::new();
+            v.add("header", "the first message must carry the header");
+            return Err(Error::Invalid(v).into());
+        };
+        let doc =
+            crate::documents::NewDocument::parse(&header, self.vault.settings().max_document_bytes)
+                .map_err(Error::Invalid)?;
+        self.may_write(&actor, &mut Decisions::new(), &doc.scope)
+            .await?;
+        let chunks = stream.map(|message| match message {
+            Ok(pb::UploadDocumentRequest {
+                part: Some(pb::upload_document_request::Part::Chunk(bytes)),
+            }) if bytes.len() <= crate::documents::MAX_CHUNK_BYTES => Ok(bytes),
+            Ok(pb::UploadDocumentRequest {
+                part: Some(pb::upload_document_request::Part::Chunk(_)),
+            }) => {
+                let mut v = Violations::new();
+                v.add("chunk", "must be at most 1048576 bytes");
+                Err(Error::Invalid(v))
+            }
+            Ok(_) => {
+                let mut v = Violations::new();
+                v.add("header", "only the first message carries a header");
+                Err(Error::Invalid(v))
+            }
+            Err(_) => Err(Error::StreamAborted),
+        });
+        // The upload runs in a task of its own: if the client goes away and
+        // this handler is dropped, the task still sees the broken stream
+        // and removes what it wrote.
+        let vault = self.vault.clone();
+        let max = vault.settings().max_document_bytes;
+        let request_id = (!header.request_id.is_empty()).then_some(header.request_id.clone());
+        let row = tokio::spawn(async move {
+            vault
+                .upload(&actor, &doc, request_id.as_deref(), Box::pin(chunks), max)
+                .await
+        })
+        .await
+        .map_err(|_| Status::internal("the upload task failed"))??;
+        tracing::info!(record_id = %row.id, size = row.doc_size.unwrap_or_default(), "document stored");
+        Ok(Response::new(pb::UploadDocumentResponse {
+            record: Some(metadata(&row)),
+        }))
+    }
+
+    #[tracing::instrument(name = "vault.download_document", skip_all, fields(record_id = %request.get_ref().record_id))]
+    async fn download_document(
+        &self,
+        request: Request<pb::DownloadDocumentRequest>,
+    ) -> Result<Response<Self::DownloadDocumentStream>, Status> {
+        let actor = Self::actor(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let id = required_uuid(&mut v, "record_id", &req.record_id);
+        let purpose = domain::purpose(&mut v, req.purpose, &req.justification);
+        check(v)?;
+        let (Some(id), Some(purpose)) = (id, purpose) else {
+            return Err(Status::internal("validated request incomplete"));
+        };
+        let Actor::Staff { staff_id, .. } = &actor else {
+            return Err(Error::Unauthenticated.into());
+        };
+        let intent = ReadIntent {
+            purpose,
+            justification: &req.justification,
+            roles: roles_of(&actor),
+        };
+        let row = self
+            .admit(&actor, staff_id, &mut Decisions::new(), id, &intent)
+            .await?;
+        let reader = self.vault.open_document(&actor, row, &intent).await?;
+        let info = pb::DocumentInfo {
+            record: Some(metadata(&reader.row)),
+            filename: reader.filename.clone(),
+            media_type: reader.media_type.clone(),
+            audit_event_id: reader.audit_event_id.clone(),
+        };
+        let stream =
+            futures::stream::unfold(Download::Info(Box::new(info), reader), |state| async move {
+                use pb::download_document_response::Part;
+                match state {
+                    Download::Info(info, reader) => Some((
+                        Ok(pb::DownloadDocumentResponse {
+                            part: Some(Part::Info(*info)),
+                        }),
+                        Download::Reading(reader),
+                    )),
+                    Download::Reading(mut reader) => match reader.next_segment().await {
+                        Ok(Some(plain)) => Some((
+                            Ok(pb::DownloadDocumentResponse {
+                                part: Some(Part::Chunk(plain.to_vec())),
+                            }),
+                            Download::Reading(reader),
+                        )),
+                        Ok(None) => None,
+                        Err(e) => Some((Err(Status::from(e)), Download::Done)),
+                    },
+                    Download::Done => None,
+                }
+            });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     #[tracing::instrument(name = "vault.create_record", skip_all)]
     async fn create_record(
         &self,
@@ -412,7 +564,7 @@ impl VaultService for VaultApi {
         let Some(record) = record else {
             return Err(Status::internal("validated record missing"));
         };
-        self.may_write(&actor, &mut Decisions::new(), &record)
+        self.may_write(&actor, &mut Decisions::new(), &record.scope)
             .await?;
         let request_id = request_id.map(|r| r.to_string());
         let row = self
@@ -447,7 +599,8 @@ impl VaultService for VaultApi {
                     &format!("records[{i}]"),
                 )
                 .map_err(Error::Invalid)?;
-                self.may_write(&actor, &mut decisions, &record).await?;
+                self.may_write(&actor, &mut decisions, &record.scope)
+                    .await?;
                 self.vault.create(&actor, &record, None).await
             }
             .await;

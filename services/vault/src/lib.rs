@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod crypto;
+pub mod documents;
 pub mod domain;
 pub mod error;
 pub mod grpc;
@@ -69,6 +70,7 @@ pub fn vault(
                 max_field_bytes: v.max_field_bytes,
                 max_fields: v.max_fields,
             },
+            max_document_bytes: v.max_document_bytes,
             destruction_window: Duration::from_secs(v.destruction_window_seconds),
             trust_domain: ctx.config.trust_domain.clone(),
         },
@@ -125,7 +127,8 @@ pub async fn build(
     })
 }
 
-/// Carries out pending destructions when their window ends, until shutdown.
+/// Carries out pending destructions when their window ends, and removes
+/// abandoned uploads, until shutdown.
 pub async fn destruction_task(
     vault: Arc<records::Vault>,
     every: Duration,
@@ -140,6 +143,13 @@ pub async fn destruction_task(
                     Ok(0) => {}
                     Ok(n) => tracing::info!(scopes = n, "pending destructions carried out"),
                     Err(e) => tracing::warn!(error = %e, "pending destructions not carried out; retrying"),
+                }
+                // Uploads whose process stopped mid-stream: a day is longer
+                // than any upload within the size limit takes.
+                match vault.sweep_abandoned_uploads(chrono::Utc::now() - chrono::Duration::hours(24)).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(uploads = n, "abandoned uploads removed"),
+                    Err(e) => tracing::warn!(error = %e, "abandoned uploads not removed; retrying"),
                 }
             }
             changed = shutdown.changed() => {

@@ -71,11 +71,11 @@ impl MaskingRules {
         Self { by_role }
     }
 
-    fn for_role(&self, role: &str, category: Category, field_type: FieldType) -> Mask {
+    fn for_role(&self, role: &str, category: Category, field_type: &str) -> Mask {
         let Some(rules) = self.by_role.get(role) else {
             return Mask::Redact;
         };
-        let (c, t) = (category.as_str(), field_type.as_str());
+        let (c, t) = (category.as_str(), field_type);
         [(c, t), (c, "*"), ("*", t), ("*", "*")]
             .iter()
             .find_map(|(c, t)| rules.get(&((*c).to_owned(), (*t).to_owned())).copied())
@@ -84,6 +84,16 @@ impl MaskingRules {
 
     /// The mask for a reader with `roles`.
     pub fn mask(&self, roles: &[String], category: Category, field_type: FieldType) -> Mask {
+        self.mask_named(roles, category, field_type.as_str())
+    }
+
+    /// The mask of a document's content (rules name its type `document`):
+    /// only `clear` lets a reader download it.
+    pub fn document_mask(&self, roles: &[String], category: Category) -> Mask {
+        self.mask_named(roles, category, "document")
+    }
+
+    fn mask_named(&self, roles: &[String], category: Category, field_type: &str) -> Mask {
         roles
             .iter()
             .map(|r| self.for_role(r, category, field_type))

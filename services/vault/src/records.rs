@@ -125,6 +125,8 @@ pub struct ReadIntent<'a> {
 pub struct Settings {
     /// Field limits.
     pub limits: Limits,
+    /// Largest document, in bytes.
+    pub max_document_bytes: u64,
     /// Default pending window of a scope destruction.
     pub destruction_window: Duration,
     /// The trust domain, for audit events.
@@ -154,6 +156,57 @@ fn scope_ref_of(row: &RecordRow) -> Result<ScopeRef, Error> {
         matter_id: row.matter_id,
         category: Category::parse(&row.category).ok_or(Error::Integrity)?,
     })
+}
+
+/// A decrypted field: name, type and value (zeroized when dropped).
+pub(crate) type PlainField = (String, FieldType, Zeroizing<Vec<u8>>);
+
+/// Decrypts the fields of a record with its key.
+pub(crate) fn decrypt_fields(
+    row: &RecordRow,
+    record_key: &RecordKey,
+) -> Result<Vec<PlainField>, Error> {
+    let stored = StoredFields::decode(row.fields.as_slice()).map_err(|_| Error::Integrity)?;
+    let mut out = Vec::with_capacity(stored.fields.len());
+    for field in stored.fields {
+        let field_type = FieldType::parse(&field.field_type).ok_or(Error::Integrity)?;
+        let at = FieldBinding {
+            record_id: row.id,
+            scope_id: row.scope_id,
+            key_version: row.key_version,
+            name: &field.name,
+            field_type: &field.field_type,
+        };
+        let plain = record_key.open_field(&at, &field.sealed)?;
+        out.push((field.name, field_type, plain));
+    }
+    Ok(out)
+}
+
+/// Encrypts fields under a record key, bound to the record and scope.
+pub(crate) fn encrypt_fields<'a>(
+    record_id: Uuid,
+    scope_id: Uuid,
+    key_version: i32,
+    record_key: &RecordKey,
+    fields: impl Iterator<Item = (&'a str, FieldType, &'a [u8])>,
+) -> Result<Vec<u8>, Error> {
+    let mut stored = StoredFields::default();
+    for (name, field_type, value) in fields {
+        let at = FieldBinding {
+            record_id,
+            scope_id,
+            key_version,
+            name,
+            field_type: field_type.as_str(),
+        };
+        stored.fields.push(StoredField {
+            name: name.to_owned(),
+            field_type: field_type.as_str().to_owned(),
+            sealed: record_key.seal_field(&at, value)?,
+        });
+    }
+    Ok(stored.encode_to_vec())
 }
 
 fn is_shredded(row: &RecordRow) -> bool {
@@ -186,11 +239,11 @@ impl Vault {
         &self.settings
     }
 
-    fn event(&self, actor: &Actor, action: Action) -> EventBuilder {
+    pub(crate) fn event(&self, actor: &Actor, action: Action) -> EventBuilder {
         actor.event(&self.settings.trust_domain, action)
     }
 
-    async fn commit(
+    pub(crate) async fn commit(
         &self,
         statements: Vec<Statement>,
         events: &[AuditEvent],
@@ -318,21 +371,16 @@ impl Vault {
         let (scope_row, scope_key) = self.scope_for_write(actor, &record.scope).await?;
         let id = Uuid::now_v7();
         let record_key = RecordKey::generate()?;
-        let mut stored = StoredFields::default();
-        for field in &record.fields {
-            let at = FieldBinding {
-                record_id: id,
-                scope_id: scope_row.id,
-                key_version: scope_key.key_version(),
-                name: &field.name,
-                field_type: field.field_type.as_str(),
-            };
-            stored.fields.push(StoredField {
-                name: field.name.clone(),
-                field_type: field.field_type.as_str().to_owned(),
-                sealed: record_key.seal_field(&at, field.value.as_bytes())?,
-            });
-        }
+        let fields = encrypt_fields(
+            id,
+            scope_row.id,
+            scope_key.key_version(),
+            &record_key,
+            record
+                .fields
+                .iter()
+                .map(|f| (f.name.as_str(), f.field_type, f.value.as_bytes())),
+        )?;
         let now = Utc::now();
         let encrypted = store::EncryptedRecord {
             id,
@@ -340,7 +388,7 @@ impl Vault {
             scope: record.scope,
             key_version: scope_key.key_version(),
             wrapped_key: scope_key.wrap_record_key(id, &record_key)?,
-            fields: stored.encode_to_vec(),
+            fields,
             field_names: record
                 .fields
                 .iter()
@@ -350,6 +398,7 @@ impl Vault {
             created_at: now,
             created_by: actor.id().to_owned(),
             request_id: request_id.map(str::to_owned),
+            document_nonce: None,
         };
         let event = self
             .event(actor, Action::VaultRecordCreated)
@@ -399,6 +448,12 @@ impl Vault {
             scope_wrapped_key: None,
             scope_shredded_at: None,
             scope_shred_order: None,
+            kind: "record".into(),
+            upload_state: "available".into(),
+            doc_size: None,
+            doc_sha256: None,
+            doc_segments: None,
+            doc_nonce: None,
         })
     }
 
@@ -407,6 +462,7 @@ impl Vault {
         self.store
             .record(id)
             .await?
+            .filter(|r| r.upload_state == "available")
             .ok_or(Error::NotFound("record"))
     }
 
@@ -421,7 +477,7 @@ impl Vault {
         }
     }
 
-    async fn masking_rules(&self) -> Result<Arc<MaskingRules>, Error> {
+    pub(crate) async fn masking_rules(&self) -> Result<Arc<MaskingRules>, Error> {
         if let Ok(guard) = self.rules.read()
             && let Some((at, rules)) = guard.as_ref()
             && at.elapsed() < RULES_TTL
@@ -436,10 +492,17 @@ impl Vault {
     }
 
     /// Decrypts a record's fields in memory (nothing is returned yet).
-    async fn decrypt(
+    async fn decrypt(&self, row: &RecordRow) -> Result<(Arc<ScopeKey>, Vec<PlainField>), Error> {
+        let (scope_key, record_key) = self.record_keys(row).await?;
+        let fields = decrypt_fields(row, &record_key)?;
+        Ok((scope_key, fields))
+    }
+
+    /// The scope key and record key of a readable record.
+    pub(crate) async fn record_keys(
         &self,
         row: &RecordRow,
-    ) -> Result<(Arc<ScopeKey>, Vec<(String, FieldType, Zeroizing<Vec<u8>>)>), Error> {
+    ) -> Result<(Arc<ScopeKey>, RecordKey), Error> {
         if let Some(e) = Self::unreadable(row) {
             return Err(e);
         }
@@ -464,24 +527,10 @@ impl Vault {
             )
             .await?;
         let record_key = scope_key.unwrap_record_key(row.id, record_wrapped)?;
-        let stored = StoredFields::decode(row.fields.as_slice()).map_err(|_| Error::Integrity)?;
-        let mut out = Vec::with_capacity(stored.fields.len());
-        for field in stored.fields {
-            let field_type = FieldType::parse(&field.field_type).ok_or(Error::Integrity)?;
-            let at = FieldBinding {
-                record_id: row.id,
-                scope_id: row.scope_id,
-                key_version: row.key_version,
-                name: &field.name,
-                field_type: &field.field_type,
-            };
-            let plain = record_key.open_field(&at, &field.sealed)?;
-            out.push((field.name, field_type, plain));
-        }
-        Ok((scope_key, out))
+        Ok((scope_key, record_key))
     }
 
-    fn read_event(
+    pub(crate) fn read_event(
         &self,
         actor: &Actor,
         row: &RecordRow,

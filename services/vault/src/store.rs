@@ -120,6 +120,25 @@ pub struct RecordRow {
     pub scope_shredded_at: Option<DateTime<Utc>>,
     /// The order that shredded the scope.
     pub scope_shred_order: Option<String>,
+    /// `record` or `document`.
+    pub kind: String,
+    /// `uploading` or `available`.
+    pub upload_state: String,
+    /// A document's size in bytes.
+    pub doc_size: Option<i64>,
+    /// The SHA-256 of a document's plaintext.
+    pub doc_sha256: Option<Vec<u8>>,
+    /// A document's segment count.
+    pub doc_segments: Option<i32>,
+    /// A document's STREAM nonce prefix.
+    pub doc_nonce: Option<Vec<u8>>,
+}
+
+impl RecordRow {
+    /// Whether this is a document.
+    pub fn is_document(&self) -> bool {
+        self.kind == "document"
+    }
 }
 
 macro_rules! record_select {
@@ -128,7 +147,8 @@ macro_rules! record_select {
             "SELECT r.id, r.scope_id, r.client_id, r.matter_id, r.category, r.key_version, r.wrapped_key, \
              r.fields, r.field_names, r.created_at, r.created_by, r.shredded_at, r.shred_order, \
              s.state AS scope_state, s.kms_key_id AS scope_kms_key_id, s.wrapped_key AS scope_wrapped_key, \
-             s.shredded_at AS scope_shredded_at, s.shred_order AS scope_shred_order \
+             s.shredded_at AS scope_shredded_at, s.shred_order AS scope_shred_order, \
+             r.kind, r.upload_state, r.doc_size, r.doc_sha256, r.doc_segments, r.doc_nonce \
              FROM vault_records r JOIN vault_scopes s ON s.id = r.scope_id ",
             $tail
         )
@@ -168,6 +188,8 @@ pub struct EncryptedRecord {
     pub created_by: String,
     /// Idempotency key.
     pub request_id: Option<String>,
+    /// For a document being uploaded: its STREAM nonce prefix.
+    pub document_nonce: Option<Vec<u8>>,
 }
 
 impl EncryptedRecord {
@@ -175,8 +197,8 @@ impl EncryptedRecord {
     pub fn insert(&self) -> Statement {
         Statement::new(
             "INSERT INTO vault_records (id, scope_id, client_id, matter_id, category, key_version, wrapped_key, \
-             fields, field_names, created_at, created_by, request_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             fields, field_names, created_at, created_by, request_id, kind, upload_state, doc_nonce) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
             vec![
                 Value::Uuid(self.id),
                 Value::Uuid(self.scope_id),
@@ -190,6 +212,23 @@ impl EncryptedRecord {
                 Value::Time(self.created_at),
                 Value::Text(self.created_by.clone()),
                 Value::OptText(self.request_id.clone()),
+                Value::Text(
+                    if self.document_nonce.is_some() {
+                        "document"
+                    } else {
+                        "record"
+                    }
+                    .to_owned(),
+                ),
+                Value::Text(
+                    if self.document_nonce.is_some() {
+                        "uploading"
+                    } else {
+                        "available"
+                    }
+                    .to_owned(),
+                ),
+                Value::OptBytes(self.document_nonce.clone()),
             ],
         )
     }
@@ -275,7 +314,9 @@ impl VaultStore {
     ) -> StoreResult<Option<RecordRow>> {
         self.db
             .fetch_optional(
-                record_select!("WHERE r.created_by = $1 AND r.request_id = $2"),
+                record_select!(
+                    "WHERE r.created_by = $1 AND r.request_id = $2 AND r.upload_state = 'available'"
+                ),
                 vec![
                     Value::Text(created_by.to_owned()),
                     Value::Text(request_id.to_owned()),
@@ -296,7 +337,7 @@ impl VaultStore {
         self.db
             .fetch_all(
                 record_select!(
-                    "WHERE r.client_id = $1 AND ($2 IS NULL OR r.matter_id = $2) \
+                    "WHERE r.client_id = $1 AND r.upload_state = 'available' AND ($2 IS NULL OR r.matter_id = $2) \
                      AND ($3 IS NULL OR r.category = $3) AND ($4 IS NULL OR r.id < $4) \
                      ORDER BY r.id DESC LIMIT $5"
                 ),
@@ -595,5 +636,81 @@ impl VaultStore {
             )
             .await?;
         Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+}
+
+/// Statement: one encrypted document segment.
+pub fn insert_segment(record_id: Uuid, seq: i32, ciphertext: Vec<u8>) -> Statement {
+    Statement::new(
+        "INSERT INTO vault_document_segments (record_id, seq, ciphertext) VALUES ($1, $2, $3)",
+        vec![
+            Value::Uuid(record_id),
+            Value::Int(seq),
+            Value::Bytes(ciphertext),
+        ],
+    )
+}
+
+/// Statement: an uploaded document becomes visible, with its size, digest
+/// and segment count.
+pub fn complete_upload(record_id: Uuid, size: i64, sha256: Vec<u8>, segments: i32) -> Statement {
+    Statement::new(
+        "UPDATE vault_records SET upload_state = 'available', doc_size = $2, doc_sha256 = $3, doc_segments = $4 \
+         WHERE id = $1 AND upload_state = 'uploading'",
+        vec![
+            Value::Uuid(record_id),
+            Value::BigInt(size),
+            Value::Bytes(sha256),
+            Value::Int(segments),
+        ],
+    )
+}
+
+/// Statements: an unfinished upload is removed, segments first.
+pub fn discard_upload(record_id: Uuid) -> Vec<Statement> {
+    vec![
+        Statement::new(
+            "DELETE FROM vault_document_segments WHERE record_id = $1",
+            vec![Value::Uuid(record_id)],
+        ),
+        Statement::new(
+            "DELETE FROM vault_records WHERE id = $1 AND upload_state = 'uploading'",
+            vec![Value::Uuid(record_id)],
+        ),
+    ]
+}
+
+impl VaultStore {
+    /// Up to `limit` segments of a document from `from` on, in order.
+    pub async fn segments(
+        &self,
+        record_id: Uuid,
+        from: i32,
+        limit: i64,
+    ) -> StoreResult<Vec<(i32, Vec<u8>)>> {
+        self.db
+            .fetch_all(
+                "SELECT seq, ciphertext FROM vault_document_segments WHERE record_id = $1 AND seq >= $2 \
+                 ORDER BY seq LIMIT $3",
+                vec![Value::Uuid(record_id), Value::Int(from), Value::BigInt(limit)],
+            )
+            .await
+    }
+
+    /// Uploads started before `before` and never completed (the process
+    /// that received them stopped).
+    pub async fn abandoned_uploads(&self, before: DateTime<Utc>) -> StoreResult<Vec<Uuid>> {
+        let rows: Vec<(Uuid, DateTime<Utc>)> = self
+            .db
+            .fetch_all(
+                "SELECT id, created_at FROM vault_records WHERE upload_state = 'uploading' ORDER BY id LIMIT 1000",
+                vec![],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter(|(_, at)| *at < before)
+            .map(|(id, _)| id)
+            .collect())
     }
 }

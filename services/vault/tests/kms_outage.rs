@@ -89,6 +89,7 @@ fn vault(db: &TestDatabase, kms: Arc<dyn Kms>) -> Vault {
                 max_field_bytes: 1024,
                 max_fields: 10,
             },
+            max_document_bytes: 8 * 1024 * 1024,
             destruction_window: Duration::ZERO,
             trust_domain: "confidant.local".into(),
         },

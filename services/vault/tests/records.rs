@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use confidant_proto::vault::v1 as pb;
 use confidant_runtime::kms::{AwsKms, AwsSettings, Kms, LocalKms, WrappedKey};
 use confidant_runtime::storage::Backend;
@@ -62,6 +64,7 @@ fn vault_with(db: &TestDatabase, kms: Arc<dyn Kms>, limits: CacheLimits) -> Vaul
                 max_field_bytes: 64 * 1024,
                 max_fields: 50,
             },
+            max_document_bytes: 8 * 1024 * 1024,
             destruction_window: Duration::ZERO,
             trust_domain: "confidant.local".into(),
         },
@@ -790,7 +793,294 @@ async fn rewrap_moves_scope_keys_to_the_new_kms_key_without_touching_records(db:
     }
 }
 
+fn chunks(
+    content: &[u8],
+    size: usize,
+) -> impl futures::Stream<Item = Result<Vec<u8>, Error>> + Unpin + use<> {
+    let parts: Vec<Result<Vec<u8>, Error>> = content.chunks(size).map(|c| Ok(c.to_vec())).collect();
+    futures::stream::iter(parts)
+}
+
+async fn download(vault: &Vault, id: Uuid, roles: &[String]) -> Result<(String, Vec<u8>), Error> {
+    let row = vault.load(id).await?;
+    if let Some(e) = Vault::unreadable(&row) {
+        return Err(e);
+    }
+    let mut reader = vault
+        .open_document(&partner(), row, &intent(roles, "reading the will"))
+        .await?;
+    let mut out = Vec::new();
+    while let Some(segment) = reader.next_segment().await? {
+        out.extend_from_slice(&segment);
+    }
+    Ok((reader.filename.clone(), out))
+}
+
+async fn segment_rows(db: &TestDatabase, id: Uuid) -> Vec<(i32, Vec<u8>)> {
+    db.db
+        .fetch_all(
+            "SELECT seq, ciphertext FROM vault_document_segments WHERE record_id = $1 ORDER BY seq",
+            vec![confidant_runtime::portable::Value::Uuid(id)],
+        )
+        .await
+        .unwrap()
+}
+
+async fn documents_stream_in_and_out_whole_or_not_at_all(db: &TestDatabase) {
+    use confidant_runtime::portable::{Statement, Value};
+    use confidant_vault::documents::NewDocument;
+    let dir = tempfile::tempdir().unwrap();
+    let vault = vault_with(db, kms_for(db, dir.path()).await, CACHE);
+    let actor = partner();
+    let roles = vec!["partner".to_owned()];
+    let client_id = Uuid::now_v7();
+    let doc = |size: usize| NewDocument {
+        scope: confidant_vault::domain::ScopeRef {
+            client_id,
+            matter_id: None,
+            category: Category::IdentityDocument,
+        },
+        filename: "passport-scan.pdf".into(),
+        media_type: "application/pdf".into(),
+        size: size as u64,
+        sha256: None,
+    };
+    // Three full 64 KiB segments and a partial one, sent in odd-sized chunks.
+    let content: Vec<u8> = (0..3 * 65_536 + 12_345)
+        .map(|i: u32| (i % 251) as u8)
+        .collect();
+    let row = vault
+        .upload(
+            &actor,
+            &doc(content.len()),
+            None,
+            chunks(&content, 50_000),
+            8 << 20,
+        )
+        .await
+        .unwrap();
+    assert!(row.is_document());
+    assert_eq!(row.doc_size, Some(content.len() as i64));
+    assert_eq!(row.doc_segments, Some(4));
+    assert_eq!(
+        row.doc_sha256.as_deref(),
+        Some(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &content).as_ref())
+    );
+    let stored = segment_rows(db, row.id).await;
+    assert_eq!(stored.len(), 4);
+    for (_, ciphertext) in &stored {
+        assert!(
+            !ciphertext.windows(64).any(|w| w == &content[..64]),
+            "plaintext at rest"
+        );
+    }
+    let (filename, back) = download(&vault, row.id, &roles).await.unwrap();
+    assert_eq!(filename, "passport-scan.pdf");
+    assert_eq!(back, content);
+    // Roles whose mask is not clear do not download.
+    assert!(matches!(
+        download(&vault, row.id, &["legal_assistant".to_owned()]).await,
+        Err(Error::Denied { .. })
+    ));
+    // An empty document is one empty, final segment.
+    let empty = vault
+        .upload(&actor, &doc(0), None, chunks(&[], 1), 8 << 20)
+        .await
+        .unwrap();
+    assert_eq!((empty.doc_size, empty.doc_segments), (Some(0), Some(1)));
+    assert!(
+        download(&vault, empty.id, &roles)
+            .await
+            .unwrap()
+            .1
+            .is_empty()
+    );
+
+    let records_before: Vec<(Uuid,)> = db
+        .db
+        .fetch_all("SELECT id FROM vault_records", vec![])
+        .await
+        .unwrap();
+    let segments_before: Vec<(i32,)> = db
+        .db
+        .fetch_all("SELECT seq FROM vault_document_segments", vec![])
+        .await
+        .unwrap();
+    // A stream that stops mid-upload leaves nothing behind.
+    let mut parts: Vec<Result<Vec<u8>, Error>> =
+        content.chunks(100_000).map(|c| Ok(c.to_vec())).collect();
+    parts.truncate(2);
+    parts.push(Err(Error::StreamAborted));
+    let stopped = vault
+        .upload(
+            &actor,
+            &doc(content.len()),
+            None,
+            futures::stream::iter(parts),
+            8 << 20,
+        )
+        .await;
+    assert!(matches!(stopped, Err(Error::StreamAborted)));
+    // So does one that ends cleanly but short of its declared size (a client
+    // that gave up and closed its stream)...
+    let short = vault
+        .upload(
+            &actor,
+            &doc(content.len()),
+            None,
+            chunks(&content[..100_000], 30_000),
+            8 << 20,
+        )
+        .await;
+    assert!(matches!(short, Err(Error::StreamAborted)));
+    // ...one whose content does not match its declared digest...
+    let mut wrong_digest = doc(content.len());
+    wrong_digest.sha256 = Some(vec![0; 32]);
+    let mismatch = vault
+        .upload(
+            &actor,
+            &wrong_digest,
+            None,
+            chunks(&content, 65_536),
+            8 << 20,
+        )
+        .await;
+    assert!(matches!(mismatch, Err(Error::Invalid(_))));
+    // ...and one over the size limit.
+    let too_big = vault
+        .upload(
+            &actor,
+            &doc(content.len()),
+            None,
+            chunks(&content, 65_536),
+            100_000,
+        )
+        .await;
+    assert!(matches!(too_big, Err(Error::Invalid(_))));
+    let records_after: Vec<(Uuid,)> = db
+        .db
+        .fetch_all("SELECT id FROM vault_records", vec![])
+        .await
+        .unwrap();
+    let segments_after: Vec<(i32,)> = db
+        .db
+        .fetch_all("SELECT seq FROM vault_document_segments", vec![])
+        .await
+        .unwrap();
+    assert_eq!(records_before.len(), records_after.len());
+    assert_eq!(segments_before.len(), segments_after.len());
+
+    // A process that stops mid-upload leaves an invisible row that the
+    // sweeper removes.
+    let head: Vec<Result<Vec<u8>, Error>> = vec![Ok(content[..100_000].to_vec())];
+    let never_ends = futures::stream::iter(head).chain(futures::stream::pending());
+    let uploading = tokio::time::timeout(
+        Duration::from_millis(500),
+        vault.upload(
+            &actor,
+            &doc(content.len()),
+            None,
+            Box::pin(never_ends),
+            8 << 20,
+        ),
+    )
+    .await;
+    assert!(uploading.is_err(), "the upload was still running");
+    let orphans: Vec<(Uuid,)> = db
+        .db
+        .fetch_all(
+            "SELECT id FROM vault_records WHERE upload_state = 'uploading'",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(orphans.len(), 1);
+    assert!(
+        matches!(vault.load(orphans[0].0).await, Err(Error::NotFound(_))),
+        "not visible"
+    );
+    assert_eq!(
+        vault
+            .sweep_abandoned_uploads(chrono::Utc::now() - chrono::Duration::hours(1))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        vault
+            .sweep_abandoned_uploads(chrono::Utc::now() + chrono::Duration::seconds(1))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(segment_rows(db, orphans[0].0).await.is_empty());
+
+    // Reordered segments do not open.
+    let swap = |a: Vec<u8>, b: Vec<u8>| {
+        vec![
+            Statement::new(
+                "UPDATE vault_document_segments SET ciphertext = $1 WHERE record_id = $2 AND seq = 0",
+                vec![Value::Bytes(b), Value::Uuid(row.id)],
+            ),
+            Statement::new(
+                "UPDATE vault_document_segments SET ciphertext = $1 WHERE record_id = $2 AND seq = 1",
+                vec![Value::Bytes(a), Value::Uuid(row.id)],
+            ),
+        ]
+    };
+    db.db
+        .transact(swap(stored[0].1.clone(), stored[1].1.clone()), &[])
+        .await
+        .unwrap();
+    assert!(matches!(
+        download(&vault, row.id, &roles).await,
+        Err(Error::Integrity)
+    ));
+    db.db
+        .transact(swap(stored[1].1.clone(), stored[0].1.clone()), &[])
+        .await
+        .unwrap();
+    assert_eq!(download(&vault, row.id, &roles).await.unwrap().1, content);
+    // A truncated document does not open, even with its count adjusted.
+    db.db
+        .transact(
+            vec![
+                Statement::new(
+                    "DELETE FROM vault_document_segments WHERE record_id = $1 AND seq = 3",
+                    vec![Value::Uuid(row.id)],
+                ),
+                Statement::new(
+                    "UPDATE vault_records SET doc_segments = 3 WHERE id = $1",
+                    vec![Value::Uuid(row.id)],
+                ),
+            ],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        download(&vault, row.id, &roles).await,
+        Err(Error::Integrity)
+    ));
+
+    // A shredded scope takes its documents with it.
+    vault
+        .shred_scope(
+            &retention(),
+            row.scope_id,
+            &Uuid::now_v7().to_string(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        download(&vault, empty.id, &roles).await,
+        Err(Error::Shredded(_))
+    ));
+}
+
 confidant_runtime::backend_tests!(confidant_vault::MIGRATIONS;
+    documents_stream_in_and_out_whole_or_not_at_all,
     records_are_encrypted_at_rest_and_bound_to_their_place,
     a_read_whose_audit_event_cannot_be_recorded_returns_nothing,
     ten_thousand_reads_of_one_scope_cost_a_handful_of_kms_calls,
