@@ -630,7 +630,18 @@ async fn only_retention_shreds_and_sealed_text_dies_with_its_scope_while_the_log
         .unwrap();
     assert_eq!(shredded.state(), pb::ScopeState::Shredded);
     assert_eq!(shredded.shred_order, order);
-    assert_eq!(shredded.record_count, 3);
+    let listed_scopes = retention
+        .list_scopes(pb::ListScopesRequest {
+            client_id: f.client_id.clone(),
+            state: pb::ScopeState::Shredded as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .scopes;
+    assert_eq!(listed_scopes.len(), 1);
+    assert_eq!(listed_scopes[0].record_count, 3);
     assert!(shredded.kms_key_id.is_empty());
     for r in &ids {
         let gone = app

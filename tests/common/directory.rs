@@ -123,28 +123,13 @@ pub async fn assign(admin: &mut Client, matter_id: &str, staff_id: &str) -> Stri
         .assignment_id
 }
 
-/// A signed staff access token, as identity issues them at sign-in (signed
-/// with the sandbox's token key).
+/// A signed staff access token, as identity issues them at sign-in.
 pub fn staff_token(
     data: &confidant::sandbox::SandboxData,
     staff_id: &str,
     roles: &[&str],
 ) -> String {
-    let keys =
-        confidant_identity::tokens::TokenKeys::load(&[data.token_key_file()], "confidant.local")
-            .expect("token key");
-    let now = chrono::Utc::now().timestamp();
-    keys.sign(&confidant_runtime::auth::Claims {
-        iss: keys.issuer().to_owned(),
-        aud: confidant_runtime::auth::AUDIENCE.to_owned(),
-        sub: staff_id.to_owned(),
-        sid: uuid::Uuid::now_v7().to_string(),
-        roles: roles.iter().map(|r| (*r).to_owned()).collect(),
-        iat: now,
-        exp: now + 600,
-        jti: uuid::Uuid::now_v7().to_string(),
-    })
-    .expect("token signs")
+    data.staff_token(staff_id, roles)
 }
 
 /// A request carrying a staff member's bearer token.

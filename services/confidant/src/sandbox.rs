@@ -137,6 +137,28 @@ impl SandboxData {
         self.kms_key_id.as_deref()
     }
 
+    /// A staff access token signed with the sandbox's identity key, as
+    /// identity issues them at sign-in (valid for ten minutes).
+    pub fn staff_token(&self, staff_id: &str, roles: &[&str]) -> String {
+        let keys = confidant_identity::tokens::TokenKeys::load(
+            &[self.token_key_file()],
+            "confidant.local",
+        )
+        .expect("token key");
+        let now = chrono::Utc::now().timestamp();
+        keys.sign(&confidant_runtime::auth::Claims {
+            iss: keys.issuer().to_owned(),
+            aud: confidant_runtime::auth::AUDIENCE.to_owned(),
+            sub: staff_id.to_owned(),
+            sid: uuid::Uuid::now_v7().to_string(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            iat: now,
+            exp: now + 600,
+            jti: uuid::Uuid::now_v7().to_string(),
+        })
+        .expect("token signs")
+    }
+
     /// The identity service's token signing key file.
     pub fn token_key_file(&self) -> std::path::PathBuf {
         self.dir.path().join("identity-token.key")
@@ -230,6 +252,8 @@ pub struct SandboxSpec {
     pub listen: BTreeMap<ServiceName, SocketAddr>,
     /// Addresses of services running in another sandbox.
     pub peers: BTreeMap<ServiceName, SocketAddr>,
+    /// Database connections per service (default 4; production's is 16).
+    pub max_connections: Option<u32>,
 }
 
 impl SandboxSpec {
@@ -287,7 +311,7 @@ fn sandbox_config(data: &SandboxData, spec: &SandboxSpec) -> Config {
         s.database_url = Some(data.database_url(service));
         s.cert_file = Some(data.pki().cert(service.as_str()));
         s.key_file = Some(data.pki().key(service.as_str()));
-        s.max_connections = Some(4);
+        s.max_connections = Some(spec.max_connections.unwrap_or(4));
     }
     for (service, addr) in &spec.peers {
         config.peers.insert(*service, format!("https://{addr}"));

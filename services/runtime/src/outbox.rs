@@ -56,6 +56,69 @@ pub async fn enqueue_sqlite(conn: &mut SqliteConnection, event: &AuditEvent) -> 
     Ok(())
 }
 
+/// Records audit events for callers that must not go on until their events
+/// are durable (fail-closed reads), sharing one transaction among all the
+/// callers waiting at the same moment (group commit): under load many reads
+/// pay for one commit, and each still returns only after its own event is
+/// committed.
+#[derive(Debug, Clone)]
+pub struct GroupCommit {
+    tx: tokio::sync::mpsc::Sender<Waiter>,
+}
+
+type Waiter = (
+    Vec<AuditEvent>,
+    tokio::sync::oneshot::Sender<Result<(), String>>,
+);
+
+impl GroupCommit {
+    /// Starts the committer on the current runtime; it stops when the last
+    /// handle is dropped. A commit carries at most `max_events` events.
+    pub fn start(db: Database, max_events: usize) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Waiter>(4096);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut count = first.0.len();
+                let mut waiting = vec![first];
+                while count < max_events {
+                    match rx.try_recv() {
+                        Ok(next) => {
+                            count += next.0.len();
+                            waiting.push(next);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let events: Vec<AuditEvent> = waiting
+                    .iter()
+                    .flat_map(|(events, _)| events.iter().cloned())
+                    .collect();
+                let result = db
+                    .transact(Vec::new(), &events)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+                for (_, reply) in waiting {
+                    let _ = reply.send(result.clone());
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    /// Returns once `events` are committed to the outbox, or why they are
+    /// not.
+    pub async fn record(&self, events: Vec<AuditEvent>) -> Result<(), String> {
+        let (reply, done) = tokio::sync::oneshot::channel();
+        self.tx
+            .send((events, reply))
+            .await
+            .map_err(|_| "the audit committer stopped".to_owned())?;
+        done.await
+            .map_err(|_| "the audit committer stopped".to_owned())?
+    }
+}
+
 /// An event waiting for delivery.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pending {

@@ -386,7 +386,7 @@ impl Vault {
         };
         let event = self.read_event(actor, &row, intent, sealed);
         let audit_event_id = event.id.clone();
-        self.commit(Vec::new(), &[event]).await?;
+        self.record_reads(vec![event]).await?;
         let segments = row.doc_segments.ok_or(Error::Integrity)?;
         Ok(DocumentReader {
             store: self.store().clone(),

@@ -299,7 +299,9 @@ impl VaultApi {
         }
     }
 
-    async fn scope_proto(&self, row: &ScopeRow) -> Result<pb::Scope, Error> {
+    /// A scope as the API shows it; counting its records is O(records), so
+    /// only listings ask for it (a shred stays constant-time).
+    async fn scope_proto(&self, row: &ScopeRow, count_records: bool) -> Result<pb::Scope, Error> {
         let store = self.vault.store();
         Ok(pb::Scope {
             id: row.id.to_string(),
@@ -312,7 +314,11 @@ impl VaultApi {
             shred_time: row.shredded_at.map(ts),
             shred_order: row.shred_order.clone().unwrap_or_default(),
             kms_key_id: row.kms_key_id.clone().unwrap_or_default(),
-            record_count: store.record_count(row.id).await?,
+            record_count: if count_records {
+                store.record_count(row.id).await?
+            } else {
+                0
+            },
             hold_ids: store
                 .holds_covering(row)
                 .await?
@@ -771,7 +777,7 @@ impl VaultService for VaultApi {
             .iter()
             .take(usize::try_from(limit).unwrap_or(usize::MAX))
         {
-            scopes.push(self.scope_proto(row).await?);
+            scopes.push(self.scope_proto(row, true).await?);
         }
         let next_page_token = if more {
             scopes.last().map(|s| s.id.clone()).unwrap_or_default()
@@ -839,7 +845,7 @@ impl VaultService for VaultApi {
             .await?;
         tracing::info!(scope_id = %id, state = ?row.state(), elapsed_ms = started.elapsed().as_millis() as u64, "scope shred ordered");
         Ok(Response::new(pb::ShredScopeResponse {
-            scope: Some(self.scope_proto(&row).await?),
+            scope: Some(self.scope_proto(&row, false).await?),
         }))
     }
 
@@ -889,7 +895,7 @@ impl VaultService for VaultApi {
             .cancel_destruction(&actor, id, &req.reason)
             .await?;
         Ok(Response::new(pb::CancelScopeDestructionResponse {
-            scope: Some(self.scope_proto(&row).await?),
+            scope: Some(self.scope_proto(&row, false).await?),
         }))
     }
 

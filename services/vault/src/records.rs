@@ -139,6 +139,7 @@ pub struct Vault {
     keys: Keyring,
     settings: Settings,
     rules: RwLock<Option<(Instant, Arc<MaskingRules>)>>,
+    reads: confidant_runtime::outbox::GroupCommit,
 }
 
 impl std::fmt::Debug for Vault {
@@ -214,14 +215,23 @@ fn is_shredded(row: &RecordRow) -> bool {
 }
 
 impl Vault {
-    /// The vault over its store and keyring.
+    /// The vault over its store and keyring. Starts the committer of read
+    /// events on the current runtime.
     pub fn new(store: VaultStore, keys: Keyring, settings: Settings) -> Self {
+        let reads = confidant_runtime::outbox::GroupCommit::start(store.db().clone(), 2_000);
         Self {
             store,
             keys,
             settings,
             rules: RwLock::new(None),
+            reads,
         }
+    }
+
+    /// Makes read events durable before plaintext leaves: shares the
+    /// commit with concurrent reads.
+    pub(crate) async fn record_reads(&self, events: Vec<AuditEvent>) -> Result<(), Error> {
+        self.reads.record(events).await.map_err(Error::Audit)
     }
 
     /// The store.
@@ -618,7 +628,7 @@ impl Vault {
         }
         // Fail closed: the events are durable (in the outbox, delivered to
         // the audit log exactly once) before any plaintext leaves.
-        if let Err(e) = self.store.db().transact(Vec::new(), &events).await {
+        if let Err(e) = self.record_reads(events).await {
             tracing::error!(error = %e, "read events not recorded; no plaintext returned");
             let why = e.to_string();
             return results
@@ -1010,7 +1020,7 @@ impl Vault {
             .scope(Some(row.client_id), row.matter_id)
             .category(&row.category)
             .build();
-        self.commit(Vec::new(), &[event]).await?;
+        self.record_reads(vec![event]).await?;
         Ok(text)
     }
 
