@@ -98,6 +98,7 @@ struct Firm {
     matter_id: String,
     partner: String,
     paralegal: String,
+    paralegal_assignment: String,
     assistant: String,
     outsider: String,
 }
@@ -107,7 +108,7 @@ async fn firm(admin: &mut Client) -> Firm {
     let partner = cleared(admin, "partner@firm.example", "partner").await;
     let matter_id = new_matter(admin, &client_id, Some(&partner), "probate").await;
     let paralegal = cleared(admin, "paralegal@firm.example", "paralegal").await;
-    assign(admin, &matter_id, &paralegal).await;
+    let paralegal_assignment = assign(admin, &matter_id, &paralegal).await;
     let assistant = cleared(admin, "assistant@firm.example", "legal_assistant").await;
     assign(admin, &matter_id, &assistant).await;
     let outsider = cleared(admin, "outsider@firm.example", "associate").await;
@@ -116,6 +117,7 @@ async fn firm(admin: &mut Client) -> Firm {
         matter_id,
         partner,
         paralegal,
+        paralegal_assignment,
         assistant,
         outsider,
     }
@@ -389,6 +391,30 @@ async fn client_data_is_read_only_for_a_purpose_by_those_the_decision_allows(bac
         many.results[0].record.clone().unwrap().fields[1].value,
         "****4567"
     );
+
+    // Taking the paralegal off the matter stops their reads within the
+    // decision caches' bound (identity's facts and the vault's allowed
+    // decisions, a second each).
+    admin
+        .revoke_assignment(confidant_proto::identity::v1::RevokeAssignmentRequest {
+            assignment_id: f.paralegal_assignment.clone(),
+        })
+        .await
+        .unwrap();
+    common::eventually(
+        Duration::from_secs(5),
+        "the revocation to take effect",
+        || {
+            let mut app = app.clone();
+            let (token, id) = (paralegal.clone(), stored.id.clone());
+            async move {
+                app.get_record(as_staff(&token, get(&id, "")))
+                    .await
+                    .is_err_and(|e| common::error_reason(&e) == "not_assigned")
+            }
+        },
+    )
+    .await;
 
     // Listing shows metadata, never values.
     let listed = app

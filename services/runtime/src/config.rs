@@ -182,6 +182,10 @@ pub struct VaultConfig {
     pub key_cache_max_age_seconds: u64,
     /// Most uses of one unwrapped scope key before it is unwrapped again.
     pub key_cache_max_uses: u64,
+    /// How long an allowed decision from identity is reused for the same
+    /// staff member, permission, client and matter (denials never are).
+    /// Bounds how long a revoked grant keeps working; 0 asks every time.
+    pub decision_cache_millis: u64,
 }
 
 impl Default for VaultConfig {
@@ -197,6 +201,7 @@ impl Default for VaultConfig {
             key_cache_capacity: 10_000,
             key_cache_max_age_seconds: 300,
             key_cache_max_uses: 100_000,
+            decision_cache_millis: 1_000,
         }
     }
 }
@@ -580,6 +585,12 @@ impl Config {
                     "must be at least 1",
                 );
             }
+            if v.decision_cache_millis > 60_000 {
+                problem(
+                    "vault.decision_cache_millis".into(),
+                    "must be at most 60000: a revoked grant must stop working soon",
+                );
+            }
             if v.key_cache_max_uses == 0 || v.key_cache_max_age_seconds == 0 {
                 problem(
                     "vault.key_cache_max_uses".into(),
@@ -762,6 +773,36 @@ fn path_value(p: &Path) -> toml::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The production example in the README is a configuration `serve`
+    /// accepts (apart from its files, which do not exist here).
+    #[test]
+    fn the_readme_production_example_parses_and_validates() {
+        let readme = include_str!("../../../README.md");
+        let section = &readme[readme.find("## Production").expect("production section")..];
+        let start = section.find("```toml\n").expect("toml block") + "```toml\n".len();
+        let end = start + section[start..].find("```").expect("block end");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("confidant.toml");
+        std::fs::write(&path, &section[start..end]).unwrap();
+        let config = load(toml::Table::new(), Some(&path), &HashMap::new()).expect("parses");
+        let err = config
+            .validate(&[
+                ServiceName::Vault,
+                ServiceName::Identity,
+                ServiceName::Audit,
+            ])
+            .unwrap_err()
+            .to_string();
+        for line in err.lines().skip(1) {
+            assert!(
+                line.contains("file does not exist")
+                    || line.contains("database_url")
+                    || line.contains("services."),
+                "{line}"
+            );
+        }
+    }
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs

@@ -30,6 +30,53 @@ pub struct VaultApi {
     identity: Option<PeerChannel>,
     writers: Vec<String>,
     retention: String,
+    allowed: Arc<AllowedCache>,
+}
+
+/// Decisions identity allowed, kept for a short time so that a burst of
+/// reads by one person on one matter asks identity once. Denials are never
+/// kept. The window bounds how long a revoked grant keeps working on this
+/// replica (identity's own facts cache has the same bound).
+/// (staff, permission, client, matter).
+type DecisionKey = (String, String, Uuid, Option<Uuid>);
+
+#[derive(Debug)]
+struct AllowedCache {
+    ttl: Duration,
+    entries: std::sync::Mutex<HashMap<DecisionKey, std::time::Instant>>,
+}
+
+impl AllowedCache {
+    const CAPACITY: usize = 10_000;
+
+    fn allowed(&self, key: &DecisionKey) -> bool {
+        if self.ttl.is_zero() {
+            return false;
+        }
+        let entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        entries.get(key).is_some_and(|at| at.elapsed() < self.ttl)
+    }
+
+    fn remember(&self, key: DecisionKey) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if entries.len() >= Self::CAPACITY {
+            let ttl = self.ttl;
+            entries.retain(|_, at| at.elapsed() < ttl);
+            if entries.len() >= Self::CAPACITY {
+                entries.clear();
+            }
+        }
+        entries.insert(key, std::time::Instant::now());
+    }
 }
 
 fn check(v: Violations) -> Result<(), Status> {
@@ -184,12 +231,17 @@ impl VaultApi {
         identity: Option<PeerChannel>,
         writers: Vec<String>,
         trust_domain: &str,
+        decision_ttl: Duration,
     ) -> Self {
         Self {
             vault,
             identity,
             writers,
             retention: confidant_runtime::ServiceName::Retention.spiffe_id(trust_domain),
+            allowed: Arc::new(AllowedCache {
+                ttl: decision_ttl,
+                entries: std::sync::Mutex::default(),
+            }),
         }
     }
 
@@ -214,6 +266,15 @@ impl VaultApi {
         client_id: Uuid,
         matter_id: Option<Uuid>,
     ) -> Result<(), Error> {
+        let key = (
+            staff_id.to_owned(),
+            permission.to_owned(),
+            client_id,
+            matter_id,
+        );
+        if self.allowed.allowed(&key) {
+            return Ok(());
+        }
         let channel = self
             .identity
             .clone()
@@ -229,6 +290,7 @@ impl VaultApi {
             .map_err(Error::Identity)?
             .into_inner();
         if decision.allowed {
+            self.allowed.remember(key);
             Ok(())
         } else {
             Err(Error::Denied {

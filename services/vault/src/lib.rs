@@ -115,6 +115,7 @@ pub async fn build(
         ctx.peer(ServiceName::Identity),
         writers,
         &config.trust_domain,
+        Duration::from_millis(config.vault.decision_cache_millis),
     );
     let every = Duration::from_secs(config.vault.destruction_check_seconds.max(1));
     let destroyer = destruction_task(vault, every, ctx.shutdown.clone());
