@@ -275,6 +275,29 @@ async fn main() {
         );
     }
 
+    // Where the time goes: the mutual-TLS gRPC round trip alone (an RPC
+    // that touches no database), at the same concurrency.
+    for concurrency in [1usize, 16] {
+        let per_task = if concurrency == 1 { 500 } else { 150 };
+        let operator = client(&data, &sandbox, "operator").await;
+        let transport = drive(concurrency, per_task, move |_, _| {
+            let mut operator = operator.clone();
+            async move {
+                operator
+                    .get_key_stats(pb::GetKeyStatsRequest {})
+                    .await
+                    .expect("stats");
+            }
+        })
+        .await;
+        println!(
+            "| for reference: mTLS gRPC round trip, no database, concurrency {concurrency} | {:.0} ops/s (p50 {}, p99 {}) | | | |",
+            transport.ops_per_s,
+            ms(transport.p50),
+            ms(transport.p99)
+        );
+    }
+
     kms_calls_per_10k_reads(&data, &sandbox, &reader, &token, &client_id, &matter_id).await;
     shred_is_flat(&data, &sandbox, &writer).await;
     crypto_rows();

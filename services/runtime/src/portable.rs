@@ -45,6 +45,7 @@ pub enum Value {
 #[derive(Debug, Clone)]
 pub struct Statement {
     sql: &'static str,
+    sqlite_sql: Option<&'static str>,
     values: Vec<Value>,
     expect_rows: Option<u64>,
 }
@@ -54,6 +55,18 @@ impl Statement {
     pub fn new(sql: &'static str, values: Vec<Value>) -> Self {
         Self {
             sql,
+            sqlite_sql: None,
+            values,
+            expect_rows: None,
+        }
+    }
+
+    /// A statement whose SQL differs by backend, e.g. a PostgreSQL row lock
+    /// (`FOR SHARE`) that SQLite, whose writes are serialized, needs not.
+    pub fn per_backend(postgres: &'static str, sqlite: &'static str, values: Vec<Value>) -> Self {
+        Self {
+            sql: postgres,
+            sqlite_sql: Some(sqlite),
             values,
             expect_rows: None,
         }
@@ -200,7 +213,9 @@ impl Database {
                 let mut tx = crate::storage::begin_sqlite_write(pool).await?;
                 for (i, s) in statements.into_iter().enumerate() {
                     let rows = bind_all!(
-                        sqlx::query(sqlx::AssertSqlSafe(sqlite_sql(s.sql))),
+                        sqlx::query(sqlx::AssertSqlSafe(sqlite_sql(
+                            s.sqlite_sql.unwrap_or(s.sql)
+                        ))),
                         s.values
                     )
                     .execute(&mut *tx)

@@ -140,7 +140,11 @@ pub struct Vault {
     settings: Settings,
     rules: RwLock<Option<(Instant, Arc<MaskingRules>)>>,
     reads: confidant_runtime::outbox::GroupCommit,
+    live_scopes: std::sync::Mutex<std::collections::HashMap<ScopeRef, Uuid>>,
 }
+
+/// Most scopes remembered for writes.
+const LIVE_SCOPES: usize = 10_000;
 
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -210,6 +214,36 @@ pub(crate) fn encrypt_fields<'a>(
     Ok(stored.encode_to_vec())
 }
 
+/// The row of a record just stored (its scope active).
+fn new_record_row(encrypted: store::EncryptedRecord) -> RecordRow {
+    RecordRow {
+        id: encrypted.id,
+        scope_id: encrypted.scope_id,
+        client_id: encrypted.scope.client_id,
+        matter_id: encrypted.scope.matter_id,
+        category: encrypted.scope.category.as_str().to_owned(),
+        key_version: encrypted.key_version,
+        wrapped_key: Some(encrypted.wrapped_key),
+        fields: Vec::new(),
+        field_names: encrypted.field_names,
+        created_at: encrypted.created_at,
+        created_by: encrypted.created_by,
+        shredded_at: None,
+        shred_order: None,
+        scope_state: "active".into(),
+        scope_kms_key_id: None,
+        scope_wrapped_key: None,
+        scope_shredded_at: None,
+        scope_shred_order: None,
+        kind: "record".into(),
+        upload_state: "available".into(),
+        doc_size: None,
+        doc_sha256: None,
+        doc_segments: None,
+        doc_nonce: None,
+    }
+}
+
 fn is_shredded(row: &RecordRow) -> bool {
     row.wrapped_key.is_none() || ScopeState::parse(&row.scope_state) == ScopeState::Shredded
 }
@@ -225,6 +259,7 @@ impl Vault {
             settings,
             rules: RwLock::new(None),
             reads,
+            live_scopes: std::sync::Mutex::default(),
         }
     }
 
@@ -261,6 +296,9 @@ impl Vault {
         match self.store.db().transact(statements, events).await {
             Ok(rows) => Ok(rows),
             Err(TransactError::Sqlx(e)) => Err(Error::Store(e)),
+            Err(TransactError::Unmet { .. }) => Err(Error::Conflict(
+                "the scope was shredded or is pending destruction; retry",
+            )),
             Err(e) => Err(Error::Audit(e.to_string())),
         }
     }
@@ -378,93 +416,123 @@ impl Vault {
         {
             return Ok(existing);
         }
-        let (scope_row, scope_key) = self.scope_for_write(actor, &record.scope).await?;
-        let id = Uuid::now_v7();
-        let record_key = RecordKey::generate()?;
-        let fields = encrypt_fields(
-            id,
-            scope_row.id,
-            scope_key.key_version(),
-            &record_key,
-            record
-                .fields
-                .iter()
-                .map(|f| (f.name.as_str(), f.field_type, f.value.as_bytes())),
-        )?;
-        let now = Utc::now();
-        let encrypted = store::EncryptedRecord {
-            id,
-            scope_id: scope_row.id,
-            scope: record.scope,
-            key_version: scope_key.key_version(),
-            wrapped_key: scope_key.wrap_record_key(id, &record_key)?,
-            fields,
-            field_names: record
-                .fields
-                .iter()
-                .map(|f| f.name.as_str())
-                .collect::<Vec<_>>()
-                .join(","),
-            created_at: now,
-            created_by: actor.id().to_owned(),
-            request_id: request_id.map(str::to_owned),
-            document_nonce: None,
-        };
-        let event = self
-            .event(actor, Action::VaultRecordCreated)
-            .resource("record", &id.to_string())
-            .scope(Some(record.scope.client_id), record.scope.matter_id)
-            .category(record.scope.category.as_str())
-            .build();
-        match self
-            .store
-            .db()
-            .transact(vec![encrypted.insert()], &[event])
-            .await
-        {
-            Ok(_) => {}
-            Err(TransactError::Sqlx(e))
-                if request_id.is_some()
-                    && confidant_runtime::error::classify_sqlx(&e)
-                        == confidant_runtime::error::StorageFault::AlreadyExists =>
+        // The scope remembered from an earlier write may have been shredded
+        // since (the guarded INSERT then stores nothing): look it up afresh
+        // once.
+        let mut fresh = false;
+        loop {
+            let (scope_id, scope_key) = self.write_target(actor, &record.scope, fresh).await?;
+            let id = Uuid::now_v7();
+            let record_key = RecordKey::generate()?;
+            let fields = encrypt_fields(
+                id,
+                scope_id,
+                scope_key.key_version(),
+                &record_key,
+                record
+                    .fields
+                    .iter()
+                    .map(|f| (f.name.as_str(), f.field_type, f.value.as_bytes())),
+            )?;
+            let now = Utc::now();
+            let encrypted = store::EncryptedRecord {
+                id,
+                scope_id,
+                scope: record.scope,
+                key_version: scope_key.key_version(),
+                wrapped_key: scope_key.wrap_record_key(id, &record_key)?,
+                fields,
+                field_names: record
+                    .fields
+                    .iter()
+                    .map(|f| f.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                created_at: now,
+                created_by: actor.id().to_owned(),
+                request_id: request_id.map(str::to_owned),
+                document_nonce: None,
+            };
+            let event = self
+                .event(actor, Action::VaultRecordCreated)
+                .resource("record", &id.to_string())
+                .scope(Some(record.scope.client_id), record.scope.matter_id)
+                .category(record.scope.category.as_str())
+                .build();
+            match self
+                .store
+                .db()
+                .transact(vec![encrypted.insert()], &[event])
+                .await
             {
-                // A concurrent retry stored it first.
-                if let Some(rid) = request_id
-                    && let Some(existing) = self.store.record_by_request(actor.id(), rid).await?
-                {
-                    return Ok(existing);
+                Ok(_) => return Ok(new_record_row(encrypted)),
+                Err(TransactError::Unmet { .. }) if !fresh => {
+                    self.forget_scope(&record.scope);
+                    fresh = true;
                 }
-                return Err(Error::Store(e));
+                Err(TransactError::Unmet { .. }) => {
+                    return Err(Error::Conflict(
+                        "the scope was shredded during the write; retry",
+                    ));
+                }
+                Err(TransactError::Sqlx(e))
+                    if request_id.is_some()
+                        && confidant_runtime::error::classify_sqlx(&e)
+                            == confidant_runtime::error::StorageFault::AlreadyExists =>
+                {
+                    // A concurrent retry stored it first.
+                    if let Some(rid) = request_id
+                        && let Some(existing) =
+                            self.store.record_by_request(actor.id(), rid).await?
+                    {
+                        return Ok(existing);
+                    }
+                    return Err(Error::Store(e));
+                }
+                Err(TransactError::Sqlx(e)) => return Err(Error::Store(e)),
+                Err(e) => return Err(Error::Audit(e.to_string())),
             }
-            Err(TransactError::Sqlx(e)) => return Err(Error::Store(e)),
-            Err(e) => return Err(Error::Audit(e.to_string())),
         }
-        Ok(RecordRow {
-            id,
-            scope_id: scope_row.id,
-            client_id: record.scope.client_id,
-            matter_id: record.scope.matter_id,
-            category: record.scope.category.as_str().to_owned(),
-            key_version: encrypted.key_version,
-            wrapped_key: Some(encrypted.wrapped_key),
-            fields: Vec::new(),
-            field_names: encrypted.field_names,
-            created_at: now,
-            created_by: encrypted.created_by,
-            shredded_at: None,
-            shred_order: None,
-            scope_state: scope_row.state,
-            scope_kms_key_id: scope_row.kms_key_id,
-            scope_wrapped_key: None,
-            scope_shredded_at: None,
-            scope_shred_order: None,
-            kind: "record".into(),
-            upload_state: "available".into(),
-            doc_size: None,
-            doc_sha256: None,
-            doc_segments: None,
-            doc_nonce: None,
-        })
+    }
+
+    /// The scope a write goes to and its key: remembered from earlier
+    /// writes while its key is cached, else looked up (or created).
+    pub(crate) async fn write_target(
+        &self,
+        actor: &Actor,
+        scope: &ScopeRef,
+        fresh: bool,
+    ) -> Result<(Uuid, Arc<ScopeKey>), Error> {
+        if !fresh {
+            let known = self
+                .live_scopes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(scope)
+                .copied();
+            if let Some(id) = known
+                && let Some(key) = self.keys.cache().get(id)
+            {
+                return Ok((id, key));
+            }
+        }
+        let (row, key) = self.scope_for_write(actor, scope).await?;
+        let mut live = self
+            .live_scopes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if live.len() >= LIVE_SCOPES {
+            live.clear();
+        }
+        live.insert(*scope, row.id);
+        Ok((row.id, key))
+    }
+
+    fn forget_scope(&self, scope: &ScopeRef) {
+        self.live_scopes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(scope);
     }
 
     /// A record's row (metadata, ciphertext and scope state).

@@ -192,45 +192,63 @@ pub struct EncryptedRecord {
     pub document_nonce: Option<Vec<u8>>,
 }
 
-impl EncryptedRecord {
-    /// The INSERT statement.
-    pub fn insert(&self) -> Statement {
-        Statement::new(
+macro_rules! guarded_record_insert {
+    ($lock:literal) => {
+        concat!(
             "INSERT INTO vault_records (id, scope_id, client_id, matter_id, category, key_version, wrapped_key, \
              fields, field_names, created_at, created_by, request_id, kind, upload_state, doc_nonce) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-            vec![
-                Value::Uuid(self.id),
-                Value::Uuid(self.scope_id),
-                Value::Uuid(self.scope.client_id),
-                Value::OptUuid(self.scope.matter_id),
-                Value::Text(self.scope.category.as_str().to_owned()),
-                Value::Int(self.key_version),
-                Value::Bytes(self.wrapped_key.clone()),
-                Value::Bytes(self.fields.clone()),
-                Value::Text(self.field_names.clone()),
-                Value::Time(self.created_at),
-                Value::Text(self.created_by.clone()),
-                Value::OptText(self.request_id.clone()),
-                Value::Text(
-                    if self.document_nonce.is_some() {
-                        "document"
-                    } else {
-                        "record"
-                    }
-                    .to_owned(),
-                ),
-                Value::Text(
-                    if self.document_nonce.is_some() {
-                        "uploading"
-                    } else {
-                        "available"
-                    }
-                    .to_owned(),
-                ),
-                Value::OptBytes(self.document_nonce.clone()),
-            ],
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15 \
+             FROM vault_scopes WHERE id = $2 AND state = 'active' AND key_version = $6",
+            $lock
         )
+    };
+}
+
+impl EncryptedRecord {
+    /// The INSERT, only while its scope is active (on PostgreSQL the scope
+    /// row is share-locked, so a concurrent shred waits for this write and
+    /// a write never lands in a scope shredded under it). Expect 1 row.
+    pub fn insert(&self) -> Statement {
+        Statement::per_backend(
+            guarded_record_insert!(" FOR SHARE"),
+            guarded_record_insert!(""),
+            self.values(),
+        )
+        .expecting(1)
+    }
+
+    fn values(&self) -> Vec<Value> {
+        vec![
+            Value::Uuid(self.id),
+            Value::Uuid(self.scope_id),
+            Value::Uuid(self.scope.client_id),
+            Value::OptUuid(self.scope.matter_id),
+            Value::Text(self.scope.category.as_str().to_owned()),
+            Value::Int(self.key_version),
+            Value::Bytes(self.wrapped_key.clone()),
+            Value::Bytes(self.fields.clone()),
+            Value::Text(self.field_names.clone()),
+            Value::Time(self.created_at),
+            Value::Text(self.created_by.clone()),
+            Value::OptText(self.request_id.clone()),
+            Value::Text(
+                if self.document_nonce.is_some() {
+                    "document"
+                } else {
+                    "record"
+                }
+                .to_owned(),
+            ),
+            Value::Text(
+                if self.document_nonce.is_some() {
+                    "uploading"
+                } else {
+                    "available"
+                }
+                .to_owned(),
+            ),
+            Value::OptBytes(self.document_nonce.clone()),
+        ]
     }
 }
 
@@ -654,9 +672,20 @@ pub fn insert_segment(record_id: Uuid, seq: i32, ciphertext: Vec<u8>) -> Stateme
 /// Statement: an uploaded document becomes visible, with its size, digest
 /// and segment count.
 pub fn complete_upload(record_id: Uuid, size: i64, sha256: Vec<u8>, segments: i32) -> Statement {
-    Statement::new(
-        "UPDATE vault_records SET upload_state = 'available', doc_size = $2, doc_sha256 = $3, doc_segments = $4 \
-         WHERE id = $1 AND upload_state = 'uploading'",
+    macro_rules! complete {
+        ($lock:literal) => {
+            concat!(
+                "UPDATE vault_records SET upload_state = 'available', doc_size = $2, doc_sha256 = $3, doc_segments = $4 \
+                 WHERE id = $1 AND upload_state = 'uploading' AND EXISTS (SELECT 1 FROM vault_scopes s \
+                 WHERE s.id = vault_records.scope_id AND s.state = 'active'",
+                $lock,
+                ")"
+            )
+        };
+    }
+    Statement::per_backend(
+        complete!(" FOR SHARE"),
+        complete!(""),
         vec![
             Value::Uuid(record_id),
             Value::BigInt(size),

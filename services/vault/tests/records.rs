@@ -449,6 +449,24 @@ async fn a_shredded_scope_is_unreadable_and_no_stored_key_opens_it(db: &TestData
         .await
         .unwrap();
     assert_ne!(fresh.scope_id, doomed_row.scope_id);
+    // Another replica that wrote to the scope before it was shredded (and
+    // still holds its key) does not write into the shredded scope either.
+    let other = vault_with(db, kms.clone(), CACHE);
+    let other_client = Uuid::now_v7();
+    let before = other
+        .create(&actor, &passport(other_client, None, "P0000005"), None)
+        .await
+        .unwrap();
+    vault
+        .shred_scope(&retention(), before.scope_id, &order, None)
+        .await
+        .unwrap();
+    let after = other
+        .create(&actor, &passport(other_client, None, "P0000006"), None)
+        .await
+        .unwrap();
+    assert_ne!(after.scope_id, before.scope_id);
+    assert!(read_one(&other, &actor, after.id, &roles).await.is_ok());
 
     // The proof: every key the database still holds — each live scope key
     // unwrapped through the KMS, and every stored blob taken as a key —
@@ -464,7 +482,7 @@ async fn a_shredded_scope_is_unreadable_and_no_stored_key_opens_it(db: &TestData
         .await
         .unwrap();
     let live: Vec<_> = all.iter().filter(|s| s.wrapped_key.is_some()).collect();
-    assert_eq!(live.len(), 2, "the contact scope and the fresh scope");
+    assert_eq!(live.len(), 3, "the contact scope and the two fresh scopes");
     let mut candidates = Vec::new();
     for scope in live {
         let plain = kms
