@@ -18,6 +18,13 @@ pub mod identity {
     }
 }
 
+/// `confidant.retention.v1`: retention policies, legal holds, due dates.
+pub mod retention {
+    pub mod v1 {
+        tonic::include_proto!("confidant.retention.v1");
+    }
+}
+
 /// `confidant.vault.v1`: encrypted client data and its keys.
 pub mod vault {
     pub mod v1 {

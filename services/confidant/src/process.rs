@@ -48,10 +48,11 @@ async fn build(service: ServiceName, ctx: &ServiceContext) -> anyhow::Result<Ser
     match service {
         ServiceName::Audit => confidant_audit::build(ctx).await,
         ServiceName::Identity => confidant_identity::build(ctx).await,
-        // Their APIs come with their own issues; until then they run the
-        // shared parts only.
         ServiceName::Vault => confidant_vault::build(ctx).await,
-        ServiceName::Intake | ServiceName::Retention => Ok(ServiceParts::default()),
+        ServiceName::Retention => confidant_retention::build(ctx).await,
+        // Intake's API comes with its own issue; until then it runs the
+        // shared parts only.
+        ServiceName::Intake => Ok(ServiceParts::default()),
     }
 }
 

@@ -1,18 +1,98 @@
 //! The retention service: retention policies with legal triggers, legal
-//! holds, the disposal scheduler, shred orders to the vault and certificates
-//! of disposal.
+//! holds carried to the vault, and the due date of every vault scope.
 //!
-//! What runs today is the part every service shares: the mutual-TLS port with
-//! health and reflection, its own database schema with the audit outbox, and
-//! delivery of its audit events (its start and stop) to the audit service.
-//! Its own API is built on this foundation.
+//! - [`domain`]: rules validated at the boundary, and the due date of a
+//!   scope as a pure function of its policy and recorded events;
+//! - [`store`]: policies (versioned), trigger events, the scope registry,
+//!   holds and their release approvals, on PostgreSQL or SQLite;
+//! - [`service`]: the operations with their audit events;
+//! - [`grpc`]: the `confidant.retention.v1.RetentionService` handlers.
+//!
+//! The disposal scheduler, disposition batches and certificates of disposal
+//! build on these.
 #![forbid(unsafe_code)]
 
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod service;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
 use confidant_runtime::{Migrations, ServiceName};
+use sqlx::migrate::Migrator;
 
 /// This service.
 pub const NAME: ServiceName = ServiceName::Retention;
 
-/// The service's schema, per backend: so far the common tables (the audit
-/// outbox) only.
-pub const MIGRATIONS: Migrations = confidant_runtime::storage::COMMON_ONLY;
+static POSTGRES: Migrator = sqlx::migrate!("migrations/postgres");
+static SQLITE: Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// The retention schema, per backend.
+pub const MIGRATIONS: Migrations = Migrations {
+    postgres: &POSTGRES,
+    sqlite: &SQLITE,
+};
+
+/// The fully qualified name of the gRPC service.
+pub const GRPC_SERVICE: &str = "confidant.retention.v1.RetentionService";
+
+/// Builds the retention service.
+pub async fn build(
+    ctx: &confidant_runtime::app::ServiceContext,
+) -> anyhow::Result<confidant_runtime::app::ServiceParts> {
+    use confidant_proto::retention::v1::retention_service_server::RetentionServiceServer;
+    let config = &ctx.config.retention;
+    let retention = Arc::new(service::Retention::new(
+        store::RetentionStore::new(ctx.db.clone()),
+        ctx.peer(ServiceName::Vault),
+        &ctx.config.trust_domain,
+        usize::try_from(config.hold_release_approvers).unwrap_or(2),
+    ));
+    let decider = Arc::new(confidant_runtime::decide::Decider::new(
+        ctx.peer(ServiceName::Identity),
+        Duration::from_millis(ctx.config.vault.decision_cache_millis),
+    ));
+    let api = grpc::RetentionApi::new(retention.clone(), decider, &ctx.config.trust_domain);
+    let sync = sync_task(
+        retention,
+        Duration::from_secs(config.sync_interval_seconds.max(1)),
+        ctx.shutdown.clone(),
+    );
+    Ok(confidant_runtime::app::ServiceParts {
+        routes: tonic::service::Routes::new(RetentionServiceServer::new(api)),
+        grpc_services: vec![GRPC_SERVICE],
+        policy: confidant_runtime::peer::PeerPolicy::new(),
+        tasks: vec![Box::pin(sync)],
+        on_stop: Vec::new(),
+    })
+}
+
+/// Brings the scope registry up to date on an interval (and sends holds the
+/// vault has not confirmed), until shutdown.
+pub async fn sync_task(
+    retention: Arc<service::Retention>,
+    every: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                match retention.sync().await {
+                    Ok((0, _)) => {}
+                    Ok((added, known)) => tracing::info!(added, known, "scope registry synced"),
+                    Err(e) => tracing::warn!(error = %e, "scope registry not synced; retrying"),
+                }
+            }
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -81,7 +81,13 @@ actions! {
     VaultHoldReleased => "vault.hold.released", "A legal hold was released.";
     VaultSealedTextOpened => "vault.sealed_text.opened", "Sealed free text of an audit event was read.";
     VaultKeysRewrapped => "vault.keys.rewrapped", "Scope keys were rewrapped under the active KMS key.";
-    IdentityWallCertified => "identity.wall.certified", "A wall was certified for a period from the audit log (outcome denied: accesses found).";
+    RetentionPolicyCreated => "retention.policy.created", "A retention policy was created (resource: the policy).";
+    RetentionPolicyUpdated => "retention.policy.updated", "A retention policy changed: a new version (reason: the version).";
+    RetentionTriggerRecorded => "retention.trigger.recorded", "An event a retention period counts from was recorded (reason: its kind).";
+    RetentionHoldPlaced => "retention.hold.placed", "A legal hold was placed (resource: the hold, with its client and matter; its reason stays in retention).";
+    RetentionHoldReleaseApproved => "retention.hold.release_approved", "A staff member approved the release of a legal hold.";
+    RetentionHoldReleased => "retention.hold.released", "A legal hold was released after its approvals.";
+        IdentityWallCertified => "identity.wall.certified", "A wall was certified for a period from the audit log (outcome denied: accesses found).";
 }
 
 /// An action name that is not in the catalogue.

@@ -60,6 +60,8 @@ pub struct Config {
     pub identity: IdentityConfig,
     /// The vault.
     pub vault: VaultConfig,
+    /// The retention service.
+    pub retention: RetentionConfig,
     /// Whether gRPC server reflection is served.
     pub reflection: bool,
     /// How long in-flight calls may run after a shutdown signal.
@@ -81,6 +83,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             identity: IdentityConfig::default(),
             vault: VaultConfig::default(),
+            retention: RetentionConfig::default(),
             reflection: true,
             shutdown_grace_seconds: 30,
         }
@@ -153,6 +156,26 @@ pub struct KmsConfig {
     /// second. Unset: the default AWS credential chain (on EKS, IAM Roles
     /// for Service Accounts).
     pub credentials_file: Option<PathBuf>,
+}
+
+/// Retention settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// How many different staff members must approve a hold's release.
+    pub hold_release_approvers: u32,
+    /// How often the registry of vault scopes is brought up to date (and
+    /// holds the vault has not confirmed are sent again).
+    pub sync_interval_seconds: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            hold_release_approvers: 2,
+            sync_interval_seconds: 60,
+        }
+    }
 }
 
 /// Vault settings.
@@ -554,6 +577,20 @@ impl Config {
                         problem("kms.credentials_file".into(), "file does not exist");
                     }
                 }
+            }
+        }
+        if running.contains(&ServiceName::Retention) {
+            if !(1..=5).contains(&self.retention.hold_release_approvers) {
+                problem(
+                    "retention.hold_release_approvers".into(),
+                    "must be between 1 and 5",
+                );
+            }
+            if self.retention.sync_interval_seconds == 0 {
+                problem(
+                    "retention.sync_interval_seconds".into(),
+                    "must be at least 1",
+                );
             }
         }
         if running.contains(&ServiceName::Vault) {

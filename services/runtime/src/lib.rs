@@ -9,6 +9,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod coord;
+pub mod decide;
 pub mod error;
 pub mod keys;
 pub mod kms;

@@ -7,8 +7,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use confidant_proto::audit::v1::Outcome;
-use confidant_proto::identity::v1::identity_service_client::IdentityServiceClient;
-use confidant_proto::identity::v1::{AuthorizeRequest, DenialReason};
 use confidant_proto::vault::v1 as pb;
 use confidant_proto::vault::v1::vault_service_server::VaultService;
 use confidant_runtime::auth::StaffPrincipal;
@@ -27,56 +25,9 @@ use crate::store::{RecordRow, ScopeRow, ScopeState};
 #[derive(Debug, Clone)]
 pub struct VaultApi {
     vault: Arc<Vault>,
-    identity: Option<PeerChannel>,
     writers: Vec<String>,
     retention: String,
-    allowed: Arc<AllowedCache>,
-}
-
-/// Decisions identity allowed, kept for a short time so that a burst of
-/// reads by one person on one matter asks identity once. Denials are never
-/// kept. The window bounds how long a revoked grant keeps working on this
-/// replica (identity's own facts cache has the same bound).
-/// (staff, permission, client, matter).
-type DecisionKey = (String, String, Uuid, Option<Uuid>);
-
-#[derive(Debug)]
-struct AllowedCache {
-    ttl: Duration,
-    entries: std::sync::Mutex<HashMap<DecisionKey, std::time::Instant>>,
-}
-
-impl AllowedCache {
-    const CAPACITY: usize = 10_000;
-
-    fn allowed(&self, key: &DecisionKey) -> bool {
-        if self.ttl.is_zero() {
-            return false;
-        }
-        let entries = self
-            .entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        entries.get(key).is_some_and(|at| at.elapsed() < self.ttl)
-    }
-
-    fn remember(&self, key: DecisionKey) {
-        if self.ttl.is_zero() {
-            return;
-        }
-        let mut entries = self
-            .entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if entries.len() >= Self::CAPACITY {
-            let ttl = self.ttl;
-            entries.retain(|_, at| at.elapsed() < ttl);
-            if entries.len() >= Self::CAPACITY {
-                entries.clear();
-            }
-        }
-        entries.insert(key, std::time::Instant::now());
-    }
+    decider: Arc<confidant_runtime::decide::Decider>,
 }
 
 fn check(v: Violations) -> Result<(), Status> {
@@ -199,16 +150,6 @@ fn item_status(result: Result<(), Error>) -> pb::ItemStatus {
     }
 }
 
-fn denial_reason(code: i32) -> String {
-    DenialReason::try_from(code)
-        .map(|r| {
-            r.as_str_name()
-                .trim_start_matches("DENIAL_REASON_")
-                .to_lowercase()
-        })
-        .unwrap_or_else(|_| "denied".to_owned())
-}
-
 fn page_size(v: &mut Violations, size: i32) -> i64 {
     match size {
         0 => 100,
@@ -235,13 +176,12 @@ impl VaultApi {
     ) -> Self {
         Self {
             vault,
-            identity,
             writers,
             retention: confidant_runtime::ServiceName::Retention.spiffe_id(trust_domain),
-            allowed: Arc::new(AllowedCache {
-                ttl: decision_ttl,
-                entries: std::sync::Mutex::default(),
-            }),
+            decider: Arc::new(confidant_runtime::decide::Decider::new(
+                identity,
+                decision_ttl,
+            )),
         }
     }
 
@@ -266,37 +206,15 @@ impl VaultApi {
         client_id: Uuid,
         matter_id: Option<Uuid>,
     ) -> Result<(), Error> {
-        let key = (
-            staff_id.to_owned(),
-            permission.to_owned(),
-            client_id,
-            matter_id,
-        );
-        if self.allowed.allowed(&key) {
-            return Ok(());
-        }
-        let channel = self
-            .identity
-            .clone()
-            .ok_or_else(|| Error::Identity(Status::unavailable("identity is not configured")))?;
-        let decision = IdentityServiceClient::new(channel)
-            .authorize(AuthorizeRequest {
-                staff_id: staff_id.to_owned(),
-                permission: permission.to_owned(),
-                client_id: client_id.to_string(),
-                matter_id: matter_id.map(|m| m.to_string()).unwrap_or_default(),
-            })
+        use confidant_runtime::decide::Refusal;
+        match self
+            .decider
+            .decide(staff_id, permission, Some(client_id), matter_id)
             .await
-            .map_err(Error::Identity)?
-            .into_inner();
-        if decision.allowed {
-            self.allowed.remember(key);
-            Ok(())
-        } else {
-            Err(Error::Denied {
-                reason: denial_reason(decision.reason),
-                message: format!("{permission} denied by the authorization decision"),
-            })
+        {
+            Ok(()) => Ok(()),
+            Err(Refusal::Denied { reason, message }) => Err(Error::Denied { reason, message }),
+            Err(Refusal::Unavailable(status)) => Err(Error::Identity(status)),
         }
     }
 

@@ -1,0 +1,381 @@
+//! The gRPC face of the retention service: boundary validation, the
+//! caller's identity and permission, then [`crate::service::Retention`].
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use confidant_proto::retention::v1 as pb;
+use confidant_proto::retention::v1::retention_service_server::RetentionService;
+use confidant_runtime::auth::StaffPrincipal;
+use confidant_runtime::decide::Decider;
+use confidant_runtime::error::Violations;
+use confidant_runtime::peer::PeerIdentity;
+use confidant_vault::domain::{Category, optional_category, optional_uuid, required_uuid};
+use tonic::{Request, Response, Status};
+
+use crate::domain::{Rules, Trigger};
+use crate::error::Error;
+use crate::service::{Actor, Retention};
+use crate::store::{HoldRow, PolicyRow};
+
+/// Handlers of `confidant.retention.v1.RetentionService`.
+#[derive(Debug, Clone)]
+pub struct RetentionApi {
+    retention: Arc<Retention>,
+    decider: Arc<Decider>,
+    identity_peer: String,
+}
+
+fn check(v: Violations) -> Result<(), Status> {
+    if v.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Invalid(v).into())
+    }
+}
+
+fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn category_proto(name: &str) -> i32 {
+    Category::parse(name).map_or(0, |c| c.to_proto() as i32)
+}
+
+fn policy_proto(row: &PolicyRow) -> pb::Policy {
+    let rules = row.rules();
+    pb::Policy {
+        id: row.id.to_string(),
+        version: row.version,
+        rules: rules.map(|r| pb::PolicyRules {
+            category: r.category.to_proto() as i32,
+            period: Some(pb::Period {
+                years: i32::try_from(r.period.years).unwrap_or(0),
+                months: i32::try_from(r.period.months).unwrap_or(0),
+                days: i32::try_from(r.period.days).unwrap_or(0),
+            }),
+            trigger: r.trigger.to_proto() as i32,
+            trigger_event_name: match &r.trigger {
+                Trigger::Named(n) => n.clone(),
+                _ => String::new(),
+            },
+            action: match r.action {
+                crate::domain::Action::Shred => pb::DisposalAction::Shred,
+                crate::domain::Action::Review => pb::DisposalAction::Review,
+            } as i32,
+            client_notice_days: i32::try_from(r.client_notice_days).unwrap_or(0),
+            basis: r.basis,
+        }),
+        create_time: Some(ts(row.created_at)),
+        created_by: row.created_by.clone(),
+    }
+}
+
+fn hold_proto(row: &HoldRow, approvers: Vec<String>) -> pb::Hold {
+    pb::Hold {
+        id: row.id.to_string(),
+        reason: row.reason.clone(),
+        client_id: row.client_id.to_string(),
+        matter_id: row.matter_id.map(|m| m.to_string()).unwrap_or_default(),
+        category: row.category.as_deref().map_or(0, category_proto),
+        placed_by: row.placed_by.clone(),
+        place_time: Some(ts(row.placed_at)),
+        release_approvers: approvers,
+        release_time: row.released_at.map(ts),
+        in_vault: row.in_vault != 0,
+    }
+}
+
+impl RetentionApi {
+    /// Handlers over `retention`, asking `decider` for permissions.
+    pub fn new(retention: Arc<Retention>, decider: Arc<Decider>, trust_domain: &str) -> Self {
+        Self {
+            retention,
+            decider,
+            identity_peer: confidant_runtime::ServiceName::Identity.spiffe_id(trust_domain),
+        }
+    }
+
+    /// The staff member calling, with `permission` (firm-wide).
+    async fn staff_with<T>(&self, request: &Request<T>, permission: &str) -> Result<Actor, Error> {
+        let peer = PeerIdentity::of(request)
+            .map(|p| p.as_str().to_owned())
+            .ok_or(Error::Unauthenticated)?;
+        let staff = StaffPrincipal::of(request).ok_or(Error::Unauthenticated)?;
+        self.decider
+            .decide(&staff.staff_id, permission, None, None)
+            .await?;
+        Ok(Actor::Staff {
+            staff_id: staff.staff_id,
+            peer,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl RetentionService for RetentionApi {
+    #[tracing::instrument(name = "retention.create_policy", skip_all)]
+    async fn create_policy(
+        &self,
+        request: Request<pb::CreatePolicyRequest>,
+    ) -> Result<Response<pb::CreatePolicyResponse>, Status> {
+        let actor = self.staff_with(&request, "retention.manage").await?;
+        let rules =
+            Rules::parse(request.get_ref().rules.as_ref(), "rules").map_err(Error::Invalid)?;
+        let (row, n) = self.retention.create_policy(&actor, &rules).await?;
+        Ok(Response::new(pb::CreatePolicyResponse {
+            policy: Some(policy_proto(&row)),
+            scopes_recomputed: i64::try_from(n).unwrap_or(i64::MAX),
+        }))
+    }
+
+    #[tracing::instrument(name = "retention.update_policy", skip_all)]
+    async fn update_policy(
+        &self,
+        request: Request<pb::UpdatePolicyRequest>,
+    ) -> Result<Response<pb::UpdatePolicyResponse>, Status> {
+        let actor = self.staff_with(&request, "retention.manage").await?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let id = required_uuid(&mut v, "policy_id", &req.policy_id);
+        if req.version < 1 {
+            v.add("version", "must be the version being changed (1 or more)");
+        }
+        let rules = match Rules::parse(req.rules.as_ref(), "rules") {
+            Ok(r) => Some(r),
+            Err(e) => {
+                v.extend(e);
+                None
+            }
+        };
+        check(v)?;
+        let (Some(id), Some(rules)) = (id, rules) else {
+            return Err(Status::internal("validated request incomplete"));
+        };
+        let (row, n) = self
+            .retention
+            .update_policy(&actor, id, req.version, &rules)
+            .await?;
+        Ok(Response::new(pb::UpdatePolicyResponse {
+            policy: Some(policy_proto(&row)),
+            scopes_recomputed: i64::try_from(n).unwrap_or(i64::MAX),
+        }))
+    }
+
+    async fn list_policies(
+        &self,
+        request: Request<pb::ListPoliciesRequest>,
+    ) -> Result<Response<pb::ListPoliciesResponse>, Status> {
+        self.staff_with(&request, "retention.manage").await?;
+        let rows = self
+            .retention
+            .store()
+            .live_policies()
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(pb::ListPoliciesResponse {
+            policies: rows.iter().map(policy_proto).collect(),
+        }))
+    }
+
+    #[tracing::instrument(name = "retention.record_trigger_event", skip_all)]
+    async fn record_trigger_event(
+        &self,
+        request: Request<pb::RecordTriggerEventRequest>,
+    ) -> Result<Response<pb::RecordTriggerEventResponse>, Status> {
+        // Identity reports matter closings itself; staff need the permission.
+        let from_identity = PeerIdentity::of(&request)
+            .is_some_and(|p| p.as_str() == self.identity_peer)
+            && StaffPrincipal::of(&request).is_none();
+        let actor = if from_identity {
+            Actor::Service {
+                peer: self.identity_peer.clone(),
+            }
+        } else {
+            self.staff_with(&request, "retention.manage").await?
+        };
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let client = required_uuid(&mut v, "client_id", &req.client_id);
+        let matter = optional_uuid(&mut v, "matter_id", &req.matter_id);
+        let trigger = match pb::Trigger::try_from(req.trigger) {
+            Ok(pb::Trigger::MatterClosed) => {
+                if matter.is_none() && v.is_empty() {
+                    v.add("matter_id", "is required for a matter closing");
+                }
+                Some(Trigger::MatterClosed)
+            }
+            Ok(pb::Trigger::RelationshipEnded) => Some(Trigger::RelationshipEnded),
+            Ok(pb::Trigger::NamedEvent) => {
+                let ok = !req.event_name.is_empty()
+                    && req.event_name.len() <= 64
+                    && req
+                        .event_name
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                if !ok {
+                    v.add(
+                        "event_name",
+                        "must be 1 to 64 lowercase letters, digits or '_'",
+                    );
+                }
+                Some(Trigger::Named(req.event_name.clone()))
+            }
+            _ => {
+                v.add(
+                    "trigger",
+                    "must be TRIGGER_MATTER_CLOSED, TRIGGER_RELATIONSHIP_ENDED or TRIGGER_NAMED_EVENT",
+                );
+                None
+            }
+        };
+        let occurred = req
+            .occur_time
+            .as_ref()
+            .and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)));
+        match occurred {
+            None => v.add("occur_time", "is required"),
+            Some(t) if t > Utc::now() + chrono::Duration::minutes(5) => {
+                v.add("occur_time", "must not lie in the future")
+            }
+            Some(_) => {}
+        }
+        check(v)?;
+        let (Some(client), Some(trigger), Some(occurred)) = (client, trigger, occurred) else {
+            return Err(Status::internal("validated request incomplete"));
+        };
+        let n = self
+            .retention
+            .record_trigger(&actor, client, matter, &trigger, occurred)
+            .await?;
+        Ok(Response::new(pb::RecordTriggerEventResponse {
+            scopes_recomputed: i64::try_from(n).unwrap_or(i64::MAX),
+        }))
+    }
+
+    #[tracing::instrument(name = "retention.place_hold", skip_all)]
+    async fn place_hold(
+        &self,
+        request: Request<pb::PlaceHoldRequest>,
+    ) -> Result<Response<pb::PlaceHoldResponse>, Status> {
+        let actor = self.staff_with(&request, "holds.manage").await?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        if req.reason.trim().is_empty() || req.reason.chars().count() > 500 {
+            v.add("reason", "is required, at most 500 characters");
+        }
+        let client = required_uuid(&mut v, "client_id", &req.client_id);
+        let matter = optional_uuid(&mut v, "matter_id", &req.matter_id);
+        let category = optional_category(&mut v, "category", req.category);
+        check(v)?;
+        let Some(client) = client else {
+            return Err(Status::internal("validated request incomplete"));
+        };
+        let hold = self
+            .retention
+            .place_hold(&actor, req.reason.trim(), client, matter, category)
+            .await?;
+        Ok(Response::new(pb::PlaceHoldResponse {
+            hold: Some(hold_proto(&hold, Vec::new())),
+        }))
+    }
+
+    #[tracing::instrument(name = "retention.approve_hold_release", skip_all, fields(hold_id = %request.get_ref().hold_id))]
+    async fn approve_hold_release(
+        &self,
+        request: Request<pb::ApproveHoldReleaseRequest>,
+    ) -> Result<Response<pb::ApproveHoldReleaseResponse>, Status> {
+        let actor = self.staff_with(&request, "holds.manage").await?;
+        let mut v = Violations::new();
+        let id = required_uuid(&mut v, "hold_id", &request.get_ref().hold_id);
+        check(v)?;
+        let id = id.unwrap_or_default();
+        let (hold, needed) = self.retention.approve_release(&actor, id).await?;
+        let approvers = self
+            .retention
+            .store()
+            .approvers(id)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(pb::ApproveHoldReleaseResponse {
+            hold: Some(hold_proto(&hold, approvers)),
+            approvals_needed: i32::try_from(needed).unwrap_or(i32::MAX),
+        }))
+    }
+
+    async fn list_holds(
+        &self,
+        request: Request<pb::ListHoldsRequest>,
+    ) -> Result<Response<pb::ListHoldsResponse>, Status> {
+        self.staff_with(&request, "holds.manage").await?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let client = optional_uuid(&mut v, "client_id", &req.client_id);
+        check(v)?;
+        let store = self.retention.store();
+        let mut holds = Vec::new();
+        for row in store
+            .holds(client, req.include_released)
+            .await
+            .map_err(Error::from)?
+        {
+            let approvers = store.approvers(row.id).await.map_err(Error::from)?;
+            holds.push(hold_proto(&row, approvers));
+        }
+        Ok(Response::new(pb::ListHoldsResponse { holds }))
+    }
+
+    #[tracing::instrument(name = "retention.sync_scopes", skip_all)]
+    async fn sync_scopes(
+        &self,
+        request: Request<pb::SyncScopesRequest>,
+    ) -> Result<Response<pb::SyncScopesResponse>, Status> {
+        self.staff_with(&request, "retention.manage").await?;
+        let (added, known) = self.retention.sync().await?;
+        Ok(Response::new(pb::SyncScopesResponse {
+            scopes_added: i64::try_from(added).unwrap_or(i64::MAX),
+            scopes_known: known,
+        }))
+    }
+
+    #[tracing::instrument(name = "retention.get_due_report", skip_all)]
+    async fn get_due_report(
+        &self,
+        request: Request<pb::GetDueReportRequest>,
+    ) -> Result<Response<pb::GetDueReportResponse>, Status> {
+        self.staff_with(&request, "retention.manage").await?;
+        let days = request.get_ref().within_days;
+        let mut v = Violations::new();
+        if !(1..=3650).contains(&days) {
+            v.add("within_days", "must be between 1 and 3650");
+        }
+        check(v)?;
+        let now = Utc::now();
+        let groups = self
+            .retention
+            .due_report(now + chrono::Duration::days(i64::from(days)))
+            .await?;
+        Ok(Response::new(pb::GetDueReportResponse {
+            groups: groups
+                .into_iter()
+                .map(|g| pb::DueGroup {
+                    category: category_proto(&g.category),
+                    client_id: g.client_id.to_string(),
+                    matter_id: g.matter_id.map(|m| m.to_string()).unwrap_or_default(),
+                    scopes: g.scopes,
+                    first_due_time: Some(ts(g.first_due)),
+                    held: g.held,
+                    action: match g.action {
+                        Some(crate::domain::Action::Shred) => pb::DisposalAction::Shred,
+                        Some(crate::domain::Action::Review) => pb::DisposalAction::Review,
+                        None => pb::DisposalAction::Unspecified,
+                    } as i32,
+                })
+                .collect(),
+            report_time: Some(ts(now)),
+        }))
+    }
+}

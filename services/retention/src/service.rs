@@ -1,0 +1,582 @@
+//! Retention's operations, independent of gRPC: policies and their versions,
+//! trigger events, the registry of vault scopes with due dates, legal holds
+//! carried to the vault, and the due report. Each change is written with its
+//! audit event in one transaction.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use confidant_proto::audit::v1::{ActorKind, AuditEvent, Outcome};
+use confidant_proto::vault::v1 as vault_pb;
+use confidant_proto::vault::v1::vault_service_client::VaultServiceClient;
+use confidant_runtime::audit::{Action as AuditAction, EventBuilder};
+use confidant_runtime::client::PeerChannel;
+use confidant_runtime::portable::{Statement, TransactError};
+use confidant_vault::domain::Category;
+use uuid::Uuid;
+
+use crate::domain::{Rules, Trigger, due_at};
+use crate::error::Error;
+use crate::store::{self, HoldRow, PolicyRow, RetentionStore, ScopeRow};
+
+/// Who acts: a staff member (id, peer) or a service (peer).
+#[derive(Debug, Clone)]
+pub enum Actor {
+    /// A staff member.
+    Staff {
+        /// Staff id.
+        staff_id: String,
+        /// The peer certificate's identity.
+        peer: String,
+    },
+    /// A service or application.
+    Service {
+        /// The peer certificate's identity.
+        peer: String,
+    },
+}
+
+impl Actor {
+    /// The recorded id.
+    pub fn id(&self) -> &str {
+        match self {
+            Actor::Staff { staff_id, .. } => staff_id,
+            Actor::Service { peer } => peer,
+        }
+    }
+}
+
+/// Statements written per transaction when many scopes change.
+const CHUNK: usize = 500;
+
+/// The retention service's operations.
+#[derive(Debug, Clone)]
+pub struct Retention {
+    store: RetentionStore,
+    vault: Option<PeerChannel>,
+    trust_domain: String,
+    release_approvers: usize,
+}
+
+impl Retention {
+    /// Over `store`, sending holds to and reading scopes from `vault`.
+    pub fn new(
+        store: RetentionStore,
+        vault: Option<PeerChannel>,
+        trust_domain: &str,
+        release_approvers: usize,
+    ) -> Self {
+        Self {
+            store,
+            vault,
+            trust_domain: trust_domain.to_owned(),
+            release_approvers,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &RetentionStore {
+        &self.store
+    }
+
+    /// Approvals a hold's release needs.
+    pub fn release_approvers(&self) -> usize {
+        self.release_approvers
+    }
+
+    fn event(&self, actor: &Actor, action: AuditAction) -> EventBuilder {
+        let b = EventBuilder::new(crate::NAME, &self.trust_domain, action);
+        match actor {
+            Actor::Staff { staff_id, peer } => b.actor(ActorKind::Staff, staff_id, peer),
+            Actor::Service { peer } => b.actor(ActorKind::Service, peer, peer),
+        }
+    }
+
+    async fn commit(&self, statements: Vec<Statement>, events: &[AuditEvent]) -> Result<(), Error> {
+        match self.store.db().transact(statements, events).await {
+            Ok(_) => Ok(()),
+            Err(TransactError::Sqlx(e)) => Err(Error::Store(e)),
+            Err(e) => Err(Error::Audit(e.to_string())),
+        }
+    }
+
+    fn vault(&self) -> Result<VaultServiceClient<PeerChannel>, Error> {
+        self.vault
+            .clone()
+            .map(VaultServiceClient::new)
+            .ok_or(Error::VaultUnavailable(
+                "the vault is not configured".into(),
+            ))
+    }
+
+    // ------------------------------------------------------------- policies
+
+    /// Creates the policy of a category; returns it and how many scopes it
+    /// gave a due date.
+    pub async fn create_policy(
+        &self,
+        actor: &Actor,
+        rules: &Rules,
+    ) -> Result<(PolicyRow, usize), Error> {
+        let id = Uuid::now_v7();
+        let event = self
+            .event(actor, AuditAction::RetentionPolicyCreated)
+            .resource("policy", &id.to_string())
+            .category(rules.category.as_str())
+            .build();
+        match self
+            .store
+            .db()
+            .transact(
+                vec![store::insert_policy(id, 1, rules, actor.id(), Utc::now())],
+                &[event],
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(TransactError::Sqlx(e))
+                if confidant_runtime::error::classify_sqlx(&e)
+                    == confidant_runtime::error::StorageFault::AlreadyExists =>
+            {
+                return Err(Error::Conflict(
+                    "the category has a policy already: update it instead",
+                ));
+            }
+            Err(TransactError::Sqlx(e)) => return Err(Error::Store(e)),
+            Err(e) => return Err(Error::Audit(e.to_string())),
+        }
+        let row = self
+            .store
+            .policy(id)
+            .await?
+            .ok_or(Error::NotFound("policy"))?;
+        let n = self
+            .recompute(
+                self.store
+                    .scopes(None, Some(rules.category.as_str()))
+                    .await?,
+            )
+            .await?;
+        Ok((row, n))
+    }
+
+    /// A new version of a policy, if `version` is still its live one.
+    pub async fn update_policy(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        version: i32,
+        rules: &Rules,
+    ) -> Result<(PolicyRow, usize), Error> {
+        let current = self
+            .store
+            .policy(id)
+            .await?
+            .ok_or(Error::NotFound("policy"))?;
+        if current.category != rules.category.as_str() {
+            let mut v = confidant_runtime::error::Violations::new();
+            v.add(
+                "rules.category",
+                "cannot change: create a policy for the other category",
+            );
+            return Err(Error::Invalid(v));
+        }
+        if current.version != version {
+            return Err(Error::Conflict(
+                "the policy changed since that version: read it again",
+            ));
+        }
+        let next = version + 1;
+        let event = self
+            .event(actor, AuditAction::RetentionPolicyUpdated)
+            .resource("policy", &id.to_string())
+            .category(rules.category.as_str())
+            .outcome(Outcome::Allowed, &format!("version-{next}"))
+            .build();
+        match self
+            .store
+            .db()
+            .transact(
+                vec![store::insert_policy(
+                    id,
+                    next,
+                    rules,
+                    actor.id(),
+                    Utc::now(),
+                )],
+                &[event],
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(TransactError::Sqlx(e))
+                if confidant_runtime::error::classify_sqlx(&e)
+                    == confidant_runtime::error::StorageFault::AlreadyExists =>
+            {
+                return Err(Error::Conflict(
+                    "the policy changed since that version: read it again",
+                ));
+            }
+            Err(TransactError::Sqlx(e)) => return Err(Error::Store(e)),
+            Err(e) => return Err(Error::Audit(e.to_string())),
+        }
+        let row = self
+            .store
+            .policy(id)
+            .await?
+            .ok_or(Error::NotFound("policy"))?;
+        let n = self
+            .recompute(
+                self.store
+                    .scopes(None, Some(rules.category.as_str()))
+                    .await?,
+            )
+            .await?;
+        Ok((row, n))
+    }
+
+    /// Records a trigger event; returns how many scopes were recomputed.
+    pub async fn record_trigger(
+        &self,
+        actor: &Actor,
+        client_id: Uuid,
+        matter_id: Option<Uuid>,
+        trigger: &Trigger,
+        occurred_at: DateTime<Utc>,
+    ) -> Result<usize, Error> {
+        let event = self
+            .event(actor, AuditAction::RetentionTriggerRecorded)
+            .resource("trigger", trigger.kind())
+            .scope(Some(client_id), matter_id)
+            .outcome(Outcome::Allowed, trigger.kind())
+            .build();
+        self.commit(
+            vec![store::insert_trigger(
+                client_id,
+                matter_id,
+                trigger,
+                occurred_at,
+                actor.id(),
+                Utc::now(),
+            )],
+            &[event],
+        )
+        .await?;
+        self.recompute(self.store.scopes(Some(client_id), None).await?)
+            .await
+    }
+
+    /// Computes the due dates of `scopes` again from the live policies and
+    /// their clients' trigger events.
+    pub async fn recompute(&self, scopes: Vec<ScopeRow>) -> Result<usize, Error> {
+        let policies: HashMap<String, (PolicyRow, Rules)> = self
+            .store
+            .live_policies()
+            .await?
+            .into_iter()
+            .filter_map(|p| {
+                let rules = p.rules()?;
+                Some((p.category.clone(), (p, rules)))
+            })
+            .collect();
+        let mut triggers: HashMap<Uuid, Vec<store::TriggerRow>> = HashMap::new();
+        let mut statements = Vec::with_capacity(scopes.len());
+        for scope in &scopes {
+            let known = match triggers.entry(scope.client_id) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(self.store.trigger_facts(scope.client_id).await?)
+                }
+            };
+            let facts = store::facts_of(scope, known);
+            let (due, policy) = match policies.get(&scope.category) {
+                Some((row, rules)) => (due_at(rules, &facts), Some((row.id, row.version))),
+                None => (None, None),
+            };
+            statements.push(store::set_due(scope.scope_id, due, policy));
+        }
+        let n = statements.len();
+        let mut statements = statements.into_iter().peekable();
+        while statements.peek().is_some() {
+            let chunk: Vec<Statement> = statements.by_ref().take(CHUNK).collect();
+            self.commit(chunk, &[]).await?;
+        }
+        Ok(n)
+    }
+
+    // ---------------------------------------------------------- the registry
+
+    /// Reads every scope from the vault into the registry and gives new ones
+    /// a due date; sends holds the vault has not confirmed again. Returns
+    /// (new scopes, known scopes).
+    pub async fn sync(&self) -> Result<(usize, i64), Error> {
+        let mut vault = self.vault()?;
+        let mut token = String::new();
+        let mut added = Vec::new();
+        let now = Utc::now();
+        loop {
+            let page = vault
+                .list_scopes(vault_pb::ListScopesRequest {
+                    page_size: 1000,
+                    page_token: token.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|s| Error::VaultUnavailable(s.message().to_owned()))?
+                .into_inner();
+            let mut statements = Vec::with_capacity(page.scopes.len());
+            for scope in &page.scopes {
+                let (Ok(id), Ok(client_id)) = (
+                    Uuid::parse_str(&scope.id),
+                    Uuid::parse_str(&scope.client_id),
+                ) else {
+                    continue;
+                };
+                let matter_id = Uuid::parse_str(&scope.matter_id).ok();
+                let Some(category) = Category::from_proto(scope.category) else {
+                    continue;
+                };
+                let state = match vault_pb::ScopeState::try_from(scope.state) {
+                    Ok(vault_pb::ScopeState::Shredded) => "shredded",
+                    Ok(vault_pb::ScopeState::PendingDestruction) => "pending_destruction",
+                    _ => "active",
+                };
+                let created = scope
+                    .create_time
+                    .as_ref()
+                    .and_then(|t| {
+                        DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
+                    })
+                    .unwrap_or(now);
+                if !self.store.known(id).await? {
+                    added.push(id);
+                }
+                statements.push(store::upsert_scope(
+                    id,
+                    client_id,
+                    matter_id,
+                    category.as_str(),
+                    created,
+                    state,
+                    now,
+                ));
+            }
+            self.commit(statements, &[]).await?;
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        if !added.is_empty() {
+            let fresh: Vec<ScopeRow> = self
+                .store
+                .scopes(None, None)
+                .await?
+                .into_iter()
+                .filter(|s| added.contains(&s.scope_id))
+                .collect();
+            self.recompute(fresh).await?;
+        }
+        for hold in self.store.holds(None, false).await? {
+            if hold.in_vault == 0 {
+                self.push_hold(&hold).await?;
+            }
+        }
+        Ok((added.len(), self.store.scope_count().await?))
+    }
+
+    // ----------------------------------------------------------------- holds
+
+    /// Records a hold and carries it to the vault. If the vault cannot be
+    /// reached the hold stands here (the due report and future sweeps honour
+    /// it) and is sent again on every sync.
+    pub async fn place_hold(
+        &self,
+        actor: &Actor,
+        reason: &str,
+        client_id: Uuid,
+        matter_id: Option<Uuid>,
+        category: Option<Category>,
+    ) -> Result<HoldRow, Error> {
+        let hold = HoldRow {
+            id: Uuid::now_v7(),
+            reason: reason.to_owned(),
+            client_id,
+            matter_id,
+            category: category.map(|c| c.as_str().to_owned()),
+            placed_by: actor.id().to_owned(),
+            placed_at: Utc::now(),
+            in_vault: 0,
+            released_at: None,
+        };
+        let mut event = self
+            .event(actor, AuditAction::RetentionHoldPlaced)
+            .resource("hold", &hold.id.to_string())
+            .scope(Some(client_id), matter_id);
+        if let Some(c) = category {
+            event = event.category(c.as_str());
+        }
+        self.commit(vec![store::insert_hold(&hold)], &[event.build()])
+            .await?;
+        if let Err(e) = self.push_hold(&hold).await {
+            tracing::warn!(hold_id = %hold.id, error = %e, "hold not yet in the vault; retried on sync");
+        }
+        Ok(self.store.hold(hold.id).await?.unwrap_or(hold))
+    }
+
+    async fn push_hold(&self, hold: &HoldRow) -> Result<(), Error> {
+        self.vault()?
+            .place_hold(vault_pb::PlaceHoldRequest {
+                hold_id: hold.id.to_string(),
+                client_id: hold.client_id.to_string(),
+                matter_id: hold.matter_id.map(|m| m.to_string()).unwrap_or_default(),
+                category: hold
+                    .category
+                    .as_deref()
+                    .and_then(Category::parse)
+                    .map_or(0, |c| c.to_proto() as i32),
+            })
+            .await
+            .map_err(|s| Error::VaultUnavailable(s.message().to_owned()))?;
+        self.commit(vec![store::hold_in_vault(hold.id)], &[]).await
+    }
+
+    /// One approval of a hold's release; releases it (here and in the
+    /// vault) once enough different staff members approved. Returns the
+    /// hold and the approvals still needed.
+    pub async fn approve_release(
+        &self,
+        actor: &Actor,
+        hold_id: Uuid,
+    ) -> Result<(HoldRow, usize), Error> {
+        let hold = self
+            .store
+            .hold(hold_id)
+            .await?
+            .ok_or(Error::NotFound("hold"))?;
+        if hold.released_at.is_some() {
+            return Err(Error::Conflict("the hold is released already"));
+        }
+        let approvers = self.store.approvers(hold_id).await?;
+        if !approvers.iter().any(|a| a == actor.id()) {
+            let event = self
+                .event(actor, AuditAction::RetentionHoldReleaseApproved)
+                .resource("hold", &hold_id.to_string())
+                .scope(Some(hold.client_id), hold.matter_id)
+                .build();
+            match self
+                .store
+                .db()
+                .transact(
+                    vec![store::approve_release(hold_id, actor.id(), Utc::now())],
+                    &[event],
+                )
+                .await
+            {
+                Ok(_) => {}
+                Err(TransactError::Sqlx(e))
+                    if confidant_runtime::error::classify_sqlx(&e)
+                        == confidant_runtime::error::StorageFault::AlreadyExists => {}
+                Err(TransactError::Sqlx(e)) => return Err(Error::Store(e)),
+                Err(e) => return Err(Error::Audit(e.to_string())),
+            }
+        } else if approvers.len() < self.release_approvers {
+            return Err(Error::Conflict(
+                "you approved this release already: another person must approve it",
+            ));
+        }
+        let approvers = self.store.approvers(hold_id).await?;
+        let needed = self.release_approvers.saturating_sub(approvers.len());
+        if needed > 0 {
+            return Ok((hold, needed));
+        }
+        // Enough approvals. Released in the vault first: if that fails the
+        // hold stays in force everywhere, and approving again retries.
+        self.vault()?
+            .release_hold(vault_pb::ReleaseHoldRequest {
+                hold_id: hold_id.to_string(),
+            })
+            .await
+            .or_else(|s| {
+                if s.code() == tonic::Code::NotFound {
+                    Ok(tonic::Response::new(vault_pb::ReleaseHoldResponse {}))
+                } else {
+                    Err(Error::VaultUnavailable(s.message().to_owned()))
+                }
+            })?;
+        let event = self
+            .event(actor, AuditAction::RetentionHoldReleased)
+            .resource("hold", &hold_id.to_string())
+            .scope(Some(hold.client_id), hold.matter_id)
+            .build();
+        self.commit(vec![store::release(hold_id, Utc::now())], &[event])
+            .await?;
+        let hold = self
+            .store
+            .hold(hold_id)
+            .await?
+            .ok_or(Error::NotFound("hold"))?;
+        Ok((hold, 0))
+    }
+
+    // ----------------------------------------------------------- the report
+
+    /// Live scopes falling due before `before`, grouped by category, client
+    /// and matter, with whether a hold covers them and the policy's action.
+    pub async fn due_report(&self, before: DateTime<Utc>) -> Result<Vec<DueGroup>, Error> {
+        let due = self.store.due_before(before).await?;
+        let holds = self.store.holds(None, false).await?;
+        let policies: HashMap<String, Rules> = self
+            .store
+            .live_policies()
+            .await?
+            .into_iter()
+            .filter_map(|p| Some((p.category.clone(), p.rules()?)))
+            .collect();
+        let mut groups: Vec<DueGroup> = Vec::new();
+        for scope in due {
+            let key = (scope.category.clone(), scope.client_id, scope.matter_id);
+            let held = holds
+                .iter()
+                .any(|h| h.covers(scope.client_id, scope.matter_id, &scope.category));
+            match groups
+                .iter_mut()
+                .find(|g| (g.category.clone(), g.client_id, g.matter_id) == key)
+            {
+                Some(g) => {
+                    g.scopes += 1;
+                    g.held |= held;
+                }
+                None => groups.push(DueGroup {
+                    category: scope.category.clone(),
+                    client_id: scope.client_id,
+                    matter_id: scope.matter_id,
+                    scopes: 1,
+                    first_due: scope.due_at.unwrap_or(before),
+                    held,
+                    action: policies.get(&scope.category).map(|r| r.action),
+                }),
+            }
+        }
+        Ok(groups)
+    }
+}
+
+/// One line of the due report.
+#[derive(Debug, Clone)]
+pub struct DueGroup {
+    /// Category name.
+    pub category: String,
+    /// Client.
+    pub client_id: Uuid,
+    /// Matter.
+    pub matter_id: Option<Uuid>,
+    /// Scopes falling due.
+    pub scopes: i64,
+    /// The earliest due time.
+    pub first_due: DateTime<Utc>,
+    /// Whether a hold covers them.
+    pub held: bool,
+    /// The action at the end.
+    pub action: Option<crate::domain::Action>,
+}

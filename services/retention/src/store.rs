@@ -1,0 +1,459 @@
+//! Retention's tables on PostgreSQL or SQLite, through the runtime's
+//! portable statements.
+
+use chrono::{DateTime, Utc};
+use confidant_runtime::portable::{Statement, Value};
+use confidant_runtime::storage::Database;
+use confidant_vault::domain::Category;
+use uuid::Uuid;
+
+use crate::domain::{Action, Period, Rules, ScopeFacts, Trigger};
+
+/// Query results.
+pub type StoreResult<T> = Result<T, sqlx::Error>;
+
+/// A policy version as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PolicyRow {
+    /// Id.
+    pub id: Uuid,
+    /// Version.
+    pub version: i32,
+    /// Category name.
+    pub category: String,
+    /// Years.
+    pub period_years: i32,
+    /// Months.
+    pub period_months: i32,
+    /// Days.
+    pub period_days: i32,
+    /// Trigger kind.
+    pub trigger_kind: String,
+    /// Named event.
+    pub trigger_event_name: Option<String>,
+    /// Action name.
+    pub action: String,
+    /// Notice days.
+    pub client_notice_days: i32,
+    /// Basis.
+    pub basis: String,
+    /// When.
+    pub created_at: DateTime<Utc>,
+    /// By whom.
+    pub created_by: String,
+}
+
+impl PolicyRow {
+    /// Its rules (`None` if the row holds values this version does not know).
+    pub fn rules(&self) -> Option<Rules> {
+        let n = |x: i32| u32::try_from(x).ok();
+        Some(Rules {
+            category: Category::parse(&self.category)?,
+            period: Period {
+                years: n(self.period_years)?,
+                months: n(self.period_months)?,
+                days: n(self.period_days)?,
+            },
+            trigger: Trigger::from_stored(&self.trigger_kind, self.trigger_event_name.as_deref())?,
+            action: Action::parse(&self.action)?,
+            client_notice_days: n(self.client_notice_days)?,
+            basis: self.basis.clone(),
+        })
+    }
+}
+
+/// A scope as retention knows it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ScopeRow {
+    /// The vault scope.
+    pub scope_id: Uuid,
+    /// Client.
+    pub client_id: Uuid,
+    /// Matter.
+    pub matter_id: Option<Uuid>,
+    /// Category name.
+    pub category: String,
+    /// Created in the vault.
+    pub created_at: DateTime<Utc>,
+    /// The vault's state at the last sync.
+    pub vault_state: String,
+    /// When it falls due.
+    pub due_at: Option<DateTime<Utc>>,
+}
+
+/// A hold.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct HoldRow {
+    /// Id.
+    pub id: Uuid,
+    /// Why.
+    pub reason: String,
+    /// Client.
+    pub client_id: Uuid,
+    /// Matter.
+    pub matter_id: Option<Uuid>,
+    /// Category.
+    pub category: Option<String>,
+    /// By whom.
+    pub placed_by: String,
+    /// When.
+    pub placed_at: DateTime<Utc>,
+    /// Confirmed by the vault (1) or not yet (0).
+    pub in_vault: i32,
+    /// When released.
+    pub released_at: Option<DateTime<Utc>>,
+}
+
+impl HoldRow {
+    /// Whether it covers a scope of `client`, `matter`, `category`.
+    pub fn covers(&self, client: Uuid, matter: Option<Uuid>, category: &str) -> bool {
+        self.released_at.is_none()
+            && self.client_id == client
+            && (self.matter_id.is_none() || self.matter_id == matter)
+            && self.category.as_deref().is_none_or(|c| c == category)
+    }
+}
+
+macro_rules! policy_select {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, version, category, period_years, period_months, period_days, trigger_kind, \
+             trigger_event_name, action, client_notice_days, basis, created_at, created_by \
+             FROM retention_policies p ",
+            $tail
+        )
+    };
+}
+
+/// A recorded trigger event: (matter, kind, event name, when).
+pub type TriggerRow = (Option<Uuid>, String, Option<String>, DateTime<Utc>);
+
+/// Retention's storage.
+#[derive(Debug, Clone)]
+pub struct RetentionStore {
+    db: Database,
+}
+
+/// Statement: a policy version.
+pub fn insert_policy(
+    id: Uuid,
+    version: i32,
+    rules: &Rules,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Statement {
+    let i = |x: u32| Value::Int(i32::try_from(x).unwrap_or(i32::MAX));
+    Statement::new(
+        "INSERT INTO retention_policies (id, version, category, period_years, period_months, period_days, \
+         trigger_kind, trigger_event_name, action, client_notice_days, basis, created_at, created_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        vec![
+            Value::Uuid(id),
+            Value::Int(version),
+            Value::Text(rules.category.as_str().to_owned()),
+            i(rules.period.years),
+            i(rules.period.months),
+            i(rules.period.days),
+            Value::Text(rules.trigger.kind().to_owned()),
+            Value::OptText(match &rules.trigger {
+                Trigger::Named(n) => Some(n.clone()),
+                _ => None,
+            }),
+            Value::Text(rules.action.as_str().to_owned()),
+            i(rules.client_notice_days),
+            Value::Text(rules.basis.clone()),
+            Value::Time(now),
+            Value::Text(by.to_owned()),
+        ],
+    )
+}
+
+/// Statement: a trigger event.
+pub fn insert_trigger(
+    client_id: Uuid,
+    matter_id: Option<Uuid>,
+    trigger: &Trigger,
+    occurred_at: DateTime<Utc>,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Statement {
+    Statement::new(
+        "INSERT INTO retention_triggers (id, client_id, matter_id, kind, event_name, occurred_at, recorded_by, recorded_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        vec![
+            Value::Uuid(Uuid::now_v7()),
+            Value::Uuid(client_id),
+            Value::OptUuid(matter_id),
+            Value::Text(trigger.kind().to_owned()),
+            Value::OptText(match trigger {
+                Trigger::Named(n) => Some(n.clone()),
+                _ => None,
+            }),
+            Value::Time(occurred_at),
+            Value::Text(by.to_owned()),
+            Value::Time(now),
+        ],
+    )
+}
+
+/// Statement: a scope's due date and the policy version it came from.
+pub fn set_due(
+    scope_id: Uuid,
+    due: Option<DateTime<Utc>>,
+    policy: Option<(Uuid, i32)>,
+) -> Statement {
+    Statement::new(
+        "UPDATE retention_scopes SET due_at = $2, policy_id = $3, policy_version = $4 WHERE scope_id = $1",
+        vec![
+            Value::Uuid(scope_id),
+            Value::OptTime(due),
+            Value::OptUuid(policy.map(|p| p.0)),
+            Value::OptInt(policy.map(|p| p.1)),
+        ],
+    )
+}
+
+/// Statement: a scope seen in the vault (new, or its state refreshed).
+pub fn upsert_scope(
+    scope_id: Uuid,
+    client_id: Uuid,
+    matter_id: Option<Uuid>,
+    category: &str,
+    created_at: DateTime<Utc>,
+    vault_state: &str,
+    now: DateTime<Utc>,
+) -> Statement {
+    Statement::new(
+        "INSERT INTO retention_scopes (scope_id, client_id, matter_id, category, created_at, vault_state, synced_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (scope_id) DO UPDATE SET vault_state = excluded.vault_state, synced_at = excluded.synced_at",
+        vec![
+            Value::Uuid(scope_id),
+            Value::Uuid(client_id),
+            Value::OptUuid(matter_id),
+            Value::Text(category.to_owned()),
+            Value::Time(created_at),
+            Value::Text(vault_state.to_owned()),
+            Value::Time(now),
+        ],
+    )
+}
+
+/// Statement: a hold.
+pub fn insert_hold(hold: &HoldRow) -> Statement {
+    Statement::new(
+        "INSERT INTO retention_holds (id, reason, client_id, matter_id, category, placed_by, placed_at, in_vault) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 0)",
+        vec![
+            Value::Uuid(hold.id),
+            Value::Text(hold.reason.clone()),
+            Value::Uuid(hold.client_id),
+            Value::OptUuid(hold.matter_id),
+            Value::OptText(hold.category.clone()),
+            Value::Text(hold.placed_by.clone()),
+            Value::Time(hold.placed_at),
+        ],
+    )
+}
+
+/// Statement: the vault confirmed a hold.
+pub fn hold_in_vault(id: Uuid) -> Statement {
+    Statement::new(
+        "UPDATE retention_holds SET in_vault = 1 WHERE id = $1",
+        vec![Value::Uuid(id)],
+    )
+}
+
+/// Statement: one approval of a hold's release (a second by the same
+/// person is refused by the primary key).
+pub fn approve_release(hold_id: Uuid, staff_id: &str, now: DateTime<Utc>) -> Statement {
+    Statement::new(
+        "INSERT INTO retention_hold_approvals (hold_id, staff_id, approved_at) VALUES ($1, $2, $3)",
+        vec![
+            Value::Uuid(hold_id),
+            Value::Text(staff_id.to_owned()),
+            Value::Time(now),
+        ],
+    )
+}
+
+/// Statement: a hold is released.
+pub fn release(hold_id: Uuid, now: DateTime<Utc>) -> Statement {
+    Statement::new(
+        "UPDATE retention_holds SET released_at = $2 WHERE id = $1 AND released_at IS NULL",
+        vec![Value::Uuid(hold_id), Value::Time(now)],
+    )
+}
+
+impl RetentionStore {
+    /// Over `db` (migrated).
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+
+    /// Every version of every policy, newest first per policy.
+    pub async fn policy_versions(&self) -> StoreResult<Vec<PolicyRow>> {
+        self.db
+            .fetch_all(policy_select!("ORDER BY category, version DESC"), vec![])
+            .await
+    }
+
+    /// The live version of each policy.
+    pub async fn live_policies(&self) -> StoreResult<Vec<PolicyRow>> {
+        let mut live: Vec<PolicyRow> = Vec::new();
+        for row in self.policy_versions().await? {
+            if live.last().is_none_or(|l| l.id != row.id) {
+                live.push(row);
+            }
+        }
+        Ok(live)
+    }
+
+    /// The live version of one policy.
+    pub async fn policy(&self, id: Uuid) -> StoreResult<Option<PolicyRow>> {
+        self.db
+            .fetch_optional(
+                policy_select!("WHERE id = $1 ORDER BY version DESC LIMIT 1"),
+                vec![Value::Uuid(id)],
+            )
+            .await
+    }
+
+    /// The trigger events recorded about `client_id`.
+    pub async fn trigger_facts(&self, client_id: Uuid) -> StoreResult<Vec<TriggerRow>> {
+        self.db
+            .fetch_all(
+                "SELECT matter_id, kind, event_name, occurred_at FROM retention_triggers WHERE client_id = $1",
+                vec![Value::Uuid(client_id)],
+            )
+            .await
+    }
+
+    /// Scopes, optionally of one client or one category.
+    pub async fn scopes(
+        &self,
+        client_id: Option<Uuid>,
+        category: Option<&str>,
+    ) -> StoreResult<Vec<ScopeRow>> {
+        self.db
+            .fetch_all(
+                "SELECT scope_id, client_id, matter_id, category, created_at, vault_state, due_at FROM retention_scopes \
+                 WHERE ($1 IS NULL OR client_id = $1) AND ($2 IS NULL OR category = $2) ORDER BY scope_id",
+                vec![
+                    Value::OptUuid(client_id),
+                    Value::OptText(category.map(str::to_owned)),
+                ],
+            )
+            .await
+    }
+
+    /// Live scopes due before `before`, earliest first.
+    pub async fn due_before(&self, before: DateTime<Utc>) -> StoreResult<Vec<ScopeRow>> {
+        let rows: Vec<ScopeRow> = self
+            .db
+            .fetch_all(
+                "SELECT scope_id, client_id, matter_id, category, created_at, vault_state, due_at FROM retention_scopes \
+                 WHERE due_at IS NOT NULL AND vault_state <> 'shredded' ORDER BY due_at",
+                vec![],
+            )
+            .await?;
+        // Compared here: SQLite stores times as text.
+        Ok(rows
+            .into_iter()
+            .filter(|r| r.due_at.is_some_and(|d| d <= before))
+            .collect())
+    }
+
+    /// How many scopes retention knows.
+    pub async fn scope_count(&self) -> StoreResult<i64> {
+        let row: Option<(i64,)> = self
+            .db
+            .fetch_optional("SELECT COUNT(*) FROM retention_scopes", vec![])
+            .await?;
+        Ok(row.map_or(0, |r| r.0))
+    }
+
+    /// Whether a scope is known.
+    pub async fn known(&self, scope_id: Uuid) -> StoreResult<bool> {
+        let row: Option<(Uuid,)> = self
+            .db
+            .fetch_optional(
+                "SELECT scope_id FROM retention_scopes WHERE scope_id = $1",
+                vec![Value::Uuid(scope_id)],
+            )
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Holds, optionally of one client, optionally with released ones.
+    pub async fn holds(
+        &self,
+        client_id: Option<Uuid>,
+        include_released: bool,
+    ) -> StoreResult<Vec<HoldRow>> {
+        let rows: Vec<HoldRow> = self
+            .db
+            .fetch_all(
+                "SELECT id, reason, client_id, matter_id, category, placed_by, placed_at, in_vault, released_at \
+                 FROM retention_holds WHERE ($1 IS NULL OR client_id = $1) ORDER BY id DESC",
+                vec![Value::OptUuid(client_id)],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter(|h| include_released || h.released_at.is_none())
+            .collect())
+    }
+
+    /// One hold.
+    pub async fn hold(&self, id: Uuid) -> StoreResult<Option<HoldRow>> {
+        self.db
+            .fetch_optional(
+                "SELECT id, reason, client_id, matter_id, category, placed_by, placed_at, in_vault, released_at \
+                 FROM retention_holds WHERE id = $1",
+                vec![Value::Uuid(id)],
+            )
+            .await
+    }
+
+    /// Who approved a hold's release.
+    pub async fn approvers(&self, hold_id: Uuid) -> StoreResult<Vec<String>> {
+        let rows: Vec<(String,)> = self
+            .db
+            .fetch_all(
+                "SELECT staff_id FROM retention_hold_approvals WHERE hold_id = $1 ORDER BY approved_at",
+                vec![Value::Uuid(hold_id)],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+}
+
+/// The facts about `scope` from its client's recorded triggers.
+pub fn facts_of(scope: &ScopeRow, triggers: &[TriggerRow]) -> ScopeFacts {
+    let latest = |kind: &str, matter_scoped: bool| {
+        triggers
+            .iter()
+            .filter(|(m, k, _, _)| {
+                k == kind && (!matter_scoped || (m.is_some() && *m == scope.matter_id))
+            })
+            .map(|(_, _, _, at)| *at)
+            .max()
+    };
+    ScopeFacts {
+        created_at: Some(scope.created_at),
+        has_matter: scope.matter_id.is_some(),
+        matter_closed_at: latest("matter_closed", true),
+        relationship_ended_at: latest("relationship_ended", false),
+        named: triggers
+            .iter()
+            .filter(|(m, k, _, _)| k == "named_event" && (m.is_none() || *m == scope.matter_id))
+            .filter_map(|(_, _, name, at)| name.clone().map(|n| (n, *at)))
+            .collect(),
+    }
+}

@@ -1,0 +1,470 @@
+//! The retention service through its gRPC API with identity, vault and audit
+//! beside it, on SQLite and on PostgreSQL with Redis and the KMS emulator:
+//! policies and their versions, legal triggers, the scope registry and the
+//! due report, and legal holds that the vault enforces, released only by two
+//! different approvers.
+
+mod common;
+
+use std::time::Duration;
+
+use common::directory::{as_staff, assign, cleared, new_client, new_matter, staff_token};
+use confidant::sandbox::{Sandbox, SandboxData, SandboxSpec};
+use confidant_proto::audit::v1::ListEventsRequest;
+use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
+use confidant_proto::retention::v1 as pb;
+use confidant_proto::retention::v1::retention_service_client::RetentionServiceClient;
+use confidant_proto::vault::v1 as vault_pb;
+use confidant_proto::vault::v1::vault_service_client::VaultServiceClient;
+use confidant_runtime::ServiceName;
+use confidant_runtime::client::PeerChannel;
+use confidant_runtime::storage::Backend;
+
+async fn channel(
+    data: &SandboxData,
+    sandbox: &Sandbox,
+    service: ServiceName,
+    name: &str,
+) -> PeerChannel {
+    confidant_runtime::client::connect(&sandbox.url(service), &data.client_tls(name), "localhost")
+        .await
+        .expect("reachable")
+}
+
+fn rules(
+    category: vault_pb::DataCategory,
+    period: (i32, i32, i32),
+    trigger: pb::Trigger,
+    action: pb::DisposalAction,
+) -> pb::PolicyRules {
+    pb::PolicyRules {
+        category: category as i32,
+        period: Some(pb::Period {
+            years: period.0,
+            months: period.1,
+            days: period.2,
+        }),
+        trigger: trigger as i32,
+        trigger_event_name: String::new(),
+        action: action as i32,
+        client_notice_days: 0,
+        basis: "firm schedule 2026, section 4".into(),
+    }
+}
+
+fn ts(t: chrono::DateTime<chrono::Utc>) -> Option<prost_types::Timestamp> {
+    common::directory::ts(t)
+}
+
+async fn report(
+    retention: &mut RetentionServiceClient<PeerChannel>,
+    token: &str,
+    days: i32,
+) -> Vec<pb::DueGroup> {
+    retention
+        .get_due_report(as_staff(
+            token,
+            pb::GetDueReportRequest { within_days: days },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .groups
+}
+
+async fn policies_triggers_and_holds_decide_what_falls_due(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec::of(&[
+            ServiceName::Identity,
+            ServiceName::Vault,
+            ServiceName::Retention,
+            ServiceName::Audit,
+        ]),
+    )
+    .await;
+    let mut admin = common::identity_client(&data, &sandbox, "operator").await;
+    let client_id = new_client(&mut admin).await;
+    let partner = cleared(&mut admin, "partner@firm.example", "partner").await;
+    let matter_id = new_matter(&mut admin, &client_id, Some(&partner), "conveyancing").await;
+    let manager = cleared(&mut admin, "records@firm.example", "records_manager").await;
+    let second_manager = cleared(&mut admin, "records2@firm.example", "records_manager").await;
+    let associate = cleared(&mut admin, "associate@firm.example", "associate").await;
+    assign(&mut admin, &matter_id, &associate).await;
+    let manager_token = staff_token(&data, &manager, &["records_manager"]);
+    let second_token = staff_token(&data, &second_manager, &["records_manager"]);
+    let associate_token = staff_token(&data, &associate, &["associate"]);
+
+    // Client data in two scopes: the matter file, and client-level contacts.
+    let mut vault =
+        VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "intake").await);
+    let mut scope_of = std::collections::HashMap::new();
+    for (matter, category) in [
+        (matter_id.as_str(), vault_pb::DataCategory::MatterFile),
+        ("", vault_pb::DataCategory::ContactDetails),
+    ] {
+        let stored = vault
+            .create_record(vault_pb::CreateRecordRequest {
+                record: Some(vault_pb::NewRecord {
+                    client_id: client_id.clone(),
+                    matter_id: matter.into(),
+                    category: category as i32,
+                    fields: vec![vault_pb::Field {
+                        name: "note".into(),
+                        r#type: vault_pb::FieldType::Text as i32,
+                        value: "completion statement".into(),
+                        masked: false,
+                    }],
+                }),
+                request_id: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .record
+            .unwrap();
+        scope_of.insert(category as i32, stored.scope_id);
+    }
+
+    let mut retention = RetentionServiceClient::new(
+        channel(&data, &sandbox, ServiceName::Retention, "firm-app").await,
+    );
+
+    // Bad rules are named field by field; only records managers manage policies.
+    let err = retention
+        .create_policy(as_staff(
+            &manager_token,
+            pb::CreatePolicyRequest {
+                rules: Some(pb::PolicyRules {
+                    category: 99,
+                    period: Some(pb::Period {
+                        years: -6,
+                        months: 0,
+                        days: 0,
+                    }),
+                    trigger: 0,
+                    trigger_event_name: String::new(),
+                    action: pb::DisposalAction::Shred as i32,
+                    client_notice_days: 0,
+                    basis: String::new(),
+                }),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        common::violated_fields(&err),
+        [
+            "rules.category",
+            "rules.period.years",
+            "rules.trigger",
+            "rules.basis"
+        ]
+    );
+    let refused = retention
+        .create_policy(as_staff(
+            &associate_token,
+            pb::CreatePolicyRequest {
+                rules: Some(rules(
+                    vault_pb::DataCategory::MatterFile,
+                    (6, 0, 0),
+                    pb::Trigger::MatterClosed,
+                    pb::DisposalAction::Review,
+                )),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    let no_token = retention
+        .list_policies(pb::ListPoliciesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(no_token.code(), tonic::Code::Unauthenticated);
+
+    // Matter files: six years after the matter closes, then review.
+    // Contact details: thirty days after they were collected, then shred.
+    let matter_policy = retention
+        .create_policy(as_staff(
+            &manager_token,
+            pb::CreatePolicyRequest {
+                rules: Some(rules(
+                    vault_pb::DataCategory::MatterFile,
+                    (6, 0, 0),
+                    pb::Trigger::MatterClosed,
+                    pb::DisposalAction::Review,
+                )),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .policy
+        .unwrap();
+    assert_eq!(matter_policy.version, 1);
+    retention
+        .create_policy(as_staff(
+            &manager_token,
+            pb::CreatePolicyRequest {
+                rules: Some(rules(
+                    vault_pb::DataCategory::ContactDetails,
+                    (0, 0, 30),
+                    pb::Trigger::Creation,
+                    pb::DisposalAction::Shred,
+                )),
+            },
+        ))
+        .await
+        .unwrap();
+    let twice = retention
+        .create_policy(as_staff(
+            &manager_token,
+            pb::CreatePolicyRequest {
+                rules: Some(rules(
+                    vault_pb::DataCategory::ContactDetails,
+                    (1, 0, 0),
+                    pb::Trigger::Creation,
+                    pb::DisposalAction::Shred,
+                )),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(twice.code(), tonic::Code::FailedPrecondition);
+
+    let synced = retention
+        .sync_scopes(as_staff(&manager_token, pb::SyncScopesRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((synced.scopes_added, synced.scopes_known), (2, 2));
+
+    // The contacts fall due in thirty days; the open matter's file never yet.
+    let due = report(&mut retention, &manager_token, 60).await;
+    assert_eq!(due.len(), 1, "{due:?}");
+    assert_eq!(
+        due[0].category,
+        vault_pb::DataCategory::ContactDetails as i32
+    );
+    assert_eq!(due[0].action, pb::DisposalAction::Shred as i32);
+    assert!(report(&mut retention, &manager_token, 20).await.is_empty());
+
+    // The matter closed six years and ten days ago: its file is due now.
+    let closed = chrono::Utc::now() - chrono::Duration::days(6 * 365 + 12);
+    let changed = retention
+        .record_trigger_event(as_staff(
+            &manager_token,
+            pb::RecordTriggerEventRequest {
+                client_id: client_id.clone(),
+                matter_id: matter_id.clone(),
+                trigger: pb::Trigger::MatterClosed as i32,
+                event_name: String::new(),
+                occur_time: ts(closed),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(changed.scopes_recomputed, 2);
+    let due = report(&mut retention, &manager_token, 1).await;
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].category, vault_pb::DataCategory::MatterFile as i32);
+    assert_eq!(due[0].matter_id, matter_id);
+    assert_eq!(due[0].action, pb::DisposalAction::Review as i32);
+    assert!(!due[0].held);
+    let future = retention
+        .record_trigger_event(as_staff(
+            &manager_token,
+            pb::RecordTriggerEventRequest {
+                client_id: client_id.clone(),
+                matter_id: String::new(),
+                trigger: pb::Trigger::MatterClosed as i32,
+                event_name: String::new(),
+                occur_time: ts(chrono::Utc::now() + chrono::Duration::days(3)),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        common::violated_fields(&future),
+        ["matter_id", "occur_time"]
+    );
+
+    // Seven years instead: a new version, and the file is not due any more.
+    let update = |version: i32| pb::UpdatePolicyRequest {
+        policy_id: matter_policy.id.clone(),
+        version,
+        rules: Some(rules(
+            vault_pb::DataCategory::MatterFile,
+            (7, 0, 0),
+            pb::Trigger::MatterClosed,
+            pb::DisposalAction::Review,
+        )),
+    };
+    let v2 = retention
+        .update_policy(as_staff(&manager_token, update(1)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v2.policy.unwrap().version, 2);
+    assert_eq!(v2.scopes_recomputed, 1);
+    assert!(report(&mut retention, &manager_token, 1).await.is_empty());
+    let stale = retention
+        .update_policy(as_staff(&manager_token, update(1)))
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), tonic::Code::FailedPrecondition);
+
+    // A legal hold on the matter: the vault refuses to shred its scope, even
+    // when asked directly by the retention service's own identity.
+    let hold = retention
+        .place_hold(as_staff(
+            &manager_token,
+            pb::PlaceHoldRequest {
+                reason: "litigation: boundary dispute".into(),
+                client_id: client_id.clone(),
+                matter_id: matter_id.clone(),
+                category: 0,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .hold
+        .unwrap();
+    assert!(hold.in_vault);
+    let mut vault_as_retention =
+        VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "retention").await);
+    let shred = vault_pb::ShredScopeRequest {
+        scope_id: scope_of[&(vault_pb::DataCategory::MatterFile as i32)].clone(),
+        order_id: uuid::Uuid::now_v7().to_string(),
+        pending_window: None,
+    };
+    let held = vault_as_retention
+        .shred_scope(shred.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(common::error_reason(&held), "legal_hold");
+    // The report shows it held (a year from now, under the new version).
+    let due = report(&mut retention, &manager_token, 400).await;
+    let file = due
+        .iter()
+        .find(|g| g.category == vault_pb::DataCategory::MatterFile as i32)
+        .unwrap();
+    assert!(file.held);
+
+    // Release takes two different records managers.
+    let approve = pb::ApproveHoldReleaseRequest {
+        hold_id: hold.id.clone(),
+    };
+    let first = retention
+        .approve_hold_release(as_staff(&manager_token, approve.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.approvals_needed, 1);
+    assert!(first.hold.unwrap().release_time.is_none());
+    let again = retention
+        .approve_hold_release(as_staff(&manager_token, approve.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        vault_as_retention
+            .shred_scope(shred.clone())
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::FailedPrecondition,
+        "still held after one approval"
+    );
+    let released = retention
+        .approve_hold_release(as_staff(&second_token, approve.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(released.approvals_needed, 0);
+    assert!(released.hold.unwrap().release_time.is_some());
+    let after = retention
+        .approve_hold_release(as_staff(&second_token, approve))
+        .await
+        .unwrap_err();
+    assert_eq!(after.code(), tonic::Code::FailedPrecondition);
+    let unknown = retention
+        .approve_hold_release(as_staff(
+            &manager_token,
+            pb::ApproveHoldReleaseRequest {
+                hold_id: uuid::Uuid::now_v7().to_string(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    vault_as_retention.shred_scope(shred).await.unwrap();
+    let listed = retention
+        .list_holds(as_staff(
+            &manager_token,
+            pb::ListHoldsRequest {
+                client_id: client_id.clone(),
+                include_released: true,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .holds;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        listed[0].release_approvers,
+        [manager.clone(), second_manager.clone()]
+    );
+
+    // Every change is in the audit log.
+    let log =
+        AuditServiceClient::new(channel(&data, &sandbox, ServiceName::Audit, "operator").await);
+    common::eventually(
+        Duration::from_secs(20),
+        "retention events in the log",
+        || {
+            let mut log = log.clone();
+            async move {
+                let events = log
+                    .list_events(ListEventsRequest {
+                        source_service: "retention".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .events;
+                let actions: std::collections::BTreeSet<String> = events
+                    .into_iter()
+                    .filter_map(|e| e.event.map(|e| e.action))
+                    .collect();
+                [
+                    "retention.policy.created",
+                    "retention.policy.updated",
+                    "retention.trigger.recorded",
+                    "retention.hold.placed",
+                    "retention.hold.release_approved",
+                    "retention.hold.released",
+                ]
+                .iter()
+                .all(|a| actions.contains(*a))
+            }
+        },
+    )
+    .await;
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_policies_triggers_and_holds_decide_what_falls_due() {
+    policies_triggers_and_holds_decide_what_falls_due(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_policies_triggers_and_holds_decide_what_falls_due() {
+    policies_triggers_and_holds_decide_what_falls_due(Backend::Postgres).await;
+}
