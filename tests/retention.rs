@@ -459,6 +459,321 @@ async fn policies_triggers_and_holds_decide_what_falls_due(backend: Backend) {
     sandbox.stop().await;
 }
 
+async fn store_record(
+    vault: &mut VaultServiceClient<PeerChannel>,
+    client_id: &str,
+    matter_id: &str,
+    category: vault_pb::DataCategory,
+) -> String {
+    vault
+        .create_record(vault_pb::CreateRecordRequest {
+            record: Some(vault_pb::NewRecord {
+                client_id: client_id.into(),
+                matter_id: matter_id.into(),
+                category: category as i32,
+                fields: vec![vault_pb::Field {
+                    name: "note".into(),
+                    r#type: vault_pb::FieldType::Text as i32,
+                    value: "kept until due".into(),
+                    masked: false,
+                }],
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap()
+        .scope_id
+}
+
+async fn due_scopes_are_shredded_through_approved_batches_and_certified(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec::of(&[
+            ServiceName::Identity,
+            ServiceName::Vault,
+            ServiceName::Retention,
+            ServiceName::Audit,
+        ]),
+    )
+    .await;
+    let mut admin = common::identity_client(&data, &sandbox, "operator").await;
+    let client_id = new_client(&mut admin).await;
+    let partner = cleared(&mut admin, "partner@firm.example", "partner").await;
+    let matter_id = new_matter(&mut admin, &client_id, Some(&partner), "probate").await;
+    let manager = cleared(&mut admin, "records@firm.example", "records_manager").await;
+    let token = staff_token(&data, &manager, &["records_manager"]);
+
+    let mut vault =
+        VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "intake").await);
+    let file_scope = store_record(
+        &mut vault,
+        &client_id,
+        &matter_id,
+        vault_pb::DataCategory::MatterFile,
+    )
+    .await;
+    store_record(
+        &mut vault,
+        &client_id,
+        &matter_id,
+        vault_pb::DataCategory::MatterFile,
+    )
+    .await;
+    let contact_scope = store_record(
+        &mut vault,
+        &client_id,
+        "",
+        vault_pb::DataCategory::ContactDetails,
+    )
+    .await;
+    let money_scope = store_record(
+        &mut vault,
+        &client_id,
+        "",
+        vault_pb::DataCategory::Financial,
+    )
+    .await;
+
+    let mut retention = RetentionServiceClient::new(
+        channel(&data, &sandbox, ServiceName::Retention, "firm-app").await,
+    );
+    // Everything is due at once: the matter file after review, the contacts
+    // only once the client was told two weeks ahead, the financial records
+    // at once — but a hold covers those.
+    let mut contacts = rules(
+        vault_pb::DataCategory::ContactDetails,
+        (0, 0, 0),
+        pb::Trigger::Creation,
+        pb::DisposalAction::Shred,
+    );
+    contacts.client_notice_days = 14;
+    for r in [
+        rules(
+            vault_pb::DataCategory::MatterFile,
+            (0, 0, 0),
+            pb::Trigger::Creation,
+            pb::DisposalAction::Review,
+        ),
+        contacts,
+        rules(
+            vault_pb::DataCategory::Financial,
+            (0, 0, 0),
+            pb::Trigger::Creation,
+            pb::DisposalAction::Shred,
+        ),
+    ] {
+        retention
+            .create_policy(as_staff(&token, pb::CreatePolicyRequest { rules: Some(r) }))
+            .await
+            .unwrap();
+    }
+    retention
+        .place_hold(as_staff(
+            &token,
+            pb::PlaceHoldRequest {
+                reason: "tax investigation".into(),
+                client_id: client_id.clone(),
+                matter_id: String::new(),
+                category: vault_pb::DataCategory::Financial as i32,
+            },
+        ))
+        .await
+        .unwrap();
+    retention
+        .sync_scopes(as_staff(&token, pb::SyncScopesRequest {}))
+        .await
+        .unwrap();
+
+    let sweep = |retention: &mut RetentionServiceClient<PeerChannel>| {
+        let mut retention = retention.clone();
+        let token = token.clone();
+        async move {
+            retention
+                .run_sweep(as_staff(&token, pb::RunSweepRequest {}))
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let first = sweep(&mut retention).await;
+    assert!(first.ran);
+    assert_eq!(first.batches_created, 1, "{first:?}");
+    assert_eq!(first.awaiting_client_notice, 1);
+    assert_eq!(first.scopes_shredded, 0);
+
+    // The client was told three weeks ago: the contacts go at once.
+    retention
+        .record_trigger_event(as_staff(
+            &token,
+            pb::RecordTriggerEventRequest {
+                client_id: client_id.clone(),
+                matter_id: String::new(),
+                trigger: pb::Trigger::NamedEvent as i32,
+                event_name: "client_notice".into(),
+                occur_time: ts(chrono::Utc::now() - chrono::Duration::days(21)),
+            },
+        ))
+        .await
+        .unwrap();
+    let second = sweep(&mut retention).await;
+    assert_eq!(
+        (
+            second.batches_created,
+            second.scopes_shredded,
+            second.certificates_issued
+        ),
+        (1, 1, 1),
+        "{second:?}"
+    );
+
+    // The matter file waits for a records manager's approval, once.
+    let waiting = retention
+        .list_disposal_batches(as_staff(
+            &token,
+            pb::ListDisposalBatchesRequest {
+                state: pb::BatchState::AwaitingApproval as i32,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .batches;
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].scope_ids, [file_scope.clone()]);
+    let approve = pb::ApproveDisposalBatchRequest {
+        batch_id: waiting[0].id.clone(),
+    };
+    let approved = retention
+        .approve_disposal_batch(as_staff(&token, approve.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(approved.approvals_needed, 0);
+    assert_eq!(approved.batch.unwrap().state(), pb::BatchState::Approved);
+    let twice = retention
+        .approve_disposal_batch(as_staff(&token, approve))
+        .await
+        .unwrap_err();
+    assert_eq!(twice.code(), tonic::Code::FailedPrecondition);
+    let unknown = retention
+        .approve_disposal_batch(as_staff(
+            &token,
+            pb::ApproveDisposalBatchRequest {
+                batch_id: uuid::Uuid::now_v7().to_string(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    let third = sweep(&mut retention).await;
+    assert_eq!(
+        (third.scopes_shredded, third.certificates_issued),
+        (1, 1),
+        "{third:?}"
+    );
+    assert_eq!(
+        sweep(&mut retention).await.scopes_shredded,
+        0,
+        "nothing is shredded twice"
+    );
+
+    // The vault: both scopes shredded, the held one untouched.
+    let mut vault_as_retention =
+        VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "retention").await);
+    let scopes = vault_as_retention
+        .list_scopes(vault_pb::ListScopesRequest {
+            client_id: client_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .scopes;
+    let state_of = |id: &str| scopes.iter().find(|s| s.id == id).unwrap().state();
+    assert_eq!(state_of(&file_scope), vault_pb::ScopeState::Shredded);
+    assert_eq!(state_of(&contact_scope), vault_pb::ScopeState::Shredded);
+    assert_eq!(state_of(&money_scope), vault_pb::ScopeState::Active);
+
+    // The certificate says what went, under which policy, approved by whom,
+    // and verifies offline; an edited one does not.
+    let certificate = retention
+        .get_certificate(as_staff(
+            &token,
+            pb::GetCertificateRequest {
+                scope_id: file_scope.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .certificate
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_str(&certificate.body).unwrap();
+    assert_eq!(body["destroyed"]["scope_id"], file_scope.as_str());
+    assert_eq!(body["destroyed"]["record_count"], 2);
+    assert_eq!(body["destroyed"]["matter_id"], matter_id.as_str());
+    assert_eq!(body["policy"]["version"], 1);
+    assert_eq!(body["approved_by"], serde_json::json!([manager]));
+    assert!(body["key_destroyed_at"].is_string());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("certificate.json");
+    let write = |body: &str| {
+        std::fs::write(
+            &file,
+            serde_json::json!({ "body": body, "signature": certificate.signature }).to_string(),
+        )
+        .unwrap();
+    };
+    let verify = || {
+        let out = common::confidant()
+            .args(["retention", "verify-certificate", "--file"])
+            .arg(&file)
+            .args(["--public-key", &certificate.public_key])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    write(&certificate.body);
+    let (code, out) = verify();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("OK"), "{out}");
+    write(
+        &certificate
+            .body
+            .replace("\"record_count\":2", "\"record_count\":1"),
+    );
+    let (code, out) = verify();
+    assert_eq!(code, Some(65), "{out}");
+    let none = retention
+        .get_certificate(as_staff(
+            &token,
+            pb::GetCertificateRequest {
+                scope_id: money_scope.clone(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(none.code(), tonic::Code::NotFound);
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_due_scopes_are_shredded_through_approved_batches_and_certified() {
+    due_scopes_are_shredded_through_approved_batches_and_certified(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_due_scopes_are_shredded_through_approved_batches_and_certified() {
+    due_scopes_are_shredded_through_approved_batches_and_certified(Backend::Postgres).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_policies_triggers_and_holds_decide_what_falls_due() {
     policies_triggers_and_holds_decide_what_falls_due(Backend::Sqlite).await;

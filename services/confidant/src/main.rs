@@ -76,6 +76,26 @@ enum Command {
         #[command(subcommand)]
         action: AdminCommand,
     },
+    /// Retention: offline verification of certificates of disposal.
+    Retention {
+        #[command(subcommand)]
+        action: RetentionCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RetentionCommand {
+    /// Verify a certificate of disposal offline: a JSON file with `body`
+    /// and `signature` (as GetCertificate returns them) against the
+    /// retention service's public key. Exit code 65 if it does not verify.
+    VerifyCertificate {
+        /// The certificate file.
+        #[arg(long)]
+        file: PathBuf,
+        /// The signing key's public key (raw Ed25519, base64).
+        #[arg(long)]
+        public_key: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -217,6 +237,9 @@ fn main() -> ExitCode {
             report(result)
         }
         Command::Audit { action } => audit(action),
+        Command::Retention {
+            action: RetentionCommand::VerifyCertificate { file, public_key },
+        } => verdict(verify_certificate(&file, &public_key)),
         Command::Admin {
             action:
                 AdminCommand::Bootstrap {
@@ -338,6 +361,39 @@ fn output(path: Option<&Path>) -> anyhow::Result<Box<dyn std::io::Write>> {
     })
 }
 
+/// Verifies a certificate file; prints what it certifies.
+fn verify_certificate(file: &std::path::Path, public_key: &str) -> anyhow::Result<bool> {
+    let text = std::fs::read_to_string(file)?;
+    let certificate: serde_json::Value = serde_json::from_str(&text)?;
+    let (Some(body), Some(signature)) = (
+        certificate.get("body").and_then(|b| b.as_str()),
+        certificate.get("signature").and_then(|s| s.as_str()),
+    ) else {
+        anyhow::bail!(
+            "{}: expected an object with body and signature",
+            file.display()
+        );
+    };
+    match confidant_retention::disposal::verify_certificate(body, signature, public_key) {
+        Ok(parsed) => {
+            let destroyed = &parsed["destroyed"];
+            println!(
+                "OK: certificate {} — scope {} ({}, {} records) destroyed at {}",
+                parsed["certificate_id"].as_str().unwrap_or("?"),
+                destroyed["scope_id"].as_str().unwrap_or("?"),
+                destroyed["category"].as_str().unwrap_or("?"),
+                destroyed["record_count"],
+                parsed["key_destroyed_at"].as_str().unwrap_or("?"),
+            );
+            Ok(true)
+        }
+        Err(why) => {
+            println!("FAILED: {why}");
+            Ok(false)
+        }
+    }
+}
+
 fn verdict(result: anyhow::Result<bool>) -> ExitCode {
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -443,6 +499,12 @@ fn dev_config(data_dir: &Path, env: &HashMap<String, String>) -> Result<Config, 
         && !key.exists()
     {
         confidant_audit::write_signing_key(key).map_err(|e| format!("audit signing key: {e:#}"))?;
+    }
+    if let Some(key) = &config.retention.signing_key_file
+        && !key.exists()
+    {
+        confidant_runtime::keys::write_new_ed25519_key(key)
+            .map_err(|e| format!("retention certificate key: {e}"))?;
     }
     if let Some(pepper) = &config.identity.pepper_file {
         confidant_runtime::keys::ensure_secret_file(pepper)

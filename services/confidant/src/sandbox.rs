@@ -88,6 +88,10 @@ impl SandboxData {
             .expect("identity token key");
         confidant_runtime::keys::ensure_secret_file(&dir.path().join("identity-pepper.key"))
             .expect("pepper");
+        confidant_runtime::keys::write_new_ed25519_key(
+            &dir.path().join("retention-certificates.key"),
+        )
+        .expect("retention certificate key");
         // PostgreSQL sandboxes run as in production: Redis, and the AWS KMS
         // API (the emulator) with a key of their own.
         let kms_key_id = match backend {

@@ -22,6 +22,7 @@ use crate::store::{HoldRow, PolicyRow};
 #[derive(Debug, Clone)]
 pub struct RetentionApi {
     retention: Arc<Retention>,
+    disposer: Arc<crate::disposal::Disposer>,
     decider: Arc<Decider>,
     identity_peer: String,
 }
@@ -74,6 +75,35 @@ fn policy_proto(row: &PolicyRow) -> pb::Policy {
     }
 }
 
+fn batch_state(name: &str) -> pb::BatchState {
+    match name {
+        "awaiting_approval" => pb::BatchState::AwaitingApproval,
+        "approved" => pb::BatchState::Approved,
+        "done" => pb::BatchState::Done,
+        _ => pb::BatchState::Unspecified,
+    }
+}
+
+fn batch_proto(
+    row: &crate::disposal::BatchRow,
+    scopes: Vec<uuid::Uuid>,
+    approvers: Vec<String>,
+) -> pb::DisposalBatch {
+    pb::DisposalBatch {
+        id: row.id.to_string(),
+        state: batch_state(&row.state) as i32,
+        action: match row.action.as_str() {
+            "shred" => pb::DisposalAction::Shred,
+            "review" => pb::DisposalAction::Review,
+            _ => pb::DisposalAction::Unspecified,
+        } as i32,
+        scope_ids: scopes.into_iter().map(|s| s.to_string()).collect(),
+        approvals_needed: row.approvals_needed,
+        approvers,
+        create_time: Some(ts(row.created_at)),
+    }
+}
+
 fn hold_proto(row: &HoldRow, approvers: Vec<String>) -> pb::Hold {
     pb::Hold {
         id: row.id.to_string(),
@@ -91,9 +121,15 @@ fn hold_proto(row: &HoldRow, approvers: Vec<String>) -> pb::Hold {
 
 impl RetentionApi {
     /// Handlers over `retention`, asking `decider` for permissions.
-    pub fn new(retention: Arc<Retention>, decider: Arc<Decider>, trust_domain: &str) -> Self {
+    pub fn new(
+        retention: Arc<Retention>,
+        disposer: Arc<crate::disposal::Disposer>,
+        decider: Arc<Decider>,
+        trust_domain: &str,
+    ) -> Self {
         Self {
             retention,
+            disposer,
             decider,
             identity_peer: confidant_runtime::ServiceName::Identity.spiffe_id(trust_domain),
         }
@@ -376,6 +412,97 @@ impl RetentionService for RetentionApi {
                 })
                 .collect(),
             report_time: Some(ts(now)),
+        }))
+    }
+
+    #[tracing::instrument(name = "retention.run_sweep", skip_all)]
+    async fn run_sweep(
+        &self,
+        request: Request<pb::RunSweepRequest>,
+    ) -> Result<Response<pb::RunSweepResponse>, Status> {
+        self.staff_with(&request, "retention.manage").await?;
+        let report = self.disposer.sweep().await?;
+        let n = |x: usize| i64::try_from(x).unwrap_or(i64::MAX);
+        Ok(Response::new(match report {
+            None => pb::RunSweepResponse::default(),
+            Some(r) => pb::RunSweepResponse {
+                ran: true,
+                batches_created: n(r.batches_created),
+                scopes_shredded: n(r.shredded),
+                certificates_issued: n(r.certified),
+                disposals_cancelled: n(r.cancelled),
+                awaiting_client_notice: n(r.awaiting_notice),
+            },
+        }))
+    }
+
+    async fn list_disposal_batches(
+        &self,
+        request: Request<pb::ListDisposalBatchesRequest>,
+    ) -> Result<Response<pb::ListDisposalBatchesResponse>, Status> {
+        self.staff_with(&request, "retention.manage").await?;
+        let state = match pb::BatchState::try_from(request.get_ref().state) {
+            Ok(pb::BatchState::Unspecified) => None,
+            Ok(pb::BatchState::AwaitingApproval) => Some("awaiting_approval"),
+            Ok(pb::BatchState::Approved) => Some("approved"),
+            Ok(pb::BatchState::Done) => Some("done"),
+            Err(_) => {
+                let mut v = Violations::new();
+                v.add("state", "is not a known batch state");
+                return Err(Error::Invalid(v).into());
+            }
+        };
+        let mut batches = Vec::new();
+        for row in self.disposer.batches(state).await? {
+            let scopes = self.disposer.batch_scopes(row.id).await?;
+            let approvers = self.disposer.approvers(row.id).await?;
+            batches.push(batch_proto(&row, scopes, approvers));
+        }
+        Ok(Response::new(pb::ListDisposalBatchesResponse { batches }))
+    }
+
+    #[tracing::instrument(name = "retention.approve_disposal_batch", skip_all, fields(batch_id = %request.get_ref().batch_id))]
+    async fn approve_disposal_batch(
+        &self,
+        request: Request<pb::ApproveDisposalBatchRequest>,
+    ) -> Result<Response<pb::ApproveDisposalBatchResponse>, Status> {
+        let actor = self.staff_with(&request, "retention.manage").await?;
+        let mut v = Violations::new();
+        let id = required_uuid(&mut v, "batch_id", &request.get_ref().batch_id);
+        check(v)?;
+        let id = id.unwrap_or_default();
+        let (row, needed) = self.disposer.approve_batch(&actor, id).await?;
+        let scopes = self.disposer.batch_scopes(id).await?;
+        let approvers = self.disposer.approvers(id).await?;
+        Ok(Response::new(pb::ApproveDisposalBatchResponse {
+            batch: Some(batch_proto(&row, scopes, approvers)),
+            approvals_needed: i32::try_from(needed).unwrap_or(i32::MAX),
+        }))
+    }
+
+    async fn get_certificate(
+        &self,
+        request: Request<pb::GetCertificateRequest>,
+    ) -> Result<Response<pb::GetCertificateResponse>, Status> {
+        if self.staff_with(&request, "retention.manage").await.is_err() {
+            self.staff_with(&request, "audit.read").await?;
+        }
+        let mut v = Violations::new();
+        let scope = required_uuid(&mut v, "scope_id", &request.get_ref().scope_id);
+        check(v)?;
+        let (id, body, signature, key_id) = self
+            .disposer
+            .certificate(scope.unwrap_or_default())
+            .await?
+            .ok_or(Error::NotFound("certificate"))?;
+        Ok(Response::new(pb::GetCertificateResponse {
+            certificate: Some(pb::Certificate {
+                id: id.to_string(),
+                body,
+                signature,
+                key_id,
+                public_key: self.disposer.signer().public_key(),
+            }),
         }))
     }
 }

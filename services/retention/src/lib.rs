@@ -12,6 +12,7 @@
 //! build on these.
 #![forbid(unsafe_code)]
 
+pub mod disposal;
 pub mod domain;
 pub mod error;
 pub mod grpc;
@@ -55,17 +56,37 @@ pub async fn build(
         ctx.peer(ServiceName::Identity),
         Duration::from_millis(ctx.config.vault.decision_cache_millis),
     ));
-    let api = grpc::RetentionApi::new(retention.clone(), decider, &ctx.config.trust_domain);
+    let key_file = config
+        .signing_key_file
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("retention.signing_key_file is not set"))?;
+    let disposer = Arc::new(disposal::Disposer::new(
+        retention.clone(),
+        ctx.coord.clone(),
+        disposal::Signer::load(&key_file)?,
+        usize::try_from(config.batch_approvers).unwrap_or(1),
+    ));
+    let api = grpc::RetentionApi::new(
+        retention.clone(),
+        disposer.clone(),
+        decider,
+        &ctx.config.trust_domain,
+    );
     let sync = sync_task(
         retention,
         Duration::from_secs(config.sync_interval_seconds.max(1)),
+        ctx.shutdown.clone(),
+    );
+    let sweep = disposal::sweep_task(
+        disposer,
+        Duration::from_secs(config.sweep_interval_seconds.max(1)),
         ctx.shutdown.clone(),
     );
     Ok(confidant_runtime::app::ServiceParts {
         routes: tonic::service::Routes::new(RetentionServiceServer::new(api)),
         grpc_services: vec![GRPC_SERVICE],
         policy: confidant_runtime::peer::PeerPolicy::new(),
-        tasks: vec![Box::pin(sync)],
+        tasks: vec![Box::pin(sync), Box::pin(sweep)],
         on_stop: Vec::new(),
     })
 }

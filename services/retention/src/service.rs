@@ -84,6 +84,21 @@ impl Retention {
         self.release_approvers
     }
 
+    /// The trust domain.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// An audit event by `actor`.
+    pub fn actor_event(&self, actor: &Actor, action: AuditAction) -> EventBuilder {
+        self.event(actor, action)
+    }
+
+    /// A client of the vault.
+    pub fn vault_client(&self) -> Result<VaultServiceClient<PeerChannel>, Error> {
+        self.vault()
+    }
+
     fn event(&self, actor: &Actor, action: AuditAction) -> EventBuilder {
         let b = EventBuilder::new(crate::NAME, &self.trust_domain, action);
         match actor {

@@ -87,6 +87,11 @@ actions! {
     RetentionHoldPlaced => "retention.hold.placed", "A legal hold was placed (resource: the hold, with its client and matter; its reason stays in retention).";
     RetentionHoldReleaseApproved => "retention.hold.release_approved", "A staff member approved the release of a legal hold.";
     RetentionHoldReleased => "retention.hold.released", "A legal hold was released after its approvals.";
+    RetentionBatchCreated => "retention.batch.created", "A sweep put due scopes in a disposition batch (reason: the policy action, shred or review).";
+    RetentionBatchApproved => "retention.batch.approved", "A records manager approved a disposition batch.";
+    RetentionDisposalShredded => "retention.disposal.shredded", "The vault confirmed the shred a disposal ordered (reason: the order).";
+    RetentionDisposalCancelled => "retention.disposal.cancelled", "A disposal was cancelled because a legal hold covers its scope.";
+    RetentionCertificateIssued => "retention.certificate.issued", "A signed certificate of disposal was issued for a shredded scope.";
         IdentityWallCertified => "identity.wall.certified", "A wall was certified for a period from the audit log (outcome denied: accesses found).";
 }
 

@@ -167,6 +167,15 @@ pub struct RetentionConfig {
     /// How often the registry of vault scopes is brought up to date (and
     /// holds the vault has not confirmed are sent again).
     pub sync_interval_seconds: u64,
+    /// How often the disposal sweep runs (one replica at a time).
+    pub sweep_interval_seconds: u64,
+    /// How many different records managers approve a disposition batch of
+    /// a review policy.
+    pub batch_approvers: u32,
+    /// The Ed25519 private key (PKCS#8 DER) that signs certificates of
+    /// disposal; create one with `confidant audit keygen`. Required where
+    /// the retention service runs.
+    pub signing_key_file: Option<PathBuf>,
 }
 
 impl Default for RetentionConfig {
@@ -174,6 +183,9 @@ impl Default for RetentionConfig {
         Self {
             hold_release_approvers: 2,
             sync_interval_seconds: 60,
+            sweep_interval_seconds: 300,
+            batch_approvers: 1,
+            signing_key_file: None,
         }
     }
 }
@@ -586,6 +598,28 @@ impl Config {
                     "must be between 1 and 5",
                 );
             }
+            if !(1..=5).contains(&self.retention.batch_approvers) {
+                problem(
+                    "retention.batch_approvers".into(),
+                    "must be between 1 and 5",
+                );
+            }
+            if self.retention.sweep_interval_seconds == 0 {
+                problem(
+                    "retention.sweep_interval_seconds".into(),
+                    "must be at least 1",
+                );
+            }
+            match &self.retention.signing_key_file {
+                None => problem(
+                    "retention.signing_key_file".into(),
+                    "is required where the retention service runs",
+                ),
+                Some(p) if !p.is_file() => {
+                    problem("retention.signing_key_file".into(), "file does not exist")
+                }
+                Some(_) => {}
+            }
             if self.retention.sync_interval_seconds == 0 {
                 problem(
                     "retention.sync_interval_seconds".into(),
@@ -769,6 +803,11 @@ impl Config {
             "signing_key_file".into(),
             path_value(&data_dir.join("audit-log.key")),
         );
+        let mut retention = toml::Table::new();
+        retention.insert(
+            "signing_key_file".into(),
+            path_value(&data_dir.join("retention-certificates.key")),
+        );
         let mut identity = toml::Table::new();
         identity.insert(
             "token_key_files".into(),
@@ -791,6 +830,7 @@ impl Config {
         t.insert("telemetry".into(), toml::Value::Table(telemetry));
         t.insert("audit".into(), toml::Value::Table(audit));
         t.insert("identity".into(), toml::Value::Table(identity));
+        t.insert("retention".into(), toml::Value::Table(retention));
         t
     }
 
@@ -975,6 +1015,7 @@ mod tests {
         std::fs::write(dir.path().join("identity-pepper.key"), b"key").unwrap();
         std::fs::write(dir.path().join("identity-token.key"), b"key").unwrap();
         std::fs::write(dir.path().join("audit-log.key"), b"key").unwrap();
+        std::fs::write(dir.path().join("retention-certificates.key"), b"key").unwrap();
         let config = load(Config::dev_defaults(dir.path()), None, &HashMap::new()).unwrap();
         assert_eq!(config.mode, Mode::Dev);
         config.validate(&ServiceName::ALL).unwrap();

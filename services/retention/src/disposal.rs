@@ -1,0 +1,870 @@
+//! The disposal sweep: due scopes become disposition batches, approved
+//! batches become shred orders to the vault, confirmed shreds become signed
+//! certificates of disposal.
+//!
+//! Each scope's disposal is a persisted state machine
+//! (due → approved → shred_ordered → shred_confirmed → certified, or
+//! cancelled while a hold covers it), so a sweep that stops at any point is
+//! finished by the next one: the vault order carries the disposal's order id
+//! and a shred of a shredded scope is a no-op there, so nothing is shredded
+//! twice, and holds are checked here and enforced again by the vault.
+//! One replica sweeps at a time (a lease), and every sweep transaction first
+//! raises the stored fencing token to its lease's, so a leader that stalled
+//! and lost its lease cannot write afterwards.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use chrono::{DateTime, Utc};
+use confidant_proto::audit::v1::{ActorKind, Outcome};
+use confidant_proto::vault::v1 as vault_pb;
+use confidant_proto::vault::v1::vault_service_client::VaultServiceClient;
+use confidant_runtime::audit::{Action as AuditAction, EventBuilder};
+use confidant_runtime::coord::SharedCoordinator;
+use confidant_runtime::portable::{Statement, TransactError, Value};
+use uuid::Uuid;
+
+use crate::domain::{Action, Rules};
+use crate::error::Error;
+use crate::service::{Actor, Retention};
+use crate::store::{HoldRow, PolicyRow};
+
+/// The sweep lease's name.
+const LEASE: &str = "retention-sweep";
+/// How long a sweep may hold the lease without renewing it.
+const LEASE_TTL: Duration = Duration::from_secs(120);
+/// Scopes per batch.
+const BATCH_MAX: usize = 1_000;
+/// The named trigger event that records a notice to the client.
+pub const CLIENT_NOTICE_EVENT: &str = "client_notice";
+
+/// What one sweep did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Batches created.
+    pub batches_created: usize,
+    /// Shreds the vault confirmed.
+    pub shredded: usize,
+    /// Certificates issued.
+    pub certified: usize,
+    /// Disposals cancelled by a hold.
+    pub cancelled: usize,
+    /// Due scopes whose client notice is missing or too recent.
+    pub awaiting_notice: usize,
+}
+
+/// Signs certificates of disposal.
+pub struct Signer {
+    key: Ed25519KeyPair,
+    key_id: String,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Signer {
+    /// From a PKCS#8 Ed25519 key file.
+    pub fn load(path: &std::path::Path) -> anyhow::Result<Self> {
+        let der = zeroize::Zeroizing::new(std::fs::read(path)?);
+        let key = Ed25519KeyPair::from_pkcs8(&der)
+            .map_err(|_| anyhow::anyhow!("{} is not an Ed25519 PKCS#8 key", path.display()))?;
+        let digest =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.public_key().as_ref());
+        let key_id = hex_prefix(digest.as_ref());
+        Ok(Self { key, key_id })
+    }
+
+    /// The key id: the first 8 bytes of SHA-256 of the public key, in hex.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// The raw public key, base64.
+    pub fn public_key(&self) -> String {
+        B64.encode(self.key.public_key().as_ref())
+    }
+
+    fn sign(&self, body: &str) -> String {
+        B64.encode(self.key.sign(body.as_bytes()).as_ref())
+    }
+}
+
+fn hex_prefix(bytes: &[u8]) -> String {
+    bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Verifies a certificate's signature with a raw Ed25519 public key
+/// (base64); returns the parsed body.
+pub fn verify_certificate(
+    body: &str,
+    signature: &str,
+    public_key: &str,
+) -> Result<serde_json::Value, String> {
+    let key = B64
+        .decode(public_key.trim())
+        .map_err(|_| "the public key is not base64".to_owned())?;
+    let sig = B64
+        .decode(signature.trim())
+        .map_err(|_| "the signature is not base64".to_owned())?;
+    aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ED25519, &key)
+        .verify(body.as_bytes(), &sig)
+        .map_err(|_| "the signature does not match the body and key".to_owned())?;
+    serde_json::from_str(body).map_err(|_| "the body is not JSON".to_owned())
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct DisposalRow {
+    id: Uuid,
+    scope_id: Uuid,
+    batch_id: Uuid,
+    order_id: Uuid,
+    state: String,
+    client_id: Uuid,
+    matter_id: Option<Uuid>,
+    category: String,
+    policy_id: Option<Uuid>,
+    policy_version: Option<i32>,
+    due_at: DateTime<Utc>,
+    record_count: Option<i64>,
+    shredded_at: Option<DateTime<Utc>>,
+}
+
+/// A batch as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct BatchRow {
+    /// Id.
+    pub id: Uuid,
+    /// Action name.
+    pub action: String,
+    /// State name.
+    pub state: String,
+    /// Approvals needed.
+    pub approvals_needed: i32,
+    /// When made.
+    pub created_at: DateTime<Utc>,
+}
+
+fn fence(token: u64) -> Statement {
+    Statement::new(
+        "UPDATE retention_fence SET token = $1 WHERE id = 1 AND token <= $1",
+        vec![Value::BigInt(i64::try_from(token).unwrap_or(i64::MAX))],
+    )
+    .expecting(1)
+}
+
+fn set_state(id: Uuid, from: &'static str, to: &'static str) -> Statement {
+    Statement::new(
+        "UPDATE retention_disposals SET state = $3, updated_at = $4 WHERE id = $1 AND state = $2",
+        vec![
+            Value::Uuid(id),
+            Value::Text(from.to_owned()),
+            Value::Text(to.to_owned()),
+            Value::Time(Utc::now()),
+        ],
+    )
+    .expecting(1)
+}
+
+/// The disposal sweep and batch approvals.
+#[derive(Debug)]
+pub struct Disposer {
+    retention: Arc<Retention>,
+    coord: SharedCoordinator,
+    holder: String,
+    signer: Signer,
+    batch_approvers: usize,
+}
+
+impl Disposer {
+    /// A disposer for this replica.
+    pub fn new(
+        retention: Arc<Retention>,
+        coord: SharedCoordinator,
+        signer: Signer,
+        batch_approvers: usize,
+    ) -> Self {
+        Self {
+            retention,
+            coord,
+            holder: format!("retention-{}", Uuid::now_v7()),
+            signer,
+            batch_approvers,
+        }
+    }
+
+    /// The signer.
+    pub fn signer(&self) -> &Signer {
+        &self.signer
+    }
+
+    fn event(&self, action: AuditAction) -> EventBuilder {
+        let domain = self.retention.trust_domain();
+        let me = crate::NAME.spiffe_id(domain);
+        EventBuilder::new(crate::NAME, domain, action).actor(ActorKind::Service, &me, &me)
+    }
+
+    async fn commit(
+        &self,
+        statements: Vec<Statement>,
+        events: &[confidant_proto::audit::v1::AuditEvent],
+    ) -> Result<bool, Error> {
+        match self
+            .retention
+            .store()
+            .db()
+            .transact(statements, events)
+            .await
+        {
+            Ok(_) => Ok(true),
+            // The fence (a later leader) or a state guard (already moved on).
+            Err(TransactError::Unmet { statement: 0, .. }) => Err(Error::Conflict(
+                "another replica leads the sweep now; this one stops",
+            )),
+            Err(TransactError::Unmet { .. }) => Ok(false),
+            Err(TransactError::Sqlx(e)) => Err(Error::Store(e)),
+            Err(e) => Err(Error::Audit(e.to_string())),
+        }
+    }
+
+    /// Runs one sweep if no other replica is running one; `None` if one is.
+    pub async fn sweep(&self) -> Result<Option<SweepReport>, Error> {
+        let lease = self
+            .coord
+            .acquire_lease(LEASE, &self.holder, LEASE_TTL)
+            .await
+            .map_err(|e| Error::VaultUnavailable(format!("coordination: {e}")))?;
+        let Some(lease) = lease else {
+            return Ok(None);
+        };
+        let result = self.sweep_with_token(lease.token).await;
+        let _ = self.coord.release_lease(&lease).await;
+        result.map(Some)
+    }
+
+    /// One sweep under fencing token `token`.
+    pub async fn sweep_with_token(&self, token: u64) -> Result<SweepReport, Error> {
+        let mut report = SweepReport::default();
+        self.plan(token, &mut report).await?;
+        self.execute(token, &mut report).await?;
+        self.close_batches(token).await?;
+        Ok(report)
+    }
+
+    async fn live_policies(&self) -> Result<HashMap<String, (PolicyRow, Rules)>, Error> {
+        Ok(self
+            .retention
+            .store()
+            .live_policies()
+            .await?
+            .into_iter()
+            .filter_map(|p| {
+                let rules = p.rules()?;
+                Some((p.category.clone(), (p, rules)))
+            })
+            .collect())
+    }
+
+    /// Due scopes without a disposal, not held, with their client notice
+    /// given: into batches, one per action.
+    async fn plan(&self, token: u64, report: &mut SweepReport) -> Result<(), Error> {
+        let store = self.retention.store();
+        let now = Utc::now();
+        let due = store.due_before(now).await?;
+        if due.is_empty() {
+            return Ok(());
+        }
+        let taken: HashSet<Uuid> = store
+            .db()
+            .fetch_all::<(Uuid,)>(
+                "SELECT scope_id FROM retention_disposals WHERE state <> 'cancelled'",
+                vec![],
+            )
+            .await?
+            .into_iter()
+            .map(|r| r.0)
+            .collect();
+        let holds = store.holds(None, false).await?;
+        let policies = self.live_policies().await?;
+        let mut by_action: HashMap<&'static str, Vec<(crate::store::ScopeRow, &PolicyRow)>> =
+            HashMap::new();
+        let mut notices: HashMap<Uuid, Vec<crate::store::TriggerRow>> = HashMap::new();
+        for scope in due {
+            if taken.contains(&scope.scope_id)
+                || holds
+                    .iter()
+                    .any(|h| h.covers(scope.client_id, scope.matter_id, &scope.category))
+            {
+                continue;
+            }
+            let Some((policy, rules)) = policies.get(&scope.category) else {
+                continue;
+            };
+            if rules.client_notice_days > 0 {
+                let triggers = match notices.entry(scope.client_id) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(store.trigger_facts(scope.client_id).await?)
+                    }
+                };
+                let notice_by = now - chrono::Duration::days(i64::from(rules.client_notice_days));
+                let noticed = triggers.iter().any(|(matter, kind, name, at)| {
+                    kind == "named_event"
+                        && name.as_deref() == Some(CLIENT_NOTICE_EVENT)
+                        && (matter.is_none() || *matter == scope.matter_id)
+                        && *at <= notice_by
+                });
+                if !noticed {
+                    report.awaiting_notice += 1;
+                    continue;
+                }
+            }
+            by_action
+                .entry(rules.action.as_str())
+                .or_default()
+                .push((scope, policy));
+        }
+        for (action, scopes) in by_action {
+            for chunk in scopes.chunks(BATCH_MAX) {
+                let batch = Uuid::now_v7();
+                let review = action == Action::Review.as_str();
+                let needed = if review { self.batch_approvers } else { 0 };
+                let mut statements = vec![
+                    fence(token),
+                    Statement::new(
+                        "INSERT INTO retention_batches (id, action, state, approvals_needed, created_at) \
+                         VALUES ($1, $2, $3, $4, $5)",
+                        vec![
+                            Value::Uuid(batch),
+                            Value::Text(action.to_owned()),
+                            Value::Text(
+                                if review {
+                                    "awaiting_approval"
+                                } else {
+                                    "approved"
+                                }
+                                .to_owned(),
+                            ),
+                            Value::Int(i32::try_from(needed).unwrap_or(i32::MAX)),
+                            Value::Time(now),
+                        ],
+                    ),
+                ];
+                for (scope, policy) in chunk {
+                    statements.push(Statement::new(
+                        "INSERT INTO retention_disposals (id, scope_id, batch_id, order_id, state, client_id, matter_id, \
+                         category, policy_id, policy_version, due_at, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                        vec![
+                            Value::Uuid(Uuid::now_v7()),
+                            Value::Uuid(scope.scope_id),
+                            Value::Uuid(batch),
+                            Value::Uuid(Uuid::now_v7()),
+                            Value::Text(if review { "due" } else { "approved" }.to_owned()),
+                            Value::Uuid(scope.client_id),
+                            Value::OptUuid(scope.matter_id),
+                            Value::Text(scope.category.clone()),
+                            Value::Uuid(policy.id),
+                            Value::Int(policy.version),
+                            Value::Time(scope.due_at.unwrap_or(now)),
+                            Value::Time(now),
+                        ],
+                    ));
+                }
+                let event = self
+                    .event(AuditAction::RetentionBatchCreated)
+                    .resource("disposal_batch", &batch.to_string())
+                    .outcome(Outcome::Allowed, action)
+                    .build();
+                if self.commit(statements, &[event]).await? {
+                    report.batches_created += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Carries approved disposals through the vault to their certificates.
+    async fn execute(&self, token: u64, report: &mut SweepReport) -> Result<(), Error> {
+        let store = self.retention.store();
+        let rows: Vec<DisposalRow> = store
+            .db()
+            .fetch_all(
+                "SELECT id, scope_id, batch_id, order_id, state, client_id, matter_id, category, policy_id, \
+                 policy_version, due_at, record_count, shredded_at FROM retention_disposals \
+                 WHERE state IN ('approved', 'shred_ordered', 'shred_confirmed') ORDER BY id LIMIT 1000",
+                vec![],
+            )
+            .await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let holds = store.holds(None, false).await?;
+        for row in rows {
+            let mut row = row;
+            if row.state == "approved" {
+                if held(&holds, &row) {
+                    if self.cancel(token, &row, "approved").await? {
+                        report.cancelled += 1;
+                    }
+                    continue;
+                }
+                let count = self.record_count(&row).await?;
+                let statements = vec![
+                    fence(token),
+                    set_state(row.id, "approved", "shred_ordered"),
+                    Statement::new(
+                        "UPDATE retention_disposals SET record_count = $2 WHERE id = $1",
+                        vec![Value::Uuid(row.id), Value::BigInt(count)],
+                    ),
+                ];
+                if !self.commit(statements, &[]).await? {
+                    continue;
+                }
+                row.state = "shred_ordered".into();
+                row.record_count = Some(count);
+            }
+            if row.state == "shred_ordered" {
+                match self.order_shred(&row).await? {
+                    Some(shredded_at) => {
+                        let event = self
+                            .event(AuditAction::RetentionDisposalShredded)
+                            .resource("scope", &row.scope_id.to_string())
+                            .scope(Some(row.client_id), row.matter_id)
+                            .category(&row.category)
+                            .outcome(Outcome::Allowed, &format!("order-{}", row.order_id))
+                            .build();
+                        let statements = vec![
+                            fence(token),
+                            set_state(row.id, "shred_ordered", "shred_confirmed"),
+                            Statement::new(
+                                "UPDATE retention_disposals SET shredded_at = $2 WHERE id = $1",
+                                vec![Value::Uuid(row.id), Value::Time(shredded_at)],
+                            ),
+                            Statement::new(
+                                "UPDATE retention_scopes SET vault_state = 'shredded' WHERE scope_id = $1",
+                                vec![Value::Uuid(row.scope_id)],
+                            ),
+                        ];
+                        if !self.commit(statements, &[event]).await? {
+                            continue;
+                        }
+                        report.shredded += 1;
+                        row.state = "shred_confirmed".into();
+                        row.shredded_at = Some(shredded_at);
+                    }
+                    None => {
+                        if self.cancel(token, &row, "shred_ordered").await? {
+                            report.cancelled += 1;
+                        }
+                        continue;
+                    }
+                }
+            }
+            if row.state == "shred_confirmed" && self.certify(token, &row).await? {
+                report.certified += 1;
+            }
+        }
+        Ok(())
+    }
+
+    async fn cancel(
+        &self,
+        token: u64,
+        row: &DisposalRow,
+        from: &'static str,
+    ) -> Result<bool, Error> {
+        let event = self
+            .event(AuditAction::RetentionDisposalCancelled)
+            .resource("scope", &row.scope_id.to_string())
+            .scope(Some(row.client_id), row.matter_id)
+            .category(&row.category)
+            .outcome(Outcome::Denied, "legal_hold")
+            .build();
+        self.commit(
+            vec![fence(token), set_state(row.id, from, "cancelled")],
+            &[event],
+        )
+        .await
+    }
+
+    fn vault(&self) -> Result<VaultServiceClient<confidant_runtime::client::PeerChannel>, Error> {
+        self.retention.vault_client()
+    }
+
+    /// How many records the scope holds, for the certificate.
+    async fn record_count(&self, row: &DisposalRow) -> Result<i64, Error> {
+        let scopes = self
+            .vault()?
+            .list_scopes(vault_pb::ListScopesRequest {
+                client_id: row.client_id.to_string(),
+                matter_id: row.matter_id.map(|m| m.to_string()).unwrap_or_default(),
+                page_size: 1000,
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| Error::VaultUnavailable(s.message().to_owned()))?
+            .into_inner()
+            .scopes;
+        Ok(scopes
+            .iter()
+            .find(|s| s.id == row.scope_id.to_string())
+            .map_or(0, |s| s.record_count))
+    }
+
+    /// Orders the shred; `Some(when the key was destroyed)`, or `None` when
+    /// the vault refuses because a hold covers the scope. The order id makes
+    /// a repeated order (after a crash) a no-op at the vault.
+    async fn order_shred(&self, row: &DisposalRow) -> Result<Option<DateTime<Utc>>, Error> {
+        let answer = self
+            .vault()?
+            .shred_scope(vault_pb::ShredScopeRequest {
+                scope_id: row.scope_id.to_string(),
+                order_id: row.order_id.to_string(),
+                pending_window: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 0,
+                }),
+            })
+            .await;
+        match answer {
+            Ok(response) => {
+                let scope = response.into_inner().scope.unwrap_or_default();
+                let at = scope
+                    .shred_time
+                    .and_then(|t| {
+                        DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
+                    })
+                    .unwrap_or_else(Utc::now);
+                Ok(Some(at))
+            }
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                use tonic_types::StatusExt;
+                let reason = status
+                    .get_error_details()
+                    .error_info()
+                    .map(|i| i.reason.clone())
+                    .unwrap_or_default();
+                if reason == "legal_hold" {
+                    Ok(None)
+                } else {
+                    Err(Error::VaultUnavailable(status.message().to_owned()))
+                }
+            }
+            Err(status) => Err(Error::VaultUnavailable(status.message().to_owned())),
+        }
+    }
+
+    /// Signs and stores the certificate of a confirmed shred.
+    async fn certify(&self, token: u64, row: &DisposalRow) -> Result<bool, Error> {
+        let store = self.retention.store();
+        let policy = match row.policy_id {
+            Some(id) => store
+                .db()
+                .fetch_optional::<PolicyRow>(
+                    "SELECT id, version, category, period_years, period_months, period_days, trigger_kind, \
+                     trigger_event_name, action, client_notice_days, basis, created_at, created_by \
+                     FROM retention_policies WHERE id = $1 AND version = $2",
+                    vec![Value::Uuid(id), Value::Int(row.policy_version.unwrap_or(0))],
+                )
+                .await?,
+            None => None,
+        };
+        let approvers: Vec<String> = store
+            .db()
+            .fetch_all::<(String,)>(
+                "SELECT staff_id FROM retention_batch_approvals WHERE batch_id = $1 ORDER BY approved_at",
+                vec![Value::Uuid(row.batch_id)],
+            )
+            .await?
+            .into_iter()
+            .map(|r| r.0)
+            .collect();
+        let id = Uuid::now_v7();
+        let now = Utc::now();
+        let body = serde_json::json!({
+            "type": "confidant.certificate-of-disposal.v1",
+            "certificate_id": id.to_string(),
+            "issuer": crate::NAME.spiffe_id(self.retention.trust_domain()),
+            "issued_at": now.to_rfc3339(),
+            "destroyed": {
+                "scope_id": row.scope_id.to_string(),
+                "client_id": row.client_id.to_string(),
+                "matter_id": row.matter_id.map(|m| m.to_string()),
+                "category": row.category,
+                "record_count": row.record_count.unwrap_or(0),
+                "method": "crypto-shredding: the scope key was destroyed in the vault",
+            },
+            "key_destroyed_at": row.shredded_at.map(|t| t.to_rfc3339()),
+            "policy": policy.as_ref().map(|p| serde_json::json!({
+                "policy_id": p.id.to_string(),
+                "version": p.version,
+                "basis": p.basis,
+                "action": p.action,
+            })),
+            "due_at": row.due_at.to_rfc3339(),
+            "disposition_batch": row.batch_id.to_string(),
+            "vault_order_id": row.order_id.to_string(),
+            "approved_by": approvers,
+        })
+        .to_string();
+        let signature = self.signer.sign(&body);
+        let event = self
+            .event(AuditAction::RetentionCertificateIssued)
+            .resource("certificate", &id.to_string())
+            .scope(Some(row.client_id), row.matter_id)
+            .category(&row.category)
+            .build();
+        self.commit(
+            vec![
+                fence(token),
+                set_state(row.id, "shred_confirmed", "certified"),
+                Statement::new(
+                    "INSERT INTO retention_certificates (id, scope_id, body, signature, key_id, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    vec![
+                        Value::Uuid(id),
+                        Value::Uuid(row.scope_id),
+                        Value::Text(body),
+                        Value::Text(signature),
+                        Value::Text(self.signer.key_id().to_owned()),
+                        Value::Time(now),
+                    ],
+                ),
+            ],
+            &[event],
+        )
+        .await
+    }
+
+    /// Batches whose disposals are all certified or cancelled are done.
+    async fn close_batches(&self, token: u64) -> Result<(), Error> {
+        self.commit(
+            vec![
+                fence(token),
+                Statement::new(
+                    "UPDATE retention_batches SET state = 'done' WHERE state = 'approved' AND NOT EXISTS \
+                     (SELECT 1 FROM retention_disposals d WHERE d.batch_id = retention_batches.id \
+                      AND d.state NOT IN ('certified', 'cancelled'))",
+                    vec![],
+                ),
+            ],
+            &[],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// One approval of a batch; once enough different records managers
+    /// approved it, its disposals are approved (the next sweep carries them
+    /// out). Returns the batch and the approvals still needed.
+    pub async fn approve_batch(
+        &self,
+        actor: &Actor,
+        batch_id: Uuid,
+    ) -> Result<(BatchRow, usize), Error> {
+        let store = self.retention.store();
+        let batch = self
+            .batch(batch_id)
+            .await?
+            .ok_or(Error::NotFound("batch"))?;
+        if batch.state != "awaiting_approval" {
+            return Err(Error::Conflict("the batch is not awaiting approval"));
+        }
+        let approvers = self.approvers(batch_id).await?;
+        if approvers.iter().any(|a| a == actor.id()) {
+            return Err(Error::Conflict(
+                "you approved this batch already: another records manager must",
+            ));
+        }
+        let needed = usize::try_from(batch.approvals_needed).unwrap_or(1);
+        let mut statements = vec![Statement::new(
+            "INSERT INTO retention_batch_approvals (batch_id, staff_id, approved_at) VALUES ($1, $2, $3)",
+            vec![
+                Value::Uuid(batch_id),
+                Value::Text(actor.id().to_owned()),
+                Value::Time(Utc::now()),
+            ],
+        )];
+        let complete = approvers.len() + 1 >= needed;
+        if complete {
+            statements.push(
+                Statement::new(
+                    "UPDATE retention_batches SET state = 'approved' WHERE id = $1 AND state = 'awaiting_approval'",
+                    vec![Value::Uuid(batch_id)],
+                )
+                .expecting(1),
+            );
+            statements.push(Statement::new(
+                "UPDATE retention_disposals SET state = 'approved', updated_at = $2 WHERE batch_id = $1 AND state = 'due'",
+                vec![Value::Uuid(batch_id), Value::Time(Utc::now())],
+            ));
+        }
+        let event = self
+            .retention
+            .actor_event(actor, AuditAction::RetentionBatchApproved)
+            .resource("disposal_batch", &batch_id.to_string())
+            .build();
+        match store.db().transact(statements, &[event]).await {
+            Ok(_) => {}
+            Err(TransactError::Unmet { .. }) => {
+                return Err(Error::Conflict("the batch is not awaiting approval"));
+            }
+            Err(TransactError::Sqlx(e))
+                if confidant_runtime::error::classify_sqlx(&e)
+                    == confidant_runtime::error::StorageFault::AlreadyExists =>
+            {
+                return Err(Error::Conflict(
+                    "you approved this batch already: another records manager must",
+                ));
+            }
+            Err(TransactError::Sqlx(e)) => return Err(Error::Store(e)),
+            Err(e) => return Err(Error::Audit(e.to_string())),
+        }
+        let batch = self
+            .batch(batch_id)
+            .await?
+            .ok_or(Error::NotFound("batch"))?;
+        Ok((batch, needed.saturating_sub(approvers.len() + 1)))
+    }
+
+    /// A batch.
+    pub async fn batch(&self, id: Uuid) -> Result<Option<BatchRow>, Error> {
+        Ok(self
+            .retention
+            .store()
+            .db()
+            .fetch_optional(
+                "SELECT id, action, state, approvals_needed, created_at FROM retention_batches WHERE id = $1",
+                vec![Value::Uuid(id)],
+            )
+            .await?)
+    }
+
+    /// Batches, newest first, optionally in one state.
+    pub async fn batches(&self, state: Option<&'static str>) -> Result<Vec<BatchRow>, Error> {
+        Ok(self
+            .retention
+            .store()
+            .db()
+            .fetch_all(
+                "SELECT id, action, state, approvals_needed, created_at FROM retention_batches \
+                 WHERE ($1 IS NULL OR state = $1) ORDER BY id DESC LIMIT 200",
+                vec![Value::OptText(state.map(str::to_owned))],
+            )
+            .await?)
+    }
+
+    /// Who approved a batch.
+    pub async fn approvers(&self, batch_id: Uuid) -> Result<Vec<String>, Error> {
+        Ok(self
+            .retention
+            .store()
+            .db()
+            .fetch_all::<(String,)>(
+                "SELECT staff_id FROM retention_batch_approvals WHERE batch_id = $1 ORDER BY approved_at",
+                vec![Value::Uuid(batch_id)],
+            )
+            .await?
+            .into_iter()
+            .map(|r| r.0)
+            .collect())
+    }
+
+    /// The scopes of a batch.
+    pub async fn batch_scopes(&self, batch_id: Uuid) -> Result<Vec<Uuid>, Error> {
+        Ok(self
+            .retention
+            .store()
+            .db()
+            .fetch_all::<(Uuid,)>(
+                "SELECT scope_id FROM retention_disposals WHERE batch_id = $1 ORDER BY scope_id",
+                vec![Value::Uuid(batch_id)],
+            )
+            .await?
+            .into_iter()
+            .map(|r| r.0)
+            .collect())
+    }
+
+    /// The certificate of a scope: (id, body, signature, key id).
+    pub async fn certificate(
+        &self,
+        scope_id: Uuid,
+    ) -> Result<Option<(Uuid, String, String, String)>, Error> {
+        Ok(self
+            .retention
+            .store()
+            .db()
+            .fetch_optional(
+                "SELECT id, body, signature, key_id FROM retention_certificates WHERE scope_id = $1",
+                vec![Value::Uuid(scope_id)],
+            )
+            .await?)
+    }
+}
+
+fn held(holds: &[HoldRow], row: &DisposalRow) -> bool {
+    holds
+        .iter()
+        .any(|h| h.covers(row.client_id, row.matter_id, &row.category))
+}
+
+/// Runs the sweep on an interval until shutdown.
+pub async fn sweep_task(
+    disposer: Arc<Disposer>,
+    every: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                match disposer.sweep().await {
+                    Ok(Some(r)) if r != SweepReport::default() => tracing::info!(
+                        batches = r.batches_created, shredded = r.shredded, certified = r.certified,
+                        cancelled = r.cancelled, awaiting_notice = r.awaiting_notice, "disposal sweep"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "disposal sweep stopped; the next one resumes"),
+                }
+            }
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_verifies_only_unchanged_and_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        confidant_runtime::keys::write_new_ed25519_key(&path).unwrap();
+        let signer = Signer::load(&path).unwrap();
+        let body = r#"{"destroyed":{"record_count":3}}"#;
+        let sig = signer.sign(body);
+        let parsed = verify_certificate(body, &sig, &signer.public_key()).unwrap();
+        assert_eq!(parsed["destroyed"]["record_count"], 3);
+        assert!(verify_certificate(&body.replace('3', "4"), &sig, &signer.public_key()).is_err());
+        let other = dir.path().join("other");
+        confidant_runtime::keys::write_new_ed25519_key(&other).unwrap();
+        let stranger = Signer::load(&other).unwrap();
+        assert!(verify_certificate(body, &sig, &stranger.public_key()).is_err());
+        assert_eq!(signer.key_id().len(), 16);
+    }
+}
