@@ -643,7 +643,7 @@ async fn due_scopes_are_shredded_through_approved_batches_and_certified(backend:
         .into_inner()
         .batches;
     assert_eq!(waiting.len(), 1);
-    assert_eq!(waiting[0].scope_ids, [file_scope.clone()]);
+    assert_eq!(waiting[0].scope_ids, std::slice::from_ref(&file_scope));
     let approve = pb::ApproveDisposalBatchRequest {
         batch_id: waiting[0].id.clone(),
     };
