@@ -24,7 +24,7 @@ use confidant_proto::audit::v1::{ActorKind, Outcome};
 use confidant_proto::vault::v1 as vault_pb;
 use confidant_proto::vault::v1::vault_service_client::VaultServiceClient;
 use confidant_runtime::audit::{Action as AuditAction, EventBuilder};
-use confidant_runtime::coord::SharedCoordinator;
+use confidant_runtime::coord::{Lease, SharedCoordinator};
 use confidant_runtime::portable::{Statement, TransactError, Value};
 use uuid::Uuid;
 
@@ -35,8 +35,11 @@ use crate::store::{HoldRow, PolicyRow};
 
 /// The sweep lease's name.
 const LEASE: &str = "retention-sweep";
-/// How long a sweep may hold the lease without renewing it.
-const LEASE_TTL: Duration = Duration::from_secs(120);
+/// How long a sweep may hold the lease without renewing it: a sweeper that
+/// dies leaves the work to another replica after this.
+const LEASE_TTL: Duration = Duration::from_secs(15);
+/// How often a running sweep renews its lease.
+const RENEW_EVERY: Duration = Duration::from_secs(5);
 /// Scopes per batch.
 const BATCH_MAX: usize = 1_000;
 /// The named trigger event that records a notice to the client.
@@ -245,16 +248,27 @@ impl Disposer {
         let Some(lease) = lease else {
             return Ok(None);
         };
-        let result = self.sweep_with_token(lease.token).await;
+        let result = self.run(lease.token, Some(&lease)).await;
         let _ = self.coord.release_lease(&lease).await;
         result.map(Some)
     }
 
-    /// One sweep under fencing token `token`.
+    /// One sweep under fencing token `token`, without a lease (tests of
+    /// fencing: a stale token is refused at its first write).
     pub async fn sweep_with_token(&self, token: u64) -> Result<SweepReport, Error> {
+        self.run(token, None).await
+    }
+
+    async fn run(&self, token: u64, lease: Option<&Lease>) -> Result<SweepReport, Error> {
         let mut report = SweepReport::default();
+        let mut keeper = Keeper {
+            coord: &self.coord,
+            lease,
+            renewed: std::time::Instant::now(),
+        };
         self.plan(token, &mut report).await?;
-        self.execute(token, &mut report).await?;
+        keeper.keep().await?;
+        self.execute(token, &mut report, &mut keeper).await?;
         self.close_batches(token).await?;
         Ok(report)
     }
@@ -393,7 +407,12 @@ impl Disposer {
     }
 
     /// Carries approved disposals through the vault to their certificates.
-    async fn execute(&self, token: u64, report: &mut SweepReport) -> Result<(), Error> {
+    async fn execute(
+        &self,
+        token: u64,
+        report: &mut SweepReport,
+        keeper: &mut Keeper<'_>,
+    ) -> Result<(), Error> {
         let store = self.retention.store();
         let rows: Vec<DisposalRow> = store
             .db()
@@ -409,6 +428,7 @@ impl Disposer {
         }
         let holds = store.holds(None, false).await?;
         for row in rows {
+            keeper.keep().await?;
             let mut row = row;
             if row.state == "approved" {
                 if held(&holds, &row) {
@@ -809,6 +829,36 @@ impl Disposer {
                 vec![Value::Uuid(scope_id)],
             )
             .await?)
+    }
+}
+
+/// Renews the sweep's lease while it runs; stops the sweep if it was lost.
+struct Keeper<'a> {
+    coord: &'a SharedCoordinator,
+    lease: Option<&'a Lease>,
+    renewed: std::time::Instant,
+}
+
+impl Keeper<'_> {
+    async fn keep(&mut self) -> Result<(), Error> {
+        let Some(lease) = self.lease else {
+            return Ok(());
+        };
+        if self.renewed.elapsed() < RENEW_EVERY {
+            return Ok(());
+        }
+        let held = self
+            .coord
+            .renew_lease(lease, LEASE_TTL)
+            .await
+            .map_err(|e| Error::VaultUnavailable(format!("coordination: {e}")))?;
+        if !held {
+            return Err(Error::Conflict(
+                "the sweep lease was lost; another replica sweeps now",
+            ));
+        }
+        self.renewed = std::time::Instant::now();
+        Ok(())
     }
 }
 
