@@ -3,7 +3,8 @@
 # audit log append throughput (SQLite, PostgreSQL) with the tree maintained,
 # proof latency, 1M-event verification; authorization decision latency from
 # cached facts; the vault under load over mTLS gRPC (writes, reads, KMS
-# calls, shred time, field and document encryption). Prints the table and
+# calls, shred time, field and document encryption); the retention sweep
+# over 1,000,000 scopes. Prints the table and
 # rewrites docs/benchmarks.md with it.
 # Exits non-zero only if it could not run.
 set -euo pipefail
@@ -19,6 +20,7 @@ trap 'rm -f "$out"' EXIT
 cargo bench -q -p confidant-audit --bench audit_log | tee "$out"
 cargo bench -q -p confidant-identity --bench decision | grep '^| decision' | tee -a "$out"
 cargo bench -q -p confidant --features testing --bench vault_load | grep '^| ' | tee -a "$out"
+cargo bench -q -p confidant-retention --bench sweep | grep '^| ' | tee -a "$out"
 
 mkdir -p docs
 {

@@ -12,7 +12,7 @@
 //! raises the stored fencing token to its lease's, so a leader that stalled
 //! and lost its lease cannot write afterwards.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +42,8 @@ const LEASE_TTL: Duration = Duration::from_secs(15);
 const RENEW_EVERY: Duration = Duration::from_secs(5);
 /// Scopes per batch.
 const BATCH_MAX: usize = 1_000;
+/// Due scopes one sweep plans (the next sweep takes the rest).
+const PLAN_MAX: i64 = 50_000;
 /// The named trigger event that records a notice to the client.
 pub const CLIENT_NOTICE_EVENT: &str = "client_notice";
 
@@ -292,30 +294,19 @@ impl Disposer {
     async fn plan(&self, token: u64, report: &mut SweepReport) -> Result<(), Error> {
         let store = self.retention.store();
         let now = Utc::now();
-        let due = store.due_before(now).await?;
+        let due = store.due_untaken(now, PLAN_MAX).await?;
         if due.is_empty() {
             return Ok(());
         }
-        let taken: HashSet<Uuid> = store
-            .db()
-            .fetch_all::<(Uuid,)>(
-                "SELECT scope_id FROM retention_disposals WHERE state <> 'cancelled'",
-                vec![],
-            )
-            .await?
-            .into_iter()
-            .map(|r| r.0)
-            .collect();
         let holds = store.holds(None, false).await?;
         let policies = self.live_policies().await?;
         let mut by_action: HashMap<&'static str, Vec<(crate::store::ScopeRow, &PolicyRow)>> =
             HashMap::new();
         let mut notices: HashMap<Uuid, Vec<crate::store::TriggerRow>> = HashMap::new();
         for scope in due {
-            if taken.contains(&scope.scope_id)
-                || holds
-                    .iter()
-                    .any(|h| h.covers(scope.client_id, scope.matter_id, &scope.category))
+            if holds
+                .iter()
+                .any(|h| h.covers(scope.client_id, scope.matter_id, &scope.category))
             {
                 continue;
             }

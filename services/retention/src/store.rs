@@ -352,21 +352,34 @@ impl RetentionStore {
             .await
     }
 
-    /// Live scopes due before `before`, earliest first.
+    /// Live scopes due before `before`, earliest first (the due index;
+    /// RFC 3339 UTC text on SQLite orders like the times it holds).
     pub async fn due_before(&self, before: DateTime<Utc>) -> StoreResult<Vec<ScopeRow>> {
-        let rows: Vec<ScopeRow> = self
-            .db
+        self.db
             .fetch_all(
                 "SELECT scope_id, client_id, matter_id, category, created_at, vault_state, due_at FROM retention_scopes \
-                 WHERE due_at IS NOT NULL AND vault_state <> 'shredded' ORDER BY due_at",
-                vec![],
+                 WHERE due_at IS NOT NULL AND due_at <= $1 AND vault_state <> 'shredded' ORDER BY due_at",
+                vec![Value::Time(before)],
             )
-            .await?;
-        // Compared here: SQLite stores times as text.
-        Ok(rows
-            .into_iter()
-            .filter(|r| r.due_at.is_some_and(|d| d <= before))
-            .collect())
+            .await
+    }
+
+    /// Due live scopes that no disposal has taken yet, earliest first, at
+    /// most `limit`: what a sweep plans.
+    pub async fn due_untaken(
+        &self,
+        before: DateTime<Utc>,
+        limit: i64,
+    ) -> StoreResult<Vec<ScopeRow>> {
+        self.db
+            .fetch_all(
+                "SELECT scope_id, client_id, matter_id, category, created_at, vault_state, due_at FROM retention_scopes s \
+                 WHERE due_at IS NOT NULL AND due_at <= $1 AND vault_state <> 'shredded' \
+                 AND NOT EXISTS (SELECT 1 FROM retention_disposals d WHERE d.scope_id = s.scope_id AND d.state <> 'cancelled') \
+                 ORDER BY due_at LIMIT $2",
+                vec![Value::Time(before), Value::BigInt(limit)],
+            )
+            .await
     }
 
     /// How many scopes retention knows.
