@@ -122,7 +122,11 @@ pub async fn build(ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
         .allow(&format!("/{GRPC_SERVICE}/ExportLog"), readers.clone())
         .allow(
             &format!("/{GRPC_SERVICE}/GetEvidenceBundle"),
-            readers.clone(),
+            // Retention puts the evidence of each shred in its certificate.
+            readers
+                .iter()
+                .cloned()
+                .chain([ctx.spiffe_id(ServiceName::Retention)]),
         );
 
     let checkpointer = run_checkpointer(

@@ -141,6 +141,7 @@ struct DisposalRow {
     due_at: DateTime<Utc>,
     record_count: Option<i64>,
     shredded_at: Option<DateTime<Utc>>,
+    shred_event_id: Option<String>,
 }
 
 /// A batch as stored.
@@ -409,7 +410,7 @@ impl Disposer {
             .db()
             .fetch_all(
                 "SELECT id, scope_id, batch_id, order_id, state, client_id, matter_id, category, policy_id, \
-                 policy_version, due_at, record_count, shredded_at FROM retention_disposals \
+                 policy_version, due_at, record_count, shredded_at, shred_event_id FROM retention_disposals \
                  WHERE state IN ('approved', 'shred_ordered', 'shred_confirmed') ORDER BY id LIMIT 1000",
                 vec![],
             )
@@ -445,7 +446,7 @@ impl Disposer {
             }
             if row.state == "shred_ordered" {
                 match self.order_shred(&row).await? {
-                    Some(shredded_at) => {
+                    Some((shredded_at, event_id)) => {
                         let event = self
                             .event(AuditAction::RetentionDisposalShredded)
                             .resource("scope", &row.scope_id.to_string())
@@ -457,8 +458,12 @@ impl Disposer {
                             fence(token),
                             set_state(row.id, "shred_ordered", "shred_confirmed"),
                             Statement::new(
-                                "UPDATE retention_disposals SET shredded_at = $2 WHERE id = $1",
-                                vec![Value::Uuid(row.id), Value::Time(shredded_at)],
+                                "UPDATE retention_disposals SET shredded_at = $2, shred_event_id = $3 WHERE id = $1",
+                                vec![
+                                    Value::Uuid(row.id),
+                                    Value::Time(shredded_at),
+                                    Value::OptText(event_id.clone()),
+                                ],
                             ),
                             Statement::new(
                                 "UPDATE retention_scopes SET vault_state = 'shredded' WHERE scope_id = $1",
@@ -471,6 +476,7 @@ impl Disposer {
                         report.shredded += 1;
                         row.state = "shred_confirmed".into();
                         row.shredded_at = Some(shredded_at);
+                        row.shred_event_id = event_id;
                     }
                     None => {
                         if self.cancel(token, &row, "shred_ordered").await? {
@@ -534,7 +540,10 @@ impl Disposer {
     /// Orders the shred; `Some(when the key was destroyed)`, or `None` when
     /// the vault refuses because a hold covers the scope. The order id makes
     /// a repeated order (after a crash) a no-op at the vault.
-    async fn order_shred(&self, row: &DisposalRow) -> Result<Option<DateTime<Utc>>, Error> {
+    async fn order_shred(
+        &self,
+        row: &DisposalRow,
+    ) -> Result<Option<(DateTime<Utc>, Option<String>)>, Error> {
         let answer = self
             .vault()?
             .shred_scope(vault_pb::ShredScopeRequest {
@@ -548,14 +557,17 @@ impl Disposer {
             .await;
         match answer {
             Ok(response) => {
-                let scope = response.into_inner().scope.unwrap_or_default();
+                let response = response.into_inner();
+                let scope = response.scope.unwrap_or_default();
                 let at = scope
                     .shred_time
                     .and_then(|t| {
                         DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
                     })
                     .unwrap_or_else(Utc::now);
-                Ok(Some(at))
+                let event =
+                    (!response.audit_event_id.is_empty()).then_some(response.audit_event_id);
+                Ok(Some((at, event)))
             }
             Err(status) if status.code() == tonic::Code::FailedPrecondition => {
                 use tonic_types::StatusExt;
@@ -574,8 +586,53 @@ impl Disposer {
         }
     }
 
-    /// Signs and stores the certificate of a confirmed shred.
+    /// The signed audit checkpoint that contains the shred's audit event,
+    /// with its inclusion proof; `None` until the event is delivered to the
+    /// log and a checkpoint covers it (the certificate waits for a later
+    /// sweep).
+    async fn shred_evidence(&self, row: &DisposalRow) -> Result<Option<serde_json::Value>, Error> {
+        use confidant_proto::audit::v1::GetEvidenceBundleRequest;
+        use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
+        let Some(event_id) = &row.shred_event_id else {
+            return Ok(Some(serde_json::Value::Null));
+        };
+        let channel = self
+            .retention
+            .audit_channel()
+            .ok_or_else(|| Error::VaultUnavailable("the audit service is not configured".into()))?;
+        match AuditServiceClient::new(channel)
+            .get_evidence_bundle(GetEvidenceBundleRequest {
+                event_id: event_id.clone(),
+            })
+            .await
+        {
+            Ok(response) => {
+                let bundle = response.into_inner().bundle.unwrap_or_default();
+                let checkpoint = bundle.checkpoint.unwrap_or_default();
+                let proof = bundle.proof.unwrap_or_default();
+                Ok(Some(serde_json::json!({
+                    "event_id": event_id,
+                    "leaf_index": proof.leaf_index,
+                    "tree_size": checkpoint.tree_size,
+                    "checkpoint": checkpoint.signed_note,
+                    "inclusion_proof": proof.hashes.iter().map(|h| B64.encode(h)).collect::<Vec<_>>(),
+                    "log_verifier_key": bundle.verifier_key,
+                })))
+            }
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+            Err(status) => Err(Error::VaultUnavailable(format!(
+                "audit: {}",
+                status.message()
+            ))),
+        }
+    }
+
+    /// Signs and stores the certificate of a confirmed shred, once the
+    /// audit log's evidence of the shred is available.
     async fn certify(&self, token: u64, row: &DisposalRow) -> Result<bool, Error> {
+        let Some(evidence) = self.shred_evidence(row).await? else {
+            return Ok(false);
+        };
         let store = self.retention.store();
         let policy = match row.policy_id {
             Some(id) => store
@@ -625,6 +682,7 @@ impl Disposer {
             "disposition_batch": row.batch_id.to_string(),
             "vault_order_id": row.order_id.to_string(),
             "approved_by": approvers,
+            "audit_evidence": evidence,
         })
         .to_string();
         let signature = self.signer.sign(&body);

@@ -46,12 +46,15 @@ pub async fn build(
 ) -> anyhow::Result<confidant_runtime::app::ServiceParts> {
     use confidant_proto::retention::v1::retention_service_server::RetentionServiceServer;
     let config = &ctx.config.retention;
-    let retention = Arc::new(service::Retention::new(
-        store::RetentionStore::new(ctx.db.clone()),
-        ctx.peer(ServiceName::Vault),
-        &ctx.config.trust_domain,
-        usize::try_from(config.hold_release_approvers).unwrap_or(2),
-    ));
+    let retention = Arc::new(
+        service::Retention::new(
+            store::RetentionStore::new(ctx.db.clone()),
+            ctx.peer(ServiceName::Vault),
+            &ctx.config.trust_domain,
+            usize::try_from(config.hold_release_approvers).unwrap_or(2),
+        )
+        .with_audit(ctx.peer(ServiceName::Audit)),
+    );
     let decider = Arc::new(confidant_runtime::decide::Decider::new(
         ctx.peer(ServiceName::Identity),
         Duration::from_millis(ctx.config.vault.decision_cache_millis),

@@ -54,6 +54,7 @@ const CHUNK: usize = 500;
 pub struct Retention {
     store: RetentionStore,
     vault: Option<PeerChannel>,
+    audit: Option<PeerChannel>,
     trust_domain: String,
     release_approvers: usize,
 }
@@ -69,6 +70,7 @@ impl Retention {
         Self {
             store,
             vault,
+            audit: None,
             trust_domain: trust_domain.to_owned(),
             release_approvers,
         }
@@ -82,6 +84,17 @@ impl Retention {
     /// Approvals a hold's release needs.
     pub fn release_approvers(&self) -> usize {
         self.release_approvers
+    }
+
+    /// With the audit service, for the evidence of each shred.
+    pub fn with_audit(mut self, audit: Option<PeerChannel>) -> Self {
+        self.audit = audit;
+        self
+    }
+
+    /// The audit service.
+    pub fn audit_channel(&self) -> Option<PeerChannel> {
+        self.audit.clone()
     }
 
     /// The trust domain.

@@ -826,6 +826,7 @@ impl VaultService for VaultApi {
         tracing::info!(scope_id = %id, state = ?row.state(), elapsed_ms = started.elapsed().as_millis() as u64, "scope shred ordered");
         Ok(Response::new(pb::ShredScopeResponse {
             scope: Some(self.scope_proto(&row, false).await?),
+            audit_event_id: row.shred_event_id.clone().unwrap_or_default(),
         }))
     }
 

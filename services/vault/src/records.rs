@@ -846,10 +846,8 @@ impl Vault {
                 .outcome(Outcome::Allowed, &format!("order-{order}"))
         };
         let (statement, event) = if window.is_zero() {
-            (
-                store::shred_scope(id, order, now),
-                base(Action::VaultScopeShredded).build(),
-            )
+            let event = base(Action::VaultScopeShredded).build();
+            (store::shred_scope(id, order, now, &event.id), event)
         } else {
             if scope.state() == ScopeState::PendingDestruction {
                 return Ok(scope);
@@ -952,7 +950,7 @@ impl Vault {
                 .store
                 .db()
                 .transact(
-                    vec![store::shred_scope(scope.id, &order, now).expecting(1)],
+                    vec![store::shred_scope(scope.id, &order, now, &event.id).expecting(1)],
                     &[event],
                 )
                 .await

@@ -62,6 +62,8 @@ pub struct ScopeRow {
     pub shredded_at: Option<DateTime<Utc>>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// The audit event that recorded its shred.
+    pub shred_event_id: Option<String>,
 }
 
 impl ScopeRow {
@@ -159,7 +161,7 @@ macro_rules! scope_select {
     ($tail:literal) => {
         concat!(
             "SELECT id, client_id, matter_id, category, key_version, kms_key_id, wrapped_key, state, \
-             hold_count, destroy_after, shred_order, shredded_at, created_at FROM vault_scopes ",
+             hold_count, destroy_after, shred_order, shredded_at, created_at, shred_event_id FROM vault_scopes ",
             $tail
         )
     };
@@ -490,10 +492,10 @@ impl VaultStore {
 
 /// Statement: a scope becomes shredded (key gone) if no hold covers it.
 /// Constant time: one row, whatever the number of records.
-pub fn shred_scope(id: Uuid, order: &str, now: DateTime<Utc>) -> Statement {
+pub fn shred_scope(id: Uuid, order: &str, now: DateTime<Utc>, event_id: &str) -> Statement {
     Statement::new(
         "UPDATE vault_scopes SET state = 'shredded', wrapped_key = NULL, kms_key_id = NULL, \
-         shredded_at = $2, shred_order = $3, destroy_after = NULL \
+         shredded_at = $2, shred_order = $3, destroy_after = NULL, shred_event_id = $4 \
          WHERE id = $1 AND state <> 'shredded' AND hold_count = 0 AND NOT EXISTS ( \
            SELECT 1 FROM vault_holds h WHERE h.released_at IS NULL AND h.client_id = vault_scopes.client_id \
            AND (h.matter_id IS NULL OR h.matter_id = vault_scopes.matter_id) \
@@ -502,6 +504,7 @@ pub fn shred_scope(id: Uuid, order: &str, now: DateTime<Utc>) -> Statement {
             Value::Uuid(id),
             Value::Time(now),
             Value::Text(order.to_owned()),
+            Value::Text(event_id.to_owned()),
         ],
     )
 }

@@ -476,7 +476,7 @@ async fn a_shredded_scope_is_unreadable_and_no_stored_key_opens_it(db: &TestData
         .db
         .fetch_all(
             "SELECT id, client_id, matter_id, category, key_version, kms_key_id, wrapped_key, state, \
-             hold_count, destroy_after, shred_order, shredded_at, created_at FROM vault_scopes",
+             hold_count, destroy_after, shred_order, shredded_at, created_at, shred_event_id FROM vault_scopes",
             vec![],
         )
         .await
