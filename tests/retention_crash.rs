@@ -193,11 +193,26 @@ async fn a_sweep_killed_midway_is_finished_by_the_next_process_without_double_sh
         if n >= 20 {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "no sweep progress:\n{}",
-            first.log()
-        );
+        if Instant::now() >= deadline {
+            let states: Vec<(String,)> = retention_db
+                .fetch_all("SELECT state FROM retention_disposals", vec![])
+                .await
+                .unwrap_or_default();
+            let due: Vec<(uuid::Uuid,)> = retention_db
+                .fetch_all(
+                    "SELECT scope_id FROM retention_scopes WHERE due_at IS NOT NULL",
+                    vec![],
+                )
+                .await
+                .unwrap_or_default();
+            panic!(
+                "no sweep progress: {} disposals {:?}, {} scopes with a due date\n{}",
+                states.len(),
+                states.iter().take(5).collect::<Vec<_>>(),
+                due.len(),
+                first.log()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     first.child.kill().unwrap();

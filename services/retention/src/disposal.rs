@@ -787,10 +787,7 @@ impl Disposer {
             Err(TransactError::Unmet { .. }) => {
                 return Err(Error::Conflict("the batch is not awaiting approval"));
             }
-            Err(TransactError::Sqlx(e))
-                if confidant_runtime::error::classify_sqlx(&e)
-                    == confidant_runtime::error::StorageFault::AlreadyExists =>
-            {
+            Err(e) if e.is_duplicate() => {
                 return Err(Error::Conflict(
                     "you approved this batch already: another records manager must",
                 ));

@@ -137,17 +137,14 @@ impl RetentionApi {
 
     /// The staff member calling, with `permission` (firm-wide).
     async fn staff_with<T>(&self, request: &Request<T>, permission: &str) -> Result<Actor, Error> {
-        let peer = PeerIdentity::of(request)
-            .map(|p| p.as_str().to_owned())
-            .ok_or(Error::Unauthenticated)?;
-        let staff = StaffPrincipal::of(request).ok_or(Error::Unauthenticated)?;
+        let actor = Actor::of(request).ok_or(Error::Unauthenticated)?;
+        let Actor::Staff { staff_id, .. } = &actor else {
+            return Err(Error::Unauthenticated);
+        };
         self.decider
-            .decide(&staff.staff_id, permission, None, None)
+            .decide(staff_id, permission, None, None)
             .await?;
-        Ok(Actor::Staff {
-            staff_id: staff.staff_id,
-            peer,
-        })
+        Ok(actor)
     }
 }
 

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use confidant_proto::audit::v1::{ActorKind, AuditEvent, Outcome};
+use confidant_proto::audit::v1::{AuditEvent, Outcome};
 use confidant_proto::vault::v1 as vault_pb;
 use confidant_proto::vault::v1::vault_service_client::VaultServiceClient;
 use confidant_runtime::audit::{Action as AuditAction, EventBuilder};
@@ -19,32 +19,8 @@ use crate::domain::{Rules, Trigger, due_at};
 use crate::error::Error;
 use crate::store::{self, HoldRow, PolicyRow, RetentionStore, ScopeRow};
 
-/// Who acts: a staff member (id, peer) or a service (peer).
-#[derive(Debug, Clone)]
-pub enum Actor {
-    /// A staff member.
-    Staff {
-        /// Staff id.
-        staff_id: String,
-        /// The peer certificate's identity.
-        peer: String,
-    },
-    /// A service or application.
-    Service {
-        /// The peer certificate's identity.
-        peer: String,
-    },
-}
-
-impl Actor {
-    /// The recorded id.
-    pub fn id(&self) -> &str {
-        match self {
-            Actor::Staff { staff_id, .. } => staff_id,
-            Actor::Service { peer } => peer,
-        }
-    }
-}
+/// Who acts (shared with the other services).
+pub use confidant_runtime::auth::Actor;
 
 /// Statements written per transaction when many scopes change.
 const CHUNK: usize = 500;
@@ -113,10 +89,21 @@ impl Retention {
     }
 
     fn event(&self, actor: &Actor, action: AuditAction) -> EventBuilder {
-        let b = EventBuilder::new(crate::NAME, &self.trust_domain, action);
-        match actor {
-            Actor::Staff { staff_id, peer } => b.actor(ActorKind::Staff, staff_id, peer),
-            Actor::Service { peer } => b.actor(ActorKind::Service, peer, peer),
+        actor.event(crate::NAME, &self.trust_domain, action)
+    }
+
+    /// Commits, reporting a unique-constraint hit as `Conflict(duplicate)`.
+    pub(crate) async fn commit_unique(
+        &self,
+        statements: Vec<Statement>,
+        events: &[AuditEvent],
+        duplicate: &'static str,
+    ) -> Result<(), Error> {
+        match self.store.db().transact(statements, events).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_duplicate() => Err(Error::Conflict(duplicate)),
+            Err(TransactError::Sqlx(e)) => Err(Error::Store(e)),
+            Err(e) => Err(Error::Audit(e.to_string())),
         }
     }
 
@@ -152,27 +139,12 @@ impl Retention {
             .resource("policy", &id.to_string())
             .category(rules.category.as_str())
             .build();
-        match self
-            .store
-            .db()
-            .transact(
-                vec![store::insert_policy(id, 1, rules, actor.id(), Utc::now())],
-                &[event],
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(TransactError::Sqlx(e))
-                if confidant_runtime::error::classify_sqlx(&e)
-                    == confidant_runtime::error::StorageFault::AlreadyExists =>
-            {
-                return Err(Error::Conflict(
-                    "the category has a policy already: update it instead",
-                ));
-            }
-            Err(TransactError::Sqlx(e)) => return Err(Error::Store(e)),
-            Err(e) => return Err(Error::Audit(e.to_string())),
-        }
+        self.commit_unique(
+            vec![store::insert_policy(id, 1, rules, actor.id(), Utc::now())],
+            &[event],
+            "the category has a policy already: update it instead",
+        )
+        .await?;
         let row = self
             .store
             .policy(id)
@@ -221,33 +193,18 @@ impl Retention {
             .category(rules.category.as_str())
             .outcome(Outcome::Allowed, &format!("version-{next}"))
             .build();
-        match self
-            .store
-            .db()
-            .transact(
-                vec![store::insert_policy(
-                    id,
-                    next,
-                    rules,
-                    actor.id(),
-                    Utc::now(),
-                )],
-                &[event],
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(TransactError::Sqlx(e))
-                if confidant_runtime::error::classify_sqlx(&e)
-                    == confidant_runtime::error::StorageFault::AlreadyExists =>
-            {
-                return Err(Error::Conflict(
-                    "the policy changed since that version: read it again",
-                ));
-            }
-            Err(TransactError::Sqlx(e)) => return Err(Error::Store(e)),
-            Err(e) => return Err(Error::Audit(e.to_string())),
-        }
+        self.commit_unique(
+            vec![store::insert_policy(
+                id,
+                next,
+                rules,
+                actor.id(),
+                Utc::now(),
+            )],
+            &[event],
+            "the policy changed since that version: read it again",
+        )
+        .await?;
         let row = self
             .store
             .policy(id)
@@ -502,9 +459,8 @@ impl Retention {
                 .await
             {
                 Ok(_) => {}
-                Err(TransactError::Sqlx(e))
-                    if confidant_runtime::error::classify_sqlx(&e)
-                        == confidant_runtime::error::StorageFault::AlreadyExists => {}
+                // A concurrent call approved for the same person first.
+                Err(e) if e.is_duplicate() => {}
                 Err(TransactError::Sqlx(e)) => return Err(Error::Store(e)),
                 Err(e) => return Err(Error::Audit(e.to_string())),
             }

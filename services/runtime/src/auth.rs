@@ -410,3 +410,73 @@ where
         })
     }
 }
+
+/// Who calls: a staff member (a verified token, through some peer) or a
+/// service or application acting for itself (its certificate alone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// A staff member.
+    Staff {
+        /// Staff id.
+        staff_id: String,
+        /// Roles in their token.
+        roles: Vec<String>,
+        /// The peer certificate's identity.
+        peer: String,
+    },
+    /// A service or application.
+    Service {
+        /// The peer certificate's identity.
+        peer: String,
+    },
+}
+
+impl Actor {
+    /// The caller of a tonic request: the staff member of its token, or its
+    /// peer; `None` without a peer identity.
+    pub fn of<T>(request: &tonic::Request<T>) -> Option<Actor> {
+        let peer = crate::peer::PeerIdentity::of(request)?.as_str().to_owned();
+        Some(match StaffPrincipal::of(request) {
+            Some(staff) => Actor::Staff {
+                staff_id: staff.staff_id,
+                roles: staff.roles,
+                peer,
+            },
+            None => Actor::Service { peer },
+        })
+    }
+
+    /// The id recorded for it: the staff id, or the peer identity.
+    pub fn id(&self) -> &str {
+        match self {
+            Actor::Staff { staff_id, .. } => staff_id,
+            Actor::Service { peer } => peer,
+        }
+    }
+
+    /// The peer identity it called through.
+    pub fn peer(&self) -> &str {
+        match self {
+            Actor::Staff { peer, .. } | Actor::Service { peer } => peer,
+        }
+    }
+
+    /// An audit event of `action` by this actor, produced by `service`.
+    pub fn event(
+        &self,
+        service: crate::ServiceName,
+        trust_domain: &str,
+        action: crate::audit::Action,
+    ) -> crate::audit::EventBuilder {
+        use confidant_proto::audit::v1::ActorKind;
+        let b = crate::audit::EventBuilder::new(service, trust_domain, action);
+        match self {
+            Actor::Staff {
+                staff_id,
+                roles,
+                peer,
+            } => b.actor(ActorKind::Staff, staff_id, peer).roles(roles),
+            Actor::Service { peer } => b.actor(ActorKind::Service, peer, peer),
+        }
+    }
+}

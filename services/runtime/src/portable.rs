@@ -137,6 +137,15 @@ pub enum TransactError {
     },
 }
 
+impl TransactError {
+    /// Whether a statement hit a unique constraint: the row exists already
+    /// (a concurrent writer, a retry, a second approval by the same person).
+    pub fn is_duplicate(&self) -> bool {
+        matches!(self, TransactError::Sqlx(e)
+            if crate::error::classify_sqlx(e) == crate::error::StorageFault::AlreadyExists)
+    }
+}
+
 fn check_expected(
     statement: usize,
     expected: Option<u64>,

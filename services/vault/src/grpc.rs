@@ -9,10 +9,8 @@ use std::time::Duration;
 use confidant_proto::audit::v1::Outcome;
 use confidant_proto::vault::v1 as pb;
 use confidant_proto::vault::v1::vault_service_server::VaultService;
-use confidant_runtime::auth::StaffPrincipal;
 use confidant_runtime::client::PeerChannel;
 use confidant_runtime::error::Violations;
-use confidant_runtime::peer::PeerIdentity;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -186,17 +184,7 @@ impl VaultApi {
     }
 
     fn actor<T>(request: &Request<T>) -> Result<Actor, Error> {
-        let peer = PeerIdentity::of(request)
-            .map(|p| p.as_str().to_owned())
-            .ok_or(Error::Unauthenticated)?;
-        Ok(match StaffPrincipal::of(request) {
-            Some(staff) => Actor::Staff {
-                staff_id: staff.staff_id,
-                roles: staff.roles,
-                peer,
-            },
-            None => Actor::Service { peer },
-        })
+        Actor::of(request).ok_or(Error::Unauthenticated)
     }
 
     async fn decide(

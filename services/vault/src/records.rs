@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use confidant_proto::audit::v1::{ActorKind, AuditEvent, Outcome};
+use confidant_proto::audit::v1::{AuditEvent, Outcome};
 use confidant_runtime::audit::{Action, EventBuilder};
 use confidant_runtime::kms::WrappedKey;
 use confidant_runtime::portable::{Statement, TransactError};
@@ -27,46 +27,8 @@ use crate::store::{self, RecordRow, ScopeRow, ScopeState, VaultStore};
 /// How long masking rules are used before they are read again.
 const RULES_TTL: Duration = Duration::from_secs(30);
 
-/// Who acts.
-#[derive(Debug, Clone)]
-pub enum Actor {
-    /// A staff member (through a firm application or directly).
-    Staff {
-        /// Staff id.
-        staff_id: String,
-        /// Roles in their token.
-        roles: Vec<String>,
-        /// The peer certificate's identity.
-        peer: String,
-    },
-    /// A service or application acting for itself.
-    Service {
-        /// The peer certificate's identity.
-        peer: String,
-    },
-}
-
-impl Actor {
-    /// The id recorded as creator.
-    pub fn id(&self) -> &str {
-        match self {
-            Actor::Staff { staff_id, .. } => staff_id,
-            Actor::Service { peer } => peer,
-        }
-    }
-
-    fn event(&self, trust_domain: &str, action: Action) -> EventBuilder {
-        let b = EventBuilder::new(crate::NAME, trust_domain, action);
-        match self {
-            Actor::Staff {
-                staff_id,
-                roles,
-                peer,
-            } => b.actor(ActorKind::Staff, staff_id, peer).roles(roles),
-            Actor::Service { peer } => b.actor(ActorKind::Service, peer, peer),
-        }
-    }
-}
+/// Who acts (shared with the other services).
+pub use confidant_runtime::auth::Actor;
 
 /// Encrypted fields as stored: one message per record.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -285,7 +247,7 @@ impl Vault {
     }
 
     pub(crate) fn event(&self, actor: &Actor, action: Action) -> EventBuilder {
-        actor.event(&self.settings.trust_domain, action)
+        actor.event(crate::NAME, &self.settings.trust_domain, action)
     }
 
     pub(crate) async fn commit(
@@ -475,11 +437,7 @@ impl Vault {
                         "the scope was shredded during the write; retry",
                     ));
                 }
-                Err(TransactError::Sqlx(e))
-                    if request_id.is_some()
-                        && confidant_runtime::error::classify_sqlx(&e)
-                            == confidant_runtime::error::StorageFault::AlreadyExists =>
-                {
+                Err(e) if request_id.is_some() && e.is_duplicate() => {
                     // A concurrent retry stored it first.
                     if let Some(rid) = request_id
                         && let Some(existing) =
@@ -487,7 +445,9 @@ impl Vault {
                     {
                         return Ok(existing);
                     }
-                    return Err(Error::Store(e));
+                    return Err(Error::Conflict(
+                        "a request with this id is being stored; retry",
+                    ));
                 }
                 Err(TransactError::Sqlx(e)) => return Err(Error::Store(e)),
                 Err(e) => return Err(Error::Audit(e.to_string())),
