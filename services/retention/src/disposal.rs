@@ -263,6 +263,7 @@ impl Disposer {
     }
 
     async fn run(&self, token: u64, lease: Option<&Lease>) -> Result<SweepReport, Error> {
+        tracing::debug!(token, "disposal sweep starts");
         let mut report = SweepReport::default();
         let mut keeper = Keeper {
             coord: &self.coord,
@@ -521,12 +522,12 @@ impl Disposer {
     async fn record_count(&self, row: &DisposalRow) -> Result<i64, Error> {
         let scopes = self
             .vault()?
-            .list_scopes(vault_pb::ListScopesRequest {
+            .list_scopes(crate::service::timed(vault_pb::ListScopesRequest {
                 client_id: row.client_id.to_string(),
                 matter_id: row.matter_id.map(|m| m.to_string()).unwrap_or_default(),
                 page_size: 1000,
                 ..Default::default()
-            })
+            }))
             .await
             .map_err(|s| Error::VaultUnavailable(s.message().to_owned()))?
             .into_inner()
@@ -546,14 +547,14 @@ impl Disposer {
     ) -> Result<Option<(DateTime<Utc>, Option<String>)>, Error> {
         let answer = self
             .vault()?
-            .shred_scope(vault_pb::ShredScopeRequest {
+            .shred_scope(crate::service::timed(vault_pb::ShredScopeRequest {
                 scope_id: row.scope_id.to_string(),
                 order_id: row.order_id.to_string(),
                 pending_window: Some(prost_types::Duration {
                     seconds: 0,
                     nanos: 0,
                 }),
-            })
+            }))
             .await;
         match answer {
             Ok(response) => {
@@ -601,9 +602,9 @@ impl Disposer {
             .audit_channel()
             .ok_or_else(|| Error::VaultUnavailable("the audit service is not configured".into()))?;
         match AuditServiceClient::new(channel)
-            .get_evidence_bundle(GetEvidenceBundleRequest {
+            .get_evidence_bundle(crate::service::timed(GetEvidenceBundleRequest {
                 event_id: event_id.clone(),
-            })
+            }))
             .await
         {
             Ok(response) => {

@@ -22,6 +22,17 @@ use crate::store::{self, HoldRow, PolicyRow, RetentionStore, ScopeRow};
 /// Who acts (shared with the other services).
 pub use confidant_runtime::auth::Actor;
 
+/// How long a call to the vault or the audit service may take: a call that
+/// hangs fails, and the next sweep or sync resumes the work.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// A request with the call timeout.
+pub(crate) fn timed<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(CALL_TIMEOUT);
+    request
+}
+
 /// Statements written per transaction when many scopes change.
 const CHUNK: usize = 500;
 
@@ -301,11 +312,11 @@ impl Retention {
         let now = Utc::now();
         loop {
             let page = vault
-                .list_scopes(vault_pb::ListScopesRequest {
+                .list_scopes(crate::service::timed(vault_pb::ListScopesRequest {
                     page_size: 1000,
                     page_token: token.clone(),
                     ..Default::default()
-                })
+                }))
                 .await
                 .map_err(|s| Error::VaultUnavailable(s.message().to_owned()))?
                 .into_inner();
@@ -411,7 +422,7 @@ impl Retention {
 
     async fn push_hold(&self, hold: &HoldRow) -> Result<(), Error> {
         self.vault()?
-            .place_hold(vault_pb::PlaceHoldRequest {
+            .place_hold(crate::service::timed(vault_pb::PlaceHoldRequest {
                 hold_id: hold.id.to_string(),
                 client_id: hold.client_id.to_string(),
                 matter_id: hold.matter_id.map(|m| m.to_string()).unwrap_or_default(),
@@ -420,7 +431,7 @@ impl Retention {
                     .as_deref()
                     .and_then(Category::parse)
                     .map_or(0, |c| c.to_proto() as i32),
-            })
+            }))
             .await
             .map_err(|s| Error::VaultUnavailable(s.message().to_owned()))?;
         self.commit(vec![store::hold_in_vault(hold.id)], &[]).await
@@ -477,9 +488,9 @@ impl Retention {
         // Enough approvals. Released in the vault first: if that fails the
         // hold stays in force everywhere, and approving again retries.
         self.vault()?
-            .release_hold(vault_pb::ReleaseHoldRequest {
+            .release_hold(crate::service::timed(vault_pb::ReleaseHoldRequest {
                 hold_id: hold_id.to_string(),
-            })
+            }))
             .await
             .or_else(|s| {
                 if s.code() == tonic::Code::NotFound {
