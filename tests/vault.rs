@@ -394,7 +394,7 @@ async fn client_data_is_read_only_for_a_purpose_by_those_the_decision_allows(bac
 
     // Taking the paralegal off the matter stops their reads within the
     // decision caches' bound (identity's facts and the vault's allowed
-    // decisions, a second each).
+    // decisions, half a second each).
     admin
         .revoke_assignment(confidant_proto::identity::v1::RevokeAssignmentRequest {
             assignment_id: f.paralegal_assignment.clone(),

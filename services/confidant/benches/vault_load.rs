@@ -461,25 +461,32 @@ fn crypto_rows() {
         };
         let raw = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[9u8; 32]).expect("key"));
         let rounds = (256 * 1024 * 1024 / size).max(16);
-        let started = Instant::now();
-        for _ in 0..rounds {
-            std::hint::black_box(key.seal_field(&at, &value).expect("seal"));
+        // Alternate the two, five times each, and keep each one's best: the
+        // machine runs other work, and one short pass is noise.
+        let mut ours = Duration::MAX;
+        let mut base = Duration::MAX;
+        for _ in 0..5 {
+            let started = Instant::now();
+            for _ in 0..rounds {
+                std::hint::black_box(key.seal_field(&at, &value).expect("seal"));
+            }
+            ours = ours.min(started.elapsed());
+            let started = Instant::now();
+            for i in 0..rounds {
+                let mut buf = Vec::with_capacity(value.len() + 16);
+                buf.extend_from_slice(&value);
+                let mut nonce = [0u8; 12];
+                nonce[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                raw.seal_in_place_append_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::empty(),
+                    &mut buf,
+                )
+                .expect("raw seal");
+                std::hint::black_box(buf);
+            }
+            base = base.min(started.elapsed());
         }
-        let ours = started.elapsed();
-        let started = Instant::now();
-        for i in 0..rounds {
-            let mut buf = value.clone();
-            let mut nonce = [0u8; 12];
-            nonce[..8].copy_from_slice(&(i as u64).to_be_bytes());
-            raw.seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::empty(),
-                &mut buf,
-            )
-            .expect("raw seal");
-            std::hint::black_box(buf);
-        }
-        let base = started.elapsed();
         let gbs = |d: Duration| (rounds * size) as f64 / d.as_secs_f64() / 1e9;
         println!(
             "| field encryption, {} KiB values | {:.2} GB/s | {:.2} GB/s (raw AES-256-GCM, same bytes) | {:.2} | ≥ 0.8 |",

@@ -14,8 +14,10 @@ use uuid::Uuid;
 
 use crate::domain::Facts;
 
-/// How long cached facts are trusted.
-pub const FACTS_TTL: Duration = Duration::from_secs(1);
+/// How long cached facts are trusted. Half of the one-second bound on a
+/// change taking effect everywhere: services that cache identity's allowed
+/// decisions (the vault, retention) use the other half.
+pub const FACTS_TTL: Duration = Duration::from_millis(500);
 /// Most cached entries before the cache starts over.
 const MAX_ENTRIES: usize = 100_000;
 

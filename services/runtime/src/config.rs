@@ -219,7 +219,9 @@ pub struct VaultConfig {
     pub key_cache_max_uses: u64,
     /// How long an allowed decision from identity is reused for the same
     /// staff member, permission, client and matter (denials never are).
-    /// Bounds how long a revoked grant keeps working; 0 asks every time.
+    /// With identity's own half-second facts cache it bounds how long a
+    /// revoked grant keeps working: the default keeps the total within one
+    /// second. 0 asks every time.
     pub decision_cache_millis: u64,
 }
 
@@ -236,7 +238,7 @@ impl Default for VaultConfig {
             key_cache_capacity: 10_000,
             key_cache_max_age_seconds: 300,
             key_cache_max_uses: 100_000,
-            decision_cache_millis: 1_000,
+            decision_cache_millis: 500,
         }
     }
 }
@@ -656,10 +658,10 @@ impl Config {
                     "must be at least 1",
                 );
             }
-            if v.decision_cache_millis > 60_000 {
+            if v.decision_cache_millis > 5_000 {
                 problem(
                     "vault.decision_cache_millis".into(),
-                    "must be at most 60000: a revoked grant must stop working soon",
+                    "must be at most 5000: a revoked grant must stop working within seconds",
                 );
             }
             if v.key_cache_max_uses == 0 || v.key_cache_max_age_seconds == 0 {
