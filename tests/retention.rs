@@ -420,6 +420,29 @@ async fn policies_triggers_and_holds_decide_what_falls_due(backend: Backend) {
         [manager.clone(), second_manager.clone()]
     );
 
+    // Identity tells retention when the matter closes: the file's seven
+    // years now count from today.
+    admin
+        .close_matter(confidant_proto::identity::v1::CloseMatterRequest {
+            matter_id: matter_id.clone(),
+        })
+        .await
+        .unwrap();
+    common::eventually(
+        Duration::from_secs(10),
+        "the closing to move the due date",
+        || {
+            let (mut retention, token) = (retention.clone(), manager_token.clone());
+            async move {
+                !report(&mut retention, &token, 400)
+                    .await
+                    .iter()
+                    .any(|g| g.category == vault_pb::DataCategory::MatterFile as i32)
+            }
+        },
+    )
+    .await;
+
     // Every change is in the audit log.
     let log =
         AuditServiceClient::new(channel(&data, &sandbox, ServiceName::Audit, "operator").await);

@@ -29,6 +29,9 @@ pub struct IdentityApi {
     recorder: crate::decisions::DecisionRecorder,
     /// The audit service, for wall certifications.
     pub audit: Option<confidant_runtime::client::PeerChannel>,
+    /// The retention service, told when a matter closes (a retention
+    /// trigger).
+    pub retention: Option<confidant_runtime::client::PeerChannel>,
 }
 
 impl IdentityApi {
@@ -53,6 +56,7 @@ impl IdentityApi {
             facts: std::sync::Arc::default(),
             recorder,
             audit: None,
+            retention: None,
         })
     }
 
@@ -312,6 +316,15 @@ impl IdentityService for IdentityApi {
             .await
             .map_err(Error::from)?;
         self.facts.clear();
+        if let (Some(channel), Some(client)) = (
+            self.retention.clone(),
+            self.directory
+                .matter_client(id)
+                .await
+                .map_err(Error::from)?,
+        ) {
+            tokio::spawn(tell_retention(channel, client, id, closed));
+        }
         Ok(Response::new(CloseMatterResponse {
             close_time: Some(proto_time(closed)),
         }))
@@ -1249,5 +1262,44 @@ impl IdentityService for IdentityApi {
             .map_err(Error::from)?;
         self.facts.clear();
         Ok(Response::new(RevokeRoleResponse {}))
+    }
+}
+
+/// Tells retention that a matter closed (its retention periods may count from
+/// it), retrying a few times. If retention cannot be reached the closing is
+/// still in the directory and the audit log, and a records manager can record
+/// the trigger; until then the matter's data is kept (the safe side).
+async fn tell_retention(
+    channel: confidant_runtime::client::PeerChannel,
+    client: Uuid,
+    matter: Uuid,
+    closed: DateTime<Utc>,
+) {
+    use confidant_proto::retention::v1::retention_service_client::RetentionServiceClient;
+    use confidant_proto::retention::v1::{RecordTriggerEventRequest, Trigger};
+    let mut wait = std::time::Duration::from_secs(1);
+    for attempt in 1..=4 {
+        let mut request = tonic::Request::new(RecordTriggerEventRequest {
+            client_id: client.to_string(),
+            matter_id: matter.to_string(),
+            trigger: Trigger::MatterClosed as i32,
+            event_name: String::new(),
+            occur_time: Some(proto_time(closed)),
+        });
+        request.set_timeout(std::time::Duration::from_secs(10));
+        match RetentionServiceClient::new(channel.clone())
+            .record_trigger_event(request)
+            .await
+        {
+            Ok(_) => return,
+            Err(status) if attempt < 4 => {
+                tracing::info!(code = ?status.code(), attempt, "retention not told of a matter closing yet; retrying");
+                tokio::time::sleep(wait).await;
+                wait *= 4;
+            }
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), matter_id = %matter, "retention was not told of a matter closing; record the trigger there");
+            }
+        }
     }
 }

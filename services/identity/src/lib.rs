@@ -146,6 +146,7 @@ pub async fn build(
         recorder,
     )?;
     api.audit = ctx.peer(ServiceName::Audit);
+    api.retention = ctx.peer(ServiceName::Retention);
     Ok(confidant_runtime::app::ServiceParts {
         routes: tonic::service::Routes::new(IdentityServiceServer::new(api)),
         grpc_services: vec![GRPC_SERVICE],

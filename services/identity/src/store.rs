@@ -286,6 +286,18 @@ impl Directory {
             .await
     }
 
+    /// The client of a matter.
+    pub async fn matter_client(&self, id: Uuid) -> Result<Option<Uuid>, StoreError> {
+        let row: Option<(Uuid,)> = self
+            .db
+            .fetch_optional(
+                "SELECT client_id FROM matters WHERE id = $1",
+                vec![Value::Uuid(id)],
+            )
+            .await?;
+        Ok(row.map(|r| r.0))
+    }
+
     /// Creates a staff member with roles.
     pub async fn create_staff(
         &self,
