@@ -104,27 +104,8 @@ async fn policies_triggers_and_holds_decide_what_falls_due(backend: Backend) {
         (matter_id.as_str(), vault_pb::DataCategory::MatterFile),
         ("", vault_pb::DataCategory::ContactDetails),
     ] {
-        let stored = vault
-            .create_record(vault_pb::CreateRecordRequest {
-                record: Some(vault_pb::NewRecord {
-                    client_id: client_id.clone(),
-                    matter_id: matter.into(),
-                    category: category as i32,
-                    fields: vec![vault_pb::Field {
-                        name: "note".into(),
-                        r#type: vault_pb::FieldType::Text as i32,
-                        value: "completion statement".into(),
-                        masked: false,
-                    }],
-                }),
-                request_id: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .record
-            .unwrap();
-        scope_of.insert(category as i32, stored.scope_id);
+        let scope = common::store_note(&mut vault, &client_id, matter, category).await;
+        scope_of.insert(category as i32, scope);
     }
 
     let mut retention = RetentionServiceClient::new(
@@ -482,35 +463,6 @@ async fn policies_triggers_and_holds_decide_what_falls_due(backend: Backend) {
     sandbox.stop().await;
 }
 
-async fn store_record(
-    vault: &mut VaultServiceClient<PeerChannel>,
-    client_id: &str,
-    matter_id: &str,
-    category: vault_pb::DataCategory,
-) -> String {
-    vault
-        .create_record(vault_pb::CreateRecordRequest {
-            record: Some(vault_pb::NewRecord {
-                client_id: client_id.into(),
-                matter_id: matter_id.into(),
-                category: category as i32,
-                fields: vec![vault_pb::Field {
-                    name: "note".into(),
-                    r#type: vault_pb::FieldType::Text as i32,
-                    value: "kept until due".into(),
-                    masked: false,
-                }],
-            }),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .record
-        .unwrap()
-        .scope_id
-}
-
 async fn due_scopes_are_shredded_through_approved_batches_and_certified(backend: Backend) {
     let data = SandboxData::new(backend).await;
     let sandbox = Sandbox::start(
@@ -532,28 +484,28 @@ async fn due_scopes_are_shredded_through_approved_batches_and_certified(backend:
 
     let mut vault =
         VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "intake").await);
-    let file_scope = store_record(
+    let file_scope = common::store_note(
         &mut vault,
         &client_id,
         &matter_id,
         vault_pb::DataCategory::MatterFile,
     )
     .await;
-    store_record(
+    common::store_note(
         &mut vault,
         &client_id,
         &matter_id,
         vault_pb::DataCategory::MatterFile,
     )
     .await;
-    let contact_scope = store_record(
+    let contact_scope = common::store_note(
         &mut vault,
         &client_id,
         "",
         vault_pb::DataCategory::ContactDetails,
     )
     .await;
-    let money_scope = store_record(
+    let money_scope = common::store_note(
         &mut vault,
         &client_id,
         "",

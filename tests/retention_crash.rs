@@ -99,27 +99,13 @@ async fn a_sweep_killed_midway_is_finished_by_the_next_process_without_double_sh
     let mut scope_of_client = HashMap::new();
     for _ in 0..CLIENTS {
         let client_id = uuid::Uuid::now_v7().to_string();
-        let scope = vault
-            .create_record(vault_pb::CreateRecordRequest {
-                record: Some(vault_pb::NewRecord {
-                    client_id: client_id.clone(),
-                    matter_id: String::new(),
-                    category: vault_pb::DataCategory::ContactDetails as i32,
-                    fields: vec![vault_pb::Field {
-                        name: "email".into(),
-                        r#type: vault_pb::FieldType::Email as i32,
-                        value: "client@example.org".into(),
-                        masked: false,
-                    }],
-                }),
-                request_id: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .record
-            .unwrap()
-            .scope_id;
+        let scope = common::store_note(
+            &mut vault,
+            &client_id,
+            "",
+            vault_pb::DataCategory::ContactDetails,
+        )
+        .await;
         scope_of_client.insert(client_id, scope);
     }
     let clients: Vec<String> = scope_of_client.keys().cloned().collect();

@@ -214,3 +214,37 @@ pub fn audit_cli(
         ),
     )
 }
+
+/// Stores a one-field note for `client_id` (and `matter_id`, if not empty)
+/// in the vault through `vault`; returns the scope it went to.
+pub async fn store_note(
+    vault: &mut confidant_proto::vault::v1::vault_service_client::VaultServiceClient<
+        confidant_runtime::client::PeerChannel,
+    >,
+    client_id: &str,
+    matter_id: &str,
+    category: confidant_proto::vault::v1::DataCategory,
+) -> String {
+    use confidant_proto::vault::v1 as pb;
+    vault
+        .create_record(pb::CreateRecordRequest {
+            record: Some(pb::NewRecord {
+                client_id: client_id.into(),
+                matter_id: matter_id.into(),
+                category: category as i32,
+                fields: vec![pb::Field {
+                    name: "note".into(),
+                    r#type: pb::FieldType::Text as i32,
+                    value: "kept until due".into(),
+                    masked: false,
+                }],
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .expect("record stored")
+        .into_inner()
+        .record
+        .expect("record")
+        .scope_id
+}
