@@ -795,3 +795,280 @@ async fn sqlite_policies_triggers_and_holds_decide_what_falls_due() {
 async fn postgres_policies_triggers_and_holds_decide_what_falls_due() {
     policies_triggers_and_holds_decide_what_falls_due(Backend::Postgres).await;
 }
+
+/// Originals (a will, a deed) are never shredded by the schedule: their due
+/// scope goes onto the return-to-client list, the vault refuses a direct
+/// shred, and once a records manager records the return the scope's copies
+/// are shredded and certified like any other.
+async fn originals_go_back_to_the_client_instead_of_the_shredder(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec::of(&[
+            ServiceName::Identity,
+            ServiceName::Vault,
+            ServiceName::Retention,
+            ServiceName::Audit,
+        ]),
+    )
+    .await;
+    let mut admin = common::identity_client(&data, &sandbox, "operator").await;
+    let client_id = new_client(&mut admin).await;
+    let partner = cleared(&mut admin, "partner@firm.example", "partner").await;
+    let matter_id = new_matter(&mut admin, &client_id, Some(&partner), "estate").await;
+    let manager = cleared(&mut admin, "records@firm.example", "records_manager").await;
+    let token = staff_token(&data, &manager, &["records_manager"]);
+    let partner_token = staff_token(&data, &partner, &["partner"]);
+
+    let mut vault =
+        VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "intake").await);
+    let will = common::store_record(
+        &mut vault,
+        &client_id,
+        &matter_id,
+        vault_pb::DataCategory::MatterFile,
+        true,
+    )
+    .await;
+    assert!(will.original);
+    let file_scope = will.scope_id.clone();
+    let copy = common::store_record(
+        &mut vault,
+        &client_id,
+        &matter_id,
+        vault_pb::DataCategory::MatterFile,
+        false,
+    )
+    .await;
+    assert_eq!(copy.scope_id, file_scope);
+    assert!(!copy.original);
+
+    let mut retention = RetentionServiceClient::new(
+        channel(&data, &sandbox, ServiceName::Retention, "firm-app").await,
+    );
+    retention
+        .create_policy(as_staff(
+            &token,
+            pb::CreatePolicyRequest {
+                rules: Some(rules(
+                    vault_pb::DataCategory::MatterFile,
+                    (0, 0, 0),
+                    pb::Trigger::Creation,
+                    pb::DisposalAction::Shred,
+                )),
+            },
+        ))
+        .await
+        .unwrap();
+    retention
+        .sync_scopes(as_staff(&token, pb::SyncScopesRequest {}))
+        .await
+        .unwrap();
+    let sweep = |retention: &RetentionServiceClient<PeerChannel>| {
+        let mut retention = retention.clone();
+        let token = token.clone();
+        async move {
+            retention
+                .run_sweep(as_staff(&token, pb::RunSweepRequest {}))
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let first = sweep(&retention).await;
+    assert_eq!(
+        (
+            first.listed_for_return,
+            first.batches_created,
+            first.scopes_shredded
+        ),
+        (1, 0, 0),
+        "{first:?}"
+    );
+    assert_eq!(sweep(&retention).await.listed_for_return, 0, "listed once");
+
+    // The vault refuses to shred the originals even when asked directly.
+    let mut vault_as_retention =
+        VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "retention").await);
+    let refused = vault_as_retention
+        .shred_scope(vault_pb::ShredScopeRequest {
+            scope_id: file_scope.clone(),
+            order_id: uuid::Uuid::now_v7().to_string(),
+            pending_window: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(common::error_reason(&refused), "originals");
+    let refused = vault_as_retention
+        .shred_record(vault_pb::ShredRecordRequest {
+            record_id: will.id.clone(),
+            order_id: uuid::Uuid::now_v7().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(common::error_reason(&refused), "originals");
+    let scope_now = |vault: &VaultServiceClient<PeerChannel>| {
+        let (mut vault, client_id, scope) = (vault.clone(), client_id.clone(), file_scope.clone());
+        async move {
+            vault
+                .list_scopes(vault_pb::ListScopesRequest {
+                    client_id,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .scopes
+                .into_iter()
+                .find(|s| s.id == scope)
+                .unwrap()
+        }
+    };
+    let listed_scope = scope_now(&vault_as_retention).await;
+    assert_eq!(listed_scope.state(), vault_pb::ScopeState::Active);
+    assert_eq!(
+        (listed_scope.record_count, listed_scope.original_count),
+        (2, 1)
+    );
+
+    // The return-to-client list.
+    let list = retention
+        .list_returns(as_staff(&token, pb::ListReturnsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .returns;
+    assert_eq!(list.len(), 1, "{list:?}");
+    let entry = &list[0];
+    assert_eq!(entry.scope_id, file_scope);
+    assert_eq!(entry.matter_id, matter_id);
+    assert_eq!(entry.original_count, 1);
+    assert_eq!(entry.state(), pb::ReturnState::Listed);
+
+    // Recording the return: a reference is required, and only a records
+    // manager records it.
+    let bad = retention
+        .record_return(as_staff(
+            &token,
+            pb::RecordReturnRequest {
+                return_id: "not-a-uuid".into(),
+                reference: String::new(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        common::violated_fields(&bad),
+        ["return_id".to_owned(), "reference".to_owned()]
+    );
+    let record = pb::RecordReturnRequest {
+        return_id: entry.id.clone(),
+        reference: "Royal Mail special delivery AB123456789GB".into(),
+    };
+    let denied = retention
+        .record_return(as_staff(&partner_token, record.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    assert_eq!(
+        sweep(&retention).await.scopes_shredded,
+        0,
+        "nothing goes while the originals are here"
+    );
+    let returned = retention
+        .record_return(as_staff(&token, record.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .entry
+        .unwrap();
+    assert_eq!(returned.state(), pb::ReturnState::Returned);
+    assert_eq!(returned.returned_by, manager);
+    assert_eq!(returned.reference, record.reference);
+    let again = retention
+        .record_return(as_staff(&token, record))
+        .await
+        .unwrap()
+        .into_inner()
+        .entry
+        .unwrap();
+    assert_eq!(again.return_time, returned.return_time, "recorded once");
+    assert_eq!(scope_now(&vault_as_retention).await.original_count, 0);
+    assert!(
+        retention
+            .list_returns(as_staff(&token, pb::ListReturnsRequest::default()))
+            .await
+            .unwrap()
+            .into_inner()
+            .returns
+            .is_empty()
+    );
+    let history = retention
+        .list_returns(as_staff(
+            &token,
+            pb::ListReturnsRequest {
+                client_id: client_id.clone(),
+                include_returned: true,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .returns;
+    assert_eq!(history.len(), 1);
+
+    // The copies left follow the schedule now.
+    let after = sweep(&retention).await;
+    assert_eq!(
+        (after.listed_for_return, after.scopes_shredded),
+        (0, 1),
+        "{after:?}"
+    );
+    assert_eq!(
+        scope_now(&vault_as_retention).await.state(),
+        vault_pb::ScopeState::Shredded
+    );
+
+    // The audit log tells the story.
+    let audit =
+        AuditServiceClient::new(channel(&data, &sandbox, ServiceName::Audit, "operator").await);
+    common::eventually(Duration::from_secs(20), "the return's events", || {
+        let (mut audit, client_id) = (audit.clone(), client_id.clone());
+        async move {
+            let actions: std::collections::BTreeSet<String> = audit
+                .list_events(ListEventsRequest {
+                    client_id,
+                    page_size: 1000,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .events
+                .into_iter()
+                .filter_map(|e| e.event.map(|e| e.action))
+                .collect();
+            [
+                "retention.return.listed",
+                "retention.return.recorded",
+                "vault.originals.returned",
+            ]
+            .iter()
+            .all(|a| actions.contains(*a))
+        }
+    })
+    .await;
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_originals_go_back_to_the_client_instead_of_the_shredder() {
+    originals_go_back_to_the_client_instead_of_the_shredder(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_originals_go_back_to_the_client_instead_of_the_shredder() {
+    originals_go_back_to_the_client_instead_of_the_shredder(Backend::Postgres).await;
+}

@@ -65,6 +65,7 @@ fn passport(client_id: &str, matter_id: &str) -> pb::NewRecord {
             field("surname", pb::FieldType::Text, "Okafor"),
             field("passport_number", pb::FieldType::NationalId, "P1234567"),
         ],
+        original: false,
     }
 }
 
@@ -74,6 +75,7 @@ fn contact(client_id: &str, matter_id: &str) -> pb::NewRecord {
         matter_id: matter_id.into(),
         category: pb::DataCategory::ContactDetails as i32,
         fields: vec![field("email", pb::FieldType::Email, "a.okafor@example.org")],
+        original: false,
     }
 }
 
@@ -308,6 +310,7 @@ async fn client_data_is_read_only_for_a_purpose_by_those_the_decision_allows(bac
                         field("note", pb::FieldType::Text, &"x".repeat(1024 * 1024 + 1)),
                         field("dob", pb::FieldType::Date, "yesterday"),
                     ],
+                    original: false,
                 }),
                 request_id: "again-nope".into(),
             },

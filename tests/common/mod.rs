@@ -225,6 +225,22 @@ pub async fn store_note(
     matter_id: &str,
     category: confidant_proto::vault::v1::DataCategory,
 ) -> String {
+    store_record(vault, client_id, matter_id, category, false)
+        .await
+        .scope_id
+}
+
+/// Stores a one-field note, marked as an original that belongs to the
+/// client if `original`; returns its metadata.
+pub async fn store_record(
+    vault: &mut confidant_proto::vault::v1::vault_service_client::VaultServiceClient<
+        confidant_runtime::client::PeerChannel,
+    >,
+    client_id: &str,
+    matter_id: &str,
+    category: confidant_proto::vault::v1::DataCategory,
+    original: bool,
+) -> confidant_proto::vault::v1::RecordMetadata {
     use confidant_proto::vault::v1 as pb;
     vault
         .create_record(pb::CreateRecordRequest {
@@ -238,6 +254,7 @@ pub async fn store_note(
                     value: "kept until due".into(),
                     masked: false,
                 }],
+                original,
             }),
             request_id: String::new(),
         })
@@ -246,5 +263,4 @@ pub async fn store_note(
         .into_inner()
         .record
         .expect("record")
-        .scope_id
 }

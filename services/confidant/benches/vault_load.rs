@@ -119,6 +119,7 @@ fn record(client_id: &str, matter_id: &str, category: pb::DataCategory) -> pb::N
             value: "x".repeat(BODY),
             masked: false,
         }],
+        original: false,
     }
 }
 

@@ -31,7 +31,7 @@ use uuid::Uuid;
 use crate::domain::{Action, Rules};
 use crate::error::Error;
 use crate::service::{Actor, Retention};
-use crate::store::{HoldRow, PolicyRow};
+use crate::store::{HoldRow, PolicyRow, ReturnRow};
 
 /// The sweep lease's name.
 const LEASE: &str = "retention-sweep";
@@ -60,6 +60,68 @@ pub struct SweepReport {
     pub cancelled: usize,
     /// Due scopes whose client notice is missing or too recent.
     pub awaiting_notice: usize,
+    /// Due scopes put on the return-to-client list (they hold originals).
+    pub listed_for_return: usize,
+}
+
+/// What the vault did with a shred order.
+enum ShredAnswer {
+    /// The key is destroyed (when, and the vault's audit event).
+    Done(DateTime<Utc>, Option<String>),
+    /// Refused: a legal hold covers the scope.
+    Held,
+    /// Refused: the scope holds originals that belong to the client.
+    Originals,
+}
+
+/// Statement: put a due scope on the return-to-client list (`entry`, in
+/// state listed), unless an open entry exists (then it is unmet).
+fn list_for_return(entry: &ReturnRow) -> Statement {
+    Statement::new(
+        "INSERT INTO retention_returns (id, scope_id, client_id, matter_id, category, original_count, due_at, \
+         policy_id, policy_version, state, listed_at) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 'listed', $10 \
+         WHERE NOT EXISTS (SELECT 1 FROM retention_returns WHERE scope_id = $2 AND state = 'listed')",
+        vec![
+            Value::Uuid(entry.id),
+            Value::Uuid(entry.scope_id),
+            Value::Uuid(entry.client_id),
+            Value::OptUuid(entry.matter_id),
+            Value::Text(entry.category.clone()),
+            Value::BigInt(entry.original_count),
+            Value::Time(entry.due_at),
+            Value::OptUuid(entry.policy_id),
+            Value::OptInt(entry.policy_version),
+            Value::Time(entry.listed_at),
+        ],
+    )
+    .expecting(1)
+}
+
+/// A new entry of the return-to-client list.
+fn listed(
+    scope: (Uuid, Uuid, Option<Uuid>, &str),
+    original_count: i64,
+    due_at: DateTime<Utc>,
+    policy: Option<(Uuid, i32)>,
+) -> ReturnRow {
+    let (scope_id, client_id, matter_id, category) = scope;
+    ReturnRow {
+        id: Uuid::now_v7(),
+        scope_id,
+        client_id,
+        matter_id,
+        category: category.to_owned(),
+        original_count,
+        due_at,
+        policy_id: policy.map(|p| p.0),
+        policy_version: policy.map(|p| p.1),
+        state: "listed".into(),
+        listed_at: Utc::now(),
+        returned_at: None,
+        returned_by: None,
+        reference: None,
+    }
 }
 
 /// Signs certificates of disposal.
@@ -315,6 +377,15 @@ impl Disposer {
             let Some((policy, rules)) = policies.get(&scope.category) else {
                 continue;
             };
+            if scope.original_count > 0 {
+                if self
+                    .list_return(token, &scope, Some((policy.id, policy.version)))
+                    .await?
+                {
+                    report.listed_for_return += 1;
+                }
+                continue;
+            }
             if rules.client_notice_days > 0 {
                 let triggers = match notices.entry(scope.client_id) {
                     std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -447,7 +518,7 @@ impl Disposer {
             }
             if row.state == "shred_ordered" {
                 match self.order_shred(&row).await? {
-                    Some((shredded_at, event_id)) => {
+                    ShredAnswer::Done(shredded_at, event_id) => {
                         let event = self
                             .event(AuditAction::RetentionDisposalShredded)
                             .resource("scope", &row.scope_id.to_string())
@@ -479,9 +550,16 @@ impl Disposer {
                         row.shredded_at = Some(shredded_at);
                         row.shred_event_id = event_id;
                     }
-                    None => {
+                    ShredAnswer::Held => {
                         if self.cancel(token, &row, "shred_ordered").await? {
                             report.cancelled += 1;
+                        }
+                        continue;
+                    }
+                    ShredAnswer::Originals => {
+                        if self.cancel_for_return(token, &row).await? {
+                            report.cancelled += 1;
+                            report.listed_for_return += 1;
                         }
                         continue;
                     }
@@ -514,12 +592,83 @@ impl Disposer {
         .await
     }
 
+    /// Lists a due scope for return to the client (it holds originals).
+    async fn list_return(
+        &self,
+        token: u64,
+        scope: &crate::store::ScopeRow,
+        policy: Option<(Uuid, i32)>,
+    ) -> Result<bool, Error> {
+        let entry = listed(
+            (
+                scope.scope_id,
+                scope.client_id,
+                scope.matter_id,
+                &scope.category,
+            ),
+            scope.original_count,
+            scope.due_at.unwrap_or_else(Utc::now),
+            policy,
+        );
+        let event = self
+            .event(AuditAction::RetentionReturnListed)
+            .resource("return", &entry.id.to_string())
+            .scope(Some(scope.client_id), scope.matter_id)
+            .category(&scope.category)
+            .build();
+        self.commit(vec![fence(token), list_for_return(&entry)], &[event])
+            .await
+    }
+
+    /// The vault refused a shred because the scope holds originals (added
+    /// after the registry last saw it): the disposal is cancelled and the
+    /// scope listed for return instead, in one transaction.
+    async fn cancel_for_return(&self, token: u64, row: &DisposalRow) -> Result<bool, Error> {
+        let originals = self
+            .vault_scope(row)
+            .await?
+            .map_or(1, |s| s.original_count.max(1));
+        let entry = listed(
+            (row.scope_id, row.client_id, row.matter_id, &row.category),
+            originals,
+            row.due_at,
+            row.policy_id.zip(row.policy_version),
+        );
+        let cancelled = self
+            .event(AuditAction::RetentionDisposalCancelled)
+            .resource("scope", &row.scope_id.to_string())
+            .scope(Some(row.client_id), row.matter_id)
+            .category(&row.category)
+            .outcome(Outcome::Denied, "originals")
+            .build();
+        let event = self
+            .event(AuditAction::RetentionReturnListed)
+            .resource("return", &entry.id.to_string())
+            .scope(Some(row.client_id), row.matter_id)
+            .category(&row.category)
+            .build();
+        self.commit(
+            vec![
+                fence(token),
+                set_state(row.id, "shred_ordered", "cancelled"),
+                list_for_return(&entry),
+            ],
+            &[cancelled, event],
+        )
+        .await
+    }
+
     fn vault(&self) -> Result<VaultServiceClient<confidant_runtime::client::PeerChannel>, Error> {
         self.retention.vault_client()
     }
 
     /// How many records the scope holds, for the certificate.
     async fn record_count(&self, row: &DisposalRow) -> Result<i64, Error> {
+        Ok(self.vault_scope(row).await?.map_or(0, |s| s.record_count))
+    }
+
+    /// The scope as the vault lists it now.
+    async fn vault_scope(&self, row: &DisposalRow) -> Result<Option<vault_pb::Scope>, Error> {
         let scopes = self
             .vault()?
             .list_scopes(crate::service::timed(vault_pb::ListScopesRequest {
@@ -533,18 +682,14 @@ impl Disposer {
             .into_inner()
             .scopes;
         Ok(scopes
-            .iter()
-            .find(|s| s.id == row.scope_id.to_string())
-            .map_or(0, |s| s.record_count))
+            .into_iter()
+            .find(|s| s.id == row.scope_id.to_string()))
     }
 
-    /// Orders the shred; `Some(when the key was destroyed)`, or `None` when
-    /// the vault refuses because a hold covers the scope. The order id makes
-    /// a repeated order (after a crash) a no-op at the vault.
-    async fn order_shred(
-        &self,
-        row: &DisposalRow,
-    ) -> Result<Option<(DateTime<Utc>, Option<String>)>, Error> {
+    /// Orders the shred: done (when the key was destroyed), or refused
+    /// because a hold covers the scope or it holds originals. The order id
+    /// makes a repeated order (after a crash) a no-op at the vault.
+    async fn order_shred(&self, row: &DisposalRow) -> Result<ShredAnswer, Error> {
         let answer = self
             .vault()?
             .shred_scope(crate::service::timed(vault_pb::ShredScopeRequest {
@@ -568,7 +713,7 @@ impl Disposer {
                     .unwrap_or_else(Utc::now);
                 let event =
                     (!response.audit_event_id.is_empty()).then_some(response.audit_event_id);
-                Ok(Some((at, event)))
+                Ok(ShredAnswer::Done(at, event))
             }
             Err(status) if status.code() == tonic::Code::FailedPrecondition => {
                 use tonic_types::StatusExt;
@@ -577,10 +722,10 @@ impl Disposer {
                     .error_info()
                     .map(|i| i.reason.clone())
                     .unwrap_or_default();
-                if reason == "legal_hold" {
-                    Ok(None)
-                } else {
-                    Err(Error::VaultUnavailable(status.message().to_owned()))
+                match reason.as_str() {
+                    "legal_hold" => Ok(ShredAnswer::Held),
+                    "originals" => Ok(ShredAnswer::Originals),
+                    _ => Err(Error::VaultUnavailable(status.message().to_owned())),
                 }
             }
             Err(status) => Err(Error::VaultUnavailable(status.message().to_owned())),
@@ -929,7 +1074,8 @@ pub async fn sweep_task(
                 match disposer.sweep().await {
                     Ok(Some(r)) if r != SweepReport::default() => tracing::info!(
                         batches = r.batches_created, shredded = r.shredded, certified = r.certified,
-                        cancelled = r.cancelled, awaiting_notice = r.awaiting_notice, "disposal sweep"),
+                        cancelled = r.cancelled, awaiting_notice = r.awaiting_notice,
+                        listed_for_return = r.listed_for_return, "disposal sweep"),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "disposal sweep stopped; the next one resumes"),
                 }

@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::domain::{Rules, Trigger};
 use crate::error::Error;
 use crate::service::{Actor, Retention};
-use crate::store::{HoldRow, PolicyRow};
+use crate::store::{HoldRow, PolicyRow, ReturnRow};
 
 /// Handlers of `confidant.retention.v1.RetentionService`.
 #[derive(Debug, Clone)]
@@ -116,6 +116,29 @@ fn hold_proto(row: &HoldRow, approvers: Vec<String>) -> pb::Hold {
         release_approvers: approvers,
         release_time: row.released_at.map(ts),
         in_vault: row.in_vault != 0,
+    }
+}
+
+fn return_proto(row: &ReturnRow) -> pb::ReturnEntry {
+    pb::ReturnEntry {
+        id: row.id.to_string(),
+        scope_id: row.scope_id.to_string(),
+        client_id: row.client_id.to_string(),
+        matter_id: row.matter_id.map(|m| m.to_string()).unwrap_or_default(),
+        category: category_proto(&row.category),
+        original_count: row.original_count,
+        due_time: Some(ts(row.due_at)),
+        policy_id: row.policy_id.map(|p| p.to_string()).unwrap_or_default(),
+        policy_version: row.policy_version.unwrap_or_default(),
+        state: match row.state.as_str() {
+            "listed" => pb::ReturnState::Listed,
+            "returned" => pb::ReturnState::Returned,
+            _ => pb::ReturnState::Unspecified,
+        } as i32,
+        list_time: Some(ts(row.listed_at)),
+        return_time: row.returned_at.map(ts),
+        returned_by: row.returned_by.clone().unwrap_or_default(),
+        reference: row.reference.clone().unwrap_or_default(),
     }
 }
 
@@ -429,6 +452,7 @@ impl RetentionService for RetentionApi {
                 certificates_issued: n(r.certified),
                 disposals_cancelled: n(r.cancelled),
                 awaiting_client_notice: n(r.awaiting_notice),
+                listed_for_return: n(r.listed_for_return),
             },
         }))
     }
@@ -474,6 +498,68 @@ impl RetentionService for RetentionApi {
         Ok(Response::new(pb::ApproveDisposalBatchResponse {
             batch: Some(batch_proto(&row, scopes, approvers)),
             approvals_needed: i32::try_from(needed).unwrap_or(i32::MAX),
+        }))
+    }
+
+    #[tracing::instrument(name = "retention.list_returns", skip_all)]
+    async fn list_returns(
+        &self,
+        request: Request<pb::ListReturnsRequest>,
+    ) -> Result<Response<pb::ListReturnsResponse>, Status> {
+        self.staff_with(&request, "retention.manage").await?;
+        let req = request.get_ref();
+        let mut v = Violations::new();
+        let client = optional_uuid(&mut v, "client_id", &req.client_id);
+        check(v)?;
+        let rows = self
+            .retention
+            .store()
+            .returns(client, req.include_returned)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(pb::ListReturnsResponse {
+            returns: rows.iter().map(return_proto).collect(),
+        }))
+    }
+
+    #[tracing::instrument(name = "retention.record_return", skip_all, fields(return_id = %request.get_ref().return_id))]
+    async fn record_return(
+        &self,
+        request: Request<pb::RecordReturnRequest>,
+    ) -> Result<Response<pb::RecordReturnResponse>, Status> {
+        let actor = self.staff_with(&request, "retention.manage").await?;
+        let Actor::Staff { staff_id, .. } = &actor else {
+            return Err(Error::Unauthenticated.into());
+        };
+        let req = request.get_ref();
+        let mut v = Violations::new();
+        let id = required_uuid(&mut v, "return_id", &req.return_id);
+        let reference = req.reference.trim();
+        if reference.is_empty() || reference.chars().count() > 200 {
+            v.add("reference", "is required, at most 200 characters");
+        }
+        check(v)?;
+        let id = id.unwrap_or_default();
+        let entry = self
+            .retention
+            .store()
+            .return_entry(id)
+            .await
+            .map_err(Error::from)?
+            .ok_or(Error::NotFound("return"))?;
+        // Permission for this client's matter: walls and assignments count.
+        self.decider
+            .decide(
+                staff_id,
+                "retention.manage",
+                Some(entry.client_id),
+                entry.matter_id,
+            )
+            .await
+            .map_err(Error::from)?;
+        let row = self.retention.record_return(&actor, id, reference).await?;
+        Ok(Response::new(pb::RecordReturnResponse {
+            entry: Some(return_proto(&row)),
         }))
     }
 

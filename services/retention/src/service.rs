@@ -11,13 +11,13 @@ use confidant_proto::vault::v1 as vault_pb;
 use confidant_proto::vault::v1::vault_service_client::VaultServiceClient;
 use confidant_runtime::audit::{Action as AuditAction, EventBuilder};
 use confidant_runtime::client::PeerChannel;
-use confidant_runtime::portable::{Statement, TransactError};
+use confidant_runtime::portable::{Statement, TransactError, Value};
 use confidant_vault::domain::Category;
 use uuid::Uuid;
 
 use crate::domain::{Rules, Trigger, due_at};
 use crate::error::Error;
-use crate::store::{self, HoldRow, PolicyRow, RetentionStore, ScopeRow};
+use crate::store::{self, HoldRow, PolicyRow, RetentionStore, ReturnRow, ScopeRow};
 
 /// Who acts (shared with the other services).
 pub use confidant_runtime::auth::Actor;
@@ -348,12 +348,16 @@ impl Retention {
                     added.push(id);
                 }
                 statements.push(store::upsert_scope(
-                    id,
-                    client_id,
-                    matter_id,
-                    category.as_str(),
-                    created,
-                    state,
+                    &ScopeRow {
+                        scope_id: id,
+                        client_id,
+                        matter_id,
+                        category: category.as_str().to_owned(),
+                        created_at: created,
+                        vault_state: state.to_owned(),
+                        due_at: None,
+                        original_count: scope.original_count,
+                    },
                     now,
                 ));
             }
@@ -379,6 +383,65 @@ impl Retention {
             }
         }
         Ok((added.len(), self.store.scope_count().await?))
+    }
+
+    // ------------------------------------------------------ return to client
+
+    /// Records that a listed scope's originals went back to the client. The
+    /// vault releases them first (a repeat there is a no-op), then the entry
+    /// is closed here; if this step fails, calling again finishes it, and
+    /// until then the scope stays listed and unshredded.
+    pub async fn record_return(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        reference: &str,
+    ) -> Result<ReturnRow, Error> {
+        let entry = self
+            .store
+            .return_entry(id)
+            .await?
+            .ok_or(Error::NotFound("return"))?;
+        if entry.state == "returned" {
+            return Ok(entry);
+        }
+        self.vault()?
+            .release_originals(timed(vault_pb::ReleaseOriginalsRequest {
+                scope_id: entry.scope_id.to_string(),
+                return_id: id.to_string(),
+            }))
+            .await
+            .map_err(|s| Error::VaultUnavailable(s.message().to_owned()))?;
+        let event = self
+            .event(actor, AuditAction::RetentionReturnRecorded)
+            .resource("return", &id.to_string())
+            .scope(Some(entry.client_id), entry.matter_id)
+            .category(&entry.category)
+            .build();
+        let statements = vec![
+            Statement::new(
+                "UPDATE retention_returns SET state = 'returned', returned_at = $2, returned_by = $3, reference = $4 \
+                 WHERE id = $1 AND state = 'listed'",
+                vec![
+                    Value::Uuid(id),
+                    Value::Time(Utc::now()),
+                    Value::Text(actor.id().to_owned()),
+                    Value::Text(reference.to_owned()),
+                ],
+            )
+            .expecting(1),
+            Statement::new(
+                "UPDATE retention_scopes SET original_count = 0 WHERE scope_id = $1",
+                vec![Value::Uuid(entry.scope_id)],
+            ),
+        ];
+        match self.store.db().transact(statements, &[event]).await {
+            // Unmet: another request recorded it meanwhile.
+            Ok(_) | Err(TransactError::Unmet { .. }) => {}
+            Err(TransactError::Sqlx(e)) => return Err(Error::Store(e)),
+            Err(e) => return Err(Error::Audit(e.to_string())),
+        }
+        Ok(self.store.return_entry(id).await?.unwrap_or(entry))
     }
 
     // ----------------------------------------------------------------- holds

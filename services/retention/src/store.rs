@@ -79,6 +79,51 @@ pub struct ScopeRow {
     pub vault_state: String,
     /// When it falls due.
     pub due_at: Option<DateTime<Utc>>,
+    /// Originals the firm holds for the client in it (at the last sync).
+    pub original_count: i64,
+}
+
+/// An entry of the return-to-client list.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ReturnRow {
+    /// Id.
+    pub id: Uuid,
+    /// The vault scope.
+    pub scope_id: Uuid,
+    /// Client.
+    pub client_id: Uuid,
+    /// Matter.
+    pub matter_id: Option<Uuid>,
+    /// Category name.
+    pub category: String,
+    /// Originals in the scope when it was listed.
+    pub original_count: i64,
+    /// When the scope fell due.
+    pub due_at: DateTime<Utc>,
+    /// The policy that made it due.
+    pub policy_id: Option<Uuid>,
+    /// Its version.
+    pub policy_version: Option<i32>,
+    /// listed or returned.
+    pub state: String,
+    /// When listed.
+    pub listed_at: DateTime<Utc>,
+    /// When the return was recorded.
+    pub returned_at: Option<DateTime<Utc>>,
+    /// Who recorded it.
+    pub returned_by: Option<String>,
+    /// How it went back.
+    pub reference: Option<String>,
+}
+
+macro_rules! return_select {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, scope_id, client_id, matter_id, category, original_count, due_at, policy_id, \
+             policy_version, state, listed_at, returned_at, returned_by, reference FROM retention_returns ",
+            $tail
+        )
+    };
 }
 
 /// A hold.
@@ -213,28 +258,23 @@ pub fn set_due(
     )
 }
 
-/// Statement: a scope seen in the vault (new, or its state refreshed).
-pub fn upsert_scope(
-    scope_id: Uuid,
-    client_id: Uuid,
-    matter_id: Option<Uuid>,
-    category: &str,
-    created_at: DateTime<Utc>,
-    vault_state: &str,
-    now: DateTime<Utc>,
-) -> Statement {
+/// Statement: a scope seen in the vault (new, or its state and originals
+/// refreshed; its due date is retention's own).
+pub fn upsert_scope(scope: &ScopeRow, now: DateTime<Utc>) -> Statement {
     Statement::new(
-        "INSERT INTO retention_scopes (scope_id, client_id, matter_id, category, created_at, vault_state, synced_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) \
-         ON CONFLICT (scope_id) DO UPDATE SET vault_state = excluded.vault_state, synced_at = excluded.synced_at",
+        "INSERT INTO retention_scopes (scope_id, client_id, matter_id, category, created_at, vault_state, synced_at, original_count) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         ON CONFLICT (scope_id) DO UPDATE SET vault_state = excluded.vault_state, synced_at = excluded.synced_at, \
+         original_count = excluded.original_count",
         vec![
-            Value::Uuid(scope_id),
-            Value::Uuid(client_id),
-            Value::OptUuid(matter_id),
-            Value::Text(category.to_owned()),
-            Value::Time(created_at),
-            Value::Text(vault_state.to_owned()),
+            Value::Uuid(scope.scope_id),
+            Value::Uuid(scope.client_id),
+            Value::OptUuid(scope.matter_id),
+            Value::Text(scope.category.clone()),
+            Value::Time(scope.created_at),
+            Value::Text(scope.vault_state.clone()),
             Value::Time(now),
+            Value::BigInt(scope.original_count),
         ],
     )
 }
@@ -342,7 +382,7 @@ impl RetentionStore {
     ) -> StoreResult<Vec<ScopeRow>> {
         self.db
             .fetch_all(
-                "SELECT scope_id, client_id, matter_id, category, created_at, vault_state, due_at FROM retention_scopes \
+                "SELECT scope_id, client_id, matter_id, category, created_at, vault_state, due_at, original_count FROM retention_scopes \
                  WHERE ($1 IS NULL OR client_id = $1) AND ($2 IS NULL OR category = $2) ORDER BY scope_id",
                 vec![
                     Value::OptUuid(client_id),
@@ -357,7 +397,7 @@ impl RetentionStore {
     pub async fn due_before(&self, before: DateTime<Utc>) -> StoreResult<Vec<ScopeRow>> {
         self.db
             .fetch_all(
-                "SELECT scope_id, client_id, matter_id, category, created_at, vault_state, due_at FROM retention_scopes \
+                "SELECT scope_id, client_id, matter_id, category, created_at, vault_state, due_at, original_count FROM retention_scopes \
                  WHERE due_at IS NOT NULL AND due_at <= $1 AND vault_state <> 'shredded' ORDER BY due_at",
                 vec![Value::Time(before)],
             )
@@ -373,12 +413,41 @@ impl RetentionStore {
     ) -> StoreResult<Vec<ScopeRow>> {
         self.db
             .fetch_all(
-                "SELECT scope_id, client_id, matter_id, category, created_at, vault_state, due_at FROM retention_scopes s \
+                "SELECT scope_id, client_id, matter_id, category, created_at, vault_state, due_at, original_count FROM retention_scopes s \
                  WHERE due_at IS NOT NULL AND due_at <= $1 AND vault_state <> 'shredded' \
                  AND NOT EXISTS (SELECT 1 FROM retention_disposals d WHERE d.scope_id = s.scope_id AND d.state <> 'cancelled') \
+                 AND NOT EXISTS (SELECT 1 FROM retention_returns r WHERE r.scope_id = s.scope_id AND r.state = 'listed') \
                  ORDER BY due_at LIMIT $2",
                 vec![Value::Time(before), Value::BigInt(limit)],
             )
+            .await
+    }
+
+    /// The return-to-client list: open entries first, then returned ones,
+    /// optionally of one client.
+    pub async fn returns(
+        &self,
+        client_id: Option<Uuid>,
+        include_returned: bool,
+    ) -> StoreResult<Vec<ReturnRow>> {
+        self.db
+            .fetch_all(
+                return_select!(
+                    "WHERE ($1 IS NULL OR client_id = $1) AND ($2 = 1 OR state = 'listed') \
+                     ORDER BY state, due_at, id LIMIT 1000"
+                ),
+                vec![
+                    Value::OptUuid(client_id),
+                    Value::Int(i32::from(include_returned)),
+                ],
+            )
+            .await
+    }
+
+    /// One entry of the return-to-client list.
+    pub async fn return_entry(&self, id: Uuid) -> StoreResult<Option<ReturnRow>> {
+        self.db
+            .fetch_optional(return_select!("WHERE id = $1"), vec![Value::Uuid(id)])
             .await
     }
 

@@ -79,6 +79,7 @@ actions! {
     VaultScopeShredded => "vault.scope.shredded", "A scope key was destroyed: every record of the scope is unreadable (outcome denied: a legal hold).";
     VaultHoldPlaced => "vault.hold.placed", "A legal hold now stops the shredding of the scopes it covers.";
     VaultHoldReleased => "vault.hold.released", "A legal hold was released.";
+    VaultOriginalsReturned => "vault.originals.returned", "A scope's originals were returned to the client; the scope follows its schedule again (reason: the return).";
     VaultSealedTextOpened => "vault.sealed_text.opened", "Sealed free text of an audit event was read.";
     VaultKeysRewrapped => "vault.keys.rewrapped", "Scope keys were rewrapped under the active KMS key.";
     RetentionPolicyCreated => "retention.policy.created", "A retention policy was created (resource: the policy).";
@@ -91,6 +92,8 @@ actions! {
     RetentionBatchApproved => "retention.batch.approved", "A records manager approved a disposition batch.";
     RetentionDisposalShredded => "retention.disposal.shredded", "The vault confirmed the shred a disposal ordered (reason: the order).";
     RetentionDisposalCancelled => "retention.disposal.cancelled", "A disposal was cancelled because a legal hold covers its scope.";
+    RetentionReturnListed => "retention.return.listed", "A due scope holding originals was put on the return-to-client list instead of being shredded.";
+    RetentionReturnRecorded => "retention.return.recorded", "A records manager recorded that a scope's originals went back to the client.";
     RetentionCertificateIssued => "retention.certificate.issued", "A signed certificate of disposal was issued for a shredded scope.";
         IdentityWallCertified => "identity.wall.certified", "A wall was certified for a period from the audit log (outcome denied: accesses found).";
 }

@@ -242,6 +242,7 @@ impl Vault {
             created_by: actor.id().to_owned(),
             request_id: request_id.map(str::to_owned),
             document_nonce: Some(prefix.to_vec()),
+            original: false,
         };
         self.commit(vec![encrypted.insert()], &[]).await?;
 

@@ -142,6 +142,8 @@ pub struct NewRecord {
     pub scope: ScopeRef,
     /// Its fields, in the order given.
     pub fields: Vec<NewField>,
+    /// An original that belongs to the client: never shredded by schedule.
+    pub original: bool,
 }
 
 /// The most characters of a justification.
@@ -354,6 +356,7 @@ impl NewRecord {
                     category,
                 },
                 fields,
+                original: record.original,
             }),
             _ => Err(v),
         }
@@ -393,6 +396,7 @@ mod tests {
                 field("email", pb::FieldType::Email, "ao@example.org"),
                 field("phone", pb::FieldType::Phone, "+44 20 7946 00"),
             ],
+            original: false,
         };
         let parsed = NewRecord::parse(Some(&record), LIMITS, "record").unwrap();
         assert_eq!(parsed.scope.client_id, client);
@@ -413,6 +417,7 @@ mod tests {
                 field("dob", pb::FieldType::Text, "x"),
                 field("note", pb::FieldType::Text, "seventeen bytes!!"),
             ],
+            original: false,
         };
         let err = NewRecord::parse(Some(&record), LIMITS, "record").unwrap_err();
         assert_eq!(

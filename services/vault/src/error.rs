@@ -36,6 +36,9 @@ pub enum Error {
     /// A client stream stopped before it was complete; nothing was kept.
     #[error("the stream stopped before it was complete")]
     StreamAborted,
+    /// The scope or record holds originals that belong to the client.
+    #[error("originals that belong to the client are not shredded")]
+    Originals,
     /// The state does not allow the operation.
     #[error("{0}")]
     Conflict(&'static str),
@@ -79,6 +82,7 @@ impl Error {
             Error::Shredded(_) => "shredded".into(),
             Error::PendingDestruction => "pending_destruction".into(),
             Error::Held => "legal_hold".into(),
+            Error::Originals => "originals".into(),
             Error::Kms(_) => "kms_unavailable".into(),
             Error::Audit(_) => "audit_unavailable".into(),
             _ => String::new(),
@@ -119,6 +123,11 @@ impl From<Error> for Status {
                 Code::Aborted,
                 "stream_aborted",
                 "the upload stopped before it was complete; nothing was stored",
+            ),
+            Error::Originals => with_reason(
+                Code::FailedPrecondition,
+                "originals",
+                "the scope holds originals that belong to the client: return them, never shred them",
             ),
             Error::Conflict(message) => with_reason(Code::FailedPrecondition, "conflict", message),
             Error::Kms(e) => {

@@ -91,6 +91,7 @@ pub fn metadata(row: &RecordRow) -> pb::RecordMetadata {
             size_bytes: row.doc_size.unwrap_or_default(),
             sha256: row.doc_sha256.clone().unwrap_or_default(),
         }),
+        original: row.original == 1,
     }
 }
 
@@ -284,6 +285,11 @@ impl VaultApi {
             kms_key_id: row.kms_key_id.clone().unwrap_or_default(),
             record_count: if count_records {
                 store.record_count(row.id).await?
+            } else {
+                0
+            },
+            original_count: if count_records {
+                store.original_count(row.id).await?
             } else {
                 0
             },
@@ -910,6 +916,24 @@ impl VaultService for VaultApi {
             .release_hold(&actor, hold.unwrap_or_default())
             .await?;
         Ok(Response::new(pb::ReleaseHoldResponse {}))
+    }
+
+    #[tracing::instrument(name = "vault.release_originals", skip_all, fields(scope_id = %request.get_ref().scope_id))]
+    async fn release_originals(
+        &self,
+        request: Request<pb::ReleaseOriginalsRequest>,
+    ) -> Result<Response<pb::ReleaseOriginalsResponse>, Status> {
+        let actor = Self::actor(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let scope = required_uuid(&mut v, "scope_id", &req.scope_id);
+        let ret = required_uuid(&mut v, "return_id", &req.return_id);
+        check(v)?;
+        let released = self
+            .vault
+            .release_originals(&actor, scope.unwrap_or_default(), ret.unwrap_or_default())
+            .await?;
+        Ok(Response::new(pb::ReleaseOriginalsResponse { released }))
     }
 
     #[tracing::instrument(name = "vault.seal_text", skip_all)]

@@ -102,6 +102,10 @@ pub async fn build(
         .allow(&format!("/{GRPC_SERVICE}/PlaceHold"), retention.clone())
         .allow(&format!("/{GRPC_SERVICE}/ReleaseHold"), retention.clone())
         .allow(
+            &format!("/{GRPC_SERVICE}/ReleaseOriginals"),
+            retention.clone(),
+        )
+        .allow(
             &format!("/{GRPC_SERVICE}/ListScopes"),
             retention.iter().chain(admins.iter()).cloned(),
         )

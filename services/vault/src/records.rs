@@ -203,6 +203,7 @@ fn new_record_row(encrypted: store::EncryptedRecord) -> RecordRow {
         doc_sha256: None,
         doc_segments: None,
         doc_nonce: None,
+        original: i32::from(encrypted.original),
     }
 }
 
@@ -414,6 +415,7 @@ impl Vault {
                 created_by: actor.id().to_owned(),
                 request_id: request_id.map(str::to_owned),
                 document_nonce: None,
+                original: record.original,
             };
             let event = self
                 .event(actor, Action::VaultRecordCreated)
@@ -716,6 +718,9 @@ impl Vault {
         if is_shredded(&row) {
             return Ok(row);
         }
+        if row.original == 1 {
+            return Err(Error::Originals);
+        }
         let scope = self
             .store
             .scope(row.scope_id)
@@ -795,6 +800,11 @@ impl Vault {
             self.refused_shred(actor, "scope", id, &scope, "legal_hold")
                 .await;
             return Err(Error::Held);
+        }
+        if self.store.original_count(id).await? > 0 {
+            self.refused_shred(actor, "scope", id, &scope, "originals")
+                .await;
+            return Err(Error::Originals);
         }
         let window = window.unwrap_or(self.settings.destruction_window);
         let now = Utc::now();
@@ -1010,6 +1020,36 @@ impl Vault {
         )
         .await?;
         Ok(())
+    }
+
+    /// Records that a scope's originals went back to the client: they are
+    /// no longer originals the firm holds, and the scope can be shredded on
+    /// its schedule. Returns how many were released (0 when repeated).
+    pub async fn release_originals(
+        &self,
+        actor: &Actor,
+        scope_id: Uuid,
+        return_id: Uuid,
+    ) -> Result<i64, Error> {
+        let scope = self
+            .store
+            .scope(scope_id)
+            .await?
+            .ok_or(Error::NotFound("scope"))?;
+        let count = self.store.original_count(scope_id).await?;
+        if count == 0 {
+            return Ok(0);
+        }
+        let event = self
+            .event(actor, Action::VaultOriginalsReturned)
+            .resource("scope", &scope_id.to_string())
+            .scope(Some(scope.client_id), scope.matter_id)
+            .category(&scope.category)
+            .outcome(Outcome::Allowed, &format!("return-{return_id}"))
+            .build();
+        self.commit(vec![store::release_originals(scope_id)], &[event])
+            .await?;
+        Ok(count)
     }
 
     // ------------------------------------------------------------ sealed text

@@ -134,6 +134,9 @@ pub struct RecordRow {
     pub doc_segments: Option<i32>,
     /// A document's STREAM nonce prefix.
     pub doc_nonce: Option<Vec<u8>>,
+    /// 1 for an original that belongs to the client, 2 once it was
+    /// returned to them, 0 otherwise.
+    pub original: i32,
 }
 
 impl RecordRow {
@@ -150,7 +153,7 @@ macro_rules! record_select {
              r.fields, r.field_names, r.created_at, r.created_by, r.shredded_at, r.shred_order, \
              s.state AS scope_state, s.kms_key_id AS scope_kms_key_id, s.wrapped_key AS scope_wrapped_key, \
              s.shredded_at AS scope_shredded_at, s.shred_order AS scope_shred_order, \
-             r.kind, r.upload_state, r.doc_size, r.doc_sha256, r.doc_segments, r.doc_nonce \
+             r.kind, r.upload_state, r.doc_size, r.doc_sha256, r.doc_segments, r.doc_nonce, r.original \
              FROM vault_records r JOIN vault_scopes s ON s.id = r.scope_id ",
             $tail
         )
@@ -192,14 +195,16 @@ pub struct EncryptedRecord {
     pub request_id: Option<String>,
     /// For a document being uploaded: its STREAM nonce prefix.
     pub document_nonce: Option<Vec<u8>>,
+    /// An original that belongs to the client.
+    pub original: bool,
 }
 
 macro_rules! guarded_record_insert {
     ($lock:literal) => {
         concat!(
             "INSERT INTO vault_records (id, scope_id, client_id, matter_id, category, key_version, wrapped_key, \
-             fields, field_names, created_at, created_by, request_id, kind, upload_state, doc_nonce) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15 \
+             fields, field_names, created_at, created_by, request_id, kind, upload_state, doc_nonce, original) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16 \
              FROM vault_scopes WHERE id = $2 AND state = 'active' AND key_version = $6",
             $lock
         )
@@ -250,6 +255,7 @@ impl EncryptedRecord {
                 .to_owned(),
             ),
             Value::OptBytes(self.document_nonce.clone()),
+            Value::Int(i32::from(self.original)),
         ]
     }
 }
@@ -399,6 +405,18 @@ impl VaultStore {
             .await
     }
 
+    /// Originals that belong to the client in a scope.
+    pub async fn original_count(&self, scope_id: Uuid) -> StoreResult<i64> {
+        let row: Option<(i64,)> = self
+            .db
+            .fetch_optional(
+                "SELECT COUNT(*) FROM vault_records WHERE scope_id = $1 AND original = 1",
+                vec![Value::Uuid(scope_id)],
+            )
+            .await?;
+        Ok(row.map_or(0, |r| r.0))
+    }
+
     /// Records in a scope.
     pub async fn record_count(&self, scope_id: Uuid) -> StoreResult<i64> {
         let row: Option<(i64,)> = self
@@ -490,6 +508,14 @@ impl VaultStore {
     }
 }
 
+/// Statement: a scope's originals were returned to the client (2: returned).
+pub fn release_originals(scope_id: Uuid) -> Statement {
+    Statement::new(
+        "UPDATE vault_records SET original = 2 WHERE scope_id = $1 AND original = 1",
+        vec![Value::Uuid(scope_id)],
+    )
+}
+
 /// Statement: a scope becomes shredded (key gone) if no hold covers it.
 /// Constant time: one row, whatever the number of records.
 pub fn shred_scope(id: Uuid, order: &str, now: DateTime<Utc>, event_id: &str) -> Statement {
@@ -499,7 +525,8 @@ pub fn shred_scope(id: Uuid, order: &str, now: DateTime<Utc>, event_id: &str) ->
          WHERE id = $1 AND state <> 'shredded' AND hold_count = 0 AND NOT EXISTS ( \
            SELECT 1 FROM vault_holds h WHERE h.released_at IS NULL AND h.client_id = vault_scopes.client_id \
            AND (h.matter_id IS NULL OR h.matter_id = vault_scopes.matter_id) \
-           AND (h.category IS NULL OR h.category = vault_scopes.category))",
+           AND (h.category IS NULL OR h.category = vault_scopes.category)) \
+         AND NOT EXISTS (SELECT 1 FROM vault_records r WHERE r.scope_id = vault_scopes.id AND r.original = 1)",
         vec![
             Value::Uuid(id),
             Value::Time(now),

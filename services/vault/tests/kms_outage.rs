@@ -108,6 +108,7 @@ fn note(client: Uuid, category: pb::DataCategory) -> NewRecord {
                 value: "called about the lease".into(),
                 masked: false,
             }],
+            original: false,
         }),
         Limits {
             max_field_bytes: 1024,

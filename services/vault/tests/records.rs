@@ -110,6 +110,7 @@ fn record(
                 masked: false,
             })
             .collect(),
+        original: false,
     };
     NewRecord::parse(
         Some(&proto),
