@@ -294,6 +294,24 @@ async fn bad_input_is_named_and_management_is_for_admins(backend: Backend) {
     assert_eq!(fields(err), ["justification", "duration_minutes"]);
 
     let err = admin
+        .create_matter(CreateMatterRequest {
+            client_id: uuid::Uuid::now_v7().to_string(),
+            practice_area: " ".into(),
+            jurisdiction: "New York".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(fields(err), ["practice_area", "jurisdiction"]);
+    let err = admin
+        .get_matters(GetMattersRequest {
+            matter_ids: vec!["nope".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(fields(err), ["matter_ids[0]"]);
+
+    let err = admin
         .record_attestation(RecordAttestationRequest {
             staff_id: uuid::Uuid::now_v7().to_string(),
             kind: AttestationKind::Unspecified as i32,
@@ -311,6 +329,7 @@ async fn bad_input_is_named_and_management_is_for_admins(backend: Backend) {
             client_id: uuid::Uuid::now_v7().to_string(),
             responsible_attorney_id: String::new(),
             practice_area: "tax".into(),
+            jurisdiction: "US-NY".into(),
         })
         .await
         .unwrap_err();
@@ -341,6 +360,17 @@ async fn bad_input_is_named_and_management_is_for_admins(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    let denied = vault
+        .get_matters(GetMattersRequest {
+            matter_ids: vec![uuid::Uuid::now_v7().to_string()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        denied.code(),
+        tonic::Code::PermissionDenied,
+        "retention's only"
+    );
     let decision = vault
         .authorize(AuthorizeRequest {
             staff_id: uuid::Uuid::now_v7().to_string(),

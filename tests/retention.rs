@@ -8,7 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::directory::{as_staff, assign, cleared, new_client, new_matter, staff_token};
+use common::directory::{
+    as_staff, assign, cleared, new_client, new_matter, new_matter_in, staff_token,
+};
 use confidant::sandbox::{Sandbox, SandboxData, SandboxSpec};
 use confidant_proto::audit::v1::ListEventsRequest;
 use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
@@ -18,7 +20,8 @@ use confidant_proto::vault::v1 as vault_pb;
 use confidant_proto::vault::v1::vault_service_client::VaultServiceClient;
 use confidant_runtime::ServiceName;
 use confidant_runtime::client::PeerChannel;
-use confidant_runtime::storage::Backend;
+use confidant_runtime::portable::{Statement, Value};
+use confidant_runtime::storage::{Backend, Database, PoolOptions};
 
 async fn channel(
     data: &SandboxData,
@@ -49,6 +52,8 @@ fn rules(
         action: action as i32,
         client_notice_days: 0,
         basis: "firm schedule 2026, section 4".into(),
+        practice_area: String::new(),
+        jurisdiction: String::new(),
     }
 }
 
@@ -129,6 +134,8 @@ async fn policies_triggers_and_holds_decide_what_falls_due(backend: Backend) {
                     action: pb::DisposalAction::Shred as i32,
                     client_notice_days: 0,
                     basis: String::new(),
+                    practice_area: String::new(),
+                    jurisdiction: "Narnia".into(),
                 }),
             },
         ))
@@ -140,7 +147,8 @@ async fn policies_triggers_and_holds_decide_what_falls_due(backend: Backend) {
             "rules.category",
             "rules.period.years",
             "rules.trigger",
-            "rules.basis"
+            "rules.basis",
+            "rules.jurisdiction"
         ]
     );
     let refused = retention
@@ -1071,4 +1079,200 @@ async fn sqlite_originals_go_back_to_the_client_instead_of_the_shredder() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_originals_go_back_to_the_client_instead_of_the_shredder() {
     originals_go_back_to_the_client_instead_of_the_shredder(Backend::Postgres).await;
+}
+
+/// A category's policy can be narrowed to a practice area, a jurisdiction
+/// or both; the most specific that fits a scope's matter governs it, as
+/// identity describes the matter. A matter closing identity never reported
+/// is found on the next sync.
+async fn policies_follow_the_matters_practice_area_and_jurisdiction(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec::of(&[
+            ServiceName::Identity,
+            ServiceName::Vault,
+            ServiceName::Retention,
+            ServiceName::Audit,
+        ]),
+    )
+    .await;
+    let mut admin = common::identity_client(&data, &sandbox, "operator").await;
+    let client_id = new_client(&mut admin).await;
+    let manager = cleared(&mut admin, "records@firm.example", "records_manager").await;
+    let token = staff_token(&data, &manager, &["records_manager"]);
+    let ny_probate = new_matter_in(&mut admin, &client_id, None, "Probate", "us-ny").await;
+    let ca_probate = new_matter_in(&mut admin, &client_id, None, "probate", "US-CA").await;
+    let gb_tax = new_matter_in(&mut admin, &client_id, None, "tax", "GB-ENG").await;
+    let family = new_matter(&mut admin, &client_id, None, "family").await;
+    let quiet = new_matter(&mut admin, &client_id, None, "family").await;
+
+    let mut vault =
+        VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "intake").await);
+    for matter in [&ny_probate, &ca_probate, &gb_tax, &family] {
+        common::store_note(
+            &mut vault,
+            &client_id,
+            matter,
+            vault_pb::DataCategory::MatterFile,
+        )
+        .await;
+    }
+    common::store_note(
+        &mut vault,
+        &client_id,
+        &quiet,
+        vault_pb::DataCategory::Financial,
+    )
+    .await;
+
+    let mut retention = RetentionServiceClient::new(
+        channel(&data, &sandbox, ServiceName::Retention, "firm-app").await,
+    );
+    let class = |years: i32, area: &str, place: &str| {
+        let mut r = rules(
+            vault_pb::DataCategory::MatterFile,
+            (years, 0, 0),
+            pb::Trigger::Creation,
+            pb::DisposalAction::Review,
+        );
+        r.practice_area = area.into();
+        r.jurisdiction = place.into();
+        r
+    };
+    let mut created = Vec::new();
+    for r in [
+        class(9, "", ""),
+        class(7, "", "US"),
+        class(0, "probate", "US-NY"),
+        class(3, "Tax", ""),
+        rules(
+            vault_pb::DataCategory::Financial,
+            (0, 0, 0),
+            pb::Trigger::MatterClosed,
+            pb::DisposalAction::Review,
+        ),
+    ] {
+        let policy = retention
+            .create_policy(as_staff(&token, pb::CreatePolicyRequest { rules: Some(r) }))
+            .await
+            .unwrap()
+            .into_inner()
+            .policy
+            .unwrap();
+        created.push(policy);
+    }
+    assert_eq!(created[3].rules.as_ref().unwrap().practice_area, "tax");
+    // One policy per category, practice area and jurisdiction.
+    let twice = retention
+        .create_policy(as_staff(
+            &token,
+            pb::CreatePolicyRequest {
+                rules: Some(class(1, "PROBATE", "us-ny")),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(twice.code(), tonic::Code::FailedPrecondition, "{twice:?}");
+    // Whom a policy covers is fixed for its life.
+    let moved = retention
+        .update_policy(as_staff(
+            &token,
+            pb::UpdatePolicyRequest {
+                policy_id: created[1].id.clone(),
+                version: 1,
+                rules: Some(class(7, "", "US-TX")),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(common::violated_fields(&moved), ["rules.practice_area"]);
+    let listed = retention
+        .list_policies(as_staff(&token, pb::ListPoliciesRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .policies;
+    assert_eq!(listed.len(), 5);
+
+    retention
+        .sync_scopes(as_staff(&token, pb::SyncScopesRequest {}))
+        .await
+        .unwrap();
+    let due_matters = |groups: Vec<pb::DueGroup>| {
+        let mut matters: Vec<String> = groups.into_iter().map(|g| g.matter_id).collect();
+        matters.sort();
+        matters
+    };
+    let sorted = |mut v: Vec<&String>| {
+        v.sort();
+        v.into_iter().cloned().collect::<Vec<_>>()
+    };
+    // New York probate: at once; California probate: the US policy (7
+    // years); English tax: the tax policy (3 years); family: the plain one
+    // (9 years).
+    assert_eq!(
+        due_matters(report(&mut retention, &token, 1).await),
+        sorted(vec![&ny_probate])
+    );
+    assert_eq!(
+        due_matters(report(&mut retention, &token, 4 * 365).await),
+        sorted(vec![&ny_probate, &gb_tax])
+    );
+    assert_eq!(
+        due_matters(report(&mut retention, &token, 8 * 365).await),
+        sorted(vec![&ny_probate, &gb_tax, &ca_probate])
+    );
+    assert_eq!(
+        due_matters(report(&mut retention, &token, 3650).await),
+        sorted(vec![&ny_probate, &gb_tax, &ca_probate, &family])
+    );
+
+    // Identity closed a matter but retention never heard of it (a crash
+    // between the two): the next sync asks identity and records it.
+    let identity_db = Database::connect(
+        &data.database_url(ServiceName::Identity),
+        "identity",
+        PoolOptions::default(),
+    )
+    .await
+    .unwrap();
+    identity_db
+        .transact(
+            vec![
+                Statement::new(
+                    "UPDATE matters SET closed_at = $1 WHERE id = $2",
+                    vec![
+                        Value::Time(chrono::Utc::now()),
+                        Value::Uuid(quiet.parse().unwrap()),
+                    ],
+                )
+                .expecting(1),
+            ],
+            &[],
+        )
+        .await
+        .unwrap();
+    retention
+        .sync_scopes(as_staff(&token, pb::SyncScopesRequest {}))
+        .await
+        .unwrap();
+    let now_due = report(&mut retention, &token, 1).await;
+    assert!(
+        now_due
+            .iter()
+            .any(|g| g.matter_id == quiet && g.category() == vault_pb::DataCategory::Financial),
+        "{now_due:?}"
+    );
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_policies_follow_the_matters_practice_area_and_jurisdiction() {
+    policies_follow_the_matters_practice_area_and_jurisdiction(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_policies_follow_the_matters_practice_area_and_jurisdiction() {
+    policies_follow_the_matters_practice_area_and_jurisdiction(Backend::Postgres).await;
 }

@@ -159,6 +159,7 @@ async fn a_sweep_killed_midway_is_finished_by_the_next_process_without_double_sh
                     action: pb::DisposalAction::Shred as i32,
                     client_notice_days: 0,
                     basis: "test schedule".into(),
+                    ..Default::default()
                 }),
             },
         ))

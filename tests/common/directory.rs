@@ -96,12 +96,24 @@ pub async fn new_matter(
     attorney: Option<&str>,
     area: &str,
 ) -> String {
+    new_matter_in(admin, client_id, attorney, area, "").await
+}
+
+/// Opens a matter for a client under a jurisdiction (ISO 3166, or empty).
+pub async fn new_matter_in(
+    admin: &mut Client,
+    client_id: &str,
+    attorney: Option<&str>,
+    area: &str,
+    jurisdiction: &str,
+) -> String {
     admin
         .create_matter(CreateMatterRequest {
             request_id: String::new(),
             client_id: client_id.into(),
             responsible_attorney_id: attorney.unwrap_or_default().into(),
             practice_area: area.into(),
+            jurisdiction: jurisdiction.into(),
         })
         .await
         .unwrap()

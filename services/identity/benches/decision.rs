@@ -43,7 +43,7 @@ async fn row(backend: Backend) {
         .unwrap();
     let client = dir.create_client(None, event).await.unwrap();
     let matter = dir
-        .create_matter(None, client, None, "bench", event)
+        .create_matter(None, client, None, ("bench", None), event)
         .await
         .unwrap();
     for kind in [KIND_NDA, KIND_TRAINING] {

@@ -278,12 +278,20 @@ impl IdentityService for IdentityApi {
             "responsible_attorney_id",
             &req.responsible_attorney_id,
         );
-        text(&mut v, "practice_area", &req.practice_area, 64);
+        text(
+            &mut v,
+            "practice_area",
+            &req.practice_area,
+            confidant_runtime::matter::PRACTICE_AREA_MAX,
+        );
+        let jurisdiction =
+            confidant_runtime::matter::jurisdiction(&mut v, "jurisdiction", &req.jurisdiction);
         check(v)?;
         let client = client.unwrap_or_default();
+        let class = (req.practice_area.as_str(), jurisdiction.as_deref());
         let id = self
             .directory
-            .create_matter(request_id, client, attorney, &req.practice_area, |id| {
+            .create_matter(request_id, client, attorney, class, |id| {
                 self.by_caller(&caller, Action::IdentityMatterCreated, "matter", id)
                     .scope(Some(client), Some(id))
                     .build()
@@ -294,6 +302,41 @@ impl IdentityService for IdentityApi {
         Ok(Response::new(CreateMatterResponse {
             matter_id: id.to_string(),
         }))
+    }
+
+    #[tracing::instrument(name = "identity.get_matters", skip_all)]
+    async fn get_matters(
+        &self,
+        request: Request<GetMattersRequest>,
+    ) -> Result<Response<GetMattersResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        if req.matter_ids.is_empty() || req.matter_ids.len() > 1000 {
+            v.add("matter_ids", "must name 1 to 1,000 matters");
+        }
+        let ids: Vec<Uuid> = req
+            .matter_ids
+            .iter()
+            .enumerate()
+            .filter_map(|(i, id)| uuid(&mut v, &format!("matter_ids[{i}]"), id))
+            .collect();
+        check(v)?;
+        let matters = self
+            .directory
+            .matters(&ids)
+            .await
+            .map_err(Error::from)?
+            .into_iter()
+            .map(|m| MatterSummary {
+                matter_id: m.id.to_string(),
+                client_id: m.client_id.to_string(),
+                practice_area: m.practice_area,
+                jurisdiction: m.jurisdiction.unwrap_or_default(),
+                open_time: Some(proto_time(m.opened_at)),
+                close_time: m.closed_at.map(proto_time),
+            })
+            .collect();
+        Ok(Response::new(GetMattersResponse { matters }))
     }
 
     #[tracing::instrument(name = "identity.close_matter", skip_all)]

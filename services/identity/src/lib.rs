@@ -68,6 +68,10 @@ pub async fn build(
         .allow(&format!("/{GRPC_SERVICE}/"), admins.clone())
         .allow(&format!("/{GRPC_SERVICE}/Authorize"), deciders)
         .allow(
+            &format!("/{GRPC_SERVICE}/GetMatters"),
+            std::iter::once(ctx.spiffe_id(ServiceName::Retention)).chain(admins.iter().cloned()),
+        )
+        .allow(
             &format!("/{GRPC_SERVICE}/StartClientVerification"),
             verifiers.clone(),
         )

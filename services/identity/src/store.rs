@@ -90,6 +90,23 @@ fn is_unique_violation(e: &StoreError) -> bool {
         == confidant_runtime::error::StorageFault::AlreadyExists)
 }
 
+/// A matter's classification and state.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct MatterRow {
+    /// Id.
+    pub id: Uuid,
+    /// Client.
+    pub client_id: Uuid,
+    /// Practice area.
+    pub practice_area: String,
+    /// Jurisdiction (ISO 3166).
+    pub jurisdiction: Option<String>,
+    /// Opened.
+    pub opened_at: DateTime<Utc>,
+    /// Closed.
+    pub closed_at: Option<DateTime<Utc>>,
+}
+
 impl Directory {
     /// The directory in `db` (migrated with [`crate::MIGRATIONS`]).
     pub fn new(db: Database) -> Self {
@@ -286,6 +303,22 @@ impl Directory {
             .await
     }
 
+    /// Matters by id (unknown ids are left out).
+    pub async fn matters(&self, ids: &[Uuid]) -> Result<Vec<MatterRow>, StoreError> {
+        let mut rows = Vec::with_capacity(ids.len());
+        for id in ids {
+            let row: Option<MatterRow> = self
+                .db
+                .fetch_optional(
+                    "SELECT id, client_id, practice_area, jurisdiction, opened_at, closed_at FROM matters WHERE id = $1",
+                    vec![Value::Uuid(*id)],
+                )
+                .await?;
+            rows.extend(row);
+        }
+        Ok(rows)
+    }
+
     /// The client of a matter.
     pub async fn matter_client(&self, id: Uuid) -> Result<Option<Uuid>, StoreError> {
         let row: Option<(Uuid,)> = self
@@ -367,9 +400,10 @@ impl Directory {
         request_id: Option<Uuid>,
         client_id: Uuid,
         responsible: Option<Uuid>,
-        practice_area: &str,
+        class: (&str, Option<&str>),
         event: impl FnOnce(Uuid) -> AuditEvent,
     ) -> Result<Uuid, StoreError> {
+        let (practice_area, jurisdiction) = class;
         if !self.client_exists(client_id).await? {
             return Err(StoreError::NotFound("client"));
         }
@@ -380,13 +414,15 @@ impl Directory {
         }
         let id = Uuid::now_v7();
         let statements = vec![Statement::new(
-            "INSERT INTO matters (id, client_id, responsible_attorney_id, practice_area, opened_at) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO matters (id, client_id, responsible_attorney_id, practice_area, opened_at, jurisdiction) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
             vec![
                 Value::Uuid(id),
                 Value::Uuid(client_id),
                 Value::OptUuid(responsible),
-                Value::Text(practice_area.to_owned()),
+                Value::Text(practice_area.trim().to_owned()),
                 Value::Time(Utc::now()),
+                Value::OptText(jurisdiction.map(str::to_owned)),
             ],
         )];
         self.create(request_id, "create_matter", id, statements, event(id))

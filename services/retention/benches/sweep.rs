@@ -90,6 +90,8 @@ async fn main() {
         action: Action::Review,
         client_notice_days: 0,
         basis: "bench".into(),
+        practice_area: None,
+        jurisdiction: None,
     };
     db.db
         .transact(

@@ -28,7 +28,7 @@ use confidant_runtime::coord::{Lease, SharedCoordinator};
 use confidant_runtime::portable::{Statement, TransactError, Value};
 use uuid::Uuid;
 
-use crate::domain::{Action, Rules};
+use crate::domain::Action;
 use crate::error::Error;
 use crate::service::{Actor, Retention};
 use crate::store::{HoldRow, PolicyRow, ReturnRow};
@@ -339,20 +339,6 @@ impl Disposer {
         Ok(report)
     }
 
-    async fn live_policies(&self) -> Result<HashMap<String, (PolicyRow, Rules)>, Error> {
-        Ok(self
-            .retention
-            .store()
-            .live_policies()
-            .await?
-            .into_iter()
-            .filter_map(|p| {
-                let rules = p.rules()?;
-                Some((p.category.clone(), (p, rules)))
-            })
-            .collect())
-    }
-
     /// Due scopes without a disposal, not held, with their client notice
     /// given: into batches, one per action.
     async fn plan(&self, token: u64, report: &mut SweepReport) -> Result<(), Error> {
@@ -363,7 +349,7 @@ impl Disposer {
             return Ok(());
         }
         let holds = store.holds(None, false).await?;
-        let policies = self.live_policies().await?;
+        let policies = crate::store::LivePolicies::new(store.live_policies().await?);
         let mut by_action: HashMap<&'static str, Vec<(crate::store::ScopeRow, &PolicyRow)>> =
             HashMap::new();
         let mut notices: HashMap<Uuid, Vec<crate::store::TriggerRow>> = HashMap::new();
@@ -374,7 +360,7 @@ impl Disposer {
             {
                 continue;
             }
-            let Some((policy, rules)) = policies.get(&scope.category) else {
+            let Some((policy, rules)) = policies.for_scope(&scope) else {
                 continue;
             };
             if scope.original_count > 0 {
@@ -781,15 +767,11 @@ impl Disposer {
         };
         let store = self.retention.store();
         let policy = match row.policy_id {
-            Some(id) => store
-                .db()
-                .fetch_optional::<PolicyRow>(
-                    "SELECT id, version, category, period_years, period_months, period_days, trigger_kind, \
-                     trigger_event_name, action, client_notice_days, basis, created_at, created_by \
-                     FROM retention_policies WHERE id = $1 AND version = $2",
-                    vec![Value::Uuid(id), Value::Int(row.policy_version.unwrap_or(0))],
-                )
-                .await?,
+            Some(id) => {
+                store
+                    .policy_version(id, row.policy_version.unwrap_or(0))
+                    .await?
+            }
             None => None,
         };
         let approvers: Vec<String> = store
@@ -823,6 +805,8 @@ impl Disposer {
                 "version": p.version,
                 "basis": p.basis,
                 "action": p.action,
+                "practice_area": p.practice_area,
+                "jurisdiction": p.jurisdiction,
             })),
             "due_at": row.due_at.to_rfc3339(),
             "disposition_batch": row.batch_id.to_string(),

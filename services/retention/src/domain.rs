@@ -115,6 +115,44 @@ pub struct Rules {
     pub client_notice_days: u32,
     /// The legal basis.
     pub basis: String,
+    /// Only matters of this practice area (compared lower-cased).
+    pub practice_area: Option<String>,
+    /// Only matters under this jurisdiction (ISO 3166, upper-cased).
+    pub jurisdiction: Option<String>,
+}
+
+impl Rules {
+    /// How closely these rules fit a scope of `category` whose matter has
+    /// `practice_area` and `jurisdiction` (none for client-level scopes or
+    /// unknown matters): `None` if they do not apply, else a rank where
+    /// higher is more specific — jurisdiction first, then practice area.
+    pub fn fit(
+        &self,
+        category: &str,
+        practice_area: Option<&str>,
+        jurisdiction: Option<&str>,
+    ) -> Option<(u8, u8)> {
+        if self.category.as_str() != category {
+            return None;
+        }
+        let area = match &self.practice_area {
+            None => 0,
+            Some(p)
+                if practice_area
+                    .map(confidant_runtime::matter::practice_area_key)
+                    .as_ref()
+                    == Some(p) =>
+            {
+                1
+            }
+            Some(_) => return None,
+        };
+        let place = confidant_runtime::matter::jurisdiction_fit(
+            self.jurisdiction.as_deref(),
+            jurisdiction,
+        )?;
+        Some((place, area))
+    }
 }
 
 fn event_name_ok(name: &str) -> bool {
@@ -210,6 +248,17 @@ impl Rules {
         if r.basis.trim().is_empty() || r.basis.chars().count() > 500 {
             v.add(f("basis"), "is required, at most 500 characters");
         }
+        let practice_area = confidant_runtime::matter::practice_area_key(&r.practice_area);
+        if practice_area.chars().count() > confidant_runtime::matter::PRACTICE_AREA_MAX
+            || practice_area.chars().any(char::is_control)
+        {
+            v.add(
+                f("practice_area"),
+                "must be at most 64 characters, without control characters",
+            );
+        }
+        let jurisdiction =
+            confidant_runtime::matter::jurisdiction(&mut v, &f("jurisdiction"), &r.jurisdiction);
         match (category, period, trigger, action, v.is_empty()) {
             (Some(category), Some(period), Some(trigger), Some(action), true) => Ok(Self {
                 category,
@@ -218,6 +267,8 @@ impl Rules {
                 action,
                 client_notice_days,
                 basis: r.basis.trim().to_owned(),
+                practice_area: (!practice_area.is_empty()).then_some(practice_area),
+                jurisdiction,
             }),
             _ => Err(v),
         }
@@ -279,7 +330,39 @@ mod tests {
             action: Action::Review,
             client_notice_days: 0,
             basis: "test".into(),
+            practice_area: None,
+            jurisdiction: None,
         }
+    }
+
+    #[test]
+    fn the_most_specific_policy_fits_a_matter() {
+        let class = |area: Option<&str>, place: Option<&str>| Rules {
+            practice_area: area.map(str::to_owned),
+            jurisdiction: place.map(str::to_owned),
+            ..rules(Trigger::Creation, 1, 0, 0)
+        };
+        let plain = class(None, None);
+        let probate = class(Some("probate"), None);
+        let us = class(None, Some("US"));
+        let ny = class(None, Some("US-NY"));
+        let ny_probate = class(Some("probate"), Some("US-NY"));
+        let all = [&plain, &probate, &us, &ny, &ny_probate];
+        let best = |area: Option<&str>, place: Option<&str>| {
+            all.iter()
+                .filter_map(|r| Some((r.fit("matter_file", area, place)?, *r)))
+                .max_by_key(|(fit, _)| *fit)
+                .map(|(_, r)| r.clone())
+        };
+        assert_eq!(
+            best(Some("Probate"), Some("US-NY")),
+            Some(ny_probate.clone())
+        );
+        assert_eq!(best(Some("tax"), Some("US-NY")), Some(ny.clone()));
+        assert_eq!(best(Some("probate"), Some("US-CA")), Some(us.clone()));
+        assert_eq!(best(Some("probate"), Some("GB")), Some(probate.clone()));
+        assert_eq!(best(None, None), Some(plain.clone()));
+        assert_eq!(plain.fit("contact_details", None, None), None);
     }
 
     #[test]
@@ -345,6 +428,8 @@ mod tests {
             action: 0,
             client_notice_days: -3,
             basis: String::new(),
+            practice_area: "x".repeat(65),
+            jurisdiction: "USA".into(),
         };
         let err = Rules::parse(Some(&bad), "rules").unwrap_err();
         let fields: Vec<_> = err.as_slice().iter().map(|f| f.field.as_str()).collect();
@@ -357,7 +442,9 @@ mod tests {
                 "rules.trigger_event_name",
                 "rules.action",
                 "rules.client_notice_days",
-                "rules.basis"
+                "rules.basis",
+                "rules.practice_area",
+                "rules.jurisdiction"
             ]
         );
     }

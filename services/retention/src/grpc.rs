@@ -69,6 +69,8 @@ fn policy_proto(row: &PolicyRow) -> pb::Policy {
             } as i32,
             client_notice_days: i32::try_from(r.client_notice_days).unwrap_or(0),
             basis: r.basis,
+            practice_area: r.practice_area.unwrap_or_default(),
+            jurisdiction: r.jurisdiction.unwrap_or_default(),
         }),
         create_time: Some(ts(row.created_at)),
         created_by: row.created_by.clone(),

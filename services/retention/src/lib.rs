@@ -53,7 +53,8 @@ pub async fn build(
             &ctx.config.trust_domain,
             usize::try_from(config.hold_release_approvers).unwrap_or(2),
         )
-        .with_audit(ctx.peer(ServiceName::Audit)),
+        .with_audit(ctx.peer(ServiceName::Audit))
+        .with_identity(ctx.peer(ServiceName::Identity)),
     );
     let decider = Arc::new(confidant_runtime::decide::Decider::new(
         ctx.peer(ServiceName::Identity),

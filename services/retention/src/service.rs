@@ -17,7 +17,9 @@ use uuid::Uuid;
 
 use crate::domain::{Rules, Trigger, due_at};
 use crate::error::Error;
-use crate::store::{self, HoldRow, PolicyRow, RetentionStore, ReturnRow, ScopeRow};
+use crate::store::{
+    self, HoldRow, LivePolicies, MatterRow, PolicyRow, RetentionStore, ReturnRow, ScopeRow,
+};
 
 /// Who acts (shared with the other services).
 pub use confidant_runtime::auth::Actor;
@@ -42,6 +44,7 @@ pub struct Retention {
     store: RetentionStore,
     vault: Option<PeerChannel>,
     audit: Option<PeerChannel>,
+    identity: Option<PeerChannel>,
     trust_domain: String,
     release_approvers: usize,
 }
@@ -58,6 +61,7 @@ impl Retention {
             store,
             vault,
             audit: None,
+            identity: None,
             trust_domain: trust_domain.to_owned(),
             release_approvers,
         }
@@ -76,6 +80,13 @@ impl Retention {
     /// With the audit service, for the evidence of each shred.
     pub fn with_audit(mut self, audit: Option<PeerChannel>) -> Self {
         self.audit = audit;
+        self
+    }
+
+    /// With the identity service, for the matters' practice areas,
+    /// jurisdictions and closings.
+    pub fn with_identity(mut self, identity: Option<PeerChannel>) -> Self {
+        self.identity = identity;
         self
     }
 
@@ -153,7 +164,7 @@ impl Retention {
         self.commit_unique(
             vec![store::insert_policy(id, 1, rules, actor.id(), Utc::now())],
             &[event],
-            "the category has a policy already: update it instead",
+            "a policy for this category, practice area and jurisdiction exists already: update it instead",
         )
         .await?;
         let row = self
@@ -189,6 +200,16 @@ impl Retention {
             v.add(
                 "rules.category",
                 "cannot change: create a policy for the other category",
+            );
+            return Err(Error::Invalid(v));
+        }
+        if current.practice_area != rules.practice_area
+            || current.jurisdiction != rules.jurisdiction
+        {
+            let mut v = confidant_runtime::error::Violations::new();
+            v.add(
+                "rules.practice_area",
+                "cannot change, nor the jurisdiction: create a policy for the other matters",
             );
             return Err(Error::Invalid(v));
         }
@@ -265,16 +286,7 @@ impl Retention {
     /// Computes the due dates of `scopes` again from the live policies and
     /// their clients' trigger events.
     pub async fn recompute(&self, scopes: Vec<ScopeRow>) -> Result<usize, Error> {
-        let policies: HashMap<String, (PolicyRow, Rules)> = self
-            .store
-            .live_policies()
-            .await?
-            .into_iter()
-            .filter_map(|p| {
-                let rules = p.rules()?;
-                Some((p.category.clone(), (p, rules)))
-            })
-            .collect();
+        let policies = LivePolicies::new(self.store.live_policies().await?);
         let mut triggers: HashMap<Uuid, Vec<store::TriggerRow>> = HashMap::new();
         let mut statements = Vec::with_capacity(scopes.len());
         for scope in &scopes {
@@ -285,7 +297,7 @@ impl Retention {
                 }
             };
             let facts = store::facts_of(scope, known);
-            let (due, policy) = match policies.get(&scope.category) {
+            let (due, policy) = match policies.for_scope(scope) {
                 Some((row, rules)) => (due_at(rules, &facts), Some((row.id, row.version))),
                 None => (None, None),
             };
@@ -357,6 +369,9 @@ impl Retention {
                         vault_state: state.to_owned(),
                         due_at: None,
                         original_count: scope.original_count,
+                        practice_area: None,
+                        jurisdiction: None,
+                        matter_known: false,
                     },
                     now,
                 ));
@@ -366,6 +381,19 @@ impl Retention {
                 break;
             }
             token = page.next_page_token;
+        }
+        let changed_clients = match self.sync_matters().await {
+            Ok(clients) => clients,
+            Err(e) => {
+                tracing::warn!(error = %e, "matters not refreshed from identity; retried on the next sync");
+                Vec::new()
+            }
+        };
+        let added_count = added.len();
+        for client in changed_clients {
+            let scopes = self.store.scopes(Some(client), None).await?;
+            added.retain(|id| !scopes.iter().any(|s| s.scope_id == *id));
+            self.recompute(scopes).await?;
         }
         if !added.is_empty() {
             let fresh: Vec<ScopeRow> = self
@@ -382,7 +410,95 @@ impl Retention {
                 self.push_hold(&hold).await?;
             }
         }
-        Ok((added.len(), self.store.scope_count().await?))
+        Ok((added_count, self.store.scope_count().await?))
+    }
+
+    /// Asks identity about the matters of known scopes that are open or new
+    /// here: their practice area and jurisdiction (which policy governs) and
+    /// their closing. A closing identity could not report when it happened
+    /// is recorded here as a matter-closed trigger, so no closing is lost.
+    /// Returns the clients whose matters changed.
+    async fn sync_matters(&self) -> Result<Vec<Uuid>, Error> {
+        use confidant_proto::identity::v1::GetMattersRequest;
+        use confidant_proto::identity::v1::identity_service_client::IdentityServiceClient;
+        let ids = self.store.matters_to_refresh().await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let channel = self
+            .identity
+            .clone()
+            .ok_or(Error::Conflict("identity is not configured"))?;
+        let mut identity = IdentityServiceClient::new(channel);
+        let me = crate::NAME.spiffe_id(&self.trust_domain);
+        let now = Utc::now();
+        let mut changed = Vec::new();
+        for chunk in ids.chunks(1000) {
+            let matters = identity
+                .get_matters(timed(GetMattersRequest {
+                    matter_ids: chunk.iter().map(Uuid::to_string).collect(),
+                }))
+                .await
+                .map_err(Error::Identity)?
+                .into_inner()
+                .matters;
+            for m in matters {
+                let (Ok(matter_id), Ok(client_id)) =
+                    (Uuid::parse_str(&m.matter_id), Uuid::parse_str(&m.client_id))
+                else {
+                    continue;
+                };
+                let row = MatterRow {
+                    matter_id,
+                    client_id,
+                    practice_area: confidant_runtime::matter::practice_area_key(&m.practice_area),
+                    jurisdiction: (!m.jurisdiction.is_empty()).then_some(m.jurisdiction),
+                    closed_at: m.close_time.and_then(|t| {
+                        DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
+                    }),
+                };
+                let before = self.store.matter(matter_id).await?;
+                if before.as_ref() == Some(&row) {
+                    continue;
+                }
+                let mut statements = vec![store::upsert_matter(&row, now)];
+                let mut events = Vec::new();
+                if let Some(closed) = row.closed_at {
+                    let recorded = self.store.trigger_facts(client_id).await?.iter().any(
+                        |(matter, kind, _, _)| {
+                            *matter == Some(matter_id) && kind == "matter_closed"
+                        },
+                    );
+                    if !recorded {
+                        statements.push(store::insert_trigger(
+                            client_id,
+                            Some(matter_id),
+                            &Trigger::MatterClosed,
+                            closed,
+                            &me,
+                            now,
+                        ));
+                        events.push(
+                            EventBuilder::new(
+                                crate::NAME,
+                                &self.trust_domain,
+                                AuditAction::RetentionTriggerRecorded,
+                            )
+                            .actor(confidant_proto::audit::v1::ActorKind::Service, &me, &me)
+                            .resource("trigger", Trigger::MatterClosed.kind())
+                            .scope(Some(client_id), Some(matter_id))
+                            .outcome(Outcome::Allowed, Trigger::MatterClosed.kind())
+                            .build(),
+                        );
+                    }
+                }
+                self.commit(statements, &events).await?;
+                if !changed.contains(&client_id) {
+                    changed.push(client_id);
+                }
+            }
+        }
+        Ok(changed)
     }
 
     // ------------------------------------------------------ return to client
@@ -584,13 +700,7 @@ impl Retention {
     pub async fn due_report(&self, before: DateTime<Utc>) -> Result<Vec<DueGroup>, Error> {
         let due = self.store.due_before(before).await?;
         let holds = self.store.holds(None, false).await?;
-        let policies: HashMap<String, Rules> = self
-            .store
-            .live_policies()
-            .await?
-            .into_iter()
-            .filter_map(|p| Some((p.category.clone(), p.rules()?)))
-            .collect();
+        let policies = LivePolicies::new(self.store.live_policies().await?);
         let mut groups: Vec<DueGroup> = Vec::new();
         for scope in due {
             let key = (scope.category.clone(), scope.client_id, scope.matter_id);
@@ -612,7 +722,7 @@ impl Retention {
                     scopes: 1,
                     first_due: scope.due_at.unwrap_or(before),
                     held,
-                    action: policies.get(&scope.category).map(|r| r.action),
+                    action: policies.for_scope(&scope).map(|(_, r)| r.action),
                 }),
             }
         }

@@ -41,6 +41,10 @@ pub struct PolicyRow {
     pub created_at: DateTime<Utc>,
     /// By whom.
     pub created_by: String,
+    /// Only matters of this practice area.
+    pub practice_area: Option<String>,
+    /// Only matters under this jurisdiction.
+    pub jurisdiction: Option<String>,
 }
 
 impl PolicyRow {
@@ -58,6 +62,8 @@ impl PolicyRow {
             action: Action::parse(&self.action)?,
             client_notice_days: n(self.client_notice_days)?,
             basis: self.basis.clone(),
+            practice_area: self.practice_area.clone(),
+            jurisdiction: self.jurisdiction.clone(),
         })
     }
 }
@@ -81,6 +87,92 @@ pub struct ScopeRow {
     pub due_at: Option<DateTime<Utc>>,
     /// Originals the firm holds for the client in it (at the last sync).
     pub original_count: i64,
+    /// Its matter's practice area, once identity told.
+    pub practice_area: Option<String>,
+    /// Its matter's jurisdiction, once identity told (if it has one).
+    pub jurisdiction: Option<String>,
+    /// Whether retention knows its matter (always, for client-level scopes).
+    pub matter_known: bool,
+}
+
+/// The live policies, and which one governs a scope.
+#[derive(Debug, Clone, Default)]
+pub struct LivePolicies(Vec<(PolicyRow, Rules)>);
+
+impl LivePolicies {
+    /// From the live rows (rows this version cannot read are left out).
+    pub fn new(rows: Vec<PolicyRow>) -> Self {
+        Self(
+            rows.into_iter()
+                .filter_map(|p| {
+                    let rules = p.rules()?;
+                    Some((p, rules))
+                })
+                .collect(),
+        )
+    }
+
+    /// The policy that governs `scope`: of its category's policies that fit
+    /// its matter, the most specific.
+    pub fn for_scope(&self, scope: &ScopeRow) -> Option<&(PolicyRow, Rules)> {
+        self.0
+            .iter()
+            .filter_map(|entry| {
+                let fit = entry.1.fit(
+                    &scope.category,
+                    scope.practice_area.as_deref(),
+                    scope.jurisdiction.as_deref(),
+                )?;
+                Some((fit, entry))
+            })
+            .max_by_key(|(fit, _)| *fit)
+            .map(|(_, entry)| entry)
+    }
+}
+
+/// What identity says of a matter.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct MatterRow {
+    /// The matter.
+    pub matter_id: Uuid,
+    /// Its client.
+    pub client_id: Uuid,
+    /// Practice area (as compared: lower-cased).
+    pub practice_area: String,
+    /// Jurisdiction (ISO 3166).
+    pub jurisdiction: Option<String>,
+    /// When it closed.
+    pub closed_at: Option<DateTime<Utc>>,
+}
+
+/// Statement: what identity says of a matter now.
+pub fn upsert_matter(m: &MatterRow, now: DateTime<Utc>) -> Statement {
+    Statement::new(
+        "INSERT INTO retention_matters (matter_id, client_id, practice_area, jurisdiction, closed_at, synced_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (matter_id) DO UPDATE SET practice_area = excluded.practice_area, \
+         jurisdiction = excluded.jurisdiction, closed_at = excluded.closed_at, synced_at = excluded.synced_at",
+        vec![
+            Value::Uuid(m.matter_id),
+            Value::Uuid(m.client_id),
+            Value::Text(m.practice_area.clone()),
+            Value::OptText(m.jurisdiction.clone()),
+            Value::OptTime(m.closed_at),
+            Value::Time(now),
+        ],
+    )
+}
+
+macro_rules! scope_select {
+    ($tail:literal) => {
+        concat!(
+            "SELECT s.scope_id, s.client_id, s.matter_id, s.category, s.created_at, s.vault_state, s.due_at, \
+             s.original_count, m.practice_area, m.jurisdiction, \
+             (s.matter_id IS NULL OR m.matter_id IS NOT NULL) AS matter_known \
+             FROM retention_scopes s LEFT JOIN retention_matters m ON m.matter_id = s.matter_id ",
+            $tail
+        )
+    };
 }
 
 /// An entry of the return-to-client list.
@@ -163,8 +255,8 @@ macro_rules! policy_select {
     ($tail:literal) => {
         concat!(
             "SELECT id, version, category, period_years, period_months, period_days, trigger_kind, \
-             trigger_event_name, action, client_notice_days, basis, created_at, created_by \
-             FROM retention_policies p ",
+             trigger_event_name, action, client_notice_days, basis, created_at, created_by, \
+             practice_area, jurisdiction FROM retention_policies p ",
             $tail
         )
     };
@@ -190,8 +282,9 @@ pub fn insert_policy(
     let i = |x: u32| Value::Int(i32::try_from(x).unwrap_or(i32::MAX));
     Statement::new(
         "INSERT INTO retention_policies (id, version, category, period_years, period_months, period_days, \
-         trigger_kind, trigger_event_name, action, client_notice_days, basis, created_at, created_by) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+         trigger_kind, trigger_event_name, action, client_notice_days, basis, created_at, created_by, \
+         practice_area, jurisdiction) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         vec![
             Value::Uuid(id),
             Value::Int(version),
@@ -209,6 +302,8 @@ pub fn insert_policy(
             Value::Text(rules.basis.clone()),
             Value::Time(now),
             Value::Text(by.to_owned()),
+            Value::OptText(rules.practice_area.clone()),
+            Value::OptText(rules.jurisdiction.clone()),
         ],
     )
 }
@@ -339,7 +434,10 @@ impl RetentionStore {
     /// Every version of every policy, newest first per policy.
     pub async fn policy_versions(&self) -> StoreResult<Vec<PolicyRow>> {
         self.db
-            .fetch_all(policy_select!("ORDER BY category, version DESC"), vec![])
+            .fetch_all(
+                policy_select!("ORDER BY category, id, version DESC"),
+                vec![],
+            )
             .await
     }
 
@@ -352,6 +450,16 @@ impl RetentionStore {
             }
         }
         Ok(live)
+    }
+
+    /// One version of a policy.
+    pub async fn policy_version(&self, id: Uuid, version: i32) -> StoreResult<Option<PolicyRow>> {
+        self.db
+            .fetch_optional(
+                policy_select!("WHERE id = $1 AND version = $2"),
+                vec![Value::Uuid(id), Value::Int(version)],
+            )
+            .await
     }
 
     /// The live version of one policy.
@@ -382,8 +490,9 @@ impl RetentionStore {
     ) -> StoreResult<Vec<ScopeRow>> {
         self.db
             .fetch_all(
-                "SELECT scope_id, client_id, matter_id, category, created_at, vault_state, due_at, original_count FROM retention_scopes \
-                 WHERE ($1 IS NULL OR client_id = $1) AND ($2 IS NULL OR category = $2) ORDER BY scope_id",
+                scope_select!(
+                    "WHERE ($1 IS NULL OR s.client_id = $1) AND ($2 IS NULL OR s.category = $2) ORDER BY s.scope_id"
+                ),
                 vec![
                     Value::OptUuid(client_id),
                     Value::OptText(category.map(str::to_owned)),
@@ -397,8 +506,9 @@ impl RetentionStore {
     pub async fn due_before(&self, before: DateTime<Utc>) -> StoreResult<Vec<ScopeRow>> {
         self.db
             .fetch_all(
-                "SELECT scope_id, client_id, matter_id, category, created_at, vault_state, due_at, original_count FROM retention_scopes \
-                 WHERE due_at IS NOT NULL AND due_at <= $1 AND vault_state <> 'shredded' ORDER BY due_at",
+                scope_select!(
+                    "WHERE s.due_at IS NOT NULL AND s.due_at <= $1 AND s.vault_state <> 'shredded' ORDER BY s.due_at"
+                ),
                 vec![Value::Time(before)],
             )
             .await
@@ -413,11 +523,13 @@ impl RetentionStore {
     ) -> StoreResult<Vec<ScopeRow>> {
         self.db
             .fetch_all(
-                "SELECT scope_id, client_id, matter_id, category, created_at, vault_state, due_at, original_count FROM retention_scopes s \
-                 WHERE due_at IS NOT NULL AND due_at <= $1 AND vault_state <> 'shredded' \
+                scope_select!(
+                    "WHERE s.due_at IS NOT NULL AND s.due_at <= $1 AND s.vault_state <> 'shredded' \
+                 AND (s.matter_id IS NULL OR m.matter_id IS NOT NULL) \
                  AND NOT EXISTS (SELECT 1 FROM retention_disposals d WHERE d.scope_id = s.scope_id AND d.state <> 'cancelled') \
                  AND NOT EXISTS (SELECT 1 FROM retention_returns r WHERE r.scope_id = s.scope_id AND r.state = 'listed') \
-                 ORDER BY due_at LIMIT $2",
+                 ORDER BY s.due_at LIMIT $2"
+                ),
                 vec![Value::Time(before), Value::BigInt(limit)],
             )
             .await
@@ -448,6 +560,31 @@ impl RetentionStore {
     pub async fn return_entry(&self, id: Uuid) -> StoreResult<Option<ReturnRow>> {
         self.db
             .fetch_optional(return_select!("WHERE id = $1"), vec![Value::Uuid(id)])
+            .await
+    }
+
+    /// Matters of known scopes that are open or not known here yet: the
+    /// ones to ask identity about.
+    pub async fn matters_to_refresh(&self) -> StoreResult<Vec<Uuid>> {
+        let rows: Vec<(Uuid,)> = self
+            .db
+            .fetch_all(
+                "SELECT DISTINCT s.matter_id FROM retention_scopes s \
+                 LEFT JOIN retention_matters m ON m.matter_id = s.matter_id \
+                 WHERE s.matter_id IS NOT NULL AND (m.matter_id IS NULL OR m.closed_at IS NULL)",
+                vec![],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// What retention knows of a matter.
+    pub async fn matter(&self, id: Uuid) -> StoreResult<Option<MatterRow>> {
+        self.db
+            .fetch_optional(
+                "SELECT matter_id, client_id, practice_area, jurisdiction, closed_at FROM retention_matters WHERE matter_id = $1",
+                vec![Value::Uuid(id)],
+            )
             .await
     }
 

@@ -13,6 +13,7 @@ pub mod decide;
 pub mod error;
 pub mod keys;
 pub mod kms;
+pub mod matter;
 pub mod notify;
 pub mod outbox;
 pub mod peer;
