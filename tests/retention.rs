@@ -315,6 +315,7 @@ async fn policies_triggers_and_holds_decide_what_falls_due(backend: Backend) {
                 client_id: client_id.clone(),
                 matter_id: matter_id.clone(),
                 category: 0,
+                scope_ids: Vec::new(),
             },
         ))
         .await
@@ -408,6 +409,72 @@ async fn policies_triggers_and_holds_decide_what_falls_due(backend: Backend) {
         listed[0].release_approvers,
         [manager.clone(), second_manager.clone()]
     );
+
+    // A hold over a set of scopes covers exactly those: the contacts, not
+    // the client's financial records stored since.
+    let contacts = scope_of[&(vault_pb::DataCategory::ContactDetails as i32)].clone();
+    let money = common::store_note(
+        &mut vault,
+        &client_id,
+        "",
+        vault_pb::DataCategory::Financial,
+    )
+    .await;
+    let scoped = |ids: Vec<String>, matter: &str| pb::PlaceHoldRequest {
+        reason: "regulator's request: contact records".into(),
+        client_id: client_id.clone(),
+        matter_id: matter.into(),
+        category: 0,
+        scope_ids: ids,
+    };
+    let mixed = retention
+        .place_hold(as_staff(
+            &manager_token,
+            scoped(vec![contacts.clone(), "nope".into()], &matter_id),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        common::violated_fields(&mixed),
+        ["scope_ids", "scope_ids[1]"]
+    );
+    let unsynced = retention
+        .place_hold(as_staff(&manager_token, scoped(vec![money.clone()], "")))
+        .await
+        .unwrap_err();
+    assert_eq!(common::violated_fields(&unsynced), ["scope_ids[0]"]);
+    let set_hold = retention
+        .place_hold(as_staff(&manager_token, scoped(vec![contacts.clone()], "")))
+        .await
+        .unwrap()
+        .into_inner()
+        .hold
+        .unwrap();
+    assert!(set_hold.in_vault);
+    assert_eq!(set_hold.scope_ids, std::slice::from_ref(&contacts));
+    let refused = vault_as_retention
+        .shred_scope(vault_pb::ShredScopeRequest {
+            scope_id: contacts.clone(),
+            order_id: uuid::Uuid::now_v7().to_string(),
+            pending_window: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(common::error_reason(&refused), "legal_hold");
+    vault_as_retention
+        .shred_scope(vault_pb::ShredScopeRequest {
+            scope_id: money,
+            order_id: uuid::Uuid::now_v7().to_string(),
+            pending_window: None,
+        })
+        .await
+        .expect("a scope the hold does not name is not held");
+    let due = report(&mut retention, &manager_token, 3650).await;
+    let contact_group = due
+        .iter()
+        .find(|g| g.category == vault_pb::DataCategory::ContactDetails as i32)
+        .unwrap();
+    assert!(contact_group.held);
 
     // Identity tells retention when the matter closes: the file's seven
     // years now count from today.
@@ -562,6 +629,7 @@ async fn due_scopes_are_shredded_through_approved_batches_and_certified(backend:
                 client_id: client_id.clone(),
                 matter_id: String::new(),
                 category: vault_pb::DataCategory::Financial as i32,
+                scope_ids: Vec::new(),
             },
         ))
         .await

@@ -141,6 +141,7 @@ async fn a_sweep_killed_midway_is_finished_by_the_next_process_without_double_sh
                     client_id: client_id.clone(),
                     matter_id: String::new(),
                     category: 0,
+                    scope_ids: Vec::new(),
                 },
             ))
             .await

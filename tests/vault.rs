@@ -600,6 +600,7 @@ async fn only_retention_shreds_and_sealed_text_dies_with_its_scope_while_the_log
             client_id: f.client_id.clone(),
             matter_id: f.matter_id.clone(),
             category: 0,
+            scope_ids: Vec::new(),
         })
         .await
         .unwrap()

@@ -354,10 +354,14 @@ impl Disposer {
             HashMap::new();
         let mut notices: HashMap<Uuid, Vec<crate::store::TriggerRow>> = HashMap::new();
         for scope in due {
-            if holds
-                .iter()
-                .any(|h| h.covers(scope.client_id, scope.matter_id, &scope.category))
-            {
+            if holds.iter().any(|h| {
+                h.covers(
+                    scope.scope_id,
+                    scope.client_id,
+                    scope.matter_id,
+                    &scope.category,
+                )
+            }) {
                 continue;
             }
             let Some((policy, rules)) = policies.for_scope(&scope) else {
@@ -1041,7 +1045,7 @@ impl Keeper<'_> {
 fn held(holds: &[HoldRow], row: &DisposalRow) -> bool {
     holds
         .iter()
-        .any(|h| h.covers(row.client_id, row.matter_id, &row.category))
+        .any(|h| h.covers(row.scope_id, row.client_id, row.matter_id, &row.category))
 }
 
 /// Runs the sweep on an interval until shutdown.

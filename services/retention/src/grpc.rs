@@ -118,6 +118,7 @@ fn hold_proto(row: &HoldRow, approvers: Vec<String>) -> pb::Hold {
         release_approvers: approvers,
         release_time: row.released_at.map(ts),
         in_vault: row.in_vault != 0,
+        scope_ids: row.scope_ids.iter().map(|s| s.to_string()).collect(),
     }
 }
 
@@ -328,13 +329,14 @@ impl RetentionService for RetentionApi {
         let client = required_uuid(&mut v, "client_id", &req.client_id);
         let matter = optional_uuid(&mut v, "matter_id", &req.matter_id);
         let category = optional_category(&mut v, "category", req.category);
+        let cover = confidant_vault::grpc::hold_cover(&mut v, matter, category, &req.scope_ids);
         check(v)?;
         let Some(client) = client else {
             return Err(Status::internal("validated request incomplete"));
         };
         let hold = self
             .retention
-            .place_hold(&actor, req.reason.trim(), client, matter, category)
+            .place_hold(&actor, req.reason.trim(), client, cover)
             .await?;
         Ok(Response::new(pb::PlaceHoldResponse {
             hold: Some(hold_proto(&hold, Vec::new())),

@@ -13,6 +13,7 @@ use confidant_runtime::audit::{Action as AuditAction, EventBuilder};
 use confidant_runtime::client::PeerChannel;
 use confidant_runtime::portable::{Statement, TransactError, Value};
 use confidant_vault::domain::Category;
+use confidant_vault::store::HoldCover;
 use uuid::Uuid;
 
 use crate::domain::{Rules, Trigger, due_at};
@@ -570,9 +571,29 @@ impl Retention {
         actor: &Actor,
         reason: &str,
         client_id: Uuid,
-        matter_id: Option<Uuid>,
-        category: Option<Category>,
+        cover: HoldCover,
     ) -> Result<HoldRow, Error> {
+        let (matter_id, category, scope_ids) = match cover {
+            HoldCover::Filter(m, c) => (m, c, Vec::new()),
+            HoldCover::Scopes(mut ids) => {
+                ids.sort();
+                ids.dedup();
+                let mut v = confidant_runtime::error::Violations::new();
+                for (i, id) in ids.iter().enumerate() {
+                    let known = self.store.scope(*id).await?;
+                    if known.is_none_or(|s| s.client_id != client_id) {
+                        v.add(
+                            format!("scope_ids[{i}]"),
+                            "is not a scope of this client known to retention (sync first)",
+                        );
+                    }
+                }
+                if !v.is_empty() {
+                    return Err(Error::Invalid(v));
+                }
+                (None, None, ids)
+            }
+        };
         let hold = HoldRow {
             id: Uuid::now_v7(),
             reason: reason.to_owned(),
@@ -583,6 +604,8 @@ impl Retention {
             placed_at: Utc::now(),
             in_vault: 0,
             released_at: None,
+            scoped: i32::from(!scope_ids.is_empty()),
+            scope_ids,
         };
         let mut event = self
             .event(actor, AuditAction::RetentionHoldPlaced)
@@ -591,7 +614,7 @@ impl Retention {
         if let Some(c) = category {
             event = event.category(c.as_str());
         }
-        self.commit(vec![store::insert_hold(&hold)], &[event.build()])
+        self.commit(store::insert_hold(&hold), &[event.build()])
             .await?;
         if let Err(e) = self.push_hold(&hold).await {
             tracing::warn!(hold_id = %hold.id, error = %e, "hold not yet in the vault; retried on sync");
@@ -610,6 +633,7 @@ impl Retention {
                     .as_deref()
                     .and_then(Category::parse)
                     .map_or(0, |c| c.to_proto() as i32),
+                scope_ids: hold.scope_ids.iter().map(Uuid::to_string).collect(),
             }))
             .await
             .map_err(|s| Error::VaultUnavailable(s.message().to_owned()))?;
@@ -704,9 +728,14 @@ impl Retention {
         let mut groups: Vec<DueGroup> = Vec::new();
         for scope in due {
             let key = (scope.category.clone(), scope.client_id, scope.matter_id);
-            let held = holds
-                .iter()
-                .any(|h| h.covers(scope.client_id, scope.matter_id, &scope.category));
+            let held = holds.iter().any(|h| {
+                h.covers(
+                    scope.scope_id,
+                    scope.client_id,
+                    scope.matter_id,
+                    &scope.category,
+                )
+            });
             match groups
                 .iter_mut()
                 .find(|g| (g.category.clone(), g.client_id, g.matter_id) == key)

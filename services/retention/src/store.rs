@@ -239,15 +239,25 @@ pub struct HoldRow {
     pub in_vault: i32,
     /// When released.
     pub released_at: Option<DateTime<Utc>>,
+    /// 1 when it names its scopes.
+    pub scoped: i32,
+    /// The scopes it names (for a scoped hold).
+    #[sqlx(skip)]
+    pub scope_ids: Vec<Uuid>,
 }
 
 impl HoldRow {
-    /// Whether it covers a scope of `client`, `matter`, `category`.
-    pub fn covers(&self, client: Uuid, matter: Option<Uuid>, category: &str) -> bool {
+    /// Whether it covers the scope `scope` of `client`, `matter`,
+    /// `category`.
+    pub fn covers(&self, scope: Uuid, client: Uuid, matter: Option<Uuid>, category: &str) -> bool {
         self.released_at.is_none()
             && self.client_id == client
-            && (self.matter_id.is_none() || self.matter_id == matter)
-            && self.category.as_deref().is_none_or(|c| c == category)
+            && if self.scoped != 0 {
+                self.scope_ids.contains(&scope)
+            } else {
+                (self.matter_id.is_none() || self.matter_id == matter)
+                    && self.category.as_deref().is_none_or(|c| c == category)
+            }
     }
 }
 
@@ -375,10 +385,21 @@ pub fn upsert_scope(scope: &ScopeRow, now: DateTime<Utc>) -> Statement {
 }
 
 /// Statement: a hold.
-pub fn insert_hold(hold: &HoldRow) -> Statement {
+pub fn insert_hold(hold: &HoldRow) -> Vec<Statement> {
+    let mut statements = vec![insert_hold_row(hold)];
+    statements.extend(hold.scope_ids.iter().map(|scope| {
+        Statement::new(
+            "INSERT INTO retention_hold_scopes (hold_id, scope_id) VALUES ($1, $2)",
+            vec![Value::Uuid(hold.id), Value::Uuid(*scope)],
+        )
+    }));
+    statements
+}
+
+fn insert_hold_row(hold: &HoldRow) -> Statement {
     Statement::new(
-        "INSERT INTO retention_holds (id, reason, client_id, matter_id, category, placed_by, placed_at, in_vault) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 0)",
+        "INSERT INTO retention_holds (id, reason, client_id, matter_id, category, placed_by, placed_at, in_vault, scoped) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8)",
         vec![
             Value::Uuid(hold.id),
             Value::Text(hold.reason.clone()),
@@ -387,6 +408,7 @@ pub fn insert_hold(hold: &HoldRow) -> Statement {
             Value::OptText(hold.category.clone()),
             Value::Text(hold.placed_by.clone()),
             Value::Time(hold.placed_at),
+            Value::Int(hold.scoped),
         ],
     )
 }
@@ -497,6 +519,16 @@ impl RetentionStore {
                     Value::OptUuid(client_id),
                     Value::OptText(category.map(str::to_owned)),
                 ],
+            )
+            .await
+    }
+
+    /// One scope.
+    pub async fn scope(&self, id: Uuid) -> StoreResult<Option<ScopeRow>> {
+        self.db
+            .fetch_optional(
+                scope_select!("WHERE s.scope_id = $1"),
+                vec![Value::Uuid(id)],
             )
             .await
     }
@@ -618,26 +650,48 @@ impl RetentionStore {
         let rows: Vec<HoldRow> = self
             .db
             .fetch_all(
-                "SELECT id, reason, client_id, matter_id, category, placed_by, placed_at, in_vault, released_at \
+                "SELECT id, reason, client_id, matter_id, category, placed_by, placed_at, in_vault, released_at, scoped \
                  FROM retention_holds WHERE ($1 IS NULL OR client_id = $1) ORDER BY id DESC",
                 vec![Value::OptUuid(client_id)],
             )
             .await?;
-        Ok(rows
-            .into_iter()
-            .filter(|h| include_released || h.released_at.is_none())
-            .collect())
+        let mut holds = Vec::with_capacity(rows.len());
+        for hold in rows {
+            if include_released || hold.released_at.is_none() {
+                holds.push(self.with_scopes(hold).await?);
+            }
+        }
+        Ok(holds)
     }
 
     /// One hold.
     pub async fn hold(&self, id: Uuid) -> StoreResult<Option<HoldRow>> {
-        self.db
+        let row: Option<HoldRow> = self
+            .db
             .fetch_optional(
-                "SELECT id, reason, client_id, matter_id, category, placed_by, placed_at, in_vault, released_at \
+                "SELECT id, reason, client_id, matter_id, category, placed_by, placed_at, in_vault, released_at, scoped \
                  FROM retention_holds WHERE id = $1",
                 vec![Value::Uuid(id)],
             )
-            .await
+            .await?;
+        match row {
+            Some(hold) => Ok(Some(self.with_scopes(hold).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn with_scopes(&self, mut hold: HoldRow) -> StoreResult<HoldRow> {
+        if hold.scoped != 0 {
+            let rows: Vec<(Uuid,)> = self
+                .db
+                .fetch_all(
+                    "SELECT scope_id FROM retention_hold_scopes WHERE hold_id = $1 ORDER BY scope_id",
+                    vec![Value::Uuid(hold.id)],
+                )
+                .await?;
+            hold.scope_ids = rows.into_iter().map(|r| r.0).collect();
+        }
+        Ok(hold)
     }
 
     /// Who approved a hold's release.

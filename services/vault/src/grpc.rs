@@ -59,6 +59,35 @@ fn record_state(row: &RecordRow) -> pb::RecordState {
 }
 
 /// A record's metadata as the API shows it.
+/// What a hold covers, from its request: a matter and category filter, or
+/// an explicit set of scopes (not both).
+pub fn hold_cover(
+    v: &mut Violations,
+    matter: Option<Uuid>,
+    category: Option<crate::domain::Category>,
+    scope_ids: &[String],
+) -> crate::store::HoldCover {
+    if scope_ids.is_empty() {
+        return crate::store::HoldCover::Filter(matter, category);
+    }
+    if scope_ids.len() > 1000 {
+        v.add("scope_ids", "must name at most 1,000 scopes");
+    }
+    if matter.is_some() || category.is_some() {
+        v.add(
+            "scope_ids",
+            "cannot be combined with matter_id or category: a hold names scopes or filters them",
+        );
+    }
+    crate::store::HoldCover::Scopes(
+        scope_ids
+            .iter()
+            .enumerate()
+            .filter_map(|(i, id)| required_uuid(v, &format!("scope_ids[{i}]"), id))
+            .collect(),
+    )
+}
+
 pub fn metadata(row: &RecordRow) -> pb::RecordMetadata {
     let (shred_time, shred_order) = match (row.shredded_at, row.scope_shredded_at) {
         (Some(at), _) => (Some(at), row.shred_order.clone()),
@@ -886,6 +915,7 @@ impl VaultService for VaultApi {
         let client = required_uuid(&mut v, "client_id", &req.client_id);
         let matter = optional_uuid(&mut v, "matter_id", &req.matter_id);
         let category = optional_category(&mut v, "category", req.category);
+        let cover = hold_cover(&mut v, matter, category, &req.scope_ids);
         check(v)?;
         let scopes = self
             .vault
@@ -893,8 +923,7 @@ impl VaultService for VaultApi {
                 &actor,
                 hold.unwrap_or_default(),
                 client.unwrap_or_default(),
-                matter,
-                category,
+                cover,
             )
             .await?;
         Ok(Response::new(pb::PlaceHoldResponse {

@@ -948,13 +948,42 @@ impl Vault {
         actor: &Actor,
         hold_id: Uuid,
         client_id: Uuid,
-        matter_id: Option<Uuid>,
-        category: Option<Category>,
+        cover: store::HoldCover,
     ) -> Result<Vec<Uuid>, Error> {
+        let cover = match cover {
+            store::HoldCover::Scopes(mut ids) => {
+                ids.sort();
+                ids.dedup();
+                for id in &ids {
+                    let scope = self
+                        .store
+                        .scope(*id)
+                        .await?
+                        .ok_or(Error::NotFound("scope"))?;
+                    if scope.client_id != client_id {
+                        return Err(Error::Conflict(
+                            "a scope the hold names belongs to another client",
+                        ));
+                    }
+                }
+                store::HoldCover::Scopes(ids)
+            }
+            filter => filter,
+        };
+        let (matter_id, category) = match &cover {
+            store::HoldCover::Filter(m, c) => (*m, *c),
+            store::HoldCover::Scopes(_) => (None, None),
+        };
         if let Some(existing) = self.store.hold(hold_id).await? {
-            let same = existing.client_id == client_id
-                && existing.matter_id == matter_id
-                && existing.category.as_deref() == category.map(Category::as_str);
+            let existing_cover = if existing.scoped != 0 {
+                store::HoldCover::Scopes(self.store.scopes_covered(&existing).await?)
+            } else {
+                store::HoldCover::Filter(
+                    existing.matter_id,
+                    existing.category.as_deref().and_then(Category::parse),
+                )
+            };
+            let same = existing.client_id == client_id && existing_cover == cover;
             if !same {
                 return Err(Error::Conflict("a hold with this id covers something else"));
             }
@@ -970,22 +999,10 @@ impl Vault {
         if let Some(c) = category {
             b = b.category(c.as_str());
         }
-        self.commit(
-            vec![
-                store::insert_hold(
-                    hold_id,
-                    client_id,
-                    matter_id,
-                    category,
-                    actor.id(),
-                    Utc::now(),
-                ),
-                store::recount_holds(client_id),
-                store::suspend_destructions(client_id),
-            ],
-            &[b.build()],
-        )
-        .await?;
+        let mut statements = store::insert_hold(hold_id, client_id, &cover, actor.id(), Utc::now());
+        statements.push(store::recount_holds(client_id));
+        statements.push(store::suspend_destructions(client_id));
+        self.commit(statements, &[b.build()]).await?;
         let hold = self
             .store
             .hold(hold_id)

@@ -308,7 +308,7 @@ impl VaultStore {
             "INSERT INTO vault_scopes (id, scope_name, client_id, matter_id, category, key_version, kms_key_id, \
              wrapped_key, state, hold_count, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'active', \
-             (SELECT COUNT(*) FROM vault_holds h WHERE h.released_at IS NULL AND h.client_id = $3 \
+             (SELECT COUNT(*) FROM vault_holds h WHERE h.released_at IS NULL AND h.client_id = $3 AND h.scoped = 0 \
               AND (h.matter_id IS NULL OR h.matter_id = $4) AND (h.category IS NULL OR h.category = $5)), $9) \
              ON CONFLICT (scope_name) WHERE state <> 'shredded' DO NOTHING",
             vec![
@@ -434,13 +434,16 @@ impl VaultStore {
         let rows: Vec<(Uuid,)> = self
             .db
             .fetch_all(
-                "SELECT hold_id FROM vault_holds WHERE released_at IS NULL AND client_id = $1 \
-                 AND (matter_id IS NULL OR matter_id = $2) AND (category IS NULL OR category = $3) \
+                "SELECT hold_id FROM vault_holds h WHERE released_at IS NULL AND client_id = $1 AND ( \
+                   (scoped = 0 AND (matter_id IS NULL OR matter_id = $2) AND (category IS NULL OR category = $3)) \
+                   OR (scoped = 1 AND EXISTS (SELECT 1 FROM vault_hold_scopes hs \
+                     WHERE hs.hold_id = h.hold_id AND hs.scope_id = $4))) \
                  ORDER BY hold_id",
                 vec![
                     Value::Uuid(scope.client_id),
                     Value::OptUuid(scope.matter_id),
                     Value::Text(scope.category.clone()),
+                    Value::Uuid(scope.id),
                 ],
             )
             .await?;
@@ -516,17 +519,30 @@ pub fn release_originals(scope_id: Uuid) -> Statement {
     )
 }
 
+/// SQL: a live hold `h` covers the scope row `vault_scopes` — by client,
+/// matter and category, or (a scoped hold) by naming it.
+macro_rules! hold_covers_scope {
+    () => {
+        "h.released_at IS NULL AND h.client_id = vault_scopes.client_id AND ( \
+           (h.scoped = 0 AND (h.matter_id IS NULL OR h.matter_id = vault_scopes.matter_id) \
+             AND (h.category IS NULL OR h.category = vault_scopes.category)) \
+           OR (h.scoped = 1 AND EXISTS (SELECT 1 FROM vault_hold_scopes hs \
+             WHERE hs.hold_id = h.hold_id AND hs.scope_id = vault_scopes.id)))"
+    };
+}
+
 /// Statement: a scope becomes shredded (key gone) if no hold covers it.
 /// Constant time: one row, whatever the number of records.
 pub fn shred_scope(id: Uuid, order: &str, now: DateTime<Utc>, event_id: &str) -> Statement {
     Statement::new(
-        "UPDATE vault_scopes SET state = 'shredded', wrapped_key = NULL, kms_key_id = NULL, \
-         shredded_at = $2, shred_order = $3, destroy_after = NULL, shred_event_id = $4 \
-         WHERE id = $1 AND state <> 'shredded' AND hold_count = 0 AND NOT EXISTS ( \
-           SELECT 1 FROM vault_holds h WHERE h.released_at IS NULL AND h.client_id = vault_scopes.client_id \
-           AND (h.matter_id IS NULL OR h.matter_id = vault_scopes.matter_id) \
-           AND (h.category IS NULL OR h.category = vault_scopes.category)) \
-         AND NOT EXISTS (SELECT 1 FROM vault_records r WHERE r.scope_id = vault_scopes.id AND r.original = 1)",
+        concat!(
+            "UPDATE vault_scopes SET state = 'shredded', wrapped_key = NULL, kms_key_id = NULL, \
+             shredded_at = $2, shred_order = $3, destroy_after = NULL, shred_event_id = $4 \
+             WHERE id = $1 AND state <> 'shredded' AND hold_count = 0 \
+             AND NOT EXISTS (SELECT 1 FROM vault_holds h WHERE ",
+            hold_covers_scope!(),
+            ") AND NOT EXISTS (SELECT 1 FROM vault_records r WHERE r.scope_id = vault_scopes.id AND r.original = 1)"
+        ),
         vec![
             Value::Uuid(id),
             Value::Time(now),
@@ -539,11 +555,13 @@ pub fn shred_scope(id: Uuid, order: &str, now: DateTime<Utc>, event_id: &str) ->
 /// Statement: a scope becomes pending destruction if no hold covers it.
 pub fn schedule_destruction(id: Uuid, order: &str, due: DateTime<Utc>) -> Statement {
     Statement::new(
-        "UPDATE vault_scopes SET state = 'pending_destruction', destroy_after = $2, shred_order = $3 \
-         WHERE id = $1 AND state = 'active' AND hold_count = 0 AND NOT EXISTS ( \
-           SELECT 1 FROM vault_holds h WHERE h.released_at IS NULL AND h.client_id = vault_scopes.client_id \
-           AND (h.matter_id IS NULL OR h.matter_id = vault_scopes.matter_id) \
-           AND (h.category IS NULL OR h.category = vault_scopes.category))",
+        concat!(
+            "UPDATE vault_scopes SET state = 'pending_destruction', destroy_after = $2, shred_order = $3 \
+             WHERE id = $1 AND state = 'active' AND hold_count = 0 \
+             AND NOT EXISTS (SELECT 1 FROM vault_holds h WHERE ",
+            hold_covers_scope!(),
+            ")"
+        ),
         vec![
             Value::Uuid(id),
             Value::Time(due),
@@ -575,18 +593,32 @@ pub fn shred_record(id: Uuid, order: &str, now: DateTime<Utc>) -> Statement {
     )
 }
 
-/// Statement: a hold is recorded (idempotent).
+/// What a hold covers: scopes of a client, narrowed by matter and
+/// category, or an explicit set of the client's scopes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldCover {
+    /// The client's scopes, of this matter and category if given.
+    Filter(Option<Uuid>, Option<Category>),
+    /// Exactly these scopes (sorted, without repeats).
+    Scopes(Vec<Uuid>),
+}
+
+/// Statements: a hold is recorded (idempotent), with its scopes if it
+/// names them.
 pub fn insert_hold(
     hold_id: Uuid,
     client_id: Uuid,
-    matter_id: Option<Uuid>,
-    category: Option<Category>,
+    cover: &HoldCover,
     by: &str,
     now: DateTime<Utc>,
-) -> Statement {
-    Statement::new(
-        "INSERT INTO vault_holds (hold_id, client_id, matter_id, category, placed_at, placed_by) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (hold_id) DO NOTHING",
+) -> Vec<Statement> {
+    let (matter_id, category, scopes) = match cover {
+        HoldCover::Filter(m, c) => (*m, *c, &[][..]),
+        HoldCover::Scopes(s) => (None, None, &s[..]),
+    };
+    let mut statements = vec![Statement::new(
+        "INSERT INTO vault_holds (hold_id, client_id, matter_id, category, placed_at, placed_by, scoped) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (hold_id) DO NOTHING",
         vec![
             Value::Uuid(hold_id),
             Value::Uuid(client_id),
@@ -594,8 +626,16 @@ pub fn insert_hold(
             Value::OptText(category.map(|c| c.as_str().to_owned())),
             Value::Time(now),
             Value::Text(by.to_owned()),
+            Value::Int(i32::from(matches!(cover, HoldCover::Scopes(_)))),
         ],
-    )
+    )];
+    statements.extend(scopes.iter().map(|scope| {
+        Statement::new(
+            "INSERT INTO vault_hold_scopes (hold_id, scope_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            vec![Value::Uuid(hold_id), Value::Uuid(*scope)],
+        )
+    }));
+    statements
 }
 
 /// Statement: a hold is released.
@@ -620,11 +660,11 @@ pub fn suspend_destructions(client_id: Uuid) -> Statement {
 /// and then sees the new count.
 pub fn recount_holds(client_id: Uuid) -> Statement {
     Statement::new(
-        "UPDATE vault_scopes SET hold_count = (SELECT COUNT(*) FROM vault_holds h \
-           WHERE h.released_at IS NULL AND h.client_id = vault_scopes.client_id \
-           AND (h.matter_id IS NULL OR h.matter_id = vault_scopes.matter_id) \
-           AND (h.category IS NULL OR h.category = vault_scopes.category)) \
-         WHERE client_id = $1",
+        concat!(
+            "UPDATE vault_scopes SET hold_count = (SELECT COUNT(*) FROM vault_holds h WHERE ",
+            hold_covers_scope!(),
+            ") WHERE client_id = $1"
+        ),
         vec![Value::Uuid(client_id)],
     )
 }
@@ -656,6 +696,8 @@ pub struct HoldRow {
     pub category: Option<String>,
     /// When released.
     pub released_at: Option<DateTime<Utc>>,
+    /// 1 when it names its scopes.
+    pub scoped: i32,
 }
 
 impl VaultStore {
@@ -663,7 +705,7 @@ impl VaultStore {
     pub async fn hold(&self, id: Uuid) -> StoreResult<Option<HoldRow>> {
         self.db
             .fetch_optional(
-                "SELECT hold_id, client_id, matter_id, category, released_at FROM vault_holds WHERE hold_id = $1",
+                "SELECT hold_id, client_id, matter_id, category, released_at, scoped FROM vault_holds WHERE hold_id = $1",
                 vec![Value::Uuid(id)],
             )
             .await
@@ -671,6 +713,16 @@ impl VaultStore {
 
     /// The ids of the scopes a hold covers.
     pub async fn scopes_covered(&self, hold: &HoldRow) -> StoreResult<Vec<Uuid>> {
+        if hold.scoped != 0 {
+            let rows: Vec<(Uuid,)> = self
+                .db
+                .fetch_all(
+                    "SELECT scope_id FROM vault_hold_scopes WHERE hold_id = $1 ORDER BY scope_id",
+                    vec![Value::Uuid(hold.hold_id)],
+                )
+                .await?;
+            return Ok(rows.into_iter().map(|r| r.0).collect());
+        }
         let rows: Vec<(Uuid,)> = self
             .db
             .fetch_all(

@@ -17,7 +17,7 @@ use confidant_vault::domain::{Category, Limits, NewRecord, Purpose};
 use confidant_vault::error::Error;
 use confidant_vault::keys::{CacheLimits, Keyring};
 use confidant_vault::records::{Actor, ReadIntent, Settings, Vault};
-use confidant_vault::store::VaultStore;
+use confidant_vault::store::{HoldCover, VaultStore};
 use uuid::Uuid;
 
 fn kms_endpoint() -> String {
@@ -543,7 +543,12 @@ async fn holds_stop_shredding_and_staged_destruction_can_be_cancelled(db: &TestD
     // A hold on the client's matter covers the scope: no shred, no record shred.
     let hold = Uuid::now_v7();
     let covered = vault
-        .place_hold(&retention(), hold, client, Some(matter), None)
+        .place_hold(
+            &retention(),
+            hold,
+            client,
+            HoldCover::Filter(Some(matter), None),
+        )
         .await
         .unwrap();
     assert_eq!(covered, [r.scope_id]);
@@ -582,6 +587,61 @@ async fn holds_stop_shredding_and_staged_destruction_can_be_cancelled(db: &TestD
         Err(Error::Held)
     ));
     vault.release_hold(&retention(), hold).await.unwrap();
+
+    // A hold that names scopes covers exactly those, not the client's others.
+    let named = Uuid::now_v7();
+    let covered = vault
+        .place_hold(
+            &retention(),
+            named,
+            client,
+            HoldCover::Scopes(vec![later.scope_id, later.scope_id]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(covered, [later.scope_id]);
+    assert!(matches!(
+        vault
+            .shred_scope(&retention(), later.scope_id, &order, None)
+            .await,
+        Err(Error::Held)
+    ));
+    let hold_count = |id| {
+        let store = vault.store().clone();
+        async move { store.scope(id).await.unwrap().unwrap().hold_count }
+    };
+    assert_eq!(hold_count(later.scope_id).await, 1);
+    assert_eq!(hold_count(r.scope_id).await, 0, "not named, not held");
+    // The same hold id cannot name other scopes; another client's scope
+    // cannot be named.
+    assert!(matches!(
+        vault
+            .place_hold(
+                &retention(),
+                named,
+                client,
+                HoldCover::Scopes(vec![r.scope_id])
+            )
+            .await,
+        Err(Error::Conflict(_))
+    ));
+    let stranger = vault
+        .create(&actor, &passport(Uuid::now_v7(), None, "P9999999"), None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        vault
+            .place_hold(
+                &retention(),
+                Uuid::now_v7(),
+                client,
+                HoldCover::Scopes(vec![stranger.scope_id])
+            )
+            .await,
+        Err(Error::Conflict(_))
+    ));
+    vault.release_hold(&retention(), named).await.unwrap();
+    assert_eq!(hold_count(later.scope_id).await, 0);
 
     // Staged: pending destruction refuses reads and writes, and cancels.
     let pending = vault
@@ -630,8 +690,7 @@ async fn holds_stop_shredding_and_staged_destruction_can_be_cancelled(db: &TestD
             &retention(),
             second,
             client,
-            None,
-            Some(Category::IdentityDocument),
+            HoldCover::Filter(None, Some(Category::IdentityDocument)),
         )
         .await
         .unwrap();
