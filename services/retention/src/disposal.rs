@@ -8,9 +8,13 @@
 //! finished by the next one: the vault order carries the disposal's order id
 //! and a shred of a shredded scope is a no-op there, so nothing is shredded
 //! twice, and holds are checked here and enforced again by the vault.
-//! One replica sweeps at a time (a lease), and every sweep transaction first
-//! raises the stored fencing token to its lease's, so a leader that stalled
-//! and lost its lease cannot write afterwards.
+//! One replica sweeps at a time (a lease in the coordinator). Fencing comes
+//! from the database itself: a sweep that holds the lease first claims the
+//! next epoch of the `retention_fence` row, and every one of its
+//! transactions checks that the epoch is still its own, so a leader that
+//! stalled and lost its lease cannot write once a later leader claimed the
+//! next epoch — and a coordinator that lost its state (a Redis flush resets
+//! its lease counter) cannot lock the sweep out.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -221,10 +225,12 @@ pub struct BatchRow {
     pub created_at: DateTime<Utc>,
 }
 
-fn fence(token: u64) -> Statement {
+/// Statement: the sweep's epoch is still the latest claimed (unmet once a
+/// later sweep claimed one).
+fn fence(epoch: u64) -> Statement {
     Statement::new(
-        "UPDATE retention_fence SET token = $1 WHERE id = 1 AND token <= $1",
-        vec![Value::BigInt(i64::try_from(token).unwrap_or(i64::MAX))],
+        "UPDATE retention_fence SET token = token WHERE id = 1 AND token = $1",
+        vec![Value::BigInt(i64::try_from(epoch).unwrap_or(i64::MAX))],
     )
     .expecting(1)
 }
@@ -313,19 +319,38 @@ impl Disposer {
         let Some(lease) = lease else {
             return Ok(None);
         };
-        let result = self.run(lease.token, Some(&lease)).await;
+        let result = match self.claim_epoch().await {
+            Ok(epoch) => self.run(epoch, Some(&lease)).await,
+            Err(e) => Err(e),
+        };
         let _ = self.coord.release_lease(&lease).await;
         result.map(Some)
     }
 
-    /// One sweep under fencing token `token`, without a lease (tests of
-    /// fencing: a stale token is refused at its first write).
-    pub async fn sweep_with_token(&self, token: u64) -> Result<SweepReport, Error> {
-        self.run(token, None).await
+    /// Claims the next fencing epoch: from now on only a sweep under this
+    /// epoch can write. Called by a sweep that holds the lease.
+    pub async fn claim_epoch(&self) -> Result<u64, Error> {
+        let row: Option<(i64,)> = self
+            .retention
+            .store()
+            .db()
+            .fetch_optional(
+                "UPDATE retention_fence SET token = token + 1 WHERE id = 1 RETURNING token",
+                vec![],
+            )
+            .await?;
+        row.and_then(|(t,)| u64::try_from(t).ok())
+            .ok_or(Error::Conflict("the fencing row is missing"))
+    }
+
+    /// One sweep under fencing epoch `epoch`, without a lease (tests of
+    /// fencing: a stale epoch is refused at its first write).
+    pub async fn sweep_with_epoch(&self, epoch: u64) -> Result<SweepReport, Error> {
+        self.run(epoch, None).await
     }
 
     async fn run(&self, token: u64, lease: Option<&Lease>) -> Result<SweepReport, Error> {
-        tracing::debug!(token, "disposal sweep starts");
+        tracing::debug!(epoch = token, "disposal sweep starts");
         let mut report = SweepReport::default();
         let mut keeper = Keeper {
             coord: &self.coord,

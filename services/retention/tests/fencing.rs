@@ -1,6 +1,6 @@
-//! The sweep's fencing token on every backend: once a sweep under a later
-//! lease has written, a stalled sweep under an earlier lease can write
-//! nothing more.
+//! The sweep's fencing epoch on every backend: once a later sweep claimed
+//! an epoch, a stalled sweep under an earlier one can write nothing more;
+//! and a coordinator that lost its state does not lock the sweep out.
 
 use std::sync::Arc;
 
@@ -22,20 +22,32 @@ async fn a_stalled_leader_cannot_write_after_a_later_one(db: &TestDatabase) {
     ));
     let coord: confidant_runtime::coord::SharedCoordinator =
         Arc::new(confidant_runtime::coord::InProcess::new());
-    let disposer = Disposer::new(retention, coord, Signer::load(&key).unwrap(), 1);
+    let disposer = Disposer::new(retention.clone(), coord, Signer::load(&key).unwrap(), 1);
 
-    // A sweep through the lease (the coordinator's first token), then a
-    // leader with token 3, then a later leader (token 5); then the one with
-    // token 3 wakes up and tries again.
+    // A sweep through the lease; then a leader claims an epoch, and a later
+    // leader the next; then the first wakes up and tries again.
     assert!(disposer.sweep().await.unwrap().is_some());
-    disposer.sweep_with_token(3).await.unwrap();
-    disposer.sweep_with_token(5).await.unwrap();
+    let stalled = disposer.claim_epoch().await.unwrap();
+    disposer.sweep_with_epoch(stalled).await.unwrap();
+    let later = disposer.claim_epoch().await.unwrap();
+    assert!(later > stalled);
+    disposer.sweep_with_epoch(later).await.unwrap();
     assert!(matches!(
-        disposer.sweep_with_token(3).await,
+        disposer.sweep_with_epoch(stalled).await,
         Err(Error::Conflict(_))
     ));
     // The current leader goes on.
-    disposer.sweep_with_token(5).await.unwrap();
+    disposer.sweep_with_epoch(later).await.unwrap();
+    // A coordinator that lost its state (a Redis flush: its lease counter
+    // starts again) does not lock the sweep out: epochs come from the
+    // database.
+    for _ in 0..5 {
+        disposer.claim_epoch().await.unwrap();
+    }
+    let fresh: confidant_runtime::coord::SharedCoordinator =
+        Arc::new(confidant_runtime::coord::InProcess::new());
+    let after_reset = Disposer::new(retention.clone(), fresh, Signer::load(&key).unwrap(), 1);
+    assert!(after_reset.sweep().await.unwrap().is_some());
 }
 
 confidant_runtime::backend_tests!(confidant_retention::MIGRATIONS;
