@@ -50,6 +50,47 @@ async fn a_stalled_leader_cannot_write_after_a_later_one(db: &TestDatabase) {
     assert!(after_reset.sweep().await.unwrap().is_some());
 }
 
+/// Two replicas share one Redis coordinator: while one holds the sweep
+/// lease the other's sweep does nothing, and takes over once it is free.
+async fn one_replica_sweeps_at_a_time(db: &TestDatabase) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("certificates.key");
+    confidant_runtime::keys::write_new_ed25519_key(&key).unwrap();
+    let coord: confidant_runtime::coord::SharedCoordinator = Arc::new(
+        confidant_runtime::coord::Redis::connect(
+            &confidant_runtime::testing::redis_url(),
+            &confidant_runtime::testing::unique_name("sweep"),
+        )
+        .await
+        .unwrap(),
+    );
+    let replica = || {
+        let retention = Arc::new(Retention::new(
+            RetentionStore::new(db.db.clone()),
+            None,
+            "confidant.local",
+            2,
+        ));
+        Disposer::new(retention, coord.clone(), Signer::load(&key).unwrap(), 1)
+    };
+    let (a, b) = (replica(), replica());
+    let held = coord
+        .acquire_lease(
+            "retention-sweep",
+            "replica-a-mid-sweep",
+            std::time::Duration::from_secs(30),
+        )
+        .await
+        .unwrap()
+        .expect("the lease is free");
+    assert!(a.sweep().await.unwrap().is_none(), "another replica leads");
+    assert!(b.sweep().await.unwrap().is_none(), "another replica leads");
+    coord.release_lease(&held).await.unwrap();
+    assert!(b.sweep().await.unwrap().is_some(), "free again: b sweeps");
+    assert!(a.sweep().await.unwrap().is_some(), "and then a");
+}
+
 confidant_runtime::backend_tests!(confidant_retention::MIGRATIONS;
     a_stalled_leader_cannot_write_after_a_later_one,
+    one_replica_sweeps_at_a_time,
 );
