@@ -1,6 +1,8 @@
-//! Logs and traces: JSON logs carrying trace ids, OpenTelemetry spans for
-//! every RPC on both sides, W3C trace context in gRPC metadata, OTLP export
-//! when an endpoint is configured.
+//! Logs, traces and metrics: JSON logs carrying trace ids, OpenTelemetry
+//! spans for every RPC on both sides, W3C trace context in gRPC metadata, an
+//! `rpc.server.duration` histogram per method and status, the services' own
+//! metrics, and OTLP export of spans and metrics when an endpoint is
+//! configured.
 //!
 //! Span fields are chosen here, never by handlers: method names, peer
 //! identities and status codes, nothing from a request body.
@@ -11,6 +13,7 @@ use std::task::{Context, Poll};
 
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use serde::{Deserialize, Serialize};
@@ -34,6 +37,8 @@ pub struct TelemetryConfig {
     pub log_format: LogFormat,
     /// Log filter in `RUST_LOG` syntax, e.g. `info,confidant_vault=debug`.
     pub log_level: String,
+    /// How often metrics are exported over OTLP, in seconds.
+    pub metrics_interval_seconds: u64,
 }
 
 impl Default for TelemetryConfig {
@@ -43,6 +48,7 @@ impl Default for TelemetryConfig {
             sampling_ratio: 1.0,
             log_format: LogFormat::Json,
             log_level: "info".to_owned(),
+            metrics_interval_seconds: 60,
         }
     }
 }
@@ -60,7 +66,7 @@ pub enum LogFormat {
 /// Errors of telemetry setup.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The OTLP exporter could not be built.
+    /// An OTLP exporter could not be built.
     #[error("otlp exporter: {0}")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
     /// The log filter does not parse.
@@ -71,10 +77,11 @@ pub enum Error {
     AlreadyInitialised(#[from] tracing_subscriber::util::TryInitError),
 }
 
-/// Flushes and stops span export when dropped or shut down.
+/// Flushes and stops span and metric export when dropped or shut down.
 #[derive(Debug)]
 pub struct TelemetryGuard {
     provider: SdkTracerProvider,
+    meters: SdkMeterProvider,
 }
 
 impl TelemetryGuard {
@@ -83,10 +90,13 @@ impl TelemetryGuard {
         // Drop does the work.
     }
 
-    /// Exports every finished span now.
+    /// Exports every finished span and the current metrics now.
     pub fn flush(&self) {
         if let Err(err) = self.provider.force_flush() {
             tracing::warn!(error = %err, "telemetry flush failed");
+        }
+        if let Err(err) = self.meters.force_flush() {
+            tracing::warn!(error = %err, "metrics flush failed");
         }
     }
 }
@@ -96,6 +106,9 @@ impl Drop for TelemetryGuard {
         if let Err(err) = self.provider.shutdown() {
             // Already shut down, or the collector is gone: nothing more to do.
             eprintln!("telemetry shutdown: {err}");
+        }
+        if let Err(err) = self.meters.shutdown() {
+            eprintln!("metrics shutdown: {err}");
         }
     }
 }
@@ -113,7 +126,7 @@ pub fn init(service_name: &str, config: &TelemetryConfig) -> Result<TelemetryGua
         .build();
     let mut builder = SdkTracerProvider::builder()
         .with_sampler(sampler)
-        .with_resource(resource);
+        .with_resource(resource.clone());
     if let Some(endpoint) = &config.otlp_endpoint {
         use opentelemetry_otlp::WithExportConfig;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -131,6 +144,26 @@ pub fn init(service_name: &str, config: &TelemetryConfig) -> Result<TelemetryGua
     let provider = builder.build();
     let tracer = provider.tracer("confidant");
     opentelemetry::global::set_tracer_provider(provider.clone());
+
+    let mut meters = SdkMeterProvider::builder().with_resource(resource);
+    if let Some(endpoint) = &config.otlp_endpoint {
+        use opentelemetry_otlp::WithExportConfig;
+        let exporter = opentelemetry_otlp::MetricExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint.clone())
+            .build()?;
+        let reader = opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader::builder(
+            exporter,
+            opentelemetry_sdk::runtime::Tokio,
+        )
+        .with_interval(std::time::Duration::from_secs(
+            config.metrics_interval_seconds.max(1),
+        ))
+        .build();
+        meters = meters.with_reader(reader);
+    }
+    let meters = meters.build();
+    opentelemetry::global::set_meter_provider(meters.clone());
 
     let filter = EnvFilter::builder().parse(&config.log_level)?;
     let fmt = match config.log_format {
@@ -150,7 +183,7 @@ pub fn init(service_name: &str, config: &TelemetryConfig) -> Result<TelemetryGua
         )
         .with(fmt.with_filter(filter))
         .try_init()?;
-    Ok(TelemetryGuard { provider })
+    Ok(TelemetryGuard { provider, meters })
 }
 
 /// One JSON object per log line: time, level, target, the event's fields,
@@ -280,12 +313,7 @@ pub fn current_trace_id() -> String {
 }
 
 fn record_status<B>(span: &tracing::Span, response: &http::Response<B>) {
-    if let Some(code) = response
-        .headers()
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i32>().ok())
-    {
+    if let Some(code) = grpc_status(response) {
         span.record("rpc.grpc.status_code", code);
         if code != 0 {
             span.record("otel.status_code", "ERROR");
@@ -294,6 +322,48 @@ fn record_status<B>(span: &tracing::Span, response: &http::Response<B>) {
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// The histogram of server call durations, from the global meter provider
+/// (made on the first call, after [`init`]).
+fn rpc_duration() -> &'static opentelemetry::metrics::Histogram<f64> {
+    static HISTOGRAM: std::sync::OnceLock<opentelemetry::metrics::Histogram<f64>> =
+        std::sync::OnceLock::new();
+    HISTOGRAM.get_or_init(|| {
+        opentelemetry::global::meter("confidant")
+            .f64_histogram("rpc.server.duration")
+            .with_unit("ms")
+            .with_description("Duration of gRPC calls handled, by method and status")
+            .build()
+    })
+}
+
+/// Records one handled call. Method names come from the request path, so a
+/// call to a method the server does not have (UNIMPLEMENTED) is recorded
+/// under `unknown`: callers cannot mint label values.
+fn record_duration(service: &str, method: &str, status: Option<i32>, started: std::time::Instant) {
+    use opentelemetry::KeyValue;
+    let (service, method) = match status {
+        Some(12) | None => ("unknown".to_owned(), "unknown".to_owned()),
+        _ => (service.to_owned(), method.to_owned()),
+    };
+    rpc_duration().record(
+        started.elapsed().as_secs_f64() * 1000.0,
+        &[
+            KeyValue::new("rpc.system", "grpc"),
+            KeyValue::new("rpc.service", service),
+            KeyValue::new("rpc.method", method),
+            KeyValue::new("rpc.grpc.status_code", i64::from(status.unwrap_or(2))),
+        ],
+    );
+}
+
+fn grpc_status<B>(response: &http::Response<B>) -> Option<i32> {
+    response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+}
 
 /// Server side: a span per RPC, child of the caller's span when the request
 /// carries a `traceparent`.
@@ -333,8 +403,10 @@ where
         let parent = opentelemetry::global::get_text_map_propagator(|p| {
             p.extract(&HeaderExtractor(req.headers()))
         });
+        let started = std::time::Instant::now();
         let path = req.uri().path();
         let (service, method) = rpc_names(path);
+        let names = (service.to_owned(), method.to_owned());
         let span = tracing::info_span!(
             "grpc.server",
             otel.name = %path.trim_start_matches('/'),
@@ -362,9 +434,14 @@ where
         Box::pin(
             async move {
                 let result = fut.await;
+                let mut status = None;
                 if let Ok(response) = &result {
                     record_status(&tracing::Span::current(), response);
+                    // A response whose status comes in trailers (streams,
+                    // most successes) has none in its headers: OK so far.
+                    status = Some(grpc_status(response).unwrap_or(0));
                 }
+                record_duration(&names.0, &names.1, status, started);
                 result
             }
             .instrument(span),

@@ -1,5 +1,6 @@
 //! One request across two services arrives at an OTLP collector as one
-//! trace with the right parents, and without request data in attributes.
+//! trace with the right parents, and without request data in attributes;
+//! the servers' call-duration histogram arrives too.
 //!
 //! This file holds a single test: it installs the process-wide subscriber.
 
@@ -12,6 +13,12 @@ use confidant_runtime::peer::PeerPolicy;
 use confidant_runtime::server::{GrpcServer, health};
 use confidant_runtime::telemetry::TelemetryConfig;
 use confidant_runtime::testing::TestPki;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -19,6 +26,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::metrics::v1::Metric;
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use tokio::net::TcpListener;
@@ -31,6 +40,25 @@ const SECRET: &str = "Jane Roe, passport X1234567";
 
 #[derive(Clone, Default)]
 struct Collector(Arc<Mutex<Vec<Span>>>);
+
+#[derive(Clone, Default)]
+struct Metrics(Arc<Mutex<Vec<Metric>>>);
+
+#[tonic::async_trait]
+impl MetricsService for Metrics {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let mut metrics = self.0.lock().unwrap();
+        for rm in request.into_inner().resource_metrics {
+            for sm in rm.scope_metrics {
+                metrics.extend(sm.metrics);
+            }
+        }
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
 
 #[tonic::async_trait]
 impl TraceService for Collector {
@@ -115,9 +143,12 @@ async fn a_call_across_two_services_is_one_trace_with_the_right_parents() {
     let otlp = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let otlp_addr = otlp.local_addr().unwrap();
     let receiver = TraceServiceServer::new(collector.clone());
+    let metrics = Metrics::default();
+    let metrics_receiver = MetricsServiceServer::new(metrics.clone());
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(receiver)
+            .add_service(metrics_receiver)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(otlp))
             .await
             .unwrap();
@@ -272,5 +303,51 @@ async fn a_call_across_two_services_is_one_trace_with_the_right_parents() {
             );
         }
     }
+
+    // Each server recorded the call's duration under its method and status.
+    let mut durations = Vec::new();
+    for _ in 0..100 {
+        guard.flush();
+        durations = metrics
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.name == "rpc.server.duration")
+            .cloned()
+            .collect();
+        if !durations.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metric = durations.last().expect("rpc.server.duration exported");
+    assert_eq!(metric.unit, "ms");
+    let Some(Data::Histogram(histogram)) = &metric.data else {
+        panic!("not a histogram: {metric:?}");
+    };
+    let check_calls: u64 = histogram
+        .data_points
+        .iter()
+        .filter(|p| {
+            let attrs: Vec<(String, String)> = p
+                .attributes
+                .iter()
+                .map(|kv| {
+                    let v = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                        Some(Value::StringValue(s)) => s.clone(),
+                        Some(Value::IntValue(i)) => i.to_string(),
+                        other => format!("{other:?}"),
+                    };
+                    (kv.key.clone(), v)
+                })
+                .collect();
+            attrs.contains(&("rpc.method".into(), "Check".into()))
+                && attrs.contains(&("rpc.grpc.status_code".into(), "0".into()))
+        })
+        .map(|p| p.count)
+        .sum();
+    assert_eq!(check_calls, 2, "one call handled by each server");
+    assert!(!format!("{durations:?}").contains("Jane Roe"));
     guard.shutdown();
 }

@@ -210,6 +210,11 @@ impl Keyring {
         &self.stats
     }
 
+    /// The counters, shared (for metric callbacks).
+    pub fn shared_stats(&self) -> Arc<KeyStats> {
+        self.stats.clone()
+    }
+
     /// The cache.
     pub fn cache(&self) -> &KeyCache {
         &self.cache

@@ -21,6 +21,7 @@ pub mod error;
 pub mod grpc;
 pub mod keys;
 pub mod masking;
+pub mod metrics;
 pub mod records;
 pub mod store;
 
@@ -114,6 +115,7 @@ pub async fn build(
         .allow(&format!("/{GRPC_SERVICE}/GetKeyStats"), admins);
     let kms = kms::from_config(config).await?;
     let vault = Arc::new(vault(ctx, kms));
+    metrics::register(&vault.keys().shared_stats());
     let api = grpc::VaultApi::new(
         vault.clone(),
         ctx.peer(ServiceName::Identity),
