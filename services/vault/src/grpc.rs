@@ -1070,6 +1070,19 @@ impl VaultService for VaultApi {
             kms_generate_calls: load(&stats.kms_generate_calls),
             cached_keys: i64::try_from(keys.cache().len()).unwrap_or(i64::MAX),
             evictions: load(&stats.evictions),
+            kms_keys: self
+                .vault
+                .store()
+                .kms_key_usage()
+                .await
+                .map_err(Error::from)?
+                .into_iter()
+                .map(|(kms_key_id, scopes)| pb::KmsKeyUsage {
+                    active: keys.kms().is_active(&kms_key_id),
+                    kms_key_id,
+                    scopes,
+                })
+                .collect(),
         }))
     }
 }

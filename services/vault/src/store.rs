@@ -405,6 +405,17 @@ impl VaultStore {
             .await
     }
 
+    /// The KMS keys that wrap live scope keys, with how many each.
+    pub async fn kms_key_usage(&self) -> StoreResult<Vec<(String, i64)>> {
+        self.db
+            .fetch_all(
+                "SELECT kms_key_id, COUNT(*) FROM vault_scopes \
+                 WHERE state <> 'shredded' AND kms_key_id IS NOT NULL GROUP BY kms_key_id ORDER BY kms_key_id",
+                vec![],
+            )
+            .await
+    }
+
     /// Originals that belong to the client in a scope.
     pub async fn original_count(&self, scope_id: Uuid) -> StoreResult<i64> {
         let row: Option<(i64,)> = self

@@ -840,11 +840,25 @@ async fn rewrap_moves_scope_keys_to_the_new_kms_key_without_touching_records(db:
     };
     let active = second.active_key_id();
     let new = vault_with(db, second, CACHE);
+    // Which KMS keys still wrap live scopes: the old one, for all three.
+    let usage = || async { new.store().kms_key_usage().await.unwrap() };
+    let before = usage().await;
+    assert_eq!(before.len(), 1);
+    assert_eq!(before[0].1, 3);
+    assert!(!new.keys().kms().is_active(&before[0].0));
     let (done, remaining) = new.rewrap(&actor, 2).await.unwrap();
     assert_eq!((done, remaining), (2, 1), "resumable in batches");
+    let midway = usage().await;
+    assert_eq!(midway.iter().map(|(_, n)| n).sum::<i64>(), 3);
+    assert!(midway.contains(&(before[0].0.clone(), 1)), "{midway:?}");
     let (done, remaining) = new.rewrap(&actor, 2).await.unwrap();
     assert_eq!((done, remaining), (1, 0));
     assert_eq!(new.rewrap(&actor, 2).await.unwrap(), (0, 0));
+    // The old key wraps nothing live any more: it can be retired.
+    let after = usage().await;
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0].1, 3);
+    assert!(new.keys().kms().is_active(&after[0].0));
     let key_ids: Vec<(String,)> = db
         .db
         .fetch_all("SELECT kms_key_id FROM vault_scopes", vec![])

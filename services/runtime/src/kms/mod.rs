@@ -128,6 +128,13 @@ pub trait Kms: Send + Sync + fmt::Debug {
     /// The key new data keys are wrapped under.
     fn active_key_id(&self) -> String;
 
+    /// Whether `stored` (a key id a wrapped key was stored with) names the
+    /// active key: the same id, or an ARN ending in it (AWS returns ARNs).
+    fn is_active(&self, stored: &str) -> bool {
+        let active = self.active_key_id();
+        !active.is_empty() && (stored == active || stored.ends_with(&format!("/{active}")))
+    }
+
     /// Generates a data key wrapped under the active key, bound to `context`.
     async fn generate_data_key(&self, context: &EncryptionContext) -> Result<DataKey, Error>;
 
