@@ -125,7 +125,7 @@ async fn production_services_run_on_postgres_and_redis_once_migrated() {
     let pki = dir.path().join("pki");
     write_certs(&pki);
     let p = |name: &str| pki.join(name).display().to_string();
-    let (audit_port, vault_port) = (free_port(), free_port());
+    let (audit_port, vault_port, probe_port) = (free_port(), free_port(), free_port());
     let audit_key = dir.path().join("audit.key");
     let key_arg = audit_key.to_str().unwrap();
     let (code, out) = run(&["audit", "keygen", "--out", key_arg], &[]);
@@ -136,7 +136,7 @@ async fn production_services_run_on_postgres_and_redis_once_migrated() {
     std::fs::write(
         &config,
         format!(
-            "ca_file = \"{ca}\"\nshutdown_grace_seconds = 5\n\
+            "ca_file = \"{ca}\"\nshutdown_grace_seconds = 5\nprobe_listen = \"127.0.0.1:{probe_port}\"\n\
              [redis]\nurl = \"{redis}\"\nkey_prefix = \"{prefix}:\"\n\
              [kms]\nprovider = \"local\"\nallow_insecure_local = true\nlocal_key_file = \"{kms}\"\n\
              [telemetry]\nlog_format = \"json\"\n\
@@ -195,6 +195,29 @@ async fn production_services_run_on_postgres_and_redis_once_migrated() {
         )
         .await;
     }
+    // Probes without a client certificate reach health, and nothing else.
+    let probe = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{probe_port}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("the probe listener answers in plaintext");
+    for service in ["", "audit", "vault"] {
+        let status = tonic_health::pb::health_client::HealthClient::new(probe.clone())
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, 1, "{service:?} not SERVING on the probe port");
+    }
+    let refused = confidant_proto::vault::v1::vault_service_client::VaultServiceClient::new(probe)
+        .list_scopes(confidant_proto::vault::v1::ListScopesRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unimplemented);
+
     // The vault's start travelled through its outbox into the audit log on
     // PostgreSQL.
     let audit_db = confidant_runtime::storage::Database::connect(

@@ -286,6 +286,37 @@ pub async fn start(
         tracing::info!(service = %service, addr = %addrs[&service], "service listening");
         running.servers.push((service, handle));
     }
+    if let Some(addr) = config.probe_listen {
+        let (reporter, health_service) = confidant_runtime::server::health();
+        for service in services {
+            reporter
+                .set_service_status(service.as_str(), tonic_health::ServingStatus::Serving)
+                .await;
+        }
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        running.reporters.push(reporter);
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("probe_listen: cannot listen on {addr}"))?;
+        let mut stop = shutdown_rx.clone();
+        running.background.push(tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(health_service)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async move {
+                        let _ = stop.wait_for(|v| *v).await;
+                    },
+                )
+                .await;
+            if let Err(err) = served {
+                tracing::error!(error = %err, "probe listener failed");
+            }
+        }));
+        tracing::info!(%addr, "probe listener (grpc.health.v1 only, plaintext)");
+    }
     Ok(running)
 }
 

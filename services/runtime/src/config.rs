@@ -66,6 +66,10 @@ pub struct Config {
     pub reflection: bool,
     /// How long in-flight calls may run after a shutdown signal.
     pub shutdown_grace_seconds: u64,
+    /// A plaintext listener serving only `grpc.health.v1` (no client data,
+    /// no other service), for probes that cannot present a client
+    /// certificate, such as Kubernetes' native gRPC probes. Off when unset.
+    pub probe_listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -86,6 +90,7 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             reflection: true,
             shutdown_grace_seconds: 30,
+            probe_listen: None,
         }
     }
 }
