@@ -107,3 +107,35 @@ ensure_buf() {
   mkdir -p "$TOOLS_DIR"
   (cd "$TOOLS_DIR" && npm install --silent --no-audit --no-fund @bufbuild/buf@1 >/dev/null)
 }
+
+# The deployment checkers (Helm v4 library, kubernetes-validate, checkov,
+# yamllint) in a virtual environment of their own; sets DEPLOY_PYTHON.
+ensure_deploy_tools() {
+  local venv="$TOOLS_DIR/deploy-venv"
+  DEPLOY_PYTHON="$venv/bin/python"
+  if [ -x "$DEPLOY_PYTHON" ] && "$DEPLOY_PYTHON" -c 'import helm_python, yaml' 2>/dev/null \
+    && [ -x "$venv/bin/kubernetes-validate" ] && [ -x "$venv/bin/checkov" ] && [ -x "$venv/bin/yamllint" ]; then
+    return 0
+  fi
+  log "deploy tools: installing helm-python-sdk, kubernetes-validate, checkov, yamllint into $venv"
+  mkdir -p "$TOOLS_DIR"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q helm-python-sdk kubernetes-validate checkov yamllint pyyaml
+}
+
+ensure_kubectl() {
+  if command -v kubectl >/dev/null; then
+    return 0
+  fi
+  log "kubectl: installing"
+  apt_install kubectl
+}
+
+# Debian's podman and buildah, run with the runc runtime (scripts/image.sh).
+ensure_podman() {
+  if command -v podman >/dev/null && command -v buildah >/dev/null && command -v runc >/dev/null; then
+    return 0
+  fi
+  log "podman: installing podman, buildah and runc"
+  apt_install podman buildah runc
+}

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): makes sure PostgreSQL, Redis and the
 # AWS KMS emulator are reachable, starting or installing them when they are
-# not, installs the client tools the tests drive (Python grpcio, buf), then
-# runs every check and test of the workspace.
+# not, installs the client tools the tests drive (Python grpcio, buf, the
+# deployment checkers, podman), then runs every check and test of the
+# workspace, the Helm chart's checks and the container image check.
 #
 # Environment:
 #   CARGO_TARGET_DIR              build directory (default /var/tmp/confidant-target)
@@ -25,6 +26,9 @@ ensure_redis
 ensure_kms_emulator
 ensure_python_clients
 ensure_buf
+ensure_deploy_tools
+ensure_kubectl
+ensure_podman
 
 step "formatting"
 cargo fmt --all -- --check
@@ -46,6 +50,16 @@ set +e
 cargo test --workspace --all-features --locked 2>&1 | tee "$log_file"
 status=${PIPESTATUS[0]}
 set -e
+
+step "deployment: Helm chart and plain manifests"
+if ! "$DEPLOY_PYTHON" scripts/chart_check.py --confidant "$CARGO_TARGET_DIR/debug/confidant"; then
+  status=1
+fi
+
+step "deployment: container image"
+if ! scripts/image.sh check --binary "$CARGO_TARGET_DIR/debug/confidant"; then
+  status=1
+fi
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
      END { printf "\ntests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log_file"

@@ -128,10 +128,21 @@ async fn production_services_run_on_postgres_and_redis_once_migrated() {
     let (audit_port, vault_port, probe_port) = (free_port(), free_port(), free_port());
     let audit_key = dir.path().join("audit.key");
     let key_arg = audit_key.to_str().unwrap();
-    let (code, out) = run(&["audit", "keygen", "--out", key_arg], &[]);
+    let (code, out) = run(&["keys", "signing", "--out", key_arg], &[]);
     assert_eq!(code, 0, "{out}");
+    let written = std::fs::read(&audit_key).unwrap();
     let (code, out) = run(&["audit", "keygen", "--out", key_arg], &[]);
     assert_ne!(code, 0, "an existing signing key was overwritten: {out}");
+    let (code, out) = run(&["keys", "signing", "--out", key_arg], &[]);
+    assert_ne!(code, 0, "an existing signing key was overwritten: {out}");
+    assert_eq!(std::fs::read(&audit_key).unwrap(), written);
+    let pepper = dir.path().join("pepper");
+    let pepper_arg = pepper.to_str().unwrap();
+    let (code, out) = run(&["keys", "secret", "--out", pepper_arg], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(std::fs::read(&pepper).unwrap().len(), 32);
+    let (code, out) = run(&["keys", "secret", "--out", pepper_arg], &[]);
+    assert_ne!(code, 0, "an existing secret was overwritten: {out}");
     let config = dir.path().join("confidant.toml");
     std::fs::write(
         &config,
@@ -157,6 +168,38 @@ async fn production_services_run_on_postgres_and_redis_once_migrated() {
     )
     .unwrap();
     let cfg = config.to_str().unwrap();
+
+    // The configuration check accepts it without touching a database, and
+    // names what is missing for a service it does not configure.
+    let (code, out) = run(
+        &[
+            "serve",
+            "--services",
+            "audit,vault",
+            "--config",
+            cfg,
+            "--check-config",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("configuration accepted for audit,vault"),
+        "{out}"
+    );
+    let (code, out) = run(
+        &[
+            "serve",
+            "--services",
+            "retention",
+            "--config",
+            cfg,
+            "--check-config",
+        ],
+        &[],
+    );
+    assert_eq!(code, 64, "{out}");
+    assert!(out.contains("services.retention.database_url"), "{out}");
 
     // A schema that is behind is refused.
     let (code, out) = run(

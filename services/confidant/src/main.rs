@@ -50,6 +50,10 @@ enum Command {
         /// schema that is behind is refused; see `confidant migrate`).
         #[arg(long)]
         migrate: bool,
+        /// Check the configuration (every setting and named file) and exit:
+        /// 0 when it would start, 64 with one line per problem.
+        #[arg(long)]
+        check_config: bool,
     },
     /// Apply database migrations of the given services (default: every
     /// service with a database_url) and exit.
@@ -70,6 +74,12 @@ enum Command {
     Audit {
         #[command(subcommand)]
         action: AuditCommand,
+    },
+    /// Create the key files a production deployment mounts (never
+    /// overwrites an existing file).
+    Keys {
+        #[command(subcommand)]
+        action: KeysCommand,
     },
     /// Administration that needs no account.
     Admin {
@@ -95,6 +105,23 @@ enum RetentionCommand {
         /// The signing key's public key (raw Ed25519, base64).
         #[arg(long)]
         public_key: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// A new Ed25519 signing key (PKCS#8 DER, mode 0600): identity's token
+    /// keys, retention's certificate key, audit's checkpoint key.
+    Signing {
+        /// Where to write the key.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// 32 random bytes (mode 0600): identity's pepper for keyed hashes.
+    Secret {
+        /// Where to write the secret.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -237,6 +264,7 @@ fn main() -> ExitCode {
             report(result)
         }
         Command::Audit { action } => audit(action),
+        Command::Keys { action } => report(write_key(action)),
         Command::Retention {
             action: RetentionCommand::VerifyCertificate { file, public_key },
         } => verdict(verify_certificate(&file, &public_key)),
@@ -301,6 +329,7 @@ fn main() -> ExitCode {
             services,
             config,
             migrate,
+            check_config,
         } => {
             let services = services.0;
             let config = match load(config.as_deref(), &env).and_then(|c| {
@@ -310,6 +339,10 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(err) => return config_error(&err),
             };
+            if check_config {
+                println!("configuration accepted for {}", services_label(&services));
+                return ExitCode::SUCCESS;
+            }
             let policy = if migrate {
                 MigrationPolicy::Apply
             } else {
@@ -525,6 +558,31 @@ fn dev_config(data_dir: &Path, env: &HashMap<String, String>) -> Result<Config, 
 fn config_error(message: &str) -> ExitCode {
     eprintln!("confidant: {message}");
     ExitCode::from(EXIT_CONFIG)
+}
+
+fn services_label(services: &[ServiceName]) -> String {
+    services
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn write_key(action: KeysCommand) -> anyhow::Result<()> {
+    use confidant_runtime::keys;
+    match action {
+        KeysCommand::Signing { out } => {
+            keys::write_new_ed25519_key(&out)?;
+            println!("Ed25519 signing key written: {}", out.display());
+        }
+        KeysCommand::Secret { out } => {
+            if !keys::ensure_secret_file(&out)? {
+                anyhow::bail!("{} exists; it is never overwritten", out.display());
+            }
+            println!("secret written: {}", out.display());
+        }
+    }
+    Ok(())
 }
 
 fn report(result: anyhow::Result<()>) -> ExitCode {

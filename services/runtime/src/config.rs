@@ -178,7 +178,7 @@ pub struct RetentionConfig {
     /// a review policy.
     pub batch_approvers: u32,
     /// The Ed25519 private key (PKCS#8 DER) that signs certificates of
-    /// disposal; create one with `confidant audit keygen`. Required where
+    /// disposal; create one with `confidant keys signing`. Required where
     /// the retention service runs.
     pub signing_key_file: Option<PathBuf>,
 }
@@ -287,7 +287,7 @@ pub struct IdentityConfig {
     pub admins: Vec<String>,
     /// Ed25519 keys (PKCS#8 DER) for access tokens: the first signs, all
     /// verify. Rotate by putting a new key first and dropping the old one
-    /// once its tokens have expired. Create one with `confidant audit keygen`.
+    /// once its tokens have expired. Create one with `confidant keys signing`.
     pub token_key_files: Vec<PathBuf>,
     /// Lifetime of access tokens.
     pub access_token_minutes: u64,
