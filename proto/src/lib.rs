@@ -18,6 +18,13 @@ pub mod identity {
     }
 }
 
+/// `confidant.intake.v1`: forms, invitations, submissions and consent.
+pub mod intake {
+    pub mod v1 {
+        tonic::include_proto!("confidant.intake.v1");
+    }
+}
+
 /// `confidant.retention.v1`: retention policies, legal holds, due dates.
 pub mod retention {
     pub mod v1 {

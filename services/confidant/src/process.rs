@@ -50,9 +50,7 @@ async fn build(service: ServiceName, ctx: &ServiceContext) -> anyhow::Result<Ser
         ServiceName::Identity => confidant_identity::build(ctx).await,
         ServiceName::Vault => confidant_vault::build(ctx).await,
         ServiceName::Retention => confidant_retention::build(ctx).await,
-        // Intake's API comes with its own issue; until then it runs the
-        // shared parts only.
-        ServiceName::Intake => Ok(ServiceParts::default()),
+        ServiceName::Intake => confidant_intake::build(ctx).await,
     }
 }
 

@@ -1,17 +1,67 @@
-//! The intake service: versioned intake forms, client invitations, verified
-//! submissions and consent; sensitive answers go straight to the vault.
+//! The intake service: versioned intake forms and privacy notices, client
+//! invitations, verified submissions and consent; every answer goes straight
+//! to the vault, intake keeps only metadata, record ids and the consent.
 //!
-//! What runs today is the part every service shares: the mutual-TLS port with
-//! health and reflection, its own database schema with the audit outbox, and
-//! delivery of its audit events (its start and stop) to the audit service.
-//! Its own API is built on this foundation.
+//! - [`domain`]: form definitions and answers, validated at the boundary;
+//! - [`store`]: notices, form versions, invitations and submissions on
+//!   PostgreSQL or SQLite, each change with its audit event;
+//! - [`grpc`]: the `confidant.intake.v1.IntakeService` handlers.
 #![forbid(unsafe_code)]
 
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
 use confidant_runtime::{Migrations, ServiceName};
+use sqlx::migrate::Migrator;
 
 /// This service.
 pub const NAME: ServiceName = ServiceName::Intake;
 
-/// The service's schema, per backend: so far the common tables (the audit
-/// outbox) only.
-pub const MIGRATIONS: Migrations = confidant_runtime::storage::COMMON_ONLY;
+static POSTGRES: Migrator = sqlx::migrate!("migrations/postgres");
+static SQLITE: Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// The intake schema, per backend.
+pub const MIGRATIONS: Migrations = Migrations {
+    postgres: &POSTGRES,
+    sqlite: &SQLITE,
+};
+
+/// The fully qualified name of the gRPC service.
+pub const GRPC_SERVICE: &str = "confidant.intake.v1.IntakeService";
+
+/// Builds the intake service.
+pub async fn build(
+    ctx: &confidant_runtime::app::ServiceContext,
+) -> anyhow::Result<confidant_runtime::app::ServiceParts> {
+    use confidant_proto::intake::v1::intake_service_server::IntakeServiceServer;
+    let identity = ctx.peer(ServiceName::Identity);
+    let decider = Arc::new(confidant_runtime::decide::Decider::new(
+        identity.clone(),
+        Duration::from_millis(ctx.config.vault.decision_cache_millis),
+    ));
+    let tokens = identity.map(|channel| {
+        confidant_runtime::auth::StaffAuth::new(
+            Arc::new(confidant_runtime::auth::IdentityJwks(channel)),
+            ctx.coord.clone(),
+        )
+    });
+    let api = grpc::IntakeApi::new(
+        store::IntakeStore::new(ctx.db.clone()),
+        decider,
+        tokens,
+        ctx.peer(ServiceName::Vault),
+        &ctx.config.trust_domain,
+    );
+    Ok(confidant_runtime::app::ServiceParts {
+        routes: tonic::service::Routes::new(IntakeServiceServer::new(api)),
+        grpc_services: vec![GRPC_SERVICE],
+        policy: confidant_runtime::peer::PeerPolicy::new(),
+        tasks: Vec::new(),
+        on_stop: Vec::new(),
+    })
+}

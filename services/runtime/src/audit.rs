@@ -82,6 +82,11 @@ actions! {
     VaultOriginalsReturned => "vault.originals.returned", "A scope's originals were returned to the client; the scope follows its schedule again (reason: the return).";
     VaultSealedTextOpened => "vault.sealed_text.opened", "Sealed free text of an audit event was read.";
     VaultKeysRewrapped => "vault.keys.rewrapped", "Scope keys were rewrapped under the active KMS key.";
+    IntakeNoticePublished => "intake.notice.published", "A version of the privacy notice was published (resource id: the version).";
+    IntakeFormPublished => "intake.form.published", "A form version was published (resource id: name and version).";
+    IntakeInvitationCreated => "intake.invitation.created", "A client was invited to answer a form for a matter.";
+    IntakeSubmissionReceived => "intake.submission.received", "A client's answers were stored in the vault and their consent recorded (outcome denied: the reason a submission was refused).";
+    IntakeSubmissionDecided => "intake.submission.decided", "Staff accepted or rejected a submission (reason: accepted or rejected).";
     RetentionPolicyCreated => "retention.policy.created", "A retention policy was created (resource: the policy).";
     RetentionPolicyUpdated => "retention.policy.updated", "A retention policy changed: a new version (reason: the version).";
     RetentionTriggerRecorded => "retention.trigger.recorded", "An event a retention period counts from was recorded (reason: its kind).";

@@ -298,6 +298,16 @@ impl StaffAuth {
         Ok(verifier)
     }
 
+    /// Verifies a client token (identity's one-time code flow): signature,
+    /// expiry, issuer and the client audience. Client tokens are short-lived
+    /// and bound to one reference; they have no session to revoke.
+    pub async fn authenticate_client(&self, token: &str) -> Result<ClientClaims, AuthFailure> {
+        self.verifier_for(token)
+            .await?
+            .verify_client(token)
+            .map_err(|_| AuthFailure::Invalid)
+    }
+
     /// Verifies a bearer token: signature and claims, then revocation.
     pub async fn authenticate(&self, token: &str) -> Result<StaffPrincipal, AuthFailure> {
         let claims = self

@@ -1,0 +1,911 @@
+//! The gRPC face of the intake service: boundary validation, the caller's
+//! identity and permission, the vault writes and the store.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use chrono::{DateTime, Duration, Utc};
+use confidant_proto::audit::v1::{ActorKind, Outcome};
+use confidant_proto::intake::v1 as pb;
+use confidant_proto::intake::v1::intake_service_server::IntakeService;
+use confidant_proto::vault::v1 as vault_pb;
+use confidant_proto::vault::v1::vault_service_client::VaultServiceClient;
+use confidant_runtime::ServiceName;
+use confidant_runtime::audit::{Action, EventBuilder};
+use confidant_runtime::auth::{Actor, StaffAuth};
+use confidant_runtime::client::PeerChannel;
+use confidant_runtime::decide::Decider;
+use confidant_runtime::error::Violations;
+use confidant_runtime::peer::PeerIdentity;
+use confidant_vault::domain::{Category, required_uuid};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::domain::{FormDefinition, MAX_NOTICE, MAX_TITLE, notice_digest, valid_form_name};
+use crate::error::Error;
+use crate::store::{
+    FormRow, IntakeStore, InvitationRow, NoticeRow, SubmissionRecordRow, SubmissionRow,
+};
+
+/// Default lifetime of an invitation, in days.
+pub const DEFAULT_INVITATION_DAYS: i32 = 7;
+/// Longest lifetime of an invitation, in days.
+pub const MAX_INVITATION_DAYS: i32 = 30;
+
+/// Handlers of `confidant.intake.v1.IntakeService`.
+#[derive(Debug, Clone)]
+pub struct IntakeApi {
+    store: IntakeStore,
+    decider: Arc<Decider>,
+    tokens: Option<StaffAuth>,
+    vault: Option<PeerChannel>,
+    trust_domain: String,
+}
+
+fn check(v: Violations) -> Result<(), Error> {
+    if v.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Invalid(v))
+    }
+}
+
+fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// SHA-256 of an invitation secret: what intake keeps of it.
+pub fn secret_hash(secret: &str) -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret.as_bytes())
+        .as_ref()
+        .to_vec()
+}
+
+fn new_secret() -> Result<String, Error> {
+    use aws_lc_rs::rand::SecureRandom;
+    let mut bytes = [0u8; 32];
+    aws_lc_rs::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| Error::Aborted("no randomness for the invitation secret"))?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// The vault request id of one category of a submission: derived from the
+/// submission's own idempotency key, so a retry after a crash finds the
+/// records the first attempt stored instead of storing them twice.
+fn record_request_id(request_id: Uuid, category: Category) -> Uuid {
+    let mut input = request_id.as_bytes().to_vec();
+    input.extend_from_slice(category.as_str().as_bytes());
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &input);
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest.as_ref()[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+fn notice_proto(row: &NoticeRow) -> pb::PrivacyNotice {
+    pb::PrivacyNotice {
+        version: row.version,
+        text: row.body.clone(),
+        sha256: row.sha256.clone(),
+        publish_time: Some(ts(row.published_at)),
+    }
+}
+
+fn form_proto(row: &FormRow) -> Result<pb::Form, Error> {
+    let def = definition(row)?;
+    Ok(pb::Form {
+        name: row.name.clone(),
+        version: row.version,
+        title: row.title.clone(),
+        fields: def.to_proto(),
+        privacy_notice_version: row.privacy_notice_version,
+        required_verification_level: row.required_verification_level,
+        publish_time: Some(ts(row.published_at)),
+        published_by: row.published_by.clone(),
+    })
+}
+
+fn definition(row: &FormRow) -> Result<FormDefinition, Error> {
+    FormDefinition::from_json(&row.fields).ok_or(Error::Precondition {
+        reason: "unreadable_form",
+        message: "the stored form version is not readable by this release",
+    })
+}
+
+fn invitation_proto(row: &InvitationRow, now: DateTime<Utc>) -> pb::Invitation {
+    let state = if row.submitted_at.is_some() {
+        pb::InvitationState::Submitted
+    } else if now >= row.expires_at {
+        pb::InvitationState::Expired
+    } else {
+        pb::InvitationState::Open
+    };
+    pb::Invitation {
+        id: row.id.to_string(),
+        client_id: row.client_id.to_string(),
+        matter_id: row.matter_id.to_string(),
+        form_name: row.form_name.clone(),
+        form_version: row.form_version,
+        expire_time: Some(ts(row.expires_at)),
+        state: state as i32,
+        created_by: row.created_by.clone(),
+    }
+}
+
+fn state_proto(state: &str) -> pb::SubmissionState {
+    match state {
+        "accepted" => pb::SubmissionState::Accepted,
+        "rejected" => pb::SubmissionState::Rejected,
+        _ => pb::SubmissionState::Submitted,
+    }
+}
+
+fn submission_proto(row: &SubmissionRow, records: &[SubmissionRecordRow]) -> pb::Submission {
+    pb::Submission {
+        id: row.id.to_string(),
+        invitation_id: row.invitation_id.to_string(),
+        client_id: row.client_id.to_string(),
+        matter_id: row.matter_id.to_string(),
+        form_name: row.form_name.clone(),
+        form_version: row.form_version,
+        privacy_notice_version: row.privacy_notice_version,
+        consent_time: Some(ts(row.consent_at)),
+        records: records
+            .iter()
+            .map(|r| pb::StoredRecord {
+                record_id: r.record_id.to_string(),
+                category: Category::parse(&r.category)
+                    .map_or(vault_pb::DataCategory::Unspecified, Category::to_proto)
+                    as i32,
+                fields: r.fields.split(',').map(str::to_owned).collect(),
+            })
+            .collect(),
+        state: state_proto(&row.state) as i32,
+        decided_by: row.decided_by.clone().unwrap_or_default(),
+        decide_time: row.decided_at.map(ts),
+        decision_reason: row.decision_reason.clone().unwrap_or_default(),
+    }
+}
+
+impl IntakeApi {
+    /// Handlers over `store`; `tokens` verifies client tokens against
+    /// identity's keys, `vault` stores the answers.
+    pub fn new(
+        store: IntakeStore,
+        decider: Arc<Decider>,
+        tokens: Option<StaffAuth>,
+        vault: Option<PeerChannel>,
+        trust_domain: &str,
+    ) -> Self {
+        Self {
+            store,
+            decider,
+            tokens,
+            vault,
+            trust_domain: trust_domain.to_owned(),
+        }
+    }
+
+    fn event(&self, actor: &Actor, action: Action) -> EventBuilder {
+        actor.event(ServiceName::Intake, &self.trust_domain, action)
+    }
+
+    /// The staff member calling.
+    fn staff<T>(request: &Request<T>) -> Result<(Actor, String), Error> {
+        let actor = Actor::of(request).ok_or(Error::Unauthenticated)?;
+        match &actor {
+            Actor::Staff { staff_id, .. } => {
+                let id = staff_id.clone();
+                Ok((actor, id))
+            }
+            Actor::Service { .. } => Err(Error::Unauthenticated),
+        }
+    }
+
+    /// The staff member calling, with `permission` (on the client or
+    /// matter, when given).
+    async fn staff_with<T>(
+        &self,
+        request: &Request<T>,
+        permission: &str,
+        client: Option<Uuid>,
+        matter: Option<Uuid>,
+    ) -> Result<Actor, Error> {
+        let (actor, staff_id) = Self::staff(request)?;
+        self.decider
+            .decide(&staff_id, permission, client, matter)
+            .await?;
+        Ok(actor)
+    }
+
+    async fn submission_with_records(&self, row: SubmissionRow) -> Result<pb::Submission, Error> {
+        let records = self.store.records(row.id).await?;
+        Ok(submission_proto(&row, &records))
+    }
+
+    /// The invitation a secret opens, refused when unknown.
+    async fn invitation(&self, secret: &str) -> Result<InvitationRow, Error> {
+        if secret.is_empty() || secret.len() > 128 {
+            let mut v = Violations::new();
+            v.add("secret", "is required: the invitation link's secret");
+            return Err(Error::Invalid(v));
+        }
+        self.store
+            .invitation_by_secret(&secret_hash(secret))
+            .await?
+            .ok_or(Error::NotFound("invitation"))
+    }
+
+    /// Records a refused submission attempt (no answers, no client data).
+    async fn refused(&self, peer: &str, invitation: &InvitationRow, reason: &str) {
+        let event = EventBuilder::new(
+            ServiceName::Intake,
+            &self.trust_domain,
+            Action::IntakeSubmissionReceived,
+        )
+        .actor(ActorKind::Client, &invitation.client_id.to_string(), peer)
+        .resource("invitation", &invitation.id.to_string())
+        .scope(Some(invitation.client_id), Some(invitation.matter_id))
+        .outcome(Outcome::Denied, reason)
+        .build();
+        if let Err(e) = self.store.db().transact(vec![], &[event]).await {
+            tracing::warn!(error = %e, "refused submission not recorded");
+        }
+    }
+
+    async fn store_answers(
+        &self,
+        invitation: &InvitationRow,
+        request_id: Uuid,
+        groups: Vec<(Category, Vec<(&crate::domain::Field, String)>)>,
+    ) -> Result<Vec<(Uuid, Category, Vec<String>)>, Error> {
+        let channel = self.vault.clone().ok_or(Error::Peer {
+            service: "vault",
+            detail: "not configured".into(),
+        })?;
+        let mut vault = VaultServiceClient::new(channel);
+        let mut stored = Vec::with_capacity(groups.len());
+        for (category, answers) in groups {
+            let names: Vec<String> = answers.iter().map(|(f, _)| f.name.clone()).collect();
+            let record = vault_pb::NewRecord {
+                client_id: invitation.client_id.to_string(),
+                matter_id: invitation.matter_id.to_string(),
+                category: category.to_proto() as i32,
+                fields: answers
+                    .into_iter()
+                    .map(|(f, value)| vault_pb::Field {
+                        name: f.name.clone(),
+                        r#type: f.kind.vault_type() as i32,
+                        value,
+                        masked: false,
+                    })
+                    .collect(),
+                original: false,
+            };
+            let response = vault
+                .create_record(vault_pb::CreateRecordRequest {
+                    record: Some(record),
+                    request_id: record_request_id(request_id, category).to_string(),
+                })
+                .await
+                .map_err(|s| Error::Peer {
+                    service: "vault",
+                    detail: format!("{:?}", s.code()),
+                })?
+                .into_inner();
+            let id = response
+                .record
+                .and_then(|r| Uuid::parse_str(&r.id).ok())
+                .ok_or(Error::Peer {
+                    service: "vault",
+                    detail: "no record id in the response".into(),
+                })?;
+            stored.push((id, category, names));
+        }
+        Ok(stored)
+    }
+}
+
+#[tonic::async_trait]
+impl IntakeService for IntakeApi {
+    #[tracing::instrument(name = "intake.publish_privacy_notice", skip_all)]
+    async fn publish_privacy_notice(
+        &self,
+        request: Request<pb::PublishPrivacyNoticeRequest>,
+    ) -> Result<Response<pb::PublishPrivacyNoticeResponse>, Status> {
+        let actor = self
+            .staff_with(&request, "forms.manage", None, None)
+            .await?;
+        let text = request.into_inner().text;
+        let mut v = Violations::new();
+        let chars = text.chars().count();
+        if text.trim().is_empty() || chars > MAX_NOTICE {
+            v.add("text", format!("1 to {MAX_NOTICE} characters"));
+        }
+        check(v)?;
+        for _ in 0..3 {
+            let version = self
+                .store
+                .latest_notice()
+                .await
+                .map_err(Error::from)?
+                .map_or(1, |n| n.version + 1);
+            let row = NoticeRow {
+                version,
+                sha256: notice_digest(&text),
+                body: text.clone(),
+                published_at: Utc::now(),
+                published_by: actor.id().to_owned(),
+            };
+            let event = self
+                .event(&actor, Action::IntakeNoticePublished)
+                .resource("privacy_notice", &version.to_string())
+                .outcome(Outcome::Allowed, "")
+                .build();
+            match self.store.insert_notice(&row, &event).await {
+                Ok(()) => {
+                    return Ok(Response::new(pb::PublishPrivacyNoticeResponse {
+                        notice: Some(notice_proto(&row)),
+                    }));
+                }
+                Err(e) if e.is_duplicate() => continue,
+                Err(e) => return Err(Error::from(e).into()),
+            }
+        }
+        Err(Error::Aborted("another notice was being published; retry").into())
+    }
+
+    #[tracing::instrument(name = "intake.publish_form", skip_all)]
+    async fn publish_form(
+        &self,
+        request: Request<pb::PublishFormRequest>,
+    ) -> Result<Response<pb::PublishFormResponse>, Status> {
+        let actor = self
+            .staff_with(&request, "forms.manage", None, None)
+            .await?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        if !valid_form_name(&req.name) {
+            v.add(
+                "name",
+                "lowercase letters, digits and dashes, starting with a letter, at most 64",
+            );
+        }
+        let title = req.title.trim();
+        if title.is_empty() || title.chars().count() > MAX_TITLE {
+            v.add("title", format!("1 to {MAX_TITLE} characters"));
+        }
+        if !(1..=2).contains(&req.required_verification_level) {
+            v.add(
+                "required_verification_level",
+                "1 (contact proven) or 2 (identity document checked too)",
+            );
+        }
+        let notice = if req.privacy_notice_version < 1 {
+            v.add("privacy_notice_version", "is required (1 or more)");
+            None
+        } else {
+            let n = self
+                .store
+                .notice(req.privacy_notice_version)
+                .await
+                .map_err(Error::from)?;
+            if n.is_none() {
+                v.add("privacy_notice_version", "no such privacy notice version");
+            }
+            n
+        };
+        let def = FormDefinition::parse(&req.fields, "fields", &mut v);
+        check(v)?;
+        let (Some(def), Some(notice)) = (def, notice) else {
+            return Err(Status::internal("validated request incomplete"));
+        };
+        for _ in 0..3 {
+            let version = self
+                .store
+                .form(&req.name, 0)
+                .await
+                .map_err(Error::from)?
+                .map_or(1, |f| f.version + 1);
+            let row = FormRow {
+                name: req.name.clone(),
+                version,
+                title: title.to_owned(),
+                fields: def.to_json(),
+                privacy_notice_version: notice.version,
+                required_verification_level: req.required_verification_level,
+                published_at: Utc::now(),
+                published_by: actor.id().to_owned(),
+            };
+            let event = self
+                .event(&actor, Action::IntakeFormPublished)
+                .resource("form", &format!("{}/{}", row.name, row.version))
+                .outcome(Outcome::Allowed, "")
+                .build();
+            match self.store.insert_form(&row, &event).await {
+                Ok(()) => {
+                    return Ok(Response::new(pb::PublishFormResponse {
+                        form: Some(form_proto(&row)?),
+                    }));
+                }
+                Err(e) if e.is_duplicate() => continue,
+                Err(e) => return Err(Error::from(e).into()),
+            }
+        }
+        Err(Error::Aborted("another version of the form was being published; retry").into())
+    }
+
+    async fn get_form(
+        &self,
+        request: Request<pb::GetFormRequest>,
+    ) -> Result<Response<pb::GetFormResponse>, Status> {
+        Self::staff(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        if !valid_form_name(&req.name) {
+            v.add("name", "must be a form name");
+        }
+        if req.version < 0 {
+            v.add("version", "0 (the latest) or a version number");
+        }
+        check(v)?;
+        let form = self
+            .store
+            .form(&req.name, req.version)
+            .await
+            .map_err(Error::from)?
+            .ok_or(Error::NotFound("form version"))?;
+        let notice = self
+            .store
+            .notice(form.privacy_notice_version)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(pb::GetFormResponse {
+            form: Some(form_proto(&form)?),
+            privacy_notice: notice.as_ref().map(notice_proto),
+        }))
+    }
+
+    async fn list_forms(
+        &self,
+        request: Request<pb::ListFormsRequest>,
+    ) -> Result<Response<pb::ListFormsResponse>, Status> {
+        Self::staff(&request)?;
+        let rows = self.store.latest_forms().await.map_err(Error::from)?;
+        let forms = rows.iter().map(form_proto).collect::<Result<Vec<_>, _>>()?;
+        Ok(Response::new(pb::ListFormsResponse { forms }))
+    }
+
+    #[tracing::instrument(name = "intake.create_invitation", skip_all)]
+    async fn create_invitation(
+        &self,
+        request: Request<pb::CreateInvitationRequest>,
+    ) -> Result<Response<pb::CreateInvitationResponse>, Status> {
+        Self::staff(&request)?;
+        let req = request.get_ref().clone();
+        let mut v = Violations::new();
+        let client = required_uuid(&mut v, "client_id", &req.client_id);
+        let matter = required_uuid(&mut v, "matter_id", &req.matter_id);
+        let days = match req.valid_days {
+            0 => DEFAULT_INVITATION_DAYS,
+            d if (1..=MAX_INVITATION_DAYS).contains(&d) => d,
+            _ => {
+                v.add(
+                    "valid_days",
+                    format!("1 to {MAX_INVITATION_DAYS} (0: {DEFAULT_INVITATION_DAYS})"),
+                );
+                DEFAULT_INVITATION_DAYS
+            }
+        };
+        let mut form = None;
+        if !valid_form_name(&req.form_name) {
+            v.add("form_name", "must be a form name");
+        } else if req.form_version < 0 {
+            v.add("form_version", "0 (the latest) or a version number");
+        } else {
+            form = self
+                .store
+                .form(&req.form_name, req.form_version)
+                .await
+                .map_err(Error::from)?;
+            if form.is_none() {
+                if req.form_version == 0
+                    || self
+                        .store
+                        .form(&req.form_name, 0)
+                        .await
+                        .map_err(Error::from)?
+                        .is_none()
+                {
+                    v.add("form_name", "no published form of this name");
+                } else {
+                    v.add("form_version", "no such version of the form");
+                }
+            }
+        }
+        check(v)?;
+        let (Some(client), Some(matter), Some(form)) = (client, matter, form) else {
+            return Err(Status::internal("validated request incomplete"));
+        };
+        let actor = self
+            .staff_with(&request, "client_data.write", Some(client), Some(matter))
+            .await?;
+        let secret = new_secret()?;
+        let now = Utc::now();
+        let row = InvitationRow {
+            id: Uuid::now_v7(),
+            client_id: client,
+            matter_id: matter,
+            form_name: form.name.clone(),
+            form_version: form.version,
+            created_by: actor.id().to_owned(),
+            created_at: now,
+            expires_at: now + Duration::days(i64::from(days)),
+            submitted_at: None,
+        };
+        let event = self
+            .event(&actor, Action::IntakeInvitationCreated)
+            .resource("invitation", &row.id.to_string())
+            .scope(Some(client), Some(matter))
+            .outcome(Outcome::Allowed, "")
+            .build();
+        self.store
+            .insert_invitation(&row, &secret_hash(&secret), &event)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(pb::CreateInvitationResponse {
+            invitation: Some(invitation_proto(&row, now)),
+            secret,
+        }))
+    }
+
+    async fn open_invitation(
+        &self,
+        request: Request<pb::OpenInvitationRequest>,
+    ) -> Result<Response<pb::OpenInvitationResponse>, Status> {
+        let invitation = self.invitation(&request.get_ref().secret).await?;
+        if invitation.submitted_at.is_some() {
+            return Err(Error::Precondition {
+                reason: "already_submitted",
+                message: "this invitation has been answered",
+            }
+            .into());
+        }
+        if Utc::now() >= invitation.expires_at {
+            return Err(Error::Precondition {
+                reason: "invitation_expired",
+                message: "this invitation has expired; ask the firm for a new one",
+            }
+            .into());
+        }
+        let form = self
+            .store
+            .form(&invitation.form_name, invitation.form_version)
+            .await
+            .map_err(Error::from)?
+            .ok_or(Error::NotFound("form version"))?;
+        let notice = self
+            .store
+            .notice(form.privacy_notice_version)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(pb::OpenInvitationResponse {
+            invitation_id: invitation.id.to_string(),
+            form: Some(form_proto(&form)?),
+            privacy_notice: notice.as_ref().map(notice_proto),
+            expire_time: Some(ts(invitation.expires_at)),
+        }))
+    }
+
+    #[tracing::instrument(name = "intake.submit_form", skip_all)]
+    async fn submit_form(
+        &self,
+        request: Request<pb::SubmitFormRequest>,
+    ) -> Result<Response<pb::SubmitFormResponse>, Status> {
+        let peer = PeerIdentity::of(&request)
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default();
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let request_id = required_uuid(&mut v, "request_id", &req.request_id);
+        if req.client_token.is_empty() {
+            v.add(
+                "client_token",
+                "is required: the token of the client's verification",
+            );
+        }
+        let invitation = self.invitation(&req.secret).await?;
+        check(v)?;
+        let Some(request_id) = request_id else {
+            return Err(Status::internal("validated request incomplete"));
+        };
+
+        // A retry of a stored submission gets the first result.
+        if let Some(existing) = self
+            .store
+            .submission_for(invitation.id)
+            .await
+            .map_err(Error::from)?
+        {
+            if existing.request_id == request_id {
+                let submission = self.submission_with_records(existing).await?;
+                return Ok(Response::new(pb::SubmitFormResponse {
+                    submission: Some(submission),
+                }));
+            }
+            return Err(Error::Precondition {
+                reason: "already_submitted",
+                message: "this invitation has been answered",
+            }
+            .into());
+        }
+        let now = Utc::now();
+        if now >= invitation.expires_at {
+            self.refused(&peer, &invitation, "invitation_expired").await;
+            return Err(Error::Precondition {
+                reason: "invitation_expired",
+                message: "this invitation has expired; ask the firm for a new one",
+            }
+            .into());
+        }
+
+        // The client proved control of a contact channel for this invitation.
+        let tokens = self.tokens.as_ref().ok_or(Error::Peer {
+            service: "identity",
+            detail: "not configured".into(),
+        })?;
+        let claims = match tokens.authenticate_client(&req.client_token).await {
+            Ok(c) => c,
+            Err(confidant_runtime::auth::AuthFailure::Unavailable) => {
+                return Err(Error::Peer {
+                    service: "identity",
+                    detail: "keys unavailable".into(),
+                }
+                .into());
+            }
+            Err(_) => {
+                self.refused(&peer, &invitation, "client_token_invalid")
+                    .await;
+                return Err(Error::ClientUnauthenticated.into());
+            }
+        };
+        if claims.sub != invitation.client_id.to_string()
+            || claims.reference != invitation.id.to_string()
+        {
+            self.refused(&peer, &invitation, "client_token_other_invitation")
+                .await;
+            return Err(Error::ClientUnauthenticated.into());
+        }
+        let form = self
+            .store
+            .form(&invitation.form_name, invitation.form_version)
+            .await
+            .map_err(Error::from)?
+            .ok_or(Error::NotFound("form version"))?;
+        if claims.level < form.required_verification_level {
+            self.refused(&peer, &invitation, "verification_level").await;
+            return Err(Error::Denied {
+                reason: "verification_level".into(),
+                message: "this form needs an identity document check first".into(),
+            }
+            .into());
+        }
+
+        // Every violation at once; nothing is stored from an invalid one.
+        let def = definition(&form)?;
+        let mut v = Violations::new();
+        if req.form_version != invitation.form_version {
+            v.add(
+                "form_version",
+                format!(
+                    "must be the invitation's version ({})",
+                    invitation.form_version
+                ),
+            );
+        }
+        if req.accepted_privacy_notice_version != form.privacy_notice_version {
+            v.add(
+                "accepted_privacy_notice_version",
+                format!(
+                    "the client must accept privacy notice version {}",
+                    form.privacy_notice_version
+                ),
+            );
+        }
+        let groups = def.check_answers(&req.answers, &mut v);
+        check(v)?;
+        let notice = self
+            .store
+            .notice(form.privacy_notice_version)
+            .await
+            .map_err(Error::from)?
+            .ok_or(Error::NotFound("privacy notice"))?;
+
+        let stored = self.store_answers(&invitation, request_id, groups).await?;
+        let row = SubmissionRow {
+            id: Uuid::now_v7(),
+            invitation_id: invitation.id,
+            request_id,
+            client_id: invitation.client_id,
+            matter_id: invitation.matter_id,
+            form_name: form.name.clone(),
+            form_version: form.version,
+            privacy_notice_version: notice.version,
+            privacy_notice_sha256: notice.sha256.clone(),
+            consent_at: now,
+            state: "submitted".into(),
+            decided_by: None,
+            decided_at: None,
+            decision_reason: None,
+        };
+        let records: Vec<SubmissionRecordRow> = stored
+            .iter()
+            .map(|(record_id, category, names)| SubmissionRecordRow {
+                submission_id: row.id,
+                record_id: *record_id,
+                category: category.as_str().to_owned(),
+                fields: names.join(","),
+            })
+            .collect();
+        let event = EventBuilder::new(
+            ServiceName::Intake,
+            &self.trust_domain,
+            Action::IntakeSubmissionReceived,
+        )
+        .actor(ActorKind::Client, &invitation.client_id.to_string(), &peer)
+        .resource("submission", &row.id.to_string())
+        .scope(Some(invitation.client_id), Some(invitation.matter_id))
+        .outcome(Outcome::Allowed, "")
+        .build();
+        match self.store.insert_submission(&row, &records, &event).await {
+            Ok(()) => Ok(Response::new(pb::SubmitFormResponse {
+                submission: Some(submission_proto(&row, &records)),
+            })),
+            Err(e) => {
+                // A concurrent retry of the same request won the race.
+                if let Some(existing) = self
+                    .store
+                    .submission_for(invitation.id)
+                    .await
+                    .map_err(Error::from)?
+                    && existing.request_id == request_id
+                {
+                    let submission = self.submission_with_records(existing).await?;
+                    return Ok(Response::new(pb::SubmitFormResponse {
+                        submission: Some(submission),
+                    }));
+                }
+                if e.is_duplicate()
+                    || matches!(e, confidant_runtime::portable::TransactError::Unmet { .. })
+                {
+                    return Err(Error::Precondition {
+                        reason: "already_submitted",
+                        message: "this invitation has been answered",
+                    }
+                    .into());
+                }
+                Err(Error::from(e).into())
+            }
+        }
+    }
+
+    async fn list_submissions(
+        &self,
+        request: Request<pb::ListSubmissionsRequest>,
+    ) -> Result<Response<pb::ListSubmissionsResponse>, Status> {
+        Self::staff(&request)?;
+        let mut v = Violations::new();
+        let client = required_uuid(&mut v, "client_id", &request.get_ref().client_id);
+        let matter = confidant_vault::domain::optional_uuid(
+            &mut v,
+            "matter_id",
+            &request.get_ref().matter_id,
+        );
+        check(v)?;
+        let Some(client) = client else {
+            return Err(Status::internal("validated request incomplete"));
+        };
+        self.staff_with(&request, "client_data.read", Some(client), matter)
+            .await?;
+        let rows = self
+            .store
+            .submissions(client, matter)
+            .await
+            .map_err(Error::from)?;
+        let mut submissions = Vec::with_capacity(rows.len());
+        for row in rows {
+            submissions.push(self.submission_with_records(row).await?);
+        }
+        Ok(Response::new(pb::ListSubmissionsResponse { submissions }))
+    }
+
+    #[tracing::instrument(name = "intake.decide_submission", skip_all)]
+    async fn decide_submission(
+        &self,
+        request: Request<pb::DecideSubmissionRequest>,
+    ) -> Result<Response<pb::DecideSubmissionResponse>, Status> {
+        Self::staff(&request)?;
+        let req = request.get_ref().clone();
+        let mut v = Violations::new();
+        let id = required_uuid(&mut v, "submission_id", &req.submission_id);
+        let state = match pb::SubmissionState::try_from(req.decision) {
+            Ok(pb::SubmissionState::Accepted) => "accepted",
+            Ok(pb::SubmissionState::Rejected) => {
+                if req.reason.trim().is_empty() {
+                    v.add("reason", "is required for a rejection");
+                }
+                "rejected"
+            }
+            _ => {
+                v.add(
+                    "decision",
+                    "SUBMISSION_STATE_ACCEPTED or SUBMISSION_STATE_REJECTED",
+                );
+                ""
+            }
+        };
+        if req.reason.chars().count() > 1_000 {
+            v.add("reason", "at most 1,000 characters");
+        }
+        check(v)?;
+        let Some(id) = id else {
+            return Err(Status::internal("validated request incomplete"));
+        };
+        let row = self
+            .store
+            .submission(id)
+            .await
+            .map_err(Error::from)?
+            .ok_or(Error::NotFound("submission"))?;
+        let actor = self
+            .staff_with(
+                &request,
+                "client_data.write",
+                Some(row.client_id),
+                Some(row.matter_id),
+            )
+            .await?;
+        let now = Utc::now();
+        let reason = req.reason.trim();
+        let event = self
+            .event(&actor, Action::IntakeSubmissionDecided)
+            .resource("submission", &row.id.to_string())
+            .scope(Some(row.client_id), Some(row.matter_id))
+            .outcome(Outcome::Allowed, state)
+            .build();
+        match self
+            .store
+            .decide(
+                row.id,
+                state,
+                actor.id(),
+                now,
+                (!reason.is_empty()).then_some(reason),
+                &event,
+            )
+            .await
+        {
+            Ok(()) => {}
+            Err(confidant_runtime::portable::TransactError::Unmet { .. }) => {
+                return Err(Error::Precondition {
+                    reason: "already_decided",
+                    message: "this submission has been decided",
+                }
+                .into());
+            }
+            Err(e) => return Err(Error::from(e).into()),
+        }
+        let row = self
+            .store
+            .submission(id)
+            .await
+            .map_err(Error::from)?
+            .ok_or(Error::NotFound("submission"))?;
+        Ok(Response::new(pb::DecideSubmissionResponse {
+            submission: Some(self.submission_with_records(row).await?),
+        }))
+    }
+}

@@ -1,0 +1,728 @@
+//! The intake service through its gRPC API, with identity, vault and audit
+//! beside it, on SQLite and on PostgreSQL with Redis and the KMS emulator:
+//! privacy notices and form versions, invitations, a client verified by a
+//! one-time code submitting answers that land in the vault (and nowhere
+//! else), idempotent retries, every kind of bad input, and review.
+
+mod common;
+
+use common::directory::{as_staff, assign, cleared, new_client, new_matter, staff_token};
+use common::{error_reason, violated_fields};
+use confidant::sandbox::{Sandbox, SandboxData, SandboxSpec};
+use confidant_proto::audit::v1::ListEventsRequest;
+use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
+use confidant_proto::identity::v1::{
+    CompleteClientVerificationRequest, ContactChannel, StartClientVerificationRequest,
+};
+use confidant_proto::intake::v1 as pb;
+use confidant_proto::intake::v1::intake_service_client::IntakeServiceClient;
+use confidant_proto::vault::v1 as vault_pb;
+use confidant_proto::vault::v1::vault_service_client::VaultServiceClient;
+use confidant_runtime::ServiceName;
+use confidant_runtime::client::PeerChannel;
+use confidant_runtime::portable::{Statement, Value};
+use confidant_runtime::storage::{Backend, Database, PoolOptions};
+use tonic::Code;
+
+async fn channel(
+    data: &SandboxData,
+    sandbox: &Sandbox,
+    service: ServiceName,
+    name: &str,
+) -> PeerChannel {
+    confidant_runtime::client::connect(&sandbox.url(service), &data.client_tls(name), "localhost")
+        .await
+        .expect("reachable")
+}
+
+fn field(
+    name: &str,
+    kind: pb::FieldKind,
+    category: vault_pb::DataCategory,
+    required: bool,
+) -> pb::FormField {
+    pb::FormField {
+        name: name.into(),
+        label: name.replace('_', " "),
+        kind: kind as i32,
+        required,
+        sensitivity: pb::Sensitivity::Personal as i32,
+        category: category as i32,
+        ..Default::default()
+    }
+}
+
+fn onboarding_fields() -> Vec<pb::FormField> {
+    use vault_pb::DataCategory::{ContactDetails, Financial, IdentityDocument};
+    let mut born = field("date_of_birth", pb::FieldKind::Date, IdentityDocument, true);
+    born.max_value = "2008-12-31".into();
+    let mut passport = field(
+        "passport_number",
+        pb::FieldKind::NationalId,
+        IdentityDocument,
+        true,
+    );
+    passport.pattern = "[A-Z0-9]{6,9}".into();
+    passport.sensitivity = pb::Sensitivity::SpecialCategory as i32;
+    let mut income = field("annual_income", pb::FieldKind::Number, Financial, false);
+    income.min_value = "0".into();
+    let mut contact_by = field("contact_by", pb::FieldKind::Choice, ContactDetails, true);
+    contact_by.choices = vec!["email".into(), "post".into()];
+    let mut name = field("full_name", pb::FieldKind::Text, ContactDetails, true);
+    name.max_length = 100;
+    vec![
+        name,
+        field("email", pb::FieldKind::Email, ContactDetails, true),
+        born,
+        passport,
+        income,
+        contact_by,
+        field("agree_terms", pb::FieldKind::Consent, ContactDetails, true),
+    ]
+}
+
+fn answer(field: &str, value: &str) -> pb::Answer {
+    pb::Answer {
+        field: field.into(),
+        value: value.into(),
+    }
+}
+
+fn good_answers() -> Vec<pb::Answer> {
+    vec![
+        answer("full_name", "Jane Quillfeather"),
+        answer("email", "jane@example.org"),
+        answer("date_of_birth", "1980-02-29"),
+        answer("passport_number", "X1234567"),
+        answer("annual_income", "52000"),
+        answer("contact_by", "post"),
+        answer("agree_terms", "true"),
+    ]
+}
+
+fn last_code(data: &SandboxData) -> String {
+    let text = std::fs::read_to_string(data.path().join("notifications.jsonl")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    line["body"]
+        .as_str()
+        .unwrap()
+        .split_whitespace()
+        .find(|w| w.len() == 6 && w.chars().all(|c| c.is_ascii_digit()))
+        .unwrap()
+        .to_owned()
+}
+
+/// A client token from identity's one-time code flow for `reference`.
+async fn client_token(
+    data: &SandboxData,
+    sandbox: &Sandbox,
+    client_id: &str,
+    reference: &str,
+) -> String {
+    let mut identity = common::identity_client(data, sandbox, "intake").await;
+    let started = identity
+        .start_client_verification(StartClientVerificationRequest {
+            client_id: client_id.into(),
+            channel: ContactChannel::Email as i32,
+            contact_address: "jane@example.org".into(),
+            reference: reference.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    identity
+        .complete_client_verification(CompleteClientVerificationRequest {
+            verification_id: started.verification_id,
+            code: last_code(data),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .client_token
+}
+
+fn submit(
+    secret: &str,
+    token: &str,
+    answers: Vec<pb::Answer>,
+    request_id: &str,
+) -> pb::SubmitFormRequest {
+    pb::SubmitFormRequest {
+        secret: secret.into(),
+        client_token: token.into(),
+        form_version: 1,
+        answers,
+        accepted_privacy_notice_version: 1,
+        request_id: request_id.into(),
+    }
+}
+
+async fn clients_answer_forms_into_the_vault(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec::of(&[
+            ServiceName::Identity,
+            ServiceName::Intake,
+            ServiceName::Vault,
+            ServiceName::Audit,
+        ]),
+    )
+    .await;
+    let mut admin = common::identity_client(&data, &sandbox, "operator").await;
+    let client_id = new_client(&mut admin).await;
+    let partner = cleared(&mut admin, "partner@firm.example", "partner").await;
+    let matter_id = new_matter(&mut admin, &client_id, Some(&partner), "private-client").await;
+    let outsider = cleared(&mut admin, "associate@firm.example", "associate").await;
+    let forms_admin = cleared(&mut admin, "admin@firm.example", "firm_administrator").await;
+    let paralegal = cleared(&mut admin, "paralegal@firm.example", "paralegal").await;
+    assign(&mut admin, &matter_id, &paralegal).await;
+    let partner_token = staff_token(&data, &partner, &["partner"]);
+    let outsider_token = staff_token(&data, &outsider, &["associate"]);
+    let admin_token = staff_token(&data, &forms_admin, &["firm_administrator"]);
+    let mut intake = IntakeServiceClient::new(
+        channel(&data, &sandbox, ServiceName::Intake, "client-portal").await,
+    );
+
+    // Privacy notices and forms are for those with forms.manage.
+    let err = intake
+        .publish_privacy_notice(as_staff(
+            &partner_token,
+            pb::PublishPrivacyNoticeRequest {
+                text: "We keep your data safe.".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let err = intake
+        .publish_privacy_notice(pb::PublishPrivacyNoticeRequest {
+            text: "No token.".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let notice = intake
+        .publish_privacy_notice(as_staff(
+            &admin_token,
+            pb::PublishPrivacyNoticeRequest {
+                text: "Quill & Partners LLP processes your data to advise you.".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .notice
+        .unwrap();
+    assert_eq!(notice.version, 1);
+    assert_eq!(notice.sha256.len(), 64);
+
+    // A broken definition is refused with every rule it broke.
+    let mut broken = onboarding_fields();
+    broken[1].name = "full_name".into();
+    broken[3].pattern = "([A-Z".into();
+    broken[5].choices.clear();
+    let err = intake
+        .publish_form(as_staff(
+            &admin_token,
+            pb::PublishFormRequest {
+                name: "New Client".into(),
+                title: String::new(),
+                fields: broken,
+                privacy_notice_version: 7,
+                required_verification_level: 3,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(
+        violated_fields(&err),
+        [
+            "name",
+            "title",
+            "required_verification_level",
+            "privacy_notice_version",
+            "fields[1].name",
+            "fields[3].pattern",
+            "fields[5].choices",
+        ]
+    );
+    let publish = |title: &str| pb::PublishFormRequest {
+        name: "new-client".into(),
+        title: title.into(),
+        fields: onboarding_fields(),
+        privacy_notice_version: 1,
+        required_verification_level: 1,
+    };
+    let v1 = intake
+        .publish_form(as_staff(&admin_token, publish("New client details")))
+        .await
+        .unwrap()
+        .into_inner()
+        .form
+        .unwrap();
+    assert_eq!((v1.version, v1.fields.len()), (1, 7));
+    let v2 = intake
+        .publish_form(as_staff(&admin_token, publish("New client details (2027)")))
+        .await
+        .unwrap()
+        .into_inner()
+        .form
+        .unwrap();
+    assert_eq!(v2.version, 2);
+    // A published version never changes, and reads back with every rule.
+    let read_v1 = intake
+        .get_form(as_staff(
+            &partner_token,
+            pb::GetFormRequest {
+                name: "new-client".into(),
+                version: 1,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read_v1.form.as_ref().unwrap().title, "New client details");
+    assert_eq!(read_v1.form.as_ref().unwrap().fields, v1.fields);
+    assert_eq!(read_v1.form.unwrap().fields[3].pattern, "[A-Z0-9]{6,9}");
+    assert_eq!(read_v1.privacy_notice.unwrap().version, 1);
+    let listed = intake
+        .list_forms(as_staff(&partner_token, pb::ListFormsRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        listed
+            .forms
+            .iter()
+            .map(|f| (f.name.as_str(), f.version))
+            .collect::<Vec<_>>(),
+        [("new-client", 2)]
+    );
+
+    // Invitations: staff who may write for the matter, to a form that exists.
+    let invite = |form: &str, version: i32| pb::CreateInvitationRequest {
+        client_id: client_id.clone(),
+        matter_id: matter_id.clone(),
+        form_name: form.into(),
+        form_version: version,
+        valid_days: 0,
+    };
+    let err = intake
+        .create_invitation(as_staff(&outsider_token, invite("new-client", 1)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let err = intake
+        .create_invitation(as_staff(&partner_token, invite("no-such-form", 0)))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), ["form_name"]);
+    let err = intake
+        .create_invitation(as_staff(&partner_token, invite("new-client", 9)))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), ["form_version"]);
+    let created = intake
+        .create_invitation(as_staff(&partner_token, invite("new-client", 1)))
+        .await
+        .unwrap()
+        .into_inner();
+    let invitation = created.invitation.unwrap();
+    let secret = created.secret;
+    assert_eq!(secret.len(), 43);
+    assert_eq!(invitation.state, pb::InvitationState::Open as i32);
+
+    // The link shows the form version and the notice, and nothing else.
+    let opened = intake
+        .open_invitation(pb::OpenInvitationRequest {
+            secret: secret.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(opened.invitation_id, invitation.id);
+    assert_eq!(opened.form.unwrap().version, 1);
+    assert_eq!(opened.privacy_notice.unwrap().text, notice.text);
+    let err = intake
+        .open_invitation(pb::OpenInvitationRequest {
+            secret: "x".repeat(43),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // A token verified for something else does not open this invitation.
+    let other_token = client_token(&data, &sandbox, &client_id, "another-invitation").await;
+    let request_id = uuid::Uuid::now_v7().to_string();
+    let err = intake
+        .submit_form(submit(&secret, &other_token, good_answers(), &request_id))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert_eq!(error_reason(&err), "client_token_invalid");
+    let err = intake
+        .submit_form(submit(&secret, "not.a.token", good_answers(), &request_id))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    // Every violation at once, and nothing stored from an invalid submission.
+    let token = client_token(&data, &sandbox, &client_id, &invitation.id).await;
+    let mut bad = submit(
+        &secret,
+        &token,
+        vec![
+            answer("full_name", &"J".repeat(101)),
+            answer("email", "jane-at-example.org"),
+            answer("date_of_birth", "2012-05-01"),
+            answer("passport_number", "x12"),
+            answer("annual_income", "-5"),
+            answer("contact_by", "carrier pigeon"),
+            answer("agree_terms", "false"),
+            answer("shoe_size", "9"),
+        ],
+        &request_id,
+    );
+    bad.form_version = 2;
+    bad.accepted_privacy_notice_version = 0;
+    let err = intake.submit_form(bad).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(
+        violated_fields(&err),
+        [
+            "form_version",
+            "accepted_privacy_notice_version",
+            "answers[7].field",
+            "answers[full_name]",
+            "answers[email]",
+            "answers[date_of_birth]",
+            "answers[passport_number]",
+            "answers[annual_income]",
+            "answers[contact_by]",
+            "answers[agree_terms]",
+        ]
+    );
+    assert!(!err.message().contains("pigeon") && !format!("{err:?}").contains("pigeon"));
+    let err = intake
+        .submit_form(submit(&secret, &token, vec![], &request_id))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated_fields(&err).len(),
+        6,
+        "every required field is named"
+    );
+    let mut vault =
+        VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "firm-app").await);
+    let list_records = vault_pb::ListRecordsRequest {
+        client_id: client_id.clone(),
+        ..Default::default()
+    };
+    let before = vault
+        .list_records(as_staff(&partner_token, list_records.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        before.records.is_empty(),
+        "an invalid submission stored records"
+    );
+
+    // The valid submission: answers in the vault by category, consent kept.
+    let submission = intake
+        .submit_form(submit(&secret, &token, good_answers(), &request_id))
+        .await
+        .unwrap()
+        .into_inner()
+        .submission
+        .unwrap();
+    assert_eq!(submission.state, pb::SubmissionState::Submitted as i32);
+    assert_eq!(
+        (submission.form_version, submission.privacy_notice_version),
+        (1, 1)
+    );
+    let mut by_category: Vec<(i32, Vec<String>)> = submission
+        .records
+        .iter()
+        .map(|r| (r.category, r.fields.clone()))
+        .collect();
+    by_category.sort();
+    assert_eq!(
+        by_category,
+        [
+            (
+                vault_pb::DataCategory::IdentityDocument as i32,
+                vec!["date_of_birth".to_owned(), "passport_number".to_owned()]
+            ),
+            (
+                vault_pb::DataCategory::ContactDetails as i32,
+                vec![
+                    "full_name".to_owned(),
+                    "email".to_owned(),
+                    "contact_by".to_owned(),
+                    "agree_terms".to_owned()
+                ]
+            ),
+            (
+                vault_pb::DataCategory::Financial as i32,
+                vec!["annual_income".to_owned()]
+            ),
+        ]
+    );
+    // A retry returns the first result; another request is refused.
+    let again = intake
+        .submit_form(submit(&secret, &token, good_answers(), &request_id))
+        .await
+        .unwrap()
+        .into_inner()
+        .submission
+        .unwrap();
+    assert_eq!(again.id, submission.id);
+    assert_eq!(again.records.len(), 3);
+    let err = intake
+        .submit_form(submit(
+            &secret,
+            &token,
+            good_answers(),
+            &uuid::Uuid::now_v7().to_string(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), error_reason(&err).as_str()),
+        (Code::FailedPrecondition, "already_submitted")
+    );
+    let err = intake
+        .open_invitation(pb::OpenInvitationRequest {
+            secret: secret.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error_reason(&err), "already_submitted");
+    let after = vault
+        .list_records(as_staff(&partner_token, list_records.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.records.len(), 3, "a retry stored a second copy");
+
+    // The partner reads the answers from the vault, for a purpose.
+    let contact = submission
+        .records
+        .iter()
+        .find(|r| r.category == vault_pb::DataCategory::ContactDetails as i32)
+        .unwrap();
+    let read = vault
+        .get_record(as_staff(
+            &partner_token,
+            vault_pb::GetRecordRequest {
+                record_id: contact.record_id.clone(),
+                purpose: vault_pb::Purpose::LegalAdvice as i32,
+                justification: "onboarding review".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let name = read.fields.iter().find(|f| f.name == "full_name").unwrap();
+    assert_eq!(name.value, "Jane Quillfeather");
+
+    // Intake itself holds no answer.
+    let intake_db = Database::connect(
+        &data.database_url(ServiceName::Intake),
+        "intake",
+        PoolOptions::default(),
+    )
+    .await
+    .unwrap();
+    #[derive(sqlx::FromRow)]
+    struct Texts {
+        texts: String,
+    }
+    let rows: Vec<Texts> = intake_db
+        .fetch_all(
+            "SELECT s.form_name || '|' || s.state || '|' || COALESCE(s.decision_reason, '') || '|' || r.fields || '|' || r.category AS texts FROM intake_submissions s JOIN intake_submission_records r ON r.submission_id = s.id",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    for secret_value in [
+        "Quillfeather",
+        "jane@example.org",
+        "X1234567",
+        "52000",
+        "1980-02-29",
+    ] {
+        assert!(
+            rows.iter().all(|r| !r.texts.contains(secret_value)),
+            "intake stored an answer"
+        );
+    }
+    if backend == Backend::Sqlite {
+        let path = data.database_url(ServiceName::Intake);
+        let file = path
+            .trim_start_matches("sqlite:")
+            .split('?')
+            .next()
+            .unwrap()
+            .to_owned();
+        for f in [file.clone(), format!("{file}-wal")] {
+            if let Ok(bytes) = std::fs::read(&f) {
+                assert!(
+                    !bytes.windows(12).any(|w| w == b"Quillfeather"),
+                    "{f} holds an answer in clear"
+                );
+            }
+        }
+    }
+
+    // Review: staff of the matter list and decide; others cannot.
+    let list = |matter: &str| pb::ListSubmissionsRequest {
+        client_id: client_id.clone(),
+        matter_id: matter.into(),
+    };
+    let err = intake
+        .list_submissions(as_staff(&outsider_token, list(&matter_id)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let paralegal_token = staff_token(&data, &paralegal, &["paralegal"]);
+    let listed = intake
+        .list_submissions(as_staff(&paralegal_token, list(&matter_id)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.submissions.len(), 1);
+    assert_eq!(listed.submissions[0].id, submission.id);
+    let decide = |decision: pb::SubmissionState, reason: &str| pb::DecideSubmissionRequest {
+        submission_id: submission.id.clone(),
+        decision: decision as i32,
+        reason: reason.into(),
+    };
+    let err = intake
+        .decide_submission(as_staff(
+            &partner_token,
+            decide(pb::SubmissionState::Rejected, ""),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), ["reason"]);
+    let err = intake
+        .decide_submission(as_staff(
+            &outsider_token,
+            decide(pb::SubmissionState::Accepted, ""),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let decided = intake
+        .decide_submission(as_staff(
+            &partner_token,
+            decide(pb::SubmissionState::Accepted, ""),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .submission
+        .unwrap();
+    assert_eq!(decided.state, pb::SubmissionState::Accepted as i32);
+    assert_eq!(decided.decided_by, partner);
+    let err = intake
+        .decide_submission(as_staff(
+            &partner_token,
+            decide(pb::SubmissionState::Rejected, "duplicate"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(error_reason(&err), "already_decided");
+
+    // An expired invitation opens nothing and takes no answers.
+    let expiring = intake
+        .create_invitation(as_staff(&partner_token, invite("new-client", 1)))
+        .await
+        .unwrap()
+        .into_inner();
+    let expiring_id = uuid::Uuid::parse_str(&expiring.invitation.unwrap().id).unwrap();
+    intake_db
+        .transact(
+            vec![Statement::new(
+                "UPDATE intake_invitations SET expires_at = $1 WHERE id = $2",
+                vec![
+                    Value::Time(chrono::Utc::now() - chrono::Duration::minutes(1)),
+                    Value::Uuid(expiring_id),
+                ],
+            )],
+            &[],
+        )
+        .await
+        .unwrap();
+    let err = intake
+        .open_invitation(pb::OpenInvitationRequest {
+            secret: expiring.secret.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error_reason(&err), "invitation_expired");
+    let late_token = client_token(&data, &sandbox, &client_id, &expiring_id.to_string()).await;
+    let err = intake
+        .submit_form(submit(
+            &expiring.secret,
+            &late_token,
+            good_answers(),
+            &uuid::Uuid::now_v7().to_string(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(error_reason(&err), "invitation_expired");
+
+    // The audit log has the publications, the invitation, the submission,
+    // the refusals and the decision.
+    let mut audit =
+        AuditServiceClient::new(channel(&data, &sandbox, ServiceName::Audit, "operator").await);
+    common::eventually(
+        std::time::Duration::from_secs(10),
+        "intake events audited",
+        || {
+            let mut audit = audit.clone();
+            async move {
+                let events = audit
+                    .list_events(ListEventsRequest {
+                        source_service: "intake".into(),
+                        page_size: 1000,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|r| r.into_inner().events)
+                    .unwrap_or_default();
+                let count = |action: &str| {
+                    events
+                        .iter()
+                        .filter(|e| e.event.as_ref().is_some_and(|e| e.action == action))
+                        .count()
+                };
+                count("intake.notice.published") == 1
+                    && count("intake.form.published") == 2
+                    && count("intake.invitation.created") == 2
+                    && count("intake.submission.received") >= 4
+                    && count("intake.submission.decided") == 1
+            }
+        },
+    )
+    .await;
+    let _ = &mut audit;
+    intake_db.close().await;
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_clients_answer_forms_into_the_vault() {
+    clients_answer_forms_into_the_vault(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_clients_answer_forms_into_the_vault() {
+    clients_answer_forms_into_the_vault(Backend::Postgres).await;
+}
