@@ -308,6 +308,8 @@ async fn clients_answer_forms_into_the_vault(backend: Backend) {
         form_name: form.into(),
         form_version: version,
         valid_days: 0,
+        contact_channel: ContactChannel::Email as i32,
+        contact_address: "jane@example.org".into(),
     };
     let err = intake
         .create_invitation(as_staff(&outsider_token, invite("new-client", 1)))
@@ -324,6 +326,14 @@ async fn clients_answer_forms_into_the_vault(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&err), ["form_version"]);
+    let mut no_contact = invite("new-client", 1);
+    no_contact.contact_address = "jane at example".into();
+    no_contact.valid_days = 90;
+    let err = intake
+        .create_invitation(as_staff(&partner_token, no_contact))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), ["valid_days", "contact_address"]);
     let created = intake
         .create_invitation(as_staff(&partner_token, invite("new-client", 1)))
         .await
@@ -368,8 +378,75 @@ async fn clients_answer_forms_into_the_vault(backend: Backend) {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
 
+    // The client asks for a code at the invitation's contact, and trades it
+    // for a token bound to the invitation; a wrong or replayed code fails.
+    let started = intake
+        .start_invitation_verification(pb::StartInvitationVerificationRequest {
+            secret: secret.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(started.contact_hint, "j***@example.org");
+    let code = last_code(&data);
+    let complete = |code: &str| pb::CompleteInvitationVerificationRequest {
+        secret: secret.clone(),
+        verification_id: started.verification_id.clone(),
+        code: code.into(),
+    };
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let err = intake
+        .complete_invitation_verification(complete(wrong))
+        .await
+        .unwrap_err();
+    assert_eq!(error_reason(&err), "invalid_code");
+    let err = intake
+        .complete_invitation_verification(complete("12ab"))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), ["code"]);
+    let verified = intake
+        .complete_invitation_verification(complete(&code))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(verified.verification_level, 1);
+    let err = intake
+        .complete_invitation_verification(complete(&code))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::Unauthenticated,
+        "a replayed code worked: {err:?}"
+    );
+    let token = verified.client_token;
+    // A code started for another invitation does not complete this one.
+    let mut elsewhere = invite("new-client", 1);
+    elsewhere.contact_address = "other@example.org".into();
+    let elsewhere = intake
+        .create_invitation(as_staff(&partner_token, elsewhere))
+        .await
+        .unwrap()
+        .into_inner();
+    let other_started = intake
+        .start_invitation_verification(pb::StartInvitationVerificationRequest {
+            secret: elsewhere.secret.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let err = intake
+        .complete_invitation_verification(pb::CompleteInvitationVerificationRequest {
+            secret: secret.clone(),
+            verification_id: other_started.verification_id,
+            code: last_code(&data),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
     // Every violation at once, and nothing stored from an invalid submission.
-    let token = client_token(&data, &sandbox, &client_id, &invitation.id).await;
     let mut bad = submit(
         &secret,
         &token,
@@ -571,10 +648,12 @@ async fn clients_answer_forms_into_the_vault(backend: Backend) {
             .to_owned();
         for f in [file.clone(), format!("{file}-wal")] {
             if let Ok(bytes) = std::fs::read(&f) {
-                assert!(
-                    !bytes.windows(12).any(|w| w == b"Quillfeather"),
-                    "{f} holds an answer in clear"
-                );
+                for clear in [&b"Quillfeather"[..], b"jane@example.org", b"X1234567"] {
+                    assert!(
+                        !bytes.windows(clear.len()).any(|w| w == clear),
+                        "{f} holds client data in clear"
+                    );
+                }
             }
         }
     }
@@ -705,7 +784,7 @@ async fn clients_answer_forms_into_the_vault(backend: Backend) {
                 };
                 count("intake.notice.published") == 1
                     && count("intake.form.published") == 2
-                    && count("intake.invitation.created") == 2
+                    && count("intake.invitation.created") == 3
                     && count("intake.submission.received") >= 4
                     && count("intake.submission.decided") == 1
             }

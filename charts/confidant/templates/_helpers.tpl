@@ -103,7 +103,7 @@ metrics_interval_seconds = {{ $v.telemetry.metricsIntervalSeconds }}
 {{- with $v.telemetry.otlpEndpoint }}
 otlp_endpoint = {{ . | quote }}
 {{- end }}
-{{- if has .service (list "vault" "identity") }}
+{{- if has .service (list "vault" "identity" "intake") }}
 
 [kms]
 provider = "aws"

@@ -14,7 +14,6 @@ pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod reviews;
-pub mod secrets;
 pub mod sessions;
 pub mod store;
 pub mod tokens;
@@ -94,8 +93,14 @@ pub async fn build(
         &ctx.config.trust_domain,
     )?;
     let kms = confidant_runtime::kms::from_config(&ctx.config).await?;
-    let secret_box =
-        std::sync::Arc::new(secrets::SecretBox::open_or_create(&ctx.db, kms.as_ref()).await?);
+    let secret_box = std::sync::Arc::new(
+        confidant_runtime::secret_box::SecretBox::open_or_create(
+            &ctx.db,
+            kms.as_ref(),
+            ServiceName::Identity,
+        )
+        .await?,
+    );
     let sessions = std::sync::Arc::new(sessions::Sessions::new(
         ctx.db.clone(),
         ctx.coord.clone(),

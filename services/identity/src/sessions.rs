@@ -86,7 +86,7 @@ pub use confidant_runtime::auth::revoked_session_key;
 
 /// Sign-in and sessions.
 pub struct Sessions {
-    secrets: std::sync::Arc<crate::secrets::SecretBox>,
+    secrets: std::sync::Arc<confidant_runtime::secret_box::SecretBox>,
     db: Database,
     coord: SharedCoordinator,
     keys: TokenKeys,
@@ -149,7 +149,7 @@ impl Sessions {
         keys: TokenKeys,
         config: IdentityConfig,
         trust_domain: &str,
-        secrets: std::sync::Arc<crate::secrets::SecretBox>,
+        secrets: std::sync::Arc<confidant_runtime::secret_box::SecretBox>,
     ) -> Self {
         Self {
             secrets,

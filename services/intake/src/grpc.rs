@@ -6,6 +6,10 @@ use std::sync::Arc;
 use base64::Engine as _;
 use chrono::{DateTime, Duration, Utc};
 use confidant_proto::audit::v1::{ActorKind, Outcome};
+use confidant_proto::identity::v1::identity_service_client::IdentityServiceClient;
+use confidant_proto::identity::v1::{
+    CompleteClientVerificationRequest, ContactChannel, StartClientVerificationRequest,
+};
 use confidant_proto::intake::v1 as pb;
 use confidant_proto::intake::v1::intake_service_server::IntakeService;
 use confidant_proto::vault::v1 as vault_pb;
@@ -17,8 +21,9 @@ use confidant_runtime::client::PeerChannel;
 use confidant_runtime::decide::Decider;
 use confidant_runtime::error::Violations;
 use confidant_runtime::peer::PeerIdentity;
+use confidant_runtime::secret_box::SecretBox;
 use confidant_vault::domain::{Category, required_uuid};
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
 
 use crate::domain::{FormDefinition, MAX_NOTICE, MAX_TITLE, notice_digest, valid_form_name};
@@ -38,8 +43,86 @@ pub struct IntakeApi {
     store: IntakeStore,
     decider: Arc<Decider>,
     tokens: Option<StaffAuth>,
-    vault: Option<PeerChannel>,
+    peers: Peers,
+    secrets: Arc<SecretBox>,
     trust_domain: String,
+}
+
+/// The services intake calls.
+#[derive(Debug, Clone, Default)]
+pub struct Peers {
+    /// Identity: one-time codes and client tokens.
+    pub identity: Option<PeerChannel>,
+    /// The vault: where answers go.
+    pub vault: Option<PeerChannel>,
+}
+
+/// Checks a contact address for its channel (as identity will).
+fn check_contact(v: &mut Violations, channel: i32, address: &str) -> Option<&'static str> {
+    match ContactChannel::try_from(channel) {
+        Ok(ContactChannel::Email) => {
+            if !(address.contains('@')
+                && address.len() <= 254
+                && !address.chars().any(char::is_whitespace))
+            {
+                v.add("contact_address", "must be an e-mail address");
+            }
+            Some("email")
+        }
+        Ok(ContactChannel::Phone) => {
+            let digits = address.chars().filter(char::is_ascii_digit).count();
+            let allowed = address
+                .chars()
+                .all(|c| c.is_ascii_digit() || matches!(c, '+' | ' ' | '-' | '(' | ')'));
+            if !(allowed && (7..=15).contains(&digits)) {
+                v.add("contact_address", "must be a phone number (E.164 digits)");
+            }
+            Some("phone")
+        }
+        _ => {
+            v.add(
+                "contact_channel",
+                "CONTACT_CHANNEL_EMAIL or CONTACT_CHANNEL_PHONE",
+            );
+            None
+        }
+    }
+}
+
+/// Where a code went, masked: the first letter and the domain of an
+/// e-mail address, the last four digits of a number.
+pub fn contact_hint(channel: &str, address: &str) -> String {
+    if channel == "phone" {
+        let digits: String = address.chars().filter(char::is_ascii_digit).collect();
+        let tail = &digits[digits.len().saturating_sub(4)..];
+        format!("***{tail}")
+    } else {
+        match address.split_once('@') {
+            Some((local, domain)) => {
+                let first: String = local.chars().take(1).collect();
+                format!("{first}***@{domain}")
+            }
+            None => "***".into(),
+        }
+    }
+}
+
+/// Identity's answer to a client's verification step: its refusals (wrong or
+/// expired code, too many attempts) reach the client as they are; anything
+/// else is identity being unavailable.
+fn identity_refusal(status: Status) -> Status {
+    match status.code() {
+        Code::InvalidArgument
+        | Code::Unauthenticated
+        | Code::ResourceExhausted
+        | Code::FailedPrecondition
+        | Code::NotFound => status,
+        code => Error::Peer {
+            service: "identity",
+            detail: format!("{code:?}"),
+        }
+        .into(),
+    }
 }
 
 fn check(v: Violations) -> Result<(), Error> {
@@ -172,21 +255,52 @@ fn submission_proto(row: &SubmissionRow, records: &[SubmissionRecordRow]) -> pb:
 
 impl IntakeApi {
     /// Handlers over `store`; `tokens` verifies client tokens against
-    /// identity's keys, `vault` stores the answers.
+    /// identity's keys, `secrets` seals contact addresses.
     pub fn new(
         store: IntakeStore,
         decider: Arc<Decider>,
         tokens: Option<StaffAuth>,
-        vault: Option<PeerChannel>,
+        peers: Peers,
+        secrets: Arc<SecretBox>,
         trust_domain: &str,
     ) -> Self {
         Self {
             store,
             decider,
             tokens,
-            vault,
+            peers,
+            secrets,
             trust_domain: trust_domain.to_owned(),
         }
+    }
+
+    fn identity(&self) -> Result<IdentityServiceClient<PeerChannel>, Error> {
+        self.peers
+            .identity
+            .clone()
+            .map(IdentityServiceClient::new)
+            .ok_or(Error::Peer {
+                service: "identity",
+                detail: "not configured".into(),
+            })
+    }
+
+    /// The invitation a secret opens, if it can still be answered.
+    async fn open_for_answers(&self, secret: &str) -> Result<InvitationRow, Error> {
+        let invitation = self.invitation(secret).await?;
+        if invitation.submitted_at.is_some() {
+            return Err(Error::Precondition {
+                reason: "already_submitted",
+                message: "this invitation has been answered",
+            });
+        }
+        if Utc::now() >= invitation.expires_at {
+            return Err(Error::Precondition {
+                reason: "invitation_expired",
+                message: "this invitation has expired; ask the firm for a new one",
+            });
+        }
+        Ok(invitation)
     }
 
     fn event(&self, actor: &Actor, action: Action) -> EventBuilder {
@@ -262,7 +376,7 @@ impl IntakeApi {
         request_id: Uuid,
         groups: Vec<(Category, Vec<(&crate::domain::Field, String)>)>,
     ) -> Result<Vec<(Uuid, Category, Vec<String>)>, Error> {
-        let channel = self.vault.clone().ok_or(Error::Peer {
+        let channel = self.peers.vault.clone().ok_or(Error::Peer {
             service: "vault",
             detail: "not configured".into(),
         })?;
@@ -500,6 +614,8 @@ impl IntakeService for IntakeApi {
                 DEFAULT_INVITATION_DAYS
             }
         };
+        let address = req.contact_address.trim().to_owned();
+        let channel = check_contact(&mut v, req.contact_channel, &address);
         let mut form = None;
         if !valid_form_name(&req.form_name) {
             v.add("form_name", "must be a form name");
@@ -527,7 +643,9 @@ impl IntakeService for IntakeApi {
             }
         }
         check(v)?;
-        let (Some(client), Some(matter), Some(form)) = (client, matter, form) else {
+        let (Some(client), Some(matter), Some(form), Some(channel)) =
+            (client, matter, form, channel)
+        else {
             return Err(Status::internal("validated request incomplete"));
         };
         let actor = self
@@ -535,8 +653,13 @@ impl IntakeService for IntakeApi {
             .await?;
         let secret = new_secret()?;
         let now = Utc::now();
+        let id = Uuid::now_v7();
+        let sealed = self
+            .secrets
+            .seal(id.as_bytes(), address.as_bytes())
+            .map_err(|_| Error::Aborted("the contact address could not be sealed"))?;
         let row = InvitationRow {
-            id: Uuid::now_v7(),
+            id,
             client_id: client,
             matter_id: matter,
             form_name: form.name.clone(),
@@ -545,6 +668,8 @@ impl IntakeService for IntakeApi {
             created_at: now,
             expires_at: now + Duration::days(i64::from(days)),
             submitted_at: None,
+            contact_channel: channel.to_owned(),
+            contact_sealed: Some(sealed),
         };
         let event = self
             .event(&actor, Action::IntakeInvitationCreated)
@@ -566,21 +691,7 @@ impl IntakeService for IntakeApi {
         &self,
         request: Request<pb::OpenInvitationRequest>,
     ) -> Result<Response<pb::OpenInvitationResponse>, Status> {
-        let invitation = self.invitation(&request.get_ref().secret).await?;
-        if invitation.submitted_at.is_some() {
-            return Err(Error::Precondition {
-                reason: "already_submitted",
-                message: "this invitation has been answered",
-            }
-            .into());
-        }
-        if Utc::now() >= invitation.expires_at {
-            return Err(Error::Precondition {
-                reason: "invitation_expired",
-                message: "this invitation has expired; ask the firm for a new one",
-            }
-            .into());
-        }
+        let invitation = self.open_for_answers(&request.get_ref().secret).await?;
         let form = self
             .store
             .form(&invitation.form_name, invitation.form_version)
@@ -597,6 +708,87 @@ impl IntakeService for IntakeApi {
             form: Some(form_proto(&form)?),
             privacy_notice: notice.as_ref().map(notice_proto),
             expire_time: Some(ts(invitation.expires_at)),
+        }))
+    }
+
+    #[tracing::instrument(name = "intake.start_invitation_verification", skip_all)]
+    async fn start_invitation_verification(
+        &self,
+        request: Request<pb::StartInvitationVerificationRequest>,
+    ) -> Result<Response<pb::StartInvitationVerificationResponse>, Status> {
+        let invitation = self.open_for_answers(&request.get_ref().secret).await?;
+        let sealed = invitation.contact_sealed.as_deref().ok_or(Error::Precondition {
+            reason: "no_contact",
+            message: "this invitation has no contact to send a code to; ask the firm for a new one",
+        })?;
+        let address = self
+            .secrets
+            .open(invitation.id.as_bytes(), sealed)
+            .map_err(|_| Error::Aborted("the invitation's contact could not be opened"))?;
+        let address = zeroize::Zeroizing::new(String::from_utf8_lossy(&address).into_owned());
+        let channel = if invitation.contact_channel == "phone" {
+            ContactChannel::Phone
+        } else {
+            ContactChannel::Email
+        };
+        let started = self
+            .identity()?
+            .start_client_verification(StartClientVerificationRequest {
+                client_id: invitation.client_id.to_string(),
+                channel: channel as i32,
+                contact_address: address.to_string(),
+                reference: invitation.id.to_string(),
+            })
+            .await
+            .map_err(identity_refusal)?
+            .into_inner();
+        Ok(Response::new(pb::StartInvitationVerificationResponse {
+            verification_id: started.verification_id,
+            expire_time: started.expire_time,
+            contact_hint: contact_hint(&invitation.contact_channel, &address),
+        }))
+    }
+
+    #[tracing::instrument(name = "intake.complete_invitation_verification", skip_all)]
+    async fn complete_invitation_verification(
+        &self,
+        request: Request<pb::CompleteInvitationVerificationRequest>,
+    ) -> Result<Response<pb::CompleteInvitationVerificationResponse>, Status> {
+        let req = request.into_inner();
+        let invitation = self.open_for_answers(&req.secret).await?;
+        let mut v = Violations::new();
+        required_uuid(&mut v, "verification_id", &req.verification_id);
+        if req.code.len() != 6 || !req.code.chars().all(|c| c.is_ascii_digit()) {
+            v.add("code", "must be the 6 digits of the code");
+        }
+        check(v)?;
+        let done = self
+            .identity()?
+            .complete_client_verification(CompleteClientVerificationRequest {
+                verification_id: req.verification_id,
+                code: req.code,
+            })
+            .await
+            .map_err(identity_refusal)?
+            .into_inner();
+        // The verification must be this invitation's, for this client.
+        let tokens = self.tokens.as_ref().ok_or(Error::Peer {
+            service: "identity",
+            detail: "not configured".into(),
+        })?;
+        let claims = tokens
+            .authenticate_client(&done.client_token)
+            .await
+            .map_err(|_| Error::ClientUnauthenticated)?;
+        if claims.sub != invitation.client_id.to_string()
+            || claims.reference != invitation.id.to_string()
+        {
+            return Err(Error::ClientUnauthenticated.into());
+        }
+        Ok(Response::new(pb::CompleteInvitationVerificationResponse {
+            client_token: done.client_token,
+            expire_time: done.expire_time,
+            verification_level: done.verification_level,
         }))
     }
 

@@ -50,11 +50,20 @@ pub async fn build(
             ctx.coord.clone(),
         )
     });
+    let kms = confidant_runtime::kms::from_config(&ctx.config).await?;
+    let secrets = Arc::new(
+        confidant_runtime::secret_box::SecretBox::open_or_create(&ctx.db, kms.as_ref(), NAME)
+            .await?,
+    );
     let api = grpc::IntakeApi::new(
         store::IntakeStore::new(ctx.db.clone()),
         decider,
         tokens,
-        ctx.peer(ServiceName::Vault),
+        grpc::Peers {
+            identity: ctx.peer(ServiceName::Identity),
+            vault: ctx.peer(ServiceName::Vault),
+        },
+        secrets,
         &ctx.config.trust_domain,
     );
     Ok(confidant_runtime::app::ServiceParts {

@@ -67,6 +67,10 @@ pub struct InvitationRow {
     pub expires_at: DateTime<Utc>,
     /// When answered.
     pub submitted_at: Option<DateTime<Utc>>,
+    /// Where codes go: email or phone.
+    pub contact_channel: String,
+    /// The address, sealed (bound to the invitation id).
+    pub contact_sealed: Option<Vec<u8>>,
 }
 
 /// A submission.
@@ -243,7 +247,7 @@ impl IntakeStore {
         self.db
             .transact(
                 vec![Statement::new(
-                    "INSERT INTO intake_invitations (id, secret_hash, client_id, matter_id, form_name, form_version, created_by, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    "INSERT INTO intake_invitations (id, secret_hash, client_id, matter_id, form_name, form_version, created_by, created_at, expires_at, contact_channel, contact_sealed) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                     vec![
                         Value::Uuid(row.id),
                         Value::Bytes(secret_hash.to_vec()),
@@ -254,6 +258,8 @@ impl IntakeStore {
                         Value::Text(row.created_by.clone()),
                         Value::Time(row.created_at),
                         Value::Time(row.expires_at),
+                        Value::Text(row.contact_channel.clone()),
+                        Value::OptBytes(row.contact_sealed.clone()),
                     ],
                 )],
                 std::slice::from_ref(event),
@@ -269,7 +275,7 @@ impl IntakeStore {
     ) -> StoreResult<Option<InvitationRow>> {
         self.db
             .fetch_optional(
-                "SELECT id, client_id, matter_id, form_name, form_version, created_by, created_at, expires_at, submitted_at FROM intake_invitations WHERE secret_hash = $1",
+                "SELECT id, client_id, matter_id, form_name, form_version, created_by, created_at, expires_at, submitted_at, contact_channel, contact_sealed FROM intake_invitations WHERE secret_hash = $1",
                 vec![Value::Bytes(secret_hash.to_vec())],
             )
             .await

@@ -559,9 +559,12 @@ impl Config {
         {
             problem("redis.url".into(), "must start with redis:// or rediss://");
         }
-        // The vault wraps scope keys with the KMS; identity seals its secrets
-        // (TOTP seeds) with it.
-        if running.contains(&ServiceName::Vault) || running.contains(&ServiceName::Identity) {
+        // The vault wraps scope keys with the KMS; identity and intake seal
+        // their secrets (TOTP seeds, invitation contact addresses) with it.
+        if running.contains(&ServiceName::Vault)
+            || running.contains(&ServiceName::Identity)
+            || running.contains(&ServiceName::Intake)
+        {
             match self.kms.provider {
                 None => problem(
                     "kms.provider".into(),

@@ -19,6 +19,7 @@ pub mod outbox;
 pub mod peer;
 pub mod pki;
 pub mod portable;
+pub mod secret_box;
 pub mod server;
 pub mod service_name;
 pub mod storage;

@@ -1,14 +1,17 @@
-//! Secrets the identity service must be able to read back (TOTP seeds),
-//! sealed with AES-256-GCM under a data key that is stored only wrapped by
-//! the KMS (envelope encryption), each bound to its owner by associated data.
+//! Secrets a service must be able to read back (identity: TOTP seeds;
+//! intake: the contact address of an invitation), sealed with AES-256-GCM
+//! under the service's own data key, which is stored only wrapped by the KMS
+//! (envelope encryption); each bound to its owner by associated data.
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use chrono::Utc;
-use confidant_runtime::kms::{EncryptionContext, Kms, WrappedKey};
-use confidant_runtime::portable::{Statement, Value};
-use confidant_runtime::storage::Database;
 use zeroize::Zeroizing;
+
+use crate::ServiceName;
+use crate::kms::{EncryptionContext, Kms, WrappedKey};
+use crate::portable::{Statement, TransactError, Value};
+use crate::storage::Database;
 
 const MAGIC: &[u8; 3] = b"sb1";
 
@@ -17,10 +20,13 @@ const MAGIC: &[u8; 3] = b"sb1";
 pub enum SecretError {
     /// The KMS refused or is unreachable.
     #[error(transparent)]
-    Kms(#[from] confidant_runtime::kms::Error),
+    Kms(#[from] crate::kms::Error),
     /// Storage failed.
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] sqlx::Error),
+    /// The key could not be stored.
+    #[error(transparent)]
+    Transact(#[from] TransactError),
     /// A sealed value does not open (wrong owner, tampered).
     #[error("sealed secret does not open")]
     Corrupt,
@@ -37,32 +43,36 @@ impl std::fmt::Debug for SecretBox {
     }
 }
 
-fn context() -> EncryptionContext {
+fn context(service: ServiceName) -> EncryptionContext {
     EncryptionContext::new()
-        .with("confidant:service", "identity")
+        .with("confidant:service", service.as_str())
         .with("confidant:purpose", "secrets")
 }
 
 impl SecretBox {
-    /// Unwraps the service's data key, creating it on first start.
-    pub async fn open_or_create(db: &Database, kms: &dyn Kms) -> Result<Self, SecretError> {
+    /// Unwraps `service`'s data key (in its own database), creating it on
+    /// first start.
+    pub async fn open_or_create(
+        db: &Database,
+        kms: &dyn Kms,
+        service: ServiceName,
+    ) -> Result<Self, SecretError> {
         let read = |db: Database| async move {
             let row: Option<(String, Vec<u8>)> = db
                 .fetch_optional(
-                    "SELECT key_id, wrapped FROM identity_data_keys WHERE id = 1",
+                    "SELECT key_id, wrapped FROM service_data_keys WHERE id = 1",
                     vec![],
                 )
-                .await
-                .map_err(crate::store::StoreError::from)?;
+                .await?;
             Ok::<_, SecretError>(row)
         };
         let row = match read(db.clone()).await? {
             Some(row) => row,
             None => {
-                let fresh = kms.generate_data_key(&context()).await?;
+                let fresh = kms.generate_data_key(&context(service)).await?;
                 db.transact(
                     vec![Statement::new(
-                        "INSERT INTO identity_data_keys (id, key_id, wrapped, created_at) VALUES (1, $1, $2, $3) \
+                        "INSERT INTO service_data_keys (id, key_id, wrapped, created_at) VALUES (1, $1, $2, $3) \
                          ON CONFLICT (id) DO NOTHING",
                         vec![
                             Value::Text(fresh.wrapped.key_id.clone()),
@@ -72,15 +82,14 @@ impl SecretBox {
                     )],
                     &[],
                 )
-                .await
-                .map_err(crate::store::StoreError::from)?;
+                .await?;
                 // Another replica may have won: use what is stored.
                 read(db.clone()).await?.ok_or(SecretError::Corrupt)?
             }
         };
         let (key_id, ciphertext) = row;
         let plain = kms
-            .decrypt(&WrappedKey { key_id, ciphertext }, &context())
+            .decrypt(&WrappedKey { key_id, ciphertext }, &context(service))
             .await?;
         let key = LessSafeKey::new(
             UnboundKey::new(&AES_256_GCM, plain.expose()).map_err(|_| SecretError::Corrupt)?,
@@ -88,7 +97,7 @@ impl SecretBox {
         Ok(Self { key })
     }
 
-    /// Seals `secret` for `owner` (e.g. a staff id).
+    /// Seals `secret` for `owner` (e.g. a staff id, an invitation id).
     pub fn seal(&self, owner: &[u8], secret: &[u8]) -> Result<Vec<u8>, SecretError> {
         let mut nonce = [0u8; NONCE_LEN];
         SystemRandom::new()
