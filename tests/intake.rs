@@ -676,6 +676,73 @@ async fn clients_answer_forms_into_the_vault(backend: Backend) {
         .into_inner();
     assert_eq!(listed.submissions.len(), 1);
     assert_eq!(listed.submissions[0].id, submission.id);
+    // Reviewing reads the answers through the vault, as the reviewer, for a
+    // purpose: the vault decides and masks.
+    let review = |purpose: vault_pb::Purpose| pb::ReviewSubmissionRequest {
+        submission_id: submission.id.clone(),
+        purpose: purpose as i32,
+        justification: "onboarding checks".into(),
+    };
+    let err = intake
+        .review_submission(as_staff(
+            &partner_token,
+            review(vault_pb::Purpose::Unspecified),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), ["purpose"]);
+    let err = intake
+        .review_submission(as_staff(
+            &outsider_token,
+            review(vault_pb::Purpose::LegalAdvice),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let reviewed = intake
+        .review_submission(as_staff(
+            &partner_token,
+            review(vault_pb::Purpose::LegalAdvice),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let shown: Vec<(&str, &str, bool)> = reviewed
+        .answers
+        .iter()
+        .map(|a| (a.field.as_str(), a.value.as_str(), a.masked))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("full_name", "Jane Quillfeather", false),
+            ("email", "jane@example.org", false),
+            ("date_of_birth", "1980-02-29", false),
+            ("passport_number", "X1234567", false),
+            ("annual_income", "52000", false),
+            ("contact_by", "post", false),
+            ("agree_terms", "true", false),
+        ]
+    );
+    assert_eq!(reviewed.answers[0].label, "full name");
+    let by_paralegal = intake
+        .review_submission(as_staff(
+            &paralegal_token,
+            review(vault_pb::Purpose::LegalAdvice),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let passport = by_paralegal
+        .answers
+        .iter()
+        .find(|a| a.field == "passport_number")
+        .unwrap();
+    assert!(
+        passport.masked && passport.value != "X1234567",
+        "{passport:?}"
+    );
+
     let decide = |decision: pb::SubmissionState, reason: &str| pb::DecideSubmissionRequest {
         submission_id: submission.id.clone(),
         decision: decision as i32,

@@ -1014,6 +1014,126 @@ impl IntakeService for IntakeApi {
         Ok(Response::new(pb::ListSubmissionsResponse { submissions }))
     }
 
+    #[tracing::instrument(name = "intake.review_submission", skip_all)]
+    async fn review_submission(
+        &self,
+        request: Request<pb::ReviewSubmissionRequest>,
+    ) -> Result<Response<pb::ReviewSubmissionResponse>, Status> {
+        Self::staff(&request)?;
+        let authorization = request.metadata().get("authorization").cloned();
+        let req = request.get_ref().clone();
+        let mut v = Violations::new();
+        let id = required_uuid(&mut v, "submission_id", &req.submission_id);
+        if confidant_vault::domain::Purpose::from_proto(req.purpose).is_none() {
+            v.add("purpose", "must be set to a purpose");
+        }
+        if req.justification.chars().count() > 1_000 {
+            v.add("justification", "at most 1,000 characters");
+        }
+        check(v)?;
+        let Some(id) = id else {
+            return Err(Status::internal("validated request incomplete"));
+        };
+        let row = self
+            .store
+            .submission(id)
+            .await
+            .map_err(Error::from)?
+            .ok_or(Error::NotFound("submission"))?;
+        self.staff_with(
+            &request,
+            "client_data.read",
+            Some(row.client_id),
+            Some(row.matter_id),
+        )
+        .await?;
+        let form = self
+            .store
+            .form(&row.form_name, row.form_version)
+            .await
+            .map_err(Error::from)?
+            .ok_or(Error::NotFound("form version"))?;
+        let def = definition(&form)?;
+        let records = self.store.records(row.id).await.map_err(Error::from)?;
+        let channel = self.peers.vault.clone().ok_or(Error::Peer {
+            service: "vault",
+            detail: "not configured".into(),
+        })?;
+        // The vault reads as the reviewer: their token goes with the call.
+        let mut vault_request = Request::new(vault_pb::BatchGetRecordsRequest {
+            record_ids: records.iter().map(|r| r.record_id.to_string()).collect(),
+            purpose: req.purpose,
+            justification: req.justification.clone(),
+        });
+        if let Some(value) = authorization {
+            vault_request.metadata_mut().insert("authorization", value);
+        }
+        let results = VaultServiceClient::new(channel)
+            .batch_get_records(vault_request)
+            .await
+            .map_err(|s| match s.code() {
+                Code::PermissionDenied | Code::Unauthenticated | Code::FailedPrecondition => s,
+                code => Error::Peer {
+                    service: "vault",
+                    detail: format!("{code:?}"),
+                }
+                .into(),
+            })?
+            .into_inner()
+            .results;
+        // Field name -> (value, masked, category, unavailable reason).
+        let mut seen: Vec<(String, String, bool, i32, String)> = Vec::new();
+        for (record, result) in records.iter().zip(results) {
+            let category = Category::parse(&record.category)
+                .map_or(vault_pb::DataCategory::Unspecified, Category::to_proto)
+                as i32;
+            let status = result.status.unwrap_or_default();
+            match result.record {
+                Some(read) if status.code == 0 => {
+                    for f in read.fields {
+                        seen.push((f.name, f.value, f.masked, category, String::new()));
+                    }
+                }
+                _ => {
+                    let reason = if status.reason.is_empty() {
+                        "unavailable".to_owned()
+                    } else {
+                        status.reason
+                    };
+                    for name in record.fields.split(',') {
+                        seen.push((
+                            name.to_owned(),
+                            String::new(),
+                            false,
+                            category,
+                            reason.clone(),
+                        ));
+                    }
+                }
+            }
+        }
+        let answers = def
+            .fields
+            .iter()
+            .filter_map(|f| {
+                let (_, value, masked, category, reason) =
+                    seen.iter().find(|(name, ..)| *name == f.name)?;
+                Some(pb::ReviewedAnswer {
+                    field: f.name.clone(),
+                    label: f.label.clone(),
+                    value: value.clone(),
+                    masked: *masked,
+                    category: *category,
+                    unavailable_reason: reason.clone(),
+                })
+            })
+            .collect();
+        Ok(Response::new(pb::ReviewSubmissionResponse {
+            submission: Some(submission_proto(&row, &records)),
+            answers,
+        }))
+    }
+
     #[tracing::instrument(name = "intake.decide_submission", skip_all)]
     async fn decide_submission(
         &self,
