@@ -70,6 +70,14 @@ fn onboarding_fields() -> Vec<pb::FormField> {
     contact_by.choices = vec!["email".into(), "post".into()];
     let mut name = field("full_name", pb::FieldKind::Text, ContactDetails, true);
     name.max_length = 100;
+    let mut scan = field(
+        "passport_scan",
+        pb::FieldKind::File,
+        IdentityDocument,
+        false,
+    );
+    scan.media_types = vec!["application/pdf".into(), "image/png".into()];
+    scan.max_file_bytes = 100_000;
     vec![
         name,
         field("email", pb::FieldKind::Email, ContactDetails, true),
@@ -78,7 +86,52 @@ fn onboarding_fields() -> Vec<pb::FormField> {
         income,
         contact_by,
         field("agree_terms", pb::FieldKind::Consent, ContactDetails, true),
+        scan,
     ]
+}
+
+/// A PNG's signature and header chunk, then filler: enough for its type to
+/// be recognised.
+fn png(len: usize) -> Vec<u8> {
+    let mut bytes = vec![
+        0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 0x0D,
+    ];
+    bytes.extend_from_slice(b"IHDR");
+    bytes.resize(len, 0x42);
+    bytes
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn upload(
+    intake: &mut IntakeServiceClient<PeerChannel>,
+    secret: &str,
+    token: &str,
+    media_type: &str,
+    declared: i64,
+    content: &[u8],
+    request_id: &str,
+) -> Result<pb::UploadFormFileResponse, tonic::Status> {
+    use pb::upload_form_file_request::Part;
+    let mut messages = vec![pb::UploadFormFileRequest {
+        part: Some(Part::Header(pb::UploadFormFileHeader {
+            secret: secret.into(),
+            client_token: token.into(),
+            field: "passport_scan".into(),
+            filename: "passport.png".into(),
+            media_type: media_type.into(),
+            size_bytes: declared,
+            request_id: request_id.into(),
+        })),
+    }];
+    for chunk in content.chunks(4096) {
+        messages.push(pb::UploadFormFileRequest {
+            part: Some(Part::Chunk(chunk.to_vec())),
+        });
+    }
+    intake
+        .upload_form_file(futures::stream::iter(messages))
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 fn answer(field: &str, value: &str) -> pb::Answer {
@@ -262,7 +315,7 @@ async fn clients_answer_forms_into_the_vault(backend: Backend) {
         .into_inner()
         .form
         .unwrap();
-    assert_eq!((v1.version, v1.fields.len()), (1, 7));
+    assert_eq!((v1.version, v1.fields.len()), (1, 8));
     let v2 = intake
         .publish_form(as_staff(&admin_token, publish("New client details (2027)")))
         .await
@@ -507,9 +560,89 @@ async fn clients_answer_forms_into_the_vault(backend: Backend) {
         "an invalid submission stored records"
     );
 
+    // Files: checked against the field's types and size, the content
+    // against its declared type, streamed into the vault.
+    let scan = png(20_000);
+    let upload_id = uuid::Uuid::now_v7().to_string();
+    for (media_type, declared, content, field) in [
+        ("image/gif", 20_000, &scan[..], "header.media_type"),
+        ("application/pdf", 20_000, &scan[..], "header.media_type"),
+        ("image/png", 200_000, &scan[..], "header.size_bytes"),
+        ("image/png", 20_000, &scan[..10_000], "header.size_bytes"),
+    ] {
+        let err = upload(
+            &mut intake,
+            &secret,
+            &token,
+            media_type,
+            declared,
+            content,
+            &upload_id,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(violated_fields(&err), [field], "{media_type} {declared}");
+    }
+    let err = upload(
+        &mut intake,
+        &secret,
+        "not.a.token",
+        "image/png",
+        20_000,
+        &scan,
+        &upload_id,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let uploaded = upload(
+        &mut intake,
+        &secret,
+        &token,
+        "image/png",
+        20_000,
+        &scan,
+        &upload_id,
+    )
+    .await
+    .unwrap();
+    let digest: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &scan)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        (uploaded.size_bytes, uploaded.sha256.as_str()),
+        (20_000, digest.as_str())
+    );
+    let again = upload(
+        &mut intake,
+        &secret,
+        &token,
+        "image/png",
+        20_000,
+        &scan,
+        &upload_id,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        again.upload_id, uploaded.upload_id,
+        "a retried upload stored twice"
+    );
+    let mut answers = good_answers();
+    answers.push(answer("passport_scan", &uuid::Uuid::now_v7().to_string()));
+    let err = intake
+        .submit_form(submit(&secret, &token, answers, &request_id))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), ["answers[passport_scan]"]);
+    let mut answers = good_answers();
+    answers.push(answer("passport_scan", &uploaded.upload_id));
+
     // The valid submission: answers in the vault by category, consent kept.
     let submission = intake
-        .submit_form(submit(&secret, &token, good_answers(), &request_id))
+        .submit_form(submit(&secret, &token, answers.clone(), &request_id))
         .await
         .unwrap()
         .into_inner()
@@ -534,6 +667,10 @@ async fn clients_answer_forms_into_the_vault(backend: Backend) {
                 vec!["date_of_birth".to_owned(), "passport_number".to_owned()]
             ),
             (
+                vault_pb::DataCategory::IdentityDocument as i32,
+                vec!["passport_scan".to_owned()]
+            ),
+            (
                 vault_pb::DataCategory::ContactDetails as i32,
                 vec![
                     "full_name".to_owned(),
@@ -550,14 +687,14 @@ async fn clients_answer_forms_into_the_vault(backend: Backend) {
     );
     // A retry returns the first result; another request is refused.
     let again = intake
-        .submit_form(submit(&secret, &token, good_answers(), &request_id))
+        .submit_form(submit(&secret, &token, answers.clone(), &request_id))
         .await
         .unwrap()
         .into_inner()
         .submission
         .unwrap();
     assert_eq!(again.id, submission.id);
-    assert_eq!(again.records.len(), 3);
+    assert_eq!(again.records.len(), 4);
     let err = intake
         .submit_form(submit(
             &secret,
@@ -583,7 +720,11 @@ async fn clients_answer_forms_into_the_vault(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(after.records.len(), 3, "a retry stored a second copy");
+    assert_eq!(
+        after.records.len(),
+        4,
+        "a retry or a refused upload stored a copy"
+    );
 
     // The partner reads the answers from the vault, for a purpose.
     let contact = submission
@@ -625,7 +766,7 @@ async fn clients_answer_forms_into_the_vault(backend: Backend) {
         )
         .await
         .unwrap();
-    assert_eq!(rows.len(), 3);
+    assert_eq!(rows.len(), 4);
     for secret_value in [
         "Quillfeather",
         "jane@example.org",
@@ -707,6 +848,13 @@ async fn clients_answer_forms_into_the_vault(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
+    let scan_record = submission
+        .records
+        .iter()
+        .find(|r| r.fields == ["passport_scan"])
+        .unwrap()
+        .record_id
+        .clone();
     let shown: Vec<(&str, &str, bool)> = reviewed
         .answers
         .iter()
@@ -722,6 +870,7 @@ async fn clients_answer_forms_into_the_vault(backend: Backend) {
             ("annual_income", "52000", false),
             ("contact_by", "post", false),
             ("agree_terms", "true", false),
+            ("passport_scan", scan_record.as_str(), false),
         ]
     );
     assert_eq!(reviewed.answers[0].label, "full name");

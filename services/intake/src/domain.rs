@@ -25,6 +25,23 @@ pub const MAX_PATTERN: usize = 500;
 pub const MAX_CHOICES: usize = 100;
 /// Longest privacy notice.
 pub const MAX_NOTICE: usize = 100_000;
+/// Default largest file of a file field.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 10 * 1024 * 1024;
+/// Largest file a form may accept (the vault's default document limit).
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024 * 1024;
+/// Most media types of a file field.
+pub const MAX_MEDIA_TYPES: usize = 20;
+
+/// Whether `s` looks like a media type: `type/subtype`, lowercase.
+pub fn valid_media_type(s: &str) -> bool {
+    let ok = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 64
+            && p.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+    };
+    s.split_once('/').is_some_and(|(t, sub)| ok(t) && ok(sub))
+}
 
 /// The kind of an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,10 +64,12 @@ pub enum Kind {
     Address,
     /// "true" when given.
     Consent,
+    /// A file uploaded with UploadFormFile: the answer is its upload id.
+    File,
 }
 
 impl Kind {
-    const NAMES: [(Kind, &'static str, pb::FieldKind); 9] = [
+    const NAMES: [(Kind, &'static str, pb::FieldKind); 10] = [
         (Kind::Text, "text", pb::FieldKind::Text),
         (Kind::Email, "email", pb::FieldKind::Email),
         (Kind::Phone, "phone", pb::FieldKind::Phone),
@@ -60,6 +79,7 @@ impl Kind {
         (Kind::NationalId, "national_id", pb::FieldKind::NationalId),
         (Kind::Address, "address", pb::FieldKind::Address),
         (Kind::Consent, "consent", pb::FieldKind::Consent),
+        (Kind::File, "file", pb::FieldKind::File),
     ];
 
     fn from_proto(v: i32) -> Option<Kind> {
@@ -95,7 +115,7 @@ impl Kind {
     pub fn vault_type(self) -> confidant_proto::vault::v1::FieldType {
         use confidant_proto::vault::v1::FieldType as T;
         match self {
-            Kind::Text | Kind::Choice | Kind::Consent => T::Text,
+            Kind::Text | Kind::Choice | Kind::Consent | Kind::File => T::Text,
             Kind::Email => T::Email,
             Kind::Phone => T::Phone,
             Kind::Date => T::Date,
@@ -108,7 +128,7 @@ impl Kind {
     fn is_text(self) -> bool {
         !matches!(
             self,
-            Kind::Date | Kind::Number | Kind::Choice | Kind::Consent
+            Kind::Date | Kind::Number | Kind::Choice | Kind::Consent | Kind::File
         )
     }
 }
@@ -176,6 +196,10 @@ pub struct Field {
     pub category: Category,
     /// Help text.
     pub help_text: String,
+    /// File fields: the largest file.
+    pub max_file_bytes: u64,
+    /// File fields: the media types accepted.
+    pub media_types: Vec<String>,
 }
 
 /// A validated form definition (what a version publishes).
@@ -357,6 +381,34 @@ impl FormDefinition {
             if f.help_text.chars().count() > 1_000 {
                 v.add(at("help_text"), "at most 1,000 characters");
             }
+            let mut max_file_bytes = DEFAULT_MAX_FILE_BYTES;
+            if kind == Some(Kind::File) {
+                match u64::try_from(f.max_file_bytes) {
+                    Ok(0) => {}
+                    Ok(n) if n <= MAX_FILE_BYTES => max_file_bytes = n,
+                    _ => v.add(at("max_file_bytes"), format!("0 to {MAX_FILE_BYTES}")),
+                }
+                let distinct: BTreeSet<&String> = f.media_types.iter().collect();
+                if f.media_types.is_empty()
+                    || f.media_types.len() > MAX_MEDIA_TYPES
+                    || distinct.len() != f.media_types.len()
+                    || !f.media_types.iter().all(|m| valid_media_type(m))
+                {
+                    v.add(
+                        at("media_types"),
+                        format!(
+                            "1 to {MAX_MEDIA_TYPES} distinct media types, e.g. application/pdf"
+                        ),
+                    );
+                }
+            } else {
+                if f.max_file_bytes != 0 {
+                    v.add(at("max_file_bytes"), "only file fields have a size limit");
+                }
+                if !f.media_types.is_empty() {
+                    v.add(at("media_types"), "only file fields have media types");
+                }
+            }
             if let (Some(kind), Some(sensitivity), Some(category)) = (kind, sensitivity, category) {
                 out.push(Field {
                     name: f.name.clone(),
@@ -374,6 +426,8 @@ impl FormDefinition {
                     sensitivity,
                     category,
                     help_text: f.help_text.clone(),
+                    max_file_bytes,
+                    media_types: f.media_types.clone(),
                 });
             }
         }
@@ -404,6 +458,8 @@ impl FormDefinition {
                     "sensitivity": Sensitivity::NAMES.iter().find(|(s, _, _)| *s == f.sensitivity).map_or("personal", |(_, n, _)| n),
                     "category": f.category.as_str(),
                     "help_text": f.help_text,
+                    "max_file_bytes": f.max_file_bytes,
+                    "media_types": f.media_types,
                 })
             })
             .collect();
@@ -456,6 +512,19 @@ impl FormDefinition {
                     .map(|(s, _, _)| *s)?,
                 category: Category::parse(&s("category")?)?,
                 help_text: s("help_text").unwrap_or_default(),
+                max_file_bytes: f
+                    .get("max_file_bytes")
+                    .and_then(Json::as_u64)
+                    .unwrap_or(DEFAULT_MAX_FILE_BYTES),
+                media_types: f
+                    .get("media_types")
+                    .and_then(Json::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|m| m.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             });
         }
         Some(Self { fields })
@@ -493,6 +562,12 @@ impl FormDefinition {
                     as i32,
                 category: f.category.to_proto() as i32,
                 help_text: f.help_text.clone(),
+                max_file_bytes: if f.kind == Kind::File {
+                    i64::try_from(f.max_file_bytes).unwrap_or(i64::MAX)
+                } else {
+                    0
+                },
+                media_types: f.media_types.clone(),
             })
             .collect()
     }
@@ -501,11 +576,7 @@ impl FormDefinition {
     /// `answers[<field name>]` (unknown and repeated fields under
     /// `answers[i].field`); the valid answers come back grouped by the
     /// vault category they are stored under, in form order.
-    pub fn check_answers(
-        &self,
-        answers: &[pb::Answer],
-        v: &mut Violations,
-    ) -> Vec<(Category, Vec<(&Field, String)>)> {
+    pub fn check_answers(&self, answers: &[pb::Answer], v: &mut Violations) -> Checked<'_> {
         let mut given: BTreeMap<&str, &str> = BTreeMap::new();
         for (i, a) in answers.iter().enumerate() {
             if !self.fields.iter().any(|f| f.name == a.field) {
@@ -520,12 +591,23 @@ impl FormDefinition {
             }
         }
         let mut out: Vec<(Category, Vec<(&Field, String)>)> = Vec::new();
+        let mut files = Vec::new();
         for f in &self.fields {
             let at = format!("answers[{}]", f.name);
             let value = given.get(f.name.as_str()).map_or("", |s| s.trim());
             if value.is_empty() {
                 if f.required {
                     v.add(at, "required");
+                }
+                continue;
+            }
+            if f.kind == Kind::File {
+                match uuid::Uuid::parse_str(value) {
+                    Ok(id) => files.push((f, id)),
+                    Err(_) => v.add(
+                        at,
+                        "must be the upload id of a file uploaded for this field",
+                    ),
                 }
                 continue;
             }
@@ -537,8 +619,18 @@ impl FormDefinition {
                 Err(rule) => v.add(at, rule),
             }
         }
-        out
+        Checked { groups: out, files }
     }
+}
+
+/// Answers that passed their rules.
+#[derive(Debug)]
+pub struct Checked<'a> {
+    /// Field answers grouped by the vault category they are stored under,
+    /// in form order.
+    pub groups: Vec<(Category, Vec<(&'a Field, String)>)>,
+    /// File answers: the upload ids, to be matched with the uploads.
+    pub files: Vec<(&'a Field, uuid::Uuid)>,
 }
 
 /// One answer against its field's rules: the stored form of it, or the rule
@@ -744,7 +836,8 @@ mod tests {
         let mut v = Violations::new();
         let stored = form.check_answers(&good, &mut v);
         assert!(v.as_slice().is_empty(), "{:?}", v.as_slice());
-        let sizes: Vec<(Category, usize)> = stored.iter().map(|(c, g)| (*c, g.len())).collect();
+        let sizes: Vec<(Category, usize)> =
+            stored.groups.iter().map(|(c, g)| (*c, g.len())).collect();
         assert_eq!(
             sizes,
             [(Category::ContactDetails, 6), (Category::Financial, 1)]

@@ -29,7 +29,7 @@ use uuid::Uuid;
 use crate::domain::{FormDefinition, MAX_NOTICE, MAX_TITLE, notice_digest, valid_form_name};
 use crate::error::Error;
 use crate::store::{
-    FormRow, IntakeStore, InvitationRow, NoticeRow, SubmissionRecordRow, SubmissionRow,
+    FormRow, IntakeStore, InvitationRow, NoticeRow, SubmissionRecordRow, SubmissionRow, UploadRow,
 };
 
 /// Default lifetime of an invitation, in days.
@@ -166,6 +166,116 @@ fn record_request_id(request_id: Uuid, category: Category) -> Uuid {
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest.as_ref()[..16]);
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+/// How many leading bytes of an upload are looked at to tell its type.
+const SNIFF_BYTES: usize = 8192;
+
+/// Whether the first bytes of a file are of the declared media type: its
+/// magic number where the type has one, else (text types) valid UTF-8.
+pub fn content_matches(declared: &str, head: &[u8]) -> bool {
+    match infer::get(head) {
+        Some(kind) => kind.mime_type() == declared,
+        None => {
+            declared.starts_with("text/")
+                && match std::str::from_utf8(head) {
+                    Ok(_) => true,
+                    // Cut inside a character at the end of the sample.
+                    Err(e) => e.error_len().is_none(),
+                }
+                && !head.contains(&0)
+        }
+    }
+}
+
+/// Forwards an upload to the vault's stream: the header, then the client's
+/// chunks, once the first bytes show the declared type. Refuses (and so
+/// leaves the vault's stream short) on a type mismatch, an oversize chunk,
+/// more or fewer bytes than declared.
+async fn forward_upload(
+    stream: &mut tonic::Streaming<pb::UploadFormFileRequest>,
+    tx: &tokio::sync::mpsc::Sender<vault_pb::UploadDocumentRequest>,
+    header: vault_pb::DocumentHeader,
+    media_type: &str,
+    size: u64,
+) -> Result<(), Error> {
+    use vault_pb::upload_document_request::Part;
+    let closed = || Error::Peer {
+        service: "vault",
+        detail: "upload stream closed".into(),
+    };
+    let invalid = |field: &str, rule: String| {
+        let mut v = Violations::new();
+        v.add(field, rule);
+        Error::Invalid(v)
+    };
+    let send = |part| vault_pb::UploadDocumentRequest { part: Some(part) };
+    tx.send(send(Part::Header(header)))
+        .await
+        .map_err(|_| closed())?;
+    let mut head: Vec<u8> = Vec::new();
+    let mut sniffed = false;
+    let mut received: u64 = 0;
+    loop {
+        let message = stream.message().await.map_err(|s| Error::Peer {
+            service: "client",
+            detail: format!("{:?}", s.code()),
+        })?;
+        let chunk = match message.and_then(|m| m.part) {
+            Some(pb::upload_form_file_request::Part::Chunk(c)) => Some(c),
+            Some(pb::upload_form_file_request::Part::Header(_)) => {
+                return Err(invalid(
+                    "header",
+                    "only the first message carries a header".into(),
+                ));
+            }
+            None => None,
+        };
+        if let Some(c) = &chunk {
+            if c.len() > 1024 * 1024 {
+                return Err(invalid("chunk", "at most 1 MiB per message".into()));
+            }
+            received += c.len() as u64;
+            if received > size {
+                return Err(invalid(
+                    "header.size_bytes",
+                    "more bytes arrived than declared".into(),
+                ));
+            }
+        }
+        let end = chunk.is_none();
+        let mut out = Vec::new();
+        if sniffed {
+            out = chunk.unwrap_or_default();
+        } else {
+            head.extend(chunk.unwrap_or_default());
+            if head.len() >= SNIFF_BYTES || end {
+                if !content_matches(media_type, &head) {
+                    return Err(invalid(
+                        "header.media_type",
+                        "the content is not of the declared media type".into(),
+                    ));
+                }
+                sniffed = true;
+                out = std::mem::take(&mut head);
+            }
+        }
+        if !out.is_empty() {
+            tx.send(send(Part::Chunk(out)))
+                .await
+                .map_err(|_| closed())?;
+        }
+        if end {
+            break;
+        }
+    }
+    if received != size {
+        return Err(invalid(
+            "header.size_bytes",
+            format!("the stream ended after {received} of {size} bytes"),
+        ));
+    }
+    Ok(())
 }
 
 fn notice_proto(row: &NoticeRow) -> pb::PrivacyNotice {
@@ -368,6 +478,40 @@ impl IntakeApi {
         if let Err(e) = self.store.db().transact(vec![], &[event]).await {
             tracing::warn!(error = %e, "refused submission not recorded");
         }
+    }
+
+    /// The client of `invitation`, proven by a client token bound to it.
+    async fn client_of(
+        &self,
+        peer: &str,
+        invitation: &InvitationRow,
+        token: &str,
+    ) -> Result<confidant_runtime::auth::ClientClaims, Error> {
+        let tokens = self.tokens.as_ref().ok_or(Error::Peer {
+            service: "identity",
+            detail: "not configured".into(),
+        })?;
+        let claims = match tokens.authenticate_client(token).await {
+            Ok(c) => c,
+            Err(confidant_runtime::auth::AuthFailure::Unavailable) => {
+                return Err(Error::Peer {
+                    service: "identity",
+                    detail: "keys unavailable".into(),
+                });
+            }
+            Err(_) => {
+                self.refused(peer, invitation, "client_token_invalid").await;
+                return Err(Error::ClientUnauthenticated);
+            }
+        };
+        if claims.sub != invitation.client_id.to_string()
+            || claims.reference != invitation.id.to_string()
+        {
+            self.refused(peer, invitation, "client_token_other_invitation")
+                .await;
+            return Err(Error::ClientUnauthenticated);
+        }
+        Ok(claims)
     }
 
     async fn store_answers(
@@ -792,6 +936,190 @@ impl IntakeService for IntakeApi {
         }))
     }
 
+    #[tracing::instrument(name = "intake.upload_form_file", skip_all)]
+    async fn upload_form_file(
+        &self,
+        request: Request<tonic::Streaming<pb::UploadFormFileRequest>>,
+    ) -> Result<Response<pb::UploadFormFileResponse>, Status> {
+        let peer = PeerIdentity::of(&request)
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default();
+        let mut stream = request.into_inner();
+        let first = stream.message().await?.and_then(|m| m.part);
+        let Some(pb::upload_form_file_request::Part::Header(header)) = first else {
+            let mut v = Violations::new();
+            v.add("header", "the first message must carry the header");
+            return Err(Error::Invalid(v).into());
+        };
+        let mut v = Violations::new();
+        let request_id = required_uuid(&mut v, "header.request_id", &header.request_id);
+        let filename_ok = !header.filename.is_empty()
+            && header.filename.chars().count() <= 255
+            && !header
+                .filename
+                .chars()
+                .any(|c| c.is_control() || c == '/' || c == '\\');
+        if !filename_ok {
+            v.add(
+                "header.filename",
+                "1 to 255 characters, no path separators or control characters",
+            );
+        }
+        let invitation = self.open_for_answers(&header.secret).await?;
+        check(v)?;
+        let Some(request_id) = request_id else {
+            return Err(Status::internal("validated request incomplete"));
+        };
+        self.client_of(&peer, &invitation, &header.client_token)
+            .await?;
+        if let Some(done) = self
+            .store
+            .upload_by_request(invitation.id, request_id)
+            .await
+            .map_err(Error::from)?
+        {
+            return Ok(Response::new(pb::UploadFormFileResponse {
+                upload_id: done.id.to_string(),
+                size_bytes: done.size_bytes,
+                sha256: done.sha256,
+            }));
+        }
+        let form = self
+            .store
+            .form(&invitation.form_name, invitation.form_version)
+            .await
+            .map_err(Error::from)?
+            .ok_or(Error::NotFound("form version"))?;
+        let def = definition(&form)?;
+        let mut v = Violations::new();
+        let Some(field) = def
+            .fields
+            .iter()
+            .find(|f| f.name == header.field && f.kind == crate::domain::Kind::File)
+        else {
+            v.add("header.field", "not a file field of this form version");
+            return Err(Error::Invalid(v).into());
+        };
+        if !field.media_types.contains(&header.media_type) {
+            v.add(
+                "header.media_type",
+                format!("must be one of: {}", field.media_types.join(", ")),
+            );
+        }
+        let size = u64::try_from(header.size_bytes).unwrap_or(0);
+        if size == 0 || size > field.max_file_bytes {
+            v.add(
+                "header.size_bytes",
+                format!("1 to {} bytes", field.max_file_bytes),
+            );
+        }
+        check(v)?;
+
+        // Stream into the vault as it arrives; the content's type is checked
+        // on its first bytes before anything is forwarded. Dropping the
+        // sender early ends the vault's stream short, and it stores nothing.
+        let channel = self.peers.vault.clone().ok_or(Error::Peer {
+            service: "vault",
+            detail: "not configured".into(),
+        })?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<vault_pb::UploadDocumentRequest>(4);
+        let upload = tokio::spawn(async move {
+            VaultServiceClient::new(channel)
+                .upload_document(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        });
+        let vault_header = vault_pb::DocumentHeader {
+            client_id: invitation.client_id.to_string(),
+            matter_id: invitation.matter_id.to_string(),
+            category: field.category.to_proto() as i32,
+            filename: header.filename.clone(),
+            media_type: header.media_type.clone(),
+            request_id: record_request_id(request_id, field.category).to_string(),
+            size_bytes: header.size_bytes,
+            sha256: Vec::new(),
+        };
+        let streamed =
+            forward_upload(&mut stream, &tx, vault_header, &header.media_type, size).await;
+        drop(tx);
+        if let Err(e) = streamed {
+            upload.abort();
+            return Err(e.into());
+        }
+        let stored = upload
+            .await
+            .map_err(|_| Error::Peer {
+                service: "vault",
+                detail: "upload task failed".into(),
+            })?
+            .map_err(|s| match s.code() {
+                Code::InvalidArgument | Code::FailedPrecondition | Code::ResourceExhausted => s,
+                code => Error::Peer {
+                    service: "vault",
+                    detail: format!("{code:?}"),
+                }
+                .into(),
+            })?
+            .into_inner()
+            .record
+            .ok_or(Error::Peer {
+                service: "vault",
+                detail: "no record in the response".into(),
+            })?;
+        let record_id = Uuid::parse_str(&stored.id).map_err(|_| Error::Peer {
+            service: "vault",
+            detail: "bad record id".into(),
+        })?;
+        let sha256: String = stored
+            .document
+            .as_ref()
+            .map(|d| d.sha256.iter().map(|b| format!("{b:02x}")).collect())
+            .unwrap_or_default();
+        let row = UploadRow {
+            id: Uuid::now_v7(),
+            invitation_id: invitation.id,
+            field: field.name.clone(),
+            record_id,
+            request_id,
+            media_type: header.media_type.clone(),
+            size_bytes: header.size_bytes,
+            sha256,
+            created_at: Utc::now(),
+        };
+        let event = EventBuilder::new(
+            ServiceName::Intake,
+            &self.trust_domain,
+            Action::IntakeFileUploaded,
+        )
+        .actor(ActorKind::Client, &invitation.client_id.to_string(), &peer)
+        .resource("upload", &row.id.to_string())
+        .scope(Some(invitation.client_id), Some(invitation.matter_id))
+        .category(field.category.as_str())
+        .outcome(Outcome::Allowed, "")
+        .build();
+        match self.store.insert_upload(&row, &event).await {
+            Ok(()) => Ok(Response::new(pb::UploadFormFileResponse {
+                upload_id: row.id.to_string(),
+                size_bytes: row.size_bytes,
+                sha256: row.sha256,
+            })),
+            Err(e) if e.is_duplicate() => {
+                // A concurrent retry recorded it first.
+                let done = self
+                    .store
+                    .upload_by_request(invitation.id, request_id)
+                    .await
+                    .map_err(Error::from)?
+                    .ok_or(Error::Aborted("the upload was being recorded; retry"))?;
+                Ok(Response::new(pb::UploadFormFileResponse {
+                    upload_id: done.id.to_string(),
+                    size_bytes: done.size_bytes,
+                    sha256: done.sha256,
+                }))
+            }
+            Err(e) => Err(Error::from(e).into()),
+        }
+    }
+
     #[tracing::instrument(name = "intake.submit_form", skip_all)]
     async fn submit_form(
         &self,
@@ -845,32 +1173,9 @@ impl IntakeService for IntakeApi {
         }
 
         // The client proved control of a contact channel for this invitation.
-        let tokens = self.tokens.as_ref().ok_or(Error::Peer {
-            service: "identity",
-            detail: "not configured".into(),
-        })?;
-        let claims = match tokens.authenticate_client(&req.client_token).await {
-            Ok(c) => c,
-            Err(confidant_runtime::auth::AuthFailure::Unavailable) => {
-                return Err(Error::Peer {
-                    service: "identity",
-                    detail: "keys unavailable".into(),
-                }
-                .into());
-            }
-            Err(_) => {
-                self.refused(&peer, &invitation, "client_token_invalid")
-                    .await;
-                return Err(Error::ClientUnauthenticated.into());
-            }
-        };
-        if claims.sub != invitation.client_id.to_string()
-            || claims.reference != invitation.id.to_string()
-        {
-            self.refused(&peer, &invitation, "client_token_other_invitation")
-                .await;
-            return Err(Error::ClientUnauthenticated.into());
-        }
+        let claims = self
+            .client_of(&peer, &invitation, &req.client_token)
+            .await?;
         let form = self
             .store
             .form(&invitation.form_name, invitation.form_version)
@@ -907,7 +1212,26 @@ impl IntakeService for IntakeApi {
                 ),
             );
         }
-        let groups = def.check_answers(&req.answers, &mut v);
+        let checked = def.check_answers(&req.answers, &mut v);
+        // Each file answer names an upload made for this invitation and field.
+        let uploads = self
+            .store
+            .uploads(invitation.id)
+            .await
+            .map_err(Error::from)?;
+        let mut files = Vec::with_capacity(checked.files.len());
+        for (field, upload_id) in &checked.files {
+            match uploads
+                .iter()
+                .find(|u| u.id == *upload_id && u.field == field.name)
+            {
+                Some(u) => files.push((field.category, field.name.clone(), u.record_id)),
+                None => v.add(
+                    format!("answers[{}]", field.name),
+                    "must be the upload id of a file uploaded for this field",
+                ),
+            }
+        }
         check(v)?;
         let notice = self
             .store
@@ -916,7 +1240,14 @@ impl IntakeService for IntakeApi {
             .map_err(Error::from)?
             .ok_or(Error::NotFound("privacy notice"))?;
 
-        let stored = self.store_answers(&invitation, request_id, groups).await?;
+        let mut stored = self
+            .store_answers(&invitation, request_id, checked.groups)
+            .await?;
+        stored.extend(
+            files
+                .into_iter()
+                .map(|(category, name, record_id)| (record_id, category, vec![name])),
+        );
         let row = SubmissionRow {
             id: Uuid::now_v7(),
             invitation_id: invitation.id,
@@ -1054,11 +1385,20 @@ impl IntakeService for IntakeApi {
             .map_err(Error::from)?
             .ok_or(Error::NotFound("form version"))?;
         let def = definition(&form)?;
-        let records = self.store.records(row.id).await.map_err(Error::from)?;
+        let all_records = self.store.records(row.id).await.map_err(Error::from)?;
         let channel = self.peers.vault.clone().ok_or(Error::Peer {
             service: "vault",
             detail: "not configured".into(),
         })?;
+        // Uploaded files are documents: the answer is the vault record to
+        // download; the other records are read.
+        let is_file = |r: &SubmissionRecordRow| {
+            def.fields
+                .iter()
+                .any(|f| f.kind == crate::domain::Kind::File && f.name == r.fields)
+        };
+        let (files, records): (Vec<&SubmissionRecordRow>, Vec<&SubmissionRecordRow>) =
+            all_records.iter().partition(|r| is_file(r));
         // The vault reads as the reviewer: their token goes with the call.
         let mut vault_request = Request::new(vault_pb::BatchGetRecordsRequest {
             record_ids: records.iter().map(|r| r.record_id.to_string()).collect(),
@@ -1082,7 +1422,21 @@ impl IntakeService for IntakeApi {
             .into_inner()
             .results;
         // Field name -> (value, masked, category, unavailable reason).
-        let mut seen: Vec<(String, String, bool, i32, String)> = Vec::new();
+        let mut seen: Vec<(String, String, bool, i32, String)> = files
+            .iter()
+            .map(|r| {
+                let category = Category::parse(&r.category)
+                    .map_or(vault_pb::DataCategory::Unspecified, Category::to_proto)
+                    as i32;
+                (
+                    r.fields.clone(),
+                    r.record_id.to_string(),
+                    false,
+                    category,
+                    String::new(),
+                )
+            })
+            .collect();
         for (record, result) in records.iter().zip(results) {
             let category = Category::parse(&record.category)
                 .map_or(vault_pb::DataCategory::Unspecified, Category::to_proto)
@@ -1129,7 +1483,7 @@ impl IntakeService for IntakeApi {
             })
             .collect();
         Ok(Response::new(pb::ReviewSubmissionResponse {
-            submission: Some(submission_proto(&row, &records)),
+            submission: Some(submission_proto(&row, &all_records)),
             answers,
         }))
     }
@@ -1219,5 +1573,30 @@ impl IntakeService for IntakeApi {
         Ok(Response::new(pb::DecideSubmissionResponse {
             submission: Some(self.submission_with_records(row).await?),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_must_be_of_its_declared_type() {
+        assert!(content_matches("application/pdf", b"%PDF-1.7\n%\xe2\xe3"));
+        assert!(!content_matches("image/png", b"%PDF-1.7\n"));
+        assert!(content_matches("text/plain", "Grüße".as_bytes()));
+        // A sample cut inside a character is still text; a NUL is not.
+        assert!(content_matches("text/csv", &"a,ü".as_bytes()[..4]));
+        assert!(!content_matches("text/plain", b"MZ\0\0binary"));
+        assert!(!content_matches("application/pdf", b"just words"));
+    }
+
+    #[test]
+    fn hints_show_where_a_code_went_without_the_address() {
+        assert_eq!(
+            contact_hint("email", "jane@example.org"),
+            "j***@example.org"
+        );
+        assert_eq!(contact_hint("phone", "+44 20 7946 0958"), "***0958");
     }
 }

@@ -119,6 +119,29 @@ pub struct SubmissionRecordRow {
     pub fields: String,
 }
 
+/// A file uploaded for a file field.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct UploadRow {
+    /// Upload id (the file field's answer).
+    pub id: Uuid,
+    /// The invitation.
+    pub invitation_id: Uuid,
+    /// The field.
+    pub field: String,
+    /// The vault document.
+    pub record_id: Uuid,
+    /// Idempotency key.
+    pub request_id: Uuid,
+    /// Media type declared and checked.
+    pub media_type: String,
+    /// Size.
+    pub size_bytes: i64,
+    /// SHA-256 of the content, hex.
+    pub sha256: String,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
+
 /// Intake's repository.
 #[derive(Debug, Clone)]
 pub struct IntakeStore {
@@ -323,6 +346,58 @@ impl IntakeStore {
                 vec![Value::Uuid(submission_id)],
             )
             .await
+    }
+
+    /// The upload of an invitation by idempotency key.
+    pub async fn upload_by_request(
+        &self,
+        invitation_id: Uuid,
+        request_id: Uuid,
+    ) -> StoreResult<Option<UploadRow>> {
+        self.db
+            .fetch_optional(
+                "SELECT id, invitation_id, field, record_id, request_id, media_type, size_bytes, sha256, created_at FROM intake_uploads WHERE invitation_id = $1 AND request_id = $2",
+                vec![Value::Uuid(invitation_id), Value::Uuid(request_id)],
+            )
+            .await
+    }
+
+    /// The uploads of an invitation.
+    pub async fn uploads(&self, invitation_id: Uuid) -> StoreResult<Vec<UploadRow>> {
+        self.db
+            .fetch_all(
+                "SELECT id, invitation_id, field, record_id, request_id, media_type, size_bytes, sha256, created_at FROM intake_uploads WHERE invitation_id = $1",
+                vec![Value::Uuid(invitation_id)],
+            )
+            .await
+    }
+
+    /// Records an upload with its audit event.
+    pub async fn insert_upload(
+        &self,
+        row: &UploadRow,
+        event: &AuditEvent,
+    ) -> Result<(), TransactError> {
+        self.db
+            .transact(
+                vec![Statement::new(
+                    "INSERT INTO intake_uploads (id, invitation_id, field, record_id, request_id, media_type, size_bytes, sha256, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    vec![
+                        Value::Uuid(row.id),
+                        Value::Uuid(row.invitation_id),
+                        Value::Text(row.field.clone()),
+                        Value::Uuid(row.record_id),
+                        Value::Uuid(row.request_id),
+                        Value::Text(row.media_type.clone()),
+                        Value::BigInt(row.size_bytes),
+                        Value::Text(row.sha256.clone()),
+                        Value::Time(row.created_at),
+                    ],
+                )],
+                std::slice::from_ref(event),
+            )
+            .await
+            .map(|_| ())
     }
 
     /// Records a submission, its vault records and the invitation answered,

@@ -85,6 +85,7 @@ actions! {
     IntakeNoticePublished => "intake.notice.published", "A version of the privacy notice was published (resource id: the version).";
     IntakeFormPublished => "intake.form.published", "A form version was published (resource id: name and version).";
     IntakeInvitationCreated => "intake.invitation.created", "A client was invited to answer a form for a matter.";
+    IntakeFileUploaded => "intake.file.uploaded", "A client uploaded a file for a form's file field; it is in the vault (resource: the upload).";
     IntakeSubmissionReceived => "intake.submission.received", "A client's answers were stored in the vault and their consent recorded (outcome denied: the reason a submission was refused).";
     IntakeSubmissionDecided => "intake.submission.decided", "Staff accepted or rejected a submission (reason: accepted or rejected).";
     RetentionPolicyCreated => "retention.policy.created", "A retention policy was created (resource: the policy).";
