@@ -192,13 +192,17 @@ pub fn content_matches(declared: &str, head: &[u8]) -> bool {
 /// chunks, once the first bytes show the declared type. Refuses (and so
 /// leaves the vault's stream short) on a type mismatch, an oversize chunk,
 /// more or fewer bytes than declared.
-async fn forward_upload(
-    stream: &mut tonic::Streaming<pb::UploadFormFileRequest>,
+async fn forward_upload<S>(
+    stream: &mut S,
     tx: &tokio::sync::mpsc::Sender<vault_pb::UploadDocumentRequest>,
     header: vault_pb::DocumentHeader,
     media_type: &str,
     size: u64,
-) -> Result<(), Error> {
+) -> Result<(), Error>
+where
+    S: tokio_stream::Stream<Item = Result<pb::UploadFormFileRequest, Status>> + Unpin + Send,
+{
+    use tokio_stream::StreamExt as _;
     use vault_pb::upload_document_request::Part;
     let closed = || Error::Peer {
         service: "vault",
@@ -217,7 +221,7 @@ async fn forward_upload(
     let mut sniffed = false;
     let mut received: u64 = 0;
     loop {
-        let message = stream.message().await.map_err(|s| Error::Peer {
+        let message = stream.next().await.transpose().map_err(|s| Error::Peer {
             service: "client",
             detail: format!("{:?}", s.code()),
         })?;
@@ -512,6 +516,379 @@ impl IntakeApi {
             return Err(Error::ClientUnauthenticated);
         }
         Ok(claims)
+    }
+
+    /// Receives a file for a file field (after its header) and streams it
+    /// into the vault: the core of UploadFormFile and of the web page's
+    /// upload.
+    pub async fn upload_file<S>(
+        &self,
+        peer: &str,
+        header: pb::UploadFormFileHeader,
+        stream: &mut S,
+    ) -> Result<pb::UploadFormFileResponse, Status>
+    where
+        S: tokio_stream::Stream<Item = Result<pb::UploadFormFileRequest, Status>> + Unpin + Send,
+    {
+        let mut v = Violations::new();
+        let request_id = required_uuid(&mut v, "header.request_id", &header.request_id);
+        let filename_ok = !header.filename.is_empty()
+            && header.filename.chars().count() <= 255
+            && !header
+                .filename
+                .chars()
+                .any(|c| c.is_control() || c == '/' || c == '\\');
+        if !filename_ok {
+            v.add(
+                "header.filename",
+                "1 to 255 characters, no path separators or control characters",
+            );
+        }
+        let invitation = self.open_for_answers(&header.secret).await?;
+        check(v)?;
+        let Some(request_id) = request_id else {
+            return Err(Status::internal("validated request incomplete"));
+        };
+        self.client_of(peer, &invitation, &header.client_token)
+            .await?;
+        if let Some(done) = self
+            .store
+            .upload_by_request(invitation.id, request_id)
+            .await
+            .map_err(Error::from)?
+        {
+            return Ok(pb::UploadFormFileResponse {
+                upload_id: done.id.to_string(),
+                size_bytes: done.size_bytes,
+                sha256: done.sha256,
+            });
+        }
+        let form = self
+            .store
+            .form(&invitation.form_name, invitation.form_version)
+            .await
+            .map_err(Error::from)?
+            .ok_or(Error::NotFound("form version"))?;
+        let def = definition(&form)?;
+        let mut v = Violations::new();
+        let Some(field) = def
+            .fields
+            .iter()
+            .find(|f| f.name == header.field && f.kind == crate::domain::Kind::File)
+        else {
+            v.add("header.field", "not a file field of this form version");
+            return Err(Error::Invalid(v).into());
+        };
+        if !field.media_types.contains(&header.media_type) {
+            v.add(
+                "header.media_type",
+                format!("must be one of: {}", field.media_types.join(", ")),
+            );
+        }
+        let size = u64::try_from(header.size_bytes).unwrap_or(0);
+        if size == 0 || size > field.max_file_bytes {
+            v.add(
+                "header.size_bytes",
+                format!("1 to {} bytes", field.max_file_bytes),
+            );
+        }
+        check(v)?;
+
+        // Stream into the vault as it arrives; the content's type is checked
+        // on its first bytes before anything is forwarded. Dropping the
+        // sender early ends the vault's stream short, and it stores nothing.
+        let channel = self.peers.vault.clone().ok_or(Error::Peer {
+            service: "vault",
+            detail: "not configured".into(),
+        })?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<vault_pb::UploadDocumentRequest>(4);
+        let upload = tokio::spawn(async move {
+            VaultServiceClient::new(channel)
+                .upload_document(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        });
+        let vault_header = vault_pb::DocumentHeader {
+            client_id: invitation.client_id.to_string(),
+            matter_id: invitation.matter_id.to_string(),
+            category: field.category.to_proto() as i32,
+            filename: header.filename.clone(),
+            media_type: header.media_type.clone(),
+            request_id: record_request_id(request_id, field.category).to_string(),
+            size_bytes: header.size_bytes,
+            sha256: Vec::new(),
+        };
+        let streamed = forward_upload(stream, &tx, vault_header, &header.media_type, size).await;
+        drop(tx);
+        if let Err(e) = streamed {
+            upload.abort();
+            return Err(e.into());
+        }
+        let stored = upload
+            .await
+            .map_err(|_| Error::Peer {
+                service: "vault",
+                detail: "upload task failed".into(),
+            })?
+            .map_err(|s| match s.code() {
+                Code::InvalidArgument | Code::FailedPrecondition | Code::ResourceExhausted => s,
+                code => Error::Peer {
+                    service: "vault",
+                    detail: format!("{code:?}"),
+                }
+                .into(),
+            })?
+            .into_inner()
+            .record
+            .ok_or(Error::Peer {
+                service: "vault",
+                detail: "no record in the response".into(),
+            })?;
+        let record_id = Uuid::parse_str(&stored.id).map_err(|_| Error::Peer {
+            service: "vault",
+            detail: "bad record id".into(),
+        })?;
+        let sha256: String = stored
+            .document
+            .as_ref()
+            .map(|d| d.sha256.iter().map(|b| format!("{b:02x}")).collect())
+            .unwrap_or_default();
+        let row = UploadRow {
+            id: Uuid::now_v7(),
+            invitation_id: invitation.id,
+            field: field.name.clone(),
+            record_id,
+            request_id,
+            media_type: header.media_type.clone(),
+            size_bytes: header.size_bytes,
+            sha256,
+            created_at: Utc::now(),
+        };
+        let event = EventBuilder::new(
+            ServiceName::Intake,
+            &self.trust_domain,
+            Action::IntakeFileUploaded,
+        )
+        .actor(ActorKind::Client, &invitation.client_id.to_string(), peer)
+        .resource("upload", &row.id.to_string())
+        .scope(Some(invitation.client_id), Some(invitation.matter_id))
+        .category(field.category.as_str())
+        .outcome(Outcome::Allowed, "")
+        .build();
+        match self.store.insert_upload(&row, &event).await {
+            Ok(()) => Ok(pb::UploadFormFileResponse {
+                upload_id: row.id.to_string(),
+                size_bytes: row.size_bytes,
+                sha256: row.sha256,
+            }),
+            Err(e) if e.is_duplicate() => {
+                // A concurrent retry recorded it first.
+                let done = self
+                    .store
+                    .upload_by_request(invitation.id, request_id)
+                    .await
+                    .map_err(Error::from)?
+                    .ok_or(Error::Aborted("the upload was being recorded; retry"))?;
+                Ok(pb::UploadFormFileResponse {
+                    upload_id: done.id.to_string(),
+                    size_bytes: done.size_bytes,
+                    sha256: done.sha256,
+                })
+            }
+            Err(e) => Err(Error::from(e).into()),
+        }
+    }
+
+    /// Checks and stores a submission: the core of SubmitForm and of the
+    /// web page's submit.
+    pub async fn submit(
+        &self,
+        peer: &str,
+        req: pb::SubmitFormRequest,
+    ) -> Result<pb::SubmitFormResponse, Status> {
+        let mut v = Violations::new();
+        let request_id = required_uuid(&mut v, "request_id", &req.request_id);
+        if req.client_token.is_empty() {
+            v.add(
+                "client_token",
+                "is required: the token of the client's verification",
+            );
+        }
+        let invitation = self.invitation(&req.secret).await?;
+        check(v)?;
+        let Some(request_id) = request_id else {
+            return Err(Status::internal("validated request incomplete"));
+        };
+
+        // A retry of a stored submission gets the first result.
+        if let Some(existing) = self
+            .store
+            .submission_for(invitation.id)
+            .await
+            .map_err(Error::from)?
+        {
+            if existing.request_id == request_id {
+                let submission = self.submission_with_records(existing).await?;
+                return Ok(pb::SubmitFormResponse {
+                    submission: Some(submission),
+                });
+            }
+            return Err(Error::Precondition {
+                reason: "already_submitted",
+                message: "this invitation has been answered",
+            }
+            .into());
+        }
+        let now = Utc::now();
+        if now >= invitation.expires_at {
+            self.refused(peer, &invitation, "invitation_expired").await;
+            return Err(Error::Precondition {
+                reason: "invitation_expired",
+                message: "this invitation has expired; ask the firm for a new one",
+            }
+            .into());
+        }
+
+        // The client proved control of a contact channel for this invitation.
+        let claims = self
+            .client_of(&peer, &invitation, &req.client_token)
+            .await?;
+        let form = self
+            .store
+            .form(&invitation.form_name, invitation.form_version)
+            .await
+            .map_err(Error::from)?
+            .ok_or(Error::NotFound("form version"))?;
+        if claims.level < form.required_verification_level {
+            self.refused(peer, &invitation, "verification_level").await;
+            return Err(Error::Denied {
+                reason: "verification_level".into(),
+                message: "this form needs an identity document check first".into(),
+            }
+            .into());
+        }
+
+        // Every violation at once; nothing is stored from an invalid one.
+        let def = definition(&form)?;
+        let mut v = Violations::new();
+        if req.form_version != invitation.form_version {
+            v.add(
+                "form_version",
+                format!(
+                    "must be the invitation's version ({})",
+                    invitation.form_version
+                ),
+            );
+        }
+        if req.accepted_privacy_notice_version != form.privacy_notice_version {
+            v.add(
+                "accepted_privacy_notice_version",
+                format!(
+                    "the client must accept privacy notice version {}",
+                    form.privacy_notice_version
+                ),
+            );
+        }
+        let checked = def.check_answers(&req.answers, &mut v);
+        // Each file answer names an upload made for this invitation and field.
+        let uploads = self
+            .store
+            .uploads(invitation.id)
+            .await
+            .map_err(Error::from)?;
+        let mut files = Vec::with_capacity(checked.files.len());
+        for (field, upload_id) in &checked.files {
+            match uploads
+                .iter()
+                .find(|u| u.id == *upload_id && u.field == field.name)
+            {
+                Some(u) => files.push((field.category, field.name.clone(), u.record_id)),
+                None => v.add(
+                    format!("answers[{}]", field.name),
+                    "must be the upload id of a file uploaded for this field",
+                ),
+            }
+        }
+        check(v)?;
+        let notice = self
+            .store
+            .notice(form.privacy_notice_version)
+            .await
+            .map_err(Error::from)?
+            .ok_or(Error::NotFound("privacy notice"))?;
+
+        let mut stored = self
+            .store_answers(&invitation, request_id, checked.groups)
+            .await?;
+        stored.extend(
+            files
+                .into_iter()
+                .map(|(category, name, record_id)| (record_id, category, vec![name])),
+        );
+        let row = SubmissionRow {
+            id: Uuid::now_v7(),
+            invitation_id: invitation.id,
+            request_id,
+            client_id: invitation.client_id,
+            matter_id: invitation.matter_id,
+            form_name: form.name.clone(),
+            form_version: form.version,
+            privacy_notice_version: notice.version,
+            privacy_notice_sha256: notice.sha256.clone(),
+            consent_at: now,
+            state: "submitted".into(),
+            decided_by: None,
+            decided_at: None,
+            decision_reason: None,
+        };
+        let records: Vec<SubmissionRecordRow> = stored
+            .iter()
+            .map(|(record_id, category, names)| SubmissionRecordRow {
+                submission_id: row.id,
+                record_id: *record_id,
+                category: category.as_str().to_owned(),
+                fields: names.join(","),
+            })
+            .collect();
+        let event = EventBuilder::new(
+            ServiceName::Intake,
+            &self.trust_domain,
+            Action::IntakeSubmissionReceived,
+        )
+        .actor(ActorKind::Client, &invitation.client_id.to_string(), peer)
+        .resource("submission", &row.id.to_string())
+        .scope(Some(invitation.client_id), Some(invitation.matter_id))
+        .outcome(Outcome::Allowed, "")
+        .build();
+        match self.store.insert_submission(&row, &records, &event).await {
+            Ok(()) => Ok(pb::SubmitFormResponse {
+                submission: Some(submission_proto(&row, &records)),
+            }),
+            Err(e) => {
+                // A concurrent retry of the same request won the race.
+                if let Some(existing) = self
+                    .store
+                    .submission_for(invitation.id)
+                    .await
+                    .map_err(Error::from)?
+                    && existing.request_id == request_id
+                {
+                    let submission = self.submission_with_records(existing).await?;
+                    return Ok(pb::SubmitFormResponse {
+                        submission: Some(submission),
+                    });
+                }
+                if e.is_duplicate()
+                    || matches!(e, confidant_runtime::portable::TransactError::Unmet { .. })
+                {
+                    return Err(Error::Precondition {
+                        reason: "already_submitted",
+                        message: "this invitation has been answered",
+                    }
+                    .into());
+                }
+                Err(Error::from(e).into())
+            }
+        }
     }
 
     async fn store_answers(
@@ -951,173 +1328,9 @@ impl IntakeService for IntakeApi {
             v.add("header", "the first message must carry the header");
             return Err(Error::Invalid(v).into());
         };
-        let mut v = Violations::new();
-        let request_id = required_uuid(&mut v, "header.request_id", &header.request_id);
-        let filename_ok = !header.filename.is_empty()
-            && header.filename.chars().count() <= 255
-            && !header
-                .filename
-                .chars()
-                .any(|c| c.is_control() || c == '/' || c == '\\');
-        if !filename_ok {
-            v.add(
-                "header.filename",
-                "1 to 255 characters, no path separators or control characters",
-            );
-        }
-        let invitation = self.open_for_answers(&header.secret).await?;
-        check(v)?;
-        let Some(request_id) = request_id else {
-            return Err(Status::internal("validated request incomplete"));
-        };
-        self.client_of(&peer, &invitation, &header.client_token)
-            .await?;
-        if let Some(done) = self
-            .store
-            .upload_by_request(invitation.id, request_id)
+        self.upload_file(&peer, header, &mut stream)
             .await
-            .map_err(Error::from)?
-        {
-            return Ok(Response::new(pb::UploadFormFileResponse {
-                upload_id: done.id.to_string(),
-                size_bytes: done.size_bytes,
-                sha256: done.sha256,
-            }));
-        }
-        let form = self
-            .store
-            .form(&invitation.form_name, invitation.form_version)
-            .await
-            .map_err(Error::from)?
-            .ok_or(Error::NotFound("form version"))?;
-        let def = definition(&form)?;
-        let mut v = Violations::new();
-        let Some(field) = def
-            .fields
-            .iter()
-            .find(|f| f.name == header.field && f.kind == crate::domain::Kind::File)
-        else {
-            v.add("header.field", "not a file field of this form version");
-            return Err(Error::Invalid(v).into());
-        };
-        if !field.media_types.contains(&header.media_type) {
-            v.add(
-                "header.media_type",
-                format!("must be one of: {}", field.media_types.join(", ")),
-            );
-        }
-        let size = u64::try_from(header.size_bytes).unwrap_or(0);
-        if size == 0 || size > field.max_file_bytes {
-            v.add(
-                "header.size_bytes",
-                format!("1 to {} bytes", field.max_file_bytes),
-            );
-        }
-        check(v)?;
-
-        // Stream into the vault as it arrives; the content's type is checked
-        // on its first bytes before anything is forwarded. Dropping the
-        // sender early ends the vault's stream short, and it stores nothing.
-        let channel = self.peers.vault.clone().ok_or(Error::Peer {
-            service: "vault",
-            detail: "not configured".into(),
-        })?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<vault_pb::UploadDocumentRequest>(4);
-        let upload = tokio::spawn(async move {
-            VaultServiceClient::new(channel)
-                .upload_document(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await
-        });
-        let vault_header = vault_pb::DocumentHeader {
-            client_id: invitation.client_id.to_string(),
-            matter_id: invitation.matter_id.to_string(),
-            category: field.category.to_proto() as i32,
-            filename: header.filename.clone(),
-            media_type: header.media_type.clone(),
-            request_id: record_request_id(request_id, field.category).to_string(),
-            size_bytes: header.size_bytes,
-            sha256: Vec::new(),
-        };
-        let streamed =
-            forward_upload(&mut stream, &tx, vault_header, &header.media_type, size).await;
-        drop(tx);
-        if let Err(e) = streamed {
-            upload.abort();
-            return Err(e.into());
-        }
-        let stored = upload
-            .await
-            .map_err(|_| Error::Peer {
-                service: "vault",
-                detail: "upload task failed".into(),
-            })?
-            .map_err(|s| match s.code() {
-                Code::InvalidArgument | Code::FailedPrecondition | Code::ResourceExhausted => s,
-                code => Error::Peer {
-                    service: "vault",
-                    detail: format!("{code:?}"),
-                }
-                .into(),
-            })?
-            .into_inner()
-            .record
-            .ok_or(Error::Peer {
-                service: "vault",
-                detail: "no record in the response".into(),
-            })?;
-        let record_id = Uuid::parse_str(&stored.id).map_err(|_| Error::Peer {
-            service: "vault",
-            detail: "bad record id".into(),
-        })?;
-        let sha256: String = stored
-            .document
-            .as_ref()
-            .map(|d| d.sha256.iter().map(|b| format!("{b:02x}")).collect())
-            .unwrap_or_default();
-        let row = UploadRow {
-            id: Uuid::now_v7(),
-            invitation_id: invitation.id,
-            field: field.name.clone(),
-            record_id,
-            request_id,
-            media_type: header.media_type.clone(),
-            size_bytes: header.size_bytes,
-            sha256,
-            created_at: Utc::now(),
-        };
-        let event = EventBuilder::new(
-            ServiceName::Intake,
-            &self.trust_domain,
-            Action::IntakeFileUploaded,
-        )
-        .actor(ActorKind::Client, &invitation.client_id.to_string(), &peer)
-        .resource("upload", &row.id.to_string())
-        .scope(Some(invitation.client_id), Some(invitation.matter_id))
-        .category(field.category.as_str())
-        .outcome(Outcome::Allowed, "")
-        .build();
-        match self.store.insert_upload(&row, &event).await {
-            Ok(()) => Ok(Response::new(pb::UploadFormFileResponse {
-                upload_id: row.id.to_string(),
-                size_bytes: row.size_bytes,
-                sha256: row.sha256,
-            })),
-            Err(e) if e.is_duplicate() => {
-                // A concurrent retry recorded it first.
-                let done = self
-                    .store
-                    .upload_by_request(invitation.id, request_id)
-                    .await
-                    .map_err(Error::from)?
-                    .ok_or(Error::Aborted("the upload was being recorded; retry"))?;
-                Ok(Response::new(pb::UploadFormFileResponse {
-                    upload_id: done.id.to_string(),
-                    size_bytes: done.size_bytes,
-                    sha256: done.sha256,
-                }))
-            }
-            Err(e) => Err(Error::from(e).into()),
-        }
+            .map(Response::new)
     }
 
     #[tracing::instrument(name = "intake.submit_form", skip_all)]
@@ -1128,193 +1341,10 @@ impl IntakeService for IntakeApi {
         let peer = PeerIdentity::of(&request)
             .map(|p| p.as_str().to_owned())
             .unwrap_or_default();
-        let req = request.into_inner();
-        let mut v = Violations::new();
-        let request_id = required_uuid(&mut v, "request_id", &req.request_id);
-        if req.client_token.is_empty() {
-            v.add(
-                "client_token",
-                "is required: the token of the client's verification",
-            );
-        }
-        let invitation = self.invitation(&req.secret).await?;
-        check(v)?;
-        let Some(request_id) = request_id else {
-            return Err(Status::internal("validated request incomplete"));
-        };
-
-        // A retry of a stored submission gets the first result.
-        if let Some(existing) = self
-            .store
-            .submission_for(invitation.id)
+        self.submit(&peer, request.into_inner())
             .await
-            .map_err(Error::from)?
-        {
-            if existing.request_id == request_id {
-                let submission = self.submission_with_records(existing).await?;
-                return Ok(Response::new(pb::SubmitFormResponse {
-                    submission: Some(submission),
-                }));
-            }
-            return Err(Error::Precondition {
-                reason: "already_submitted",
-                message: "this invitation has been answered",
-            }
-            .into());
-        }
-        let now = Utc::now();
-        if now >= invitation.expires_at {
-            self.refused(&peer, &invitation, "invitation_expired").await;
-            return Err(Error::Precondition {
-                reason: "invitation_expired",
-                message: "this invitation has expired; ask the firm for a new one",
-            }
-            .into());
-        }
-
-        // The client proved control of a contact channel for this invitation.
-        let claims = self
-            .client_of(&peer, &invitation, &req.client_token)
-            .await?;
-        let form = self
-            .store
-            .form(&invitation.form_name, invitation.form_version)
-            .await
-            .map_err(Error::from)?
-            .ok_or(Error::NotFound("form version"))?;
-        if claims.level < form.required_verification_level {
-            self.refused(&peer, &invitation, "verification_level").await;
-            return Err(Error::Denied {
-                reason: "verification_level".into(),
-                message: "this form needs an identity document check first".into(),
-            }
-            .into());
-        }
-
-        // Every violation at once; nothing is stored from an invalid one.
-        let def = definition(&form)?;
-        let mut v = Violations::new();
-        if req.form_version != invitation.form_version {
-            v.add(
-                "form_version",
-                format!(
-                    "must be the invitation's version ({})",
-                    invitation.form_version
-                ),
-            );
-        }
-        if req.accepted_privacy_notice_version != form.privacy_notice_version {
-            v.add(
-                "accepted_privacy_notice_version",
-                format!(
-                    "the client must accept privacy notice version {}",
-                    form.privacy_notice_version
-                ),
-            );
-        }
-        let checked = def.check_answers(&req.answers, &mut v);
-        // Each file answer names an upload made for this invitation and field.
-        let uploads = self
-            .store
-            .uploads(invitation.id)
-            .await
-            .map_err(Error::from)?;
-        let mut files = Vec::with_capacity(checked.files.len());
-        for (field, upload_id) in &checked.files {
-            match uploads
-                .iter()
-                .find(|u| u.id == *upload_id && u.field == field.name)
-            {
-                Some(u) => files.push((field.category, field.name.clone(), u.record_id)),
-                None => v.add(
-                    format!("answers[{}]", field.name),
-                    "must be the upload id of a file uploaded for this field",
-                ),
-            }
-        }
-        check(v)?;
-        let notice = self
-            .store
-            .notice(form.privacy_notice_version)
-            .await
-            .map_err(Error::from)?
-            .ok_or(Error::NotFound("privacy notice"))?;
-
-        let mut stored = self
-            .store_answers(&invitation, request_id, checked.groups)
-            .await?;
-        stored.extend(
-            files
-                .into_iter()
-                .map(|(category, name, record_id)| (record_id, category, vec![name])),
-        );
-        let row = SubmissionRow {
-            id: Uuid::now_v7(),
-            invitation_id: invitation.id,
-            request_id,
-            client_id: invitation.client_id,
-            matter_id: invitation.matter_id,
-            form_name: form.name.clone(),
-            form_version: form.version,
-            privacy_notice_version: notice.version,
-            privacy_notice_sha256: notice.sha256.clone(),
-            consent_at: now,
-            state: "submitted".into(),
-            decided_by: None,
-            decided_at: None,
-            decision_reason: None,
-        };
-        let records: Vec<SubmissionRecordRow> = stored
-            .iter()
-            .map(|(record_id, category, names)| SubmissionRecordRow {
-                submission_id: row.id,
-                record_id: *record_id,
-                category: category.as_str().to_owned(),
-                fields: names.join(","),
-            })
-            .collect();
-        let event = EventBuilder::new(
-            ServiceName::Intake,
-            &self.trust_domain,
-            Action::IntakeSubmissionReceived,
-        )
-        .actor(ActorKind::Client, &invitation.client_id.to_string(), &peer)
-        .resource("submission", &row.id.to_string())
-        .scope(Some(invitation.client_id), Some(invitation.matter_id))
-        .outcome(Outcome::Allowed, "")
-        .build();
-        match self.store.insert_submission(&row, &records, &event).await {
-            Ok(()) => Ok(Response::new(pb::SubmitFormResponse {
-                submission: Some(submission_proto(&row, &records)),
-            })),
-            Err(e) => {
-                // A concurrent retry of the same request won the race.
-                if let Some(existing) = self
-                    .store
-                    .submission_for(invitation.id)
-                    .await
-                    .map_err(Error::from)?
-                    && existing.request_id == request_id
-                {
-                    let submission = self.submission_with_records(existing).await?;
-                    return Ok(Response::new(pb::SubmitFormResponse {
-                        submission: Some(submission),
-                    }));
-                }
-                if e.is_duplicate()
-                    || matches!(e, confidant_runtime::portable::TransactError::Unmet { .. })
-                {
-                    return Err(Error::Precondition {
-                        reason: "already_submitted",
-                        message: "this invitation has been answered",
-                    }
-                    .into());
-                }
-                Err(Error::from(e).into())
-            }
-        }
+            .map(Response::new)
     }
-
     async fn list_submissions(
         &self,
         request: Request<pb::ListSubmissionsRequest>,
