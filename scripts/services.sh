@@ -139,3 +139,17 @@ ensure_podman() {
   log "podman: installing podman, buildah and runc"
   apt_install podman buildah runc
 }
+
+# Debian's chromium and playwright-core (npm, into $TOOLS_DIR) for the
+# intake web page's browser test.
+ensure_browser() {
+  if ! command -v chromium >/dev/null; then
+    log "chromium: installing from Debian"
+    apt_install chromium
+  fi
+  if [ ! -d "$TOOLS_DIR/node_modules/playwright-core" ]; then
+    log "playwright-core: installing from npm into $TOOLS_DIR"
+    mkdir -p "$TOOLS_DIR"
+    (cd "$TOOLS_DIR" && npm install --silent --no-audit --no-fund playwright-core@1 >/dev/null)
+  fi
+}

@@ -29,6 +29,7 @@ ensure_buf
 ensure_deploy_tools
 ensure_kubectl
 ensure_podman
+ensure_browser
 
 step "formatting"
 cargo fmt --all -- --check

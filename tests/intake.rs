@@ -1021,3 +1021,149 @@ async fn sqlite_clients_answer_forms_into_the_vault() {
 async fn postgres_clients_answer_forms_into_the_vault() {
     clients_answer_forms_into_the_vault(Backend::Postgres).await;
 }
+
+/// The client-facing page in headless Chromium: link, code, form, the
+/// page's own checks, the server's message next to a refused field, a file,
+/// and the answers in the vault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_client_completes_the_web_form_in_a_browser() {
+    let data = SandboxData::new(Backend::Sqlite).await;
+    let web_port = common::free_port();
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec {
+            intake_web: Some(std::net::SocketAddr::from(([127, 0, 0, 1], web_port))),
+            ..SandboxSpec::of(&[
+                ServiceName::Identity,
+                ServiceName::Intake,
+                ServiceName::Vault,
+                ServiceName::Audit,
+            ])
+        },
+    )
+    .await;
+    let mut admin = common::identity_client(&data, &sandbox, "operator").await;
+    let client_id = new_client(&mut admin).await;
+    let partner = cleared(&mut admin, "partner@firm.example", "partner").await;
+    let matter_id = new_matter(&mut admin, &client_id, Some(&partner), "private-client").await;
+    let forms_admin = cleared(&mut admin, "admin@firm.example", "firm_administrator").await;
+    let partner_token = staff_token(&data, &partner, &["partner"]);
+    let admin_token = staff_token(&data, &forms_admin, &["firm_administrator"]);
+    let mut intake = IntakeServiceClient::new(
+        channel(&data, &sandbox, ServiceName::Intake, "client-portal").await,
+    );
+    intake
+        .publish_privacy_notice(as_staff(
+            &admin_token,
+            pb::PublishPrivacyNoticeRequest {
+                text: "Quill & Partners LLP processes your data to advise you.".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    intake
+        .publish_form(as_staff(
+            &admin_token,
+            pb::PublishFormRequest {
+                name: "new-client".into(),
+                title: "New client details".into(),
+                fields: onboarding_fields(),
+                privacy_notice_version: 1,
+                required_verification_level: 1,
+            },
+        ))
+        .await
+        .unwrap();
+    let created = intake
+        .create_invitation(as_staff(
+            &partner_token,
+            pb::CreateInvitationRequest {
+                client_id: client_id.clone(),
+                matter_id: matter_id.clone(),
+                form_name: "new-client".into(),
+                form_version: 0,
+                valid_days: 0,
+                contact_channel: ContactChannel::Email as i32,
+                contact_address: "jane@example.org".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let tools =
+        std::env::var("CONFIDANT_TOOLS_DIR").unwrap_or_else(|_| "/var/tmp/confidant-tools".into());
+    let url = format!("https://127.0.0.1:{web_port}/#k={}", created.secret);
+    let mut browser = tokio::process::Command::new("node");
+    browser
+        .arg(common::repo_root().join("tests/web/intake_page.cjs"))
+        .arg(&url)
+        .arg(data.path().join("notifications.jsonl"))
+        .env("NODE_PATH", format!("{tools}/node_modules"))
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(120), browser.output())
+        .await
+        .expect("the browser finished within two minutes")
+        .expect("node runs (scripts/test.sh installs it, playwright-core and chromium)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "browser script failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let text = |k: &str| seen[k].as_str().unwrap_or_default().trim().to_owned();
+    assert!(
+        !text("address_after_open").contains(&created.secret),
+        "{seen}"
+    );
+    assert_eq!(text("hint"), "We sent a code to j***@example.org.");
+    assert_eq!(text("title"), "New client details");
+    assert_eq!(text("typed_email_error"), "must be an e-mail address");
+    assert_eq!(text("fixed_email_error"), "");
+    assert_eq!(
+        text("server_file_error"),
+        "the content is not of the declared media type"
+    );
+    assert_eq!(text("file_invalid"), "true");
+    assert_eq!(text("done"), "Thank you");
+    assert!(text("csp").contains("default-src 'none'"), "{seen}");
+
+    // What the page sent is in the vault, reviewable by the partner.
+    let listed = intake
+        .list_submissions(as_staff(
+            &partner_token,
+            pb::ListSubmissionsRequest {
+                client_id: client_id.clone(),
+                matter_id: matter_id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.submissions.len(), 1);
+    assert_eq!(listed.submissions[0].records.len(), 4);
+    let reviewed = intake
+        .review_submission(as_staff(
+            &partner_token,
+            pb::ReviewSubmissionRequest {
+                submission_id: listed.submissions[0].id.clone(),
+                purpose: vault_pb::Purpose::LegalAdvice as i32,
+                justification: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let value = |field: &str| {
+        reviewed
+            .answers
+            .iter()
+            .find(|a| a.field == field)
+            .map(|a| a.value.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(value("full_name"), "Jane Quillfeather");
+    assert_eq!(value("contact_by"), "post");
+    sandbox.stop().await;
+}

@@ -258,6 +258,8 @@ pub struct SandboxSpec {
     pub peers: BTreeMap<ServiceName, SocketAddr>,
     /// Database connections per service (default 4; production's is 16).
     pub max_connections: Option<u32>,
+    /// Where the intake web page listens (default: no page).
+    pub intake_web: Option<SocketAddr>,
 }
 
 impl SandboxSpec {
@@ -304,6 +306,7 @@ fn sandbox_config(data: &SandboxData, spec: &SandboxSpec) -> Config {
     config.mode = Mode::Dev;
     config.shutdown_grace_seconds = 5;
     config.audit.checkpoint_interval_seconds = 1;
+    config.intake.web_listen = spec.intake_web;
     for service in ServiceName::ALL {
         let s = config.services.entry(service).or_default();
         s.listen = Some(

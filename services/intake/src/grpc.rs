@@ -750,7 +750,7 @@ impl IntakeApi {
 
         // The client proved control of a contact channel for this invitation.
         let claims = self
-            .client_of(&peer, &invitation, &req.client_token)
+            .client_of(peer, &invitation, &req.client_token)
             .await?;
         let form = self
             .store

@@ -12,6 +12,7 @@ pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod store;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,11 +67,43 @@ pub async fn build(
         secrets,
         &ctx.config.trust_domain,
     );
+    let mut tasks: Vec<futures::future::BoxFuture<'static, ()>> = Vec::new();
+    if let Some(addr) = ctx.config.intake.web_listen {
+        let own = ctx.config.services.get(&NAME).cloned().unwrap_or_default();
+        let (Some(ca_file), Some(cert_file), Some(key_file)) =
+            (ctx.config.ca_file.clone(), own.cert_file, own.key_file)
+        else {
+            anyhow::bail!("the intake web page needs the service's certificate and key");
+        };
+        let tls = confidant_runtime::tls::TlsFiles {
+            ca_file,
+            cert_file,
+            key_file,
+        }
+        .load()?
+        .public_server_config(&[b"http/1.1"])?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("intake.web_listen {addr}: {e}"))?;
+        tracing::info!(%addr, "intake web page listening");
+        tasks.push(Box::pin(web::serve(
+            listener,
+            tls,
+            api.clone(),
+            ctx.coord.clone(),
+            web::WebSettings {
+                requests_per_minute: ctx.config.intake.web_requests_per_minute,
+                max_body_bytes: ctx.config.intake.web_max_body_bytes,
+                peer: format!("{}/web", ctx.spiffe_id(NAME)),
+            },
+            ctx.shutdown.clone(),
+        )));
+    }
     Ok(confidant_runtime::app::ServiceParts {
         routes: tonic::service::Routes::new(IntakeServiceServer::new(api)),
         grpc_services: vec![GRPC_SERVICE],
         policy: confidant_runtime::peer::PeerPolicy::new(),
-        tasks: Vec::new(),
+        tasks,
         on_stop: Vec::new(),
     })
 }

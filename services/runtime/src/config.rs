@@ -62,6 +62,8 @@ pub struct Config {
     pub vault: VaultConfig,
     /// The retention service.
     pub retention: RetentionConfig,
+    /// The intake service.
+    pub intake: IntakeConfig,
     /// Whether gRPC server reflection is served.
     pub reflection: bool,
     /// How long in-flight calls may run after a shutdown signal.
@@ -88,6 +90,7 @@ impl Default for Config {
             identity: IdentityConfig::default(),
             vault: VaultConfig::default(),
             retention: RetentionConfig::default(),
+            intake: IntakeConfig::default(),
             reflection: true,
             shutdown_grace_seconds: 30,
             probe_listen: None,
@@ -161,6 +164,30 @@ pub struct KmsConfig {
     /// second. Unset: the default AWS credential chain (on EKS, IAM Roles
     /// for Service Accounts).
     pub credentials_file: Option<PathBuf>,
+}
+
+/// Intake settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntakeConfig {
+    /// Where the client-facing intake web page listens (HTTPS, TLS 1.3 with
+    /// the service certificate, no client certificate); unset: no page.
+    pub web_listen: Option<SocketAddr>,
+    /// Requests per minute one address may make to the web page (sign-in
+    /// codes, uploads and submissions included).
+    pub web_requests_per_minute: u32,
+    /// Largest request body of the web page other than file uploads.
+    pub web_max_body_bytes: usize,
+}
+
+impl Default for IntakeConfig {
+    fn default() -> Self {
+        Self {
+            web_listen: None,
+            web_requests_per_minute: 120,
+            web_max_body_bytes: 256 * 1024,
+        }
+    }
 }
 
 /// Retention settings.
@@ -831,6 +858,11 @@ impl Config {
             "notifications_file".into(),
             path_value(&data_dir.join("notifications.jsonl")),
         );
+        let mut intake = toml::Table::new();
+        intake.insert(
+            "web_listen".into(),
+            toml::Value::String("127.0.0.1:7180".into()),
+        );
         let mut t = toml::Table::new();
         t.insert("mode".into(), toml::Value::String("dev".into()));
         t.insert("data_dir".into(), path_value(data_dir));
@@ -841,6 +873,7 @@ impl Config {
         t.insert("audit".into(), toml::Value::Table(audit));
         t.insert("identity".into(), toml::Value::Table(identity));
         t.insert("retention".into(), toml::Value::Table(retention));
+        t.insert("intake".into(), toml::Value::Table(intake));
         t
     }
 
