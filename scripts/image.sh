@@ -100,6 +100,8 @@ for service in identity intake vault retention audit; do
   env_args+=(-e "CONFIDANT_SERVICES__${upper}__LISTEN=127.0.0.1:$port")
   env_args+=(-e "CONFIDANT_PEERS__${upper}=https://127.0.0.1:$port")
 done
+web_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+env_args+=(-e "CONFIDANT_INTAKE__WEB_LISTEN=127.0.0.1:$web_port")
 podman_cmd run -d --name "$name" --network host \
   --user 65532:65532 --read-only --cap-drop ALL --security-opt no-new-privileges \
   --ulimit nofile=16384:16384 --ulimit nproc=4096:4096 --pids-limit 512 \
@@ -125,6 +127,20 @@ if [ -z "$ok" ]; then
 fi
 python3 tests/clients/health_check.py --ca "$data/pki/ca.pem" \
   --cert "$data/pki/operator.pem" --key "$data/pki/operator-key.pem" "${ports[@]}"
+# The intake web page answers over HTTPS without a client certificate.
+if ! python3 - "$web_port" "$data/pki/ca.pem" <<'PY'
+import ssl, sys, urllib.request
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+ctx.check_hostname = False
+page = urllib.request.urlopen(f"https://127.0.0.1:{sys.argv[1]}/", context=ctx, timeout=10)
+body = page.read().decode()
+assert page.status == 200 and "Client intake" in body, body[:200]
+assert "default-src 'none'" in page.headers["content-security-policy"]
+PY
+then
+  echo "image check FAILED: the intake web page did not answer" >&2
+  exit 1
+fi
 # Without a client certificate the same ports turn the caller away.
 if python3 tests/clients/health_check.py --ca "$data/pki/ca.pem" "${ports[@]}" >/dev/null 2>&1; then
   echo "image check FAILED: a caller without a certificate was answered" >&2
@@ -137,4 +153,4 @@ if [ "$code" != 0 ]; then
   podman_cmd logs "$name" >&2 || true
   exit 1
 fi
-echo "image check: five services healthy over mTLS from the image, callers without a certificate refused, clean stop"
+echo "image check: five services healthy over mTLS from the image, the intake web page over HTTPS, callers without a certificate refused, clean stop"

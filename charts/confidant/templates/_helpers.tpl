@@ -135,6 +135,12 @@ session_hours = {{ $s.identity.sessionHours }}
 admins = {{ toJson $v.clients.admins }}
 notification_webhook_url = {{ required "settings.identity.notificationWebhookUrl is required (the gateway that sends clients their one-time codes)" $s.identity.notificationWebhookUrl | quote }}
 {{- end }}
+{{- if and (eq .service "intake") $v.intakeWeb.enabled }}
+
+[intake]
+web_listen = "0.0.0.0:{{ $v.ports.intakeWeb }}"
+web_requests_per_minute = {{ $v.intakeWeb.requestsPerMinute }}
+{{- end }}
 {{- if eq .service "retention" }}
 
 [retention]

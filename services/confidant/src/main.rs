@@ -30,7 +30,8 @@ struct Cli {
 enum Command {
     /// Run all five services in one process on embedded defaults: SQLite per
     /// service, in-process cache, local KMS and a dev CA in the data
-    /// directory; listening on 127.0.0.1:7101-7105.
+    /// directory; listening on 127.0.0.1:7101-7105, the intake web page on
+    /// https://127.0.0.1:7180.
     Dev {
         /// Where databases, certificates and keys live; reused on the next start.
         #[arg(long, default_value = ".confidant")]
