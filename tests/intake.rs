@@ -12,7 +12,8 @@ use confidant::sandbox::{Sandbox, SandboxData, SandboxSpec};
 use confidant_proto::audit::v1::ListEventsRequest;
 use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
 use confidant_proto::identity::v1::{
-    CompleteClientVerificationRequest, ContactChannel, StartClientVerificationRequest,
+    CompleteClientVerificationRequest, ContactChannel, RecordIdentityDocumentCheckRequest,
+    StartClientVerificationRequest,
 };
 use confidant_proto::intake::v1 as pb;
 use confidant_proto::intake::v1::intake_service_client::IntakeServiceClient;
@@ -973,6 +974,76 @@ async fn clients_answer_forms_into_the_vault(backend: Backend) {
         .unwrap_err();
     assert_eq!(error_reason(&err), "invitation_expired");
 
+    // A form that demands an identity document check refuses a client whose
+    // contact alone is proven, until staff record the check.
+    let strict = intake
+        .publish_form(as_staff(
+            &admin_token,
+            pb::PublishFormRequest {
+                name: "source-of-funds".into(),
+                title: "Source of funds".into(),
+                fields: vec![field(
+                    "source_of_funds",
+                    pb::FieldKind::Text,
+                    vault_pb::DataCategory::Financial,
+                    true,
+                )],
+                privacy_notice_version: 1,
+                required_verification_level: 2,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .form
+        .unwrap();
+    // (Another client: identity limits the codes sent to one client.)
+    let second_client = new_client(&mut admin).await;
+    let second_matter =
+        new_matter(&mut admin, &second_client, Some(&partner), "private-client").await;
+    let strict_invitation = intake
+        .create_invitation(as_staff(
+            &partner_token,
+            pb::CreateInvitationRequest {
+                client_id: second_client.clone(),
+                matter_id: second_matter.clone(),
+                ..invite(&strict.name, 1)
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let strict_id = strict_invitation.invitation.unwrap().id;
+    let level_one = client_token(&data, &sandbox, &second_client, &strict_id).await;
+    let strict_submit = |token: &str| pb::SubmitFormRequest {
+        secret: strict_invitation.secret.clone(),
+        client_token: token.into(),
+        form_version: 1,
+        answers: vec![answer("source_of_funds", "Sale of a house")],
+        accepted_privacy_notice_version: 1,
+        request_id: uuid::Uuid::now_v7().to_string(),
+    };
+    let err = intake
+        .submit_form(strict_submit(&level_one))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), error_reason(&err).as_str()),
+        (Code::PermissionDenied, "verification_level")
+    );
+    admin
+        .record_identity_document_check(RecordIdentityDocumentCheckRequest {
+            client_id: second_client.clone(),
+            document_type: "passport".into(),
+            issuing_country: "GB".into(),
+            document_number: "X1234567".into(),
+            verified_by_staff_id: partner.clone(),
+        })
+        .await
+        .unwrap();
+    let level_two = client_token(&data, &sandbox, &second_client, &strict_id).await;
+    intake.submit_form(strict_submit(&level_two)).await.unwrap();
+
     // The audit log has the publications, the invitation, the submission,
     // the refusals and the decision.
     let mut audit =
@@ -999,8 +1070,8 @@ async fn clients_answer_forms_into_the_vault(backend: Backend) {
                         .count()
                 };
                 count("intake.notice.published") == 1
-                    && count("intake.form.published") == 2
-                    && count("intake.invitation.created") == 3
+                    && count("intake.form.published") == 3
+                    && count("intake.invitation.created") == 4
                     && count("intake.submission.received") >= 4
                     && count("intake.submission.decided") == 1
             }

@@ -749,9 +749,7 @@ impl IntakeApi {
         }
 
         // The client proved control of a contact channel for this invitation.
-        let claims = self
-            .client_of(peer, &invitation, &req.client_token)
-            .await?;
+        let claims = self.client_of(peer, &invitation, &req.client_token).await?;
         let form = self
             .store
             .form(&invitation.form_name, invitation.form_version)
