@@ -1098,7 +1098,16 @@ async fn postgres_clients_answer_forms_into_the_vault() {
 /// and the answers in the vault.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_a_client_completes_the_web_form_in_a_browser() {
-    let data = SandboxData::new(Backend::Sqlite).await;
+    a_client_completes_the_web_form_in_a_browser(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_client_completes_the_web_form_in_a_browser() {
+    a_client_completes_the_web_form_in_a_browser(Backend::Postgres).await;
+}
+
+async fn a_client_completes_the_web_form_in_a_browser(backend: Backend) {
+    let data = SandboxData::new(backend).await;
     let web_port = common::free_port();
     let sandbox = Sandbox::start(
         &data,
@@ -1199,6 +1208,10 @@ async fn sqlite_a_client_completes_the_web_form_in_a_browser() {
     assert_eq!(text("file_invalid"), "true");
     assert_eq!(text("done"), "Thank you");
     assert!(text("csp").contains("default-src 'none'"), "{seen}");
+    // The default budget is 120 requests a minute per address, and the page
+    // itself used some of it.
+    let limited_after = seen["rate_limited_after"].as_u64().unwrap_or(0);
+    assert!((1..=120).contains(&limited_after), "{seen}");
 
     // What the page sent is in the vault, reviewable by the partner.
     let listed = intake

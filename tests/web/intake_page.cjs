@@ -86,6 +86,13 @@ function png(len) {
     await page.locator("#done").waitFor({ state: "visible" });
     seen.done = await page.locator("#done h2").textContent();
     seen.csp = (await (await context.request.get(new URL("/", url).href)).headers())["content-security-policy"];
+
+    // One address gets a bounded number of requests a minute.
+    seen.rate_limited_after = 0;
+    for (let sent = 1; sent <= 300; sent++) {
+      const r = await context.request.get(new URL("/intake.css", url).href);
+      if (r.status() === 429) { seen.rate_limited_after = sent; break; }
+    }
   } finally {
     await browser.close();
   }
