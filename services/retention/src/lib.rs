@@ -16,6 +16,7 @@ pub mod disposal;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod physical;
 pub mod service;
 pub mod store;
 
@@ -39,6 +40,9 @@ pub const MIGRATIONS: Migrations = Migrations {
 
 /// The fully qualified name of the gRPC service.
 pub const GRPC_SERVICE: &str = "confidant.retention.v1.RetentionService";
+
+/// The physical records register, served by the retention service too.
+pub const PHYSICAL_GRPC_SERVICE: &str = "confidant.retention.v1.PhysicalRecordsService";
 
 /// Builds the retention service.
 pub async fn build(
@@ -86,9 +90,21 @@ pub async fn build(
         Duration::from_secs(config.sweep_interval_seconds.max(1)),
         ctx.shutdown.clone(),
     );
+    let physical = physical::PhysicalApi::new(
+        physical::PhysicalStore::new(ctx.db.clone()),
+        Arc::new(confidant_runtime::decide::Decider::new(
+            ctx.peer(ServiceName::Identity),
+            Duration::from_millis(ctx.config.vault.decision_cache_millis),
+        )),
+        &ctx.config.trust_domain,
+    );
     Ok(confidant_runtime::app::ServiceParts {
-        routes: tonic::service::Routes::new(RetentionServiceServer::new(api)),
-        grpc_services: vec![GRPC_SERVICE],
+        routes: tonic::service::Routes::new(RetentionServiceServer::new(api)).add_service(
+            confidant_proto::retention::v1::physical_records_service_server::PhysicalRecordsServiceServer::new(
+                physical,
+            ),
+        ),
+        grpc_services: vec![GRPC_SERVICE, PHYSICAL_GRPC_SERVICE],
         policy: confidant_runtime::peer::PeerPolicy::new(),
         tasks: vec![Box::pin(sync), Box::pin(sweep)],
         on_stop: Vec::new(),

@@ -100,6 +100,14 @@ actions! {
     RetentionDisposalCancelled => "retention.disposal.cancelled", "A disposal was cancelled because a legal hold covers its scope.";
     RetentionReturnListed => "retention.return.listed", "A due scope holding originals was put on the return-to-client list instead of being shredded.";
     RetentionReturnRecorded => "retention.return.recorded", "A records manager recorded that a scope's originals went back to the client.";
+    RetentionLocationCreated => "retention.location.created", "A storage location for physical records was added.";
+    RetentionLocationCodeChanged => "retention.location.code_changed", "A storage location's access code was changed.";
+    RetentionLocationAccessChanged => "retention.location.access_changed", "A staff member was let into a controlled location, or taken off it (reason: granted or revoked).";
+    RetentionLocationEntered => "retention.location.entered", "An entry into a controlled location (outcome denied: the staff member has no access).";
+    RetentionItemRegistered => "retention.item.registered", "A physical item (file, box, original document) was registered.";
+    RetentionItemCheckedOut => "retention.item.checked_out", "A physical item was handed to a staff member (outcome denied: the decision's reason).";
+    RetentionItemCheckedIn => "retention.item.checked_in", "A physical item was put back.";
+    RetentionItemTransferred => "retention.item.transferred", "A physical item moved to another location (e.g. off-site storage).";
     RetentionCertificateIssued => "retention.certificate.issued", "A signed certificate of disposal was issued for a shredded scope.";
         IdentityWallCertified => "identity.wall.certified", "A wall was certified for a period from the audit log (outcome denied: accesses found).";
 }
