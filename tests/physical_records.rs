@@ -495,7 +495,10 @@ async fn paper_under_the_same_rules_as_data(backend: Backend) {
         "overdue code changes come first"
     );
     assert!(locations[0].code_change_overdue);
-    assert_eq!(locations[0].staff_with_access, std::slice::from_ref(&partner));
+    assert_eq!(
+        locations[0].staff_with_access,
+        std::slice::from_ref(&partner)
+    );
     let changed = records
         .record_code_change(as_staff(
             &manager_token,
