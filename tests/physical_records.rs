@@ -14,6 +14,7 @@ use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
 use confidant_proto::identity::v1::CreateWallRequest;
 use confidant_proto::retention::v1 as pb;
 use confidant_proto::retention::v1::physical_records_service_client::PhysicalRecordsServiceClient;
+use confidant_proto::retention::v1::retention_service_client::RetentionServiceClient;
 use confidant_proto::vault::v1::DataCategory;
 use confidant_runtime::ServiceName;
 use confidant_runtime::client::PeerChannel;
@@ -573,4 +574,365 @@ async fn sqlite_paper_under_the_same_rules_as_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_paper_under_the_same_rules_as_data() {
     paper_under_the_same_rules_as_data(Backend::Postgres).await;
+}
+
+async fn due_paper_is_destroyed_or_returned_with_a_certificate(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec::of(&[
+            ServiceName::Identity,
+            ServiceName::Vault,
+            ServiceName::Retention,
+            ServiceName::Audit,
+        ]),
+    )
+    .await;
+    let mut admin = common::identity_client(&data, &sandbox, "operator").await;
+    let client_id = new_client(&mut admin).await;
+    let partner = cleared(&mut admin, "partner@firm.example", "partner").await;
+    let closed_matter = new_matter(&mut admin, &client_id, Some(&partner), "conveyancing").await;
+    let held_matter = new_matter(&mut admin, &client_id, Some(&partner), "litigation").await;
+    let manager = cleared(&mut admin, "records@firm.example", "records_manager").await;
+    let partner_token = staff_token(&data, &partner, &["partner"]);
+    let manager_token = staff_token(&data, &manager, &["records_manager"]);
+    let channel_to_retention = channel(&data, &sandbox, ServiceName::Retention, "firm-app").await;
+    let mut records = PhysicalRecordsServiceClient::new(channel_to_retention.clone());
+    let mut retention = RetentionServiceClient::new(channel_to_retention);
+
+    // Matter files: six years after the matter closes, then shredded.
+    retention
+        .create_policy(as_staff(
+            &manager_token,
+            pb::CreatePolicyRequest {
+                rules: Some(pb::PolicyRules {
+                    category: DataCategory::MatterFile as i32,
+                    period: Some(pb::Period {
+                        years: 6,
+                        months: 0,
+                        days: 0,
+                    }),
+                    trigger: pb::Trigger::MatterClosed as i32,
+                    trigger_event_name: String::new(),
+                    action: pb::DisposalAction::Shred as i32,
+                    client_notice_days: 0,
+                    basis: "firm schedule 2026, section 4".into(),
+                    practice_area: String::new(),
+                    jurisdiction: String::new(),
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+    let cabinet = records
+        .create_location(as_staff(
+            &manager_token,
+            pb::CreateLocationRequest {
+                site: "London".into(),
+                room: "Records room 1".into(),
+                container: "Bay 4".into(),
+                controlled: false,
+                code_change_days: 0,
+                off_site: false,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .location
+        .unwrap();
+    let register = |label: &str, kind: pb::ItemKind, matter: &str| pb::RegisterItemRequest {
+        label: label.into(),
+        kind: kind as i32,
+        client_id: client_id.clone(),
+        matter_id: matter.into(),
+        category: DataCategory::MatterFile as i32,
+        original: false,
+        location_id: cabinet.id.clone(),
+        box_id: String::new(),
+    };
+    let item = |label: &str, kind: pb::ItemKind, matter: &str| {
+        let request = as_staff(&partner_token, register(label, kind, matter));
+        let mut records = records.clone();
+        async move {
+            records
+                .register_item(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .item
+                .unwrap()
+        }
+    };
+    let file = item("F-1", pb::ItemKind::File, &closed_matter).await;
+    let will = item("W-1", pb::ItemKind::OriginalDocument, &closed_matter).await;
+    let held = item("F-2", pb::ItemKind::File, &held_matter).await;
+    let client_level = item("F-3", pb::ItemKind::File, "").await;
+
+    // Retention learns the matters, both closed seven years ago; a hold
+    // covers one of them.
+    retention
+        .sync_scopes(as_staff(&manager_token, pb::SyncScopesRequest {}))
+        .await
+        .unwrap();
+    let seven_years_ago = chrono::Utc::now() - chrono::Duration::days(7 * 366);
+    for matter in [&closed_matter, &held_matter] {
+        retention
+            .record_trigger_event(as_staff(
+                &manager_token,
+                pb::RecordTriggerEventRequest {
+                    client_id: client_id.clone(),
+                    matter_id: matter.clone(),
+                    trigger: pb::Trigger::MatterClosed as i32,
+                    event_name: String::new(),
+                    occur_time: Some(prost_types::Timestamp {
+                        seconds: seven_years_ago.timestamp(),
+                        nanos: 0,
+                    }),
+                },
+            ))
+            .await
+            .unwrap();
+    }
+    retention
+        .place_hold(as_staff(
+            &manager_token,
+            pb::PlaceHoldRequest {
+                reason: "Smith v Jones, disclosure".into(),
+                client_id: client_id.clone(),
+                matter_id: held_matter.clone(),
+                category: 0,
+                scope_ids: vec![],
+            },
+        ))
+        .await
+        .unwrap();
+
+    // The lists: the file to destroy, the will to return, the held file
+    // counted but left off.
+    let lists = records
+        .get_disposal_lists(as_staff(
+            &manager_token,
+            pb::GetDisposalListsRequest::default(),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let labels = |due: &[pb::DueItem]| -> Vec<String> {
+        due.iter()
+            .map(|d| d.item.as_ref().unwrap().label.clone())
+            .collect()
+    };
+    assert_eq!(labels(&lists.destroy), ["F-1"]);
+    assert_eq!(labels(&lists.return_to_client), ["W-1"]);
+    assert_eq!(lists.held, 1);
+    let err = records
+        .get_disposal_lists(as_staff(
+            &partner_token,
+            pb::GetDisposalListsRequest::default(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+
+    // Destruction is confirmed with the vendor's reference, the date and a
+    // witness, and refused whole for anything that may not go.
+    let confirm = |ids: &[&str], witness: &str| pb::ConfirmDestructionRequest {
+        item_ids: ids.iter().map(|s| s.to_string()).collect(),
+        vendor_reference: "SHRED-2026-00417".into(),
+        destroyed_on: chrono::Utc::now().date_naive().to_string(),
+        witness_staff_id: witness.into(),
+    };
+    let err = records
+        .confirm_destruction(as_staff(
+            &manager_token,
+            pb::ConfirmDestructionRequest {
+                item_ids: vec![],
+                vendor_reference: String::new(),
+                destroyed_on: "2999-01-01".into(),
+                witness_staff_id: manager.clone(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated_fields(&err),
+        [
+            "item_ids",
+            "vendor_reference",
+            "destroyed_on",
+            "witness_staff_id"
+        ]
+    );
+    for (ids, reason) in [
+        (vec![file.id.as_str(), held.id.as_str()], "held"),
+        (vec![will.id.as_str()], "originals"),
+        (vec![client_level.id.as_str()], "not_due"),
+    ] {
+        let err = records
+            .confirm_destruction(as_staff(&manager_token, confirm(&ids, &partner)))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.code(), error_reason(&err).as_str()),
+            (Code::PermissionDenied, reason)
+        );
+    }
+    records
+        .check_out_item(as_staff(
+            &partner_token,
+            pb::CheckOutItemRequest {
+                item_id: file.id.clone(),
+                due_back_time: due_in(2),
+                reason: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    let err = records
+        .confirm_destruction(as_staff(&manager_token, confirm(&[&file.id], &partner)))
+        .await
+        .unwrap_err();
+    assert_eq!(error_reason(&err), "checked_out");
+    records
+        .check_in_item(as_staff(
+            &partner_token,
+            pb::CheckInItemRequest {
+                item_id: file.id.clone(),
+                location_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    let destroyed = records
+        .confirm_destruction(as_staff(&manager_token, confirm(&[&file.id], &partner)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(destroyed.items[0].state, pb::ItemState::Destroyed as i32);
+    let certificate = destroyed.certificate.unwrap();
+    let body: serde_json::Value = serde_json::from_str(&certificate.body).unwrap();
+    assert_eq!(body["destroyed_items"][0]["label"], "F-1");
+    assert_eq!(body["vendor_reference"], "SHRED-2026-00417");
+    assert_eq!(body["witness_staff_id"], partner.as_str());
+    let err = records
+        .confirm_destruction(as_staff(&manager_token, confirm(&[&file.id], &partner)))
+        .await
+        .unwrap_err();
+    assert_eq!(error_reason(&err), "gone", "destroyed twice");
+
+    // The certificate verifies offline against retention's key, and not
+    // once edited.
+    let stored = records
+        .get_destruction_certificate(as_staff(
+            &manager_token,
+            pb::GetDestructionCertificateRequest {
+                certificate_id: certificate.certificate_id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .certificate
+        .unwrap();
+    assert_eq!(stored.body, certificate.body);
+    let public_key = confidant_retention::disposal::Signer::load(
+        &data.path().join("retention-certificates.key"),
+    )
+    .unwrap()
+    .public_key();
+    let dir = tempfile::tempdir().unwrap();
+    let verify = |body: &str| {
+        let file = dir.path().join("certificate.json");
+        std::fs::write(
+            &file,
+            serde_json::json!({ "body": body, "signature": certificate.signature }).to_string(),
+        )
+        .unwrap();
+        let out = common::confidant()
+            .args(["retention", "verify-certificate", "--file"])
+            .arg(&file)
+            .args(["--public-key", &public_key])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = verify(&certificate.body);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("F-1"), "{out}");
+    let (code, _) = verify(
+        &certificate
+            .body
+            .replace("SHRED-2026-00417", "SHRED-2026-00418"),
+    );
+    assert_eq!(code, Some(65));
+
+    // The will goes back to the client; a file cannot be "returned".
+    let returned = records
+        .record_item_returned(as_staff(
+            &manager_token,
+            pb::RecordItemReturnedRequest {
+                item_id: will.id.clone(),
+                reference: "collected in person".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .item
+        .unwrap();
+    assert_eq!(returned.state, pb::ItemState::Returned as i32);
+    let err = records
+        .record_item_returned(as_staff(
+            &manager_token,
+            pb::RecordItemReturnedRequest {
+                item_id: client_level.id.clone(),
+                reference: "courier".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let lists = records
+        .get_disposal_lists(as_staff(
+            &manager_token,
+            pb::GetDisposalListsRequest::default(),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(lists.destroy.is_empty() && lists.return_to_client.is_empty());
+    let history = records
+        .get_item_history(as_staff(
+            &partner_token,
+            pb::GetItemHistoryRequest {
+                item_id: file.id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let last = history.entries.last().unwrap();
+    assert_eq!(
+        (last.action, last.reason.as_str(), last.staff_id.as_str()),
+        (
+            pb::CustodyAction::Destroyed as i32,
+            "SHRED-2026-00417",
+            manager.as_str()
+        )
+    );
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_due_paper_is_destroyed_or_returned_with_a_certificate() {
+    due_paper_is_destroyed_or_returned_with_a_certificate(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_due_paper_is_destroyed_or_returned_with_a_certificate() {
+    due_paper_is_destroyed_or_returned_with_a_certificate(Backend::Postgres).await;
 }

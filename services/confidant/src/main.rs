@@ -409,6 +409,29 @@ fn verify_certificate(file: &std::path::Path, public_key: &str) -> anyhow::Resul
         );
     };
     match confidant_retention::disposal::verify_certificate(body, signature, public_key) {
+        Ok(parsed) if parsed["destroyed_items"].is_array() => {
+            let items: Vec<String> = parsed["destroyed_items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|i| {
+                    format!(
+                        "{} ({})",
+                        i["label"].as_str().unwrap_or("?"),
+                        i["category"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect();
+            println!(
+                "OK: certificate {} — physical items {} destroyed on {} (vendor reference {}, witness {})",
+                parsed["certificate_id"].as_str().unwrap_or("?"),
+                items.join(", "),
+                parsed["destroyed_on"].as_str().unwrap_or("?"),
+                parsed["vendor_reference"].as_str().unwrap_or("?"),
+                parsed["witness_staff_id"].as_str().unwrap_or("?"),
+            );
+            Ok(true)
+        }
         Ok(parsed) => {
             let destroyed = &parsed["destroyed"];
             println!(

@@ -164,7 +164,8 @@ impl Signer {
         B64.encode(self.key.public_key().as_ref())
     }
 
-    fn sign(&self, body: &str) -> String {
+    /// The signature of `body`, base64.
+    pub fn sign(&self, body: &str) -> String {
         B64.encode(self.key.sign(body.as_bytes()).as_ref())
     }
 }

@@ -92,10 +92,12 @@ pub async fn build(
     );
     let physical = physical::PhysicalApi::new(
         physical::PhysicalStore::new(ctx.db.clone()),
+        store::RetentionStore::new(ctx.db.clone()),
         Arc::new(confidant_runtime::decide::Decider::new(
             ctx.peer(ServiceName::Identity),
             Duration::from_millis(ctx.config.vault.decision_cache_millis),
         )),
+        Arc::new(disposal::Signer::load(&key_file)?),
         &ctx.config.trust_domain,
     );
     Ok(confidant_runtime::app::ServiceParts {

@@ -17,10 +17,14 @@ use confidant_runtime::error::Violations;
 use confidant_runtime::portable::{Statement, TransactError, Value};
 use confidant_runtime::storage::Database;
 use confidant_vault::domain::{Category, optional_uuid, required_uuid};
+use serde_json::json;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use crate::disposal::Signer;
+use crate::domain::due_at;
 use crate::error::Error;
+use crate::store::{self, LivePolicies, RetentionStore, ScopeRow};
 
 /// Longest free text (site, room, container, reasons).
 const MAX_TEXT: usize = 200;
@@ -269,18 +273,121 @@ fn custody(
 #[derive(Debug, Clone)]
 pub struct PhysicalApi {
     store: PhysicalStore,
+    retention: RetentionStore,
     decider: Arc<Decider>,
+    signer: Arc<Signer>,
     trust_domain: String,
 }
 
+/// An item with what the retention schedule says of it.
+struct Planned {
+    item: ItemRow,
+    due: DateTime<Utc>,
+    policy: (Uuid, i32),
+    held: bool,
+}
+
 impl PhysicalApi {
-    /// Handlers over `store`, asking `decider`.
-    pub fn new(store: PhysicalStore, decider: Arc<Decider>, trust_domain: &str) -> Self {
+    /// Handlers over `store` and retention's policies, holds and triggers,
+    /// asking `decider`; certificates signed by `signer`.
+    pub fn new(
+        store: PhysicalStore,
+        retention: RetentionStore,
+        decider: Arc<Decider>,
+        signer: Arc<Signer>,
+        trust_domain: &str,
+    ) -> Self {
         Self {
             store,
+            retention,
             decider,
+            signer,
             trust_domain: trust_domain.to_owned(),
         }
+    }
+
+    /// The items still held by the firm with a due date under the live
+    /// policies (as for a vault scope of the same client, matter and
+    /// category, its registration standing for the scope's creation), and
+    /// whether a legal hold covers them. Items whose matter retention does
+    /// not know yet, or whose trigger has not happened, have no due date.
+    async fn plan(&self, items: Vec<ItemRow>) -> Result<Vec<Planned>, Error> {
+        let policies = LivePolicies::new(self.retention.live_policies().await?);
+        let holds = self.retention.holds(None, false).await?;
+        let mut held_scopes = std::collections::HashMap::new();
+        for hold in holds.iter().filter(|h| h.scoped != 0) {
+            for id in &hold.scope_ids {
+                if let Some(scope) = self.retention.scope(*id).await? {
+                    held_scopes.insert(*id, (scope.client_id, scope.matter_id, scope.category));
+                }
+            }
+        }
+        let mut triggers = std::collections::HashMap::new();
+        let mut planned = Vec::new();
+        for item in items {
+            let matter = match item.matter_id {
+                Some(m) => match self.retention.matter(m).await? {
+                    Some(row) => Some(row),
+                    None => continue,
+                },
+                None => None,
+            };
+            let scope = ScopeRow {
+                scope_id: item.id,
+                client_id: item.client_id,
+                matter_id: item.matter_id,
+                category: item.category.clone(),
+                created_at: item.registered_at,
+                vault_state: "active".into(),
+                due_at: None,
+                original_count: 0,
+                practice_area: matter.as_ref().map(|m| m.practice_area.clone()),
+                jurisdiction: matter.as_ref().and_then(|m| m.jurisdiction.clone()),
+                matter_known: true,
+            };
+            let known = match triggers.entry(item.client_id) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(self.retention.trigger_facts(item.client_id).await?)
+                }
+            };
+            let Some((policy, rules)) = policies.for_scope(&scope) else {
+                continue;
+            };
+            let Some(due) = due_at(rules, &store::facts_of(&scope, known)) else {
+                continue;
+            };
+            let held = holds.iter().any(|h| {
+                if h.scoped != 0 {
+                    h.released_at.is_none()
+                        && h.scope_ids.iter().any(|id| {
+                            held_scopes.get(id)
+                                == Some(&(item.client_id, item.matter_id, item.category.clone()))
+                        })
+                } else {
+                    h.covers(Uuid::nil(), item.client_id, item.matter_id, &item.category)
+                }
+            });
+            planned.push(Planned {
+                item,
+                due,
+                policy: (policy.id, policy.version),
+                held,
+            });
+        }
+        planned.sort_by_key(|p| p.due);
+        Ok(planned)
+    }
+
+    async fn items_in_firm(&self) -> Result<Vec<ItemRow>, Error> {
+        Ok(self
+            .store
+            .db
+            .fetch_all(
+                "SELECT id, label, kind, client_id, matter_id, category, original, location_id, box_id, state, holder_staff_id, due_back_at, registered_at FROM physical_items WHERE state IN ('in', 'checked_out')",
+                vec![],
+            )
+            .await?)
     }
 
     fn staff<T>(request: &Request<T>) -> Result<(Actor, String), Error> {
@@ -1020,6 +1127,283 @@ impl PhysicalRecordsService for PhysicalApi {
         Ok(Response::new(pb::GetItemHistoryResponse {
             item: Some(item_proto(&item, Utc::now())),
             entries,
+        }))
+    }
+    async fn get_disposal_lists(
+        &self,
+        request: Request<pb::GetDisposalListsRequest>,
+    ) -> Result<Response<pb::GetDisposalListsResponse>, Status> {
+        self.staff_with(&request, "retention.manage", None, None)
+            .await?;
+        let now = Utc::now();
+        let before = request
+            .get_ref()
+            .before_time
+            .and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds, 0))
+            .unwrap_or(now);
+        let planned = self.plan(self.items_in_firm().await?).await?;
+        let mut response = pb::GetDisposalListsResponse::default();
+        for p in planned.into_iter().filter(|p| p.due <= before) {
+            if p.held {
+                response.held += 1;
+                continue;
+            }
+            let due = pb::DueItem {
+                item: Some(item_proto(&p.item, now)),
+                due_time: Some(ts(p.due)),
+                policy_id: p.policy.0.to_string(),
+                policy_version: p.policy.1,
+            };
+            if p.item.original != 0 {
+                response.return_to_client.push(due);
+            } else {
+                response.destroy.push(due);
+            }
+        }
+        Ok(Response::new(response))
+    }
+
+    #[tracing::instrument(name = "physical.confirm_destruction", skip_all)]
+    async fn confirm_destruction(
+        &self,
+        request: Request<pb::ConfirmDestructionRequest>,
+    ) -> Result<Response<pb::ConfirmDestructionResponse>, Status> {
+        let (actor, staff) = self
+            .staff_with(&request, "retention.manage", None, None)
+            .await?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        if req.item_ids.is_empty() || req.item_ids.len() > 500 {
+            v.add("item_ids", "1 to 500 items");
+        }
+        let mut ids = Vec::new();
+        for (i, raw) in req.item_ids.iter().enumerate() {
+            if let Some(id) = required_uuid(&mut v, &format!("item_ids[{i}]"), raw) {
+                if ids.contains(&id) {
+                    v.add(format!("item_ids[{i}]"), "named twice");
+                }
+                ids.push(id);
+            }
+        }
+        let vendor = text(&mut v, "vendor_reference", &req.vendor_reference, true);
+        let now = Utc::now();
+        match chrono::NaiveDate::parse_from_str(&req.destroyed_on, "%Y-%m-%d") {
+            Ok(day) if day <= now.date_naive() => {}
+            _ => v.add("destroyed_on", "a date, YYYY-MM-DD, not in the future"),
+        }
+        let witness = required_uuid(&mut v, "witness_staff_id", &req.witness_staff_id);
+        if witness.is_some_and(|w| w.to_string() == staff) {
+            v.add(
+                "witness_staff_id",
+                "must be someone other than the records manager confirming",
+            );
+        }
+        check(v)?;
+        let Some(witness) = witness else {
+            return Err(Status::internal("validated request incomplete"));
+        };
+        let mut items = Vec::with_capacity(ids.len());
+        for id in &ids {
+            items.push(
+                self.store
+                    .item(*id)
+                    .await
+                    .map_err(Error::from)?
+                    .ok_or(Error::NotFound("item"))?,
+            );
+        }
+        // Refused whole, naming the first item that may not be destroyed.
+        for item in &items {
+            let refusal = if item.original != 0 {
+                Some(("originals", "is an original: it goes back to the client"))
+            } else if item.state == "checked_out" {
+                Some(("checked_out", "is checked out"))
+            } else if item.state != "in" {
+                Some(("gone", "is no longer held by the firm"))
+            } else {
+                None
+            };
+            if let Some((reason, what)) = refusal {
+                return Err(Error::Denied {
+                    reason: reason.into(),
+                    message: format!("item {} {what}", item.label),
+                }
+                .into());
+            }
+        }
+        let planned = self.plan(items.clone()).await?;
+        for item in &items {
+            match planned.iter().find(|p| p.item.id == item.id) {
+                Some(p) if p.held => {
+                    return Err(Error::Denied {
+                        reason: "held".into(),
+                        message: format!("item {} is under a legal hold", item.label),
+                    }
+                    .into());
+                }
+                Some(p) if p.due <= now => {}
+                _ => {
+                    return Err(Error::Denied {
+                        reason: "not_due".into(),
+                        message: format!("item {} is not due for destruction", item.label),
+                    }
+                    .into());
+                }
+            }
+        }
+        let certificate_id = Uuid::now_v7();
+        let body = json!({
+            "type": "confidant.certificate-of-disposal.v1",
+            "certificate_id": certificate_id.to_string(),
+            "issuer": crate::NAME.spiffe_id(&self.trust_domain),
+            "issued_at": now.to_rfc3339(),
+            "destroyed_items": planned.iter().map(|p| json!({
+                "item_id": p.item.id.to_string(),
+                "label": p.item.label,
+                "kind": p.item.kind,
+                "client_id": p.item.client_id.to_string(),
+                "matter_id": p.item.matter_id.map(|m| m.to_string()),
+                "category": p.item.category,
+                "due_at": p.due.to_rfc3339(),
+                "policy": { "policy_id": p.policy.0.to_string(), "version": p.policy.1 },
+            })).collect::<Vec<_>>(),
+            "method": "physical destruction by the shredding vendor",
+            "vendor_reference": vendor,
+            "destroyed_on": req.destroyed_on,
+            "witness_staff_id": witness.to_string(),
+            "confirmed_by": staff,
+        })
+        .to_string();
+        let signature = self.signer.sign(&body);
+        let mut statements = vec![Statement::new(
+            "INSERT INTO physical_certificates (id, body, signature, key_id, created_at) VALUES ($1, $2, $3, $4, $5)",
+            vec![
+                Value::Uuid(certificate_id),
+                Value::Text(body.clone()),
+                Value::Text(signature.clone()),
+                Value::Text(self.signer.key_id().to_owned()),
+                Value::Time(now),
+            ],
+        )];
+        let mut events = Vec::new();
+        for item in &items {
+            statements.push(
+                Statement::new(
+                    "UPDATE physical_items SET state = 'destroyed', certificate_id = $1 WHERE id = $2 AND state = 'in'",
+                    vec![Value::Uuid(certificate_id), Value::Uuid(item.id)],
+                )
+                .expecting(1),
+            );
+            statements.push(custody(item.id, "destroyed", now, &staff, None, &vendor));
+            events.push(
+                self.event(&actor, Action::RetentionItemDestroyed)
+                    .resource("item", &item.id.to_string())
+                    .scope(Some(item.client_id), item.matter_id)
+                    .category(&item.category)
+                    .outcome(Outcome::Allowed, &certificate_id.to_string())
+                    .build(),
+            );
+        }
+        events.push(
+            self.event(&actor, Action::RetentionCertificateIssued)
+                .resource("certificate", &certificate_id.to_string())
+                .outcome(Outcome::Allowed, "physical")
+                .build(),
+        );
+        self.store
+            .db
+            .transact(statements, &events)
+            .await
+            .map_err(|e| unmet(e, "an item changed meanwhile; nothing was recorded"))?;
+        let mut out = Vec::with_capacity(items.len());
+        for item in &items {
+            out.push(self.reload(item.id).await?);
+        }
+        Ok(Response::new(pb::ConfirmDestructionResponse {
+            certificate: Some(pb::SignedCertificate {
+                certificate_id: certificate_id.to_string(),
+                body,
+                signature,
+                key_id: self.signer.key_id().to_owned(),
+            }),
+            items: out,
+        }))
+    }
+
+    #[tracing::instrument(name = "physical.record_item_returned", skip_all)]
+    async fn record_item_returned(
+        &self,
+        request: Request<pb::RecordItemReturnedRequest>,
+    ) -> Result<Response<pb::RecordItemReturnedResponse>, Status> {
+        let (actor, staff) = self
+            .staff_with(&request, "retention.manage", None, None)
+            .await?;
+        let item = self.item_or_invalid(&request.get_ref().item_id).await?;
+        let mut v = Violations::new();
+        let reference = text(&mut v, "reference", &request.get_ref().reference, true);
+        check(v)?;
+        if item.original == 0 {
+            return Err(Error::Conflict("only originals are returned to the client").into());
+        }
+        if item.state != "in" {
+            return Err(Error::Conflict("the item is not in").into());
+        }
+        let now = Utc::now();
+        let event = self
+            .event(&actor, Action::RetentionItemReturned)
+            .resource("item", &item.id.to_string())
+            .scope(Some(item.client_id), item.matter_id)
+            .outcome(Outcome::Allowed, "")
+            .build();
+        self.store
+            .db
+            .transact(
+                vec![
+                    Statement::new(
+                        "UPDATE physical_items SET state = 'returned' WHERE id = $1 AND state = 'in'",
+                        vec![Value::Uuid(item.id)],
+                    )
+                    .expecting(1),
+                    custody(item.id, "returned", now, &staff, None, &reference),
+                ],
+                &[event],
+            )
+            .await
+            .map_err(|e| unmet(e, "the item is not in"))?;
+        Ok(Response::new(pb::RecordItemReturnedResponse {
+            item: Some(self.reload(item.id).await?),
+        }))
+    }
+
+    async fn get_destruction_certificate(
+        &self,
+        request: Request<pb::GetDestructionCertificateRequest>,
+    ) -> Result<Response<pb::GetDestructionCertificateResponse>, Status> {
+        self.staff_with(&request, "retention.manage", None, None)
+            .await?;
+        let mut v = Violations::new();
+        let id = required_uuid(&mut v, "certificate_id", &request.get_ref().certificate_id);
+        check(v)?;
+        let Some(id) = id else {
+            return Err(Error::NotFound("certificate").into());
+        };
+        let row: Option<(Uuid, String, String, String)> = self
+            .store
+            .db
+            .fetch_optional(
+                "SELECT id, body, signature, key_id FROM physical_certificates WHERE id = $1",
+                vec![Value::Uuid(id)],
+            )
+            .await
+            .map_err(Error::from)?;
+        let (id, body, signature, key_id) = row.ok_or(Error::NotFound("certificate"))?;
+        Ok(Response::new(pb::GetDestructionCertificateResponse {
+            certificate: Some(pb::SignedCertificate {
+                certificate_id: id.to_string(),
+                body,
+                signature,
+                key_id,
+            }),
         }))
     }
 }

@@ -595,13 +595,14 @@ impl RetentionStore {
             .await
     }
 
-    /// Matters of known scopes that are open or not known here yet: the
-    /// ones to ask identity about.
+    /// Matters of known scopes and physical items that are open or not
+    /// known here yet: the ones to ask identity about.
     pub async fn matters_to_refresh(&self) -> StoreResult<Vec<Uuid>> {
         let rows: Vec<(Uuid,)> = self
             .db
             .fetch_all(
-                "SELECT DISTINCT s.matter_id FROM retention_scopes s \
+                "SELECT DISTINCT s.matter_id FROM \
+                 (SELECT matter_id FROM retention_scopes UNION SELECT matter_id FROM physical_items) s \
                  LEFT JOIN retention_matters m ON m.matter_id = s.matter_id \
                  WHERE s.matter_id IS NOT NULL AND (m.matter_id IS NULL OR m.closed_at IS NULL)",
                 vec![],

@@ -108,6 +108,8 @@ actions! {
     RetentionItemCheckedOut => "retention.item.checked_out", "A physical item was handed to a staff member (outcome denied: the decision's reason).";
     RetentionItemCheckedIn => "retention.item.checked_in", "A physical item was put back.";
     RetentionItemTransferred => "retention.item.transferred", "A physical item moved to another location (e.g. off-site storage).";
+    RetentionItemDestroyed => "retention.item.destroyed", "A physical item was destroyed by the shredding vendor (reason: the certificate of disposal).";
+    RetentionItemReturned => "retention.item.returned", "An original went back to its client.";
     RetentionCertificateIssued => "retention.certificate.issued", "A signed certificate of disposal was issued for a shredded scope.";
         IdentityWallCertified => "identity.wall.certified", "A wall was certified for a period from the audit log (outcome denied: accesses found).";
 }
