@@ -5,6 +5,7 @@
 pub mod audit_cli;
 pub mod certs;
 pub mod process;
+pub mod records_cli;
 #[cfg(feature = "testing")]
 pub mod sandbox;
 pub mod signals;

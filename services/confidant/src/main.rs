@@ -87,6 +87,14 @@ enum Command {
         #[command(subcommand)]
         action: AdminCommand,
     },
+    /// Physical records: locations, the register, custody, disposal lists
+    /// and certificates, as a staff member (--token or CONFIDANT_TOKEN).
+    Records {
+        #[command(flatten)]
+        conn: confidant::records_cli::Connection,
+        #[command(subcommand)]
+        action: confidant::records_cli::RecordsCommand,
+    },
     /// Retention: offline verification of certificates of disposal.
     Retention {
         #[command(subcommand)]
@@ -266,6 +274,10 @@ fn main() -> ExitCode {
         }
         Command::Audit { action } => audit(action),
         Command::Keys { action } => report(write_key(action)),
+        Command::Records { conn, action } => block_on(async move {
+            let mut stdout = std::io::stdout();
+            report(confidant::records_cli::run(&conn, action, &mut stdout).await)
+        }),
         Command::Retention {
             action: RetentionCommand::VerifyCertificate { file, public_key },
         } => verdict(verify_certificate(&file, &public_key)),
