@@ -31,6 +31,16 @@ const MAX_TEXT: usize = 200;
 /// Longest a check-out may last.
 const MAX_CHECKOUT_DAYS: i64 = 90;
 
+/// A SELECT of every item column, then `$rest` (a WHERE clause).
+macro_rules! item_select {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, label, kind, client_id, matter_id, category, original, location_id, box_id, state, holder_staff_id, due_back_at, registered_at FROM physical_items ",
+            $rest
+        )
+    };
+}
+
 /// A storage location as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct LocationRow {
@@ -230,10 +240,7 @@ impl PhysicalStore {
 
     async fn item(&self, id: Uuid) -> Result<Option<ItemRow>, sqlx::Error> {
         self.db
-            .fetch_optional(
-                "SELECT id, label, kind, client_id, matter_id, category, original, location_id, box_id, state, holder_staff_id, due_back_at, registered_at FROM physical_items WHERE id = $1",
-                vec![Value::Uuid(id)],
-            )
+            .fetch_optional(item_select!("WHERE id = $1"), vec![Value::Uuid(id)])
             .await
     }
 
@@ -383,10 +390,7 @@ impl PhysicalApi {
         Ok(self
             .store
             .db
-            .fetch_all(
-                "SELECT id, label, kind, client_id, matter_id, category, original, location_id, box_id, state, holder_staff_id, due_back_at, registered_at FROM physical_items WHERE state IN ('in', 'checked_out')",
-                vec![],
-            )
+            .fetch_all(item_select!("WHERE state IN ('in', 'checked_out')"), vec![])
             .await?)
     }
 
@@ -460,6 +464,35 @@ impl PhysicalApi {
             return Err(Error::NotFound("item"));
         };
         self.store.item(id).await?.ok_or(Error::NotFound("item"))
+    }
+
+    /// One move of an item: its guarded update, its custody log entry and
+    /// its audit event, committed together; `conflict` when the guard did
+    /// not hold (the item changed meanwhile). Returns the item now.
+    #[allow(clippy::too_many_arguments)]
+    async fn move_item(
+        &self,
+        actor: &Actor,
+        item: &ItemRow,
+        action: Action,
+        update: Statement,
+        log: Statement,
+        outcome: (Outcome, &str),
+        conflict: &'static str,
+    ) -> Result<pb::Item, Error> {
+        let event = self
+            .event(actor, action)
+            .resource("item", &item.id.to_string())
+            .scope(Some(item.client_id), item.matter_id)
+            .category(&item.category)
+            .outcome(outcome.0, outcome.1)
+            .build();
+        self.store
+            .db
+            .transact(vec![update.expecting(1), log], &[event])
+            .await
+            .map_err(|e| unmet(e, conflict))?;
+        self.reload(item.id).await
     }
 
     async fn reload(&self, id: Uuid) -> Result<pb::Item, Error> {
@@ -847,7 +880,9 @@ impl PhysicalRecordsService for PhysicalApi {
             self.store
                 .db
                 .fetch_all(
-                    "SELECT id, label, kind, client_id, matter_id, category, original, location_id, box_id, state, holder_staff_id, due_back_at, registered_at FROM physical_items WHERE client_id = $1 AND ($2 IS NULL OR matter_id = $2) ORDER BY label",
+                    item_select!(
+                        "WHERE client_id = $1 AND ($2 IS NULL OR matter_id = $2) ORDER BY label"
+                    ),
                     vec![Value::Uuid(client), Value::OptUuid(matter)],
                 )
                 .await
@@ -861,7 +896,7 @@ impl PhysicalRecordsService for PhysicalApi {
             self.store
                 .db
                 .fetch_all(
-                    "SELECT id, label, kind, client_id, matter_id, category, original, location_id, box_id, state, holder_staff_id, due_back_at, registered_at FROM physical_items WHERE location_id = $1 ORDER BY label",
+                    item_select!("WHERE location_id = $1 ORDER BY label"),
                     vec![Value::Uuid(location.id)],
                 )
                 .await
@@ -932,30 +967,22 @@ impl PhysicalRecordsService for PhysicalApi {
             })
             .into());
         }
-        let event = self
-            .event(&actor, Action::RetentionItemCheckedOut)
-            .resource("item", &item.id.to_string())
-            .scope(Some(item.client_id), item.matter_id)
-            .category(&item.category)
-            .outcome(Outcome::Allowed, "")
-            .build();
-        self.store
-            .db
-            .transact(
-                vec![
-                    Statement::new(
+        let moved = self
+            .move_item(
+                &actor,
+                &item,
+                Action::RetentionItemCheckedOut,
+                Statement::new(
                         "UPDATE physical_items SET state = 'checked_out', holder_staff_id = $1, due_back_at = $2 WHERE id = $3 AND state = 'in'",
                         vec![Value::Text(staff.clone()), Value::Time(due), Value::Uuid(item.id)],
-                    )
-                    .expecting(1),
-                    custody(item.id, "checked_out", now, &staff, None, &reason),
-                ],
-                &[event],
+                    ),
+                custody(item.id, "checked_out", now, &staff, None, &reason),
+                (Outcome::Allowed, ""),
+                "the item is already checked out",
             )
-            .await
-            .map_err(|e| unmet(e, "the item is already checked out"))?;
+            .await?;
         Ok(Response::new(pb::CheckOutItemResponse {
-            item: Some(self.reload(item.id).await?),
+            item: Some(moved),
         }))
     }
 
@@ -980,30 +1007,21 @@ impl PhysicalRecordsService for PhysicalApi {
         }
         let location = known.map_or(item.location_id, |l| l.id);
         let now = Utc::now();
-        let event = self
-            .event(&actor, Action::RetentionItemCheckedIn)
-            .resource("item", &item.id.to_string())
-            .scope(Some(item.client_id), item.matter_id)
-            .outcome(Outcome::Allowed, "")
-            .build();
-        self.store
-            .db
-            .transact(
-                vec![
-                    Statement::new(
+        let moved = self
+            .move_item(
+                &actor,
+                &item,
+                Action::RetentionItemCheckedIn,
+                Statement::new(
                         "UPDATE physical_items SET state = 'in', holder_staff_id = NULL, due_back_at = NULL, location_id = $1 WHERE id = $2 AND state = 'checked_out'",
                         vec![Value::Uuid(location), Value::Uuid(item.id)],
-                    )
-                    .expecting(1),
-                    custody(item.id, "checked_in", now, &staff, Some(location), ""),
-                ],
-                &[event],
+                    ),
+                custody(item.id, "checked_in", now, &staff, Some(location), ""),
+                (Outcome::Allowed, ""),
+                "the item is not checked out",
             )
-            .await
-            .map_err(|e| unmet(e, "the item is not checked out"))?;
-        Ok(Response::new(pb::CheckInItemResponse {
-            item: Some(self.reload(item.id).await?),
-        }))
+            .await?;
+        Ok(Response::new(pb::CheckInItemResponse { item: Some(moved) }))
     }
 
     #[tracing::instrument(name = "physical.transfer_item", skip_all)]
@@ -1028,43 +1046,36 @@ impl PhysicalRecordsService for PhysicalApi {
             return Err(Error::Conflict("only an item that is in can be transferred").into());
         }
         let now = Utc::now();
-        let event = self
-            .event(&actor, Action::RetentionItemTransferred)
-            .resource("item", &item.id.to_string())
-            .scope(Some(item.client_id), item.matter_id)
-            .outcome(
-                Outcome::Allowed,
-                if location.off_site != 0 {
-                    "off_site"
-                } else {
-                    ""
-                },
+        let moved = self
+            .move_item(
+                &actor,
+                &item,
+                Action::RetentionItemTransferred,
+                Statement::new(
+                    "UPDATE physical_items SET location_id = $1 WHERE id = $2 AND state = 'in'",
+                    vec![Value::Uuid(location.id), Value::Uuid(item.id)],
+                ),
+                custody(
+                    item.id,
+                    "transferred",
+                    now,
+                    &staff,
+                    Some(location.id),
+                    &reason,
+                ),
+                (
+                    Outcome::Allowed,
+                    if location.off_site != 0 {
+                        "off_site"
+                    } else {
+                        ""
+                    },
+                ),
+                "only an item that is in can be transferred",
             )
-            .build();
-        self.store
-            .db
-            .transact(
-                vec![
-                    Statement::new(
-                        "UPDATE physical_items SET location_id = $1 WHERE id = $2 AND state = 'in'",
-                        vec![Value::Uuid(location.id), Value::Uuid(item.id)],
-                    )
-                    .expecting(1),
-                    custody(
-                        item.id,
-                        "transferred",
-                        now,
-                        &staff,
-                        Some(location.id),
-                        &reason,
-                    ),
-                ],
-                &[event],
-            )
-            .await
-            .map_err(|e| unmet(e, "only an item that is in can be transferred"))?;
+            .await?;
         Ok(Response::new(pb::TransferItemResponse {
-            item: Some(self.reload(item.id).await?),
+            item: Some(moved),
         }))
     }
 
@@ -1079,7 +1090,9 @@ impl PhysicalRecordsService for PhysicalApi {
             .store
             .db
             .fetch_all(
-                "SELECT id, label, kind, client_id, matter_id, category, original, location_id, box_id, state, holder_staff_id, due_back_at, registered_at FROM physical_items WHERE state = 'checked_out' AND due_back_at < $1 ORDER BY due_back_at",
+                item_select!(
+                    "WHERE state = 'checked_out' AND due_back_at < $1 ORDER BY due_back_at"
+                ),
                 vec![Value::Time(now)],
             )
             .await
@@ -1349,29 +1362,22 @@ impl PhysicalRecordsService for PhysicalApi {
             return Err(Error::Conflict("the item is not in").into());
         }
         let now = Utc::now();
-        let event = self
-            .event(&actor, Action::RetentionItemReturned)
-            .resource("item", &item.id.to_string())
-            .scope(Some(item.client_id), item.matter_id)
-            .outcome(Outcome::Allowed, "")
-            .build();
-        self.store
-            .db
-            .transact(
-                vec![
-                    Statement::new(
-                        "UPDATE physical_items SET state = 'returned' WHERE id = $1 AND state = 'in'",
-                        vec![Value::Uuid(item.id)],
-                    )
-                    .expecting(1),
-                    custody(item.id, "returned", now, &staff, None, &reference),
-                ],
-                &[event],
+        let moved = self
+            .move_item(
+                &actor,
+                &item,
+                Action::RetentionItemReturned,
+                Statement::new(
+                    "UPDATE physical_items SET state = 'returned' WHERE id = $1 AND state = 'in'",
+                    vec![Value::Uuid(item.id)],
+                ),
+                custody(item.id, "returned", now, &staff, None, &reference),
+                (Outcome::Allowed, ""),
+                "the item is not in",
             )
-            .await
-            .map_err(|e| unmet(e, "the item is not in"))?;
+            .await?;
         Ok(Response::new(pb::RecordItemReturnedResponse {
-            item: Some(self.reload(item.id).await?),
+            item: Some(moved),
         }))
     }
 
