@@ -16,6 +16,7 @@ pub mod checkpoint;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod incidents;
 pub mod log;
 pub mod merkle;
 pub mod store;
@@ -53,6 +54,9 @@ pub const MIGRATIONS: Migrations = Migrations {
 
 /// The fully qualified name of the gRPC service.
 pub const GRPC_SERVICE: &str = "confidant.audit.v1.AuditService";
+
+/// Incident response, served by the audit service too.
+pub const INCIDENT_GRPC_SERVICE: &str = "confidant.audit.v1.IncidentService";
 
 /// The services allowed to append events.
 pub const APPENDERS: [ServiceName; 4] = [
@@ -152,15 +156,30 @@ pub async fn build(ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
             tracing::error!(error = %err, "could not record the audit service's stop");
         }
     });
+    let incidents = incidents::IncidentApi::new(
+        ctx.db.clone(),
+        log.clone(),
+        Arc::new(confidant_runtime::decide::Decider::new(
+            ctx.peer(ServiceName::Identity),
+            Duration::from_millis(ctx.config.vault.decision_cache_millis),
+        )),
+        &ctx.config.trust_domain,
+    );
+    let drain = incidents::drain_own_outbox(ctx.outbox.clone(), log.clone(), ctx.shutdown.clone());
     Ok(ServiceParts {
         routes: tonic::service::Routes::new(AuditServiceServer::new(grpc::AuditApi::new(
             log,
             ctx.peer(ServiceName::Identity),
             readers_for_queries,
-        ))),
-        grpc_services: vec![GRPC_SERVICE],
+        )))
+        .add_service(
+            confidant_proto::audit::v1::incident_service_server::IncidentServiceServer::new(
+                incidents,
+            ),
+        ),
+        grpc_services: vec![GRPC_SERVICE, INCIDENT_GRPC_SERVICE],
         policy,
-        tasks: vec![Box::pin(checkpointer)],
+        tasks: vec![Box::pin(checkpointer), Box::pin(drain)],
         on_stop: vec![on_stop],
     })
 }

@@ -82,6 +82,11 @@ actions! {
     VaultOriginalsReturned => "vault.originals.returned", "A scope's originals were returned to the client; the scope follows its schedule again (reason: the return).";
     VaultSealedTextOpened => "vault.sealed_text.opened", "Sealed free text of an audit event was read.";
     VaultKeysRewrapped => "vault.keys.rewrapped", "Scope keys were rewrapped under the active KMS key.";
+    AuditIncidentOpened => "audit.incident.opened", "An incident was opened (reason: its stage).";
+    AuditIncidentAdvanced => "audit.incident.advanced", "An incident moved to its next stage (reason: the stage).";
+    AuditIncidentNoted => "audit.incident.noted", "A note was added to an incident's timeline.";
+    AuditIncidentNotified => "audit.incident.notified", "A notification for an incident obligation was recorded (reason: the obligation).";
+    AuditAffectedSearched => "audit.incident.affected_searched", "The log was searched for the clients a compromised identity reached (reason: the number of clients).";
     IntakeNoticePublished => "intake.notice.published", "A version of the privacy notice was published (resource id: the version).";
     IntakeFormPublished => "intake.form.published", "A form version was published (resource id: name and version).";
     IntakeInvitationCreated => "intake.invitation.created", "A client was invited to answer a form for a matter.";

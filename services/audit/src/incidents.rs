@@ -1,0 +1,1011 @@
+//! Incident response: incidents and their stages, notification obligations
+//! computed from rules kept as data, the clients a compromised identity
+//! reached (from the log itself), and the notifications sent.
+//!
+//! Every change commits together with its audit event in the audit
+//! database's own outbox; [`drain_own_outbox`] appends those events to the
+//! log, so an incident change and its record cannot part.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use confidant_proto::audit::v1 as pb;
+use confidant_proto::audit::v1::incident_service_server::IncidentService;
+use confidant_proto::audit::v1::{AuditEvent, Outcome};
+use confidant_runtime::audit::Action;
+use confidant_runtime::auth::Actor;
+use confidant_runtime::decide::Decider;
+use confidant_runtime::error::{Violations, invalid_argument, storage_status, with_reason};
+use confidant_runtime::outbox::Outbox;
+use confidant_runtime::portable::{Statement, Value};
+use confidant_runtime::storage::Database;
+use prost::Message;
+use tonic::{Code, Request, Response, Status};
+use uuid::Uuid;
+
+use crate::log::AuditLog;
+use crate::store::EventFilter;
+
+/// Stages in order.
+const STAGES: [(&str, pb::IncidentStage); 6] = [
+    ("detection", pb::IncidentStage::Detection),
+    ("containment", pb::IncidentStage::Containment),
+    ("assessment", pb::IncidentStage::Assessment),
+    ("notification", pb::IncidentStage::Notification),
+    ("mitigation", pb::IncidentStage::Mitigation),
+    ("closed", pb::IncidentStage::Closed),
+];
+
+/// Actions that read client data in clear.
+const READS: [&str; 2] = ["vault.record.read", "vault.sealed_text.opened"];
+/// Other accesses to client data.
+const OTHER_ACCESSES: [&str; 4] = [
+    "vault.record.created",
+    "retention.item.checked_out",
+    "retention.item.registered",
+    "intake.file.uploaded",
+];
+/// Most events one affected-clients search examines.
+const MAX_EXAMINED: i64 = 1_000_000;
+
+fn stage_name(stage: pb::IncidentStage) -> Option<&'static str> {
+    STAGES.iter().find(|(_, s)| *s == stage).map(|(n, _)| *n)
+}
+
+fn stage_of(name: &str) -> pb::IncidentStage {
+    STAGES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(pb::IncidentStage::Unspecified, |(_, s)| *s)
+}
+
+fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn time_of(t: Option<prost_types::Timestamp>) -> Option<DateTime<Utc>> {
+    t.and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
+}
+
+fn text(v: &mut Violations, field: &str, value: &str, max: usize) -> String {
+    let t = value.trim();
+    if t.is_empty() || t.chars().count() > max {
+        v.add(field, format!("1 to {max} characters"));
+    }
+    t.to_owned()
+}
+
+/// What can go wrong here.
+#[derive(Debug)]
+enum Error {
+    Invalid(Violations),
+    Unauthenticated,
+    Refused(confidant_runtime::decide::Refusal),
+    NotFound(&'static str),
+    Conflict(&'static str),
+    Store(sqlx::Error),
+    Audit(String),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Error::Store(e)
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Invalid(v) => invalid_argument(v.as_slice()),
+            Error::Unauthenticated => with_reason(
+                Code::Unauthenticated,
+                "staff_token_required",
+                "sign in as a staff member",
+            ),
+            Error::Refused(confidant_runtime::decide::Refusal::Denied { reason, message }) => {
+                with_reason(Code::PermissionDenied, &reason, message)
+            }
+            Error::Refused(confidant_runtime::decide::Refusal::Unavailable(s)) => {
+                tracing::warn!(code = ?s.code(), "identity call failed");
+                with_reason(
+                    Code::Unavailable,
+                    "identity_unavailable",
+                    "the authorization decision could not be made; retry later",
+                )
+            }
+            Error::NotFound(what) => Status::not_found(format!("{what} not found")),
+            Error::Conflict(message) => with_reason(Code::FailedPrecondition, "conflict", message),
+            Error::Store(e) => {
+                tracing::error!(error = %e, "incident storage failed");
+                storage_status(&e)
+            }
+            Error::Audit(e) => {
+                tracing::error!(error = %e, "incident change not recorded");
+                with_reason(
+                    Code::Unavailable,
+                    "audit_unavailable",
+                    "the change could not be recorded, so it was not made; retry later",
+                )
+            }
+        }
+    }
+}
+
+fn check(v: Violations) -> Result<(), Error> {
+    if v.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Invalid(v))
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct RuleRow {
+    code: String,
+    regime: String,
+    recipient: String,
+    trigger_kind: String,
+    deadline_hours: i32,
+    deadline_text: String,
+    basis: String,
+    jurisdiction: String,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct IncidentRow {
+    id: Uuid,
+    title: String,
+    description: String,
+    stage: String,
+    aware_at: DateTime<Utc>,
+    discovered_at: DateTime<Utc>,
+    opened_by: String,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct TimelineRow {
+    at: DateTime<Utc>,
+    staff_id: String,
+    stage: Option<String>,
+    note: String,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct NotificationRow {
+    obligation_code: String,
+    recipient: String,
+    channel: String,
+    sent_at: DateTime<Utc>,
+    body: String,
+    recorded_by: String,
+}
+
+/// Handlers of `confidant.audit.v1.IncidentService`.
+#[derive(Debug, Clone)]
+pub struct IncidentApi {
+    db: Database,
+    log: Arc<AuditLog>,
+    decider: Arc<Decider>,
+    trust_domain: String,
+}
+
+/// Appends the events the audit service put in its own outbox (incident
+/// changes) to the log, until shutdown. Appending is idempotent by event id,
+/// so a crash between append and acknowledgement repeats nothing.
+pub async fn drain_own_outbox(
+    outbox: Outbox,
+    log: Arc<AuditLog>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let mut idle = true;
+        match outbox.pending(100).await {
+            Ok(batch) if !batch.is_empty() => {
+                idle = false;
+                let last = batch.last().map(|p| p.seq).unwrap_or_default();
+                let events: Vec<AuditEvent> = batch.into_iter().map(|p| p.event).collect();
+                match crate::domain::validate_batch(&events, crate::NAME.as_str(), Utc::now()) {
+                    Ok(valid) => match log.append(&valid).await {
+                        Ok(_) => {
+                            if let Err(e) = outbox.mark_delivered(last).await {
+                                tracing::warn!(error = %e, "own outbox not acknowledged");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "own events not appended; retrying");
+                            idle = true;
+                        }
+                    },
+                    Err(v) => {
+                        tracing::error!(violations = ?v.as_slice(), "own event invalid");
+                        let _ = outbox.record_failure(last, "invalid").await;
+                        idle = true;
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "own outbox unreadable"),
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        if idle {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+}
+
+impl IncidentApi {
+    /// Handlers over the audit database and log.
+    pub fn new(
+        db: Database,
+        log: Arc<AuditLog>,
+        decider: Arc<Decider>,
+        trust_domain: &str,
+    ) -> Self {
+        Self {
+            db,
+            log,
+            decider,
+            trust_domain: trust_domain.to_owned(),
+        }
+    }
+
+    async fn officer<T>(&self, request: &Request<T>) -> Result<(Actor, String), Error> {
+        let actor = Actor::of(request).ok_or(Error::Unauthenticated)?;
+        let Actor::Staff { staff_id, .. } = &actor else {
+            return Err(Error::Unauthenticated);
+        };
+        let id = staff_id.clone();
+        self.decider
+            .decide(&id, "incidents.manage", None, None)
+            .await
+            .map_err(Error::Refused)?;
+        Ok((actor, id))
+    }
+
+    fn event(&self, actor: &Actor, action: Action, incident: Uuid, reason: &str) -> AuditEvent {
+        actor
+            .event(crate::NAME, &self.trust_domain, action)
+            .resource("incident", &incident.to_string())
+            .outcome(Outcome::Allowed, reason)
+            .build()
+    }
+
+    async fn commit(&self, statements: Vec<Statement>, event: AuditEvent) -> Result<(), Error> {
+        self.db
+            .transact(statements, &[event])
+            .await
+            .map(|_| ())
+            .map_err(|e| match e {
+                confidant_runtime::portable::TransactError::Sqlx(e) => Error::Store(e),
+                other => Error::Audit(other.to_string()),
+            })
+    }
+
+    async fn rules(&self) -> Result<Vec<RuleRow>, Error> {
+        Ok(self
+            .db
+            .fetch_all(
+                "SELECT code, regime, recipient, trigger_kind, deadline_hours, deadline_text, basis, jurisdiction FROM incident_rules ORDER BY jurisdiction, code",
+                vec![],
+            )
+            .await?)
+    }
+
+    async fn row(&self, id: Uuid) -> Result<IncidentRow, Error> {
+        self.db
+            .fetch_optional(
+                "SELECT id, title, description, stage, aware_at, discovered_at, opened_by FROM incidents WHERE id = $1",
+                vec![Value::Uuid(id)],
+            )
+            .await?
+            .ok_or(Error::NotFound("incident"))
+    }
+
+    /// The incident with its obligations; with timeline and notifications
+    /// when `full`.
+    async fn incident(
+        &self,
+        row: &IncidentRow,
+        full: bool,
+        now: DateTime<Utc>,
+    ) -> Result<pb::Incident, Error> {
+        let codes: Vec<(String,)> = self
+            .db
+            .fetch_all(
+                "SELECT rule_code FROM incident_rule_links WHERE incident_id = $1 ORDER BY rule_code",
+                vec![Value::Uuid(row.id)],
+            )
+            .await?;
+        let terms: Vec<(Uuid, i32)> = self
+            .db
+            .fetch_all(
+                "SELECT client_id, hours FROM incident_client_terms WHERE incident_id = $1 ORDER BY client_id",
+                vec![Value::Uuid(row.id)],
+            )
+            .await?;
+        let notifications: Vec<NotificationRow> = self
+            .db
+            .fetch_all(
+                "SELECT obligation_code, recipient, channel, sent_at, body, recorded_by FROM incident_notifications WHERE incident_id = $1 ORDER BY sent_at",
+                vec![Value::Uuid(row.id)],
+            )
+            .await?;
+        let rules = self.rules().await?;
+        let met = |code: &str| {
+            notifications
+                .iter()
+                .filter(|n| n.obligation_code == code)
+                .map(|n| n.sent_at)
+                .min()
+        };
+        let obligation = |code: String,
+                          regime: String,
+                          recipient: String,
+                          due: Option<DateTime<Utc>>,
+                          deadline_text: String,
+                          basis: String| {
+            let met_at = met(&code);
+            let status = match (met_at, due) {
+                (Some(_), _) => pb::ObligationStatus::Met,
+                (None, Some(d)) if d < now => pb::ObligationStatus::Overdue,
+                _ => pb::ObligationStatus::Pending,
+            };
+            pb::Obligation {
+                code,
+                regime,
+                recipient,
+                due_time: due.map(ts),
+                deadline_text,
+                basis,
+                status: status as i32,
+                met_time: met_at.map(ts),
+            }
+        };
+        let mut obligations = Vec::new();
+        for (code,) in &codes {
+            let Some(rule) = rules.iter().find(|r| r.code == *code) else {
+                continue;
+            };
+            let from = if rule.trigger_kind == "discovery" {
+                row.discovered_at
+            } else {
+                row.aware_at
+            };
+            let due = (rule.deadline_hours > 0)
+                .then(|| from + chrono::Duration::hours(i64::from(rule.deadline_hours)));
+            obligations.push(obligation(
+                rule.code.clone(),
+                rule.regime.clone(),
+                rule.recipient.clone(),
+                due,
+                rule.deadline_text.clone(),
+                rule.basis.clone(),
+            ));
+        }
+        for (client, hours) in &terms {
+            obligations.push(obligation(
+                format!("client-terms:{client}"),
+                "Client terms".into(),
+                format!("client {client}"),
+                Some(row.aware_at + chrono::Duration::hours(i64::from(*hours))),
+                format!("within {hours} hours of awareness (outside-counsel guidelines)"),
+                "engagement terms".into(),
+            ));
+        }
+        obligations.sort_by_key(|o| (o.due_time.map_or(i64::MAX, |t| t.seconds), o.code.clone()));
+        let timeline = if full {
+            let rows: Vec<TimelineRow> = self
+                .db
+                .fetch_all(
+                    "SELECT at, staff_id, stage, note FROM incident_timeline WHERE incident_id = $1 ORDER BY at, id",
+                    vec![Value::Uuid(row.id)],
+                )
+                .await?;
+            rows.into_iter()
+                .map(|t| pb::TimelineEntry {
+                    time: Some(ts(t.at)),
+                    staff_id: t.staff_id,
+                    stage: t
+                        .stage
+                        .as_deref()
+                        .map_or(pb::IncidentStage::Unspecified, stage_of)
+                        as i32,
+                    note: t.note,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(pb::Incident {
+            id: row.id.to_string(),
+            title: row.title.clone(),
+            description: row.description.clone(),
+            stage: stage_of(&row.stage) as i32,
+            aware_time: Some(ts(row.aware_at)),
+            discover_time: Some(ts(row.discovered_at)),
+            rule_codes: codes.into_iter().map(|c| c.0).collect(),
+            client_terms: terms
+                .iter()
+                .map(|(c, h)| pb::ClientTerm {
+                    client_id: c.to_string(),
+                    hours: *h,
+                })
+                .collect(),
+            obligations,
+            timeline,
+            notifications: if full {
+                notifications
+                    .into_iter()
+                    .map(|n| pb::Notification {
+                        obligation_code: n.obligation_code,
+                        recipient: n.recipient,
+                        channel: n.channel,
+                        sent_time: Some(ts(n.sent_at)),
+                        text: n.body,
+                        recorded_by: n.recorded_by,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            opened_by: row.opened_by.clone(),
+        })
+    }
+
+    async fn full(&self, id: Uuid) -> Result<pb::Incident, Error> {
+        let row = self.row(id).await?;
+        self.incident(&row, true, Utc::now()).await
+    }
+
+    fn incident_id(raw: &str) -> Result<Uuid, Error> {
+        let mut v = Violations::new();
+        let id = required_uuid(&mut v, "incident_id", raw);
+        check(v)?;
+        id.ok_or(Error::NotFound("incident"))
+    }
+}
+
+/// A required UUID.
+fn required_uuid(v: &mut Violations, field: &str, raw: &str) -> Option<Uuid> {
+    if raw.is_empty() {
+        v.add(field, "is required");
+        return None;
+    }
+    match Uuid::parse_str(raw) {
+        Ok(id) => Some(id),
+        Err(_) => {
+            v.add(field, "must be a UUID");
+            None
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl IncidentService for IncidentApi {
+    async fn list_notification_rules(
+        &self,
+        request: Request<pb::ListNotificationRulesRequest>,
+    ) -> Result<Response<pb::ListNotificationRulesResponse>, Status> {
+        self.officer(&request).await?;
+        let rules = self
+            .rules()
+            .await?
+            .into_iter()
+            .map(|r| pb::NotificationRule {
+                code: r.code,
+                regime: r.regime,
+                recipient: r.recipient,
+                trigger: r.trigger_kind,
+                deadline_hours: r.deadline_hours,
+                deadline_text: r.deadline_text,
+                basis: r.basis,
+                jurisdiction: r.jurisdiction,
+            })
+            .collect();
+        Ok(Response::new(pb::ListNotificationRulesResponse { rules }))
+    }
+
+    #[tracing::instrument(name = "incident.open", skip_all)]
+    async fn open_incident(
+        &self,
+        request: Request<pb::OpenIncidentRequest>,
+    ) -> Result<Response<pb::OpenIncidentResponse>, Status> {
+        let (actor, staff) = self.officer(&request).await?;
+        let req = request.into_inner();
+        let now = Utc::now();
+        let mut v = Violations::new();
+        let title = text(&mut v, "title", &req.title, 200);
+        if req.description.chars().count() > 10_000 {
+            v.add("description", "at most 10,000 characters");
+        }
+        let aware = time_of(req.aware_time);
+        if aware.is_none_or(|t| t > now) {
+            v.add("aware_time", "is required and not in the future");
+        }
+        let discovered = time_of(req.discover_time);
+        if discovered.is_some_and(|t| t > now) {
+            v.add("discover_time", "not in the future");
+        }
+        let discovered = discovered.or(aware);
+        let rules = self.rules().await?;
+        let mut codes: Vec<String> = Vec::new();
+        for (i, code) in req.rule_codes.iter().enumerate() {
+            if !rules.iter().any(|r| r.code == *code) {
+                v.add(format!("rule_codes[{i}]"), "no such notification rule");
+            } else if codes.contains(code) {
+                v.add(format!("rule_codes[{i}]"), "named twice");
+            } else {
+                codes.push(code.clone());
+            }
+        }
+        let mut terms: BTreeMap<Uuid, i32> = BTreeMap::new();
+        for (i, term) in req.client_terms.iter().enumerate() {
+            let client = required_uuid(
+                &mut v,
+                &format!("client_terms[{i}].client_id"),
+                &term.client_id,
+            );
+            if !(1..=720).contains(&term.hours) {
+                v.add(format!("client_terms[{i}].hours"), "1 to 720");
+            }
+            if let Some(c) = client
+                && terms.insert(c, term.hours).is_some()
+            {
+                v.add(format!("client_terms[{i}].client_id"), "named twice");
+            }
+        }
+        if codes.is_empty() && terms.is_empty() && v.is_empty() {
+            v.add(
+                "rule_codes",
+                "name at least one rule or client term that applies",
+            );
+        }
+        check(v)?;
+        let (Some(aware), Some(discovered)) = (aware, discovered) else {
+            return Err(Status::internal("validated request incomplete"));
+        };
+        let id = Uuid::now_v7();
+        let mut statements = vec![
+            Statement::new(
+                "INSERT INTO incidents (id, title, description, stage, aware_at, discovered_at, opened_by, opened_at) VALUES ($1, $2, $3, 'detection', $4, $5, $6, $7)",
+                vec![
+                    Value::Uuid(id),
+                    Value::Text(title),
+                    Value::Text(req.description.trim().to_owned()),
+                    Value::Time(aware),
+                    Value::Time(discovered),
+                    Value::Text(staff.clone()),
+                    Value::Time(now),
+                ],
+            ),
+            Statement::new(
+                "INSERT INTO incident_timeline (id, incident_id, at, staff_id, stage, note) VALUES ($1, $2, $3, $4, 'detection', 'opened')",
+                vec![
+                    Value::Uuid(Uuid::now_v7()),
+                    Value::Uuid(id),
+                    Value::Time(now),
+                    Value::Text(staff),
+                ],
+            ),
+        ];
+        for code in codes {
+            statements.push(Statement::new(
+                "INSERT INTO incident_rule_links (incident_id, rule_code) VALUES ($1, $2)",
+                vec![Value::Uuid(id), Value::Text(code)],
+            ));
+        }
+        for (client, hours) in terms {
+            statements.push(Statement::new(
+                "INSERT INTO incident_client_terms (incident_id, client_id, hours) VALUES ($1, $2, $3)",
+                vec![Value::Uuid(id), Value::Uuid(client), Value::Int(hours)],
+            ));
+        }
+        let event = self.event(&actor, Action::AuditIncidentOpened, id, "detection");
+        self.commit(statements, event).await?;
+        Ok(Response::new(pb::OpenIncidentResponse {
+            incident: Some(self.full(id).await?),
+        }))
+    }
+
+    async fn get_incident(
+        &self,
+        request: Request<pb::GetIncidentRequest>,
+    ) -> Result<Response<pb::GetIncidentResponse>, Status> {
+        self.officer(&request).await?;
+        let id = Self::incident_id(&request.get_ref().incident_id)?;
+        Ok(Response::new(pb::GetIncidentResponse {
+            incident: Some(self.full(id).await?),
+        }))
+    }
+
+    async fn list_incidents(
+        &self,
+        request: Request<pb::ListIncidentsRequest>,
+    ) -> Result<Response<pb::ListIncidentsResponse>, Status> {
+        self.officer(&request).await?;
+        let rows: Vec<IncidentRow> = self
+            .db
+            .fetch_all(
+                "SELECT id, title, description, stage, aware_at, discovered_at, opened_by FROM incidents WHERE ($1 = 0 OR stage <> 'closed') ORDER BY opened_at DESC",
+                vec![Value::Int(i32::from(request.get_ref().open_only))],
+            )
+            .await
+            .map_err(Error::from)?;
+        let now = Utc::now();
+        let mut incidents = Vec::with_capacity(rows.len());
+        for row in &rows {
+            incidents.push(self.incident(row, false, now).await?);
+        }
+        Ok(Response::new(pb::ListIncidentsResponse { incidents }))
+    }
+
+    #[tracing::instrument(name = "incident.advance", skip_all)]
+    async fn advance_incident(
+        &self,
+        request: Request<pb::AdvanceIncidentRequest>,
+    ) -> Result<Response<pb::AdvanceIncidentResponse>, Status> {
+        let (actor, staff) = self.officer(&request).await?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let id = required_uuid(&mut v, "incident_id", &req.incident_id);
+        let next = pb::IncidentStage::try_from(req.stage)
+            .ok()
+            .and_then(stage_name);
+        if next.is_none() || req.stage == pb::IncidentStage::Detection as i32 {
+            v.add("stage", "a stage after detection");
+        }
+        let note = text(&mut v, "note", &req.note, 10_000);
+        check(v)?;
+        let (Some(id), Some(next)) = (id, next) else {
+            return Err(Status::internal("validated request incomplete"));
+        };
+        let row = self.row(id).await?;
+        let position = |name: &str| STAGES.iter().position(|(n, _)| *n == name);
+        if position(next) <= position(&row.stage) {
+            return Err(Error::Conflict("stages only go forward").into());
+        }
+        let now = Utc::now();
+        let event = self.event(&actor, Action::AuditIncidentAdvanced, id, next);
+        self.commit(
+            vec![
+                Statement::new(
+                    "UPDATE incidents SET stage = $1 WHERE id = $2 AND stage = $3",
+                    vec![Value::Text(next.to_owned()), Value::Uuid(id), Value::Text(row.stage.clone())],
+                )
+                .expecting(1),
+                Statement::new(
+                    "INSERT INTO incident_timeline (id, incident_id, at, staff_id, stage, note) VALUES ($1, $2, $3, $4, $5, $6)",
+                    vec![
+                        Value::Uuid(Uuid::now_v7()),
+                        Value::Uuid(id),
+                        Value::Time(now),
+                        Value::Text(staff),
+                        Value::OptText(Some(next.to_owned())),
+                        Value::Text(note),
+                    ],
+                ),
+            ],
+            event,
+        )
+        .await?;
+        Ok(Response::new(pb::AdvanceIncidentResponse {
+            incident: Some(self.full(id).await?),
+        }))
+    }
+
+    async fn add_incident_note(
+        &self,
+        request: Request<pb::AddIncidentNoteRequest>,
+    ) -> Result<Response<pb::AddIncidentNoteResponse>, Status> {
+        let (actor, staff) = self.officer(&request).await?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let id = required_uuid(&mut v, "incident_id", &req.incident_id);
+        let note = text(&mut v, "note", &req.note, 10_000);
+        check(v)?;
+        let Some(id) = id else {
+            return Err(Status::internal("validated request incomplete"));
+        };
+        self.row(id).await?;
+        let event = self.event(&actor, Action::AuditIncidentNoted, id, "");
+        self.commit(
+            vec![Statement::new(
+                "INSERT INTO incident_timeline (id, incident_id, at, staff_id, stage, note) VALUES ($1, $2, $3, $4, NULL, $5)",
+                vec![
+                    Value::Uuid(Uuid::now_v7()),
+                    Value::Uuid(id),
+                    Value::Time(Utc::now()),
+                    Value::Text(staff),
+                    Value::Text(note),
+                ],
+            )],
+            event,
+        )
+        .await?;
+        Ok(Response::new(pb::AddIncidentNoteResponse {
+            incident: Some(self.full(id).await?),
+        }))
+    }
+
+    #[tracing::instrument(name = "incident.find_affected_clients", skip_all)]
+    async fn find_affected_clients(
+        &self,
+        request: Request<pb::FindAffectedClientsRequest>,
+    ) -> Result<Response<pb::FindAffectedClientsResponse>, Status> {
+        let (actor, _) = self.officer(&request).await?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let actor_id = req.actor_id.trim().to_owned();
+        let peer = req.peer_identity.trim().to_owned();
+        if actor_id.is_empty() == peer.is_empty() {
+            v.add("actor_id", "name either a staff member or a peer identity");
+        }
+        if !actor_id.is_empty() && Uuid::parse_str(&actor_id).is_err() {
+            v.add("actor_id", "must be a UUID");
+        }
+        if !peer.is_empty() && !peer.starts_with("spiffe://") {
+            v.add("peer_identity", "must be a spiffe:// identity");
+        }
+        let start = time_of(req.start_time);
+        let end = time_of(req.end_time);
+        match (start, end) {
+            (Some(s), Some(e)) if s < e && e - s <= chrono::Duration::days(366) => {}
+            _ => v.add(
+                "end_time",
+                "a window with start before end, at most 366 days",
+            ),
+        }
+        check(v)?;
+        let filter = EventFilter {
+            actor_id: (!actor_id.is_empty()).then(|| actor_id.clone()),
+            outcome: Some(Outcome::Allowed as i32),
+            start,
+            end,
+            limit: MAX_EXAMINED,
+            ..EventFilter::default()
+        };
+        let found = self
+            .log
+            .store()
+            .search(&filter)
+            .await
+            .map_err(Error::from)?;
+        let examined = i64::try_from(found.len()).unwrap_or(i64::MAX);
+        // (client, matter, category) -> (reads, others, first, last)
+        type Tally = (i64, i64, DateTime<Utc>, DateTime<Utc>);
+        let mut tally: BTreeMap<(String, String, String), Tally> = BTreeMap::new();
+        for f in found {
+            let Ok(event) = AuditEvent::decode(f.event.payload.as_slice()) else {
+                continue;
+            };
+            let by = event.actor.as_ref();
+            if !peer.is_empty() && by.is_none_or(|a| a.peer_identity != peer) {
+                continue;
+            }
+            let read = READS.contains(&event.action.as_str());
+            if !read && !OTHER_ACCESSES.contains(&event.action.as_str()) {
+                continue;
+            }
+            let Some(resource) = event.resource.as_ref().filter(|r| !r.client_id.is_empty()) else {
+                continue;
+            };
+            let at = time_of(event.time).unwrap_or(f.recorded_at);
+            let entry = tally
+                .entry((
+                    resource.client_id.clone(),
+                    resource.matter_id.clone(),
+                    resource.data_category.clone(),
+                ))
+                .or_insert((0, 0, at, at));
+            if read {
+                entry.0 += 1;
+            } else {
+                entry.1 += 1;
+            }
+            entry.2 = entry.2.min(at);
+            entry.3 = entry.3.max(at);
+        }
+        let clients: std::collections::BTreeSet<&String> = tally.keys().map(|k| &k.0).collect();
+        let client_count = i32::try_from(clients.len()).unwrap_or(i32::MAX);
+        // The search itself is an access to the log worth recording.
+        let searched = actor
+            .event(
+                crate::NAME,
+                &self.trust_domain,
+                Action::AuditAffectedSearched,
+            )
+            .resource(
+                if actor_id.is_empty() { "peer" } else { "staff" },
+                if actor_id.is_empty() {
+                    &peer
+                } else {
+                    &actor_id
+                },
+            )
+            .outcome(Outcome::Allowed, &client_count.to_string())
+            .build();
+        self.commit(Vec::new(), searched).await?;
+        Ok(Response::new(pb::FindAffectedClientsResponse {
+            scopes: tally
+                .into_iter()
+                .map(
+                    |((client, matter, category), (reads, others, first, last))| {
+                        pb::AffectedScope {
+                            client_id: client,
+                            matter_id: matter,
+                            category,
+                            reads,
+                            other_accesses: others,
+                            first_time: Some(ts(first)),
+                            last_time: Some(ts(last)),
+                        }
+                    },
+                )
+                .collect(),
+            client_count,
+            events_examined: examined,
+        }))
+    }
+
+    async fn draft_notice(
+        &self,
+        request: Request<pb::DraftNoticeRequest>,
+    ) -> Result<Response<pb::DraftNoticeResponse>, Status> {
+        self.officer(&request).await?;
+        let id = Self::incident_id(&request.get_ref().incident_id)?;
+        let incident = self.full(id).await?;
+        let Some(obligation) = incident
+            .obligations
+            .iter()
+            .find(|o| o.code == request.get_ref().obligation_code)
+        else {
+            let mut v = Violations::new();
+            v.add("obligation_code", "not an obligation of this incident");
+            return Err(Error::Invalid(v).into());
+        };
+        let when = |t: Option<prost_types::Timestamp>| {
+            time_of(t).map_or_else(
+                || "unknown".to_owned(),
+                |t| t.format("%-d %B %Y, %H:%M UTC").to_string(),
+            )
+        };
+        let due = obligation
+            .due_time
+            .map_or_else(|| obligation.deadline_text.clone(), |t| when(Some(t)));
+        let text = format!(
+            "To: {recipient}\n\
+             Subject: Notification of a personal data incident — {title}\n\n\
+             We are writing to tell you about an incident affecting personal data we hold.\n\n\
+             What happened: {description}\n\
+             When we became aware: {aware}\n\
+             Current status: {stage}\n\n\
+             What we are doing: we have contained the incident and are assessing its scope; \
+             we will update you as we learn more.\n\
+             What you can do: [describe the steps the recipient should take].\n\
+             Contact: [name, role, telephone and e-mail of the firm's contact].\n\n\
+             This notice is given under {basis} ({deadline}).\n",
+            recipient = obligation.recipient,
+            title = incident.title,
+            description = if incident.description.is_empty() {
+                "[describe]"
+            } else {
+                &incident.description
+            },
+            aware = when(incident.aware_time),
+            stage = stage_name(pb::IncidentStage::try_from(incident.stage).unwrap_or_default())
+                .unwrap_or("open"),
+            basis = obligation.basis,
+            deadline = due,
+        );
+        Ok(Response::new(pb::DraftNoticeResponse { text }))
+    }
+
+    #[tracing::instrument(name = "incident.record_notification", skip_all)]
+    async fn record_notification(
+        &self,
+        request: Request<pb::RecordNotificationRequest>,
+    ) -> Result<Response<pb::RecordNotificationResponse>, Status> {
+        let (actor, staff) = self.officer(&request).await?;
+        let req = request.into_inner();
+        let now = Utc::now();
+        let mut v = Violations::new();
+        let id = required_uuid(&mut v, "incident_id", &req.incident_id);
+        let recipient = text(&mut v, "recipient", &req.recipient, 200);
+        let channel = text(&mut v, "channel", &req.channel, 50);
+        let body = text(&mut v, "text", &req.text, 20_000);
+        let sent = time_of(req.sent_time);
+        if sent.is_none_or(|t| t > now) {
+            v.add("sent_time", "is required and not in the future");
+        }
+        let incident = match id {
+            Some(id) => Some(self.full(id).await?),
+            None => None,
+        };
+        if let Some(incident) = &incident
+            && !incident
+                .obligations
+                .iter()
+                .any(|o| o.code == req.obligation_code)
+        {
+            v.add("obligation_code", "not an obligation of this incident");
+        }
+        check(v)?;
+        let (Some(id), Some(sent)) = (id, sent) else {
+            return Err(Status::internal("validated request incomplete"));
+        };
+        let event = self.event(
+            &actor,
+            Action::AuditIncidentNotified,
+            id,
+            &req.obligation_code,
+        );
+        self.commit(
+            vec![Statement::new(
+                "INSERT INTO incident_notifications (id, incident_id, obligation_code, recipient, channel, sent_at, body, recorded_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                vec![
+                    Value::Uuid(Uuid::now_v7()),
+                    Value::Uuid(id),
+                    Value::Text(req.obligation_code.clone()),
+                    Value::Text(recipient),
+                    Value::Text(channel),
+                    Value::Time(sent),
+                    Value::Text(body),
+                    Value::Text(staff),
+                ],
+            )],
+            event,
+        )
+        .await?;
+        Ok(Response::new(pb::RecordNotificationResponse {
+            incident: Some(self.full(id).await?),
+        }))
+    }
+
+    async fn list_overdue_obligations(
+        &self,
+        request: Request<pb::ListOverdueObligationsRequest>,
+    ) -> Result<Response<pb::ListOverdueObligationsResponse>, Status> {
+        self.officer(&request).await?;
+        let rows: Vec<IncidentRow> = self
+            .db
+            .fetch_all(
+                "SELECT id, title, description, stage, aware_at, discovered_at, opened_by FROM incidents WHERE stage <> 'closed'",
+                vec![],
+            )
+            .await
+            .map_err(Error::from)?;
+        let now = Utc::now();
+        let mut overdue = Vec::new();
+        for row in &rows {
+            let incident = self.incident(row, false, now).await?;
+            for o in incident.obligations {
+                if o.status == pb::ObligationStatus::Overdue as i32 {
+                    overdue.push(pb::OverdueObligation {
+                        incident_id: incident.id.clone(),
+                        title: incident.title.clone(),
+                        obligation: Some(o),
+                    });
+                }
+            }
+        }
+        overdue.sort_by_key(|o| {
+            o.obligation
+                .as_ref()
+                .and_then(|o| o.due_time)
+                .map_or(0, |t| t.seconds)
+        });
+        Ok(Response::new(pb::ListOverdueObligationsResponse {
+            obligations: overdue,
+        }))
+    }
+}

@@ -1,0 +1,536 @@
+//! Incident response through the audit service's IncidentService, on data
+//! the vault produced, on SQLite and on PostgreSQL with Redis and the KMS
+//! emulator: obligations under several regimes with their deadlines, the
+//! clients a compromised account reached (from the log), drafts and
+//! recorded notifications, the stages, bad input and who may do it.
+
+mod common;
+
+use common::directory::{as_staff, assign, cleared, new_client, new_matter, staff_token};
+use common::{error_reason, violated_fields};
+use confidant::sandbox::{Sandbox, SandboxData, SandboxSpec};
+use confidant_proto::audit::v1 as pb;
+use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
+use confidant_proto::audit::v1::incident_service_client::IncidentServiceClient;
+use confidant_proto::vault::v1 as vault_pb;
+use confidant_proto::vault::v1::vault_service_client::VaultServiceClient;
+use confidant_runtime::ServiceName;
+use confidant_runtime::client::PeerChannel;
+use confidant_runtime::storage::Backend;
+use tonic::Code;
+
+async fn channel(
+    data: &SandboxData,
+    sandbox: &Sandbox,
+    service: ServiceName,
+    name: &str,
+) -> PeerChannel {
+    confidant_runtime::client::connect(&sandbox.url(service), &data.client_tls(name), "localhost")
+        .await
+        .expect("reachable")
+}
+
+fn at(t: chrono::DateTime<chrono::Utc>) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: 0,
+    })
+}
+
+async fn a_breach_from_detection_to_notification(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec::of(&[
+            ServiceName::Identity,
+            ServiceName::Vault,
+            ServiceName::Audit,
+        ]),
+    )
+    .await;
+    let mut admin = common::identity_client(&data, &sandbox, "operator").await;
+    let client_a = new_client(&mut admin).await;
+    let client_b = new_client(&mut admin).await;
+    let partner = cleared(&mut admin, "partner@firm.example", "partner").await;
+    let matter_a = new_matter(&mut admin, &client_a, Some(&partner), "private-client").await;
+    let matter_b = new_matter(&mut admin, &client_b, Some(&partner), "tax").await;
+    let officer = cleared(&mut admin, "security@firm.example", "security_officer").await;
+    let associate = cleared(&mut admin, "associate@firm.example", "associate").await;
+    assign(&mut admin, &matter_a, &associate).await;
+    let partner_token = staff_token(&data, &partner, &["partner"]);
+    let officer_token = staff_token(&data, &officer, &["security_officer"]);
+
+    // The vault produces the data: records written by intake, read by the
+    // partner whose account is later found compromised.
+    let mut writer =
+        VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "intake").await);
+    let mut reader =
+        VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "firm-app").await);
+    let window_start = chrono::Utc::now() - chrono::Duration::minutes(5);
+    let mut reads = Vec::new();
+    for (client, matter, category) in [
+        (
+            &client_a,
+            &matter_a,
+            vault_pb::DataCategory::IdentityDocument,
+        ),
+        (
+            &client_a,
+            &matter_a,
+            vault_pb::DataCategory::IdentityDocument,
+        ),
+        (&client_a, &matter_a, vault_pb::DataCategory::Financial),
+        (&client_b, &matter_b, vault_pb::DataCategory::ContactDetails),
+    ] {
+        let record = common::store_record(&mut writer, client, matter, category, false).await;
+        reads.push(record.id);
+    }
+    for id in &reads {
+        reader
+            .get_record(as_staff(
+                &partner_token,
+                vault_pb::GetRecordRequest {
+                    record_id: id.clone(),
+                    purpose: vault_pb::Purpose::LegalAdvice as i32,
+                    justification: String::new(),
+                },
+            ))
+            .await
+            .unwrap();
+    }
+    let window_end = chrono::Utc::now() + chrono::Duration::minutes(5);
+
+    let mut incidents =
+        IncidentServiceClient::new(channel(&data, &sandbox, ServiceName::Audit, "firm-app").await);
+
+    // Only the security officer's role may run incidents.
+    let err = incidents
+        .list_notification_rules(as_staff(
+            &partner_token,
+            pb::ListNotificationRulesRequest {},
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let rules = incidents
+        .list_notification_rules(as_staff(
+            &officer_token,
+            pb::ListNotificationRulesRequest {},
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .rules;
+    let gdpr = rules.iter().find(|r| r.code == "gdpr-authority").unwrap();
+    assert_eq!(
+        (gdpr.deadline_hours, gdpr.basis.as_str()),
+        (72, "GDPR Art. 33(1)")
+    );
+
+    // The compromised account's reach, from the log (once the vault's
+    // events have been delivered to it).
+    let audit =
+        AuditServiceClient::new(channel(&data, &sandbox, ServiceName::Audit, "operator").await);
+    common::eventually(
+        std::time::Duration::from_secs(10),
+        "vault reads delivered",
+        || {
+            let mut audit = audit.clone();
+            let partner = partner.clone();
+            async move {
+                audit
+                    .list_events(pb::ListEventsRequest {
+                        actor_id: partner,
+                        action: "vault.record.read".into(),
+                        page_size: 100,
+                        ..Default::default()
+                    })
+                    .await
+                    .is_ok_and(|r| r.into_inner().events.len() == 4)
+            }
+        },
+    )
+    .await;
+    let affected = incidents
+        .find_affected_clients(as_staff(
+            &officer_token,
+            pb::FindAffectedClientsRequest {
+                actor_id: partner.clone(),
+                peer_identity: String::new(),
+                start_time: at(window_start),
+                end_time: at(window_end),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(affected.client_count, 2);
+    let mut seen: Vec<(String, String, String, i64)> = affected
+        .scopes
+        .iter()
+        .map(|s| {
+            (
+                s.client_id.clone(),
+                s.matter_id.clone(),
+                s.category.clone(),
+                s.reads,
+            )
+        })
+        .collect();
+    seen.sort();
+    let mut expected = vec![
+        (
+            client_a.clone(),
+            matter_a.clone(),
+            "identity_document".to_owned(),
+            2,
+        ),
+        (
+            client_a.clone(),
+            matter_a.clone(),
+            "financial".to_owned(),
+            1,
+        ),
+        (
+            client_b.clone(),
+            matter_b.clone(),
+            "contact_details".to_owned(),
+            1,
+        ),
+    ];
+    expected.sort();
+    assert_eq!(seen, expected);
+    // A service identity: what the intake certificate wrote.
+    let by_intake = incidents
+        .find_affected_clients(as_staff(
+            &officer_token,
+            pb::FindAffectedClientsRequest {
+                actor_id: String::new(),
+                peer_identity: ServiceName::Intake.spiffe_id(&sandbox.config.trust_domain),
+                start_time: at(window_start),
+                end_time: at(window_end),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        by_intake
+            .scopes
+            .iter()
+            .map(|s| s.other_accesses)
+            .sum::<i64>(),
+        4
+    );
+    assert!(by_intake.scopes.iter().all(|s| s.reads == 0));
+    // Someone who touched nothing reached no one.
+    let none = incidents
+        .find_affected_clients(as_staff(
+            &officer_token,
+            pb::FindAffectedClientsRequest {
+                actor_id: associate.clone(),
+                peer_identity: String::new(),
+                start_time: at(window_start),
+                end_time: at(window_end),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(none.client_count, 0);
+    let err = incidents
+        .find_affected_clients(as_staff(
+            &officer_token,
+            pb::FindAffectedClientsRequest {
+                actor_id: partner.clone(),
+                peer_identity: "intake".into(),
+                start_time: at(window_end),
+                end_time: at(window_start),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated_fields(&err),
+        ["actor_id", "peer_identity", "end_time"]
+    );
+
+    // Opening: every rule named, bad input refused field by field.
+    let aware = chrono::Utc::now() - chrono::Duration::hours(80);
+    let err = incidents
+        .open_incident(as_staff(
+            &officer_token,
+            pb::OpenIncidentRequest {
+                title: String::new(),
+                description: String::new(),
+                aware_time: at(chrono::Utc::now() + chrono::Duration::hours(1)),
+                discover_time: None,
+                rule_codes: vec!["gdpr-authority".into(), "mars-privacy-act".into()],
+                client_terms: vec![pb::ClientTerm {
+                    client_id: client_a.clone(),
+                    hours: 0,
+                }],
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated_fields(&err),
+        [
+            "title",
+            "aware_time",
+            "rule_codes[1]",
+            "client_terms[0].hours"
+        ]
+    );
+    let incident = incidents
+        .open_incident(as_staff(
+            &officer_token,
+            pb::OpenIncidentRequest {
+                title: "Partner account used from an unknown device".into(),
+                description: "A partner's session was used from an unrecognised network.".into(),
+                aware_time: at(aware),
+                discover_time: at(aware - chrono::Duration::hours(4)),
+                rule_codes: vec![
+                    "gdpr-authority".into(),
+                    "gdpr-data-subjects".into(),
+                    "us-co-residents".into(),
+                    "clients-professional-conduct".into(),
+                ],
+                client_terms: vec![pb::ClientTerm {
+                    client_id: client_a.clone(),
+                    hours: 24,
+                }],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .incident
+        .unwrap();
+    assert_eq!(incident.stage, pb::IncidentStage::Detection as i32);
+    let status = |i: &pb::Incident, code: &str| {
+        i.obligations
+            .iter()
+            .find(|o| o.code == code)
+            .map(|o| (o.status, o.due_time.map(|t| t.seconds)))
+            .unwrap()
+    };
+    let client_terms = format!("client-terms:{client_a}");
+    assert_eq!(
+        status(&incident, "gdpr-authority"),
+        (
+            pb::ObligationStatus::Overdue as i32,
+            Some((aware + chrono::Duration::hours(72)).timestamp())
+        )
+    );
+    assert_eq!(
+        status(&incident, &client_terms),
+        (
+            pb::ObligationStatus::Overdue as i32,
+            Some((aware + chrono::Duration::hours(24)).timestamp())
+        )
+    );
+    assert_eq!(
+        status(&incident, "us-co-residents"),
+        (
+            pb::ObligationStatus::Pending as i32,
+            Some((aware + chrono::Duration::days(30)).timestamp())
+        )
+    );
+    assert_eq!(
+        status(&incident, "gdpr-data-subjects"),
+        (pb::ObligationStatus::Pending as i32, None)
+    );
+    let overdue = incidents
+        .list_overdue_obligations(as_staff(
+            &officer_token,
+            pb::ListOverdueObligationsRequest {},
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .obligations;
+    let codes: Vec<String> = overdue
+        .iter()
+        .map(|o| o.obligation.as_ref().unwrap().code.clone())
+        .collect();
+    assert_eq!(
+        codes,
+        [client_terms.clone(), "gdpr-authority".to_owned()],
+        "most overdue first"
+    );
+
+    // A draft from the facts; the notification recorded meets the duty.
+    let draft = incidents
+        .draft_notice(as_staff(
+            &officer_token,
+            pb::DraftNoticeRequest {
+                incident_id: incident.id.clone(),
+                obligation_code: "gdpr-authority".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .text;
+    assert!(draft.contains("the lead supervisory authority"), "{draft}");
+    assert!(draft.contains("GDPR Art. 33(1)"), "{draft}");
+    assert!(
+        draft.contains("Partner account used from an unknown device"),
+        "{draft}"
+    );
+    let err = incidents
+        .draft_notice(as_staff(
+            &officer_token,
+            pb::DraftNoticeRequest {
+                incident_id: incident.id.clone(),
+                obligation_code: "hipaa-individuals".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), ["obligation_code"]);
+    let notified = incidents
+        .record_notification(as_staff(
+            &officer_token,
+            pb::RecordNotificationRequest {
+                incident_id: incident.id.clone(),
+                obligation_code: "gdpr-authority".into(),
+                recipient: "Data Protection Commission".into(),
+                channel: "portal".into(),
+                sent_time: at(chrono::Utc::now() - chrono::Duration::minutes(1)),
+                text: draft.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .incident
+        .unwrap();
+    assert_eq!(
+        status(&notified, "gdpr-authority").0,
+        pb::ObligationStatus::Met as i32
+    );
+    assert_eq!(notified.notifications.len(), 1);
+    let overdue = incidents
+        .list_overdue_obligations(as_staff(
+            &officer_token,
+            pb::ListOverdueObligationsRequest {},
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .obligations;
+    assert_eq!(overdue.len(), 1);
+
+    // Stages go forward only, each one on the timeline.
+    let advance = |stage: pb::IncidentStage| pb::AdvanceIncidentRequest {
+        incident_id: incident.id.clone(),
+        stage: stage as i32,
+        note: "sessions revoked, password reset".into(),
+    };
+    incidents
+        .advance_incident(as_staff(
+            &officer_token,
+            advance(pb::IncidentStage::Containment),
+        ))
+        .await
+        .unwrap();
+    let err = incidents
+        .advance_incident(as_staff(
+            &officer_token,
+            advance(pb::IncidentStage::Containment),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), error_reason(&err).as_str()),
+        (Code::FailedPrecondition, "conflict")
+    );
+    let err = incidents
+        .advance_incident(as_staff(
+            &officer_token,
+            advance(pb::IncidentStage::Detection),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), ["stage"]);
+    incidents
+        .add_incident_note(as_staff(
+            &officer_token,
+            pb::AddIncidentNoteRequest {
+                incident_id: incident.id.clone(),
+                note: "forensics engaged".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let moved = incidents
+        .advance_incident(as_staff(
+            &officer_token,
+            advance(pb::IncidentStage::Notification),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .incident
+        .unwrap();
+    let timeline: Vec<(i32, String)> = moved
+        .timeline
+        .iter()
+        .map(|t| (t.stage, t.staff_id.clone()))
+        .collect();
+    assert_eq!(
+        timeline,
+        [
+            (pb::IncidentStage::Detection as i32, officer.clone()),
+            (pb::IncidentStage::Containment as i32, officer.clone()),
+            (pb::IncidentStage::Unspecified as i32, officer.clone()),
+            (pb::IncidentStage::Notification as i32, officer.clone()),
+        ]
+    );
+
+    // Every step is in the tamper-evident log.
+    common::eventually(
+        std::time::Duration::from_secs(10),
+        "incident steps audited",
+        || {
+            let mut audit = audit.clone();
+            async move {
+                let events = audit
+                    .list_events(pb::ListEventsRequest {
+                        source_service: "audit".into(),
+                        page_size: 1000,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|r| r.into_inner().events)
+                    .unwrap_or_default();
+                let count = |action: &str| {
+                    events
+                        .iter()
+                        .filter(|e| e.event.as_ref().is_some_and(|e| e.action == action))
+                        .count()
+                };
+                count("audit.incident.opened") == 1
+                    && count("audit.incident.advanced") == 2
+                    && count("audit.incident.noted") == 1
+                    && count("audit.incident.notified") == 1
+                    && count("audit.incident.affected_searched") == 3
+            }
+        },
+    )
+    .await;
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_breach_from_detection_to_notification() {
+    a_breach_from_detection_to_notification(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_breach_from_detection_to_notification() {
+    a_breach_from_detection_to_notification(Backend::Postgres).await;
+}
