@@ -534,3 +534,255 @@ async fn sqlite_a_breach_from_detection_to_notification() {
 async fn postgres_a_breach_from_detection_to_notification() {
     a_breach_from_detection_to_notification(Backend::Postgres).await;
 }
+
+async fn rules_over_the_event_stream_raise_alerts(backend: Backend) {
+    use confidant_proto::identity::v1::{CreateWallRequest, OpenBreakGlassRequest};
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec::of(&[
+            ServiceName::Identity,
+            ServiceName::Vault,
+            ServiceName::Audit,
+        ]),
+    )
+    .await;
+    let mut admin = common::identity_client(&data, &sandbox, "operator").await;
+    let client_a = new_client(&mut admin).await;
+    let client_b = new_client(&mut admin).await;
+    let partner = cleared(&mut admin, "partner@firm.example", "partner").await;
+    let matter_a = new_matter(&mut admin, &client_a, Some(&partner), "private-client").await;
+    let matter_b = new_matter(&mut admin, &client_b, Some(&partner), "tax").await;
+    let walled = cleared(&mut admin, "walled@firm.example", "associate").await;
+    assign(&mut admin, &matter_a, &walled).await;
+    admin
+        .create_wall(CreateWallRequest {
+            screened_staff_ids: vec![walled.clone()],
+            client_ids: vec![client_a.clone()],
+            matter_ids: vec![],
+        })
+        .await
+        .unwrap();
+    let paralegal = cleared(&mut admin, "paralegal@firm.example", "paralegal").await;
+    let officer = cleared(&mut admin, "security@firm.example", "security_officer").await;
+    let partner_token = staff_token(&data, &partner, &["partner"]);
+    let walled_token = staff_token(&data, &walled, &["associate"]);
+    let officer_token = staff_token(&data, &officer, &["security_officer"]);
+    let mut incidents =
+        IncidentServiceClient::new(channel(&data, &sandbox, ServiceName::Audit, "firm-app").await);
+
+    // The officer tunes the rules: one client is enough for the test, and
+    // every hour is outside working hours.
+    let rules = incidents
+        .list_detection_rules(as_staff(&officer_token, pb::ListDetectionRulesRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .rules;
+    assert_eq!(rules.len(), 6);
+    let rule = |code: &str| rules.iter().find(|r| r.code == code).unwrap().clone();
+    let err = incidents
+        .update_detection_rule(as_staff(
+            &officer_token,
+            pb::UpdateDetectionRuleRequest {
+                rule: Some(pb::DetectionRule {
+                    code: "no-such-rule".into(),
+                    threshold: -1,
+                    window_seconds: 0,
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated_fields(&err),
+        ["rule.code", "rule.threshold", "rule.window_seconds"]
+    );
+    let err = incidents
+        .update_detection_rule(as_staff(
+            &partner_token,
+            pb::UpdateDetectionRuleRequest {
+                rule: Some(rule("many-clients")),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    for (code, threshold, start, end) in [("many-clients", 1, 0, 0), ("reads-off-hours", 0, 0, 0)] {
+        incidents
+            .update_detection_rule(as_staff(
+                &officer_token,
+                pb::UpdateDetectionRuleRequest {
+                    rule: Some(pb::DetectionRule {
+                        threshold,
+                        hours_start: start,
+                        hours_end: end,
+                        ..rule(code)
+                    }),
+                },
+            ))
+            .await
+            .unwrap();
+    }
+
+    // What happens: the partner reads two clients' data; the walled
+    // associate tries client A; a paralegal breaks the glass; and a shred
+    // arrives in the log from someone other than retention.
+    let mut writer =
+        VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "intake").await);
+    let mut reader =
+        VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "firm-app").await);
+    let read = |id: String| vault_pb::GetRecordRequest {
+        record_id: id,
+        purpose: vault_pb::Purpose::LegalAdvice as i32,
+        justification: String::new(),
+    };
+    let a = common::store_record(
+        &mut writer,
+        &client_a,
+        &matter_a,
+        vault_pb::DataCategory::Financial,
+        false,
+    )
+    .await;
+    let b = common::store_record(
+        &mut writer,
+        &client_b,
+        &matter_b,
+        vault_pb::DataCategory::Financial,
+        false,
+    )
+    .await;
+    for id in [&a.id, &b.id] {
+        reader
+            .get_record(as_staff(&partner_token, read(id.clone())))
+            .await
+            .unwrap();
+    }
+    let err = reader
+        .get_record(as_staff(&walled_token, read(a.id.clone())))
+        .await
+        .unwrap_err();
+    assert_eq!(error_reason(&err), "behind_wall");
+    admin
+        .open_break_glass(OpenBreakGlassRequest {
+            staff_id: paralegal.clone(),
+            matter_id: matter_b.clone(),
+            justification: "urgent hearing tomorrow morning, partner unreachable".into(),
+            duration_minutes: 30,
+        })
+        .await
+        .unwrap();
+    let stranger = ServiceName::Vault
+        .spiffe_id(&sandbox.config.trust_domain)
+        .replace("/vault", "/firm-app");
+    let shred = pb::AuditEvent {
+        id: uuid::Uuid::now_v7().to_string(),
+        time: at(chrono::Utc::now()),
+        source_service: "vault".into(),
+        actor: Some(pb::Actor {
+            kind: pb::ActorKind::Service as i32,
+            id: stranger.clone(),
+            roles: vec![],
+            peer_identity: stranger.clone(),
+        }),
+        action: "vault.scope.shredded".into(),
+        resource: Some(pb::Resource {
+            r#type: "scope".into(),
+            id: uuid::Uuid::now_v7().to_string(),
+            client_id: client_b.clone(),
+            matter_id: matter_b.clone(),
+            data_category: "financial".into(),
+        }),
+        outcome: pb::Outcome::Allowed as i32,
+        ..Default::default()
+    };
+    AuditServiceClient::new(channel(&data, &sandbox, ServiceName::Audit, "vault").await)
+        .append_events(pb::AppendEventsRequest {
+            events: vec![shred],
+        })
+        .await
+        .unwrap();
+
+    // Each rule fires once for its actor; two of them opened incidents.
+    common::eventually(std::time::Duration::from_secs(20), "alerts raised", || {
+        let mut incidents = incidents.clone();
+        let token = officer_token.clone();
+        async move {
+            let alerts = incidents
+                .list_alerts(as_staff(&token, pb::ListAlertsRequest { page_size: 100 }))
+                .await
+                .map(|r| r.into_inner().alerts)
+                .unwrap_or_default();
+            let mut fired: Vec<&str> = alerts.iter().map(|a| a.rule_code.as_str()).collect();
+            fired.sort_unstable();
+            fired.dedup();
+            fired
+                == [
+                    "break-glass",
+                    "many-clients",
+                    "reads-off-hours",
+                    "shred-outside-retention",
+                    "walled-access",
+                ]
+        }
+    })
+    .await;
+    let alerts = incidents
+        .list_alerts(as_staff(
+            &officer_token,
+            pb::ListAlertsRequest { page_size: 100 },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .alerts;
+    let of = |code: &str| {
+        alerts
+            .iter()
+            .filter(|a| a.rule_code == code)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of("many-clients").len(), 1, "alerted once per window");
+    assert_eq!(of("many-clients")[0].actor_id, partner);
+    assert_eq!(of("walled-access")[0].actor_id, walled);
+    assert_eq!(of("shred-outside-retention")[0].actor_id, stranger);
+    assert!(!of("break-glass")[0].incident_id.is_empty());
+    assert!(of("walled-access")[0].incident_id.is_empty());
+    assert!(
+        alerts
+            .iter()
+            .all(|a| !a.summary.contains(&client_a) && !a.summary.contains(&client_b)),
+        "an alert carries client data"
+    );
+    let opened = incidents
+        .list_incidents(as_staff(
+            &officer_token,
+            pb::ListIncidentsRequest { open_only: true },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .incidents;
+    let mut titles: Vec<&str> = opened.iter().map(|i| i.title.as_str()).collect();
+    titles.sort_unstable();
+    assert_eq!(
+        titles,
+        ["Alert: break-glass", "Alert: shred-outside-retention"]
+    );
+    // The notifier (a file in dev) got them.
+    let sent = std::fs::read_to_string(data.path().join("alerts.jsonl")).unwrap();
+    assert!(sent.contains("Confidant alert: walled-access"), "{sent}");
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_rules_over_the_event_stream_raise_alerts() {
+    rules_over_the_event_stream_raise_alerts(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_rules_over_the_event_stream_raise_alerts() {
+    rules_over_the_event_stream_raise_alerts(Backend::Postgres).await;
+}

@@ -475,6 +475,21 @@ impl IncidentApi {
     }
 }
 
+fn rule_proto(r: &crate::detection::RuleRow) -> pb::DetectionRule {
+    pb::DetectionRule {
+        code: r.code.clone(),
+        kind: r.kind.clone(),
+        description: r.description.clone(),
+        threshold: r.threshold,
+        window_seconds: r.window_seconds,
+        action_name: r.action_name.clone().unwrap_or_default(),
+        hours_start: r.hours_start,
+        hours_end: r.hours_end,
+        enabled: r.enabled != 0,
+        opens_incident: r.opens_incident != 0,
+    }
+}
+
 /// A required UUID.
 fn required_uuid(v: &mut Violations, field: &str, raw: &str) -> Option<Uuid> {
     if raw.is_empty() {
@@ -1007,5 +1022,107 @@ impl IncidentService for IncidentApi {
         Ok(Response::new(pb::ListOverdueObligationsResponse {
             obligations: overdue,
         }))
+    }
+    async fn list_detection_rules(
+        &self,
+        request: Request<pb::ListDetectionRulesRequest>,
+    ) -> Result<Response<pb::ListDetectionRulesResponse>, Status> {
+        self.officer(&request).await?;
+        let rules = crate::detection::rules(&self.db)
+            .await
+            .map_err(Error::from)?
+            .iter()
+            .map(rule_proto)
+            .collect();
+        Ok(Response::new(pb::ListDetectionRulesResponse { rules }))
+    }
+
+    #[tracing::instrument(name = "incident.update_detection_rule", skip_all)]
+    async fn update_detection_rule(
+        &self,
+        request: Request<pb::UpdateDetectionRuleRequest>,
+    ) -> Result<Response<pb::UpdateDetectionRuleResponse>, Status> {
+        let (actor, _) = self.officer(&request).await?;
+        let rule = request.into_inner().rule.unwrap_or_default();
+        let mut v = Violations::new();
+        let known = crate::detection::rules(&self.db)
+            .await
+            .map_err(Error::from)?
+            .into_iter()
+            .find(|r| r.code == rule.code);
+        if known.is_none() {
+            v.add("rule.code", "no such detection rule");
+        }
+        if !(0..=1_000_000).contains(&rule.threshold) {
+            v.add("rule.threshold", "0 to 1,000,000");
+        }
+        if !(1..=2_592_000).contains(&rule.window_seconds) {
+            v.add("rule.window_seconds", "1 to 2,592,000 (30 days)");
+        }
+        if !(0..=23).contains(&rule.hours_start) || !(0..=24).contains(&rule.hours_end) {
+            v.add("rule.hours_start", "hours 0 to 23 (end up to 24)");
+        }
+        check(v)?;
+        let event = actor
+            .event(
+                crate::NAME,
+                &self.trust_domain,
+                Action::AuditDetectionRuleChanged,
+            )
+            .resource("detection_rule", &rule.code)
+            .outcome(Outcome::Allowed, &rule.code)
+            .build();
+        self.commit(
+            vec![Statement::new(
+                "UPDATE detection_rules SET threshold = $1, window_seconds = $2, hours_start = $3, hours_end = $4, enabled = $5, opens_incident = $6 WHERE code = $7",
+                vec![
+                    Value::Int(rule.threshold),
+                    Value::Int(rule.window_seconds),
+                    Value::Int(rule.hours_start),
+                    Value::Int(rule.hours_end),
+                    Value::Int(i32::from(rule.enabled)),
+                    Value::Int(i32::from(rule.opens_incident)),
+                    Value::Text(rule.code.clone()),
+                ],
+            )
+            .expecting(1)],
+            event,
+        )
+        .await?;
+        let now = crate::detection::rules(&self.db)
+            .await
+            .map_err(Error::from)?
+            .into_iter()
+            .find(|r| r.code == rule.code)
+            .ok_or(Error::NotFound("detection rule"))?;
+        Ok(Response::new(pb::UpdateDetectionRuleResponse {
+            rule: Some(rule_proto(&now)),
+        }))
+    }
+
+    async fn list_alerts(
+        &self,
+        request: Request<pb::ListAlertsRequest>,
+    ) -> Result<Response<pb::ListAlertsResponse>, Status> {
+        self.officer(&request).await?;
+        let size = match request.get_ref().page_size {
+            0 => 100,
+            n => n.clamp(1, 1000),
+        };
+        let alerts = crate::detection::alerts(&self.db, size)
+            .await
+            .map_err(Error::from)?
+            .into_iter()
+            .map(|a| pb::Alert {
+                id: a.id.to_string(),
+                rule_code: a.rule_code,
+                actor_id: a.actor_id,
+                fire_time: Some(ts(a.fired_at)),
+                event_index: a.event_idx,
+                summary: a.summary,
+                incident_id: a.incident_id.map(|i| i.to_string()).unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListAlertsResponse { alerts }))
     }
 }

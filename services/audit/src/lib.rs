@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod checkpoint;
+pub mod detection;
 pub mod domain;
 pub mod error;
 pub mod grpc;
@@ -166,6 +167,31 @@ pub async fn build(ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
         &ctx.config.trust_domain,
     );
     let drain = incidents::drain_own_outbox(ctx.outbox.clone(), log.clone(), ctx.shutdown.clone());
+    let audit_config = &ctx.config.audit;
+    let notifier: Arc<dyn confidant_runtime::notify::Notifier> =
+        match (&audit_config.alerts_webhook_url, &audit_config.alerts_file) {
+            (Some(url), _) => Arc::new(confidant_runtime::notify::WebhookNotifier::new(url, None)?),
+            (None, Some(file)) => {
+                Arc::new(confidant_runtime::notify::FileNotifier::new(file.clone()))
+            }
+            (None, None) => {
+                tracing::warn!(
+                    "audit.alerts_webhook_url is not set: alerts are only listed through the API"
+                );
+                Arc::new(detection::ListedOnly)
+            }
+        };
+    let detector = detection::run(
+        detection::Detector::new(
+            ctx.db.clone(),
+            log.clone(),
+            notifier,
+            &ctx.config.trust_domain,
+        ),
+        ctx.coord.clone(),
+        Duration::from_millis(audit_config.detection_interval_millis.max(100)),
+        ctx.shutdown.clone(),
+    );
     Ok(ServiceParts {
         routes: tonic::service::Routes::new(AuditServiceServer::new(grpc::AuditApi::new(
             log,
@@ -179,7 +205,7 @@ pub async fn build(ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
         ),
         grpc_services: vec![GRPC_SERVICE, INCIDENT_GRPC_SERVICE],
         policy,
-        tasks: vec![Box::pin(checkpointer), Box::pin(drain)],
+        tasks: vec![Box::pin(checkpointer), Box::pin(drain), Box::pin(detector)],
         on_stop: vec![on_stop],
     })
 }

@@ -82,6 +82,8 @@ actions! {
     VaultOriginalsReturned => "vault.originals.returned", "A scope's originals were returned to the client; the scope follows its schedule again (reason: the return).";
     VaultSealedTextOpened => "vault.sealed_text.opened", "Sealed free text of an audit event was read.";
     VaultKeysRewrapped => "vault.keys.rewrapped", "Scope keys were rewrapped under the active KMS key.";
+    AuditAlertRaised => "audit.alert.raised", "A detection rule fired (reason: the rule).";
+    AuditDetectionRuleChanged => "audit.detection_rule.changed", "A detection rule was changed (reason: the rule).";
     AuditIncidentOpened => "audit.incident.opened", "An incident was opened (reason: its stage).";
     AuditIncidentAdvanced => "audit.incident.advanced", "An incident moved to its next stage (reason: the stage).";
     AuditIncidentNoted => "audit.incident.noted", "A note was added to an incident's timeline.";

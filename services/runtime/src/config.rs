@@ -291,6 +291,13 @@ pub struct AuditConfig {
     /// Client identities (names in the trust domain, e.g. `operator`) that may
     /// export the log and fetch evidence bundles.
     pub readers: Vec<String>,
+    /// Where detection alerts are posted (JSON, HTTPS); unset: alerts are
+    /// only listed through the API (and logged).
+    pub alerts_webhook_url: Option<String>,
+    /// Dev and tests: alerts appended to this file as JSON lines.
+    pub alerts_file: Option<PathBuf>,
+    /// How often the detection rules look at new events.
+    pub detection_interval_millis: u64,
 }
 
 impl Default for AuditConfig {
@@ -301,6 +308,9 @@ impl Default for AuditConfig {
             checkpoint_interval_seconds: 60,
             checkpoint_max_events: 1000,
             readers: vec!["operator".to_owned()],
+            alerts_webhook_url: None,
+            alerts_file: None,
+            detection_interval_millis: 2000,
         }
     }
 }
@@ -707,6 +717,14 @@ impl Config {
             }
         }
         if running.contains(&ServiceName::Audit) {
+            if let Some(url) = &self.audit.alerts_webhook_url
+                && !crate::notify::webhook_url_allowed(url)
+            {
+                problem(
+                    "audit.alerts_webhook_url".into(),
+                    "must be an https:// URL (http:// only to loopback)",
+                );
+            }
             match &self.audit.signing_key_file {
                 None => problem(
                     "audit.signing_key_file".into(),
@@ -839,6 +857,10 @@ impl Config {
         audit.insert(
             "signing_key_file".into(),
             path_value(&data_dir.join("audit-log.key")),
+        );
+        audit.insert(
+            "alerts_file".into(),
+            path_value(&data_dir.join("alerts.jsonl")),
         );
         let mut retention = toml::Table::new();
         retention.insert(
