@@ -156,6 +156,9 @@ sync_interval_seconds = {{ $s.retention.syncIntervalSeconds }}
 signing_key_file = "/etc/confidant/audit/{{ $v.secrets.audit.signingKey }}"
 checkpoint_interval_seconds = {{ $s.audit.checkpointIntervalSeconds }}
 checkpoint_max_events = {{ $s.audit.checkpointMaxEvents }}
+{{- with $s.audit.alertsWebhookUrl }}
+alerts_webhook_url = {{ . | quote }}
+{{- end }}
 readers = {{ toJson $v.clients.auditReaders }}
 {{- end }}
 {{- end -}}
