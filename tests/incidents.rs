@@ -424,6 +424,53 @@ async fn a_breach_from_detection_to_notification(backend: Backend) {
         .obligations;
     assert_eq!(overdue.len(), 1);
 
+    // The same from the command line.
+    let cli = |args: &[&str]| {
+        let tls = data.operator_files();
+        let out = common::confidant()
+            .arg("incidents")
+            .arg("--service")
+            .arg(sandbox.url(ServiceName::Audit))
+            .arg("--ca")
+            .arg(&tls.ca_file)
+            .arg("--cert")
+            .arg(&tls.cert_file)
+            .arg("--key")
+            .arg(&tls.key_file)
+            .args(["--token", &officer_token])
+            .args(args)
+            .output()
+            .expect("confidant runs");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = cli(&["overdue"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&client_terms) && !out.contains("gdpr-authority"),
+        "{out}"
+    );
+    let (code, out) = cli(&[
+        "affected",
+        "--actor",
+        &partner,
+        "--from",
+        &window_start.to_rfc3339(),
+        "--to",
+        &window_end.to_rfc3339(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("\"clients\":2"), "{out}");
+    let (code, out) = cli(&["open", "--title", "", "--rule", "no-such-rule"]);
+    assert_ne!(code, 0);
+    assert!(
+        out.contains("rule_codes[0]: no such notification rule"),
+        "{out}"
+    );
+
     // Stages go forward only, each one on the timeline.
     let advance = |stage: pb::IncidentStage| pb::AdvanceIncidentRequest {
         incident_id: incident.id.clone(),
@@ -517,7 +564,7 @@ async fn a_breach_from_detection_to_notification(backend: Backend) {
                     && count("audit.incident.advanced") == 2
                     && count("audit.incident.noted") == 1
                     && count("audit.incident.notified") == 1
-                    && count("audit.incident.affected_searched") == 3
+                    && count("audit.incident.affected_searched") == 4
             }
         },
     )

@@ -87,6 +87,14 @@ enum Command {
         #[command(subcommand)]
         action: AdminCommand,
     },
+    /// Incident response: incidents, obligations, affected clients, alerts,
+    /// as the security officer (--token or CONFIDANT_TOKEN).
+    Incidents {
+        #[command(flatten)]
+        conn: confidant::incidents_cli::Connection,
+        #[command(subcommand)]
+        action: confidant::incidents_cli::IncidentsCommand,
+    },
     /// Physical records: locations, the register, custody, disposal lists
     /// and certificates, as a staff member (--token or CONFIDANT_TOKEN).
     Records {
@@ -274,6 +282,10 @@ fn main() -> ExitCode {
         }
         Command::Audit { action } => audit(action),
         Command::Keys { action } => report(write_key(action)),
+        Command::Incidents { conn, action } => block_on(async move {
+            let mut stdout = std::io::stdout();
+            report(confidant::incidents_cli::run(&conn, action, &mut stdout).await)
+        }),
         Command::Records { conn, action } => block_on(async move {
             let mut stdout = std::io::stdout();
             report(confidant::records_cli::run(&conn, action, &mut stdout).await)
