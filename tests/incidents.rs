@@ -44,6 +44,7 @@ async fn a_breach_from_detection_to_notification(backend: Backend) {
         SandboxSpec::of(&[
             ServiceName::Identity,
             ServiceName::Vault,
+            ServiceName::Retention,
             ServiceName::Audit,
         ]),
     )
@@ -537,6 +538,97 @@ async fn a_breach_from_detection_to_notification(backend: Backend) {
             (pb::IncidentStage::Notification as i32, officer.clone()),
         ]
     );
+
+    // The compliance report for the period, as JSON and printable HTML,
+    // covering a signed checkpoint; the previous month's is built on its own.
+    let period = pb::GenerateComplianceReportRequest {
+        start_time: at(chrono::Utc::now() - chrono::Duration::hours(1)),
+        end_time: at(chrono::Utc::now() + chrono::Duration::seconds(30)),
+    };
+    let err = incidents
+        .generate_compliance_report(as_staff(&partner_token, period))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = incidents
+        .generate_compliance_report(as_staff(
+            &officer_token,
+            pb::GenerateComplianceReportRequest {
+                start_time: period.end_time,
+                end_time: period.start_time,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), ["end_time"]);
+    let report = incidents
+        .generate_compliance_report(as_staff(&officer_token, period))
+        .await
+        .unwrap()
+        .into_inner()
+        .report
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&report.json).unwrap();
+    assert_eq!(
+        json["incidents"][0]["title"],
+        "Partner account used from an unknown device"
+    );
+    let nda = &json["staff_attestations"][0];
+    assert_eq!(nda["kind"], "ATTESTATION_KIND_NDA");
+    assert_eq!(
+        nda["covered"], nda["staff"],
+        "every cleared member has an NDA"
+    );
+    assert!(nda["staff"].as_i64().unwrap() >= 3);
+    assert_eq!(json["retention"]["active_holds"], 0);
+    assert!(json["audit_checkpoint"]["tree_size"].as_i64().unwrap() > 0);
+    assert_eq!(
+        json["audit_checkpoint"]["tree_size"].as_i64().unwrap(),
+        report.checkpoint_tree_size
+    );
+    assert!(report.html.starts_with("<!doctype html>"));
+    assert!(
+        report
+            .html
+            .contains("Partner account used from an unknown device")
+    );
+    assert!(report.html.contains("Certificates of disposal issued"));
+    let last_month_start = {
+        use chrono::{Datelike, TimeZone};
+        let now = chrono::Utc::now();
+        let (y, m) = if now.month() == 1 {
+            (now.year() - 1, 12)
+        } else {
+            (now.year(), now.month() - 1)
+        };
+        chrono::Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0).unwrap()
+    };
+    let audit_identity = ServiceName::Audit.spiffe_id(&sandbox.config.trust_domain);
+    common::eventually(
+        std::time::Duration::from_secs(10),
+        "the monthly report",
+        || {
+            let mut incidents = incidents.clone();
+            let token = officer_token.clone();
+            let audit_identity = audit_identity.clone();
+            async move {
+                incidents
+                    .list_compliance_reports(as_staff(
+                        &token,
+                        pb::ListComplianceReportsRequest { page_size: 10 },
+                    ))
+                    .await
+                    .is_ok_and(|r| {
+                        r.into_inner().reports.iter().any(|r| {
+                            r.generated_by == audit_identity
+                                && r.start_time
+                                    .is_some_and(|t| t.seconds == last_month_start.timestamp())
+                        })
+                    })
+            }
+        },
+    )
+    .await;
 
     // Every step is in the tamper-evident log.
     common::eventually(

@@ -65,7 +65,7 @@ Always
 
 {{/* The services a service calls (dict root, service). */}}
 {{- define "confidant.calls" -}}
-{{- $calls := dict "identity" (list "audit" "retention") "intake" (list "identity" "audit" "vault") "vault" (list "identity" "audit") "retention" (list "identity" "audit" "vault") "audit" (list "identity") -}}
+{{- $calls := dict "identity" (list "audit" "retention") "intake" (list "identity" "audit" "vault") "vault" (list "identity" "audit") "retention" (list "identity" "audit" "vault") "audit" (list "identity" "retention") -}}
 {{- toYaml (index $calls .service) -}}
 {{- end -}}
 

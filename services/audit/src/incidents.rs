@@ -192,6 +192,7 @@ pub struct IncidentApi {
     log: Arc<AuditLog>,
     decider: Arc<Decider>,
     trust_domain: String,
+    reporter: crate::reports::Reporter,
 }
 
 /// Appends the events the audit service put in its own outbox (incident
@@ -244,19 +245,111 @@ pub async fn drain_own_outbox(
 }
 
 impl IncidentApi {
-    /// Handlers over the audit database and log.
+    /// Handlers over the audit database and log; reports ask `identity`
+    /// and `retention` for their figures.
     pub fn new(
         db: Database,
         log: Arc<AuditLog>,
         decider: Arc<Decider>,
         trust_domain: &str,
+        identity: Option<confidant_runtime::client::PeerChannel>,
+        retention: Option<confidant_runtime::client::PeerChannel>,
     ) -> Self {
+        let reporter = crate::reports::Reporter {
+            db: db.clone(),
+            log: log.clone(),
+            identity,
+            retention,
+        };
         Self {
             db,
             log,
             decider,
             trust_domain: trust_domain.to_owned(),
+            reporter,
         }
+    }
+
+    /// The incidents a report of `[start, end)` covers, and its alerts by
+    /// rule.
+    async fn report_inputs(
+        &self,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Result<(Vec<pb::Incident>, Vec<(String, i64)>), Error> {
+        let rows: Vec<IncidentRow> = self
+            .db
+            .fetch_all(
+                "SELECT id, title, description, stage, aware_at, discovered_at, opened_by FROM incidents WHERE opened_at < $2 AND (stage <> 'closed' OR opened_at >= $1) ORDER BY opened_at",
+                vec![Value::Time(start), Value::Time(end)],
+            )
+            .await?;
+        let mut incidents = Vec::with_capacity(rows.len());
+        for row in &rows {
+            incidents.push(self.incident(row, false, end.min(Utc::now())).await?);
+        }
+        let alerts: Vec<(String, i64)> = self
+            .db
+            .fetch_all(
+                "SELECT rule_code, COUNT(*) FROM detection_alerts WHERE fired_at >= $1 AND fired_at < $2 GROUP BY rule_code ORDER BY rule_code",
+                vec![Value::Time(start), Value::Time(end)],
+            )
+            .await?;
+        Ok((incidents, alerts))
+    }
+
+    /// Builds and keeps the scheduled report of `[start, end)` unless it
+    /// exists; tells whether it built one.
+    pub async fn scheduled_report(
+        &self,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> anyhow::Result<bool> {
+        let me = crate::NAME.spiffe_id(&self.trust_domain);
+        let existing: Option<(Uuid,)> = self
+            .db
+            .fetch_optional(
+                "SELECT id FROM compliance_reports WHERE start_at = $1 AND end_at = $2 AND generated_by = $3",
+                vec![Value::Time(start), Value::Time(end), Value::Text(me.clone())],
+            )
+            .await?;
+        if existing.is_some() {
+            return Ok(false);
+        }
+        let (incidents, alerts) = self
+            .report_inputs(start, end)
+            .await
+            .map_err(|e| anyhow::anyhow!("{:?}", Status::from(e).code()))?;
+        let (report, size) = self.reporter.build(start, end, incidents, alerts).await?;
+        let event = confidant_runtime::audit::EventBuilder::new(
+            crate::NAME,
+            &self.trust_domain,
+            Action::AuditReportGenerated,
+        )
+        .actor(confidant_proto::audit::v1::ActorKind::Service, &me, &me)
+        .resource(
+            "report",
+            &format!("{}/{}", start.to_rfc3339(), end.to_rfc3339()),
+        )
+        .outcome(Outcome::Allowed, "scheduled")
+        .build();
+        self.reporter
+            .store(start, end, &report, size, &me, event)
+            .await?;
+        Ok(true)
+    }
+
+    async fn reader<T>(&self, request: &Request<T>) -> Result<(Actor, String), Error> {
+        let actor = Actor::of(request).ok_or(Error::Unauthenticated)?;
+        let Actor::Staff { staff_id, .. } = &actor else {
+            return Err(Error::Unauthenticated);
+        };
+        let id = staff_id.clone();
+        self.decider
+            .decide(&id, "audit.read", None, None)
+            .await
+            .map_err(Error::Refused)?;
+        Ok((actor, id))
     }
 
     async fn officer<T>(&self, request: &Request<T>) -> Result<(Actor, String), Error> {
@@ -472,6 +565,19 @@ impl IncidentApi {
         let id = required_uuid(&mut v, "incident_id", raw);
         check(v)?;
         id.ok_or(Error::NotFound("incident"))
+    }
+}
+
+fn report_proto(r: crate::reports::ReportRow) -> pb::ComplianceReport {
+    pb::ComplianceReport {
+        id: r.id.to_string(),
+        start_time: Some(ts(r.start_at)),
+        end_time: Some(ts(r.end_at)),
+        generate_time: Some(ts(r.generated_at)),
+        json: r.json,
+        html: r.html,
+        checkpoint_tree_size: r.tree_size,
+        generated_by: r.generated_by,
     }
 }
 
@@ -1124,5 +1230,84 @@ impl IncidentService for IncidentApi {
             })
             .collect();
         Ok(Response::new(pb::ListAlertsResponse { alerts }))
+    }
+
+    #[tracing::instrument(name = "incident.generate_compliance_report", skip_all)]
+    async fn generate_compliance_report(
+        &self,
+        request: Request<pb::GenerateComplianceReportRequest>,
+    ) -> Result<Response<pb::GenerateComplianceReportResponse>, Status> {
+        let (actor, staff) = self.reader(&request).await?;
+        let req = request.into_inner();
+        let now = Utc::now();
+        let mut v = Violations::new();
+        let (start, end) = (time_of(req.start_time), time_of(req.end_time));
+        match (start, end) {
+            (Some(s), Some(e))
+                if s < e
+                    && e <= now + chrono::Duration::minutes(1)
+                    && e - s <= chrono::Duration::days(366) => {}
+            _ => v.add(
+                "end_time",
+                "a period with start before end, not in the future, at most 366 days",
+            ),
+        }
+        check(v)?;
+        let (Some(start), Some(end)) = (start, end) else {
+            return Err(Status::internal("validated request incomplete"));
+        };
+        let (incidents, alerts) = self.report_inputs(start, end).await?;
+        let (report, size) = self
+            .reporter
+            .build(start, end, incidents, alerts)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "compliance report not built");
+                with_reason(
+                    Code::Unavailable,
+                    "peer_unavailable",
+                    "identity or retention could not give their figures; retry later",
+                )
+            })?;
+        let event = actor
+            .event(
+                crate::NAME,
+                &self.trust_domain,
+                Action::AuditReportGenerated,
+            )
+            .resource(
+                "report",
+                &format!("{}/{}", start.to_rfc3339(), end.to_rfc3339()),
+            )
+            .outcome(Outcome::Allowed, "on_demand")
+            .build();
+        let row = self
+            .reporter
+            .store(start, end, &report, size, &staff, event)
+            .await
+            .map_err(|e| Error::Audit(e.to_string()))?;
+        Ok(Response::new(pb::GenerateComplianceReportResponse {
+            report: Some(report_proto(row)),
+        }))
+    }
+
+    async fn list_compliance_reports(
+        &self,
+        request: Request<pb::ListComplianceReportsRequest>,
+    ) -> Result<Response<pb::ListComplianceReportsResponse>, Status> {
+        self.reader(&request).await?;
+        let size = match request.get_ref().page_size {
+            0 => 20,
+            n => n.clamp(1, 200),
+        };
+        let reports = self
+            .reporter
+            .list(size)
+            .await
+            .map_err(Error::from)?
+            .into_iter()
+            .map(report_proto)
+            .collect();
+        Ok(Response::new(pb::ListComplianceReportsResponse { reports }))
     }
 }

@@ -20,6 +20,7 @@ pub mod grpc;
 pub mod incidents;
 pub mod log;
 pub mod merkle;
+pub mod reports;
 pub mod store;
 pub mod verify;
 
@@ -165,7 +166,10 @@ pub async fn build(ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
             Duration::from_millis(ctx.config.vault.decision_cache_millis),
         )),
         &ctx.config.trust_domain,
+        ctx.peer(ServiceName::Identity),
+        ctx.peer(ServiceName::Retention),
     );
+    let monthly = reports::schedule(incidents.clone(), ctx.coord.clone(), ctx.shutdown.clone());
     let drain = incidents::drain_own_outbox(ctx.outbox.clone(), log.clone(), ctx.shutdown.clone());
     let audit_config = &ctx.config.audit;
     let notifier: Arc<dyn confidant_runtime::notify::Notifier> =
@@ -205,7 +209,12 @@ pub async fn build(ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
         ),
         grpc_services: vec![GRPC_SERVICE, INCIDENT_GRPC_SERVICE],
         policy,
-        tasks: vec![Box::pin(checkpointer), Box::pin(drain), Box::pin(detector)],
+        tasks: vec![
+            Box::pin(checkpointer),
+            Box::pin(drain),
+            Box::pin(detector),
+            Box::pin(monthly),
+        ],
         on_stop: vec![on_stop],
     })
 }

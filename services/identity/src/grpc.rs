@@ -1306,6 +1306,86 @@ impl IdentityService for IdentityApi {
         self.facts.clear();
         Ok(Response::new(RevokeRoleResponse {}))
     }
+    async fn get_compliance_facts(
+        &self,
+        request: Request<GetComplianceFactsRequest>,
+    ) -> Result<Response<GetComplianceFactsResponse>, Status> {
+        let req = request.into_inner();
+        let as_of = req
+            .as_of_time
+            .and_then(|t| DateTime::from_timestamp(t.seconds, 0))
+            .unwrap_or_else(Utc::now);
+        let mut v = Violations::new();
+        let days = match req.expiring_within_days {
+            0 => 30,
+            d if (1..=366).contains(&d) => d,
+            _ => {
+                v.add("expiring_within_days", "1 to 366 (0: 30)");
+                30
+            }
+        };
+        check(v)?;
+        let horizon = as_of + Duration::days(i64::from(days));
+        let mut attestations = Vec::new();
+        for (kind, proto_kind) in [
+            (KIND_NDA, AttestationKind::Nda),
+            (KIND_TRAINING, AttestationKind::Training),
+        ] {
+            let rows = self
+                .directory
+                .attestation_coverage(kind)
+                .await
+                .map_err(Error::from)?;
+            let mut coverage = AttestationCoverage {
+                kind: proto_kind as i32,
+                ..Default::default()
+            };
+            let mut seen = std::collections::BTreeSet::new();
+            for (staff, expires, score, pass_mark) in rows {
+                // Newest attestation first: the first row per staff decides.
+                if !seen.insert(staff) {
+                    continue;
+                }
+                coverage.staff += 1;
+                let passed = match (score, pass_mark) {
+                    (Some(s), Some(p)) => s >= p,
+                    _ => true,
+                };
+                match expires {
+                    Some(e) if e > as_of && passed => {
+                        coverage.covered += 1;
+                        if e <= horizon {
+                            coverage.expiring += 1;
+                        }
+                    }
+                    _ => {
+                        coverage.missing += 1;
+                        coverage.missing_staff_ids.push(staff.to_string());
+                    }
+                }
+            }
+            attestations.push(coverage);
+        }
+        let reviews = self
+            .directory
+            .review_progress()
+            .await
+            .map_err(Error::from)?
+            .into_iter()
+            .map(|(id, name, deadline, items, decided)| ReviewCampaignFacts {
+                campaign_id: id.to_string(),
+                name,
+                deadline_time: Some(proto_time(deadline)),
+                items: i32::try_from(items).unwrap_or(i32::MAX),
+                decided: i32::try_from(decided).unwrap_or(i32::MAX),
+                overdue: deadline < as_of && decided < items,
+            })
+            .collect();
+        Ok(Response::new(GetComplianceFactsResponse {
+            attestations,
+            reviews,
+        }))
+    }
 }
 
 /// Tells retention that a matter closed (its retention periods may count from

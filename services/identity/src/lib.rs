@@ -71,6 +71,10 @@ pub async fn build(
             std::iter::once(ctx.spiffe_id(ServiceName::Retention)).chain(admins.iter().cloned()),
         )
         .allow(
+            &format!("/{GRPC_SERVICE}/GetComplianceFacts"),
+            std::iter::once(ctx.spiffe_id(ServiceName::Audit)).chain(admins.iter().cloned()),
+        )
+        .allow(
             &format!("/{GRPC_SERVICE}/StartClientVerification"),
             verifiers.clone(),
         )

@@ -113,6 +113,40 @@ impl Directory {
         Self { db }
     }
 
+    /// Every active staff member's attestations of `kind`: (staff, expires,
+    /// score, pass mark), newest first per staff member; staff without one
+    /// appear once with no attestation.
+    pub async fn attestation_coverage(
+        &self,
+        kind: i32,
+    ) -> Result<Vec<(Uuid, Option<DateTime<Utc>>, Option<i32>, Option<i32>)>, StoreError> {
+        Ok(self
+            .db
+            .fetch_all(
+                "SELECT s.id, a.expires_at, a.score, a.pass_mark FROM staff s \
+                 LEFT JOIN attestations a ON a.staff_id = s.id AND a.kind = $1 \
+                 WHERE s.disabled_at IS NULL ORDER BY s.id, a.completed_at DESC",
+                vec![confidant_runtime::portable::Value::Int(kind)],
+            )
+            .await?)
+    }
+
+    /// Access review campaigns with their item counts: (id, name, deadline,
+    /// items, decided), newest first.
+    pub async fn review_progress(
+        &self,
+    ) -> Result<Vec<(Uuid, String, DateTime<Utc>, i64, i64)>, StoreError> {
+        Ok(self
+            .db
+            .fetch_all(
+                "SELECT c.id, c.name, c.deadline, COUNT(i.id), COUNT(i.decided_at) FROM review_campaigns c \
+                 LEFT JOIN review_items i ON i.campaign_id = c.id \
+                 GROUP BY c.id, c.name, c.deadline, c.created_at ORDER BY c.created_at DESC",
+                vec![],
+            )
+            .await?)
+    }
+
     /// The result of an earlier request with this idempotency key.
     async fn replay(
         &self,

@@ -10,6 +10,7 @@ use confidant_runtime::auth::StaffPrincipal;
 use confidant_runtime::decide::Decider;
 use confidant_runtime::error::Violations;
 use confidant_runtime::peer::PeerIdentity;
+use confidant_runtime::portable::Value;
 use confidant_vault::domain::{Category, optional_category, optional_uuid, required_uuid};
 use tonic::{Request, Response, Status};
 
@@ -590,6 +591,107 @@ impl RetentionService for RetentionApi {
                 key_id,
                 public_key: self.disposer.signer().public_key(),
             }),
+        }))
+    }
+
+    async fn get_compliance_facts(
+        &self,
+        request: Request<pb::GetComplianceFactsRequest>,
+    ) -> Result<Response<pb::GetComplianceFactsResponse>, Status> {
+        // The audit service builds reports; records managers may look too.
+        let audit_peer =
+            confidant_runtime::ServiceName::Audit.spiffe_id(self.retention.trust_domain());
+        let from_audit = PeerIdentity::of(&request).is_some_and(|p| p.as_str() == audit_peer)
+            && StaffPrincipal::of(&request).is_none();
+        if !from_audit {
+            self.staff_with(&request, "retention.manage").await?;
+        }
+        let req = request.into_inner();
+        let time = |t: Option<prost_types::Timestamp>| {
+            t.and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds, 0))
+        };
+        let mut v = Violations::new();
+        let (start, end) = (time(req.start_time), time(req.end_time));
+        let (Some(start), Some(end)) = (start, end) else {
+            v.add("end_time", "a period with a start and an end");
+            return Err(Error::Invalid(v).into());
+        };
+        if start >= end {
+            v.add("end_time", "must be after start_time");
+        }
+        check(v)?;
+        let db = self.retention.store().db();
+        let period = || vec![Value::Time(start), Value::Time(end)];
+        let mut certificates = Vec::new();
+        for (sql, kind) in [
+            (
+                "SELECT id, created_at FROM retention_certificates WHERE created_at >= $1 AND created_at < $2 ORDER BY created_at",
+                "crypto-shredding",
+            ),
+            (
+                "SELECT id, created_at FROM physical_certificates WHERE created_at >= $1 AND created_at < $2 ORDER BY created_at",
+                "physical",
+            ),
+        ] {
+            let rows: Vec<(uuid::Uuid, DateTime<Utc>)> =
+                db.fetch_all(sql, period()).await.map_err(Error::from)?;
+            certificates.extend(rows.into_iter().map(|(id, at)| pb::CertificateFacts {
+                certificate_id: id.to_string(),
+                kind: kind.into(),
+                issue_time: Some(ts(at)),
+            }));
+        }
+        let count = |sql: &'static str, values: Vec<Value>| async move {
+            let row: Option<(i64,)> = db.fetch_optional(sql, values).await?;
+            Ok::<i32, sqlx::Error>(row.map_or(0, |r| i32::try_from(r.0).unwrap_or(i32::MAX)))
+        };
+        let active_holds = count(
+            "SELECT COUNT(*) FROM retention_holds WHERE placed_at < $1 AND (released_at IS NULL OR released_at >= $1)",
+            vec![Value::Time(end)],
+        )
+        .await
+        .map_err(Error::from)?;
+        let holds_placed = count(
+            "SELECT COUNT(*) FROM retention_holds WHERE placed_at >= $1 AND placed_at < $2",
+            period(),
+        )
+        .await
+        .map_err(Error::from)?;
+        let holds_released = count(
+            "SELECT COUNT(*) FROM retention_holds WHERE released_at >= $1 AND released_at < $2",
+            period(),
+        )
+        .await
+        .map_err(Error::from)?;
+        let scopes_overdue = count(
+            "SELECT COUNT(*) FROM retention_scopes WHERE due_at IS NOT NULL AND due_at < $1 AND vault_state <> 'shredded'",
+            vec![Value::Time(Utc::now())],
+        )
+        .await
+        .map_err(Error::from)?;
+        let items_destroyed = count(
+            "SELECT COUNT(*) FROM physical_custody WHERE action = 'destroyed' AND at >= $1 AND at < $2",
+            period(),
+        )
+        .await
+        .map_err(Error::from)?;
+        let live_policies = i32::try_from(
+            self.retention
+                .store()
+                .live_policies()
+                .await
+                .map_err(Error::from)?
+                .len(),
+        )
+        .unwrap_or(i32::MAX);
+        Ok(Response::new(pb::GetComplianceFactsResponse {
+            certificates,
+            active_holds,
+            holds_placed,
+            holds_released,
+            live_policies,
+            scopes_overdue,
+            items_destroyed,
         }))
     }
 }

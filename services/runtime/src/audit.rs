@@ -84,6 +84,7 @@ actions! {
     VaultKeysRewrapped => "vault.keys.rewrapped", "Scope keys were rewrapped under the active KMS key.";
     AuditAlertRaised => "audit.alert.raised", "A detection rule fired (reason: the rule).";
     AuditDetectionRuleChanged => "audit.detection_rule.changed", "A detection rule was changed (reason: the rule).";
+    AuditReportGenerated => "audit.report.generated", "A compliance report was built (resource: the report; reason: on_demand or scheduled).";
     AuditIncidentOpened => "audit.incident.opened", "An incident was opened (reason: its stage).";
     AuditIncidentAdvanced => "audit.incident.advanced", "An incident moved to its next stage (reason: the stage).";
     AuditIncidentNoted => "audit.incident.noted", "A note was added to an incident's timeline.";
