@@ -465,6 +465,23 @@ async fn a_breach_from_detection_to_notification(backend: Backend) {
     ]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("\"clients\":2"), "{out}");
+    let html = data.path().join("report.html");
+    let (code, out) = cli(&[
+        "report",
+        "--from",
+        &window_start.to_rfc3339(),
+        "--to",
+        &(chrono::Utc::now() + chrono::Duration::seconds(30)).to_rfc3339(),
+        "--html",
+        html.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("confidant.compliance-report.v1"), "{out}");
+    assert!(
+        std::fs::read_to_string(&html)
+            .unwrap()
+            .contains("<h1>Compliance report</h1>")
+    );
     let (code, out) = cli(&["open", "--title", "", "--rule", "no-such-rule"]);
     assert_ne!(code, 0);
     assert!(

@@ -103,6 +103,19 @@ pub enum IncidentsCommand {
     Overdue,
     /// Alerts raised by the detection rules.
     Alerts,
+    /// Build the compliance report for a period; writes its HTML to a file
+    /// when asked, prints its JSON.
+    Report {
+        /// Period start (RFC 3339).
+        #[arg(long)]
+        from: String,
+        /// Period end (RFC 3339).
+        #[arg(long)]
+        to: String,
+        /// Where to write the printable HTML document.
+        #[arg(long)]
+        html: Option<PathBuf>,
+    },
 }
 
 fn time(raw: &str) -> anyhow::Result<prost_types::Timestamp> {
@@ -305,6 +318,22 @@ pub async fn run(
                 json!({ "id": a.id, "rule": a.rule_code, "actor_id": a.actor_id,
                         "time": when(a.fire_time), "summary": a.summary, "incident_id": a.incident_id })
             }));
+        }
+        IncidentsCommand::Report { from, to, html } => {
+            let r = c
+                .generate_compliance_report(conn.request(pb::GenerateComplianceReportRequest {
+                    start_time: Some(time(&from)?),
+                    end_time: Some(time(&to)?),
+                })?)
+                .await
+                .map_err(fail)?
+                .into_inner()
+                .report
+                .ok_or_else(|| anyhow::anyhow!("no report in the response"))?;
+            if let Some(path) = html {
+                std::fs::write(&path, &r.html)?;
+            }
+            lines.push(serde_json::from_str(&r.json)?);
         }
     }
     for line in lines {
