@@ -489,6 +489,58 @@ async fn a_breach_from_detection_to_notification(backend: Backend) {
         "{out}"
     );
 
+    // Tasks: what, who, by when; done once.
+    let err = incidents
+        .add_incident_task(as_staff(
+            &officer_token,
+            pb::AddIncidentTaskRequest {
+                incident_id: incident.id.clone(),
+                title: String::new(),
+                assignee_staff_id: "someone".into(),
+                due_time: at(chrono::Utc::now() - chrono::Duration::hours(1)),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated_fields(&err),
+        ["title", "assignee_staff_id", "due_time"]
+    );
+    let with_task = incidents
+        .add_incident_task(as_staff(
+            &officer_token,
+            pb::AddIncidentTaskRequest {
+                incident_id: incident.id.clone(),
+                title: "Reset the partner's credentials and revoke sessions".into(),
+                assignee_staff_id: officer.clone(),
+                due_time: at(chrono::Utc::now() + chrono::Duration::hours(2)),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .incident
+        .unwrap();
+    let task = with_task.tasks[0].clone();
+    assert!(task.done_time.is_none() && !task.overdue);
+    let complete = pb::CompleteIncidentTaskRequest {
+        incident_id: incident.id.clone(),
+        task_id: task.id.clone(),
+    };
+    let done = incidents
+        .complete_incident_task(as_staff(&officer_token, complete.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .incident
+        .unwrap();
+    assert!(done.tasks[0].done_time.is_some());
+    let err = incidents
+        .complete_incident_task(as_staff(&officer_token, complete))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
     // Stages go forward only, each one on the timeline.
     let advance = |stage: pb::IncidentStage| pb::AdvanceIncidentRequest {
         incident_id: incident.id.clone(),

@@ -380,6 +380,9 @@ impl IncidentApi {
             .map(|_| ())
             .map_err(|e| match e {
                 confidant_runtime::portable::TransactError::Sqlx(e) => Error::Store(e),
+                confidant_runtime::portable::TransactError::Unmet { .. } => {
+                    Error::Conflict("the incident changed meanwhile; reload it")
+                }
                 other => Error::Audit(other.to_string()),
             })
     }
@@ -519,7 +522,26 @@ impl IncidentApi {
         } else {
             Vec::new()
         };
+        let tasks: Vec<(Uuid, String, String, DateTime<Utc>, Option<DateTime<Utc>>)> = self
+            .db
+            .fetch_all(
+                "SELECT id, title, assignee, due_at, done_at FROM incident_tasks WHERE incident_id = $1 ORDER BY due_at, id",
+                vec![Value::Uuid(row.id)],
+            )
+            .await?;
+        let tasks = tasks
+            .into_iter()
+            .map(|(id, title, assignee, due, done)| pb::IncidentTask {
+                id: id.to_string(),
+                title,
+                assignee_staff_id: assignee,
+                due_time: Some(ts(due)),
+                done_time: done.map(ts),
+                overdue: done.is_none() && due < now,
+            })
+            .collect();
         Ok(pb::Incident {
+            tasks,
             id: row.id.to_string(),
             title: row.title.clone(),
             description: row.description.clone(),
@@ -1309,5 +1331,83 @@ impl IncidentService for IncidentApi {
             .map(report_proto)
             .collect();
         Ok(Response::new(pb::ListComplianceReportsResponse { reports }))
+    }
+
+    #[tracing::instrument(name = "incident.add_task", skip_all)]
+    async fn add_incident_task(
+        &self,
+        request: Request<pb::AddIncidentTaskRequest>,
+    ) -> Result<Response<pb::AddIncidentTaskResponse>, Status> {
+        let (actor, staff) = self.officer(&request).await?;
+        let req = request.into_inner();
+        let now = Utc::now();
+        let mut v = Violations::new();
+        let id = required_uuid(&mut v, "incident_id", &req.incident_id);
+        let title = text(&mut v, "title", &req.title, 500);
+        let assignee = required_uuid(&mut v, "assignee_staff_id", &req.assignee_staff_id);
+        let due = time_of(req.due_time);
+        if due.is_none_or(|d| d <= now) {
+            v.add("due_time", "is required and in the future");
+        }
+        check(v)?;
+        let (Some(id), Some(assignee), Some(due)) = (id, assignee, due) else {
+            return Err(Status::internal("validated request incomplete"));
+        };
+        self.row(id).await?;
+        let event = self.event(&actor, Action::AuditIncidentTaskAdded, id, "");
+        self.commit(
+            vec![Statement::new(
+                "INSERT INTO incident_tasks (id, incident_id, title, assignee, due_at, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                vec![
+                    Value::Uuid(Uuid::now_v7()),
+                    Value::Uuid(id),
+                    Value::Text(title),
+                    Value::Text(assignee.to_string()),
+                    Value::Time(due),
+                    Value::Text(staff),
+                    Value::Time(now),
+                ],
+            )],
+            event,
+        )
+        .await?;
+        Ok(Response::new(pb::AddIncidentTaskResponse {
+            incident: Some(self.full(id).await?),
+        }))
+    }
+
+    #[tracing::instrument(name = "incident.complete_task", skip_all)]
+    async fn complete_incident_task(
+        &self,
+        request: Request<pb::CompleteIncidentTaskRequest>,
+    ) -> Result<Response<pb::CompleteIncidentTaskResponse>, Status> {
+        let (actor, _) = self.officer(&request).await?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let id = required_uuid(&mut v, "incident_id", &req.incident_id);
+        let task = required_uuid(&mut v, "task_id", &req.task_id);
+        check(v)?;
+        let (Some(id), Some(task)) = (id, task) else {
+            return Err(Status::internal("validated request incomplete"));
+        };
+        let event = self.event(&actor, Action::AuditIncidentTaskDone, id, "");
+        self.commit(
+            vec![
+                Statement::new(
+                    "UPDATE incident_tasks SET done_at = $1 WHERE id = $2 AND incident_id = $3 AND done_at IS NULL",
+                    vec![Value::Time(Utc::now()), Value::Uuid(task), Value::Uuid(id)],
+                )
+                .expecting(1),
+            ],
+            event,
+        )
+        .await
+        .map_err(|e| match e {
+            Error::Conflict(_) => Error::Conflict("no such open task of this incident"),
+            other => other,
+        })?;
+        Ok(Response::new(pb::CompleteIncidentTaskResponse {
+            incident: Some(self.full(id).await?),
+        }))
     }
 }

@@ -88,6 +88,8 @@ actions! {
     AuditIncidentOpened => "audit.incident.opened", "An incident was opened (reason: its stage).";
     AuditIncidentAdvanced => "audit.incident.advanced", "An incident moved to its next stage (reason: the stage).";
     AuditIncidentNoted => "audit.incident.noted", "A note was added to an incident's timeline.";
+    AuditIncidentTaskAdded => "audit.incident.task_added", "A task was added to an incident.";
+    AuditIncidentTaskDone => "audit.incident.task_done", "An incident task was marked done.";
     AuditIncidentNotified => "audit.incident.notified", "A notification for an incident obligation was recorded (reason: the obligation).";
     AuditAffectedSearched => "audit.incident.affected_searched", "The log was searched for the clients a compromised identity reached (reason: the number of clients).";
     IntakeNoticePublished => "intake.notice.published", "A version of the privacy notice was published (resource id: the version).";
