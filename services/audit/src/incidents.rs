@@ -167,6 +167,9 @@ struct IncidentRow {
     opened_by: String,
 }
 
+/// id, title, assignee, due, done.
+type TaskRow = (Uuid, String, String, DateTime<Utc>, Option<DateTime<Utc>>);
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 struct TimelineRow {
     at: DateTime<Utc>,
@@ -522,7 +525,7 @@ impl IncidentApi {
         } else {
             Vec::new()
         };
-        let tasks: Vec<(Uuid, String, String, DateTime<Utc>, Option<DateTime<Utc>>)> = self
+        let tasks: Vec<TaskRow> = self
             .db
             .fetch_all(
                 "SELECT id, title, assignee, due_at, done_at FROM incident_tasks WHERE incident_id = $1 ORDER BY due_at, id",
