@@ -156,6 +156,7 @@ async fn a_breach_from_detection_to_notification(backend: Backend) {
         .find_affected_clients(as_staff(
             &officer_token,
             pb::FindAffectedClientsRequest {
+                session_id: String::new(),
                 actor_id: partner.clone(),
                 peer_identity: String::new(),
                 start_time: at(window_start),
@@ -201,11 +202,45 @@ async fn a_breach_from_detection_to_notification(backend: Backend) {
     ];
     expected.sort();
     assert_eq!(seen, expected);
+    // A stolen session: the partner's token's session reached the same
+    // clients; another session of the partner reached none.
+    let session_of = |token: &str| {
+        use base64::Engine as _;
+        let payload = token.split('.').nth(1).unwrap();
+        let claims: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap();
+        claims["sid"].as_str().unwrap().to_owned()
+    };
+    for (token, clients) in [
+        (partner_token.clone(), 2),
+        (staff_token(&data, &partner, &["partner"]), 0),
+    ] {
+        let by_session = incidents
+            .find_affected_clients(as_staff(
+                &officer_token,
+                pb::FindAffectedClientsRequest {
+                    session_id: session_of(&token),
+                    actor_id: String::new(),
+                    peer_identity: String::new(),
+                    start_time: at(window_start),
+                    end_time: at(window_end),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(by_session.client_count, clients);
+    }
     // A service identity: what the intake certificate wrote.
     let by_intake = incidents
         .find_affected_clients(as_staff(
             &officer_token,
             pb::FindAffectedClientsRequest {
+                session_id: String::new(),
                 actor_id: String::new(),
                 peer_identity: ServiceName::Intake.spiffe_id(&sandbox.config.trust_domain),
                 start_time: at(window_start),
@@ -229,6 +264,7 @@ async fn a_breach_from_detection_to_notification(backend: Backend) {
         .find_affected_clients(as_staff(
             &officer_token,
             pb::FindAffectedClientsRequest {
+                session_id: String::new(),
                 actor_id: associate.clone(),
                 peer_identity: String::new(),
                 start_time: at(window_start),
@@ -243,6 +279,7 @@ async fn a_breach_from_detection_to_notification(backend: Backend) {
         .find_affected_clients(as_staff(
             &officer_token,
             pb::FindAffectedClientsRequest {
+                session_id: String::new(),
                 actor_id: partner.clone(),
                 peer_identity: "intake".into(),
                 start_time: at(window_end),
@@ -725,7 +762,7 @@ async fn a_breach_from_detection_to_notification(backend: Backend) {
                     && count("audit.incident.advanced") == 2
                     && count("audit.incident.noted") == 1
                     && count("audit.incident.notified") == 1
-                    && count("audit.incident.affected_searched") == 4
+                    && count("audit.incident.affected_searched") == 6
             }
         },
     )
@@ -894,6 +931,7 @@ async fn rules_over_the_event_stream_raise_alerts(backend: Backend) {
             id: stranger.clone(),
             roles: vec![],
             peer_identity: stranger.clone(),
+            session_id: String::new(),
         }),
         action: "vault.scope.shredded".into(),
         resource: Some(pb::Resource {

@@ -402,6 +402,7 @@ impl AuditService for AuditApi {
                         id: a.id,
                         roles: a.roles,
                         peer_identity: String::new(),
+                        session_id: String::new(),
                     }),
                     action: e.action,
                     data_category: resource.data_category,

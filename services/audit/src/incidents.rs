@@ -893,8 +893,19 @@ impl IncidentService for IncidentApi {
         let mut v = Violations::new();
         let actor_id = req.actor_id.trim().to_owned();
         let peer = req.peer_identity.trim().to_owned();
-        if actor_id.is_empty() == peer.is_empty() {
-            v.add("actor_id", "name either a staff member or a peer identity");
+        let session = req.session_id.trim().to_owned();
+        let named = [&actor_id, &peer, &session]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .count();
+        if named != 1 {
+            v.add(
+                "actor_id",
+                "name one of: a staff member, a peer identity, a session",
+            );
+        }
+        if !session.is_empty() && Uuid::parse_str(&session).is_err() {
+            v.add("session_id", "must be a UUID");
         }
         if !actor_id.is_empty() && Uuid::parse_str(&actor_id).is_err() {
             v.add("actor_id", "must be a UUID");
@@ -938,6 +949,9 @@ impl IncidentService for IncidentApi {
             if !peer.is_empty() && by.is_none_or(|a| a.peer_identity != peer) {
                 continue;
             }
+            if !session.is_empty() && by.is_none_or(|a| a.session_id != session) {
+                continue;
+            }
             let read = READS.contains(&event.action.as_str());
             if !read && !OTHER_ACCESSES.contains(&event.action.as_str()) {
                 continue;
@@ -971,11 +985,19 @@ impl IncidentService for IncidentApi {
                 Action::AuditAffectedSearched,
             )
             .resource(
-                if actor_id.is_empty() { "peer" } else { "staff" },
-                if actor_id.is_empty() {
+                if !actor_id.is_empty() {
+                    "staff"
+                } else if !peer.is_empty() {
+                    "peer"
+                } else {
+                    "session"
+                },
+                if !actor_id.is_empty() {
+                    &actor_id
+                } else if !peer.is_empty() {
                     &peer
                 } else {
-                    &actor_id
+                    &session
                 },
             )
             .outcome(Outcome::Allowed, &client_count.to_string())

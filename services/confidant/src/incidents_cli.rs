@@ -83,6 +83,9 @@ pub enum IncidentsCommand {
         /// Or the service identity (spiffe://…).
         #[arg(long, default_value = "")]
         peer: String,
+        /// Or a staff session (its id).
+        #[arg(long, default_value = "")]
+        session: String,
         /// Window start (RFC 3339).
         #[arg(long)]
         from: String,
@@ -263,6 +266,7 @@ pub async fn run(
         IncidentsCommand::Affected {
             actor,
             peer,
+            session,
             from,
             to,
         } => {
@@ -270,6 +274,7 @@ pub async fn run(
                 .find_affected_clients(conn.request(pb::FindAffectedClientsRequest {
                     actor_id: actor,
                     peer_identity: peer,
+                    session_id: session,
                     start_time: Some(time(&from)?),
                     end_time: Some(time(&to)?),
                 })?)

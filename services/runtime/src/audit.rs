@@ -153,6 +153,7 @@ pub fn service_event(
             id: service.as_str().to_owned(),
             roles: Vec::new(),
             peer_identity: service.spiffe_id(trust_domain),
+            session_id: String::new(),
         }),
         action: action.as_str().to_owned(),
         resource: Some(Resource {
@@ -189,7 +190,16 @@ impl EventBuilder {
             id: id.to_owned(),
             roles: Vec::new(),
             peer_identity: peer_identity.to_owned(),
+            session_id: String::new(),
         });
+        self
+    }
+
+    /// The staff session the actor acted under.
+    pub fn session(mut self, session_id: &str) -> Self {
+        if let Some(actor) = self.0.actor.as_mut() {
+            actor.session_id = session_id.to_owned();
+        }
         self
     }
 

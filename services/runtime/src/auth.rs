@@ -433,6 +433,8 @@ pub enum Actor {
         roles: Vec<String>,
         /// The peer certificate's identity.
         peer: String,
+        /// The session of their token (empty when not known).
+        session: String,
     },
     /// A service or application.
     Service {
@@ -451,6 +453,7 @@ impl Actor {
                 staff_id: staff.staff_id,
                 roles: staff.roles,
                 peer,
+                session: staff.session_id,
             },
             None => Actor::Service { peer },
         })
@@ -485,7 +488,11 @@ impl Actor {
                 staff_id,
                 roles,
                 peer,
-            } => b.actor(ActorKind::Staff, staff_id, peer).roles(roles),
+                session,
+            } => b
+                .actor(ActorKind::Staff, staff_id, peer)
+                .roles(roles)
+                .session(session),
             Actor::Service { peer } => b.actor(ActorKind::Service, peer, peer),
         }
     }

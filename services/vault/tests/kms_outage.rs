@@ -140,6 +140,7 @@ async fn the_vault_rides_out_a_kms_outage(backend: Backend) {
         staff_id: Uuid::now_v7().to_string(),
         roles: vec!["partner".into()],
         peer: "spiffe://confidant.local/firm-app".into(),
+        session: String::new(),
     };
     let client = Uuid::now_v7();
     let stored = warm

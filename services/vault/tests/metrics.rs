@@ -138,6 +138,7 @@ async fn key_metrics_reach_the_collector_without_client_data() {
         staff_id: Uuid::now_v7().to_string(),
         roles: vec!["partner".into()],
         peer: "spiffe://confidant.local/firm-app".into(),
+        session: String::new(),
     };
     let record = NewRecord::parse(
         Some(&pb::NewRecord {

@@ -82,6 +82,7 @@ fn partner() -> Actor {
         staff_id: Uuid::now_v7().to_string(),
         roles: vec!["partner".into()],
         peer: "spiffe://confidant.local/firm-app".into(),
+        session: String::new(),
     }
 }
 
