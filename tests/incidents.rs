@@ -15,20 +15,10 @@ use confidant_proto::audit::v1::incident_service_client::IncidentServiceClient;
 use confidant_proto::vault::v1 as vault_pb;
 use confidant_proto::vault::v1::vault_service_client::VaultServiceClient;
 use confidant_runtime::ServiceName;
-use confidant_runtime::client::PeerChannel;
 use confidant_runtime::storage::Backend;
 use tonic::Code;
 
-async fn channel(
-    data: &SandboxData,
-    sandbox: &Sandbox,
-    service: ServiceName,
-    name: &str,
-) -> PeerChannel {
-    confidant_runtime::client::connect(&sandbox.url(service), &data.client_tls(name), "localhost")
-        .await
-        .expect("reachable")
-}
+use common::channel;
 
 fn at(t: chrono::DateTime<chrono::Utc>) -> Option<prost_types::Timestamp> {
     Some(prost_types::Timestamp {

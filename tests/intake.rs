@@ -25,16 +25,7 @@ use confidant_runtime::portable::{Statement, Value};
 use confidant_runtime::storage::{Backend, Database, PoolOptions};
 use tonic::Code;
 
-async fn channel(
-    data: &SandboxData,
-    sandbox: &Sandbox,
-    service: ServiceName,
-    name: &str,
-) -> PeerChannel {
-    confidant_runtime::client::connect(&sandbox.url(service), &data.client_tls(name), "localhost")
-        .await
-        .expect("reachable")
-}
+use common::channel;
 
 fn field(
     name: &str,

@@ -17,21 +17,11 @@ use confidant_proto::retention::v1::physical_records_service_client::PhysicalRec
 use confidant_proto::retention::v1::retention_service_client::RetentionServiceClient;
 use confidant_proto::vault::v1::DataCategory;
 use confidant_runtime::ServiceName;
-use confidant_runtime::client::PeerChannel;
 use confidant_runtime::portable::{Statement, Value};
 use confidant_runtime::storage::{Backend, Database, PoolOptions};
 use tonic::Code;
 
-async fn channel(
-    data: &SandboxData,
-    sandbox: &Sandbox,
-    service: ServiceName,
-    name: &str,
-) -> PeerChannel {
-    confidant_runtime::client::connect(&sandbox.url(service), &data.client_tls(name), "localhost")
-        .await
-        .expect("reachable")
-}
+use common::channel;
 
 /// `confidant records …` against the sandbox, as the holder of `token`.
 fn records_cli(data: &SandboxData, sandbox: &Sandbox, token: &str, args: &[&str]) -> (i32, String) {

@@ -164,6 +164,19 @@ pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A mutual-TLS channel to `service` with the certificate of `name` from the
+/// sandbox CA.
+pub async fn channel(
+    data: &confidant::sandbox::SandboxData,
+    sandbox: &confidant::sandbox::Sandbox,
+    service: confidant_runtime::ServiceName,
+    name: &str,
+) -> confidant_runtime::client::PeerChannel {
+    confidant_runtime::client::connect(&sandbox.url(service), &data.client_tls(name), "localhost")
+        .await
+        .expect("reachable")
+}
+
 /// An identity client with the certificate of `name` from the sandbox CA.
 pub async fn identity_client(
     data: &confidant::sandbox::SandboxData,
