@@ -919,3 +919,119 @@ async fn sqlite_roles_lapse_at_their_expiry_and_revoke_at_once() {
 async fn postgres_roles_lapse_at_their_expiry_and_revoke_at_once() {
     roles_lapse_at_their_expiry_and_revoke_at_once(Backend::Postgres).await;
 }
+
+async fn a_wall_exception_lets_one_through_for_one_matter_until_it_ends(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec::of(&[ServiceName::Identity, ServiceName::Audit]),
+    )
+    .await;
+    let mut admin = client(&data, &sandbox, "operator").await;
+    let mut vault = client(&data, &sandbox, "vault").await;
+    let client_id = new_client(&mut admin).await;
+    let matter = new_matter(&mut admin, &client_id, None, "m&a").await;
+    let other_matter = new_matter(&mut admin, &client_id, None, "tax").await;
+    let elsewhere = new_client(&mut admin).await;
+    let elsewhere_matter = new_matter(&mut admin, &elsewhere, None, "tax").await;
+    let associate = cleared(&mut admin, "screened@firm.example", "associate").await;
+    let bystander = cleared(&mut admin, "other@firm.example", "associate").await;
+    for m in [&matter, &other_matter] {
+        assign(&mut admin, m, &associate).await;
+    }
+    let wall = admin
+        .create_wall(CreateWallRequest {
+            screened_staff_ids: vec![associate.clone()],
+            client_ids: vec![client_id.clone()],
+            matter_ids: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .wall_id;
+    let behind = |r: &AuthorizeResponse| reason(r) == DenialReason::BehindWall;
+    assert!(behind(
+        &decide(&mut vault, &associate, "client_data.read", &matter).await
+    ));
+
+    let grant = |staff: &str, matter: &str, hours: i64| GrantWallExceptionRequest {
+        wall_id: wall.clone(),
+        staff_id: staff.into(),
+        matter_id: matter.into(),
+        reason: "clients' informed consent of 2026-11-20".into(),
+        expire_time: ts(chrono::Utc::now() + chrono::Duration::hours(hours)),
+    };
+    // Bad input, field by field; only the wall's own staff and matters.
+    let err = admin
+        .grant_wall_exception(GrantWallExceptionRequest {
+            wall_id: "wall".into(),
+            staff_id: String::new(),
+            matter_id: matter.clone(),
+            reason: String::new(),
+            expire_time: ts(chrono::Utc::now() - chrono::Duration::hours(1)),
+        })
+        .await
+        .unwrap_err();
+    let fields: Vec<String> = err
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|f| f.field.clone()).collect())
+        .unwrap_or_default();
+    assert_eq!(fields, ["wall_id", "staff_id", "reason", "expire_time"]);
+    for (staff, m) in [(&bystander, &matter), (&associate, &elsewhere_matter)] {
+        let err = admin
+            .grant_wall_exception(grant(staff, m, 24))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    }
+    // Non-admins cannot grant one.
+    let err = vault
+        .grant_wall_exception(grant(&associate, &matter, 24))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+
+    // Through the wall for that matter only, until revoked.
+    let exception = admin
+        .grant_wall_exception(grant(&associate, &matter, 24))
+        .await
+        .unwrap()
+        .into_inner()
+        .exception_id;
+    assert!(
+        decide(&mut vault, &associate, "client_data.read", &matter)
+            .await
+            .allowed
+    );
+    assert!(behind(
+        &decide(&mut vault, &associate, "client_data.read", &other_matter).await
+    ));
+    admin
+        .revoke_wall_exception(RevokeWallExceptionRequest {
+            exception_id: exception.clone(),
+        })
+        .await
+        .unwrap();
+    assert!(behind(
+        &decide(&mut vault, &associate, "client_data.read", &matter).await
+    ));
+    let err = admin
+        .revoke_wall_exception(RevokeWallExceptionRequest {
+            exception_id: exception,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_wall_exception_lets_one_through_for_one_matter_until_it_ends() {
+    a_wall_exception_lets_one_through_for_one_matter_until_it_ends(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_wall_exception_lets_one_through_for_one_matter_until_it_ends() {
+    a_wall_exception_lets_one_through_for_one_matter_until_it_ends(Backend::Postgres).await;
+}

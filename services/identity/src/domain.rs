@@ -60,6 +60,9 @@ pub struct Facts {
     pub trainings: Vec<Attestation>,
     /// Walls screening the staff member from the client or matter.
     pub walls: Vec<Interval>,
+    /// For each wall (same index), the exceptions that let the staff member
+    /// through it for the matter asked about.
+    pub wall_exceptions: Vec<Vec<Interval>>,
     /// Assignments to the matter (or to any matter of the client).
     pub assignments: Vec<Interval>,
     /// Break-glass grants for the matter.
@@ -165,7 +168,18 @@ pub fn decide(facts: &Facts, permission: &str, at: DateTime<Utc>) -> Decision {
         Some(t) if t.expires <= at => return Decision::deny(DenialReason::TrainingExpired),
         Some(_) => {}
     }
-    if facts.walls.iter().any(|w| w.holds_at(at)) {
+    let excepted = |i: usize| {
+        facts
+            .wall_exceptions
+            .get(i)
+            .is_some_and(|e| e.iter().any(|x| x.holds_at(at)))
+    };
+    if facts
+        .walls
+        .iter()
+        .enumerate()
+        .any(|(i, w)| w.holds_at(at) && !excepted(i))
+    {
         return Decision::deny(DenialReason::BehindWall);
     }
     let path = if facts.assignments.iter().any(|a| a.holds_at(at)) {
@@ -219,6 +233,7 @@ mod tests {
             ndas: vec![valid_attestation()],
             trainings: vec![valid_attestation()],
             walls: vec![],
+            wall_exceptions: vec![],
             assignments: vec![open(10)],
             break_glass: vec![],
         }
@@ -277,6 +292,21 @@ mod tests {
         let mut f = cleared();
         f.assignments.clear();
         assert_eq!(reason(&f), DenialReason::NotAssigned);
+    }
+
+    #[test]
+    fn an_exception_lets_one_through_its_wall_only_while_it_lasts() {
+        let mut f = cleared();
+        f.walls.push(open(5));
+        f.walls.push(open(5));
+        // Through the first wall, not the second: still behind a wall.
+        f.wall_exceptions = vec![vec![open(1)]];
+        assert_eq!(reason(&f), DenialReason::BehindWall);
+        f.wall_exceptions.push(vec![open(1)]);
+        assert_eq!(reason(&f), DenialReason::Unspecified);
+        // A lapsed exception lets no one through.
+        f.wall_exceptions[1][0].expires = Some(now() - Duration::minutes(1));
+        assert_eq!(reason(&f), DenialReason::BehindWall);
     }
 
     #[test]

@@ -97,6 +97,11 @@ impl From<Error> for Status {
                 Status::not_found(format!("{what} not found"))
             }
             Error::Store(StoreError::Conflict(what)) => Status::already_exists(what),
+            Error::Store(StoreError::Precondition(what)) => confidant_runtime::error::with_reason(
+                Code::FailedPrecondition,
+                "precondition",
+                what,
+            ),
             Error::Store(StoreError::Sqlx(e)) => {
                 tracing::error!(error = %e, "identity storage failed");
                 storage_status(&e)

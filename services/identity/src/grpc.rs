@@ -466,6 +466,85 @@ impl IdentityService for IdentityApi {
         }))
     }
 
+    #[tracing::instrument(name = "identity.grant_wall_exception", skip_all)]
+    async fn grant_wall_exception(
+        &self,
+        request: Request<GrantWallExceptionRequest>,
+    ) -> Result<Response<GrantWallExceptionResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let wall = uuid(&mut v, "wall_id", &req.wall_id);
+        let staff = uuid(&mut v, "staff_id", &req.staff_id);
+        let matter = uuid(&mut v, "matter_id", &req.matter_id);
+        text(&mut v, "reason", &req.reason, 1_000);
+        let now = Utc::now();
+        let expires = req
+            .expire_time
+            .and_then(|t| DateTime::from_timestamp(t.seconds, 0));
+        if expires.is_none_or(|e| e <= now || e > now + Duration::days(366)) {
+            v.add("expire_time", "in the future, at most a year ahead");
+        }
+        check(v)?;
+        let (Some(wall), Some(staff), Some(matter), Some(expires)) = (wall, staff, matter, expires)
+        else {
+            return Err(Status::internal("validated request incomplete"));
+        };
+        let id = self
+            .directory
+            .grant_wall_exception(
+                wall,
+                staff,
+                matter,
+                req.reason.trim(),
+                expires,
+                caller.as_str(),
+                |id| {
+                    self.by_caller(
+                        &caller,
+                        Action::IdentityWallExceptionGranted,
+                        "wall_exception",
+                        id,
+                    )
+                    .build()
+                },
+            )
+            .await
+            .map_err(Error::from)?;
+        self.facts.clear();
+        Ok(Response::new(GrantWallExceptionResponse {
+            exception_id: id.to_string(),
+        }))
+    }
+
+    #[tracing::instrument(name = "identity.revoke_wall_exception", skip_all)]
+    async fn revoke_wall_exception(
+        &self,
+        request: Request<RevokeWallExceptionRequest>,
+    ) -> Result<Response<RevokeWallExceptionResponse>, Status> {
+        let caller = caller(&request)?;
+        let mut v = Violations::new();
+        let id = uuid(&mut v, "exception_id", &request.get_ref().exception_id);
+        check(v)?;
+        let Some(id) = id else {
+            return Err(Status::internal("validated request incomplete"));
+        };
+        self.directory
+            .revoke_wall_exception(id, |id| {
+                self.by_caller(
+                    &caller,
+                    Action::IdentityWallExceptionRevoked,
+                    "wall_exception",
+                    id,
+                )
+                .build()
+            })
+            .await
+            .map_err(Error::from)?;
+        self.facts.clear();
+        Ok(Response::new(RevokeWallExceptionResponse {}))
+    }
+
     #[tracing::instrument(name = "identity.record_attestation", skip_all)]
     async fn record_attestation(
         &self,

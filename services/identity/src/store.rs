@@ -18,6 +18,9 @@ pub enum StoreError {
     /// The change conflicts with what is stored (e.g. a duplicate e-mail).
     #[error("{0}")]
     Conflict(&'static str),
+    /// What is stored does not allow the change (e.g. the wall was lifted).
+    #[error("{0}")]
+    Precondition(&'static str),
     /// The database failed.
     #[error(transparent)]
     Sqlx(#[from] sqlx::Error),
@@ -593,6 +596,106 @@ impl Directory {
         Ok(id)
     }
 
+    #[allow(clippy::too_many_arguments)]
+    /// Lets a screened staff member through a wall for one matter. The wall
+    /// must be standing, screen the staff member, and cover the matter
+    /// (directly or through its client).
+    pub async fn grant_wall_exception(
+        &self,
+        wall: Uuid,
+        staff: Uuid,
+        matter: Uuid,
+        reason: &str,
+        expires: DateTime<Utc>,
+        granted_by: &str,
+        event: impl FnOnce(Uuid) -> AuditEvent,
+    ) -> Result<Uuid, StoreError> {
+        let standing: Option<(Option<DateTime<Utc>>,)> = self
+            .db
+            .fetch_optional(
+                "SELECT lifted_at FROM walls WHERE id = $1",
+                vec![Value::Uuid(wall)],
+            )
+            .await?;
+        match standing {
+            None => return Err(StoreError::NotFound("wall")),
+            Some((Some(_),)) => return Err(StoreError::Precondition("the wall has been lifted")),
+            Some((None,)) => {}
+        }
+        let member: Option<(Uuid,)> = self
+            .db
+            .fetch_optional(
+                "SELECT staff_id FROM wall_members WHERE wall_id = $1 AND staff_id = $2",
+                vec![Value::Uuid(wall), Value::Uuid(staff)],
+            )
+            .await?;
+        if member.is_none() {
+            return Err(StoreError::Precondition(
+                "the wall does not screen this staff member",
+            ));
+        }
+        let covered: Option<(Uuid,)> = self
+            .db
+            .fetch_optional(
+                "SELECT m.id FROM matters m JOIN wall_targets t ON t.wall_id = $1 \
+                 AND (t.matter_id = m.id OR t.client_id = m.client_id) WHERE m.id = $2",
+                vec![Value::Uuid(wall), Value::Uuid(matter)],
+            )
+            .await?;
+        if covered.is_none() {
+            return Err(StoreError::Precondition(
+                "the wall does not cover this matter",
+            ));
+        }
+        let id = Uuid::now_v7();
+        self.db
+            .transact(
+                vec![Statement::new(
+                    "INSERT INTO wall_exceptions (id, wall_id, staff_id, matter_id, reason, granted_by, granted_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    vec![
+                        Value::Uuid(id),
+                        Value::Uuid(wall),
+                        Value::Uuid(staff),
+                        Value::Uuid(matter),
+                        Value::Text(reason.to_owned()),
+                        Value::Text(granted_by.to_owned()),
+                        Value::Time(Utc::now()),
+                        Value::Time(expires),
+                    ],
+                )],
+                &[event(id)],
+            )
+            .await?;
+        Ok(id)
+    }
+
+    /// Ends a wall exception.
+    pub async fn revoke_wall_exception(
+        &self,
+        id: Uuid,
+        event: impl FnOnce(Uuid) -> AuditEvent,
+    ) -> Result<(), StoreError> {
+        let revoked = self
+            .db
+            .transact(
+                vec![
+                    Statement::new(
+                        "UPDATE wall_exceptions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+                        vec![Value::Time(Utc::now()), Value::Uuid(id)],
+                    )
+                    .expecting(1),
+                ],
+                &[event(id)],
+            )
+            .await;
+        match revoked {
+            Ok(_) => Ok(()),
+            // Nothing is written, the event included.
+            Err(TransactError::Unmet { .. }) => Err(StoreError::NotFound("wall exception")),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Records an attestation.
     pub async fn record_attestation(
         &self,
@@ -778,10 +881,10 @@ impl Directory {
         }
 
         let matter_id = matter_row.map(|(m, _)| m);
-        let walls: Vec<(DateTime<Utc>, Option<DateTime<Utc>>)> = self
+        let walls: Vec<(Uuid, DateTime<Utc>, Option<DateTime<Utc>>)> = self
             .db
             .fetch_all(
-                "SELECT DISTINCT w.created_at, w.lifted_at FROM walls w \
+                "SELECT DISTINCT w.id, w.created_at, w.lifted_at FROM walls w \
                  JOIN wall_members m ON m.wall_id = w.id JOIN wall_targets t ON t.wall_id = w.id \
                  WHERE m.staff_id = $1 AND (t.client_id = $2 OR t.matter_id = $3 \
                  OR t.matter_id IN (SELECT id FROM matters WHERE client_id = $2))",
@@ -792,14 +895,29 @@ impl Directory {
                 ],
             )
             .await?;
-        facts.walls = walls
-            .into_iter()
-            .map(|(start, lifted)| Interval {
+        for (wall, start, lifted) in walls {
+            facts.walls.push(Interval {
                 start,
                 expires: None,
                 revoked: lifted,
-            })
-            .collect();
+            });
+            // Exceptions are per matter: a question about the client as a
+            // whole gets none.
+            let exceptions: Vec<IntervalRow> = match matter_id {
+                Some(m) => {
+                    self.db
+                        .fetch_all(
+                            "SELECT granted_at, expires_at, revoked_at FROM wall_exceptions WHERE wall_id = $1 AND staff_id = $2 AND matter_id = $3",
+                            vec![Value::Uuid(wall), Value::Uuid(staff), Value::Uuid(m)],
+                        )
+                        .await?
+                }
+                None => Vec::new(),
+            };
+            facts
+                .wall_exceptions
+                .push(exceptions.into_iter().map(interval).collect());
+        }
 
         let assignments: Vec<IntervalRow> = match matter_id {
             Some(m) => {

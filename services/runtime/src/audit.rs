@@ -55,6 +55,8 @@ actions! {
     IdentityAssignmentGranted => "identity.assignment.granted", "A staff member was assigned to a matter.";
     IdentityAssignmentRevoked => "identity.assignment.revoked", "An assignment was revoked.";
     IdentityWallCreated => "identity.wall.created", "An ethical wall was put up.";
+    IdentityWallExceptionGranted => "identity.wall.exception_granted", "A screened staff member was let through a wall for one matter, until an expiry.";
+    IdentityWallExceptionRevoked => "identity.wall.exception_revoked", "A wall exception was ended.";
     IdentityAttestationRecorded => "identity.attestation.recorded", "An NDA or training attestation was recorded.";
     IdentityBreakGlassOpened => "identity.break_glass.opened", "Emergency access to a matter was opened (alerts the security officer).";
     IdentityLoginSucceeded => "identity.login.succeeded", "A staff member signed in (password and TOTP).";
