@@ -1035,3 +1035,102 @@ async fn sqlite_a_wall_exception_lets_one_through_for_one_matter_until_it_ends()
 async fn postgres_a_wall_exception_lets_one_through_for_one_matter_until_it_ends() {
     a_wall_exception_lets_one_through_for_one_matter_until_it_ends(Backend::Postgres).await;
 }
+
+/// The directory from the command line: staff, client, matter, assignment,
+/// a wall, an exception, and the decision as it changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_the_directory_from_the_command_line() {
+    let data = SandboxData::new(Backend::Sqlite).await;
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec::of(&[ServiceName::Identity, ServiceName::Audit]),
+    )
+    .await;
+    let mut admin = client(&data, &sandbox, "operator").await;
+    let tls = data.operator_files();
+    let url = sandbox.url(ServiceName::Identity);
+    let cli = |args: &[&str]| -> serde_json::Value {
+        let out = common::confidant()
+            .arg("directory")
+            .args(["--service", &url])
+            .arg("--ca")
+            .arg(&tls.ca_file)
+            .arg("--cert")
+            .arg(&tls.cert_file)
+            .arg("--key")
+            .arg(&tls.key_file)
+            .args(args)
+            .output()
+            .expect("confidant runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {text}");
+        serde_json::from_str(text.trim()).expect("one JSON line")
+    };
+    let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap().to_owned();
+    let staff_id = text(
+        &cli(&[
+            "add-staff",
+            "--email",
+            "cli@firm.example",
+            "--name",
+            "Cli Staff",
+            "--role",
+            "associate",
+        ]),
+        "staff_id",
+    );
+    attest(&mut admin, &staff_id, AttestationKind::Nda, 1, 365, 0).await;
+    attest(&mut admin, &staff_id, AttestationKind::Training, 1, 365, 90).await;
+    let client_id = text(&cli(&["add-client"]), "client_id");
+    let matter_id = text(
+        &cli(&[
+            "add-matter",
+            "--client",
+            &client_id,
+            "--area",
+            "probate",
+            "--jurisdiction",
+            "GB",
+        ]),
+        "matter_id",
+    );
+    cli(&["assign", "--matter", &matter_id, "--staff", &staff_id]);
+    let decide = |expected: bool| {
+        let d = cli(&[
+            "decide",
+            "--staff",
+            &staff_id,
+            "--permission",
+            "client_data.read",
+            "--matter",
+            &matter_id,
+        ]);
+        assert_eq!(d["allowed"], expected, "{d}");
+        d
+    };
+    decide(true);
+    let wall_id = text(
+        &cli(&["add-wall", "--staff", &staff_id, "--client", &client_id]),
+        "wall_id",
+    );
+    assert_eq!(decide(false)["reason"], "DENIAL_REASON_BEHIND_WALL");
+    let until = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    cli(&[
+        "wall-exception",
+        "--wall",
+        &wall_id,
+        "--staff",
+        &staff_id,
+        "--matter",
+        &matter_id,
+        "--reason",
+        "clients' informed consent",
+        "--until",
+        &until,
+    ]);
+    assert_eq!(decide(true)["access_path"], "ACCESS_PATH_ASSIGNMENT");
+    cli(&["disable-staff", "--staff", &staff_id]);
+    assert_eq!(decide(false)["reason"], "DENIAL_REASON_ACCOUNT_DISABLED");
+    sandbox.stop().await;
+}

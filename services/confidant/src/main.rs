@@ -87,6 +87,15 @@ enum Command {
         #[command(subcommand)]
         action: AdminCommand,
     },
+    /// The identity directory: staff, roles, clients, matters, assignments,
+    /// walls and exceptions, and the decision, with an administrator's
+    /// certificate.
+    Directory {
+        #[command(flatten)]
+        conn: confidant::directory_cli::Connection,
+        #[command(subcommand)]
+        action: confidant::directory_cli::DirectoryCommand,
+    },
     /// Incident response: incidents, obligations, affected clients, alerts,
     /// as the security officer (--token or CONFIDANT_TOKEN).
     Incidents {
@@ -282,6 +291,10 @@ fn main() -> ExitCode {
         }
         Command::Audit { action } => audit(action),
         Command::Keys { action } => report(write_key(action)),
+        Command::Directory { conn, action } => block_on(async move {
+            let mut stdout = std::io::stdout();
+            report(confidant::directory_cli::run(&conn, action, &mut stdout).await)
+        }),
         Command::Incidents { conn, action } => block_on(async move {
             let mut stdout = std::io::stdout();
             report(confidant::incidents_cli::run(&conn, action, &mut stdout).await)
