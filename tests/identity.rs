@@ -1046,7 +1046,6 @@ async fn sqlite_the_directory_from_the_command_line() {
         SandboxSpec::of(&[ServiceName::Identity, ServiceName::Audit]),
     )
     .await;
-    let mut admin = client(&data, &sandbox, "operator").await;
     let tls = data.operator_files();
     let url = sandbox.url(ServiceName::Identity);
     let cli = |args: &[&str]| -> serde_json::Value {
@@ -1080,8 +1079,38 @@ async fn sqlite_the_directory_from_the_command_line() {
         ]),
         "staff_id",
     );
-    attest(&mut admin, &staff_id, AttestationKind::Nda, 1, 365, 0).await;
-    attest(&mut admin, &staff_id, AttestationKind::Training, 1, 365, 90).await;
+    let completed = (chrono::Utc::now() - chrono::Duration::days(1)).to_rfc3339();
+    let expires = (chrono::Utc::now() + chrono::Duration::days(365)).to_rfc3339();
+    cli(&[
+        "attest",
+        "--staff",
+        &staff_id,
+        "--kind",
+        "nda",
+        "--version",
+        "2026-1",
+        "--completed",
+        &completed,
+        "--expires",
+        &expires,
+    ]);
+    cli(&[
+        "attest",
+        "--staff",
+        &staff_id,
+        "--kind",
+        "training",
+        "--version",
+        "2026-1",
+        "--completed",
+        &completed,
+        "--expires",
+        &expires,
+        "--score",
+        "90",
+        "--pass-mark",
+        "80",
+    ]);
     let client_id = text(&cli(&["add-client"]), "client_id");
     let matter_id = text(
         &cli(&[
@@ -1095,7 +1124,6 @@ async fn sqlite_the_directory_from_the_command_line() {
         ]),
         "matter_id",
     );
-    cli(&["assign", "--matter", &matter_id, "--staff", &staff_id]);
     let decide = |expected: bool| {
         let d = cli(&[
             "decide",
@@ -1109,6 +1137,20 @@ async fn sqlite_the_directory_from_the_command_line() {
         assert_eq!(d["allowed"], expected, "{d}");
         d
     };
+    assert_eq!(decide(false)["reason"], "DENIAL_REASON_NOT_ASSIGNED");
+    cli(&[
+        "break-glass",
+        "--staff",
+        &staff_id,
+        "--matter",
+        &matter_id,
+        "--justification",
+        "hearing at nine, partner unreachable",
+        "--minutes",
+        "30",
+    ]);
+    assert_eq!(decide(true)["access_path"], "ACCESS_PATH_BREAK_GLASS");
+    cli(&["assign", "--matter", &matter_id, "--staff", &staff_id]);
     decide(true);
     let wall_id = text(
         &cli(&["add-wall", "--staff", &staff_id, "--client", &client_id]),

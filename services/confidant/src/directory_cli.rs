@@ -133,6 +133,46 @@ pub enum DirectoryCommand {
         #[arg(long)]
         until: String,
     },
+    /// Record a signed NDA or completed training.
+    Attest {
+        /// The staff member.
+        #[arg(long)]
+        staff: String,
+        /// nda or training.
+        #[arg(long, value_parser = ["nda", "training"])]
+        kind: String,
+        /// The version of the agreement or course.
+        #[arg(long)]
+        version: String,
+        /// When it was completed (RFC 3339).
+        #[arg(long)]
+        completed: String,
+        /// When it expires (RFC 3339).
+        #[arg(long)]
+        expires: String,
+        /// Training: the score.
+        #[arg(long, default_value_t = 0)]
+        score: i32,
+        /// Training: the pass mark.
+        #[arg(long, default_value_t = 0)]
+        pass_mark: i32,
+    },
+    /// Open emergency access to a matter (time-limited, alerts the
+    /// security officer).
+    BreakGlass {
+        /// The staff member.
+        #[arg(long)]
+        staff: String,
+        /// The matter.
+        #[arg(long)]
+        matter: String,
+        /// Why.
+        #[arg(long)]
+        justification: String,
+        /// For how long, in minutes.
+        #[arg(long, default_value_t = 60)]
+        minutes: i32,
+    },
     /// Ask the authorization decision.
     Decide {
         /// The staff member.
@@ -305,6 +345,53 @@ pub async fn run(
                 .map_err(fail)?
                 .into_inner();
             json!({ "exception_id": r.exception_id })
+        }
+        DirectoryCommand::Attest {
+            staff,
+            kind,
+            version,
+            completed,
+            expires,
+            score,
+            pass_mark,
+        } => {
+            let kind = if kind == "nda" {
+                pb::AttestationKind::Nda
+            } else {
+                pb::AttestationKind::Training
+            };
+            let r = c
+                .record_attestation(pb::RecordAttestationRequest {
+                    staff_id: staff,
+                    kind: kind as i32,
+                    version,
+                    complete_time: Some(time(&completed)?),
+                    expire_time: Some(time(&expires)?),
+                    score,
+                    pass_mark,
+                })
+                .await
+                .map_err(fail)?
+                .into_inner();
+            json!({ "attestation_id": r.attestation_id })
+        }
+        DirectoryCommand::BreakGlass {
+            staff,
+            matter,
+            justification,
+            minutes,
+        } => {
+            let r = c
+                .open_break_glass(pb::OpenBreakGlassRequest {
+                    staff_id: staff,
+                    matter_id: matter,
+                    justification,
+                    duration_minutes: minutes,
+                })
+                .await
+                .map_err(fail)?
+                .into_inner();
+            json!({ "break_glass_id": r.break_glass_id, "expires": r.expire_time.map(|t| t.seconds) })
         }
         DirectoryCommand::Decide {
             staff,
