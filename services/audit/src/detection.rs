@@ -272,28 +272,59 @@ impl Detector {
             .collect();
         let me = crate::NAME.spiffe_id(&self.trust_domain);
         let mut read = 0;
-        for stored in &events {
+        let decoded: Vec<Option<AuditEvent>> = events
+            .iter()
+            .map(|e| AuditEvent::decode(e.payload.as_slice()).ok())
+            .collect();
+        // Counting rules look back over a window of the log, so an actor's
+        // events in one batch are counted once, at the actor's last one
+        // (which sees the earlier ones): one search per actor and batch,
+        // not per event.
+        let counted_as = |e: &AuditEvent| {
+            if e.outcome == Outcome::Denied as i32 {
+                Some("denials")
+            } else if e.outcome == Outcome::Allowed as i32 && READS.contains(&e.action.as_str()) {
+                Some("distinct_clients")
+            } else {
+                None
+            }
+        };
+        let mut last_counted: std::collections::HashMap<(&str, String), usize> =
+            std::collections::HashMap::new();
+        for (i, event) in decoded.iter().enumerate() {
+            if let Some(e) = event
+                && let Some(kind) = counted_as(e)
+            {
+                let actor = e.actor.as_ref().map(|a| a.id.clone()).unwrap_or_default();
+                last_counted.insert((kind, actor), i);
+            }
+        }
+        for (i, (stored, event)) in events.iter().zip(decoded).enumerate() {
             read += 1;
-            let Ok(event) = AuditEvent::decode(stored.payload.as_slice()) else {
+            let Some(event) = event else {
                 continue;
             };
             // The detector's own alerts and incidents are not evaluated again.
             if event.source_service == crate::NAME.as_str() {
                 continue;
             }
+            let actor = event
+                .actor
+                .as_ref()
+                .map(|a| a.id.clone())
+                .unwrap_or_default();
+            let at = time_of(&event);
+            let counted = counted_as(&event);
             for rule in &rules {
+                let counting = matches!(rule.kind.as_str(), "distinct_clients" | "denials");
+                let latest = counted == Some(rule.kind.as_str())
+                    && last_counted.get(&(rule.kind.as_str(), actor.clone())) == Some(&i);
+                if (counting && !latest) || self.alerted(rule, &actor, at).await? {
+                    continue;
+                }
                 let Some(summary) = self.fires(rule, &event).await? else {
                     continue;
                 };
-                let actor = event
-                    .actor
-                    .as_ref()
-                    .map(|a| a.id.clone())
-                    .unwrap_or_default();
-                let at = time_of(&event);
-                if self.alerted(rule, &actor, at).await? {
-                    continue;
-                }
                 let id = Uuid::now_v7();
                 let now = Utc::now();
                 let incident = (rule.opens_incident != 0).then(Uuid::now_v7);

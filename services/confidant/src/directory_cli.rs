@@ -4,29 +4,20 @@
 //! attestations, and the authorization decision. One JSON object per line.
 
 use std::io::Write;
-use std::path::PathBuf;
 
 use confidant_proto::identity::v1 as pb;
 use confidant_proto::identity::v1::identity_service_client::IdentityServiceClient;
 use confidant_runtime::client::PeerChannel;
-use confidant_runtime::tls::TlsFiles;
 use serde_json::json;
 
 /// How to reach the identity service.
 #[derive(Debug, clap::Args)]
 pub struct Connection {
-    /// The identity service URL.
+    /// The service URL.
     #[arg(long, default_value = "https://127.0.0.1:7101")]
     pub service: String,
-    /// CA bundle.
-    #[arg(long, default_value = ".confidant/pki/ca.pem")]
-    pub ca: PathBuf,
-    /// An administrator's client certificate.
-    #[arg(long, default_value = ".confidant/pki/operator.pem")]
-    pub cert: PathBuf,
-    /// Its key.
-    #[arg(long, default_value = ".confidant/pki/operator-key.pem")]
-    pub key: PathBuf,
+    #[command(flatten)]
+    pub credentials: crate::cli::Credentials,
 }
 
 /// What to do.
@@ -201,15 +192,9 @@ fn time(raw: &str) -> anyhow::Result<prost_types::Timestamp> {
 
 impl Connection {
     async fn client(&self) -> anyhow::Result<IdentityServiceClient<PeerChannel>> {
-        let tls = TlsFiles {
-            ca_file: self.ca.clone(),
-            cert_file: self.cert.clone(),
-            key_file: self.key.clone(),
-        }
-        .load()?;
-        let host = crate::process::host_of(&self.service);
-        let channel = confidant_runtime::client::connect(&self.service, &tls, &host).await?;
-        Ok(IdentityServiceClient::new(channel))
+        Ok(IdentityServiceClient::new(
+            self.credentials.channel(&self.service).await?,
+        ))
     }
 }
 

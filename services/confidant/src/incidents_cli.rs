@@ -8,24 +8,16 @@ use std::path::PathBuf;
 use confidant_proto::audit::v1 as pb;
 use confidant_proto::audit::v1::incident_service_client::IncidentServiceClient;
 use confidant_runtime::client::PeerChannel;
-use confidant_runtime::tls::TlsFiles;
 use serde_json::{Value as Json, json};
 
 /// How to reach the audit service, and as whom.
 #[derive(Debug, clap::Args)]
 pub struct Connection {
-    /// The audit service URL.
+    /// The service URL.
     #[arg(long, default_value = "https://127.0.0.1:7105")]
     pub service: String,
-    /// CA bundle.
-    #[arg(long, default_value = ".confidant/pki/ca.pem")]
-    pub ca: PathBuf,
-    /// Client certificate.
-    #[arg(long, default_value = ".confidant/pki/operator.pem")]
-    pub cert: PathBuf,
-    /// Client key.
-    #[arg(long, default_value = ".confidant/pki/operator-key.pem")]
-    pub key: PathBuf,
+    #[command(flatten)]
+    pub credentials: crate::cli::Credentials,
     /// The staff member's access token (from identity's Login).
     #[arg(long, env = "CONFIDANT_TOKEN", hide_env_values = true)]
     pub token: String,
@@ -164,24 +156,13 @@ fn incident_json(i: &pb::Incident) -> Json {
 
 impl Connection {
     async fn client(&self) -> anyhow::Result<IncidentServiceClient<PeerChannel>> {
-        let tls = TlsFiles {
-            ca_file: self.ca.clone(),
-            cert_file: self.cert.clone(),
-            key_file: self.key.clone(),
-        }
-        .load()?;
-        let host = crate::process::host_of(&self.service);
-        let channel = confidant_runtime::client::connect(&self.service, &tls, &host).await?;
-        Ok(IncidentServiceClient::new(channel))
+        Ok(IncidentServiceClient::new(
+            self.credentials.channel(&self.service).await?,
+        ))
     }
 
     fn request<T>(&self, message: T) -> anyhow::Result<tonic::Request<T>> {
-        let mut request = tonic::Request::new(message);
-        let value = format!("Bearer {}", self.token.trim())
-            .parse()
-            .map_err(|_| anyhow::anyhow!("the token is not a valid header value"))?;
-        request.metadata_mut().insert("authorization", value);
-        Ok(request)
+        crate::cli::with_token(&self.token, message)
     }
 }
 

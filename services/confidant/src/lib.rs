@@ -4,6 +4,7 @@
 
 pub mod audit_cli;
 pub mod certs;
+pub mod cli;
 pub mod directory_cli;
 pub mod incidents_cli;
 pub mod process;

@@ -3,33 +3,20 @@
 //! Prints one JSON object per line, for people and for scripts.
 
 use std::io::Write;
-use std::path::PathBuf;
 
 use confidant_proto::retention::v1 as pb;
 use confidant_proto::retention::v1::physical_records_service_client::PhysicalRecordsServiceClient;
 use confidant_runtime::client::PeerChannel;
-use confidant_runtime::tls::TlsFiles;
 use serde_json::{Value as Json, json};
 
 /// How to reach the retention service, and as whom.
 #[derive(Debug, clap::Args)]
 pub struct Connection {
-    /// The retention service URL.
+    /// The service URL.
     #[arg(long, default_value = "https://127.0.0.1:7104")]
     pub service: String,
-    /// CA bundle.
-    #[arg(long, default_value = ".confidant/pki/ca.pem")]
-    pub ca: PathBuf,
-    /// Client certificate (the firm application's).
-    #[arg(long, default_value = ".confidant/pki/operator.pem")]
-    pub cert: PathBuf,
-    /// Client key.
-    #[arg(long, default_value = ".confidant/pki/operator-key.pem")]
-    pub key: PathBuf,
-    /// The name the service's certificate is checked against (default: the
-    /// URL's host).
-    #[arg(long)]
-    pub server_name: Option<String>,
+    #[command(flatten)]
+    pub credentials: crate::cli::Credentials,
     /// The staff member's access token (from identity's Login).
     #[arg(long, env = "CONFIDANT_TOKEN", hide_env_values = true)]
     pub token: String,
@@ -236,27 +223,13 @@ pub fn describe(status: &tonic::Status) -> String {
 
 impl Connection {
     async fn client(&self) -> anyhow::Result<PhysicalRecordsServiceClient<PeerChannel>> {
-        let tls = TlsFiles {
-            ca_file: self.ca.clone(),
-            cert_file: self.cert.clone(),
-            key_file: self.key.clone(),
-        }
-        .load()?;
-        let host = self
-            .server_name
-            .clone()
-            .unwrap_or_else(|| crate::process::host_of(&self.service));
-        let channel = confidant_runtime::client::connect(&self.service, &tls, &host).await?;
-        Ok(PhysicalRecordsServiceClient::new(channel))
+        Ok(PhysicalRecordsServiceClient::new(
+            self.credentials.channel(&self.service).await?,
+        ))
     }
 
     fn request<T>(&self, message: T) -> anyhow::Result<tonic::Request<T>> {
-        let mut request = tonic::Request::new(message);
-        let value = format!("Bearer {}", self.token.trim())
-            .parse()
-            .map_err(|_| anyhow::anyhow!("the token is not a valid header value"))?;
-        request.metadata_mut().insert("authorization", value);
-        Ok(request)
+        crate::cli::with_token(&self.token, message)
     }
 }
 

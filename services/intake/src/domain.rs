@@ -160,6 +160,40 @@ impl Sensitivity {
     ];
 }
 
+impl Sensitivity {
+    fn from_proto(v: i32) -> Option<Self> {
+        Self::NAMES
+            .iter()
+            .find(|(_, _, p)| *p as i32 == v)
+            .map(|(s, _, _)| *s)
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        Self::NAMES
+            .iter()
+            .find(|(_, n, _)| *n == name)
+            .map(|(s, _, _)| *s)
+    }
+
+    fn entry(self) -> (&'static str, pb::Sensitivity) {
+        Self::NAMES
+            .iter()
+            .find(|(s, _, _)| *s == self)
+            .map_or(("personal", pb::Sensitivity::Personal), |(_, n, p)| {
+                (*n, *p)
+            })
+    }
+}
+
+/// The pattern as the form gave it, without the anchors added to it.
+fn pattern_source(p: &regex::Regex) -> String {
+    let s = p.as_str();
+    s.strip_prefix("^(?:")
+        .and_then(|s| s.strip_suffix(")$"))
+        .unwrap_or(s)
+        .to_owned()
+}
+
 /// A bound of a number or date field.
 #[derive(Debug, Clone, PartialEq)]
 enum Bound {
@@ -299,10 +333,7 @@ impl FormDefinition {
             if kind.is_none() {
                 v.add(at("kind"), "must be set to a known field kind");
             }
-            let sensitivity = Sensitivity::NAMES
-                .iter()
-                .find(|(_, _, p)| *p as i32 == f.sensitivity)
-                .map(|(s, _, _)| *s);
+            let sensitivity = Sensitivity::from_proto(f.sensitivity);
             if sensitivity.is_none() {
                 v.add(at("sensitivity"), "must be set");
             }
@@ -447,15 +478,11 @@ impl FormDefinition {
                     "required": f.required,
                     "min_length": f.min_length,
                     "max_length": f.max_length,
-                    "pattern": f.pattern.as_ref().map(|p| {
-                        // Stored as given, without the anchors added here.
-                        let s = p.as_str();
-                        s.strip_prefix("^(?:").and_then(|s| s.strip_suffix(")$")).unwrap_or(s).to_owned()
-                    }),
+                    "pattern": f.pattern.as_ref().map(pattern_source),
                     "min_value": f.raw_min,
                     "max_value": f.raw_max,
                     "choices": f.choices,
-                    "sensitivity": Sensitivity::NAMES.iter().find(|(s, _, _)| *s == f.sensitivity).map_or("personal", |(_, n, _)| n),
+                    "sensitivity": f.sensitivity.entry().0,
                     "category": f.category.as_str(),
                     "help_text": f.help_text,
                     "max_file_bytes": f.max_file_bytes,
@@ -506,10 +533,7 @@ impl FormDefinition {
                     .iter()
                     .filter_map(|c| c.as_str().map(str::to_owned))
                     .collect(),
-                sensitivity: Sensitivity::NAMES
-                    .iter()
-                    .find(|(_, n, _)| *n == sensitivity)
-                    .map(|(s, _, _)| *s)?,
+                sensitivity: Sensitivity::parse(&sensitivity)?,
                 category: Category::parse(&s("category")?)?,
                 help_text: s("help_text").unwrap_or_default(),
                 max_file_bytes: f
@@ -541,25 +565,11 @@ impl FormDefinition {
                 required: f.required,
                 min_length: i32::try_from(f.min_length).unwrap_or(i32::MAX),
                 max_length: i32::try_from(f.max_length).unwrap_or(i32::MAX),
-                pattern: f
-                    .pattern
-                    .as_ref()
-                    .map(|p| {
-                        let s = p.as_str();
-                        s.strip_prefix("^(?:")
-                            .and_then(|s| s.strip_suffix(")$"))
-                            .unwrap_or(s)
-                            .to_owned()
-                    })
-                    .unwrap_or_default(),
+                pattern: f.pattern.as_ref().map(pattern_source).unwrap_or_default(),
                 min_value: f.raw_min.clone(),
                 max_value: f.raw_max.clone(),
                 choices: f.choices.clone(),
-                sensitivity: Sensitivity::NAMES
-                    .iter()
-                    .find(|(s, _, _)| *s == f.sensitivity)
-                    .map_or(pb::Sensitivity::Personal, |(_, _, p)| *p)
-                    as i32,
+                sensitivity: f.sensitivity.entry().1 as i32,
                 category: f.category.to_proto() as i32,
                 help_text: f.help_text.clone(),
                 max_file_bytes: if f.kind == Kind::File {

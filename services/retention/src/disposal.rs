@@ -255,23 +255,24 @@ pub struct Disposer {
     retention: Arc<Retention>,
     coord: SharedCoordinator,
     holder: String,
-    signer: Signer,
+    signer: Arc<Signer>,
     batch_approvers: usize,
 }
 
 impl Disposer {
-    /// A disposer for this replica.
+    /// A disposer for this replica; `signer` may be shared (physical
+    /// records sign their certificates with the same key).
     pub fn new(
         retention: Arc<Retention>,
         coord: SharedCoordinator,
-        signer: Signer,
+        signer: impl Into<Arc<Signer>>,
         batch_approvers: usize,
     ) -> Self {
         Self {
             retention,
             coord,
             holder: format!("retention-{}", Uuid::now_v7()),
-            signer,
+            signer: signer.into(),
             batch_approvers,
         }
     }

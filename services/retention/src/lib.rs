@@ -68,16 +68,17 @@ pub async fn build(
         .signing_key_file
         .clone()
         .ok_or_else(|| anyhow::anyhow!("retention.signing_key_file is not set"))?;
+    let signer = Arc::new(disposal::Signer::load(&key_file)?);
     let disposer = Arc::new(disposal::Disposer::new(
         retention.clone(),
         ctx.coord.clone(),
-        disposal::Signer::load(&key_file)?,
+        signer.clone(),
         usize::try_from(config.batch_approvers).unwrap_or(1),
     ));
     let api = grpc::RetentionApi::new(
         retention.clone(),
         disposer.clone(),
-        decider,
+        decider.clone(),
         &ctx.config.trust_domain,
     );
     let sync = sync_task(
@@ -93,11 +94,8 @@ pub async fn build(
     let physical = physical::PhysicalApi::new(
         physical::PhysicalStore::new(ctx.db.clone()),
         store::RetentionStore::new(ctx.db.clone()),
-        Arc::new(confidant_runtime::decide::Decider::new(
-            ctx.peer(ServiceName::Identity),
-            Duration::from_millis(ctx.config.vault.decision_cache_millis),
-        )),
-        Arc::new(disposal::Signer::load(&key_file)?),
+        decider,
+        signer,
         &ctx.config.trust_domain,
     );
     Ok(confidant_runtime::app::ServiceParts {
