@@ -211,12 +211,12 @@ pub async fn drain_own_outbox(
         match outbox.pending(100).await {
             Ok(batch) if !batch.is_empty() => {
                 idle = false;
-                let last = batch.last().map(|p| p.seq).unwrap_or_default();
+                let seqs: Vec<i64> = batch.iter().map(|p| p.seq).collect();
                 let events: Vec<AuditEvent> = batch.into_iter().map(|p| p.event).collect();
                 match crate::domain::validate_batch(&events, crate::NAME.as_str(), Utc::now()) {
                     Ok(valid) => match log.append(&valid).await {
                         Ok(_) => {
-                            if let Err(e) = outbox.mark_delivered(last).await {
+                            if let Err(e) = outbox.mark_delivered(&seqs).await {
                                 tracing::warn!(error = %e, "own outbox not acknowledged");
                             }
                         }
@@ -227,7 +227,7 @@ pub async fn drain_own_outbox(
                     },
                     Err(v) => {
                         tracing::error!(violations = ?v.as_slice(), "own event invalid");
-                        let _ = outbox.record_failure(last, "invalid").await;
+                        let _ = outbox.record_failure(&seqs, "invalid").await;
                         idle = true;
                     }
                 }

@@ -272,8 +272,17 @@ impl SandboxSpec {
     }
 }
 
-fn sandbox_config(data: &SandboxData, spec: &SandboxSpec) -> Config {
+/// The configuration of a sandbox as a TOML table, as `confidant serve
+/// --config` reads it: lets a benchmark run the sandbox's services as
+/// separate processes.
+pub fn config_table(data: &SandboxData, spec: &SandboxSpec) -> toml::Table {
     let mut base = Config::dev_defaults(data.path());
+    let table = |v: &mut toml::Table, k: &str| -> toml::Table {
+        match v.remove(k) {
+            Some(toml::Value::Table(t)) => t,
+            _ => toml::Table::new(),
+        }
+    };
     if data.backend == Backend::Postgres {
         // PostgreSQL runs with Redis, as in production.
         let mut redis = toml::Table::new();
@@ -301,28 +310,49 @@ fn sandbox_config(data: &SandboxData, spec: &SandboxSpec) -> Config {
         );
         base.insert("kms".into(), toml::Value::Table(kms));
     }
-    let mut config =
-        config::load(base, None, &std::collections::HashMap::new()).expect("sandbox config");
-    config.mode = Mode::Dev;
-    config.shutdown_grace_seconds = 5;
-    config.audit.checkpoint_interval_seconds = 1;
-    config.intake.web_listen = spec.intake_web;
+    base.insert("shutdown_grace_seconds".into(), 5.into());
+    let mut audit = table(&mut base, "audit");
+    audit.insert("checkpoint_interval_seconds".into(), 1.into());
+    base.insert("audit".into(), toml::Value::Table(audit));
+    let mut intake = table(&mut base, "intake");
+    match spec.intake_web {
+        Some(addr) => intake.insert("web_listen".into(), addr.to_string().into()),
+        None => intake.remove("web_listen"),
+    };
+    base.insert("intake".into(), toml::Value::Table(intake));
+    let mut services = table(&mut base, "services");
     for service in ServiceName::ALL {
-        let s = config.services.entry(service).or_default();
-        s.listen = Some(
-            spec.listen
-                .get(&service)
-                .copied()
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+        let mut s = table(&mut services, service.as_str());
+        let listen = spec
+            .listen
+            .get(&service)
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        s.insert("listen".into(), listen.to_string().into());
+        s.insert("database_url".into(), data.database_url(service).into());
+        s.insert(
+            "max_connections".into(),
+            i64::from(spec.max_connections.unwrap_or(4)).into(),
         );
-        s.database_url = Some(data.database_url(service));
-        s.cert_file = Some(data.pki().cert(service.as_str()));
-        s.key_file = Some(data.pki().key(service.as_str()));
-        s.max_connections = Some(spec.max_connections.unwrap_or(4));
+        services.insert(service.as_str().into(), toml::Value::Table(s));
     }
+    base.insert("services".into(), toml::Value::Table(services));
+    let mut peers = toml::Table::new();
     for (service, addr) in &spec.peers {
-        config.peers.insert(*service, format!("https://{addr}"));
+        peers.insert(service.as_str().into(), format!("https://{addr}").into());
     }
+    base.insert("peers".into(), toml::Value::Table(peers));
+    base
+}
+
+fn sandbox_config(data: &SandboxData, spec: &SandboxSpec) -> Config {
+    let mut config = config::load(
+        config_table(data, spec),
+        None,
+        &std::collections::HashMap::new(),
+    )
+    .expect("sandbox config");
+    config.mode = Mode::Dev;
     config
 }
 

@@ -45,6 +45,35 @@ pub async fn enqueue_postgres(conn: &mut PgConnection, event: &AuditEvent) -> Re
     Ok(())
 }
 
+/// Adds `events` to the outbox inside the caller's PostgreSQL transaction,
+/// in order, with one statement (one round trip however many there are).
+pub async fn enqueue_many_postgres(
+    conn: &mut PgConnection,
+    events: &[AuditEvent],
+) -> Result<(), Error> {
+    match events {
+        [] => Ok(()),
+        [one] => enqueue_postgres(conn, one).await,
+        _ => {
+            let ids = events.iter().map(event_uuid).collect::<Result<Vec<_>, _>>()?;
+            let payloads: Vec<Vec<u8>> = events.iter().map(Message::encode_to_vec).collect();
+            // WITH ORDINALITY and ORDER BY keep the sequence numbers in the
+            // order of the events.
+            sqlx::query(
+                "INSERT INTO outbox (event_id, payload, created_at) \
+                 SELECT e.id, e.payload, $3 FROM UNNEST($1::uuid[], $2::bytea[]) \
+                 WITH ORDINALITY AS e(id, payload, n) ORDER BY e.n",
+            )
+            .bind(ids)
+            .bind(payloads)
+            .bind(Utc::now())
+            .execute(conn)
+            .await?;
+            Ok(())
+        }
+    }
+}
+
 /// Adds `event` to the outbox inside the caller's SQLite transaction.
 pub async fn enqueue_sqlite(conn: &mut SqliteConnection, event: &AuditEvent) -> Result<(), Error> {
     sqlx::query("INSERT INTO outbox (event_id, payload, created_at) VALUES (?1, ?2, ?3)")
@@ -194,22 +223,27 @@ impl Outbox {
             .collect())
     }
 
-    /// Marks every pending event up to and including `seq` delivered.
-    pub async fn mark_delivered(&self, up_to_seq: i64) -> Result<u64, Error> {
+    /// Marks the events at `seqs` delivered. Exactly those: on PostgreSQL a
+    /// transaction that took a lower sequence number can commit after a
+    /// higher one was read, so "everything up to the last one sent" could
+    /// mark an event delivered that was never sent.
+    pub async fn mark_delivered(&self, seqs: &[i64]) -> Result<u64, Error> {
         let done = match &self.db {
             Database::Postgres(pool) => sqlx::query(
-                "UPDATE outbox SET delivered_at = $1, last_error = NULL WHERE delivered_at IS NULL AND seq <= $2",
+                "UPDATE outbox SET delivered_at = $1, last_error = NULL \
+                 WHERE delivered_at IS NULL AND seq = ANY($2)",
             )
             .bind(Utc::now())
-            .bind(up_to_seq)
+            .bind(seqs)
             .execute(pool)
             .await?
             .rows_affected(),
             Database::Sqlite(pool) => sqlx::query(
-                "UPDATE outbox SET delivered_at = ?1, last_error = NULL WHERE delivered_at IS NULL AND seq <= ?2",
+                "UPDATE outbox SET delivered_at = ?1, last_error = NULL \
+                 WHERE delivered_at IS NULL AND seq IN (SELECT value FROM json_each(?2))",
             )
             .bind(Utc::now().to_rfc3339())
-            .bind(up_to_seq)
+            .bind(seq_list(seqs))
             .execute(pool)
             .await?
             .rows_affected(),
@@ -217,30 +251,52 @@ impl Outbox {
         Ok(done)
     }
 
-    /// Records a failed delivery of the events up to `seq`. `error` must be a
+    /// Records a failed delivery of the events at `seqs`. `error` must be a
     /// status code or category, never a message that could quote data.
-    pub async fn record_failure(&self, up_to_seq: i64, error: &str) -> Result<(), Error> {
+    pub async fn record_failure(&self, seqs: &[i64], error: &str) -> Result<(), Error> {
         match &self.db {
             Database::Postgres(pool) => {
                 sqlx::query(
-                    "UPDATE outbox SET attempts = attempts + 1, last_error = $1 WHERE delivered_at IS NULL AND seq <= $2",
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = $1 \
+                     WHERE delivered_at IS NULL AND seq = ANY($2)",
                 )
                 .bind(error)
-                .bind(up_to_seq)
+                .bind(seqs)
                 .execute(pool)
                 .await?;
             }
             Database::Sqlite(pool) => {
                 sqlx::query(
-                    "UPDATE outbox SET attempts = attempts + 1, last_error = ?1 WHERE delivered_at IS NULL AND seq <= ?2",
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = ?1 \
+                     WHERE delivered_at IS NULL AND seq IN (SELECT value FROM json_each(?2))",
                 )
                 .bind(error)
-                .bind(up_to_seq)
+                .bind(seq_list(seqs))
                 .execute(pool)
                 .await?;
             }
         }
         Ok(())
+    }
+
+    /// On PostgreSQL, claims the delivery of this outbox for as long as the
+    /// returned transaction lives (an advisory lock per schema): replicas of
+    /// a service share one outbox, and one relay at a time sends it, so no
+    /// batch travels twice. `None`: another replica is delivering. SQLite
+    /// has one process, so the claim always succeeds.
+    async fn claim(&self) -> Result<Option<Claim>, Error> {
+        match &self.db {
+            Database::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                let held: bool = sqlx::query_scalar(
+                    "SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '.outbox'))",
+                )
+                .fetch_one(&mut *tx)
+                .await?;
+                Ok(held.then_some(Claim(Some(tx))))
+            }
+            Database::Sqlite(_) => Ok(Some(Claim(None))),
+        }
     }
 
     /// How many events wait for delivery.
@@ -260,6 +316,16 @@ impl Outbox {
         Ok(n)
     }
 }
+
+/// A JSON array of sequence numbers (SQLite's `json_each` reads it).
+fn seq_list(seqs: &[i64]) -> String {
+    let items: Vec<String> = seqs.iter().map(i64::to_string).collect();
+    format!("[{}]", items.join(","))
+}
+
+/// The delivery claim of an outbox; released when dropped (the transaction
+/// that holds the lock rolls back).
+struct Claim(#[allow(dead_code)] Option<sqlx::Transaction<'static, sqlx::Postgres>>);
 
 /// Delivers a service's outbox to the audit service.
 #[derive(Debug, Clone)]
@@ -294,22 +360,25 @@ impl Relay {
 
     /// Delivers at most one batch.
     pub async fn deliver_once(&mut self) -> Result<Round, RelayError> {
-        let batch = self.outbox.pending(self.batch_size).await?;
-        let Some(last) = batch.last().map(|p| p.seq) else {
+        let Some(_claim) = self.outbox.claim().await? else {
             return Ok(Round::Idle);
         };
-        let count = batch.len();
+        let batch = self.outbox.pending(self.batch_size).await?;
+        if batch.is_empty() {
+            return Ok(Round::Idle);
+        }
+        let seqs: Vec<i64> = batch.iter().map(|p| p.seq).collect();
         let request = AppendEventsRequest {
             events: batch.into_iter().map(|p| p.event).collect(),
         };
         match self.client.append_events(request).await {
             Ok(_) => {
-                self.outbox.mark_delivered(last).await?;
-                Ok(Round::Delivered(count))
+                self.outbox.mark_delivered(&seqs).await?;
+                Ok(Round::Delivered(seqs.len()))
             }
             Err(status) => {
                 let code = format!("{:?}", status.code());
-                self.outbox.record_failure(last, &code).await?;
+                self.outbox.record_failure(&seqs, &code).await?;
                 Err(RelayError::Rejected(status.code()))
             }
         }

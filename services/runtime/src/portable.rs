@@ -213,9 +213,7 @@ impl Database {
                     check_expected(i, s.expect_rows, rows)?;
                     affected.push(rows);
                 }
-                for e in events {
-                    crate::outbox::enqueue_postgres(&mut tx, e).await?;
-                }
+                crate::outbox::enqueue_many_postgres(&mut tx, events).await?;
                 tx.commit().await?;
             }
             Database::Sqlite(pool) => {

@@ -31,19 +31,38 @@ async fn pending_events_come_back_in_order_until_delivered(t: &TestDatabase) {
     assert_eq!(actions, ["test.step0", "test.step1", "test.step2"]);
     assert_eq!(pending[0].event, events[0], "payload round-trips");
 
-    assert_eq!(outbox.mark_delivered(pending[2].seq).await.unwrap(), 3);
+    assert_eq!(outbox.mark_delivered(&[pending[0].seq, pending[1].seq, pending[2].seq]).await.unwrap(), 3);
     assert_eq!(outbox.backlog().await.unwrap(), 2);
     let rest = outbox.pending(10).await.unwrap();
     assert_eq!(rest.len(), 2);
     assert_eq!(rest[0].event.action, "test.step3");
 }
 
+async fn events_committed_together_keep_their_order(t: &TestDatabase) {
+    let outbox = Outbox::new(t.db.clone());
+    let events: Vec<_> = (0..40).map(|i| event(&format!("test.batch{i}"))).collect();
+    t.db.transact(Vec::new(), &events[..1]).await.unwrap();
+    t.db.transact(Vec::new(), &events[1..]).await.unwrap();
+    let pending = outbox.pending(100).await.unwrap();
+    assert_eq!(
+        pending.iter().map(|p| p.event.clone()).collect::<Vec<_>>(),
+        events,
+        "every event, once, in the order given"
+    );
+    assert!(pending.windows(2).all(|w| w[0].seq < w[1].seq));
+    // One bad id refuses the whole batch: nothing of it is written.
+    let mut bad: Vec<_> = (0..3).map(|i| event(&format!("test.bad{i}"))).collect();
+    bad[2].id = "not-a-uuid".into();
+    assert!(t.db.transact(Vec::new(), &bad).await.is_err());
+    assert_eq!(outbox.backlog().await.unwrap(), 40);
+}
+
 async fn failures_are_counted_and_events_stay_pending(t: &TestDatabase) {
     let outbox = Outbox::new(t.db.clone());
     outbox.enqueue(&event("test.a")).await.unwrap();
     let seq = outbox.pending(1).await.unwrap()[0].seq;
-    outbox.record_failure(seq, "Unavailable").await.unwrap();
-    outbox.record_failure(seq, "Unavailable").await.unwrap();
+    outbox.record_failure(&[seq], "Unavailable").await.unwrap();
+    outbox.record_failure(&[seq], "Unavailable").await.unwrap();
     let again = outbox.pending(1).await.unwrap();
     assert_eq!(again[0].attempts, 2);
     assert_eq!(outbox.backlog().await.unwrap(), 1);
@@ -76,6 +95,30 @@ async fn an_event_exists_only_if_its_transaction_commits(t: &TestDatabase) {
     assert_eq!(pending[0].event.action, "test.committed");
 }
 
+/// An event whose transaction took its sequence number first but commits
+/// after a later one was delivered is still delivered: acknowledging a batch
+/// marks exactly the events sent.
+async fn an_event_committed_late_is_not_skipped(t: &TestDatabase) {
+    let Database::Postgres(pool) = &t.db else {
+        return; // SQLite has one writer at a time: commits follow the sequence.
+    };
+    let outbox = Outbox::new(t.db.clone());
+    let slow = event("test.slow");
+    let fast = event("test.fast");
+    let mut slow_tx = pool.begin().await.unwrap();
+    enqueue_postgres(&mut slow_tx, &slow).await.unwrap();
+    outbox.enqueue(&fast).await.unwrap();
+    let first = outbox.pending(10).await.unwrap();
+    assert_eq!(first.len(), 1, "the slow transaction is not visible yet");
+    assert_eq!(first[0].event, fast);
+    assert_eq!(outbox.mark_delivered(&[first[0].seq]).await.unwrap(), 1);
+    slow_tx.commit().await.unwrap();
+    let rest = outbox.pending(10).await.unwrap();
+    assert_eq!(rest.len(), 1, "the late event still waits for delivery");
+    assert_eq!(rest[0].event, slow);
+    assert!(rest[0].seq < first[0].seq, "it took the lower sequence number");
+}
+
 async fn the_same_event_cannot_be_enqueued_twice(t: &TestDatabase) {
     let outbox = Outbox::new(t.db.clone());
     let e = event("test.once");
@@ -97,8 +140,10 @@ async fn malformed_event_ids_are_refused(t: &TestDatabase) {
 
 confidant_runtime::backend_tests!(COMMON_ONLY;
     pending_events_come_back_in_order_until_delivered,
+    events_committed_together_keep_their_order,
     failures_are_counted_and_events_stay_pending,
     an_event_exists_only_if_its_transaction_commits,
     the_same_event_cannot_be_enqueued_twice,
+    an_event_committed_late_is_not_skipped,
     malformed_event_ids_are_refused,
 );
