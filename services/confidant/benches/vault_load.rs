@@ -1,28 +1,37 @@
-//! Load harness for the vault, run by `scripts/bench.sh`: the suite on
-//! PostgreSQL, Redis and the KMS emulator (identity, vault and audit in one
-//! process, as the sandbox runs them), driven over mutual-TLS gRPC at two
-//! concurrency levels, each figure next to a baseline measured in the same
-//! run on the same database:
+//! Load harness for the vault, run by `scripts/bench.sh`. The suite runs as
+//! separate `confidant serve` processes — identity, audit and one to four
+//! vault replicas — on PostgreSQL, Redis and the KMS emulator; this process
+//! is the load generator and drives them over mutual-TLS gRPC. Each figure
+//! stands next to a baseline measured in the same run on the same database:
 //!
 //! - writes of 1 KiB records vs plain sqlx INSERTs of the same bytes;
 //! - reads (decided by identity, audited before returning, decrypted) vs
 //!   plain SELECTs by primary key;
+//! - the same at 1, 2 and 4 vault replicas behind one PostgreSQL;
 //! - KMS calls per 10,000 reads of one scope;
 //! - crypto-shred time for scopes of 1, 1,000 and 100,000 records;
 //! - field encryption vs raw AES-256-GCM, and document streaming in GB/s.
 //!
-//! Prints table rows `| measure | confidant | baseline | ratio | target |`.
-//! Not a test: nothing here asserts a time.
+//! Prints table rows `| measure | confidant | baseline | ratio | target |`,
+//! then a second table: CPU time per operation and peak memory of every
+//! process (each service, PostgreSQL, Redis, the load generator) in each
+//! phase, read from /proc. With `VAULT_LOAD_RESOURCES=<file>` that
+//! table goes to the file instead. Not a test: nothing here asserts a time.
 
 // The end-to-end tests' directory helpers (not all of them are used here).
 #[path = "../../../tests/common/directory.rs"]
 #[allow(dead_code)]
 mod directory;
 
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use confidant::sandbox::{Sandbox, SandboxData, SandboxSpec};
+use confidant::sandbox::{SandboxData, SandboxSpec, config_table};
 use confidant_proto::vault::v1 as pb;
 use confidant_proto::vault::v1::vault_service_client::VaultServiceClient;
 use confidant_runtime::ServiceName;
@@ -36,8 +45,11 @@ type Vault = VaultServiceClient<PeerChannel>;
 const BODY: usize = 1024;
 
 struct Run {
+    ops: usize,
+    elapsed: Duration,
     ops_per_s: f64,
     p50: Duration,
+    p95: Duration,
     p99: Duration,
 }
 
@@ -45,8 +57,11 @@ fn summarize(mut latencies: Vec<Duration>, elapsed: Duration) -> Run {
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     Run {
+        ops: latencies.len(),
+        elapsed,
         ops_per_s: latencies.len() as f64 / elapsed.as_secs_f64(),
         p50: at(0.50),
+        p95: at(0.95),
         p99: at(0.99),
     }
 }
@@ -83,29 +98,350 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
+fn figures(r: &Run) -> String {
+    format!(
+        "{:.0} ops/s (p50 {}, p95 {}, p99 {})",
+        r.ops_per_s,
+        ms(r.p50),
+        ms(r.p95),
+        ms(r.p99)
+    )
+}
+
 fn row(measure: &str, ours: &Run, base: &Run, target: &str) {
     println!(
-        "| {measure} | {:.0} ops/s (p50 {}, p99 {}) | {:.0} ops/s (p50 {}, p99 {}) | {:.2} | {target} |",
-        ours.ops_per_s,
-        ms(ours.p50),
-        ms(ours.p99),
-        base.ops_per_s,
-        ms(base.p50),
-        ms(base.p99),
+        "| {measure} | {} | {} | {:.2} | {target} |",
+        figures(ours),
+        figures(base),
         ours.ops_per_s / base.ops_per_s
     );
 }
 
-async fn client(data: &SandboxData, sandbox: &Sandbox, name: &str) -> Vault {
+// ------------------------------------------------------------ processes
+
+/// Clock ticks per second of /proc's CPU times (`getconf CLK_TCK`).
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// (command name, user + system CPU ticks) of a process.
+fn proc_stat(pid: u32) -> Option<(String, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat[open + 1..close].to_owned();
+    let rest: Vec<&str> = stat[close + 2..].split(' ').collect();
+    // After the name: state is field 3; utime and stime are 14 and 15.
+    let utime: u64 = rest.get(11)?.parse().ok()?;
+    let stime: u64 = rest.get(12)?.parse().ok()?;
+    Some((comm, utime + stime))
+}
+
+/// CPU ticks of every process named `comm` (PostgreSQL's backends, Redis).
+fn ticks_of_all(comm: &str) -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(proc_stat)
+        .filter(|(c, _)| c == comm)
+        .map(|(_, t)| t)
+        .sum()
+}
+
+/// Peak resident memory (VmHWM) of a process, in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Starts the peak-memory count of a process afresh.
+fn reset_peak_rss(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+/// One `confidant serve` process.
+struct Service {
+    name: String,
+    child: Child,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The suite as separate processes on one sandbox's state.
+struct Cluster {
+    data: SandboxData,
+    config: PathBuf,
+    identity: SocketAddr,
+    vaults: Vec<SocketAddr>,
+    services: Vec<Service>,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let data = SandboxData::new(Backend::Postgres).await;
+        let identity = free_port();
+        let audit = free_port();
+        let vault = free_port();
+        let listen = BTreeMap::from([
+            (ServiceName::Identity, identity),
+            (ServiceName::Audit, audit),
+            (ServiceName::Vault, vault),
+        ]);
+        let spec = SandboxSpec {
+            listen: listen.clone(),
+            peers: listen,
+            // The production pool size, and the baseline's.
+            max_connections: Some(16),
+            ..SandboxSpec::of(&[])
+        };
+        let config = data.path().join("bench.toml");
+        std::fs::write(
+            &config,
+            toml::to_string(&config_table(&data, &spec)).expect("toml"),
+        )
+        .expect("config file");
+        let status = Command::new(env!("CARGO_BIN_EXE_confidant"))
+            .args(["migrate", "--services", "identity,audit,vault", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .status()
+            .expect("confidant migrate");
+        assert!(status.success(), "migrations failed");
+        let mut cluster = Cluster {
+            data,
+            config,
+            identity,
+            vaults: Vec::new(),
+            services: Vec::new(),
+        };
+        cluster.spawn("identity", "identity", identity, &[]).await;
+        cluster.spawn("audit", "audit", audit, &[]).await;
+        cluster.add_vault(Some(vault)).await;
+        cluster
+    }
+
+    async fn spawn(&mut self, name: &str, service: &str, addr: SocketAddr, env: &[(&str, String)]) {
+        let log = std::fs::File::create(self.data.path().join(format!("{name}.log"))).expect("log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_confidant"));
+        cmd.args(["serve", "--services", service, "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("confidant serve");
+        self.services.push(Service {
+            name: name.to_owned(),
+            child,
+        });
+        self.wait_serving(addr, name).await;
+    }
+
+    /// Another vault replica (on `addr`, or a free port).
+    async fn add_vault(&mut self, addr: Option<SocketAddr>) {
+        let addr = addr.unwrap_or_else(free_port);
+        let name = format!("vault-{}", self.vaults.len() + 1);
+        self.spawn(
+            &name,
+            "vault",
+            addr,
+            &[
+                ("CONFIDANT_SERVICES__VAULT__LISTEN", addr.to_string()),
+                // Added replicas share the database: 8 connections each keep
+                // four replicas, identity, audit and the baseline within
+                // PostgreSQL's default of 100.
+                (
+                    "CONFIDANT_SERVICES__VAULT__MAX_CONNECTIONS",
+                    if self.vaults.is_empty() { "16" } else { "8" }.to_owned(),
+                ),
+            ],
+        )
+        .await;
+        self.vaults.push(addr);
+    }
+
+    async fn wait_serving(&self, addr: SocketAddr, name: &str) {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_client::HealthClient;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(channel) = confidant_runtime::client::connect(
+                &format!("https://{addr}"),
+                &self.data.client_tls("operator"),
+                "localhost",
+            )
+            .await
+                && HealthClient::new(channel)
+                    .check(HealthCheckRequest::default())
+                    .await
+                    .is_ok()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not start; see {}",
+                self.data.path().join(format!("{name}.log")).display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn pids(&self) -> Vec<(String, u32)> {
+        self.services
+            .iter()
+            .map(|s| (s.name.clone(), s.child.id()))
+            .collect()
+    }
+}
+
+/// With `VAULT_LOAD_PROFILE=<file>`: `perf record` of the whole
+/// machine (every service, PostgreSQL, the load generator) with call
+/// graphs during the concurrent read phase, for `perf report`.
+struct Profile(Child);
+
+impl Profile {
+    fn start() -> Option<Profile> {
+        let out = std::env::var_os("VAULT_LOAD_PROFILE")?;
+        let child = Command::new("perf")
+            .args(["record", "-a", "-g", "-F", "499", "-o"])
+            .arg(out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        Some(Profile(child))
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// CPU and peak memory of every process over one phase.
+struct Meter {
+    ticks: BTreeMap<String, u64>,
+    pids: Vec<(String, u32)>,
+}
+
+fn group_of(name: &str) -> String {
+    name.split('-').next().unwrap_or(name).to_owned()
+}
+
+impl Meter {
+    fn start(cluster: &Cluster) -> Meter {
+        let pids = cluster.pids();
+        for (_, pid) in &pids {
+            reset_peak_rss(*pid);
+        }
+        reset_peak_rss(std::process::id());
+        Meter {
+            ticks: Self::ticks(&pids),
+            pids,
+        }
+    }
+
+    fn ticks(pids: &[(String, u32)]) -> BTreeMap<String, u64> {
+        let mut t = BTreeMap::new();
+        for (name, pid) in pids {
+            *t.entry(group_of(name)).or_default() += proc_stat(*pid).map_or(0, |(_, t)| t);
+        }
+        t.insert("postgres".into(), ticks_of_all("postgres"));
+        t.insert("redis".into(), ticks_of_all("redis-server"));
+        t.insert(
+            "load generator".into(),
+            proc_stat(std::process::id()).map_or(0, |(_, t)| t),
+        );
+        t
+    }
+
+    /// One table row: CPU µs per operation per process group, the cores
+    /// they kept busy, and peak memory of each service process.
+    fn finish(self, phase: &str, run: &Run, out: &mut Vec<String>) {
+        let now = Self::ticks(&self.pids);
+        let hz = clock_ticks();
+        let per_op = |group: &str| {
+            let used =
+                now.get(group).copied().unwrap_or(0) - self.ticks.get(group).copied().unwrap_or(0);
+            used as f64 / hz * 1e6 / run.ops as f64
+        };
+        let groups = [
+            "vault",
+            "identity",
+            "audit",
+            "postgres",
+            "redis",
+            "load generator",
+        ];
+        let total: f64 = groups.iter().map(|g| per_op(g)).sum();
+        let cores = total * run.ops as f64 / 1e6 / run.elapsed.as_secs_f64();
+        let mut peaks: BTreeMap<String, f64> = BTreeMap::new();
+        for (name, pid) in &self.pids {
+            let e = peaks.entry(group_of(name)).or_default();
+            *e = e.max(peak_rss_mib(*pid));
+        }
+        let cells: Vec<String> = groups.iter().map(|g| format!("{:.0}", per_op(g))).collect();
+        out.push(format!(
+            "| {phase} | {:.0} | {} | {total:.0} | {cores:.2} | {:.0} / {:.0} / {:.0} / {:.0} |",
+            run.ops_per_s,
+            cells.join(" | "),
+            peaks.get("vault").copied().unwrap_or(0.0),
+            peaks.get("identity").copied().unwrap_or(0.0),
+            peaks.get("audit").copied().unwrap_or(0.0),
+            peak_rss_mib(std::process::id()),
+        ));
+    }
+}
+
+async fn client_at(data: &SandboxData, addr: SocketAddr, name: &str) -> Vault {
     VaultServiceClient::new(
         confidant_runtime::client::connect(
-            &sandbox.url(ServiceName::Vault),
+            &format!("https://{addr}"),
             &data.client_tls(name),
             "localhost",
         )
         .await
         .expect("vault reachable"),
     )
+}
+
+/// One connection per load task, spread over the vault replicas (as a
+/// firm application's client-side balancing would).
+async fn clients(cluster: &Cluster, name: &str, count: usize) -> Arc<Vec<Vault>> {
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
+        let addr = cluster.vaults[i % cluster.vaults.len()];
+        out.push(client_at(&cluster.data, addr, name).await);
+    }
+    Arc::new(out)
 }
 
 fn record(client_id: &str, matter_id: &str, category: pb::DataCategory) -> pb::NewRecord {
@@ -127,26 +463,131 @@ fn with_token<T>(token: &str, message: T) -> tonic::Request<T> {
     directory::as_staff(token, message)
 }
 
+/// What the load phases share.
+struct Load {
+    client_id: String,
+    matter_id: String,
+    token: Arc<String>,
+    plain: sqlx::PgPool,
+}
+
+impl Load {
+    async fn baseline_writes(&self, concurrency: usize, per_task: usize) -> (Run, Arc<Vec<Uuid>>) {
+        let ids: Arc<Vec<Uuid>> = Arc::new(
+            (0..concurrency * per_task)
+                .map(|_| Uuid::now_v7())
+                .collect(),
+        );
+        let body = Arc::new(vec![7u8; BODY]);
+        let (plain, ids2) = (self.plain.clone(), ids.clone());
+        let run = drive(concurrency, per_task, move |t, i| {
+            let (plain, id, body) = (plain.clone(), ids2[t * per_task + i], body.clone());
+            async move {
+                sqlx::query("INSERT INTO bench_plain (id, body) VALUES ($1, $2)")
+                    .bind(id)
+                    .bind(body.as_slice())
+                    .execute(&plain)
+                    .await
+                    .expect("insert");
+            }
+        })
+        .await;
+        (run, ids)
+    }
+
+    async fn baseline_reads(
+        &self,
+        concurrency: usize,
+        per_task: usize,
+        ids: Arc<Vec<Uuid>>,
+    ) -> Run {
+        let plain = self.plain.clone();
+        drive(concurrency, per_task, move |t, i| {
+            let (plain, id) = (plain.clone(), ids[(t * per_task + i * 7) % ids.len()]);
+            async move {
+                let _: (Vec<u8>,) = sqlx::query_as("SELECT body FROM bench_plain WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&plain)
+                    .await
+                    .expect("select");
+            }
+        })
+        .await
+    }
+
+    async fn vault_writes(
+        &self,
+        writers: Arc<Vec<Vault>>,
+        concurrency: usize,
+        per_task: usize,
+    ) -> (Run, Arc<Vec<String>>) {
+        let stored: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let (client_id, matter_id, stored2) = (
+            self.client_id.clone(),
+            self.matter_id.clone(),
+            stored.clone(),
+        );
+        let run = drive(concurrency, per_task, move |t, _| {
+            let (mut writer, stored) = (writers[t % writers.len()].clone(), stored2.clone());
+            let r = record(&client_id, &matter_id, pb::DataCategory::MatterFile);
+            async move {
+                let id = writer
+                    .create_record(pb::CreateRecordRequest {
+                        record: Some(r),
+                        request_id: String::new(),
+                    })
+                    .await
+                    .expect("create")
+                    .into_inner()
+                    .record
+                    .expect("record")
+                    .id;
+                stored.lock().expect("ids").push(id);
+            }
+        })
+        .await;
+        let ids = stored.lock().expect("ids").clone();
+        (run, Arc::new(ids))
+    }
+
+    async fn vault_reads(
+        &self,
+        readers: Arc<Vec<Vault>>,
+        concurrency: usize,
+        per_task: usize,
+        stored: Arc<Vec<String>>,
+    ) -> Run {
+        let token = self.token.clone();
+        drive(concurrency, per_task, move |t, i| {
+            let (mut reader, token) = (readers[t % readers.len()].clone(), token.clone());
+            let id = stored[(t * per_task + i * 7) % stored.len()].clone();
+            async move {
+                reader
+                    .get_record(with_token(
+                        &token,
+                        pb::GetRecordRequest {
+                            record_id: id,
+                            purpose: pb::Purpose::LegalAdvice as i32,
+                            justification: String::new(),
+                        },
+                    ))
+                    .await
+                    .expect("read");
+            }
+        })
+        .await
+    }
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let data = SandboxData::new(Backend::Postgres).await;
-    let sandbox = Sandbox::start(
-        &data,
-        SandboxSpec {
-            // The production pool size, and the baseline's.
-            max_connections: Some(16),
-            ..SandboxSpec::of(&[
-                ServiceName::Identity,
-                ServiceName::Vault,
-                ServiceName::Audit,
-            ])
-        },
-    )
-    .await;
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut cluster = Cluster::start().await;
+    let data = &cluster.data;
     let mut admin =
         confidant_proto::identity::v1::identity_service_client::IdentityServiceClient::new(
             confidant_runtime::client::connect(
-                &sandbox.url(ServiceName::Identity),
+                &format!("https://{}", cluster.identity),
                 &data.client_tls("operator"),
                 "localhost",
             )
@@ -157,115 +598,69 @@ async fn main() {
     let partner = directory::cleared(&mut admin, "partner@bench.example", "partner").await;
     let matter_id = directory::new_matter(&mut admin, &client_id, Some(&partner), "bench").await;
     let token = Arc::new(data.staff_token(&partner, &["partner"]));
-    let writer = client(&data, &sandbox, "intake").await;
-    let reader = client(&data, &sandbox, "firm-app").await;
 
     // The baseline: a plain table in the same PostgreSQL database.
-    let url = data.database_url(ServiceName::Vault);
     let plain = PgPoolOptions::new()
         .max_connections(16)
-        .connect(&url)
+        .connect(&data.database_url(ServiceName::Vault))
         .await
         .expect("postgres");
     sqlx::query("CREATE TABLE bench_plain (id UUID PRIMARY KEY, body BYTEA NOT NULL)")
         .execute(&plain)
         .await
         .expect("baseline table");
+    let load = Load {
+        client_id: client_id.clone(),
+        matter_id: matter_id.clone(),
+        token: token.clone(),
+        plain,
+    };
+    let mut resources = Vec::new();
 
     for concurrency in [1usize, 16] {
-        let per_task = if concurrency == 1 { 500 } else { 150 };
-        let ids: Arc<Vec<Uuid>> = Arc::new(
-            (0..concurrency * per_task)
-                .map(|_| Uuid::now_v7())
-                .collect(),
+        let per_task = if concurrency == 1 { 1000 } else { 250 };
+        let writers = clients(&cluster, "intake", concurrency).await;
+        let readers = clients(&cluster, "firm-app", concurrency).await;
+        let meter = Meter::start(&cluster);
+        let (base_write, ids) = load.baseline_writes(concurrency, per_task).await;
+        meter.finish(
+            &format!("plain INSERT, c{concurrency}"),
+            &base_write,
+            &mut resources,
         );
-        let body = Arc::new(vec![7u8; BODY]);
-        let base_write = {
-            let (plain, ids, body) = (plain.clone(), ids.clone(), body.clone());
-            drive(concurrency, per_task, move |t, i| {
-                let (plain, id, body) = (plain.clone(), ids[t * per_task + i], body.clone());
-                async move {
-                    sqlx::query("INSERT INTO bench_plain (id, body) VALUES ($1, $2)")
-                        .bind(id)
-                        .bind(body.as_slice())
-                        .execute(&plain)
-                        .await
-                        .expect("insert");
-                }
-            })
-            .await
-        };
-        let stored: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
-        let vault_write = {
-            let (writer, client_id, matter_id, stored) = (
-                writer.clone(),
-                client_id.clone(),
-                matter_id.clone(),
-                stored.clone(),
-            );
-            drive(concurrency, per_task, move |_, _| {
-                let (mut writer, stored) = (writer.clone(), stored.clone());
-                let r = record(&client_id, &matter_id, pb::DataCategory::MatterFile);
-                async move {
-                    let id = writer
-                        .create_record(pb::CreateRecordRequest {
-                            record: Some(r),
-                            request_id: String::new(),
-                        })
-                        .await
-                        .expect("create")
-                        .into_inner()
-                        .record
-                        .expect("record")
-                        .id;
-                    stored.lock().expect("ids").push(id);
-                }
-            })
-            .await
-        };
+        let meter = Meter::start(&cluster);
+        let (vault_write, stored) = load.vault_writes(writers, concurrency, per_task).await;
+        meter.finish(
+            &format!("vault write, c{concurrency}"),
+            &vault_write,
+            &mut resources,
+        );
         row(
             &format!("vault write 1 KiB over mTLS gRPC, PostgreSQL, concurrency {concurrency}"),
             &vault_write,
             &base_write,
             "≥ 0.5 of plain INSERT",
         );
-        let base_read = {
-            let (plain, ids) = (plain.clone(), ids.clone());
-            drive(concurrency, per_task, move |t, i| {
-                let (plain, id) = (plain.clone(), ids[(t * per_task + i * 7) % ids.len()]);
-                async move {
-                    let _: (Vec<u8>,) =
-                        sqlx::query_as("SELECT body FROM bench_plain WHERE id = $1")
-                            .bind(id)
-                            .fetch_one(&plain)
-                            .await
-                            .expect("select");
-                }
-            })
-            .await
-        };
-        let stored = Arc::new(stored.lock().expect("ids").clone());
-        let vault_read = {
-            let (reader, token, stored) = (reader.clone(), token.clone(), stored.clone());
-            drive(concurrency, per_task, move |t, i| {
-                let (mut reader, token) = (reader.clone(), token.clone());
-                let id = stored[(t * per_task + i * 7) % stored.len()].clone();
-                async move {
-                    reader
-                        .get_record(with_token(
-                            &token,
-                            pb::GetRecordRequest {
-                                record_id: id,
-                                purpose: pb::Purpose::LegalAdvice as i32,
-                                justification: String::new(),
-                            },
-                        ))
-                        .await
-                        .expect("read");
-                }
-            })
-            .await
-        };
+        let meter = Meter::start(&cluster);
+        let base_read = load.baseline_reads(concurrency, per_task, ids).await;
+        meter.finish(
+            &format!("plain SELECT, c{concurrency}"),
+            &base_read,
+            &mut resources,
+        );
+        let meter = Meter::start(&cluster);
+        let profile = (concurrency > 1).then(Profile::start).flatten();
+        let vault_read = load
+            .vault_reads(readers, concurrency, per_task, stored)
+            .await;
+        if let Some(p) = profile {
+            p.stop();
+        }
+        meter.finish(
+            &format!("vault read, c{concurrency}"),
+            &vault_read,
+            &mut resources,
+        );
         row(
             &format!(
                 "vault read 1 KiB (decided, audited, decrypted), PostgreSQL, concurrency {concurrency}"
@@ -276,45 +671,128 @@ async fn main() {
         );
     }
 
-    // Where the time goes: the mutual-TLS gRPC round trip alone (an RPC
-    // that touches no database), at the same concurrency.
+    // Where the time goes: the mutual-TLS gRPC round trip alone (the health
+    // check: no database, no token), at the same concurrency.
     for concurrency in [1usize, 16] {
-        let per_task = if concurrency == 1 { 500 } else { 150 };
-        let operator = client(&data, &sandbox, "operator").await;
-        let transport = drive(concurrency, per_task, move |_, _| {
-            let mut operator = operator.clone();
+        let per_task = if concurrency == 1 { 1000 } else { 250 };
+        let mut probes = Vec::new();
+        for _ in 0..concurrency {
+            probes.push(tonic_health::pb::health_client::HealthClient::new(
+                confidant_runtime::client::connect(
+                    &format!("https://{}", cluster.vaults[0]),
+                    &cluster.data.client_tls("operator"),
+                    "localhost",
+                )
+                .await
+                .expect("vault reachable"),
+            ));
+        }
+        let probes = Arc::new(probes);
+        let meter = Meter::start(&cluster);
+        let transport = drive(concurrency, per_task, move |t, _| {
+            let mut probe = probes[t].clone();
             async move {
-                operator
-                    .get_key_stats(pb::GetKeyStatsRequest {})
+                probe
+                    .check(tonic_health::pb::HealthCheckRequest::default())
                     .await
-                    .expect("stats");
+                    .expect("health");
             }
         })
         .await;
+        meter.finish(
+            &format!("mTLS round trip, c{concurrency}"),
+            &transport,
+            &mut resources,
+        );
         println!(
-            "| for reference: mTLS gRPC round trip, no database, concurrency {concurrency} | {:.0} ops/s (p50 {}, p99 {}) | | | |",
-            transport.ops_per_s,
-            ms(transport.p50),
-            ms(transport.p99)
+            "| for reference: mTLS gRPC round trip, no database, concurrency {concurrency} | {} | | | |",
+            figures(&transport),
         );
     }
 
-    kms_calls_per_10k_reads(&data, &sandbox, &reader, &token, &client_id, &matter_id).await;
-    shred_is_flat(&data, &sandbox, &writer).await;
+    {
+        let reader = client_at(data, cluster.vaults[0], "firm-app").await;
+        let writer = client_at(data, cluster.vaults[0], "intake").await;
+        kms_calls_per_10k_reads(&cluster, &reader, &writer, &token, &client_id, &matter_id).await;
+        shred_is_flat(&cluster, &writer).await;
+    }
+
+    // Scaling: 1, 2 and 4 vault replicas behind the one PostgreSQL, at a
+    // concurrency that keeps them all busy.
+    let concurrency = 32;
+    let per_task = 150;
+    let (base_write, ids) = load.baseline_writes(concurrency, per_task).await;
+    let base_read = load.baseline_reads(concurrency, per_task, ids).await;
+    for replicas in [1usize, 2, 4] {
+        while cluster.vaults.len() < replicas {
+            cluster.add_vault(None).await;
+        }
+        let writers = clients(&cluster, "intake", concurrency).await;
+        let readers = clients(&cluster, "firm-app", concurrency).await;
+        let meter = Meter::start(&cluster);
+        let (write, stored) = load.vault_writes(writers, concurrency, per_task).await;
+        meter.finish(
+            &format!("vault write, {replicas} replicas, c{concurrency}"),
+            &write,
+            &mut resources,
+        );
+        row(
+            &format!("vault write 1 KiB, {replicas} vault replicas, concurrency {concurrency}"),
+            &write,
+            &base_write,
+            "grows or holds",
+        );
+        let meter = Meter::start(&cluster);
+        let read = load
+            .vault_reads(readers, concurrency, per_task, stored)
+            .await;
+        meter.finish(
+            &format!("vault read, {replicas} replicas, c{concurrency}"),
+            &read,
+            &mut resources,
+        );
+        row(
+            &format!("vault read 1 KiB, {replicas} vault replicas, concurrency {concurrency}"),
+            &read,
+            &base_read,
+            "grows or holds",
+        );
+    }
+
     crypto_rows();
-    sandbox.stop().await;
+
+    let mut table = vec![
+        "| phase | ops/s | vault µs/op | identity µs/op | audit µs/op | PostgreSQL µs/op | Redis µs/op | load generator µs/op | all µs/op | cores busy | peak MiB vault / identity / audit / load generator |".to_owned(),
+        "|---|---|---|---|---|---|---|---|---|---|---|".to_owned(),
+    ];
+    table.extend(resources);
+    match std::env::var_os("VAULT_LOAD_RESOURCES") {
+        Some(path) => {
+            let mut f = std::fs::File::create(path).expect("resources file");
+            for line in &table {
+                writeln!(f, "{line}").expect("write");
+            }
+        }
+        None => {
+            println!();
+            for line in &table {
+                println!("{line}");
+            }
+        }
+    }
+    drop(cluster);
 }
 
 async fn kms_calls_per_10k_reads(
-    data: &SandboxData,
-    sandbox: &Sandbox,
+    cluster: &Cluster,
     reader: &Vault,
+    writer: &Vault,
     token: &str,
     client_id: &str,
     matter_id: &str,
 ) {
-    let mut operator = client(data, sandbox, "operator").await;
-    let mut writer = client(data, sandbox, "intake").await;
+    let mut operator = client_at(&cluster.data, cluster.vaults[0], "operator").await;
+    let mut writer = writer.clone();
     // A scope of its own: the partner's matter, another category.
     let mut ids = Vec::new();
     for _ in 0..50 {
@@ -376,8 +854,9 @@ async fn kms_calls_per_10k_reads(
     );
 }
 
-async fn shred_is_flat(data: &SandboxData, sandbox: &Sandbox, writer: &Vault) {
-    let mut retention = client(data, sandbox, "retention").await;
+async fn shred_is_flat(cluster: &Cluster, writer: &Vault) {
+    let data = &cluster.data;
+    let mut retention = client_at(data, cluster.vaults[0], "retention").await;
     let db = Database::connect(
         &data.database_url(ServiceName::Vault),
         "vault",

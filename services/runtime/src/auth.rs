@@ -7,7 +7,7 @@
 //! extensions; a request without a token passes through (the handler decides
 //! whether it needs one); a bad, expired or revoked token is UNAUTHENTICATED.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -230,10 +230,53 @@ const JWKS_MAX_AGE: Duration = Duration::from_secs(300);
 /// Least time between two fetches triggered by unknown key ids.
 const JWKS_MIN_REFETCH: Duration = Duration::from_secs(5);
 
+/// At most this many verified tokens are remembered per key set.
+const VERIFIED_CAPACITY: usize = 10_000;
+
 #[derive(Debug)]
 struct Cached {
     verifier: TokenVerifier,
     fetched: Instant,
+    verified: Arc<Verified>,
+}
+
+/// Staff tokens whose signature and claims were checked against this key
+/// set, by the SHA-256 of the token (the token itself is not kept): a
+/// repeated token costs a hash instead of a signature check until it
+/// expires. A new key set starts empty, so a withdrawn key's tokens are
+/// checked again (and refused). Revocation is checked on every request.
+#[derive(Debug, Default)]
+struct Verified(std::sync::Mutex<HashMap<[u8; 32], Claims>>);
+
+impl Verified {
+    fn digest(token: &str) -> [u8; 32] {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        out
+    }
+
+    fn get(&self, key: &[u8; 32], now: i64) -> Option<Claims> {
+        let map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(key).filter(|c| c.exp > now).cloned()
+    }
+
+    fn put(&self, key: [u8; 32], claims: &Claims, now: i64) {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= VERIFIED_CAPACITY {
+            map.retain(|_, c| c.exp > now);
+            if map.len() >= VERIFIED_CAPACITY {
+                map.clear();
+            }
+        }
+        map.insert(key, claims.clone());
+    }
 }
 
 /// Verifies bearer tokens for a service: cached JWKS plus revocation checks.
@@ -269,13 +312,20 @@ impl StaffAuth {
     }
 
     async fn verifier_for(&self, token: &str) -> Result<TokenVerifier, AuthFailure> {
+        Ok(self.key_set_for(token).await?.0)
+    }
+
+    async fn key_set_for(
+        &self,
+        token: &str,
+    ) -> Result<(TokenVerifier, Arc<Verified>), AuthFailure> {
         {
             let cache = self.cache.read().await;
             if let Some(c) = cache.as_ref()
                 && c.fetched.elapsed() < JWKS_MAX_AGE
                 && (c.verifier.knows(token) || c.fetched.elapsed() < JWKS_MIN_REFETCH)
             {
-                return Ok(c.verifier.clone());
+                return Ok((c.verifier.clone(), c.verified.clone()));
             }
         }
         let mut cache = self.cache.write().await;
@@ -283,7 +333,7 @@ impl StaffAuth {
         if let Some(c) = cache.as_ref()
             && c.fetched.elapsed() < JWKS_MIN_REFETCH
         {
-            return Ok(c.verifier.clone());
+            return Ok((c.verifier.clone(), c.verified.clone()));
         }
         let (jwks, issuer) = self.source.fetch().await.map_err(|e| {
             tracing::warn!(error = %e, "jwks fetch failed");
@@ -291,11 +341,13 @@ impl StaffAuth {
         })?;
         let verifier =
             TokenVerifier::from_jwks(&jwks, &issuer).map_err(|_| AuthFailure::Unavailable)?;
+        let verified = Arc::new(Verified::default());
         *cache = Some(Cached {
             verifier: verifier.clone(),
             fetched: Instant::now(),
+            verified: verified.clone(),
         });
-        Ok(verifier)
+        Ok((verifier, verified))
     }
 
     /// Verifies a client token (identity's one-time code flow): signature,
@@ -310,11 +362,17 @@ impl StaffAuth {
 
     /// Verifies a bearer token: signature and claims, then revocation.
     pub async fn authenticate(&self, token: &str) -> Result<StaffPrincipal, AuthFailure> {
-        let claims = self
-            .verifier_for(token)
-            .await?
-            .verify(token)
-            .map_err(|_| AuthFailure::Invalid)?;
+        let (verifier, verified) = self.key_set_for(token).await?;
+        let key = Verified::digest(token);
+        let now = chrono::Utc::now().timestamp();
+        let claims = match verified.get(&key, now) {
+            Some(claims) => claims,
+            None => {
+                let claims = verifier.verify(token).map_err(|_| AuthFailure::Invalid)?;
+                verified.put(key, &claims, now);
+                claims
+            }
+        };
         let revoked = self
             .coord
             .get(&revoked_session_key(&claims.sid))
@@ -495,5 +553,112 @@ impl Actor {
                 .session(session),
             Actor::Service { peer } => b.actor(ActorKind::Service, peer, peer),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use jsonwebtoken::{EncodingKey, Header};
+
+    #[derive(Debug)]
+    struct Fixed(String);
+
+    #[async_trait::async_trait]
+    impl JwksSource for Fixed {
+        async fn fetch(&self) -> Result<(String, String), String> {
+            Ok((self.0.clone(), "t/identity".into()))
+        }
+    }
+
+    struct Signer {
+        encoding: EncodingKey,
+        jwks: String,
+    }
+
+    fn signer() -> Signer {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let x = URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
+        Signer {
+            encoding: EncodingKey::from_ed_der(pkcs8.as_ref()),
+            jwks:
+                serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "k1"}]})
+                    .to_string(),
+        }
+    }
+
+    impl Signer {
+        fn token(&self, sid: &str, exp_in: i64) -> String {
+            let now = chrono::Utc::now().timestamp();
+            let mut header = Header::new(Algorithm::EdDSA);
+            header.kid = Some("k1".into());
+            let claims = Claims {
+                iss: "t/identity".into(),
+                aud: AUDIENCE.into(),
+                sub: "staff-1".into(),
+                sid: sid.into(),
+                roles: vec!["associate".into()],
+                iat: now,
+                exp: now + exp_in,
+                jti: sid.into(),
+            };
+            jsonwebtoken::encode(&header, &claims, &self.encoding).unwrap()
+        }
+    }
+
+    /// A token checked once is remembered, but only as far as its signature
+    /// and claims go: revocation still ends it at once, an expired or
+    /// altered token is still refused.
+    #[tokio::test]
+    async fn remembered_tokens_still_honour_revocation_expiry_and_tampering() {
+        let s = signer();
+        let coord: SharedCoordinator = Arc::new(crate::coord::InProcess::new());
+        let auth = StaffAuth::new(Arc::new(Fixed(s.jwks.clone())), coord.clone());
+        let token = s.token("session-1", 600);
+        for _ in 0..3 {
+            let p = auth.authenticate(&token).await.unwrap();
+            assert_eq!(p.staff_id, "staff-1");
+            assert_eq!(p.session_id, "session-1");
+        }
+        coord
+            .put(
+                &revoked_session_key("session-1"),
+                b"1",
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            auth.authenticate(&token).await.unwrap_err(),
+            AuthFailure::Revoked
+        );
+
+        let expired = s.token("session-2", -120);
+        for _ in 0..2 {
+            assert_eq!(
+                auth.authenticate(&expired).await.unwrap_err(),
+                AuthFailure::Invalid
+            );
+        }
+        let good = s.token("session-3", 600);
+        auth.authenticate(&good).await.unwrap();
+        let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
+        parts[1] = URL_SAFE_NO_PAD.encode(br#"{"sub":"admin"}"#);
+        assert_eq!(
+            auth.authenticate(&parts.join(".")).await.unwrap_err(),
+            AuthFailure::Invalid
+        );
+
+        // A remembered verification ends with the token's expiry.
+        let key = Verified::digest(&good);
+        let (_, verified) = auth.key_set_for(&good).await.unwrap();
+        let now = chrono::Utc::now().timestamp();
+        assert!(verified.get(&key, now).is_some());
+        assert!(verified.get(&key, now + 601).is_none());
     }
 }

@@ -31,7 +31,13 @@ async fn pending_events_come_back_in_order_until_delivered(t: &TestDatabase) {
     assert_eq!(actions, ["test.step0", "test.step1", "test.step2"]);
     assert_eq!(pending[0].event, events[0], "payload round-trips");
 
-    assert_eq!(outbox.mark_delivered(&[pending[0].seq, pending[1].seq, pending[2].seq]).await.unwrap(), 3);
+    assert_eq!(
+        outbox
+            .mark_delivered(&[pending[0].seq, pending[1].seq, pending[2].seq])
+            .await
+            .unwrap(),
+        3
+    );
     assert_eq!(outbox.backlog().await.unwrap(), 2);
     let rest = outbox.pending(10).await.unwrap();
     assert_eq!(rest.len(), 2);
@@ -116,7 +122,10 @@ async fn an_event_committed_late_is_not_skipped(t: &TestDatabase) {
     let rest = outbox.pending(10).await.unwrap();
     assert_eq!(rest.len(), 1, "the late event still waits for delivery");
     assert_eq!(rest[0].event, slow);
-    assert!(rest[0].seq < first[0].seq, "it took the lower sequence number");
+    assert!(
+        rest[0].seq < first[0].seq,
+        "it took the lower sequence number"
+    );
 }
 
 async fn the_same_event_cannot_be_enqueued_twice(t: &TestDatabase) {
