@@ -327,7 +327,7 @@ struct Profile(Child);
 
 impl Profile {
     fn start() -> Option<Profile> {
-        let out = std::env::var_os("VAULT_LOAD_PROFILE")?;
+        let out = std::env::var_os("VAULT_LOAD_PROFILE").filter(|p| !p.is_empty())?;
         let child = Command::new("perf")
             .args(["record", "-a", "-g", "-F", "499", "-o"])
             .arg(out)
@@ -766,7 +766,7 @@ async fn main() {
         "|---|---|---|---|---|---|---|---|---|---|---|".to_owned(),
     ];
     table.extend(resources);
-    match std::env::var_os("VAULT_LOAD_RESOURCES") {
+    match std::env::var_os("VAULT_LOAD_RESOURCES").filter(|p| !p.is_empty()) {
         Some(path) => {
             let mut f = std::fs::File::create(path).expect("resources file");
             for line in &table {
