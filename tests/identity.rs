@@ -1037,7 +1037,9 @@ async fn postgres_a_wall_exception_lets_one_through_for_one_matter_until_it_ends
 }
 
 /// The directory from the command line: staff, client, matter, assignment,
-/// a wall, an exception, and the decision as it changes.
+/// an access review, unassignment, a wall, an exception and its revocation,
+/// the point-in-time explanation, a wall certification, and the decision as
+/// it changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_the_directory_from_the_command_line() {
     let data = SandboxData::new(Backend::Sqlite).await;
@@ -1152,26 +1154,179 @@ async fn sqlite_the_directory_from_the_command_line() {
     assert_eq!(decide(true)["access_path"], "ACCESS_PATH_BREAK_GLASS");
     cli(&["assign", "--matter", &matter_id, "--staff", &staff_id]);
     decide(true);
+
+    // An access review: every grant is an item; revoking the assignment
+    // ends it at once (the break-glass grant still stands, so the path
+    // changes from the assignment back to break-glass).
+    let deadline = (chrono::Utc::now() + chrono::Duration::days(7)).to_rfc3339();
+    let campaign = cli(&[
+        "review-start",
+        "--name",
+        "cli review",
+        "--deadline",
+        &deadline,
+    ]);
+    assert!(campaign["items"].as_i64().unwrap() >= 2, "{campaign}");
+    let campaign_id = text(&campaign, "campaign_id");
+    let items = cli(&["review-items", "--campaign", &campaign_id, "--pending"]);
+    let pending = items["pending"].as_i64().unwrap();
+    let ours: Vec<&serde_json::Value> = items["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["staff_id"] == staff_id.as_str())
+        .collect();
+    let assignment = ours
+        .iter()
+        .find(|i| i["kind"] == "assignment" && i["subject"] == matter_id.as_str())
+        .expect("the assignment is an item");
+    let role = ours
+        .iter()
+        .find(|i| i["kind"] == "role" && i["subject"] == "associate")
+        .expect("the role is an item");
+    assert_eq!(decide(true)["access_path"], "ACCESS_PATH_ASSIGNMENT");
+    cli(&[
+        "review-decide",
+        "--item",
+        assignment["item_id"].as_str().unwrap(),
+        "--decision",
+        "revoke",
+    ]);
+    cli(&[
+        "review-decide",
+        "--item",
+        role["item_id"].as_str().unwrap(),
+        "--decision",
+        "certify",
+    ]);
+    assert_eq!(decide(true)["access_path"], "ACCESS_PATH_BREAK_GLASS");
+    let after = cli(&["review-items", "--campaign", &campaign_id]);
+    assert_eq!(after["pending"].as_i64().unwrap(), pending - 2, "{after}");
+    assert_eq!(after["overdue"], 0);
+    let decided: Vec<&str> = after["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["staff_id"] == staff_id.as_str())
+        .map(|i| i["decision"].as_str().unwrap())
+        .collect();
+    assert!(
+        decided.contains(&"revoke") && decided.contains(&"certify"),
+        "{after}"
+    );
+    let out = common::confidant()
+        .arg("directory")
+        .args(["--service", &url])
+        .arg("--ca")
+        .arg(&tls.ca_file)
+        .arg("--cert")
+        .arg(&tls.cert_file)
+        .arg("--key")
+        .arg(&tls.key_file)
+        .args(["review-decide", "--item", "x", "--decision", "maybe"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("certify or revoke"));
+
+    // Unassign ends an assignment at once.
+    let assignment_id = text(
+        &cli(&["assign", "--matter", &matter_id, "--staff", &staff_id]),
+        "assignment_id",
+    );
+    assert_eq!(decide(true)["access_path"], "ACCESS_PATH_ASSIGNMENT");
+    cli(&["unassign", "--assignment", &assignment_id]);
+    assert_eq!(decide(true)["access_path"], "ACCESS_PATH_BREAK_GLASS");
+    cli(&["assign", "--matter", &matter_id, "--staff", &staff_id]);
+    // The command line gives times to the second: keep a whole second on
+    // either side of the moment asked about below.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let before_wall = chrono::Utc::now();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let wall_id = text(
         &cli(&["add-wall", "--staff", &staff_id, "--client", &client_id]),
         "wall_id",
     );
     assert_eq!(decide(false)["reason"], "DENIAL_REASON_BEHIND_WALL");
     let until = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
-    cli(&[
-        "wall-exception",
+    let exception_id = text(
+        &cli(&[
+            "wall-exception",
+            "--wall",
+            &wall_id,
+            "--staff",
+            &staff_id,
+            "--matter",
+            &matter_id,
+            "--reason",
+            "clients' informed consent",
+            "--until",
+            &until,
+        ]),
+        "exception_id",
+    );
+    assert_eq!(decide(true)["access_path"], "ACCESS_PATH_ASSIGNMENT");
+    // The explanation names the exception that lets the staff member in.
+    let explained = cli(&["explain", "--matter", &matter_id]);
+    let entry = explained["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["staff_id"] == staff_id.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        entry["wall_exception_ids"],
+        serde_json::json!([exception_id]),
+        "{entry}"
+    );
+    cli(&["revoke-wall-exception", "--exception", &exception_id]);
+    assert_eq!(decide(false)["reason"], "DENIAL_REASON_BEHIND_WALL");
+
+    // Point in time: before the wall the staff member was in; now not.
+    let explain = |at: Option<String>| {
+        let mut args = vec!["explain".to_owned(), "--matter".into(), matter_id.clone()];
+        if let Some(at) = at {
+            args.extend(["--at".into(), at]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let v = cli(&args);
+        v["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["staff_id"] == staff_id.as_str())
+            .cloned()
+            .expect("the staff member is explained")
+    };
+    let then = explain(Some(before_wall.to_rfc3339()));
+    assert_eq!(then["allowed"], true, "{then}");
+    let now = explain(None);
+    assert_eq!(now["allowed"], false, "{now}");
+    assert_eq!(now["reason"], "DENIAL_REASON_BEHIND_WALL");
+
+    // A certification of the wall for the time it has stood (no access
+    // through it was recorded), signed by identity.
+    let from = (chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339();
+    let to = (chrono::Utc::now() - chrono::Duration::seconds(1)).to_rfc3339();
+    let cert = cli(&[
+        "certify-wall",
         "--wall",
         &wall_id,
-        "--staff",
-        &staff_id,
-        "--matter",
-        &matter_id,
-        "--reason",
-        "clients' informed consent",
-        "--until",
-        &until,
+        "--from",
+        &from,
+        "--to",
+        &to,
     ]);
-    assert_eq!(decide(true)["access_path"], "ACCESS_PATH_ASSIGNMENT");
+    assert_eq!(
+        cert["certification_jws"]
+            .as_str()
+            .unwrap()
+            .split('.')
+            .count(),
+        3,
+        "{cert}"
+    );
     cli(&["disable-staff", "--staff", &staff_id]);
     assert_eq!(decide(false)["reason"], "DENIAL_REASON_ACCOUNT_DISABLED");
     sandbox.stop().await;

@@ -1,7 +1,8 @@
 //! `confidant directory`: the identity directory from the command line, with
 //! an administrator's certificate (an identity on `identity.admins`): staff,
 //! roles, clients, matters, assignments, walls and their exceptions,
-//! attestations, and the authorization decision. One JSON object per line.
+//! attestations, access reviews, wall certifications, the point-in-time
+//! explanation and the authorization decision. One JSON object per line.
 
 use std::io::Write;
 
@@ -163,6 +164,72 @@ pub enum DirectoryCommand {
         /// For how long, in minutes.
         #[arg(long, default_value_t = 60)]
         minutes: i32,
+    },
+    /// End an assignment at once.
+    Unassign {
+        /// The assignment.
+        #[arg(long)]
+        assignment: String,
+    },
+    /// End a wall exception at once.
+    RevokeWallException {
+        /// The exception.
+        #[arg(long)]
+        exception: String,
+    },
+    /// Who could reach a matter at a moment, and why (point in time).
+    Explain {
+        /// The matter.
+        #[arg(long)]
+        matter: String,
+        /// The moment (RFC 3339); now when left out.
+        #[arg(long)]
+        at: Option<String>,
+        /// The permission; client_data.read when left out.
+        #[arg(long, default_value = "")]
+        permission: String,
+    },
+    /// Start an access review: every assignment and role membership becomes
+    /// an item to certify or revoke before the deadline.
+    ReviewStart {
+        /// A name, e.g. "2026 Q4 review".
+        #[arg(long)]
+        name: String,
+        /// When every item must be decided by (RFC 3339).
+        #[arg(long)]
+        deadline: String,
+    },
+    /// The items of an access review, with pending and overdue counts.
+    ReviewItems {
+        /// The campaign.
+        #[arg(long)]
+        campaign: String,
+        /// Only items not yet decided.
+        #[arg(long)]
+        pending: bool,
+    },
+    /// Certify or revoke one grant of an access review (a revocation takes
+    /// effect at once).
+    ReviewDecide {
+        /// The item.
+        #[arg(long)]
+        item: String,
+        /// certify or revoke.
+        #[arg(long)]
+        decision: String,
+    },
+    /// A signed certification that a wall held for a period, backed by the
+    /// audit log.
+    CertifyWall {
+        /// The wall.
+        #[arg(long)]
+        wall: String,
+        /// Start of the period (RFC 3339, inclusive).
+        #[arg(long)]
+        from: String,
+        /// End of the period (RFC 3339, exclusive, not in the future).
+        #[arg(long)]
+        to: String,
     },
     /// Ask the authorization decision.
     Decide {
@@ -377,6 +444,126 @@ pub async fn run(
                 .map_err(fail)?
                 .into_inner();
             json!({ "break_glass_id": r.break_glass_id, "expires": r.expire_time.map(|t| t.seconds) })
+        }
+        DirectoryCommand::Unassign { assignment } => {
+            c.revoke_assignment(pb::RevokeAssignmentRequest {
+                assignment_id: assignment.clone(),
+            })
+            .await
+            .map_err(fail)?;
+            json!({ "revoked_assignment": assignment })
+        }
+        DirectoryCommand::RevokeWallException { exception } => {
+            c.revoke_wall_exception(pb::RevokeWallExceptionRequest {
+                exception_id: exception.clone(),
+            })
+            .await
+            .map_err(fail)?;
+            json!({ "revoked_exception": exception })
+        }
+        DirectoryCommand::Explain {
+            matter,
+            at,
+            permission,
+        } => {
+            let r = c
+                .explain_matter_access(pb::ExplainMatterAccessRequest {
+                    matter_id: matter,
+                    time: at.as_deref().map(time).transpose()?,
+                    permission,
+                })
+                .await
+                .map_err(fail)?
+                .into_inner();
+            let entries: Vec<_> = r
+                .entries
+                .iter()
+                .map(|e| {
+                    json!({
+                        "staff_id": e.staff_id,
+                        "allowed": e.allowed,
+                        "reason": pb::DenialReason::try_from(e.reason).map_or("?", |d| d.as_str_name()),
+                        "granted_by_role": e.granted_by_role,
+                        "access_path": pb::AccessPath::try_from(e.access_path).map_or("?", |p| p.as_str_name()),
+                        "wall_exception_ids": e.wall_exception_ids,
+                    })
+                })
+                .collect();
+            json!({ "entries": entries })
+        }
+        DirectoryCommand::ReviewStart { name, deadline } => {
+            let r = c
+                .start_access_review(pb::StartAccessReviewRequest {
+                    name,
+                    deadline: Some(time(&deadline)?),
+                })
+                .await
+                .map_err(fail)?
+                .into_inner();
+            json!({ "campaign_id": r.campaign_id, "items": r.item_count })
+        }
+        DirectoryCommand::ReviewItems { campaign, pending } => {
+            let r = c
+                .list_access_review_items(pb::ListAccessReviewItemsRequest {
+                    campaign_id: campaign,
+                    pending_only: pending,
+                })
+                .await
+                .map_err(fail)?
+                .into_inner();
+            let items: Vec<_> = r
+                .items
+                .iter()
+                .map(|i| {
+                    json!({
+                        "item_id": i.item_id,
+                        "kind": i.kind,
+                        "staff_id": i.staff_id,
+                        "subject": i.subject,
+                        "decision": match pb::ReviewDecision::try_from(i.decision) {
+                            Ok(pb::ReviewDecision::Certify) => "certify",
+                            Ok(pb::ReviewDecision::Revoke) => "revoke",
+                            _ => "pending",
+                        },
+                        "overdue": i.overdue,
+                    })
+                })
+                .collect();
+            json!({
+                "items": items,
+                "pending": r.pending_count,
+                "overdue": r.overdue_count,
+                "deadline": r.deadline.map(|t| t.seconds),
+            })
+        }
+        DirectoryCommand::ReviewDecide { item, decision } => {
+            let verdict = match decision.as_str() {
+                "certify" => pb::ReviewDecision::Certify,
+                "revoke" => pb::ReviewDecision::Revoke,
+                other => anyhow::bail!("--decision {other}: expected certify or revoke"),
+            };
+            c.decide_access_review_item(pb::DecideAccessReviewItemRequest {
+                item_id: item.clone(),
+                decision: verdict as i32,
+            })
+            .await
+            .map_err(fail)?;
+            json!({ "item_id": item, "decision": decision })
+        }
+        DirectoryCommand::CertifyWall { wall, from, to } => {
+            let r = c
+                .certify_wall(pb::CertifyWallRequest {
+                    wall_id: wall,
+                    start_time: Some(time(&from)?),
+                    end_time: Some(time(&to)?),
+                })
+                .await
+                .map_err(fail)?
+                .into_inner();
+            json!({
+                "certification_jws": r.certification_jws,
+                "audit_tree_size": r.audit_tree_size,
+            })
         }
         DirectoryCommand::Decide {
             staff,

@@ -63,6 +63,8 @@ pub struct Facts {
     /// For each wall (same index), the exceptions that let the staff member
     /// through it for the matter asked about.
     pub wall_exceptions: Vec<Vec<Interval>>,
+    /// The ids of those exceptions (same shape), to name the one used.
+    pub wall_exception_ids: Vec<Vec<uuid::Uuid>>,
     /// Assignments to the matter (or to any matter of the client).
     pub assignments: Vec<Interval>,
     /// Break-glass grants for the matter.
@@ -78,6 +80,9 @@ pub struct Decision {
     pub role: Option<String>,
     /// How access to the resource was granted.
     pub path: AccessPath,
+    /// The wall exceptions that let the staff member through a standing
+    /// wall, when allowed (one per wall passed).
+    pub through_exceptions: Vec<uuid::Uuid>,
 }
 
 impl Decision {
@@ -91,6 +96,7 @@ impl Decision {
             reason,
             role: None,
             path: AccessPath::Unspecified,
+            through_exceptions: Vec::new(),
         }
     }
 
@@ -147,6 +153,7 @@ pub fn decide(facts: &Facts, permission: &str, at: DateTime<Utc>) -> Decision {
             reason: DenialReason::Unspecified,
             role: Some(role),
             path: AccessPath::FirmWide,
+            through_exceptions: Vec::new(),
         };
     }
     if !facts.resource_exists {
@@ -168,19 +175,22 @@ pub fn decide(facts: &Facts, permission: &str, at: DateTime<Utc>) -> Decision {
         Some(t) if t.expires <= at => return Decision::deny(DenialReason::TrainingExpired),
         Some(_) => {}
     }
-    let excepted = |i: usize| {
-        facts
+    // For each wall standing at `at`, the exception holding then, if any.
+    let mut through_exceptions = Vec::new();
+    for (i, wall) in facts.walls.iter().enumerate() {
+        if !wall.holds_at(at) {
+            continue;
+        }
+        let holding = facts
             .wall_exceptions
             .get(i)
-            .is_some_and(|e| e.iter().any(|x| x.holds_at(at)))
-    };
-    if facts
-        .walls
-        .iter()
-        .enumerate()
-        .any(|(i, w)| w.holds_at(at) && !excepted(i))
-    {
-        return Decision::deny(DenialReason::BehindWall);
+            .and_then(|e| e.iter().position(|x| x.holds_at(at)));
+        let Some(j) = holding else {
+            return Decision::deny(DenialReason::BehindWall);
+        };
+        if let Some(id) = facts.wall_exception_ids.get(i).and_then(|ids| ids.get(j)) {
+            through_exceptions.push(*id);
+        }
     }
     let path = if facts.assignments.iter().any(|a| a.holds_at(at)) {
         AccessPath::Assignment
@@ -195,6 +205,7 @@ pub fn decide(facts: &Facts, permission: &str, at: DateTime<Utc>) -> Decision {
         reason: DenialReason::Unspecified,
         role: Some(role),
         path,
+        through_exceptions,
     }
 }
 
@@ -234,6 +245,7 @@ mod tests {
             trainings: vec![valid_attestation()],
             walls: vec![],
             wall_exceptions: vec![],
+            wall_exception_ids: vec![],
             assignments: vec![open(10)],
             break_glass: vec![],
         }
@@ -304,6 +316,25 @@ mod tests {
         assert_eq!(reason(&f), DenialReason::BehindWall);
         f.wall_exceptions.push(vec![open(1)]);
         assert_eq!(reason(&f), DenialReason::Unspecified);
+        // The decision names the exception used at each wall.
+        let (a, b, lapsed) = (
+            uuid::Uuid::now_v7(),
+            uuid::Uuid::now_v7(),
+            uuid::Uuid::now_v7(),
+        );
+        f.wall_exceptions[1].insert(
+            0,
+            Interval {
+                expires: Some(now() - Duration::minutes(2)),
+                ..open(3)
+            },
+        );
+        f.wall_exception_ids = vec![vec![a], vec![lapsed, b]];
+        let d = decide(&f, "client_data.read", now());
+        assert!(d.allowed());
+        assert_eq!(d.through_exceptions, vec![a, b]);
+        f.wall_exceptions[1].remove(0);
+        f.wall_exception_ids[1].remove(0);
         // A lapsed exception lets no one through.
         f.wall_exceptions[1][0].expires = Some(now() - Duration::minutes(1));
         assert_eq!(reason(&f), DenialReason::BehindWall);

@@ -959,6 +959,7 @@ impl IdentityService for IdentityApi {
                 reason: d.reason as i32,
                 granted_by_role: d.role.unwrap_or_default(),
                 access_path: d.path as i32,
+                wall_exception_ids: d.through_exceptions.iter().map(Uuid::to_string).collect(),
             });
         }
         Ok(Response::new(ExplainMatterAccessResponse { entries }))

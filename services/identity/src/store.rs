@@ -903,11 +903,11 @@ impl Directory {
             });
             // Exceptions are per matter: a question about the client as a
             // whole gets none.
-            let exceptions: Vec<IntervalRow> = match matter_id {
+            let exceptions: Vec<(Uuid, DateTime<Utc>, Option<DateTime<Utc>>, Option<DateTime<Utc>>)> = match matter_id {
                 Some(m) => {
                     self.db
                         .fetch_all(
-                            "SELECT granted_at, expires_at, revoked_at FROM wall_exceptions WHERE wall_id = $1 AND staff_id = $2 AND matter_id = $3",
+                            "SELECT id, granted_at, expires_at, revoked_at FROM wall_exceptions WHERE wall_id = $1 AND staff_id = $2 AND matter_id = $3",
                             vec![Value::Uuid(wall), Value::Uuid(staff), Value::Uuid(m)],
                         )
                         .await?
@@ -915,8 +915,14 @@ impl Directory {
                 None => Vec::new(),
             };
             facts
-                .wall_exceptions
-                .push(exceptions.into_iter().map(interval).collect());
+                .wall_exception_ids
+                .push(exceptions.iter().map(|(id, ..)| *id).collect());
+            facts.wall_exceptions.push(
+                exceptions
+                    .into_iter()
+                    .map(|(_, start, expires, revoked)| interval((start, expires, revoked)))
+                    .collect(),
+            );
         }
 
         let assignments: Vec<IntervalRow> = match matter_id {
