@@ -79,6 +79,12 @@ type RoleRow = (
     Option<DateTime<Utc>>,
 );
 type IntervalRow = (DateTime<Utc>, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+type IdIntervalRow = (
+    Uuid,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+);
 
 fn interval((start, expires, revoked): IntervalRow) -> Interval {
     Interval {
@@ -903,7 +909,7 @@ impl Directory {
             });
             // Exceptions are per matter: a question about the client as a
             // whole gets none.
-            let exceptions: Vec<(Uuid, DateTime<Utc>, Option<DateTime<Utc>>, Option<DateTime<Utc>>)> = match matter_id {
+            let exceptions: Vec<IdIntervalRow> = match matter_id {
                 Some(m) => {
                     self.db
                         .fetch_all(
