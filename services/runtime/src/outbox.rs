@@ -316,6 +316,29 @@ impl Outbox {
         }
     }
 
+    /// Deletes events delivered before `cutoff` (the audit log holds them
+    /// now), so the outbox stays the size of its backlog plus a recent
+    /// window rather than growing with every event. Returns how many.
+    pub async fn purge_delivered(&self, cutoff: chrono::DateTime<Utc>) -> Result<u64, Error> {
+        let done = match &self.db {
+            Database::Postgres(pool) => sqlx::query(
+                "DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < $1",
+            )
+            .bind(cutoff)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+            Database::Sqlite(pool) => sqlx::query(
+                "DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < ?1",
+            )
+            .bind(cutoff.to_rfc3339())
+            .execute(pool)
+            .await?
+            .rows_affected(),
+        };
+        Ok(done)
+    }
+
     /// How many events wait for delivery.
     pub async fn backlog(&self) -> Result<i64, Error> {
         let n: i64 = match &self.db {
@@ -333,6 +356,12 @@ impl Outbox {
         Ok(n)
     }
 }
+
+/// How long delivered events stay in the outbox (for an operator looking
+/// into a delivery) before the relay deletes them.
+const KEEP_DELIVERED: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+/// How often the relay purges delivered events.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
 
 /// A JSON array of sequence numbers (SQLite's `json_each` reads it).
 fn seq_list(seqs: &[i64]) -> String {
@@ -408,9 +437,17 @@ impl Relay {
     /// Undelivered events stay in the outbox for the next start.
     pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut backoff = self.idle_interval;
+        let mut purged = tokio::time::Instant::now();
         loop {
             if *shutdown.borrow() {
                 return;
+            }
+            if purged.elapsed() >= PURGE_EVERY {
+                purged = tokio::time::Instant::now();
+                let cutoff = Utc::now() - KEEP_DELIVERED;
+                if let Err(err) = self.outbox.purge_delivered(cutoff).await {
+                    tracing::warn!(error = %err, "delivered events not purged");
+                }
             }
             let wait = match self.deliver_once().await {
                 Ok(Round::Delivered(n)) => {

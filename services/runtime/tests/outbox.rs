@@ -63,6 +63,35 @@ async fn events_committed_together_keep_their_order(t: &TestDatabase) {
     assert_eq!(outbox.backlog().await.unwrap(), 40);
 }
 
+async fn delivered_events_are_purged_and_pending_ones_kept(t: &TestDatabase) {
+    let outbox = Outbox::new(t.db.clone());
+    for i in 0..4 {
+        outbox.enqueue(&event(&format!("test.p{i}"))).await.unwrap();
+    }
+    let pending = outbox.pending(10).await.unwrap();
+    outbox
+        .mark_delivered(&[pending[0].seq, pending[1].seq])
+        .await
+        .unwrap();
+    let past = chrono::Utc::now() - chrono::Duration::hours(1);
+    assert_eq!(outbox.purge_delivered(past).await.unwrap(), 0, "too recent");
+    let future = chrono::Utc::now() + chrono::Duration::seconds(5);
+    assert_eq!(outbox.purge_delivered(future).await.unwrap(), 2);
+    let rest = outbox.pending(10).await.unwrap();
+    assert_eq!(
+        rest.iter()
+            .map(|p| p.event.action.as_str())
+            .collect::<Vec<_>>(),
+        ["test.p2", "test.p3"],
+        "undelivered events are never purged"
+    );
+    let left: Vec<(i64,)> =
+        t.db.fetch_all("SELECT seq FROM outbox", vec![])
+            .await
+            .unwrap();
+    assert_eq!(left.len(), 2);
+}
+
 async fn failures_are_counted_and_events_stay_pending(t: &TestDatabase) {
     let outbox = Outbox::new(t.db.clone());
     outbox.enqueue(&event("test.a")).await.unwrap();
@@ -150,6 +179,7 @@ async fn malformed_event_ids_are_refused(t: &TestDatabase) {
 confidant_runtime::backend_tests!(COMMON_ONLY;
     pending_events_come_back_in_order_until_delivered,
     events_committed_together_keep_their_order,
+    delivered_events_are_purged_and_pending_ones_kept,
     failures_are_counted_and_events_stay_pending,
     an_event_exists_only_if_its_transaction_commits,
     the_same_event_cannot_be_enqueued_twice,
