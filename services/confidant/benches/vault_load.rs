@@ -389,8 +389,13 @@ impl Meter {
         let now = Self::ticks(&self.pids);
         let hz = clock_ticks();
         let per_op = |group: &str| {
-            let used =
-                now.get(group).copied().unwrap_or(0) - self.ticks.get(group).copied().unwrap_or(0);
+            // Saturating: a PostgreSQL backend that exits during the phase
+            // takes its ticks with it.
+            let used = now
+                .get(group)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(self.ticks.get(group).copied().unwrap_or(0));
             used as f64 / hz * 1e6 / run.ops as f64
         };
         let groups = [

@@ -3,9 +3,11 @@
 //! A service writes an audit event into its own database in the same
 //! transaction as the change the event records ([`enqueue_postgres`],
 //! [`enqueue_sqlite`]), so an event exists exactly when its change does. The
-//! [`Relay`] sends pending events to the audit service in batches, in order,
-//! and marks them delivered; the audit service deduplicates by event id, so
-//! a batch re-sent after a lost acknowledgement is stored once.
+//! [`Relay`] sends pending events to the audit service in batches, oldest
+//! first, and marks exactly the events it sent delivered (one replica at a
+//! time on PostgreSQL); the audit service deduplicates by event id, so a
+//! batch re-sent after a lost acknowledgement is stored once. Delivered
+//! events are purged after an hour.
 
 use std::time::Duration;
 
