@@ -1050,8 +1050,8 @@ async fn sqlite_the_directory_from_the_command_line() {
     .await;
     let tls = data.operator_files();
     let url = sandbox.url(ServiceName::Identity);
-    let cli = |args: &[&str]| -> serde_json::Value {
-        let out = common::confidant()
+    let run = |args: &[&str]| {
+        common::confidant()
             .arg("directory")
             .args(["--service", &url])
             .arg("--ca")
@@ -1062,7 +1062,10 @@ async fn sqlite_the_directory_from_the_command_line() {
             .arg(&tls.key_file)
             .args(args)
             .output()
-            .expect("confidant runs");
+            .expect("confidant runs")
+    };
+    let cli = |args: &[&str]| -> serde_json::Value {
+        let out = run(args);
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
             + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{args:?}: {text}");
@@ -1214,18 +1217,7 @@ async fn sqlite_the_directory_from_the_command_line() {
         decided.contains(&"revoke") && decided.contains(&"certify"),
         "{after}"
     );
-    let out = common::confidant()
-        .arg("directory")
-        .args(["--service", &url])
-        .arg("--ca")
-        .arg(&tls.ca_file)
-        .arg("--cert")
-        .arg(&tls.cert_file)
-        .arg("--key")
-        .arg(&tls.key_file)
-        .args(["review-decide", "--item", "x", "--decision", "maybe"])
-        .output()
-        .unwrap();
+    let out = run(&["review-decide", "--item", "x", "--decision", "maybe"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("certify or revoke"));
 

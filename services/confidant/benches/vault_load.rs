@@ -464,6 +464,20 @@ fn record(client_id: &str, matter_id: &str, category: pb::DataCategory) -> pb::N
     }
 }
 
+/// Stores `record` through the vault; its metadata.
+async fn create(writer: &mut Vault, record: pb::NewRecord) -> pb::RecordMetadata {
+    writer
+        .create_record(pb::CreateRecordRequest {
+            record: Some(record),
+            request_id: String::new(),
+        })
+        .await
+        .expect("create")
+        .into_inner()
+        .record
+        .expect("record")
+}
+
 fn with_token<T>(token: &str, message: T) -> tonic::Request<T> {
     directory::as_staff(token, message)
 }
@@ -536,17 +550,7 @@ impl Load {
             let (mut writer, stored) = (writers[t % writers.len()].clone(), stored2.clone());
             let r = record(&client_id, &matter_id, pb::DataCategory::MatterFile);
             async move {
-                let id = writer
-                    .create_record(pb::CreateRecordRequest {
-                        record: Some(r),
-                        request_id: String::new(),
-                    })
-                    .await
-                    .expect("create")
-                    .into_inner()
-                    .record
-                    .expect("record")
-                    .id;
+                let id = create(&mut writer, r).await.id;
                 stored.lock().expect("ids").push(id);
             }
         })
@@ -801,19 +805,8 @@ async fn kms_calls_per_10k_reads(
     // A scope of its own: the partner's matter, another category.
     let mut ids = Vec::new();
     for _ in 0..50 {
-        ids.push(
-            writer
-                .create_record(pb::CreateRecordRequest {
-                    record: Some(record(client_id, matter_id, pb::DataCategory::Financial)),
-                    request_id: String::new(),
-                })
-                .await
-                .expect("create")
-                .into_inner()
-                .record
-                .expect("record")
-                .id,
-        );
+        let r = record(client_id, matter_id, pb::DataCategory::Financial);
+        ids.push(create(&mut writer, r).await.id);
     }
     let before = operator
         .get_key_stats(pb::GetKeyStatsRequest {})
@@ -877,17 +870,11 @@ async fn shred_is_flat(cluster: &Cluster, writer: &Vault) {
         let mut best = Duration::MAX;
         for _ in 0..3 {
             let scope_client = Uuid::now_v7().to_string();
-            let first = writer
-                .clone()
-                .create_record(pb::CreateRecordRequest {
-                    record: Some(record(&scope_client, "", pb::DataCategory::Health)),
-                    request_id: String::new(),
-                })
-                .await
-                .expect("create")
-                .into_inner()
-                .record
-                .expect("record");
+            let first = create(
+                &mut writer.clone(),
+                record(&scope_client, "", pb::DataCategory::Health),
+            )
+            .await;
             if size > 1 {
                 sqlx::query(
                     "INSERT INTO vault_records (id, scope_id, client_id, matter_id, category, key_version, wrapped_key, \
