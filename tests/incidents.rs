@@ -21,10 +21,7 @@ use tonic::Code;
 use common::channel;
 
 fn at(t: chrono::DateTime<chrono::Utc>) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: 0,
-    })
+    common::directory::ts(t)
 }
 
 async fn a_breach_from_detection_to_notification(backend: Backend) {

@@ -51,10 +51,7 @@ fn records_cli(data: &SandboxData, sandbox: &Sandbox, token: &str, args: &[&str]
 }
 
 fn due_in(hours: i64) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp {
-        seconds: (chrono::Utc::now() + chrono::Duration::hours(hours)).timestamp(),
-        nanos: 0,
-    })
+    common::directory::ts(chrono::Utc::now() + chrono::Duration::hours(hours))
 }
 
 async fn paper_under_the_same_rules_as_data(backend: Backend) {
