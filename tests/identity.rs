@@ -705,6 +705,193 @@ async fn postgres_access_reviews_certify_or_revoke_every_grant() {
     access_reviews_certify_or_revoke_every_grant(Backend::Postgres).await;
 }
 
+async fn staff_review_the_grants_they_are_responsible_for(backend: Backend) {
+    use common::directory::{as_staff, staff_token};
+    use confidant_proto::audit::v1::ListEventsRequest;
+    use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec::of(&[ServiceName::Identity, ServiceName::Audit]),
+    )
+    .await;
+    let mut admin = client(&data, &sandbox, "operator").await;
+    // Staff review through the firm's application, by their tokens.
+    let mut app = client(&data, &sandbox, "firm-app").await;
+    let client_id = new_client(&mut admin).await;
+    let partner = cleared(&mut admin, "responsible@firm.example", "partner").await;
+    let associate = cleared(&mut admin, "assistant@firm.example", "associate").await;
+    let officer = cleared(&mut admin, "officer@firm.example", "security_officer").await;
+    let matter = new_matter(&mut admin, &client_id, Some(&partner), "lease").await;
+    assign(&mut admin, &matter, &associate).await;
+    assign(&mut admin, &matter, &partner).await;
+    let token = |id: &str, role: &str| staff_token(&data, id, &[role]);
+    let (partner_token, associate_token, officer_token) = (
+        token(&partner, "partner"),
+        token(&associate, "associate"),
+        token(&officer, "security_officer"),
+    );
+
+    // Only a reviews.manage holder (or an admin tool) opens a campaign.
+    let start = |name: &str| StartAccessReviewRequest {
+        name: name.into(),
+        deadline: ts(chrono::Utc::now() + chrono::Duration::days(14)),
+    };
+    let refused = app
+        .start_access_review(as_staff(&partner_token, start("by a partner")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code(), common::error_reason(&refused).as_str()),
+        (tonic::Code::PermissionDenied, "not_reviewer")
+    );
+    let campaign = app
+        .start_access_review(as_staff(&officer_token, start("2026 Q4")))
+        .await
+        .unwrap()
+        .into_inner()
+        .campaign_id;
+    let list = |token: &str| {
+        let mut app = app.clone();
+        let request = as_staff(
+            token,
+            ListAccessReviewItemsRequest {
+                campaign_id: campaign.clone(),
+                pending_only: false,
+            },
+        );
+        async move {
+            app.list_access_review_items(request)
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let everything = list(&officer_token).await.items;
+    let find = |kind: &str, staff: &str| {
+        everything
+            .iter()
+            .find(|i| i.kind == kind && i.staff_id == staff)
+            .unwrap()
+            .item_id
+            .clone()
+    };
+    let associate_assignment = find("assignment", &associate);
+    let partner_assignment = find("assignment", &partner);
+    let associate_role = find("role", &associate);
+    let officer_role = find("role", &officer);
+
+    // The responsible partner sees the assignments to their matter but
+    // their own, and the associate (responsible for nothing) sees nothing.
+    let partners: Vec<String> = list(&partner_token)
+        .await
+        .items
+        .into_iter()
+        .map(|i| i.item_id)
+        .collect();
+    assert_eq!(partners, vec![associate_assignment.clone()]);
+    assert!(list(&associate_token).await.items.is_empty());
+
+    let verdict = |token: &str, item: &str, decision: ReviewDecision| {
+        let mut app = app.clone();
+        let request = as_staff(
+            token,
+            DecideAccessReviewItemRequest {
+                item_id: item.to_owned(),
+                decision: decision as i32,
+            },
+        );
+        async move { app.decide_access_review_item(request).await }
+    };
+    for (token, item, reason) in [
+        (&partner_token, &partner_assignment, "own_grant"),
+        (&officer_token, &officer_role, "own_grant"),
+        (&partner_token, &associate_role, "not_reviewer"),
+        (&associate_token, &partner_assignment, "not_reviewer"),
+    ] {
+        let err = verdict(token, item, ReviewDecision::Certify)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.code(), common::error_reason(&err)),
+            (tonic::Code::PermissionDenied, reason.to_owned()),
+            "{item}"
+        );
+    }
+    // A certificate without a token is not a reviewer.
+    let err = app
+        .clone()
+        .decide_access_review_item(DecideAccessReviewItemRequest {
+            item_id: associate_assignment.clone(),
+            decision: ReviewDecision::Certify as i32,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+
+    verdict(
+        &partner_token,
+        &associate_assignment,
+        ReviewDecision::Certify,
+    )
+    .await
+    .unwrap();
+    verdict(&officer_token, &partner_assignment, ReviewDecision::Revoke)
+        .await
+        .unwrap();
+    let decided: Vec<(String, String)> = list(&officer_token)
+        .await
+        .items
+        .into_iter()
+        .filter(|i| !i.decided_by.is_empty())
+        .map(|i| (i.item_id, i.decided_by))
+        .collect();
+    assert_eq!(decided.len(), 2);
+    assert!(decided.contains(&(associate_assignment.clone(), partner.clone())));
+    assert!(decided.contains(&(partner_assignment.clone(), officer.clone())));
+
+    // The audit log names the reviewer, not the application.
+    let audit = AuditServiceClient::new(
+        confidant_runtime::client::connect(
+            &sandbox.url(ServiceName::Audit),
+            &data.client_tls("operator"),
+            "localhost",
+        )
+        .await
+        .unwrap(),
+    );
+    common::eventually(
+        Duration::from_secs(20),
+        "the verdict in the audit log",
+        || {
+            let mut audit = audit.clone();
+            let partner = partner.clone();
+            async move {
+                audit
+                    .list_events(ListEventsRequest {
+                        actor_id: partner,
+                        action: "identity.review.decided".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .is_ok_and(|r| r.into_inner().events.len() == 1)
+            }
+        },
+    )
+    .await;
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_staff_review_the_grants_they_are_responsible_for() {
+    staff_review_the_grants_they_are_responsible_for(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_staff_review_the_grants_they_are_responsible_for() {
+    staff_review_the_grants_they_are_responsible_for(Backend::Postgres).await;
+}
+
 async fn walls_are_certified_from_the_audit_log(backend: Backend) {
     use confidant_proto::audit::v1::ListEventsRequest;
     use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
@@ -794,13 +981,23 @@ async fn walls_are_certified_from_the_audit_log(backend: Backend) {
         .unwrap()
         .into_inner();
     assert!(cert.audit_tree_size > 0);
+    // Signed by the long-lived certificate key, not a token key (which
+    // rotates away within hours).
     let jwks = admin
         .get_jwks(GetJwksRequest {})
         .await
         .unwrap()
         .into_inner();
-    let verifier =
+    let tokens =
         confidant_runtime::auth::TokenVerifier::from_jwks(&jwks.jwks_json, &jwks.issuer).unwrap();
+    assert!(tokens.verify_document(&cert.certification_jws).is_err());
+    let keys = admin
+        .get_certificate_keys(GetCertificateKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let verifier =
+        confidant_runtime::auth::TokenVerifier::from_jwks(&keys.jwks_json, &jwks.issuer).unwrap();
     let doc = verifier.verify_document(&cert.certification_jws).unwrap();
     assert_eq!(doc["type"], "wall-certification");
     assert_eq!(doc["wall_id"], wall.as_str());
@@ -1319,6 +1516,47 @@ async fn sqlite_the_directory_from_the_command_line() {
         3,
         "{cert}"
     );
+    // It verifies through the service, and offline against saved keys;
+    // an altered copy does not.
+    let saved = tempfile::tempdir().unwrap();
+    let (cert_file, keys_file, forged_file) = (
+        saved.path().join("wall.json"),
+        saved.path().join("keys.json"),
+        saved.path().join("forged.jws"),
+    );
+    std::fs::write(&cert_file, cert.to_string()).unwrap();
+    std::fs::write(&keys_file, cli(&["certificate-keys"]).to_string()).unwrap();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let online = cli(&["verify-certification", "--file", &path(&cert_file)]);
+    assert_eq!(online["certification"]["wall_id"], wall_id.as_str());
+    let offline = cli(&[
+        "verify-certification",
+        "--file",
+        &path(&cert_file),
+        "--keys",
+        &path(&keys_file),
+    ]);
+    assert_eq!(offline, online);
+    let jws = cert["certification_jws"].as_str().unwrap();
+    let (head, rest) = jws.split_once('.').unwrap();
+    let (_, signature) = rest.split_once('.').unwrap();
+    let forged_payload = base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        serde_json::to_vec(
+            &serde_json::json!({"type": "wall-certification", "successful_accesses": 0}),
+        )
+        .unwrap(),
+    );
+    std::fs::write(&forged_file, format!("{head}.{forged_payload}.{signature}")).unwrap();
+    let forged = run(&[
+        "verify-certification",
+        "--file",
+        &path(&forged_file),
+        "--keys",
+        &path(&keys_file),
+    ]);
+    assert!(!forged.status.success());
+    assert!(String::from_utf8_lossy(&forged.stderr).contains("does not verify"));
     cli(&["disable-staff", "--staff", &staff_id]);
     assert_eq!(decide(false)["reason"], "DENIAL_REASON_ACCOUNT_DISABLED");
     sandbox.stop().await;

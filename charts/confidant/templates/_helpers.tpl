@@ -129,6 +129,7 @@ key_cache_max_uses = {{ $s.vault.keyCacheMaxUses }}
 
 [identity]
 token_key_files = [{{ range $i, $k := $v.secrets.identity.tokenKeys }}{{ if $i }}, {{ end }}"/etc/confidant/identity/{{ $k }}"{{ end }}]
+certificate_key_files = [{{ range $i, $k := $v.secrets.identity.certificateKeys }}{{ if $i }}, {{ end }}"/etc/confidant/identity/{{ $k }}"{{ end }}]
 pepper_file = "/etc/confidant/identity/{{ $v.secrets.identity.pepperKey }}"
 access_token_minutes = {{ $s.identity.accessTokenMinutes }}
 session_hours = {{ $s.identity.sessionHours }}

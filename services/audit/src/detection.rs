@@ -4,6 +4,7 @@
 //! incident. One replica runs the detector at a time (a lease); its cursor
 //! is in the database, so a restart neither misses nor repeats events.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,10 @@ use uuid::Uuid;
 
 use crate::log::AuditLog;
 use crate::store::EventFilter;
+
+/// How much older than the newest event seen an event may arrive (through a
+/// service's outbox) and still be counted in full by the counting rules.
+const LATE: chrono::Duration = chrono::Duration::minutes(10);
 
 const LEASE: &str = "audit-detector";
 const LEASE_TTL: Duration = Duration::from_secs(15);
@@ -107,6 +112,53 @@ pub struct Detector {
     notifier: Arc<dyn Notifier>,
     trust_domain: String,
     retention: String,
+    windows: tokio::sync::Mutex<Windows>,
+}
+
+/// What the counting rules have seen of the log, kept between steps so that
+/// each event is counted once as it passes, instead of every actor's window
+/// being searched again for every batch. It is valid only while this
+/// detector has seen every event before `through`; otherwise (another
+/// replica held the lease meanwhile, a restart, a rule's window grew) it is
+/// dropped and each actor's window is read again from the log the first
+/// time that actor appears.
+#[derive(Debug, Default)]
+struct Windows {
+    /// The log position the windows are complete up to (exclusive).
+    through: Option<i64>,
+    /// The longest window of the counting rules, in seconds.
+    span: i64,
+    /// Per actor and read action: each client read, and when last.
+    reads: HashMap<(String, String), HashMap<String, DateTime<Utc>>>,
+    /// Per actor: when each refusal happened, oldest first.
+    denials: HashMap<String, VecDeque<DateTime<Utc>>>,
+    /// Per rule and actor: when the latest alert was raised, if ever.
+    alerted: HashMap<(String, String), Option<DateTime<Utc>>>,
+    /// The newest event time seen.
+    newest: Option<DateTime<Utc>>,
+}
+
+impl Windows {
+    /// Forgets what lies outside every window (allowing for late events).
+    fn prune(&mut self) {
+        let Some(newest) = self.newest else {
+            return;
+        };
+        let horizon = newest - chrono::Duration::seconds(self.span) - LATE;
+        for clients in self.reads.values_mut() {
+            clients.retain(|_, at| *at >= horizon);
+        }
+        for times in self.denials.values_mut() {
+            while times.front().is_some_and(|at| *at < horizon) {
+                times.pop_front();
+            }
+        }
+    }
+}
+
+/// A client id as the log's `client_id` column holds it.
+fn canonical_client(id: &str) -> String {
+    Uuid::parse_str(id).map_or_else(|_| id.to_owned(), |u| u.to_string())
 }
 
 const READS: [&str; 2] = ["vault.record.read", "vault.sealed_text.opened"];
@@ -133,75 +185,111 @@ impl Detector {
             notifier,
             trust_domain: trust_domain.to_owned(),
             retention: confidant_runtime::ServiceName::Retention.spiffe_id(trust_domain),
+            windows: tokio::sync::Mutex::new(Windows::default()),
         }
     }
 
-    async fn count(
+    /// Counts `event` into its window, reading the actor's window from the
+    /// log first if this detector has not seen the actor yet (`before`: the
+    /// first position of the batch; `since`: the oldest time any window of
+    /// the batch reaches back to).
+    async fn observe(
         &self,
-        filter: EventFilter,
-        distinct_clients: bool,
-    ) -> Result<usize, sqlx::Error> {
-        let found = self.log.store().search(&filter).await?;
-        if !distinct_clients {
-            return Ok(found.len());
-        }
-        let mut clients = std::collections::BTreeSet::new();
-        for f in found {
-            if let Ok(e) = AuditEvent::decode(f.event.payload.as_slice())
-                && let Some(r) = e.resource
-                && !r.client_id.is_empty()
+        windows: &mut Windows,
+        event: &AuditEvent,
+        before: i64,
+        since: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        let actor = event
+            .actor
+            .as_ref()
+            .map(|a| a.id.clone())
+            .unwrap_or_default();
+        let at = time_of(event);
+        windows.newest = Some(windows.newest.map_or(at, |n| n.max(at)));
+        let filter = |action: Option<String>, outcome: Outcome| EventFilter {
+            actor_id: Some(actor.clone()),
+            action,
+            outcome: Some(outcome as i32),
+            start: Some(since),
+            before_index: Some(before),
+            limit: 100_000,
+            ..EventFilter::default()
+        };
+        if event.outcome == Outcome::Denied as i32 {
+            if !windows.denials.contains_key(&actor) {
+                let mut seen: Vec<DateTime<Utc>> = self
+                    .log
+                    .store()
+                    .occurrences(&filter(None, Outcome::Denied))
+                    .await?
+                    .into_iter()
+                    .map(|o| o.occurred_at)
+                    .collect();
+                seen.sort();
+                windows.denials.insert(actor.clone(), seen.into());
+            }
+            if let Some(times) = windows.denials.get_mut(&actor) {
+                times.push_back(at);
+            }
+        } else if event.outcome == Outcome::Allowed as i32 && READS.contains(&event.action.as_str())
+        {
+            let key = (actor.clone(), event.action.clone());
+            if !windows.reads.contains_key(&key) {
+                let mut clients: HashMap<String, DateTime<Utc>> = HashMap::new();
+                for o in self
+                    .log
+                    .store()
+                    .occurrences(&filter(Some(event.action.clone()), Outcome::Allowed))
+                    .await?
+                {
+                    if let Some(client) = o.client_id {
+                        let last = clients.entry(client).or_insert(o.occurred_at);
+                        *last = (*last).max(o.occurred_at);
+                    }
+                }
+                windows.reads.insert(key.clone(), clients);
+            }
+            if let Some(client) = event
+                .resource
+                .as_ref()
+                .map(|r| r.client_id.as_str())
+                .filter(|c| !c.is_empty())
+                && let Some(clients) = windows.reads.get_mut(&key)
             {
-                clients.insert(r.client_id);
+                let last = clients.entry(canonical_client(client)).or_insert(at);
+                *last = (*last).max(at);
             }
         }
-        Ok(clients.len())
+        Ok(())
     }
 
-    /// Whether `rule` fires on `event`, with what it saw.
-    async fn fires(
-        &self,
-        rule: &RuleRow,
-        event: &AuditEvent,
-    ) -> Result<Option<String>, sqlx::Error> {
+    /// Whether `rule` fires on `event`, with what it saw (`windows` holds
+    /// every event up to this one).
+    fn fires(&self, rule: &RuleRow, event: &AuditEvent, windows: &Windows) -> Option<String> {
         let actor = event.actor.as_ref();
         let actor_id = actor.map(|a| a.id.clone()).unwrap_or_default();
         let at = time_of(event);
         let window = chrono::Duration::seconds(i64::from(rule.window_seconds.max(1)));
         let allowed = event.outcome == Outcome::Allowed as i32;
         let denied = event.outcome == Outcome::Denied as i32;
-        Ok(match rule.kind.as_str() {
+        let from = at - window;
+        match rule.kind.as_str() {
             "distinct_clients" if allowed && READS.contains(&event.action.as_str()) => {
-                let n = self
-                    .count(
-                        EventFilter {
-                            actor_id: Some(actor_id),
-                            action: Some(event.action.clone()),
-                            outcome: Some(Outcome::Allowed as i32),
-                            start: Some(at - window),
-                            end: Some(at + chrono::Duration::seconds(1)),
-                            limit: 100_000,
-                            ..EventFilter::default()
-                        },
-                        true,
-                    )
-                    .await?;
+                let n = windows
+                    .reads
+                    .get(&(actor_id, event.action.clone()))
+                    .map_or(0, |clients| {
+                        clients.values().filter(|t| **t >= from).count()
+                    });
                 (n > usize::try_from(rule.threshold).unwrap_or(usize::MAX))
                     .then(|| format!("{n} distinct clients read within {}s", rule.window_seconds))
             }
             "denials" if denied => {
-                let n = self
-                    .count(
-                        EventFilter {
-                            actor_id: Some(actor_id),
-                            outcome: Some(Outcome::Denied as i32),
-                            start: Some(at - window),
-                            end: Some(at + chrono::Duration::seconds(1)),
-                            limit: 100_000,
-                            ..EventFilter::default()
-                        },
-                        false,
-                    )
-                    .await?;
+                let n = windows
+                    .denials
+                    .get(&actor_id)
+                    .map_or(0, |times| times.iter().filter(|t| **t >= from).count());
                 (n > usize::try_from(rule.threshold).unwrap_or(usize::MAX))
                     .then(|| format!("{n} refusals within {}s", rule.window_seconds))
             }
@@ -232,25 +320,35 @@ impl Detector {
                 ))
             }
             _ => None,
-        })
+        }
     }
 
     /// Whether `actor` was alerted under `rule` within its window already.
     async fn alerted(
         &self,
+        windows: &mut Windows,
         rule: &RuleRow,
         actor: &str,
         at: DateTime<Utc>,
     ) -> Result<bool, sqlx::Error> {
         let since = at - chrono::Duration::seconds(i64::from(rule.window_seconds.max(1)));
-        let recent: Vec<AlertRow> = self
-            .db
-            .fetch_all(
-                "SELECT id, rule_code, actor_id, fired_at, event_idx, summary, incident_id FROM detection_alerts WHERE rule_code = $1 AND actor_id = $2 ORDER BY fired_at DESC LIMIT 1",
-                vec![Value::Text(rule.code.clone()), Value::Text(actor.to_owned())],
-            )
-            .await?;
-        Ok(recent.first().is_some_and(|a| a.fired_at >= since))
+        let key = (rule.code.clone(), actor.to_owned());
+        let latest = match windows.alerted.get(&key) {
+            Some(latest) => *latest,
+            None => {
+                let recent: Vec<AlertRow> = self
+                    .db
+                    .fetch_all(
+                        "SELECT id, rule_code, actor_id, fired_at, event_idx, summary, incident_id FROM detection_alerts WHERE rule_code = $1 AND actor_id = $2 ORDER BY fired_at DESC LIMIT 1",
+                        vec![Value::Text(rule.code.clone()), Value::Text(actor.to_owned())],
+                    )
+                    .await?;
+                let latest = recent.first().map(|a| a.fired_at);
+                windows.alerted.insert(key, latest);
+                latest
+            }
+        };
+        Ok(latest.is_some_and(|fired| fired >= since))
     }
 
     /// Evaluates the rules over the events after the cursor; returns how
@@ -276,6 +374,31 @@ impl Detector {
             .iter()
             .map(|e| AuditEvent::decode(e.payload.as_slice()).ok())
             .collect();
+        let span = rules
+            .iter()
+            .filter(|r| matches!(r.kind.as_str(), "distinct_clients" | "denials"))
+            .map(|r| i64::from(r.window_seconds.max(1)))
+            .max()
+            .unwrap_or(1);
+        let mut windows = self.windows.lock().await;
+        if windows.through != Some(next) || windows.span < span {
+            *windows = Windows {
+                span,
+                ..Windows::default()
+            };
+        }
+        // Until this batch is done the windows are not complete up to any
+        // position: a failure part way drops them.
+        windows.through = None;
+        let before = events.first().map_or(next, |e| e.idx);
+        let since = decoded
+            .iter()
+            .flatten()
+            .map(time_of)
+            .min()
+            .unwrap_or_else(Utc::now)
+            - chrono::Duration::seconds(span)
+            - LATE;
         // Counting rules look back over a window of the log, so an actor's
         // events in one batch are counted once, at the actor's last one
         // (which sees the earlier ones): one search per actor and batch,
@@ -315,16 +438,20 @@ impl Detector {
                 .unwrap_or_default();
             let at = time_of(&event);
             let counted = counted_as(&event);
+            self.observe(&mut windows, &event, before, since).await?;
             for rule in &rules {
                 let counting = matches!(rule.kind.as_str(), "distinct_clients" | "denials");
                 let latest = counted == Some(rule.kind.as_str())
                     && last_counted.get(&(rule.kind.as_str(), actor.clone())) == Some(&i);
-                if (counting && !latest) || self.alerted(rule, &actor, at).await? {
+                if counting && !latest {
                     continue;
                 }
-                let Some(summary) = self.fires(rule, &event).await? else {
+                let Some(summary) = self.fires(rule, &event, &windows) else {
                     continue;
                 };
+                if self.alerted(&mut windows, rule, &actor, at).await? {
+                    continue;
+                }
                 let id = Uuid::now_v7();
                 let now = Utc::now();
                 let incident = (rule.opens_incident != 0).then(Uuid::now_v7);
@@ -381,6 +508,9 @@ impl Detector {
                     );
                 }
                 self.db.transact(statements, &audit_events).await?;
+                windows
+                    .alerted
+                    .insert((rule.code.clone(), actor.clone()), Some(now));
                 let note = Note {
                     channel: "alert".into(),
                     address: "security-officer".into(),
@@ -408,6 +538,8 @@ impl Detector {
                 &[],
             )
             .await?;
+        windows.through = Some(advanced);
+        windows.prune();
         Ok(read)
     }
 }

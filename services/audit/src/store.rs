@@ -470,29 +470,62 @@ pub struct Found {
     pub recorded_at: DateTime<Utc>,
 }
 
+impl EventFilter {
+    fn postgres_query(&self, select: &str) -> sqlx::QueryBuilder<sqlx::Postgres> {
+        let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(select);
+        for (sql, param) in self.conditions() {
+            q.push(" AND ").push(sql);
+            match param {
+                // Outcomes are SMALLINT in PostgreSQL.
+                Param::Int(v) if sql.starts_with("outcome") => {
+                    q.push_bind(i16::try_from(v).unwrap_or(-1))
+                }
+                Param::Int(v) => q.push_bind(v),
+                Param::Text(v) => q.push_bind(v),
+                Param::Time(v) => q.push_bind(v),
+            };
+        }
+        q.push(" ORDER BY idx DESC LIMIT ").push_bind(self.limit);
+        q
+    }
+
+    fn sqlite_query(&self, select: &str) -> sqlx::QueryBuilder<sqlx::Sqlite> {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(select);
+        for (sql, param) in self.conditions() {
+            q.push(" AND ").push(sql);
+            match param {
+                Param::Int(v) => q.push_bind(v),
+                Param::Text(v) => q.push_bind(v),
+                Param::Time(v) => q.push_bind(sqlite_time(v)),
+            };
+        }
+        q.push(" ORDER BY idx DESC LIMIT ").push_bind(self.limit);
+        q
+    }
+}
+
+/// When an event happened and which client it concerned: what a detection
+/// window needs of it, without its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Occurrence {
+    /// The client concerned, if any.
+    pub client_id: Option<String>,
+    /// When it happened.
+    pub occurred_at: DateTime<Utc>,
+}
+
 impl EventStore {
     /// Events matching `filter`, newest first.
     pub async fn search(&self, filter: &EventFilter) -> Result<Vec<Found>, sqlx::Error> {
         const SELECT: &str =
             "SELECT idx, event_id, payload, leaf_hash, recorded_at FROM audit_events WHERE 1 = 1";
-        let conditions = filter.conditions();
         match &self.db {
             Database::Postgres(pool) => {
-                let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(SELECT);
-                for (sql, param) in conditions {
-                    q.push(" AND ").push(sql);
-                    match param {
-                        // Outcomes are SMALLINT in PostgreSQL.
-                        Param::Int(v) if sql.starts_with("outcome") => {
-                            q.push_bind(i16::try_from(v).unwrap_or(-1))
-                        }
-                        Param::Int(v) => q.push_bind(v),
-                        Param::Text(v) => q.push_bind(v),
-                        Param::Time(v) => q.push_bind(v),
-                    };
-                }
-                q.push(" ORDER BY idx DESC LIMIT ").push_bind(filter.limit);
-                let rows: Vec<PgFoundRow> = q.build_query_as().fetch_all(pool).await?;
+                let rows: Vec<PgFoundRow> = filter
+                    .postgres_query(SELECT)
+                    .build_query_as()
+                    .fetch_all(pool)
+                    .await?;
                 Ok(rows
                     .into_iter()
                     .map(|(idx, event_id, payload, leaf_hash, recorded_at)| Found {
@@ -507,17 +540,11 @@ impl EventStore {
                     .collect())
             }
             Database::Sqlite(pool) => {
-                let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(SELECT);
-                for (sql, param) in conditions {
-                    q.push(" AND ").push(sql);
-                    match param {
-                        Param::Int(v) => q.push_bind(v),
-                        Param::Text(v) => q.push_bind(v),
-                        Param::Time(v) => q.push_bind(sqlite_time(v)),
-                    };
-                }
-                q.push(" ORDER BY idx DESC LIMIT ").push_bind(filter.limit);
-                let rows: Vec<SqliteFoundRow> = q.build_query_as().fetch_all(pool).await?;
+                let rows: Vec<SqliteFoundRow> = filter
+                    .sqlite_query(SELECT)
+                    .build_query_as()
+                    .fetch_all(pool)
+                    .await?;
                 Ok(rows
                     .into_iter()
                     .filter_map(|(idx, id, payload, leaf_hash, recorded_at)| {
@@ -534,6 +561,36 @@ impl EventStore {
                     .collect())
             }
         }
+    }
+
+    /// When the events matching `filter` happened and whom they concerned,
+    /// newest first (the indexed columns only; no payload is read).
+    pub async fn occurrences(&self, filter: &EventFilter) -> Result<Vec<Occurrence>, sqlx::Error> {
+        const SELECT: &str = "SELECT client_id, occurred_at FROM audit_events WHERE 1 = 1";
+        Ok(match &self.db {
+            Database::Postgres(pool) => filter
+                .postgres_query(SELECT)
+                .build_query_as::<(Option<String>, DateTime<Utc>)>()
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|(client_id, occurred_at)| Occurrence {
+                    client_id,
+                    occurred_at,
+                })
+                .collect(),
+            Database::Sqlite(pool) => filter
+                .sqlite_query(SELECT)
+                .build_query_as::<(Option<String>, String)>()
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|(client_id, at)| Occurrence {
+                    client_id,
+                    occurred_at: parse_sqlite_time(&at),
+                })
+                .collect(),
+        })
     }
 }
 

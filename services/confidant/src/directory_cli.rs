@@ -231,6 +231,21 @@ pub enum DirectoryCommand {
         #[arg(long)]
         to: String,
     },
+    /// The keys that verify wall certifications (a JSON Web Key Set): save
+    /// them with the certifications to verify those later without the
+    /// service.
+    CertificateKeys,
+    /// Check a wall certification's signature and print what it certifies;
+    /// exits non-zero when it does not verify.
+    VerifyCertification {
+        /// The certification: the JWS, or the JSON `certify-wall` printed.
+        #[arg(long)]
+        file: std::path::PathBuf,
+        /// Verify offline against these saved keys (`certificate-keys`)
+        /// instead of asking the identity service.
+        #[arg(long)]
+        keys: Option<std::path::PathBuf>,
+    },
     /// Ask the authorization decision.
     Decide {
         /// The staff member.
@@ -257,6 +272,39 @@ fn time(raw: &str) -> anyhow::Result<prost_types::Timestamp> {
     })
 }
 
+async fn certificate_keys(
+    c: &mut IdentityServiceClient<PeerChannel>,
+) -> Result<String, tonic::Status> {
+    Ok(c.get_certificate_keys(pb::GetCertificateKeysRequest {})
+        .await?
+        .into_inner()
+        .jwks_json)
+}
+
+fn read_keys(path: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// The payload of the certification in `file` if it verifies under `jwks`.
+fn verify_certification(file: &std::path::Path, jwks: &str) -> anyhow::Result<serde_json::Value> {
+    let raw =
+        std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let raw = raw.trim();
+    let jws = match serde_json::from_str::<serde_json::Value>(raw) {
+        Ok(v) => v["certification_jws"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("{}: no certification_jws in it", file.display()))?,
+        Err(_) => raw.to_owned(),
+    };
+    let verifier = confidant_runtime::auth::TokenVerifier::from_jwks(jwks, "")
+        .map_err(|_| anyhow::anyhow!("the keys are not a JSON Web Key Set of Ed25519 keys"))?;
+    let payload = verifier
+        .verify_document(&jws)
+        .map_err(|_| anyhow::anyhow!("the certification does not verify against these keys"))?;
+    Ok(json!({ "verified": true, "certification": payload }))
+}
+
 impl Connection {
     async fn client(&self) -> anyhow::Result<IdentityServiceClient<PeerChannel>> {
         Ok(IdentityServiceClient::new(
@@ -271,8 +319,18 @@ pub async fn run(
     command: DirectoryCommand,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let mut c = conn.client().await?;
     let fail = |s: tonic::Status| anyhow::anyhow!(crate::records_cli::describe(&s));
+    // Offline verification needs no connection.
+    if let DirectoryCommand::VerifyCertification {
+        file,
+        keys: Some(keys),
+    } = &command
+    {
+        let line = verify_certification(file, &read_keys(keys)?)?;
+        writeln!(out, "{line}")?;
+        return Ok(());
+    }
+    let mut c = conn.client().await?;
     let line = match command {
         DirectoryCommand::AddStaff { email, name, roles } => {
             let r = c
@@ -526,6 +584,7 @@ pub async fn run(
                             _ => "pending",
                         },
                         "overdue": i.overdue,
+                        "decided_by": i.decided_by,
                     })
                 })
                 .collect();
@@ -564,6 +623,17 @@ pub async fn run(
                 "certification_jws": r.certification_jws,
                 "audit_tree_size": r.audit_tree_size,
             })
+        }
+        DirectoryCommand::CertificateKeys => {
+            let jwks = certificate_keys(&mut c).await.map_err(fail)?;
+            serde_json::from_str(&jwks)?
+        }
+        DirectoryCommand::VerifyCertification { file, keys } => {
+            let jwks = match keys {
+                Some(path) => read_keys(&path)?,
+                None => certificate_keys(&mut c).await.map_err(fail)?,
+            };
+            verify_certification(&file, &jwks)?
         }
         DirectoryCommand::Decide {
             staff,

@@ -604,10 +604,15 @@ fn dev_config(data_dir: &Path, env: &HashMap<String, String>) -> Result<Config, 
         confidant_runtime::keys::ensure_secret_file(pepper)
             .map_err(|e| format!("identity pepper: {e}"))?;
     }
-    for key in &config.identity.token_key_files {
+    for key in config
+        .identity
+        .token_key_files
+        .iter()
+        .chain(&config.identity.certificate_key_files)
+    {
         if !key.exists() {
             confidant_runtime::keys::write_new_ed25519_key(key)
-                .map_err(|e| format!("identity token key: {e}"))?;
+                .map_err(|e| format!("identity key: {e}"))?;
         }
     }
     config

@@ -86,6 +86,10 @@ impl SandboxData {
             .expect("audit signing key");
         confidant_runtime::keys::write_new_ed25519_key(&dir.path().join("identity-token.key"))
             .expect("identity token key");
+        confidant_runtime::keys::write_new_ed25519_key(
+            &dir.path().join("identity-certificates.key"),
+        )
+        .expect("identity certificate key");
         confidant_runtime::keys::ensure_secret_file(&dir.path().join("identity-pepper.key"))
             .expect("pepper");
         confidant_runtime::keys::write_new_ed25519_key(

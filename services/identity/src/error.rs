@@ -14,6 +14,9 @@ pub enum Error {
     /// The caller presented no identity.
     #[error("caller has no identity")]
     NoIdentity,
+    /// The caller may not do this: a reason code and what to tell them.
+    #[error("{1}")]
+    Refused(&'static str, &'static str),
     /// Storage failed or refused.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -90,6 +93,7 @@ impl From<Error> for Status {
                 }
             }
             Error::Invalid(v) => invalid_argument(v.as_slice()),
+            Error::Refused(reason, message) => with_reason(Code::PermissionDenied, reason, message),
             Error::NoIdentity => {
                 Status::unauthenticated("a client certificate with a SPIFFE identity is required")
             }

@@ -7,6 +7,7 @@ use confidant_proto::identity::v1::identity_service_server::IdentityService;
 use confidant_proto::identity::v1::*;
 use confidant_runtime::ServiceName;
 use confidant_runtime::audit::{Action, EventBuilder};
+use confidant_runtime::auth::Actor;
 use confidant_runtime::error::Violations;
 use confidant_runtime::peer::PeerIdentity;
 use tonic::{Request, Response, Status};
@@ -29,6 +30,8 @@ pub struct IdentityApi {
     recorder: crate::decisions::DecisionRecorder,
     /// The audit service, for wall certifications.
     pub audit: Option<confidant_runtime::client::PeerChannel>,
+    /// The long-lived keys that sign wall certifications.
+    pub certificate_keys: Option<std::sync::Arc<crate::tokens::TokenKeys>>,
     /// The retention service, told when a matter closes (a retention
     /// trigger).
     pub retention: Option<confidant_runtime::client::PeerChannel>,
@@ -56,6 +59,7 @@ impl IdentityApi {
             facts: std::sync::Arc::default(),
             recorder,
             audit: None,
+            certificate_keys: None,
             retention: None,
         })
     }
@@ -77,6 +81,101 @@ impl IdentityApi {
             .resource(kind, &id.to_string())
     }
 }
+
+/// Who is reviewing access, and so which review items they may decide.
+enum Reviewer {
+    /// An admin tool (its certificate): every item.
+    Admin(Actor),
+    /// A staff member by token: every item but their own with
+    /// `reviews.manage`, else the assignments to matters they are the
+    /// responsible attorney of.
+    Staff {
+        actor: Actor,
+        id: Uuid,
+        manages: bool,
+        responsible: std::collections::HashSet<Uuid>,
+    },
+}
+
+impl Reviewer {
+    fn actor(&self) -> &Actor {
+        match self {
+            Reviewer::Admin(actor) | Reviewer::Staff { actor, .. } => actor,
+        }
+    }
+
+    fn manages(&self) -> bool {
+        match self {
+            Reviewer::Admin(_) => true,
+            Reviewer::Staff { manages, .. } => *manages,
+        }
+    }
+
+    /// Whether it may decide `item`, and if not why.
+    fn may_decide(&self, item: &crate::reviews::Item) -> Result<(), Error> {
+        let Reviewer::Staff {
+            id,
+            manages,
+            responsible,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        if item.staff_id == *id {
+            return Err(Error::Refused(
+                "own_grant",
+                "nobody reviews their own grants",
+            ));
+        }
+        if *manages || item.matter().is_some_and(|m| responsible.contains(&m)) {
+            Ok(())
+        } else {
+            Err(Error::Refused(
+                "not_reviewer",
+                "this item is reviewed by holders of reviews.manage (or, for an assignment, the matter's responsible attorney)",
+            ))
+        }
+    }
+}
+
+impl IdentityApi {
+    /// The reviewer a request comes from: an admin certificate, or a staff
+    /// token (through any certified application).
+    async fn reviewer<T>(&self, request: &Request<T>) -> Result<Reviewer, Error> {
+        let actor = Actor::of(request).ok_or(Error::NoIdentity)?;
+        match &actor {
+            Actor::Staff { staff_id, .. } => {
+                let id = Uuid::parse_str(staff_id).map_err(|_| {
+                    Error::Refused("not_reviewer", "the token names no staff member")
+                })?;
+                let facts = self.directory.facts(id, REVIEWS_MANAGE, None, None).await?;
+                let manages = decide(&facts, REVIEWS_MANAGE, Utc::now()).allowed();
+                let responsible = if manages {
+                    std::collections::HashSet::new()
+                } else {
+                    self.reviews().responsible_for(id).await?
+                };
+                Ok(Reviewer::Staff {
+                    actor,
+                    id,
+                    manages,
+                    responsible,
+                })
+            }
+            Actor::Service { peer } if self.admins.iter().any(|a| a == peer) => {
+                Ok(Reviewer::Admin(actor))
+            }
+            Actor::Service { .. } => Err(Error::Refused(
+                "not_reviewer",
+                "access reviews take an admin certificate or a staff reviewer's token",
+            )),
+        }
+    }
+}
+
+/// The permission that makes a staff member a reviewer of every grant.
+const REVIEWS_MANAGE: &str = "reviews.manage";
 
 fn tokens(issued: crate::sessions::Issued) -> SessionTokens {
     SessionTokens {
@@ -910,6 +1009,20 @@ impl IdentityService for IdentityApi {
         }))
     }
 
+    #[tracing::instrument(name = "identity.get_certificate_keys", skip_all)]
+    async fn get_certificate_keys(
+        &self,
+        _request: Request<GetCertificateKeysRequest>,
+    ) -> Result<Response<GetCertificateKeysResponse>, Status> {
+        let keys = self
+            .certificate_keys
+            .as_ref()
+            .ok_or_else(|| Status::failed_precondition("no certificate key is configured"))?;
+        Ok(Response::new(GetCertificateKeysResponse {
+            jwks_json: keys.jwks(),
+        }))
+    }
+
     #[tracing::instrument(name = "identity.explain_matter_access", skip_all)]
     async fn explain_matter_access(
         &self,
@@ -1099,7 +1212,14 @@ impl IdentityService for IdentityApi {
         &self,
         request: Request<StartAccessReviewRequest>,
     ) -> Result<Response<StartAccessReviewResponse>, Status> {
-        let caller = caller(&request)?;
+        let reviewer = self.reviewer(&request).await?;
+        if !reviewer.manages() {
+            return Err(Error::Refused(
+                "not_reviewer",
+                "starting an access review needs reviews.manage",
+            )
+            .into());
+        }
         let req = request.into_inner();
         let mut v = Violations::new();
         text(&mut v, "name", &req.name, 200);
@@ -1110,7 +1230,7 @@ impl IdentityService for IdentityApi {
         check(v)?;
         let (id, count) = self
             .reviews()
-            .start(&req.name, deadline.unwrap_or_default(), caller.as_str())
+            .start(&req.name, deadline.unwrap_or_default(), reviewer.actor())
             .await
             .map_err(Error::from)?;
         Ok(Response::new(StartAccessReviewResponse {
@@ -1124,6 +1244,7 @@ impl IdentityService for IdentityApi {
         &self,
         request: Request<ListAccessReviewItemsRequest>,
     ) -> Result<Response<ListAccessReviewItemsResponse>, Status> {
+        let reviewer = self.reviewer(&request).await?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let id = uuid(&mut v, "campaign_id", &req.campaign_id);
@@ -1134,13 +1255,14 @@ impl IdentityService for IdentityApi {
             .await
             .map_err(Error::from)?;
         let late = Utc::now() > campaign.deadline;
-        let pending = campaign
+        // Reviewers of part of the campaign see their part.
+        let visible: Vec<crate::reviews::Item> = campaign
             .items
-            .iter()
-            .filter(|i| i.decision.is_none())
-            .count();
-        let items = campaign
-            .items
+            .into_iter()
+            .filter(|i| reviewer.manages() || reviewer.may_decide(i).is_ok())
+            .collect();
+        let pending = visible.iter().filter(|i| i.decision.is_none()).count();
+        let items = visible
             .into_iter()
             .filter(|i| !req.pending_only || i.decision.is_none())
             .map(|i| AccessReviewItem {
@@ -1154,6 +1276,7 @@ impl IdentityService for IdentityApi {
                     _ => ReviewDecision::Unspecified as i32,
                 },
                 overdue: late && i.decision.is_none(),
+                decided_by: i.decided_by.unwrap_or_default(),
             })
             .collect();
         let pending = i32::try_from(pending).unwrap_or(i32::MAX);
@@ -1170,7 +1293,7 @@ impl IdentityService for IdentityApi {
         &self,
         request: Request<DecideAccessReviewItemRequest>,
     ) -> Result<Response<DecideAccessReviewItemResponse>, Status> {
-        let caller = caller(&request)?;
+        let reviewer = self.reviewer(&request).await?;
         let req = request.into_inner();
         let mut v = Violations::new();
         let item = uuid(&mut v, "item_id", &req.item_id);
@@ -1183,8 +1306,14 @@ impl IdentityService for IdentityApi {
             }
         };
         check(v)?;
-        self.reviews()
-            .decide(item.unwrap_or_default(), decision, caller.as_str())
+        let reviews = self.reviews();
+        let item = reviews
+            .item(item.unwrap_or_default())
+            .await
+            .map_err(Error::from)?;
+        reviewer.may_decide(&item)?;
+        reviews
+            .decide(item.id, decision, reviewer.actor())
             .await
             .map_err(Error::from)?;
         self.facts.clear();
@@ -1313,8 +1442,9 @@ impl IdentityService for IdentityApi {
             "iat": now.timestamp(),
         });
         let jws = self
-            .sessions
-            .keys()
+            .certificate_keys
+            .as_ref()
+            .ok_or_else(|| Status::failed_precondition("no certificate key is configured"))?
             .sign_any(&document)
             .map_err(|_| Status::internal("could not sign the certification"))?;
         Ok(Response::new(CertifyWallResponse {

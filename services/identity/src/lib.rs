@@ -82,13 +82,19 @@ pub async fn build(
             &format!("/{GRPC_SERVICE}/CompleteClientVerification"),
             verifiers,
         );
+    // Access reviews check their callers themselves: an admin certificate,
+    // or a staff token with the right to review (see `reviews`).
     for open in [
+        "StartAccessReview",
+        "ListAccessReviewItems",
+        "DecideAccessReviewItem",
         "EnrollTotp",
         "ConfirmTotp",
         "Login",
         "RefreshSession",
         "RevokeSession",
         "GetJwks",
+        "GetCertificateKeys",
     ] {
         policy = policy.open(&format!("/{GRPC_SERVICE}/{open}"));
     }
@@ -159,6 +165,10 @@ pub async fn build(
         recorder,
     )?;
     api.audit = ctx.peer(ServiceName::Audit);
+    api.certificate_keys = Some(std::sync::Arc::new(tokens::TokenKeys::load(
+        &ctx.config.identity.certificate_key_files,
+        &ctx.config.trust_domain,
+    )?));
     api.retention = ctx.peer(ServiceName::Retention);
     Ok(confidant_runtime::app::ServiceParts {
         routes: tonic::service::Routes::new(IdentityServiceServer::new(api)),

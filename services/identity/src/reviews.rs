@@ -1,11 +1,17 @@
 //! Access reviews: a campaign snapshots every live grant; reviewers certify
 //! or revoke each before the deadline; revocations take effect at once;
 //! items still undecided after the deadline are reported overdue.
+//!
+//! Reviewers are the firm's administrators' tools (an admin certificate) or
+//! staff signed in through a firm application: holders of `reviews.manage`
+//! review every grant, a matter's responsible attorney the assignments to
+//! that matter; nobody reviews their own grants.
 
 use chrono::{DateTime, Utc};
-use confidant_proto::audit::v1::{ActorKind, Outcome};
+use confidant_proto::audit::v1::Outcome;
 use confidant_runtime::ServiceName;
 use confidant_runtime::audit::{Action, EventBuilder};
+use confidant_runtime::auth::Actor;
 use confidant_runtime::portable::{Statement, Value};
 use confidant_runtime::storage::Database;
 use uuid::Uuid;
@@ -30,6 +36,19 @@ pub struct Item {
     pub subject: String,
     /// Verdict.
     pub decision: Option<i32>,
+    /// Who gave it: a staff id, or an admin tool's identity.
+    pub decided_by: Option<String>,
+}
+
+impl Item {
+    /// The matter of an assignment.
+    pub fn matter(&self) -> Option<Uuid> {
+        if self.kind == "assignment" {
+            Uuid::parse_str(&self.subject).ok()
+        } else {
+            None
+        }
+    }
 }
 
 /// A campaign's state.
@@ -48,7 +67,18 @@ pub struct Reviews {
     trust_domain: String,
 }
 
-type ItemRow = (Uuid, String, Uuid, String, Option<i32>);
+type ItemRow = (Uuid, String, Uuid, String, Option<i32>, Option<String>);
+
+fn item((id, kind, staff_id, subject, decision, decided_by): ItemRow) -> Item {
+    Item {
+        id,
+        kind,
+        staff_id,
+        subject,
+        decision,
+        decided_by,
+    }
+}
 
 impl Reviews {
     /// Reviews in `db`.
@@ -59,11 +89,36 @@ impl Reviews {
         }
     }
 
-    fn event(&self, action: Action, peer: &str, kind: &str, id: Uuid) -> EventBuilder {
-        let name = peer.rsplit('/').next().unwrap_or(peer);
-        EventBuilder::new(ServiceName::Identity, &self.trust_domain, action)
-            .actor(ActorKind::Service, name, peer)
+    fn event(&self, action: Action, by: &Actor, kind: &str, id: Uuid) -> EventBuilder {
+        by.event(ServiceName::Identity, &self.trust_domain, action)
             .resource(kind, &id.to_string())
+    }
+
+    /// One item.
+    pub async fn item(&self, id: Uuid) -> Result<Item, StoreError> {
+        let row: Option<ItemRow> = self
+            .db
+            .fetch_optional(
+                "SELECT id, kind, staff_id, subject, decision, decided_by FROM review_items WHERE id = $1",
+                vec![Value::Uuid(id)],
+            )
+            .await?;
+        row.map(item).ok_or(StoreError::NotFound("review item"))
+    }
+
+    /// The matters `staff` is the responsible attorney of.
+    pub async fn responsible_for(
+        &self,
+        staff: Uuid,
+    ) -> Result<std::collections::HashSet<Uuid>, StoreError> {
+        let rows: Vec<(Uuid,)> = self
+            .db
+            .fetch_all(
+                "SELECT id FROM matters WHERE responsible_attorney_id = $1",
+                vec![Value::Uuid(staff)],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
     /// Opens a campaign over every grant live now; returns its id and size.
@@ -71,7 +126,7 @@ impl Reviews {
         &self,
         name: &str,
         deadline: DateTime<Utc>,
-        peer: &str,
+        by: &Actor,
     ) -> Result<(Uuid, usize), StoreError> {
         let now = Utc::now();
         let assignments: Vec<(Uuid, Uuid, Uuid, Option<DateTime<Utc>>)> = self
@@ -98,7 +153,7 @@ impl Reviews {
                 Value::Text(name.to_owned()),
                 Value::Time(now),
                 Value::Time(deadline),
-                Value::Text(peer.to_owned()),
+                Value::Text(by.id().to_owned()),
             ],
         )];
         let item = |kind: &str, staff: Uuid, subject: String, grant: String| {
@@ -129,7 +184,7 @@ impl Reviews {
         }
         let count = statements.len() - 1;
         let event = self
-            .event(Action::IdentityReviewStarted, peer, "review", id)
+            .event(Action::IdentityReviewStarted, by, "review", id)
             .build();
         self.db.transact(statements, &[event]).await?;
         Ok((id, count))
@@ -148,27 +203,19 @@ impl Reviews {
         let rows: Vec<ItemRow> = self
             .db
             .fetch_all(
-                "SELECT id, kind, staff_id, subject, decision FROM review_items WHERE campaign_id = $1 ORDER BY id",
+                "SELECT id, kind, staff_id, subject, decision, decided_by FROM review_items WHERE campaign_id = $1 ORDER BY id",
                 vec![Value::Uuid(id)],
             )
             .await?;
         Ok(Campaign {
             deadline,
-            items: rows
-                .into_iter()
-                .map(|(id, kind, staff_id, subject, decision)| Item {
-                    id,
-                    kind,
-                    staff_id,
-                    subject,
-                    decision,
-                })
-                .collect(),
+            items: rows.into_iter().map(item).collect(),
         })
     }
 
-    /// Records a verdict; a revocation ends the grant in the same transaction.
-    pub async fn decide(&self, item: Uuid, decision: i32, peer: &str) -> Result<(), StoreError> {
+    /// Records a verdict by `by` (whose right to give it the caller checked);
+    /// a revocation ends the grant in the same transaction.
+    pub async fn decide(&self, item: Uuid, decision: i32, by: &Actor) -> Result<(), StoreError> {
         let row: Option<(String, Uuid, String, String, Option<i32>)> = self
             .db
             .fetch_optional(
@@ -187,7 +234,7 @@ impl Reviews {
             vec![
                 Value::Int(decision),
                 Value::Time(now),
-                Value::Text(peer.to_owned()),
+                Value::Text(by.id().to_owned()),
                 Value::Uuid(item),
             ],
         )];
@@ -210,7 +257,7 @@ impl Reviews {
             "certify"
         };
         let event = self
-            .event(Action::IdentityReviewDecided, peer, "review_item", item)
+            .event(Action::IdentityReviewDecided, by, "review_item", item)
             .outcome(Outcome::Allowed, verdict)
             .build();
         let done = self.db.transact(statements, &[event]).await?;

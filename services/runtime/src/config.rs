@@ -326,6 +326,12 @@ pub struct IdentityConfig {
     /// verify. Rotate by putting a new key first and dropping the old one
     /// once its tokens have expired. Create one with `confidant keys signing`.
     pub token_key_files: Vec<PathBuf>,
+    /// Ed25519 keys (PKCS#8 DER) that sign wall certifications, which must
+    /// still verify years later: the first signs, all verify, and a retired
+    /// key stays listed for as long as its certifications are kept. Kept
+    /// apart from the token keys, which rotate away within hours. Create one
+    /// with `confidant keys signing`.
+    pub certificate_key_files: Vec<PathBuf>,
     /// Lifetime of access tokens.
     pub access_token_minutes: u64,
     /// Longest a session lives, refreshed or not.
@@ -351,6 +357,7 @@ impl Default for IdentityConfig {
         Self {
             admins: vec!["operator".to_owned()],
             token_key_files: Vec::new(),
+            certificate_key_files: Vec::new(),
             access_token_minutes: 15,
             session_hours: 12,
             max_failed_logins: 5,
@@ -746,11 +753,24 @@ impl Config {
             }
         }
         if running.contains(&ServiceName::Identity) {
-            if self.identity.token_key_files.is_empty() {
-                problem(
-                    "identity.token_key_files".into(),
-                    "must name at least one key where identity runs",
-                );
+            for (name, files) in [
+                ("token_key_files", &self.identity.token_key_files),
+                (
+                    "certificate_key_files",
+                    &self.identity.certificate_key_files,
+                ),
+            ] {
+                if files.is_empty() {
+                    problem(
+                        format!("identity.{name}"),
+                        "must name at least one key where identity runs",
+                    );
+                }
+                for (i, p) in files.iter().enumerate() {
+                    if !p.is_file() {
+                        problem(format!("identity.{name}[{i}]"), "file does not exist");
+                    }
+                }
             }
             match &self.identity.pepper_file {
                 None => problem(
@@ -781,14 +801,6 @@ impl Config {
                     "identity.notification_webhook_token_file".into(),
                     "file does not exist",
                 );
-            }
-            for (i, p) in self.identity.token_key_files.iter().enumerate() {
-                if !p.is_file() {
-                    problem(
-                        format!("identity.token_key_files[{i}]"),
-                        "file does not exist",
-                    );
-                }
             }
             for (name, value) in [
                 ("access_token_minutes", self.identity.access_token_minutes),
@@ -871,6 +883,12 @@ impl Config {
         identity.insert(
             "token_key_files".into(),
             toml::Value::Array(vec![path_value(&data_dir.join("identity-token.key"))]),
+        );
+        identity.insert(
+            "certificate_key_files".into(),
+            toml::Value::Array(vec![path_value(
+                &data_dir.join("identity-certificates.key"),
+            )]),
         );
         identity.insert(
             "pepper_file".into(),
@@ -1032,6 +1050,7 @@ mod tests {
             .to_string();
         for setting in [
             "identity.token_key_files",
+            "identity.certificate_key_files",
             "identity.pepper_file",
             "identity.notification_webhook_url",
         ] {
