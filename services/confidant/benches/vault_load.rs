@@ -719,6 +719,8 @@ async fn main() {
         );
     }
 
+    decision_over_grpc(&cluster, &partner, &matter_id).await;
+
     {
         let reader = client_at(data, cluster.vaults[0], "firm-app").await;
         let writer = client_at(data, cluster.vaults[0], "intake").await;
@@ -790,6 +792,55 @@ async fn main() {
         }
     }
     drop(cluster);
+}
+
+/// The authorization decision as the services see it: `Authorize` over
+/// mutual-TLS gRPC from the vault's certificate to the identity process
+/// (facts from identity's cache, the decision audited), next to the health
+/// check on the same identity process (the round trip alone).
+async fn decision_over_grpc(cluster: &Cluster, staff: &str, matter: &str) {
+    use confidant_proto::identity::v1::AuthorizeRequest;
+    use confidant_proto::identity::v1::identity_service_client::IdentityServiceClient;
+    let channel = confidant_runtime::client::connect(
+        &format!("https://{}", cluster.identity),
+        &cluster.data.client_tls("vault"),
+        "localhost",
+    )
+    .await
+    .expect("identity reachable");
+    let identity = IdentityServiceClient::new(channel.clone());
+    let health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let request = AuthorizeRequest {
+        staff_id: staff.to_owned(),
+        permission: "client_data.read".into(),
+        matter_id: matter.to_owned(),
+        ..AuthorizeRequest::default()
+    };
+    let round_trip = drive(1, 2000, move |_, _| {
+        let mut health = health.clone();
+        async move {
+            health
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+                .expect("health");
+        }
+    })
+    .await;
+    let decided = drive(1, 2000, move |_, _| {
+        let mut identity = identity.clone();
+        let request = request.clone();
+        async move {
+            let answer = identity.authorize(request).await.expect("authorize");
+            assert!(answer.into_inner().allowed, "the bench partner is allowed");
+        }
+    })
+    .await;
+    row(
+        "authorization decision over mTLS gRPC (identity's cached facts, audited), concurrency 1",
+        &decided,
+        &round_trip,
+        "p99 < 1 ms",
+    );
 }
 
 async fn kms_calls_per_10k_reads(

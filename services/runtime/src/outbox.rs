@@ -32,6 +32,15 @@ pub enum Error {
     Sqlx(#[from] sqlx::Error),
 }
 
+/// The ids and encoded payloads of `events`, as the outbox stores them.
+pub(crate) fn outbox_columns(events: &[AuditEvent]) -> Result<(Vec<Uuid>, Vec<Vec<u8>>), Error> {
+    let ids = events
+        .iter()
+        .map(event_uuid)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((ids, events.iter().map(Message::encode_to_vec).collect()))
+}
+
 fn event_uuid(event: &AuditEvent) -> Result<Uuid, Error> {
     Uuid::parse_str(&event.id).map_err(|_| Error::InvalidEventId)
 }
@@ -57,11 +66,7 @@ pub async fn enqueue_many_postgres(
         [] => Ok(()),
         [one] => enqueue_postgres(conn, one).await,
         _ => {
-            let ids = events
-                .iter()
-                .map(event_uuid)
-                .collect::<Result<Vec<_>, _>>()?;
-            let payloads: Vec<Vec<u8>> = events.iter().map(Message::encode_to_vec).collect();
+            let (ids, payloads) = outbox_columns(events)?;
             // WITH ORDINALITY and ORDER BY keep the sequence numbers in the
             // order of the events.
             sqlx::query(

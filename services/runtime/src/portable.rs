@@ -160,6 +160,69 @@ fn check_expected(
     }
 }
 
+/// Whether `sql` is one data-changing statement that can carry a
+/// `RETURNING` clause inside a `WITH`.
+fn returns_rows(sql: &str) -> bool {
+    let head = sql.trim_start();
+    let verb = head.get(..6).unwrap_or("").to_ascii_uppercase();
+    matches!(verb.as_str(), "INSERT" | "UPDATE" | "DELETE")
+        && !sql.to_ascii_uppercase().contains("RETURNING")
+        && !sql.contains(';')
+}
+
+/// SQLSTATE division_by_zero: how the single statement below refuses a
+/// guard that did not hold (rolling back all of it).
+const GUARD_FAILED: &str = "22012";
+
+/// A single statement and its audit events in one autocommitted PostgreSQL
+/// statement (one round trip instead of BEGIN, statement, outbox INSERT,
+/// COMMIT): the events go in through a data-modifying `WITH`, and a guard
+/// that does not hold aborts the whole statement, so nothing of it is
+/// written. `None` when the statement does not lend itself (or its guard
+/// failed: the caller then runs the ordinary transaction, which reports
+/// the rows it affected).
+async fn one_round_trip(
+    pool: &sqlx::PgPool,
+    statement: &Statement,
+    events: &[AuditEvent],
+) -> Result<Option<u64>, TransactError> {
+    if events.is_empty() || !returns_rows(statement.sql) {
+        return Ok(None);
+    }
+    let (ids, payloads) = crate::outbox::outbox_columns(events)?;
+    let n = statement.values.len();
+    let guard = match statement.expect_rows {
+        Some(_) => format!("1 / (((SELECT count(*) FROM s) = ${})::int)", n + 4),
+        None => "1".to_owned(),
+    };
+    let sql = format!(
+        "WITH s AS ({} RETURNING 1), \
+         o AS (INSERT INTO outbox (event_id, payload, created_at) \
+               SELECT e.id, e.payload, ${} FROM UNNEST(${}::uuid[], ${}::bytea[]) \
+               WITH ORDINALITY AS e(id, payload, n) ORDER BY e.n RETURNING 1) \
+         SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM o), {guard}",
+        statement.sql,
+        n + 3,
+        n + 1,
+        n + 2,
+    );
+    let mut q = bind_all!(
+        sqlx::query_as::<_, (i64, i64, i32)>(sqlx::AssertSqlSafe(sql)),
+        statement.values.clone()
+    )
+    .bind(ids)
+    .bind(payloads)
+    .bind(Utc::now());
+    if let Some(rows) = statement.expect_rows {
+        q = q.bind(i64::try_from(rows).unwrap_or(i64::MAX));
+    }
+    match q.fetch_one(pool).await {
+        Ok((rows, _, _)) => Ok(Some(u64::try_from(rows).unwrap_or(0))),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(GUARD_FAILED) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 impl Database {
     /// Runs a query and decodes every row.
     pub async fn fetch_all<R: PortableRow>(
@@ -204,6 +267,11 @@ impl Database {
         let mut affected = Vec::with_capacity(statements.len());
         match self {
             Database::Postgres(pool) => {
+                if let [one] = statements.as_slice()
+                    && let Some(rows) = one_round_trip(pool, one, events).await?
+                {
+                    return Ok(vec![rows]);
+                }
                 let mut tx = pool.begin().await?;
                 for (i, s) in statements.into_iter().enumerate() {
                     let rows = bind_all!(sqlx::query(s.sql), s.values)

@@ -176,7 +176,93 @@ async fn malformed_event_ids_are_refused(t: &TestDatabase) {
     assert_eq!(outbox.backlog().await.unwrap(), 0);
 }
 
+/// A statement and its audit events commit together or not at all: a
+/// guard that does not hold (too few rows, or too many) writes neither the
+/// statement's changes nor the events, and says how many rows it found.
+async fn a_statement_and_its_events_commit_together_or_not_at_all(t: &TestDatabase) {
+    use confidant_runtime::portable::{Statement, TransactError, Value};
+    const CREATE: &str = "CREATE TABLE kv (k TEXT PRIMARY KEY, v INTEGER NOT NULL)";
+    match &t.db {
+        Database::Postgres(pool) => {
+            sqlx::query(CREATE).execute(pool).await.unwrap();
+        }
+        Database::Sqlite(pool) => {
+            sqlx::query(CREATE).execute(pool).await.unwrap();
+        }
+    }
+    let put = |k: &str, v: i32| {
+        Statement::new(
+            "INSERT INTO kv (k, v) VALUES ($1, $2)",
+            vec![Value::Text(k.into()), Value::Int(v)],
+        )
+    };
+    let bump = |from: i32, to: i32| {
+        Statement::new(
+            "UPDATE kv SET v = $1 WHERE v = $2",
+            vec![Value::Int(to), Value::Int(from)],
+        )
+        .expecting(1)
+    };
+    let written = [
+        event("test.put"),
+        event("test.bumped"),
+        event("test.second"),
+    ];
+    t.db.transact(vec![put("a", 1)], &written[..1])
+        .await
+        .unwrap();
+    assert_eq!(
+        t.db.transact(vec![bump(1, 2)], &written[1..])
+            .await
+            .unwrap(),
+        vec![1]
+    );
+    // The guard finds no row: nothing written.
+    let none = t.db.transact(vec![bump(1, 5)], &[event("test.lost")]).await;
+    assert!(
+        matches!(
+            none,
+            Err(TransactError::Unmet {
+                statement: 0,
+                affected: 0
+            })
+        ),
+        "{none:?}"
+    );
+    // The guard finds three rows: rolled back, values unchanged.
+    t.db.transact(vec![put("b", 2)], &[]).await.unwrap();
+    t.db.transact(vec![put("c", 2)], &[]).await.unwrap();
+    let many = t.db.transact(vec![bump(2, 9)], &[event("test.lost")]).await;
+    assert!(
+        matches!(
+            many,
+            Err(TransactError::Unmet {
+                statement: 0,
+                affected: 3
+            })
+        ),
+        "{many:?}"
+    );
+    let nines: Vec<(String,)> =
+        t.db.fetch_all("SELECT k FROM kv WHERE v = $1", vec![Value::Int(9)])
+            .await
+            .unwrap();
+    assert!(nines.is_empty(), "the refused update was rolled back");
+    // A statement that fails writes no event.
+    let duplicate =
+        t.db.transact(vec![put("a", 7)], &[event("test.lost")])
+            .await;
+    assert!(duplicate.is_err_and(|e| e.is_duplicate()));
+    let pending = Outbox::new(t.db.clone()).pending(100).await.unwrap();
+    assert_eq!(
+        pending.iter().map(|p| p.event.clone()).collect::<Vec<_>>(),
+        written,
+        "exactly the events of what was written, in order"
+    );
+}
+
 confidant_runtime::backend_tests!(COMMON_ONLY;
+    a_statement_and_its_events_commit_together_or_not_at_all,
     pending_events_come_back_in_order_until_delivered,
     events_committed_together_keep_their_order,
     delivered_events_are_purged_and_pending_ones_kept,
