@@ -26,6 +26,36 @@ async fn client(data: &SandboxData, sandbox: &Sandbox, name: &str) -> Client {
     common::identity_client(data, sandbox, name).await
 }
 
+/// Waits until the audit log holds an event matching `request`.
+async fn until_logged(
+    data: &SandboxData,
+    sandbox: &Sandbox,
+    request: confidant_proto::audit::v1::ListEventsRequest,
+    what: &str,
+) {
+    use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
+    let audit = AuditServiceClient::new(
+        confidant_runtime::client::connect(
+            &sandbox.url(ServiceName::Audit),
+            &data.client_tls("operator"),
+            "localhost",
+        )
+        .await
+        .unwrap(),
+    );
+    common::eventually(Duration::from_secs(20), what, || {
+        let mut audit = audit.clone();
+        let request = request.clone();
+        async move {
+            audit
+                .list_events(request)
+                .await
+                .is_ok_and(|r| !r.into_inner().events.is_empty())
+        }
+    })
+    .await;
+}
+
 fn reason(r: &AuthorizeResponse) -> DenialReason {
     DenialReason::try_from(r.reason).unwrap()
 }
@@ -708,7 +738,6 @@ async fn postgres_access_reviews_certify_or_revoke_every_grant() {
 async fn staff_review_the_grants_they_are_responsible_for(backend: Backend) {
     use common::directory::{as_staff, staff_token};
     use confidant_proto::audit::v1::ListEventsRequest;
-    use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
     let data = SandboxData::new(backend).await;
     let sandbox = Sandbox::start(
         &data,
@@ -851,32 +880,15 @@ async fn staff_review_the_grants_they_are_responsible_for(backend: Backend) {
     assert!(decided.contains(&(partner_assignment.clone(), officer.clone())));
 
     // The audit log names the reviewer, not the application.
-    let audit = AuditServiceClient::new(
-        confidant_runtime::client::connect(
-            &sandbox.url(ServiceName::Audit),
-            &data.client_tls("operator"),
-            "localhost",
-        )
-        .await
-        .unwrap(),
-    );
-    common::eventually(
-        Duration::from_secs(20),
-        "the verdict in the audit log",
-        || {
-            let mut audit = audit.clone();
-            let partner = partner.clone();
-            async move {
-                audit
-                    .list_events(ListEventsRequest {
-                        actor_id: partner,
-                        action: "identity.review.decided".into(),
-                        ..Default::default()
-                    })
-                    .await
-                    .is_ok_and(|r| r.into_inner().events.len() == 1)
-            }
+    until_logged(
+        &data,
+        &sandbox,
+        ListEventsRequest {
+            actor_id: partner.clone(),
+            action: "identity.review.decided".into(),
+            ..Default::default()
         },
+        "the verdict in the audit log",
     )
     .await;
     sandbox.stop().await;
@@ -894,7 +906,6 @@ async fn postgres_staff_review_the_grants_they_are_responsible_for() {
 
 async fn walls_are_certified_from_the_audit_log(backend: Backend) {
     use confidant_proto::audit::v1::ListEventsRequest;
-    use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
     let data = SandboxData::new(backend).await;
     let sandbox = Sandbox::start(
         &data,
@@ -931,29 +942,15 @@ async fn walls_are_certified_from_the_audit_log(backend: Backend) {
     );
 
     // Wait until the allowed decision has reached the audit log.
-    let tls = data.client_tls("operator");
-    let audit = AuditServiceClient::new(
-        confidant_runtime::client::connect(&sandbox.url(ServiceName::Audit), &tls, "localhost")
-            .await
-            .unwrap(),
-    );
-    common::eventually(
-        Duration::from_secs(20),
-        "the decision in the audit log",
-        || {
-            let mut audit = audit.clone();
-            let associate = associate.clone();
-            async move {
-                audit
-                    .list_events(ListEventsRequest {
-                        actor_id: associate,
-                        outcome: confidant_proto::audit::v1::Outcome::Denied as i32,
-                        ..Default::default()
-                    })
-                    .await
-                    .is_ok_and(|r| !r.into_inner().events.is_empty())
-            }
+    until_logged(
+        &data,
+        &sandbox,
+        ListEventsRequest {
+            actor_id: associate.clone(),
+            outcome: confidant_proto::audit::v1::Outcome::Denied as i32,
+            ..Default::default()
         },
+        "the decision in the audit log",
     )
     .await;
     tokio::time::sleep(Duration::from_millis(1200)).await; // a checkpoint
