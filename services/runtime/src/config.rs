@@ -1098,6 +1098,7 @@ mod tests {
             .unwrap();
         std::fs::write(dir.path().join("identity-pepper.key"), b"key").unwrap();
         std::fs::write(dir.path().join("identity-token.key"), b"key").unwrap();
+        std::fs::write(dir.path().join("identity-certificates.key"), b"key").unwrap();
         std::fs::write(dir.path().join("audit-log.key"), b"key").unwrap();
         std::fs::write(dir.path().join("retention-certificates.key"), b"key").unwrap();
         let config = load(Config::dev_defaults(dir.path()), None, &HashMap::new()).unwrap();
