@@ -162,6 +162,17 @@ fn canonical_client(id: &str) -> String {
 }
 
 const READS: [&str; 2] = ["vault.record.read", "vault.sealed_text.opened"];
+
+/// The counting rule kind an event counts towards, if any.
+fn counted_as(e: &AuditEvent) -> Option<&'static str> {
+    if e.outcome == Outcome::Denied as i32 {
+        Some("denials")
+    } else if e.outcome == Outcome::Allowed as i32 && READS.contains(&e.action.as_str()) {
+        Some("distinct_clients")
+    } else {
+        None
+    }
+}
 const SHREDS: [&str; 2] = ["vault.scope.shredded", "vault.record.shredded"];
 
 fn time_of(event: &AuditEvent) -> DateTime<Utc> {
@@ -216,50 +227,53 @@ impl Detector {
             limit: 100_000,
             ..EventFilter::default()
         };
-        if event.outcome == Outcome::Denied as i32 {
-            if !windows.denials.contains_key(&actor) {
-                let mut seen: Vec<DateTime<Utc>> = self
-                    .log
-                    .store()
-                    .occurrences(&filter(None, Outcome::Denied))
-                    .await?
-                    .into_iter()
-                    .map(|o| o.occurred_at)
-                    .collect();
-                seen.sort();
-                windows.denials.insert(actor.clone(), seen.into());
-            }
-            if let Some(times) = windows.denials.get_mut(&actor) {
-                times.push_back(at);
-            }
-        } else if event.outcome == Outcome::Allowed as i32 && READS.contains(&event.action.as_str())
-        {
-            let key = (actor.clone(), event.action.clone());
-            if !windows.reads.contains_key(&key) {
-                let mut clients: HashMap<String, DateTime<Utc>> = HashMap::new();
-                for o in self
-                    .log
-                    .store()
-                    .occurrences(&filter(Some(event.action.clone()), Outcome::Allowed))
-                    .await?
-                {
-                    if let Some(client) = o.client_id {
-                        let last = clients.entry(client).or_insert(o.occurred_at);
-                        *last = (*last).max(o.occurred_at);
-                    }
+        match counted_as(event) {
+            Some("denials") => {
+                if !windows.denials.contains_key(&actor) {
+                    let mut seen: Vec<DateTime<Utc>> = self
+                        .log
+                        .store()
+                        .occurrences(&filter(None, Outcome::Denied))
+                        .await?
+                        .into_iter()
+                        .map(|o| o.occurred_at)
+                        .collect();
+                    seen.sort();
+                    windows.denials.insert(actor.clone(), seen.into());
                 }
-                windows.reads.insert(key.clone(), clients);
+                if let Some(times) = windows.denials.get_mut(&actor) {
+                    times.push_back(at);
+                }
             }
-            if let Some(client) = event
-                .resource
-                .as_ref()
-                .map(|r| r.client_id.as_str())
-                .filter(|c| !c.is_empty())
-                && let Some(clients) = windows.reads.get_mut(&key)
-            {
-                let last = clients.entry(canonical_client(client)).or_insert(at);
-                *last = (*last).max(at);
+            Some(_) => {
+                let key = (actor.clone(), event.action.clone());
+                if !windows.reads.contains_key(&key) {
+                    let mut clients: HashMap<String, DateTime<Utc>> = HashMap::new();
+                    for o in self
+                        .log
+                        .store()
+                        .occurrences(&filter(Some(event.action.clone()), Outcome::Allowed))
+                        .await?
+                    {
+                        if let Some(client) = o.client_id {
+                            let last = clients.entry(client).or_insert(o.occurred_at);
+                            *last = (*last).max(o.occurred_at);
+                        }
+                    }
+                    windows.reads.insert(key.clone(), clients);
+                }
+                if let Some(client) = event
+                    .resource
+                    .as_ref()
+                    .map(|r| r.client_id.as_str())
+                    .filter(|c| !c.is_empty())
+                    && let Some(clients) = windows.reads.get_mut(&key)
+                {
+                    let last = clients.entry(canonical_client(client)).or_insert(at);
+                    *last = (*last).max(at);
+                }
             }
+            None => {}
         }
         Ok(())
     }
@@ -399,21 +413,10 @@ impl Detector {
             .unwrap_or_else(Utc::now)
             - chrono::Duration::seconds(span)
             - LATE;
-        // Counting rules look back over a window of the log, so an actor's
-        // events in one batch are counted once, at the actor's last one
-        // (which sees the earlier ones): one search per actor and batch,
-        // not per event.
-        let counted_as = |e: &AuditEvent| {
-            if e.outcome == Outcome::Denied as i32 {
-                Some("denials")
-            } else if e.outcome == Outcome::Allowed as i32 && READS.contains(&e.action.as_str()) {
-                Some("distinct_clients")
-            } else {
-                None
-            }
-        };
-        let mut last_counted: std::collections::HashMap<(&str, String), usize> =
-            std::collections::HashMap::new();
+        // Every event goes into its window, but the counting rules are
+        // evaluated at an actor's last event of the batch (whose window holds
+        // the earlier ones): one count per actor and batch, not per event.
+        let mut last_counted: HashMap<(&str, String), usize> = HashMap::new();
         for (i, event) in decoded.iter().enumerate() {
             if let Some(e) = event
                 && let Some(kind) = counted_as(e)

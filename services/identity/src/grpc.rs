@@ -64,6 +64,12 @@ impl IdentityApi {
         })
     }
 
+    fn certificate_keys(&self) -> Result<&crate::tokens::TokenKeys, Status> {
+        self.certificate_keys
+            .as_deref()
+            .ok_or_else(|| Status::failed_precondition("no certificate key is configured"))
+    }
+
     fn reviews(&self) -> crate::reviews::Reviews {
         crate::reviews::Reviews::new(self.directory.database().clone(), &self.trust_domain)
     }
@@ -1014,12 +1020,8 @@ impl IdentityService for IdentityApi {
         &self,
         _request: Request<GetCertificateKeysRequest>,
     ) -> Result<Response<GetCertificateKeysResponse>, Status> {
-        let keys = self
-            .certificate_keys
-            .as_ref()
-            .ok_or_else(|| Status::failed_precondition("no certificate key is configured"))?;
         Ok(Response::new(GetCertificateKeysResponse {
-            jwks_json: keys.jwks(),
+            jwks_json: self.certificate_keys()?.jwks(),
         }))
     }
 
@@ -1313,7 +1315,7 @@ impl IdentityService for IdentityApi {
             .map_err(Error::from)?;
         reviewer.may_decide(&item)?;
         reviews
-            .decide(item.id, decision, reviewer.actor())
+            .decide(&item, decision, reviewer.actor())
             .await
             .map_err(Error::from)?;
         self.facts.clear();
@@ -1442,9 +1444,7 @@ impl IdentityService for IdentityApi {
             "iat": now.timestamp(),
         });
         let jws = self
-            .certificate_keys
-            .as_ref()
-            .ok_or_else(|| Status::failed_precondition("no certificate key is configured"))?
+            .certificate_keys()?
             .sign_any(&document)
             .map_err(|_| Status::internal("could not sign the certification"))?;
         Ok(Response::new(CertifyWallResponse {

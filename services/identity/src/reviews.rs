@@ -34,6 +34,8 @@ pub struct Item {
     pub staff_id: Uuid,
     /// Matter id or role name.
     pub subject: String,
+    /// The assignment id, or empty for a role membership.
+    pub grant_id: String,
     /// Verdict.
     pub decision: Option<i32>,
     /// Who gave it: a staff id, or an admin tool's identity.
@@ -67,14 +69,23 @@ pub struct Reviews {
     trust_domain: String,
 }
 
-type ItemRow = (Uuid, String, Uuid, String, Option<i32>, Option<String>);
+type ItemRow = (
+    Uuid,
+    String,
+    Uuid,
+    String,
+    String,
+    Option<i32>,
+    Option<String>,
+);
 
-fn item((id, kind, staff_id, subject, decision, decided_by): ItemRow) -> Item {
+fn item((id, kind, staff_id, subject, grant_id, decision, decided_by): ItemRow) -> Item {
     Item {
         id,
         kind,
         staff_id,
         subject,
+        grant_id,
         decision,
         decided_by,
     }
@@ -99,7 +110,7 @@ impl Reviews {
         let row: Option<ItemRow> = self
             .db
             .fetch_optional(
-                "SELECT id, kind, staff_id, subject, decision, decided_by FROM review_items WHERE id = $1",
+                "SELECT id, kind, staff_id, subject, grant_id, decision, decided_by FROM review_items WHERE id = $1",
                 vec![Value::Uuid(id)],
             )
             .await?;
@@ -203,7 +214,7 @@ impl Reviews {
         let rows: Vec<ItemRow> = self
             .db
             .fetch_all(
-                "SELECT id, kind, staff_id, subject, decision, decided_by FROM review_items WHERE campaign_id = $1 ORDER BY id",
+                "SELECT id, kind, staff_id, subject, grant_id, decision, decided_by FROM review_items WHERE campaign_id = $1 ORDER BY id",
                 vec![Value::Uuid(id)],
             )
             .await?;
@@ -215,17 +226,8 @@ impl Reviews {
 
     /// Records a verdict by `by` (whose right to give it the caller checked);
     /// a revocation ends the grant in the same transaction.
-    pub async fn decide(&self, item: Uuid, decision: i32, by: &Actor) -> Result<(), StoreError> {
-        let row: Option<(String, Uuid, String, String, Option<i32>)> = self
-            .db
-            .fetch_optional(
-                "SELECT kind, staff_id, subject, grant_id, decision FROM review_items WHERE id = $1",
-                vec![Value::Uuid(item)],
-            )
-            .await?;
-        let (kind, staff, subject, grant, existing) =
-            row.ok_or(StoreError::NotFound("review item"))?;
-        if existing.is_some() {
+    pub async fn decide(&self, item: &Item, decision: i32, by: &Actor) -> Result<(), StoreError> {
+        if item.decision.is_some() {
             return Err(StoreError::Conflict("the item was decided already"));
         }
         let now = Utc::now();
@@ -235,19 +237,25 @@ impl Reviews {
                 Value::Int(decision),
                 Value::Time(now),
                 Value::Text(by.id().to_owned()),
-                Value::Uuid(item),
+                Value::Uuid(item.id),
             ],
-        )];
+        )
+        // A concurrent verdict won: nothing of this one is written.
+        .expecting(1)];
         if decision == REVOKE {
-            statements.push(if kind == "assignment" {
+            statements.push(if item.kind == "assignment" {
                 Statement::new(
                     "UPDATE assignments SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
-                    vec![Value::Time(now), Value::Uuid(Uuid::parse_str(&grant).unwrap_or_default())],
+                    vec![Value::Time(now), Value::Uuid(Uuid::parse_str(&item.grant_id).unwrap_or_default())],
                 )
             } else {
                 Statement::new(
                     "UPDATE staff_roles SET revoked_at = $1 WHERE staff_id = $2 AND role = $3 AND revoked_at IS NULL",
-                    vec![Value::Time(now), Value::Uuid(staff), Value::Text(subject)],
+                    vec![
+                        Value::Time(now),
+                        Value::Uuid(item.staff_id),
+                        Value::Text(item.subject.clone()),
+                    ],
                 )
             });
         }
@@ -257,13 +265,15 @@ impl Reviews {
             "certify"
         };
         let event = self
-            .event(Action::IdentityReviewDecided, by, "review_item", item)
+            .event(Action::IdentityReviewDecided, by, "review_item", item.id)
             .outcome(Outcome::Allowed, verdict)
             .build();
-        let done = self.db.transact(statements, &[event]).await?;
-        if done[0] != 1 {
-            return Err(StoreError::Conflict("the item was decided already"));
+        match self.db.transact(statements, &[event]).await {
+            Ok(_) => Ok(()),
+            Err(confidant_runtime::portable::TransactError::Unmet { .. }) => {
+                Err(StoreError::Conflict("the item was decided already"))
+            }
+            Err(e) => Err(e.into()),
         }
-        Ok(())
     }
 }
