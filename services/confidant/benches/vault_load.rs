@@ -6,7 +6,10 @@
 //!
 //! - writes of 1 KiB records vs plain sqlx INSERTs of the same bytes;
 //! - reads (decided by identity, audited before returning, decrypted) vs
-//!   plain SELECTs by primary key;
+//!   plain SELECTs by primary key; for reference, the database's part of an
+//!   audited read alone (the SELECT and its event committed to the outbox),
+//!   the mTLS gRPC round trip alone, and from the two the ceiling any
+//!   audited read over mTLS gRPC could reach on this machine;
 //! - the same at 1, 2 and 4 vault replicas behind one PostgreSQL;
 //! - KMS calls per 10,000 reads of one scope;
 //! - crypto-shred time for scopes of 1, 1,000 and 100,000 records;
@@ -16,7 +19,10 @@
 //! then a second table: CPU time per operation and peak memory of every
 //! process (each service, PostgreSQL, Redis, the load generator) in each
 //! phase, read from /proc. With `VAULT_LOAD_RESOURCES=<file>` that
-//! table goes to the file instead. Not a test: nothing here asserts a time.
+//! table goes to the file instead; with `VAULT_LOAD_STATEMENTS=<file>`,
+//! PostgreSQL's per-statement execution time per operation of the
+//! concurrent write and read phases (pg_stat_statements). Not a test:
+//! nothing here asserts a time.
 
 // The end-to-end tests' directory helpers (not all of them are used here).
 #[path = "../../../tests/common/directory.rs"]
@@ -329,7 +335,7 @@ impl Profile {
     fn start() -> Option<Profile> {
         let out = std::env::var_os("VAULT_LOAD_PROFILE").filter(|p| !p.is_empty())?;
         let child = Command::new("perf")
-            .args(["record", "-a", "-g", "-F", "499", "-o"])
+            .args(["record", "-a", "-g", "-F", "1999", "-o"])
             .arg(out)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -343,6 +349,85 @@ impl Profile {
             .args(["-INT", &self.0.id().to_string()])
             .status();
         let _ = self.0.wait();
+    }
+}
+
+/// With `VAULT_LOAD_STATEMENTS=<file>`: what PostgreSQL spent on each
+/// statement during a phase (pg_stat_statements, which the server must
+/// load: `shared_preload_libraries`), per operation of the phase, appended
+/// to the file. Execution time inside the server only: not the network,
+/// TLS or the client.
+struct Statements {
+    pool: sqlx::PgPool,
+    out: PathBuf,
+}
+
+impl Statements {
+    async fn start(pool: &sqlx::PgPool) -> Option<Statements> {
+        let out = std::env::var_os("VAULT_LOAD_STATEMENTS").filter(|p| !p.is_empty())?;
+        let ready = async {
+            sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                .execute(pool)
+                .await?;
+            sqlx::query("SELECT pg_stat_statements_reset()")
+                .execute(pool)
+                .await
+        };
+        if let Err(e) = ready.await {
+            eprintln!(
+                "pg_stat_statements unavailable ({e}); add it to PostgreSQL's shared_preload_libraries"
+            );
+            return None;
+        }
+        Some(Statements {
+            pool: pool.clone(),
+            out: out.into(),
+        })
+    }
+
+    async fn finish(self, phase: &str, run: &Run) {
+        let rows: Vec<(i64, f64, i64, String)> = match sqlx::query_as(
+            "SELECT calls, total_exec_time, rows, query FROM pg_stat_statements \
+             WHERE query NOT LIKE '%pg_stat_statements%' ORDER BY total_exec_time DESC",
+        )
+        .fetch_all(&self.pool)
+        .await
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                eprintln!("pg_stat_statements: {e}");
+                return;
+            }
+        };
+        let ops = run.ops as f64;
+        let total_us: f64 = rows.iter().map(|r| r.1 * 1000.0).sum();
+        let mut text = format!(
+            "\n## {phase}: {} operations, PostgreSQL executing statements {:.0} µs per operation\n\n\
+             | µs per op | share | calls per op | rows per call | mean µs | statement |\n|---|---|---|---|---|---|\n",
+            run.ops,
+            total_us / ops
+        );
+        for (calls, total_ms, rows, query) in rows.iter().take(15) {
+            let query = query.split_whitespace().collect::<Vec<_>>().join(" ");
+            let query: String = query.chars().take(110).collect();
+            text.push_str(&format!(
+                "| {:.1} | {:.0}% | {:.3} | {:.1} | {:.1} | `{}` |\n",
+                total_ms * 1000.0 / ops,
+                total_ms * 100_000.0 / total_us.max(1.0),
+                *calls as f64 / ops,
+                *rows as f64 / (*calls).max(1) as f64,
+                total_ms * 1000.0 / (*calls).max(1) as f64,
+                query.replace('|', "\\|"),
+            ));
+        }
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.out)
+            .and_then(|mut f| f.write_all(text.as_bytes()));
+        if let Err(e) = written {
+            eprintln!("{}: {e}", self.out.display());
+        }
     }
 }
 
@@ -487,6 +572,7 @@ struct Load {
     client_id: String,
     matter_id: String,
     token: Arc<String>,
+    staff_id: String,
     plain: sqlx::PgPool,
 }
 
@@ -529,6 +615,53 @@ impl Load {
                     .fetch_one(&plain)
                     .await
                     .expect("select");
+            }
+        })
+        .await
+    }
+
+    /// What an audited read costs the database alone, without the service:
+    /// the plain SELECT, then a read event committed to the vault's outbox
+    /// through the group commit the vault uses, before "answering". The
+    /// vault's relay delivers these events to the audit log like its own.
+    async fn floor_reads(
+        &self,
+        concurrency: usize,
+        per_task: usize,
+        ids: Arc<Vec<Uuid>>,
+        commit: confidant_runtime::outbox::GroupCommit,
+    ) -> Run {
+        let plain = self.plain.clone();
+        let (client, matter, staff) = (
+            Uuid::parse_str(&self.client_id).ok(),
+            Uuid::parse_str(&self.matter_id).ok(),
+            self.staff_id.clone(),
+        );
+        drive(concurrency, per_task, move |t, i| {
+            let (plain, commit, staff) = (plain.clone(), commit.clone(), staff.clone());
+            let id = ids[(t * per_task + i * 7) % ids.len()];
+            async move {
+                let _: (Vec<u8>,) = sqlx::query_as("SELECT body FROM bench_plain WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&plain)
+                    .await
+                    .expect("select");
+                let event = confidant_runtime::audit::EventBuilder::new(
+                    ServiceName::Vault,
+                    "confidant.local",
+                    confidant_runtime::audit::Action::VaultRecordRead,
+                )
+                .actor(
+                    confidant_proto::audit::v1::ActorKind::Staff,
+                    &staff,
+                    "spiffe://confidant.local/client/firm-app",
+                )
+                .resource("record", &id.to_string())
+                .scope(client, matter)
+                .category("matter_file")
+                .purpose("legal_advice")
+                .build();
+                commit.record(vec![event]).await.expect("event committed");
             }
         })
         .await
@@ -618,13 +751,32 @@ async fn main() {
         .execute(&plain)
         .await
         .expect("baseline table");
+    // The vault's own outbox (its schema), committed to as the vault does:
+    // one committer, one statement at a time.
+    let commit = confidant_runtime::outbox::GroupCommit::start(
+        Database::connect(
+            &data.database_url(ServiceName::Vault),
+            "vault",
+            PoolOptions {
+                max_connections: 2,
+                ..PoolOptions::default()
+            },
+        )
+        .await
+        .expect("vault database"),
+        2_000,
+    );
     let load = Load {
         client_id: client_id.clone(),
         matter_id: matter_id.clone(),
+        staff_id: partner.clone(),
         token: token.clone(),
         plain,
     };
     let mut resources = Vec::new();
+    // Per concurrency: audited SELECTs per second without the service, and
+    // plain SELECTs per second.
+    let mut floors: BTreeMap<usize, (f64, f64)> = BTreeMap::new();
 
     for concurrency in [1usize, 16] {
         let per_task = if concurrency == 1 { 1000 } else { 250 };
@@ -638,7 +790,16 @@ async fn main() {
             &mut resources,
         );
         let meter = Meter::start(&cluster);
+        let statements = if concurrency > 1 {
+            Statements::start(&load.plain).await
+        } else {
+            None
+        };
         let (vault_write, stored) = load.vault_writes(writers, concurrency, per_task).await;
+        if let Some(s) = statements {
+            s.finish(&format!("vault write, c{concurrency}"), &vault_write)
+                .await;
+        }
         meter.finish(
             &format!("vault write, c{concurrency}"),
             &vault_write,
@@ -651,19 +812,46 @@ async fn main() {
             "≥ 0.5 of plain INSERT",
         );
         let meter = Meter::start(&cluster);
-        let base_read = load.baseline_reads(concurrency, per_task, ids).await;
+        let base_read = load.baseline_reads(concurrency, per_task, ids.clone()).await;
         meter.finish(
             &format!("plain SELECT, c{concurrency}"),
             &base_read,
             &mut resources,
         );
         let meter = Meter::start(&cluster);
+        let floor = load
+            .floor_reads(concurrency, per_task, ids.clone(), commit.clone())
+            .await;
+        meter.finish(
+            &format!("SELECT + audit event, c{concurrency}"),
+            &floor,
+            &mut resources,
+        );
+        row(
+            &format!(
+                "for reference: plain SELECT + its read event committed (group commit, relayed to the log), no gRPC, concurrency {concurrency}"
+            ),
+            &floor,
+            &base_read,
+            "the database's part of an audited read",
+        );
+        floors.insert(concurrency, (floor.ops_per_s, base_read.ops_per_s));
+        let meter = Meter::start(&cluster);
         let profile = (concurrency > 1).then(Profile::start).flatten();
+        let statements = if concurrency > 1 {
+            Statements::start(&load.plain).await
+        } else {
+            None
+        };
         let vault_read = load
             .vault_reads(readers, concurrency, per_task, stored)
             .await;
         if let Some(p) = profile {
             p.stop();
+        }
+        if let Some(s) = statements {
+            s.finish(&format!("vault read, c{concurrency}"), &vault_read)
+                .await;
         }
         meter.finish(
             &format!("vault read, c{concurrency}"),
@@ -717,6 +905,17 @@ async fn main() {
             "| for reference: mTLS gRPC round trip, no database, concurrency {concurrency} | {} | | | |",
             figures(&transport),
         );
+        // The best an audited read over mutual-TLS gRPC could do on these
+        // cores: the round trip and the database's part, each measured
+        // alone while keeping the machine busy, one after the other (no
+        // token, decision, decryption or masking).
+        if let Some((floor, base)) = floors.get(&concurrency) {
+            let ceiling = 1.0 / (1.0 / floor + 1.0 / transport.ops_per_s);
+            println!(
+                "| ceiling for any audited read over mTLS gRPC: 1 / (1 / round trip + 1 / SELECT with its event), concurrency {concurrency} | {ceiling:.0} ops/s (estimate) | {base:.0} ops/s (plain SELECT) | {:.2} | the most a ratio can reach here |",
+                ceiling / base
+            );
+        }
     }
 
     decision_over_grpc(&cluster, &partner, &matter_id).await;
