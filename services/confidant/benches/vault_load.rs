@@ -4,7 +4,9 @@
 //! is the load generator and drives them over mutual-TLS gRPC. Each figure
 //! stands next to a baseline measured in the same run on the same database:
 //!
-//! - writes of 1 KiB records vs plain sqlx INSERTs of the same bytes;
+//! - writes of 1 KiB records vs plain sqlx INSERTs of the same bytes; for
+//!   reference, the database's part of an audited write alone (the INSERT
+//!   and its event in one statement) and the ceiling it sets;
 //! - reads (decided by identity, audited before returning, decrypted) vs
 //!   plain SELECTs by primary key; for reference, the database's part of an
 //!   audited read alone (the SELECT and its event committed to the outbox),
@@ -667,6 +669,50 @@ impl Load {
         .await
     }
 
+    /// What an audited write costs the database alone, without the
+    /// service: the plain INSERT and its event in one statement (as the
+    /// vault writes a record and its event), relayed to the audit log.
+    async fn floor_writes(&self, concurrency: usize, per_task: usize, db: &Database) -> Run {
+        let body = Arc::new(vec![7u8; BODY]);
+        let (db, client, matter, staff) = (
+            db.clone(),
+            Uuid::parse_str(&self.client_id).ok(),
+            Uuid::parse_str(&self.matter_id).ok(),
+            self.staff_id.clone(),
+        );
+        drive(concurrency, per_task, move |_, _| {
+            let (db, body, staff) = (db.clone(), body.clone(), staff.clone());
+            async move {
+                let id = Uuid::now_v7();
+                let event = confidant_runtime::audit::EventBuilder::new(
+                    ServiceName::Vault,
+                    "confidant.local",
+                    confidant_runtime::audit::Action::VaultRecordCreated,
+                )
+                .actor(
+                    confidant_proto::audit::v1::ActorKind::Staff,
+                    &staff,
+                    "spiffe://confidant.local/client/intake",
+                )
+                .resource("record", &id.to_string())
+                .scope(client, matter)
+                .category("matter_file")
+                .build();
+                let insert = confidant_runtime::portable::Statement::new(
+                    "INSERT INTO public.bench_plain (id, body) VALUES ($1, $2)",
+                    vec![
+                        confidant_runtime::portable::Value::Uuid(id),
+                        confidant_runtime::portable::Value::Bytes(body.to_vec()),
+                    ],
+                );
+                db.transact(vec![insert], &[event])
+                    .await
+                    .expect("insert with its event");
+            }
+        })
+        .await
+    }
+
     async fn vault_writes(
         &self,
         writers: Arc<Vec<Vault>>,
@@ -751,21 +797,16 @@ async fn main() {
         .execute(&plain)
         .await
         .expect("baseline table");
-    // The vault's own outbox (its schema), committed to as the vault does:
-    // one committer, one statement at a time.
-    let commit = confidant_runtime::outbox::GroupCommit::start(
-        Database::connect(
-            &data.database_url(ServiceName::Vault),
-            "vault",
-            PoolOptions {
-                max_connections: 2,
-                ..PoolOptions::default()
-            },
-        )
-        .await
-        .expect("vault database"),
-        2_000,
-    );
+    // The vault's own database and outbox (its schema), for the database's
+    // part of audited writes and reads, committed to as the vault does.
+    let vault_db = Database::connect(
+        &data.database_url(ServiceName::Vault),
+        "vault",
+        PoolOptions::default(),
+    )
+    .await
+    .expect("vault database");
+    let commit = confidant_runtime::outbox::GroupCommit::start(vault_db.clone(), 2_000);
     let load = Load {
         client_id: client_id.clone(),
         matter_id: matter_id.clone(),
@@ -777,6 +818,8 @@ async fn main() {
     // Per concurrency: audited SELECTs per second without the service, and
     // plain SELECTs per second.
     let mut floors: BTreeMap<usize, (f64, f64)> = BTreeMap::new();
+    // The same for INSERTs.
+    let mut write_floors: BTreeMap<usize, (f64, f64)> = BTreeMap::new();
 
     for concurrency in [1usize, 16] {
         let per_task = if concurrency == 1 { 1000 } else { 250 };
@@ -811,6 +854,22 @@ async fn main() {
             &base_write,
             "≥ 0.5 of plain INSERT",
         );
+        let meter = Meter::start(&cluster);
+        let floor = load.floor_writes(concurrency, per_task, &vault_db).await;
+        meter.finish(
+            &format!("INSERT + audit event, c{concurrency}"),
+            &floor,
+            &mut resources,
+        );
+        row(
+            &format!(
+                "for reference: plain INSERT + its event in the same statement (relayed to the log), no gRPC, concurrency {concurrency}"
+            ),
+            &floor,
+            &base_write,
+            "the database's part of an audited write",
+        );
+        write_floors.insert(concurrency, (floor.ops_per_s, base_write.ops_per_s));
         let meter = Meter::start(&cluster);
         let base_read = load.baseline_reads(concurrency, per_task, ids.clone()).await;
         meter.finish(
@@ -909,13 +968,24 @@ async fn main() {
         // cores: the round trip and the database's part, each measured
         // alone while keeping the machine busy, one after the other (no
         // token, decision, decryption or masking).
-        if let Some((floor, base)) = floors.get(&concurrency) {
-            let ceiling = 1.0 / (1.0 / floor + 1.0 / transport.ops_per_s);
-            println!(
-                "| ceiling for any audited read over mTLS gRPC: 1 / (1 / round trip + 1 / SELECT with its event), concurrency {concurrency} | {ceiling:.0} ops/s (estimate) | {base:.0} ops/s (plain SELECT) | {:.2} | the most a ratio can reach here |",
-                ceiling / base
-            );
+        for (floors, what, base_name) in [
+            (&write_floors, "write", "INSERT"),
+            (&floors, "read", "SELECT"),
+        ] {
+            if let Some((floor, base)) = floors.get(&concurrency) {
+                let ceiling = 1.0 / (1.0 / floor + 1.0 / transport.ops_per_s);
+                println!(
+                    "| ceiling for any audited {what} over mTLS gRPC: 1 / (1 / round trip + 1 / {base_name} with its event), concurrency {concurrency} | {ceiling:.0} ops/s (estimate) | {base:.0} ops/s (plain {base_name}) | {:.2} | the most a ratio can reach here |",
+                    ceiling / base
+                );
+            }
         }
+    }
+
+    // Its connections are not needed by the phases that follow.
+    drop(commit);
+    if let Database::Postgres(pool) = &vault_db {
+        pool.close().await;
     }
 
     decision_over_grpc(&cluster, &partner, &matter_id).await;
