@@ -66,6 +66,14 @@ mkdir -p docs
   echo "On two cores, replicas cannot add CPU: the scaling rows show whether anything"
   echo "serialises (throughput should hold or grow), not a speed-up a larger machine gives."
   echo
+  echo "The \"for reference\" rows measure the parts of an audited request alone, in the same"
+  echo "run: the database's part (the plain INSERT with its audit event in one statement; the"
+  echo "plain SELECT with its read event group-committed to the vault's outbox; both events"
+  echo "then relayed to the audit log) and the mutual-TLS gRPC round trip that does nothing."
+  echo "The \"ceiling\" rows combine the two, 1 / (1 / round trip + 1 / database part): the"
+  echo "most any service could reach on this machine if it did nothing else (no token,"
+  echo "decision, key or encryption work), so a ratio above it cannot be had here."
+  echo
   echo "| measure | confidant | baseline (same run) | ratio | target |"
   echo "|---|---|---|---|---|"
   grep '^| [A-Za-z]' "$out" | grep -v '^| measure'

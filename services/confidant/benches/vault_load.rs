@@ -45,7 +45,6 @@ use confidant_proto::vault::v1::vault_service_client::VaultServiceClient;
 use confidant_runtime::ServiceName;
 use confidant_runtime::client::PeerChannel;
 use confidant_runtime::storage::{Backend, Database, PoolOptions};
-use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
 type Vault = VaultServiceClient<PeerChannel>;
@@ -787,9 +786,10 @@ async fn main() {
     let matter_id = directory::new_matter(&mut admin, &client_id, Some(&partner), "bench").await;
     let token = Arc::new(data.staff_token(&partner, &["partner"]));
 
-    // The baseline: a plain table in the same PostgreSQL database.
-    let plain = PgPoolOptions::new()
-        .max_connections(16)
+    // The baseline: a plain table in the same PostgreSQL database, through
+    // a pool with the services' settings (16 connections, no ping per
+    // statement).
+    let plain = confidant_runtime::storage::postgres_pool_options(PoolOptions::default())
         .connect(&data.database_url(ServiceName::Vault))
         .await
         .expect("postgres");
@@ -821,7 +821,11 @@ async fn main() {
     // The same for INSERTs.
     let mut write_floors: BTreeMap<usize, (f64, f64)> = BTreeMap::new();
 
-    for concurrency in [1usize, 16] {
+    // `VAULT_LOAD_QUICK=1`: only the concurrent writes and reads and the
+    // CPU table, for working on the cost of one request.
+    let quick = std::env::var_os("VAULT_LOAD_QUICK").is_some_and(|v| !v.is_empty());
+    let levels: &[usize] = if quick { &[16] } else { &[1, 16] };
+    for &concurrency in levels {
         let per_task = if concurrency == 1 { 1000 } else { 250 };
         let writers = clients(&cluster, "intake", concurrency).await;
         let readers = clients(&cluster, "firm-app", concurrency).await;
@@ -871,7 +875,9 @@ async fn main() {
         );
         write_floors.insert(concurrency, (floor.ops_per_s, base_write.ops_per_s));
         let meter = Meter::start(&cluster);
-        let base_read = load.baseline_reads(concurrency, per_task, ids.clone()).await;
+        let base_read = load
+            .baseline_reads(concurrency, per_task, ids.clone())
+            .await;
         meter.finish(
             &format!("plain SELECT, c{concurrency}"),
             &base_read,
@@ -929,7 +935,7 @@ async fn main() {
 
     // Where the time goes: the mutual-TLS gRPC round trip alone (the health
     // check: no database, no token), at the same concurrency.
-    for concurrency in [1usize, 16] {
+    for &concurrency in levels {
         let per_task = if concurrency == 1 { 1000 } else { 250 };
         let mut probes = Vec::new();
         for _ in 0..concurrency {
@@ -987,6 +993,10 @@ async fn main() {
     if let Database::Postgres(pool) = &vault_db {
         pool.close().await;
     }
+    if quick {
+        print_resources(&resources);
+        return;
+    }
 
     decision_over_grpc(&cluster, &partner, &matter_id).await;
 
@@ -1040,12 +1050,17 @@ async fn main() {
     }
 
     crypto_rows();
+    print_resources(&resources);
+    drop(cluster);
+}
 
+/// The CPU and memory table: to `VAULT_LOAD_RESOURCES`, or printed.
+fn print_resources(resources: &[String]) {
     let mut table = vec![
         "| phase | ops/s | vault µs/op | identity µs/op | audit µs/op | PostgreSQL µs/op | Redis µs/op | load generator µs/op | all µs/op | cores busy | peak MiB vault / identity / audit / load generator |".to_owned(),
         "|---|---|---|---|---|---|---|---|---|---|---|".to_owned(),
     ];
-    table.extend(resources);
+    table.extend(resources.iter().cloned());
     match std::env::var_os("VAULT_LOAD_RESOURCES").filter(|p| !p.is_empty()) {
         Some(path) => {
             let mut f = std::fs::File::create(path).expect("resources file");
@@ -1060,7 +1075,6 @@ async fn main() {
             }
         }
     }
-    drop(cluster);
 }
 
 /// The authorization decision as the services see it: `Authorize` over

@@ -111,6 +111,31 @@ impl Default for PoolOptions {
     }
 }
 
+/// A pooled connection idle for longer than this is checked with a round
+/// trip before it is handed out; one used more recently is handed out as it
+/// is (a connection that died since fails its statement, which the caller
+/// sees as an error like any other database failure).
+pub const PING_IF_IDLE_FOR: Duration = Duration::from_secs(30);
+
+/// PostgreSQL pool settings as the services use them: sqlx's default pings
+/// every connection it hands out (an extra round trip per statement); these
+/// ping only a connection idle for [`PING_IF_IDLE_FOR`].
+pub fn postgres_pool_options(options: PoolOptions) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(options.max_connections)
+        .acquire_timeout(options.acquire_timeout)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > PING_IF_IDLE_FOR {
+                    use sqlx::Connection as _;
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+}
+
 impl Database {
     /// Connects to `url`. For PostgreSQL the pool's connections use `schema`
     /// (created if missing); for SQLite the file is created if missing.
@@ -146,9 +171,7 @@ impl Database {
                 }
             }
             bootstrap.close().await;
-            let pool = PgPoolOptions::new()
-                .max_connections(options.max_connections)
-                .acquire_timeout(options.acquire_timeout)
+            let pool = postgres_pool_options(options)
                 .connect_with(base.options([("search_path", schema)]))
                 .await?;
             Ok(Database::Postgres(pool))
@@ -158,9 +181,12 @@ impl Database {
                 .journal_mode(SqliteJournalMode::Wal)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(10));
+            // An SQLite connection is a file handle in this process: there
+            // is no peer that could have gone away, so nothing to ping.
             let pool = SqlitePoolOptions::new()
                 .max_connections(options.max_connections)
                 .acquire_timeout(options.acquire_timeout)
+                .test_before_acquire(false)
                 .connect_with(opts)
                 .await?;
             Ok(Database::Sqlite(pool))
