@@ -49,6 +49,11 @@ use uuid::Uuid;
 
 type Vault = VaultServiceClient<PeerChannel>;
 
+// The load generator allocates as the services do (the same allocator as
+// the `confidant` binary), for the baselines and the vault phases alike.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const BODY: usize = 1024;
 
 struct Run {
@@ -333,8 +338,19 @@ impl Cluster {
 struct Profile(Child);
 
 impl Profile {
-    fn start() -> Option<Profile> {
+    /// Also writes `<file>.pids`: "name pid" of every process the harness
+    /// started and of itself, for scripts/profile_summary.py.
+    fn start(cluster: &Cluster) -> Option<Profile> {
         let out = std::env::var_os("VAULT_LOAD_PROFILE").filter(|p| !p.is_empty())?;
+        let mut pids = cluster.pids();
+        pids.push(("load-generator".to_owned(), std::process::id()));
+        let listing: String = pids
+            .iter()
+            .map(|(name, pid)| format!("{name} {pid}\n"))
+            .collect();
+        let mut pid_file = out.clone();
+        pid_file.push(".pids");
+        std::fs::write(pid_file, listing).ok()?;
         let child = Command::new("perf")
             .args(["record", "-a", "-g", "-F", "1999", "-o"])
             .arg(out)
@@ -902,7 +918,9 @@ async fn main() {
         );
         floors.insert(concurrency, (floor.ops_per_s, base_read.ops_per_s));
         let meter = Meter::start(&cluster);
-        let profile = (concurrency > 1).then(Profile::start).flatten();
+        let profile = (concurrency > 1)
+            .then(|| Profile::start(&cluster))
+            .flatten();
         let statements = if concurrency > 1 {
             Statements::start(&load.plain).await
         } else {

@@ -13,6 +13,12 @@ use confidant_runtime::ServiceName;
 use confidant_runtime::config::{self, Config};
 use confidant_runtime::pki::PkiDir;
 
+// Under load the services allocate and free many small buffers per request
+// (frames, headers, rows, messages); glibc malloc spent a sixth of the
+// vault's CPU on it. mimalloc's thread-local free lists cost far less.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for a configuration the process refuses (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 /// Exit code after a second signal cut the drain short.

@@ -11,6 +11,7 @@ pub mod config;
 pub mod coord;
 pub mod decide;
 pub mod error;
+pub mod gather;
 pub mod keys;
 pub mod kms;
 pub mod matter;

@@ -114,30 +114,28 @@ impl GroupCommit {
     /// Starts the committer on the current runtime; it stops when the last
     /// handle is dropped. A commit carries at most `max_events` events.
     pub fn start(db: Database, max_events: usize) -> Self {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Waiter>(4096);
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut count = first.0.len();
-                let mut waiting = vec![first];
-                while count < max_events {
-                    match rx.try_recv() {
-                        Ok(next) => {
-                            count += next.0.len();
-                            waiting.push(next);
-                        }
-                        Err(_) => break,
+        let tx = crate::gather::start(
+            crate::gather::Bounds {
+                max_weight: max_events,
+                // A second commit gathers while the first waits for its
+                // flush to disk.
+                in_flight: 2,
+            },
+            |(events, _): &Waiter| events.len(),
+            move |waiting: Vec<Waiter>| {
+                let db = db.clone();
+                async move {
+                    let events: Vec<AuditEvent> = waiting
+                        .iter()
+                        .flat_map(|(events, _)| events.iter().cloned())
+                        .collect();
+                    let result = commit_events(&db, &events).await;
+                    for (_, reply) in waiting {
+                        let _ = reply.send(result.clone());
                     }
                 }
-                let events: Vec<AuditEvent> = waiting
-                    .iter()
-                    .flat_map(|(events, _)| events.iter().cloned())
-                    .collect();
-                let result = commit_events(&db, &events).await;
-                for (_, reply) in waiting {
-                    let _ = reply.send(result.clone());
-                }
-            }
-        });
+            },
+        );
         Self { tx }
     }
 

@@ -343,6 +343,19 @@ impl VaultApi {
         intent: &ReadIntent<'_>,
     ) -> Result<RecordRow, Error> {
         let row = self.vault.load(id).await?;
+        self.admit_row(actor, staff_id, decisions, row, intent)
+            .await
+    }
+
+    /// [`Self::admit`] for a row already loaded.
+    async fn admit_row(
+        &self,
+        actor: &Actor,
+        staff_id: &str,
+        decisions: &mut Decisions,
+        row: RecordRow,
+        intent: &ReadIntent<'_>,
+    ) -> Result<RecordRow, Error> {
         if let Err(e) = self
             .decide_cached(
                 decisions,
@@ -383,18 +396,29 @@ impl VaultApi {
         let mut decisions = Decisions::new();
         let mut slots: Vec<Option<Result<OpenedRecord, Error>>> = Vec::with_capacity(ids.len());
         let mut allowed: Vec<(usize, RecordRow)> = Vec::new();
+        // Every well-formed id is looked up in one go.
+        let wanted: Vec<Uuid> = ids
+            .iter()
+            .filter_map(|id| id.as_ref().ok().copied())
+            .collect();
+        let mut loaded = self.vault.load_many(&wanted).await.into_iter();
         for id in ids {
-            let id = match id {
-                Ok(id) => id,
-                Err(v) => {
-                    slots.push(Some(Err(Error::Invalid(v))));
-                    continue;
-                }
+            if let Err(v) = id {
+                slots.push(Some(Err(Error::Invalid(v))));
+                continue;
+            }
+            let Some(found) = loaded.next() else {
+                slots.push(Some(Err(Error::Conflict("record not read"))));
+                continue;
             };
-            let row = match self
-                .admit(actor, staff_id, &mut decisions, id, intent)
-                .await
-            {
+            let admitted = match found {
+                Ok(row) => {
+                    self.admit_row(actor, staff_id, &mut decisions, row, intent)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            let row = match admitted {
                 Ok(row) => row,
                 Err(e) => {
                     slots.push(Some(Err(e)));
@@ -580,7 +604,8 @@ impl VaultService for VaultApi {
             .vault
             .create(&actor, &record, request_id.as_deref())
             .await?;
-        tracing::info!(record_id = %row.id, scope_id = %row.scope_id, "record stored");
+        // Every store is in the audit log already; this line is for debugging.
+        tracing::debug!(record_id = %row.id, scope_id = %row.scope_id, "record stored");
         Ok(Response::new(pb::CreateRecordResponse {
             record: Some(metadata(&row)),
         }))

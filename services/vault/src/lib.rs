@@ -18,6 +18,7 @@ pub mod crypto;
 pub mod documents;
 pub mod domain;
 pub mod error;
+pub mod fetch;
 pub mod grpc;
 pub mod keys;
 pub mod masking;

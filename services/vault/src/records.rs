@@ -102,6 +102,7 @@ pub struct Vault {
     settings: Settings,
     rules: RwLock<Option<(Instant, Arc<MaskingRules>)>>,
     reads: confidant_runtime::outbox::GroupCommit,
+    fetch: crate::fetch::RecordFetch,
     live_scopes: std::sync::Mutex<std::collections::HashMap<ScopeRef, Uuid>>,
 }
 
@@ -207,6 +208,12 @@ fn new_record_row(encrypted: store::EncryptedRecord) -> RecordRow {
     }
 }
 
+/// A record that can be shown: one whose upload has completed.
+fn available(row: Option<RecordRow>) -> Result<RecordRow, Error> {
+    row.filter(|r| r.upload_state == "available")
+        .ok_or(Error::NotFound("record"))
+}
+
 fn is_shredded(row: &RecordRow) -> bool {
     row.wrapped_key.is_none() || ScopeState::parse(&row.scope_state) == ScopeState::Shredded
 }
@@ -216,7 +223,9 @@ impl Vault {
     /// events on the current runtime.
     pub fn new(store: VaultStore, keys: Keyring, settings: Settings) -> Self {
         let reads = confidant_runtime::outbox::GroupCommit::start(store.db().clone(), 2_000);
+        let fetch = crate::fetch::RecordFetch::start(store.clone());
         Self {
+            fetch,
             store,
             keys,
             settings,
@@ -497,13 +506,48 @@ impl Vault {
             .remove(scope);
     }
 
-    /// A record's row (metadata, ciphertext and scope state).
+    /// A record's row (metadata, ciphertext and scope state); concurrent
+    /// callers share one look-up.
     pub async fn load(&self, id: Uuid) -> Result<RecordRow, Error> {
-        self.store
-            .record(id)
-            .await?
-            .filter(|r| r.upload_state == "available")
-            .ok_or(Error::NotFound("record"))
+        available(self.fetch.record(id).await?)
+    }
+
+    /// Single-record look-ups so far, and the groups they went out in
+    /// (concurrent readers share one).
+    pub fn record_lookups(&self) -> (u64, u64) {
+        self.fetch.counts()
+    }
+
+    /// The rows of several records, looked up together, in the order of
+    /// `ids`. If the joint look-up fails, each is looked up alone, so that
+    /// each fails (or not) on its own.
+    pub async fn load_many(&self, ids: &[Uuid]) -> Vec<Result<RecordRow, Error>> {
+        if let [one] = ids {
+            return vec![self.load(*one).await];
+        }
+        match self.store.records(ids).await {
+            Ok(rows) => {
+                let rows: std::collections::HashMap<Uuid, RecordRow> =
+                    rows.into_iter().map(|r| (r.id, r)).collect();
+                ids.iter()
+                    .map(|id| available(rows.get(id).cloned()))
+                    .collect()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "joint record look-up failed; looking up one by one");
+                let mut each = Vec::with_capacity(ids.len());
+                for id in ids {
+                    each.push(
+                        self.store
+                            .record(*id)
+                            .await
+                            .map_err(Error::from)
+                            .and_then(available),
+                    );
+                }
+                each
+            }
+        }
     }
 
     /// Why a record cannot be read, if it cannot.

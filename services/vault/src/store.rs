@@ -332,6 +332,28 @@ impl VaultStore {
             .await
     }
 
+    /// The records with these ids, in no particular order; ids that match
+    /// nothing are left out. One statement on PostgreSQL however many ids
+    /// there are; on SQLite, whose statements run in this process, one
+    /// look-up each.
+    pub async fn records(&self, ids: &[Uuid]) -> StoreResult<Vec<RecordRow>> {
+        match &self.db {
+            Database::Postgres(pool) => {
+                sqlx::query_as::<_, RecordRow>(record_select!("WHERE r.id = ANY($1)"))
+                    .bind(ids)
+                    .fetch_all(pool)
+                    .await
+            }
+            Database::Sqlite(_) => {
+                let mut rows = Vec::with_capacity(ids.len());
+                for id in ids {
+                    rows.extend(self.record(*id).await?);
+                }
+                Ok(rows)
+            }
+        }
+    }
+
     /// The record a caller stored with `request_id`, if any.
     pub async fn record_by_request(
         &self,

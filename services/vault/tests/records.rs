@@ -1172,7 +1172,82 @@ async fn documents_stream_in_and_out_whole_or_not_at_all(db: &TestDatabase) {
     ));
 }
 
+/// Readers waiting at the same moment share one look-up of their records,
+/// and each still gets exactly its own row as it stands when it asked: a
+/// record shredded before reads as shredded, a missing id as not found,
+/// the same id twice as itself twice. A batch read looks its records up in
+/// one go with the same answers.
+async fn concurrent_readers_share_look_ups_and_each_gets_its_own_record(db: &TestDatabase) {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = kms_for(db, dir.path()).await;
+    let vault = vault_with(db, kms, CACHE);
+    let actor = partner();
+    let client = Uuid::now_v7();
+    let mut ids = Vec::new();
+    for n in 0..40 {
+        let number = format!("P{n:07}");
+        ids.push(
+            vault
+                .create(&actor, &passport(client, None, &number), None)
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let order = Uuid::now_v7().to_string();
+    vault
+        .shred_record(&retention(), ids[7], &order)
+        .await
+        .unwrap();
+    let missing = Uuid::now_v7();
+    let (asked_before, groups_before) = vault.record_lookups();
+
+    // 64 readers at once: every record, some twice, and one unknown id.
+    let mut wanted: Vec<Uuid> = ids.clone();
+    wanted.extend(ids.iter().take(23).copied());
+    wanted.push(missing);
+    let rows = futures::future::join_all(wanted.iter().map(|id| vault.load(*id))).await;
+    let (asked, groups) = vault.record_lookups();
+    assert_eq!(asked - asked_before, 64);
+    assert!(
+        groups - groups_before < 8,
+        "64 concurrent look-ups went out in {} statements",
+        groups - groups_before
+    );
+    for (id, row) in wanted.iter().zip(&rows) {
+        if *id == missing {
+            assert!(matches!(row, Err(Error::NotFound("record"))));
+            continue;
+        }
+        let row = row.as_ref().expect("a stored record is found");
+        assert_eq!(row.id, *id);
+        assert_eq!(row.client_id, client);
+        assert_eq!(Vault::unreadable(row).is_some(), *id == ids[7]);
+    }
+    // Each row opens to its own passport number.
+    let roles = vec!["partner".to_owned()];
+    for (n, id) in ids.iter().enumerate().filter(|(n, _)| *n != 7).take(5) {
+        let fields = read_one(&vault, &actor, *id, &roles).await.unwrap();
+        assert!(
+            fields
+                .iter()
+                .any(|(_, value, _)| *value == format!("P{n:07}")),
+            "record {n} opens to its own fields"
+        );
+    }
+
+    // A batch look-up, in the order asked, with the same answers.
+    let batch = vec![ids[3], missing, ids[7], ids[3]];
+    let rows = vault.load_many(&batch).await;
+    assert_eq!(rows.len(), 4);
+    assert_eq!(rows[0].as_ref().unwrap().id, ids[3]);
+    assert!(matches!(rows[1], Err(Error::NotFound("record"))));
+    assert!(Vault::unreadable(rows[2].as_ref().unwrap()).is_some());
+    assert_eq!(rows[3].as_ref().unwrap().id, ids[3]);
+}
+
 confidant_runtime::backend_tests!(confidant_vault::MIGRATIONS;
+    concurrent_readers_share_look_ups_and_each_gets_its_own_record,
     documents_stream_in_and_out_whole_or_not_at_all,
     records_are_encrypted_at_rest_and_bound_to_their_place,
     a_read_whose_audit_event_cannot_be_recorded_returns_nothing,
