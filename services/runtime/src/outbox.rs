@@ -114,6 +114,11 @@ impl GroupCommit {
     /// Starts the committer on the current runtime; it stops when the last
     /// handle is dropped. A commit carries at most `max_events` events.
     pub fn start(db: Database, max_events: usize) -> Self {
+        // One connection kept per commit in flight.
+        let kept = match &db {
+            Database::Postgres(pool) => Some(crate::storage::KeptConnections::new(pool.clone(), 2)),
+            Database::Sqlite(_) => None,
+        };
         let tx = crate::gather::start(
             crate::gather::Bounds {
                 max_weight: max_events,
@@ -123,13 +128,13 @@ impl GroupCommit {
             },
             |(events, _): &Waiter| events.len(),
             move |waiting: Vec<Waiter>| {
-                let db = db.clone();
+                let (db, kept) = (db.clone(), kept.clone());
                 async move {
                     let events: Vec<AuditEvent> = waiting
                         .iter()
                         .flat_map(|(events, _)| events.iter().cloned())
                         .collect();
-                    let result = commit_events(&db, &events).await;
+                    let result = commit_events(&db, kept.as_ref(), &events).await;
                     for (_, reply) in waiting {
                         let _ = reply.send(result.clone());
                     }
@@ -154,15 +159,43 @@ impl GroupCommit {
 
 /// Commits `events` with nothing else: on PostgreSQL one autocommitted
 /// statement (atomic by itself: one round trip, no BEGIN and COMMIT).
-async fn commit_events(db: &Database, events: &[AuditEvent]) -> Result<(), String> {
-    match db {
-        Database::Postgres(pool) => {
+/// A kept connection whose statement fails is given up and the commit
+/// tried once more on a fresh one (a kept connection may have died while
+/// it waited; should the first attempt have committed after all, the second
+/// is refused by the outbox's unique event ids and the callers are told the
+/// events were not recorded, so nothing is returned on a guess).
+async fn commit_events(
+    db: &Database,
+    kept: Option<&crate::storage::KeptConnections>,
+    events: &[AuditEvent],
+) -> Result<(), String> {
+    match (db, kept) {
+        (Database::Postgres(_), Some(kept)) => {
+            let mut conn = kept.take().await.map_err(|e| e.to_string())?;
+            match enqueue_many_postgres(&mut conn, events).await {
+                Ok(()) => {
+                    conn.keep();
+                    Ok(())
+                }
+                Err(first) => {
+                    drop(conn);
+                    tracing::warn!(error = %first, "group commit failed; trying once more on a fresh connection");
+                    let mut conn = kept.fresh().await.map_err(|e| e.to_string())?;
+                    enqueue_many_postgres(&mut conn, events)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    conn.keep();
+                    Ok(())
+                }
+            }
+        }
+        (Database::Postgres(pool), None) => {
             let mut conn = pool.acquire().await.map_err(|e| e.to_string())?;
             enqueue_many_postgres(&mut conn, events)
                 .await
                 .map_err(|e| e.to_string())
         }
-        Database::Sqlite(_) => db
+        (Database::Sqlite(_), _) => db
             .transact(Vec::new(), events)
             .await
             .map(|_| ())

@@ -295,3 +295,109 @@ mod tests {
         assert!(check_schema("").is_err());
     }
 }
+
+/// A kept connection and since when it waits.
+type KeptOne = (
+    sqlx::pool::PoolConnection<sqlx::Postgres>,
+    std::time::Instant,
+);
+
+/// PostgreSQL connections a hot path keeps for itself between uses (the
+/// group commit of read events, grouped record look-ups). A connection
+/// returned to the pool costs a round trip (sqlx checks every connection it
+/// takes back) and, handed out in turn with all the others, meets a server
+/// process that has gone cold; a kept one is used again at once. A kept
+/// connection idle for longer than [`PING_IF_IDLE_FOR`] goes back to the
+/// pool (which checks it) rather than being used; one whose statement
+/// failed is never kept.
+#[derive(Debug, Clone)]
+pub struct KeptConnections {
+    pool: PgPool,
+    kept: std::sync::Arc<std::sync::Mutex<Vec<KeptOne>>>,
+    most: usize,
+}
+
+/// A connection taken from [`KeptConnections`]; [`Kept::keep`] puts it back
+/// after a statement that succeeded, dropping it returns it to the pool.
+#[derive(Debug)]
+pub struct Kept {
+    conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    home: KeptConnections,
+}
+
+impl KeptConnections {
+    /// At most `most` connections of `pool` kept.
+    pub fn new(pool: PgPool, most: usize) -> Self {
+        Self {
+            pool,
+            kept: std::sync::Arc::default(),
+            most,
+        }
+    }
+
+    /// A kept connection, or one from the pool.
+    pub async fn take(&self) -> Result<Kept, sqlx::Error> {
+        let recent = {
+            let mut kept = self
+                .kept
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut found = None;
+            while let Some((conn, since)) = kept.pop() {
+                if since.elapsed() <= PING_IF_IDLE_FOR {
+                    found = Some(conn);
+                    break;
+                }
+                // Dropped: back to the pool, which checks it.
+                drop(conn);
+            }
+            found
+        };
+        let conn = match recent {
+            Some(conn) => conn,
+            None => self.pool.acquire().await?,
+        };
+        Ok(Kept {
+            conn,
+            home: self.clone(),
+        })
+    }
+}
+
+impl KeptConnections {
+    /// A connection from the pool, not one kept (for a second attempt).
+    pub async fn fresh(&self) -> Result<Kept, sqlx::Error> {
+        Ok(Kept {
+            conn: self.pool.acquire().await?,
+            home: self.clone(),
+        })
+    }
+}
+
+impl Kept {
+    /// Keeps the connection for the next use (after a statement that
+    /// succeeded).
+    pub fn keep(self) {
+        let mut kept = self
+            .home
+            .kept
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if kept.len() < self.home.most {
+            kept.push((self.conn, std::time::Instant::now()));
+        }
+    }
+}
+
+impl std::ops::Deref for Kept {
+    type Target = sqlx::PgConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Kept {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.conn
+    }
+}

@@ -272,3 +272,52 @@ confidant_runtime::backend_tests!(COMMON_ONLY;
     an_event_committed_late_is_not_skipped,
     malformed_event_ids_are_refused,
 );
+
+/// A hot path's kept connection is used again as it was (the same server
+/// process, no trip through the pool) while other work uses the pool, and
+/// the group commit records every waiting caller's events exactly once over
+/// its kept connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_connections_are_reused_and_failed_ones_given_up() {
+    use confidant_runtime::storage::{Backend, KeptConnections};
+    let t = TestDatabase::fresh(Backend::Postgres, COMMON_ONLY).await;
+    let Database::Postgres(pool) = &t.db else {
+        panic!("a PostgreSQL test database");
+    };
+    let kept = KeptConnections::new(pool.clone(), 1);
+    let backend = |mut conn: confidant_runtime::storage::Kept| async move {
+        let (pid,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        (pid, conn)
+    };
+    let (first, conn) = backend(kept.take().await.unwrap()).await;
+    conn.keep();
+    // Meanwhile the pool hands out other connections: the kept one is not
+    // among them.
+    let (other,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_ne!(other, first, "a kept connection stays out of the pool");
+    for _ in 0..3 {
+        let (again, conn) = backend(kept.take().await.unwrap()).await;
+        assert_eq!(again, first, "the kept connection is used again");
+        conn.keep();
+    }
+    // Concurrent callers of the group commit each see their own events
+    // committed.
+    let commit = confidant_runtime::outbox::GroupCommit::start(t.db.clone(), 100);
+    let batches: Vec<Vec<AuditEvent>> = (0..20)
+        .map(|i| vec![event(&format!("test.read{i}"))])
+        .collect();
+    let results = futures::future::join_all(batches.iter().map(|b| commit.record(b.clone()))).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let pending = Outbox::new(t.db.clone()).pending(100).await.unwrap();
+    let mut stored: Vec<String> = pending.into_iter().map(|p| p.event.id).collect();
+    let mut sent: Vec<String> = batches.iter().flatten().map(|e| e.id.clone()).collect();
+    stored.sort();
+    sent.sort();
+    assert_eq!(stored, sent, "every event committed exactly once");
+}

@@ -51,6 +51,7 @@ impl RecordFetch {
     pub fn start(store: VaultStore) -> Self {
         let counts = Arc::new(Counts::default());
         let (worker, counted) = (store.clone(), counts.clone());
+        let kept = store.kept_connections(IN_FLIGHT);
         let tx = confidant_runtime::gather::start(
             confidant_runtime::gather::Bounds {
                 max_weight: MAX_IDS,
@@ -62,8 +63,8 @@ impl RecordFetch {
                     .asked
                     .fetch_add(group.len() as u64, Ordering::Relaxed);
                 counted.groups.fetch_add(1, Ordering::Relaxed);
-                let store = worker.clone();
-                async move { answer(&store, group).await }
+                let (store, kept) = (worker.clone(), kept.clone());
+                async move { answer(&store, kept.as_ref(), group).await }
             },
         );
         Self { tx, store, counts }
@@ -90,11 +91,19 @@ impl RecordFetch {
     }
 }
 
-async fn answer(store: &VaultStore, group: Vec<(Uuid, oneshot::Sender<Answer>)>) {
+async fn answer(
+    store: &VaultStore,
+    kept: Option<&confidant_runtime::storage::KeptConnections>,
+    group: Vec<(Uuid, oneshot::Sender<Answer>)>,
+) {
     let mut ids: Vec<Uuid> = group.iter().map(|(id, _)| *id).collect();
     ids.sort_unstable();
     ids.dedup();
-    match store.records(&ids).await {
+    let rows = match kept {
+        Some(kept) => store.records_on(kept, &ids).await,
+        None => store.records(&ids).await,
+    };
+    match rows {
         Ok(rows) => {
             let rows: HashMap<Uuid, RecordRow> = rows.into_iter().map(|r| (r.id, r)).collect();
             for (id, reply) in group {

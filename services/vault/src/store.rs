@@ -354,6 +354,36 @@ impl VaultStore {
         }
     }
 
+    /// [`Self::records`] on PostgreSQL through a connection kept for the
+    /// purpose (kept again if the statement succeeds).
+    pub async fn records_on(
+        &self,
+        kept: &confidant_runtime::storage::KeptConnections,
+        ids: &[Uuid],
+    ) -> StoreResult<Vec<RecordRow>> {
+        let mut conn = kept.take().await?;
+        let rows = sqlx::query_as::<_, RecordRow>(record_select!("WHERE r.id = ANY($1)"))
+            .bind(ids)
+            .fetch_all(&mut *conn)
+            .await?;
+        conn.keep();
+        Ok(rows)
+    }
+
+    /// The connections a hot path may keep (PostgreSQL only).
+    pub fn kept_connections(
+        &self,
+        most: usize,
+    ) -> Option<confidant_runtime::storage::KeptConnections> {
+        match &self.db {
+            Database::Postgres(pool) => Some(confidant_runtime::storage::KeptConnections::new(
+                pool.clone(),
+                most,
+            )),
+            Database::Sqlite(_) => None,
+        }
+    }
+
     /// The record a caller stored with `request_id`, if any.
     pub async fn record_by_request(
         &self,
