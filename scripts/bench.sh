@@ -98,7 +98,7 @@ if [[ -n "$profile" && -s "$profile" ]]; then
     echo "during the vault read phase at concurrency 16 (docs/benchmarks.md); do not edit by hand."
     echo "Each process's share of the machine's busy samples, split into the kinds of work its"
     echo "functions belong to (scripts/profile_summary.py), then the functions that took the"
-    echo "most of the busiest process. PostgreSQL's own functions have no symbols here (\"other\")."
+    echo "most of the two busiest processes. PostgreSQL's own functions have no symbols here (\"other\")."
     echo
     perf script -i "$profile" -F pid,comm,ip,sym,dso --hide-call-graph 2>/dev/null \
       | python3 scripts/profile_summary.py --pids "$profile.pids"

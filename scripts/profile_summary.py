@@ -86,18 +86,20 @@ def main():
         cells = [f"{100 * counts[k] / n:.0f}%" for k in kinds]
         print(f"| {process} | {100 * n / total:.1f}% | " + " | ".join(cells) + " |")
     print()
-    top_process, top_counts = ranked[0]
-    n = sum(top_counts.values())
-    print(f"Functions taking the most of {top_process}'s samples:")
-    print()
-    print("| share of the process | kind | function |")
-    print("|---|---|---|")
-    for (sym, dso), count in symbols[top_process].most_common(args.top):
-        if sym == "[unknown]":
-            sym = f"[unknown] in {dso.rsplit('/', 1)[-1]}"
-        short = sym if len(sym) <= 110 else sym[:107] + "..."
-        short = short.replace("|", "\\|")
-        print(f"| {100 * count / n:.1f}% | {kind_of(sym, dso)} | `{short}` |")
+    # The two busiest processes (the database and the busiest service).
+    for top_process, top_counts in ranked[:2]:
+        n = sum(top_counts.values())
+        print(f"Functions taking the most of {top_process}'s samples:")
+        print()
+        print("| share of the process | kind | function |")
+        print("|---|---|---|")
+        for (sym, dso), count in symbols[top_process].most_common(args.top):
+            if sym == "[unknown]":
+                sym = f"[unknown] in {dso.rsplit('/', 1)[-1]}"
+            short = sym if len(sym) <= 110 else sym[:107] + "..."
+            short = short.replace("|", "\\|")
+            print(f"| {100 * count / n:.1f}% | {kind_of(sym, dso)} | `{short}` |")
+        print()
     return 0
 
 
