@@ -114,11 +114,8 @@ impl GroupCommit {
     /// Starts the committer on the current runtime; it stops when the last
     /// handle is dropped. A commit carries at most `max_events` events.
     pub fn start(db: Database, max_events: usize) -> Self {
-        // One connection kept per commit in flight.
-        let kept = match &db {
-            Database::Postgres(pool) => Some(crate::storage::KeptConnections::new(pool.clone(), 2)),
-            Database::Sqlite(_) => None,
-        };
+        // One connection kept per commit in flight (PostgreSQL).
+        let kept = db.kept_connections(2);
         let tx = crate::gather::start(
             crate::gather::Bounds {
                 max_weight: max_events,
@@ -159,7 +156,8 @@ impl GroupCommit {
 
 /// Commits `events` with nothing else: on PostgreSQL one autocommitted
 /// statement (atomic by itself: one round trip, no BEGIN and COMMIT).
-/// A kept connection whose statement fails is given up and the commit
+/// On PostgreSQL (`kept` is there) the statement goes over a kept
+/// connection; if it fails, that connection is given up and the commit
 /// tried once more on a fresh one (a kept connection may have died while
 /// it waited; should the first attempt have committed after all, the second
 /// is refused by the outbox's unique event ids and the callers are told the
@@ -169,38 +167,33 @@ async fn commit_events(
     kept: Option<&crate::storage::KeptConnections>,
     events: &[AuditEvent],
 ) -> Result<(), String> {
-    match (db, kept) {
-        (Database::Postgres(_), Some(kept)) => {
-            let mut conn = kept.take().await.map_err(|e| e.to_string())?;
-            match enqueue_many_postgres(&mut conn, events).await {
-                Ok(()) => {
-                    conn.keep();
-                    Ok(())
-                }
-                Err(first) => {
-                    drop(conn);
-                    tracing::warn!(error = %first, "group commit failed; trying once more on a fresh connection");
-                    let mut conn = kept.fresh().await.map_err(|e| e.to_string())?;
-                    enqueue_many_postgres(&mut conn, events)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    conn.keep();
-                    Ok(())
-                }
-            }
-        }
-        (Database::Postgres(pool), None) => {
-            let mut conn = pool.acquire().await.map_err(|e| e.to_string())?;
-            enqueue_many_postgres(&mut conn, events)
-                .await
-                .map_err(|e| e.to_string())
-        }
-        (Database::Sqlite(_), _) => db
+    let Some(kept) = kept else {
+        return db
             .transact(Vec::new(), events)
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string()),
+            .map_err(|e| e.to_string());
+    };
+    match commit_on(kept.take().await, events).await {
+        Ok(()) => Ok(()),
+        Err(first) => {
+            tracing::warn!(error = %first, "group commit failed; trying once more on a fresh connection");
+            commit_on(kept.fresh().await, events).await
+        }
     }
+}
+
+/// Commits `events` over `conn`, keeping the connection if it worked.
+async fn commit_on(
+    conn: Result<crate::storage::Kept, sqlx::Error>,
+    events: &[AuditEvent],
+) -> Result<(), String> {
+    let mut conn = conn.map_err(|e| e.to_string())?;
+    enqueue_many_postgres(&mut conn, events)
+        .await
+        .map_err(|e| e.to_string())?;
+    conn.keep();
+    Ok(())
 }
 
 /// An event waiting for delivery.

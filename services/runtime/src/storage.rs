@@ -195,6 +195,15 @@ impl Database {
         }
     }
 
+    /// Connections a hot path may keep for itself, at most `most`; on
+    /// PostgreSQL only (an SQLite connection costs no round trip).
+    pub fn kept_connections(&self, most: usize) -> Option<KeptConnections> {
+        match self {
+            Database::Postgres(pool) => Some(KeptConnections::new(pool.clone(), most)),
+            Database::Sqlite(_) => None,
+        }
+    }
+
     /// The backend of this pool.
     pub fn backend(&self) -> Backend {
         match self {
@@ -362,9 +371,7 @@ impl KeptConnections {
             home: self.clone(),
         })
     }
-}
 
-impl KeptConnections {
     /// A connection from the pool, not one kept (for a second attempt).
     pub async fn fresh(&self) -> Result<Kept, sqlx::Error> {
         Ok(Kept {

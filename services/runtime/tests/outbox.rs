@@ -278,7 +278,7 @@ confidant_runtime::backend_tests!(COMMON_ONLY;
 /// the group commit records every waiting caller's events exactly once over
 /// its kept connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kept_connections_are_reused_and_failed_ones_given_up() {
+async fn kept_connections_are_reused_and_stay_out_of_the_pool() {
     use confidant_runtime::storage::{Backend, KeptConnections};
     let t = TestDatabase::fresh(Backend::Postgres, COMMON_ONLY).await;
     let Database::Postgres(pool) = &t.db else {

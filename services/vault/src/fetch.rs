@@ -51,7 +51,7 @@ impl RecordFetch {
     pub fn start(store: VaultStore) -> Self {
         let counts = Arc::new(Counts::default());
         let (worker, counted) = (store.clone(), counts.clone());
-        let kept = store.kept_connections(IN_FLIGHT);
+        let kept = store.db().kept_connections(IN_FLIGHT);
         let tx = confidant_runtime::gather::start(
             confidant_runtime::gather::Bounds {
                 max_weight: MAX_IDS,
@@ -99,11 +99,7 @@ async fn answer(
     let mut ids: Vec<Uuid> = group.iter().map(|(id, _)| *id).collect();
     ids.sort_unstable();
     ids.dedup();
-    let rows = match kept {
-        Some(kept) => store.records_on(kept, &ids).await,
-        None => store.records(&ids).await,
-    };
-    match rows {
+    match store.records(&ids, kept).await {
         Ok(rows) => {
             let rows: HashMap<Uuid, RecordRow> = rows.into_iter().map(|r| (r.id, r)).collect();
             for (id, reply) in group {

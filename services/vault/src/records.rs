@@ -525,7 +525,7 @@ impl Vault {
         if let [one] = ids {
             return vec![self.load(*one).await];
         }
-        match self.store.records(ids).await {
+        match self.store.records(ids, None).await {
             Ok(rows) => {
                 let rows: std::collections::HashMap<Uuid, RecordRow> =
                     rows.into_iter().map(|r| (r.id, r)).collect();

@@ -334,53 +334,38 @@ impl VaultStore {
 
     /// The records with these ids, in no particular order; ids that match
     /// nothing are left out. One statement on PostgreSQL however many ids
-    /// there are; on SQLite, whose statements run in this process, one
-    /// look-up each.
-    pub async fn records(&self, ids: &[Uuid]) -> StoreResult<Vec<RecordRow>> {
-        match &self.db {
-            Database::Postgres(pool) => {
-                sqlx::query_as::<_, RecordRow>(record_select!("WHERE r.id = ANY($1)"))
+    /// there are, over a connection of `kept` when given (kept again if the
+    /// statement succeeds), else from the pool; on SQLite, whose statements
+    /// run in this process, one look-up each.
+    pub async fn records(
+        &self,
+        ids: &[Uuid],
+        kept: Option<&confidant_runtime::storage::KeptConnections>,
+    ) -> StoreResult<Vec<RecordRow>> {
+        const BY_IDS: &str = record_select!("WHERE r.id = ANY($1)");
+        match (&self.db, kept) {
+            (Database::Postgres(_), Some(kept)) => {
+                let mut conn = kept.take().await?;
+                let rows = sqlx::query_as::<_, RecordRow>(BY_IDS)
+                    .bind(ids)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                conn.keep();
+                Ok(rows)
+            }
+            (Database::Postgres(pool), None) => {
+                sqlx::query_as::<_, RecordRow>(BY_IDS)
                     .bind(ids)
                     .fetch_all(pool)
                     .await
             }
-            Database::Sqlite(_) => {
+            (Database::Sqlite(_), _) => {
                 let mut rows = Vec::with_capacity(ids.len());
                 for id in ids {
                     rows.extend(self.record(*id).await?);
                 }
                 Ok(rows)
             }
-        }
-    }
-
-    /// [`Self::records`] on PostgreSQL through a connection kept for the
-    /// purpose (kept again if the statement succeeds).
-    pub async fn records_on(
-        &self,
-        kept: &confidant_runtime::storage::KeptConnections,
-        ids: &[Uuid],
-    ) -> StoreResult<Vec<RecordRow>> {
-        let mut conn = kept.take().await?;
-        let rows = sqlx::query_as::<_, RecordRow>(record_select!("WHERE r.id = ANY($1)"))
-            .bind(ids)
-            .fetch_all(&mut *conn)
-            .await?;
-        conn.keep();
-        Ok(rows)
-    }
-
-    /// The connections a hot path may keep (PostgreSQL only).
-    pub fn kept_connections(
-        &self,
-        most: usize,
-    ) -> Option<confidant_runtime::storage::KeptConnections> {
-        match &self.db {
-            Database::Postgres(pool) => Some(confidant_runtime::storage::KeptConnections::new(
-                pool.clone(),
-                most,
-            )),
-            Database::Sqlite(_) => None,
         }
     }
 
