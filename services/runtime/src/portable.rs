@@ -81,8 +81,10 @@ impl Statement {
     }
 }
 
+/// SQLite's form of `sql`: `$n` placeholders become `?n` (text in quotes
+/// is left as it is).
 fn sqlite_sql(sql: &str) -> String {
-    sql.replace('$', "?")
+    rewrite_placeholders(sql, '?', 0)
 }
 
 macro_rules! bind_all {
@@ -170,54 +172,121 @@ fn returns_rows(sql: &str) -> bool {
         && !sql.contains(';')
 }
 
+/// Whether a statement can go inside a data-modifying `WITH` (below): one
+/// data-changing statement without its own `RETURNING` or dollar quoting.
+fn lends_itself(statement: &Statement) -> bool {
+    returns_rows(statement.sql) && !statement.sql.contains("$$")
+}
+
+/// `sql` with each placeholder `$n` moved to `$(n + offset)` (text in
+/// quotes is left as it is).
+fn shift_placeholders(sql: &str, offset: usize) -> String {
+    if offset == 0 {
+        return sql.to_owned();
+    }
+    rewrite_placeholders(sql, '$', offset)
+}
+
+/// `sql` with each placeholder `$n` written `{sign}{n + offset}`, text in
+/// single quotes left as it is.
+fn rewrite_placeholders(sql: &str, sign: char, offset: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut chars = sql.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        if c == '\'' {
+            quoted = !quoted;
+        }
+        if c != '$' || quoted {
+            out.push(c);
+            continue;
+        }
+        let mut digits = String::new();
+        while let Some(d) = chars.peek().copied().filter(char::is_ascii_digit) {
+            digits.push(d);
+            chars.next();
+        }
+        match digits.parse::<usize>() {
+            Ok(n) => {
+                out.push(sign);
+                out.push_str(&(n + offset).to_string());
+            }
+            Err(_) => out.push('$'),
+        }
+    }
+    out
+}
+
 /// SQLSTATE division_by_zero: how the single statement below refuses a
 /// guard that did not hold (rolling back all of it).
 const GUARD_FAILED: &str = "22012";
 
-/// A single statement and its audit events in one autocommitted PostgreSQL
-/// statement (one round trip instead of BEGIN, statement, outbox INSERT,
-/// COMMIT): the events go in through a data-modifying `WITH`, and a guard
-/// that does not hold aborts the whole statement, so nothing of it is
-/// written. `None` when the statement does not lend itself (or its guard
-/// failed: the caller then runs the ordinary transaction, which reports
-/// the rows it affected).
-async fn one_round_trip(
-    pool: &sqlx::PgPool,
-    statement: &Statement,
-    events: &[AuditEvent],
-) -> Result<Option<u64>, TransactError> {
-    if events.is_empty() || !returns_rows(statement.sql) {
+/// Statements and their audit events in one autocommitted PostgreSQL
+/// statement (one round trip instead of BEGIN, each statement, the outbox
+/// INSERT and COMMIT): each statement and the events go in through
+/// data-modifying `WITH`s, and a guard that does not hold aborts the whole
+/// statement, so nothing of it is written. The rows each statement
+/// affected; `None` when a statement does not lend itself or a guard
+/// failed (the caller then runs ordinary transactions, which report the
+/// rows affected).
+async fn in_one_statement<'c, E>(
+    executor: E,
+    writes: &[(&Statement, &[AuditEvent])],
+) -> Result<Option<Vec<u64>>, TransactError>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+{
+    if writes.is_empty() || !writes.iter().all(|(s, _)| lends_itself(s)) {
         return Ok(None);
     }
-    let (ids, payloads) = crate::outbox::outbox_columns(events)?;
-    let n = statement.values.len();
-    let guard = match statement.expect_rows {
-        Some(_) => format!("1 / (((SELECT count(*) FROM s) = ${})::int)", n + 4),
-        None => "1".to_owned(),
+    let events: Vec<AuditEvent> = writes
+        .iter()
+        .flat_map(|(_, events)| events.iter().cloned())
+        .collect();
+    let (ids, payloads) = crate::outbox::outbox_columns(&events)?;
+    let mut sql = String::from("WITH ");
+    let mut values: Vec<Value> = Vec::new();
+    let (mut counts, mut guards) = (Vec::new(), Vec::new());
+    for (i, (statement, _)) in writes.iter().enumerate() {
+        sql.push_str(&format!(
+            "s{i} AS ({} RETURNING 1), ",
+            shift_placeholders(statement.sql, values.len())
+        ));
+        values.extend(statement.values.iter().cloned());
+        counts.push(format!("(SELECT count(*) FROM s{i})"));
+        if let Some(rows) = statement.expect_rows {
+            guards.push(format!("(SELECT count(*) FROM s{i}) = {rows}"));
+        }
+    }
+    let n = values.len();
+    let guard = if guards.is_empty() {
+        "1".to_owned()
+    } else {
+        format!("1 / ({})::int", guards.join(" AND "))
     };
-    let sql = format!(
-        "WITH s AS ({} RETURNING 1), \
-         o AS (INSERT INTO outbox (event_id, payload, created_at) \
-               SELECT e.id, e.payload, ${} FROM UNNEST(${}::uuid[], ${}::bytea[]) \
-               WITH ORDINALITY AS e(id, payload, n) ORDER BY e.n RETURNING 1) \
-         SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM o), {guard}",
-        statement.sql,
+    sql.push_str(&format!(
+        "o AS (INSERT INTO outbox (event_id, payload, created_at) \
+         SELECT e.id, e.payload, ${} FROM UNNEST(${}::uuid[], ${}::bytea[]) \
+         WITH ORDINALITY AS e(id, payload, n) ORDER BY e.n RETURNING 1) \
+         SELECT ARRAY[{}]::bigint[], (SELECT count(*) FROM o), {guard}",
         n + 3,
         n + 1,
         n + 2,
-    );
-    let mut q = bind_all!(
-        sqlx::query_as::<_, (i64, i64, i32)>(sqlx::AssertSqlSafe(sql)),
-        statement.values.clone()
+        counts.join(", "),
+    ));
+    let q = bind_all!(
+        sqlx::query_as::<_, (Vec<i64>, i64, i32)>(sqlx::AssertSqlSafe(sql)),
+        values
     )
     .bind(ids)
     .bind(payloads)
     .bind(Utc::now());
-    if let Some(rows) = statement.expect_rows {
-        q = q.bind(i64::try_from(rows).unwrap_or(i64::MAX));
-    }
-    match q.fetch_one(pool).await {
-        Ok((rows, _, _)) => Ok(Some(u64::try_from(rows).unwrap_or(0))),
+    match q.fetch_one(executor).await {
+        Ok((rows, _, _)) => Ok(Some(
+            rows.into_iter()
+                .map(|r| u64::try_from(r).unwrap_or(0))
+                .collect(),
+        )),
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(GUARD_FAILED) => Ok(None),
         Err(e) => Err(e.into()),
     }
@@ -268,9 +337,10 @@ impl Database {
         match self {
             Database::Postgres(pool) => {
                 if let [one] = statements.as_slice()
-                    && let Some(rows) = one_round_trip(pool, one, events).await?
+                    && !events.is_empty()
+                    && let Some(rows) = in_one_statement(pool, &[(one, events)]).await?
                 {
-                    return Ok(vec![rows]);
+                    return Ok(rows);
                 }
                 let mut tx = pool.begin().await?;
                 for (i, s) in statements.into_iter().enumerate() {
@@ -306,5 +376,186 @@ impl Database {
             }
         }
         Ok(affected)
+    }
+}
+
+/// The most a group of writes carries, in bytes of values and events: a
+/// group goes to the server as one message, and sqlx 0.9 leaves Nagle's
+/// algorithm on for its connections, so a message sent in several TLS
+/// records can wait for the server's delayed acknowledgement (40 ms) before
+/// its last part leaves. One TLS record carries 16 KiB.
+pub const GROUP_BYTES: usize = 12 * 1024;
+
+/// About how many bytes a write puts on the wire.
+fn write_bytes(statement: &Statement, events: &[AuditEvent]) -> usize {
+    use prost::Message as _;
+    let values: usize = statement
+        .values
+        .iter()
+        .map(|v| match v {
+            Value::Text(x) | Value::OptText(Some(x)) => x.len() + 4,
+            Value::Bytes(x) | Value::OptBytes(Some(x)) => x.len() + 4,
+            _ => 20,
+        })
+        .sum();
+    values + statement.sql.len() + events.iter().map(|e| e.encoded_len() + 24).sum::<usize>()
+}
+
+/// A write waiting for a shared transaction: its statement, its audit
+/// events and where its outcome goes.
+type Write = (
+    Statement,
+    Vec<AuditEvent>,
+    tokio::sync::oneshot::Sender<Result<u64, TransactError>>,
+);
+
+/// Transactions of one statement and its audit events each, from callers
+/// writing at the same moment, committed together on PostgreSQL: one
+/// transaction (and one flush of the log to disk) for the group instead of
+/// one each, over a kept connection. Each write still succeeds or fails on
+/// its own: if any write of a group fails (its guard does not hold, a
+/// unique key is taken, the connection breaks), the group is rolled back
+/// and every write of it runs again in a transaction of its own, so a write
+/// gets exactly the outcome it would have had alone, and one that did land
+/// (a commit whose answer was lost) is refused the second time by its
+/// unique ids rather than written twice. A lone writer is served at once
+/// in its own transaction; on SQLite, whose writes are serialized anyway,
+/// every write is its own transaction.
+#[derive(Debug, Clone)]
+pub struct WriteGroup {
+    db: Database,
+    tx: Option<tokio::sync::mpsc::Sender<Write>>,
+}
+
+impl WriteGroup {
+    /// Starts the group committer on the current runtime (PostgreSQL); it
+    /// stops when the last handle is dropped. A group carries at most
+    /// [`GROUP_BYTES`] of values and events (a larger write goes alone).
+    pub fn start(db: Database) -> Self {
+        let tx = db.kept_connections(2).map(|kept| {
+            let db = db.clone();
+            crate::gather::start(
+                crate::gather::Bounds {
+                    max_weight: GROUP_BYTES,
+                    // A second group gathers while the first waits for its
+                    // flush to disk.
+                    in_flight: 2,
+                },
+                |(statement, events, _): &Write| write_bytes(statement, events),
+                move |group: Vec<Write>| {
+                    let (db, kept) = (db.clone(), kept.clone());
+                    async move { write_group(&db, &kept, group).await }
+                },
+            )
+        });
+        Self { db, tx }
+    }
+
+    /// Runs `statement` and puts `events` in the outbox, in one transaction
+    /// (shared with concurrent writes): either both are written or neither.
+    /// Returns the rows the statement affected.
+    pub async fn transact(
+        &self,
+        statement: Statement,
+        events: Vec<AuditEvent>,
+    ) -> Result<u64, TransactError> {
+        let Some(tx) = &self.tx else {
+            return alone(&self.db, statement, &events).await;
+        };
+        let (reply, done) = tokio::sync::oneshot::channel();
+        if let Err(tokio::sync::mpsc::error::SendError((statement, events, _))) =
+            tx.send((statement, events, reply)).await
+        {
+            return alone(&self.db, statement, &events).await;
+        }
+        done.await
+            .unwrap_or(Err(TransactError::Sqlx(sqlx::Error::WorkerCrashed)))
+    }
+}
+
+/// One write in a transaction of its own.
+async fn alone(
+    db: &Database,
+    statement: Statement,
+    events: &[AuditEvent],
+) -> Result<u64, TransactError> {
+    Ok(db
+        .transact(vec![statement], events)
+        .await?
+        .first()
+        .copied()
+        .unwrap_or(0))
+}
+
+/// Serves one group: together if every write of it succeeds, else each on
+/// its own.
+async fn write_group(db: &Database, kept: &crate::storage::KeptConnections, group: Vec<Write>) {
+    if group.len() > 1 {
+        match together(kept, &group).await {
+            Ok(rows) => {
+                for ((_, _, reply), rows) in group.into_iter().zip(rows) {
+                    let _ = reply.send(Ok(rows));
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, writes = group.len(), "a grouped write failed; each write on its own");
+            }
+        }
+    }
+    futures::future::join_all(
+        group
+            .into_iter()
+            .map(|(statement, events, reply)| async move {
+                let _ = reply.send(alone(db, statement, &events).await);
+            }),
+    )
+    .await;
+}
+
+/// Every write of `group` in one statement over a kept connection; the
+/// rows each statement affected. Any failure writes none of it.
+async fn together(
+    kept: &crate::storage::KeptConnections,
+    group: &[Write],
+) -> Result<Vec<u64>, TransactError> {
+    let writes: Vec<(&Statement, &[AuditEvent])> = group
+        .iter()
+        .map(|(statement, events, _)| (statement, events.as_slice()))
+        .collect();
+    let mut conn = kept.take().await?;
+    // `None`: a guard did not hold (or a statement does not lend itself);
+    // each write then runs alone, which tells which and why.
+    let affected = in_one_statement(&mut *conn, &writes)
+        .await?
+        .ok_or(TransactError::Unmet {
+            statement: 0,
+            affected: 0,
+        })?;
+    conn.keep();
+    Ok(affected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Placeholders move past the ones before them; quoted text and a
+    /// bare `$` stay as they are.
+    #[test]
+    fn placeholders_shift_outside_quotes() {
+        assert_eq!(
+            shift_placeholders("UPDATE t SET a = $1, b = '$2 x' WHERE c = $12", 3),
+            "UPDATE t SET a = $4, b = '$2 x' WHERE c = $15"
+        );
+        assert_eq!(shift_placeholders("SELECT '$1', $1", 0), "SELECT '$1', $1");
+        assert_eq!(
+            shift_placeholders("SELECT 'it''s', $2, $", 1),
+            "SELECT 'it''s', $3, $"
+        );
+        assert_eq!(
+            sqlite_sql("INSERT INTO t VALUES ($1, 'costs $1', $2)"),
+            "INSERT INTO t VALUES (?1, 'costs $1', ?2)"
+        );
     }
 }

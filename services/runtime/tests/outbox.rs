@@ -261,7 +261,135 @@ async fn a_statement_and_its_events_commit_together_or_not_at_all(t: &TestDataba
     );
 }
 
+/// Writes made at the same moment share commits (fewer transactions than
+/// writes on PostgreSQL), and each still gets the outcome it would have
+/// had alone: a duplicate key or a guard that does not hold fails that
+/// write only, writing neither its row nor its event, while the others of
+/// its group land with theirs.
+async fn concurrent_writes_share_commits_and_each_keeps_its_own_outcome(t: &TestDatabase) {
+    use confidant_runtime::portable::{Statement, TransactError, Value, WriteGroup};
+    // Quoted text with a `$` in it stays as it is when the statement joins
+    // a group.
+    const CREATE: &str =
+        "CREATE TABLE kv (k TEXT PRIMARY KEY, v INTEGER NOT NULL, note TEXT NOT NULL)";
+    match &t.db {
+        Database::Postgres(pool) => {
+            sqlx::query(CREATE).execute(pool).await.unwrap();
+        }
+        Database::Sqlite(pool) => {
+            sqlx::query(CREATE).execute(pool).await.unwrap();
+        }
+    }
+    let put = |k: &str, v: i32| {
+        Statement::new(
+            "INSERT INTO kv (k, v, note) VALUES ($1, $2, 'costs $1')",
+            vec![Value::Text(k.into()), Value::Int(v)],
+        )
+    };
+    let bump = |from: i32, to: i32| {
+        Statement::new(
+            "UPDATE kv SET v = $1 WHERE v = $2",
+            vec![Value::Int(to), Value::Int(from)],
+        )
+        .expecting(1)
+    };
+    let writes = WriteGroup::start(t.db.clone());
+    let first: Vec<(Statement, AuditEvent)> = (0..30)
+        .map(|i| (put(&format!("k{i}"), i), event(&format!("test.put{i}"))))
+        .collect();
+    let results = futures::future::join_all(
+        first
+            .iter()
+            .map(|(s, e)| writes.transact(s.clone(), vec![e.clone()])),
+    )
+    .await;
+    assert!(results.iter().all(|r| matches!(r, Ok(1))), "{results:?}");
+    if let Database::Postgres(pool) = &t.db {
+        // Rows written by one transaction share its id.
+        let (transactions,): (i64,) =
+            sqlx::query_as("SELECT count(DISTINCT xmin::text) FROM outbox")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        assert!(transactions < 15, "30 writes took {transactions} commits");
+    }
+    // Good and bad writes at once.
+    let mixed: Vec<(Statement, AuditEvent)> = vec![
+        (put("m0", 100), event("test.m0")),
+        (put("k3", 7), event("test.lost")),
+        (bump(5, 500), event("test.bumped")),
+        (bump(999, 1), event("test.lost")),
+        (put("m1", 101), event("test.m1")),
+        (put("k4", 7), event("test.lost")),
+        (put("m2", 102), event("test.m2")),
+    ];
+    let results = futures::future::join_all(
+        mixed
+            .iter()
+            .map(|(s, e)| writes.transact(s.clone(), vec![e.clone()])),
+    )
+    .await;
+    assert!(matches!(results[0], Ok(1)), "{:?}", results[0]);
+    assert!(
+        matches!(&results[1], Err(e) if e.is_duplicate()),
+        "{:?}",
+        results[1]
+    );
+    assert!(matches!(results[2], Ok(1)), "{:?}", results[2]);
+    assert!(
+        matches!(
+            results[3],
+            Err(TransactError::Unmet {
+                statement: 0,
+                affected: 0
+            })
+        ),
+        "{:?}",
+        results[3]
+    );
+    assert!(matches!(results[4], Ok(1)), "{:?}", results[4]);
+    assert!(
+        matches!(&results[5], Err(e) if e.is_duplicate()),
+        "{:?}",
+        results[5]
+    );
+    assert!(matches!(results[6], Ok(1)), "{:?}", results[6]);
+    let rows: Vec<(String, i32, String)> =
+        t.db.fetch_all("SELECT k, v, note FROM kv ORDER BY v", vec![])
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 33, "30 + 3 new keys, no duplicate");
+    assert!(rows.iter().all(|(_, _, note)| note == "costs $1"));
+    let value = |k: &str| rows.iter().find(|(key, _, _)| key == k).map(|(_, v, _)| *v);
+    assert_eq!(
+        value("k3"),
+        Some(3),
+        "the refused duplicate changed nothing"
+    );
+    assert_eq!(value("k5"), Some(500), "the bump landed");
+    assert_eq!(value("m2"), Some(102));
+    let mut stored: Vec<String> = Outbox::new(t.db.clone())
+        .pending(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.event.action)
+        .collect();
+    stored.sort();
+    let mut expected: Vec<String> = first
+        .iter()
+        .map(|(_, e)| e.action.clone())
+        .chain(["test.m0", "test.bumped", "test.m1", "test.m2"].map(String::from))
+        .collect();
+    expected.sort();
+    assert_eq!(
+        stored, expected,
+        "exactly the events of the writes that landed, once"
+    );
+}
+
 confidant_runtime::backend_tests!(COMMON_ONLY;
+    concurrent_writes_share_commits_and_each_keeps_its_own_outcome,
     a_statement_and_its_events_commit_together_or_not_at_all,
     pending_events_come_back_in_order_until_delivered,
     events_committed_together_keep_their_order,

@@ -102,6 +102,7 @@ pub struct Vault {
     settings: Settings,
     rules: RwLock<Option<(Instant, Arc<MaskingRules>)>>,
     reads: confidant_runtime::outbox::GroupCommit,
+    writes: confidant_runtime::portable::WriteGroup,
     fetch: crate::fetch::RecordFetch,
     live_scopes: std::sync::Mutex<std::collections::HashMap<ScopeRef, Uuid>>,
 }
@@ -224,8 +225,10 @@ impl Vault {
     pub fn new(store: VaultStore, keys: Keyring, settings: Settings) -> Self {
         let reads = confidant_runtime::outbox::GroupCommit::start(store.db().clone(), 2_000);
         let fetch = crate::fetch::RecordFetch::start(store.clone());
+        let writes = confidant_runtime::portable::WriteGroup::start(store.db().clone());
         Self {
             fetch,
+            writes,
             store,
             keys,
             settings,
@@ -432,12 +435,8 @@ impl Vault {
                 .scope(Some(record.scope.client_id), record.scope.matter_id)
                 .category(record.scope.category.as_str())
                 .build();
-            match self
-                .store
-                .db()
-                .transact(vec![encrypted.insert()], &[event])
-                .await
-            {
+            // Shares its transaction with concurrent writes (one commit).
+            match self.writes.transact(encrypted.insert(), vec![event]).await {
                 Ok(_) => return Ok(new_record_row(encrypted)),
                 Err(TransactError::Unmet { .. }) if !fresh => {
                     self.forget_scope(&record.scope);
