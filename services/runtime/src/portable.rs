@@ -418,9 +418,9 @@ type Write = (
 /// and every write of it runs again in a transaction of its own, so a write
 /// gets exactly the outcome it would have had alone, and one that did land
 /// (a commit whose answer was lost) is refused the second time by its
-/// unique ids rather than written twice. A lone writer is served at once
-/// in its own transaction; on SQLite, whose writes are serialized anyway,
-/// every write is its own transaction.
+/// unique ids rather than written twice. A lone writer is served at once;
+/// on SQLite, whose writes are serialized anyway, every write is its own
+/// transaction.
 #[derive(Debug, Clone)]
 pub struct WriteGroup {
     db: Database,
@@ -490,17 +490,17 @@ async fn alone(
 /// Serves one group: together if every write of it succeeds, else each on
 /// its own.
 async fn write_group(db: &Database, kept: &crate::storage::KeptConnections, group: Vec<Write>) {
-    if group.len() > 1 {
-        match together(kept, &group).await {
-            Ok(rows) => {
-                for ((_, _, reply), rows) in group.into_iter().zip(rows) {
-                    let _ = reply.send(Ok(rows));
-                }
-                return;
+    // A lone write too goes over a kept connection (no trip through the
+    // pool).
+    match together(kept, &group).await {
+        Ok(rows) => {
+            for ((_, _, reply), rows) in group.into_iter().zip(rows) {
+                let _ = reply.send(Ok(rows));
             }
-            Err(e) => {
-                tracing::debug!(error = %e, writes = group.len(), "a grouped write failed; each write on its own");
-            }
+            return;
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, writes = group.len(), "a grouped write failed; each write on its own");
         }
     }
     futures::future::join_all(
