@@ -241,16 +241,19 @@ impl Outbox {
     /// longer decodes is skipped with an error log rather than blocking the
     /// queue forever.
     pub async fn pending(&self, limit: i64) -> Result<Vec<Pending>, Error> {
-        let rows: Vec<(i64, Vec<u8>, i32)> = match &self.db {
-            Database::Postgres(pool) => {
-                sqlx::query_as(
-                    "SELECT seq, payload, attempts FROM outbox WHERE delivered_at IS NULL ORDER BY seq LIMIT $1",
-                )
-                .bind(limit)
-                .fetch_all(pool)
-                .await?
+        self.pending_in(&mut Claim(None), limit).await
+    }
+
+    /// [`Outbox::pending`] inside `claim`'s transaction on PostgreSQL (the
+    /// relay's one connection), through the pool otherwise.
+    async fn pending_in(&self, claim: &mut Claim, limit: i64) -> Result<Vec<Pending>, Error> {
+        const SQL: &str = "SELECT seq, payload, attempts FROM outbox WHERE delivered_at IS NULL ORDER BY seq LIMIT $1";
+        let rows: Vec<(i64, Vec<u8>, i32)> = match (&self.db, &mut claim.0) {
+            (_, Some(tx)) => sqlx::query_as(SQL).bind(limit).fetch_all(&mut **tx).await?,
+            (Database::Postgres(pool), None) => {
+                sqlx::query_as(SQL).bind(limit).fetch_all(pool).await?
             }
-            Database::Sqlite(pool) => {
+            (Database::Sqlite(pool), None) => {
                 sqlx::query_as(
                     "SELECT seq, payload, attempts FROM outbox WHERE delivered_at IS NULL ORDER BY seq LIMIT ?1",
                 )
@@ -276,17 +279,28 @@ impl Outbox {
     /// higher one was read, so "everything up to the last one sent" could
     /// mark an event delivered that was never sent.
     pub async fn mark_delivered(&self, seqs: &[i64]) -> Result<u64, Error> {
-        let done = match &self.db {
-            Database::Postgres(pool) => sqlx::query(
-                "UPDATE outbox SET delivered_at = $1, last_error = NULL \
-                 WHERE delivered_at IS NULL AND seq = ANY($2)",
-            )
-            .bind(Utc::now())
-            .bind(seqs)
-            .execute(pool)
-            .await?
-            .rows_affected(),
-            Database::Sqlite(pool) => sqlx::query(
+        self.mark_delivered_in(&mut Claim(None), seqs).await
+    }
+
+    /// [`Outbox::mark_delivered`] inside `claim`'s transaction on
+    /// PostgreSQL, through the pool otherwise.
+    async fn mark_delivered_in(&self, claim: &mut Claim, seqs: &[i64]) -> Result<u64, Error> {
+        const SQL: &str = "UPDATE outbox SET delivered_at = $1, last_error = NULL \
+                           WHERE delivered_at IS NULL AND seq = ANY($2)";
+        let done = match (&self.db, &mut claim.0) {
+            (_, Some(tx)) => sqlx::query(SQL)
+                .bind(Utc::now())
+                .bind(seqs)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected(),
+            (Database::Postgres(pool), None) => sqlx::query(SQL)
+                .bind(Utc::now())
+                .bind(seqs)
+                .execute(pool)
+                .await?
+                .rows_affected(),
+            (Database::Sqlite(pool), None) => sqlx::query(
                 "UPDATE outbox SET delivered_at = ?1, last_error = NULL \
                  WHERE delivered_at IS NULL AND seq IN (SELECT value FROM json_each(?2))",
             )
@@ -302,18 +316,35 @@ impl Outbox {
     /// Records a failed delivery of the events at `seqs`. `error` must be a
     /// status code or category, never a message that could quote data.
     pub async fn record_failure(&self, seqs: &[i64], error: &str) -> Result<(), Error> {
-        match &self.db {
-            Database::Postgres(pool) => {
-                sqlx::query(
-                    "UPDATE outbox SET attempts = attempts + 1, last_error = $1 \
-                     WHERE delivered_at IS NULL AND seq = ANY($2)",
-                )
-                .bind(error)
-                .bind(seqs)
-                .execute(pool)
-                .await?;
+        self.record_failure_in(&mut Claim(None), seqs, error).await
+    }
+
+    /// [`Outbox::record_failure`] inside `claim`'s transaction on
+    /// PostgreSQL, through the pool otherwise.
+    async fn record_failure_in(
+        &self,
+        claim: &mut Claim,
+        seqs: &[i64],
+        error: &str,
+    ) -> Result<(), Error> {
+        const SQL: &str = "UPDATE outbox SET attempts = attempts + 1, last_error = $1 \
+                           WHERE delivered_at IS NULL AND seq = ANY($2)";
+        match (&self.db, &mut claim.0) {
+            (_, Some(tx)) => {
+                sqlx::query(SQL)
+                    .bind(error)
+                    .bind(seqs)
+                    .execute(&mut **tx)
+                    .await?;
             }
-            Database::Sqlite(pool) => {
+            (Database::Postgres(pool), None) => {
+                sqlx::query(SQL)
+                    .bind(error)
+                    .bind(seqs)
+                    .execute(pool)
+                    .await?;
+            }
+            (Database::Sqlite(pool), None) => {
                 sqlx::query(
                     "UPDATE outbox SET attempts = attempts + 1, last_error = ?1 \
                      WHERE delivered_at IS NULL AND seq IN (SELECT value FROM json_each(?2))",
@@ -330,8 +361,10 @@ impl Outbox {
     /// On PostgreSQL, claims the delivery of this outbox for as long as the
     /// returned transaction lives (an advisory lock per schema): replicas of
     /// a service share one outbox, and one relay at a time sends it, so no
-    /// batch travels twice. `None`: another replica is delivering. SQLite
-    /// has one process, so the claim always succeeds.
+    /// batch travels twice. The relay reads and marks its batch inside that
+    /// transaction, so a round takes one connection of the pool, not two.
+    /// `None`: another replica is delivering. SQLite has one process, so the
+    /// claim always succeeds.
     async fn claim(&self) -> Result<Option<Claim>, Error> {
         match &self.db {
             Database::Postgres(pool) => {
@@ -400,9 +433,20 @@ fn seq_list(seqs: &[i64]) -> String {
     format!("[{}]", items.join(","))
 }
 
-/// The delivery claim of an outbox; released when dropped (the transaction
-/// that holds the lock rolls back).
-struct Claim(#[allow(dead_code)] Option<sqlx::Transaction<'static, sqlx::Postgres>>);
+/// The delivery claim of an outbox: on PostgreSQL the transaction that
+/// holds its lock, in which the relay reads and marks its batch. Released
+/// by [`Claim::finish`] (committing the marks) or, dropped, by rolling back.
+struct Claim(Option<sqlx::Transaction<'static, sqlx::Postgres>>);
+
+impl Claim {
+    /// Commits what was done under the claim and releases it.
+    async fn finish(self) -> Result<(), Error> {
+        if let Some(tx) = self.0 {
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+}
 
 /// Delivers a service's outbox to the audit service.
 #[derive(Debug, Clone)]
@@ -439,10 +483,10 @@ impl Relay {
 
     /// Delivers at most one batch.
     pub async fn deliver_once(&mut self) -> Result<Round, RelayError> {
-        let Some(_claim) = self.outbox.claim().await? else {
+        let Some(mut claim) = self.outbox.claim().await? else {
             return Ok(Round::Idle);
         };
-        let batch = self.outbox.pending(self.batch_size).await?;
+        let batch = self.outbox.pending_in(&mut claim, self.batch_size).await?;
         if batch.is_empty() {
             return Ok(Round::Idle);
         }
@@ -452,12 +496,18 @@ impl Relay {
         };
         match self.client.append_events(request).await {
             Ok(_) => {
-                self.outbox.mark_delivered(&seqs).await?;
+                // Should the marks be lost (the commit fails), the batch is
+                // sent again and the audit service stores it once.
+                self.outbox.mark_delivered_in(&mut claim, &seqs).await?;
+                claim.finish().await?;
                 Ok(Round::Delivered(seqs.len()))
             }
             Err(status) => {
                 let code = format!("{:?}", status.code());
-                self.outbox.record_failure(&seqs, &code).await?;
+                self.outbox
+                    .record_failure_in(&mut claim, &seqs, &code)
+                    .await?;
+                claim.finish().await?;
                 Err(RelayError::Rejected(status.code()))
             }
         }

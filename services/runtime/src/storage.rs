@@ -335,12 +335,19 @@ pub struct Kept {
 }
 
 impl KeptConnections {
-    /// At most `most` connections of `pool` kept.
+    /// At most `most` connections of `pool` kept, and never more than a
+    /// quarter of the pool: a service has several hot paths (the vault
+    /// three: read events, look-ups, writes), each keeping connections the
+    /// pool counts as in use, and the rest of the service (the outbox relay,
+    /// every other statement) must still find free ones. A pool of fewer
+    /// than four connections keeps none: each use then goes through the
+    /// pool.
     pub fn new(pool: PgPool, most: usize) -> Self {
+        let quarter = usize::try_from(pool.options().get_max_connections() / 4).unwrap_or(0);
         Self {
             pool,
             kept: std::sync::Arc::default(),
-            most,
+            most: most.min(quarter),
         }
     }
 

@@ -449,3 +449,43 @@ async fn kept_connections_are_reused_and_stay_out_of_the_pool() {
     sent.sort();
     assert_eq!(stored, sent, "every event committed exactly once");
 }
+
+/// A service's hot paths together never keep the whole pool: with four
+/// connections and three hot paths each asking to keep two (the vault's
+/// read events, look-ups and writes), each keeps one, and other work (the
+/// outbox relay, every other statement) still gets a connection at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_paths_leave_connections_in_a_small_pool() {
+    use confidant_runtime::storage::{Backend, KeptConnections, PoolOptions};
+    let t = TestDatabase::fresh(Backend::Postgres, COMMON_ONLY).await;
+    let small = Database::connect(
+        &t.url,
+        &t.schema,
+        PoolOptions {
+            max_connections: 4,
+            acquire_timeout: std::time::Duration::from_secs(2),
+        },
+    )
+    .await
+    .unwrap();
+    let Database::Postgres(pool) = &small else {
+        panic!("a PostgreSQL test database");
+    };
+    let mut hot_paths = Vec::new();
+    for _ in 0..3 {
+        let hot = KeptConnections::new(pool.clone(), 2);
+        // Two at once (two groups in flight), both kept if allowed.
+        let (a, b) = (hot.take().await.unwrap(), hot.take().await.unwrap());
+        a.keep();
+        b.keep();
+        // The hot path lives on, keeping what it kept.
+        hot_paths.push(hot);
+    }
+    let free = pool.acquire().await;
+    assert!(
+        free.is_ok(),
+        "the pool still serves other work: {:?}",
+        free.err()
+    );
+    drop(hot_paths);
+}
