@@ -1,16 +1,18 @@
 //! Work shared among callers waiting at the same moment.
 //!
-//! Group commits of audit events and grouped record look-ups have the same
-//! shape: callers queue a request and wait; a worker takes whoever is
-//! waiting, up to a bound, and serves them all with one round trip to the
-//! database. A lone caller is served at once (nothing lingers); while
-//! `in_flight` groups are out, the next callers gather into the following
-//! group, so the groups grow with the load.
+//! Group commits of audit events, grouped record look-ups and grouped
+//! writes have the same shape: callers hand in a request and wait; whoever
+//! waits is served as one group, with one round trip to the database. A
+//! caller that finds a slot free and nobody waiting serves itself at once,
+//! on its own task (no hand-over to another task and back, which at low
+//! load costs more than the statement); while `in_flight` groups are out,
+//! the next callers queue, and the first group to finish takes the queue
+//! (up to a bound) as the next group, so the groups grow with the load.
 
+use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::Arc;
-
-use tokio::sync::{Semaphore, mpsc};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// How a gatherer's groups are bounded.
 #[derive(Debug, Clone, Copy)]
@@ -21,63 +23,160 @@ pub struct Bounds {
     pub in_flight: usize,
 }
 
-/// Starts a worker on the current runtime that serves the requests sent to
-/// the returned sender in groups, calling `serve` on each group (up to
-/// `bounds.in_flight` at once). It stops when every sender is dropped.
-pub fn start<T, F, Fut>(bounds: Bounds, weight: fn(&T) -> usize, serve: F) -> mpsc::Sender<T>
-where
-    T: Send + 'static,
-    F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let (tx, mut rx) = mpsc::channel::<T>(4096);
-    let serve = Arc::new(serve);
-    tokio::spawn(async move {
-        let slots = Arc::new(Semaphore::new(bounds.in_flight.max(1)));
-        while let Some(first) = rx.recv().await {
-            // Requests that arrive while every slot is busy join this group.
-            let Ok(slot) = slots.clone().acquire_owned().await else {
+type Serve<T> = dyn Fn(Vec<T>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync;
+
+/// Serves the requests handed to [`Gather::submit`] in groups.
+pub struct Gather<T> {
+    inner: Arc<Inner<T>>,
+}
+
+impl<T> Clone for Gather<T> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Gather<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gather")
+            .field("bounds", &self.inner.bounds)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner<T> {
+    bounds: Bounds,
+    weight: fn(&T) -> usize,
+    serve: Box<Serve<T>>,
+    state: Mutex<State<T>>,
+    /// Where the queue's groups are served (a slot released on a caller's
+    /// task, maybe one being dropped, hands the queue to a task of its own).
+    runtime: tokio::runtime::Handle,
+}
+
+struct State<T> {
+    queue: VecDeque<T>,
+    in_flight: usize,
+}
+
+impl<T: Send + 'static> Gather<T> {
+    /// A gatherer calling `serve` on each group, up to `bounds.in_flight`
+    /// groups at once; groups other than a lone caller's are served on the
+    /// current runtime. Each request must carry its own way to answer (a
+    /// oneshot sender, say): `serve` answers them.
+    pub fn new<F, Fut>(bounds: Bounds, weight: fn(&T) -> usize, serve: F) -> Self
+    where
+        F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        Self {
+            inner: Arc::new(Inner {
+                bounds: Bounds {
+                    max_weight: bounds.max_weight,
+                    in_flight: bounds.in_flight.max(1),
+                },
+                weight,
+                serve: Box::new(move |group| Box::pin(serve(group))),
+                state: Mutex::new(State {
+                    queue: VecDeque::new(),
+                    in_flight: 0,
+                }),
+                runtime: tokio::runtime::Handle::current(),
+            }),
+        }
+    }
+
+    /// Hands `request` in. If a slot is free (and so nobody waits), serves
+    /// it as a group of one before returning; otherwise queues it for the
+    /// next group and returns at once. Either way `serve` answers it.
+    pub async fn submit(&self, request: T) {
+        let alone = {
+            let mut state = self.inner.lock();
+            if state.in_flight < self.inner.bounds.in_flight && state.queue.is_empty() {
+                state.in_flight += 1;
+                Some(vec![request])
+            } else {
+                state.queue.push_back(request);
+                None
+            }
+        };
+        if let Some(group) = alone {
+            // Released even if this caller is dropped half-way: the queue
+            // then goes on without it.
+            let slot = Slot(self.inner.clone());
+            (self.inner.serve)(group).await;
+            drop(slot);
+        }
+    }
+}
+
+impl<T> Inner<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<T>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The next group from the queue, up to the bound (at least one).
+    fn next_group(&self, state: &mut State<T>) -> Option<Vec<T>> {
+        let first = state.queue.pop_front()?;
+        let mut carried = (self.weight)(&first);
+        let mut group = vec![first];
+        while carried < self.bounds.max_weight {
+            let Some(next) = state.queue.pop_front() else {
                 break;
             };
-            let mut carried = weight(&first);
-            let mut group = vec![first];
-            while carried < bounds.max_weight {
-                match rx.try_recv() {
-                    Ok(next) => {
-                        carried += weight(&next);
-                        group.push(next);
-                    }
-                    Err(_) => break,
-                }
+            carried += (self.weight)(&next);
+            group.push(next);
+        }
+        Some(group)
+    }
+}
+
+/// A group's slot: when the group is done (or its caller gone), the queue's
+/// next group takes the slot, or the slot is freed. The queue is never left
+/// waiting while a slot is free.
+struct Slot<T: Send + 'static>(Arc<Inner<T>>);
+
+impl<T: Send + 'static> Drop for Slot<T> {
+    fn drop(&mut self) {
+        let inner = &self.0;
+        let next = {
+            let mut state = inner.lock();
+            let next = inner.next_group(&mut state);
+            if next.is_none() {
+                state.in_flight -= 1;
             }
-            let serve = serve.clone();
-            tokio::spawn(async move {
-                serve(group).await;
+            next
+        };
+        if let Some(group) = next {
+            let slot = Slot(inner.clone());
+            let serving = (inner.serve)(group);
+            inner.runtime.spawn(async move {
+                serving.await;
                 drop(slot);
             });
         }
-    });
-    tx
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::time::Duration;
     use tokio::sync::oneshot;
 
     type Request = (u32, oneshot::Sender<u32>);
 
-    /// Callers waiting together are served together, each gets its own
-    /// answer, no group exceeds its bound and no more groups are out at once
-    /// than allowed.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn waiting_callers_share_bounded_groups() {
+    /// A gatherer that doubles numbers, taking `pause` per group, and
+    /// records the size of each group and the most groups out at once.
+    fn doubler(pause: Duration) -> (Gather<Request>, Arc<Mutex<Vec<usize>>>, Arc<AtomicUsize>) {
         let sizes: Arc<Mutex<Vec<usize>>> = Arc::default();
-        let out = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let most_out = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let out = Arc::new(AtomicUsize::new(0));
+        let most_out = Arc::new(AtomicUsize::new(0));
         let (s, o, m) = (sizes.clone(), out.clone(), most_out.clone());
-        let tx = start(
+        let gather = Gather::new(
             Bounds {
                 max_weight: 10,
                 in_flight: 2,
@@ -86,11 +185,10 @@ mod tests {
             move |group: Vec<Request>| {
                 let (s, o, m) = (s.clone(), o.clone(), m.clone());
                 async move {
-                    use std::sync::atomic::Ordering::SeqCst;
                     let now = o.fetch_add(1, SeqCst) + 1;
                     m.fetch_max(now, SeqCst);
                     s.lock().unwrap().push(group.len());
-                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    tokio::time::sleep(pause).await;
                     for (n, reply) in group {
                         let _ = reply.send(n * 2);
                     }
@@ -98,21 +196,73 @@ mod tests {
                 }
             },
         );
+        (gather, sizes, most_out)
+    }
+
+    async fn ask(gather: &Gather<Request>, n: u32) -> Option<u32> {
+        let (reply, answer) = oneshot::channel();
+        gather.submit((n, reply)).await;
+        answer.await.ok()
+    }
+
+    /// Callers waiting together are served together, each gets its own
+    /// answer, no group exceeds its bound and no more groups are out at once
+    /// than allowed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiting_callers_share_bounded_groups() {
+        let (gather, sizes, most_out) = doubler(Duration::from_millis(5));
         let calls = (0..100u32).map(|n| {
-            let tx = tx.clone();
-            async move {
-                let (reply, answer) = oneshot::channel();
-                tx.send((n, reply)).await.expect("worker running");
-                (n, answer.await.expect("answered"))
-            }
+            let gather = gather.clone();
+            async move { (n, ask(&gather, n).await) }
         });
-        for (n, answer) in futures::future::join_all(calls).await {
-            assert_eq!(answer, n * 2);
+        let answers =
+            tokio::time::timeout(Duration::from_secs(5), futures::future::join_all(calls))
+                .await
+                .expect("every caller served");
+        for (n, answer) in answers {
+            assert_eq!(answer, Some(n * 2));
         }
         let sizes = sizes.lock().unwrap().clone();
         assert_eq!(sizes.iter().sum::<usize>(), 100);
         assert!(sizes.iter().all(|s| *s <= 10), "{sizes:?}");
         assert!(sizes.len() < 100, "callers were served one by one");
-        assert!(most_out.load(std::sync::atomic::Ordering::SeqCst) <= 2);
+        assert!(most_out.load(SeqCst) <= 2);
+    }
+
+    /// A caller that gives up while its group is out (a cancelled request)
+    /// frees its slot: those queued behind it are still served, and so is
+    /// the next caller.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_caller_that_gives_up_does_not_stall_the_others() {
+        let (gather, sizes, _) = doubler(Duration::from_millis(200));
+        // Two callers take both slots and give up half-way.
+        let leaders: Vec<_> = (0..2u32)
+            .map(|n| {
+                let gather = gather.clone();
+                tokio::spawn(async move {
+                    tokio::time::timeout(Duration::from_millis(50), ask(&gather, n))
+                        .await
+                        .is_err()
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Meanwhile three more queue behind them; all are answered.
+        let queued = (10..13u32).map(|n| {
+            let gather = gather.clone();
+            async move { (n, ask(&gather, n).await) }
+        });
+        let answers =
+            tokio::time::timeout(Duration::from_secs(5), futures::future::join_all(queued))
+                .await
+                .expect("queued callers served");
+        for (n, answer) in answers {
+            assert_eq!(answer, Some(n * 2));
+        }
+        for leader in leaders {
+            assert!(leader.await.unwrap(), "the first callers gave up waiting");
+        }
+        assert_eq!(sizes.lock().unwrap().clone(), [1, 1, 3]);
+        assert_eq!(ask(&gather, 7).await, Some(14));
     }
 }

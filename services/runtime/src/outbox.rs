@@ -102,7 +102,7 @@ pub async fn enqueue_sqlite(conn: &mut SqliteConnection, event: &AuditEvent) -> 
 /// committed.
 #[derive(Debug, Clone)]
 pub struct GroupCommit {
-    tx: tokio::sync::mpsc::Sender<Waiter>,
+    gather: crate::gather::Gather<Waiter>,
 }
 
 type Waiter = (
@@ -111,12 +111,12 @@ type Waiter = (
 );
 
 impl GroupCommit {
-    /// Starts the committer on the current runtime; it stops when the last
-    /// handle is dropped. A commit carries at most `max_events` events.
+    /// A committer on the current runtime. A commit carries at most
+    /// `max_events` events.
     pub fn start(db: Database, max_events: usize) -> Self {
         // One connection kept per commit in flight (PostgreSQL).
         let kept = db.kept_connections(2);
-        let tx = crate::gather::start(
+        let gather = crate::gather::Gather::new(
             crate::gather::Bounds {
                 max_weight: max_events,
                 // A second commit gathers while the first waits for its
@@ -138,17 +138,14 @@ impl GroupCommit {
                 }
             },
         );
-        Self { tx }
+        Self { gather }
     }
 
     /// Returns once `events` are committed to the outbox, or why they are
     /// not.
     pub async fn record(&self, events: Vec<AuditEvent>) -> Result<(), String> {
         let (reply, done) = tokio::sync::oneshot::channel();
-        self.tx
-            .send((events, reply))
-            .await
-            .map_err(|_| "the audit committer stopped".to_owned())?;
+        self.gather.submit((events, reply)).await;
         done.await
             .map_err(|_| "the audit committer stopped".to_owned())?
     }

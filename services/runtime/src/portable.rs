@@ -424,17 +424,17 @@ type Write = (
 #[derive(Debug, Clone)]
 pub struct WriteGroup {
     db: Database,
-    tx: Option<tokio::sync::mpsc::Sender<Write>>,
+    gather: Option<crate::gather::Gather<Write>>,
 }
 
 impl WriteGroup {
-    /// Starts the group committer on the current runtime (PostgreSQL); it
-    /// stops when the last handle is dropped. A group carries at most
-    /// [`GROUP_BYTES`] of values and events (a larger write goes alone).
+    /// A group committer on the current runtime (PostgreSQL). A group
+    /// carries at most [`GROUP_BYTES`] of values and events (a larger
+    /// write goes alone).
     pub fn start(db: Database) -> Self {
-        let tx = db.kept_connections(2).map(|kept| {
+        let gather = db.kept_connections(2).map(|kept| {
             let db = db.clone();
-            crate::gather::start(
+            crate::gather::Gather::new(
                 crate::gather::Bounds {
                     max_weight: GROUP_BYTES,
                     // A second group gathers while the first waits for its
@@ -448,7 +448,7 @@ impl WriteGroup {
                 },
             )
         });
-        Self { db, tx }
+        Self { db, gather }
     }
 
     /// Runs `statement` and puts `events` in the outbox, in one transaction
@@ -459,15 +459,11 @@ impl WriteGroup {
         statement: Statement,
         events: Vec<AuditEvent>,
     ) -> Result<u64, TransactError> {
-        let Some(tx) = &self.tx else {
+        let Some(gather) = &self.gather else {
             return alone(&self.db, statement, &events).await;
         };
         let (reply, done) = tokio::sync::oneshot::channel();
-        if let Err(tokio::sync::mpsc::error::SendError((statement, events, _))) =
-            tx.send((statement, events, reply)).await
-        {
-            return alone(&self.db, statement, &events).await;
-        }
+        gather.submit((statement, events, reply)).await;
         done.await
             .unwrap_or(Err(TransactError::Sqlx(sqlx::Error::WorkerCrashed)))
     }

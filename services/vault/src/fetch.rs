@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::store::{RecordRow, StoreResult, VaultStore};
@@ -33,7 +33,7 @@ type Answer = Result<Option<RecordRow>, ()>;
 /// Loads records by id for concurrent readers, one statement per group.
 #[derive(Debug, Clone)]
 pub struct RecordFetch {
-    tx: mpsc::Sender<(Uuid, oneshot::Sender<Answer>)>,
+    gather: confidant_runtime::gather::Gather<(Uuid, oneshot::Sender<Answer>)>,
     store: VaultStore,
     counts: Arc<Counts>,
 }
@@ -46,13 +46,12 @@ struct Counts {
 }
 
 impl RecordFetch {
-    /// Starts the fetcher on the current runtime; it stops when the last
-    /// handle is dropped.
+    /// A fetcher on the current runtime.
     pub fn start(store: VaultStore) -> Self {
         let counts = Arc::new(Counts::default());
         let (worker, counted) = (store.clone(), counts.clone());
         let kept = store.db().kept_connections(IN_FLIGHT);
-        let tx = confidant_runtime::gather::start(
+        let gather = confidant_runtime::gather::Gather::new(
             confidant_runtime::gather::Bounds {
                 max_weight: MAX_IDS,
                 in_flight: IN_FLIGHT,
@@ -67,7 +66,11 @@ impl RecordFetch {
                 async move { answer(&store, kept.as_ref(), group).await }
             },
         );
-        Self { tx, store, counts }
+        Self {
+            gather,
+            store,
+            counts,
+        }
     }
 
     /// Look-ups asked for so far, and the groups (statements) they went
@@ -82,9 +85,8 @@ impl RecordFetch {
     /// The row of record `id`, if there is one.
     pub async fn record(&self, id: Uuid) -> StoreResult<Option<RecordRow>> {
         let (reply, answer) = oneshot::channel();
-        if self.tx.send((id, reply)).await.is_ok()
-            && let Ok(Ok(row)) = answer.await
-        {
+        self.gather.submit((id, reply)).await;
+        if let Ok(Ok(row)) = answer.await {
             return Ok(row);
         }
         self.store.record(id).await
