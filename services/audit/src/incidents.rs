@@ -216,7 +216,7 @@ pub async fn drain_own_outbox(
                 match crate::domain::validate_batch(&events, crate::NAME.as_str(), Utc::now()) {
                     Ok(valid) => match log.append(&valid).await {
                         Ok(_) => {
-                            if let Err(e) = outbox.mark_delivered(&seqs).await {
+                            if let Err(e) = outbox.remove_delivered(&seqs).await {
                                 tracing::warn!(error = %e, "own outbox not acknowledged");
                             }
                         }

@@ -58,11 +58,15 @@ const BODY: usize = 1024;
 
 struct Run {
     ops: usize,
-    elapsed: Duration,
     ops_per_s: f64,
     p50: Duration,
     p95: Duration,
     p99: Duration,
+    max: Duration,
+    /// Operations including the warm-up, and the time they took (what the
+    /// CPU table divides by: the meters run through the warm-up too).
+    all_ops: usize,
+    all_elapsed: Duration,
 }
 
 fn summarize(mut latencies: Vec<Duration>, elapsed: Duration) -> Run {
@@ -70,26 +74,38 @@ fn summarize(mut latencies: Vec<Duration>, elapsed: Duration) -> Run {
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     Run {
         ops: latencies.len(),
-        elapsed,
         ops_per_s: latencies.len() as f64 / elapsed.as_secs_f64(),
         p50: at(0.50),
         p95: at(0.95),
         p99: at(0.99),
+        max: latencies.last().copied().unwrap_or_default(),
+        all_ops: latencies.len(),
+        all_elapsed: elapsed,
     }
 }
 
-/// Runs `per_task` operations in each of `concurrency` tasks; `op(task, i)`.
+/// Runs `op` from `concurrency` tasks, `per_task` times each, after a
+/// warm-up of a tenth as many operations per task that is not measured
+/// (connections opened, statements prepared, caches filled: on both the
+/// Confidant side and the baseline); the clock starts when every task has
+/// warmed up.
 async fn drive<F, Fut>(concurrency: usize, per_task: usize, op: F) -> Run
 where
     F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
     let op = Arc::new(op);
-    let started = Instant::now();
+    let warm_up = (per_task / 10).max(1);
+    let all_started = Instant::now();
+    let warmed = Arc::new(tokio::sync::Barrier::new(concurrency + 1));
     let mut tasks = Vec::new();
     for t in 0..concurrency {
-        let op = op.clone();
+        let (op, warmed) = (op.clone(), warmed.clone());
         tasks.push(tokio::spawn(async move {
+            for i in 0..warm_up {
+                op(t, per_task + i).await;
+            }
+            warmed.wait().await;
             let mut lat = Vec::with_capacity(per_task);
             for i in 0..per_task {
                 let s = Instant::now();
@@ -99,11 +115,16 @@ where
             lat
         }));
     }
+    warmed.wait().await;
+    let started = Instant::now();
     let mut all = Vec::new();
     for t in tasks {
         all.extend(t.await.expect("bench task"));
     }
-    summarize(all, started.elapsed())
+    let mut run = summarize(all, started.elapsed());
+    run.all_ops = run.ops + warm_up * concurrency;
+    run.all_elapsed = all_started.elapsed();
+    run
 }
 
 fn ms(d: Duration) -> String {
@@ -112,11 +133,12 @@ fn ms(d: Duration) -> String {
 
 fn figures(r: &Run) -> String {
     format!(
-        "{:.0} ops/s (p50 {}, p95 {}, p99 {})",
+        "{:.0} ops/s (p50 {}, p95 {}, p99 {}, max {})",
         r.ops_per_s,
         ms(r.p50),
         ms(r.p95),
-        ms(r.p99)
+        ms(r.p99),
+        ms(r.max)
     )
 }
 
@@ -498,7 +520,7 @@ impl Meter {
                 .copied()
                 .unwrap_or(0)
                 .saturating_sub(self.ticks.get(group).copied().unwrap_or(0));
-            used as f64 / hz * 1e6 / run.ops as f64
+            used as f64 / hz * 1e6 / run.all_ops as f64
         };
         let groups = [
             "vault",
@@ -509,7 +531,7 @@ impl Meter {
             "load generator",
         ];
         let total: f64 = groups.iter().map(|g| per_op(g)).sum();
-        let cores = total * run.ops as f64 / 1e6 / run.elapsed.as_secs_f64();
+        let cores = total * run.all_ops as f64 / 1e6 / run.all_elapsed.as_secs_f64();
         let mut peaks: BTreeMap<String, f64> = BTreeMap::new();
         for (name, pid) in &self.pids {
             let e = peaks.entry(group_of(name)).or_default();
@@ -603,7 +625,13 @@ impl Load {
         let body = Arc::new(vec![7u8; BODY]);
         let (plain, ids2) = (self.plain.clone(), ids.clone());
         let run = drive(concurrency, per_task, move |t, i| {
-            let (plain, id, body) = (plain.clone(), ids2[t * per_task + i], body.clone());
+            // Warm-up writes (past `per_task`) insert rows of their own.
+            let id = if i < per_task {
+                ids2[t * per_task + i]
+            } else {
+                Uuid::now_v7()
+            };
+            let (plain, body) = (plain.clone(), body.clone());
             async move {
                 sqlx::query("INSERT INTO bench_plain (id, body) VALUES ($1, $2)")
                     .bind(id)
@@ -840,8 +868,17 @@ async fn main() {
     // `VAULT_LOAD_QUICK=1`: only the concurrent writes and reads and the
     // CPU table, for working on the cost of one request.
     let quick = std::env::var_os("VAULT_LOAD_QUICK").is_some_and(|v| !v.is_empty());
-    let levels: &[usize] = if quick { &[16] } else { &[1, 16] };
-    for &concurrency in levels {
+    // `VAULT_LOAD_LEVELS=1,16`: the concurrency levels of the write and
+    // read phases (default 1 and 16; 16 alone with VAULT_LOAD_QUICK).
+    let levels: Vec<usize> = match std::env::var("VAULT_LOAD_LEVELS") {
+        Ok(list) if !list.trim().is_empty() => list
+            .split(',')
+            .map(|n| n.trim().parse().expect("VAULT_LOAD_LEVELS: numbers"))
+            .collect(),
+        _ if quick => vec![16],
+        _ => vec![1, 16],
+    };
+    for &concurrency in &levels {
         let per_task = if concurrency == 1 { 1000 } else { 250 };
         let writers = clients(&cluster, "intake", concurrency).await;
         let readers = clients(&cluster, "firm-app", concurrency).await;
@@ -953,7 +990,7 @@ async fn main() {
 
     // Where the time goes: the mutual-TLS gRPC round trip alone (the health
     // check: no database, no token), at the same concurrency.
-    for &concurrency in levels {
+    for &concurrency in &levels {
         let per_task = if concurrency == 1 { 1000 } else { 250 };
         let mut probes = Vec::new();
         for _ in 0..concurrency {

@@ -4,10 +4,10 @@
 //! transaction as the change the event records ([`enqueue_postgres`],
 //! [`enqueue_sqlite`]), so an event exists exactly when its change does. The
 //! [`Relay`] sends pending events to the audit service in batches, oldest
-//! first, and marks exactly the events it sent delivered (one replica at a
-//! time on PostgreSQL); the audit service deduplicates by event id, so a
-//! batch re-sent after a lost acknowledgement is stored once. Delivered
-//! events are purged after an hour.
+//! first, and removes exactly the events it sent once the audit service has
+//! them (one replica at a time on PostgreSQL); the audit service
+//! deduplicates by event id, so a batch re-sent after a lost acknowledgement
+//! is stored once.
 
 use std::time::Duration;
 
@@ -271,37 +271,36 @@ impl Outbox {
             .collect())
     }
 
-    /// Marks the events at `seqs` delivered. Exactly those: on PostgreSQL a
-    /// transaction that took a lower sequence number can commit after a
-    /// higher one was read, so "everything up to the last one sent" could
-    /// mark an event delivered that was never sent.
-    pub async fn mark_delivered(&self, seqs: &[i64]) -> Result<u64, Error> {
-        self.mark_delivered_in(&mut Claim(None), seqs).await
+    /// Removes the events at `seqs`: they are delivered (the audit log
+    /// holds them now). Exactly those: on PostgreSQL a transaction that took
+    /// a lower sequence number can commit after a higher one was read, so
+    /// "everything up to the last one sent" could remove an event that was
+    /// never sent. Removing costs the database less than marking (no new row
+    /// version, no index entries) and keeps the outbox the size of its
+    /// backlog.
+    pub async fn remove_delivered(&self, seqs: &[i64]) -> Result<u64, Error> {
+        self.remove_delivered_in(&mut Claim(None), seqs).await
     }
 
-    /// [`Outbox::mark_delivered`] inside `claim`'s transaction on
+    /// [`Outbox::remove_delivered`] inside `claim`'s transaction on
     /// PostgreSQL, through the pool otherwise.
-    async fn mark_delivered_in(&self, claim: &mut Claim, seqs: &[i64]) -> Result<u64, Error> {
-        const SQL: &str = "UPDATE outbox SET delivered_at = $1, last_error = NULL \
-                           WHERE delivered_at IS NULL AND seq = ANY($2)";
+    async fn remove_delivered_in(&self, claim: &mut Claim, seqs: &[i64]) -> Result<u64, Error> {
+        const SQL: &str = "DELETE FROM outbox WHERE delivered_at IS NULL AND seq = ANY($1)";
         let done = match (&self.db, &mut claim.0) {
             (_, Some(tx)) => sqlx::query(SQL)
-                .bind(Utc::now())
                 .bind(seqs)
                 .execute(&mut **tx)
                 .await?
                 .rows_affected(),
             (Database::Postgres(pool), None) => sqlx::query(SQL)
-                .bind(Utc::now())
                 .bind(seqs)
                 .execute(pool)
                 .await?
                 .rows_affected(),
             (Database::Sqlite(pool), None) => sqlx::query(
-                "UPDATE outbox SET delivered_at = ?1, last_error = NULL \
-                 WHERE delivered_at IS NULL AND seq IN (SELECT value FROM json_each(?2))",
+                "DELETE FROM outbox WHERE delivered_at IS NULL \
+                 AND seq IN (SELECT value FROM json_each(?1))",
             )
-            .bind(Utc::now().to_rfc3339())
             .bind(seq_list(seqs))
             .execute(pool)
             .await?
@@ -377,29 +376,6 @@ impl Outbox {
         }
     }
 
-    /// Deletes events delivered before `cutoff` (the audit log holds them
-    /// now), so the outbox stays the size of its backlog plus a recent
-    /// window rather than growing with every event. Returns how many.
-    pub async fn purge_delivered(&self, cutoff: chrono::DateTime<Utc>) -> Result<u64, Error> {
-        let done = match &self.db {
-            Database::Postgres(pool) => sqlx::query(
-                "DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < $1",
-            )
-            .bind(cutoff)
-            .execute(pool)
-            .await?
-            .rows_affected(),
-            Database::Sqlite(pool) => sqlx::query(
-                "DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < ?1",
-            )
-            .bind(cutoff.to_rfc3339())
-            .execute(pool)
-            .await?
-            .rows_affected(),
-        };
-        Ok(done)
-    }
-
     /// How many events wait for delivery.
     pub async fn backlog(&self) -> Result<i64, Error> {
         let n: i64 = match &self.db {
@@ -417,12 +393,6 @@ impl Outbox {
         Ok(n)
     }
 }
-
-/// How long delivered events stay in the outbox (for an operator looking
-/// into a delivery) before the relay deletes them.
-const KEEP_DELIVERED: chrono::TimeDelta = chrono::TimeDelta::hours(1);
-/// How often the relay purges delivered events.
-const PURGE_EVERY: Duration = Duration::from_secs(60);
 
 /// A JSON array of sequence numbers (SQLite's `json_each` reads it).
 fn seq_list(seqs: &[i64]) -> String {
@@ -493,9 +463,9 @@ impl Relay {
         };
         match self.client.append_events(request).await {
             Ok(_) => {
-                // Should the marks be lost (the commit fails), the batch is
-                // sent again and the audit service stores it once.
-                self.outbox.mark_delivered_in(&mut claim, &seqs).await?;
+                // Should the removal be lost (the commit fails), the batch
+                // is sent again and the audit service stores it once.
+                self.outbox.remove_delivered_in(&mut claim, &seqs).await?;
                 claim.finish().await?;
                 Ok(Round::Delivered(seqs.len()))
             }
@@ -515,17 +485,9 @@ impl Relay {
     /// Undelivered events stay in the outbox for the next start.
     pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut backoff = self.idle_interval;
-        let mut purged = tokio::time::Instant::now();
         loop {
             if *shutdown.borrow() {
                 return;
-            }
-            if purged.elapsed() >= PURGE_EVERY {
-                purged = tokio::time::Instant::now();
-                let cutoff = Utc::now() - KEEP_DELIVERED;
-                if let Err(err) = self.outbox.purge_delivered(cutoff).await {
-                    tracing::warn!(error = %err, "delivered events not purged");
-                }
             }
             let wait = match self.deliver_once().await {
                 Ok(Round::Delivered(n)) => {

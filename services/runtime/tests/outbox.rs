@@ -33,7 +33,7 @@ async fn pending_events_come_back_in_order_until_delivered(t: &TestDatabase) {
 
     assert_eq!(
         outbox
-            .mark_delivered(&[pending[0].seq, pending[1].seq, pending[2].seq])
+            .remove_delivered(&[pending[0].seq, pending[1].seq, pending[2].seq])
             .await
             .unwrap(),
         3
@@ -63,33 +63,34 @@ async fn events_committed_together_keep_their_order(t: &TestDatabase) {
     assert_eq!(outbox.backlog().await.unwrap(), 40);
 }
 
-async fn delivered_events_are_purged_and_pending_ones_kept(t: &TestDatabase) {
+async fn delivered_events_leave_the_outbox_and_pending_ones_stay(t: &TestDatabase) {
     let outbox = Outbox::new(t.db.clone());
     for i in 0..4 {
         outbox.enqueue(&event(&format!("test.p{i}"))).await.unwrap();
     }
     let pending = outbox.pending(10).await.unwrap();
-    outbox
-        .mark_delivered(&[pending[0].seq, pending[1].seq])
-        .await
-        .unwrap();
-    let past = chrono::Utc::now() - chrono::Duration::hours(1);
-    assert_eq!(outbox.purge_delivered(past).await.unwrap(), 0, "too recent");
-    let future = chrono::Utc::now() + chrono::Duration::seconds(5);
-    assert_eq!(outbox.purge_delivered(future).await.unwrap(), 2);
+    assert_eq!(
+        outbox
+            .remove_delivered(&[pending[0].seq, pending[1].seq])
+            .await
+            .unwrap(),
+        2
+    );
+    // Removing them again (a repeated acknowledgement) touches nothing.
+    assert_eq!(outbox.remove_delivered(&[pending[0].seq]).await.unwrap(), 0);
     let rest = outbox.pending(10).await.unwrap();
     assert_eq!(
         rest.iter()
             .map(|p| p.event.action.as_str())
             .collect::<Vec<_>>(),
         ["test.p2", "test.p3"],
-        "undelivered events are never purged"
+        "undelivered events stay"
     );
     let left: Vec<(i64,)> =
         t.db.fetch_all("SELECT seq FROM outbox", vec![])
             .await
             .unwrap();
-    assert_eq!(left.len(), 2);
+    assert_eq!(left.len(), 2, "delivered events are gone, not kept");
 }
 
 async fn failures_are_counted_and_events_stay_pending(t: &TestDatabase) {
@@ -146,7 +147,7 @@ async fn an_event_committed_late_is_not_skipped(t: &TestDatabase) {
     let first = outbox.pending(10).await.unwrap();
     assert_eq!(first.len(), 1, "the slow transaction is not visible yet");
     assert_eq!(first[0].event, fast);
-    assert_eq!(outbox.mark_delivered(&[first[0].seq]).await.unwrap(), 1);
+    assert_eq!(outbox.remove_delivered(&[first[0].seq]).await.unwrap(), 1);
     slow_tx.commit().await.unwrap();
     let rest = outbox.pending(10).await.unwrap();
     assert_eq!(rest.len(), 1, "the late event still waits for delivery");
@@ -393,7 +394,7 @@ confidant_runtime::backend_tests!(COMMON_ONLY;
     a_statement_and_its_events_commit_together_or_not_at_all,
     pending_events_come_back_in_order_until_delivered,
     events_committed_together_keep_their_order,
-    delivered_events_are_purged_and_pending_ones_kept,
+    delivered_events_leave_the_outbox_and_pending_ones_stay,
     failures_are_counted_and_events_stay_pending,
     an_event_exists_only_if_its_transaction_commits,
     the_same_event_cannot_be_enqueued_twice,
