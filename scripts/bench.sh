@@ -63,6 +63,10 @@ mkdir -p docs
   echo "this machine's two cores. Every vault read verifies a staff token (Redis revocation"
   echo "check), asks identity (an allowed decision is reused for half a second), commits its"
   echo "audit event before answering, and the event then travels to the audit log."
+  echo "Every load phase first runs a tenth of its operations unmeasured, Confidant and"
+  echo "baseline alike (connections opened, statements prepared, caches filled); the CPU"
+  echo "table below counts the warm-up too. With \`--profile\`, perf records the machine"
+  echo "during the concurrent reads and slows them: compare those rows from a run without it."
   echo "On two cores, replicas cannot add CPU: the scaling rows show whether anything"
   echo "serialises (throughput should hold or grow), not a speed-up a larger machine gives."
   echo
