@@ -266,7 +266,9 @@ async fn a_sweep_killed_midway_is_finished_by_the_next_process_without_double_sh
         );
     }
 
-    // Shredded once each: one shred event per scope in the vault's outbox.
+    // Shredded once each: one shred event per scope in the audit log, once
+    // the vault's outbox has delivered everything (a second shred of a
+    // scope would be a second event, with an id of its own).
     let vault_db = Database::connect(
         &data.database_url(ServiceName::Vault),
         "vault",
@@ -274,8 +276,28 @@ async fn a_sweep_killed_midway_is_finished_by_the_next_process_without_double_sh
     )
     .await
     .unwrap();
-    let payloads: Vec<(Vec<u8>,)> = vault_db
-        .fetch_all("SELECT payload FROM outbox", vec![])
+    let outbox = confidant_runtime::outbox::Outbox::new(vault_db);
+    common::eventually(
+        Duration::from_secs(30),
+        "the vault's events delivered",
+        || {
+            let outbox = outbox.clone();
+            async move { outbox.backlog().await.is_ok_and(|n| n == 0) }
+        },
+    )
+    .await;
+    let audit_db = Database::connect(
+        &data.database_url(ServiceName::Audit),
+        "audit",
+        PoolOptions::default(),
+    )
+    .await
+    .unwrap();
+    let payloads: Vec<(Vec<u8>,)> = audit_db
+        .fetch_all(
+            "SELECT payload FROM audit_events WHERE action = 'vault.scope.shredded'",
+            vec![],
+        )
         .await
         .unwrap();
     let mut shreds: HashMap<String, usize> = HashMap::new();
