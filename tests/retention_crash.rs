@@ -20,7 +20,7 @@ use confidant_proto::vault::v1 as vault_pb;
 use confidant_proto::vault::v1::vault_service_client::VaultServiceClient;
 use confidant_runtime::ServiceName;
 use confidant_runtime::portable::Value;
-use confidant_runtime::storage::{Backend, Database, PoolOptions};
+use confidant_runtime::storage::{Backend, Database};
 use prost::Message;
 
 const CLIENTS: usize = 400;
@@ -168,13 +168,7 @@ async fn a_sweep_killed_midway_is_finished_by_the_next_process_without_double_sh
         .unwrap();
 
     // Kill it mid-sweep: some certificates issued, not all.
-    let retention_db = Database::connect(
-        &data.database_url(ServiceName::Retention),
-        "retention",
-        PoolOptions::default(),
-    )
-    .await
-    .unwrap();
+    let retention_db = common::service_db(&data, ServiceName::Retention).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let n = certificates(&retention_db).await;
@@ -269,13 +263,7 @@ async fn a_sweep_killed_midway_is_finished_by_the_next_process_without_double_sh
     // Shredded once each: one shred event per scope in the audit log, once
     // the vault's outbox has delivered everything (a second shred of a
     // scope would be a second event, with an id of its own).
-    let vault_db = Database::connect(
-        &data.database_url(ServiceName::Vault),
-        "vault",
-        PoolOptions::default(),
-    )
-    .await
-    .unwrap();
+    let vault_db = common::service_db(&data, ServiceName::Vault).await;
     let outbox = confidant_runtime::outbox::Outbox::new(vault_db);
     common::eventually(
         Duration::from_secs(30),
@@ -286,13 +274,7 @@ async fn a_sweep_killed_midway_is_finished_by_the_next_process_without_double_sh
         },
     )
     .await;
-    let audit_db = Database::connect(
-        &data.database_url(ServiceName::Audit),
-        "audit",
-        PoolOptions::default(),
-    )
-    .await
-    .unwrap();
+    let audit_db = common::service_db(&data, ServiceName::Audit).await;
     let payloads: Vec<(Vec<u8>,)> = audit_db
         .fetch_all(
             "SELECT payload FROM audit_events WHERE action = 'vault.scope.shredded'",

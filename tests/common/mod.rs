@@ -277,3 +277,19 @@ pub async fn store_record(
         .record
         .expect("record")
 }
+
+/// The database of `service` in a sandbox's data (its PostgreSQL schema or
+/// its SQLite file), opened as the service opens it, for a test that looks
+/// at what was stored.
+pub async fn service_db(
+    data: &confidant::sandbox::SandboxData,
+    service: confidant_runtime::ServiceName,
+) -> confidant_runtime::storage::Database {
+    confidant_runtime::storage::Database::connect(
+        &data.database_url(service),
+        service.as_str(),
+        confidant_runtime::storage::PoolOptions::default(),
+    )
+    .await
+    .expect("the service's database")
+}
