@@ -69,7 +69,14 @@ struct Run {
     all_elapsed: Duration,
 }
 
-fn summarize(mut latencies: Vec<Duration>, elapsed: Duration) -> Run {
+/// The figures of `latencies` measured over `elapsed`, after `warm_ops`
+/// unmeasured operations (`all_elapsed`: the whole run, warm-up included).
+fn summarize(
+    mut latencies: Vec<Duration>,
+    elapsed: Duration,
+    warm_ops: usize,
+    all_elapsed: Duration,
+) -> Run {
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     Run {
@@ -79,8 +86,8 @@ fn summarize(mut latencies: Vec<Duration>, elapsed: Duration) -> Run {
         p95: at(0.95),
         p99: at(0.99),
         max: latencies.last().copied().unwrap_or_default(),
-        all_ops: latencies.len(),
-        all_elapsed: elapsed,
+        all_ops: latencies.len() + warm_ops,
+        all_elapsed,
     }
 }
 
@@ -121,10 +128,12 @@ where
     for t in tasks {
         all.extend(t.await.expect("bench task"));
     }
-    let mut run = summarize(all, started.elapsed());
-    run.all_ops = run.ops + warm_up * concurrency;
-    run.all_elapsed = all_started.elapsed();
-    run
+    summarize(
+        all,
+        started.elapsed(),
+        warm_up * concurrency,
+        all_started.elapsed(),
+    )
 }
 
 fn ms(d: Duration) -> String {

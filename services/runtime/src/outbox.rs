@@ -244,13 +244,16 @@ impl Outbox {
     /// [`Outbox::pending`] inside `claim`'s transaction on PostgreSQL (the
     /// relay's one connection), through the pool otherwise.
     async fn pending_in(&self, claim: &mut Claim, limit: i64) -> Result<Vec<Pending>, Error> {
-        const SQL: &str = "SELECT seq, payload, attempts FROM outbox WHERE delivered_at IS NULL ORDER BY seq LIMIT $1";
-        let rows: Vec<(i64, Vec<u8>, i32)> = match (&self.db, &mut claim.0) {
-            (_, Some(tx)) => sqlx::query_as(SQL).bind(limit).fetch_all(&mut **tx).await?,
-            (Database::Postgres(pool), None) => {
-                sqlx::query_as(SQL).bind(limit).fetch_all(pool).await?
+        let rows: Vec<(i64, Vec<u8>, i32)> = match &self.db {
+            Database::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT seq, payload, attempts FROM outbox WHERE delivered_at IS NULL ORDER BY seq LIMIT $1",
+                )
+                .bind(limit)
+                .fetch_all(&mut *claim.postgres(pool).await?)
+                .await?
             }
-            (Database::Sqlite(pool), None) => {
+            Database::Sqlite(pool) => {
                 sqlx::query_as(
                     "SELECT seq, payload, attempts FROM outbox WHERE delivered_at IS NULL ORDER BY seq LIMIT ?1",
                 )
@@ -285,19 +288,15 @@ impl Outbox {
     /// [`Outbox::remove_delivered`] inside `claim`'s transaction on
     /// PostgreSQL, through the pool otherwise.
     async fn remove_delivered_in(&self, claim: &mut Claim, seqs: &[i64]) -> Result<u64, Error> {
-        const SQL: &str = "DELETE FROM outbox WHERE delivered_at IS NULL AND seq = ANY($1)";
-        let done = match (&self.db, &mut claim.0) {
-            (_, Some(tx)) => sqlx::query(SQL)
-                .bind(seqs)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected(),
-            (Database::Postgres(pool), None) => sqlx::query(SQL)
-                .bind(seqs)
-                .execute(pool)
-                .await?
-                .rows_affected(),
-            (Database::Sqlite(pool), None) => sqlx::query(
+        let done = match &self.db {
+            Database::Postgres(pool) => {
+                sqlx::query("DELETE FROM outbox WHERE delivered_at IS NULL AND seq = ANY($1)")
+                    .bind(seqs)
+                    .execute(&mut *claim.postgres(pool).await?)
+                    .await?
+                    .rows_affected()
+            }
+            Database::Sqlite(pool) => sqlx::query(
                 "DELETE FROM outbox WHERE delivered_at IS NULL \
                  AND seq IN (SELECT value FROM json_each(?1))",
             )
@@ -323,24 +322,18 @@ impl Outbox {
         seqs: &[i64],
         error: &str,
     ) -> Result<(), Error> {
-        const SQL: &str = "UPDATE outbox SET attempts = attempts + 1, last_error = $1 \
-                           WHERE delivered_at IS NULL AND seq = ANY($2)";
-        match (&self.db, &mut claim.0) {
-            (_, Some(tx)) => {
-                sqlx::query(SQL)
-                    .bind(error)
-                    .bind(seqs)
-                    .execute(&mut **tx)
-                    .await?;
+        match &self.db {
+            Database::Postgres(pool) => {
+                sqlx::query(
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = $1 \
+                     WHERE delivered_at IS NULL AND seq = ANY($2)",
+                )
+                .bind(error)
+                .bind(seqs)
+                .execute(&mut *claim.postgres(pool).await?)
+                .await?;
             }
-            (Database::Postgres(pool), None) => {
-                sqlx::query(SQL)
-                    .bind(error)
-                    .bind(seqs)
-                    .execute(pool)
-                    .await?;
-            }
-            (Database::Sqlite(pool), None) => {
+            Database::Sqlite(pool) => {
                 sqlx::query(
                     "UPDATE outbox SET attempts = attempts + 1, last_error = ?1 \
                      WHERE delivered_at IS NULL AND seq IN (SELECT value FROM json_each(?2))",
@@ -357,7 +350,7 @@ impl Outbox {
     /// On PostgreSQL, claims the delivery of this outbox for as long as the
     /// returned transaction lives (an advisory lock per schema): replicas of
     /// a service share one outbox, and one relay at a time sends it, so no
-    /// batch travels twice. The relay reads and marks its batch inside that
+    /// batch travels twice. The relay reads and removes its batch inside that
     /// transaction, so a round takes one connection of the pool, not two.
     /// `None`: another replica is delivering. SQLite has one process, so the
     /// claim always succeeds.
@@ -401,11 +394,47 @@ fn seq_list(seqs: &[i64]) -> String {
 }
 
 /// The delivery claim of an outbox: on PostgreSQL the transaction that
-/// holds its lock, in which the relay reads and marks its batch. Released
-/// by [`Claim::finish`] (committing the marks) or, dropped, by rolling back.
+/// holds its lock, in which the relay reads and removes its batch. Released
+/// by [`Claim::finish`] (committing the removal) or, dropped, by rolling
+/// back.
 struct Claim(Option<sqlx::Transaction<'static, sqlx::Postgres>>);
 
+/// The PostgreSQL connection an outbox statement goes over: the claim's
+/// transaction during a relay round, else one from the pool.
+enum PgConn<'c> {
+    Claimed(&'c mut sqlx::PgConnection),
+    Pooled(sqlx::pool::PoolConnection<sqlx::Postgres>),
+}
+
+impl std::ops::Deref for PgConn<'_> {
+    type Target = sqlx::PgConnection;
+    fn deref(&self) -> &Self::Target {
+        match self {
+            PgConn::Claimed(conn) => conn,
+            PgConn::Pooled(conn) => conn,
+        }
+    }
+}
+
+impl std::ops::DerefMut for PgConn<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match self {
+            PgConn::Claimed(conn) => conn,
+            PgConn::Pooled(conn) => conn,
+        }
+    }
+}
+
 impl Claim {
+    /// Where a PostgreSQL statement goes: inside the claim, or (no claim:
+    /// a call outside a relay round) over a connection from `pool`.
+    async fn postgres(&mut self, pool: &sqlx::PgPool) -> Result<PgConn<'_>, sqlx::Error> {
+        Ok(match &mut self.0 {
+            Some(tx) => PgConn::Claimed(tx),
+            None => PgConn::Pooled(pool.acquire().await?),
+        })
+    }
+
     /// Commits what was done under the claim and releases it.
     async fn finish(self) -> Result<(), Error> {
         if let Some(tx) = self.0 {

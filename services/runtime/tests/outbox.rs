@@ -402,6 +402,17 @@ confidant_runtime::backend_tests!(COMMON_ONLY;
     malformed_event_ids_are_refused,
 );
 
+/// The server process behind a kept connection, and the connection.
+async fn backend_pid(
+    mut conn: confidant_runtime::storage::Kept,
+) -> (i32, confidant_runtime::storage::Kept) {
+    let (pid,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    (pid, conn)
+}
+
 /// A hot path's kept connection is used again as it was (the same server
 /// process, no trip through the pool) while other work uses the pool, and
 /// the group commit records every waiting caller's events exactly once over
@@ -414,14 +425,7 @@ async fn kept_connections_are_reused_and_stay_out_of_the_pool() {
         panic!("a PostgreSQL test database");
     };
     let kept = KeptConnections::new(pool.clone(), 1);
-    let backend = |mut conn: confidant_runtime::storage::Kept| async move {
-        let (pid,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
-            .fetch_one(&mut *conn)
-            .await
-            .unwrap();
-        (pid, conn)
-    };
-    let (first, conn) = backend(kept.take().await.unwrap()).await;
+    let (first, conn) = backend_pid(kept.take().await.unwrap()).await;
     conn.keep();
     // Meanwhile the pool hands out other connections: the kept one is not
     // among them.
@@ -431,7 +435,7 @@ async fn kept_connections_are_reused_and_stay_out_of_the_pool() {
         .unwrap();
     assert_ne!(other, first, "a kept connection stays out of the pool");
     for _ in 0..3 {
-        let (again, conn) = backend(kept.take().await.unwrap()).await;
+        let (again, conn) = backend_pid(kept.take().await.unwrap()).await;
         assert_eq!(again, first, "the kept connection is used again");
         conn.keep();
     }
@@ -477,10 +481,11 @@ async fn hot_paths_leave_connections_in_a_small_pool() {
         let hot = KeptConnections::new(pool.clone(), 2);
         // Two at once (two groups in flight), both kept if allowed.
         let (a, b) = (hot.take().await.unwrap(), hot.take().await.unwrap());
+        let (first, a) = backend_pid(a).await;
         a.keep();
         b.keep();
         // The hot path lives on, keeping what it kept.
-        hot_paths.push(hot);
+        hot_paths.push((hot, first));
     }
     let free = pool.acquire().await;
     assert!(
@@ -488,5 +493,9 @@ async fn hot_paths_leave_connections_in_a_small_pool() {
         "the pool still serves other work: {:?}",
         free.err()
     );
-    drop(hot_paths);
+    // Each hot path kept one connection: its first, used again.
+    for (hot, first) in &hot_paths {
+        let (again, _) = backend_pid(hot.take().await.unwrap()).await;
+        assert_eq!(again, *first, "each hot path keeps one connection");
+    }
 }
