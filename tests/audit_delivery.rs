@@ -15,19 +15,9 @@ use confidant_proto::audit::v1::{AppendEventsRequest, AuditEvent, Outcome};
 use confidant_runtime::ServiceName;
 use confidant_runtime::audit::{Action, service_event};
 use confidant_runtime::outbox::Outbox;
-use confidant_runtime::storage::{Backend, Database, PoolOptions};
+use confidant_runtime::storage::Backend;
 use prost::Message;
 use tonic_types::StatusExt;
-
-async fn open(data: &SandboxData, service: ServiceName) -> Database {
-    Database::connect(
-        &data.database_url(service),
-        service.as_str(),
-        PoolOptions::default(),
-    )
-    .await
-    .unwrap()
-}
 
 async fn logged(store: &EventStore) -> Vec<AuditEvent> {
     store
@@ -48,7 +38,7 @@ async fn events_survive_an_audit_outage_and_arrive_exactly_once(backend: Backend
     spec.peers.insert(ServiceName::Audit, audit_addr);
     let vault = Sandbox::start(&vault_data, spec).await;
 
-    let audit_db = open(&audit_data, ServiceName::Audit).await;
+    let audit_db = common::service_db(&audit_data, ServiceName::Audit).await;
     let store = EventStore::new(audit_db.clone());
     common::eventually(
         Duration::from_secs(15),
@@ -64,7 +54,7 @@ async fn events_survive_an_audit_outage_and_arrive_exactly_once(backend: Backend
 
     // The audit service goes down; the vault keeps recording.
     audit.stop().await;
-    let outbox = Outbox::new(open(&vault_data, ServiceName::Vault).await);
+    let outbox = Outbox::new(common::service_db(&vault_data, ServiceName::Vault).await);
     let mut expected = Vec::new();
     for _ in 0..30 {
         let event = service_event(
@@ -213,7 +203,7 @@ async fn only_services_may_append_and_bad_events_are_named(backend: Backend) {
         ]
     );
 
-    let store = EventStore::new(open(&data, ServiceName::Audit).await);
+    let store = EventStore::new(common::service_db(&data, ServiceName::Audit).await);
     assert!(
         !logged(&store).await.iter().any(|e| e.id == fresh.id),
         "part of a refused batch was stored"

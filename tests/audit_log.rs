@@ -16,7 +16,7 @@ use confidant_proto::audit::v1::{
 use confidant_runtime::ServiceName;
 use confidant_runtime::audit::{Action, service_event};
 use confidant_runtime::client::PeerChannel;
-use confidant_runtime::storage::{Backend, Database, PoolOptions};
+use confidant_runtime::storage::{Backend, Database};
 use tonic_types::StatusExt;
 
 fn cli(data: &SandboxData, url: &str, args: &[&str]) -> (i32, String) {
@@ -33,13 +33,7 @@ async fn client(data: &SandboxData, url: &str, name: &str) -> AuditServiceClient
 }
 
 async fn tamper_first_vault_event(data: &SandboxData) -> String {
-    let db = Database::connect(
-        &data.database_url(ServiceName::Audit),
-        "audit",
-        PoolOptions::default(),
-    )
-    .await
-    .unwrap();
+    let db = common::service_db(data, ServiceName::Audit).await;
     let id = match &db {
         Database::Postgres(pool) => {
             let id: uuid::Uuid = sqlx::query_scalar(

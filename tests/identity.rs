@@ -14,7 +14,7 @@ use confidant_proto::identity::v1::identity_service_client::IdentityServiceClien
 use confidant_proto::identity::v1::*;
 use confidant_runtime::ServiceName;
 use confidant_runtime::client::PeerChannel;
-use confidant_runtime::storage::{Backend, Database, PoolOptions};
+use confidant_runtime::storage::Backend;
 use prost::Message;
 use tonic_types::StatusExt;
 
@@ -246,13 +246,7 @@ async fn every_denial_reason_and_the_path_that_grants(backend: Backend) {
     );
 
     // Decisions reach the audit log, denials with their reason.
-    let audit = Database::connect(
-        &data.database_url(ServiceName::Audit),
-        "audit",
-        PoolOptions::default(),
-    )
-    .await
-    .unwrap();
+    let audit = common::service_db(&data, ServiceName::Audit).await;
     let store = EventStore::new(audit.clone());
     common::eventually(
         Duration::from_secs(20),

@@ -22,7 +22,7 @@ use confidant_proto::vault::v1::vault_service_client::VaultServiceClient;
 use confidant_runtime::ServiceName;
 use confidant_runtime::client::PeerChannel;
 use confidant_runtime::portable::{Statement, Value};
-use confidant_runtime::storage::{Backend, Database, PoolOptions};
+use confidant_runtime::storage::Backend;
 use tonic::Code;
 
 use common::channel;
@@ -740,13 +740,7 @@ async fn clients_answer_forms_into_the_vault(backend: Backend) {
     assert_eq!(name.value, "Jane Quillfeather");
 
     // Intake itself holds no answer.
-    let intake_db = Database::connect(
-        &data.database_url(ServiceName::Intake),
-        "intake",
-        PoolOptions::default(),
-    )
-    .await
-    .unwrap();
+    let intake_db = common::service_db(&data, ServiceName::Intake).await;
     #[derive(sqlx::FromRow)]
     struct Texts {
         texts: String,

@@ -18,7 +18,7 @@ use confidant_proto::retention::v1::retention_service_client::RetentionServiceCl
 use confidant_proto::vault::v1::DataCategory;
 use confidant_runtime::ServiceName;
 use confidant_runtime::portable::{Statement, Value};
-use confidant_runtime::storage::{Backend, Database, PoolOptions};
+use confidant_runtime::storage::Backend;
 use tonic::Code;
 
 use common::channel;
@@ -300,13 +300,7 @@ async fn paper_under_the_same_rules_as_data(backend: Backend) {
     assert_eq!(err.code(), Code::FailedPrecondition);
 
     // Overdue check-outs are reported.
-    let retention_db = Database::connect(
-        &data.database_url(ServiceName::Retention),
-        "retention",
-        PoolOptions::default(),
-    )
-    .await
-    .unwrap();
+    let retention_db = common::service_db(&data, ServiceName::Retention).await;
     let overdue = records
         .list_overdue_checkouts(as_staff(&manager_token, pb::ListOverdueCheckoutsRequest {}))
         .await

@@ -21,7 +21,7 @@ use confidant_proto::vault::v1::vault_service_client::VaultServiceClient;
 use confidant_runtime::ServiceName;
 use confidant_runtime::client::PeerChannel;
 use confidant_runtime::portable::{Statement, Value};
-use confidant_runtime::storage::{Backend, Database, PoolOptions};
+use confidant_runtime::storage::Backend;
 
 use common::channel;
 
@@ -1289,13 +1289,7 @@ async fn policies_follow_the_matters_practice_area_and_jurisdiction(backend: Bac
 
     // Identity closed a matter but retention never heard of it (a crash
     // between the two): the next sync asks identity and records it.
-    let identity_db = Database::connect(
-        &data.database_url(ServiceName::Identity),
-        "identity",
-        PoolOptions::default(),
-    )
-    .await
-    .unwrap();
+    let identity_db = common::service_db(&data, ServiceName::Identity).await;
     identity_db
         .transact(
             vec![

@@ -893,13 +893,7 @@ async fn documents_stream_through_the_api_and_a_cancelled_upload_leaves_nothing(
     {
         tx.send(message).await.unwrap();
     }
-    let db = confidant_runtime::storage::Database::connect(
-        &data.database_url(ServiceName::Vault),
-        "vault",
-        confidant_runtime::storage::PoolOptions::default(),
-    )
-    .await
-    .unwrap();
+    let db = common::service_db(&data, ServiceName::Vault).await;
     common::eventually(Duration::from_secs(10), "the upload in progress", || {
         let db = db.clone();
         async move {

@@ -25,7 +25,7 @@ pub struct Bounds {
 
 type Serve<T> = dyn Fn(Vec<T>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync;
 
-/// Serves the requests handed to [`Gather::submit`] in groups.
+/// Serves the questions handed to [`Gather::ask`] in groups.
 pub struct Gather<T> {
     inner: Arc<Inner<T>>,
 }
@@ -64,8 +64,8 @@ struct State<T> {
 impl<T: Send + 'static> Gather<T> {
     /// A gatherer calling `serve` on each group, up to `bounds.in_flight`
     /// groups at once; groups other than a lone caller's are served on the
-    /// current runtime. Each request must carry its own way to answer (a
-    /// oneshot sender, say): `serve` answers them.
+    /// current runtime. A request is a question and the sender of its answer
+    /// ([`Gather::ask`]): `serve` answers each through its sender.
     pub fn new<F, Fut>(bounds: Bounds, weight: fn(&T) -> usize, serve: F) -> Self
     where
         F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
@@ -91,7 +91,7 @@ impl<T: Send + 'static> Gather<T> {
     /// Hands `request` in. If a slot is free (and so nobody waits), serves
     /// it as a group of one before returning; otherwise queues it for the
     /// next group and returns at once. Either way `serve` answers it.
-    pub async fn submit(&self, request: T) {
+    async fn submit(&self, request: T) {
         let alone = {
             let mut state = self.inner.lock();
             if state.in_flight < self.inner.bounds.in_flight && state.queue.is_empty() {
@@ -109,6 +109,16 @@ impl<T: Send + 'static> Gather<T> {
             (self.inner.serve)(group).await;
             drop(slot);
         }
+    }
+}
+
+impl<Q: Send + 'static, A: Send + 'static> Gather<(Q, tokio::sync::oneshot::Sender<A>)> {
+    /// Hands `question` in with a way back for its answer and waits for
+    /// it: `None` if the group serving it ended without answering.
+    pub async fn ask(&self, question: Q) -> Option<A> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.submit((question, reply)).await;
+        answer.await.ok()
     }
 }
 
@@ -199,18 +209,12 @@ mod tests {
         (gather, sizes, most_out)
     }
 
-    async fn ask(gather: &Gather<Request>, n: u32) -> Option<u32> {
-        let (reply, answer) = oneshot::channel();
-        gather.submit((n, reply)).await;
-        answer.await.ok()
-    }
-
     /// Asks for every number of `numbers` at once (bounded) and checks that
     /// each caller got its own number doubled.
     async fn ask_all_and_check(gather: &Gather<Request>, numbers: std::ops::Range<u32>) {
         let calls = numbers.map(|n| {
             let gather = gather.clone();
-            async move { (n, ask(&gather, n).await) }
+            async move { (n, gather.ask(n).await) }
         });
         let answers =
             tokio::time::timeout(Duration::from_secs(5), futures::future::join_all(calls))
@@ -246,7 +250,7 @@ mod tests {
             .map(|n| {
                 let gather = gather.clone();
                 tokio::spawn(async move {
-                    tokio::time::timeout(Duration::from_millis(50), ask(&gather, n))
+                    tokio::time::timeout(Duration::from_millis(50), gather.ask(n))
                         .await
                         .is_err()
                 })
@@ -259,6 +263,6 @@ mod tests {
             assert!(leader.await.unwrap(), "the first callers gave up waiting");
         }
         assert_eq!(sizes.lock().unwrap().clone(), [1, 1, 3]);
-        assert_eq!(ask(&gather, 7).await, Some(14));
+        assert_eq!(gather.ask(7).await, Some(14));
     }
 }

@@ -144,10 +144,10 @@ impl GroupCommit {
     /// Returns once `events` are committed to the outbox, or why they are
     /// not.
     pub async fn record(&self, events: Vec<AuditEvent>) -> Result<(), String> {
-        let (reply, done) = tokio::sync::oneshot::channel();
-        self.gather.submit((events, reply)).await;
-        done.await
-            .map_err(|_| "the audit committer stopped".to_owned())?
+        self.gather
+            .ask(events)
+            .await
+            .unwrap_or_else(|| Err("the audit committer stopped".to_owned()))
     }
 }
 

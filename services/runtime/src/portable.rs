@@ -404,8 +404,7 @@ fn write_bytes(statement: &Statement, events: &[AuditEvent]) -> usize {
 /// A write waiting for a shared transaction: its statement, its audit
 /// events and where its outcome goes.
 type Write = (
-    Statement,
-    Vec<AuditEvent>,
+    (Statement, Vec<AuditEvent>),
     tokio::sync::oneshot::Sender<Result<u64, TransactError>>,
 );
 
@@ -441,7 +440,7 @@ impl WriteGroup {
                     // flush to disk.
                     in_flight: 2,
                 },
-                |(statement, events, _): &Write| write_bytes(statement, events),
+                |((statement, events), _): &Write| write_bytes(statement, events),
                 move |group: Vec<Write>| {
                     let (db, kept) = (db.clone(), kept.clone());
                     async move { write_group(&db, &kept, group).await }
@@ -462,9 +461,9 @@ impl WriteGroup {
         let Some(gather) = &self.gather else {
             return alone(&self.db, statement, &events).await;
         };
-        let (reply, done) = tokio::sync::oneshot::channel();
-        gather.submit((statement, events, reply)).await;
-        done.await
+        gather
+            .ask((statement, events))
+            .await
             .unwrap_or(Err(TransactError::Sqlx(sqlx::Error::WorkerCrashed)))
     }
 }
@@ -490,7 +489,7 @@ async fn write_group(db: &Database, kept: &crate::storage::KeptConnections, grou
     // pool).
     match together(kept, &group).await {
         Ok(rows) => {
-            for ((_, _, reply), rows) in group.into_iter().zip(rows) {
+            for ((_, reply), rows) in group.into_iter().zip(rows) {
                 let _ = reply.send(Ok(rows));
             }
             return;
@@ -502,7 +501,7 @@ async fn write_group(db: &Database, kept: &crate::storage::KeptConnections, grou
     futures::future::join_all(
         group
             .into_iter()
-            .map(|(statement, events, reply)| async move {
+            .map(|((statement, events), reply)| async move {
                 let _ = reply.send(alone(db, statement, &events).await);
             }),
     )
@@ -517,7 +516,7 @@ async fn together(
 ) -> Result<Vec<u64>, TransactError> {
     let writes: Vec<(&Statement, &[AuditEvent])> = group
         .iter()
-        .map(|(statement, events, _)| (statement, events.as_slice()))
+        .map(|((statement, events), _)| (statement, events.as_slice()))
         .collect();
     let mut conn = kept.take().await?;
     // `None`: a guard did not hold (or a statement does not lend itself);

@@ -84,9 +84,7 @@ impl RecordFetch {
 
     /// The row of record `id`, if there is one.
     pub async fn record(&self, id: Uuid) -> StoreResult<Option<RecordRow>> {
-        let (reply, answer) = oneshot::channel();
-        self.gather.submit((id, reply)).await;
-        if let Ok(Ok(row)) = answer.await {
+        if let Some(Ok(row)) = self.gather.ask(id).await {
             return Ok(row);
         }
         self.store.record(id).await
