@@ -389,7 +389,173 @@ async fn concurrent_writes_share_commits_and_each_keeps_its_own_outcome(t: &Test
     );
 }
 
+/// Writes with a batch form share one statement on PostgreSQL: every row
+/// and event of a group lands in one commit; a write whose guard fails (its
+/// parent row is gone) or whose key is taken gets its own outcome, and the
+/// others of its group still land with their events. SQLite runs each
+/// write alone and gives the same outcomes.
+async fn batched_writes_share_one_statement_and_each_keeps_its_own_outcome(t: &TestDatabase) {
+    use confidant_runtime::portable::{Statement, Value, WriteGroup};
+    for create in [
+        "CREATE TABLE shelf (id TEXT PRIMARY KEY, open INTEGER NOT NULL)",
+        "CREATE TABLE item (id TEXT PRIMARY KEY, shelf TEXT NOT NULL, size BIGINT, body BLOB_OR_BYTEA, at TEXT, via TEXT)",
+    ] {
+        match &t.db {
+            Database::Postgres(pool) => {
+                sqlx::query(sqlx::AssertSqlSafe(
+                    create.replace("BLOB_OR_BYTEA", "BYTEA"),
+                ))
+                .execute(pool)
+                .await
+                .unwrap();
+            }
+            Database::Sqlite(pool) => {
+                sqlx::query(sqlx::AssertSqlSafe(create.replace("BLOB_OR_BYTEA", "BLOB")))
+                    .execute(pool)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    t.db.transact(
+        vec![
+            Statement::new("INSERT INTO shelf (id, open) VALUES ('a', 1)", vec![]),
+            Statement::new("INSERT INTO shelf (id, open) VALUES ('shut', 0)", vec![]),
+        ],
+        &[],
+    )
+    .await
+    .unwrap();
+    let put = |id: &str, shelf: &str, size: i64, body: Option<&[u8]>| {
+        Statement::new(
+            "INSERT INTO item (id, shelf, size, body, at, via) SELECT $1, $2, $3, $4, $5, 'one' FROM shelf WHERE id = $2 AND open = 1",
+            vec![
+                Value::Text(id.into()),
+                Value::Text(shelf.into()),
+                Value::BigInt(size),
+                Value::OptBytes(body.map(<[u8]>::to_vec)),
+                Value::OptText(Some(format!("{id} at $1"))),
+            ],
+        )
+        .expecting(1)
+        .batched(
+            "INSERT INTO item (id, shelf, size, body, at, via) \
+             SELECT v.id, v.shelf, v.size, v.body, v.at, 'batch' \
+             FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bytea[], $5::text[]) AS v(id, shelf, size, body, at) \
+             JOIN shelf s ON s.id = v.shelf AND s.open = 1 RETURNING 1",
+        )
+    };
+    let writes = WriteGroup::start(t.db.clone());
+    let good: Vec<(Statement, AuditEvent)> = (0..24)
+        .map(|i| {
+            (
+                put(&format!("i{i}"), "a", i, Some(&[i as u8; 3])),
+                event(&format!("test.item{i}")),
+            )
+        })
+        .collect();
+    let results = futures::future::join_all(
+        good.iter()
+            .map(|(s, e)| writes.transact(s.clone(), vec![e.clone()])),
+    )
+    .await;
+    assert!(results.iter().all(|r| matches!(r, Ok(1))), "{results:?}");
+    if let Database::Postgres(pool) = &t.db {
+        let (transactions,): (i64,) = sqlx::query_as("SELECT count(DISTINCT xmin::text) FROM item")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert!(transactions < 12, "24 writes took {transactions} commits");
+        // Only a lone first writer goes its own way (the form each took is
+        // in `via`; the two forms write the same values).
+        let (batched,): (i64,) = sqlx::query_as("SELECT count(*) FROM item WHERE via = 'batch'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert!(batched >= 20, "{batched} of 24 writes went in batches");
+    }
+    let mixed: Vec<(Statement, AuditEvent)> = vec![
+        (put("m0", "a", 0, None), event("test.m0")),
+        (put("m1", "shut", 1, None), event("test.lost")),
+        (put("i3", "a", 9, None), event("test.lost")),
+        (put("m2", "a", 2, Some(b"x")), event("test.m2")),
+        // A column of another type than the rest: this group goes the
+        // general way.
+        (
+            Statement::new(
+                "INSERT INTO item (id, shelf) SELECT $1, $2 FROM shelf WHERE id = $2",
+                vec![Value::Text("m3".into()), Value::Text("a".into())],
+            )
+            .expecting(1),
+            event("test.m3"),
+        ),
+    ];
+    let results = futures::future::join_all(
+        mixed
+            .iter()
+            .map(|(s, e)| writes.transact(s.clone(), vec![e.clone()])),
+    )
+    .await;
+    assert!(matches!(results[0], Ok(1)), "{:?}", results[0]);
+    assert!(
+        matches!(
+            results[1],
+            Err(confidant_runtime::portable::TransactError::Unmet { affected: 0, .. })
+        ),
+        "a closed shelf takes nothing: {:?}",
+        results[1]
+    );
+    assert!(
+        matches!(&results[2], Err(e) if e.is_duplicate()),
+        "{:?}",
+        results[2]
+    );
+    assert!(matches!(results[3], Ok(1)), "{:?}", results[3]);
+    assert!(matches!(results[4], Ok(1)), "{:?}", results[4]);
+    type Item = (String, Option<i64>, Option<Vec<u8>>, Option<String>);
+    let rows: Vec<Item> =
+        t.db.fetch_all("SELECT id, size, body, at FROM item ORDER BY id", vec![])
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 27, "24 + m0, m2, m3; nothing of the refused");
+    let row = |id: &str| rows.iter().find(|r| r.0 == id).cloned();
+    assert_eq!(
+        row("i3"),
+        Some((
+            "i3".into(),
+            Some(3),
+            Some(vec![3; 3]),
+            Some("i3 at $1".into())
+        )),
+        "the refused duplicate changed nothing; values and NULLs land as given"
+    );
+    assert_eq!(
+        row("m0"),
+        Some(("m0".into(), Some(0), None, Some("m0 at $1".into())))
+    );
+    assert_eq!(row("m2").and_then(|r| r.2), Some(b"x".to_vec()));
+    let mut stored: Vec<String> = Outbox::new(t.db.clone())
+        .pending(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.event.action)
+        .collect();
+    stored.sort();
+    let mut expected: Vec<String> = good
+        .iter()
+        .map(|(_, e)| e.action.clone())
+        .chain(["test.m0", "test.m2", "test.m3"].map(String::from))
+        .collect();
+    expected.sort();
+    assert_eq!(
+        stored, expected,
+        "exactly the events of the writes that landed, once"
+    );
+}
+
 confidant_runtime::backend_tests!(COMMON_ONLY;
+    batched_writes_share_one_statement_and_each_keeps_its_own_outcome,
     concurrent_writes_share_commits_and_each_keeps_its_own_outcome,
     a_statement_and_its_events_commit_together_or_not_at_all,
     pending_events_come_back_in_order_until_delivered,

@@ -211,6 +211,22 @@ macro_rules! guarded_record_insert {
     };
 }
 
+/// The guarded INSERT of many records at once (PostgreSQL): one array per
+/// value of [`EncryptedRecord::insert`], in its order; a record lands only
+/// while its scope is active at its key version, the scope row share-locked
+/// as in the single form.
+const BATCHED_RECORD_INSERT: &str = "INSERT INTO vault_records (id, scope_id, client_id, matter_id, category, key_version, wrapped_key, \
+     fields, field_names, created_at, created_by, request_id, kind, upload_state, doc_nonce, original) \
+     SELECT v.id, v.scope_id, v.client_id, v.matter_id, v.category, v.key_version, v.wrapped_key, \
+     v.fields, v.field_names, v.created_at, v.created_by, v.request_id, v.kind, v.upload_state, v.doc_nonce, v.original \
+     FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::int[], $7::bytea[], \
+     $8::bytea[], $9::text[], $10::timestamptz[], $11::text[], $12::text[], $13::text[], $14::text[], $15::bytea[], $16::int[]) \
+     AS v(id, scope_id, client_id, matter_id, category, key_version, wrapped_key, \
+     fields, field_names, created_at, created_by, request_id, kind, upload_state, doc_nonce, original) \
+     JOIN vault_scopes s ON s.id = v.scope_id AND s.state = 'active' AND s.key_version = v.key_version \
+     FOR SHARE OF s \
+     RETURNING 1";
+
 impl EncryptedRecord {
     /// The INSERT, only while its scope is active (on PostgreSQL the scope
     /// row is share-locked, so a concurrent shred waits for this write and
@@ -222,6 +238,7 @@ impl EncryptedRecord {
             self.values(),
         )
         .expecting(1)
+        .batched(BATCHED_RECORD_INSERT)
     }
 
     fn values(&self) -> Vec<Value> {

@@ -1246,7 +1246,68 @@ async fn concurrent_readers_share_look_ups_and_each_gets_its_own_record(db: &Tes
     assert_eq!(rows[3].as_ref().unwrap().id, ids[3]);
 }
 
+/// Concurrent writers share commits on PostgreSQL (one array-valued INSERT
+/// per group, records of different scopes and with or without a matter in
+/// the same group), and every record lands whole and opens to its own
+/// fields. SQLite serializes writes and gives the same records.
+async fn concurrent_writers_share_commits_and_each_record_lands_whole(db: &TestDatabase) {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = kms_for(db, dir.path()).await;
+    let vault = vault_with(db, kms, CACHE);
+    let actor = partner();
+    let (client, matter) = (Uuid::now_v7(), Uuid::now_v7());
+    // The two scopes exist before the rush (a scope's first write makes
+    // its key).
+    vault
+        .create(&actor, &passport(client, None, "first"), None)
+        .await
+        .unwrap();
+    vault
+        .create(&actor, &passport(client, Some(matter), "first"), None)
+        .await
+        .unwrap();
+    let numbers: Vec<String> = (0..40).map(|n| format!("C{n:07}")).collect();
+    let created = futures::future::join_all(numbers.iter().enumerate().map(|(n, number)| {
+        let (vault, actor) = (&vault, &actor);
+        async move {
+            let matter = (n % 3 == 0).then_some(matter);
+            vault
+                .create(actor, &passport(client, matter, number), None)
+                .await
+        }
+    }))
+    .await;
+    let ids: Vec<Uuid> = created
+        .into_iter()
+        .map(|r| r.expect("each concurrent write lands").id)
+        .collect();
+    if let confidant_runtime::storage::Database::Postgres(pool) = &db.db {
+        let (transactions,): (i64,) = sqlx::query_as(
+            "SELECT count(DISTINCT xmin::text) FROM vault_records WHERE id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        assert!(
+            transactions <= 20,
+            "40 concurrent writes took {transactions} commits"
+        );
+    }
+    let roles = vec!["partner".to_owned()];
+    for (n, id) in ids.iter().enumerate() {
+        let row = vault.load(*id).await.unwrap();
+        assert_eq!(row.matter_id, (n % 3 == 0).then_some(matter), "record {n}");
+        let fields = read_one(&vault, &actor, *id, &roles).await.unwrap();
+        assert!(
+            fields.iter().any(|(_, value, _)| *value == numbers[n]),
+            "record {n} opens to its own fields"
+        );
+    }
+}
+
 confidant_runtime::backend_tests!(confidant_vault::MIGRATIONS;
+    concurrent_writers_share_commits_and_each_record_lands_whole,
     concurrent_readers_share_look_ups_and_each_gets_its_own_record,
     documents_stream_in_and_out_whole_or_not_at_all,
     records_are_encrypted_at_rest_and_bound_to_their_place,
