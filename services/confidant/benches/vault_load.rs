@@ -15,6 +15,8 @@
 //! - the same at 1, 2 and 4 vault replicas behind one PostgreSQL;
 //! - KMS calls per 10,000 reads of one scope;
 //! - crypto-shred time for scopes of 1, 1,000 and 100,000 records;
+//! - a 16 MiB document upload over mTLS gRPC vs plain INSERTs of its
+//!   segments;
 //! - field encryption vs raw AES-256-GCM, and document streaming in GB/s.
 //!
 //! Prints table rows `| measure | confidant | baseline | ratio | target |`,
@@ -1070,6 +1072,7 @@ async fn main() {
         let writer = client_at(data, cluster.vaults[0], "intake").await;
         kms_calls_per_10k_reads(&cluster, &reader, &writer, &token, &client_id, &matter_id).await;
         shred_is_flat(&cluster, &writer).await;
+        document_upload(&reader, &token, &client_id, &matter_id, &load.plain).await;
     }
 
     // Scaling: 1, 2 and 4 vault replicas behind the one PostgreSQL, at a
@@ -1315,6 +1318,78 @@ async fn shred_is_flat(cluster: &Cluster, writer: &Vault) {
             t.as_secs_f64() / one.as_secs_f64()
         );
     }
+}
+
+/// A 16 MiB document streamed to the vault over mutual-TLS gRPC (sealed
+/// in 64 KiB segments, one row each, in PostgreSQL) against plain INSERTs
+/// of the same segments through sqlx in one transaction: best of three each.
+async fn document_upload(
+    reader: &Vault,
+    token: &str,
+    client_id: &str,
+    matter_id: &str,
+    plain: &sqlx::PgPool,
+) {
+    use pb::upload_document_request::Part;
+    const SIZE: usize = 16 * 1024 * 1024;
+    let content: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+    sqlx::query("CREATE TABLE bench_segments (id UUID, seq INTEGER, body BYTEA NOT NULL, PRIMARY KEY (id, seq))")
+        .execute(plain)
+        .await
+        .expect("segment table");
+    let (mut ours, mut base) = (Duration::MAX, Duration::MAX);
+    for _ in 0..3 {
+        let mut messages = vec![pb::UploadDocumentRequest {
+            part: Some(Part::Header(pb::DocumentHeader {
+                client_id: client_id.into(),
+                matter_id: matter_id.into(),
+                category: pb::DataCategory::MatterFile as i32,
+                filename: "bundle.pdf".into(),
+                media_type: "application/pdf".into(),
+                request_id: String::new(),
+                size_bytes: SIZE as i64,
+                sha256: Vec::new(),
+            })),
+        }];
+        messages.extend(
+            content
+                .chunks(256 * 1024)
+                .map(|c| pb::UploadDocumentRequest {
+                    part: Some(Part::Chunk(c.to_vec())),
+                }),
+        );
+        let mut client = reader.clone();
+        let started = Instant::now();
+        client
+            .upload_document(with_token(token, futures::stream::iter(messages)))
+            .await
+            .expect("upload");
+        ours = ours.min(started.elapsed());
+
+        let id = Uuid::now_v7();
+        let started = Instant::now();
+        let mut tx = plain.begin().await.expect("begin");
+        for (seq, segment) in content.chunks(64 * 1024).enumerate() {
+            sqlx::query("INSERT INTO bench_segments (id, seq, body) VALUES ($1, $2, $3)")
+                .bind(id)
+                .bind(seq as i32)
+                .bind(segment)
+                .execute(&mut *tx)
+                .await
+                .expect("segment");
+        }
+        tx.commit().await.expect("commit");
+        base = base.min(started.elapsed());
+    }
+    let mbs = |d: Duration| SIZE as f64 / d.as_secs_f64() / 1e6;
+    println!(
+        "| document upload, 16 MiB over mTLS gRPC (64 KiB segments sealed and stored), PostgreSQL | {:.0} MB/s ({}) | {:.0} MB/s ({}, plain INSERTs of the segments in one transaction) | {:.2} | report |",
+        mbs(ours),
+        ms(ours),
+        mbs(base),
+        ms(base),
+        base.as_secs_f64() / ours.as_secs_f64()
+    );
 }
 
 fn crypto_rows() {
