@@ -77,6 +77,11 @@ if [ "$user" != "65532:65532" ]; then
   echo "image check FAILED: runs as '$user', not 65532" >&2
   exit 1
 fi
+env=$(podman_cmd image inspect --format '{{.Config.Env}}' "$tag")
+if [[ "$env" != *"glibc.cpu.x86_rep_movsb_threshold="* ]]; then
+  echo "image check FAILED: no glibc memcpy tunable in the image's environment ($env)" >&2
+  exit 1
+fi
 if [ "$mode" = build ]; then
   exit 0
 fi
