@@ -329,20 +329,21 @@ where
         .flat_map(|(_, events)| events.iter().cloned())
         .collect();
     let (ids, payloads) = crate::outbox::outbox_columns(&events)?;
-    if let Some((batch, columns)) = batch_of(writes) {
-        let n = columns.len();
+    // Either form: the writes' statements (their parameters first), the
+    // outbox INSERT of the events (the three parameters after them), then
+    // the rows each write affected, the events written and the guard.
+    type Outcome = (Vec<i64>, i64, i32);
+    let q = if let Some((batch, columns)) = batch_of(writes) {
+        // One statement for every write; the guard: it wrote one row each
+        // (the number of writes is the parameter after the columns).
+        let n = columns.len() + 1;
         let sql = format!(
-            "WITH b AS ({batch}), \
-             o AS (INSERT INTO outbox (event_id, payload, created_at) \
-             SELECT e.id, e.payload, ${} FROM UNNEST(${}::uuid[], ${}::bytea[]) \
-             WITH ORDINALITY AS e(id, payload, n) ORDER BY e.n RETURNING 1) \
-             SELECT (SELECT count(*) FROM o), 1 / ((SELECT count(*) FROM b) = ${})::int",
-            n + 3,
-            n + 1,
-            n + 2,
-            n + 4,
+            "WITH b AS ({batch}), {} \
+             SELECT ARRAY(SELECT 1::bigint FROM b), (SELECT count(*) FROM o), \
+             1 / ((SELECT count(*) FROM b) = ${n})::int",
+            outbox_insert(n)
         );
-        let mut q = sqlx::query_as::<_, (i64, i32)>(sqlx::AssertSqlSafe(sql));
+        let mut q = sqlx::query_as::<_, Outcome>(sqlx::AssertSqlSafe(sql));
         for column in columns {
             q = match column {
                 Column::Uuid(c) => q.bind(c),
@@ -353,55 +354,44 @@ where
                 Column::BigInt(c) => q.bind(c),
             };
         }
-        let q = q
-            .bind(ids)
-            .bind(payloads)
-            .bind(Utc::now())
-            .bind(i64::try_from(writes.len()).unwrap_or(i64::MAX));
-        return match q.fetch_one(executor).await {
-            Ok(_) => Ok(Some(vec![1; writes.len()])),
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(GUARD_FAILED) => Ok(None),
-            Err(e) => Err(e.into()),
-        };
-    }
-    let mut sql = String::from("WITH ");
-    let mut values: Vec<Value> = Vec::new();
-    let (mut counts, mut guards) = (Vec::new(), Vec::new());
-    for (i, (statement, _)) in writes.iter().enumerate() {
-        sql.push_str(&format!(
-            "s{i} AS ({} RETURNING 1), ",
-            shift_placeholders(statement.sql, values.len())
-        ));
-        values.extend(statement.values.iter().cloned());
-        counts.push(format!("(SELECT count(*) FROM s{i})"));
-        if let Some(rows) = statement.expect_rows {
-            guards.push(format!("(SELECT count(*) FROM s{i}) = {rows}"));
-        }
-    }
-    let n = values.len();
-    let guard = if guards.is_empty() {
-        "1".to_owned()
+        q.bind(i64::try_from(writes.len()).unwrap_or(i64::MAX))
     } else {
-        format!("1 / ({})::int", guards.join(" AND "))
+        let mut sql = String::from("WITH ");
+        let mut values: Vec<Value> = Vec::new();
+        let (mut counts, mut guards) = (Vec::new(), Vec::new());
+        for (i, (statement, _)) in writes.iter().enumerate() {
+            sql.push_str(&format!(
+                "s{i} AS ({} RETURNING 1), ",
+                shift_placeholders(statement.sql, values.len())
+            ));
+            values.extend(statement.values.iter().cloned());
+            counts.push(format!("(SELECT count(*) FROM s{i})"));
+            if let Some(rows) = statement.expect_rows {
+                guards.push(format!("(SELECT count(*) FROM s{i}) = {rows}"));
+            }
+        }
+        let guard = if guards.is_empty() {
+            "1".to_owned()
+        } else {
+            format!("1 / ({})::int", guards.join(" AND "))
+        };
+        sql.push_str(&format!(
+            "{} SELECT ARRAY[{}]::bigint[], (SELECT count(*) FROM o), {guard}",
+            outbox_insert(values.len()),
+            counts.join(", "),
+        ));
+        bind_all!(
+            sqlx::query_as::<_, Outcome>(sqlx::AssertSqlSafe(sql)),
+            values
+        )
     };
-    sql.push_str(&format!(
-        "o AS (INSERT INTO outbox (event_id, payload, created_at) \
-         SELECT e.id, e.payload, ${} FROM UNNEST(${}::uuid[], ${}::bytea[]) \
-         WITH ORDINALITY AS e(id, payload, n) ORDER BY e.n RETURNING 1) \
-         SELECT ARRAY[{}]::bigint[], (SELECT count(*) FROM o), {guard}",
-        n + 3,
-        n + 1,
-        n + 2,
-        counts.join(", "),
-    ));
-    let q = bind_all!(
-        sqlx::query_as::<_, (Vec<i64>, i64, i32)>(sqlx::AssertSqlSafe(sql)),
-        values
-    )
-    .bind(ids)
-    .bind(payloads)
-    .bind(Utc::now());
-    match q.fetch_one(executor).await {
+    match q
+        .bind(ids)
+        .bind(payloads)
+        .bind(Utc::now())
+        .fetch_one(executor)
+        .await
+    {
         Ok((rows, _, _)) => Ok(Some(
             rows.into_iter()
                 .map(|r| u64::try_from(r).unwrap_or(0))
@@ -410,6 +400,20 @@ where
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(GUARD_FAILED) => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The `WITH` clause `o` putting a statement's audit events in the outbox,
+/// in order, after `before` parameters of the writes: their ids and
+/// payloads as two arrays, then the time.
+fn outbox_insert(before: usize) -> String {
+    format!(
+        "o AS (INSERT INTO outbox (event_id, payload, created_at) \
+         SELECT e.id, e.payload, ${} FROM UNNEST(${}::uuid[], ${}::bytea[]) \
+         WITH ORDINALITY AS e(id, payload, n) ORDER BY e.n RETURNING 1)",
+        before + 3,
+        before + 1,
+        before + 2,
+    )
 }
 
 impl Database {
