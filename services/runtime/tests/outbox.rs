@@ -459,12 +459,13 @@ async fn batched_writes_share_one_statement_and_each_keeps_its_own_outcome(t: &T
             .await
             .unwrap();
         assert!(transactions < 12, "24 writes took {transactions} commits");
-        // Only the lone first writers go their own way.
+        // Writers served alone take the single form; the rest go in
+        // batches (how many are alone depends on timing, not on the code).
         let (batched,): (i64,) = sqlx::query_as("SELECT count(*) FROM item WHERE via = 'batch'")
             .fetch_one(pool)
             .await
             .unwrap();
-        assert!(batched >= 20, "{batched} of 24 writes went in batches");
+        assert!(batched >= 12, "{batched} of 24 writes went in batches");
     }
     // In each rush the first two writers are served at once, each alone
     // (two groups in flight); the rest wait and go as one group: on
