@@ -14,10 +14,13 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/confidant-target}"
 ensure_postgres
 ensure_redis
 ensure_kms_emulator
-# Measure with the environment the image runs with: its glibc tunable
-# (Containerfile) applies to every process started here.
-GLIBC_TUNABLES="$(sed -n 's/^ENV GLIBC_TUNABLES=//p' Containerfile)"
-export GLIBC_TUNABLES
+# Measure with the environment the image runs with: its glibc tunable and
+# mimalloc option (Containerfile) apply to every process started here.
+image_env=""
+while IFS='=' read -r name value; do
+  export "$name=$value"
+  image_env="$image_env${image_env:+, }$name=$value"
+done < <(sed -n 's/^ENV \(GLIBC_TUNABLES=.*\|MIMALLOC_[A-Z_]*=.*\)/\1/p' Containerfile)
 
 out=$(mktemp)
 resources=$(mktemp)
@@ -78,7 +81,7 @@ mkdir -p docs
   echo "this machine's two cores. Every vault read verifies a staff token (Redis revocation"
   echo "check), asks identity (an allowed decision is reused for half a second), commits its"
   echo "audit event before answering, and the event then travels to the audit log."
-  echo "Every process runs with the image's environment (GLIBC_TUNABLES=$GLIBC_TUNABLES)."
+  echo "Every process runs with the image's environment ($image_env)."
   echo "Every load phase first runs a tenth of its operations unmeasured, Confidant and"
   echo "baseline alike (connections opened, statements prepared, caches filled); the CPU"
   echo "table below counts the warm-up too. With \`--profile\`, perf records the machine"

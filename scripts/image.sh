@@ -82,6 +82,10 @@ if [[ "$env" != *"glibc.cpu.x86_rep_movsb_threshold="* ]]; then
   echo "image check FAILED: no glibc memcpy tunable in the image's environment ($env)" >&2
   exit 1
 fi
+if [[ "$env" != *"MIMALLOC_ALLOW_THP=0"* ]]; then
+  echo "image check FAILED: transparent huge pages not turned off for mimalloc in the image's environment ($env)" >&2
+  exit 1
+fi
 if [ "$mode" = build ]; then
   exit 0
 fi
@@ -132,6 +136,14 @@ if [ -z "$ok" ]; then
 fi
 python3 tests/clients/health_check.py --ca "$data/pki/ca.pem" \
   --cert "$data/pki/operator.pem" --key "$data/pki/operator-key.pem" "${ports[@]}"
+# The running process has transparent huge pages off (the kernel reports
+# it per process since Linux 5.0).
+pid=$(podman_cmd inspect --format '{{.State.Pid}}' "$name")
+thp=$(sed -n 's/^THP_enabled:[[:space:]]*//p' "/proc/$pid/status" 2>/dev/null || true)
+if [ -n "$thp" ] && [ "$thp" != 0 ]; then
+  echo "image check FAILED: the running services have transparent huge pages on (THP_enabled: $thp)" >&2
+  exit 1
+fi
 # The intake web page answers over HTTPS without a client certificate.
 if ! python3 - "$web_port" "$data/pki/ca.pem" <<'PY'
 import ssl, sys, urllib.request
@@ -158,4 +170,4 @@ if [ "$code" != 0 ]; then
   podman_cmd logs "$name" >&2 || true
   exit 1
 fi
-echo "image check: five services healthy over mTLS from the image, the intake web page over HTTPS, callers without a certificate refused, clean stop"
+echo "image check: five services healthy over mTLS from the image (huge pages off), the intake web page over HTTPS, callers without a certificate refused, clean stop"

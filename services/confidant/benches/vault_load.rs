@@ -367,14 +367,16 @@ impl Cluster {
 
 /// With `VAULT_LOAD_PROFILE=<file>`: `perf record` of the whole
 /// machine (every service, PostgreSQL, the load generator) with call
-/// graphs during the concurrent read phase, for `perf report`.
+/// graphs during the concurrent read phase, for `perf report`;
+/// `VAULT_LOAD_PROFILE_WRITES=<file>` the same for the concurrent write
+/// phase.
 struct Profile(Child);
 
 impl Profile {
     /// Also writes `<file>.pids`: "name pid" of every process the harness
     /// started and of itself, for scripts/profile_summary.py.
-    fn start(cluster: &Cluster) -> Option<Profile> {
-        let out = std::env::var_os("VAULT_LOAD_PROFILE").filter(|p| !p.is_empty())?;
+    fn start(cluster: &Cluster, variable: &str) -> Option<Profile> {
+        let out = std::env::var_os(variable).filter(|p| !p.is_empty())?;
         let mut pids = cluster.pids();
         pids.push(("load-generator".to_owned(), std::process::id()));
         let listing: String = pids
@@ -907,7 +909,13 @@ async fn main() {
         } else {
             None
         };
+        let profile = (concurrency > 1)
+            .then(|| Profile::start(&cluster, "VAULT_LOAD_PROFILE_WRITES"))
+            .flatten();
         let (vault_write, stored) = load.vault_writes(writers, concurrency, per_task).await;
+        if let Some(p) = profile {
+            p.stop();
+        }
         if let Some(s) = statements {
             s.finish(&format!("vault write, c{concurrency}"), &vault_write)
                 .await;
@@ -968,7 +976,7 @@ async fn main() {
         floors.insert(concurrency, (floor.ops_per_s, base_read.ops_per_s));
         let meter = Meter::start(&cluster);
         let profile = (concurrency > 1)
-            .then(|| Profile::start(&cluster))
+            .then(|| Profile::start(&cluster, "VAULT_LOAD_PROFILE"))
             .flatten();
         let statements = if concurrency > 1 {
             Statements::start(&load.plain).await
