@@ -491,6 +491,52 @@ async fn client_data_is_read_only_for_a_purpose_by_those_the_decision_allows(bac
         })
         .expect("the outsider's refused read is logged");
     assert_eq!(refusal.reason, "not_assigned");
+
+    // A burst of reads by someone with no decision yet asks identity once:
+    // one decision in the audit log, not one per read.
+    let associate = cleared(&mut admin, "associate@firm.example", "associate").await;
+    assign(&mut admin, &f.matter_id, &associate).await;
+    let token = staff_token(&data, &associate, &["associate"]);
+    let burst = futures::future::join_all((0..12).map(|_| {
+        let mut app = app.clone();
+        let request = as_staff(&token, get(&stored.id, "checking the passport"));
+        async move { app.get_record(request).await }
+    }))
+    .await;
+    assert!(burst.iter().all(Result::is_ok), "{burst:?}");
+    let decisions = || {
+        let mut log = log.clone();
+        let (client_id, associate) = (f.client_id.clone(), associate.clone());
+        async move {
+            log.list_events(ListEventsRequest {
+                client_id,
+                action: "identity.authorize".into(),
+                source_service: "identity".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .events
+            .into_iter()
+            .filter_map(|e| e.event)
+            .filter(|e| e.actor.as_ref().is_some_and(|a| a.id == associate))
+            .count()
+        }
+    };
+    common::eventually(
+        Duration::from_secs(20),
+        "the decision in the audit log",
+        || {
+            let count = decisions();
+            async move { count.await > 0 }
+        },
+    )
+    .await;
+    // Identity records its decisions in batches: a second one would have
+    // travelled with the first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(decisions().await, 1, "12 concurrent reads, one decision");
     sandbox.stop().await;
 }
 

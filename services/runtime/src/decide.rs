@@ -1,12 +1,17 @@
 //! Asking the identity service whether a staff member may act, from any
 //! service: one client of `Authorize`, with a short cache of allowed
 //! decisions so that a burst of calls by one person on one matter asks once.
-//! Denials are never cached; the cache's window bounds how long a revoked
+//! Calls that find no decision while the same question is already out to
+//! identity wait for its answer instead of asking again, so concurrent
+//! requests (and every request when a cached decision lapses under load)
+//! cost identity one decision, and the audit log one decision event, not
+//! one each. Denials are never cached (a denial is shared only by the calls
+//! that were waiting for it); the cache's window bounds how long a revoked
 //! grant keeps working on a replica (identity's own facts cache has the same
 //! bound).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use confidant_proto::identity::v1::identity_service_client::IdentityServiceClient;
@@ -33,12 +38,18 @@ pub enum Refusal {
 /// (staff, permission, client, matter).
 type Key = (String, String, Option<Uuid>, Option<Uuid>);
 
+/// The answer to one question to identity, shared by the calls waiting
+/// for it.
+type Asked = Arc<tokio::sync::OnceCell<Result<(), Refusal>>>;
+
 /// The decisions of one service.
 #[derive(Debug)]
 pub struct Decider {
     identity: Option<PeerChannel>,
     ttl: Duration,
     allowed: Mutex<HashMap<Key, Instant>>,
+    /// Questions out to identity now.
+    asking: Mutex<HashMap<Key, Asked>>,
 }
 
 /// Most allowed decisions held.
@@ -63,6 +74,7 @@ impl Decider {
             identity,
             ttl,
             allowed: Mutex::default(),
+            asking: Mutex::default(),
         }
     }
 
@@ -112,6 +124,32 @@ impl Decider {
         if self.cached(&key) {
             return Ok(());
         }
+        let asked: Asked = self
+            .asking
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        // One of the waiting calls asks; if it is dropped half-way, another
+        // takes over.
+        let answer = asked
+            .get_or_init(|| self.ask(&key, permission))
+            .await
+            .clone();
+        let mut asking = self
+            .asking
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if asking.get(&key).is_some_and(|a| Arc::ptr_eq(a, &asked)) {
+            asking.remove(&key);
+        }
+        answer
+    }
+
+    /// Asks identity (and remembers an allowed decision).
+    async fn ask(&self, key: &Key, permission: &str) -> Result<(), Refusal> {
+        let (staff_id, _, client_id, matter_id) = key;
         let channel = self.identity.clone().ok_or_else(|| {
             Refusal::Unavailable(tonic::Status::unavailable(
                 "the identity service is not configured",
@@ -128,7 +166,7 @@ impl Decider {
             .map_err(Refusal::Unavailable)?
             .into_inner();
         if decision.allowed {
-            self.remember(key);
+            self.remember(key.clone());
             Ok(())
         } else {
             Err(Refusal::Denied {
