@@ -130,11 +130,21 @@ async fn vault_events(
     client_id: &str,
     action: &str,
 ) -> Vec<AuditEvent> {
+    logged_events(audit, client_id, "vault", action).await
+}
+
+/// The events about `client_id` that `source` logged as `action`.
+async fn logged_events(
+    audit: &mut AuditServiceClient<PeerChannel>,
+    client_id: &str,
+    source: &str,
+    action: &str,
+) -> Vec<AuditEvent> {
     audit
         .list_events(ListEventsRequest {
             client_id: client_id.into(),
             action: action.into(),
-            source_service: "vault".into(),
+            source_service: source.into(),
             ..Default::default()
         })
         .await
@@ -508,20 +518,11 @@ async fn client_data_is_read_only_for_a_purpose_by_those_the_decision_allows(bac
         let mut log = log.clone();
         let (client_id, associate) = (f.client_id.clone(), associate.clone());
         async move {
-            log.list_events(ListEventsRequest {
-                client_id,
-                action: "identity.authorize".into(),
-                source_service: "identity".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .events
-            .into_iter()
-            .filter_map(|e| e.event)
-            .filter(|e| e.actor.as_ref().is_some_and(|a| a.id == associate))
-            .count()
+            logged_events(&mut log, &client_id, "identity", "identity.authorize")
+                .await
+                .iter()
+                .filter(|e| e.actor.as_ref().is_some_and(|a| a.id == associate))
+                .count()
         }
     };
     common::eventually(

@@ -133,10 +133,7 @@ impl Decider {
             .clone();
         // One of the waiting calls asks; if it is dropped half-way, another
         // takes over.
-        let answer = asked
-            .get_or_init(|| self.ask(&key, permission))
-            .await
-            .clone();
+        let answer = asked.get_or_init(|| self.ask(&key)).await.clone();
         let mut asking = self
             .asking
             .lock()
@@ -148,8 +145,8 @@ impl Decider {
     }
 
     /// Asks identity (and remembers an allowed decision).
-    async fn ask(&self, key: &Key, permission: &str) -> Result<(), Refusal> {
-        let (staff_id, _, client_id, matter_id) = key;
+    async fn ask(&self, key: &Key) -> Result<(), Refusal> {
+        let (staff_id, permission, client_id, matter_id) = key;
         let channel = self.identity.clone().ok_or_else(|| {
             Refusal::Unavailable(tonic::Status::unavailable(
                 "the identity service is not configured",
