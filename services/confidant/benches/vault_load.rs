@@ -11,7 +11,9 @@
 //!   plain SELECTs by primary key; for reference, the database's part of an
 //!   audited read alone (the SELECT and its event committed to the outbox),
 //!   the mTLS gRPC round trip alone, and from the two the ceiling any
-//!   audited read over mTLS gRPC could reach on this machine;
+//!   audited read over mTLS gRPC could reach on this machine (and, from
+//!   the round trip and the plain SELECT, the ceiling of a read with no
+//!   audit event at all);
 //! - the same at 1, 2 and 4 vault replicas behind one PostgreSQL;
 //! - KMS calls per 10,000 reads of one scope;
 //! - crypto-shred time for scopes of 1, 1,000 and 100,000 records;
@@ -1060,6 +1062,15 @@ async fn main() {
                     ceiling / base
                 );
             }
+        }
+        // The same without any audit event: a round trip and a plain
+        // SELECT. How far the round trip alone takes the read target.
+        if let Some((_, base)) = floors.get(&concurrency) {
+            let ceiling = 1.0 / (1.0 / base + 1.0 / transport.ops_per_s);
+            println!(
+                "| ceiling for any unaudited read over mTLS gRPC: 1 / (1 / round trip + 1 / plain SELECT), concurrency {concurrency} | {ceiling:.0} ops/s (estimate) | {base:.0} ops/s (plain SELECT) | {:.2} | what the round trip alone leaves |",
+                ceiling / base
+            );
         }
     }
 
