@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 
 use crate::coord::SharedCoordinator;
+use crate::gather::{Bounds, Gather};
 
 /// The audience of every access token.
 pub const AUDIENCE: &str = "confidant";
@@ -283,8 +284,66 @@ impl Verified {
 #[derive(Debug, Clone)]
 pub struct StaffAuth {
     source: Arc<dyn JwksSource>,
-    coord: SharedCoordinator,
+    revocations: Gather<RevocationCheck>,
     cache: Arc<RwLock<Option<Cached>>>,
+}
+
+/// A revocation check waiting for its answer: the session's coordinator
+/// key, and where to send whether it is revoked (`Err` when the coordinator
+/// could not be read).
+type RevocationCheck = (String, tokio::sync::oneshot::Sender<Result<bool, ()>>);
+
+/// Most revocation checks one read of the coordinator carries.
+const MAX_CHECKS: usize = 256;
+
+/// Revocation checks shared among concurrent requests. Under load many
+/// requests check their sessions at the same moment; whoever waits is
+/// checked with one read of the coordinator (one MGET) instead of one GET
+/// each. A check still reads the coordinator after its request asked
+/// (nothing is answered from an earlier read), so a session revoked before
+/// a request arrived is refused exactly as with a read of its own. A lone
+/// request's check goes out at once.
+fn revocation_checks(coord: SharedCoordinator) -> Gather<RevocationCheck> {
+    Gather::new(
+        Bounds {
+            max_weight: MAX_CHECKS,
+            // While one read is out, the next requests gather for the
+            // following one.
+            in_flight: 2,
+        },
+        |_| 1,
+        move |group: Vec<RevocationCheck>| {
+            let coord = coord.clone();
+            async move {
+                let mut keys: Vec<String> = group.iter().map(|(key, _)| key.clone()).collect();
+                keys.sort_unstable();
+                keys.dedup();
+                let revoked: Option<HashMap<&str, bool>> = match coord.get_many(&keys).await {
+                    Ok(values) if values.len() == keys.len() => Some(
+                        keys.iter()
+                            .map(String::as_str)
+                            .zip(values.iter().map(Option::is_some))
+                            .collect(),
+                    ),
+                    Ok(_) => {
+                        tracing::warn!("revocation check: the coordinator answered for other keys");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "revocation check failed");
+                        None
+                    }
+                };
+                for (key, reply) in group {
+                    let answer = revoked
+                        .as_ref()
+                        .and_then(|r| r.get(key.as_str()).copied())
+                        .ok_or(());
+                    let _ = reply.send(answer);
+                }
+            }
+        },
+    )
 }
 
 /// Why a bearer token was refused.
@@ -303,10 +362,11 @@ pub enum AuthFailure {
 
 impl StaffAuth {
     /// Verification against keys from `source`, revocations in `coord`.
+    /// Must be called on a Tokio runtime (checks are served on it).
     pub fn new(source: Arc<dyn JwksSource>, coord: SharedCoordinator) -> Self {
         Self {
             source,
-            coord,
+            revocations: revocation_checks(coord),
             cache: Arc::new(RwLock::new(None)),
         }
     }
@@ -373,13 +433,10 @@ impl StaffAuth {
                 claims
             }
         };
-        let revoked = self
-            .coord
-            .get(&revoked_session_key(&claims.sid))
-            .await
-            .map_err(|_| AuthFailure::Unavailable)?;
-        if revoked.is_some() {
-            return Err(AuthFailure::Revoked);
+        match self.revocations.ask(revoked_session_key(&claims.sid)).await {
+            Some(Ok(false)) => {}
+            Some(Ok(true)) => return Err(AuthFailure::Revoked),
+            Some(Err(())) | None => return Err(AuthFailure::Unavailable),
         }
         Ok(StaffPrincipal {
             staff_id: claims.sub,
@@ -660,5 +717,144 @@ mod tests {
         let now = chrono::Utc::now().timestamp();
         assert!(verified.get(&key, now).is_some());
         assert!(verified.get(&key, now + 601).is_none());
+    }
+
+    /// The in-process coordinator, counting its reads and taking `pause`
+    /// over each, so that requests arriving meanwhile find it busy.
+    #[derive(Debug)]
+    struct Slow {
+        inner: crate::coord::InProcess,
+        reads: std::sync::atomic::AtomicUsize,
+        pause: Duration,
+    }
+
+    impl Slow {
+        async fn read(&self) {
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(self.pause).await;
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl crate::coord::Coordinator for Slow {
+        async fn put(
+            &self,
+            key: &str,
+            value: &[u8],
+            ttl: Duration,
+        ) -> Result<(), crate::coord::Error> {
+            self.inner.put(key, value, ttl).await
+        }
+        async fn put_if_absent(
+            &self,
+            key: &str,
+            value: &[u8],
+            ttl: Duration,
+        ) -> Result<bool, crate::coord::Error> {
+            self.inner.put_if_absent(key, value, ttl).await
+        }
+        async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, crate::coord::Error> {
+            self.read().await;
+            self.inner.get(key).await
+        }
+        async fn get_many(
+            &self,
+            keys: &[String],
+        ) -> Result<Vec<Option<Vec<u8>>>, crate::coord::Error> {
+            self.read().await;
+            self.inner.get_many(keys).await
+        }
+        async fn delete(&self, key: &str) -> Result<bool, crate::coord::Error> {
+            self.inner.delete(key).await
+        }
+        async fn increment(&self, key: &str, window: Duration) -> Result<u64, crate::coord::Error> {
+            self.inner.increment(key, window).await
+        }
+        async fn acquire_lease(
+            &self,
+            name: &str,
+            holder: &str,
+            ttl: Duration,
+        ) -> Result<Option<crate::coord::Lease>, crate::coord::Error> {
+            self.inner.acquire_lease(name, holder, ttl).await
+        }
+        async fn renew_lease(
+            &self,
+            lease: &crate::coord::Lease,
+            ttl: Duration,
+        ) -> Result<bool, crate::coord::Error> {
+            self.inner.renew_lease(lease, ttl).await
+        }
+        async fn release_lease(
+            &self,
+            lease: &crate::coord::Lease,
+        ) -> Result<bool, crate::coord::Error> {
+            self.inner.release_lease(lease).await
+        }
+        async fn holds(&self, lease: &crate::coord::Lease) -> Result<bool, crate::coord::Error> {
+            self.inner.holds(lease).await
+        }
+    }
+
+    /// Requests that arrive while the coordinator is being read share the
+    /// next read, and each still gets its own session's answer, read after
+    /// it asked: a session revoked while earlier checks were out is
+    /// refused, its neighbours in the same read are let through.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_share_revocation_reads_and_each_gets_its_own_answer() {
+        let s = signer();
+        let coord = Arc::new(Slow {
+            inner: crate::coord::InProcess::new(),
+            reads: std::sync::atomic::AtomicUsize::new(0),
+            pause: Duration::from_millis(200),
+        });
+        let auth = StaffAuth::new(Arc::new(Fixed(s.jwks.clone())), coord.clone());
+        let check = |token: String| {
+            let auth = auth.clone();
+            tokio::spawn(async move { auth.authenticate(&token).await.map(|p| p.session_id) })
+        };
+        // Signatures checked and remembered first, so that below only the
+        // revocation checks take time.
+        for sid in ["busy", "fine", "late"] {
+            auth.authenticate(&s.token(sid, 600)).await.unwrap();
+        }
+        let reads_before = coord.reads.load(std::sync::atomic::Ordering::SeqCst);
+
+        // Two checks take both reads that may be out at once.
+        let busy: Vec<_> = (0..2).map(|_| check(s.token("busy", 600))).collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Revoked after those reads began, before the next requests ask.
+        crate::coord::Coordinator::put(
+            coord.as_ref(),
+            &revoked_session_key("late"),
+            b"1",
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        let queued: Vec<_> = (0..30)
+            .map(|i| check(s.token(if i % 2 == 0 { "late" } else { "fine" }, 600)))
+            .collect();
+        for task in busy {
+            assert_eq!(task.await.unwrap().unwrap(), "busy");
+        }
+        let (mut fine, mut refused) = (0, 0);
+        for (i, task) in queued.into_iter().enumerate() {
+            match task.await.unwrap() {
+                Ok(sid) if i % 2 == 1 => {
+                    assert_eq!(sid, "fine");
+                    fine += 1;
+                }
+                Err(AuthFailure::Revoked) if i % 2 == 0 => refused += 1,
+                other => panic!("request {i}: {other:?}"),
+            }
+        }
+        assert_eq!((fine, refused), (15, 15));
+        let reads = coord.reads.load(std::sync::atomic::Ordering::SeqCst) - reads_before;
+        // Two lone reads, then the 30 waiting requests in at most two.
+        assert!(
+            reads <= 4,
+            "32 checks took {reads} reads of the coordinator"
+        );
     }
 }

@@ -39,6 +39,9 @@ pub trait Coordinator: Send + Sync + fmt::Debug {
     async fn put_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, Error>;
     /// The value of `key`, if present and not expired.
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error>;
+    /// The values of `keys` in their order, read in one step (one round
+    /// trip to Redis).
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, Error>;
     /// Removes `key`; tells whether it existed.
     async fn delete(&self, key: &str) -> Result<bool, Error>;
     /// Adds one to the counter `key` and returns the new count. The counter
@@ -148,6 +151,14 @@ impl Coordinator for InProcess {
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
         Ok(self.with(|s, now| s.live(key, now).map(|e| e.value.clone())))
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        Ok(self.with(|s, now| {
+            keys.iter()
+                .map(|key| s.live(key, now).map(|e| e.value.clone()))
+                .collect()
+        }))
     }
 
     async fn delete(&self, key: &str) -> Result<bool, Error> {
@@ -341,6 +352,18 @@ impl Coordinator for Redis {
             .arg(self.key(key))
             .query_async(&mut conn)
             .await?)
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let mut mget = redis::cmd("MGET");
+        for key in keys {
+            mget.arg(self.key(key));
+        }
+        Ok(mget.query_async(&mut conn).await?)
     }
 
     async fn delete(&self, key: &str) -> Result<bool, Error> {

@@ -31,6 +31,46 @@ async fn keys_expire_after_their_ttl(c: Arc<dyn Coordinator>) {
     assert_eq!(c.get("session:a").await.unwrap(), None);
 }
 
+async fn many_keys_are_read_at_once_in_their_order(c: Arc<dyn Coordinator>) {
+    assert_eq!(
+        c.get_many(&[]).await.unwrap(),
+        Vec::<Option<Vec<u8>>>::new()
+    );
+    c.put("revoked:s1", b"1", Duration::from_secs(5))
+        .await
+        .unwrap();
+    c.put("revoked:s3", b"3", Duration::from_secs(5))
+        .await
+        .unwrap();
+    c.put("revoked:gone", b"x", Duration::from_millis(100))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let keys: Vec<String> = [
+        "revoked:s3",
+        "revoked:s2",
+        "revoked:gone",
+        "revoked:s1",
+        "revoked:s3",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    assert_eq!(
+        c.get_many(&keys).await.unwrap(),
+        vec![
+            Some(b"3".to_vec()),
+            None,
+            None,
+            Some(b"1".to_vec()),
+            Some(b"3".to_vec())
+        ]
+    );
+    assert_eq!(
+        c.get_many(&["revoked:s1".to_owned()]).await.unwrap(),
+        vec![Some(b"1".to_vec())]
+    );
+}
+
 async fn put_if_absent_stores_only_once(c: Arc<dyn Coordinator>) {
     assert!(
         c.put_if_absent("code:1", b"x", Duration::from_secs(5))
@@ -122,6 +162,7 @@ macro_rules! coordination_tests {
 
 coordination_tests!(
     keys_expire_after_their_ttl,
+    many_keys_are_read_at_once_in_their_order,
     put_if_absent_stores_only_once,
     counters_count_within_their_window_then_reset,
     a_lease_has_one_holder_and_fencing_tokens_grow,
