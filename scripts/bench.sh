@@ -137,7 +137,10 @@ mkdir -p docs
   echo "\`confidant serve\` process; this process drives them. For each phase: CPU time"
   echo "(user + system, from /proc) per operation of every process group — the vault"
   echo "replicas together, identity, audit, all PostgreSQL backends, Redis and the load"
-  echo "generator — the cores they kept busy together, and each process's peak resident"
+  echo "generator — the cores they kept busy together, the cores everything else kept busy"
+  echo "meanwhile (/proc/stat less those processes: the kernel's own threads, such as disk"
+  echo "and network work, and the machine's other services, such as the RabbitMQ, NATS and"
+  echo "MariaDB servers it runs; ratios move with it), and each process's peak resident"
   echo "memory during the phase (VmHWM, reset at the start). Work a phase leaves behind"
   echo "(audit events still travelling to the log) is counted in the phase that does it."
   echo

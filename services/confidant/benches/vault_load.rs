@@ -190,6 +190,25 @@ fn proc_stat(pid: u32) -> Option<(String, u64)> {
     Some((comm, utime + stime))
 }
 
+/// Busy CPU ticks of the whole machine (user, nice, system, irq and
+/// softirq of every process and of the kernel's own threads; not idle,
+/// I/O wait or time stolen by the hypervisor), from /proc/stat.
+fn machine_busy_ticks() -> u64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|stat| {
+            let fields: Vec<u64> = stat
+                .lines()
+                .next()?
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            Some([0, 1, 2, 5, 6].iter().filter_map(|&i| fields.get(i)).sum())
+        })
+        .unwrap_or(0)
+}
+
 /// CPU ticks of every process named `comm` (PostgreSQL's backends, Redis).
 fn ticks_of_all(comm: &str) -> u64 {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -489,6 +508,8 @@ impl Statements {
 struct Meter {
     ticks: BTreeMap<String, u64>,
     pids: Vec<(String, u32)>,
+    /// The whole machine's busy ticks, and when they were read.
+    machine: (u64, std::time::Instant),
 }
 
 fn group_of(name: &str) -> String {
@@ -505,6 +526,7 @@ impl Meter {
         Meter {
             ticks: Self::ticks(&pids),
             pids,
+            machine: (machine_busy_ticks(), std::time::Instant::now()),
         }
     }
 
@@ -523,20 +545,21 @@ impl Meter {
     }
 
     /// One table row: CPU µs per operation per process group, the cores
-    /// they kept busy, and peak memory of each service process.
+    /// they kept busy, the cores the rest of the machine kept busy
+    /// meanwhile, and peak memory of each service process.
     fn finish(self, phase: &str, run: &Run, out: &mut Vec<String>) {
         let now = Self::ticks(&self.pids);
+        let machine = machine_busy_ticks().saturating_sub(self.machine.0);
         let hz = clock_ticks();
-        let per_op = |group: &str| {
+        let used = |group: &str| {
             // Saturating: a PostgreSQL backend that exits during the phase
             // takes its ticks with it.
-            let used = now
-                .get(group)
+            now.get(group)
                 .copied()
                 .unwrap_or(0)
-                .saturating_sub(self.ticks.get(group).copied().unwrap_or(0));
-            used as f64 / hz * 1e6 / run.all_ops as f64
+                .saturating_sub(self.ticks.get(group).copied().unwrap_or(0))
         };
+        let per_op = |group: &str| used(group) as f64 / hz * 1e6 / run.all_ops as f64;
         let groups = [
             "vault",
             "identity",
@@ -547,6 +570,11 @@ impl Meter {
         ];
         let total: f64 = groups.iter().map(|g| per_op(g)).sum();
         let cores = total * run.all_ops as f64 / 1e6 / run.all_elapsed.as_secs_f64();
+        // Everything else that ran meanwhile: other services of the machine,
+        // the kernel's own threads (disk and network work among them).
+        let ours: u64 = groups.iter().map(|g| used(g)).sum();
+        let rest =
+            machine.saturating_sub(ours) as f64 / hz / self.machine.1.elapsed().as_secs_f64();
         let mut peaks: BTreeMap<String, f64> = BTreeMap::new();
         for (name, pid) in &self.pids {
             let e = peaks.entry(group_of(name)).or_default();
@@ -554,7 +582,7 @@ impl Meter {
         }
         let cells: Vec<String> = groups.iter().map(|g| format!("{:.0}", per_op(g))).collect();
         out.push(format!(
-            "| {phase} | {:.0} | {} | {total:.0} | {cores:.2} | {:.0} / {:.0} / {:.0} / {:.0} |",
+            "| {phase} | {:.0} | {} | {total:.0} | {cores:.2} | {rest:.2} | {:.0} / {:.0} / {:.0} / {:.0} |",
             run.ops_per_s,
             cells.join(" | "),
             peaks.get("vault").copied().unwrap_or(0.0),
@@ -1144,8 +1172,8 @@ async fn main() {
 /// The CPU and memory table: to `VAULT_LOAD_RESOURCES`, or printed.
 fn print_resources(resources: &[String]) {
     let mut table = vec![
-        "| phase | ops/s | vault µs/op | identity µs/op | audit µs/op | PostgreSQL µs/op | Redis µs/op | load generator µs/op | all µs/op | cores busy | peak MiB vault / identity / audit / load generator |".to_owned(),
-        "|---|---|---|---|---|---|---|---|---|---|---|".to_owned(),
+        "| phase | ops/s | vault µs/op | identity µs/op | audit µs/op | PostgreSQL µs/op | Redis µs/op | load generator µs/op | all µs/op | cores busy | rest of the machine, cores busy | peak MiB vault / identity / audit / load generator |".to_owned(),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|".to_owned(),
     ];
     table.extend(resources.iter().cloned());
     match std::env::var_os("VAULT_LOAD_RESOURCES").filter(|p| !p.is_empty()) {
