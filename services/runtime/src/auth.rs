@@ -806,7 +806,7 @@ mod tests {
         let coord = Arc::new(Slow {
             inner: crate::coord::InProcess::new(),
             reads: std::sync::atomic::AtomicUsize::new(0),
-            pause: Duration::from_millis(200),
+            pause: Duration::from_secs(1),
         });
         let auth = StaffAuth::new(Arc::new(Fixed(s.jwks.clone())), coord.clone());
         let check = |token: String| {
@@ -822,7 +822,10 @@ mod tests {
 
         // Two checks take both reads that may be out at once.
         let busy: Vec<_> = (0..2).map(|_| check(s.token("busy", 600))).collect();
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Both reads have begun (however slowly the machine runs).
+        while coord.reads.load(std::sync::atomic::Ordering::SeqCst) < reads_before + 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         // Revoked after those reads began, before the next requests ask.
         crate::coord::Coordinator::put(
             coord.as_ref(),
