@@ -924,6 +924,8 @@ async fn main() {
     };
     for &concurrency in &levels {
         let per_task = if concurrency == 1 { 1000 } else { 250 };
+        // Profiles are of the concurrent phases, or of the one level asked for.
+        let profiled = concurrency > 1 || levels.len() == 1;
         let writers = clients(&cluster, "intake", concurrency).await;
         let readers = clients(&cluster, "firm-app", concurrency).await;
         let meter = Meter::start(&cluster);
@@ -939,7 +941,7 @@ async fn main() {
         } else {
             None
         };
-        let profile = (concurrency > 1)
+        let profile = profiled
             .then(|| Profile::start(&cluster, "VAULT_LOAD_PROFILE_WRITES"))
             .flatten();
         let (vault_write, stored) = load.vault_writes(writers, concurrency, per_task).await;
@@ -1005,7 +1007,7 @@ async fn main() {
         );
         floors.insert(concurrency, (floor.ops_per_s, base_read.ops_per_s));
         let meter = Meter::start(&cluster);
-        let profile = (concurrency > 1)
+        let profile = profiled
             .then(|| Profile::start(&cluster, "VAULT_LOAD_PROFILE"))
             .flatten();
         let statements = if concurrency > 1 {
