@@ -390,7 +390,8 @@ impl Cluster {
 /// machine (every service, PostgreSQL, the load generator) with call
 /// graphs during the concurrent read phase, for `perf report`;
 /// `VAULT_LOAD_PROFILE_WRITES=<file>` the same for the concurrent write
-/// phase.
+/// phase; `VAULT_LOAD_PROFILE_REPLICAS_<n>=<file>` for the read phase
+/// at n replicas.
 struct Profile(Child);
 
 impl Profile {
@@ -914,7 +915,11 @@ async fn main() {
     let quick = std::env::var_os("VAULT_LOAD_QUICK").is_some_and(|v| !v.is_empty());
     // `VAULT_LOAD_LEVELS=1,16`: the concurrency levels of the write and
     // read phases (default 1 and 16; 16 alone with VAULT_LOAD_QUICK).
+    // `VAULT_LOAD_SCALING_ONLY=1`: only the replica phases and the CPU
+    // table, for working on how replicas share the machine.
+    let scaling_only = std::env::var_os("VAULT_LOAD_SCALING_ONLY").is_some_and(|v| !v.is_empty());
     let levels: Vec<usize> = match std::env::var("VAULT_LOAD_LEVELS") {
+        _ if scaling_only => Vec::new(),
         Ok(list) if !list.trim().is_empty() => list
             .split(',')
             .map(|n| n.trim().parse().expect("VAULT_LOAD_LEVELS: numbers"))
@@ -1114,9 +1119,8 @@ async fn main() {
         return;
     }
 
-    decision_over_grpc(&cluster, &partner, &matter_id).await;
-
-    {
+    if !scaling_only {
+        decision_over_grpc(&cluster, &partner, &matter_id).await;
         let reader = client_at(data, cluster.vaults[0], "firm-app").await;
         let writer = client_at(data, cluster.vaults[0], "intake").await;
         kms_calls_per_10k_reads(&cluster, &reader, &writer, &token, &client_id, &matter_id).await;
@@ -1149,15 +1153,20 @@ async fn main() {
             &base_write,
             "grows or holds",
         );
+        let phase = format!("vault read, {replicas} replicas, c{concurrency}");
         let meter = Meter::start(&cluster);
+        let statements = Statements::start(&load.plain).await;
+        let profile = Profile::start(&cluster, &format!("VAULT_LOAD_PROFILE_REPLICAS_{replicas}"));
         let read = load
             .vault_reads(readers, concurrency, per_task, stored)
             .await;
-        meter.finish(
-            &format!("vault read, {replicas} replicas, c{concurrency}"),
-            &read,
-            &mut resources,
-        );
+        if let Some(p) = profile {
+            p.stop();
+        }
+        if let Some(s) = statements {
+            s.finish(&phase, &read).await;
+        }
+        meter.finish(&phase, &read, &mut resources);
         row(
             &format!("vault read 1 KiB, {replicas} vault replicas, concurrency {concurrency}"),
             &read,

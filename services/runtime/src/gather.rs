@@ -3,11 +3,19 @@
 //! Group commits of audit events, grouped record look-ups and grouped
 //! writes have the same shape: callers hand in a request and wait; whoever
 //! waits is served as one group, with one round trip to the database. A
-//! caller that finds a slot free and nobody waiting serves itself at once,
-//! on its own task (no hand-over to another task and back, which at low
-//! load costs more than the statement); while `in_flight` groups are out,
-//! the next callers queue, and the first group to finish takes the queue
-//! (up to a bound) as the next group, so the groups grow with the load.
+//! caller that finds a slot free and nobody waiting serves itself on its
+//! own task (no hand-over to another task and back, which at low load costs
+//! more than the statement); while `in_flight` groups are out, the next
+//! callers queue, and the first group to finish takes the queue (up to a
+//! bound) as the next group, so the groups grow with the load.
+//!
+//! Before it serves itself, such a caller lets the tasks that are ready to
+//! run go first (one yield to the scheduler), and whoever asks meanwhile
+//! joins its group. Callers that were woken together (the readers of one
+//! grouped look-up, going on to commit their audit events; requests that
+//! arrived in the same poll of the network) so go out as one group instead
+//! of the first alone and the rest after it. Alone on the machine, the
+//! yield costs a turn of the scheduler and nothing waits on a timer.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -59,6 +67,9 @@ struct Inner<T> {
 struct State<T> {
     queue: VecDeque<T>,
     in_flight: usize,
+    /// A caller holds a slot and is letting others join its group: who
+    /// asks meanwhile queues for it rather than taking another slot.
+    forming: bool,
 }
 
 impl<T: Send + 'static> Gather<T> {
@@ -82,33 +93,43 @@ impl<T: Send + 'static> Gather<T> {
                 state: Mutex::new(State {
                     queue: VecDeque::new(),
                     in_flight: 0,
+                    forming: false,
                 }),
                 runtime: tokio::runtime::Handle::current(),
             }),
         }
     }
 
-    /// Hands `request` in. If a slot is free (and so nobody waits), serves
-    /// it as a group of one before returning; otherwise queues it for the
-    /// next group and returns at once. Either way `serve` answers it.
+    /// Hands `request` in. If a slot is free (and so nobody waits), takes
+    /// it, lets the tasks ready to run go first, and serves the request
+    /// with whoever asked meanwhile as one group before returning;
+    /// otherwise queues it for the next group and returns at once. Either
+    /// way `serve` answers it.
     async fn submit(&self, request: T) {
-        let alone = {
+        let leads = {
             let mut state = self.inner.lock();
-            if state.in_flight < self.inner.bounds.in_flight && state.queue.is_empty() {
+            let leads = !state.forming
+                && state.in_flight < self.inner.bounds.in_flight
+                && state.queue.is_empty();
+            if leads {
                 state.in_flight += 1;
-                Some(vec![request])
-            } else {
-                state.queue.push_back(request);
-                None
+                state.forming = true;
             }
+            state.queue.push_back(request);
+            leads
         };
-        if let Some(group) = alone {
-            // Released even if this caller is dropped half-way: the queue
-            // then goes on without it.
-            let slot = Slot(self.inner.clone());
-            (self.inner.serve)(group).await;
-            drop(slot);
+        if !leads {
+            return;
         }
+        // Released even if this caller is dropped half-way: the queue
+        // (this caller's request with it) then goes on without it.
+        let slot = Slot(self.inner.clone());
+        let forming = Forming(Some(self.inner.clone()));
+        tokio::task::yield_now().await;
+        if let Some(group) = forming.close() {
+            (self.inner.serve)(group).await;
+        }
+        drop(slot);
     }
 }
 
@@ -140,6 +161,29 @@ impl<T> Inner<T> {
             group.push(next);
         }
         Some(group)
+    }
+}
+
+/// A group being formed: if its caller is dropped before it is served, the
+/// gatherer stops waiting for it (its slot, dropped too, serves the queue).
+struct Forming<T>(Option<Arc<Inner<T>>>);
+
+impl<T> Forming<T> {
+    /// Ends the forming: the group (this caller's request first, unless a
+    /// group that finished meanwhile took the queue along).
+    fn close(mut self) -> Option<Vec<T>> {
+        let inner = self.0.take()?;
+        let mut state = inner.lock();
+        state.forming = false;
+        inner.next_group(&mut state)
+    }
+}
+
+impl<T> Drop for Forming<T> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.take() {
+            inner.lock().forming = false;
+        }
     }
 }
 
@@ -245,17 +289,18 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_caller_that_gives_up_does_not_stall_the_others() {
         let (gather, sizes, _) = doubler(Duration::from_millis(200));
-        // Two callers take both slots and give up half-way.
-        let leaders: Vec<_> = (0..2u32)
-            .map(|n| {
-                let gather = gather.clone();
-                tokio::spawn(async move {
-                    tokio::time::timeout(Duration::from_millis(50), gather.ask(n))
-                        .await
-                        .is_err()
-                })
-            })
-            .collect();
+        // Two callers, one after the other, take both slots and give up
+        // half-way.
+        let mut leaders = Vec::new();
+        for n in 0..2u32 {
+            let gather = gather.clone();
+            leaders.push(tokio::spawn(async move {
+                tokio::time::timeout(Duration::from_millis(50), gather.ask(n))
+                    .await
+                    .is_err()
+            }));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
         // Meanwhile three more queue behind them; all are answered.
         ask_all_and_check(&gather, 10..13).await;
@@ -263,6 +308,33 @@ mod tests {
             assert!(leader.await.unwrap(), "the first callers gave up waiting");
         }
         assert_eq!(sizes.lock().unwrap().clone(), [1, 1, 3]);
+        assert_eq!(gather.ask(7).await, Some(14));
+    }
+
+    /// Callers woken at the same moment (as the readers of one grouped
+    /// look-up are) go out as one group, not the first alone and the rest
+    /// after it; a lone caller is still served at once.
+    #[tokio::test]
+    async fn callers_woken_together_go_out_together() {
+        let (gather, sizes, _) = doubler(Duration::from_millis(5));
+        for round in 0..20u32 {
+            let go = Arc::new(tokio::sync::Barrier::new(8));
+            let callers: Vec<_> = (0..8u32)
+                .map(|n| {
+                    let (gather, go) = (gather.clone(), go.clone());
+                    tokio::spawn(async move {
+                        go.wait().await;
+                        gather.ask(round * 8 + n).await
+                    })
+                })
+                .collect();
+            for (n, caller) in (0..8u32).zip(callers) {
+                assert_eq!(caller.await.unwrap(), Some((round * 8 + n) * 2));
+            }
+        }
+        // Without the yield, every round's first caller would go alone and
+        // the other seven after it.
+        assert_eq!(sizes.lock().unwrap().clone(), [8; 20]);
         assert_eq!(gather.ask(7).await, Some(14));
     }
 }
