@@ -460,9 +460,10 @@ impl Statements {
     }
 
     async fn finish(self, phase: &str, run: &Run) {
-        let rows: Vec<(i64, f64, i64, String)> = match sqlx::query_as(
-            "SELECT calls, total_exec_time, rows, query FROM pg_stat_statements \
-             WHERE query NOT LIKE '%pg_stat_statements%' ORDER BY total_exec_time DESC",
+        let rows: Vec<(i64, f64, i64, String, i64, f64)> = match sqlx::query_as(
+            "SELECT calls, total_exec_time, rows, query, plans, total_plan_time \
+             FROM pg_stat_statements WHERE query NOT LIKE '%pg_stat_statements%' \
+             ORDER BY total_exec_time + total_plan_time DESC",
         )
         .fetch_all(&self.pool)
         .await
@@ -476,21 +477,26 @@ impl Statements {
         let ops = run.ops as f64;
         let total_us: f64 = rows.iter().map(|r| r.1 * 1000.0).sum();
         let mut text = format!(
-            "\n## {phase}: {} operations, PostgreSQL executing statements {:.0} µs per operation\n\n\
-             | µs per op | share | calls per op | rows per call | mean µs | statement |\n|---|---|---|---|---|---|\n",
+            "\n## {phase}: {} operations, PostgreSQL executing statements {:.0} µs per operation, \
+             planning them {:.0} µs (counted when pg_stat_statements.track_planning is on)\n\n\
+             | µs per op | share | calls per op | rows per call | mean µs | plans per call | planning µs per op | statement |\n\
+             |---|---|---|---|---|---|---|---|\n",
             run.ops,
-            total_us / ops
+            total_us / ops,
+            rows.iter().map(|r| r.5 * 1000.0).sum::<f64>() / ops,
         );
-        for (calls, total_ms, rows, query) in rows.iter().take(15) {
+        for (calls, total_ms, rows, query, plans, plan_ms) in rows.iter().take(15) {
             let query = query.split_whitespace().collect::<Vec<_>>().join(" ");
             let query: String = query.chars().take(110).collect();
             text.push_str(&format!(
-                "| {:.1} | {:.0}% | {:.3} | {:.1} | {:.1} | `{}` |\n",
+                "| {:.1} | {:.0}% | {:.3} | {:.1} | {:.1} | {:.2} | {:.1} | `{}` |\n",
                 total_ms * 1000.0 / ops,
                 total_ms * 100_000.0 / total_us.max(1.0),
                 *calls as f64 / ops,
                 *rows as f64 / (*calls).max(1) as f64,
                 total_ms * 1000.0 / (*calls).max(1) as f64,
+                *plans as f64 / (*calls).max(1) as f64,
+                plan_ms * 1000.0 / ops,
                 query.replace('|', "\\|"),
             ));
         }
@@ -941,7 +947,7 @@ async fn main() {
             &mut resources,
         );
         let meter = Meter::start(&cluster);
-        let statements = if concurrency > 1 {
+        let statements = if profiled {
             Statements::start(&load.plain).await
         } else {
             None
@@ -1015,7 +1021,7 @@ async fn main() {
         let profile = profiled
             .then(|| Profile::start(&cluster, "VAULT_LOAD_PROFILE"))
             .flatten();
-        let statements = if concurrency > 1 {
+        let statements = if profiled {
             Statements::start(&load.plain).await
         } else {
             None

@@ -170,6 +170,47 @@ macro_rules! scope_select {
     };
 }
 
+/// Most ids [`records_by_ids`] asks for as a list of parameters.
+const MOST_LISTED_IDS: usize = 256;
+
+/// The look-up of the records with `ids` (PostgreSQL). PostgreSQL plans
+/// `r.id = ANY($1)` afresh on every call (a plan for the array it is given
+/// always looks cheaper than a generic one), and planning costs several
+/// times what the look-up does; `r.id IN ($1, ..., $n)` keeps one generic
+/// plan per n. So up to 256 ids go as such a list, its length rounded up to
+/// a power of two (the last id repeated, which matches nothing more) so
+/// that each connection prepares at most nine of them; more go by `ANY`.
+fn records_by_ids(
+    ids: &[Uuid],
+) -> sqlx::query::QueryAs<'static, sqlx::Postgres, RecordRow, sqlx::postgres::PgArguments> {
+    static LISTS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        std::iter::successors(Some(1usize), |n| Some(n * 2))
+            .take_while(|n| *n <= MOST_LISTED_IDS)
+            .map(|n| {
+                let params: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
+                format!(
+                    "{}WHERE r.id IN ({})",
+                    record_select!(""),
+                    params.join(", ")
+                )
+            })
+            .collect()
+    });
+    let Some(last) = ids.last().filter(|_| ids.len() <= MOST_LISTED_IDS) else {
+        return sqlx::query_as(record_select!("WHERE r.id = ANY($1)")).bind(ids.to_vec());
+    };
+    let size = ids.len().next_power_of_two();
+    let lists: &'static [String] = &LISTS;
+    let mut statement = sqlx::query_as(lists[size.trailing_zeros() as usize].as_str());
+    for id in ids
+        .iter()
+        .chain(std::iter::repeat_n(last, size - ids.len()))
+    {
+        statement = statement.bind(*id);
+    }
+    statement
+}
+
 /// A record to insert, already encrypted.
 #[derive(Debug, Clone)]
 pub struct EncryptedRecord {
@@ -359,23 +400,14 @@ impl VaultStore {
         ids: &[Uuid],
         kept: Option<&confidant_runtime::storage::KeptConnections>,
     ) -> StoreResult<Vec<RecordRow>> {
-        const BY_IDS: &str = record_select!("WHERE r.id = ANY($1)");
         match (&self.db, kept) {
             (Database::Postgres(_), Some(kept)) => {
                 let mut conn = kept.take().await?;
-                let rows = sqlx::query_as::<_, RecordRow>(BY_IDS)
-                    .bind(ids)
-                    .fetch_all(&mut *conn)
-                    .await?;
+                let rows = records_by_ids(ids).fetch_all(&mut *conn).await?;
                 conn.keep();
                 Ok(rows)
             }
-            (Database::Postgres(pool), None) => {
-                sqlx::query_as::<_, RecordRow>(BY_IDS)
-                    .bind(ids)
-                    .fetch_all(pool)
-                    .await
-            }
+            (Database::Postgres(pool), None) => records_by_ids(ids).fetch_all(pool).await,
             (Database::Sqlite(_), _) => {
                 let mut rows = Vec::with_capacity(ids.len());
                 for id in ids {

@@ -1249,6 +1249,51 @@ async fn concurrent_readers_share_look_ups_and_each_gets_its_own_record(db: &Tes
     assert_eq!(rows[3].as_ref().unwrap().id, ids[3]);
 }
 
+/// A look-up of several records finds exactly the ones asked for, whatever
+/// their number: lists padded to a prepared length (3, 5, 17 ids), the
+/// longest list (256), more than a list carries (300), ids unknown or asked
+/// twice, none at all.
+async fn look_ups_of_any_size_find_exactly_their_records(db: &TestDatabase) {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = kms_for(db, dir.path()).await;
+    let vault = vault_with(db, kms, CACHE);
+    let actor = partner();
+    let client = Uuid::now_v7();
+    let mut ids = Vec::new();
+    for n in 0..300 {
+        let number = format!("L{n:07}");
+        let record = passport(client, None, &number);
+        ids.push(vault.create(&actor, &record, None).await.unwrap().id);
+    }
+    for size in [0usize, 1, 2, 3, 5, 17, 255, 256, 257, 300] {
+        // Every third id asked for is unknown; the last known one twice.
+        let mut wanted: Vec<Uuid> = (0..size)
+            .map(|n| if n % 3 == 2 { Uuid::now_v7() } else { ids[n] })
+            .collect();
+        if let Some(known) = wanted.iter().rev().find(|id| ids.contains(id)).copied() {
+            wanted.push(known);
+        }
+        let mut found: Vec<Uuid> = vault
+            .store()
+            .records(&wanted, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|row| row.id)
+            .collect();
+        found.sort_unstable();
+        found.dedup();
+        let mut expected: Vec<Uuid> = wanted
+            .iter()
+            .filter(|id| ids.contains(id))
+            .copied()
+            .collect();
+        expected.sort_unstable();
+        expected.dedup();
+        assert_eq!(found, expected, "a look-up of {} ids", wanted.len());
+    }
+}
+
 /// Concurrent writers share commits on PostgreSQL (one array-valued INSERT
 /// per group, records of different scopes and with or without a matter in
 /// the same group), and every record lands whole and opens to its own
@@ -1310,6 +1355,7 @@ async fn concurrent_writers_share_commits_and_each_record_lands_whole(db: &TestD
 }
 
 confidant_runtime::backend_tests!(confidant_vault::MIGRATIONS;
+    look_ups_of_any_size_find_exactly_their_records,
     concurrent_writers_share_commits_and_each_record_lands_whole,
     concurrent_readers_share_look_ups_and_each_gets_its_own_record,
     documents_stream_in_and_out_whole_or_not_at_all,
