@@ -26,8 +26,10 @@
 //! process (each service, PostgreSQL, Redis, the load generator) in each
 //! phase, read from /proc. With `VAULT_LOAD_RESOURCES=<file>` that
 //! table goes to the file instead; with `VAULT_LOAD_STATEMENTS=<file>`,
-//! PostgreSQL's per-statement execution time per operation of the
-//! concurrent write and read phases (pg_stat_statements). Not a test:
+//! PostgreSQL's per-statement execution and planning time per operation of
+//! the concurrent write and read phases and of each replica read phase
+//! (pg_stat_statements). `VAULT_LOAD_QUICK=1` runs only the write and read
+//! phases, `VAULT_LOAD_SCALING_ONLY=1` only the replica phases. Not a test:
 //! nothing here asserts a time.
 
 // The end-to-end tests' directory helpers (not all of them are used here).
