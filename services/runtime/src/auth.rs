@@ -302,7 +302,8 @@ const MAX_CHECKS: usize = 256;
 /// each. A check still reads the coordinator after its request asked
 /// (nothing is answered from an earlier read), so a session revoked before
 /// a request arrived is refused exactly as with a read of its own. A lone
-/// request's check goes out at once.
+/// request's check goes out after one turn of the scheduler, with any
+/// check that arrived in that turn.
 fn revocation_checks(coord: SharedCoordinator) -> Gather<RevocationCheck> {
     Gather::new(
         Bounds {

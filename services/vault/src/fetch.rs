@@ -7,7 +7,8 @@
 //! read. A look-up still starts only after its reader asked (nothing is
 //! served from a copy kept from earlier), so a reader sees a shred or a
 //! pending destruction committed before it asked, exactly as a look-up of
-//! its own would. A lone reader's look-up goes out at once.
+//! its own would. A lone reader's look-up goes out after one turn of the
+//! scheduler, with any reader that asked in that turn.
 
 use std::collections::HashMap;
 use std::sync::Arc;
