@@ -1172,6 +1172,25 @@ async fn documents_stream_in_and_out_whole_or_not_at_all(db: &TestDatabase) {
     ));
 }
 
+/// A vault on `db` (keys under `dir`) holding `count` passports of one new
+/// client, numbered `prefix` and their index, stored by a partner; with
+/// the client and the records' ids in order.
+async fn vault_of_passports(
+    db: &TestDatabase,
+    dir: &std::path::Path,
+    prefix: &str,
+    count: usize,
+) -> (Vault, Uuid, Vec<Uuid>) {
+    let vault = vault_with(db, kms_for(db, dir).await, CACHE);
+    let client = Uuid::now_v7();
+    let mut ids = Vec::with_capacity(count);
+    for n in 0..count {
+        let record = passport(client, None, &format!("{prefix}{n:07}"));
+        ids.push(vault.create(&partner(), &record, None).await.unwrap().id);
+    }
+    (vault, client, ids)
+}
+
 /// Readers waiting at the same moment share one look-up of their records,
 /// and each still gets exactly its own row as it stands when it asked: a
 /// record shredded before reads as shredded, a missing id as not found,
@@ -1179,21 +1198,8 @@ async fn documents_stream_in_and_out_whole_or_not_at_all(db: &TestDatabase) {
 /// one go with the same answers.
 async fn concurrent_readers_share_look_ups_and_each_gets_its_own_record(db: &TestDatabase) {
     let dir = tempfile::tempdir().unwrap();
-    let kms = kms_for(db, dir.path()).await;
-    let vault = vault_with(db, kms, CACHE);
+    let (vault, client, ids) = vault_of_passports(db, dir.path(), "P", 40).await;
     let actor = partner();
-    let client = Uuid::now_v7();
-    let mut ids = Vec::new();
-    for n in 0..40 {
-        let number = format!("P{n:07}");
-        ids.push(
-            vault
-                .create(&actor, &passport(client, None, &number), None)
-                .await
-                .unwrap()
-                .id,
-        );
-    }
     let order = Uuid::now_v7().to_string();
     vault
         .shred_record(&retention(), ids[7], &order)
@@ -1255,16 +1261,7 @@ async fn concurrent_readers_share_look_ups_and_each_gets_its_own_record(db: &Tes
 /// twice, none at all.
 async fn look_ups_of_any_size_find_exactly_their_records(db: &TestDatabase) {
     let dir = tempfile::tempdir().unwrap();
-    let kms = kms_for(db, dir.path()).await;
-    let vault = vault_with(db, kms, CACHE);
-    let actor = partner();
-    let client = Uuid::now_v7();
-    let mut ids = Vec::new();
-    for n in 0..300 {
-        let number = format!("L{n:07}");
-        let record = passport(client, None, &number);
-        ids.push(vault.create(&actor, &record, None).await.unwrap().id);
-    }
+    let (vault, _, ids) = vault_of_passports(db, dir.path(), "L", 300).await;
     for size in [0usize, 1, 2, 3, 5, 17, 255, 256, 257, 300] {
         // Every third id asked for is unknown; the last known one twice.
         let mut wanted: Vec<Uuid> = (0..size)
