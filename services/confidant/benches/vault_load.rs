@@ -513,6 +513,38 @@ impl Statements {
     }
 }
 
+/// What records a vault phase when `on`, besides its [`Meter`]: perf when
+/// `variable` names a file ([`Profile`]), pg_stat_statements when
+/// `VAULT_LOAD_STATEMENTS` does ([`Statements`]).
+struct Watch {
+    profile: Option<Profile>,
+    statements: Option<Statements>,
+}
+
+impl Watch {
+    async fn start(cluster: &Cluster, plain: &sqlx::PgPool, variable: &str, on: bool) -> Watch {
+        if !on {
+            return Watch {
+                profile: None,
+                statements: None,
+            };
+        }
+        Watch {
+            statements: Statements::start(plain).await,
+            profile: Profile::start(cluster, variable),
+        }
+    }
+
+    async fn finish(self, phase: &str, run: &Run) {
+        if let Some(p) = self.profile {
+            p.stop();
+        }
+        if let Some(s) = self.statements {
+            s.finish(phase, run).await;
+        }
+    }
+}
+
 /// CPU and peak memory of every process over one phase.
 struct Meter {
     ticks: BTreeMap<String, u64>,
@@ -949,22 +981,12 @@ async fn main() {
             &mut resources,
         );
         let meter = Meter::start(&cluster);
-        let statements = if profiled {
-            Statements::start(&load.plain).await
-        } else {
-            None
-        };
-        let profile = profiled
-            .then(|| Profile::start(&cluster, "VAULT_LOAD_PROFILE_WRITES"))
-            .flatten();
+        let watch =
+            Watch::start(&cluster, &load.plain, "VAULT_LOAD_PROFILE_WRITES", profiled).await;
         let (vault_write, stored) = load.vault_writes(writers, concurrency, per_task).await;
-        if let Some(p) = profile {
-            p.stop();
-        }
-        if let Some(s) = statements {
-            s.finish(&format!("vault write, c{concurrency}"), &vault_write)
-                .await;
-        }
+        watch
+            .finish(&format!("vault write, c{concurrency}"), &vault_write)
+            .await;
         meter.finish(
             &format!("vault write, c{concurrency}"),
             &vault_write,
@@ -1020,24 +1042,13 @@ async fn main() {
         );
         floors.insert(concurrency, (floor.ops_per_s, base_read.ops_per_s));
         let meter = Meter::start(&cluster);
-        let profile = profiled
-            .then(|| Profile::start(&cluster, "VAULT_LOAD_PROFILE"))
-            .flatten();
-        let statements = if profiled {
-            Statements::start(&load.plain).await
-        } else {
-            None
-        };
+        let watch = Watch::start(&cluster, &load.plain, "VAULT_LOAD_PROFILE", profiled).await;
         let vault_read = load
             .vault_reads(readers, concurrency, per_task, stored)
             .await;
-        if let Some(p) = profile {
-            p.stop();
-        }
-        if let Some(s) = statements {
-            s.finish(&format!("vault read, c{concurrency}"), &vault_read)
-                .await;
-        }
+        watch
+            .finish(&format!("vault read, c{concurrency}"), &vault_read)
+            .await;
         meter.finish(
             &format!("vault read, c{concurrency}"),
             &vault_read,
@@ -1163,17 +1174,12 @@ async fn main() {
         );
         let phase = format!("vault read, {replicas} replicas, c{concurrency}");
         let meter = Meter::start(&cluster);
-        let statements = Statements::start(&load.plain).await;
-        let profile = Profile::start(&cluster, &format!("VAULT_LOAD_PROFILE_REPLICAS_{replicas}"));
+        let variable = format!("VAULT_LOAD_PROFILE_REPLICAS_{replicas}");
+        let watch = Watch::start(&cluster, &load.plain, &variable, true).await;
         let read = load
             .vault_reads(readers, concurrency, per_task, stored)
             .await;
-        if let Some(p) = profile {
-            p.stop();
-        }
-        if let Some(s) = statements {
-            s.finish(&phase, &read).await;
-        }
+        watch.finish(&phase, &read).await;
         meter.finish(&phase, &read, &mut resources);
         row(
             &format!("vault read 1 KiB, {replicas} vault replicas, concurrency {concurrency}"),

@@ -313,7 +313,7 @@ mod tests {
 
     /// Callers woken at the same moment (as the readers of one grouped
     /// look-up are) go out as one group, not the first alone and the rest
-    /// after it; a lone caller is still served at once.
+    /// after it; a lone caller afterwards is still served.
     #[tokio::test]
     async fn callers_woken_together_go_out_together() {
         let (gather, sizes, _) = doubler(Duration::from_millis(5));

@@ -182,7 +182,7 @@ const MOST_LISTED_IDS: usize = 256;
 /// that each connection prepares at most nine of them; more go by `ANY`.
 fn records_by_ids(
     ids: &[Uuid],
-) -> sqlx::query::QueryAs<'static, sqlx::Postgres, RecordRow, sqlx::postgres::PgArguments> {
+) -> sqlx::query::QueryAs<'_, sqlx::Postgres, RecordRow, sqlx::postgres::PgArguments> {
     static LISTS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
         std::iter::successors(Some(1usize), |n| Some(n * 2))
             .take_while(|n| *n <= MOST_LISTED_IDS)
@@ -197,7 +197,7 @@ fn records_by_ids(
             .collect()
     });
     let Some(last) = ids.last().filter(|_| ids.len() <= MOST_LISTED_IDS) else {
-        return sqlx::query_as(record_select!("WHERE r.id = ANY($1)")).bind(ids.to_vec());
+        return sqlx::query_as(record_select!("WHERE r.id = ANY($1)")).bind(ids);
     };
     let size = ids.len().next_power_of_two();
     let lists: &'static [String] = &LISTS;
