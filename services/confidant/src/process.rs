@@ -199,11 +199,12 @@ pub async fn start(
         // (identity asks itself over loopback).
         let auth =
             match urls.get(&ServiceName::Identity) {
-                Some(url) => Some(confidant_runtime::auth::StaffAuth::new(
+                Some(url) => Some(confidant_runtime::auth::StaffAuth::with_live_window(
                     std::sync::Arc::new(confidant_runtime::auth::IdentityJwks(
                         client::connect_lazy(url, &tls, &host_of(url))?,
                     )),
                     coord.clone(),
+                    Duration::from_millis(config.identity.session_check_cache_millis),
                 )),
                 None => None,
             };

@@ -608,8 +608,7 @@ impl Sessions {
                 .saturating_mul(60)
                 .saturating_add(60),
         );
-        self.coord
-            .put(&revoked_session_key(&session_id.to_string()), b"1", ttl)
+        confidant_runtime::auth::revoke_session(self.coord.as_ref(), &session_id.to_string(), ttl)
             .await?;
         Ok(())
     }

@@ -46,9 +46,10 @@ pub async fn build(
         Duration::from_millis(ctx.config.vault.decision_cache_millis),
     ));
     let tokens = identity.map(|channel| {
-        confidant_runtime::auth::StaffAuth::new(
+        confidant_runtime::auth::StaffAuth::with_live_window(
             Arc::new(confidant_runtime::auth::IdentityJwks(channel)),
             ctx.coord.clone(),
+            Duration::from_millis(ctx.config.identity.session_check_cache_millis),
         )
     });
     let kms = confidant_runtime::kms::from_config(&ctx.config).await?;

@@ -29,6 +29,160 @@ pub fn revoked_session_key(session_id: &str) -> String {
     format!("revoked-session:{session_id}")
 }
 
+/// The coordinator channel on which identity announces each revoked
+/// session (the message is the session id), after marking it revoked.
+pub const REVOCATIONS_CHANNEL: &str = "revoked-sessions";
+
+/// Ends a session everywhere: marks it revoked in the coordinator for `ttl`
+/// (as long as its access tokens can live), then announces it so that every
+/// service forgets at once that it found the session live.
+pub async fn revoke_session(
+    coord: &dyn crate::coord::Coordinator,
+    session_id: &str,
+    ttl: Duration,
+) -> Result<(), crate::coord::Error> {
+    coord
+        .put(&revoked_session_key(session_id), b"1", ttl)
+        .await?;
+    coord.publish(REVOCATIONS_CHANNEL, session_id).await
+}
+
+/// Most sessions remembered live at once; past it the memory starts over.
+const MAX_LIVE_SESSIONS: usize = 100_000;
+
+/// Sessions a service found not revoked in the last `window`, trusted
+/// without asking the coordinator again, but only while it is subscribed
+/// to [`REVOCATIONS_CHANNEL`]: an announced revocation is forgotten the
+/// moment it arrives, and while the subscription is down (or was ever lost
+/// since the answer was asked for) nothing is remembered and every request
+/// asks. `window` bounds how long a session stays trusted if an
+/// announcement were lost while the subscription looked healthy.
+#[derive(Debug)]
+struct LiveSessions {
+    window: Duration,
+    state: std::sync::Mutex<LiveState>,
+}
+
+#[derive(Debug, Default)]
+struct LiveState {
+    subscribed: bool,
+    /// Grows with every announcement and every change of subscription: an
+    /// answer asked for before it changed is not remembered.
+    epoch: u64,
+    found_live: HashMap<String, Instant>,
+}
+
+impl LiveSessions {
+    fn new(window: Duration) -> Self {
+        Self {
+            window,
+            state: std::sync::Mutex::new(LiveState::default()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, LiveState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `session` was found live within the window.
+    fn known_live(&self, session: &str) -> bool {
+        if self.window.is_zero() {
+            return false;
+        }
+        let state = self.state();
+        state.subscribed
+            && state
+                .found_live
+                .get(session)
+                .is_some_and(|at| at.elapsed() < self.window)
+    }
+
+    /// The epoch to quote when remembering an answer about to be asked for;
+    /// `None` when nothing can be remembered now.
+    fn epoch(&self) -> Option<u64> {
+        let state = self.state();
+        (state.subscribed && !self.window.is_zero()).then_some(state.epoch)
+    }
+
+    /// Remembers that `session` was found live, unless anything was
+    /// announced (or the subscription changed) since `epoch`.
+    fn remember(&self, session: &str, epoch: u64, asked_at: Instant) {
+        let mut state = self.state();
+        if !state.subscribed || state.epoch != epoch {
+            return;
+        }
+        if state.found_live.len() >= MAX_LIVE_SESSIONS {
+            let window = self.window;
+            state.found_live.retain(|_, at| at.elapsed() < window);
+            if state.found_live.len() >= MAX_LIVE_SESSIONS {
+                state.found_live.clear();
+            }
+        }
+        state.found_live.insert(session.to_owned(), asked_at);
+    }
+
+    fn announced(&self, session: &str) {
+        let mut state = self.state();
+        state.epoch += 1;
+        state.found_live.remove(session);
+    }
+
+    fn subscription(&self, subscribed: bool) {
+        let mut state = self.state();
+        state.epoch += 1;
+        state.subscribed = subscribed;
+        state.found_live.clear();
+    }
+}
+
+/// Keeps `live` subscribed to the announcements of revoked sessions for as
+/// long as it exists, resubscribing after a loss.
+fn follow_revocations(live: &Arc<LiveSessions>, coord: SharedCoordinator) {
+    use futures::StreamExt;
+    if live.window.is_zero() {
+        return;
+    }
+    let live = Arc::downgrade(live);
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match coord.subscribe(REVOCATIONS_CHANNEL).await {
+                Ok(Some(mut notices)) => {
+                    let Some(sessions) = live.upgrade() else {
+                        return;
+                    };
+                    sessions.subscription(true);
+                    drop(sessions);
+                    backoff = Duration::from_millis(100);
+                    while let Some(session) = notices.next().await {
+                        let Some(sessions) = live.upgrade() else {
+                            return;
+                        };
+                        sessions.announced(&session);
+                    }
+                    let Some(sessions) = live.upgrade() else {
+                        return;
+                    };
+                    sessions.subscription(false);
+                    tracing::warn!(
+                        "revocation announcements lost; every request asks until resubscribed"
+                    );
+                }
+                // This coordinator announces nothing: every request asks.
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot subscribe to revocation announcements");
+                }
+            }
+            if live.strong_count() == 0 {
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    });
+}
+
 /// What an access token says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
@@ -285,6 +439,7 @@ impl Verified {
 pub struct StaffAuth {
     source: Arc<dyn JwksSource>,
     revocations: Gather<RevocationCheck>,
+    live: Arc<LiveSessions>,
     cache: Arc<RwLock<Option<Cached>>>,
 }
 
@@ -362,14 +517,35 @@ pub enum AuthFailure {
 }
 
 impl StaffAuth {
-    /// Verification against keys from `source`, revocations in `coord`.
+    /// Verification against keys from `source`, revocations in `coord`,
+    /// every request asking the coordinator.
     /// Must be called on a Tokio runtime (checks are served on it).
     pub fn new(source: Arc<dyn JwksSource>, coord: SharedCoordinator) -> Self {
+        Self::with_live_window(source, coord, Duration::ZERO)
+    }
+
+    /// As [`StaffAuth::new`], but a session found not revoked is trusted for
+    /// `window` without asking again, while revocation announcements are
+    /// subscribed (see `identity.session_check_cache_millis`).
+    pub fn with_live_window(
+        source: Arc<dyn JwksSource>,
+        coord: SharedCoordinator,
+        window: Duration,
+    ) -> Self {
+        let live = Arc::new(LiveSessions::new(window));
+        follow_revocations(&live, coord.clone());
         Self {
             source,
             revocations: revocation_checks(coord),
+            live,
             cache: Arc::new(RwLock::new(None)),
         }
+    }
+
+    /// Whether revocation announcements are being followed now (sessions
+    /// found live are then trusted for the window).
+    pub fn follows_announcements(&self) -> bool {
+        self.live.epoch().is_some()
     }
 
     async fn verifier_for(&self, token: &str) -> Result<TokenVerifier, AuthFailure> {
@@ -434,10 +610,18 @@ impl StaffAuth {
                 claims
             }
         };
-        match self.revocations.ask(revoked_session_key(&claims.sid)).await {
-            Some(Ok(false)) => {}
-            Some(Ok(true)) => return Err(AuthFailure::Revoked),
-            Some(Err(())) | None => return Err(AuthFailure::Unavailable),
+        if !self.live.known_live(&claims.sid) {
+            let epoch = self.live.epoch();
+            let asked_at = Instant::now();
+            match self.revocations.ask(revoked_session_key(&claims.sid)).await {
+                Some(Ok(false)) => {
+                    if let Some(epoch) = epoch {
+                        self.live.remember(&claims.sid, epoch, asked_at);
+                    }
+                }
+                Some(Ok(true)) => return Err(AuthFailure::Revoked),
+                Some(Err(())) | None => return Err(AuthFailure::Unavailable),
+            }
         }
         Ok(StaffPrincipal {
             staff_id: claims.sub,
@@ -859,6 +1043,219 @@ mod tests {
         assert!(
             reads <= 4,
             "32 checks took {reads} reads of the coordinator"
+        );
+    }
+
+    async fn following(auth: &StaffAuth) {
+        for _ in 0..500 {
+            if auth.follows_announcements() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("revocation announcements never subscribed");
+    }
+
+    /// Polls until `token` is refused as revoked; false if it never is.
+    async fn refused_soon(auth: &StaffAuth, token: &str) -> bool {
+        for _ in 0..500 {
+            match auth.authenticate(token).await {
+                Err(AuthFailure::Revoked) => return true,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+        false
+    }
+
+    /// A session found live is trusted for the window without asking the
+    /// coordinator (a revocation mark written without an announcement is
+    /// not seen), and an announced revocation ends that trust at once.
+    async fn announced_revocations_end_trusted_sessions(coord: SharedCoordinator) {
+        let s = signer();
+        let auth = StaffAuth::with_live_window(
+            Arc::new(Fixed(s.jwks.clone())),
+            coord.clone(),
+            Duration::from_secs(60),
+        );
+        following(&auth).await;
+        let token = s.token("session-1", 600);
+        auth.authenticate(&token).await.unwrap();
+        // Marked revoked but never announced: still trusted from memory.
+        coord
+            .put(
+                &revoked_session_key("session-1"),
+                b"1",
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            auth.authenticate(&token).await.unwrap().session_id,
+            "session-1"
+        );
+        // Announced: refused, long before the window ends.
+        let other = s.token("session-2", 600);
+        auth.authenticate(&other).await.unwrap();
+        revoke_session(coord.as_ref(), "session-1", Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(refused_soon(&auth, &token).await);
+        // Its neighbours are unaffected.
+        assert_eq!(
+            auth.authenticate(&other).await.unwrap().session_id,
+            "session-2"
+        );
+    }
+
+    #[tokio::test]
+    async fn announced_revocations_end_trusted_sessions_in_process() {
+        announced_revocations_end_trusted_sessions(Arc::new(crate::coord::InProcess::new())).await;
+    }
+
+    async fn redis() -> SharedCoordinator {
+        let prefix = format!("{}:", crate::testing::unique_name("auth"));
+        Arc::new(
+            crate::coord::Redis::connect(&crate::testing::redis_url(), &prefix)
+                .await
+                .expect("redis reachable"),
+        )
+    }
+
+    /// A coordinator on Redis that logs in as a user of its own, so that a
+    /// test can cut its connections and no other test's.
+    async fn redis_as_own_user(
+        admin: &mut redis::aio::MultiplexedConnection,
+    ) -> (SharedCoordinator, String) {
+        let user = crate::testing::unique_name("auth_user");
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(&user)
+            .arg("on")
+            .arg("nopass")
+            .arg("~*")
+            .arg("&*")
+            .arg("+@all")
+            .query_async::<()>(admin)
+            .await
+            .unwrap();
+        let base = redis::Client::open(crate::testing::redis_url())
+            .unwrap()
+            .get_connection_info()
+            .clone();
+        let settings = base
+            .redis_settings()
+            .clone()
+            .set_username(&user)
+            .set_password("unused");
+        let prefix = format!("{}:", crate::testing::unique_name("auth"));
+        let coord = crate::coord::Redis::connect_with(base.set_redis_settings(settings), &prefix)
+            .await
+            .expect("redis reachable");
+        (Arc::new(coord), user)
+    }
+
+    #[tokio::test]
+    async fn announced_revocations_end_trusted_sessions_on_redis() {
+        announced_revocations_end_trusted_sessions(redis().await).await;
+    }
+
+    /// When the subscription to announcements is lost, everything found
+    /// live is forgotten (an announcement may have been missed), and the
+    /// service asks again until it has resubscribed.
+    #[tokio::test]
+    async fn a_lost_subscription_forgets_every_trusted_session() {
+        let s = signer();
+        let client = redis::Client::open(crate::testing::redis_url()).unwrap();
+        let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+        let (coord, user) = redis_as_own_user(&mut admin).await;
+        let auth = StaffAuth::with_live_window(
+            Arc::new(Fixed(s.jwks.clone())),
+            coord.clone(),
+            Duration::from_secs(60),
+        );
+        following(&auth).await;
+        let token = s.token("session-3", 600);
+        let other = s.token("session-5", 600);
+        auth.authenticate(&token).await.unwrap();
+        auth.authenticate(&other).await.unwrap();
+        // The subscriber's connection (and only it) is cut.
+        let cut = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("USER")
+            .arg(&user)
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async::<i64>(&mut admin)
+            .await
+            .unwrap();
+        assert_eq!(cut, 1, "one subscriber connection");
+        let mut lost = false;
+        for _ in 0..1000 {
+            if !auth.follows_announcements() {
+                lost = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert!(lost, "the cut subscription went unnoticed");
+        // While it was down, a revocation went unannounced.
+        coord
+            .put(
+                &revoked_session_key("session-3"),
+                b"1",
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            auth.authenticate(&token).await.unwrap_err(),
+            AuthFailure::Revoked
+        );
+        // Subscribed again, nothing from before is trusted: a session found
+        // live before the loss and revoked unannounced is refused.
+        following(&auth).await;
+        coord
+            .put(
+                &revoked_session_key("session-5"),
+                b"1",
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            auth.authenticate(&other).await.unwrap_err(),
+            AuthFailure::Revoked
+        );
+        redis::cmd("ACL")
+            .arg("DELUSER")
+            .arg(&user)
+            .query_async::<i64>(&mut admin)
+            .await
+            .unwrap();
+    }
+
+    /// With no window (or a coordinator that announces nothing) every
+    /// request asks: a mark written without an announcement is seen at once.
+    #[tokio::test]
+    async fn without_a_window_every_request_asks() {
+        let s = signer();
+        let coord: SharedCoordinator = Arc::new(crate::coord::InProcess::new());
+        let auth = StaffAuth::new(Arc::new(Fixed(s.jwks.clone())), coord.clone());
+        let token = s.token("session-4", 600);
+        auth.authenticate(&token).await.unwrap();
+        assert!(!auth.follows_announcements());
+        coord
+            .put(
+                &revoked_session_key("session-4"),
+                b"1",
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            auth.authenticate(&token).await.unwrap_err(),
+            AuthFailure::Revoked
         );
     }
 }

@@ -334,6 +334,13 @@ pub struct IdentityConfig {
     pub certificate_key_files: Vec<PathBuf>,
     /// Lifetime of access tokens.
     pub access_token_minutes: u64,
+    /// How long every service trusts a session it found not revoked
+    /// without asking the coordinator again. Identity announces each
+    /// revocation (Redis pub/sub), and an announcement ends that trust at
+    /// once; while a service is not subscribed it asks on every request.
+    /// The window bounds how long a revoked session could keep working if an
+    /// announcement were lost unnoticed. 0 asks on every request.
+    pub session_check_cache_millis: u64,
     /// Longest a session lives, refreshed or not.
     pub session_hours: u64,
     /// Failed sign-ins per account before it locks for the window.
@@ -359,6 +366,7 @@ impl Default for IdentityConfig {
             token_key_files: Vec::new(),
             certificate_key_files: Vec::new(),
             access_token_minutes: 15,
+            session_check_cache_millis: 500,
             session_hours: 12,
             max_failed_logins: 5,
             lockout_minutes: 15,
@@ -680,6 +688,12 @@ impl Config {
                     "must be at least 1",
                 );
             }
+        }
+        if self.identity.session_check_cache_millis > 5_000 {
+            problem(
+                "identity.session_check_cache_millis".into(),
+                "must be at most 5000: a revoked session must stop working within seconds",
+            );
         }
         if running.contains(&ServiceName::Vault) {
             let v = &self.vault;

@@ -61,7 +61,28 @@ pub trait Coordinator: Send + Sync + fmt::Debug {
     /// Whether `lease` is the current holder of its name (a fencing check
     /// before acting).
     async fn holds(&self, lease: &Lease) -> Result<bool, Error>;
+    /// Announces `message` to whoever is subscribed to `channel` now (at
+    /// most once each: a subscriber that is not connected misses it).
+    async fn publish(&self, channel: &str, message: &str) -> Result<(), Error> {
+        let _ = (channel, message);
+        Ok(())
+    }
+    /// Subscribes to `channel` and returns once the subscription is in
+    /// place; `None` when this backend has no subscriptions. The stream ends
+    /// when the subscription is lost, after which messages may have been
+    /// missed.
+    async fn subscribe(&self, channel: &str) -> Result<Option<Notices>, Error> {
+        let _ = channel;
+        Ok(None)
+    }
 }
+
+/// The messages of a subscription, in the order they were published.
+pub type Notices = futures::stream::BoxStream<'static, String>;
+
+/// Most messages an in-process subscriber may fall behind by before its
+/// subscription ends (and it must assume it missed some).
+const CHANNEL_BACKLOG: usize = 1024;
 
 /// Shared handle to a coordinator.
 pub type SharedCoordinator = Arc<dyn Coordinator>;
@@ -94,12 +115,21 @@ impl MemoryState {
 #[derive(Debug, Default, Clone)]
 pub struct InProcess {
     state: Arc<Mutex<MemoryState>>,
+    channels: Arc<Mutex<HashMap<String, tokio::sync::broadcast::Sender<String>>>>,
 }
 
 impl InProcess {
     /// An empty coordinator.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn channel(&self, name: &str) -> tokio::sync::broadcast::Sender<String> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        channels
+            .entry(name.to_owned())
+            .or_insert_with(|| tokio::sync::broadcast::channel(CHANNEL_BACKLOG).0)
+            .clone()
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut MemoryState, Instant) -> T) -> T {
@@ -244,6 +274,22 @@ impl Coordinator for InProcess {
                 .is_some_and(|e| e.value == lease_value(lease))
         }))
     }
+
+    async fn publish(&self, channel: &str, message: &str) -> Result<(), Error> {
+        // Nobody listening is not an error: there is nobody to tell.
+        let _ = self.channel(channel).send(message.to_owned());
+        Ok(())
+    }
+
+    async fn subscribe(&self, channel: &str) -> Result<Option<Notices>, Error> {
+        use futures::StreamExt;
+        let rx = self.channel(channel).subscribe();
+        // A subscriber that fell behind has lost messages: its stream ends.
+        let notices = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.ok().map(|message| (message, rx))
+        });
+        Ok(Some(notices.boxed()))
+    }
 }
 
 fn decode_count(bytes: &[u8]) -> u64 {
@@ -260,6 +306,7 @@ fn decode_count(bytes: &[u8]) -> u64 {
 /// several deployments (or tests) can share one Redis.
 #[derive(Clone)]
 pub struct Redis {
+    client: redis::Client,
     conn: redis::aio::ConnectionManager,
     prefix: String,
 }
@@ -306,9 +353,19 @@ fn millis(d: Duration) -> u64 {
 impl Redis {
     /// Connects to `url` (`redis://` or `rediss://`), prefixing every key.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, Error> {
-        let client = redis::Client::open(url)?;
+        Self::connect_with(
+            redis::IntoConnectionInfo::into_connection_info(url)?,
+            prefix,
+        )
+        .await
+    }
+
+    /// As [`Redis::connect`], with connection settings built in code.
+    pub async fn connect_with(info: redis::ConnectionInfo, prefix: &str) -> Result<Self, Error> {
+        let client = redis::Client::open(info)?;
         let conn = client.get_connection_manager().await?;
         Ok(Self {
+            client,
             conn,
             prefix: prefix.to_owned(),
         })
@@ -429,5 +486,25 @@ impl Coordinator for Redis {
     async fn holds(&self, lease: &Lease) -> Result<bool, Error> {
         Ok(self.get(&lease_key(&lease.name)).await?.as_deref()
             == Some(lease_value(lease).as_slice()))
+    }
+
+    async fn publish(&self, channel: &str, message: &str) -> Result<(), Error> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PUBLISH")
+            .arg(self.key(channel))
+            .arg(message)
+            .query_async::<i64>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn subscribe(&self, channel: &str) -> Result<Option<Notices>, Error> {
+        use futures::StreamExt;
+        let mut pubsub = self.client.get_async_pubsub().await?;
+        pubsub.subscribe(self.key(channel)).await?;
+        let notices = pubsub
+            .into_on_message()
+            .map(|msg| String::from_utf8_lossy(msg.get_payload_bytes()).into_owned());
+        Ok(Some(notices.boxed()))
     }
 }

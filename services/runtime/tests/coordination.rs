@@ -149,6 +149,37 @@ async fn a_lease_has_one_holder_and_fencing_tokens_grow(c: Arc<dyn Coordinator>)
     assert!(third.token > second.token);
 }
 
+async fn announcements_reach_every_subscriber_in_order(c: Arc<dyn Coordinator>) {
+    use futures::StreamExt;
+    async fn next(notices: &mut confidant_runtime::coord::Notices) -> String {
+        tokio::time::timeout(Duration::from_secs(5), notices.next())
+            .await
+            .expect("announcement arrives")
+            .expect("subscription lives")
+    }
+    // Nobody listening yet: published to nobody, not an error.
+    c.publish("revocations", "early").await.unwrap();
+    let mut first = c
+        .subscribe("revocations")
+        .await
+        .unwrap()
+        .expect("subscriptions");
+    let mut second = c
+        .subscribe("revocations")
+        .await
+        .unwrap()
+        .expect("subscriptions");
+    let mut elsewhere = c.subscribe("other").await.unwrap().expect("subscriptions");
+    c.publish("revocations", "s1").await.unwrap();
+    c.publish("other", "x").await.unwrap();
+    c.publish("revocations", "s2").await.unwrap();
+    for notices in [&mut first, &mut second] {
+        assert_eq!(next(notices).await, "s1");
+        assert_eq!(next(notices).await, "s2");
+    }
+    assert_eq!(next(&mut elsewhere).await, "x");
+}
+
 macro_rules! coordination_tests {
     ($($name:ident),+ $(,)?) => {
         mod in_process_backend {
@@ -166,4 +197,5 @@ coordination_tests!(
     put_if_absent_stores_only_once,
     counters_count_within_their_window_then_reset,
     a_lease_has_one_holder_and_fencing_tokens_grow,
+    announcements_reach_every_subscriber_in_order,
 );
