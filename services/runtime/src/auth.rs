@@ -1005,11 +1005,17 @@ mod tests {
         }
         let reads_before = coord.reads.load(std::sync::atomic::Ordering::SeqCst);
 
-        // Two checks take both reads that may be out at once.
-        let busy: Vec<_> = (0..2).map(|_| check(s.token("busy", 600))).collect();
-        // Both reads have begun (however slowly the machine runs).
-        while coord.reads.load(std::sync::atomic::Ordering::SeqCst) < reads_before + 2 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        // Two checks take both reads that may be out at once: the second
+        // asks only once the first's read has begun (asked together, they
+        // would share one read), however slowly the machine runs.
+        let mut busy = Vec::new();
+        for n in 1..=2 {
+            busy.push(check(s.token("busy", 600)));
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while coord.reads.load(std::sync::atomic::Ordering::SeqCst) < reads_before + n {
+                assert!(Instant::now() < deadline, "read {n} never began");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
         // Revoked after those reads began, before the next requests ask.
         crate::coord::Coordinator::put(
