@@ -11,6 +11,8 @@
 #   CONFIDANT_TEST_POSTGRES_URL   PostgreSQL for tests (default postgres://postgres@127.0.0.1:5432/postgres)
 #   CONFIDANT_TEST_REDIS_URL      Redis for tests (default redis://127.0.0.1:6379)
 #   CONFIDANT_TEST_KMS_ENDPOINT   KMS emulator (default http://127.0.0.1:4599)
+#   CONFIDANT_TEST_TIMEOUT        the most the tests may take, in seconds (default 2400;
+#                                 a run stopped at it fails, naming the tests still running)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -48,9 +50,15 @@ step "tests"
 log_file=$(mktemp)
 trap 'rm -f "$log_file"' EXIT
 set +e
-cargo test --workspace --all-features --locked 2>&1 | tee "$log_file"
+# A test that hangs stops the run instead of holding CI until its limit.
+timeout --kill-after=30 "${CONFIDANT_TEST_TIMEOUT:-2400}" \
+  cargo test --workspace --all-features --locked 2>&1 | tee "$log_file"
 status=${PIPESTATUS[0]}
 set -e
+if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
+  echo "tests: stopped after ${CONFIDANT_TEST_TIMEOUT:-2400} s; still running then:" >&2
+  grep 'has been running for over' "$log_file" >&2 || true
+fi
 
 step "deployment: Helm chart and plain manifests"
 if ! "$DEPLOY_PYTHON" scripts/chart_check.py --confidant "$CARGO_TARGET_DIR/debug/confidant"; then
