@@ -867,14 +867,7 @@ mod tests {
             assert_eq!(p.staff_id, "staff-1");
             assert_eq!(p.session_id, "session-1");
         }
-        coord
-            .put(
-                &revoked_session_key("session-1"),
-                b"1",
-                Duration::from_secs(60),
-            )
-            .await
-            .unwrap();
+        mark_revoked(coord.as_ref(), "session-1").await;
         assert_eq!(
             auth.authenticate(&token).await.unwrap_err(),
             AuthFailure::Revoked
@@ -902,6 +895,27 @@ mod tests {
         let now = chrono::Utc::now().timestamp();
         assert!(verified.get(&key, now).is_some());
         assert!(verified.get(&key, now + 601).is_none());
+    }
+
+    /// Auth trusting a session found live for a minute, once it follows
+    /// the announcements of `coord`.
+    async fn trusting_a_minute(s: &Signer, coord: SharedCoordinator) -> StaffAuth {
+        let auth = StaffAuth::with_live_window(
+            Arc::new(Fixed(s.jwks.clone())),
+            coord,
+            Duration::from_secs(60),
+        );
+        following(&auth).await;
+        auth
+    }
+
+    /// Marks `session` revoked in `coord` without announcing it (as a
+    /// revocation made while no one was subscribed would be).
+    async fn mark_revoked(coord: &dyn crate::coord::Coordinator, session: &str) {
+        coord
+            .put(&revoked_session_key(session), b"1", Duration::from_secs(60))
+            .await
+            .unwrap();
     }
 
     /// The in-process coordinator, counting its reads and taking `pause`
@@ -1018,14 +1032,7 @@ mod tests {
             }
         }
         // Revoked after those reads began, before the next requests ask.
-        crate::coord::Coordinator::put(
-            coord.as_ref(),
-            &revoked_session_key("late"),
-            b"1",
-            Duration::from_secs(60),
-        )
-        .await
-        .unwrap();
+        mark_revoked(coord.as_ref(), "late").await;
         let queued: Vec<_> = (0..30)
             .map(|i| check(s.token(if i % 2 == 0 { "late" } else { "fine" }, 600)))
             .collect();
@@ -1079,23 +1086,11 @@ mod tests {
     /// not seen), and an announced revocation ends that trust at once.
     async fn announced_revocations_end_trusted_sessions(coord: SharedCoordinator) {
         let s = signer();
-        let auth = StaffAuth::with_live_window(
-            Arc::new(Fixed(s.jwks.clone())),
-            coord.clone(),
-            Duration::from_secs(60),
-        );
-        following(&auth).await;
+        let auth = trusting_a_minute(&s, coord.clone()).await;
         let token = s.token("session-1", 600);
         auth.authenticate(&token).await.unwrap();
         // Marked revoked but never announced: still trusted from memory.
-        coord
-            .put(
-                &revoked_session_key("session-1"),
-                b"1",
-                Duration::from_secs(60),
-            )
-            .await
-            .unwrap();
+        mark_revoked(coord.as_ref(), "session-1").await;
         assert_eq!(
             auth.authenticate(&token).await.unwrap().session_id,
             "session-1"
@@ -1175,12 +1170,7 @@ mod tests {
         let client = redis::Client::open(crate::testing::redis_url()).unwrap();
         let mut admin = client.get_multiplexed_async_connection().await.unwrap();
         let (coord, user) = redis_as_own_user(&mut admin).await;
-        let auth = StaffAuth::with_live_window(
-            Arc::new(Fixed(s.jwks.clone())),
-            coord.clone(),
-            Duration::from_secs(60),
-        );
-        following(&auth).await;
+        let auth = trusting_a_minute(&s, coord.clone()).await;
         let token = s.token("session-3", 600);
         let other = s.token("session-5", 600);
         auth.authenticate(&token).await.unwrap();
@@ -1206,14 +1196,7 @@ mod tests {
         }
         assert!(lost, "the cut subscription went unnoticed");
         // While it was down, a revocation went unannounced.
-        coord
-            .put(
-                &revoked_session_key("session-3"),
-                b"1",
-                Duration::from_secs(60),
-            )
-            .await
-            .unwrap();
+        mark_revoked(coord.as_ref(), "session-3").await;
         assert_eq!(
             auth.authenticate(&token).await.unwrap_err(),
             AuthFailure::Revoked
@@ -1221,14 +1204,7 @@ mod tests {
         // Subscribed again, nothing from before is trusted: a session found
         // live before the loss and revoked unannounced is refused.
         following(&auth).await;
-        coord
-            .put(
-                &revoked_session_key("session-5"),
-                b"1",
-                Duration::from_secs(60),
-            )
-            .await
-            .unwrap();
+        mark_revoked(coord.as_ref(), "session-5").await;
         assert_eq!(
             auth.authenticate(&other).await.unwrap_err(),
             AuthFailure::Revoked
@@ -1251,14 +1227,7 @@ mod tests {
         let token = s.token("session-4", 600);
         auth.authenticate(&token).await.unwrap();
         assert!(!auth.follows_announcements());
-        coord
-            .put(
-                &revoked_session_key("session-4"),
-                b"1",
-                Duration::from_secs(60),
-            )
-            .await
-            .unwrap();
+        mark_revoked(coord.as_ref(), "session-4").await;
         assert_eq!(
             auth.authenticate(&token).await.unwrap_err(),
             AuthFailure::Revoked
