@@ -11,8 +11,9 @@
 #   CONFIDANT_TEST_POSTGRES_URL   PostgreSQL for tests (default postgres://postgres@127.0.0.1:5432/postgres)
 #   CONFIDANT_TEST_REDIS_URL      Redis for tests (default redis://127.0.0.1:6379)
 #   CONFIDANT_TEST_KMS_ENDPOINT   KMS emulator (default http://127.0.0.1:4599)
-#   CONFIDANT_TEST_TIMEOUT        the most the tests may take, in seconds (default 2400;
-#                                 a run stopped at it fails, naming the tests still running)
+#   CONFIDANT_TEST_TIMEOUT        the most running the built tests may take, in seconds
+#                                 (default 2400; a run stopped at it fails, naming the
+#                                 tests still running)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -50,15 +51,18 @@ step "tests"
 log_file=$(mktemp)
 trap 'rm -f "$log_file"' EXIT
 set +e
-# A test that hangs stops the run instead of holding CI until its limit.
-timeout --kill-after=30 "${CONFIDANT_TEST_TIMEOUT:-2400}" \
-  cargo test --workspace --all-features --locked 2>&1 | tee "$log_file"
+# Built first, so that the limit below counts running the tests alone (a
+# cold build takes as long as it takes); a test that hangs then stops the
+# run instead of holding CI until its limit.
+cargo test --workspace --all-features --locked --no-run 2>&1 | tee "$log_file"
 status=${PIPESTATUS[0]}
-set -e
-if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
-  echo "tests: stopped after ${CONFIDANT_TEST_TIMEOUT:-2400} s; still running then:" >&2
-  grep 'has been running for over' "$log_file" >&2 || true
+if [ "$status" -eq 0 ]; then
+  timeout --kill-after=30 "${CONFIDANT_TEST_TIMEOUT:-2400}" \
+    cargo test --workspace --all-features --locked 2>&1 | tee "$log_file"
+  status=${PIPESTATUS[0]}
 fi
+test_status=$status
+set -e
 
 step "deployment: Helm chart and plain manifests"
 if ! "$DEPLOY_PYTHON" scripts/chart_check.py --confidant "$CARGO_TARGET_DIR/debug/confidant"; then
@@ -72,4 +76,8 @@ fi
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
      END { printf "\ntests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log_file"
+if [ "$test_status" -eq 124 ] || [ "$test_status" -eq 137 ]; then
+  echo "tests: stopped after ${CONFIDANT_TEST_TIMEOUT:-2400} s, before every test ran; still running then:"
+  grep 'has been running for over' "$log_file" || true
+fi
 exit "$status"
