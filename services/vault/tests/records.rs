@@ -1352,7 +1352,134 @@ async fn concurrent_writers_share_commits_and_each_record_lands_whole(db: &TestD
     }
 }
 
+/// A record lands only in an active scope at the scope's key version: its
+/// guarded INSERT (on PostgreSQL the only thing tying a record to its
+/// scope; there is no foreign key) stores nothing, and puts none of its
+/// audit events in the outbox, for a scope that does not exist, a stale key
+/// version, a scope pending destruction or a shredded one, alone or sharing
+/// a commit with a write that does land.
+async fn a_record_lands_only_in_an_active_scope_at_its_key_version(db: &TestDatabase) {
+    use confidant_proto::audit::v1::AuditEvent;
+    use confidant_runtime::portable::{TransactError, WriteGroup};
+    use confidant_vault::store::EncryptedRecord;
+
+    let dir = tempfile::tempdir().unwrap();
+    let vault = vault_with(db, kms_for(db, dir.path()).await, CACHE);
+    let actor = partner();
+    let order = Uuid::now_v7().to_string();
+    // Three scopes of one client: one stays active, one is staged for
+    // destruction, one is shredded.
+    let client = Uuid::now_v7();
+    let scopes: Vec<_> = [None, Some(Uuid::now_v7()), Some(Uuid::now_v7())]
+        .into_iter()
+        .map(|matter| passport(client, matter, "P0000001"))
+        .collect();
+    let mut rows = Vec::new();
+    for s in &scopes {
+        rows.push(vault.create(&actor, s, None).await.unwrap());
+    }
+    vault
+        .shred_scope(
+            &retention(),
+            rows[1].scope_id,
+            &order,
+            Some(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+    vault
+        .shred_scope(&retention(), rows[2].scope_id, &order, None)
+        .await
+        .unwrap();
+    let attempt = |n: usize, scope_id: Uuid, key_version: i32| EncryptedRecord {
+        id: Uuid::now_v7(),
+        scope_id,
+        scope: scopes[n].scope,
+        key_version,
+        wrapped_key: vec![7; 60],
+        fields: vec![9; 64],
+        field_names: "surname".to_owned(),
+        created_at: chrono::Utc::now(),
+        created_by: "staff-guard".to_owned(),
+        request_id: None,
+        document_nonce: None,
+        original: false,
+    };
+    let event = || AuditEvent {
+        id: Uuid::now_v7().to_string(),
+        ..Default::default()
+    };
+    let active = (rows[0].scope_id, rows[0].key_version);
+    let refused = [
+        (
+            "a scope that does not exist",
+            attempt(0, Uuid::now_v7(), active.1),
+        ),
+        ("a stale key version", attempt(0, active.0, active.1 + 1)),
+        (
+            "a scope pending destruction",
+            attempt(1, rows[1].scope_id, rows[1].key_version),
+        ),
+        (
+            "a shredded scope",
+            attempt(2, rows[2].scope_id, rows[2].key_version),
+        ),
+    ];
+    let group = WriteGroup::start(db.db.clone());
+    let (mut refused_events, mut landed_events) = (Vec::new(), Vec::new());
+    for (case, record) in &refused {
+        // Alone, without and with an audit event (two different statements
+        // on PostgreSQL).
+        let alone = db.db.transact(vec![record.insert()], &[]).await;
+        assert!(
+            matches!(alone, Err(TransactError::Unmet { .. })),
+            "{case}: {alone:?}"
+        );
+        let with_event = event();
+        refused_events.push(with_event.id.clone());
+        let alone = db.db.transact(vec![record.insert()], &[with_event]).await;
+        assert!(
+            matches!(alone, Err(TransactError::Unmet { .. })),
+            "{case}: {alone:?}"
+        );
+        // Asked together with a write into the active scope: that one
+        // lands, this one does not.
+        let good = attempt(0, active.0, active.1);
+        let (bad_event, good_event) = (event(), event());
+        refused_events.push(bad_event.id.clone());
+        landed_events.push(good_event.id.clone());
+        let (bad, landed) = futures::join!(
+            group.transact(record.insert(), vec![bad_event]),
+            group.transact(good.insert(), vec![good_event]),
+        );
+        assert!(
+            matches!(bad, Err(TransactError::Unmet { .. })),
+            "{case}: {bad:?}"
+        );
+        assert_eq!(landed.unwrap(), 1, "{case}: the write beside it lands");
+        assert_eq!(vault.load(good.id).await.unwrap().scope_id, active.0);
+        assert!(
+            matches!(vault.load(record.id).await, Err(Error::NotFound(_))),
+            "{case}: nothing stored"
+        );
+    }
+    let pending = confidant_runtime::outbox::Outbox::new(db.db.clone())
+        .pending(10_000)
+        .await
+        .unwrap();
+    let queued: Vec<&String> = pending.iter().map(|p| &p.event.id).collect();
+    assert!(
+        landed_events.iter().all(|id| queued.contains(&id)),
+        "each write that landed queued its audit event"
+    );
+    assert!(
+        refused_events.iter().all(|id| !queued.contains(&id)),
+        "no refused write left an audit event behind"
+    );
+}
+
 confidant_runtime::backend_tests!(confidant_vault::MIGRATIONS;
+    a_record_lands_only_in_an_active_scope_at_its_key_version,
     look_ups_of_any_size_find_exactly_their_records,
     concurrent_writers_share_commits_and_each_record_lands_whole,
     concurrent_readers_share_look_ups_and_each_gets_its_own_record,
