@@ -14,6 +14,9 @@
 //!   audited read over mTLS gRPC could reach on this machine (and, from
 //!   the round trip and the plain SELECT, the ceiling of a read with no
 //!   audit event at all);
+//!   (writes and reads at concurrency 1 and 16 run in turns with their
+//!   baselines, so that both sides see the same spells of the disk: see
+//!   [`in_turns`]);
 //! - the same at 1, 2 and 4 vault replicas behind one PostgreSQL;
 //! - KMS calls per 10,000 reads of one scope;
 //! - crypto-shred time for scopes of 1, 1,000 and 100,000 records;
@@ -29,8 +32,9 @@
 //! PostgreSQL's per-statement execution and planning time per operation of
 //! the concurrent write and read phases and of each replica read phase
 //! (pg_stat_statements). `VAULT_LOAD_QUICK=1` runs only the write and read
-//! phases, `VAULT_LOAD_SCALING_ONLY=1` only the replica phases. Not a test:
-//! nothing here asserts a time.
+//! phases, `VAULT_LOAD_SCALING_ONLY=1` only the replica phases;
+//! `VAULT_LOAD_SLICE_MS` and `VAULT_LOAD_TURNS` set the turns (250 ms, 4).
+//! Not a test: nothing here asserts a time.
 
 // The end-to-end tests' directory helpers (not all of them are used here).
 #[path = "../../../tests/common/directory.rs"]
@@ -38,9 +42,11 @@
 mod directory;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -140,6 +146,204 @@ where
         warm_up * concurrency,
         all_started.elapsed(),
     )
+}
+
+/// One operation of a load phase: task `t`'s `i`-th.
+type Op = Arc<dyn Fn(usize, usize) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+fn op<F, Fut>(f: F) -> Op
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    Arc::new(move |t, i| Box::pin(f(t, i)))
+}
+
+/// How long each side of a comparison runs at its turn, and how many
+/// turns each takes ([`in_turns`]): `VAULT_LOAD_SLICE_MS` (default 250)
+/// and `VAULT_LOAD_TURNS` (default 4).
+fn slice() -> Duration {
+    Duration::from_millis(env_number("VAULT_LOAD_SLICE_MS", 250))
+}
+
+fn turns() -> usize {
+    usize::try_from(env_number("VAULT_LOAD_TURNS", 4)).unwrap_or(4)
+}
+
+fn env_number(variable: &str, default: u64) -> u64 {
+    std::env::var(variable)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// One side of a comparison measured in turns: its phase name (for the
+/// CPU table), its operation, the index each task's next operation has,
+/// and what its turns measured so far.
+struct Side {
+    phase: String,
+    op: Op,
+    next: Vec<usize>,
+    latencies: Vec<Duration>,
+    /// Operations done by the end of each turn's slice, counting the part
+    /// of the one each task had under way then.
+    credited: f64,
+    window: Duration,
+    /// Time from each turn's start until its last operation ended.
+    elapsed: Duration,
+    usage: Usage,
+}
+
+#[derive(Clone, Copy)]
+enum Stop {
+    /// After this many operations per task.
+    After(usize),
+    /// At this time: no operation starts later.
+    At(Instant),
+}
+
+impl Side {
+    fn new(phase: String, op: Op) -> Side {
+        Side {
+            phase,
+            op,
+            next: Vec::new(),
+            latencies: Vec::new(),
+            credited: 0.0,
+            window: Duration::ZERO,
+            elapsed: Duration::ZERO,
+            usage: Usage::default(),
+        }
+    }
+
+    /// Runs the operation from `concurrency` tasks until `stop`. The start
+    /// and end of every operation, and when the tasks started.
+    async fn run(&mut self, concurrency: usize, stop: Stop) -> (Vec<(Instant, Instant)>, Instant) {
+        self.next.resize(concurrency, 0);
+        let started = Instant::now();
+        let mut tasks = Vec::with_capacity(concurrency);
+        for t in 0..concurrency {
+            let (op, first) = (self.op.clone(), self.next[t]);
+            tasks.push(tokio::spawn(async move {
+                let mut spans = Vec::new();
+                let mut i = first;
+                loop {
+                    let s = Instant::now();
+                    match stop {
+                        Stop::After(n) if i - first >= n => break,
+                        Stop::At(deadline) if s >= deadline => break,
+                        _ => {}
+                    }
+                    op(t, i).await;
+                    spans.push((s, Instant::now()));
+                    i += 1;
+                }
+                (spans, i)
+            }));
+        }
+        let mut all = Vec::new();
+        for (t, task) in tasks.into_iter().enumerate() {
+            let (spans, next) = task.await.expect("bench task");
+            self.next[t] = next;
+            all.extend(spans);
+        }
+        (all, started)
+    }
+
+    /// One turn: the operation runs for a [`slice`] under a CPU meter.
+    async fn turn(&mut self, cluster: &Cluster, concurrency: usize) {
+        let meter = Meter::start(cluster);
+        let started = Instant::now();
+        let deadline = started + slice();
+        let (spans, _) = self.run(concurrency, Stop::At(deadline)).await;
+        self.usage.add(meter.stop());
+        let mut last = started;
+        for (s, e) in spans {
+            // An operation under way at the deadline counts for the part
+            // of it that fell inside the slice.
+            self.credited += if e <= deadline {
+                1.0
+            } else {
+                (deadline - s).as_secs_f64() / (e - s).as_secs_f64().max(1e-9)
+            };
+            self.latencies.push(e - s);
+            last = last.max(e);
+        }
+        self.window += deadline - started;
+        self.elapsed += last - started;
+    }
+
+    /// The side's figures over all its turns: throughput from the
+    /// operations done inside the slices, latencies of every operation,
+    /// and for the CPU table every operation and the time they took.
+    fn figures(&mut self, out: &mut Vec<String>) -> Run {
+        let latencies = std::mem::take(&mut self.latencies);
+        let mut run = summarize(latencies, self.elapsed, 0, self.elapsed);
+        run.ops_per_s = self.credited / self.window.as_secs_f64();
+        self.usage.row(&self.phase, &run, out);
+        run
+    }
+}
+
+/// Measures `sides` in turns rather than one after the other. After a
+/// warm-up of each (`warm_up` operations per task, not measured:
+/// connections opened, statements prepared, caches filled), [`turns`]
+/// rounds in which each side runs for a [`slice`], in the opposite order
+/// every other round; each side's figures pool its turns. Every side so
+/// samples the same spells of the machine: this machine's disk flushes in
+/// tens of microseconds for a while and in half a millisecond for the next,
+/// and a baseline run alone, done in a tenth of the service's time, would
+/// measure a different machine than the service. The CPU table's rows of
+/// these phases (in `out`) are over the turns.
+async fn in_turns<const N: usize>(
+    cluster: &Cluster,
+    concurrency: usize,
+    warm_up: usize,
+    sides: &mut [Side; N],
+    out: &mut Vec<String>,
+) -> [Run; N] {
+    for side in sides.iter_mut() {
+        side.run(concurrency, Stop::After(warm_up)).await;
+    }
+    for round in 0..turns() {
+        for k in 0..sides.len() {
+            let k = if round % 2 == 0 {
+                k
+            } else {
+                sides.len() - 1 - k
+            };
+            sides[k].turn(cluster, concurrency).await;
+        }
+    }
+    std::array::from_fn(|k| sides[k].figures(out))
+}
+
+/// With `variable` set (see [`Profile`] and [`Statements`]): `side` runs
+/// once more, for a second, under perf or pg_stat_statements. Not part of
+/// the figures: profiling slows what it watches.
+async fn watched(
+    cluster: &Cluster,
+    plain: &sqlx::PgPool,
+    variable: &str,
+    on: bool,
+    side: &mut Side,
+    concurrency: usize,
+) {
+    let watch = Watch::start(cluster, plain, variable, on).await;
+    if watch.profile.is_none() && watch.statements.is_none() {
+        return;
+    }
+    let (spans, started) = side
+        .run(
+            concurrency,
+            Stop::At(Instant::now() + Duration::from_secs(1)),
+        )
+        .await;
+    let latencies: Vec<Duration> = spans.iter().map(|(s, e)| *e - *s).collect();
+    let elapsed = started.elapsed();
+    watch
+        .finish(&side.phase, &summarize(latencies, elapsed, 0, elapsed))
+        .await;
 }
 
 fn ms(d: Duration) -> String {
@@ -585,21 +789,65 @@ impl Meter {
         t
     }
 
+    /// What the processes used since [`Meter::start`].
+    fn stop(self) -> Usage {
+        let now = Self::ticks(&self.pids);
+        let mut used = BTreeMap::new();
+        for (group, ticks) in &now {
+            // Saturating: a PostgreSQL backend that exits during the phase
+            // takes its ticks with it.
+            let before = self.ticks.get(group).copied().unwrap_or(0);
+            used.insert(group.clone(), ticks.saturating_sub(before));
+        }
+        let mut peaks: BTreeMap<String, f64> = BTreeMap::new();
+        for (name, pid) in &self.pids {
+            let e = peaks.entry(group_of(name)).or_default();
+            *e = e.max(peak_rss_mib(*pid));
+        }
+        peaks.insert("load generator".into(), peak_rss_mib(std::process::id()));
+        Usage {
+            used,
+            machine: machine_busy_ticks().saturating_sub(self.machine.0),
+            wall: self.machine.1.elapsed(),
+            peaks,
+        }
+    }
+
+    /// [`Meter::stop`] and its table row.
+    fn finish(self, phase: &str, run: &Run, out: &mut Vec<String>) {
+        self.stop().row(phase, run, out);
+    }
+}
+
+/// CPU ticks each process group used, busy ticks of the whole machine and
+/// wall time over one or more metered stretches; peak memory over them.
+#[derive(Default)]
+struct Usage {
+    used: BTreeMap<String, u64>,
+    machine: u64,
+    wall: Duration,
+    peaks: BTreeMap<String, f64>,
+}
+
+impl Usage {
+    fn add(&mut self, other: Usage) {
+        for (group, ticks) in other.used {
+            *self.used.entry(group).or_default() += ticks;
+        }
+        self.machine += other.machine;
+        self.wall += other.wall;
+        for (group, peak) in other.peaks {
+            let e = self.peaks.entry(group).or_default();
+            *e = e.max(peak);
+        }
+    }
+
     /// One table row: CPU µs per operation per process group, the cores
     /// they kept busy, the cores the rest of the machine kept busy
     /// meanwhile, and peak memory of each service process.
-    fn finish(self, phase: &str, run: &Run, out: &mut Vec<String>) {
-        let now = Self::ticks(&self.pids);
-        let machine = machine_busy_ticks().saturating_sub(self.machine.0);
+    fn row(&self, phase: &str, run: &Run, out: &mut Vec<String>) {
         let hz = clock_ticks();
-        let used = |group: &str| {
-            // Saturating: a PostgreSQL backend that exits during the phase
-            // takes its ticks with it.
-            now.get(group)
-                .copied()
-                .unwrap_or(0)
-                .saturating_sub(self.ticks.get(group).copied().unwrap_or(0))
-        };
+        let used = |group: &str| self.used.get(group).copied().unwrap_or(0);
         let per_op = |group: &str| used(group) as f64 / hz * 1e6 / run.all_ops as f64;
         let groups = [
             "vault",
@@ -614,22 +862,17 @@ impl Meter {
         // Everything else that ran meanwhile: other services of the machine,
         // the kernel's own threads (disk and network work among them).
         let ours: u64 = groups.iter().map(|g| used(g)).sum();
-        let rest =
-            machine.saturating_sub(ours) as f64 / hz / self.machine.1.elapsed().as_secs_f64();
-        let mut peaks: BTreeMap<String, f64> = BTreeMap::new();
-        for (name, pid) in &self.pids {
-            let e = peaks.entry(group_of(name)).or_default();
-            *e = e.max(peak_rss_mib(*pid));
-        }
+        let rest = self.machine.saturating_sub(ours) as f64 / hz / self.wall.as_secs_f64();
+        let peak = |group: &str| self.peaks.get(group).copied().unwrap_or(0.0);
         let cells: Vec<String> = groups.iter().map(|g| format!("{:.0}", per_op(g))).collect();
         out.push(format!(
             "| {phase} | {:.0} | {} | {total:.0} | {cores:.2} | {rest:.2} | {:.0} / {:.0} / {:.0} / {:.0} |",
             run.ops_per_s,
             cells.join(" | "),
-            peaks.get("vault").copied().unwrap_or(0.0),
-            peaks.get("identity").copied().unwrap_or(0.0),
-            peaks.get("audit").copied().unwrap_or(0.0),
-            peak_rss_mib(std::process::id()),
+            peak("vault"),
+            peak("identity"),
+            peak("audit"),
+            peak("load generator"),
         ));
     }
 }
@@ -700,44 +943,30 @@ struct Load {
 }
 
 impl Load {
-    async fn baseline_writes(&self, concurrency: usize, per_task: usize) -> (Run, Arc<Vec<Uuid>>) {
-        let ids: Arc<Vec<Uuid>> = Arc::new(
-            (0..concurrency * per_task)
-                .map(|_| Uuid::now_v7())
-                .collect(),
-        );
+    /// A plain INSERT of the same bytes; the ids go to `written`.
+    fn plain_insert(&self, written: Arc<std::sync::Mutex<Vec<Uuid>>>) -> Op {
         let body = Arc::new(vec![7u8; BODY]);
-        let (plain, ids2) = (self.plain.clone(), ids.clone());
-        let run = drive(concurrency, per_task, move |t, i| {
-            // Warm-up writes (past `per_task`) insert rows of their own.
-            let id = if i < per_task {
-                ids2[t * per_task + i]
-            } else {
-                Uuid::now_v7()
-            };
-            let (plain, body) = (plain.clone(), body.clone());
+        let plain = self.plain.clone();
+        op(move |_, _| {
+            let (plain, body, written) = (plain.clone(), body.clone(), written.clone());
             async move {
+                let id = Uuid::now_v7();
                 sqlx::query("INSERT INTO bench_plain (id, body) VALUES ($1, $2)")
                     .bind(id)
                     .bind(body.as_slice())
                     .execute(&plain)
                     .await
                     .expect("insert");
+                written.lock().expect("ids").push(id);
             }
         })
-        .await;
-        (run, ids)
     }
 
-    async fn baseline_reads(
-        &self,
-        concurrency: usize,
-        per_task: usize,
-        ids: Arc<Vec<Uuid>>,
-    ) -> Run {
+    /// A plain SELECT by primary key of one of `ids`.
+    fn plain_select(&self, ids: Arc<Vec<Uuid>>) -> Op {
         let plain = self.plain.clone();
-        drive(concurrency, per_task, move |t, i| {
-            let (plain, id) = (plain.clone(), ids[(t * per_task + i * 7) % ids.len()]);
+        op(move |t, i| {
+            let (plain, id) = (plain.clone(), ids[pick(t, i, ids.len())]);
             async move {
                 let _: (Vec<u8>,) = sqlx::query_as("SELECT body FROM bench_plain WHERE id = $1")
                     .bind(id)
@@ -746,29 +975,26 @@ impl Load {
                     .expect("select");
             }
         })
-        .await
     }
 
     /// What an audited read costs the database alone, without the service:
     /// the plain SELECT, then a read event committed to the vault's outbox
     /// through the group commit the vault uses, before "answering". The
     /// vault's relay delivers these events to the audit log like its own.
-    async fn floor_reads(
+    fn audited_select(
         &self,
-        concurrency: usize,
-        per_task: usize,
         ids: Arc<Vec<Uuid>>,
         commit: confidant_runtime::outbox::GroupCommit,
-    ) -> Run {
+    ) -> Op {
         let plain = self.plain.clone();
         let (client, matter, staff) = (
             Uuid::parse_str(&self.client_id).ok(),
             Uuid::parse_str(&self.matter_id).ok(),
             self.staff_id.clone(),
         );
-        drive(concurrency, per_task, move |t, i| {
+        op(move |t, i| {
             let (plain, commit, staff) = (plain.clone(), commit.clone(), staff.clone());
-            let id = ids[(t * per_task + i * 7) % ids.len()];
+            let id = ids[pick(t, i, ids.len())];
             async move {
                 let _: (Vec<u8>,) = sqlx::query_as("SELECT body FROM bench_plain WHERE id = $1")
                     .bind(id)
@@ -793,14 +1019,13 @@ impl Load {
                 commit.record(vec![event]).await.expect("event committed");
             }
         })
-        .await
     }
 
     /// What an audited write costs the database alone, without the
     /// service: the plain INSERT and its event in one statement, concurrent
     /// writes sharing commits (as the vault writes a record and its event),
     /// relayed to the audit log.
-    async fn floor_writes(&self, concurrency: usize, per_task: usize, db: &Database) -> Run {
+    fn audited_insert(&self, db: &Database) -> Op {
         let body = Arc::new(vec![7u8; BODY]);
         let (db, client, matter, staff) = (
             confidant_runtime::portable::WriteGroup::start(db.clone()),
@@ -808,7 +1033,7 @@ impl Load {
             Uuid::parse_str(&self.matter_id).ok(),
             self.staff_id.clone(),
         );
-        drive(concurrency, per_task, move |_, _| {
+        op(move |_, _| {
             let (db, body, staff) = (db.clone(), body.clone(), staff.clone());
             async move {
                 let id = Uuid::now_v7();
@@ -838,45 +1063,33 @@ impl Load {
                     .expect("insert with its event");
             }
         })
-        .await
     }
 
-    async fn vault_writes(
+    /// A 1 KiB record stored through the vault by task `t`'s connection;
+    /// the ids go to `stored`.
+    fn vault_write(
         &self,
         writers: Arc<Vec<Vault>>,
-        concurrency: usize,
-        per_task: usize,
-    ) -> (Run, Arc<Vec<String>>) {
-        let stored: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
-        let (client_id, matter_id, stored2) = (
-            self.client_id.clone(),
-            self.matter_id.clone(),
-            stored.clone(),
-        );
-        let run = drive(concurrency, per_task, move |t, _| {
-            let (mut writer, stored) = (writers[t % writers.len()].clone(), stored2.clone());
+        stored: Arc<std::sync::Mutex<Vec<String>>>,
+    ) -> Op {
+        let (client_id, matter_id) = (self.client_id.clone(), self.matter_id.clone());
+        op(move |t, _| {
+            let (mut writer, stored) = (writers[t % writers.len()].clone(), stored.clone());
             let r = record(&client_id, &matter_id, pb::DataCategory::MatterFile);
             async move {
                 let id = create(&mut writer, r).await.id;
                 stored.lock().expect("ids").push(id);
             }
         })
-        .await;
-        let ids = stored.lock().expect("ids").clone();
-        (run, Arc::new(ids))
     }
 
-    async fn vault_reads(
-        &self,
-        readers: Arc<Vec<Vault>>,
-        concurrency: usize,
-        per_task: usize,
-        stored: Arc<Vec<String>>,
-    ) -> Run {
+    /// One of `stored` read through the vault by task `t`'s connection
+    /// (decided, audited, decrypted).
+    fn vault_read(&self, readers: Arc<Vec<Vault>>, stored: Arc<Vec<String>>) -> Op {
         let token = self.token.clone();
-        drive(concurrency, per_task, move |t, i| {
+        op(move |t, i| {
             let (mut reader, token) = (readers[t % readers.len()].clone(), token.clone());
-            let id = stored[(t * per_task + i * 7) % stored.len()].clone();
+            let id = stored[pick(t, i, stored.len())].clone();
             async move {
                 reader
                     .get_record(with_token(
@@ -891,8 +1104,13 @@ impl Load {
                     .expect("read");
             }
         })
-        .await
     }
+}
+
+/// Which of `len` stored rows task `t` reads at its `i`-th read: the tasks
+/// spread over the rows and each walks them in steps of seven.
+fn pick(t: usize, i: usize, len: usize) -> usize {
+    (t * 7919 + i * 7) % len.max(1)
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -968,42 +1186,43 @@ async fn main() {
         _ => vec![1, 16],
     };
     for &concurrency in &levels {
-        let per_task = if concurrency == 1 { 1000 } else { 250 };
+        let warm_up = if concurrency == 1 { 100 } else { 25 };
         // Profiles are of the concurrent phases, or of the one level asked for.
         let profiled = concurrency > 1 || levels.len() == 1;
         let writers = clients(&cluster, "intake", concurrency).await;
         let readers = clients(&cluster, "firm-app", concurrency).await;
-        let meter = Meter::start(&cluster);
-        let (base_write, ids) = load.baseline_writes(concurrency, per_task).await;
-        meter.finish(
-            &format!("plain INSERT, c{concurrency}"),
-            &base_write,
-            &mut resources,
-        );
-        let meter = Meter::start(&cluster);
-        let watch =
-            Watch::start(&cluster, &load.plain, "VAULT_LOAD_PROFILE_WRITES", profiled).await;
-        let (vault_write, stored) = load.vault_writes(writers, concurrency, per_task).await;
-        watch
-            .finish(&format!("vault write, c{concurrency}"), &vault_write)
-            .await;
-        meter.finish(
-            &format!("vault write, c{concurrency}"),
-            &vault_write,
-            &mut resources,
-        );
+        let written: Arc<std::sync::Mutex<Vec<Uuid>>> = Arc::default();
+        let stored: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let mut sides = [
+            Side::new(
+                format!("plain INSERT, c{concurrency}"),
+                load.plain_insert(written.clone()),
+            ),
+            Side::new(
+                format!("vault write, c{concurrency}"),
+                load.vault_write(writers, stored.clone()),
+            ),
+            Side::new(
+                format!("INSERT + audit event, c{concurrency}"),
+                load.audited_insert(&vault_db),
+            ),
+        ];
+        let [base_write, vault_write, floor] =
+            in_turns(&cluster, concurrency, warm_up, &mut sides, &mut resources).await;
+        watched(
+            &cluster,
+            &load.plain,
+            "VAULT_LOAD_PROFILE_WRITES",
+            profiled,
+            &mut sides[1],
+            concurrency,
+        )
+        .await;
         row(
             &format!("vault write 1 KiB over mTLS gRPC, PostgreSQL, concurrency {concurrency}"),
             &vault_write,
             &base_write,
             "≥ 0.5 of plain INSERT",
-        );
-        let meter = Meter::start(&cluster);
-        let floor = load.floor_writes(concurrency, per_task, &vault_db).await;
-        meter.finish(
-            &format!("INSERT + audit event, c{concurrency}"),
-            &floor,
-            &mut resources,
         );
         row(
             &format!(
@@ -1014,24 +1233,34 @@ async fn main() {
             "the database's part of an audited write",
         );
         write_floors.insert(concurrency, (floor.ops_per_s, base_write.ops_per_s));
-        let meter = Meter::start(&cluster);
-        let base_read = load
-            .baseline_reads(concurrency, per_task, ids.clone())
-            .await;
-        meter.finish(
-            &format!("plain SELECT, c{concurrency}"),
-            &base_read,
-            &mut resources,
-        );
-        let meter = Meter::start(&cluster);
-        let floor = load
-            .floor_reads(concurrency, per_task, ids.clone(), commit.clone())
-            .await;
-        meter.finish(
-            &format!("SELECT + audit event, c{concurrency}"),
-            &floor,
-            &mut resources,
-        );
+
+        let ids = Arc::new(written.lock().expect("ids").clone());
+        let stored = Arc::new(stored.lock().expect("ids").clone());
+        let mut sides = [
+            Side::new(
+                format!("plain SELECT, c{concurrency}"),
+                load.plain_select(ids.clone()),
+            ),
+            Side::new(
+                format!("SELECT + audit event, c{concurrency}"),
+                load.audited_select(ids, commit.clone()),
+            ),
+            Side::new(
+                format!("vault read, c{concurrency}"),
+                load.vault_read(readers, stored),
+            ),
+        ];
+        let [base_read, floor, vault_read] =
+            in_turns(&cluster, concurrency, warm_up, &mut sides, &mut resources).await;
+        watched(
+            &cluster,
+            &load.plain,
+            "VAULT_LOAD_PROFILE",
+            profiled,
+            &mut sides[2],
+            concurrency,
+        )
+        .await;
         row(
             &format!(
                 "for reference: plain SELECT + its read event committed (group commit, relayed to the log), no gRPC, concurrency {concurrency}"
@@ -1041,19 +1270,6 @@ async fn main() {
             "the database's part of an audited read",
         );
         floors.insert(concurrency, (floor.ops_per_s, base_read.ops_per_s));
-        let meter = Meter::start(&cluster);
-        let watch = Watch::start(&cluster, &load.plain, "VAULT_LOAD_PROFILE", profiled).await;
-        let vault_read = load
-            .vault_reads(readers, concurrency, per_task, stored)
-            .await;
-        watch
-            .finish(&format!("vault read, c{concurrency}"), &vault_read)
-            .await;
-        meter.finish(
-            &format!("vault read, c{concurrency}"),
-            &vault_read,
-            &mut resources,
-        );
         row(
             &format!(
                 "vault read 1 KiB (decided, audited, decrypted), PostgreSQL, concurrency {concurrency}"
@@ -1151,8 +1367,11 @@ async fn main() {
     // concurrency that keeps them all busy.
     let concurrency = 32;
     let per_task = 150;
-    let (base_write, ids) = load.baseline_writes(concurrency, per_task).await;
-    let base_read = load.baseline_reads(concurrency, per_task, ids).await;
+    let written: Arc<std::sync::Mutex<Vec<Uuid>>> = Arc::default();
+    let insert = load.plain_insert(written.clone());
+    let base_write = drive(concurrency, per_task, move |t, i| insert(t, i)).await;
+    let select = load.plain_select(Arc::new(written.lock().expect("ids").clone()));
+    let base_read = drive(concurrency, per_task, move |t, i| select(t, i)).await;
     for replicas in [1usize, 2, 4] {
         while cluster.vaults.len() < replicas {
             cluster.add_vault(None).await;
@@ -1160,7 +1379,10 @@ async fn main() {
         let writers = clients(&cluster, "intake", concurrency).await;
         let readers = clients(&cluster, "firm-app", concurrency).await;
         let meter = Meter::start(&cluster);
-        let (write, stored) = load.vault_writes(writers, concurrency, per_task).await;
+        let stored: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let store = load.vault_write(writers, stored.clone());
+        let write = drive(concurrency, per_task, move |t, i| store(t, i)).await;
+        let stored = Arc::new(stored.lock().expect("ids").clone());
         meter.finish(
             &format!("vault write, {replicas} replicas, c{concurrency}"),
             &write,
@@ -1176,9 +1398,8 @@ async fn main() {
         let meter = Meter::start(&cluster);
         let variable = format!("VAULT_LOAD_PROFILE_REPLICAS_{replicas}");
         let watch = Watch::start(&cluster, &load.plain, &variable, true).await;
-        let read = load
-            .vault_reads(readers, concurrency, per_task, stored)
-            .await;
+        let fetch = load.vault_read(readers, stored);
+        let read = drive(concurrency, per_task, move |t, i| fetch(t, i)).await;
         watch.finish(&phase, &read).await;
         meter.finish(&phase, &read, &mut resources);
         row(
