@@ -108,40 +108,14 @@ fn summarize(
 /// (connections opened, statements prepared, caches filled: on both the
 /// Confidant side and the baseline); the clock starts when every task has
 /// warmed up.
-async fn drive<F, Fut>(concurrency: usize, per_task: usize, op: F) -> Run
-where
-    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let op = Arc::new(op);
+async fn drive(concurrency: usize, per_task: usize, op: Op) -> Run {
+    let mut side = Side::new(String::new(), op);
     let warm_up = (per_task / 10).max(1);
     let all_started = Instant::now();
-    let warmed = Arc::new(tokio::sync::Barrier::new(concurrency + 1));
-    let mut tasks = Vec::new();
-    for t in 0..concurrency {
-        let (op, warmed) = (op.clone(), warmed.clone());
-        tasks.push(tokio::spawn(async move {
-            for i in 0..warm_up {
-                op(t, per_task + i).await;
-            }
-            warmed.wait().await;
-            let mut lat = Vec::with_capacity(per_task);
-            for i in 0..per_task {
-                let s = Instant::now();
-                op(t, i).await;
-                lat.push(s.elapsed());
-            }
-            lat
-        }));
-    }
-    warmed.wait().await;
-    let started = Instant::now();
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.expect("bench task"));
-    }
+    side.run(concurrency, Stop::After(warm_up)).await;
+    let (spans, started) = side.run(concurrency, Stop::After(per_task)).await;
     summarize(
-        all,
+        durations(&spans),
         started.elapsed(),
         warm_up * concurrency,
         all_started.elapsed(),
@@ -250,11 +224,11 @@ impl Side {
         (all, started)
     }
 
-    /// One turn: the operation runs for a [`slice`] under a CPU meter.
-    async fn turn(&mut self, cluster: &Cluster, concurrency: usize) {
+    /// One turn: the operation runs for `slice` under a CPU meter.
+    async fn turn(&mut self, cluster: &Cluster, concurrency: usize, slice: Duration) {
         let meter = Meter::start(cluster);
         let started = Instant::now();
-        let deadline = started + slice();
+        let deadline = started + slice;
         let (spans, _) = self.run(concurrency, Stop::At(deadline)).await;
         self.usage.add(meter.stop());
         let mut last = started;
@@ -285,6 +259,11 @@ impl Side {
     }
 }
 
+/// How long each of `spans` (start, end) took.
+fn durations(spans: &[(Instant, Instant)]) -> Vec<Duration> {
+    spans.iter().map(|(s, e)| *e - *s).collect()
+}
+
 /// Measures `sides` in turns rather than one after the other. After a
 /// warm-up of each (`warm_up` operations per task, not measured:
 /// connections opened, statements prepared, caches filled), [`turns`]
@@ -305,6 +284,7 @@ async fn in_turns<const N: usize>(
     for side in sides.iter_mut() {
         side.run(concurrency, Stop::After(warm_up)).await;
     }
+    let slice = slice();
     for round in 0..turns() {
         for k in 0..sides.len() {
             let k = if round % 2 == 0 {
@@ -312,7 +292,7 @@ async fn in_turns<const N: usize>(
             } else {
                 sides.len() - 1 - k
             };
-            sides[k].turn(cluster, concurrency).await;
+            sides[k].turn(cluster, concurrency, slice).await;
         }
     }
     std::array::from_fn(|k| sides[k].figures(out))
@@ -339,10 +319,12 @@ async fn watched(
             Stop::At(Instant::now() + Duration::from_secs(1)),
         )
         .await;
-    let latencies: Vec<Duration> = spans.iter().map(|(s, e)| *e - *s).collect();
     let elapsed = started.elapsed();
     watch
-        .finish(&side.phase, &summarize(latencies, elapsed, 0, elapsed))
+        .finish(
+            &side.phase,
+            &summarize(durations(&spans), elapsed, 0, elapsed),
+        )
         .await;
 }
 
@@ -1298,15 +1280,19 @@ async fn main() {
         }
         let probes = Arc::new(probes);
         let meter = Meter::start(&cluster);
-        let transport = drive(concurrency, per_task, move |t, _| {
-            let mut probe = probes[t].clone();
-            async move {
-                probe
-                    .check(tonic_health::pb::HealthCheckRequest::default())
-                    .await
-                    .expect("health");
-            }
-        })
+        let transport = drive(
+            concurrency,
+            per_task,
+            op(move |t, _| {
+                let mut probe = probes[t].clone();
+                async move {
+                    probe
+                        .check(tonic_health::pb::HealthCheckRequest::default())
+                        .await
+                        .expect("health");
+                }
+            }),
+        )
         .await;
         meter.finish(
             &format!("mTLS round trip, c{concurrency}"),
@@ -1368,10 +1354,9 @@ async fn main() {
     let concurrency = 32;
     let per_task = 150;
     let written: Arc<std::sync::Mutex<Vec<Uuid>>> = Arc::default();
-    let insert = load.plain_insert(written.clone());
-    let base_write = drive(concurrency, per_task, move |t, i| insert(t, i)).await;
+    let base_write = drive(concurrency, per_task, load.plain_insert(written.clone())).await;
     let select = load.plain_select(Arc::new(written.lock().expect("ids").clone()));
-    let base_read = drive(concurrency, per_task, move |t, i| select(t, i)).await;
+    let base_read = drive(concurrency, per_task, select).await;
     for replicas in [1usize, 2, 4] {
         while cluster.vaults.len() < replicas {
             cluster.add_vault(None).await;
@@ -1380,8 +1365,12 @@ async fn main() {
         let readers = clients(&cluster, "firm-app", concurrency).await;
         let meter = Meter::start(&cluster);
         let stored: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
-        let store = load.vault_write(writers, stored.clone());
-        let write = drive(concurrency, per_task, move |t, i| store(t, i)).await;
+        let write = drive(
+            concurrency,
+            per_task,
+            load.vault_write(writers, stored.clone()),
+        )
+        .await;
         let stored = Arc::new(stored.lock().expect("ids").clone());
         meter.finish(
             &format!("vault write, {replicas} replicas, c{concurrency}"),
@@ -1398,8 +1387,7 @@ async fn main() {
         let meter = Meter::start(&cluster);
         let variable = format!("VAULT_LOAD_PROFILE_REPLICAS_{replicas}");
         let watch = Watch::start(&cluster, &load.plain, &variable, true).await;
-        let fetch = load.vault_read(readers, stored);
-        let read = drive(concurrency, per_task, move |t, i| fetch(t, i)).await;
+        let read = drive(concurrency, per_task, load.vault_read(readers, stored)).await;
         watch.finish(&phase, &read).await;
         meter.finish(&phase, &read, &mut resources);
         row(
@@ -1460,24 +1448,32 @@ async fn decision_over_grpc(cluster: &Cluster, staff: &str, matter: &str) {
         matter_id: matter.to_owned(),
         ..AuthorizeRequest::default()
     };
-    let round_trip = drive(1, 2000, move |_, _| {
-        let mut health = health.clone();
-        async move {
-            health
-                .check(tonic_health::pb::HealthCheckRequest::default())
-                .await
-                .expect("health");
-        }
-    })
+    let round_trip = drive(
+        1,
+        2000,
+        op(move |_, _| {
+            let mut health = health.clone();
+            async move {
+                health
+                    .check(tonic_health::pb::HealthCheckRequest::default())
+                    .await
+                    .expect("health");
+            }
+        }),
+    )
     .await;
-    let decided = drive(1, 2000, move |_, _| {
-        let mut identity = identity.clone();
-        let request = request.clone();
-        async move {
-            let answer = identity.authorize(request).await.expect("authorize");
-            assert!(answer.into_inner().allowed, "the bench partner is allowed");
-        }
-    })
+    let decided = drive(
+        1,
+        2000,
+        op(move |_, _| {
+            let mut identity = identity.clone();
+            let request = request.clone();
+            async move {
+                let answer = identity.authorize(request).await.expect("authorize");
+                assert!(answer.into_inner().allowed, "the bench partner is allowed");
+            }
+        }),
+    )
     .await;
     row(
         "authorization decision over mTLS gRPC (identity's cached facts, audited), concurrency 1",
