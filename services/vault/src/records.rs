@@ -761,18 +761,20 @@ impl Vault {
         if is_shredded(&row) {
             return Ok(row);
         }
-        if row.original == 1 {
-            return Err(Error::Originals);
-        }
         let scope = self
             .store
             .scope(row.scope_id)
             .await?
             .ok_or(Error::NotFound("scope"))?;
-        if scope.hold_count > 0 || !self.store.holds_covering(&scope).await?.is_empty() {
-            self.refused_shred(actor, "record", id, &scope, "legal_hold")
+        let refusal = if row.original == 1 {
+            Some((Error::Originals, "originals"))
+        } else {
+            self.held(&scope).await?
+        };
+        if let Some((error, reason)) = refusal {
+            self.refused_shred(actor, "record", id, &scope, reason)
                 .await;
-            return Err(Error::Held);
+            return Err(error);
         }
         let event = self
             .event(actor, Action::VaultRecordShredded)
@@ -791,11 +793,52 @@ impl Vault {
             .await
         {
             Ok(_) => {}
-            Err(TransactError::Unmet { .. }) => return Err(Error::Held),
+            // Shredded meanwhile (by another replica, or with its scope), or
+            // a hold arrived after the check above.
+            Err(TransactError::Unmet { .. }) => {
+                let now_row = self.load(id).await?;
+                if is_shredded(&now_row) {
+                    return Ok(now_row);
+                }
+                let scope = self
+                    .store
+                    .scope(row.scope_id)
+                    .await?
+                    .ok_or(Error::NotFound("scope"))?;
+                let Some((error, reason)) = self.held(&scope).await? else {
+                    return Err(Error::Conflict(
+                        "the record changed during the shred; retry",
+                    ));
+                };
+                self.refused_shred(actor, "record", id, &scope, reason)
+                    .await;
+                return Err(error);
+            }
             Err(TransactError::Sqlx(e)) => return Err(Error::Store(e)),
             Err(e) => return Err(Error::Audit(e.to_string())),
         }
         self.load(id).await
+    }
+
+    /// Whether a legal hold covers `scope`: the refusal and its reason.
+    async fn held(&self, scope: &ScopeRow) -> Result<Option<(Error, &'static str)>, Error> {
+        Ok(
+            (scope.hold_count > 0 || !self.store.holds_covering(scope).await?.is_empty())
+                .then_some((Error::Held, "legal_hold")),
+        )
+    }
+
+    /// Why `scope` may not be shredded now, if it may not: a legal hold
+    /// covers it, or it holds originals that go back to the client.
+    async fn shred_refusal(
+        &self,
+        scope: &ScopeRow,
+    ) -> Result<Option<(Error, &'static str)>, Error> {
+        if let Some(refusal) = self.held(scope).await? {
+            return Ok(Some(refusal));
+        }
+        Ok((self.store.original_count(scope.id).await? > 0)
+            .then_some((Error::Originals, "originals")))
     }
 
     async fn refused_shred(
@@ -839,15 +882,9 @@ impl Vault {
         if scope.state() == ScopeState::Shredded {
             return Ok(scope);
         }
-        if scope.hold_count > 0 || !self.store.holds_covering(&scope).await?.is_empty() {
-            self.refused_shred(actor, "scope", id, &scope, "legal_hold")
-                .await;
-            return Err(Error::Held);
-        }
-        if self.store.original_count(id).await? > 0 {
-            self.refused_shred(actor, "scope", id, &scope, "originals")
-                .await;
-            return Err(Error::Originals);
+        if let Some((error, reason)) = self.shred_refusal(&scope).await? {
+            self.refused_shred(actor, "scope", id, &scope, reason).await;
+            return Err(error);
         }
         let window = window.unwrap_or(self.settings.destruction_window);
         let now = Utc::now();
@@ -880,18 +917,28 @@ impl Vault {
             .await
         {
             Ok(_) => {}
-            // A hold arrived, or another replica acted first.
+            // Another replica acted first, or a hold or an original
+            // arrived after the checks above.
             Err(TransactError::Unmet { .. }) => {
                 let now_row = self
                     .store
                     .scope(id)
                     .await?
                     .ok_or(Error::NotFound("scope"))?;
-                if now_row.state() == ScopeState::Shredded {
-                    self.keys.cache().evict(id);
-                    return Ok(now_row);
+                match now_row.state() {
+                    ScopeState::Shredded => {
+                        self.keys.cache().evict(id);
+                        return Ok(now_row);
+                    }
+                    ScopeState::PendingDestruction if !window.is_zero() => return Ok(now_row),
+                    _ => {}
                 }
-                return Err(Error::Held);
+                let Some((error, reason)) = self.shred_refusal(&now_row).await? else {
+                    return Err(Error::Conflict("the scope changed during the shred; retry"));
+                };
+                self.refused_shred(actor, "scope", id, &now_row, reason)
+                    .await;
+                return Err(error);
             }
             Err(TransactError::Sqlx(e)) => return Err(Error::Store(e)),
             Err(e) => return Err(Error::Audit(e.to_string())),

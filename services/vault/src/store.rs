@@ -628,6 +628,14 @@ macro_rules! hold_covers_scope {
     };
 }
 
+/// SQL: the scope (`vault_scopes`) holds no originals (records that go
+/// back to the client rather than be shredded).
+macro_rules! holds_no_originals {
+    () => {
+        "NOT EXISTS (SELECT 1 FROM vault_records r WHERE r.scope_id = vault_scopes.id AND r.original = 1)"
+    };
+}
+
 /// Statement: a scope becomes shredded (key gone) if no hold covers it.
 /// Constant time: one row, whatever the number of records.
 pub fn shred_scope(id: Uuid, order: &str, now: DateTime<Utc>, event_id: &str) -> Statement {
@@ -638,7 +646,8 @@ pub fn shred_scope(id: Uuid, order: &str, now: DateTime<Utc>, event_id: &str) ->
              WHERE id = $1 AND state <> 'shredded' AND hold_count = 0 \
              AND NOT EXISTS (SELECT 1 FROM vault_holds h WHERE ",
             hold_covers_scope!(),
-            ") AND NOT EXISTS (SELECT 1 FROM vault_records r WHERE r.scope_id = vault_scopes.id AND r.original = 1)"
+            ") AND ",
+            holds_no_originals!()
         ),
         vec![
             Value::Uuid(id),
@@ -649,7 +658,8 @@ pub fn shred_scope(id: Uuid, order: &str, now: DateTime<Utc>, event_id: &str) ->
     )
 }
 
-/// Statement: a scope becomes pending destruction if no hold covers it.
+/// Statement: a scope becomes pending destruction if no hold covers it
+/// and it holds no originals.
 pub fn schedule_destruction(id: Uuid, order: &str, due: DateTime<Utc>) -> Statement {
     Statement::new(
         concat!(
@@ -657,7 +667,8 @@ pub fn schedule_destruction(id: Uuid, order: &str, due: DateTime<Utc>) -> Statem
              WHERE id = $1 AND state = 'active' AND hold_count = 0 \
              AND NOT EXISTS (SELECT 1 FROM vault_holds h WHERE ",
             hold_covers_scope!(),
-            ")"
+            ") AND ",
+            holds_no_originals!()
         ),
         vec![
             Value::Uuid(id),
@@ -676,12 +687,18 @@ pub fn cancel_destruction(id: Uuid) -> Statement {
     )
 }
 
-/// Statement: one record key is destroyed.
+/// Statement: one record key is destroyed, unless the record is an original
+/// or a hold covers its scope.
 pub fn shred_record(id: Uuid, order: &str, now: DateTime<Utc>) -> Statement {
     Statement::new(
-        "UPDATE vault_records SET wrapped_key = NULL, shredded_at = $2, shred_order = $3 \
-         WHERE id = $1 AND wrapped_key IS NOT NULL \
-         AND (SELECT s.hold_count FROM vault_scopes s WHERE s.id = vault_records.scope_id) = 0",
+        concat!(
+            "UPDATE vault_records SET wrapped_key = NULL, shredded_at = $2, shred_order = $3 \
+             WHERE id = $1 AND wrapped_key IS NOT NULL AND original = 0 \
+             AND EXISTS (SELECT 1 FROM vault_scopes WHERE vault_scopes.id = vault_records.scope_id \
+             AND vault_scopes.hold_count = 0 AND NOT EXISTS (SELECT 1 FROM vault_holds h WHERE ",
+            hold_covers_scope!(),
+            "))"
+        ),
         vec![
             Value::Uuid(id),
             Value::Time(now),

@@ -563,6 +563,15 @@ async fn holds_stop_shredding_and_staged_destruction_can_be_cancelled(db: &TestD
         vault.shred_record(&retention(), r.id, &order).await,
         Err(Error::Held)
     ));
+    // Each refusal is on its way to the audit log, with its reason.
+    assert_eq!(
+        refused_shreds(db, r.scope_id).await,
+        [("vault.scope.shredded".to_owned(), "legal_hold".to_owned())]
+    );
+    assert_eq!(
+        refused_shreds(db, r.id).await,
+        [("vault.record.shredded".to_owned(), "legal_hold".to_owned())]
+    );
     // A scope created under an existing hold is held too.
     let later = vault
         .create(
@@ -744,6 +753,57 @@ async fn holds_stop_shredding_and_staged_destruction_can_be_cancelled(db: &TestD
         Err(Error::Shredded(_))
     ));
     assert!(read_one(&vault, &actor, two.id, &roles).await.is_ok());
+    let again = vault
+        .shred_record(&retention(), one.id, &order)
+        .await
+        .unwrap();
+    assert_eq!(again.shredded_at, tomb.shredded_at, "shredded once");
+
+    // An original goes back to the client: neither it nor its scope is
+    // shredded, and each refusal is recorded.
+    let mut will = passport(client, None, "P5555555");
+    will.original = true;
+    let will = vault.create(&actor, &will, None).await.unwrap();
+    assert!(matches!(
+        vault.shred_record(&retention(), will.id, &order).await,
+        Err(Error::Originals)
+    ));
+    for window in [None, Some(Duration::from_secs(3600))] {
+        assert!(matches!(
+            vault
+                .shred_scope(&retention(), will.scope_id, &order, window)
+                .await,
+            Err(Error::Originals)
+        ));
+    }
+    assert!(read_one(&vault, &actor, will.id, &roles).await.is_ok());
+    assert_eq!(
+        refused_shreds(db, will.id).await,
+        [("vault.record.shredded".to_owned(), "originals".to_owned())]
+    );
+    assert_eq!(
+        refused_shreds(db, will.scope_id).await,
+        vec![("vault.scope.shredded".to_owned(), "originals".to_owned()); 2]
+    );
+}
+
+/// The refused shreds of `resource` (a record or scope) queued for the
+/// audit log: their actions and reasons.
+async fn refused_shreds(db: &TestDatabase, resource: Uuid) -> Vec<(String, String)> {
+    confidant_runtime::outbox::Outbox::new(db.db.clone())
+        .pending(10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|p| {
+            p.event.outcome == confidant_proto::audit::v1::Outcome::Denied as i32
+                && p.event
+                    .resource
+                    .as_ref()
+                    .is_some_and(|r| r.id == resource.to_string())
+        })
+        .map(|p| (p.event.action, p.event.reason))
+        .collect()
 }
 
 async fn sealed_text_dies_with_its_scope(db: &TestDatabase) {
