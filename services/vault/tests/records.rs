@@ -1194,6 +1194,24 @@ async fn documents_stream_in_and_out_whole_or_not_at_all(db: &TestDatabase) {
         .await
         .unwrap();
     assert_eq!(download(&vault, row.id, &roles).await.unwrap().1, content);
+    // The content must hash to the digest recorded for it: a digest changed
+    // afterwards fails the download at its end.
+    let set_digest = |digest: Vec<u8>| {
+        vec![Statement::new(
+            "UPDATE vault_records SET doc_sha256 = $1 WHERE id = $2",
+            vec![Value::Bytes(digest), Value::Uuid(row.id)],
+        )]
+    };
+    db.db.transact(set_digest(vec![0; 32]), &[]).await.unwrap();
+    assert!(matches!(
+        download(&vault, row.id, &roles).await,
+        Err(Error::Integrity)
+    ));
+    db.db
+        .transact(set_digest(row.doc_sha256.clone().unwrap()), &[])
+        .await
+        .unwrap();
+    assert_eq!(download(&vault, row.id, &roles).await.unwrap().1, content);
     // A truncated document does not open, even with its count adjusted.
     db.db
         .transact(
