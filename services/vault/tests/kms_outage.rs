@@ -74,13 +74,18 @@ async fn kms(endpoint: &str) -> Arc<dyn Kms> {
 }
 
 fn vault(db: &TestDatabase, kms: Arc<dyn Kms>) -> Vault {
+    vault_keeping_keys(db, kms, Duration::from_secs(300))
+}
+
+/// A vault whose cached scope keys expire after `max_age`.
+fn vault_keeping_keys(db: &TestDatabase, kms: Arc<dyn Kms>, max_age: Duration) -> Vault {
     Vault::new(
         VaultStore::new(db.db.clone()),
         Keyring::new(
             kms,
             CacheLimits {
                 capacity: 100,
-                max_age: Duration::from_secs(300),
+                max_age,
                 max_uses: 1000,
             },
         ),
@@ -136,6 +141,8 @@ async fn the_vault_rides_out_a_kms_outage(backend: Backend) {
     let (moto, endpoint) = start_moto().await;
     let kms = kms(&endpoint).await;
     let warm = vault(&db, kms.clone());
+    let keep = Duration::from_secs(3);
+    let brief = vault_keeping_keys(&db, kms.clone(), keep);
     let actor = Actor::Staff {
         staff_id: Uuid::now_v7().to_string(),
         roles: vec!["partner".into()],
@@ -152,7 +159,27 @@ async fn the_vault_rides_out_a_kms_outage(backend: Backend) {
         "called about the lease"
     );
 
+    let loaded = std::time::Instant::now();
+    assert_eq!(
+        read(&brief, &actor, stored.id).await.unwrap(),
+        "called about the lease"
+    );
+
     drop(moto);
+
+    // A key cached for a short time serves reads until it expires; then
+    // the next read needs the KMS.
+    assert_eq!(
+        read(&brief, &actor, stored.id).await.unwrap(),
+        "called about the lease"
+    );
+    tokio::time::sleep(
+        (loaded + keep + Duration::from_millis(100))
+            .saturating_duration_since(std::time::Instant::now()),
+    )
+    .await;
+    let err = read(&brief, &actor, stored.id).await.unwrap_err();
+    assert_eq!(tonic::Status::from(err).code(), tonic::Code::Unavailable);
 
     // Cached keys still serve reads, and writes into a known scope.
     assert_eq!(
