@@ -2,8 +2,8 @@
 //! SQLite with the local KMS and on PostgreSQL with Redis and the AWS KMS
 //! API: reads decided by identity and named by purpose, masking by role,
 //! bad input named field by field, only retention shredding, legal holds,
-//! staged destruction, and sealed audit text that dies with its scope while
-//! the log still verifies.
+//! staged destruction, sealed audit text that dies with its scope while
+//! the log still verifies, and KMS key rotation.
 
 mod common;
 
@@ -989,6 +989,287 @@ async fn documents_stream_through_the_api_and_a_cancelled_upload_leaves_nothing(
         .into_inner();
     assert_eq!(listed.records.len(), 1, "only the completed document");
     sandbox.stop().await;
+}
+
+/// Which of `keys` (the rotation's old and new KMS key) `stored` names:
+/// the same id, or an ARN ending in it (AWS answers with ARNs).
+fn which_key(stored: &str, keys: &[(&'static str, &str)]) -> &'static str {
+    keys.iter()
+        .find(|(_, id)| stored == *id || stored.ends_with(&format!("/{id}")))
+        .map_or("another key", |(name, _)| *name)
+}
+
+/// Each KMS key that wraps live scope keys (named by `keys`), with how many
+/// and whether it is the active one, as `GetKeyStats` tells an operator.
+async fn kms_keys(
+    operator: &mut Vault,
+    keys: &[(&'static str, &str)],
+) -> Vec<(&'static str, i64, bool)> {
+    let mut usage: Vec<(&'static str, i64, bool)> = operator
+        .get_key_stats(pb::GetKeyStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .kms_keys
+        .into_iter()
+        .map(|k| (which_key(&k.kms_key_id, keys), k.scopes, k.active))
+        .collect();
+    usage.sort();
+    usage
+}
+
+/// The KMS key (named by `keys`) that wraps the data key of `service`
+/// (identity's TOTP seeds, intake's invitation contacts).
+async fn data_key_wrapped_by(
+    data: &SandboxData,
+    service: ServiceName,
+    keys: &[(&'static str, &str)],
+) -> &'static str {
+    let (key_id,): (String,) = common::service_db(data, service)
+        .await
+        .fetch_optional("SELECT key_id FROM service_data_keys WHERE id = 1", vec![])
+        .await
+        .unwrap()
+        .expect("the service's data key");
+    which_key(&key_id, keys)
+}
+
+/// Every record's stored key and ciphertext, in id order.
+async fn stored_records(data: &SandboxData) -> Vec<(uuid::Uuid, Vec<u8>, Vec<u8>)> {
+    common::service_db(data, ServiceName::Vault)
+        .await
+        .fetch_all(
+            "SELECT id, wrapped_key, fields FROM vault_records ORDER BY id",
+            vec![],
+        )
+        .await
+        .unwrap()
+}
+
+async fn kms_keys_rotate_through_the_api_without_touching_records(backend: Backend) {
+    let mut data = SandboxData::new(backend).await;
+    let services = [
+        ServiceName::Identity,
+        ServiceName::Intake,
+        ServiceName::Vault,
+        ServiceName::Audit,
+    ];
+    let sandbox = Sandbox::start(&data, SandboxSpec::of(&services)).await;
+    let mut admin = common::identity_client(&data, &sandbox, "operator").await;
+    let f = firm(&mut admin).await;
+    let partner = staff_token(&data, &f.partner, &["partner"]);
+    let mut app = vault(&data, &sandbox, "firm-app").await;
+    let mut operator = vault(&data, &sandbox, "operator").await;
+    // Three scopes: identity documents, contact details, financial.
+    let mut ids = Vec::new();
+    for record in [
+        passport(&f.client_id, &f.matter_id),
+        contact(&f.client_id, &f.matter_id),
+        pb::NewRecord {
+            client_id: f.client_id.clone(),
+            matter_id: f.matter_id.clone(),
+            category: pb::DataCategory::Financial as i32,
+            fields: vec![field(
+                "iban",
+                pb::FieldType::AccountNumber,
+                "GB29NWBK60161331926819",
+            )],
+            original: false,
+        },
+    ] {
+        let stored = app
+            .create_record(as_staff(
+                &partner,
+                pb::CreateRecordRequest {
+                    record: Some(record),
+                    request_id: String::new(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .record
+            .unwrap();
+        ids.push(stored.id);
+    }
+    let read_all = |mut app: Vault| {
+        let (ids, partner) = (ids.clone(), partner.clone());
+        async move {
+            let mut all = Vec::new();
+            for id in ids {
+                let r = app
+                    .get_record(as_staff(&partner, get(&id, "")))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                all.extend(values(&r));
+            }
+            all
+        }
+    };
+    let plain = read_all(app.clone()).await;
+    assert_eq!(plain.len(), 4);
+    let old = operator
+        .get_key_stats(pb::GetKeyStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .kms_keys;
+    assert_eq!(old.len(), 1, "{old:?}");
+    let old = old[0].kms_key_id.clone();
+    let keys = [("old", old.as_str())];
+    assert_eq!(kms_keys(&mut operator, &keys).await, [("old", 3, true)]);
+
+    // Rewrapping and key statistics are for the vault's admins only, and
+    // a batch size out of range is named.
+    for denied in [
+        app.rewrap_scope_keys(pb::RewrapScopeKeysRequest { batch_size: 2 })
+            .await
+            .unwrap_err(),
+        app.get_key_stats(pb::GetKeyStatsRequest {})
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    }
+    let err = operator
+        .rewrap_scope_keys(pb::RewrapScopeKeysRequest { batch_size: 5000 })
+        .await
+        .unwrap_err();
+    assert_eq!(common::violated_fields(&err), ["batch_size"]);
+    // Under the same key there is nothing to do.
+    let idle = operator
+        .rewrap_scope_keys(pb::RewrapScopeKeysRequest { batch_size: 2 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((idle.rewrapped, idle.remaining), (0, 0));
+    let before = stored_records(&data).await;
+    sandbox.stop().await;
+
+    // The operator makes a new KMS key the active one and restarts.
+    let new = data.rotate_kms_key().await;
+    let keys = [("old", old.as_str()), ("new", new.as_str())];
+    assert_eq!(which_key(&new, &keys), "new");
+    for service in [ServiceName::Identity, ServiceName::Intake] {
+        assert_eq!(data_key_wrapped_by(&data, service, &keys).await, "old");
+    }
+    let sandbox = Sandbox::start(&data, SandboxSpec::of(&services)).await;
+    let mut operator = vault(&data, &sandbox, "operator").await;
+    assert_eq!(
+        kms_keys(&mut operator, &keys).await,
+        [("old", 3, false)],
+        "no scope key is under the new key yet"
+    );
+    // Identity and intake moved their own data keys as they started, and
+    // said so in the audit log.
+    for service in [ServiceName::Identity, ServiceName::Intake] {
+        assert_eq!(data_key_wrapped_by(&data, service, &keys).await, "new");
+    }
+    let log = audit(&data, &sandbox).await;
+    common::eventually(
+        Duration::from_secs(20),
+        "the data key rewraps logged",
+        || {
+            let mut log = log.clone();
+            async move {
+                let mut sources: Vec<String> = log
+                    .list_events(ListEventsRequest {
+                        action: "service.data_key.rewrapped".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .events
+                    .into_iter()
+                    .filter_map(|e| e.event)
+                    .map(|e| e.source_service)
+                    .collect();
+                sources.sort();
+                sources == ["identity", "intake"]
+            }
+        },
+    )
+    .await;
+    // Progress is visible after each batch...
+    let first = operator
+        .rewrap_scope_keys(pb::RewrapScopeKeysRequest { batch_size: 2 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            first.rewrapped,
+            first.remaining,
+            which_key(&first.active_kms_key_id, &keys)
+        ),
+        (2, 1, "new")
+    );
+    assert_eq!(
+        kms_keys(&mut operator, &keys).await,
+        [("new", 2, true), ("old", 1, false)]
+    );
+    sandbox.stop().await;
+    // ...and the job resumes where it stopped, after a restart.
+    let sandbox = Sandbox::start(&data, SandboxSpec::of(&services)).await;
+    let mut operator = vault(&data, &sandbox, "operator").await;
+    let rest = operator
+        .rewrap_scope_keys(pb::RewrapScopeKeysRequest { batch_size: 2 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((rest.rewrapped, rest.remaining), (1, 0));
+    assert_eq!(kms_keys(&mut operator, &keys).await, [("new", 3, true)]);
+    // No record was decrypted or rewritten: record keys and ciphertexts
+    // are as they were.
+    assert_eq!(stored_records(&data).await, before);
+    sandbox.stop().await;
+
+    // The old key can be retired. The local keyring drops it; the emulator
+    // does not enforce a key's state, so there the scopes' own rows show
+    // that nothing is wrapped under it any more.
+    match backend {
+        Backend::Sqlite => {
+            let keyring = data.local_kms_keyring();
+            let kept: String = std::fs::read_to_string(&keyring)
+                .unwrap()
+                .lines()
+                .filter(|l| !l.starts_with(&format!("{old} ")))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            std::fs::write(&keyring, kept).unwrap();
+        }
+        Backend::Postgres => {
+            let wrapped_by: Vec<(String,)> = common::service_db(&data, ServiceName::Vault)
+                .await
+                .fetch_all(
+                    "SELECT kms_key_id FROM vault_scopes WHERE state <> 'shredded'",
+                    vec![],
+                )
+                .await
+                .unwrap();
+            assert!(
+                wrapped_by.len() == 3 && wrapped_by.iter().all(|(k,)| which_key(k, &keys) == "new"),
+                "{wrapped_by:?}"
+            );
+        }
+    }
+    // A fresh process (no cached key) reads every record as before.
+    let sandbox = Sandbox::start(&data, SandboxSpec::of(&services)).await;
+    let app = vault(&data, &sandbox, "firm-app").await;
+    assert_eq!(read_all(app).await, plain);
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_kms_keys_rotate_through_the_api_without_touching_records() {
+    kms_keys_rotate_through_the_api_without_touching_records(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_kms_keys_rotate_through_the_api_without_touching_records() {
+    kms_keys_rotate_through_the_api_without_touching_records(Backend::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -145,6 +145,29 @@ impl SandboxData {
         self.kms_key_id.as_deref()
     }
 
+    /// Makes a new KMS key the active one, as an operator rotating keys
+    /// does: a new key in the emulator, named in the configuration
+    /// (PostgreSQL), or a new master key at the end of the local keyring
+    /// (SQLite). Services started afterwards wrap under it; returns its id.
+    pub async fn rotate_kms_key(&mut self) -> String {
+        match self.backend {
+            Backend::Postgres => {
+                let id = new_kms_key().await;
+                self.kms_key_id = Some(id.clone());
+                id
+            }
+            Backend::Sqlite => confidant_runtime::kms::LocalKms::open(&self.local_kms_keyring())
+                .expect("local keyring")
+                .rotate()
+                .expect("new local master key"),
+        }
+    }
+
+    /// The local KMS's keyring of a SQLite sandbox.
+    pub fn local_kms_keyring(&self) -> std::path::PathBuf {
+        self.path().join("kms-master.key")
+    }
+
     /// A staff access token signed with the sandbox's identity key, as
     /// identity issues them at sign-in (valid for ten minutes).
     pub fn staff_token(&self, staff_id: &str, roles: &[&str]) -> String {

@@ -108,6 +108,7 @@ pub async fn build(
             &ctx.db,
             kms.as_ref(),
             ServiceName::Identity,
+            &ctx.config.trust_domain,
         )
         .await?,
     );

@@ -54,8 +54,13 @@ pub async fn build(
     });
     let kms = confidant_runtime::kms::from_config(&ctx.config).await?;
     let secrets = Arc::new(
-        confidant_runtime::secret_box::SecretBox::open_or_create(&ctx.db, kms.as_ref(), NAME)
-            .await?,
+        confidant_runtime::secret_box::SecretBox::open_or_create(
+            &ctx.db,
+            kms.as_ref(),
+            NAME,
+            &ctx.config.trust_domain,
+        )
+        .await?,
     );
     let api = grpc::IntakeApi::new(
         store::IntakeStore::new(ctx.db.clone()),

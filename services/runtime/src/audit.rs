@@ -46,6 +46,7 @@ macro_rules! actions {
 actions! {
     ServiceStarted => "service.started", "A service process started serving (resource: the service).";
     ServiceStopped => "service.stopped", "A service process stopped serving after a shutdown signal.";
+    ServiceDataKeyRewrapped => "service.data_key.rewrapped", "A service's own data key (identity's TOTP seeds, intake's invitation contacts) was rewrapped under the active KMS key after a rotation (resource: the service; reason: kms_key_rotated).";
     IdentityAuthorize => "identity.authorize", "An authorization decision (outcome allowed or denied, with its reason).";
     IdentityStaffCreated => "identity.staff.created", "A staff account was created.";
     IdentityStaffDisabled => "identity.staff.disabled", "A staff account was disabled.";

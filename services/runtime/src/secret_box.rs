@@ -49,13 +49,72 @@ fn context(service: ServiceName) -> EncryptionContext {
         .with("confidant:purpose", "secrets")
 }
 
+/// Rewraps `service`'s data key, stored as `wrapped` under a KMS key that is
+/// no longer the active one, under the active key: the data key itself, and
+/// so every secret sealed with it, stays the same. The change and its audit
+/// event are written together, and only over the wrapping that was read (a
+/// replica starting at the same time does it once). A failure leaves the
+/// old wrapping, which still opens, for the next start to retry.
+async fn rewrap_under_active(
+    db: &Database,
+    kms: &dyn Kms,
+    service: ServiceName,
+    trust_domain: &str,
+    wrapped: &WrappedKey,
+) {
+    let moved = match kms.rewrap(wrapped, &context(service), None).await {
+        Ok(moved) => moved,
+        Err(e) => {
+            tracing::warn!(error = %e, from = %wrapped.key_id, "the service's data key stays under a KMS key that is not the active one; retried at the next start");
+            return;
+        }
+    };
+    let mut event = crate::audit::service_event(
+        service,
+        trust_domain,
+        crate::audit::Action::ServiceDataKeyRewrapped,
+        confidant_proto::audit::v1::Outcome::Allowed,
+    );
+    // A reason is a short code; the service's log names both KMS keys.
+    event.reason = "kms_key_rotated".to_owned();
+    let written = db
+        .transact(
+            vec![
+                Statement::new(
+                    "UPDATE service_data_keys SET key_id = $1, wrapped = $2 WHERE id = 1 AND key_id = $3",
+                    vec![
+                        Value::Text(moved.key_id.clone()),
+                        Value::Bytes(moved.ciphertext.clone()),
+                        Value::Text(wrapped.key_id.clone()),
+                    ],
+                )
+                .expecting(1),
+            ],
+            &[event],
+        )
+        .await;
+    match written {
+        Ok(_) => {
+            tracing::info!(from = %wrapped.key_id, to = %moved.key_id, "the service's data key was rewrapped under the active KMS key");
+        }
+        // Another replica moved it first.
+        Err(TransactError::Unmet { .. }) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "the service's rewrapped data key was not stored; retried at the next start");
+        }
+    }
+}
+
 impl SecretBox {
     /// Unwraps `service`'s data key (in its own database), creating it on
-    /// first start.
+    /// first start. After a KMS key rotation the key is rewrapped under the
+    /// active KMS key (see [`rewrap_under_active`]), so that the old KMS key
+    /// can be retired.
     pub async fn open_or_create(
         db: &Database,
         kms: &dyn Kms,
         service: ServiceName,
+        trust_domain: &str,
     ) -> Result<Self, SecretError> {
         let read = |db: Database| async move {
             let row: Option<(String, Vec<u8>)> = db
@@ -88,9 +147,11 @@ impl SecretBox {
             }
         };
         let (key_id, ciphertext) = row;
-        let plain = kms
-            .decrypt(&WrappedKey { key_id, ciphertext }, &context(service))
-            .await?;
+        let wrapped = WrappedKey { key_id, ciphertext };
+        let plain = kms.decrypt(&wrapped, &context(service)).await?;
+        if !kms.is_active(&wrapped.key_id) {
+            rewrap_under_active(db, kms, service, trust_domain, &wrapped).await;
+        }
         let key = LessSafeKey::new(
             UnboundKey::new(&AES_256_GCM, plain.expose()).map_err(|_| SecretError::Corrupt)?,
         );
