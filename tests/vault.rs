@@ -1262,6 +1262,238 @@ async fn kms_keys_rotate_through_the_api_without_touching_records(backend: Backe
     sandbox.stop().await;
 }
 
+/// A masking rule of the API: (role, category, field type, mask).
+fn rule(role: &str, category: &str, field_type: &str, mask: pb::Mask) -> pb::MaskingRule {
+    pb::MaskingRule {
+        role: role.into(),
+        category: category.into(),
+        field_type: field_type.into(),
+        mask: mask as i32,
+    }
+}
+
+/// `rules` as (role, category, field type, mask), sorted.
+fn rule_rows(rules: Vec<pb::MaskingRule>) -> Vec<(String, String, String, pb::Mask)> {
+    let mut rows: Vec<_> = rules
+        .into_iter()
+        .map(|r| {
+            let mask = r.mask();
+            (r.role, r.category, r.field_type, mask)
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+async fn masking_rules_are_data_that_admins_change_on_the_record(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec::of(&[
+            ServiceName::Identity,
+            ServiceName::Vault,
+            ServiceName::Audit,
+        ]),
+    )
+    .await;
+    let mut admin = common::identity_client(&data, &sandbox, "operator").await;
+    let f = firm(&mut admin).await;
+    let partner = staff_token(&data, &f.partner, &["partner"]);
+    let paralegal = staff_token(&data, &f.paralegal, &["paralegal"]);
+    let mut app = vault(&data, &sandbox, "firm-app").await;
+    let mut operator = vault(&data, &sandbox, "operator").await;
+    let writer = (app.clone(), partner.clone());
+    let store = move |record: pb::NewRecord| {
+        let (mut app, partner) = writer.clone();
+        async move {
+            app.create_record(as_staff(
+                &partner,
+                pb::CreateRecordRequest {
+                    record: Some(record),
+                    request_id: String::new(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .record
+            .unwrap()
+            .id
+        }
+    };
+    let passport_id = store(passport(&f.client_id, &f.matter_id)).await;
+    let contact_id = store(contact(&f.client_id, &f.matter_id)).await;
+    let reader = (app.clone(), paralegal.clone());
+    let read_as_paralegal = move |id: String| {
+        let (mut app, paralegal) = reader.clone();
+        async move {
+            let read = app
+                .get_record(as_staff(&paralegal, get(&id, "")))
+                .await
+                .unwrap()
+                .into_inner();
+            values(&read)
+        }
+    };
+    let row = |role: &str, category: &str, field_type: &str, mask| {
+        (
+            role.to_owned(),
+            category.to_owned(),
+            field_type.to_owned(),
+            mask,
+        )
+    };
+
+    // The rules the vault starts with: a paralegal sees the last four of
+    // national ids and account numbers.
+    let listed = operator
+        .list_masking_rules(pb::ListMaskingRulesRequest {
+            role: "paralegal".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .rules;
+    assert_eq!(
+        rule_rows(listed),
+        [
+            row("paralegal", "*", "*", pb::Mask::Clear),
+            row("paralegal", "*", "account_number", pb::Mask::LastFour),
+            row("paralegal", "*", "national_id", pb::Mask::LastFour),
+        ]
+    );
+    assert_eq!(
+        read_as_paralegal(passport_id.clone()).await[1],
+        ("passport_number".to_owned(), "****4567".to_owned(), true)
+    );
+
+    // Only the vault's admins see or change them; bad rules are named.
+    let set = |role: &str, rules: Vec<pb::MaskingRule>| pb::SetMaskingRulesRequest {
+        role: role.into(),
+        rules,
+    };
+    for denied in [
+        app.list_masking_rules(pb::ListMaskingRulesRequest::default())
+            .await
+            .unwrap_err(),
+        app.set_masking_rules(set("paralegal", vec![]))
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    }
+    let err = operator
+        .set_masking_rules(set(
+            "Para Legal",
+            vec![
+                rule("", "gossip", "*", pb::Mask::Clear),
+                rule("", "*", "*", pb::Mask::Unspecified),
+            ],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        common::violated_fields(&err),
+        ["role", "rules[0].category", "rules[1].mask"]
+    );
+
+    // Paralegals stop seeing identity documents at all, at once.
+    let now = operator
+        .set_masking_rules(set(
+            "paralegal",
+            vec![
+                rule("", "*", "*", pb::Mask::Clear),
+                rule("paralegal", "identity_document", "*", pb::Mask::Redact),
+            ],
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .rules;
+    assert_eq!(
+        rule_rows(now),
+        [
+            row("paralegal", "*", "*", pb::Mask::Clear),
+            row("paralegal", "identity_document", "*", pb::Mask::Redact),
+        ]
+    );
+    assert_eq!(
+        read_as_paralegal(passport_id.clone()).await,
+        [
+            ("surname".to_owned(), "[redacted]".to_owned(), true),
+            ("passport_number".to_owned(), "[redacted]".to_owned(), true)
+        ]
+    );
+    assert_eq!(
+        read_as_paralegal(contact_id.clone()).await,
+        [("email".to_owned(), "a.okafor@example.org".to_owned(), false)]
+    );
+    // A role without rules sees nothing in clear.
+    operator
+        .set_masking_rules(set("paralegal", vec![]))
+        .await
+        .unwrap();
+    assert_eq!(
+        read_as_paralegal(contact_id).await,
+        [("email".to_owned(), "[redacted]".to_owned(), true)]
+    );
+    // The partner's rules were not touched.
+    let partners = operator
+        .list_masking_rules(pb::ListMaskingRulesRequest {
+            role: "partner".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .rules;
+    assert_eq!(
+        rule_rows(partners),
+        [row("partner", "*", "*", pb::Mask::Clear)]
+    );
+
+    // Each change is in the audit log, by the admin, naming the role.
+    let log = audit(&data, &sandbox).await;
+    common::eventually(Duration::from_secs(20), "the rule changes logged", || {
+        let mut log = log.clone();
+        async move {
+            let changes: Vec<(String, String)> = log
+                .list_events(ListEventsRequest {
+                    action: "vault.masking_rules.set".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .events
+                .into_iter()
+                .filter_map(|e| e.event)
+                .map(|e| {
+                    (
+                        e.actor.map(|a| a.id).unwrap_or_default(),
+                        e.resource.map(|r| r.id).unwrap_or_default(),
+                    )
+                })
+                .collect();
+            changes.len() == 2
+                && changes
+                    .iter()
+                    .all(|(actor, role)| actor.contains("operator") && role == "paralegal")
+        }
+    })
+    .await;
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_masking_rules_are_data_that_admins_change_on_the_record() {
+    masking_rules_are_data_that_admins_change_on_the_record(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_masking_rules_are_data_that_admins_change_on_the_record() {
+    masking_rules_are_data_that_admins_change_on_the_record(Backend::Postgres).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_kms_keys_rotate_through_the_api_without_touching_records() {
     kms_keys_rotate_through_the_api_without_touching_records(Backend::Sqlite).await;

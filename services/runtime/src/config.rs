@@ -229,7 +229,8 @@ pub struct VaultConfig {
     /// Client identities (names in the trust domain) that store records for
     /// clients they verified themselves, without a staff token.
     pub writers: Vec<String>,
-    /// Client identities that may run key administration (rewrap).
+    /// Client identities that may run key administration (rewrap, key
+    /// statistics) and read and replace masking rules.
     pub admins: Vec<String>,
     /// Largest value of one field, in bytes.
     pub max_field_bytes: usize,

@@ -217,6 +217,20 @@ impl VaultApi {
         Actor::of(request).ok_or(Error::Unauthenticated)
     }
 
+    /// The masking rules as stored, of `role` only if given.
+    async fn masking_rules(&self, role: Option<&str>) -> Result<Vec<pb::MaskingRule>, Error> {
+        Ok(self
+            .vault
+            .store()
+            .masking_rules_of(role)
+            .await?
+            .iter()
+            .map(|(role, category, field_type, mask)| {
+                crate::masking::to_proto(role, category, field_type, mask)
+            })
+            .collect())
+    }
+
     async fn decide(
         &self,
         staff_id: &str,
@@ -1108,6 +1122,49 @@ impl VaultService for VaultApi {
                     scopes,
                 })
                 .collect(),
+        }))
+    }
+
+    async fn list_masking_rules(
+        &self,
+        request: Request<pb::ListMaskingRulesRequest>,
+    ) -> Result<Response<pb::ListMaskingRulesResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        if !req.role.is_empty() && !crate::masking::valid_role(&req.role) {
+            v.add(
+                "role",
+                "must be empty or 1 to 64 lowercase letters, digits, '_' and '-'",
+            );
+        }
+        check(v)?;
+        let role = (!req.role.is_empty()).then_some(req.role.as_str());
+        Ok(Response::new(pb::ListMaskingRulesResponse {
+            rules: self.masking_rules(role).await?,
+        }))
+    }
+
+    #[tracing::instrument(name = "vault.set_masking_rules", skip_all)]
+    async fn set_masking_rules(
+        &self,
+        request: Request<pb::SetMaskingRulesRequest>,
+    ) -> Result<Response<pb::SetMaskingRulesResponse>, Status> {
+        let actor = Self::actor(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        if !crate::masking::valid_role(&req.role) {
+            v.add(
+                "role",
+                "must be 1 to 64 lowercase letters, digits, '_' and '-'",
+            );
+        }
+        let rules = crate::masking::parse_rules(&req.role, &req.rules, &mut v);
+        check(v)?;
+        self.vault
+            .set_masking_rules(&actor, &req.role, &rules)
+            .await?;
+        Ok(Response::new(pb::SetMaskingRulesResponse {
+            rules: self.masking_rules(Some(&req.role)).await?,
         }))
     }
 }

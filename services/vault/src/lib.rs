@@ -113,7 +113,9 @@ pub async fn build(
         )
         .allow(&format!("/{GRPC_SERVICE}/SealText"), sealers)
         .allow(&format!("/{GRPC_SERVICE}/RewrapScopeKeys"), admins.clone())
-        .allow(&format!("/{GRPC_SERVICE}/GetKeyStats"), admins);
+        .allow(&format!("/{GRPC_SERVICE}/GetKeyStats"), admins.clone())
+        .allow(&format!("/{GRPC_SERVICE}/ListMaskingRules"), admins.clone())
+        .allow(&format!("/{GRPC_SERVICE}/SetMaskingRules"), admins);
     let kms = kms::from_config(config).await?;
     let vault = Arc::new(vault(ctx, kms));
     metrics::register(&vault.keys().shared_stats());

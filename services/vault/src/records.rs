@@ -574,6 +574,27 @@ impl Vault {
         Ok(rules)
     }
 
+    /// Replaces `role`'s masking rules with `rules`, with its audit event,
+    /// in one transaction. This replica applies them at once; others when
+    /// their copy is [`RULES_TTL`] old.
+    pub async fn set_masking_rules(
+        &self,
+        actor: &Actor,
+        role: &str,
+        rules: &[crate::masking::Rule],
+    ) -> Result<(), Error> {
+        let event = self
+            .event(actor, Action::VaultMaskingRulesSet)
+            .resource("role", role)
+            .build();
+        self.commit(store::replace_masking_rules(role, rules), &[event])
+            .await?;
+        if let Ok(mut guard) = self.rules.write() {
+            *guard = None;
+        }
+        Ok(())
+    }
+
     /// Decrypts a record's fields in memory (nothing is returned yet).
     async fn decrypt(&self, row: &RecordRow) -> Result<(Arc<ScopeKey>, Vec<PlainField>), Error> {
         let (scope_key, record_key) = self.record_keys(row).await?;

@@ -597,15 +597,45 @@ impl VaultStore {
         Ok(row.map_or(0, |r| r.0))
     }
 
-    /// The masking rules of `roles`: (role, category, field type, mask).
-    pub async fn masking_rules(&self) -> StoreResult<Vec<(String, String, String, String)>> {
+    /// The masking rules, of `role` only if given: (role, category, field
+    /// type, mask), in that order.
+    pub async fn masking_rules_of(
+        &self,
+        role: Option<&str>,
+    ) -> StoreResult<Vec<(String, String, String, String)>> {
         self.db
             .fetch_all(
-                "SELECT role, category, field_type, mask FROM vault_masking_rules",
-                vec![],
+                "SELECT role, category, field_type, mask FROM vault_masking_rules \
+                 WHERE $1 IS NULL OR role = $1 ORDER BY role, category, field_type",
+                vec![Value::OptText(role.map(str::to_owned))],
             )
             .await
     }
+
+    /// Every masking rule: (role, category, field type, mask).
+    pub async fn masking_rules(&self) -> StoreResult<Vec<(String, String, String, String)>> {
+        self.masking_rules_of(None).await
+    }
+}
+
+/// Statements: `role`'s masking rules become `rules`.
+pub fn replace_masking_rules(role: &str, rules: &[crate::masking::Rule]) -> Vec<Statement> {
+    let mut statements = vec![Statement::new(
+        "DELETE FROM vault_masking_rules WHERE role = $1",
+        vec![Value::Text(role.to_owned())],
+    )];
+    statements.extend(rules.iter().map(|r| {
+        Statement::new(
+            "INSERT INTO vault_masking_rules (role, category, field_type, mask) VALUES ($1, $2, $3, $4)",
+            vec![
+                Value::Text(role.to_owned()),
+                Value::Text(r.category.clone()),
+                Value::Text(r.field_type.clone()),
+                Value::Text(r.mask.as_str().to_owned()),
+            ],
+        )
+    }));
+    statements
 }
 
 /// Statement: a scope's originals were returned to the client (2: returned).
