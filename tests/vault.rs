@@ -1484,6 +1484,170 @@ async fn masking_rules_are_data_that_admins_change_on_the_record(backend: Backen
     sandbox.stop().await;
 }
 
+/// A rotation of the local KMS and the vault's administration from the
+/// command line: key usage, the rewrap, masking rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_keys_and_masking_from_the_command_line() {
+    let data = SandboxData::new(Backend::Sqlite).await;
+    let services = [
+        ServiceName::Identity,
+        ServiceName::Vault,
+        ServiceName::Audit,
+    ];
+    let sandbox = Sandbox::start(&data, SandboxSpec::of(&services)).await;
+    let mut admin = common::identity_client(&data, &sandbox, "operator").await;
+    let f = firm(&mut admin).await;
+    let partner = staff_token(&data, &f.partner, &["partner"]);
+    let mut app = vault(&data, &sandbox, "firm-app").await;
+    for record in [
+        passport(&f.client_id, &f.matter_id),
+        contact(&f.client_id, &f.matter_id),
+    ] {
+        app.create_record(as_staff(
+            &partner,
+            pb::CreateRecordRequest {
+                record: Some(record),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    }
+    sandbox.stop().await;
+
+    let run = |args: &[&str]| {
+        common::confidant()
+            .args(args)
+            .output()
+            .expect("confidant runs")
+    };
+    let keyring = data.local_kms_keyring();
+    let rotated = run(&[
+        "keys",
+        "rotate-local-kms",
+        "--key-file",
+        keyring.to_str().unwrap(),
+    ]);
+    let said = String::from_utf8_lossy(&rotated.stdout).into_owned();
+    assert!(rotated.status.success(), "{said}");
+    let new = said
+        .trim()
+        .strip_prefix("active local KMS key: ")
+        .expect("the new key named")
+        .to_owned();
+    let missing = run(&[
+        "keys",
+        "rotate-local-kms",
+        "--key-file",
+        "/nonexistent/kms.key",
+    ]);
+    assert!(
+        !missing.status.success(),
+        "a missing keyring is not created"
+    );
+
+    let sandbox = Sandbox::start(&data, SandboxSpec::of(&services)).await;
+    let tls = data.operator_files();
+    let url = sandbox.url(ServiceName::Vault);
+    let vault_cli = |args: &[&str]| {
+        let mut all = vec!["vault", "--service", &url];
+        let files = [
+            ("--ca", tls.ca_file.to_str().unwrap()),
+            ("--cert", tls.cert_file.to_str().unwrap()),
+            ("--key", tls.key_file.to_str().unwrap()),
+        ];
+        for (flag, path) in &files {
+            all.extend([*flag, *path]);
+        }
+        all.extend(args);
+        run(&all)
+    };
+    let lines = |args: &[&str]| -> Vec<serde_json::Value> {
+        let out = vault_cli(args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {text}");
+        text.lines()
+            .map(|l| serde_json::from_str(l).expect("JSON lines"))
+            .collect()
+    };
+    let usage = |stats: &serde_json::Value| -> Vec<(String, i64, bool)> {
+        let mut keys: Vec<_> = stats["kms_keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                (
+                    k["kms_key_id"].as_str().unwrap().to_owned(),
+                    k["scopes"].as_i64().unwrap(),
+                    k["active"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+        keys.sort_by_key(|k| k.2);
+        keys
+    };
+    let before = usage(&lines(&["key-stats"])[0]);
+    assert_eq!(before.len(), 1);
+    assert_eq!((before[0].1, before[0].2), (2, false), "{before:?}");
+    // One scope key per batch, then done.
+    let batches = lines(&["rewrap", "--batch-size", "1"]);
+    let progress: Vec<(i64, i64)> = batches
+        .iter()
+        .map(|b| {
+            (
+                b["rewrapped"].as_i64().unwrap(),
+                b["remaining"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(progress, [(1, 1), (1, 0)]);
+    assert_eq!(batches[1]["active_kms_key_id"], new.as_str());
+    assert_eq!(usage(&lines(&["key-stats"])[0]), [(new.clone(), 2, true)]);
+    // Run again, it has nothing to do.
+    assert_eq!(lines(&["rewrap"]).len(), 1);
+
+    // Masking rules, listed and replaced.
+    let assistant = lines(&["masking-rules", "--role", "legal_assistant"]);
+    assert_eq!(assistant.len(), 2, "{assistant:?}");
+    let now = lines(&[
+        "set-masking-rules",
+        "--role",
+        "legal_assistant",
+        "--rule",
+        "*:*:redact",
+        "--rule",
+        "contact_details:email:last4",
+    ]);
+    let mut rules: Vec<String> = now
+        .iter()
+        .map(|r| {
+            format!(
+                "{}:{}:{}",
+                r["category"].as_str().unwrap(),
+                r["field_type"].as_str().unwrap(),
+                r["mask"].as_str().unwrap()
+            )
+        })
+        .collect();
+    rules.sort();
+    assert_eq!(rules, ["*:*:redact", "contact_details:email:last4"]);
+    // Refused with the vault's reasons, or before connecting.
+    let bad = vault_cli(&[
+        "set-masking-rules",
+        "--role",
+        "legal_assistant",
+        "--rule",
+        "gossip:*:clear",
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("rules[0].category"));
+    let malformed = vault_cli(&["set-masking-rules", "--role", "x", "--rule", "*:*"]);
+    assert!(!malformed.status.success());
+    assert!(String::from_utf8_lossy(&malformed.stderr).contains("category:field_type:mask"));
+    sandbox.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_masking_rules_are_data_that_admins_change_on_the_record() {
     masking_rules_are_data_that_admins_change_on_the_record(Backend::Sqlite).await;

@@ -12,3 +12,4 @@ pub mod records_cli;
 #[cfg(feature = "testing")]
 pub mod sandbox;
 pub mod signals;
+pub mod vault_cli;

@@ -118,6 +118,15 @@ enum Command {
         #[command(subcommand)]
         action: confidant::records_cli::RecordsCommand,
     },
+    /// The vault's key and masking administration, with an administrator's
+    /// certificate (vault.admins): KMS key usage, the rewrap after a KMS key
+    /// rotation, masking rules.
+    Vault {
+        #[command(flatten)]
+        conn: confidant::vault_cli::Connection,
+        #[command(subcommand)]
+        action: confidant::vault_cli::VaultCommand,
+    },
     /// Retention: offline verification of certificates of disposal.
     Retention {
         #[command(subcommand)]
@@ -154,6 +163,16 @@ enum KeysCommand {
         /// Where to write the secret.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Rotate the local KMS (development): a new master key at the end of
+    /// its keyring becomes the active one for services started afterwards;
+    /// older keys stay to unwrap what they wrapped. Then restart the
+    /// services and run `confidant vault rewrap`.
+    RotateLocalKms {
+        /// The keyring (`kms.local_key_file`; `confidant dev` keeps it in
+        /// its data directory).
+        #[arg(long, default_value = ".confidant/kms-master.key")]
+        key_file: PathBuf,
     },
 }
 
@@ -308,6 +327,10 @@ fn main() -> ExitCode {
         Command::Records { conn, action } => block_on(async move {
             let mut stdout = std::io::stdout();
             report(confidant::records_cli::run(&conn, action, &mut stdout).await)
+        }),
+        Command::Vault { conn, action } => block_on(async move {
+            let mut stdout = std::io::stdout();
+            report(confidant::vault_cli::run(&conn, action, &mut stdout).await)
         }),
         Command::Retention {
             action: RetentionCommand::VerifyCertificate { file, public_key },
@@ -652,6 +675,15 @@ fn write_key(action: KeysCommand) -> anyhow::Result<()> {
                 anyhow::bail!("{} exists; it is never overwritten", out.display());
             }
             println!("secret written: {}", out.display());
+        }
+        KeysCommand::RotateLocalKms { key_file } => {
+            // A missing keyring is not created here: that would be a new
+            // KMS, not a rotation.
+            if !key_file.exists() {
+                anyhow::bail!("{} does not exist", key_file.display());
+            }
+            let id = confidant_runtime::kms::LocalKms::open(&key_file)?.rotate()?;
+            println!("active local KMS key: {id}");
         }
     }
     Ok(())
