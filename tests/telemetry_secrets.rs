@@ -114,10 +114,7 @@ async fn no_client_data_secret_or_token_reaches_logs_traces_metrics_or_errors() 
     };
     let mut config = config_table(&data, &spec);
     let mut telemetry = toml::Table::new();
-    telemetry.insert(
-        "otlp_endpoint".into(),
-        format!("http://{otlp_addr}").into(),
-    );
+    telemetry.insert("otlp_endpoint".into(), format!("http://{otlp_addr}").into());
     telemetry.insert("log_level".into(), "debug".into());
     telemetry.insert("metrics_interval_seconds".into(), 1.into());
     config.insert("telemetry".into(), toml::Value::Table(telemetry));
@@ -125,9 +122,15 @@ async fn no_client_data_secret_or_token_reaches_logs_traces_metrics_or_errors() 
     std::fs::write(&config_file, toml::to_string(&config).unwrap()).unwrap();
     let log_file = data.path().join("serve.log");
     let mut cmd = confidant();
-    cmd.args(["serve", "--services", "identity,vault,audit", "--migrate", "--config"])
-        .arg(&config_file);
-    let mut process = Process::spawn(cmd, log_file.clone());
+    cmd.args([
+        "serve",
+        "--services",
+        "identity,vault,audit",
+        "--migrate",
+        "--config",
+    ])
+    .arg(&config_file);
+    let process = Process::spawn(cmd, log_file.clone());
     let operator = data.client_tls("operator");
     for addr in listen.values() {
         wait_serving(*addr, &operator, Duration::from_secs(60), || process.log()).await;
@@ -135,11 +138,12 @@ async fn no_client_data_secret_or_token_reaches_logs_traces_metrics_or_errors() 
 
     // A firm with a matter, a partner and someone not on it.
     let url = |s: ServiceName| format!("https://{}", listen[&s]);
-    let mut admin = confidant_proto::identity::v1::identity_service_client::IdentityServiceClient::new(
-        confidant_runtime::client::connect(&url(ServiceName::Identity), &operator, "localhost")
-            .await
-            .unwrap(),
-    );
+    let mut admin =
+        confidant_proto::identity::v1::identity_service_client::IdentityServiceClient::new(
+            confidant_runtime::client::connect(&url(ServiceName::Identity), &operator, "localhost")
+                .await
+                .unwrap(),
+        );
     let client_id = new_client(&mut admin).await;
     let partner = cleared(&mut admin, "partner@canary.example", "partner").await;
     let matter_id = new_matter(&mut admin, &client_id, Some(&partner), "probate").await;
@@ -214,16 +218,18 @@ async fn no_client_data_secret_or_token_reaches_logs_traces_metrics_or_errors() 
     .unwrap();
     // A document.
     let header = pb::UploadDocumentRequest {
-        part: Some(pb::upload_document_request::Part::Header(pb::DocumentHeader {
-            client_id: client_id.clone(),
-            matter_id: matter_id.clone(),
-            category: pb::DataCategory::IdentityDocument as i32,
-            filename: "scan.pdf".into(),
-            media_type: "application/pdf".into(),
-            request_id: String::new(),
-            size_bytes: DOCUMENT.len() as i64,
-            sha256: Vec::new(),
-        })),
+        part: Some(pb::upload_document_request::Part::Header(
+            pb::DocumentHeader {
+                client_id: client_id.clone(),
+                matter_id: matter_id.clone(),
+                category: pb::DataCategory::IdentityDocument as i32,
+                filename: "scan.pdf".into(),
+                media_type: "application/pdf".into(),
+                request_id: String::new(),
+                size_bytes: DOCUMENT.len() as i64,
+                sha256: Vec::new(),
+            },
+        )),
     };
     let chunk = pb::UploadDocumentRequest {
         part: Some(pb::upload_document_request::Part::Chunk(
@@ -239,7 +245,11 @@ async fn no_client_data_secret_or_token_reaches_logs_traces_metrics_or_errors() 
         app.create_record(as_staff(
             &token,
             pb::CreateRecordRequest {
-                record: Some(record(vec![field("email", pb::FieldType::Email, BAD_EMAIL)])),
+                record: Some(record(vec![field(
+                    "email",
+                    pb::FieldType::Email,
+                    BAD_EMAIL,
+                )])),
                 request_id: String::new(),
             },
         ))
