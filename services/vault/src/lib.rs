@@ -117,7 +117,8 @@ pub async fn build(
         .allow(&format!("/{GRPC_SERVICE}/ListMaskingRules"), admins.clone())
         .allow(&format!("/{GRPC_SERVICE}/SetMaskingRules"), admins);
     let kms = kms::from_config(config).await?;
-    let vault = Arc::new(vault(ctx, kms));
+    let vault = Arc::new(vault(ctx, kms).with_coordinator(ctx.coord.clone()));
+    vault.follow_rule_changes();
     metrics::register(&vault.keys().shared_stats());
     let api = grpc::VaultApi::new(
         vault.clone(),

@@ -105,7 +105,13 @@ pub struct Vault {
     writes: confidant_runtime::portable::WriteGroup,
     fetch: crate::fetch::RecordFetch,
     live_scopes: std::sync::Mutex<std::collections::HashMap<ScopeRef, Uuid>>,
+    /// Where replicas tell each other of changed masking rules.
+    coord: Option<confidant_runtime::coord::SharedCoordinator>,
 }
+
+/// The channel on which a replica announces that it changed masking rules
+/// (the message: the role).
+const RULES_CHANNEL: &str = "vault.masking_rules";
 
 /// Most scopes remembered for writes.
 const LIVE_SCOPES: usize = 10_000;
@@ -235,6 +241,66 @@ impl Vault {
             rules: RwLock::new(None),
             reads,
             live_scopes: std::sync::Mutex::default(),
+            coord: None,
+        }
+    }
+
+    /// The vault announcing the masking rule changes it makes through
+    /// `coord`, for the other replicas ([`Vault::follow_rule_changes`]).
+    pub fn with_coordinator(mut self, coord: confidant_runtime::coord::SharedCoordinator) -> Self {
+        self.coord = Some(coord);
+        self
+    }
+
+    /// Keeps this replica's copy of the masking rules in step with the
+    /// changes other replicas announce, for as long as the vault exists:
+    /// each announcement drops the copy, and so does every (re)subscription
+    /// (announcements may have been missed meanwhile). Without a
+    /// subscription the copy is read again when it is [`RULES_TTL`] old.
+    pub fn follow_rule_changes(self: &Arc<Self>) {
+        use futures::StreamExt;
+        let Some(coord) = self.coord.clone() else {
+            return;
+        };
+        let vault = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match coord.subscribe(RULES_CHANNEL).await {
+                    Ok(Some(mut notices)) => {
+                        backoff = Duration::from_millis(100);
+                        let mut subscribed = true;
+                        while subscribed {
+                            let Some(vault) = vault.upgrade() else {
+                                return;
+                            };
+                            vault.forget_rules();
+                            drop(vault);
+                            subscribed = notices.next().await.is_some();
+                        }
+                        tracing::warn!(
+                            "masking rule announcements lost; other replicas' changes apply within 30 s until resubscribed"
+                        );
+                    }
+                    // This coordinator announces nothing.
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot subscribe to masking rule announcements");
+                    }
+                }
+                if vault.strong_count() == 0 {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        });
+    }
+
+    /// Drops this replica's copy of the masking rules.
+    fn forget_rules(&self) {
+        if let Ok(mut guard) = self.rules.write() {
+            *guard = None;
         }
     }
 
@@ -575,8 +641,9 @@ impl Vault {
     }
 
     /// Replaces `role`'s masking rules with `rules`, with its audit event,
-    /// in one transaction. This replica applies them at once; others when
-    /// their copy is [`RULES_TTL`] old.
+    /// in one transaction. This replica applies them at once, and announces
+    /// the change to the others; one that misses the announcement applies it
+    /// when its copy is [`RULES_TTL`] old.
     pub async fn set_masking_rules(
         &self,
         actor: &Actor,
@@ -589,8 +656,11 @@ impl Vault {
             .build();
         self.commit(store::replace_masking_rules(role, rules), &[event])
             .await?;
-        if let Ok(mut guard) = self.rules.write() {
-            *guard = None;
+        self.forget_rules();
+        if let Some(coord) = &self.coord
+            && let Err(e) = coord.publish(RULES_CHANNEL, role).await
+        {
+            tracing::warn!(error = %e, "masking rule change not announced; other replicas apply it within 30 s");
         }
         Ok(())
     }

@@ -1556,7 +1556,91 @@ async fn a_record_lands_only_in_an_active_scope_at_its_key_version(db: &TestData
     );
 }
 
+/// Replicas share their masking rule changes: a change made through one is
+/// in force at the others at once when they share a coordinator (Redis with
+/// PostgreSQL, the process's own with SQLite), not when their copies of the
+/// rules expire; a replica that hears nothing keeps its copy until then.
+async fn a_masking_rule_change_reaches_every_replica_at_once(db: &TestDatabase) {
+    use confidant_runtime::coord::{InProcess, Redis, SharedCoordinator};
+    use confidant_vault::masking::{Mask, Rule};
+    let coord: SharedCoordinator = match db.db.backend() {
+        Backend::Sqlite => Arc::new(InProcess::new()),
+        Backend::Postgres => Arc::new(
+            Redis::connect(
+                &confidant_runtime::testing::redis_url(),
+                &format!("{}:", confidant_runtime::testing::unique_name("rules")),
+            )
+            .await
+            .unwrap(),
+        ),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let kms = kms_for(db, dir.path()).await;
+    let replica = || Arc::new(vault_with(db, kms.clone(), CACHE).with_coordinator(coord.clone()));
+    let (changing, other) = (replica(), replica());
+    changing.follow_rule_changes();
+    other.follow_rule_changes();
+    let unannounced = vault_with(db, kms.clone(), CACHE);
+    let actor = partner();
+    let stored = changing
+        .create(&actor, &passport(Uuid::now_v7(), None, "P1234567"), None)
+        .await
+        .unwrap();
+    let paralegal = vec!["paralegal".to_owned()];
+    let passport_number = |fields: Vec<(String, String, bool)>| fields[1].1.clone();
+    // Every replica reads (and keeps) the rules as they are.
+    for vault in [&*changing, &*other, &unannounced] {
+        let fields = read_one(vault, &actor, stored.id, &paralegal)
+            .await
+            .unwrap();
+        assert_eq!(passport_number(fields), "****4567");
+    }
+    // Paralegals no longer see identity documents. The other replica
+    // subscribes in the background: the change is made again until it has
+    // heard of it, well within the copies' 30 seconds.
+    let rules = [
+        Rule {
+            category: "*".into(),
+            field_type: "*".into(),
+            mask: Mask::Clear,
+        },
+        Rule {
+            category: "identity_document".into(),
+            field_type: "*".into(),
+            mask: Mask::Redact,
+        },
+    ];
+    let started = std::time::Instant::now();
+    loop {
+        changing
+            .set_masking_rules(&retention(), "paralegal", &rules)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let fields = read_one(&other, &actor, stored.id, &paralegal)
+            .await
+            .unwrap();
+        if passport_number(fields) == "[redacted]" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the other replica did not hear of the change"
+        );
+    }
+    let fields = read_one(&changing, &actor, stored.id, &paralegal)
+        .await
+        .unwrap();
+    assert_eq!(passport_number(fields), "[redacted]");
+    // Without the announcements a replica keeps its copy until it expires.
+    let fields = read_one(&unannounced, &actor, stored.id, &paralegal)
+        .await
+        .unwrap();
+    assert_eq!(passport_number(fields), "****4567");
+}
+
 confidant_runtime::backend_tests!(confidant_vault::MIGRATIONS;
+    a_masking_rule_change_reaches_every_replica_at_once,
     a_record_lands_only_in_an_active_scope_at_its_key_version,
     look_ups_of_any_size_find_exactly_their_records,
     concurrent_writers_share_commits_and_each_record_lands_whole,
