@@ -125,6 +125,21 @@ async fn firm(admin: &mut Client) -> Firm {
     }
 }
 
+/// Identity, the vault and audit.
+const SUITE: [ServiceName; 3] = [
+    ServiceName::Identity,
+    ServiceName::Vault,
+    ServiceName::Audit,
+];
+
+/// `services` started on `data`, with a firm in the directory.
+async fn start_with_firm(data: &SandboxData, services: &[ServiceName]) -> (Sandbox, Firm) {
+    let sandbox = Sandbox::start(data, SandboxSpec::of(services)).await;
+    let mut admin = common::identity_client(data, &sandbox, "operator").await;
+    let f = firm(&mut admin).await;
+    (sandbox, f)
+}
+
 async fn vault_events(
     audit: &mut AuditServiceClient<PeerChannel>,
     client_id: &str,
@@ -828,17 +843,7 @@ fn upload_messages(header: pb::DocumentHeader, content: &[u8]) -> Vec<pb::Upload
 async fn documents_stream_through_the_api_and_a_cancelled_upload_leaves_nothing(backend: Backend) {
     use pb::download_document_response::Part;
     let data = SandboxData::new(backend).await;
-    let sandbox = Sandbox::start(
-        &data,
-        SandboxSpec::of(&[
-            ServiceName::Identity,
-            ServiceName::Vault,
-            ServiceName::Audit,
-        ]),
-    )
-    .await;
-    let mut admin = common::identity_client(&data, &sandbox, "operator").await;
-    let f = firm(&mut admin).await;
+    let (sandbox, f) = start_with_firm(&data, &SUITE).await;
     let mut app = vault(&data, &sandbox, "firm-app").await;
     let partner = staff_token(&data, &f.partner, &["partner"]);
     let header = pb::DocumentHeader {
@@ -1054,9 +1059,7 @@ async fn kms_keys_rotate_through_the_api_without_touching_records(backend: Backe
         ServiceName::Vault,
         ServiceName::Audit,
     ];
-    let sandbox = Sandbox::start(&data, SandboxSpec::of(&services)).await;
-    let mut admin = common::identity_client(&data, &sandbox, "operator").await;
-    let f = firm(&mut admin).await;
+    let (sandbox, f) = start_with_firm(&data, &services).await;
     let partner = staff_token(&data, &f.partner, &["partner"]);
     let mut app = vault(&data, &sandbox, "firm-app").await;
     let mut operator = vault(&data, &sandbox, "operator").await;
@@ -1173,19 +1176,12 @@ async fn kms_keys_rotate_through_the_api_without_touching_records(backend: Backe
         || {
             let mut log = log.clone();
             async move {
-                let mut sources: Vec<String> = log
-                    .list_events(ListEventsRequest {
-                        action: "service.data_key.rewrapped".into(),
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .events
-                    .into_iter()
-                    .filter_map(|e| e.event)
-                    .map(|e| e.source_service)
-                    .collect();
+                let mut sources: Vec<String> =
+                    logged_events(&mut log, "", "", "service.data_key.rewrapped")
+                        .await
+                        .into_iter()
+                        .map(|e| e.source_service)
+                        .collect();
                 sources.sort();
                 sources == ["identity", "intake"]
             }
@@ -1287,17 +1283,7 @@ fn rule_rows(rules: Vec<pb::MaskingRule>) -> Vec<(String, String, String, pb::Ma
 
 async fn masking_rules_are_data_that_admins_change_on_the_record(backend: Backend) {
     let data = SandboxData::new(backend).await;
-    let sandbox = Sandbox::start(
-        &data,
-        SandboxSpec::of(&[
-            ServiceName::Identity,
-            ServiceName::Vault,
-            ServiceName::Audit,
-        ]),
-    )
-    .await;
-    let mut admin = common::identity_client(&data, &sandbox, "operator").await;
-    let f = firm(&mut admin).await;
+    let (sandbox, f) = start_with_firm(&data, &SUITE).await;
     let partner = staff_token(&data, &f.partner, &["partner"]);
     let paralegal = staff_token(&data, &f.paralegal, &["paralegal"]);
     let mut app = vault(&data, &sandbox, "firm-app").await;
@@ -1456,24 +1442,17 @@ async fn masking_rules_are_data_that_admins_change_on_the_record(backend: Backen
     common::eventually(Duration::from_secs(20), "the rule changes logged", || {
         let mut log = log.clone();
         async move {
-            let changes: Vec<(String, String)> = log
-                .list_events(ListEventsRequest {
-                    action: "vault.masking_rules.set".into(),
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .events
-                .into_iter()
-                .filter_map(|e| e.event)
-                .map(|e| {
-                    (
-                        e.actor.map(|a| a.id).unwrap_or_default(),
-                        e.resource.map(|r| r.id).unwrap_or_default(),
-                    )
-                })
-                .collect();
+            let changes: Vec<(String, String)> =
+                logged_events(&mut log, "", "vault", "vault.masking_rules.set")
+                    .await
+                    .into_iter()
+                    .map(|e| {
+                        (
+                            e.actor.map(|a| a.id).unwrap_or_default(),
+                            e.resource.map(|r| r.id).unwrap_or_default(),
+                        )
+                    })
+                    .collect();
             changes.len() == 2
                 && changes
                     .iter()
@@ -1489,14 +1468,7 @@ async fn masking_rules_are_data_that_admins_change_on_the_record(backend: Backen
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_keys_and_masking_from_the_command_line() {
     let data = SandboxData::new(Backend::Sqlite).await;
-    let services = [
-        ServiceName::Identity,
-        ServiceName::Vault,
-        ServiceName::Audit,
-    ];
-    let sandbox = Sandbox::start(&data, SandboxSpec::of(&services)).await;
-    let mut admin = common::identity_client(&data, &sandbox, "operator").await;
-    let f = firm(&mut admin).await;
+    let (sandbox, f) = start_with_firm(&data, &SUITE).await;
     let partner = staff_token(&data, &f.partner, &["partner"]);
     let mut app = vault(&data, &sandbox, "firm-app").await;
     for record in [
@@ -1546,7 +1518,7 @@ async fn sqlite_keys_and_masking_from_the_command_line() {
         "a missing keyring is not created"
     );
 
-    let sandbox = Sandbox::start(&data, SandboxSpec::of(&services)).await;
+    let sandbox = Sandbox::start(&data, SandboxSpec::of(&SUITE)).await;
     let tls = data.operator_files();
     let url = sandbox.url(ServiceName::Vault);
     let vault_cli = |args: &[&str]| {

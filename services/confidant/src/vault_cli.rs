@@ -91,13 +91,18 @@ fn parse_rule(text: &str) -> anyhow::Result<pb::MaskingRule> {
     })
 }
 
-fn rule_json(rule: &pb::MaskingRule) -> Json {
-    json!({
-        "role": rule.role,
-        "category": rule.category,
-        "field_type": rule.field_type,
-        "mask": mask_name(rule.mask()),
-    })
+/// One JSON line per rule.
+fn write_rules(out: &mut impl Write, rules: &[pb::MaskingRule]) -> anyhow::Result<()> {
+    for rule in rules {
+        let line = json!({
+            "role": rule.role,
+            "category": rule.category,
+            "field_type": rule.field_type,
+            "mask": mask_name(rule.mask()),
+        });
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
 }
 
 /// Runs one command, writing its JSON lines to `out`.
@@ -180,9 +185,7 @@ pub async fn run(
                 .map_err(fail)?
                 .into_inner()
                 .rules;
-            for rule in &rules {
-                writeln!(out, "{}", rule_json(rule))?;
-            }
+            write_rules(out, &rules)?;
         }
         VaultCommand::SetMaskingRules { role, .. } => {
             let rules = c
@@ -194,9 +197,7 @@ pub async fn run(
                 .map_err(fail)?
                 .into_inner()
                 .rules;
-            for rule in &rules {
-                writeln!(out, "{}", rule_json(rule))?;
-            }
+            write_rules(out, &rules)?;
         }
     }
     Ok(())
