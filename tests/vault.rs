@@ -140,6 +140,23 @@ async fn start_with_firm(data: &SandboxData, services: &[ServiceName]) -> (Sandb
     (sandbox, f)
 }
 
+/// Stores `record` for the staff member whose token is `token`; its id.
+async fn store_as(app: &mut Vault, token: &str, record: pb::NewRecord) -> String {
+    app.create_record(as_staff(
+        token,
+        pb::CreateRecordRequest {
+            record: Some(record),
+            request_id: String::new(),
+        },
+    ))
+    .await
+    .unwrap()
+    .into_inner()
+    .record
+    .unwrap()
+    .id
+}
+
 async fn vault_events(
     audit: &mut AuditServiceClient<PeerChannel>,
     client_id: &str,
@@ -1080,20 +1097,7 @@ async fn kms_keys_rotate_through_the_api_without_touching_records(backend: Backe
             original: false,
         },
     ] {
-        let stored = app
-            .create_record(as_staff(
-                &partner,
-                pb::CreateRecordRequest {
-                    record: Some(record),
-                    request_id: String::new(),
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .record
-            .unwrap();
-        ids.push(stored.id);
+        ids.push(store_as(&mut app, &partner, record).await);
     }
     let read_all = |mut app: Vault| {
         let (ids, partner) = (ids.clone(), partner.clone());
@@ -1288,27 +1292,8 @@ async fn masking_rules_are_data_that_admins_change_on_the_record(backend: Backen
     let paralegal = staff_token(&data, &f.paralegal, &["paralegal"]);
     let mut app = vault(&data, &sandbox, "firm-app").await;
     let mut operator = vault(&data, &sandbox, "operator").await;
-    let writer = (app.clone(), partner.clone());
-    let store = move |record: pb::NewRecord| {
-        let (mut app, partner) = writer.clone();
-        async move {
-            app.create_record(as_staff(
-                &partner,
-                pb::CreateRecordRequest {
-                    record: Some(record),
-                    request_id: String::new(),
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .record
-            .unwrap()
-            .id
-        }
-    };
-    let passport_id = store(passport(&f.client_id, &f.matter_id)).await;
-    let contact_id = store(contact(&f.client_id, &f.matter_id)).await;
+    let passport_id = store_as(&mut app, &partner, passport(&f.client_id, &f.matter_id)).await;
+    let contact_id = store_as(&mut app, &partner, contact(&f.client_id, &f.matter_id)).await;
     let reader = (app.clone(), paralegal.clone());
     let read_as_paralegal = move |id: String| {
         let (mut app, paralegal) = reader.clone();
@@ -1475,15 +1460,7 @@ async fn sqlite_keys_and_masking_from_the_command_line() {
         passport(&f.client_id, &f.matter_id),
         contact(&f.client_id, &f.matter_id),
     ] {
-        app.create_record(as_staff(
-            &partner,
-            pb::CreateRecordRequest {
-                record: Some(record),
-                request_id: String::new(),
-            },
-        ))
-        .await
-        .unwrap();
+        store_as(&mut app, &partner, record).await;
     }
     sandbox.stop().await;
 
