@@ -65,7 +65,7 @@ async fn rewrap_under_active(
     let moved = match kms.rewrap(wrapped, &context(service), None).await {
         Ok(moved) => moved,
         Err(e) => {
-            tracing::warn!(error = %e, from = %wrapped.key_id, "the service's data key stays under a KMS key that is not the active one; retried at the next start");
+            tracing::warn!(service = %service, error = %e, from = %wrapped.key_id, "the service's data key stays under a KMS key that is not the active one; retried at the next start");
             return;
         }
     };
@@ -95,12 +95,12 @@ async fn rewrap_under_active(
         .await;
     match written {
         Ok(_) => {
-            tracing::info!(from = %wrapped.key_id, to = %moved.key_id, "the service's data key was rewrapped under the active KMS key");
+            tracing::info!(service = %service, from = %wrapped.key_id, to = %moved.key_id, "the service's data key was rewrapped under the active KMS key");
         }
         // Another replica moved it first.
         Err(TransactError::Unmet { .. }) => {}
         Err(e) => {
-            tracing::warn!(error = %e, "the service's rewrapped data key was not stored; retried at the next start");
+            tracing::warn!(service = %service, error = %e, "the service's rewrapped data key was not stored; retried at the next start");
         }
     }
 }
