@@ -436,6 +436,41 @@ async fn client_data_is_read_only_for_a_purpose_by_those_the_decision_allows(bac
         many.results[0].record.clone().unwrap().fields[1].value,
         "****4567"
     );
+    // Each item is decided for its own matter: the client's other matter,
+    // which the paralegal is not on, stays closed within the same batch.
+    let other_matter = new_matter(&mut admin, &f.client_id, Some(&f.partner), "tax").await;
+    let elsewhere = store_as(&mut app, &partner, passport(&f.client_id, &other_matter)).await;
+    let mixed = app
+        .batch_get_records(as_staff(
+            &paralegal,
+            pb::BatchGetRecordsRequest {
+                record_ids: vec![stored.id.clone(), elsewhere],
+                purpose: pb::Purpose::Billing as i32,
+                justification: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let outcomes: Vec<(i32, String, bool)> = mixed
+        .results
+        .iter()
+        .map(|r| {
+            let status = r.status.clone().unwrap();
+            (status.code, status.reason, r.record.is_some())
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            (0, String::new(), true),
+            (
+                tonic::Code::PermissionDenied as i32,
+                "not_assigned".to_owned(),
+                false
+            )
+        ]
+    );
 
     // Taking the paralegal off the matter stops their reads within the
     // decision caches' bound (identity's facts and the vault's allowed
