@@ -528,6 +528,21 @@ async fn client_data_is_read_only_for_a_purpose_by_those_the_decision_allows(bac
         .into_inner();
     assert_eq!(rest.records.len(), 1);
     assert!(rest.next_page_token.is_empty());
+    // Only those the decision lets read the client's data list it.
+    let list = pb::ListRecordsRequest {
+        client_id: f.client_id.clone(),
+        ..Default::default()
+    };
+    let refused = app
+        .list_records(as_staff(&outsider, list.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code(), common::error_reason(&refused).as_str()),
+        (tonic::Code::PermissionDenied, "not_assigned")
+    );
+    let no_person = intake.list_records(list).await.unwrap_err();
+    assert_eq!(no_person.code(), tonic::Code::Unauthenticated);
 
     // Every read and refusal is in the audit log, with its purpose; the
     // justification travels sealed, never in clear.
