@@ -583,6 +583,24 @@ async fn client_data_is_read_only_for_a_purpose_by_those_the_decision_allows(bac
         })
         .expect("the outsider's refused read is logged");
     assert_eq!(refusal.reason, "not_assigned");
+    // So is each listing, by whom and of which matter.
+    common::eventually(Duration::from_secs(20), "the listings logged", || {
+        let mut log = log.clone();
+        let (client_id, partner, matter) =
+            (f.client_id.clone(), f.partner.clone(), f.matter_id.clone());
+        async move {
+            let listed = vault_events(&mut log, &client_id, "vault.records.listed").await;
+            listed
+                .iter()
+                .filter(|e| {
+                    e.actor.as_ref().is_some_and(|a| a.id == partner)
+                        && e.resource.as_ref().is_some_and(|r| r.matter_id == matter)
+                })
+                .count()
+                == 2
+        }
+    })
+    .await;
 
     // A burst of reads by someone with no decision yet asks identity once:
     // one decision in the audit log, not one per read.

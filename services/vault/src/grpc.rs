@@ -766,7 +766,7 @@ impl VaultService for VaultApi {
         }
         let rows = self
             .vault
-            .list(client, matter, category, before, limit + 1)
+            .list(&actor, client, matter, category, before, limit + 1)
             .await?;
         let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
         let records: Vec<pb::RecordMetadata> = rows

@@ -824,19 +824,31 @@ impl Vault {
         }
     }
 
-    /// A page of a client's record metadata.
+    /// A page of a client's record metadata (never values), for `actor`.
+    /// Like a read, the listing is durably in the audit outbox before
+    /// anything is returned.
     pub async fn list(
         &self,
+        actor: &Actor,
         client_id: Uuid,
         matter_id: Option<Uuid>,
         category: Option<Category>,
         before: Option<Uuid>,
         limit: i64,
     ) -> Result<Vec<RecordRow>, Error> {
-        Ok(self
+        let rows = self
             .store
             .list_records(client_id, matter_id, category, before, limit)
-            .await?)
+            .await?;
+        let mut event = self
+            .event(actor, Action::VaultRecordsListed)
+            .resource("client", &client_id.to_string())
+            .scope(Some(client_id), matter_id);
+        if let Some(category) = category {
+            event = event.category(category.as_str());
+        }
+        self.record_reads(vec![event.build()]).await?;
+        Ok(rows)
     }
 
     // --------------------------------------------------------------- shredding
