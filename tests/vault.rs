@@ -998,6 +998,24 @@ async fn documents_stream_through_the_api_and_a_cancelled_upload_leaves_nothing(
         .await
         .unwrap_err();
     assert_eq!(common::error_reason(&denied), "not_assigned");
+    // A legal assistant on the matter sees identity documents masked, so
+    // downloads none of their content.
+    let assistant = staff_token(&data, &f.assistant, &["legal_assistant"]);
+    let masked = app
+        .download_document(as_staff(
+            &assistant,
+            pb::DownloadDocumentRequest {
+                record_id: stored.id.clone(),
+                purpose: pb::Purpose::LegalAdvice as i32,
+                justification: String::new(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (masked.code(), common::error_reason(&masked).as_str()),
+        (tonic::Code::PermissionDenied, "masked_for_role")
+    );
     // A stream without a header first is refused by field.
     let headless = app
         .upload_document(as_staff(
