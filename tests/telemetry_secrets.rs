@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::directory::{as_staff, cleared, new_client, new_matter};
-use common::{Process, confidant, free_port, wait_serving};
+use common::{Process, confidant, field, free_port, store_as, wait_serving};
 use confidant::sandbox::{SandboxData, SandboxSpec, config_table};
 use confidant_proto::vault::v1 as pb;
 use confidant_proto::vault::v1::vault_service_client::VaultServiceClient;
@@ -73,15 +73,6 @@ impl MetricsService for Received {
         let metrics = format!("{:?}", request.into_inner());
         self.0.lock().unwrap().push_str(&metrics);
         Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
-    }
-}
-
-fn field(name: &str, t: pb::FieldType, value: &str) -> pb::Field {
-    pb::Field {
-        name: name.into(),
-        r#type: t as i32,
-        value: value.into(),
-        masked: false,
     }
 }
 
@@ -169,25 +160,18 @@ async fn no_client_data_secret_or_token_reaches_logs_traces_metrics_or_errors() 
         fields,
         original: false,
     };
-    let stored = app
-        .create_record(as_staff(
-            &token,
-            pb::CreateRecordRequest {
-                record: Some(record(vec![
-                    field("surname", pb::FieldType::Text, SURNAME),
-                    field("passport_number", pb::FieldType::NationalId, PASSPORT),
-                    field("email", pb::FieldType::Email, EMAIL),
-                ])),
-                request_id: String::new(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .record
-        .unwrap();
+    let stored_id = store_as(
+        &mut app,
+        &token,
+        record(vec![
+            field("surname", pb::FieldType::Text, SURNAME),
+            field("passport_number", pb::FieldType::NationalId, PASSPORT),
+            field("email", pb::FieldType::Email, EMAIL),
+        ]),
+    )
+    .await;
     let read = |justification: &str| pb::GetRecordRequest {
-        record_id: stored.id.clone(),
+        record_id: stored_id.clone(),
         purpose: pb::Purpose::LegalAdvice as i32,
         justification: justification.into(),
     };
@@ -200,7 +184,7 @@ async fn no_client_data_secret_or_token_reaches_logs_traces_metrics_or_errors() 
     app.batch_get_records(as_staff(
         &token,
         pb::BatchGetRecordsRequest {
-            record_ids: vec![stored.id.clone(), uuid::Uuid::now_v7().to_string()],
+            record_ids: vec![stored_id.clone(), uuid::Uuid::now_v7().to_string()],
             purpose: pb::Purpose::LegalAdvice as i32,
             justification: JUSTIFICATION.into(),
         },
@@ -295,8 +279,8 @@ async fn no_client_data_secret_or_token_reaches_logs_traces_metrics_or_errors() 
     let exported = received.text();
     // Both carry what a request was about (its record id), so what they
     // lack below is really left out.
-    assert!(log.contains(&stored.id), "the log names the record");
-    assert!(exported.contains(&stored.id), "the spans name the record");
+    assert!(log.contains(&stored_id), "the log names the record");
+    assert!(exported.contains(&stored_id), "the spans name the record");
 
     // The token's signature is what makes it a credential; its claims are
     // the staff id and roles, which the log may name.

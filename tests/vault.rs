@@ -10,6 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::directory::{Client, as_staff, assign, cleared, new_client, new_matter, staff_token};
+use common::{field, store_as};
 use confidant::sandbox::{Sandbox, SandboxData, SandboxSpec};
 use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
 use confidant_proto::audit::v1::{
@@ -45,15 +46,6 @@ async fn audit(data: &SandboxData, sandbox: &Sandbox) -> AuditServiceClient<Peer
         .await
         .expect("audit reachable"),
     )
-}
-
-fn field(name: &str, t: pb::FieldType, value: &str) -> pb::Field {
-    pb::Field {
-        name: name.into(),
-        r#type: t as i32,
-        value: value.into(),
-        masked: false,
-    }
 }
 
 fn passport(client_id: &str, matter_id: &str) -> pb::NewRecord {
@@ -138,23 +130,6 @@ async fn start_with_firm(data: &SandboxData, services: &[ServiceName]) -> (Sandb
     let mut admin = common::identity_client(data, &sandbox, "operator").await;
     let f = firm(&mut admin).await;
     (sandbox, f)
-}
-
-/// Stores `record` for the staff member whose token is `token`; its id.
-async fn store_as(app: &mut Vault, token: &str, record: pb::NewRecord) -> String {
-    app.create_record(as_staff(
-        token,
-        pb::CreateRecordRequest {
-            record: Some(record),
-            request_id: String::new(),
-        },
-    ))
-    .await
-    .unwrap()
-    .into_inner()
-    .record
-    .unwrap()
-    .id
 }
 
 async fn vault_events(
@@ -1628,8 +1603,16 @@ async fn sqlite_keys_and_masking_from_the_command_line() {
     assert_eq!(progress, [(1, 1), (1, 0)]);
     assert_eq!(batches[1]["active_kms_key_id"], new.as_str());
     assert_eq!(usage(&lines(&["key-stats"])[0]), [(new.clone(), 2, true)]);
-    // Run again, it has nothing to do.
-    assert_eq!(lines(&["rewrap"]).len(), 1);
+    // Run again, it has nothing to do: one line, nothing moved or left.
+    let again = lines(&["rewrap"]);
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (
+            again[0]["rewrapped"].as_i64(),
+            again[0]["remaining"].as_i64()
+        ),
+        (Some(0), Some(0))
+    );
 
     // Masking rules, listed and replaced.
     let assistant = lines(&["masking-rules", "--role", "legal_assistant"]);

@@ -278,6 +278,45 @@ pub async fn store_record(
         .expect("record")
 }
 
+/// A field of a record to store.
+pub fn field(
+    name: &str,
+    t: confidant_proto::vault::v1::FieldType,
+    value: &str,
+) -> confidant_proto::vault::v1::Field {
+    confidant_proto::vault::v1::Field {
+        name: name.into(),
+        r#type: t as i32,
+        value: value.into(),
+        masked: false,
+    }
+}
+
+/// Stores `record` for the staff member whose access token is `token`;
+/// returns its id.
+pub async fn store_as(
+    vault: &mut confidant_proto::vault::v1::vault_service_client::VaultServiceClient<
+        confidant_runtime::client::PeerChannel,
+    >,
+    token: &str,
+    record: confidant_proto::vault::v1::NewRecord,
+) -> String {
+    vault
+        .create_record(directory::as_staff(
+            token,
+            confidant_proto::vault::v1::CreateRecordRequest {
+                record: Some(record),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .expect("record stored")
+        .into_inner()
+        .record
+        .expect("record")
+        .id
+}
+
 /// The database of `service` in a sandbox's data (its PostgreSQL schema or
 /// its SQLite file), opened as the service opens it, for a test that looks
 /// at what was stored.

@@ -165,7 +165,7 @@ impl SandboxData {
 
     /// The local KMS's keyring of a SQLite sandbox.
     pub fn local_kms_keyring(&self) -> std::path::PathBuf {
-        self.path().join("kms-master.key")
+        self.path().join(confidant_runtime::kms::LOCAL_KEY_FILE)
     }
 
     /// A staff access token signed with the sandbox's identity key, as

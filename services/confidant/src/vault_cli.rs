@@ -8,6 +8,7 @@ use std::io::Write;
 use confidant_proto::vault::v1 as pb;
 use confidant_proto::vault::v1::vault_service_client::VaultServiceClient;
 use confidant_runtime::client::PeerChannel;
+use confidant_vault::masking::Mask;
 use serde_json::{Value as Json, json};
 
 /// How to reach the vault.
@@ -62,32 +63,20 @@ impl Connection {
     }
 }
 
-fn mask_name(mask: pb::Mask) -> &'static str {
-    match mask {
-        pb::Mask::Clear => "clear",
-        pb::Mask::LastFour => "last4",
-        pb::Mask::Redact => "redact",
-        pb::Mask::Unspecified => "unspecified",
-    }
-}
-
 /// A rule from `category:field_type:mask`; the vault checks the names.
 fn parse_rule(text: &str) -> anyhow::Result<pb::MaskingRule> {
     let parts: Vec<&str> = text.split(':').collect();
     let [category, field_type, mask] = parts[..] else {
         anyhow::bail!("--rule {text:?}: expected category:field_type:mask");
     };
-    let mask = match mask {
-        "clear" => pb::Mask::Clear,
-        "last4" => pb::Mask::LastFour,
-        "redact" => pb::Mask::Redact,
-        other => anyhow::bail!("--rule {text:?}: the mask {other:?} is not clear, last4 or redact"),
+    let Some(mask) = Mask::parse(mask) else {
+        anyhow::bail!("--rule {text:?}: the mask {mask:?} is not clear, last4 or redact");
     };
     Ok(pb::MaskingRule {
         role: String::new(),
         category: category.to_owned(),
         field_type: field_type.to_owned(),
-        mask: mask as i32,
+        mask: mask.to_proto() as i32,
     })
 }
 
@@ -98,7 +87,7 @@ fn write_rules(out: &mut impl Write, rules: &[pb::MaskingRule]) -> anyhow::Resul
             "role": rule.role,
             "category": rule.category,
             "field_type": rule.field_type,
-            "mask": mask_name(rule.mask()),
+            "mask": Mask::from_proto(rule.mask).map_or("unspecified", Mask::as_str),
         });
         writeln!(out, "{line}")?;
     }

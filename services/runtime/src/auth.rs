@@ -136,51 +136,28 @@ impl LiveSessions {
 }
 
 /// Keeps `live` subscribed to the announcements of revoked sessions for as
-/// long as it exists, resubscribing after a loss.
+/// long as it exists, resubscribing after a loss. With a coordinator that
+/// announces nothing, every request asks.
 fn follow_revocations(live: &Arc<LiveSessions>, coord: SharedCoordinator) {
-    use futures::StreamExt;
+    use crate::coord::Heard;
     if live.window.is_zero() {
         return;
     }
-    let live = Arc::downgrade(live);
-    tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match coord.subscribe(REVOCATIONS_CHANNEL).await {
-                Ok(Some(mut notices)) => {
-                    let Some(sessions) = live.upgrade() else {
-                        return;
-                    };
-                    sessions.subscription(true);
-                    drop(sessions);
-                    backoff = Duration::from_millis(100);
-                    while let Some(session) = notices.next().await {
-                        let Some(sessions) = live.upgrade() else {
-                            return;
-                        };
-                        sessions.announced(&session);
-                    }
-                    let Some(sessions) = live.upgrade() else {
-                        return;
-                    };
-                    sessions.subscription(false);
-                    tracing::warn!(
-                        "revocation announcements lost; every request asks until resubscribed"
-                    );
-                }
-                // This coordinator announces nothing: every request asks.
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot subscribe to revocation announcements");
-                }
+    crate::coord::follow(
+        coord,
+        REVOCATIONS_CHANNEL,
+        live,
+        |sessions, heard| match heard {
+            Heard::Subscribed => sessions.subscription(true),
+            Heard::Notice(session) => sessions.announced(session),
+            Heard::Lost => {
+                sessions.subscription(false);
+                tracing::warn!(
+                    "revocation announcements lost; every request asks until resubscribed"
+                );
             }
-            if live.strong_count() == 0 {
-                return;
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
-    });
+        },
+    );
 }
 
 /// What an access token says.

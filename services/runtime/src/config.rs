@@ -876,7 +876,7 @@ impl Config {
         kms.insert("provider".into(), toml::Value::String("local".into()));
         kms.insert(
             "local_key_file".into(),
-            path_value(&data_dir.join("kms-master.key")),
+            path_value(&data_dir.join(crate::kms::LOCAL_KEY_FILE)),
         );
         let mut telemetry = toml::Table::new();
         telemetry.insert("log_format".into(), toml::Value::String("text".into()));

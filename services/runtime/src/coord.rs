@@ -80,6 +80,64 @@ pub trait Coordinator: Send + Sync + fmt::Debug {
 /// The messages of a subscription, in the order they were published.
 pub type Notices = futures::stream::BoxStream<'static, String>;
 
+/// What a follower of a channel hears ([`follow`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heard<'a> {
+    /// The subscription is in place (again): messages published while it
+    /// was not may have been missed.
+    Subscribed,
+    /// A message.
+    Notice(&'a str),
+    /// The subscription was lost; a new one is being sought.
+    Lost,
+}
+
+/// Keeps `target` subscribed to `channel` for as long as it exists,
+/// resubscribing after a loss (waiting 0.1 s, doubling up to 5 s), and tells
+/// it what it hears. Returns at once when `coord` announces nothing.
+pub fn follow<T, F>(coord: SharedCoordinator, channel: &'static str, target: &Arc<T>, hear: F)
+where
+    T: Send + Sync + 'static,
+    F: Fn(&T, Heard<'_>) + Send + 'static,
+{
+    use futures::StreamExt;
+    let target = Arc::downgrade(target);
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match coord.subscribe(channel).await {
+                Ok(Some(mut notices)) => {
+                    backoff = Duration::from_millis(100);
+                    let Some(t) = target.upgrade() else {
+                        return;
+                    };
+                    hear(&t, Heard::Subscribed);
+                    drop(t);
+                    while let Some(notice) = notices.next().await {
+                        let Some(t) = target.upgrade() else {
+                            return;
+                        };
+                        hear(&t, Heard::Notice(&notice));
+                    }
+                    let Some(t) = target.upgrade() else {
+                        return;
+                    };
+                    hear(&t, Heard::Lost);
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, channel, "cannot subscribe");
+                }
+            }
+            if target.strong_count() == 0 {
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    });
+}
+
 /// Most messages an in-process subscriber may fall behind by before its
 /// subscription ends (and it must assume it missed some).
 const CHANNEL_BACKLOG: usize = 1024;

@@ -1152,12 +1152,6 @@ impl VaultService for VaultApi {
         let actor = Self::actor(&request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
-        if !crate::masking::valid_role(&req.role) {
-            v.add(
-                "role",
-                "must be 1 to 64 lowercase letters, digits, '_' and '-'",
-            );
-        }
         let rules = crate::masking::parse_rules(&req.role, &req.rules, &mut v);
         check(v)?;
         self.vault

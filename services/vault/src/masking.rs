@@ -35,7 +35,8 @@ pub enum Mask {
 }
 
 impl Mask {
-    fn parse(s: &str) -> Option<Self> {
+    /// From the stored name (`clear`, `last4`, `redact`).
+    pub fn parse(s: &str) -> Option<Self> {
         match s {
             "clear" => Some(Self::Clear),
             "last4" => Some(Self::LastFour),
@@ -113,9 +114,15 @@ pub fn valid_role(role: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
-/// The rules of `role` from the API, every violation named (under
-/// `rules[i]`).
+/// The rules of `role` from the API, every violation named (`role`, and
+/// under `rules[i]`).
 pub fn parse_rules(role: &str, rules: &[pb::MaskingRule], v: &mut Violations) -> Vec<Rule> {
+    if !valid_role(role) {
+        v.add(
+            "role",
+            "must be 1 to 64 lowercase letters, digits, '_' and '-'",
+        );
+    }
     if rules.len() > MAX_RULES_PER_ROLE {
         v.add(
             "rules",
@@ -205,7 +212,7 @@ impl MaskingRules {
             return Mask::Redact;
         };
         let (c, t) = (category.as_str(), field_type);
-        [(c, t), (c, "*"), ("*", t), ("*", "*")]
+        [(c, t), (c, ANY), (ANY, t), (ANY, ANY)]
             .iter()
             .find_map(|(c, t)| rules.get(&((*c).to_owned(), (*t).to_owned())).copied())
             .unwrap_or(Mask::Redact)
@@ -345,6 +352,9 @@ mod tests {
             ]
         );
         assert_eq!(bad.len(), 1, "the one rule that parsed");
+        let mut named = Violations::new();
+        assert!(parse_rules("Para Legal", &[], &mut named).is_empty());
+        assert_eq!(named.as_slice()[0].field, "role");
         assert!(valid_role("legal_assistant") && valid_role("records-manager2"));
         assert!(!valid_role("") && !valid_role("Partner") && !valid_role(&"a".repeat(65)));
     }

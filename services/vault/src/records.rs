@@ -255,44 +255,19 @@ impl Vault {
     /// Keeps this replica's copy of the masking rules in step with the
     /// changes other replicas announce, for as long as the vault exists:
     /// each announcement drops the copy, and so does every (re)subscription
-    /// (announcements may have been missed meanwhile). Without a
+    /// or loss of it (announcements may be missed meanwhile). Without a
     /// subscription the copy is read again when it is [`RULES_TTL`] old.
     pub fn follow_rule_changes(self: &Arc<Self>) {
-        use futures::StreamExt;
+        use confidant_runtime::coord::Heard;
         let Some(coord) = self.coord.clone() else {
             return;
         };
-        let vault = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                match coord.subscribe(RULES_CHANNEL).await {
-                    Ok(Some(mut notices)) => {
-                        backoff = Duration::from_millis(100);
-                        let mut subscribed = true;
-                        while subscribed {
-                            let Some(vault) = vault.upgrade() else {
-                                return;
-                            };
-                            vault.forget_rules();
-                            drop(vault);
-                            subscribed = notices.next().await.is_some();
-                        }
-                        tracing::warn!(
-                            "masking rule announcements lost; other replicas' changes apply within 30 s until resubscribed"
-                        );
-                    }
-                    // This coordinator announces nothing.
-                    Ok(None) => return,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot subscribe to masking rule announcements");
-                    }
-                }
-                if vault.strong_count() == 0 {
-                    return;
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+        confidant_runtime::coord::follow(coord, RULES_CHANNEL, self, |vault, heard| {
+            vault.forget_rules();
+            if heard == Heard::Lost {
+                tracing::warn!(
+                    "masking rule announcements lost; other replicas' changes apply within 30 s until resubscribed"
+                );
             }
         });
     }
@@ -633,7 +608,9 @@ impl Vault {
         {
             return Ok(rules.clone());
         }
-        let rules = Arc::new(MaskingRules::from_rows(self.store.masking_rules().await?));
+        let rules = Arc::new(MaskingRules::from_rows(
+            self.store.masking_rules_of(None).await?,
+        ));
         if let Ok(mut guard) = self.rules.write() {
             *guard = Some((Instant::now(), rules.clone()));
         }

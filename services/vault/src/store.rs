@@ -611,11 +611,6 @@ impl VaultStore {
             )
             .await
     }
-
-    /// Every masking rule: (role, category, field type, mask).
-    pub async fn masking_rules(&self) -> StoreResult<Vec<(String, String, String, String)>> {
-        self.masking_rules_of(None).await
-    }
 }
 
 /// Statements: `role`'s masking rules become `rules`.
@@ -658,6 +653,19 @@ macro_rules! hold_covers_scope {
     };
 }
 
+/// SQL: no legal hold covers the scope (`vault_scopes`): none counted on
+/// its row, and none in force that names it or its client, matter and
+/// category (a hold placed while the scope was being created).
+macro_rules! not_held {
+    () => {
+        concat!(
+            "vault_scopes.hold_count = 0 AND NOT EXISTS (SELECT 1 FROM vault_holds h WHERE ",
+            hold_covers_scope!(),
+            ")"
+        )
+    };
+}
+
 /// SQL: the scope (`vault_scopes`) holds no originals (records that go
 /// back to the client rather than be shredded).
 macro_rules! holds_no_originals {
@@ -673,10 +681,9 @@ pub fn shred_scope(id: Uuid, order: &str, now: DateTime<Utc>, event_id: &str) ->
         concat!(
             "UPDATE vault_scopes SET state = 'shredded', wrapped_key = NULL, kms_key_id = NULL, \
              shredded_at = $2, shred_order = $3, destroy_after = NULL, shred_event_id = $4 \
-             WHERE id = $1 AND state <> 'shredded' AND hold_count = 0 \
-             AND NOT EXISTS (SELECT 1 FROM vault_holds h WHERE ",
-            hold_covers_scope!(),
-            ") AND ",
+             WHERE id = $1 AND state <> 'shredded' AND ",
+            not_held!(),
+            " AND ",
             holds_no_originals!()
         ),
         vec![
@@ -694,10 +701,9 @@ pub fn schedule_destruction(id: Uuid, order: &str, due: DateTime<Utc>) -> Statem
     Statement::new(
         concat!(
             "UPDATE vault_scopes SET state = 'pending_destruction', destroy_after = $2, shred_order = $3 \
-             WHERE id = $1 AND state = 'active' AND hold_count = 0 \
-             AND NOT EXISTS (SELECT 1 FROM vault_holds h WHERE ",
-            hold_covers_scope!(),
-            ") AND ",
+             WHERE id = $1 AND state = 'active' AND ",
+            not_held!(),
+            " AND ",
             holds_no_originals!()
         ),
         vec![
@@ -724,10 +730,9 @@ pub fn shred_record(id: Uuid, order: &str, now: DateTime<Utc>) -> Statement {
         concat!(
             "UPDATE vault_records SET wrapped_key = NULL, shredded_at = $2, shred_order = $3 \
              WHERE id = $1 AND wrapped_key IS NOT NULL AND original = 0 \
-             AND EXISTS (SELECT 1 FROM vault_scopes WHERE vault_scopes.id = vault_records.scope_id \
-             AND vault_scopes.hold_count = 0 AND NOT EXISTS (SELECT 1 FROM vault_holds h WHERE ",
-            hold_covers_scope!(),
-            "))"
+             AND EXISTS (SELECT 1 FROM vault_scopes WHERE vault_scopes.id = vault_records.scope_id AND ",
+            not_held!(),
+            ")"
         ),
         vec![
             Value::Uuid(id),

@@ -156,8 +156,12 @@ pub trait Kms: Send + Sync + fmt::Debug {
     ) -> Result<WrappedKey, Error>;
 }
 
+/// The local keyring's file in a data directory, when `kms.local_key_file`
+/// names none.
+pub const LOCAL_KEY_FILE: &str = "kms-master.key";
+
 /// The KMS the configuration names: AWS KMS, or the local keyring (in
-/// `kms.local_key_file`, or `kms-master.key` in the data directory).
+/// `kms.local_key_file`, or [`LOCAL_KEY_FILE`] in the data directory).
 pub async fn from_config(config: &crate::config::Config) -> Result<std::sync::Arc<dyn Kms>, Error> {
     use crate::config::KmsProvider;
     match config.kms.provider {
@@ -195,7 +199,7 @@ pub async fn from_config(config: &crate::config::Config) -> Result<std::sync::Ar
                 .kms
                 .local_key_file
                 .clone()
-                .or_else(|| config.data_dir.as_ref().map(|d| d.join("kms-master.key")))
+                .or_else(|| config.data_dir.as_ref().map(|d| d.join(LOCAL_KEY_FILE)))
                 .ok_or_else(|| Error::Keyring("kms.local_key_file is not set".into()))?;
             Ok(std::sync::Arc::new(LocalKms::open(&path)?))
         }
