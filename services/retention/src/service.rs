@@ -39,6 +39,48 @@ pub(crate) fn timed<T>(message: T) -> tonic::Request<T> {
 /// Statements written per transaction when many scopes change.
 const CHUNK: usize = 500;
 
+/// How often a recompute reads its inputs again when they keep changing.
+const RECOMPUTE_ATTEMPTS: u32 = 8;
+
+/// Which scopes a recompute covers.
+#[derive(Debug, Clone)]
+pub enum Scopes {
+    /// Every scope of a category (its policies changed).
+    Category(String),
+    /// Every scope of a client (a trigger event or a matter changed).
+    Client(Uuid),
+    /// These scopes (new in the registry).
+    Ids(Vec<Uuid>),
+}
+
+/// Due dates computed from the inputs as they were at one generation.
+#[derive(Debug)]
+pub struct RecomputePlan {
+    generation: i64,
+    statements: Vec<Statement>,
+}
+
+impl RecomputePlan {
+    /// How many scopes it dates.
+    pub fn len(&self) -> usize {
+        self.statements.len()
+    }
+
+    /// Whether it dates no scope.
+    pub fn is_empty(&self) -> bool {
+        self.statements.is_empty()
+    }
+}
+
+/// What became of a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Its due dates are written (this many scopes).
+    Written(usize),
+    /// An input changed after it was read: nothing more was written.
+    Stale,
+}
+
 /// The retention service's operations.
 #[derive(Debug, Clone)]
 pub struct Retention {
@@ -163,7 +205,10 @@ impl Retention {
             .category(rules.category.as_str())
             .build();
         self.commit_unique(
-            vec![store::insert_policy(id, 1, rules, actor.id(), Utc::now())],
+            vec![
+                store::insert_policy(id, 1, rules, actor.id(), Utc::now()),
+                store::inputs_changed(),
+            ],
             &[event],
             "a policy for this category, practice area and jurisdiction exists already: update it instead",
         )
@@ -174,11 +219,7 @@ impl Retention {
             .await?
             .ok_or(Error::NotFound("policy"))?;
         let n = self
-            .recompute(
-                self.store
-                    .scopes(None, Some(rules.category.as_str()))
-                    .await?,
-            )
+            .recompute(&Scopes::Category(rules.category.as_str().to_owned()))
             .await?;
         Ok((row, n))
     }
@@ -227,13 +268,10 @@ impl Retention {
             .outcome(Outcome::Allowed, &format!("version-{next}"))
             .build();
         self.commit_unique(
-            vec![store::insert_policy(
-                id,
-                next,
-                rules,
-                actor.id(),
-                Utc::now(),
-            )],
+            vec![
+                store::insert_policy(id, next, rules, actor.id(), Utc::now()),
+                store::inputs_changed(),
+            ],
             &[event],
             "the policy changed since that version: read it again",
         )
@@ -244,11 +282,7 @@ impl Retention {
             .await?
             .ok_or(Error::NotFound("policy"))?;
         let n = self
-            .recompute(
-                self.store
-                    .scopes(None, Some(rules.category.as_str()))
-                    .await?,
-            )
+            .recompute(&Scopes::Category(rules.category.as_str().to_owned()))
             .await?;
         Ok((row, n))
     }
@@ -269,24 +303,63 @@ impl Retention {
             .outcome(Outcome::Allowed, trigger.kind())
             .build();
         self.commit(
-            vec![store::insert_trigger(
-                client_id,
-                matter_id,
-                trigger,
-                occurred_at,
-                actor.id(),
-                Utc::now(),
-            )],
+            vec![
+                store::insert_trigger(
+                    client_id,
+                    matter_id,
+                    trigger,
+                    occurred_at,
+                    actor.id(),
+                    Utc::now(),
+                ),
+                store::inputs_changed(),
+            ],
             &[event],
         )
         .await?;
-        self.recompute(self.store.scopes(Some(client_id), None).await?)
-            .await
+        self.recompute(&Scopes::Client(client_id)).await
     }
 
-    /// Computes the due dates of `scopes` again from the live policies and
-    /// their clients' trigger events.
-    pub async fn recompute(&self, scopes: Vec<ScopeRow>) -> Result<usize, Error> {
+    /// Computes the due dates of `which` again from the live policies, the
+    /// matters and the clients' trigger events. Inputs that change while it
+    /// runs (another request, another replica) make it read them again, so
+    /// due dates from older inputs never replace those from newer ones.
+    pub async fn recompute(&self, which: &Scopes) -> Result<usize, Error> {
+        for attempt in 0..RECOMPUTE_ATTEMPTS {
+            let plan = self.plan_recompute(which).await?;
+            if let Applied::Written(n) = self.apply_recompute(plan).await? {
+                return Ok(n);
+            }
+            tracing::debug!(
+                attempt,
+                "due-date inputs changed meanwhile; computing again"
+            );
+            let pause = 10u64 << attempt.min(6);
+            tokio::time::sleep(std::time::Duration::from_millis(
+                pause + rand::random_range(0..pause),
+            ))
+            .await;
+        }
+        Err(Error::Conflict(
+            "the policies, trigger events or matters kept changing while due dates were computed: try again",
+        ))
+    }
+
+    /// The due dates of `which` from the inputs as they are now. The
+    /// inputs' generation is read first, so the plan is stale as soon as
+    /// anything it may have read changes.
+    pub async fn plan_recompute(&self, which: &Scopes) -> Result<RecomputePlan, Error> {
+        let generation = self.store.inputs_generation().await?;
+        let scopes = match which {
+            Scopes::Category(category) => self.store.scopes(None, Some(category)).await?,
+            Scopes::Client(client) => self.store.scopes(Some(*client), None).await?,
+            Scopes::Ids(ids) => {
+                let wanted: std::collections::HashSet<&Uuid> = ids.iter().collect();
+                let mut rows = self.store.scopes(None, None).await?;
+                rows.retain(|s| wanted.contains(&s.scope_id));
+                rows
+            }
+        };
         let policies = LivePolicies::new(self.store.live_policies().await?);
         let mut triggers: HashMap<Uuid, Vec<store::TriggerRow>> = HashMap::new();
         let mut statements = Vec::with_capacity(scopes.len());
@@ -304,13 +377,30 @@ impl Retention {
             };
             statements.push(store::set_due(scope.scope_id, due, policy));
         }
-        let n = statements.len();
-        let mut statements = statements.into_iter().peekable();
+        Ok(RecomputePlan {
+            generation,
+            statements,
+        })
+    }
+
+    /// Writes `plan`, a chunk per transaction, each only while its inputs
+    /// are unchanged: `Stale` once they changed (the chunks written before
+    /// are rewritten by the next plan).
+    pub async fn apply_recompute(&self, plan: RecomputePlan) -> Result<Applied, Error> {
+        let n = plan.statements.len();
+        let mut statements = plan.statements.into_iter().peekable();
         while statements.peek().is_some() {
-            let chunk: Vec<Statement> = statements.by_ref().take(CHUNK).collect();
-            self.commit(chunk, &[]).await?;
+            let mut chunk = Vec::with_capacity(CHUNK + 1);
+            chunk.push(store::inputs_unchanged(plan.generation));
+            chunk.extend(statements.by_ref().take(CHUNK));
+            match self.store.db().transact(chunk, &[]).await {
+                Ok(_) => {}
+                Err(TransactError::Unmet { .. }) => return Ok(Applied::Stale),
+                Err(TransactError::Sqlx(e)) => return Err(Error::Store(e)),
+                Err(e) => return Err(Error::Audit(e.to_string())),
+            }
         }
-        Ok(n)
+        Ok(Applied::Written(n))
     }
 
     // ---------------------------------------------------------- the registry
@@ -358,7 +448,7 @@ impl Retention {
                     })
                     .unwrap_or(now);
                 if !self.store.known(id).await? {
-                    added.push(id);
+                    added.push((id, client_id));
                 }
                 statements.push(store::upsert_scope(
                     &ScopeRow {
@@ -392,19 +482,12 @@ impl Retention {
         };
         let added_count = added.len();
         for client in changed_clients {
-            let scopes = self.store.scopes(Some(client), None).await?;
-            added.retain(|id| !scopes.iter().any(|s| s.scope_id == *id));
-            self.recompute(scopes).await?;
+            added.retain(|(_, of)| *of != client);
+            self.recompute(&Scopes::Client(client)).await?;
         }
         if !added.is_empty() {
-            let fresh: Vec<ScopeRow> = self
-                .store
-                .scopes(None, None)
-                .await?
-                .into_iter()
-                .filter(|s| added.contains(&s.scope_id))
-                .collect();
-            self.recompute(fresh).await?;
+            self.recompute(&Scopes::Ids(added.into_iter().map(|(id, _)| id).collect()))
+                .await?;
         }
         for hold in self.store.holds(None, false).await? {
             if hold.in_vault == 0 {
@@ -462,7 +545,7 @@ impl Retention {
                 if before.as_ref() == Some(&row) {
                     continue;
                 }
-                let mut statements = vec![store::upsert_matter(&row, now)];
+                let mut statements = vec![store::upsert_matter(&row, now), store::inputs_changed()];
                 let mut events = Vec::new();
                 if let Some(closed) = row.closed_at {
                     let recorded = self.store.trigger_facts(client_id).await?.iter().any(

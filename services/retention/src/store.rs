@@ -363,6 +363,30 @@ pub fn set_due(
     )
 }
 
+/// Statement: an input of due dates (a policy, a trigger event, a matter)
+/// changes in this transaction. Recomputes that read the inputs before it
+/// then write nothing ([`inputs_unchanged`]).
+pub fn inputs_changed() -> Statement {
+    Statement::new(
+        "UPDATE retention_inputs SET generation = generation + 1 WHERE id = 1",
+        vec![],
+    )
+    .expecting(1)
+}
+
+/// Statement: the guard of a recompute's writes. The transaction commits
+/// only while no input of due dates changed since the recompute read
+/// `generation`; on PostgreSQL it also holds the counter's row until it
+/// commits, so a change of an input commits either before the guard (and
+/// fails it) or after the writes (and its own recompute comes after them).
+pub fn inputs_unchanged(generation: i64) -> Statement {
+    Statement::new(
+        "UPDATE retention_inputs SET generation = generation WHERE id = 1 AND generation = $1",
+        vec![Value::BigInt(generation)],
+    )
+    .expecting(1)
+}
+
 /// Statement: a scope seen in the vault (new, or its state and originals
 /// refreshed; its due date is retention's own).
 pub fn upsert_scope(scope: &ScopeRow, now: DateTime<Utc>) -> Statement {
@@ -619,6 +643,18 @@ impl RetentionStore {
                 vec![Value::Uuid(id)],
             )
             .await
+    }
+
+    /// The counter of changes to the inputs of due dates.
+    pub async fn inputs_generation(&self) -> StoreResult<i64> {
+        let row: Option<(i64,)> = self
+            .db
+            .fetch_optional(
+                "SELECT generation FROM retention_inputs WHERE id = 1",
+                vec![],
+            )
+            .await?;
+        row.map(|r| r.0).ok_or(sqlx::Error::RowNotFound)
     }
 
     /// How many scopes retention knows.
