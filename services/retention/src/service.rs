@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::domain::{Rules, Trigger, due_at};
 use crate::error::Error;
 use crate::store::{
-    self, HoldRow, LivePolicies, MatterRow, PolicyRow, RetentionStore, ReturnRow, ScopeRow,
+    self, HoldRow, Input, LivePolicies, MatterRow, PolicyRow, RetentionStore, ReturnRow, ScopeRow,
 };
 
 /// Who acts (shared with the other services).
@@ -53,11 +53,14 @@ pub enum Scopes {
     Ids(Vec<Uuid>),
 }
 
-/// Due dates computed from the inputs as they were at one generation.
+/// Due dates computed from the inputs as they were at their generations.
 #[derive(Debug)]
 pub struct RecomputePlan {
-    generation: i64,
-    statements: Vec<Statement>,
+    /// The generation of every input read: the policies, and the client
+    /// of each scope dated.
+    read: HashMap<Input, i64>,
+    /// Each scope's client and its due-date statement.
+    statements: Vec<(Uuid, Statement)>,
 }
 
 impl RecomputePlan {
@@ -79,6 +82,12 @@ pub enum Applied {
     Written(usize),
     /// An input changed after it was read: nothing more was written.
     Stale,
+}
+
+/// Whether PostgreSQL stopped a statement for a deadlock or a
+/// serialization failure (it can be run again).
+fn lock_conflict(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40P01" | "40001")))
 }
 
 /// The retention service's operations.
@@ -207,7 +216,7 @@ impl Retention {
         self.commit_unique(
             vec![
                 store::insert_policy(id, 1, rules, actor.id(), Utc::now()),
-                store::inputs_changed(),
+                store::policies_changed(),
             ],
             &[event],
             "a policy for this category, practice area and jurisdiction exists already: update it instead",
@@ -270,7 +279,7 @@ impl Retention {
         self.commit_unique(
             vec![
                 store::insert_policy(id, next, rules, actor.id(), Utc::now()),
-                store::inputs_changed(),
+                store::policies_changed(),
             ],
             &[event],
             "the policy changed since that version: read it again",
@@ -312,7 +321,7 @@ impl Retention {
                     actor.id(),
                     Utc::now(),
                 ),
-                store::inputs_changed(),
+                store::client_inputs_changed(client_id),
             ],
             &[event],
         )
@@ -346,10 +355,17 @@ impl Retention {
     }
 
     /// The due dates of `which` from the inputs as they are now. The
-    /// inputs' generation is read first, so the plan is stale as soon as
-    /// anything it may have read changes.
+    /// inputs' generations are read first, so the plan is stale as soon as
+    /// anything it read changes: the policies, or a trigger event or matter
+    /// of a client whose scopes it dates.
     pub async fn plan_recompute(&self, which: &Scopes) -> Result<RecomputePlan, Error> {
-        let generation = self.store.inputs_generation().await?;
+        let generations = self
+            .store
+            .input_generations(match which {
+                Scopes::Client(client) => Some(*client),
+                _ => None,
+            })
+            .await?;
         let scopes = match which {
             Scopes::Category(category) => self.store.scopes(None, Some(category)).await?,
             Scopes::Client(client) => self.store.scopes(Some(*client), None).await?,
@@ -375,27 +391,43 @@ impl Retention {
                 Some((row, rules)) => (due_at(rules, &facts), Some((row.id, row.version))),
                 None => (None, None),
             };
-            statements.push(store::set_due(scope.scope_id, due, policy));
+            statements.push((scope.client_id, store::set_due(scope.scope_id, due, policy)));
         }
-        Ok(RecomputePlan {
-            generation,
-            statements,
-        })
+        let mut read = HashMap::new();
+        for input in std::iter::once(Input::Policies)
+            .chain(statements.iter().map(|(client, _)| Input::Client(*client)))
+        {
+            read.insert(input, generations.get(&input).copied().unwrap_or(0));
+        }
+        Ok(RecomputePlan { read, statements })
     }
 
-    /// Writes `plan`, a chunk per transaction, each only while its inputs
-    /// are unchanged: `Stale` once they changed (the chunks written before
-    /// are rewritten by the next plan).
+    /// Writes `plan`, a chunk per transaction, each only while the inputs
+    /// it depends on (the policies and the chunk's clients) are unchanged:
+    /// `Stale` once one changed (the chunks written before are rewritten by
+    /// the next plan).
     pub async fn apply_recompute(&self, plan: RecomputePlan) -> Result<Applied, Error> {
         let n = plan.statements.len();
         let mut statements = plan.statements.into_iter().peekable();
         while statements.peek().is_some() {
-            let mut chunk = Vec::with_capacity(CHUNK + 1);
-            chunk.push(store::inputs_unchanged(plan.generation));
-            chunk.extend(statements.by_ref().take(CHUNK));
+            let writes: Vec<(Uuid, Statement)> = statements.by_ref().take(CHUNK).collect();
+            // The policies' guard first, then the clients' in one order, so
+            // that chunks of concurrent recomputes lock rows in one order.
+            let inputs: std::collections::BTreeSet<Input> = std::iter::once(Input::Policies)
+                .chain(writes.iter().map(|(client, _)| Input::Client(*client)))
+                .collect();
+            let mut chunk = Vec::with_capacity(inputs.len() + writes.len());
+            for input in inputs {
+                let generation = plan.read.get(&input).copied().unwrap_or(0);
+                chunk.push(store::inputs_unchanged(input, generation));
+            }
+            chunk.extend(writes.into_iter().map(|(_, statement)| statement));
             match self.store.db().transact(chunk, &[]).await {
                 Ok(_) => {}
                 Err(TransactError::Unmet { .. }) => return Ok(Applied::Stale),
+                // Two writers waiting on each other's rows: one of them is
+                // stopped, and computes again like a stale plan.
+                Err(TransactError::Sqlx(e)) if lock_conflict(&e) => return Ok(Applied::Stale),
                 Err(TransactError::Sqlx(e)) => return Err(Error::Store(e)),
                 Err(e) => return Err(Error::Audit(e.to_string())),
             }
@@ -545,7 +577,10 @@ impl Retention {
                 if before.as_ref() == Some(&row) {
                     continue;
                 }
-                let mut statements = vec![store::upsert_matter(&row, now), store::inputs_changed()];
+                let mut statements = vec![
+                    store::upsert_matter(&row, now),
+                    store::client_inputs_changed(client_id),
+                ];
                 let mut events = Vec::new();
                 if let Some(closed) = row.closed_at {
                     let recorded = self.store.trigger_facts(client_id).await?.iter().any(

@@ -363,28 +363,64 @@ pub fn set_due(
     )
 }
 
-/// Statement: an input of due dates (a policy, a trigger event, a matter)
-/// changes in this transaction. Recomputes that read the inputs before it
-/// then write nothing ([`inputs_unchanged`]).
-pub fn inputs_changed() -> Statement {
+/// The key of the policies' generation in `retention_inputs`; each
+/// client's trigger events and matters count under the client's id.
+const POLICIES: &str = "policies";
+
+/// Statement: the policies change in this transaction. Every recompute
+/// that read them before then writes nothing ([`inputs_unchanged`]).
+pub fn policies_changed() -> Statement {
     Statement::new(
-        "UPDATE retention_inputs SET generation = generation + 1 WHERE id = 1",
-        vec![],
+        "UPDATE retention_inputs SET generation = generation + 1 WHERE input_key = $1",
+        vec![Value::Text(POLICIES.to_owned())],
     )
     .expecting(1)
 }
 
-/// Statement: the guard of a recompute's writes. The transaction commits
-/// only while no input of due dates changed since the recompute read
-/// `generation`; on PostgreSQL it also holds the counter's row until it
-/// commits, so a change of an input commits either before the guard (and
-/// fails it) or after the writes (and its own recompute comes after them).
-pub fn inputs_unchanged(generation: i64) -> Statement {
+/// Statement: a trigger event or a matter of `client` changes in this
+/// transaction. Recomputes that read the client's inputs before then write
+/// nothing ([`inputs_unchanged`]).
+pub fn client_inputs_changed(client: Uuid) -> Statement {
     Statement::new(
-        "UPDATE retention_inputs SET generation = generation WHERE id = 1 AND generation = $1",
-        vec![Value::BigInt(generation)],
+        "INSERT INTO retention_inputs (input_key, generation) VALUES ($1, 1) \
+         ON CONFLICT (input_key) DO UPDATE SET generation = retention_inputs.generation + 1",
+        vec![Value::Text(client.to_string())],
     )
     .expecting(1)
+}
+
+/// Statement: the guard of a recompute's writes, one per input it read
+/// (the policies, and each client whose scopes it dates). The transaction
+/// commits only while the input's generation is still `generation` (0: no
+/// change recorded yet); on PostgreSQL it also holds the input's row until
+/// it commits, so a change commits either before the guard (and fails it)
+/// or after the writes (and its own recompute comes after them).
+pub fn inputs_unchanged(input: Input, generation: i64) -> Statement {
+    Statement::new(
+        "INSERT INTO retention_inputs (input_key, generation) VALUES ($1, $2) \
+         ON CONFLICT (input_key) DO UPDATE SET generation = retention_inputs.generation \
+         WHERE retention_inputs.generation = $2",
+        vec![Value::Text(input.key()), Value::BigInt(generation)],
+    )
+    .expecting(1)
+}
+
+/// An input of due dates whose changes are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Input {
+    /// The policies.
+    Policies,
+    /// A client's trigger events and matters.
+    Client(Uuid),
+}
+
+impl Input {
+    fn key(self) -> String {
+        match self {
+            Input::Policies => POLICIES.to_owned(),
+            Input::Client(id) => id.to_string(),
+        }
+    }
 }
 
 /// Statement: a scope seen in the vault (new, or its state and originals
@@ -645,16 +681,40 @@ impl RetentionStore {
             .await
     }
 
-    /// The counter of changes to the inputs of due dates.
-    pub async fn inputs_generation(&self) -> StoreResult<i64> {
-        let row: Option<(i64,)> = self
+    /// The generations of the inputs of due dates: of the policies and of
+    /// `client`'s, or of every client's (`None`). A client missing from the
+    /// map has generation 0.
+    pub async fn input_generations(
+        &self,
+        client: Option<Uuid>,
+    ) -> StoreResult<std::collections::HashMap<Input, i64>> {
+        let rows: Vec<(String, i64)> = self
             .db
-            .fetch_optional(
-                "SELECT generation FROM retention_inputs WHERE id = 1",
-                vec![],
+            .fetch_all(
+                "SELECT input_key, generation FROM retention_inputs \
+                 WHERE $1 IS NULL OR input_key = $1 OR input_key = $2",
+                vec![
+                    Value::OptText(client.map(|c| c.to_string())),
+                    Value::Text(POLICIES.to_owned()),
+                ],
             )
             .await?;
-        row.map(|r| r.0).ok_or(sqlx::Error::RowNotFound)
+        let generations: std::collections::HashMap<Input, i64> = rows
+            .into_iter()
+            .filter_map(|(key, generation)| {
+                let input = if key == POLICIES {
+                    Input::Policies
+                } else {
+                    Input::Client(Uuid::parse_str(&key).ok()?)
+                };
+                Some((input, generation))
+            })
+            .collect();
+        if generations.contains_key(&Input::Policies) {
+            Ok(generations)
+        } else {
+            Err(sqlx::Error::RowNotFound)
+        }
     }
 
     /// How many scopes retention knows.

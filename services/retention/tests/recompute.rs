@@ -1,7 +1,8 @@
 //! Due dates are never computed from older inputs over newer ones, on every
 //! backend: a recompute that read the policies or the trigger events before
-//! they changed writes nothing afterwards, and recomputes racing policy
-//! changes leave every scope dated by the policies that exist at the end.
+//! they changed writes nothing afterwards; recomputes racing policy
+//! changes leave every scope dated by the policies that exist at the end;
+//! and one client's trigger events stale only recomputes of that client.
 
 use chrono::{DateTime, Duration, Utc};
 use confidant_retention::domain::{Action, Period, Rules, Trigger};
@@ -228,7 +229,88 @@ async fn recomputes_racing_policy_changes_end_on_the_last_policies(db: &TestData
     );
 }
 
+async fn trigger_events_of_different_clients_do_not_hold_each_other_up(db: &TestDatabase) {
+    let retention = retention(db);
+    let created = Utc::now() - Duration::days(30);
+    retention
+        .create_policy(
+            &records_manager(),
+            &rules(Category::Financial, 7, Trigger::Named("file-closed".into())),
+        )
+        .await
+        .unwrap();
+    // A recompute of one client's scopes is stale once that client's
+    // inputs change, not when another client's do.
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    scopes(db, a, Category::Financial, 2, created).await;
+    scopes(db, b, Category::Financial, 2, created).await;
+    let of_a = retention.plan_recompute(&Scopes::Client(a)).await.unwrap();
+    let event = Trigger::Named("file-closed".into());
+    retention
+        .record_trigger(&records_manager(), b, None, &event, created)
+        .await
+        .unwrap();
+    assert_eq!(
+        retention.apply_recompute(of_a).await.unwrap(),
+        Applied::Written(2)
+    );
+    let of_a = retention.plan_recompute(&Scopes::Client(a)).await.unwrap();
+    retention
+        .record_trigger(&records_manager(), a, None, &event, created)
+        .await
+        .unwrap();
+    assert_eq!(
+        retention.apply_recompute(of_a).await.unwrap(),
+        Applied::Stale
+    );
+
+    // Sixteen firm applications record events of their own clients at the
+    // same time, as a bulk import would: each recording dates its client's
+    // scopes, none is refused because another client's inputs changed.
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let client = Uuid::now_v7();
+        let ids = scopes(db, client, Category::Financial, 5, created).await;
+        let retention = retention.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut last = None;
+            for i in 0..20 {
+                let at = created + Duration::hours(i);
+                retention
+                    .record_trigger(
+                        &records_manager(),
+                        client,
+                        None,
+                        &Trigger::Named("file-closed".into()),
+                        at,
+                    )
+                    .await
+                    .unwrap();
+                last = Some(at);
+            }
+            (ids, last.unwrap())
+        }));
+    }
+    for task in tasks {
+        let (ids, last) = task.await.unwrap();
+        let expected = Period {
+            years: 7,
+            months: 0,
+            days: 0,
+        }
+        .after(last);
+        for due in due_dates(&retention, &ids).await {
+            assert_eq!(
+                due.map(|d| d.timestamp_micros()),
+                expected.map(|d| d.timestamp_micros()),
+                "dated from the client's latest event"
+            );
+        }
+    }
+}
+
 confidant_runtime::backend_tests!(confidant_retention::MIGRATIONS;
     a_recompute_from_older_inputs_writes_nothing,
     recomputes_racing_policy_changes_end_on_the_last_policies,
+    trigger_events_of_different_clients_do_not_hold_each_other_up,
 );
