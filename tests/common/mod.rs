@@ -261,12 +261,7 @@ pub async fn store_record(
                 client_id: client_id.into(),
                 matter_id: matter_id.into(),
                 category: category as i32,
-                fields: vec![pb::Field {
-                    name: "note".into(),
-                    r#type: pb::FieldType::Text as i32,
-                    value: "kept until due".into(),
-                    masked: false,
-                }],
+                fields: vec![field("note", pb::FieldType::Text, "kept until due")],
                 original,
             }),
             request_id: String::new(),
