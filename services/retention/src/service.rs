@@ -56,8 +56,9 @@ pub enum Scopes {
 /// Due dates computed from the inputs as they were at their generations.
 #[derive(Debug)]
 pub struct RecomputePlan {
-    /// The generation of every input read: the policies, and the client
-    /// of each scope dated.
+    /// The generations of the inputs, read before the inputs themselves:
+    /// the policies', and those of the clients it may date (a client
+    /// missing has generation 0).
     read: HashMap<Input, i64>,
     /// Each scope's client and its due-date statement.
     statements: Vec<(Uuid, Statement)>,
@@ -393,13 +394,10 @@ impl Retention {
             };
             statements.push((scope.client_id, store::set_due(scope.scope_id, due, policy)));
         }
-        let mut read = HashMap::new();
-        for input in std::iter::once(Input::Policies)
-            .chain(statements.iter().map(|(client, _)| Input::Client(*client)))
-        {
-            read.insert(input, generations.get(&input).copied().unwrap_or(0));
-        }
-        Ok(RecomputePlan { read, statements })
+        Ok(RecomputePlan {
+            read: generations,
+            statements,
+        })
     }
 
     /// Writes `plan`, a chunk per transaction, each only while the inputs
