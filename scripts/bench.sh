@@ -93,8 +93,9 @@ mkdir -p docs
   echo "of a second): run one after the other, a baseline done in a tenth of the vault's"
   echo "time would have measured a different machine. Other phases run one after the"
   echo "other, each after a warm-up of a tenth of its operations that the CPU table counts"
-  echo "too. Profiles (\`--profile\`) come from a further second of the vault phase run"
-  echo "under perf, not from the measured turns."
+  echo "too; the shred sizes take turns, five rounds, each keeping its best. Profiles"
+  echo "(\`--profile\`) come from a further second of the vault phase run under perf, not"
+  echo "from the measured turns."
   echo "On two cores, replicas cannot add CPU: the scaling rows show whether anything"
   echo "serialises (throughput should hold or grow), not a speed-up a larger machine gives."
   echo
