@@ -17,7 +17,8 @@
 //!   (writes and reads at concurrency 1 and 16 run in turns with their
 //!   baselines, so that both sides see the same spells of the disk: see
 //!   [`in_turns`]);
-//! - the same at 1, 2 and 4 vault replicas behind one PostgreSQL;
+//! - the same at 1, 2 and 4 vault replicas behind one PostgreSQL (again
+//!   in turns with the plain statements, at each number of replicas);
 //! - KMS calls per 10,000 reads of one scope;
 //! - crypto-shred time for scopes of 1, 1,000 and 100,000 records (the
 //!   sizes in turns, five rounds, the best of each);
@@ -1351,46 +1352,59 @@ async fn main() {
     }
 
     // Scaling: 1, 2 and 4 vault replicas behind the one PostgreSQL, at a
-    // concurrency that keeps them all busy.
+    // concurrency that keeps them all busy; at each, the plain statements
+    // in turns with the vault, as above.
     let concurrency = 32;
-    let per_task = 150;
-    let written: Arc<std::sync::Mutex<Vec<Uuid>>> = Arc::default();
-    let base_write = drive(concurrency, per_task, load.plain_insert(written.clone())).await;
-    let select = load.plain_select(Arc::new(written.lock().expect("ids").clone()));
-    let base_read = drive(concurrency, per_task, select).await;
+    let warm_up = 15;
     for replicas in [1usize, 2, 4] {
         while cluster.vaults.len() < replicas {
             cluster.add_vault(None).await;
         }
         let writers = clients(&cluster, "intake", concurrency).await;
         let readers = clients(&cluster, "firm-app", concurrency).await;
-        let meter = Meter::start(&cluster);
+        let written: Arc<std::sync::Mutex<Vec<Uuid>>> = Arc::default();
         let stored: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
-        let write = drive(
-            concurrency,
-            per_task,
-            load.vault_write(writers, stored.clone()),
-        )
-        .await;
-        let stored = Arc::new(stored.lock().expect("ids").clone());
-        meter.finish(
-            &format!("vault write, {replicas} replicas, c{concurrency}"),
-            &write,
-            &mut resources,
-        );
+        let mut sides = [
+            Side::new(
+                format!("plain INSERT, {replicas} replicas, c{concurrency}"),
+                load.plain_insert(written.clone()),
+            ),
+            Side::new(
+                format!("vault write, {replicas} replicas, c{concurrency}"),
+                load.vault_write(writers, stored.clone()),
+            ),
+        ];
+        let [base_write, write] =
+            in_turns(&cluster, concurrency, warm_up, &mut sides, &mut resources).await;
         row(
             &format!("vault write 1 KiB, {replicas} vault replicas, concurrency {concurrency}"),
             &write,
             &base_write,
             "grows or holds",
         );
-        let phase = format!("vault read, {replicas} replicas, c{concurrency}");
-        let meter = Meter::start(&cluster);
-        let variable = format!("VAULT_LOAD_PROFILE_REPLICAS_{replicas}");
-        let watch = Watch::start(&cluster, &load.plain, &variable, true).await;
-        let read = drive(concurrency, per_task, load.vault_read(readers, stored)).await;
-        watch.finish(&phase, &read).await;
-        meter.finish(&phase, &read, &mut resources);
+        let ids = Arc::new(written.lock().expect("ids").clone());
+        let stored = Arc::new(stored.lock().expect("ids").clone());
+        let mut sides = [
+            Side::new(
+                format!("plain SELECT, {replicas} replicas, c{concurrency}"),
+                load.plain_select(ids),
+            ),
+            Side::new(
+                format!("vault read, {replicas} replicas, c{concurrency}"),
+                load.vault_read(readers, stored),
+            ),
+        ];
+        let [base_read, read] =
+            in_turns(&cluster, concurrency, warm_up, &mut sides, &mut resources).await;
+        watched(
+            &cluster,
+            &load.plain,
+            &format!("VAULT_LOAD_PROFILE_REPLICAS_{replicas}"),
+            true,
+            &mut sides[1],
+            concurrency,
+        )
+        .await;
         row(
             &format!("vault read 1 KiB, {replicas} vault replicas, concurrency {concurrency}"),
             &read,
