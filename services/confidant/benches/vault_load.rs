@@ -1575,7 +1575,7 @@ async fn shred_is_flat(cluster: &Cluster, writer: &Vault) {
     // of slow flushes to disk (tens of milliseconds here) then slows one
     // turn of each size rather than every turn of one.
     let sizes = [1i64, 1_000, 100_000];
-    let mut best = [Duration::MAX; 3];
+    let mut best = sizes.map(|_| Duration::MAX);
     for _round in 0..5 {
         for (size, best) in sizes.iter().copied().zip(best.iter_mut()) {
             let scope_client = Uuid::now_v7().to_string();
