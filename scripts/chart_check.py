@@ -82,6 +82,7 @@ BAD_VALUES = [
     ({"tls": {"mode": "selfSigned"}}, "a TLS mode that does not exist"),
     ({"image": {"digest": "latest"}}, "an image digest that is not sha256:<64 hex>"),
     ({"telemetry": {"samplingRatio": 2}}, "a sampling ratio above 1"),
+    ({"services": {"vault": {"workerThreads": 0}}}, "a service with no worker threads"),
 ]
 
 
@@ -199,15 +200,21 @@ def hardening(docs, label):
         fail(f"no default-deny NetworkPolicy ({label})")
 
 
-def config_check(docs, binary, label):
+def config_check(docs, binary, label, values):
     """Each service's rendered configuration passes `confidant serve
-    --check-config` (exit 64 would name every problem)."""
+    --check-config` (exit 64 would name every problem) and carries the
+    service's worker threads when its values set them."""
     for doc in docs:
         if doc["kind"] != "ConfigMap" or "confidant.toml" not in doc.get("data", {}):
             continue
         service = doc["metadata"]["labels"].get("app.kubernetes.io/component")
         if service not in SERVICES:
             continue
+        workers = ((values.get("services") or {}).get(service) or {}).get(
+            "workerThreads", (values.get("defaults") or {}).get("workerThreads"))
+        rendered = re.findall(r"^worker_threads = (\d+)$", doc["data"]["confidant.toml"], re.M)
+        if rendered != ([str(workers)] if workers else []):
+            fail(f"{service} ({label}): worker_threads rendered as {rendered}, values ask for {workers}")
         with tempfile.TemporaryDirectory() as tmp:
             root = pathlib.Path(tmp)
             toml = doc["data"]["confidant.toml"].replace("/etc/confidant/", f"{root}/")
@@ -335,7 +342,7 @@ def main():
         validate(out_dir, label)
         passed = checkov(out_dir, label)
         hardening(docs, label)
-        config_check(docs, args.confidant, label)
+        config_check(docs, args.confidant, label, values)
         kinds = sorted({d["kind"] for d in docs})
         print(f"chart: {label}: {len(docs)} manifests ({', '.join(kinds)}) valid for Kubernetes "
               f"{KUBE_VERSION}; checkov {passed} checks passed; service configurations accepted")

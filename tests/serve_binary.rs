@@ -115,6 +115,10 @@ fn serve_refuses_the_local_kms_without_the_insecure_flag() {
     );
 }
 
+/// The serving process's `worker_threads`: a count that no machine here has
+/// as cores, so the default (one per core) cannot pass for it.
+const WORKERS: usize = 7;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_services_run_on_postgres_and_redis_once_migrated() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -148,6 +152,7 @@ async fn production_services_run_on_postgres_and_redis_once_migrated() {
         &config,
         format!(
             "ca_file = \"{ca}\"\nshutdown_grace_seconds = 5\nprobe_listen = \"127.0.0.1:{probe_port}\"\n\
+             worker_threads = {WORKERS}\n\
              [redis]\nurl = \"{redis}\"\nkey_prefix = \"{prefix}:\"\n\
              [kms]\nprovider = \"local\"\nallow_insecure_local = true\nlocal_key_file = \"{kms}\"\n\
              [telemetry]\nlog_format = \"json\"\n\
@@ -298,6 +303,18 @@ async fn production_services_run_on_postgres_and_redis_once_migrated() {
         .unwrap_or_else(|| panic!("no append logged:\n{log}"));
     let json: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
     assert_eq!(json["trace_id"].as_str().map(str::len), Some(32), "{line}");
+    // The process ran its tasks on the threads the configuration asked for,
+    // not one per core.
+    let line = log
+        .lines()
+        .find(|l| l.contains("runtime started"))
+        .unwrap_or_else(|| panic!("no runtime start logged:\n{log}"));
+    let json: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+    assert_eq!(
+        json["worker_threads"].as_u64(),
+        Some(WORKERS as u64),
+        "{line}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

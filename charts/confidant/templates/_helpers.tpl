@@ -79,6 +79,9 @@ ca_file = "/etc/confidant/ca/ca.crt"
 reflection = false
 shutdown_grace_seconds = {{ $s.shutdownGraceSeconds }}
 probe_listen = "0.0.0.0:{{ $v.ports.probe }}"
+{{- with (include "confidant.serviceValues" (dict "root" $root "service" .service) | fromYaml).workerThreads }}
+worker_threads = {{ . }}
+{{- end }}
 
 [services.{{ .service }}]
 listen = "0.0.0.0:{{ index $v.ports .service }}"

@@ -700,13 +700,20 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+    runtime_with(None)
+}
+
+/// A runtime with `workers` threads, or one per CPU the process may use.
+fn runtime_with(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    Ok(builder.enable_all().build()?)
 }
 
 fn run(config: Config, services: Vec<ServiceName>, policy: MigrationPolicy) -> ExitCode {
-    let rt = match runtime() {
+    let rt = match runtime_with(config.worker_threads) {
         Ok(rt) => rt,
         Err(err) => return report(Err(err)),
     };
@@ -719,6 +726,10 @@ fn run(config: Config, services: Vec<ServiceName>, policy: MigrationPolicy) -> E
             Ok(guard) => guard,
             Err(err) => return config_error(&err.to_string()),
         };
+        tracing::info!(
+            worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
+            "runtime started"
+        );
         let grace = Duration::from_secs(config.shutdown_grace_seconds);
         let dev_pki = (config.mode == config::Mode::Dev)
             .then(|| config.data_dir.clone().map(|d| PkiDir::new(d.join("pki"))))
