@@ -36,11 +36,8 @@
 //! (pg_stat_statements). `VAULT_LOAD_QUICK=1` runs only the write and read
 //! phases, `VAULT_LOAD_SCALING_ONLY=1` only the replica phases;
 //! `VAULT_LOAD_SLICE_MS` and `VAULT_LOAD_TURNS` set the turns (250 ms, 4).
-//! Each vault replica runs with `worker_threads = 1`: on two cores shared
-//! with PostgreSQL, identity, audit and this process, two worker threads
-//! kept handing work to each other and cost the vault a third more CPU per
-//! write; `VAULT_LOAD_VAULT_WORKERS=<n>` sets another count, `auto` the
-//! default of one per core.
+//! Each vault replica runs with the default worker threads (one per core);
+//! `VAULT_LOAD_VAULT_WORKERS=<n>` sets its `worker_threads` instead.
 //! Not a test: nothing here asserts a time.
 
 // The end-to-end tests' directory helpers (not all of them are used here).
@@ -528,13 +525,8 @@ impl Cluster {
         let addr = addr.unwrap_or_else(free_port);
         let name = format!("vault-{}", self.vaults.len() + 1);
         let mut env = vec![("CONFIDANT_SERVICES__VAULT__LISTEN", addr.to_string())];
-        // One worker thread: the vault shares this machine's cores with
-        // PostgreSQL, the other services and the load generator (see the
-        // module text); `auto` keeps the default of one per core.
-        match std::env::var("VAULT_LOAD_VAULT_WORKERS").as_deref() {
-            Ok("auto") => {}
-            Ok(n) => env.push(("CONFIDANT_WORKER_THREADS", n.to_owned())),
-            Err(_) => env.push(("CONFIDANT_WORKER_THREADS", "1".to_owned())),
+        if let Ok(n) = std::env::var("VAULT_LOAD_VAULT_WORKERS") {
+            env.push(("CONFIDANT_WORKER_THREADS", n));
         }
         env.push(
             // Added replicas share the database: 8 connections each keep
