@@ -78,10 +78,10 @@ pub struct Config {
     pub probe_listen: Option<SocketAddr>,
     /// Threads that run the process's tasks (gRPC calls, database work,
     /// relays). Unset: one per CPU the process may use, its cgroup's CPU
-    /// quota included. Set it lower where the process shares its cores with
-    /// busy neighbours, such as a database on the same machine: on two cores
-    /// shared with PostgreSQL, one thread spent a third less CPU per vault
-    /// write than two, which kept handing work between them.
+    /// quota included. Fewer threads than cores hand less work between
+    /// threads: on two cores shared with PostgreSQL, one thread spent about a
+    /// tenth less of the vault's CPU per write at low concurrency, but under
+    /// heavy concurrency the one thread became the queue.
     pub worker_threads: Option<usize>,
 }
 
