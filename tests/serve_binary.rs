@@ -297,23 +297,26 @@ async fn production_services_run_on_postgres_and_redis_once_migrated() {
     assert!(status.success(), "{}", server.log());
     // Production logs are JSON lines carrying trace ids.
     let log = server.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("audit events appended"))
-        .unwrap_or_else(|| panic!("no append logged:\n{log}"));
-    let json: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
-    assert_eq!(json["trace_id"].as_str().map(str::len), Some(32), "{line}");
+    let logged = |message: &str| -> serde_json::Value {
+        let line = log
+            .lines()
+            .find(|l| l.contains(message))
+            .unwrap_or_else(|| panic!("no {message:?} logged:\n{log}"));
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"))
+    };
+    let appended = logged("audit events appended");
+    assert_eq!(
+        appended["trace_id"].as_str().map(str::len),
+        Some(32),
+        "{appended}"
+    );
     // The process ran its tasks on the threads the configuration asked for,
     // not one per core.
-    let line = log
-        .lines()
-        .find(|l| l.contains("runtime started"))
-        .unwrap_or_else(|| panic!("no runtime start logged:\n{log}"));
-    let json: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+    let started = logged("runtime started");
     assert_eq!(
-        json["worker_threads"].as_u64(),
+        started["worker_threads"].as_u64(),
         Some(WORKERS as u64),
-        "{line}"
+        "{started}"
     );
 }
 

@@ -524,11 +524,8 @@ impl Cluster {
     async fn add_vault(&mut self, addr: Option<SocketAddr>) {
         let addr = addr.unwrap_or_else(free_port);
         let name = format!("vault-{}", self.vaults.len() + 1);
-        let mut env = vec![("CONFIDANT_SERVICES__VAULT__LISTEN", addr.to_string())];
-        if let Ok(n) = std::env::var("VAULT_LOAD_VAULT_WORKERS") {
-            env.push(("CONFIDANT_WORKER_THREADS", n));
-        }
-        env.push(
+        let mut env = vec![
+            ("CONFIDANT_SERVICES__VAULT__LISTEN", addr.to_string()),
             // Added replicas share the database: 8 connections each keep
             // four replicas, identity, audit and the baseline within
             // PostgreSQL's default of 100.
@@ -536,7 +533,10 @@ impl Cluster {
                 "CONFIDANT_SERVICES__VAULT__MAX_CONNECTIONS",
                 if self.vaults.is_empty() { "16" } else { "8" }.to_owned(),
             ),
-        );
+        ];
+        if let Ok(n) = std::env::var("VAULT_LOAD_VAULT_WORKERS") {
+            env.push(("CONFIDANT_WORKER_THREADS", n));
+        }
         self.spawn(&name, "vault", addr, &env).await;
         self.vaults.push(addr);
     }
