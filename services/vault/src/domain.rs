@@ -159,13 +159,7 @@ pub fn required_uuid(v: &mut Violations, field: &str, value: &str) -> Option<Uui
         v.add(field, "is required");
         return None;
     }
-    match Uuid::parse_str(value) {
-        Ok(id) => Some(id),
-        Err(_) => {
-            v.add(field, "must be a UUID");
-            None
-        }
-    }
+    optional_uuid(v, field, value)
 }
 
 /// Parses an optional UUID (empty means none).

@@ -2,6 +2,7 @@
 //! carry field values, key material or database text.
 
 use confidant_runtime::error::{Violations, invalid_argument, storage_status, with_reason};
+use confidant_runtime::portable::TransactError;
 use tonic::{Code, Status};
 
 /// What can go wrong in the vault.
@@ -64,6 +65,21 @@ impl From<crate::keys::KeyError> for Error {
         match e {
             crate::keys::KeyError::Kms(e) => Error::Kms(e),
             crate::keys::KeyError::Crypto(_) => Error::Integrity,
+        }
+    }
+}
+
+/// A failed transaction of statements and their audit events. A guard that
+/// did not hold means the scope changed under the write; callers that can
+/// tell more match [`TransactError::Unmet`] themselves first.
+impl From<TransactError> for Error {
+    fn from(e: TransactError) -> Self {
+        match e {
+            TransactError::Sqlx(e) => Error::Store(e),
+            TransactError::Unmet { .. } => {
+                Error::Conflict("the scope was shredded or is pending destruction; retry")
+            }
+            TransactError::Outbox(e) => Error::Audit(e.to_string()),
         }
     }
 }

@@ -906,13 +906,7 @@ impl VaultService for VaultApi {
         }
         check(v)?;
         let id = id.unwrap_or_default();
-        let scope = self
-            .vault
-            .store()
-            .scope(id)
-            .await
-            .map_err(Error::from)?
-            .ok_or(Error::NotFound("scope"))?;
+        let scope = self.vault.scope_row(id).await?;
         match &actor {
             Actor::Service { .. } if self.is_retention(&actor) => {}
             Actor::Staff { staff_id, .. } => {
@@ -1051,13 +1045,7 @@ impl VaultService for VaultApi {
         let Actor::Staff { staff_id, .. } = &actor else {
             return Err(Error::Unauthenticated.into());
         };
-        let scope = self
-            .vault
-            .store()
-            .scope(scope_id)
-            .await
-            .map_err(Error::from)?
-            .ok_or(Error::NotFound("scope"))?;
+        let scope = self.vault.scope_row(scope_id).await?;
         self.decide(staff_id, "audit.read", scope.client_id, scope.matter_id)
             .await?;
         let text = self

@@ -309,14 +309,7 @@ impl Vault {
         statements: Vec<Statement>,
         events: &[AuditEvent],
     ) -> Result<Vec<u64>, Error> {
-        match self.store.db().transact(statements, events).await {
-            Ok(rows) => Ok(rows),
-            Err(TransactError::Sqlx(e)) => Err(Error::Store(e)),
-            Err(TransactError::Unmet { .. }) => Err(Error::Conflict(
-                "the scope was shredded or is pending destruction; retry",
-            )),
-            Err(e) => Err(Error::Audit(e.to_string())),
-        }
+        Ok(self.store.db().transact(statements, events).await?)
     }
 
     // ---------------------------------------------------------------- scopes
@@ -361,8 +354,7 @@ impl Vault {
         match rows {
             Ok(_) => {}
             Err(TransactError::Unmet { .. }) => {}
-            Err(TransactError::Sqlx(e)) => return Err(Error::Store(e)),
-            Err(e) => return Err(Error::Audit(e.to_string())),
+            Err(e) => return Err(e.into()),
         }
         let row = self
             .store
@@ -377,6 +369,11 @@ impl Vault {
         }
         let key = self.live_key(&row).await?;
         Ok((row, key))
+    }
+
+    /// A scope's row, tombstone included; `NotFound` when there is none.
+    pub async fn scope_row(&self, id: Uuid) -> Result<ScopeRow, Error> {
+        self.store.scope(id).await?.ok_or(Error::NotFound("scope"))
     }
 
     /// The key of a scope that still has one (pending destruction included),
@@ -500,8 +497,7 @@ impl Vault {
                         "a request with this id is being stored; retry",
                     ));
                 }
-                Err(TransactError::Sqlx(e)) => return Err(Error::Store(e)),
-                Err(e) => return Err(Error::Audit(e.to_string())),
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -792,8 +788,7 @@ impl Vault {
         outcome: Outcome,
         reason: &str,
     ) {
-        let event = self.read_event(actor, row, intent, None);
-        let mut event = event;
+        let mut event = self.read_event(actor, row, intent, None);
         event.outcome = outcome as i32;
         event.reason = reason.to_owned();
         if let Err(e) = self.commit(Vec::new(), &[event]).await {
@@ -841,11 +836,7 @@ impl Vault {
         if is_shredded(&row) {
             return Ok(row);
         }
-        let scope = self
-            .store
-            .scope(row.scope_id)
-            .await?
-            .ok_or(Error::NotFound("scope"))?;
+        let scope = self.scope_row(row.scope_id).await?;
         let refusal = if row.original == 1 {
             Some((Error::Originals, "originals"))
         } else {
@@ -880,11 +871,7 @@ impl Vault {
                 if is_shredded(&now_row) {
                     return Ok(now_row);
                 }
-                let scope = self
-                    .store
-                    .scope(row.scope_id)
-                    .await?
-                    .ok_or(Error::NotFound("scope"))?;
+                let scope = self.scope_row(row.scope_id).await?;
                 let Some((error, reason)) = self.held(&scope).await? else {
                     return Err(Error::Conflict(
                         "the record changed during the shred; retry",
@@ -894,8 +881,7 @@ impl Vault {
                     .await;
                 return Err(error);
             }
-            Err(TransactError::Sqlx(e)) => return Err(Error::Store(e)),
-            Err(e) => return Err(Error::Audit(e.to_string())),
+            Err(e) => return Err(e.into()),
         }
         self.load(id).await
     }
@@ -954,11 +940,7 @@ impl Vault {
         order: &str,
         window: Option<Duration>,
     ) -> Result<ScopeRow, Error> {
-        let scope = self
-            .store
-            .scope(id)
-            .await?
-            .ok_or(Error::NotFound("scope"))?;
+        let scope = self.scope_row(id).await?;
         if scope.state() == ScopeState::Shredded {
             return Ok(scope);
         }
@@ -1000,11 +982,7 @@ impl Vault {
             // Another replica acted first, or a hold or an original
             // arrived after the checks above.
             Err(TransactError::Unmet { .. }) => {
-                let now_row = self
-                    .store
-                    .scope(id)
-                    .await?
-                    .ok_or(Error::NotFound("scope"))?;
+                let now_row = self.scope_row(id).await?;
                 match now_row.state() {
                     ScopeState::Shredded => {
                         self.keys.cache().evict(id);
@@ -1020,11 +998,10 @@ impl Vault {
                     .await;
                 return Err(error);
             }
-            Err(TransactError::Sqlx(e)) => return Err(Error::Store(e)),
-            Err(e) => return Err(Error::Audit(e.to_string())),
+            Err(e) => return Err(e.into()),
         }
         self.keys.cache().evict(id);
-        self.store.scope(id).await?.ok_or(Error::NotFound("scope"))
+        self.scope_row(id).await
     }
 
     /// Cancels a pending destruction.
@@ -1034,11 +1011,7 @@ impl Vault {
         id: Uuid,
         reason: &str,
     ) -> Result<ScopeRow, Error> {
-        let scope = self
-            .store
-            .scope(id)
-            .await?
-            .ok_or(Error::NotFound("scope"))?;
+        let scope = self.scope_row(id).await?;
         match scope.state() {
             ScopeState::Active => {
                 return Err(Error::Conflict("the scope is not pending destruction"));
@@ -1065,10 +1038,9 @@ impl Vault {
             Err(TransactError::Unmet { .. }) => {
                 return Err(Error::Conflict("the destruction already took effect"));
             }
-            Err(TransactError::Sqlx(e)) => return Err(Error::Store(e)),
-            Err(e) => return Err(Error::Audit(e.to_string())),
+            Err(e) => return Err(e.into()),
         }
-        self.store.scope(id).await?.ok_or(Error::NotFound("scope"))
+        self.scope_row(id).await
     }
 
     /// Carries out pending destructions that are due; returns how many.
@@ -1102,8 +1074,7 @@ impl Vault {
                 Err(TransactError::Unmet { .. }) => {
                     tracing::info!(scope_id = %scope.id, "pending destruction not carried out: held or changed");
                 }
-                Err(TransactError::Sqlx(e)) => return Err(Error::Store(e)),
-                Err(e) => return Err(Error::Audit(e.to_string())),
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(done)
@@ -1125,11 +1096,7 @@ impl Vault {
                 ids.sort();
                 ids.dedup();
                 for id in &ids {
-                    let scope = self
-                        .store
-                        .scope(*id)
-                        .await?
-                        .ok_or(Error::NotFound("scope"))?;
+                    let scope = self.scope_row(*id).await?;
                     if scope.client_id != client_id {
                         return Err(Error::Conflict(
                             "a scope the hold names belongs to another client",
@@ -1218,11 +1185,7 @@ impl Vault {
         scope_id: Uuid,
         return_id: Uuid,
     ) -> Result<i64, Error> {
-        let scope = self
-            .store
-            .scope(scope_id)
-            .await?
-            .ok_or(Error::NotFound("scope"))?;
+        let scope = self.scope_row(scope_id).await?;
         let count = self.store.original_count(scope_id).await?;
         if count == 0 {
             return Ok(0);
@@ -1260,11 +1223,7 @@ impl Vault {
         scope_id: Uuid,
         sealed: &[u8],
     ) -> Result<Zeroizing<String>, Error> {
-        let row = self
-            .store
-            .scope(scope_id)
-            .await?
-            .ok_or(Error::NotFound("scope"))?;
+        let row = self.scope_row(scope_id).await?;
         let key = self.live_key(&row).await?;
         let text = key.open_text(sealed)?;
         let event = self
