@@ -12,6 +12,7 @@ use confidant_runtime::ServiceName;
 use confidant_runtime::config::{self, Config, Mode};
 use confidant_runtime::pki::{LeafSpec, PkiDir, issue};
 use confidant_runtime::storage::Backend;
+use confidant_runtime::testing::kms_endpoint;
 use confidant_runtime::tls::{TlsFiles, TlsMaterial};
 
 use crate::process::{self, MigrationPolicy, Running};
@@ -26,34 +27,11 @@ pub struct SandboxData {
     kms_key_id: Option<String>,
 }
 
-/// The AWS KMS API the PostgreSQL sandboxes use (moto, started by
-/// `scripts/test.sh`): `CONFIDANT_TEST_KMS_ENDPOINT`, by default
-/// `http://127.0.0.1:4599`.
-pub fn kms_endpoint() -> String {
-    std::env::var("CONFIDANT_TEST_KMS_ENDPOINT")
-        .unwrap_or_else(|_| "http://127.0.0.1:4599".to_owned())
-}
-
 /// A new key in the test KMS; returns its id.
-pub async fn new_kms_key() -> String {
-    let admin = confidant_runtime::kms::AwsKms::connect(&confidant_runtime::kms::AwsSettings {
-        key_id: String::new(),
-        region: "eu-west-1".into(),
-        endpoint: Some(kms_endpoint()),
-        static_credentials: Some(("testing".into(), "testing".into())),
-    })
-    .await;
-    admin
-        .client()
-        .create_key()
-        .description("confidant sandbox")
-        .send()
+async fn new_kms_key() -> String {
+    confidant_runtime::testing::new_kms_key(&kms_endpoint(), "confidant sandbox")
         .await
-        .expect("the kms emulator is reachable (scripts/test.sh starts it)")
-        .key_metadata()
-        .expect("key metadata")
-        .key_id()
-        .to_owned()
+        .1
 }
 
 impl SandboxData {

@@ -1,12 +1,13 @@
 //! Test helpers shared by every crate's tests (feature `testing`): a fresh
-//! database per test on either backend, Redis and PostgreSQL addresses, and
-//! a throwaway PKI.
+//! database per test on either backend, Redis and PostgreSQL addresses, keys
+//! in the KMS emulator, and a throwaway PKI.
 //!
 //! PostgreSQL tests get a schema of their own, named uniquely and dropped
 //! afterwards, so tests run in parallel and leave nothing behind. Set
 //! `CONFIDANT_TEST_POSTGRES_URL` / `CONFIDANT_TEST_REDIS_URL` to use other
 //! servers than the local defaults.
 
+use crate::kms::{AwsKms, AwsSettings};
 use crate::pki::{CertifiedKey, LeafSpec, generate_ca, issue};
 use crate::storage::{Backend, Database, Migrations, PoolOptions};
 use crate::tls::TlsMaterial;
@@ -21,6 +22,45 @@ pub fn postgres_url() -> String {
 pub fn redis_url() -> String {
     std::env::var("CONFIDANT_TEST_REDIS_URL")
         .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// The AWS KMS API tests use (moto, started by `scripts/test.sh`):
+/// `CONFIDANT_TEST_KMS_ENDPOINT`, by default `http://127.0.0.1:4599`.
+pub fn kms_endpoint() -> String {
+    std::env::var("CONFIDANT_TEST_KMS_ENDPOINT")
+        .unwrap_or_else(|_| "http://127.0.0.1:4599".to_owned())
+}
+
+/// How tests reach the KMS API at `endpoint` (the emulator's region and
+/// credentials), wrapping under `key_id` (empty: for administration only).
+pub fn emulated_kms(endpoint: &str, key_id: &str) -> AwsSettings {
+    AwsSettings {
+        key_id: key_id.to_owned(),
+        region: "eu-west-1".into(),
+        endpoint: Some(endpoint.to_owned()),
+        static_credentials: Some(("testing".into(), "testing".into())),
+    }
+}
+
+/// A new key in the KMS at `endpoint`, described as `description`: a
+/// provider wrapping under it, and its id.
+pub async fn new_kms_key(endpoint: &str, description: &str) -> (AwsKms, String) {
+    let admin = AwsKms::connect(&emulated_kms(endpoint, "")).await;
+    let key_id = admin
+        .client()
+        .create_key()
+        .description(description)
+        .send()
+        .await
+        .expect("the kms emulator is reachable (scripts/test.sh starts it)")
+        .key_metadata()
+        .expect("key metadata")
+        .key_id()
+        .to_owned();
+    (
+        AwsKms::connect(&emulated_kms(endpoint, &key_id)).await,
+        key_id,
+    )
 }
 
 /// A unique lowercase name, e.g. for a schema or a key prefix.

@@ -3,34 +3,12 @@
 
 use std::sync::Arc;
 
+use confidant_runtime::testing::{emulated_kms, kms_endpoint, new_kms_key};
 use confidant_vault::kms::{AwsKms, AwsSettings, EncryptionContext, Error, Kms, LocalKms};
 
-fn endpoint() -> String {
-    std::env::var("CONFIDANT_TEST_KMS_ENDPOINT")
-        .unwrap_or_else(|_| "http://127.0.0.1:4599".to_owned())
-}
-
 async fn aws_with_new_key() -> (Arc<dyn Kms>, AwsKms, String) {
-    let settings = AwsSettings {
-        key_id: String::new(),
-        region: "eu-west-1".into(),
-        endpoint: Some(endpoint()),
-        static_credentials: Some(("testing".into(), "testing".into())),
-    };
-    let admin = AwsKms::connect(&settings).await;
-    let key = admin
-        .client()
-        .create_key()
-        .description("confidant test")
-        .send()
-        .await
-        .expect("the kms emulator is reachable (scripts/test.sh starts it)");
-    let key_id = key.key_metadata().expect("metadata").key_id().to_owned();
-    let kms = AwsKms::connect(&AwsSettings {
-        key_id: key_id.clone(),
-        ..settings
-    })
-    .await;
+    let admin = AwsKms::connect(&emulated_kms(&kms_endpoint(), "")).await;
+    let (kms, key_id) = new_kms_key(&kms_endpoint(), "confidant test").await;
     (Arc::new(kms), admin, key_id)
 }
 

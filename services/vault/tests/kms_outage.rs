@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use confidant_proto::vault::v1 as pb;
-use confidant_runtime::kms::{AwsKms, AwsSettings, Kms};
+use confidant_runtime::kms::Kms;
 use confidant_runtime::storage::Backend;
-use confidant_runtime::testing::TestDatabase;
+use confidant_runtime::testing::{TestDatabase, new_kms_key};
 use confidant_vault::domain::{Limits, NewRecord, Purpose};
 use confidant_vault::error::Error;
 use confidant_vault::keys::{CacheLimits, Keyring};
@@ -53,24 +53,7 @@ async fn start_moto() -> (Moto, String) {
 }
 
 async fn kms(endpoint: &str) -> Arc<dyn Kms> {
-    let settings = AwsSettings {
-        key_id: String::new(),
-        region: "eu-west-1".into(),
-        endpoint: Some(endpoint.to_owned()),
-        static_credentials: Some(("testing".into(), "testing".into())),
-    };
-    let admin = AwsKms::connect(&settings).await;
-    let key_id = admin
-        .client()
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata()
-        .unwrap()
-        .key_id()
-        .to_owned();
-    Arc::new(AwsKms::connect(&AwsSettings { key_id, ..settings }).await)
+    Arc::new(new_kms_key(endpoint, "confidant test").await.0)
 }
 
 fn vault(db: &TestDatabase, kms: Arc<dyn Kms>) -> Vault {

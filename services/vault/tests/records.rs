@@ -9,9 +9,9 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use confidant_proto::vault::v1 as pb;
-use confidant_runtime::kms::{AwsKms, AwsSettings, Kms, LocalKms, WrappedKey};
+use confidant_runtime::kms::{AwsKms, Kms, LocalKms, WrappedKey};
 use confidant_runtime::storage::Backend;
-use confidant_runtime::testing::TestDatabase;
+use confidant_runtime::testing::{TestDatabase, kms_endpoint, new_kms_key};
 use confidant_vault::crypto::ScopeKey;
 use confidant_vault::domain::{Category, Limits, NewRecord, Purpose};
 use confidant_vault::error::Error;
@@ -20,30 +20,8 @@ use confidant_vault::records::{Actor, ReadIntent, Settings, Vault};
 use confidant_vault::store::{HoldCover, VaultStore};
 use uuid::Uuid;
 
-fn kms_endpoint() -> String {
-    std::env::var("CONFIDANT_TEST_KMS_ENDPOINT")
-        .unwrap_or_else(|_| "http://127.0.0.1:4599".to_owned())
-}
-
 async fn aws_kms(endpoint: &str) -> AwsKms {
-    let settings = AwsSettings {
-        key_id: String::new(),
-        region: "eu-west-1".into(),
-        endpoint: Some(endpoint.to_owned()),
-        static_credentials: Some(("testing".into(), "testing".into())),
-    };
-    let admin = AwsKms::connect(&settings).await;
-    let key_id = admin
-        .client()
-        .create_key()
-        .send()
-        .await
-        .expect("the kms emulator is reachable (scripts/test.sh starts it)")
-        .key_metadata()
-        .expect("metadata")
-        .key_id()
-        .to_owned();
-    AwsKms::connect(&AwsSettings { key_id, ..settings }).await
+    new_kms_key(endpoint, "confidant test").await.0
 }
 
 /// The KMS a backend's tests use: local for SQLite (as in dev), the AWS API
