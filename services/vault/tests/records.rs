@@ -947,6 +947,25 @@ async fn download(vault: &Vault, id: Uuid, roles: &[String]) -> Result<(String, 
     Ok((reader.filename.clone(), out))
 }
 
+/// Every stored record's id and every document segment's (record, number),
+/// in order.
+async fn stored_rows(db: &TestDatabase) -> (Vec<(Uuid,)>, Vec<(Uuid, i32)>) {
+    let records = db
+        .db
+        .fetch_all("SELECT id FROM vault_records ORDER BY id", vec![])
+        .await
+        .unwrap();
+    let segments = db
+        .db
+        .fetch_all(
+            "SELECT record_id, seq FROM vault_document_segments ORDER BY record_id, seq",
+            vec![],
+        )
+        .await
+        .unwrap();
+    (records, segments)
+}
+
 async fn segment_rows(db: &TestDatabase, id: Uuid) -> Vec<(i32, Vec<u8>)> {
     db.db
         .fetch_all(
@@ -1027,16 +1046,7 @@ async fn documents_stream_in_and_out_whole_or_not_at_all(db: &TestDatabase) {
             .is_empty()
     );
 
-    let records_before: Vec<(Uuid,)> = db
-        .db
-        .fetch_all("SELECT id FROM vault_records", vec![])
-        .await
-        .unwrap();
-    let segments_before: Vec<(i32,)> = db
-        .db
-        .fetch_all("SELECT seq FROM vault_document_segments", vec![])
-        .await
-        .unwrap();
+    let before = stored_rows(db).await;
     // A stream that stops mid-upload leaves nothing behind.
     let mut parts: Vec<Result<Vec<u8>, Error>> =
         content.chunks(100_000).map(|c| Ok(c.to_vec())).collect();
@@ -1088,18 +1098,7 @@ async fn documents_stream_in_and_out_whole_or_not_at_all(db: &TestDatabase) {
         )
         .await;
     assert!(matches!(too_big, Err(Error::Invalid(_))));
-    let records_after: Vec<(Uuid,)> = db
-        .db
-        .fetch_all("SELECT id FROM vault_records", vec![])
-        .await
-        .unwrap();
-    let segments_after: Vec<(i32,)> = db
-        .db
-        .fetch_all("SELECT seq FROM vault_document_segments", vec![])
-        .await
-        .unwrap();
-    assert_eq!(records_before.len(), records_after.len());
-    assert_eq!(segments_before.len(), segments_after.len());
+    assert_eq!(stored_rows(db).await, before);
 
     // A process that stops mid-upload leaves an invisible row that the
     // sweeper removes.
