@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::directory::{Client, as_staff, assign, cleared, new_client, new_matter, staff_token};
-use common::{field, store_as};
+use common::{field, store_as, stored_as};
 use confidant::sandbox::{Sandbox, SandboxData, SandboxSpec};
 use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
 use confidant_proto::audit::v1::{
@@ -180,34 +180,10 @@ async fn client_data_is_read_only_for_a_purpose_by_those_the_decision_allows(bac
     let partner = staff_token(&data, &f.partner, &["partner"]);
 
     // Writes: staff with client_data.write for the matter.
-    let stored = app
-        .create_record(as_staff(
-            &partner,
-            pb::CreateRecordRequest {
-                record: Some(passport(&f.client_id, &f.matter_id)),
-                request_id: String::new(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .record
-        .unwrap();
+    let stored = stored_as(&mut app, &partner, passport(&f.client_id, &f.matter_id)).await;
     assert_eq!(stored.field_names, ["surname", "passport_number"]);
     assert_eq!(stored.state(), pb::RecordState::Active);
-    let email = app
-        .create_record(as_staff(
-            &partner,
-            pb::CreateRecordRequest {
-                record: Some(contact(&f.client_id, &f.matter_id)),
-                request_id: String::new(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .record
-        .unwrap();
+    let email = stored_as(&mut app, &partner, contact(&f.client_id, &f.matter_id)).await;
     // Without a token, only the configured writers (intake) store records.
     let anonymous = app
         .create_record(pb::CreateRecordRequest {
@@ -639,20 +615,7 @@ async fn only_retention_shreds_and_sealed_text_dies_with_its_scope_while_the_log
 
     let mut ids = Vec::new();
     for _ in 0..3 {
-        ids.push(
-            app.create_record(as_staff(
-                &partner,
-                pb::CreateRecordRequest {
-                    record: Some(passport(&f.client_id, &f.matter_id)),
-                    request_id: String::new(),
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .record
-            .unwrap(),
-        );
+        ids.push(stored_as(&mut app, &partner, passport(&f.client_id, &f.matter_id)).await);
     }
     let scope_id = ids[0].scope_id.clone();
     let read = app

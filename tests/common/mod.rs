@@ -296,6 +296,18 @@ pub async fn store_as(
     token: &str,
     record: confidant_proto::vault::v1::NewRecord,
 ) -> String {
+    stored_as(vault, token, record).await.id
+}
+
+/// Stores `record` for the staff member whose access token is `token`;
+/// returns its metadata.
+pub async fn stored_as(
+    vault: &mut confidant_proto::vault::v1::vault_service_client::VaultServiceClient<
+        confidant_runtime::client::PeerChannel,
+    >,
+    token: &str,
+    record: confidant_proto::vault::v1::NewRecord,
+) -> confidant_proto::vault::v1::RecordMetadata {
     vault
         .create_record(directory::as_staff(
             token,
@@ -309,7 +321,6 @@ pub async fn store_as(
         .into_inner()
         .record
         .expect("record")
-        .id
 }
 
 /// The database of `service` in a sandbox's data (its PostgreSQL schema or
