@@ -165,17 +165,8 @@ async fn logged_events(
 
 async fn client_data_is_read_only_for_a_purpose_by_those_the_decision_allows(backend: Backend) {
     let data = SandboxData::new(backend).await;
-    let sandbox = Sandbox::start(
-        &data,
-        SandboxSpec::of(&[
-            ServiceName::Identity,
-            ServiceName::Vault,
-            ServiceName::Audit,
-        ]),
-    )
-    .await;
+    let (sandbox, f) = start_with_firm(&data, &SUITE).await;
     let mut admin = common::identity_client(&data, &sandbox, "operator").await;
-    let f = firm(&mut admin).await;
     let mut app = vault(&data, &sandbox, "firm-app").await;
     let partner = staff_token(&data, &f.partner, &["partner"]);
 
@@ -596,17 +587,8 @@ async fn only_retention_shreds_and_sealed_text_dies_with_its_scope_while_the_log
     backend: Backend,
 ) {
     let data = SandboxData::new(backend).await;
-    let sandbox = Sandbox::start(
-        &data,
-        SandboxSpec::of(&[
-            ServiceName::Identity,
-            ServiceName::Vault,
-            ServiceName::Audit,
-        ]),
-    )
-    .await;
+    let (sandbox, f) = start_with_firm(&data, &SUITE).await;
     let mut admin = common::identity_client(&data, &sandbox, "operator").await;
-    let f = firm(&mut admin).await;
     let officer = cleared(&mut admin, "security@firm.example", "security_officer").await;
     let records_manager = cleared(&mut admin, "records@firm.example", "records_manager").await;
     let mut app = vault(&data, &sandbox, "firm-app").await;
