@@ -304,6 +304,15 @@ impl Vault {
         actor.event(crate::NAME, &self.settings.trust_domain, action)
     }
 
+    /// An event about `scope` itself, naming its client, matter and
+    /// category.
+    fn scope_event(&self, actor: &Actor, action: Action, scope: &ScopeRow) -> EventBuilder {
+        self.event(actor, action)
+            .resource("scope", &scope.id.to_string())
+            .scope(Some(scope.client_id), scope.matter_id)
+            .category(&scope.category)
+    }
+
     pub(crate) async fn commit(
         &self,
         statements: Vec<Statement>,
@@ -951,10 +960,7 @@ impl Vault {
         let window = window.unwrap_or(self.settings.destruction_window);
         let now = Utc::now();
         let base = |action| {
-            self.event(actor, action)
-                .resource("scope", &id.to_string())
-                .scope(Some(scope.client_id), scope.matter_id)
-                .category(&scope.category)
+            self.scope_event(actor, action, &scope)
                 .outcome(Outcome::Allowed, &format!("order-{order}"))
         };
         let (statement, event) = if window.is_zero() {
@@ -1022,10 +1028,7 @@ impl Vault {
         // The reason is free text: it travels sealed under the scope's key.
         let key = self.scope_key_for_sealing(&scope).await?;
         let event = self
-            .event(actor, Action::VaultScopeDestructionCancelled)
-            .resource("scope", &id.to_string())
-            .scope(Some(scope.client_id), scope.matter_id)
-            .category(&scope.category)
+            .scope_event(actor, Action::VaultScopeDestructionCancelled, &scope)
             .sealed_text(key.seal_text(reason)?, &id.to_string())
             .build();
         match self
@@ -1052,10 +1055,7 @@ impl Vault {
         for scope in self.store.due_destructions(now).await? {
             let order = scope.shred_order.clone().unwrap_or_default();
             let event = self
-                .event(&actor, Action::VaultScopeShredded)
-                .resource("scope", &scope.id.to_string())
-                .scope(Some(scope.client_id), scope.matter_id)
-                .category(&scope.category)
+                .scope_event(&actor, Action::VaultScopeShredded, &scope)
                 .outcome(Outcome::Allowed, &format!("order-{order}"))
                 .build();
             match self
@@ -1191,10 +1191,7 @@ impl Vault {
             return Ok(0);
         }
         let event = self
-            .event(actor, Action::VaultOriginalsReturned)
-            .resource("scope", &scope_id.to_string())
-            .scope(Some(scope.client_id), scope.matter_id)
-            .category(&scope.category)
+            .scope_event(actor, Action::VaultOriginalsReturned, &scope)
             .outcome(Outcome::Allowed, &format!("return-{return_id}"))
             .build();
         self.commit(vec![store::release_originals(scope_id)], &[event])
