@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::directory::{Client, as_staff, assign, cleared, new_client, new_matter, staff_token};
 use common::{field, store_as, stored_as};
-use confidant::sandbox::{Sandbox, SandboxData, SandboxSpec};
+use confidant::sandbox::{Sandbox, SandboxData, SandboxSpec, config_table};
 use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
 use confidant_proto::audit::v1::{
     AuditEvent, GetCheckpointRequest, GetLogInfoRequest, ListEventsRequest, Outcome,
@@ -130,6 +130,19 @@ async fn start_with_firm(data: &SandboxData, services: &[ServiceName]) -> (Sandb
     let mut admin = common::identity_client(data, &sandbox, "operator").await;
     let f = firm(&mut admin).await;
     (sandbox, f)
+}
+
+/// `confidant keys retire-local-kms` for `key_id`, with the sandbox's
+/// configuration as its file.
+fn retire_local_kms(data: &SandboxData, key_id: &str) -> std::process::Output {
+    let file = data.path().join("retire.toml");
+    let config = config_table(data, &SandboxSpec::of(&SUITE));
+    std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
+    common::confidant()
+        .args(["keys", "retire-local-kms", "--key-id", key_id, "--config"])
+        .arg(&file)
+        .output()
+        .expect("confidant runs")
 }
 
 async fn vault_events(
@@ -1221,21 +1234,23 @@ async fn kms_keys_rotate_through_the_api_without_touching_records(backend: Backe
     assert_eq!(stored_records(&data).await, before);
     sandbox.stop().await;
 
-    // The old key can be retired. The local keyring drops it; the emulator
-    // does not enforce a key's state, so there the scopes' own rows show
-    // that nothing is wrapped under it any more.
+    // The old key can be retired. `confidant keys retire-local-kms` takes
+    // it out of the local keyring; AWS keys are retired in AWS KMS, which
+    // the command says. The emulator does not enforce a key's state, so
+    // there the scopes' own rows show that nothing is wrapped under it any
+    // more.
+    let retired = retire_local_kms(&data, &old);
+    let said = String::from_utf8_lossy(&retired.stdout).into_owned()
+        + &String::from_utf8_lossy(&retired.stderr);
     match backend {
         Backend::Sqlite => {
-            let keyring = data.local_kms_keyring();
-            let kept: String = std::fs::read_to_string(&keyring)
-                .unwrap()
-                .lines()
-                .filter(|l| !l.starts_with(&format!("{old} ")))
-                .map(|l| format!("{l}\n"))
-                .collect();
-            std::fs::write(&keyring, kept).unwrap();
+            assert!(retired.status.success(), "{said}");
+            let keyring = std::fs::read_to_string(data.local_kms_keyring()).unwrap();
+            assert!(!keyring.contains(&old), "{keyring}");
         }
         Backend::Postgres => {
+            assert!(!retired.status.success(), "{said}");
+            assert!(said.contains("retire an AWS KMS key in AWS KMS"), "{said}");
             let wrapped_by: Vec<(String,)> = common::service_db(&data, ServiceName::Vault)
                 .await
                 .fetch_all(
@@ -1466,6 +1481,12 @@ async fn sqlite_keys_and_masking_from_the_command_line() {
             .expect("confidant runs")
     };
     let keyring = data.local_kms_keyring();
+    let old = std::fs::read_to_string(&keyring)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .expect("the first key's id")
+        .to_owned();
     let rotated = run(&[
         "keys",
         "rotate-local-kms",
@@ -1489,6 +1510,21 @@ async fn sqlite_keys_and_masking_from_the_command_line() {
         !missing.status.success(),
         "a missing keyring is not created"
     );
+    // The old key cannot be retired while anything is wrapped under it:
+    // identity's data key until identity restarts, the vault's scope keys
+    // until the rewrap. Nor can the active key, or a key that is not there.
+    let refused = |key_id: &str| {
+        let out = retire_local_kms(&data, key_id);
+        assert!(!out.status.success(), "{key_id} retired");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let still_used = refused(&old);
+    assert!(
+        still_used.contains("identity: its data key") && still_used.contains("vault: 2 scope keys"),
+        "{still_used}"
+    );
+    assert!(refused(&new).contains("is the active key"));
+    assert!(refused("local-none").contains("no local key local-none"));
 
     let sandbox = Sandbox::start(&data, SandboxSpec::of(&SUITE)).await;
     let tls = data.operator_files();
@@ -1548,6 +1584,15 @@ async fn sqlite_keys_and_masking_from_the_command_line() {
     assert_eq!(progress, [(1, 1), (1, 0)]);
     assert_eq!(batches[1]["active_kms_key_id"], new.as_str());
     assert_eq!(usage(&lines(&["key-stats"])[0]), [(new.clone(), 2, true)]);
+    // Now nothing is wrapped under the old key: it is retired, for good.
+    let retired = retire_local_kms(&data, &old);
+    assert!(retired.status.success(), "{retired:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&retired.stdout).trim(),
+        format!("local KMS key {old} retired; active key: {new}")
+    );
+    let kept = std::fs::read_to_string(&keyring).unwrap();
+    assert!(!kept.contains(&old) && kept.contains(&new), "{kept}");
     // Run again, it has nothing to do: one line, nothing moved or left.
     let again = lines(&["rewrap"]);
     assert_eq!(again.len(), 1);

@@ -7,6 +7,7 @@ pub mod certs;
 pub mod cli;
 pub mod directory_cli;
 pub mod incidents_cli;
+pub mod keys_cli;
 pub mod process;
 pub mod records_cli;
 #[cfg(feature = "testing")]

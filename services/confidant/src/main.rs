@@ -83,7 +83,8 @@ enum Command {
         action: AuditCommand,
     },
     /// Create the key files a production deployment mounts (never
-    /// overwrites an existing file).
+    /// overwrites an existing file); rotate and retire the local KMS's
+    /// master keys (development).
     Keys {
         #[command(subcommand)]
         action: KeysCommand,
@@ -173,6 +174,22 @@ enum KeysCommand {
         /// its data directory).
         #[arg(long, default_value = ".confidant/kms-master.key")]
         key_file: PathBuf,
+    },
+    /// Retire an old master key of the local KMS (development), after the
+    /// rotation: once every service has restarted and `confidant vault
+    /// rewrap` has moved every scope key. Refused, naming what and where,
+    /// while any service's database still holds a key wrapped under it; the
+    /// active key is refused too. The keyring is the configuration's.
+    RetireLocalKms {
+        /// The master key to remove (`local-…`, as the rotation named it).
+        #[arg(long)]
+        key_id: String,
+        /// TOML configuration file (dev data directory when absent).
+        #[arg(long, env = "CONFIDANT_CONFIG")]
+        config: Option<PathBuf>,
+        /// Use the `confidant dev` data directory instead of a config file.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
 }
 
@@ -315,7 +332,7 @@ fn main() -> ExitCode {
             report(result)
         }
         Command::Audit { action } => audit(action),
-        Command::Keys { action } => report(write_key(action)),
+        Command::Keys { action } => report(keys(action, &env)),
         Command::Directory { conn, action } => block_on(async move {
             let mut stdout = std::io::stdout();
             report(confidant::directory_cli::run(&conn, action, &mut stdout).await)
@@ -344,14 +361,7 @@ fn main() -> ExitCode {
                     data_dir,
                 },
         } => {
-            let config = match (config, data_dir) {
-                (Some(file), _) => load(Some(&file), &env),
-                (None, Some(dir)) => std::path::absolute(&dir)
-                    .map_err(|e| e.to_string())
-                    .and_then(|d| dev_config(&d, &env)),
-                (None, None) => return config_error("pass --config or --data-dir"),
-            };
-            let config = match config {
+            let config = match chosen_config(config, data_dir, &env) {
                 Ok(c) => c,
                 Err(err) => return config_error(&err),
             };
@@ -599,6 +609,22 @@ fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Config, St
     config::load(toml::Table::new(), file, env).map_err(|e| e.to_string())
 }
 
+/// The configuration of `--config`, or of the dev data directory of
+/// `--data-dir`, for commands that work on a deployment's files.
+fn chosen_config(
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    env: &HashMap<String, String>,
+) -> Result<Config, String> {
+    match (config, data_dir) {
+        (Some(file), _) => load(Some(&file), env),
+        (None, Some(dir)) => std::path::absolute(&dir)
+            .map_err(|e| e.to_string())
+            .and_then(|d| dev_config(&d, env)),
+        (None, None) => Err("pass --config or --data-dir".to_owned()),
+    }
+}
+
 fn dev_config(data_dir: &Path, env: &HashMap<String, String>) -> Result<Config, String> {
     // Databases, keys and certificates live here: owner only.
     {
@@ -663,7 +689,7 @@ fn services_label(services: &[ServiceName]) -> String {
         .join(",")
 }
 
-fn write_key(action: KeysCommand) -> anyhow::Result<()> {
+fn keys(action: KeysCommand, env: &HashMap<String, String>) -> anyhow::Result<()> {
     use confidant_runtime::keys;
     match action {
         KeysCommand::Signing { out } => {
@@ -684,6 +710,16 @@ fn write_key(action: KeysCommand) -> anyhow::Result<()> {
             }
             let id = confidant_runtime::kms::LocalKms::open(&key_file)?.rotate()?;
             println!("active local KMS key: {id}");
+        }
+        KeysCommand::RetireLocalKms {
+            key_id,
+            config,
+            data_dir,
+        } => {
+            let config = chosen_config(config, data_dir, env).map_err(anyhow::Error::msg)?;
+            let said =
+                runtime()?.block_on(confidant::keys_cli::retire_local_kms(&config, &key_id))?;
+            println!("{said}");
         }
     }
     Ok(())

@@ -105,6 +105,15 @@ async fn rewrap_under_active(
     }
 }
 
+/// Whether the service's data key in `db` (if it has one yet) is wrapped
+/// under the KMS key `key_id`.
+pub async fn data_key_wrapped_under(db: &Database, key_id: &str) -> Result<bool, sqlx::Error> {
+    let row: Option<(String,)> = db
+        .fetch_optional("SELECT key_id FROM service_data_keys WHERE id = 1", vec![])
+        .await?;
+    Ok(row.is_some_and(|(k,)| k == key_id))
+}
+
 impl SecretBox {
     /// Unwraps `service`'s data key (in its own database), creating it on
     /// first start. After a KMS key rotation the key is rewrapped under the

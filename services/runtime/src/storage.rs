@@ -258,6 +258,18 @@ impl Database {
             .collect())
     }
 
+    /// Whether no migration was ever applied here: a service that never
+    /// ran on this database.
+    pub async fn never_migrated(&self) -> bool {
+        let sql = "SELECT COUNT(*) FROM _sqlx_migrations WHERE success";
+        let applied = match self {
+            Database::Postgres(pool) => sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await,
+            Database::Sqlite(pool) => sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await,
+        };
+        // No bookkeeping table: nothing was ever applied.
+        applied.unwrap_or(0) == 0
+    }
+
     /// Cheap liveness check (`SELECT 1`).
     pub async fn ping(&self) -> Result<(), Error> {
         match self {

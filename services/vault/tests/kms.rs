@@ -125,6 +125,49 @@ async fn local_rotation_keeps_old_keys_unwrapping_and_survives_reopening() {
 }
 
 #[tokio::test]
+async fn a_retired_local_key_is_gone_for_good_and_the_active_one_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kms.keys");
+    let kms = LocalKms::open(&path).unwrap();
+    let old = kms.generate_data_key(&scope("a")).await.unwrap();
+    let first = kms.active_key_id();
+    let second = kms.rotate().unwrap();
+    let moved = kms.rewrap(&old.wrapped, &scope("a"), None).await.unwrap();
+
+    assert!(
+        matches!(kms.retire(&second), Err(Error::Keyring(_))),
+        "the active key stays"
+    );
+    assert!(matches!(
+        kms.retire("local-none"),
+        Err(Error::KeyNotUsable(_))
+    ));
+    assert_eq!(kms.key_ids().unwrap(), [first.clone(), second.clone()]);
+    kms.retire(&first).unwrap();
+
+    // Neither this keyring nor the file opened afresh unwraps under the
+    // retired key; what was rewrapped still opens.
+    let reopened = LocalKms::open(&path).unwrap();
+    for keyring in [&kms, &reopened] {
+        assert_eq!(keyring.key_ids().unwrap(), [second.clone()]);
+        assert!(matches!(
+            keyring.decrypt(&old.wrapped, &scope("a")).await,
+            Err(Error::KeyNotUsable(_))
+        ));
+        assert_eq!(
+            keyring.decrypt(&moved, &scope("a")).await.unwrap().expose(),
+            old.plaintext.expose()
+        );
+    }
+    assert!(!std::fs::read_to_string(&path).unwrap().contains(&first));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+#[tokio::test]
 async fn an_unreachable_kms_is_reported_as_unavailable() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -83,9 +83,56 @@ impl LocalKms {
             .keys
             .write()
             .map_err(|_| Error::Other("keyring lock poisoned".into()))?;
-        keys.push((id.clone(), key));
+        let mut kept = keys.clone();
+        kept.push((id.clone(), key));
+        self.save(&kept)?;
+        *keys = kept;
+        Ok(id)
+    }
+
+    /// The ids of the master keys, oldest first; the last is the active one.
+    pub fn key_ids(&self) -> Result<Vec<String>, Error> {
+        Ok(self
+            .keys
+            .read()
+            .map_err(|_| Error::Other("keyring lock poisoned".into()))?
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect())
+    }
+
+    /// Removes the master key `id` from the keyring for good: whatever it
+    /// still wraps can never be unwrapped again, so the caller first makes
+    /// sure nothing does (a rotation and its rewraps). The active key is
+    /// refused.
+    pub fn retire(&self, id: &str) -> Result<(), Error> {
+        let mut keys = self
+            .keys
+            .write()
+            .map_err(|_| Error::Other("keyring lock poisoned".into()))?;
+        match keys.iter().position(|(k, _)| k == id) {
+            None => Err(Error::KeyNotUsable(format!("no local key {id}"))),
+            Some(i) if i + 1 == keys.len() => Err(keyring_error(
+                &self.path,
+                format!("{id} is the active key; rotate to a new one first"),
+            )),
+            Some(i) => {
+                let mut kept = keys.clone();
+                // The removed key is zeroized as it drops.
+                kept.remove(i);
+                self.save(&kept)?;
+                *keys = kept;
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes `keys` as the keyring file (mode 0600): to a temporary file,
+    /// flushed to disk, then renamed over the keyring, so that a crash never
+    /// leaves a half-written keyring.
+    fn save(&self, keys: &[(String, SecretKey)]) -> Result<(), Error> {
         let mut text = zeroize::Zeroizing::new(String::new());
-        for (id, key) in keys.iter() {
+        for (id, key) in keys {
             text.push_str(id);
             text.push(' ');
             text.push_str(&STANDARD.encode(key.expose()));
@@ -94,7 +141,6 @@ impl LocalKms {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| keyring_error(&self.path, e))?;
         }
-        // Write then rename, so a crash never leaves a half-written keyring.
         let tmp = self.path.with_extension("tmp");
         {
             use std::io::Write;
@@ -110,8 +156,7 @@ impl LocalKms {
                 .map_err(|e| keyring_error(&tmp, e))?;
             file.sync_all().map_err(|e| keyring_error(&tmp, e))?;
         }
-        std::fs::rename(&tmp, &self.path).map_err(|e| keyring_error(&self.path, e))?;
-        Ok(id)
+        std::fs::rename(&tmp, &self.path).map_err(|e| keyring_error(&self.path, e))
     }
 
     fn key(&self, id: &str) -> Result<SecretKey, Error> {

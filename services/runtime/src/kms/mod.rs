@@ -160,6 +160,16 @@ pub trait Kms: Send + Sync + fmt::Debug {
 /// names none.
 pub const LOCAL_KEY_FILE: &str = "kms-master.key";
 
+/// The local keyring's file: `kms.local_key_file`, or [`LOCAL_KEY_FILE`] in
+/// the data directory; `None` when the configuration names neither.
+pub fn local_key_file(config: &crate::config::Config) -> Option<std::path::PathBuf> {
+    config
+        .kms
+        .local_key_file
+        .clone()
+        .or_else(|| config.data_dir.as_ref().map(|d| d.join(LOCAL_KEY_FILE)))
+}
+
 /// The KMS the configuration names: AWS KMS, or the local keyring (in
 /// `kms.local_key_file`, or [`LOCAL_KEY_FILE`] in the data directory).
 pub async fn from_config(config: &crate::config::Config) -> Result<std::sync::Arc<dyn Kms>, Error> {
@@ -195,11 +205,7 @@ pub async fn from_config(config: &crate::config::Config) -> Result<std::sync::Ar
             ))
         }
         Some(KmsProvider::Local) => {
-            let path = config
-                .kms
-                .local_key_file
-                .clone()
-                .or_else(|| config.data_dir.as_ref().map(|d| d.join(LOCAL_KEY_FILE)))
+            let path = local_key_file(config)
                 .ok_or_else(|| Error::Keyring("kms.local_key_file is not set".into()))?;
             Ok(std::sync::Arc::new(LocalKms::open(&path)?))
         }

@@ -1,0 +1,117 @@
+//! `confidant keys retire-local-kms`: the last step of a rotation of the
+//! local KMS. After `confidant keys rotate-local-kms`, a restart of every
+//! service and `confidant vault rewrap`, the old master key wraps nothing;
+//! this command makes sure of that in every service's database and only
+//! then removes the key from the keyring, for good.
+
+use anyhow::Context as _;
+use confidant_runtime::ServiceName;
+use confidant_runtime::config::{Config, KmsProvider};
+use confidant_runtime::kms::{Kms as _, LocalKms};
+use confidant_runtime::storage::{Database, PoolOptions};
+
+/// What still uses a KMS key in one service's database, for people: e.g.
+/// "vault: 3 scope keys (run `confidant vault rewrap` ...)". Empty when
+/// nothing does, or when the service never ran on this database.
+async fn uses_in(
+    config: &Config,
+    service: ServiceName,
+    key_id: &str,
+) -> anyhow::Result<Vec<String>> {
+    let Some(url) = config
+        .services
+        .get(&service)
+        .and_then(|s| s.database_url.clone())
+    else {
+        return Ok(Vec::new());
+    };
+    let options = PoolOptions {
+        max_connections: 1,
+        ..PoolOptions::default()
+    };
+    let db = Database::connect(&url, service.as_str(), options)
+        .await
+        .with_context(|| format!("{service}: cannot open its database"))?;
+    let uses = uses_of(&db, service, key_id).await;
+    db.close().await;
+    uses
+}
+
+async fn uses_of(db: &Database, service: ServiceName, key_id: &str) -> anyhow::Result<Vec<String>> {
+    if db.never_migrated().await {
+        // The service never ran here: it has wrapped nothing.
+        return Ok(Vec::new());
+    }
+    let pending = db
+        .unapplied_migrations(crate::process::migrations(service))
+        .await?;
+    if !pending.is_empty() {
+        anyhow::bail!(
+            "{service}: the database schema is behind ({} migrations pending); run `confidant migrate` first",
+            pending.len()
+        );
+    }
+    let mut uses = Vec::new();
+    if confidant_runtime::secret_box::data_key_wrapped_under(db, key_id).await? {
+        uses.push(format!(
+            "{service}: its data key (restart {service}: it rewraps its data key under the active key as it starts)"
+        ));
+    }
+    if service == ServiceName::Vault {
+        let scopes: i64 = confidant_vault::store::VaultStore::new(db.clone())
+            .kms_key_usage()
+            .await?
+            .into_iter()
+            .filter(|(k, _)| k == key_id)
+            .map(|(_, n)| n)
+            .sum();
+        if scopes > 0 {
+            uses.push(format!(
+                "vault: {scopes} scope keys (run `confidant vault rewrap` once every vault replica runs with the new key)"
+            ));
+        }
+    }
+    Ok(uses)
+}
+
+/// Retires the local KMS master key `key_id` of `config`'s keyring once no
+/// service's database holds anything wrapped under it; what it says for
+/// people.
+pub async fn retire_local_kms(config: &Config, key_id: &str) -> anyhow::Result<String> {
+    if config.kms.provider != Some(KmsProvider::Local) {
+        anyhow::bail!(
+            "kms.provider is not local: retire an AWS KMS key in AWS KMS (disable it, then schedule its deletion) \
+             once `confidant vault key-stats` no longer lists it and identity and intake have logged their rewrap"
+        );
+    }
+    let path =
+        confidant_runtime::kms::local_key_file(config).context("kms.local_key_file is not set")?;
+    // A missing keyring is not created here: there would be nothing to retire.
+    if !path.exists() {
+        anyhow::bail!("{} does not exist", path.display());
+    }
+    let kms = LocalKms::open(&path)?;
+    if !kms.key_ids()?.iter().any(|k| k == key_id) {
+        anyhow::bail!("{}: no local key {key_id}", path.display());
+    }
+    if kms.is_active(key_id) {
+        anyhow::bail!(
+            "{key_id} is the active key; rotate to a new one first (`confidant keys rotate-local-kms`)"
+        );
+    }
+    let mut uses = Vec::new();
+    for service in ServiceName::ALL {
+        uses.extend(uses_in(config, service, key_id).await?);
+    }
+    if !uses.is_empty() {
+        anyhow::bail!(
+            "{key_id} still wraps keys, so it stays:\n  {}",
+            uses.join("\n  ")
+        );
+    }
+    kms.retire(key_id)?;
+    Ok(format!(
+        "local KMS key {key_id} retired; active key: {}",
+        kms.active_key_id()
+    ))
+}
