@@ -12,7 +12,8 @@ use confidant_runtime::storage::{Database, PoolOptions};
 
 /// What still uses a KMS key in one service's database, for people: e.g.
 /// "vault: 3 scope keys (run `confidant vault rewrap` ...)". Empty when
-/// nothing does, or when the service never ran on this database.
+/// nothing does, or when the service never ran on this database (no
+/// migration applied).
 async fn uses_in(
     config: &Config,
     service: ServiceName,
@@ -66,8 +67,9 @@ async fn uses_of(db: &Database, service: ServiceName, key_id: &str) -> anyhow::R
             .map(|(_, n)| n)
             .sum();
         if scopes > 0 {
+            let keys = if scopes == 1 { "key" } else { "keys" };
             uses.push(format!(
-                "vault: {scopes} scope keys (run `confidant vault rewrap` once every vault replica runs with the new key)"
+                "vault: {scopes} scope {keys} (run `confidant vault rewrap` once every vault replica runs with the new key)"
             ));
         }
     }
