@@ -142,14 +142,14 @@ async fn a_retired_local_key_is_gone_for_good_and_the_active_one_stays() {
         kms.retire("local-none"),
         Err(Error::KeyNotUsable(_))
     ));
-    assert_eq!(kms.key_ids().unwrap(), [first.clone(), second.clone()]);
+    assert_eq!(kms.key_ids().unwrap(), [first.as_str(), second.as_str()]);
     kms.retire(&first).unwrap();
 
     // Neither this keyring nor the file opened afresh unwraps under the
     // retired key; what was rewrapped still opens.
     let reopened = LocalKms::open(&path).unwrap();
     for keyring in [&kms, &reopened] {
-        assert_eq!(keyring.key_ids().unwrap(), [second.clone()]);
+        assert_eq!(keyring.key_ids().unwrap(), [second.as_str()]);
         assert!(matches!(
             keyring.decrypt(&old.wrapped, &scope("a")).await,
             Err(Error::KeyNotUsable(_))
