@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use confidant_runtime::testing::{emulated_kms, kms_endpoint, new_kms_key};
-use confidant_vault::kms::{AwsKms, AwsSettings, EncryptionContext, Error, Kms, LocalKms};
+use confidant_vault::kms::{
+    AwsKms, AwsSettings, DataKey, EncryptionContext, Error, Kms, LocalKms, WrappedKey,
+};
 
 async fn aws_with_new_key() -> (Arc<dyn Kms>, AwsKms, String) {
     let admin = AwsKms::connect(&emulated_kms(&kms_endpoint(), "")).await;
@@ -87,84 +89,105 @@ async fn aws_rewrap_moves_a_key_to_the_new_kms_key_without_changing_it() {
     );
 }
 
-#[tokio::test]
-async fn local_rotation_keeps_old_keys_unwrapping_and_survives_reopening() {
+/// A local keyring in a fresh directory, rotated once: a data key made
+/// under its first key, and the same key rewrapped under the second. The
+/// directory lasts as long as the value.
+struct Rotated {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    kms: LocalKms,
+    old: DataKey,
+    moved: WrappedKey,
+    first: String,
+    second: String,
+}
+
+async fn rotated_local_keyring() -> Rotated {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kms.keys");
     let kms = LocalKms::open(&path).unwrap();
     let old = kms.generate_data_key(&scope("a")).await.unwrap();
     let first = kms.active_key_id();
     let second = kms.rotate().unwrap();
-    assert_ne!(first, second);
     let moved = kms.rewrap(&old.wrapped, &scope("a"), None).await.unwrap();
-    assert_eq!(moved.key_id, second);
+    Rotated {
+        _dir: dir,
+        path,
+        kms,
+        old,
+        moved,
+        first,
+        second,
+    }
+}
 
-    let reopened = LocalKms::open(&path).unwrap();
-    assert_eq!(reopened.active_key_id(), second);
-    assert_eq!(
-        reopened
-            .decrypt(&old.wrapped, &scope("a"))
-            .await
-            .unwrap()
-            .expose(),
-        old.plaintext.expose()
-    );
-    assert_eq!(
-        reopened
-            .decrypt(&moved, &scope("a"))
-            .await
-            .unwrap()
-            .expose(),
-        old.plaintext.expose()
-    );
+/// The keyring file is for its owner only.
+fn assert_owner_only(path: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
-        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777,
         0o600
     );
 }
 
 #[tokio::test]
-async fn a_retired_local_key_is_gone_for_good_and_the_active_one_stays() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("kms.keys");
-    let kms = LocalKms::open(&path).unwrap();
-    let old = kms.generate_data_key(&scope("a")).await.unwrap();
-    let first = kms.active_key_id();
-    let second = kms.rotate().unwrap();
-    let moved = kms.rewrap(&old.wrapped, &scope("a"), None).await.unwrap();
+async fn local_rotation_keeps_old_keys_unwrapping_and_survives_reopening() {
+    let r = rotated_local_keyring().await;
+    assert_ne!(r.first, r.second);
+    assert_eq!(r.moved.key_id, r.second);
 
+    let reopened = LocalKms::open(&r.path).unwrap();
+    assert_eq!(reopened.active_key_id(), r.second);
+    for wrapped in [&r.old.wrapped, &r.moved] {
+        assert_eq!(
+            reopened
+                .decrypt(wrapped, &scope("a"))
+                .await
+                .unwrap()
+                .expose(),
+            r.old.plaintext.expose()
+        );
+    }
+    assert_owner_only(&r.path);
+}
+
+#[tokio::test]
+async fn a_retired_local_key_is_gone_for_good_and_the_active_one_stays() {
+    let r = rotated_local_keyring().await;
     assert!(
-        matches!(kms.retire(&second), Err(Error::Keyring(_))),
+        matches!(r.kms.retire(&r.second), Err(Error::Keyring(_))),
         "the active key stays"
     );
     assert!(matches!(
-        kms.retire("local-none"),
+        r.kms.retire("local-none"),
         Err(Error::KeyNotUsable(_))
     ));
-    assert_eq!(kms.key_ids().unwrap(), [first.as_str(), second.as_str()]);
-    kms.retire(&first).unwrap();
+    assert_eq!(
+        r.kms.key_ids().unwrap(),
+        [r.first.as_str(), r.second.as_str()]
+    );
+    r.kms.retire(&r.first).unwrap();
 
     // Neither this keyring nor the file opened afresh unwraps under the
     // retired key; what was rewrapped still opens.
-    let reopened = LocalKms::open(&path).unwrap();
-    for keyring in [&kms, &reopened] {
-        assert_eq!(keyring.key_ids().unwrap(), [second.as_str()]);
+    let reopened = LocalKms::open(&r.path).unwrap();
+    for keyring in [&r.kms, &reopened] {
+        assert_eq!(keyring.key_ids().unwrap(), [r.second.as_str()]);
         assert!(matches!(
-            keyring.decrypt(&old.wrapped, &scope("a")).await,
+            keyring.decrypt(&r.old.wrapped, &scope("a")).await,
             Err(Error::KeyNotUsable(_))
         ));
         assert_eq!(
-            keyring.decrypt(&moved, &scope("a")).await.unwrap().expose(),
-            old.plaintext.expose()
+            keyring
+                .decrypt(&r.moved, &scope("a"))
+                .await
+                .unwrap()
+                .expose(),
+            r.old.plaintext.expose()
         );
     }
-    assert!(!std::fs::read_to_string(&path).unwrap().contains(&first));
-    use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert!(!std::fs::read_to_string(&r.path).unwrap().contains(&r.first));
+    assert_owner_only(&r.path);
 }
 
 #[tokio::test]
