@@ -184,7 +184,7 @@ enum KeysCommand {
         /// The master key to remove (`local-…`, as the rotation named it).
         #[arg(long)]
         key_id: String,
-        /// TOML configuration file (dev data directory when absent).
+        /// TOML configuration file (or --data-dir).
         #[arg(long, env = "CONFIDANT_CONFIG")]
         config: Option<PathBuf>,
         /// Use the `confidant dev` data directory instead of a config file.
@@ -205,7 +205,7 @@ enum AdminCommand {
         /// The name shown to colleagues.
         #[arg(long)]
         display_name: String,
-        /// TOML configuration file (dev data directory when absent).
+        /// TOML configuration file (or --data-dir).
         #[arg(long, env = "CONFIDANT_CONFIG")]
         config: Option<PathBuf>,
         /// Use the `confidant dev` data directory instead of a config file.
