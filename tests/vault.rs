@@ -1593,6 +1593,22 @@ async fn sqlite_keys_and_masking_from_the_command_line() {
     );
     let kept = std::fs::read_to_string(&keyring).unwrap();
     assert!(!kept.contains(&old) && kept.contains(&new), "{kept}");
+    // The retirement, and only it (not the refused attempts), is in the
+    // audit log, naming the key.
+    let log = audit(&data, &sandbox).await;
+    common::eventually(Duration::from_secs(20), "the retirement logged", || {
+        let (mut log, old) = (log.clone(), old.clone());
+        async move {
+            let retired: Vec<(String, String)> =
+                logged_events(&mut log, "", "vault", "vault.kms_key.retired")
+                    .await
+                    .into_iter()
+                    .filter_map(|e| e.resource.map(|r| (r.r#type, r.id)))
+                    .collect();
+            retired == [("kms_key".to_owned(), old)]
+        }
+    })
+    .await;
     // Run again, it has nothing to do: one line, nothing moved or left.
     let again = lines(&["rewrap"]);
     assert_eq!(again.len(), 1);

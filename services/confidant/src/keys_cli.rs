@@ -1,11 +1,14 @@
 //! `confidant keys retire-local-kms`: the last step of a rotation of the
 //! local KMS. After `confidant keys rotate-local-kms`, a restart of every
 //! service and `confidant vault rewrap`, the old master key wraps nothing;
-//! this command makes sure of that in every service's database and only
-//! then removes the key from the keyring, for good.
+//! this command makes sure of that in every service's database, records
+//! the retirement in the audit log and only then removes the key from the
+//! keyring, for good.
 
 use anyhow::Context as _;
+use confidant_proto::audit::v1::{Outcome, Resource};
 use confidant_runtime::ServiceName;
+use confidant_runtime::audit::{Action, service_event};
 use confidant_runtime::config::{Config, KmsProvider};
 use confidant_runtime::kms::{Kms as _, LocalKms};
 use confidant_runtime::storage::{Database, PoolOptions};
@@ -76,6 +79,34 @@ async fn uses_of(db: &Database, service: ServiceName, key_id: &str) -> anyhow::R
     Ok(uses)
 }
 
+/// Puts the retirement of `key_id` in the vault's audit outbox.
+async fn record_retirement(config: &Config, key_id: &str) -> anyhow::Result<()> {
+    let url = config
+        .services
+        .get(&ServiceName::Vault)
+        .and_then(|s| s.database_url.clone())
+        .context("services.vault.database_url is not set: the retirement cannot be recorded")?;
+    let db = Database::connect(&url, ServiceName::Vault.as_str(), PoolOptions::default())
+        .await
+        .context("vault: cannot open its database")?;
+    let mut event = service_event(
+        ServiceName::Vault,
+        &config.trust_domain,
+        Action::VaultKmsKeyRetired,
+        Outcome::Allowed,
+    );
+    event.resource = Some(Resource {
+        r#type: "kms_key".to_owned(),
+        id: key_id.to_owned(),
+        ..Resource::default()
+    });
+    event.reason = "nothing_wrapped".to_owned();
+    let recorded = db.transact(Vec::new(), &[event]).await;
+    db.close().await;
+    recorded.context("vault: the retirement could not be recorded in its audit outbox")?;
+    Ok(())
+}
+
 /// Retires the local KMS master key `key_id` of `config`'s keyring once no
 /// service's database holds anything wrapped under it; what it says for
 /// people.
@@ -111,7 +142,13 @@ pub async fn retire_local_kms(config: &Config, key_id: &str) -> anyhow::Result<S
             uses.join("\n  ")
         );
     }
-    kms.retire(key_id)?;
+    // Recorded first (nothing happens to a key unrecorded): in the vault's
+    // outbox, which the vault delivers to the audit log while it runs, or
+    // as it next starts.
+    record_retirement(config, key_id).await?;
+    kms.retire(key_id).context(
+        "the retirement is in the audit log but the keyring is unchanged; run the command again",
+    )?;
     Ok(format!(
         "local KMS key {key_id} retired; active key: {}",
         kms.active_key_id()
