@@ -6,12 +6,14 @@
 //! keyring, for good.
 
 use anyhow::Context as _;
-use confidant_proto::audit::v1::{Outcome, Resource};
+use confidant_proto::audit::v1::Outcome;
 use confidant_runtime::ServiceName;
-use confidant_runtime::audit::{Action, service_event};
+use confidant_runtime::audit::{Action, EventBuilder};
 use confidant_runtime::config::{Config, KmsProvider};
 use confidant_runtime::kms::{Kms as _, LocalKms};
 use confidant_runtime::storage::{Database, PoolOptions};
+
+use crate::process::MigrationPolicy;
 
 /// What still uses a KMS key in one service's database, for people: e.g.
 /// "vault: 3 scope keys (run `confidant vault rewrap` ...)". Empty when
@@ -42,7 +44,7 @@ async fn uses_in(
 }
 
 async fn uses_of(db: &Database, service: ServiceName, key_id: &str) -> anyhow::Result<Vec<String>> {
-    if db.never_migrated().await {
+    if db.never_migrated().await? {
         // The service never ran here: it has wrapped nothing.
         return Ok(Vec::new());
     }
@@ -81,26 +83,17 @@ async fn uses_of(db: &Database, service: ServiceName, key_id: &str) -> anyhow::R
 
 /// Puts the retirement of `key_id` in the vault's audit outbox.
 async fn record_retirement(config: &Config, key_id: &str) -> anyhow::Result<()> {
-    let url = config
-        .services
-        .get(&ServiceName::Vault)
-        .and_then(|s| s.database_url.clone())
-        .context("services.vault.database_url is not set: the retirement cannot be recorded")?;
-    let db = Database::connect(&url, ServiceName::Vault.as_str(), PoolOptions::default())
-        .await
-        .context("vault: cannot open its database")?;
-    let mut event = service_event(
+    let db =
+        crate::process::open_database(config, ServiceName::Vault, MigrationPolicy::RequireApplied)
+            .await?;
+    let event = EventBuilder::new(
         ServiceName::Vault,
         &config.trust_domain,
         Action::VaultKmsKeyRetired,
-        Outcome::Allowed,
-    );
-    event.resource = Some(Resource {
-        r#type: "kms_key".to_owned(),
-        id: key_id.to_owned(),
-        ..Resource::default()
-    });
-    event.reason = "nothing_wrapped".to_owned();
+    )
+    .resource("kms_key", key_id)
+    .outcome(Outcome::Allowed, "nothing_wrapped")
+    .build();
     let recorded = db.transact(Vec::new(), &[event]).await;
     db.close().await;
     recorded.context("vault: the retirement could not be recorded in its audit outbox")?;
@@ -124,14 +117,8 @@ pub async fn retire_local_kms(config: &Config, key_id: &str) -> anyhow::Result<S
         anyhow::bail!("{} does not exist", path.display());
     }
     let kms = LocalKms::open(&path)?;
-    if !kms.key_ids()?.iter().any(|k| k == key_id) {
-        anyhow::bail!("{}: no local key {key_id}", path.display());
-    }
-    if kms.is_active(key_id) {
-        anyhow::bail!(
-            "{key_id} is the active key; rotate to a new one first (`confidant keys rotate-local-kms`)"
-        );
-    }
+    // An unknown or the active key is refused before any database is asked.
+    kms.check_retirable(key_id)?;
     let mut uses = Vec::new();
     for service in ServiceName::ALL {
         uses.extend(uses_in(config, service, key_id).await?);

@@ -235,22 +235,11 @@ impl Database {
     /// refuses to start on a schema that `confidant migrate` has not brought
     /// up to date.
     pub async fn unapplied_migrations(&self, migrations: Migrations) -> Result<Vec<i64>, Error> {
-        let (all, applied) = match self {
-            Database::Postgres(pool) => (
-                combined(migrations.postgres, &COMMON_POSTGRES),
-                sqlx::query_scalar::<_, i64>("SELECT version FROM _sqlx_migrations WHERE success")
-                    .fetch_all(pool)
-                    .await,
-            ),
-            Database::Sqlite(pool) => (
-                combined(migrations.sqlite, &COMMON_SQLITE),
-                sqlx::query_scalar::<_, i64>("SELECT version FROM _sqlx_migrations WHERE success")
-                    .fetch_all(pool)
-                    .await,
-            ),
+        let all = match self {
+            Database::Postgres(_) => combined(migrations.postgres, &COMMON_POSTGRES),
+            Database::Sqlite(_) => combined(migrations.sqlite, &COMMON_SQLITE),
         };
-        // No bookkeeping table yet: nothing was ever applied.
-        let applied = applied.unwrap_or_default();
+        let applied = self.applied_migrations().await?.unwrap_or_default();
         Ok(all
             .iter()
             .map(|m| m.version)
@@ -259,15 +248,43 @@ impl Database {
     }
 
     /// Whether no migration was ever applied here: a service that never
-    /// ran on this database.
-    pub async fn never_migrated(&self) -> bool {
-        let sql = "SELECT COUNT(*) FROM _sqlx_migrations WHERE success";
-        let applied = match self {
-            Database::Postgres(pool) => sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await,
-            Database::Sqlite(pool) => sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await,
-        };
-        // No bookkeeping table: nothing was ever applied.
-        applied.unwrap_or(0) == 0
+    /// ran on this database. A database that cannot be asked is an error,
+    /// not a "never".
+    pub async fn never_migrated(&self) -> Result<bool, Error> {
+        Ok(self
+            .applied_migrations()
+            .await?
+            .is_none_or(|applied| applied.is_empty()))
+    }
+
+    /// The versions of the migrations applied here; `None` when there is
+    /// no bookkeeping table yet (nothing was ever applied).
+    async fn applied_migrations(&self) -> Result<Option<Vec<i64>>, Error> {
+        const APPLIED: &str = "SELECT version FROM _sqlx_migrations WHERE success";
+        Ok(match self {
+            Database::Postgres(pool) => {
+                // Looked up on the search path, that is in the service's schema.
+                let exists: bool =
+                    sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+                        .fetch_one(pool)
+                        .await?;
+                match exists {
+                    true => Some(sqlx::query_scalar(APPLIED).fetch_all(pool).await?),
+                    false => None,
+                }
+            }
+            Database::Sqlite(pool) => {
+                let exists: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
+                )
+                .fetch_one(pool)
+                .await?;
+                match exists {
+                    true => Some(sqlx::query_scalar(APPLIED).fetch_all(pool).await?),
+                    false => None,
+                }
+            }
+        })
     }
 
     /// Cheap liveness check (`SELECT 1`).

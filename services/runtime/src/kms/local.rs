@@ -110,20 +110,35 @@ impl LocalKms {
             .keys
             .write()
             .map_err(|_| Error::Other("keyring lock poisoned".into()))?;
+        let i = self.retirable_in(&keys, id)?;
+        let mut kept = keys.clone();
+        // The removed key is zeroized as it drops.
+        kept.remove(i);
+        self.save(&kept)?;
+        *keys = kept;
+        Ok(())
+    }
+
+    /// Whether [`LocalKms::retire`] would take `id`: the error it would give
+    /// if not (an unknown key, the active key), checked before any work
+    /// that the retirement depends on.
+    pub fn check_retirable(&self, id: &str) -> Result<(), Error> {
+        let keys = self
+            .keys
+            .read()
+            .map_err(|_| Error::Other("keyring lock poisoned".into()))?;
+        self.retirable_in(&keys, id).map(|_| ())
+    }
+
+    /// The position of `id` in `keys` if it may be retired.
+    fn retirable_in(&self, keys: &[(String, SecretKey)], id: &str) -> Result<usize, Error> {
         match keys.iter().position(|(k, _)| k == id) {
             None => Err(Error::KeyNotUsable(format!("no local key {id}"))),
             Some(i) if i + 1 == keys.len() => Err(keyring_error(
                 &self.path,
                 format!("{id} is the active key; rotate to a new one first"),
             )),
-            Some(i) => {
-                let mut kept = keys.clone();
-                // The removed key is zeroized as it drops.
-                kept.remove(i);
-                self.save(&kept)?;
-                *keys = kept;
-                Ok(())
-            }
+            Some(i) => Ok(i),
         }
     }
 
