@@ -981,7 +981,10 @@ impl Vault {
         match self
             .store
             .db()
-            .transact(vec![statement.expecting(1)], &[event])
+            .transact(
+                vec![store::settle_writes_to_scope(id), statement.expecting(1)],
+                &[event],
+            )
             .await
         {
             Ok(_) => {}
@@ -1062,7 +1065,10 @@ impl Vault {
                 .store
                 .db()
                 .transact(
-                    vec![store::shred_scope(scope.id, &order, now, &event.id).expecting(1)],
+                    vec![
+                        store::settle_writes_to_scope(scope.id),
+                        store::shred_scope(scope.id, &order, now, &event.id).expecting(1),
+                    ],
                     &[event],
                 )
                 .await

@@ -674,6 +674,21 @@ macro_rules! holds_no_originals {
     };
 }
 
+/// Statement, first in a transaction that shreds a scope or schedules its
+/// destruction: waits for the record writes under way in the scope (on
+/// PostgreSQL the scope row locked `FOR UPDATE`, which their share locks
+/// hold off) and makes later ones wait for this transaction. The next
+/// statement, under a snapshot taken after that, then sees every record
+/// those writes stored, an original among them; a write that waited finds
+/// the scope changed and stores nothing. SQLite runs one write at a time.
+pub fn settle_writes_to_scope(id: Uuid) -> Statement {
+    Statement::per_backend(
+        "SELECT 1 FROM vault_scopes WHERE id = $1 FOR UPDATE",
+        "SELECT 1 FROM vault_scopes WHERE id = $1",
+        vec![Value::Uuid(id)],
+    )
+}
+
 /// Statement: a scope becomes shredded (key gone) if no hold covers it.
 /// Constant time: one row, whatever the number of records.
 pub fn shred_scope(id: Uuid, order: &str, now: DateTime<Utc>, event_id: &str) -> Statement {

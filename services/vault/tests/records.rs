@@ -1616,6 +1616,129 @@ async fn a_masking_rule_change_reaches_every_replica_at_once(db: &TestDatabase) 
     assert_eq!(passport_number(fields), "****4567");
 }
 
+/// Polls `pool` until a transaction waits for the transaction `xid`:
+/// `Some` of the waiter's own transaction id (`None` while it has none),
+/// or `None` if nothing waits within ten seconds.
+async fn waiter_on(pool: &sqlx::PgPool, xid: i64) -> Option<Option<i64>> {
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        let waiter: Option<(Option<i64>,)> = sqlx::query_as(
+            "SELECT a.backend_xid::text::bigint FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'transactionid' AND l.transactionid::text::bigint = $1 AND NOT l.granted",
+        )
+        .bind(xid)
+        .fetch_optional(pool)
+        .await
+        .unwrap();
+        if let Some((waiter,)) = waiter {
+            return Some(waiter);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// An original stored while its scope is being shredded keeps the scope
+/// (PostgreSQL, where writes run side by side; SQLite runs one at a time).
+/// The shred's check for originals must see a write that had already
+/// share-locked the scope when the shred began: before the shred settled
+/// such writes first, it found no original, waited for the write's lock,
+/// and then destroyed the scope with the new original in it.
+#[tokio::test]
+async fn postgres_an_original_stored_during_a_shred_keeps_its_scope() {
+    let db = TestDatabase::fresh(Backend::Postgres, confidant_vault::MIGRATIONS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let vault = Arc::new(vault_with(&db, kms_for(&db, dir.path()).await, CACHE));
+    // Shredded at once, and staged for destruction.
+    for window in [None, Some(Duration::from_secs(3600))] {
+        an_original_stored_during_a_shred_keeps_its_scope(&db, &vault, window).await;
+    }
+}
+
+async fn an_original_stored_during_a_shred_keeps_its_scope(
+    db: &TestDatabase,
+    vault: &Arc<Vault>,
+    window: Option<Duration>,
+) {
+    let confidant_runtime::storage::Database::Postgres(pool) = &db.db else {
+        unreachable!("a PostgreSQL test database")
+    };
+    let actor = partner();
+    let client = Uuid::now_v7();
+    let first = vault
+        .create(&actor, &passport(client, None, "P0000001"), None)
+        .await
+        .unwrap();
+
+    // Another transaction holds the request id the original will use, so
+    // the original's INSERT, once it has share-locked the scope row,
+    // waits on the unique index until that transaction ends.
+    let mut blocker = pool.begin().await.unwrap();
+    let (blocker_xid,): (i64,) = sqlx::query_as("SELECT txid_current()")
+        .fetch_one(&mut *blocker)
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TEMP TABLE held ON COMMIT DROP AS SELECT * FROM vault_records WHERE id = $1",
+    )
+    .bind(first.id)
+    .execute(&mut *blocker)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE held SET id = $1, created_by = $2, request_id = 'race-1'")
+        .bind(Uuid::now_v7())
+        .bind(actor.id())
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO vault_records SELECT * FROM held")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+
+    let mut will = passport(client, None, "P0000002");
+    will.original = true;
+    let storing = tokio::spawn({
+        let (vault, actor) = (vault.clone(), actor.clone());
+        async move { vault.create(&actor, &will, Some("race-1")).await }
+    });
+    let writer = waiter_on(pool, blocker_xid).await;
+    let shredding = tokio::spawn({
+        let (vault, scope_id) = (vault.clone(), first.scope_id);
+        let order = Uuid::now_v7().to_string();
+        async move {
+            vault
+                .shred_scope(&retention(), scope_id, &order, window)
+                .await
+        }
+    });
+    // The shred gets under way, held by the original's write.
+    let shred_waits = match writer {
+        Some(Some(writer_xid)) => waiter_on(pool, writer_xid).await.is_some(),
+        _ => false,
+    };
+    // Ended before any assertion, so that a failure does not leave the
+    // write waiting.
+    blocker.rollback().await.unwrap();
+    assert!(
+        writer.is_some() && shred_waits,
+        "the original's write waits for the request id ({writer:?}), and the shred for the write"
+    );
+    let stored = storing.await.unwrap().expect("the original is stored");
+    assert_eq!(
+        stored.scope_id, first.scope_id,
+        "into the scope being shredded"
+    );
+    let shred = shredding.await.unwrap();
+    assert!(
+        matches!(shred, Err(Error::Originals)),
+        "{window:?}: the shred must see the original: {shred:?}"
+    );
+    let scope = vault.store().scope(first.scope_id).await.unwrap().unwrap();
+    assert_eq!(scope.state, "active");
+    assert!(scope.wrapped_key.is_some());
+}
+
 confidant_runtime::backend_tests!(confidant_vault::MIGRATIONS;
     a_masking_rule_change_reaches_every_replica_at_once,
     a_record_lands_only_in_an_active_scope_at_its_key_version,
