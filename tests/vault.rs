@@ -134,15 +134,22 @@ async fn start_with_firm(data: &SandboxData, services: &[ServiceName]) -> (Sandb
 
 /// `confidant keys retire-local-kms` for `key_id`, with the sandbox's
 /// configuration as its file.
-fn retire_local_kms(data: &SandboxData, key_id: &str) -> std::process::Output {
-    let file = data.path().join("retire.toml");
+/// `confidant keys <args> --config <the sandbox's configuration>`.
+fn keys_command(data: &SandboxData, args: &[&str]) -> std::process::Output {
+    let file = data.path().join("keys.toml");
     let config = config_table(data, &SandboxSpec::of(&SUITE));
     std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
     common::confidant()
-        .args(["keys", "retire-local-kms", "--key-id", key_id, "--config"])
+        .arg("keys")
+        .args(args)
+        .arg("--config")
         .arg(&file)
         .output()
         .expect("confidant runs")
+}
+
+fn retire_local_kms(data: &SandboxData, key_id: &str) -> std::process::Output {
+    keys_command(data, &["retire-local-kms", "--key-id", key_id])
 }
 
 async fn vault_events(
@@ -1487,12 +1494,7 @@ async fn sqlite_keys_and_masking_from_the_command_line() {
         .next()
         .expect("the first key's id")
         .to_owned();
-    let rotated = run(&[
-        "keys",
-        "rotate-local-kms",
-        "--key-file",
-        keyring.to_str().unwrap(),
-    ]);
+    let rotated = keys_command(&data, &["rotate-local-kms"]);
     let said = String::from_utf8_lossy(&rotated.stdout).into_owned();
     assert!(rotated.status.success(), "{said}");
     let new = said
@@ -1500,14 +1502,28 @@ async fn sqlite_keys_and_masking_from_the_command_line() {
         .strip_prefix("active local KMS key: ")
         .expect("the new key named")
         .to_owned();
+    let ids: Vec<String> = std::fs::read_to_string(&keyring)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        ids,
+        [old.clone(), new.clone()],
+        "the new key is the last, active one"
+    );
+    let elsewhere = data.path().join("no-keyring");
     let missing = run(&[
         "keys",
         "rotate-local-kms",
-        "--key-file",
-        "/nonexistent/kms.key",
+        "--data-dir",
+        elsewhere.to_str().unwrap(),
     ]);
     assert!(
-        !missing.status.success(),
+        !missing.status.success()
+            && !elsewhere
+                .join(confidant_runtime::kms::LOCAL_KEY_FILE)
+                .exists(),
         "a missing keyring is not created"
     );
     // The old key cannot be retired while anything is wrapped under it:
@@ -1593,21 +1609,29 @@ async fn sqlite_keys_and_masking_from_the_command_line() {
     );
     let kept = std::fs::read_to_string(&keyring).unwrap();
     assert!(!kept.contains(&old) && kept.contains(&new), "{kept}");
-    // The retirement, and only it (not the refused attempts), is in the
-    // audit log, naming the key.
+    // The rotation and the retirement, and only they (not the refused
+    // attempts), are in the audit log, naming their keys.
     let log = audit(&data, &sandbox).await;
-    common::eventually(Duration::from_secs(20), "the retirement logged", || {
-        let (mut log, old) = (log.clone(), old.clone());
-        async move {
-            let retired: Vec<(String, String)> =
-                logged_events(&mut log, "", "vault", "vault.kms_key.retired")
-                    .await
-                    .into_iter()
-                    .filter_map(|e| e.resource.map(|r| (r.r#type, r.id)))
-                    .collect();
-            retired == [("kms_key".to_owned(), old)]
-        }
-    })
+    common::eventually(
+        Duration::from_secs(20),
+        "the rotation and the retirement logged",
+        || {
+            let (mut log, old, new) = (log.clone(), old.clone(), new.clone());
+            async move {
+                let mut keys = Vec::new();
+                for action in ["vault.kms_key.rotated", "vault.kms_key.retired"] {
+                    keys.push(
+                        logged_events(&mut log, "", "vault", action)
+                            .await
+                            .into_iter()
+                            .filter_map(|e| e.resource.map(|r| (r.r#type, r.id)))
+                            .collect::<Vec<_>>(),
+                    );
+                }
+                keys == [[("kms_key".to_owned(), new)], [("kms_key".to_owned(), old)]]
+            }
+        },
+    )
     .await;
     // Run again, it has nothing to do: one line, nothing moved or left.
     let again = lines(&["rewrap"]);

@@ -1,9 +1,10 @@
-//! `confidant keys retire-local-kms`: the last step of a rotation of the
-//! local KMS. After `confidant keys rotate-local-kms`, a restart of every
-//! service and `confidant vault rewrap`, the old master key wraps nothing;
-//! this command makes sure of that in every service's database, records
-//! the retirement in the audit log and only then removes the key from the
-//! keyring, for good.
+//! `confidant keys rotate-local-kms` and `retire-local-kms`: the first and
+//! last steps of a rotation of the local KMS. The rotation adds a new
+//! master key; after a restart of every service and `confidant vault
+//! rewrap`, the old master key wraps nothing, and the retirement makes sure
+//! of that in every service's database and removes the key from the
+//! keyring, for good. Each records what it does in the audit log before
+//! the keyring changes.
 
 use anyhow::Context as _;
 use confidant_proto::audit::v1::Outcome;
@@ -81,42 +82,64 @@ async fn uses_of(db: &Database, service: ServiceName, key_id: &str) -> anyhow::R
     Ok(uses)
 }
 
-/// Puts the retirement of `key_id` in the vault's audit outbox.
-async fn record_retirement(config: &Config, key_id: &str) -> anyhow::Result<()> {
+/// Puts `action` on the local KMS key `key_id` in the vault's audit outbox,
+/// which the vault delivers to the audit log while it runs, or as it next
+/// starts.
+async fn record(config: &Config, action: Action, key_id: &str, reason: &str) -> anyhow::Result<()> {
     let db =
         crate::process::open_database(config, ServiceName::Vault, MigrationPolicy::RequireApplied)
             .await?;
-    let event = EventBuilder::new(
-        ServiceName::Vault,
-        &config.trust_domain,
-        Action::VaultKmsKeyRetired,
-    )
-    .resource("kms_key", key_id)
-    .outcome(Outcome::Allowed, "nothing_wrapped")
-    .build();
+    let event = EventBuilder::new(ServiceName::Vault, &config.trust_domain, action)
+        .resource("kms_key", key_id)
+        .outcome(Outcome::Allowed, reason)
+        .build();
     let recorded = db.transact(Vec::new(), &[event]).await;
     db.close().await;
-    recorded.context("vault: the retirement could not be recorded in its audit outbox")?;
+    recorded
+        .with_context(|| format!("vault: {action} could not be recorded in its audit outbox"))?;
     Ok(())
+}
+
+/// The local KMS of `config`: refused for any other provider (`aws`: what
+/// to do there instead) and when its keyring does not exist (this command
+/// would make a new KMS, not change one).
+fn local_kms(config: &Config, aws: &str) -> anyhow::Result<LocalKms> {
+    if config.kms.provider != Some(KmsProvider::Local) {
+        anyhow::bail!("kms.provider is not local: {aws}");
+    }
+    let path =
+        confidant_runtime::kms::local_key_file(config).context("kms.local_key_file is not set")?;
+    if !path.exists() {
+        anyhow::bail!("{} does not exist", path.display());
+    }
+    Ok(LocalKms::open(&path)?)
+}
+
+/// Rotates the local KMS of `config`: a new master key becomes the active
+/// one for services started afterwards; the rotation is in the audit log
+/// first. What it says for people.
+pub async fn rotate_local_kms(config: &Config) -> anyhow::Result<String> {
+    let kms = local_kms(
+        config,
+        "rotate an AWS KMS key in AWS KMS (or create a new key and set kms.key_id), then restart the services",
+    )?;
+    let id = LocalKms::new_key_id();
+    record(config, Action::VaultKmsKeyRotated, &id, "rotated").await?;
+    kms.rotate_to(&id).with_context(|| {
+        format!("the rotation to {id} is in the audit log but the keyring is unchanged; run the command again")
+    })?;
+    Ok(format!("active local KMS key: {id}"))
 }
 
 /// Retires the local KMS master key `key_id` of `config`'s keyring once no
 /// service's database holds anything wrapped under it; what it says for
 /// people.
 pub async fn retire_local_kms(config: &Config, key_id: &str) -> anyhow::Result<String> {
-    if config.kms.provider != Some(KmsProvider::Local) {
-        anyhow::bail!(
-            "kms.provider is not local: retire an AWS KMS key in AWS KMS (disable it, then schedule its deletion) \
-             once `confidant vault key-stats` no longer lists it and identity and intake have logged their rewrap"
-        );
-    }
-    let path =
-        confidant_runtime::kms::local_key_file(config).context("kms.local_key_file is not set")?;
-    // A missing keyring is not created here: there would be nothing to retire.
-    if !path.exists() {
-        anyhow::bail!("{} does not exist", path.display());
-    }
-    let kms = LocalKms::open(&path)?;
+    let kms = local_kms(
+        config,
+        "retire an AWS KMS key in AWS KMS (disable it, then schedule its deletion) \
+         once `confidant vault key-stats` no longer lists it and identity and intake have logged their rewrap",
+    )?;
     // An unknown or the active key is refused before any database is asked.
     kms.check_retirable(key_id)?;
     let mut uses = Vec::new();
@@ -129,10 +152,14 @@ pub async fn retire_local_kms(config: &Config, key_id: &str) -> anyhow::Result<S
             uses.join("\n  ")
         );
     }
-    // Recorded first (nothing happens to a key unrecorded): in the vault's
-    // outbox, which the vault delivers to the audit log while it runs, or
-    // as it next starts.
-    record_retirement(config, key_id).await?;
+    // Recorded first: nothing happens to a key unrecorded.
+    record(
+        config,
+        Action::VaultKmsKeyRetired,
+        key_id,
+        "nothing_wrapped",
+    )
+    .await?;
     kms.retire(key_id).context(
         "the retirement is in the audit log but the keyring is unchanged; run the command again",
     )?;

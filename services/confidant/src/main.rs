@@ -169,11 +169,15 @@ enum KeysCommand {
     /// its keyring becomes the active one for services started afterwards;
     /// older keys stay to unwrap what they wrapped. Then restart the
     /// services and run `confidant vault rewrap`.
+    /// The keyring is the configuration's; the rotation is recorded in the
+    /// audit log (`vault.kms_key.rotated`) before the keyring changes.
     RotateLocalKms {
-        /// The keyring (`kms.local_key_file`; `confidant dev` keeps it in
-        /// its data directory).
-        #[arg(long, default_value = ".confidant/kms-master.key")]
-        key_file: PathBuf,
+        /// TOML configuration file (or --data-dir).
+        #[arg(long, env = "CONFIDANT_CONFIG")]
+        config: Option<PathBuf>,
+        /// Use the `confidant dev` data directory instead of a config file.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Retire an old master key of the local KMS (development), after the
     /// rotation: once every service has restarted and `confidant vault
@@ -702,14 +706,10 @@ fn keys(action: KeysCommand, env: &HashMap<String, String>) -> anyhow::Result<()
             }
             println!("secret written: {}", out.display());
         }
-        KeysCommand::RotateLocalKms { key_file } => {
-            // A missing keyring is not created here: that would be a new
-            // KMS, not a rotation.
-            if !key_file.exists() {
-                anyhow::bail!("{} does not exist", key_file.display());
-            }
-            let id = confidant_runtime::kms::LocalKms::open(&key_file)?.rotate()?;
-            println!("active local KMS key: {id}");
+        KeysCommand::RotateLocalKms { config, data_dir } => {
+            let config = chosen_config(config, data_dir, env).map_err(anyhow::Error::msg)?;
+            let said = runtime()?.block_on(confidant::keys_cli::rotate_local_kms(&config))?;
+            println!("{said}");
         }
         KeysCommand::RetireLocalKms {
             key_id,

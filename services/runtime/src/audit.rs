@@ -86,6 +86,7 @@ actions! {
     VaultOriginalsReturned => "vault.originals.returned", "A scope's originals were returned to the client; the scope follows its schedule again (reason: the return).";
     VaultSealedTextOpened => "vault.sealed_text.opened", "Sealed free text of an audit event was read.";
     VaultKeysRewrapped => "vault.keys.rewrapped", "Scope keys were rewrapped under the active KMS key.";
+    VaultKmsKeyRotated => "vault.kms_key.rotated", "A new master key of the local KMS became the active one for services started afterwards (resource: the new key's id; `confidant keys rotate-local-kms`).";
     VaultKmsKeyRetired => "vault.kms_key.retired", "A master key of the local KMS was removed from its keyring for good, nothing being wrapped under it any more (resource: the key's id; `confidant keys retire-local-kms`).";
     VaultMaskingRulesSet => "vault.masking_rules.set", "A role's masking rules were replaced (resource: the role).";
     AuditAlertRaised => "audit.alert.raised", "A detection rule fired (reason: the rule).";

@@ -152,6 +152,28 @@ async fn local_rotation_keeps_old_keys_unwrapping_and_survives_reopening() {
 }
 
 #[tokio::test]
+async fn a_rotation_to_a_named_key_refuses_an_id_the_keyring_cannot_hold() {
+    let r = rotated_local_keyring().await;
+    // An id already there (which would make two keys one), empty, or with
+    // a space (the keyring's separator) is refused, and nothing changes.
+    for id in [r.first.as_str(), r.second.as_str(), "", "local- x"] {
+        assert!(
+            matches!(r.kms.rotate_to(id), Err(Error::Keyring(_))),
+            "{id:?} accepted"
+        );
+    }
+    let third = LocalKms::new_key_id();
+    assert!(third.starts_with("local-") && third != r.second);
+    r.kms.rotate_to(&third).unwrap();
+    let reopened = LocalKms::open(&r.path).unwrap();
+    assert_eq!(
+        reopened.key_ids().unwrap(),
+        [r.first.as_str(), r.second.as_str(), third.as_str()]
+    );
+    assert_eq!(reopened.active_key_id(), third);
+}
+
+#[tokio::test]
 async fn a_retired_local_key_is_gone_for_good_and_the_active_one_stays() {
     let r = rotated_local_keyring().await;
     assert!(

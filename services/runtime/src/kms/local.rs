@@ -77,17 +77,36 @@ impl LocalKms {
     /// Adds a new master key and makes it the active one; returns its id.
     /// Keys wrapped under older keys still unwrap.
     pub fn rotate(&self) -> Result<String, Error> {
-        let id = format!("local-{}", uuid::Uuid::now_v7());
+        let id = Self::new_key_id();
+        self.rotate_to(&id)?;
+        Ok(id)
+    }
+
+    /// A fresh id for a master key, for [`LocalKms::rotate_to`]: so that a
+    /// rotation can be recorded under the key's id before it happens.
+    pub fn new_key_id() -> String {
+        format!("local-{}", uuid::Uuid::now_v7())
+    }
+
+    /// As [`LocalKms::rotate`], the new key taking the id `id`, which no
+    /// key of the keyring may have.
+    pub fn rotate_to(&self, id: &str) -> Result<(), Error> {
         let key = random_key()?;
         let mut keys = self
             .keys
             .write()
             .map_err(|_| Error::Other("keyring lock poisoned".into()))?;
+        if id.is_empty() || id.contains(char::is_whitespace) || keys.iter().any(|(k, _)| k == id) {
+            return Err(keyring_error(
+                &self.path,
+                format!("{id:?} cannot be a new key's id"),
+            ));
+        }
         let mut kept = keys.clone();
-        kept.push((id.clone(), key));
+        kept.push((id.to_owned(), key));
         self.save(&kept)?;
         *keys = kept;
-        Ok(id)
+        Ok(())
     }
 
     /// The ids of the master keys, oldest first; the last is the active one.
