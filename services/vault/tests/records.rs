@@ -1616,17 +1616,15 @@ async fn a_masking_rule_change_reaches_every_replica_at_once(db: &TestDatabase) 
     assert_eq!(passport_number(fields), "****4567");
 }
 
-/// Polls `pool` until a transaction waits for the transaction `xid`:
-/// `Some` of the waiter's own transaction id (`None` while it has none),
-/// or `None` if nothing waits within ten seconds.
-async fn waiter_on(pool: &sqlx::PgPool, xid: i64) -> Option<Option<i64>> {
+/// Polls `pool` until a backend waits for a lock that the backend `pid`
+/// holds: the waiter's pid, or `None` if nothing waits within ten seconds.
+async fn waiter_on(pool: &sqlx::PgPool, pid: i32) -> Option<i32> {
     let started = std::time::Instant::now();
     while started.elapsed() < Duration::from_secs(10) {
-        let waiter: Option<(Option<i64>,)> = sqlx::query_as(
-            "SELECT a.backend_xid::text::bigint FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-             WHERE l.locktype = 'transactionid' AND l.transactionid::text::bigint = $1 AND NOT l.granted",
+        let waiter: Option<(i32,)> = sqlx::query_as(
+            "SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid)) LIMIT 1",
         )
-        .bind(xid)
+        .bind(pid)
         .fetch_optional(pool)
         .await
         .unwrap();
@@ -1674,7 +1672,7 @@ async fn an_original_stored_during_a_shred_keeps_its_scope(
     // the original's INSERT, once it has share-locked the scope row,
     // waits on the unique index until that transaction ends.
     let mut blocker = pool.begin().await.unwrap();
-    let (blocker_xid,): (i64,) = sqlx::query_as("SELECT txid_current()")
+    let (blocker_pid,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
         .fetch_one(&mut *blocker)
         .await
         .unwrap();
@@ -1702,7 +1700,7 @@ async fn an_original_stored_during_a_shred_keeps_its_scope(
         let (vault, actor) = (vault.clone(), actor.clone());
         async move { vault.create(&actor, &will, Some("race-1")).await }
     });
-    let writer = waiter_on(pool, blocker_xid).await;
+    let writer = waiter_on(pool, blocker_pid).await;
     let shredding = tokio::spawn({
         let (vault, scope_id) = (vault.clone(), first.scope_id);
         let order = Uuid::now_v7().to_string();
@@ -1714,8 +1712,8 @@ async fn an_original_stored_during_a_shred_keeps_its_scope(
     });
     // The shred gets under way, held by the original's write.
     let shred_waits = match writer {
-        Some(Some(writer_xid)) => waiter_on(pool, writer_xid).await.is_some(),
-        _ => false,
+        Some(writer_pid) => waiter_on(pool, writer_pid).await.is_some(),
+        None => false,
     };
     // Ended before any assertion, so that a failure does not leave the
     // write waiting.
