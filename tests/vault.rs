@@ -1258,6 +1258,12 @@ async fn kms_keys_rotate_through_the_api_without_touching_records(backend: Backe
         Backend::Postgres => {
             assert!(!retired.status.success(), "{said}");
             assert!(said.contains("retire an AWS KMS key in AWS KMS"), "{said}");
+            let rotated = keys_command(&data, &["rotate-local-kms"]);
+            let said = String::from_utf8_lossy(&rotated.stderr).into_owned();
+            assert!(
+                !rotated.status.success() && said.contains("rotate an AWS KMS key in AWS KMS"),
+                "{said}"
+            );
             let wrapped_by: Vec<(String,)> = common::service_db(&data, ServiceName::Vault)
                 .await
                 .fetch_all(
