@@ -49,15 +49,7 @@ async fn uses_of(db: &Database, service: ServiceName, key_id: &str) -> anyhow::R
         // The service never ran here: it has wrapped nothing.
         return Ok(Vec::new());
     }
-    let pending = db
-        .unapplied_migrations(crate::process::migrations(service))
-        .await?;
-    if !pending.is_empty() {
-        anyhow::bail!(
-            "{service}: the database schema is behind ({} migrations pending); run `confidant migrate` first",
-            pending.len()
-        );
-    }
+    crate::process::require_applied(db, service).await?;
     let mut uses = Vec::new();
     if confidant_runtime::secret_box::data_key_wrapped_under(db, key_id).await? {
         uses.push(format!(

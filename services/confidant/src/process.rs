@@ -76,17 +76,22 @@ pub async fn open_database(
             .migrate(migrations(service))
             .await
             .with_context(|| format!("{service}: migrations failed"))?,
-        MigrationPolicy::RequireApplied => {
-            let pending = db.unapplied_migrations(migrations(service)).await?;
-            if !pending.is_empty() {
-                anyhow::bail!(
-                    "{service}: the database schema is behind ({} migrations pending); run `confidant migrate` first",
-                    pending.len()
-                );
-            }
-        }
+        MigrationPolicy::RequireApplied => require_applied(&db, service).await?,
     }
     Ok(db)
+}
+
+/// Refuses a database of `service` whose schema `confidant migrate` has
+/// not brought up to date.
+pub async fn require_applied(db: &Database, service: ServiceName) -> anyhow::Result<()> {
+    let pending = db.unapplied_migrations(migrations(service)).await?;
+    if !pending.is_empty() {
+        anyhow::bail!(
+            "{service}: the database schema is behind ({} migrations pending); run `confidant migrate` first",
+            pending.len()
+        );
+    }
+    Ok(())
 }
 
 /// A running set of services.

@@ -260,31 +260,21 @@ impl Database {
     /// The versions of the migrations applied here; `None` when there is
     /// no bookkeeping table yet (nothing was ever applied).
     async fn applied_migrations(&self) -> Result<Option<Vec<i64>>, Error> {
-        const APPLIED: &str = "SELECT version FROM _sqlx_migrations WHERE success";
-        Ok(match self {
-            Database::Postgres(pool) => {
-                // Looked up on the search path, that is in the service's schema.
-                let exists: bool =
-                    sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-                        .fetch_one(pool)
-                        .await?;
-                match exists {
-                    true => Some(sqlx::query_scalar(APPLIED).fetch_all(pool).await?),
-                    false => None,
-                }
+        // PostgreSQL looks the table up on the search path, that is in the
+        // service's schema.
+        let exists = match self {
+            Database::Postgres(_) => "SELECT to_regclass('_sqlx_migrations') IS NOT NULL",
+            Database::Sqlite(_) => {
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')"
             }
-            Database::Sqlite(pool) => {
-                let exists: bool = sqlx::query_scalar(
-                    "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
-                )
-                .fetch_one(pool)
-                .await?;
-                match exists {
-                    true => Some(sqlx::query_scalar(APPLIED).fetch_all(pool).await?),
-                    false => None,
-                }
-            }
-        })
+        };
+        if self.fetch_optional::<(bool,)>(exists, vec![]).await? != Some((true,)) {
+            return Ok(None);
+        }
+        let applied: Vec<(i64,)> = self
+            .fetch_all("SELECT version FROM _sqlx_migrations WHERE success", vec![])
+            .await?;
+        Ok(Some(applied.into_iter().map(|(v,)| v).collect()))
     }
 
     /// Cheap liveness check (`SELECT 1`).

@@ -963,7 +963,7 @@ impl Vault {
             self.scope_event(actor, action, &scope)
                 .outcome(Outcome::Allowed, &format!("order-{order}"))
         };
-        let (statement, event) = if window.is_zero() {
+        let (statements, event) = if window.is_zero() {
             let event = base(Action::VaultScopeShredded).build();
             (store::shred_scope(id, order, now, &event.id), event)
         } else {
@@ -978,15 +978,7 @@ impl Vault {
                 base(Action::VaultScopeDestructionScheduled).build(),
             )
         };
-        match self
-            .store
-            .db()
-            .transact(
-                vec![store::settle_writes_to_scope(id), statement.expecting(1)],
-                &[event],
-            )
-            .await
-        {
+        match self.store.db().transact(statements, &[event]).await {
             Ok(_) => {}
             // Another replica acted first, or a hold or an original
             // arrived after the checks above.
@@ -1065,10 +1057,7 @@ impl Vault {
                 .store
                 .db()
                 .transact(
-                    vec![
-                        store::settle_writes_to_scope(scope.id),
-                        store::shred_scope(scope.id, &order, now, &event.id).expecting(1),
-                    ],
+                    store::shred_scope(scope.id, &order, now, &event.id),
                     &[event],
                 )
                 .await

@@ -681,7 +681,7 @@ macro_rules! holds_no_originals {
 /// statement, under a snapshot taken after that, then sees every record
 /// those writes stored, an original among them; a write that waited finds
 /// the scope changed and stores nothing. SQLite runs one write at a time.
-pub fn settle_writes_to_scope(id: Uuid) -> Statement {
+fn settle_writes_to_scope(id: Uuid) -> Statement {
     Statement::per_backend(
         "SELECT 1 FROM vault_scopes WHERE id = $1 FOR UPDATE",
         "SELECT 1 FROM vault_scopes WHERE id = $1",
@@ -689,44 +689,55 @@ pub fn settle_writes_to_scope(id: Uuid) -> Statement {
     )
 }
 
-/// Statement: a scope becomes shredded (key gone) if no hold covers it.
-/// Constant time: one row, whatever the number of records.
-pub fn shred_scope(id: Uuid, order: &str, now: DateTime<Utc>, event_id: &str) -> Statement {
-    Statement::new(
-        concat!(
-            "UPDATE vault_scopes SET state = 'shredded', wrapped_key = NULL, kms_key_id = NULL, \
-             shredded_at = $2, shred_order = $3, destroy_after = NULL, shred_event_id = $4 \
-             WHERE id = $1 AND state <> 'shredded' AND ",
-            not_held!(),
-            " AND ",
-            holds_no_originals!()
-        ),
-        vec![
-            Value::Uuid(id),
-            Value::Time(now),
-            Value::Text(order.to_owned()),
-            Value::Text(event_id.to_owned()),
-        ],
-    )
+/// Statements: a scope becomes shredded (key gone) if no hold covers it
+/// and it holds no originals, once the writes under way in it are settled;
+/// the transaction is unmet otherwise. Constant time: one row, whatever
+/// the number of records.
+pub fn shred_scope(id: Uuid, order: &str, now: DateTime<Utc>, event_id: &str) -> Vec<Statement> {
+    vec![
+        settle_writes_to_scope(id),
+        Statement::new(
+            concat!(
+                "UPDATE vault_scopes SET state = 'shredded', wrapped_key = NULL, kms_key_id = NULL, \
+                 shredded_at = $2, shred_order = $3, destroy_after = NULL, shred_event_id = $4 \
+                 WHERE id = $1 AND state <> 'shredded' AND ",
+                not_held!(),
+                " AND ",
+                holds_no_originals!()
+            ),
+            vec![
+                Value::Uuid(id),
+                Value::Time(now),
+                Value::Text(order.to_owned()),
+                Value::Text(event_id.to_owned()),
+            ],
+        )
+        .expecting(1),
+    ]
 }
 
-/// Statement: a scope becomes pending destruction if no hold covers it
-/// and it holds no originals.
-pub fn schedule_destruction(id: Uuid, order: &str, due: DateTime<Utc>) -> Statement {
-    Statement::new(
-        concat!(
-            "UPDATE vault_scopes SET state = 'pending_destruction', destroy_after = $2, shred_order = $3 \
-             WHERE id = $1 AND state = 'active' AND ",
-            not_held!(),
-            " AND ",
-            holds_no_originals!()
-        ),
-        vec![
-            Value::Uuid(id),
-            Value::Time(due),
-            Value::Text(order.to_owned()),
-        ],
-    )
+/// Statements: a scope becomes pending destruction if no hold covers it
+/// and it holds no originals, once the writes under way in it are settled;
+/// the transaction is unmet otherwise.
+pub fn schedule_destruction(id: Uuid, order: &str, due: DateTime<Utc>) -> Vec<Statement> {
+    vec![
+        settle_writes_to_scope(id),
+        Statement::new(
+            concat!(
+                "UPDATE vault_scopes SET state = 'pending_destruction', destroy_after = $2, shred_order = $3 \
+                 WHERE id = $1 AND state = 'active' AND ",
+                not_held!(),
+                " AND ",
+                holds_no_originals!()
+            ),
+            vec![
+                Value::Uuid(id),
+                Value::Time(due),
+                Value::Text(order.to_owned()),
+            ],
+        )
+        .expecting(1),
+    ]
 }
 
 /// Statement: a pending destruction is cancelled.
