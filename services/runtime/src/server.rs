@@ -22,6 +22,11 @@ use crate::telemetry::ServerTraceLayer;
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The gRPC services every server adds to its own.
+const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
+const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
+
 /// Errors of serving.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -126,15 +131,27 @@ impl GrpcServer {
         let mut routes = self.routes;
         routes = routes.add_service(health_service);
         if self.reflection {
-            let builder = || {
-                tonic_reflection::server::Builder::configure()
+            // What this port serves, and nothing it does not (every
+            // service's descriptors are in the one set); the error detail
+            // messages (google.rpc.BadRequest, ErrorInfo) so that a client
+            // can decode the details of a refusal.
+            let builder = |reflection: &str| {
+                self.grpc_services
+                    .iter()
+                    .copied()
+                    .chain([HEALTH_SERVICE, reflection])
+                    .fold(
+                        tonic_reflection::server::Builder::configure(),
+                        tonic_reflection::server::Builder::with_service_name,
+                    )
                     .register_encoded_file_descriptor_set(confidant_proto::FILE_DESCRIPTOR_SET)
                     .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             };
             // v1alpha too: grpcurl and many client tools still ask for it.
             routes = routes
-                .add_service(builder().build_v1()?)
-                .add_service(builder().build_v1alpha()?);
+                .add_service(builder(REFLECTION_V1).build_v1()?)
+                .add_service(builder(REFLECTION_V1ALPHA).build_v1alpha()?);
         }
 
         let incoming = tls_incoming(self.listener, TlsAcceptor::from(self.tls));

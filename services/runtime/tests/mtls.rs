@@ -14,6 +14,9 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
 
+/// The gRPC service the test server says it serves.
+const VAULT_SERVICE: &str = "confidant.vault.v1.VaultService";
+
 struct Running {
     addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -37,7 +40,7 @@ async fn start(pki: &TestPki, policy: PeerPolicy, reflection: bool) -> Running {
         listener,
         tls: pki.material("vault").server_config().unwrap(),
         routes: tonic::service::Routes::default(),
-        grpc_services: vec![],
+        grpc_services: vec![VAULT_SERVICE],
         policy,
         reflection,
         auth: None,
@@ -202,52 +205,130 @@ async fn an_rpc_restricted_to_other_identities_is_permission_denied() {
     server.stop().await;
 }
 
-async fn reflected_services(
+/// One reflection request's answer.
+async fn reflect(
     addr: SocketAddr,
     tls: &TlsMaterial,
-) -> Result<Vec<String>, tonic::Status> {
+    request: tonic_reflection::pb::v1::server_reflection_request::MessageRequest,
+) -> Result<tonic_reflection::pb::v1::server_reflection_response::MessageResponse, tonic::Status> {
     use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
     let channel = confidant_runtime::client::connect(&format!("https://{addr}"), tls, "localhost")
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let request = ServerReflectionRequest {
         host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
+        message_request: Some(request),
     };
     let mut stream = ServerReflectionClient::new(channel)
         .server_reflection_info(tokio_stream::iter([request]))
         .await?
         .into_inner();
     let response = stream.message().await?.expect("one response");
-    match response.message_response {
-        Some(MessageResponse::ListServicesResponse(list)) => {
-            Ok(list.service.into_iter().map(|s| s.name).collect())
+    Ok(response.message_response.expect("an answer"))
+}
+
+async fn reflected_services(
+    addr: SocketAddr,
+    tls: &TlsMaterial,
+) -> Result<Vec<String>, tonic::Status> {
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    match reflect(addr, tls, MessageRequest::ListServices(String::new())).await? {
+        MessageResponse::ListServicesResponse(list) => {
+            let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+            names.sort();
+            Ok(names)
         }
         other => panic!("unexpected reflection answer {other:?}"),
     }
 }
 
+/// The files reflection gives for a symbol (the file that defines it
+/// first, then those it imports) or a file name, or the error it answers
+/// with.
+async fn reflected_files(
+    addr: SocketAddr,
+    tls: &TlsMaterial,
+    request: tonic_reflection::pb::v1::server_reflection_request::MessageRequest,
+) -> Result<Vec<prost_types::FileDescriptorProto>, String> {
+    use prost::Message;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    match reflect(addr, tls, request)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        MessageResponse::FileDescriptorResponse(files) => Ok(files
+            .file_descriptor_proto
+            .iter()
+            .map(|raw| {
+                prost_types::FileDescriptorProto::decode(raw.as_slice()).expect("a file descriptor")
+            })
+            .collect()),
+        MessageResponse::ErrorResponse(e) => Err(e.error_message),
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
 #[tokio::test]
-async fn reflection_is_served_unless_switched_off() {
+async fn reflection_lists_what_the_port_serves_and_the_error_details_unless_switched_off() {
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+
     let pki = TestPki::new();
+    let operator = pki.material("operator");
     let on = start(&pki, PeerPolicy::new(), true).await;
-    let names = reflected_services(on.addr, &pki.material("operator"))
+    // This port's own service, health and reflection; not the other
+    // services whose descriptors are in the same set.
+    assert_eq!(
+        reflected_services(on.addr, &operator).await.unwrap(),
+        [
+            "confidant.vault.v1.VaultService",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+        ]
+    );
+    let vault = reflected_files(
+        on.addr,
+        &operator,
+        MessageRequest::FileContainingSymbol(VAULT_SERVICE.to_owned()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(vault[0].name(), "confidant/vault/v1/vault_service.proto");
+    // The details of an INVALID_ARGUMENT or a refusal can be decoded by a
+    // client that learns their types here (grpcurl, for one): the file
+    // defining each, and every file it imports.
+    for detail in ["BadRequest", "ErrorInfo"] {
+        let files = reflected_files(
+            on.addr,
+            &operator,
+            MessageRequest::FileContainingSymbol(format!("google.rpc.{detail}")),
+        )
         .await
         .unwrap();
-    assert!(
-        names.iter().any(|n| n == "grpc.health.v1.Health"),
-        "{names:?}"
-    );
+        assert_eq!(files[0].package(), "google.rpc");
+        assert!(
+            files[0].message_type.iter().any(|m| m.name() == detail),
+            "{:?}",
+            files[0]
+        );
+        for import in &files[0].dependency {
+            let imported = reflected_files(
+                on.addr,
+                &operator,
+                MessageRequest::FileByFilename(import.clone()),
+            )
+            .await;
+            assert!(imported.is_ok(), "{import}: {imported:?}");
+        }
+    }
     on.stop().await;
 
     let off = start(&pki, PeerPolicy::new(), false).await;
-    let err = reflected_services(off.addr, &pki.material("operator"))
-        .await
-        .unwrap_err();
+    let err = reflected_services(off.addr, &operator).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
     off.stop().await;
 }
