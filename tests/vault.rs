@@ -204,6 +204,8 @@ async fn client_data_is_read_only_for_a_purpose_by_those_the_decision_allows(bac
         .await
         .unwrap_err();
     assert_eq!(anonymous.code(), tonic::Code::Unauthenticated);
+    assert_eq!(common::error_reason(&anonymous), "staff_token_required");
+    assert!(anonymous.message().contains("written by"), "{anonymous:?}");
     let mut intake = vault(&data, &sandbox, "intake").await;
     intake
         .create_record(pb::CreateRecordRequest {
@@ -288,6 +290,7 @@ async fn client_data_is_read_only_for_a_purpose_by_those_the_decision_allows(bac
     // A service without a staff token reads nothing.
     let no_person = intake.get_record(get(&stored.id, "")).await.unwrap_err();
     assert_eq!(no_person.code(), tonic::Code::Unauthenticated);
+    assert_eq!(common::error_reason(&no_person), "staff_token_required");
 
     // Bad input: every broken rule named.
     let err = app

@@ -114,7 +114,7 @@ impl From<Error> for Status {
             Error::Unauthenticated => with_reason(
                 Code::Unauthenticated,
                 "staff_token_required",
-                "sign in as a staff member: client data is read only for a person",
+                "a staff member's access token is required: client data is read only for a person, and written by a person or a service configured as a writer",
             ),
             Error::Denied { reason, message } => {
                 with_reason(Code::PermissionDenied, &reason, message)
