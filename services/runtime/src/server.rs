@@ -22,11 +22,6 @@ use crate::telemetry::ServerTraceLayer;
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The gRPC services every server adds to its own.
-const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
-const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
-const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
-
 /// Errors of serving.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -139,7 +134,7 @@ impl GrpcServer {
                 self.grpc_services
                     .iter()
                     .copied()
-                    .chain([HEALTH_SERVICE, reflection])
+                    .chain([tonic_health::pb::health_server::SERVICE_NAME, reflection])
                     .fold(
                         tonic_reflection::server::Builder::configure(),
                         tonic_reflection::server::Builder::with_service_name,
@@ -150,8 +145,14 @@ impl GrpcServer {
             };
             // v1alpha too: grpcurl and many client tools still ask for it.
             routes = routes
-                .add_service(builder(REFLECTION_V1).build_v1()?)
-                .add_service(builder(REFLECTION_V1ALPHA).build_v1alpha()?);
+                .add_service(
+                    builder(tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME)
+                        .build_v1()?,
+                )
+                .add_service(
+                    builder(tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME)
+                        .build_v1alpha()?,
+                );
         }
 
         let incoming = tls_incoming(self.listener, TlsAcceptor::from(self.tls));

@@ -15,7 +15,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
 
 /// The gRPC service the test server says it serves.
-const VAULT_SERVICE: &str = "confidant.vault.v1.VaultService";
+const VAULT_SERVICE: &str = confidant_proto::vault::v1::vault_service_server::SERVICE_NAME;
 
 struct Running {
     addr: SocketAddr,
