@@ -138,7 +138,7 @@ async fn dev_serves_all_five_services_over_mutual_tls_and_reuses_its_data() {
         &pki,
         &[
             "-d",
-            r#"{"record_id": "not-an-id"}"#,
+            r#"{"record_id": "not-an-id", "read_mask": {"paths": ["fields.passport_number", "surname"]}}"#,
             "127.0.0.1:7103",
             "confidant.vault.v1.VaultService/GetRecord",
         ],
@@ -149,6 +149,11 @@ async fn dev_serves_all_five_services_over_mutual_tls_and_reuses_its_data() {
         out.contains(r#"{"field":"record_id","description":"must be a UUID"}"#),
         "the BadRequest details are not decoded:\n{out}"
     );
+    // grpcurl takes a read mask as an object of paths (not the string form
+    // of protobuf's JSON mapping): the first path passes, the second lacks
+    // `fields.` and is named.
+    assert!(out.contains(r#""field":"read_mask.paths[1]""#), "{out}");
+    assert!(!out.contains("read_mask.paths[0]"), "{out}");
 
     // Each service's start reached the audit log through its outbox.
     for source in ["identity", "intake", "vault", "retention"] {

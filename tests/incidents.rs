@@ -81,6 +81,7 @@ async fn a_breach_from_detection_to_notification(backend: Backend) {
                     record_id: id.clone(),
                     purpose: vault_pb::Purpose::LegalAdvice as i32,
                     justification: String::new(),
+                    read_mask: None,
                 },
             ))
             .await
@@ -869,6 +870,7 @@ async fn rules_over_the_event_stream_raise_alerts(backend: Backend) {
         record_id: id,
         purpose: vault_pb::Purpose::LegalAdvice as i32,
         justification: String::new(),
+        read_mask: None,
     };
     let a = common::store_record(
         &mut writer,

@@ -731,6 +731,7 @@ async fn clients_answer_forms_into_the_vault(backend: Backend) {
                 record_id: contact.record_id.clone(),
                 purpose: vault_pb::Purpose::LegalAdvice as i32,
                 justification: "onboarding review".into(),
+                read_mask: None,
             },
         ))
         .await

@@ -174,6 +174,7 @@ async fn no_client_data_secret_or_token_reaches_logs_traces_metrics_or_errors() 
         record_id: stored_id.clone(),
         purpose: pb::Purpose::LegalAdvice as i32,
         justification: justification.into(),
+        read_mask: None,
     };
     let got = app
         .get_record(as_staff(&token, read(JUSTIFICATION)))
@@ -187,6 +188,7 @@ async fn no_client_data_secret_or_token_reaches_logs_traces_metrics_or_errors() 
             record_ids: vec![stored_id.clone(), uuid::Uuid::now_v7().to_string()],
             purpose: pb::Purpose::LegalAdvice as i32,
             justification: JUSTIFICATION.into(),
+            read_mask: None,
         },
     ))
     .await

@@ -76,6 +76,7 @@ fn get(record_id: &str, justification: &str) -> pb::GetRecordRequest {
         record_id: record_id.into(),
         purpose: pb::Purpose::LegalAdvice as i32,
         justification: justification.into(),
+        read_mask: None,
     }
 }
 
@@ -300,6 +301,7 @@ async fn client_data_is_read_only_for_a_purpose_by_those_the_decision_allows(bac
                 record_id: "not-a-uuid".into(),
                 purpose: 0,
                 justification: String::new(),
+                read_mask: None,
             },
         ))
         .await
@@ -378,6 +380,7 @@ async fn client_data_is_read_only_for_a_purpose_by_those_the_decision_allows(bac
                 ],
                 purpose: pb::Purpose::Billing as i32,
                 justification: String::new(),
+                read_mask: None,
             },
         ))
         .await
@@ -412,6 +415,7 @@ async fn client_data_is_read_only_for_a_purpose_by_those_the_decision_allows(bac
                 record_ids: vec![stored.id.clone(), elsewhere],
                 purpose: pb::Purpose::Billing as i32,
                 justification: String::new(),
+                read_mask: None,
             },
         ))
         .await
@@ -1722,6 +1726,153 @@ async fn sqlite_documents_stream_through_the_api_and_a_cancelled_upload_leaves_n
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_documents_stream_through_the_api_and_a_cancelled_upload_leaves_nothing() {
     documents_stream_through_the_api_and_a_cancelled_upload_leaves_nothing(Backend::Postgres).await;
+}
+
+fn read_mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
+    Some(prost_types::FieldMask {
+        paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+    })
+}
+
+async fn a_read_mask_returns_only_the_named_fields_and_the_log_names_them(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let (sandbox, f) = start_with_firm(&data, &SUITE).await;
+    let mut app = vault(&data, &sandbox, "firm-app").await;
+    let partner = staff_token(&data, &f.partner, &["partner"]);
+    let paralegal = staff_token(&data, &f.paralegal, &["paralegal"]);
+    let outsider = staff_token(&data, &f.outsider, &["associate"]);
+    let stored = stored_as(&mut app, &partner, passport(&f.client_id, &f.matter_id)).await;
+    let email = stored_as(&mut app, &partner, contact(&f.client_id, &f.matter_id)).await;
+    let masked = |id: &str, paths: &[&str]| pb::GetRecordRequest {
+        read_mask: read_mask(paths),
+        ..get(id, "")
+    };
+
+    // The paralegal asks for the passport number alone: it comes masked as
+    // the role requires, the surname not at all; the metadata still lists
+    // every field the record has.
+    let number = app
+        .get_record(as_staff(
+            &paralegal,
+            masked(&stored.id, &["fields.passport_number"]),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        values(&number),
+        [("passport_number".into(), "****4567".into(), true)]
+    );
+    assert_eq!(
+        number.record.clone().unwrap().field_names,
+        ["surname", "passport_number"]
+    );
+    // `*` reads every field.
+    let everything = app
+        .get_record(as_staff(&partner, masked(&stored.id, &["*"])))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(everything.fields.len(), 2);
+
+    // Bad paths are named, and nothing is read.
+    let err = app
+        .get_record(as_staff(
+            &partner,
+            masked(&stored.id, &["surname", "fields.surname", "fields.surname"]),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        common::violated_fields(&err),
+        ["read_mask.paths[0]", "read_mask.paths[2]"]
+    );
+    // A field the record lacks is named too, but only to a reader the
+    // decision allows: anyone else learns nothing of the record's fields.
+    let err = app
+        .get_record(as_staff(&partner, masked(&stored.id, &["fields.email"])))
+        .await
+        .unwrap_err();
+    assert_eq!(common::violated_fields(&err), ["read_mask.paths[0]"]);
+    let err = app
+        .get_record(as_staff(&outsider, masked(&stored.id, &["fields.email"])))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+
+    // In a batch, each record on its own.
+    let batch = app
+        .batch_get_records(as_staff(
+            &partner,
+            pb::BatchGetRecordsRequest {
+                record_ids: vec![stored.id.clone(), email.id.clone()],
+                purpose: pb::Purpose::ClientRequest as i32,
+                justification: String::new(),
+                read_mask: read_mask(&["fields.email"]),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let lacking = batch.results[0].status.clone().unwrap();
+    assert_eq!(lacking.code, tonic::Code::InvalidArgument as i32);
+    assert_eq!(lacking.violations[0].field, "read_mask.paths[0]");
+    assert!(batch.results[0].record.is_none());
+    let found = batch.results[1].record.clone().unwrap();
+    assert_eq!(
+        values(&found),
+        [("email".into(), "a.okafor@example.org".into(), false)]
+    );
+
+    // The log names exactly the fields each read disclosed; the refused
+    // reads disclosed none, and a mask the record could not satisfy left no
+    // read at all.
+    let mut log = audit(&data, &sandbox).await;
+    common::eventually(Duration::from_secs(20), "the reads logged", || {
+        let mut log = log.clone();
+        let client_id = f.client_id.clone();
+        async move {
+            vault_events(&mut log, &client_id, "vault.record.read")
+                .await
+                .len()
+                >= 4
+        }
+    })
+    .await;
+    let reads = vault_events(&mut log, &f.client_id, "vault.record.read").await;
+    let disclosed = |id: &str| {
+        reads
+            .iter()
+            .find(|e| e.id == id)
+            .map(|e| e.disclosed_fields.clone())
+            .expect("the read is logged under the id the vault returned")
+    };
+    assert_eq!(disclosed(&number.audit_event_id), ["passport_number"]);
+    assert_eq!(
+        disclosed(&everything.audit_event_id),
+        ["surname", "passport_number"]
+    );
+    assert_eq!(disclosed(&found.audit_event_id), ["email"]);
+    let outcomes: Vec<(i32, usize)> = reads
+        .iter()
+        .map(|e| (e.outcome, e.disclosed_fields.len()))
+        .collect();
+    assert_eq!(
+        outcomes.len(),
+        4,
+        "three reads and one refusal: {outcomes:?}"
+    );
+    assert!(outcomes.contains(&(Outcome::Denied as i32, 0)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_read_mask_returns_only_the_named_fields_and_the_log_names_them() {
+    a_read_mask_returns_only_the_named_fields_and_the_log_names_them(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_read_mask_returns_only_the_named_fields_and_the_log_names_them() {
+    a_read_mask_returns_only_the_named_fields_and_the_log_names_them(Backend::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use confidant_proto::audit::v1::{ActorKind, AuditEvent, Outcome};
-use confidant_runtime::audit::Action;
+use confidant_runtime::audit::{Action, MAX_RECORD_FIELDS};
 use confidant_runtime::error::Violations;
 use prost::Message;
 use uuid::Uuid;
@@ -226,6 +226,20 @@ pub fn validate_event(
         );
     }
 
+    if event.disclosed_fields.len() > MAX_RECORD_FIELDS {
+        v.add(
+            f("disclosed_fields"),
+            format!("must name at most {MAX_RECORD_FIELDS} fields"),
+        );
+    }
+    for (i, name) in event.disclosed_fields.iter().enumerate() {
+        if name.is_empty() {
+            v.add(f(&format!("disclosed_fields[{i}]")), "must not be empty");
+        } else {
+            short_code(v, &f(&format!("disclosed_fields[{i}]")), name);
+        }
+    }
+
     if v.as_slice().len() != before {
         return None;
     }
@@ -331,6 +345,25 @@ mod tests {
         assert_eq!(fields(&v), ["events"]);
         let v = validate_batch(&[], "vault", Utc::now()).unwrap_err();
         assert_eq!(fields(&v), ["events"]);
+    }
+
+    #[test]
+    fn disclosed_fields_are_field_names_and_bounded() {
+        let mut read = good();
+        read.disclosed_fields = vec!["passport_number".into()];
+        assert!(validate_batch(&[read.clone()], "vault", Utc::now()).is_ok());
+        read.disclosed_fields = vec!["surname".into(), String::new(), "Okafor Ngozi".into()];
+        let v = validate_batch(&[read.clone()], "vault", Utc::now()).unwrap_err();
+        assert_eq!(
+            fields(&v),
+            [
+                "events[0].disclosed_fields[1]",
+                "events[0].disclosed_fields[2]"
+            ]
+        );
+        read.disclosed_fields = vec!["f".into(); MAX_RECORD_FIELDS + 1];
+        let v = validate_batch(&[read], "vault", Utc::now()).unwrap_err();
+        assert_eq!(fields(&v), ["events[0].disclosed_fields"]);
     }
 
     #[test]

@@ -1082,6 +1082,7 @@ impl Load {
                             record_id: id,
                             purpose: pb::Purpose::LegalAdvice as i32,
                             justification: String::new(),
+                            read_mask: None,
                         },
                     ))
                     .await
@@ -1531,6 +1532,7 @@ async fn kms_calls_per_10k_reads(
                     record_ids: batch,
                     purpose: pb::Purpose::Billing as i32,
                     justification: String::new(),
+                    read_mask: None,
                 },
             ))
             .await

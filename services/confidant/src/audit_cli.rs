@@ -100,6 +100,7 @@ fn event_json(bytes: &[u8]) -> Value {
         "reason": e.reason,
         "trace_id": e.trace_id,
         "sealed_text": !e.sealed_text.is_empty(),
+        "disclosed_fields": e.disclosed_fields,
     })
 }
 

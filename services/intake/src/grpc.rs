@@ -1432,6 +1432,7 @@ impl IntakeService for IntakeApi {
             record_ids: records.iter().map(|r| r.record_id.to_string()).collect(),
             purpose: req.purpose,
             justification: req.justification.clone(),
+            read_mask: None,
         });
         if let Some(value) = authorization {
             vault_request.metadata_mut().insert("authorization", value);

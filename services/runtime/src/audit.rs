@@ -10,6 +10,11 @@ use confidant_proto::audit::v1::{Actor, ActorKind, AuditEvent, Outcome, Resource
 
 use crate::service_name::ServiceName;
 
+/// Most fields a record may have (`vault.max_fields` is capped here), and so
+/// most field names a read's event lists in `disclosed_fields`: 200 names of
+/// at most 64 characters stay well inside the audit log's 32 KiB per event.
+pub const MAX_RECORD_FIELDS: usize = 200;
+
 macro_rules! actions {
     ($($variant:ident => $name:literal, $doc:literal;)+) => {
         /// An audited action.
@@ -253,6 +258,12 @@ impl EventBuilder {
     pub fn sealed_text(mut self, sealed: Vec<u8>, scope_id: &str) -> Self {
         self.0.sealed_text = sealed;
         self.0.sealed_scope_id = scope_id.to_owned();
+        self
+    }
+
+    /// The names of the record fields whose values a read returned.
+    pub fn disclosed_fields(mut self, names: Vec<String>) -> Self {
+        self.0.disclosed_fields = names;
         self
     }
 

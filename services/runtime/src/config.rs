@@ -246,7 +246,7 @@ pub struct VaultConfig {
     pub admins: Vec<String>,
     /// Largest value of one field, in bytes.
     pub max_field_bytes: usize,
-    /// Most fields in one record.
+    /// Most fields in one record (at most 200).
     pub max_fields: usize,
     /// Largest document, in bytes.
     pub max_document_bytes: u64,
@@ -730,8 +730,14 @@ impl Config {
                     "must be between 1 and 68719476736 (64 GiB)",
                 );
             }
-            if v.max_fields == 0 {
-                problem("vault.max_fields".into(), "must be at least 1");
+            if v.max_fields == 0 || v.max_fields > crate::audit::MAX_RECORD_FIELDS {
+                problem(
+                    "vault.max_fields".into(),
+                    &format!(
+                        "must be between 1 and {} (a read's audit event names every field it returns)",
+                        crate::audit::MAX_RECORD_FIELDS
+                    ),
+                );
             }
             if v.destruction_window_seconds > 30 * 24 * 3600 {
                 problem(
@@ -1070,6 +1076,26 @@ mod tests {
             let err = problems(good);
             assert!(!err.contains("worker_threads"), "{good}: {err}");
         }
+    }
+
+    #[test]
+    fn a_record_has_at_most_as_many_fields_as_a_read_event_can_name() {
+        let problems = |n| {
+            let mut config = Config::default();
+            config.vault.max_fields = n;
+            config
+                .validate(&[ServiceName::Vault])
+                .unwrap_err()
+                .to_string()
+        };
+        for bad in [0, crate::audit::MAX_RECORD_FIELDS + 1] {
+            let err = problems(bad);
+            assert!(
+                err.contains("vault.max_fields: must be between 1 and 200"),
+                "{bad}: {err}"
+            );
+        }
+        assert!(!problems(crate::audit::MAX_RECORD_FIELDS).contains("max_fields"));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::crypto::{DocumentBinding, RecordKey, SEGMENT_BYTES, SegmentOpener};
-use crate::domain::{FieldType, ScopeRef};
+use crate::domain::{FieldSelection, FieldType, ScopeRef};
 use crate::error::Error;
 use crate::masking::Mask;
 use crate::records::{Actor, ReadIntent, Vault, decrypt_fields, encrypt_fields};
@@ -363,7 +363,7 @@ impl Vault {
         let (scope_key, record_key) = self.record_keys(&row).await?;
         let mut filename = String::new();
         let mut media_type = String::new();
-        for (name, _, value) in decrypt_fields(&row, &record_key)? {
+        for (name, _, value) in decrypt_fields(&row, &record_key, &FieldSelection::All)? {
             let text = String::from_utf8_lossy(&value).into_owned();
             match name.as_str() {
                 "filename" => filename = text,
@@ -385,7 +385,7 @@ impl Vault {
         } else {
             Some((scope_key.seal_text(intent.justification)?, row.scope_id))
         };
-        let event = self.read_event(actor, &row, intent, sealed);
+        let event = self.read_event(actor, &row, intent, sealed, Vec::new());
         let audit_event_id = event.id.clone();
         self.record_reads(vec![event]).await?;
         let segments = row.doc_segments.ok_or(Error::Integrity)?;

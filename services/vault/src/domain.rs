@@ -3,6 +3,7 @@
 //! record is known to be well formed.
 
 use confidant_proto::vault::v1 as pb;
+use confidant_runtime::audit::MAX_RECORD_FIELDS;
 use confidant_runtime::error::Violations;
 use uuid::Uuid;
 
@@ -221,6 +222,81 @@ pub fn purpose(v: &mut Violations, purpose: i32, justification: &str) -> Option<
         v.add("justification", "must be at most 1000 characters");
     }
     parsed
+}
+
+/// Which fields of a record a read returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum FieldSelection {
+    /// Every field (no read mask, an empty one, or `*`).
+    #[default]
+    All,
+    /// Only these, in the order of the read mask's paths (each a valid
+    /// field name, none twice).
+    Only(Vec<String>),
+}
+
+impl FieldSelection {
+    /// Whether the field named `name` is read.
+    pub fn includes(&self, name: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(names) => names.iter().any(|n| n == name),
+        }
+    }
+
+    /// The violations of a record whose fields are `present`: one per named
+    /// field it lacks, at that field's path of the read mask.
+    pub fn missing_from<'a>(&self, present: impl Iterator<Item = &'a str> + Clone) -> Violations {
+        let mut v = Violations::new();
+        if let Self::Only(names) = self {
+            for (i, name) in names.iter().enumerate() {
+                if !present.clone().any(|p| p == name) {
+                    v.add(
+                        format!("read_mask.paths[{i}]"),
+                        "names no field of the record",
+                    );
+                }
+            }
+        }
+        v
+    }
+}
+
+/// The prefix of a read mask's paths: they name the response's `fields`.
+const FIELDS_PATH: &str = "fields.";
+
+/// Parses a read's field mask (AIP-157): each path `fields.<field name>`, or
+/// the single path `*`; unset or empty reads every field.
+pub fn read_mask(v: &mut Violations, mask: Option<&prost_types::FieldMask>) -> FieldSelection {
+    let paths = mask.map_or(&[][..], |m| m.paths.as_slice());
+    if paths.is_empty() || paths == ["*"] {
+        return FieldSelection::All;
+    }
+    if paths.len() > MAX_RECORD_FIELDS {
+        v.add(
+            "read_mask.paths",
+            format!("must hold at most {MAX_RECORD_FIELDS} paths"),
+        );
+        return FieldSelection::All;
+    }
+    let mut names: Vec<String> = Vec::with_capacity(paths.len());
+    for (i, path) in paths.iter().enumerate() {
+        let at = format!("read_mask.paths[{i}]");
+        match path.strip_prefix(FIELDS_PATH) {
+            Some(name) if valid_field_name(name) => {
+                if names.iter().any(|n| n == name) {
+                    v.add(at, "names a field already named");
+                }
+                names.push(name.to_owned());
+            }
+            _ if path == "*" => v.add(at, "must be the only path when it is `*`"),
+            _ => v.add(
+                at,
+                "must be `fields.<field name>` (lowercase letters, digits or '_', starting with a letter) or `*`",
+            ),
+        }
+    }
+    FieldSelection::Only(names)
 }
 
 fn valid_field_name(name: &str) -> bool {
@@ -471,5 +547,74 @@ mod tests {
             Some(Purpose::Billing)
         );
         assert!(v.is_empty());
+    }
+
+    fn mask(paths: &[&str]) -> prost_types::FieldMask {
+        prost_types::FieldMask {
+            paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_read_mask_names_fields_or_reads_them_all() {
+        for all in [None, Some(mask(&[])), Some(mask(&["*"]))] {
+            let mut v = Violations::new();
+            assert_eq!(read_mask(&mut v, all.as_ref()), FieldSelection::All);
+            assert!(v.is_empty());
+        }
+        let mut v = Violations::new();
+        let only = read_mask(&mut v, Some(&mask(&["fields.email", "fields.line_2"])));
+        assert!(v.is_empty());
+        assert_eq!(
+            only,
+            FieldSelection::Only(vec!["email".into(), "line_2".into()])
+        );
+        assert!(only.includes("email") && !only.includes("surname"));
+        let missing = only.missing_from(["surname", "email"].into_iter());
+        assert_eq!(fields_of(&missing), ["read_mask.paths[1]"]);
+        assert_eq!(
+            missing.as_slice()[0].description,
+            "names no field of the record"
+        );
+        assert!(FieldSelection::All.missing_from([].into_iter()).is_empty());
+    }
+
+    #[test]
+    fn every_bad_path_of_a_read_mask_is_named() {
+        let mut v = Violations::new();
+        read_mask(
+            &mut v,
+            Some(&mask(&[
+                "fields.email",
+                "email",
+                "fields.Email",
+                "fields.email",
+                "*",
+                "record.client_id",
+                "fields.",
+            ])),
+        );
+        assert_eq!(
+            fields_of(&v),
+            [
+                "read_mask.paths[1]",
+                "read_mask.paths[2]",
+                "read_mask.paths[3]",
+                "read_mask.paths[4]",
+                "read_mask.paths[5]",
+                "read_mask.paths[6]"
+            ]
+        );
+        assert_eq!(v.as_slice()[2].description, "names a field already named");
+        assert_eq!(
+            v.as_slice()[3].description,
+            "must be the only path when it is `*`"
+        );
+        let mut v = Violations::new();
+        let many: Vec<String> = (0..=MAX_RECORD_FIELDS)
+            .map(|i| format!("fields.f{i}"))
+            .collect();
+        read_mask(&mut v, Some(&prost_types::FieldMask { paths: many }));
+        assert_eq!(fields_of(&v), ["read_mask.paths"]);
     }
 }

@@ -14,7 +14,9 @@ use confidant_runtime::error::Violations;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::domain::{self, NewRecord, optional_category, optional_uuid, required_uuid};
+use crate::domain::{
+    self, FieldSelection, NewRecord, optional_category, optional_uuid, required_uuid,
+};
 use crate::error::Error;
 use crate::records::{Actor, OpenedRecord, ReadIntent, Vault};
 use crate::store::{RecordRow, ScopeRow, ScopeState};
@@ -553,6 +555,7 @@ impl VaultService for VaultApi {
             purpose,
             justification: &req.justification,
             roles: roles_of(&actor),
+            fields: FieldSelection::All,
         };
         let row = self
             .admit(&actor, staff_id, &mut Decisions::new(), id, &intent)
@@ -676,6 +679,7 @@ impl VaultService for VaultApi {
         let mut v = Violations::new();
         let id = required_uuid(&mut v, "record_id", &req.record_id);
         let purpose = domain::purpose(&mut v, req.purpose, &req.justification);
+        let fields = domain::read_mask(&mut v, req.read_mask.as_ref());
         check(v)?;
         let (Some(id), Some(purpose)) = (id, purpose) else {
             return Err(Status::internal("validated request incomplete"));
@@ -684,6 +688,7 @@ impl VaultService for VaultApi {
             purpose,
             justification: &req.justification,
             roles: roles_of(&actor),
+            fields,
         };
         let mut results = self.read(&actor, vec![Ok(id)], &intent).await?;
         match results.pop() {
@@ -705,6 +710,7 @@ impl VaultService for VaultApi {
             v.add("record_ids", "must hold 1 to 500 ids");
         }
         let purpose = domain::purpose(&mut v, req.purpose, &req.justification);
+        let fields = domain::read_mask(&mut v, req.read_mask.as_ref());
         check(v)?;
         let Some(purpose) = purpose else {
             return Err(Status::internal("validated request incomplete"));
@@ -722,6 +728,7 @@ impl VaultService for VaultApi {
             purpose,
             justification: &req.justification,
             roles: roles_of(&actor),
+            fields,
         };
         let results = self
             .read(&actor, ids, &intent)

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::crypto::{FieldBinding, RecordKey, ScopeKey};
-use crate::domain::{Category, FieldType, Limits, NewRecord, Purpose, ScopeRef};
+use crate::domain::{Category, FieldSelection, FieldType, Limits, NewRecord, Purpose, ScopeRef};
 use crate::error::Error;
 use crate::keys::Keyring;
 use crate::masking::{Mask, MaskingRules};
@@ -80,6 +80,8 @@ pub struct ReadIntent<'a> {
     pub justification: &'a str,
     /// The roles whose masks apply.
     pub roles: &'a [String],
+    /// The fields to read (a read mask); other fields stay sealed.
+    pub fields: FieldSelection,
 }
 
 /// Settings of the vault's operations.
@@ -136,14 +138,19 @@ fn scope_ref_of(row: &RecordRow) -> Result<ScopeRef, Error> {
 /// A decrypted field: name, type and value (zeroized when dropped).
 pub(crate) type PlainField = (String, FieldType, Zeroizing<Vec<u8>>);
 
-/// Decrypts the fields of a record with its key.
+/// Decrypts the selected fields of a record with its key, in the record's
+/// order; the others are not opened.
 pub(crate) fn decrypt_fields(
     row: &RecordRow,
     record_key: &RecordKey,
+    selection: &FieldSelection,
 ) -> Result<Vec<PlainField>, Error> {
     let stored = StoredFields::decode(row.fields.as_slice()).map_err(|_| Error::Integrity)?;
     let mut out = Vec::with_capacity(stored.fields.len());
     for field in stored.fields {
+        if !selection.includes(&field.name) {
+            continue;
+        }
         let field_type = FieldType::parse(&field.field_type).ok_or(Error::Integrity)?;
         let at = FieldBinding {
             record_id: row.id,
@@ -647,10 +654,20 @@ impl Vault {
         Ok(())
     }
 
-    /// Decrypts a record's fields in memory (nothing is returned yet).
-    async fn decrypt(&self, row: &RecordRow) -> Result<(Arc<ScopeKey>, Vec<PlainField>), Error> {
+    /// Decrypts the selected fields of a record in memory (nothing is
+    /// returned yet); a selection naming a field the record lacks is refused
+    /// before any key is touched.
+    async fn decrypt(
+        &self,
+        row: &RecordRow,
+        selection: &FieldSelection,
+    ) -> Result<(Arc<ScopeKey>, Vec<PlainField>), Error> {
+        let missing = selection.missing_from(row.field_names.split(','));
+        if !missing.is_empty() {
+            return Err(Error::Invalid(missing));
+        }
         let (scope_key, record_key) = self.record_keys(row).await?;
-        let fields = decrypt_fields(row, &record_key)?;
+        let fields = decrypt_fields(row, &record_key, selection)?;
         Ok((scope_key, fields))
     }
 
@@ -686,19 +703,23 @@ impl Vault {
         Ok((scope_key, record_key))
     }
 
+    /// The event of a read of `row`: `disclosed` names the fields whose
+    /// values it returns (none when it is refused).
     pub(crate) fn read_event(
         &self,
         actor: &Actor,
         row: &RecordRow,
         intent: &ReadIntent<'_>,
         sealed: Option<(Vec<u8>, Uuid)>,
+        disclosed: Vec<String>,
     ) -> AuditEvent {
         let mut b = self
             .event(actor, Action::VaultRecordRead)
             .resource("record", &row.id.to_string())
             .scope(Some(row.client_id), row.matter_id)
             .category(&row.category)
-            .purpose(intent.purpose.as_str());
+            .purpose(intent.purpose.as_str())
+            .disclosed_fields(disclosed);
         if let Some((text, scope_id)) = sealed {
             b = b.sealed_text(text, &scope_id.to_string());
         }
@@ -730,7 +751,7 @@ impl Vault {
         let mut events = Vec::new();
         let mut results: Vec<Result<OpenedRecord, Error>> = Vec::with_capacity(rows.len());
         for row in rows {
-            match self.decrypt(&row).await {
+            match self.decrypt(&row, &intent.fields).await {
                 Ok((scope_key, fields)) => {
                     let sealed = if intent.justification.is_empty() {
                         None
@@ -743,7 +764,8 @@ impl Vault {
                             }
                         }
                     };
-                    let event = self.read_event(actor, &row, intent, sealed);
+                    let disclosed = fields.iter().map(|(name, ..)| name.clone()).collect();
+                    let event = self.read_event(actor, &row, intent, sealed, disclosed);
                     let category = Category::parse(&row.category);
                     let fields = fields
                         .into_iter()
@@ -797,7 +819,7 @@ impl Vault {
         outcome: Outcome,
         reason: &str,
     ) {
-        let mut event = self.read_event(actor, row, intent, None);
+        let mut event = self.read_event(actor, row, intent, None, Vec::new());
         event.outcome = outcome as i32;
         event.reason = reason.to_owned();
         if let Err(e) = self.commit(Vec::new(), &[event]).await {

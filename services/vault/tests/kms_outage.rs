@@ -11,7 +11,7 @@ use confidant_proto::vault::v1 as pb;
 use confidant_runtime::kms::Kms;
 use confidant_runtime::storage::Backend;
 use confidant_runtime::testing::{TestDatabase, new_kms_key};
-use confidant_vault::domain::{Limits, NewRecord, Purpose};
+use confidant_vault::domain::{FieldSelection, Limits, NewRecord, Purpose};
 use confidant_vault::error::Error;
 use confidant_vault::keys::{CacheLimits, Keyring};
 use confidant_vault::records::{Actor, ReadIntent, Settings, Vault};
@@ -114,6 +114,7 @@ async fn read(vault: &Vault, actor: &Actor, id: Uuid) -> Result<String, Error> {
         purpose: Purpose::LegalAdvice,
         justification: "",
         roles: &roles,
+        fields: FieldSelection::All,
     };
     let mut results = vault.open_many(actor, vec![row], &intent).await;
     Ok(results.pop().unwrap()?.fields[0].value.to_string())

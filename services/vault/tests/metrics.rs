@@ -11,7 +11,7 @@ use confidant_runtime::kms::LocalKms;
 use confidant_runtime::storage::Backend;
 use confidant_runtime::telemetry::TelemetryConfig;
 use confidant_runtime::testing::TestDatabase;
-use confidant_vault::domain::{Limits, NewRecord, Purpose};
+use confidant_vault::domain::{FieldSelection, Limits, NewRecord, Purpose};
 use confidant_vault::keys::{CacheLimits, Keyring};
 use confidant_vault::records::{Actor, ReadIntent, Settings, Vault};
 use confidant_vault::store::VaultStore;
@@ -172,6 +172,7 @@ async fn key_metrics_reach_the_collector_without_client_data() {
                     purpose: Purpose::LegalAdvice,
                     justification: "checking the file",
                     roles: &roles,
+                    fields: FieldSelection::All,
                 },
             )
             .await

@@ -13,7 +13,7 @@ use confidant_runtime::kms::{AwsKms, Kms, LocalKms, WrappedKey};
 use confidant_runtime::storage::Backend;
 use confidant_runtime::testing::{TestDatabase, kms_endpoint, new_kms_key};
 use confidant_vault::crypto::ScopeKey;
-use confidant_vault::domain::{Category, Limits, NewRecord, Purpose};
+use confidant_vault::domain::{Category, FieldSelection, Limits, NewRecord, Purpose};
 use confidant_vault::error::Error;
 use confidant_vault::keys::{CacheLimits, Keyring};
 use confidant_vault::records::{Actor, ReadIntent, Settings, Vault};
@@ -119,6 +119,7 @@ fn intent<'a>(roles: &'a [String], justification: &'a str) -> ReadIntent<'a> {
         purpose: Purpose::LegalAdvice,
         justification,
         roles,
+        fields: FieldSelection::All,
     }
 }
 
@@ -301,6 +302,150 @@ async fn a_read_whose_audit_event_cannot_be_recorded_returns_nothing(db: &TestDa
         matches!(&results[0], Err(Error::Audit(_))),
         "{:?}",
         results[0]
+    );
+}
+
+/// The stored form of a record's fields, as the vault writes it (one
+/// message per record), so that the test can spoil one field's ciphertext.
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredFields {
+    #[prost(message, repeated, tag = "1")]
+    fields: Vec<StoredField>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredField {
+    #[prost(string, tag = "1")]
+    name: String,
+    #[prost(string, tag = "2")]
+    field_type: String,
+    #[prost(bytes = "vec", tag = "3")]
+    sealed: Vec<u8>,
+}
+
+/// The fields each committed read event of `record` says it disclosed.
+async fn disclosed(db: &TestDatabase, record: Uuid) -> Vec<Vec<String>> {
+    confidant_runtime::outbox::Outbox::new(db.db.clone())
+        .pending(10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|p| {
+            p.event.action == "vault.record.read"
+                && p.event
+                    .resource
+                    .as_ref()
+                    .is_some_and(|r| r.id == record.to_string())
+        })
+        .map(|p| p.event.disclosed_fields)
+        .collect()
+}
+
+async fn a_read_mask_opens_only_the_named_fields_and_the_event_names_them(db: &TestDatabase) {
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let vault = vault_with(db, kms_for(db, dir.path()).await, CACHE);
+    let actor = partner();
+    let stored = vault
+        .create(&actor, &passport(Uuid::now_v7(), None, "P1234567"), None)
+        .await
+        .unwrap();
+    let roles = vec!["partner".to_owned()];
+    let read = |fields: FieldSelection| {
+        let vault = &vault;
+        let actor = &actor;
+        let roles = &roles;
+        async move {
+            let row = vault.load(stored.id).await?;
+            let intent = ReadIntent {
+                fields,
+                ..intent(roles, "")
+            };
+            let opened = vault
+                .open_many(actor, vec![row], &intent)
+                .await
+                .pop()
+                .expect("one result")?;
+            Ok::<_, Error>(
+                opened
+                    .fields
+                    .into_iter()
+                    .map(|f| (f.name, f.value.to_string()))
+                    .collect::<Vec<_>>(),
+            )
+        }
+    };
+    let number = FieldSelection::Only(vec!["passport_number".into()]);
+
+    assert_eq!(
+        read(FieldSelection::All).await.unwrap(),
+        [
+            ("surname".to_owned(), "Okafor".to_owned()),
+            ("passport_number".to_owned(), "P1234567".to_owned())
+        ]
+    );
+    assert_eq!(
+        read(number.clone()).await.unwrap(),
+        [("passport_number".to_owned(), "P1234567".to_owned())]
+    );
+    // The log says exactly what each read disclosed.
+    assert_eq!(
+        disclosed(db, stored.id).await,
+        [
+            vec!["surname".to_owned(), "passport_number".to_owned()],
+            vec!["passport_number".to_owned()]
+        ]
+    );
+
+    // A field the record lacks: refused before any key is touched, and no
+    // read is recorded, for nothing was read.
+    let Err(Error::Invalid(v)) = read(FieldSelection::Only(vec![
+        "passport_number".into(),
+        "email".into(),
+    ]))
+    .await
+    else {
+        panic!("a mask naming a missing field is refused");
+    };
+    assert_eq!(v.as_slice()[0].field, "read_mask.paths[1]");
+    assert_eq!(disclosed(db, stored.id).await.len(), 2);
+
+    // The fields left out are not even opened: with the surname's
+    // ciphertext spoiled, a read of everything fails, a read of the
+    // passport number alone still succeeds.
+    let (blob,): (Vec<u8>,) = db
+        .db
+        .fetch_optional(
+            "SELECT fields FROM vault_records WHERE id = $1",
+            vec![confidant_runtime::portable::Value::Uuid(stored.id)],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let mut fields = StoredFields::decode(blob.as_slice()).unwrap();
+    assert_eq!(fields.fields[0].name, "surname");
+    let last = fields.fields[0].sealed.len() - 1;
+    fields.fields[0].sealed[last] ^= 1;
+    db.db
+        .transact(
+            vec![confidant_runtime::portable::Statement::new(
+                "UPDATE vault_records SET fields = $1 WHERE id = $2",
+                vec![
+                    confidant_runtime::portable::Value::Bytes(fields.encode_to_vec()),
+                    confidant_runtime::portable::Value::Uuid(stored.id),
+                ],
+            )],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        read(FieldSelection::All).await,
+        Err(Error::Integrity)
+    ));
+    assert_eq!(
+        read(number).await.unwrap(),
+        [("passport_number".to_owned(), "P1234567".to_owned())]
     );
 }
 
@@ -1746,6 +1891,7 @@ confidant_runtime::backend_tests!(confidant_vault::MIGRATIONS;
     documents_stream_in_and_out_whole_or_not_at_all,
     records_are_encrypted_at_rest_and_bound_to_their_place,
     a_read_whose_audit_event_cannot_be_recorded_returns_nothing,
+    a_read_mask_opens_only_the_named_fields_and_the_event_names_them,
     ten_thousand_reads_of_one_scope_cost_a_handful_of_kms_calls,
     a_shredded_scope_is_unreadable_and_no_stored_key_opens_it,
     holds_stop_shredding_and_staged_destruction_can_be_cancelled,
