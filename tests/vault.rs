@@ -161,6 +161,22 @@ async fn vault_events(
     logged_events(audit, client_id, "vault", action).await
 }
 
+/// The vault's `action` events about `client_id`, once the log holds at
+/// least `count` of them.
+async fn vault_events_at_least(
+    audit: &mut AuditServiceClient<PeerChannel>,
+    client_id: &str,
+    action: &str,
+    count: usize,
+) -> Vec<AuditEvent> {
+    common::eventually(Duration::from_secs(20), action, || {
+        let mut audit = audit.clone();
+        async move { vault_events(&mut audit, client_id, action).await.len() >= count }
+    })
+    .await;
+    vault_events(audit, client_id, action).await
+}
+
 /// The events about `client_id` that `source` logged as `action`.
 async fn logged_events(
     audit: &mut AuditServiceClient<PeerChannel>,
@@ -516,22 +532,7 @@ async fn client_data_is_read_only_for_a_purpose_by_those_the_decision_allows(bac
     // Every read and refusal is in the audit log, with its purpose; the
     // justification travels sealed, never in clear.
     let mut log = audit(&data, &sandbox).await;
-    common::eventually(
-        Duration::from_secs(20),
-        "vault reads in the audit log",
-        || {
-            let mut log = log.clone();
-            let client_id = f.client_id.clone();
-            async move {
-                vault_events(&mut log, &client_id, "vault.record.read")
-                    .await
-                    .len()
-                    >= 7
-            }
-        },
-    )
-    .await;
-    let reads = vault_events(&mut log, &f.client_id, "vault.record.read").await;
+    let reads = vault_events_at_least(&mut log, &f.client_id, "vault.record.read", 7).await;
     let by_partner = reads
         .iter()
         .find(|e| e.id == read.audit_event_id)
@@ -1828,18 +1829,7 @@ async fn a_read_mask_returns_only_the_named_fields_and_the_log_names_them(backen
     // reads disclosed none, and a mask the record could not satisfy left no
     // read at all.
     let mut log = audit(&data, &sandbox).await;
-    common::eventually(Duration::from_secs(20), "the reads logged", || {
-        let mut log = log.clone();
-        let client_id = f.client_id.clone();
-        async move {
-            vault_events(&mut log, &client_id, "vault.record.read")
-                .await
-                .len()
-                >= 4
-        }
-    })
-    .await;
-    let reads = vault_events(&mut log, &f.client_id, "vault.record.read").await;
+    let reads = vault_events_at_least(&mut log, &f.client_id, "vault.record.read", 4).await;
     let disclosed = |id: &str| {
         reads
             .iter()

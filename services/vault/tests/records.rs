@@ -141,6 +141,37 @@ async fn read_one(
         .collect())
 }
 
+/// The stored (encrypted) fields of record `id`, as the raw database holds them.
+async fn stored_fields(db: &TestDatabase, id: Uuid) -> Vec<u8> {
+    let (fields,): (Vec<u8>,) = db
+        .db
+        .fetch_optional(
+            "SELECT fields FROM vault_records WHERE id = $1",
+            vec![confidant_runtime::portable::Value::Uuid(id)],
+        )
+        .await
+        .unwrap()
+        .expect("the record is stored");
+    fields
+}
+
+/// Overwrites the stored fields of record `id` behind the vault's back.
+async fn overwrite_fields(db: &TestDatabase, id: Uuid, fields: Vec<u8>) {
+    db.db
+        .transact(
+            vec![confidant_runtime::portable::Statement::new(
+                "UPDATE vault_records SET fields = $1 WHERE id = $2",
+                vec![
+                    confidant_runtime::portable::Value::Bytes(fields),
+                    confidant_runtime::portable::Value::Uuid(id),
+                ],
+            )],
+            &[],
+        )
+        .await
+        .unwrap();
+}
+
 /// Every BLOB stored in the vault's tables (scope keys, record keys,
 /// fields), as the raw database holds them.
 async fn stored_blobs(db: &TestDatabase) -> Vec<Vec<u8>> {
@@ -221,28 +252,7 @@ async fn records_are_encrypted_at_rest_and_bound_to_their_place(db: &TestDatabas
     );
 
     // A's ciphertext copied over B's does not open as B.
-    let (fields_a,): (Vec<u8>,) = db
-        .db
-        .fetch_optional(
-            "SELECT fields FROM vault_records WHERE id = $1",
-            vec![confidant_runtime::portable::Value::Uuid(a.id)],
-        )
-        .await
-        .unwrap()
-        .unwrap();
-    db.db
-        .transact(
-            vec![confidant_runtime::portable::Statement::new(
-                "UPDATE vault_records SET fields = $1 WHERE id = $2",
-                vec![
-                    confidant_runtime::portable::Value::Bytes(fields_a),
-                    confidant_runtime::portable::Value::Uuid(b.id),
-                ],
-            )],
-            &[],
-        )
-        .await
-        .unwrap();
+    overwrite_fields(db, b.id, stored_fields(db, a.id).await).await;
     assert!(matches!(
         read_one(&vault, &actor, b.id, &partner_roles).await,
         Err(Error::Integrity)
@@ -270,14 +280,24 @@ async fn records_are_encrypted_at_rest_and_bound_to_their_place(db: &TestDatabas
     assert_eq!(count.len(), 1);
 }
 
-async fn a_read_whose_audit_event_cannot_be_recorded_returns_nothing(db: &TestDatabase) {
-    let dir = tempfile::tempdir().unwrap();
-    let vault = vault_with(db, kms_for(db, dir.path()).await, CACHE);
+/// A vault (its local KMS under `dir`) holding one passport, stored by a
+/// partner.
+async fn a_stored_passport(
+    db: &TestDatabase,
+    dir: &std::path::Path,
+) -> (Vault, Actor, confidant_vault::store::RecordRow) {
+    let vault = vault_with(db, kms_for(db, dir).await, CACHE);
     let actor = partner();
     let stored = vault
         .create(&actor, &passport(Uuid::now_v7(), None, "P1234567"), None)
         .await
         .unwrap();
+    (vault, actor, stored)
+}
+
+async fn a_read_whose_audit_event_cannot_be_recorded_returns_nothing(db: &TestDatabase) {
+    let dir = tempfile::tempdir().unwrap();
+    let (vault, actor, stored) = a_stored_passport(db, dir.path()).await;
     let roles = vec!["partner".to_owned()];
     assert!(read_one(&vault, &actor, stored.id, &roles).await.is_ok());
 
@@ -323,33 +343,40 @@ struct StoredField {
     sealed: Vec<u8>,
 }
 
-/// The fields each committed read event of `record` says it disclosed.
-async fn disclosed(db: &TestDatabase, record: Uuid) -> Vec<Vec<String>> {
+/// The events about `resource` (a record or scope) queued for the audit
+/// log, oldest first.
+async fn queued_events(
+    db: &TestDatabase,
+    resource: Uuid,
+) -> Vec<confidant_proto::audit::v1::AuditEvent> {
     confidant_runtime::outbox::Outbox::new(db.db.clone())
         .pending(10_000)
         .await
         .unwrap()
         .into_iter()
-        .filter(|p| {
-            p.event.action == "vault.record.read"
-                && p.event
-                    .resource
-                    .as_ref()
-                    .is_some_and(|r| r.id == record.to_string())
+        .map(|p| p.event)
+        .filter(|e| {
+            e.resource
+                .as_ref()
+                .is_some_and(|r| r.id == resource.to_string())
         })
-        .map(|p| p.event.disclosed_fields)
+        .collect()
+}
+
+/// The fields each committed read event of `record` says it disclosed.
+async fn disclosed(db: &TestDatabase, record: Uuid) -> Vec<Vec<String>> {
+    queued_events(db, record)
+        .await
+        .into_iter()
+        .filter(|e| e.action == "vault.record.read")
+        .map(|e| e.disclosed_fields)
         .collect()
 }
 
 async fn a_read_mask_opens_only_the_named_fields_and_the_event_names_them(db: &TestDatabase) {
     use prost::Message;
     let dir = tempfile::tempdir().unwrap();
-    let vault = vault_with(db, kms_for(db, dir.path()).await, CACHE);
-    let actor = partner();
-    let stored = vault
-        .create(&actor, &passport(Uuid::now_v7(), None, "P1234567"), None)
-        .await
-        .unwrap();
+    let (vault, actor, stored) = a_stored_passport(db, dir.path()).await;
     let roles = vec!["partner".to_owned()];
     let read = |fields: FieldSelection| {
         let vault = &vault;
@@ -413,32 +440,11 @@ async fn a_read_mask_opens_only_the_named_fields_and_the_event_names_them(db: &T
     // The fields left out are not even opened: with the surname's
     // ciphertext spoiled, a read of everything fails, a read of the
     // passport number alone still succeeds.
-    let (blob,): (Vec<u8>,) = db
-        .db
-        .fetch_optional(
-            "SELECT fields FROM vault_records WHERE id = $1",
-            vec![confidant_runtime::portable::Value::Uuid(stored.id)],
-        )
-        .await
-        .unwrap()
-        .unwrap();
-    let mut fields = StoredFields::decode(blob.as_slice()).unwrap();
+    let mut fields = StoredFields::decode(stored_fields(db, stored.id).await.as_slice()).unwrap();
     assert_eq!(fields.fields[0].name, "surname");
     let last = fields.fields[0].sealed.len() - 1;
     fields.fields[0].sealed[last] ^= 1;
-    db.db
-        .transact(
-            vec![confidant_runtime::portable::Statement::new(
-                "UPDATE vault_records SET fields = $1 WHERE id = $2",
-                vec![
-                    confidant_runtime::portable::Value::Bytes(fields.encode_to_vec()),
-                    confidant_runtime::portable::Value::Uuid(stored.id),
-                ],
-            )],
-            &[],
-        )
-        .await
-        .unwrap();
+    overwrite_fields(db, stored.id, fields.encode_to_vec()).await;
     assert!(matches!(
         read(FieldSelection::All).await,
         Err(Error::Integrity)
@@ -913,19 +919,11 @@ async fn holds_stop_shredding_and_staged_destruction_can_be_cancelled(db: &TestD
 /// The refused shreds of `resource` (a record or scope) queued for the
 /// audit log: their actions and reasons.
 async fn refused_shreds(db: &TestDatabase, resource: Uuid) -> Vec<(String, String)> {
-    confidant_runtime::outbox::Outbox::new(db.db.clone())
-        .pending(10_000)
+    queued_events(db, resource)
         .await
-        .unwrap()
         .into_iter()
-        .filter(|p| {
-            p.event.outcome == confidant_proto::audit::v1::Outcome::Denied as i32
-                && p.event
-                    .resource
-                    .as_ref()
-                    .is_some_and(|r| r.id == resource.to_string())
-        })
-        .map(|p| (p.event.action, p.event.reason))
+        .filter(|e| e.outcome == confidant_proto::audit::v1::Outcome::Denied as i32)
+        .map(|e| (e.action, e.reason))
         .collect()
 }
 
