@@ -190,6 +190,16 @@ async fn a_breach_from_detection_to_notification(backend: Backend) {
     ];
     expected.sort();
     assert_eq!(seen, expected);
+    // Each read's event named the fields it returned: the notice can say
+    // what kind of data was seen.
+    assert!(
+        affected
+            .scopes
+            .iter()
+            .all(|s| s.disclosed_fields == ["note"]),
+        "{:?}",
+        affected.scopes
+    );
     // A stolen session: the partner's token's session reached the same
     // clients; another session of the partner reached none.
     let session_of = |token: &str| {
@@ -246,7 +256,12 @@ async fn a_breach_from_detection_to_notification(backend: Backend) {
             .sum::<i64>(),
         4
     );
-    assert!(by_intake.scopes.iter().all(|s| s.reads == 0));
+    assert!(
+        by_intake
+            .scopes
+            .iter()
+            .all(|s| s.reads == 0 && s.disclosed_fields.is_empty())
+    );
     // Someone who touched nothing reached no one.
     let none = incidents
         .find_affected_clients(as_staff(

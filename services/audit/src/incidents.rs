@@ -47,6 +47,16 @@ const OTHER_ACCESSES: [&str; 4] = [
     "retention.item.registered",
     "intake.file.uploaded",
 ];
+/// What a compromised actor did to one client, matter and category.
+struct Reached {
+    reads: i64,
+    others: i64,
+    first: DateTime<Utc>,
+    last: DateTime<Utc>,
+    /// The fields whose values the reads returned.
+    disclosed: std::collections::BTreeSet<String>,
+}
+
 /// Most events one affected-clients search examines.
 const MAX_EXAMINED: i64 = 1_000_000;
 
@@ -938,9 +948,7 @@ impl IncidentService for IncidentApi {
             .await
             .map_err(Error::from)?;
         let examined = i64::try_from(found.len()).unwrap_or(i64::MAX);
-        // (client, matter, category) -> (reads, others, first, last)
-        type Tally = (i64, i64, DateTime<Utc>, DateTime<Utc>);
-        let mut tally: BTreeMap<(String, String, String), Tally> = BTreeMap::new();
+        let mut tally: BTreeMap<(String, String, String), Reached> = BTreeMap::new();
         for f in found {
             let Ok(event) = AuditEvent::decode(f.event.payload.as_slice()) else {
                 continue;
@@ -966,14 +974,21 @@ impl IncidentService for IncidentApi {
                     resource.matter_id.clone(),
                     resource.data_category.clone(),
                 ))
-                .or_insert((0, 0, at, at));
+                .or_insert_with(|| Reached {
+                    reads: 0,
+                    others: 0,
+                    first: at,
+                    last: at,
+                    disclosed: std::collections::BTreeSet::new(),
+                });
             if read {
-                entry.0 += 1;
+                entry.reads += 1;
+                entry.disclosed.extend(event.disclosed_fields);
             } else {
-                entry.1 += 1;
+                entry.others += 1;
             }
-            entry.2 = entry.2.min(at);
-            entry.3 = entry.3.max(at);
+            entry.first = entry.first.min(at);
+            entry.last = entry.last.max(at);
         }
         let clients: std::collections::BTreeSet<&String> = tally.keys().map(|k| &k.0).collect();
         let client_count = i32::try_from(clients.len()).unwrap_or(i32::MAX);
@@ -1006,19 +1021,16 @@ impl IncidentService for IncidentApi {
         Ok(Response::new(pb::FindAffectedClientsResponse {
             scopes: tally
                 .into_iter()
-                .map(
-                    |((client, matter, category), (reads, others, first, last))| {
-                        pb::AffectedScope {
-                            client_id: client,
-                            matter_id: matter,
-                            category,
-                            reads,
-                            other_accesses: others,
-                            first_time: Some(ts(first)),
-                            last_time: Some(ts(last)),
-                        }
-                    },
-                )
+                .map(|((client, matter, category), reached)| pb::AffectedScope {
+                    client_id: client,
+                    matter_id: matter,
+                    category,
+                    reads: reached.reads,
+                    other_accesses: reached.others,
+                    first_time: Some(ts(reached.first)),
+                    last_time: Some(ts(reached.last)),
+                    disclosed_fields: reached.disclosed.into_iter().collect(),
+                })
                 .collect(),
             client_count,
             events_examined: examined,
