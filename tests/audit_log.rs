@@ -266,6 +266,10 @@ async fn a_clients_access_history_is_searchable_and_shows_no_internals(backend: 
                 "billing"
             }
             .into();
+            if i == 4 {
+                e.action = Action::VaultRecordRead.as_str().into();
+                e.disclosed_fields = vec!["email".into()];
+            }
             e
         })
         .collect();
@@ -291,6 +295,9 @@ async fn a_clients_access_history_is_searchable_and_shows_no_internals(backend: 
     assert_eq!(first.accesses[0].event_id, events[4].id, "newest first");
     assert_eq!(first.accesses[0].purpose, "legal-advice");
     assert_eq!(first.accesses[0].data_category, "contact-details");
+    // The client sees which of their fields a read returned.
+    assert_eq!(first.accesses[0].disclosed_fields, ["email"]);
+    assert!(first.accesses[1].disclosed_fields.is_empty());
     assert!(
         first
             .accesses

@@ -410,6 +410,7 @@ impl AuditService for AuditApi {
                     purpose: e.purpose,
                     outcome: e.outcome,
                     event_id: e.id,
+                    disclosed_fields: e.disclosed_fields,
                 })
             })
             .collect();
