@@ -109,6 +109,14 @@ async fn dev_serves_all_five_services_over_mutual_tls_and_reuses_its_data() {
         .await;
     }
 
+    // Its log, written to a file, is plain text: no terminal colour codes.
+    common::eventually(Duration::from_secs(10), "the dev banner", || {
+        let up = first.log().contains("confidant dev is up");
+        async move { up }
+    })
+    .await;
+    assert!(!first.log().contains('\u{1b}'), "{}", first.log());
+
     // A standard client (Python grpcio) with the operator certificate gets
     // SERVING from every port; without a certificate it gets nothing.
     let (ok, out) = python_health_check(&pki, true);

@@ -171,7 +171,11 @@ pub fn init(service_name: &str, config: &TelemetryConfig) -> Result<TelemetryGua
             .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
             .event_format(JsonLines)
             .boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+        // Colours only for a person at a terminal: a log file, a pipe or a
+        // container's log stream gets plain text, not escape codes.
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .boxed(),
     };
     tracing_subscriber::registry()
         // Library internals (h2, hyper) open TRACE and DEBUG spans; only our
