@@ -233,10 +233,11 @@ pub fn validate_event(
         );
     }
     for (i, name) in event.disclosed_fields.iter().enumerate() {
+        let at = f(&format!("disclosed_fields[{i}]"));
         if name.is_empty() {
-            v.add(f(&format!("disclosed_fields[{i}]")), "must not be empty");
+            v.add(at, "must not be empty");
         } else {
-            short_code(v, &f(&format!("disclosed_fields[{i}]")), name);
+            short_code(v, &at, name);
         }
     }
 
