@@ -168,7 +168,7 @@ pub fn init(service_name: &str, config: &TelemetryConfig) -> Result<TelemetryGua
     let filter = EnvFilter::builder().parse(&config.log_level)?;
     let fmt = match config.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
-            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .fmt_fields(TraceIdField)
             .event_format(JsonLines)
             .boxed(),
         // Colours only for a person at a terminal: a log file, a pipe or a
@@ -187,11 +187,73 @@ pub fn init(service_name: &str, config: &TelemetryConfig) -> Result<TelemetryGua
                 // span look-up on every poll of every instrumented future;
                 // the span's own start and end times remain.
                 .with_tracked_inactivity(false)
+                // Entering a span would also make its context the current
+                // OpenTelemetry context, on every poll; nothing here reads
+                // that context (trace ids and `traceparent` come from the
+                // span itself).
+                .with_context_activation(false)
+                // The source location and worker thread of a span say
+                // nothing here: every RPC span opens in the same middleware
+                // and a request moves between worker threads.
+                .with_location(false)
+                .with_threads(false)
                 .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
         )
         .with(fmt.with_filter(filter))
         .try_init()?;
     Ok(TelemetryGuard { provider, meters })
+}
+
+/// What the JSON log format keeps of a span's fields: its `trace_id` and
+/// nothing else, since that is all a JSON line shows of its spans. Every
+/// span (one or more per request) is kept this way; keeping all of its
+/// fields as JSON would mean serializing them when the span opens and
+/// parsing and rewriting them at every `record`, for lines that mostly
+/// never come.
+struct TraceIdField;
+
+/// Finds the `trace_id` among a span's fields.
+struct FindTraceId<'a>(&'a mut Option<String>);
+
+impl tracing::field::Visit for FindTraceId<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "trace_id" {
+            *self.0 = Some(value.to_owned());
+        }
+    }
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "trace_id" {
+            *self.0 = Some(format!("{value:?}"));
+        }
+    }
+}
+
+impl<'writer> tracing_subscriber::fmt::FormatFields<'writer> for TraceIdField {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        mut writer: tracing_subscriber::fmt::format::Writer<'writer>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut found = None;
+        fields.record(&mut FindTraceId(&mut found));
+        match found {
+            Some(trace_id) => writer.write_str(&trace_id),
+            None => Ok(()),
+        }
+    }
+
+    fn add_fields(
+        &self,
+        current: &'writer mut tracing_subscriber::fmt::FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> std::fmt::Result {
+        let mut found = None;
+        fields.record(&mut FindTraceId(&mut found));
+        if let Some(trace_id) = found {
+            current.fields = trace_id;
+        }
+        Ok(())
+    }
 }
 
 /// One JSON object per log line: time, level, target, the event's fields,
@@ -224,14 +286,13 @@ impl tracing::field::Visit for JsonVisitor<'_> {
     }
 }
 
-impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for JsonLines
+impl<S> tracing_subscriber::fmt::FormatEvent<S, TraceIdField> for JsonLines
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
 {
     fn format_event(
         &self,
-        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, TraceIdField>,
         mut writer: tracing_subscriber::fmt::format::Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
@@ -254,17 +315,11 @@ where
                     innermost = false;
                 }
                 let ext = span.extensions();
-                let trace_id = ext
-                    .get::<tracing_subscriber::fmt::FormattedFields<N>>()
-                    .and_then(|fields| serde_json::from_str::<serde_json::Value>(fields).ok())
-                    .and_then(|v| {
-                        v.get("trace_id")
-                            .and_then(|t| t.as_str())
-                            .map(str::to_owned)
-                    })
-                    .filter(|t| !t.is_empty());
-                if let Some(trace_id) = trace_id {
-                    map.insert("trace_id".into(), trace_id.into());
+                if let Some(fields) =
+                    ext.get::<tracing_subscriber::fmt::FormattedFields<TraceIdField>>()
+                    && !fields.is_empty()
+                {
+                    map.insert("trace_id".into(), fields.as_str().into());
                     break;
                 }
             }
