@@ -122,6 +122,21 @@ ensure_buf() {
   (cd "$TOOLS_DIR" && npm install --silent --no-audit --no-fund @bufbuild/buf@1 >/dev/null)
 }
 
+# cargo-deny, for the dependency policy in deny.toml; sets CARGO_DENY.
+ensure_cargo_deny() {
+  CARGO_DENY="$TOOLS_DIR/cargo-deny/bin/cargo-deny"
+  if [ -x "$CARGO_DENY" ] && [ "$("$CARGO_DENY" --version)" = "cargo-deny $CARGO_DENY_VERSION" ]; then
+    return 0
+  fi
+  log "cargo-deny: installing $CARGO_DENY_VERSION from crates.io into $TOOLS_DIR/cargo-deny"
+  mkdir -p "$TOOLS_DIR"
+  # Built in a directory of its own that cargo removes afterwards, not in
+  # the workspace's target directory.
+  env -u CARGO_TARGET_DIR cargo install --quiet --locked --version "$CARGO_DENY_VERSION" \
+    --root "$TOOLS_DIR/cargo-deny" cargo-deny
+}
+CARGO_DENY_VERSION=0.20.2
+
 # The deployment checkers (Helm v4 library, kubernetes-validate, checkov,
 # yamllint) in a virtual environment of their own; sets DEPLOY_PYTHON.
 ensure_deploy_tools() {

@@ -2,7 +2,7 @@
 # The test command (README, .ci/run): makes sure PostgreSQL, Redis and the
 # AWS KMS emulator are reachable, starting or installing them when they are
 # not, installs the client tools the tests drive (Python grpcio, buf, the
-# deployment checkers, podman), then runs every check and test of the
+# deployment checkers, podman, cargo-deny), then runs every check and test of the
 # workspace, the Helm chart's checks and the container image check.
 #
 # Environment:
@@ -32,6 +32,7 @@ ensure_kms_emulator
 ensure_python_clients
 ensure_grpcurl
 ensure_buf
+ensure_cargo_deny
 ensure_deploy_tools
 ensure_kubectl
 ensure_podman
@@ -46,6 +47,11 @@ step "proto: buf lint and breaking-change check"
 if git rev-parse --verify -q main >/dev/null && [ "$(git rev-parse HEAD)" != "$(git rev-parse main)" ]; then
   (cd proto && "$BUF" breaking --against '../.git#branch=main,subdir=proto')
 fi
+
+step "dependencies: licenses, duplicate versions, banned crates and sources (deny.toml)"
+# Advisories need the RustSec database from GitHub, which this suite does
+# not assume it can reach; see deny.toml.
+"$CARGO_DENY" --locked --color never check bans licenses sources
 
 step "clippy"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings

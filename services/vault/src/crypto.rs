@@ -288,11 +288,11 @@ impl DocumentBinding {
 }
 
 /// Seals a document segment by segment with the STREAM construction
-/// (RustCrypto `aead::stream`, 32-bit big-endian counter and a last-segment
+/// (RustCrypto `aead-stream`, 32-bit big-endian counter and a last-segment
 /// flag in the nonce): a dropped, reordered or truncated segment fails to
 /// open.
 pub struct SegmentSealer {
-    stream: aes_gcm::aead::stream::EncryptorBE32<StreamCipher>,
+    stream: aead_stream::EncryptorBE32<StreamCipher>,
     aad: Vec<u8>,
 }
 
@@ -305,7 +305,7 @@ impl std::fmt::Debug for SegmentSealer {
 impl SegmentSealer {
     /// Seals a segment that is not the last.
     pub fn seal_next(&mut self, plain: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        use aes_gcm::aead::Payload;
+        use aead_stream::aead::Payload;
         self.stream
             .encrypt_next(Payload {
                 msg: plain,
@@ -316,7 +316,7 @@ impl SegmentSealer {
 
     /// Seals the last segment (possibly empty).
     pub fn seal_last(self, plain: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        use aes_gcm::aead::Payload;
+        use aead_stream::aead::Payload;
         self.stream
             .encrypt_last(Payload {
                 msg: plain,
@@ -328,7 +328,7 @@ impl SegmentSealer {
 
 /// Opens a document's segments in order.
 pub struct SegmentOpener {
-    stream: aes_gcm::aead::stream::DecryptorBE32<StreamCipher>,
+    stream: aead_stream::DecryptorBE32<StreamCipher>,
     aad: Vec<u8>,
 }
 
@@ -341,7 +341,7 @@ impl std::fmt::Debug for SegmentOpener {
 impl SegmentOpener {
     /// Opens the next segment, which must not be the last.
     pub fn open_next(&mut self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        use aes_gcm::aead::Payload;
+        use aead_stream::aead::Payload;
         self.stream
             .decrypt_next(Payload {
                 msg: sealed,
@@ -353,7 +353,7 @@ impl SegmentOpener {
 
     /// Opens the last segment.
     pub fn open_last(self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        use aes_gcm::aead::Payload;
+        use aead_stream::aead::Payload;
         self.stream
             .decrypt_last(Payload {
                 msg: sealed,
@@ -385,17 +385,20 @@ impl RecordKey {
         at: &DocumentBinding,
     ) -> Result<(SegmentSealer, [u8; STREAM_PREFIX_LEN]), CryptoError> {
         let prefix: [u8; STREAM_PREFIX_LEN] = random()?;
-        let stream = aes_gcm::aead::stream::EncryptorBE32::from_aead(
-            self.stream_cipher()?,
-            prefix.as_slice().into(),
-        );
-        Ok((
-            SegmentSealer {
-                stream,
-                aad: at.aad(),
-            },
-            prefix,
-        ))
+        Ok((self.sealer_with_prefix(at, &prefix)?, prefix))
+    }
+
+    fn sealer_with_prefix(
+        &self,
+        at: &DocumentBinding,
+        prefix: &[u8; STREAM_PREFIX_LEN],
+    ) -> Result<SegmentSealer, CryptoError> {
+        let stream =
+            aead_stream::EncryptorBE32::from_aead(self.stream_cipher()?, &(*prefix).into());
+        Ok(SegmentSealer {
+            stream,
+            aad: at.aad(),
+        })
     }
 
     /// An opener for a stored document.
@@ -407,8 +410,8 @@ impl RecordKey {
         if prefix.len() != STREAM_PREFIX_LEN {
             return Err(CryptoError::Open);
         }
-        let stream =
-            aes_gcm::aead::stream::DecryptorBE32::from_aead(self.stream_cipher()?, prefix.into());
+        let prefix: [u8; STREAM_PREFIX_LEN] = prefix.try_into().map_err(|_| CryptoError::Open)?;
+        let stream = aead_stream::DecryptorBE32::from_aead(self.stream_cipher()?, &prefix.into());
         Ok(SegmentOpener {
             stream,
             aad: at.aad(),
@@ -548,6 +551,39 @@ mod tests {
         assert!(key.document_opener(&at, &prefix[..6]).is_err());
     }
 
+    /// Documents stored by earlier releases must keep opening: the
+    /// segments' format at rest (key derivation, nonce layout, binding) is
+    /// pinned by known bytes, whatever crate implements the construction.
+    #[test]
+    fn document_segments_keep_their_format_at_rest() {
+        let bytes = [7u8; 32];
+        let key = RecordKey {
+            bytes: Zeroizing::new(bytes),
+            key: aead_key(&bytes).unwrap(),
+        };
+        let at = DocumentBinding {
+            record_id: Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001),
+            scope_id: Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0002),
+            key_version: 3,
+        };
+        let prefix = [1, 2, 3, 4, 5, 6, 7];
+        let mut sealer = key.sealer_with_prefix(&at, &prefix).unwrap();
+        let sealed = [
+            sealer.seal_next(b"first").unwrap(),
+            sealer.seal_next(b"second").unwrap(),
+            sealer.seal_last(b"last").unwrap(),
+        ];
+        let hex: Vec<String> = sealed
+            .iter()
+            .map(|s| s.iter().map(|b| format!("{b:02x}")).collect())
+            .collect();
+        assert_eq!(hex, KNOWN_SEGMENTS);
+        let mut opener = key.document_opener(&at, &prefix).unwrap();
+        assert_eq!(opener.open_next(&sealed[0]).unwrap().as_slice(), b"first");
+        assert_eq!(opener.open_next(&sealed[1]).unwrap().as_slice(), b"second");
+        assert_eq!(opener.open_last(&sealed[2]).unwrap().as_slice(), b"last");
+    }
+
     #[test]
     fn sealed_text_opens_only_under_its_scope_key() {
         let scope = scope_key(Uuid::now_v7());
@@ -562,4 +598,12 @@ mod tests {
         assert!(scope_key(scope.scope_id()).open_text(&sealed).is_err());
         assert!(scope_key(Uuid::now_v7()).open_text(&sealed).is_err());
     }
+
+    /// Sealed by the release that first stored documents (aes-gcm 0.10's
+    /// `aead::stream`).
+    const KNOWN_SEGMENTS: [&str; 3] = [
+        "a37268d2fb2ce5996ece6d4573343eabdb5a106af1",
+        "4f66e531c86c28fc6c4f57892adc8e24613e54b6a30d",
+        "fb23e963a54c1e4f7e3058a7beca5cca5663b18b",
+    ];
 }
