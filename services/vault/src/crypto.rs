@@ -263,7 +263,57 @@ pub const SEGMENT_BYTES: usize = 64 * 1024;
 /// the 4-byte counter and the 1-byte last-segment flag).
 pub const STREAM_PREFIX_LEN: usize = 7;
 
-type StreamCipher = aes_gcm::Aes256Gcm;
+/// AES-256-GCM from aws-lc-rs, the same as every other sealed value,
+/// behind RustCrypto's AEAD traits so that `aead-stream`'s STREAM
+/// construction can drive it.
+struct StreamCipher(LessSafeKey);
+
+impl aead_stream::aead::AeadCore for StreamCipher {
+    type NonceSize = aead_stream::aead::consts::U12;
+    type TagSize = aead_stream::aead::consts::U16;
+    const TAG_POSITION: aead_stream::aead::TagPosition = aead_stream::aead::TagPosition::Postfix;
+}
+
+impl aead_stream::aead::AeadInOut for StreamCipher {
+    fn encrypt_inout_detached(
+        &self,
+        nonce: &aead_stream::aead::Nonce<Self>,
+        associated_data: &[u8],
+        buffer: aead_stream::aead::inout::InOutBuf<'_, '_, u8>,
+    ) -> aead_stream::aead::Result<aead_stream::aead::Tag<Self>> {
+        let nonce = Nonce::try_assume_unique_for_key(nonce.as_slice())
+            .map_err(|_| aead_stream::aead::Error)?;
+        let tag = self
+            .0
+            .seal_in_place_separate_tag(
+                nonce,
+                Aad::from(associated_data),
+                buffer.into_out_with_copied_in(),
+            )
+            .map_err(|_| aead_stream::aead::Error)?;
+        aead_stream::aead::Tag::<Self>::try_from(tag.as_ref()).map_err(|_| aead_stream::aead::Error)
+    }
+
+    fn decrypt_inout_detached(
+        &self,
+        nonce: &aead_stream::aead::Nonce<Self>,
+        associated_data: &[u8],
+        buffer: aead_stream::aead::inout::InOutBuf<'_, '_, u8>,
+        tag: &aead_stream::aead::Tag<Self>,
+    ) -> aead_stream::aead::Result<()> {
+        let nonce = Nonce::try_assume_unique_for_key(nonce.as_slice())
+            .map_err(|_| aead_stream::aead::Error)?;
+        self.0
+            .open_in_place_separate_tag(
+                nonce,
+                Aad::from(associated_data),
+                tag.as_slice(),
+                buffer.into_out_with_copied_in(),
+            )
+            .map(|_| ())
+            .map_err(|_| aead_stream::aead::Error)
+    }
+}
 
 /// Where a document's segments belong.
 #[derive(Debug, Clone, Copy)]
@@ -368,14 +418,13 @@ impl RecordKey {
     /// The document key: derived from the record key, so that segment
     /// nonces never share a key with field nonces.
     fn stream_cipher(&self) -> Result<StreamCipher, CryptoError> {
-        use aes_gcm::KeyInit;
         let mut out = Zeroizing::new([0u8; 32]);
         Salt::new(HKDF_SHA256, b"confidant.vault.record-key")
             .extract(self.bytes.as_ref())
             .expand(&[b"document-stream.v1"], HKDF_SHA256)
             .and_then(|okm| okm.fill(out.as_mut()))
             .map_err(|_| CryptoError::Open)?;
-        StreamCipher::new_from_slice(out.as_ref()).map_err(|_| CryptoError::Open)
+        Ok(StreamCipher(aead_key(out.as_ref())?))
     }
 
     /// A sealer for a new document, with its random nonce prefix (stored
@@ -599,8 +648,8 @@ mod tests {
         assert!(scope_key(Uuid::now_v7()).open_text(&sealed).is_err());
     }
 
-    /// Sealed by the release that first stored documents (aes-gcm 0.10's
-    /// `aead::stream`).
+    /// Sealed by the release that first stored documents (RustCrypto's
+    /// aes-gcm 0.10 and its `aead::stream`).
     const KNOWN_SEGMENTS: [&str; 3] = [
         "a37268d2fb2ce5996ece6d4573343eabdb5a106af1",
         "4f66e531c86c28fc6c4f57892adc8e24613e54b6a30d",
