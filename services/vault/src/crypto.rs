@@ -7,6 +7,7 @@
 //! to another record, field or scope fails to open rather than decrypting
 //! under the wrong name.
 
+use aead_stream::aead as stream_aead;
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::hkdf::{HKDF_SHA256, Salt};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
@@ -268,21 +269,21 @@ pub const STREAM_PREFIX_LEN: usize = 7;
 /// construction can drive it.
 struct StreamCipher(LessSafeKey);
 
-impl aead_stream::aead::AeadCore for StreamCipher {
-    type NonceSize = aead_stream::aead::consts::U12;
-    type TagSize = aead_stream::aead::consts::U16;
-    const TAG_POSITION: aead_stream::aead::TagPosition = aead_stream::aead::TagPosition::Postfix;
+impl stream_aead::AeadCore for StreamCipher {
+    type NonceSize = stream_aead::consts::U12;
+    type TagSize = stream_aead::consts::U16;
+    const TAG_POSITION: stream_aead::TagPosition = stream_aead::TagPosition::Postfix;
 }
 
-impl aead_stream::aead::AeadInOut for StreamCipher {
+impl stream_aead::AeadInOut for StreamCipher {
     fn encrypt_inout_detached(
         &self,
-        nonce: &aead_stream::aead::Nonce<Self>,
+        nonce: &stream_aead::Nonce<Self>,
         associated_data: &[u8],
-        buffer: aead_stream::aead::inout::InOutBuf<'_, '_, u8>,
-    ) -> aead_stream::aead::Result<aead_stream::aead::Tag<Self>> {
-        let nonce = Nonce::try_assume_unique_for_key(nonce.as_slice())
-            .map_err(|_| aead_stream::aead::Error)?;
+        buffer: stream_aead::inout::InOutBuf<'_, '_, u8>,
+    ) -> stream_aead::Result<stream_aead::Tag<Self>> {
+        let nonce =
+            Nonce::try_assume_unique_for_key(nonce.as_slice()).map_err(|_| stream_aead::Error)?;
         let tag = self
             .0
             .seal_in_place_separate_tag(
@@ -290,19 +291,19 @@ impl aead_stream::aead::AeadInOut for StreamCipher {
                 Aad::from(associated_data),
                 buffer.into_out_with_copied_in(),
             )
-            .map_err(|_| aead_stream::aead::Error)?;
-        aead_stream::aead::Tag::<Self>::try_from(tag.as_ref()).map_err(|_| aead_stream::aead::Error)
+            .map_err(|_| stream_aead::Error)?;
+        stream_aead::Tag::<Self>::try_from(tag.as_ref()).map_err(|_| stream_aead::Error)
     }
 
     fn decrypt_inout_detached(
         &self,
-        nonce: &aead_stream::aead::Nonce<Self>,
+        nonce: &stream_aead::Nonce<Self>,
         associated_data: &[u8],
-        buffer: aead_stream::aead::inout::InOutBuf<'_, '_, u8>,
-        tag: &aead_stream::aead::Tag<Self>,
-    ) -> aead_stream::aead::Result<()> {
-        let nonce = Nonce::try_assume_unique_for_key(nonce.as_slice())
-            .map_err(|_| aead_stream::aead::Error)?;
+        buffer: stream_aead::inout::InOutBuf<'_, '_, u8>,
+        tag: &stream_aead::Tag<Self>,
+    ) -> stream_aead::Result<()> {
+        let nonce =
+            Nonce::try_assume_unique_for_key(nonce.as_slice()).map_err(|_| stream_aead::Error)?;
         self.0
             .open_in_place_separate_tag(
                 nonce,
@@ -311,7 +312,7 @@ impl aead_stream::aead::AeadInOut for StreamCipher {
                 buffer.into_out_with_copied_in(),
             )
             .map(|_| ())
-            .map_err(|_| aead_stream::aead::Error)
+            .map_err(|_| stream_aead::Error)
     }
 }
 
@@ -355,7 +356,7 @@ impl std::fmt::Debug for SegmentSealer {
 impl SegmentSealer {
     /// Seals a segment that is not the last.
     pub fn seal_next(&mut self, plain: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        use aead_stream::aead::Payload;
+        use stream_aead::Payload;
         self.stream
             .encrypt_next(Payload {
                 msg: plain,
@@ -366,7 +367,7 @@ impl SegmentSealer {
 
     /// Seals the last segment (possibly empty).
     pub fn seal_last(self, plain: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        use aead_stream::aead::Payload;
+        use stream_aead::Payload;
         self.stream
             .encrypt_last(Payload {
                 msg: plain,
@@ -391,7 +392,7 @@ impl std::fmt::Debug for SegmentOpener {
 impl SegmentOpener {
     /// Opens the next segment, which must not be the last.
     pub fn open_next(&mut self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        use aead_stream::aead::Payload;
+        use stream_aead::Payload;
         self.stream
             .decrypt_next(Payload {
                 msg: sealed,
@@ -403,7 +404,7 @@ impl SegmentOpener {
 
     /// Opens the last segment.
     pub fn open_last(self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        use aead_stream::aead::Payload;
+        use stream_aead::Payload;
         self.stream
             .decrypt_last(Payload {
                 msg: sealed,
