@@ -1161,8 +1161,11 @@ async fn main() {
     // `VAULT_LOAD_SCALING_ONLY=1`: only the replica phases and the CPU
     // table, for working on how replicas share the machine.
     let scaling_only = std::env::var_os("VAULT_LOAD_SCALING_ONLY").is_some_and(|v| !v.is_empty());
+    // `VAULT_LOAD_DECISION_ONLY=1`: only the authorization decision over
+    // gRPC, for working on its latency.
+    let decision_only = std::env::var_os("VAULT_LOAD_DECISION_ONLY").is_some_and(|v| !v.is_empty());
     let levels: Vec<usize> = match std::env::var("VAULT_LOAD_LEVELS") {
-        _ if scaling_only => Vec::new(),
+        _ if scaling_only || decision_only => Vec::new(),
         Ok(list) if !list.trim().is_empty() => list
             .split(',')
             .map(|n| n.trim().parse().expect("VAULT_LOAD_LEVELS: numbers"))
@@ -1337,6 +1340,10 @@ async fn main() {
     drop(commit);
     if let Database::Postgres(pool) = &vault_db {
         pool.close().await;
+    }
+    if decision_only {
+        decision_over_grpc(&cluster, &partner, &matter_id).await;
+        return;
     }
     if quick {
         print_resources(&resources);
