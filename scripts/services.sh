@@ -123,6 +123,7 @@ ensure_buf() {
 }
 
 # cargo-deny, for the dependency policy in deny.toml; sets CARGO_DENY.
+CARGO_DENY_VERSION=0.20.2
 ensure_cargo_deny() {
   CARGO_DENY="$TOOLS_DIR/cargo-deny/bin/cargo-deny"
   if [ -x "$CARGO_DENY" ] && [ "$("$CARGO_DENY" --version)" = "cargo-deny $CARGO_DENY_VERSION" ]; then
@@ -135,7 +136,6 @@ ensure_cargo_deny() {
   env -u CARGO_TARGET_DIR cargo install --quiet --locked --version "$CARGO_DENY_VERSION" \
     --root "$TOOLS_DIR/cargo-deny" cargo-deny
 }
-CARGO_DENY_VERSION=0.20.2
 
 # The deployment checkers (Helm v4 library, kubernetes-validate, checkov,
 # yamllint) in a virtual environment of their own; sets DEPLOY_PYTHON.

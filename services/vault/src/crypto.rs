@@ -457,9 +457,6 @@ impl RecordKey {
         at: &DocumentBinding,
         prefix: &[u8],
     ) -> Result<SegmentOpener, CryptoError> {
-        if prefix.len() != STREAM_PREFIX_LEN {
-            return Err(CryptoError::Open);
-        }
         let prefix: [u8; STREAM_PREFIX_LEN] = prefix.try_into().map_err(|_| CryptoError::Open)?;
         let stream = aead_stream::DecryptorBE32::from_aead(self.stream_cipher()?, &prefix.into());
         Ok(SegmentOpener {
@@ -623,11 +620,7 @@ mod tests {
             sealer.seal_next(b"second").unwrap(),
             sealer.seal_last(b"last").unwrap(),
         ];
-        let hex: Vec<String> = sealed
-            .iter()
-            .map(|s| s.iter().map(|b| format!("{b:02x}")).collect())
-            .collect();
-        assert_eq!(hex, KNOWN_SEGMENTS);
+        assert_eq!(sealed.each_ref().map(hex::encode), KNOWN_SEGMENTS);
         let mut opener = key.document_opener(&at, &prefix).unwrap();
         assert_eq!(opener.open_next(&sealed[0]).unwrap().as_slice(), b"first");
         assert_eq!(opener.open_next(&sealed[1]).unwrap().as_slice(), b"second");
