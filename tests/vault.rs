@@ -1891,3 +1891,358 @@ async fn postgres_only_retention_shreds_and_sealed_text_dies_with_its_scope_whil
     )
     .await;
 }
+
+/// A backup of the vault's database, taken while it runs, as an operator
+/// takes one: `VACUUM INTO` a file (SQLite), `pg_dump` of its schema
+/// (PostgreSQL).
+async fn back_up_vault(data: &SandboxData) -> std::path::PathBuf {
+    let url = data.database_url(ServiceName::Vault);
+    match data.backend() {
+        Backend::Sqlite => {
+            use sqlx::Connection;
+            let file = data.path().join("vault-backup.db");
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            sqlx::query("VACUUM INTO ?")
+                .bind(file.display().to_string())
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            conn.close().await.unwrap();
+            file
+        }
+        Backend::Postgres => {
+            let file = data.path().join("vault-backup.dump");
+            let out = std::process::Command::new("pg_dump")
+                .args(["--format=custom", "--schema=vault", "--file"])
+                .arg(&file)
+                .arg(&url)
+                .output()
+                .expect("pg_dump runs");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            file
+        }
+    }
+}
+
+/// Puts the backup back, with the vault stopped: the file replaces the
+/// database (SQLite); the schema is dropped and `pg_restore`d (PostgreSQL).
+async fn restore_vault(data: &SandboxData, backup: &std::path::Path) {
+    let url = data.database_url(ServiceName::Vault);
+    match data.backend() {
+        Backend::Sqlite => {
+            let live = data.path().join("vault.db");
+            for suffix in ["-wal", "-shm"] {
+                let _ = std::fs::remove_file(data.path().join(format!("vault.db{suffix}")));
+            }
+            std::fs::copy(backup, &live).unwrap();
+        }
+        Backend::Postgres => {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            sqlx::query("DROP SCHEMA vault CASCADE")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            conn.close().await.unwrap();
+            let out = std::process::Command::new("pg_restore")
+                .arg("--dbname")
+                .arg(&url)
+                .arg(backup)
+                .output()
+                .expect("pg_restore runs");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+/// `confidant restore reapply-shreds <args> --config <the sandbox's
+/// configuration>`: exit code and output.
+fn reapply_shreds(data: &SandboxData, args: &[&str]) -> (i32, String) {
+    let file = data.path().join("restore.toml");
+    let config = config_table(data, &SandboxSpec::of(&SUITE));
+    std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
+    let out = common::confidant()
+        .args(["restore", "reapply-shreds"])
+        .args(args)
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .expect("confidant runs");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The `result` of each line about `id` in the command's output.
+fn results_for(out: &str, id: &str) -> Vec<String> {
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["id"] == id)
+        .map(|v| v["result"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// The export `from` with the event `event_id` rewritten to name `new_id`
+/// as its resource, its leaf hash recomputed to match: a forger's copy.
+fn forged_export(from: &std::path::Path, event_id: &str, new_id: &str) -> std::path::PathBuf {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use prost::Message as _;
+    let mut lines = Vec::new();
+    for line in std::fs::read_to_string(from).unwrap().lines() {
+        let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if v["type"] == "event" && v["event_id"] == event_id {
+            let bytes = STANDARD.decode(v["event_bytes"].as_str().unwrap()).unwrap();
+            let mut event = AuditEvent::decode(bytes.as_slice()).unwrap();
+            event.resource.as_mut().unwrap().id = new_id.to_owned();
+            let bytes = event.encode_to_vec();
+            v["event_bytes"] = STANDARD.encode(&bytes).into();
+            v["leaf_hash"] = hex::encode(confidant_audit::merkle::leaf_hash(&bytes)).into();
+        }
+        lines.push(v.to_string());
+    }
+    let to = from.with_extension("forged.jsonl");
+    std::fs::write(&to, lines.join("\n") + "\n").unwrap();
+    to
+}
+
+async fn shreds_made_after_a_backup_are_made_again_after_its_restore(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let (sandbox, f) = start_with_firm(&data, &SUITE).await;
+    let mut app = vault(&data, &sandbox, "firm-app").await;
+    let mut retention = vault(&data, &sandbox, "retention").await;
+    let mut log = audit(&data, &sandbox).await;
+    let partner = staff_token(&data, &f.partner, &["partner"]);
+    let passport_record = stored_as(&mut app, &partner, passport(&f.client_id, &f.matter_id)).await;
+    let email = stored_as(&mut app, &partner, contact(&f.client_id, &f.matter_id)).await;
+    let kept = stored_as(&mut app, &partner, contact(&f.client_id, &f.matter_id)).await;
+    let backup = back_up_vault(&data).await;
+
+    // After the backup, retention shreds the passport's scope and the
+    // e-mail record; the other contact record stays.
+    let order = uuid::Uuid::now_v7().to_string();
+    retention
+        .shred_scope(pb::ShredScopeRequest {
+            scope_id: passport_record.scope_id.clone(),
+            order_id: order.clone(),
+            pending_window: None,
+        })
+        .await
+        .unwrap();
+    retention
+        .shred_record(pb::ShredRecordRequest {
+            record_id: email.id.clone(),
+            order_id: order.clone(),
+        })
+        .await
+        .unwrap();
+    let read = |app: &Vault, id: &str| {
+        let (mut app, request) = (app.clone(), as_staff(&partner, get(id, "")));
+        async move { app.get_record(request).await.map(|r| r.into_inner()) }
+    };
+    for id in [&passport_record.id, &email.id] {
+        let gone = read(&app, id).await.unwrap_err();
+        assert_eq!(common::error_reason(&gone), "shredded");
+    }
+
+    // The log, exported once a signed checkpoint covers both shreds.
+    let scope_shred = vault_events_at_least(&mut log, &f.client_id, "vault.scope.shredded", 1)
+        .await
+        .remove(0);
+    let record_shred = vault_events_at_least(&mut log, &f.client_id, "vault.record.shredded", 1)
+        .await
+        .remove(0);
+    let mut last = 0;
+    for event_id in [&scope_shred.id, &record_shred.id] {
+        let logged = log
+            .list_events(ListEventsRequest {
+                client_id: f.client_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .events;
+        let at = logged
+            .iter()
+            .find(|e| e.event.as_ref().is_some_and(|e| &e.id == event_id))
+            .expect("the shred is in the log")
+            .leaf_index;
+        last = last.max(at);
+    }
+    common::eventually(
+        Duration::from_secs(20),
+        "a checkpoint covering the shreds",
+        || {
+            let mut log = log.clone();
+            async move {
+                log.get_checkpoint(GetCheckpointRequest { tree_size: 0 })
+                    .await
+                    .is_ok_and(|r| {
+                        r.into_inner()
+                            .checkpoint
+                            .is_some_and(|c| c.tree_size > last)
+                    })
+            }
+        },
+    )
+    .await;
+    let key = log
+        .get_log_info(GetLogInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .verifier_key;
+    let export = data.path().join("log.jsonl");
+    let export_arg = export.display().to_string();
+    let (code, out) = common::audit_cli(
+        &data,
+        &sandbox.url(ServiceName::Audit),
+        &["export", "--out", &export_arg],
+    );
+    assert_eq!(code, 0, "{out}");
+    sandbox.stop().await;
+
+    // The vault's database is restored: the shredded data is back, its
+    // keys unwrapped by the KMS as before.
+    restore_vault(&data, &backup).await;
+    let sandbox = Sandbox::start(&data, SandboxSpec::of(&SUITE)).await;
+    let app = vault(&data, &sandbox, "firm-app").await;
+    let mut log = audit(&data, &sandbox).await;
+    let back = read(&app, &passport_record.id).await.unwrap();
+    assert!(values(&back).iter().any(|(_, v, _)| v == "P1234567"));
+    read(&app, &email.id).await.unwrap();
+
+    // A forged export (the e-mail's shred turned into one of the kept
+    // record, leaf hash and all) does not verify, and changes nothing.
+    let forged = forged_export(&export, &record_shred.id, &kept.id);
+    let forged_arg = forged.display().to_string();
+    let (code, out) = reapply_shreds(&data, &["--log", &forged_arg, "--public-key", &key]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("does not verify"), "{out}");
+    // So does the real export under another key.
+    let other_key = {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("other.key");
+        confidant_audit::write_signing_key(&path).unwrap();
+        confidant_audit::checkpoint::Signer::from_pkcs8(
+            "confidant.local/audit",
+            &std::fs::read(&path).unwrap(),
+        )
+        .unwrap()
+        .verifier_key()
+    };
+    let (code, out) = reapply_shreds(&data, &["--log", &export_arg, "--public-key", &other_key]);
+    assert_ne!(code, 0, "{out}");
+    // A dry run says what it would do, and does nothing.
+    let (code, out) = reapply_shreds(
+        &data,
+        &["--log", &export_arg, "--public-key", &key, "--dry-run"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        results_for(&out, &passport_record.scope_id),
+        ["would_reapply"]
+    );
+    assert_eq!(results_for(&out, &email.id), ["would_reapply"]);
+    for id in [&passport_record.id, &email.id, &kept.id] {
+        read(&app, id).await.unwrap();
+    }
+
+    // The real run destroys both keys again, and only those.
+    let (code, out) = reapply_shreds(&data, &["--log", &export_arg, "--public-key", &key]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(results_for(&out, &passport_record.scope_id), ["reapplied"]);
+    assert_eq!(results_for(&out, &email.id), ["reapplied"]);
+    assert!(results_for(&out, &kept.id).is_empty(), "{out}");
+    for id in [&passport_record.id, &email.id] {
+        let gone = read(&app, id).await.unwrap_err();
+        assert_eq!(gone.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(common::error_reason(&gone), "shredded");
+    }
+    let kept_read = read(&app, &kept.id).await.unwrap();
+    assert!(
+        values(&kept_read)
+            .iter()
+            .any(|(_, v, _)| v == "a.okafor@example.org")
+    );
+    // The restored rows hold no key, and the tombstone names the logged
+    // shred, as if the restore had never happened.
+    let db = common::service_db(&data, ServiceName::Vault).await;
+    let (scope_key, scope_event): (Option<Vec<u8>>, Option<String>) = db
+        .fetch_optional(
+            "SELECT wrapped_key, shred_event_id FROM vault_scopes WHERE id = $1",
+            vec![confidant_runtime::portable::Value::Uuid(
+                passport_record.scope_id.parse().unwrap(),
+            )],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (scope_key, scope_event),
+        (None, Some(scope_shred.id.clone()))
+    );
+    let (record_key,): (Option<Vec<u8>>,) = db
+        .fetch_optional(
+            "SELECT wrapped_key FROM vault_records WHERE id = $1",
+            vec![confidant_runtime::portable::Value::Uuid(
+                email.id.parse().unwrap(),
+            )],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record_key, None);
+    db.close().await;
+
+    // A second run finds nothing left to do.
+    let (code, out) = reapply_shreds(&data, &["--log", &export_arg, "--public-key", &key]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        results_for(&out, &passport_record.scope_id),
+        ["already_shredded"]
+    );
+    assert_eq!(results_for(&out, &email.id), ["already_shredded"]);
+
+    // Each reapplication is in the log, naming the destruction it repeats.
+    let reapplied = vault_events_at_least(&mut log, &f.client_id, "vault.shred.reapplied", 2).await;
+    let mut named: Vec<(String, String)> = reapplied
+        .iter()
+        .map(|e| (e.resource.clone().unwrap_or_default().id, e.reason.clone()))
+        .collect();
+    named.sort();
+    let mut expected = vec![
+        (
+            passport_record.scope_id.clone(),
+            format!("event-{}", scope_shred.id),
+        ),
+        (email.id.clone(), format!("event-{}", record_shred.id)),
+    ];
+    expected.sort();
+    assert_eq!(named, expected);
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_shreds_made_after_a_backup_are_made_again_after_its_restore() {
+    shreds_made_after_a_backup_are_made_again_after_its_restore(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_shreds_made_after_a_backup_are_made_again_after_its_restore() {
+    shreds_made_after_a_backup_are_made_again_after_its_restore(Backend::Postgres).await;
+}

@@ -266,6 +266,50 @@ pub fn verify_file(
     print_report(&verify(&export.entries, &export.notes, &verifier), out)
 }
 
+/// The events of an export file that verifies against `public_key`, with
+/// their positions: those a signed checkpoint covers. Events after the last
+/// checkpoint are counted in `uncovered`, not returned: nothing vouches for
+/// them yet.
+#[derive(Debug)]
+pub struct VerifiedEvents {
+    /// Position and event, in log order.
+    pub events: Vec<(u64, AuditEvent)>,
+    /// Events after the last signed checkpoint.
+    pub uncovered: u64,
+}
+
+/// Reads and verifies an export file (the key must be given: the log's own
+/// key proves nothing); refused, naming the finding, unless every event and
+/// checkpoint verifies.
+pub fn verified_events(path: &Path, public_key: &str) -> anyhow::Result<VerifiedEvents> {
+    let file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+    let export = parse_export(std::io::BufReader::new(file))
+        .with_context(|| format!("{}", path.display()))?;
+    let verifier = Verifier::parse(public_key).map_err(|e| anyhow::anyhow!("--public-key: {e}"))?;
+    let report = verify(&export.entries, &export.notes, &verifier);
+    if let Some(finding) = &report.finding {
+        anyhow::bail!("{}: the log does not verify: {finding}", path.display());
+    }
+    let mut events = Vec::new();
+    for entry in &export.entries {
+        if entry.index >= report.verified_size {
+            break;
+        }
+        let event = AuditEvent::decode(entry.event_bytes.as_slice()).with_context(|| {
+            format!(
+                "{}: the event at position {} is not an audit event",
+                path.display(),
+                entry.index
+            )
+        })?;
+        events.push((entry.index, event));
+    }
+    Ok(VerifiedEvents {
+        events,
+        uncovered: report.events - report.verified_size,
+    })
+}
+
 /// Exports the whole log from the service and verifies it; true when it
 /// verifies.
 pub async fn verify_service(

@@ -10,6 +10,7 @@ pub mod incidents_cli;
 pub mod keys_cli;
 pub mod process;
 pub mod records_cli;
+pub mod restore_cli;
 #[cfg(feature = "testing")]
 pub mod sandbox;
 pub mod signals;

@@ -133,6 +133,44 @@ enum Command {
         #[command(subcommand)]
         action: RetentionCommand,
     },
+    /// After a database restore: make again what the audit log says
+    /// happened since the backup.
+    Restore {
+        #[command(subcommand)]
+        action: RestoreCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RestoreCommand {
+    /// After the vault's database is restored from a backup: destroy again
+    /// every scope key and record key that the audit log shows destroyed
+    /// (a backup taken before a shred still holds the key, which the KMS
+    /// would still unwrap). Reads a verified export of the log
+    /// (`confidant audit export`, from the live audit service or the copy
+    /// kept off site) and uses only the events its signed checkpoints
+    /// cover; a log that does not verify changes nothing. One JSON line
+    /// per logged destruction (`reapplied`, `already_shredded`,
+    /// `not_in_database`), then a summary; each reapplied one is a
+    /// `vault.shred.reapplied` audit event. Safe to run again.
+    ReapplyShreds {
+        /// The export of the audit log (JSON Lines, with its checkpoints).
+        #[arg(long)]
+        log: PathBuf,
+        /// The log's verifier key, as `GetLogInfo` gave it when the log
+        /// was set up (never the one the export names).
+        #[arg(long)]
+        public_key: String,
+        /// Only say what would be destroyed.
+        #[arg(long)]
+        dry_run: bool,
+        /// TOML configuration file (or --data-dir).
+        #[arg(long, env = "CONFIDANT_CONFIG")]
+        config: Option<PathBuf>,
+        /// Use the `confidant dev` data directory instead of a config file.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -356,6 +394,34 @@ fn main() -> ExitCode {
         Command::Retention {
             action: RetentionCommand::VerifyCertificate { file, public_key },
         } => verdict(verify_certificate(&file, &public_key)),
+        Command::Restore {
+            action:
+                RestoreCommand::ReapplyShreds {
+                    log,
+                    public_key,
+                    dry_run,
+                    config,
+                    data_dir,
+                },
+        } => {
+            let config = match chosen_config(config, data_dir, &env) {
+                Ok(c) => c,
+                Err(err) => return config_error(&err),
+            };
+            report(runtime().and_then(|rt| {
+                rt.block_on(async {
+                    let mut stdout = std::io::stdout();
+                    confidant::restore_cli::reapply_shreds(
+                        &config,
+                        &log,
+                        &public_key,
+                        dry_run,
+                        &mut stdout,
+                    )
+                    .await
+                })
+            }))
+        }
         Command::Admin {
             action:
                 AdminCommand::Bootstrap {

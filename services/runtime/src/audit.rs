@@ -93,6 +93,7 @@ actions! {
     VaultKeysRewrapped => "vault.keys.rewrapped", "Scope keys were rewrapped under the active KMS key.";
     VaultKmsKeyRotated => "vault.kms_key.rotated", "A new master key of the local KMS became the active one for services started afterwards (resource: the new key's id; `confidant keys rotate-local-kms`).";
     VaultKmsKeyRetired => "vault.kms_key.retired", "A master key of the local KMS was removed from its keyring for good, nothing being wrapped under it any more (resource: the key's id; `confidant keys retire-local-kms`).";
+    VaultShredReapplied => "vault.shred.reapplied", "A destruction the audit log records was made again on a vault database restored from a backup taken before it (resource: the scope or record; reason: `event-` and the logged destruction's event id; `confidant restore reapply-shreds`).";
     VaultMaskingRulesSet => "vault.masking_rules.set", "A role's masking rules were replaced (resource: the role).";
     AuditAlertRaised => "audit.alert.raised", "A detection rule fired (reason: the rule).";
     AuditDetectionRuleChanged => "audit.detection_rule.changed", "A detection rule was changed (reason: the rule).";

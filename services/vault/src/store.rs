@@ -716,6 +716,34 @@ pub fn shred_scope(id: Uuid, order: &str, now: DateTime<Utc>, event_id: &str) ->
     ]
 }
 
+/// Statements: a scope's destruction that the audit log records is made
+/// again on a database restored from a backup taken before it: the key goes
+/// whatever holds or originals the restored rows show, since the logged
+/// shred proves that none stopped it then. Unmet when the scope is already
+/// shredded.
+pub fn reapply_scope_shred(
+    id: Uuid,
+    order: &str,
+    at: DateTime<Utc>,
+    event_id: &str,
+) -> Vec<Statement> {
+    vec![
+        settle_writes_to_scope(id),
+        Statement::new(
+            "UPDATE vault_scopes SET state = 'shredded', wrapped_key = NULL, kms_key_id = NULL, \
+             shredded_at = $2, shred_order = $3, destroy_after = NULL, shred_event_id = $4 \
+             WHERE id = $1 AND state <> 'shredded'",
+            vec![
+                Value::Uuid(id),
+                Value::Time(at),
+                Value::Text(order.to_owned()),
+                Value::Text(event_id.to_owned()),
+            ],
+        )
+        .expecting(1),
+    ]
+}
+
 /// Statements: a scope becomes pending destruction if no hold covers it
 /// and it holds no originals, once the writes under way in it are settled;
 /// the transaction is unmet otherwise.
@@ -766,6 +794,22 @@ pub fn shred_record(id: Uuid, order: &str, now: DateTime<Utc>) -> Statement {
             Value::Text(order.to_owned()),
         ],
     )
+}
+
+/// Statement: a record's destruction that the audit log records is made
+/// again on a database restored from a backup taken before it (see
+/// [`reapply_scope_shred`]). Unmet when the record's key is already gone.
+pub fn reapply_record_shred(id: Uuid, order: &str, at: DateTime<Utc>) -> Statement {
+    Statement::new(
+        "UPDATE vault_records SET wrapped_key = NULL, shredded_at = $2, shred_order = $3 \
+         WHERE id = $1 AND wrapped_key IS NOT NULL",
+        vec![
+            Value::Uuid(id),
+            Value::Time(at),
+            Value::Text(order.to_owned()),
+        ],
+    )
+    .expecting(1)
 }
 
 /// What a hold covers: scopes of a client, narrowed by matter and
