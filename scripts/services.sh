@@ -33,6 +33,8 @@ wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
 
 postgres_ready() { pg_isready -q -h 127.0.0.1 -p 5432; }
 
+# The client tools come with the server's package: pg_isready here, and the
+# pg_dump and pg_restore that the vault's restore test backs up with.
 ensure_postgres() {
   if command -v pg_isready >/dev/null && postgres_ready; then
     log "postgresql: reachable"

@@ -389,3 +389,209 @@ async fn sqlite_proof_requests_are_checked_and_exports_are_for_readers_only() {
 async fn postgres_proof_requests_are_checked_and_exports_are_for_readers_only() {
     proof_requests_are_checked_and_exports_are_for_readers_only(Backend::Postgres).await;
 }
+
+/// Appends `n` events about `client_id` as the vault would; their ids.
+async fn append_for(data: &SandboxData, url: &str, client_id: &str, n: usize) -> Vec<String> {
+    let events: Vec<_> = (0..n)
+        .map(|_| {
+            let mut e = service_event(
+                ServiceName::Vault,
+                "confidant.local",
+                Action::VaultRecordRead,
+                Outcome::Allowed,
+            );
+            e.resource.as_mut().unwrap().client_id = client_id.to_owned();
+            e
+        })
+        .collect();
+    client(data, url, "vault")
+        .await
+        .append_events(AppendEventsRequest {
+            events: events.clone(),
+        })
+        .await
+        .unwrap();
+    events.into_iter().map(|e| e.id).collect()
+}
+
+/// The ids of the logged events about `client_id`.
+async fn logged_for(
+    operator: &mut AuditServiceClient<PeerChannel>,
+    client_id: &str,
+) -> Vec<String> {
+    let mut ids: Vec<String> = operator
+        .list_events(ListEventsRequest {
+            client_id: client_id.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events
+        .into_iter()
+        .filter_map(|e| e.event.map(|e| e.id))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Waits for a checkpoint of more than `size` events; its size and root.
+async fn checkpoint_beyond(
+    operator: &AuditServiceClient<PeerChannel>,
+    size: i64,
+) -> (i64, Vec<u8>) {
+    let mut found = None;
+    for _ in 0..400 {
+        let checkpoint = operator
+            .clone()
+            .get_checkpoint(GetCheckpointRequest { tree_size: 0 })
+            .await
+            .ok()
+            .and_then(|r| r.into_inner().checkpoint);
+        if let Some(c) = checkpoint.filter(|c| c.tree_size > size) {
+            found = Some((c.tree_size, c.root_hash));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    found.expect("a checkpoint within 20 s")
+}
+
+async fn a_restored_log_gets_back_what_it_lost_and_stays_one_log(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let spec = || SandboxSpec::of(&[ServiceName::Audit, ServiceName::Vault]);
+    let sandbox = Sandbox::start(&data, spec()).await;
+    let url = sandbox.url(ServiceName::Audit);
+    let mut operator = client(&data, &url, "operator").await;
+    let key = operator
+        .get_log_info(GetLogInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .verifier_key;
+    let client_id = uuid::Uuid::now_v7().to_string();
+    let mut before = append_for(&data, &url, &client_id, 3).await;
+    checkpoint_beyond(&operator, 0).await;
+    let backup = common::back_up(&data, ServiceName::Audit).await;
+
+    // After the backup: more events, a checkpoint over them handed out,
+    // and the log exported off site.
+    let lost = append_for(&data, &url, &client_id, 4).await;
+    let size_now = operator_size(&mut operator).await;
+    let (handed_out, root) = checkpoint_beyond(&operator, size_now - 1).await;
+    let export = data.path().join("log.jsonl");
+    let export_arg = export.display().to_string();
+    let (code, out) = cli(&data, &url, &["export", "--out", &export_arg]);
+    assert_eq!(code, 0, "{out}");
+    sandbox.stop().await;
+
+    // The audit database is restored: the events since the backup are gone
+    // from it. They are put back before the service starts…
+    common::restore(&data, ServiceName::Audit, &backup).await;
+    let restore = |args: &[&str]| {
+        let mut all = vec!["audit-log"];
+        all.extend_from_slice(args);
+        common::restore_command(&data, &spec(), &all)
+    };
+    let (code, out) = restore(&["--log", &export_arg, "--public-key", &key]);
+    assert_eq!(code, 0, "{out}");
+    let summary: serde_json::Value = out
+        .lines()
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .expect("a summary");
+    let put_back = summary["summary"]["events_put_back"].as_u64().unwrap();
+    assert!(put_back >= 4, "{out}");
+    // …and a second run finds nothing missing.
+    let (code, out) = restore(&["--log", &export_arg, "--public-key", &key]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("\"events_put_back\":0"), "{out}");
+
+    // The service starts on a log that holds every lost event where it was,
+    // and the checkpoint it handed out before the restore still holds.
+    let sandbox = Sandbox::start(&data, spec()).await;
+    let url = sandbox.url(ServiceName::Audit);
+    let mut operator = client(&data, &url, "operator").await;
+    before.extend(lost);
+    before.sort();
+    assert_eq!(logged_for(&mut operator, &client_id).await, before);
+    let same = operator
+        .get_checkpoint(GetCheckpointRequest {
+            tree_size: handed_out,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .checkpoint
+        .unwrap();
+    assert_eq!(same.root_hash, root);
+    // New events go on after them, and the whole log verifies, old
+    // checkpoints and new.
+    let later = append_for(&data, &url, &client_id, 2).await;
+    let size_now = operator_size(&mut operator).await;
+    checkpoint_beyond(&operator, size_now - 1).await;
+    assert!(later.iter().all(|id| before.binary_search(id).is_err()));
+    let (code, out) = cli(&data, &url, &["verify", "--public-key", &key]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("OK"), "{out}");
+    sandbox.stop().await;
+
+    // The export under another log's key does not verify; put into
+    // another log's database, it is refused, and nothing is written.
+    let (code, out) = restore(&["--log", &export_arg, "--public-key", &other_key()]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("does not verify"), "{out}");
+    let elsewhere = data.sibling().await;
+    Sandbox::start(&elsewhere, spec()).await.stop().await;
+    let size_there = common::service_db(&elsewhere, ServiceName::Audit)
+        .await
+        .fetch_all::<(i64,)>("SELECT idx FROM audit_events ORDER BY idx", vec![])
+        .await
+        .unwrap();
+    assert!(!size_there.is_empty());
+    let (code, out) = common::restore_command(
+        &elsewhere,
+        &spec(),
+        &["audit-log", "--log", &export_arg, "--public-key", &key],
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("differ at position 0"), "{out}");
+    let after = common::service_db(&elsewhere, ServiceName::Audit)
+        .await
+        .fetch_all::<(i64,)>("SELECT idx FROM audit_events ORDER BY idx", vec![])
+        .await
+        .unwrap();
+    assert_eq!(after, size_there);
+}
+
+/// A verifier key of a log that is not this one.
+fn other_key() -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("other.key");
+    confidant_audit::write_signing_key(&path).unwrap();
+    confidant_audit::checkpoint::Signer::from_pkcs8(
+        "confidant.local/audit",
+        &std::fs::read(&path).unwrap(),
+    )
+    .unwrap()
+    .verifier_key()
+}
+
+/// The log's size as the service reports it.
+async fn operator_size(operator: &mut AuditServiceClient<PeerChannel>) -> i64 {
+    operator
+        .get_log_info(GetLogInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .tree_size
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_restored_log_gets_back_what_it_lost_and_stays_one_log() {
+    a_restored_log_gets_back_what_it_lost_and_stays_one_log(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_restored_log_gets_back_what_it_lost_and_stays_one_log() {
+    a_restored_log_gets_back_what_it_lost_and_stays_one_log(Backend::Postgres).await;
+}

@@ -1892,98 +1892,12 @@ async fn postgres_only_retention_shreds_and_sealed_text_dies_with_its_scope_whil
     .await;
 }
 
-/// A backup of the vault's database, taken while it runs, as an operator
-/// takes one: `VACUUM INTO` a file (SQLite), `pg_dump` of its schema
-/// (PostgreSQL).
-async fn back_up_vault(data: &SandboxData) -> std::path::PathBuf {
-    let url = data.database_url(ServiceName::Vault);
-    match data.backend() {
-        Backend::Sqlite => {
-            use sqlx::Connection;
-            let file = data.path().join("vault-backup.db");
-            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-            sqlx::query("VACUUM INTO ?")
-                .bind(file.display().to_string())
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            conn.close().await.unwrap();
-            file
-        }
-        Backend::Postgres => {
-            let file = data.path().join("vault-backup.dump");
-            let out = std::process::Command::new("pg_dump")
-                .args(["--format=custom", "--schema=vault", "--file"])
-                .arg(&file)
-                .arg(&url)
-                .output()
-                .expect("pg_dump runs");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            file
-        }
-    }
-}
-
-/// Puts the backup back, with the vault stopped: the file replaces the
-/// database (SQLite); the schema is dropped and `pg_restore`d (PostgreSQL).
-async fn restore_vault(data: &SandboxData, backup: &std::path::Path) {
-    let url = data.database_url(ServiceName::Vault);
-    match data.backend() {
-        Backend::Sqlite => {
-            let live = data.path().join("vault.db");
-            for suffix in ["-wal", "-shm"] {
-                let _ = std::fs::remove_file(data.path().join(format!("vault.db{suffix}")));
-            }
-            std::fs::copy(backup, &live).unwrap();
-        }
-        Backend::Postgres => {
-            use sqlx::Connection;
-            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-            sqlx::query("DROP SCHEMA vault CASCADE")
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            conn.close().await.unwrap();
-            let out = std::process::Command::new("pg_restore")
-                .arg("--dbname")
-                .arg(&url)
-                .arg(backup)
-                .output()
-                .expect("pg_restore runs");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
-}
-
 /// `confidant restore reapply-shreds <args> --config <the sandbox's
 /// configuration>`: exit code and output.
 fn reapply_shreds(data: &SandboxData, args: &[&str]) -> (i32, String) {
-    let file = data.path().join("restore.toml");
-    let config = config_table(data, &SandboxSpec::of(&SUITE));
-    std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
-    let out = common::confidant()
-        .args(["restore", "reapply-shreds"])
-        .args(args)
-        .arg("--config")
-        .arg(&file)
-        .output()
-        .expect("confidant runs");
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let mut all = vec!["reapply-shreds"];
+    all.extend_from_slice(args);
+    common::restore_command(data, &SandboxSpec::of(&SUITE), &all)
 }
 
 /// The `result` of each line about `id` in the command's output.
@@ -2029,7 +1943,7 @@ async fn shreds_made_after_a_backup_are_made_again_after_its_restore(backend: Ba
     let passport_record = stored_as(&mut app, &partner, passport(&f.client_id, &f.matter_id)).await;
     let email = stored_as(&mut app, &partner, contact(&f.client_id, &f.matter_id)).await;
     let kept = stored_as(&mut app, &partner, contact(&f.client_id, &f.matter_id)).await;
-    let backup = back_up_vault(&data).await;
+    let backup = common::back_up(&data, ServiceName::Vault).await;
 
     // After the backup, retention shreds the passport's scope and the
     // e-mail record; the other contact record stays.
@@ -2118,7 +2032,7 @@ async fn shreds_made_after_a_backup_are_made_again_after_its_restore(backend: Ba
 
     // The vault's database is restored: the shredded data is back, its
     // keys unwrapped by the KMS as before.
-    restore_vault(&data, &backup).await;
+    common::restore(&data, ServiceName::Vault, &backup).await;
     let sandbox = Sandbox::start(&data, SandboxSpec::of(&SUITE)).await;
     let app = vault(&data, &sandbox, "firm-app").await;
     let mut log = audit(&data, &sandbox).await;

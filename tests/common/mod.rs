@@ -338,3 +338,112 @@ pub async fn service_db(
     .await
     .expect("the service's database")
 }
+
+/// A backup of `service`'s database, taken while it runs, as an operator
+/// takes one: `VACUUM INTO` a file (SQLite), `pg_dump` of its schema
+/// (PostgreSQL).
+pub async fn back_up(
+    data: &confidant::sandbox::SandboxData,
+    service: confidant_runtime::ServiceName,
+) -> PathBuf {
+    let url = data.database_url(service);
+    match data.backend() {
+        confidant_runtime::storage::Backend::Sqlite => {
+            use sqlx::Connection;
+            let file = data.path().join(format!("{service}-backup.db"));
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            sqlx::query("VACUUM INTO ?")
+                .bind(file.display().to_string())
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            conn.close().await.unwrap();
+            file
+        }
+        confidant_runtime::storage::Backend::Postgres => {
+            let file = data.path().join(format!("{service}-backup.dump"));
+            let out = Command::new("pg_dump")
+                .arg("--format=custom")
+                .arg(format!("--schema={service}"))
+                .arg("--file")
+                .arg(&file)
+                .arg(&url)
+                .output()
+                .expect("pg_dump runs");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            file
+        }
+    }
+}
+
+/// Puts `backup` back as `service`'s database, with the service stopped:
+/// the file replaces the database (SQLite); the schema is dropped and
+/// `pg_restore`d (PostgreSQL).
+pub async fn restore(
+    data: &confidant::sandbox::SandboxData,
+    service: confidant_runtime::ServiceName,
+    backup: &Path,
+) {
+    let url = data.database_url(service);
+    match data.backend() {
+        confidant_runtime::storage::Backend::Sqlite => {
+            for suffix in ["-wal", "-shm"] {
+                let _ = std::fs::remove_file(data.path().join(format!("{service}.db{suffix}")));
+            }
+            std::fs::copy(backup, data.path().join(format!("{service}.db"))).unwrap();
+        }
+        confidant_runtime::storage::Backend::Postgres => {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA \"{service}\" CASCADE"
+            )))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+            conn.close().await.unwrap();
+            let out = Command::new("pg_restore")
+                .arg("--dbname")
+                .arg(&url)
+                .arg(backup)
+                .output()
+                .expect("pg_restore runs");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+/// `confidant restore <args> --config <the configuration of `spec` on
+/// `data`>`: exit code and output.
+pub fn restore_command(
+    data: &confidant::sandbox::SandboxData,
+    spec: &confidant::sandbox::SandboxSpec,
+    args: &[&str],
+) -> (i32, String) {
+    let file = data.path().join("restore.toml");
+    let config = confidant::sandbox::config_table(data, spec);
+    std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
+    let out = confidant()
+        .arg("restore")
+        .args(args)
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .expect("confidant runs");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}

@@ -135,31 +135,7 @@ impl EventStore {
                     sqlx::query_scalar("SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_events")
                         .fetch_one(&mut *tx)
                         .await?;
-                if !fresh.is_empty() {
-                    let n = i64::try_from(fresh.len()).unwrap_or(i64::MAX);
-                    sqlx::query(
-                        "INSERT INTO audit_events (idx, event_id, source_service, occurred_at, recorded_at, action, \
-                         actor_kind, actor_id, client_id, matter_id, outcome, payload, leaf_hash) \
-                         SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::timestamptz[], \
-                         $5::timestamptz[], $6::text[], $7::int2[], $8::text[], $9::text[], $10::text[], \
-                         $11::int2[], $12::bytea[], $13::bytea[])",
-                    )
-                    .bind((first..first + n).collect::<Vec<i64>>())
-                    .bind(fresh.iter().map(|e| e.id).collect::<Vec<_>>())
-                    .bind(fresh.iter().map(|e| e.source_service.clone()).collect::<Vec<_>>())
-                    .bind(fresh.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
-                    .bind(vec![now; fresh.len()])
-                    .bind(fresh.iter().map(|e| e.action.as_str().to_owned()).collect::<Vec<_>>())
-                    .bind(fresh.iter().map(|e| e.actor_kind as i16).collect::<Vec<_>>())
-                    .bind(fresh.iter().map(|e| e.actor_id.clone()).collect::<Vec<_>>())
-                    .bind(fresh.iter().map(|e| e.client_id.map(|id| id.to_string())).collect::<Vec<_>>())
-                    .bind(fresh.iter().map(|e| e.matter_id.map(|id| id.to_string())).collect::<Vec<_>>())
-                    .bind(fresh.iter().map(|e| e.outcome as i16).collect::<Vec<_>>())
-                    .bind(fresh.iter().map(|e| e.payload.clone()).collect::<Vec<_>>())
-                    .bind(fresh.iter().map(|e| leaf_hash(&e.payload).to_vec()).collect::<Vec<_>>())
-                    .execute(&mut *tx)
-                    .await?;
-                }
+                insert_pg(&mut tx, first, &fresh, now).await?;
                 tx.commit().await?;
                 (fresh, first)
             }
@@ -185,31 +161,7 @@ impl EventStore {
                     sqlx::query_scalar("SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_events")
                         .fetch_one(&mut *tx)
                         .await?;
-                if !fresh.is_empty() {
-                    let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                        "INSERT INTO audit_events (idx, event_id, source_service, occurred_at, recorded_at, action, \
-                         actor_kind, actor_id, client_id, matter_id, outcome, payload, leaf_hash) ",
-                    );
-                    let recorded = sqlite_time(now);
-                    let mut idx = first;
-                    insert.push_values(&fresh, |mut row, e| {
-                        row.push_bind(idx)
-                            .push_bind(e.id.to_string())
-                            .push_bind(e.source_service.clone())
-                            .push_bind(sqlite_time(e.occurred_at))
-                            .push_bind(recorded.clone())
-                            .push_bind(e.action.as_str())
-                            .push_bind(e.actor_kind as i32)
-                            .push_bind(e.actor_id.clone())
-                            .push_bind(e.client_id.map(|id| id.to_string()))
-                            .push_bind(e.matter_id.map(|id| id.to_string()))
-                            .push_bind(e.outcome as i32)
-                            .push_bind(e.payload.clone())
-                            .push_bind(leaf_hash(&e.payload).to_vec());
-                        idx += 1;
-                    });
-                    insert.build().execute(&mut *tx).await?;
-                }
+                insert_sqlite(&mut tx, first, &fresh, now).await?;
                 tx.commit().await?;
                 (fresh, first)
             }
@@ -220,6 +172,74 @@ impl EventStore {
             first_index,
             leaves: fresh.iter().map(|e| leaf_hash(&e.payload)).collect(),
         })
+    }
+
+    /// Appends `events` at position `first` exactly, in order and all or
+    /// nothing, as a restore puts back the events a database lost: `None`
+    /// (nothing written) unless the log holds exactly `first` events and
+    /// none of these ids.
+    pub async fn append_at(
+        &self,
+        first: i64,
+        events: &[ValidEvent],
+    ) -> Result<Option<Appended>, sqlx::Error> {
+        let _guard = self.append_lock.lock().await;
+        let now = Utc::now();
+        let all: Vec<&ValidEvent> = events.iter().collect();
+        let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+        let placed = match &self.db {
+            Database::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(APPEND_LOCK_KEY)
+                    .execute(&mut *tx)
+                    .await?;
+                let size: i64 =
+                    sqlx::query_scalar("SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_events")
+                        .fetch_one(&mut *tx)
+                        .await?;
+                let present: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM audit_events WHERE event_id = ANY($1)",
+                )
+                .bind(&ids)
+                .fetch_one(&mut *tx)
+                .await?;
+                let placed = size == first && present == 0;
+                if placed {
+                    insert_pg(&mut tx, first, &all, now).await?;
+                    tx.commit().await?;
+                }
+                placed
+            }
+            Database::Sqlite(pool) => {
+                let mut tx = confidant_runtime::storage::begin_sqlite_write(pool).await?;
+                let size: i64 =
+                    sqlx::query_scalar("SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_events")
+                        .fetch_one(&mut *tx)
+                        .await?;
+                let mut present = 0;
+                for id in &ids {
+                    let found: Option<i64> =
+                        sqlx::query_scalar("SELECT idx FROM audit_events WHERE event_id = ?1")
+                            .bind(id.to_string())
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    present += usize::from(found.is_some());
+                }
+                let placed = size == first && present == 0;
+                if placed {
+                    insert_sqlite(&mut tx, first, &all, now).await?;
+                    tx.commit().await?;
+                }
+                placed
+            }
+        };
+        Ok(placed.then(|| Appended {
+            appended: events.len(),
+            duplicates: 0,
+            first_index: first,
+            leaves: events.iter().map(|e| leaf_hash(&e.payload)).collect(),
+        }))
     }
 
     /// Number of events in the log.
@@ -596,6 +616,78 @@ impl EventStore {
 
 /// The events of a batch that are neither in the log nor repeated earlier in
 /// the batch.
+/// Inserts `events` at positions `first`, `first + 1`, … (PostgreSQL).
+async fn insert_pg(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    first: i64,
+    events: &[&ValidEvent],
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let n = i64::try_from(events.len()).unwrap_or(i64::MAX);
+    sqlx::query(
+        "INSERT INTO audit_events (idx, event_id, source_service, occurred_at, recorded_at, action, \
+         actor_kind, actor_id, client_id, matter_id, outcome, payload, leaf_hash) \
+         SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::timestamptz[], \
+         $5::timestamptz[], $6::text[], $7::int2[], $8::text[], $9::text[], $10::text[], \
+         $11::int2[], $12::bytea[], $13::bytea[])",
+    )
+    .bind((first..first + n).collect::<Vec<i64>>())
+    .bind(events.iter().map(|e| e.id).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.source_service.clone()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
+    .bind(vec![now; events.len()])
+    .bind(events.iter().map(|e| e.action.as_str().to_owned()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.actor_kind as i16).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.actor_id.clone()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.client_id.map(|id| id.to_string())).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.matter_id.map(|id| id.to_string())).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.outcome as i16).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.payload.clone()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| leaf_hash(&e.payload).to_vec()).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Inserts `events` at positions `first`, `first + 1`, … (SQLite).
+async fn insert_sqlite(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    first: i64,
+    events: &[&ValidEvent],
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+        "INSERT INTO audit_events (idx, event_id, source_service, occurred_at, recorded_at, action, \
+         actor_kind, actor_id, client_id, matter_id, outcome, payload, leaf_hash) ",
+    );
+    let recorded = sqlite_time(now);
+    let mut idx = first;
+    insert.push_values(events, |mut row, e| {
+        row.push_bind(idx)
+            .push_bind(e.id.to_string())
+            .push_bind(e.source_service.clone())
+            .push_bind(sqlite_time(e.occurred_at))
+            .push_bind(recorded.clone())
+            .push_bind(e.action.as_str())
+            .push_bind(e.actor_kind as i32)
+            .push_bind(e.actor_id.clone())
+            .push_bind(e.client_id.map(|id| id.to_string()))
+            .push_bind(e.matter_id.map(|id| id.to_string()))
+            .push_bind(e.outcome as i32)
+            .push_bind(e.payload.clone())
+            .push_bind(leaf_hash(&e.payload).to_vec());
+        idx += 1;
+    });
+    insert.build().execute(&mut **tx).await?;
+    Ok(())
+}
+
 fn fresh_events<'a>(events: &'a [ValidEvent], existing: &HashSet<Uuid>) -> Vec<&'a ValidEvent> {
     let mut seen = HashSet::new();
     events

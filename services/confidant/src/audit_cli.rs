@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use confidant_audit::checkpoint::Verifier;
+use confidant_audit::checkpoint::{Checkpoint, Verifier};
 use confidant_audit::verify::{Entry, Report, verify, verify_evidence};
 use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
 use confidant_proto::audit::v1::export_log_response::Item;
@@ -266,14 +266,27 @@ pub fn verify_file(
     print_report(&verify(&export.entries, &export.notes, &verifier), out)
 }
 
-/// The events of an export file that verifies against `public_key`, with
-/// their positions: those a signed checkpoint covers. Events after the last
-/// checkpoint are counted in `uncovered`, not returned: nothing vouches for
-/// them yet.
+/// One event of a verified export.
+#[derive(Debug)]
+pub struct VerifiedEvent {
+    /// Its position in the log.
+    pub index: u64,
+    /// The bytes the log committed to.
+    pub bytes: Vec<u8>,
+    /// The event they encode.
+    pub event: AuditEvent,
+}
+
+/// What an export file that verifies against `public_key` vouches for: the
+/// events a signed checkpoint covers, in log order, and the checkpoints.
+/// Events after the last checkpoint are counted in `uncovered`, not
+/// returned: nothing vouches for them yet.
 #[derive(Debug)]
 pub struct VerifiedEvents {
-    /// Position and event, in log order.
-    pub events: Vec<(u64, AuditEvent)>,
+    /// The covered events, from position 0.
+    pub events: Vec<VerifiedEvent>,
+    /// Each checkpoint, with its signed note, smallest first.
+    pub checkpoints: Vec<(Checkpoint, String)>,
     /// Events after the last signed checkpoint.
     pub uncovered: u64,
 }
@@ -291,7 +304,7 @@ pub fn verified_events(path: &Path, public_key: &str) -> anyhow::Result<Verified
         anyhow::bail!("{}: the log does not verify: {finding}", path.display());
     }
     let mut events = Vec::new();
-    for entry in &export.entries {
+    for entry in export.entries {
         if entry.index >= report.verified_size {
             break;
         }
@@ -302,10 +315,23 @@ pub fn verified_events(path: &Path, public_key: &str) -> anyhow::Result<Verified
                 entry.index
             )
         })?;
-        events.push((entry.index, event));
+        events.push(VerifiedEvent {
+            index: entry.index,
+            bytes: entry.event_bytes,
+            event,
+        });
     }
+    let mut checkpoints = Vec::new();
+    for note in export.notes {
+        let checkpoint = verifier
+            .verify(&note)
+            .map_err(|e| anyhow::anyhow!("{}: checkpoint: {e}", path.display()))?;
+        checkpoints.push((checkpoint, note));
+    }
+    checkpoints.sort_by_key(|(c, _)| c.size);
     Ok(VerifiedEvents {
         events,
+        checkpoints,
         uncovered: report.events - report.verified_size,
     })
 }

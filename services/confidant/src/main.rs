@@ -143,6 +143,29 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum RestoreCommand {
+    /// After the audit service's database is restored from a backup, and
+    /// before the service starts on it: put back the events and signed
+    /// checkpoints it lost, from a verified export of the log (`confidant
+    /// audit export`, the copy kept off site), at the positions they had,
+    /// so that every checkpoint the log handed out still verifies. Uses
+    /// only the events the export's signed checkpoints cover; refused,
+    /// with nothing written, when the export does not verify or the
+    /// restored log is not its beginning. Safe to run again.
+    AuditLog {
+        /// The export of the audit log (JSON Lines, with its checkpoints).
+        #[arg(long)]
+        log: PathBuf,
+        /// The log's verifier key, as `GetLogInfo` gave it when the log
+        /// was set up (never the one the export names).
+        #[arg(long)]
+        public_key: String,
+        /// TOML configuration file (or --data-dir).
+        #[arg(long, env = "CONFIDANT_CONFIG")]
+        config: Option<PathBuf>,
+        /// Use the `confidant dev` data directory instead of a config file.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// After the vault's database is restored from a backup: destroy again
     /// every scope key and record key that the audit log shows destroyed
     /// (a backup taken before a shred still holds the key, which the KMS
@@ -394,6 +417,32 @@ fn main() -> ExitCode {
         Command::Retention {
             action: RetentionCommand::VerifyCertificate { file, public_key },
         } => verdict(verify_certificate(&file, &public_key)),
+        Command::Restore {
+            action:
+                RestoreCommand::AuditLog {
+                    log,
+                    public_key,
+                    config,
+                    data_dir,
+                },
+        } => {
+            let config = match chosen_config(config, data_dir, &env) {
+                Ok(c) => c,
+                Err(err) => return config_error(&err),
+            };
+            report(runtime().and_then(|rt| {
+                rt.block_on(async {
+                    let mut stdout = std::io::stdout();
+                    confidant::restore_cli::restore_audit_log(
+                        &config,
+                        &log,
+                        &public_key,
+                        &mut stdout,
+                    )
+                    .await
+                })
+            }))
+        }
         Command::Restore {
             action:
                 RestoreCommand::ReapplyShreds {

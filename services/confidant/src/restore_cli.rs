@@ -1,31 +1,41 @@
-//! `confidant restore reapply-shreds`: after the vault's database is
-//! restored from a backup, the destructions made since that backup are
-//! made again, from the audit log.
+//! `confidant restore`: what to run after a database is restored from a
+//! backup, so that the restore undoes nothing the audit log recorded.
 //!
-//! A backup of the vault's database holds every scope key and record key
-//! as it was then, wrapped by the KMS. Restored, it would bring back data
-//! that was crypto-shredded after the backup was taken: the KMS still
-//! unwraps those keys. The audit log records every destruction (the
-//! vault's `vault.scope.shredded` and `vault.record.shredded` events,
-//! allowed), so a verified export of it says exactly which keys must go
-//! again. Only events a signed checkpoint covers are used, and the export
-//! must verify as a whole against the log's key, so a forged or edited
-//! file changes nothing.
+//! - `audit-log`: the audit service's database, restored, lacks the events
+//!   appended since its backup, though checkpoints over them were signed
+//!   and handed out. The events and checkpoints are put back from a
+//!   verified export, at their positions, before the service starts, so
+//!   new events do not take their places and fork the log.
+//! - `reapply-shreds`: a backup of the vault's database holds every scope
+//!   key and record key as it was then, wrapped by the KMS. Restored, it
+//!   would bring back data crypto-shredded after the backup was taken: the
+//!   KMS still unwraps those keys. The log records every destruction (the
+//!   vault's allowed `vault.scope.shredded` and `vault.record.shredded`
+//!   events), so a verified export of it says which keys must go again.
+//!
+//! Both use only what a signed checkpoint of the export covers, and the
+//! export must verify as a whole against the log's key, so a forged or
+//! edited file changes nothing.
 
 use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use confidant_proto::audit::v1::{AuditEvent, Outcome};
+use confidant_audit::domain::validate_event;
+use confidant_audit::merkle::leaf_hash;
+use confidant_audit::store::EventStore;
+use confidant_proto::audit::v1::Outcome;
 use confidant_runtime::ServiceName;
 use confidant_runtime::audit::{Action, EventBuilder};
 use confidant_runtime::config::Config;
+use confidant_runtime::error::Violations;
 use confidant_runtime::portable::TransactError;
 use confidant_vault::store::{self, VaultStore};
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::audit_cli::{VerifiedEvent, VerifiedEvents};
 use crate::process::MigrationPolicy;
 
 /// What a logged destruction destroyed.
@@ -56,9 +66,14 @@ struct Destruction {
 }
 
 /// The vault's allowed destructions among `events`, in log order.
-fn destructions(events: &[(u64, AuditEvent)]) -> Vec<Destruction> {
+fn destructions(events: &[VerifiedEvent]) -> Vec<Destruction> {
     let mut found = Vec::new();
-    for (position, event) in events {
+    for VerifiedEvent {
+        index: position,
+        event,
+        ..
+    } in events
+    {
         if event.source_service != ServiceName::Vault.as_str()
             || event.outcome != Outcome::Allowed as i32
         {
@@ -255,12 +270,151 @@ pub async fn reapply_shreds(
     Ok(())
 }
 
+/// Events put back per transaction.
+const RESTORE_BATCH: usize = 1000;
+
+/// Puts back into the audit service's database, restored from a backup,
+/// the events and signed checkpoints that the verified export `log` holds
+/// beyond it, at the positions they had: the log is whole again and every
+/// checkpoint it published still verifies, instead of new events taking
+/// the lost ones' places (a fork of the log). Run it before the audit
+/// service starts on the restored database. A summary on `out`.
+pub async fn restore_audit_log(
+    config: &Config,
+    log: &Path,
+    public_key: &str,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let verified = crate::audit_cli::verified_events(log, public_key)?;
+    let db =
+        crate::process::open_database(config, ServiceName::Audit, MigrationPolicy::RequireApplied)
+            .await?;
+    let result = put_back(&EventStore::new(db.clone()), &verified, out).await;
+    db.close().await;
+    result
+}
+
+async fn put_back(
+    store: &EventStore,
+    verified: &VerifiedEvents,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let covered = verified.events.len();
+    let held = usize::try_from(store.count().await?).unwrap_or(0);
+    // What the restored database holds must be the start of the exported
+    // log, event for event.
+    let mut at = 0;
+    while at < held.min(covered) {
+        let rows = store
+            .range(i64::try_from(at).unwrap_or(i64::MAX), 10_000)
+            .await?;
+        if rows.is_empty() {
+            break;
+        }
+        for row in rows {
+            if at >= covered {
+                break;
+            }
+            if usize::try_from(row.idx).ok() != Some(at) {
+                anyhow::bail!(
+                    "the restored log has no event at position {at}; nothing was put back"
+                );
+            }
+            if row.leaf_hash != leaf_hash(&verified.events[at].bytes) {
+                anyhow::bail!(
+                    "the restored log and the export differ at position {at}: they are not the \
+                     same log, one of them was altered, or the audit service appended new events \
+                     to the restored database before this ran; nothing was put back"
+                );
+            }
+            at += 1;
+        }
+    }
+    let mut put = 0;
+    if held < covered {
+        let now = Utc::now();
+        for chunk in verified.events[held..].chunks(RESTORE_BATCH) {
+            let mut batch = Vec::with_capacity(chunk.len());
+            for e in chunk {
+                let mut v = Violations::new();
+                let prefix = format!("event at position {}", e.index);
+                let Some(mut valid) =
+                    validate_event(&e.event, &e.event.source_service, now, &prefix, &mut v)
+                else {
+                    let problems: Vec<String> = v
+                        .as_slice()
+                        .iter()
+                        .map(|f| format!("{}: {}", f.field, f.description))
+                        .collect();
+                    anyhow::bail!("{} (put back before it: {put})", problems.join("; "));
+                };
+                // The bytes the log committed to, whatever a new encoding
+                // of them would be.
+                valid.payload.clone_from(&e.bytes);
+                batch.push(valid);
+            }
+            let first = chunk.first().map_or(0, |e| e.index);
+            let first = i64::try_from(first).unwrap_or(i64::MAX);
+            if store.append_at(first, &batch).await?.is_none() {
+                anyhow::bail!(
+                    "the audit log changed while events were put back (stop the audit service \
+                     first); put back: {put}, and a second run goes on from there"
+                );
+            }
+            put += batch.len();
+        }
+    }
+    let size = held.max(covered);
+    let latest = store.latest_checkpoint().await?.map_or(0, |c| c.tree_size);
+    let mut checkpoints = 0;
+    for (checkpoint, note) in &verified.checkpoints {
+        let Ok(tree_size) = i64::try_from(checkpoint.size) else {
+            continue;
+        };
+        if tree_size <= latest || usize::try_from(tree_size).map_or(true, |s| s > size) {
+            continue;
+        }
+        let issued = DateTime::from_timestamp(checkpoint.time, 0).unwrap_or_else(Utc::now);
+        store
+            .insert_checkpoint(tree_size, &checkpoint.root, note, issued)
+            .await?;
+        checkpoints += 1;
+    }
+    writeln!(
+        out,
+        "{}",
+        json!({
+            "summary": {
+                "log_size_before": held,
+                "events_put_back": put,
+                "checkpoints_put_back": checkpoints,
+                "log_size": size,
+                "events_after_last_checkpoint": verified.uncovered,
+            }
+        })
+    )?;
+    if verified.uncovered > 0 {
+        writeln!(
+            out,
+            "note: {} events after the export's last signed checkpoint were not put back: \
+             nothing vouches for them",
+            verified.uncovered
+        )?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use confidant_runtime::audit::EventBuilder;
 
-    fn shred(action: Action, kind: &str, id: Uuid, outcome: Outcome) -> AuditEvent {
+    fn shred(
+        action: Action,
+        kind: &str,
+        id: Uuid,
+        outcome: Outcome,
+    ) -> confidant_proto::audit::v1::AuditEvent {
         EventBuilder::new(ServiceName::Vault, "firm.example", action)
             .resource(kind, &id.to_string())
             .outcome(outcome, "order-o-1")
@@ -310,6 +464,14 @@ mod tests {
                 ),
             ),
         ];
+        let events: Vec<VerifiedEvent> = events
+            .into_iter()
+            .map(|(index, event)| VerifiedEvent {
+                index,
+                bytes: Vec::new(),
+                event,
+            })
+            .collect();
         let found = destructions(&events);
         assert_eq!(
             found
