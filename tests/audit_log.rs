@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use confidant::sandbox::{Sandbox, SandboxData, SandboxSpec};
 use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
 use confidant_proto::audit::v1::{
@@ -93,19 +91,7 @@ async fn the_log_proves_itself_and_names_an_edited_event(backend: Backend) {
         .verifier_key;
 
     // Wait for a checkpoint that covers the vault's start.
-    common::eventually(
-        Duration::from_secs(20),
-        "a checkpoint covering two events",
-        || {
-            let mut c = operator.clone();
-            async move {
-                c.get_checkpoint(GetCheckpointRequest { tree_size: 0 })
-                    .await
-                    .is_ok_and(|r| r.into_inner().checkpoint.is_some_and(|c| c.tree_size >= 2))
-            }
-        },
-    )
-    .await;
+    common::checkpoint_beyond(&operator, 1).await;
 
     let (code, out) = cli(&data, &url, &["verify", "--public-key", &key]);
     assert_eq!(code, 0, "{out}");
@@ -435,28 +421,6 @@ async fn logged_for(
     ids
 }
 
-/// Waits for a checkpoint of more than `size` events; its size and root.
-async fn checkpoint_beyond(
-    operator: &AuditServiceClient<PeerChannel>,
-    size: i64,
-) -> (i64, Vec<u8>) {
-    let mut found = None;
-    for _ in 0..400 {
-        let checkpoint = operator
-            .clone()
-            .get_checkpoint(GetCheckpointRequest { tree_size: 0 })
-            .await
-            .ok()
-            .and_then(|r| r.into_inner().checkpoint);
-        if let Some(c) = checkpoint.filter(|c| c.tree_size > size) {
-            found = Some((c.tree_size, c.root_hash));
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    found.expect("a checkpoint within 20 s")
-}
-
 async fn a_restored_log_gets_back_what_it_lost_and_stays_one_log(backend: Backend) {
     let data = SandboxData::new(backend).await;
     let spec = || SandboxSpec::of(&[ServiceName::Audit, ServiceName::Vault]);
@@ -471,14 +435,14 @@ async fn a_restored_log_gets_back_what_it_lost_and_stays_one_log(backend: Backen
         .verifier_key;
     let client_id = uuid::Uuid::now_v7().to_string();
     let mut before = append_for(&data, &url, &client_id, 3).await;
-    checkpoint_beyond(&operator, 0).await;
+    common::checkpoint_beyond(&operator, 0).await;
     let backup = common::back_up(&data, ServiceName::Audit).await;
 
     // After the backup: more events, a checkpoint over them handed out,
     // and the log exported off site.
     let lost = append_for(&data, &url, &client_id, 4).await;
     let size_now = operator_size(&mut operator).await;
-    let (handed_out, root) = checkpoint_beyond(&operator, size_now - 1).await;
+    let (handed_out, root) = common::checkpoint_beyond(&operator, size_now - 1).await;
     let export = data.path().join("log.jsonl");
     let export_arg = export.display().to_string();
     let (code, out) = cli(&data, &url, &["export", "--out", &export_arg]);
@@ -528,7 +492,7 @@ async fn a_restored_log_gets_back_what_it_lost_and_stays_one_log(backend: Backen
     // checkpoints and new.
     let later = append_for(&data, &url, &client_id, 2).await;
     let size_now = operator_size(&mut operator).await;
-    checkpoint_beyond(&operator, size_now - 1).await;
+    common::checkpoint_beyond(&operator, size_now - 1).await;
     assert!(later.iter().all(|id| before.binary_search(id).is_err()));
     let (code, out) = cli(&data, &url, &["verify", "--public-key", &key]);
     assert_eq!(code, 0, "{out}");
@@ -537,7 +501,12 @@ async fn a_restored_log_gets_back_what_it_lost_and_stays_one_log(backend: Backen
 
     // The export under another log's key does not verify; put into
     // another log's database, it is refused, and nothing is written.
-    let (code, out) = restore(&["--log", &export_arg, "--public-key", &other_key()]);
+    let (code, out) = restore(&[
+        "--log",
+        &export_arg,
+        "--public-key",
+        &common::other_log_key(),
+    ]);
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("does not verify"), "{out}");
     let elsewhere = data.sibling().await;
@@ -561,19 +530,6 @@ async fn a_restored_log_gets_back_what_it_lost_and_stays_one_log(backend: Backen
         .await
         .unwrap();
     assert_eq!(after, size_there);
-}
-
-/// A verifier key of a log that is not this one.
-fn other_key() -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("other.key");
-    confidant_audit::write_signing_key(&path).unwrap();
-    confidant_audit::checkpoint::Signer::from_pkcs8(
-        "confidant.local/audit",
-        &std::fs::read(&path).unwrap(),
-    )
-    .unwrap()
-    .verifier_key()
 }
 
 /// The log's size as the service reports it.

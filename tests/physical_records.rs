@@ -40,14 +40,7 @@ fn records_cli(data: &SandboxData, sandbox: &Sandbox, token: &str, args: &[&str]
         .args(args)
         .output()
         .expect("confidant runs");
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    common::exit_and_output(out)
 }
 
 fn due_in(hours: i64) -> Option<prost_types::Timestamp> {

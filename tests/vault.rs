@@ -13,9 +13,7 @@ use common::directory::{Client, as_staff, assign, cleared, new_client, new_matte
 use common::{field, store_as, stored_as};
 use confidant::sandbox::{Sandbox, SandboxData, SandboxSpec, config_table};
 use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
-use confidant_proto::audit::v1::{
-    AuditEvent, GetCheckpointRequest, GetLogInfoRequest, ListEventsRequest, Outcome,
-};
+use confidant_proto::audit::v1::{AuditEvent, GetLogInfoRequest, ListEventsRequest, Outcome};
 use confidant_proto::vault::v1 as pb;
 use confidant_proto::vault::v1::vault_service_client::VaultServiceClient;
 use confidant_runtime::ServiceName;
@@ -831,23 +829,7 @@ async fn only_retention_shreds_and_sealed_text_dies_with_its_scope_while_the_log
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let shred_leaf = shred_leaf.expect("the shred reaches the audit log");
-    common::eventually(
-        Duration::from_secs(20),
-        "a checkpoint covering the shred",
-        || {
-            let mut log = log.clone();
-            async move {
-                log.get_checkpoint(GetCheckpointRequest { tree_size: 0 })
-                    .await
-                    .is_ok_and(|r| {
-                        r.into_inner()
-                            .checkpoint
-                            .is_some_and(|c| c.tree_size > shred_leaf)
-                    })
-            }
-        },
-    )
-    .await;
+    common::checkpoint_beyond(&log, shred_leaf).await;
     let (code, out) = common::audit_cli(&data, &url, &["verify", "--public-key", &key]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("OK"), "{out}");
@@ -1997,23 +1979,7 @@ async fn shreds_made_after_a_backup_are_made_again_after_its_restore(backend: Ba
             .leaf_index;
         last = last.max(at);
     }
-    common::eventually(
-        Duration::from_secs(20),
-        "a checkpoint covering the shreds",
-        || {
-            let mut log = log.clone();
-            async move {
-                log.get_checkpoint(GetCheckpointRequest { tree_size: 0 })
-                    .await
-                    .is_ok_and(|r| {
-                        r.into_inner()
-                            .checkpoint
-                            .is_some_and(|c| c.tree_size > last)
-                    })
-            }
-        },
-    )
-    .await;
+    common::checkpoint_beyond(&log, last).await;
     let key = log
         .get_log_info(GetLogInfoRequest {})
         .await
@@ -2048,17 +2014,7 @@ async fn shreds_made_after_a_backup_are_made_again_after_its_restore(backend: Ba
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("does not verify"), "{out}");
     // So does the real export under another key.
-    let other_key = {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("other.key");
-        confidant_audit::write_signing_key(&path).unwrap();
-        confidant_audit::checkpoint::Signer::from_pkcs8(
-            "confidant.local/audit",
-            &std::fs::read(&path).unwrap(),
-        )
-        .unwrap()
-        .verifier_key()
-    };
+    let other_key = common::other_log_key();
     let (code, out) = reapply_shreds(&data, &["--log", &export_arg, "--public-key", &other_key]);
     assert_ne!(code, 0, "{out}");
     // A dry run says what it would do, and does nothing.

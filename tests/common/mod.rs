@@ -217,15 +217,7 @@ pub fn audit_cli(
             .arg("--key")
             .arg(&tls.key_file);
     }
-    let out = cmd.output().expect("confidant runs");
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    exit_and_output(cmd.output().expect("confidant runs"))
 }
 
 /// Stores a one-field note for `client_id` (and `matter_id`, if not empty)
@@ -431,13 +423,20 @@ pub fn restore_command(
     let file = data.path().join("restore.toml");
     let config = confidant::sandbox::config_table(data, spec);
     std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
-    let out = confidant()
-        .arg("restore")
-        .args(args)
-        .arg("--config")
-        .arg(&file)
-        .output()
-        .expect("confidant runs");
+    exit_and_output(
+        confidant()
+            .arg("restore")
+            .args(args)
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .expect("confidant runs"),
+    )
+}
+
+/// A finished command's exit code (-1 for a signal) and its standard
+/// output followed by its standard error.
+pub fn exit_and_output(out: std::process::Output) -> (i32, String) {
     (
         out.status.code().unwrap_or(-1),
         format!(
@@ -446,4 +445,45 @@ pub fn restore_command(
             String::from_utf8_lossy(&out.stderr)
         ),
     )
+}
+
+/// Waits up to 20 s for the audit log's latest checkpoint to cover more
+/// than `size` events; its size and root.
+pub async fn checkpoint_beyond(
+    audit: &confidant_proto::audit::v1::audit_service_client::AuditServiceClient<
+        confidant_runtime::client::PeerChannel,
+    >,
+    size: i64,
+) -> (i64, Vec<u8>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let latest = audit
+            .clone()
+            .get_checkpoint(confidant_proto::audit::v1::GetCheckpointRequest { tree_size: 0 })
+            .await
+            .ok()
+            .and_then(|r| r.into_inner().checkpoint);
+        if let Some(c) = latest.filter(|c| c.tree_size > size) {
+            return (c.tree_size, c.root_hash);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint of more than {size} events within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The verifier key of a log that is not the sandbox's: a fresh signing
+/// key under the same name.
+pub fn other_log_key() -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("other.key");
+    confidant_audit::write_signing_key(&path).unwrap();
+    confidant_audit::checkpoint::Signer::from_pkcs8(
+        "confidant.local/audit",
+        &std::fs::read(&path).unwrap(),
+    )
+    .unwrap()
+    .verifier_key()
 }

@@ -417,60 +417,7 @@ fn main() -> ExitCode {
         Command::Retention {
             action: RetentionCommand::VerifyCertificate { file, public_key },
         } => verdict(verify_certificate(&file, &public_key)),
-        Command::Restore {
-            action:
-                RestoreCommand::AuditLog {
-                    log,
-                    public_key,
-                    config,
-                    data_dir,
-                },
-        } => {
-            let config = match chosen_config(config, data_dir, &env) {
-                Ok(c) => c,
-                Err(err) => return config_error(&err),
-            };
-            report(runtime().and_then(|rt| {
-                rt.block_on(async {
-                    let mut stdout = std::io::stdout();
-                    confidant::restore_cli::restore_audit_log(
-                        &config,
-                        &log,
-                        &public_key,
-                        &mut stdout,
-                    )
-                    .await
-                })
-            }))
-        }
-        Command::Restore {
-            action:
-                RestoreCommand::ReapplyShreds {
-                    log,
-                    public_key,
-                    dry_run,
-                    config,
-                    data_dir,
-                },
-        } => {
-            let config = match chosen_config(config, data_dir, &env) {
-                Ok(c) => c,
-                Err(err) => return config_error(&err),
-            };
-            report(runtime().and_then(|rt| {
-                rt.block_on(async {
-                    let mut stdout = std::io::stdout();
-                    confidant::restore_cli::reapply_shreds(
-                        &config,
-                        &log,
-                        &public_key,
-                        dry_run,
-                        &mut stdout,
-                    )
-                    .await
-                })
-            }))
-        }
+        Command::Restore { action } => restore(action, &env),
         Command::Admin {
             action:
                 AdminCommand::Bootstrap {
@@ -838,6 +785,52 @@ fn keys(action: KeysCommand, env: &HashMap<String, String>) -> anyhow::Result<()
         }
     }
     Ok(())
+}
+
+fn restore(action: RestoreCommand, env: &HashMap<String, String>) -> ExitCode {
+    let (RestoreCommand::AuditLog {
+        config, data_dir, ..
+    }
+    | RestoreCommand::ReapplyShreds {
+        config, data_dir, ..
+    }) = &action;
+    let config = match chosen_config(config.clone(), data_dir.clone(), env) {
+        Ok(c) => c,
+        Err(err) => return config_error(&err),
+    };
+    report(runtime().and_then(|rt| {
+        rt.block_on(async {
+            let mut stdout = std::io::stdout();
+            match action {
+                RestoreCommand::AuditLog {
+                    log, public_key, ..
+                } => {
+                    confidant::restore_cli::restore_audit_log(
+                        &config,
+                        &log,
+                        &public_key,
+                        &mut stdout,
+                    )
+                    .await
+                }
+                RestoreCommand::ReapplyShreds {
+                    log,
+                    public_key,
+                    dry_run,
+                    ..
+                } => {
+                    confidant::restore_cli::reapply_shreds(
+                        &config,
+                        &log,
+                        &public_key,
+                        dry_run,
+                        &mut stdout,
+                    )
+                    .await
+                }
+            }
+        })
+    }))
 }
 
 fn report(result: anyhow::Result<()>) -> ExitCode {
