@@ -1329,3 +1329,178 @@ async fn sqlite_policies_follow_the_matters_practice_area_and_jurisdiction() {
 async fn postgres_policies_follow_the_matters_practice_area_and_jurisdiction() {
     policies_follow_the_matters_practice_area_and_jurisdiction(Backend::Postgres).await;
 }
+
+/// The holds the vault says cover each of `client_id`'s scopes, by scope.
+async fn vault_holds(
+    vault: &VaultServiceClient<PeerChannel>,
+    client_id: &str,
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    vault
+        .clone()
+        .list_scopes(vault_pb::ListScopesRequest {
+            client_id: client_id.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .scopes
+        .into_iter()
+        .map(|s| (s.id, s.hold_ids))
+        .collect()
+}
+
+async fn holds_reach_a_vault_restored_from_before_them(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let spec = || {
+        SandboxSpec::of(&[
+            ServiceName::Identity,
+            ServiceName::Vault,
+            ServiceName::Retention,
+            ServiceName::Audit,
+        ])
+    };
+    let sandbox = Sandbox::start(&data, spec()).await;
+    let mut admin = common::identity_client(&data, &sandbox, "operator").await;
+    let client_id = new_client(&mut admin).await;
+    let partner = cleared(&mut admin, "partner@firm.example", "partner").await;
+    let matter_id = new_matter(&mut admin, &client_id, Some(&partner), "litigation").await;
+    let manager = cleared(&mut admin, "records@firm.example", "records_manager").await;
+    let second = cleared(&mut admin, "records2@firm.example", "records_manager").await;
+    let manager_token = staff_token(&data, &manager, &["records_manager"]);
+    let second_token = staff_token(&data, &second, &["records_manager"]);
+    let mut vault =
+        VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "intake").await);
+    let file = common::store_note(
+        &mut vault,
+        &client_id,
+        &matter_id,
+        vault_pb::DataCategory::MatterFile,
+    )
+    .await;
+    let contacts = common::store_note(
+        &mut vault,
+        &client_id,
+        "",
+        vault_pb::DataCategory::ContactDetails,
+    )
+    .await;
+    let mut retention = RetentionServiceClient::new(
+        channel(&data, &sandbox, ServiceName::Retention, "firm-app").await,
+    );
+    retention
+        .sync_scopes(as_staff(&manager_token, pb::SyncScopesRequest {}))
+        .await
+        .unwrap();
+    let hold = |matter: &str, category: vault_pb::DataCategory| pb::PlaceHoldRequest {
+        reason: "litigation".into(),
+        client_id: client_id.clone(),
+        matter_id: matter.into(),
+        category: category as i32,
+        scope_ids: Vec::new(),
+    };
+    // A hold on the matter file, in the vault when its backup is taken…
+    let on_file = retention
+        .place_hold(as_staff(
+            &manager_token,
+            hold(&matter_id, vault_pb::DataCategory::Unspecified),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .hold
+        .unwrap()
+        .id;
+    let backup = common::back_up(&data, ServiceName::Vault).await;
+    // …released afterwards, and a hold on the contacts placed afterwards.
+    for token in [&manager_token, &second_token] {
+        retention
+            .approve_hold_release(as_staff(
+                token,
+                pb::ApproveHoldReleaseRequest {
+                    hold_id: on_file.clone(),
+                },
+            ))
+            .await
+            .unwrap();
+    }
+    let on_contacts = retention
+        .place_hold(as_staff(
+            &manager_token,
+            hold("", vault_pb::DataCategory::ContactDetails),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .hold
+        .unwrap()
+        .id;
+    let as_retention =
+        VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "retention").await);
+    let expected = std::collections::BTreeMap::from([
+        (file.clone(), Vec::new()),
+        (contacts.clone(), vec![on_contacts.clone()]),
+    ]);
+    assert_eq!(vault_holds(&as_retention, &client_id).await, expected);
+    sandbox.stop().await;
+
+    // The vault's database is restored from the backup: it enforces the
+    // released hold and knows nothing of the contacts' hold (seen before
+    // retention runs again).
+    common::restore(&data, ServiceName::Vault, &backup).await;
+    let without_retention = Sandbox::start(
+        &data,
+        SandboxSpec::of(&[
+            ServiceName::Identity,
+            ServiceName::Vault,
+            ServiceName::Audit,
+        ]),
+    )
+    .await;
+    let as_retention = VaultServiceClient::new(
+        channel(&data, &without_retention, ServiceName::Vault, "retention").await,
+    );
+    assert_eq!(
+        vault_holds(&as_retention, &client_id).await,
+        std::collections::BTreeMap::from([
+            (file.clone(), vec![on_file.clone()]),
+            (contacts.clone(), Vec::new()),
+        ])
+    );
+    without_retention.stop().await;
+
+    // Retention's next sync puts the vault right, and the vault refuses to
+    // shred the contacts again.
+    let sandbox = Sandbox::start(&data, spec()).await;
+    let as_retention =
+        VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "retention").await);
+    let mut retention = RetentionServiceClient::new(
+        channel(&data, &sandbox, ServiceName::Retention, "firm-app").await,
+    );
+    retention
+        .sync_scopes(as_staff(&manager_token, pb::SyncScopesRequest {}))
+        .await
+        .unwrap();
+    assert_eq!(vault_holds(&as_retention, &client_id).await, expected);
+    let refused = as_retention
+        .clone()
+        .shred_scope(vault_pb::ShredScopeRequest {
+            scope_id: contacts.clone(),
+            order_id: uuid::Uuid::now_v7().to_string(),
+            pending_window: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(common::error_reason(&refused), "legal_hold");
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_holds_reach_a_vault_restored_from_before_them() {
+    holds_reach_a_vault_restored_from_before_them(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_holds_reach_a_vault_restored_from_before_them() {
+    holds_reach_a_vault_restored_from_before_them(Backend::Postgres).await;
+}

@@ -443,6 +443,9 @@ impl Retention {
         let mut token = String::new();
         let mut added = Vec::new();
         let now = Utc::now();
+        // What the vault's live scopes say about holds: for each, the holds
+        // that cover it there.
+        let mut vault_scopes = Vec::new();
         loop {
             let page = vault
                 .list_scopes(crate::service::timed(vault_pb::ListScopesRequest {
@@ -479,6 +482,19 @@ impl Retention {
                     .unwrap_or(now);
                 if !self.store.known(id).await? {
                     added.push((id, client_id));
+                }
+                if state != "shredded" {
+                    vault_scopes.push(VaultScope {
+                        id,
+                        client_id,
+                        matter_id,
+                        category,
+                        holds: scope
+                            .hold_ids
+                            .iter()
+                            .filter_map(|h| Uuid::parse_str(h).ok())
+                            .collect(),
+                    });
                 }
                 statements.push(store::upsert_scope(
                     &ScopeRow {
@@ -519,12 +535,39 @@ impl Retention {
             self.recompute(&Scopes::Ids(added.into_iter().map(|(id, _)| id).collect()))
                 .await?;
         }
-        for hold in self.store.holds(None, false).await? {
-            if hold.in_vault == 0 {
-                self.push_hold(&hold).await?;
+        self.reconcile_holds(&vault_scopes).await?;
+        Ok((added_count, self.store.scope_count().await?))
+    }
+
+    /// Brings the vault's legal holds in line with this service's, which
+    /// are the record: a hold not yet in the vault, or one the vault lost
+    /// (its database restored from a backup taken before the hold), is
+    /// placed there again; one released here that the vault still enforces
+    /// is released there. Both calls are idempotent in the vault, and a
+    /// hold that fails is retried on the next sync. A hold the vault knows
+    /// and this service does not is left in force.
+    async fn reconcile_holds(&self, vault_scopes: &[VaultScope]) -> Result<(), Error> {
+        for hold in self.store.holds(None, true).await? {
+            let missing = hold.released_at.is_none()
+                && (hold.in_vault == 0
+                    || vault_scopes.iter().any(|s| {
+                        hold.covers(s.id, s.client_id, s.matter_id, s.category.as_str())
+                            && !s.holds.contains(&hold.id)
+                    }));
+            let lingering = hold.released_at.is_some()
+                && vault_scopes.iter().any(|s| s.holds.contains(&hold.id));
+            let pushed = if missing {
+                self.push_hold(&hold).await
+            } else if lingering {
+                self.push_release(hold.id).await
+            } else {
+                Ok(())
+            };
+            if let Err(e) = pushed {
+                tracing::warn!(hold_id = %hold.id, error = %e, "hold not reconciled with the vault; retried on the next sync");
             }
         }
-        Ok((added_count, self.store.scope_count().await?))
+        Ok(())
     }
 
     /// Asks identity about the matters of known scopes that are open or new
@@ -738,6 +781,23 @@ impl Retention {
         Ok(self.store.hold(hold.id).await?.unwrap_or(hold))
     }
 
+    /// Releases a hold in the vault (done when the vault never had it).
+    async fn push_release(&self, hold_id: Uuid) -> Result<(), Error> {
+        self.vault()?
+            .release_hold(crate::service::timed(vault_pb::ReleaseHoldRequest {
+                hold_id: hold_id.to_string(),
+            }))
+            .await
+            .map(|_| ())
+            .or_else(|s| {
+                if s.code() == tonic::Code::NotFound {
+                    Ok(())
+                } else {
+                    Err(Error::VaultUnavailable(s.message().to_owned()))
+                }
+            })
+    }
+
     async fn push_hold(&self, hold: &HoldRow) -> Result<(), Error> {
         self.vault()?
             .place_hold(crate::service::timed(vault_pb::PlaceHoldRequest {
@@ -806,18 +866,7 @@ impl Retention {
         }
         // Enough approvals. Released in the vault first: if that fails the
         // hold stays in force everywhere, and approving again retries.
-        self.vault()?
-            .release_hold(crate::service::timed(vault_pb::ReleaseHoldRequest {
-                hold_id: hold_id.to_string(),
-            }))
-            .await
-            .or_else(|s| {
-                if s.code() == tonic::Code::NotFound {
-                    Ok(tonic::Response::new(vault_pb::ReleaseHoldResponse {}))
-                } else {
-                    Err(Error::VaultUnavailable(s.message().to_owned()))
-                }
-            })?;
+        self.push_release(hold_id).await?;
         let event = self
             .event(actor, AuditAction::RetentionHoldReleased)
             .resource("hold", &hold_id.to_string())
@@ -892,4 +941,15 @@ pub struct DueGroup {
     pub held: bool,
     /// The action at the end.
     pub action: Option<crate::domain::Action>,
+}
+
+/// A live scope of the vault as a sync saw it, with the holds that cover it
+/// there.
+#[derive(Debug)]
+struct VaultScope {
+    id: Uuid,
+    client_id: Uuid,
+    matter_id: Option<Uuid>,
+    category: Category,
+    holds: Vec<Uuid>,
 }
