@@ -457,8 +457,35 @@ async fn a_restored_log_gets_back_what_it_lost_and_stays_one_log(backend: Backen
         all.extend_from_slice(args);
         common::restore_command(&data, &spec(), &all)
     };
+    let summary_of = |out: &str| -> serde_json::Value {
+        out.lines()
+            .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .expect("a summary")["summary"]
+            .clone()
+    };
+    // A dry run says what it would put back, and writes nothing.
+    let size_restored = common::service_db(&data, ServiceName::Audit)
+        .await
+        .fetch_all::<(i64,)>("SELECT idx FROM audit_events ORDER BY idx", vec![])
+        .await
+        .unwrap();
+    let (code, out) = restore(&["--log", &export_arg, "--public-key", &key, "--dry-run"]);
+    assert_eq!(code, 0, "{out}");
+    let would = summary_of(&out);
+    assert_eq!(would["dry_run"], true, "{out}");
+    assert!(would["events_put_back"].as_u64().unwrap() >= 4, "{out}");
+    let unchanged = common::service_db(&data, ServiceName::Audit)
+        .await
+        .fetch_all::<(i64,)>("SELECT idx FROM audit_events ORDER BY idx", vec![])
+        .await
+        .unwrap();
+    assert_eq!(unchanged, size_restored);
     let (code, out) = restore(&["--log", &export_arg, "--public-key", &key]);
     assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        summary_of(&out)["events_put_back"],
+        would["events_put_back"]
+    );
     let summary: serde_json::Value = out
         .lines()
         .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())

@@ -159,6 +159,9 @@ enum RestoreCommand {
         /// was set up (never the one the export names).
         #[arg(long)]
         public_key: String,
+        /// Only say what would be put back.
+        #[arg(long)]
+        dry_run: bool,
         /// TOML configuration file (or --data-dir).
         #[arg(long, env = "CONFIDANT_CONFIG")]
         config: Option<PathBuf>,
@@ -803,12 +806,16 @@ fn restore(action: RestoreCommand, env: &HashMap<String, String>) -> ExitCode {
             let mut stdout = std::io::stdout();
             match action {
                 RestoreCommand::AuditLog {
-                    log, public_key, ..
+                    log,
+                    public_key,
+                    dry_run,
+                    ..
                 } => {
                     confidant::restore_cli::restore_audit_log(
                         &config,
                         &log,
                         &public_key,
+                        dry_run,
                         &mut stdout,
                     )
                     .await

@@ -278,18 +278,20 @@ const RESTORE_BATCH: usize = 1000;
 /// beyond it, at the positions they had: the log is whole again and every
 /// checkpoint it published still verifies, instead of new events taking
 /// the lost ones' places (a fork of the log). Run it before the audit
-/// service starts on the restored database. A summary on `out`.
+/// service starts on the restored database. A summary on `out`; with
+/// `dry_run`, only the summary (what would be put back).
 pub async fn restore_audit_log(
     config: &Config,
     log: &Path,
     public_key: &str,
+    dry_run: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let verified = crate::audit_cli::verified_events(log, public_key)?;
     let db =
         crate::process::open_database(config, ServiceName::Audit, MigrationPolicy::RequireApplied)
             .await?;
-    let result = put_back(&EventStore::new(db.clone()), &verified, out).await;
+    let result = put_back(&EventStore::new(db.clone()), &verified, dry_run, out).await;
     db.close().await;
     result
 }
@@ -297,6 +299,7 @@ pub async fn restore_audit_log(
 async fn put_back(
     store: &EventStore,
     verified: &VerifiedEvents,
+    dry_run: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let covered = verified.events.len();
@@ -331,7 +334,9 @@ async fn put_back(
         }
     }
     let mut put = 0;
-    if held < covered {
+    if dry_run {
+        put = covered.saturating_sub(held);
+    } else if held < covered {
         let now = Utc::now();
         for chunk in verified.events[held..].chunks(RESTORE_BATCH) {
             let mut batch = Vec::with_capacity(chunk.len());
@@ -374,10 +379,12 @@ async fn put_back(
         if tree_size <= latest || usize::try_from(tree_size).map_or(true, |s| s > size) {
             continue;
         }
-        let issued = DateTime::from_timestamp(checkpoint.time, 0).unwrap_or_else(Utc::now);
-        store
-            .insert_checkpoint(tree_size, &checkpoint.root, note, issued)
-            .await?;
+        if !dry_run {
+            let issued = DateTime::from_timestamp(checkpoint.time, 0).unwrap_or_else(Utc::now);
+            store
+                .insert_checkpoint(tree_size, &checkpoint.root, note, issued)
+                .await?;
+        }
         checkpoints += 1;
     }
     writeln!(
@@ -385,6 +392,7 @@ async fn put_back(
         "{}",
         json!({
             "summary": {
+                "dry_run": dry_run,
                 "log_size_before": held,
                 "events_put_back": put,
                 "checkpoints_put_back": checkpoints,
