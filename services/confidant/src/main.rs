@@ -151,24 +151,7 @@ enum RestoreCommand {
     /// only the events the export's signed checkpoints cover; refused,
     /// with nothing written, when the export does not verify or the
     /// restored log is not its beginning. Safe to run again.
-    AuditLog {
-        /// The export of the audit log (JSON Lines, with its checkpoints).
-        #[arg(long)]
-        log: PathBuf,
-        /// The log's verifier key, as `GetLogInfo` gave it when the log
-        /// was set up (never the one the export names).
-        #[arg(long)]
-        public_key: String,
-        /// Only say what would be put back.
-        #[arg(long)]
-        dry_run: bool,
-        /// TOML configuration file (or --data-dir).
-        #[arg(long, env = "CONFIDANT_CONFIG")]
-        config: Option<PathBuf>,
-        /// Use the `confidant dev` data directory instead of a config file.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-    },
+    AuditLog(RestoreArgs),
     /// After the vault's database is restored from a backup: destroy again
     /// every scope key and record key that the audit log shows destroyed
     /// (a backup taken before a shred still holds the key, which the KMS
@@ -179,24 +162,28 @@ enum RestoreCommand {
     /// per logged destruction (`reapplied`, `already_shredded`,
     /// `not_in_database`), then a summary; each reapplied one is a
     /// `vault.shred.reapplied` audit event. Safe to run again.
-    ReapplyShreds {
-        /// The export of the audit log (JSON Lines, with its checkpoints).
-        #[arg(long)]
-        log: PathBuf,
-        /// The log's verifier key, as `GetLogInfo` gave it when the log
-        /// was set up (never the one the export names).
-        #[arg(long)]
-        public_key: String,
-        /// Only say what would be destroyed.
-        #[arg(long)]
-        dry_run: bool,
-        /// TOML configuration file (or --data-dir).
-        #[arg(long, env = "CONFIDANT_CONFIG")]
-        config: Option<PathBuf>,
-        /// Use the `confidant dev` data directory instead of a config file.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-    },
+    ReapplyShreds(RestoreArgs),
+}
+
+/// What both restore commands read.
+#[derive(Debug, clap::Args)]
+struct RestoreArgs {
+    /// The export of the audit log (JSON Lines, with its checkpoints).
+    #[arg(long)]
+    log: PathBuf,
+    /// The log's verifier key, as `GetLogInfo` gave it when the log was set
+    /// up (never the one the export names).
+    #[arg(long)]
+    public_key: String,
+    /// Only say what would change, and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// TOML configuration file (or --data-dir).
+    #[arg(long, env = "CONFIDANT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Use the `confidant dev` data directory instead of a config file.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -791,46 +778,31 @@ fn keys(action: KeysCommand, env: &HashMap<String, String>) -> anyhow::Result<()
 }
 
 fn restore(action: RestoreCommand, env: &HashMap<String, String>) -> ExitCode {
-    let (RestoreCommand::AuditLog {
-        config, data_dir, ..
-    }
-    | RestoreCommand::ReapplyShreds {
-        config, data_dir, ..
-    }) = &action;
-    let config = match chosen_config(config.clone(), data_dir.clone(), env) {
+    let (RestoreCommand::AuditLog(args) | RestoreCommand::ReapplyShreds(args)) = &action;
+    let config = match chosen_config(args.config.clone(), args.data_dir.clone(), env) {
         Ok(c) => c,
         Err(err) => return config_error(&err),
     };
     report(runtime().and_then(|rt| {
         rt.block_on(async {
             let mut stdout = std::io::stdout();
-            match action {
-                RestoreCommand::AuditLog {
-                    log,
-                    public_key,
-                    dry_run,
-                    ..
-                } => {
+            match &action {
+                RestoreCommand::AuditLog(a) => {
                     confidant::restore_cli::restore_audit_log(
                         &config,
-                        &log,
-                        &public_key,
-                        dry_run,
+                        &a.log,
+                        &a.public_key,
+                        a.dry_run,
                         &mut stdout,
                     )
                     .await
                 }
-                RestoreCommand::ReapplyShreds {
-                    log,
-                    public_key,
-                    dry_run,
-                    ..
-                } => {
+                RestoreCommand::ReapplyShreds(a) => {
                     confidant::restore_cli::reapply_shreds(
                         &config,
-                        &log,
-                        &public_key,
-                        dry_run,
+                        &a.log,
+                        &a.public_key,
+                        a.dry_run,
                         &mut stdout,
                     )
                     .await
