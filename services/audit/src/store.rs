@@ -112,8 +112,33 @@ impl EventStore {
     /// Appends `events` in order, all or nothing, skipping ids already in the
     /// log. One multi-row INSERT per batch.
     pub async fn append(&self, events: &[ValidEvent]) -> Result<Appended, sqlx::Error> {
+        Ok(self.append_where(events, None).await?.unwrap_or_default())
+    }
+
+    /// Appends `events` at position `first` exactly, in order and all or
+    /// nothing, as a restore puts back the events a database lost: false
+    /// (nothing written) unless the log holds exactly `first` events and
+    /// none of these ids.
+    pub async fn append_at(&self, first: i64, events: &[ValidEvent]) -> Result<bool, sqlx::Error> {
+        Ok(self.append_where(events, Some(first)).await?.is_some())
+    }
+
+    /// The append: anywhere after the log's end, skipping ids already in
+    /// it (`at` is `None`); or exactly at position `at`, all of them, or
+    /// nothing (`None` returned).
+    async fn append_where(
+        &self,
+        events: &[ValidEvent],
+        at: Option<i64>,
+    ) -> Result<Option<Appended>, sqlx::Error> {
         let _guard = self.append_lock.lock().await;
         let now = Utc::now();
+        // The events to insert at `first`, unless `at` cannot be met.
+        let placed = |existing: &HashSet<Uuid>, first: i64| match at {
+            None => Some(fresh_events(events, existing)),
+            Some(at) if at == first && existing.is_empty() => Some(events.iter().collect()),
+            Some(_) => None,
+        };
         let (fresh, first_index) = match &self.db {
             Database::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
@@ -130,11 +155,13 @@ impl EventStore {
                 .await?
                 .into_iter()
                 .collect();
-                let fresh = fresh_events(events, &existing);
                 let first: i64 =
                     sqlx::query_scalar("SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_events")
                         .fetch_one(&mut *tx)
                         .await?;
+                let Some(fresh) = placed(&existing, first) else {
+                    return Ok(None);
+                };
                 insert_pg(&mut tx, first, &fresh, now).await?;
                 tx.commit().await?;
                 (fresh, first)
@@ -156,89 +183,23 @@ impl EventStore {
                     .iter()
                     .filter_map(|s| Uuid::parse_str(s).ok())
                     .collect();
-                let fresh = fresh_events(events, &existing);
                 let first: i64 =
                     sqlx::query_scalar("SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_events")
                         .fetch_one(&mut *tx)
                         .await?;
+                let Some(fresh) = placed(&existing, first) else {
+                    return Ok(None);
+                };
                 insert_sqlite(&mut tx, first, &fresh, now).await?;
                 tx.commit().await?;
                 (fresh, first)
             }
         };
-        Ok(Appended {
+        Ok(Some(Appended {
             appended: fresh.len(),
             duplicates: events.len() - fresh.len(),
             first_index,
             leaves: fresh.iter().map(|e| leaf_hash(&e.payload)).collect(),
-        })
-    }
-
-    /// Appends `events` at position `first` exactly, in order and all or
-    /// nothing, as a restore puts back the events a database lost: `None`
-    /// (nothing written) unless the log holds exactly `first` events and
-    /// none of these ids.
-    pub async fn append_at(
-        &self,
-        first: i64,
-        events: &[ValidEvent],
-    ) -> Result<Option<Appended>, sqlx::Error> {
-        let _guard = self.append_lock.lock().await;
-        let now = Utc::now();
-        let all: Vec<&ValidEvent> = events.iter().collect();
-        let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
-        let placed = match &self.db {
-            Database::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(APPEND_LOCK_KEY)
-                    .execute(&mut *tx)
-                    .await?;
-                let size: i64 =
-                    sqlx::query_scalar("SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_events")
-                        .fetch_one(&mut *tx)
-                        .await?;
-                let present: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM audit_events WHERE event_id = ANY($1)",
-                )
-                .bind(&ids)
-                .fetch_one(&mut *tx)
-                .await?;
-                let placed = size == first && present == 0;
-                if placed {
-                    insert_pg(&mut tx, first, &all, now).await?;
-                    tx.commit().await?;
-                }
-                placed
-            }
-            Database::Sqlite(pool) => {
-                let mut tx = confidant_runtime::storage::begin_sqlite_write(pool).await?;
-                let size: i64 =
-                    sqlx::query_scalar("SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_events")
-                        .fetch_one(&mut *tx)
-                        .await?;
-                let mut present = 0;
-                for id in &ids {
-                    let found: Option<i64> =
-                        sqlx::query_scalar("SELECT idx FROM audit_events WHERE event_id = ?1")
-                            .bind(id.to_string())
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                    present += usize::from(found.is_some());
-                }
-                let placed = size == first && present == 0;
-                if placed {
-                    insert_sqlite(&mut tx, first, &all, now).await?;
-                    tx.commit().await?;
-                }
-                placed
-            }
-        };
-        Ok(placed.then(|| Appended {
-            appended: events.len(),
-            duplicates: 0,
-            first_index: first,
-            leaves: events.iter().map(|e| leaf_hash(&e.payload)).collect(),
         }))
     }
 

@@ -3,7 +3,7 @@
 //! its root against the events, and name the first thing that does not
 //! match.
 
-use crate::checkpoint::Verifier;
+use crate::checkpoint::{Checkpoint, Verifier};
 use crate::merkle::{Hash, Tree, leaf_hash, verify_inclusion};
 
 /// One exported event.
@@ -104,8 +104,8 @@ impl std::fmt::Display for Finding {
 pub struct Report {
     /// Events checked.
     pub events: u64,
-    /// Checkpoints whose signature and root verified.
-    pub checkpoints_verified: u64,
+    /// Checkpoints whose signature and root verified, in the order given.
+    pub checkpoints: Vec<Checkpoint>,
     /// The largest verified checkpoint size.
     pub verified_size: u64,
     /// The first problem, if any.
@@ -159,9 +159,9 @@ pub fn verify(entries: &[Entry], notes: &[String], verifier: &Verifier) -> Repor
             });
             return report;
         }
-        report.checkpoints_verified += 1;
         report.verified_size = report.verified_size.max(checkpoint.size);
         roots.push((checkpoint.size, checkpoint.root));
+        report.checkpoints.push(checkpoint);
     }
     // Proofs shipped with events must lead to a root that verified.
     for entry in entries {

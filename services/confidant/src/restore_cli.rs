@@ -23,7 +23,6 @@ use std::path::Path;
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use confidant_audit::domain::validate_event;
-use confidant_audit::merkle::leaf_hash;
 use confidant_audit::store::EventStore;
 use confidant_proto::audit::v1::Outcome;
 use confidant_runtime::ServiceName;
@@ -209,21 +208,40 @@ pub async fn reapply_shreds(
     // The log first: nothing is opened, let alone changed, for a log that
     // does not verify.
     let verified = crate::audit_cli::verified_events(log, public_key)?;
-    let logged = destructions(&verified.events);
     let db =
         crate::process::open_database(config, ServiceName::Vault, MigrationPolicy::RequireApplied)
             .await?;
-    let store = VaultStore::new(db.clone());
+    let result = reapply_all(
+        &VaultStore::new(db.clone()),
+        &config.trust_domain,
+        &verified,
+        dry_run,
+        out,
+    )
+    .await;
+    db.close().await;
+    result
+}
+
+async fn reapply_all(
+    store: &VaultStore,
+    trust_domain: &str,
+    verified: &VerifiedEvents,
+    dry_run: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let logged = destructions(&verified.events);
     let mut counts = [0u64; 4];
-    let mut failure = None;
     for d in &logged {
-        let outcome = match reapply(&store, &config.trust_domain, d, dry_run).await {
-            Ok(o) => o,
-            Err(e) => {
-                failure = Some(e.context(format!("{} {}", d.target.as_str(), d.id)));
-                break;
-            }
-        };
+        let outcome = reapply(store, trust_domain, d, dry_run)
+            .await
+            .with_context(|| {
+                format!(
+                    "{} {}: stopped; what is done stays done, and a second run goes on from there",
+                    d.target.as_str(),
+                    d.id
+                )
+            })?;
         counts[outcome as usize] += 1;
         writeln!(
             out,
@@ -238,11 +256,6 @@ pub async fn reapply_shreds(
                 "order": d.order,
             })
         )?;
-    }
-    db.close().await;
-    if let Some(e) = failure {
-        return Err(e)
-            .context("stopped; what is done stays done, and a second run goes on from there");
     }
     writeln!(
         out,
@@ -306,24 +319,25 @@ async fn put_back(
     let held = usize::try_from(store.count().await?).unwrap_or(0);
     // What the restored database holds must be the start of the exported
     // log, event for event.
+    let shared = held.min(covered);
     let mut at = 0;
-    while at < held.min(covered) {
+    while at < shared {
         let rows = store
-            .range(i64::try_from(at).unwrap_or(i64::MAX), 10_000)
+            .range(
+                i64::try_from(at).unwrap_or(i64::MAX),
+                i64::try_from((shared - at).min(10_000)).unwrap_or(i64::MAX),
+            )
             .await?;
         if rows.is_empty() {
             break;
         }
         for row in rows {
-            if at >= covered {
-                break;
-            }
             if usize::try_from(row.idx).ok() != Some(at) {
                 anyhow::bail!(
                     "the restored log has no event at position {at}; nothing was put back"
                 );
             }
-            if row.leaf_hash != leaf_hash(&verified.events[at].bytes) {
+            if row.leaf_hash != verified.events[at].leaf_hash {
                 anyhow::bail!(
                     "the restored log and the export differ at position {at}: they are not the \
                      same log, one of them was altered, or the audit service appended new events \
@@ -360,7 +374,7 @@ async fn put_back(
             }
             let first = chunk.first().map_or(0, |e| e.index);
             let first = i64::try_from(first).unwrap_or(i64::MAX);
-            if store.append_at(first, &batch).await?.is_none() {
+            if !store.append_at(first, &batch).await? {
                 anyhow::bail!(
                     "the audit log changed while events were put back (stop the audit service \
                      first); put back: {put}, and a second run goes on from there"
@@ -477,6 +491,7 @@ mod tests {
             .map(|(index, event)| VerifiedEvent {
                 index,
                 bytes: Vec::new(),
+                leaf_hash: Vec::new(),
                 event,
             })
             .collect();

@@ -3,7 +3,7 @@
 //! carried to the vault, and the due report. Each change is written with its
 //! audit event in one transaction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use confidant_proto::audit::v1::{AuditEvent, Outcome};
@@ -443,9 +443,19 @@ impl Retention {
         let mut token = String::new();
         let mut added = Vec::new();
         let now = Utc::now();
-        // What the vault's live scopes say about holds: for each, the holds
-        // that cover it there.
-        let mut vault_scopes = Vec::new();
+        // Legal holds as the vault's live scopes show them: the holds they
+        // show, and this service's active holds that one of them lacks.
+        let active = self.store.holds(None, false).await?;
+        let mut by_client: HashMap<Uuid, Vec<&HoldRow>> = HashMap::new();
+        for hold in &active {
+            by_client.entry(hold.client_id).or_default().push(hold);
+        }
+        let mut lacking: HashSet<Uuid> = active
+            .iter()
+            .filter(|h| h.in_vault == 0)
+            .map(|h| h.id)
+            .collect();
+        let mut shown = HashSet::new();
         loop {
             let page = vault
                 .list_scopes(crate::service::timed(vault_pb::ListScopesRequest {
@@ -484,17 +494,19 @@ impl Retention {
                     added.push((id, client_id));
                 }
                 if state != "shredded" {
-                    vault_scopes.push(VaultScope {
-                        id,
-                        client_id,
-                        matter_id,
-                        category,
-                        holds: scope
-                            .hold_ids
-                            .iter()
-                            .filter_map(|h| Uuid::parse_str(h).ok())
-                            .collect(),
-                    });
+                    let holds: Vec<Uuid> = scope
+                        .hold_ids
+                        .iter()
+                        .filter_map(|h| Uuid::parse_str(h).ok())
+                        .collect();
+                    for hold in by_client.get(&client_id).into_iter().flatten() {
+                        if hold.covers(id, client_id, matter_id, category.as_str())
+                            && !holds.contains(&hold.id)
+                        {
+                            lacking.insert(hold.id);
+                        }
+                    }
+                    shown.extend(holds);
                 }
                 statements.push(store::upsert_scope(
                     &ScopeRow {
@@ -535,36 +547,44 @@ impl Retention {
             self.recompute(&Scopes::Ids(added.into_iter().map(|(id, _)| id).collect()))
                 .await?;
         }
-        self.reconcile_holds(&vault_scopes).await?;
+        self.reconcile_holds(&active, &lacking, &shown).await?;
         Ok((added_count, self.store.scope_count().await?))
     }
 
     /// Brings the vault's legal holds in line with this service's, which
-    /// are the record: a hold not yet in the vault, or one the vault lost
-    /// (its database restored from a backup taken before the hold), is
-    /// placed there again; one released here that the vault still enforces
-    /// is released there. Both calls are idempotent in the vault, and a
-    /// hold that fails is retried on the next sync. A hold the vault knows
-    /// and this service does not is left in force.
-    async fn reconcile_holds(&self, vault_scopes: &[VaultScope]) -> Result<(), Error> {
-        for hold in self.store.holds(None, true).await? {
-            let missing = hold.released_at.is_none()
-                && (hold.in_vault == 0
-                    || vault_scopes.iter().any(|s| {
-                        hold.covers(s.id, s.client_id, s.matter_id, s.category.as_str())
-                            && !s.holds.contains(&hold.id)
-                    }));
-            let lingering = hold.released_at.is_some()
-                && vault_scopes.iter().any(|s| s.holds.contains(&hold.id));
-            let pushed = if missing {
-                self.push_hold(&hold).await
-            } else if lingering {
-                self.push_release(hold.id).await
-            } else {
-                Ok(())
-            };
+    /// are the record: an active hold the vault `lacking` (not yet pushed,
+    /// or lost with a restore of its database from before the hold) is
+    /// placed there again; a hold the vault has `shown` that was released
+    /// here is released there. Both calls are idempotent in the vault, and
+    /// a hold that fails is retried on the next sync. A hold the vault
+    /// shows and this service does not know is left in force.
+    async fn reconcile_holds(
+        &self,
+        active: &[HoldRow],
+        lacking: &HashSet<Uuid>,
+        shown: &HashSet<Uuid>,
+    ) -> Result<(), Error> {
+        let report = |hold_id: Uuid, pushed: Result<(), Error>| {
             if let Err(e) = pushed {
-                tracing::warn!(hold_id = %hold.id, error = %e, "hold not reconciled with the vault; retried on the next sync");
+                tracing::warn!(hold_id = %hold_id, error = %e, "hold not reconciled with the vault; retried on the next sync");
+            }
+        };
+        for hold in active.iter().filter(|h| lacking.contains(&h.id)) {
+            report(hold.id, self.push_hold(hold).await);
+        }
+        for &id in shown {
+            if active.iter().any(|h| h.id == id) {
+                continue;
+            }
+            // Normally none: only a hold released here after the vault's
+            // backup is shown there and not active here.
+            if self
+                .store
+                .hold(id)
+                .await?
+                .is_some_and(|h| h.released_at.is_some())
+            {
+                report(id, self.push_release(id).await);
             }
         }
         Ok(())
@@ -941,15 +961,4 @@ pub struct DueGroup {
     pub held: bool,
     /// The action at the end.
     pub action: Option<crate::domain::Action>,
-}
-
-/// A live scope of the vault as a sync saw it, with the holds that cover it
-/// there.
-#[derive(Debug)]
-struct VaultScope {
-    id: Uuid,
-    client_id: Uuid,
-    matter_id: Option<Uuid>,
-    category: Category,
-    holds: Vec<Uuid>,
 }

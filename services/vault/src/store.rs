@@ -689,31 +689,57 @@ fn settle_writes_to_scope(id: Uuid) -> Statement {
     )
 }
 
-/// Statements: a scope becomes shredded (key gone) if no hold covers it
-/// and it holds no originals, once the writes under way in it are settled;
-/// the transaction is unmet otherwise. Constant time: one row, whatever
-/// the number of records.
-pub fn shred_scope(id: Uuid, order: &str, now: DateTime<Utc>, event_id: &str) -> Vec<Statement> {
+/// SQL: the scope `$1` becomes shredded (key gone, tombstone: when `$2`,
+/// by which order `$3`, which audit event `$4`) unless it is already, and
+/// if `$guard` (more conditions) holds.
+macro_rules! shred_scope_sql {
+    ($guard:expr) => {
+        concat!(
+            "UPDATE vault_scopes SET state = 'shredded', wrapped_key = NULL, kms_key_id = NULL, \
+             shredded_at = $2, shred_order = $3, destroy_after = NULL, shred_event_id = $4 \
+             WHERE id = $1 AND state <> 'shredded'",
+            $guard
+        )
+    };
+}
+
+/// Statements: the scope shred `sql` ([`shred_scope_sql`]), once the writes
+/// under way in the scope are settled; the transaction is unmet unless it
+/// changes the scope.
+fn scope_shred(
+    sql: &'static str,
+    id: Uuid,
+    order: &str,
+    at: DateTime<Utc>,
+    event_id: &str,
+) -> Vec<Statement> {
     vec![
         settle_writes_to_scope(id),
         Statement::new(
-            concat!(
-                "UPDATE vault_scopes SET state = 'shredded', wrapped_key = NULL, kms_key_id = NULL, \
-                 shredded_at = $2, shred_order = $3, destroy_after = NULL, shred_event_id = $4 \
-                 WHERE id = $1 AND state <> 'shredded' AND ",
-                not_held!(),
-                " AND ",
-                holds_no_originals!()
-            ),
+            sql,
             vec![
                 Value::Uuid(id),
-                Value::Time(now),
+                Value::Time(at),
                 Value::Text(order.to_owned()),
                 Value::Text(event_id.to_owned()),
             ],
         )
         .expecting(1),
     ]
+}
+
+/// Statements: a scope becomes shredded (key gone) if no hold covers it
+/// and it holds no originals, once the writes under way in it are settled;
+/// the transaction is unmet otherwise. Constant time: one row, whatever
+/// the number of records.
+pub fn shred_scope(id: Uuid, order: &str, now: DateTime<Utc>, event_id: &str) -> Vec<Statement> {
+    let sql = shred_scope_sql!(concat!(
+        " AND ",
+        not_held!(),
+        " AND ",
+        holds_no_originals!()
+    ));
+    scope_shred(sql, id, order, now, event_id)
 }
 
 /// Statements: a scope's destruction that the audit log records is made
@@ -727,21 +753,7 @@ pub fn reapply_scope_shred(
     at: DateTime<Utc>,
     event_id: &str,
 ) -> Vec<Statement> {
-    vec![
-        settle_writes_to_scope(id),
-        Statement::new(
-            "UPDATE vault_scopes SET state = 'shredded', wrapped_key = NULL, kms_key_id = NULL, \
-             shredded_at = $2, shred_order = $3, destroy_after = NULL, shred_event_id = $4 \
-             WHERE id = $1 AND state <> 'shredded'",
-            vec![
-                Value::Uuid(id),
-                Value::Time(at),
-                Value::Text(order.to_owned()),
-                Value::Text(event_id.to_owned()),
-            ],
-        )
-        .expecting(1),
-    ]
+    scope_shred(shred_scope_sql!(""), id, order, at, event_id)
 }
 
 /// Statements: a scope becomes pending destruction if no hold covers it
@@ -777,39 +789,48 @@ pub fn cancel_destruction(id: Uuid) -> Statement {
     )
 }
 
-/// Statement: one record key is destroyed, unless the record is an original
-/// or a hold covers its scope.
-pub fn shred_record(id: Uuid, order: &str, now: DateTime<Utc>) -> Statement {
-    Statement::new(
+/// SQL: the key of record `$1` is destroyed (tombstone: when `$2`, by
+/// which order `$3`) unless it is already, and if `$guard` (more
+/// conditions) holds.
+macro_rules! shred_record_sql {
+    ($guard:expr) => {
         concat!(
             "UPDATE vault_records SET wrapped_key = NULL, shredded_at = $2, shred_order = $3 \
-             WHERE id = $1 AND wrapped_key IS NOT NULL AND original = 0 \
-             AND EXISTS (SELECT 1 FROM vault_scopes WHERE vault_scopes.id = vault_records.scope_id AND ",
-            not_held!(),
-            ")"
-        ),
-        vec![
-            Value::Uuid(id),
-            Value::Time(now),
-            Value::Text(order.to_owned()),
-        ],
-    )
+             WHERE id = $1 AND wrapped_key IS NOT NULL",
+            $guard
+        )
+    };
 }
 
-/// Statement: a record's destruction that the audit log records is made
-/// again on a database restored from a backup taken before it (see
-/// [`reapply_scope_shred`]). Unmet when the record's key is already gone.
-pub fn reapply_record_shred(id: Uuid, order: &str, at: DateTime<Utc>) -> Statement {
+/// Statement: the record shred `sql` ([`shred_record_sql`]).
+fn record_shred(sql: &'static str, id: Uuid, order: &str, at: DateTime<Utc>) -> Statement {
     Statement::new(
-        "UPDATE vault_records SET wrapped_key = NULL, shredded_at = $2, shred_order = $3 \
-         WHERE id = $1 AND wrapped_key IS NOT NULL",
+        sql,
         vec![
             Value::Uuid(id),
             Value::Time(at),
             Value::Text(order.to_owned()),
         ],
     )
-    .expecting(1)
+}
+
+/// Statement: one record key is destroyed, unless the record is an original
+/// or a hold covers its scope.
+pub fn shred_record(id: Uuid, order: &str, now: DateTime<Utc>) -> Statement {
+    let sql = shred_record_sql!(concat!(
+        " AND original = 0 AND EXISTS (SELECT 1 FROM vault_scopes \
+         WHERE vault_scopes.id = vault_records.scope_id AND ",
+        not_held!(),
+        ")"
+    ));
+    record_shred(sql, id, order, now)
+}
+
+/// Statement: a record's destruction that the audit log records is made
+/// again on a database restored from a backup taken before it (see
+/// [`reapply_scope_shred`]). Unmet when the record's key is already gone.
+pub fn reapply_record_shred(id: Uuid, order: &str, at: DateTime<Utc>) -> Statement {
+    record_shred(shred_record_sql!(""), id, order, at).expecting(1)
 }
 
 /// What a hold covers: scopes of a client, narrowed by matter and
