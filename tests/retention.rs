@@ -1504,3 +1504,239 @@ async fn sqlite_holds_reach_a_vault_restored_from_before_them() {
 async fn postgres_holds_reach_a_vault_restored_from_before_them() {
     holds_reach_a_vault_restored_from_before_them(Backend::Postgres).await;
 }
+
+/// Each scope of `client_id` and its state, as the vault lists them.
+async fn vault_states(
+    vault: &VaultServiceClient<PeerChannel>,
+    client_id: &str,
+) -> std::collections::BTreeMap<String, vault_pb::ScopeState> {
+    vault
+        .clone()
+        .list_scopes(vault_pb::ListScopesRequest {
+            client_id: client_id.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .scopes
+        .into_iter()
+        .map(|s| {
+            let state = s.state();
+            (s.id, state)
+        })
+        .collect()
+}
+
+async fn staged_disposals_wait_out_the_vaults_window_and_a_records_manager_can_keep_a_scope(
+    backend: Backend,
+) {
+    let data = SandboxData::new(backend).await;
+    // The vault stages every destruction for three seconds.
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec {
+            settings: vec![
+                ("vault", "destruction_window_seconds", 3.into()),
+                ("vault", "destruction_check_seconds", 1.into()),
+            ],
+            ..SandboxSpec::of(&[
+                ServiceName::Identity,
+                ServiceName::Vault,
+                ServiceName::Retention,
+                ServiceName::Audit,
+            ])
+        },
+    )
+    .await;
+    let mut admin = common::identity_client(&data, &sandbox, "operator").await;
+    let client_id = new_client(&mut admin).await;
+    let partner = cleared(&mut admin, "partner@firm.example", "partner").await;
+    let matter_id = new_matter(&mut admin, &client_id, Some(&partner), "probate").await;
+    let manager = cleared(&mut admin, "records@firm.example", "records_manager").await;
+    let token = staff_token(&data, &manager, &["records_manager"]);
+    let mut vault =
+        VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "intake").await);
+    let file_scope = common::store_note(
+        &mut vault,
+        &client_id,
+        &matter_id,
+        vault_pb::DataCategory::MatterFile,
+    )
+    .await;
+    let contact_scope = common::store_note(
+        &mut vault,
+        &client_id,
+        "",
+        vault_pb::DataCategory::ContactDetails,
+    )
+    .await;
+    let mut retention = RetentionServiceClient::new(
+        channel(&data, &sandbox, ServiceName::Retention, "firm-app").await,
+    );
+    for category in [
+        vault_pb::DataCategory::MatterFile,
+        vault_pb::DataCategory::ContactDetails,
+    ] {
+        retention
+            .create_policy(as_staff(
+                &token,
+                pb::CreatePolicyRequest {
+                    rules: Some(rules(
+                        category,
+                        (0, 0, 0),
+                        pb::Trigger::Creation,
+                        pb::DisposalAction::Shred,
+                    )),
+                },
+            ))
+            .await
+            .unwrap();
+    }
+    retention
+        .sync_scopes(as_staff(&token, pb::SyncScopesRequest {}))
+        .await
+        .unwrap();
+    let sweeper = retention.clone();
+    let sweep = || {
+        let (mut retention, token) = (sweeper.clone(), token.clone());
+        async move {
+            retention
+                .run_sweep(as_staff(&token, pb::RunSweepRequest {}))
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let vault_as_retention =
+        VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "retention").await);
+
+    // Both scopes are due: the sweep orders both shreds, and the vault
+    // stages them (reads refused) instead of destroying the keys at once.
+    let first = sweep().await;
+    assert_eq!(
+        (
+            first.batches_created,
+            first.scopes_shredded,
+            first.disposals_pending
+        ),
+        (1, 0, 2),
+        "{first:?}"
+    );
+    let states = vault_states(&vault_as_retention, &client_id).await;
+    assert_eq!(
+        states[&file_scope],
+        vault_pb::ScopeState::PendingDestruction
+    );
+    assert_eq!(
+        states[&contact_scope],
+        vault_pb::ScopeState::PendingDestruction
+    );
+
+    // Within the window a records manager keeps the contacts.
+    let mut app =
+        VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "firm-app").await);
+    app.cancel_scope_destruction(as_staff(
+        &token,
+        vault_pb::CancelScopeDestructionRequest {
+            scope_id: contact_scope.clone(),
+            reason: "client asked us to keep the file open".into(),
+        },
+    ))
+    .await
+    .unwrap();
+
+    // Once the window is over the vault destroys the matter file's key,
+    // and the sweeps confirm and certify it; the kept disposal is cancelled.
+    let (mut cancelled, mut shredded) = (0, 0);
+    let started = std::time::Instant::now();
+    loop {
+        let r = sweep().await;
+        cancelled += r.disposals_cancelled;
+        shredded += r.scopes_shredded;
+        let certificate = retention
+            .get_certificate(as_staff(
+                &token,
+                pb::GetCertificateRequest {
+                    scope_id: file_scope.clone(),
+                },
+            ))
+            .await;
+        if let (Ok(certificate), true) = (certificate, cancelled > 0) {
+            let body: serde_json::Value =
+                serde_json::from_str(&certificate.into_inner().certificate.unwrap().body).unwrap();
+            assert_eq!(body["destroyed"]["scope_id"], file_scope.as_str());
+            assert!(body["audit_evidence"]["event_id"].is_string(), "{body}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no certificate and cancellation after 30 s (cancelled {cancelled}, shredded {shredded})"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!((cancelled, shredded), (1, 1));
+    let states = vault_states(&vault_as_retention, &client_id).await;
+    assert_eq!(states[&file_scope], vault_pb::ScopeState::Shredded);
+    assert_eq!(states[&contact_scope], vault_pb::ScopeState::Active);
+
+    // The kept scope is not planned again while its due date stands: later
+    // sweeps leave it readable.
+    for _ in 0..2 {
+        let r = sweep().await;
+        assert_eq!(
+            (r.batches_created, r.disposals_pending, r.scopes_shredded),
+            (0, 0, 0),
+            "{r:?}"
+        );
+    }
+    let states = vault_states(&vault_as_retention, &client_id).await;
+    assert_eq!(states[&contact_scope], vault_pb::ScopeState::Active);
+    // The log says why the disposal stopped.
+    let log =
+        AuditServiceClient::new(channel(&data, &sandbox, ServiceName::Audit, "operator").await);
+    common::eventually(
+        Duration::from_secs(20),
+        "the kept scope's cancelled disposal in the log",
+        || {
+            let (mut log, contact_scope) = (log.clone(), contact_scope.clone());
+            async move {
+                log.list_events(ListEventsRequest {
+                    source_service: "retention".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .events
+                .into_iter()
+                .filter_map(|e| e.event)
+                .any(|e| {
+                    e.action == "retention.disposal.cancelled"
+                        && e.reason == "destruction_cancelled"
+                        && e.resource.is_some_and(|r| r.id == contact_scope)
+                })
+            }
+        },
+    )
+    .await;
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_staged_disposals_wait_out_the_vaults_window_and_a_records_manager_can_keep_a_scope()
+{
+    staged_disposals_wait_out_the_vaults_window_and_a_records_manager_can_keep_a_scope(
+        Backend::Sqlite,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_staged_disposals_wait_out_the_vaults_window_and_a_records_manager_can_keep_a_scope()
+ {
+    staged_disposals_wait_out_the_vaults_window_and_a_records_manager_can_keep_a_scope(
+        Backend::Postgres,
+    )
+    .await;
+}

@@ -1874,10 +1874,10 @@ async fn postgres_only_retention_shreds_and_sealed_text_dies_with_its_scope_whil
     .await;
 }
 
-/// `confidant restore reapply-shreds <args> --config <the sandbox's
+/// `confidant restore vault <args> --config <the sandbox's
 /// configuration>`: exit code and output.
-fn reapply_shreds(data: &SandboxData, args: &[&str]) -> (i32, String) {
-    let mut all = vec!["reapply-shreds"];
+fn restore_vault(data: &SandboxData, args: &[&str]) -> (i32, String) {
+    let mut all = vec!["vault"];
     all.extend_from_slice(args);
     common::restore_command(data, &SandboxSpec::of(&SUITE), &all)
 }
@@ -2010,15 +2010,15 @@ async fn shreds_made_after_a_backup_are_made_again_after_its_restore(backend: Ba
     // record, leaf hash and all) does not verify, and changes nothing.
     let forged = forged_export(&export, &record_shred.id, &kept.id);
     let forged_arg = forged.display().to_string();
-    let (code, out) = reapply_shreds(&data, &["--log", &forged_arg, "--public-key", &key]);
+    let (code, out) = restore_vault(&data, &["--log", &forged_arg, "--public-key", &key]);
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("does not verify"), "{out}");
     // So does the real export under another key.
     let other_key = common::other_log_key();
-    let (code, out) = reapply_shreds(&data, &["--log", &export_arg, "--public-key", &other_key]);
+    let (code, out) = restore_vault(&data, &["--log", &export_arg, "--public-key", &other_key]);
     assert_ne!(code, 0, "{out}");
     // A dry run says what it would do, and does nothing.
-    let (code, out) = reapply_shreds(
+    let (code, out) = restore_vault(
         &data,
         &["--log", &export_arg, "--public-key", &key, "--dry-run"],
     );
@@ -2033,7 +2033,7 @@ async fn shreds_made_after_a_backup_are_made_again_after_its_restore(backend: Ba
     }
 
     // The real run destroys both keys again, and only those.
-    let (code, out) = reapply_shreds(&data, &["--log", &export_arg, "--public-key", &key]);
+    let (code, out) = restore_vault(&data, &["--log", &export_arg, "--public-key", &key]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(results_for(&out, &passport_record.scope_id), ["reapplied"]);
     assert_eq!(results_for(&out, &email.id), ["reapplied"]);
@@ -2080,13 +2080,13 @@ async fn shreds_made_after_a_backup_are_made_again_after_its_restore(backend: Ba
     db.close().await;
 
     // A second run finds nothing left to do.
-    let (code, out) = reapply_shreds(&data, &["--log", &export_arg, "--public-key", &key]);
+    let (code, out) = restore_vault(&data, &["--log", &export_arg, "--public-key", &key]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(
         results_for(&out, &passport_record.scope_id),
-        ["already_shredded"]
+        ["already_applied"]
     );
-    assert_eq!(results_for(&out, &email.id), ["already_shredded"]);
+    assert_eq!(results_for(&out, &email.id), ["already_applied"]);
 
     // Each reapplication is in the log, naming the destruction it repeats.
     let reapplied = vault_events_at_least(&mut log, &f.client_id, "vault.shred.reapplied", 2).await;
@@ -2115,4 +2115,283 @@ async fn sqlite_shreds_made_after_a_backup_are_made_again_after_its_restore() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_shreds_made_after_a_backup_are_made_again_after_its_restore() {
     shreds_made_after_a_backup_are_made_again_after_its_restore(Backend::Postgres).await;
+}
+
+/// The (`change`, `result`) of each line about `id` in the output of
+/// `confidant restore vault`.
+fn changes_for(out: &str, id: &str) -> Vec<(String, String)> {
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["id"] == id)
+        .map(|v| {
+            (
+                v["change"].as_str().unwrap_or_default().to_owned(),
+                v["result"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Stages the destruction of `scope_id` for `seconds`; returns when the key
+/// is due to go.
+async fn staged(retention: &mut Vault, scope_id: &str, seconds: i64) -> prost_types::Timestamp {
+    retention
+        .shred_scope(pb::ShredScopeRequest {
+            scope_id: scope_id.to_owned(),
+            order_id: uuid::Uuid::now_v7().to_string(),
+            pending_window: Some(prost_types::Duration { seconds, nanos: 0 }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .scope
+        .unwrap()
+        .destroy_time
+        .unwrap()
+}
+
+/// Each scope of `client_id` as the vault lists it.
+async fn scopes_of(
+    retention: &Vault,
+    client_id: &str,
+) -> std::collections::BTreeMap<String, pb::Scope> {
+    retention
+        .clone()
+        .list_scopes(pb::ListScopesRequest {
+            client_id: client_id.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .scopes
+        .into_iter()
+        .map(|s| (s.id.clone(), s))
+        .collect()
+}
+
+async fn pending_destructions_and_returns_made_after_a_backup_are_made_again_after_its_restore(
+    backend: Backend,
+) {
+    let data = SandboxData::new(backend).await;
+    // The vault looks for due destructions every second.
+    let spec = SandboxSpec {
+        settings: vec![("vault", "destruction_check_seconds", 1.into())],
+        ..SandboxSpec::of(&SUITE)
+    };
+    let sandbox = Sandbox::start(&data, spec.clone()).await;
+    let mut admin = common::identity_client(&data, &sandbox, "operator").await;
+    let f = firm(&mut admin).await;
+    let mut intake = vault(&data, &sandbox, "intake").await;
+    let mut retention = vault(&data, &sandbox, "retention").await;
+    let noter = intake.clone();
+    let note = |matter: &'static str, category| {
+        let (mut intake, client, matter) = (
+            noter.clone(),
+            f.client_id.clone(),
+            if matter.is_empty() {
+                String::new()
+            } else {
+                f.matter_id.clone()
+            },
+        );
+        async move { common::store_note(&mut intake, &client, &matter, category).await }
+    };
+    // Staged before the backup, cancelled after it.
+    let kept = note("matter", pb::DataCategory::MatterFile).await;
+    // Staged after the backup, still pending at the end of the log.
+    let staged_later = note("", pb::DataCategory::ContactDetails).await;
+    // Staged before the backup, suspended by a hold placed after it.
+    let suspended = note("", pb::DataCategory::Financial).await;
+    // Originals returned to the client after the backup.
+    let returned = common::store_record(
+        &mut intake,
+        &f.client_id,
+        &f.matter_id,
+        pb::DataCategory::IdentityDocument,
+        true,
+    )
+    .await
+    .scope_id;
+    // Originals returned before the backup, and a new one stored after
+    // that return: it stays an original.
+    let newer = common::store_record(
+        &mut intake,
+        &f.client_id,
+        "",
+        pb::DataCategory::IdentityDocument,
+        true,
+    )
+    .await
+    .scope_id;
+    let releaser = retention.clone();
+    let release = |scope_id: &str| {
+        let (mut retention, scope_id) = (releaser.clone(), scope_id.to_owned());
+        async move {
+            retention
+                .release_originals(pb::ReleaseOriginalsRequest {
+                    scope_id,
+                    return_id: uuid::Uuid::now_v7().to_string(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .released
+        }
+    };
+    assert_eq!(release(&newer).await, 1);
+    common::store_record(
+        &mut intake,
+        &f.client_id,
+        "",
+        pb::DataCategory::IdentityDocument,
+        true,
+    )
+    .await;
+    let kept_due = staged(&mut retention, &kept, 8).await;
+    staged(&mut retention, &suspended, 3600).await;
+    let backup = common::back_up(&data, ServiceName::Vault).await;
+
+    retention
+        .cancel_scope_destruction(pb::CancelScopeDestructionRequest {
+            scope_id: kept.clone(),
+            reason: "the client reopened the matter".into(),
+        })
+        .await
+        .unwrap();
+    let later_due = staged(&mut retention, &staged_later, 3600).await;
+    retention
+        .place_hold(pb::PlaceHoldRequest {
+            hold_id: uuid::Uuid::now_v7().to_string(),
+            client_id: f.client_id.clone(),
+            matter_id: String::new(),
+            category: pb::DataCategory::Financial as i32,
+            scope_ids: Vec::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(release(&returned).await, 1);
+    let before = scopes_of(&retention, &f.client_id).await;
+    assert_eq!(before[&kept].state(), pb::ScopeState::Active);
+    assert_eq!(before[&suspended].state(), pb::ScopeState::Active);
+
+    // The log, exported once a signed checkpoint covers all of it.
+    let log = audit(&data, &sandbox).await;
+    let mut log_events = log.clone();
+    vault_events_at_least(&mut log_events, &f.client_id, "vault.originals.returned", 2).await;
+    let last = log
+        .clone()
+        .list_events(ListEventsRequest {
+            client_id: f.client_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events
+        .iter()
+        .map(|e| e.leaf_index)
+        .max()
+        .unwrap();
+    common::checkpoint_beyond(&log, last).await;
+    let key = log
+        .clone()
+        .get_log_info(GetLogInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .verifier_key;
+    let export = data.path().join("log.jsonl");
+    let export_arg = export.display().to_string();
+    let (code, out) = common::audit_cli(
+        &data,
+        &sandbox.url(ServiceName::Audit),
+        &["export", "--out", &export_arg],
+    );
+    assert_eq!(code, 0, "{out}");
+    sandbox.stop().await;
+
+    // The vault's database is restored, and the command runs before the
+    // vault starts on it.
+    common::restore(&data, ServiceName::Vault, &backup).await;
+    let (code, out) = restore_vault(&data, &["--log", &export_arg, "--public-key", &key]);
+    assert_eq!(code, 0, "{out}");
+    let change_of = |id: &str| changes_for(&out, id);
+    let pair = |change: &str, result: &str| vec![(change.to_owned(), result.to_owned())];
+    assert_eq!(change_of(&kept), pair("cancel", "reapplied"), "{out}");
+    assert_eq!(change_of(&staged_later), pair("schedule", "reapplied"));
+    assert_eq!(change_of(&suspended), pair("cancel", "reapplied"));
+    assert_eq!(change_of(&returned), pair("return_originals", "reapplied"));
+    assert_eq!(
+        change_of(&newer),
+        pair("return_originals", "already_applied")
+    );
+
+    // The vault starts: the destruction cancelled after the backup is not
+    // carried out, though its window ended while the vault was down.
+    let sandbox = Sandbox::start(&data, spec).await;
+    let retention = vault(&data, &sandbox, "retention").await;
+    let wait = kept_due.seconds + 3 - chrono::Utc::now().timestamp();
+    if wait > 0 {
+        tokio::time::sleep(Duration::from_secs(wait.unsigned_abs())).await;
+    }
+    let after = scopes_of(&retention, &f.client_id).await;
+    assert_eq!(after[&kept].state(), pb::ScopeState::Active);
+    assert!(!after[&kept].kms_key_id.is_empty());
+    // The destruction staged after the backup is pending again, due when
+    // it was.
+    assert_eq!(
+        after[&staged_later].state(),
+        pb::ScopeState::PendingDestruction
+    );
+    assert_eq!(
+        after[&staged_later]
+            .destroy_time
+            .as_ref()
+            .map(|t| t.seconds),
+        Some(later_due.seconds)
+    );
+    assert_eq!(after[&suspended].state(), pb::ScopeState::Active);
+    assert_eq!(after[&returned].original_count, 0);
+    assert_eq!(after[&newer].original_count, 1);
+
+    // Each reapplication is in the log; a second run finds nothing to do.
+    let mut log = audit(&data, &sandbox).await;
+    vault_events_at_least(&mut log, &f.client_id, "vault.cancellation.reapplied", 2).await;
+    vault_events_at_least(&mut log, &f.client_id, "vault.schedule.reapplied", 1).await;
+    vault_events_at_least(
+        &mut log,
+        &f.client_id,
+        "vault.originals_return.reapplied",
+        1,
+    )
+    .await;
+    sandbox.stop().await;
+    let (code, out) = restore_vault(&data, &["--log", &export_arg, "--public-key", &key]);
+    assert_eq!(code, 0, "{out}");
+    for id in [&kept, &staged_later, &suspended, &returned, &newer] {
+        let again = changes_for(&out, id);
+        assert!(
+            !again.is_empty() && again.iter().all(|(_, r)| r == "already_applied"),
+            "{out}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_pending_destructions_and_returns_made_after_a_backup_are_made_again_after_its_restore()
+ {
+    pending_destructions_and_returns_made_after_a_backup_are_made_again_after_its_restore(
+        Backend::Sqlite,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_pending_destructions_and_returns_made_after_a_backup_are_made_again_after_its_restore()
+ {
+    pending_destructions_and_returns_made_after_a_backup_are_made_again_after_its_restore(
+        Backend::Postgres,
+    )
+    .await;
 }

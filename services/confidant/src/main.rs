@@ -152,17 +152,24 @@ enum RestoreCommand {
     /// with nothing written, when the export does not verify or the
     /// restored log is not its beginning. Safe to run again.
     AuditLog(RestoreArgs),
-    /// After the vault's database is restored from a backup: destroy again
-    /// every scope key and record key that the audit log shows destroyed
-    /// (a backup taken before a shred still holds the key, which the KMS
-    /// would still unwrap). Reads a verified export of the log
-    /// (`confidant audit export`, from the live audit service or the copy
-    /// kept off site) and uses only the events its signed checkpoints
-    /// cover; a log that does not verify changes nothing. One JSON line
-    /// per logged destruction (`reapplied`, `already_shredded`,
-    /// `not_in_database`), then a summary; each reapplied one is a
-    /// `vault.shred.reapplied` audit event. Safe to run again.
-    ReapplyShreds(RestoreArgs),
+    /// After the vault's database is restored from a backup, and before
+    /// the vault starts on it: make again what the audit log records since
+    /// the backup. Every scope key and record key the log shows destroyed
+    /// is destroyed again (the backup still holds it, and the KMS would
+    /// still unwrap it); a scope whose destruction the log shows pending at
+    /// its end is staged again with its due time; a pending destruction the
+    /// log shows cancelled, or suspended by a legal hold placed afterwards,
+    /// is cancelled again (else it would be carried out when the vault
+    /// starts); originals the log shows returned to the client are released
+    /// again. Reads a verified export of the log (`confidant audit export`,
+    /// from the live audit service or the copy kept off site) and uses only
+    /// the events its signed checkpoints cover; a log that does not verify
+    /// changes nothing. One JSON line per logged change (`reapplied`,
+    /// `already_applied`, `not_in_database`), then a summary; each
+    /// reapplied one is an audit event naming the logged one. Safe to run
+    /// again.
+    #[command(alias = "reapply-shreds")]
+    Vault(RestoreArgs),
 }
 
 /// What both restore commands read.
@@ -778,7 +785,7 @@ fn keys(action: KeysCommand, env: &HashMap<String, String>) -> anyhow::Result<()
 }
 
 fn restore(action: RestoreCommand, env: &HashMap<String, String>) -> ExitCode {
-    let (RestoreCommand::AuditLog(args) | RestoreCommand::ReapplyShreds(args)) = &action;
+    let (RestoreCommand::AuditLog(args) | RestoreCommand::Vault(args)) = &action;
     let config = match chosen_config(args.config.clone(), args.data_dir.clone(), env) {
         Ok(c) => c,
         Err(err) => return config_error(&err),
@@ -797,8 +804,8 @@ fn restore(action: RestoreCommand, env: &HashMap<String, String>) -> ExitCode {
                     )
                     .await
                 }
-                RestoreCommand::ReapplyShreds(a) => {
-                    confidant::restore_cli::reapply_shreds(
+                RestoreCommand::Vault(a) => {
+                    confidant::restore_cli::restore_vault(
                         &config,
                         &a.log,
                         &a.public_key,

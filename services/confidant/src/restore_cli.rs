@@ -6,12 +6,14 @@
 //!   and handed out. The events and checkpoints are put back from a
 //!   verified export, at their positions, before the service starts, so
 //!   new events do not take their places and fork the log.
-//! - `reapply-shreds`: a backup of the vault's database holds every scope
-//!   key and record key as it was then, wrapped by the KMS. Restored, it
-//!   would bring back data crypto-shredded after the backup was taken: the
-//!   KMS still unwraps those keys. The log records every destruction (the
-//!   vault's allowed `vault.scope.shredded` and `vault.record.shredded`
-//!   events), so a verified export of it says which keys must go again.
+//! - `vault`: a backup of the vault's database holds every scope key and
+//!   record key as it was then, wrapped by the KMS. Restored, it would
+//!   bring back data crypto-shredded after the backup was taken: the KMS
+//!   still unwraps those keys. It would also carry out, as the vault
+//!   starts, a pending destruction cancelled since, and forget one staged
+//!   since or a return of originals. The log records each of these (the
+//!   vault's allowed events), so a verified export of it says what to make
+//!   again.
 //!
 //! Both use only what a signed checkpoint of the export covers, and the
 //! export must verify as a whole against the log's key, so a forged or
@@ -29,15 +31,16 @@ use confidant_runtime::ServiceName;
 use confidant_runtime::audit::{Action, EventBuilder};
 use confidant_runtime::config::Config;
 use confidant_runtime::error::Violations;
+use confidant_runtime::portable::Statement;
 use confidant_runtime::portable::TransactError;
-use confidant_vault::store::{self, VaultStore};
+use confidant_vault::store::{self, ScopeState, VaultStore};
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::audit_cli::{VerifiedEvent, VerifiedEvents};
 use crate::process::MigrationPolicy;
 
-/// What a logged destruction destroyed.
+/// What a logged change concerns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
     Scope,
@@ -53,20 +56,78 @@ impl Target {
     }
 }
 
-/// One destruction the log records.
+/// What the log says was done to a key or a scope, and is to be done again
+/// on a database restored from a backup taken before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Change {
+    /// The key was destroyed, by this disposal order.
+    Shred { order: String },
+    /// The scope became pending destruction, by this order, until `due`,
+    /// and still was at the end of the log.
+    Schedule { order: String, due: DateTime<Utc> },
+    /// The scope's pending destruction was cancelled, or a legal hold
+    /// placed afterwards suspended it.
+    Cancel,
+    /// The scope's originals went back to the client: those stored before
+    /// the return are originals no longer.
+    ReturnOriginals,
+}
+
+impl Change {
+    fn as_str(&self) -> &'static str {
+        match self {
+            Change::Shred { .. } => "shred",
+            Change::Schedule { .. } => "schedule",
+            Change::Cancel => "cancel",
+            Change::ReturnOriginals => "return_originals",
+        }
+    }
+
+    /// The audit action that records its reapplication.
+    fn reapplied(&self) -> Action {
+        match self {
+            Change::Shred { .. } => Action::VaultShredReapplied,
+            Change::Schedule { .. } => Action::VaultScheduleReapplied,
+            Change::Cancel => Action::VaultCancellationReapplied,
+            Change::ReturnOriginals => Action::VaultOriginalsReturnReapplied,
+        }
+    }
+}
+
+/// One change the log records.
 #[derive(Debug, Clone)]
-struct Destruction {
+struct Logged {
     target: Target,
     id: Uuid,
-    order: String,
+    change: Change,
     at: DateTime<Utc>,
     event_id: String,
     position: u64,
 }
 
-/// The vault's allowed destructions among `events`, in log order.
-fn destructions(events: &[VerifiedEvent]) -> Vec<Destruction> {
-    let mut found = Vec::new();
+/// Where a scheduled destruction's scope sits, to tell whether a hold
+/// placed afterwards covers it.
+#[derive(Debug, Clone)]
+struct Place {
+    client_id: String,
+    matter_id: String,
+    category: String,
+}
+
+/// The changes the vault's allowed events among `events` call for, in log
+/// order: every destruction of a record; and for each scope the last word
+/// of the log on its key — destroyed, pending destruction (with its due
+/// time: the event's, or for an event that does not carry one its time
+/// plus `default_window`), or no longer pending (cancelled, or suspended by
+/// a hold placed afterwards; a hold that names scopes rather than a matter
+/// or category is taken to cover all its client's scopes, the safe side);
+/// and every return of a scope's originals.
+fn logged_changes(events: &[VerifiedEvent], default_window: chrono::Duration) -> Vec<Logged> {
+    let mut changes = Vec::new();
+    // Per scope, the index in `changes` of the log's last word on its key,
+    // and, while that is a scheduling, where the scope sits.
+    let mut lifecycle: std::collections::HashMap<Uuid, (usize, Option<Place>)> =
+        std::collections::HashMap::new();
     for VerifiedEvent {
         index: position,
         event,
@@ -78,18 +139,10 @@ fn destructions(events: &[VerifiedEvent]) -> Vec<Destruction> {
         {
             continue;
         }
-        let target = match event.action.parse::<Action>() {
-            Ok(Action::VaultScopeShredded) => Target::Scope,
-            Ok(Action::VaultRecordShredded) => Target::Record,
-            _ => continue,
+        let Ok(action) = event.action.parse::<Action>() else {
+            continue;
         };
         let Some(resource) = &event.resource else {
-            continue;
-        };
-        if resource.r#type != target.as_str() {
-            continue;
-        }
-        let Ok(id) = Uuid::parse_str(&resource.id) else {
             continue;
         };
         let at = event
@@ -97,32 +150,103 @@ fn destructions(events: &[VerifiedEvent]) -> Vec<Destruction> {
             .as_ref()
             .and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
             .unwrap_or_else(Utc::now);
-        found.push(Destruction {
+        let order = || {
+            let reason = event.reason.strip_prefix("order-").unwrap_or(&event.reason);
+            reason.split("_due-").next().unwrap_or(reason).to_owned()
+        };
+        let (target, change) = match action {
+            Action::VaultHoldPlaced => {
+                for (at_index, place) in lifecycle.values_mut() {
+                    let covered = place.as_ref().is_some_and(|p| {
+                        p.client_id == resource.client_id
+                            && (resource.matter_id.is_empty() || resource.matter_id == p.matter_id)
+                            && (resource.data_category.is_empty()
+                                || resource.data_category == p.category)
+                    });
+                    if covered {
+                        let Logged { target, id, .. } = changes[*at_index];
+                        changes.push(Logged {
+                            target,
+                            id,
+                            change: Change::Cancel,
+                            at,
+                            event_id: event.id.clone(),
+                            position: *position,
+                        });
+                        *at_index = changes.len() - 1;
+                        *place = None;
+                    }
+                }
+                continue;
+            }
+            Action::VaultRecordShredded => (Target::Record, Change::Shred { order: order() }),
+            Action::VaultScopeShredded => (Target::Scope, Change::Shred { order: order() }),
+            Action::VaultScopeDestructionScheduled => {
+                let due = event
+                    .reason
+                    .split_once("_due-")
+                    .and_then(|(_, due)| due.parse::<i64>().ok())
+                    .and_then(|due| DateTime::from_timestamp(due, 0))
+                    .unwrap_or(at + default_window);
+                (
+                    Target::Scope,
+                    Change::Schedule {
+                        order: order(),
+                        due,
+                    },
+                )
+            }
+            Action::VaultScopeDestructionCancelled => (Target::Scope, Change::Cancel),
+            Action::VaultOriginalsReturned => (Target::Scope, Change::ReturnOriginals),
+            _ => continue,
+        };
+        if resource.r#type != target.as_str() {
+            continue;
+        }
+        let Ok(id) = Uuid::parse_str(&resource.id) else {
+            continue;
+        };
+        let place = matches!(change, Change::Schedule { .. }).then(|| Place {
+            client_id: resource.client_id.clone(),
+            matter_id: resource.matter_id.clone(),
+            category: resource.data_category.clone(),
+        });
+        let on_key = target == Target::Scope && change != Change::ReturnOriginals;
+        changes.push(Logged {
             target,
             id,
-            order: event
-                .reason
-                .strip_prefix("order-")
-                .unwrap_or(&event.reason)
-                .to_owned(),
+            change,
             at,
             event_id: event.id.clone(),
             position: *position,
         });
+        if on_key {
+            lifecycle.insert(id, (changes.len() - 1, place));
+        }
     }
-    found
+    // A scope's earlier words on its key are superseded by its last.
+    let last: std::collections::HashSet<usize> = lifecycle.values().map(|(i, _)| *i).collect();
+    changes
+        .into_iter()
+        .enumerate()
+        .filter(|(i, c)| {
+            c.target == Target::Record || c.change == Change::ReturnOriginals || last.contains(i)
+        })
+        .map(|(_, c)| c)
+        .collect()
 }
 
-/// What became of one destruction on this database.
+/// What became of one logged change on this database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fate {
-    /// The key was still there and is gone now.
+    /// Made again.
     Reapplied,
-    /// `--dry-run`: the key is still there.
+    /// `--dry-run`: it would be made again.
     WouldReapply,
-    /// The restored database had it destroyed already.
-    AlreadyShredded,
-    /// The restored database never held it (created after the backup).
+    /// The restored database shows it already.
+    AlreadyApplied,
+    /// The restored database never held the scope or record (created
+    /// after the backup).
     NotInDatabase,
 }
 
@@ -131,74 +255,95 @@ impl Fate {
         match self {
             Fate::Reapplied => "reapplied",
             Fate::WouldReapply => "would_reapply",
-            Fate::AlreadyShredded => "already_shredded",
+            Fate::AlreadyApplied => "already_applied",
             Fate::NotInDatabase => "not_in_database",
         }
     }
 }
 
-/// Makes one destruction again if the database still holds the key.
+/// Makes one logged change again if the database does not show it.
 async fn reapply(
     store: &VaultStore,
     trust_domain: &str,
-    d: &Destruction,
+    c: &Logged,
     dry_run: bool,
 ) -> anyhow::Result<Fate> {
-    let (statements, client_id, matter_id, category) = match d.target {
-        Target::Scope => {
-            let Some(scope) = store.scope(d.id).await? else {
-                return Ok(Fate::NotInDatabase);
-            };
-            if scope.wrapped_key.is_none() {
-                return Ok(Fate::AlreadyShredded);
-            }
-            (
-                store::reapply_scope_shred(d.id, &d.order, d.at, &d.event_id),
-                scope.client_id,
-                scope.matter_id,
-                scope.category,
-            )
+    let (statements, client_id, matter_id, category) = if c.target == Target::Record {
+        let Some(record) = store.record(c.id).await? else {
+            return Ok(Fate::NotInDatabase);
+        };
+        let Change::Shred { order } = &c.change else {
+            return Ok(Fate::AlreadyApplied);
+        };
+        if record.wrapped_key.is_none() {
+            return Ok(Fate::AlreadyApplied);
         }
-        Target::Record => {
-            let Some(record) = store.record(d.id).await? else {
-                return Ok(Fate::NotInDatabase);
-            };
-            if record.wrapped_key.is_none() {
-                return Ok(Fate::AlreadyShredded);
+        (
+            vec![store::reapply_record_shred(c.id, order, c.at)],
+            record.client_id,
+            record.matter_id,
+            record.category,
+        )
+    } else {
+        let Some(scope) = store.scope(c.id).await? else {
+            return Ok(Fate::NotInDatabase);
+        };
+        let state = scope.state();
+        let statements = match &c.change {
+            Change::Shred { .. } | Change::Schedule { .. } if state == ScopeState::Shredded => {
+                return Ok(Fate::AlreadyApplied);
             }
-            (
-                vec![store::reapply_record_shred(d.id, &d.order, d.at)],
-                record.client_id,
-                record.matter_id,
-                record.category,
-            )
-        }
+            Change::Shred { order } => store::reapply_scope_shred(c.id, order, c.at, &c.event_id),
+            Change::Schedule { order, .. }
+                if state == ScopeState::PendingDestruction
+                    && scope.shred_order.as_deref() == Some(order.as_str()) =>
+            {
+                return Ok(Fate::AlreadyApplied);
+            }
+            Change::Schedule { order, due } => store::reapply_schedule(c.id, order, *due),
+            Change::Cancel if state != ScopeState::PendingDestruction => {
+                return Ok(Fate::AlreadyApplied);
+            }
+            Change::Cancel => vec![store::cancel_destruction(c.id).expecting(1)],
+            Change::ReturnOriginals => {
+                let stored_before: Vec<Statement> = store
+                    .originals(c.id)
+                    .await?
+                    .into_iter()
+                    .filter(|(_, created)| *created <= c.at)
+                    .map(|(id, _)| store::release_original(id).expecting(1))
+                    .collect();
+                if stored_before.is_empty() {
+                    return Ok(Fate::AlreadyApplied);
+                }
+                stored_before
+            }
+        };
+        (statements, scope.client_id, scope.matter_id, scope.category)
     };
     if dry_run {
         return Ok(Fate::WouldReapply);
     }
-    let event = EventBuilder::new(
-        ServiceName::Vault,
-        trust_domain,
-        Action::VaultShredReapplied,
-    )
-    .resource(d.target.as_str(), &d.id.to_string())
-    .scope(Some(client_id), matter_id)
-    .category(&category)
-    .outcome(Outcome::Allowed, &format!("event-{}", d.event_id))
-    .build();
+    let event = EventBuilder::new(ServiceName::Vault, trust_domain, c.change.reapplied())
+        .resource(c.target.as_str(), &c.id.to_string())
+        .scope(Some(client_id), matter_id)
+        .category(&category)
+        .outcome(Outcome::Allowed, &format!("event-{}", c.event_id))
+        .build();
     match store.db().transact(statements, &[event]).await {
         Ok(_) => Ok(Fate::Reapplied),
-        // Destroyed meanwhile (a running vault, or a second run).
-        Err(TransactError::Unmet { .. }) => Ok(Fate::AlreadyShredded),
+        // Changed meanwhile (a running vault, or a second run).
+        Err(TransactError::Unmet { .. }) => Ok(Fate::AlreadyApplied),
         Err(e) => Err(e.into()),
     }
 }
 
-/// Reapplies the destructions of the verified export `log` to the vault's
-/// database of `config`; one JSON line per destruction and a summary on
-/// `out`. With `dry_run`, only says what it would do.
-pub async fn reapply_shreds(
+/// Makes again on the vault's database of `config` what the verified export
+/// `log` records and the restored database lacks: destructions, pending
+/// destructions and their cancellations, returns of originals. One JSON
+/// line per logged change and a summary on `out`. With `dry_run`, only
+/// says what it would do.
+pub async fn restore_vault(
     config: &Config,
     log: &Path,
     public_key: &str,
@@ -211,10 +356,14 @@ pub async fn reapply_shreds(
     let db =
         crate::process::open_database(config, ServiceName::Vault, MigrationPolicy::RequireApplied)
             .await?;
+    let window = chrono::Duration::seconds(
+        i64::try_from(config.vault.destruction_window_seconds).unwrap_or(0),
+    );
     let result = reapply_all(
         &VaultStore::new(db.clone()),
         &config.trust_domain,
         &verified,
+        window,
         dry_run,
         out,
     )
@@ -227,45 +376,52 @@ async fn reapply_all(
     store: &VaultStore,
     trust_domain: &str,
     verified: &VerifiedEvents,
+    default_window: chrono::Duration,
     dry_run: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let logged = destructions(&verified.events);
+    let logged = logged_changes(&verified.events, default_window);
     let mut counts = [0u64; 4];
-    for d in &logged {
-        let outcome = reapply(store, trust_domain, d, dry_run)
+    for c in &logged {
+        let outcome = reapply(store, trust_domain, c, dry_run)
             .await
             .with_context(|| {
                 format!(
-                    "{} {}: stopped; what is done stays done, and a second run goes on from there",
-                    d.target.as_str(),
-                    d.id
+                    "{} {} ({}): stopped; what is done stays done, and a second run goes on from there",
+                    c.target.as_str(),
+                    c.id,
+                    c.change.as_str()
                 )
             })?;
         counts[outcome as usize] += 1;
-        writeln!(
-            out,
-            "{}",
-            json!({
-                "target": d.target.as_str(),
-                "id": d.id,
-                "result": outcome.as_str(),
-                "logged_event": d.event_id,
-                "log_position": d.position,
-                "shredded_at": d.at.to_rfc3339(),
-                "order": d.order,
-            })
-        )?;
+        let mut line = json!({
+            "target": c.target.as_str(),
+            "id": c.id,
+            "change": c.change.as_str(),
+            "result": outcome.as_str(),
+            "logged_event": c.event_id,
+            "log_position": c.position,
+            "logged_at": c.at.to_rfc3339(),
+        });
+        match &c.change {
+            Change::Shred { order } => line["order"] = json!(order),
+            Change::Schedule { order, due } => {
+                line["order"] = json!(order);
+                line["due"] = json!(due.to_rfc3339());
+            }
+            Change::Cancel | Change::ReturnOriginals => {}
+        }
+        writeln!(out, "{line}")?;
     }
     writeln!(
         out,
         "{}",
         json!({
             "summary": {
-                "logged_destructions": logged.len(),
+                "logged_changes": logged.len(),
                 "reapplied": counts[Fate::Reapplied as usize],
                 "would_reapply": counts[Fate::WouldReapply as usize],
-                "already_shredded": counts[Fate::AlreadyShredded as usize],
+                "already_applied": counts[Fate::AlreadyApplied as usize],
                 "not_in_database": counts[Fate::NotInDatabase as usize],
                 "events_verified": verified.events.len(),
                 "events_after_last_checkpoint": verified.uncovered,
@@ -431,7 +587,7 @@ mod tests {
     use super::*;
     use confidant_runtime::audit::EventBuilder;
 
-    fn shred(
+    fn vault_event(
         action: Action,
         kind: &str,
         id: Uuid,
@@ -443,67 +599,160 @@ mod tests {
             .build()
     }
 
+    fn verified(events: Vec<confidant_proto::audit::v1::AuditEvent>) -> Vec<VerifiedEvent> {
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(index, event)| VerifiedEvent {
+                index: index as u64,
+                bytes: Vec::new(),
+                leaf_hash: Vec::new(),
+                event,
+            })
+            .collect()
+    }
+
+    fn summary(changes: &[Logged]) -> Vec<(Target, Uuid, Change, u64)> {
+        changes
+            .iter()
+            .map(|c| (c.target, c.id, c.change.clone(), c.position))
+            .collect()
+    }
+
     #[test]
     fn only_the_vaults_allowed_destructions_count() {
         let (scope, record) = (Uuid::now_v7(), Uuid::now_v7());
-        let mut held = shred(
+        let mut held = vault_event(
             Action::VaultScopeShredded,
             "scope",
             Uuid::now_v7(),
             Outcome::Denied,
         );
         held.reason = "legal_hold".into();
-        let mut elsewhere = shred(
+        let mut elsewhere = vault_event(
             Action::VaultScopeShredded,
             "scope",
             Uuid::now_v7(),
             Outcome::Allowed,
         );
         elsewhere.source_service = "retention".into();
-        let events = vec![
-            (
-                0,
-                shred(Action::VaultScopeShredded, "scope", scope, Outcome::Allowed),
+        let events = verified(vec![
+            vault_event(Action::VaultScopeShredded, "scope", scope, Outcome::Allowed),
+            held,
+            elsewhere,
+            vault_event(
+                Action::VaultRecordCreated,
+                "record",
+                record,
+                Outcome::Allowed,
             ),
-            (1, held),
-            (2, elsewhere),
-            (
-                3,
-                shred(
-                    Action::VaultRecordCreated,
-                    "record",
-                    record,
-                    Outcome::Allowed,
-                ),
+            vault_event(
+                Action::VaultRecordShredded,
+                "record",
+                record,
+                Outcome::Allowed,
             ),
-            (
-                4,
-                shred(
-                    Action::VaultRecordShredded,
-                    "record",
-                    record,
-                    Outcome::Allowed,
-                ),
-            ),
-        ];
-        let events: Vec<VerifiedEvent> = events
-            .into_iter()
-            .map(|(index, event)| VerifiedEvent {
-                index,
-                bytes: Vec::new(),
-                leaf_hash: Vec::new(),
-                event,
-            })
-            .collect();
-        let found = destructions(&events);
+        ]);
+        let shred = Change::Shred {
+            order: "o-1".into(),
+        };
         assert_eq!(
-            found
-                .iter()
-                .map(|d| (d.target, d.id, d.position, d.order.as_str()))
-                .collect::<Vec<_>>(),
+            summary(&logged_changes(&events, chrono::Duration::zero())),
             vec![
-                (Target::Scope, scope, 0, "o-1"),
-                (Target::Record, record, 4, "o-1")
+                (Target::Scope, scope, shred.clone(), 0),
+                (Target::Record, record, shred, 4)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_scope_ends_as_the_log_last_left_it() {
+        let client = Uuid::now_v7();
+        let matter = Uuid::now_v7();
+        let in_matter = |action, id: Uuid| {
+            EventBuilder::new(ServiceName::Vault, "firm.example", action)
+                .resource("scope", &id.to_string())
+                .scope(Some(client), Some(matter))
+                .category("matter-file")
+                .outcome(Outcome::Allowed, "order-o-2_due-1800000000")
+                .build()
+        };
+        let hold = |matter: Option<Uuid>, category: &str| {
+            let mut b =
+                EventBuilder::new(ServiceName::Vault, "firm.example", Action::VaultHoldPlaced)
+                    .resource("hold", &Uuid::now_v7().to_string())
+                    .scope(Some(client), matter);
+            if !category.is_empty() {
+                b = b.category(category);
+            }
+            b.build()
+        };
+        let (cancelled, suspended, staged, uncovered, shredded) = (
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+        );
+        let mut old_style = in_matter(Action::VaultScopeDestructionScheduled, uncovered);
+        old_style.reason = "order-o-3".into();
+        old_style.time = Some(prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 0,
+        });
+        let events = verified(vec![
+            // 0, 1: staged, then cancelled.
+            in_matter(Action::VaultScopeDestructionScheduled, cancelled),
+            in_matter(Action::VaultScopeDestructionCancelled, cancelled),
+            // 2: staged, then (3) a hold on another category passes it by,
+            // and (4) a hold on its matter suspends it.
+            in_matter(Action::VaultScopeDestructionScheduled, suspended),
+            hold(None, "financial"),
+            hold(Some(matter), ""),
+            // 5: staged after the hold, and still pending at the end.
+            in_matter(Action::VaultScopeDestructionScheduled, staged),
+            // 6: an older event without its due time.
+            old_style,
+            // 7, 8: staged, then destroyed when the window ended.
+            in_matter(Action::VaultScopeDestructionScheduled, shredded),
+            in_matter(Action::VaultScopeShredded, shredded),
+            // 9: a return of originals.
+            in_matter(Action::VaultOriginalsReturned, staged),
+        ]);
+        let changes = logged_changes(&events, chrono::Duration::seconds(60));
+        let due = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        assert_eq!(
+            summary(&changes),
+            vec![
+                (Target::Scope, cancelled, Change::Cancel, 1),
+                (Target::Scope, suspended, Change::Cancel, 4),
+                (
+                    Target::Scope,
+                    staged,
+                    Change::Schedule {
+                        order: "o-2".into(),
+                        due
+                    },
+                    5
+                ),
+                (
+                    Target::Scope,
+                    uncovered,
+                    Change::Schedule {
+                        order: "o-3".into(),
+                        due: DateTime::from_timestamp(1_700_000_060, 0).unwrap()
+                    },
+                    6
+                ),
+                (
+                    Target::Scope,
+                    shredded,
+                    Change::Shred {
+                        order: "o-2".into()
+                    },
+                    8
+                ),
+                (Target::Scope, staged, Change::ReturnOriginals, 9),
             ]
         );
     }

@@ -265,6 +265,9 @@ pub struct SandboxSpec {
     pub max_connections: Option<u32>,
     /// Where the intake web page listens (default: no page).
     pub intake_web: Option<SocketAddr>,
+    /// Settings over the defaults: (section, key, value), e.g.
+    /// `("vault", "destruction_window_seconds", 2.into())`.
+    pub settings: Vec<(&'static str, &'static str, toml::Value)>,
 }
 
 impl SandboxSpec {
@@ -347,6 +350,11 @@ pub fn config_table(data: &SandboxData, spec: &SandboxSpec) -> toml::Table {
         peers.insert(service.as_str().into(), format!("https://{addr}").into());
     }
     base.insert("peers".into(), toml::Value::Table(peers));
+    for (section, key, value) in &spec.settings {
+        let mut t = table(&mut base, section);
+        t.insert((*key).into(), value.clone());
+        base.insert((*section).into(), toml::Value::Table(t));
+    }
     base
 }
 

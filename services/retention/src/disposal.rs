@@ -60,8 +60,12 @@ pub struct SweepReport {
     pub shredded: usize,
     /// Certificates issued.
     pub certified: usize,
-    /// Disposals cancelled by a hold.
+    /// Disposals cancelled: a hold covers the scope, or a records manager
+    /// cancelled its staged destruction at the vault.
     pub cancelled: usize,
+    /// Disposals the vault holds pending destruction (its configured
+    /// window), staged by this sweep or still waiting.
+    pub pending: usize,
     /// Due scopes whose client notice is missing or too recent.
     pub awaiting_notice: usize,
     /// Due scopes put on the return-to-client list (they hold originals).
@@ -72,6 +76,9 @@ pub struct SweepReport {
 enum ShredAnswer {
     /// The key is destroyed (when, and the vault's audit event).
     Done(DateTime<Utc>, Option<String>),
+    /// Staged: the key goes when the vault's pending window ends (then),
+    /// unless a records manager cancels the destruction first.
+    Pending(DateTime<Utc>),
     /// Refused: a legal hold covers the scope.
     Held,
     /// Refused: the scope holds originals that belong to the client.
@@ -209,6 +216,7 @@ struct DisposalRow {
     record_count: Option<i64>,
     shredded_at: Option<DateTime<Utc>>,
     shred_event_id: Option<String>,
+    staged_until: Option<DateTime<Utc>>,
 }
 
 /// A batch as stored.
@@ -247,6 +255,14 @@ fn set_state(id: Uuid, from: &'static str, to: &'static str) -> Statement {
         ],
     )
     .expecting(1)
+}
+
+/// Statement: why disposal `id` was cancelled.
+fn cancel_reason(id: Uuid, reason: &'static str) -> Statement {
+    Statement::new(
+        "UPDATE retention_disposals SET cancel_reason = $2 WHERE id = $1",
+        vec![Value::Uuid(id), Value::Text(reason.to_owned())],
+    )
 }
 
 /// The disposal sweep and batch approvals.
@@ -499,9 +515,10 @@ impl Disposer {
             .db()
             .fetch_all(
                 "SELECT id, scope_id, batch_id, order_id, state, client_id, matter_id, category, policy_id, \
-                 policy_version, due_at, record_count, shredded_at, shred_event_id FROM retention_disposals \
-                 WHERE state IN ('approved', 'shred_ordered', 'shred_confirmed') ORDER BY id LIMIT 1000",
-                vec![],
+                 policy_version, due_at, record_count, shredded_at, shred_event_id, staged_until \
+                 FROM retention_disposals WHERE state IN ('approved', 'shred_ordered', 'shred_confirmed') \
+                 AND (staged_until IS NULL OR staged_until <= $1) ORDER BY id LIMIT 1000",
+                vec![Value::Time(Utc::now())],
             )
             .await?;
         if rows.is_empty() {
@@ -513,7 +530,7 @@ impl Disposer {
             let mut row = row;
             if row.state == "approved" {
                 if held(&holds, &row) {
-                    if self.cancel(token, &row, "approved").await? {
+                    if self.cancel(token, &row, "approved", "legal_hold").await? {
                         report.cancelled += 1;
                     }
                     continue;
@@ -532,6 +549,31 @@ impl Disposer {
                 }
                 row.state = "shred_ordered".into();
                 row.record_count = Some(count);
+            }
+            if row.state == "shred_ordered" && row.staged_until.is_some() {
+                // The vault held the destruction pending until now: see
+                // what became of it before anything else is asked of it (a
+                // new order would stage a cancelled destruction again).
+                match self.vault_scope(&row).await?.map(|s| s.state()) {
+                    Some(vault_pb::ScopeState::Shredded) => {}
+                    Some(vault_pb::ScopeState::PendingDestruction) | None => {
+                        report.pending += 1;
+                        continue;
+                    }
+                    Some(_) => {
+                        // Readable again: a hold suspended the destruction,
+                        // or a records manager cancelled it.
+                        let reason = if held(&holds, &row) {
+                            "legal_hold"
+                        } else {
+                            "destruction_cancelled"
+                        };
+                        if self.cancel(token, &row, "shred_ordered", reason).await? {
+                            report.cancelled += 1;
+                        }
+                        continue;
+                    }
+                }
             }
             if row.state == "shred_ordered" {
                 match self.order_shred(&row).await? {
@@ -567,8 +609,34 @@ impl Disposer {
                         row.shredded_at = Some(shredded_at);
                         row.shred_event_id = event_id;
                     }
+                    ShredAnswer::Pending(until) => {
+                        if row.staged_until.is_none() {
+                            self.commit(
+                                vec![
+                                    fence(token),
+                                    Statement::new(
+                                        "UPDATE retention_disposals SET staged_until = $2, updated_at = $3 \
+                                         WHERE id = $1 AND state = 'shred_ordered'",
+                                        vec![
+                                            Value::Uuid(row.id),
+                                            Value::Time(until),
+                                            Value::Time(Utc::now()),
+                                        ],
+                                    )
+                                    .expecting(1),
+                                ],
+                                &[],
+                            )
+                            .await?;
+                        }
+                        report.pending += 1;
+                        continue;
+                    }
                     ShredAnswer::Held => {
-                        if self.cancel(token, &row, "shred_ordered").await? {
+                        if self
+                            .cancel(token, &row, "shred_ordered", "legal_hold")
+                            .await?
+                        {
                             report.cancelled += 1;
                         }
                         continue;
@@ -589,21 +657,29 @@ impl Disposer {
         Ok(())
     }
 
+    /// Cancels a disposal for `reason` (`legal_hold`, or
+    /// `destruction_cancelled`: a records manager kept the scope, which is
+    /// then not planned again until its due date moves).
     async fn cancel(
         &self,
         token: u64,
         row: &DisposalRow,
         from: &'static str,
+        reason: &'static str,
     ) -> Result<bool, Error> {
         let event = self
             .event(AuditAction::RetentionDisposalCancelled)
             .resource("scope", &row.scope_id.to_string())
             .scope(Some(row.client_id), row.matter_id)
             .category(&row.category)
-            .outcome(Outcome::Denied, "legal_hold")
+            .outcome(Outcome::Denied, reason)
             .build();
         self.commit(
-            vec![fence(token), set_state(row.id, from, "cancelled")],
+            vec![
+                fence(token),
+                set_state(row.id, from, "cancelled"),
+                cancel_reason(row.id, reason),
+            ],
             &[event],
         )
         .await
@@ -668,6 +744,7 @@ impl Disposer {
             vec![
                 fence(token),
                 set_state(row.id, "shred_ordered", "cancelled"),
+                cancel_reason(row.id, "originals"),
                 list_for_return(&entry),
             ],
             &[cancelled, event],
@@ -686,48 +763,57 @@ impl Disposer {
 
     /// The scope as the vault lists it now.
     async fn vault_scope(&self, row: &DisposalRow) -> Result<Option<vault_pb::Scope>, Error> {
-        let scopes = self
-            .vault()?
-            .list_scopes(crate::service::timed(vault_pb::ListScopesRequest {
-                client_id: row.client_id.to_string(),
-                matter_id: row.matter_id.map(|m| m.to_string()).unwrap_or_default(),
-                page_size: 1000,
-                ..Default::default()
-            }))
-            .await
-            .map_err(|s| Error::VaultUnavailable(s.message().to_owned()))?
-            .into_inner()
-            .scopes;
-        Ok(scopes
-            .into_iter()
-            .find(|s| s.id == row.scope_id.to_string()))
+        let mut vault = self.vault()?;
+        let id = row.scope_id.to_string();
+        let mut page_token = String::new();
+        loop {
+            let page = vault
+                .list_scopes(crate::service::timed(vault_pb::ListScopesRequest {
+                    client_id: row.client_id.to_string(),
+                    matter_id: row.matter_id.map(|m| m.to_string()).unwrap_or_default(),
+                    page_size: 1000,
+                    page_token,
+                    ..Default::default()
+                }))
+                .await
+                .map_err(|s| Error::VaultUnavailable(s.message().to_owned()))?
+                .into_inner();
+            if let Some(scope) = page.scopes.into_iter().find(|s| s.id == id) {
+                return Ok(Some(scope));
+            }
+            if page.next_page_token.is_empty() {
+                return Ok(None);
+            }
+            page_token = page.next_page_token;
+        }
     }
 
-    /// Orders the shred: done (when the key was destroyed), or refused
-    /// because a hold covers the scope or it holds originals. The order id
-    /// makes a repeated order (after a crash) a no-op at the vault.
+    /// Orders the shred: done (when the key was destroyed), staged (the
+    /// vault's configured pending window, `vault.destruction_window_seconds`,
+    /// during which a records manager can cancel it), or refused because a
+    /// hold covers the scope or it holds originals. The order id makes a
+    /// repeated order (after a crash) a no-op at the vault.
     async fn order_shred(&self, row: &DisposalRow) -> Result<ShredAnswer, Error> {
         let answer = self
             .vault()?
             .shred_scope(crate::service::timed(vault_pb::ShredScopeRequest {
                 scope_id: row.scope_id.to_string(),
                 order_id: row.order_id.to_string(),
-                pending_window: Some(prost_types::Duration {
-                    seconds: 0,
-                    nanos: 0,
-                }),
+                pending_window: None,
             }))
             .await;
+        let time = |t: Option<prost_types::Timestamp>| {
+            t.and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
+                .unwrap_or_else(Utc::now)
+        };
         match answer {
             Ok(response) => {
                 let response = response.into_inner();
                 let scope = response.scope.unwrap_or_default();
-                let at = scope
-                    .shred_time
-                    .and_then(|t| {
-                        DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
-                    })
-                    .unwrap_or_else(Utc::now);
+                if scope.state() == vault_pb::ScopeState::PendingDestruction {
+                    return Ok(ShredAnswer::Pending(time(scope.destroy_time)));
+                }
+                let at = time(scope.shred_time);
                 let event =
                     (!response.audit_event_id.is_empty()).then_some(response.audit_event_id);
                 Ok(ShredAnswer::Done(at, event))

@@ -456,6 +456,7 @@ impl RetentionService for RetentionApi {
                 scopes_shredded: n(r.shredded),
                 certificates_issued: n(r.certified),
                 disposals_cancelled: n(r.cancelled),
+                disposals_pending: n(r.pending),
                 awaiting_client_notice: n(r.awaiting_notice),
                 listed_for_return: n(r.listed_for_return),
             },

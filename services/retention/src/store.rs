@@ -619,6 +619,8 @@ impl RetentionStore {
                     "WHERE s.due_at IS NOT NULL AND s.due_at <= $1 AND s.vault_state <> 'shredded' \
                  AND (s.matter_id IS NULL OR m.matter_id IS NOT NULL) \
                  AND NOT EXISTS (SELECT 1 FROM retention_disposals d WHERE d.scope_id = s.scope_id AND d.state <> 'cancelled') \
+                 AND NOT EXISTS (SELECT 1 FROM retention_disposals d WHERE d.scope_id = s.scope_id AND d.state = 'cancelled' \
+                     AND d.cancel_reason = 'destruction_cancelled' AND d.due_at = s.due_at) \
                  AND NOT EXISTS (SELECT 1 FROM retention_returns r WHERE r.scope_id = s.scope_id AND r.state = 'listed') \
                  ORDER BY s.due_at LIMIT $2"
                 ),

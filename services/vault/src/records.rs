@@ -995,10 +995,16 @@ impl Vault {
             let due = now
                 + chrono::Duration::from_std(window)
                     .map_err(|_| Error::Conflict("pending window too long"))?;
-            (
-                store::schedule_destruction(id, order, due),
-                base(Action::VaultScopeDestructionScheduled).build(),
-            )
+            // The reason says when the key goes, so that a restore from a
+            // backup taken before this can stage it again as it was.
+            let event = self
+                .scope_event(actor, Action::VaultScopeDestructionScheduled, &scope)
+                .outcome(
+                    Outcome::Allowed,
+                    &format!("order-{order}_due-{}", due.timestamp()),
+                )
+                .build();
+            (store::schedule_destruction(id, order, due), event)
         };
         match self.store.db().transact(statements, &[event]).await {
             Ok(_) => {}

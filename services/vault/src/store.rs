@@ -514,6 +514,17 @@ impl VaultStore {
         Ok(row.map_or(0, |r| r.0))
     }
 
+    /// The originals a scope holds that belong to the client (ids and when
+    /// each was stored).
+    pub async fn originals(&self, scope_id: Uuid) -> StoreResult<Vec<(Uuid, DateTime<Utc>)>> {
+        self.db
+            .fetch_all(
+                "SELECT id, created_at FROM vault_records WHERE scope_id = $1 AND original = 1 ORDER BY id",
+                vec![Value::Uuid(scope_id)],
+            )
+            .await
+    }
+
     /// Records in a scope.
     pub async fn record_count(&self, scope_id: Uuid) -> StoreResult<i64> {
         let row: Option<(i64,)> = self
@@ -638,6 +649,15 @@ pub fn release_originals(scope_id: Uuid) -> Statement {
     Statement::new(
         "UPDATE vault_records SET original = 2 WHERE scope_id = $1 AND original = 1",
         vec![Value::Uuid(scope_id)],
+    )
+}
+
+/// Statement: this original was returned to the client, as the audit log
+/// records (a return made again on a restored database).
+pub fn release_original(record_id: Uuid) -> Statement {
+    Statement::new(
+        "UPDATE vault_records SET original = 2 WHERE id = $1 AND original = 1",
+        vec![Value::Uuid(record_id)],
     )
 }
 
@@ -770,6 +790,28 @@ pub fn schedule_destruction(id: Uuid, order: &str, due: DateTime<Utc>) -> Vec<St
                 " AND ",
                 holds_no_originals!()
             ),
+            vec![
+                Value::Uuid(id),
+                Value::Time(due),
+                Value::Text(order.to_owned()),
+            ],
+        )
+        .expecting(1),
+    ]
+}
+
+/// Statements: a scope's pending destruction that the audit log records
+/// (by order `order`, due at `due`) is made again on a database restored
+/// from a backup taken before it, whatever holds or originals the restored
+/// rows show (the logged scheduling proves none stopped it then; holds
+/// placed since are reapplied too, and suspend it). Unmet when the scope is
+/// shredded.
+pub fn reapply_schedule(id: Uuid, order: &str, due: DateTime<Utc>) -> Vec<Statement> {
+    vec![
+        settle_writes_to_scope(id),
+        Statement::new(
+            "UPDATE vault_scopes SET state = 'pending_destruction', destroy_after = $2, shred_order = $3 \
+             WHERE id = $1 AND state <> 'shredded'",
             vec![
                 Value::Uuid(id),
                 Value::Time(due),
