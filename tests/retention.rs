@@ -1335,18 +1335,10 @@ async fn vault_holds(
     vault: &VaultServiceClient<PeerChannel>,
     client_id: &str,
 ) -> std::collections::BTreeMap<String, Vec<String>> {
-    vault
-        .clone()
-        .list_scopes(vault_pb::ListScopesRequest {
-            client_id: client_id.to_owned(),
-            ..Default::default()
-        })
+    common::vault_scopes(vault, client_id)
         .await
-        .unwrap()
-        .into_inner()
-        .scopes
         .into_iter()
-        .map(|s| (s.id, s.hold_ids))
+        .map(|(id, s)| (id, s.hold_ids))
         .collect()
 }
 
@@ -1510,21 +1502,10 @@ async fn vault_states(
     vault: &VaultServiceClient<PeerChannel>,
     client_id: &str,
 ) -> std::collections::BTreeMap<String, vault_pb::ScopeState> {
-    vault
-        .clone()
-        .list_scopes(vault_pb::ListScopesRequest {
-            client_id: client_id.to_owned(),
-            ..Default::default()
-        })
+    common::vault_scopes(vault, client_id)
         .await
-        .unwrap()
-        .into_inner()
-        .scopes
         .into_iter()
-        .map(|s| {
-            let state = s.state();
-            (s.id, state)
-        })
+        .map(|(id, s)| (id, s.state()))
         .collect()
 }
 

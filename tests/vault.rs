@@ -2150,26 +2150,6 @@ async fn staged(retention: &mut Vault, scope_id: &str, seconds: i64) -> prost_ty
         .unwrap()
 }
 
-/// Each scope of `client_id` as the vault lists it.
-async fn scopes_of(
-    retention: &Vault,
-    client_id: &str,
-) -> std::collections::BTreeMap<String, pb::Scope> {
-    retention
-        .clone()
-        .list_scopes(pb::ListScopesRequest {
-            client_id: client_id.to_owned(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .scopes
-        .into_iter()
-        .map(|s| (s.id.clone(), s))
-        .collect()
-}
-
 async fn pending_destructions_and_returns_made_after_a_backup_are_made_again_after_its_restore(
     backend: Backend,
 ) {
@@ -2271,7 +2251,7 @@ async fn pending_destructions_and_returns_made_after_a_backup_are_made_again_aft
         .await
         .unwrap();
     assert_eq!(release(&returned).await, 1);
-    let before = scopes_of(&retention, &f.client_id).await;
+    let before = common::vault_scopes(&retention, &f.client_id).await;
     assert_eq!(before[&kept].state(), pb::ScopeState::Active);
     assert_eq!(before[&suspended].state(), pb::ScopeState::Active);
 
@@ -2335,7 +2315,7 @@ async fn pending_destructions_and_returns_made_after_a_backup_are_made_again_aft
     if wait > 0 {
         tokio::time::sleep(Duration::from_secs(wait.unsigned_abs())).await;
     }
-    let after = scopes_of(&retention, &f.client_id).await;
+    let after = common::vault_scopes(&retention, &f.client_id).await;
     assert_eq!(after[&kept].state(), pb::ScopeState::Active);
     assert!(!after[&kept].kms_key_id.is_empty());
     // The destruction staged after the backup is pending again, due when

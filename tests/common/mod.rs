@@ -235,6 +235,29 @@ pub async fn store_note(
         .scope_id
 }
 
+/// Each scope of `client_id` as the vault lists it (a first page, enough
+/// for a test's client), by id.
+pub async fn vault_scopes(
+    vault: &confidant_proto::vault::v1::vault_service_client::VaultServiceClient<
+        confidant_runtime::client::PeerChannel,
+    >,
+    client_id: &str,
+) -> std::collections::BTreeMap<String, confidant_proto::vault::v1::Scope> {
+    vault
+        .clone()
+        .list_scopes(confidant_proto::vault::v1::ListScopesRequest {
+            client_id: client_id.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("scopes listed")
+        .into_inner()
+        .scopes
+        .into_iter()
+        .map(|s| (s.id.clone(), s))
+        .collect()
+}
+
 /// Stores a one-field note, marked as an original that belongs to the
 /// client if `original`; returns its metadata.
 pub async fn store_record(

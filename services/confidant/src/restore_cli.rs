@@ -156,26 +156,30 @@ fn logged_changes(events: &[VerifiedEvent], default_window: chrono::Duration) ->
         };
         let (target, change) = match action {
             Action::VaultHoldPlaced => {
-                for (at_index, place) in lifecycle.values_mut() {
-                    let covered = place.as_ref().is_some_and(|p| {
-                        p.client_id == resource.client_id
-                            && (resource.matter_id.is_empty() || resource.matter_id == p.matter_id)
-                            && (resource.data_category.is_empty()
-                                || resource.data_category == p.category)
+                let mut covered: Vec<Uuid> = lifecycle
+                    .iter()
+                    .filter(|(_, (_, place))| {
+                        place.as_ref().is_some_and(|p| {
+                            p.client_id == resource.client_id
+                                && (resource.matter_id.is_empty()
+                                    || resource.matter_id == p.matter_id)
+                                && (resource.data_category.is_empty()
+                                    || resource.data_category == p.category)
+                        })
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                covered.sort();
+                for id in covered {
+                    changes.push(Logged {
+                        target: Target::Scope,
+                        id,
+                        change: Change::Cancel,
+                        at,
+                        event_id: event.id.clone(),
+                        position: *position,
                     });
-                    if covered {
-                        let Logged { target, id, .. } = changes[*at_index];
-                        changes.push(Logged {
-                            target,
-                            id,
-                            change: Change::Cancel,
-                            at,
-                            event_id: event.id.clone(),
-                            position: *position,
-                        });
-                        *at_index = changes.len() - 1;
-                        *place = None;
-                    }
+                    lifecycle.insert(id, (changes.len() - 1, None));
                 }
                 continue;
             }
