@@ -2240,9 +2240,22 @@ async fn pending_destructions_and_returns_made_after_a_backup_are_made_again_aft
         .await
         .unwrap();
     let later_due = staged(&mut retention, &staged_later, 3600).await;
+    // A hold that names another scope leaves that destruction pending; one
+    // on the financial records suspends theirs.
     retention
         .place_hold(pb::PlaceHoldRequest {
             hold_id: uuid::Uuid::now_v7().to_string(),
+            client_id: f.client_id.clone(),
+            matter_id: String::new(),
+            category: 0,
+            scope_ids: vec![returned.clone()],
+        })
+        .await
+        .unwrap();
+    let hold_id = uuid::Uuid::now_v7().to_string();
+    retention
+        .place_hold(pb::PlaceHoldRequest {
+            hold_id: hold_id.clone(),
             client_id: f.client_id.clone(),
             matter_id: String::new(),
             category: pb::DataCategory::Financial as i32,
@@ -2254,10 +2267,29 @@ async fn pending_destructions_and_returns_made_after_a_backup_are_made_again_aft
     let before = common::vault_scopes(&retention, &f.client_id).await;
     assert_eq!(before[&kept].state(), pb::ScopeState::Active);
     assert_eq!(before[&suspended].state(), pb::ScopeState::Active);
+    assert_eq!(
+        before[&staged_later].state(),
+        pb::ScopeState::PendingDestruction
+    );
 
-    // The log, exported once a signed checkpoint covers all of it.
+    // The log, exported once a signed checkpoint covers all of it. It
+    // says which hold suspended which destruction.
     let log = audit(&data, &sandbox).await;
     let mut log_events = log.clone();
+    let suspensions = vault_events_at_least(
+        &mut log_events,
+        &f.client_id,
+        "vault.scope.destruction_suspended",
+        1,
+    )
+    .await;
+    assert_eq!(
+        suspensions
+            .iter()
+            .map(|e| (e.resource.clone().unwrap_or_default().id, e.reason.clone()))
+            .collect::<Vec<_>>(),
+        [(suspended.clone(), format!("hold-{hold_id}"))]
+    );
     vault_events_at_least(&mut log_events, &f.client_id, "vault.originals.returned", 2).await;
     let last = log
         .clone()

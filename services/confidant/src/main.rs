@@ -158,10 +158,9 @@ enum RestoreCommand {
     /// is destroyed again (the backup still holds it, and the KMS would
     /// still unwrap it); a scope whose destruction the log shows pending at
     /// its end is staged again with its due time; a pending destruction the
-    /// log shows cancelled, or suspended by a legal hold placed afterwards,
-    /// is cancelled again (else it would be carried out when the vault
-    /// starts); originals the log shows returned to the client are released
-    /// again. Reads a verified export of the log (`confidant audit export`,
+    /// log shows cancelled, or suspended by a legal hold, is cancelled
+    /// again (else it would be carried out when the vault starts);
+    /// originals the log shows returned to the client are released again. Reads a verified export of the log (`confidant audit export`,
     /// from the live audit service or the copy kept off site) and uses only
     /// the events its signed checkpoints cover; a log that does not verify
     /// changes nothing. One JSON line per logged change (`reapplied`,

@@ -65,8 +65,8 @@ enum Change {
     /// The scope became pending destruction, by this order, until `due`,
     /// and still was at the end of the log.
     Schedule { order: String, due: DateTime<Utc> },
-    /// The scope's pending destruction was cancelled, or a legal hold
-    /// placed afterwards suspended it.
+    /// The scope's pending destruction was cancelled, or suspended by a
+    /// legal hold.
     Cancel,
     /// The scope's originals went back to the client: those stored before
     /// the return are originals no longer.
@@ -105,29 +105,16 @@ struct Logged {
     position: u64,
 }
 
-/// Where a scheduled destruction's scope sits, to tell whether a hold
-/// placed afterwards covers it.
-#[derive(Debug, Clone)]
-struct Place {
-    client_id: String,
-    matter_id: String,
-    category: String,
-}
-
 /// The changes the vault's allowed events among `events` call for, in log
 /// order: every destruction of a record; and for each scope the last word
 /// of the log on its key — destroyed, pending destruction (with its due
 /// time: the event's, or for an event that does not carry one its time
 /// plus `default_window`), or no longer pending (cancelled, or suspended by
-/// a hold placed afterwards; a hold that names scopes rather than a matter
-/// or category is taken to cover all its client's scopes, the safe side);
-/// and every return of a scope's originals.
+/// a legal hold); and every return of a scope's originals.
 fn logged_changes(events: &[VerifiedEvent], default_window: chrono::Duration) -> Vec<Logged> {
     let mut changes = Vec::new();
-    // Per scope, the index in `changes` of the log's last word on its key,
-    // and, while that is a scheduling, where the scope sits.
-    let mut lifecycle: std::collections::HashMap<Uuid, (usize, Option<Place>)> =
-        std::collections::HashMap::new();
+    // Per scope, the index in `changes` of the log's last word on its key.
+    let mut last_word: std::collections::HashMap<Uuid, usize> = std::collections::HashMap::new();
     for VerifiedEvent {
         index: position,
         event,
@@ -155,34 +142,6 @@ fn logged_changes(events: &[VerifiedEvent], default_window: chrono::Duration) ->
             reason.split("_due-").next().unwrap_or(reason).to_owned()
         };
         let (target, change) = match action {
-            Action::VaultHoldPlaced => {
-                let mut covered: Vec<Uuid> = lifecycle
-                    .iter()
-                    .filter(|(_, (_, place))| {
-                        place.as_ref().is_some_and(|p| {
-                            p.client_id == resource.client_id
-                                && (resource.matter_id.is_empty()
-                                    || resource.matter_id == p.matter_id)
-                                && (resource.data_category.is_empty()
-                                    || resource.data_category == p.category)
-                        })
-                    })
-                    .map(|(id, _)| *id)
-                    .collect();
-                covered.sort();
-                for id in covered {
-                    changes.push(Logged {
-                        target: Target::Scope,
-                        id,
-                        change: Change::Cancel,
-                        at,
-                        event_id: event.id.clone(),
-                        position: *position,
-                    });
-                    lifecycle.insert(id, (changes.len() - 1, None));
-                }
-                continue;
-            }
             Action::VaultRecordShredded => (Target::Record, Change::Shred { order: order() }),
             Action::VaultScopeShredded => (Target::Scope, Change::Shred { order: order() }),
             Action::VaultScopeDestructionScheduled => {
@@ -200,7 +159,9 @@ fn logged_changes(events: &[VerifiedEvent], default_window: chrono::Duration) ->
                     },
                 )
             }
-            Action::VaultScopeDestructionCancelled => (Target::Scope, Change::Cancel),
+            Action::VaultScopeDestructionCancelled | Action::VaultScopeDestructionSuspended => {
+                (Target::Scope, Change::Cancel)
+            }
             Action::VaultOriginalsReturned => (Target::Scope, Change::ReturnOriginals),
             _ => continue,
         };
@@ -210,11 +171,6 @@ fn logged_changes(events: &[VerifiedEvent], default_window: chrono::Duration) ->
         let Ok(id) = Uuid::parse_str(&resource.id) else {
             continue;
         };
-        let place = matches!(change, Change::Schedule { .. }).then(|| Place {
-            client_id: resource.client_id.clone(),
-            matter_id: resource.matter_id.clone(),
-            category: resource.data_category.clone(),
-        });
         let on_key = target == Target::Scope && change != Change::ReturnOriginals;
         changes.push(Logged {
             target,
@@ -225,11 +181,11 @@ fn logged_changes(events: &[VerifiedEvent], default_window: chrono::Duration) ->
             position: *position,
         });
         if on_key {
-            lifecycle.insert(id, (changes.len() - 1, place));
+            last_word.insert(id, changes.len() - 1);
         }
     }
     // A scope's earlier words on its key are superseded by its last.
-    let last: std::collections::HashSet<usize> = lifecycle.values().map(|(i, _)| *i).collect();
+    let last: std::collections::HashSet<usize> = last_word.into_values().collect();
     changes
         .into_iter()
         .enumerate()
@@ -673,6 +629,7 @@ mod tests {
     fn a_scope_ends_as_the_log_last_left_it() {
         let client = Uuid::now_v7();
         let matter = Uuid::now_v7();
+        let other = Uuid::now_v7();
         let in_matter = |action, id: Uuid| {
             EventBuilder::new(ServiceName::Vault, "firm.example", action)
                 .resource("scope", &id.to_string())
@@ -680,16 +637,6 @@ mod tests {
                 .category("matter-file")
                 .outcome(Outcome::Allowed, "order-o-2_due-1800000000")
                 .build()
-        };
-        let hold = |matter: Option<Uuid>, category: &str| {
-            let mut b =
-                EventBuilder::new(ServiceName::Vault, "firm.example", Action::VaultHoldPlaced)
-                    .resource("hold", &Uuid::now_v7().to_string())
-                    .scope(Some(client), matter);
-            if !category.is_empty() {
-                b = b.category(category);
-            }
-            b.build()
         };
         let (cancelled, suspended, staged, uncovered, shredded) = (
             Uuid::now_v7(),
@@ -708,11 +655,11 @@ mod tests {
             // 0, 1: staged, then cancelled.
             in_matter(Action::VaultScopeDestructionScheduled, cancelled),
             in_matter(Action::VaultScopeDestructionCancelled, cancelled),
-            // 2: staged, then (3) a hold on another category passes it by,
-            // and (4) a hold on its matter suspends it.
+            // 2: staged, then (3) another scope's destruction is
+            // suspended, and (4) its own.
             in_matter(Action::VaultScopeDestructionScheduled, suspended),
-            hold(None, "financial"),
-            hold(Some(matter), ""),
+            in_matter(Action::VaultScopeDestructionSuspended, other),
+            in_matter(Action::VaultScopeDestructionSuspended, suspended),
             // 5: staged after the hold, and still pending at the end.
             in_matter(Action::VaultScopeDestructionScheduled, staged),
             // 6: an older event without its due time.
@@ -729,6 +676,7 @@ mod tests {
             summary(&changes),
             vec![
                 (Target::Scope, cancelled, Change::Cancel, 1),
+                (Target::Scope, other, Change::Cancel, 3),
                 (Target::Scope, suspended, Change::Cancel, 4),
                 (
                     Target::Scope,

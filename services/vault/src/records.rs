@@ -1159,16 +1159,59 @@ impl Vault {
         if let Some(c) = category {
             b = b.category(c.as_str());
         }
+        // Each pending destruction the hold suspends is an event of its
+        // own, so that the log shows why the scope is readable again.
+        let mut events = vec![b.build()];
+        for scope in self.pending_covered(client_id, &cover).await? {
+            events.push(
+                self.scope_event(actor, Action::VaultScopeDestructionSuspended, &scope)
+                    .outcome(Outcome::Allowed, &format!("hold-{hold_id}"))
+                    .build(),
+            );
+        }
         let mut statements = store::insert_hold(hold_id, client_id, &cover, actor.id(), Utc::now());
         statements.push(store::recount_holds(client_id));
         statements.push(store::suspend_destructions(client_id));
-        self.commit(statements, &[b.build()]).await?;
+        self.commit(statements, &events).await?;
         let hold = self
             .store
             .hold(hold_id)
             .await?
             .ok_or(Error::NotFound("hold"))?;
         Ok(self.store.scopes_covered(&hold).await?)
+    }
+
+    /// The client's scopes pending destruction that `cover` covers.
+    async fn pending_covered(
+        &self,
+        client_id: Uuid,
+        cover: &store::HoldCover,
+    ) -> Result<Vec<ScopeRow>, Error> {
+        let mut covered = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .list_scopes(
+                    Some(client_id),
+                    None,
+                    Some("pending_destruction"),
+                    after,
+                    1000,
+                )
+                .await?;
+            let Some(last) = page.last() else {
+                return Ok(covered);
+            };
+            after = Some(last.id);
+            covered.extend(page.into_iter().filter(|scope| match cover {
+                store::HoldCover::Scopes(ids) => ids.binary_search(&scope.id).is_ok(),
+                store::HoldCover::Filter(matter, category) => {
+                    matter.is_none_or(|m| scope.matter_id == Some(m))
+                        && category.is_none_or(|c| scope.category == c.as_str())
+                }
+            }));
+        }
     }
 
     /// Releases a legal hold.
