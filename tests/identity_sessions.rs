@@ -501,3 +501,267 @@ async fn sqlite_repeated_failures_lock_the_account_and_bad_input_is_named() {
 async fn postgres_repeated_failures_lock_the_account_and_bad_input_is_named() {
     repeated_failures_lock_the_account_and_bad_input_is_named(Backend::Postgres).await;
 }
+
+/// The (`change`, `result`) of each line about `id` in the output of a
+/// `confidant restore` command.
+fn restore_results(out: &str, id: &str) -> Vec<(String, String)> {
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["id"] == id)
+        .map(|v| {
+            (
+                v["change"].as_str().unwrap_or_default().to_owned(),
+                v["result"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: Backend) {
+    use common::directory::{assign, cleared, decide, new_client, new_matter};
+    use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
+    use confidant_proto::audit::v1::{GetLogInfoRequest, ListEventsRequest};
+
+    let data = SandboxData::new(backend).await;
+    let spec = SandboxSpec::of(&[ServiceName::Identity, ServiceName::Audit]);
+    let sandbox = Sandbox::start(&data, spec.clone()).await;
+    let mut admin = client(&data, &sandbox, "operator").await;
+    let mut app = client(&data, &sandbox, "client-portal").await;
+    let mut vault = client(&data, &sandbox, "vault").await;
+
+    // Before the backup: a signed-in session, three cleared associates on
+    // a matter, a fourth staff member behind nothing yet, and a password.
+    let session = signed_in(&mut admin, &mut app, "signed.in@firm.example", "associate").await;
+    let client_id = new_client(&mut admin).await;
+    let matter = new_matter(&mut admin, &client_id, None, "probate").await;
+    let leaver = cleared(&mut admin, "leaver@firm.example", "associate").await;
+    assign(&mut admin, &matter, &leaver).await;
+    let reassigned = cleared(&mut admin, "reassigned@firm.example", "associate").await;
+    let assignment = assign(&mut admin, &matter, &reassigned).await;
+    let demoted = cleared(&mut admin, "demoted@firm.example", "associate").await;
+    assign(&mut admin, &matter, &demoted).await;
+    let walled = cleared(&mut admin, "walled@firm.example", "associate").await;
+    let rotated = common::directory::staff(&mut admin, "rotated@firm.example", "associate").await;
+    for staff in [&rotated, &walled] {
+        admin
+            .set_password(SetPasswordRequest {
+                staff_id: staff.clone(),
+                password: PASSWORD.into(),
+            })
+            .await
+            .unwrap();
+    }
+    for staff in [&leaver, &reassigned, &demoted] {
+        assert!(
+            decide(&mut vault, staff, "client_data.read", &matter)
+                .await
+                .allowed
+        );
+    }
+    let backup = common::back_up(&data, ServiceName::Identity).await;
+
+    // After it, access is taken away in every way the directory knows, and
+    // a wall goes up.
+    admin
+        .disable_staff_member(DisableStaffMemberRequest {
+            staff_id: leaver.clone(),
+        })
+        .await
+        .unwrap();
+    admin
+        .revoke_assignment(RevokeAssignmentRequest {
+            assignment_id: assignment.clone(),
+        })
+        .await
+        .unwrap();
+    admin
+        .revoke_role(RevokeRoleRequest {
+            staff_id: demoted.clone(),
+            role: "associate".into(),
+        })
+        .await
+        .unwrap();
+    admin
+        .set_password(SetPasswordRequest {
+            staff_id: rotated.clone(),
+            password: "a new and different passphrase".into(),
+        })
+        .await
+        .unwrap();
+    let wall = admin
+        .create_wall(CreateWallRequest {
+            screened_staff_ids: vec![walled.clone()],
+            client_ids: vec![client_id.clone()],
+            matter_ids: Vec::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .wall_id;
+
+    // The log, exported once a signed checkpoint covers all of it.
+    let log = AuditServiceClient::new(
+        common::channel(&data, &sandbox, ServiceName::Audit, "operator").await,
+    );
+    let wall_logged = || {
+        let (mut log, wall) = (log.clone(), wall.clone());
+        async move {
+            log.list_events(ListEventsRequest {
+                source_service: "identity".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .events
+            .iter()
+            .find(|e| {
+                e.event
+                    .as_ref()
+                    .is_some_and(|e| e.resource.as_ref().is_some_and(|r| r.id == wall))
+            })
+            .map(|e| e.leaf_index)
+        }
+    };
+    common::eventually(
+        std::time::Duration::from_secs(20),
+        "the wall in the log",
+        || {
+            let logged = wall_logged();
+            async move { logged.await.is_some() }
+        },
+    )
+    .await;
+    common::checkpoint_beyond(&log, wall_logged().await.unwrap()).await;
+    let key = log
+        .clone()
+        .get_log_info(GetLogInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .verifier_key;
+    let export = data.path().join("log.jsonl");
+    let export_arg = export.display().to_string();
+    let (code, out) = common::audit_cli(
+        &data,
+        &sandbox.url(ServiceName::Audit),
+        &["export", "--out", &export_arg],
+    );
+    assert_eq!(code, 0, "{out}");
+    sandbox.stop().await;
+
+    // Identity's database is restored, and the command runs before
+    // identity starts on it.
+    common::restore(&data, ServiceName::Identity, &backup).await;
+    let restore = || {
+        common::restore_command(
+            &data,
+            &spec,
+            &["identity", "--log", &export_arg, "--public-key", &key],
+        )
+    };
+    let (code, out) = restore();
+    assert_eq!(code, 0, "{out}");
+    let done = |change: &str| vec![(change.to_owned(), "reapplied".to_owned())];
+    assert_eq!(restore_results(&out, &leaver), done("revoke"), "{out}");
+    assert_eq!(restore_results(&out, &assignment), done("revoke"));
+    assert_eq!(
+        restore_results(&out, &format!("{demoted}/associate")),
+        done("revoke")
+    );
+    assert_eq!(restore_results(&out, &rotated), done("reset_sign_in"));
+    // A password set before the backup is the one the backup holds.
+    assert_eq!(
+        restore_results(&out, &walled),
+        vec![("reset_sign_in".to_owned(), "already_applied".to_owned())]
+    );
+    assert_eq!(
+        restore_results(&out, &wall),
+        vec![("wall".to_owned(), "lost".to_owned())]
+    );
+    assert!(out.contains("put them up again"), "{out}");
+    let summary: serde_json::Value = out
+        .lines()
+        .find_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .filter(|v| v.get("summary").is_some())
+        })
+        .unwrap();
+    assert!(
+        summary["summary"]["sessions_ended"].as_u64().unwrap() >= 1,
+        "{out}"
+    );
+
+    let sandbox = Sandbox::start(&data, spec.clone()).await;
+    let mut admin = client(&data, &sandbox, "operator").await;
+    let mut app = client(&data, &sandbox, "client-portal").await;
+    let mut vault = client(&data, &sandbox, "vault").await;
+    // Nobody regains what was taken away.
+    let denial = |r: AuthorizeResponse| DenialReason::try_from(r.reason).unwrap();
+    let leaver_now = decide(&mut vault, &leaver, "client_data.read", &matter).await;
+    assert!(!leaver_now.allowed);
+    assert_eq!(denial(leaver_now), DenialReason::AccountDisabled);
+    let reassigned_now = decide(&mut vault, &reassigned, "client_data.read", &matter).await;
+    assert_eq!(denial(reassigned_now), DenialReason::NotAssigned);
+    let demoted_now = decide(&mut vault, &demoted, "client_data.read", &matter).await;
+    assert!(!demoted_now.allowed, "{demoted_now:?}");
+    // The session open at the backup is over.
+    let refreshed = app
+        .refresh_session(RefreshSessionRequest {
+            refresh_token: session.refresh_token.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refreshed.code(), tonic::Code::Unauthenticated);
+    // The password the backup held no longer works; a new one from an
+    // administrator does.
+    let old = app
+        .enroll_totp(EnrollTotpRequest {
+            email: "rotated@firm.example".into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&old), "bad_credentials");
+    admin
+        .set_password(SetPasswordRequest {
+            staff_id: rotated.clone(),
+            password: "an administrator's reset".into(),
+        })
+        .await
+        .unwrap();
+    app.enroll_totp(EnrollTotpRequest {
+        email: "rotated@firm.example".into(),
+        password: "an administrator's reset".into(),
+    })
+    .await
+    .unwrap();
+    sandbox.stop().await;
+
+    // A second run changes nothing more: the reset password stays.
+    let (code, out) = restore();
+    assert_eq!(code, 0, "{out}");
+    for id in [
+        leaver.clone(),
+        assignment.clone(),
+        format!("{demoted}/associate"),
+        rotated.clone(),
+    ] {
+        let again = restore_results(&out, &id);
+        assert!(
+            !again.is_empty() && again.iter().all(|(_, r)| r == "already_applied"),
+            "{id}: {out}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_access_taken_away_after_a_backup_stays_away_after_its_restore() {
+    access_taken_away_after_a_backup_stays_away_after_its_restore(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_access_taken_away_after_a_backup_stays_away_after_its_restore() {
+    access_taken_away_after_a_backup_stays_away_after_its_restore(Backend::Postgres).await;
+}

@@ -169,6 +169,18 @@ enum RestoreCommand {
     /// again.
     #[command(alias = "reapply-shreds")]
     Vault(RestoreArgs),
+    /// After identity's database is restored from a backup, and before
+    /// identity starts on it: take away again every access the audit log
+    /// shows taken away since the backup (staff disabled; assignments,
+    /// roles and wall exceptions revoked, by hand or by an access review;
+    /// matters closed), lock the sign-in of staff whose password or TOTP
+    /// changed since (the backup holds the old ones: an administrator sets
+    /// a new password, then they enrol TOTP again), and end every session
+    /// (their refresh tokens may have turned since). Walls put up since
+    /// cannot be rebuilt from the log: each is listed as `lost`, to put up
+    /// again before staff sign in. Same export, output and guarantees as
+    /// `vault`; each change is an audit event. Safe to run again.
+    Identity(RestoreArgs),
 }
 
 /// What both restore commands read.
@@ -784,7 +796,9 @@ fn keys(action: KeysCommand, env: &HashMap<String, String>) -> anyhow::Result<()
 }
 
 fn restore(action: RestoreCommand, env: &HashMap<String, String>) -> ExitCode {
-    let (RestoreCommand::AuditLog(args) | RestoreCommand::Vault(args)) = &action;
+    let (RestoreCommand::AuditLog(args)
+    | RestoreCommand::Vault(args)
+    | RestoreCommand::Identity(args)) = &action;
     let config = match chosen_config(args.config.clone(), args.data_dir.clone(), env) {
         Ok(c) => c,
         Err(err) => return config_error(&err),
@@ -795,6 +809,16 @@ fn restore(action: RestoreCommand, env: &HashMap<String, String>) -> ExitCode {
             match &action {
                 RestoreCommand::AuditLog(a) => {
                     confidant::restore_cli::restore_audit_log(
+                        &config,
+                        &a.log,
+                        &a.public_key,
+                        a.dry_run,
+                        &mut stdout,
+                    )
+                    .await
+                }
+                RestoreCommand::Identity(a) => {
+                    confidant::restore_cli::restore_identity(
                         &config,
                         &a.log,
                         &a.public_key,

@@ -26,6 +26,8 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use confidant_audit::domain::validate_event;
 use confidant_audit::store::EventStore;
+use confidant_identity::restore::{self, Revocation};
+use confidant_proto::audit::v1::ActorKind;
 use confidant_proto::audit::v1::Outcome;
 use confidant_runtime::ServiceName;
 use confidant_runtime::audit::{Action, EventBuilder};
@@ -33,6 +35,7 @@ use confidant_runtime::config::Config;
 use confidant_runtime::error::Violations;
 use confidant_runtime::portable::Statement;
 use confidant_runtime::portable::TransactError;
+use confidant_runtime::storage::Database;
 use confidant_vault::store::{self, ScopeState, VaultStore};
 use serde_json::json;
 use uuid::Uuid;
@@ -208,6 +211,9 @@ enum Fate {
     /// The restored database never held the scope or record (created
     /// after the backup).
     NotInDatabase,
+    /// Created after the backup and not in the restored database, and the
+    /// log does not say enough to make it again (a wall).
+    Lost,
 }
 
 impl Fate {
@@ -217,6 +223,7 @@ impl Fate {
             Fate::WouldReapply => "would_reapply",
             Fate::AlreadyApplied => "already_applied",
             Fate::NotInDatabase => "not_in_database",
+            Fate::Lost => "lost",
         }
     }
 }
@@ -341,7 +348,7 @@ async fn reapply_all(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let logged = logged_changes(&verified.events, default_window);
-    let mut counts = [0u64; 4];
+    let mut counts = [0u64; 5];
     for c in &logged {
         let outcome = reapply(store, trust_domain, c, dry_run)
             .await
@@ -388,6 +395,339 @@ async fn reapply_all(
             }
         })
     )?;
+    if verified.uncovered > 0 {
+        writeln!(
+            out,
+            "note: {} events after the log's last signed checkpoint were not used; \
+             export the log again after its next checkpoint and run this again",
+            verified.uncovered
+        )?;
+    }
+    Ok(())
+}
+
+/// What the log says was done in identity since a backup, to be made again
+/// on its restored database (or, for a wall, reported).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum IdentityChange {
+    /// Access taken away: made again.
+    Revoke(Revocation),
+    /// An access-review item decided "revoke": its grant, as the restored
+    /// database knows the item, is revoked again.
+    ReviewRevoke(Uuid),
+    /// The staff member's password (`totp` false) or TOTP (`totp` true) was
+    /// set: if the restored database holds older credentials, they are
+    /// locked.
+    SignIn { staff: Uuid, totp: bool },
+    /// A wall was put up: the log does not say whom it screens from what.
+    Wall(Uuid),
+}
+
+impl IdentityChange {
+    fn as_str(&self) -> &'static str {
+        match self {
+            IdentityChange::Revoke(_) | IdentityChange::ReviewRevoke(_) => "revoke",
+            IdentityChange::SignIn { .. } => "reset_sign_in",
+            IdentityChange::Wall(_) => "wall",
+        }
+    }
+
+    fn resource(&self) -> (&'static str, String) {
+        match self {
+            IdentityChange::Revoke(r) => r.resource(),
+            IdentityChange::ReviewRevoke(id) => ("review_item", id.to_string()),
+            IdentityChange::SignIn { staff, .. } => ("staff", staff.to_string()),
+            IdentityChange::Wall(id) => ("wall", id.to_string()),
+        }
+    }
+}
+
+/// One identity change the log records.
+#[derive(Debug, Clone)]
+struct LoggedIdentity {
+    change: IdentityChange,
+    at: DateTime<Utc>,
+    event_id: String,
+    position: u64,
+}
+
+/// The identity service's allowed events among `events` that call for a
+/// change, in log order; of the sign-in changes only each staff member's
+/// last of each kind.
+fn identity_changes(events: &[VerifiedEvent]) -> Vec<LoggedIdentity> {
+    let mut changes: Vec<LoggedIdentity> = Vec::new();
+    for VerifiedEvent {
+        index: position,
+        event,
+        ..
+    } in events
+    {
+        if event.source_service != ServiceName::Identity.as_str()
+            || event.outcome != Outcome::Allowed as i32
+        {
+            continue;
+        }
+        let (Ok(action), Some(resource)) = (event.action.parse::<Action>(), &event.resource) else {
+            continue;
+        };
+        let id = Uuid::parse_str(&resource.id).ok();
+        let change = match (action, id) {
+            (Action::IdentityStaffDisabled, Some(id)) => {
+                IdentityChange::Revoke(Revocation::StaffDisabled(id))
+            }
+            (Action::IdentityAssignmentRevoked, Some(id)) => {
+                IdentityChange::Revoke(Revocation::Assignment(id))
+            }
+            (Action::IdentityWallExceptionRevoked, Some(id)) => {
+                IdentityChange::Revoke(Revocation::WallException(id))
+            }
+            (Action::IdentityMatterClosed, Some(id)) => {
+                IdentityChange::Revoke(Revocation::MatterClosed(id))
+            }
+            (Action::IdentityRoleRevoked, _) => {
+                let Some(staff) = event
+                    .reason
+                    .strip_prefix("staff-")
+                    .and_then(|s| Uuid::parse_str(s).ok())
+                else {
+                    continue;
+                };
+                IdentityChange::Revoke(Revocation::Role {
+                    staff,
+                    role: resource.id.clone(),
+                })
+            }
+            (Action::IdentityReviewDecided, Some(id)) if event.reason == "revoke" => {
+                IdentityChange::ReviewRevoke(id)
+            }
+            (Action::IdentityPasswordSet, Some(staff)) => {
+                IdentityChange::SignIn { staff, totp: false }
+            }
+            (Action::IdentityTotpEnrolled, Some(staff)) => {
+                IdentityChange::SignIn { staff, totp: true }
+            }
+            (Action::IdentityWallCreated, Some(id)) => IdentityChange::Wall(id),
+            _ => continue,
+        };
+        let at = event
+            .time
+            .as_ref()
+            .and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
+            .unwrap_or_else(Utc::now);
+        if matches!(change, IdentityChange::SignIn { .. }) {
+            changes.retain(|c| c.change != change);
+        }
+        changes.push(LoggedIdentity {
+            change,
+            at,
+            event_id: event.id.clone(),
+            position: *position,
+        });
+    }
+    changes
+}
+
+/// Makes one logged identity change again if the database does not show it.
+async fn reapply_identity(
+    db: &Database,
+    trust_domain: &str,
+    c: &LoggedIdentity,
+    dry_run: bool,
+) -> anyhow::Result<Fate> {
+    let (statement, action) = match &c.change {
+        IdentityChange::Wall(id) => {
+            return Ok(if restore::wall_exists(db, *id).await? {
+                Fate::AlreadyApplied
+            } else {
+                Fate::Lost
+            });
+        }
+        IdentityChange::SignIn { staff, totp } => {
+            let Some((hash, password_at, totp_at)) = restore::sign_in_set(db, *staff).await? else {
+                return Ok(Fate::NotInDatabase);
+            };
+            // Set, or set again by an administrator, since the logged
+            // change: the row carries the event's time (to the
+            // microsecond PostgreSQL keeps).
+            let leeway = chrono::Duration::milliseconds(1);
+            let held_since = |t: DateTime<Utc>| t + leeway >= c.at;
+            let current = hash == restore::LOCKED_HASH
+                || held_since(password_at)
+                || (*totp && totp_at.is_some_and(held_since));
+            if current {
+                return Ok(Fate::AlreadyApplied);
+            }
+            (restore::lock_sign_in(*staff), Action::IdentitySignInReset)
+        }
+        IdentityChange::Revoke(_) | IdentityChange::ReviewRevoke(_) => {
+            let revocation = match &c.change {
+                IdentityChange::ReviewRevoke(item) => {
+                    match restore::review_revocation(db, *item).await? {
+                        Some(r) => r,
+                        None => return Ok(Fate::NotInDatabase),
+                    }
+                }
+                IdentityChange::Revoke(r) => r.clone(),
+                _ => return Ok(Fate::AlreadyApplied),
+            };
+            match revocation.in_force(db).await? {
+                None => return Ok(Fate::NotInDatabase),
+                Some(false) => return Ok(Fate::AlreadyApplied),
+                Some(true) => {}
+            }
+            (
+                revocation.statement(c.at),
+                Action::IdentityRevocationReapplied,
+            )
+        }
+    };
+    if dry_run {
+        return Ok(Fate::WouldReapply);
+    }
+    let (kind, id) = c.change.resource();
+    let event = EventBuilder::new(ServiceName::Identity, trust_domain, action)
+        .resource(kind, &id)
+        .outcome(Outcome::Allowed, &format!("event-{}", c.event_id))
+        .build();
+    match db.transact(vec![statement], &[event]).await {
+        Ok(_) => Ok(Fate::Reapplied),
+        Err(TransactError::Unmet { .. }) => Ok(Fate::AlreadyApplied),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Sessions ended per transaction.
+const SESSION_BATCH: i64 = 500;
+
+/// Ends every session the restored database shows live: their refresh
+/// tokens may have been used, or the sessions ended, after the backup.
+/// Returns how many (with `dry_run`, how many it would end).
+async fn end_live_sessions(
+    db: &Database,
+    trust_domain: &str,
+    dry_run: bool,
+) -> anyhow::Result<u64> {
+    if dry_run {
+        return Ok(restore::live_sessions(db, i64::MAX).await?.len() as u64);
+    }
+    let mut ended = 0;
+    loop {
+        let sessions = restore::live_sessions(db, SESSION_BATCH).await?;
+        if sessions.is_empty() {
+            return Ok(ended);
+        }
+        let now = Utc::now();
+        let mut statements = Vec::with_capacity(sessions.len());
+        let mut events = Vec::with_capacity(sessions.len());
+        for (session, staff) in &sessions {
+            statements.push(restore::end_session(*session, "restore", now));
+            events.push(
+                EventBuilder::new(
+                    ServiceName::Identity,
+                    trust_domain,
+                    Action::IdentitySessionRevoked,
+                )
+                .actor(ActorKind::Staff, &staff.to_string(), "")
+                .resource("session", &session.to_string())
+                .outcome(Outcome::Allowed, "restore")
+                .build(),
+            );
+        }
+        db.transact(statements, &events).await?;
+        ended += sessions.len() as u64;
+    }
+}
+
+/// Makes again on the identity database of `config`, restored from a
+/// backup, what the verified export `log` records since and the database
+/// lacks: revocations (staff disabled; assignments, roles and wall
+/// exceptions revoked, by hand or by an access review; matters closed),
+/// and sign-in credentials changed since, which it cannot bring back and
+/// locks instead; every session still live ends. Walls put up since cannot
+/// be rebuilt from the log: they are reported (`lost`). One JSON line per
+/// logged change and a summary on `out`; with `dry_run`, only says what it
+/// would do.
+pub async fn restore_identity(
+    config: &Config,
+    log: &Path,
+    public_key: &str,
+    dry_run: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let verified = crate::audit_cli::verified_events(log, public_key)?;
+    let db = crate::process::open_database(
+        config,
+        ServiceName::Identity,
+        MigrationPolicy::RequireApplied,
+    )
+    .await?;
+    let result = reapply_identity_all(&db, &config.trust_domain, &verified, dry_run, out).await;
+    db.close().await;
+    result
+}
+
+async fn reapply_identity_all(
+    db: &Database,
+    trust_domain: &str,
+    verified: &VerifiedEvents,
+    dry_run: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let logged = identity_changes(&verified.events);
+    let mut counts = [0u64; 5];
+    for c in &logged {
+        let (kind, id) = c.change.resource();
+        let outcome = reapply_identity(db, trust_domain, c, dry_run)
+            .await
+            .with_context(|| {
+                format!(
+                    "{kind} {id} ({}): stopped; what is done stays done, and a second run goes on from there",
+                    c.change.as_str()
+                )
+            })?;
+        counts[outcome as usize] += 1;
+        writeln!(
+            out,
+            "{}",
+            json!({
+                "target": kind,
+                "id": id,
+                "change": c.change.as_str(),
+                "result": outcome.as_str(),
+                "logged_event": c.event_id,
+                "log_position": c.position,
+                "logged_at": c.at.to_rfc3339(),
+            })
+        )?;
+    }
+    let sessions = end_live_sessions(db, trust_domain, dry_run).await?;
+    let lost = counts[Fate::Lost as usize];
+    writeln!(
+        out,
+        "{}",
+        json!({
+            "summary": {
+                "logged_changes": logged.len(),
+                "reapplied": counts[Fate::Reapplied as usize],
+                "would_reapply": counts[Fate::WouldReapply as usize],
+                "already_applied": counts[Fate::AlreadyApplied as usize],
+                "not_in_database": counts[Fate::NotInDatabase as usize],
+                "walls_lost": lost,
+                "sessions_ended": if dry_run { 0 } else { sessions },
+                "sessions_to_end": if dry_run { sessions } else { 0 },
+                "events_verified": verified.events.len(),
+                "events_after_last_checkpoint": verified.uncovered,
+            }
+        })
+    )?;
+    if lost > 0 {
+        writeln!(
+            out,
+            "note: {lost} walls put up after the backup are not in the restored database, and the \
+             log does not say whom they screen from what: put them up again (CreateWall) before \
+             staff sign in"
+        )?;
+    }
     if verified.uncovered > 0 {
         writeln!(
             out,

@@ -1479,6 +1479,7 @@ impl IdentityService for IdentityApi {
         )
         .actor(ActorKind::Service, caller.name(), caller.as_str())
         .resource("role", &req.role)
+        .outcome(Outcome::Allowed, &format!("staff-{staff}"))
         .build();
         self.directory
             .grant_role(staff, &req.role, expires, event)
@@ -1508,6 +1509,10 @@ impl IdentityService for IdentityApi {
         )
         .actor(ActorKind::Service, caller.name(), caller.as_str())
         .resource("role", &req.role)
+        .outcome(
+            Outcome::Allowed,
+            &format!("staff-{}", staff.unwrap_or_default()),
+        )
         .build();
         self.directory
             .revoke_role(staff.unwrap_or_default(), &req.role, event)

@@ -13,6 +13,7 @@ pub mod decisions;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod restore;
 pub mod reviews;
 pub mod sessions;
 pub mod store;

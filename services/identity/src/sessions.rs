@@ -311,6 +311,7 @@ impl Sessions {
             .await?;
         let event = self
             .event(Action::IdentityPasswordSet, Some(staff_id), peer)
+            .at(now)
             .build();
         self.db
             .transact(
@@ -415,14 +416,16 @@ impl Sessions {
                 .fail(email, Some(&account), "bad_totp_code", peer)
                 .await?);
         }
+        let now = Utc::now();
         let event = self
             .event(Action::IdentityTotpEnrolled, Some(account.staff_id), peer)
+            .at(now)
             .build();
         self.db
             .transact(
                 vec![Statement::new(
                     "UPDATE credentials SET totp_confirmed_at = $1 WHERE staff_id = $2",
-                    vec![Value::Time(Utc::now()), Value::Uuid(account.staff_id)],
+                    vec![Value::Time(now), Value::Uuid(account.staff_id)],
                 )],
                 &[event],
             )

@@ -69,15 +69,17 @@ actions! {
     IdentityLoginFailed => "identity.login.failed", "A sign-in failed (reason: bad_credentials, account_locked, totp_not_enrolled, account_disabled).";
     IdentityPasswordSet => "identity.password.set", "A staff member's password was set; their sessions ended.";
     IdentityTotpEnrolled => "identity.totp.enrolled", "A staff member confirmed a TOTP authenticator.";
-    IdentitySessionRevoked => "identity.session.revoked", "A session was ended (reason: logout, admin, refresh_token_reuse, password_set).";
+    IdentitySessionRevoked => "identity.session.revoked", "A session was ended (reason: logout, admin, refresh_token_reuse, password_set, restore).";
     IdentityAdminBootstrapped => "identity.admin.bootstrapped", "The first firm administrator was created from the command line.";
     IdentityClientVerificationStarted => "identity.client_verification.started", "A one-time code was sent to a client.";
     IdentityClientVerified => "identity.client_verification.completed", "A client proved control of a contact channel (outcome denied: wrong or expired code).";
     IdentityDocumentChecked => "identity.document.checked", "Staff recorded a check of a client's identity document.";
     IdentityReviewStarted => "identity.review.started", "An access review campaign was opened.";
     IdentityReviewDecided => "identity.review.decided", "A grant under review was certified or revoked (reason: certify, revoke).";
-    IdentityRoleGranted => "identity.role.granted", "A staff member was given a role (resource id: the role).";
-    IdentityRoleRevoked => "identity.role.revoked", "A role was taken from a staff member (resource id: the role).";
+    IdentityRoleGranted => "identity.role.granted", "A staff member was given a role (resource id: the role; reason: `staff-` and the staff member's id).";
+    IdentityRoleRevoked => "identity.role.revoked", "A role was taken from a staff member (resource id: the role; reason: `staff-` and the staff member's id).";
+    IdentityRevocationReapplied => "identity.revocation.reapplied", "A revocation the audit log records (a staff member disabled, an assignment, role or wall exception revoked, a matter closed) was made again on an identity database restored from a backup taken before it (resource: what it revoked; reason: `event-` and the logged event's id; `confidant restore identity`).";
+    IdentitySignInReset => "identity.sign_in.reset", "A staff member's password and TOTP were made unusable because the audit log shows them changed after the backup the identity database was restored from; an administrator sets a new password and the staff member enrols TOTP again (resource: the staff member; reason: `event-` and the logged change's id; `confidant restore identity`).";
     VaultRecordCreated => "vault.record.created", "A record was stored (resource: the record, with its client, matter and category).";
     VaultRecordsListed => "vault.records.listed", "A client's record metadata (never values) was listed, of a matter or category if the event names one.";
     VaultRecordRead => "vault.record.read", "Client data was read in clear, for the event's purpose (outcome denied: the reason; justification sealed).";
@@ -198,6 +200,16 @@ impl EventBuilder {
             action,
             Outcome::Allowed,
         ))
+    }
+
+    /// When the action happened, if not now: the time a row the same
+    /// transaction writes carries, so that the two compare exactly.
+    pub fn at(mut self, time: chrono::DateTime<chrono::Utc>) -> Self {
+        self.0.time = Some(prost_types::Timestamp {
+            seconds: time.timestamp(),
+            nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0),
+        });
+        self
     }
 
     /// Who acted.

@@ -1,0 +1,193 @@
+//! What `confidant restore identity` makes again on an identity database
+//! restored from a backup: the revocations the audit log records since the
+//! backup, and sign-in changes it cannot bring back (they are locked
+//! instead). Revocations only ever take access away, so replaying one a
+//! second time, or one the restored database already shows, changes
+//! nothing.
+
+use chrono::{DateTime, Utc};
+use confidant_runtime::portable::{Statement, Value};
+use confidant_runtime::storage::Database;
+use uuid::Uuid;
+
+use crate::store::StoreError;
+
+/// A revocation the log records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    /// A staff member was disabled.
+    StaffDisabled(Uuid),
+    /// An assignment to a matter was revoked.
+    Assignment(Uuid),
+    /// A role was taken from a staff member.
+    Role { staff: Uuid, role: String },
+    /// A wall exception was revoked.
+    WallException(Uuid),
+    /// A matter was closed.
+    MatterClosed(Uuid),
+}
+
+impl Revocation {
+    /// What it concerns (an audit resource type) and its id.
+    pub fn resource(&self) -> (&'static str, String) {
+        match self {
+            Revocation::StaffDisabled(id) => ("staff", id.to_string()),
+            Revocation::Assignment(id) => ("assignment", id.to_string()),
+            Revocation::Role { staff, role } => ("staff_role", format!("{staff}/{role}")),
+            Revocation::WallException(id) => ("wall_exception", id.to_string()),
+            Revocation::MatterClosed(id) => ("matter", id.to_string()),
+        }
+    }
+
+    /// Whether the database holds what it revokes, and whether that is
+    /// still in force: `None` when the database never held it.
+    pub async fn in_force(&self, db: &Database) -> Result<Option<bool>, StoreError> {
+        let (sql, values): (&'static str, Vec<Value>) = match self {
+            Revocation::StaffDisabled(id) => (
+                "SELECT CASE WHEN disabled_at IS NULL THEN 1 ELSE 0 END FROM staff WHERE id = $1",
+                vec![Value::Uuid(*id)],
+            ),
+            Revocation::Assignment(id) => (
+                "SELECT CASE WHEN revoked_at IS NULL THEN 1 ELSE 0 END FROM assignments WHERE id = $1",
+                vec![Value::Uuid(*id)],
+            ),
+            Revocation::Role { staff, role } => (
+                "SELECT MAX(CASE WHEN revoked_at IS NULL THEN 1 ELSE 0 END) FROM staff_roles \
+                 WHERE staff_id = $1 AND role = $2 HAVING COUNT(*) > 0",
+                vec![Value::Uuid(*staff), Value::Text(role.clone())],
+            ),
+            Revocation::WallException(id) => (
+                "SELECT CASE WHEN revoked_at IS NULL THEN 1 ELSE 0 END FROM wall_exceptions WHERE id = $1",
+                vec![Value::Uuid(*id)],
+            ),
+            Revocation::MatterClosed(id) => (
+                "SELECT CASE WHEN closed_at IS NULL THEN 1 ELSE 0 END FROM matters WHERE id = $1",
+                vec![Value::Uuid(*id)],
+            ),
+        };
+        let row: Option<(i32,)> = db.fetch_optional(sql, values).await?;
+        Ok(row.map(|(live,)| live == 1))
+    }
+
+    /// The statement that makes it again, at the logged time `at`; unmet
+    /// when it is in force no longer.
+    pub fn statement(&self, at: DateTime<Utc>) -> Statement {
+        let statement = match self {
+            Revocation::StaffDisabled(id) => Statement::new(
+                "UPDATE staff SET disabled_at = $1 WHERE id = $2 AND disabled_at IS NULL",
+                vec![Value::Time(at), Value::Uuid(*id)],
+            ),
+            Revocation::Assignment(id) => Statement::new(
+                "UPDATE assignments SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+                vec![Value::Time(at), Value::Uuid(*id)],
+            ),
+            Revocation::Role { staff, role } => Statement::new(
+                "UPDATE staff_roles SET revoked_at = $1 WHERE staff_id = $2 AND role = $3 AND revoked_at IS NULL",
+                vec![
+                    Value::Time(at),
+                    Value::Uuid(*staff),
+                    Value::Text(role.clone()),
+                ],
+            ),
+            Revocation::WallException(id) => Statement::new(
+                "UPDATE wall_exceptions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+                vec![Value::Time(at), Value::Uuid(*id)],
+            ),
+            Revocation::MatterClosed(id) => Statement::new(
+                "UPDATE matters SET closed_at = $1 WHERE id = $2 AND closed_at IS NULL",
+                vec![Value::Time(at), Value::Uuid(*id)],
+            ),
+        };
+        // A role may have been granted more than once (one row each).
+        match self {
+            Revocation::Role { .. } => statement,
+            _ => statement.expecting(1),
+        }
+    }
+}
+
+/// The revocation a decided access-review item made, if it was a
+/// revocation and the restored database knows the item.
+pub async fn review_revocation(
+    db: &Database,
+    item: Uuid,
+) -> Result<Option<Revocation>, StoreError> {
+    let row: Option<(String, Uuid, String, String)> = db
+        .fetch_optional(
+            "SELECT kind, staff_id, subject, grant_id FROM review_items WHERE id = $1",
+            vec![Value::Uuid(item)],
+        )
+        .await?;
+    Ok(row.and_then(|(kind, staff, subject, grant)| {
+        if kind == "assignment" {
+            Uuid::parse_str(&grant).ok().map(Revocation::Assignment)
+        } else {
+            Some(Revocation::Role {
+                staff,
+                role: subject,
+            })
+        }
+    }))
+}
+
+/// A staff member's password hash, when it was set and when their TOTP was
+/// confirmed, as the database holds them; `None` when it holds no
+/// credentials for them.
+pub async fn sign_in_set(
+    db: &Database,
+    staff: Uuid,
+) -> Result<Option<(String, DateTime<Utc>, Option<DateTime<Utc>>)>, StoreError> {
+    Ok(db
+        .fetch_optional(
+            "SELECT password_hash, password_set_at, totp_confirmed_at FROM credentials WHERE staff_id = $1",
+            vec![Value::Uuid(staff)],
+        )
+        .await?)
+}
+
+/// The password hash of a sign-in locked by a restore: no password
+/// matches it (it is not a hash at all).
+pub const LOCKED_HASH: &str = "locked-by-restore";
+
+/// Statement: the staff member's password and TOTP stop working (a hash no
+/// password matches, no TOTP secret), so that neither what the backup held
+/// nor anything else signs them in until an administrator sets a new
+/// password and they enrol TOTP again.
+pub fn lock_sign_in(staff: Uuid) -> Statement {
+    Statement::new(
+        "UPDATE credentials SET password_hash = $2, totp_secret = NULL, \
+         totp_confirmed_at = NULL, totp_last_step = NULL WHERE staff_id = $1",
+        vec![Value::Uuid(staff), Value::Text(LOCKED_HASH.to_owned())],
+    )
+    .expecting(1)
+}
+
+/// The sessions not ended yet, at most `limit`, oldest first.
+pub async fn live_sessions(db: &Database, limit: i64) -> Result<Vec<(Uuid, Uuid)>, StoreError> {
+    Ok(db
+        .fetch_all(
+            "SELECT id, staff_id FROM sessions WHERE revoked_at IS NULL ORDER BY id LIMIT $1",
+            vec![Value::BigInt(limit)],
+        )
+        .await?)
+}
+
+/// Statement: a session ends now, for `reason`.
+pub fn end_session(id: Uuid, reason: &str, now: DateTime<Utc>) -> Statement {
+    Statement::new(
+        "UPDATE sessions SET revoked_at = $1, revoke_reason = $2 WHERE id = $3 AND revoked_at IS NULL",
+        vec![
+            Value::Time(now),
+            Value::Text(reason.to_owned()),
+            Value::Uuid(id),
+        ],
+    )
+}
+
+/// Whether the database holds the wall `id`.
+pub async fn wall_exists(db: &Database, id: Uuid) -> Result<bool, StoreError> {
+    let row: Option<(Uuid,)> = db
+        .fetch_optional("SELECT id FROM walls WHERE id = $1", vec![Value::Uuid(id)])
+        .await?;
+    Ok(row.is_some())
+}
