@@ -1048,4 +1048,72 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn identity_takes_revocations_and_each_staff_members_last_sign_in_change() {
+        let identity = |action, kind: &str, id: &str, reason: &str| {
+            EventBuilder::new(ServiceName::Identity, "firm.example", action)
+                .resource(kind, id)
+                .outcome(Outcome::Allowed, reason)
+                .build()
+        };
+        let (staff, item, wall) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let events = verified(vec![
+            identity(Action::IdentityPasswordSet, "staff", &staff.to_string(), ""),
+            identity(
+                Action::IdentityRoleRevoked,
+                "role",
+                "associate",
+                &format!("staff-{staff}"),
+            ),
+            // An older role event that does not name the staff member.
+            identity(Action::IdentityRoleRevoked, "role", "partner", ""),
+            identity(
+                Action::IdentityReviewDecided,
+                "review_item",
+                &item.to_string(),
+                "certify",
+            ),
+            identity(
+                Action::IdentityReviewDecided,
+                "review_item",
+                &item.to_string(),
+                "revoke",
+            ),
+            identity(Action::IdentityPasswordSet, "staff", &staff.to_string(), ""),
+            identity(
+                Action::IdentityTotpEnrolled,
+                "staff",
+                &staff.to_string(),
+                "",
+            ),
+            identity(Action::IdentityWallCreated, "wall", &wall.to_string(), ""),
+            identity(
+                Action::IdentityAssignmentGranted,
+                "assignment",
+                &item.to_string(),
+                "",
+            ),
+        ]);
+        let changes: Vec<(IdentityChange, u64)> = identity_changes(&events)
+            .into_iter()
+            .map(|c| (c.change, c.position))
+            .collect();
+        assert_eq!(
+            changes,
+            vec![
+                (
+                    IdentityChange::Revoke(Revocation::Role {
+                        staff,
+                        role: "associate".into()
+                    }),
+                    1
+                ),
+                (IdentityChange::ReviewRevoke(item), 4),
+                (IdentityChange::SignIn { staff, totp: false }, 5),
+                (IdentityChange::SignIn { staff, totp: true }, 6),
+                (IdentityChange::Wall(wall), 7),
+            ]
+        );
+    }
 }
