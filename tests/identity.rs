@@ -885,6 +885,18 @@ async fn staff_review_the_grants_they_are_responsible_for(backend: Backend) {
         "the verdict in the audit log",
     )
     .await;
+    // A revocation by review is logged as the revocation it is.
+    until_logged(
+        &data,
+        &sandbox,
+        ListEventsRequest {
+            actor_id: officer.clone(),
+            action: "identity.assignment.revoked".into(),
+            ..Default::default()
+        },
+        "the revoked assignment in the audit log",
+    )
+    .await;
     sandbox.stop().await;
 }
 

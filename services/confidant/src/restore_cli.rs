@@ -410,11 +410,8 @@ async fn reapply_all(
 /// on its restored database (or, for a wall, reported).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum IdentityChange {
-    /// Access taken away: made again.
+    /// Access taken away (by hand or by an access review): made again.
     Revoke(Revocation),
-    /// An access-review item decided "revoke": its grant, as the restored
-    /// database knows the item, is revoked again.
-    ReviewRevoke(Uuid),
     /// The staff member's password (`totp` false) or TOTP (`totp` true) was
     /// set: if the restored database holds older credentials, they are
     /// locked.
@@ -426,7 +423,7 @@ enum IdentityChange {
 impl IdentityChange {
     fn as_str(&self) -> &'static str {
         match self {
-            IdentityChange::Revoke(_) | IdentityChange::ReviewRevoke(_) => "revoke",
+            IdentityChange::Revoke(_) => "revoke",
             IdentityChange::SignIn { .. } => "reset_sign_in",
             IdentityChange::Wall(_) => "wall",
         }
@@ -435,7 +432,6 @@ impl IdentityChange {
     fn resource(&self) -> (&'static str, String) {
         match self {
             IdentityChange::Revoke(r) => r.resource(),
-            IdentityChange::ReviewRevoke(id) => ("review_item", id.to_string()),
             IdentityChange::SignIn { staff, .. } => ("staff", staff.to_string()),
             IdentityChange::Wall(id) => ("wall", id.to_string()),
         }
@@ -497,9 +493,6 @@ fn identity_changes(events: &[VerifiedEvent]) -> Vec<LoggedIdentity> {
                     role: resource.id.clone(),
                 })
             }
-            (Action::IdentityReviewDecided, Some(id)) if event.reason == "revoke" => {
-                IdentityChange::ReviewRevoke(id)
-            }
             (Action::IdentityPasswordSet, Some(staff)) => {
                 IdentityChange::SignIn { staff, totp: false }
             }
@@ -559,17 +552,7 @@ async fn reapply_identity(
             }
             (restore::lock_sign_in(*staff), Action::IdentitySignInReset)
         }
-        IdentityChange::Revoke(_) | IdentityChange::ReviewRevoke(_) => {
-            let revocation = match &c.change {
-                IdentityChange::ReviewRevoke(item) => {
-                    match restore::review_revocation(db, *item).await? {
-                        Some(r) => r,
-                        None => return Ok(Fate::NotInDatabase),
-                    }
-                }
-                IdentityChange::Revoke(r) => r.clone(),
-                _ => return Ok(Fate::AlreadyApplied),
-            };
+        IdentityChange::Revoke(revocation) => {
             match revocation.in_force(db).await? {
                 None => return Ok(Fate::NotInDatabase),
                 Some(false) => return Ok(Fate::AlreadyApplied),
@@ -1109,7 +1092,6 @@ mod tests {
                     }),
                     1
                 ),
-                (IdentityChange::ReviewRevoke(item), 4),
                 (IdentityChange::SignIn { staff, totp: false }, 5),
                 (IdentityChange::SignIn { staff, totp: true }, 6),
                 (IdentityChange::Wall(wall), 7),

@@ -106,30 +106,6 @@ impl Revocation {
     }
 }
 
-/// The revocation a decided access-review item made, if it was a
-/// revocation and the restored database knows the item.
-pub async fn review_revocation(
-    db: &Database,
-    item: Uuid,
-) -> Result<Option<Revocation>, StoreError> {
-    let row: Option<(String, Uuid, String, String)> = db
-        .fetch_optional(
-            "SELECT kind, staff_id, subject, grant_id FROM review_items WHERE id = $1",
-            vec![Value::Uuid(item)],
-        )
-        .await?;
-    Ok(row.and_then(|(kind, staff, subject, grant)| {
-        if kind == "assignment" {
-            Uuid::parse_str(&grant).ok().map(Revocation::Assignment)
-        } else {
-            Some(Revocation::Role {
-                staff,
-                role: subject,
-            })
-        }
-    }))
-}
-
 /// A staff member's password hash, when it was set and when their TOTP was
 /// confirmed, as the database holds them; `None` when it holds no
 /// credentials for them.

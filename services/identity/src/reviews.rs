@@ -264,11 +264,34 @@ impl Reviews {
         } else {
             "certify"
         };
-        let event = self
-            .event(Action::IdentityReviewDecided, by, "review_item", item.id)
-            .outcome(Outcome::Allowed, verdict)
-            .build();
-        match self.db.transact(statements, &[event]).await {
+        let mut events = vec![
+            self.event(Action::IdentityReviewDecided, by, "review_item", item.id)
+                .outcome(Outcome::Allowed, verdict)
+                .build(),
+        ];
+        // A revocation by review is a revocation like any other in the
+        // log, by the reviewer.
+        if decision == REVOKE {
+            events.push(if item.kind == "assignment" {
+                by.event(
+                    ServiceName::Identity,
+                    &self.trust_domain,
+                    Action::IdentityAssignmentRevoked,
+                )
+                .resource("assignment", &item.grant_id)
+                .build()
+            } else {
+                by.event(
+                    ServiceName::Identity,
+                    &self.trust_domain,
+                    Action::IdentityRoleRevoked,
+                )
+                .resource("role", &item.subject)
+                .outcome(Outcome::Allowed, &format!("staff-{}", item.staff_id))
+                .build()
+            });
+        }
+        match self.db.transact(statements, &events).await {
             Ok(_) => Ok(()),
             Err(confidant_runtime::portable::TransactError::Unmet { .. }) => {
                 Err(StoreError::Conflict("the item was decided already"))
