@@ -1721,3 +1721,269 @@ async fn postgres_staged_disposals_wait_out_the_vaults_window_and_a_records_mana
     )
     .await;
 }
+
+async fn holds_placed_after_a_backup_come_back_and_disposals_wait_after_its_restore(
+    backend: Backend,
+) {
+    let data = SandboxData::new(backend).await;
+    let spec = SandboxSpec::of(&[
+        ServiceName::Identity,
+        ServiceName::Vault,
+        ServiceName::Retention,
+        ServiceName::Audit,
+    ]);
+    let sandbox = Sandbox::start(&data, spec.clone()).await;
+    let mut admin = common::identity_client(&data, &sandbox, "operator").await;
+    let client_id = new_client(&mut admin).await;
+    let manager = cleared(&mut admin, "records@firm.example", "records_manager").await;
+    let token = staff_token(&data, &manager, &["records_manager"]);
+    let mut vault =
+        VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "intake").await);
+    let contacts = common::store_note(
+        &mut vault,
+        &client_id,
+        "",
+        vault_pb::DataCategory::ContactDetails,
+    )
+    .await;
+    let mut retention = RetentionServiceClient::new(
+        channel(&data, &sandbox, ServiceName::Retention, "firm-app").await,
+    );
+    // The contacts fall due at once; no sweep has run yet.
+    let policy = retention
+        .create_policy(as_staff(
+            &token,
+            pb::CreatePolicyRequest {
+                rules: Some(rules(
+                    vault_pb::DataCategory::ContactDetails,
+                    (0, 0, 0),
+                    pb::Trigger::Creation,
+                    pb::DisposalAction::Shred,
+                )),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .policy
+        .unwrap();
+    retention
+        .sync_scopes(as_staff(&token, pb::SyncScopesRequest {}))
+        .await
+        .unwrap();
+    let retention_backup = common::back_up(&data, ServiceName::Retention).await;
+    let vault_backup = common::back_up(&data, ServiceName::Vault).await;
+
+    // After the backups: a legal hold over the client's contacts, a new
+    // version of the policy and a trigger event.
+    let hold = retention
+        .place_hold(as_staff(
+            &token,
+            pb::PlaceHoldRequest {
+                reason: "litigation: Okafor v Example Ltd".into(),
+                client_id: client_id.clone(),
+                matter_id: String::new(),
+                category: vault_pb::DataCategory::ContactDetails as i32,
+                scope_ids: Vec::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .hold
+        .unwrap()
+        .id;
+    let mut longer = rules(
+        vault_pb::DataCategory::ContactDetails,
+        (6, 0, 0),
+        pb::Trigger::Creation,
+        pb::DisposalAction::Shred,
+    );
+    longer.basis = "firm schedule 2026, section 5".into();
+    retention
+        .update_policy(as_staff(
+            &token,
+            pb::UpdatePolicyRequest {
+                policy_id: policy.id.clone(),
+                version: 1,
+                rules: Some(longer),
+            },
+        ))
+        .await
+        .unwrap();
+    retention
+        .record_trigger_event(as_staff(
+            &token,
+            pb::RecordTriggerEventRequest {
+                client_id: client_id.clone(),
+                matter_id: String::new(),
+                trigger: pb::Trigger::NamedEvent as i32,
+                event_name: "client_notice".into(),
+                occur_time: ts(chrono::Utc::now()),
+            },
+        ))
+        .await
+        .unwrap();
+
+    // The log, exported once a signed checkpoint covers all of it.
+    let log =
+        AuditServiceClient::new(channel(&data, &sandbox, ServiceName::Audit, "operator").await);
+    let last_retention_event = || {
+        let mut log = log.clone();
+        async move {
+            let events = log
+                .list_events(ListEventsRequest {
+                    source_service: "retention".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .events;
+            events
+                .iter()
+                .any(|e| {
+                    e.event
+                        .as_ref()
+                        .is_some_and(|e| e.action == "retention.trigger.recorded")
+                })
+                .then(|| events.iter().map(|e| e.leaf_index).max().unwrap_or(0))
+        }
+    };
+    common::eventually(
+        Duration::from_secs(20),
+        "the trigger event in the log",
+        || {
+            let last = last_retention_event();
+            async move { last.await.is_some() }
+        },
+    )
+    .await;
+    common::checkpoint_beyond(&log, last_retention_event().await.unwrap()).await;
+    let key = log
+        .clone()
+        .get_log_info(confidant_proto::audit::v1::GetLogInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .verifier_key;
+    let export = data.path().join("log.jsonl");
+    let export_arg = export.display().to_string();
+    let (code, out) = common::audit_cli(
+        &data,
+        &sandbox.url(ServiceName::Audit),
+        &["export", "--out", &export_arg],
+    );
+    assert_eq!(code, 0, "{out}");
+    sandbox.stop().await;
+
+    // Both databases come back from before the hold.
+    common::restore(&data, ServiceName::Retention, &retention_backup).await;
+    common::restore(&data, ServiceName::Vault, &vault_backup).await;
+    let restore = |what: &str| {
+        common::restore_command(
+            &data,
+            &spec,
+            &[what, "--log", &export_arg, "--public-key", &key],
+        )
+    };
+    let (code, out) = restore("vault");
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = restore("retention");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        restore_results(&out, "place_hold", &hold),
+        ["reapplied"],
+        "{out}"
+    );
+    assert_eq!(
+        restore_results(&out, "policy", &policy.id),
+        ["already_applied", "lost"]
+    );
+    assert_eq!(restore_results(&out, "trigger", ""), ["lost"]);
+    assert!(out.contains("\"disposals_paused\":true"), "{out}");
+
+    let sandbox = Sandbox::start(&data, spec.clone()).await;
+    let retention = RetentionServiceClient::new(
+        channel(&data, &sandbox, ServiceName::Retention, "firm-app").await,
+    );
+    let sweep = || {
+        let (mut retention, token) = (retention.clone(), token.clone());
+        async move {
+            retention
+                .run_sweep(as_staff(&token, pb::RunSweepRequest {}))
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    // Paused: the due contacts wait.
+    let paused = sweep().await;
+    assert!(paused.ran && paused.paused, "{paused:?}");
+    assert_eq!(paused.batches_created, 0);
+    // The hold is back in the vault too.
+    retention
+        .clone()
+        .sync_scopes(as_staff(&token, pb::SyncScopesRequest {}))
+        .await
+        .unwrap();
+    let as_retention =
+        VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "retention").await);
+    assert_eq!(
+        vault_holds(&as_retention, &client_id).await[&contacts],
+        std::slice::from_ref(&hold)
+    );
+    // A records manager resumes; the held contacts stay.
+    let resume = || {
+        let (mut retention, token) = (retention.clone(), token.clone());
+        async move {
+            retention
+                .resume_disposals(as_staff(&token, pb::ResumeDisposalsRequest {}))
+                .await
+                .unwrap()
+                .into_inner()
+                .was_paused
+        }
+    };
+    assert!(resume().await);
+    assert!(!resume().await);
+    let resumed = sweep().await;
+    assert!(!resumed.paused, "{resumed:?}");
+    assert_eq!(resumed.scopes_shredded, 0, "{resumed:?}");
+    assert_eq!(
+        vault_states(&as_retention, &client_id).await[&contacts],
+        vault_pb::ScopeState::Active
+    );
+    sandbox.stop().await;
+
+    // A second run places nothing twice.
+    let (code, out) = restore("retention");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        restore_results(&out, "place_hold", &hold),
+        ["already_applied"],
+        "{out}"
+    );
+}
+
+/// The `result` of each line of a `confidant restore` output about
+/// `change` (and `id`, unless empty).
+fn restore_results(out: &str, change: &str, id: &str) -> Vec<String> {
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["change"] == change && (id.is_empty() || v["id"] == id))
+        .map(|v| v["result"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_holds_placed_after_a_backup_come_back_and_disposals_wait_after_its_restore() {
+    holds_placed_after_a_backup_come_back_and_disposals_wait_after_its_restore(Backend::Sqlite)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_holds_placed_after_a_backup_come_back_and_disposals_wait_after_its_restore() {
+    holds_placed_after_a_backup_come_back_and_disposals_wait_after_its_restore(Backend::Postgres)
+        .await;
+}

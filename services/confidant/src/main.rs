@@ -181,6 +181,17 @@ enum RestoreCommand {
     /// again before staff sign in. Same export, output and guarantees as
     /// `vault`; each change is an audit event. Safe to run again.
     Identity(RestoreArgs),
+    /// After retention's database is restored from a backup: place again
+    /// every legal hold the audit log shows placed, and not released,
+    /// since the backup (the vault gets it at retention's next sync; a hold
+    /// over named scopes comes back over all its client's scopes), and
+    /// list what the log cannot rebuild (`lost`): policies created or
+    /// changed, trigger events recorded and certificates issued since,
+    /// and holds released since (they stay in force until released
+    /// again). When anything is, disposals pause until a records manager
+    /// has re-entered the schedule and resumes them (ResumeDisposals).
+    /// Same export, output and guarantees as `vault`. Safe to run again.
+    Retention(RestoreArgs),
 }
 
 /// What both restore commands read.
@@ -798,7 +809,8 @@ fn keys(action: KeysCommand, env: &HashMap<String, String>) -> anyhow::Result<()
 fn restore(action: RestoreCommand, env: &HashMap<String, String>) -> ExitCode {
     let (RestoreCommand::AuditLog(args)
     | RestoreCommand::Vault(args)
-    | RestoreCommand::Identity(args)) = &action;
+    | RestoreCommand::Identity(args)
+    | RestoreCommand::Retention(args)) = &action;
     let config = match chosen_config(args.config.clone(), args.data_dir.clone(), env) {
         Ok(c) => c,
         Err(err) => return config_error(&err),
@@ -809,6 +821,16 @@ fn restore(action: RestoreCommand, env: &HashMap<String, String>) -> ExitCode {
             match &action {
                 RestoreCommand::AuditLog(a) => {
                     confidant::restore_cli::restore_audit_log(
+                        &config,
+                        &a.log,
+                        &a.public_key,
+                        a.dry_run,
+                        &mut stdout,
+                    )
+                    .await
+                }
+                RestoreCommand::Retention(a) => {
+                    confidant::restore_cli::restore_retention(
                         &config,
                         &a.log,
                         &a.public_key,

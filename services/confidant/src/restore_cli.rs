@@ -29,6 +29,8 @@ use confidant_audit::store::EventStore;
 use confidant_identity::restore::{self, Revocation};
 use confidant_proto::audit::v1::ActorKind;
 use confidant_proto::audit::v1::Outcome;
+use confidant_retention::restore as retention_restore;
+use confidant_retention::store::{self as retention_store, HoldRow, RetentionStore};
 use confidant_runtime::ServiceName;
 use confidant_runtime::audit::{Action, EventBuilder};
 use confidant_runtime::config::Config;
@@ -709,6 +711,366 @@ async fn reapply_identity_all(
             "note: {lost} walls put up after the backup are not in the restored database, and the \
              log does not say whom they screen from what: put them up again (CreateWall) before \
              staff sign in"
+        )?;
+    }
+    if verified.uncovered > 0 {
+        writeln!(
+            out,
+            "note: {} events after the log's last signed checkpoint were not used; \
+             export the log again after its next checkpoint and run this again",
+            verified.uncovered
+        )?;
+    }
+    Ok(())
+}
+
+/// What the log records of retention since a backup that its restored
+/// database may lack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RetentionChange {
+    /// A legal hold placed and not released by the end of the log: placed
+    /// again if the database lacks it (a hold over named scopes, whose
+    /// names the log does not carry, again over all its client's scopes).
+    Hold {
+        id: Uuid,
+        client_id: Uuid,
+        matter_id: Option<Uuid>,
+        category: Option<String>,
+        placed_by: String,
+    },
+    /// A hold released: if the database still shows it in force, it stays
+    /// so until released again (the safe side).
+    Release(Uuid),
+    /// A policy created or changed (to this version): its rules are not in
+    /// the log.
+    Policy { id: Uuid, version: i32 },
+    /// A trigger event recorded: its date is not in the log.
+    Trigger,
+    /// A certificate of disposal issued.
+    Certificate(Uuid),
+}
+
+impl RetentionChange {
+    fn as_str(&self) -> &'static str {
+        match self {
+            RetentionChange::Hold { .. } => "place_hold",
+            RetentionChange::Release(_) => "release_hold",
+            RetentionChange::Policy { .. } => "policy",
+            RetentionChange::Trigger => "trigger",
+            RetentionChange::Certificate(_) => "certificate",
+        }
+    }
+
+    fn target(&self, event: &confidant_proto::audit::v1::AuditEvent) -> (&'static str, String) {
+        match self {
+            RetentionChange::Hold { id, .. } | RetentionChange::Release(id) => {
+                ("hold", id.to_string())
+            }
+            RetentionChange::Policy { id, .. } => ("policy", id.to_string()),
+            RetentionChange::Certificate(id) => ("certificate", id.to_string()),
+            RetentionChange::Trigger => (
+                "trigger",
+                event
+                    .resource
+                    .as_ref()
+                    .map(|r| r.client_id.clone())
+                    .unwrap_or_default(),
+            ),
+        }
+    }
+}
+
+/// One retention change the log records.
+#[derive(Debug, Clone)]
+struct LoggedRetention {
+    change: RetentionChange,
+    at: DateTime<Utc>,
+    event: confidant_proto::audit::v1::AuditEvent,
+    position: u64,
+}
+
+/// The retention service's allowed events among `events` that may be
+/// missing from a restored database, in log order; a hold placed and
+/// released within the log is neither placed nor released again.
+fn retention_changes(events: &[VerifiedEvent]) -> Vec<LoggedRetention> {
+    let mut changes: Vec<LoggedRetention> = Vec::new();
+    for VerifiedEvent {
+        index: position,
+        event,
+        ..
+    } in events
+    {
+        if event.source_service != ServiceName::Retention.as_str()
+            || event.outcome != Outcome::Allowed as i32
+        {
+            continue;
+        }
+        let (Ok(action), Some(resource)) = (event.action.parse::<Action>(), &event.resource) else {
+            continue;
+        };
+        let id = Uuid::parse_str(&resource.id).ok();
+        let change = match (action, id) {
+            (Action::RetentionHoldPlaced, Some(id)) => {
+                let Ok(client_id) = Uuid::parse_str(&resource.client_id) else {
+                    continue;
+                };
+                let scoped = event.reason == "scoped";
+                RetentionChange::Hold {
+                    id,
+                    client_id,
+                    matter_id: Uuid::parse_str(&resource.matter_id)
+                        .ok()
+                        .filter(|_| !scoped),
+                    category: (!scoped && !resource.data_category.is_empty())
+                        .then(|| resource.data_category.clone()),
+                    placed_by: event
+                        .actor
+                        .as_ref()
+                        .map(|a| a.id.clone())
+                        .unwrap_or_default(),
+                }
+            }
+            (Action::RetentionHoldReleased, Some(id)) => {
+                let before = changes.len();
+                changes.retain(|c| !matches!(c.change, RetentionChange::Hold { id: placed, .. } if placed == id));
+                if changes.len() < before {
+                    continue;
+                }
+                RetentionChange::Release(id)
+            }
+            (Action::RetentionPolicyCreated, Some(id)) => {
+                RetentionChange::Policy { id, version: 1 }
+            }
+            (Action::RetentionPolicyUpdated, Some(id)) => RetentionChange::Policy {
+                id,
+                version: event
+                    .reason
+                    .strip_prefix("version-")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(i32::MAX),
+            },
+            (Action::RetentionTriggerRecorded, _) => RetentionChange::Trigger,
+            (Action::RetentionCertificateIssued, Some(id)) => RetentionChange::Certificate(id),
+            _ => continue,
+        };
+        let at = event
+            .time
+            .as_ref()
+            .and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
+            .unwrap_or_else(Utc::now);
+        changes.push(LoggedRetention {
+            change,
+            at,
+            event: event.clone(),
+            position: *position,
+        });
+    }
+    changes
+}
+
+/// What the restored database shows of one logged retention change; holds
+/// it lacks are placed again (unless `dry_run`).
+async fn reapply_retention(
+    store: &RetentionStore,
+    trust_domain: &str,
+    c: &LoggedRetention,
+    newest_trigger: Option<DateTime<Utc>>,
+    dry_run: bool,
+) -> anyhow::Result<Fate> {
+    let db = store.db();
+    let held = match &c.change {
+        RetentionChange::Hold { id, .. } | RetentionChange::Release(id) => store.hold(*id).await?,
+        _ => None,
+    };
+    Ok(match &c.change {
+        RetentionChange::Hold {
+            id,
+            client_id,
+            matter_id,
+            category,
+            placed_by,
+        } => {
+            if held.is_some() {
+                return Ok(Fate::AlreadyApplied);
+            }
+            if dry_run {
+                return Ok(Fate::WouldReapply);
+            }
+            let hold = HoldRow {
+                id: *id,
+                reason: "placed again from the audit log after a restore; the original \
+                         reason is with whoever placed it"
+                    .into(),
+                client_id: *client_id,
+                matter_id: *matter_id,
+                category: category.clone(),
+                placed_by: placed_by.clone(),
+                placed_at: c.at,
+                in_vault: 0,
+                released_at: None,
+                scoped: 0,
+                scope_ids: Vec::new(),
+            };
+            let me = ServiceName::Retention.spiffe_id(trust_domain);
+            let mut event = EventBuilder::new(
+                ServiceName::Retention,
+                trust_domain,
+                Action::RetentionHoldRestored,
+            )
+            .actor(ActorKind::Service, &me, &me)
+            .resource("hold", &id.to_string())
+            .scope(Some(*client_id), *matter_id)
+            .outcome(Outcome::Allowed, &format!("event-{}", c.event.id));
+            if let Some(category) = category {
+                event = event.category(category);
+            }
+            db.transact(retention_store::insert_hold(&hold), &[event.build()])
+                .await?;
+            Fate::Reapplied
+        }
+        RetentionChange::Release(_) => match held {
+            Some(h) if h.released_at.is_none() => Fate::Lost,
+            Some(_) => Fate::AlreadyApplied,
+            None => Fate::NotInDatabase,
+        },
+        RetentionChange::Policy { id, version } => {
+            match retention_restore::policy_version(db, *id).await? {
+                Some(held) if held >= *version => Fate::AlreadyApplied,
+                _ => Fate::Lost,
+            }
+        }
+        RetentionChange::Trigger => {
+            if newest_trigger.is_some_and(|newest| c.at <= newest) {
+                Fate::AlreadyApplied
+            } else {
+                Fate::Lost
+            }
+        }
+        RetentionChange::Certificate(id) => {
+            if retention_restore::certificate_exists(db, *id).await? {
+                Fate::AlreadyApplied
+            } else {
+                Fate::Lost
+            }
+        }
+    })
+}
+
+/// Brings the retention database of `config`, restored from a backup, in
+/// line with the verified export `log`: legal holds placed since (and not
+/// released) are placed again, and the vault gets them at retention's next
+/// sync; schedule changes the log cannot rebuild (policies, trigger
+/// events) and certificates issued since are listed `lost`; when anything
+/// is, disposals pause until a records manager has re-entered the schedule
+/// and resumes them (ResumeDisposals). One JSON line per logged change and
+/// a summary on `out`; with `dry_run`, only says what it would do.
+pub async fn restore_retention(
+    config: &Config,
+    log: &Path,
+    public_key: &str,
+    dry_run: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let verified = crate::audit_cli::verified_events(log, public_key)?;
+    let db = crate::process::open_database(
+        config,
+        ServiceName::Retention,
+        MigrationPolicy::RequireApplied,
+    )
+    .await?;
+    let result = reapply_retention_all(
+        &RetentionStore::new(db.clone()),
+        &config.trust_domain,
+        &verified,
+        dry_run,
+        out,
+    )
+    .await;
+    db.close().await;
+    result
+}
+
+async fn reapply_retention_all(
+    store: &RetentionStore,
+    trust_domain: &str,
+    verified: &VerifiedEvents,
+    dry_run: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let logged = retention_changes(&verified.events);
+    let newest_trigger = retention_restore::newest_trigger(store.db()).await?;
+    let mut counts = [0u64; 5];
+    for c in &logged {
+        let (kind, id) = c.change.target(&c.event);
+        let outcome = reapply_retention(store, trust_domain, c, newest_trigger, dry_run)
+            .await
+            .with_context(|| {
+                format!(
+                    "{kind} {id} ({}): stopped; what is done stays done, and a second run goes on from there",
+                    c.change.as_str()
+                )
+            })?;
+        counts[outcome as usize] += 1;
+        writeln!(
+            out,
+            "{}",
+            json!({
+                "target": kind,
+                "id": id,
+                "change": c.change.as_str(),
+                "result": outcome.as_str(),
+                "logged_event": c.event.id,
+                "log_position": c.position,
+                "logged_at": c.at.to_rfc3339(),
+            })
+        )?;
+    }
+    let lost = counts[Fate::Lost as usize];
+    let changed = lost + counts[Fate::Reapplied as usize] + counts[Fate::WouldReapply as usize];
+    let pause = changed > 0;
+    if pause && !dry_run && !store.paused().await? {
+        let me = ServiceName::Retention.spiffe_id(trust_domain);
+        let event = EventBuilder::new(
+            ServiceName::Retention,
+            trust_domain,
+            Action::RetentionDisposalsPaused,
+        )
+        .actor(ActorKind::Service, &me, &me)
+        .resource("disposals", "all")
+        .outcome(Outcome::Allowed, "restore")
+        .build();
+        store
+            .db()
+            .transact(
+                vec![retention_store::pause("restore", Utc::now())],
+                &[event],
+            )
+            .await?;
+    }
+    writeln!(
+        out,
+        "{}",
+        json!({
+            "summary": {
+                "logged_changes": logged.len(),
+                "reapplied": counts[Fate::Reapplied as usize],
+                "would_reapply": counts[Fate::WouldReapply as usize],
+                "already_applied": counts[Fate::AlreadyApplied as usize],
+                "not_in_database": counts[Fate::NotInDatabase as usize],
+                "lost": lost,
+                "disposals_paused": pause,
+                "events_verified": verified.events.len(),
+                "events_after_last_checkpoint": verified.uncovered,
+            }
+        })
+    )?;
+    if pause {
+        writeln!(
+            out,
+            "note: disposals {} paused: re-enter the policies and trigger events listed `lost`, \
+             release again the holds listed `lost` if they are to go, then resume disposals \
+             (ResumeDisposals, a records manager)",
+            if dry_run { "would be" } else { "are" }
         )?;
     }
     if verified.uncovered > 0 {

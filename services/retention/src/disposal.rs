@@ -70,6 +70,8 @@ pub struct SweepReport {
     pub awaiting_notice: usize,
     /// Due scopes put on the return-to-client list (they hold originals).
     pub listed_for_return: usize,
+    /// Paused since a restore: nothing was done.
+    pub paused: bool,
 }
 
 /// What the vault did with a shred order.
@@ -369,6 +371,13 @@ impl Disposer {
 
     async fn run(&self, token: u64, lease: Option<&Lease>) -> Result<SweepReport, Error> {
         tracing::debug!(epoch = token, "disposal sweep starts");
+        if self.retention.store().paused().await? {
+            tracing::info!("disposals paused since a restore; ResumeDisposals lets them run");
+            return Ok(SweepReport {
+                paused: true,
+                ..SweepReport::default()
+            });
+        }
         let mut report = SweepReport::default();
         let mut keeper = Keeper {
             coord: &self.coord,
@@ -873,6 +882,31 @@ impl Disposer {
                 "audit: {}",
                 status.message()
             ))),
+        }
+    }
+
+    /// Lets sweeps run again after a restore paused them; whether they were
+    /// paused.
+    pub async fn resume(&self, actor: &Actor) -> Result<bool, Error> {
+        let event = actor
+            .event(
+                crate::NAME,
+                self.retention.trust_domain(),
+                AuditAction::RetentionDisposalsResumed,
+            )
+            .resource("disposals", "all")
+            .build();
+        match self
+            .retention
+            .store()
+            .db()
+            .transact(vec![crate::store::resume().expecting(1)], &[event])
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(TransactError::Unmet { .. }) => Ok(false),
+            Err(TransactError::Sqlx(e)) => Err(Error::Store(e)),
+            Err(e) => Err(Error::Audit(e.to_string())),
         }
     }
 

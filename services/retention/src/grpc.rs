@@ -459,8 +459,19 @@ impl RetentionService for RetentionApi {
                 disposals_pending: n(r.pending),
                 awaiting_client_notice: n(r.awaiting_notice),
                 listed_for_return: n(r.listed_for_return),
+                paused: r.paused,
             },
         }))
+    }
+
+    #[tracing::instrument(name = "retention.resume_disposals", skip_all)]
+    async fn resume_disposals(
+        &self,
+        request: Request<pb::ResumeDisposalsRequest>,
+    ) -> Result<Response<pb::ResumeDisposalsResponse>, Status> {
+        let actor = self.staff_with(&request, "retention.manage").await?;
+        let was_paused = self.disposer.resume(&actor).await?;
+        Ok(Response::new(pb::ResumeDisposalsResponse { was_paused }))
     }
 
     async fn list_disposal_batches(

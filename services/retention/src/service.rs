@@ -793,6 +793,9 @@ impl Retention {
         if let Some(c) = category {
             event = event.category(c.as_str());
         }
+        if hold.scoped != 0 {
+            event = event.outcome(Outcome::Allowed, "scoped");
+        }
         self.commit(store::insert_hold(&hold), &[event.build()])
             .await?;
         if let Err(e) = self.push_hold(&hold).await {

@@ -445,6 +445,20 @@ pub fn upsert_scope(scope: &ScopeRow, now: DateTime<Utc>) -> Statement {
 }
 
 /// Statement: a hold.
+/// Statement: disposals pause (until [`resume`]), for `reason`.
+pub fn pause(reason: &str, now: DateTime<Utc>) -> Statement {
+    Statement::per_backend(
+        "INSERT INTO retention_pause (id, reason, since) VALUES (1, $1, $2) ON CONFLICT (id) DO NOTHING",
+        "INSERT OR IGNORE INTO retention_pause (id, reason, since) VALUES (1, $1, $2)",
+        vec![Value::Text(reason.to_owned()), Value::Time(now)],
+    )
+}
+
+/// Statement: disposals run again; changes a row only if they were paused.
+pub fn resume() -> Statement {
+    Statement::new("DELETE FROM retention_pause WHERE id = 1", vec![])
+}
+
 pub fn insert_hold(hold: &HoldRow) -> Vec<Statement> {
     let mut statements = vec![insert_hold_row(hold)];
     statements.extend(hold.scope_ids.iter().map(|scope| {
@@ -717,6 +731,15 @@ impl RetentionStore {
         } else {
             Err(sqlx::Error::RowNotFound)
         }
+    }
+
+    /// Whether disposals are paused since a restore.
+    pub async fn paused(&self) -> StoreResult<bool> {
+        let row: Option<(i32,)> = self
+            .db
+            .fetch_optional("SELECT id FROM retention_pause WHERE id = 1", vec![])
+            .await?;
+        Ok(row.is_some())
     }
 
     /// How many scopes retention knows.

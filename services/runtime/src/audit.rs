@@ -120,9 +120,12 @@ actions! {
     RetentionPolicyCreated => "retention.policy.created", "A retention policy was created (resource: the policy).";
     RetentionPolicyUpdated => "retention.policy.updated", "A retention policy changed: a new version (reason: the version).";
     RetentionTriggerRecorded => "retention.trigger.recorded", "An event a retention period counts from was recorded (reason: its kind).";
-    RetentionHoldPlaced => "retention.hold.placed", "A legal hold was placed (resource: the hold, with its client and matter; its reason stays in retention).";
+    RetentionHoldPlaced => "retention.hold.placed", "A legal hold was placed (resource: the hold, with its client, matter and category; reason: `scoped` for a hold over named scopes; its reason stays in retention).";
     RetentionHoldReleaseApproved => "retention.hold.release_approved", "A staff member approved the release of a legal hold.";
     RetentionHoldReleased => "retention.hold.released", "A legal hold was released after its approvals.";
+    RetentionHoldRestored => "retention.hold.restored", "A legal hold the audit log shows placed, and not released, after the backup the retention database was restored from was placed again (resource: the hold; reason: `event-` and the logged placing's id; `confidant restore retention`).";
+    RetentionDisposalsPaused => "retention.disposals.paused", "Disposal sweeps were paused because the restored retention database lacks schedule changes the audit log records (reason: restore; `confidant restore retention`).";
+    RetentionDisposalsResumed => "retention.disposals.resumed", "A records manager let disposal sweeps run again after a restore paused them.";
     RetentionBatchCreated => "retention.batch.created", "A sweep put due scopes in a disposition batch (reason: the policy action, shred or review).";
     RetentionBatchApproved => "retention.batch.approved", "A records manager approved a disposition batch.";
     RetentionDisposalShredded => "retention.disposal.shredded", "The vault confirmed the shred a disposal ordered (reason: the order).";

@@ -1,0 +1,45 @@
+//! What `confidant restore retention` reads from a retention database
+//! restored from a backup, to tell what the audit log records since that
+//! the database lacks: legal holds (placed again), and schedule changes
+//! and certificates it can only report (disposals pause until a records
+//! manager has re-entered them).
+
+use chrono::{DateTime, Utc};
+use confidant_runtime::portable::Value;
+use confidant_runtime::storage::Database;
+use uuid::Uuid;
+
+use crate::store::StoreResult;
+
+/// The newest version of policy `id` the database holds, if any.
+pub async fn policy_version(db: &Database, id: Uuid) -> StoreResult<Option<i32>> {
+    let row: Option<(i32,)> = db
+        .fetch_optional(
+            "SELECT version FROM retention_policies WHERE id = $1 ORDER BY version DESC LIMIT 1",
+            vec![Value::Uuid(id)],
+        )
+        .await?;
+    Ok(row.map(|(v,)| v))
+}
+
+/// When the newest trigger event the database holds was recorded.
+pub async fn newest_trigger(db: &Database) -> StoreResult<Option<DateTime<Utc>>> {
+    let row: Option<(DateTime<Utc>,)> = db
+        .fetch_optional(
+            "SELECT recorded_at FROM retention_triggers ORDER BY recorded_at DESC LIMIT 1",
+            vec![],
+        )
+        .await?;
+    Ok(row.map(|(t,)| t))
+}
+
+/// Whether the database holds the certificate of disposal `id`.
+pub async fn certificate_exists(db: &Database, id: Uuid) -> StoreResult<bool> {
+    let row: Option<(Uuid,)> = db
+        .fetch_optional(
+            "SELECT id FROM retention_certificates WHERE id = $1",
+            vec![Value::Uuid(id)],
+        )
+        .await?;
+    Ok(row.is_some())
+}
