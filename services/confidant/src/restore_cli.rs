@@ -1460,4 +1460,78 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn retention_replaces_only_holds_still_in_force_at_the_end_of_the_log() {
+        let client = Uuid::now_v7();
+        let hold = |action, id: Uuid, reason: &str| {
+            EventBuilder::new(ServiceName::Retention, "firm.example", action)
+                .resource("hold", &id.to_string())
+                .scope(Some(client), Some(Uuid::now_v7()))
+                .category("financial")
+                .outcome(Outcome::Allowed, reason)
+                .build()
+        };
+        let (kept, gone, scoped, earlier) = (
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+        );
+        let policy = Uuid::now_v7();
+        let events = verified(vec![
+            hold(Action::RetentionHoldPlaced, kept, ""),
+            hold(Action::RetentionHoldPlaced, gone, ""),
+            hold(Action::RetentionHoldReleased, gone, ""),
+            hold(Action::RetentionHoldPlaced, scoped, "scoped"),
+            hold(Action::RetentionHoldReleased, earlier, ""),
+            EventBuilder::new(
+                ServiceName::Retention,
+                "firm.example",
+                Action::RetentionPolicyUpdated,
+            )
+            .resource("policy", &policy.to_string())
+            .outcome(Outcome::Allowed, "version-3")
+            .build(),
+        ]);
+        let changes: Vec<(RetentionChange, u64)> = retention_changes(&events)
+            .into_iter()
+            .map(|c| (c.change, c.position))
+            .collect();
+        let placed = |id: Uuid, narrowed: bool| RetentionChange::Hold {
+            id,
+            client_id: client,
+            matter_id: None,
+            category: narrowed.then(|| "financial".to_owned()),
+            placed_by: "retention".to_owned(),
+        };
+        let mut changes = changes;
+        // The matter is random per event: compare the rest.
+        for (change, _) in &mut changes {
+            if let RetentionChange::Hold {
+                matter_id,
+                placed_by,
+                ..
+            } = change
+            {
+                *matter_id = None;
+                "retention".clone_into(placed_by);
+            }
+        }
+        assert_eq!(
+            changes,
+            vec![
+                (placed(kept, true), 0),
+                (placed(scoped, false), 3),
+                (RetentionChange::Release(earlier), 4),
+                (
+                    RetentionChange::Policy {
+                        id: policy,
+                        version: 3
+                    },
+                    5
+                ),
+            ]
+        );
+    }
 }
