@@ -519,8 +519,8 @@ fn restore_results(out: &str, id: &str) -> Vec<(String, String)> {
 
 async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: Backend) {
     use common::directory::{assign, cleared, decide, new_client, new_matter};
+    use confidant_proto::audit::v1::ListEventsRequest;
     use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
-    use confidant_proto::audit::v1::{GetLogInfoRequest, ListEventsRequest};
 
     let data = SandboxData::new(backend).await;
     let spec = SandboxSpec::of(&[ServiceName::Identity, ServiceName::Audit]);
@@ -632,22 +632,8 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
         },
     )
     .await;
-    common::checkpoint_beyond(&log, wall_logged().await.unwrap()).await;
-    let key = log
-        .clone()
-        .get_log_info(GetLogInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .verifier_key;
-    let export = data.path().join("log.jsonl");
-    let export_arg = export.display().to_string();
-    let (code, out) = common::audit_cli(
-        &data,
-        &sandbox.url(ServiceName::Audit),
-        &["export", "--out", &export_arg],
-    );
-    assert_eq!(code, 0, "{out}");
+    let (export_arg, key) =
+        common::exported_log(&data, &sandbox, &log, wall_logged().await.unwrap()).await;
     sandbox.stop().await;
 
     // Identity's database is restored, and the command runs before

@@ -1859,22 +1859,8 @@ async fn holds_placed_after_a_backup_come_back_and_disposals_wait_after_its_rest
         },
     )
     .await;
-    common::checkpoint_beyond(&log, last_retention_event().await.unwrap()).await;
-    let key = log
-        .clone()
-        .get_log_info(confidant_proto::audit::v1::GetLogInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .verifier_key;
-    let export = data.path().join("log.jsonl");
-    let export_arg = export.display().to_string();
-    let (code, out) = common::audit_cli(
-        &data,
-        &sandbox.url(ServiceName::Audit),
-        &["export", "--out", &export_arg],
-    );
-    assert_eq!(code, 0, "{out}");
+    let (export_arg, key) =
+        common::exported_log(&data, &sandbox, &log, last_retention_event().await.unwrap()).await;
     sandbox.stop().await;
 
     // Both databases come back from before the hold.

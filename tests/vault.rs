@@ -1979,21 +1979,8 @@ async fn shreds_made_after_a_backup_are_made_again_after_its_restore(backend: Ba
             .leaf_index;
         last = last.max(at);
     }
-    common::checkpoint_beyond(&log, last).await;
-    let key = log
-        .get_log_info(GetLogInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .verifier_key;
-    let export = data.path().join("log.jsonl");
-    let export_arg = export.display().to_string();
-    let (code, out) = common::audit_cli(
-        &data,
-        &sandbox.url(ServiceName::Audit),
-        &["export", "--out", &export_arg],
-    );
-    assert_eq!(code, 0, "{out}");
+    let (export_arg, key) = common::exported_log(&data, &sandbox, &log, last).await;
+    let export = std::path::PathBuf::from(&export_arg);
     sandbox.stop().await;
 
     // The vault's database is restored: the shredded data is back, its
@@ -2305,22 +2292,7 @@ async fn pending_destructions_and_returns_made_after_a_backup_are_made_again_aft
         .map(|e| e.leaf_index)
         .max()
         .unwrap();
-    common::checkpoint_beyond(&log, last).await;
-    let key = log
-        .clone()
-        .get_log_info(GetLogInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .verifier_key;
-    let export = data.path().join("log.jsonl");
-    let export_arg = export.display().to_string();
-    let (code, out) = common::audit_cli(
-        &data,
-        &sandbox.url(ServiceName::Audit),
-        &["export", "--out", &export_arg],
-    );
-    assert_eq!(code, 0, "{out}");
+    let (export_arg, key) = common::exported_log(&data, &sandbox, &log, last).await;
     sandbox.stop().await;
 
     // The vault's database is restored, and the command runs before the

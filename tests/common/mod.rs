@@ -497,6 +497,35 @@ pub async fn checkpoint_beyond(
     }
 }
 
+/// Exports the sandbox's audit log with `confidant audit export` once a
+/// signed checkpoint covers the event at `leaf`; returns the export's path
+/// (as an argument) and the log's verifier key.
+pub async fn exported_log(
+    data: &confidant::sandbox::SandboxData,
+    sandbox: &confidant::sandbox::Sandbox,
+    log: &confidant_proto::audit::v1::audit_service_client::AuditServiceClient<
+        confidant_runtime::client::PeerChannel,
+    >,
+    leaf: i64,
+) -> (String, String) {
+    checkpoint_beyond(log, leaf).await;
+    let key = log
+        .clone()
+        .get_log_info(confidant_proto::audit::v1::GetLogInfoRequest {})
+        .await
+        .expect("log info")
+        .into_inner()
+        .verifier_key;
+    let export = data.path().join("log.jsonl").display().to_string();
+    let (code, out) = audit_cli(
+        data,
+        &sandbox.url(confidant_runtime::ServiceName::Audit),
+        &["export", "--out", &export],
+    );
+    assert_eq!(code, 0, "{out}");
+    (export, key)
+}
+
 /// The verifier key of a log that is not the sandbox's: a fresh signing
 /// key under the same name.
 pub fn other_log_key() -> String {

@@ -807,60 +807,26 @@ fn keys(action: KeysCommand, env: &HashMap<String, String>) -> anyhow::Result<()
 }
 
 fn restore(action: RestoreCommand, env: &HashMap<String, String>) -> ExitCode {
-    let (RestoreCommand::AuditLog(args)
-    | RestoreCommand::Vault(args)
-    | RestoreCommand::Identity(args)
-    | RestoreCommand::Retention(args)) = &action;
+    use confidant::restore_cli::What;
+    let (what, args) = match &action {
+        RestoreCommand::AuditLog(args) => (What::AuditLog, args),
+        RestoreCommand::Vault(args) => (What::Vault, args),
+        RestoreCommand::Identity(args) => (What::Identity, args),
+        RestoreCommand::Retention(args) => (What::Retention, args),
+    };
     let config = match chosen_config(args.config.clone(), args.data_dir.clone(), env) {
         Ok(c) => c,
         Err(err) => return config_error(&err),
     };
     report(runtime().and_then(|rt| {
-        rt.block_on(async {
-            let mut stdout = std::io::stdout();
-            match &action {
-                RestoreCommand::AuditLog(a) => {
-                    confidant::restore_cli::restore_audit_log(
-                        &config,
-                        &a.log,
-                        &a.public_key,
-                        a.dry_run,
-                        &mut stdout,
-                    )
-                    .await
-                }
-                RestoreCommand::Retention(a) => {
-                    confidant::restore_cli::restore_retention(
-                        &config,
-                        &a.log,
-                        &a.public_key,
-                        a.dry_run,
-                        &mut stdout,
-                    )
-                    .await
-                }
-                RestoreCommand::Identity(a) => {
-                    confidant::restore_cli::restore_identity(
-                        &config,
-                        &a.log,
-                        &a.public_key,
-                        a.dry_run,
-                        &mut stdout,
-                    )
-                    .await
-                }
-                RestoreCommand::Vault(a) => {
-                    confidant::restore_cli::restore_vault(
-                        &config,
-                        &a.log,
-                        &a.public_key,
-                        a.dry_run,
-                        &mut stdout,
-                    )
-                    .await
-                }
-            }
-        })
+        rt.block_on(confidant::restore_cli::restore(
+            what,
+            &config,
+            &args.log,
+            &args.public_key,
+            args.dry_run,
+            &mut std::io::stdout(),
+        ))
     }))
 }
 

@@ -27,8 +27,8 @@ use chrono::{DateTime, Utc};
 use confidant_audit::domain::validate_event;
 use confidant_audit::store::EventStore;
 use confidant_identity::restore::{self, Revocation};
-use confidant_proto::audit::v1::ActorKind;
 use confidant_proto::audit::v1::Outcome;
+use confidant_proto::audit::v1::{ActorKind, AuditEvent, Resource};
 use confidant_retention::restore as retention_restore;
 use confidant_retention::store::{self as retention_store, HoldRow, RetentionStore};
 use confidant_runtime::ServiceName;
@@ -44,6 +44,190 @@ use uuid::Uuid;
 
 use crate::audit_cli::{VerifiedEvent, VerifiedEvents};
 use crate::process::MigrationPolicy;
+
+/// What to bring in line with the log after a restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum What {
+    /// The audit log itself: its lost events and checkpoints.
+    AuditLog,
+    /// The vault: destructions, staged destructions, returns of originals.
+    Vault,
+    /// Identity: revocations, sign-ins, sessions.
+    Identity,
+    /// Retention: legal holds, and a pause while the schedule is re-entered.
+    Retention,
+}
+
+/// Brings the database `what` of `config`, restored from a backup, in line
+/// with the verified export `log` (see [`What`]): the log is read and
+/// verified against `public_key` before the database is opened, so a log
+/// that does not verify changes nothing. One JSON line per logged change
+/// and a summary on `out`; with `dry_run`, only says what it would do.
+pub async fn restore(
+    what: What,
+    config: &Config,
+    log: &Path,
+    public_key: &str,
+    dry_run: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let verified = crate::audit_cli::verified_events(log, public_key)?;
+    let service = match what {
+        What::AuditLog => ServiceName::Audit,
+        What::Vault => ServiceName::Vault,
+        What::Identity => ServiceName::Identity,
+        What::Retention => ServiceName::Retention,
+    };
+    let db =
+        crate::process::open_database(config, service, MigrationPolicy::RequireApplied).await?;
+    let trust_domain = &config.trust_domain;
+    let result = match what {
+        What::AuditLog => put_back(&EventStore::new(db.clone()), &verified, dry_run, out).await,
+        What::Vault => {
+            let window = chrono::Duration::seconds(
+                i64::try_from(config.vault.destruction_window_seconds).unwrap_or(0),
+            );
+            let store = VaultStore::new(db.clone());
+            reapply_all(&store, trust_domain, &verified, window, dry_run, out).await
+        }
+        What::Identity => reapply_identity_all(&db, trust_domain, &verified, dry_run, out).await,
+        What::Retention => {
+            let store = RetentionStore::new(db.clone());
+            reapply_retention_all(&store, trust_domain, &verified, dry_run, out).await
+        }
+    };
+    db.close().await;
+    result
+}
+
+/// An allowed event of one service among the verified ones.
+struct Allowed<'a> {
+    position: u64,
+    event: &'a AuditEvent,
+    action: Action,
+    resource: &'a Resource,
+    at: DateTime<Utc>,
+}
+
+/// `service`'s allowed events among `events` with an action this version
+/// knows and a resource, in log order.
+fn allowed(events: &[VerifiedEvent], service: ServiceName) -> impl Iterator<Item = Allowed<'_>> {
+    events.iter().filter_map(move |e| {
+        let event = &e.event;
+        if event.source_service != service.as_str() || event.outcome != Outcome::Allowed as i32 {
+            return None;
+        }
+        Some(Allowed {
+            position: e.index,
+            event,
+            action: event.action.parse().ok()?,
+            resource: event.resource.as_ref()?,
+            at: event
+                .time
+                .as_ref()
+                .and_then(|t| {
+                    DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
+                })
+                .unwrap_or_else(Utc::now),
+        })
+    })
+}
+
+/// One logged change as the commands report it.
+struct Line {
+    target: &'static str,
+    id: String,
+    change: &'static str,
+    event_id: String,
+    position: u64,
+    at: DateTime<Utc>,
+}
+
+impl Line {
+    /// Why a run stopped at it.
+    fn stopped(&self) -> String {
+        format!(
+            "{} {} ({}): stopped; what is done stays done, and a second run goes on from there",
+            self.target, self.id, self.change
+        )
+    }
+}
+
+/// The fates of the logged changes, written as they come.
+struct Report<'a> {
+    out: &'a mut dyn Write,
+    counts: [u64; 5],
+    lines: usize,
+}
+
+impl<'a> Report<'a> {
+    fn new(out: &'a mut dyn Write) -> Self {
+        Self {
+            out,
+            counts: [0; 5],
+            lines: 0,
+        }
+    }
+
+    fn count(&self, fate: Fate) -> u64 {
+        self.counts[fate as usize]
+    }
+
+    /// Writes one change's line, with `extra` fields.
+    fn line(&mut self, line: &Line, fate: Fate, extra: serde_json::Value) -> anyhow::Result<()> {
+        self.counts[fate as usize] += 1;
+        self.lines += 1;
+        let mut value = json!({
+            "target": line.target,
+            "id": line.id,
+            "change": line.change,
+            "result": fate.as_str(),
+            "logged_event": line.event_id,
+            "log_position": line.position,
+            "logged_at": line.at.to_rfc3339(),
+        });
+        if let (Some(value), serde_json::Value::Object(extra)) = (value.as_object_mut(), extra) {
+            value.extend(extra);
+        }
+        writeln!(self.out, "{value}")?;
+        Ok(())
+    }
+
+    /// Writes the summary (the counts, `extra` fields) and the `notes`.
+    fn finish(
+        self,
+        verified: &VerifiedEvents,
+        extra: serde_json::Value,
+        notes: &[String],
+    ) -> anyhow::Result<()> {
+        let mut summary = json!({
+            "logged_changes": self.lines,
+            "reapplied": self.count(Fate::Reapplied),
+            "would_reapply": self.count(Fate::WouldReapply),
+            "already_applied": self.count(Fate::AlreadyApplied),
+            "not_in_database": self.count(Fate::NotInDatabase),
+            "events_verified": verified.events.len(),
+            "events_after_last_checkpoint": verified.uncovered,
+        });
+        if let (Some(summary), serde_json::Value::Object(extra)) = (summary.as_object_mut(), extra)
+        {
+            summary.extend(extra);
+        }
+        writeln!(self.out, "{}", json!({ "summary": summary }))?;
+        for note in notes {
+            writeln!(self.out, "note: {note}")?;
+        }
+        if verified.uncovered > 0 {
+            writeln!(
+                self.out,
+                "note: {} events after the log's last signed checkpoint were not used; \
+                 export the log again after its next checkpoint and run this again",
+                verified.uncovered
+            )?;
+        }
+        Ok(())
+    }
+}
 
 /// What a logged change concerns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,28 +304,14 @@ fn logged_changes(events: &[VerifiedEvent], default_window: chrono::Duration) ->
     let mut changes = Vec::new();
     // Per scope, the index in `changes` of the log's last word on its key.
     let mut last_word: std::collections::HashMap<Uuid, usize> = std::collections::HashMap::new();
-    for VerifiedEvent {
-        index: position,
+    for Allowed {
+        position,
         event,
-        ..
-    } in events
+        action,
+        resource,
+        at,
+    } in allowed(events, ServiceName::Vault)
     {
-        if event.source_service != ServiceName::Vault.as_str()
-            || event.outcome != Outcome::Allowed as i32
-        {
-            continue;
-        }
-        let Ok(action) = event.action.parse::<Action>() else {
-            continue;
-        };
-        let Some(resource) = &event.resource else {
-            continue;
-        };
-        let at = event
-            .time
-            .as_ref()
-            .and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
-            .unwrap_or_else(Utc::now);
         let order = || {
             let reason = event.reason.strip_prefix("order-").unwrap_or(&event.reason);
             reason.split("_due-").next().unwrap_or(reason).to_owned()
@@ -183,7 +353,7 @@ fn logged_changes(events: &[VerifiedEvent], default_window: chrono::Duration) ->
             change,
             at,
             event_id: event.id.clone(),
-            position: *position,
+            position,
         });
         if on_key {
             last_word.insert(id, changes.len() - 1);
@@ -307,40 +477,6 @@ async fn reapply(
     }
 }
 
-/// Makes again on the vault's database of `config` what the verified export
-/// `log` records and the restored database lacks: destructions, pending
-/// destructions and their cancellations, returns of originals. One JSON
-/// line per logged change and a summary on `out`. With `dry_run`, only
-/// says what it would do.
-pub async fn restore_vault(
-    config: &Config,
-    log: &Path,
-    public_key: &str,
-    dry_run: bool,
-    out: &mut dyn Write,
-) -> anyhow::Result<()> {
-    // The log first: nothing is opened, let alone changed, for a log that
-    // does not verify.
-    let verified = crate::audit_cli::verified_events(log, public_key)?;
-    let db =
-        crate::process::open_database(config, ServiceName::Vault, MigrationPolicy::RequireApplied)
-            .await?;
-    let window = chrono::Duration::seconds(
-        i64::try_from(config.vault.destruction_window_seconds).unwrap_or(0),
-    );
-    let result = reapply_all(
-        &VaultStore::new(db.clone()),
-        &config.trust_domain,
-        &verified,
-        window,
-        dry_run,
-        out,
-    )
-    .await;
-    db.close().await;
-    result
-}
-
 async fn reapply_all(
     store: &VaultStore,
     trust_domain: &str,
@@ -349,63 +485,29 @@ async fn reapply_all(
     dry_run: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let logged = logged_changes(&verified.events, default_window);
-    let mut counts = [0u64; 5];
-    for c in &logged {
-        let outcome = reapply(store, trust_domain, c, dry_run)
+    let mut report = Report::new(out);
+    for c in logged_changes(&verified.events, default_window) {
+        let line = Line {
+            target: c.target.as_str(),
+            id: c.id.to_string(),
+            change: c.change.as_str(),
+            event_id: c.event_id.clone(),
+            position: c.position,
+            at: c.at,
+        };
+        let fate = reapply(store, trust_domain, &c, dry_run)
             .await
-            .with_context(|| {
-                format!(
-                    "{} {} ({}): stopped; what is done stays done, and a second run goes on from there",
-                    c.target.as_str(),
-                    c.id,
-                    c.change.as_str()
-                )
-            })?;
-        counts[outcome as usize] += 1;
-        let mut line = json!({
-            "target": c.target.as_str(),
-            "id": c.id,
-            "change": c.change.as_str(),
-            "result": outcome.as_str(),
-            "logged_event": c.event_id,
-            "log_position": c.position,
-            "logged_at": c.at.to_rfc3339(),
-        });
-        match &c.change {
-            Change::Shred { order } => line["order"] = json!(order),
+            .with_context(|| line.stopped())?;
+        let extra = match &c.change {
+            Change::Shred { order } => json!({ "order": order }),
             Change::Schedule { order, due } => {
-                line["order"] = json!(order);
-                line["due"] = json!(due.to_rfc3339());
+                json!({ "order": order, "due": due.to_rfc3339() })
             }
-            Change::Cancel | Change::ReturnOriginals => {}
-        }
-        writeln!(out, "{line}")?;
+            Change::Cancel | Change::ReturnOriginals => json!({}),
+        };
+        report.line(&line, fate, extra)?;
     }
-    writeln!(
-        out,
-        "{}",
-        json!({
-            "summary": {
-                "logged_changes": logged.len(),
-                "reapplied": counts[Fate::Reapplied as usize],
-                "would_reapply": counts[Fate::WouldReapply as usize],
-                "already_applied": counts[Fate::AlreadyApplied as usize],
-                "not_in_database": counts[Fate::NotInDatabase as usize],
-                "events_verified": verified.events.len(),
-                "events_after_last_checkpoint": verified.uncovered,
-            }
-        })
-    )?;
-    if verified.uncovered > 0 {
-        writeln!(
-            out,
-            "note: {} events after the log's last signed checkpoint were not used; \
-             export the log again after its next checkpoint and run this again",
-            verified.uncovered
-        )?;
-    }
-    Ok(())
+    report.finish(verified, json!({}), &[])
 }
 
 /// What the log says was done in identity since a backup, to be made again
@@ -454,20 +556,14 @@ struct LoggedIdentity {
 /// last of each kind.
 fn identity_changes(events: &[VerifiedEvent]) -> Vec<LoggedIdentity> {
     let mut changes: Vec<LoggedIdentity> = Vec::new();
-    for VerifiedEvent {
-        index: position,
+    for Allowed {
+        position,
         event,
-        ..
-    } in events
+        action,
+        resource,
+        at,
+    } in allowed(events, ServiceName::Identity)
     {
-        if event.source_service != ServiceName::Identity.as_str()
-            || event.outcome != Outcome::Allowed as i32
-        {
-            continue;
-        }
-        let (Ok(action), Some(resource)) = (event.action.parse::<Action>(), &event.resource) else {
-            continue;
-        };
         let id = Uuid::parse_str(&resource.id).ok();
         let change = match (action, id) {
             (Action::IdentityStaffDisabled, Some(id)) => {
@@ -504,11 +600,6 @@ fn identity_changes(events: &[VerifiedEvent]) -> Vec<LoggedIdentity> {
             (Action::IdentityWallCreated, Some(id)) => IdentityChange::Wall(id),
             _ => continue,
         };
-        let at = event
-            .time
-            .as_ref()
-            .and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
-            .unwrap_or_else(Utc::now);
         if matches!(change, IdentityChange::SignIn { .. }) {
             changes.retain(|c| c.change != change);
         }
@@ -516,7 +607,7 @@ fn identity_changes(events: &[VerifiedEvent]) -> Vec<LoggedIdentity> {
             change,
             at,
             event_id: event.id.clone(),
-            position: *position,
+            position,
         });
     }
     changes
@@ -623,34 +714,6 @@ async fn end_live_sessions(
     }
 }
 
-/// Makes again on the identity database of `config`, restored from a
-/// backup, what the verified export `log` records since and the database
-/// lacks: revocations (staff disabled; assignments, roles and wall
-/// exceptions revoked, by hand or by an access review; matters closed),
-/// and sign-in credentials changed since, which it cannot bring back and
-/// locks instead; every session still live ends. Walls put up since cannot
-/// be rebuilt from the log: they are reported (`lost`). One JSON line per
-/// logged change and a summary on `out`; with `dry_run`, only says what it
-/// would do.
-pub async fn restore_identity(
-    config: &Config,
-    log: &Path,
-    public_key: &str,
-    dry_run: bool,
-    out: &mut dyn Write,
-) -> anyhow::Result<()> {
-    let verified = crate::audit_cli::verified_events(log, public_key)?;
-    let db = crate::process::open_database(
-        config,
-        ServiceName::Identity,
-        MigrationPolicy::RequireApplied,
-    )
-    .await?;
-    let result = reapply_identity_all(&db, &config.trust_domain, &verified, dry_run, out).await;
-    db.close().await;
-    result
-}
-
 async fn reapply_identity_all(
     db: &Database,
     trust_domain: &str,
@@ -658,70 +721,42 @@ async fn reapply_identity_all(
     dry_run: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let logged = identity_changes(&verified.events);
-    let mut counts = [0u64; 5];
-    for c in &logged {
-        let (kind, id) = c.change.resource();
-        let outcome = reapply_identity(db, trust_domain, c, dry_run)
+    let mut report = Report::new(out);
+    for c in identity_changes(&verified.events) {
+        let (target, id) = c.change.resource();
+        let line = Line {
+            target,
+            id,
+            change: c.change.as_str(),
+            event_id: c.event_id.clone(),
+            position: c.position,
+            at: c.at,
+        };
+        let fate = reapply_identity(db, trust_domain, &c, dry_run)
             .await
-            .with_context(|| {
-                format!(
-                    "{kind} {id} ({}): stopped; what is done stays done, and a second run goes on from there",
-                    c.change.as_str()
-                )
-            })?;
-        counts[outcome as usize] += 1;
-        writeln!(
-            out,
-            "{}",
-            json!({
-                "target": kind,
-                "id": id,
-                "change": c.change.as_str(),
-                "result": outcome.as_str(),
-                "logged_event": c.event_id,
-                "log_position": c.position,
-                "logged_at": c.at.to_rfc3339(),
-            })
-        )?;
+            .with_context(|| line.stopped())?;
+        report.line(&line, fate, json!({}))?;
     }
     let sessions = end_live_sessions(db, trust_domain, dry_run).await?;
-    let lost = counts[Fate::Lost as usize];
-    writeln!(
-        out,
-        "{}",
-        json!({
-            "summary": {
-                "logged_changes": logged.len(),
-                "reapplied": counts[Fate::Reapplied as usize],
-                "would_reapply": counts[Fate::WouldReapply as usize],
-                "already_applied": counts[Fate::AlreadyApplied as usize],
-                "not_in_database": counts[Fate::NotInDatabase as usize],
-                "walls_lost": lost,
-                "sessions_ended": if dry_run { 0 } else { sessions },
-                "sessions_to_end": if dry_run { sessions } else { 0 },
-                "events_verified": verified.events.len(),
-                "events_after_last_checkpoint": verified.uncovered,
-            }
-        })
-    )?;
-    if lost > 0 {
-        writeln!(
-            out,
-            "note: {lost} walls put up after the backup are not in the restored database, and the \
+    let lost = report.count(Fate::Lost);
+    let notes = if lost > 0 {
+        vec![format!(
+            "{lost} walls put up after the backup are not in the restored database, and the \
              log does not say whom they screen from what: put them up again (CreateWall) before \
              staff sign in"
-        )?;
-    }
-    if verified.uncovered > 0 {
-        writeln!(
-            out,
-            "note: {} events after the log's last signed checkpoint were not used; \
-             export the log again after its next checkpoint and run this again",
-            verified.uncovered
-        )?;
-    }
-    Ok(())
+        )]
+    } else {
+        Vec::new()
+    };
+    report.finish(
+        verified,
+        json!({
+            "walls_lost": lost,
+            "sessions_ended": if dry_run { 0 } else { sessions },
+            "sessions_to_end": if dry_run { sessions } else { 0 },
+        }),
+        &notes,
+    )
 }
 
 /// What the log records of retention since a backup that its restored
@@ -794,20 +829,14 @@ struct LoggedRetention {
 /// released within the log is neither placed nor released again.
 fn retention_changes(events: &[VerifiedEvent]) -> Vec<LoggedRetention> {
     let mut changes: Vec<LoggedRetention> = Vec::new();
-    for VerifiedEvent {
-        index: position,
+    for Allowed {
+        position,
         event,
-        ..
-    } in events
+        action,
+        resource,
+        at,
+    } in allowed(events, ServiceName::Retention)
     {
-        if event.source_service != ServiceName::Retention.as_str()
-            || event.outcome != Outcome::Allowed as i32
-        {
-            continue;
-        }
-        let (Ok(action), Some(resource)) = (event.action.parse::<Action>(), &event.resource) else {
-            continue;
-        };
         let id = Uuid::parse_str(&resource.id).ok();
         let change = match (action, id) {
             (Action::RetentionHoldPlaced, Some(id)) => {
@@ -853,16 +882,11 @@ fn retention_changes(events: &[VerifiedEvent]) -> Vec<LoggedRetention> {
             (Action::RetentionCertificateIssued, Some(id)) => RetentionChange::Certificate(id),
             _ => continue,
         };
-        let at = event
-            .time
-            .as_ref()
-            .and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
-            .unwrap_or_else(Utc::now);
         changes.push(LoggedRetention {
             change,
             at,
             event: event.clone(),
-            position: *position,
+            position,
         });
     }
     changes
@@ -956,40 +980,6 @@ async fn reapply_retention(
     })
 }
 
-/// Brings the retention database of `config`, restored from a backup, in
-/// line with the verified export `log`: legal holds placed since (and not
-/// released) are placed again, and the vault gets them at retention's next
-/// sync; schedule changes the log cannot rebuild (policies, trigger
-/// events) and certificates issued since are listed `lost`; when anything
-/// is, disposals pause until a records manager has re-entered the schedule
-/// and resumes them (ResumeDisposals). One JSON line per logged change and
-/// a summary on `out`; with `dry_run`, only says what it would do.
-pub async fn restore_retention(
-    config: &Config,
-    log: &Path,
-    public_key: &str,
-    dry_run: bool,
-    out: &mut dyn Write,
-) -> anyhow::Result<()> {
-    let verified = crate::audit_cli::verified_events(log, public_key)?;
-    let db = crate::process::open_database(
-        config,
-        ServiceName::Retention,
-        MigrationPolicy::RequireApplied,
-    )
-    .await?;
-    let result = reapply_retention_all(
-        &RetentionStore::new(db.clone()),
-        &config.trust_domain,
-        &verified,
-        dry_run,
-        out,
-    )
-    .await;
-    db.close().await;
-    result
-}
-
 async fn reapply_retention_all(
     store: &RetentionStore,
     trust_domain: &str,
@@ -997,37 +987,25 @@ async fn reapply_retention_all(
     dry_run: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let logged = retention_changes(&verified.events);
     let newest_trigger = retention_restore::newest_trigger(store.db()).await?;
-    let mut counts = [0u64; 5];
-    for c in &logged {
-        let (kind, id) = c.change.target(&c.event);
-        let outcome = reapply_retention(store, trust_domain, c, newest_trigger, dry_run)
+    let mut report = Report::new(out);
+    for c in retention_changes(&verified.events) {
+        let (target, id) = c.change.target(&c.event);
+        let line = Line {
+            target,
+            id,
+            change: c.change.as_str(),
+            event_id: c.event.id.clone(),
+            position: c.position,
+            at: c.at,
+        };
+        let fate = reapply_retention(store, trust_domain, &c, newest_trigger, dry_run)
             .await
-            .with_context(|| {
-                format!(
-                    "{kind} {id} ({}): stopped; what is done stays done, and a second run goes on from there",
-                    c.change.as_str()
-                )
-            })?;
-        counts[outcome as usize] += 1;
-        writeln!(
-            out,
-            "{}",
-            json!({
-                "target": kind,
-                "id": id,
-                "change": c.change.as_str(),
-                "result": outcome.as_str(),
-                "logged_event": c.event.id,
-                "log_position": c.position,
-                "logged_at": c.at.to_rfc3339(),
-            })
-        )?;
+            .with_context(|| line.stopped())?;
+        report.line(&line, fate, json!({}))?;
     }
-    let lost = counts[Fate::Lost as usize];
-    let changed = lost + counts[Fate::Reapplied as usize] + counts[Fate::WouldReapply as usize];
-    let pause = changed > 0;
+    let lost = report.count(Fate::Lost);
+    let pause = lost + report.count(Fate::Reapplied) + report.count(Fate::WouldReapply) > 0;
     if pause && !dry_run && !store.paused().await? {
         let me = ServiceName::Retention.spiffe_id(trust_domain);
         let event = EventBuilder::new(
@@ -1047,69 +1025,33 @@ async fn reapply_retention_all(
             )
             .await?;
     }
-    writeln!(
-        out,
-        "{}",
-        json!({
-            "summary": {
-                "logged_changes": logged.len(),
-                "reapplied": counts[Fate::Reapplied as usize],
-                "would_reapply": counts[Fate::WouldReapply as usize],
-                "already_applied": counts[Fate::AlreadyApplied as usize],
-                "not_in_database": counts[Fate::NotInDatabase as usize],
-                "lost": lost,
-                "disposals_paused": pause,
-                "events_verified": verified.events.len(),
-                "events_after_last_checkpoint": verified.uncovered,
-            }
-        })
-    )?;
-    if pause {
-        writeln!(
-            out,
-            "note: disposals {} paused: re-enter the policies and trigger events listed `lost`, \
+    let notes = if pause {
+        vec![format!(
+            "disposals {} paused: re-enter the policies and trigger events listed `lost`, \
              release again the holds listed `lost` if they are to go, then resume disposals \
              (ResumeDisposals, a records manager)",
             if dry_run { "would be" } else { "are" }
-        )?;
-    }
-    if verified.uncovered > 0 {
-        writeln!(
-            out,
-            "note: {} events after the log's last signed checkpoint were not used; \
-             export the log again after its next checkpoint and run this again",
-            verified.uncovered
-        )?;
-    }
-    Ok(())
+        )]
+    } else {
+        Vec::new()
+    };
+    report.finish(
+        verified,
+        json!({ "lost": lost, "disposals_paused": pause }),
+        &notes,
+    )
 }
 
 /// Events put back per transaction.
 const RESTORE_BATCH: usize = 1000;
 
 /// Puts back into the audit service's database, restored from a backup,
-/// the events and signed checkpoints that the verified export `log` holds
-/// beyond it, at the positions they had: the log is whole again and every
+/// the events and signed checkpoints that the verified export holds beyond
+/// it, at the positions they had: the log is whole again and every
 /// checkpoint it published still verifies, instead of new events taking
 /// the lost ones' places (a fork of the log). Run it before the audit
 /// service starts on the restored database. A summary on `out`; with
 /// `dry_run`, only the summary (what would be put back).
-pub async fn restore_audit_log(
-    config: &Config,
-    log: &Path,
-    public_key: &str,
-    dry_run: bool,
-    out: &mut dyn Write,
-) -> anyhow::Result<()> {
-    let verified = crate::audit_cli::verified_events(log, public_key)?;
-    let db =
-        crate::process::open_database(config, ServiceName::Audit, MigrationPolicy::RequireApplied)
-            .await?;
-    let result = put_back(&EventStore::new(db.clone()), &verified, dry_run, out).await;
-    db.close().await;
-    result
-}
-
 async fn put_back(
     store: &EventStore,
     verified: &VerifiedEvents,
