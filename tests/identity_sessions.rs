@@ -502,21 +502,6 @@ async fn postgres_repeated_failures_lock_the_account_and_bad_input_is_named() {
     repeated_failures_lock_the_account_and_bad_input_is_named(Backend::Postgres).await;
 }
 
-/// The (`change`, `result`) of each line about `id` in the output of a
-/// `confidant restore` command.
-fn restore_results(out: &str, id: &str) -> Vec<(String, String)> {
-    out.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["id"] == id)
-        .map(|v| {
-            (
-                v["change"].as_str().unwrap_or_default().to_owned(),
-                v["result"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect()
-}
-
 async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: Backend) {
     use common::directory::{assign, cleared, decide, new_client, new_matter};
     use confidant_proto::audit::v1::ListEventsRequest;
@@ -649,20 +634,27 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
     let (code, out) = restore();
     assert_eq!(code, 0, "{out}");
     let done = |change: &str| vec![(change.to_owned(), "reapplied".to_owned())];
-    assert_eq!(restore_results(&out, &leaver), done("revoke"), "{out}");
-    assert_eq!(restore_results(&out, &assignment), done("revoke"));
     assert_eq!(
-        restore_results(&out, &format!("{demoted}/associate")),
+        common::restore_results(&out, &leaver),
+        done("revoke"),
+        "{out}"
+    );
+    assert_eq!(common::restore_results(&out, &assignment), done("revoke"));
+    assert_eq!(
+        common::restore_results(&out, &format!("{demoted}/associate")),
         done("revoke")
     );
-    assert_eq!(restore_results(&out, &rotated), done("reset_sign_in"));
+    assert_eq!(
+        common::restore_results(&out, &rotated),
+        done("reset_sign_in")
+    );
     // A password set before the backup is the one the backup holds.
     assert_eq!(
-        restore_results(&out, &walled),
+        common::restore_results(&out, &walled),
         vec![("reset_sign_in".to_owned(), "already_applied".to_owned())]
     );
     assert_eq!(
-        restore_results(&out, &wall),
+        common::restore_results(&out, &wall),
         vec![("wall".to_owned(), "lost".to_owned())]
     );
     assert!(out.contains("put them up again"), "{out}");
@@ -734,7 +726,7 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
         format!("{demoted}/associate"),
         rotated.clone(),
     ] {
-        let again = restore_results(&out, &id);
+        let again = common::restore_results(&out, &id);
         assert!(
             !again.is_empty() && again.iter().all(|(_, r)| r == "already_applied"),
             "{id}: {out}"

@@ -1878,15 +1878,15 @@ async fn holds_placed_after_a_backup_come_back_and_disposals_wait_after_its_rest
     let (code, out) = restore("retention");
     assert_eq!(code, 0, "{out}");
     assert_eq!(
-        restore_results(&out, "place_hold", &hold),
+        results_of(&out, "place_hold", &hold),
         ["reapplied"],
         "{out}"
     );
     assert_eq!(
-        restore_results(&out, "policy", &policy.id),
+        results_of(&out, "policy", &policy.id),
         ["already_applied", "lost"]
     );
-    assert_eq!(restore_results(&out, "trigger", ""), ["lost"]);
+    assert_eq!(results_of(&out, "trigger", ""), ["lost"]);
     assert!(out.contains("\"disposals_paused\":true"), "{out}");
 
     let sandbox = Sandbox::start(&data, spec.clone()).await;
@@ -1946,7 +1946,7 @@ async fn holds_placed_after_a_backup_come_back_and_disposals_wait_after_its_rest
     let (code, out) = restore("retention");
     assert_eq!(code, 0, "{out}");
     assert_eq!(
-        restore_results(&out, "place_hold", &hold),
+        results_of(&out, "place_hold", &hold),
         ["already_applied"],
         "{out}"
     );
@@ -1954,11 +1954,11 @@ async fn holds_placed_after_a_backup_come_back_and_disposals_wait_after_its_rest
 
 /// The `result` of each line of a `confidant restore` output about
 /// `change` (and `id`, unless empty).
-fn restore_results(out: &str, change: &str, id: &str) -> Vec<String> {
-    out.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["change"] == change && (id.is_empty() || v["id"] == id))
-        .map(|v| v["result"].as_str().unwrap_or_default().to_owned())
+fn results_of(out: &str, change: &str, id: &str) -> Vec<String> {
+    common::restore_results(out, id)
+        .into_iter()
+        .filter(|(c, _)| c == change)
+        .map(|(_, result)| result)
         .collect()
 }
 

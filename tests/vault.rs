@@ -1884,10 +1884,9 @@ fn restore_vault(data: &SandboxData, args: &[&str]) -> (i32, String) {
 
 /// The `result` of each line about `id` in the command's output.
 fn results_for(out: &str, id: &str) -> Vec<String> {
-    out.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["id"] == id)
-        .map(|v| v["result"].as_str().unwrap_or_default().to_owned())
+    common::restore_results(out, id)
+        .into_iter()
+        .map(|(_, result)| result)
         .collect()
 }
 
@@ -2104,21 +2103,6 @@ async fn postgres_shreds_made_after_a_backup_are_made_again_after_its_restore() 
     shreds_made_after_a_backup_are_made_again_after_its_restore(Backend::Postgres).await;
 }
 
-/// The (`change`, `result`) of each line about `id` in the output of
-/// `confidant restore vault`.
-fn changes_for(out: &str, id: &str) -> Vec<(String, String)> {
-    out.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["id"] == id)
-        .map(|v| {
-            (
-                v["change"].as_str().unwrap_or_default().to_owned(),
-                v["result"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect()
-}
-
 /// Stages the destruction of `scope_id` for `seconds`; returns when the key
 /// is due to go.
 async fn staged(retention: &mut Vault, scope_id: &str, seconds: i64) -> prost_types::Timestamp {
@@ -2300,7 +2284,7 @@ async fn pending_destructions_and_returns_made_after_a_backup_are_made_again_aft
     common::restore(&data, ServiceName::Vault, &backup).await;
     let (code, out) = restore_vault(&data, &["--log", &export_arg, "--public-key", &key]);
     assert_eq!(code, 0, "{out}");
-    let change_of = |id: &str| changes_for(&out, id);
+    let change_of = |id: &str| common::restore_results(&out, id);
     let pair = |change: &str, result: &str| vec![(change.to_owned(), result.to_owned())];
     assert_eq!(change_of(&kept), pair("cancel", "reapplied"), "{out}");
     assert_eq!(change_of(&staged_later), pair("schedule", "reapplied"));
@@ -2354,7 +2338,7 @@ async fn pending_destructions_and_returns_made_after_a_backup_are_made_again_aft
     let (code, out) = restore_vault(&data, &["--log", &export_arg, "--public-key", &key]);
     assert_eq!(code, 0, "{out}");
     for id in [&kept, &staged_later, &suspended, &returned, &newer] {
-        let again = changes_for(&out, id);
+        let again = common::restore_results(&out, id);
         assert!(
             !again.is_empty() && again.iter().all(|(_, r)| r == "already_applied"),
             "{out}"

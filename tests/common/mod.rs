@@ -526,6 +526,21 @@ pub async fn exported_log(
     (export, key)
 }
 
+/// The (`change`, `result`) of each line of a `confidant restore` output
+/// about `id` (every line's, if `id` is empty).
+pub fn restore_results(out: &str, id: &str) -> Vec<(String, String)> {
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("summary").is_none() && (id.is_empty() || v["id"] == id))
+        .map(|v| {
+            (
+                v["change"].as_str().unwrap_or_default().to_owned(),
+                v["result"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
 /// The verifier key of a log that is not the sandbox's: a fresh signing
 /// key under the same name.
 pub fn other_log_key() -> String {
