@@ -15,7 +15,17 @@
 //!   vault's allowed events), so a verified export of it says what to make
 //!   again.
 //!
-//! Both use only what a signed checkpoint of the export covers, and the
+//! - `identity`: a restored identity database gives back access taken away
+//!   since its backup, revives sessions and brings back old credentials.
+//!   Every revocation the log records is made again, sign-ins whose
+//!   credentials changed since are locked, and every session ends.
+//! - `retention`: a restored retention database (and a vault restored
+//!   from the same backup) has lost the legal holds placed since, and its
+//!   next sweep could destroy held data. The holds come back from the log;
+//!   what the log cannot rebuild is listed, and disposals pause until a
+//!   records manager has re-entered it.
+//!
+//! All use only what a signed checkpoint of the export covers, and the
 //! export must verify as a whole against the log's key, so a forged or
 //! edited file changes nothing.
 
@@ -26,19 +36,17 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use confidant_audit::domain::validate_event;
 use confidant_audit::store::EventStore;
-use confidant_identity::restore::{self, Revocation};
-use confidant_proto::audit::v1::Outcome;
-use confidant_proto::audit::v1::{ActorKind, AuditEvent, Resource};
+use confidant_identity::restore::{self as identity_restore, Revocation};
+use confidant_proto::audit::v1::{ActorKind, AuditEvent, Outcome, Resource};
 use confidant_retention::restore as retention_restore;
 use confidant_retention::store::{self as retention_store, HoldRow, RetentionStore};
 use confidant_runtime::ServiceName;
 use confidant_runtime::audit::{Action, EventBuilder};
 use confidant_runtime::config::Config;
 use confidant_runtime::error::Violations;
-use confidant_runtime::portable::Statement;
-use confidant_runtime::portable::TransactError;
+use confidant_runtime::portable::{Statement, TransactError};
 use confidant_runtime::storage::Database;
-use confidant_vault::store::{self, ScopeState, VaultStore};
+use confidant_vault::store::{self as vault_store, ScopeState, VaultStore};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -418,7 +426,7 @@ async fn reapply(
             return Ok(Fate::AlreadyApplied);
         }
         (
-            vec![store::reapply_record_shred(c.id, order, c.at)],
+            vec![vault_store::reapply_record_shred(c.id, order, c.at)],
             record.client_id,
             record.matter_id,
             record.category,
@@ -432,25 +440,27 @@ async fn reapply(
             Change::Shred { .. } | Change::Schedule { .. } if state == ScopeState::Shredded => {
                 return Ok(Fate::AlreadyApplied);
             }
-            Change::Shred { order } => store::reapply_scope_shred(c.id, order, c.at, &c.event_id),
+            Change::Shred { order } => {
+                vault_store::reapply_scope_shred(c.id, order, c.at, &c.event_id)
+            }
             Change::Schedule { order, .. }
                 if state == ScopeState::PendingDestruction
                     && scope.shred_order.as_deref() == Some(order.as_str()) =>
             {
                 return Ok(Fate::AlreadyApplied);
             }
-            Change::Schedule { order, due } => store::reapply_schedule(c.id, order, *due),
+            Change::Schedule { order, due } => vault_store::reapply_schedule(c.id, order, *due),
             Change::Cancel if state != ScopeState::PendingDestruction => {
                 return Ok(Fate::AlreadyApplied);
             }
-            Change::Cancel => vec![store::cancel_destruction(c.id).expecting(1)],
+            Change::Cancel => vec![vault_store::cancel_destruction(c.id).expecting(1)],
             Change::ReturnOriginals => {
                 let stored_before: Vec<Statement> = store
                     .originals(c.id)
                     .await?
                     .into_iter()
                     .filter(|(_, created)| *created <= c.at)
-                    .map(|(id, _)| store::release_original(id).expecting(1))
+                    .map(|(id, _)| vault_store::release_original(id).expecting(1))
                     .collect();
                 if stored_before.is_empty() {
                     return Ok(Fate::AlreadyApplied);
@@ -622,14 +632,16 @@ async fn reapply_identity(
 ) -> anyhow::Result<Fate> {
     let (statement, action) = match &c.change {
         IdentityChange::Wall(id) => {
-            return Ok(if restore::wall_exists(db, *id).await? {
+            return Ok(if identity_restore::wall_exists(db, *id).await? {
                 Fate::AlreadyApplied
             } else {
                 Fate::Lost
             });
         }
         IdentityChange::SignIn { staff, totp } => {
-            let Some((hash, password_at, totp_at)) = restore::sign_in_set(db, *staff).await? else {
+            let Some((hash, password_at, totp_at)) =
+                identity_restore::sign_in_set(db, *staff).await?
+            else {
                 return Ok(Fate::NotInDatabase);
             };
             // Set, or set again by an administrator, since the logged
@@ -637,13 +649,16 @@ async fn reapply_identity(
             // microsecond PostgreSQL keeps).
             let leeway = chrono::Duration::milliseconds(1);
             let held_since = |t: DateTime<Utc>| t + leeway >= c.at;
-            let current = hash == restore::LOCKED_HASH
+            let current = hash == identity_restore::LOCKED_HASH
                 || held_since(password_at)
                 || (*totp && totp_at.is_some_and(held_since));
             if current {
                 return Ok(Fate::AlreadyApplied);
             }
-            (restore::lock_sign_in(*staff), Action::IdentitySignInReset)
+            (
+                identity_restore::lock_sign_in(*staff),
+                Action::IdentitySignInReset,
+            )
         }
         IdentityChange::Revoke(revocation) => {
             match revocation.in_force(db).await? {
@@ -684,26 +699,25 @@ async fn end_live_sessions(
     dry_run: bool,
 ) -> anyhow::Result<u64> {
     if dry_run {
-        return Ok(restore::live_sessions(db, i64::MAX).await?.len() as u64);
+        return Ok(identity_restore::live_sessions(db, i64::MAX).await?.len() as u64);
     }
     let mut ended = 0;
     loop {
-        let sessions = restore::live_sessions(db, SESSION_BATCH).await?;
+        let sessions = identity_restore::live_sessions(db, SESSION_BATCH).await?;
         if sessions.is_empty() {
             return Ok(ended);
         }
         let now = Utc::now();
         let mut statements = Vec::with_capacity(sessions.len());
         let mut events = Vec::with_capacity(sessions.len());
-        for (session, staff) in &sessions {
-            statements.push(restore::end_session(*session, "restore", now));
+        for (session, _staff) in &sessions {
+            statements.push(identity_restore::end_session(*session, "restore", now));
             events.push(
                 EventBuilder::new(
                     ServiceName::Identity,
                     trust_domain,
                     Action::IdentitySessionRevoked,
                 )
-                .actor(ActorKind::Staff, &staff.to_string(), "")
                 .resource("session", &session.to_string())
                 .outcome(Outcome::Allowed, "restore")
                 .build(),
@@ -796,7 +810,7 @@ impl RetentionChange {
         }
     }
 
-    fn target(&self, event: &confidant_proto::audit::v1::AuditEvent) -> (&'static str, String) {
+    fn target(&self, event: &AuditEvent) -> (&'static str, String) {
         match self {
             RetentionChange::Hold { id, .. } | RetentionChange::Release(id) => {
                 ("hold", id.to_string())
@@ -820,7 +834,7 @@ impl RetentionChange {
 struct LoggedRetention {
     change: RetentionChange,
     at: DateTime<Utc>,
-    event: confidant_proto::audit::v1::AuditEvent,
+    event: AuditEvent,
     position: u64,
 }
 
