@@ -143,6 +143,8 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum RestoreCommand {
+    /// Put back the events and checkpoints a restored audit log lost.
+    ///
     /// After the audit service's database is restored from a backup, and
     /// before the service starts on it: put back the events and signed
     /// checkpoints it lost, from a verified export of the log (`confidant
@@ -152,6 +154,9 @@ enum RestoreCommand {
     /// with nothing written, when the export does not verify or the
     /// restored log is not its beginning. Safe to run again.
     AuditLog(RestoreArgs),
+    /// Make again the destructions, stagings, cancellations and returns
+    /// of originals a restored vault lacks.
+    ///
     /// After the vault's database is restored from a backup, and before
     /// the vault starts on it: make again what the audit log records since
     /// the backup. Every scope key and record key the log shows destroyed
@@ -169,6 +174,8 @@ enum RestoreCommand {
     /// again.
     #[command(alias = "reapply-shreds")]
     Vault(RestoreArgs),
+    /// Take away again the access a restored identity database gives back.
+    ///
     /// After identity's database is restored from a backup, and before
     /// identity starts on it: take away again every access the audit log
     /// shows taken away since the backup (staff disabled; assignments,
@@ -181,6 +188,9 @@ enum RestoreCommand {
     /// again before staff sign in. Same export, output and guarantees as
     /// `vault`; each change is an audit event. Safe to run again.
     Identity(RestoreArgs),
+    /// Place again the legal holds a restored retention database lost, and
+    /// pause disposals.
+    ///
     /// After retention's database is restored from a backup: place again
     /// every legal hold the audit log shows placed, and not released,
     /// since the backup (the vault gets it at retention's next sync; a hold
