@@ -1903,10 +1903,22 @@ async fn holds_placed_after_a_backup_come_back_and_disposals_wait_after_its_rest
                 .into_inner()
         }
     };
-    // Paused: the due contacts wait.
+    // Paused: the due contacts wait, and the due report says why.
     let paused = sweep().await;
     assert!(paused.ran && paused.paused, "{paused:?}");
     assert_eq!(paused.batches_created, 0);
+    let due_report_paused = || {
+        let (mut retention, token) = (retention.clone(), token.clone());
+        async move {
+            retention
+                .get_due_report(as_staff(&token, pb::GetDueReportRequest { within_days: 1 }))
+                .await
+                .unwrap()
+                .into_inner()
+                .disposals_paused
+        }
+    };
+    assert!(due_report_paused().await);
     // The hold is back in the vault too.
     retention
         .clone()
@@ -1933,6 +1945,7 @@ async fn holds_placed_after_a_backup_come_back_and_disposals_wait_after_its_rest
     };
     assert!(resume().await);
     assert!(!resume().await);
+    assert!(!due_report_paused().await);
     let resumed = sweep().await;
     assert!(!resumed.paused, "{resumed:?}");
     assert_eq!(resumed.scopes_shredded, 0, "{resumed:?}");

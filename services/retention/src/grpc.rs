@@ -437,6 +437,12 @@ impl RetentionService for RetentionApi {
                 })
                 .collect(),
             report_time: Some(ts(now)),
+            disposals_paused: self
+                .retention
+                .store()
+                .paused()
+                .await
+                .map_err(Error::Store)?,
         }))
     }
 
