@@ -529,27 +529,77 @@ async fn policies_triggers_and_holds_decide_what_falls_due(backend: Backend) {
     sandbox.stop().await;
 }
 
-async fn due_scopes_are_shredded_through_approved_batches_and_certified(backend: Backend) {
-    let data = SandboxData::new(backend).await;
-    let sandbox = Sandbox::start(
-        &data,
-        SandboxSpec::of(&[
+/// The services a disposal test runs: identity, the vault, retention and
+/// the audit log, with `settings` over the defaults.
+fn disposal_spec(settings: Vec<(&'static str, &'static str, toml::Value)>) -> SandboxSpec {
+    SandboxSpec {
+        settings,
+        ..SandboxSpec::of(&[
             ServiceName::Identity,
             ServiceName::Vault,
             ServiceName::Retention,
             ServiceName::Audit,
-        ]),
-    )
-    .await;
-    let mut admin = common::identity_client(&data, &sandbox, "operator").await;
-    let client_id = new_client(&mut admin).await;
-    let partner = cleared(&mut admin, "partner@firm.example", "partner").await;
-    let matter_id = new_matter(&mut admin, &client_id, Some(&partner), "probate").await;
-    let manager = cleared(&mut admin, "records@firm.example", "records_manager").await;
-    let token = staff_token(&data, &manager, &["records_manager"]);
+        ])
+    }
+}
 
-    let mut vault =
-        VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "intake").await);
+/// A client with a matter, a records manager and the clients a disposal
+/// test drives.
+struct DisposalFirm {
+    client_id: String,
+    matter_id: String,
+    manager: String,
+    /// The records manager's access token.
+    token: String,
+    /// The vault, as intake (stores notes).
+    vault: VaultServiceClient<PeerChannel>,
+    /// Retention, as the firm's application.
+    retention: RetentionServiceClient<PeerChannel>,
+}
+
+impl DisposalFirm {
+    async fn new(data: &SandboxData, sandbox: &Sandbox) -> Self {
+        let mut admin = common::identity_client(data, sandbox, "operator").await;
+        let client_id = new_client(&mut admin).await;
+        let partner = cleared(&mut admin, "partner@firm.example", "partner").await;
+        let matter_id = new_matter(&mut admin, &client_id, Some(&partner), "probate").await;
+        let manager = cleared(&mut admin, "records@firm.example", "records_manager").await;
+        Self {
+            token: staff_token(data, &manager, &["records_manager"]),
+            client_id,
+            matter_id,
+            manager,
+            vault: VaultServiceClient::new(
+                channel(data, sandbox, ServiceName::Vault, "intake").await,
+            ),
+            retention: RetentionServiceClient::new(
+                channel(data, sandbox, ServiceName::Retention, "firm-app").await,
+            ),
+        }
+    }
+
+    /// Runs a sweep as the records manager.
+    async fn sweep(&self) -> pb::RunSweepResponse {
+        self.retention
+            .clone()
+            .run_sweep(as_staff(&self.token, pb::RunSweepRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+}
+
+async fn due_scopes_are_shredded_through_approved_batches_and_certified(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(&data, disposal_spec(Vec::new())).await;
+    let firm = DisposalFirm::new(&data, &sandbox).await;
+    let (client_id, matter_id, manager, token) = (
+        firm.client_id.clone(),
+        firm.matter_id.clone(),
+        firm.manager.clone(),
+        firm.token.clone(),
+    );
+    let mut vault = firm.vault.clone();
     let file_scope = common::store_note(
         &mut vault,
         &client_id,
@@ -579,9 +629,7 @@ async fn due_scopes_are_shredded_through_approved_batches_and_certified(backend:
     )
     .await;
 
-    let mut retention = RetentionServiceClient::new(
-        channel(&data, &sandbox, ServiceName::Retention, "firm-app").await,
-    );
+    let mut retention = firm.retention.clone();
     // Everything is due at once: the matter file after review, the contacts
     // only once the client was told two weeks ahead, the financial records
     // at once — but a hold covers those.
@@ -1516,28 +1564,19 @@ async fn staged_disposals_wait_out_the_vaults_window_and_a_records_manager_can_k
     // The vault stages every destruction for three seconds.
     let sandbox = Sandbox::start(
         &data,
-        SandboxSpec {
-            settings: vec![
-                ("vault", "destruction_window_seconds", 3.into()),
-                ("vault", "destruction_check_seconds", 1.into()),
-            ],
-            ..SandboxSpec::of(&[
-                ServiceName::Identity,
-                ServiceName::Vault,
-                ServiceName::Retention,
-                ServiceName::Audit,
-            ])
-        },
+        disposal_spec(vec![
+            ("vault", "destruction_window_seconds", 3.into()),
+            ("vault", "destruction_check_seconds", 1.into()),
+        ]),
     )
     .await;
-    let mut admin = common::identity_client(&data, &sandbox, "operator").await;
-    let client_id = new_client(&mut admin).await;
-    let partner = cleared(&mut admin, "partner@firm.example", "partner").await;
-    let matter_id = new_matter(&mut admin, &client_id, Some(&partner), "probate").await;
-    let manager = cleared(&mut admin, "records@firm.example", "records_manager").await;
-    let token = staff_token(&data, &manager, &["records_manager"]);
-    let mut vault =
-        VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "intake").await);
+    let firm = DisposalFirm::new(&data, &sandbox).await;
+    let (client_id, matter_id, token) = (
+        firm.client_id.clone(),
+        firm.matter_id.clone(),
+        firm.token.clone(),
+    );
+    let mut vault = firm.vault.clone();
     let file_scope = common::store_note(
         &mut vault,
         &client_id,
@@ -1552,9 +1591,7 @@ async fn staged_disposals_wait_out_the_vaults_window_and_a_records_manager_can_k
         vault_pb::DataCategory::ContactDetails,
     )
     .await;
-    let mut retention = RetentionServiceClient::new(
-        channel(&data, &sandbox, ServiceName::Retention, "firm-app").await,
-    );
+    let mut retention = firm.retention.clone();
     for category in [
         vault_pb::DataCategory::MatterFile,
         vault_pb::DataCategory::ContactDetails,
@@ -1578,23 +1615,12 @@ async fn staged_disposals_wait_out_the_vaults_window_and_a_records_manager_can_k
         .sync_scopes(as_staff(&token, pb::SyncScopesRequest {}))
         .await
         .unwrap();
-    let sweeper = retention.clone();
-    let sweep = || {
-        let (mut retention, token) = (sweeper.clone(), token.clone());
-        async move {
-            retention
-                .run_sweep(as_staff(&token, pb::RunSweepRequest {}))
-                .await
-                .unwrap()
-                .into_inner()
-        }
-    };
     let vault_as_retention =
         VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "retention").await);
 
     // Both scopes are due: the sweep orders both shreds, and the vault
     // stages them (reads refused) instead of destroying the keys at once.
-    let first = sweep().await;
+    let first = firm.sweep().await;
     assert_eq!(
         (
             first.batches_created,
@@ -1632,7 +1658,7 @@ async fn staged_disposals_wait_out_the_vaults_window_and_a_records_manager_can_k
     let (mut cancelled, mut shredded) = (0, 0);
     let started = std::time::Instant::now();
     loop {
-        let r = sweep().await;
+        let r = firm.sweep().await;
         cancelled += r.disposals_cancelled;
         shredded += r.scopes_shredded;
         let certificate = retention
@@ -1664,7 +1690,7 @@ async fn staged_disposals_wait_out_the_vaults_window_and_a_records_manager_can_k
     // The kept scope is not planned again while its due date stands: later
     // sweeps leave it readable.
     for _ in 0..2 {
-        let r = sweep().await;
+        let r = firm.sweep().await;
         assert_eq!(
             (r.batches_created, r.disposals_pending, r.scopes_shredded),
             (0, 0, 0),
@@ -1726,19 +1752,11 @@ async fn holds_placed_after_a_backup_come_back_and_disposals_wait_after_its_rest
     backend: Backend,
 ) {
     let data = SandboxData::new(backend).await;
-    let spec = SandboxSpec::of(&[
-        ServiceName::Identity,
-        ServiceName::Vault,
-        ServiceName::Retention,
-        ServiceName::Audit,
-    ]);
+    let spec = disposal_spec(Vec::new());
     let sandbox = Sandbox::start(&data, spec.clone()).await;
-    let mut admin = common::identity_client(&data, &sandbox, "operator").await;
-    let client_id = new_client(&mut admin).await;
-    let manager = cleared(&mut admin, "records@firm.example", "records_manager").await;
-    let token = staff_token(&data, &manager, &["records_manager"]);
-    let mut vault =
-        VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "intake").await);
+    let firm = DisposalFirm::new(&data, &sandbox).await;
+    let (client_id, token) = (firm.client_id.clone(), firm.token.clone());
+    let mut vault = firm.vault.clone();
     let contacts = common::store_note(
         &mut vault,
         &client_id,
@@ -1746,9 +1764,7 @@ async fn holds_placed_after_a_backup_come_back_and_disposals_wait_after_its_rest
         vault_pb::DataCategory::ContactDetails,
     )
     .await;
-    let mut retention = RetentionServiceClient::new(
-        channel(&data, &sandbox, ServiceName::Retention, "firm-app").await,
-    );
+    let mut retention = firm.retention.clone();
     // The contacts fall due at once; no sweep has run yet.
     let policy = retention
         .create_policy(as_staff(
