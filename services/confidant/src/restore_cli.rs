@@ -132,11 +132,8 @@ fn allowed(events: &[VerifiedEvent], service: ServiceName) -> impl Iterator<Item
             resource: event.resource.as_ref()?,
             at: event
                 .time
-                .as_ref()
-                .and_then(|t| {
-                    DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
-                })
-                .unwrap_or_else(Utc::now),
+                .and_then(|t| std::time::SystemTime::try_from(t).ok())
+                .map_or_else(Utc::now, DateTime::from),
         })
     })
 }
@@ -309,8 +306,10 @@ struct Logged {
 /// plus `default_window`), or no longer pending (cancelled, or suspended by
 /// a legal hold); and every return of a scope's originals.
 fn logged_changes(events: &[VerifiedEvent], default_window: chrono::Duration) -> Vec<Logged> {
-    let mut changes = Vec::new();
-    // Per scope, the index in `changes` of the log's last word on its key.
+    // A slot per change; a scope's earlier words on its key are emptied by
+    // its last.
+    let mut changes: Vec<Option<Logged>> = Vec::new();
+    // Per scope, the slot of the log's last word on its key.
     let mut last_word: std::collections::HashMap<Uuid, usize> = std::collections::HashMap::new();
     for Allowed {
         position,
@@ -355,28 +354,19 @@ fn logged_changes(events: &[VerifiedEvent], default_window: chrono::Duration) ->
             continue;
         };
         let on_key = target == Target::Scope && change != Change::ReturnOriginals;
-        changes.push(Logged {
+        changes.push(Some(Logged {
             target,
             id,
             change,
             at,
             event_id: event.id.clone(),
             position,
-        });
-        if on_key {
-            last_word.insert(id, changes.len() - 1);
+        }));
+        if on_key && let Some(earlier) = last_word.insert(id, changes.len() - 1) {
+            changes[earlier] = None;
         }
     }
-    // A scope's earlier words on its key are superseded by its last.
-    let last: std::collections::HashSet<usize> = last_word.into_values().collect();
-    changes
-        .into_iter()
-        .enumerate()
-        .filter(|(i, c)| {
-            c.target == Target::Record || c.change == Change::ReturnOriginals || last.contains(i)
-        })
-        .map(|(_, c)| c)
-        .collect()
+    changes.into_iter().flatten().collect()
 }
 
 /// What became of one logged change on this database.
@@ -793,8 +783,9 @@ enum RetentionChange {
     /// A policy created or changed (to this version): its rules are not in
     /// the log.
     Policy { id: Uuid, version: i32 },
-    /// A trigger event recorded: its date is not in the log.
-    Trigger,
+    /// A trigger event recorded for this client: its date is not in the
+    /// log.
+    Trigger { client_id: String },
     /// A certificate of disposal issued.
     Certificate(Uuid),
 }
@@ -805,26 +796,19 @@ impl RetentionChange {
             RetentionChange::Hold { .. } => "place_hold",
             RetentionChange::Release(_) => "release_hold",
             RetentionChange::Policy { .. } => "policy",
-            RetentionChange::Trigger => "trigger",
+            RetentionChange::Trigger { .. } => "trigger",
             RetentionChange::Certificate(_) => "certificate",
         }
     }
 
-    fn target(&self, event: &AuditEvent) -> (&'static str, String) {
+    fn target(&self) -> (&'static str, String) {
         match self {
             RetentionChange::Hold { id, .. } | RetentionChange::Release(id) => {
                 ("hold", id.to_string())
             }
             RetentionChange::Policy { id, .. } => ("policy", id.to_string()),
             RetentionChange::Certificate(id) => ("certificate", id.to_string()),
-            RetentionChange::Trigger => (
-                "trigger",
-                event
-                    .resource
-                    .as_ref()
-                    .map(|r| r.client_id.clone())
-                    .unwrap_or_default(),
-            ),
+            RetentionChange::Trigger { client_id } => ("trigger", client_id.clone()),
         }
     }
 }
@@ -834,7 +818,7 @@ impl RetentionChange {
 struct LoggedRetention {
     change: RetentionChange,
     at: DateTime<Utc>,
-    event: AuditEvent,
+    event_id: String,
     position: u64,
 }
 
@@ -892,14 +876,16 @@ fn retention_changes(events: &[VerifiedEvent]) -> Vec<LoggedRetention> {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(i32::MAX),
             },
-            (Action::RetentionTriggerRecorded, _) => RetentionChange::Trigger,
+            (Action::RetentionTriggerRecorded, _) => RetentionChange::Trigger {
+                client_id: resource.client_id.clone(),
+            },
             (Action::RetentionCertificateIssued, Some(id)) => RetentionChange::Certificate(id),
             _ => continue,
         };
         changes.push(LoggedRetention {
             change,
             at,
-            event: event.clone(),
+            event_id: event.id.clone(),
             position,
         });
     }
@@ -958,7 +944,7 @@ async fn reapply_retention(
             .actor(ActorKind::Service, &me, &me)
             .resource("hold", &id.to_string())
             .scope(Some(*client_id), *matter_id)
-            .outcome(Outcome::Allowed, &format!("event-{}", c.event.id));
+            .outcome(Outcome::Allowed, &format!("event-{}", c.event_id));
             if let Some(category) = category {
                 event = event.category(category);
             }
@@ -977,7 +963,7 @@ async fn reapply_retention(
                 _ => Fate::Lost,
             }
         }
-        RetentionChange::Trigger => {
+        RetentionChange::Trigger { .. } => {
             if newest_trigger.is_some_and(|newest| c.at <= newest) {
                 Fate::AlreadyApplied
             } else {
@@ -1004,12 +990,12 @@ async fn reapply_retention_all(
     let newest_trigger = retention_restore::newest_trigger(store.db()).await?;
     let mut report = Report::new(out);
     for c in retention_changes(&verified.events) {
-        let (target, id) = c.change.target(&c.event);
+        let (target, id) = c.change.target();
         let line = Line {
             target,
             id,
             change: c.change.as_str(),
-            event_id: c.event.id.clone(),
+            event_id: c.event_id.clone(),
             position: c.position,
             at: c.at,
         };

@@ -10,7 +10,7 @@ use confidant_runtime::portable::{Statement, Value};
 use confidant_runtime::storage::Database;
 use uuid::Uuid;
 
-use crate::store::StoreError;
+use crate::store::{self, StoreError};
 
 /// A revocation the log records.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,39 +69,16 @@ impl Revocation {
         Ok(row.map(|(live,)| live == 1))
     }
 
-    /// The statement that makes it again, at the logged time `at`; unmet
-    /// when it is in force no longer.
+    /// The statement that makes it again, at the logged time `at` (the
+    /// service's own); unmet when it is in force no longer.
     pub fn statement(&self, at: DateTime<Utc>) -> Statement {
-        let statement = match self {
-            Revocation::StaffDisabled(id) => Statement::new(
-                "UPDATE staff SET disabled_at = $1 WHERE id = $2 AND disabled_at IS NULL",
-                vec![Value::Time(at), Value::Uuid(*id)],
-            ),
-            Revocation::Assignment(id) => Statement::new(
-                "UPDATE assignments SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
-                vec![Value::Time(at), Value::Uuid(*id)],
-            ),
-            Revocation::Role { staff, role } => Statement::new(
-                "UPDATE staff_roles SET revoked_at = $1 WHERE staff_id = $2 AND role = $3 AND revoked_at IS NULL",
-                vec![
-                    Value::Time(at),
-                    Value::Uuid(*staff),
-                    Value::Text(role.clone()),
-                ],
-            ),
-            Revocation::WallException(id) => Statement::new(
-                "UPDATE wall_exceptions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
-                vec![Value::Time(at), Value::Uuid(*id)],
-            ),
-            Revocation::MatterClosed(id) => Statement::new(
-                "UPDATE matters SET closed_at = $1 WHERE id = $2 AND closed_at IS NULL",
-                vec![Value::Time(at), Value::Uuid(*id)],
-            ),
-        };
-        // A role may have been granted more than once (one row each).
         match self {
-            Revocation::Role { .. } => statement,
-            _ => statement.expecting(1),
+            Revocation::StaffDisabled(id) => store::staff_disabled(*id, at).expecting(1),
+            Revocation::Assignment(id) => store::assignment_revoked(*id, at).expecting(1),
+            // A role may have been granted more than once (one row each).
+            Revocation::Role { staff, role } => store::role_revoked(*staff, role, at),
+            Revocation::WallException(id) => store::wall_exception_revoked(*id, at).expecting(1),
+            Revocation::MatterClosed(id) => store::matter_closed(*id, at).expecting(1),
         }
     }
 }

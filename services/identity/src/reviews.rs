@@ -244,19 +244,12 @@ impl Reviews {
         .expecting(1)];
         if decision == REVOKE {
             statements.push(if item.kind == "assignment" {
-                Statement::new(
-                    "UPDATE assignments SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
-                    vec![Value::Time(now), Value::Uuid(Uuid::parse_str(&item.grant_id).unwrap_or_default())],
+                crate::store::assignment_revoked(
+                    Uuid::parse_str(&item.grant_id).unwrap_or_default(),
+                    now,
                 )
             } else {
-                Statement::new(
-                    "UPDATE staff_roles SET revoked_at = $1 WHERE staff_id = $2 AND role = $3 AND revoked_at IS NULL",
-                    vec![
-                        Value::Time(now),
-                        Value::Uuid(item.staff_id),
-                        Value::Text(item.subject.clone()),
-                    ],
-                )
+                crate::store::role_revoked(item.staff_id, &item.subject, now)
             });
         }
         let verdict = if decision == REVOKE {

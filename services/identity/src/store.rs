@@ -260,13 +260,7 @@ impl Directory {
     ) -> Result<(), StoreError> {
         let done = self
             .db
-            .transact(
-                vec![Statement::new(
-                    "UPDATE staff_roles SET revoked_at = $1 WHERE staff_id = $2 AND role = $3 AND revoked_at IS NULL",
-                    vec![Value::Time(Utc::now()), Value::Uuid(staff), Value::Text(role.to_owned())],
-                )],
-                &[event],
-            )
+            .transact(vec![role_revoked(staff, role, Utc::now())], &[event])
             .await?;
         if done[0] == 0 {
             return Err(StoreError::NotFound("role membership"));
@@ -408,13 +402,7 @@ impl Directory {
     pub async fn disable_staff(&self, id: Uuid, event: AuditEvent) -> Result<(), StoreError> {
         let done = self
             .db
-            .transact(
-                vec![Statement::new(
-                    "UPDATE staff SET disabled_at = $1 WHERE id = $2 AND disabled_at IS NULL",
-                    vec![Value::Time(Utc::now()), Value::Uuid(id)],
-                )],
-                &[event],
-            )
+            .transact(vec![staff_disabled(id, Utc::now())], &[event])
             .await?;
         if done[0] == 0 && !self.staff_exists(id).await? {
             return Err(StoreError::NotFound("staff member"));
@@ -479,13 +467,7 @@ impl Directory {
         event: AuditEvent,
     ) -> Result<DateTime<Utc>, StoreError> {
         self.db
-            .transact(
-                vec![Statement::new(
-                    "UPDATE matters SET closed_at = $1 WHERE id = $2 AND closed_at IS NULL",
-                    vec![Value::Time(Utc::now()), Value::Uuid(id)],
-                )],
-                &[event],
-            )
+            .transact(vec![matter_closed(id, Utc::now())], &[event])
             .await?;
         let row: Option<(Option<DateTime<Utc>>,)> = self
             .db
@@ -534,13 +516,7 @@ impl Directory {
     pub async fn revoke_assignment(&self, id: Uuid, event: AuditEvent) -> Result<(), StoreError> {
         let done = self
             .db
-            .transact(
-                vec![Statement::new(
-                    "UPDATE assignments SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
-                    vec![Value::Time(Utc::now()), Value::Uuid(id)],
-                )],
-                &[event],
-            )
+            .transact(vec![assignment_revoked(id, Utc::now())], &[event])
             .await?;
         if done[0] == 0
             && !self
@@ -684,13 +660,7 @@ impl Directory {
         let revoked = self
             .db
             .transact(
-                vec![
-                    Statement::new(
-                        "UPDATE wall_exceptions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
-                        vec![Value::Time(Utc::now()), Value::Uuid(id)],
-                    )
-                    .expecting(1),
-                ],
+                vec![wall_exception_revoked(id, Utc::now()).expecting(1)],
                 &[event(id)],
             )
             .await;
@@ -982,4 +952,53 @@ impl Directory {
         }
         Ok(facts)
     }
+}
+
+/// Statement: staff member `id` is disabled from `at` (no change if
+/// disabled already).
+pub fn staff_disabled(id: Uuid, at: DateTime<Utc>) -> Statement {
+    Statement::new(
+        "UPDATE staff SET disabled_at = $1 WHERE id = $2 AND disabled_at IS NULL",
+        vec![Value::Time(at), Value::Uuid(id)],
+    )
+}
+
+/// Statement: assignment `id` is revoked from `at` (no change if revoked
+/// already).
+pub fn assignment_revoked(id: Uuid, at: DateTime<Utc>) -> Statement {
+    Statement::new(
+        "UPDATE assignments SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+        vec![Value::Time(at), Value::Uuid(id)],
+    )
+}
+
+/// Statement: every live grant of `role` to `staff` is revoked from `at`
+/// (a role may have been granted more than once, a row each).
+pub fn role_revoked(staff: Uuid, role: &str, at: DateTime<Utc>) -> Statement {
+    Statement::new(
+        "UPDATE staff_roles SET revoked_at = $1 WHERE staff_id = $2 AND role = $3 AND revoked_at IS NULL",
+        vec![
+            Value::Time(at),
+            Value::Uuid(staff),
+            Value::Text(role.to_owned()),
+        ],
+    )
+}
+
+/// Statement: wall exception `id` is revoked from `at` (no change if
+/// revoked already).
+pub fn wall_exception_revoked(id: Uuid, at: DateTime<Utc>) -> Statement {
+    Statement::new(
+        "UPDATE wall_exceptions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+        vec![Value::Time(at), Value::Uuid(id)],
+    )
+}
+
+/// Statement: matter `id` is closed from `at` (no change if closed
+/// already).
+pub fn matter_closed(id: Uuid, at: DateTime<Utc>) -> Statement {
+    Statement::new(
+        "UPDATE matters SET closed_at = $1 WHERE id = $2 AND closed_at IS NULL",
+        vec![Value::Time(at), Value::Uuid(id)],
+    )
 }

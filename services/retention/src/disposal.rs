@@ -676,6 +676,19 @@ impl Disposer {
         from: &'static str,
         reason: &'static str,
     ) -> Result<bool, Error> {
+        let (statements, event) = self.cancellation(token, row, from, reason);
+        self.commit(statements, &[event]).await
+    }
+
+    /// The statements and event that cancel a disposal (from state `from`)
+    /// for `reason`.
+    fn cancellation(
+        &self,
+        token: u64,
+        row: &DisposalRow,
+        from: &'static str,
+        reason: &'static str,
+    ) -> (Vec<Statement>, confidant_proto::audit::v1::AuditEvent) {
         let event = self
             .event(AuditAction::RetentionDisposalCancelled)
             .resource("scope", &row.scope_id.to_string())
@@ -683,15 +696,12 @@ impl Disposer {
             .category(&row.category)
             .outcome(Outcome::Denied, reason)
             .build();
-        self.commit(
-            vec![
-                fence(token),
-                set_state(row.id, from, "cancelled"),
-                cancel_reason(row.id, reason),
-            ],
-            &[event],
-        )
-        .await
+        let statements = vec![
+            fence(token),
+            set_state(row.id, from, "cancelled"),
+            cancel_reason(row.id, reason),
+        ];
+        (statements, event)
     }
 
     /// Lists a due scope for return to the client (it holds originals).
@@ -736,29 +746,16 @@ impl Disposer {
             row.due_at,
             row.policy_id.zip(row.policy_version),
         );
-        let cancelled = self
-            .event(AuditAction::RetentionDisposalCancelled)
-            .resource("scope", &row.scope_id.to_string())
-            .scope(Some(row.client_id), row.matter_id)
-            .category(&row.category)
-            .outcome(Outcome::Denied, "originals")
-            .build();
+        let (mut statements, cancelled) =
+            self.cancellation(token, row, "shred_ordered", "originals");
+        statements.push(list_for_return(&entry));
         let event = self
             .event(AuditAction::RetentionReturnListed)
             .resource("return", &entry.id.to_string())
             .scope(Some(row.client_id), row.matter_id)
             .category(&row.category)
             .build();
-        self.commit(
-            vec![
-                fence(token),
-                set_state(row.id, "shred_ordered", "cancelled"),
-                cancel_reason(row.id, "originals"),
-                list_for_return(&entry),
-            ],
-            &[cancelled, event],
-        )
-        .await
+        self.commit(statements, &[cancelled, event]).await
     }
 
     fn vault(&self) -> Result<VaultServiceClient<confidant_runtime::client::PeerChannel>, Error> {
@@ -812,8 +809,8 @@ impl Disposer {
             }))
             .await;
         let time = |t: Option<prost_types::Timestamp>| {
-            t.and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
-                .unwrap_or_else(Utc::now)
+            t.and_then(|t| std::time::SystemTime::try_from(t).ok())
+                .map_or_else(Utc::now, DateTime::from)
         };
         match answer {
             Ok(response) => {

@@ -208,10 +208,7 @@ impl EventBuilder {
     /// When the action happened, if not now: the time a row the same
     /// transaction writes carries, so that the two compare exactly.
     pub fn at(mut self, time: chrono::DateTime<chrono::Utc>) -> Self {
-        self.0.time = Some(prost_types::Timestamp {
-            seconds: time.timestamp(),
-            nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0),
-        });
+        self.0.time = Some(std::time::SystemTime::from(time).into());
         self
     }
 

@@ -776,20 +776,26 @@ pub fn reapply_scope_shred(
     scope_shred(shred_scope_sql!(""), id, order, at, event_id)
 }
 
-/// Statements: a scope becomes pending destruction if no hold covers it
-/// and it holds no originals, once the writes under way in it are settled;
-/// the transaction is unmet otherwise.
-pub fn schedule_destruction(id: Uuid, order: &str, due: DateTime<Utc>) -> Vec<Statement> {
+/// SQL: the scope `$1` becomes pending destruction until `$2`, by order
+/// `$3`, where `$guard` (its conditions) holds.
+macro_rules! schedule_sql {
+    ($guard:expr) => {
+        concat!(
+            "UPDATE vault_scopes SET state = 'pending_destruction', destroy_after = $2, shred_order = $3 \
+             WHERE id = $1 AND ",
+            $guard
+        )
+    };
+}
+
+/// Statements: the scheduling `sql` ([`schedule_sql`]), once the writes
+/// under way in the scope are settled; the transaction is unmet unless it
+/// changes the scope.
+fn scope_schedule(sql: &'static str, id: Uuid, order: &str, due: DateTime<Utc>) -> Vec<Statement> {
     vec![
         settle_writes_to_scope(id),
         Statement::new(
-            concat!(
-                "UPDATE vault_scopes SET state = 'pending_destruction', destroy_after = $2, shred_order = $3 \
-                 WHERE id = $1 AND state = 'active' AND ",
-                not_held!(),
-                " AND ",
-                holds_no_originals!()
-            ),
+            sql,
             vec![
                 Value::Uuid(id),
                 Value::Time(due),
@@ -800,26 +806,27 @@ pub fn schedule_destruction(id: Uuid, order: &str, due: DateTime<Utc>) -> Vec<St
     ]
 }
 
+/// Statements: a scope becomes pending destruction if no hold covers it
+/// and it holds no originals, once the writes under way in it are settled;
+/// the transaction is unmet otherwise.
+pub fn schedule_destruction(id: Uuid, order: &str, due: DateTime<Utc>) -> Vec<Statement> {
+    let sql = schedule_sql!(concat!(
+        "state = 'active' AND ",
+        not_held!(),
+        " AND ",
+        holds_no_originals!()
+    ));
+    scope_schedule(sql, id, order, due)
+}
+
 /// Statements: a scope's pending destruction that the audit log records
 /// (by order `order`, due at `due`) is made again on a database restored
 /// from a backup taken before it, whatever holds or originals the restored
-/// rows show (the logged scheduling proves none stopped it then; holds
-/// placed since are reapplied too, and suspend it). Unmet when the scope is
-/// shredded.
+/// rows show (the logged scheduling proves none stopped it then; a
+/// suspension by a hold since is in the log too, and is replayed after
+/// it). Unmet when the scope is shredded.
 pub fn reapply_schedule(id: Uuid, order: &str, due: DateTime<Utc>) -> Vec<Statement> {
-    vec![
-        settle_writes_to_scope(id),
-        Statement::new(
-            "UPDATE vault_scopes SET state = 'pending_destruction', destroy_after = $2, shred_order = $3 \
-             WHERE id = $1 AND state <> 'shredded'",
-            vec![
-                Value::Uuid(id),
-                Value::Time(due),
-                Value::Text(order.to_owned()),
-            ],
-        )
-        .expecting(1),
-    ]
+    scope_schedule(schedule_sql!("state <> 'shredded'"), id, order, due)
 }
 
 /// Statement: a pending destruction is cancelled.
