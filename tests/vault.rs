@@ -2363,3 +2363,316 @@ async fn postgres_pending_destructions_and_returns_made_after_a_backup_are_made_
     )
     .await;
 }
+
+fn correction(
+    record_id: &str,
+    fields: Vec<pb::Field>,
+    remove: &[&str],
+) -> pb::CorrectRecordRequest {
+    pb::CorrectRecordRequest {
+        record_id: record_id.into(),
+        fields,
+        remove_fields: remove.iter().map(|s| (*s).to_owned()).collect(),
+        reason: "client wrote on 3 March: name misspelt at intake".into(),
+        request_id: String::new(),
+    }
+}
+
+async fn listed(app: &mut Vault, token: &str, client_id: &str, all: bool) -> Vec<(String, i32)> {
+    app.list_records(as_staff(
+        token,
+        pb::ListRecordsRequest {
+            client_id: client_id.into(),
+            include_superseded: all,
+            ..Default::default()
+        },
+    ))
+    .await
+    .unwrap()
+    .into_inner()
+    .records
+    .into_iter()
+    .map(|r| (r.id, r.version))
+    .collect()
+}
+
+async fn corrections_store_a_new_version_and_keep_the_old_one_as_history(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let (sandbox, f) = start_with_firm(&data, &SUITE).await;
+    let mut admin = common::identity_client(&data, &sandbox, "operator").await;
+    let officer = cleared(&mut admin, "security@firm.example", "security_officer").await;
+    let mut app = vault(&data, &sandbox, "firm-app").await;
+    let partner = staff_token(&data, &f.partner, &["partner"]);
+    let paralegal = staff_token(&data, &f.paralegal, &["paralegal"]);
+    let outsider = staff_token(&data, &f.outsider, &["associate"]);
+    let first = stored_as(&mut app, &partner, passport(&f.client_id, &f.matter_id)).await;
+    let other = stored_as(&mut app, &partner, contact(&f.client_id, &f.matter_id)).await;
+
+    // The paralegal, who sees passport numbers masked, corrects the surname:
+    // the number is carried over intact inside the vault.
+    let second = app
+        .correct_record(as_staff(
+            &paralegal,
+            correction(
+                &first.id,
+                vec![field("surname", pb::FieldType::Text, "Okafor-Bello")],
+                &[],
+            ),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    assert_ne!(second.id, first.id);
+    assert_eq!(
+        (
+            second.version,
+            second.supersedes.as_str(),
+            second.scope_id.as_str()
+        ),
+        (2, first.id.as_str(), first.scope_id.as_str())
+    );
+    assert_eq!(second.field_names, ["surname", "passport_number"]);
+    assert_eq!(second.created_by, f.paralegal);
+    let now = app
+        .get_record(as_staff(&partner, get(&second.id, "")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        values(&now),
+        [
+            ("surname".into(), "Okafor-Bello".into(), false),
+            ("passport_number".into(), "P1234567".into(), false)
+        ]
+    );
+    // The corrected version stays readable as history, and says what
+    // replaced it.
+    let then = app
+        .get_record(as_staff(&partner, get(&first.id, "")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(values(&then)[0], ("surname".into(), "Okafor".into(), false));
+    let then = then.record.unwrap();
+    assert_eq!(
+        (then.version, then.superseded_by.as_str()),
+        (1, second.id.as_str())
+    );
+    assert!(then.supersede_time.is_some());
+    assert_eq!(then.state, pb::RecordState::Active as i32);
+
+    // Only the current version can be corrected; the refusal names it.
+    let stale = app
+        .correct_record(as_staff(
+            &partner,
+            correction(
+                &first.id,
+                vec![field("surname", pb::FieldType::Text, "Bello")],
+                &[],
+            ),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(common::error_reason(&stale), "superseded");
+    {
+        use tonic_types::StatusExt;
+        let info = stale.get_error_details().error_info().cloned().unwrap();
+        assert_eq!(info.metadata["superseded_by"], second.id);
+    }
+
+    // Bad corrections name every broken rule and store nothing.
+    let mut bad = correction(
+        &second.id,
+        vec![
+            field("passport_number", pb::FieldType::NationalId, "P7654321"),
+            field("Bad Name", pb::FieldType::Text, "x"),
+        ],
+        &["passport_number", "passport_number"],
+    );
+    bad.reason = "  ".into();
+    let err = app
+        .correct_record(as_staff(&partner, bad))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        common::violated_fields(&err),
+        [
+            "fields[1].name",
+            "remove_fields[0]",
+            "remove_fields[1]",
+            "reason"
+        ]
+    );
+    let err = app
+        .correct_record(as_staff(
+            &partner,
+            correction(&second.id, Vec::new(), &["middle_name"]),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(common::violated_fields(&err), ["remove_fields[0]"]);
+    let err = app
+        .correct_record(as_staff(
+            &partner,
+            correction(&second.id, Vec::new(), &["surname", "passport_number"]),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(common::violated_fields(&err), ["remove_fields"]);
+    // Someone the decision does not allow learns nothing and changes nothing.
+    let err = app
+        .correct_record(as_staff(
+            &outsider,
+            correction(&second.id, Vec::new(), &["no_such_field"]),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert_eq!(
+        listed(&mut app, &partner, &f.client_id, true).await,
+        [
+            (second.id.clone(), 2),
+            (other.id.clone(), 1),
+            (first.id.clone(), 1)
+        ]
+    );
+
+    // Fields are removed and added; a retry with the same request id returns
+    // the version the first call stored.
+    let mut third = correction(
+        &second.id,
+        vec![field("expiry_date", pb::FieldType::Date, "2031-11-30")],
+        &["surname"],
+    );
+    third.request_id = uuid::Uuid::now_v7().to_string();
+    let stored = app
+        .correct_record(as_staff(&partner, third.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    let again = app
+        .correct_record(as_staff(&partner, third))
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    assert_eq!(again.id, stored.id);
+    assert_eq!(stored.version, 3);
+    assert_eq!(stored.field_names, ["passport_number", "expiry_date"]);
+
+    // Two corrections of the same version at once: one wins, the other is
+    // refused, and the history never forks.
+    let race = |name: &'static str| {
+        let mut app = app.clone();
+        let token = partner.clone();
+        let id = stored.id.clone();
+        async move {
+            app.correct_record(as_staff(
+                &token,
+                correction(&id, vec![field("note", pb::FieldType::Text, name)], &[]),
+            ))
+            .await
+        }
+    };
+    let (a, b) = tokio::join!(race("a"), race("b"));
+    let (won, lost) = match (a, b) {
+        (Ok(won), Err(lost)) | (Err(lost), Ok(won)) => (won.into_inner().record.unwrap(), lost),
+        other => panic!("exactly one correction wins: {other:?}"),
+    };
+    assert_eq!(lost.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(won.version, 4);
+    // Listings show current versions unless asked for the history.
+    assert_eq!(
+        listed(&mut app, &partner, &f.client_id, false).await,
+        [(won.id.clone(), 4), (other.id.clone(), 1)]
+    );
+    assert_eq!(
+        listed(&mut app, &partner, &f.client_id, true).await.len(),
+        5
+    );
+
+    // A document is replaced by uploading it again, not corrected.
+    let doc = app
+        .upload_document(as_staff(
+            &partner,
+            futures::stream::iter(upload_messages(
+                pb::DocumentHeader {
+                    client_id: f.client_id.clone(),
+                    matter_id: f.matter_id.clone(),
+                    category: pb::DataCategory::MatterFile as i32,
+                    filename: "letter.pdf".into(),
+                    media_type: "application/pdf".into(),
+                    size_bytes: 5,
+                    ..Default::default()
+                },
+                b"hello",
+            )),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    let err = app
+        .correct_record(as_staff(
+            &partner,
+            correction(
+                &doc.id,
+                vec![field("filename", pb::FieldType::Text, "x.pdf")],
+                &[],
+            ),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(common::violated_fields(&err), ["record_id"]);
+
+    // Each correction is in the log, naming the version it replaced, its
+    // reason sealed under the scope's key; the refused ones left nothing.
+    let mut log = audit(&data, &sandbox).await;
+    let mut events =
+        vault_events_at_least(&mut log, &f.client_id, "vault.record.corrected", 3).await;
+    events.reverse(); // oldest first
+    let replaced: Vec<(String, String)> = events
+        .iter()
+        .map(|e| (e.resource.clone().unwrap().id, e.reason.clone()))
+        .collect();
+    assert_eq!(
+        replaced,
+        [
+            (second.id.clone(), format!("supersedes-{}", first.id)),
+            (stored.id.clone(), format!("supersedes-{}", second.id)),
+            (won.id.clone(), format!("supersedes-{}", stored.id)),
+        ]
+    );
+    assert_eq!(events[0].actor.clone().unwrap().id, f.paralegal);
+    let officer_token = staff_token(&data, &officer, &["security_officer"]);
+    let reason = app
+        .open_sealed_text(as_staff(
+            &officer_token,
+            pb::OpenSealedTextRequest {
+                sealed_text: events[0].sealed_text.clone(),
+                scope_id: events[0].sealed_scope_id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .text;
+    assert_eq!(reason, "client wrote on 3 March: name misspelt at intake");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_corrections_store_a_new_version_and_keep_the_old_one_as_history() {
+    corrections_store_a_new_version_and_keep_the_old_one_as_history(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_corrections_store_a_new_version_and_keep_the_old_one_as_history() {
+    corrections_store_a_new_version_and_keep_the_old_one_as_history(Backend::Postgres).await;
+}

@@ -41,8 +41,9 @@ const STAGES: [(&str, pb::IncidentStage); 6] = [
 /// Actions that read client data in clear.
 const READS: [&str; 2] = ["vault.record.read", "vault.sealed_text.opened"];
 /// Other accesses to client data.
-const OTHER_ACCESSES: [&str; 4] = [
+const OTHER_ACCESSES: [&str; 5] = [
     "vault.record.created",
+    "vault.record.corrected",
     "retention.item.checked_out",
     "retention.item.registered",
     "intake.file.uploaded",

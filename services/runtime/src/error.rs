@@ -115,10 +115,25 @@ pub fn invalid_argument(violations: &[FieldViolation]) -> Status {
 /// A status with `google.rpc.ErrorInfo` carrying a machine-readable reason
 /// (e.g. `PERMISSION_DENIED` with reason `behind_wall`).
 pub fn with_reason(code: Code, reason: &str, message: impl Into<String>) -> Status {
+    with_info(code, reason, std::iter::empty(), message)
+}
+
+/// Like [`with_reason`], with `google.rpc.ErrorInfo` metadata too (ids a
+/// caller acts on, never client data), e.g. the version that superseded a
+/// record.
+pub fn with_info<'a>(
+    code: Code,
+    reason: &str,
+    metadata: impl IntoIterator<Item = (&'a str, String)>,
+    message: impl Into<String>,
+) -> Status {
     let details = ErrorDetails::with_error_info(
         reason,
         ERROR_DOMAIN,
-        std::collections::HashMap::<String, String>::new(),
+        metadata
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect::<std::collections::HashMap<String, String>>(),
     );
     Status::with_error_details(code, message, details)
 }

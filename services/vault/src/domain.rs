@@ -346,6 +346,70 @@ fn value_rule(field_type: FieldType, value: &str) -> Option<&'static str> {
     }
 }
 
+/// Validates the fields of a request (`{prefix}.fields[i]`, or
+/// `fields[i]` with no prefix): names, types,
+/// values and their limits, each name once. Every violation is added to `v`;
+/// the fields with a known type are returned.
+fn parse_fields(
+    v: &mut Violations,
+    fields: &[pb::Field],
+    limits: Limits,
+    prefix: &str,
+) -> Vec<NewField> {
+    let mut out = Vec::with_capacity(fields.len());
+    let mut seen = std::collections::HashSet::new();
+    for (i, field) in fields.iter().enumerate() {
+        let at = if prefix.is_empty() {
+            format!("fields[{i}]")
+        } else {
+            format!("{prefix}.fields[{i}]")
+        };
+        if !valid_field_name(&field.name) {
+            v.add(
+                format!("{at}.name"),
+                "must be 1 to 64 lowercase letters, digits or '_', starting with a letter",
+            );
+        } else if !seen.insert(field.name.as_str()) {
+            v.add(format!("{at}.name"), "must be unique in the record");
+        }
+        let field_type = FieldType::from_proto(field.r#type);
+        if field_type.is_none() {
+            v.add(
+                format!("{at}.type"),
+                if field.r#type == 0 {
+                    "is required"
+                } else {
+                    "is not a known field type"
+                },
+            );
+        }
+        if field.value.len() > limits.max_field_bytes {
+            v.add(
+                format!("{at}.value"),
+                format!("must be at most {} bytes", limits.max_field_bytes),
+            );
+        } else if let Some(t) = field_type
+            && let Some(rule) = value_rule(t, &field.value)
+        {
+            v.add(format!("{at}.value"), rule);
+        }
+        if field.masked {
+            v.add(
+                format!("{at}.masked"),
+                "is set by the vault in responses only",
+            );
+        }
+        if let Some(field_type) = field_type {
+            out.push(NewField {
+                name: field.name.clone(),
+                field_type,
+                value: zeroize::Zeroizing::new(field.value.clone()),
+            });
+        }
+    }
+    out
+}
+
 impl NewRecord {
     /// Validates an API record; every violation is named, under `prefix`
     /// (e.g. `record` or `records[3]`).
@@ -371,53 +435,7 @@ impl NewRecord {
                 format!("must hold at most {} fields", limits.max_fields),
             );
         }
-        let mut fields = Vec::with_capacity(record.fields.len());
-        let mut seen = std::collections::HashSet::new();
-        for (i, field) in record.fields.iter().enumerate() {
-            let at = format!("{prefix}.fields[{i}]");
-            if !valid_field_name(&field.name) {
-                v.add(
-                    format!("{at}.name"),
-                    "must be 1 to 64 lowercase letters, digits or '_', starting with a letter",
-                );
-            } else if !seen.insert(field.name.as_str()) {
-                v.add(format!("{at}.name"), "must be unique in the record");
-            }
-            let field_type = FieldType::from_proto(field.r#type);
-            if field_type.is_none() {
-                v.add(
-                    format!("{at}.type"),
-                    if field.r#type == 0 {
-                        "is required"
-                    } else {
-                        "is not a known field type"
-                    },
-                );
-            }
-            if field.value.len() > limits.max_field_bytes {
-                v.add(
-                    format!("{at}.value"),
-                    format!("must be at most {} bytes", limits.max_field_bytes),
-                );
-            } else if let Some(t) = field_type
-                && let Some(rule) = value_rule(t, &field.value)
-            {
-                v.add(format!("{at}.value"), rule);
-            }
-            if field.masked {
-                v.add(
-                    format!("{at}.masked"),
-                    "is set by the vault in responses only",
-                );
-            }
-            if let Some(field_type) = field_type {
-                fields.push(NewField {
-                    name: field.name.clone(),
-                    field_type,
-                    value: zeroize::Zeroizing::new(field.value.clone()),
-                });
-            }
-        }
+        let fields = parse_fields(&mut v, &record.fields, limits, prefix);
         match (client_id, category, v.is_empty()) {
             (Some(client_id), Some(category), true) => Ok(Self {
                 scope: ScopeRef {
@@ -427,6 +445,71 @@ impl NewRecord {
                 },
                 fields,
                 original: record.original,
+            }),
+            _ => Err(v),
+        }
+    }
+}
+
+/// A validated correction of a record (CorrectRecord).
+#[derive(Debug, Clone)]
+pub struct Correction {
+    /// The version corrected.
+    pub record_id: Uuid,
+    /// Fields set: each replaces the field of its name, or is added.
+    pub set: Vec<NewField>,
+    /// Names of fields removed.
+    pub remove: Vec<String>,
+    /// Why (sealed in the audit event).
+    pub reason: String,
+}
+
+impl Correction {
+    /// Validates a CorrectRecord request; every violation is named. Whether
+    /// the fields removed exist, and how many fields the new version has, is
+    /// checked against the record itself.
+    pub fn parse(req: &pb::CorrectRecordRequest, limits: Limits) -> Result<Self, Violations> {
+        let mut v = Violations::new();
+        let record_id = required_uuid(&mut v, "record_id", &req.record_id);
+        if req.fields.len() > limits.max_fields {
+            v.add(
+                "fields",
+                format!("must hold at most {} fields", limits.max_fields),
+            );
+        }
+        let set = parse_fields(&mut v, &req.fields, limits, "");
+        if req.fields.is_empty() && req.remove_fields.is_empty() {
+            v.add(
+                "fields",
+                "must set at least one field, or remove_fields name one",
+            );
+        }
+        let mut removed = std::collections::HashSet::new();
+        for (i, name) in req.remove_fields.iter().enumerate() {
+            let at = format!("remove_fields[{i}]");
+            if !valid_field_name(name) {
+                v.add(
+                    at,
+                    "must be 1 to 64 lowercase letters, digits or '_', starting with a letter",
+                );
+            } else if !removed.insert(name.as_str()) {
+                v.add(at, "must name each field once");
+            } else if req.fields.iter().any(|f| f.name == *name) {
+                v.add(at, "must not name a field that `fields` sets");
+            }
+        }
+        let reason = req.reason.trim();
+        if reason.is_empty() {
+            v.add("reason", "is required: say why the record is corrected");
+        } else if reason.chars().count() > MAX_JUSTIFICATION_CHARS {
+            v.add("reason", "must be at most 1000 characters");
+        }
+        match record_id {
+            Some(record_id) if v.is_empty() => Ok(Self {
+                record_id,
+                set,
+                remove: req.remove_fields.clone(),
+                reason: reason.to_owned(),
             }),
             _ => Err(v),
         }

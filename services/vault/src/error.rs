@@ -1,7 +1,9 @@
 //! The vault's errors and, in one place, their gRPC statuses. Messages never
 //! carry field values, key material or database text.
 
-use confidant_runtime::error::{Violations, invalid_argument, storage_status, with_reason};
+use confidant_runtime::error::{
+    Violations, invalid_argument, storage_status, with_info, with_reason,
+};
 use confidant_runtime::portable::TransactError;
 use tonic::{Code, Status};
 
@@ -37,6 +39,10 @@ pub enum Error {
     /// A client stream stopped before it was complete; nothing was kept.
     #[error("the stream stopped before it was complete")]
     StreamAborted,
+    /// The record was corrected: this version is history, `0` is the one
+    /// that replaced it.
+    #[error("the record was corrected; its current version is another")]
+    Superseded(uuid::Uuid),
     /// The scope or record holds originals that belong to the client.
     #[error("originals that belong to the client are not shredded")]
     Originals,
@@ -99,6 +105,7 @@ impl Error {
             Error::PendingDestruction => "pending_destruction".into(),
             Error::Held => "legal_hold".into(),
             Error::Originals => "originals".into(),
+            Error::Superseded(_) => "superseded".into(),
             Error::Kms(_) => "kms_unavailable".into(),
             Error::Audit(_) => "audit_unavailable".into(),
             _ => String::new(),
@@ -144,6 +151,14 @@ impl From<Error> for Status {
                 Code::FailedPrecondition,
                 "originals",
                 "the scope holds originals that belong to the client: return them, never shred them",
+            ),
+            Error::Superseded(by) => with_info(
+                Code::FailedPrecondition,
+                "superseded",
+                [("superseded_by", by.to_string())],
+                format!(
+                    "the record was corrected: version {by} replaced it; correct that one instead"
+                ),
             ),
             Error::Conflict(message) => with_reason(Code::FailedPrecondition, "conflict", message),
             Error::Kms(e) => {

@@ -123,6 +123,13 @@ pub fn metadata(row: &RecordRow) -> pb::RecordMetadata {
             sha256: row.doc_sha256.clone().unwrap_or_default(),
         }),
         original: row.original == 1,
+        version: row.version,
+        supersedes: row.supersedes.map(|id| id.to_string()).unwrap_or_default(),
+        superseded_by: row
+            .superseded_by
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+        supersede_time: row.superseded_at.map(ts),
     }
 }
 
@@ -628,6 +635,44 @@ impl VaultService for VaultApi {
         }))
     }
 
+    #[tracing::instrument(name = "vault.correct_record", skip_all, fields(record_id = %request.get_ref().record_id))]
+    async fn correct_record(
+        &self,
+        request: Request<pb::CorrectRecordRequest>,
+    ) -> Result<Response<pb::CorrectRecordResponse>, Status> {
+        let actor = Self::actor(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let correction = match domain::Correction::parse(&req, self.vault.settings().limits) {
+            Ok(c) => Some(c),
+            Err(errors) => {
+                v.extend(errors);
+                None
+            }
+        };
+        let request_id = optional_uuid(&mut v, "request_id", &req.request_id);
+        check(v)?;
+        let Some(correction) = correction else {
+            return Err(Status::internal("validated correction missing"));
+        };
+        let old = self.vault.load(correction.record_id).await?;
+        self.may_write(
+            &actor,
+            &mut Decisions::new(),
+            &crate::records::scope_ref_of(&old)?,
+        )
+        .await?;
+        let request_id = request_id.map(|r| r.to_string());
+        let row = self
+            .vault
+            .correct(&actor, &old, &correction, request_id.as_deref())
+            .await?;
+        tracing::debug!(record_id = %row.id, supersedes = %old.id, "record corrected");
+        Ok(Response::new(pb::CorrectRecordResponse {
+            record: Some(metadata(&row)),
+        }))
+    }
+
     #[tracing::instrument(name = "vault.batch_create_records", skip_all, fields(items = request.get_ref().records.len()))]
     async fn batch_create_records(
         &self,
@@ -763,6 +808,11 @@ impl VaultService for VaultApi {
         let before = optional_uuid(&mut v, "page_token", &req.page_token);
         check(v)?;
         let client = client.unwrap_or_default();
+        let filter = crate::store::RecordFilter {
+            matter_id: matter,
+            category,
+            superseded: req.include_superseded,
+        };
         match &actor {
             Actor::Staff { staff_id, .. } => {
                 self.decide(staff_id, "client_data.read", client, matter)
@@ -773,7 +823,7 @@ impl VaultService for VaultApi {
         }
         let rows = self
             .vault
-            .list(&actor, client, matter, category, before, limit + 1)
+            .list(&actor, client, &filter, before, limit + 1)
             .await?;
         let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
         let records: Vec<pb::RecordMetadata> = rows

@@ -18,7 +18,9 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::crypto::{FieldBinding, RecordKey, ScopeKey};
-use crate::domain::{Category, FieldSelection, FieldType, Limits, NewRecord, Purpose, ScopeRef};
+use crate::domain::{
+    Category, Correction, FieldSelection, FieldType, Limits, NewRecord, Purpose, ScopeRef,
+};
 use crate::error::Error;
 use crate::keys::Keyring;
 use crate::masking::{Mask, MaskingRules};
@@ -127,7 +129,7 @@ impl std::fmt::Debug for Vault {
     }
 }
 
-fn scope_ref_of(row: &RecordRow) -> Result<ScopeRef, Error> {
+pub(crate) fn scope_ref_of(row: &RecordRow) -> Result<ScopeRef, Error> {
     Ok(ScopeRef {
         client_id: row.client_id,
         matter_id: row.matter_id,
@@ -219,6 +221,54 @@ fn new_record_row(encrypted: store::EncryptedRecord) -> RecordRow {
         doc_segments: None,
         doc_nonce: None,
         original: i32::from(encrypted.original),
+        version: 1,
+        supersedes: None,
+        superseded_by: None,
+        superseded_at: None,
+    }
+}
+
+/// The fields of a corrected record: its current fields in their order,
+/// each set field replacing the one of its name (or added at the end), the
+/// removed ones dropped. Removing a field the record lacks, or leaving it
+/// with no fields or more than `max_fields`, is refused.
+fn merged_fields(
+    current: Vec<PlainField>,
+    correction: &Correction,
+    max_fields: usize,
+) -> Result<Vec<PlainField>, Error> {
+    let mut v = confidant_runtime::error::Violations::new();
+    for (i, name) in correction.remove.iter().enumerate() {
+        if !current.iter().any(|(n, ..)| n == name) {
+            v.add(
+                format!("remove_fields[{i}]"),
+                "names no field of the record",
+            );
+        }
+    }
+    let mut fields: Vec<PlainField> = current
+        .into_iter()
+        .filter(|(name, ..)| !correction.remove.contains(name))
+        .collect();
+    for new in &correction.set {
+        let value = Zeroizing::new(new.value.as_bytes().to_vec());
+        match fields.iter_mut().find(|(name, ..)| *name == new.name) {
+            Some(field) => *field = (new.name.clone(), new.field_type, value),
+            None => fields.push((new.name.clone(), new.field_type, value)),
+        }
+    }
+    if fields.is_empty() {
+        v.add("remove_fields", "must leave the record at least one field");
+    } else if fields.len() > max_fields {
+        v.add(
+            "fields",
+            format!("must leave the record at most {max_fields} fields"),
+        );
+    }
+    if v.is_empty() {
+        Ok(fields)
+    } else {
+        Err(Error::Invalid(v))
     }
 }
 
@@ -515,6 +565,120 @@ impl Vault {
                 }
                 Err(e) => return Err(e.into()),
             }
+        }
+    }
+
+    /// Corrects `old`, a record the caller may write: stores its next
+    /// version in the same scope under a new record key, with the
+    /// correction's fields set, its removed fields dropped and the others
+    /// carried over (decrypted and sealed again here; no plaintext leaves),
+    /// and marks `old` superseded, in one transaction with the event that
+    /// carries the reason sealed under the scope's key. With a `request_id`,
+    /// a retry returns the version the first call stored.
+    pub async fn correct(
+        &self,
+        actor: &Actor,
+        old: &RecordRow,
+        correction: &Correction,
+        request_id: Option<&str>,
+    ) -> Result<RecordRow, Error> {
+        if let Some(rid) = request_id
+            && let Some(existing) = self.store.record_by_request(actor.id(), rid).await?
+        {
+            return Ok(existing);
+        }
+        Self::correctable(old)?;
+        let (_, current) = self.decrypt(old, &FieldSelection::All).await?;
+        let fields = merged_fields(current, correction, self.settings.limits.max_fields)?;
+        let scope = self.scope_row(old.scope_id).await?;
+        let scope_key = self.live_key(&scope).await?;
+        let id = Uuid::now_v7();
+        let record_key = RecordKey::generate()?;
+        let sealed = encrypt_fields(
+            id,
+            scope.id,
+            scope_key.key_version(),
+            &record_key,
+            fields
+                .iter()
+                .map(|(name, field_type, value)| (name.as_str(), *field_type, value.as_slice())),
+        )?;
+        let encrypted = store::EncryptedRecord {
+            id,
+            scope_id: scope.id,
+            scope: scope_ref_of(old)?,
+            key_version: scope_key.key_version(),
+            wrapped_key: scope_key.wrap_record_key(id, &record_key)?,
+            fields: sealed,
+            field_names: fields
+                .iter()
+                .map(|(name, ..)| name.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            created_at: Utc::now(),
+            created_by: actor.id().to_owned(),
+            request_id: request_id.map(str::to_owned),
+            document_nonce: None,
+            original: false,
+        };
+        let event = self
+            .event(actor, Action::VaultRecordCorrected)
+            .resource("record", &id.to_string())
+            .scope(Some(old.client_id), old.matter_id)
+            .category(&old.category)
+            .outcome(Outcome::Allowed, &format!("supersedes-{}", old.id))
+            .sealed_text(
+                scope_key.seal_text(&correction.reason)?,
+                &scope.id.to_string(),
+            )
+            .build();
+        match self
+            .store
+            .db()
+            .transact(store::correction(old.id, &encrypted), &[event])
+            .await
+        {
+            Ok(_) => {}
+            // Corrected, shredded or staged for destruction meanwhile.
+            Err(TransactError::Unmet { .. }) => {
+                let now = self.load(old.id).await?;
+                Self::correctable(&now)?;
+                return Err(Error::Conflict(
+                    "the record's scope changed during the correction; retry",
+                ));
+            }
+            Err(e) if request_id.is_some() && e.is_duplicate() => {
+                if let Some(rid) = request_id
+                    && let Some(existing) = self.store.record_by_request(actor.id(), rid).await?
+                {
+                    return Ok(existing);
+                }
+                return Err(Error::Conflict(
+                    "a request with this id is being stored; retry",
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.load(id).await
+    }
+
+    /// Whether `row` can be corrected: the current version of a readable
+    /// record of fields.
+    fn correctable(row: &RecordRow) -> Result<(), Error> {
+        if row.is_document() {
+            let mut v = confidant_runtime::error::Violations::new();
+            v.add(
+                "record_id",
+                "names a document: a document is replaced by uploading the corrected one",
+            );
+            return Err(Error::Invalid(v));
+        }
+        if let Some(by) = row.superseded_by {
+            return Err(Error::Superseded(by));
+        }
+        match Self::unreadable(row) {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
     }
 
@@ -834,20 +998,19 @@ impl Vault {
         &self,
         actor: &Actor,
         client_id: Uuid,
-        matter_id: Option<Uuid>,
-        category: Option<Category>,
+        filter: &store::RecordFilter,
         before: Option<Uuid>,
         limit: i64,
     ) -> Result<Vec<RecordRow>, Error> {
         let rows = self
             .store
-            .list_records(client_id, matter_id, category, before, limit)
+            .list_records(client_id, filter, before, limit)
             .await?;
         let mut event = self
             .event(actor, Action::VaultRecordsListed)
             .resource("client", &client_id.to_string())
-            .scope(Some(client_id), matter_id);
-        if let Some(category) = category {
+            .scope(Some(client_id), filter.matter_id);
+        if let Some(category) = filter.category {
             event = event.category(category.as_str());
         }
         self.record_reads(vec![event.build()]).await?;

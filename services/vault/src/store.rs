@@ -137,6 +137,14 @@ pub struct RecordRow {
     /// 1 for an original that belongs to the client, 2 once it was
     /// returned to them, 0 otherwise.
     pub original: i32,
+    /// The record's version: 1, one more with each correction.
+    pub version: i32,
+    /// The version this one corrected.
+    pub supersedes: Option<Uuid>,
+    /// The version that corrected this one.
+    pub superseded_by: Option<Uuid>,
+    /// When it was corrected.
+    pub superseded_at: Option<DateTime<Utc>>,
 }
 
 impl RecordRow {
@@ -153,7 +161,8 @@ macro_rules! record_select {
              r.fields, r.field_names, r.created_at, r.created_by, r.shredded_at, r.shred_order, \
              s.state AS scope_state, s.kms_key_id AS scope_kms_key_id, s.wrapped_key AS scope_wrapped_key, \
              s.shredded_at AS scope_shredded_at, s.shred_order AS scope_shred_order, \
-             r.kind, r.upload_state, r.doc_size, r.doc_sha256, r.doc_segments, r.doc_nonce, r.original \
+             r.kind, r.upload_state, r.doc_size, r.doc_sha256, r.doc_segments, r.doc_nonce, r.original, \
+             r.version, r.supersedes, r.superseded_by, r.superseded_at \
              FROM vault_records r JOIN vault_scopes s ON s.id = r.scope_id ",
             $tail
         )
@@ -209,6 +218,48 @@ fn records_by_ids(
         statement = statement.bind(*id);
     }
     statement
+}
+
+/// Which of a client's records a listing shows.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RecordFilter {
+    /// Only this matter's.
+    pub matter_id: Option<Uuid>,
+    /// Only this category's.
+    pub category: Option<Category>,
+    /// Versions that a correction superseded too.
+    pub superseded: bool,
+}
+
+/// The statements of a correction, in one transaction with its event: the
+/// corrected version is marked superseded only while it is still current,
+/// readable and not a document (else nothing is written), then its next
+/// version goes in under the same scope (the guarded INSERT of
+/// [`EncryptedRecord::insert`]) and takes its place in the chain: its
+/// version number and whether it is an original follow the corrected one.
+pub fn correction(old: Uuid, new: &EncryptedRecord) -> Vec<Statement> {
+    vec![
+        Statement::new(
+            "UPDATE vault_records SET superseded_by = $2, superseded_at = $3 \
+             WHERE id = $1 AND superseded_by IS NULL AND wrapped_key IS NOT NULL \
+             AND kind = 'record' AND upload_state = 'available'",
+            vec![
+                Value::Uuid(old),
+                Value::Uuid(new.id),
+                Value::Time(new.created_at),
+            ],
+        )
+        .expecting(1),
+        new.insert(),
+        Statement::new(
+            "UPDATE vault_records SET supersedes = $2, \
+             version = (SELECT o.version + 1 FROM vault_records o WHERE o.id = $2), \
+             original = (SELECT o.original FROM vault_records o WHERE o.id = $2) \
+             WHERE id = $1",
+            vec![Value::Uuid(new.id), Value::Uuid(old)],
+        )
+        .expecting(1),
+    ]
 }
 
 /// A record to insert, already encrypted.
@@ -437,12 +488,12 @@ impl VaultStore {
             .await
     }
 
-    /// A page of a client's records, newest first.
+    /// A page of a client's records, newest first: the current versions,
+    /// or every version with `superseded`.
     pub async fn list_records(
         &self,
         client_id: Uuid,
-        matter_id: Option<Uuid>,
-        category: Option<Category>,
+        filter: &RecordFilter,
         before: Option<Uuid>,
         limit: i64,
     ) -> StoreResult<Vec<RecordRow>> {
@@ -451,14 +502,16 @@ impl VaultStore {
                 record_select!(
                     "WHERE r.client_id = $1 AND r.upload_state = 'available' AND ($2 IS NULL OR r.matter_id = $2) \
                      AND ($3 IS NULL OR r.category = $3) AND ($4 IS NULL OR r.id < $4) \
+                     AND ($6 = 1 OR r.superseded_by IS NULL) \
                      ORDER BY r.id DESC LIMIT $5"
                 ),
                 vec![
                     Value::Uuid(client_id),
-                    Value::OptUuid(matter_id),
-                    Value::OptText(category.map(|c| c.as_str().to_owned())),
+                    Value::OptUuid(filter.matter_id),
+                    Value::OptText(filter.category.map(|c| c.as_str().to_owned())),
                     Value::OptUuid(before),
                     Value::BigInt(limit),
+                    Value::Int(i32::from(filter.superseded)),
                 ],
             )
             .await
