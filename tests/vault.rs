@@ -2665,6 +2665,81 @@ async fn corrections_store_a_new_version_and_keep_the_old_one_as_history(backend
         .into_inner()
         .text;
     assert_eq!(reason, "client wrote on 3 March: name misspelt at intake");
+
+    // Shredding the record destroys every version of it: no copy stays
+    // readable in its history, and each destruction is logged.
+    let mut retention = vault(&data, &sandbox, "retention").await;
+    retention
+        .shred_record(pb::ShredRecordRequest {
+            record_id: stored.id.clone(),
+            order_id: uuid::Uuid::now_v7().to_string(),
+        })
+        .await
+        .unwrap();
+    for id in [&first.id, &second.id, &stored.id, &won.id] {
+        let err = app
+            .get_record(as_staff(&partner, get(id, "")))
+            .await
+            .unwrap_err();
+        assert_eq!(common::error_reason(&err), "shredded", "version {id}");
+    }
+    app.get_record(as_staff(&partner, get(&other.id, "")))
+        .await
+        .expect("another record is untouched");
+    let err = app
+        .correct_record(as_staff(
+            &partner,
+            correction(&won.id, Vec::new(), &["note"]),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(common::error_reason(&err), "shredded");
+    let shredded = vault_events_at_least(&mut log, &f.client_id, "vault.record.shredded", 4).await;
+    let mut ids: Vec<String> = shredded
+        .iter()
+        .map(|e| e.resource.clone().unwrap().id)
+        .collect();
+    ids.sort();
+    let mut versions = vec![first.id, second.id, stored.id, won.id];
+    versions.sort();
+    assert_eq!(ids, versions);
+
+    // A corrected original stays an original, and no version of it is
+    // shredded.
+    let will = stored_as(
+        &mut app,
+        &partner,
+        pb::NewRecord {
+            original: true,
+            ..contact(&f.client_id, &f.matter_id)
+        },
+    )
+    .await;
+    let corrected = app
+        .correct_record(as_staff(
+            &partner,
+            correction(
+                &will.id,
+                vec![field("email", pb::FieldType::Email, "okafor@example.org")],
+                &[],
+            ),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    assert!(corrected.original);
+    for id in [&will.id, &corrected.id] {
+        let err = retention
+            .shred_record(pb::ShredRecordRequest {
+                record_id: id.clone(),
+                order_id: uuid::Uuid::now_v7().to_string(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(common::error_reason(&err), "originals", "version {id}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1019,7 +1019,11 @@ impl Vault {
 
     // --------------------------------------------------------------- shredding
 
-    /// Destroys one record key.
+    /// Destroys a record's key, and the keys of every other version of it
+    /// (those it corrected and those that corrected it): a record shredded
+    /// leaves no readable copy in its history. Refused for all of them if
+    /// one is an original or a hold covers the scope. One event per version
+    /// destroyed. Returns the tombstone of the version named.
     pub async fn shred_record(
         &self,
         actor: &Actor,
@@ -1027,11 +1031,12 @@ impl Vault {
         order: &str,
     ) -> Result<RecordRow, Error> {
         let row = self.load(id).await?;
-        if is_shredded(&row) {
+        let live = self.live_versions(&row).await?;
+        if live.is_empty() {
             return Ok(row);
         }
         let scope = self.scope_row(row.scope_id).await?;
-        let refusal = if row.original == 1 {
+        let refusal = if live.iter().any(|v| v.original == 1) {
             Some((Error::Originals, "originals"))
         } else {
             self.held(&scope).await?
@@ -1041,28 +1046,29 @@ impl Vault {
                 .await;
             return Err(error);
         }
-        let event = self
-            .event(actor, Action::VaultRecordShredded)
-            .resource("record", &id.to_string())
-            .scope(Some(row.client_id), row.matter_id)
-            .category(&row.category)
-            .outcome(Outcome::Allowed, &format!("order-{order}"))
-            .build();
-        match self
-            .store
-            .db()
-            .transact(
-                vec![store::shred_record(id, order, Utc::now()).expecting(1)],
-                &[event],
-            )
-            .await
-        {
+        let now = Utc::now();
+        let events: Vec<AuditEvent> = live
+            .iter()
+            .map(|version| {
+                self.event(actor, Action::VaultRecordShredded)
+                    .resource("record", &version.id.to_string())
+                    .scope(Some(version.client_id), version.matter_id)
+                    .category(&version.category)
+                    .outcome(Outcome::Allowed, &format!("order-{order}"))
+                    .build()
+            })
+            .collect();
+        let statements = live
+            .iter()
+            .map(|version| store::shred_record(version.id, order, now).expecting(1))
+            .collect();
+        match self.store.db().transact(statements, &events).await {
             Ok(_) => {}
-            // Shredded meanwhile (by another replica, or with its scope), or
-            // a hold arrived after the check above.
+            // Shredded meanwhile (by another replica, or with its scope),
+            // corrected meanwhile, or a hold arrived after the check above.
             Err(TransactError::Unmet { .. }) => {
                 let now_row = self.load(id).await?;
-                if is_shredded(&now_row) {
+                if self.live_versions(&now_row).await?.is_empty() {
                     return Ok(now_row);
                 }
                 let scope = self.scope_row(row.scope_id).await?;
@@ -1078,6 +1084,30 @@ impl Vault {
             Err(e) => return Err(e.into()),
         }
         self.load(id).await
+    }
+
+    /// The versions of `row`'s record (`row` included) whose keys are not
+    /// destroyed, following the chain of corrections both ways.
+    async fn live_versions(&self, row: &RecordRow) -> Result<Vec<RecordRow>, Error> {
+        let mut versions = vec![row.clone()];
+        for forward in [false, true] {
+            let mut at = row.clone();
+            while let Some(next) = if forward {
+                at.superseded_by
+            } else {
+                at.supersedes
+            } {
+                // A chain is as long as the record's corrections; a loop
+                // could only come from a corrupt database.
+                if versions.iter().any(|v| v.id == next) {
+                    return Err(Error::Integrity);
+                }
+                at = self.load(next).await?;
+                versions.push(at.clone());
+            }
+        }
+        versions.retain(|v| !is_shredded(v));
+        Ok(versions)
     }
 
     /// Whether a legal hold covers `scope`: the refusal and its reason.
