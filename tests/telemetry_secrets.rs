@@ -214,6 +214,8 @@ async fn no_client_data_secret_or_token_reaches_logs_traces_metrics_or_errors() 
                 request_id: String::new(),
                 size_bytes: DOCUMENT.len() as i64,
                 sha256: Vec::new(),
+                supersedes: String::new(),
+                reason: String::new(),
             },
         )),
     };

@@ -870,6 +870,8 @@ async fn documents_stream_through_the_api_and_a_cancelled_upload_leaves_nothing(
         request_id: String::new(),
         size_bytes: 2_500_000,
         sha256: Vec::new(),
+        supersedes: String::new(),
+        reason: String::new(),
     };
     let content: Vec<u8> = (0..2_500_000u32).map(|i| (i % 253) as u8).collect();
     let stored = app
@@ -2597,23 +2599,26 @@ async fn corrections_store_a_new_version_and_keep_the_old_one_as_history(backend
         5
     );
 
-    // A document is replaced by uploading it again, not corrected.
-    let doc = app
-        .upload_document(as_staff(
-            &partner,
-            futures::stream::iter(upload_messages(
-                pb::DocumentHeader {
-                    client_id: f.client_id.clone(),
-                    matter_id: f.matter_id.clone(),
-                    category: pb::DataCategory::MatterFile as i32,
-                    filename: "letter.pdf".into(),
-                    media_type: "application/pdf".into(),
-                    size_bytes: 5,
-                    ..Default::default()
-                },
-                b"hello",
-            )),
+    // A document is corrected by uploading its new version, which names the
+    // one it replaces; the old one stays downloadable as history.
+    let letter = |content: &'static [u8], supersedes: &str, reason: &str| {
+        futures::stream::iter(upload_messages(
+            pb::DocumentHeader {
+                client_id: f.client_id.clone(),
+                matter_id: f.matter_id.clone(),
+                category: pb::DataCategory::MatterFile as i32,
+                filename: "engagement letter.pdf".into(),
+                media_type: "application/pdf".into(),
+                size_bytes: content.len() as i64,
+                supersedes: supersedes.into(),
+                reason: reason.into(),
+                ..Default::default()
+            },
+            content,
         ))
+    };
+    let doc = app
+        .upload_document(as_staff(&partner, letter(b"unsigned", "", "")))
         .await
         .unwrap()
         .into_inner()
@@ -2631,12 +2636,82 @@ async fn corrections_store_a_new_version_and_keep_the_old_one_as_history(backend
         .await
         .unwrap_err();
     assert_eq!(common::violated_fields(&err), ["record_id"]);
+    let signed = app
+        .upload_document(as_staff(
+            &partner,
+            letter(
+                b"signed by the client",
+                &doc.id,
+                "the signed copy came back",
+            ),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    assert_eq!(
+        (signed.version, signed.supersedes.as_str()),
+        (2, doc.id.as_str())
+    );
+    let download = |id: &str| {
+        let mut app = app.clone();
+        let token = partner.clone();
+        let id = id.to_owned();
+        async move {
+            let mut stream = app
+                .download_document(as_staff(
+                    &token,
+                    pb::DownloadDocumentRequest {
+                        record_id: id,
+                        purpose: pb::Purpose::LegalAdvice as i32,
+                        justification: String::new(),
+                    },
+                ))
+                .await?
+                .into_inner();
+            let mut bytes = Vec::new();
+            let mut head = None;
+            while let Some(message) = stream.message().await? {
+                match message.part {
+                    Some(pb::download_document_response::Part::Chunk(chunk)) => bytes.extend(chunk),
+                    Some(pb::download_document_response::Part::Info(i)) => head = i.record,
+                    None => {}
+                }
+            }
+            Ok::<_, tonic::Status>((head.unwrap(), bytes))
+        }
+    };
+    let (old_letter, old_bytes) = download(&doc.id).await.unwrap();
+    assert_eq!(old_bytes, b"unsigned");
+    assert_eq!(old_letter.superseded_by, signed.id);
+    assert_eq!(
+        download(&signed.id).await.unwrap().1,
+        b"signed by the client"
+    );
+    // Only the current version is replaced, by a document of its own scope,
+    // for a reason.
+    let err = app
+        .upload_document(as_staff(&partner, letter(b"again", &doc.id, "again")))
+        .await
+        .unwrap_err();
+    assert_eq!(common::error_reason(&err), "superseded");
+    let err = app
+        .upload_document(as_staff(&partner, letter(b"again", &other.id, "wrong one")))
+        .await
+        .unwrap_err();
+    assert_eq!(common::violated_fields(&err), ["header.supersedes"]);
+    let err = app
+        .upload_document(as_staff(&partner, letter(b"again", &signed.id, " ")))
+        .await
+        .unwrap_err();
+    assert_eq!(common::violated_fields(&err), ["header.reason"]);
 
     // Each correction is in the log, naming the version it replaced, its
     // reason sealed under the scope's key; the refused ones left nothing.
     let mut log = audit(&data, &sandbox).await;
     let mut events =
-        vault_events_at_least(&mut log, &f.client_id, "vault.record.corrected", 3).await;
+        vault_events_at_least(&mut log, &f.client_id, "vault.record.corrected", 4).await;
     events.reverse(); // oldest first
     let replaced: Vec<(String, String)> = events
         .iter()
@@ -2648,6 +2723,7 @@ async fn corrections_store_a_new_version_and_keep_the_old_one_as_history(backend
             (second.id.clone(), format!("supersedes-{}", first.id)),
             (stored.id.clone(), format!("supersedes-{}", second.id)),
             (won.id.clone(), format!("supersedes-{}", stored.id)),
+            (signed.id.clone(), format!("supersedes-{}", doc.id)),
         ]
     );
     assert_eq!(events[0].actor.clone().unwrap().id, f.paralegal);

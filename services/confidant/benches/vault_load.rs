@@ -1690,6 +1690,8 @@ async fn document_upload(
                 request_id: String::new(),
                 size_bytes: SIZE as i64,
                 sha256: Vec::new(),
+                supersedes: String::new(),
+                reason: String::new(),
             })),
         }];
         messages.extend(

@@ -616,6 +616,8 @@ impl IntakeApi {
             request_id: record_request_id(request_id, field.category).to_string(),
             size_bytes: header.size_bytes,
             sha256: Vec::new(),
+            supersedes: String::new(),
+            reason: String::new(),
         };
         let streamed = forward_upload(stream, &tx, vault_header, &header.media_type, size).await;
         drop(tx);

@@ -40,6 +40,8 @@ pub struct NewDocument {
     pub size: u64,
     /// The digest the client declared, if any.
     pub sha256: Option<Vec<u8>>,
+    /// The document version this one corrects, and why.
+    pub supersedes: Option<(Uuid, String)>,
 }
 
 fn valid_filename(name: &str) -> bool {
@@ -99,6 +101,21 @@ impl NewDocument {
         if !header.sha256.is_empty() && header.sha256.len() != 32 {
             v.add("header.sha256", "must be 32 bytes (SHA-256) when given");
         }
+        let supersedes =
+            crate::domain::optional_uuid(&mut v, "header.supersedes", &header.supersedes);
+        let reason = header.reason.trim();
+        if header.supersedes.is_empty() {
+            if !reason.is_empty() {
+                v.add("header.reason", "is given only with header.supersedes");
+            }
+        } else if reason.is_empty() {
+            v.add(
+                "header.reason",
+                "is required with header.supersedes: say why the document is replaced",
+            );
+        } else if reason.chars().count() > crate::domain::MAX_JUSTIFICATION_CHARS {
+            v.add("header.reason", "must be at most 1000 characters");
+        }
         match (client_id, category, size, v.is_empty()) {
             (Some(client_id), Some(category), Some(size), true) => Ok(Self {
                 scope: ScopeRef {
@@ -110,6 +127,7 @@ impl NewDocument {
                 media_type: header.media_type.clone(),
                 size,
                 sha256: (!header.sha256.is_empty()).then(|| header.sha256.clone()),
+                supersedes: supersedes.map(|id| (id, reason.to_owned())),
             }),
             _ => Err(v),
         }
@@ -210,7 +228,14 @@ impl Vault {
         {
             return Ok(existing);
         }
+        if let Some((old, _)) = &doc.supersedes {
+            self.replaceable(*old, doc).await?;
+        }
         let (scope_row, scope_key) = self.scope_for_write(actor, &doc.scope).await?;
+        let sealed_reason = match &doc.supersedes {
+            Some((_, reason)) => Some(scope_key.seal_text(reason)?),
+            None => None,
+        };
         let id = Uuid::now_v7();
         let record_key = RecordKey::generate()?;
         let at = DocumentBinding {
@@ -305,25 +330,47 @@ impl Vault {
 
         let outcome = match written {
             Ok((size, sha256, segments)) => {
-                let event = self
-                    .event(actor, Action::VaultRecordCreated)
+                let mut event = self
+                    .event(
+                        actor,
+                        if doc.supersedes.is_some() {
+                            Action::VaultRecordCorrected
+                        } else {
+                            Action::VaultRecordCreated
+                        },
+                    )
                     .resource("document", &id.to_string())
                     .scope(Some(doc.scope.client_id), doc.scope.matter_id)
-                    .category(doc.scope.category.as_str())
-                    .build();
-                self.commit(
-                    vec![
-                        store::complete_upload(
-                            id,
-                            i64::try_from(size).unwrap_or(i64::MAX),
-                            sha256,
-                            segments,
+                    .category(doc.scope.category.as_str());
+                let mut statements = vec![
+                    store::complete_upload(
+                        id,
+                        i64::try_from(size).unwrap_or(i64::MAX),
+                        sha256,
+                        segments,
+                    )
+                    .expecting(1),
+                ];
+                if let (Some((old, _)), Some(sealed)) = (&doc.supersedes, sealed_reason) {
+                    event = event
+                        .outcome(
+                            confidant_proto::audit::v1::Outcome::Allowed,
+                            &format!("supersedes-{old}"),
                         )
-                        .expecting(1),
-                    ],
-                    &[event],
-                )
-                .await
+                        .sealed_text(sealed, &scope_row.id.to_string());
+                    statements.extend(store::document_correction(*old, id, Utc::now()));
+                }
+                let committed = self.commit(statements, &[event.build()]).await;
+                match (&committed, &doc.supersedes) {
+                    // The version it replaces was corrected, shredded or
+                    // staged for destruction while the bytes arrived.
+                    (Err(Error::Conflict(_)), Some((old, _))) => {
+                        self.replaceable(*old, doc).await.and(Err(Error::Conflict(
+                            "the scope changed during the upload; retry",
+                        )))
+                    }
+                    _ => committed,
+                }
             }
             Err(e) => Err(e),
         };
@@ -334,6 +381,30 @@ impl Vault {
             return Err(e);
         }
         self.load(id).await
+    }
+
+    /// Whether document `old` can be replaced by `doc`: the current version
+    /// of a complete, readable document of the same client, matter and
+    /// category. A document elsewhere is refused as one that does not
+    /// exist, so an upload learns nothing of other scopes.
+    async fn replaceable(&self, old: Uuid, doc: &NewDocument) -> Result<(), Error> {
+        let elsewhere = || {
+            let mut v = Violations::new();
+            v.add(
+                "header.supersedes",
+                "must name a document of the same client, matter and category",
+            );
+            Error::Invalid(v)
+        };
+        let row = match self.load(old).await {
+            Ok(row) => row,
+            Err(Error::NotFound(_)) => return Err(elsewhere()),
+            Err(e) => return Err(e),
+        };
+        if crate::records::scope_ref_of(&row)? != doc.scope {
+            return Err(elsewhere());
+        }
+        Self::correctable(&row, true)
     }
 
     /// Opens a document for reading after it was allowed: checks the
@@ -432,6 +503,8 @@ mod tests {
             request_id: "nope".into(),
             size_bytes: 2048,
             sha256: vec![1, 2, 3],
+            supersedes: "nope".into(),
+            reason: " ".into(),
         };
         let err = NewDocument::parse(&header, 1024).unwrap_err();
         let fields: Vec<_> = err.as_slice().iter().map(|f| f.field.as_str()).collect();
@@ -445,7 +518,9 @@ mod tests {
                 "header.media_type",
                 "header.request_id",
                 "header.size_bytes",
-                "header.sha256"
+                "header.sha256",
+                "header.supersedes",
+                "header.reason"
             ]
         );
         assert!(valid_filename("Engagement letter (signed).pdf"));

@@ -587,7 +587,7 @@ impl Vault {
         {
             return Ok(existing);
         }
-        Self::correctable(old)?;
+        Self::correctable(old, false)?;
         let (_, current) = self.decrypt(old, &FieldSelection::All).await?;
         let fields = merged_fields(current, correction, self.settings.limits.max_fields)?;
         let scope = self.scope_row(old.scope_id).await?;
@@ -642,7 +642,7 @@ impl Vault {
             // Corrected, shredded or staged for destruction meanwhile.
             Err(TransactError::Unmet { .. }) => {
                 let now = self.load(old.id).await?;
-                Self::correctable(&now)?;
+                Self::correctable(&now, false)?;
                 return Err(Error::Conflict(
                     "the record's scope changed during the correction; retry",
                 ));
@@ -663,14 +663,21 @@ impl Vault {
     }
 
     /// Whether `row` can be corrected: the current version of a readable
-    /// record of fields.
-    fn correctable(row: &RecordRow) -> Result<(), Error> {
-        if row.is_document() {
+    /// record of fields, or with `document` of a complete document.
+    pub(crate) fn correctable(row: &RecordRow, document: bool) -> Result<(), Error> {
+        if row.is_document() != document {
             let mut v = confidant_runtime::error::Violations::new();
-            v.add(
-                "record_id",
-                "names a document: a document is replaced by uploading the corrected one",
-            );
+            if document {
+                v.add(
+                    "header.supersedes",
+                    "names a record of fields: records are corrected with CorrectRecord",
+                );
+            } else {
+                v.add(
+                    "record_id",
+                    "names a document: a document is corrected by uploading the new version with header.supersedes",
+                );
+            }
             return Err(Error::Invalid(v));
         }
         if let Some(by) = row.superseded_by {

@@ -231,35 +231,54 @@ pub struct RecordFilter {
     pub superseded: bool,
 }
 
-/// The statements of a correction, in one transaction with its event: the
-/// corrected version is marked superseded only while it is still current,
-/// readable and not a document (else nothing is written), then its next
-/// version goes in under the same scope (the guarded INSERT of
-/// [`EncryptedRecord::insert`]) and takes its place in the chain: its
-/// version number and whether it is an original follow the corrected one.
+/// Statement: version `old` (a record of `kind`, `record` or `document`) is
+/// superseded by `new`, only while it is still current, readable and
+/// complete; expect 1 row, else nothing of the correction is written.
+fn supersede(old: Uuid, new: Uuid, kind: &str, at: DateTime<Utc>) -> Statement {
+    Statement::new(
+        "UPDATE vault_records SET superseded_by = $2, superseded_at = $3 \
+         WHERE id = $1 AND superseded_by IS NULL AND wrapped_key IS NOT NULL \
+         AND kind = $4 AND upload_state = 'available'",
+        vec![
+            Value::Uuid(old),
+            Value::Uuid(new),
+            Value::Time(at),
+            Value::Text(kind.to_owned()),
+        ],
+    )
+    .expecting(1)
+}
+
+/// Statement: version `new` takes its place after `old` in the chain: its
+/// version number and whether it is an original follow `old`.
+fn follow(new: Uuid, old: Uuid) -> Statement {
+    Statement::new(
+        "UPDATE vault_records SET supersedes = $2, \
+         version = (SELECT o.version + 1 FROM vault_records o WHERE o.id = $2), \
+         original = (SELECT o.original FROM vault_records o WHERE o.id = $2) \
+         WHERE id = $1",
+        vec![Value::Uuid(new), Value::Uuid(old)],
+    )
+    .expecting(1)
+}
+
+/// The statements of a record's correction, in one transaction with its
+/// event: the corrected version is marked superseded (only while it is
+/// current; else nothing is written), its next version goes in under the
+/// same scope (the guarded INSERT of [`EncryptedRecord::insert`]) and
+/// follows it in the chain.
 pub fn correction(old: Uuid, new: &EncryptedRecord) -> Vec<Statement> {
     vec![
-        Statement::new(
-            "UPDATE vault_records SET superseded_by = $2, superseded_at = $3 \
-             WHERE id = $1 AND superseded_by IS NULL AND wrapped_key IS NOT NULL \
-             AND kind = 'record' AND upload_state = 'available'",
-            vec![
-                Value::Uuid(old),
-                Value::Uuid(new.id),
-                Value::Time(new.created_at),
-            ],
-        )
-        .expecting(1),
+        supersede(old, new.id, "record", new.created_at),
         new.insert(),
-        Statement::new(
-            "UPDATE vault_records SET supersedes = $2, \
-             version = (SELECT o.version + 1 FROM vault_records o WHERE o.id = $2), \
-             original = (SELECT o.original FROM vault_records o WHERE o.id = $2) \
-             WHERE id = $1",
-            vec![Value::Uuid(new.id), Value::Uuid(old)],
-        )
-        .expecting(1),
+        follow(new.id, old),
     ]
+}
+
+/// The statements that make the completed upload `new` the next version of
+/// document `old` (with [`complete_upload`], in its transaction).
+pub fn document_correction(old: Uuid, new: Uuid, at: DateTime<Utc>) -> Vec<Statement> {
+    vec![supersede(old, new, "document", at), follow(new, old)]
 }
 
 /// A record to insert, already encrypted.

@@ -1138,6 +1138,7 @@ async fn documents_stream_in_and_out_whole_or_not_at_all(db: &TestDatabase) {
         media_type: "application/pdf".into(),
         size: size as u64,
         sha256: None,
+        supersedes: None,
     };
     // Three full 64 KiB segments and a partial one, sent in odd-sized chunks.
     let content: Vec<u8> = (0..3 * 65_536 + 12_345)
