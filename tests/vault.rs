@@ -1927,6 +1927,21 @@ async fn shreds_made_after_a_backup_are_made_again_after_its_restore(backend: Ba
     let email = stored_as(&mut app, &partner, contact(&f.client_id, &f.matter_id)).await;
     let kept = stored_as(&mut app, &partner, contact(&f.client_id, &f.matter_id)).await;
     let backup = common::back_up(&data, ServiceName::Vault).await;
+    // After the backup, a record is corrected too.
+    let kept_v2 = app
+        .correct_record(as_staff(
+            &partner,
+            correction(
+                &kept.id,
+                vec![field("email", pb::FieldType::Email, "okafor@example.org")],
+                &[],
+            ),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
 
     // After the backup, retention shreds the passport's scope and the
     // e-mail record; the other contact record stays.
@@ -1962,8 +1977,11 @@ async fn shreds_made_after_a_backup_are_made_again_after_its_restore(backend: Ba
     let record_shred = vault_events_at_least(&mut log, &f.client_id, "vault.record.shredded", 1)
         .await
         .remove(0);
+    let corrected = vault_events_at_least(&mut log, &f.client_id, "vault.record.corrected", 1)
+        .await
+        .remove(0);
     let mut last = 0;
-    for event_id in [&scope_shred.id, &record_shred.id] {
+    for event_id in [&scope_shred.id, &record_shred.id, &corrected.id] {
         let logged = log
             .list_events(ListEventsRequest {
                 client_id: f.client_id.clone(),
@@ -2016,6 +2034,14 @@ async fn shreds_made_after_a_backup_are_made_again_after_its_restore(backend: Ba
         ["would_reapply"]
     );
     assert_eq!(results_for(&out, &email.id), ["would_reapply"]);
+    // The correction cannot be made again: its version is lost, and the
+    // corrected one is current again.
+    assert_eq!(results_for(&out, &kept_v2.id), ["lost"]);
+    assert!(out.contains("\"corrections_lost\":1"), "{out}");
+    assert!(
+        out.contains("note: 1 corrections made after the backup are lost"),
+        "{out}"
+    );
     for id in [&passport_record.id, &email.id, &kept.id] {
         read(&app, id).await.unwrap();
     }

@@ -265,6 +265,10 @@ enum Change {
     /// The scope's originals went back to the client: those stored before
     /// the return are originals no longer.
     ReturnOriginals,
+    /// The record is the version that corrected record `supersedes`. Its
+    /// ciphertext is not in the log: if the restored database lacks it, it
+    /// is lost and the corrected version is current again.
+    Correct { supersedes: Uuid },
 }
 
 impl Change {
@@ -274,16 +278,19 @@ impl Change {
             Change::Schedule { .. } => "schedule",
             Change::Cancel => "cancel",
             Change::ReturnOriginals => "return_originals",
+            Change::Correct { .. } => "correct",
         }
     }
 
-    /// The audit action that records its reapplication.
-    fn reapplied(&self) -> Action {
+    /// The audit action that records its reapplication; none for a
+    /// correction, which cannot be made again.
+    fn reapplied(&self) -> Option<Action> {
         match self {
-            Change::Shred { .. } => Action::VaultShredReapplied,
-            Change::Schedule { .. } => Action::VaultScheduleReapplied,
-            Change::Cancel => Action::VaultCancellationReapplied,
-            Change::ReturnOriginals => Action::VaultOriginalsReturnReapplied,
+            Change::Shred { .. } => Some(Action::VaultShredReapplied),
+            Change::Schedule { .. } => Some(Action::VaultScheduleReapplied),
+            Change::Cancel => Some(Action::VaultCancellationReapplied),
+            Change::ReturnOriginals => Some(Action::VaultOriginalsReturnReapplied),
+            Change::Correct { .. } => None,
         }
     }
 }
@@ -304,7 +311,8 @@ struct Logged {
 /// of the log on its key — destroyed, pending destruction (with its due
 /// time: the event's, or for an event that does not carry one its time
 /// plus `default_window`), or no longer pending (cancelled, or suspended by
-/// a legal hold); and every return of a scope's originals.
+/// a legal hold); every return of a scope's originals; and every
+/// correction.
 fn logged_changes(events: &[VerifiedEvent], default_window: chrono::Duration) -> Vec<Logged> {
     // A slot per change; a scope's earlier words on its key are emptied by
     // its last.
@@ -345,9 +353,21 @@ fn logged_changes(events: &[VerifiedEvent], default_window: chrono::Duration) ->
                 (Target::Scope, Change::Cancel)
             }
             Action::VaultOriginalsReturned => (Target::Scope, Change::ReturnOriginals),
+            Action::VaultRecordCorrected => {
+                let Some(supersedes) = event
+                    .reason
+                    .strip_prefix("supersedes-")
+                    .and_then(|id| Uuid::parse_str(id).ok())
+                else {
+                    continue;
+                };
+                (Target::Record, Change::Correct { supersedes })
+            }
             _ => continue,
         };
-        if resource.r#type != target.as_str() {
+        // A document's correction names it as a document.
+        let document = matches!(change, Change::Correct { .. }) && resource.r#type == "document";
+        if resource.r#type != target.as_str() && !document {
             continue;
         }
         let Ok(id) = Uuid::parse_str(&resource.id) else {
@@ -382,7 +402,8 @@ enum Fate {
     /// after the backup).
     NotInDatabase,
     /// Created after the backup and not in the restored database, and the
-    /// log does not say enough to make it again (a wall).
+    /// log does not say enough to make it again (a wall, a record's
+    /// corrected version).
     Lost,
 }
 
@@ -407,6 +428,11 @@ async fn reapply(
 ) -> anyhow::Result<Fate> {
     let (statements, client_id, matter_id, category) = if c.target == Target::Record {
         let Some(record) = store.record(c.id).await? else {
+            if let Change::Correct { supersedes } = &c.change
+                && store.record(*supersedes).await?.is_some()
+            {
+                return Ok(Fate::Lost);
+            }
             return Ok(Fate::NotInDatabase);
         };
         let Change::Shred { order } = &c.change else {
@@ -427,6 +453,8 @@ async fn reapply(
         };
         let state = scope.state();
         let statements = match &c.change {
+            // Only records are corrected.
+            Change::Correct { .. } => return Ok(Fate::NotInDatabase),
             Change::Shred { .. } | Change::Schedule { .. } if state == ScopeState::Shredded => {
                 return Ok(Fate::AlreadyApplied);
             }
@@ -460,10 +488,13 @@ async fn reapply(
         };
         (statements, scope.client_id, scope.matter_id, scope.category)
     };
+    let Some(action) = c.change.reapplied() else {
+        return Ok(Fate::AlreadyApplied);
+    };
     if dry_run {
         return Ok(Fate::WouldReapply);
     }
-    let event = EventBuilder::new(ServiceName::Vault, trust_domain, c.change.reapplied())
+    let event = EventBuilder::new(ServiceName::Vault, trust_domain, action)
         .resource(c.target.as_str(), &c.id.to_string())
         .scope(Some(client_id), matter_id)
         .category(&category)
@@ -503,11 +534,22 @@ async fn reapply_all(
             Change::Schedule { order, due } => {
                 json!({ "order": order, "due": due.to_rfc3339() })
             }
+            Change::Correct { supersedes } => json!({ "supersedes": supersedes }),
             Change::Cancel | Change::ReturnOriginals => json!({}),
         };
         report.line(&line, fate, extra)?;
     }
-    report.finish(verified, json!({}), &[])
+    let lost = report.count(Fate::Lost);
+    let notes = if lost > 0 {
+        vec![format!(
+            "{lost} corrections made after the backup are lost (their new versions were only in \
+             the lost database), and the versions they corrected are current again: correct \
+             each again (CorrectRecord, or for a document an upload naming it in `supersedes`)"
+        )]
+    } else {
+        Vec::new()
+    };
+    report.finish(verified, json!({ "corrections_lost": lost }), &notes)
 }
 
 /// What the log says was done in identity since a backup, to be made again
@@ -1248,6 +1290,40 @@ mod tests {
             vec![
                 (Target::Scope, scope, shred.clone(), 0),
                 (Target::Record, record, shred, 4)
+            ]
+        );
+    }
+
+    #[test]
+    fn corrections_of_records_and_documents_are_listed() {
+        let (old, new, old_doc, new_doc) = (
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+        );
+        let corrected = |kind: &str, id: Uuid, reason: String| {
+            let mut e = vault_event(Action::VaultRecordCorrected, kind, id, Outcome::Allowed);
+            e.reason = reason;
+            e
+        };
+        let events = verified(vec![
+            corrected("record", new, format!("supersedes-{old}")),
+            corrected("document", new_doc, format!("supersedes-{old_doc}")),
+            corrected("record", Uuid::now_v7(), "supersedes-nonsense".into()),
+        ]);
+        assert_eq!(
+            summary(&logged_changes(&events, chrono::Duration::zero())),
+            vec![
+                (Target::Record, new, Change::Correct { supersedes: old }, 0),
+                (
+                    Target::Record,
+                    new_doc,
+                    Change::Correct {
+                        supersedes: old_doc
+                    },
+                    1
+                ),
             ]
         );
     }
