@@ -1928,20 +1928,17 @@ async fn shreds_made_after_a_backup_are_made_again_after_its_restore(backend: Ba
     let kept = stored_as(&mut app, &partner, contact(&f.client_id, &f.matter_id)).await;
     let backup = common::back_up(&data, ServiceName::Vault).await;
     // After the backup, a record is corrected too.
-    let kept_v2 = app
-        .correct_record(as_staff(
-            &partner,
-            correction(
-                &kept.id,
-                vec![field("email", pb::FieldType::Email, "okafor@example.org")],
-                &[],
-            ),
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .record
-        .unwrap();
+    let kept_v2 = correct(
+        &mut app,
+        &partner,
+        correction(
+            &kept.id,
+            vec![field("email", pb::FieldType::Email, "okafor@example.org")],
+            &[],
+        ),
+    )
+    .await
+    .unwrap();
 
     // After the backup, retention shreds the passport's scope and the
     // e-mail record; the other contact record stays.
@@ -2406,6 +2403,29 @@ fn correction(
     }
 }
 
+/// CorrectRecord as the staff member whose token is `token`: the new
+/// version's metadata, or the refusal.
+async fn correct(
+    app: &mut Vault,
+    token: &str,
+    request: pb::CorrectRecordRequest,
+) -> Result<pb::RecordMetadata, tonic::Status> {
+    app.correct_record(as_staff(token, request))
+        .await
+        .map(|r| r.into_inner().record.expect("the new version"))
+}
+
+/// UploadDocument as the staff member whose token is `token`.
+async fn upload(
+    app: &mut Vault,
+    token: &str,
+    messages: Vec<pb::UploadDocumentRequest>,
+) -> Result<pb::RecordMetadata, tonic::Status> {
+    app.upload_document(as_staff(token, futures::stream::iter(messages)))
+        .await
+        .map(|r| r.into_inner().record.expect("the document"))
+}
+
 async fn listed(app: &mut Vault, token: &str, client_id: &str, all: bool) -> Vec<(String, i32)> {
     app.list_records(as_staff(
         token,
@@ -2438,20 +2458,17 @@ async fn corrections_store_a_new_version_and_keep_the_old_one_as_history(backend
 
     // The paralegal, who sees passport numbers masked, corrects the surname:
     // the number is carried over intact inside the vault.
-    let second = app
-        .correct_record(as_staff(
-            &paralegal,
-            correction(
-                &first.id,
-                vec![field("surname", pb::FieldType::Text, "Okafor-Bello")],
-                &[],
-            ),
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .record
-        .unwrap();
+    let second = correct(
+        &mut app,
+        &paralegal,
+        correction(
+            &first.id,
+            vec![field("surname", pb::FieldType::Text, "Okafor-Bello")],
+            &[],
+        ),
+    )
+    .await
+    .unwrap();
     assert_ne!(second.id, first.id);
     assert_eq!(
         (
@@ -2492,17 +2509,17 @@ async fn corrections_store_a_new_version_and_keep_the_old_one_as_history(backend
     assert_eq!(then.state, pb::RecordState::Active as i32);
 
     // Only the current version can be corrected; the refusal names it.
-    let stale = app
-        .correct_record(as_staff(
-            &partner,
-            correction(
-                &first.id,
-                vec![field("surname", pb::FieldType::Text, "Bello")],
-                &[],
-            ),
-        ))
-        .await
-        .unwrap_err();
+    let stale = correct(
+        &mut app,
+        &partner,
+        correction(
+            &first.id,
+            vec![field("surname", pb::FieldType::Text, "Bello")],
+            &[],
+        ),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(stale.code(), tonic::Code::FailedPrecondition);
     assert_eq!(common::error_reason(&stale), "superseded");
     {
@@ -2521,10 +2538,7 @@ async fn corrections_store_a_new_version_and_keep_the_old_one_as_history(backend
         &["passport_number", "passport_number"],
     );
     bad.reason = "  ".into();
-    let err = app
-        .correct_record(as_staff(&partner, bad))
-        .await
-        .unwrap_err();
+    let err = correct(&mut app, &partner, bad).await.unwrap_err();
     assert_eq!(
         common::violated_fields(&err),
         [
@@ -2534,30 +2548,30 @@ async fn corrections_store_a_new_version_and_keep_the_old_one_as_history(backend
             "reason"
         ]
     );
-    let err = app
-        .correct_record(as_staff(
-            &partner,
-            correction(&second.id, Vec::new(), &["middle_name"]),
-        ))
-        .await
-        .unwrap_err();
+    let err = correct(
+        &mut app,
+        &partner,
+        correction(&second.id, Vec::new(), &["middle_name"]),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(common::violated_fields(&err), ["remove_fields[0]"]);
-    let err = app
-        .correct_record(as_staff(
-            &partner,
-            correction(&second.id, Vec::new(), &["surname", "passport_number"]),
-        ))
-        .await
-        .unwrap_err();
+    let err = correct(
+        &mut app,
+        &partner,
+        correction(&second.id, Vec::new(), &["surname", "passport_number"]),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(common::violated_fields(&err), ["remove_fields"]);
     // Someone the decision does not allow learns nothing and changes nothing.
-    let err = app
-        .correct_record(as_staff(
-            &outsider,
-            correction(&second.id, Vec::new(), &["no_such_field"]),
-        ))
-        .await
-        .unwrap_err();
+    let err = correct(
+        &mut app,
+        &outsider,
+        correction(&second.id, Vec::new(), &["no_such_field"]),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
     assert_eq!(
         listed(&mut app, &partner, &f.client_id, true).await,
@@ -2576,20 +2590,8 @@ async fn corrections_store_a_new_version_and_keep_the_old_one_as_history(backend
         &["surname"],
     );
     third.request_id = uuid::Uuid::now_v7().to_string();
-    let stored = app
-        .correct_record(as_staff(&partner, third.clone()))
-        .await
-        .unwrap()
-        .into_inner()
-        .record
-        .unwrap();
-    let again = app
-        .correct_record(as_staff(&partner, third))
-        .await
-        .unwrap()
-        .into_inner()
-        .record
-        .unwrap();
+    let stored = correct(&mut app, &partner, third.clone()).await.unwrap();
+    let again = correct(&mut app, &partner, third).await.unwrap();
     assert_eq!(again.id, stored.id);
     assert_eq!(stored.version, 3);
     assert_eq!(stored.field_names, ["passport_number", "expiry_date"]);
@@ -2601,16 +2603,13 @@ async fn corrections_store_a_new_version_and_keep_the_old_one_as_history(backend
         let token = partner.clone();
         let id = stored.id.clone();
         async move {
-            app.correct_record(as_staff(
-                &token,
-                correction(&id, vec![field("note", pb::FieldType::Text, name)], &[]),
-            ))
-            .await
+            let note = vec![field("note", pb::FieldType::Text, name)];
+            correct(&mut app, &token, correction(&id, note, &[])).await
         }
     };
     let (a, b) = tokio::join!(race("a"), race("b"));
     let (won, lost) = match (a, b) {
-        (Ok(won), Err(lost)) | (Err(lost), Ok(won)) => (won.into_inner().record.unwrap(), lost),
+        (Ok(won), Err(lost)) | (Err(lost), Ok(won)) => (won, lost),
         other => panic!("exactly one correction wins: {other:?}"),
     };
     assert_eq!(lost.code(), tonic::Code::FailedPrecondition);
@@ -2628,7 +2627,7 @@ async fn corrections_store_a_new_version_and_keep_the_old_one_as_history(backend
     // A document is corrected by uploading its new version, which names the
     // one it replaces; the old one stays downloadable as history.
     let letter = |content: &'static [u8], supersedes: &str, reason: &str| {
-        futures::stream::iter(upload_messages(
+        upload_messages(
             pb::DocumentHeader {
                 client_id: f.client_id.clone(),
                 matter_id: f.matter_id.clone(),
@@ -2641,41 +2640,34 @@ async fn corrections_store_a_new_version_and_keep_the_old_one_as_history(backend
                 ..Default::default()
             },
             content,
-        ))
+        )
     };
-    let doc = app
-        .upload_document(as_staff(&partner, letter(b"unsigned", "", "")))
+    let doc = upload(&mut app, &partner, letter(b"unsigned", "", ""))
         .await
-        .unwrap()
-        .into_inner()
-        .record
         .unwrap();
-    let err = app
-        .correct_record(as_staff(
-            &partner,
-            correction(
-                &doc.id,
-                vec![field("filename", pb::FieldType::Text, "x.pdf")],
-                &[],
-            ),
-        ))
-        .await
-        .unwrap_err();
+    let err = correct(
+        &mut app,
+        &partner,
+        correction(
+            &doc.id,
+            vec![field("filename", pb::FieldType::Text, "x.pdf")],
+            &[],
+        ),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(common::violated_fields(&err), ["record_id"]);
-    let signed = app
-        .upload_document(as_staff(
-            &partner,
-            letter(
-                b"signed by the client",
-                &doc.id,
-                "the signed copy came back",
-            ),
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .record
-        .unwrap();
+    let signed = upload(
+        &mut app,
+        &partner,
+        letter(
+            b"signed by the client",
+            &doc.id,
+            "the signed copy came back",
+        ),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         (signed.version, signed.supersedes.as_str()),
         (2, doc.id.as_str())
@@ -2717,18 +2709,15 @@ async fn corrections_store_a_new_version_and_keep_the_old_one_as_history(backend
     );
     // Only the current version is replaced, by a document of its own scope,
     // for a reason.
-    let err = app
-        .upload_document(as_staff(&partner, letter(b"again", &doc.id, "again")))
+    let err = upload(&mut app, &partner, letter(b"again", &doc.id, "again"))
         .await
         .unwrap_err();
     assert_eq!(common::error_reason(&err), "superseded");
-    let err = app
-        .upload_document(as_staff(&partner, letter(b"again", &other.id, "wrong one")))
+    let err = upload(&mut app, &partner, letter(b"again", &other.id, "wrong one"))
         .await
         .unwrap_err();
     assert_eq!(common::violated_fields(&err), ["header.supersedes"]);
-    let err = app
-        .upload_document(as_staff(&partner, letter(b"again", &signed.id, " ")))
+    let err = upload(&mut app, &partner, letter(b"again", &signed.id, " "))
         .await
         .unwrap_err();
     assert_eq!(common::violated_fields(&err), ["header.reason"]);
@@ -2788,13 +2777,13 @@ async fn corrections_store_a_new_version_and_keep_the_old_one_as_history(backend
     app.get_record(as_staff(&partner, get(&other.id, "")))
         .await
         .expect("another record is untouched");
-    let err = app
-        .correct_record(as_staff(
-            &partner,
-            correction(&won.id, Vec::new(), &["note"]),
-        ))
-        .await
-        .unwrap_err();
+    let err = correct(
+        &mut app,
+        &partner,
+        correction(&won.id, Vec::new(), &["note"]),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(common::error_reason(&err), "shredded");
     let shredded = vault_events_at_least(&mut log, &f.client_id, "vault.record.shredded", 4).await;
     let mut ids: Vec<String> = shredded
@@ -2817,20 +2806,17 @@ async fn corrections_store_a_new_version_and_keep_the_old_one_as_history(backend
         },
     )
     .await;
-    let corrected = app
-        .correct_record(as_staff(
-            &partner,
-            correction(
-                &will.id,
-                vec![field("email", pb::FieldType::Email, "okafor@example.org")],
-                &[],
-            ),
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .record
-        .unwrap();
+    let corrected = correct(
+        &mut app,
+        &partner,
+        correction(
+            &will.id,
+            vec![field("email", pb::FieldType::Email, "okafor@example.org")],
+            &[],
+        ),
+    )
+    .await
+    .unwrap();
     assert!(corrected.original);
     for id in [&will.id, &corrected.id] {
         let err = retention

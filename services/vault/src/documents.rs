@@ -223,9 +223,7 @@ impl Vault {
     where
         S: Stream<Item = Result<Vec<u8>, Error>> + Unpin,
     {
-        if let Some(rid) = request_id
-            && let Some(existing) = self.store().record_by_request(actor.id(), rid).await?
-        {
+        if let Some(existing) = self.stored_before(actor, request_id).await? {
             return Ok(existing);
         }
         if let Some((old, _)) = &doc.supersedes {

@@ -490,9 +490,7 @@ impl Vault {
         record: &NewRecord,
         request_id: Option<&str>,
     ) -> Result<RecordRow, Error> {
-        if let Some(rid) = request_id
-            && let Some(existing) = self.store.record_by_request(actor.id(), rid).await?
-        {
+        if let Some(existing) = self.stored_before(actor, request_id).await? {
             return Ok(existing);
         }
         // The scope remembered from an earlier write may have been shredded
@@ -552,16 +550,7 @@ impl Vault {
                     ));
                 }
                 Err(e) if request_id.is_some() && e.is_duplicate() => {
-                    // A concurrent retry stored it first.
-                    if let Some(rid) = request_id
-                        && let Some(existing) =
-                            self.store.record_by_request(actor.id(), rid).await?
-                    {
-                        return Ok(existing);
-                    }
-                    return Err(Error::Conflict(
-                        "a request with this id is being stored; retry",
-                    ));
+                    return self.stored_first(actor, request_id).await;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -582,9 +571,7 @@ impl Vault {
         correction: &Correction,
         request_id: Option<&str>,
     ) -> Result<RecordRow, Error> {
-        if let Some(rid) = request_id
-            && let Some(existing) = self.store.record_by_request(actor.id(), rid).await?
-        {
+        if let Some(existing) = self.stored_before(actor, request_id).await? {
             return Ok(existing);
         }
         Self::correctable(old, false)?;
@@ -648,14 +635,7 @@ impl Vault {
                 ));
             }
             Err(e) if request_id.is_some() && e.is_duplicate() => {
-                if let Some(rid) = request_id
-                    && let Some(existing) = self.store.record_by_request(actor.id(), rid).await?
-                {
-                    return Ok(existing);
-                }
-                return Err(Error::Conflict(
-                    "a request with this id is being stored; retry",
-                ));
+                return self.stored_first(actor, request_id).await;
             }
             Err(e) => return Err(e.into()),
         }
@@ -687,6 +667,33 @@ impl Vault {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// The record `actor` stored earlier under `request_id`, if any: a
+    /// retry returns it instead of storing a second copy (AIP-155).
+    pub(crate) async fn stored_before(
+        &self,
+        actor: &Actor,
+        request_id: Option<&str>,
+    ) -> Result<Option<RecordRow>, Error> {
+        match request_id {
+            Some(rid) => Ok(self.store.record_by_request(actor.id(), rid).await?),
+            None => Ok(None),
+        }
+    }
+
+    /// After a write with `request_id` met the row a concurrent retry
+    /// stored first: that row, or a conflict while it is not complete.
+    async fn stored_first(
+        &self,
+        actor: &Actor,
+        request_id: Option<&str>,
+    ) -> Result<RecordRow, Error> {
+        self.stored_before(actor, request_id)
+            .await?
+            .ok_or(Error::Conflict(
+                "a request with this id is being stored; retry",
+            ))
     }
 
     /// The scope a write goes to and its key: remembered from earlier
