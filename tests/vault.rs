@@ -2573,6 +2573,15 @@ async fn corrections_store_a_new_version_and_keep_the_old_one_as_history(backend
     .await
     .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    // Nor does an application without a staff token, whether the record
+    // exists or not.
+    for id in [second.id.clone(), uuid::Uuid::now_v7().to_string()] {
+        let err = app
+            .correct_record(correction(&id, Vec::new(), &["surname"]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    }
     assert_eq!(
         listed(&mut app, &partner, &f.client_id, true).await,
         [

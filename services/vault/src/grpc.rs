@@ -655,6 +655,13 @@ impl VaultService for VaultApi {
         let Some(correction) = correction else {
             return Err(Status::internal("validated correction missing"));
         };
+        // A caller that may write nowhere learns nothing, not even whether
+        // the record exists.
+        if let Actor::Service { peer } = &actor
+            && !self.writers.iter().any(|w| w == peer)
+        {
+            return Err(Error::Unauthenticated.into());
+        }
         let old = self.vault.load(correction.record_id).await?;
         self.may_write(
             &actor,
