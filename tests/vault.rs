@@ -2804,6 +2804,35 @@ async fn corrections_store_a_new_version_and_keep_the_old_one_as_history(backend
     versions.sort();
     assert_eq!(ids, versions);
 
+    // A correction racing a shred never leaves a version readable after
+    // the shred succeeded.
+    for round in 0..8 {
+        let record = stored_as(&mut app, &partner, contact(&f.client_id, &f.matter_id)).await;
+        let (mut writer, mut shredder) = (app.clone(), retention.clone());
+        let email = vec![field("email", pb::FieldType::Email, "new@example.org")];
+        let (corrected, shred) = tokio::join!(
+            correct(&mut writer, &partner, correction(&record.id, email, &[])),
+            shredder.shred_record(pb::ShredRecordRequest {
+                record_id: record.id.clone(),
+                order_id: uuid::Uuid::now_v7().to_string(),
+            })
+        );
+        shred.expect("the shred goes through");
+        let mut versions = vec![record.id.clone()];
+        versions.extend(corrected.ok().map(|v| v.id));
+        for id in &versions {
+            let err = app
+                .get_record(as_staff(&partner, get(id, "")))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                common::error_reason(&err),
+                "shredded",
+                "round {round}, {id}"
+            );
+        }
+    }
+
     // A corrected original stays an original, and no version of it is
     // shredded.
     let will = stored_as(

@@ -1044,66 +1044,68 @@ impl Vault {
         id: Uuid,
         order: &str,
     ) -> Result<RecordRow, Error> {
-        let row = self.load(id).await?;
-        let live = self.live_versions(&row).await?;
-        if live.is_empty() {
-            return Ok(row);
-        }
-        let scope = self.scope_row(row.scope_id).await?;
-        let refusal = if live.iter().any(|v| v.original == 1) {
-            Some((Error::Originals, "originals"))
-        } else {
-            self.held(&scope).await?
-        };
-        if let Some((error, reason)) = refusal {
-            self.refused_shred(actor, "record", id, &scope, reason)
-                .await;
-            return Err(error);
-        }
-        let now = Utc::now();
-        let events: Vec<AuditEvent> = live
-            .iter()
-            .map(|version| {
-                self.event(actor, Action::VaultRecordShredded)
-                    .resource("record", &version.id.to_string())
-                    .scope(Some(version.client_id), version.matter_id)
-                    .category(&version.category)
-                    .outcome(Outcome::Allowed, &format!("order-{order}"))
-                    .build()
-            })
-            .collect();
-        let statements = live
-            .iter()
-            .map(|version| store::shred_record(version.id, order, now).expecting(1))
-            .collect();
-        match self.store.db().transact(statements, &events).await {
-            Ok(_) => {}
-            // Shredded meanwhile (by another replica, or with its scope),
-            // corrected meanwhile, or a hold arrived after the check above.
-            Err(TransactError::Unmet { .. }) => {
-                let now_row = self.load(id).await?;
-                if self.live_versions(&now_row).await?.is_empty() {
-                    return Ok(now_row);
-                }
-                let scope = self.scope_row(row.scope_id).await?;
-                let Some((error, reason)) = self.held(&scope).await? else {
-                    return Err(Error::Conflict(
-                        "the record changed during the shred; retry",
-                    ));
-                };
+        // A correction committed between the look-up and the shred adds a
+        // version: the shred then writes nothing and looks again.
+        for _ in 0..3 {
+            let row = self.load(id).await?;
+            let (current, live) = self.versions(&row).await?;
+            if live.is_empty() {
+                return Ok(row);
+            }
+            let scope = self.scope_row(row.scope_id).await?;
+            let refusal = if live.iter().any(|v| v.original == 1) {
+                Some((Error::Originals, "originals"))
+            } else {
+                self.held(&scope).await?
+            };
+            if let Some((error, reason)) = refusal {
                 self.refused_shred(actor, "record", id, &scope, reason)
                     .await;
                 return Err(error);
             }
-            Err(e) => return Err(e.into()),
+            let now = Utc::now();
+            let events: Vec<AuditEvent> = live
+                .iter()
+                .map(|version| {
+                    self.event(actor, Action::VaultRecordShredded)
+                        .resource("record", &version.id.to_string())
+                        .scope(Some(version.client_id), version.matter_id)
+                        .category(&version.category)
+                        .outcome(Outcome::Allowed, &format!("order-{order}"))
+                        .build()
+                })
+                .collect();
+            let mut statements = vec![store::still_current(current)];
+            statements.extend(
+                live.iter()
+                    .map(|version| store::shred_record(version.id, order, now).expecting(1)),
+            );
+            match self.store.db().transact(statements, &events).await {
+                Ok(_) => return self.load(id).await,
+                // Corrected or shredded meanwhile (by another replica, or
+                // with its scope), or a hold arrived after the check above.
+                Err(TransactError::Unmet { .. }) => {
+                    let scope = self.scope_row(row.scope_id).await?;
+                    if let Some((error, reason)) = self.held(&scope).await? {
+                        self.refused_shred(actor, "record", id, &scope, reason)
+                            .await;
+                        return Err(error);
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        self.load(id).await
+        Err(Error::Conflict(
+            "the record kept changing during the shred; retry",
+        ))
     }
 
-    /// The versions of `row`'s record (`row` included) whose keys are not
-    /// destroyed, following the chain of corrections both ways.
-    async fn live_versions(&self, row: &RecordRow) -> Result<Vec<RecordRow>, Error> {
+    /// The current version of `row`'s record and its versions (`row`
+    /// included) whose keys are not destroyed, following the chain of
+    /// corrections both ways.
+    async fn versions(&self, row: &RecordRow) -> Result<(Uuid, Vec<RecordRow>), Error> {
         let mut versions = vec![row.clone()];
+        let mut current = row.id;
         for forward in [false, true] {
             let mut at = row.clone();
             while let Some(next) = if forward {
@@ -1119,9 +1121,12 @@ impl Vault {
                 at = self.load(next).await?;
                 versions.push(at.clone());
             }
+            if forward {
+                current = at.id;
+            }
         }
         versions.retain(|v| !is_shredded(v));
-        Ok(versions)
+        Ok((current, versions))
     }
 
     /// Whether a legal hold covers `scope`: the refusal and its reason.

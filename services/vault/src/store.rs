@@ -262,6 +262,17 @@ fn follow(new: Uuid, old: Uuid) -> Statement {
     .expecting(1)
 }
 
+/// Statement: record `id` is still its record's current version (none
+/// corrected it); expect 1 row. On PostgreSQL it also locks the row, so a
+/// correction waits for the transaction this guards.
+pub fn still_current(id: Uuid) -> Statement {
+    Statement::new(
+        "UPDATE vault_records SET superseded_at = NULL WHERE id = $1 AND superseded_by IS NULL",
+        vec![Value::Uuid(id)],
+    )
+    .expecting(1)
+}
+
 /// The statements of a record's correction, in one transaction with its
 /// event: the corrected version is marked superseded (only while it is
 /// current; else nothing is written), its next version goes in under the
