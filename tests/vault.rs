@@ -2803,6 +2803,23 @@ async fn corrections_store_a_new_version_and_keep_the_old_one_as_history(backend
     let mut versions = vec![first.id, second.id, stored.id, won.id];
     versions.sort();
     assert_eq!(ids, versions);
+    // In storage, no version keeps a record key: its fields can never be
+    // opened again.
+    let db = common::service_db(&data, ServiceName::Vault).await;
+    for id in &versions {
+        let (key,): (Option<Vec<u8>>,) = db
+            .fetch_optional(
+                "SELECT wrapped_key FROM vault_records WHERE id = $1",
+                vec![confidant_runtime::portable::Value::Uuid(
+                    id.parse().unwrap(),
+                )],
+            )
+            .await
+            .unwrap()
+            .expect("the version's tombstone stays");
+        assert_eq!(key, None, "version {id}");
+    }
+    db.close().await;
 
     // A correction racing a shred never leaves a version readable after
     // the shred succeeded.
