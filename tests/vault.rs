@@ -2751,6 +2751,17 @@ async fn corrections_store_a_new_version_and_keep_the_old_one_as_history(backend
         ]
     );
     assert_eq!(events[0].actor.clone().unwrap().id, f.paralegal);
+    // They name the fields each set or removed, never a value.
+    let changed: Vec<Vec<String>> = events.iter().map(|e| e.changed_fields.clone()).collect();
+    assert_eq!(
+        changed,
+        [
+            vec!["surname".to_owned()],
+            vec!["expiry_date".to_owned(), "surname".to_owned()],
+            vec!["note".to_owned()],
+            Vec::new(),
+        ]
+    );
     let officer_token = staff_token(&data, &officer, &["security_officer"]);
     let reason = app
         .open_sealed_text(as_staff(

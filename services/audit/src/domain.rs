@@ -226,18 +226,23 @@ pub fn validate_event(
         );
     }
 
-    if event.disclosed_fields.len() > MAX_RECORD_FIELDS {
-        v.add(
-            f("disclosed_fields"),
-            format!("must name at most {MAX_RECORD_FIELDS} fields"),
-        );
-    }
-    for (i, name) in event.disclosed_fields.iter().enumerate() {
-        let at = f(&format!("disclosed_fields[{i}]"));
-        if name.is_empty() {
-            v.add(at, "must not be empty");
-        } else {
-            short_code(v, &at, name);
+    for (list, names) in [
+        ("disclosed_fields", &event.disclosed_fields),
+        ("changed_fields", &event.changed_fields),
+    ] {
+        if names.len() > MAX_RECORD_FIELDS {
+            v.add(
+                f(list),
+                format!("must name at most {MAX_RECORD_FIELDS} fields"),
+            );
+        }
+        for (i, name) in names.iter().enumerate() {
+            let at = f(&format!("{list}[{i}]"));
+            if name.is_empty() {
+                v.add(at, "must not be empty");
+            } else {
+                short_code(v, &at, name);
+            }
         }
     }
 
@@ -365,6 +370,16 @@ mod tests {
         read.disclosed_fields = vec!["f".into(); MAX_RECORD_FIELDS + 1];
         let v = validate_batch(&[read], "vault", Utc::now()).unwrap_err();
         assert_eq!(fields(&v), ["events[0].disclosed_fields"]);
+        // A correction's changed fields follow the same rules.
+        let mut corrected = good();
+        corrected.changed_fields = vec!["surname".into()];
+        assert!(validate_batch(&[corrected.clone()], "vault", Utc::now()).is_ok());
+        corrected.changed_fields = vec!["New Surname Okafor".into()];
+        let v = validate_batch(&[corrected.clone()], "vault", Utc::now()).unwrap_err();
+        assert_eq!(fields(&v), ["events[0].changed_fields[0]"]);
+        corrected.changed_fields = vec!["f".into(); MAX_RECORD_FIELDS + 1];
+        let v = validate_batch(&[corrected], "vault", Utc::now()).unwrap_err();
+        assert_eq!(fields(&v), ["events[0].changed_fields"]);
     }
 
     #[test]

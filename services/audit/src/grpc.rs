@@ -411,6 +411,7 @@ impl AuditService for AuditApi {
                     outcome: e.outcome,
                     event_id: e.id,
                     disclosed_fields: e.disclosed_fields,
+                    changed_fields: e.changed_fields,
                 })
             })
             .collect();

@@ -101,6 +101,7 @@ fn event_json(bytes: &[u8]) -> Value {
         "trace_id": e.trace_id,
         "sealed_text": !e.sealed_text.is_empty(),
         "disclosed_fields": e.disclosed_fields,
+        "changed_fields": e.changed_fields,
     })
 }
 

@@ -285,6 +285,12 @@ impl EventBuilder {
         self
     }
 
+    /// The fields a correction set or removed (names only).
+    pub fn changed_fields(mut self, names: Vec<String>) -> Self {
+        self.0.changed_fields = names;
+        self
+    }
+
     /// The outcome and its reason code.
     pub fn outcome(mut self, outcome: Outcome, reason: &str) -> Self {
         self.0.outcome = outcome as i32;

@@ -478,6 +478,17 @@ impl Correction {
             );
         }
         let set = parse_fields(&mut v, &req.fields, limits, "");
+        if req.fields.len() <= limits.max_fields
+            && req.fields.len() + req.remove_fields.len() > limits.max_fields
+        {
+            v.add(
+                "remove_fields",
+                format!(
+                    "with fields, must name at most {} fields",
+                    limits.max_fields
+                ),
+            );
+        }
         if req.fields.is_empty() && req.remove_fields.is_empty() {
             v.add(
                 "fields",
@@ -536,6 +547,27 @@ mod tests {
 
     fn fields_of(v: &Violations) -> Vec<String> {
         v.as_slice().iter().map(|f| f.field.clone()).collect()
+    }
+
+    #[test]
+    fn a_correction_names_at_most_max_fields_and_a_reason() {
+        let request = |set: usize, remove: &[&str], reason: &str| pb::CorrectRecordRequest {
+            record_id: Uuid::now_v7().to_string(),
+            fields: (0..set)
+                .map(|i| field(&format!("f{i}"), pb::FieldType::Text, "x"))
+                .collect(),
+            remove_fields: remove.iter().map(|s| (*s).to_owned()).collect(),
+            reason: reason.into(),
+            request_id: String::new(),
+        };
+        let ok = Correction::parse(&request(2, &["old"], " moved "), LIMITS).unwrap();
+        assert_eq!((ok.set.len(), ok.reason.as_str()), (2, "moved"));
+        let err = Correction::parse(&request(2, &["a", "b"], "moved"), LIMITS).unwrap_err();
+        assert_eq!(fields_of(&err), ["remove_fields"]);
+        let err = Correction::parse(&request(4, &[], ""), LIMITS).unwrap_err();
+        assert_eq!(fields_of(&err), ["fields", "reason"]);
+        let err = Correction::parse(&request(0, &[], "moved"), LIMITS).unwrap_err();
+        assert_eq!(fields_of(&err), ["fields"]);
     }
 
     #[test]

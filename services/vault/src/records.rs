@@ -614,6 +614,14 @@ impl Vault {
             .scope(Some(old.client_id), old.matter_id)
             .category(&old.category)
             .outcome(Outcome::Allowed, &format!("supersedes-{}", old.id))
+            .changed_fields(
+                correction
+                    .set
+                    .iter()
+                    .map(|f| f.name.clone())
+                    .chain(correction.remove.iter().cloned())
+                    .collect(),
+            )
             .sealed_text(
                 scope_key.seal_text(&correction.reason)?,
                 &scope.id.to_string(),
