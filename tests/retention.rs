@@ -48,6 +48,22 @@ fn rules(
     }
 }
 
+/// CreatePolicy as the staff member whose token is `token`: the policy, or
+/// the refusal.
+async fn create_policy(
+    retention: &mut RetentionServiceClient<PeerChannel>,
+    token: &str,
+    rules: pb::PolicyRules,
+) -> Result<pb::Policy, tonic::Status> {
+    retention
+        .create_policy(as_staff(
+            token,
+            pb::CreatePolicyRequest { rules: Some(rules) },
+        ))
+        .await
+        .map(|r| r.into_inner().policy.expect("the policy"))
+}
+
 fn ts(t: chrono::DateTime<chrono::Utc>) -> Option<prost_types::Timestamp> {
     common::directory::ts(t)
 }
@@ -109,29 +125,27 @@ async fn policies_triggers_and_holds_decide_what_falls_due(backend: Backend) {
     );
 
     // Bad rules are named field by field; only records managers manage policies.
-    let err = retention
-        .create_policy(as_staff(
-            &manager_token,
-            pb::CreatePolicyRequest {
-                rules: Some(pb::PolicyRules {
-                    category: 99,
-                    period: Some(pb::Period {
-                        years: -6,
-                        months: 0,
-                        days: 0,
-                    }),
-                    trigger: 0,
-                    trigger_event_name: String::new(),
-                    action: pb::DisposalAction::Shred as i32,
-                    client_notice_days: 0,
-                    basis: String::new(),
-                    practice_area: String::new(),
-                    jurisdiction: "Narnia".into(),
-                }),
-            },
-        ))
-        .await
-        .unwrap_err();
+    let err = create_policy(
+        &mut retention,
+        &manager_token,
+        pb::PolicyRules {
+            category: 99,
+            period: Some(pb::Period {
+                years: -6,
+                months: 0,
+                days: 0,
+            }),
+            trigger: 0,
+            trigger_event_name: String::new(),
+            action: pb::DisposalAction::Shred as i32,
+            client_notice_days: 0,
+            basis: String::new(),
+            practice_area: String::new(),
+            jurisdiction: "Narnia".into(),
+        },
+    )
+    .await
+    .unwrap_err();
     assert_eq!(
         common::violated_fields(&err),
         [
@@ -142,20 +156,18 @@ async fn policies_triggers_and_holds_decide_what_falls_due(backend: Backend) {
             "rules.jurisdiction"
         ]
     );
-    let refused = retention
-        .create_policy(as_staff(
-            &associate_token,
-            pb::CreatePolicyRequest {
-                rules: Some(rules(
-                    vault_pb::DataCategory::MatterFile,
-                    (6, 0, 0),
-                    pb::Trigger::MatterClosed,
-                    pb::DisposalAction::Review,
-                )),
-            },
-        ))
-        .await
-        .unwrap_err();
+    let refused = create_policy(
+        &mut retention,
+        &associate_token,
+        rules(
+            vault_pb::DataCategory::MatterFile,
+            (6, 0, 0),
+            pb::Trigger::MatterClosed,
+            pb::DisposalAction::Review,
+        ),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     let no_token = retention
         .list_policies(pb::ListPoliciesRequest {})
@@ -165,52 +177,43 @@ async fn policies_triggers_and_holds_decide_what_falls_due(backend: Backend) {
 
     // Matter files: six years after the matter closes, then review.
     // Contact details: thirty days after they were collected, then shred.
-    let matter_policy = retention
-        .create_policy(as_staff(
-            &manager_token,
-            pb::CreatePolicyRequest {
-                rules: Some(rules(
-                    vault_pb::DataCategory::MatterFile,
-                    (6, 0, 0),
-                    pb::Trigger::MatterClosed,
-                    pb::DisposalAction::Review,
-                )),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .policy
-        .unwrap();
+    let matter_policy = create_policy(
+        &mut retention,
+        &manager_token,
+        rules(
+            vault_pb::DataCategory::MatterFile,
+            (6, 0, 0),
+            pb::Trigger::MatterClosed,
+            pb::DisposalAction::Review,
+        ),
+    )
+    .await
+    .unwrap();
     assert_eq!(matter_policy.version, 1);
-    retention
-        .create_policy(as_staff(
-            &manager_token,
-            pb::CreatePolicyRequest {
-                rules: Some(rules(
-                    vault_pb::DataCategory::ContactDetails,
-                    (0, 0, 30),
-                    pb::Trigger::Creation,
-                    pb::DisposalAction::Shred,
-                )),
-            },
-        ))
-        .await
-        .unwrap();
-    let twice = retention
-        .create_policy(as_staff(
-            &manager_token,
-            pb::CreatePolicyRequest {
-                rules: Some(rules(
-                    vault_pb::DataCategory::ContactDetails,
-                    (1, 0, 0),
-                    pb::Trigger::Creation,
-                    pb::DisposalAction::Shred,
-                )),
-            },
-        ))
-        .await
-        .unwrap_err();
+    create_policy(
+        &mut retention,
+        &manager_token,
+        rules(
+            vault_pb::DataCategory::ContactDetails,
+            (0, 0, 30),
+            pb::Trigger::Creation,
+            pb::DisposalAction::Shred,
+        ),
+    )
+    .await
+    .unwrap();
+    let twice = create_policy(
+        &mut retention,
+        &manager_token,
+        rules(
+            vault_pb::DataCategory::ContactDetails,
+            (1, 0, 0),
+            pb::Trigger::Creation,
+            pb::DisposalAction::Shred,
+        ),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(twice.code(), tonic::Code::FailedPrecondition);
 
     let synced = retention
@@ -655,10 +658,7 @@ async fn due_scopes_are_shredded_through_approved_batches_and_certified(backend:
             pb::DisposalAction::Shred,
         ),
     ] {
-        retention
-            .create_policy(as_staff(&token, pb::CreatePolicyRequest { rules: Some(r) }))
-            .await
-            .unwrap();
+        create_policy(&mut retention, &token, r).await.unwrap();
     }
     retention
         .place_hold(as_staff(
@@ -961,20 +961,18 @@ async fn originals_go_back_to_the_client_instead_of_the_shredder(backend: Backen
     let mut retention = RetentionServiceClient::new(
         channel(&data, &sandbox, ServiceName::Retention, "firm-app").await,
     );
-    retention
-        .create_policy(as_staff(
-            &token,
-            pb::CreatePolicyRequest {
-                rules: Some(rules(
-                    vault_pb::DataCategory::MatterFile,
-                    (0, 0, 0),
-                    pb::Trigger::Creation,
-                    pb::DisposalAction::Shred,
-                )),
-            },
-        ))
-        .await
-        .unwrap();
+    create_policy(
+        &mut retention,
+        &token,
+        rules(
+            vault_pb::DataCategory::MatterFile,
+            (0, 0, 0),
+            pb::Trigger::Creation,
+            pb::DisposalAction::Shred,
+        ),
+    )
+    .await
+    .unwrap();
     retention
         .sync_scopes(as_staff(&token, pb::SyncScopesRequest {}))
         .await
@@ -1260,24 +1258,12 @@ async fn policies_follow_the_matters_practice_area_and_jurisdiction(backend: Bac
             pb::DisposalAction::Review,
         ),
     ] {
-        let policy = retention
-            .create_policy(as_staff(&token, pb::CreatePolicyRequest { rules: Some(r) }))
-            .await
-            .unwrap()
-            .into_inner()
-            .policy
-            .unwrap();
+        let policy = create_policy(&mut retention, &token, r).await.unwrap();
         created.push(policy);
     }
     assert_eq!(created[3].rules.as_ref().unwrap().practice_area, "tax");
     // One policy per category, practice area and jurisdiction.
-    let twice = retention
-        .create_policy(as_staff(
-            &token,
-            pb::CreatePolicyRequest {
-                rules: Some(class(1, "PROBATE", "us-ny")),
-            },
-        ))
+    let twice = create_policy(&mut retention, &token, class(1, "PROBATE", "us-ny"))
         .await
         .unwrap_err();
     assert_eq!(twice.code(), tonic::Code::FailedPrecondition, "{twice:?}");
@@ -1596,20 +1582,18 @@ async fn staged_disposals_wait_out_the_vaults_window_and_a_records_manager_can_k
         vault_pb::DataCategory::MatterFile,
         vault_pb::DataCategory::ContactDetails,
     ] {
-        retention
-            .create_policy(as_staff(
-                &token,
-                pb::CreatePolicyRequest {
-                    rules: Some(rules(
-                        category,
-                        (0, 0, 0),
-                        pb::Trigger::Creation,
-                        pb::DisposalAction::Shred,
-                    )),
-                },
-            ))
-            .await
-            .unwrap();
+        create_policy(
+            &mut retention,
+            &token,
+            rules(
+                category,
+                (0, 0, 0),
+                pb::Trigger::Creation,
+                pb::DisposalAction::Shred,
+            ),
+        )
+        .await
+        .unwrap();
     }
     retention
         .sync_scopes(as_staff(&token, pb::SyncScopesRequest {}))
@@ -1766,23 +1750,18 @@ async fn holds_placed_after_a_backup_come_back_and_disposals_wait_after_its_rest
     .await;
     let mut retention = firm.retention.clone();
     // The contacts fall due at once; no sweep has run yet.
-    let policy = retention
-        .create_policy(as_staff(
-            &token,
-            pb::CreatePolicyRequest {
-                rules: Some(rules(
-                    vault_pb::DataCategory::ContactDetails,
-                    (0, 0, 0),
-                    pb::Trigger::Creation,
-                    pb::DisposalAction::Shred,
-                )),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .policy
-        .unwrap();
+    let policy = create_policy(
+        &mut retention,
+        &token,
+        rules(
+            vault_pb::DataCategory::ContactDetails,
+            (0, 0, 0),
+            pb::Trigger::Creation,
+            pb::DisposalAction::Shred,
+        ),
+    )
+    .await
+    .unwrap();
     retention
         .sync_scopes(as_staff(&token, pb::SyncScopesRequest {}))
         .await

@@ -566,7 +566,16 @@ enum IdentityChange {
     Wall(Uuid),
 }
 
-impl IdentityChange {
+/// A change of identity's or retention's that the log records, as its
+/// line in the report names it.
+trait ReportedChange {
+    /// The change's name in the report.
+    fn as_str(&self) -> &'static str;
+    /// What it concerns: a kind and an id.
+    fn target(&self) -> (&'static str, String);
+}
+
+impl ReportedChange for IdentityChange {
     fn as_str(&self) -> &'static str {
         match self {
             IdentityChange::Revoke(_) => "revoke",
@@ -575,7 +584,7 @@ impl IdentityChange {
         }
     }
 
-    fn resource(&self) -> (&'static str, String) {
+    fn target(&self) -> (&'static str, String) {
         match self {
             IdentityChange::Revoke(r) => r.resource(),
             IdentityChange::SignIn { staff, .. } => ("staff", staff.to_string()),
@@ -584,20 +593,36 @@ impl IdentityChange {
     }
 }
 
-/// One identity change the log records.
+/// One change the log records (identity's or retention's): what, when,
+/// and the event that records it.
 #[derive(Debug, Clone)]
-struct LoggedIdentity {
-    change: IdentityChange,
+struct LoggedChange<C> {
+    change: C,
     at: DateTime<Utc>,
     event_id: String,
     position: u64,
 }
 
+impl<C: ReportedChange> LoggedChange<C> {
+    /// Its line in the report.
+    fn line(&self) -> Line {
+        let (target, id) = self.change.target();
+        Line {
+            target,
+            id,
+            change: self.change.as_str(),
+            event_id: self.event_id.clone(),
+            position: self.position,
+            at: self.at,
+        }
+    }
+}
+
 /// The identity service's allowed events among `events` that call for a
 /// change, in log order; of the sign-in changes only each staff member's
 /// last of each kind.
-fn identity_changes(events: &[VerifiedEvent]) -> Vec<LoggedIdentity> {
-    let mut changes: Vec<LoggedIdentity> = Vec::new();
+fn identity_changes(events: &[VerifiedEvent]) -> Vec<LoggedChange<IdentityChange>> {
+    let mut changes: Vec<LoggedChange<IdentityChange>> = Vec::new();
     for Allowed {
         position,
         event,
@@ -645,7 +670,7 @@ fn identity_changes(events: &[VerifiedEvent]) -> Vec<LoggedIdentity> {
         if matches!(change, IdentityChange::SignIn { .. }) {
             changes.retain(|c| c.change != change);
         }
-        changes.push(LoggedIdentity {
+        changes.push(LoggedChange {
             change,
             at,
             event_id: event.id.clone(),
@@ -659,7 +684,7 @@ fn identity_changes(events: &[VerifiedEvent]) -> Vec<LoggedIdentity> {
 async fn reapply_identity(
     db: &Database,
     trust_domain: &str,
-    c: &LoggedIdentity,
+    c: &LoggedChange<IdentityChange>,
     dry_run: bool,
 ) -> anyhow::Result<Fate> {
     let (statement, action) = match &c.change {
@@ -707,7 +732,7 @@ async fn reapply_identity(
     if dry_run {
         return Ok(Fate::WouldReapply);
     }
-    let (kind, id) = c.change.resource();
+    let (kind, id) = c.change.target();
     let event = EventBuilder::new(ServiceName::Identity, trust_domain, action)
         .resource(kind, &id)
         .outcome(Outcome::Allowed, &format!("event-{}", c.event_id))
@@ -769,15 +794,7 @@ async fn reapply_identity_all(
 ) -> anyhow::Result<()> {
     let mut report = Report::new(out);
     for c in identity_changes(&verified.events) {
-        let (target, id) = c.change.resource();
-        let line = Line {
-            target,
-            id,
-            change: c.change.as_str(),
-            event_id: c.event_id.clone(),
-            position: c.position,
-            at: c.at,
-        };
+        let line = c.line();
         let fate = reapply_identity(db, trust_domain, &c, dry_run)
             .await
             .with_context(|| line.stopped())?;
@@ -832,7 +849,7 @@ enum RetentionChange {
     Certificate(Uuid),
 }
 
-impl RetentionChange {
+impl ReportedChange for RetentionChange {
     fn as_str(&self) -> &'static str {
         match self {
             RetentionChange::Hold { .. } => "place_hold",
@@ -855,20 +872,11 @@ impl RetentionChange {
     }
 }
 
-/// One retention change the log records.
-#[derive(Debug, Clone)]
-struct LoggedRetention {
-    change: RetentionChange,
-    at: DateTime<Utc>,
-    event_id: String,
-    position: u64,
-}
-
 /// The retention service's allowed events among `events` that may be
 /// missing from a restored database, in log order; a hold placed and
 /// released within the log is neither placed nor released again.
-fn retention_changes(events: &[VerifiedEvent]) -> Vec<LoggedRetention> {
-    let mut changes: Vec<LoggedRetention> = Vec::new();
+fn retention_changes(events: &[VerifiedEvent]) -> Vec<LoggedChange<RetentionChange>> {
+    let mut changes: Vec<LoggedChange<RetentionChange>> = Vec::new();
     for Allowed {
         position,
         event,
@@ -924,7 +932,7 @@ fn retention_changes(events: &[VerifiedEvent]) -> Vec<LoggedRetention> {
             (Action::RetentionCertificateIssued, Some(id)) => RetentionChange::Certificate(id),
             _ => continue,
         };
-        changes.push(LoggedRetention {
+        changes.push(LoggedChange {
             change,
             at,
             event_id: event.id.clone(),
@@ -939,7 +947,7 @@ fn retention_changes(events: &[VerifiedEvent]) -> Vec<LoggedRetention> {
 async fn reapply_retention(
     store: &RetentionStore,
     trust_domain: &str,
-    c: &LoggedRetention,
+    c: &LoggedChange<RetentionChange>,
     newest_trigger: Option<DateTime<Utc>>,
     dry_run: bool,
 ) -> anyhow::Result<Fate> {
@@ -1032,15 +1040,7 @@ async fn reapply_retention_all(
     let newest_trigger = retention_restore::newest_trigger(store.db()).await?;
     let mut report = Report::new(out);
     for c in retention_changes(&verified.events) {
-        let (target, id) = c.change.target();
-        let line = Line {
-            target,
-            id,
-            change: c.change.as_str(),
-            event_id: c.event_id.clone(),
-            position: c.position,
-            at: c.at,
-        };
+        let line = c.line();
         let fate = reapply_retention(store, trust_domain, &c, newest_trigger, dry_run)
             .await
             .with_context(|| line.stopped())?;
