@@ -768,7 +768,9 @@ async fn end_live_sessions(
         let mut statements = Vec::with_capacity(sessions.len());
         let mut events = Vec::with_capacity(sessions.len());
         for (session, _staff) in &sessions {
-            statements.push(identity_restore::end_session(*session, "restore", now));
+            statements.push(confidant_identity::store::session_ended(
+                *session, "restore", now,
+            ));
             events.push(
                 EventBuilder::new(
                     ServiceName::Identity,

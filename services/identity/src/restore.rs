@@ -125,18 +125,6 @@ pub async fn live_sessions(db: &Database, limit: i64) -> Result<Vec<(Uuid, Uuid)
         .await?)
 }
 
-/// Statement: a session ends now, for `reason`.
-pub fn end_session(id: Uuid, reason: &str, now: DateTime<Utc>) -> Statement {
-    Statement::new(
-        "UPDATE sessions SET revoked_at = $1, revoke_reason = $2 WHERE id = $3 AND revoked_at IS NULL",
-        vec![
-            Value::Time(now),
-            Value::Text(reason.to_owned()),
-            Value::Uuid(id),
-        ],
-    )
-}
-
 /// Whether the database holds the wall `id`.
 pub async fn wall_exists(db: &Database, id: Uuid) -> Result<bool, StoreError> {
     let row: Option<(Uuid,)> = db

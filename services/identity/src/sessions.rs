@@ -632,10 +632,7 @@ impl Sessions {
         let done = self
             .db
             .transact(
-                vec![Statement::new(
-                    "UPDATE sessions SET revoked_at = $1, revoke_reason = $2 WHERE id = $3 AND revoked_at IS NULL",
-                    vec![Value::Time(Utc::now()), Value::Text(reason.to_owned()), Value::Uuid(session_id)],
-                )],
+                vec![crate::store::session_ended(session_id, reason, Utc::now())],
                 &[event],
             )
             .await?;

@@ -963,6 +963,19 @@ pub fn staff_disabled(id: Uuid, at: DateTime<Utc>) -> Statement {
     )
 }
 
+/// Statement: session `id` ends at `at`, for `reason` (no change if it
+/// ended already).
+pub fn session_ended(id: Uuid, reason: &str, at: DateTime<Utc>) -> Statement {
+    Statement::new(
+        "UPDATE sessions SET revoked_at = $1, revoke_reason = $2 WHERE id = $3 AND revoked_at IS NULL",
+        vec![
+            Value::Time(at),
+            Value::Text(reason.to_owned()),
+            Value::Uuid(id),
+        ],
+    )
+}
+
 /// Statement: assignment `id` is revoked from `at` (no change if revoked
 /// already).
 pub fn assignment_revoked(id: Uuid, at: DateTime<Utc>) -> Statement {

@@ -575,15 +575,15 @@ impl Vault {
             return Ok(existing);
         }
         Self::correctable(old, false)?;
-        let (_, current) = self.decrypt(old, &FieldSelection::All).await?;
+        // The scope's key that opens the current version seals the next;
+        // the guarded INSERT refuses it if the scope changed meanwhile.
+        let (scope_key, current) = self.decrypt(old, &FieldSelection::All).await?;
         let fields = merged_fields(current, correction, self.settings.limits.max_fields)?;
-        let scope = self.scope_row(old.scope_id).await?;
-        let scope_key = self.live_key(&scope).await?;
         let id = Uuid::now_v7();
         let record_key = RecordKey::generate()?;
         let sealed = encrypt_fields(
             id,
-            scope.id,
+            old.scope_id,
             scope_key.key_version(),
             &record_key,
             fields
@@ -592,7 +592,7 @@ impl Vault {
         )?;
         let encrypted = store::EncryptedRecord {
             id,
-            scope_id: scope.id,
+            scope_id: old.scope_id,
             scope: scope_ref_of(old)?,
             key_version: scope_key.key_version(),
             wrapped_key: scope_key.wrap_record_key(id, &record_key)?,
@@ -624,7 +624,7 @@ impl Vault {
             )
             .sealed_text(
                 scope_key.seal_text(&correction.reason)?,
-                &scope.id.to_string(),
+                &old.scope_id.to_string(),
             )
             .build();
         match self
