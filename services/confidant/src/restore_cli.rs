@@ -1009,12 +1009,10 @@ async fn reapply_retention(
             Some(_) => Fate::AlreadyApplied,
             None => Fate::NotInDatabase,
         },
-        RetentionChange::Policy { id, version } => {
-            match retention_restore::policy_version(db, *id).await? {
-                Some(held) if held >= *version => Fate::AlreadyApplied,
-                _ => Fate::Lost,
-            }
-        }
+        RetentionChange::Policy { id, version } => match store.policy(*id).await? {
+            Some(held) if held.version >= *version => Fate::AlreadyApplied,
+            _ => Fate::Lost,
+        },
         RetentionChange::Trigger { .. } => {
             if newest_trigger.is_some_and(|newest| c.at <= newest) {
                 Fate::AlreadyApplied

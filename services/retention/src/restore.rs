@@ -11,17 +11,6 @@ use uuid::Uuid;
 
 use crate::store::StoreResult;
 
-/// The newest version of policy `id` the database holds, if any.
-pub async fn policy_version(db: &Database, id: Uuid) -> StoreResult<Option<i32>> {
-    let row: Option<(i32,)> = db
-        .fetch_optional(
-            "SELECT version FROM retention_policies WHERE id = $1 ORDER BY version DESC LIMIT 1",
-            vec![Value::Uuid(id)],
-        )
-        .await?;
-    Ok(row.map(|(v,)| v))
-}
-
 /// When the newest trigger event the database holds was recorded.
 pub async fn newest_trigger(db: &Database) -> StoreResult<Option<DateTime<Utc>>> {
     let row: Option<(DateTime<Utc>,)> = db
