@@ -551,6 +551,8 @@ fn disposal_spec(settings: Vec<(&'static str, &'static str, toml::Value)>) -> Sa
 struct DisposalFirm {
     client_id: String,
     matter_id: String,
+    /// The matter's partner.
+    partner: String,
     manager: String,
     /// The records manager's access token.
     token: String,
@@ -571,6 +573,7 @@ impl DisposalFirm {
             token: staff_token(data, &manager, &["records_manager"]),
             client_id,
             matter_id,
+            partner,
             manager,
             vault: VaultServiceClient::new(
                 channel(data, sandbox, ServiceName::Vault, "intake").await,
@@ -730,7 +733,10 @@ async fn due_scopes_are_shredded_through_approved_batches_and_certified(backend:
                 retention
                     .get_certificate(as_staff(
                         &token,
-                        pb::GetCertificateRequest { scope_id: scope },
+                        pb::GetCertificateRequest {
+                            scope_id: scope,
+                            ..Default::default()
+                        },
                     ))
                     .await
                     .is_ok()
@@ -821,6 +827,7 @@ async fn due_scopes_are_shredded_through_approved_batches_and_certified(backend:
             &token,
             pb::GetCertificateRequest {
                 scope_id: file_scope.clone(),
+                ..Default::default()
             },
         ))
         .await
@@ -883,6 +890,7 @@ async fn due_scopes_are_shredded_through_approved_batches_and_certified(backend:
             &token,
             pb::GetCertificateRequest {
                 scope_id: money_scope.clone(),
+                ..Default::default()
             },
         ))
         .await
@@ -1650,6 +1658,7 @@ async fn staged_disposals_wait_out_the_vaults_window_and_a_records_manager_can_k
                 &token,
                 pb::GetCertificateRequest {
                     scope_id: file_scope.clone(),
+                    ..Default::default()
                 },
             ))
             .await;
@@ -1980,4 +1989,509 @@ async fn sqlite_holds_placed_after_a_backup_come_back_and_disposals_wait_after_i
 async fn postgres_holds_placed_after_a_backup_come_back_and_disposals_wait_after_its_restore() {
     holds_placed_after_a_backup_come_back_and_disposals_wait_after_its_restore(Backend::Postgres)
         .await;
+}
+
+/// The retention service's view of a record's versions in the vault.
+async fn record_states(
+    vault: &VaultServiceClient<PeerChannel>,
+    record_id: &str,
+) -> Vec<vault_pb::RecordState> {
+    vault
+        .clone()
+        .get_record_versions(vault_pb::GetRecordVersionsRequest {
+            record_id: record_id.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .versions
+        .iter()
+        .map(|v| v.state())
+        .collect()
+}
+
+fn erasure_request(record_id: &str, basis: pb::ErasureBasis) -> pb::RequestErasureRequest {
+    pb::RequestErasureRequest {
+        record_id: record_id.to_owned(),
+        basis: basis as i32,
+        reference: "DSAR-2026-0042".into(),
+    }
+}
+
+async fn one_record_is_erased_on_request_with_two_approvals_and_certified(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(&data, disposal_spec(Vec::new())).await;
+    let firm = DisposalFirm::new(&data, &sandbox).await;
+    let (client_id, matter_id, token) = (
+        firm.client_id.clone(),
+        firm.matter_id.clone(),
+        firm.token.clone(),
+    );
+    let mut admin = common::identity_client(&data, &sandbox, "operator").await;
+    let second = cleared(&mut admin, "records2@firm.example", "records_manager").await;
+    let second_token = staff_token(&data, &second, &["records_manager"]);
+    let partner_token = staff_token(&data, &firm.partner, &["partner"]);
+    let mut retention = firm.retention.clone();
+    let mut vault = firm.vault.clone();
+    let mut app =
+        VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "firm-app").await);
+    let vault_as_retention =
+        VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "retention").await);
+
+    // A passport copy taken in error, corrected once since: two versions.
+    let first = common::store_record(
+        &mut vault,
+        &client_id,
+        &matter_id,
+        vault_pb::DataCategory::IdentityDocument,
+        false,
+    )
+    .await;
+    let corrected = app
+        .correct_record(as_staff(
+            &partner_token,
+            vault_pb::CorrectRecordRequest {
+                record_id: first.id.clone(),
+                fields: vec![common::field(
+                    "note",
+                    vault_pb::FieldType::Text,
+                    "corrected",
+                )],
+                reason: "typo".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
+    // Another record of the same scope, which must stay.
+    let kept = common::store_record(
+        &mut vault,
+        &client_id,
+        &matter_id,
+        vault_pb::DataCategory::IdentityDocument,
+        false,
+    )
+    .await;
+    assert_eq!(kept.scope_id, first.scope_id);
+    let listed = |retention: &RetentionServiceClient<PeerChannel>, state: pb::ErasureState| {
+        let (mut retention, token, client_id) =
+            (retention.clone(), token.clone(), client_id.clone());
+        async move {
+            retention
+                .list_erasures(as_staff(
+                    &token,
+                    pb::ListErasuresRequest {
+                        client_id,
+                        state: state as i32,
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .erasures
+        }
+    };
+
+    // Bad requests name every broken rule and store nothing.
+    let bad = retention
+        .request_erasure(as_staff(
+            &token,
+            pb::RequestErasureRequest {
+                record_id: "not-a-uuid".into(),
+                basis: 0,
+                reference: " ".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        common::violated_fields(&bad),
+        ["record_id", "basis", "reference"]
+    );
+    let unknown = retention
+        .request_erasure(as_staff(
+            &token,
+            erasure_request(
+                &uuid::Uuid::now_v7().to_string(),
+                pb::ErasureBasis::ClientRequest,
+            ),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    // Staff without retention.manage may not ask.
+    let denied = retention
+        .request_erasure(as_staff(
+            &partner_token,
+            erasure_request(&first.id, pb::ErasureBasis::ClientRequest),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    assert!(
+        listed(&retention, pb::ErasureState::Unspecified)
+            .await
+            .is_empty()
+    );
+
+    // Asked for by naming the old version: both versions are in it, and
+    // nothing is erased until a second records manager approves.
+    let asked = retention
+        .request_erasure(as_staff(
+            &token,
+            erasure_request(&first.id, pb::ErasureBasis::CollectedInError),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .erasure
+        .unwrap();
+    assert_eq!(asked.state(), pb::ErasureState::AwaitingApproval);
+    assert_eq!(asked.version_ids, [first.id.clone(), corrected.id.clone()]);
+    assert_eq!(
+        (asked.approvals_needed, asked.approvers.clone()),
+        (2, vec![firm.manager.clone()])
+    );
+    assert_eq!(
+        (
+            asked.client_id.as_str(),
+            asked.matter_id.as_str(),
+            asked.scope_id.as_str()
+        ),
+        (
+            client_id.as_str(),
+            matter_id.as_str(),
+            first.scope_id.as_str()
+        )
+    );
+    assert_eq!(asked.category(), vault_pb::DataCategory::IdentityDocument);
+    assert_eq!(
+        record_states(&vault_as_retention, &first.id).await,
+        [vault_pb::RecordState::Active, vault_pb::RecordState::Active]
+    );
+    // One erasure per record at a time, whichever version is named.
+    let again = retention
+        .request_erasure(as_staff(
+            &second_token,
+            erasure_request(&corrected.id, pb::ErasureBasis::ClientRequest),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition);
+    // The asker cannot be the second pair of eyes.
+    let approver = retention.clone();
+    let approve = |t: &str, id: &str| {
+        let (mut retention, t, id) = (approver.clone(), t.to_owned(), id.to_owned());
+        async move {
+            retention
+                .approve_erasure(as_staff(&t, pb::ApproveErasureRequest { erasure_id: id }))
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let own = approve(&token, &asked.id).await.unwrap_err();
+    assert_eq!(own.code(), tonic::Code::FailedPrecondition);
+    let by_partner = approve(&partner_token, &asked.id).await.unwrap_err();
+    assert_eq!(by_partner.code(), tonic::Code::PermissionDenied);
+
+    // The second approval erases every version at once; the other record
+    // of the scope stays readable.
+    let approved = approve(&second_token, &asked.id).await.unwrap();
+    assert_eq!(approved.approvals_needed, 0);
+    let erasure = approved.erasure.unwrap();
+    assert_eq!(erasure.state(), pb::ErasureState::Shredded, "{erasure:?}");
+    assert!(erasure.shred_time.is_some());
+    assert_eq!(erasure.approvers, [firm.manager.clone(), second.clone()]);
+    assert_eq!(
+        record_states(&vault_as_retention, &corrected.id).await,
+        [
+            vault_pb::RecordState::Shredded,
+            vault_pb::RecordState::Shredded
+        ]
+    );
+    let read = |id: &str| {
+        let (mut app, t, id) = (app.clone(), partner_token.clone(), id.to_owned());
+        async move {
+            app.get_record(as_staff(
+                &t,
+                vault_pb::GetRecordRequest {
+                    record_id: id,
+                    purpose: vault_pb::Purpose::LegalAdvice as i32,
+                    justification: "erasure check".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+        }
+    };
+    for id in [&first.id, &corrected.id] {
+        let gone = read(id).await.unwrap_err();
+        assert_eq!(common::error_reason(&gone), "shredded", "{id}");
+    }
+    assert!(read(&kept.id).await.is_ok());
+    let twice = approve(&second_token, &asked.id).await.unwrap_err();
+    assert_eq!(twice.code(), tonic::Code::FailedPrecondition);
+    // Erased already: nothing to ask for.
+    let shredded = retention
+        .request_erasure(as_staff(
+            &token,
+            erasure_request(&first.id, pb::ErasureBasis::ClientRequest),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(shredded.code(), tonic::Code::FailedPrecondition);
+
+    // The certificate follows once the audit log's checkpoint holds both
+    // shreds; it says what went, why and on whose approval, and verifies
+    // offline.
+    let reader = retention.clone();
+    let certificate = |id: String| {
+        let (mut retention, token) = (reader.clone(), token.clone());
+        async move {
+            retention
+                .get_certificate(as_staff(
+                    &token,
+                    pb::GetCertificateRequest {
+                        scope_id: String::new(),
+                        erasure_id: id,
+                    },
+                ))
+                .await
+        }
+    };
+    common::eventually(Duration::from_secs(20), "the erasure's certificate", || {
+        let (certificate, id) = (certificate.clone(), asked.id.clone());
+        let sweep = firm.sweep();
+        async move {
+            sweep.await;
+            certificate(id).await.is_ok()
+        }
+    })
+    .await;
+    let cert = certificate(asked.id.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .certificate
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_str(&cert.body).unwrap();
+    assert_eq!(body["type"], "confidant.certificate-of-erasure.v1");
+    assert_eq!(body["erased"]["record_id"], first.id.as_str());
+    assert_eq!(
+        body["erased"]["version_ids"],
+        serde_json::json!([first.id, corrected.id])
+    );
+    assert_eq!(body["erased"]["category"], "identity_document");
+    assert_eq!(body["basis"], "collected_in_error");
+    assert_eq!(body["reference"], "DSAR-2026-0042");
+    assert_eq!(
+        body["approved_by"],
+        serde_json::json!([firm.manager, second])
+    );
+    let evidence = body["audit_evidence"].as_array().unwrap();
+    assert_eq!(evidence.len(), 2, "one shred event per version");
+    for e in evidence {
+        assert!(
+            e["tree_size"].as_i64().unwrap() > e["leaf_index"].as_i64().unwrap(),
+            "{e}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("erasure.json");
+    std::fs::write(
+        &file,
+        serde_json::json!({ "body": cert.body, "signature": cert.signature }).to_string(),
+    )
+    .unwrap();
+    let out = common::confidant()
+        .args(["retention", "verify-certificate", "--file"])
+        .arg(&file)
+        .args(["--public-key", &cert.public_key])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{printed}");
+    assert!(
+        printed.starts_with("OK") && printed.contains(&first.id) && printed.contains("2 versions"),
+        "{printed}"
+    );
+    let certified = listed(&retention, pb::ErasureState::Certified).await;
+    assert_eq!(certified.len(), 1);
+    assert_eq!(certified[0].certificate_id, cert.id);
+    let facts = retention
+        .get_compliance_facts(as_staff(
+            &token,
+            pb::GetComplianceFactsRequest {
+                start_time: ts(chrono::Utc::now() - chrono::Duration::hours(1)),
+                end_time: ts(chrono::Utc::now() + chrono::Duration::hours(1)),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        facts
+            .certificates
+            .iter()
+            .any(|c| c.certificate_id == cert.id && c.kind == "record-erasure"),
+        "{facts:?}"
+    );
+    let both = certificate(String::new()).await.unwrap_err();
+    assert_eq!(common::violated_fields(&both), ["scope_id"]);
+
+    // A request can be withdrawn before its approval; then nothing goes.
+    let withdrawn = retention
+        .request_erasure(as_staff(
+            &token,
+            erasure_request(&kept.id, pb::ErasureBasis::NoLongerNeeded),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .erasure
+        .unwrap();
+    let cancelled = retention
+        .cancel_erasure(as_staff(
+            &second_token,
+            pb::CancelErasureRequest {
+                erasure_id: withdrawn.id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .erasure
+        .unwrap();
+    assert_eq!(
+        (cancelled.state(), cancelled.cancel_reason.as_str()),
+        (pb::ErasureState::Cancelled, "withdrawn")
+    );
+    let late = approve(&second_token, &withdrawn.id).await.unwrap_err();
+    assert_eq!(late.code(), tonic::Code::FailedPrecondition);
+    assert!(read(&kept.id).await.is_ok());
+
+    // Originals and held records are refused up front; a hold placed while
+    // an erasure waits cancels it at the vault.
+    let will = common::store_record(
+        &mut vault,
+        &client_id,
+        "",
+        vault_pb::DataCategory::MatterFile,
+        true,
+    )
+    .await;
+    let original = retention
+        .request_erasure(as_staff(
+            &token,
+            erasure_request(&will.id, pb::ErasureBasis::ClientRequest),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (original.code(), common::error_reason(&original)),
+        (tonic::Code::FailedPrecondition, "originals".to_owned())
+    );
+    let contact = common::store_record(
+        &mut vault,
+        &client_id,
+        "",
+        vault_pb::DataCategory::ContactDetails,
+        false,
+    )
+    .await;
+    let waiting = retention
+        .request_erasure(as_staff(
+            &token,
+            erasure_request(&contact.id, pb::ErasureBasis::ClientRequest),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .erasure
+        .unwrap();
+    let hold = retention
+        .place_hold(as_staff(
+            &token,
+            pb::PlaceHoldRequest {
+                reason: "litigation: Smith v Jones".into(),
+                client_id: client_id.clone(),
+                category: vault_pb::DataCategory::ContactDetails as i32,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .hold
+        .unwrap();
+    assert!(hold.in_vault);
+    let held = approve(&second_token, &waiting.id)
+        .await
+        .unwrap()
+        .erasure
+        .unwrap();
+    assert_eq!(
+        (held.state(), held.cancel_reason.as_str()),
+        (pb::ErasureState::Cancelled, "legal_hold")
+    );
+    assert_eq!(
+        record_states(&vault_as_retention, &contact.id).await,
+        [vault_pb::RecordState::Active]
+    );
+    let refused = retention
+        .request_erasure(as_staff(
+            &token,
+            erasure_request(&contact.id, pb::ErasureBasis::ClientRequest),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(common::error_reason(&refused), "legal_hold");
+
+    // The audit log tells the story.
+    let audit =
+        AuditServiceClient::new(channel(&data, &sandbox, ServiceName::Audit, "operator").await);
+    common::eventually(Duration::from_secs(20), "the erasures' events", || {
+        let (mut audit, client_id) = (audit.clone(), client_id.clone());
+        async move {
+            let actions: Vec<(String, String)> = audit
+                .list_events(ListEventsRequest {
+                    client_id,
+                    page_size: 1000,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .events
+                .into_iter()
+                .filter_map(|e| e.event)
+                .filter(|e| {
+                    e.action.starts_with("retention.erasure") || e.action == "vault.record.shredded"
+                })
+                .map(|e| (e.action, e.reason))
+                .collect();
+            let count = |action: &str| actions.iter().filter(|(a, _)| a == action).count();
+            count("retention.erasure.requested") == 3
+                && count("retention.erasure.approved") == 2
+                && count("retention.erasure.shredded") == 1
+                && count("retention.erasure.cancelled") == 2
+                && count("vault.record.shredded") == 3
+        }
+    })
+    .await;
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_one_record_is_erased_on_request_with_two_approvals_and_certified() {
+    one_record_is_erased_on_request_with_two_approvals_and_certified(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_one_record_is_erased_on_request_with_two_approvals_and_certified() {
+    one_record_is_erased_on_request_with_two_approvals_and_certified(Backend::Postgres).await;
 }

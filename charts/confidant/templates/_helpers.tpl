@@ -151,6 +151,7 @@ web_requests_per_minute = {{ $v.intakeWeb.requestsPerMinute }}
 signing_key_file = "/etc/confidant/retention/{{ $v.secrets.retention.signingKey }}"
 hold_release_approvers = {{ $s.retention.holdReleaseApprovers }}
 batch_approvers = {{ $s.retention.batchApprovers }}
+erasure_approvers = {{ $s.retention.erasureApprovers }}
 sweep_interval_seconds = {{ $s.retention.sweepIntervalSeconds }}
 sync_interval_seconds = {{ $s.retention.syncIntervalSeconds }}
 {{- end }}

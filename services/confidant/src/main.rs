@@ -603,6 +603,20 @@ fn verify_certificate(file: &std::path::Path, public_key: &str) -> anyhow::Resul
             );
             Ok(true)
         }
+        Ok(parsed) if parsed["erased"].is_object() => {
+            let erased = &parsed["erased"];
+            println!(
+                "OK: certificate {} — record {} ({}, {} versions) erased at {} ({}, reference {})",
+                parsed["certificate_id"].as_str().unwrap_or("?"),
+                erased["record_id"].as_str().unwrap_or("?"),
+                erased["category"].as_str().unwrap_or("?"),
+                erased["version_ids"].as_array().map_or(0, Vec::len),
+                parsed["key_destroyed_at"].as_str().unwrap_or("?"),
+                parsed["basis"].as_str().unwrap_or("?"),
+                parsed["reference"].as_str().unwrap_or("?"),
+            );
+            Ok(true)
+        }
         Ok(parsed) => {
             let destroyed = &parsed["destroyed"];
             println!(

@@ -847,8 +847,12 @@ enum RetentionChange {
     /// A trigger event recorded for this client: its date is not in the
     /// log.
     Trigger { client_id: String },
-    /// A certificate of disposal issued.
+    /// A certificate issued (of disposal, or of a record's erasure).
     Certificate(Uuid),
+    /// The erasure of one record asked for: not in a database restored
+    /// from before it, it must be asked for again (`confidant restore
+    /// vault` makes again the shreds the vault had made).
+    Erasure(Uuid),
 }
 
 impl ReportedChange for RetentionChange {
@@ -859,6 +863,7 @@ impl ReportedChange for RetentionChange {
             RetentionChange::Policy { .. } => "policy",
             RetentionChange::Trigger { .. } => "trigger",
             RetentionChange::Certificate(_) => "certificate",
+            RetentionChange::Erasure(_) => "erasure",
         }
     }
 
@@ -869,6 +874,7 @@ impl ReportedChange for RetentionChange {
             }
             RetentionChange::Policy { id, .. } => ("policy", id.to_string()),
             RetentionChange::Certificate(id) => ("certificate", id.to_string()),
+            RetentionChange::Erasure(id) => ("erasure", id.to_string()),
             RetentionChange::Trigger { client_id } => ("trigger", client_id.clone()),
         }
     }
@@ -932,6 +938,7 @@ fn retention_changes(events: &[VerifiedEvent]) -> Vec<LoggedChange<RetentionChan
                 client_id: resource.client_id.clone(),
             },
             (Action::RetentionCertificateIssued, Some(id)) => RetentionChange::Certificate(id),
+            (Action::RetentionErasureRequested, Some(id)) => RetentionChange::Erasure(id),
             _ => continue,
         };
         changes.push(LoggedChange {
@@ -1027,6 +1034,13 @@ async fn reapply_retention(
                 Fate::Lost
             }
         }
+        RetentionChange::Erasure(id) => {
+            if retention_restore::erasure_exists(db, *id).await? {
+                Fate::AlreadyApplied
+            } else {
+                Fate::Lost
+            }
+        }
     })
 }
 
@@ -1039,15 +1053,22 @@ async fn reapply_retention_all(
 ) -> anyhow::Result<()> {
     let newest_trigger = retention_restore::newest_trigger(store.db()).await?;
     let mut report = Report::new(out);
+    let mut erasures_lost: u64 = 0;
     for c in retention_changes(&verified.events) {
         let line = c.line();
         let fate = reapply_retention(store, trust_domain, &c, newest_trigger, dry_run)
             .await
             .with_context(|| line.stopped())?;
+        if fate == Fate::Lost && matches!(c.change, RetentionChange::Erasure(_)) {
+            erasures_lost += 1;
+        }
         report.line(&line, fate, json!({}))?;
     }
     let lost = report.count(Fate::Lost);
-    let pause = lost + report.count(Fate::Reapplied) + report.count(Fate::WouldReapply) > 0;
+    // A lost erasure is no schedule change: it needs asking again, not a
+    // pause of the schedule.
+    let pause =
+        lost - erasures_lost + report.count(Fate::Reapplied) + report.count(Fate::WouldReapply) > 0;
     if pause && !dry_run && !store.paused().await? {
         let me = ServiceName::Retention.spiffe_id(trust_domain);
         let event = EventBuilder::new(
@@ -1067,7 +1088,7 @@ async fn reapply_retention_all(
             )
             .await?;
     }
-    let notes = if pause {
+    let mut notes = if pause {
         vec![format!(
             "disposals {} paused: re-enter the policies and trigger events listed `lost`, \
              release again the holds listed `lost` if they are to go, then resume disposals \
@@ -1077,9 +1098,18 @@ async fn reapply_retention_all(
     } else {
         Vec::new()
     };
+    if erasures_lost > 0 {
+        notes.push(
+            "erasures listed `lost` were asked for after the backup: ask again for each that the \
+             vault has not carried out (RequestErasure; `confidant restore vault` makes again the \
+             shreds the vault had made), and keep the certificates listed `lost` from their \
+             earlier copies"
+                .to_owned(),
+        );
+    }
     report.finish(
         verified,
-        json!({ "lost": lost, "disposals_paused": pause }),
+        json!({ "lost": lost, "erasures_lost": erasures_lost, "disposals_paused": pause }),
         &notes,
     )
 }
@@ -1496,7 +1526,7 @@ mod tests {
             Uuid::now_v7(),
             Uuid::now_v7(),
         );
-        let policy = Uuid::now_v7();
+        let (policy, erasure) = (Uuid::now_v7(), Uuid::now_v7());
         let events = verified(vec![
             hold(Action::RetentionHoldPlaced, kept, ""),
             hold(Action::RetentionHoldPlaced, gone, ""),
@@ -1510,6 +1540,15 @@ mod tests {
             )
             .resource("policy", &policy.to_string())
             .outcome(Outcome::Allowed, "version-3")
+            .build(),
+            EventBuilder::new(
+                ServiceName::Retention,
+                "firm.example",
+                Action::RetentionErasureRequested,
+            )
+            .resource("erasure", &erasure.to_string())
+            .scope(Some(client), None)
+            .outcome(Outcome::Allowed, "client_request")
             .build(),
         ]);
         let changes: Vec<(RetentionChange, u64)> = retention_changes(&events)
@@ -1549,6 +1588,7 @@ mod tests {
                     },
                     5
                 ),
+                (RetentionChange::Erasure(erasure), 6),
             ]
         );
     }

@@ -70,8 +70,11 @@ pub struct SweepReport {
     pub awaiting_notice: usize,
     /// Due scopes put on the return-to-client list (they hold originals).
     pub listed_for_return: usize,
-    /// Paused since a restore: nothing was done.
+    /// Paused since a restore: no disposal was done (erasures of single
+    /// records, approved one by one, still are).
     pub paused: bool,
+    /// Erasures of single records the vault confirmed.
+    pub erased: usize,
 }
 
 /// What the vault did with a shred order.
@@ -275,6 +278,7 @@ pub struct Disposer {
     holder: String,
     signer: Arc<Signer>,
     batch_approvers: usize,
+    erasures: crate::erasure::Erasures,
 }
 
 impl Disposer {
@@ -286,13 +290,29 @@ impl Disposer {
         signer: impl Into<Arc<Signer>>,
         batch_approvers: usize,
     ) -> Self {
+        let signer = signer.into();
         Self {
+            erasures: crate::erasure::Erasures::new(retention.clone(), signer.clone(), 2),
             retention,
             coord,
             holder: format!("retention-{}", Uuid::now_v7()),
-            signer: signer.into(),
+            signer,
             batch_approvers,
         }
+    }
+
+    /// Erasures of one record need `approvers` different records managers
+    /// (2 unless set).
+    #[must_use]
+    pub fn with_erasure_approvers(mut self, approvers: usize) -> Self {
+        self.erasures =
+            crate::erasure::Erasures::new(self.retention.clone(), self.signer.clone(), approvers);
+        self
+    }
+
+    /// Erasures of single records.
+    pub fn erasures(&self) -> &crate::erasure::Erasures {
+        &self.erasures
     }
 
     /// The signer.
@@ -371,14 +391,21 @@ impl Disposer {
 
     async fn run(&self, token: u64, lease: Option<&Lease>) -> Result<SweepReport, Error> {
         tracing::debug!(epoch = token, "disposal sweep starts");
+        let (erased, erasures_certified) = self.erasures.advance().await?;
         if self.retention.store().paused().await? {
             tracing::info!("disposals paused since a restore; ResumeDisposals lets them run");
             return Ok(SweepReport {
                 paused: true,
+                erased,
+                certified: erasures_certified,
                 ..SweepReport::default()
             });
         }
-        let mut report = SweepReport::default();
+        let mut report = SweepReport {
+            erased,
+            certified: erasures_certified,
+            ..SweepReport::default()
+        };
         let mut keeper = Keeper {
             coord: &self.coord,
             lease,
@@ -824,61 +851,23 @@ impl Disposer {
                     (!response.audit_event_id.is_empty()).then_some(response.audit_event_id);
                 Ok(ShredAnswer::Done(at, event))
             }
-            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
-                use tonic_types::StatusExt;
-                let reason = status
-                    .get_error_details()
-                    .error_info()
-                    .map(|i| i.reason.clone())
-                    .unwrap_or_default();
-                match reason.as_str() {
-                    "legal_hold" => Ok(ShredAnswer::Held),
-                    "originals" => Ok(ShredAnswer::Originals),
-                    _ => Err(Error::VaultUnavailable(status.message().to_owned())),
-                }
-            }
-            Err(status) => Err(Error::VaultUnavailable(status.message().to_owned())),
+            Err(status) => match crate::erasure::vault_refusal(&status) {
+                Some("legal_hold") => Ok(ShredAnswer::Held),
+                Some(_) => Ok(ShredAnswer::Originals),
+                None => Err(Error::VaultUnavailable(status.message().to_owned())),
+            },
         }
     }
 
-    /// The signed audit checkpoint that contains the shred's audit event,
-    /// with its inclusion proof; `None` until the event is delivered to the
-    /// log and a checkpoint covers it (the certificate waits for a later
-    /// sweep).
-    async fn shred_evidence(&self, row: &DisposalRow) -> Result<Option<serde_json::Value>, Error> {
-        use confidant_proto::audit::v1::GetEvidenceBundleRequest;
-        use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
-        let Some(event_id) = &row.shred_event_id else {
-            return Ok(Some(serde_json::Value::Null));
-        };
-        let channel = self
-            .retention
-            .audit_channel()
-            .ok_or_else(|| Error::VaultUnavailable("the audit service is not configured".into()))?;
-        match AuditServiceClient::new(channel)
-            .get_evidence_bundle(crate::service::timed(GetEvidenceBundleRequest {
-                event_id: event_id.clone(),
-            }))
-            .await
-        {
-            Ok(response) => {
-                let bundle = response.into_inner().bundle.unwrap_or_default();
-                let checkpoint = bundle.checkpoint.unwrap_or_default();
-                let proof = bundle.proof.unwrap_or_default();
-                Ok(Some(serde_json::json!({
-                    "event_id": event_id,
-                    "leaf_index": proof.leaf_index,
-                    "tree_size": checkpoint.tree_size,
-                    "checkpoint": checkpoint.signed_note,
-                    "inclusion_proof": proof.hashes.iter().map(|h| B64.encode(h)).collect::<Vec<_>>(),
-                    "log_verifier_key": bundle.verifier_key,
-                })))
-            }
-            Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
-            Err(status) => Err(Error::VaultUnavailable(format!(
-                "audit: {}",
-                status.message()
-            ))),
+    /// The audit log's evidence of a disposal's shred ([`shred_evidence`]);
+    /// `Null` when the vault reported no event.
+    async fn disposal_evidence(
+        &self,
+        row: &DisposalRow,
+    ) -> Result<Option<serde_json::Value>, Error> {
+        match &row.shred_event_id {
+            Some(event_id) => shred_evidence(&self.retention, event_id).await,
+            None => Ok(Some(serde_json::Value::Null)),
         }
     }
 
@@ -910,7 +899,7 @@ impl Disposer {
     /// Signs and stores the certificate of a confirmed shred, once the
     /// audit log's evidence of the shred is available.
     async fn certify(&self, token: u64, row: &DisposalRow) -> Result<bool, Error> {
-        let Some(evidence) = self.shred_evidence(row).await? else {
+        let Some(evidence) = self.disposal_evidence(row).await? else {
             return Ok(false);
         };
         let store = self.retention.store();
@@ -1153,6 +1142,45 @@ impl Disposer {
                 vec![Value::Uuid(scope_id)],
             )
             .await?)
+    }
+}
+
+/// The signed audit checkpoint that contains a shred's audit event, with
+/// its inclusion proof; `None` until the event is delivered to the log and a
+/// checkpoint covers it (the certificate waits for a later sweep).
+pub(crate) async fn shred_evidence(
+    retention: &Retention,
+    event_id: &str,
+) -> Result<Option<serde_json::Value>, Error> {
+    use confidant_proto::audit::v1::GetEvidenceBundleRequest;
+    use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
+    let channel = retention
+        .audit_channel()
+        .ok_or_else(|| Error::VaultUnavailable("the audit service is not configured".into()))?;
+    match AuditServiceClient::new(channel)
+        .get_evidence_bundle(crate::service::timed(GetEvidenceBundleRequest {
+            event_id: event_id.to_owned(),
+        }))
+        .await
+    {
+        Ok(response) => {
+            let bundle = response.into_inner().bundle.unwrap_or_default();
+            let checkpoint = bundle.checkpoint.unwrap_or_default();
+            let proof = bundle.proof.unwrap_or_default();
+            Ok(Some(serde_json::json!({
+                "event_id": event_id,
+                "leaf_index": proof.leaf_index,
+                "tree_size": checkpoint.tree_size,
+                "checkpoint": checkpoint.signed_note,
+                "inclusion_proof": proof.hashes.iter().map(|h| B64.encode(h)).collect::<Vec<_>>(),
+                "log_verifier_key": bundle.verifier_key,
+            })))
+        }
+        Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+        Err(status) => Err(Error::VaultUnavailable(format!(
+            "audit: {}",
+            status.message()
+        ))),
     }
 }
 

@@ -26,6 +26,14 @@ pub enum Error {
     /// The state does not allow it.
     #[error("{0}")]
     Conflict(&'static str),
+    /// The state of the data does not allow it (a machine-readable reason).
+    #[error("{message}")]
+    Refused {
+        /// Machine-readable reason.
+        reason: &'static str,
+        /// For people.
+        message: &'static str,
+    },
     /// The vault could not be reached or refused.
     #[error("vault: {0}")]
     VaultUnavailable(String),
@@ -65,6 +73,9 @@ impl From<Error> for Status {
             }
             Error::NotFound(what) => Status::not_found(format!("{what} not found")),
             Error::Conflict(message) => with_reason(Code::FailedPrecondition, "conflict", message),
+            Error::Refused { reason, message } => {
+                with_reason(Code::FailedPrecondition, reason, message)
+            }
             Error::VaultUnavailable(detail) => {
                 tracing::warn!(detail = %detail, "vault call failed");
                 with_reason(

@@ -15,6 +15,7 @@ use confidant_vault::domain::{Category, optional_category, optional_uuid, requir
 use tonic::{Request, Response, Status};
 
 use crate::domain::{Rules, Trigger};
+use crate::erasure::{Basis, ErasureRow};
 use crate::error::Error;
 use crate::service::{Actor, Retention};
 use crate::store::{HoldRow, PolicyRow, ReturnRow};
@@ -107,6 +108,58 @@ fn batch_proto(
     }
 }
 
+fn erasure_state(name: &str) -> pb::ErasureState {
+    match name {
+        "awaiting_approval" => pb::ErasureState::AwaitingApproval,
+        "ordered" => pb::ErasureState::Ordered,
+        "shredded" => pb::ErasureState::Shredded,
+        "certified" => pb::ErasureState::Certified,
+        "cancelled" => pb::ErasureState::Cancelled,
+        _ => pb::ErasureState::Unspecified,
+    }
+}
+
+fn erasure_basis(basis: Basis) -> pb::ErasureBasis {
+    match basis {
+        Basis::ClientRequest => pb::ErasureBasis::ClientRequest,
+        Basis::CollectedInError => pb::ErasureBasis::CollectedInError,
+        Basis::NoLongerNeeded => pb::ErasureBasis::NoLongerNeeded,
+        Basis::LegalOrder => pb::ErasureBasis::LegalOrder,
+    }
+}
+
+fn erasure_proto(
+    row: &ErasureRow,
+    approvers: Vec<String>,
+    certificate: Option<uuid::Uuid>,
+) -> pb::Erasure {
+    use confidant_proto::vault::v1::RecordKind;
+    pb::Erasure {
+        id: row.id.to_string(),
+        record_id: row.record_id.to_string(),
+        version_ids: row.versions(),
+        scope_id: row.scope_id.to_string(),
+        client_id: row.client_id.to_string(),
+        matter_id: row.matter_id.map(|m| m.to_string()).unwrap_or_default(),
+        category: category_proto(&row.category),
+        kind: if row.kind == "document" {
+            RecordKind::Document
+        } else {
+            RecordKind::Fields
+        } as i32,
+        basis: Basis::parse(&row.basis).map_or(0, |b| erasure_basis(b) as i32),
+        reference: row.reference.clone(),
+        state: erasure_state(&row.state) as i32,
+        requested_by: row.requested_by.clone(),
+        request_time: Some(ts(row.requested_at)),
+        approvals_needed: row.approvals_needed,
+        approvers,
+        shred_time: row.shredded_at.map(ts),
+        cancel_reason: row.cancel_reason.clone().unwrap_or_default(),
+        certificate_id: certificate.map(|c| c.to_string()).unwrap_or_default(),
+    }
+}
+
 fn hold_proto(row: &HoldRow, approvers: Vec<String>) -> pb::Hold {
     pb::Hold {
         id: row.id.to_string(),
@@ -172,6 +225,26 @@ impl RetentionApi {
             .decide(staff_id, permission, None, None)
             .await?;
         Ok(actor)
+    }
+
+    /// An erasure as answered: with its approvers and certificate.
+    async fn erasure_answer(&self, row: &ErasureRow) -> Result<pb::Erasure, Error> {
+        let erasures = self.disposer.erasures();
+        Ok(erasure_proto(
+            row,
+            erasures.approvers(row.id).await?,
+            erasures.certificate_id(row.id).await?,
+        ))
+    }
+
+    /// The erasure id a request names.
+    fn erasure_id(erasure_id: &str) -> Result<uuid::Uuid, Error> {
+        let mut v = Violations::new();
+        let id = required_uuid(&mut v, "erasure_id", erasure_id);
+        match id {
+            Some(id) if v.is_empty() => Ok(id),
+            _ => Err(Error::Invalid(v)),
+        }
     }
 }
 
@@ -466,6 +539,7 @@ impl RetentionService for RetentionApi {
                 awaiting_client_notice: n(r.awaiting_notice),
                 listed_for_return: n(r.listed_for_return),
                 paused: r.paused,
+                records_erased: n(r.erased),
             },
         }))
     }
@@ -593,14 +667,25 @@ impl RetentionService for RetentionApi {
         if self.staff_with(&request, "retention.manage").await.is_err() {
             self.staff_with(&request, "audit.read").await?;
         }
+        let req = request.get_ref();
         let mut v = Violations::new();
-        let scope = required_uuid(&mut v, "scope_id", &request.get_ref().scope_id);
+        let found = match (req.scope_id.is_empty(), req.erasure_id.is_empty()) {
+            (false, false) | (true, true) => {
+                v.add("scope_id", "exactly one of scope_id and erasure_id");
+                None
+            }
+            (false, true) => match required_uuid(&mut v, "scope_id", &req.scope_id) {
+                Some(scope) => Some(self.disposer.certificate(scope).await?),
+                None => None,
+            },
+            (true, false) => match required_uuid(&mut v, "erasure_id", &req.erasure_id) {
+                Some(erasure) => Some(self.disposer.erasures().certificate(erasure).await?),
+                None => None,
+            },
+        };
         check(v)?;
-        let (id, body, signature, key_id) = self
-            .disposer
-            .certificate(scope.unwrap_or_default())
-            .await?
-            .ok_or(Error::NotFound("certificate"))?;
+        let (id, body, signature, key_id) =
+            found.flatten().ok_or(Error::NotFound("certificate"))?;
         Ok(Response::new(pb::GetCertificateResponse {
             certificate: Some(pb::Certificate {
                 id: id.to_string(),
@@ -645,6 +730,10 @@ impl RetentionService for RetentionApi {
             (
                 "SELECT id, created_at FROM retention_certificates WHERE created_at >= $1 AND created_at < $2 ORDER BY created_at",
                 "crypto-shredding",
+            ),
+            (
+                "SELECT id, created_at FROM retention_erasure_certificates WHERE created_at >= $1 AND created_at < $2 ORDER BY created_at",
+                "record-erasure",
             ),
             (
                 "SELECT id, created_at FROM physical_certificates WHERE created_at >= $1 AND created_at < $2 ORDER BY created_at",
@@ -711,5 +800,101 @@ impl RetentionService for RetentionApi {
             scopes_overdue,
             items_destroyed,
         }))
+    }
+
+    #[tracing::instrument(name = "retention.request_erasure", skip_all, fields(record_id = %request.get_ref().record_id))]
+    async fn request_erasure(
+        &self,
+        request: Request<pb::RequestErasureRequest>,
+    ) -> Result<Response<pb::RequestErasureResponse>, Status> {
+        let actor = self.staff_with(&request, "retention.manage").await?;
+        let req = request.get_ref();
+        let mut v = Violations::new();
+        let record = required_uuid(&mut v, "record_id", &req.record_id);
+        let basis = match pb::ErasureBasis::try_from(req.basis) {
+            Ok(pb::ErasureBasis::Unspecified) | Err(_) => {
+                v.add(
+                    "basis",
+                    "is required: client request, collected in error, no longer needed or legal order",
+                );
+                None
+            }
+            Ok(b) => Basis::ALL.into_iter().find(|x| erasure_basis(*x) == b),
+        };
+        let reference = req.reference.trim();
+        if reference.is_empty() || reference.chars().count() > crate::erasure::MAX_REFERENCE_CHARS {
+            v.add("reference", "is required, at most 200 characters");
+        } else if reference.chars().any(char::is_control) {
+            v.add("reference", "must not contain control characters");
+        }
+        check(v)?;
+        let (Some(record), Some(basis)) = (record, basis) else {
+            return Err(Status::internal("validated request incomplete"));
+        };
+        let row = self
+            .disposer
+            .erasures()
+            .request(&actor, record, basis, reference)
+            .await?;
+        Ok(Response::new(pb::RequestErasureResponse {
+            erasure: Some(self.erasure_answer(&row).await?),
+        }))
+    }
+
+    #[tracing::instrument(name = "retention.approve_erasure", skip_all, fields(erasure_id = %request.get_ref().erasure_id))]
+    async fn approve_erasure(
+        &self,
+        request: Request<pb::ApproveErasureRequest>,
+    ) -> Result<Response<pb::ApproveErasureResponse>, Status> {
+        let actor = self.staff_with(&request, "retention.manage").await?;
+        let id = Self::erasure_id(&request.get_ref().erasure_id)?;
+        let (row, needed) = self.disposer.erasures().approve(&actor, id).await?;
+        Ok(Response::new(pb::ApproveErasureResponse {
+            erasure: Some(self.erasure_answer(&row).await?),
+            approvals_needed: i32::try_from(needed).unwrap_or(i32::MAX),
+        }))
+    }
+
+    #[tracing::instrument(name = "retention.cancel_erasure", skip_all, fields(erasure_id = %request.get_ref().erasure_id))]
+    async fn cancel_erasure(
+        &self,
+        request: Request<pb::CancelErasureRequest>,
+    ) -> Result<Response<pb::CancelErasureResponse>, Status> {
+        let actor = self.staff_with(&request, "retention.manage").await?;
+        let id = Self::erasure_id(&request.get_ref().erasure_id)?;
+        let row = self.disposer.erasures().cancel(&actor, id).await?;
+        Ok(Response::new(pb::CancelErasureResponse {
+            erasure: Some(self.erasure_answer(&row).await?),
+        }))
+    }
+
+    #[tracing::instrument(name = "retention.list_erasures", skip_all)]
+    async fn list_erasures(
+        &self,
+        request: Request<pb::ListErasuresRequest>,
+    ) -> Result<Response<pb::ListErasuresResponse>, Status> {
+        self.staff_with(&request, "retention.manage").await?;
+        let req = request.get_ref();
+        let mut v = Violations::new();
+        let client = optional_uuid(&mut v, "client_id", &req.client_id);
+        let state = match pb::ErasureState::try_from(req.state) {
+            Ok(pb::ErasureState::Unspecified) => None,
+            Ok(pb::ErasureState::AwaitingApproval) => Some("awaiting_approval"),
+            Ok(pb::ErasureState::Ordered) => Some("ordered"),
+            Ok(pb::ErasureState::Shredded) => Some("shredded"),
+            Ok(pb::ErasureState::Certified) => Some("certified"),
+            Ok(pb::ErasureState::Cancelled) => Some("cancelled"),
+            Err(_) => {
+                v.add("state", "must be a known erasure state");
+                None
+            }
+        };
+        check(v)?;
+        let rows = self.disposer.erasures().list(client, state).await?;
+        let mut erasures = Vec::with_capacity(rows.len());
+        for row in &rows {
+            erasures.push(self.erasure_answer(row).await?);
+        }
+        Ok(Response::new(pb::ListErasuresResponse { erasures }))
     }
 }

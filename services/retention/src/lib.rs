@@ -14,6 +14,7 @@
 
 pub mod disposal;
 pub mod domain;
+pub mod erasure;
 pub mod error;
 pub mod grpc;
 pub mod physical;
@@ -70,12 +71,15 @@ pub async fn build(
         .clone()
         .ok_or_else(|| anyhow::anyhow!("retention.signing_key_file is not set"))?;
     let signer = Arc::new(disposal::Signer::load(&key_file)?);
-    let disposer = Arc::new(disposal::Disposer::new(
-        retention.clone(),
-        ctx.coord.clone(),
-        signer.clone(),
-        usize::try_from(config.batch_approvers).unwrap_or(1),
-    ));
+    let disposer = Arc::new(
+        disposal::Disposer::new(
+            retention.clone(),
+            ctx.coord.clone(),
+            signer.clone(),
+            usize::try_from(config.batch_approvers).unwrap_or(1),
+        )
+        .with_erasure_approvers(usize::try_from(config.erasure_approvers).unwrap_or(2)),
+    );
     let api = grpc::RetentionApi::new(
         retention.clone(),
         disposer.clone(),

@@ -2,7 +2,8 @@
 //! restored from a backup, to tell what the audit log records since that
 //! the database lacks: legal holds (placed again), and schedule changes
 //! and certificates it can only report (disposals pause until a records
-//! manager has re-entered them).
+//! manager has re-entered them), and erasures of single records asked for
+//! since (to be asked for again).
 
 use chrono::{DateTime, Utc};
 use confidant_runtime::portable::Value;
@@ -22,11 +23,24 @@ pub async fn newest_trigger(db: &Database) -> StoreResult<Option<DateTime<Utc>>>
     Ok(row.map(|(t,)| t))
 }
 
-/// Whether the database holds the certificate of disposal `id`.
+/// Whether the database holds the certificate `id`: of disposal of a
+/// scope, or of erasure of a record.
 pub async fn certificate_exists(db: &Database, id: Uuid) -> StoreResult<bool> {
     let row: Option<(Uuid,)> = db
         .fetch_optional(
-            "SELECT id FROM retention_certificates WHERE id = $1",
+            "SELECT id FROM retention_certificates WHERE id = $1 \
+             UNION ALL SELECT id FROM retention_erasure_certificates WHERE id = $1",
+            vec![Value::Uuid(id)],
+        )
+        .await?;
+    Ok(row.is_some())
+}
+
+/// Whether the database holds the erasure `id`.
+pub async fn erasure_exists(db: &Database, id: Uuid) -> StoreResult<bool> {
+    let row: Option<(Uuid,)> = db
+        .fetch_optional(
+            "SELECT id FROM retention_erasures WHERE id = $1",
             vec![Value::Uuid(id)],
         )
         .await?;

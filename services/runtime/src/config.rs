@@ -216,6 +216,9 @@ pub struct RetentionConfig {
     /// How many different records managers approve a disposition batch of
     /// a review policy.
     pub batch_approvers: u32,
+    /// How many different records managers approve the erasure of one
+    /// record (RequestErasure), the one who asked included.
+    pub erasure_approvers: u32,
     /// The Ed25519 private key (PKCS#8 DER) that signs certificates of
     /// disposal; create one with `confidant keys signing`. Required where
     /// the retention service runs.
@@ -229,6 +232,7 @@ impl Default for RetentionConfig {
             sync_interval_seconds: 60,
             sweep_interval_seconds: 300,
             batch_approvers: 1,
+            erasure_approvers: 2,
             signing_key_file: None,
         }
     }
@@ -675,17 +679,17 @@ impl Config {
             }
         }
         if running.contains(&ServiceName::Retention) {
-            if !(1..=5).contains(&self.retention.hold_release_approvers) {
-                problem(
-                    "retention.hold_release_approvers".into(),
-                    "must be between 1 and 5",
-                );
-            }
-            if !(1..=5).contains(&self.retention.batch_approvers) {
-                problem(
-                    "retention.batch_approvers".into(),
-                    "must be between 1 and 5",
-                );
+            for (name, approvers) in [
+                (
+                    "hold_release_approvers",
+                    self.retention.hold_release_approvers,
+                ),
+                ("batch_approvers", self.retention.batch_approvers),
+                ("erasure_approvers", self.retention.erasure_approvers),
+            ] {
+                if !(1..=5).contains(&approvers) {
+                    problem(format!("retention.{name}"), "must be between 1 and 5");
+                }
             }
             if self.retention.sweep_interval_seconds == 0 {
                 problem(

@@ -910,12 +910,32 @@ impl VaultService for VaultApi {
         let (Some(id), Some(order)) = (id, order) else {
             return Err(Status::internal("validated request incomplete"));
         };
-        let row = self
+        let shred = self
             .vault
             .shred_record(&actor, id, &order.to_string())
             .await?;
         Ok(Response::new(pb::ShredRecordResponse {
-            record: Some(metadata(&row)),
+            record: Some(metadata(&shred.record)),
+            destroyed: shred.destroyed.iter().map(metadata).collect(),
+            audit_event_ids: shred.event_ids,
+        }))
+    }
+
+    #[tracing::instrument(name = "vault.get_record_versions", skip_all, fields(record_id = %request.get_ref().record_id))]
+    async fn get_record_versions(
+        &self,
+        request: Request<pb::GetRecordVersionsRequest>,
+    ) -> Result<Response<pb::GetRecordVersionsResponse>, Status> {
+        let mut v = Violations::new();
+        let id = required_uuid(&mut v, "record_id", &request.get_ref().record_id);
+        check(v)?;
+        let Some(id) = id else {
+            return Err(Status::internal("validated request incomplete"));
+        };
+        let (versions, legal_hold) = self.vault.history(id).await?;
+        Ok(Response::new(pb::GetRecordVersionsResponse {
+            versions: versions.iter().map(metadata).collect(),
+            legal_hold,
         }))
     }
 

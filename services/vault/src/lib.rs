@@ -100,6 +100,10 @@ pub async fn build(
         .collect();
     let policy = confidant_runtime::peer::PeerPolicy::new()
         .allow(&format!("/{GRPC_SERVICE}/ShredRecord"), retention.clone())
+        .allow(
+            &format!("/{GRPC_SERVICE}/GetRecordVersions"),
+            retention.clone(),
+        )
         .allow(&format!("/{GRPC_SERVICE}/ShredScope"), retention.clone())
         .allow(&format!("/{GRPC_SERVICE}/PlaceHold"), retention.clone())
         .allow(&format!("/{GRPC_SERVICE}/ReleaseHold"), retention.clone())

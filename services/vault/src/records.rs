@@ -73,6 +73,18 @@ pub struct OpenedRecord {
     pub audit_event_id: String,
 }
 
+/// What a record's shred did.
+#[derive(Debug)]
+pub struct RecordShred {
+    /// The tombstone of the version named.
+    pub record: RecordRow,
+    /// The tombstones of the versions this shred destroyed (none when all
+    /// were destroyed before: a repeated order).
+    pub destroyed: Vec<RecordRow>,
+    /// The audit events that recorded it, one per version destroyed.
+    pub event_ids: Vec<String>,
+}
+
 /// What a read is for.
 #[derive(Debug, Clone)]
 pub struct ReadIntent<'a> {
@@ -1045,20 +1057,25 @@ impl Vault {
     /// (those it corrected and those that corrected it): a record shredded
     /// leaves no readable copy in its history. Refused for all of them if
     /// one is an original or a hold covers the scope. One event per version
-    /// destroyed. Returns the tombstone of the version named.
+    /// destroyed.
     pub async fn shred_record(
         &self,
         actor: &Actor,
         id: Uuid,
         order: &str,
-    ) -> Result<RecordRow, Error> {
+    ) -> Result<RecordShred, Error> {
         // A correction committed between the look-up and the shred adds a
         // version: the shred then writes nothing and looks again.
         for _ in 0..3 {
             let row = self.load(id).await?;
-            let (current, live) = self.versions(&row).await?;
+            let (current, mut live) = self.chain(&row).await?;
+            live.retain(|v| !is_shredded(v));
             if live.is_empty() {
-                return Ok(row);
+                return Ok(RecordShred {
+                    record: row,
+                    destroyed: Vec::new(),
+                    event_ids: Vec::new(),
+                });
             }
             let scope = self.scope_row(row.scope_id).await?;
             let refusal = if live.iter().any(|v| v.original == 1) {
@@ -1089,7 +1106,17 @@ impl Vault {
                     .map(|version| store::shred_record(version.id, order, now).expecting(1)),
             );
             match self.store.db().transact(statements, &events).await {
-                Ok(_) => return self.load(id).await,
+                Ok(_) => {
+                    let mut destroyed = Vec::with_capacity(live.len());
+                    for version in &live {
+                        destroyed.push(self.load(version.id).await?);
+                    }
+                    return Ok(RecordShred {
+                        record: self.load(id).await?,
+                        destroyed,
+                        event_ids: events.into_iter().map(|e| e.id).collect(),
+                    });
+                }
                 // Corrected or shredded meanwhile (by another replica, or
                 // with its scope), or a hold arrived after the check above.
                 Err(TransactError::Unmet { .. }) => {
@@ -1108,10 +1135,20 @@ impl Vault {
         ))
     }
 
-    /// The current version of `row`'s record and its versions (`row`
-    /// included) whose keys are not destroyed, following the chain of
-    /// corrections both ways.
-    async fn versions(&self, row: &RecordRow) -> Result<(Uuid, Vec<RecordRow>), Error> {
+    /// Every version of a record (metadata only, never values), oldest
+    /// first, and whether a legal hold covers its scope: what a records
+    /// manager is shown before asking retention to erase it.
+    pub async fn history(&self, id: Uuid) -> Result<(Vec<RecordRow>, bool), Error> {
+        let row = self.load(id).await?;
+        let (_, mut versions) = self.chain(&row).await?;
+        versions.sort_by_key(|v| v.version);
+        let scope = self.scope_row(row.scope_id).await?;
+        Ok((versions, self.held(&scope).await?.is_some()))
+    }
+
+    /// The current version of `row`'s record and all its versions (`row`
+    /// included), following the chain of corrections both ways.
+    async fn chain(&self, row: &RecordRow) -> Result<(Uuid, Vec<RecordRow>), Error> {
         let mut versions = vec![row.clone()];
         let mut current = row.id;
         for forward in [false, true] {
@@ -1133,7 +1170,6 @@ impl Vault {
                 current = at.id;
             }
         }
-        versions.retain(|v| !is_shredded(v));
         Ok((current, versions))
     }
 

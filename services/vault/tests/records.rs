@@ -873,10 +873,13 @@ async fn holds_stop_shredding_and_staged_destruction_can_be_cancelled(db: &TestD
         .create(&actor, &passport(client, None, "P4444444"), None)
         .await
         .unwrap();
-    let tomb = vault
+    let shred = vault
         .shred_record(&retention(), one.id, &order)
         .await
         .unwrap();
+    assert_eq!(shred.destroyed.len(), 1);
+    assert_eq!(shred.event_ids.len(), 1);
+    let tomb = shred.record;
     assert!(tomb.wrapped_key.is_none() && tomb.shredded_at.is_some());
     assert!(matches!(
         read_one(&vault, &actor, one.id, &roles).await,
@@ -887,7 +890,8 @@ async fn holds_stop_shredding_and_staged_destruction_can_be_cancelled(db: &TestD
         .shred_record(&retention(), one.id, &order)
         .await
         .unwrap();
-    assert_eq!(again.shredded_at, tomb.shredded_at, "shredded once");
+    assert_eq!(again.record.shredded_at, tomb.shredded_at, "shredded once");
+    assert!(again.destroyed.is_empty() && again.event_ids.is_empty());
 
     // An original goes back to the client: neither it nor its scope is
     // shredded, and each refusal is recorded.

@@ -1,0 +1,50 @@
+-- The erasure of one record before its schedule, asked for by a records
+-- manager and approved by others: a persisted state machine,
+-- awaiting_approval -> ordered -> shredded -> certified, or cancelled
+-- (withdrawn, or refused by the vault) before the vault destroyed anything.
+CREATE TABLE retention_erasures (
+    id               BLOB PRIMARY KEY,
+    record_id        BLOB NOT NULL,
+    -- The record's first version: the same for every version of it.
+    chain_id         BLOB NOT NULL,
+    version_ids      TEXT NOT NULL,
+    scope_id         BLOB NOT NULL,
+    client_id        BLOB NOT NULL,
+    matter_id        BLOB,
+    category         TEXT NOT NULL,
+    kind             TEXT NOT NULL CHECK (kind IN ('fields', 'document')),
+    basis            TEXT NOT NULL CHECK (basis IN ('client_request', 'collected_in_error', 'no_longer_needed', 'legal_order')),
+    reference        TEXT NOT NULL,
+    state            TEXT NOT NULL CHECK (state IN ('awaiting_approval', 'ordered', 'shredded', 'certified', 'cancelled')),
+    approvals_needed INTEGER NOT NULL,
+    requested_by     TEXT NOT NULL,
+    requested_at     TEXT NOT NULL,
+    order_id         BLOB NOT NULL,
+    shredded_at      TEXT,
+    destroyed_ids    TEXT,
+    shred_event_ids  TEXT,
+    cancel_reason    TEXT,
+    updated_at       TEXT NOT NULL
+);
+-- One open erasure per record (whichever version it names).
+CREATE UNIQUE INDEX retention_erasures_open_record ON retention_erasures (chain_id)
+    WHERE state IN ('awaiting_approval', 'ordered', 'shredded');
+CREATE INDEX retention_erasures_client ON retention_erasures (client_id);
+CREATE INDEX retention_erasures_state ON retention_erasures (state);
+
+CREATE TABLE retention_erasure_approvals (
+    erasure_id  BLOB NOT NULL REFERENCES retention_erasures (id),
+    staff_id    TEXT NOT NULL,
+    approved_at TEXT NOT NULL,
+    PRIMARY KEY (erasure_id, staff_id)
+);
+
+-- Certificates of erasure: the signed bytes and the signature.
+CREATE TABLE retention_erasure_certificates (
+    id         BLOB PRIMARY KEY,
+    erasure_id BLOB NOT NULL UNIQUE REFERENCES retention_erasures (id),
+    body       TEXT NOT NULL,
+    signature  TEXT NOT NULL,
+    key_id     TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);

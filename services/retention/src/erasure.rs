@@ -1,0 +1,782 @@
+//! The erasure of one record before its schedule: a client's request to
+//! erase, data collected in error. A records manager asks, others approve
+//! (four eyes by default), the vault destroys the key of every version of
+//! the record, and a signed certificate of erasure follows once the audit
+//! log holds the shred.
+//!
+//! Each erasure is a persisted state machine
+//! (awaiting_approval → ordered → shredded → certified, or cancelled before
+//! the vault destroyed anything), so work cut short is finished by the next
+//! sweep: the vault order carries the erasure's order id, and a shred of a
+//! shredded record is a no-op there.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use confidant_proto::audit::v1::{ActorKind, Outcome};
+use confidant_proto::vault::v1 as vault_pb;
+use confidant_runtime::audit::{Action as AuditAction, EventBuilder};
+use confidant_runtime::portable::{Statement, TransactError, Value};
+use uuid::Uuid;
+
+use crate::disposal::{Signer, shred_evidence};
+use crate::error::Error;
+use crate::service::{Actor, Retention, timed};
+
+/// How long an ordered erasure is left to the approval that ordered it
+/// before a sweep orders it again (the vault could not be reached, or the
+/// replica stopped).
+const RETRY_AFTER: chrono::Duration = chrono::Duration::seconds(30);
+
+/// Why one record is erased before its schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Basis {
+    /// The client asked for it to be erased.
+    ClientRequest,
+    /// It should never have been collected.
+    CollectedInError,
+    /// It is no longer needed for its purpose.
+    NoLongerNeeded,
+    /// A court or regulator ordered it.
+    LegalOrder,
+}
+
+impl Basis {
+    /// Every basis.
+    pub const ALL: [Basis; 4] = [
+        Basis::ClientRequest,
+        Basis::CollectedInError,
+        Basis::NoLongerNeeded,
+        Basis::LegalOrder,
+    ];
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Basis::ClientRequest => "client_request",
+            Basis::CollectedInError => "collected_in_error",
+            Basis::NoLongerNeeded => "no_longer_needed",
+            Basis::LegalOrder => "legal_order",
+        }
+    }
+
+    /// From a stored name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|b| b.as_str() == name)
+    }
+}
+
+/// The longest reference of an erasure request, in characters.
+pub const MAX_REFERENCE_CHARS: usize = 200;
+
+/// An erasure as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ErasureRow {
+    /// Id.
+    pub id: Uuid,
+    /// The record named in the request.
+    pub record_id: Uuid,
+    /// The record's first version.
+    pub chain_id: Uuid,
+    /// Every version when asked for (JSON array of ids).
+    pub version_ids: String,
+    /// The record's scope.
+    pub scope_id: Uuid,
+    /// Its client.
+    pub client_id: Uuid,
+    /// Its matter.
+    pub matter_id: Option<Uuid>,
+    /// Its category.
+    pub category: String,
+    /// `fields` or `document`.
+    pub kind: String,
+    /// Why ([`Basis`]).
+    pub basis: String,
+    /// The firm's reference.
+    pub reference: String,
+    /// State name.
+    pub state: String,
+    /// Approvals needed in all.
+    pub approvals_needed: i32,
+    /// Who asked.
+    pub requested_by: String,
+    /// When.
+    pub requested_at: DateTime<Utc>,
+    /// The order id the vault is given.
+    pub order_id: Uuid,
+    /// When the vault destroyed the keys.
+    pub shredded_at: Option<DateTime<Utc>>,
+    /// The versions the vault destroyed (JSON array of ids).
+    pub destroyed_ids: Option<String>,
+    /// The vault's audit events of the shred (JSON array of ids).
+    pub shred_event_ids: Option<String>,
+    /// Why it was cancelled.
+    pub cancel_reason: Option<String>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl ErasureRow {
+    /// The version ids when asked for.
+    pub fn versions(&self) -> Vec<String> {
+        ids(Some(&self.version_ids))
+    }
+}
+
+/// A JSON array of ids as stored (empty if absent or malformed).
+fn ids(json: Option<&String>) -> Vec<String> {
+    json.and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_default()
+}
+
+/// The query of erasures with `$tail` (a WHERE clause and order).
+macro_rules! erasures_where {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, record_id, chain_id, version_ids, scope_id, client_id, matter_id, category, kind, \
+             basis, reference, state, approvals_needed, requested_by, requested_at, order_id, shredded_at, \
+             destroyed_ids, shred_event_ids, cancel_reason, updated_at FROM retention_erasures ",
+            $tail
+        )
+    };
+}
+
+/// Statement: erasure `id` moves from state `from` to `to` (unmet if it is
+/// not in `from`).
+fn set_state(id: Uuid, from: &'static str, to: &'static str) -> Statement {
+    Statement::new(
+        "UPDATE retention_erasures SET state = $3, updated_at = $4 WHERE id = $1 AND state = $2",
+        vec![
+            Value::Uuid(id),
+            Value::Text(from.to_owned()),
+            Value::Text(to.to_owned()),
+            Value::Time(Utc::now()),
+        ],
+    )
+    .expecting(1)
+}
+
+/// Statement: erasure `id`, in state `from`, is cancelled for `reason`.
+fn cancelled(id: Uuid, from: &'static str, reason: &'static str) -> Statement {
+    Statement::new(
+        "UPDATE retention_erasures SET state = 'cancelled', cancel_reason = $3, updated_at = $4 \
+         WHERE id = $1 AND state = $2",
+        vec![
+            Value::Uuid(id),
+            Value::Text(from.to_owned()),
+            Value::Text(reason.to_owned()),
+            Value::Time(Utc::now()),
+        ],
+    )
+    .expecting(1)
+}
+
+/// Statement: `staff` approved erasure `id`.
+fn approval(id: Uuid, staff: &str, at: DateTime<Utc>) -> Statement {
+    Statement::new(
+        "INSERT INTO retention_erasure_approvals (erasure_id, staff_id, approved_at) VALUES ($1, $2, $3)",
+        vec![
+            Value::Uuid(id),
+            Value::Text(staff.to_owned()),
+            Value::Time(at),
+        ],
+    )
+}
+
+/// What the vault did with an erasure's order.
+enum Shred {
+    /// The keys are destroyed: when, the versions, the vault's events.
+    Done(DateTime<Utc>, Vec<String>, Vec<String>),
+    /// Refused: a legal hold covers the scope, or an original.
+    Refused(&'static str),
+}
+
+/// The reason of a vault's FAILED_PRECONDITION (its ErrorInfo), if it is
+/// one retention acts on: `legal_hold` or `originals`.
+pub(crate) fn vault_refusal(status: &tonic::Status) -> Option<&'static str> {
+    use tonic_types::StatusExt;
+    if status.code() != tonic::Code::FailedPrecondition {
+        return None;
+    }
+    match status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.as_str())
+    {
+        Some("legal_hold") => Some("legal_hold"),
+        Some("originals") => Some("originals"),
+        _ => None,
+    }
+}
+
+/// Erasures of single records: requests, approvals, the vault's orders and
+/// the certificates.
+#[derive(Debug)]
+pub struct Erasures {
+    retention: Arc<Retention>,
+    signer: Arc<Signer>,
+    approvers: usize,
+}
+
+impl Erasures {
+    /// Erasures that need `approvers` different records managers.
+    pub fn new(retention: Arc<Retention>, signer: Arc<Signer>, approvers: usize) -> Self {
+        Self {
+            retention,
+            signer,
+            approvers: approvers.max(1),
+        }
+    }
+
+    fn service_event(&self, action: AuditAction) -> EventBuilder {
+        let domain = self.retention.trust_domain();
+        let me = crate::NAME.spiffe_id(domain);
+        EventBuilder::new(crate::NAME, domain, action).actor(ActorKind::Service, &me, &me)
+    }
+
+    fn about(event: EventBuilder, row: &ErasureRow) -> EventBuilder {
+        event
+            .resource("erasure", &row.id.to_string())
+            .scope(Some(row.client_id), row.matter_id)
+            .category(&row.category)
+    }
+
+    /// Commits; `Ok(false)` when a guard was unmet (the erasure moved on).
+    async fn commit(
+        &self,
+        statements: Vec<Statement>,
+        events: &[confidant_proto::audit::v1::AuditEvent],
+    ) -> Result<bool, Error> {
+        match self
+            .retention
+            .store()
+            .db()
+            .transact(statements, events)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(TransactError::Unmet { .. }) => Ok(false),
+            Err(e) if e.is_duplicate() => {
+                Err(Error::Conflict("an erasure of this record is open already"))
+            }
+            Err(TransactError::Sqlx(e)) => Err(Error::Store(e)),
+            Err(e) => Err(Error::Audit(e.to_string())),
+        }
+    }
+
+    /// Asks for the erasure of the record `record_id` (any version): the
+    /// vault says what the record is, and a record shredded already, an
+    /// original or a held one is refused. The asker's approval counts; with
+    /// one approval needed it is ordered at once.
+    pub async fn request(
+        &self,
+        actor: &Actor,
+        record_id: Uuid,
+        basis: Basis,
+        reference: &str,
+    ) -> Result<ErasureRow, Error> {
+        let row = self.prepare(actor, record_id, basis, reference).await?;
+        self.open(actor, row).await
+    }
+
+    /// The erasure asked for, not stored yet.
+    async fn prepare(
+        &self,
+        actor: &Actor,
+        record_id: Uuid,
+        basis: Basis,
+        reference: &str,
+    ) -> Result<ErasureRow, Error> {
+        let answer = self
+            .retention
+            .vault_client()?
+            .get_record_versions(timed(vault_pb::GetRecordVersionsRequest {
+                record_id: record_id.to_string(),
+            }))
+            .await;
+        let history = match answer {
+            Ok(response) => response.into_inner(),
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                return Err(Error::NotFound("record"));
+            }
+            Err(status) => return Err(Error::VaultUnavailable(status.message().to_owned())),
+        };
+        let versions = history.versions;
+        let (Some(first), Some(named)) = (
+            versions.first(),
+            versions.iter().find(|v| v.id == record_id.to_string()),
+        ) else {
+            return Err(Error::NotFound("record"));
+        };
+        let live: Vec<&vault_pb::RecordMetadata> = versions
+            .iter()
+            .filter(|v| v.state() != vault_pb::RecordState::Shredded)
+            .collect();
+        if live.is_empty() {
+            return Err(Error::Refused {
+                reason: "shredded",
+                message: "the record is shredded already",
+            });
+        }
+        if live.iter().any(|v| v.original) {
+            return Err(Error::Refused {
+                reason: "originals",
+                message: "the record is an original that belongs to the client: the vault keeps it until its return is recorded",
+            });
+        }
+        if history.legal_hold {
+            return Err(Error::Refused {
+                reason: "legal_hold",
+                message: "a legal hold covers the record: it cannot be erased until the hold is released",
+            });
+        }
+        let uuid = |s: &str| {
+            Uuid::parse_str(s)
+                .map_err(|_| Error::VaultUnavailable("the vault answered a malformed id".into()))
+        };
+        let category = confidant_vault::domain::Category::from_proto(named.category)
+            .ok_or_else(|| Error::VaultUnavailable("the vault answered no category".into()))?;
+        let now = Utc::now();
+        let complete = self.approvers <= 1;
+        let row = ErasureRow {
+            id: Uuid::now_v7(),
+            record_id,
+            chain_id: uuid(&first.id)?,
+            version_ids: serde_json::to_string(
+                &versions.iter().map(|v| v.id.clone()).collect::<Vec<_>>(),
+            )
+            .unwrap_or_else(|_| "[]".into()),
+            scope_id: uuid(&named.scope_id)?,
+            client_id: uuid(&named.client_id)?,
+            matter_id: if named.matter_id.is_empty() {
+                None
+            } else {
+                Some(uuid(&named.matter_id)?)
+            },
+            category: category.as_str().to_owned(),
+            kind: if named.kind() == vault_pb::RecordKind::Document {
+                "document".into()
+            } else {
+                "fields".into()
+            },
+            basis: basis.as_str().to_owned(),
+            reference: reference.to_owned(),
+            state: if complete {
+                "ordered"
+            } else {
+                "awaiting_approval"
+            }
+            .to_owned(),
+            approvals_needed: i32::try_from(self.approvers).unwrap_or(i32::MAX),
+            requested_by: actor.id().to_owned(),
+            requested_at: now,
+            order_id: Uuid::now_v7(),
+            shredded_at: None,
+            destroyed_ids: None,
+            shred_event_ids: None,
+            cancel_reason: None,
+            updated_at: now,
+        };
+        Ok(row)
+    }
+
+    /// Stores an erasure asked for, with its asker's approval.
+    async fn open(&self, actor: &Actor, row: ErasureRow) -> Result<ErasureRow, Error> {
+        let now = row.requested_at;
+        let basis = row.basis.clone();
+        let insert = Statement::new(
+            "INSERT INTO retention_erasures (id, record_id, chain_id, version_ids, scope_id, client_id, matter_id, \
+             category, kind, basis, reference, state, approvals_needed, requested_by, requested_at, order_id, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+            vec![
+                Value::Uuid(row.id),
+                Value::Uuid(row.record_id),
+                Value::Uuid(row.chain_id),
+                Value::Text(row.version_ids.clone()),
+                Value::Uuid(row.scope_id),
+                Value::Uuid(row.client_id),
+                Value::OptUuid(row.matter_id),
+                Value::Text(row.category.clone()),
+                Value::Text(row.kind.clone()),
+                Value::Text(row.basis.clone()),
+                Value::Text(row.reference.clone()),
+                Value::Text(row.state.clone()),
+                Value::Int(row.approvals_needed),
+                Value::Text(row.requested_by.clone()),
+                Value::Time(now),
+                Value::Uuid(row.order_id),
+                Value::Time(now),
+            ],
+        );
+        let event = Self::about(
+            self.retention
+                .actor_event(actor, AuditAction::RetentionErasureRequested),
+            &row,
+        )
+        .outcome(Outcome::Allowed, &basis)
+        .build();
+        self.commit(vec![insert, approval(row.id, actor.id(), now)], &[event])
+            .await?;
+        if row.state == "ordered" {
+            self.order(&row).await;
+        }
+        self.erasure(row.id)
+            .await?
+            .ok_or(Error::NotFound("erasure"))
+    }
+
+    /// One approval; the last one needed orders the vault to shred. Returns
+    /// the erasure and the approvals still needed.
+    pub async fn approve(&self, actor: &Actor, id: Uuid) -> Result<(ErasureRow, usize), Error> {
+        let row = self.erasure(id).await?.ok_or(Error::NotFound("erasure"))?;
+        if row.state != "awaiting_approval" {
+            return Err(Error::Conflict("the erasure is not awaiting approval"));
+        }
+        let approvers = self.approvers(id).await?;
+        if approvers.iter().any(|a| a == actor.id()) {
+            return Err(Error::Conflict(
+                "you approved this erasure already: another records manager must",
+            ));
+        }
+        let needed = usize::try_from(row.approvals_needed).unwrap_or(1);
+        let complete = approvers.len() + 1 >= needed;
+        let mut statements = vec![
+            approval(id, actor.id(), Utc::now()),
+            // Still awaiting approval: not withdrawn meanwhile.
+            Statement::new(
+                "UPDATE retention_erasures SET updated_at = $2 WHERE id = $1 AND state = 'awaiting_approval'",
+                vec![Value::Uuid(id), Value::Time(Utc::now())],
+            )
+            .expecting(1),
+        ];
+        if complete {
+            statements.push(set_state(id, "awaiting_approval", "ordered"));
+        }
+        let event = Self::about(
+            self.retention
+                .actor_event(actor, AuditAction::RetentionErasureApproved),
+            &row,
+        )
+        .outcome(Outcome::Allowed, if complete { "ordered" } else { "" })
+        .build();
+        match self.commit(statements, &[event]).await {
+            Ok(true) => {}
+            Ok(false) => return Err(Error::Conflict("the erasure is not awaiting approval")),
+            Err(Error::Conflict(_)) => {
+                return Err(Error::Conflict(
+                    "you approved this erasure already: another records manager must",
+                ));
+            }
+            Err(e) => return Err(e),
+        }
+        if complete {
+            self.order(&row).await;
+        }
+        let row = self.erasure(id).await?.ok_or(Error::NotFound("erasure"))?;
+        Ok((row, needed.saturating_sub(approvers.len() + 1)))
+    }
+
+    /// Withdraws an erasure still awaiting approval.
+    pub async fn cancel(&self, actor: &Actor, id: Uuid) -> Result<ErasureRow, Error> {
+        let row = self.erasure(id).await?.ok_or(Error::NotFound("erasure"))?;
+        let event = Self::about(
+            self.retention
+                .actor_event(actor, AuditAction::RetentionErasureCancelled),
+            &row,
+        )
+        .outcome(Outcome::Allowed, "withdrawn")
+        .build();
+        if !self
+            .commit(
+                vec![cancelled(id, "awaiting_approval", "withdrawn")],
+                &[event],
+            )
+            .await?
+        {
+            return Err(Error::Conflict(
+                "only an erasure awaiting approval can be withdrawn",
+            ));
+        }
+        self.erasure(id).await?.ok_or(Error::NotFound("erasure"))
+    }
+
+    /// Orders the vault to shred an ordered erasure's record and records
+    /// the answer. A vault that cannot be reached leaves it ordered for a
+    /// later sweep; so the caller is not failed by it.
+    async fn order(&self, row: &ErasureRow) {
+        if let Err(e) = self.carry_out(row).await {
+            tracing::warn!(erasure = %row.id, error = %e, "erasure not carried out yet; a later sweep retries");
+        }
+    }
+
+    /// Whether the vault confirmed the shred (false: refused, or another
+    /// replica recorded it first).
+    async fn carry_out(&self, row: &ErasureRow) -> Result<bool, Error> {
+        let answer = self
+            .retention
+            .vault_client()?
+            .shred_record(timed(vault_pb::ShredRecordRequest {
+                record_id: row.record_id.to_string(),
+                order_id: row.order_id.to_string(),
+            }))
+            .await;
+        let shred = match answer {
+            Ok(response) => {
+                let response = response.into_inner();
+                let at = response
+                    .record
+                    .and_then(|r| r.shred_time)
+                    .and_then(|t| std::time::SystemTime::try_from(t).ok())
+                    .map_or_else(Utc::now, DateTime::from);
+                Shred::Done(
+                    at,
+                    response.destroyed.into_iter().map(|r| r.id).collect(),
+                    response.audit_event_ids,
+                )
+            }
+            Err(status) => match vault_refusal(&status) {
+                Some(reason) => Shred::Refused(reason),
+                None => return Err(Error::VaultUnavailable(status.message().to_owned())),
+            },
+        };
+        match shred {
+            Shred::Done(at, destroyed, events) => {
+                let event = Self::about(
+                    self.service_event(AuditAction::RetentionErasureShredded),
+                    row,
+                )
+                .outcome(Outcome::Allowed, &format!("order-{}", row.order_id))
+                .build();
+                let json =
+                    |ids: &[String]| serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
+                self.commit(
+                    vec![
+                        Statement::new(
+                            "UPDATE retention_erasures SET state = 'shredded', shredded_at = $2, destroyed_ids = $3, \
+                             shred_event_ids = $4, updated_at = $5 WHERE id = $1 AND state = 'ordered'",
+                            vec![
+                                Value::Uuid(row.id),
+                                Value::Time(at),
+                                Value::Text(json(&destroyed)),
+                                Value::Text(json(&events)),
+                                Value::Time(Utc::now()),
+                            ],
+                        )
+                        .expecting(1),
+                    ],
+                    &[event],
+                )
+                .await
+            }
+            Shred::Refused(reason) => {
+                let event = Self::about(
+                    self.service_event(AuditAction::RetentionErasureCancelled),
+                    row,
+                )
+                .outcome(Outcome::Denied, reason)
+                .build();
+                self.commit(vec![cancelled(row.id, "ordered", reason)], &[event])
+                    .await?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Signs and stores the certificate of a shredded erasure once the
+    /// audit log holds every shred event; whether it was issued.
+    async fn certify(&self, row: &ErasureRow) -> Result<bool, Error> {
+        let mut evidence = Vec::new();
+        for event_id in ids(row.shred_event_ids.as_ref()) {
+            match shred_evidence(&self.retention, &event_id).await? {
+                Some(e) => evidence.push(e),
+                None => return Ok(false),
+            }
+        }
+        let approvers = self.approvers(row.id).await?;
+        let destroyed = ids(row.destroyed_ids.as_ref());
+        let id = Uuid::now_v7();
+        let now = Utc::now();
+        let body = serde_json::json!({
+            "type": "confidant.certificate-of-erasure.v1",
+            "certificate_id": id.to_string(),
+            "issuer": crate::NAME.spiffe_id(self.retention.trust_domain()),
+            "issued_at": now.to_rfc3339(),
+            "erased": {
+                "record_id": row.record_id.to_string(),
+                "version_ids": row.versions(),
+                "destroyed_by_this_order": destroyed,
+                "scope_id": row.scope_id.to_string(),
+                "client_id": row.client_id.to_string(),
+                "matter_id": row.matter_id.map(|m| m.to_string()),
+                "category": row.category,
+                "kind": row.kind,
+                "method": "crypto-shredding: the vault destroyed the key of every version of the record; \
+                           its scope key and the client's other records remain",
+            },
+            "key_destroyed_at": row.shredded_at.map(|t| t.to_rfc3339()),
+            "basis": row.basis,
+            "reference": row.reference,
+            "requested_by": row.requested_by,
+            "requested_at": row.requested_at.to_rfc3339(),
+            "approved_by": approvers,
+            "erasure_id": row.id.to_string(),
+            "vault_order_id": row.order_id.to_string(),
+            "audit_evidence": evidence,
+        })
+        .to_string();
+        let signature = self.signer.sign(&body);
+        let event = self
+            .service_event(AuditAction::RetentionCertificateIssued)
+            .resource("certificate", &id.to_string())
+            .scope(Some(row.client_id), row.matter_id)
+            .category(&row.category)
+            .outcome(Outcome::Allowed, &format!("erasure-{}", row.id))
+            .build();
+        self.commit(
+            vec![
+                set_state(row.id, "shredded", "certified"),
+                Statement::new(
+                    "INSERT INTO retention_erasure_certificates (id, erasure_id, body, signature, key_id, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    vec![
+                        Value::Uuid(id),
+                        Value::Uuid(row.id),
+                        Value::Text(body),
+                        Value::Text(signature),
+                        Value::Text(self.signer.key_id().to_owned()),
+                        Value::Time(now),
+                    ],
+                ),
+            ],
+            &[event],
+        )
+        .await
+    }
+
+    /// A sweep's share: orders again the erasures whose order did not get
+    /// through, and certifies the shredded ones the audit log now holds.
+    /// Returns (erasures shredded, certificates issued).
+    pub async fn advance(&self) -> Result<(usize, usize), Error> {
+        let db = self.retention.store().db();
+        let stale: Vec<ErasureRow> = db
+            .fetch_all(
+                erasures_where!(
+                    "WHERE state = 'ordered' AND updated_at < $1 ORDER BY id LIMIT 100"
+                ),
+                vec![Value::Time(Utc::now() - RETRY_AFTER)],
+            )
+            .await?;
+        let mut shredded = 0;
+        for row in &stale {
+            if self.carry_out(row).await? {
+                shredded += 1;
+            }
+        }
+        let waiting: Vec<ErasureRow> = db
+            .fetch_all(
+                erasures_where!("WHERE state = 'shredded' ORDER BY id LIMIT 100"),
+                vec![],
+            )
+            .await?;
+        let mut certified = 0;
+        for row in &waiting {
+            if self.certify(row).await? {
+                certified += 1;
+            }
+        }
+        Ok((shredded, certified))
+    }
+
+    /// An erasure.
+    pub async fn erasure(&self, id: Uuid) -> Result<Option<ErasureRow>, Error> {
+        Ok(self
+            .retention
+            .store()
+            .db()
+            .fetch_optional(erasures_where!("WHERE id = $1"), vec![Value::Uuid(id)])
+            .await?)
+    }
+
+    /// Erasures, newest first, optionally of one client and in one state.
+    pub async fn list(
+        &self,
+        client: Option<Uuid>,
+        state: Option<&'static str>,
+    ) -> Result<Vec<ErasureRow>, Error> {
+        Ok(self
+            .retention
+            .store()
+            .db()
+            .fetch_all(
+                erasures_where!(
+                    "WHERE ($1 IS NULL OR client_id = $1) AND ($2 IS NULL OR state = $2) \
+                     ORDER BY id DESC LIMIT 500"
+                ),
+                vec![
+                    Value::OptUuid(client),
+                    Value::OptText(state.map(str::to_owned)),
+                ],
+            )
+            .await?)
+    }
+
+    /// Who approved an erasure, the asker first.
+    pub async fn approvers(&self, id: Uuid) -> Result<Vec<String>, Error> {
+        Ok(self
+            .retention
+            .store()
+            .db()
+            .fetch_all::<(String,)>(
+                "SELECT staff_id FROM retention_erasure_approvals WHERE erasure_id = $1 ORDER BY approved_at, staff_id",
+                vec![Value::Uuid(id)],
+            )
+            .await?
+            .into_iter()
+            .map(|r| r.0)
+            .collect())
+    }
+
+    /// The certificate of an erasure: (id, body, signature, key id).
+    pub async fn certificate(
+        &self,
+        erasure_id: Uuid,
+    ) -> Result<Option<(Uuid, String, String, String)>, Error> {
+        Ok(self
+            .retention
+            .store()
+            .db()
+            .fetch_optional(
+                "SELECT id, body, signature, key_id FROM retention_erasure_certificates WHERE erasure_id = $1",
+                vec![Value::Uuid(erasure_id)],
+            )
+            .await?)
+    }
+
+    /// The certificate id of an erasure, if issued.
+    pub async fn certificate_id(&self, erasure_id: Uuid) -> Result<Option<Uuid>, Error> {
+        Ok(self.certificate(erasure_id).await?.map(|(id, _, _, _)| id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_basis_keeps_its_stored_name() {
+        for basis in Basis::ALL {
+            assert_eq!(Basis::parse(basis.as_str()), Some(basis));
+        }
+        assert_eq!(Basis::parse("whim"), None);
+    }
+
+    #[test]
+    fn stored_id_lists_read_back_and_malformed_ones_read_empty() {
+        assert_eq!(
+            ids(Some(&r#"["a","b"]"#.to_owned())),
+            vec!["a".to_owned(), "b".to_owned()]
+        );
+        assert!(ids(Some(&"not json".to_owned())).is_empty());
+        assert!(ids(None).is_empty());
+    }
+}
