@@ -1775,11 +1775,31 @@ async fn holds_placed_after_a_backup_come_back_and_disposals_wait_after_its_rest
         .sync_scopes(as_staff(&token, pb::SyncScopesRequest {}))
         .await
         .unwrap();
+    let money = common::store_record(
+        &mut vault,
+        &client_id,
+        "",
+        vault_pb::DataCategory::Financial,
+        false,
+    )
+    .await;
     let retention_backup = common::back_up(&data, ServiceName::Retention).await;
     let vault_backup = common::back_up(&data, ServiceName::Vault).await;
 
-    // After the backups: a legal hold over the client's contacts, a new
-    // version of the policy and a trigger event.
+    // After the backups: the erasure of a record asked for, a legal hold
+    // over the client's contacts, a new version of the policy and a trigger
+    // event.
+    let erasure = retention
+        .request_erasure(as_staff(
+            &token,
+            erasure_request(&money.id, pb::ErasureBasis::ClientRequest),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .erasure
+        .unwrap()
+        .id;
     let hold = retention
         .place_hold(as_staff(
             &token,
@@ -1892,6 +1912,11 @@ async fn holds_placed_after_a_backup_come_back_and_disposals_wait_after_its_rest
     );
     assert_eq!(results_of(&out, "trigger", ""), ["lost"]);
     assert!(out.contains("\"disposals_paused\":true"), "{out}");
+    // The erasure asked for since is lost with the database: it is to be
+    // asked for again.
+    assert_eq!(results_of(&out, "erasure", &erasure), ["lost"], "{out}");
+    assert!(out.contains("\"erasures_lost\":1"), "{out}");
+    assert!(out.contains("erasures listed `lost`"), "{out}");
 
     let sandbox = Sandbox::start(&data, spec.clone()).await;
     let retention = RetentionServiceClient::new(
@@ -2264,7 +2289,7 @@ async fn one_record_is_erased_on_request_with_two_approvals_and_certified(backen
         }
     };
     common::eventually(Duration::from_secs(20), "the erasure's certificate", || {
-        let (certificate, id) = (certificate.clone(), asked.id.clone());
+        let (certificate, id) = (certificate, asked.id.clone());
         let sweep = firm.sweep();
         async move {
             sweep.await;
@@ -2451,6 +2476,64 @@ async fn one_record_is_erased_on_request_with_two_approvals_and_certified(backen
         .unwrap_err();
     assert_eq!(common::error_reason(&refused), "legal_hold");
 
+    // An approval whose order to the vault never got through (the replica
+    // stopped right after it committed): the next sweep carries it out.
+    let note = common::store_record(
+        &mut vault,
+        &client_id,
+        &matter_id,
+        vault_pb::DataCategory::MatterFile,
+        false,
+    )
+    .await;
+    let stranded = retention
+        .request_erasure(as_staff(
+            &token,
+            erasure_request(&note.id, pb::ErasureBasis::LegalOrder),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .erasure
+        .unwrap();
+    let retention_db = common::service_db(&data, ServiceName::Retention).await;
+    let stranded_id: uuid::Uuid = stranded.id.parse().unwrap();
+    retention_db
+        .transact(
+            vec![
+                Statement::new(
+                    "INSERT INTO retention_erasure_approvals (erasure_id, staff_id, approved_at) VALUES ($1, $2, $3)",
+                    vec![
+                        Value::Uuid(stranded_id),
+                        Value::Text(second.clone()),
+                        Value::Time(chrono::Utc::now()),
+                    ],
+                ),
+                Statement::new(
+                    "UPDATE retention_erasures SET state = 'ordered', updated_at = $2 WHERE id = $1",
+                    vec![
+                        Value::Uuid(stranded_id),
+                        Value::Time(chrono::Utc::now() - chrono::Duration::minutes(5)),
+                    ],
+                )
+                .expecting(1),
+            ],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        record_states(&vault_as_retention, &note.id).await,
+        [vault_pb::RecordState::Active]
+    );
+    let swept = firm.sweep().await;
+    assert_eq!(swept.records_erased, 1, "{swept:?}");
+    assert_eq!(
+        record_states(&vault_as_retention, &note.id).await,
+        [vault_pb::RecordState::Shredded]
+    );
+    assert_eq!(firm.sweep().await.records_erased, 0, "carried out once");
+
     // The audit log tells the story.
     let audit =
         AuditServiceClient::new(channel(&data, &sandbox, ServiceName::Audit, "operator").await);
@@ -2475,11 +2558,11 @@ async fn one_record_is_erased_on_request_with_two_approvals_and_certified(backen
                 .map(|e| (e.action, e.reason))
                 .collect();
             let count = |action: &str| actions.iter().filter(|(a, _)| a == action).count();
-            count("retention.erasure.requested") == 3
+            count("retention.erasure.requested") == 4
                 && count("retention.erasure.approved") == 2
-                && count("retention.erasure.shredded") == 1
+                && count("retention.erasure.shredded") == 2
                 && count("retention.erasure.cancelled") == 2
-                && count("vault.record.shredded") == 3
+                && count("vault.record.shredded") == 4
         }
     })
     .await;
