@@ -666,10 +666,16 @@ impl Erasures {
                 vec![Value::Time(Utc::now() - RETRY_AFTER)],
             )
             .await?;
+        // One erasure that cannot go ahead now (the vault or the audit log
+        // unreachable) neither stops the others nor the sweep's disposals.
         let mut shredded = 0;
         for row in &stale {
-            if self.carry_out(row).await? {
-                shredded += 1;
+            match self.carry_out(row).await {
+                Ok(true) => shredded += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(erasure = %row.id, error = %e, "erasure not carried out yet");
+                }
             }
         }
         let waiting: Vec<ErasureRow> = db
@@ -680,8 +686,12 @@ impl Erasures {
             .await?;
         let mut certified = 0;
         for row in &waiting {
-            if self.certify(row).await? {
-                certified += 1;
+            match self.certify(row).await {
+                Ok(true) => certified += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(erasure = %row.id, error = %e, "erasure not certified yet");
+                }
             }
         }
         Ok((shredded, certified))
