@@ -1789,17 +1789,15 @@ async fn holds_placed_after_a_backup_come_back_and_disposals_wait_after_its_rest
     // After the backups: the erasure of a record asked for, a legal hold
     // over the client's contacts, a new version of the policy and a trigger
     // event.
-    let erasure = retention
-        .request_erasure(as_staff(
-            &token,
-            erasure_request(&money.id, pb::ErasureBasis::ClientRequest),
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .erasure
-        .unwrap()
-        .id;
+    let erasure = ask_erasure(
+        &retention,
+        &token,
+        &money.id,
+        pb::ErasureBasis::ClientRequest,
+    )
+    .await
+    .unwrap()
+    .id;
     let hold = retention
         .place_hold(as_staff(
             &token,
@@ -2035,12 +2033,26 @@ async fn record_states(
         .collect()
 }
 
-fn erasure_request(record_id: &str, basis: pb::ErasureBasis) -> pb::RequestErasureRequest {
-    pb::RequestErasureRequest {
-        record_id: record_id.to_owned(),
-        basis: basis as i32,
-        reference: "DSAR-2026-0042".into(),
-    }
+/// RequestErasure of `record_id` for `basis`, as the staff member whose
+/// token is `token`.
+async fn ask_erasure(
+    retention: &RetentionServiceClient<PeerChannel>,
+    token: &str,
+    record_id: &str,
+    basis: pb::ErasureBasis,
+) -> Result<pb::Erasure, tonic::Status> {
+    retention
+        .clone()
+        .request_erasure(as_staff(
+            token,
+            pb::RequestErasureRequest {
+                record_id: record_id.to_owned(),
+                basis: basis as i32,
+                reference: "DSAR-2026-0042".into(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().erasure.expect("the erasure"))
 }
 
 async fn one_record_is_erased_on_request_with_two_approvals_and_certified(backend: Backend) {
@@ -2137,25 +2149,24 @@ async fn one_record_is_erased_on_request_with_two_approvals_and_certified(backen
         common::violated_fields(&bad),
         ["record_id", "basis", "reference"]
     );
-    let unknown = retention
-        .request_erasure(as_staff(
-            &token,
-            erasure_request(
-                &uuid::Uuid::now_v7().to_string(),
-                pb::ErasureBasis::ClientRequest,
-            ),
-        ))
-        .await
-        .unwrap_err();
+    let unknown = ask_erasure(
+        &retention,
+        &token,
+        &uuid::Uuid::now_v7().to_string(),
+        pb::ErasureBasis::ClientRequest,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::NotFound);
     // Staff without retention.manage may not ask.
-    let denied = retention
-        .request_erasure(as_staff(
-            &partner_token,
-            erasure_request(&first.id, pb::ErasureBasis::ClientRequest),
-        ))
-        .await
-        .unwrap_err();
+    let denied = ask_erasure(
+        &retention,
+        &partner_token,
+        &first.id,
+        pb::ErasureBasis::ClientRequest,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
     assert!(
         listed(&retention, pb::ErasureState::Unspecified)
@@ -2165,16 +2176,14 @@ async fn one_record_is_erased_on_request_with_two_approvals_and_certified(backen
 
     // Asked for by naming the old version: both versions are in it, and
     // nothing is erased until a second records manager approves.
-    let asked = retention
-        .request_erasure(as_staff(
-            &token,
-            erasure_request(&first.id, pb::ErasureBasis::CollectedInError),
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .erasure
-        .unwrap();
+    let asked = ask_erasure(
+        &retention,
+        &token,
+        &first.id,
+        pb::ErasureBasis::CollectedInError,
+    )
+    .await
+    .unwrap();
     assert_eq!(asked.state(), pb::ErasureState::AwaitingApproval);
     assert_eq!(asked.version_ids, [first.id.clone(), corrected.id.clone()]);
     assert_eq!(
@@ -2199,13 +2208,14 @@ async fn one_record_is_erased_on_request_with_two_approvals_and_certified(backen
         [vault_pb::RecordState::Active, vault_pb::RecordState::Active]
     );
     // One erasure per record at a time, whichever version is named.
-    let again = retention
-        .request_erasure(as_staff(
-            &second_token,
-            erasure_request(&corrected.id, pb::ErasureBasis::ClientRequest),
-        ))
-        .await
-        .unwrap_err();
+    let again = ask_erasure(
+        &retention,
+        &second_token,
+        &corrected.id,
+        pb::ErasureBasis::ClientRequest,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(again.code(), tonic::Code::FailedPrecondition);
     // The asker cannot be the second pair of eyes.
     let approver = retention.clone();
@@ -2261,13 +2271,14 @@ async fn one_record_is_erased_on_request_with_two_approvals_and_certified(backen
     let twice = approve(&second_token, &asked.id).await.unwrap_err();
     assert_eq!(twice.code(), tonic::Code::FailedPrecondition);
     // Erased already: nothing to ask for.
-    let shredded = retention
-        .request_erasure(as_staff(
-            &token,
-            erasure_request(&first.id, pb::ErasureBasis::ClientRequest),
-        ))
-        .await
-        .unwrap_err();
+    let shredded = ask_erasure(
+        &retention,
+        &token,
+        &first.id,
+        pb::ErasureBasis::ClientRequest,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(shredded.code(), tonic::Code::FailedPrecondition);
 
     // The certificate follows once the audit log's checkpoint holds both
@@ -2369,16 +2380,14 @@ async fn one_record_is_erased_on_request_with_two_approvals_and_certified(backen
     assert_eq!(common::violated_fields(&both), ["scope_id"]);
 
     // A request can be withdrawn before its approval; then nothing goes.
-    let withdrawn = retention
-        .request_erasure(as_staff(
-            &token,
-            erasure_request(&kept.id, pb::ErasureBasis::NoLongerNeeded),
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .erasure
-        .unwrap();
+    let withdrawn = ask_erasure(
+        &retention,
+        &token,
+        &kept.id,
+        pb::ErasureBasis::NoLongerNeeded,
+    )
+    .await
+    .unwrap();
     let cancelled = retention
         .cancel_erasure(as_staff(
             &second_token,
@@ -2409,13 +2418,14 @@ async fn one_record_is_erased_on_request_with_two_approvals_and_certified(backen
         true,
     )
     .await;
-    let original = retention
-        .request_erasure(as_staff(
-            &token,
-            erasure_request(&will.id, pb::ErasureBasis::ClientRequest),
-        ))
-        .await
-        .unwrap_err();
+    let original = ask_erasure(
+        &retention,
+        &token,
+        &will.id,
+        pb::ErasureBasis::ClientRequest,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(
         (original.code(), common::error_reason(&original)),
         (tonic::Code::FailedPrecondition, "originals".to_owned())
@@ -2428,16 +2438,14 @@ async fn one_record_is_erased_on_request_with_two_approvals_and_certified(backen
         false,
     )
     .await;
-    let waiting = retention
-        .request_erasure(as_staff(
-            &token,
-            erasure_request(&contact.id, pb::ErasureBasis::ClientRequest),
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .erasure
-        .unwrap();
+    let waiting = ask_erasure(
+        &retention,
+        &token,
+        &contact.id,
+        pb::ErasureBasis::ClientRequest,
+    )
+    .await
+    .unwrap();
     let hold = retention
         .place_hold(as_staff(
             &token,
@@ -2467,13 +2475,14 @@ async fn one_record_is_erased_on_request_with_two_approvals_and_certified(backen
         record_states(&vault_as_retention, &contact.id).await,
         [vault_pb::RecordState::Active]
     );
-    let refused = retention
-        .request_erasure(as_staff(
-            &token,
-            erasure_request(&contact.id, pb::ErasureBasis::ClientRequest),
-        ))
-        .await
-        .unwrap_err();
+    let refused = ask_erasure(
+        &retention,
+        &token,
+        &contact.id,
+        pb::ErasureBasis::ClientRequest,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(common::error_reason(&refused), "legal_hold");
 
     // An approval whose order to the vault never got through (the replica
@@ -2486,15 +2495,8 @@ async fn one_record_is_erased_on_request_with_two_approvals_and_certified(backen
         false,
     )
     .await;
-    let stranded = retention
-        .request_erasure(as_staff(
-            &token,
-            erasure_request(&note.id, pb::ErasureBasis::LegalOrder),
-        ))
+    let stranded = ask_erasure(&retention, &token, &note.id, pb::ErasureBasis::LegalOrder)
         .await
-        .unwrap()
-        .into_inner()
-        .erasure
         .unwrap();
     let retention_db = common::service_db(&data, ServiceName::Retention).await;
     let stranded_id: uuid::Uuid = stranded.id.parse().unwrap();
@@ -2540,24 +2542,12 @@ async fn one_record_is_erased_on_request_with_two_approvals_and_certified(backen
     common::eventually(Duration::from_secs(20), "the erasures' events", || {
         let (mut audit, client_id) = (audit.clone(), client_id.clone());
         async move {
-            let actions: Vec<(String, String)> = audit
-                .list_events(ListEventsRequest {
-                    client_id,
-                    page_size: 1000,
-                    ..Default::default()
-                })
+            let actions: Vec<String> = common::logged_events(&mut audit, &client_id, "", "")
                 .await
-                .unwrap()
-                .into_inner()
-                .events
                 .into_iter()
-                .filter_map(|e| e.event)
-                .filter(|e| {
-                    e.action.starts_with("retention.erasure") || e.action == "vault.record.shredded"
-                })
-                .map(|e| (e.action, e.reason))
+                .map(|e| e.action)
                 .collect();
-            let count = |action: &str| actions.iter().filter(|(a, _)| a == action).count();
+            let count = |action: &str| actions.iter().filter(|a| *a == action).count();
             count("retention.erasure.requested") == 4
                 && count("retention.erasure.approved") == 2
                 && count("retention.erasure.shredded") == 2

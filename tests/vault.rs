@@ -156,7 +156,7 @@ async fn vault_events(
     client_id: &str,
     action: &str,
 ) -> Vec<AuditEvent> {
-    logged_events(audit, client_id, "vault", action).await
+    common::logged_events(audit, client_id, "vault", action).await
 }
 
 /// The vault's `action` events about `client_id`, once the log holds at
@@ -173,29 +173,6 @@ async fn vault_events_at_least(
     })
     .await;
     vault_events(audit, client_id, action).await
-}
-
-/// The events about `client_id` that `source` logged as `action`.
-async fn logged_events(
-    audit: &mut AuditServiceClient<PeerChannel>,
-    client_id: &str,
-    source: &str,
-    action: &str,
-) -> Vec<AuditEvent> {
-    audit
-        .list_events(ListEventsRequest {
-            client_id: client_id.into(),
-            action: action.into(),
-            source_service: source.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .events
-        .into_iter()
-        .filter_map(|e| e.event)
-        .collect()
 }
 
 async fn client_data_is_read_only_for_a_purpose_by_those_the_decision_allows(backend: Backend) {
@@ -586,7 +563,7 @@ async fn client_data_is_read_only_for_a_purpose_by_those_the_decision_allows(bac
         let mut log = log.clone();
         let (client_id, associate) = (f.client_id.clone(), associate.clone());
         async move {
-            logged_events(&mut log, &client_id, "identity", "identity.authorize")
+            common::logged_events(&mut log, &client_id, "identity", "identity.authorize")
                 .await
                 .iter()
                 .filter(|e| e.actor.as_ref().is_some_and(|a| a.id == associate))
@@ -1188,7 +1165,7 @@ async fn kms_keys_rotate_through_the_api_without_touching_records(backend: Backe
             let mut log = log.clone();
             async move {
                 let mut sources: Vec<String> =
-                    logged_events(&mut log, "", "", "service.data_key.rewrapped")
+                    common::logged_events(&mut log, "", "", "service.data_key.rewrapped")
                         .await
                         .into_iter()
                         .map(|e| e.source_service)
@@ -1443,7 +1420,7 @@ async fn masking_rules_are_data_that_admins_change_on_the_record(backend: Backen
         let mut log = log.clone();
         async move {
             let changes: Vec<(String, String)> =
-                logged_events(&mut log, "", "vault", "vault.masking_rules.set")
+                common::logged_events(&mut log, "", "vault", "vault.masking_rules.set")
                     .await
                     .into_iter()
                     .map(|e| {
@@ -1619,7 +1596,7 @@ async fn sqlite_keys_and_masking_from_the_command_line() {
                 let mut keys = Vec::new();
                 for action in ["vault.kms_key.rotated", "vault.kms_key.retired"] {
                     keys.push(
-                        logged_events(&mut log, "", "vault", action)
+                        common::logged_events(&mut log, "", "vault", action)
                             .await
                             .into_iter()
                             .filter_map(|e| e.resource.map(|r| (r.r#type, r.id)))

@@ -554,3 +554,30 @@ pub fn other_log_key() -> String {
     .unwrap()
     .verifier_key()
 }
+
+/// The events about `client_id` that `source` logged as `action` (each
+/// filter unless empty; one page of up to 1,000).
+pub async fn logged_events(
+    audit: &mut confidant_proto::audit::v1::audit_service_client::AuditServiceClient<
+        confidant_runtime::client::PeerChannel,
+    >,
+    client_id: &str,
+    source: &str,
+    action: &str,
+) -> Vec<confidant_proto::audit::v1::AuditEvent> {
+    audit
+        .list_events(confidant_proto::audit::v1::ListEventsRequest {
+            client_id: client_id.into(),
+            action: action.into(),
+            source_service: source.into(),
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("events listed")
+        .into_inner()
+        .events
+        .into_iter()
+        .filter_map(|e| e.event)
+        .collect()
+}

@@ -911,16 +911,7 @@ impl Disposer {
             }
             None => None,
         };
-        let approvers: Vec<String> = store
-            .db()
-            .fetch_all::<(String,)>(
-                "SELECT staff_id FROM retention_batch_approvals WHERE batch_id = $1 ORDER BY approved_at",
-                vec![Value::Uuid(row.batch_id)],
-            )
-            .await?
-            .into_iter()
-            .map(|r| r.0)
-            .collect();
+        let approvers = self.approvers(row.batch_id).await?;
         let id = Uuid::now_v7();
         let now = Utc::now();
         let body = serde_json::json!({
@@ -1101,15 +1092,11 @@ impl Disposer {
         Ok(self
             .retention
             .store()
-            .db()
-            .fetch_all::<(String,)>(
+            .staff_ids(
                 "SELECT staff_id FROM retention_batch_approvals WHERE batch_id = $1 ORDER BY approved_at",
-                vec![Value::Uuid(batch_id)],
+                batch_id,
             )
-            .await?
-            .into_iter()
-            .map(|r| r.0)
-            .collect())
+            .await?)
     }
 
     /// The scopes of a batch.
@@ -1136,10 +1123,9 @@ impl Disposer {
         Ok(self
             .retention
             .store()
-            .db()
-            .fetch_optional(
+            .certificate(
                 "SELECT id, body, signature, key_id FROM retention_certificates WHERE scope_id = $1",
-                vec![Value::Uuid(scope_id)],
+                scope_id,
             )
             .await?)
     }

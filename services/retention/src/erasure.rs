@@ -209,6 +209,18 @@ pub(crate) fn vault_refusal(status: &tonic::Status) -> Option<&'static str> {
     }
 }
 
+/// 1 if a sweep's step on `row` was done, 0 if not (logged when it failed:
+/// a later sweep tries again).
+fn counted(row: &ErasureRow, step: &str, done: Result<bool, Error>) -> usize {
+    match done {
+        Ok(done) => usize::from(done),
+        Err(e) => {
+            tracing::warn!(erasure = %row.id, step, error = %e, "erasure step not done yet");
+            0
+        }
+    }
+}
+
 /// Erasures of single records: requests, approvals, the vault's orders and
 /// the certificates.
 #[derive(Debug)]
@@ -670,13 +682,7 @@ impl Erasures {
         // unreachable) neither stops the others nor the sweep's disposals.
         let mut shredded = 0;
         for row in &stale {
-            match self.carry_out(row).await {
-                Ok(true) => shredded += 1,
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(erasure = %row.id, error = %e, "erasure not carried out yet");
-                }
-            }
+            shredded += counted(row, "carried out", self.carry_out(row).await);
         }
         let waiting: Vec<ErasureRow> = db
             .fetch_all(
@@ -686,13 +692,7 @@ impl Erasures {
             .await?;
         let mut certified = 0;
         for row in &waiting {
-            match self.certify(row).await {
-                Ok(true) => certified += 1,
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(erasure = %row.id, error = %e, "erasure not certified yet");
-                }
-            }
+            certified += counted(row, "certified", self.certify(row).await);
         }
         Ok((shredded, certified))
     }
@@ -735,15 +735,11 @@ impl Erasures {
         Ok(self
             .retention
             .store()
-            .db()
-            .fetch_all::<(String,)>(
+            .staff_ids(
                 "SELECT staff_id FROM retention_erasure_approvals WHERE erasure_id = $1 ORDER BY approved_at, staff_id",
-                vec![Value::Uuid(id)],
+                id,
             )
-            .await?
-            .into_iter()
-            .map(|r| r.0)
-            .collect())
+            .await?)
     }
 
     /// The certificate of an erasure: (id, body, signature, key id).
@@ -754,10 +750,9 @@ impl Erasures {
         Ok(self
             .retention
             .store()
-            .db()
-            .fetch_optional(
+            .certificate(
                 "SELECT id, body, signature, key_id FROM retention_erasure_certificates WHERE erasure_id = $1",
-                vec![Value::Uuid(erasure_id)],
+                erasure_id,
             )
             .await?)
     }

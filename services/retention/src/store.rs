@@ -751,6 +751,28 @@ impl RetentionStore {
         Ok(row.map_or(0, |r| r.0))
     }
 
+    /// Who approved something, in order: the staff ids `sql` selects for
+    /// `id` (a hold release's, a batch's or an erasure's approvals).
+    pub async fn staff_ids(&self, sql: &'static str, id: Uuid) -> StoreResult<Vec<String>> {
+        Ok(self
+            .db
+            .fetch_all::<(String,)>(sql, vec![Value::Uuid(id)])
+            .await?
+            .into_iter()
+            .map(|r| r.0)
+            .collect())
+    }
+
+    /// A signed certificate `sql` selects for `id`: (id, body, signature,
+    /// key id).
+    pub async fn certificate(
+        &self,
+        sql: &'static str,
+        id: Uuid,
+    ) -> StoreResult<Option<(Uuid, String, String, String)>> {
+        self.db.fetch_optional(sql, vec![Value::Uuid(id)]).await
+    }
+
     /// Whether a scope is known.
     pub async fn known(&self, scope_id: Uuid) -> StoreResult<bool> {
         let row: Option<(Uuid,)> = self
@@ -818,14 +840,11 @@ impl RetentionStore {
 
     /// Who approved a hold's release.
     pub async fn approvers(&self, hold_id: Uuid) -> StoreResult<Vec<String>> {
-        let rows: Vec<(String,)> = self
-            .db
-            .fetch_all(
-                "SELECT staff_id FROM retention_hold_approvals WHERE hold_id = $1 ORDER BY approved_at",
-                vec![Value::Uuid(hold_id)],
-            )
-            .await?;
-        Ok(rows.into_iter().map(|r| r.0).collect())
+        self.staff_ids(
+            "SELECT staff_id FROM retention_hold_approvals WHERE hold_id = $1 ORDER BY approved_at",
+            hold_id,
+        )
+        .await
     }
 }
 
