@@ -180,6 +180,31 @@ impl Signer {
     pub fn sign(&self, body: &str) -> String {
         B64.encode(self.key.sign(body.as_bytes()).as_ref())
     }
+
+    /// Signs `body` and returns the statement that stores it as certificate
+    /// `id` about `subject` at `at`: `sql` inserts (id, subject, body,
+    /// signature, key id, time) into a certificates table.
+    pub fn certificate(
+        &self,
+        sql: &'static str,
+        id: Uuid,
+        subject: Uuid,
+        body: String,
+        at: DateTime<Utc>,
+    ) -> Statement {
+        let signature = self.sign(&body);
+        Statement::new(
+            sql,
+            vec![
+                Value::Uuid(id),
+                Value::Uuid(subject),
+                Value::Text(body),
+                Value::Text(signature),
+                Value::Text(self.key_id.clone()),
+                Value::Time(at),
+            ],
+        )
+    }
 }
 
 fn hex_prefix(bytes: &[u8]) -> String {
@@ -943,7 +968,6 @@ impl Disposer {
             "audit_evidence": evidence,
         })
         .to_string();
-        let signature = self.signer.sign(&body);
         let event = self
             .event(AuditAction::RetentionCertificateIssued)
             .resource("certificate", &id.to_string())
@@ -954,17 +978,13 @@ impl Disposer {
             vec![
                 fence(token),
                 set_state(row.id, "shred_confirmed", "certified"),
-                Statement::new(
+                self.signer.certificate(
                     "INSERT INTO retention_certificates (id, scope_id, body, signature, key_id, created_at) \
                      VALUES ($1, $2, $3, $4, $5, $6)",
-                    vec![
-                        Value::Uuid(id),
-                        Value::Uuid(row.scope_id),
-                        Value::Text(body),
-                        Value::Text(signature),
-                        Value::Text(self.signer.key_id().to_owned()),
-                        Value::Time(now),
-                    ],
+                    id,
+                    row.scope_id,
+                    body,
+                    now,
                 ),
             ],
             &[event],

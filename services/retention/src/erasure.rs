@@ -636,7 +636,6 @@ impl Erasures {
             "audit_evidence": evidence,
         })
         .to_string();
-        let signature = self.signer.sign(&body);
         let event = self
             .service_event(AuditAction::RetentionCertificateIssued)
             .resource("certificate", &id.to_string())
@@ -647,17 +646,13 @@ impl Erasures {
         self.commit(
             vec![
                 set_state(row.id, "shredded", "certified"),
-                Statement::new(
+                self.signer.certificate(
                     "INSERT INTO retention_erasure_certificates (id, erasure_id, body, signature, key_id, created_at) \
                      VALUES ($1, $2, $3, $4, $5, $6)",
-                    vec![
-                        Value::Uuid(id),
-                        Value::Uuid(row.id),
-                        Value::Text(body),
-                        Value::Text(signature),
-                        Value::Text(self.signer.key_id().to_owned()),
-                        Value::Time(now),
-                    ],
+                    id,
+                    row.id,
+                    body,
+                    now,
                 ),
             ],
             &[event],
