@@ -2049,6 +2049,7 @@ async fn ask_erasure(
                 record_id: record_id.to_owned(),
                 basis: basis as i32,
                 reference: "DSAR-2026-0042".into(),
+                request_id: String::new(),
             },
         ))
         .await
@@ -2140,6 +2141,7 @@ async fn one_record_is_erased_on_request_with_two_approvals_and_certified(backen
                 record_id: "not-a-uuid".into(),
                 basis: 0,
                 reference: " ".into(),
+                request_id: "nope".into(),
             },
         ))
         .await
@@ -2147,7 +2149,7 @@ async fn one_record_is_erased_on_request_with_two_approvals_and_certified(backen
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
     assert_eq!(
         common::violated_fields(&bad),
-        ["record_id", "basis", "reference"]
+        ["record_id", "basis", "reference", "request_id"]
     );
     let unknown = ask_erasure(
         &retention,
@@ -2379,15 +2381,28 @@ async fn one_record_is_erased_on_request_with_two_approvals_and_certified(backen
     let both = certificate(String::new()).await.unwrap_err();
     assert_eq!(common::violated_fields(&both), ["scope_id"]);
 
-    // A request can be withdrawn before its approval; then nothing goes.
-    let withdrawn = ask_erasure(
-        &retention,
-        &token,
-        &kept.id,
-        pb::ErasureBasis::NoLongerNeeded,
-    )
-    .await
-    .unwrap();
+    // A request can be withdrawn before its approval; then nothing goes. A
+    // retry with the same idempotency key returns the same erasure.
+    let keyed = |record_id: &str, key: &str| {
+        let (mut retention, token) = (reader.clone(), token.clone());
+        let request = pb::RequestErasureRequest {
+            record_id: record_id.to_owned(),
+            basis: pb::ErasureBasis::NoLongerNeeded as i32,
+            reference: "DSAR-2026-0043".into(),
+            request_id: key.to_owned(),
+        };
+        async move {
+            retention
+                .request_erasure(as_staff(&token, request))
+                .await
+                .map(|r| r.into_inner().erasure.unwrap())
+        }
+    };
+    let key = uuid::Uuid::now_v7().to_string();
+    let withdrawn = keyed(&kept.id, &key).await.unwrap();
+    assert_eq!(keyed(&kept.id, &key).await.unwrap().id, withdrawn.id);
+    let misused = keyed(&first.id, &key).await.unwrap_err();
+    assert_eq!(misused.code(), tonic::Code::FailedPrecondition);
     let cancelled = retention
         .cancel_erasure(as_staff(
             &second_token,
@@ -2406,6 +2421,11 @@ async fn one_record_is_erased_on_request_with_two_approvals_and_certified(backen
     );
     let late = approve(&second_token, &withdrawn.id).await.unwrap_err();
     assert_eq!(late.code(), tonic::Code::FailedPrecondition);
+    let retried = keyed(&kept.id, &key).await.unwrap();
+    assert_eq!(
+        (retried.state(), retried.id),
+        (pb::ErasureState::Cancelled, withdrawn.id.clone())
+    );
     assert!(read(&kept.id).await.is_ok());
 
     // Originals and held records are refused up front; a hold placed while

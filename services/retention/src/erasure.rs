@@ -112,6 +112,8 @@ pub struct ErasureRow {
     pub shred_event_ids: Option<String>,
     /// Why it was cancelled.
     pub cancel_reason: Option<String>,
+    /// The asker's idempotency key.
+    pub request_id: Option<String>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
 }
@@ -135,7 +137,7 @@ macro_rules! erasures_where {
         concat!(
             "SELECT id, record_id, chain_id, version_ids, scope_id, client_id, matter_id, category, kind, \
              basis, reference, state, approvals_needed, requested_by, requested_at, order_id, shredded_at, \
-             destroyed_ids, shred_event_ids, cancel_reason, updated_at FROM retention_erasures ",
+             destroyed_ids, shred_event_ids, cancel_reason, request_id, updated_at FROM retention_erasures ",
             $tail
         )
     };
@@ -279,16 +281,73 @@ impl Erasures {
     /// Asks for the erasure of the record `record_id` (any version): the
     /// vault says what the record is, and a record shredded already, an
     /// original or a held one is refused. The asker's approval counts; with
-    /// one approval needed it is ordered at once.
+    /// one approval needed it is ordered at once. With `request_id`, a retry
+    /// returns the erasure the first request opened.
     pub async fn request(
         &self,
         actor: &Actor,
         record_id: Uuid,
         basis: Basis,
         reference: &str,
+        request_id: Option<Uuid>,
     ) -> Result<ErasureRow, Error> {
-        let row = self.prepare(actor, record_id, basis, reference).await?;
-        self.open(actor, row).await
+        let request_id = request_id.map(|r| r.to_string());
+        if let Some(first) = self.requested_before(actor, request_id.as_deref()).await? {
+            return Self::same_record(first, record_id);
+        }
+        let mut row = self.prepare(actor, record_id, basis, reference).await?;
+        row.request_id = request_id;
+        match self.open(actor, &row).await {
+            // A concurrent retry with the same key opened it first.
+            Err(Error::Conflict(_)) if row.request_id.is_some() => {
+                match self
+                    .requested_before(actor, row.request_id.as_deref())
+                    .await?
+                {
+                    Some(first) => Self::same_record(first, record_id),
+                    None => Err(Error::Conflict("an erasure of this record is open already")),
+                }
+            }
+            Err(e) => Err(e),
+            Ok(()) => self
+                .erasure(row.id)
+                .await?
+                .ok_or(Error::NotFound("erasure")),
+        }
+    }
+
+    /// The erasure `actor` opened with `request_id`, if any.
+    async fn requested_before(
+        &self,
+        actor: &Actor,
+        request_id: Option<&str>,
+    ) -> Result<Option<ErasureRow>, Error> {
+        let Some(request_id) = request_id else {
+            return Ok(None);
+        };
+        Ok(self
+            .retention
+            .store()
+            .db()
+            .fetch_optional(
+                erasures_where!("WHERE requested_by = $1 AND request_id = $2"),
+                vec![
+                    Value::Text(actor.id().to_owned()),
+                    Value::Text(request_id.to_owned()),
+                ],
+            )
+            .await?)
+    }
+
+    /// `first`, when a retry names the record it was opened for.
+    fn same_record(first: ErasureRow, record_id: Uuid) -> Result<ErasureRow, Error> {
+        if first.record_id == record_id {
+            Ok(first)
+        } else {
+            Err(Error::Conflict(
+                "this request_id opened the erasure of another record",
+            ))
+        }
     }
 
     /// The erasure asked for, not stored yet.
@@ -387,19 +446,21 @@ impl Erasures {
             destroyed_ids: None,
             shred_event_ids: None,
             cancel_reason: None,
+            request_id: None,
             updated_at: now,
         };
         Ok(row)
     }
 
-    /// Stores an erasure asked for, with its asker's approval.
-    async fn open(&self, actor: &Actor, row: ErasureRow) -> Result<ErasureRow, Error> {
+    /// Stores an erasure asked for, with its asker's approval; orders it
+    /// when that approval is enough.
+    async fn open(&self, actor: &Actor, row: &ErasureRow) -> Result<(), Error> {
         let now = row.requested_at;
         let basis = row.basis.clone();
         let insert = Statement::new(
             "INSERT INTO retention_erasures (id, record_id, chain_id, version_ids, scope_id, client_id, matter_id, \
-             category, kind, basis, reference, state, approvals_needed, requested_by, requested_at, order_id, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+             category, kind, basis, reference, state, approvals_needed, requested_by, requested_at, order_id, updated_at, \
+             request_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
             vec![
                 Value::Uuid(row.id),
                 Value::Uuid(row.record_id),
@@ -418,23 +479,22 @@ impl Erasures {
                 Value::Time(now),
                 Value::Uuid(row.order_id),
                 Value::Time(now),
+                Value::OptText(row.request_id.clone()),
             ],
         );
         let event = Self::about(
             self.retention
                 .actor_event(actor, AuditAction::RetentionErasureRequested),
-            &row,
+            row,
         )
         .outcome(Outcome::Allowed, &basis)
         .build();
         self.commit(vec![insert, approval(row.id, actor.id(), now)], &[event])
             .await?;
         if row.state == "ordered" {
-            self.order(&row).await;
+            self.order(row).await;
         }
-        self.erasure(row.id)
-            .await?
-            .ok_or(Error::NotFound("erasure"))
+        Ok(())
     }
 
     /// One approval; the last one needed orders the vault to shred. Returns

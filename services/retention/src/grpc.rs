@@ -827,6 +827,7 @@ impl RetentionService for RetentionApi {
         } else if reference.chars().any(char::is_control) {
             v.add("reference", "must not contain control characters");
         }
+        let request_id = optional_uuid(&mut v, "request_id", &req.request_id);
         check(v)?;
         let (Some(record), Some(basis)) = (record, basis) else {
             return Err(Status::internal("validated request incomplete"));
@@ -834,7 +835,7 @@ impl RetentionService for RetentionApi {
         let row = self
             .disposer
             .erasures()
-            .request(&actor, record, basis, reference)
+            .request(&actor, record, basis, reference, request_id)
             .await?;
         Ok(Response::new(pb::RequestErasureResponse {
             erasure: Some(self.erasure_answer(&row).await?),

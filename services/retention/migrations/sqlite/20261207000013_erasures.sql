@@ -24,12 +24,16 @@ CREATE TABLE retention_erasures (
     destroyed_ids    TEXT,
     shred_event_ids  TEXT,
     cancel_reason    TEXT,
+    request_id       TEXT,
     updated_at       TEXT NOT NULL
 );
 -- One open erasure per record (whichever version it names).
 CREATE UNIQUE INDEX retention_erasures_open_record ON retention_erasures (chain_id)
     WHERE state IN ('awaiting_approval', 'ordered', 'shredded');
 CREATE INDEX retention_erasures_client ON retention_erasures (client_id);
+-- A records manager's idempotency keys.
+CREATE UNIQUE INDEX retention_erasures_request ON retention_erasures (requested_by, request_id)
+    WHERE request_id IS NOT NULL;
 CREATE INDEX retention_erasures_state ON retention_erasures (state);
 
 CREATE TABLE retention_erasure_approvals (
