@@ -275,16 +275,12 @@ fn fence(epoch: u64) -> Statement {
 }
 
 fn set_state(id: Uuid, from: &'static str, to: &'static str) -> Statement {
-    Statement::new(
+    crate::store::state_change(
         "UPDATE retention_disposals SET state = $3, updated_at = $4 WHERE id = $1 AND state = $2",
-        vec![
-            Value::Uuid(id),
-            Value::Text(from.to_owned()),
-            Value::Text(to.to_owned()),
-            Value::Time(Utc::now()),
-        ],
+        id,
+        from,
+        to,
     )
-    .expecting(1)
 }
 
 /// Statement: why disposal `id` was cancelled.

@@ -146,16 +146,12 @@ macro_rules! erasures_where {
 /// Statement: erasure `id` moves from state `from` to `to` (unmet if it is
 /// not in `from`).
 fn set_state(id: Uuid, from: &'static str, to: &'static str) -> Statement {
-    Statement::new(
+    crate::store::state_change(
         "UPDATE retention_erasures SET state = $3, updated_at = $4 WHERE id = $1 AND state = $2",
-        vec![
-            Value::Uuid(id),
-            Value::Text(from.to_owned()),
-            Value::Text(to.to_owned()),
-            Value::Time(Utc::now()),
-        ],
+        id,
+        from,
+        to,
     )
-    .expecting(1)
 }
 
 /// Statement: erasure `id`, in state `from`, is cancelled for `reason`.

@@ -454,6 +454,22 @@ pub fn pause(reason: &str, now: DateTime<Utc>) -> Statement {
     )
 }
 
+/// Statement `sql` moves row `id` from state `from` to `to` (unmet if it
+/// is not in `from`): `sql` sets `state = $3, updated_at = $4` where
+/// `id = $1 AND state = $2`.
+pub fn state_change(sql: &'static str, id: Uuid, from: &str, to: &str) -> Statement {
+    Statement::new(
+        sql,
+        vec![
+            Value::Uuid(id),
+            Value::Text(from.to_owned()),
+            Value::Text(to.to_owned()),
+            Value::Time(Utc::now()),
+        ],
+    )
+    .expecting(1)
+}
+
 /// Statement: disposals run again; changes a row only if they were paused.
 pub fn resume() -> Statement {
     Statement::new("DELETE FROM retention_pause WHERE id = 1", vec![])
