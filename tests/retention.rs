@@ -2124,6 +2124,7 @@ async fn one_record_is_erased_on_request_with_two_approvals_and_certified(backen
                     pb::ListErasuresRequest {
                         client_id,
                         state: state as i32,
+                        ..Default::default()
                     },
                 ))
                 .await
@@ -2555,6 +2556,33 @@ async fn one_record_is_erased_on_request_with_two_approvals_and_certified(backen
         [vault_pb::RecordState::Shredded]
     );
     assert_eq!(firm.sweep().await.records_erased, 0, "carried out once");
+
+    // The list pages newest first: page by page, the same erasures as in one.
+    let all = listed(&retention, pb::ErasureState::Unspecified).await;
+    assert_eq!(all.len(), 4);
+    let mut paged = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = retention
+            .list_erasures(as_staff(
+                &token,
+                pb::ListErasuresRequest {
+                    client_id: client_id.clone(),
+                    page_size: 3,
+                    page_token: page_token.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        paged.extend(page.erasures.into_iter().map(|e| e.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(paged, all.iter().map(|e| e.id.clone()).collect::<Vec<_>>());
 
     // The audit log tells the story.
     let audit =

@@ -468,19 +468,11 @@ impl AuditService for AuditApi {
     }
 }
 
-/// Default and largest page sizes.
-const DEFAULT_PAGE: i64 = 100;
+/// The largest page.
 const MAX_PAGE: i64 = 1000;
 
 fn page_size(v: &mut Violations, field: &str, size: i32) -> i64 {
-    match i64::from(size) {
-        0 => DEFAULT_PAGE,
-        n if n < 0 => {
-            v.add(field, "must not be negative");
-            DEFAULT_PAGE
-        }
-        n => n.min(MAX_PAGE),
-    }
+    confidant_runtime::error::page_size(v, field, size, MAX_PAGE)
 }
 
 /// Page tokens are opaque to clients: base64 of the position to continue below.

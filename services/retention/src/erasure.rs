@@ -758,11 +758,14 @@ impl Erasures {
             .await?)
     }
 
-    /// Erasures, newest first, optionally of one client and in one state.
+    /// At most `limit` erasures older than `before` (all, if unset), newest
+    /// first, optionally of one client and in one state.
     pub async fn list(
         &self,
         client: Option<Uuid>,
         state: Option<&'static str>,
+        before: Option<Uuid>,
+        limit: i64,
     ) -> Result<Vec<ErasureRow>, Error> {
         Ok(self
             .retention
@@ -771,11 +774,13 @@ impl Erasures {
             .fetch_all(
                 erasures_where!(
                     "WHERE ($1 IS NULL OR client_id = $1) AND ($2 IS NULL OR state = $2) \
-                     ORDER BY id DESC LIMIT 500"
+                     AND ($3 IS NULL OR id < $3) ORDER BY id DESC LIMIT $4"
                 ),
                 vec![
                     Value::OptUuid(client),
                     Value::OptText(state.map(str::to_owned)),
+                    Value::OptUuid(before),
+                    Value::BigInt(limit),
                 ],
             )
             .await?)

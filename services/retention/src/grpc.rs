@@ -890,12 +890,26 @@ impl RetentionService for RetentionApi {
                 None
             }
         };
+        let limit = confidant_runtime::error::page_size(&mut v, "page_size", req.page_size, 500);
+        let before = optional_uuid(&mut v, "page_token", &req.page_token);
         check(v)?;
-        let rows = self.disposer.erasures().list(client, state).await?;
-        let mut erasures = Vec::with_capacity(rows.len());
-        for row in &rows {
+        let rows = self
+            .disposer
+            .erasures()
+            .list(client, state, before, limit + 1)
+            .await?;
+        let page = usize::try_from(limit).unwrap_or(usize::MAX);
+        let mut erasures = Vec::with_capacity(rows.len().min(page));
+        for row in rows.iter().take(page) {
             erasures.push(self.erasure_answer(row).await?);
         }
-        Ok(Response::new(pb::ListErasuresResponse { erasures }))
+        let next_page_token = match erasures.last() {
+            Some(last) if rows.len() > page => last.id.clone(),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListErasuresResponse {
+            erasures,
+            next_page_token,
+        }))
     }
 }
