@@ -2587,16 +2587,36 @@ async fn one_record_is_erased_on_request_with_two_approvals_and_certified(backen
     // The audit log tells the story.
     let audit =
         AuditServiceClient::new(channel(&data, &sandbox, ServiceName::Audit, "operator").await);
+    let refused_records = [contact.id.clone(), will.id.clone(), first.id.clone()];
     common::eventually(Duration::from_secs(20), "the erasures' events", || {
         let (mut audit, client_id) = (audit.clone(), client_id.clone());
+        let [held_id, original_id, shredded_id] = refused_records.clone();
         async move {
-            let actions: Vec<String> = common::logged_events(&mut audit, &client_id, "", "")
-                .await
-                .into_iter()
-                .map(|e| e.action)
+            let events = common::logged_events(&mut audit, &client_id, "", "").await;
+            let count = |action: &str| events.iter().filter(|e| e.action == action).count();
+            // The three requests refused up front are recorded as denied,
+            // each with its reason, about the record.
+            let mut refused: Vec<(&str, &str)> = events
+                .iter()
+                .filter(|e| {
+                    e.action == "retention.erasure.requested"
+                        && e.outcome() == confidant_proto::audit::v1::Outcome::Denied
+                })
+                .map(|e| {
+                    (
+                        e.reason.as_str(),
+                        e.resource.as_ref().map_or("", |r| r.id.as_str()),
+                    )
+                })
                 .collect();
-            let count = |action: &str| actions.iter().filter(|a| *a == action).count();
-            count("retention.erasure.requested") == 4
+            refused.sort_unstable();
+            refused
+                == [
+                    ("legal_hold", held_id.as_str()),
+                    ("originals", original_id.as_str()),
+                    ("shredded", shredded_id.as_str()),
+                ]
+                && count("retention.erasure.requested") == 7
                 && count("retention.erasure.approved") == 2
                 && count("retention.erasure.shredded") == 2
                 && count("retention.erasure.cancelled") == 2

@@ -379,23 +379,27 @@ impl Erasures {
             .iter()
             .filter(|v| v.state() != vault_pb::RecordState::Shredded)
             .collect();
-        if live.is_empty() {
-            return Err(Error::Refused {
+        let refusal = if live.is_empty() {
+            Some(Error::Refused {
                 reason: "shredded",
                 message: "the record is shredded already",
-            });
-        }
-        if live.iter().any(|v| v.original) {
-            return Err(Error::Refused {
+            })
+        } else if live.iter().any(|v| v.original) {
+            Some(Error::Refused {
                 reason: "originals",
                 message: "the record is an original that belongs to the client: the vault keeps it until its return is recorded",
-            });
-        }
-        if history.legal_hold {
-            return Err(Error::Refused {
+            })
+        } else if history.legal_hold {
+            Some(Error::Refused {
                 reason: "legal_hold",
                 message: "a legal hold covers the record: it cannot be erased until the hold is released",
-            });
+            })
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            self.refused(actor, named, &refusal).await;
+            return Err(refusal);
         }
         let uuid = |s: &str| {
             Uuid::parse_str(s)
@@ -446,6 +450,31 @@ impl Erasures {
             updated_at: now,
         };
         Ok(row)
+    }
+
+    /// Records a request refused up front (its reason), about the record
+    /// named; a refusal that cannot be recorded is logged, and refused all
+    /// the same.
+    async fn refused(&self, actor: &Actor, named: &vault_pb::RecordMetadata, refusal: &Error) {
+        let Error::Refused { reason, .. } = refusal else {
+            return;
+        };
+        let category = confidant_vault::domain::Category::from_proto(named.category)
+            .map_or("", |c| c.as_str());
+        let event = self
+            .retention
+            .actor_event(actor, AuditAction::RetentionErasureRequested)
+            .resource("record", &named.id)
+            .scope(
+                Uuid::parse_str(&named.client_id).ok(),
+                Uuid::parse_str(&named.matter_id).ok(),
+            )
+            .category(category)
+            .outcome(Outcome::Denied, reason)
+            .build();
+        if let Err(e) = self.commit(Vec::new(), &[event]).await {
+            tracing::error!(error = %e, "refused erasure request not recorded");
+        }
     }
 
     /// Stores an erasure asked for, with its asker's approval; orders it

@@ -144,7 +144,7 @@ actions! {
     RetentionItemDestroyed => "retention.item.destroyed", "A physical item was destroyed by the shredding vendor (reason: the certificate of disposal).";
     RetentionItemReturned => "retention.item.returned", "An original went back to its client.";
     RetentionCertificateIssued => "retention.certificate.issued", "A signed certificate was issued: of disposal for a shredded scope (resource: certificate), or of erasure for an erased record (resource: certificate; reason: `erasure-` and the erasure's id).";
-    RetentionErasureRequested => "retention.erasure.requested", "A records manager asked for one record to be erased before its schedule (resource: the erasure; reason: its basis, e.g. client_request; the record's client, matter and category).";
+    RetentionErasureRequested => "retention.erasure.requested", "A records manager asked for one record to be erased before its schedule (resource: the erasure; reason: its basis, e.g. client_request; the record's client, matter and category). Outcome denied: refused up front (resource: the record; reason: shredded, originals or legal_hold).";
     RetentionErasureApproved => "retention.erasure.approved", "A records manager approved the erasure of one record (reason: `ordered` for the approval that completed it).";
     RetentionErasureCancelled => "retention.erasure.cancelled", "The erasure of one record was cancelled (reason: withdrawn, by a records manager; legal_hold or originals, the vault refused).";
     RetentionErasureShredded => "retention.erasure.shredded", "The vault confirmed the erasure of one record: every version's key destroyed (reason: the order).";
