@@ -24,7 +24,7 @@ use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use chrono::{DateTime, Utc};
-use confidant_proto::audit::v1::{ActorKind, Outcome};
+use confidant_proto::audit::v1::Outcome;
 use confidant_proto::vault::v1 as vault_pb;
 use confidant_proto::vault::v1::vault_service_client::VaultServiceClient;
 use confidant_runtime::audit::{Action as AuditAction, EventBuilder};
@@ -342,9 +342,7 @@ impl Disposer {
     }
 
     fn event(&self, action: AuditAction) -> EventBuilder {
-        let domain = self.retention.trust_domain();
-        let me = crate::NAME.spiffe_id(domain);
-        EventBuilder::new(crate::NAME, domain, action).actor(ActorKind::Service, &me, &me)
+        self.retention.service_event(action)
     }
 
     async fn commit(

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use confidant_proto::audit::v1::{ActorKind, Outcome};
+use confidant_proto::audit::v1::Outcome;
 use confidant_proto::vault::v1 as vault_pb;
 use confidant_runtime::audit::{Action as AuditAction, EventBuilder};
 use confidant_runtime::portable::{Statement, TransactError, Value};
@@ -116,6 +116,8 @@ pub struct ErasureRow {
     pub request_id: Option<String>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
+    /// Its certificate of erasure, once issued.
+    pub certificate_id: Option<Uuid>,
 }
 
 impl ErasureRow {
@@ -137,7 +139,9 @@ macro_rules! erasures_where {
         concat!(
             "SELECT id, record_id, chain_id, version_ids, scope_id, client_id, matter_id, category, kind, \
              basis, reference, state, approvals_needed, requested_by, requested_at, order_id, shredded_at, \
-             destroyed_ids, shred_event_ids, cancel_reason, request_id, updated_at FROM retention_erasures ",
+             destroyed_ids, shred_event_ids, cancel_reason, request_id, updated_at, \
+             (SELECT c.id FROM retention_erasure_certificates c WHERE c.erasure_id = retention_erasures.id) \
+             AS certificate_id FROM retention_erasures ",
             $tail
         )
     };
@@ -236,12 +240,6 @@ impl Erasures {
             signer,
             approvers: approvers.max(1),
         }
-    }
-
-    fn service_event(&self, action: AuditAction) -> EventBuilder {
-        let domain = self.retention.trust_domain();
-        let me = crate::NAME.spiffe_id(domain);
-        EventBuilder::new(crate::NAME, domain, action).actor(ActorKind::Service, &me, &me)
     }
 
     fn about(event: EventBuilder, row: &ErasureRow) -> EventBuilder {
@@ -448,6 +446,7 @@ impl Erasures {
             cancel_reason: None,
             request_id: None,
             updated_at: now,
+            certificate_id: None,
         };
         Ok(row)
     }
@@ -639,7 +638,8 @@ impl Erasures {
         match shred {
             Shred::Done(at, destroyed, events) => {
                 let event = Self::about(
-                    self.service_event(AuditAction::RetentionErasureShredded),
+                    self.retention
+                        .service_event(AuditAction::RetentionErasureShredded),
                     row,
                 )
                 .outcome(Outcome::Allowed, &format!("order-{}", row.order_id))
@@ -667,7 +667,8 @@ impl Erasures {
             }
             Shred::Refused(reason) => {
                 let event = Self::about(
-                    self.service_event(AuditAction::RetentionErasureCancelled),
+                    self.retention
+                        .service_event(AuditAction::RetentionErasureCancelled),
                     row,
                 )
                 .outcome(Outcome::Denied, reason)
@@ -722,6 +723,7 @@ impl Erasures {
         })
         .to_string();
         let event = self
+            .retention
             .service_event(AuditAction::RetentionCertificateIssued)
             .resource("certificate", &id.to_string())
             .scope(Some(row.client_id), row.matter_id)
@@ -840,11 +842,6 @@ impl Erasures {
                 erasure_id,
             )
             .await?)
-    }
-
-    /// The certificate id of an erasure, if issued.
-    pub async fn certificate_id(&self, erasure_id: Uuid) -> Result<Option<Uuid>, Error> {
-        Ok(self.certificate(erasure_id).await?.map(|(id, _, _, _)| id))
     }
 }
 

@@ -108,15 +108,20 @@ fn batch_proto(
     }
 }
 
+/// Each erasure state as stored, and in the API.
+const ERASURE_STATES: [(&str, pb::ErasureState); 5] = [
+    ("awaiting_approval", pb::ErasureState::AwaitingApproval),
+    ("ordered", pb::ErasureState::Ordered),
+    ("shredded", pb::ErasureState::Shredded),
+    ("certified", pb::ErasureState::Certified),
+    ("cancelled", pb::ErasureState::Cancelled),
+];
+
 fn erasure_state(name: &str) -> pb::ErasureState {
-    match name {
-        "awaiting_approval" => pb::ErasureState::AwaitingApproval,
-        "ordered" => pb::ErasureState::Ordered,
-        "shredded" => pb::ErasureState::Shredded,
-        "certified" => pb::ErasureState::Certified,
-        "cancelled" => pb::ErasureState::Cancelled,
-        _ => pb::ErasureState::Unspecified,
-    }
+    ERASURE_STATES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(pb::ErasureState::Unspecified, |(_, s)| *s)
 }
 
 fn erasure_basis(basis: Basis) -> pb::ErasureBasis {
@@ -128,11 +133,7 @@ fn erasure_basis(basis: Basis) -> pb::ErasureBasis {
     }
 }
 
-fn erasure_proto(
-    row: &ErasureRow,
-    approvers: Vec<String>,
-    certificate: Option<uuid::Uuid>,
-) -> pb::Erasure {
+fn erasure_proto(row: &ErasureRow, approvers: Vec<String>) -> pb::Erasure {
     use confidant_proto::vault::v1::RecordKind;
     pb::Erasure {
         id: row.id.to_string(),
@@ -156,7 +157,10 @@ fn erasure_proto(
         approvers,
         shred_time: row.shredded_at.map(ts),
         cancel_reason: row.cancel_reason.clone().unwrap_or_default(),
-        certificate_id: certificate.map(|c| c.to_string()).unwrap_or_default(),
+        certificate_id: row
+            .certificate_id
+            .map(|c| c.to_string())
+            .unwrap_or_default(),
     }
 }
 
@@ -229,11 +233,9 @@ impl RetentionApi {
 
     /// An erasure as answered: with its approvers and certificate.
     async fn erasure_answer(&self, row: &ErasureRow) -> Result<pb::Erasure, Error> {
-        let erasures = self.disposer.erasures();
         Ok(erasure_proto(
             row,
-            erasures.approvers(row.id).await?,
-            erasures.certificate_id(row.id).await?,
+            self.disposer.erasures().approvers(row.id).await?,
         ))
     }
 
@@ -880,11 +882,10 @@ impl RetentionService for RetentionApi {
         let client = optional_uuid(&mut v, "client_id", &req.client_id);
         let state = match pb::ErasureState::try_from(req.state) {
             Ok(pb::ErasureState::Unspecified) => None,
-            Ok(pb::ErasureState::AwaitingApproval) => Some("awaiting_approval"),
-            Ok(pb::ErasureState::Ordered) => Some("ordered"),
-            Ok(pb::ErasureState::Shredded) => Some("shredded"),
-            Ok(pb::ErasureState::Certified) => Some("certified"),
-            Ok(pb::ErasureState::Cancelled) => Some("cancelled"),
+            Ok(wanted) => ERASURE_STATES
+                .iter()
+                .find(|(_, s)| *s == wanted)
+                .map(|(name, _)| *name),
             Err(_) => {
                 v.add("state", "must be a known erasure state");
                 None

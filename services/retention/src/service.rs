@@ -158,6 +158,17 @@ impl Retention {
         self.event(actor, action)
     }
 
+    /// An audit event by the retention service itself (sweeps, syncs,
+    /// orders it carries out).
+    pub fn service_event(&self, action: AuditAction) -> EventBuilder {
+        let me = crate::NAME.spiffe_id(&self.trust_domain);
+        EventBuilder::new(crate::NAME, &self.trust_domain, action).actor(
+            confidant_proto::audit::v1::ActorKind::Service,
+            &me,
+            &me,
+        )
+    }
+
     /// A client of the vault.
     pub fn vault_client(&self) -> Result<VaultServiceClient<PeerChannel>, Error> {
         self.vault()
@@ -659,16 +670,11 @@ impl Retention {
                             now,
                         ));
                         events.push(
-                            EventBuilder::new(
-                                crate::NAME,
-                                &self.trust_domain,
-                                AuditAction::RetentionTriggerRecorded,
-                            )
-                            .actor(confidant_proto::audit::v1::ActorKind::Service, &me, &me)
-                            .resource("trigger", Trigger::MatterClosed.kind())
-                            .scope(Some(client_id), Some(matter_id))
-                            .outcome(Outcome::Allowed, Trigger::MatterClosed.kind())
-                            .build(),
+                            self.service_event(AuditAction::RetentionTriggerRecorded)
+                                .resource("trigger", Trigger::MatterClosed.kind())
+                                .scope(Some(client_id), Some(matter_id))
+                                .outcome(Outcome::Allowed, Trigger::MatterClosed.kind())
+                                .build(),
                         );
                     }
                 }
