@@ -656,6 +656,7 @@ async fn access_reviews_certify_or_revoke_every_grant(backend: Backend) {
                 .list_access_review_items(ListAccessReviewItemsRequest {
                     campaign_id,
                     pending_only,
+                    ..Default::default()
                 })
                 .await
                 .unwrap()
@@ -663,6 +664,24 @@ async fn access_reviews_certify_or_revoke_every_grant(backend: Backend) {
         }
     };
     let items = list(false).await;
+    // The items come in pages; every page counts the whole campaign.
+    common::check_pages(0, 1, |page_size, page_token| {
+        let (mut admin, campaign_id) = (admin.clone(), started.campaign_id.clone());
+        async move {
+            let r = admin
+                .list_access_review_items(ListAccessReviewItemsRequest {
+                    campaign_id,
+                    page_size,
+                    page_token,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            assert_eq!(r.pending_count, 2, "counted over the whole campaign");
+            Ok((r.items, r.next_page_token))
+        }
+    })
+    .await;
     let assignment = items
         .items
         .iter()
@@ -780,7 +799,7 @@ async fn staff_review_the_grants_they_are_responsible_for(backend: Backend) {
             token,
             ListAccessReviewItemsRequest {
                 campaign_id: campaign.clone(),
-                pending_only: false,
+                ..Default::default()
             },
         );
         async move {

@@ -724,7 +724,10 @@ async fn a_breach_from_detection_to_notification(backend: Backend) {
                 incidents
                     .list_compliance_reports(as_staff(
                         &token,
-                        pb::ListComplianceReportsRequest { page_size: 10 },
+                        pb::ListComplianceReportsRequest {
+                            page_size: 10,
+                            ..Default::default()
+                        },
                     ))
                     .await
                     .is_ok_and(|r| {
@@ -737,6 +740,25 @@ async fn a_breach_from_detection_to_notification(backend: Backend) {
             }
         },
     )
+    .await;
+    // The reports (this one and last month's) come in pages, newest first.
+    common::check_pages(0, 1, |page_size, page_token| {
+        let (mut incidents, token) = (incidents.clone(), officer_token.clone());
+        async move {
+            let r = incidents
+                .list_compliance_reports(as_staff(
+                    &token,
+                    pb::ListComplianceReportsRequest {
+                        page_size,
+                        page_token,
+                    },
+                ))
+                .await?
+                .into_inner();
+            let ids: Vec<String> = r.reports.into_iter().map(|r| r.id).collect();
+            Ok((ids, r.next_page_token))
+        }
+    })
     .await;
 
     // Every step is in the tamper-evident log.
@@ -961,7 +983,13 @@ async fn rules_over_the_event_stream_raise_alerts(backend: Backend) {
         let token = officer_token.clone();
         async move {
             let alerts = incidents
-                .list_alerts(as_staff(&token, pb::ListAlertsRequest { page_size: 100 }))
+                .list_alerts(as_staff(
+                    &token,
+                    pb::ListAlertsRequest {
+                        page_size: 100,
+                        ..Default::default()
+                    },
+                ))
                 .await
                 .map(|r| r.into_inner().alerts)
                 .unwrap_or_default();
@@ -982,12 +1010,33 @@ async fn rules_over_the_event_stream_raise_alerts(backend: Backend) {
     let alerts = incidents
         .list_alerts(as_staff(
             &officer_token,
-            pb::ListAlertsRequest { page_size: 100 },
+            pb::ListAlertsRequest {
+                page_size: 100,
+                ..Default::default()
+            },
         ))
         .await
         .unwrap()
         .into_inner()
         .alerts;
+    // Alerts come in pages, newest first.
+    common::check_pages(0, 2, |page_size, page_token| {
+        let (mut incidents, token) = (incidents.clone(), officer_token.clone());
+        async move {
+            let r = incidents
+                .list_alerts(as_staff(
+                    &token,
+                    pb::ListAlertsRequest {
+                        page_size,
+                        page_token,
+                    },
+                ))
+                .await?
+                .into_inner();
+            Ok((r.alerts, r.next_page_token))
+        }
+    })
+    .await;
     let of = |code: &str| {
         alerts
             .iter()
@@ -1009,12 +1058,35 @@ async fn rules_over_the_event_stream_raise_alerts(backend: Backend) {
     let opened = incidents
         .list_incidents(as_staff(
             &officer_token,
-            pb::ListIncidentsRequest { open_only: true },
+            pb::ListIncidentsRequest {
+                open_only: true,
+                ..Default::default()
+            },
         ))
         .await
         .unwrap()
         .into_inner()
         .incidents;
+    // Incidents come in pages, newest first.
+    common::check_pages(0, 1, |page_size, page_token| {
+        let (mut incidents, token) = (incidents.clone(), officer_token.clone());
+        async move {
+            let r = incidents
+                .list_incidents(as_staff(
+                    &token,
+                    pb::ListIncidentsRequest {
+                        open_only: true,
+                        page_size,
+                        page_token,
+                    },
+                ))
+                .await?
+                .into_inner();
+            let ids: Vec<String> = r.incidents.into_iter().map(|i| i.id).collect();
+            Ok((ids, r.next_page_token))
+        }
+    })
+    .await;
     let mut titles: Vec<&str> = opened.iter().map(|i| i.title.as_str()).collect();
     titles.sort_unstable();
     assert_eq!(

@@ -790,6 +790,7 @@ async fn clients_answer_forms_into_the_vault(backend: Backend) {
     let list = |matter: &str| pb::ListSubmissionsRequest {
         client_id: client_id.clone(),
         matter_id: matter.into(),
+        ..Default::default()
     };
     let err = intake
         .list_submissions(as_staff(&outsider_token, list(&matter_id)))
@@ -1029,6 +1030,50 @@ async fn clients_answer_forms_into_the_vault(backend: Backend) {
         .unwrap();
     let level_two = client_token(&data, &sandbox, &second_client, &strict_id).await;
     intake.submit_form(strict_submit(&level_two)).await.unwrap();
+    // A second submission of that client: its submissions come in pages,
+    // newest first, each with its records.
+    let again_invitation = intake
+        .create_invitation(as_staff(
+            &partner_token,
+            pb::CreateInvitationRequest {
+                client_id: second_client.clone(),
+                matter_id: second_matter.clone(),
+                ..invite(&strict.name, 1)
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let again_id = again_invitation.invitation.unwrap().id;
+    let again_token = client_token(&data, &sandbox, &second_client, &again_id).await;
+    intake
+        .submit_form(pb::SubmitFormRequest {
+            secret: again_invitation.secret.clone(),
+            ..strict_submit(&again_token)
+        })
+        .await
+        .unwrap();
+    let pages = common::check_pages(0, 1, |page_size, page_token| {
+        let (mut intake, token, client_id) =
+            (intake.clone(), partner_token.clone(), second_client.clone());
+        async move {
+            let r = intake
+                .list_submissions(as_staff(
+                    &token,
+                    pb::ListSubmissionsRequest {
+                        client_id,
+                        page_size,
+                        page_token,
+                        ..Default::default()
+                    },
+                ))
+                .await?
+                .into_inner();
+            Ok((r.submissions, r.next_page_token))
+        }
+    })
+    .await;
+    assert_eq!(pages, 2);
 
     // The audit log has the publications, the invitation, the submission,
     // the refusals and the decision.
@@ -1057,7 +1102,7 @@ async fn clients_answer_forms_into_the_vault(backend: Backend) {
                 };
                 count("intake.notice.published") == 1
                     && count("intake.form.published") == 3
-                    && count("intake.invitation.created") == 4
+                    && count("intake.invitation.created") == 5
                     && count("intake.submission.received") >= 4
                     && count("intake.submission.decided") == 1
             }
@@ -1206,6 +1251,7 @@ async fn a_client_completes_the_web_form_in_a_browser(backend: Backend) {
             pb::ListSubmissionsRequest {
                 client_id: client_id.clone(),
                 matter_id: matter_id.clone(),
+                ..Default::default()
             },
         ))
         .await

@@ -410,7 +410,7 @@ async fn paper_under_the_same_rules_as_data(backend: Backend) {
             pb::ListItemsRequest {
                 client_id: client_id.clone(),
                 matter_id: matter_id.clone(),
-                location_id: String::new(),
+                ..Default::default()
             },
         ))
         .await
@@ -441,6 +441,35 @@ async fn paper_under_the_same_rules_as_data(backend: Backend) {
         .into_inner()
         .items;
     assert_eq!(in_cabinet.len(), 2, "the will and the other client's box");
+    // Both lists come in pages, by label.
+    for (token, client, matter, location) in [
+        (&associate_token, &client_id, &matter_id, ""),
+        (
+            &manager_token,
+            &String::new(),
+            &String::new(),
+            cabinet.id.as_str(),
+        ),
+    ] {
+        common::check_pages(0, 1, |page_size, page_token| {
+            let (mut records, token) = (records.clone(), token.clone());
+            let request = pb::ListItemsRequest {
+                client_id: client.clone(),
+                matter_id: matter.clone(),
+                location_id: location.to_owned(),
+                page_size,
+                page_token,
+            };
+            async move {
+                let r = records
+                    .list_items(as_staff(&token, request))
+                    .await?
+                    .into_inner();
+                Ok((r.items, r.next_page_token))
+            }
+        })
+        .await;
+    }
     let err = records
         .list_items(as_staff(&manager_token, pb::ListItemsRequest::default()))
         .await

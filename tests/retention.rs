@@ -392,6 +392,7 @@ async fn policies_triggers_and_holds_decide_what_falls_due(backend: Backend) {
             pb::ListHoldsRequest {
                 client_id: client_id.clone(),
                 include_released: true,
+                ..Default::default()
             },
         ))
         .await
@@ -446,6 +447,43 @@ async fn policies_triggers_and_holds_decide_what_falls_due(backend: Backend) {
         .unwrap();
     assert!(set_hold.in_vault);
     assert_eq!(set_hold.scope_ids, std::slice::from_ref(&contacts));
+    // The client's holds, released ones too, come in pages, each hold with
+    // its scopes and its release's approvers; without released ones, the
+    // live hold alone.
+    let pages = common::check_pages(0, 1, |page_size, page_token| {
+        let (mut retention, token, client_id) =
+            (retention.clone(), manager_token.clone(), client_id.clone());
+        async move {
+            let r = retention
+                .list_holds(as_staff(
+                    &token,
+                    pb::ListHoldsRequest {
+                        client_id,
+                        include_released: true,
+                        page_size,
+                        page_token,
+                    },
+                ))
+                .await?
+                .into_inner();
+            Ok((r.holds, r.next_page_token))
+        }
+    })
+    .await;
+    assert_eq!(pages, 2);
+    let live = retention
+        .list_holds(as_staff(
+            &manager_token,
+            pb::ListHoldsRequest {
+                client_id: client_id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .holds;
+    assert_eq!(live, std::slice::from_ref(&set_hold));
     let refused = vault_as_retention
         .shred_scope(vault_pb::ShredScopeRequest {
             scope_id: contacts.clone(),
@@ -756,6 +794,7 @@ async fn due_scopes_are_shredded_through_approved_batches_and_certified(backend:
             &token,
             pb::ListDisposalBatchesRequest {
                 state: pb::BatchState::AwaitingApproval as i32,
+                ..Default::default()
             },
         ))
         .await
@@ -802,6 +841,43 @@ async fn due_scopes_are_shredded_through_approved_batches_and_certified(backend:
         0,
         "nothing is shredded twice"
     );
+    // The batches come in pages, newest first, each with its scopes and
+    // approvers: the matter file's batch names its records manager.
+    common::check_pages(0, 1, |page_size, page_token| {
+        let (mut retention, token) = (retention.clone(), token.clone());
+        async move {
+            let r = retention
+                .list_disposal_batches(as_staff(
+                    &token,
+                    pb::ListDisposalBatchesRequest {
+                        page_size,
+                        page_token,
+                        ..Default::default()
+                    },
+                ))
+                .await?
+                .into_inner();
+            Ok((r.batches, r.next_page_token))
+        }
+    })
+    .await;
+    let done = retention
+        .list_disposal_batches(as_staff(
+            &token,
+            pb::ListDisposalBatchesRequest {
+                state: pb::BatchState::Done as i32,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .batches;
+    let file_batch = done
+        .iter()
+        .find(|b| b.scope_ids == [file_scope.clone()])
+        .expect("the matter file's batch is done");
+    assert_eq!(file_batch.approvers.len(), 1, "{file_batch:?}");
 
     // The vault: both scopes shredded, the held one untouched.
     let mut vault_as_retention =
@@ -1132,6 +1208,7 @@ async fn originals_go_back_to_the_client_instead_of_the_shredder(backend: Backen
             pb::ListReturnsRequest {
                 client_id: client_id.clone(),
                 include_returned: true,
+                ..Default::default()
             },
         ))
         .await

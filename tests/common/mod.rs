@@ -143,6 +143,55 @@ where
     }
 }
 
+/// A list read whole in pages of `size` (AIP-158), through `fetch(size,
+/// page_token) -> (items, next_page_token)`: no page is larger than
+/// `size`, only the last has no next token, and the pages together are
+/// what one listing of everything (`fetch(0 or a large size, "")`) gives,
+/// in the same order. Also checks that a token the list never gave is
+/// refused as INVALID_ARGUMENT naming `page_token`, and a negative size as
+/// naming `page_size`. Returns the number of pages.
+pub async fn check_pages<T, F, Fut>(whole: i32, size: i32, mut fetch: F) -> usize
+where
+    T: PartialEq + std::fmt::Debug,
+    F: FnMut(i32, String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), tonic::Status>>,
+{
+    let (everything, next) = fetch(whole, String::new()).await.expect("whole list");
+    assert!(next.is_empty(), "one listing holds everything");
+    assert!(
+        everything.len() > usize::try_from(size).unwrap_or(0),
+        "{} items cannot show pages of {size}",
+        everything.len()
+    );
+    let mut paged = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let (items, next) = fetch(size, token).await.expect("a page");
+        pages += 1;
+        assert!(
+            items.len() <= usize::try_from(size).unwrap_or(0),
+            "page {pages} too large"
+        );
+        paged.extend(items);
+        if next.is_empty() {
+            break;
+        }
+        assert!(pages < 1000, "pages never end");
+        token = next;
+    }
+    assert_eq!(paged, everything, "the pages together are the whole list");
+    let bad = fetch(size, "bm90IGEgdG9rZW4".into())
+        .await
+        .expect_err("a made-up page token");
+    assert_eq!(violated_fields(&bad), ["page_token"]);
+    let bad = fetch(-1, String::new())
+        .await
+        .expect_err("a negative page size");
+    assert_eq!(violated_fields(&bad), ["page_size"]);
+    pages
+}
+
 /// The `google.rpc.ErrorInfo` reason of a status, empty when there is none.
 pub fn error_reason(status: &tonic::Status) -> String {
     use tonic_types::StatusExt;

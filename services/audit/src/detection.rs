@@ -95,11 +95,19 @@ pub async fn rules(db: &Database) -> Result<Vec<RuleRow>, sqlx::Error> {
     .await
 }
 
-/// Alerts, newest first.
-pub async fn alerts(db: &Database, limit: i32) -> Result<Vec<AlertRow>, sqlx::Error> {
+/// A page of alerts, newest first: at most `limit` after the one `after`
+/// names (its firing time and id).
+pub async fn alerts(
+    db: &Database,
+    after: Vec<Value>,
+    limit: i64,
+) -> Result<Vec<AlertRow>, sqlx::Error> {
+    let mut values = after;
+    values.push(Value::BigInt(limit));
     db.fetch_all(
-        "SELECT id, rule_code, actor_id, fired_at, event_idx, summary, incident_id FROM detection_alerts ORDER BY fired_at DESC, id DESC LIMIT $1",
-        vec![Value::Int(limit)],
+        "SELECT id, rule_code, actor_id, fired_at, event_idx, summary, incident_id FROM detection_alerts \
+         WHERE ($1 IS NULL OR (fired_at, id) < ($1, $2)) ORDER BY fired_at DESC, id DESC LIMIT $3",
+        values,
     )
     .await
 }

@@ -472,7 +472,7 @@ impl AuditService for AuditApi {
 const MAX_PAGE: i64 = 1000;
 
 fn page_size(v: &mut Violations, field: &str, size: i32) -> i64 {
-    confidant_runtime::error::page_size(v, field, size, MAX_PAGE)
+    confidant_runtime::page::page_size(v, field, size, MAX_PAGE)
 }
 
 /// Page tokens are opaque to clients: base64 of the position to continue below.

@@ -19,6 +19,7 @@ use confidant_runtime::auth::Actor;
 use confidant_runtime::decide::Decider;
 use confidant_runtime::error::{Violations, invalid_argument, storage_status, with_reason};
 use confidant_runtime::outbox::Outbox;
+use confidant_runtime::page::{self, After, Key, Part};
 use confidant_runtime::portable::{Statement, Value};
 use confidant_runtime::storage::Database;
 use prost::Message;
@@ -176,6 +177,7 @@ struct IncidentRow {
     aware_at: DateTime<Utc>,
     discovered_at: DateTime<Utc>,
     opened_by: String,
+    opened_at: DateTime<Utc>,
 }
 
 /// id, title, assignee, due, done.
@@ -294,7 +296,7 @@ impl IncidentApi {
         let rows: Vec<IncidentRow> = self
             .db
             .fetch_all(
-                "SELECT id, title, description, stage, aware_at, discovered_at, opened_by FROM incidents WHERE opened_at < $2 AND (stage <> 'closed' OR opened_at >= $1) ORDER BY opened_at",
+                "SELECT id, title, description, stage, aware_at, discovered_at, opened_by, opened_at FROM incidents WHERE opened_at < $2 AND (stage <> 'closed' OR opened_at >= $1) ORDER BY opened_at",
                 vec![Value::Time(start), Value::Time(end)],
             )
             .await?;
@@ -414,7 +416,7 @@ impl IncidentApi {
     async fn row(&self, id: Uuid) -> Result<IncidentRow, Error> {
         self.db
             .fetch_optional(
-                "SELECT id, title, description, stage, aware_at, discovered_at, opened_by FROM incidents WHERE id = $1",
+                "SELECT id, title, description, stage, aware_at, discovered_at, opened_by, opened_at FROM incidents WHERE id = $1",
                 vec![Value::Uuid(id)],
             )
             .await?
@@ -790,20 +792,41 @@ impl IncidentService for IncidentApi {
         request: Request<pb::ListIncidentsRequest>,
     ) -> Result<Response<pb::ListIncidentsResponse>, Status> {
         self.officer(&request).await?;
+        let req = request.get_ref();
+        let mut v = Violations::new();
+        let limit = page::page_size_or(&mut v, "page_size", req.page_size, 20, 100);
+        let after = After::parse(
+            &mut v,
+            "page_token",
+            &req.page_token,
+            &[Part::Time, Part::Uuid],
+        );
+        check(v)?;
+        let mut values = vec![Value::Int(i32::from(req.open_only))];
+        values.extend(after.values());
+        values.push(Value::BigInt(limit + 1));
         let rows: Vec<IncidentRow> = self
             .db
             .fetch_all(
-                "SELECT id, title, description, stage, aware_at, discovered_at, opened_by FROM incidents WHERE ($1 = 0 OR stage <> 'closed') ORDER BY opened_at DESC",
-                vec![Value::Int(i32::from(request.get_ref().open_only))],
+                "SELECT id, title, description, stage, aware_at, discovered_at, opened_by, opened_at FROM incidents \
+                 WHERE ($1 = 0 OR stage <> 'closed') AND ($2 IS NULL OR (opened_at, id) < ($2, $3)) \
+                 ORDER BY opened_at DESC, id DESC LIMIT $4",
+                values,
             )
             .await
             .map_err(Error::from)?;
+        let (rows, next_page_token) = page::split(rows, limit, |r| {
+            page::token(&[Key::Time(r.opened_at), Key::Uuid(r.id)])
+        });
         let now = Utc::now();
         let mut incidents = Vec::with_capacity(rows.len());
         for row in &rows {
             incidents.push(self.incident(row, false, now).await?);
         }
-        Ok(Response::new(pb::ListIncidentsResponse { incidents }))
+        Ok(Response::new(pb::ListIncidentsResponse {
+            incidents,
+            next_page_token,
+        }))
     }
 
     #[tracing::instrument(name = "incident.advance", skip_all)]
@@ -1160,7 +1183,7 @@ impl IncidentService for IncidentApi {
         let rows: Vec<IncidentRow> = self
             .db
             .fetch_all(
-                "SELECT id, title, description, stage, aware_at, discovered_at, opened_by FROM incidents WHERE stage <> 'closed'",
+                "SELECT id, title, description, stage, aware_at, discovered_at, opened_by, opened_at FROM incidents WHERE stage <> 'closed'",
                 vec![],
             )
             .await
@@ -1271,13 +1294,23 @@ impl IncidentService for IncidentApi {
         request: Request<pb::ListAlertsRequest>,
     ) -> Result<Response<pb::ListAlertsResponse>, Status> {
         self.officer(&request).await?;
-        let size = match request.get_ref().page_size {
-            0 => 100,
-            n => n.clamp(1, 1000),
-        };
-        let alerts = crate::detection::alerts(&self.db, size)
+        let req = request.get_ref();
+        let mut v = Violations::new();
+        let limit = page::page_size(&mut v, "page_size", req.page_size, 1000);
+        let after = After::parse(
+            &mut v,
+            "page_token",
+            &req.page_token,
+            &[Part::Time, Part::Uuid],
+        );
+        check(v)?;
+        let rows = crate::detection::alerts(&self.db, after.values(), limit + 1)
             .await
-            .map_err(Error::from)?
+            .map_err(Error::from)?;
+        let (rows, next_page_token) = page::split(rows, limit, |a| {
+            page::token(&[Key::Time(a.fired_at), Key::Uuid(a.id)])
+        });
+        let alerts = rows
             .into_iter()
             .map(|a| pb::Alert {
                 id: a.id.to_string(),
@@ -1289,7 +1322,10 @@ impl IncidentService for IncidentApi {
                 incident_id: a.incident_id.map(|i| i.to_string()).unwrap_or_default(),
             })
             .collect();
-        Ok(Response::new(pb::ListAlertsResponse { alerts }))
+        Ok(Response::new(pb::ListAlertsResponse {
+            alerts,
+            next_page_token,
+        }))
     }
 
     #[tracing::instrument(name = "incident.generate_compliance_report", skip_all)]
@@ -1356,19 +1392,28 @@ impl IncidentService for IncidentApi {
         request: Request<pb::ListComplianceReportsRequest>,
     ) -> Result<Response<pb::ListComplianceReportsResponse>, Status> {
         self.reader(&request).await?;
-        let size = match request.get_ref().page_size {
-            0 => 20,
-            n => n.clamp(1, 200),
-        };
-        let reports = self
+        let req = request.get_ref();
+        let mut v = Violations::new();
+        let limit = page::page_size_or(&mut v, "page_size", req.page_size, 20, 200);
+        let after = After::parse(
+            &mut v,
+            "page_token",
+            &req.page_token,
+            &[Part::Time, Part::Uuid],
+        );
+        check(v)?;
+        let rows = self
             .reporter
-            .list(size)
+            .list(after.values(), limit + 1)
             .await
-            .map_err(Error::from)?
-            .into_iter()
-            .map(report_proto)
-            .collect();
-        Ok(Response::new(pb::ListComplianceReportsResponse { reports }))
+            .map_err(Error::from)?;
+        let (rows, next_page_token) = page::split(rows, limit, |r| {
+            page::token(&[Key::Time(r.generated_at), Key::Uuid(r.id)])
+        });
+        Ok(Response::new(pb::ListComplianceReportsResponse {
+            reports: rows.into_iter().map(report_proto).collect(),
+            next_page_token,
+        }))
     }
 
     #[tracing::instrument(name = "incident.add_task", skip_all)]

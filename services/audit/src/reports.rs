@@ -210,12 +210,16 @@ impl Reporter {
         Ok(row)
     }
 
-    /// Reports kept, newest first.
-    pub async fn list(&self, limit: i32) -> Result<Vec<ReportRow>, sqlx::Error> {
+    /// A page of the reports kept, newest first: at most `limit` after the
+    /// one `after` names (its generation time and id).
+    pub async fn list(&self, after: Vec<Value>, limit: i64) -> Result<Vec<ReportRow>, sqlx::Error> {
+        let mut values = after;
+        values.push(Value::BigInt(limit));
         self.db
             .fetch_all(
-                "SELECT id, start_at, end_at, generated_at, generated_by, json, html, tree_size FROM compliance_reports ORDER BY generated_at DESC LIMIT $1",
-                vec![Value::Int(limit)],
+                "SELECT id, start_at, end_at, generated_at, generated_by, json, html, tree_size FROM compliance_reports \
+                 WHERE ($1 IS NULL OR (generated_at, id) < ($1, $2)) ORDER BY generated_at DESC, id DESC LIMIT $3",
+                values,
             )
             .await
     }

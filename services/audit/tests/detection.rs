@@ -1,7 +1,8 @@
 //! Detection's counting rules, on SQLite and PostgreSQL: an actor's window
 //! is counted across batches, and a detector that starts late (a restart,
 //! another replica taking the lease) reads the window it missed from the
-//! log instead of starting from zero.
+//! log instead of starting from zero. Alerts are listed in pages, newest
+//! first, whatever page size, alerts fired at the same instant included.
 
 use std::sync::Arc;
 
@@ -14,7 +15,8 @@ use confidant_audit::store::EventStore;
 use confidant_proto::audit::v1::{ActorKind, Outcome};
 use confidant_runtime::ServiceName;
 use confidant_runtime::audit::{Action, EventBuilder};
-use confidant_runtime::portable::Statement;
+use confidant_runtime::page::{self, After, Key, Part};
+use confidant_runtime::portable::{Statement, Value};
 use confidant_runtime::testing::TestDatabase;
 use uuid::Uuid;
 
@@ -63,7 +65,7 @@ async fn reads(log: &AuditLog, actor: &str, clients: &[Uuid], outcome: Outcome) 
 }
 
 async fn fired(t: &TestDatabase, rule: &str) -> Vec<String> {
-    alerts(&t.db, 100)
+    alerts(&t.db, first_page(), 100)
         .await
         .unwrap()
         .into_iter()
@@ -135,6 +137,69 @@ async fn counting_rules_carry_their_window_across_batches_and_detectors(t: &Test
     );
 }
 
+fn first_page() -> Vec<Value> {
+    After::parse(
+        &mut Default::default(),
+        "page_token",
+        "",
+        &[Part::Time, Part::Uuid],
+    )
+    .values()
+}
+
+async fn alerts_page_newest_first_with_ties_kept_apart(t: &TestDatabase) {
+    // Seven alerts, four of them fired at the same instant.
+    let base = Utc::now();
+    for i in 0..7i64 {
+        let fired = base + chrono::Duration::seconds(if i < 4 { 0 } else { i });
+        t.db.transact(
+            vec![Statement::new(
+                "INSERT INTO detection_alerts (id, rule_code, actor_id, fired_at, event_idx, summary) \
+                 VALUES ($1, 'denials', $2, $3, $4, 'denied 5 times')",
+                vec![
+                    Value::Uuid(Uuid::now_v7()),
+                    Value::Text(format!("actor-{i}")),
+                    Value::Time(fired),
+                    Value::BigInt(i),
+                ],
+            )],
+            &[],
+        )
+        .await
+        .unwrap();
+    }
+    let whole = alerts(&t.db, first_page(), 100).await.unwrap();
+    let order: Vec<_> = whole.iter().map(|a| (a.fired_at, a.id)).collect();
+    let mut newest_first = order.clone();
+    newest_first.sort_by(|a, b| b.cmp(a));
+    assert_eq!(order, newest_first);
+    assert_eq!(whole.len(), 7);
+    for size in 1..=4 {
+        let mut seen = Vec::new();
+        let mut token = String::new();
+        loop {
+            let mut v = confidant_runtime::error::Violations::new();
+            let after = After::parse(&mut v, "page_token", &token, &[Part::Time, Part::Uuid]);
+            assert!(v.is_empty());
+            let rows = alerts(&t.db, after.values(), size + 1).await.unwrap();
+            let (rows, next) = page::split(rows, size, |a| {
+                page::token(&[Key::Time(a.fired_at), Key::Uuid(a.id)])
+            });
+            seen.extend(rows.into_iter().map(|a| a.id));
+            if next.is_empty() {
+                break;
+            }
+            token = next;
+        }
+        assert_eq!(
+            seen,
+            whole.iter().map(|a| a.id).collect::<Vec<_>>(),
+            "pages of {size}"
+        );
+    }
+}
+
 confidant_runtime::backend_tests!(confidant_audit::MIGRATIONS;
     counting_rules_carry_their_window_across_batches_and_detectors,
+    alerts_page_newest_first_with_ties_kept_apart,
 );

@@ -561,16 +561,27 @@ pub async fn run(
             json!({ "campaign_id": r.campaign_id, "items": r.item_count })
         }
         DirectoryCommand::ReviewItems { campaign, pending } => {
-            let r = c
-                .list_access_review_items(pb::ListAccessReviewItemsRequest {
-                    campaign_id: campaign,
-                    pending_only: pending,
-                })
-                .await
-                .map_err(fail)?
-                .into_inner();
-            let items: Vec<_> = r
-                .items
+            // Every page of the campaign's items.
+            let mut all = Vec::new();
+            let mut page_token = String::new();
+            let r = loop {
+                let r = c
+                    .list_access_review_items(pb::ListAccessReviewItemsRequest {
+                        campaign_id: campaign.clone(),
+                        pending_only: pending,
+                        page_size: 1000,
+                        page_token,
+                    })
+                    .await
+                    .map_err(fail)?
+                    .into_inner();
+                all.extend(r.items.iter().cloned());
+                if r.next_page_token.is_empty() {
+                    break r;
+                }
+                page_token = r.next_page_token;
+            };
+            let items: Vec<_> = all
                 .iter()
                 .map(|i| {
                     json!({

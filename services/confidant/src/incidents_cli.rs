@@ -96,7 +96,7 @@ pub enum IncidentsCommand {
     },
     /// Obligations past their deadline.
     Overdue,
-    /// Alerts raised by the detection rules.
+    /// The newest 100 alerts raised by the detection rules.
     Alerts,
     /// Build the compliance report for a period; writes its HTML to a file
     /// when asked, prints its JSON.
@@ -213,11 +213,23 @@ pub async fn run(
             lines.extend(r.into_inner().incident.as_ref().map(incident_json));
         }
         IncidentsCommand::List { open } => {
-            let r = c
-                .list_incidents(conn.request(pb::ListIncidentsRequest { open_only: open })?)
-                .await
-                .map_err(fail)?;
-            lines.extend(r.into_inner().incidents.iter().map(incident_json));
+            let mut page_token = String::new();
+            loop {
+                let r = c
+                    .list_incidents(conn.request(pb::ListIncidentsRequest {
+                        open_only: open,
+                        page_size: 100,
+                        page_token,
+                    })?)
+                    .await
+                    .map_err(fail)?
+                    .into_inner();
+                lines.extend(r.incidents.iter().map(incident_json));
+                if r.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = r.next_page_token;
+            }
         }
         IncidentsCommand::Show { id } => {
             let r = c
@@ -297,7 +309,10 @@ pub async fn run(
         }
         IncidentsCommand::Alerts => {
             let r = c
-                .list_alerts(conn.request(pb::ListAlertsRequest { page_size: 100 })?)
+                .list_alerts(conn.request(pb::ListAlertsRequest {
+                    page_size: 100,
+                    page_token: String::new(),
+                })?)
                 .await
                 .map_err(fail)?;
             lines.extend(r.into_inner().alerts.iter().map(|a| {

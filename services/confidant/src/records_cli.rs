@@ -328,15 +328,25 @@ pub async fn run(
             matter,
             location,
         } => {
-            let r = c
-                .list_items(conn.request(pb::ListItemsRequest {
-                    client_id: client,
-                    matter_id: matter,
-                    location_id: location,
-                })?)
-                .await
-                .map_err(fail)?;
-            lines.extend(r.into_inner().items.iter().map(item_json));
+            let mut page_token = String::new();
+            loop {
+                let r = c
+                    .list_items(conn.request(pb::ListItemsRequest {
+                        client_id: client.clone(),
+                        matter_id: matter.clone(),
+                        location_id: location.clone(),
+                        page_size: 1000,
+                        page_token,
+                    })?)
+                    .await
+                    .map_err(fail)?
+                    .into_inner();
+                lines.extend(r.items.iter().map(item_json));
+                if r.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = r.next_page_token;
+            }
         }
         RecordsCommand::CheckOut {
             item,

@@ -9,6 +9,7 @@ use confidant_runtime::ServiceName;
 use confidant_runtime::audit::{Action, EventBuilder};
 use confidant_runtime::auth::Actor;
 use confidant_runtime::error::Violations;
+use confidant_runtime::page::{self, Key};
 use confidant_runtime::peer::PeerIdentity;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -1250,6 +1251,8 @@ impl IdentityService for IdentityApi {
         let req = request.into_inner();
         let mut v = Violations::new();
         let id = uuid(&mut v, "campaign_id", &req.campaign_id);
+        let limit = page::page_size(&mut v, "page_size", req.page_size, 1000);
+        let after = page::after_id(&mut v, "page_token", &req.page_token);
         check(v)?;
         let campaign = self
             .reviews()
@@ -1257,16 +1260,25 @@ impl IdentityService for IdentityApi {
             .await
             .map_err(Error::from)?;
         let late = Utc::now() > campaign.deadline;
-        // Reviewers of part of the campaign see their part.
+        // Reviewers of part of the campaign see their part (the counts are
+        // of all of it, whichever page this is).
         let visible: Vec<crate::reviews::Item> = campaign
             .items
             .into_iter()
             .filter(|i| reviewer.manages() || reviewer.may_decide(i).is_ok())
             .collect();
         let pending = visible.iter().filter(|i| i.decision.is_none()).count();
-        let items = visible
+        // Items come by id; a page starts after the last item of the one before.
+        let wanted: Vec<crate::reviews::Item> = visible
             .into_iter()
             .filter(|i| !req.pending_only || i.decision.is_none())
+            .filter(|i| after.is_none_or(|after| i.id > after))
+            .take(usize::try_from(limit + 1).unwrap_or(usize::MAX))
+            .collect();
+        let (wanted, next_page_token) =
+            page::split(wanted, limit, |i| page::token(&[Key::Uuid(i.id)]));
+        let items = wanted
+            .into_iter()
             .map(|i| AccessReviewItem {
                 item_id: i.id.to_string(),
                 kind: i.kind,
@@ -1284,6 +1296,7 @@ impl IdentityService for IdentityApi {
         let pending = i32::try_from(pending).unwrap_or(i32::MAX);
         Ok(Response::new(ListAccessReviewItemsResponse {
             items,
+            next_page_token,
             pending_count: pending,
             overdue_count: if late { pending } else { 0 },
             deadline: Some(proto_time(campaign.deadline)),

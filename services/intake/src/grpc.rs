@@ -20,6 +20,7 @@ use confidant_runtime::auth::{Actor, StaffAuth};
 use confidant_runtime::client::PeerChannel;
 use confidant_runtime::decide::Decider;
 use confidant_runtime::error::Violations;
+use confidant_runtime::page::{self, After, Key, Part};
 use confidant_runtime::peer::PeerIdentity;
 use confidant_runtime::secret_box::SecretBox;
 use confidant_vault::domain::{Category, required_uuid};
@@ -1350,12 +1351,16 @@ impl IntakeService for IntakeApi {
         request: Request<pb::ListSubmissionsRequest>,
     ) -> Result<Response<pb::ListSubmissionsResponse>, Status> {
         Self::staff(&request)?;
+        let req = request.get_ref();
         let mut v = Violations::new();
-        let client = required_uuid(&mut v, "client_id", &request.get_ref().client_id);
-        let matter = confidant_vault::domain::optional_uuid(
+        let client = required_uuid(&mut v, "client_id", &req.client_id);
+        let matter = confidant_vault::domain::optional_uuid(&mut v, "matter_id", &req.matter_id);
+        let limit = page::page_size_or(&mut v, "page_size", req.page_size, 50, 200);
+        let after = After::parse(
             &mut v,
-            "matter_id",
-            &request.get_ref().matter_id,
+            "page_token",
+            &req.page_token,
+            &[Part::Time, Part::Uuid],
         );
         check(v)?;
         let Some(client) = client else {
@@ -1365,14 +1370,20 @@ impl IntakeService for IntakeApi {
             .await?;
         let rows = self
             .store
-            .submissions(client, matter)
+            .submissions(client, matter, after.values(), limit + 1)
             .await
             .map_err(Error::from)?;
+        let (rows, next_page_token) = page::split(rows, limit, |r| {
+            page::token(&[Key::Time(r.consent_at), Key::Uuid(r.id)])
+        });
         let mut submissions = Vec::with_capacity(rows.len());
         for row in rows {
             submissions.push(self.submission_with_records(row).await?);
         }
-        Ok(Response::new(pb::ListSubmissionsResponse { submissions }))
+        Ok(Response::new(pb::ListSubmissionsResponse {
+            submissions,
+            next_page_token,
+        }))
     }
 
     #[tracing::instrument(name = "intake.review_submission", skip_all)]

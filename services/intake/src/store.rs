@@ -324,16 +324,24 @@ impl IntakeStore {
             .await
     }
 
-    /// Submissions of a client (and matter), newest first.
+    /// A page of the submissions of a client (and matter), newest first: at
+    /// most `limit` after the one `after` names (its consent time and id).
     pub async fn submissions(
         &self,
         client_id: Uuid,
         matter_id: Option<Uuid>,
+        after: Vec<Value>,
+        limit: i64,
     ) -> StoreResult<Vec<SubmissionRow>> {
+        let mut values = vec![Value::Uuid(client_id), Value::OptUuid(matter_id)];
+        values.extend(after);
+        values.push(Value::BigInt(limit));
         self.db
             .fetch_all(
-                "SELECT id, invitation_id, request_id, client_id, matter_id, form_name, form_version, privacy_notice_version, privacy_notice_sha256, consent_at, state, decided_by, decided_at, decision_reason FROM intake_submissions WHERE client_id = $1 AND ($2 IS NULL OR matter_id = $2) ORDER BY consent_at DESC, id DESC",
-                vec![Value::Uuid(client_id), Value::OptUuid(matter_id)],
+                "SELECT id, invitation_id, request_id, client_id, matter_id, form_name, form_version, privacy_notice_version, privacy_notice_sha256, consent_at, state, decided_by, decided_at, decision_reason FROM intake_submissions \
+                 WHERE client_id = $1 AND ($2 IS NULL OR matter_id = $2) AND ($3 IS NULL OR (consent_at, id) < ($3, $4)) \
+                 ORDER BY consent_at DESC, id DESC LIMIT $5",
+                values,
             )
             .await
     }

@@ -1087,20 +1087,6 @@ impl Disposer {
             .await?)
     }
 
-    /// Batches, newest first, optionally in one state.
-    pub async fn batches(&self, state: Option<&'static str>) -> Result<Vec<BatchRow>, Error> {
-        Ok(self
-            .retention
-            .store()
-            .db()
-            .fetch_all(
-                "SELECT id, action, state, approvals_needed, created_at FROM retention_batches \
-                 WHERE ($1 IS NULL OR state = $1) ORDER BY id DESC LIMIT 200",
-                vec![Value::OptText(state.map(str::to_owned))],
-            )
-            .await?)
-    }
-
     /// Who approved a batch.
     pub async fn approvers(&self, batch_id: Uuid) -> Result<Vec<String>, Error> {
         Ok(self

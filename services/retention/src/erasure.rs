@@ -789,32 +789,51 @@ impl Erasures {
             .await?)
     }
 
-    /// At most `limit` erasures older than `before` (all, if unset), newest
-    /// first, optionally of one client and in one state.
+    /// A page of erasures, newest first: at most `limit` older than the one
+    /// `after` names, optionally of one client and in one state; each with
+    /// its approvers, the asker first.
     pub async fn list(
         &self,
         client: Option<Uuid>,
         state: Option<&'static str>,
-        before: Option<Uuid>,
+        after: Vec<Value>,
         limit: i64,
-    ) -> Result<Vec<ErasureRow>, Error> {
-        Ok(self
-            .retention
-            .store()
+    ) -> Result<Vec<(ErasureRow, Vec<String>)>, Error> {
+        let store = self.retention.store();
+        let mut values = vec![
+            Value::OptUuid(client),
+            Value::OptText(state.map(str::to_owned)),
+        ];
+        values.extend(after);
+        values.push(Value::BigInt(limit));
+        let rows: Vec<ErasureRow> = store
             .db()
             .fetch_all(
                 erasures_where!(
                     "WHERE ($1 IS NULL OR client_id = $1) AND ($2 IS NULL OR state = $2) \
                      AND ($3 IS NULL OR id < $3) ORDER BY id DESC LIMIT $4"
                 ),
-                vec![
-                    Value::OptUuid(client),
-                    Value::OptText(state.map(str::to_owned)),
-                    Value::OptUuid(before),
-                    Value::BigInt(limit),
-                ],
+                values,
             )
-            .await?)
+            .await?;
+        let (Some(newest), Some(oldest)) = (rows.first(), rows.last()) else {
+            return Ok(Vec::new());
+        };
+        let mut approvers = store
+            .children::<String>(
+                "SELECT erasure_id, staff_id FROM retention_erasure_approvals WHERE erasure_id BETWEEN $1 AND $2 \
+                 ORDER BY erasure_id, approved_at, staff_id",
+                oldest.id,
+                newest.id,
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let approvers = approvers.remove(&row.id).unwrap_or_default();
+                (row, approvers)
+            })
+            .collect())
     }
 
     /// Who approved an erasure, the asker first.

@@ -9,6 +9,7 @@ use confidant_proto::retention::v1::retention_service_server::RetentionService;
 use confidant_runtime::auth::StaffPrincipal;
 use confidant_runtime::decide::Decider;
 use confidant_runtime::error::Violations;
+use confidant_runtime::page::{self, After, Key, Part};
 use confidant_runtime::peer::PeerIdentity;
 use confidant_runtime::portable::Value;
 use confidant_vault::domain::{Category, optional_category, optional_uuid, required_uuid};
@@ -450,18 +451,24 @@ impl RetentionService for RetentionApi {
         let req = request.into_inner();
         let mut v = Violations::new();
         let client = optional_uuid(&mut v, "client_id", &req.client_id);
+        let limit = page::page_size(&mut v, "page_size", req.page_size, 500);
+        let after = After::parse(&mut v, "page_token", &req.page_token, &[Part::Uuid]);
         check(v)?;
-        let store = self.retention.store();
-        let mut holds = Vec::new();
-        for row in store
-            .holds(client, req.include_released)
+        let rows = self
+            .retention
+            .store()
+            .hold_page(client, req.include_released, after.values(), limit + 1)
             .await
-            .map_err(Error::from)?
-        {
-            let approvers = store.approvers(row.id).await.map_err(Error::from)?;
-            holds.push(hold_proto(&row, approvers));
-        }
-        Ok(Response::new(pb::ListHoldsResponse { holds }))
+            .map_err(Error::from)?;
+        let (rows, next_page_token) =
+            page::split(rows, limit, |(hold, _)| page::token(&[Key::Uuid(hold.id)]));
+        Ok(Response::new(pb::ListHoldsResponse {
+            holds: rows
+                .iter()
+                .map(|(hold, approvers)| hold_proto(hold, approvers.clone()))
+                .collect(),
+            next_page_token,
+        }))
     }
 
     #[tracing::instrument(name = "retention.sync_scopes", skip_all)]
@@ -561,24 +568,36 @@ impl RetentionService for RetentionApi {
         request: Request<pb::ListDisposalBatchesRequest>,
     ) -> Result<Response<pb::ListDisposalBatchesResponse>, Status> {
         self.staff_with(&request, "retention.manage").await?;
-        let state = match pb::BatchState::try_from(request.get_ref().state) {
+        let req = request.get_ref();
+        let mut v = Violations::new();
+        let state = match pb::BatchState::try_from(req.state) {
             Ok(pb::BatchState::Unspecified) => None,
             Ok(pb::BatchState::AwaitingApproval) => Some("awaiting_approval"),
             Ok(pb::BatchState::Approved) => Some("approved"),
             Ok(pb::BatchState::Done) => Some("done"),
             Err(_) => {
-                let mut v = Violations::new();
                 v.add("state", "is not a known batch state");
-                return Err(Error::Invalid(v).into());
+                None
             }
         };
-        let mut batches = Vec::new();
-        for row in self.disposer.batches(state).await? {
-            let scopes = self.disposer.batch_scopes(row.id).await?;
-            let approvers = self.disposer.approvers(row.id).await?;
-            batches.push(batch_proto(&row, scopes, approvers));
-        }
-        Ok(Response::new(pb::ListDisposalBatchesResponse { batches }))
+        let limit = page::page_size_or(&mut v, "page_size", req.page_size, 20, 50);
+        let after = After::parse(&mut v, "page_token", &req.page_token, &[Part::Uuid]);
+        check(v)?;
+        let rows = self
+            .retention
+            .store()
+            .batch_page(state, after.values(), limit + 1)
+            .await
+            .map_err(Error::from)?;
+        let (rows, next_page_token) =
+            page::split(rows, limit, |(row, ..)| page::token(&[Key::Uuid(row.id)]));
+        Ok(Response::new(pb::ListDisposalBatchesResponse {
+            batches: rows
+                .into_iter()
+                .map(|(row, scopes, approvers)| batch_proto(&row, scopes, approvers))
+                .collect(),
+            next_page_token,
+        }))
     }
 
     #[tracing::instrument(name = "retention.approve_disposal_batch", skip_all, fields(batch_id = %request.get_ref().batch_id))]
@@ -609,15 +628,26 @@ impl RetentionService for RetentionApi {
         let req = request.get_ref();
         let mut v = Violations::new();
         let client = optional_uuid(&mut v, "client_id", &req.client_id);
+        let limit = page::page_size(&mut v, "page_size", req.page_size, 1000);
+        let after = After::parse(
+            &mut v,
+            "page_token",
+            &req.page_token,
+            &[Part::Text, Part::Time, Part::Uuid],
+        );
         check(v)?;
         let rows = self
             .retention
             .store()
-            .returns(client, req.include_returned)
+            .returns(client, req.include_returned, after.values(), limit + 1)
             .await
             .map_err(Error::from)?;
+        let (rows, next_page_token) = page::split(rows, limit, |r| {
+            page::token(&[Key::Text(&r.state), Key::Time(r.due_at), Key::Uuid(r.id)])
+        });
         Ok(Response::new(pb::ListReturnsResponse {
             returns: rows.iter().map(return_proto).collect(),
+            next_page_token,
         }))
     }
 
@@ -891,25 +921,21 @@ impl RetentionService for RetentionApi {
                 None
             }
         };
-        let limit = confidant_runtime::error::page_size(&mut v, "page_size", req.page_size, 500);
-        let before = optional_uuid(&mut v, "page_token", &req.page_token);
+        let limit = page::page_size(&mut v, "page_size", req.page_size, 500);
+        let after = After::parse(&mut v, "page_token", &req.page_token, &[Part::Uuid]);
         check(v)?;
         let rows = self
             .disposer
             .erasures()
-            .list(client, state, before, limit + 1)
+            .list(client, state, after.values(), limit + 1)
             .await?;
-        let page = usize::try_from(limit).unwrap_or(usize::MAX);
-        let mut erasures = Vec::with_capacity(rows.len().min(page));
-        for row in rows.iter().take(page) {
-            erasures.push(self.erasure_answer(row).await?);
-        }
-        let next_page_token = match erasures.last() {
-            Some(last) if rows.len() > page => last.id.clone(),
-            _ => String::new(),
-        };
+        let (rows, next_page_token) =
+            page::split(rows, limit, |(row, _)| page::token(&[Key::Uuid(row.id)]));
         Ok(Response::new(pb::ListErasuresResponse {
-            erasures,
+            erasures: rows
+                .into_iter()
+                .map(|(row, approvers)| erasure_proto(&row, approvers))
+                .collect(),
             next_page_token,
         }))
     }

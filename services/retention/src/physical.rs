@@ -14,6 +14,7 @@ use confidant_runtime::audit::{Action, EventBuilder};
 use confidant_runtime::auth::Actor;
 use confidant_runtime::decide::Decider;
 use confidant_runtime::error::Violations;
+use confidant_runtime::page::{self, After, Key, Part};
 use confidant_runtime::portable::{Statement, TransactError, Value};
 use confidant_runtime::storage::Database;
 use confidant_vault::domain::{Category, optional_uuid, required_uuid};
@@ -872,18 +873,30 @@ impl PhysicalRecordsService for PhysicalApi {
         if matter.is_some() && client.is_none() {
             v.add("client_id", "is required with a matter");
         }
+        let limit = page::page_size(&mut v, "page_size", req.page_size, 1000);
+        let after = After::parse(
+            &mut v,
+            "page_token",
+            &req.page_token,
+            &[Part::Text, Part::Uuid],
+        )
+        .values();
         let known = self.known_location(&mut v, "location_id", location).await?;
         check(v)?;
         let rows: Vec<ItemRow> = if let Some(client) = client {
             self.staff_with(&request, "client_data.read", Some(client), matter)
                 .await?;
+            let mut values = vec![Value::Uuid(client), Value::OptUuid(matter)];
+            values.extend(after);
+            values.push(Value::BigInt(limit + 1));
             self.store
                 .db
                 .fetch_all(
                     item_select!(
-                        "WHERE client_id = $1 AND ($2 IS NULL OR matter_id = $2) ORDER BY label"
+                        "WHERE client_id = $1 AND ($2 IS NULL OR matter_id = $2) \
+                         AND ($3 IS NULL OR (label, id) > ($3, $4)) ORDER BY label, id LIMIT $5"
                     ),
-                    vec![Value::Uuid(client), Value::OptUuid(matter)],
+                    values,
                 )
                 .await
                 .map_err(Error::from)?
@@ -893,18 +906,28 @@ impl PhysicalRecordsService for PhysicalApi {
             let Some(location) = known else {
                 return Err(Error::NotFound("location").into());
             };
+            let mut values = vec![Value::Uuid(location.id)];
+            values.extend(after);
+            values.push(Value::BigInt(limit + 1));
             self.store
                 .db
                 .fetch_all(
-                    item_select!("WHERE location_id = $1 ORDER BY label"),
-                    vec![Value::Uuid(location.id)],
+                    item_select!(
+                        "WHERE location_id = $1 AND ($2 IS NULL OR (label, id) > ($2, $3)) \
+                         ORDER BY label, id LIMIT $4"
+                    ),
+                    values,
                 )
                 .await
                 .map_err(Error::from)?
         };
+        let (rows, next_page_token) = page::split(rows, limit, |r| {
+            page::token(&[Key::Text(&r.label), Key::Uuid(r.id)])
+        });
         let now = Utc::now();
         Ok(Response::new(pb::ListItemsResponse {
             items: rows.iter().map(|r| item_proto(r, now)).collect(),
+            next_page_token,
         }))
     }
 

@@ -659,23 +659,30 @@ impl RetentionStore {
             .await
     }
 
-    /// The return-to-client list: open entries first, then returned ones,
-    /// optionally of one client.
+    /// A page of the return-to-client list: open entries first, then
+    /// returned ones, earliest due first, at most `limit` after the entry
+    /// `after` names, optionally of one client.
     pub async fn returns(
         &self,
         client_id: Option<Uuid>,
         include_returned: bool,
+        after: Vec<Value>,
+        limit: i64,
     ) -> StoreResult<Vec<ReturnRow>> {
+        let mut values = vec![
+            Value::OptUuid(client_id),
+            Value::Int(i32::from(include_returned)),
+        ];
+        values.extend(after);
+        values.push(Value::BigInt(limit));
         self.db
             .fetch_all(
                 return_select!(
                     "WHERE ($1 IS NULL OR client_id = $1) AND ($2 = 1 OR state = 'listed') \
-                     ORDER BY state, due_at, id LIMIT 1000"
+                     AND ($3 IS NULL OR (state, due_at, id) > ($3, $4, $5)) \
+                     ORDER BY state, due_at, id LIMIT $6"
                 ),
-                vec![
-                    Value::OptUuid(client_id),
-                    Value::Int(i32::from(include_returned)),
-                ],
+                values,
             )
             .await
     }
@@ -822,6 +829,139 @@ impl RetentionStore {
             }
         }
         Ok(holds)
+    }
+
+    /// A page of holds, newest first: at most `limit` older than the one
+    /// `after` names, optionally of one client, optionally with released
+    /// ones. Each with its scopes and its release's approvers.
+    pub async fn hold_page(
+        &self,
+        client_id: Option<Uuid>,
+        include_released: bool,
+        after: Vec<Value>,
+        limit: i64,
+    ) -> StoreResult<Vec<(HoldRow, Vec<String>)>> {
+        let mut values = vec![
+            Value::OptUuid(client_id),
+            Value::Int(i32::from(include_released)),
+        ];
+        values.extend(after);
+        values.push(Value::BigInt(limit));
+        let mut rows: Vec<HoldRow> = self
+            .db
+            .fetch_all(
+                "SELECT id, reason, client_id, matter_id, category, placed_by, placed_at, in_vault, released_at, scoped \
+                 FROM retention_holds WHERE ($1 IS NULL OR client_id = $1) AND ($2 = 1 OR released_at IS NULL) \
+                 AND ($3 IS NULL OR id < $3) ORDER BY id DESC LIMIT $4",
+                values,
+            )
+            .await?;
+        let (Some(newest), Some(oldest)) = (rows.first(), rows.last()) else {
+            return Ok(Vec::new());
+        };
+        let (low, high) = (oldest.id, newest.id);
+        let mut scopes = self
+            .children::<Uuid>(
+                "SELECT hold_id, scope_id FROM retention_hold_scopes WHERE hold_id BETWEEN $1 AND $2 ORDER BY hold_id, scope_id",
+                low,
+                high,
+            )
+            .await?;
+        let mut approvers = self
+            .children::<String>(
+                "SELECT hold_id, staff_id FROM retention_hold_approvals WHERE hold_id BETWEEN $1 AND $2 ORDER BY hold_id, approved_at",
+                low,
+                high,
+            )
+            .await?;
+        for hold in &mut rows {
+            if hold.scoped != 0 {
+                hold.scope_ids = scopes.remove(&hold.id).unwrap_or_default();
+            }
+        }
+        Ok(rows
+            .into_iter()
+            .map(|hold| {
+                let approvers = approvers.remove(&hold.id).unwrap_or_default();
+                (hold, approvers)
+            })
+            .collect())
+    }
+
+    /// A page of disposal batches, newest first: at most `limit` older than
+    /// the one `after` names, optionally in one state; each with its
+    /// scopes and its approvers.
+    pub async fn batch_page(
+        &self,
+        state: Option<&'static str>,
+        after: Vec<Value>,
+        limit: i64,
+    ) -> StoreResult<Vec<(crate::disposal::BatchRow, Vec<Uuid>, Vec<String>)>> {
+        let mut values = vec![Value::OptText(state.map(str::to_owned))];
+        values.extend(after);
+        values.push(Value::BigInt(limit));
+        let rows: Vec<crate::disposal::BatchRow> = self
+            .db
+            .fetch_all(
+                "SELECT id, action, state, approvals_needed, created_at FROM retention_batches \
+                 WHERE ($1 IS NULL OR state = $1) AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+                values,
+            )
+            .await?;
+        let (Some(newest), Some(oldest)) = (rows.first(), rows.last()) else {
+            return Ok(Vec::new());
+        };
+        let (low, high) = (oldest.id, newest.id);
+        let mut scopes = self
+            .children::<Uuid>(
+                "SELECT batch_id, scope_id FROM retention_disposals WHERE batch_id BETWEEN $1 AND $2 ORDER BY batch_id, scope_id",
+                low,
+                high,
+            )
+            .await?;
+        let mut approvers = self
+            .children::<String>(
+                "SELECT batch_id, staff_id FROM retention_batch_approvals WHERE batch_id BETWEEN $1 AND $2 ORDER BY batch_id, approved_at",
+                low,
+                high,
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let id = row.id;
+                (
+                    row,
+                    scopes.remove(&id).unwrap_or_default(),
+                    approvers.remove(&id).unwrap_or_default(),
+                )
+            })
+            .collect())
+    }
+
+    /// What `sql` selects for the items of one page, as (item id, value)
+    /// rows of the items whose ids lie from `low` to `high`, grouped by
+    /// item: one statement for a whole page instead of one per item. The
+    /// page's items are every item of that range its filter kept; the
+    /// others' values are fetched too and left unused.
+    pub async fn children<T>(
+        &self,
+        sql: &'static str,
+        low: Uuid,
+        high: Uuid,
+    ) -> StoreResult<std::collections::HashMap<Uuid, Vec<T>>>
+    where
+        (Uuid, T): confidant_runtime::portable::PortableRow,
+    {
+        let rows: Vec<(Uuid, T)> = self
+            .db
+            .fetch_all(sql, vec![Value::Uuid(low), Value::Uuid(high)])
+            .await?;
+        let mut grouped: std::collections::HashMap<Uuid, Vec<T>> = std::collections::HashMap::new();
+        for (id, value) in rows {
+            grouped.entry(id).or_default().push(value);
+        }
+        Ok(grouped)
     }
 
     /// One hold.

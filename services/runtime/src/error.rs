@@ -92,21 +92,6 @@ impl Violations {
     }
 }
 
-/// The page size a list request asks for (AIP-158): 100 when unset, at
-/// most `max` (a larger one is lowered to it); a negative one breaks
-/// `field`'s rule.
-pub fn page_size(v: &mut Violations, field: &str, size: i32, max: i64) -> i64 {
-    const DEFAULT: i64 = 100;
-    match i64::from(size) {
-        0 => DEFAULT.min(max),
-        n if n < 0 => {
-            v.add(field, "must not be negative");
-            DEFAULT.min(max)
-        }
-        n => n.min(max),
-    }
-}
-
 /// INVALID_ARGUMENT with `google.rpc.BadRequest` details naming each field and
 /// the rule it broke. The message names the fields too, for clients that do
 /// not decode details.

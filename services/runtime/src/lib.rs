@@ -17,6 +17,7 @@ pub mod kms;
 pub mod matter;
 pub mod notify;
 pub mod outbox;
+pub mod page;
 pub mod peer;
 pub mod pki;
 pub mod portable;
