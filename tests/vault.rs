@@ -488,6 +488,26 @@ async fn client_data_is_read_only_for_a_purpose_by_those_the_decision_allows(bac
         .into_inner();
     assert_eq!(rest.records.len(), 1);
     assert!(rest.next_page_token.is_empty());
+    // A size past the maximum is lowered to it; a negative one or a
+    // made-up token is refused.
+    common::check_pages(5000, 2, |page_size, page_token| {
+        let (mut app, token) = (app.clone(), partner.clone());
+        let request = pb::ListRecordsRequest {
+            client_id: f.client_id.clone(),
+            matter_id: f.matter_id.clone(),
+            page_size,
+            page_token,
+            ..Default::default()
+        };
+        async move {
+            let r = app
+                .list_records(as_staff(&token, request))
+                .await?
+                .into_inner();
+            Ok((r.records, r.next_page_token))
+        }
+    })
+    .await;
     // Only those the decision lets read the client's data list it.
     let list = pb::ListRecordsRequest {
         client_id: f.client_id.clone(),
@@ -542,7 +562,7 @@ async fn client_data_is_read_only_for_a_purpose_by_those_the_decision_allows(bac
                         && e.resource.as_ref().is_some_and(|r| r.matter_id == matter)
                 })
                 .count()
-                == 2
+                == 5 // two pages, then the whole list and two pages again
         }
     })
     .await;

@@ -187,15 +187,9 @@ fn item_status(result: Result<(), Error>) -> pb::ItemStatus {
     }
 }
 
+/// A list's page size: as every service's lists (100 unset, at most 1,000).
 fn page_size(v: &mut Violations, size: i32) -> i64 {
-    match size {
-        0 => 100,
-        1..=1000 => i64::from(size),
-        _ => {
-            v.add("page_size", "must be between 0 and 1000");
-            100
-        }
-    }
+    confidant_runtime::page::page_size(v, "page_size", size, 1000)
 }
 
 /// Decisions already made within one request, per (client, matter).
