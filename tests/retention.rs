@@ -2704,6 +2704,174 @@ async fn one_record_is_erased_on_request_with_two_approvals_and_certified(backen
     sandbox.stop().await;
 }
 
+/// A document (a scan, a letter) is erased like a record: every version
+/// of it, uploaded as corrections, at once; downloads of each are refused
+/// as shredded; the certificate names it as a document.
+async fn a_document_is_erased_with_all_its_versions(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(&data, disposal_spec(Vec::new())).await;
+    let firm = DisposalFirm::new(&data, &sandbox).await;
+    let mut admin = common::identity_client(&data, &sandbox, "operator").await;
+    let second = cleared(&mut admin, "records2@firm.example", "records_manager").await;
+    let second_token = staff_token(&data, &second, &["records_manager"]);
+    let partner_token = staff_token(&data, &firm.partner, &["partner"]);
+    let mut app =
+        VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "firm-app").await);
+    let vault_as_retention =
+        VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "retention").await);
+
+    // A passport scan of the wrong person, rescanned once: two versions,
+    // and a second document of the scope that stays.
+    let header = |supersedes: &str| vault_pb::DocumentHeader {
+        client_id: firm.client_id.clone(),
+        matter_id: firm.matter_id.clone(),
+        category: vault_pb::DataCategory::IdentityDocument as i32,
+        filename: "passport.pdf".into(),
+        media_type: "application/pdf".into(),
+        size_bytes: 150_000,
+        supersedes: supersedes.to_owned(),
+        reason: if supersedes.is_empty() {
+            String::new()
+        } else {
+            "rescanned".into()
+        },
+        ..Default::default()
+    };
+    let content: Vec<u8> = (0..150_000u32).map(|i| (i % 251) as u8).collect();
+    let mut upload = |supersedes: &str| {
+        let messages = common::upload_messages(header(supersedes), &content);
+        let (mut app, token) = (app.clone(), partner_token.clone());
+        async move {
+            app.upload_document(as_staff(&token, futures::stream::iter(messages)))
+                .await
+                .unwrap()
+                .into_inner()
+                .record
+                .unwrap()
+        }
+    };
+    let scan = upload("").await;
+    let rescan = upload(&scan.id).await;
+    let kept = upload("").await;
+    assert_eq!(rescan.kind(), vault_pb::RecordKind::Document);
+    let download = |id: &str| {
+        let (mut app, token, id) = (app.clone(), partner_token.clone(), id.to_owned());
+        async move {
+            let mut stream = app
+                .download_document(as_staff(
+                    &token,
+                    vault_pb::DownloadDocumentRequest {
+                        record_id: id,
+                        purpose: vault_pb::Purpose::LegalAdvice as i32,
+                        justification: String::new(),
+                    },
+                ))
+                .await?
+                .into_inner();
+            let mut received = 0;
+            while let Some(message) = stream.message().await? {
+                if let Some(vault_pb::download_document_response::Part::Chunk(c)) = message.part {
+                    received += c.len();
+                }
+            }
+            Ok::<usize, tonic::Status>(received)
+        }
+    };
+    assert_eq!(download(&scan.id).await.unwrap(), content.len());
+
+    let asked = ask_erasure(
+        &firm.retention,
+        &firm.token,
+        &rescan.id,
+        pb::ErasureBasis::CollectedInError,
+    )
+    .await
+    .unwrap();
+    assert_eq!(asked.version_ids, [scan.id.clone(), rescan.id.clone()]);
+    assert_eq!(asked.kind(), vault_pb::RecordKind::Document);
+    assert_eq!(
+        download(&rescan.id).await.unwrap(),
+        content.len(),
+        "nothing goes before the approval"
+    );
+    let approved = firm
+        .retention
+        .clone()
+        .approve_erasure(as_staff(
+            &second_token,
+            pb::ApproveErasureRequest {
+                erasure_id: asked.id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .erasure
+        .unwrap();
+    assert_eq!(approved.state(), pb::ErasureState::Shredded, "{approved:?}");
+    assert_eq!(
+        record_states(&vault_as_retention, &scan.id).await,
+        [
+            vault_pb::RecordState::Shredded,
+            vault_pb::RecordState::Shredded
+        ]
+    );
+    for id in [&scan.id, &rescan.id] {
+        let gone = download(id).await.unwrap_err();
+        assert_eq!(common::error_reason(&gone), "shredded", "{id}");
+    }
+    assert_eq!(download(&kept.id).await.unwrap(), content.len());
+
+    // Its certificate names a document.
+    let certificate = || {
+        let (mut retention, token, id) =
+            (firm.retention.clone(), firm.token.clone(), asked.id.clone());
+        async move {
+            retention
+                .get_certificate(as_staff(
+                    &token,
+                    pb::GetCertificateRequest {
+                        scope_id: String::new(),
+                        erasure_id: id,
+                    },
+                ))
+                .await
+        }
+    };
+    common::eventually(Duration::from_secs(20), "the erasure's certificate", || {
+        let sweep = firm.sweep();
+        async move {
+            sweep.await;
+            certificate().await.is_ok()
+        }
+    })
+    .await;
+    let cert = certificate()
+        .await
+        .unwrap()
+        .into_inner()
+        .certificate
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_str(&cert.body).unwrap();
+    assert_eq!(body["erased"]["kind"], "document", "{body}");
+    assert_eq!(
+        body["erased"]["version_ids"],
+        serde_json::json!([scan.id, rescan.id])
+    );
+    assert_eq!(body["audit_evidence"].as_array().unwrap().len(), 2);
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_document_is_erased_with_all_its_versions() {
+    a_document_is_erased_with_all_its_versions(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_document_is_erased_with_all_its_versions() {
+    a_document_is_erased_with_all_its_versions(Backend::Postgres).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_one_record_is_erased_on_request_with_two_approvals_and_certified() {
     one_record_is_erased_on_request_with_two_approvals_and_certified(Backend::Sqlite).await;

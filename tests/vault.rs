@@ -839,19 +839,6 @@ async fn only_retention_shreds_and_sealed_text_dies_with_its_scope_while_the_log
     sandbox.stop().await;
 }
 
-fn upload_messages(header: pb::DocumentHeader, content: &[u8]) -> Vec<pb::UploadDocumentRequest> {
-    use pb::upload_document_request::Part;
-    let mut messages = vec![pb::UploadDocumentRequest {
-        part: Some(Part::Header(header)),
-    }];
-    for chunk in content.chunks(200_000) {
-        messages.push(pb::UploadDocumentRequest {
-            part: Some(Part::Chunk(chunk.to_vec())),
-        });
-    }
-    messages
-}
-
 async fn documents_stream_through_the_api_and_a_cancelled_upload_leaves_nothing(backend: Backend) {
     use pb::download_document_response::Part;
     let data = SandboxData::new(backend).await;
@@ -874,7 +861,7 @@ async fn documents_stream_through_the_api_and_a_cancelled_upload_leaves_nothing(
     let stored = app
         .upload_document(as_staff(
             &partner,
-            futures::stream::iter(upload_messages(header.clone(), &content)),
+            futures::stream::iter(common::upload_messages(header.clone(), &content)),
         ))
         .await
         .unwrap()
@@ -939,7 +926,7 @@ async fn documents_stream_through_the_api_and_a_cancelled_upload_leaves_nothing(
         .upload_document(as_staff(
             &partner,
             futures::stream::iter(
-                upload_messages(header.clone(), &content)
+                common::upload_messages(header.clone(), &content)
                     .into_iter()
                     .skip(1),
             ),
@@ -960,7 +947,7 @@ async fn documents_stream_through_the_api_and_a_cancelled_upload_leaves_nothing(
             ))
             .await
     });
-    for message in upload_messages(header.clone(), &content)
+    for message in common::upload_messages(header.clone(), &content)
         .into_iter()
         .take(4)
     {
@@ -2633,7 +2620,7 @@ async fn corrections_store_a_new_version_and_keep_the_old_one_as_history(backend
     // A document is corrected by uploading its new version, which names the
     // one it replaces; the old one stays downloadable as history.
     let letter = |content: &'static [u8], supersedes: &str, reason: &str| {
-        upload_messages(
+        common::upload_messages(
             pb::DocumentHeader {
                 client_id: f.client_id.clone(),
                 matter_id: f.matter_id.clone(),

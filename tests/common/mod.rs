@@ -337,6 +337,25 @@ pub async fn store_record(
         .expect("record")
 }
 
+/// The messages of an UploadDocument call: `header`, then `content` in
+/// chunks.
+pub fn upload_messages(
+    header: confidant_proto::vault::v1::DocumentHeader,
+    content: &[u8],
+) -> Vec<confidant_proto::vault::v1::UploadDocumentRequest> {
+    use confidant_proto::vault::v1::UploadDocumentRequest;
+    use confidant_proto::vault::v1::upload_document_request::Part;
+    let mut messages = vec![UploadDocumentRequest {
+        part: Some(Part::Header(header)),
+    }];
+    for chunk in content.chunks(200_000) {
+        messages.push(UploadDocumentRequest {
+            part: Some(Part::Chunk(chunk.to_vec())),
+        });
+    }
+    messages
+}
+
 /// A field of a record to store.
 pub fn field(
     name: &str,
