@@ -2715,7 +2715,7 @@ async fn a_document_is_erased_with_all_its_versions(backend: Backend) {
     let second = cleared(&mut admin, "records2@firm.example", "records_manager").await;
     let second_token = staff_token(&data, &second, &["records_manager"]);
     let partner_token = staff_token(&data, &firm.partner, &["partner"]);
-    let mut app =
+    let app =
         VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "firm-app").await);
     let vault_as_retention =
         VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "retention").await);
@@ -2738,7 +2738,7 @@ async fn a_document_is_erased_with_all_its_versions(backend: Backend) {
         ..Default::default()
     };
     let content: Vec<u8> = (0..150_000u32).map(|i| (i % 251) as u8).collect();
-    let mut upload = |supersedes: &str| {
+    let upload = |supersedes: &str| {
         let messages = common::upload_messages(header(supersedes), &content);
         let (mut app, token) = (app.clone(), partner_token.clone());
         async move {
