@@ -1687,6 +1687,162 @@ async fn postgres_kms_keys_rotate_through_the_api_without_touching_records() {
     kms_keys_rotate_through_the_api_without_touching_records(Backend::Postgres).await;
 }
 
+/// A vault at its limit of calls in progress (`services.vault.max_in_flight`,
+/// 1 here) refuses a new call at once as UNAVAILABLE, reason `overloaded`,
+/// with a retry delay, instead of queueing it; health checks are still
+/// answered; an upload holds its place until it is stored, a download
+/// until its last segment has gone; then calls are served again.
+async fn a_vault_at_its_limit_refuses_new_calls_at_once_and_still_answers_probes(backend: Backend) {
+    use tonic_types::StatusExt;
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec {
+            settings: vec![("services.vault", "max_in_flight", 1.into())],
+            ..SandboxSpec::of(&SUITE)
+        },
+    )
+    .await;
+    let mut admin = common::identity_client(&data, &sandbox, "operator").await;
+    let f = firm(&mut admin).await;
+    let app = vault(&data, &sandbox, "firm-app").await;
+    let partner = staff_token(&data, &f.partner, &["partner"]);
+    let list = || {
+        let (mut app, token, client_id) = (app.clone(), partner.clone(), f.client_id.clone());
+        async move {
+            app.list_records(as_staff(
+                &token,
+                pb::ListRecordsRequest {
+                    client_id,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(|r| r.into_inner().records.len())
+        }
+    };
+    let assert_refused = |refused: tonic::Status| {
+        assert_eq!(
+            (refused.code(), common::error_reason(&refused).as_str()),
+            (tonic::Code::Unavailable, "overloaded"),
+            "{refused:?}"
+        );
+        assert_eq!(
+            refused
+                .get_error_details()
+                .retry_info()
+                .and_then(|r| r.retry_delay),
+            Some(Duration::from_secs(1))
+        );
+    };
+    assert_eq!(list().await.unwrap(), 0);
+
+    // An upload in progress takes the one place.
+    let header = pb::DocumentHeader {
+        client_id: f.client_id.clone(),
+        matter_id: f.matter_id.clone(),
+        category: pb::DataCategory::MatterFile as i32,
+        filename: "bundle.pdf".into(),
+        media_type: "application/pdf".into(),
+        size_bytes: 2_500_000,
+        ..Default::default()
+    };
+    let content: Vec<u8> = (0..2_500_000u32).map(|i| (i % 253) as u8).collect();
+    let mut messages = common::upload_messages(header, &content).into_iter();
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::UploadDocumentRequest>(4);
+    let upload = {
+        let (mut app, token) = (app.clone(), partner.clone());
+        tokio::spawn(async move {
+            app.upload_document(as_staff(
+                &token,
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            ))
+            .await
+        })
+    };
+    for message in messages.by_ref().take(2) {
+        tx.send(message).await.unwrap();
+    }
+    let db = common::service_db(&data, ServiceName::Vault).await;
+    common::eventually(Duration::from_secs(10), "the upload in progress", || {
+        let db = db.clone();
+        async move {
+            let rows: Vec<(uuid::Uuid,)> = db
+                .fetch_all(
+                    "SELECT id FROM vault_records WHERE upload_state = 'uploading'",
+                    vec![],
+                )
+                .await
+                .unwrap();
+            !rows.is_empty()
+        }
+    })
+    .await;
+    assert_refused(list().await.unwrap_err());
+    // The orchestrator's probe is still answered.
+    let status = common::health(
+        sandbox.addr(ServiceName::Vault),
+        &data.client_tls("operator"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    for message in messages {
+        tx.send(message).await.unwrap();
+    }
+    drop(tx);
+    let stored = upload.await.unwrap().unwrap().into_inner().record.unwrap();
+    assert_eq!(
+        list().await.unwrap(),
+        1,
+        "served again once the upload is stored"
+    );
+
+    // A download keeps its place until its last segment has gone.
+    let mut download = app
+        .clone()
+        .download_document(as_staff(
+            &partner,
+            pb::DownloadDocumentRequest {
+                record_id: stored.id.clone(),
+                purpose: pb::Purpose::LegalAdvice as i32,
+                justification: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(download.message().await.unwrap().is_some());
+    assert_refused(list().await.unwrap_err());
+    let mut received = 0;
+    while let Some(message) = download.message().await.unwrap() {
+        if let Some(pb::download_document_response::Part::Chunk(chunk)) = message.part {
+            received += chunk.len();
+        }
+    }
+    assert!(received > 0);
+    common::eventually(Duration::from_secs(10), "calls served again", || {
+        let list = list();
+        async move { list.await.is_ok() }
+    })
+    .await;
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_vault_at_its_limit_refuses_new_calls_at_once_and_still_answers_probes() {
+    a_vault_at_its_limit_refuses_new_calls_at_once_and_still_answers_probes(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_vault_at_its_limit_refuses_new_calls_at_once_and_still_answers_probes() {
+    a_vault_at_its_limit_refuses_new_calls_at_once_and_still_answers_probes(Backend::Postgres)
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_documents_stream_through_the_api_and_a_cancelled_upload_leaves_nothing() {
     documents_stream_through_the_api_and_a_cancelled_upload_leaves_nothing(Backend::Sqlite).await;

@@ -87,6 +87,7 @@ worker_threads = {{ . }}
 listen = "0.0.0.0:{{ index $v.ports .service }}"
 cert_file = "/etc/confidant/tls/tls.crt"
 key_file = "/etc/confidant/tls/tls.key"
+max_in_flight = {{ (include "confidant.serviceValues" (dict "root" $root "service" .service) | fromYaml).maxInFlight | int64 }}
 
 [peers]
 {{- range $peer := list "identity" "intake" "vault" "retention" "audit" }}

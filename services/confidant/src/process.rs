@@ -274,6 +274,11 @@ pub async fn start(
             policy: parts.policy,
             reflection: config.reflection,
             auth,
+            max_in_flight: config
+                .services
+                .get(&service)
+                .and_then(|s| s.max_in_flight)
+                .unwrap_or(confidant_runtime::in_flight::DEFAULT_MAX_IN_FLIGHT),
         };
         let mut stop = shutdown_rx.clone();
         let exited_tx = exited_tx.clone();

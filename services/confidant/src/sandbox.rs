@@ -266,7 +266,8 @@ pub struct SandboxSpec {
     /// Where the intake web page listens (default: no page).
     pub intake_web: Option<SocketAddr>,
     /// Settings over the defaults: (section, key, value), e.g.
-    /// `("vault", "destruction_window_seconds", 2.into())`.
+    /// `("vault", "destruction_window_seconds", 2.into())` or
+    /// `("services.vault", "max_in_flight", 1.into())`.
     pub settings: Vec<(&'static str, &'static str, toml::Value)>,
 }
 
@@ -351,11 +352,28 @@ pub fn config_table(data: &SandboxData, spec: &SandboxSpec) -> toml::Table {
     }
     base.insert("peers".into(), toml::Value::Table(peers));
     for (section, key, value) in &spec.settings {
-        let mut t = table(&mut base, section);
-        t.insert((*key).into(), value.clone());
-        base.insert((*section).into(), toml::Value::Table(t));
+        set(&mut base, section, key, value.clone());
     }
     base
+}
+
+/// Sets `key` in the table at `path` (dotted, e.g. `services.vault`) of
+/// `base`, making the tables on the way.
+fn set(base: &mut toml::Table, path: &str, key: &str, value: toml::Value) {
+    let mut t = base;
+    for part in path.split('.') {
+        let entry = t
+            .entry(part.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        match entry {
+            toml::Value::Table(next) => t = next,
+            _ => return,
+        }
+    }
+    t.insert(key.to_owned(), value);
 }
 
 fn sandbox_config(data: &SandboxData, spec: &SandboxSpec) -> Config {

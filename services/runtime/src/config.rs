@@ -124,6 +124,11 @@ pub struct ServiceConfig {
     pub cert_file: Option<PathBuf>,
     /// The service's private key, PEM.
     pub key_file: Option<PathBuf>,
+    /// At most this many calls served at once (streams included, until
+    /// their last message); past it a new call is refused at once with
+    /// UNAVAILABLE, reason `overloaded`, instead of queueing. Health checks
+    /// never count. Default 1000.
+    pub max_in_flight: Option<u32>,
 }
 
 /// Redis settings.
@@ -596,6 +601,9 @@ impl Config {
                     }
                     Some(_) => {}
                 }
+            }
+            if s.max_in_flight == Some(0) {
+                problem(format!("{prefix}.max_in_flight"), "must be at least 1");
             }
             if s.max_connections == Some(0) {
                 problem(format!("{prefix}.max_connections"), "must be at least 1");
@@ -1080,6 +1088,31 @@ mod tests {
             let err = problems(good);
             assert!(!err.contains("worker_threads"), "{good}: {err}");
         }
+    }
+
+    #[test]
+    fn a_bound_on_calls_in_progress_comes_from_the_environment_and_is_at_least_one() {
+        let config = load(
+            toml::Table::new(),
+            None,
+            &env(&[("CONFIDANT_SERVICES__VAULT__MAX_IN_FLIGHT", "64")]),
+        )
+        .unwrap();
+        assert_eq!(config.services[&ServiceName::Vault].max_in_flight, Some(64));
+        let problems = |n| {
+            let mut config = Config::default();
+            config
+                .services
+                .entry(ServiceName::Vault)
+                .or_default()
+                .max_in_flight = Some(n);
+            config
+                .validate(&[ServiceName::Vault])
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(problems(0).contains("services.vault.max_in_flight: must be at least 1"));
+        assert!(!problems(1).contains("max_in_flight"));
     }
 
     #[test]

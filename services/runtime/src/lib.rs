@@ -12,6 +12,7 @@ pub mod coord;
 pub mod decide;
 pub mod error;
 pub mod gather;
+pub mod in_flight;
 pub mod keys;
 pub mod kms;
 pub mod matter;

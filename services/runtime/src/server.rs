@@ -1,6 +1,6 @@
 //! Serving one service's gRPC API over mutual TLS 1.3: TLS accept loop,
-//! peer-identity checks, a span per RPC, health and reflection, graceful
-//! shutdown.
+//! peer-identity checks, a span per RPC, a bound on calls in progress,
+//! health and reflection, graceful shutdown.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::in_flight::InFlightLayer;
 use crate::peer::{PeerLayer, PeerPolicy};
 use crate::service_name::ServiceName;
 use crate::telemetry::ServerTraceLayer;
@@ -53,6 +54,9 @@ pub struct GrpcServer {
     pub reflection: bool,
     /// Verification of staff bearer tokens.
     pub auth: Option<crate::auth::StaffAuth>,
+    /// At most this many calls served at once; past it a call is refused
+    /// at once (see [`crate::in_flight`]).
+    pub max_in_flight: u32,
 }
 
 /// Accepts TCP connections and completes TLS handshakes off the accept loop,
@@ -162,6 +166,7 @@ impl GrpcServer {
             .layer(
                 tower::ServiceBuilder::new()
                     .layer(ServerTraceLayer)
+                    .layer(InFlightLayer::new(self.max_in_flight))
                     .layer(PeerLayer::new(self.policy))
                     .layer(crate::auth::StaffAuthLayer(self.auth)),
             )

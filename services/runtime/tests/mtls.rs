@@ -44,6 +44,7 @@ async fn start(pki: &TestPki, policy: PeerPolicy, reflection: bool) -> Running {
         policy,
         reflection,
         auth: None,
+        max_in_flight: confidant_runtime::in_flight::DEFAULT_MAX_IN_FLIGHT,
     };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {

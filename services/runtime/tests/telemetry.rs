@@ -176,6 +176,7 @@ async fn a_call_across_two_services_is_one_trace_with_the_right_parents() {
         policy: PeerPolicy::new(),
         reflection: false,
         auth: None,
+        max_in_flight: confidant_runtime::in_flight::DEFAULT_MAX_IN_FLIGHT,
     })
     .await;
     // Service A: calls B from its handler.
