@@ -839,6 +839,24 @@ async fn only_retention_shreds_and_sealed_text_dies_with_its_scope_while_the_log
     sandbox.stop().await;
 }
 
+/// Waits (bounded) until the vault holds an upload in progress.
+async fn upload_begun(db: &confidant_runtime::storage::Database) {
+    common::eventually(Duration::from_secs(10), "the upload in progress", || {
+        let db = db.clone();
+        async move {
+            let rows: Vec<(uuid::Uuid,)> = db
+                .fetch_all(
+                    "SELECT id FROM vault_records WHERE upload_state = 'uploading'",
+                    vec![],
+                )
+                .await
+                .unwrap();
+            !rows.is_empty()
+        }
+    })
+    .await;
+}
+
 async fn documents_stream_through_the_api_and_a_cancelled_upload_leaves_nothing(backend: Backend) {
     use pb::download_document_response::Part;
     let data = SandboxData::new(backend).await;
@@ -954,20 +972,7 @@ async fn documents_stream_through_the_api_and_a_cancelled_upload_leaves_nothing(
         tx.send(message).await.unwrap();
     }
     let db = common::service_db(&data, ServiceName::Vault).await;
-    common::eventually(Duration::from_secs(10), "the upload in progress", || {
-        let db = db.clone();
-        async move {
-            let rows: Vec<(uuid::Uuid,)> = db
-                .fetch_all(
-                    "SELECT id FROM vault_records WHERE upload_state = 'uploading'",
-                    vec![],
-                )
-                .await
-                .unwrap();
-            !rows.is_empty()
-        }
-    })
-    .await;
+    upload_begun(&db).await;
     upload.abort();
     drop(tx);
     common::eventually(Duration::from_secs(10), "the cancelled upload removed", || {
@@ -1764,20 +1769,7 @@ async fn a_vault_at_its_limit_refuses_new_calls_at_once_and_still_answers_probes
         tx.send(message).await.unwrap();
     }
     let db = common::service_db(&data, ServiceName::Vault).await;
-    common::eventually(Duration::from_secs(10), "the upload in progress", || {
-        let db = db.clone();
-        async move {
-            let rows: Vec<(uuid::Uuid,)> = db
-                .fetch_all(
-                    "SELECT id FROM vault_records WHERE upload_state = 'uploading'",
-                    vec![],
-                )
-                .await
-                .unwrap();
-            !rows.is_empty()
-        }
-    })
-    .await;
+    upload_begun(&db).await;
     assert_refused(list().await.unwrap_err());
     // The orchestrator's probe is still answered.
     let status = common::health(

@@ -19,7 +19,7 @@ use confidant_runtime::auth::Actor;
 use confidant_runtime::decide::Decider;
 use confidant_runtime::error::{Violations, invalid_argument, storage_status, with_reason};
 use confidant_runtime::outbox::Outbox;
-use confidant_runtime::page::{self, After, Key, Part};
+use confidant_runtime::page::{self, Key, Part};
 use confidant_runtime::portable::{Statement, Value};
 use confidant_runtime::storage::Database;
 use prost::Message;
@@ -794,11 +794,11 @@ impl IncidentService for IncidentApi {
         self.officer(&request).await?;
         let req = request.get_ref();
         let mut v = Violations::new();
-        let limit = page::page_size_or(&mut v, "page_size", req.page_size, 20, 100);
-        let after = After::parse(
+        let (limit, after) = page::requested(
             &mut v,
-            "page_token",
+            req.page_size,
             &req.page_token,
+            (20, 100),
             &[Part::Time, Part::Uuid],
         );
         check(v)?;
@@ -1296,11 +1296,11 @@ impl IncidentService for IncidentApi {
         self.officer(&request).await?;
         let req = request.get_ref();
         let mut v = Violations::new();
-        let limit = page::page_size(&mut v, "page_size", req.page_size, 1000);
-        let after = After::parse(
+        let (limit, after) = page::requested(
             &mut v,
-            "page_token",
+            req.page_size,
             &req.page_token,
+            (100, 1000),
             &[Part::Time, Part::Uuid],
         );
         check(v)?;
@@ -1394,11 +1394,11 @@ impl IncidentService for IncidentApi {
         self.reader(&request).await?;
         let req = request.get_ref();
         let mut v = Violations::new();
-        let limit = page::page_size_or(&mut v, "page_size", req.page_size, 20, 200);
-        let after = After::parse(
+        let (limit, after) = page::requested(
             &mut v,
-            "page_token",
+            req.page_size,
             &req.page_token,
+            (20, 200),
             &[Part::Time, Part::Uuid],
         );
         check(v)?;

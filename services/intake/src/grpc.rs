@@ -20,7 +20,7 @@ use confidant_runtime::auth::{Actor, StaffAuth};
 use confidant_runtime::client::PeerChannel;
 use confidant_runtime::decide::Decider;
 use confidant_runtime::error::Violations;
-use confidant_runtime::page::{self, After, Key, Part};
+use confidant_runtime::page::{self, Key, Part};
 use confidant_runtime::peer::PeerIdentity;
 use confidant_runtime::secret_box::SecretBox;
 use confidant_vault::domain::{Category, required_uuid};
@@ -1355,11 +1355,11 @@ impl IntakeService for IntakeApi {
         let mut v = Violations::new();
         let client = required_uuid(&mut v, "client_id", &req.client_id);
         let matter = confidant_vault::domain::optional_uuid(&mut v, "matter_id", &req.matter_id);
-        let limit = page::page_size_or(&mut v, "page_size", req.page_size, 50, 200);
-        let after = After::parse(
+        let (limit, after) = page::requested(
             &mut v,
-            "page_token",
+            req.page_size,
             &req.page_token,
+            (50, 200),
             &[Part::Time, Part::Uuid],
         );
         check(v)?;

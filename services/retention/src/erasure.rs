@@ -816,15 +816,12 @@ impl Erasures {
                 values,
             )
             .await?;
-        let (Some(newest), Some(oldest)) = (rows.first(), rows.last()) else {
-            return Ok(Vec::new());
-        };
+        let ids: Vec<Uuid> = rows.iter().map(|e| e.id).collect();
         let mut approvers = store
             .children::<String>(
                 "SELECT erasure_id, staff_id FROM retention_erasure_approvals WHERE erasure_id BETWEEN $1 AND $2 \
                  ORDER BY erasure_id, approved_at, staff_id",
-                oldest.id,
-                newest.id,
+                &ids,
             )
             .await?;
         Ok(rows

@@ -9,7 +9,7 @@ use confidant_proto::retention::v1::retention_service_server::RetentionService;
 use confidant_runtime::auth::StaffPrincipal;
 use confidant_runtime::decide::Decider;
 use confidant_runtime::error::Violations;
-use confidant_runtime::page::{self, After, Key, Part};
+use confidant_runtime::page::{self, Key, Part};
 use confidant_runtime::peer::PeerIdentity;
 use confidant_runtime::portable::Value;
 use confidant_vault::domain::{Category, optional_category, optional_uuid, required_uuid};
@@ -451,8 +451,13 @@ impl RetentionService for RetentionApi {
         let req = request.into_inner();
         let mut v = Violations::new();
         let client = optional_uuid(&mut v, "client_id", &req.client_id);
-        let limit = page::page_size(&mut v, "page_size", req.page_size, 500);
-        let after = After::parse(&mut v, "page_token", &req.page_token, &[Part::Uuid]);
+        let (limit, after) = page::requested(
+            &mut v,
+            req.page_size,
+            &req.page_token,
+            (100, 500),
+            &[Part::Uuid],
+        );
         check(v)?;
         let rows = self
             .retention
@@ -580,8 +585,13 @@ impl RetentionService for RetentionApi {
                 None
             }
         };
-        let limit = page::page_size_or(&mut v, "page_size", req.page_size, 20, 50);
-        let after = After::parse(&mut v, "page_token", &req.page_token, &[Part::Uuid]);
+        let (limit, after) = page::requested(
+            &mut v,
+            req.page_size,
+            &req.page_token,
+            (20, 50),
+            &[Part::Uuid],
+        );
         check(v)?;
         let rows = self
             .retention
@@ -628,11 +638,11 @@ impl RetentionService for RetentionApi {
         let req = request.get_ref();
         let mut v = Violations::new();
         let client = optional_uuid(&mut v, "client_id", &req.client_id);
-        let limit = page::page_size(&mut v, "page_size", req.page_size, 1000);
-        let after = After::parse(
+        let (limit, after) = page::requested(
             &mut v,
-            "page_token",
+            req.page_size,
             &req.page_token,
+            (100, 1000),
             &[Part::Text, Part::Time, Part::Uuid],
         );
         check(v)?;
@@ -921,8 +931,13 @@ impl RetentionService for RetentionApi {
                 None
             }
         };
-        let limit = page::page_size(&mut v, "page_size", req.page_size, 500);
-        let after = After::parse(&mut v, "page_token", &req.page_token, &[Part::Uuid]);
+        let (limit, after) = page::requested(
+            &mut v,
+            req.page_size,
+            &req.page_token,
+            (100, 500),
+            &[Part::Uuid],
+        );
         check(v)?;
         let rows = self
             .disposer

@@ -14,7 +14,7 @@ use confidant_runtime::audit::{Action, EventBuilder};
 use confidant_runtime::auth::Actor;
 use confidant_runtime::decide::Decider;
 use confidant_runtime::error::Violations;
-use confidant_runtime::page::{self, After, Key, Part};
+use confidant_runtime::page::{self, Key, Part};
 use confidant_runtime::portable::{Statement, TransactError, Value};
 use confidant_runtime::storage::Database;
 use confidant_vault::domain::{Category, optional_uuid, required_uuid};
@@ -873,14 +873,14 @@ impl PhysicalRecordsService for PhysicalApi {
         if matter.is_some() && client.is_none() {
             v.add("client_id", "is required with a matter");
         }
-        let limit = page::page_size(&mut v, "page_size", req.page_size, 1000);
-        let after = After::parse(
+        let (limit, after) = page::requested(
             &mut v,
-            "page_token",
+            req.page_size,
             &req.page_token,
+            (100, 1000),
             &[Part::Text, Part::Uuid],
-        )
-        .values();
+        );
+        let after = after.values();
         let known = self.known_location(&mut v, "location_id", location).await?;
         check(v)?;
         let rows: Vec<ItemRow> = if let Some(client) = client {

@@ -856,22 +856,17 @@ impl RetentionStore {
                 values,
             )
             .await?;
-        let (Some(newest), Some(oldest)) = (rows.first(), rows.last()) else {
-            return Ok(Vec::new());
-        };
-        let (low, high) = (oldest.id, newest.id);
+        let ids: Vec<Uuid> = rows.iter().map(|h| h.id).collect();
         let mut scopes = self
             .children::<Uuid>(
                 "SELECT hold_id, scope_id FROM retention_hold_scopes WHERE hold_id BETWEEN $1 AND $2 ORDER BY hold_id, scope_id",
-                low,
-                high,
+                &ids,
             )
             .await?;
         let mut approvers = self
             .children::<String>(
                 "SELECT hold_id, staff_id FROM retention_hold_approvals WHERE hold_id BETWEEN $1 AND $2 ORDER BY hold_id, approved_at",
-                low,
-                high,
+                &ids,
             )
             .await?;
         for hold in &mut rows {
@@ -908,22 +903,17 @@ impl RetentionStore {
                 values,
             )
             .await?;
-        let (Some(newest), Some(oldest)) = (rows.first(), rows.last()) else {
-            return Ok(Vec::new());
-        };
-        let (low, high) = (oldest.id, newest.id);
+        let ids: Vec<Uuid> = rows.iter().map(|b| b.id).collect();
         let mut scopes = self
             .children::<Uuid>(
                 "SELECT batch_id, scope_id FROM retention_disposals WHERE batch_id BETWEEN $1 AND $2 ORDER BY batch_id, scope_id",
-                low,
-                high,
+                &ids,
             )
             .await?;
         let mut approvers = self
             .children::<String>(
                 "SELECT batch_id, staff_id FROM retention_batch_approvals WHERE batch_id BETWEEN $1 AND $2 ORDER BY batch_id, approved_at",
-                low,
-                high,
+                &ids,
             )
             .await?;
         Ok(rows
@@ -939,25 +929,27 @@ impl RetentionStore {
             .collect())
     }
 
-    /// What `sql` selects for the items of one page, as (item id, value)
-    /// rows of the items whose ids lie from `low` to `high`, grouped by
-    /// item: one statement for a whole page instead of one per item. The
-    /// page's items are every item of that range its filter kept; the
-    /// others' values are fetched too and left unused.
+    /// What `sql` selects for the items `ids` of one page, as (item id,
+    /// value) rows of the items whose ids lie from the least to the greatest
+    /// of `ids` (`$1` and `$2`), grouped by item: one statement for a whole
+    /// page instead of one per item. The range holds the page's items and
+    /// maybe others its filter left out; theirs are fetched too and not used.
     pub async fn children<T>(
         &self,
         sql: &'static str,
-        low: Uuid,
-        high: Uuid,
+        ids: &[Uuid],
     ) -> StoreResult<std::collections::HashMap<Uuid, Vec<T>>>
     where
         (Uuid, T): confidant_runtime::portable::PortableRow,
     {
+        let mut grouped: std::collections::HashMap<Uuid, Vec<T>> = std::collections::HashMap::new();
+        let (Some(low), Some(high)) = (ids.iter().min(), ids.iter().max()) else {
+            return Ok(grouped);
+        };
         let rows: Vec<(Uuid, T)> = self
             .db
-            .fetch_all(sql, vec![Value::Uuid(low), Value::Uuid(high)])
+            .fetch_all(sql, vec![Value::Uuid(*low), Value::Uuid(*high)])
             .await?;
-        let mut grouped: std::collections::HashMap<Uuid, Vec<T>> = std::collections::HashMap::new();
         for (id, value) in rows {
             grouped.entry(id).or_default().push(value);
         }

@@ -33,6 +33,23 @@ pub fn page_size_or(v: &mut Violations, field: &str, size: i32, default: i64, ma
     }
 }
 
+/// The page a list request asks for in its fields `page_size` and
+/// `page_token`: how many items at most (`default` when unset, at most
+/// `max`; see [`page_size_or`]) and after which (a key of `shape`; see
+/// [`After::parse`]).
+pub fn requested(
+    v: &mut Violations,
+    page_size: i32,
+    page_token: &str,
+    (default, max): (i64, i64),
+    shape: &[Part],
+) -> (i64, After) {
+    (
+        page_size_or(v, "page_size", page_size, default, max),
+        After::parse(v, "page_token", page_token, shape),
+    )
+}
+
 /// The kind of one part of a list's sort key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
