@@ -327,6 +327,34 @@ async fn client_data_is_read_only_for_a_purpose_by_those_the_decision_allows(bac
             "request_id"
         ]
     );
+    // Fields each within their limit but together past the 4 MiB a gRPC
+    // message carries: the transport refuses the call, naming the limit.
+    let too_large = app
+        .create_record(as_staff(
+            &partner,
+            pb::CreateRecordRequest {
+                record: Some(pb::NewRecord {
+                    client_id: f.client_id.clone(),
+                    matter_id: f.matter_id.clone(),
+                    category: pb::DataCategory::MatterFile as i32,
+                    fields: (0..5)
+                        .map(|i| {
+                            field(
+                                &format!("part_{i}"),
+                                pb::FieldType::Text,
+                                &"x".repeat(1024 * 1024),
+                            )
+                        })
+                        .collect(),
+                    original: false,
+                }),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(too_large.code(), tonic::Code::OutOfRange, "{too_large:?}");
+    assert!(too_large.message().contains("4194304"), "{too_large:?}");
     let unknown = app
         .get_record(as_staff(
             &partner,
