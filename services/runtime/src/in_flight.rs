@@ -28,17 +28,22 @@ pub const DEFAULT_MAX_IN_FLIGHT: u32 = 1000;
 /// The reason (ErrorInfo) of a refused call.
 pub const OVERLOADED: &str = "overloaded";
 
+/// How often, at most, a service logs that it is refusing calls.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
 /// See the module documentation.
 #[derive(Debug, Clone)]
 pub struct InFlightLayer {
     permits: Arc<Semaphore>,
+    refusals: Arc<Refusals>,
 }
 
 impl InFlightLayer {
-    /// At most `max` calls at once (at least one).
-    pub fn new(max: u32) -> Self {
+    /// At most `max` calls at once (at least one) for `service`.
+    pub fn new(service: crate::ServiceName, max: u32) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(usize::try_from(max.max(1)).unwrap_or(1))),
+            refusals: Arc::new(Refusals::new(service, max.max(1))),
         }
     }
 }
@@ -50,6 +55,7 @@ impl<S> tower::Layer<S> for InFlightLayer {
         InFlight {
             inner,
             permits: self.permits.clone(),
+            refusals: self.refusals.clone(),
         }
     }
 }
@@ -59,6 +65,54 @@ impl<S> tower::Layer<S> for InFlightLayer {
 pub struct InFlight<S> {
     inner: S,
     permits: Arc<Semaphore>,
+    refusals: Arc<Refusals>,
+}
+
+/// The calls refused since the last report: an operator learns from the
+/// log that a service sheds load (one line per [`REPORT_EVERY`] at most,
+/// with the count), not from a line per refused call.
+#[derive(Debug)]
+struct Refusals {
+    service: crate::ServiceName,
+    limit: u32,
+    state: std::sync::Mutex<(u64, Option<std::time::Instant>)>,
+}
+
+impl Refusals {
+    fn new(service: crate::ServiceName, limit: u32) -> Self {
+        Self {
+            service,
+            limit,
+            state: std::sync::Mutex::new((0, None)),
+        }
+    }
+
+    /// Counts one refusal at `now`; the refusals to report, when a report
+    /// is due (the first refusal, then at most one per [`REPORT_EVERY`]).
+    fn count(&self, now: std::time::Instant) -> Option<u64> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (refused, last) = &mut *state;
+        *refused += 1;
+        if last.is_some_and(|at| now.duration_since(at) < REPORT_EVERY) {
+            return None;
+        }
+        *last = Some(now);
+        Some(std::mem::take(refused))
+    }
+
+    fn refused(&self) {
+        if let Some(refused) = self.count(std::time::Instant::now()) {
+            tracing::warn!(
+                service = %self.service,
+                limit = self.limit,
+                refused,
+                "serving as many calls as max_in_flight allows; refusing new ones as overloaded"
+            );
+        }
+    }
 }
 
 /// Calls that never count: the orchestrator's probes and reflection.
@@ -99,6 +153,7 @@ where
             return Box::pin(self.inner.call(request));
         }
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            self.refusals.refused();
             return Box::pin(std::future::ready(Ok(overloaded().into_http())));
         };
         let response = self.inner.call(request);
@@ -156,6 +211,27 @@ mod tests {
         ));
         assert!(!exempt("/confidant.vault.v1.VaultService/GetRecord"));
         assert!(!exempt("/grpc.health.v1.HealthX/Check"));
+    }
+
+    #[test]
+    fn refusals_are_reported_at_once_then_at_most_every_ten_seconds_with_their_count() {
+        let refusals = Refusals::new(crate::ServiceName::Vault, 1);
+        let start = std::time::Instant::now();
+        assert_eq!(
+            refusals.count(start),
+            Some(1),
+            "the first is reported at once"
+        );
+        for s in 1..=9 {
+            assert_eq!(refusals.count(start + Duration::from_secs(s)), None);
+        }
+        assert_eq!(
+            refusals.count(start + Duration::from_secs(10)),
+            Some(10),
+            "the next report counts every refusal since the last"
+        );
+        assert_eq!(refusals.count(start + Duration::from_secs(15)), None);
+        assert_eq!(refusals.count(start + Duration::from_secs(60)), Some(2));
     }
 
     #[test]

@@ -166,7 +166,7 @@ impl GrpcServer {
             .layer(
                 tower::ServiceBuilder::new()
                     .layer(ServerTraceLayer)
-                    .layer(InFlightLayer::new(self.max_in_flight))
+                    .layer(InFlightLayer::new(self.name, self.max_in_flight))
                     .layer(PeerLayer::new(self.policy))
                     .layer(crate::auth::StaffAuthLayer(self.auth)),
             )
