@@ -1376,10 +1376,16 @@ impl IntakeService for IntakeApi {
         let (rows, next_page_token) = page::split(rows, limit, |r| {
             page::token(&[Key::Time(r.consent_at), Key::Uuid(r.id)])
         });
-        let mut submissions = Vec::with_capacity(rows.len());
-        for row in rows {
-            submissions.push(self.submission_with_records(row).await?);
-        }
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let mut records = self
+            .store
+            .records_of(client, &ids)
+            .await
+            .map_err(Error::from)?;
+        let submissions = rows
+            .iter()
+            .map(|row| submission_proto(row, &records.remove(&row.id).unwrap_or_default()))
+            .collect();
         Ok(Response::new(pb::ListSubmissionsResponse {
             submissions,
             next_page_token,

@@ -346,6 +346,38 @@ impl IntakeStore {
             .await
     }
 
+    /// The vault records of the submissions `ids` of one page of a client's
+    /// submissions, by submission: one statement for the page instead of one
+    /// per submission (it reads the client's submissions whose ids lie from
+    /// the least to the greatest of `ids`, and keeps the page's).
+    pub async fn records_of(
+        &self,
+        client_id: Uuid,
+        ids: &[Uuid],
+    ) -> StoreResult<std::collections::HashMap<Uuid, Vec<SubmissionRecordRow>>> {
+        let mut grouped: std::collections::HashMap<Uuid, Vec<SubmissionRecordRow>> =
+            ids.iter().map(|id| (*id, Vec::new())).collect();
+        let (Some(low), Some(high)) = (ids.iter().min(), ids.iter().max()) else {
+            return Ok(grouped);
+        };
+        let rows: Vec<SubmissionRecordRow> = self
+            .db
+            .fetch_all(
+                "SELECT r.submission_id, r.record_id, r.category, r.fields FROM intake_submission_records r \
+                 JOIN intake_submissions s ON s.id = r.submission_id \
+                 WHERE s.client_id = $1 AND r.submission_id BETWEEN $2 AND $3 \
+                 ORDER BY r.submission_id, r.category, r.record_id",
+                vec![Value::Uuid(client_id), Value::Uuid(*low), Value::Uuid(*high)],
+            )
+            .await?;
+        for row in rows {
+            if let Some(records) = grouped.get_mut(&row.submission_id) {
+                records.push(row);
+            }
+        }
+        Ok(grouped)
+    }
+
     /// The vault records of a submission.
     pub async fn records(&self, submission_id: Uuid) -> StoreResult<Vec<SubmissionRecordRow>> {
         self.db
