@@ -300,9 +300,13 @@ impl IncidentApi {
                 vec![Value::Time(start), Value::Time(end)],
             )
             .await?;
+        let rules = self.rules().await?;
         let mut incidents = Vec::with_capacity(rows.len());
         for row in &rows {
-            incidents.push(self.incident(row, false, end.min(Utc::now())).await?);
+            incidents.push(
+                self.incident(row, &rules, false, end.min(Utc::now()))
+                    .await?,
+            );
         }
         let alerts: Vec<(String, i64)> = self
             .db
@@ -425,9 +429,12 @@ impl IncidentApi {
 
     /// The incident with its obligations; with timeline and notifications
     /// when `full`.
+    /// `rules` are the notification rules ([`Self::rules`]), read once by
+    /// a caller that builds many incidents.
     async fn incident(
         &self,
         row: &IncidentRow,
+        rules: &[RuleRow],
         full: bool,
         now: DateTime<Utc>,
     ) -> Result<pb::Incident, Error> {
@@ -452,7 +459,6 @@ impl IncidentApi {
                 vec![Value::Uuid(row.id)],
             )
             .await?;
-        let rules = self.rules().await?;
         let met = |code: &str| {
             notifications
                 .iter()
@@ -595,7 +601,8 @@ impl IncidentApi {
 
     async fn full(&self, id: Uuid) -> Result<pb::Incident, Error> {
         let row = self.row(id).await?;
-        self.incident(&row, true, Utc::now()).await
+        self.incident(&row, &self.rules().await?, true, Utc::now())
+            .await
     }
 
     fn incident_id(raw: &str) -> Result<Uuid, Error> {
@@ -820,8 +827,9 @@ impl IncidentService for IncidentApi {
         });
         let now = Utc::now();
         let mut incidents = Vec::with_capacity(rows.len());
+        let rules = self.rules().await?;
         for row in &rows {
-            incidents.push(self.incident(row, false, now).await?);
+            incidents.push(self.incident(row, &rules, false, now).await?);
         }
         Ok(Response::new(pb::ListIncidentsResponse {
             incidents,
@@ -1190,8 +1198,9 @@ impl IncidentService for IncidentApi {
             .map_err(Error::from)?;
         let now = Utc::now();
         let mut overdue = Vec::new();
+        let rules = self.rules().await?;
         for row in &rows {
-            let incident = self.incident(row, false, now).await?;
+            let incident = self.incident(row, &rules, false, now).await?;
             for o in incident.obligations {
                 if o.status == pb::ObligationStatus::Overdue as i32 {
                     overdue.push(pb::OverdueObligation {

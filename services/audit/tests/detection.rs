@@ -17,7 +17,7 @@ use confidant_runtime::ServiceName;
 use confidant_runtime::audit::{Action, EventBuilder};
 use confidant_runtime::page::{self, After, Key, Part};
 use confidant_runtime::portable::{Statement, Value};
-use confidant_runtime::testing::TestDatabase;
+use confidant_runtime::testing::{TestDatabase, all_pages};
 use uuid::Uuid;
 
 const TRUST: &str = "test.local";
@@ -175,22 +175,14 @@ async fn alerts_page_newest_first_with_ties_kept_apart(t: &TestDatabase) {
     assert_eq!(order, newest_first);
     assert_eq!(whole.len(), 7);
     for size in 1..=4 {
-        let mut seen = Vec::new();
-        let mut token = String::new();
-        loop {
-            let mut v = confidant_runtime::error::Violations::new();
-            let after = After::parse(&mut v, "page_token", &token, &[Part::Time, Part::Uuid]);
-            assert!(v.is_empty());
-            let rows = alerts(&t.db, after.values(), size + 1).await.unwrap();
-            let (rows, next) = page::split(rows, size, |a| {
-                page::token(&[Key::Time(a.fired_at), Key::Uuid(a.id)])
-            });
-            seen.extend(rows.into_iter().map(|a| a.id));
-            if next.is_empty() {
-                break;
-            }
-            token = next;
-        }
+        let (rows, _) = all_pages(
+            size,
+            &[Part::Time, Part::Uuid],
+            |after, limit| async move { alerts(&t.db, after, limit).await.unwrap() },
+            |a| page::token(&[Key::Time(a.fired_at), Key::Uuid(a.id)]),
+        )
+        .await;
+        let seen: Vec<Uuid> = rows.into_iter().map(|a| a.id).collect();
         assert_eq!(
             seen,
             whole.iter().map(|a| a.id).collect::<Vec<_>>(),

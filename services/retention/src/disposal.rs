@@ -446,7 +446,7 @@ impl Disposer {
         if due.is_empty() {
             return Ok(());
         }
-        let holds = store.holds(None, false).await?;
+        let holds = store.live_holds().await?;
         let policies = crate::store::LivePolicies::new(store.live_policies().await?);
         let mut by_action: HashMap<&'static str, Vec<(crate::store::ScopeRow, &PolicyRow)>> =
             HashMap::new();
@@ -579,7 +579,7 @@ impl Disposer {
         if rows.is_empty() {
             return Ok(());
         }
-        let holds = store.holds(None, false).await?;
+        let holds = store.live_holds().await?;
         for row in rows {
             keeper.keep().await?;
             let mut row = row;

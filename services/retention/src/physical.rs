@@ -321,7 +321,7 @@ impl PhysicalApi {
     /// not know yet, or whose trigger has not happened, have no due date.
     async fn plan(&self, items: Vec<ItemRow>) -> Result<Vec<Planned>, Error> {
         let policies = LivePolicies::new(self.retention.live_policies().await?);
-        let holds = self.retention.holds(None, false).await?;
+        let holds = self.retention.live_holds().await?;
         let mut held_scopes = std::collections::HashMap::new();
         for hold in holds.iter().filter(|h| h.scoped != 0) {
             for id in &hold.scope_ids {

@@ -456,7 +456,7 @@ impl Retention {
         let now = Utc::now();
         // Legal holds as the vault's live scopes show them: the holds they
         // show, and this service's active holds that one of them lacks.
-        let active = self.store.holds(None, false).await?;
+        let active = self.store.live_holds().await?;
         let mut by_client: HashMap<Uuid, Vec<&HoldRow>> = HashMap::new();
         for hold in &active {
             by_client.entry(hold.client_id).or_default().push(hold);
@@ -917,7 +917,7 @@ impl Retention {
     /// and matter, with whether a hold covers them and the policy's action.
     pub async fn due_report(&self, before: DateTime<Utc>) -> Result<Vec<DueGroup>, Error> {
         let due = self.store.due_before(before).await?;
-        let holds = self.store.holds(None, false).await?;
+        let holds = self.store.live_holds().await?;
         let policies = LivePolicies::new(self.store.live_policies().await?);
         let mut groups: Vec<DueGroup> = Vec::new();
         for scope in due {

@@ -808,26 +808,17 @@ impl RetentionStore {
         Ok(row.is_some())
     }
 
-    /// Holds, optionally of one client, optionally with released ones.
-    pub async fn holds(
-        &self,
-        client_id: Option<Uuid>,
-        include_released: bool,
-    ) -> StoreResult<Vec<HoldRow>> {
-        let rows: Vec<HoldRow> = self
+    /// The live holds (not released), newest first, each with its scopes.
+    pub async fn live_holds(&self) -> StoreResult<Vec<HoldRow>> {
+        let mut holds: Vec<HoldRow> = self
             .db
             .fetch_all(
                 "SELECT id, reason, client_id, matter_id, category, placed_by, placed_at, in_vault, released_at, scoped \
-                 FROM retention_holds WHERE ($1 IS NULL OR client_id = $1) ORDER BY id DESC",
-                vec![Value::OptUuid(client_id)],
+                 FROM retention_holds WHERE released_at IS NULL ORDER BY id DESC",
+                vec![],
             )
             .await?;
-        let mut holds = Vec::with_capacity(rows.len());
-        for hold in rows {
-            if include_released || hold.released_at.is_none() {
-                holds.push(self.with_scopes(hold).await?);
-            }
-        }
+        self.attach_scopes(&mut holds).await?;
         Ok(holds)
     }
 
@@ -856,24 +847,14 @@ impl RetentionStore {
                 values,
             )
             .await?;
+        self.attach_scopes(&mut rows).await?;
         let ids: Vec<Uuid> = rows.iter().map(|h| h.id).collect();
-        let mut scopes = self
-            .children::<Uuid>(
-                "SELECT hold_id, scope_id FROM retention_hold_scopes WHERE hold_id BETWEEN $1 AND $2 ORDER BY hold_id, scope_id",
-                &ids,
-            )
-            .await?;
         let mut approvers = self
             .children::<String>(
                 "SELECT hold_id, staff_id FROM retention_hold_approvals WHERE hold_id BETWEEN $1 AND $2 ORDER BY hold_id, approved_at",
                 &ids,
             )
             .await?;
-        for hold in &mut rows {
-            if hold.scoped != 0 {
-                hold.scope_ids = scopes.remove(&hold.id).unwrap_or_default();
-            }
-        }
         Ok(rows
             .into_iter()
             .map(|hold| {
@@ -966,24 +947,31 @@ impl RetentionStore {
                 vec![Value::Uuid(id)],
             )
             .await?;
-        match row {
-            Some(hold) => Ok(Some(self.with_scopes(hold).await?)),
-            None => Ok(None),
-        }
+        let Some(mut hold) = row else {
+            return Ok(None);
+        };
+        self.attach_scopes(std::slice::from_mut(&mut hold)).await?;
+        Ok(Some(hold))
     }
 
-    async fn with_scopes(&self, mut hold: HoldRow) -> StoreResult<HoldRow> {
-        if hold.scoped != 0 {
-            let rows: Vec<(Uuid,)> = self
-                .db
-                .fetch_all(
-                    "SELECT scope_id FROM retention_hold_scopes WHERE hold_id = $1 ORDER BY scope_id",
-                    vec![Value::Uuid(hold.id)],
-                )
-                .await?;
-            hold.scope_ids = rows.into_iter().map(|r| r.0).collect();
+    /// Gives each hold that names its scopes (`scoped`) their ids, with one
+    /// statement for all of them.
+    async fn attach_scopes(&self, holds: &mut [HoldRow]) -> StoreResult<()> {
+        let ids: Vec<Uuid> = holds
+            .iter()
+            .filter(|h| h.scoped != 0)
+            .map(|h| h.id)
+            .collect();
+        let mut scopes = self
+            .children::<Uuid>(
+                "SELECT hold_id, scope_id FROM retention_hold_scopes WHERE hold_id BETWEEN $1 AND $2 ORDER BY hold_id, scope_id",
+                &ids,
+            )
+            .await?;
+        for hold in holds.iter_mut().filter(|h| h.scoped != 0) {
+            hold.scope_ids = scopes.remove(&hold.id).unwrap_or_default();
         }
-        Ok(hold)
+        Ok(())
     }
 
     /// Who approved a hold's release.

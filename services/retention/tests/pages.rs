@@ -9,41 +9,8 @@ use chrono::{DateTime, Duration, Utc};
 use confidant_retention::store::RetentionStore;
 use confidant_runtime::page::{self, After, Key, Part};
 use confidant_runtime::portable::{Statement, Value};
-use confidant_runtime::testing::TestDatabase;
+use confidant_runtime::testing::{TestDatabase, all_pages};
 use uuid::Uuid;
-
-/// Every item of a list, read in pages of `size` through `fetch(after,
-/// limit)` the way the services read them (one row more than the page, to
-/// know whether another page follows); the number of pages too.
-async fn walk<T, F, Fut>(
-    size: i64,
-    shape: &[Part],
-    fetch: F,
-    key: impl Fn(&T) -> String,
-) -> (Vec<T>, usize)
-where
-    F: Fn(Vec<Value>, i64) -> Fut,
-    Fut: std::future::Future<Output = Vec<T>>,
-{
-    let mut all = Vec::new();
-    let mut token = String::new();
-    let mut pages = 0;
-    loop {
-        let mut v = confidant_runtime::error::Violations::new();
-        let after = After::parse(&mut v, "page_token", &token, shape);
-        assert!(v.is_empty(), "a token the list gave is accepted");
-        let rows = fetch(after.values(), size + 1).await;
-        let (rows, next) = page::split(rows, size, &key);
-        pages += 1;
-        assert!(rows.len() <= usize::try_from(size).unwrap());
-        all.extend(rows);
-        if next.is_empty() {
-            return (all, pages);
-        }
-        assert!(pages < 100, "pages never end");
-        token = next;
-    }
-}
 
 async fn run(db: &TestDatabase, sql: &'static str, values: Vec<Value>) {
     db.db
@@ -117,7 +84,7 @@ async fn the_return_list_pages_open_entries_first_then_by_due_date(db: &TestData
         sorted.sort();
         assert_eq!(order, sorted, "open first, earliest due first, then by id");
         for size in 1..=4 {
-            let (paged, pages) = walk(
+            let (paged, pages) = all_pages(
                 size,
                 &shape,
                 |after, limit| {
@@ -221,7 +188,7 @@ async fn holds_and_batches_page_each_with_its_own_scopes_and_approvers(db: &Test
             assert_eq!(*approvers, approved, "hold {i}'s own approvers");
         }
         for size in 1..=3 {
-            let (paged, _) = walk(
+            let (paged, _) = all_pages(
                 size,
                 &[Part::Uuid],
                 |after, limit| {
@@ -317,7 +284,7 @@ async fn holds_and_batches_page_each_with_its_own_scopes_and_approvers(db: &Test
             .collect();
         assert_eq!(view(&whole), expected_view, "{state:?}");
         for size in 1..=3 {
-            let (paged, _) = walk(
+            let (paged, _) = all_pages(
                 size,
                 &[Part::Uuid],
                 |after, limit| {

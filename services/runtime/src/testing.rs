@@ -68,6 +68,45 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
 
+/// Every row of a list read in pages of `size` the way the services read
+/// them: `fetch(after, limit)` runs the list's statement from the position a
+/// page token names ([`crate::page::After`], a key of `shape`) for one row
+/// more than the page, [`crate::page::split`] cuts the page and makes the
+/// next token from `key`. Checks that each token is accepted and no page is
+/// larger than `size`; returns the rows and the number of pages.
+pub async fn all_pages<T, F, Fut>(
+    size: i64,
+    shape: &[crate::page::Part],
+    fetch: F,
+    key: impl Fn(&T) -> String,
+) -> (Vec<T>, usize)
+where
+    F: Fn(Vec<crate::portable::Value>, i64) -> Fut,
+    Fut: std::future::Future<Output = Vec<T>>,
+{
+    let mut all = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let mut v = crate::error::Violations::new();
+        let after = crate::page::After::parse(&mut v, "page_token", &token, shape);
+        assert!(v.is_empty(), "a token the list gave is accepted");
+        let rows = fetch(after.values(), size + 1).await;
+        let (rows, next) = crate::page::split(rows, size, &key);
+        pages += 1;
+        assert!(
+            rows.len() <= usize::try_from(size).unwrap_or(0),
+            "page {pages} too large"
+        );
+        all.extend(rows);
+        if next.is_empty() {
+            return (all, pages);
+        }
+        assert!(pages < 1000, "pages never end");
+        token = next;
+    }
+}
+
 /// A database that exists for one test.
 #[derive(Debug)]
 pub struct TestDatabase {
