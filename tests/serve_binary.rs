@@ -144,7 +144,7 @@ async fn production_services_run_on_postgres_and_redis_once_migrated() {
     std::fs::write(
         &config,
         format!(
-            "ca_file = \"{ca}\"\nshutdown_grace_seconds = 5\nprobe_listen = \"127.0.0.1:{probe_port}\"\n\
+            "ca_file = \"{ca}\"\nshutdown_grace_seconds = 5\ntls_reload_seconds = 0\nprobe_listen = \"127.0.0.1:{probe_port}\"\n\
              worker_threads = {WORKERS}\n\
              [redis]\nurl = \"{redis}\"\nkey_prefix = \"{prefix}:\"\n\
              [kms]\nprovider = \"local\"\nallow_insecure_local = true\nlocal_key_file = \"{kms}\"\n\
@@ -286,6 +286,55 @@ async fn production_services_run_on_postgres_and_redis_once_migrated() {
     )
     .await;
     audit_db.close().await;
+
+    // A renewed certificate is served after SIGHUP, without a restart.
+    let vault_addr = SocketAddr::from(([127, 0, 0, 1], vault_port));
+    let (before, accepted) = confidant_runtime::testing::tls_handshake(vault_addr, &operator).await;
+    assert_eq!(accepted, Ok(()));
+    let (code, out) = run(
+        &[
+            "certs",
+            "issue",
+            "--dir",
+            pki.to_str().unwrap(),
+            "--name",
+            "vault",
+            "--host",
+            "localhost",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}");
+    // Files changed but no signal yet (tls_reload_seconds = 0): unchanged.
+    assert_eq!(
+        confidant_runtime::testing::tls_handshake(vault_addr, &operator)
+            .await
+            .0
+            .serial,
+        before.serial
+    );
+    let pid = server.child.id().to_string();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let mut renewed = before.clone();
+    for _ in 0..100 {
+        renewed = confidant_runtime::testing::tls_handshake(vault_addr, &operator)
+            .await
+            .0;
+        if renewed.serial != before.serial {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_ne!(renewed.serial, before.serial, "{}", server.log());
+    assert_eq!(renewed.spiffe_id, before.spiffe_id);
+    wait_serving(vault_addr, &operator, Duration::from_secs(10), || {
+        server.log()
+    })
+    .await;
     let status = server.terminate(Duration::from_secs(20));
     assert!(status.success(), "{}", server.log());
     // Production logs are JSON lines carrying trace ids.
@@ -303,6 +352,9 @@ async fn production_services_run_on_postgres_and_redis_once_migrated() {
         Some(32),
         "{appended}"
     );
+    let replaced = logged("tls certificate replaced from its files");
+    assert_eq!(replaced["service"], "vault", "{replaced}");
+    assert_eq!(replaced["serial"], renewed.serial.as_str(), "{replaced}");
     // The process ran its tasks on the threads the configuration asked for,
     // not one per core.
     let started = logged("runtime started");

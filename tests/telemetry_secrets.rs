@@ -270,10 +270,15 @@ async fn no_client_data_secret_or_token_reaches_logs_traces_metrics_or_errors() 
         async move { seen.contains("vault.get_record") && seen.contains("vault.batch_get_records") }
     })
     .await;
-    // Metrics too: the calls' durations.
+    // Metrics too: the calls' durations, and when each service's
+    // certificate expires.
     common::eventually(Duration::from_secs(30), "the metrics", || {
         let seen = received.text();
-        async move { seen.contains("rpc.server.duration") }
+        async move {
+            seen.contains("rpc.server.duration")
+                && seen.contains("confidant.tls.certificate.expiry")
+                && seen.contains("confidant.tls.reloads")
+        }
     })
     .await;
     let mut process = process;

@@ -917,11 +917,25 @@ fn run(config: Config, services: Vec<ServiceName>, policy: MigrationPolicy) -> E
             );
         }
         let mut code = ExitCode::SUCCESS;
-        tokio::select! {
-            signal = signals::shutdown_signal() => tracing::info!(signal, "shutting down"),
-            service = running.failed() => {
-                tracing::error!(service = %service, "a service stopped unexpectedly; shutting down");
-                code = ExitCode::FAILURE;
+        let shutdown = signals::shutdown_signal();
+        tokio::pin!(shutdown);
+        let mut hangups = signals::Hangups::install();
+        let tls_reload = running.tls_reload();
+        loop {
+            tokio::select! {
+                signal = &mut shutdown => {
+                    tracing::info!(signal, "shutting down");
+                    break;
+                }
+                service = running.failed() => {
+                    tracing::error!(service = %service, "a service stopped unexpectedly; shutting down");
+                    code = ExitCode::FAILURE;
+                    break;
+                }
+                () = hangups.recv() => {
+                    tracing::info!("SIGHUP: reading the certificate, key and CA bundle files again");
+                    tls_reload.notify_waiters();
+                }
             }
         }
         tokio::select! {

@@ -17,7 +17,7 @@ use confidant_runtime::coord::{InProcess, Redis, SharedCoordinator};
 use confidant_runtime::outbox::{Outbox, Relay};
 use confidant_runtime::server::GrpcServer;
 use confidant_runtime::storage::{Database, PoolOptions};
-use confidant_runtime::tls::TlsMaterial;
+use confidant_runtime::tls::LiveTls;
 use confidant_runtime::{Migrations, ServiceName};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -105,6 +105,7 @@ pub struct Running {
     on_stop: Vec<futures::future::BoxFuture<'static, ()>>,
     databases: Vec<Database>,
     exited: tokio::sync::mpsc::UnboundedReceiver<ServiceName>,
+    tls_reload: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Running {
@@ -182,15 +183,21 @@ pub async fn start(
         on_stop: Vec::new(),
         databases: Vec::new(),
         exited,
+        tls_reload: Arc::new(tokio::sync::Notify::new()),
     };
 
     for &service in services {
         let tls_files = config
             .tls_files(service)
             .with_context(|| format!("{service}: tls files are not configured"))?;
-        let tls: TlsMaterial = tls_files
-            .load()
-            .with_context(|| format!("{service}: tls"))?;
+        let tls = LiveTls::open(tls_files).with_context(|| format!("{service}: tls"))?;
+        confidant_runtime::tls::live::register_metrics(service.as_str(), &tls);
+        running.background.push(tokio::spawn(tls.clone().follow(
+            service.as_str(),
+            (config.tls_reload_seconds > 0).then(|| Duration::from_secs(config.tls_reload_seconds)),
+            running.tls_reload.clone(),
+            shutdown_rx.clone(),
+        )));
         let db = open_database(&config, service, policy).await?;
         running.databases.push(db.clone());
 
@@ -221,6 +228,7 @@ pub async fn start(
             coord: coord.clone(),
             outbox: outbox.clone(),
             peers,
+            tls: tls.clone(),
             shutdown: shutdown_rx.clone(),
         };
         let mut parts = build(service, &ctx)
@@ -268,7 +276,7 @@ pub async fn start(
         let server = GrpcServer {
             name: service,
             listener,
-            tls: tls.server_config()?,
+            tls: tls.clone(),
             routes: parts.routes,
             grpc_services: parts.grpc_services,
             policy: parts.policy,
@@ -330,6 +338,13 @@ pub async fn start(
 }
 
 impl Running {
+    /// Notifying it makes every service look at its certificate, key and CA
+    /// bundle files now (SIGHUP), as it does every `tls_reload_seconds`
+    /// (`notify_waiters`).
+    pub fn tls_reload(&self) -> Arc<tokio::sync::Notify> {
+        self.tls_reload.clone()
+    }
+
     /// Marks every service NOT_SERVING, stops accepting, lets in-flight calls
     /// finish for up to `grace`, records the stops, closes the databases.
     pub async fn shutdown(self, grace: Duration) {

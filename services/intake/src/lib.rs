@@ -75,26 +75,13 @@ pub async fn build(
     );
     let mut tasks: Vec<futures::future::BoxFuture<'static, ()>> = Vec::new();
     if let Some(addr) = ctx.config.intake.web_listen {
-        let own = ctx.config.services.get(&NAME).cloned().unwrap_or_default();
-        let (Some(ca_file), Some(cert_file), Some(key_file)) =
-            (ctx.config.ca_file.clone(), own.cert_file, own.key_file)
-        else {
-            anyhow::bail!("the intake web page needs the service's certificate and key");
-        };
-        let tls = confidant_runtime::tls::TlsFiles {
-            ca_file,
-            cert_file,
-            key_file,
-        }
-        .load()?
-        .public_server_config(&[b"http/1.1"])?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("intake.web_listen {addr}: {e}"))?;
         tracing::info!(%addr, "intake web page listening");
         tasks.push(Box::pin(web::serve(
             listener,
-            tls,
+            ctx.tls.clone(),
             api.clone(),
             ctx.coord.clone(),
             web::WebSettings {

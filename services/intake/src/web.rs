@@ -410,7 +410,7 @@ async fn upload(State(web): State<Arc<Web>>, headers: HeaderMap, body: Body) -> 
 /// Serves the page on `listener` until `shutdown` turns true.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    tls: Arc<tokio_rustls::rustls::ServerConfig>,
+    tls: Arc<confidant_runtime::tls::LiveTls>,
     api: IntakeApi,
     coord: SharedCoordinator,
     settings: WebSettings,
@@ -422,7 +422,6 @@ pub async fn serve(
         settings,
     });
     let app = router(web);
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
         let (tcp, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -440,7 +439,9 @@ pub async fn serve(
                 continue;
             }
         };
-        let acceptor = acceptor.clone();
+        // The certificate of the moment: a renewal serves from the next
+        // connection on.
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.web_config());
         let app = app.clone().layer(axum::Extension(ClientAddr(addr)));
         let mut stop = shutdown.clone();
         tokio::spawn(async move {

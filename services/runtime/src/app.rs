@@ -30,6 +30,8 @@ pub struct ServiceContext {
     pub outbox: Outbox,
     /// Channels to the other services (mutual TLS, traced), connected lazily.
     pub peers: BTreeMap<ServiceName, PeerChannel>,
+    /// The service's certificate, key and CA bundle, following their files.
+    pub tls: Arc<crate::tls::LiveTls>,
     /// Becomes true when the process begins to shut down.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }

@@ -72,6 +72,10 @@ pub struct Config {
     pub reflection: bool,
     /// How long in-flight calls may run after a shutdown signal.
     pub shutdown_grace_seconds: u64,
+    /// How often each service reads its certificate, key and CA bundle
+    /// files again and, if they changed (a renewal), serves and connects
+    /// with the new ones from the next connection on; 0: only on SIGHUP.
+    pub tls_reload_seconds: u64,
     /// A plaintext listener serving only `grpc.health.v1` (no client data,
     /// no other service), for probes that cannot present a client
     /// certificate, such as Kubernetes' native gRPC probes. Off when unset.
@@ -104,6 +108,7 @@ impl Default for Config {
             intake: IntakeConfig::default(),
             reflection: true,
             shutdown_grace_seconds: 30,
+            tls_reload_seconds: 60,
             probe_listen: None,
             worker_threads: None,
         }

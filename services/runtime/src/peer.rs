@@ -9,8 +9,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-
 /// The SPIFFE id of the calling peer, e.g. `spiffe://confidant.local/vault`,
 /// inserted into every request's extensions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,38 +124,7 @@ pub struct PeerCheck<S> {
 }
 
 pub(crate) fn identity_from_extensions(ext: &http::Extensions) -> Option<PeerIdentity> {
-    let info = ext.get::<TlsConnectInfo<TcpConnectInfo>>()?;
-    let certs = info.peer_certs()?;
-    let leaf = certs.first()?;
-    spiffe_id_of(leaf.as_ref()).map(PeerIdentity)
-}
-
-/// Most certificates whose identity is remembered.
-const KNOWN_CERTIFICATES: usize = 1024;
-
-/// The SPIFFE id a leaf certificate names. A connection presents the same
-/// certificate with every request, so each certificate is parsed once and
-/// its id remembered, keyed by its exact bytes (the id is a function of
-/// them).
-fn spiffe_id_of(der: &[u8]) -> Option<String> {
-    use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock, PoisonError};
-    static KNOWN: OnceLock<Mutex<HashMap<Vec<u8>, Option<String>>>> = OnceLock::new();
-    let known = KNOWN.get_or_init(Mutex::default);
-    if let Some(id) = known
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(der)
-    {
-        return id.clone();
-    }
-    let id = crate::tls::spiffe_id(der);
-    let mut known = known.lock().unwrap_or_else(PoisonError::into_inner);
-    if known.len() >= KNOWN_CERTIFICATES {
-        known.clear();
-    }
-    known.insert(der.to_vec(), id.clone());
-    id
+    ext.get::<crate::server::ConnectedPeer>()?.identity.clone()
 }
 
 impl<S, B> tower::Service<http::Request<B>> for PeerCheck<S>
@@ -227,33 +194,5 @@ mod tests {
         assert!(!policy.permits("/confidant.audit.v1.AuditService/ListEvents", None));
         assert!(policy.permits("/grpc.health.v1.Health/Check", Some(&vault)));
         assert_eq!(vault.name(), "vault");
-    }
-
-    #[test]
-    fn remembered_identities_are_those_of_the_exact_certificate() {
-        use rustls::pki_types::CertificateDer;
-        use rustls::pki_types::pem::PemObject;
-        let ca = crate::pki::generate_ca("test ca").expect("ca");
-        let der = |spec: &crate::pki::LeafSpec| {
-            let leaf = crate::pki::issue(&ca, spec).expect("leaf");
-            CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).expect("der")
-        };
-        let vault = der(&crate::pki::LeafSpec::service(
-            "t",
-            crate::ServiceName::Vault,
-            &[],
-        ));
-        let tool = der(&crate::pki::LeafSpec::client("t", "auditor-tool"));
-        for _ in 0..2 {
-            assert_eq!(
-                spiffe_id_of(vault.as_ref()).as_deref(),
-                Some("spiffe://t/vault")
-            );
-            assert_eq!(
-                spiffe_id_of(tool.as_ref()).as_deref(),
-                Some("spiffe://t/auditor-tool")
-            );
-            assert_eq!(spiffe_id_of(b"not a certificate"), None);
-        }
     }
 }

@@ -262,6 +262,9 @@ fn read(path: &Path) -> Result<String, Error> {
     })
 }
 
+/// Writes the file aside and renames it over `path`, so that a running
+/// service reading its files again (SIGHUP, `tls_reload_seconds`) sees the
+/// old file or the new one, never half of one.
 fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -269,13 +272,21 @@ fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
         path: path.to_owned(),
         source,
     };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let aside = path.with_file_name(format!(".{name}.new"));
+    // A leftover from an interrupted write would keep its own mode.
+    let _ = std::fs::remove_file(&aside);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(mode)
-        .open(path)
+        .open(&aside)
         .map_err(io)?;
     file.write_all(bytes).map_err(io)?;
-    file.sync_all().map_err(io)
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&aside, path).map_err(io)
 }

@@ -3,7 +3,10 @@
 //! health and reflection, graceful shutdown.
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -16,7 +19,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::in_flight::InFlightLayer;
-use crate::peer::{PeerLayer, PeerPolicy};
+use crate::peer::{PeerIdentity, PeerLayer, PeerPolicy};
 use crate::service_name::ServiceName;
 use crate::telemetry::ServerTraceLayer;
 
@@ -41,8 +44,9 @@ pub struct GrpcServer {
     pub name: ServiceName,
     /// A bound listener (bind port 0 in tests and read the address).
     pub listener: TcpListener,
-    /// From [`crate::tls::TlsMaterial::server_config`].
-    pub tls: Arc<rustls::ServerConfig>,
+    /// The service's certificate; each accepted connection takes its
+    /// configuration of the moment (see [`crate::tls::live`]).
+    pub tls: Arc<crate::tls::LiveTls>,
     /// The service's own gRPC services.
     pub routes: Routes,
     /// Fully qualified names of the gRPC services in `routes`, reported by
@@ -59,14 +63,95 @@ pub struct GrpcServer {
     pub max_in_flight: u32,
 }
 
+/// What the server knows of a connection's peer, read once when the
+/// handshake completes; tonic puts it in every request's extensions.
+#[derive(Debug, Clone)]
+pub struct ConnectedPeer {
+    /// The peer's address.
+    pub remote_addr: Option<SocketAddr>,
+    /// The SPIFFE id its certificate names, if any.
+    pub identity: Option<PeerIdentity>,
+}
+
+/// An accepted mutual-TLS connection and the peer it proved to be.
+#[derive(Debug)]
+pub struct PeerStream {
+    tls: TlsStream<TcpStream>,
+    peer: ConnectedPeer,
+}
+
+impl PeerStream {
+    fn new(tls: TlsStream<TcpStream>) -> Self {
+        let (tcp, connection) = tls.get_ref();
+        let peer = ConnectedPeer {
+            remote_addr: tcp.peer_addr().ok(),
+            identity: connection
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(|leaf| crate::tls::spiffe_id(leaf.as_ref()))
+                .map(PeerIdentity::new),
+        };
+        Self { tls, peer }
+    }
+}
+
+impl tonic::transport::server::Connected for PeerStream {
+    type ConnectInfo = ConnectedPeer;
+
+    fn connect_info(&self) -> ConnectedPeer {
+        self.peer.clone()
+    }
+}
+
+impl tokio::io::AsyncRead for PeerStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tls).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for PeerStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tls).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tls).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tls.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tls).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tls).poll_shutdown(cx)
+    }
+}
+
 /// Accepts TCP connections and completes TLS handshakes off the accept loop,
 /// so one slow or hostile client cannot stall the others. Failed handshakes
 /// (no certificate, a certificate from another CA, not TLS 1.3) are logged
-/// and dropped.
+/// and dropped. `config` gives the server configuration for each new
+/// connection, so a renewed certificate serves from the next handshake.
 pub fn tls_incoming(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
-) -> impl futures::Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>> {
+    config: impl Fn() -> Arc<rustls::ServerConfig> + Send + 'static,
+) -> impl futures::Stream<Item = Result<PeerStream, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -74,12 +159,12 @@ pub fn tls_incoming(
                 accepted = listener.accept() => match accepted {
                     Ok((stream, addr)) => {
                         let _ = stream.set_nodelay(true);
-                        let acceptor = acceptor.clone();
+                        let acceptor = TlsAcceptor::from(config());
                         let tx = tx.clone();
                         tokio::spawn(async move {
                             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                                 Ok(Ok(tls)) => {
-                                    let _ = tx.send(tls).await;
+                                    let _ = tx.send(PeerStream::new(tls)).await;
                                 }
                                 Ok(Err(err)) => {
                                     tracing::warn!(peer.addr = %addr, error = %err, "tls handshake refused");
@@ -159,7 +244,8 @@ impl GrpcServer {
                 );
         }
 
-        let incoming = tls_incoming(self.listener, TlsAcceptor::from(self.tls));
+        let tls = self.tls;
+        let incoming = tls_incoming(self.listener, move || tls.server_config());
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))

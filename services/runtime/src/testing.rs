@@ -248,3 +248,49 @@ impl Default for TestPki {
         Self::new()
     }
 }
+
+/// A TLS handshake with the server at `addr` as `client`, verifying it as
+/// `localhost`: the certificate it presents, and whether it then accepted
+/// the client (with TLS 1.3 the server's verdict on the client's
+/// certificate arrives after the handshake, so this sends an HTTP/2 preface
+/// and waits for the server's first frame).
+pub async fn tls_handshake(
+    addr: std::net::SocketAddr,
+    client: &TlsMaterial,
+) -> (crate::tls::live::CertificateFacts, Result<(), String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = crate::tls::LiveTls::fixed(client)
+        .expect("client tls")
+        .client_config();
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("server reachable");
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .expect("server certificate accepted");
+    let presented = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .expect("a server certificate")
+        .clone();
+    let facts =
+        crate::tls::live::CertificateFacts::from_der(presented.as_ref()).expect("a certificate");
+    let accepted = async {
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 9];
+        match tokio::time::timeout(std::time::Duration::from_secs(5), tls.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => Ok(()),
+            Ok(Ok(_)) => Err("closed".to_owned()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timeout".to_owned()),
+        }
+    }
+    .await;
+    (facts, accepted)
+}

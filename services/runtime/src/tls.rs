@@ -11,6 +11,9 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use zeroize::Zeroizing;
 
+pub mod live;
+pub use live::LiveTls;
+
 /// Errors while loading certificates or building a TLS configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -38,7 +38,7 @@ async fn start(pki: &TestPki, policy: PeerPolicy, reflection: bool) -> Running {
     let server = GrpcServer {
         name: ServiceName::Vault,
         listener,
-        tls: pki.material("vault").server_config().unwrap(),
+        tls: confidant_runtime::tls::LiveTls::fixed(&pki.material("vault")).unwrap(),
         routes: tonic::service::Routes::default(),
         grpc_services: vec![VAULT_SERVICE],
         policy,

@@ -170,7 +170,7 @@ async fn a_call_across_two_services_is_one_trace_with_the_right_parents() {
     serve(GrpcServer {
         name: ServiceName::Audit,
         listener: b_listener,
-        tls: pki.material("audit").server_config().unwrap(),
+        tls: confidant_runtime::tls::LiveTls::fixed(&pki.material("audit")).unwrap(),
         routes: tonic::service::Routes::default(),
         grpc_services: vec![],
         policy: PeerPolicy::new(),
@@ -180,17 +180,15 @@ async fn a_call_across_two_services_is_one_trace_with_the_right_parents() {
     })
     .await;
     // Service A: calls B from its handler.
-    let a_tls = pki.material("vault");
+    let a_tls = confidant_runtime::tls::LiveTls::fixed(&pki.material("vault")).unwrap();
     let to_b =
         confidant_runtime::client::connect_lazy(&format!("https://{b_addr}"), &a_tls, "localhost")
             .unwrap();
     // A runs the same layers as every service, around its own health handler.
     let a_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let a_addr = a_listener.local_addr().unwrap();
-    let incoming = confidant_runtime::server::tls_incoming(
-        a_listener,
-        tokio_rustls::TlsAcceptor::from(a_tls.server_config().unwrap()),
-    );
+    let incoming =
+        confidant_runtime::server::tls_incoming(a_listener, move || a_tls.server_config());
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .layer(
