@@ -1283,3 +1283,85 @@ async fn a_client_completes_the_web_form_in_a_browser(backend: Backend) {
     assert_eq!(value("contact_by"), "post");
     sandbox.stop().await;
 }
+
+/// cert-manager renews the intake's certificate: the gRPC port and the web
+/// page serve the new one within `tls_reload_seconds`, and callers go on,
+/// without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_renewed_certificate_is_served_on_the_grpc_port_and_the_web_page() {
+    a_renewed_certificate_is_served_on_the_grpc_port_and_the_web_page(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_renewed_certificate_is_served_on_the_grpc_port_and_the_web_page() {
+    a_renewed_certificate_is_served_on_the_grpc_port_and_the_web_page(Backend::Postgres).await;
+}
+
+async fn a_renewed_certificate_is_served_on_the_grpc_port_and_the_web_page(backend: Backend) {
+    use confidant_runtime::testing::tls_handshake;
+    let data = SandboxData::new(backend).await;
+    let web = std::net::SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec {
+            intake_web: Some(web),
+            settings: vec![("", "tls_reload_seconds", 1.into())],
+            ..SandboxSpec::of(&[
+                ServiceName::Identity,
+                ServiceName::Intake,
+                ServiceName::Vault,
+                ServiceName::Audit,
+            ])
+        },
+    )
+    .await;
+    let grpc = sandbox.addr(ServiceName::Intake);
+    let portal = data.client_tls("client-portal");
+    let (before, accepted) = tls_handshake(grpc, &portal).await;
+    assert_eq!(accepted, Ok(()));
+    assert_eq!(tls_handshake(web, &portal).await.0, before);
+    let mut admin = common::identity_client(&data, &sandbox, "operator").await;
+    let forms_admin = cleared(&mut admin, "admin@firm.example", "firm_administrator").await;
+    let admin_token = staff_token(&data, &forms_admin, &["firm_administrator"]);
+    let mut connected_before = IntakeServiceClient::new(
+        channel(&data, &sandbox, ServiceName::Intake, "client-portal").await,
+    );
+
+    data.renew_certificate(ServiceName::Intake);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let renewed = loop {
+        let (now, _) = tls_handshake(grpc, &portal).await;
+        if now.serial != before.serial {
+            break now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the renewed certificate is not served on the gRPC port"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(renewed.spiffe_id, before.spiffe_id);
+    assert!(renewed.not_after >= before.not_after);
+    assert_eq!(tls_handshake(web, &portal).await.0, renewed, "the web page");
+
+    // A caller connecting now verifies the new certificate; one connected
+    // before goes on; the intake's own calls (the decision, the audit
+    // events) go on.
+    for intake in [
+        &mut IntakeServiceClient::new(
+            channel(&data, &sandbox, ServiceName::Intake, "client-portal").await,
+        ),
+        &mut connected_before,
+    ] {
+        intake
+            .publish_privacy_notice(as_staff(
+                &admin_token,
+                pb::PublishPrivacyNoticeRequest {
+                    text: "Quill & Partners LLP processes your data to advise you.".into(),
+                },
+            ))
+            .await
+            .unwrap();
+    }
+    sandbox.stop().await;
+}

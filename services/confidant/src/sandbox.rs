@@ -210,6 +210,19 @@ impl SandboxData {
         }
     }
 
+    /// Issues `service` a new certificate from the sandbox CA into its
+    /// files, as a renewal does (running services pick it up by their
+    /// `tls_reload_seconds`).
+    pub fn renew_certificate(&self, service: ServiceName) {
+        let pki = self.pki();
+        let ca = pki.load_ca().expect("ca");
+        let hosts = ["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let leaf = issue(&ca, &LeafSpec::service("confidant.local", service, &hosts))
+            .expect("service certificate");
+        pki.store(service.as_str(), &leaf)
+            .expect("store certificate");
+    }
+
     fn pki(&self) -> PkiDir {
         PkiDir::new(self.dir.path().join("pki"))
     }
@@ -266,8 +279,9 @@ pub struct SandboxSpec {
     /// Where the intake web page listens (default: no page).
     pub intake_web: Option<SocketAddr>,
     /// Settings over the defaults: (section, key, value), e.g.
-    /// `("vault", "destruction_window_seconds", 2.into())` or
-    /// `("services.vault", "max_in_flight", 1.into())`.
+    /// `("vault", "destruction_window_seconds", 2.into())`,
+    /// `("services.vault", "max_in_flight", 1.into())` or
+    /// `("", "tls_reload_seconds", 1.into())`.
     pub settings: Vec<(&'static str, &'static str, toml::Value)>,
 }
 
@@ -357,11 +371,11 @@ pub fn config_table(data: &SandboxData, spec: &SandboxSpec) -> toml::Table {
     base
 }
 
-/// Sets `key` in the table at `path` (dotted, e.g. `services.vault`) of
-/// `base`, making the tables on the way.
+/// Sets `key` in the table at `path` (dotted, e.g. `services.vault`; empty:
+/// the top level) of `base`, making the tables on the way.
 fn set(base: &mut toml::Table, path: &str, key: &str, value: toml::Value) {
     let mut t = base;
-    for part in path.split('.') {
+    for part in path.split('.').filter(|part| !part.is_empty()) {
         let entry = t
             .entry(part.to_owned())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));

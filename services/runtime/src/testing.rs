@@ -253,20 +253,23 @@ impl Default for TestPki {
 /// `localhost`: the certificate it presents, and whether it then accepted
 /// the client (with TLS 1.3 the server's verdict on the client's
 /// certificate arrives after the handshake, so this sends an HTTP/2 preface
-/// and waits for the server's first frame).
+/// and waits for the server's first bytes).
 pub async fn tls_handshake(
     addr: std::net::SocketAddr,
     client: &TlsMaterial,
 ) -> (crate::tls::live::CertificateFacts, Result<(), String>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let config = crate::tls::LiveTls::fixed(client)
+    // No ALPN: gRPC ports and the intake web page (HTTP/1.1) both answer.
+    let mut config = (*crate::tls::LiveTls::fixed(client)
         .expect("client tls")
-        .client_config();
+        .client_config())
+    .clone();
+    config.alpn_protocols.clear();
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .expect("server reachable");
     let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
-    let mut tls = tokio_rustls::TlsConnector::from(config)
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
         .connect(name, tcp)
         .await
         .expect("server certificate accepted");
