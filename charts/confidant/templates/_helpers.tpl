@@ -78,6 +78,7 @@ trust_domain = {{ $v.trustDomain | quote }}
 ca_file = "/etc/confidant/ca/ca.crt"
 reflection = false
 shutdown_grace_seconds = {{ $s.shutdownGraceSeconds }}
+tls_reload_seconds = {{ $s.tlsReloadSeconds }}
 probe_listen = "0.0.0.0:{{ $v.ports.probe }}"
 {{- with (include "confidant.serviceValues" (dict "root" $root "service" .service) | fromYaml).workerThreads }}
 worker_threads = {{ . }}
