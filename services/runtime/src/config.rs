@@ -406,7 +406,7 @@ impl Default for IdentityConfig {
 }
 
 /// One problem with the configuration, naming the setting.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Problem {
     /// The setting, as a TOML path, e.g. `services.vault.database_url`.
     pub setting: String,
@@ -605,6 +605,28 @@ impl Config {
                         problem(format!("{prefix}.{name}"), "file does not exist")
                     }
                     Some(_) => {}
+                }
+            }
+            // The files it would serve with: usable, its own, valid now.
+            if let Some(files) = self.tls_files(service)
+                && [&files.ca_file, &files.cert_file, &files.key_file]
+                    .iter()
+                    .all(|p| p.is_file())
+            {
+                let found = match files.load() {
+                    Ok(material) => crate::tls::live::problem_with(
+                        &material,
+                        &service.spiffe_id(&self.trust_domain),
+                        chrono::Utc::now().timestamp(),
+                    ),
+                    Err(err) => Some(("cert_file", err.to_string())),
+                };
+                if let Some((file, text)) = found {
+                    if file == "ca_file" {
+                        problem(file.to_owned(), &text);
+                    } else {
+                        problem(format!("{prefix}.{file}"), &text);
+                    }
                 }
             }
             if s.max_in_flight == Some(0) {
@@ -888,6 +910,9 @@ impl Config {
         if problems.is_empty() {
             Ok(())
         } else {
+            // A shared setting (the CA bundle) is named once.
+            let mut seen = std::collections::HashSet::new();
+            problems.retain(|p| seen.insert(p.clone()));
             Err(Error::Invalid(problems))
         }
     }
@@ -1242,5 +1267,70 @@ mod tests {
         assert_eq!(config.mode, Mode::Dev);
         config.validate(&ServiceName::ALL).unwrap();
         assert_eq!(config.listen(ServiceName::Audit).port(), 7105);
+    }
+
+    #[test]
+    fn a_service_must_serve_with_its_own_matching_current_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = crate::pki::PkiDir::new(dir.path().join("pki"));
+        pki.ensure_dev("confidant.local").unwrap();
+        let ca = pki.load_ca().unwrap();
+        let config = load(Config::dev_defaults(dir.path()), None, &HashMap::new()).unwrap();
+        let problems = |config: &Config| match config.validate(&[ServiceName::Vault]) {
+            Ok(()) => String::new(),
+            Err(err) => err.to_string(),
+        };
+        let hosts = ["localhost".to_owned()];
+        let issue = |service, validity| {
+            let mut spec = crate::pki::LeafSpec::service("confidant.local", service, &hosts);
+            spec.validity = validity;
+            crate::pki::issue(&ca, &spec).unwrap()
+        };
+        let vault = || {
+            let s = &config.services[&ServiceName::Vault];
+            (s.cert_file.clone().unwrap(), s.key_file.clone().unwrap())
+        };
+        let (cert, key) = vault();
+        let put = |pair: &crate::pki::CertifiedKey| {
+            std::fs::write(&cert, &pair.cert_pem).unwrap();
+            std::fs::write(&key, pair.key_pem.as_bytes()).unwrap();
+        };
+        assert!(
+            !problems(&config).contains("services.vault"),
+            "{}",
+            problems(&config)
+        );
+
+        // The audit service's certificate in the vault's place.
+        put(&issue(ServiceName::Audit, time::Duration::days(1)));
+        let found = problems(&config);
+        assert!(
+            found.contains(
+                "services.vault.cert_file: names spiffe://confidant.local/audit, \
+                 but this service is spiffe://confidant.local/vault"
+            ),
+            "{found}"
+        );
+        // An expired one.
+        put(&issue(ServiceName::Vault, time::Duration::minutes(-1)));
+        let found = problems(&config);
+        assert!(
+            found.contains("services.vault.cert_file: expired at "),
+            "{found}"
+        );
+        // A renewal half done: the new certificate, the old key.
+        let old_key = std::fs::read(&key).unwrap();
+        put(&issue(ServiceName::Vault, time::Duration::days(1)));
+        std::fs::write(&key, old_key).unwrap();
+        let found = problems(&config);
+        assert!(
+            found.contains("services.vault.key_file: does not match the certificate"),
+            "{found}"
+        );
+        // A bundle that holds no certificate, named once.
+        put(&issue(ServiceName::Vault, time::Duration::days(1)));
+        std::fs::write(config.ca_file.as_ref().unwrap(), b"not a certificate").unwrap();
+        let found = config.validate(&ServiceName::ALL).unwrap_err().to_string();
+        assert_eq!(found.matches("ca_file: ").count(), 1, "{found}");
     }
 }

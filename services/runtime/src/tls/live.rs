@@ -302,6 +302,59 @@ impl LiveTls {
     }
 }
 
+/// Which of a service's three TLS files is wrong, and how: the start-up
+/// check (`confidant serve --check-config`) of the files a service would
+/// serve with. `None` when they would do: they parse, the key matches the
+/// certificate, the certificate names `expected_id` and is valid at `now`
+/// (Unix seconds).
+pub fn problem_with(
+    material: &TlsMaterial,
+    expected_id: &str,
+    now: i64,
+) -> Option<(&'static str, String)> {
+    let generation = match Generation::build(material.clone()) {
+        Ok(generation) => generation,
+        Err(Error::Pem { what, detail }) => {
+            let file = match what.as_str() {
+                "ca bundle" => "ca_file",
+                "private key" => "key_file",
+                _ => "cert_file",
+            };
+            return Some((file, detail));
+        }
+        Err(Error::Rustls(rustls::Error::InconsistentKeys(_))) => {
+            return Some(("key_file", "does not match the certificate".to_owned()));
+        }
+        Err(err) => return Some(("cert_file", err.to_string())),
+    };
+    let facts = generation.facts;
+    match &facts.spiffe_id {
+        Some(id) if id == expected_id => {}
+        other => {
+            return Some((
+                "cert_file",
+                format!(
+                    "names {}, but this service is {expected_id}",
+                    other.as_deref().unwrap_or("no SPIFFE id")
+                ),
+            ));
+        }
+    }
+    let when = |t: i64| {
+        chrono::DateTime::from_timestamp(t, 0).map_or_else(|| t.to_string(), |d| d.to_rfc3339())
+    };
+    if now > facts.not_after {
+        return Some(("cert_file", format!("expired at {}", when(facts.not_after))));
+    }
+    if now < facts.not_before {
+        return Some((
+            "cert_file",
+            format!("is not valid until {}", when(facts.not_before)),
+        ));
+    }
+    None
+}
+
 fn same(a: &TlsMaterial, b: &TlsMaterial) -> bool {
     a.ca_pem == b.ca_pem && a.cert_pem == b.cert_pem && *a.key_pem == *b.key_pem
 }
