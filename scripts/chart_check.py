@@ -202,8 +202,10 @@ def hardening(docs, label):
 
 def config_check(docs, binary, label, values):
     """Each service's rendered configuration passes `confidant serve
-    --check-config` (exit 64 would name every problem) and carries the
-    service's worker threads when its values set them."""
+    --check-config` (exit 64 would name every problem) with a real
+    certificate of the service where the pod mounts it, names only files
+    that a volume mounts, and carries the service's worker threads when its
+    values set them."""
     for doc in docs:
         if doc["kind"] != "ConfigMap" or "confidant.toml" not in doc.get("data", {}):
             continue
@@ -215,6 +217,13 @@ def config_check(docs, binary, label, values):
         rendered = re.findall(r"^worker_threads = (\d+)$", doc["data"]["confidant.toml"], re.M)
         if rendered != ([str(workers)] if workers else []):
             fail(f"{service} ({label}): worker_threads rendered as {rendered}, values ask for {workers}")
+        # Every file the configuration names is mounted into the pod.
+        mounts = [m["mountPath"] for d in docs if d["kind"] == "Deployment"
+                  and d["metadata"]["labels"].get("app.kubernetes.io/component") == service
+                  for c in d["spec"]["template"]["spec"]["containers"] for m in c.get("volumeMounts", [])]
+        for path in set(re.findall(r'"(/etc/confidant/[^"]+)"', doc["data"]["confidant.toml"])):
+            if not any(path.startswith(m.rstrip("/") + "/") for m in mounts):
+                fail(f"{service} ({label}): the configuration names {path}, which no volume mounts")
         with tempfile.TemporaryDirectory() as tmp:
             root = pathlib.Path(tmp)
             toml = doc["data"]["confidant.toml"].replace("/etc/confidant/", f"{root}/")
@@ -222,6 +231,23 @@ def config_check(docs, binary, label, values):
                 p = pathlib.Path(path)
                 p.parent.mkdir(parents=True, exist_ok=True)
                 p.write_text("placeholder\n")
+            # The service's certificate must be its own (its SPIFFE id in the
+            # rendered trust domain), match its key and chain to the bundle:
+            # issue a real one where the pod mounts it.
+            domain = re.search(r'^trust_domain = "([^"]+)"$', toml, re.M)
+            pki = root / "pki"
+            for args in (["certs", "init", "--dir", str(pki)],
+                         ["certs", "issue", "--dir", str(pki), "--name", service,
+                          "--host", f"confidant-{service}",
+                          "--trust-domain", domain.group(1) if domain else "confidant.local"]):
+                out = run([binary, *args], timeout=60)
+                if out.returncode != 0:
+                    fail(f"{service} ({label}): confidant {' '.join(args[:2])} failed:\n{out.stdout}{out.stderr}")
+            for source, target in ((pki / "ca.pem", root / "ca" / "ca.crt"),
+                                   (pki / f"{service}.pem", root / "tls" / "tls.crt"),
+                                   (pki / f"{service}-key.pem", root / "tls" / "tls.key")):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
             config = root / "confidant.toml"
             config.write_text(toml)
             env = {k: v for k, v in os.environ.items() if not k.startswith("CONFIDANT_")}

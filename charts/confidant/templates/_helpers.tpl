@@ -108,6 +108,13 @@ metrics_interval_seconds = {{ $v.telemetry.metricsIntervalSeconds }}
 {{- with $v.telemetry.otlpEndpoint }}
 otlp_endpoint = {{ . | quote }}
 {{- end }}
+{{- if $v.telemetry.otlpTls.secretName }}
+otlp_ca_file = "/etc/confidant/otlp/ca.crt"
+{{- if $v.telemetry.otlpTls.clientCertificate }}
+otlp_cert_file = "/etc/confidant/otlp/tls.crt"
+otlp_key_file = "/etc/confidant/otlp/tls.key"
+{{- end }}
+{{- end }}
 {{- if has .service (list "vault" "identity" "intake") }}
 
 [kms]

@@ -56,6 +56,39 @@ enum ClientTls {
     /// The service's current one at each handshake, so that a reconnection
     /// presents a renewed certificate and trusts a renewed bundle.
     Live(Arc<LiveTls>),
+    /// Built from files at each handshake.
+    Files(ExternalTls),
+}
+
+/// TLS to a server outside the deployment, such as an OpenTelemetry
+/// collector: the CA bundle its certificate must chain to and, for one that
+/// asks for it, a client certificate and key. The files are read at each
+/// connection, so renewed ones are used from the next one on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalTls {
+    /// CA bundle, PEM.
+    pub ca_file: std::path::PathBuf,
+    /// Client certificate (chain) and key files, PEM.
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl ExternalTls {
+    fn client_config(&self) -> std::io::Result<Arc<rustls::ClientConfig>> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+        };
+        let ca = read(&self.ca_file)?;
+        let identity = match &self.identity {
+            Some((cert, key)) => Some((read(cert)?, zeroize::Zeroizing::new(read(key)?))),
+            None => None,
+        };
+        crate::tls::client_config(
+            &ca,
+            identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+        )
+        .map_err(std::io::Error::other)
+    }
 }
 
 /// Opens TCP and then TLS 1.3 to the URI's host and port, verifying the
@@ -87,12 +120,14 @@ impl tower::Service<http::Uri> for TlsConnector {
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let config = match &self.tls {
-            ClientTls::Fixed(config) => config.clone(),
-            ClientTls::Live(live) => live.client_config(),
-        };
+        let tls = self.tls.clone();
         let server_name = self.server_name.clone();
         Box::pin(async move {
+            let config = match tls {
+                ClientTls::Fixed(config) => config,
+                ClientTls::Live(live) => live.client_config(),
+                ClientTls::Files(files) => files.client_config()?,
+            };
             let host = uri
                 .host()
                 .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
@@ -161,4 +196,27 @@ pub async fn connect(
             source,
         })?;
     Ok(tower::Layer::layer(&ClientTraceLayer, channel))
+}
+
+/// A channel to a server outside the deployment over TLS (see
+/// [`ExternalTls`]), verified as the URI's host, with no client span (an
+/// exporter of spans must not make spans of its own). Connects on first
+/// use; each call may take at most `timeout`.
+pub fn external_channel_lazy(
+    uri: &str,
+    tls: ExternalTls,
+    timeout: Duration,
+) -> Result<Channel, Error> {
+    let host = uri
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| {
+            u.host()
+                .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
+        })
+        .unwrap_or_default();
+    let (endpoint, connector) = channel(uri, ClientTls::Files(tls), &host)?;
+    Ok(endpoint
+        .timeout(timeout)
+        .connect_with_connector_lazy(connector))
 }

@@ -899,12 +899,45 @@ impl Config {
                 "must be between 0.0 and 1.0",
             );
         }
-        if let Some(endpoint) = &self.telemetry.otlp_endpoint
-            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        let t = &self.telemetry;
+        let https = t
+            .otlp_endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("https://"));
+        if let Some(endpoint) = &t.otlp_endpoint
+            && !(endpoint.starts_with("http://") || https)
         {
             problem(
                 "telemetry.otlp_endpoint".into(),
                 "must be an http:// or https:// URL",
+            );
+        }
+        if https && t.otlp_ca_file.is_none() {
+            problem(
+                "telemetry.otlp_ca_file".into(),
+                "is required for an https:// endpoint (the collector's CA bundle)",
+            );
+        }
+        for (name, file) in [
+            ("otlp_ca_file", &t.otlp_ca_file),
+            ("otlp_cert_file", &t.otlp_cert_file),
+            ("otlp_key_file", &t.otlp_key_file),
+        ] {
+            match file {
+                Some(_) if !https => problem(
+                    format!("telemetry.{name}"),
+                    "applies only to an https:// otlp_endpoint",
+                ),
+                Some(path) if !path.is_file() => {
+                    problem(format!("telemetry.{name}"), "file does not exist")
+                }
+                _ => {}
+            }
+        }
+        if t.otlp_cert_file.is_some() != t.otlp_key_file.is_some() {
+            problem(
+                "telemetry.otlp_cert_file".into(),
+                "comes with telemetry.otlp_key_file (both or neither)",
             );
         }
         if problems.is_empty() {
@@ -1332,5 +1365,77 @@ mod tests {
         std::fs::write(config.ca_file.as_ref().unwrap(), b"not a certificate").unwrap();
         let found = config.validate(&ServiceName::ALL).unwrap_err().to_string();
         assert_eq!(found.matches("ca_file: ").count(), 1, "{found}");
+    }
+
+    #[test]
+    fn an_https_collector_needs_its_ca_bundle_and_a_client_certificate_comes_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("collector-ca.pem");
+        std::fs::write(&ca, b"pem").unwrap();
+        let problems = |telemetry: crate::telemetry::TelemetryConfig| {
+            let config = Config {
+                telemetry,
+                ..Config::default()
+            };
+            match config.validate(&[ServiceName::Audit]) {
+                Ok(()) => Vec::new(),
+                Err(err) => err
+                    .to_string()
+                    .lines()
+                    .filter(|l| l.contains("telemetry."))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>(),
+            }
+        };
+        let https = || crate::telemetry::TelemetryConfig {
+            otlp_endpoint: Some("https://otel-collector:4317".into()),
+            ..Default::default()
+        };
+        let found = problems(https());
+        assert!(
+            found
+                .iter()
+                .any(|l| l.contains("telemetry.otlp_ca_file: is required")),
+            "{found:?}"
+        );
+        assert!(
+            problems(crate::telemetry::TelemetryConfig {
+                otlp_ca_file: Some(ca.clone()),
+                ..https()
+            })
+            .is_empty()
+        );
+        let found = problems(crate::telemetry::TelemetryConfig {
+            otlp_endpoint: Some("http://otel-collector:4317".into()),
+            otlp_ca_file: Some(ca.clone()),
+            ..Default::default()
+        });
+        assert!(
+            found
+                .iter()
+                .any(|l| l.contains("telemetry.otlp_ca_file: applies only to an https://")),
+            "{found:?}"
+        );
+        let found = problems(crate::telemetry::TelemetryConfig {
+            otlp_ca_file: Some(ca.clone()),
+            otlp_cert_file: Some(ca.clone()),
+            ..https()
+        });
+        assert!(
+            found
+                .iter()
+                .any(|l| l.contains("telemetry.otlp_cert_file: comes with telemetry.otlp_key_file")),
+            "{found:?}"
+        );
+        let found = problems(crate::telemetry::TelemetryConfig {
+            otlp_ca_file: Some(dir.path().join("missing.pem")),
+            ..https()
+        });
+        assert!(
+            found
+                .iter()
+                .any(|l| l.contains("telemetry.otlp_ca_file: file does not exist")),
+            "{found:?}"
+        );
     }
 }

@@ -28,8 +28,18 @@ use tracing_subscriber::{EnvFilter, Layer as _};
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
     /// OTLP/gRPC endpoint of an OpenTelemetry collector, e.g.
-    /// `http://otel-collector:4317`. No export when unset.
+    /// `http://otel-collector:4317`, or `https://…` with `otlp_ca_file`.
+    /// No export when unset.
     pub otlp_endpoint: Option<String>,
+    /// For an `https://` endpoint: the CA bundle the collector's
+    /// certificate must chain to (TLS 1.3).
+    pub otlp_ca_file: Option<std::path::PathBuf>,
+    /// For a collector that asks for a client certificate: its certificate
+    /// (chain) and key files. Read at each connection, so a renewal is used
+    /// from the next one on.
+    pub otlp_cert_file: Option<std::path::PathBuf>,
+    /// See `otlp_cert_file`.
+    pub otlp_key_file: Option<std::path::PathBuf>,
     /// Fraction of new traces sampled (0.0 to 1.0); a request that arrives
     /// with a sampled parent is always sampled.
     pub sampling_ratio: f64,
@@ -45,6 +55,9 @@ impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
             otlp_endpoint: None,
+            otlp_ca_file: None,
+            otlp_cert_file: None,
+            otlp_key_file: None,
             sampling_ratio: 1.0,
             log_format: LogFormat::Json,
             log_level: "info".to_owned(),
@@ -69,6 +82,9 @@ pub enum Error {
     /// An OTLP exporter could not be built.
     #[error("otlp exporter: {0}")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    /// The TLS channel to the collector could not be built.
+    #[error("telemetry.otlp_endpoint: {0}")]
+    Channel(#[from] crate::client::Error),
     /// The log filter does not parse.
     #[error("telemetry.log_level: {0}")]
     Filter(#[from] tracing_subscriber::filter::ParseError),
@@ -113,6 +129,55 @@ impl Drop for TelemetryGuard {
     }
 }
 
+/// How long one export to the collector may take.
+const EXPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Where spans and metrics go: a plaintext endpoint, or a TLS channel
+/// (shared by both exporters: one connection).
+enum Collector {
+    Plain(String),
+    Tls(tonic::transport::Channel),
+}
+
+impl Collector {
+    fn apply<B>(&self, builder: B) -> B
+    where
+        B: opentelemetry_otlp::WithExportConfig + opentelemetry_otlp::WithTonicConfig,
+    {
+        match self {
+            Self::Plain(endpoint) => builder.with_endpoint(endpoint.clone()),
+            Self::Tls(channel) => builder
+                .with_channel(channel.clone())
+                .with_timeout(EXPORT_TIMEOUT),
+        }
+    }
+}
+
+fn collector(config: &TelemetryConfig) -> Result<Option<Collector>, Error> {
+    let Some(endpoint) = &config.otlp_endpoint else {
+        return Ok(None);
+    };
+    let Some(ca_file) = config
+        .otlp_ca_file
+        .clone()
+        .filter(|_| endpoint.starts_with("https://"))
+    else {
+        return Ok(Some(Collector::Plain(endpoint.clone())));
+    };
+    let tls = crate::client::ExternalTls {
+        ca_file,
+        identity: config
+            .otlp_cert_file
+            .clone()
+            .zip(config.otlp_key_file.clone()),
+    };
+    Ok(Some(Collector::Tls(crate::client::external_channel_lazy(
+        endpoint,
+        tls,
+        EXPORT_TIMEOUT,
+    )?)))
+}
+
 /// Installs the global subscriber (logs, spans to OpenTelemetry) and the W3C
 /// trace-context propagator. Must run inside a Tokio runtime.
 pub fn init(service_name: &str, config: &TelemetryConfig) -> Result<TelemetryGuard, Error> {
@@ -127,11 +192,10 @@ pub fn init(service_name: &str, config: &TelemetryConfig) -> Result<TelemetryGua
     let mut builder = SdkTracerProvider::builder()
         .with_sampler(sampler)
         .with_resource(resource.clone());
-    if let Some(endpoint) = &config.otlp_endpoint {
-        use opentelemetry_otlp::WithExportConfig;
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint.clone())
+    let collector = collector(config)?;
+    if let Some(collector) = &collector {
+        let exporter = collector
+            .apply(opentelemetry_otlp::SpanExporter::builder().with_tonic())
             .build()?;
         // The async-runtime processor exports on Tokio, which tonic needs.
         let processor = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
@@ -146,11 +210,9 @@ pub fn init(service_name: &str, config: &TelemetryConfig) -> Result<TelemetryGua
     opentelemetry::global::set_tracer_provider(provider.clone());
 
     let mut meters = SdkMeterProvider::builder().with_resource(resource);
-    if let Some(endpoint) = &config.otlp_endpoint {
-        use opentelemetry_otlp::WithExportConfig;
-        let exporter = opentelemetry_otlp::MetricExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint.clone())
+    if let Some(collector) = &collector {
+        let exporter = collector
+            .apply(opentelemetry_otlp::MetricExporter::builder().with_tonic())
             .build()?;
         let reader = opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader::builder(
             exporter,

@@ -163,15 +163,7 @@ impl TlsMaterial {
     /// Client side: TLS 1.3 only, the server must chain to the CA, our
     /// certificate is presented, ALPN h2.
     pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, Error> {
-        let mut config = rustls::ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_root_certificates(roots(&self.ca_pem)?)
-            .with_client_auth_cert(
-                certs(&self.cert_pem, "certificate")?,
-                private_key(&self.key_pem)?,
-            )?;
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(Arc::new(config))
+        client_config(&self.ca_pem, Some((&self.cert_pem, &self.key_pem)))
     }
 
     /// The SPIFFE id of our own certificate, if it carries one.
@@ -179,6 +171,26 @@ impl TlsMaterial {
         let chain = certs(&self.cert_pem, "certificate").ok()?;
         spiffe_id(chain.first()?.as_ref())
     }
+}
+
+/// A client configuration: TLS 1.3 only, the server must chain to
+/// `ca_pem`, `identity` (certificate chain and key, PEM) presented when the
+/// server asks, ALPN h2.
+pub fn client_config(
+    ca_pem: &[u8],
+    identity: Option<(&[u8], &[u8])>,
+) -> Result<Arc<rustls::ClientConfig>, Error> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots(ca_pem)?);
+    let mut config = match identity {
+        Some((cert_pem, key_pem)) => {
+            builder.with_client_auth_cert(certs(cert_pem, "certificate")?, private_key(key_pem)?)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// The first `spiffe://` URI SAN of a DER certificate.
