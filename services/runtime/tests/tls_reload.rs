@@ -220,7 +220,7 @@ async fn files_a_service_cannot_use_are_refused_and_the_running_certificate_stay
         (
             "an expired certificate",
             leaf(&pki, "vault", time::Duration::minutes(-1)),
-            |r| matches!(r, Refused::NotValidNow { .. }),
+            |r| matches!(r, Refused::Expired { .. }),
         ),
         (
             "an empty bundle",

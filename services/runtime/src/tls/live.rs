@@ -87,24 +87,30 @@ pub enum Refused {
     /// key does not match the certificate.
     #[error(transparent)]
     Unusable(#[from] Error),
-    /// The new certificate names another identity.
-    #[error("the new certificate names {new}, the running one {running}")]
+    /// The certificate names another identity than the service's.
+    #[error("names {found}, but this service is {expected}")]
     OtherIdentity {
-        /// The running certificate's SPIFFE id.
-        running: String,
-        /// The new one's (`none` when it carries none).
-        new: String,
+        /// The service's SPIFFE id.
+        expected: String,
+        /// The certificate's (`no SPIFFE id` when it carries none).
+        found: String,
     },
-    /// The new certificate is not valid now.
-    #[error(
-        "the new certificate is valid from {not_before} to {not_after} (Unix seconds), not now"
-    )]
-    NotValidNow {
-        /// Start of its validity.
-        not_before: i64,
-        /// End of its validity.
+    /// The certificate has expired.
+    #[error("expired at {}", rfc3339(*not_after))]
+    Expired {
+        /// End of its validity, Unix seconds.
         not_after: i64,
     },
+    /// The certificate is not valid yet.
+    #[error("is not valid until {}", rfc3339(*not_before))]
+    NotYetValid {
+        /// Start of its validity, Unix seconds.
+        not_before: i64,
+    },
+}
+
+fn rfc3339(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0).map_or_else(|| t.to_string(), |d| d.to_rfc3339())
 }
 
 /// What a look at the files did.
@@ -185,11 +191,6 @@ impl LiveTls {
         self.generation().web.clone()
     }
 
-    /// The PEM material currently in service.
-    pub fn material(&self) -> TlsMaterial {
-        self.generation().material.clone()
-    }
-
     /// The certificate currently in service.
     pub fn certificate(&self) -> CertificateFacts {
         self.generation().facts.clone()
@@ -221,7 +222,9 @@ impl LiveTls {
                 return Ok(None);
             }
             let next = Generation::build(material)?;
-            check(&running.facts, next, chrono::Utc::now().timestamp()).map(Some)
+            let now = chrono::Utc::now().timestamp();
+            verdict(&next.facts, running.facts.spiffe_id.as_deref(), now)?;
+            Ok(Some(next))
         });
         let mut last = self
             .last_refused
@@ -304,9 +307,9 @@ impl LiveTls {
 
 /// Which of a service's three TLS files is wrong, and how: the start-up
 /// check (`confidant serve --check-config`) of the files a service would
-/// serve with. `None` when they would do: they parse, the key matches the
-/// certificate, the certificate names `expected_id` and is valid at `now`
-/// (Unix seconds).
+/// serve with, by the rules a reload follows. `None` when they would do:
+/// they parse, the key matches the certificate, the certificate names
+/// `expected_id` and is valid at `now` (Unix seconds).
 pub fn problem_with(
     material: &TlsMaterial,
     expected_id: &str,
@@ -327,58 +330,40 @@ pub fn problem_with(
         }
         Err(err) => return Some(("cert_file", err.to_string())),
     };
-    let facts = generation.facts;
-    match &facts.spiffe_id {
-        Some(id) if id == expected_id => {}
-        other => {
-            return Some((
-                "cert_file",
-                format!(
-                    "names {}, but this service is {expected_id}",
-                    other.as_deref().unwrap_or("no SPIFFE id")
-                ),
-            ));
-        }
-    }
-    let when = |t: i64| {
-        chrono::DateTime::from_timestamp(t, 0).map_or_else(|| t.to_string(), |d| d.to_rfc3339())
-    };
-    if now > facts.not_after {
-        return Some(("cert_file", format!("expired at {}", when(facts.not_after))));
-    }
-    if now < facts.not_before {
-        return Some((
-            "cert_file",
-            format!("is not valid until {}", when(facts.not_before)),
-        ));
-    }
-    None
+    verdict(&generation.facts, Some(expected_id), now)
+        .err()
+        .map(|refused| ("cert_file", refused.to_string()))
 }
 
 fn same(a: &TlsMaterial, b: &TlsMaterial) -> bool {
     a.ca_pem == b.ca_pem && a.cert_pem == b.cert_pem && *a.key_pem == *b.key_pem
 }
 
-fn check(running: &CertificateFacts, next: Generation, now: i64) -> Result<Generation, Refused> {
-    if let Some(running_id) = &running.spiffe_id
-        && next.facts.spiffe_id.as_ref() != Some(running_id)
+/// Whether a certificate may serve: it names `expected` (when the service
+/// has an identity) and is valid at `now`.
+fn verdict(facts: &CertificateFacts, expected: Option<&str>, now: i64) -> Result<(), Refused> {
+    if let Some(expected) = expected
+        && facts.spiffe_id.as_deref() != Some(expected)
     {
         return Err(Refused::OtherIdentity {
-            running: running_id.clone(),
-            new: next
-                .facts
+            expected: expected.to_owned(),
+            found: facts
                 .spiffe_id
                 .clone()
-                .unwrap_or_else(|| "none".to_owned()),
+                .unwrap_or_else(|| "no SPIFFE id".to_owned()),
         });
     }
-    if now < next.facts.not_before || now > next.facts.not_after {
-        return Err(Refused::NotValidNow {
-            not_before: next.facts.not_before,
-            not_after: next.facts.not_after,
+    if now > facts.not_after {
+        return Err(Refused::Expired {
+            not_after: facts.not_after,
         });
     }
-    Ok(next)
+    if now < facts.not_before {
+        return Err(Refused::NotYetValid {
+            not_before: facts.not_before,
+        });
+    }
+    Ok(())
 }
 
 /// The end of validity of the certificate each service serves, Unix
