@@ -11,7 +11,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::directory::{as_staff, cleared, new_client, new_matter};
@@ -21,18 +20,6 @@ use confidant_proto::vault::v1 as pb;
 use confidant_proto::vault::v1::vault_service_client::VaultServiceClient;
 use confidant_runtime::ServiceName;
 use confidant_runtime::storage::Backend;
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 
 /// Client data and secrets the run uses; none may come back out.
 const SURNAME: &str = "Quillfeather";
@@ -42,51 +29,11 @@ const JUSTIFICATION: &str = "reviewing the Marlowe settlement terms";
 const BAD_EMAIL: &str = "quillfeather-not-an-address";
 const DOCUMENT: &str = "CANARY-DOCUMENT-CONTENT-7731";
 
-/// Everything the collector received, as text.
-#[derive(Clone, Default)]
-struct Received(Arc<Mutex<String>>);
-
-impl Received {
-    fn text(&self) -> String {
-        self.0.lock().unwrap().clone()
-    }
-}
-
-#[tonic::async_trait]
-impl TraceService for Received {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let spans = format!("{:?}", request.into_inner());
-        self.0.lock().unwrap().push_str(&spans);
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-#[tonic::async_trait]
-impl MetricsService for Received {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportMetricsServiceRequest>,
-    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        let metrics = format!("{:?}", request.into_inner());
-        self.0.lock().unwrap().push_str(&metrics);
-        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_client_data_secret_or_token_reaches_logs_traces_metrics_or_errors() {
     // The collector: traces and metrics over OTLP/gRPC.
-    let received = Received::default();
-    let otlp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let otlp_addr = otlp.local_addr().unwrap();
-    let collector = tonic::transport::Server::builder()
-        .add_service(TraceServiceServer::new(received.clone()))
-        .add_service(MetricsServiceServer::new(received.clone()))
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(otlp));
-    tokio::spawn(collector);
+    let received = confidant_runtime::testing::otlp::Collector::default();
+    let otlp_addr = received.listen_plain().await;
 
     let data = SandboxData::new(Backend::Postgres).await;
     let port = |_| SocketAddr::from(([127, 0, 0, 1], free_port()));

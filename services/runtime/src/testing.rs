@@ -1,11 +1,13 @@
 //! Test helpers shared by every crate's tests (feature `testing`): a fresh
 //! database per test on either backend, Redis and PostgreSQL addresses, keys
-//! in the KMS emulator, and a throwaway PKI.
+//! in the KMS emulator, a throwaway PKI, and an OTLP receiver ([`otlp`]).
 //!
 //! PostgreSQL tests get a schema of their own, named uniquely and dropped
 //! afterwards, so tests run in parallel and leave nothing behind. Set
 //! `CONFIDANT_TEST_POSTGRES_URL` / `CONFIDANT_TEST_REDIS_URL` to use other
 //! servers than the local defaults.
+
+pub mod otlp;
 
 use crate::kms::{AwsKms, AwsSettings};
 use crate::pki::{CertifiedKey, LeafSpec, generate_ca, issue};
@@ -251,37 +253,50 @@ impl Default for TestPki {
 
 /// A TLS handshake with the server at `addr` as `client`, verifying it as
 /// `localhost`: the certificate it presents, and whether it then accepted
-/// the client (with TLS 1.3 the server's verdict on the client's
-/// certificate arrives after the handshake, so this sends an HTTP/2 preface
-/// and waits for the server's first bytes).
+/// the client (see [`tls_handshake_with`]).
 pub async fn tls_handshake(
     addr: std::net::SocketAddr,
     client: &TlsMaterial,
 ) -> (crate::tls::live::CertificateFacts, Result<(), String>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // No ALPN: gRPC ports and the intake web page (HTTP/1.1) both answer.
     let mut config = (*crate::tls::LiveTls::fixed(client)
         .expect("client tls")
         .client_config())
     .clone();
     config.alpn_protocols.clear();
+    tls_handshake_with(addr, config)
+        .await
+        .expect("server certificate accepted")
+}
+
+/// A TLS handshake with the server at `addr` with `config`, verifying it
+/// as `localhost`: `Err` when the handshake fails on our side; else the
+/// certificate the server presented, and whether it then accepted us (with
+/// TLS 1.3 the server's verdict on the client's certificate arrives after
+/// the handshake, so this sends an HTTP/2 preface and waits for the
+/// server's first bytes).
+pub async fn tls_handshake_with(
+    addr: std::net::SocketAddr,
+    config: rustls::ClientConfig,
+) -> Result<(crate::tls::live::CertificateFacts, Result<(), String>), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
-        .expect("server reachable");
+        .map_err(|e| e.to_string())?;
     let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
     let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
         .connect(name, tcp)
         .await
-        .expect("server certificate accepted");
+        .map_err(|e| e.to_string())?;
     let presented = tls
         .get_ref()
         .1
         .peer_certificates()
         .and_then(|certs| certs.first())
-        .expect("a server certificate")
+        .ok_or("no server certificate")?
         .clone();
-    let facts =
-        crate::tls::live::CertificateFacts::from_der(presented.as_ref()).expect("a certificate");
+    let facts = crate::tls::live::CertificateFacts::from_der(presented.as_ref())
+        .map_err(|e| e.to_string())?;
     let accepted = async {
         tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
             .await
@@ -295,5 +310,5 @@ pub async fn tls_handshake(
         }
     }
     .await;
-    (facts, accepted)
+    Ok((facts, accepted))
 }

@@ -1,15 +1,13 @@
 //! Mutual TLS at the service port: who can connect, who can call what.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use confidant_runtime::ServiceName;
 use confidant_runtime::peer::PeerPolicy;
 use confidant_runtime::server::{GrpcServer, health};
 use confidant_runtime::testing::TestPki;
 use confidant_runtime::tls::TlsMaterial;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
@@ -74,28 +72,11 @@ async fn check(addr: SocketAddr, tls: &TlsMaterial) -> Result<i32, tonic::Status
     Ok(response.into_inner().status)
 }
 
-/// Connects with raw rustls and reports whether the server accepted us: with
-/// TLS 1.3 the server's verdict on our certificate arrives after the client
-/// finishes its side, so we must try to read.
+/// Connects with raw rustls and reports whether the server accepted us.
 async fn raw_handshake(addr: SocketAddr, config: rustls::ClientConfig) -> Result<(), String> {
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = connector
-        .connect(name, tcp)
+    confidant_runtime::testing::tls_handshake_with(addr, config)
         .await
-        .map_err(|e| e.to_string())?;
-    // An HTTP/2 preface; an accepting server answers with its SETTINGS.
-    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut buf = [0u8; 9];
-    match tokio::time::timeout(std::time::Duration::from_secs(5), tls.read(&mut buf)).await {
-        Ok(Ok(n)) if n > 0 => Ok(()),
-        Ok(Ok(_)) => Err("closed".into()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("timeout".into()),
-    }
+        .and_then(|(_, accepted)| accepted)
 }
 
 fn roots(pki: &TestPki) -> rustls::RootCertStore {

@@ -4,7 +4,6 @@
 //!
 //! This file holds a single test: it installs the process-wide subscriber.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use confidant_runtime::ServiceName;
@@ -13,20 +12,8 @@ use confidant_runtime::peer::PeerPolicy;
 use confidant_runtime::server::{GrpcServer, health};
 use confidant_runtime::telemetry::TelemetryConfig;
 use confidant_runtime::testing::TestPki;
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use confidant_runtime::testing::otlp::Collector;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use opentelemetry_proto::tonic::metrics::v1::Metric;
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
@@ -37,44 +24,6 @@ use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tracing::Instrument;
 
 const SECRET: &str = "Jane Roe, passport X1234567";
-
-#[derive(Clone, Default)]
-struct Collector(Arc<Mutex<Vec<Span>>>);
-
-#[derive(Clone, Default)]
-struct Metrics(Arc<Mutex<Vec<Metric>>>);
-
-#[tonic::async_trait]
-impl MetricsService for Metrics {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportMetricsServiceRequest>,
-    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        let mut metrics = self.0.lock().unwrap();
-        for rm in request.into_inner().resource_metrics {
-            for sm in rm.scope_metrics {
-                metrics.extend(sm.metrics);
-            }
-        }
-        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
-    }
-}
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut spans = self.0.lock().unwrap();
-        for rs in request.into_inner().resource_spans {
-            for ss in rs.scope_spans {
-                spans.extend(ss.spans);
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
 
 /// Service A: a health service whose handler asks service B.
 struct Forwarding {
@@ -140,19 +89,7 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
 async fn a_call_across_two_services_is_one_trace_with_the_right_parents() {
     // A real OTLP/gRPC receiver.
     let collector = Collector::default();
-    let otlp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let otlp_addr = otlp.local_addr().unwrap();
-    let receiver = TraceServiceServer::new(collector.clone());
-    let metrics = Metrics::default();
-    let metrics_receiver = MetricsServiceServer::new(metrics.clone());
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(receiver)
-            .add_service(metrics_receiver)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(otlp))
-            .await
-            .unwrap();
-    });
+    let otlp_addr = collector.listen_plain().await;
 
     let guard = confidant_runtime::telemetry::init(
         "confidant-test",
@@ -224,7 +161,7 @@ async fn a_call_across_two_services_is_one_trace_with_the_right_parents() {
     let mut spans = Vec::new();
     for _ in 0..100 {
         guard.flush();
-        spans = collector.0.lock().unwrap().clone();
+        spans = collector.spans();
         if spans.len() >= 5 {
             break;
         }
@@ -307,13 +244,10 @@ async fn a_call_across_two_services_is_one_trace_with_the_right_parents() {
     let mut durations = Vec::new();
     for _ in 0..100 {
         guard.flush();
-        durations = metrics
-            .0
-            .lock()
-            .unwrap()
-            .iter()
+        durations = collector
+            .metrics()
+            .into_iter()
             .filter(|m| m.name == "rpc.server.duration")
-            .cloned()
             .collect();
         if !durations.is_empty() {
             break;

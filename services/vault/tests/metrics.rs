@@ -3,7 +3,7 @@
 //!
 //! This file holds a single test: it installs the process-wide telemetry.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use confidant_proto::vault::v1 as pb;
@@ -11,16 +11,11 @@ use confidant_runtime::kms::LocalKms;
 use confidant_runtime::storage::Backend;
 use confidant_runtime::telemetry::TelemetryConfig;
 use confidant_runtime::testing::TestDatabase;
+use confidant_runtime::testing::otlp::Collector;
 use confidant_vault::domain::{FieldSelection, Limits, NewRecord, Purpose};
 use confidant_vault::keys::{CacheLimits, Keyring};
 use confidant_vault::records::{Actor, ReadIntent, Settings, Vault};
 use confidant_vault::store::VaultStore;
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use opentelemetry_proto::tonic::metrics::v1::number_data_point;
@@ -28,23 +23,9 @@ use uuid::Uuid;
 
 const SECRET: &str = "P7654321";
 
-#[derive(Clone, Default)]
-struct Collector(Arc<Mutex<Vec<ExportMetricsServiceRequest>>>);
-
-#[tonic::async_trait]
-impl MetricsService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportMetricsServiceRequest>,
-    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        self.0.lock().unwrap().push(request.into_inner());
-        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
-    }
-}
-
 /// The latest value of every data point of `name`, with its attributes.
 fn points(collector: &Collector, name: &str) -> Vec<(Vec<(String, String)>, i64)> {
-    let exports = collector.0.lock().unwrap();
+    let exports = collector.received().metrics;
     let mut latest = Vec::new();
     for export in exports.iter() {
         for rm in &export.resource_metrics {
@@ -87,16 +68,7 @@ fn points(collector: &Collector, name: &str) -> Vec<(Vec<(String, String)>, i64)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_metrics_reach_the_collector_without_client_data() {
     let collector = Collector::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let receiver = MetricsServiceServer::new(collector.clone());
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(receiver)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-            .unwrap();
-    });
+    let addr = collector.listen_plain().await;
     let guard = confidant_runtime::telemetry::init(
         "confidant-vault-test",
         &TelemetryConfig {
@@ -199,7 +171,7 @@ async fn key_metrics_reach_the_collector_without_client_data() {
     assert!(hits.iter().any(|(_, v)| *v >= 3), "{hits:?}");
 
     // Nothing about the client or the data in any attribute.
-    let exports = format!("{:?}", collector.0.lock().unwrap());
+    let exports = collector.text();
     assert!(!exports.contains(SECRET));
     assert!(!exports.contains(&client.to_string()));
     assert!(!exports.contains(&stored.scope_id.to_string()));
