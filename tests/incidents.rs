@@ -581,6 +581,81 @@ async fn a_breach_from_detection_to_notification(backend: Backend) {
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
 
+    // A second incident: in a page of incidents each shows its own rules,
+    // client terms, obligations and tasks, as reading it alone does.
+    let other = incidents
+        .open_incident(as_staff(
+            &officer_token,
+            pb::OpenIncidentRequest {
+                title: "Laptop lost in transit".into(),
+                description: "An associate's laptop did not arrive.".into(),
+                aware_time: at(aware),
+                discover_time: None,
+                rule_codes: vec!["us-co-residents".into()],
+                client_terms: vec![pb::ClientTerm {
+                    client_id: client_b.clone(),
+                    hours: 240,
+                }],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .incident
+        .unwrap();
+    let listed = incidents
+        .list_incidents(as_staff(
+            &officer_token,
+            pb::ListIncidentsRequest::default(),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .incidents;
+    assert_eq!(listed.len(), 2);
+    for item in &listed {
+        let alone = incidents
+            .get_incident(as_staff(
+                &officer_token,
+                pb::GetIncidentRequest {
+                    incident_id: item.id.clone(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .incident
+            .unwrap();
+        assert_eq!(
+            (
+                &item.rule_codes,
+                &item.client_terms,
+                &item.obligations,
+                &item.tasks
+            ),
+            (
+                &alone.rule_codes,
+                &alone.client_terms,
+                &alone.obligations,
+                &alone.tasks
+            ),
+            "{}",
+            item.title
+        );
+    }
+    let listed_other = listed.iter().find(|i| i.id == other.id).unwrap();
+    assert_eq!(listed_other.rule_codes, ["us-co-residents"]);
+    assert!(listed_other.tasks.is_empty());
+    assert_eq!(
+        listed
+            .iter()
+            .find(|i| i.id == incident.id)
+            .unwrap()
+            .tasks
+            .len(),
+        1
+    );
+
     // Stages go forward only, each one on the timeline.
     let advance = |stage: pb::IncidentStage| pb::AdvanceIncidentRequest {
         incident_id: incident.id.clone(),
@@ -783,7 +858,7 @@ async fn a_breach_from_detection_to_notification(backend: Backend) {
                         .filter(|e| e.event.as_ref().is_some_and(|e| e.action == action))
                         .count()
                 };
-                count("audit.incident.opened") == 1
+                count("audit.incident.opened") == 2
                     && count("audit.incident.advanced") == 2
                     && count("audit.incident.noted") == 1
                     && count("audit.incident.notified") == 1

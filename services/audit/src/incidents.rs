@@ -180,11 +180,19 @@ struct IncidentRow {
     opened_at: DateTime<Utc>,
 }
 
-/// id, title, assignee, due, done.
-type TaskRow = (Uuid, String, String, DateTime<Utc>, Option<DateTime<Utc>>);
+/// incident, id, title, assignee, due, done.
+type TaskRow = (
+    Uuid,
+    Uuid,
+    String,
+    String,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+);
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 struct TimelineRow {
+    incident_id: Uuid,
     at: DateTime<Utc>,
     staff_id: String,
     stage: Option<String>,
@@ -193,12 +201,165 @@ struct TimelineRow {
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 struct NotificationRow {
+    incident_id: Uuid,
     obligation_code: String,
     recipient: String,
     channel: String,
     sent_at: DateTime<Utc>,
     body: String,
     recorded_by: String,
+}
+
+/// What hangs off one incident, read for a page of them.
+struct Parts {
+    codes: Vec<String>,
+    terms: Vec<(Uuid, i32)>,
+    notifications: Vec<NotificationRow>,
+    tasks: Vec<TaskRow>,
+    timeline: Vec<TimelineRow>,
+}
+
+/// `id`'s rows of a page's children.
+fn take<T>(children: &mut std::collections::HashMap<Uuid, Vec<T>>, id: Uuid) -> Vec<T> {
+    children.remove(&id).unwrap_or_default()
+}
+
+/// The incident of `row` with its obligations at `now`; with timeline and
+/// notifications when `full`.
+fn incident(
+    row: &IncidentRow,
+    rules: &[RuleRow],
+    parts: Parts,
+    full: bool,
+    now: DateTime<Utc>,
+) -> pb::Incident {
+    let Parts {
+        codes,
+        terms,
+        notifications,
+        tasks,
+        timeline,
+    } = parts;
+    let met = |code: &str| {
+        notifications
+            .iter()
+            .filter(|n| n.obligation_code == code)
+            .map(|n| n.sent_at)
+            .min()
+    };
+    let obligation = |code: String,
+                      regime: String,
+                      recipient: String,
+                      due: Option<DateTime<Utc>>,
+                      deadline_text: String,
+                      basis: String| {
+        let met_at = met(&code);
+        let status = match (met_at, due) {
+            (Some(_), _) => pb::ObligationStatus::Met,
+            (None, Some(d)) if d < now => pb::ObligationStatus::Overdue,
+            _ => pb::ObligationStatus::Pending,
+        };
+        pb::Obligation {
+            code,
+            regime,
+            recipient,
+            due_time: due.map(ts),
+            deadline_text,
+            basis,
+            status: status as i32,
+            met_time: met_at.map(ts),
+        }
+    };
+    let mut obligations = Vec::new();
+    for code in &codes {
+        let Some(rule) = rules.iter().find(|r| r.code == *code) else {
+            continue;
+        };
+        let from = if rule.trigger_kind == "discovery" {
+            row.discovered_at
+        } else {
+            row.aware_at
+        };
+        let due = (rule.deadline_hours > 0)
+            .then(|| from + chrono::Duration::hours(i64::from(rule.deadline_hours)));
+        obligations.push(obligation(
+            rule.code.clone(),
+            rule.regime.clone(),
+            rule.recipient.clone(),
+            due,
+            rule.deadline_text.clone(),
+            rule.basis.clone(),
+        ));
+    }
+    for (client, hours) in &terms {
+        obligations.push(obligation(
+            format!("client-terms:{client}"),
+            "Client terms".into(),
+            format!("client {client}"),
+            Some(row.aware_at + chrono::Duration::hours(i64::from(*hours))),
+            format!("within {hours} hours of awareness (outside-counsel guidelines)"),
+            "engagement terms".into(),
+        ));
+    }
+    obligations.sort_by_key(|o| (o.due_time.map_or(i64::MAX, |t| t.seconds), o.code.clone()));
+    let timeline = timeline
+        .into_iter()
+        .map(|t| pb::TimelineEntry {
+            time: Some(ts(t.at)),
+            staff_id: t.staff_id,
+            stage: t
+                .stage
+                .as_deref()
+                .map_or(pb::IncidentStage::Unspecified, stage_of) as i32,
+            note: t.note,
+        })
+        .collect();
+    let tasks = tasks
+        .into_iter()
+        .map(|(_, id, title, assignee, due, done)| pb::IncidentTask {
+            id: id.to_string(),
+            title,
+            assignee_staff_id: assignee,
+            due_time: Some(ts(due)),
+            done_time: done.map(ts),
+            overdue: done.is_none() && due < now,
+        })
+        .collect();
+    pb::Incident {
+        tasks,
+        id: row.id.to_string(),
+        title: row.title.clone(),
+        description: row.description.clone(),
+        stage: stage_of(&row.stage) as i32,
+        aware_time: Some(ts(row.aware_at)),
+        discover_time: Some(ts(row.discovered_at)),
+        rule_codes: codes,
+        client_terms: terms
+            .iter()
+            .map(|(c, h)| pb::ClientTerm {
+                client_id: c.to_string(),
+                hours: *h,
+            })
+            .collect(),
+        obligations,
+        timeline,
+        notifications: if full {
+            notifications
+                .into_iter()
+                .map(|n| pb::Notification {
+                    obligation_code: n.obligation_code,
+                    recipient: n.recipient,
+                    channel: n.channel,
+                    sent_time: Some(ts(n.sent_at)),
+                    text: n.body,
+                    recorded_by: n.recorded_by,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
+        opened_by: row.opened_by.clone(),
+    }
 }
 
 /// Handlers of `confidant.audit.v1.IncidentService`.
@@ -301,13 +462,9 @@ impl IncidentApi {
             )
             .await?;
         let rules = self.rules().await?;
-        let mut incidents = Vec::with_capacity(rows.len());
-        for row in &rows {
-            incidents.push(
-                self.incident(row, &rules, false, end.min(Utc::now()))
-                    .await?,
-            );
-        }
+        let incidents = self
+            .incidents(&rows, &rules, false, end.min(Utc::now()))
+            .await?;
         let alerts: Vec<(String, i64)> = self
             .db
             .fetch_all(
@@ -427,182 +584,95 @@ impl IncidentApi {
             .ok_or(Error::NotFound("incident"))
     }
 
-    /// The incident with its obligations; with timeline and notifications
-    /// when `full`.
-    /// `rules` are the notification rules ([`Self::rules`]), read once by
-    /// a caller that builds many incidents.
-    async fn incident(
+    /// The incidents of `rows` with their obligations; with timeline and
+    /// notifications when `full`. What hangs off them is read with one
+    /// statement per table for all of them. `rules` are the notification
+    /// rules ([`Self::rules`]), read once by the caller.
+    async fn incidents(
         &self,
-        row: &IncidentRow,
+        rows: &[IncidentRow],
         rules: &[RuleRow],
         full: bool,
         now: DateTime<Utc>,
-    ) -> Result<pb::Incident, Error> {
-        let codes: Vec<(String,)> = self
+    ) -> Result<Vec<pb::Incident>, Error> {
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let mut codes = self
             .db
-            .fetch_all(
-                "SELECT rule_code FROM incident_rule_links WHERE incident_id = $1 ORDER BY rule_code",
-                vec![Value::Uuid(row.id)],
+            .children::<(Uuid, String)>(
+                "SELECT incident_id, rule_code FROM incident_rule_links \
+                 WHERE incident_id BETWEEN $1 AND $2 ORDER BY incident_id, rule_code",
+                &ids,
+                |r| r.0,
             )
             .await?;
-        let terms: Vec<(Uuid, i32)> = self
+        let mut terms = self
             .db
-            .fetch_all(
-                "SELECT client_id, hours FROM incident_client_terms WHERE incident_id = $1 ORDER BY client_id",
-                vec![Value::Uuid(row.id)],
+            .children::<(Uuid, Uuid, i32)>(
+                "SELECT incident_id, client_id, hours FROM incident_client_terms \
+                 WHERE incident_id BETWEEN $1 AND $2 ORDER BY incident_id, client_id",
+                &ids,
+                |r| r.0,
             )
             .await?;
-        let notifications: Vec<NotificationRow> = self
+        let mut notifications = self
             .db
-            .fetch_all(
-                "SELECT obligation_code, recipient, channel, sent_at, body, recorded_by FROM incident_notifications WHERE incident_id = $1 ORDER BY sent_at",
-                vec![Value::Uuid(row.id)],
+            .children::<NotificationRow>(
+                "SELECT incident_id, obligation_code, recipient, channel, sent_at, body, recorded_by \
+                 FROM incident_notifications WHERE incident_id BETWEEN $1 AND $2 ORDER BY incident_id, sent_at",
+                &ids,
+                |r| r.incident_id,
             )
             .await?;
-        let met = |code: &str| {
-            notifications
-                .iter()
-                .filter(|n| n.obligation_code == code)
-                .map(|n| n.sent_at)
-                .min()
-        };
-        let obligation = |code: String,
-                          regime: String,
-                          recipient: String,
-                          due: Option<DateTime<Utc>>,
-                          deadline_text: String,
-                          basis: String| {
-            let met_at = met(&code);
-            let status = match (met_at, due) {
-                (Some(_), _) => pb::ObligationStatus::Met,
-                (None, Some(d)) if d < now => pb::ObligationStatus::Overdue,
-                _ => pb::ObligationStatus::Pending,
-            };
-            pb::Obligation {
-                code,
-                regime,
-                recipient,
-                due_time: due.map(ts),
-                deadline_text,
-                basis,
-                status: status as i32,
-                met_time: met_at.map(ts),
-            }
-        };
-        let mut obligations = Vec::new();
-        for (code,) in &codes {
-            let Some(rule) = rules.iter().find(|r| r.code == *code) else {
-                continue;
-            };
-            let from = if rule.trigger_kind == "discovery" {
-                row.discovered_at
-            } else {
-                row.aware_at
-            };
-            let due = (rule.deadline_hours > 0)
-                .then(|| from + chrono::Duration::hours(i64::from(rule.deadline_hours)));
-            obligations.push(obligation(
-                rule.code.clone(),
-                rule.regime.clone(),
-                rule.recipient.clone(),
-                due,
-                rule.deadline_text.clone(),
-                rule.basis.clone(),
-            ));
-        }
-        for (client, hours) in &terms {
-            obligations.push(obligation(
-                format!("client-terms:{client}"),
-                "Client terms".into(),
-                format!("client {client}"),
-                Some(row.aware_at + chrono::Duration::hours(i64::from(*hours))),
-                format!("within {hours} hours of awareness (outside-counsel guidelines)"),
-                "engagement terms".into(),
-            ));
-        }
-        obligations.sort_by_key(|o| (o.due_time.map_or(i64::MAX, |t| t.seconds), o.code.clone()));
-        let timeline = if full {
-            let rows: Vec<TimelineRow> = self
-                .db
-                .fetch_all(
-                    "SELECT at, staff_id, stage, note FROM incident_timeline WHERE incident_id = $1 ORDER BY at, id",
-                    vec![Value::Uuid(row.id)],
+        let mut tasks = self
+            .db
+            .children::<TaskRow>(
+                "SELECT incident_id, id, title, assignee, due_at, done_at FROM incident_tasks \
+                 WHERE incident_id BETWEEN $1 AND $2 ORDER BY incident_id, due_at, id",
+                &ids,
+                |r| r.0,
+            )
+            .await?;
+        let mut timelines = if full {
+            self.db
+                .children::<TimelineRow>(
+                    "SELECT incident_id, at, staff_id, stage, note FROM incident_timeline \
+                     WHERE incident_id BETWEEN $1 AND $2 ORDER BY incident_id, at, id",
+                    &ids,
+                    |r| r.incident_id,
                 )
-                .await?;
-            rows.into_iter()
-                .map(|t| pb::TimelineEntry {
-                    time: Some(ts(t.at)),
-                    staff_id: t.staff_id,
-                    stage: t
-                        .stage
-                        .as_deref()
-                        .map_or(pb::IncidentStage::Unspecified, stage_of)
-                        as i32,
-                    note: t.note,
-                })
-                .collect()
+                .await?
         } else {
-            Vec::new()
+            std::collections::HashMap::new()
         };
-        let tasks: Vec<TaskRow> = self
-            .db
-            .fetch_all(
-                "SELECT id, title, assignee, due_at, done_at FROM incident_tasks WHERE incident_id = $1 ORDER BY due_at, id",
-                vec![Value::Uuid(row.id)],
-            )
-            .await?;
-        let tasks = tasks
-            .into_iter()
-            .map(|(id, title, assignee, due, done)| pb::IncidentTask {
-                id: id.to_string(),
-                title,
-                assignee_staff_id: assignee,
-                due_time: Some(ts(due)),
-                done_time: done.map(ts),
-                overdue: done.is_none() && due < now,
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let parts = Parts {
+                    codes: take(&mut codes, row.id).into_iter().map(|c| c.1).collect(),
+                    terms: take(&mut terms, row.id)
+                        .into_iter()
+                        .map(|(_, client, hours)| (client, hours))
+                        .collect(),
+                    notifications: take(&mut notifications, row.id),
+                    tasks: take(&mut tasks, row.id),
+                    timeline: take(&mut timelines, row.id),
+                };
+                incident(row, rules, parts, full, now)
             })
-            .collect();
-        Ok(pb::Incident {
-            tasks,
-            id: row.id.to_string(),
-            title: row.title.clone(),
-            description: row.description.clone(),
-            stage: stage_of(&row.stage) as i32,
-            aware_time: Some(ts(row.aware_at)),
-            discover_time: Some(ts(row.discovered_at)),
-            rule_codes: codes.into_iter().map(|c| c.0).collect(),
-            client_terms: terms
-                .iter()
-                .map(|(c, h)| pb::ClientTerm {
-                    client_id: c.to_string(),
-                    hours: *h,
-                })
-                .collect(),
-            obligations,
-            timeline,
-            notifications: if full {
-                notifications
-                    .into_iter()
-                    .map(|n| pb::Notification {
-                        obligation_code: n.obligation_code,
-                        recipient: n.recipient,
-                        channel: n.channel,
-                        sent_time: Some(ts(n.sent_at)),
-                        text: n.body,
-                        recorded_by: n.recorded_by,
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            },
-            opened_by: row.opened_by.clone(),
-        })
+            .collect())
     }
 
     async fn full(&self, id: Uuid) -> Result<pb::Incident, Error> {
         let row = self.row(id).await?;
-        self.incident(&row, &self.rules().await?, true, Utc::now())
-            .await
+        let mut one = self
+            .incidents(
+                std::slice::from_ref(&row),
+                &self.rules().await?,
+                true,
+                Utc::now(),
+            )
+            .await?;
+        one.pop().ok_or(Error::NotFound("incident"))
     }
 
     fn incident_id(raw: &str) -> Result<Uuid, Error> {
@@ -825,12 +895,8 @@ impl IncidentService for IncidentApi {
         let (rows, next_page_token) = page::split(rows, limit, |r| {
             page::token(&[Key::Time(r.opened_at), Key::Uuid(r.id)])
         });
-        let now = Utc::now();
-        let mut incidents = Vec::with_capacity(rows.len());
         let rules = self.rules().await?;
-        for row in &rows {
-            incidents.push(self.incident(row, &rules, false, now).await?);
-        }
+        let incidents = self.incidents(&rows, &rules, false, Utc::now()).await?;
         Ok(Response::new(pb::ListIncidentsResponse {
             incidents,
             next_page_token,
@@ -1196,11 +1262,9 @@ impl IncidentService for IncidentApi {
             )
             .await
             .map_err(Error::from)?;
-        let now = Utc::now();
         let mut overdue = Vec::new();
         let rules = self.rules().await?;
-        for row in &rows {
-            let incident = self.incident(row, &rules, false, now).await?;
+        for incident in self.incidents(&rows, &rules, false, Utc::now()).await? {
             for o in incident.obligations {
                 if o.status == pb::ObligationStatus::Overdue as i32 {
                     overdue.push(pb::OverdueObligation {

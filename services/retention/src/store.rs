@@ -911,10 +911,7 @@ impl RetentionStore {
     }
 
     /// What `sql` selects for the items `ids` of one page, as (item id,
-    /// value) rows of the items whose ids lie from the least to the greatest
-    /// of `ids` (`$1` and `$2`), grouped by item: one statement for a whole
-    /// page instead of one per item. The range holds the page's items and
-    /// maybe others its filter left out; theirs are fetched too and not used.
+    /// value) rows, grouped by item (see `Database::children`).
     pub async fn children<T>(
         &self,
         sql: &'static str,
@@ -923,18 +920,13 @@ impl RetentionStore {
     where
         (Uuid, T): confidant_runtime::portable::PortableRow,
     {
-        let mut grouped: std::collections::HashMap<Uuid, Vec<T>> = std::collections::HashMap::new();
-        let (Some(low), Some(high)) = (ids.iter().min(), ids.iter().max()) else {
-            return Ok(grouped);
-        };
-        let rows: Vec<(Uuid, T)> = self
+        Ok(self
             .db
-            .fetch_all(sql, vec![Value::Uuid(*low), Value::Uuid(*high)])
-            .await?;
-        for (id, value) in rows {
-            grouped.entry(id).or_default().push(value);
-        }
-        Ok(grouped)
+            .children::<(Uuid, T)>(sql, ids, |row| row.0)
+            .await?
+            .into_iter()
+            .map(|(id, rows)| (id, rows.into_iter().map(|(_, value)| value).collect()))
+            .collect())
     }
 
     /// One hold.

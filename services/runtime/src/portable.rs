@@ -440,6 +440,34 @@ impl Database {
         }
     }
 
+    /// What `sql` selects for the items `ids` of one page, grouped by the
+    /// item `key` names in each row: one statement for a whole page instead
+    /// of one per item. `sql` takes the least and the greatest of `ids` as
+    /// `$1` and `$2` (`WHERE item_id BETWEEN $1 AND $2`, ordered as each
+    /// item's rows should be); rows of items in that range but not in
+    /// `ids` are dropped.
+    pub async fn children<R: PortableRow>(
+        &self,
+        sql: &'static str,
+        ids: &[Uuid],
+        key: impl Fn(&R) -> Uuid,
+    ) -> Result<std::collections::HashMap<Uuid, Vec<R>>, sqlx::Error> {
+        let mut grouped: std::collections::HashMap<Uuid, Vec<R>> =
+            ids.iter().map(|id| (*id, Vec::new())).collect();
+        let (Some(low), Some(high)) = (ids.iter().min(), ids.iter().max()) else {
+            return Ok(grouped);
+        };
+        let rows: Vec<R> = self
+            .fetch_all(sql, vec![Value::Uuid(*low), Value::Uuid(*high)])
+            .await?;
+        for row in rows {
+            if let Some(group) = grouped.get_mut(&key(&row)) {
+                group.push(row);
+            }
+        }
+        Ok(grouped)
+    }
+
     /// Runs a query and decodes the first row, if any.
     pub async fn fetch_optional<R: PortableRow>(
         &self,
