@@ -234,25 +234,44 @@ impl PkiDir {
         Ok(ca)
     }
 
-    /// Makes everything `confidant dev` needs, keeping what already exists: a
-    /// CA, a certificate per service valid for localhost and 127.0.0.1, and an
-    /// operator client certificate.
+    /// Makes everything `confidant dev` needs, keeping what already exists
+    /// and is still good for a week: a CA, a certificate per service valid
+    /// for localhost and 127.0.0.1, and an operator client certificate. A
+    /// certificate that is missing, unreadable or within a week of expiry is
+    /// issued again (a data directory kept longer than a certificate lives
+    /// goes on starting).
     pub fn ensure_dev(&self, trust_domain: &str) -> Result<(), Error> {
         let ca = self.init_ca()?;
         let hosts = ["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let keep =
+            |name: &str| self.key(name).exists() && good_for(&self.cert(name), Duration::days(7));
         for service in ServiceName::ALL {
             let name = service.as_str();
-            if !self.cert(name).exists() || !self.key(name).exists() {
+            if !keep(name) {
                 let leaf = issue(&ca, &LeafSpec::service(trust_domain, service, &hosts))?;
                 self.store(name, &leaf)?;
             }
         }
-        if !self.cert("operator").exists() || !self.key("operator").exists() {
+        if !keep("operator") {
             let leaf = issue(&ca, &LeafSpec::client(trust_domain, "operator"))?;
             self.store("operator", &leaf)?;
         }
         Ok(())
     }
+}
+
+/// Whether the certificate at `path` parses and stays valid for at least
+/// `margin` from now.
+fn good_for(path: &Path, margin: Duration) -> bool {
+    use rustls_pki_types::pem::PemObject;
+    let Ok(pem) = std::fs::read(path) else {
+        return false;
+    };
+    let Some(Ok(der)) = rustls_pki_types::CertificateDer::pem_slice_iter(&pem).next() else {
+        return false;
+    };
+    crate::tls::live::CertificateFacts::from_der(der.as_ref())
+        .is_ok_and(|facts| facts.not_after > (OffsetDateTime::now_utc() + margin).unix_timestamp())
 }
 
 fn read(path: &Path) -> Result<String, Error> {
@@ -289,4 +308,49 @@ fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
     file.write_all(bytes).map_err(io)?;
     file.sync_all().map_err(io)?;
     std::fs::rename(&aside, path).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serial(path: &Path) -> String {
+        use rustls_pki_types::pem::PemObject;
+        let pem = std::fs::read(path).unwrap();
+        let der = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+            .next()
+            .unwrap()
+            .unwrap();
+        crate::tls::live::CertificateFacts::from_der(der.as_ref())
+            .unwrap()
+            .serial
+    }
+
+    #[test]
+    fn dev_certificates_are_kept_while_good_and_issued_again_near_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = PkiDir::new(dir.path());
+        pki.ensure_dev("confidant.local").unwrap();
+        let vault = pki.cert("vault");
+        let before = serial(&vault);
+        let audit = serial(&pki.cert("audit"));
+        pki.ensure_dev("confidant.local").unwrap();
+        assert_eq!(serial(&vault), before, "a good certificate is kept");
+
+        // The vault's runs out in three days; the operator's is garbage.
+        let ca = pki.load_ca().unwrap();
+        let mut spec = LeafSpec::service(
+            "confidant.local",
+            ServiceName::Vault,
+            &["localhost".to_owned()],
+        );
+        spec.validity = Duration::days(3);
+        pki.store("vault", &issue(&ca, &spec).unwrap()).unwrap();
+        std::fs::write(pki.cert("operator"), b"garbage").unwrap();
+        pki.ensure_dev("confidant.local").unwrap();
+        assert_ne!(serial(&vault), before);
+        assert!(good_for(&vault, Duration::days(80)));
+        assert!(good_for(&pki.cert("operator"), Duration::days(80)));
+        assert_eq!(serial(&pki.cert("audit")), audit, "the others are kept");
+    }
 }
