@@ -1,5 +1,7 @@
 //! Calling another service: a mutual-TLS channel with a client span per RPC
-//! and trace context in the metadata.
+//! and trace context in the metadata, which presents the service's
+//! certificate of the moment at each connection. Also a TLS channel to a
+//! server outside the deployment, such as an OpenTelemetry collector.
 
 use std::future::Future;
 use std::pin::Pin;
