@@ -232,8 +232,8 @@ def config_check(docs, binary, label, values):
                 p.parent.mkdir(parents=True, exist_ok=True)
                 p.write_text("placeholder\n")
             # The service's certificate must be its own (its SPIFFE id in the
-            # rendered trust domain), match its key and chain to the bundle:
-            # issue a real one where the pod mounts it.
+            # rendered trust domain) and match its key, and the collector's
+            # files must parse: issue real ones where the pod mounts them.
             domain = re.search(r'^trust_domain = "([^"]+)"$', toml, re.M)
             pki = root / "pki"
             for args in (["certs", "init", "--dir", str(pki)],
@@ -243,11 +243,18 @@ def config_check(docs, binary, label, values):
                 out = run([binary, *args], timeout=60)
                 if out.returncode != 0:
                     fail(f"{service} ({label}): confidant {' '.join(args[:2])} failed:\n{out.stdout}{out.stderr}")
+            out = run([binary, "certs", "issue", "--dir", str(pki), "--name", "otel-client"], timeout=60)
+            if out.returncode != 0:
+                fail(f"{service} ({label}): confidant certs issue failed:\n{out.stdout}{out.stderr}")
             for source, target in ((pki / "ca.pem", root / "ca" / "ca.crt"),
                                    (pki / f"{service}.pem", root / "tls" / "tls.crt"),
-                                   (pki / f"{service}-key.pem", root / "tls" / "tls.key")):
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, target)
+                                   (pki / f"{service}-key.pem", root / "tls" / "tls.key"),
+                                   (pki / "ca.pem", root / "otlp" / "ca.crt"),
+                                   (pki / "otel-client.pem", root / "otlp" / "tls.crt"),
+                                   (pki / "otel-client-key.pem", root / "otlp" / "tls.key")):
+                if target.exists() or target.parent.name != "otlp":
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(source, target)
             config = root / "confidant.toml"
             config.write_text(toml)
             env = {k: v for k, v in os.environ.items() if not k.startswith("CONFIDANT_")}

@@ -940,6 +940,39 @@ impl Config {
                 "comes with telemetry.otlp_key_file (both or neither)",
             );
         }
+        // The collector's files as the exporter will read them.
+        if https
+            && let Some(ca) = t.otlp_ca_file.as_ref().filter(|p| p.is_file())
+            && t.otlp_cert_file.as_ref().is_none_or(|p| p.is_file())
+            && t.otlp_key_file.as_ref().is_none_or(|p| p.is_file())
+        {
+            let read = |p: &PathBuf| std::fs::read(p).unwrap_or_default();
+            let identity = t
+                .otlp_cert_file
+                .as_ref()
+                .zip(t.otlp_key_file.as_ref())
+                .map(|(c, k)| (read(c), zeroize::Zeroizing::new(read(k))));
+            if let Err(err) = crate::tls::client_config(
+                &read(ca),
+                identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+            ) {
+                let (setting, text) = match err {
+                    crate::tls::Error::Pem { what, detail } => (
+                        match what.as_str() {
+                            "ca bundle" => "otlp_ca_file",
+                            "private key" => "otlp_key_file",
+                            _ => "otlp_cert_file",
+                        },
+                        detail,
+                    ),
+                    crate::tls::Error::Rustls(rustls::Error::InconsistentKeys(_)) => {
+                        ("otlp_key_file", "does not match the certificate".to_owned())
+                    }
+                    other => ("otlp_cert_file", other.to_string()),
+                };
+                problem(format!("telemetry.{setting}"), &text);
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -1371,7 +1404,10 @@ mod tests {
     fn an_https_collector_needs_its_ca_bundle_and_a_client_certificate_comes_whole() {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("collector-ca.pem");
-        std::fs::write(&ca, b"pem").unwrap();
+        let collector = crate::pki::generate_ca("collector ca").unwrap();
+        std::fs::write(&ca, collector.cert_pem.as_bytes()).unwrap();
+        let not_pem = dir.path().join("not-a-bundle.pem");
+        std::fs::write(&not_pem, b"not a certificate").unwrap();
         let problems = |telemetry: crate::telemetry::TelemetryConfig| {
             let config = Config {
                 telemetry,
@@ -1425,6 +1461,40 @@ mod tests {
             found
                 .iter()
                 .any(|l| l.contains("telemetry.otlp_cert_file: comes with telemetry.otlp_key_file")),
+            "{found:?}"
+        );
+        // A client certificate with another certificate's key.
+        let leaf = |name| {
+            crate::pki::issue(&collector, &crate::pki::LeafSpec::client("otel", name)).unwrap()
+        };
+        let (mine, other) = (leaf("confidant"), leaf("someone-else"));
+        let cert = dir.path().join("client.pem");
+        let key = dir.path().join("client-key.pem");
+        std::fs::write(&cert, mine.cert_pem.as_bytes()).unwrap();
+        std::fs::write(&key, other.key_pem.as_bytes()).unwrap();
+        let with_client = || crate::telemetry::TelemetryConfig {
+            otlp_ca_file: Some(ca.clone()),
+            otlp_cert_file: Some(cert.clone()),
+            otlp_key_file: Some(key.clone()),
+            ..https()
+        };
+        let found = problems(with_client());
+        assert!(
+            found
+                .iter()
+                .any(|l| l.starts_with("  - telemetry.otlp_key_file: ")),
+            "{found:?}"
+        );
+        std::fs::write(&key, mine.key_pem.as_bytes()).unwrap();
+        assert!(problems(with_client()).is_empty());
+        let found = problems(crate::telemetry::TelemetryConfig {
+            otlp_ca_file: Some(not_pem.clone()),
+            ..https()
+        });
+        assert!(
+            found
+                .iter()
+                .any(|l| l.contains("telemetry.otlp_ca_file: no certificate found")),
             "{found:?}"
         );
         let found = problems(crate::telemetry::TelemetryConfig {
