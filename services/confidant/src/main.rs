@@ -934,7 +934,7 @@ fn run(config: Config, services: Vec<ServiceName>, policy: MigrationPolicy) -> E
                 }
                 () = hangups.recv() => {
                     tracing::info!("SIGHUP: reading the certificate, key and CA bundle files again");
-                    tls_reload.notify_waiters();
+                    tls_reload.send_modify(|n| *n += 1);
                 }
             }
         }

@@ -105,7 +105,7 @@ pub struct Running {
     on_stop: Vec<futures::future::BoxFuture<'static, ()>>,
     databases: Vec<Database>,
     exited: tokio::sync::mpsc::UnboundedReceiver<ServiceName>,
-    tls_reload: Arc<tokio::sync::Notify>,
+    tls_reload: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Running {
@@ -183,7 +183,7 @@ pub async fn start(
         on_stop: Vec::new(),
         databases: Vec::new(),
         exited,
-        tls_reload: Arc::new(tokio::sync::Notify::new()),
+        tls_reload: watch::channel(0).0,
     };
 
     for &service in services {
@@ -195,7 +195,7 @@ pub async fn start(
         running.background.push(tokio::spawn(tls.clone().follow(
             service.as_str(),
             (config.tls_reload_seconds > 0).then(|| Duration::from_secs(config.tls_reload_seconds)),
-            running.tls_reload.clone(),
+            running.tls_reload.subscribe(),
             shutdown_rx.clone(),
         )));
         let db = open_database(&config, service, policy).await?;
@@ -338,10 +338,10 @@ pub async fn start(
 }
 
 impl Running {
-    /// Notifying it makes every service look at its certificate, key and CA
-    /// bundle files now (SIGHUP), as it does every `tls_reload_seconds`
-    /// (`notify_waiters`).
-    pub fn tls_reload(&self) -> Arc<tokio::sync::Notify> {
+    /// Bumping it (`send_modify`) makes every service look at its
+    /// certificate, key and CA bundle files now (SIGHUP), as it does every
+    /// `tls_reload_seconds`.
+    pub fn tls_reload(&self) -> watch::Sender<u64> {
         self.tls_reload.clone()
     }
 

@@ -75,10 +75,13 @@ pub struct ExternalTls {
 }
 
 impl ExternalTls {
-    fn client_config(&self) -> std::io::Result<Arc<rustls::ClientConfig>> {
+    /// The client configuration from the files as they are now.
+    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, crate::tls::Error> {
         let read = |path: &std::path::Path| {
-            std::fs::read(path)
-                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+            std::fs::read(path).map_err(|source| crate::tls::Error::Io {
+                path: path.to_owned(),
+                source,
+            })
         };
         let ca = read(&self.ca_file)?;
         let identity = match &self.identity {
@@ -89,7 +92,6 @@ impl ExternalTls {
             &ca,
             identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
         )
-        .map_err(std::io::Error::other)
     }
 }
 
@@ -128,7 +130,7 @@ impl tower::Service<http::Uri> for TlsConnector {
             let config = match tls {
                 ClientTls::Fixed(config) => config,
                 ClientTls::Live(live) => live.client_config(),
-                ClientTls::Files(files) => files.client_config()?,
+                ClientTls::Files(files) => files.client_config().map_err(std::io::Error::other)?,
             };
             let host = uri
                 .host()

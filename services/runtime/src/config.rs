@@ -941,37 +941,14 @@ impl Config {
             );
         }
         // The collector's files as the exporter will read them.
-        if https
-            && let Some(ca) = t.otlp_ca_file.as_ref().filter(|p| p.is_file())
+        if let Some(files) = t.collector_tls()
+            && files.ca_file.is_file()
             && t.otlp_cert_file.as_ref().is_none_or(|p| p.is_file())
             && t.otlp_key_file.as_ref().is_none_or(|p| p.is_file())
+            && let Err(err) = files.client_config()
         {
-            let read = |p: &PathBuf| std::fs::read(p).unwrap_or_default();
-            let identity = t
-                .otlp_cert_file
-                .as_ref()
-                .zip(t.otlp_key_file.as_ref())
-                .map(|(c, k)| (read(c), zeroize::Zeroizing::new(read(k))));
-            if let Err(err) = crate::tls::client_config(
-                &read(ca),
-                identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
-            ) {
-                let (setting, text) = match err {
-                    crate::tls::Error::Pem { what, detail } => (
-                        match what.as_str() {
-                            "ca bundle" => "otlp_ca_file",
-                            "private key" => "otlp_key_file",
-                            _ => "otlp_cert_file",
-                        },
-                        detail,
-                    ),
-                    crate::tls::Error::Rustls(rustls::Error::InconsistentKeys(_)) => {
-                        ("otlp_key_file", "does not match the certificate".to_owned())
-                    }
-                    other => ("otlp_cert_file", other.to_string()),
-                };
-                problem(format!("telemetry.{setting}"), &text);
-            }
+            let (file, text) = err.file_problem();
+            problem(format!("telemetry.otlp_{file}"), &text);
         }
         if problems.is_empty() {
             Ok(())

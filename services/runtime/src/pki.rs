@@ -242,14 +242,11 @@ impl PkiDir {
     /// goes on starting).
     pub fn ensure_dev(&self, trust_domain: &str) -> Result<(), Error> {
         let ca = self.init_ca()?;
-        let hosts = ["localhost".to_owned(), "127.0.0.1".to_owned()];
         let keep =
             |name: &str| self.key(name).exists() && good_for(&self.cert(name), Duration::days(7));
         for service in ServiceName::ALL {
-            let name = service.as_str();
-            if !keep(name) {
-                let leaf = issue(&ca, &LeafSpec::service(trust_domain, service, &hosts))?;
-                self.store(name, &leaf)?;
+            if !keep(service.as_str()) {
+                self.issue_dev(&ca, trust_domain, service)?;
             }
         }
         if !keep("operator") {
@@ -258,20 +255,35 @@ impl PkiDir {
         }
         Ok(())
     }
+
+    /// Issues `service` a new dev certificate (localhost and 127.0.0.1) from
+    /// this directory's CA, as a renewal does; a running service takes it
+    /// up at its next look at its files.
+    pub fn renew_dev(&self, trust_domain: &str, service: ServiceName) -> Result<(), Error> {
+        self.issue_dev(&self.load_ca()?, trust_domain, service)
+    }
+
+    fn issue_dev(
+        &self,
+        ca: &CertifiedKey,
+        trust_domain: &str,
+        service: ServiceName,
+    ) -> Result<(), Error> {
+        let hosts = ["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let leaf = issue(ca, &LeafSpec::service(trust_domain, service, &hosts))?;
+        self.store(service.as_str(), &leaf)
+    }
 }
 
 /// Whether the certificate at `path` parses and stays valid for at least
 /// `margin` from now.
 fn good_for(path: &Path, margin: Duration) -> bool {
-    use rustls_pki_types::pem::PemObject;
-    let Ok(pem) = std::fs::read(path) else {
-        return false;
-    };
-    let Some(Ok(der)) = rustls_pki_types::CertificateDer::pem_slice_iter(&pem).next() else {
-        return false;
-    };
-    crate::tls::live::CertificateFacts::from_der(der.as_ref())
-        .is_ok_and(|facts| facts.not_after > (OffsetDateTime::now_utc() + margin).unix_timestamp())
+    std::fs::read(path)
+        .ok()
+        .and_then(|pem| crate::tls::live::CertificateFacts::from_pem(&pem).ok())
+        .is_some_and(|facts| {
+            facts.not_after > (OffsetDateTime::now_utc() + margin).unix_timestamp()
+        })
 }
 
 fn read(path: &Path) -> Result<String, Error> {
@@ -315,13 +327,7 @@ mod tests {
     use super::*;
 
     fn serial(path: &Path) -> String {
-        use rustls_pki_types::pem::PemObject;
-        let pem = std::fs::read(path).unwrap();
-        let der = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
-            .next()
-            .unwrap()
-            .unwrap();
-        crate::tls::live::CertificateFacts::from_der(der.as_ref())
+        crate::tls::live::CertificateFacts::from_pem(&std::fs::read(path).unwrap())
             .unwrap()
             .serial
     }

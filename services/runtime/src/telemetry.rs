@@ -157,25 +157,28 @@ fn collector(config: &TelemetryConfig) -> Result<Option<Collector>, Error> {
     let Some(endpoint) = &config.otlp_endpoint else {
         return Ok(None);
     };
-    let Some(ca_file) = config
-        .otlp_ca_file
-        .clone()
-        .filter(|_| endpoint.starts_with("https://"))
-    else {
-        return Ok(Some(Collector::Plain(endpoint.clone())));
-    };
-    let tls = crate::client::ExternalTls {
-        ca_file,
-        identity: config
-            .otlp_cert_file
-            .clone()
-            .zip(config.otlp_key_file.clone()),
-    };
-    Ok(Some(Collector::Tls(crate::client::external_channel_lazy(
-        endpoint,
-        tls,
-        EXPORT_TIMEOUT,
-    )?)))
+    Ok(Some(match config.collector_tls() {
+        Some(tls) => Collector::Tls(crate::client::external_channel_lazy(
+            endpoint,
+            tls,
+            EXPORT_TIMEOUT,
+        )?),
+        None => Collector::Plain(endpoint.clone()),
+    }))
+}
+
+impl TelemetryConfig {
+    /// The TLS files of an `https://` collector that names its CA bundle.
+    pub fn collector_tls(&self) -> Option<crate::client::ExternalTls> {
+        let https = self
+            .otlp_endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("https://"));
+        Some(crate::client::ExternalTls {
+            ca_file: self.otlp_ca_file.clone().filter(|_| https)?,
+            identity: self.otlp_cert_file.clone().zip(self.otlp_key_file.clone()),
+        })
+    }
 }
 
 /// Installs the global subscriber (logs, spans to OpenTelemetry) and the W3C

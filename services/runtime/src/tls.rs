@@ -41,6 +41,28 @@ pub enum Error {
     Verifier(#[from] rustls::server::VerifierBuilderError),
 }
 
+impl Error {
+    /// Which of the three files of a TLS identity is at fault, as its
+    /// setting's last part (`ca_file`, `cert_file`, `key_file`), and what is
+    /// wrong with it: for the configuration check's problems.
+    pub fn file_problem(self) -> (&'static str, String) {
+        match self {
+            Error::Pem { what, detail } => (
+                match what.as_str() {
+                    "ca bundle" => "ca_file",
+                    "private key" => "key_file",
+                    _ => "cert_file",
+                },
+                detail,
+            ),
+            Error::Rustls(rustls::Error::InconsistentKeys(_)) => {
+                ("key_file", "does not match the certificate".to_owned())
+            }
+            other => ("cert_file", other.to_string()),
+        }
+    }
+}
+
 /// The three PEM files of a TLS identity: trusted CA, own certificate chain,
 /// own private key.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -165,12 +187,6 @@ impl TlsMaterial {
     pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, Error> {
         client_config(&self.ca_pem, Some((&self.cert_pem, &self.key_pem)))
     }
-
-    /// The SPIFFE id of our own certificate, if it carries one.
-    pub fn own_spiffe_id(&self) -> Option<String> {
-        let chain = certs(&self.cert_pem, "certificate").ok()?;
-        spiffe_id(chain.first()?.as_ref())
-    }
 }
 
 /// A client configuration: TLS 1.3 only, the server must chain to
@@ -195,8 +211,12 @@ pub fn client_config(
 
 /// The first `spiffe://` URI SAN of a DER certificate.
 pub fn spiffe_id(cert_der: &[u8]) -> Option<String> {
-    use x509_parser::extensions::GeneralName;
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    spiffe_id_of(&cert)
+}
+
+fn spiffe_id_of(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<String> {
+    use x509_parser::extensions::GeneralName;
     let san = cert.subject_alternative_name().ok()??;
     san.value.general_names.iter().find_map(|name| match name {
         GeneralName::URI(uri) if uri.starts_with("spiffe://") => Some((*uri).to_owned()),
@@ -228,7 +248,10 @@ mod tests {
         .unwrap();
         let m = material(&ca, &leaf);
         assert_eq!(
-            m.own_spiffe_id().as_deref(),
+            live::CertificateFacts::from_pem(&m.cert_pem)
+                .unwrap()
+                .spiffe_id
+                .as_deref(),
             Some("spiffe://firm.example/vault")
         );
         m.server_config().unwrap();

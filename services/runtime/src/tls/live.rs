@@ -49,12 +49,13 @@ impl CertificateFacts {
             serial: cert.raw_serial_as_string().replace(':', ""),
             not_before: cert.validity().not_before.timestamp(),
             not_after: cert.validity().not_after.timestamp(),
-            spiffe_id: super::spiffe_id(der),
+            spiffe_id: super::spiffe_id_of(&cert),
         })
     }
 
-    fn of(material: &TlsMaterial) -> Result<Self, Error> {
-        let chain = super::certs(&material.cert_pem, "certificate")?;
+    /// The facts of the first certificate of a PEM chain.
+    pub fn from_pem(pem: &[u8]) -> Result<Self, Error> {
+        let chain = super::certs(pem, "certificate")?;
         Self::from_der(chain.first().map(|c| c.as_ref()).unwrap_or_default())
     }
 }
@@ -74,7 +75,7 @@ impl Generation {
             server: material.server_config()?,
             client: material.client_config()?,
             web: material.public_server_config(WEB_ALPN)?,
-            facts: CertificateFacts::of(&material)?,
+            facts: CertificateFacts::from_pem(&material.cert_pem)?,
             material,
         })
     }
@@ -256,13 +257,14 @@ impl LiveTls {
     }
 
     /// Looks at the files every `every` (never when `None`) and whenever
-    /// `now` is notified (SIGHUP), until `shutdown` turns true. Logs each
-    /// replacement, and each refusal once per distinct reading.
+    /// `now` changes (SIGHUP; one that arrives during a look is not lost),
+    /// until `shutdown` turns true. Logs each replacement, and each refusal
+    /// once per distinct reading.
     pub async fn follow(
         self: Arc<Self>,
         service: &'static str,
         every: Option<Duration>,
-        now: Arc<tokio::sync::Notify>,
+        mut now: tokio::sync::watch::Receiver<u64>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
         if self.files.is_none() {
@@ -281,7 +283,11 @@ impl LiveTls {
                         None => std::future::pending::<()>().await,
                     }
                 } => {}
-                () = now.notified() => {}
+                () = async {
+                    if now.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                } => {}
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
             let this = self.clone();
@@ -317,18 +323,7 @@ pub fn problem_with(
 ) -> Option<(&'static str, String)> {
     let generation = match Generation::build(material.clone()) {
         Ok(generation) => generation,
-        Err(Error::Pem { what, detail }) => {
-            let file = match what.as_str() {
-                "ca bundle" => "ca_file",
-                "private key" => "key_file",
-                _ => "cert_file",
-            };
-            return Some((file, detail));
-        }
-        Err(Error::Rustls(rustls::Error::InconsistentKeys(_))) => {
-            return Some(("key_file", "does not match the certificate".to_owned()));
-        }
-        Err(err) => return Some(("cert_file", err.to_string())),
+        Err(err) => return Some(err.file_problem()),
     };
     verdict(&generation.facts, Some(expected_id), now)
         .err()
