@@ -11,7 +11,7 @@ use std::time::Duration;
 use confidant::sandbox::{Sandbox, SandboxData, SandboxSpec};
 use confidant_audit::store::EventStore;
 use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
-use confidant_proto::audit::v1::{AppendEventsRequest, AuditEvent, Outcome};
+use confidant_proto::audit::v1::{AppendEventsRequest, AuditEvent, ListEventsRequest, Outcome};
 use confidant_runtime::ServiceName;
 use confidant_runtime::audit::{Action, service_event};
 use confidant_runtime::outbox::Outbox;
@@ -55,21 +55,26 @@ async fn events_survive_an_audit_outage_and_arrive_exactly_once(backend: Backend
     // The audit service goes down; the vault keeps recording.
     audit.stop().await;
     let outbox = Outbox::new(common::service_db(&vault_data, ServiceName::Vault).await);
+    // Each carries 15 KiB of sealed text (a long justification): the
+    // backlog is more than one gRPC message may hold, so it must go in
+    // several appends.
     let mut expected = Vec::new();
-    for _ in 0..30 {
-        let event = service_event(
+    for _ in 0..300 {
+        let mut event = service_event(
             ServiceName::Vault,
             "confidant.local",
             Action::ServiceStarted,
             Outcome::Allowed,
         );
+        event.sealed_text = vec![7; 15 * 1024];
+        event.sealed_scope_id = uuid::Uuid::now_v7().to_string();
         expected.push(event.id.clone());
         outbox.enqueue(&event).await.unwrap();
     }
     // Let the relay fail a few times against the closed port.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(
-        outbox.backlog().await.unwrap() >= 30,
+        outbox.backlog().await.unwrap() >= 300,
         "events were lost while audit was down"
     );
 
@@ -105,6 +110,46 @@ async fn events_survive_an_audit_outage_and_arrive_exactly_once(backend: Backend
         delivered,
         expected.iter().map(String::as_str).collect::<Vec<_>>(),
         "in order, all of them"
+    );
+
+    // A reader asking for a page of all of them (more than a gRPC client
+    // takes in one message by default) gets a shorter page and a token for
+    // the rest.
+    let mut reader = AuditServiceClient::new(
+        common::channel(&audit_data, &audit, ServiceName::Audit, "operator").await,
+    );
+    let mut listed = Vec::new();
+    let mut page_token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = reader
+            .list_events(ListEventsRequest {
+                source_service: "vault".into(),
+                page_size: 1000,
+                page_token: page_token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("a page within the message limit")
+            .into_inner();
+        pages += 1;
+        listed.extend(
+            page.events
+                .into_iter()
+                .filter_map(|e| e.event)
+                .map(|e| e.id),
+        );
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert!(pages >= 2, "{pages} pages");
+    let unique: std::collections::HashSet<&String> = listed.iter().collect();
+    assert_eq!(unique.len(), listed.len(), "an event listed twice");
+    assert!(
+        expected.iter().all(|id| unique.contains(id)),
+        "every event listed"
     );
 
     vault.stop().await;

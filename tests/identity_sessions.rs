@@ -526,6 +526,7 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
     let demoted = cleared(&mut admin, "demoted@firm.example", "associate").await;
     assign(&mut admin, &matter, &demoted).await;
     let walled = cleared(&mut admin, "walled@firm.example", "associate").await;
+    assign(&mut admin, &matter, &walled).await;
     let rotated = common::directory::staff(&mut admin, "rotated@firm.example", "associate").await;
     for staff in [&rotated, &walled] {
         admin
@@ -536,7 +537,7 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
             .await
             .unwrap();
     }
-    for staff in [&leaver, &reassigned, &demoted] {
+    for staff in [&leaver, &reassigned, &demoted, &walled] {
         assert!(
             decide(&mut vault, staff, "client_data.read", &matter)
                 .await
@@ -546,7 +547,8 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
     let backup = common::back_up(&data, ServiceName::Identity).await;
 
     // After it, access is taken away in every way the directory knows, and
-    // a wall goes up.
+    // a wall goes up, screening a staff member the backup holds and one it
+    // does not.
     admin
         .disable_staff_member(DisableStaffMemberRequest {
             staff_id: leaver.clone(),
@@ -573,9 +575,10 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
         })
         .await
         .unwrap();
+    let newcomer = cleared(&mut admin, "newcomer@firm.example", "associate").await;
     let wall = admin
         .create_wall(CreateWallRequest {
-            screened_staff_ids: vec![walled.clone()],
+            screened_staff_ids: vec![walled.clone(), newcomer.clone()],
             client_ids: vec![client_id.clone()],
             matter_ids: Vec::new(),
         })
@@ -653,11 +656,20 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
         common::restore_results(&out, &walled),
         vec![("reset_sign_in".to_owned(), "already_applied".to_owned())]
     );
+    // The wall is up again, over whom the restored database holds; the
+    // line names the one it does not.
+    assert_eq!(common::restore_results(&out, &wall), done("wall"), "{out}");
+    let wall_line: serde_json::Value = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["id"] == wall.as_str())
+        .unwrap();
     assert_eq!(
-        common::restore_results(&out, &wall),
-        vec![("wall".to_owned(), "lost".to_owned())]
+        wall_line["not_in_database"],
+        serde_json::json!([{ "type": "staff", "id": newcomer }]),
+        "{out}"
     );
-    assert!(out.contains("put them up again"), "{out}");
+    assert!(!out.contains("put them up again"), "{out}");
     let summary: serde_json::Value = out
         .lines()
         .find_map(|l| {
@@ -684,6 +696,10 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
     assert_eq!(denial(reassigned_now), DenialReason::NotAssigned);
     let demoted_now = decide(&mut vault, &demoted, "client_data.read", &matter).await;
     assert!(!demoted_now.allowed, "{demoted_now:?}");
+    // Nor does the wall come down: the screened associate stays behind it.
+    let walled_now = decide(&mut vault, &walled, "client_data.read", &matter).await;
+    assert!(!walled_now.allowed, "{walled_now:?}");
+    assert_eq!(denial(walled_now), DenialReason::BehindWall);
     // The session open at the backup is over.
     let refreshed = app
         .refresh_session(RefreshSessionRequest {
@@ -725,6 +741,7 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
         assignment.clone(),
         format!("{demoted}/associate"),
         rotated.clone(),
+        wall.clone(),
     ] {
         let again = common::restore_results(&out, &id);
         assert!(

@@ -1860,6 +1860,10 @@ async fn holds_placed_after_a_backup_come_back_and_disposals_wait_after_its_rest
         false,
     )
     .await;
+    retention
+        .sync_scopes(as_staff(&token, pb::SyncScopesRequest {}))
+        .await
+        .unwrap();
     let retention_backup = common::back_up(&data, ServiceName::Retention).await;
     let vault_backup = common::back_up(&data, ServiceName::Vault).await;
 
@@ -1884,6 +1888,24 @@ async fn holds_placed_after_a_backup_come_back_and_disposals_wait_after_its_rest
                 matter_id: String::new(),
                 category: vault_pb::DataCategory::ContactDetails as i32,
                 scope_ids: Vec::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .hold
+        .unwrap()
+        .id;
+    // And a hold over one named scope: the financial one.
+    let scoped_hold = retention
+        .place_hold(as_staff(
+            &token,
+            pb::PlaceHoldRequest {
+                reason: "regulator's inquiry".into(),
+                client_id: client_id.clone(),
+                matter_id: String::new(),
+                category: 0,
+                scope_ids: vec![money.scope_id.clone()],
             },
         ))
         .await
@@ -1976,11 +1998,13 @@ async fn holds_placed_after_a_backup_come_back_and_disposals_wait_after_its_rest
     assert_eq!(code, 0, "{out}");
     let (code, out) = restore("retention");
     assert_eq!(code, 0, "{out}");
-    assert_eq!(
-        results_of(&out, "place_hold", &hold),
-        ["reapplied"],
-        "{out}"
-    );
+    for placed in [&hold, &scoped_hold] {
+        assert_eq!(
+            results_of(&out, "place_hold", placed),
+            ["reapplied"],
+            "{out}"
+        );
+    }
     assert_eq!(
         results_of(&out, "policy", &policy.id),
         ["already_applied", "lost"]
@@ -2031,9 +2055,34 @@ async fn holds_placed_after_a_backup_come_back_and_disposals_wait_after_its_rest
         .unwrap();
     let as_retention =
         VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "retention").await);
+    // Each over what it covered: the scoped one over the financial scope
+    // alone, not over every scope of the client.
+    let holds = vault_holds(&as_retention, &client_id).await;
+    assert_eq!(holds[&contacts], std::slice::from_ref(&hold), "{holds:?}");
     assert_eq!(
-        vault_holds(&as_retention, &client_id).await[&contacts],
-        std::slice::from_ref(&hold)
+        holds[&money.scope_id],
+        std::slice::from_ref(&scoped_hold),
+        "{holds:?}"
+    );
+    let placed_again = retention
+        .clone()
+        .list_holds(as_staff(
+            &token,
+            pb::ListHoldsRequest {
+                client_id: client_id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .holds
+        .into_iter()
+        .find(|h| h.id == scoped_hold)
+        .unwrap();
+    assert_eq!(
+        placed_again.scope_ids,
+        std::slice::from_ref(&money.scope_id)
     );
     // A records manager resumes; the held contacts stay.
     let resume = || {
@@ -2062,11 +2111,13 @@ async fn holds_placed_after_a_backup_come_back_and_disposals_wait_after_its_rest
     // A second run places nothing twice.
     let (code, out) = restore("retention");
     assert_eq!(code, 0, "{out}");
-    assert_eq!(
-        results_of(&out, "place_hold", &hold),
-        ["already_applied"],
-        "{out}"
-    );
+    for placed in [&hold, &scoped_hold] {
+        assert_eq!(
+            results_of(&out, "place_hold", placed),
+            ["already_applied"],
+            "{out}"
+        );
+    }
 }
 
 /// The `result` of each line of a `confidant restore` output about

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use confidant_proto::audit::v1::{ActorKind, AuditEvent, Outcome};
-use confidant_runtime::audit::{Action, MAX_RECORD_FIELDS};
+use confidant_runtime::audit::{Action, MAX_RECORD_FIELDS, MAX_RELATED};
 use confidant_runtime::error::Violations;
 use prost::Message;
 use uuid::Uuid;
@@ -11,7 +11,7 @@ use uuid::Uuid;
 /// Most events in one append.
 pub const MAX_BATCH: usize = 1000;
 /// Largest encoded event.
-pub const MAX_EVENT_BYTES: usize = 32 * 1024;
+pub const MAX_EVENT_BYTES: usize = 64 * 1024;
 /// Largest sealed free text.
 pub const MAX_SEALED_TEXT_BYTES: usize = 16 * 1024;
 /// How far in the future an event's time may lie (clock skew).
@@ -246,6 +246,27 @@ pub fn validate_event(
         }
     }
 
+    if event.related.len() > MAX_RELATED {
+        v.add(
+            f("related"),
+            format!("must name at most {MAX_RELATED} resources"),
+        );
+    }
+    for (i, related) in event.related.iter().enumerate() {
+        let at = |name: &str| f(&format!("related[{i}].{name}"));
+        if related.r#type.is_empty() {
+            v.add(at("type"), "is required");
+        } else {
+            short_code(v, &at("type"), &related.r#type);
+        }
+        // Ids, never names: a UUID or a code passes, "Okafor Ngozi" not.
+        if related.id.is_empty() {
+            v.add(at("id"), "is required");
+        } else {
+            short_code(v, &at("id"), &related.id);
+        }
+    }
+
     if v.as_slice().len() != before {
         return None;
     }
@@ -288,6 +309,7 @@ pub fn validate_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use confidant_proto::audit::v1::RelatedResource;
     use confidant_runtime::ServiceName;
 
     fn good() -> AuditEvent {
@@ -380,6 +402,61 @@ mod tests {
         corrected.changed_fields = vec!["f".into(); MAX_RECORD_FIELDS + 1];
         let v = validate_batch(&[corrected], "vault", Utc::now()).unwrap_err();
         assert_eq!(fields(&v), ["events[0].changed_fields"]);
+    }
+
+    #[test]
+    fn related_resources_are_typed_ids_and_bounded() {
+        let mut wall = good();
+        let staff = Uuid::now_v7().to_string();
+        wall.related = vec![
+            RelatedResource {
+                r#type: "staff".into(),
+                id: staff.clone(),
+            },
+            RelatedResource {
+                r#type: "matter".into(),
+                id: Uuid::now_v7().to_string(),
+            },
+        ];
+        assert!(validate_batch(&[wall.clone()], "vault", Utc::now()).is_ok());
+        wall.related = vec![
+            RelatedResource {
+                r#type: String::new(),
+                id: staff.clone(),
+            },
+            RelatedResource {
+                r#type: "staff".into(),
+                id: "Okafor Ngozi".into(),
+            },
+            RelatedResource {
+                r#type: "Staff Member".into(),
+                id: String::new(),
+            },
+        ];
+        let v = validate_batch(&[wall.clone()], "vault", Utc::now()).unwrap_err();
+        assert_eq!(
+            fields(&v),
+            [
+                "events[0].related[0].type",
+                "events[0].related[1].id",
+                "events[0].related[2].type",
+                "events[0].related[2].id"
+            ]
+        );
+        // The most a hold or a wall may name fits in one event.
+        wall.related = (0..MAX_RELATED)
+            .map(|_| RelatedResource {
+                r#type: "scope".into(),
+                id: Uuid::now_v7().to_string(),
+            })
+            .collect();
+        assert!(validate_batch(&[wall.clone()], "vault", Utc::now()).is_ok());
+        wall.related.push(RelatedResource {
+            r#type: "scope".into(),
+            id: staff,
+        });
+        let v = validate_batch(&[wall], "vault", Utc::now()).unwrap_err();
+        assert_eq!(fields(&v), ["events[0].related"]);
     }
 
     #[test]

@@ -102,6 +102,11 @@ fn event_json(bytes: &[u8]) -> Value {
         "sealed_text": !e.sealed_text.is_empty(),
         "disclosed_fields": e.disclosed_fields,
         "changed_fields": e.changed_fields,
+        "related": e
+            .related
+            .iter()
+            .map(|r| json!({ "type": r.r#type, "id": r.id }))
+            .collect::<Vec<_>>(),
     })
 }
 

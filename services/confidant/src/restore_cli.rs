@@ -17,8 +17,10 @@
 //!
 //! - `identity`: a restored identity database gives back access taken away
 //!   since its backup, revives sessions and brings back old credentials.
-//!   Every revocation the log records is made again, sign-ins whose
-//!   credentials changed since are locked, and every session ends.
+//!   Every revocation the log records is made again, walls put up since
+//!   are put up again (their events name whom they screen from what),
+//!   sign-ins whose credentials changed since are locked, and every
+//!   session ends.
 //! - `retention`: a restored retention database (and a vault restored
 //!   from the same backup) has lost the legal holds placed since, and its
 //!   next sweep could destroy held data. The holds come back from the log;
@@ -36,7 +38,7 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use confidant_audit::domain::validate_event;
 use confidant_audit::store::EventStore;
-use confidant_identity::restore::{self as identity_restore, Revocation};
+use confidant_identity::restore::{self as identity_restore, Revocation, WallMembers};
 use confidant_proto::audit::v1::{ActorKind, AuditEvent, Outcome, Resource};
 use confidant_retention::restore as retention_restore;
 use confidant_retention::store::{self as retention_store, HoldRow, RetentionStore};
@@ -562,8 +564,9 @@ enum IdentityChange {
     /// set: if the restored database holds older credentials, they are
     /// locked.
     SignIn { staff: Uuid, totp: bool },
-    /// A wall was put up: the log does not say whom it screens from what.
-    Wall(Uuid),
+    /// A wall was put up, screening these (nobody, when its event was
+    /// logged before walls named their members: then it is lost).
+    Wall { id: Uuid, members: WallMembers },
 }
 
 /// A change of identity's or retention's that the log records, as its
@@ -580,7 +583,7 @@ impl ReportedChange for IdentityChange {
         match self {
             IdentityChange::Revoke(_) => "revoke",
             IdentityChange::SignIn { .. } => "reset_sign_in",
-            IdentityChange::Wall(_) => "wall",
+            IdentityChange::Wall { .. } => "wall",
         }
     }
 
@@ -588,7 +591,7 @@ impl ReportedChange for IdentityChange {
         match self {
             IdentityChange::Revoke(r) => r.resource(),
             IdentityChange::SignIn { staff, .. } => ("staff", staff.to_string()),
-            IdentityChange::Wall(id) => ("wall", id.to_string()),
+            IdentityChange::Wall { id, .. } => ("wall", id.to_string()),
         }
     }
 }
@@ -664,7 +667,10 @@ fn identity_changes(events: &[VerifiedEvent]) -> Vec<LoggedChange<IdentityChange
             (Action::IdentityTotpEnrolled, Some(staff)) => {
                 IdentityChange::SignIn { staff, totp: true }
             }
-            (Action::IdentityWallCreated, Some(id)) => IdentityChange::Wall(id),
+            (Action::IdentityWallCreated, Some(id)) => IdentityChange::Wall {
+                id,
+                members: WallMembers::from_related(&event.related),
+            },
             _ => continue,
         };
         if matches!(change, IdentityChange::SignIn { .. }) {
@@ -680,26 +686,45 @@ fn identity_changes(events: &[VerifiedEvent]) -> Vec<LoggedChange<IdentityChange
     changes
 }
 
-/// Makes one logged identity change again if the database does not show it.
+/// Makes one logged identity change again if the database does not show it;
+/// returns its fate and the fields its report line adds.
 async fn reapply_identity(
     db: &Database,
     trust_domain: &str,
     c: &LoggedChange<IdentityChange>,
     dry_run: bool,
-) -> anyhow::Result<Fate> {
-    let (statement, action) = match &c.change {
-        IdentityChange::Wall(id) => {
-            return Ok(if identity_restore::wall_exists(db, *id).await? {
-                Fate::AlreadyApplied
-            } else {
-                Fate::Lost
-            });
+) -> anyhow::Result<(Fate, serde_json::Value)> {
+    let mut related = Vec::new();
+    let mut extra = json!({});
+    let (statements, action) = match &c.change {
+        IdentityChange::Wall { id, members } => {
+            if identity_restore::wall_exists(db, *id).await? {
+                return Ok((Fate::AlreadyApplied, extra));
+            }
+            if members.is_empty() {
+                return Ok((Fate::Lost, extra));
+            }
+            let (held, missing) = members.held_in(db).await?;
+            if !missing.is_empty() {
+                // Created after the backup too: none of them can act, or be
+                // reached, until made again, and then under new ids.
+                extra = json!({ "not_in_database": missing
+                    .related()
+                    .into_iter()
+                    .map(|(kind, id)| json!({ "type": kind, "id": id }))
+                    .collect::<Vec<_>>() });
+            }
+            if !held.screens() {
+                return Ok((Fate::NotInDatabase, extra));
+            }
+            related = held.related();
+            (held.put_up(*id, c.at), Action::IdentityWallReapplied)
         }
         IdentityChange::SignIn { staff, totp } => {
             let Some((hash, password_at, totp_at)) =
                 identity_restore::sign_in_set(db, *staff).await?
             else {
-                return Ok(Fate::NotInDatabase);
+                return Ok((Fate::NotInDatabase, extra));
             };
             // Set, or set again by an administrator, since the logged
             // change: the row carries the event's time (to the
@@ -710,38 +735,40 @@ async fn reapply_identity(
                 || held_since(password_at)
                 || (*totp && totp_at.is_some_and(held_since));
             if current {
-                return Ok(Fate::AlreadyApplied);
+                return Ok((Fate::AlreadyApplied, extra));
             }
             (
-                identity_restore::lock_sign_in(*staff),
+                vec![identity_restore::lock_sign_in(*staff)],
                 Action::IdentitySignInReset,
             )
         }
         IdentityChange::Revoke(revocation) => {
             match revocation.in_force(db).await? {
-                None => return Ok(Fate::NotInDatabase),
-                Some(false) => return Ok(Fate::AlreadyApplied),
+                None => return Ok((Fate::NotInDatabase, extra)),
+                Some(false) => return Ok((Fate::AlreadyApplied, extra)),
                 Some(true) => {}
             }
             (
-                revocation.statement(c.at),
+                vec![revocation.statement(c.at)],
                 Action::IdentityRevocationReapplied,
             )
         }
     };
     if dry_run {
-        return Ok(Fate::WouldReapply);
+        return Ok((Fate::WouldReapply, extra));
     }
     let (kind, id) = c.change.target();
     let event = EventBuilder::new(ServiceName::Identity, trust_domain, action)
         .resource(kind, &id)
+        .related(related)
         .outcome(Outcome::Allowed, &format!("event-{}", c.event_id))
         .build();
-    match db.transact(vec![statement], &[event]).await {
-        Ok(_) => Ok(Fate::Reapplied),
-        Err(TransactError::Unmet { .. }) => Ok(Fate::AlreadyApplied),
-        Err(e) => Err(e.into()),
-    }
+    let fate = match db.transact(statements, &[event]).await {
+        Ok(_) => Fate::Reapplied,
+        Err(TransactError::Unmet { .. }) => Fate::AlreadyApplied,
+        Err(e) => return Err(e.into()),
+    };
+    Ok((fate, extra))
 }
 
 /// Sessions ended per transaction.
@@ -797,18 +824,18 @@ async fn reapply_identity_all(
     let mut report = Report::new(out);
     for c in identity_changes(&verified.events) {
         let line = c.line();
-        let fate = reapply_identity(db, trust_domain, &c, dry_run)
+        let (fate, extra) = reapply_identity(db, trust_domain, &c, dry_run)
             .await
             .with_context(|| line.stopped())?;
-        report.line(&line, fate, json!({}))?;
+        report.line(&line, fate, extra)?;
     }
     let sessions = end_live_sessions(db, trust_domain, dry_run).await?;
     let lost = report.count(Fate::Lost);
     let notes = if lost > 0 {
         vec![format!(
-            "{lost} walls put up after the backup are not in the restored database, and the \
-             log does not say whom they screen from what: put them up again (CreateWall) before \
-             staff sign in"
+            "{lost} walls put up after the backup are not in the restored database, and their \
+             events, logged before walls named their members, do not say whom they screen from \
+             what: put them up again (CreateWall) before staff sign in"
         )]
     } else {
         Vec::new()
@@ -829,13 +856,15 @@ async fn reapply_identity_all(
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum RetentionChange {
     /// A legal hold placed and not released by the end of the log: placed
-    /// again if the database lacks it (a hold over named scopes, whose
-    /// names the log does not carry, again over all its client's scopes).
+    /// again if the database lacks it. A hold over named scopes comes back
+    /// over the `scopes` its event names; one logged before holds named
+    /// their scopes (`scoped`, naming none) over all its client's scopes.
     Hold {
         id: Uuid,
         client_id: Uuid,
         matter_id: Option<Uuid>,
         category: Option<String>,
+        scopes: Vec<Uuid>,
         placed_by: String,
     },
     /// A hold released: if the database still shows it in force, it stays
@@ -908,6 +937,12 @@ fn retention_changes(events: &[VerifiedEvent]) -> Vec<LoggedChange<RetentionChan
                         .filter(|_| !scoped),
                     category: (!scoped && !resource.data_category.is_empty())
                         .then(|| resource.data_category.clone()),
+                    scopes: event
+                        .related
+                        .iter()
+                        .filter(|r| scoped && r.r#type == "scope")
+                        .filter_map(|r| Uuid::parse_str(&r.id).ok())
+                        .collect(),
                     placed_by: event
                         .actor
                         .as_ref()
@@ -971,6 +1006,7 @@ async fn reapply_retention(
             client_id,
             matter_id,
             category,
+            scopes,
             placed_by,
         } => {
             if held.is_some() {
@@ -991,8 +1027,8 @@ async fn reapply_retention(
                 placed_at: c.at,
                 in_vault: 0,
                 released_at: None,
-                scoped: 0,
-                scope_ids: Vec::new(),
+                scoped: i32::from(!scopes.is_empty()),
+                scope_ids: scopes.clone(),
             };
             let me = ServiceName::Retention.spiffe_id(trust_domain);
             let mut event = EventBuilder::new(
@@ -1003,6 +1039,7 @@ async fn reapply_retention(
             .actor(ActorKind::Service, &me, &me)
             .resource("hold", &id.to_string())
             .scope(Some(*client_id), *matter_id)
+            .related(scopes.iter().map(|scope| ("scope", scope.to_string())))
             .outcome(Outcome::Allowed, &format!("event-{}", c.event_id));
             if let Some(category) = category {
                 event = event.category(category);
@@ -1451,6 +1488,7 @@ mod tests {
                 .build()
         };
         let (staff, item, wall) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let (named_wall, matter) = (Uuid::now_v7(), Uuid::now_v7());
         let events = verified(vec![
             identity(Action::IdentityPasswordSet, "staff", &staff.to_string(), ""),
             identity(
@@ -1480,7 +1518,20 @@ mod tests {
                 &staff.to_string(),
                 "",
             ),
+            // A wall logged before walls named their members, and one after.
             identity(Action::IdentityWallCreated, "wall", &wall.to_string(), ""),
+            EventBuilder::new(
+                ServiceName::Identity,
+                "firm.example",
+                Action::IdentityWallCreated,
+            )
+            .resource("wall", &named_wall.to_string())
+            .related([
+                ("staff", staff.to_string()),
+                ("matter", matter.to_string()),
+                ("matter", "not-a-uuid".to_owned()),
+            ])
+            .build(),
             identity(
                 Action::IdentityAssignmentGranted,
                 "assignment",
@@ -1504,7 +1555,24 @@ mod tests {
                 ),
                 (IdentityChange::SignIn { staff, totp: false }, 5),
                 (IdentityChange::SignIn { staff, totp: true }, 6),
-                (IdentityChange::Wall(wall), 7),
+                (
+                    IdentityChange::Wall {
+                        id: wall,
+                        members: WallMembers::default()
+                    },
+                    7
+                ),
+                (
+                    IdentityChange::Wall {
+                        id: named_wall,
+                        members: WallMembers {
+                            staff: vec![staff],
+                            clients: vec![],
+                            matters: vec![matter],
+                        }
+                    },
+                    8
+                ),
             ]
         );
     }
@@ -1527,11 +1595,23 @@ mod tests {
             Uuid::now_v7(),
         );
         let (policy, erasure) = (Uuid::now_v7(), Uuid::now_v7());
+        let (named, named_scopes) = (Uuid::now_v7(), [Uuid::now_v7(), Uuid::now_v7()]);
         let events = verified(vec![
             hold(Action::RetentionHoldPlaced, kept, ""),
             hold(Action::RetentionHoldPlaced, gone, ""),
             hold(Action::RetentionHoldReleased, gone, ""),
+            // Logged before holds named their scopes, and after.
             hold(Action::RetentionHoldPlaced, scoped, "scoped"),
+            EventBuilder::new(
+                ServiceName::Retention,
+                "firm.example",
+                Action::RetentionHoldPlaced,
+            )
+            .resource("hold", &named.to_string())
+            .scope(Some(client), None)
+            .related(named_scopes.iter().map(|s| ("scope", s.to_string())))
+            .outcome(Outcome::Allowed, "scoped")
+            .build(),
             hold(Action::RetentionHoldReleased, earlier, ""),
             EventBuilder::new(
                 ServiceName::Retention,
@@ -1555,13 +1635,15 @@ mod tests {
             .into_iter()
             .map(|c| (c.change, c.position))
             .collect();
-        let placed = |id: Uuid, narrowed: bool| RetentionChange::Hold {
+        let over = |id: Uuid, narrowed: bool, scopes: &[Uuid]| RetentionChange::Hold {
             id,
             client_id: client,
             matter_id: None,
             category: narrowed.then(|| "financial".to_owned()),
+            scopes: scopes.to_vec(),
             placed_by: "retention".to_owned(),
         };
+        let placed = |id: Uuid, narrowed: bool| over(id, narrowed, &[]);
         let mut changes = changes;
         // The matter is random per event: compare the rest.
         for (change, _) in &mut changes {
@@ -1580,15 +1662,16 @@ mod tests {
             vec![
                 (placed(kept, true), 0),
                 (placed(scoped, false), 3),
-                (RetentionChange::Release(earlier), 4),
+                (over(named, false, &named_scopes), 4),
+                (RetentionChange::Release(earlier), 5),
                 (
                     RetentionChange::Policy {
                         id: policy,
                         version: 3
                     },
-                    5
+                    6
                 ),
-                (RetentionChange::Erasure(erasure), 6),
+                (RetentionChange::Erasure(erasure), 7),
             ]
         );
     }

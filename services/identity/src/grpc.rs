@@ -6,7 +6,7 @@ use confidant_proto::audit::v1::{ActorKind, Outcome};
 use confidant_proto::identity::v1::identity_service_server::IdentityService;
 use confidant_proto::identity::v1::*;
 use confidant_runtime::ServiceName;
-use confidant_runtime::audit::{Action, EventBuilder};
+use confidant_runtime::audit::{Action, EventBuilder, MAX_RELATED};
 use confidant_runtime::auth::Actor;
 use confidant_runtime::error::Violations;
 use confidant_runtime::page::{self, Key};
@@ -557,11 +557,29 @@ impl IdentityService for IdentityApi {
                 "a wall must screen off at least one client or matter",
             );
         }
+        // The wall's audit event names each of them, so that a restore can
+        // put it up again.
+        let named = req.screened_staff_ids.len() + req.client_ids.len() + req.matter_ids.len();
+        if named > MAX_RELATED {
+            v.add(
+                "screened_staff_ids",
+                format!(
+                    "a wall names at most {MAX_RELATED} staff members, clients and matters together"
+                ),
+            );
+        }
         check(v)?;
+        let related = crate::restore::WallMembers {
+            staff: staff.clone(),
+            clients: clients.clone(),
+            matters: matters.clone(),
+        }
+        .related();
         let id = self
             .directory
             .create_wall(&staff, &clients, &matters, |id| {
                 self.by_caller(&caller, Action::IdentityWallCreated, "wall", id)
+                    .related(related)
                     .build()
             })
             .await

@@ -132,3 +132,94 @@ pub async fn wall_exists(db: &Database, id: Uuid) -> Result<bool, StoreError> {
         .await?;
     Ok(row.is_some())
 }
+
+/// A wall as its audit event names it: whom it screens from what.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WallMembers {
+    /// The staff members it screens.
+    pub staff: Vec<Uuid>,
+    /// The clients it screens them from.
+    pub clients: Vec<Uuid>,
+    /// The matters it screens them from.
+    pub matters: Vec<Uuid>,
+}
+
+impl WallMembers {
+    /// Read from an `identity.wall.created` event's related resources
+    /// (entries of other types, or that are not UUIDs, are left out).
+    pub fn from_related(related: &[confidant_proto::audit::v1::RelatedResource]) -> Self {
+        let mut wall = Self::default();
+        for r in related {
+            let Ok(id) = Uuid::parse_str(&r.id) else {
+                continue;
+            };
+            match r.r#type.as_str() {
+                "staff" => wall.staff.push(id),
+                "client" => wall.clients.push(id),
+                "matter" => wall.matters.push(id),
+                _ => {}
+            }
+        }
+        wall
+    }
+
+    /// The related resources its audit event names.
+    pub fn related(&self) -> Vec<(&'static str, String)> {
+        [
+            ("staff", &self.staff),
+            ("client", &self.clients),
+            ("matter", &self.matters),
+        ]
+        .into_iter()
+        .flat_map(|(kind, ids)| ids.iter().map(move |id| (kind, id.to_string())))
+        .collect()
+    }
+
+    /// Whether it names no one (an event logged before walls named their
+    /// members).
+    pub fn is_empty(&self) -> bool {
+        self.staff.is_empty() && self.clients.is_empty() && self.matters.is_empty()
+    }
+
+    /// Whether it screens someone from something.
+    pub fn screens(&self) -> bool {
+        let targets = self.clients.len() + self.matters.len();
+        !self.staff.is_empty() && targets > 0
+    }
+
+    /// Splits it into what the database holds and what it does not.
+    pub async fn held_in(&self, db: &Database) -> Result<(Self, Self), StoreError> {
+        let directory = store::Directory::new(db.clone());
+        let (mut held, mut missing) = (Self::default(), Self::default());
+        for id in &self.staff {
+            let to = if directory.staff_exists(*id).await? {
+                &mut held
+            } else {
+                &mut missing
+            };
+            to.staff.push(*id);
+        }
+        for id in &self.clients {
+            let to = if directory.client_exists(*id).await? {
+                &mut held
+            } else {
+                &mut missing
+            };
+            to.clients.push(*id);
+        }
+        for id in &self.matters {
+            let to = if directory.matter_exists(*id).await? {
+                &mut held
+            } else {
+                &mut missing
+            };
+            to.matters.push(*id);
+        }
+        Ok((held, missing))
+    }
+
+    /// Statements: wall `id` stands from `at`, screening these.
+    pub fn put_up(&self, id: Uuid, at: DateTime<Utc>) -> Vec<Statement> {
+        store::wall_put_up(id, at, &self.staff, &self.clients, &self.matters)
+    }
+}

@@ -552,28 +552,7 @@ impl Directory {
             }
         }
         let id = Uuid::now_v7();
-        let mut statements = vec![Statement::new(
-            "INSERT INTO walls (id, created_at) VALUES ($1, $2)",
-            vec![Value::Uuid(id), Value::Time(Utc::now())],
-        )];
-        for s in staff {
-            statements.push(Statement::new(
-                "INSERT INTO wall_members (wall_id, staff_id) VALUES ($1, $2)",
-                vec![Value::Uuid(id), Value::Uuid(*s)],
-            ));
-        }
-        for c in clients {
-            statements.push(Statement::new(
-                "INSERT INTO wall_targets (wall_id, client_id) VALUES ($1, $2)",
-                vec![Value::Uuid(id), Value::Uuid(*c)],
-            ));
-        }
-        for m in matters {
-            statements.push(Statement::new(
-                "INSERT INTO wall_targets (wall_id, matter_id) VALUES ($1, $2)",
-                vec![Value::Uuid(id), Value::Uuid(*m)],
-            ));
-        }
+        let statements = wall_put_up(id, Utc::now(), staff, clients, matters);
         self.db.transact(statements, &[event(id)]).await?;
         Ok(id)
     }
@@ -996,6 +975,39 @@ pub fn role_revoked(staff: Uuid, role: &str, at: DateTime<Utc>) -> Statement {
             Value::Text(role.to_owned()),
         ],
     )
+}
+
+/// Statements: wall `id` stands from `at`, screening `staff` from
+/// `clients` and `matters` (all of which the database holds).
+pub fn wall_put_up(
+    id: Uuid,
+    at: DateTime<Utc>,
+    staff: &[Uuid],
+    clients: &[Uuid],
+    matters: &[Uuid],
+) -> Vec<Statement> {
+    let mut statements = vec![Statement::new(
+        "INSERT INTO walls (id, created_at) VALUES ($1, $2)",
+        vec![Value::Uuid(id), Value::Time(at)],
+    )];
+    let rows = |sql: &'static str, ids: &[Uuid]| -> Vec<Statement> {
+        ids.iter()
+            .map(|other| Statement::new(sql, vec![Value::Uuid(id), Value::Uuid(*other)]))
+            .collect()
+    };
+    statements.extend(rows(
+        "INSERT INTO wall_members (wall_id, staff_id) VALUES ($1, $2)",
+        staff,
+    ));
+    statements.extend(rows(
+        "INSERT INTO wall_targets (wall_id, client_id) VALUES ($1, $2)",
+        clients,
+    ));
+    statements.extend(rows(
+        "INSERT INTO wall_targets (wall_id, matter_id) VALUES ($1, $2)",
+        matters,
+    ));
+    statements
 }
 
 /// Statement: wall exception `id` is revoked from `at` (no change if

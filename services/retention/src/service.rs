@@ -800,7 +800,11 @@ impl Retention {
             event = event.category(c.as_str());
         }
         if hold.scoped != 0 {
-            event = event.outcome(Outcome::Allowed, "scoped");
+            event = event.outcome(Outcome::Allowed, "scoped").related(
+                hold.scope_ids
+                    .iter()
+                    .map(|scope| ("scope", scope.to_string())),
+            );
         }
         self.commit(store::insert_hold(&hold), &[event.build()])
             .await?;

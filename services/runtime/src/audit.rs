@@ -6,14 +6,21 @@
 use std::fmt;
 use std::str::FromStr;
 
-use confidant_proto::audit::v1::{Actor, ActorKind, AuditEvent, Outcome, Resource};
+use confidant_proto::audit::v1::{
+    Actor, ActorKind, AuditEvent, Outcome, RelatedResource, Resource,
+};
 
 use crate::service_name::ServiceName;
 
 /// Most fields a record may have (`vault.max_fields` is capped here), and so
 /// most field names a read's event lists in `disclosed_fields`: 200 names of
-/// at most 64 characters stay well inside the audit log's 32 KiB per event.
+/// at most 64 characters stay well inside the audit log's 64 KiB per event.
 pub const MAX_RECORD_FIELDS: usize = 200;
+
+/// Most further resources an event names in `related` (a wall's screened
+/// staff, clients and matters together; a hold's named scopes): 1,000 UUIDs
+/// with their types take under 48 KiB of the audit log's 64 KiB per event.
+pub const MAX_RELATED: usize = 1000;
 
 macro_rules! actions {
     ($($variant:ident => $name:literal, $doc:literal;)+) => {
@@ -60,7 +67,7 @@ actions! {
     IdentityMatterClosed => "identity.matter.closed", "A matter was closed.";
     IdentityAssignmentGranted => "identity.assignment.granted", "A staff member was assigned to a matter.";
     IdentityAssignmentRevoked => "identity.assignment.revoked", "An assignment was revoked.";
-    IdentityWallCreated => "identity.wall.created", "An ethical wall was put up.";
+    IdentityWallCreated => "identity.wall.created", "An ethical wall was put up (resource: the wall; related: each staff member it screens, and each client and matter it screens them from).";
     IdentityWallExceptionGranted => "identity.wall.exception_granted", "A screened staff member was let through a wall for one matter, until an expiry.";
     IdentityWallExceptionRevoked => "identity.wall.exception_revoked", "A wall exception was ended.";
     IdentityAttestationRecorded => "identity.attestation.recorded", "An NDA or training attestation was recorded.";
@@ -78,6 +85,7 @@ actions! {
     IdentityReviewDecided => "identity.review.decided", "A grant under review was certified or revoked (reason: certify, revoke).";
     IdentityRoleGranted => "identity.role.granted", "A staff member was given a role (resource id: the role; reason: `staff-` and the staff member's id).";
     IdentityRoleRevoked => "identity.role.revoked", "A role was taken from a staff member (resource id: the role; reason: `staff-` and the staff member's id).";
+    IdentityWallReapplied => "identity.wall.reapplied", "A wall the audit log records was put up again on an identity database restored from a backup taken before it, with its logged id and time, screening those its logged event names that the database holds (resource: the wall; related: whom it screens from what; reason: `event-` and the logged event's id; `confidant restore identity`).";
     IdentityRevocationReapplied => "identity.revocation.reapplied", "A revocation the audit log records (a staff member disabled, an assignment, role or wall exception revoked, a matter closed) was made again on an identity database restored from a backup taken before it (resource: what it revoked; reason: `event-` and the logged event's id; `confidant restore identity`).";
     IdentitySignInReset => "identity.sign_in.reset", "A staff member's password and TOTP were made unusable because the audit log shows them changed after the backup the identity database was restored from; an administrator sets a new password and the staff member enrols TOTP again (resource: the staff member; reason: `event-` and the logged change's id; `confidant restore identity`).";
     VaultRecordCreated => "vault.record.created", "A record was stored (resource: the record, with its client, matter and category).";
@@ -121,10 +129,10 @@ actions! {
     RetentionPolicyCreated => "retention.policy.created", "A retention policy was created (resource: the policy).";
     RetentionPolicyUpdated => "retention.policy.updated", "A retention policy changed: a new version (reason: the version).";
     RetentionTriggerRecorded => "retention.trigger.recorded", "An event a retention period counts from was recorded (reason: its kind).";
-    RetentionHoldPlaced => "retention.hold.placed", "A legal hold was placed (resource: the hold, with its client, matter and category; reason: `scoped` for a hold over named scopes; its reason stays in retention).";
+    RetentionHoldPlaced => "retention.hold.placed", "A legal hold was placed (resource: the hold, with its client, matter and category; reason: `scoped` for a hold over named scopes, each named in related; its reason stays in retention).";
     RetentionHoldReleaseApproved => "retention.hold.release_approved", "A staff member approved the release of a legal hold.";
     RetentionHoldReleased => "retention.hold.released", "A legal hold was released after its approvals.";
-    RetentionHoldRestored => "retention.hold.restored", "A legal hold the audit log shows placed, and not released, after the backup the retention database was restored from was placed again (resource: the hold; reason: `event-` and the logged placing's id; `confidant restore retention`).";
+    RetentionHoldRestored => "retention.hold.restored", "A legal hold the audit log shows placed, and not released, after the backup the retention database was restored from was placed again, over the scopes its logged event names if it named any (resource: the hold; reason: `event-` and the logged placing's id; `confidant restore retention`).";
     RetentionDisposalsPaused => "retention.disposals.paused", "Disposal sweeps were paused because the restored retention database lacks schedule changes the audit log records (reason: restore; `confidant restore retention`).";
     RetentionDisposalsResumed => "retention.disposals.resumed", "A records manager let disposal sweeps run again after a restore paused them.";
     RetentionBatchCreated => "retention.batch.created", "A sweep put due scopes in a disposition batch (reason: the policy action, shred or review).";
@@ -292,6 +300,22 @@ impl EventBuilder {
     /// The fields a correction set or removed (names only).
     pub fn changed_fields(mut self, names: Vec<String>) -> Self {
         self.0.changed_fields = names;
+        self
+    }
+
+    /// Further resources the action concerned, as `(type, id)` pairs (see
+    /// [`MAX_RELATED`]).
+    pub fn related<K: Into<String>, I: Into<String>>(
+        mut self,
+        related: impl IntoIterator<Item = (K, I)>,
+    ) -> Self {
+        self.0.related = related
+            .into_iter()
+            .map(|(kind, id)| RelatedResource {
+                r#type: kind.into(),
+                id: id.into(),
+            })
+            .collect();
         self
     }
 

@@ -444,6 +444,29 @@ impl Claim {
     }
 }
 
+/// Most bytes of events one append carries: under the 4 MiB a gRPC message
+/// may have, with room for the request's own framing. Events are at most
+/// 64 KiB each, so a batch of large ones (long sealed justifications, holds
+/// over many scopes) goes in several appends instead of being refused whole
+/// at every attempt.
+pub const MAX_APPEND_BYTES: usize = 3 * 1024 * 1024;
+
+/// How many of `batch`, from the first, one append carries: as many as fit
+/// in [`MAX_APPEND_BYTES`], and always the first.
+fn fitting(batch: &[Pending]) -> usize {
+    let mut total = 0;
+    batch
+        .iter()
+        .take_while(|p| {
+            let len = p.event.encoded_len();
+            // The field's tag and length prefix.
+            total += len + 1 + prost::length_delimiter_len(len);
+            total <= MAX_APPEND_BYTES
+        })
+        .count()
+        .max(1)
+}
+
 /// Delivers a service's outbox to the audit service.
 #[derive(Debug, Clone)]
 pub struct Relay {
@@ -460,8 +483,9 @@ pub struct Relay {
 pub enum Round {
     /// Nothing was pending.
     Idle,
-    /// This many events were delivered.
-    Delivered(usize),
+    /// This many events were delivered; `more` when the batch was cut
+    /// short to fit one append, so that more are surely waiting.
+    Delivered { events: usize, more: bool },
 }
 
 impl Relay {
@@ -482,10 +506,13 @@ impl Relay {
         let Some(mut claim) = self.outbox.claim().await? else {
             return Ok(Round::Idle);
         };
-        let batch = self.outbox.pending_in(&mut claim, self.batch_size).await?;
+        let mut batch = self.outbox.pending_in(&mut claim, self.batch_size).await?;
         if batch.is_empty() {
             return Ok(Round::Idle);
         }
+        let fit = fitting(&batch);
+        let more = fit < batch.len();
+        batch.truncate(fit);
         let seqs: Vec<i64> = batch.iter().map(|p| p.seq).collect();
         let request = AppendEventsRequest {
             events: batch.into_iter().map(|p| p.event).collect(),
@@ -496,7 +523,10 @@ impl Relay {
                 // is sent again and the audit service stores it once.
                 self.outbox.remove_delivered_in(&mut claim, &seqs).await?;
                 claim.finish().await?;
-                Ok(Round::Delivered(seqs.len()))
+                Ok(Round::Delivered {
+                    events: seqs.len(),
+                    more,
+                })
             }
             Err(status) => {
                 let code = format!("{:?}", status.code());
@@ -519,9 +549,9 @@ impl Relay {
                 return;
             }
             let wait = match self.deliver_once().await {
-                Ok(Round::Delivered(n)) => {
+                Ok(Round::Delivered { events, more }) => {
                     backoff = self.idle_interval;
-                    if n as i64 >= self.batch_size {
+                    if more || events as i64 >= self.batch_size {
                         continue;
                     }
                     // A short batch: let more events gather before the next
