@@ -189,37 +189,46 @@ impl WallMembers {
 
     /// Splits it into what the database holds and what it does not.
     pub async fn held_in(&self, db: &Database) -> Result<(Self, Self), StoreError> {
-        let directory = store::Directory::new(db.clone());
-        let (mut held, mut missing) = (Self::default(), Self::default());
-        for id in &self.staff {
-            let to = if directory.staff_exists(*id).await? {
-                &mut held
-            } else {
-                &mut missing
-            };
-            to.staff.push(*id);
-        }
-        for id in &self.clients {
-            let to = if directory.client_exists(*id).await? {
-                &mut held
-            } else {
-                &mut missing
-            };
-            to.clients.push(*id);
-        }
-        for id in &self.matters {
-            let to = if directory.matter_exists(*id).await? {
-                &mut held
-            } else {
-                &mut missing
-            };
-            to.matters.push(*id);
-        }
-        Ok((held, missing))
+        let (staff, staff_missing) =
+            split(db, "SELECT id FROM staff WHERE id = $1", &self.staff).await?;
+        let (clients, clients_missing) =
+            split(db, "SELECT id FROM clients WHERE id = $1", &self.clients).await?;
+        let (matters, matters_missing) =
+            split(db, "SELECT id FROM matters WHERE id = $1", &self.matters).await?;
+        Ok((
+            Self {
+                staff,
+                clients,
+                matters,
+            },
+            Self {
+                staff: staff_missing,
+                clients: clients_missing,
+                matters: matters_missing,
+            },
+        ))
     }
 
     /// Statements: wall `id` stands from `at`, screening these.
     pub fn put_up(&self, id: Uuid, at: DateTime<Utc>) -> Vec<Statement> {
         store::wall_put_up(id, at, &self.staff, &self.clients, &self.matters)
     }
+}
+
+/// `ids` split into those `sql` (a lookup by id) finds and the others.
+async fn split(
+    db: &Database,
+    sql: &'static str,
+    ids: &[Uuid],
+) -> Result<(Vec<Uuid>, Vec<Uuid>), StoreError> {
+    let (mut found, mut missing) = (Vec::new(), Vec::new());
+    for id in ids {
+        let row: Option<(Uuid,)> = db.fetch_optional(sql, vec![Value::Uuid(*id)]).await?;
+        if row.is_some() {
+            found.push(*id);
+        } else {
+            missing.push(*id);
+        }
+    }
+    Ok((found, missing))
 }
