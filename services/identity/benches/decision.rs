@@ -43,7 +43,16 @@ async fn row(backend: Backend) {
         .unwrap();
     let client = dir.create_client(None, event).await.unwrap();
     let matter = dir
-        .create_matter(None, client, None, ("bench", None), event)
+        .create_matter(
+            None,
+            &confidant_identity::store::NewMatter {
+                client_id: client,
+                responsible: None,
+                practice_area: "bench".into(),
+                jurisdiction: None,
+            },
+            event,
+        )
         .await
         .unwrap();
     for kind in [KIND_NDA, KIND_TRAINING] {

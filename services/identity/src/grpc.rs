@@ -394,12 +394,21 @@ impl IdentityService for IdentityApi {
             confidant_runtime::matter::jurisdiction(&mut v, "jurisdiction", &req.jurisdiction);
         check(v)?;
         let client = client.unwrap_or_default();
-        let class = (req.practice_area.as_str(), jurisdiction.as_deref());
+        let matter = crate::store::NewMatter {
+            client_id: client,
+            responsible: attorney,
+            practice_area: req.practice_area.trim().to_owned(),
+            jurisdiction,
+        };
+        // The event names the classification, so that a restore can open
+        // the matter again as it was.
+        let related = matter.related();
         let id = self
             .directory
-            .create_matter(request_id, client, attorney, class, |id| {
+            .create_matter(request_id, &matter, |id| {
                 self.by_caller(&caller, Action::IdentityMatterCreated, "matter", id)
                     .scope(Some(client), Some(id))
+                    .related(related)
                     .build()
             })
             .await

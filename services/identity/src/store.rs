@@ -417,10 +417,7 @@ impl Directory {
         event: impl FnOnce(Uuid) -> AuditEvent,
     ) -> Result<Uuid, StoreError> {
         let id = Uuid::now_v7();
-        let statements = vec![Statement::new(
-            "INSERT INTO clients (id, created_at) VALUES ($1, $2)",
-            vec![Value::Uuid(id), Value::Time(Utc::now())],
-        )];
+        let statements = vec![client_created(id, Utc::now())];
         self.create(request_id, "create_client", id, statements, event(id))
             .await
     }
@@ -429,33 +426,19 @@ impl Directory {
     pub async fn create_matter(
         &self,
         request_id: Option<Uuid>,
-        client_id: Uuid,
-        responsible: Option<Uuid>,
-        class: (&str, Option<&str>),
+        matter: &NewMatter,
         event: impl FnOnce(Uuid) -> AuditEvent,
     ) -> Result<Uuid, StoreError> {
-        let (practice_area, jurisdiction) = class;
-        if !self.client_exists(client_id).await? {
+        if !self.client_exists(matter.client_id).await? {
             return Err(StoreError::NotFound("client"));
         }
-        if let Some(staff) = responsible
+        if let Some(staff) = matter.responsible
             && !self.staff_exists(staff).await?
         {
             return Err(StoreError::NotFound("responsible attorney"));
         }
         let id = Uuid::now_v7();
-        let statements = vec![Statement::new(
-            "INSERT INTO matters (id, client_id, responsible_attorney_id, practice_area, opened_at, jurisdiction) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-            vec![
-                Value::Uuid(id),
-                Value::Uuid(client_id),
-                Value::OptUuid(responsible),
-                Value::Text(practice_area.trim().to_owned()),
-                Value::Time(Utc::now()),
-                Value::OptText(jurisdiction.map(str::to_owned)),
-            ],
-        )];
+        let statements = vec![matter.opened(id, Utc::now())];
         self.create(request_id, "create_matter", id, statements, event(id))
             .await
     }
@@ -975,6 +958,78 @@ pub fn role_revoked(staff: Uuid, role: &str, at: DateTime<Utc>) -> Statement {
             Value::Text(role.to_owned()),
         ],
     )
+}
+
+/// Statement: client `id` is registered from `at`.
+pub fn client_created(id: Uuid, at: DateTime<Utc>) -> Statement {
+    Statement::new(
+        "INSERT INTO clients (id, created_at) VALUES ($1, $2)",
+        vec![Value::Uuid(id), Value::Time(at)],
+    )
+}
+
+/// A matter as it is opened: its client and classification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMatter {
+    /// Its client.
+    pub client_id: Uuid,
+    /// The responsible attorney, who has access without assignment.
+    pub responsible: Option<Uuid>,
+    /// Its practice area, trimmed.
+    pub practice_area: String,
+    /// Its jurisdiction (ISO 3166, upper case), if any.
+    pub jurisdiction: Option<String>,
+}
+
+impl NewMatter {
+    /// Statement: it is open as matter `id` from `at`.
+    pub fn opened(&self, id: Uuid, at: DateTime<Utc>) -> Statement {
+        Statement::new(
+            "INSERT INTO matters (id, client_id, responsible_attorney_id, practice_area, opened_at, jurisdiction) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            vec![
+                Value::Uuid(id),
+                Value::Uuid(self.client_id),
+                Value::OptUuid(self.responsible),
+                Value::Text(self.practice_area.clone()),
+                Value::Time(at),
+                Value::OptText(self.jurisdiction.clone()),
+            ],
+        )
+    }
+
+    /// What its audit event names in `related`: the responsible attorney,
+    /// the practice area and the jurisdiction (the client is the event's
+    /// scope).
+    pub fn related(&self) -> Vec<(&'static str, String)> {
+        let mut related = vec![("practice_area", self.practice_area.clone())];
+        related.extend(
+            self.responsible
+                .map(|s| ("responsible_attorney", s.to_string())),
+        );
+        related.extend(self.jurisdiction.clone().map(|j| ("jurisdiction", j)));
+        related
+    }
+
+    /// Read back from an `identity.matter.created` event of `client_id`;
+    /// `None` for one logged before matter events named their practice area.
+    pub fn from_related(
+        client_id: Uuid,
+        related: &[confidant_proto::audit::v1::RelatedResource],
+    ) -> Option<Self> {
+        let named = |kind: &str| {
+            related
+                .iter()
+                .find(|r| r.r#type == kind)
+                .map(|r| r.id.clone())
+        };
+        Some(Self {
+            client_id,
+            responsible: named("responsible_attorney").and_then(|s| Uuid::parse_str(&s).ok()),
+            practice_area: named("practice_area")?,
+            jurisdiction: named("jurisdiction"),
+        })
+    }
 }
 
 /// Statements: wall `id` stands from `at`, screening `staff` from
