@@ -529,6 +529,7 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
     assign(&mut admin, &matter, &walled).await;
     let rotated = common::directory::staff(&mut admin, "rotated@firm.example", "associate").await;
     let attorney = cleared(&mut admin, "attorney@firm.example", "partner").await;
+    let late_joiner = cleared(&mut admin, "late.joiner@firm.example", "associate").await;
     for staff in [&rotated, &walled] {
         admin
             .set_password(SetPasswordRequest {
@@ -595,6 +596,31 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
         })
         .await
         .unwrap();
+    // Access given: an assignment for a month, a role, and an assignment
+    // of the newcomer.
+    let until = chrono::Utc::now() + chrono::Duration::days(30);
+    let late_assignment = admin
+        .assign_staff(AssignStaffRequest {
+            matter_id: matter.clone(),
+            staff_id: late_joiner.clone(),
+            expire_time: Some(prost_types::Timestamp {
+                seconds: until.timestamp(),
+                nanos: 0,
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .assignment_id;
+    admin
+        .grant_role(GrantRoleRequest {
+            staff_id: late_joiner.clone(),
+            role: "auditor".into(),
+            expire_time: None,
+        })
+        .await
+        .unwrap();
+    let newcomer_assignment = assign(&mut admin, &matter, &newcomer).await;
     let wall = admin
         .create_wall(CreateWallRequest {
             screened_staff_ids: vec![walled.clone(), newcomer.clone()],
@@ -661,7 +687,14 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
         done("revoke"),
         "{out}"
     );
-    assert_eq!(common::restore_results(&out, &assignment), done("revoke"));
+    // Granted before the backup, which holds it; revoked after.
+    assert_eq!(
+        common::restore_results(&out, &assignment),
+        vec![
+            ("assign".to_owned(), "already_applied".to_owned()),
+            ("revoke".to_owned(), "reapplied".to_owned())
+        ]
+    );
     assert_eq!(
         common::restore_results(&out, &format!("{demoted}/associate")),
         done("revoke")
@@ -692,6 +725,23 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
             ("matter".to_owned(), "reapplied".to_owned()),
             ("revoke".to_owned(), "reapplied".to_owned())
         ],
+        "{out}"
+    );
+    // The access given since is given again, but to no one the database
+    // does not hold.
+    assert_eq!(
+        common::restore_results(&out, &late_assignment),
+        done("assign"),
+        "{out}"
+    );
+    assert_eq!(
+        common::restore_results(&out, &format!("{late_joiner}/auditor")),
+        done("grant_role"),
+        "{out}"
+    );
+    assert_eq!(
+        common::restore_results(&out, &newcomer_assignment),
+        vec![("assign".to_owned(), "not_in_database".to_owned())],
         "{out}"
     );
     // The wall is up again, over whom the restored database holds; the
@@ -734,6 +784,8 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
     assert_eq!(denial(reassigned_now), DenialReason::NotAssigned);
     let demoted_now = decide(&mut vault, &demoted, "client_data.read", &matter).await;
     assert!(!demoted_now.allowed, "{demoted_now:?}");
+    let late_now = decide(&mut vault, &late_joiner, "client_data.read", &matter).await;
+    assert!(late_now.allowed, "{late_now:?}");
     // The attorney is again responsible for the matter opened since, and
     // it is classified as it was.
     assert!(
@@ -802,6 +854,10 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
         format!("{demoted}/associate"),
         rotated.clone(),
         wall.clone(),
+        late_assignment.clone(),
+        format!("{late_joiner}/auditor"),
+        new_client_id.clone(),
+        opened.clone(),
     ] {
         let again = common::restore_results(&out, &id);
         assert!(

@@ -41,7 +41,7 @@ use chrono::{DateTime, Utc};
 use confidant_audit::domain::validate_event;
 use confidant_audit::store::EventStore;
 use confidant_identity::restore::{self as identity_restore, Revocation, WallMembers};
-use confidant_identity::store::NewMatter;
+use confidant_identity::store::{Grant, NewMatter};
 use confidant_proto::audit::v1::{ActorKind, AuditEvent, Outcome, Resource};
 use confidant_retention::restore as retention_restore;
 use confidant_retention::store::{self as retention_store, HoldRow, RetentionStore};
@@ -569,6 +569,20 @@ enum IdentityChange {
     SignIn { staff: Uuid, totp: bool },
     /// A client was registered.
     Client(Uuid),
+    /// Staff member `grant.staff` was assigned to `matter` (`grant` is
+    /// `None` when its event was logged before grant events named whom:
+    /// then it is lost).
+    Assign {
+        id: Uuid,
+        matter: Uuid,
+        grant: Option<Grant>,
+    },
+    /// `staff` was given `role` (`grant` as for an assignment).
+    GrantRole {
+        staff: Uuid,
+        role: String,
+        grant: Option<Grant>,
+    },
     /// A matter was opened, for `client`, classified as `opened` names it
     /// (`None` when its event was logged before matter events named their
     /// classification: then it is lost).
@@ -597,6 +611,8 @@ impl ReportedChange for IdentityChange {
             IdentityChange::Revoke(_) => "revoke",
             IdentityChange::SignIn { .. } => "reset_sign_in",
             IdentityChange::Client(_) => "client",
+            IdentityChange::Assign { .. } => "assign",
+            IdentityChange::GrantRole { .. } => "grant_role",
             IdentityChange::Matter { .. } => "matter",
             IdentityChange::Wall { .. } => "wall",
         }
@@ -607,6 +623,10 @@ impl ReportedChange for IdentityChange {
             IdentityChange::Revoke(r) => r.resource(),
             IdentityChange::SignIn { staff, .. } => ("staff", staff.to_string()),
             IdentityChange::Client(id) => ("client", id.to_string()),
+            IdentityChange::Assign { id, .. } => ("assignment", id.to_string()),
+            IdentityChange::GrantRole { staff, role, .. } => {
+                ("staff_role", format!("{staff}/{role}"))
+            }
             IdentityChange::Matter { id, .. } => ("matter", id.to_string()),
             IdentityChange::Wall { id, .. } => ("wall", id.to_string()),
         }
@@ -685,6 +705,30 @@ fn identity_changes(events: &[VerifiedEvent]) -> Vec<LoggedChange<IdentityChange
                 IdentityChange::SignIn { staff, totp: true }
             }
             (Action::IdentityClientCreated, Some(id)) => IdentityChange::Client(id),
+            (Action::IdentityAssignmentGranted, Some(id)) => {
+                let Ok(matter) = Uuid::parse_str(&resource.matter_id) else {
+                    continue;
+                };
+                IdentityChange::Assign {
+                    id,
+                    matter,
+                    grant: Grant::from_related(&event.related),
+                }
+            }
+            (Action::IdentityRoleGranted, _) => {
+                let Some(staff) = event
+                    .reason
+                    .strip_prefix("staff-")
+                    .and_then(|s| Uuid::parse_str(s).ok())
+                else {
+                    continue;
+                };
+                IdentityChange::GrantRole {
+                    staff,
+                    role: resource.id.clone(),
+                    grant: Grant::from_related(&event.related).filter(|g| g.staff == staff),
+                }
+            }
             (Action::IdentityMatterCreated, Some(id)) => {
                 let Ok(client) = Uuid::parse_str(&resource.client_id) else {
                     continue;
@@ -731,10 +775,50 @@ async fn reapply_identity(
             if directory.client_exists(*id).await? {
                 return Ok((Fate::AlreadyApplied, extra));
             }
-            scope = Some((*id, None));
+            scope = Some((Some(*id), None));
             (
                 vec![confidant_identity::store::client_created(*id, c.at)],
                 Action::IdentityClientReapplied,
+            )
+        }
+        IdentityChange::Assign { id, matter, grant } => {
+            if identity_restore::assignment_exists(db, *id).await? {
+                return Ok((Fate::AlreadyApplied, extra));
+            }
+            let Some(grant) = grant else {
+                return Ok((Fate::Lost, extra));
+            };
+            if !directory.matter_exists(*matter).await?
+                || !directory.staff_exists(grant.staff).await?
+            {
+                return Ok((Fate::NotInDatabase, extra));
+            }
+            scope = Some((None, Some(*matter)));
+            related = grant.related();
+            (
+                vec![grant.assignment(*id, *matter, c.at)],
+                Action::IdentityGrantReapplied,
+            )
+        }
+        IdentityChange::GrantRole { staff, role, grant } => {
+            if identity_restore::role_granted_at(db, *staff, role, c.at).await? {
+                return Ok((Fate::AlreadyApplied, extra));
+            }
+            let Some(grant) = grant else {
+                return Ok((Fate::Lost, extra));
+            };
+            if !directory.staff_exists(*staff).await? {
+                return Ok((Fate::NotInDatabase, extra));
+            }
+            related = grant.related();
+            (
+                vec![confidant_identity::store::role_granted(
+                    *staff,
+                    role,
+                    c.at,
+                    grant.expires,
+                )],
+                Action::IdentityGrantReapplied,
             )
         }
         IdentityChange::Matter { id, client, opened } => {
@@ -756,7 +840,7 @@ async fn reapply_identity(
                 extra = json!({ "not_in_database": [{ "type": "staff", "id": attorney }] });
                 opened.responsible = None;
             }
-            scope = Some((*client, Some(*id)));
+            scope = Some((Some(*client), Some(*id)));
             related = opened.related();
             (
                 vec![opened.opened(*id, c.at)],
@@ -829,7 +913,7 @@ async fn reapply_identity(
         .related(related)
         .outcome(Outcome::Allowed, &format!("event-{}", c.event_id));
     if let Some((client, matter)) = scope {
-        event = event.scope(Some(client), matter);
+        event = event.scope(client, matter);
     }
     let event = event.build();
     let fate = match db.transact(statements, &[event]).await {
@@ -891,7 +975,7 @@ async fn reapply_identity_all(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let mut report = Report::new(out);
-    let (mut walls_lost, mut matters_lost) = (0u64, 0u64);
+    let (mut walls_lost, mut matters_lost, mut grants_lost) = (0u64, 0u64, 0u64);
     for c in identity_changes(&verified.events) {
         let line = c.line();
         let (fate, extra) = reapply_identity(db, trust_domain, &c, dry_run)
@@ -900,6 +984,9 @@ async fn reapply_identity_all(
         if fate == Fate::Lost {
             match c.change {
                 IdentityChange::Matter { .. } => matters_lost += 1,
+                IdentityChange::Assign { .. } | IdentityChange::GrantRole { .. } => {
+                    grants_lost += 1;
+                }
                 _ => walls_lost += 1,
             }
         }
@@ -922,11 +1009,19 @@ async fn reapply_identity_all(
              allowed to it until they are in the directory again"
         ));
     }
+    if grants_lost > 0 {
+        notes.push(format!(
+            "{grants_lost} assignments and roles granted after the backup are not in the restored \
+             database, and their events, logged before grant events named whom and until when, \
+             cannot make them again: grant them anew"
+        ));
+    }
     report.finish(
         verified,
         json!({
             "walls_lost": walls_lost,
             "matters_lost": matters_lost,
+            "grants_lost": grants_lost,
             "sessions_ended": if dry_run { 0 } else { sessions },
             "sessions_to_end": if dry_run { sessions } else { 0 },
         }),
@@ -1579,6 +1674,14 @@ mod tests {
             practice_area: "Family & Children".into(),
             jurisdiction: None,
         };
+        let until_then = Grant {
+            staff,
+            expires: Some(DateTime::from_timestamp(1_900_000_000, 123_456_000).unwrap()),
+        };
+        let for_good = Grant {
+            staff,
+            expires: None,
+        };
         let events = verified(vec![
             identity(Action::IdentityPasswordSet, "staff", &staff.to_string(), ""),
             identity(
@@ -1653,6 +1756,25 @@ mod tests {
             .scope(Some(client), Some(classified))
             .related(opened.related())
             .build(),
+            // Grants that name whom and until when.
+            EventBuilder::new(
+                ServiceName::Identity,
+                "firm.example",
+                Action::IdentityAssignmentGranted,
+            )
+            .resource("assignment", &item.to_string())
+            .scope(None, Some(classified))
+            .related(until_then.related())
+            .build(),
+            EventBuilder::new(
+                ServiceName::Identity,
+                "firm.example",
+                Action::IdentityRoleGranted,
+            )
+            .resource("role", "auditor")
+            .related(for_good.related())
+            .outcome(Outcome::Allowed, &format!("staff-{staff}"))
+            .build(),
         ]);
         let changes: Vec<(IdentityChange, u64)> = identity_changes(&events)
             .into_iter()
@@ -1704,6 +1826,22 @@ mod tests {
                         opened: Some(opened)
                     },
                     12
+                ),
+                (
+                    IdentityChange::Assign {
+                        id: item,
+                        matter: classified,
+                        grant: Some(until_then)
+                    },
+                    13
+                ),
+                (
+                    IdentityChange::GrantRole {
+                        staff,
+                        role: "auditor".into(),
+                        grant: Some(for_good)
+                    },
+                    14
                 ),
             ]
         );

@@ -504,11 +504,15 @@ impl IdentityService for IdentityApi {
         }
         check(v)?;
         let (matter, staff) = (matter.unwrap_or_default(), staff.unwrap_or_default());
+        // The event names whom and until when, so that a restore can make
+        // the assignment again.
+        let related = crate::store::Grant { staff, expires }.related();
         let id = self
             .directory
             .assign(matter, staff, expires, |id| {
                 self.by_caller(&caller, Action::IdentityAssignmentGranted, "assignment", id)
                     .scope(None, Some(matter))
+                    .related(related)
                     .build()
             })
             .await
@@ -1512,17 +1516,20 @@ impl IdentityService for IdentityApi {
         }
         check(v)?;
         let staff = staff.unwrap_or_default();
+        let now = Utc::now();
         let event = EventBuilder::new(
             ServiceName::Identity,
             &self.trust_domain,
             Action::IdentityRoleGranted,
         )
+        .at(now)
         .actor(ActorKind::Service, caller.name(), caller.as_str())
         .resource("role", &req.role)
+        .related(crate::store::Grant { staff, expires }.related())
         .outcome(Outcome::Allowed, &format!("staff-{staff}"))
         .build();
         self.directory
-            .grant_role(staff, &req.role, expires, event)
+            .grant_role(staff, &req.role, now, expires, event)
             .await
             .map_err(Error::from)?;
         self.facts.clear();

@@ -127,9 +127,12 @@ pub async fn live_sessions(db: &Database, limit: i64) -> Result<Vec<(Uuid, Uuid)
 
 /// Whether the database holds the wall `id`.
 pub async fn wall_exists(db: &Database, id: Uuid) -> Result<bool, StoreError> {
-    let row: Option<(Uuid,)> = db
-        .fetch_optional("SELECT id FROM walls WHERE id = $1", vec![Value::Uuid(id)])
-        .await?;
+    found(db, "SELECT id FROM walls WHERE id = $1", id).await
+}
+
+/// Whether `sql`, a lookup by id, finds `id`.
+async fn found(db: &Database, sql: &'static str, id: Uuid) -> Result<bool, StoreError> {
+    let row: Option<(Uuid,)> = db.fetch_optional(sql, vec![Value::Uuid(id)]).await?;
     Ok(row.is_some())
 }
 
@@ -221,14 +224,36 @@ async fn split(
     sql: &'static str,
     ids: &[Uuid],
 ) -> Result<(Vec<Uuid>, Vec<Uuid>), StoreError> {
-    let (mut found, mut missing) = (Vec::new(), Vec::new());
+    let (mut held, mut missing) = (Vec::new(), Vec::new());
     for id in ids {
-        let row: Option<(Uuid,)> = db.fetch_optional(sql, vec![Value::Uuid(*id)]).await?;
-        if row.is_some() {
-            found.push(*id);
+        if found(db, sql, *id).await? {
+            held.push(*id);
         } else {
             missing.push(*id);
         }
     }
-    Ok((found, missing))
+    Ok((held, missing))
+}
+
+/// Whether the database holds `staff`'s `role` granted at `at` (to the
+/// microsecond a database keeps).
+pub async fn role_granted_at(
+    db: &Database,
+    staff: Uuid,
+    role: &str,
+    at: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let rows: Vec<(DateTime<Utc>,)> = db
+        .fetch_all(
+            "SELECT granted_at FROM staff_roles WHERE staff_id = $1 AND role = $2",
+            vec![Value::Uuid(staff), Value::Text(role.to_owned())],
+        )
+        .await?;
+    let leeway = chrono::Duration::milliseconds(1);
+    Ok(rows.iter().any(|(granted,)| (*granted - at).abs() < leeway))
+}
+
+/// Whether the database holds the assignment `id`.
+pub async fn assignment_exists(db: &Database, id: Uuid) -> Result<bool, StoreError> {
+    found(db, "SELECT id FROM assignments WHERE id = $1", id).await
 }

@@ -224,10 +224,12 @@ impl Directory {
     }
 
     /// Gives a staff member a role, optionally until `expires`.
+    /// Gives `staff` `role` from `at` (the time the event carries too).
     pub async fn grant_role(
         &self,
         staff: Uuid,
         role: &str,
+        at: DateTime<Utc>,
         expires: Option<DateTime<Utc>>,
         event: AuditEvent,
     ) -> Result<(), StoreError> {
@@ -235,18 +237,7 @@ impl Directory {
             return Err(StoreError::NotFound("staff member"));
         }
         self.db
-            .transact(
-                vec![Statement::new(
-                    "INSERT INTO staff_roles (staff_id, role, granted_at, expires_at) VALUES ($1, $2, $3, $4)",
-                    vec![
-                        Value::Uuid(staff),
-                        Value::Text(role.to_owned()),
-                        Value::Time(Utc::now()),
-                        Value::OptTime(expires),
-                    ],
-                )],
-                &[event],
-            )
+            .transact(vec![role_granted(staff, role, at, expires)], &[event])
             .await?;
         Ok(())
     }
@@ -477,20 +468,9 @@ impl Directory {
             return Err(StoreError::NotFound("staff member"));
         }
         let id = Uuid::now_v7();
+        let grant = Grant { staff, expires };
         self.db
-            .transact(
-                vec![Statement::new(
-                    "INSERT INTO assignments (id, matter_id, staff_id, granted_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
-                    vec![
-                        Value::Uuid(id),
-                        Value::Uuid(matter),
-                        Value::Uuid(staff),
-                        Value::Time(Utc::now()),
-                        Value::OptTime(expires),
-                    ],
-                )],
-                &[event(id)],
-            )
+            .transact(vec![grant.assignment(id, matter, Utc::now())], &[event(id)])
             .await?;
         Ok(id)
     }
@@ -956,6 +936,81 @@ pub fn role_revoked(staff: Uuid, role: &str, at: DateTime<Utc>) -> Statement {
             Value::Time(at),
             Value::Uuid(staff),
             Value::Text(role.to_owned()),
+        ],
+    )
+}
+
+/// A grant of access to a staff member (an assignment to a matter, a
+/// role), until an expiry if it has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// Who was given access.
+    pub staff: Uuid,
+    /// Until when, if not for good.
+    pub expires: Option<DateTime<Utc>>,
+}
+
+impl Grant {
+    /// Statement: it is assignment `id` to `matter`, from `at`.
+    pub fn assignment(&self, id: Uuid, matter: Uuid, at: DateTime<Utc>) -> Statement {
+        Statement::new(
+            "INSERT INTO assignments (id, matter_id, staff_id, granted_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+            vec![
+                Value::Uuid(id),
+                Value::Uuid(matter),
+                Value::Uuid(self.staff),
+                Value::Time(at),
+                Value::OptTime(self.expires),
+            ],
+        )
+    }
+
+    /// What its audit event names in `related`: the staff member, and the
+    /// expiry (RFC 3339) if it has one.
+    pub fn related(&self) -> Vec<(&'static str, String)> {
+        let mut related = vec![("staff", self.staff.to_string())];
+        related.extend(self.expires.map(|e| {
+            (
+                "expires_at",
+                e.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            )
+        }));
+        related
+    }
+
+    /// Read back from a grant's event; `None` for one logged before grant
+    /// events named their staff member and expiry.
+    pub fn from_related(related: &[confidant_proto::audit::v1::RelatedResource]) -> Option<Self> {
+        let named = |kind: &str| {
+            related
+                .iter()
+                .find(|r| r.r#type == kind)
+                .map(|r| r.id.as_str())
+        };
+        Some(Self {
+            staff: Uuid::parse_str(named("staff")?).ok()?,
+            expires: match named("expires_at") {
+                None => None,
+                Some(at) => Some(DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc)),
+            },
+        })
+    }
+}
+
+/// Statement: `staff` holds `role` from `at`, until `expires` if set.
+pub fn role_granted(
+    staff: Uuid,
+    role: &str,
+    at: DateTime<Utc>,
+    expires: Option<DateTime<Utc>>,
+) -> Statement {
+    Statement::new(
+        "INSERT INTO staff_roles (staff_id, role, granted_at, expires_at) VALUES ($1, $2, $3, $4)",
+        vec![
+            Value::Uuid(staff),
+            Value::Text(role.to_owned()),
+            Value::Time(at),
+            Value::OptTime(expires),
         ],
     )
 }

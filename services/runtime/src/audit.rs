@@ -65,7 +65,7 @@ actions! {
     IdentityClientCreated => "identity.client.created", "A client was registered.";
     IdentityMatterCreated => "identity.matter.created", "A matter was opened (resource: the matter, with its client; related: its practice area, and its responsible attorney and jurisdiction if it has them).";
     IdentityMatterClosed => "identity.matter.closed", "A matter was closed.";
-    IdentityAssignmentGranted => "identity.assignment.granted", "A staff member was assigned to a matter.";
+    IdentityAssignmentGranted => "identity.assignment.granted", "A staff member was assigned to a matter (resource: the assignment, with its matter; related: the staff member, and the expiry if it has one).";
     IdentityAssignmentRevoked => "identity.assignment.revoked", "An assignment was revoked.";
     IdentityWallCreated => "identity.wall.created", "An ethical wall was put up (resource: the wall; related: each staff member it screens, and each client and matter it screens them from).";
     IdentityWallExceptionGranted => "identity.wall.exception_granted", "A screened staff member was let through a wall for one matter, until an expiry.";
@@ -83,10 +83,11 @@ actions! {
     IdentityDocumentChecked => "identity.document.checked", "Staff recorded a check of a client's identity document.";
     IdentityReviewStarted => "identity.review.started", "An access review campaign was opened.";
     IdentityReviewDecided => "identity.review.decided", "A grant under review was certified or revoked (reason: certify, revoke).";
-    IdentityRoleGranted => "identity.role.granted", "A staff member was given a role (resource id: the role; reason: `staff-` and the staff member's id).";
+    IdentityRoleGranted => "identity.role.granted", "A staff member was given a role (resource id: the role; reason: `staff-` and the staff member's id; related: the staff member, and the expiry if it has one).";
     IdentityRoleRevoked => "identity.role.revoked", "A role was taken from a staff member (resource id: the role; reason: `staff-` and the staff member's id).";
     IdentityClientReapplied => "identity.client.reapplied", "A client the audit log shows registered was registered again, with its logged id and time, on an identity database restored from a backup taken before it (resource: the client; reason: `event-` and the logged event's id; `confidant restore identity`).";
     IdentityMatterReapplied => "identity.matter.reapplied", "A matter the audit log shows opened was opened again, with its logged id, time, client and classification, on an identity database restored from a backup taken before it (resource: the matter, with its client; related: as the logged event's; reason: `event-` and the logged event's id; `confidant restore identity`).";
+    IdentityGrantReapplied => "identity.grant.reapplied", "An assignment or a role the audit log shows granted was granted again, with its logged time and expiry, on an identity database restored from a backup taken before it (resource: the assignment, or the staff member's role as `staff_role`; related: as the logged event's; reason: `event-` and the logged event's id; `confidant restore identity`).";
     IdentityWallReapplied => "identity.wall.reapplied", "A wall the audit log records was put up again on an identity database restored from a backup taken before it, with its logged id and time, screening those its logged event names that the database holds (resource: the wall; related: whom it screens from what; reason: `event-` and the logged event's id; `confidant restore identity`).";
     IdentityRevocationReapplied => "identity.revocation.reapplied", "A revocation the audit log records (a staff member disabled, an assignment, role or wall exception revoked, a matter closed) was made again on an identity database restored from a backup taken before it (resource: what it revoked; reason: `event-` and the logged event's id; `confidant restore identity`).";
     IdentitySignInReset => "identity.sign_in.reset", "A staff member's password and TOTP were made unusable because the audit log shows them changed after the backup the identity database was restored from; an administrator sets a new password and the staff member enrols TOTP again (resource: the staff member; reason: `event-` and the logged change's id; `confidant restore identity`).";
