@@ -1873,6 +1873,89 @@ async fn postgres_documents_stream_through_the_api_and_a_cancelled_upload_leaves
     documents_stream_through_the_api_and_a_cancelled_upload_leaves_nothing(Backend::Postgres).await;
 }
 
+async fn many_records_with_many_fields_list_in_pages_within_the_message_limit(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let (sandbox, f) = start_with_firm(&data, &SUITE).await;
+    let mut app = vault(&data, &sandbox, "firm-app").await;
+    let partner = staff_token(&data, &f.partner, &["partner"]);
+    // 400 records of 200 fields with names of 64 characters: their
+    // metadata alone is more than a gRPC message holds by default.
+    let fields: Vec<pb::Field> = (0..200)
+        .map(|i| {
+            field(
+                &format!("{}_{i:03}", "n".repeat(60)),
+                pb::FieldType::Text,
+                "x",
+            )
+        })
+        .collect();
+    let mut stored = std::collections::HashSet::new();
+    for _ in 0..4 {
+        let records = (0..100)
+            .map(|_| pb::NewRecord {
+                client_id: f.client_id.clone(),
+                matter_id: f.matter_id.clone(),
+                category: pb::DataCategory::ContactDetails as i32,
+                fields: fields.clone(),
+                original: false,
+            })
+            .collect();
+        let batch = app
+            .batch_create_records(as_staff(
+                &partner,
+                pb::BatchCreateRecordsRequest { records },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        for result in batch.results {
+            assert_eq!(result.status.unwrap().code, 0);
+            stored.insert(result.record.unwrap().id);
+        }
+    }
+
+    // Asked for all of them at once, the vault answers in pages that fit.
+    let mut listed = Vec::new();
+    let mut page_token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = app
+            .list_records(as_staff(
+                &partner,
+                pb::ListRecordsRequest {
+                    client_id: f.client_id.clone(),
+                    page_size: 1000,
+                    page_token: page_token.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("a page within the message limit")
+            .into_inner();
+        pages += 1;
+        listed.extend(page.records.into_iter().map(|r| r.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert!(pages >= 2, "{pages} pages");
+    let unique: std::collections::HashSet<String> = listed.iter().cloned().collect();
+    assert_eq!(unique.len(), listed.len(), "a record listed twice");
+    assert_eq!(unique, stored, "every record listed");
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_many_records_with_many_fields_list_in_pages_within_the_message_limit() {
+    many_records_with_many_fields_list_in_pages_within_the_message_limit(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_many_records_with_many_fields_list_in_pages_within_the_message_limit() {
+    many_records_with_many_fields_list_in_pages_within_the_message_limit(Backend::Postgres).await;
+}
+
 fn read_mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
     Some(prost_types::FieldMask {
         paths: paths.iter().map(|p| (*p).to_owned()).collect(),

@@ -530,11 +530,6 @@ fn proto_time(t: chrono::DateTime<Utc>) -> prost_types::Timestamp {
 }
 
 /// Runs a search one page at a time: returns the page and the next token.
-/// Most bytes of events one page carries: under the 4 MiB a gRPC client
-/// accepts by default, so that a page of large events (long sealed texts)
-/// ends early, its token going on from there, instead of failing whole.
-const MAX_PAGE_BYTES: usize = 3 * 1024 * 1024;
-
 async fn page(
     log: &AuditLog,
     mut filter: EventFilter,
@@ -542,16 +537,12 @@ async fn page(
 ) -> Result<(Vec<Found>, String), Error> {
     filter.limit = limit + 1;
     let mut found = log.store().search(&filter).await?;
-    let mut total = 0;
-    let fit = found
-        .iter()
-        .take_while(|f| {
-            // The payload, and room for the rest of its entry.
-            total += f.event.payload.len() + 256;
-            total <= MAX_PAGE_BYTES
-        })
-        .count()
-        .max(1);
+    // A page of large events (long sealed texts) ends early: each takes its
+    // payload and room for the rest of its entry.
+    let fit =
+        confidant_runtime::page::fitting(&found, confidant_runtime::page::MAX_PAGE_BYTES, |f| {
+            f.event.payload.len() + 256
+        });
     let keep = fit.min(usize::try_from(limit).unwrap_or(usize::MAX));
     let next = if found.len() > keep {
         found.truncate(keep);

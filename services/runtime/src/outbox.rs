@@ -454,17 +454,8 @@ pub const MAX_APPEND_BYTES: usize = 3 * 1024 * 1024;
 /// How many of `batch`, from the first, one append carries: as many as fit
 /// in [`MAX_APPEND_BYTES`], and always the first.
 fn fitting(batch: &[Pending]) -> usize {
-    let mut total = 0;
-    batch
-        .iter()
-        .take_while(|p| {
-            let len = p.event.encoded_len();
-            // The field's tag and length prefix.
-            total += len + 1 + prost::length_delimiter_len(len);
-            total <= MAX_APPEND_BYTES
-        })
-        .count()
-        .max(1)
+    // Each event's tag and length prefix.
+    crate::page::fitting(batch, MAX_APPEND_BYTES, |p| p.event.encoded_len() + 8)
 }
 
 /// Delivers a service's outbox to the audit service.

@@ -170,6 +170,36 @@ pub fn split<T>(mut rows: Vec<T>, limit: i64, key: impl Fn(&T) -> String) -> (Ve
     (rows, next)
 }
 
+/// Most bytes of items one page carries: under the 4 MiB a gRPC client
+/// accepts in one message by default, so that a page of large items ends
+/// early, its token going on from there, instead of failing whole.
+pub const MAX_PAGE_BYTES: usize = 3 * 1024 * 1024;
+
+/// How many of `items`, from the first, fit in `max` bytes when each takes
+/// `size(item)`; always at least the first.
+pub fn fitting<T>(items: &[T], max: usize, size: impl Fn(&T) -> usize) -> usize {
+    let mut total = 0usize;
+    items
+        .iter()
+        .take_while(|item| {
+            total = total.saturating_add(size(item));
+            total <= max
+        })
+        .count()
+        .max(1)
+        .min(items.len())
+}
+
+/// Cuts a page of protobuf `items` to [`MAX_PAGE_BYTES`]; returns whether
+/// it cut any (then there is a next page).
+pub fn fit_message<T: prost::Message>(items: &mut Vec<T>) -> bool {
+    // Each item's tag and length prefix.
+    let fit = fitting(items, MAX_PAGE_BYTES, |item| item.encoded_len() + 8);
+    let cut = fit < items.len();
+    items.truncate(fit);
+    cut
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +266,24 @@ mod tests {
         assert_eq!(after_id(&mut v, "t", &token(&[Key::Uuid(id)])), Some(id));
         assert_eq!(after_id(&mut v, "t", ""), None);
         assert!(v.is_empty());
+    }
+
+    #[test]
+    fn a_page_of_large_items_ends_within_the_message_limit() {
+        let big = |n: usize| prost_types::Value {
+            kind: Some(prost_types::value::Kind::StringValue("x".repeat(n))),
+        };
+        let mut items: Vec<_> = (0..5).map(|_| big(1024 * 1024)).collect();
+        assert!(fit_message(&mut items));
+        assert_eq!(items.len(), 2);
+        let mut small: Vec<_> = (0..5).map(|_| big(10)).collect();
+        assert!(!fit_message(&mut small));
+        assert_eq!(small.len(), 5);
+        // One item larger than a page still goes alone.
+        let mut huge = vec![big(4 * 1024 * 1024), big(1)];
+        assert!(fit_message(&mut huge));
+        assert_eq!(huge.len(), 1);
+        assert_eq!(fitting(&[] as &[u8], 10, |_| 1), 0);
     }
 
     #[test]

@@ -826,12 +826,14 @@ impl VaultService for VaultApi {
             .vault
             .list(&actor, client, &filter, before, limit + 1)
             .await?;
-        let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
-        let records: Vec<pb::RecordMetadata> = rows
+        let mut more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+        let mut records: Vec<pb::RecordMetadata> = rows
             .iter()
             .take(usize::try_from(limit).unwrap_or(usize::MAX))
             .map(metadata)
             .collect();
+        // Records of many long field names make large pages.
+        more |= confidant_runtime::page::fit_message(&mut records);
         let next_page_token = if more {
             records.last().map(|r| r.id.clone()).unwrap_or_default()
         } else {
@@ -871,7 +873,7 @@ impl VaultService for VaultApi {
             .list_scopes(client, matter, state, after, limit + 1)
             .await
             .map_err(Error::from)?;
-        let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+        let mut more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
         let mut scopes = Vec::new();
         for row in rows
             .iter()
@@ -879,6 +881,8 @@ impl VaultService for VaultApi {
         {
             scopes.push(self.scope_proto(row, true).await?);
         }
+        // Scopes under many holds make large pages.
+        more |= confidant_runtime::page::fit_message(&mut scopes);
         let next_page_token = if more {
             scopes.last().map(|s| s.id.clone()).unwrap_or_default()
         } else {
