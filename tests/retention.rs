@@ -2009,7 +2009,25 @@ async fn holds_placed_after_a_backup_come_back_and_disposals_wait_after_its_rest
         results_of(&out, "policy", &policy.id),
         ["already_applied", "lost"]
     );
-    assert_eq!(results_of(&out, "trigger", ""), ["lost"]);
+    // The trigger event is recorded again, as it was.
+    assert_eq!(results_of(&out, "trigger", ""), ["reapplied"], "{out}");
+    let retention_db = common::service_db(&data, ServiceName::Retention).await;
+    let triggers: Vec<(String, Option<String>, uuid::Uuid)> = retention_db
+        .fetch_all(
+            "SELECT kind, event_name, client_id FROM retention_triggers",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        triggers,
+        [(
+            "named_event".to_owned(),
+            Some("client_notice".to_owned()),
+            client_id.parse().unwrap()
+        )]
+    );
+    retention_db.close().await;
     assert!(out.contains("\"disposals_paused\":true"), "{out}");
     // The erasure asked for since is lost with the database: it is to be
     // asked for again.
@@ -2118,6 +2136,11 @@ async fn holds_placed_after_a_backup_come_back_and_disposals_wait_after_its_rest
             "{out}"
         );
     }
+    assert_eq!(
+        results_of(&out, "trigger", ""),
+        ["already_applied"],
+        "{out}"
+    );
 }
 
 /// The `result` of each line of a `confidant restore` output about

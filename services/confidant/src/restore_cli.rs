@@ -44,7 +44,9 @@ use confidant_identity::restore::{self as identity_restore, Revocation, WallMemb
 use confidant_identity::store::{Grant, NewMatter};
 use confidant_proto::audit::v1::{ActorKind, AuditEvent, Outcome, Resource};
 use confidant_retention::restore as retention_restore;
-use confidant_retention::store::{self as retention_store, HoldRow, RetentionStore};
+use confidant_retention::store::{
+    self as retention_store, HoldRow, RecordedTrigger, RetentionStore,
+};
 use confidant_runtime::ServiceName;
 use confidant_runtime::audit::{Action, EventBuilder};
 use confidant_runtime::config::Config;
@@ -1051,9 +1053,16 @@ enum RetentionChange {
     /// A policy created or changed (to this version): its rules are not in
     /// the log.
     Policy { id: Uuid, version: i32 },
-    /// A trigger event recorded for this client: its date is not in the
-    /// log.
-    Trigger { client_id: String },
+    /// A trigger event recorded for this client and matter: recorded again
+    /// if the database lacks it (`recorded` is `None` when its event was
+    /// logged before trigger events named it and its date: then it is
+    /// lost).
+    Trigger {
+        client_id: String,
+        matter_id: Option<Uuid>,
+        recorded: Option<RecordedTrigger>,
+        recorded_by: String,
+    },
     /// A certificate issued (of disposal, or of a record's erasure).
     Certificate(Uuid),
     /// The erasure of one record asked for: not in a database restored
@@ -1082,7 +1091,16 @@ impl ReportedChange for RetentionChange {
             RetentionChange::Policy { id, .. } => ("policy", id.to_string()),
             RetentionChange::Certificate(id) => ("certificate", id.to_string()),
             RetentionChange::Erasure(id) => ("erasure", id.to_string()),
-            RetentionChange::Trigger { client_id } => ("trigger", client_id.clone()),
+            RetentionChange::Trigger {
+                client_id,
+                recorded,
+                ..
+            } => (
+                "trigger",
+                recorded
+                    .as_ref()
+                    .map_or_else(|| client_id.clone(), |r| r.id.to_string()),
+            ),
         }
     }
 }
@@ -1149,6 +1167,13 @@ fn retention_changes(events: &[VerifiedEvent]) -> Vec<LoggedChange<RetentionChan
             },
             (Action::RetentionTriggerRecorded, _) => RetentionChange::Trigger {
                 client_id: resource.client_id.clone(),
+                matter_id: Uuid::parse_str(&resource.matter_id).ok(),
+                recorded: RecordedTrigger::from_related(&event.reason, &event.related),
+                recorded_by: event
+                    .actor
+                    .as_ref()
+                    .map(|a| a.id.clone())
+                    .unwrap_or_default(),
             },
             (Action::RetentionCertificateIssued, Some(id)) => RetentionChange::Certificate(id),
             (Action::RetentionErasureRequested, Some(id)) => RetentionChange::Erasure(id),
@@ -1235,7 +1260,50 @@ async fn reapply_retention(
             Some(held) if held.version >= *version => Fate::AlreadyApplied,
             _ => Fate::Lost,
         },
-        RetentionChange::Trigger { .. } => {
+        RetentionChange::Trigger {
+            client_id,
+            matter_id,
+            recorded: Some(recorded),
+            recorded_by,
+        } => {
+            if retention_restore::trigger_exists(db, recorded.id).await? {
+                return Ok(Fate::AlreadyApplied);
+            }
+            let Ok(client) = Uuid::parse_str(client_id) else {
+                return Ok(Fate::Lost);
+            };
+            if dry_run {
+                return Ok(Fate::WouldReapply);
+            }
+            let me = ServiceName::Retention.spiffe_id(trust_domain);
+            let event = EventBuilder::new(
+                ServiceName::Retention,
+                trust_domain,
+                Action::RetentionTriggerRestored,
+            )
+            .actor(ActorKind::Service, &me, &me)
+            .resource("trigger", &recorded.id.to_string())
+            .scope(Some(client), *matter_id)
+            .related(recorded.related())
+            .outcome(Outcome::Allowed, &format!("event-{}", c.event_id))
+            .build();
+            db.transact(
+                vec![
+                    retention_store::insert_trigger(
+                        recorded,
+                        client,
+                        *matter_id,
+                        recorded_by,
+                        c.at,
+                    ),
+                    retention_store::client_inputs_changed(client),
+                ],
+                &[event],
+            )
+            .await?;
+            Fate::Reapplied
+        }
+        RetentionChange::Trigger { recorded: None, .. } => {
             if newest_trigger.is_some_and(|newest| c.at <= newest) {
                 Fate::AlreadyApplied
             } else {
@@ -1866,6 +1934,23 @@ mod tests {
         );
         let (policy, erasure) = (Uuid::now_v7(), Uuid::now_v7());
         let (named, named_scopes) = (Uuid::now_v7(), [Uuid::now_v7(), Uuid::now_v7()]);
+        let notice = RecordedTrigger {
+            id: Uuid::now_v7(),
+            trigger: confidant_retention::domain::Trigger::Named("client_notice".into()),
+            occurred_at: DateTime::from_timestamp(1_800_000_000, 5_000).unwrap(),
+        };
+        let trigger = |related: Vec<(&'static str, String)>| {
+            EventBuilder::new(
+                ServiceName::Retention,
+                "firm.example",
+                Action::RetentionTriggerRecorded,
+            )
+            .resource("trigger", "named_event")
+            .scope(Some(client), None)
+            .related(related)
+            .outcome(Outcome::Allowed, "named_event")
+            .build()
+        };
         let events = verified(vec![
             hold(Action::RetentionHoldPlaced, kept, ""),
             hold(Action::RetentionHoldPlaced, gone, ""),
@@ -1900,6 +1985,10 @@ mod tests {
             .scope(Some(client), None)
             .outcome(Outcome::Allowed, "client_request")
             .build(),
+            // A trigger event logged before trigger events named their
+            // dates, and one after.
+            trigger(vec![]),
+            trigger(notice.related()),
         ]);
         let changes: Vec<(RetentionChange, u64)> = retention_changes(&events)
             .into_iter()
@@ -1942,6 +2031,24 @@ mod tests {
                     6
                 ),
                 (RetentionChange::Erasure(erasure), 7),
+                (
+                    RetentionChange::Trigger {
+                        client_id: client.to_string(),
+                        matter_id: None,
+                        recorded: None,
+                        recorded_by: "retention".into(),
+                    },
+                    8
+                ),
+                (
+                    RetentionChange::Trigger {
+                        client_id: client.to_string(),
+                        matter_id: None,
+                        recorded: Some(notice),
+                        recorded_by: "retention".into(),
+                    },
+                    9
+                ),
             ]
         );
     }

@@ -1,9 +1,9 @@
 //! What `confidant restore retention` reads from a retention database
 //! restored from a backup, to tell what the audit log records since that
-//! the database lacks: legal holds (placed again), and schedule changes
-//! and certificates it can only report (disposals pause until a records
-//! manager has re-entered them), and erasures of single records asked for
-//! since (to be asked for again).
+//! the database lacks: legal holds and trigger events (made again), and
+//! policy changes and certificates it can only report (disposals pause
+//! until a records manager has re-entered them), and erasures of single
+//! records asked for since (to be asked for again).
 
 use chrono::{DateTime, Utc};
 use confidant_runtime::portable::Value;
@@ -41,6 +41,17 @@ pub async fn erasure_exists(db: &Database, id: Uuid) -> StoreResult<bool> {
     let row: Option<(Uuid,)> = db
         .fetch_optional(
             "SELECT id FROM retention_erasures WHERE id = $1",
+            vec![Value::Uuid(id)],
+        )
+        .await?;
+    Ok(row.is_some())
+}
+
+/// Whether the database holds the trigger event `id`.
+pub async fn trigger_exists(db: &Database, id: Uuid) -> StoreResult<bool> {
+    let row: Option<(Uuid,)> = db
+        .fetch_optional(
+            "SELECT id FROM retention_triggers WHERE id = $1",
             vec![Value::Uuid(id)],
         )
         .await?;

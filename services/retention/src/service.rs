@@ -317,22 +317,17 @@ impl Retention {
         trigger: &Trigger,
         occurred_at: DateTime<Utc>,
     ) -> Result<usize, Error> {
+        let recorded = store::RecordedTrigger::new(trigger.clone(), occurred_at);
         let event = self
             .event(actor, AuditAction::RetentionTriggerRecorded)
             .resource("trigger", trigger.kind())
             .scope(Some(client_id), matter_id)
+            .related(recorded.related())
             .outcome(Outcome::Allowed, trigger.kind())
             .build();
         self.commit(
             vec![
-                store::insert_trigger(
-                    client_id,
-                    matter_id,
-                    trigger,
-                    occurred_at,
-                    actor.id(),
-                    Utc::now(),
-                ),
+                store::insert_trigger(&recorded, client_id, matter_id, actor.id(), Utc::now()),
                 store::client_inputs_changed(client_id),
             ],
             &[event],
@@ -661,11 +656,11 @@ impl Retention {
                         },
                     );
                     if !recorded {
+                        let closing = store::RecordedTrigger::new(Trigger::MatterClosed, closed);
                         statements.push(store::insert_trigger(
+                            &closing,
                             client_id,
                             Some(matter_id),
-                            &Trigger::MatterClosed,
-                            closed,
                             &me,
                             now,
                         ));
@@ -673,6 +668,7 @@ impl Retention {
                             self.service_event(AuditAction::RetentionTriggerRecorded)
                                 .resource("trigger", Trigger::MatterClosed.kind())
                                 .scope(Some(client_id), Some(matter_id))
+                                .related(closing.related())
                                 .outcome(Outcome::Allowed, Trigger::MatterClosed.kind())
                                 .build(),
                         );

@@ -320,10 +320,9 @@ pub fn insert_policy(
 
 /// Statement: a trigger event.
 pub fn insert_trigger(
+    recorded: &RecordedTrigger,
     client_id: Uuid,
     matter_id: Option<Uuid>,
-    trigger: &Trigger,
-    occurred_at: DateTime<Utc>,
     by: &str,
     now: DateTime<Utc>,
 ) -> Statement {
@@ -331,19 +330,79 @@ pub fn insert_trigger(
         "INSERT INTO retention_triggers (id, client_id, matter_id, kind, event_name, occurred_at, recorded_by, recorded_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         vec![
-            Value::Uuid(Uuid::now_v7()),
+            Value::Uuid(recorded.id),
             Value::Uuid(client_id),
             Value::OptUuid(matter_id),
-            Value::Text(trigger.kind().to_owned()),
-            Value::OptText(match trigger {
+            Value::Text(recorded.trigger.kind().to_owned()),
+            Value::OptText(match &recorded.trigger {
                 Trigger::Named(n) => Some(n.clone()),
                 _ => None,
             }),
-            Value::Time(occurred_at),
+            Value::Time(recorded.occurred_at),
             Value::Text(by.to_owned()),
             Value::Time(now),
         ],
     )
+}
+
+/// A trigger event as it is recorded, and as its audit event names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedTrigger {
+    /// Its id.
+    pub id: Uuid,
+    /// What happened.
+    pub trigger: Trigger,
+    /// When it happened.
+    pub occurred_at: DateTime<Utc>,
+}
+
+impl RecordedTrigger {
+    /// A new one.
+    pub fn new(trigger: Trigger, occurred_at: DateTime<Utc>) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            trigger,
+            occurred_at,
+        }
+    }
+
+    /// What its audit event names in `related`: its id, when it happened
+    /// (RFC 3339) and a named event's name (its kind is the reason).
+    pub fn related(&self) -> Vec<(&'static str, String)> {
+        let mut related = vec![
+            ("trigger", self.id.to_string()),
+            (
+                "occurred_at",
+                self.occurred_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            ),
+        ];
+        if let Trigger::Named(name) = &self.trigger {
+            related.push(("event_name", name.clone()));
+        }
+        related
+    }
+
+    /// Read back from a `retention.trigger.recorded` event of `kind`;
+    /// `None` for one logged before trigger events named them.
+    pub fn from_related(
+        kind: &str,
+        related: &[confidant_proto::audit::v1::RelatedResource],
+    ) -> Option<Self> {
+        let named = |t: &str| {
+            related
+                .iter()
+                .find(|r| r.r#type == t)
+                .map(|r| r.id.as_str())
+        };
+        Some(Self {
+            id: Uuid::parse_str(named("trigger")?).ok()?,
+            trigger: Trigger::from_stored(kind, named("event_name"))?,
+            occurred_at: DateTime::parse_from_rfc3339(named("occurred_at")?)
+                .ok()?
+                .with_timezone(&Utc),
+        })
+    }
 }
 
 /// Statement: a scope's due date and the policy version it came from.

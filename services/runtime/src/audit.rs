@@ -131,10 +131,11 @@ actions! {
     IntakeSubmissionDecided => "intake.submission.decided", "Staff accepted or rejected a submission (reason: accepted or rejected).";
     RetentionPolicyCreated => "retention.policy.created", "A retention policy was created (resource: the policy).";
     RetentionPolicyUpdated => "retention.policy.updated", "A retention policy changed: a new version (reason: the version).";
-    RetentionTriggerRecorded => "retention.trigger.recorded", "An event a retention period counts from was recorded (reason: its kind).";
+    RetentionTriggerRecorded => "retention.trigger.recorded", "An event a retention period counts from was recorded (reason: its kind; related: its id as `trigger`, when it happened as `occurred_at`, a named event's `event_name`).";
     RetentionHoldPlaced => "retention.hold.placed", "A legal hold was placed (resource: the hold, with its client, matter and category; reason: `scoped` for a hold over named scopes, each named in related; its reason stays in retention).";
     RetentionHoldReleaseApproved => "retention.hold.release_approved", "A staff member approved the release of a legal hold.";
     RetentionHoldReleased => "retention.hold.released", "A legal hold was released after its approvals.";
+    RetentionTriggerRestored => "retention.trigger.restored", "A trigger event the audit log shows recorded after the backup the retention database was restored from was recorded again, with its logged id, kind and time (resource: the trigger, with its client and matter; related: as the logged event's; reason: `event-` and the logged event's id; `confidant restore retention`).";
     RetentionHoldRestored => "retention.hold.restored", "A legal hold the audit log shows placed, and not released, after the backup the retention database was restored from was placed again, over the scopes its logged event names if it named any (resource: the hold; reason: `event-` and the logged placing's id; `confidant restore retention`).";
     RetentionDisposalsPaused => "retention.disposals.paused", "Disposal sweeps were paused because the restored retention database lacks schedule changes the audit log records (reason: restore; `confidant restore retention`).";
     RetentionDisposalsResumed => "retention.disposals.resumed", "A records manager let disposal sweeps run again after a restore paused them.";
