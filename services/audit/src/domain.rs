@@ -261,7 +261,9 @@ pub fn validate_event(
         }
         if related.id.is_empty() {
             v.add(at("id"), "is required");
-        } else if related.id.len() > MAX_ID_LEN {
+        } else if related.id.chars().count() > MAX_ID_LEN {
+            // Characters, not bytes: a practice area of 64 characters in
+            // any script passes.
             v.add(at("id"), format!("must be at most {MAX_ID_LEN} characters"));
         } else if related.id.chars().any(char::is_control) {
             v.add(at("id"), "must not hold control characters");
@@ -419,6 +421,12 @@ mod tests {
                 id: Uuid::now_v7().to_string(),
             },
         ];
+        assert!(validate_batch(&[wall.clone()], "vault", Utc::now()).is_ok());
+        // A practice area of 64 characters, 192 bytes.
+        wall.related = vec![RelatedResource {
+            r#type: "practice_area".into(),
+            id: "家".repeat(64),
+        }];
         assert!(validate_batch(&[wall.clone()], "vault", Utc::now()).is_ok());
         wall.related = vec![
             RelatedResource {
