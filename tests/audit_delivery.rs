@@ -157,6 +157,69 @@ async fn events_survive_an_audit_outage_and_arrive_exactly_once(backend: Backend
     audit_db.close().await;
 }
 
+async fn an_event_the_log_refuses_is_held_back_and_the_others_go_on(backend: Backend) {
+    let audit_data = SandboxData::new(backend).await;
+    let vault_data = audit_data.sibling().await;
+    let audit = Sandbox::start(&audit_data, SandboxSpec::of(&[ServiceName::Audit])).await;
+    let mut spec = SandboxSpec::of(&[ServiceName::Vault]);
+    spec.peers
+        .insert(ServiceName::Audit, audit.addr(ServiceName::Audit));
+    let vault = Sandbox::start(&vault_data, spec).await;
+    let outbox = Outbox::new(common::service_db(&vault_data, ServiceName::Vault).await);
+
+    // An event of an action this log does not know (as from a service newer
+    // than the log, or a fault), between two it accepts.
+    let event = || {
+        service_event(
+            ServiceName::Vault,
+            "confidant.local",
+            Action::ServiceStarted,
+            Outcome::Allowed,
+        )
+    };
+    let (before, mut refused, after) = (event(), event(), event());
+    refused.action = "vault.record.peeked".into();
+    for e in [&before, &refused, &after] {
+        outbox.enqueue(e).await.unwrap();
+    }
+
+    // The others reach the log; the refused one waits in the outbox, its
+    // failure recorded.
+    let audit_db = common::service_db(&audit_data, ServiceName::Audit).await;
+    let store = EventStore::new(audit_db.clone());
+    common::eventually(Duration::from_secs(15), "the events around it", || async {
+        let ids: Vec<String> = logged(&store).await.into_iter().map(|e| e.id).collect();
+        ids.contains(&before.id) && ids.contains(&after.id)
+    })
+    .await;
+    common::eventually(Duration::from_secs(15), "only it left", || async {
+        outbox.backlog().await.unwrap() == 1
+    })
+    .await;
+    let waiting = outbox.pending(10).await.unwrap();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].event.id, refused.id);
+    assert!(waiting[0].attempts >= 1, "{:?}", waiting[0].attempts);
+    assert!(
+        !logged(&store).await.iter().any(|e| e.id == refused.id),
+        "the log took it"
+    );
+
+    vault.stop().await;
+    audit.stop().await;
+    audit_db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_an_event_the_log_refuses_is_held_back_and_the_others_go_on() {
+    an_event_the_log_refuses_is_held_back_and_the_others_go_on(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_event_the_log_refuses_is_held_back_and_the_others_go_on() {
+    an_event_the_log_refuses_is_held_back_and_the_others_go_on(Backend::Postgres).await;
+}
+
 async fn only_services_may_append_and_bad_events_are_named(backend: Backend) {
     let data = SandboxData::new(backend).await;
     let sandbox = Sandbox::start(&data, SandboxSpec::of(&[ServiceName::Audit])).await;

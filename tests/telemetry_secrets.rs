@@ -217,14 +217,16 @@ async fn no_client_data_secret_or_token_reaches_logs_traces_metrics_or_errors() 
         async move { seen.contains("vault.get_record") && seen.contains("vault.batch_get_records") }
     })
     .await;
-    // Metrics too: the calls' durations, and when each service's
-    // certificate expires.
+    // Metrics too: the calls' durations, when each service's certificate
+    // expires, and how far behind audit delivery is.
     common::eventually(Duration::from_secs(30), "the metrics", || {
         let seen = received.text();
         async move {
             seen.contains("rpc.server.duration")
                 && seen.contains("confidant.tls.certificate.expiry")
                 && seen.contains("confidant.tls.reloads")
+                && seen.contains("confidant.audit.delivery.lag")
+                && seen.contains("confidant.audit.delivery.held_back")
         }
     })
     .await;

@@ -250,6 +250,7 @@ pub async fn start(
                 .peer(ServiceName::Audit)
                 .context("no address for the audit service (peers.audit)")?;
             let relay = Relay::new(outbox.clone(), audit);
+            confidant_runtime::outbox::register_metrics(service.as_str(), &relay.state());
             parts.tasks.push(Box::pin(relay.run(shutdown_rx.clone())));
             let trust_domain = config.trust_domain.clone();
             parts.on_stop.push(Box::pin(async move {

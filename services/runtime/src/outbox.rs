@@ -9,6 +9,7 @@
 //! deduplicates by event id, so a batch re-sent after a lost acknowledgement
 //! is stored once.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -467,6 +468,117 @@ pub struct Relay {
     idle_interval: Duration,
     linger: Duration,
     max_backoff: Duration,
+    /// Events the audit log refused as invalid, by sequence number: left
+    /// out of the batches until their time comes to be tried again, alone
+    /// (see [`Relay::deliver_once`]).
+    held: std::collections::BTreeMap<i64, HeldBack>,
+    /// What the relay reports in the process's metrics.
+    state: Arc<RelayState>,
+}
+
+/// An event the audit log refused, and when to offer it again.
+#[derive(Debug, Clone, Copy)]
+struct HeldBack {
+    until: tokio::time::Instant,
+    wait: Duration,
+}
+
+/// How long an event the log refused waits before it is offered again:
+/// first, and at most (doubling in between).
+const HELD_FIRST_WAIT: Duration = Duration::from_secs(60);
+const HELD_MAX_WAIT: Duration = Duration::from_secs(3600);
+
+/// What a relay reports: how far behind delivery is, and how many events
+/// it holds back.
+#[derive(Debug, Default)]
+pub struct RelayState {
+    /// Age of the oldest event waiting, milliseconds (0 when none waits or
+    /// another replica delivers).
+    lag_millis: std::sync::atomic::AtomicU64,
+    held: std::sync::atomic::AtomicU64,
+}
+
+impl RelayState {
+    /// Age of the oldest event waiting for delivery when the relay last
+    /// looked (zero when none waits, or another replica delivers).
+    pub fn lag(&self) -> Duration {
+        Duration::from_millis(self.lag_millis.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Events the audit log refused that the relay holds back.
+    pub fn held(&self) -> u64 {
+        self.held.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Age of the oldest audit event a service has not delivered yet, seconds,
+/// by `service`: alert when it grows (the audit service unreachable, or
+/// refusing).
+pub const DELIVERY_LAG: &str = "confidant.audit.delivery.lag";
+/// Events the audit log refused as invalid that a service holds back and
+/// offers again hourly, by `service`: each needs a look (its warning names
+/// the rule it broke).
+pub const HELD_BACK: &str = "confidant.audit.delivery.held_back";
+
+/// Reports `state` under `service` in the process's metrics (see
+/// [`DELIVERY_LAG`] and [`HELD_BACK`]) for as long as it lives.
+pub fn register_metrics(service: &'static str, state: &Arc<RelayState>) {
+    let meter = opentelemetry::global::meter("confidant");
+    let lag = Arc::downgrade(state);
+    meter
+        .f64_observable_gauge(DELIVERY_LAG)
+        .with_unit("s")
+        .with_description("Age of the oldest audit event not yet delivered to the log")
+        .with_callback(move |o| {
+            if let Some(state) = lag.upgrade() {
+                o.observe(
+                    state.lag().as_secs_f64(),
+                    &[opentelemetry::KeyValue::new("service", service)],
+                );
+            }
+        })
+        .build();
+    let held = Arc::downgrade(state);
+    meter
+        .u64_observable_gauge(HELD_BACK)
+        .with_description("Audit events the log refused, held back and offered again")
+        .with_callback(move |o| {
+            if let Some(state) = held.upgrade() {
+                o.observe(
+                    state.held(),
+                    &[opentelemetry::KeyValue::new("service", service)],
+                );
+            }
+        })
+        .build();
+}
+
+/// The events of a refused append that the audit log names as invalid: the
+/// indexes of `events[i]` in its BadRequest details, with each one's
+/// violations (field and rule, never a value).
+fn refused_events(status: &tonic::Status) -> std::collections::BTreeMap<usize, Vec<String>> {
+    use tonic_types::StatusExt as _;
+    let mut refused: std::collections::BTreeMap<usize, Vec<String>> = Default::default();
+    if status.code() != tonic::Code::InvalidArgument {
+        return refused;
+    }
+    let Some(bad) = status.get_details_bad_request() else {
+        return refused;
+    };
+    for violation in bad.field_violations {
+        let index = violation
+            .field
+            .strip_prefix("events[")
+            .and_then(|rest| rest.split(']').next())
+            .and_then(|i| i.parse::<usize>().ok());
+        if let Some(index) = index {
+            refused
+                .entry(index)
+                .or_default()
+                .push(format!("{}: {}", violation.field, violation.description));
+        }
+    }
+    refused
 }
 
 /// What one delivery round did.
@@ -489,15 +601,59 @@ impl Relay {
             idle_interval: Duration::from_millis(200),
             linger: Duration::from_millis(50),
             max_backoff: Duration::from_secs(30),
+            held: Default::default(),
+            state: Default::default(),
         }
     }
 
+    /// What it reports (see [`register_metrics`]).
+    pub fn state(&self) -> Arc<RelayState> {
+        self.state.clone()
+    }
+
     /// Delivers at most one batch.
+    ///
+    /// An event the audit log refuses as invalid (a producer's fault, or a
+    /// log older than the service, during an upgrade) would otherwise hold
+    /// up every event behind it for good. The events the refusal names are
+    /// held back instead, each with a warning naming the rule it broke and
+    /// its failure recorded in the outbox; the others go on at once. A held
+    /// event stays in the outbox and is offered again, alone, after a
+    /// minute, then after twice as long each time, up to hourly.
     pub async fn deliver_once(&mut self) -> Result<Round, RelayError> {
+        use std::sync::atomic::Ordering::Relaxed;
         let Some(mut claim) = self.outbox.claim().await? else {
+            self.state.lag_millis.store(0, Relaxed);
             return Ok(Round::Idle);
         };
-        let mut batch = self.outbox.pending_in(&mut claim, self.batch_size).await?;
+        let now = tokio::time::Instant::now();
+        let held = self.held.len() as i64;
+        let pending = self
+            .outbox
+            .pending_in(&mut claim, self.batch_size + held)
+            .await?;
+        // Forget what is no longer waiting (delivered by another replica).
+        self.held
+            .retain(|seq, _| pending.iter().any(|p| p.seq == *seq));
+        self.state.held.store(self.held.len() as u64, Relaxed);
+        self.state.lag_millis.store(
+            pending
+                .first()
+                .map_or(0, |p| age(&p.event).as_millis() as u64),
+            Relaxed,
+        );
+        // A held event whose time has come goes alone.
+        let due = pending
+            .iter()
+            .position(|p| self.held.get(&p.seq).is_some_and(|h| h.until <= now));
+        let mut batch: Vec<Pending> = match due {
+            Some(at) => pending.into_iter().skip(at).take(1).collect(),
+            None => pending
+                .into_iter()
+                .filter(|p| !self.held.contains_key(&p.seq))
+                .take(usize::try_from(self.batch_size).unwrap_or(usize::MAX))
+                .collect(),
+        };
         if batch.is_empty() {
             return Ok(Round::Idle);
         }
@@ -505,10 +661,72 @@ impl Relay {
         let more = fit < batch.len();
         batch.truncate(fit);
         let seqs: Vec<i64> = batch.iter().map(|p| p.seq).collect();
+        let actions: Vec<String> = batch.iter().map(|p| p.event.action.clone()).collect();
         let request = AppendEventsRequest {
             events: batch.into_iter().map(|p| p.event).collect(),
         };
-        match self.client.append_events(request).await {
+        let result = self.client.append_events(request).await;
+        // The events a refusal names (none for any other failure).
+        let refused = match &result {
+            Err(status) => refused_events(status)
+                .into_iter()
+                .filter_map(|(i, violations)| {
+                    Some((*seqs.get(i)?, actions.get(i)?.clone(), violations))
+                })
+                .collect(),
+            Ok(_) => Vec::new(),
+        };
+        match result {
+            Ok(_) if due.is_some() => {
+                self.outbox.remove_delivered_in(&mut claim, &seqs).await?;
+                claim.finish().await?;
+                for seq in &seqs {
+                    self.held.remove(seq);
+                    tracing::info!(
+                        outbox.seq = seq,
+                        "held-back audit event accepted by the log"
+                    );
+                }
+                Ok(Round::Delivered {
+                    events: seqs.len(),
+                    more: true,
+                })
+            }
+            Err(_) if !refused.is_empty() => {
+                let named: Vec<i64> = refused.iter().map(|(seq, _, _)| *seq).collect();
+                self.outbox
+                    .record_failure_in(&mut claim, &named, "InvalidArgument")
+                    .await?;
+                claim.finish().await?;
+                for (seq, action, violations) in &refused {
+                    let wait = self
+                        .held
+                        .get(seq)
+                        .map_or(HELD_FIRST_WAIT, |h| (h.wait * 2).min(HELD_MAX_WAIT));
+                    if !self.held.contains_key(seq) {
+                        tracing::warn!(
+                            outbox.seq = seq,
+                            event.action = %action,
+                            violations = %violations.join("; "),
+                            retry_in_s = wait.as_secs(),
+                            "the audit log refused an event; it is held back and the others go on"
+                        );
+                    }
+                    self.held.insert(
+                        *seq,
+                        HeldBack {
+                            until: tokio::time::Instant::now() + wait,
+                            wait,
+                        },
+                    );
+                }
+                self.state.held.store(self.held.len() as u64, Relaxed);
+                // The rest of the batch goes in the next round, at once.
+                Ok(Round::Delivered {
+                    events: 0,
+                    more: true,
+                })
+            }
             Ok(_) => {
                 // Should the removal be lost (the commit fails), the batch
                 // is sent again and the audit service stores it once.
@@ -566,6 +784,15 @@ impl Relay {
             }
         }
     }
+}
+
+/// How long ago `event` happened, by its own time.
+fn age(event: &AuditEvent) -> Duration {
+    event
+        .time
+        .and_then(|t| std::time::SystemTime::try_from(t).ok())
+        .and_then(|t| t.elapsed().ok())
+        .unwrap_or_default()
 }
 
 /// A failed delivery round.
