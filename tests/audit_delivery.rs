@@ -115,35 +115,31 @@ async fn events_survive_an_audit_outage_and_arrive_exactly_once(backend: Backend
     // A reader asking for a page of all of them (more than a gRPC client
     // takes in one message by default) gets a shorter page and a token for
     // the rest.
-    let mut reader = AuditServiceClient::new(
+    let reader = AuditServiceClient::new(
         common::channel(&audit_data, &audit, ServiceName::Audit, "operator").await,
     );
-    let mut listed = Vec::new();
-    let mut page_token = String::new();
-    let mut pages = 0;
-    loop {
-        let page = reader
-            .list_events(ListEventsRequest {
-                source_service: "vault".into(),
-                page_size: 1000,
-                page_token: page_token.clone(),
-                ..Default::default()
-            })
-            .await
-            .expect("a page within the message limit")
-            .into_inner();
-        pages += 1;
-        listed.extend(
-            page.events
+    let (listed, pages) = common::all_pages(|page_token| {
+        let mut reader = reader.clone();
+        async move {
+            let page = reader
+                .list_events(ListEventsRequest {
+                    source_service: "vault".into(),
+                    page_size: 1000,
+                    page_token,
+                    ..Default::default()
+                })
+                .await
+                .expect("a page within the message limit")
+                .into_inner();
+            let ids = page
+                .events
                 .into_iter()
                 .filter_map(|e| e.event)
-                .map(|e| e.id),
-        );
-        if page.next_page_token.is_empty() {
-            break;
+                .map(|e| e.id);
+            (ids.collect(), page.next_page_token)
         }
-        page_token = page.next_page_token;
-    }
+    })
+    .await;
     assert!(pages >= 2, "{pages} pages");
     let unique: std::collections::HashSet<&String> = listed.iter().collect();
     assert_eq!(unique.len(), listed.len(), "an event listed twice");

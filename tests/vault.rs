@@ -1915,30 +1915,28 @@ async fn many_records_with_many_fields_list_in_pages_within_the_message_limit(ba
     }
 
     // Asked for all of them at once, the vault answers in pages that fit.
-    let mut listed = Vec::new();
-    let mut page_token = String::new();
-    let mut pages = 0;
-    loop {
-        let page = app
-            .list_records(as_staff(
-                &partner,
-                pb::ListRecordsRequest {
-                    client_id: f.client_id.clone(),
-                    page_size: 1000,
-                    page_token: page_token.clone(),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .expect("a page within the message limit")
-            .into_inner();
-        pages += 1;
-        listed.extend(page.records.into_iter().map(|r| r.id));
-        if page.next_page_token.is_empty() {
-            break;
+    let (listed, pages) = common::all_pages(|page_token| {
+        let (mut app, partner) = (app.clone(), partner.clone());
+        let client_id = f.client_id.clone();
+        async move {
+            let page = app
+                .list_records(as_staff(
+                    &partner,
+                    pb::ListRecordsRequest {
+                        client_id,
+                        page_size: 1000,
+                        page_token,
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .expect("a page within the message limit")
+                .into_inner();
+            let ids = page.records.into_iter().map(|r| r.id).collect();
+            (ids, page.next_page_token)
         }
-        page_token = page.next_page_token;
-    }
+    })
+    .await;
     assert!(pages >= 2, "{pages} pages");
     let unique: std::collections::HashSet<String> = listed.iter().cloned().collect();
     assert_eq!(unique.len(), listed.len(), "a record listed twice");

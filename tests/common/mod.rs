@@ -649,3 +649,23 @@ pub async fn logged_events(
         .filter_map(|e| e.event)
         .collect()
 }
+
+/// Every item of a paged list: `fetch(page_token)` returns a page's item
+/// ids and its next page token (empty on the last). Returns the ids in
+/// order and how many pages it took.
+pub async fn all_pages<F, Fut>(mut fetch: F) -> (Vec<String>, usize)
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = (Vec<String>, String)>,
+{
+    let (mut ids, mut token, mut pages) = (Vec::new(), String::new(), 0);
+    loop {
+        let (page, next) = fetch(token).await;
+        pages += 1;
+        ids.extend(page);
+        if next.is_empty() {
+            return (ids, pages);
+        }
+        token = next;
+    }
+}

@@ -660,6 +660,14 @@ impl<C: ReportedChange> LoggedChange<C> {
     }
 }
 
+/// The staff member a role event names in its reason (`staff-` and the id).
+fn staff_in_reason(event: &AuditEvent) -> Option<Uuid> {
+    event
+        .reason
+        .strip_prefix("staff-")
+        .and_then(|s| Uuid::parse_str(s).ok())
+}
+
 /// The identity service's allowed events among `events` that call for a
 /// change, in log order; of the sign-in changes only each staff member's
 /// last of each kind.
@@ -688,11 +696,7 @@ fn identity_changes(events: &[VerifiedEvent]) -> Vec<LoggedChange<IdentityChange
                 IdentityChange::Revoke(Revocation::MatterClosed(id))
             }
             (Action::IdentityRoleRevoked, _) => {
-                let Some(staff) = event
-                    .reason
-                    .strip_prefix("staff-")
-                    .and_then(|s| Uuid::parse_str(s).ok())
-                else {
+                let Some(staff) = staff_in_reason(event) else {
                     continue;
                 };
                 IdentityChange::Revoke(Revocation::Role {
@@ -718,11 +722,7 @@ fn identity_changes(events: &[VerifiedEvent]) -> Vec<LoggedChange<IdentityChange
                 }
             }
             (Action::IdentityRoleGranted, _) => {
-                let Some(staff) = event
-                    .reason
-                    .strip_prefix("staff-")
-                    .and_then(|s| Uuid::parse_str(s).ok())
-                else {
+                let Some(staff) = staff_in_reason(event) else {
                     continue;
                 };
                 IdentityChange::GrantRole {
