@@ -2005,9 +2005,12 @@ async fn holds_placed_after_a_backup_come_back_and_disposals_wait_after_its_rest
             "{out}"
         );
     }
+    // The policy's new version is made again from the rules its event
+    // names.
     assert_eq!(
         results_of(&out, "policy", &policy.id),
-        ["already_applied", "lost"]
+        ["already_applied", "reapplied"],
+        "{out}"
     );
     // The trigger event is recorded again, as it was.
     assert_eq!(results_of(&out, "trigger", ""), ["reapplied"], "{out}");
@@ -2049,6 +2052,18 @@ async fn holds_placed_after_a_backup_come_back_and_disposals_wait_after_its_rest
                 .into_inner()
         }
     };
+    let live = retention
+        .clone()
+        .list_policies(as_staff(&token, pb::ListPoliciesRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .policies;
+    let back = live.iter().find(|p| p.id == policy.id).unwrap();
+    let rules = back.rules.clone().unwrap();
+    assert_eq!(back.version, 2);
+    assert_eq!(rules.period.unwrap().years, 6);
+    assert_eq!(rules.basis, "firm schedule 2026, section 5");
     // Paused: the due contacts wait, and the due report says why.
     let paused = sweep().await;
     assert!(paused.ran && paused.paused, "{paused:?}");
@@ -2139,6 +2154,11 @@ async fn holds_placed_after_a_backup_come_back_and_disposals_wait_after_its_rest
     assert_eq!(
         results_of(&out, "trigger", ""),
         ["already_applied"],
+        "{out}"
+    );
+    assert_eq!(
+        results_of(&out, "policy", &policy.id),
+        ["already_applied", "already_applied"],
         "{out}"
     );
 }

@@ -18,6 +18,9 @@ pub const MAX_SEALED_TEXT_BYTES: usize = 16 * 1024;
 pub const MAX_CLOCK_SKEW_SECS: i64 = 300;
 
 const MAX_ID_LEN: usize = 128;
+/// Longest id or code of a related resource, in characters: a retention
+/// policy's legal basis (at most 500) is one.
+const MAX_RELATED_ID_CHARS: usize = 512;
 const MAX_SHORT_TEXT: usize = 64;
 
 /// An event that passed every check.
@@ -261,10 +264,13 @@ pub fn validate_event(
         }
         if related.id.is_empty() {
             v.add(at("id"), "is required");
-        } else if related.id.chars().count() > MAX_ID_LEN {
-            // Characters, not bytes: a practice area of 64 characters in
-            // any script passes.
-            v.add(at("id"), format!("must be at most {MAX_ID_LEN} characters"));
+        } else if related.id.chars().count() > MAX_RELATED_ID_CHARS {
+            // Characters, not bytes: a practice area of 64 characters, or a
+            // policy's basis of 500, in any script passes.
+            v.add(
+                at("id"),
+                format!("must be at most {MAX_RELATED_ID_CHARS} characters"),
+            );
         } else if related.id.chars().any(char::is_control) {
             v.add(at("id"), "must not hold control characters");
         }

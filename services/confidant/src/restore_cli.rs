@@ -43,6 +43,7 @@ use confidant_audit::store::EventStore;
 use confidant_identity::restore::{self as identity_restore, Revocation, WallMembers};
 use confidant_identity::store::{Grant, NewMatter};
 use confidant_proto::audit::v1::{ActorKind, AuditEvent, Outcome, Resource};
+use confidant_retention::domain::Rules;
 use confidant_retention::restore as retention_restore;
 use confidant_retention::store::{
     self as retention_store, HoldRow, RecordedTrigger, RetentionStore,
@@ -1050,9 +1051,16 @@ enum RetentionChange {
     /// A hold released: if the database still shows it in force, it stays
     /// so until released again (the safe side).
     Release(Uuid),
-    /// A policy created or changed (to this version): its rules are not in
-    /// the log.
-    Policy { id: Uuid, version: i32 },
+    /// A policy created or changed (to this version), by `by`: made again
+    /// if the database holds an older version or none (`rules` is `None`
+    /// when its event was logged before policy events named their rules:
+    /// then it is lost).
+    Policy {
+        id: Uuid,
+        version: i32,
+        rules: Option<Rules>,
+        by: String,
+    },
     /// A trigger event recorded for this client and matter: recorded again
     /// if the database lacks it (`recorded` is `None` when its event was
     /// logged before trigger events named it and its date: then it is
@@ -1154,17 +1162,26 @@ fn retention_changes(events: &[VerifiedEvent]) -> Vec<LoggedChange<RetentionChan
                 }
                 RetentionChange::Release(id)
             }
-            (Action::RetentionPolicyCreated, Some(id)) => {
-                RetentionChange::Policy { id, version: 1 }
+            (Action::RetentionPolicyCreated | Action::RetentionPolicyUpdated, Some(id)) => {
+                RetentionChange::Policy {
+                    id,
+                    version: if action == Action::RetentionPolicyCreated {
+                        1
+                    } else {
+                        event
+                            .reason
+                            .strip_prefix("version-")
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(i32::MAX)
+                    },
+                    rules: Rules::from_related(&resource.data_category, &event.related),
+                    by: event
+                        .actor
+                        .as_ref()
+                        .map(|a| a.id.clone())
+                        .unwrap_or_default(),
+                }
             }
-            (Action::RetentionPolicyUpdated, Some(id)) => RetentionChange::Policy {
-                id,
-                version: event
-                    .reason
-                    .strip_prefix("version-")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(i32::MAX),
-            },
             (Action::RetentionTriggerRecorded, _) => RetentionChange::Trigger {
                 client_id: resource.client_id.clone(),
                 matter_id: Uuid::parse_str(&resource.matter_id).ok(),
@@ -1256,10 +1273,49 @@ async fn reapply_retention(
             Some(_) => Fate::AlreadyApplied,
             None => Fate::NotInDatabase,
         },
-        RetentionChange::Policy { id, version } => match store.policy(*id).await? {
-            Some(held) if held.version >= *version => Fate::AlreadyApplied,
-            _ => Fate::Lost,
-        },
+        RetentionChange::Policy {
+            id,
+            version,
+            rules,
+            by,
+        } => {
+            if store
+                .policy(*id)
+                .await?
+                .is_some_and(|held| held.version >= *version)
+            {
+                return Ok(Fate::AlreadyApplied);
+            }
+            let Some(rules) = rules else {
+                return Ok(Fate::Lost);
+            };
+            if dry_run {
+                return Ok(Fate::WouldReapply);
+            }
+            let me = ServiceName::Retention.spiffe_id(trust_domain);
+            let event = EventBuilder::new(
+                ServiceName::Retention,
+                trust_domain,
+                Action::RetentionPolicyRestored,
+            )
+            .actor(ActorKind::Service, &me, &me)
+            .resource("policy", &id.to_string())
+            .category(rules.category.as_str())
+            .related(rules.related())
+            .outcome(Outcome::Allowed, &format!("event-{}", c.event_id))
+            .build();
+            let statements = vec![
+                retention_store::insert_policy(*id, *version, rules, by, c.at),
+                retention_store::policies_changed(),
+            ];
+            match db.transact(statements, &[event]).await {
+                Ok(_) => Fate::Reapplied,
+                // Another policy holds its category, practice area and
+                // jurisdiction in this database: it is to be re-entered.
+                Err(e) if e.is_duplicate() => Fate::Lost,
+                Err(e) => return Err(e.into()),
+            }
+        }
         RetentionChange::Trigger {
             client_id,
             matter_id,
@@ -1373,9 +1429,9 @@ async fn reapply_retention_all(
     }
     let mut notes = if pause {
         vec![format!(
-            "disposals {} paused: re-enter the policies and trigger events listed `lost`, \
-             release again the holds listed `lost` if they are to go, then resume disposals \
-             (ResumeDisposals, a records manager)",
+            "disposals {} paused: check the schedule, re-enter the policies and trigger events \
+             listed `lost`, release again the holds listed `lost` if they are to go, then resume \
+             disposals (ResumeDisposals, a records manager)",
             if dry_run { "would be" } else { "are" }
         )]
     } else {
@@ -2026,7 +2082,9 @@ mod tests {
                 (
                     RetentionChange::Policy {
                         id: policy,
-                        version: 3
+                        version: 3,
+                        rules: None,
+                        by: "retention".into(),
                     },
                     6
                 ),

@@ -122,6 +122,56 @@ pub struct Rules {
 }
 
 impl Rules {
+    /// What a policy's audit event names in `related` (its category is the
+    /// event's): the period, the trigger, the action, the notice, the basis
+    /// and what it is only for.
+    pub fn related(&self) -> Vec<(&'static str, String)> {
+        let mut related = vec![
+            ("period_years", self.period.years.to_string()),
+            ("period_months", self.period.months.to_string()),
+            ("period_days", self.period.days.to_string()),
+            ("trigger_kind", self.trigger.kind().to_owned()),
+            ("action", self.action.as_str().to_owned()),
+            ("client_notice_days", self.client_notice_days.to_string()),
+            ("basis", self.basis.clone()),
+        ];
+        if let Trigger::Named(name) = &self.trigger {
+            related.push(("trigger_event_name", name.clone()));
+        }
+        related.extend(self.practice_area.clone().map(|p| ("practice_area", p)));
+        related.extend(self.jurisdiction.clone().map(|j| ("jurisdiction", j)));
+        related
+    }
+
+    /// Read back from a policy event of `category`; `None` for one logged
+    /// before policy events named their rules.
+    pub fn from_related(
+        category: &str,
+        related: &[confidant_proto::audit::v1::RelatedResource],
+    ) -> Option<Self> {
+        let named = |kind: &str| {
+            related
+                .iter()
+                .find(|r| r.r#type == kind)
+                .map(|r| r.id.as_str())
+        };
+        let number = |kind: &str| named(kind)?.parse::<u32>().ok();
+        Some(Self {
+            category: Category::parse(category)?,
+            period: Period {
+                years: number("period_years")?,
+                months: number("period_months")?,
+                days: number("period_days")?,
+            },
+            trigger: Trigger::from_stored(named("trigger_kind")?, named("trigger_event_name"))?,
+            action: Action::parse(named("action")?)?,
+            client_notice_days: number("client_notice_days")?,
+            basis: named("basis")?.to_owned(),
+            practice_area: named("practice_area").map(str::to_owned),
+            jurisdiction: named("jurisdiction").map(str::to_owned),
+        })
+    }
+
     /// How closely these rules fit a scope of `category` whose matter has
     /// `practice_area` and `jurisdiction` (none for client-level scopes or
     /// unknown matters): `None` if they do not apply, else a rank where

@@ -1,9 +1,9 @@
 //! What `confidant restore retention` reads from a retention database
 //! restored from a backup, to tell what the audit log records since that
-//! the database lacks: legal holds and trigger events (made again), and
-//! policy changes and certificates it can only report (disposals pause
-//! until a records manager has re-entered them), and erasures of single
-//! records asked for since (to be asked for again).
+//! the database lacks: legal holds, trigger events and policy versions
+//! (made again), certificates it can only report, and erasures of single
+//! records asked for since (to be asked for again). Disposals pause until
+//! a records manager has looked.
 
 use chrono::{DateTime, Utc};
 use confidant_runtime::portable::Value;

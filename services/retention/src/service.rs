@@ -224,6 +224,7 @@ impl Retention {
             .event(actor, AuditAction::RetentionPolicyCreated)
             .resource("policy", &id.to_string())
             .category(rules.category.as_str())
+            .related(rules.related())
             .build();
         self.commit_unique(
             vec![
@@ -286,6 +287,7 @@ impl Retention {
             .event(actor, AuditAction::RetentionPolicyUpdated)
             .resource("policy", &id.to_string())
             .category(rules.category.as_str())
+            .related(rules.related())
             .outcome(Outcome::Allowed, &format!("version-{next}"))
             .build();
         self.commit_unique(

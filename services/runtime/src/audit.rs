@@ -129,8 +129,9 @@ actions! {
     IntakeFileUploaded => "intake.file.uploaded", "A client uploaded a file for a form's file field; it is in the vault (resource: the upload).";
     IntakeSubmissionReceived => "intake.submission.received", "A client's answers were stored in the vault and their consent recorded (outcome denied: the reason a submission was refused).";
     IntakeSubmissionDecided => "intake.submission.decided", "Staff accepted or rejected a submission (reason: accepted or rejected).";
-    RetentionPolicyCreated => "retention.policy.created", "A retention policy was created (resource: the policy).";
-    RetentionPolicyUpdated => "retention.policy.updated", "A retention policy changed: a new version (reason: the version).";
+    RetentionPolicyCreated => "retention.policy.created", "A retention policy was created (resource: the policy, with its category; related: its rules: period, trigger, action, notice, basis, practice area and jurisdiction).";
+    RetentionPolicyUpdated => "retention.policy.updated", "A retention policy changed: a new version (reason: the version; related: its rules, as for a creation).";
+    RetentionPolicyRestored => "retention.policy.restored", "A policy version the audit log records after the backup the retention database was restored from was made again, with its logged rules, author and time (resource: the policy; reason: `event-` and the logged event's id; `confidant restore retention`).";
     RetentionTriggerRecorded => "retention.trigger.recorded", "An event a retention period counts from was recorded (reason: its kind; related: its id as `trigger`, when it happened as `occurred_at`, a named event's `event_name`).";
     RetentionHoldPlaced => "retention.hold.placed", "A legal hold was placed (resource: the hold, with its client, matter and category; reason: `scoped` for a hold over named scopes, each named in related; its reason stays in retention).";
     RetentionHoldReleaseApproved => "retention.hold.release_approved", "A staff member approved the release of a legal hold.";
