@@ -1032,6 +1032,17 @@ async fn reapply_identity_all(
     )
 }
 
+/// An event of the retention service's own, recording what a restore
+/// did to its database.
+fn retention_restored(trust_domain: &str, action: Action) -> EventBuilder {
+    let me = ServiceName::Retention.spiffe_id(trust_domain);
+    EventBuilder::new(ServiceName::Retention, trust_domain, action).actor(
+        ActorKind::Service,
+        &me,
+        &me,
+    )
+}
+
 /// What the log records of retention since a backup that its restored
 /// database may lack.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1250,17 +1261,11 @@ async fn reapply_retention(
                 scoped: i32::from(!scopes.is_empty()),
                 scope_ids: scopes.clone(),
             };
-            let me = ServiceName::Retention.spiffe_id(trust_domain);
-            let mut event = EventBuilder::new(
-                ServiceName::Retention,
-                trust_domain,
-                Action::RetentionHoldRestored,
-            )
-            .actor(ActorKind::Service, &me, &me)
-            .resource("hold", &id.to_string())
-            .scope(Some(*client_id), *matter_id)
-            .related(scopes.iter().map(|scope| ("scope", scope.to_string())))
-            .outcome(Outcome::Allowed, &format!("event-{}", c.event_id));
+            let mut event = retention_restored(trust_domain, Action::RetentionHoldRestored)
+                .resource("hold", &id.to_string())
+                .scope(Some(*client_id), *matter_id)
+                .related(scopes.iter().map(|scope| ("scope", scope.to_string())))
+                .outcome(Outcome::Allowed, &format!("event-{}", c.event_id));
             if let Some(category) = category {
                 event = event.category(category);
             }
@@ -1292,18 +1297,12 @@ async fn reapply_retention(
             if dry_run {
                 return Ok(Fate::WouldReapply);
             }
-            let me = ServiceName::Retention.spiffe_id(trust_domain);
-            let event = EventBuilder::new(
-                ServiceName::Retention,
-                trust_domain,
-                Action::RetentionPolicyRestored,
-            )
-            .actor(ActorKind::Service, &me, &me)
-            .resource("policy", &id.to_string())
-            .category(rules.category.as_str())
-            .related(rules.related())
-            .outcome(Outcome::Allowed, &format!("event-{}", c.event_id))
-            .build();
+            let event = retention_restored(trust_domain, Action::RetentionPolicyRestored)
+                .resource("policy", &id.to_string())
+                .category(rules.category.as_str())
+                .related(rules.related())
+                .outcome(Outcome::Allowed, &format!("event-{}", c.event_id))
+                .build();
             let statements = vec![
                 retention_store::insert_policy(*id, *version, rules, by, c.at),
                 retention_store::policies_changed(),
@@ -1331,18 +1330,12 @@ async fn reapply_retention(
             if dry_run {
                 return Ok(Fate::WouldReapply);
             }
-            let me = ServiceName::Retention.spiffe_id(trust_domain);
-            let event = EventBuilder::new(
-                ServiceName::Retention,
-                trust_domain,
-                Action::RetentionTriggerRestored,
-            )
-            .actor(ActorKind::Service, &me, &me)
-            .resource("trigger", &recorded.id.to_string())
-            .scope(Some(client), *matter_id)
-            .related(recorded.related())
-            .outcome(Outcome::Allowed, &format!("event-{}", c.event_id))
-            .build();
+            let event = retention_restored(trust_domain, Action::RetentionTriggerRestored)
+                .resource("trigger", &recorded.id.to_string())
+                .scope(Some(client), *matter_id)
+                .related(recorded.related())
+                .outcome(Outcome::Allowed, &format!("event-{}", c.event_id))
+                .build();
             db.transact(
                 vec![
                     retention_store::insert_trigger(
@@ -1409,16 +1402,10 @@ async fn reapply_retention_all(
     let pause =
         lost - erasures_lost + report.count(Fate::Reapplied) + report.count(Fate::WouldReapply) > 0;
     if pause && !dry_run && !store.paused().await? {
-        let me = ServiceName::Retention.spiffe_id(trust_domain);
-        let event = EventBuilder::new(
-            ServiceName::Retention,
-            trust_domain,
-            Action::RetentionDisposalsPaused,
-        )
-        .actor(ActorKind::Service, &me, &me)
-        .resource("disposals", "all")
-        .outcome(Outcome::Allowed, "restore")
-        .build();
+        let event = retention_restored(trust_domain, Action::RetentionDisposalsPaused)
+            .resource("disposals", "all")
+            .outcome(Outcome::Allowed, "restore")
+            .build();
         store
             .db()
             .transact(

@@ -981,12 +981,7 @@ impl Grant {
     /// Read back from a grant's event; `None` for one logged before grant
     /// events named their staff member and expiry.
     pub fn from_related(related: &[confidant_proto::audit::v1::RelatedResource]) -> Option<Self> {
-        let named = |kind: &str| {
-            related
-                .iter()
-                .find(|r| r.r#type == kind)
-                .map(|r| r.id.as_str())
-        };
+        let named = |kind: &str| confidant_runtime::audit::related_named(related, kind);
         Some(Self {
             staff: Uuid::parse_str(named("staff")?).ok()?,
             expires: match named("expires_at") {
@@ -1072,12 +1067,8 @@ impl NewMatter {
         client_id: Uuid,
         related: &[confidant_proto::audit::v1::RelatedResource],
     ) -> Option<Self> {
-        let named = |kind: &str| {
-            related
-                .iter()
-                .find(|r| r.r#type == kind)
-                .map(|r| r.id.clone())
-        };
+        let named =
+            |kind: &str| confidant_runtime::audit::related_named(related, kind).map(str::to_owned);
         Some(Self {
             client_id,
             responsible: named("responsible_attorney").and_then(|s| Uuid::parse_str(&s).ok()),

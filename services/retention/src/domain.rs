@@ -149,12 +149,7 @@ impl Rules {
         category: &str,
         related: &[confidant_proto::audit::v1::RelatedResource],
     ) -> Option<Self> {
-        let named = |kind: &str| {
-            related
-                .iter()
-                .find(|r| r.r#type == kind)
-                .map(|r| r.id.as_str())
-        };
+        let named = |kind: &str| confidant_runtime::audit::related_named(related, kind);
         let number = |kind: &str| named(kind)?.parse::<u32>().ok();
         Some(Self {
             category: Category::parse(category)?,

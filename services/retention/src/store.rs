@@ -389,12 +389,7 @@ impl RecordedTrigger {
         kind: &str,
         related: &[confidant_proto::audit::v1::RelatedResource],
     ) -> Option<Self> {
-        let named = |t: &str| {
-            related
-                .iter()
-                .find(|r| r.r#type == t)
-                .map(|r| r.id.as_str())
-        };
+        let named = |t: &str| confidant_runtime::audit::related_named(related, t);
         Some(Self {
             id: Uuid::parse_str(named("trigger")?).ok()?,
             trigger: Trigger::from_stored(kind, named("event_name"))?,

@@ -207,6 +207,14 @@ pub fn service_event(
     }
 }
 
+/// The id or code `related` names under `kind` (the first, if several).
+pub fn related_named<'a>(related: &'a [RelatedResource], kind: &str) -> Option<&'a str> {
+    related
+        .iter()
+        .find(|r| r.r#type == kind)
+        .map(|r| r.id.as_str())
+}
+
 /// Builds an audit event step by step; starts as an allowed action by the
 /// producing service itself, at the current time and trace.
 #[derive(Debug, Clone)]
