@@ -40,8 +40,8 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use confidant_audit::domain::validate_event;
 use confidant_audit::store::EventStore;
-use confidant_identity::restore::{self as identity_restore, Revocation, WallMembers};
-use confidant_identity::store::{Grant, NewMatter};
+use confidant_identity::restore::{self as identity_restore, Revocation};
+use confidant_identity::store::{Grant, NewMatter, WallMembers};
 use confidant_proto::audit::v1::{ActorKind, AuditEvent, Outcome, Resource};
 use confidant_retention::domain::Rules;
 use confidant_retention::restore as retention_restore;
@@ -561,7 +561,8 @@ async fn reapply_all(
 }
 
 /// What the log says was done in identity since a backup, to be made again
-/// on its restored database (or, for a wall, reported).
+/// on its restored database (or reported lost, where its event does not say
+/// enough).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum IdentityChange {
     /// Access taken away (by hand or by an access review): made again.
@@ -761,6 +762,16 @@ fn identity_changes(events: &[VerifiedEvent]) -> Vec<LoggedChange<IdentityChange
     changes
 }
 
+/// A report line's field naming what a change concerned that the restored
+/// database does not hold.
+fn not_in_database(missing: Vec<(&'static str, String)>) -> serde_json::Value {
+    let missing: Vec<_> = missing
+        .into_iter()
+        .map(|(kind, id)| json!({ "type": kind, "id": id }))
+        .collect();
+    json!({ "not_in_database": missing })
+}
+
 /// Makes one logged identity change again if the database does not show it;
 /// returns its fate and the fields its report line adds.
 async fn reapply_identity(
@@ -785,7 +796,7 @@ async fn reapply_identity(
             )
         }
         IdentityChange::Assign { id, matter, grant } => {
-            if identity_restore::assignment_exists(db, *id).await? {
+            if directory.assignment_exists(*id).await? {
                 return Ok((Fate::AlreadyApplied, extra));
             }
             let Some(grant) = grant else {
@@ -840,7 +851,7 @@ async fn reapply_identity(
             {
                 // Created after the backup too: the matter opens without
                 // one; someone is assigned instead.
-                extra = json!({ "not_in_database": [{ "type": "staff", "id": attorney }] });
+                extra = not_in_database(vec![("staff", attorney.to_string())]);
                 opened.responsible = None;
             }
             scope = Some((Some(*client), Some(*id)));
@@ -851,21 +862,17 @@ async fn reapply_identity(
             )
         }
         IdentityChange::Wall { id, members } => {
-            if identity_restore::wall_exists(db, *id).await? {
+            if directory.wall_exists(*id).await? {
                 return Ok((Fate::AlreadyApplied, extra));
             }
             if members.is_empty() {
                 return Ok((Fate::Lost, extra));
             }
-            let (held, missing) = members.held_in(db).await?;
+            let (held, missing) = members.held_in(&directory).await?;
             if !missing.is_empty() {
                 // Created after the backup too: none of them can act, or be
                 // reached, until made again, and then under new ids.
-                extra = json!({ "not_in_database": missing
-                    .related()
-                    .into_iter()
-                    .map(|(kind, id)| json!({ "type": kind, "id": id }))
-                    .collect::<Vec<_>>() });
+                extra = not_in_database(missing.related());
             }
             if !held.screens() {
                 return Ok((Fate::NotInDatabase, extra));

@@ -582,15 +582,15 @@ impl IdentityService for IdentityApi {
             );
         }
         check(v)?;
-        let related = crate::restore::WallMembers {
-            staff: staff.clone(),
-            clients: clients.clone(),
-            matters: matters.clone(),
-        }
-        .related();
+        let wall = crate::store::WallMembers {
+            staff,
+            clients,
+            matters,
+        };
+        let related = wall.related();
         let id = self
             .directory
-            .create_wall(&staff, &clients, &matters, |id| {
+            .create_wall(&wall, |id| {
                 self.by_caller(&caller, Action::IdentityWallCreated, "wall", id)
                     .related(related)
                     .build()

@@ -314,6 +314,34 @@ impl Directory {
         Ok(row.is_some())
     }
 
+    /// `ids` split into those `sql` (a lookup by id) finds and the others.
+    async fn split(
+        &self,
+        sql: &'static str,
+        ids: &[Uuid],
+    ) -> Result<(Vec<Uuid>, Vec<Uuid>), StoreError> {
+        let (mut held, mut missing) = (Vec::new(), Vec::new());
+        for id in ids {
+            if self.exists(sql, *id).await? {
+                held.push(*id);
+            } else {
+                missing.push(*id);
+            }
+        }
+        Ok((held, missing))
+    }
+
+    /// Whether a wall exists.
+    pub async fn wall_exists(&self, id: Uuid) -> Result<bool, StoreError> {
+        self.exists("SELECT id FROM walls WHERE id = $1", id).await
+    }
+
+    /// Whether an assignment exists.
+    pub async fn assignment_exists(&self, id: Uuid) -> Result<bool, StoreError> {
+        self.exists("SELECT id FROM assignments WHERE id = $1", id)
+            .await
+    }
+
     /// Whether a staff member exists.
     pub async fn staff_exists(&self, id: Uuid) -> Result<bool, StoreError> {
         self.exists("SELECT id FROM staff WHERE id = $1", id).await
@@ -494,28 +522,21 @@ impl Directory {
     /// Puts up a wall.
     pub async fn create_wall(
         &self,
-        staff: &[Uuid],
-        clients: &[Uuid],
-        matters: &[Uuid],
+        wall: &WallMembers,
         event: impl FnOnce(Uuid) -> AuditEvent,
     ) -> Result<Uuid, StoreError> {
-        for s in staff {
-            if !self.staff_exists(*s).await? {
-                return Err(StoreError::NotFound("staff member"));
-            }
+        let (_, missing) = wall.held_in(self).await?;
+        if !missing.staff.is_empty() {
+            return Err(StoreError::NotFound("staff member"));
         }
-        for c in clients {
-            if !self.client_exists(*c).await? {
-                return Err(StoreError::NotFound("client"));
-            }
+        if !missing.clients.is_empty() {
+            return Err(StoreError::NotFound("client"));
         }
-        for m in matters {
-            if !self.matter_exists(*m).await? {
-                return Err(StoreError::NotFound("matter"));
-            }
+        if !missing.matters.is_empty() {
+            return Err(StoreError::NotFound("matter"));
         }
         let id = Uuid::now_v7();
-        let statements = wall_put_up(id, Utc::now(), staff, clients, matters);
+        let statements = wall.put_up(id, Utc::now());
         self.db.transact(statements, &[event(id)]).await?;
         Ok(id)
     }
@@ -1078,37 +1099,111 @@ impl NewMatter {
     }
 }
 
-/// Statements: wall `id` stands from `at`, screening `staff` from
-/// `clients` and `matters` (all of which the database holds).
-pub fn wall_put_up(
-    id: Uuid,
-    at: DateTime<Utc>,
-    staff: &[Uuid],
-    clients: &[Uuid],
-    matters: &[Uuid],
-) -> Vec<Statement> {
-    let mut statements = vec![Statement::new(
-        "INSERT INTO walls (id, created_at) VALUES ($1, $2)",
-        vec![Value::Uuid(id), Value::Time(at)],
-    )];
-    let rows = |sql: &'static str, ids: &[Uuid]| -> Vec<Statement> {
-        ids.iter()
-            .map(|other| Statement::new(sql, vec![Value::Uuid(id), Value::Uuid(*other)]))
-            .collect()
-    };
-    statements.extend(rows(
-        "INSERT INTO wall_members (wall_id, staff_id) VALUES ($1, $2)",
-        staff,
-    ));
-    statements.extend(rows(
-        "INSERT INTO wall_targets (wall_id, client_id) VALUES ($1, $2)",
-        clients,
-    ));
-    statements.extend(rows(
-        "INSERT INTO wall_targets (wall_id, matter_id) VALUES ($1, $2)",
-        matters,
-    ));
-    statements
+/// A wall as its audit event names it: whom it screens from what.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WallMembers {
+    /// The staff members it screens.
+    pub staff: Vec<Uuid>,
+    /// The clients it screens them from.
+    pub clients: Vec<Uuid>,
+    /// The matters it screens them from.
+    pub matters: Vec<Uuid>,
+}
+
+impl WallMembers {
+    /// Read from an `identity.wall.created` event's related resources
+    /// (entries of other types, or that are not UUIDs, are left out).
+    pub fn from_related(related: &[confidant_proto::audit::v1::RelatedResource]) -> Self {
+        let mut wall = Self::default();
+        for r in related {
+            let Ok(id) = Uuid::parse_str(&r.id) else {
+                continue;
+            };
+            match r.r#type.as_str() {
+                "staff" => wall.staff.push(id),
+                "client" => wall.clients.push(id),
+                "matter" => wall.matters.push(id),
+                _ => {}
+            }
+        }
+        wall
+    }
+
+    /// The related resources its audit event names.
+    pub fn related(&self) -> Vec<(&'static str, String)> {
+        [
+            ("staff", &self.staff),
+            ("client", &self.clients),
+            ("matter", &self.matters),
+        ]
+        .into_iter()
+        .flat_map(|(kind, ids)| ids.iter().map(move |id| (kind, id.to_string())))
+        .collect()
+    }
+
+    /// Whether it names no one (an event logged before walls named their
+    /// members).
+    pub fn is_empty(&self) -> bool {
+        self.staff.is_empty() && self.clients.is_empty() && self.matters.is_empty()
+    }
+
+    /// Whether it screens someone from something.
+    pub fn screens(&self) -> bool {
+        let targets = self.clients.len() + self.matters.len();
+        !self.staff.is_empty() && targets > 0
+    }
+
+    /// Splits it into what the database holds and what it does not.
+    pub async fn held_in(&self, directory: &Directory) -> Result<(Self, Self), StoreError> {
+        let (staff, staff_missing) = directory
+            .split("SELECT id FROM staff WHERE id = $1", &self.staff)
+            .await?;
+        let (clients, clients_missing) = directory
+            .split("SELECT id FROM clients WHERE id = $1", &self.clients)
+            .await?;
+        let (matters, matters_missing) = directory
+            .split("SELECT id FROM matters WHERE id = $1", &self.matters)
+            .await?;
+        Ok((
+            Self {
+                staff,
+                clients,
+                matters,
+            },
+            Self {
+                staff: staff_missing,
+                clients: clients_missing,
+                matters: matters_missing,
+            },
+        ))
+    }
+
+    /// Statements: wall `id` stands from `at`, screening these (all of
+    /// which the database holds).
+    pub fn put_up(&self, id: Uuid, at: DateTime<Utc>) -> Vec<Statement> {
+        let mut statements = vec![Statement::new(
+            "INSERT INTO walls (id, created_at) VALUES ($1, $2)",
+            vec![Value::Uuid(id), Value::Time(at)],
+        )];
+        let rows = |sql: &'static str, ids: &[Uuid]| -> Vec<Statement> {
+            ids.iter()
+                .map(|other| Statement::new(sql, vec![Value::Uuid(id), Value::Uuid(*other)]))
+                .collect()
+        };
+        statements.extend(rows(
+            "INSERT INTO wall_members (wall_id, staff_id) VALUES ($1, $2)",
+            &self.staff,
+        ));
+        statements.extend(rows(
+            "INSERT INTO wall_targets (wall_id, client_id) VALUES ($1, $2)",
+            &self.clients,
+        ));
+        statements.extend(rows(
+            "INSERT INTO wall_targets (wall_id, matter_id) VALUES ($1, $2)",
+            &self.matters,
+        ));
+        statements
+    }
 }
 
 /// Statement: wall exception `id` is revoked from `at` (no change if

@@ -450,7 +450,7 @@ impl Claim {
 /// 64 KiB each, so a batch of large ones (long sealed justifications, holds
 /// over many scopes) goes in several appends instead of being refused whole
 /// at every attempt.
-pub const MAX_APPEND_BYTES: usize = 3 * 1024 * 1024;
+pub const MAX_APPEND_BYTES: usize = crate::page::MAX_PAGE_BYTES;
 
 /// How many of `batch`, from the first, one append carries: as many as fit
 /// in [`MAX_APPEND_BYTES`], and always the first.
@@ -677,21 +677,6 @@ impl Relay {
             Ok(_) => Vec::new(),
         };
         match result {
-            Ok(_) if due.is_some() => {
-                self.outbox.remove_delivered_in(&mut claim, &seqs).await?;
-                claim.finish().await?;
-                for seq in &seqs {
-                    self.held.remove(seq);
-                    tracing::info!(
-                        outbox.seq = seq,
-                        "held-back audit event accepted by the log"
-                    );
-                }
-                Ok(Round::Delivered {
-                    events: seqs.len(),
-                    more: true,
-                })
-            }
             Err(_) if !refused.is_empty() => {
                 let named: Vec<i64> = refused.iter().map(|(seq, _, _)| *seq).collect();
                 self.outbox
@@ -732,9 +717,19 @@ impl Relay {
                 // is sent again and the audit service stores it once.
                 self.outbox.remove_delivered_in(&mut claim, &seqs).await?;
                 claim.finish().await?;
+                if due.is_some() {
+                    for seq in &seqs {
+                        self.held.remove(seq);
+                        tracing::info!(
+                            outbox.seq = seq,
+                            "held-back audit event accepted by the log"
+                        );
+                    }
+                }
+                // After a held event, the batch it went before goes at once.
                 Ok(Round::Delivered {
                     events: seqs.len(),
-                    more,
+                    more: more || due.is_some(),
                 })
             }
             Err(status) => {
