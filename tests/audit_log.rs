@@ -5,6 +5,7 @@
 mod common;
 
 use confidant::sandbox::{Sandbox, SandboxData, SandboxSpec};
+use confidant_audit::checkpoint::Verifier;
 use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
 use confidant_proto::audit::v1::{
     AppendEventsRequest, ExportLogRequest, GetCheckpointRequest, GetConsistencyProofRequest,
@@ -346,6 +347,170 @@ async fn a_clients_access_history_is_searchable_and_shows_no_internals(backend: 
     sandbox.stop().await;
 }
 
+async fn verifier_key(operator: &mut AuditServiceClient<PeerChannel>) -> String {
+    operator
+        .get_log_info(GetLogInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .verifier_key
+}
+
+/// Waits for a checkpoint signed by `key` and returns its size.
+async fn checkpoint_signed_by(operator: &AuditServiceClient<PeerChannel>, key: &str) -> i64 {
+    let key = Verifier::parse(key).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let latest = operator
+            .clone()
+            .get_checkpoint(GetCheckpointRequest { tree_size: 0 })
+            .await
+            .ok()
+            .and_then(|r| r.into_inner().checkpoint);
+        if let Some(c) = latest.filter(|c| key.verify(&c.signed_note).is_ok()) {
+            return c.tree_size;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint signed by the new key within 20 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+async fn a_new_signing_key_is_handed_over_in_the_log(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let spec = || SandboxSpec::of(&[ServiceName::Audit]);
+    let with_key = |key: &std::path::Path, previous: &[&std::path::Path]| {
+        let mut spec = spec();
+        spec.settings.push((
+            "audit",
+            "signing_key_file",
+            key.display().to_string().into(),
+        ));
+        spec.settings.push((
+            "audit",
+            "previous_signing_key_files",
+            toml::Value::Array(
+                previous
+                    .iter()
+                    .map(|p| p.display().to_string().into())
+                    .collect(),
+            ),
+        ));
+        spec
+    };
+    let sandbox = Sandbox::start(&data, spec()).await;
+    let url = sandbox.url(ServiceName::Audit);
+    let mut operator = client(&data, &url, "operator").await;
+    let first_key = verifier_key(&mut operator).await;
+    common::checkpoint_beyond(&operator, 0).await;
+    sandbox.stop().await;
+
+    // The operator makes a new key and keeps the old one listed.
+    let old_file = data.path().join("audit-log.key");
+    let new_file = data.path().join("audit-2027.key");
+    confidant_audit::write_signing_key(&new_file).unwrap();
+    let sandbox = Sandbox::start(&data, with_key(&new_file, &[&old_file])).await;
+    let url = sandbox.url(ServiceName::Audit);
+    let mut operator = client(&data, &url, "operator").await;
+    let second_key = verifier_key(&mut operator).await;
+    assert_ne!(second_key, first_key);
+    checkpoint_signed_by(&operator, &second_key).await;
+
+    // Whoever holds the first key follows the change through the log.
+    let (code, out) = cli(&data, &url, &["verify", "--public-key", &first_key]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("changed at position")
+            && out.contains(&second_key)
+            && out.contains("handed over by the key it replaced"),
+        "{out}"
+    );
+    // The new key alone does not vouch for what the old one signed.
+    let (code, out) = cli(&data, &url, &["verify", "--public-key", &second_key]);
+    assert_eq!(code, 65, "{out}");
+    assert!(out.contains("checkpoint #0"), "{out}");
+
+    // An event logged now proves itself under the new key.
+    let id = append_for(&data, &url, &uuid::Uuid::now_v7().to_string(), 1)
+        .await
+        .remove(0);
+    let size = operator_size(&mut operator).await;
+    common::checkpoint_beyond(&operator, size - 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("evidence.json");
+    let (code, out) = cli(
+        &data,
+        &url,
+        &[
+            "evidence",
+            "--event-id",
+            &id,
+            "--out",
+            bundle.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let bundle = bundle.to_str().unwrap();
+    let (code, out) = cli(
+        &data,
+        &url,
+        &[
+            "verify-evidence",
+            "--file",
+            bundle,
+            "--public-key",
+            &first_key,
+        ],
+    );
+    assert_eq!(code, 65, "{out}");
+    let (code, out) = cli(
+        &data,
+        &url,
+        &[
+            "verify-evidence",
+            "--file",
+            bundle,
+            "--public-key",
+            &first_key,
+            "--public-key",
+            &second_key,
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    sandbox.stop().await;
+
+    // The second key is lost: the service starts with a third alone. The
+    // change is logged, but nothing the first key trusts vouches for it.
+    let third_file = data.path().join("audit-2028.key");
+    confidant_audit::write_signing_key(&third_file).unwrap();
+    let sandbox = Sandbox::start(&data, with_key(&third_file, &[])).await;
+    let url = sandbox.url(ServiceName::Audit);
+    let mut operator = client(&data, &url, "operator").await;
+    let third_key = verifier_key(&mut operator).await;
+    checkpoint_signed_by(&operator, &third_key).await;
+    let (code, out) = cli(&data, &url, &["verify", "--public-key", &first_key]);
+    assert_eq!(code, 65, "{out}");
+    assert!(
+        out.contains("with no handover") && out.contains(&third_key),
+        "{out}"
+    );
+    let (code, out) = cli(
+        &data,
+        &url,
+        &[
+            "verify",
+            "--public-key",
+            &first_key,
+            "--public-key",
+            &third_key,
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    sandbox.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_a_clients_access_history_is_searchable_and_shows_no_internals() {
     a_clients_access_history_is_searchable_and_shows_no_internals(Backend::Sqlite).await;
@@ -567,6 +732,16 @@ async fn operator_size(operator: &mut AuditServiceClient<PeerChannel>) -> i64 {
         .unwrap()
         .into_inner()
         .tree_size
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_new_signing_key_is_handed_over_in_the_log() {
+    a_new_signing_key_is_handed_over_in_the_log(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_new_signing_key_is_handed_over_in_the_log() {
+    a_new_signing_key_is_handed_over_in_the_log(Backend::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -168,6 +168,9 @@ sync_interval_seconds = {{ $s.retention.syncIntervalSeconds }}
 
 [audit]
 signing_key_file = "/etc/confidant/audit/{{ $v.secrets.audit.signingKey }}"
+{{- with $v.secrets.audit.previousSigningKeys }}
+previous_signing_key_files = [{{ range $i, $k := . }}{{ if $i }}, {{ end }}"/etc/confidant/audit/{{ $k }}"{{ end }}]
+{{- end }}
 checkpoint_interval_seconds = {{ $s.audit.checkpointIntervalSeconds }}
 checkpoint_max_events = {{ $s.audit.checkpointMaxEvents }}
 {{- with $s.audit.alertsWebhookUrl }}

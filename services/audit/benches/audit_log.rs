@@ -94,9 +94,14 @@ async fn append_row(backend: Backend) -> Option<(String, f64, f64)> {
     };
     let batches: Vec<_> = (0..APPEND_EVENTS / BATCH).map(|_| batch()).collect();
     let signer = Signer::from_pkcs8("bench/audit", &Signer::generate_pkcs8().unwrap()).unwrap();
-    let log = AuditLog::open(EventStore::new(t.db.clone()), signer, "bench/audit")
-        .await
-        .unwrap();
+    let log = AuditLog::open(
+        EventStore::new(t.db.clone()),
+        signer,
+        "bench/audit",
+        "bench",
+    )
+    .await
+    .unwrap();
     let start = Instant::now();
     for b in &batches {
         log.append(b).await.unwrap();
@@ -190,7 +195,7 @@ fn main() {
     });
     let verifier = Verifier::parse(&signer.verifier_key()).unwrap();
     let start = Instant::now();
-    let report = verify(&entries, &[note], &verifier);
+    let report = verify(&entries, &[note], &[verifier]);
     let verify_time = start.elapsed();
     assert!(report.finding.is_none());
     println!(

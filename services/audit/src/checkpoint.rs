@@ -149,21 +149,66 @@ impl Signer {
         format!("{body}\n\u{2014} {} {}\n", self.name, STANDARD.encode(blob))
     }
 
+    /// The 4-byte key hash that names this key in signature lines.
+    pub fn key_hash(&self) -> KeyHash {
+        KeyHash(self.hash)
+    }
+
+    /// The verifier of this key.
+    pub fn verifier(&self) -> Verifier {
+        Verifier {
+            name: self.name.clone(),
+            hash: self.hash,
+            public_key: self.key.public_key().as_ref().to_vec(),
+        }
+    }
+
     /// The verifier key others use to check this log's checkpoints.
     pub fn verifier_key(&self) -> String {
-        let mut key = vec![ED25519_TYPE];
-        key.extend_from_slice(self.key.public_key().as_ref());
-        format!(
-            "{}+{}+{}",
-            self.name,
-            hex::encode(self.hash),
-            STANDARD.encode(key)
-        )
+        self.verifier().verifier_key()
     }
 }
 
+/// The 4-byte hash that names a key in a note's signature lines (C2SP
+/// signed notes: the first bytes of SHA-256 of the key's name and type and
+/// public key). Shown as 8 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyHash(pub [u8; 4]);
+
+impl std::fmt::Display for KeyHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl std::str::FromStr for KeyHash {
+    type Err = NoteError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut hash = [0u8; 4];
+        hex::decode_to_slice(s, &mut hash).map_err(|_| NoteError::Malformed("key hash"))?;
+        Ok(Self(hash))
+    }
+}
+
+/// The key hashes of a note's signature lines, in order (unverified: which
+/// keys the note says signed it). Empty for a malformed note.
+pub fn signers_of(note: &str) -> Vec<KeyHash> {
+    let Some(split) = note.find("\n\n") else {
+        return Vec::new();
+    };
+    note[split + 2..]
+        .lines()
+        .filter_map(|line| line.strip_prefix("\u{2014} "))
+        .filter_map(|rest| rest.split_once(' '))
+        .filter_map(|(_, blob)| STANDARD.decode(blob).ok())
+        .filter_map(|blob| blob.get(..4).and_then(|h| h.try_into().ok()))
+        .map(KeyHash)
+        .collect()
+}
+
 /// Checks checkpoints against a log's verifier key.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verifier {
     name: String,
     hash: [u8; 4],
@@ -199,6 +244,23 @@ impl Verifier {
             hash,
             public_key: public_key.to_vec(),
         })
+    }
+
+    /// The 4-byte key hash that names this key in signature lines.
+    pub fn key_hash(&self) -> KeyHash {
+        KeyHash(self.hash)
+    }
+
+    /// The verifier key in note format, as [`Signer::verifier_key`] gives it.
+    pub fn verifier_key(&self) -> String {
+        let mut key = vec![ED25519_TYPE];
+        key.extend_from_slice(&self.public_key);
+        format!(
+            "{}+{}+{}",
+            self.name,
+            hex::encode(self.hash),
+            STANDARD.encode(key)
+        )
     }
 
     /// Verifies a signed note and returns the checkpoint it states.

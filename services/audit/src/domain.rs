@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use confidant_proto::audit::v1::{ActorKind, AuditEvent, Outcome};
+use confidant_runtime::ServiceName;
 use confidant_runtime::audit::{Action, MAX_RECORD_FIELDS, MAX_RELATED};
 use confidant_runtime::error::Violations;
 use prost::Message;
@@ -141,6 +142,14 @@ pub fn validate_event(
             None
         }
     };
+    // The log's own verbs (its signing key, incidents, detection, reports)
+    // are the audit service's alone: a change of signing key recorded by
+    // another service would hand the log to a key the audit service never held.
+    if action.is_some_and(|a| a.as_str().starts_with("audit."))
+        && caller != ServiceName::Audit.as_str()
+    {
+        v.add(f("action"), "is recorded by the audit service alone");
+    }
     let (actor_kind, actor_id) = match &event.actor {
         None => {
             v.add(f("actor"), "is required");
@@ -366,6 +375,20 @@ mod tests {
     fn a_service_cannot_append_in_another_services_name() {
         let v = validate_batch(&[good()], "intake", Utc::now()).unwrap_err();
         assert_eq!(fields(&v), ["events[0].source_service"]);
+    }
+
+    #[test]
+    fn only_the_audit_service_records_the_logs_own_actions() {
+        let mut rotation = good();
+        rotation.action = Action::AuditSigningKeyRotated.as_str().into();
+        let v = validate_batch(&[rotation.clone()], "vault", Utc::now()).unwrap_err();
+        assert_eq!(fields(&v), ["events[0].action"]);
+        assert_eq!(
+            v.as_slice()[0].description,
+            "is recorded by the audit service alone"
+        );
+        rotation.source_service = "audit".into();
+        assert!(validate_batch(&[rotation], "audit", Utc::now()).is_ok());
     }
 
     #[test]

@@ -462,7 +462,7 @@ impl AuditService for AuditApi {
                 event: Some(exported(event)),
                 checkpoint: Some(to_proto(&checkpoint)),
                 proof: Some(proof),
-                verifier_key: self.log.verifier_key(),
+                verifier_key: self.log.verifier_key_of(&checkpoint.signed_note),
             }),
         }))
     }

@@ -4,6 +4,7 @@
 //! - [`store`]: the append-only store of events and checkpoints;
 //! - [`merkle`]: the RFC 9162 tree, proofs and their verification;
 //! - [`checkpoint`]: signed checkpoints (C2SP signed notes, Ed25519);
+//! - [`rotation`]: changes of the checkpoint signing key, handed over in the log;
 //! - [`log`]: the log that ties them together and guards its integrity;
 //! - [`verify`]: offline verification of an exported log;
 //! - [`grpc`]: the `confidant.audit.v1.AuditService` handlers.
@@ -21,6 +22,7 @@ pub mod incidents;
 pub mod log;
 pub mod merkle;
 pub mod reports;
+pub mod rotation;
 pub mod store;
 pub mod verify;
 
@@ -96,7 +98,23 @@ pub async fn build(ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
         .context("audit.signing_key_file is not set")?;
     let origin = ctx.config.audit_origin();
     let signer = load_signer(&key_path, &origin)?;
-    let log = Arc::new(AuditLog::open(EventStore::new(ctx.db.clone()), signer, &origin).await?);
+    let previous = ctx
+        .config
+        .audit
+        .previous_signing_key_files
+        .iter()
+        .map(|path| load_signer(path, &origin))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let log = Arc::new(
+        AuditLog::open(
+            EventStore::new(ctx.db.clone()),
+            signer,
+            &origin,
+            &ctx.config.trust_domain,
+        )
+        .await?
+        .with_previous_keys(previous),
+    );
 
     let started = service_event(
         NAME,

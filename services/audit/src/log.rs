@@ -14,9 +14,10 @@ use std::sync::{Mutex, RwLock};
 use chrono::Utc;
 use uuid::Uuid;
 
-use crate::checkpoint::{Checkpoint, Signer};
-use crate::domain::ValidEvent;
+use crate::checkpoint::{Checkpoint, KeyHash, Signer, signers_of};
+use crate::domain::{ValidEvent, validate_batch};
 use crate::merkle::{Hash, ProofError, Tree, leaf_hash};
+use crate::rotation::{self, Replaced, Rotation};
 use crate::store::{Appended, EventStore, StoredCheckpoint};
 
 /// Evidence that the stored log was altered.
@@ -58,6 +59,18 @@ pub enum LogError {
     /// A proof was asked for sizes the log cannot answer.
     #[error(transparent)]
     Proof(#[from] ProofError),
+    /// This replica's signing key no longer signs the log: the log records
+    /// its replacement (another replica started with the new key).
+    #[error(
+        "this replica's signing key was replaced at position {index} of the log; restart it with audit.signing_key_file set to the log's current key"
+    )]
+    KeyRetired {
+        /// The position of the change that replaced it.
+        index: u64,
+    },
+    /// The log's own event could not be recorded.
+    #[error("the audit service's own event is invalid: {0}")]
+    OwnEvent(String),
 }
 
 /// The audit log of one replica.
@@ -67,7 +80,9 @@ pub struct AuditLog {
     tree: RwLock<Tree>,
     sync_lock: tokio::sync::Mutex<()>,
     signer: Signer,
+    previous: Vec<Signer>,
     origin: String,
+    trust_domain: String,
     broken: Mutex<Option<Integrity>>,
 }
 
@@ -79,18 +94,23 @@ fn to_hash(bytes: &[u8]) -> Option<Hash> {
 
 impl AuditLog {
     /// Opens the log over `store`: rebuilds the tree from every stored event
-    /// and checks it against the latest signed checkpoint.
+    /// and checks it against the latest signed checkpoint. `signer` signs
+    /// its checkpoints; `trust_domain` names the audit service in the
+    /// events it records itself.
     pub async fn open(
         store: EventStore,
         signer: Signer,
         origin: &str,
+        trust_domain: &str,
     ) -> Result<Self, sqlx::Error> {
         let log = Self {
             store,
             tree: RwLock::new(Tree::new()),
             sync_lock: tokio::sync::Mutex::new(()),
             signer,
+            previous: Vec::new(),
             origin: origin.to_owned(),
+            trust_domain: trust_domain.to_owned(),
             broken: Mutex::new(None),
         };
         log.sync().await?;
@@ -101,6 +121,15 @@ impl AuditLog {
             tracing::error!(problem = %problem, "audit log integrity check failed; no checkpoint will be signed");
         }
         Ok(log)
+    }
+
+    /// Keys that signed the log's checkpoints before `signer`: when the
+    /// latest checkpoint is signed by one of them, the next checkpoint is
+    /// too, covering the recorded change to `signer` (the handover; see
+    /// [`rotation`]).
+    pub fn with_previous_keys(mut self, previous: Vec<Signer>) -> Self {
+        self.previous = previous;
+        self
     }
 
     /// The store underneath.
@@ -116,6 +145,16 @@ impl AuditLog {
     /// The key that verifies this log's checkpoints.
     pub fn verifier_key(&self) -> String {
         self.signer.verifier_key()
+    }
+
+    /// The key (this replica's or a previous one it holds) that signed
+    /// `note`; this replica's when it holds none of its signers.
+    pub fn verifier_key_of(&self, note: &str) -> String {
+        signers_of(note)
+            .into_iter()
+            .find_map(|hash| self.held(hash))
+            .unwrap_or(&self.signer)
+            .verifier_key()
     }
 
     /// The first integrity problem found, if any.
@@ -224,18 +263,22 @@ impl AuditLog {
         Ok(done)
     }
 
-    /// Signs and stores a checkpoint of the whole log as it is now.
+    /// Signs and stores a checkpoint of the whole log as it is now. When
+    /// this replica's key is new to the log, it first records the change and
+    /// signs this checkpoint with the replaced key if it holds it.
     pub async fn issue_checkpoint(&self) -> Result<StoredCheckpoint, LogError> {
+        let latest = self.store.latest_checkpoint().await?;
+        let signer = self.signer_for_next(latest.as_ref()).await?;
         let size = self.sync().await?;
-        if let Some(previous) = self.store.latest_checkpoint().await? {
-            self.check_against(&previous);
+        if let Some(previous) = &latest {
+            self.check_against(previous);
         }
         if let Some(problem) = self.integrity() {
             return Err(LogError::Integrity(problem));
         }
         let root = self.read_tree().root(size)?;
         let now = Utc::now();
-        let note = self.signer.sign(&Checkpoint {
+        let note = signer.sign(&Checkpoint {
             origin: self.origin.clone(),
             size,
             root,
@@ -245,13 +288,99 @@ impl AuditLog {
         self.store
             .insert_checkpoint(tree_size, &root, &note, now)
             .await?;
-        tracing::info!(tree_size = size, "audit checkpoint signed");
+        tracing::info!(tree_size = size, key = %signer.key_hash(), "audit checkpoint signed");
         Ok(StoredCheckpoint {
             tree_size,
             root_hash: root.to_vec(),
             signed_note: note,
             issued_at: now,
         })
+    }
+
+    /// The key that signs the next checkpoint. The log's current key is the
+    /// one its last recorded change names, or (before any change) the one
+    /// that signed the latest checkpoint. This replica's own key when it is
+    /// the current one, except that the first checkpoint covering the change
+    /// to it is signed by the replaced key, if held. A key the log has
+    /// replaced signs nothing. A key new to the log is recorded as the
+    /// current one first.
+    async fn signer_for_next(
+        &self,
+        latest: Option<&StoredCheckpoint>,
+    ) -> Result<&Signer, LogError> {
+        let own = self.signer.key_hash();
+        let rotations: Vec<Rotation> = self
+            .store
+            .key_rotations()
+            .await?
+            .into_iter()
+            .filter_map(|e| rotation::read(u64::try_from(e.idx).ok()?, &e.payload))
+            .collect();
+        let current = rotations
+            .last()
+            .map(|r| r.new_key.key_hash())
+            .or_else(|| latest.and_then(|c| signers_of(&c.signed_note).first().copied()));
+        let Some(current) = current else {
+            return Ok(&self.signer);
+        };
+        if current == own {
+            let covered = |r: &Rotation| {
+                latest.is_some_and(|c| u64::try_from(c.tree_size).unwrap_or(0) > r.index)
+            };
+            return Ok(match rotations.last() {
+                Some(last) if !covered(last) => {
+                    self.held(last.replaced.hash()).unwrap_or(&self.signer)
+                }
+                _ => &self.signer,
+            });
+        }
+        // Replaced already: by the change that names it as replaced, or by
+        // the one after the change to it.
+        if let Some(at) = rotations
+            .iter()
+            .rposition(|r| r.replaced.hash() == own || r.new_key.key_hash() == own)
+        {
+            let by = if rotations[at].new_key.key_hash() == own {
+                rotations.get(at + 1)
+            } else {
+                rotations.get(at)
+            };
+            return Err(LogError::KeyRetired {
+                index: by.map_or(0, |r| r.index),
+            });
+        }
+        let held = self.held(current);
+        let replaced = match held {
+            Some(key) => Replaced::Key(key.verifier()),
+            None => Replaced::Hash(current),
+        };
+        let event = rotation::event(&self.trust_domain, &self.signer, &replaced);
+        let valid = validate_batch(&[event], "audit", Utc::now())
+            .map_err(|v| LogError::OwnEvent(format!("{:?}", v.as_slice())))?;
+        self.append(&valid).await?;
+        match held {
+            Some(key) => {
+                tracing::warn!(
+                    replaced = %current,
+                    key = %own,
+                    "audit signing key changed; the replaced key signs the handover checkpoint"
+                );
+                Ok(key)
+            }
+            None => {
+                tracing::error!(
+                    replaced = %current,
+                    key = %own,
+                    "audit signing key changed without a handover (the replaced key is not in audit.previous_signing_key_files): verifiers that trust only the replaced key will refuse checkpoints from here on; give them the new verifier key"
+                );
+                Ok(&self.signer)
+            }
+        }
+    }
+
+    /// The previous key with `hash`, if this replica holds it.
+    fn held(&self, hash: KeyHash) -> Option<&Signer> {
+        self.previous.iter().find(|key| key.key_hash() == hash)
     }
 
     /// The leaf hash of the event at `index`.

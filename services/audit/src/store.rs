@@ -241,6 +241,17 @@ impl EventStore {
         })
     }
 
+    /// Every change of the checkpoint signing key the log records
+    /// (`audit.signing_key.rotated`), in log order. The action is written
+    /// into the statement so that the partial index on it serves.
+    pub async fn key_rotations(&self) -> Result<Vec<StoredEvent>, sqlx::Error> {
+        const SQL: &str = "SELECT idx, event_id, payload, leaf_hash FROM audit_events WHERE action = 'audit.signing_key.rotated' ORDER BY idx";
+        Ok(match &self.db {
+            Database::Postgres(pool) => from_pg_rows(sqlx::query_as(SQL).fetch_all(pool).await?),
+            Database::Sqlite(pool) => from_sqlite_rows(sqlx::query_as(SQL).fetch_all(pool).await?),
+        })
+    }
+
     /// The event with id `event_id`.
     pub async fn find(&self, event_id: Uuid) -> Result<Option<StoredEvent>, sqlx::Error> {
         Ok(match &self.db {

@@ -1,10 +1,19 @@
 //! Offline verification of an exported log: recompute every leaf, rebuild
-//! the tree, check every checkpoint's signature against the log's key and
-//! its root against the events, and name the first thing that does not
-//! match.
+//! the tree, check every checkpoint's signature against the keys trusted
+//! for it and its root against the events, and name the first thing that
+//! does not match.
+//!
+//! The keys given are trusted from the start. A change of signing key the
+//! log records ([`crate::rotation`]) and the key it replaces hands over (by
+//! signing the first checkpoint that covers the change) makes the new key
+//! trusted for larger checkpoints, and the replaced key for none larger
+//! than that handover, given or not: a key the log has let go of cannot
+//! vouch for what came after. A change nobody handed over only names the
+//! new key; it is trusted when given.
 
-use crate::checkpoint::{Checkpoint, Verifier};
+use crate::checkpoint::{Checkpoint, KeyHash, NoteError, Verifier, signers_of};
 use crate::merkle::{Hash, Tree, leaf_hash, verify_inclusion};
+use crate::rotation::{self, Rotation};
 
 /// One exported event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +108,17 @@ impl std::fmt::Display for Finding {
     }
 }
 
+/// A change of signing key the verification followed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyChange {
+    /// The position of the event that records it.
+    pub index: u64,
+    /// The new key.
+    pub key: Verifier,
+    /// Whether the replaced key signed the first checkpoint covering it.
+    pub handed_over: bool,
+}
+
 /// What a verification found.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Report {
@@ -108,12 +128,149 @@ pub struct Report {
     pub checkpoints: Vec<Checkpoint>,
     /// The largest verified checkpoint size.
     pub verified_size: u64,
+    /// The changes of signing key in the verified part of the log, in order.
+    pub key_changes: Vec<KeyChange>,
     /// The first problem, if any.
     pub finding: Option<Finding>,
 }
 
-/// Verifies an export that starts at position 0.
-pub fn verify(entries: &[Entry], notes: &[String], verifier: &Verifier) -> Report {
+/// A key trusted for a range of checkpoint sizes.
+#[derive(Debug)]
+struct Trusted {
+    key: Verifier,
+    /// Trusted for checkpoints larger than the position of the change to it.
+    from: Option<u64>,
+    /// `(largest size, position of the change)`: replaced by the change at
+    /// that position, trusted for no checkpoint larger than the size.
+    until: Option<(u64, u64)>,
+}
+
+/// The keys trusted as the verification goes along the log.
+#[derive(Debug)]
+struct Keyring {
+    trusted: Vec<Trusted>,
+}
+
+impl Keyring {
+    fn new(given: &[Verifier]) -> Self {
+        Self {
+            trusted: given
+                .iter()
+                .map(|key| Trusted {
+                    key: key.clone(),
+                    from: None,
+                    until: None,
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether some key trusted at some point signed `note`, by its
+    /// signature lines.
+    fn knows_a_signer_of(&self, note: &str) -> bool {
+        let signers = signers_of(note);
+        self.trusted
+            .iter()
+            .any(|t| signers.contains(&t.key.key_hash()))
+    }
+
+    /// The checkpoint `note` states and which trusted key vouches for it.
+    fn check(&self, note: &str) -> Result<(Checkpoint, usize), String> {
+        let signers = signers_of(note);
+        let mut refusal = None;
+        for (at, t) in self.trusted.iter().enumerate() {
+            if !signers.contains(&t.key.key_hash()) {
+                continue;
+            }
+            let hash = t.key.key_hash();
+            match t.key.verify(note) {
+                Ok(c) if t.from.is_some_and(|from| c.size <= from) => {
+                    refusal.get_or_insert(format!(
+                        "signed by key {hash}, which the log took up only at position {}",
+                        t.from.unwrap_or(0)
+                    ));
+                }
+                Ok(c) => match t.until {
+                    Some((size, at_change)) if c.size > size => {
+                        refusal.get_or_insert(format!(
+                            "signed by key {hash}, which the log replaced at position {at_change}"
+                        ));
+                    }
+                    _ => return Ok((c, at)),
+                },
+                Err(e) => {
+                    refusal.get_or_insert(e.to_string());
+                }
+            }
+        }
+        if let Some(refusal) = refusal {
+            return Err(refusal);
+        }
+        let named: Vec<String> = signers.iter().map(KeyHash::to_string).collect();
+        Err(if named.is_empty() {
+            NoteError::Malformed("signature line").to_string()
+        } else {
+            format!(
+                "not signed by a trusted key (signed by {})",
+                named.join(", ")
+            )
+        })
+    }
+
+    /// Follows the changes of key recorded by `entries` (covered by a
+    /// checkpoint of `size` that the key at `signer` vouched for).
+    fn follow(&mut self, entries: &[Entry], size: u64, signer: usize, report: &mut Report) {
+        for entry in entries {
+            let Some(change) = rotation::read(entry.index, &entry.event_bytes) else {
+                continue;
+            };
+            let replaced = change.replaced.hash();
+            let handed_over = self.trusted[signer].key.key_hash() == replaced;
+            for t in &mut self.trusted {
+                if t.key.key_hash() == replaced && t.until.is_none() {
+                    // Handed over: up to this checkpoint; otherwise up to
+                    // the change.
+                    let last = if handed_over { size } else { change.index };
+                    t.until = Some((last, change.index));
+                }
+            }
+            report.key_changes.push(KeyChange {
+                index: change.index,
+                key: change.new_key.clone(),
+                handed_over,
+            });
+            if handed_over && !self.trusted.iter().any(|t| t.key == change.new_key) {
+                self.trusted.push(Trusted {
+                    key: change.new_key,
+                    from: Some(change.index),
+                    until: None,
+                });
+            }
+        }
+    }
+}
+
+/// Why a checkpoint signed by a key the log changed to is not trusted: no
+/// trusted key handed over to it. Names the change and the new key so that
+/// whoever trusts it can say so.
+fn untrusted_change(entries: &[Entry], note: &str) -> Option<String> {
+    let signers = signers_of(note);
+    let change: Rotation = entries
+        .iter()
+        .filter_map(|e| rotation::read(e.index, &e.event_bytes))
+        .find(|r| signers.contains(&r.new_key.key_hash()))?;
+    Some(format!(
+        "signed by key {}, which the log took up at position {} in place of key {} with no handover by a key trusted here; if you trust it, give its verifier key ({}) with --public-key",
+        change.new_key.key_hash(),
+        change.index,
+        change.replaced.hash(),
+        change.new_key.verifier_key()
+    ))
+}
+
+/// Verifies an export that starts at position 0, trusting `keys` from the
+/// start (and the keys the log hands over to, see the module's notes).
+pub fn verify(entries: &[Entry], notes: &[String], keys: &[Verifier]) -> Report {
     let mut report = Report::default();
     let mut tree = Tree::new();
     for entry in entries {
@@ -133,15 +290,21 @@ pub fn verify(entries: &[Entry], notes: &[String], verifier: &Verifier) -> Repor
         tree.push(computed);
     }
     report.events = tree.size();
+    let mut keyring = Keyring::new(keys);
+    let mut followed = 0u64;
     let mut roots: Vec<(u64, Hash)> = Vec::new();
     for (position, note) in notes.iter().enumerate() {
-        let checkpoint = match verifier.verify(note) {
-            Ok(c) => c,
-            Err(e) => {
-                report.finding.get_or_insert(Finding::BadCheckpoint {
-                    position,
-                    reason: e.to_string(),
-                });
+        let (checkpoint, signer) = match keyring.check(note) {
+            Ok(found) => found,
+            Err(reason) => {
+                let reason = if keyring.knows_a_signer_of(note) {
+                    reason
+                } else {
+                    untrusted_change(entries, note).unwrap_or(reason)
+                };
+                report
+                    .finding
+                    .get_or_insert(Finding::BadCheckpoint { position, reason });
                 return report;
             }
         };
@@ -158,6 +321,14 @@ pub fn verify(entries: &[Entry], notes: &[String], verifier: &Verifier) -> Repor
                 since: report.verified_size,
             });
             return report;
+        }
+        if checkpoint.size > followed {
+            // Events are dense from 0 here: positions index the slice.
+            let newly = usize::try_from(followed).unwrap_or(usize::MAX)
+                ..usize::try_from(checkpoint.size).unwrap_or(usize::MAX);
+            let newly = entries.get(newly).unwrap_or_default();
+            keyring.follow(newly, checkpoint.size, signer, &mut report);
+            followed = checkpoint.size;
         }
         report.verified_size = report.verified_size.max(checkpoint.size);
         roots.push((checkpoint.size, checkpoint.root));
@@ -184,15 +355,15 @@ pub fn verify(entries: &[Entry], notes: &[String], verifier: &Verifier) -> Repor
 }
 
 /// Checks one event against an evidence bundle: its leaf, its inclusion
-/// proof and the checkpoint's signature.
+/// proof and the checkpoint's signature by one of `keys`.
 pub fn verify_evidence(
     event_bytes: &[u8],
     index: u64,
     proof: &[Hash],
     note: &str,
-    verifier: &Verifier,
+    keys: &[Verifier],
 ) -> Result<(), String> {
-    let checkpoint = verifier.verify(note).map_err(|e| e.to_string())?;
+    let checkpoint = Keyring::new(keys).check(note).map(|(c, _)| c)?;
     if crate::merkle::verify_inclusion(
         index,
         checkpoint.size,

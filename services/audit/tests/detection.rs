@@ -29,6 +29,7 @@ async fn open(t: &TestDatabase) -> Arc<AuditLog> {
             EventStore::new(t.db.clone()),
             Signer::from_pkcs8("test.local/audit", &key).unwrap(),
             "test.local/audit",
+            TRUST,
         )
         .await
         .unwrap(),

@@ -7,8 +7,9 @@ use confidant_audit::checkpoint::{Signer, Verifier};
 use confidant_audit::domain::validate_batch;
 use confidant_audit::log::{AuditLog, Integrity, LogError};
 use confidant_audit::merkle::{leaf_hash, verify_consistency, verify_inclusion};
+use confidant_audit::rotation::{self, Replaced};
 use confidant_audit::store::EventStore;
-use confidant_audit::verify::{Entry, Finding, verify};
+use confidant_audit::verify::{Entry, Finding, KeyChange, verify};
 use confidant_proto::audit::v1::Outcome;
 use confidant_runtime::ServiceName;
 use confidant_runtime::audit::{Action, service_event};
@@ -26,6 +27,7 @@ async fn open(t: &TestDatabase, key: &[u8]) -> AuditLog {
         EventStore::new(t.db.clone()),
         Signer::from_pkcs8(ORIGIN, key).unwrap(),
         ORIGIN,
+        "test.local",
     )
     .await
     .unwrap()
@@ -48,8 +50,21 @@ async fn append(log: &AuditLog, n: usize) -> Vec<String> {
     raw.into_iter().map(|e| e.id).collect()
 }
 
-fn verifier(log: &AuditLog) -> Verifier {
-    Verifier::parse(&log.verifier_key()).unwrap()
+async fn open_after(t: &TestDatabase, key: &[u8], previous: &[&[u8]]) -> AuditLog {
+    open(t, key).await.with_previous_keys(
+        previous
+            .iter()
+            .map(|k| Signer::from_pkcs8(ORIGIN, k).unwrap())
+            .collect(),
+    )
+}
+
+fn key_of(key: &[u8]) -> Verifier {
+    Signer::from_pkcs8(ORIGIN, key).unwrap().verifier()
+}
+
+fn verifier(log: &AuditLog) -> [Verifier; 1] {
+    [Verifier::parse(&log.verifier_key()).unwrap()]
 }
 
 async fn export(log: &AuditLog) -> (Vec<Entry>, Vec<String>) {
@@ -129,7 +144,7 @@ async fn checkpoints_commit_to_every_event_and_proofs_verify(t: &TestDatabase) {
     append(&log, 13).await;
     let first = log.issue_checkpoint().await.unwrap();
     let v = verifier(&log);
-    let cp1 = v.verify(&first.signed_note).unwrap();
+    let cp1 = v[0].verify(&first.signed_note).unwrap();
     assert_eq!((cp1.size, cp1.origin.as_str()), (13, ORIGIN));
     for index in 0..13 {
         let proof = log.inclusion_proof(index, 13).unwrap();
@@ -142,7 +157,7 @@ async fn checkpoints_commit_to_every_event_and_proofs_verify(t: &TestDatabase) {
 
     append(&log, 8).await;
     let second = log.issue_checkpoint().await.unwrap();
-    let cp2 = v.verify(&second.signed_note).unwrap();
+    let cp2 = v[0].verify(&second.signed_note).unwrap();
     assert_eq!(cp2.size, 21);
     let proof = log.consistency_proof(13, 21).unwrap();
     assert!(verify_consistency(13, 21, &cp1.root, &cp2.root, &proof));
@@ -231,7 +246,7 @@ async fn checkpoints_from_another_key_do_not_verify(t: &TestDatabase) {
     let report = verify(
         &entries,
         &notes,
-        &Verifier::parse(&stranger.verifier_key()).unwrap(),
+        &[Verifier::parse(&stranger.verifier_key()).unwrap()],
     );
     assert!(matches!(
         report.finding,
@@ -254,6 +269,120 @@ async fn two_replicas_appending_in_turn_agree_on_the_tree(t: &TestDatabase) {
     assert_eq!(verify(&entries, &notes, &verifier(&a)).finding, None);
 }
 
+async fn a_new_key_is_handed_over_by_the_old_one(t: &TestDatabase) {
+    let (old_key, new_key) = (key(), key());
+    let old = open(t, &old_key).await;
+    append(&old, 3).await;
+    old.issue_checkpoint().await.unwrap();
+
+    // The service restarts with a new key and keeps the old one listed.
+    let new = open_after(t, &new_key, &[&old_key]).await;
+    append(&new, 2).await;
+    let handover = new.issue_checkpoint().await.unwrap();
+    assert_eq!(handover.tree_size, 6, "the change is event 5 and covered");
+    assert_eq!(
+        key_of(&old_key).verify(&handover.signed_note).unwrap().size,
+        6
+    );
+    assert!(key_of(&new_key).verify(&handover.signed_note).is_err());
+    let changes = new.store().key_rotations().await.unwrap();
+    assert_eq!(changes.len(), 1);
+    let change = rotation::read(5, &changes[0].payload).unwrap();
+    assert_eq!(change.new_key, key_of(&new_key));
+    assert_eq!(change.replaced, Replaced::Key(key_of(&old_key)));
+
+    // From then on the new key signs; a restart records no second change.
+    let after = new.issue_checkpoint().await.unwrap();
+    assert!(key_of(&new_key).verify(&after.signed_note).is_ok());
+    let restarted = open_after(t, &new_key, &[&old_key]).await;
+    append(&restarted, 1).await;
+    let last = restarted.issue_checkpoint().await.unwrap();
+    assert!(key_of(&new_key).verify(&last.signed_note).is_ok());
+    assert_eq!(restarted.store().key_rotations().await.unwrap().len(), 1);
+
+    // A replica still on the old key signs nothing more.
+    let stale = open(t, &old_key).await;
+    assert!(matches!(
+        stale.issue_checkpoint().await,
+        Err(LogError::KeyRetired { index: 5 })
+    ));
+
+    // Whoever trusts the old key follows the change through the log.
+    let (entries, mut notes) = export(&restarted).await;
+    let report = verify(&entries, &notes, &[key_of(&old_key)]);
+    assert_eq!(report.finding, None);
+    assert_eq!(report.verified_size, 7);
+    assert_eq!(
+        report.key_changes,
+        [KeyChange {
+            index: 5,
+            key: key_of(&new_key),
+            handed_over: true
+        }]
+    );
+    // The new key alone does not vouch for what the old one signed.
+    let report = verify(&entries, &notes, &[key_of(&new_key)]);
+    assert!(matches!(
+        report.finding,
+        Some(Finding::BadCheckpoint { position: 0, .. })
+    ));
+    // And the old key vouches for nothing larger than its handover, even
+    // when given: a checkpoint it signs later is refused.
+    let late = Signer::from_pkcs8(ORIGIN, &old_key)
+        .unwrap()
+        .sign(&key_of(&new_key).verify(&last.signed_note).unwrap());
+    notes.push(late);
+    let report = verify(&entries, &notes, &[key_of(&old_key), key_of(&new_key)]);
+    match report.finding {
+        Some(Finding::BadCheckpoint { position, reason }) => {
+            assert_eq!(position, notes.len() - 1);
+            assert!(reason.contains("replaced at position 5"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn a_change_without_the_old_key_is_recorded_but_vouched_by_nobody(t: &TestDatabase) {
+    let (old_key, new_key) = (key(), key());
+    let old = open(t, &old_key).await;
+    append(&old, 2).await;
+    old.issue_checkpoint().await.unwrap();
+
+    // The old key is lost: the service starts with a new one alone.
+    let new = open(t, &new_key).await;
+    let first = new.issue_checkpoint().await.unwrap();
+    assert!(key_of(&new_key).verify(&first.signed_note).is_ok());
+    let changes = new.store().key_rotations().await.unwrap();
+    let change = rotation::read(2, &changes[0].payload).unwrap();
+    assert_eq!(change.replaced, Replaced::Hash(key_of(&old_key).key_hash()));
+
+    let (entries, notes) = export(&new).await;
+    let report = verify(&entries, &notes, &[key_of(&old_key)]);
+    match &report.finding {
+        Some(Finding::BadCheckpoint {
+            position: 1,
+            reason,
+        }) => {
+            assert!(reason.contains("with no handover"), "{reason}");
+            assert!(
+                reason.contains(&key_of(&new_key).verifier_key()),
+                "{reason}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let report = verify(&entries, &notes, &[key_of(&old_key), key_of(&new_key)]);
+    assert_eq!(report.finding, None);
+    assert_eq!(
+        report.key_changes,
+        [KeyChange {
+            index: 2,
+            key: key_of(&new_key),
+            handed_over: false
+        }]
+    );
+}
+
 confidant_runtime::backend_tests!(confidant_audit::MIGRATIONS;
     two_replicas_appending_in_turn_agree_on_the_tree,
     checkpoints_commit_to_every_event_and_proofs_verify,
@@ -261,4 +390,6 @@ confidant_runtime::backend_tests!(confidant_audit::MIGRATIONS;
     an_edited_event_is_named_and_nothing_more_is_signed,
     an_edit_that_covers_its_tracks_still_breaks_the_signed_root,
     checkpoints_from_another_key_do_not_verify,
+    a_new_key_is_handed_over_by_the_old_one,
+    a_change_without_the_old_key_is_recorded_but_vouched_by_nobody,
 );

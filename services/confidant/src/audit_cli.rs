@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use confidant_audit::checkpoint::{Checkpoint, Verifier};
+use confidant_audit::rotation::{self, Replaced};
 use confidant_audit::verify::{Entry, Report, verify, verify_evidence};
 use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
 use confidant_proto::audit::v1::export_log_response::Item;
@@ -222,27 +223,60 @@ fn parse_export(reader: impl BufRead) -> anyhow::Result<Export> {
     Ok(export)
 }
 
-/// The verifier key: given explicitly (trusted), or taken from the export
-/// or service (only proves internal consistency; said so in the output).
-fn verifier(
-    explicit: Option<&str>,
-    fallback: Option<String>,
+/// Parses the verifier keys given with `--public-key`.
+fn given_keys(keys: &[String]) -> anyhow::Result<Vec<Verifier>> {
+    keys.iter()
+        .map(|key| Verifier::parse(key).map_err(|e| anyhow::anyhow!("--public-key {key}: {e}")))
+        .collect()
+}
+
+/// The keys trusted from the start: those given (trusted), or else those
+/// the log names itself, its current one and every one its changes of key
+/// name (that proves consistency only; said so in the output).
+fn trusted_keys(
+    given: &[String],
+    named_by_log: Option<String>,
+    entries: &[Entry],
     out: &mut dyn Write,
-) -> anyhow::Result<Verifier> {
-    let key = match explicit {
-        Some(k) => k.to_owned(),
-        None => {
-            writeln!(
-                out,
-                "warning: no --public-key given; using the key the log itself names, which proves consistency but not authenticity"
-            )?;
-            fallback.context("no verifier key: pass --public-key")?
+) -> anyhow::Result<Vec<Verifier>> {
+    if !given.is_empty() {
+        return given_keys(given);
+    }
+    writeln!(
+        out,
+        "warning: no --public-key given; using the keys the log itself names, which proves consistency but not authenticity"
+    )?;
+    let mut keys = vec![
+        Verifier::parse(&named_by_log.context("no verifier key: pass --public-key")?)
+            .map_err(|e| anyhow::anyhow!("the log's verifier key: {e}"))?,
+    ];
+    for change in entries
+        .iter()
+        .filter_map(|e| rotation::read(e.index, &e.event_bytes))
+    {
+        if let Replaced::Key(key) = change.replaced {
+            keys.push(key);
         }
-    };
-    Verifier::parse(&key).map_err(|e| anyhow::anyhow!("--public-key: {e}"))
+        keys.push(change.new_key);
+    }
+    keys.dedup();
+    Ok(keys)
 }
 
 fn print_report(report: &Report, out: &mut dyn Write) -> anyhow::Result<bool> {
+    for change in &report.key_changes {
+        writeln!(
+            out,
+            "the log's signing key changed at position {} to {} ({})",
+            change.index,
+            change.key.verifier_key(),
+            if change.handed_over {
+                "handed over by the key it replaced"
+            } else {
+                "without a handover by the key it replaced"
+            }
+        )?;
+    }
     writeln!(
         out,
         "{} events, {} checkpoints verified, verified tree size {}",
@@ -265,13 +299,18 @@ fn print_report(report: &Report, out: &mut dyn Write) -> anyhow::Result<bool> {
 /// Verifies an export file; true when it verifies.
 pub fn verify_file(
     path: &Path,
-    public_key: Option<&str>,
+    public_keys: &[String],
     out: &mut dyn Write,
 ) -> anyhow::Result<bool> {
     let file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
     let export = parse_export(std::io::BufReader::new(file))?;
-    let verifier = verifier(public_key, export.verifier_key.clone(), out)?;
-    print_report(&verify(&export.entries, &export.notes, &verifier), out)
+    let keys = trusted_keys(
+        public_keys,
+        export.verifier_key.clone(),
+        &export.entries,
+        out,
+    )?;
+    print_report(&verify(&export.entries, &export.notes, &keys), out)
 }
 
 /// One event of a verified export.
@@ -288,7 +327,7 @@ pub struct VerifiedEvent {
     pub event: AuditEvent,
 }
 
-/// What an export file that verifies against `public_key` vouches for: the
+/// What an export file that verifies against `public_keys` vouches for: the
 /// events a signed checkpoint covers, in log order, and the checkpoints.
 /// Events after the last checkpoint are counted in `uncovered`, not
 /// returned: nothing vouches for them yet.
@@ -302,15 +341,18 @@ pub struct VerifiedEvents {
     pub uncovered: u64,
 }
 
-/// Reads and verifies an export file (the key must be given: the log's own
-/// key proves nothing); refused, naming the finding, unless every event and
+/// Reads and verifies an export file (a key must be given: the log's own
+/// keys prove nothing); refused, naming the finding, unless every event and
 /// checkpoint verifies.
-pub fn verified_events(path: &Path, public_key: &str) -> anyhow::Result<VerifiedEvents> {
+pub fn verified_events(path: &Path, public_keys: &[String]) -> anyhow::Result<VerifiedEvents> {
+    anyhow::ensure!(
+        !public_keys.is_empty(),
+        "--public-key: the log's verifier key is required"
+    );
     let file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
     let export = parse_export(std::io::BufReader::new(file))
         .with_context(|| format!("{}", path.display()))?;
-    let verifier = Verifier::parse(public_key).map_err(|e| anyhow::anyhow!("--public-key: {e}"))?;
-    let report = verify(&export.entries, &export.notes, &verifier);
+    let report = verify(&export.entries, &export.notes, &given_keys(public_keys)?);
     if let Some(finding) = &report.finding {
         anyhow::bail!("{}: the log does not verify: {finding}", path.display());
     }
@@ -348,14 +390,19 @@ pub fn verified_events(path: &Path, public_key: &str) -> anyhow::Result<Verified
 /// verifies.
 pub async fn verify_service(
     conn: &Connection,
-    public_key: Option<&str>,
+    public_keys: &[String],
     out: &mut dyn Write,
 ) -> anyhow::Result<bool> {
     let mut buffer = Vec::new();
     export(conn, 0, 0, &mut buffer).await?;
     let export = parse_export(buffer.as_slice())?;
-    let verifier = verifier(public_key, export.verifier_key.clone(), out)?;
-    print_report(&verify(&export.entries, &export.notes, &verifier), out)
+    let keys = trusted_keys(
+        public_keys,
+        export.verifier_key.clone(),
+        &export.entries,
+        out,
+    )?;
+    print_report(&verify(&export.entries, &export.notes, &keys), out)
 }
 
 /// Fetches the evidence bundle of one event as JSON.
@@ -391,10 +438,11 @@ pub async fn evidence(
     Ok(())
 }
 
-/// Checks an evidence bundle offline; true when it verifies.
+/// Checks an evidence bundle offline against any of `public_keys` (or,
+/// without them, the key the bundle names); true when it verifies.
 pub fn verify_evidence_file(
     path: &Path,
-    public_key: Option<&str>,
+    public_keys: &[String],
     out: &mut dyn Write,
 ) -> anyhow::Result<bool> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
@@ -410,9 +458,10 @@ pub fn verify_evidence_file(
         .map(|h| h.as_str().and_then(unhex).and_then(|b| b.try_into().ok()))
         .collect::<Option<_>>()
         .context("inclusion_proof")?;
-    let verifier = verifier(
-        public_key,
+    let keys = trusted_keys(
+        public_keys,
         v["verifier_key"].as_str().map(str::to_owned),
+        &[],
         out,
     )?;
     match verify_evidence(
@@ -420,7 +469,7 @@ pub fn verify_evidence_file(
         index,
         &proof,
         v["signed_note"].as_str().context("signed_note")?,
-        &verifier,
+        &keys,
     ) {
         Ok(()) => {
             writeln!(

@@ -211,9 +211,10 @@ struct RestoreArgs {
     #[arg(long)]
     log: PathBuf,
     /// The log's verifier key, as `GetLogInfo` gave it when the log was set
-    /// up (never the one the export names).
-    #[arg(long)]
-    public_key: String,
+    /// up (never the one the export names); repeat it to trust several (a
+    /// key the log changed to without a handover).
+    #[arg(long, required = true)]
+    public_key: Vec<String>,
     /// Only say what would change, and change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -339,9 +340,11 @@ enum AuditCommand {
         /// An export file; when absent, the service is asked.
         #[arg(long)]
         file: Option<PathBuf>,
-        /// The log's verifier key (from `GetLogInfo` when the log was set up).
+        /// The log's verifier key (from `GetLogInfo` when the log was set
+        /// up); the keys the log hands over to are followed. Repeat it to
+        /// trust several (a key the log changed to without a handover).
         #[arg(long)]
-        public_key: Option<String>,
+        public_key: Vec<String>,
     },
     /// Fetch the evidence bundle of one event (JSON).
     Evidence {
@@ -359,9 +362,10 @@ enum AuditCommand {
         /// The bundle file.
         #[arg(long)]
         file: PathBuf,
-        /// The log's verifier key.
+        /// The log's verifier key; repeat it to accept any of several (the
+        /// keys before and after a change of key).
         #[arg(long)]
-        public_key: Option<String>,
+        public_key: Vec<String>,
     },
 }
 
@@ -661,23 +665,19 @@ fn audit(action: AuditCommand) -> ExitCode {
             }))
         }
         AuditCommand::VerifyEvidence { file, public_key } => verdict(
-            audit_cli::verify_evidence_file(&file, public_key.as_deref(), &mut stdout),
+            audit_cli::verify_evidence_file(&file, &public_key, &mut stdout),
         ),
         AuditCommand::Verify {
             file: Some(file),
             public_key,
             ..
-        } => verdict(audit_cli::verify_file(
-            &file,
-            public_key.as_deref(),
-            &mut stdout,
-        )),
+        } => verdict(audit_cli::verify_file(&file, &public_key, &mut stdout)),
         AuditCommand::Verify {
             conn,
             public_key,
             file: None,
         } => block_on(async move {
-            verdict(audit_cli::verify_service(&conn, public_key.as_deref(), &mut stdout).await)
+            verdict(audit_cli::verify_service(&conn, &public_key, &mut stdout).await)
         }),
         AuditCommand::Export {
             conn,

@@ -76,18 +76,18 @@ pub enum What {
 
 /// Brings the database `what` of `config`, restored from a backup, in line
 /// with the verified export `log` (see [`What`]): the log is read and
-/// verified against `public_key` before the database is opened, so a log
+/// verified against `public_keys` before the database is opened, so a log
 /// that does not verify changes nothing. One JSON line per logged change
 /// and a summary on `out`; with `dry_run`, only says what it would do.
 pub async fn restore(
     what: What,
     config: &Config,
     log: &Path,
-    public_key: &str,
+    public_keys: &[String],
     dry_run: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let verified = crate::audit_cli::verified_events(log, public_key)?;
+    let verified = crate::audit_cli::verified_events(log, public_keys)?;
     let service = match what {
         What::AuditLog => ServiceName::Audit,
         What::Vault => ServiceName::Vault,

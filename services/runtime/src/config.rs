@@ -307,8 +307,15 @@ impl Default for VaultConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
     /// The Ed25519 private key (PKCS#8 DER) that signs checkpoints; create
-    /// one with `confidant audit keygen`. Required where the audit service runs.
+    /// one with `confidant keys signing`. Required where the audit service runs.
     pub signing_key_file: Option<PathBuf>,
+    /// Keys that signed the log's checkpoints before `signing_key_file`,
+    /// kept for a change of key: when the latest checkpoint is signed by one
+    /// of them, the audit service records the change in the log and has that
+    /// key sign the checkpoint covering it (the handover), so that verifiers
+    /// trusting the old key learn the new one. Drop them once the change is
+    /// logged (`audit.signing_key.rotated`).
+    pub previous_signing_key_files: Vec<PathBuf>,
     /// The checkpoint origin line; defaults to `<trust_domain>/audit`.
     pub origin: Option<String>,
     /// A checkpoint is signed at least this often, even when nothing happened.
@@ -331,6 +338,7 @@ impl Default for AuditConfig {
     fn default() -> Self {
         Self {
             signing_key_file: None,
+            previous_signing_key_files: Vec::new(),
             origin: None,
             checkpoint_interval_seconds: 60,
             checkpoint_max_events: 1000,
@@ -821,6 +829,14 @@ impl Config {
                     problem("audit.signing_key_file".into(), "file does not exist")
                 }
                 Some(_) => {}
+            }
+            for (i, p) in self.audit.previous_signing_key_files.iter().enumerate() {
+                if !p.is_file() {
+                    problem(
+                        format!("audit.previous_signing_key_files[{i}]"),
+                        "file does not exist",
+                    );
+                }
             }
             if self.audit.checkpoint_interval_seconds == 0 {
                 problem(
