@@ -342,6 +342,36 @@ async fn a_new_key_is_handed_over_by_the_old_one(t: &TestDatabase) {
     }
 }
 
+async fn a_change_logged_before_a_crash_is_still_handed_over(t: &TestDatabase) {
+    let (old_key, new_key) = (key(), key());
+    let old = open(t, &old_key).await;
+    append(&old, 2).await;
+    old.issue_checkpoint().await.unwrap();
+    // A replica with the new key logged the change and stopped before the
+    // handover checkpoint.
+    let new = open_after(t, &new_key, &[&old_key]).await;
+    let change = rotation::event(
+        "test.local",
+        &Signer::from_pkcs8(ORIGIN, &new_key).unwrap(),
+        &Replaced::Key(key_of(&old_key)),
+    );
+    new.append(&validate_batch(&[change], "audit", Utc::now()).unwrap())
+        .await
+        .unwrap();
+    // The next checkpoint is still the old key's handover, and the change
+    // is not logged twice.
+    let handover = new.issue_checkpoint().await.unwrap();
+    assert_eq!(
+        key_of(&old_key).verify(&handover.signed_note).unwrap().size,
+        3
+    );
+    assert_eq!(new.store().key_rotations().await.unwrap().len(), 1);
+    let next = new.issue_checkpoint().await.unwrap();
+    assert!(key_of(&new_key).verify(&next.signed_note).is_ok());
+    let (entries, notes) = export(&new).await;
+    assert_eq!(verify(&entries, &notes, &[key_of(&old_key)]).finding, None);
+}
+
 async fn a_change_without_the_old_key_is_recorded_but_vouched_by_nobody(t: &TestDatabase) {
     let (old_key, new_key) = (key(), key());
     let old = open(t, &old_key).await;
@@ -391,5 +421,6 @@ confidant_runtime::backend_tests!(confidant_audit::MIGRATIONS;
     an_edit_that_covers_its_tracks_still_breaks_the_signed_root,
     checkpoints_from_another_key_do_not_verify,
     a_new_key_is_handed_over_by_the_old_one,
+    a_change_logged_before_a_crash_is_still_handed_over,
     a_change_without_the_old_key_is_recorded_but_vouched_by_nobody,
 );
