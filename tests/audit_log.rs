@@ -431,6 +431,14 @@ async fn a_new_signing_key_is_handed_over_in_the_log(backend: Backend) {
     let (code, out) = cli(&data, &url, &["verify", "--public-key", &second_key]);
     assert_eq!(code, 65, "{out}");
     assert!(out.contains("checkpoint #0"), "{out}");
+    // Without a key, the keys the log names itself (its current one and
+    // those its change names) check its consistency, and say so.
+    let (code, out) = cli(&data, &url, &["verify"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("proves consistency but not authenticity"),
+        "{out}"
+    );
 
     // An event logged now proves itself under the new key.
     let id = append_for(&data, &url, &uuid::Uuid::now_v7().to_string(), 1)
