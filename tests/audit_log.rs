@@ -430,7 +430,30 @@ async fn a_new_signing_key_is_handed_over_in_the_log(backend: Backend) {
     // The new key alone does not vouch for what the old one signed.
     let (code, out) = cli(&data, &url, &["verify", "--public-key", &second_key]);
     assert_eq!(code, 65, "{out}");
-    assert!(out.contains("checkpoint #0"), "{out}");
+    assert!(
+        out.contains("checkpoint #0")
+            && out.contains("give the replaced key too")
+            && out.contains(&first_key),
+        "{out}"
+    );
+    let (code, out) = cli(
+        &data,
+        &url,
+        &[
+            "verify",
+            "--public-key",
+            &second_key,
+            "--public-key",
+            &first_key,
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "newest verified checkpoint is signed by {second_key}"
+        )),
+        "{out}"
+    );
     // Without a key, the keys the log names itself (its current one and
     // those its change names) check its consistency, and say so.
     let (code, out) = cli(&data, &url, &["verify"]);

@@ -13,7 +13,7 @@
 
 use crate::checkpoint::{Checkpoint, KeyHash, NoteError, Verifier, signers_of};
 use crate::merkle::{Hash, Tree, leaf_hash, verify_inclusion};
-use crate::rotation::{self, Rotation};
+use crate::rotation::{self, Replaced, Rotation};
 
 /// One exported event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +130,9 @@ pub struct Report {
     pub verified_size: u64,
     /// The changes of signing key in the verified part of the log, in order.
     pub key_changes: Vec<KeyChange>,
+    /// The key that signed the largest verified checkpoint: the key the
+    /// log signs with now, unless the export is not the live log's.
+    pub signed_by: Option<Verifier>,
     /// The first problem, if any.
     pub finding: Option<Finding>,
 }
@@ -250,21 +253,39 @@ impl Keyring {
     }
 }
 
-/// Why a checkpoint signed by a key the log changed to is not trusted: no
-/// trusted key handed over to it. Names the change and the new key so that
-/// whoever trusts it can say so.
+/// Why a checkpoint signed by a key a change of key names is not trusted:
+/// no trusted key handed over to it, or it is the key a change replaced.
+/// Names the change and the key so that whoever trusts it can say so.
 fn untrusted_change(entries: &[Entry], note: &str) -> Option<String> {
     let signers = signers_of(note);
-    let change: Rotation = entries
+    let changes: Vec<Rotation> = entries
         .iter()
         .filter_map(|e| rotation::read(e.index, &e.event_bytes))
-        .find(|r| signers.contains(&r.new_key.key_hash()))?;
+        .collect();
+    if let Some(change) = changes
+        .iter()
+        .find(|r| signers.contains(&r.new_key.key_hash()))
+    {
+        return Some(format!(
+            "signed by key {}, which the log took up at position {} in place of key {} with no handover by a key trusted here; if you trust it, give its verifier key ({}) with --public-key",
+            change.new_key.key_hash(),
+            change.index,
+            change.replaced.hash(),
+            change.new_key.verifier_key()
+        ));
+    }
+    let change = changes
+        .iter()
+        .find(|r| signers.contains(&r.replaced.hash()))?;
     Some(format!(
-        "signed by key {}, which the log took up at position {} in place of key {} with no handover by a key trusted here; if you trust it, give its verifier key ({}) with --public-key",
-        change.new_key.key_hash(),
-        change.index,
+        "signed by key {}, which the log replaced at position {} with key {}; to verify the log from its start, give the replaced key too{}",
         change.replaced.hash(),
-        change.new_key.verifier_key()
+        change.index,
+        change.new_key.key_hash(),
+        match &change.replaced {
+            Replaced::Key(key) => format!(" ({})", key.verifier_key()),
+            Replaced::Hash(_) => String::new(),
+        }
     ))
 }
 
@@ -329,6 +350,9 @@ pub fn verify(entries: &[Entry], notes: &[String], keys: &[Verifier]) -> Report 
             let newly = entries.get(newly).unwrap_or_default();
             keyring.follow(newly, checkpoint.size, signer, &mut report);
             followed = checkpoint.size;
+        }
+        if checkpoint.size >= report.verified_size {
+            report.signed_by = Some(keyring.trusted[signer].key.clone());
         }
         report.verified_size = report.verified_size.max(checkpoint.size);
         roots.push((checkpoint.size, checkpoint.root));

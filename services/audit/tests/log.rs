@@ -312,6 +312,7 @@ async fn a_new_key_is_handed_over_by_the_old_one(t: &TestDatabase) {
     let report = verify(&entries, &notes, &[key_of(&old_key)]);
     assert_eq!(report.finding, None);
     assert_eq!(report.verified_size, 7);
+    assert_eq!(report.signed_by, Some(key_of(&new_key)));
     assert_eq!(
         report.key_changes,
         [KeyChange {

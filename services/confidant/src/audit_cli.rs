@@ -284,6 +284,13 @@ fn print_report(report: &Report, out: &mut dyn Write) -> anyhow::Result<bool> {
         report.checkpoints.len(),
         report.verified_size
     )?;
+    if let Some(key) = &report.signed_by {
+        writeln!(
+            out,
+            "the newest verified checkpoint is signed by {}",
+            key.verifier_key()
+        )?;
+    }
     match &report.finding {
         None => {
             writeln!(out, "OK: every event and checkpoint verifies")?;
