@@ -530,6 +530,9 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
     let rotated = common::directory::staff(&mut admin, "rotated@firm.example", "associate").await;
     let attorney = cleared(&mut admin, "attorney@firm.example", "partner").await;
     let late_joiner = cleared(&mut admin, "late.joiner@firm.example", "associate").await;
+    // On the matter, but not cleared until after the backup.
+    let trainee = common::directory::staff(&mut admin, "trainee@firm.example", "associate").await;
+    assign(&mut admin, &matter, &trainee).await;
     for staff in [&rotated, &walled] {
         admin
             .set_password(SetPasswordRequest {
@@ -621,6 +624,17 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
         .await
         .unwrap();
     let newcomer_assignment = assign(&mut admin, &matter, &newcomer).await;
+    // The trainee signs the NDA and passes the training.
+    let mut trainee_attestations = Vec::new();
+    for (kind, score) in [(AttestationKind::Nda, 0), (AttestationKind::Training, 95)] {
+        trainee_attestations
+            .push(common::directory::attest(&mut admin, &trainee, kind, 1, 365, score).await);
+    }
+    assert!(
+        decide(&mut vault, &trainee, "client_data.read", &matter)
+            .await
+            .allowed
+    );
     let wall = admin
         .create_wall(CreateWallRequest {
             screened_staff_ids: vec![walled.clone(), newcomer.clone()],
@@ -744,6 +758,10 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
         vec![("assign".to_owned(), "not_in_database".to_owned())],
         "{out}"
     );
+    // The trainee's NDA and training are on record again.
+    for id in &trainee_attestations {
+        assert_eq!(common::restore_results(&out, id), done("attest"), "{out}");
+    }
     // The wall is up again, over whom the restored database holds; the
     // line names the one it does not.
     assert_eq!(common::restore_results(&out, &wall), done("wall"), "{out}");
@@ -786,6 +804,8 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
     assert!(!demoted_now.allowed, "{demoted_now:?}");
     let late_now = decide(&mut vault, &late_joiner, "client_data.read", &matter).await;
     assert!(late_now.allowed, "{late_now:?}");
+    let trainee_now = decide(&mut vault, &trainee, "client_data.read", &matter).await;
+    assert!(trainee_now.allowed, "{trainee_now:?}");
     // The attorney is again responsible for the matter opened since, and
     // it is classified as it was.
     assert!(
@@ -858,6 +878,8 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
         format!("{late_joiner}/auditor"),
         new_client_id.clone(),
         opened.clone(),
+        trainee_attestations[0].clone(),
+        trainee_attestations[1].clone(),
     ] {
         let again = common::restore_results(&out, &id);
         assert!(

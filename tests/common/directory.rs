@@ -30,7 +30,8 @@ pub async fn staff(c: &mut Client, email: &str, role: &str) -> String {
     .staff_id
 }
 
-/// Records an NDA or training attestation completed `days_ago`.
+/// Records an NDA or training attestation completed `days_ago`; returns
+/// its id.
 pub async fn attest(
     c: &mut Client,
     staff_id: &str,
@@ -38,7 +39,7 @@ pub async fn attest(
     days_ago: i64,
     valid_days: i64,
     score: i32,
-) {
+) -> String {
     let now = chrono::Utc::now();
     c.record_attestation(RecordAttestationRequest {
         staff_id: staff_id.into(),
@@ -50,7 +51,9 @@ pub async fn attest(
         pass_mark: 80,
     })
     .await
-    .unwrap();
+    .unwrap()
+    .into_inner()
+    .attestation_id
 }
 
 /// A staff member with a current NDA and passed training.

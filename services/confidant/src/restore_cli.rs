@@ -41,7 +41,7 @@ use chrono::{DateTime, Utc};
 use confidant_audit::domain::validate_event;
 use confidant_audit::store::EventStore;
 use confidant_identity::restore::{self as identity_restore, Revocation};
-use confidant_identity::store::{Grant, NewMatter, WallMembers};
+use confidant_identity::store::{Grant, NewAttestation, NewMatter, WallMembers};
 use confidant_proto::audit::v1::{ActorKind, AuditEvent, Outcome, Resource};
 use confidant_retention::domain::Rules;
 use confidant_retention::restore as retention_restore;
@@ -598,6 +598,13 @@ enum IdentityChange {
     /// A wall was put up, screening these (nobody, when its event was
     /// logged before walls named their members: then it is lost).
     Wall { id: Uuid, members: WallMembers },
+    /// An NDA or training was attested (`None` when its event was logged
+    /// before attestation events named what was attested: then it is
+    /// lost).
+    Attest {
+        id: Uuid,
+        attestation: Option<NewAttestation>,
+    },
 }
 
 /// A change of identity's or retention's that the log records, as its
@@ -619,6 +626,7 @@ impl ReportedChange for IdentityChange {
             IdentityChange::GrantRole { .. } => "grant_role",
             IdentityChange::Matter { .. } => "matter",
             IdentityChange::Wall { .. } => "wall",
+            IdentityChange::Attest { .. } => "attest",
         }
     }
 
@@ -633,6 +641,7 @@ impl ReportedChange for IdentityChange {
             }
             IdentityChange::Matter { id, .. } => ("matter", id.to_string()),
             IdentityChange::Wall { id, .. } => ("wall", id.to_string()),
+            IdentityChange::Attest { id, .. } => ("attestation", id.to_string()),
         }
     }
 }
@@ -746,6 +755,10 @@ fn identity_changes(events: &[VerifiedEvent]) -> Vec<LoggedChange<IdentityChange
             (Action::IdentityWallCreated, Some(id)) => IdentityChange::Wall {
                 id,
                 members: WallMembers::from_related(&event.related),
+            },
+            (Action::IdentityAttestationRecorded, Some(id)) => IdentityChange::Attest {
+                id,
+                attestation: NewAttestation::from_related(&event.related),
             },
             _ => continue,
         };
@@ -880,6 +893,22 @@ async fn reapply_identity(
             related = held.related();
             (held.put_up(*id, c.at), Action::IdentityWallReapplied)
         }
+        IdentityChange::Attest { id, attestation } => {
+            if directory.attestation_exists(*id).await? {
+                return Ok((Fate::AlreadyApplied, extra));
+            }
+            let Some(attestation) = attestation else {
+                return Ok((Fate::Lost, extra));
+            };
+            if !directory.staff_exists(attestation.staff_id).await? {
+                return Ok((Fate::NotInDatabase, extra));
+            }
+            related = attestation.related();
+            (
+                vec![attestation.recorded(*id, c.at)],
+                Action::IdentityAttestationReapplied,
+            )
+        }
         IdentityChange::SignIn { staff, totp } => {
             let Some((hash, password_at, totp_at)) =
                 identity_restore::sign_in_set(db, *staff).await?
@@ -986,6 +1015,7 @@ async fn reapply_identity_all(
 ) -> anyhow::Result<()> {
     let mut report = Report::new(out);
     let (mut walls_lost, mut matters_lost, mut grants_lost) = (0u64, 0u64, 0u64);
+    let mut attestations_lost = 0u64;
     for c in identity_changes(&verified.events) {
         let line = c.line();
         let (fate, extra) = reapply_identity(db, trust_domain, &c, dry_run)
@@ -997,6 +1027,7 @@ async fn reapply_identity_all(
                 IdentityChange::Assign { .. } | IdentityChange::GrantRole { .. } => {
                     grants_lost += 1;
                 }
+                IdentityChange::Attest { .. } => attestations_lost += 1,
                 _ => walls_lost += 1,
             }
         }
@@ -1026,10 +1057,19 @@ async fn reapply_identity_all(
              cannot make them again: grant them anew"
         ));
     }
+    if attestations_lost > 0 {
+        notes.push(format!(
+            "{attestations_lost} NDA and training attestations recorded after the backup are not \
+             in the restored database, and their events, logged before attestation events named \
+             what was attested, cannot record them again: until they are recorded anew \
+             (RecordAttestation), the staff concerned are refused client data"
+        ));
+    }
     report.finish(
         verified,
         json!({
             "walls_lost": walls_lost,
+            "attestations_lost": attestations_lost,
             "matters_lost": matters_lost,
             "grants_lost": grants_lost,
             "sessions_ended": if dry_run { 0 } else { sessions },
@@ -1800,6 +1840,15 @@ mod tests {
             staff,
             expires: None,
         };
+        let training = NewAttestation {
+            staff_id: staff,
+            kind: confidant_identity::store::KIND_TRAINING,
+            version: "Privilege & conduct 2026".into(),
+            completed: DateTime::from_timestamp(1_800_000_000, 5_000).unwrap(),
+            expires: DateTime::from_timestamp(1_830_000_000, 0).unwrap(),
+            score: Some(91),
+            pass_mark: Some(80),
+        };
         let events = verified(vec![
             identity(Action::IdentityPasswordSet, "staff", &staff.to_string(), ""),
             identity(
@@ -1893,6 +1942,22 @@ mod tests {
             .related(for_good.related())
             .outcome(Outcome::Allowed, &format!("staff-{staff}"))
             .build(),
+            // An attestation logged before attestation events named what
+            // was attested, and one after.
+            identity(
+                Action::IdentityAttestationRecorded,
+                "attestation",
+                &wall.to_string(),
+                "",
+            ),
+            EventBuilder::new(
+                ServiceName::Identity,
+                "firm.example",
+                Action::IdentityAttestationRecorded,
+            )
+            .resource("attestation", &item.to_string())
+            .related(training.related())
+            .build(),
         ]);
         let changes: Vec<(IdentityChange, u64)> = identity_changes(&events)
             .into_iter()
@@ -1960,6 +2025,20 @@ mod tests {
                         grant: Some(for_good)
                     },
                     14
+                ),
+                (
+                    IdentityChange::Attest {
+                        id: wall,
+                        attestation: None
+                    },
+                    15
+                ),
+                (
+                    IdentityChange::Attest {
+                        id: item,
+                        attestation: Some(training)
+                    },
+                    16
                 ),
             ]
         );

@@ -739,6 +739,7 @@ impl IdentityService for IdentityApi {
                     "attestation",
                     id,
                 )
+                .related(attestation.related())
                 .build()
             })
             .await

@@ -45,7 +45,7 @@ pub const KIND_NDA: i32 = 1;
 pub const KIND_TRAINING: i32 = 2;
 
 /// A new attestation.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewAttestation {
     /// Staff member.
     pub staff_id: Uuid,
@@ -646,26 +646,15 @@ impl Directory {
         }
         let id = Uuid::now_v7();
         self.db
-            .transact(
-                vec![Statement::new(
-                    "INSERT INTO attestations (id, staff_id, kind, version, completed_at, expires_at, score, pass_mark, recorded_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                    vec![
-                        Value::Uuid(id),
-                        Value::Uuid(a.staff_id),
-                        Value::Int(a.kind),
-                        Value::Text(a.version.clone()),
-                        Value::Time(a.completed),
-                        Value::Time(a.expires),
-                        Value::OptInt(a.score),
-                        Value::OptInt(a.pass_mark),
-                        Value::Time(Utc::now()),
-                    ],
-                )],
-                &[event(id)],
-            )
+            .transact(vec![a.recorded(id, Utc::now())], &[event(id)])
             .await?;
         Ok(id)
+    }
+
+    /// Whether an attestation exists.
+    pub async fn attestation_exists(&self, id: Uuid) -> Result<bool, StoreError> {
+        self.exists("SELECT id FROM attestations WHERE id = $1", id)
+            .await
     }
 
     /// Opens break-glass access until `expires`.
@@ -1009,6 +998,84 @@ impl Grant {
                 None => None,
                 Some(at) => Some(DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc)),
             },
+        })
+    }
+}
+
+impl NewAttestation {
+    /// Statement: it is attestation `id`, recorded at `at`.
+    pub fn recorded(&self, id: Uuid, at: DateTime<Utc>) -> Statement {
+        Statement::new(
+            "INSERT INTO attestations (id, staff_id, kind, version, completed_at, expires_at, score, pass_mark, recorded_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            vec![
+                Value::Uuid(id),
+                Value::Uuid(self.staff_id),
+                Value::Int(self.kind),
+                Value::Text(self.version.clone()),
+                Value::Time(self.completed),
+                Value::Time(self.expires),
+                Value::OptInt(self.score),
+                Value::OptInt(self.pass_mark),
+                Value::Time(at),
+            ],
+        )
+    }
+
+    /// What its audit event names in `related`: the staff member, the kind
+    /// (`nda` or `training`), the version, when it was completed and when
+    /// it lapses (RFC 3339), and a training's score and pass mark.
+    pub fn related(&self) -> Vec<(&'static str, String)> {
+        let time = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+        let mut related = vec![
+            ("staff", self.staff_id.to_string()),
+            (
+                "kind",
+                if self.kind == KIND_TRAINING {
+                    "training"
+                } else {
+                    "nda"
+                }
+                .to_owned(),
+            ),
+            ("version", self.version.clone()),
+            ("completed_at", time(self.completed)),
+            ("expires_at", time(self.expires)),
+        ];
+        related.extend(self.score.map(|s| ("score", s.to_string())));
+        related.extend(self.pass_mark.map(|p| ("pass_mark", p.to_string())));
+        related
+    }
+
+    /// Read back from its event; `None` for one logged before attestation
+    /// events named what was attested.
+    pub fn from_related(related: &[confidant_proto::audit::v1::RelatedResource]) -> Option<Self> {
+        let named = |kind: &str| confidant_runtime::audit::related_named(related, kind);
+        let time = |kind: &str| -> Option<DateTime<Utc>> {
+            Some(
+                DateTime::parse_from_rfc3339(named(kind)?)
+                    .ok()?
+                    .with_timezone(&Utc),
+            )
+        };
+        let number = |kind: &str| -> Option<Option<i32>> {
+            match named(kind) {
+                None => Some(None),
+                Some(n) => Some(Some(n.parse().ok()?)),
+            }
+        };
+        Some(Self {
+            staff_id: Uuid::parse_str(named("staff")?).ok()?,
+            kind: match named("kind")? {
+                "nda" => KIND_NDA,
+                "training" => KIND_TRAINING,
+                _ => return None,
+            },
+            version: named("version")?.to_owned(),
+            completed: time("completed_at")?,
+            expires: time("expires_at")?,
+            score: number("score")?,
+            pass_mark: number("pass_mark")?,
         })
     }
 }
