@@ -310,7 +310,20 @@ pub fn verify_file(
     out: &mut dyn Write,
 ) -> anyhow::Result<bool> {
     let file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
-    let export = parse_export(std::io::BufReader::new(file))?;
+    verify_export(
+        &parse_export(std::io::BufReader::new(file))?,
+        public_keys,
+        out,
+    )
+}
+
+/// Verifies a parsed export against `public_keys` (or the keys it names)
+/// and prints the report; true when it verifies.
+fn verify_export(
+    export: &Export,
+    public_keys: &[String],
+    out: &mut dyn Write,
+) -> anyhow::Result<bool> {
     let keys = trusted_keys(
         public_keys,
         export.verifier_key.clone(),
@@ -402,14 +415,7 @@ pub async fn verify_service(
 ) -> anyhow::Result<bool> {
     let mut buffer = Vec::new();
     export(conn, 0, 0, &mut buffer).await?;
-    let export = parse_export(buffer.as_slice())?;
-    let keys = trusted_keys(
-        public_keys,
-        export.verifier_key.clone(),
-        &export.entries,
-        out,
-    )?;
-    print_report(&verify(&export.entries, &export.notes, &keys), out)
+    verify_export(&parse_export(buffer.as_slice())?, public_keys, out)
 }
 
 /// Fetches the evidence bundle of one event as JSON.
