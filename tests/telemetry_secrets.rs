@@ -218,7 +218,8 @@ async fn no_client_data_secret_or_token_reaches_logs_traces_metrics_or_errors() 
     })
     .await;
     // Metrics too: the calls' durations, when each service's certificate
-    // expires, and how far behind audit delivery is.
+    // expires, how far behind audit delivery is, and how old the log's
+    // newest checkpoint.
     common::eventually(Duration::from_secs(30), "the metrics", || {
         let seen = received.text();
         async move {
@@ -227,6 +228,7 @@ async fn no_client_data_secret_or_token_reaches_logs_traces_metrics_or_errors() 
                 && seen.contains("confidant.tls.reloads")
                 && seen.contains("confidant.audit.delivery.lag")
                 && seen.contains("confidant.audit.delivery.held_back")
+                && seen.contains("confidant.audit.checkpoint.age")
         }
     })
     .await;

@@ -153,6 +153,7 @@ pub async fn build(ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
                 .chain([ctx.spiffe_id(ServiceName::Retention)]),
         );
 
+    register_metrics(&log);
     let checkpointer = run_checkpointer(
         log.clone(),
         ctx.coord.clone(),
@@ -240,6 +241,31 @@ pub async fn build(ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
 const LEASE: &str = "audit-checkpointer";
 const LEASE_TTL: Duration = Duration::from_secs(15);
 const POLL: Duration = Duration::from_millis(250);
+/// How often a replica that does not sign reads when the newest checkpoint
+/// was signed.
+const REFRESH: Duration = Duration::from_secs(5);
+
+/// Seconds since the newest signed checkpoint: alert when it passes a few
+/// checkpoint intervals (the log stopped signing: it found an alteration,
+/// the signing replica's key was replaced, or its storage fails).
+pub const CHECKPOINT_AGE: &str = "confidant.audit.checkpoint.age";
+
+/// Reports [`CHECKPOINT_AGE`] of `log` in the process's metrics for as
+/// long as it lives.
+fn register_metrics(log: &Arc<AuditLog>) {
+    let log = Arc::downgrade(log);
+    opentelemetry::global::meter("confidant")
+        .f64_observable_gauge(CHECKPOINT_AGE)
+        .with_unit("s")
+        .with_description("Seconds since the audit log's newest signed checkpoint")
+        .with_callback(move |o| {
+            if let Some(log) = log.upgrade() {
+                let age = log.checkpoint_age(chrono::Utc::now());
+                o.observe(age.as_seconds_f64(), &[]);
+            }
+        })
+        .build();
+}
 
 /// Signs a checkpoint every `interval`, and sooner once `max_events` arrived
 /// since the last one. With several replicas, the holder of a lease does it.
@@ -253,6 +279,7 @@ async fn run_checkpointer(
     let holder = uuid::Uuid::new_v4().to_string();
     let mut lease: Option<(Lease, Instant)> = None;
     let mut last_issue: Option<Instant> = None;
+    let mut last_refresh: Option<Instant> = None;
     let mut last_size = match log.store().latest_checkpoint().await {
         Ok(Some(c)) => u64::try_from(c.tree_size).unwrap_or(0),
         _ => 0,
@@ -272,6 +299,13 @@ async fn run_checkpointer(
                 _ => None,
             },
         };
+        if lease.is_none() && last_refresh.is_none_or(|t| t.elapsed() >= REFRESH) {
+            // Another replica signs: learn when it last did.
+            last_refresh = Some(Instant::now());
+            if let Err(err) = log.refresh_checkpoint_age().await {
+                tracing::warn!(error = %err, "newest audit checkpoint not read");
+            }
+        }
         if lease.is_some() {
             let size = log.sync().await.unwrap_or(last_size);
             let due = last_issue.is_none_or(|t| t.elapsed() >= interval)

@@ -9,9 +9,10 @@
 //! sign anything further: it never signs a checkpoint inconsistent with an
 //! earlier one.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, RwLock};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::checkpoint::{Checkpoint, KeyHash, Signer, signers_of};
@@ -84,6 +85,10 @@ pub struct AuditLog {
     origin: String,
     trust_domain: String,
     broken: Mutex<Option<Integrity>>,
+    /// When the newest signed checkpoint this replica knows of was issued
+    /// (unix milliseconds; 0: none yet).
+    newest_checkpoint_millis: AtomicI64,
+    opened_at: DateTime<Utc>,
 }
 
 const SYNC_BATCH: i64 = 10_000;
@@ -112,10 +117,13 @@ impl AuditLog {
             origin: origin.to_owned(),
             trust_domain: trust_domain.to_owned(),
             broken: Mutex::new(None),
+            newest_checkpoint_millis: AtomicI64::new(0),
+            opened_at: Utc::now(),
         };
         log.sync().await?;
         if let Some(latest) = log.store.latest_checkpoint().await? {
             log.check_against(&latest);
+            log.saw_checkpoint(latest.issued_at);
         }
         if let Some(problem) = log.integrity() {
             tracing::error!(problem = %problem, "audit log integrity check failed; no checkpoint will be signed");
@@ -155,6 +163,32 @@ impl AuditLog {
             .find_map(|hash| self.held(hash))
             .unwrap_or(&self.signer)
             .verifier_key()
+    }
+
+    /// How long ago, at `now`, the newest signed checkpoint this replica
+    /// knows of was issued; before any, how long ago the log was opened.
+    /// It grows while nothing is signed: the log found an alteration, this
+    /// replica's key was replaced, or storage fails.
+    pub fn checkpoint_age(&self, now: DateTime<Utc>) -> chrono::Duration {
+        let newest =
+            DateTime::from_timestamp_millis(self.newest_checkpoint_millis.load(Ordering::Relaxed))
+                .filter(|t| t.timestamp_millis() > 0)
+                .unwrap_or(self.opened_at);
+        (now - newest).max(chrono::Duration::zero())
+    }
+
+    /// Reads the newest signed checkpoint again (one signed by another
+    /// replica), for [`Self::checkpoint_age`].
+    pub async fn refresh_checkpoint_age(&self) -> Result<(), sqlx::Error> {
+        if let Some(latest) = self.store.latest_checkpoint().await? {
+            self.saw_checkpoint(latest.issued_at);
+        }
+        Ok(())
+    }
+
+    fn saw_checkpoint(&self, issued_at: DateTime<Utc>) {
+        self.newest_checkpoint_millis
+            .fetch_max(issued_at.timestamp_millis(), Ordering::Relaxed);
     }
 
     /// The first integrity problem found, if any.
@@ -288,6 +322,7 @@ impl AuditLog {
         self.store
             .insert_checkpoint(tree_size, &root, &note, now)
             .await?;
+        self.saw_checkpoint(now);
         tracing::info!(tree_size = size, key = %signer.key_hash(), "audit checkpoint signed");
         Ok(StoredCheckpoint {
             tree_size,

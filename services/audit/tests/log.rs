@@ -269,6 +269,34 @@ async fn two_replicas_appending_in_turn_agree_on_the_tree(t: &TestDatabase) {
     assert_eq!(verify(&entries, &notes, &verifier(&a)).finding, None);
 }
 
+async fn the_age_of_the_newest_checkpoint_is_known_to_every_replica(t: &TestDatabase) {
+    let key = key();
+    let (signing, other) = (open(t, &key).await, open(t, &key).await);
+    // Whole seconds: the log keeps milliseconds.
+    let seconds = |log: &AuditLog, at: chrono::DateTime<Utc>| log.checkpoint_age(at).num_seconds();
+    // Before any checkpoint: the time since the log was opened.
+    assert_eq!(
+        seconds(&signing, Utc::now() + chrono::Duration::seconds(60)),
+        60
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    append(&signing, 2).await;
+    let signed = signing.issue_checkpoint().await.unwrap();
+    let at = |s: i64| signed.issued_at + chrono::Duration::seconds(s);
+    assert_eq!(seconds(&signing, at(90)), 90);
+    // The replica that did not sign learns of it when it reads again.
+    assert!(seconds(&other, at(90)) >= 92);
+    other.refresh_checkpoint_age().await.unwrap();
+    assert_eq!(seconds(&other, at(90)), 90);
+    // A log that refuses to sign (it found an edited event) keeps its age
+    // growing.
+    tamper(&t.db, 1, false).await;
+    let reopened = open(t, &key).await;
+    append(&reopened, 1).await;
+    assert!(reopened.issue_checkpoint().await.is_err());
+    assert_eq!(seconds(&reopened, at(600)), 600);
+}
+
 async fn a_new_key_is_handed_over_by_the_old_one(t: &TestDatabase) {
     let (old_key, new_key) = (key(), key());
     let old = open(t, &old_key).await;
@@ -422,6 +450,7 @@ confidant_runtime::backend_tests!(confidant_audit::MIGRATIONS;
     an_edit_that_covers_its_tracks_still_breaks_the_signed_root,
     checkpoints_from_another_key_do_not_verify,
     a_new_key_is_handed_over_by_the_old_one,
+    the_age_of_the_newest_checkpoint_is_known_to_every_replica,
     a_change_logged_before_a_crash_is_still_handed_over,
     a_change_without_the_old_key_is_recorded_but_vouched_by_nobody,
 );
