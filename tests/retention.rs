@@ -973,6 +973,42 @@ async fn due_scopes_are_shredded_through_approved_batches_and_certified(backend:
         .unwrap_err();
     assert_eq!(none.code(), tonic::Code::NotFound);
     sandbox.stop().await;
+
+    // Retention's signing key changes: the certificate still names the key
+    // that signed it, and still verifies with it.
+    let new_key = data.path().join("retention-certificates-2027.key");
+    confidant_runtime::keys::write_new_ed25519_key(&new_key).unwrap();
+    let sandbox = Sandbox::start(
+        &data,
+        disposal_spec(vec![(
+            "retention",
+            "signing_key_file",
+            new_key.display().to_string().into(),
+        )]),
+    )
+    .await;
+    let mut retention = RetentionServiceClient::new(
+        channel(&data, &sandbox, ServiceName::Retention, "firm-app").await,
+    );
+    let again = retention
+        .get_certificate(as_staff(
+            &token,
+            pb::GetCertificateRequest {
+                scope_id: file_scope.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .certificate
+        .unwrap();
+    assert_eq!(again.key_id, certificate.key_id);
+    assert_eq!(again.public_key, certificate.public_key);
+    write(&certificate.body);
+    let (code, out) = verify();
+    assert_eq!(code, Some(0), "{out}");
+    sandbox.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

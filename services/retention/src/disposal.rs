@@ -35,7 +35,7 @@ use uuid::Uuid;
 use crate::domain::Action;
 use crate::error::Error;
 use crate::service::{Actor, Retention};
-use crate::store::{HoldRow, PolicyRow, ReturnRow};
+use crate::store::{HoldRow, PolicyRow, ReturnRow, StoredCertificate};
 
 /// The sweep lease's name.
 const LEASE: &str = "retention-sweep";
@@ -183,7 +183,7 @@ impl Signer {
 
     /// Signs `body` and returns the statement that stores it as certificate
     /// `id` about `subject` at `at`: `sql` inserts (id, subject, body,
-    /// signature, key id, time) into a certificates table.
+    /// signature, key id, time, public key) into a certificates table.
     pub fn certificate(
         &self,
         sql: &'static str,
@@ -202,8 +202,23 @@ impl Signer {
                 Value::Text(signature),
                 Value::Text(self.key_id.clone()),
                 Value::Time(at),
+                Value::Text(self.public_key()),
             ],
         )
+    }
+
+    /// The public key to name for a stored certificate signed by `key_id`:
+    /// the one stored with it, else this key's if it signed it, else none
+    /// (empty: a certificate from before certificates kept their key, by a
+    /// key no longer configured; its key id still names it).
+    pub fn public_key_of(&self, key_id: &str, stored: Option<String>) -> String {
+        stored.unwrap_or_else(|| {
+            if key_id == self.key_id {
+                self.public_key()
+            } else {
+                String::new()
+            }
+        })
     }
 }
 
@@ -973,8 +988,8 @@ impl Disposer {
                 fence(token),
                 set_state(row.id, "shred_confirmed", "certified"),
                 self.signer.certificate(
-                    "INSERT INTO retention_certificates (id, scope_id, body, signature, key_id, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    "INSERT INTO retention_certificates (id, scope_id, body, signature, key_id, created_at, public_key) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
                     id,
                     row.scope_id,
                     body,
@@ -1115,16 +1130,13 @@ impl Disposer {
             .collect())
     }
 
-    /// The certificate of a scope: (id, body, signature, key id).
-    pub async fn certificate(
-        &self,
-        scope_id: Uuid,
-    ) -> Result<Option<(Uuid, String, String, String)>, Error> {
+    /// The certificate of a scope.
+    pub async fn certificate(&self, scope_id: Uuid) -> Result<Option<StoredCertificate>, Error> {
         Ok(self
             .retention
             .store()
             .certificate(
-                "SELECT id, body, signature, key_id FROM retention_certificates WHERE scope_id = $1",
+                "SELECT id, body, signature, key_id, public_key FROM retention_certificates WHERE scope_id = $1",
                 scope_id,
             )
             .await?)

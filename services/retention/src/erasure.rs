@@ -734,8 +734,8 @@ impl Erasures {
             vec![
                 set_state(row.id, "shredded", "certified"),
                 self.signer.certificate(
-                    "INSERT INTO retention_erasure_certificates (id, erasure_id, body, signature, key_id, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    "INSERT INTO retention_erasure_certificates (id, erasure_id, body, signature, key_id, created_at, public_key) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
                     id,
                     row.id,
                     body,
@@ -845,16 +845,16 @@ impl Erasures {
             .await?)
     }
 
-    /// The certificate of an erasure: (id, body, signature, key id).
+    /// The certificate of an erasure.
     pub async fn certificate(
         &self,
         erasure_id: Uuid,
-    ) -> Result<Option<(Uuid, String, String, String)>, Error> {
+    ) -> Result<Option<crate::store::StoredCertificate>, Error> {
         Ok(self
             .retention
             .store()
             .certificate(
-                "SELECT id, body, signature, key_id FROM retention_erasure_certificates WHERE erasure_id = $1",
+                "SELECT id, body, signature, key_id, public_key FROM retention_erasure_certificates WHERE erasure_id = $1",
                 erasure_id,
             )
             .await?)

@@ -726,15 +726,15 @@ impl RetentionService for RetentionApi {
             },
         };
         check(v)?;
-        let (id, body, signature, key_id) =
+        let (id, body, signature, key_id, public_key) =
             found.flatten().ok_or(Error::NotFound("certificate"))?;
         Ok(Response::new(pb::GetCertificateResponse {
             certificate: Some(pb::Certificate {
                 id: id.to_string(),
                 body,
                 signature,
+                public_key: self.disposer.signer().public_key_of(&key_id, public_key),
                 key_id,
-                public_key: self.disposer.signer().public_key(),
             }),
         }))
     }

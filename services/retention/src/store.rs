@@ -9,6 +9,11 @@ use uuid::Uuid;
 
 use crate::domain::{Action, Period, Rules, ScopeFacts, Trigger};
 
+/// A stored certificate: id, body, signature, the signing key's id, and
+/// the public key that verifies it (`None` for one stored before
+/// certificates kept it).
+pub type StoredCertificate = (Uuid, String, String, String, Option<String>);
+
 /// Query results.
 pub type StoreResult<T> = Result<T, sqlx::Error>;
 
@@ -846,7 +851,7 @@ impl RetentionStore {
         &self,
         sql: &'static str,
         id: Uuid,
-    ) -> StoreResult<Option<(Uuid, String, String, String)>> {
+    ) -> StoreResult<Option<StoredCertificate>> {
         self.db.fetch_optional(sql, vec![Value::Uuid(id)]).await
     }
 
