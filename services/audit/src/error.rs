@@ -27,9 +27,6 @@ pub enum Error {
     /// The store failed.
     #[error("storage: {0}")]
     Storage(#[from] sqlx::Error),
-    /// This replica cannot sign checkpoints (its key was replaced).
-    #[error("checkpoint signing: {0}")]
-    Signing(String),
 }
 
 impl From<LogError> for Error {
@@ -38,9 +35,6 @@ impl From<LogError> for Error {
             LogError::Storage(e) => Error::Storage(e),
             LogError::Integrity(i) => Error::Integrity(i),
             LogError::Proof(p) => Error::Proof(p),
-            e @ (LogError::KeyRetired { .. } | LogError::OwnEvent(_)) => {
-                Error::Signing(e.to_string())
-            }
         }
     }
 }
@@ -65,10 +59,6 @@ impl From<Error> for Status {
             Error::Storage(e) => {
                 tracing::error!(error = %e, "audit storage failed");
                 storage_status(&e)
-            }
-            Error::Signing(problem) => {
-                tracing::error!(problem = %problem, "audit checkpoint not signed");
-                Status::unavailable("this audit replica cannot sign checkpoints")
             }
         }
     }

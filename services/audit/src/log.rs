@@ -60,6 +60,14 @@ pub enum LogError {
     /// A proof was asked for sizes the log cannot answer.
     #[error(transparent)]
     Proof(#[from] ProofError),
+}
+
+/// Why a checkpoint was not signed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The log failed (storage, integrity).
+    #[error(transparent)]
+    Log(#[from] LogError),
     /// This replica's signing key no longer signs the log: the log records
     /// its replacement (another replica started with the new key).
     #[error(
@@ -69,9 +77,21 @@ pub enum LogError {
         /// The position of the change that replaced it.
         index: u64,
     },
-    /// The log's own event could not be recorded.
+    /// The log's own record of a change of key was refused by its rules.
     #[error("the audit service's own event is invalid: {0}")]
     OwnEvent(String),
+}
+
+impl From<sqlx::Error> for CheckpointError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Log(err.into())
+    }
+}
+
+impl From<ProofError> for CheckpointError {
+    fn from(err: ProofError) -> Self {
+        Self::Log(err.into())
+    }
 }
 
 /// The audit log of one replica.
@@ -170,10 +190,11 @@ impl AuditLog {
     /// It grows while nothing is signed: the log found an alteration, this
     /// replica's key was replaced, or storage fails.
     pub fn checkpoint_age(&self, now: DateTime<Utc>) -> chrono::Duration {
-        let newest =
-            DateTime::from_timestamp_millis(self.newest_checkpoint_millis.load(Ordering::Relaxed))
-                .filter(|t| t.timestamp_millis() > 0)
-                .unwrap_or(self.opened_at);
+        let newest = match self.newest_checkpoint_millis.load(Ordering::Relaxed) {
+            0 => None,
+            millis => DateTime::from_timestamp_millis(millis),
+        }
+        .unwrap_or(self.opened_at);
         (now - newest).max(chrono::Duration::zero())
     }
 
@@ -300,7 +321,7 @@ impl AuditLog {
     /// Signs and stores a checkpoint of the whole log as it is now. When
     /// this replica's key is new to the log, it first records the change and
     /// signs this checkpoint with the replaced key if it holds it.
-    pub async fn issue_checkpoint(&self) -> Result<StoredCheckpoint, LogError> {
+    pub async fn issue_checkpoint(&self) -> Result<StoredCheckpoint, CheckpointError> {
         let latest = self.store.latest_checkpoint().await?;
         let signer = self.signer_for_next(latest.as_ref()).await?;
         let size = self.sync().await?;
@@ -308,7 +329,7 @@ impl AuditLog {
             self.check_against(previous);
         }
         if let Some(problem) = self.integrity() {
-            return Err(LogError::Integrity(problem));
+            return Err(LogError::Integrity(problem).into());
         }
         let root = self.read_tree().root(size)?;
         let now = Utc::now();
@@ -342,7 +363,7 @@ impl AuditLog {
     async fn signer_for_next(
         &self,
         latest: Option<&StoredCheckpoint>,
-    ) -> Result<&Signer, LogError> {
+    ) -> Result<&Signer, CheckpointError> {
         let own = self.signer.key_hash();
         let rotations: Vec<Rotation> = self
             .store
@@ -380,7 +401,7 @@ impl AuditLog {
             } else {
                 rotations.get(at)
             };
-            return Err(LogError::KeyRetired {
+            return Err(CheckpointError::KeyRetired {
                 index: by.map_or(0, |r| r.index),
             });
         }
@@ -391,7 +412,7 @@ impl AuditLog {
         };
         let event = rotation::event(&self.trust_domain, &self.signer, &replaced);
         let valid = validate_batch(&[event], "audit", Utc::now())
-            .map_err(|v| LogError::OwnEvent(format!("{:?}", v.as_slice())))?;
+            .map_err(|v| CheckpointError::OwnEvent(format!("{:?}", v.as_slice())))?;
         self.append(&valid).await?;
         match held {
             Some(key) => {

@@ -186,22 +186,19 @@ impl Keyring {
                 continue;
             }
             let hash = t.key.key_hash();
-            match t.key.verify(note) {
-                Ok(c) if t.from.is_some_and(|from| c.size <= from) => {
+            match (t.key.verify(note), t.from, t.until) {
+                (Ok(c), Some(from), _) if c.size <= from => {
                     refusal.get_or_insert(format!(
-                        "signed by key {hash}, which the log took up only at position {}",
-                        t.from.unwrap_or(0)
+                        "signed by key {hash}, which the log took up only at position {from}"
                     ));
                 }
-                Ok(c) => match t.until {
-                    Some((size, at_change)) if c.size > size => {
-                        refusal.get_or_insert(format!(
-                            "signed by key {hash}, which the log replaced at position {at_change}"
-                        ));
-                    }
-                    _ => return Ok((c, at)),
-                },
-                Err(e) => {
+                (Ok(c), _, Some((size, at_change))) if c.size > size => {
+                    refusal.get_or_insert(format!(
+                        "signed by key {hash}, which the log replaced at position {at_change}"
+                    ));
+                }
+                (Ok(c), _, _) => return Ok((c, at)),
+                (Err(e), _, _) => {
                     refusal.get_or_insert(e.to_string());
                 }
             }

@@ -5,7 +5,7 @@
 use chrono::Utc;
 use confidant_audit::checkpoint::{Signer, Verifier};
 use confidant_audit::domain::validate_batch;
-use confidant_audit::log::{AuditLog, Integrity, LogError};
+use confidant_audit::log::{AuditLog, CheckpointError, Integrity, LogError};
 use confidant_audit::merkle::{leaf_hash, verify_consistency, verify_inclusion};
 use confidant_audit::rotation::{self, Replaced};
 use confidant_audit::store::EventStore;
@@ -210,7 +210,7 @@ async fn an_edited_event_is_named_and_nothing_more_is_signed(t: &TestDatabase) {
     ));
     assert!(matches!(
         reopened.issue_checkpoint().await,
-        Err(LogError::Integrity(_))
+        Err(CheckpointError::Log(LogError::Integrity(_)))
     ));
 }
 
@@ -332,7 +332,7 @@ async fn a_new_key_is_handed_over_by_the_old_one(t: &TestDatabase) {
     let stale = open(t, &old_key).await;
     assert!(matches!(
         stale.issue_checkpoint().await,
-        Err(LogError::KeyRetired { index: 5 })
+        Err(CheckpointError::KeyRetired { index: 5 })
     ));
 
     // Whoever trusts the old key follows the change through the log.

@@ -254,12 +254,16 @@ fn trusted_keys(
         .iter()
         .filter_map(|e| rotation::read(e.index, &e.event_bytes))
     {
-        if let Replaced::Key(key) = change.replaced {
-            keys.push(key);
+        let replaced = match change.replaced {
+            Replaced::Key(key) => Some(key),
+            Replaced::Hash(_) => None,
+        };
+        for key in replaced.into_iter().chain([change.new_key]) {
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
         }
-        keys.push(change.new_key);
     }
-    keys.dedup();
     Ok(keys)
 }
 
