@@ -102,14 +102,25 @@ trap cleanup EXIT
 chown 65532:65532 "$data"
 ports=()
 env_args=()
+# Six distinct free ports, picked while all six sockets are held open at once:
+# picked one at a time, the kernel may hand out the same port twice.
+read -r -a free < <(python3 -c '
+import socket
+held = [socket.socket() for _ in range(6)]
+for s in held:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in held))
+')
+i=0
 for service in identity intake vault retention audit; do
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  port=${free[$i]}
+  i=$((i + 1))
   ports+=("127.0.0.1:$port")
   upper=$(echo "$service" | tr a-z A-Z)
   env_args+=(-e "CONFIDANT_SERVICES__${upper}__LISTEN=127.0.0.1:$port")
   env_args+=(-e "CONFIDANT_PEERS__${upper}=https://127.0.0.1:$port")
 done
-web_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+web_port=${free[5]}
 env_args+=(-e "CONFIDANT_INTAKE__WEB_LISTEN=127.0.0.1:$web_port")
 podman_cmd run -d --name "$name" --network host \
   --user 65532:65532 --read-only --cap-drop ALL --security-opt no-new-privileges \

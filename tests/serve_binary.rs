@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Process, confidant, free_port, wait_serving};
+use common::{Process, confidant, free_ports, wait_serving};
 use confidant_runtime::tls::TlsFiles;
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
@@ -122,7 +122,7 @@ async fn production_services_run_on_postgres_and_redis_once_migrated() {
     let pki = dir.path().join("pki");
     write_certs(&pki);
     let p = |name: &str| pki.join(name).display().to_string();
-    let (audit_port, vault_port, probe_port) = (free_port(), free_port(), free_port());
+    let [audit_port, vault_port, probe_port] = free_ports();
     let audit_key = dir.path().join("audit.key");
     let key_arg = audit_key.to_str().unwrap();
     let (code, out) = run(&["keys", "signing", "--out", key_arg], &[]);

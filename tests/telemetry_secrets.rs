@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::directory::{as_staff, cleared, new_client, new_matter};
-use common::{Process, confidant, field, free_port, store_as, wait_serving};
+use common::{Process, confidant, field, free_ports, store_as, wait_serving};
 use confidant::sandbox::{SandboxData, SandboxSpec, config_table};
 use confidant_proto::vault::v1 as pb;
 use confidant_proto::vault::v1::vault_service_client::VaultServiceClient;
@@ -36,14 +36,14 @@ async fn no_client_data_secret_or_token_reaches_logs_traces_metrics_or_errors() 
     let otlp_addr = received.listen_plain().await;
 
     let data = SandboxData::new(Backend::Postgres).await;
-    let port = |_| SocketAddr::from(([127, 0, 0, 1], free_port()));
     let listen: BTreeMap<ServiceName, SocketAddr> = [
         ServiceName::Identity,
         ServiceName::Vault,
         ServiceName::Audit,
     ]
     .into_iter()
-    .map(|s| (s, port(s)))
+    .zip(free_ports::<3>())
+    .map(|(s, port)| (s, SocketAddr::from(([127, 0, 0, 1], port))))
     .collect();
     let spec = SandboxSpec {
         listen: listen.clone(),

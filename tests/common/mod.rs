@@ -123,11 +123,17 @@ pub async fn wait_serving(
 
 /// A free port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    let [port] = free_ports();
+    port
+}
+
+/// `N` distinct free ports on 127.0.0.1: all `N` sockets are held open
+/// together while the ports are picked (picked one at a time, the kernel
+/// may hand out the same port twice).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: [std::net::TcpListener; N] =
+        std::array::from_fn(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"));
+    held.map(|l| l.local_addr().expect("addr").port())
 }
 
 /// Polls `check` (bounded) until it returns true.

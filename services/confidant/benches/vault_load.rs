@@ -431,9 +431,16 @@ fn reset_peak_rss(pid: u32) {
 }
 
 fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
+    let [addr] = free_addrs();
+    addr
+}
+
+/// `N` distinct free loopback addresses, their sockets held open together
+/// while picked (one at a time, the kernel may hand out a port twice).
+fn free_addrs<const N: usize>() -> [SocketAddr; N] {
+    let held: [TcpListener; N] =
+        std::array::from_fn(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"));
+    held.map(|l| l.local_addr().expect("a free port"))
 }
 
 /// One `confidant serve` process.
@@ -461,9 +468,7 @@ struct Cluster {
 impl Cluster {
     async fn start() -> Cluster {
         let data = SandboxData::new(Backend::Postgres).await;
-        let identity = free_port();
-        let audit = free_port();
-        let vault = free_port();
+        let [identity, audit, vault] = free_addrs();
         let listen = BTreeMap::from([
             (ServiceName::Identity, identity),
             (ServiceName::Audit, audit),
