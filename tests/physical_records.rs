@@ -925,11 +925,23 @@ async fn due_paper_is_destroyed_or_returned_with_a_certificate(backend: Backend)
         .certificate
         .unwrap();
     assert_eq!(stored.body, certificate.body);
-    let public_key = confidant_retention::disposal::Signer::load(
-        &data.path().join("retention-certificates.key"),
-    )
-    .unwrap()
-    .public_key();
+    // It names the key that signed it: retention's, as `confidant keys
+    // public` tells the key's holders to publish it.
+    let out = common::confidant()
+        .args(["keys", "public", "--key"])
+        .arg(data.path().join("retention-certificates.key"))
+        .output()
+        .unwrap();
+    let (code, out) = common::exit_and_output(out);
+    assert_eq!(code, 0, "{out}");
+    let published: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let public_key = published["public_key"].as_str().unwrap().to_owned();
+    assert_eq!(published["certificate_key_id"], certificate.key_id.as_str());
+    assert_eq!(certificate.public_key, public_key);
+    assert_eq!(
+        (&stored.key_id, &stored.public_key),
+        (&certificate.key_id, &public_key)
+    );
     let dir = tempfile::tempdir().unwrap();
     let verify = |body: &str| {
         let file = dir.path().join("certificate.json");
@@ -1012,6 +1024,54 @@ async fn due_paper_is_destroyed_or_returned_with_a_certificate(backend: Backend)
             "SHRED-2026-00417",
             manager.as_str()
         )
+    );
+    sandbox.stop().await;
+
+    // Retention's signing key changes: the certificate still names the key
+    // that signed it, and what `confidant records certificate` prints is a
+    // file `verify-certificate` accepts with the key it names.
+    let new_key = data.path().join("retention-certificates-2027.key");
+    confidant_runtime::keys::write_new_ed25519_key(&new_key).unwrap();
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec {
+            settings: vec![(
+                "retention",
+                "signing_key_file",
+                new_key.display().to_string().into(),
+            )],
+            ..SandboxSpec::of(&[
+                ServiceName::Identity,
+                ServiceName::Vault,
+                ServiceName::Retention,
+                ServiceName::Audit,
+            ])
+        },
+    )
+    .await;
+    let (code, out) = records_cli(
+        &data,
+        &sandbox,
+        &manager_token,
+        &["certificate", "--id", &certificate.certificate_id],
+    );
+    assert_eq!(code, 0, "{out}");
+    let printed: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(printed["key_id"], certificate.key_id.as_str());
+    assert_eq!(printed["public_key"], public_key.as_str(), "{out}");
+    let file = dir.path().join("printed.json");
+    std::fs::write(&file, out.trim()).unwrap();
+    let verified = common::confidant()
+        .args(["retention", "verify-certificate", "--file"])
+        .arg(&file)
+        .args(["--public-key", printed["public_key"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        verified.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&verified.stdout)
     );
     sandbox.stop().await;
 }

@@ -149,7 +149,7 @@ async fn production_services_run_on_postgres_and_redis_once_migrated() {
              [redis]\nurl = \"{redis}\"\nkey_prefix = \"{prefix}:\"\n\
              [kms]\nprovider = \"local\"\nallow_insecure_local = true\nlocal_key_file = \"{kms}\"\n\
              [telemetry]\nlog_format = \"json\"\n\
-             [audit]\nsigning_key_file = \"{audit_key}\"\n\
+             [audit]\nsigning_key_file = \"{audit_key}\"\norigin = \"firm.example/audit\"\n\
              [services.audit]\nlisten = \"127.0.0.1:{audit_port}\"\ndatabase_url = \"{db}\"\ncert_file = \"{ac}\"\nkey_file = \"{ak}\"\n\
              [services.vault]\nlisten = \"127.0.0.1:{vault_port}\"\ndatabase_url = \"{db}\"\ncert_file = \"{vc}\"\nkey_file = \"{vk}\"\n",
             ca = p("ca.pem"),
@@ -236,6 +236,50 @@ async fn production_services_run_on_postgres_and_redis_once_migrated() {
         )
         .await;
     }
+    // What `keys public` says to publish of the audit key, named after the
+    // configuration's log origin, is the verifier key the log announces.
+    let announced = confidant_proto::audit::v1::audit_service_client::AuditServiceClient::new(
+        confidant_runtime::client::connect(
+            &format!("https://127.0.0.1:{audit_port}"),
+            &operator,
+            "localhost",
+        )
+        .await
+        .unwrap(),
+    )
+    .get_log_info(confidant_proto::audit::v1::GetLogInfoRequest {})
+    .await
+    .unwrap()
+    .into_inner()
+    .verifier_key;
+    assert!(announced.starts_with("firm.example/audit+"), "{announced}");
+    let public = |extra: &[&str]| {
+        let (code, out) = run(
+            &[&["keys", "public", "--key", key_arg], extra].concat(),
+            &[],
+        );
+        assert_eq!(code, 0, "{out}");
+        serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()
+    };
+    let published = public(&["--config", cfg]);
+    assert_eq!(published["audit_verifier_key"], announced.as_str());
+    // Without the configuration, the built-in origin names another key.
+    assert_ne!(public(&[])["audit_verifier_key"], announced.as_str());
+    // Nothing secret: the private key's seed (PKCS#8 bytes 16..48) appears
+    // in none of the encodings it prints keys in.
+    let printed = published.to_string();
+    let seed = &written[16..48];
+    {
+        use base64::Engine as _;
+        for encoded in [
+            base64::engine::general_purpose::STANDARD.encode(seed),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(seed),
+            hex::encode(seed),
+        ] {
+            assert!(!printed.contains(&encoded), "{printed}");
+        }
+    }
+
     // Probes without a client certificate reach health, and nothing else.
     let probe = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{probe_port}"))
         .unwrap()

@@ -1,3 +1,4 @@
+//! `confidant keys public`: what to publish of a signing key. And
 //! `confidant keys rotate-local-kms` and `retire-local-kms`: the first and
 //! last steps of a rotation of the local KMS. The rotation adds a new
 //! master key; after a restart of every service and `confidant vault
@@ -15,6 +16,27 @@ use confidant_runtime::kms::{Kms as _, LocalKms};
 use confidant_runtime::storage::{Database, PoolOptions};
 
 use crate::process::MigrationPolicy;
+
+/// What a signing key's holders publish so that others can check what it
+/// signs, in every form Confidant names a key: the raw public key and key
+/// id of retention's certificates, the verifier key of the audit log's
+/// checkpoints (named after `config`'s log origin), and the JSON Web Key of
+/// identity's tokens and certifications. Nothing secret: the private key
+/// is read, used to derive these, and zeroized.
+pub fn public_forms(path: &std::path::Path, config: &Config) -> anyhow::Result<serde_json::Value> {
+    let certificates = confidant_retention::disposal::Signer::load(path)?;
+    let log = confidant_audit::load_signer(path, &config.audit_origin())?;
+    let tokens =
+        confidant_identity::tokens::TokenKeys::load(&[path.to_path_buf()], &config.trust_domain)?;
+    let jwks: serde_json::Value = serde_json::from_str(&tokens.jwks())?;
+    Ok(serde_json::json!({
+        "file": path.display().to_string(),
+        "public_key": certificates.public_key(),
+        "certificate_key_id": certificates.key_id(),
+        "audit_verifier_key": log.verifier_key(),
+        "jwk": jwks["keys"][0],
+    }))
+}
 
 /// What still uses a KMS key in one service's database, for people: e.g.
 /// "vault: 3 scope keys (run `confidant vault rewrap` ...)". Empty when

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use confidant::process::{self, MigrationPolicy};
 use confidant::{certs, signals};
@@ -249,6 +250,25 @@ enum KeysCommand {
         /// Where to write the key.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// What to publish of a signing key (one JSON object; nothing secret):
+    /// `public_key` and `certificate_key_id` (retention's certificates:
+    /// `retention verify-certificate --public-key`), `audit_verifier_key`
+    /// (the audit log's checkpoints: `audit verify --public-key`; named
+    /// after the configuration's log origin) and `jwk` (identity's tokens
+    /// and certifications). Publish it where those who check can read it
+    /// and the key's holders cannot edit it.
+    Public {
+        /// The signing key file (PKCS#8, as `keys signing` wrote it).
+        #[arg(long)]
+        key: PathBuf,
+        /// TOML configuration file, for the log origin and trust domain
+        /// (default: the built-in ones and CONFIDANT_* variables).
+        #[arg(long, env = "CONFIDANT_CONFIG")]
+        config: Option<PathBuf>,
+        /// Use the `confidant dev` data directory's configuration instead.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// 32 random bytes (mode 0600): identity's pepper for keyed hashes.
     Secret {
@@ -803,7 +823,25 @@ fn keys(action: KeysCommand, env: &HashMap<String, String>) -> anyhow::Result<()
     match action {
         KeysCommand::Signing { out } => {
             keys::write_new_ed25519_key(&out)?;
-            println!("Ed25519 signing key written: {}", out.display());
+            println!(
+                "Ed25519 signing key written: {}\nwhat to publish of it: confidant keys public --key {}",
+                out.display(),
+                out.display()
+            );
+        }
+        KeysCommand::Public {
+            key,
+            config,
+            data_dir,
+        } => {
+            let config = match (config, data_dir) {
+                (None, None) => load(None, env),
+                (config, data_dir) => chosen_config(config, data_dir, env),
+            }
+            .map_err(anyhow::Error::msg)?;
+            let forms = confidant::keys_cli::public_forms(&key, &config)
+                .with_context(|| format!("--key {}", key.display()))?;
+            println!("{forms}");
         }
         KeysCommand::Secret { out } => {
             if !keys::ensure_secret_file(&out)? {

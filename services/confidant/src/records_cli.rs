@@ -205,7 +205,13 @@ fn location_json(l: &pb::Location) -> Json {
 }
 
 fn certificate_json(c: &pb::SignedCertificate) -> Json {
-    json!({ "certificate_id": c.certificate_id, "body": c.body, "signature": c.signature, "key_id": c.key_id })
+    json!({
+        "certificate_id": c.certificate_id,
+        "body": c.body,
+        "signature": c.signature,
+        "key_id": c.key_id,
+        "public_key": c.public_key,
+    })
 }
 
 /// A status as one line: the code, the message and the fields that broke a

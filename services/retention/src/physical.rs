@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::disposal::Signer;
 use crate::domain::due_at;
 use crate::error::Error;
-use crate::store::{self, LivePolicies, RetentionStore, ScopeRow};
+use crate::store::{self, LivePolicies, RetentionStore, ScopeRow, StoredCertificate};
 
 /// Longest free text (site, room, container, reasons).
 const MAX_TEXT: usize = 200;
@@ -1312,12 +1312,13 @@ impl PhysicalRecordsService for PhysicalApi {
         .to_string();
         let signature = self.signer.sign(&body);
         let mut statements = vec![Statement::new(
-            "INSERT INTO physical_certificates (id, body, signature, key_id, created_at) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO physical_certificates (id, body, signature, key_id, public_key, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
             vec![
                 Value::Uuid(certificate_id),
                 Value::Text(body.clone()),
                 Value::Text(signature.clone()),
                 Value::Text(self.signer.key_id().to_owned()),
+                Value::Text(self.signer.public_key()),
                 Value::Time(now),
             ],
         )];
@@ -1361,6 +1362,7 @@ impl PhysicalRecordsService for PhysicalApi {
                 body,
                 signature,
                 key_id: self.signer.key_id().to_owned(),
+                public_key: self.signer.public_key(),
             }),
             items: out,
         }))
@@ -1416,21 +1418,23 @@ impl PhysicalRecordsService for PhysicalApi {
         let Some(id) = id else {
             return Err(Error::NotFound("certificate").into());
         };
-        let row: Option<(Uuid, String, String, String)> = self
+        let row: Option<StoredCertificate> = self
             .store
             .db
             .fetch_optional(
-                "SELECT id, body, signature, key_id FROM physical_certificates WHERE id = $1",
+                "SELECT id, body, signature, key_id, public_key FROM physical_certificates WHERE id = $1",
                 vec![Value::Uuid(id)],
             )
             .await
             .map_err(Error::from)?;
-        let (id, body, signature, key_id) = row.ok_or(Error::NotFound("certificate"))?;
+        let (id, body, signature, key_id, public_key) =
+            row.ok_or(Error::NotFound("certificate"))?;
         Ok(Response::new(pb::GetDestructionCertificateResponse {
             certificate: Some(pb::SignedCertificate {
                 certificate_id: id.to_string(),
                 body,
                 signature,
+                public_key: self.signer.public_key_of(&key_id, public_key),
                 key_id,
             }),
         }))

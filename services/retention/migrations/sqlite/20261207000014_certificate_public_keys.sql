@@ -3,3 +3,4 @@
 -- before this column; its key id still names the key).
 ALTER TABLE retention_certificates ADD COLUMN public_key TEXT;
 ALTER TABLE retention_erasure_certificates ADD COLUMN public_key TEXT;
+ALTER TABLE physical_certificates ADD COLUMN public_key TEXT;
