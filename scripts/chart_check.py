@@ -83,6 +83,8 @@ BAD_VALUES = [
     ({"image": {"digest": "latest"}}, "an image digest that is not sha256:<64 hex>"),
     ({"telemetry": {"samplingRatio": 2}}, "a sampling ratio above 1"),
     ({"services": {"vault": {"workerThreads": 0}}}, "a service with no worker threads"),
+    ({"monitoring": {"prometheusRule": {"checkpointIntervals": 1}}},
+     "a checkpoint alert that fires within one interval"),
 ]
 
 
@@ -130,7 +132,10 @@ def validate(out_dir, label):
     text = out.stdout + out.stderr
     # cert-manager's Certificate is a CRD without a schema in the Kubernetes
     # set; any other unknown kind is an error.
-    unknown = [l for l in text.splitlines() if "Couldn't find schema" in l and "cert-manager.io" not in l]
+    # So is the Prometheus Operator's PrometheusRule, which prometheus_rules()
+    # checks instead.
+    unknown = [l for l in text.splitlines() if "Couldn't find schema" in l
+               and "cert-manager.io" not in l and "monitoring.coreos.com" not in l]
     if out.returncode != 0 or unknown or "ERROR" in text:
         fail(f"kubernetes-validate ({label}):\n{text}")
 
@@ -165,6 +170,51 @@ def checkov(out_dir, label):
     if passed == 0:
         fail(f"checkov ({label}) checked nothing")
     return passed
+
+
+def prometheus_rules(docs, label, values):
+    """Each alert of a PrometheusRule is whole: a name, an expression with
+    every template value filled in and its brackets balanced, a duration, a
+    severity and a summary; with the rule enabled, every alert is there."""
+    rules = [d for d in docs if d["kind"] == "PrometheusRule"]
+    enabled = values.get("monitoring", {}).get("prometheusRule", {}).get("enabled", False)
+    if bool(rules) != enabled:
+        fail(f"PrometheusRule rendered: {bool(rules)}, enabled: {enabled} ({label})")
+    names = []
+    for doc in rules:
+        for group in doc["spec"]["groups"]:
+            for rule in group["rules"]:
+                where = f"PrometheusRule alert {rule.get('alert')} ({label})"
+                names.append(rule.get("alert"))
+                expr = rule.get("expr")
+                if not isinstance(expr, str) or not re.fullmatch(r"Confidant[A-Za-z]+", rule.get("alert", "")):
+                    fail(f"{where}: no alert name or expression")
+                if "<no value>" in expr or "{{" in expr or not re.search(r"confidant_[a-z_]+", expr):
+                    fail(f"{where}: expression not filled in: {expr}")
+                for a, b in ("()", "{}", "[]"):
+                    depth = 0
+                    for ch in expr:
+                        depth += (ch == a) - (ch == b)
+                        if depth < 0:
+                            break
+                    if depth != 0:
+                        fail(f"{where}: unbalanced {a}{b} in {expr}")
+                threshold = re.search(r"[<>]\s*([0-9.]+)\s*$", expr)
+                if not threshold:
+                    fail(f"{where}: no numeric threshold at the end of {expr}")
+                if "for" in rule and not re.fullmatch(r"[0-9]+[smh]", rule["for"]):
+                    fail(f"{where}: bad duration {rule['for']}")
+                if rule.get("labels", {}).get("severity") not in ("critical", "warning"):
+                    fail(f"{where}: no severity")
+                if not rule.get("annotations", {}).get("summary"):
+                    fail(f"{where}: no summary")
+    if rules and len(set(names)) != 5:
+        fail(f"PrometheusRule: expected 5 distinct alerts, got {names} ({label})")
+    if rules:
+        labels = rules[0]["metadata"].get("labels", {})
+        for key, value in values["monitoring"]["prometheusRule"].get("labels", {}).items():
+            if labels.get(key) != value:
+                fail(f"PrometheusRule: label {key}={value} missing ({label})")
 
 
 def hardening(docs, label):
@@ -375,6 +425,7 @@ def main():
         validate(out_dir, label)
         passed = checkov(out_dir, label)
         hardening(docs, label)
+        prometheus_rules(docs, label, values)
         config_check(docs, args.confidant, label, values)
         kinds = sorted({d["kind"] for d in docs})
         print(f"chart: {label}: {len(docs)} manifests ({', '.join(kinds)}) valid for Kubernetes "

@@ -232,6 +232,25 @@ async fn no_client_data_secret_or_token_reaches_logs_traces_metrics_or_errors() 
         }
     })
     .await;
+    // Every metric the chart's alerts name is one the services export,
+    // under the name a collector's Prometheus exporter gives it.
+    let exported_names: std::collections::BTreeSet<String> =
+        received.metrics().iter().map(prometheus_name).collect();
+    let rules = std::fs::read_to_string(
+        common::repo_root().join("charts/confidant/templates/prometheusrule.yaml"),
+    )
+    .unwrap();
+    let alerted: std::collections::BTreeSet<&str> = rules
+        .split(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+        .filter(|word| word.starts_with("confidant_"))
+        .collect();
+    assert_eq!(alerted.len(), 5, "{alerted:?}");
+    for name in alerted {
+        assert!(
+            exported_names.contains(name),
+            "the alerts name {name}, which no service exports; exported: {exported_names:?}"
+        );
+    }
     let mut process = process;
     process.terminate(Duration::from_secs(10));
     let log = std::fs::read_to_string(&log_file).unwrap();
@@ -268,4 +287,27 @@ async fn no_client_data_secret_or_token_reaches_logs_traces_metrics_or_errors() 
             assert!(!text.contains(secret), "{what} in {place}");
         }
     }
+}
+
+/// The name Prometheus knows an OpenTelemetry metric by, through a
+/// collector's Prometheus exporter or Prometheus's OTLP receiver (their
+/// default translation): dots become underscores, the unit is spelled out
+/// as a suffix, and a counter ends in `_total`.
+fn prometheus_name(metric: &opentelemetry_proto::tonic::metrics::v1::Metric) -> String {
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    let mut name = metric.name.replace('.', "_");
+    match metric.unit.as_str() {
+        "" | "1" => {}
+        "s" => name.push_str("_seconds"),
+        "ms" => name.push_str("_milliseconds"),
+        "By" => name.push_str("_bytes"),
+        other => {
+            name.push('_');
+            name.push_str(other);
+        }
+    }
+    if matches!(&metric.data, Some(Data::Sum(sum)) if sum.is_monotonic) {
+        name.push_str("_total");
+    }
+    name
 }
