@@ -1021,14 +1021,7 @@ async fn walls_are_certified_from_the_audit_log(backend: Backend) {
     let verifier =
         confidant_runtime::auth::TokenVerifier::from_jwks(&keys.jwks_json, &jwks.issuer).unwrap();
     // The key is what `confidant keys public` says to publish of the file.
-    let out = common::confidant()
-        .args(["keys", "public", "--key"])
-        .arg(data.path().join("identity-certificates.key"))
-        .output()
-        .unwrap();
-    let (code, out) = common::exit_and_output(out);
-    assert_eq!(code, 0, "{out}");
-    let published: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let published = common::published_key(&data.path().join("identity-certificates.key"), &[]);
     let announced: serde_json::Value = serde_json::from_str(&keys.jwks_json).unwrap();
     assert_eq!(published["jwk"], announced["keys"][0]);
     let doc = verifier.verify_document(&cert.certification_jws).unwrap();

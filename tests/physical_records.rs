@@ -927,14 +927,7 @@ async fn due_paper_is_destroyed_or_returned_with_a_certificate(backend: Backend)
     assert_eq!(stored.body, certificate.body);
     // It names the key that signed it: retention's, as `confidant keys
     // public` tells the key's holders to publish it.
-    let out = common::confidant()
-        .args(["keys", "public", "--key"])
-        .arg(data.path().join("retention-certificates.key"))
-        .output()
-        .unwrap();
-    let (code, out) = common::exit_and_output(out);
-    assert_eq!(code, 0, "{out}");
-    let published: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let published = common::published_key(&data.path().join("retention-certificates.key"), &[]);
     let public_key = published["public_key"].as_str().unwrap().to_owned();
     assert_eq!(published["certificate_key_id"], certificate.key_id.as_str());
     assert_eq!(certificate.public_key, public_key);

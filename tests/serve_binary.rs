@@ -253,18 +253,13 @@ async fn production_services_run_on_postgres_and_redis_once_migrated() {
     .into_inner()
     .verifier_key;
     assert!(announced.starts_with("firm.example/audit+"), "{announced}");
-    let public = |extra: &[&str]| {
-        let (code, out) = run(
-            &[&["keys", "public", "--key", key_arg], extra].concat(),
-            &[],
-        );
-        assert_eq!(code, 0, "{out}");
-        serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()
-    };
-    let published = public(&["--config", cfg]);
+    let published = common::published_key(&audit_key, &["--config", cfg]);
     assert_eq!(published["audit_verifier_key"], announced.as_str());
     // Without the configuration, the built-in origin names another key.
-    assert_ne!(public(&[])["audit_verifier_key"], announced.as_str());
+    assert_ne!(
+        common::published_key(&audit_key, &[])["audit_verifier_key"],
+        announced.as_str()
+    );
     // Nothing secret: the private key's seed (PKCS#8 bytes 16..48) appears
     // in none of the encodings it prints keys in.
     let printed = published.to_string();

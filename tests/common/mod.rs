@@ -121,6 +121,20 @@ pub async fn wait_serving(
     }
 }
 
+/// What `confidant keys public --key <key> <extra…>` says to publish of a
+/// signing key (it must succeed).
+pub fn published_key(key: &std::path::Path, extra: &[&str]) -> serde_json::Value {
+    let out = confidant()
+        .args(["keys", "public", "--key"])
+        .arg(key)
+        .args(extra)
+        .output()
+        .expect("confidant runs");
+    let (code, out) = exit_and_output(out);
+    assert_eq!(code, 0, "{out}");
+    serde_json::from_str(out.trim()).expect("one JSON object")
+}
+
 /// A free port on 127.0.0.1.
 pub fn free_port() -> u16 {
     let [port] = free_ports();
