@@ -1614,7 +1614,14 @@ async fn sqlite_keys_and_masking_from_the_command_line() {
         .collect();
     assert_eq!(progress, [(1, 1), (1, 0)]);
     assert_eq!(batches[1]["active_kms_key_id"], new.as_str());
-    assert_eq!(usage(&lines(&["key-stats"])[0]), [(new.clone(), 2, true)]);
+    let after = &lines(&["key-stats"])[0];
+    assert_eq!(usage(after), [(new.clone(), 2, true)]);
+    // Every reason a KMS call can fail for is listed; none failed.
+    assert_eq!(
+        after["kms_failures"],
+        serde_json::json!({ "unavailable": 0, "refused": 0, "unwrap_failed": 0, "other": 0 }),
+        "{after}"
+    );
     // Now nothing is wrapped under the old key: it is retired, for good.
     let retired = retire_local_kms(&data, &old);
     assert!(retired.status.success(), "{retired:?}");

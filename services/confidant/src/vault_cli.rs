@@ -132,6 +132,7 @@ pub async fn run(
                     "kms_generate_calls": s.kms_generate_calls,
                     "cached_keys": s.cached_keys,
                     "evictions": s.evictions,
+                    "kms_failures": s.kms_failures,
                 })
             )?;
         }

@@ -1179,6 +1179,10 @@ impl VaultService for VaultApi {
             kms_generate_calls: load(&stats.kms_generate_calls),
             cached_keys: i64::try_from(keys.cache().len()).unwrap_or(i64::MAX),
             evictions: load(&stats.evictions),
+            kms_failures: stats
+                .kms_failure_counts()
+                .map(|(reason, n)| (reason.to_owned(), i64::try_from(n).unwrap_or(i64::MAX)))
+                .collect(),
             kms_keys: self
                 .vault
                 .store()

@@ -43,6 +43,37 @@ pub struct KeyStats {
     pub kms_generate_calls: AtomicU64,
     /// Keys dropped from the cache.
     pub evictions: AtomicU64,
+    /// Failed KMS calls, by reason (in the order of [`KMS_FAILURE_REASONS`]).
+    pub kms_failures: [AtomicU64; 4],
+}
+
+/// Why a KMS call failed, as [`KeyStats::kms_failures`] counts it:
+/// `unavailable` (unreachable, throttled), `refused` (access denied; the key
+/// disabled, pending deletion or unknown), `unwrap_failed` (a wrapped key
+/// that does not unwrap under its scope's context: moved or altered; or
+/// key material of the wrong size) and `other`.
+pub const KMS_FAILURE_REASONS: [&str; 4] = ["unavailable", "refused", "unwrap_failed", "other"];
+
+impl KeyStats {
+    /// Counts a failed KMS call.
+    pub fn kms_failed(&self, error: &confidant_runtime::kms::Error) {
+        use confidant_runtime::kms::Error as E;
+        let reason = match error {
+            E::Unavailable(_) => 0,
+            E::AccessDenied(_) | E::KeyNotUsable(_) => 1,
+            E::InvalidCiphertext | E::InvalidKeyMaterial => 2,
+            E::Keyring(_) | E::Other(_) => 3,
+        };
+        self.kms_failures[reason].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Failed KMS calls so far, by reason.
+    pub fn kms_failure_counts(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        KMS_FAILURE_REASONS
+            .iter()
+            .zip(&self.kms_failures)
+            .map(|(reason, n)| (*reason, n.load(Ordering::Relaxed)))
+    }
 }
 
 /// The unwrapped scope keys of this replica.
@@ -233,7 +264,8 @@ impl Keyring {
         let fresh = self
             .kms
             .generate_data_key(&context(scope_id, scope))
-            .await?;
+            .await
+            .inspect_err(|e| self.stats.kms_failed(e))?;
         let key = Arc::new(ScopeKey::new(scope_id, key_version, &fresh.plaintext)?);
         Ok((key, fresh.wrapped))
     }
@@ -258,7 +290,11 @@ impl Keyring {
             return Ok(key);
         }
         self.stats.kms_decrypt_calls.fetch_add(1, Ordering::Relaxed);
-        let plain = self.kms.decrypt(wrapped, &context(scope_id, scope)).await?;
+        let plain = self
+            .kms
+            .decrypt(wrapped, &context(scope_id, scope))
+            .await
+            .inspect_err(|e| self.stats.kms_failed(e))?;
         let key = Arc::new(ScopeKey::new(scope_id, key_version, &plain)?);
         self.cache.insert(key.clone());
         Ok(key)
@@ -283,6 +319,43 @@ mod tests {
             },
             Arc::new(KeyStats::default()),
         )
+    }
+
+    #[tokio::test]
+    async fn failed_kms_calls_are_counted_by_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let kms: Arc<dyn Kms> =
+            Arc::new(confidant_runtime::kms::LocalKms::open(&dir.path().join("kms.key")).unwrap());
+        let keyring = Keyring::new(
+            kms,
+            CacheLimits {
+                capacity: 0,
+                max_age: Duration::from_secs(60),
+                max_uses: 1000,
+            },
+        );
+        let scope = ScopeRef {
+            client_id: Uuid::now_v7(),
+            matter_id: None,
+            category: crate::domain::Category::Financial,
+        };
+        let (id, other) = (Uuid::now_v7(), Uuid::now_v7());
+        let (_, wrapped) = keyring.generate(id, &scope, 1).await.unwrap();
+        let counts = |k: &Keyring| k.stats().kms_failure_counts().collect::<Vec<_>>();
+        assert!(counts(&keyring).iter().all(|(_, n)| *n == 0));
+        keyring.unwrap(id, &scope, 1, &wrapped).await.unwrap();
+        // A wrapped key moved to another scope does not unwrap.
+        assert!(keyring.unwrap(other, &scope, 1, &wrapped).await.is_err());
+        assert!(keyring.unwrap(other, &scope, 1, &wrapped).await.is_err());
+        assert_eq!(
+            counts(&keyring),
+            [
+                ("unavailable", 0),
+                ("refused", 0),
+                ("unwrap_failed", 2),
+                ("other", 0)
+            ]
+        );
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub const CACHE_HITS: &str = "confidant.vault.key_cache.hits";
 pub const KMS_CALLS: &str = "confidant.vault.kms.calls";
 /// Keys dropped from the cache (age, uses, capacity, shredding).
 pub const CACHE_EVICTIONS: &str = "confidant.vault.key_cache.evictions";
+/// Failed KMS calls, by `reason` (see [`crate::keys::KMS_FAILURE_REASONS`]).
+pub const KMS_FAILURES: &str = "confidant.vault.kms.failures";
 
 /// Registers the vault's counters on the global meter provider; they read
 /// `stats` whenever metrics are collected, so the hot path only bumps the
@@ -41,6 +43,16 @@ pub fn register(stats: &Arc<KeyStats>) {
                 calls.kms_generate_calls.load(Ordering::Relaxed),
                 &[KeyValue::new("operation", "generate_data_key")],
             );
+        })
+        .build();
+    let failures = stats.clone();
+    meter
+        .u64_observable_counter(KMS_FAILURES)
+        .with_description("Failed calls to the KMS, by reason")
+        .with_callback(move |o| {
+            for (reason, n) in failures.kms_failure_counts() {
+                o.observe(n, &[KeyValue::new("reason", reason)]);
+            }
         })
         .build();
     let evictions = stats.clone();

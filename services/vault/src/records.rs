@@ -1581,7 +1581,8 @@ impl Vault {
                     &crate::keys::context(scope.id, &scope_ref),
                     None,
                 )
-                .await?;
+                .await
+                .inspect_err(|e| self.keys.stats().kms_failed(e))?;
             let rows = self
                 .commit(
                     vec![store::rewrap_scope(

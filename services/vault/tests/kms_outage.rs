@@ -120,6 +120,17 @@ async fn read(vault: &Vault, actor: &Actor, id: Uuid) -> Result<String, Error> {
     Ok(results.pop().unwrap()?.fields[0].value.to_string())
 }
 
+/// The vault's failed KMS calls so far, by reason (unavailable, refused,
+/// unwrap failed, other).
+fn failures(vault: &Vault) -> Vec<u64> {
+    let counts: Vec<(&str, u64)> = vault.keys().stats().kms_failure_counts().collect();
+    assert_eq!(
+        counts.iter().map(|(reason, _)| *reason).collect::<Vec<_>>(),
+        ["unavailable", "refused", "unwrap_failed", "other"]
+    );
+    counts.into_iter().map(|(_, n)| n).collect()
+}
+
 async fn the_vault_rides_out_a_kms_outage(backend: Backend) {
     let db = TestDatabase::fresh(backend, confidant_vault::MIGRATIONS).await;
     let (moto, endpoint) = start_moto().await;
@@ -164,6 +175,9 @@ async fn the_vault_rides_out_a_kms_outage(backend: Backend) {
     .await;
     let err = read(&brief, &actor, stored.id).await.unwrap_err();
     assert_eq!(tonic::Status::from(err).code(), tonic::Code::Unavailable);
+    // Each failed KMS call is counted as the KMS being unavailable.
+    assert_eq!(failures(&warm), [0, 0, 0, 0]);
+    assert_eq!(failures(&brief), [1, 0, 0, 0]);
 
     // Cached keys still serve reads, and writes into a known scope.
     assert_eq!(
@@ -181,6 +195,7 @@ async fn the_vault_rides_out_a_kms_outage(backend: Backend) {
         .unwrap_err();
     let status = tonic::Status::from(err);
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(failures(&warm), [1, 0, 0, 0]);
     let scopes: Vec<(Uuid,)> = db
         .db
         .fetch_all(
