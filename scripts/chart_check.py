@@ -317,6 +317,21 @@ def config_check(docs, binary, label, values):
                 fail(f"{service} ({label}): confidant serve --check-config did not finish")
             if out.returncode != 0:
                 fail(f"{service} ({label}): the rendered configuration is refused:\n{out.stdout}{out.stderr}")
+            if service == "audit":
+                # What NOTES.txt tells operators to run in the audit pod names
+                # the log's verifier key after the release's trust domain.
+                key = re.search(r'^signing_key_file = "([^"]+)"$', toml, re.M)
+                fresh = root / "fresh.key"
+                out = run([binary, "keys", "signing", "--out", str(fresh)], timeout=60)
+                if not key or out.returncode != 0:
+                    fail(f"audit ({label}): no signing key file, or keys signing failed: {out.stderr}")
+                shutil.copyfile(fresh, key.group(1))
+                out = run([binary, "keys", "public", "--key", key.group(1), "--config", str(config)],
+                          env=env, timeout=60)
+                published = json.loads(out.stdout) if out.returncode == 0 else {}
+                origin = f"{domain.group(1) if domain else 'confidant.local'}/audit+"
+                if not published.get("audit_verifier_key", "").startswith(origin):
+                    fail(f"audit ({label}): keys public on the rendered configuration: {out.stdout}{out.stderr}")
 
 
 K8S = ROOT / "k8s"

@@ -1008,6 +1008,32 @@ async fn due_scopes_are_shredded_through_approved_batches_and_certified(backend:
     write(&certificate.body);
     let (code, out) = verify();
     assert_eq!(code, Some(0), "{out}");
+    // A records officer holding every key retention published checks it
+    // with all of them: it verifies, naming the key that signed it; the
+    // new key alone does not verify it.
+    let new_public = common::published_key(&new_key, &[])["public_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let verify_with = |keys: &[&str]| {
+        let mut cmd = common::confidant();
+        cmd.args(["retention", "verify-certificate", "--file"])
+            .arg(&file);
+        for key in keys {
+            cmd.args(["--public-key", key]);
+        }
+        common::exit_and_output(cmd.output().unwrap())
+    };
+    let (code, out) = verify_with(&[&new_public, &certificate.public_key]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("OK"), "{out}");
+    assert!(
+        out.contains(&format!("signed by key {}", certificate.key_id)),
+        "{out}"
+    );
+    let (code, out) = verify_with(&[&new_public]);
+    assert_eq!(code, 65, "{out}");
+    assert!(out.starts_with("FAILED"), "{out}");
     sandbox.stop().await;
 }
 

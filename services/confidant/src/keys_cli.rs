@@ -21,8 +21,8 @@ use crate::process::MigrationPolicy;
 /// signs, in every form Confidant names a key: the raw public key and key
 /// id of retention's certificates, the verifier key of the audit log's
 /// checkpoints (named after `config`'s log origin), and the JSON Web Key of
-/// identity's tokens and certifications. Nothing secret: the private key
-/// is read, used to derive these, and zeroized.
+/// identity's tokens and certifications. Nothing secret is in it: the
+/// private key is only read to derive the public one.
 pub fn public_forms(path: &std::path::Path, config: &Config) -> anyhow::Result<serde_json::Value> {
     let certificates = confidant_retention::disposal::Signer::load(path)?;
     let log = confidant_audit::load_signer(path, &config.audit_origin())?;

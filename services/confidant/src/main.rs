@@ -236,9 +236,12 @@ enum RetentionCommand {
         /// The certificate file.
         #[arg(long)]
         file: PathBuf,
-        /// The signing key's public key (raw Ed25519, base64).
-        #[arg(long)]
-        public_key: String,
+        /// A public key retention signed with (raw Ed25519, base64, as
+        /// `confidant keys public` prints it). Repeat it with every key you
+        /// published over the years: the certificate verifies if one of
+        /// them signed it, and the output names which.
+        #[arg(long = "public-key", required = true)]
+        public_keys: Vec<String>,
     },
 }
 
@@ -468,8 +471,8 @@ fn main() -> ExitCode {
             report(confidant::vault_cli::run(&conn, action, &mut stdout).await)
         }),
         Command::Retention {
-            action: RetentionCommand::VerifyCertificate { file, public_key },
-        } => verdict(verify_certificate(&file, &public_key)),
+            action: RetentionCommand::VerifyCertificate { file, public_keys },
+        } => verdict(verify_certificate(&file, &public_keys)),
         Command::Restore { action } => restore(action, &env),
         Command::Admin {
             action:
@@ -590,8 +593,9 @@ fn output(path: Option<&Path>) -> anyhow::Result<Box<dyn std::io::Write>> {
     })
 }
 
-/// Verifies a certificate file; prints what it certifies.
-fn verify_certificate(file: &std::path::Path, public_key: &str) -> anyhow::Result<bool> {
+/// Verifies a certificate file against any of `public_keys`; prints what it
+/// certifies and which key signed it.
+fn verify_certificate(file: &std::path::Path, public_keys: &[String]) -> anyhow::Result<bool> {
     let text = std::fs::read_to_string(file)?;
     let certificate: serde_json::Value = serde_json::from_str(&text)?;
     let (Some(body), Some(signature)) = (
@@ -603,7 +607,34 @@ fn verify_certificate(file: &std::path::Path, public_key: &str) -> anyhow::Resul
             file.display()
         );
     };
-    match confidant_retention::disposal::verify_certificate(body, signature, public_key) {
+    let mut refusals = Vec::new();
+    let mut verified = None;
+    for (i, key) in public_keys.iter().enumerate() {
+        match confidant_retention::disposal::verify_certificate(body, signature, key) {
+            Ok(parsed) => {
+                verified = Some((parsed, key));
+                break;
+            }
+            Err(why) if public_keys.len() == 1 => refusals.push(why),
+            Err(why) => refusals.push(format!("public key {}: {why}", i + 1)),
+        }
+    }
+    let signer = verified
+        .as_ref()
+        .and_then(|(_, key)| confidant_retention::disposal::key_id_of(key));
+    let verified = verified
+        .map(|(parsed, _)| parsed)
+        .ok_or_else(|| refusals.join("; "));
+    let said = certified(verified);
+    if let Some(key_id) = signer {
+        println!("signed by key {key_id}");
+    }
+    said
+}
+
+/// Prints what a verified certificate certifies, or why it failed.
+fn certified(verified: Result<serde_json::Value, String>) -> anyhow::Result<bool> {
+    match verified {
         Ok(parsed) if parsed["destroyed_items"].is_array() => {
             let items: Vec<String> = parsed["destroyed_items"]
                 .as_array()

@@ -160,9 +160,7 @@ impl Signer {
         let der = zeroize::Zeroizing::new(std::fs::read(path)?);
         let key = Ed25519KeyPair::from_pkcs8(&der)
             .map_err(|_| anyhow::anyhow!("{} is not an Ed25519 PKCS#8 key", path.display()))?;
-        let digest =
-            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.public_key().as_ref());
-        let key_id = hex_prefix(digest.as_ref());
+        let key_id = raw_key_id(key.public_key().as_ref());
         Ok(Self { key, key_id })
     }
 
@@ -224,6 +222,18 @@ impl Signer {
 
 fn hex_prefix(bytes: &[u8]) -> String {
     bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The key id certificates name for a raw Ed25519 public key (base64): the
+/// first 8 bytes of its SHA-256, in hex. None if it is not base64.
+pub fn key_id_of(public_key: &str) -> Option<String> {
+    B64.decode(public_key.trim())
+        .ok()
+        .map(|key| raw_key_id(&key))
+}
+
+fn raw_key_id(public_key: &[u8]) -> String {
+    hex_prefix(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, public_key).as_ref())
 }
 
 /// Verifies a certificate's signature with a raw Ed25519 public key
