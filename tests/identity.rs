@@ -1563,6 +1563,41 @@ async fn sqlite_the_directory_from_the_command_line() {
         &path(&keys_file),
     ]);
     assert_eq!(offline, online);
+    // And against what `confidant keys public` printed of each key the firm
+    // published (here an unrelated key too), one per line.
+    let other_key = saved.path().join("other.key");
+    confidant_runtime::keys::write_new_ed25519_key(&other_key).unwrap();
+    let published_file = saved.path().join("published.jsonl");
+    std::fs::write(
+        &published_file,
+        format!(
+            "{}\n{}\n",
+            common::published_key(&other_key, &[]),
+            common::published_key(&data.path().join("identity-certificates.key"), &[])
+        ),
+    )
+    .unwrap();
+    let published = cli(&[
+        "verify-certification",
+        "--file",
+        &path(&cert_file),
+        "--keys",
+        &path(&published_file),
+    ]);
+    assert_eq!(published, online);
+    std::fs::write(
+        &published_file,
+        format!("{}\n", common::published_key(&other_key, &[])),
+    )
+    .unwrap();
+    let unpublished = run(&[
+        "verify-certification",
+        "--file",
+        &path(&cert_file),
+        "--keys",
+        &path(&published_file),
+    ]);
+    assert!(!unpublished.status.success());
     let jws = cert["certification_jws"].as_str().unwrap();
     let (head, rest) = jws.split_once('.').unwrap();
     let (_, signature) = rest.split_once('.').unwrap();

@@ -241,8 +241,9 @@ pub enum DirectoryCommand {
         /// The certification: the JWS, or the JSON `certify-wall` printed.
         #[arg(long)]
         file: std::path::PathBuf,
-        /// Verify offline against these saved keys (`certificate-keys`)
-        /// instead of asking the identity service.
+        /// Verify offline against these saved keys (`certificate-keys`), or
+        /// the published ones (`confidant keys public` of each, one per
+        /// line), instead of asking the identity service.
         #[arg(long)]
         keys: Option<std::path::PathBuf>,
     },
@@ -281,8 +282,24 @@ async fn certificate_keys(
         .jwks_json)
 }
 
+/// The keys in `path` as a JSON Web Key Set: the file is one (as
+/// `certificate-keys` prints it), or holds what `confidant keys public`
+/// printed for each key the firm published, one object per line, whose
+/// `jwk`s it gathers.
 fn read_keys(path: &std::path::Path) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let published: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .unwrap_or_default();
+    if !published.is_empty() && published.iter().all(|p| p.get("jwk").is_some()) {
+        let keys: Vec<&serde_json::Value> = published.iter().map(|p| &p["jwk"]).collect();
+        return Ok(json!({ "keys": keys }).to_string());
+    }
+    Ok(text)
 }
 
 /// The payload of the certification in `file` if it verifies under `jwks`.
