@@ -1568,15 +1568,16 @@ async fn sqlite_the_directory_from_the_command_line() {
     let other_key = saved.path().join("other.key");
     confidant_runtime::keys::write_new_ed25519_key(&other_key).unwrap();
     let published_file = saved.path().join("published.jsonl");
-    std::fs::write(
-        &published_file,
-        format!(
-            "{}\n{}\n",
-            common::published_key(&other_key, &[]),
-            common::published_key(&data.path().join("identity-certificates.key"), &[])
-        ),
-    )
-    .unwrap();
+    let printed = common::confidant()
+        .args(["keys", "public", "--key"])
+        .arg(&other_key)
+        .arg("--key")
+        .arg(data.path().join("identity-certificates.key"))
+        .output()
+        .unwrap();
+    let (code, printed) = common::exit_and_output(printed);
+    assert_eq!((code, printed.lines().count()), (0, 2), "{printed}");
+    std::fs::write(&published_file, printed).unwrap();
     let published = cli(&[
         "verify-certification",
         "--file",

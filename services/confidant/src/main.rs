@@ -254,7 +254,8 @@ enum KeysCommand {
         #[arg(long)]
         out: PathBuf,
     },
-    /// What to publish of a signing key (one JSON object; nothing secret):
+    /// What to publish of a signing key (one JSON object per key, one per
+    /// line; nothing secret):
     /// `public_key` and `certificate_key_id` (retention's certificates:
     /// `retention verify-certificate --public-key`), `audit_verifier_key`
     /// (the audit log's checkpoints: `audit verify --public-key`; named
@@ -262,9 +263,10 @@ enum KeysCommand {
     /// and certifications). Publish it where those who check can read it
     /// and the key's holders cannot edit it.
     Public {
-        /// The signing key file (PKCS#8, as `keys signing` wrote it).
-        #[arg(long)]
-        key: PathBuf,
+        /// A signing key file (PKCS#8, as `keys signing` wrote it); repeat
+        /// it for several keys (e.g. every certificate key still listed).
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
         /// TOML configuration file, for the log origin and trust domain
         /// (default: the built-in ones and CONFIDANT_* variables).
         #[arg(long, env = "CONFIDANT_CONFIG")]
@@ -861,7 +863,7 @@ fn keys(action: KeysCommand, env: &HashMap<String, String>) -> anyhow::Result<()
             );
         }
         KeysCommand::Public {
-            key,
+            keys,
             config,
             data_dir,
         } => {
@@ -870,9 +872,11 @@ fn keys(action: KeysCommand, env: &HashMap<String, String>) -> anyhow::Result<()
                 (config, data_dir) => chosen_config(config, data_dir, env),
             }
             .map_err(anyhow::Error::msg)?;
-            let forms = confidant::keys_cli::public_forms(&key, &config)
-                .with_context(|| format!("--key {}", key.display()))?;
-            println!("{forms}");
+            for key in keys {
+                let forms = confidant::keys_cli::public_forms(&key, &config)
+                    .with_context(|| format!("--key {}", key.display()))?;
+                println!("{forms}");
+            }
         }
         KeysCommand::Secret { out } => {
             if !keys::ensure_secret_file(&out)? {
