@@ -1572,17 +1572,15 @@ impl Vault {
             };
             let wrapped = self
                 .keys
-                .kms()
                 .rewrap(
+                    scope.id,
+                    &scope_ref,
                     &WrappedKey {
                         key_id: old.clone(),
                         ciphertext,
                     },
-                    &crate::keys::context(scope.id, &scope_ref),
-                    None,
                 )
-                .await
-                .inspect_err(|e| self.keys.stats().kms_failed(e))?;
+                .await?;
             let rows = self
                 .commit(
                     vec![store::rewrap_scope(
