@@ -527,6 +527,10 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
     assign(&mut admin, &matter, &demoted).await;
     let walled = cleared(&mut admin, "walled@firm.example", "associate").await;
     assign(&mut admin, &matter, &walled).await;
+    // A second matter of the client's, on which the walled associate will
+    // be let through the wall.
+    let excepted = new_matter(&mut admin, &client_id, None, "probate").await;
+    assign(&mut admin, &excepted, &walled).await;
     let rotated = common::directory::staff(&mut admin, "rotated@firm.example", "associate").await;
     let attorney = cleared(&mut admin, "attorney@firm.example", "partner").await;
     let late_joiner = cleared(&mut admin, "late.joiner@firm.example", "associate").await;
@@ -645,16 +649,55 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
         .unwrap()
         .into_inner()
         .wall_id;
+    // Through it: the walled associate on the second matter; on the first
+    // too, but not for long; and the newcomer.
+    let except = |staff: &str, matter: &str| {
+        let request = GrantWallExceptionRequest {
+            wall_id: wall.clone(),
+            staff_id: staff.to_owned(),
+            matter_id: matter.to_owned(),
+            reason: "clients' informed consent of 2026-11-20".into(),
+            expire_time: Some(prost_types::Timestamp {
+                seconds: until.timestamp(),
+                nanos: 0,
+            }),
+        };
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .grant_wall_exception(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .exception_id
+        }
+    };
+    let exception = except(&walled, &excepted).await;
+    let short_lived = except(&walled, &matter).await;
+    let newcomer_exception = except(&newcomer, &matter).await;
+    admin
+        .revoke_wall_exception(RevokeWallExceptionRequest {
+            exception_id: short_lived.clone(),
+        })
+        .await
+        .unwrap();
+    assert!(
+        decide(&mut vault, &walled, "client_data.read", &excepted)
+            .await
+            .allowed
+    );
 
     // The log, exported once a signed checkpoint covers all of it.
     let log = AuditServiceClient::new(
         common::channel(&data, &sandbox, ServiceName::Audit, "operator").await,
     );
-    let wall_logged = || {
-        let (mut log, wall) = (log.clone(), wall.clone());
+    let last_logged = || {
+        let (mut log, last) = (log.clone(), short_lived.clone());
         async move {
+            // The last change made: the short-lived exception's end.
             log.list_events(ListEventsRequest {
                 source_service: "identity".into(),
+                action: "identity.wall.exception_revoked".into(),
                 ..Default::default()
             })
             .await
@@ -665,22 +708,22 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
             .find(|e| {
                 e.event
                     .as_ref()
-                    .is_some_and(|e| e.resource.as_ref().is_some_and(|r| r.id == wall))
+                    .is_some_and(|e| e.resource.as_ref().is_some_and(|r| r.id == last))
             })
             .map(|e| e.leaf_index)
         }
     };
     common::eventually(
         std::time::Duration::from_secs(20),
-        "the wall in the log",
+        "the last change in the log",
         || {
-            let logged = wall_logged();
+            let logged = last_logged();
             async move { logged.await.is_some() }
         },
     )
     .await;
     let (export_arg, key) =
-        common::exported_log(&data, &sandbox, &log, wall_logged().await.unwrap()).await;
+        common::exported_log(&data, &sandbox, &log, last_logged().await.unwrap()).await;
     sandbox.stop().await;
 
     // Identity's database is restored, and the command runs before
@@ -696,6 +739,13 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
     let (code, out) = restore();
     assert_eq!(code, 0, "{out}");
     let done = |change: &str| vec![(change.to_owned(), "reapplied".to_owned())];
+    // The report's line about `id`.
+    let line = |id: &str| -> serde_json::Value {
+        out.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["id"] == id)
+            .unwrap()
+    };
     assert_eq!(
         common::restore_results(&out, &leaver),
         done("revoke"),
@@ -765,17 +815,38 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
     // The wall is up again, over whom the restored database holds; the
     // line names the one it does not.
     assert_eq!(common::restore_results(&out, &wall), done("wall"), "{out}");
-    let wall_line: serde_json::Value = out
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["id"] == wall.as_str())
-        .unwrap();
     assert_eq!(
-        wall_line["not_in_database"],
+        line(&wall)["not_in_database"],
         serde_json::json!([{ "type": "staff", "id": newcomer }]),
         "{out}"
     );
     assert!(!out.contains("put them up again"), "{out}");
+    // The exceptions granted through it since are granted again, and the
+    // one revoked since is revoked again; the newcomer's names the
+    // newcomer, whom the database does not hold.
+    assert_eq!(
+        common::restore_results(&out, &exception),
+        done("except"),
+        "{out}"
+    );
+    assert_eq!(
+        common::restore_results(&out, &short_lived),
+        vec![
+            ("except".to_owned(), "reapplied".to_owned()),
+            ("revoke".to_owned(), "reapplied".to_owned())
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        common::restore_results(&out, &newcomer_exception),
+        vec![("except".to_owned(), "not_in_database".to_owned())],
+        "{out}"
+    );
+    assert_eq!(
+        line(&newcomer_exception)["not_in_database"],
+        serde_json::json!([{ "type": "staff", "id": newcomer }]),
+        "{out}"
+    );
     let summary: serde_json::Value = out
         .lines()
         .find_map(|l| {
@@ -832,6 +903,21 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
     let walled_now = decide(&mut vault, &walled, "client_data.read", &matter).await;
     assert!(!walled_now.allowed, "{walled_now:?}");
     assert_eq!(denial(walled_now), DenialReason::BehindWall);
+    // Except where an exception granted since lets them through.
+    let through = decide(&mut vault, &walled, "client_data.read", &excepted).await;
+    assert!(through.allowed, "{through:?}");
+    let explained = admin
+        .explain_matter_access(ExplainMatterAccessRequest {
+            matter_id: excepted.clone(),
+            time: None,
+            permission: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let walled_entry = explained.iter().find(|e| e.staff_id == walled).unwrap();
+    assert_eq!(walled_entry.wall_exception_ids, vec![exception.clone()]);
     // The session open at the backup is over.
     let refreshed = app
         .refresh_session(RefreshSessionRequest {
@@ -880,6 +966,8 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
         opened.clone(),
         trainee_attestations[0].clone(),
         trainee_attestations[1].clone(),
+        exception.clone(),
+        short_lived.clone(),
     ] {
         let again = common::restore_results(&out, &id);
         assert!(

@@ -18,6 +18,7 @@ use confidant_proto::vault::v1 as pb;
 use confidant_proto::vault::v1::vault_service_client::VaultServiceClient;
 use confidant_runtime::ServiceName;
 use confidant_runtime::client::PeerChannel;
+use confidant_runtime::portable::{Statement, Value};
 use confidant_runtime::storage::Backend;
 
 type Vault = VaultServiceClient<PeerChannel>;
@@ -1080,6 +1081,14 @@ async fn data_key_wrapped_by(
     which_key(&key_id, keys)
 }
 
+/// A rewrap of two scope keys, after those `page_token` stopped at.
+fn rewrap(page_token: &str) -> pb::RewrapScopeKeysRequest {
+    pb::RewrapScopeKeysRequest {
+        batch_size: 2,
+        page_token: page_token.into(),
+    }
+}
+
 /// Every record's stored key and ciphertext, in id order.
 async fn stored_records(data: &SandboxData) -> Vec<(uuid::Uuid, Vec<u8>, Vec<u8>)> {
     common::service_db(data, ServiceName::Vault)
@@ -1154,9 +1163,7 @@ async fn kms_keys_rotate_through_the_api_without_touching_records(backend: Backe
     // Rewrapping and key statistics are for the vault's admins only, and
     // a batch size out of range is named.
     for denied in [
-        app.rewrap_scope_keys(pb::RewrapScopeKeysRequest { batch_size: 2 })
-            .await
-            .unwrap_err(),
+        app.rewrap_scope_keys(rewrap("")).await.unwrap_err(),
         app.get_key_stats(pb::GetKeyStatsRequest {})
             .await
             .unwrap_err(),
@@ -1164,17 +1171,21 @@ async fn kms_keys_rotate_through_the_api_without_touching_records(backend: Backe
         assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
     }
     let err = operator
-        .rewrap_scope_keys(pb::RewrapScopeKeysRequest { batch_size: 5000 })
+        .rewrap_scope_keys(pb::RewrapScopeKeysRequest {
+            batch_size: 5000,
+            page_token: "not a token".into(),
+        })
         .await
         .unwrap_err();
-    assert_eq!(common::violated_fields(&err), ["batch_size"]);
+    assert_eq!(common::violated_fields(&err), ["batch_size", "page_token"]);
     // Under the same key there is nothing to do.
     let idle = operator
-        .rewrap_scope_keys(pb::RewrapScopeKeysRequest { batch_size: 2 })
+        .rewrap_scope_keys(rewrap(""))
         .await
         .unwrap()
         .into_inner();
     assert_eq!((idle.rewrapped, idle.remaining), (0, 0));
+    assert_eq!(idle.next_page_token, "");
     let before = stored_records(&data).await;
     sandbox.stop().await;
 
@@ -1216,9 +1227,30 @@ async fn kms_keys_rotate_through_the_api_without_touching_records(backend: Backe
         },
     )
     .await;
-    // Progress is visible after each batch...
+    // The first scope's wrapped key has been replaced by the second's
+    // (moved, or altered in the database): it cannot be rewrapped, and does
+    // not hold up the others.
+    let vault_db = common::service_db(&data, ServiceName::Vault).await;
+    let scopes: Vec<(uuid::Uuid, Vec<u8>)> = vault_db
+        .fetch_all(
+            "SELECT id, wrapped_key FROM vault_scopes ORDER BY id",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(scopes.len(), 3);
+    let set_wrapped = |scope: uuid::Uuid, wrapped: &[u8]| {
+        let set = Statement::new(
+            "UPDATE vault_scopes SET wrapped_key = $1 WHERE id = $2",
+            vec![Value::Bytes(wrapped.to_vec()), Value::Uuid(scope)],
+        );
+        let db = vault_db.clone();
+        async move { db.transact(vec![set], &[]).await.unwrap() }
+    };
+    set_wrapped(scopes[0].0, &scopes[1].1).await;
+    // Progress is visible after each batch, with what could not move...
     let first = operator
-        .rewrap_scope_keys(pb::RewrapScopeKeysRequest { batch_size: 2 })
+        .rewrap_scope_keys(rewrap(""))
         .await
         .unwrap()
         .into_inner();
@@ -1228,22 +1260,57 @@ async fn kms_keys_rotate_through_the_api_without_touching_records(backend: Backe
             first.remaining,
             which_key(&first.active_kms_key_id, &keys)
         ),
-        (2, 1, "new")
+        (1, 2, "new")
     );
     assert_eq!(
+        first.failures,
+        [pb::RewrapFailure {
+            scope_id: scopes[0].0.to_string(),
+            reason: "unwrap_failed".into(),
+        }]
+    );
+    assert_ne!(first.next_page_token, "");
+    assert_eq!(
         kms_keys(&mut operator, &keys).await,
-        [("new", 2, true), ("old", 1, false)]
+        [("new", 1, true), ("old", 2, false)]
     );
     sandbox.stop().await;
-    // ...and the job resumes where it stopped, after a restart.
+    // ...and the job goes on where it stopped, after a restart, to the end
+    // of the scope keys to rewrap.
     let sandbox = Sandbox::start(&data, SandboxSpec::of(&services)).await;
     let mut operator = vault(&data, &sandbox, "operator").await;
     let rest = operator
-        .rewrap_scope_keys(pb::RewrapScopeKeysRequest { batch_size: 2 })
+        .rewrap_scope_keys(rewrap(&first.next_page_token))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((rest.rewrapped, rest.remaining), (1, 0));
+    assert_eq!((rest.rewrapped, rest.remaining), (1, 1));
+    assert_eq!(
+        (rest.next_page_token.as_str(), rest.failures.len()),
+        ("", 0)
+    );
+    // The scope key that could not move is in the audit log, with why.
+    let log = audit(&data, &sandbox).await;
+    common::eventually(Duration::from_secs(20), "the failed rewrap logged", || {
+        let (mut log, scope) = (log.clone(), scopes[0].0.to_string());
+        async move {
+            let failed =
+                common::logged_events(&mut log, "", "vault", "vault.scope_key.rewrap_failed").await;
+            failed.len() == 1
+                && failed[0].resource.as_ref().is_some_and(|r| r.id == scope)
+                && failed[0].outcome == Outcome::Failed as i32
+                && failed[0].reason == "unwrap_failed"
+        }
+    })
+    .await;
+    // Put right, it moves too.
+    set_wrapped(scopes[0].0, &scopes[0].1).await;
+    let last = operator
+        .rewrap_scope_keys(rewrap(""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((last.rewrapped, last.remaining), (1, 0));
     assert_eq!(kms_keys(&mut operator, &keys).await, [("new", 3, true)]);
     // No record was decrypted or rewritten: record keys and ciphertexts
     // are as they were.
@@ -1601,25 +1668,65 @@ async fn sqlite_keys_and_masking_from_the_command_line() {
     let before = usage(&lines(&["key-stats"])[0]);
     assert_eq!(before.len(), 1);
     assert_eq!((before[0].1, before[0].2), (2, false), "{before:?}");
-    // One scope key per batch, then done.
-    let batches = lines(&["rewrap", "--batch-size", "1"]);
-    let progress: Vec<(i64, i64)> = batches
-        .iter()
-        .map(|b| {
-            (
-                b["rewrapped"].as_i64().unwrap(),
-                b["remaining"].as_i64().unwrap(),
-            )
-        })
+    let progress = |batches: &[serde_json::Value]| -> Vec<(i64, i64, usize)> {
+        batches
+            .iter()
+            .map(|b| {
+                (
+                    b["rewrapped"].as_i64().unwrap(),
+                    b["remaining"].as_i64().unwrap(),
+                    b["failures"].as_array().unwrap().len(),
+                )
+            })
+            .collect()
+    };
+    // With the first scope's wrapped key replaced by the second's, one
+    // scope key per batch: the first cannot move, the second does, and
+    // the command fails once it has gone through them, naming the first.
+    let vault_db = common::service_db(&data, ServiceName::Vault).await;
+    let scopes: Vec<(uuid::Uuid, Vec<u8>)> = vault_db
+        .fetch_all(
+            "SELECT id, wrapped_key FROM vault_scopes ORDER BY id",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(scopes.len(), 2);
+    let set_wrapped = |scope: uuid::Uuid, wrapped: &[u8]| {
+        let set = Statement::new(
+            "UPDATE vault_scopes SET wrapped_key = $1 WHERE id = $2",
+            vec![Value::Bytes(wrapped.to_vec()), Value::Uuid(scope)],
+        );
+        let db = vault_db.clone();
+        async move { db.transact(vec![set], &[]).await.unwrap() }
+    };
+    set_wrapped(scopes[0].0, &scopes[1].1).await;
+    let stuck = vault_cli(&["rewrap", "--batch-size", "1"]);
+    assert!(!stuck.status.success());
+    let batches: Vec<serde_json::Value> = String::from_utf8_lossy(&stuck.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON lines"))
         .collect();
-    assert_eq!(progress, [(1, 1), (1, 0)]);
-    assert_eq!(batches[1]["active_kms_key_id"], new.as_str());
+    // (The last call finds nothing after the second: the pass is over.)
+    assert_eq!(progress(&batches), [(0, 2, 1), (1, 1, 0), (0, 1, 0)]);
+    assert_eq!(
+        batches[0]["failures"],
+        serde_json::json!([{ "scope_id": scopes[0].0, "reason": "unwrap_failed" }])
+    );
+    let said = String::from_utf8_lossy(&stuck.stderr);
+    assert!(said.contains("1 of them could not be rewrapped"), "{said}");
+    // Put right, it moves; run again, the command goes on to the end.
+    set_wrapped(scopes[0].0, &scopes[0].1).await;
+    let batches = lines(&["rewrap", "--batch-size", "1"]);
+    assert_eq!(progress(&batches), [(1, 0, 0)]);
+    assert_eq!(batches[0]["active_kms_key_id"], new.as_str());
     let after = &lines(&["key-stats"])[0];
     assert_eq!(usage(after), [(new.clone(), 2, true)]);
-    // Every reason a KMS call can fail for is listed; none failed.
+    // Every reason a KMS call can fail for is listed; the one rewrap that
+    // failed is counted.
     assert_eq!(
         after["kms_failures"],
-        serde_json::json!({ "unavailable": 0, "refused": 0, "unwrap_failed": 0, "other": 0 }),
+        serde_json::json!({ "unavailable": 0, "refused": 0, "unwrap_failed": 1, "other": 0 }),
         "{after}"
     );
     // Now nothing is wrapped under the old key: it is retired, for good.

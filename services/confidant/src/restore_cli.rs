@@ -41,7 +41,7 @@ use chrono::{DateTime, Utc};
 use confidant_audit::domain::validate_event;
 use confidant_audit::store::EventStore;
 use confidant_identity::restore::{self as identity_restore, Revocation};
-use confidant_identity::store::{Grant, NewAttestation, NewMatter, WallMembers};
+use confidant_identity::store::{Grant, NewAttestation, NewMatter, WallException, WallMembers};
 use confidant_proto::audit::v1::{ActorKind, AuditEvent, Outcome, Resource};
 use confidant_retention::domain::Rules;
 use confidant_retention::restore as retention_restore;
@@ -598,6 +598,15 @@ enum IdentityChange {
     /// A wall was put up, screening these (nobody, when its event was
     /// logged before walls named their members: then it is lost).
     Wall { id: Uuid, members: WallMembers },
+    /// A screened staff member was let through a wall for a matter, by
+    /// `granted_by` (`exception` is `None` when its event was logged before
+    /// exception events named wall, staff member, matter and expiry: then
+    /// it is lost).
+    Except {
+        id: Uuid,
+        exception: Option<WallException>,
+        granted_by: String,
+    },
     /// An NDA or training was attested (`None` when its event was logged
     /// before attestation events named what was attested: then it is
     /// lost).
@@ -626,6 +635,7 @@ impl ReportedChange for IdentityChange {
             IdentityChange::GrantRole { .. } => "grant_role",
             IdentityChange::Matter { .. } => "matter",
             IdentityChange::Wall { .. } => "wall",
+            IdentityChange::Except { .. } => "except",
             IdentityChange::Attest { .. } => "attest",
         }
     }
@@ -641,6 +651,7 @@ impl ReportedChange for IdentityChange {
             }
             IdentityChange::Matter { id, .. } => ("matter", id.to_string()),
             IdentityChange::Wall { id, .. } => ("wall", id.to_string()),
+            IdentityChange::Except { id, .. } => ("wall_exception", id.to_string()),
             IdentityChange::Attest { id, .. } => ("attestation", id.to_string()),
         }
     }
@@ -755,6 +766,15 @@ fn identity_changes(events: &[VerifiedEvent]) -> Vec<LoggedChange<IdentityChange
             (Action::IdentityWallCreated, Some(id)) => IdentityChange::Wall {
                 id,
                 members: WallMembers::from_related(&event.related),
+            },
+            (Action::IdentityWallExceptionGranted, Some(id)) => IdentityChange::Except {
+                id,
+                exception: WallException::from_related(&event.related),
+                granted_by: event
+                    .actor
+                    .as_ref()
+                    .map(|a| a.peer_identity.clone())
+                    .unwrap_or_default(),
             },
             (Action::IdentityAttestationRecorded, Some(id)) => IdentityChange::Attest {
                 id,
@@ -893,6 +913,34 @@ async fn reapply_identity(
             related = held.related();
             (held.put_up(*id, c.at), Action::IdentityWallReapplied)
         }
+        IdentityChange::Except {
+            id,
+            exception,
+            granted_by,
+        } => {
+            if directory.wall_exception_exists(*id).await? {
+                return Ok((Fate::AlreadyApplied, extra));
+            }
+            let Some(exception) = exception else {
+                return Ok((Fate::Lost, extra));
+            };
+            let missing = exception.missing_from(&directory).await?;
+            if !missing.is_empty() {
+                // Made after the backup too (and not made again, or made
+                // again under a new id): the exception lets no one through.
+                return Ok((Fate::NotInDatabase, not_in_database(missing)));
+            }
+            related = exception.related();
+            let reason = format!(
+                "granted again by `confidant restore identity` from audit event {}: the \
+                 reason given is not in the log",
+                c.event_id
+            );
+            (
+                vec![exception.granted(*id, c.at, &reason, granted_by)],
+                Action::IdentityWallExceptionReapplied,
+            )
+        }
         IdentityChange::Attest { id, attestation } => {
             if directory.attestation_exists(*id).await? {
                 return Ok((Fate::AlreadyApplied, extra));
@@ -1015,7 +1063,7 @@ async fn reapply_identity_all(
 ) -> anyhow::Result<()> {
     let mut report = Report::new(out);
     let (mut walls_lost, mut matters_lost, mut grants_lost) = (0u64, 0u64, 0u64);
-    let mut attestations_lost = 0u64;
+    let (mut attestations_lost, mut exceptions_lost) = (0u64, 0u64);
     for c in identity_changes(&verified.events) {
         let line = c.line();
         let (fate, extra) = reapply_identity(db, trust_domain, &c, dry_run)
@@ -1028,6 +1076,7 @@ async fn reapply_identity_all(
                     grants_lost += 1;
                 }
                 IdentityChange::Attest { .. } => attestations_lost += 1,
+                IdentityChange::Except { .. } => exceptions_lost += 1,
                 _ => walls_lost += 1,
             }
         }
@@ -1065,10 +1114,19 @@ async fn reapply_identity_all(
              (RecordAttestation), the staff concerned are refused client data"
         ));
     }
+    if exceptions_lost > 0 {
+        notes.push(format!(
+            "{exceptions_lost} wall exceptions granted after the backup are not in the restored \
+             database, and their events, logged before exception events named whom they let \
+             through for what, cannot grant them again: the staff concerned stay behind the \
+             wall until granted anew (GrantWallException)"
+        ));
+    }
     report.finish(
         verified,
         json!({
             "walls_lost": walls_lost,
+            "wall_exceptions_lost": exceptions_lost,
             "attestations_lost": attestations_lost,
             "matters_lost": matters_lost,
             "grants_lost": grants_lost,
@@ -1247,7 +1305,7 @@ fn retention_changes(events: &[VerifiedEvent]) -> Vec<LoggedChange<RetentionChan
                 recorded_by: event
                     .actor
                     .as_ref()
-                    .map(|a| a.id.clone())
+                    .map(|a| a.peer_identity.clone())
                     .unwrap_or_default(),
             },
             (Action::RetentionCertificateIssued, Some(id)) => RetentionChange::Certificate(id),
@@ -1849,6 +1907,13 @@ mod tests {
             score: Some(91),
             pass_mark: Some(80),
         };
+        let let_through = WallException {
+            wall: named_wall,
+            staff,
+            matter: classified,
+            expires: DateTime::from_timestamp(1_850_000_000, 250_000_000).unwrap(),
+        };
+        let grantor = "spiffe://firm.example/admin/operator";
         let events = verified(vec![
             identity(Action::IdentityPasswordSet, "staff", &staff.to_string(), ""),
             identity(
@@ -1958,6 +2023,23 @@ mod tests {
             .resource("attestation", &item.to_string())
             .related(training.related())
             .build(),
+            // A wall exception logged before exception events named whom
+            // for what, and one after, by an admin tool.
+            identity(
+                Action::IdentityWallExceptionGranted,
+                "wall_exception",
+                &wall.to_string(),
+                "",
+            ),
+            EventBuilder::new(
+                ServiceName::Identity,
+                "firm.example",
+                Action::IdentityWallExceptionGranted,
+            )
+            .actor(ActorKind::Service, "operator", grantor)
+            .resource("wall_exception", &item.to_string())
+            .related(let_through.related())
+            .build(),
         ]);
         let changes: Vec<(IdentityChange, u64)> = identity_changes(&events)
             .into_iter()
@@ -2039,6 +2121,22 @@ mod tests {
                         attestation: Some(training)
                     },
                     16
+                ),
+                (
+                    IdentityChange::Except {
+                        id: wall,
+                        exception: None,
+                        granted_by: String::new(),
+                    },
+                    17
+                ),
+                (
+                    IdentityChange::Except {
+                        id: item,
+                        exception: Some(let_through),
+                        granted_by: grantor.to_owned(),
+                    },
+                    18
                 ),
             ]
         );

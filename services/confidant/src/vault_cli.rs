@@ -28,8 +28,10 @@ pub enum VaultCommand {
     /// retired after a rotation), and this replica's cache and KMS counters.
     KeyStats,
     /// After a KMS key rotation: rewrap scope keys under the active KMS key,
-    /// batch after batch, until none remains (one line per batch). Records
-    /// are not touched; stopped, it resumes where it was when run again.
+    /// batch after batch, until none remains (one line per batch, listing
+    /// the keys that could not be rewrapped and why; if any, it fails once
+    /// it has gone through all the others). Records are not touched;
+    /// stopped, it resumes where it was when run again.
     Rewrap {
         /// Scope keys per call (1 to 1,000).
         #[arg(long, default_value_t = 100)]
@@ -137,13 +139,25 @@ pub async fn run(
             )?;
         }
         VaultCommand::Rewrap { batch_size } => {
-            let mut before = i64::MAX;
+            // One pass goes through every scope key to rewrap, a batch a
+            // call; a key that cannot be rewrapped is listed and passed
+            // over, and fails the command once the pass is over.
+            let (mut page_token, mut before) = (String::new(), i64::MAX);
+            let (mut moved, mut failed) = (0i64, 0usize);
             loop {
                 let r = c
-                    .rewrap_scope_keys(pb::RewrapScopeKeysRequest { batch_size })
+                    .rewrap_scope_keys(pb::RewrapScopeKeysRequest {
+                        batch_size,
+                        page_token,
+                    })
                     .await
                     .map_err(fail)?
                     .into_inner();
+                let failures: Vec<Json> = r
+                    .failures
+                    .iter()
+                    .map(|f| json!({ "scope_id": f.scope_id, "reason": f.reason }))
+                    .collect();
                 writeln!(
                     out,
                     "{}",
@@ -151,21 +165,37 @@ pub async fn run(
                         "rewrapped": r.rewrapped,
                         "remaining": r.remaining,
                         "active_kms_key_id": r.active_kms_key_id,
+                        "failures": failures,
                     })
                 )?;
                 out.flush()?;
                 if r.remaining == 0 {
                     break;
                 }
-                // Keys that do not move would otherwise be asked for forever
-                // (another replica's progress counts as progress).
-                if r.rewrapped == 0 && r.remaining >= before {
+                moved += r.rewrapped;
+                failed += r.failures.len();
+                page_token = r.next_page_token;
+                if !page_token.is_empty() {
+                    continue;
+                }
+                // The pass is over.
+                if failed > 0 {
                     anyhow::bail!(
-                        "{} scope keys remain but none moved in this batch; see the vault's log",
+                        "{} scope keys remain under another KMS key; {failed} of them could not be \
+                         rewrapped (listed above, each also in the audit log as \
+                         vault.scope_key.rewrap_failed): the old KMS key cannot be retired yet",
                         r.remaining
                     );
                 }
-                before = r.remaining;
+                // Keys that do not move would otherwise be asked for forever
+                // (another replica's progress counts as progress).
+                if moved == 0 && r.remaining >= before {
+                    anyhow::bail!(
+                        "{} scope keys remain but none moved in a whole pass; see the vault's log",
+                        r.remaining
+                    );
+                }
+                (before, moved) = (r.remaining, 0);
             }
         }
         VaultCommand::MaskingRules { role } => {

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::domain::decide;
 use crate::error::Error;
-use crate::store::{Directory, KIND_NDA, KIND_TRAINING, NewAttestation};
+use crate::store::{Directory, KIND_NDA, KIND_TRAINING, NewAttestation, WallException};
 
 /// Handlers of `confidant.identity.v1.IdentityService`.
 #[derive(Debug, Clone)]
@@ -627,25 +627,24 @@ impl IdentityService for IdentityApi {
         else {
             return Err(Status::internal("validated request incomplete"));
         };
+        let exception = WallException {
+            wall,
+            staff,
+            matter,
+            expires,
+        };
         let id = self
             .directory
-            .grant_wall_exception(
-                wall,
-                staff,
-                matter,
-                req.reason.trim(),
-                expires,
-                caller.as_str(),
-                |id| {
-                    self.by_caller(
-                        &caller,
-                        Action::IdentityWallExceptionGranted,
-                        "wall_exception",
-                        id,
-                    )
-                    .build()
-                },
-            )
+            .grant_wall_exception(&exception, req.reason.trim(), caller.as_str(), |id| {
+                self.by_caller(
+                    &caller,
+                    Action::IdentityWallExceptionGranted,
+                    "wall_exception",
+                    id,
+                )
+                .related(exception.related())
+                .build()
+            })
             .await
             .map_err(Error::from)?;
         self.facts.clear();

@@ -541,20 +541,22 @@ impl Directory {
         Ok(id)
     }
 
-    #[allow(clippy::too_many_arguments)]
     /// Lets a screened staff member through a wall for one matter. The wall
     /// must be standing, screen the staff member, and cover the matter
     /// (directly or through its client).
     pub async fn grant_wall_exception(
         &self,
-        wall: Uuid,
-        staff: Uuid,
-        matter: Uuid,
+        exception: &WallException,
         reason: &str,
-        expires: DateTime<Utc>,
         granted_by: &str,
         event: impl FnOnce(Uuid) -> AuditEvent,
     ) -> Result<Uuid, StoreError> {
+        let WallException {
+            wall,
+            staff,
+            matter,
+            ..
+        } = *exception;
         let standing: Option<(Option<DateTime<Utc>>,)> = self
             .db
             .fetch_optional(
@@ -595,19 +597,7 @@ impl Directory {
         let id = Uuid::now_v7();
         self.db
             .transact(
-                vec![Statement::new(
-                    "INSERT INTO wall_exceptions (id, wall_id, staff_id, matter_id, reason, granted_by, granted_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                    vec![
-                        Value::Uuid(id),
-                        Value::Uuid(wall),
-                        Value::Uuid(staff),
-                        Value::Uuid(matter),
-                        Value::Text(reason.to_owned()),
-                        Value::Text(granted_by.to_owned()),
-                        Value::Time(Utc::now()),
-                        Value::Time(expires),
-                    ],
-                )],
+                vec![exception.granted(id, Utc::now(), reason, granted_by)],
                 &[event(id)],
             )
             .await?;
@@ -649,6 +639,12 @@ impl Directory {
             .transact(vec![a.recorded(id, Utc::now())], &[event(id)])
             .await?;
         Ok(id)
+    }
+
+    /// Whether a wall exception exists.
+    pub async fn wall_exception_exists(&self, id: Uuid) -> Result<bool, StoreError> {
+        self.exists("SELECT id FROM wall_exceptions WHERE id = $1", id)
+            .await
     }
 
     /// Whether an attestation exists.
@@ -999,6 +995,100 @@ impl Grant {
                 Some(at) => Some(DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc)),
             },
         })
+    }
+}
+
+/// A wall exception as it is granted: one screened staff member let
+/// through one wall for one matter, until it lapses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WallException {
+    /// The wall.
+    pub wall: Uuid,
+    /// The screened staff member let through.
+    pub staff: Uuid,
+    /// The matter they are let through for.
+    pub matter: Uuid,
+    /// When it lapses.
+    pub expires: DateTime<Utc>,
+}
+
+impl WallException {
+    /// Statement: it is exception `id`, granted at `at` by `granted_by`
+    /// for `reason`.
+    pub fn granted(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        reason: &str,
+        granted_by: &str,
+    ) -> Statement {
+        Statement::new(
+            "INSERT INTO wall_exceptions (id, wall_id, staff_id, matter_id, reason, granted_by, granted_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            vec![
+                Value::Uuid(id),
+                Value::Uuid(self.wall),
+                Value::Uuid(self.staff),
+                Value::Uuid(self.matter),
+                Value::Text(reason.to_owned()),
+                Value::Text(granted_by.to_owned()),
+                Value::Time(at),
+                Value::Time(self.expires),
+            ],
+        )
+    }
+
+    /// What its audit event names in `related`: the wall, the staff
+    /// member, the matter and the expiry (RFC 3339); never the reason,
+    /// which is free text.
+    pub fn related(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("wall", self.wall.to_string()),
+            ("staff", self.staff.to_string()),
+            ("matter", self.matter.to_string()),
+            (
+                "expires_at",
+                self.expires
+                    .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            ),
+        ]
+    }
+
+    /// Read back from its event; `None` for one logged before exception
+    /// events named their wall, staff member, matter and expiry.
+    pub fn from_related(related: &[confidant_proto::audit::v1::RelatedResource]) -> Option<Self> {
+        let named = |kind: &str| confidant_runtime::audit::related_named(related, kind);
+        let id = |kind: &str| Uuid::parse_str(named(kind)?).ok();
+        Some(Self {
+            wall: id("wall")?,
+            staff: id("staff")?,
+            matter: id("matter")?,
+            expires: DateTime::parse_from_rfc3339(named("expires_at")?)
+                .ok()?
+                .with_timezone(&Utc),
+        })
+    }
+
+    /// Those of its wall, staff member and matter the database does not
+    /// hold, as (kind, id).
+    pub async fn missing_from(
+        &self,
+        directory: &Directory,
+    ) -> Result<Vec<(&'static str, String)>, StoreError> {
+        let mut missing = Vec::new();
+        for (kind, sql, id) in [
+            ("wall", "SELECT id FROM walls WHERE id = $1", self.wall),
+            ("staff", "SELECT id FROM staff WHERE id = $1", self.staff),
+            (
+                "matter",
+                "SELECT id FROM matters WHERE id = $1",
+                self.matter,
+            ),
+        ] {
+            if !directory.exists(sql, id).await? {
+                missing.push((kind, id.to_string()));
+            }
+        }
+        Ok(missing)
     }
 }
 

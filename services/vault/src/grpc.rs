@@ -1155,12 +1155,25 @@ impl VaultService for VaultApi {
                 100
             }
         };
+        let after = confidant_runtime::page::after_id(&mut v, "page_token", &req.page_token);
         check(v)?;
-        let (rewrapped, remaining) = self.vault.rewrap(&actor, batch).await?;
+        let done = self.vault.rewrap(&actor, batch, after).await?;
         Ok(Response::new(pb::RewrapScopeKeysResponse {
-            rewrapped,
-            remaining,
+            rewrapped: done.rewrapped,
+            remaining: done.remaining,
             active_kms_key_id: self.vault.keys().kms().active_key_id(),
+            next_page_token: done
+                .next
+                .map(|id| confidant_runtime::page::token(&[confidant_runtime::page::Key::Uuid(id)]))
+                .unwrap_or_default(),
+            failures: done
+                .failed
+                .into_iter()
+                .map(|(scope, reason)| pb::RewrapFailure {
+                    scope_id: scope.to_string(),
+                    reason: reason.to_owned(),
+                })
+                .collect(),
         }))
     }
 

@@ -54,17 +54,26 @@ pub struct KeyStats {
 /// key material of the wrong size) and `other`.
 pub const KMS_FAILURE_REASONS: [&str; 4] = ["unavailable", "refused", "unwrap_failed", "other"];
 
+/// Where a failed KMS call counts in [`KMS_FAILURE_REASONS`].
+fn failure_index(error: &confidant_runtime::kms::Error) -> usize {
+    use confidant_runtime::kms::Error as E;
+    match error {
+        E::Unavailable(_) => 0,
+        E::AccessDenied(_) | E::KeyNotUsable(_) => 1,
+        E::InvalidCiphertext | E::InvalidKeyMaterial => 2,
+        E::Keyring(_) | E::Other(_) => 3,
+    }
+}
+
+/// Why a KMS call failed, as [`KMS_FAILURE_REASONS`] names it.
+pub fn kms_failure_reason(error: &confidant_runtime::kms::Error) -> &'static str {
+    KMS_FAILURE_REASONS[failure_index(error)]
+}
+
 impl KeyStats {
     /// Counts a failed KMS call.
     pub fn kms_failed(&self, error: &confidant_runtime::kms::Error) {
-        use confidant_runtime::kms::Error as E;
-        let reason = match error {
-            E::Unavailable(_) => 0,
-            E::AccessDenied(_) | E::KeyNotUsable(_) => 1,
-            E::InvalidCiphertext | E::InvalidKeyMaterial => 2,
-            E::Keyring(_) | E::Other(_) => 3,
-        };
-        self.kms_failures[reason].fetch_add(1, Ordering::Relaxed);
+        self.kms_failures[failure_index(error)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Failed KMS calls so far, by reason.

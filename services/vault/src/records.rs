@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use confidant_proto::audit::v1::{AuditEvent, Outcome};
 use confidant_runtime::audit::{Action, EventBuilder};
-use confidant_runtime::kms::WrappedKey;
+use confidant_runtime::kms::{Error as KmsError, WrappedKey};
 use confidant_runtime::portable::{Statement, TransactError};
 use prost::Message;
 use uuid::Uuid;
@@ -22,7 +22,7 @@ use crate::domain::{
     Category, Correction, FieldSelection, FieldType, Limits, NewRecord, Purpose, ScopeRef,
 };
 use crate::error::Error;
-use crate::keys::Keyring;
+use crate::keys::{KeyError, Keyring};
 use crate::masking::{Mask, MaskingRules};
 use crate::store::{self, RecordRow, ScopeRow, ScopeState, VaultStore};
 
@@ -1557,12 +1557,28 @@ impl Vault {
 
     // ----------------------------------------------------------------- rewrap
 
-    /// Rewraps up to `batch` scope keys under the active KMS key; returns
-    /// (rewrapped, remaining).
-    pub async fn rewrap(&self, actor: &Actor, batch: i64) -> Result<(i64, i64), Error> {
+    /// Rewraps up to `batch` scope keys under the active KMS key, those
+    /// after scope `after` (from the first if `None`). A key the KMS
+    /// refuses to rewrap, or that does not unwrap under its scope, is
+    /// listed and recorded as an audit event, and the others go on; a KMS
+    /// that cannot be reached ends the call (what was rewrapped stays).
+    pub async fn rewrap(
+        &self,
+        actor: &Actor,
+        batch: i64,
+        after: Option<Uuid>,
+    ) -> Result<Rewrapped, Error> {
         let active = self.keys.kms().active_key_id();
-        let mut done = 0;
-        for scope in self.store.scopes_to_rewrap(&active, batch).await? {
+        let scopes = self.store.scopes_to_rewrap(&active, after, batch).await?;
+        let mut outcome = Rewrapped {
+            next: if i64::try_from(scopes.len()).unwrap_or(i64::MAX) < batch {
+                None
+            } else {
+                scopes.last().map(|s| s.id)
+            },
+            ..Rewrapped::default()
+        };
+        for scope in &scopes {
             let (Some(old), Some(ciphertext), Some(scope_ref)) = (
                 scope.kms_key_id.clone(),
                 scope.wrapped_key.clone(),
@@ -1570,7 +1586,7 @@ impl Vault {
             ) else {
                 continue;
             };
-            let wrapped = self
+            let wrapped = match self
                 .keys
                 .rewrap(
                     scope.id,
@@ -1580,7 +1596,22 @@ impl Vault {
                         ciphertext,
                     },
                 )
-                .await?;
+                .await
+            {
+                Ok(wrapped) => wrapped,
+                Err(KeyError::Kms(e)) if !matches!(e, KmsError::Unavailable(_)) => {
+                    let reason = crate::keys::kms_failure_reason(&e);
+                    tracing::warn!(scope_id = %scope.id, reason, "scope key not rewrapped");
+                    let event = self
+                        .scope_event(actor, Action::VaultScopeKeyRewrapFailed, scope)
+                        .outcome(Outcome::Failed, reason)
+                        .build();
+                    self.commit(Vec::new(), &[event]).await?;
+                    outcome.failed.push((scope.id, reason));
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             let rows = self
                 .commit(
                     vec![store::rewrap_scope(
@@ -1592,20 +1623,38 @@ impl Vault {
                     &[],
                 )
                 .await?;
-            done += i64::try_from(rows.first().copied().unwrap_or(0)).unwrap_or(0);
+            outcome.rewrapped += i64::try_from(rows.first().copied().unwrap_or(0)).unwrap_or(0);
         }
-        let remaining = self.store.rewrap_remaining(&active).await?;
-        if done > 0 {
+        outcome.remaining = self.store.rewrap_remaining(&active).await?;
+        if outcome.rewrapped > 0 {
             let event = self
                 .event(actor, Action::VaultKeysRewrapped)
                 .resource("kms_key", &active)
                 .outcome(
                     Outcome::Allowed,
-                    &format!("rewrapped-{done}-remaining-{remaining}"),
+                    &format!(
+                        "rewrapped-{}-remaining-{}",
+                        outcome.rewrapped, outcome.remaining
+                    ),
                 )
                 .build();
             self.commit(Vec::new(), &[event]).await?;
         }
-        Ok((done, remaining))
+        Ok(outcome)
     }
+}
+
+/// What one call of [`Vault::rewrap`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Rewrapped {
+    /// Scope keys rewrapped.
+    pub rewrapped: i64,
+    /// Live scope keys still wrapped under another KMS key.
+    pub remaining: i64,
+    /// The last scope it went through, to go on after; `None` when it
+    /// reached the last scope key to rewrap.
+    pub next: Option<Uuid>,
+    /// Scope keys it could not rewrap, and why (a reason of
+    /// [`crate::keys::KMS_FAILURE_REASONS`]).
+    pub failed: Vec<(Uuid, &'static str)>,
 }

@@ -658,17 +658,24 @@ impl VaultStore {
     }
 
     /// Live scope keys wrapped under a KMS key other than `active` (a key
-    /// id or ARN; a stored ARN ending in `/<active>` is the same key).
-    pub async fn scopes_to_rewrap(&self, active: &str, limit: i64) -> StoreResult<Vec<ScopeRow>> {
+    /// id or ARN; a stored ARN ending in `/<active>` is the same key), in
+    /// id order, after scope `after` if given.
+    pub async fn scopes_to_rewrap(
+        &self,
+        active: &str,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> StoreResult<Vec<ScopeRow>> {
         self.db
             .fetch_all(
                 scope_select!(
                     "WHERE state <> 'shredded' AND kms_key_id <> $1 AND kms_key_id NOT LIKE $2 \
-                     ORDER BY id LIMIT $3"
+                     AND ($3 IS NULL OR id > $3) ORDER BY id LIMIT $4"
                 ),
                 vec![
                     Value::Text(active.to_owned()),
                     Value::Text(format!("%/{active}")),
+                    Value::OptUuid(after),
                     Value::BigInt(limit),
                 ],
             )

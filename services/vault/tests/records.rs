@@ -10,13 +10,14 @@ use futures::StreamExt;
 
 use confidant_proto::vault::v1 as pb;
 use confidant_runtime::kms::{AwsKms, Kms, LocalKms, WrappedKey};
+use confidant_runtime::portable::{Statement, Value};
 use confidant_runtime::storage::Backend;
 use confidant_runtime::testing::{TestDatabase, kms_endpoint, new_kms_key};
 use confidant_vault::crypto::ScopeKey;
 use confidant_vault::domain::{Category, FieldSelection, Limits, NewRecord, Purpose};
 use confidant_vault::error::Error;
 use confidant_vault::keys::{CacheLimits, Keyring};
-use confidant_vault::records::{Actor, ReadIntent, Settings, Vault};
+use confidant_vault::records::{Actor, ReadIntent, Rewrapped, Settings, Vault};
 use confidant_vault::store::{HoldCover, VaultStore};
 use uuid::Uuid;
 
@@ -1033,14 +1034,56 @@ async fn rewrap_moves_scope_keys_to_the_new_kms_key_without_touching_records(db:
     assert_eq!(before.len(), 1);
     assert_eq!(before[0].1, 3);
     assert!(!new.keys().kms().is_active(&before[0].0));
-    let (done, remaining) = new.rewrap(&actor, 2).await.unwrap();
-    assert_eq!((done, remaining), (2, 1), "resumable in batches");
+    // The first scope's wrapped key is replaced by the second's (moved, or
+    // altered): it cannot be rewrapped, and does not hold up the others.
+    let scopes: Vec<(Uuid, Vec<u8>)> = db
+        .db
+        .fetch_all(
+            "SELECT id, wrapped_key FROM vault_scopes ORDER BY id",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(scopes.len(), 3);
+    let set_wrapped = |scope: Uuid, wrapped: Vec<u8>| async move {
+        let set = Statement::new(
+            "UPDATE vault_scopes SET wrapped_key = $1 WHERE id = $2",
+            vec![Value::Bytes(wrapped), Value::Uuid(scope)],
+        );
+        db.db.transact(vec![set], &[]).await.unwrap();
+    };
+    set_wrapped(scopes[0].0, scopes[1].1.clone()).await;
+    let failures = || {
+        new.keys()
+            .stats()
+            .kms_failure_counts()
+            .filter(|(_, n)| *n > 0)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(failures(), []);
+    let first = new.rewrap(&actor, 2, None).await.unwrap();
+    assert_eq!(
+        (first.rewrapped, first.remaining, first.next),
+        (1, 2, Some(scopes[1].0)),
+        "resumable in batches"
+    );
+    assert_eq!(first.failed, [(scopes[0].0, "unwrap_failed")]);
+    assert_eq!(failures(), [("unwrap_failed", 1)]);
     let midway = usage().await;
     assert_eq!(midway.iter().map(|(_, n)| n).sum::<i64>(), 3);
-    assert!(midway.contains(&(before[0].0.clone(), 1)), "{midway:?}");
-    let (done, remaining) = new.rewrap(&actor, 2).await.unwrap();
-    assert_eq!((done, remaining), (1, 0));
-    assert_eq!(new.rewrap(&actor, 2).await.unwrap(), (0, 0));
+    assert!(midway.contains(&(before[0].0.clone(), 2)), "{midway:?}");
+    // The next batch goes on after it, to the end.
+    let rest = new.rewrap(&actor, 2, first.next).await.unwrap();
+    assert_eq!((rest.rewrapped, rest.remaining, rest.next), (1, 1, None));
+    assert_eq!(rest.failed, []);
+    // Put right, it moves too.
+    set_wrapped(scopes[0].0, scopes[0].1.clone()).await;
+    let last = new.rewrap(&actor, 2, None).await.unwrap();
+    assert_eq!((last.rewrapped, last.remaining, last.next), (1, 0, None));
+    assert_eq!(
+        new.rewrap(&actor, 2, None).await.unwrap(),
+        Rewrapped::default()
+    );
     // The old key wraps nothing live any more: it can be retired.
     let after = usage().await;
     assert_eq!(after.len(), 1, "{after:?}");
