@@ -1305,7 +1305,7 @@ fn retention_changes(events: &[VerifiedEvent]) -> Vec<LoggedChange<RetentionChan
                 recorded_by: event
                     .actor
                     .as_ref()
-                    .map(|a| a.peer_identity.clone())
+                    .map(|a| a.id.clone())
                     .unwrap_or_default(),
             },
             (Action::RetentionCertificateIssued, Some(id)) => RetentionChange::Certificate(id),
@@ -2126,7 +2126,7 @@ mod tests {
                     IdentityChange::Except {
                         id: wall,
                         exception: None,
-                        granted_by: String::new(),
+                        granted_by: "spiffe://firm.example/identity".into(),
                     },
                     17
                 ),
