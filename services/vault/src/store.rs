@@ -646,7 +646,13 @@ impl VaultStore {
         let pending: Vec<ScopeRow> = self
             .db
             .fetch_all(
-                scope_select!("WHERE state = 'pending_destruction' ORDER BY id LIMIT 1000"),
+                // Earliest due first, so that those due are never held up
+                // behind a thousand that are not (SQLite's times are text,
+                // RFC 3339 in UTC as sqlx writes them: they sort in time
+                // order).
+                scope_select!(
+                    "WHERE state = 'pending_destruction' ORDER BY destroy_after, id LIMIT 1000"
+                ),
                 vec![],
             )
             .await?;

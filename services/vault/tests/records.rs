@@ -967,6 +967,65 @@ async fn sealed_text_dies_with_its_scope(db: &TestDatabase) {
     ));
 }
 
+async fn a_due_destruction_is_not_held_up_by_a_thousand_not_yet_due(db: &TestDatabase) {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = vault_with(db, kms_for(db, dir.path()).await, CACHE);
+    let actor = partner();
+    let now = chrono::Utc::now();
+    // A retention sweep staged a thousand scopes for destruction in a
+    // month (scopes made before the one below, so first in id order).
+    let month = now + chrono::Duration::days(30);
+    let staged: Vec<Statement> = (0..1000)
+        .map(|i| {
+            let (id, client) = (Uuid::now_v7(), Uuid::now_v7());
+            Statement::new(
+                "INSERT INTO vault_scopes (id, scope_name, client_id, matter_id, category, \
+                 key_version, kms_key_id, wrapped_key, state, destroy_after, shred_order, \
+                 created_at) VALUES ($1, $2, $3, NULL, 'contact_details', 1, 'k', $4, \
+                 'pending_destruction', $5, 'sweep', $6)",
+                vec![
+                    Value::Uuid(id),
+                    Value::Text(format!("{client}/-/contact_details/{i}")),
+                    Value::Uuid(client),
+                    Value::Bytes(vec![1; 32]),
+                    Value::Time(month),
+                    Value::Time(now),
+                ],
+            )
+        })
+        .collect();
+    db.db.transact(staged, &[]).await.unwrap();
+    // Then a scope is staged with a window of a second.
+    let r = vault
+        .create(&actor, &passport(Uuid::now_v7(), None, "P7777777"), None)
+        .await
+        .unwrap();
+    vault
+        .shred_scope(
+            &retention(),
+            r.scope_id,
+            &Uuid::now_v7().to_string(),
+            Some(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap();
+    // Once it is due it is destroyed, and only it.
+    let later = chrono::Utc::now() + chrono::Duration::seconds(2);
+    assert_eq!(vault.destroy_due(later).await.unwrap(), 1);
+    let scope = vault.store().scope(r.scope_id).await.unwrap().unwrap();
+    assert_eq!(scope.state, "shredded");
+    let (pending,): (i64,) = db
+        .db
+        .fetch_optional(
+            "SELECT COUNT(*) FROM vault_scopes WHERE state = 'pending_destruction'",
+            vec![],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pending, 1000);
+}
+
 async fn rewrap_moves_scope_keys_to_the_new_kms_key_without_touching_records(db: &TestDatabase) {
     let dir = tempfile::tempdir().unwrap();
     let actor = partner();
@@ -1943,5 +2002,6 @@ confidant_runtime::backend_tests!(confidant_vault::MIGRATIONS;
     a_shredded_scope_is_unreadable_and_no_stored_key_opens_it,
     holds_stop_shredding_and_staged_destruction_can_be_cancelled,
     sealed_text_dies_with_its_scope,
+    a_due_destruction_is_not_held_up_by_a_thousand_not_yet_due,
     rewrap_moves_scope_keys_to_the_new_kms_key_without_touching_records,
 );
