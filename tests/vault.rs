@@ -1089,6 +1089,31 @@ fn rewrap(page_token: &str) -> pb::RewrapScopeKeysRequest {
     }
 }
 
+/// The vault's scopes and their wrapped keys, in id order.
+async fn wrapped_scope_keys(data: &SandboxData) -> Vec<(uuid::Uuid, Vec<u8>)> {
+    common::service_db(data, ServiceName::Vault)
+        .await
+        .fetch_all(
+            "SELECT id, wrapped_key FROM vault_scopes ORDER BY id",
+            vec![],
+        )
+        .await
+        .unwrap()
+}
+
+/// Puts `wrapped` in scope `scope`'s row, as if moved there or altered.
+async fn set_wrapped_key(data: &SandboxData, scope: uuid::Uuid, wrapped: &[u8]) {
+    let set = Statement::new(
+        "UPDATE vault_scopes SET wrapped_key = $1 WHERE id = $2",
+        vec![Value::Bytes(wrapped.to_vec()), Value::Uuid(scope)],
+    );
+    common::service_db(data, ServiceName::Vault)
+        .await
+        .transact(vec![set], &[])
+        .await
+        .unwrap();
+}
+
 /// Every record's stored key and ciphertext, in id order.
 async fn stored_records(data: &SandboxData) -> Vec<(uuid::Uuid, Vec<u8>, Vec<u8>)> {
     common::service_db(data, ServiceName::Vault)
@@ -1230,24 +1255,9 @@ async fn kms_keys_rotate_through_the_api_without_touching_records(backend: Backe
     // The first scope's wrapped key has been replaced by the second's
     // (moved, or altered in the database): it cannot be rewrapped, and does
     // not hold up the others.
-    let vault_db = common::service_db(&data, ServiceName::Vault).await;
-    let scopes: Vec<(uuid::Uuid, Vec<u8>)> = vault_db
-        .fetch_all(
-            "SELECT id, wrapped_key FROM vault_scopes ORDER BY id",
-            vec![],
-        )
-        .await
-        .unwrap();
+    let scopes = wrapped_scope_keys(&data).await;
     assert_eq!(scopes.len(), 3);
-    let set_wrapped = |scope: uuid::Uuid, wrapped: &[u8]| {
-        let set = Statement::new(
-            "UPDATE vault_scopes SET wrapped_key = $1 WHERE id = $2",
-            vec![Value::Bytes(wrapped.to_vec()), Value::Uuid(scope)],
-        );
-        let db = vault_db.clone();
-        async move { db.transact(vec![set], &[]).await.unwrap() }
-    };
-    set_wrapped(scopes[0].0, &scopes[1].1).await;
+    set_wrapped_key(&data, scopes[0].0, &scopes[1].1).await;
     // Progress is visible after each batch, with what could not move...
     let first = operator
         .rewrap_scope_keys(rewrap(""))
@@ -1304,7 +1314,7 @@ async fn kms_keys_rotate_through_the_api_without_touching_records(backend: Backe
     })
     .await;
     // Put right, it moves too.
-    set_wrapped(scopes[0].0, &scopes[0].1).await;
+    set_wrapped_key(&data, scopes[0].0, &scopes[0].1).await;
     let last = operator
         .rewrap_scope_keys(rewrap(""))
         .await
@@ -1683,24 +1693,9 @@ async fn sqlite_keys_and_masking_from_the_command_line() {
     // With the first scope's wrapped key replaced by the second's, one
     // scope key per batch: the first cannot move, the second does, and
     // the command fails once it has gone through them, naming the first.
-    let vault_db = common::service_db(&data, ServiceName::Vault).await;
-    let scopes: Vec<(uuid::Uuid, Vec<u8>)> = vault_db
-        .fetch_all(
-            "SELECT id, wrapped_key FROM vault_scopes ORDER BY id",
-            vec![],
-        )
-        .await
-        .unwrap();
+    let scopes = wrapped_scope_keys(&data).await;
     assert_eq!(scopes.len(), 2);
-    let set_wrapped = |scope: uuid::Uuid, wrapped: &[u8]| {
-        let set = Statement::new(
-            "UPDATE vault_scopes SET wrapped_key = $1 WHERE id = $2",
-            vec![Value::Bytes(wrapped.to_vec()), Value::Uuid(scope)],
-        );
-        let db = vault_db.clone();
-        async move { db.transact(vec![set], &[]).await.unwrap() }
-    };
-    set_wrapped(scopes[0].0, &scopes[1].1).await;
+    set_wrapped_key(&data, scopes[0].0, &scopes[1].1).await;
     let stuck = vault_cli(&["rewrap", "--batch-size", "1"]);
     assert!(!stuck.status.success());
     let batches: Vec<serde_json::Value> = String::from_utf8_lossy(&stuck.stdout)
@@ -1716,7 +1711,7 @@ async fn sqlite_keys_and_masking_from_the_command_line() {
     let said = String::from_utf8_lossy(&stuck.stderr);
     assert!(said.contains("1 of them could not be rewrapped"), "{said}");
     // Put right, it moves; run again, the command goes on to the end.
-    set_wrapped(scopes[0].0, &scopes[0].1).await;
+    set_wrapped_key(&data, scopes[0].0, &scopes[0].1).await;
     let batches = lines(&["rewrap", "--batch-size", "1"]);
     assert_eq!(progress(&batches), [(1, 0, 0)]);
     assert_eq!(batches[0]["active_kms_key_id"], new.as_str());
