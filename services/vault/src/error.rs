@@ -52,6 +52,10 @@ pub enum Error {
     /// The KMS cannot be reached or refused.
     #[error(transparent)]
     Kms(#[from] confidant_runtime::kms::Error),
+    /// The KMS refuses to wrap under the active KMS key (disabled, pending
+    /// deletion, unknown, or not allowed to the vault).
+    #[error("the KMS refuses the active KMS key")]
+    ActiveKeyRefused,
     /// A ciphertext does not open: tampered or corrupt storage.
     #[error("stored ciphertext does not open")]
     Integrity,
@@ -107,6 +111,7 @@ impl Error {
             Error::Originals => "originals".into(),
             Error::Superseded(_) => "superseded".into(),
             Error::Kms(_) => "kms_unavailable".into(),
+            Error::ActiveKeyRefused => "kms_active_key_refused".into(),
             Error::Audit(_) => "audit_unavailable".into(),
             _ => String::new(),
         }
@@ -183,6 +188,12 @@ impl From<Error> for Status {
                     }
                 }
             }
+            Error::ActiveKeyRefused => with_reason(
+                Code::FailedPrecondition,
+                "kms_active_key_refused",
+                "the KMS refuses the active KMS key (kms.key_id): no scope key can be rewrapped \
+                 under it; check the key's state and the vault's permission to use it",
+            ),
             Error::Integrity => {
                 tracing::error!("stored ciphertext does not open");
                 with_reason(

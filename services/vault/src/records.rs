@@ -1586,21 +1586,21 @@ impl Vault {
             ) else {
                 continue;
             };
-            let wrapped = match self
-                .keys
-                .rewrap(
-                    scope.id,
-                    &scope_ref,
-                    &WrappedKey {
-                        key_id: old.clone(),
-                        ciphertext,
-                    },
-                )
-                .await
-            {
+            let current = WrappedKey {
+                key_id: old.clone(),
+                ciphertext,
+            };
+            let wrapped = match self.keys.rewrap(scope.id, &scope_ref, &current).await {
                 Ok(wrapped) => wrapped,
                 Err(KeyError::Kms(e)) if !matches!(e, KmsError::Unavailable(_)) => {
                     let reason = crate::keys::kms_failure_reason(&e);
+                    // Refused, though its own key still opens it: the KMS
+                    // refuses the active key, and would refuse every other
+                    // scope key too.
+                    if reason == "refused" && self.keys.opens(scope.id, &scope_ref, &current).await
+                    {
+                        return Err(Error::ActiveKeyRefused);
+                    }
                     tracing::warn!(scope_id = %scope.id, reason, "scope key not rewrapped");
                     let event = self
                         .scope_event(actor, Action::VaultScopeKeyRewrapFailed, scope)

@@ -12,7 +12,7 @@ use confidant_proto::vault::v1 as pb;
 use confidant_runtime::kms::{AwsKms, Kms, LocalKms, WrappedKey};
 use confidant_runtime::portable::{Statement, Value};
 use confidant_runtime::storage::Backend;
-use confidant_runtime::testing::{TestDatabase, kms_endpoint, new_kms_key};
+use confidant_runtime::testing::{TestDatabase, emulated_kms, kms_endpoint, new_kms_key};
 use confidant_vault::crypto::ScopeKey;
 use confidant_vault::domain::{Category, FieldSelection, Limits, NewRecord, Purpose};
 use confidant_vault::error::Error;
@@ -1143,6 +1143,38 @@ async fn rewrap_moves_scope_keys_to_the_new_kms_key_without_touching_records(db:
         new.rewrap(&actor, 2, None).await.unwrap(),
         Rewrapped::default()
     );
+    // A KMS that refuses the active key (here one it does not know; a
+    // disabled key, or one the vault may not use, alike) would refuse every
+    // scope key: the call stops at the first, which its own key still
+    // opens, and changes nothing. (The local keyring cannot refuse its
+    // active key.)
+    if db.db.backend() == Backend::Postgres {
+        let unknown = Uuid::new_v4().to_string();
+        let refusing = vault_with(
+            db,
+            Arc::new(AwsKms::connect(&emulated_kms(&kms_endpoint(), &unknown)).await),
+            CACHE,
+        );
+        let wrapped_now = || async {
+            let rows: Vec<(Uuid, Vec<u8>)> = db
+                .db
+                .fetch_all(
+                    "SELECT id, wrapped_key FROM vault_scopes ORDER BY id",
+                    vec![],
+                )
+                .await
+                .unwrap();
+            rows
+        };
+        let before = wrapped_now().await;
+        assert!(matches!(
+            refusing.rewrap(&actor, 100, None).await,
+            Err(Error::ActiveKeyRefused)
+        ));
+        assert_eq!(wrapped_now().await, before);
+        let counts: Vec<_> = refusing.keys().stats().kms_failure_counts().collect();
+        assert!(counts.contains(&("refused", 1)), "{counts:?}");
+    }
     // The old key wraps nothing live any more: it can be retired.
     let after = usage().await;
     assert_eq!(after.len(), 1, "{after:?}");
