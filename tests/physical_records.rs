@@ -730,6 +730,23 @@ async fn due_paper_is_destroyed_or_returned_with_a_certificate(backend: Backend)
         .into_inner()
         .location
         .unwrap();
+    let off_site = records
+        .create_location(as_staff(
+            &manager_token,
+            pb::CreateLocationRequest {
+                site: "Iron Mountain".into(),
+                room: "Vault 7".into(),
+                container: "Shelf 2".into(),
+                controlled: false,
+                code_change_days: 0,
+                off_site: true,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .location
+        .unwrap();
     let register = |label: &str, kind: pb::ItemKind, matter: &str| pb::RegisterItemRequest {
         label: label.into(),
         kind: kind as i32,
@@ -754,6 +771,7 @@ async fn due_paper_is_destroyed_or_returned_with_a_certificate(backend: Backend)
         }
     };
     let file = item("F-1", pb::ItemKind::File, &closed_matter).await;
+    let second_file = item("F-5", pb::ItemKind::File, &closed_matter).await;
     let will = item("W-1", pb::ItemKind::OriginalDocument, &closed_matter).await;
     let held = item("F-2", pb::ItemKind::File, &held_matter).await;
     let client_level = item("F-3", pb::ItemKind::File, "").await;
@@ -812,7 +830,9 @@ async fn due_paper_is_destroyed_or_returned_with_a_certificate(backend: Backend)
             .map(|d| d.item.as_ref().unwrap().label.clone())
             .collect()
     };
-    assert_eq!(labels(&lists.destroy), ["F-1"]);
+    let mut due = labels(&lists.destroy);
+    due.sort();
+    assert_eq!(due, ["F-1", "F-5"]);
     assert_eq!(labels(&lists.return_to_client), ["W-1"]);
     assert_eq!(lists.held, 1);
     let err = records
@@ -990,6 +1010,56 @@ async fn due_paper_is_destroyed_or_returned_with_a_certificate(backend: Backend)
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
+
+    // Retention's database is backed up here. After it, the second file is
+    // destroyed, the held file checked out, the client's file sent off
+    // site, and a new file registered.
+    let backup = common::back_up(&data, ServiceName::Retention).await;
+    let first_file = file.id.clone();
+    let second_certificate = records
+        .confirm_destruction(as_staff(
+            &manager_token,
+            confirm(&[&second_file.id], &partner),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .certificate
+        .unwrap()
+        .certificate_id;
+    let due_back = due_in(48);
+    records
+        .check_out_item(as_staff(
+            &partner_token,
+            pb::CheckOutItemRequest {
+                item_id: held.id.clone(),
+                due_back_time: due_back,
+                reason: "disclosure review".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    records
+        .transfer_item(as_staff(
+            &manager_token,
+            pb::TransferItemRequest {
+                item_id: client_level.id.clone(),
+                location_id: off_site.id.clone(),
+                reason: "archived".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let newcomer = records
+        .register_item(as_staff(
+            &partner_token,
+            register("F-4", pb::ItemKind::File, ""),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .item
+        .unwrap();
     let lists = records
         .get_disposal_lists(as_staff(
             &manager_token,
@@ -1025,23 +1095,20 @@ async fn due_paper_is_destroyed_or_returned_with_a_certificate(backend: Backend)
     // file `verify-certificate` accepts with the key it names.
     let new_key = data.path().join("retention-certificates-2027.key");
     confidant_runtime::keys::write_new_ed25519_key(&new_key).unwrap();
-    let sandbox = Sandbox::start(
-        &data,
-        SandboxSpec {
-            settings: vec![(
-                "retention",
-                "signing_key_file",
-                new_key.display().to_string().into(),
-            )],
-            ..SandboxSpec::of(&[
-                ServiceName::Identity,
-                ServiceName::Vault,
-                ServiceName::Retention,
-                ServiceName::Audit,
-            ])
-        },
-    )
-    .await;
+    let spec = SandboxSpec {
+        settings: vec![(
+            "retention",
+            "signing_key_file",
+            new_key.display().to_string().into(),
+        )],
+        ..SandboxSpec::of(&[
+            ServiceName::Identity,
+            ServiceName::Vault,
+            ServiceName::Retention,
+            ServiceName::Audit,
+        ])
+    };
+    let sandbox = Sandbox::start(&data, spec.clone()).await;
     let (code, out) = records_cli(
         &data,
         &sandbox,
@@ -1066,7 +1133,167 @@ async fn due_paper_is_destroyed_or_returned_with_a_certificate(backend: Backend)
         "{}",
         String::from_utf8_lossy(&verified.stdout)
     );
+
+    // Retention's database is restored from the backup: the register
+    // would show the second file held and on the destruction list, the
+    // held file in its place and the client's file on site. The log's
+    // movements since are made again.
+    let log =
+        AuditServiceClient::new(channel(&data, &sandbox, ServiceName::Audit, "operator").await);
+    let leaf_of_newcomer = || {
+        let (mut log, id) = (log.clone(), newcomer.id.clone());
+        async move {
+            log.list_events(ListEventsRequest {
+                action: "retention.item.registered".into(),
+                page_size: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .events
+            .iter()
+            .find(|e| {
+                e.event
+                    .as_ref()
+                    .and_then(|e| e.resource.as_ref())
+                    .is_some_and(|r| r.id == id)
+            })
+            .map(|e| e.leaf_index)
+        }
+    };
+    common::eventually(std::time::Duration::from_secs(20), "F-4 logged", || {
+        let leaf = leaf_of_newcomer();
+        async move { leaf.await.is_some() }
+    })
+    .await;
+    let leaf = leaf_of_newcomer().await.unwrap();
+    let (export, key) = common::exported_log(&data, &sandbox, &log, leaf).await;
     sandbox.stop().await;
+    common::restore(&data, ServiceName::Retention, &backup).await;
+    let restore = || {
+        common::restore_command(
+            &data,
+            &spec,
+            &["retention", "--log", &export, "--public-key", &key],
+        )
+    };
+    let (code, out) = restore();
+    assert_eq!(code, 0, "{out}");
+    let fates = |id: &str| common::restore_results(&out, id);
+    let one = |change: &str, result: &str| vec![(change.to_owned(), result.to_owned())];
+    // Registered before the backup, moved after it.
+    let moved = |change: &str| {
+        vec![
+            ("register".to_owned(), "already_applied".to_owned()),
+            (change.to_owned(), "reapplied".to_owned()),
+        ]
+    };
+    assert_eq!(fates(&second_file.id), moved("destroy"), "{out}");
+    assert_eq!(fates(&held.id), moved("check_out"), "{out}");
+    assert_eq!(fates(&client_level.id), moved("transfer"), "{out}");
+    assert_eq!(fates(&newcomer.id), one("register", "lost"), "{out}");
+    // What the backup holds already is left as it is, its certificate of
+    // physical disposal included; the one issued since is lost.
+    assert_eq!(
+        fates(&first_file),
+        [
+            ("register", "already_applied"),
+            ("check_out", "already_applied"),
+            ("check_in", "already_applied"),
+            ("destroy", "already_applied"),
+        ]
+        .map(|(c, r)| (c.to_owned(), r.to_owned())),
+        "{out}"
+    );
+    assert_eq!(
+        fates(&certificate.certificate_id),
+        one("certificate", "already_applied"),
+        "{out}"
+    );
+    assert_eq!(
+        fates(&second_certificate),
+        one("certificate", "lost"),
+        "{out}"
+    );
+    assert_eq!(fates(&off_site.id), one("location", "already_applied"));
+    assert!(out.contains("register them again"), "{out}");
+
+    let sandbox = Sandbox::start(&data, spec.clone()).await;
+    let mut records = PhysicalRecordsServiceClient::new(
+        channel(&data, &sandbox, ServiceName::Retention, "firm-app").await,
+    );
+    let lists = records
+        .get_disposal_lists(as_staff(
+            &manager_token,
+            pb::GetDisposalListsRequest::default(),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(lists.destroy.is_empty(), "{:?}", lists.destroy);
+    let register = records
+        .list_items(as_staff(
+            &partner_token,
+            pb::ListItemsRequest {
+                client_id: client_id.clone(),
+                page_size: 100,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    let find = |id: &str| register.iter().find(|i| i.id == id).cloned();
+    assert!(find(&newcomer.id).is_none());
+    let destroyed = find(&second_file.id).unwrap();
+    assert_eq!(destroyed.state, pb::ItemState::Destroyed as i32);
+    let out_with = find(&held.id).unwrap();
+    assert_eq!(
+        (
+            out_with.state,
+            out_with.holder_staff_id.as_str(),
+            out_with.due_back_time.map(|t| t.seconds)
+        ),
+        (
+            pb::ItemState::CheckedOut as i32,
+            partner.as_str(),
+            due_back.map(|t| t.seconds)
+        )
+    );
+    assert_eq!(find(&client_level.id).unwrap().location_id, off_site.id);
+    let history = records
+        .get_item_history(as_staff(
+            &partner_token,
+            pb::GetItemHistoryRequest {
+                item_id: second_file.id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let last = history.entries.last().unwrap();
+    assert_eq!(
+        (last.action, last.staff_id.as_str()),
+        (pb::CustodyAction::Destroyed as i32, manager.as_str())
+    );
+    assert!(
+        last.reason.contains("confidant restore retention"),
+        "{last:?}"
+    );
+    sandbox.stop().await;
+
+    // Run again, it changes nothing more.
+    let (code, out) = restore();
+    assert_eq!(code, 0, "{out}");
+    for id in [&second_file.id, &held.id, &client_level.id] {
+        let again = common::restore_results(&out, id);
+        assert!(
+            again.iter().all(|(_, r)| r == "already_applied"),
+            "{id}: {out}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,7 +44,7 @@ use confidant_identity::restore::{self as identity_restore, Revocation};
 use confidant_identity::store::{Grant, NewAttestation, NewMatter, WallException, WallMembers};
 use confidant_proto::audit::v1::{ActorKind, AuditEvent, Outcome, Resource};
 use confidant_retention::domain::Rules;
-use confidant_retention::restore as retention_restore;
+use confidant_retention::restore::{self as retention_restore, Movement};
 use confidant_retention::store::{
     self as retention_store, HoldRow, RecordedTrigger, RetentionStore,
 };
@@ -1193,6 +1193,27 @@ enum RetentionChange {
     /// from before it, it must be asked for again (`confidant restore
     /// vault` makes again the shreds the vault had made).
     Erasure(Uuid),
+    /// A physical item moved (or was registered), by staff member `staff`:
+    /// made again on the register if its custody log lacks it.
+    Item {
+        id: Uuid,
+        movement: Movement,
+        staff: String,
+    },
+    /// A storage location created (its event names no site or room: one
+    /// the database lacks is lost).
+    Location(Uuid),
+}
+
+impl RetentionChange {
+    /// Whether it concerns the register of physical records, not the
+    /// disposal schedule.
+    fn is_physical(&self) -> bool {
+        matches!(
+            self,
+            RetentionChange::Item { .. } | RetentionChange::Location(_)
+        )
+    }
 }
 
 impl ReportedChange for RetentionChange {
@@ -1204,6 +1225,15 @@ impl ReportedChange for RetentionChange {
             RetentionChange::Trigger { .. } => "trigger",
             RetentionChange::Certificate(_) => "certificate",
             RetentionChange::Erasure(_) => "erasure",
+            RetentionChange::Item { movement, .. } => match movement {
+                Movement::Registered => "register",
+                Movement::CheckedOut { .. } => "check_out",
+                Movement::CheckedIn { .. } => "check_in",
+                Movement::Transferred { .. } => "transfer",
+                Movement::Returned => "return",
+                Movement::Destroyed { .. } => "destroy",
+            },
+            RetentionChange::Location(_) => "location",
         }
     }
 
@@ -1215,6 +1245,8 @@ impl ReportedChange for RetentionChange {
             RetentionChange::Policy { id, .. } => ("policy", id.to_string()),
             RetentionChange::Certificate(id) => ("certificate", id.to_string()),
             RetentionChange::Erasure(id) => ("erasure", id.to_string()),
+            RetentionChange::Item { id, .. } => ("item", id.to_string()),
+            RetentionChange::Location(id) => ("location", id.to_string()),
             RetentionChange::Trigger {
                 client_id,
                 recorded,
@@ -1310,6 +1342,42 @@ fn retention_changes(events: &[VerifiedEvent]) -> Vec<LoggedChange<RetentionChan
             },
             (Action::RetentionCertificateIssued, Some(id)) => RetentionChange::Certificate(id),
             (Action::RetentionErasureRequested, Some(id)) => RetentionChange::Erasure(id),
+            (Action::RetentionLocationCreated, Some(id)) => RetentionChange::Location(id),
+            (
+                Action::RetentionItemRegistered
+                | Action::RetentionItemCheckedOut
+                | Action::RetentionItemCheckedIn
+                | Action::RetentionItemTransferred
+                | Action::RetentionItemReturned
+                | Action::RetentionItemDestroyed,
+                Some(id),
+            ) => {
+                let named =
+                    |kind: &str| confidant_runtime::audit::related_named(&event.related, kind);
+                let location = named("location").and_then(|l| Uuid::parse_str(l).ok());
+                RetentionChange::Item {
+                    id,
+                    movement: match action {
+                        Action::RetentionItemRegistered => Movement::Registered,
+                        Action::RetentionItemCheckedOut => Movement::CheckedOut {
+                            due_back: named("due_back_at")
+                                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                                .map(|t| t.with_timezone(&Utc)),
+                        },
+                        Action::RetentionItemCheckedIn => Movement::CheckedIn { location },
+                        Action::RetentionItemTransferred => Movement::Transferred { location },
+                        Action::RetentionItemReturned => Movement::Returned,
+                        _ => Movement::Destroyed {
+                            certificate: Uuid::parse_str(&event.reason).ok(),
+                        },
+                    },
+                    staff: event
+                        .actor
+                        .as_ref()
+                        .map(|a| a.id.clone())
+                        .unwrap_or_default(),
+                }
+            }
             _ => continue,
         };
         changes.push(LoggedChange {
@@ -1330,6 +1398,7 @@ async fn reapply_retention(
     c: &LoggedChange<RetentionChange>,
     newest_trigger: Option<DateTime<Utc>>,
     dry_run: bool,
+    extra: &mut serde_json::Value,
 ) -> anyhow::Result<Fate> {
     let db = store.db();
     let held = match &c.change {
@@ -1478,6 +1547,80 @@ async fn reapply_retention(
                 Fate::Lost
             }
         }
+        RetentionChange::Location(id) => {
+            if retention_restore::location_exists(db, *id).await? {
+                Fate::AlreadyApplied
+            } else {
+                Fate::Lost
+            }
+        }
+        RetentionChange::Item {
+            id,
+            movement: Movement::Registered,
+            ..
+        } => {
+            if retention_restore::item_exists(db, *id).await? {
+                Fate::AlreadyApplied
+            } else {
+                Fate::Lost
+            }
+        }
+        RetentionChange::Item {
+            id,
+            movement,
+            staff,
+        } => {
+            let action = movement.custody_action().unwrap_or_default();
+            match retention_restore::item_moved(db, *id, action, c.at).await? {
+                None => return Ok(Fate::NotInDatabase),
+                Some(true) => return Ok(Fate::AlreadyApplied),
+                Some(false) => {}
+            }
+            let mut location = movement.location();
+            if let Some(l) = location
+                && !retention_restore::location_exists(db, l).await?
+            {
+                // Created after the backup too: the item stays where the
+                // register has it.
+                *extra = not_in_database(vec![("location", l.to_string())]);
+                location = None;
+            }
+            if dry_run {
+                return Ok(Fate::WouldReapply);
+            }
+            let note = format!(
+                "made again by `confidant restore retention` from audit event {}",
+                c.event_id
+            );
+            let Some((client, matter)) = retention_restore::item_scope(db, *id).await? else {
+                return Ok(Fate::NotInDatabase);
+            };
+            let mut related = vec![("movement", action.to_owned())];
+            related.extend(location.map(|l| ("location", l.to_string())));
+            if let Movement::Destroyed {
+                certificate: Some(certificate),
+            } = movement
+            {
+                related.push(("certificate", certificate.to_string()));
+            }
+            let event = retention_restored(trust_domain, Action::RetentionItemRestored)
+                .resource("item", &id.to_string())
+                .scope(Some(client), matter)
+                .related(related)
+                .outcome(Outcome::Allowed, &format!("event-{}", c.event_id))
+                .build();
+            match db
+                .transact(
+                    movement.made_again(*id, c.at, staff, location, &note),
+                    &[event],
+                )
+                .await
+            {
+                Ok(_) => Fate::Reapplied,
+                Err(TransactError::Unmet { .. }) => Fate::NotInDatabase,
+                Err(e) => return Err(e.into()),
+            }
+        }
     })
 }
 
@@ -1490,22 +1633,31 @@ async fn reapply_retention_all(
 ) -> anyhow::Result<()> {
     let newest_trigger = retention_restore::newest_trigger(store.db()).await?;
     let mut report = Report::new(out);
-    let mut erasures_lost: u64 = 0;
+    let (mut erasures_lost, mut register_lost, mut register_changed) = (0u64, 0u64, 0u64);
     for c in retention_changes(&verified.events) {
         let line = c.line();
-        let fate = reapply_retention(store, trust_domain, &c, newest_trigger, dry_run)
+        let mut extra = json!({});
+        let fate = reapply_retention(store, trust_domain, &c, newest_trigger, dry_run, &mut extra)
             .await
             .with_context(|| line.stopped())?;
-        if fate == Fate::Lost && matches!(c.change, RetentionChange::Erasure(_)) {
-            erasures_lost += 1;
+        match (fate, &c.change) {
+            (Fate::Lost, RetentionChange::Erasure(_)) => erasures_lost += 1,
+            (Fate::Lost, change) if change.is_physical() => register_lost += 1,
+            (Fate::Reapplied | Fate::WouldReapply, change) if change.is_physical() => {
+                register_changed += 1;
+            }
+            _ => {}
         }
-        report.line(&line, fate, json!({}))?;
+        report.line(&line, fate, extra)?;
     }
     let lost = report.count(Fate::Lost);
     // A lost erasure is no schedule change: it needs asking again, not a
-    // pause of the schedule.
-    let pause =
-        lost - erasures_lost + report.count(Fate::Reapplied) + report.count(Fate::WouldReapply) > 0;
+    // pause of the schedule; nor is the register of paper.
+    let pause = lost - erasures_lost - register_lost
+        + report.count(Fate::Reapplied)
+        + report.count(Fate::WouldReapply)
+        - register_changed
+        > 0;
     if pause && !dry_run && !store.paused().await? {
         let event = retention_restored(trust_domain, Action::RetentionDisposalsPaused)
             .resource("disposals", "all")
@@ -1538,9 +1690,21 @@ async fn reapply_retention_all(
                 .to_owned(),
         );
     }
+    if register_lost > 0 {
+        notes.push(format!(
+            "{register_lost} physical items and storage locations registered after the backup are \
+             not in the restored register, and their events do not name their labels or places: \
+             register them again (CreateLocation, RegisterItem)"
+        ));
+    }
     report.finish(
         verified,
-        json!({ "lost": lost, "erasures_lost": erasures_lost, "disposals_paused": pause }),
+        json!({
+            "lost": lost,
+            "erasures_lost": erasures_lost,
+            "register_lost": register_lost,
+            "disposals_paused": pause,
+        }),
         &notes,
     )
 }

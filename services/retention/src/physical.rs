@@ -477,16 +477,19 @@ impl PhysicalApi {
         item: &ItemRow,
         action: Action,
         update: Statement,
-        log: Statement,
-        outcome: (Outcome, &str),
+        (log, at): (Statement, DateTime<Utc>),
+        (outcome, reason, related): (Outcome, &str, Vec<(&'static str, String)>),
         conflict: &'static str,
     ) -> Result<pb::Item, Error> {
+        // At the custody log's time, which a restore matches it by.
         let event = self
             .event(actor, action)
+            .at(at)
             .resource("item", &item.id.to_string())
             .scope(Some(item.client_id), item.matter_id)
             .category(&item.category)
-            .outcome(outcome.0, outcome.1)
+            .related(related)
+            .outcome(outcome, reason)
             .build();
         self.store
             .db
@@ -999,8 +1002,18 @@ impl PhysicalRecordsService for PhysicalApi {
                         "UPDATE physical_items SET state = 'checked_out', holder_staff_id = $1, due_back_at = $2 WHERE id = $3 AND state = 'in'",
                         vec![Value::Text(staff.clone()), Value::Time(due), Value::Uuid(item.id)],
                     ),
-                custody(item.id, "checked_out", now, &staff, None, &reason),
-                (Outcome::Allowed, ""),
+                (
+                    custody(item.id, "checked_out", now, &staff, None, &reason),
+                    now,
+                ),
+                (
+                    Outcome::Allowed,
+                    "",
+                    vec![(
+                        "due_back_at",
+                        due.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                    )],
+                ),
                 "the item is already checked out",
             )
             .await?;
@@ -1039,8 +1052,15 @@ impl PhysicalRecordsService for PhysicalApi {
                         "UPDATE physical_items SET state = 'in', holder_staff_id = NULL, due_back_at = NULL, location_id = $1 WHERE id = $2 AND state = 'checked_out'",
                         vec![Value::Uuid(location), Value::Uuid(item.id)],
                     ),
-                custody(item.id, "checked_in", now, &staff, Some(location), ""),
-                (Outcome::Allowed, ""),
+                (
+                    custody(item.id, "checked_in", now, &staff, Some(location), ""),
+                    now,
+                ),
+                (
+                    Outcome::Allowed,
+                    "",
+                    vec![("location", location.to_string())],
+                ),
                 "the item is not checked out",
             )
             .await?;
@@ -1078,13 +1098,16 @@ impl PhysicalRecordsService for PhysicalApi {
                     "UPDATE physical_items SET location_id = $1 WHERE id = $2 AND state = 'in'",
                     vec![Value::Uuid(location.id), Value::Uuid(item.id)],
                 ),
-                custody(
-                    item.id,
-                    "transferred",
+                (
+                    custody(
+                        item.id,
+                        "transferred",
+                        now,
+                        &staff,
+                        Some(location.id),
+                        &reason,
+                    ),
                     now,
-                    &staff,
-                    Some(location.id),
-                    &reason,
                 ),
                 (
                     Outcome::Allowed,
@@ -1093,6 +1116,7 @@ impl PhysicalRecordsService for PhysicalApi {
                     } else {
                         ""
                     },
+                    vec![("location", location.id.to_string())],
                 ),
                 "only an item that is in can be transferred",
             )
@@ -1334,6 +1358,7 @@ impl PhysicalRecordsService for PhysicalApi {
             statements.push(custody(item.id, "destroyed", now, &staff, None, &vendor));
             events.push(
                 self.event(&actor, Action::RetentionItemDestroyed)
+                    .at(now)
                     .resource("item", &item.id.to_string())
                     .scope(Some(item.client_id), item.matter_id)
                     .category(&item.category)
@@ -1396,8 +1421,11 @@ impl PhysicalRecordsService for PhysicalApi {
                     "UPDATE physical_items SET state = 'returned' WHERE id = $1 AND state = 'in'",
                     vec![Value::Uuid(item.id)],
                 ),
-                custody(item.id, "returned", now, &staff, None, &reference),
-                (Outcome::Allowed, ""),
+                (
+                    custody(item.id, "returned", now, &staff, None, &reference),
+                    now,
+                ),
+                (Outcome::Allowed, "", Vec::new()),
                 "the item is not in",
             )
             .await?;

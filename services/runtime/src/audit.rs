@@ -155,11 +155,12 @@ actions! {
     RetentionLocationAccessChanged => "retention.location.access_changed", "A staff member was let into a controlled location, or taken off it (reason: granted or revoked).";
     RetentionLocationEntered => "retention.location.entered", "An entry into a controlled location (outcome denied: the staff member has no access).";
     RetentionItemRegistered => "retention.item.registered", "A physical item (file, box, original document) was registered.";
-    RetentionItemCheckedOut => "retention.item.checked_out", "A physical item was handed to a staff member (outcome denied: the decision's reason).";
-    RetentionItemCheckedIn => "retention.item.checked_in", "A physical item was put back.";
-    RetentionItemTransferred => "retention.item.transferred", "A physical item moved to another location (e.g. off-site storage).";
+    RetentionItemCheckedOut => "retention.item.checked_out", "A physical item was handed to a staff member (actor: the staff member; related: when it is due back as `due_back_at`; outcome denied: the decision's reason).";
+    RetentionItemCheckedIn => "retention.item.checked_in", "A physical item was put back (related: where, as `location`).";
+    RetentionItemTransferred => "retention.item.transferred", "A physical item moved to another location, e.g. off-site storage (related: where to, as `location`; reason: `off_site` for an off-site location).";
     RetentionItemDestroyed => "retention.item.destroyed", "A physical item was destroyed by the shredding vendor (reason: the certificate of disposal).";
     RetentionItemReturned => "retention.item.returned", "An original went back to its client.";
+    RetentionItemRestored => "retention.item.restored", "A movement of a physical item the audit log records after the backup the retention database was restored from (a check-out, check-in, transfer, return or destruction) was made again on the restored register, with its logged time and staff member, and in its custody log (resource: the item, with its client and matter; related: the movement as `movement`, and what its event names; reason: `event-` and the logged event's id; `confidant restore retention`).";
     RetentionCertificateIssued => "retention.certificate.issued", "A signed certificate was issued: of disposal for a shredded scope (resource: certificate), or of erasure for an erased record (resource: certificate; reason: `erasure-` and the erasure's id).";
     RetentionErasureRequested => "retention.erasure.requested", "A records manager asked for one record to be erased before its schedule (resource: the erasure; reason: its basis, e.g. client_request; the record's client, matter and category). Outcome denied: refused up front (resource: the record; reason: shredded, originals or legal_hold).";
     RetentionErasureApproved => "retention.erasure.approved", "A records manager approved the erasure of one record (reason: `ordered` for the approval that completed it).";
