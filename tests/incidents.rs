@@ -924,7 +924,7 @@ async fn rules_over_the_event_stream_raise_alerts(backend: Backend) {
         .unwrap()
         .into_inner()
         .rules;
-    assert_eq!(rules.len(), 6);
+    assert_eq!(rules.len(), 8);
     let rule = |code: &str| rules.iter().find(|r| r.code == code).unwrap().clone();
     let err = incidents
         .update_detection_rule(as_staff(
@@ -1045,9 +1045,42 @@ async fn rules_over_the_event_stream_raise_alerts(backend: Backend) {
         outcome: pb::Outcome::Allowed as i32,
         ..Default::default()
     };
+    // A scope key the vault could not rewrap: its stored key does not open
+    // under its scope.
+    let operator = ServiceName::Vault
+        .spiffe_id(&sandbox.config.trust_domain)
+        .replace("/vault", "/operator");
+    let not_rewrapped = pb::AuditEvent {
+        id: uuid::Uuid::now_v7().to_string(),
+        action: "vault.scope_key.rewrap_failed".into(),
+        actor: Some(pb::Actor {
+            kind: pb::ActorKind::Service as i32,
+            id: operator.clone(),
+            roles: vec![],
+            peer_identity: operator.clone(),
+            session_id: String::new(),
+        }),
+        outcome: pb::Outcome::Failed as i32,
+        reason: "unwrap_failed".into(),
+        ..shred.clone()
+    };
+    // A record that did not open where it is stored.
+    let unreadable = pb::AuditEvent {
+        id: uuid::Uuid::now_v7().to_string(),
+        action: "vault.record.unreadable".into(),
+        resource: Some(pb::Resource {
+            r#type: "record".into(),
+            id: uuid::Uuid::now_v7().to_string(),
+            client_id: client_b.clone(),
+            matter_id: matter_b.clone(),
+            data_category: "financial".into(),
+        }),
+        reason: "integrity".into(),
+        ..not_rewrapped.clone()
+    };
     AuditServiceClient::new(channel(&data, &sandbox, ServiceName::Audit, "vault").await)
         .append_events(pb::AppendEventsRequest {
-            events: vec![shred],
+            events: vec![shred, not_rewrapped, unreadable],
         })
         .await
         .unwrap();
@@ -1076,7 +1109,9 @@ async fn rules_over_the_event_stream_raise_alerts(backend: Backend) {
                     "break-glass",
                     "many-clients",
                     "reads-off-hours",
+                    "scope-key-not-rewrapped",
                     "shred-outside-retention",
+                    "stored-data-unreadable",
                     "walled-access",
                 ]
         }
@@ -1122,6 +1157,9 @@ async fn rules_over_the_event_stream_raise_alerts(backend: Backend) {
     assert_eq!(of("many-clients")[0].actor_id, partner);
     assert_eq!(of("walled-access")[0].actor_id, walled);
     assert_eq!(of("shred-outside-retention")[0].actor_id, stranger);
+    assert_eq!(of("scope-key-not-rewrapped")[0].actor_id, operator);
+    assert!(of("scope-key-not-rewrapped")[0].incident_id.is_empty());
+    assert_eq!(of("stored-data-unreadable")[0].actor_id, operator);
     assert!(!of("break-glass")[0].incident_id.is_empty());
     assert!(of("walled-access")[0].incident_id.is_empty());
     assert!(

@@ -107,6 +107,7 @@ actions! {
     VaultHoldReleased => "vault.hold.released", "A legal hold was released.";
     VaultOriginalsReturned => "vault.originals.returned", "A scope's originals were returned to the client; the scope follows its schedule again (reason: the return).";
     VaultSealedTextOpened => "vault.sealed_text.opened", "Sealed free text of an audit event was read.";
+    VaultRecordUnreadable => "vault.record.unreadable", "A record asked for did not open: its stored ciphertext or wrapped key fails to authenticate where it is stored (altered, moved or corrupt in the database); nothing of it was returned (resource: the record, with its client, matter and category; purpose: the read's; outcome failed; reason: `integrity` or `key_unwrap_failed`).";
     VaultKeysRewrapped => "vault.keys.rewrapped", "Scope keys were rewrapped under the active KMS key.";
     VaultScopeKeyRewrapFailed => "vault.scope_key.rewrap_failed", "A scope key could not be rewrapped under the active KMS key, and stays under its old one (resource: the scope, with its client, matter and category; outcome failed; reason: `refused`, `unwrap_failed` or `other`; `RewrapScopeKeys`).";
     VaultKmsKeyRotated => "vault.kms_key.rotated", "A new master key of the local KMS became the active one for services started afterwards (resource: the new key's id; `confidant keys rotate-local-kms`).";

@@ -101,6 +101,20 @@ impl From<crate::crypto::CryptoError> for Error {
 }
 
 impl Error {
+    /// Why stored data did not open, if that is what this is: `integrity`
+    /// (a ciphertext fails to authenticate) or `key_unwrap_failed` (a
+    /// wrapped key does not unwrap where it is stored).
+    pub fn unreadable_reason(&self) -> Option<&'static str> {
+        use confidant_runtime::kms::Error as Kms;
+        match self {
+            Error::Integrity => Some("integrity"),
+            Error::Kms(Kms::InvalidCiphertext | Kms::InvalidKeyMaterial) => {
+                Some("key_unwrap_failed")
+            }
+            _ => None,
+        }
+    }
+
     /// The machine-readable reason, for batch item statuses.
     pub fn reason(&self) -> String {
         match self {

@@ -946,7 +946,7 @@ impl Vault {
                     .collect();
             }
         };
-        let mut events = Vec::new();
+        let (mut events, mut unreadable) = (Vec::new(), Vec::new());
         let mut results: Vec<Result<OpenedRecord, Error>> = Vec::with_capacity(rows.len());
         for row in rows {
             match self.decrypt(&row, &intent.fields).await {
@@ -986,8 +986,28 @@ impl Vault {
                     }));
                     events.push(event);
                 }
-                Err(e) => results.push(Err(e)),
+                Err(e) => {
+                    if let Some(reason) = e.unreadable_reason() {
+                        unreadable.push(
+                            self.event(actor, Action::VaultRecordUnreadable)
+                                .resource("record", &row.id.to_string())
+                                .scope(Some(row.client_id), row.matter_id)
+                                .category(&row.category)
+                                .purpose(intent.purpose.as_str())
+                                .outcome(Outcome::Failed, reason)
+                                .build(),
+                        );
+                    }
+                    results.push(Err(e));
+                }
             }
+        }
+        // Stored data that does not open (altered, moved or corrupt): on
+        // the record for the security officer; nothing of it was returned.
+        if !unreadable.is_empty()
+            && let Err(e) = self.commit(Vec::new(), &unreadable).await
+        {
+            tracing::error!(error = %e, "unreadable records not recorded");
         }
         if events.is_empty() {
             return results;

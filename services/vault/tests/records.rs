@@ -455,6 +455,21 @@ async fn a_read_mask_opens_only_the_named_fields_and_the_event_names_them(db: &T
         read(number).await.unwrap(),
         [("passport_number".to_owned(), "P1234567".to_owned())]
     );
+    // The record that did not open is on its way to the audit log, once,
+    // for the security officer: nothing of it was returned.
+    let unreadable: Vec<(i32, String)> = queued_events(db, stored.id)
+        .await
+        .into_iter()
+        .filter(|e| e.action == "vault.record.unreadable")
+        .map(|e| (e.outcome, e.reason))
+        .collect();
+    assert_eq!(
+        unreadable,
+        [(
+            confidant_proto::audit::v1::Outcome::Failed as i32,
+            "integrity".to_owned()
+        )]
+    );
 }
 
 async fn ten_thousand_reads_of_one_scope_cost_a_handful_of_kms_calls(db: &TestDatabase) {
