@@ -16,7 +16,8 @@ use crate::error::Error;
 use crate::masking::Mask;
 use crate::records::{Actor, ReadIntent, Vault, decrypt_fields, encrypt_fields};
 use crate::store::{self, RecordRow};
-use confidant_runtime::audit::Action;
+use confidant_proto::audit::v1::Outcome;
+use confidant_runtime::audit::{Action, EventBuilder};
 use confidant_runtime::error::Violations;
 
 /// Segments written per transaction while uploading.
@@ -150,6 +151,9 @@ pub struct DocumentReader {
     next: i32,
     segments: i32,
     hasher: digest::Context,
+    /// The event recording that the document did not open, but for its
+    /// outcome; taken when it is recorded.
+    unreadable: Option<EventBuilder>,
 }
 
 impl std::fmt::Debug for DocumentReader {
@@ -164,8 +168,24 @@ impl std::fmt::Debug for DocumentReader {
 
 impl DocumentReader {
     /// The next plaintext segment; `None` after the last, once the digest
-    /// has been checked against the one recorded at upload.
+    /// has been checked against the one recorded at upload. A segment that
+    /// does not open, or one missing, out of place or altered, is recorded
+    /// as an audit event (`vault.record.unreadable`), once.
     pub async fn next_segment(&mut self) -> Result<Option<Zeroizing<Vec<u8>>>, Error> {
+        let result = self.open_next().await;
+        if let Err(e) = &result
+            && let Some(reason) = e.unreadable_reason()
+            && let Some(event) = self.unreadable.take()
+        {
+            let event = event.outcome(Outcome::Failed, reason).build();
+            if let Err(e) = self.store.db().transact(Vec::new(), &[event]).await {
+                tracing::error!(error = %e, "unreadable document not recorded");
+            }
+        }
+        result
+    }
+
+    async fn open_next(&mut self) -> Result<Option<Zeroizing<Vec<u8>>>, Error> {
         if self.next >= self.segments {
             return Ok(None);
         }
@@ -429,10 +449,23 @@ impl Vault {
                 message: "the reader's roles do not see documents of this category".into(),
             });
         }
-        let (scope_key, record_key) = self.record_keys(&row).await?;
+        let opened = match self
+            .record_keys(&row)
+            .await
+            .and_then(|(scope_key, record_key)| {
+                let fields = decrypt_fields(&row, &record_key, &FieldSelection::All)?;
+                Ok((scope_key, record_key, fields))
+            }) {
+            Ok(opened) => opened,
+            Err(e) => {
+                self.record_unreadable(actor, &row, intent, &e).await;
+                return Err(e);
+            }
+        };
+        let (scope_key, record_key, fields) = opened;
         let mut filename = String::new();
         let mut media_type = String::new();
-        for (name, _, value) in decrypt_fields(&row, &record_key, &FieldSelection::All)? {
+        for (name, _, value) in fields {
             let text = String::from_utf8_lossy(&value).into_owned();
             match name.as_str() {
                 "filename" => filename = text,
@@ -459,6 +492,7 @@ impl Vault {
         self.record_reads(vec![event]).await?;
         let segments = row.doc_segments.ok_or(Error::Integrity)?;
         Ok(DocumentReader {
+            unreadable: Some(self.unreadable_event(actor, &row, intent)),
             store: self.store().clone(),
             row,
             filename,

@@ -924,6 +924,42 @@ impl Vault {
         b.build()
     }
 
+    /// The event of a read of `row` that found its stored data does not
+    /// open, but for its outcome.
+    pub(crate) fn unreadable_event(
+        &self,
+        actor: &Actor,
+        row: &RecordRow,
+        intent: &ReadIntent<'_>,
+    ) -> EventBuilder {
+        self.event(actor, Action::VaultRecordUnreadable)
+            .resource("record", &row.id.to_string())
+            .scope(Some(row.client_id), row.matter_id)
+            .category(&row.category)
+            .purpose(intent.purpose.as_str())
+    }
+
+    /// Records, if `error` says stored data did not open, a read of `row`
+    /// that found so (a failure to record it is logged, not returned).
+    pub(crate) async fn record_unreadable(
+        &self,
+        actor: &Actor,
+        row: &RecordRow,
+        intent: &ReadIntent<'_>,
+        error: &Error,
+    ) {
+        let Some(reason) = error.unreadable_reason() else {
+            return;
+        };
+        let event = self
+            .unreadable_event(actor, row, intent)
+            .outcome(Outcome::Failed, reason)
+            .build();
+        if let Err(e) = self.commit(Vec::new(), &[event]).await {
+            tracing::error!(error = %e, "unreadable record not recorded");
+        }
+    }
+
     /// Reads records the caller was allowed to read: decrypts each, records
     /// one audit event per record (justification sealed under its scope
     /// key) and commits them all before any plaintext is returned. Items
@@ -989,11 +1025,7 @@ impl Vault {
                 Err(e) => {
                     if let Some(reason) = e.unreadable_reason() {
                         unreadable.push(
-                            self.event(actor, Action::VaultRecordUnreadable)
-                                .resource("record", &row.id.to_string())
-                                .scope(Some(row.client_id), row.matter_id)
-                                .category(&row.category)
-                                .purpose(intent.purpose.as_str())
+                            self.unreadable_event(actor, &row, intent)
                                 .outcome(Outcome::Failed, reason)
                                 .build(),
                         );

@@ -1464,11 +1464,22 @@ async fn documents_stream_in_and_out_whole_or_not_at_all(db: &TestDatabase) {
         download(&vault, row.id, &roles).await,
         Err(Error::Integrity)
     ));
+    // The download that found it is on its way to the audit log, once.
+    let unreadable = || async {
+        queued_events(db, row.id)
+            .await
+            .into_iter()
+            .filter(|e| e.action == "vault.record.unreadable")
+            .map(|e| e.reason)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(unreadable().await, ["integrity"]);
     db.db
         .transact(swap(stored[1].1.clone(), stored[0].1.clone()), &[])
         .await
         .unwrap();
     assert_eq!(download(&vault, row.id, &roles).await.unwrap().1, content);
+    assert_eq!(unreadable().await.len(), 1);
     // The content must hash to the digest recorded for it: a digest changed
     // afterwards fails the download at its end.
     let set_digest = |digest: Vec<u8>| {
