@@ -504,7 +504,6 @@ async fn postgres_repeated_failures_lock_the_account_and_bad_input_is_named() {
 
 async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: Backend) {
     use common::directory::{assign, cleared, decide, new_client, new_matter, new_matter_in};
-    use confidant_proto::audit::v1::ListEventsRequest;
     use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
 
     let data = SandboxData::new(backend).await;
@@ -691,39 +690,9 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
     let log = AuditServiceClient::new(
         common::channel(&data, &sandbox, ServiceName::Audit, "operator").await,
     );
-    let last_logged = || {
-        let (mut log, last) = (log.clone(), short_lived.clone());
-        async move {
-            // The last change made: the short-lived exception's end.
-            log.list_events(ListEventsRequest {
-                source_service: "identity".into(),
-                action: "identity.wall.exception_revoked".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .events
-            .iter()
-            .find(|e| {
-                e.event
-                    .as_ref()
-                    .is_some_and(|e| e.resource.as_ref().is_some_and(|r| r.id == last))
-            })
-            .map(|e| e.leaf_index)
-        }
-    };
-    common::eventually(
-        std::time::Duration::from_secs(20),
-        "the last change in the log",
-        || {
-            let logged = last_logged();
-            async move { logged.await.is_some() }
-        },
-    )
-    .await;
-    let (export_arg, key) =
-        common::exported_log(&data, &sandbox, &log, last_logged().await.unwrap()).await;
+    // The last change made: the short-lived exception's end.
+    let last = common::logged_leaf(&log, "identity.wall.exception_revoked", &short_lived).await;
+    let (export_arg, key) = common::exported_log(&data, &sandbox, &log, last).await;
     sandbox.stop().await;
 
     // Identity's database is restored, and the command runs before

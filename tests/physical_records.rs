@@ -43,6 +43,18 @@ fn records_cli(data: &SandboxData, sandbox: &Sandbox, token: &str, args: &[&str]
     common::exit_and_output(out)
 }
 
+/// The destruction and return lists, as the holder of `token` sees them.
+async fn disposal_lists(
+    records: &mut PhysicalRecordsServiceClient<confidant_runtime::client::PeerChannel>,
+    token: &str,
+) -> pb::GetDisposalListsResponse {
+    records
+        .get_disposal_lists(as_staff(token, pb::GetDisposalListsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 fn due_in(hours: i64) -> Option<prost_types::Timestamp> {
     common::directory::ts(chrono::Utc::now() + chrono::Duration::hours(hours))
 }
@@ -817,14 +829,7 @@ async fn due_paper_is_destroyed_or_returned_with_a_certificate(backend: Backend)
 
     // The lists: the file to destroy, the will to return, the held file
     // counted but left off.
-    let lists = records
-        .get_disposal_lists(as_staff(
-            &manager_token,
-            pb::GetDisposalListsRequest::default(),
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let lists = disposal_lists(&mut records, &manager_token).await;
     let labels = |due: &[pb::DueItem]| -> Vec<String> {
         due.iter()
             .map(|d| d.item.as_ref().unwrap().label.clone())
@@ -1060,14 +1065,7 @@ async fn due_paper_is_destroyed_or_returned_with_a_certificate(backend: Backend)
         .into_inner()
         .item
         .unwrap();
-    let lists = records
-        .get_disposal_lists(as_staff(
-            &manager_token,
-            pb::GetDisposalListsRequest::default(),
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let lists = disposal_lists(&mut records, &manager_token).await;
     assert!(lists.destroy.is_empty() && lists.return_to_client.is_empty());
     let history = records
         .get_item_history(as_staff(
@@ -1140,34 +1138,7 @@ async fn due_paper_is_destroyed_or_returned_with_a_certificate(backend: Backend)
     // movements since are made again.
     let log =
         AuditServiceClient::new(channel(&data, &sandbox, ServiceName::Audit, "operator").await);
-    let leaf_of_newcomer = || {
-        let (mut log, id) = (log.clone(), newcomer.id.clone());
-        async move {
-            log.list_events(ListEventsRequest {
-                action: "retention.item.registered".into(),
-                page_size: 1000,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .events
-            .iter()
-            .find(|e| {
-                e.event
-                    .as_ref()
-                    .and_then(|e| e.resource.as_ref())
-                    .is_some_and(|r| r.id == id)
-            })
-            .map(|e| e.leaf_index)
-        }
-    };
-    common::eventually(std::time::Duration::from_secs(20), "F-4 logged", || {
-        let leaf = leaf_of_newcomer();
-        async move { leaf.await.is_some() }
-    })
-    .await;
-    let leaf = leaf_of_newcomer().await.unwrap();
+    let leaf = common::logged_leaf(&log, "retention.item.registered", &newcomer.id).await;
     let (export, key) = common::exported_log(&data, &sandbox, &log, leaf).await;
     sandbox.stop().await;
     common::restore(&data, ServiceName::Retention, &backup).await;
@@ -1223,14 +1194,7 @@ async fn due_paper_is_destroyed_or_returned_with_a_certificate(backend: Backend)
     let mut records = PhysicalRecordsServiceClient::new(
         channel(&data, &sandbox, ServiceName::Retention, "firm-app").await,
     );
-    let lists = records
-        .get_disposal_lists(as_staff(
-            &manager_token,
-            pb::GetDisposalListsRequest::default(),
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let lists = disposal_lists(&mut records, &manager_token).await;
     assert!(lists.destroy.is_empty(), "{:?}", lists.destroy);
     let register = records
         .list_items(as_staff(

@@ -614,7 +614,46 @@ pub async fn exported_log(
     (export, key)
 }
 
-/// The (`change`, `result`) of each line of a `confidant restore` output
+/// The log position of the event of `action` about resource `id`, once the
+/// audit log holds it (waiting up to 20 seconds).
+pub async fn logged_leaf(
+    log: &confidant_proto::audit::v1::audit_service_client::AuditServiceClient<
+        confidant_runtime::client::PeerChannel,
+    >,
+    action: &str,
+    id: &str,
+) -> i64 {
+    let find = || {
+        let (mut log, action, id) = (log.clone(), action.to_owned(), id.to_owned());
+        async move {
+            log.list_events(confidant_proto::audit::v1::ListEventsRequest {
+                action,
+                page_size: 1000,
+                ..Default::default()
+            })
+            .await
+            .expect("events listed")
+            .into_inner()
+            .events
+            .iter()
+            .find(|e| {
+                e.event
+                    .as_ref()
+                    .and_then(|e| e.resource.as_ref())
+                    .is_some_and(|r| r.id == id)
+            })
+            .map(|e| e.leaf_index)
+        }
+    };
+    eventually(Duration::from_secs(20), action, || {
+        let found = find();
+        async move { found.await.is_some() }
+    })
+    .await;
+    find().await.expect("logged")
+}
+
+/// The (`change`, `result`) of each line of a `confidant restore` output/// The (`change`, `result`) of each line of a `confidant restore` output
 /// about `id` (every line's, if `id` is empty).
 pub fn restore_results(out: &str, id: &str) -> Vec<(String, String)> {
     out.lines()

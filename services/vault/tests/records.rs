@@ -1110,14 +1110,18 @@ async fn rewrap_moves_scope_keys_to_the_new_kms_key_without_touching_records(db:
     assert!(!new.keys().kms().is_active(&before[0].0));
     // The first scope's wrapped key is replaced by the second's (moved, or
     // altered): it cannot be rewrapped, and does not hold up the others.
-    let scopes: Vec<(Uuid, Vec<u8>)> = db
-        .db
-        .fetch_all(
-            "SELECT id, wrapped_key FROM vault_scopes ORDER BY id",
-            vec![],
-        )
-        .await
-        .unwrap();
+    let wrapped_now = || async {
+        let rows: Vec<(Uuid, Vec<u8>)> = db
+            .db
+            .fetch_all(
+                "SELECT id, wrapped_key FROM vault_scopes ORDER BY id",
+                vec![],
+            )
+            .await
+            .unwrap();
+        rows
+    };
+    let scopes = wrapped_now().await;
     assert_eq!(scopes.len(), 3);
     let set_wrapped = |scope: Uuid, wrapped: Vec<u8>| async move {
         let set = Statement::new(
@@ -1170,17 +1174,6 @@ async fn rewrap_moves_scope_keys_to_the_new_kms_key_without_touching_records(db:
             Arc::new(AwsKms::connect(&emulated_kms(&kms_endpoint(), &unknown)).await),
             CACHE,
         );
-        let wrapped_now = || async {
-            let rows: Vec<(Uuid, Vec<u8>)> = db
-                .db
-                .fetch_all(
-                    "SELECT id, wrapped_key FROM vault_scopes ORDER BY id",
-                    vec![],
-                )
-                .await
-                .unwrap();
-            rows
-        };
         let before = wrapped_now().await;
         assert!(matches!(
             refusing.rewrap(&actor, 100, None).await,
