@@ -895,6 +895,17 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
         .await
         .unwrap_err();
     assert_eq!(refreshed.code(), tonic::Code::Unauthenticated);
+    // The directory shows whose sign-in the restore locked.
+    let rotated_now = admin
+        .list_staff_members(ListStaffMembersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .staff
+        .into_iter()
+        .find(|s| s.staff_id == rotated)
+        .unwrap();
+    assert_eq!(rotated_now.sign_in(), SignInState::Locked);
     // The password the backup held no longer works; a new one from an
     // administrator does.
     let old = app
@@ -954,4 +965,192 @@ async fn sqlite_access_taken_away_after_a_backup_stays_away_after_its_restore() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_access_taken_away_after_a_backup_stays_away_after_its_restore() {
     access_taken_away_after_a_backup_stays_away_after_its_restore(Backend::Postgres).await;
+}
+
+async fn admins_list_staff_with_their_roles_and_sign_in(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec::of(&[ServiceName::Identity, ServiceName::Audit]),
+    )
+    .await;
+    let mut admin = client(&data, &sandbox, "operator").await;
+    let mut app = client(&data, &sandbox, "client-portal").await;
+    // Four staff members at four stages: signed in with TOTP, a password
+    // only, nothing yet (with a role for a month), and gone.
+    signed_in(&mut admin, &mut app, "carol.ready@firm.example", "partner").await;
+    let pending =
+        common::directory::staff(&mut admin, "bob.pending@firm.example", "paralegal").await;
+    admin
+        .set_password(SetPasswordRequest {
+            staff_id: pending.clone(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap();
+    let newcomer =
+        common::directory::staff(&mut admin, "alice.new@firm.example", "paralegal").await;
+    let month = chrono::Utc::now() + chrono::Duration::days(30);
+    admin
+        .grant_role(GrantRoleRequest {
+            staff_id: newcomer.clone(),
+            role: "auditor".into(),
+            expire_time: Some(prost_types::Timestamp {
+                seconds: month.timestamp(),
+                nanos: 0,
+            }),
+        })
+        .await
+        .unwrap();
+    let leaver = common::directory::staff(&mut admin, "dan.leaver@firm.example", "associate").await;
+    admin
+        .disable_staff_member(DisableStaffMemberRequest {
+            staff_id: leaver.clone(),
+        })
+        .await
+        .unwrap();
+
+    let list = |role: &str, include_disabled: bool| {
+        let (mut admin, role) = (admin.clone(), role.to_owned());
+        async move {
+            admin
+                .list_staff_members(ListStaffMembersRequest {
+                    role,
+                    include_disabled,
+                    page_size: 0,
+                    page_token: String::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .staff
+        }
+    };
+    let ours = |staff: Vec<StaffMemberSummary>| -> Vec<StaffMemberSummary> {
+        staff
+            .into_iter()
+            .filter(|s| s.email.ends_with("@firm.example"))
+            .collect()
+    };
+    // By address, the disabled left out.
+    let enabled = ours(list("", false).await);
+    let emails: Vec<&str> = enabled.iter().map(|s| s.email.as_str()).collect();
+    assert_eq!(
+        emails,
+        [
+            "alice.new@firm.example",
+            "bob.pending@firm.example",
+            "carol.ready@firm.example"
+        ]
+    );
+    let sign_in: Vec<SignInState> = enabled.iter().map(|s| s.sign_in()).collect();
+    assert_eq!(
+        sign_in,
+        [
+            SignInState::NoPassword,
+            SignInState::TotpPending,
+            SignInState::Ready
+        ]
+    );
+    assert_eq!(enabled[0].staff_id, newcomer);
+    let roles: Vec<(&str, Option<i64>)> = enabled[0]
+        .roles
+        .iter()
+        .map(|r| (r.role.as_str(), r.expire_time.map(|t| t.seconds)))
+        .collect();
+    assert_eq!(
+        roles,
+        [("auditor", Some(month.timestamp())), ("paralegal", None)]
+    );
+    assert!(enabled.iter().all(|s| s.disable_time.is_none()));
+    // By role, and with the disabled.
+    let paralegals: Vec<String> = ours(list("paralegal", false).await)
+        .into_iter()
+        .map(|s| s.staff_id)
+        .collect();
+    assert_eq!(paralegals, [newcomer.clone(), pending.clone()]);
+    let everyone = ours(list("", true).await);
+    let gone = everyone.iter().find(|s| s.staff_id == leaver).unwrap();
+    assert!(gone.disable_time.is_some());
+    assert_eq!(everyone.len(), 4);
+    // In pages.
+    common::check_pages(0, 1, |page_size, page_token| {
+        let mut admin = admin.clone();
+        async move {
+            let r = admin
+                .list_staff_members(ListStaffMembersRequest {
+                    role: String::new(),
+                    include_disabled: true,
+                    page_size,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            let ids: Vec<String> = r.staff.into_iter().map(|s| s.staff_id).collect();
+            Ok((ids, r.next_page_token))
+        }
+    })
+    .await;
+    // Admins only; a role name out of bounds is named.
+    let refused = app
+        .list_staff_members(ListStaffMembersRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    let err = admin
+        .list_staff_members(ListStaffMembersRequest {
+            role: "r".repeat(65),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(common::violated_fields(&err), ["role"]);
+    // Every listing is in the audit log, with the role asked for.
+    let log = confidant_proto::audit::v1::audit_service_client::AuditServiceClient::new(
+        common::channel(&data, &sandbox, ServiceName::Audit, "operator").await,
+    );
+    common::eventually(
+        std::time::Duration::from_secs(20),
+        "the listings logged",
+        || {
+            let mut log = log.clone();
+            async move {
+                let listed =
+                    common::logged_events(&mut log, "", "identity", "identity.staff.listed").await;
+                listed.len() >= 5
+                    && listed.iter().any(|e| {
+                        confidant_runtime::audit::related_named(&e.related, "role")
+                            == Some("paralegal")
+                    })
+            }
+        },
+    )
+    .await;
+
+    // `confidant directory staff` prints them, one line each.
+    let out = common::directory_cli(&data, &sandbox, &["staff", "--role", "paralegal"]);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| {
+            v["email"]
+                .as_str()
+                .is_some_and(|e| e.ends_with("@firm.example"))
+        })
+        .collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!(lines[1]["staff_id"], pending.as_str());
+    assert_eq!(lines[1]["sign_in"], "SIGN_IN_STATE_TOTP_PENDING");
+    assert_eq!(lines[1]["roles"][0]["role"], "paralegal");
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_admins_list_staff_with_their_roles_and_sign_in() {
+    admins_list_staff_with_their_roles_and_sign_in(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_admins_list_staff_with_their_roles_and_sign_in() {
+    admins_list_staff_with_their_roles_and_sign_in(Backend::Postgres).await;
 }

@@ -289,6 +289,35 @@ pub fn audit_cli(
     exit_and_output(cmd.output().expect("confidant runs"))
 }
 
+/// `confidant directory` against the sandbox's identity service with the
+/// operator certificate; its standard output, once it has succeeded.
+pub fn directory_cli(
+    data: &confidant::sandbox::SandboxData,
+    sandbox: &confidant::sandbox::Sandbox,
+    args: &[&str],
+) -> String {
+    let tls = data.operator_files();
+    let out = confidant()
+        .arg("directory")
+        .arg("--service")
+        .arg(sandbox.url(confidant_runtime::ServiceName::Identity))
+        .arg("--ca")
+        .arg(&tls.ca_file)
+        .arg("--cert")
+        .arg(&tls.cert_file)
+        .arg("--key")
+        .arg(&tls.key_file)
+        .args(args)
+        .output()
+        .expect("confidant runs");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Stores a one-field note for `client_id` (and `matter_id`, if not empty)
 /// in the vault through `vault`; returns the scope it went to.
 pub async fn store_note(

@@ -36,6 +36,16 @@ pub enum DirectoryCommand {
         #[arg(long = "role")]
         roles: Vec<String>,
     },
+    /// List staff members by e-mail address, one line each: id, name,
+    /// roles, whether disabled, and where their sign-in stands.
+    Staff {
+        /// Only those who hold this role now.
+        #[arg(long)]
+        role: Option<String>,
+        /// Disabled staff members too.
+        #[arg(long)]
+        include_disabled: bool,
+    },
     /// Disable a staff member (sessions end, decisions deny).
     DisableStaff {
         /// The staff member.
@@ -361,6 +371,51 @@ pub async fn run(
                 .map_err(fail)?
                 .into_inner();
             json!({ "staff_id": r.staff_id })
+        }
+        DirectoryCommand::Staff {
+            role,
+            include_disabled,
+        } => {
+            let mut page_token = String::new();
+            loop {
+                let r = c
+                    .list_staff_members(pb::ListStaffMembersRequest {
+                        role: role.clone().unwrap_or_default(),
+                        include_disabled,
+                        page_size: 1000,
+                        page_token,
+                    })
+                    .await
+                    .map_err(fail)?
+                    .into_inner();
+                for s in r.staff {
+                    let roles: Vec<serde_json::Value> = s
+                        .roles
+                        .into_iter()
+                        .map(|r| {
+                            json!({
+                                "role": r.role,
+                                "until": crate::records_cli::timestamp(r.expire_time),
+                            })
+                        })
+                        .collect();
+                    let line = json!({
+                        "staff_id": s.staff_id,
+                        "email": s.email,
+                        "name": s.display_name,
+                        "roles": roles,
+                        "created": crate::records_cli::timestamp(s.create_time),
+                        "disabled": crate::records_cli::timestamp(s.disable_time),
+                        "sign_in": pb::SignInState::try_from(s.sign_in)
+                            .map_or("?", |state| state.as_str_name()),
+                    });
+                    writeln!(out, "{line}")?;
+                }
+                if r.next_page_token.is_empty() {
+                    return Ok(());
+                }
+                page_token = r.next_page_token;
+            }
         }
         DirectoryCommand::DisableStaff { staff } => {
             c.disable_staff_member(pb::DisableStaffMemberRequest {

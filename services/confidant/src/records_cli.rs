@@ -169,7 +169,8 @@ pub enum RecordsCommand {
     },
 }
 
-fn timestamp(t: Option<prost_types::Timestamp>) -> Json {
+/// A protobuf time as RFC 3339, or null.
+pub(crate) fn timestamp(t: Option<prost_types::Timestamp>) -> Json {
     t.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
         .map_or(Json::Null, |t| Json::String(t.to_rfc3339()))
 }

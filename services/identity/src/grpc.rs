@@ -345,6 +345,78 @@ impl IdentityService for IdentityApi {
         Ok(Response::new(DisableStaffMemberResponse {}))
     }
 
+    #[tracing::instrument(name = "identity.list_staff_members", skip_all)]
+    async fn list_staff_members(
+        &self,
+        request: Request<ListStaffMembersRequest>,
+    ) -> Result<Response<ListStaffMembersResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let role = req.role.trim();
+        if role.chars().count() > 64 {
+            v.add("role", "at most 64 characters");
+        }
+        let (limit, after) = page::requested(
+            &mut v,
+            req.page_size,
+            &req.page_token,
+            (100, 1000),
+            &[page::Part::Text],
+        );
+        check(v)?;
+        let role = (!role.is_empty()).then_some(role);
+        let (listed, next) = self
+            .directory
+            .staff_page(role, req.include_disabled, after.values(), limit)
+            .await
+            .map_err(Error::from)?;
+        // Who looked at the directory, and for what, before anything is
+        // returned.
+        let event = EventBuilder::new(
+            ServiceName::Identity,
+            &self.trust_domain,
+            Action::IdentityStaffListed,
+        )
+        .actor(ActorKind::Service, caller.name(), caller.as_str())
+        .resource("staff", "directory")
+        .related(role.map(|r| ("role", r.to_owned())))
+        .build();
+        self.directory.record(event).await.map_err(Error::from)?;
+        let now = Utc::now();
+        let staff = listed
+            .iter()
+            .filter(|s| role.is_none_or(|r| s.holds(r, now)))
+            .map(|s| StaffMemberSummary {
+                staff_id: s.id.to_string(),
+                email: s.email.clone(),
+                display_name: s.display_name.clone(),
+                roles: s
+                    .live_roles(now)
+                    .into_iter()
+                    .map(|(role, expires)| StaffRole {
+                        role,
+                        expire_time: expires.map(proto_time),
+                    })
+                    .collect(),
+                create_time: Some(proto_time(s.created_at)),
+                disable_time: s.disabled_at.map(proto_time),
+                sign_in: match (&s.password_hash, s.totp_confirmed_at) {
+                    (None, _) => SignInState::NoPassword,
+                    (Some(hash), _) if hash == crate::restore::LOCKED_HASH => SignInState::Locked,
+                    (Some(_), None) => SignInState::TotpPending,
+                    (Some(_), Some(_)) => SignInState::Ready,
+                } as i32,
+            })
+            .collect();
+        Ok(Response::new(ListStaffMembersResponse {
+            staff,
+            next_page_token: next
+                .map(|email| page::token(&[Key::Text(&email)]))
+                .unwrap_or_default(),
+        }))
+    }
+
     #[tracing::instrument(name = "identity.create_client", skip_all)]
     async fn create_client(
         &self,

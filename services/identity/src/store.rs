@@ -342,6 +342,88 @@ impl Directory {
             .await
     }
 
+    /// A page of staff members by e-mail address, after the one `after`
+    /// names (a key of one text part, the e-mail address): at most `limit`
+    /// looked at, of those enabled unless `include_disabled`, holding a
+    /// live grant of `role` if given (its expiry is checked by the caller,
+    /// in [`StaffListing::holds`]); with their live role grants. Also
+    /// returns, if there are more, the e-mail address of the last one
+    /// looked at, for the next page to start after.
+    pub async fn staff_page(
+        &self,
+        role: Option<&str>,
+        include_disabled: bool,
+        after: Vec<Value>,
+        limit: i64,
+    ) -> Result<(Vec<StaffListing>, Option<String>), StoreError> {
+        let mut values = vec![
+            Value::Int(i32::from(include_disabled)),
+            Value::OptText(role.map(str::to_owned)),
+        ];
+        values.extend(after.clone());
+        values.push(Value::BigInt(limit + 1));
+        type Row = (
+            Uuid,
+            String,
+            String,
+            DateTime<Utc>,
+            Option<DateTime<Utc>>,
+            Option<String>,
+            Option<DateTime<Utc>>,
+        );
+        let mut rows: Vec<Row> = self
+            .db
+            .fetch_all(
+                "SELECT s.id, s.email, s.display_name, s.created_at, s.disabled_at, \
+                 c.password_hash, c.totp_confirmed_at FROM staff s \
+                 LEFT JOIN credentials c ON c.staff_id = s.id \
+                 WHERE ($1 = 1 OR s.disabled_at IS NULL) \
+                 AND ($2 IS NULL OR EXISTS (SELECT 1 FROM staff_roles r WHERE r.staff_id = s.id \
+                 AND r.role = $2 AND r.revoked_at IS NULL)) \
+                 AND ($3 IS NULL OR s.email > $3) ORDER BY s.email LIMIT $4",
+                values,
+            )
+            .await?;
+        let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+        rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        let Some(last) = rows.last().map(|r| r.1.clone()) else {
+            return Ok((Vec::new(), None));
+        };
+        // The live grants of the staff members of the page: those whose
+        // address lies between the page's bounds.
+        let mut bounds = after;
+        bounds.push(Value::Text(last.clone()));
+        let grants: Vec<(Uuid, String, Option<DateTime<Utc>>)> = self
+            .db
+            .fetch_all(
+                "SELECT r.staff_id, r.role, r.expires_at FROM staff_roles r \
+                 JOIN staff s ON s.id = r.staff_id WHERE r.revoked_at IS NULL \
+                 AND ($1 IS NULL OR s.email > $1) AND s.email <= $2 ORDER BY r.role",
+                bounds,
+            )
+            .await?;
+        let listed = rows
+            .into_iter()
+            .map(
+                |(id, email, display_name, created_at, disabled_at, hash, totp)| StaffListing {
+                    roles: grants
+                        .iter()
+                        .filter(|(staff, ..)| *staff == id)
+                        .map(|(_, role, expires)| (role.clone(), *expires))
+                        .collect(),
+                    id,
+                    email,
+                    display_name,
+                    created_at,
+                    disabled_at,
+                    password_hash: hash,
+                    totp_confirmed_at: totp,
+                },
+            )
+            .collect();
+        Ok((listed, more.then_some(last)))
+    }
+
     /// Whether a staff member exists.
     pub async fn staff_exists(&self, id: Uuid) -> Result<bool, StoreError> {
         self.exists("SELECT id FROM staff WHERE id = $1", id).await
@@ -946,6 +1028,55 @@ pub fn role_revoked(staff: Uuid, role: &str, at: DateTime<Utc>) -> Statement {
     )
 }
 
+/// A staff member as the directory lists them.
+#[derive(Debug, Clone)]
+pub struct StaffListing {
+    /// Their id.
+    pub id: Uuid,
+    /// Work e-mail address.
+    pub email: String,
+    /// Name shown to colleagues.
+    pub display_name: String,
+    /// When they were added.
+    pub created_at: DateTime<Utc>,
+    /// When they were disabled.
+    pub disabled_at: Option<DateTime<Utc>>,
+    /// Their password hash, if a password is set.
+    pub password_hash: Option<String>,
+    /// When their TOTP was confirmed.
+    pub totp_confirmed_at: Option<DateTime<Utc>>,
+    /// Their role grants not revoked: (role, expiry), some maybe lapsed.
+    pub roles: Vec<(String, Option<DateTime<Utc>>)>,
+}
+
+impl StaffListing {
+    /// The roles they hold at `now`, with their expiries, each once (the
+    /// latest-lapsing grant of it).
+    pub fn live_roles(&self, now: DateTime<Utc>) -> Vec<(String, Option<DateTime<Utc>>)> {
+        let mut live: Vec<(String, Option<DateTime<Utc>>)> = Vec::new();
+        for (role, expires) in &self.roles {
+            if expires.is_some_and(|e| e <= now) {
+                continue;
+            }
+            match live.iter_mut().find(|(r, _)| r == role) {
+                // Until revoked outlasts any expiry.
+                Some((_, held)) => {
+                    if held.is_some() && expires.is_none_or(|e| held.is_some_and(|h| e > h)) {
+                        *held = *expires;
+                    }
+                }
+                None => live.push((role.clone(), *expires)),
+            }
+        }
+        live
+    }
+
+    /// Whether they hold `role` at `now`.
+    pub fn holds(&self, role: &str, now: DateTime<Utc>) -> bool {
+        self.live_roles(now).iter().any(|(r, _)| r == role)
+    }
+}
+
 /// A grant of access to a staff member (an assignment to a matter, a
 /// role), until an expiry if it has one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1379,4 +1510,41 @@ pub fn matter_closed(id: Uuid, at: DateTime<Utc>) -> Statement {
         "UPDATE matters SET closed_at = $1 WHERE id = $2 AND closed_at IS NULL",
         vec![Value::Time(at), Value::Uuid(id)],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listing_shows_each_live_role_once_with_its_latest_lapse() {
+        let now = Utc::now();
+        let day = chrono::Duration::days(1);
+        let listing = StaffListing {
+            id: Uuid::now_v7(),
+            email: "a@firm.example".into(),
+            display_name: "A".into(),
+            created_at: now,
+            disabled_at: None,
+            password_hash: None,
+            totp_confirmed_at: None,
+            roles: vec![
+                ("auditor".into(), Some(now - day)),
+                ("paralegal".into(), Some(now + day)),
+                ("paralegal".into(), Some(now + day * 7)),
+                ("partner".into(), Some(now + day)),
+                ("partner".into(), None),
+                ("partner".into(), Some(now + day * 30)),
+            ],
+        };
+        assert_eq!(
+            listing.live_roles(now),
+            [
+                ("paralegal".to_owned(), Some(now + day * 7)),
+                ("partner".to_owned(), None)
+            ]
+        );
+        assert!(listing.holds("partner", now));
+        assert!(!listing.holds("auditor", now), "lapsed yesterday");
+    }
 }

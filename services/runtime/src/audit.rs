@@ -62,6 +62,7 @@ actions! {
     IdentityAuthorize => "identity.authorize", "An authorization decision (outcome allowed or denied, with its reason).";
     IdentityStaffCreated => "identity.staff.created", "A staff account was created.";
     IdentityStaffDisabled => "identity.staff.disabled", "A staff account was disabled.";
+    IdentityStaffListed => "identity.staff.listed", "An administrator listed staff members: e-mail addresses, names, roles and sign-in states (resource: `staff` `directory`; related: the role asked for, if any).";
     IdentityClientCreated => "identity.client.created", "A client was registered.";
     IdentityMatterCreated => "identity.matter.created", "A matter was opened (resource: the matter, with its client; related: its practice area, and its responsible attorney and jurisdiction if it has them).";
     IdentityMatterClosed => "identity.matter.closed", "A matter was closed.";
