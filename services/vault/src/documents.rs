@@ -154,6 +154,7 @@ pub struct DocumentReader {
     /// The event recording that the document did not open, but for its
     /// outcome; taken when it is recorded.
     unreadable: Option<EventBuilder>,
+    stats: std::sync::Arc<crate::keys::KeyStats>,
 }
 
 impl std::fmt::Debug for DocumentReader {
@@ -177,6 +178,7 @@ impl DocumentReader {
             && let Some(reason) = e.unreadable_reason()
             && let Some(event) = self.unreadable.take()
         {
+            self.stats.unreadable_found(reason);
             let event = event.outcome(Outcome::Failed, reason).build();
             if let Err(e) = self.store.db().transact(Vec::new(), &[event]).await {
                 tracing::error!(error = %e, "unreadable document not recorded");
@@ -493,6 +495,7 @@ impl Vault {
         let segments = row.doc_segments.ok_or(Error::Integrity)?;
         Ok(DocumentReader {
             unreadable: Some(self.unreadable_event(actor, &row, intent)),
+            stats: self.keys().shared_stats(),
             store: self.store().clone(),
             row,
             filename,

@@ -45,7 +45,15 @@ pub struct KeyStats {
     pub evictions: AtomicU64,
     /// Failed KMS calls, by reason (in the order of [`KMS_FAILURE_REASONS`]).
     pub kms_failures: [AtomicU64; 4],
+    /// Reads that found stored data that does not open, by reason (in the
+    /// order of [`UNREADABLE_REASONS`]).
+    pub unreadable: [AtomicU64; 2],
 }
+
+/// Why stored data did not open, as [`KeyStats::unreadable`] counts it:
+/// `integrity` (a ciphertext fails to authenticate where it is stored) and
+/// `key_unwrap_failed` (a wrapped key does not unwrap where it is stored).
+pub const UNREADABLE_REASONS: [&str; 2] = ["integrity", "key_unwrap_failed"];
 
 /// Why a KMS call failed, as [`KeyStats::kms_failures`] counts it:
 /// `unavailable` (unreachable, throttled), `refused` (access denied; the key
@@ -74,6 +82,22 @@ impl KeyStats {
     /// Counts a failed KMS call.
     pub fn kms_failed(&self, error: &confidant_runtime::kms::Error) {
         self.kms_failures[failure_index(error)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a read that found stored data that does not open, for
+    /// `reason` (one of [`UNREADABLE_REASONS`]).
+    pub fn unreadable_found(&self, reason: &str) {
+        if let Some(i) = UNREADABLE_REASONS.iter().position(|r| *r == reason) {
+            self.unreadable[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Reads that found stored data that does not open, by reason.
+    pub fn unreadable_counts(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        UNREADABLE_REASONS
+            .iter()
+            .zip(&self.unreadable)
+            .map(|(reason, n)| (*reason, n.load(Ordering::Relaxed)))
     }
 
     /// Failed KMS calls so far, by reason.

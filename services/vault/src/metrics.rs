@@ -18,6 +18,9 @@ pub const KMS_CALLS: &str = "confidant.vault.kms.calls";
 pub const CACHE_EVICTIONS: &str = "confidant.vault.key_cache.evictions";
 /// Failed KMS calls, by `reason` (see [`crate::keys::KMS_FAILURE_REASONS`]).
 pub const KMS_FAILURES: &str = "confidant.vault.kms.failures";
+/// Reads that found stored data that does not open, by `reason` (see
+/// [`crate::keys::UNREADABLE_REASONS`]).
+pub const UNREADABLE: &str = "confidant.vault.records.unreadable";
 
 /// Registers the vault's counters on the global meter provider; they read
 /// `stats` whenever metrics are collected, so the hot path only bumps the
@@ -51,6 +54,16 @@ pub fn register(stats: &Arc<KeyStats>) {
         .with_description("Failed calls to the KMS, by reason")
         .with_callback(move |o| {
             for (reason, n) in failures.kms_failure_counts() {
+                o.observe(n, &[KeyValue::new("reason", reason)]);
+            }
+        })
+        .build();
+    let unreadable = stats.clone();
+    meter
+        .u64_observable_counter(UNREADABLE)
+        .with_description("Reads that found stored data that does not open, by reason")
+        .with_callback(move |o| {
+            for (reason, n) in unreadable.unreadable_counts() {
                 o.observe(n, &[KeyValue::new("reason", reason)]);
             }
         })

@@ -951,6 +951,7 @@ impl Vault {
         let Some(reason) = error.unreadable_reason() else {
             return;
         };
+        self.keys.stats().unreadable_found(reason);
         let event = self
             .unreadable_event(actor, row, intent)
             .outcome(Outcome::Failed, reason)
@@ -1024,6 +1025,7 @@ impl Vault {
                 }
                 Err(e) => {
                     if let Some(reason) = e.unreadable_reason() {
+                        self.keys.stats().unreadable_found(reason);
                         unreadable.push(
                             self.unreadable_event(actor, &row, intent)
                                 .outcome(Outcome::Failed, reason)

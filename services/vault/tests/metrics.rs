@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use confidant_proto::vault::v1 as pb;
 use confidant_runtime::kms::LocalKms;
+use confidant_runtime::portable::{Statement, Value as Bound};
 use confidant_runtime::storage::Backend;
 use confidant_runtime::telemetry::TelemetryConfig;
 use confidant_runtime::testing::TestDatabase;
@@ -153,6 +154,44 @@ async fn key_metrics_reach_the_collector_without_client_data() {
             .unwrap();
         assert_eq!(opened.fields[0].value.to_string(), SECRET);
     }
+    // Its stored ciphertext altered, the record does not open: counted.
+    let (mut fields,): (Vec<u8>,) = db
+        .db
+        .fetch_optional(
+            "SELECT fields FROM vault_records WHERE id = $1",
+            vec![Bound::Uuid(stored.id)],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let last = fields.len() - 1;
+    fields[last] ^= 1;
+    db.db
+        .transact(
+            vec![Statement::new(
+                "UPDATE vault_records SET fields = $1 WHERE id = $2",
+                vec![Bound::Bytes(fields), Bound::Uuid(stored.id)],
+            )],
+            &[],
+        )
+        .await
+        .unwrap();
+    let row = vault.load(stored.id).await.unwrap();
+    let failed = vault
+        .open_many(
+            &actor,
+            vec![row],
+            &ReadIntent {
+                purpose: Purpose::LegalAdvice,
+                justification: "",
+                roles: &roles,
+                fields: FieldSelection::All,
+            },
+        )
+        .await
+        .pop()
+        .unwrap();
+    assert!(failed.is_err());
 
     guard.flush();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -169,6 +208,18 @@ async fn key_metrics_reach_the_collector_without_client_data() {
     assert_eq!(generated, Some(1), "{calls:?}");
     let hits = points(&collector, confidant_vault::metrics::CACHE_HITS);
     assert!(hits.iter().any(|(_, v)| *v >= 3), "{hits:?}");
+    let unreadable = points(&collector, confidant_vault::metrics::UNREADABLE);
+    let by_reason = |reason: &str| {
+        unreadable
+            .iter()
+            .find(|(a, _)| a.contains(&("reason".into(), reason.into())))
+            .map(|(_, v)| *v)
+    };
+    assert_eq!(
+        (by_reason("integrity"), by_reason("key_unwrap_failed")),
+        (Some(1), Some(0)),
+        "{unreadable:?}"
+    );
 
     // Nothing about the client or the data in any attribute.
     let exports = collector.text();
