@@ -1565,11 +1565,12 @@ async fn sqlite_keys_and_masking_from_the_command_line() {
     let (sandbox, f) = start_with_firm(&data, &SUITE).await;
     let partner = staff_token(&data, &f.partner, &["partner"]);
     let mut app = vault(&data, &sandbox, "firm-app").await;
+    let mut stored = Vec::new();
     for record in [
         passport(&f.client_id, &f.matter_id),
         contact(&f.client_id, &f.matter_id),
     ] {
-        store_as(&mut app, &partner, record).await;
+        stored.push(store_as(&mut app, &partner, record).await);
     }
     sandbox.stop().await;
 
@@ -1710,6 +1711,17 @@ async fn sqlite_keys_and_masking_from_the_command_line() {
     );
     let said = String::from_utf8_lossy(&stuck.stderr);
     assert!(said.contains("1 of them could not be rewrapped"), "{said}");
+    // Meanwhile a record under that scope does not open (this replica has
+    // no key of it cached): DATA_LOSS, nothing returned, counted.
+    let mut app = vault(&data, &sandbox, "firm-app").await;
+    let lost = app
+        .get_record(as_staff(&partner, get(&stored[0], "")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (lost.code(), common::error_reason(&lost).as_str()),
+        (tonic::Code::DataLoss, "key_unwrap_failed")
+    );
     // Put right, it moves; run again, the command goes on to the end.
     set_wrapped_key(&data, scopes[0].0, &scopes[0].1).await;
     let batches = lines(&["rewrap", "--batch-size", "1"]);
@@ -1717,11 +1729,17 @@ async fn sqlite_keys_and_masking_from_the_command_line() {
     assert_eq!(batches[0]["active_kms_key_id"], new.as_str());
     let after = &lines(&["key-stats"])[0];
     assert_eq!(usage(after), [(new.clone(), 2, true)]);
-    // Every reason a KMS call can fail for is listed; the one rewrap that
-    // failed is counted.
+    // Every reason a KMS call can fail for is listed; the rewrap and the
+    // read that failed are counted, and the read as a record that did not
+    // open.
     assert_eq!(
         after["kms_failures"],
-        serde_json::json!({ "unavailable": 0, "refused": 0, "unwrap_failed": 1, "other": 0 }),
+        serde_json::json!({ "unavailable": 0, "refused": 0, "unwrap_failed": 2, "other": 0 }),
+        "{after}"
+    );
+    assert_eq!(
+        after["unreadable_records"],
+        serde_json::json!({ "integrity": 0, "key_unwrap_failed": 1 }),
         "{after}"
     );
     // Now nothing is wrapped under the old key: it is retired, for good.

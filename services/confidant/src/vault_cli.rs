@@ -135,6 +135,7 @@ pub async fn run(
                     "cached_keys": s.cached_keys,
                     "evictions": s.evictions,
                     "kms_failures": s.kms_failures,
+                    "unreadable_records": s.unreadable_records,
                 })
             )?;
         }

@@ -1196,6 +1196,10 @@ impl VaultService for VaultApi {
                 .kms_failure_counts()
                 .map(|(reason, n)| (reason.to_owned(), i64::try_from(n).unwrap_or(i64::MAX)))
                 .collect(),
+            unreadable_records: stats
+                .unreadable_counts()
+                .map(|(reason, n)| (reason.to_owned(), i64::try_from(n).unwrap_or(i64::MAX)))
+                .collect(),
             kms_keys: self
                 .vault
                 .store()
