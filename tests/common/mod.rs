@@ -655,23 +655,16 @@ pub async fn logged_leaf(
     let find = || {
         let (mut log, action, id) = (log.clone(), action.to_owned(), id.to_owned());
         async move {
-            log.list_events(confidant_proto::audit::v1::ListEventsRequest {
-                action,
-                page_size: 1000,
-                ..Default::default()
-            })
-            .await
-            .expect("events listed")
-            .into_inner()
-            .events
-            .iter()
-            .find(|e| {
-                e.event
-                    .as_ref()
-                    .and_then(|e| e.resource.as_ref())
-                    .is_some_and(|r| r.id == id)
-            })
-            .map(|e| e.leaf_index)
+            logged_page(&mut log, "", "", &action)
+                .await
+                .iter()
+                .find(|e| {
+                    e.event
+                        .as_ref()
+                        .and_then(|e| e.resource.as_ref())
+                        .is_some_and(|r| r.id == id)
+                })
+                .map(|e| e.leaf_index)
         }
     };
     eventually(Duration::from_secs(20), action, || {
@@ -721,6 +714,22 @@ pub async fn logged_events(
     source: &str,
     action: &str,
 ) -> Vec<confidant_proto::audit::v1::AuditEvent> {
+    logged_page(audit, client_id, source, action)
+        .await
+        .into_iter()
+        .filter_map(|e| e.event)
+        .collect()
+}
+
+/// [`logged_events`] with their positions in the log.
+async fn logged_page(
+    audit: &mut confidant_proto::audit::v1::audit_service_client::AuditServiceClient<
+        confidant_runtime::client::PeerChannel,
+    >,
+    client_id: &str,
+    source: &str,
+    action: &str,
+) -> Vec<confidant_proto::audit::v1::LoggedEvent> {
     audit
         .list_events(confidant_proto::audit::v1::ListEventsRequest {
             client_id: client_id.into(),
@@ -733,9 +742,6 @@ pub async fn logged_events(
         .expect("events listed")
         .into_inner()
         .events
-        .into_iter()
-        .filter_map(|e| e.event)
-        .collect()
 }
 
 /// Every item of a paged list: `fetch(page_token)` returns a page's item
