@@ -1213,6 +1213,8 @@ async fn kms_keys_rotate_through_the_api_without_touching_records(backend: Backe
     assert_eq!(idle.next_page_token, "");
     let before = stored_records(&data).await;
     sandbox.stop().await;
+    // The vault's database is backed up before the rotation.
+    let backup = common::back_up(&data, ServiceName::Vault).await;
 
     // The operator makes a new KMS key the active one and restarts.
     let new = data.rotate_kms_key().await;
@@ -1368,7 +1370,44 @@ async fn kms_keys_rotate_through_the_api_without_touching_records(backend: Backe
     let sandbox = Sandbox::start(&data, SandboxSpec::of(&services)).await;
     let app = vault(&data, &sandbox, "firm-app").await;
     assert_eq!(read_all(app).await, plain);
+
+    // Restored from the backup taken before the rotation, the vault's
+    // scope keys are under the old key again: the restore says so, and
+    // (the local keyring's) that the log shows the key retired since.
+    let log = audit(&data, &sandbox).await;
+    let leaf = match backend {
+        Backend::Sqlite => common::logged_leaf(&log, "vault.kms_key.retired", &old).await,
+        Backend::Postgres => {
+            common::logged_leaf(&log, "vault.keys.rewrapped", &last.active_kms_key_id).await
+        }
+    };
+    let (export, key) = common::exported_log(&data, &sandbox, &log, leaf).await;
     sandbox.stop().await;
+    common::restore(&data, ServiceName::Vault, &backup).await;
+    let (code, out) = common::restore_command(
+        &data,
+        &SandboxSpec::of(&services),
+        &["vault", "--log", &export, "--public-key", &key],
+    );
+    assert_eq!(code, 0, "{out}");
+    let summary: serde_json::Value = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v.get("summary").is_some())
+        .unwrap();
+    let to_rewrap = summary["summary"]["kms_keys_to_rewrap"].as_array().unwrap();
+    assert_eq!(to_rewrap.len(), 1, "{out}");
+    assert_eq!(
+        which_key(to_rewrap[0]["kms_key_id"].as_str().unwrap(), &keys),
+        "old"
+    );
+    assert_eq!(to_rewrap[0]["scopes"], 3);
+    assert_eq!(
+        to_rewrap[0]["retired_since_backup"],
+        backend == Backend::Sqlite,
+        "{out}"
+    );
+    assert!(out.contains("rewrap them"), "{out}");
 }
 
 /// A masking rule of the API: (role, category, field type, mask).

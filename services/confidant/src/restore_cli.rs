@@ -104,7 +104,16 @@ pub async fn restore(
                 i64::try_from(config.vault.destruction_window_seconds).unwrap_or(0),
             );
             let store = VaultStore::new(db.clone());
-            reapply_all(&store, trust_domain, &verified, window, dry_run, out).await
+            let active = active_kms_key(config);
+            reapply_all(
+                &store,
+                trust_domain,
+                &verified,
+                (window, active.as_deref()),
+                dry_run,
+                out,
+            )
+            .await
         }
         What::Identity => reapply_identity_all(&db, trust_domain, &verified, dry_run, out).await,
         What::Retention => {
@@ -516,11 +525,56 @@ async fn reapply(
     }
 }
 
+/// The KMS key the vault wraps new scope keys under, as its configuration
+/// names it: `kms.key_id`, or the newest key of the local keyring (read,
+/// never created); `None` when it cannot tell.
+fn active_kms_key(config: &Config) -> Option<String> {
+    use confidant_runtime::config::KmsProvider;
+    match config.kms.provider {
+        Some(KmsProvider::Aws) => config.kms.key_id.clone(),
+        Some(KmsProvider::Local) => {
+            let path = confidant_runtime::kms::local_key_file(config)?;
+            let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).ok()?);
+            text.lines()
+                .filter(|l| !l.trim().is_empty())
+                .last()
+                .and_then(|l| l.split_whitespace().next())
+                .map(str::to_owned)
+        }
+        None => None,
+    }
+}
+
+/// The KMS keys other than `active` that wrap live scope keys in the
+/// restored database (the backup predates a rotation, or its rewrap), with
+/// how many, and whether the log shows the key retired since.
+async fn keys_to_rewrap(
+    store: &VaultStore,
+    active: &str,
+    events: &[VerifiedEvent],
+) -> anyhow::Result<Vec<(String, i64, bool)>> {
+    let retired: Vec<&str> = allowed(events, ServiceName::Vault)
+        .filter(|a| a.action == Action::VaultKmsKeyRetired)
+        .map(|a| a.resource.id.as_str())
+        .collect();
+    let names = |stored: &str, key: &str| stored == key || stored.ends_with(&format!("/{key}"));
+    Ok(store
+        .kms_key_usage()
+        .await?
+        .into_iter()
+        .filter(|(key, _)| !names(key, active))
+        .map(|(key, scopes)| {
+            let gone = retired.iter().any(|r| names(&key, r));
+            (key, scopes, gone)
+        })
+        .collect())
+}
+
 async fn reapply_all(
     store: &VaultStore,
     trust_domain: &str,
     verified: &VerifiedEvents,
-    default_window: chrono::Duration,
+    (default_window, active): (chrono::Duration, Option<&str>),
     dry_run: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
@@ -548,7 +602,7 @@ async fn reapply_all(
         report.line(&line, fate, extra)?;
     }
     let lost = report.count(Fate::Lost);
-    let notes = if lost > 0 {
+    let mut notes = if lost > 0 {
         vec![format!(
             "{lost} corrections made after the backup are lost (their new versions were only in \
              the lost database), and the versions they corrected are current again: correct \
@@ -557,7 +611,36 @@ async fn reapply_all(
     } else {
         Vec::new()
     };
-    report.finish(verified, json!({ "corrections_lost": lost }), &notes)
+    let to_rewrap = match active {
+        Some(active) => keys_to_rewrap(store, active, &verified.events).await?,
+        None => Vec::new(),
+    };
+    if !to_rewrap.is_empty() {
+        let scopes: i64 = to_rewrap.iter().map(|(_, n, _)| n).sum();
+        notes.push(format!(
+            "{scopes} scope keys are wrapped under KMS keys other than the active one, as they \
+             were when the backup was taken: once the vault runs, rewrap them (confidant vault \
+             rewrap) before those keys are retired"
+        ));
+        for (key, _, _) in to_rewrap.iter().filter(|(_, _, retired)| *retired) {
+            notes.push(format!(
+                "KMS key {key} was retired after the backup: enable it again for the rewrap (an \
+                 AWS key: enable it, or cancel its deletion; a local key retired with \
+                 retire-local-kms is gone, and the scopes under it cannot be read)"
+            ));
+        }
+    }
+    let keys: Vec<serde_json::Value> = to_rewrap
+        .iter()
+        .map(|(key, scopes, retired)| {
+            json!({ "kms_key_id": key, "scopes": scopes, "retired_since_backup": retired })
+        })
+        .collect();
+    report.finish(
+        verified,
+        json!({ "corrections_lost": lost, "kms_keys_to_rewrap": keys }),
+        &notes,
+    )
 }
 
 /// What the log says was done in identity since a backup, to be made again
