@@ -536,8 +536,8 @@ fn active_kms_key(config: &Config) -> Option<String> {
             let path = confidant_runtime::kms::local_key_file(config)?;
             let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).ok()?);
             text.lines()
-                .filter(|l| !l.trim().is_empty())
-                .last()
+                .rev()
+                .find(|l| !l.trim().is_empty())
                 .and_then(|l| l.split_whitespace().next())
                 .map(str::to_owned)
         }
