@@ -1271,18 +1271,8 @@ async fn sqlite_the_directory_from_the_command_line() {
         SandboxSpec::of(&[ServiceName::Identity, ServiceName::Audit]),
     )
     .await;
-    let tls = data.operator_files();
-    let url = sandbox.url(ServiceName::Identity);
     let run = |args: &[&str]| {
-        common::confidant()
-            .arg("directory")
-            .args(["--service", &url])
-            .arg("--ca")
-            .arg(&tls.ca_file)
-            .arg("--cert")
-            .arg(&tls.cert_file)
-            .arg("--key")
-            .arg(&tls.key_file)
+        common::directory_command(&data, &sandbox)
             .args(args)
             .output()
             .expect("confidant runs")

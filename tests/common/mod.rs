@@ -290,15 +290,14 @@ pub fn audit_cli(
 }
 
 /// `confidant directory` against the sandbox's identity service with the
-/// operator certificate; its standard output, once it has succeeded.
-pub fn directory_cli(
+/// operator certificate, its command still to be added.
+pub fn directory_command(
     data: &confidant::sandbox::SandboxData,
     sandbox: &confidant::sandbox::Sandbox,
-    args: &[&str],
-) -> String {
+) -> std::process::Command {
     let tls = data.operator_files();
-    let out = confidant()
-        .arg("directory")
+    let mut cmd = confidant();
+    cmd.arg("directory")
         .arg("--service")
         .arg(sandbox.url(confidant_runtime::ServiceName::Identity))
         .arg("--ca")
@@ -306,7 +305,18 @@ pub fn directory_cli(
         .arg("--cert")
         .arg(&tls.cert_file)
         .arg("--key")
-        .arg(&tls.key_file)
+        .arg(&tls.key_file);
+    cmd
+}
+
+/// [`directory_command`] with `args`; its standard output, once it has
+/// succeeded.
+pub fn directory_cli(
+    data: &confidant::sandbox::SandboxData,
+    sandbox: &confidant::sandbox::Sandbox,
+    args: &[&str],
+) -> String {
+    let out = directory_command(data, sandbox)
         .args(args)
         .output()
         .expect("confidant runs");
