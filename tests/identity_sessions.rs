@@ -790,6 +790,10 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
         "{out}"
     );
     assert!(!out.contains("put them up again"), "{out}");
+    assert!(
+        out.contains("1 staff members' sign-in is locked") && out.contains("directory staff"),
+        "{out}"
+    );
     // The exceptions granted through it since are granted again, and the
     // one revoked since is revoked again; the newcomer's names the
     // newcomer, whom the database does not hold.

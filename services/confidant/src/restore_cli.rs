@@ -1146,12 +1146,17 @@ async fn reapply_identity_all(
 ) -> anyhow::Result<()> {
     let mut report = Report::new(out);
     let (mut walls_lost, mut matters_lost, mut grants_lost) = (0u64, 0u64, 0u64);
-    let (mut attestations_lost, mut exceptions_lost) = (0u64, 0u64);
+    let (mut attestations_lost, mut exceptions_lost, mut locked) = (0u64, 0u64, 0u64);
     for c in identity_changes(&verified.events) {
         let line = c.line();
         let (fate, extra) = reapply_identity(db, trust_domain, &c, dry_run)
             .await
             .with_context(|| line.stopped())?;
+        if matches!(c.change, IdentityChange::SignIn { .. })
+            && matches!(fate, Fate::Reapplied | Fate::WouldReapply)
+        {
+            locked += 1;
+        }
         if fate == Fate::Lost {
             match c.change {
                 IdentityChange::Matter { .. } => matters_lost += 1,
@@ -1195,6 +1200,14 @@ async fn reapply_identity_all(
              in the restored database, and their events, logged before attestation events named \
              what was attested, cannot record them again: until they are recorded anew \
              (RecordAttestation), the staff concerned are refused client data"
+        ));
+    }
+    if locked > 0 {
+        notes.push(format!(
+            "{locked} staff members' sign-in {} locked (their password or TOTP changed after the \
+             backup): an administrator sets a new password (SetPassword), then they enrol TOTP \
+             again; `confidant directory staff` lists them as SIGN_IN_STATE_LOCKED until then",
+            if dry_run { "would be" } else { "is" }
         ));
     }
     if exceptions_lost > 0 {
