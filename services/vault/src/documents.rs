@@ -16,7 +16,6 @@ use crate::error::Error;
 use crate::masking::Mask;
 use crate::records::{Actor, ReadIntent, Vault, decrypt_fields, encrypt_fields};
 use crate::store::{self, RecordRow};
-use confidant_proto::audit::v1::Outcome;
 use confidant_runtime::audit::{Action, EventBuilder};
 use confidant_runtime::error::Violations;
 
@@ -175,14 +174,12 @@ impl DocumentReader {
     pub async fn next_segment(&mut self) -> Result<Option<Zeroizing<Vec<u8>>>, Error> {
         let result = self.open_next().await;
         if let Err(e) = &result
-            && let Some(reason) = e.unreadable_reason()
+            && e.unreadable_reason().is_some()
             && let Some(event) = self.unreadable.take()
+            && let Some(event) = crate::records::unreadable(&self.stats, event, e)
+            && let Err(e) = self.store.db().transact(Vec::new(), &[event]).await
         {
-            self.stats.unreadable_found(reason);
-            let event = event.outcome(Outcome::Failed, reason).build();
-            if let Err(e) = self.store.db().transact(Vec::new(), &[event]).await {
-                tracing::error!(error = %e, "unreadable document not recorded");
-            }
+            tracing::error!(error = %e, "unreadable document not recorded");
         }
         result
     }
@@ -451,20 +448,18 @@ impl Vault {
                 message: "the reader's roles do not see documents of this category".into(),
             });
         }
-        let opened = match self
-            .record_keys(&row)
-            .await
-            .and_then(|(scope_key, record_key)| {
-                let fields = decrypt_fields(&row, &record_key, &FieldSelection::All)?;
-                Ok((scope_key, record_key, fields))
-            }) {
+        let opened = async {
+            let (scope_key, record_key) = self.record_keys(&row).await?;
+            let fields = decrypt_fields(&row, &record_key, &FieldSelection::All)?;
+            Ok::<_, Error>((scope_key, record_key, fields))
+        };
+        let (scope_key, record_key, fields) = match opened.await {
             Ok(opened) => opened,
             Err(e) => {
                 self.record_unreadable(actor, &row, intent, &e).await;
                 return Err(e);
             }
         };
-        let (scope_key, record_key, fields) = opened;
         let mut filename = String::new();
         let mut media_type = String::new();
         for (name, _, value) in fields {

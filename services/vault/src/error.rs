@@ -105,12 +105,11 @@ impl Error {
     /// (a ciphertext fails to authenticate) or `key_unwrap_failed` (a
     /// wrapped key does not unwrap where it is stored).
     pub fn unreadable_reason(&self) -> Option<&'static str> {
+        use crate::keys::UNREADABLE_REASONS as REASONS;
         use confidant_runtime::kms::Error as Kms;
         match self {
-            Error::Integrity => Some("integrity"),
-            Error::Kms(Kms::InvalidCiphertext | Kms::InvalidKeyMaterial) => {
-                Some("key_unwrap_failed")
-            }
+            Error::Integrity => Some(REASONS[0]),
+            Error::Kms(Kms::InvalidCiphertext | Kms::InvalidKeyMaterial) => Some(REASONS[1]),
             _ => None,
         }
     }

@@ -45,6 +45,15 @@ fn ts(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
     }
 }
 
+/// Counts by reason, as `GetKeyStats` answers them.
+fn counts<'a>(
+    by_reason: impl Iterator<Item = (&'a str, u64)>,
+) -> std::collections::HashMap<String, i64> {
+    by_reason
+        .map(|(reason, n)| (reason.to_owned(), i64::try_from(n).unwrap_or(i64::MAX)))
+        .collect()
+}
+
 fn category_proto(name: &str) -> i32 {
     domain::Category::parse(name).map_or(0, |c| c.to_proto() as i32)
 }
@@ -1192,14 +1201,8 @@ impl VaultService for VaultApi {
             kms_generate_calls: load(&stats.kms_generate_calls),
             cached_keys: i64::try_from(keys.cache().len()).unwrap_or(i64::MAX),
             evictions: load(&stats.evictions),
-            kms_failures: stats
-                .kms_failure_counts()
-                .map(|(reason, n)| (reason.to_owned(), i64::try_from(n).unwrap_or(i64::MAX)))
-                .collect(),
-            unreadable_records: stats
-                .unreadable_counts()
-                .map(|(reason, n)| (reason.to_owned(), i64::try_from(n).unwrap_or(i64::MAX)))
-                .collect(),
+            kms_failures: counts(stats.kms_failure_counts()),
+            unreadable_records: counts(stats.unreadable_counts()),
             kms_keys: self
                 .vault
                 .store()

@@ -94,19 +94,24 @@ impl KeyStats {
 
     /// Reads that found stored data that does not open, by reason.
     pub fn unreadable_counts(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        UNREADABLE_REASONS
-            .iter()
-            .zip(&self.unreadable)
-            .map(|(reason, n)| (*reason, n.load(Ordering::Relaxed)))
+        by_reason(&UNREADABLE_REASONS, &self.unreadable)
     }
 
     /// Failed KMS calls so far, by reason.
     pub fn kms_failure_counts(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        KMS_FAILURE_REASONS
-            .iter()
-            .zip(&self.kms_failures)
-            .map(|(reason, n)| (*reason, n.load(Ordering::Relaxed)))
+        by_reason(&KMS_FAILURE_REASONS, &self.kms_failures)
     }
+}
+
+/// Each of `reasons` with its count in `counters`.
+fn by_reason<'a>(
+    reasons: &'a [&'static str],
+    counters: &'a [AtomicU64],
+) -> impl Iterator<Item = (&'static str, u64)> + 'a {
+    reasons
+        .iter()
+        .zip(counters)
+        .map(|(reason, n)| (*reason, n.load(Ordering::Relaxed)))
 }
 
 /// The unwrapped scope keys of this replica.

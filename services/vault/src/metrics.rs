@@ -48,26 +48,28 @@ pub fn register(stats: &Arc<KeyStats>) {
             );
         })
         .build();
-    let failures = stats.clone();
-    meter
-        .u64_observable_counter(KMS_FAILURES)
-        .with_description("Failed calls to the KMS, by reason")
-        .with_callback(move |o| {
-            for (reason, n) in failures.kms_failure_counts() {
-                o.observe(n, &[KeyValue::new("reason", reason)]);
-            }
-        })
-        .build();
-    let unreadable = stats.clone();
-    meter
-        .u64_observable_counter(UNREADABLE)
-        .with_description("Reads that found stored data that does not open, by reason")
-        .with_callback(move |o| {
-            for (reason, n) in unreadable.unreadable_counts() {
-                o.observe(n, &[KeyValue::new("reason", reason)]);
-            }
-        })
-        .build();
+    let by_reason = |name: &'static str,
+                     description: &'static str,
+                     counts: fn(&KeyStats) -> Vec<(&'static str, u64)>| {
+        let stats = stats.clone();
+        meter
+            .u64_observable_counter(name)
+            .with_description(description)
+            .with_callback(move |o| {
+                for (reason, n) in counts(&stats) {
+                    o.observe(n, &[KeyValue::new("reason", reason)]);
+                }
+            })
+            .build();
+    };
+    by_reason(KMS_FAILURES, "Failed calls to the KMS, by reason", |s| {
+        s.kms_failure_counts().collect()
+    });
+    by_reason(
+        UNREADABLE,
+        "Reads that found stored data that does not open, by reason",
+        |s| s.unreadable_counts().collect(),
+    );
     let evictions = stats.clone();
     meter
         .u64_observable_counter(CACHE_EVICTIONS)

@@ -924,8 +924,8 @@ impl Vault {
         b.build()
     }
 
-    /// The event of a read of `row` that found its stored data does not
-    /// open, but for its outcome.
+    /// The event of a read of `row` that may find its stored data does not
+    /// open, but for its outcome (see [`unreadable`]).
     pub(crate) fn unreadable_event(
         &self,
         actor: &Actor,
@@ -948,14 +948,13 @@ impl Vault {
         intent: &ReadIntent<'_>,
         error: &Error,
     ) {
-        let Some(reason) = error.unreadable_reason() else {
+        let Some(event) = unreadable(
+            self.keys.stats(),
+            self.unreadable_event(actor, row, intent),
+            error,
+        ) else {
             return;
         };
-        self.keys.stats().unreadable_found(reason);
-        let event = self
-            .unreadable_event(actor, row, intent)
-            .outcome(Outcome::Failed, reason)
-            .build();
         if let Err(e) = self.commit(Vec::new(), &[event]).await {
             tracing::error!(error = %e, "unreadable record not recorded");
         }
@@ -983,7 +982,7 @@ impl Vault {
                     .collect();
             }
         };
-        let (mut events, mut unreadable) = (Vec::new(), Vec::new());
+        let (mut events, mut unreadable_events) = (Vec::new(), Vec::new());
         let mut results: Vec<Result<OpenedRecord, Error>> = Vec::with_capacity(rows.len());
         for row in rows {
             match self.decrypt(&row, &intent.fields).await {
@@ -1024,22 +1023,19 @@ impl Vault {
                     events.push(event);
                 }
                 Err(e) => {
-                    if let Some(reason) = e.unreadable_reason() {
-                        self.keys.stats().unreadable_found(reason);
-                        unreadable.push(
-                            self.unreadable_event(actor, &row, intent)
-                                .outcome(Outcome::Failed, reason)
-                                .build(),
-                        );
-                    }
+                    unreadable_events.extend(unreadable(
+                        self.keys.stats(),
+                        self.unreadable_event(actor, &row, intent),
+                        &e,
+                    ));
                     results.push(Err(e));
                 }
             }
         }
         // Stored data that does not open (altered, moved or corrupt): on
         // the record for the security officer; nothing of it was returned.
-        if !unreadable.is_empty()
-            && let Err(e) = self.commit(Vec::new(), &unreadable).await
+        if !unreadable_events.is_empty()
+            && let Err(e) = self.commit(Vec::new(), &unreadable_events).await
         {
             tracing::error!(error = %e, "unreadable records not recorded");
         }
@@ -1696,6 +1692,19 @@ impl Vault {
         }
         Ok(outcome)
     }
+}
+
+/// `event` (a read of a record, but for its outcome) completed with why the
+/// record's stored data did not open, and counted in `stats`; `None` when
+/// `error` is not about stored data.
+pub(crate) fn unreadable(
+    stats: &crate::keys::KeyStats,
+    event: EventBuilder,
+    error: &Error,
+) -> Option<AuditEvent> {
+    let reason = error.unreadable_reason()?;
+    stats.unreadable_found(reason);
+    Some(event.outcome(Outcome::Failed, reason).build())
 }
 
 /// What one call of [`Vault::rewrap`] did.
