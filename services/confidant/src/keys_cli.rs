@@ -117,7 +117,7 @@ async fn record(config: &Config, action: Action, key_id: &str, reason: &str) -> 
 /// The local KMS of `config`: refused for any other provider (`aws`: what
 /// to do there instead) and when its keyring does not exist (this command
 /// would make a new KMS, not change one).
-fn local_kms(config: &Config, aws: &str) -> anyhow::Result<LocalKms> {
+pub(crate) fn local_kms(config: &Config, aws: &str) -> anyhow::Result<LocalKms> {
     if config.kms.provider != Some(KmsProvider::Local) {
         anyhow::bail!("kms.provider is not local: {aws}");
     }

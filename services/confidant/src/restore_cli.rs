@@ -52,6 +52,7 @@ use confidant_runtime::ServiceName;
 use confidant_runtime::audit::{Action, EventBuilder};
 use confidant_runtime::config::Config;
 use confidant_runtime::error::Violations;
+use confidant_runtime::kms::same_key;
 use confidant_runtime::portable::{Statement, TransactError};
 use confidant_runtime::storage::Database;
 use confidant_vault::store::{self as vault_store, ScopeState, VaultStore};
@@ -532,15 +533,9 @@ fn active_kms_key(config: &Config) -> Option<String> {
     use confidant_runtime::config::KmsProvider;
     match config.kms.provider {
         Some(KmsProvider::Aws) => config.kms.key_id.clone(),
-        Some(KmsProvider::Local) => {
-            let path = confidant_runtime::kms::local_key_file(config)?;
-            let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).ok()?);
-            text.lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .and_then(|l| l.split_whitespace().next())
-                .map(str::to_owned)
-        }
+        Some(KmsProvider::Local) => crate::keys_cli::local_kms(config, "")
+            .ok()
+            .map(|kms| confidant_runtime::kms::Kms::active_key_id(&kms)),
         None => None,
     }
 }
@@ -557,14 +552,13 @@ async fn keys_to_rewrap(
         .filter(|a| a.action == Action::VaultKmsKeyRetired)
         .map(|a| a.resource.id.as_str())
         .collect();
-    let names = |stored: &str, key: &str| stored == key || stored.ends_with(&format!("/{key}"));
     Ok(store
         .kms_key_usage()
         .await?
         .into_iter()
-        .filter(|(key, _)| !names(key, active))
+        .filter(|(key, _)| !same_key(key, active))
         .map(|(key, scopes)| {
-            let gone = retired.iter().any(|r| names(&key, r));
+            let gone = retired.iter().any(|r| same_key(&key, r));
             (key, scopes, gone)
         })
         .collect())
@@ -763,6 +757,15 @@ impl<C: ReportedChange> LoggedChange<C> {
             at: self.at,
         }
     }
+}
+
+/// Who acted, as an event names them (a staff id, a service's name).
+fn actor_id(event: &AuditEvent) -> String {
+    event
+        .actor
+        .as_ref()
+        .map(|a| a.id.clone())
+        .unwrap_or_default()
 }
 
 /// The staff member a role event names in its reason (`staff-` and the id).
@@ -1391,11 +1394,7 @@ fn retention_changes(events: &[VerifiedEvent]) -> Vec<LoggedChange<RetentionChan
                         .filter(|r| scoped && r.r#type == "scope")
                         .filter_map(|r| Uuid::parse_str(&r.id).ok())
                         .collect(),
-                    placed_by: event
-                        .actor
-                        .as_ref()
-                        .map(|a| a.id.clone())
-                        .unwrap_or_default(),
+                    placed_by: actor_id(event),
                 }
             }
             (Action::RetentionHoldReleased, Some(id)) => {
@@ -1419,22 +1418,14 @@ fn retention_changes(events: &[VerifiedEvent]) -> Vec<LoggedChange<RetentionChan
                             .unwrap_or(i32::MAX)
                     },
                     rules: Rules::from_related(&resource.data_category, &event.related),
-                    by: event
-                        .actor
-                        .as_ref()
-                        .map(|a| a.id.clone())
-                        .unwrap_or_default(),
+                    by: actor_id(event),
                 }
             }
             (Action::RetentionTriggerRecorded, _) => RetentionChange::Trigger {
                 client_id: resource.client_id.clone(),
                 matter_id: Uuid::parse_str(&resource.matter_id).ok(),
                 recorded: RecordedTrigger::from_related(&event.reason, &event.related),
-                recorded_by: event
-                    .actor
-                    .as_ref()
-                    .map(|a| a.id.clone())
-                    .unwrap_or_default(),
+                recorded_by: actor_id(event),
             },
             (Action::RetentionCertificateIssued, Some(id)) => RetentionChange::Certificate(id),
             (Action::RetentionErasureRequested, Some(id)) => RetentionChange::Erasure(id),
@@ -1467,11 +1458,7 @@ fn retention_changes(events: &[VerifiedEvent]) -> Vec<LoggedChange<RetentionChan
                             certificate: Uuid::parse_str(&event.reason).ok(),
                         },
                     },
-                    staff: event
-                        .actor
-                        .as_ref()
-                        .map(|a| a.id.clone())
-                        .unwrap_or_default(),
+                    staff: actor_id(event),
                 }
             }
             _ => continue,
@@ -1652,25 +1639,23 @@ async fn reapply_retention(
         }
         RetentionChange::Item {
             id,
-            movement: Movement::Registered,
-            ..
-        } => {
-            if retention_restore::item_exists(db, *id).await? {
-                Fate::AlreadyApplied
-            } else {
-                Fate::Lost
-            }
-        }
-        RetentionChange::Item {
-            id,
             movement,
             staff,
         } => {
-            let action = movement.custody_action().unwrap_or_default();
-            match retention_restore::item_moved(db, *id, action, c.at).await? {
-                None => return Ok(Fate::NotInDatabase),
-                Some(true) => return Ok(Fate::AlreadyApplied),
-                Some(false) => {}
+            let scope = retention_restore::item_scope(db, *id).await?;
+            let Some(action) = movement.custody_action() else {
+                // A registration: there, or lost.
+                return Ok(if scope.is_some() {
+                    Fate::AlreadyApplied
+                } else {
+                    Fate::Lost
+                });
+            };
+            let Some((client, matter)) = scope else {
+                return Ok(Fate::NotInDatabase);
+            };
+            if retention_restore::item_moved(db, *id, action, c.at).await? {
+                return Ok(Fate::AlreadyApplied);
             }
             let mut location = movement.location();
             if let Some(l) = location
@@ -1688,9 +1673,6 @@ async fn reapply_retention(
                 "made again by `confidant restore retention` from audit event {}",
                 c.event_id
             );
-            let Some((client, matter)) = retention_restore::item_scope(db, *id).await? else {
-                return Ok(Fate::NotInDatabase);
-            };
             let mut related = vec![("movement", action.to_owned())];
             related.extend(location.map(|l| ("location", l.to_string())));
             if let Movement::Destroyed {
@@ -1729,31 +1711,26 @@ async fn reapply_retention_all(
 ) -> anyhow::Result<()> {
     let newest_trigger = retention_restore::newest_trigger(store.db()).await?;
     let mut report = Report::new(out);
-    let (mut erasures_lost, mut register_lost, mut register_changed) = (0u64, 0u64, 0u64);
+    let (mut erasures_lost, mut register_lost, mut pause) = (0u64, 0u64, false);
     for c in retention_changes(&verified.events) {
         let line = c.line();
         let mut extra = json!({});
         let fate = reapply_retention(store, trust_domain, &c, newest_trigger, dry_run, &mut extra)
             .await
             .with_context(|| line.stopped())?;
+        // Disposals pause for any change of the schedule lost or made again;
+        // a lost erasure is none (it needs asking again), nor is the
+        // register of paper.
         match (fate, &c.change) {
             (Fate::Lost, RetentionChange::Erasure(_)) => erasures_lost += 1,
             (Fate::Lost, change) if change.is_physical() => register_lost += 1,
-            (Fate::Reapplied | Fate::WouldReapply, change) if change.is_physical() => {
-                register_changed += 1;
-            }
+            (_, change) if change.is_physical() => {}
+            (Fate::Lost | Fate::Reapplied | Fate::WouldReapply, _) => pause = true,
             _ => {}
         }
         report.line(&line, fate, extra)?;
     }
     let lost = report.count(Fate::Lost);
-    // A lost erasure is no schedule change: it needs asking again, not a
-    // pause of the schedule; nor is the register of paper.
-    let pause = lost - erasures_lost - register_lost
-        + report.count(Fate::Reapplied)
-        + report.count(Fate::WouldReapply)
-        - register_changed
-        > 0;
     if pause && !dry_run && !store.paused().await? {
         let event = retention_restored(trust_domain, Action::RetentionDisposalsPaused)
             .resource("disposals", "all")

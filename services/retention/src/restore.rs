@@ -173,24 +173,14 @@ impl Movement {
     }
 }
 
-/// Whether the database holds item `item` (`None` if not), and if so
-/// whether its custody log shows `action` within two seconds of `at` (the
-/// logged event's time, taken as the movement was made).
+/// Whether item `item`'s custody log shows `action` within two seconds of
+/// `at` (the logged event's time, taken as the movement was made).
 pub async fn item_moved(
     db: &Database,
     item: Uuid,
     action: &str,
     at: DateTime<Utc>,
-) -> StoreResult<Option<bool>> {
-    let held: Option<(Uuid,)> = db
-        .fetch_optional(
-            "SELECT id FROM physical_items WHERE id = $1",
-            vec![Value::Uuid(item)],
-        )
-        .await?;
-    if held.is_none() {
-        return Ok(None);
-    }
+) -> StoreResult<bool> {
     let times: Vec<(DateTime<Utc>,)> = db
         .fetch_all(
             "SELECT at FROM physical_custody WHERE item_id = $1 AND action = $2",
@@ -198,25 +188,22 @@ pub async fn item_moved(
         )
         .await?;
     let near = chrono::Duration::seconds(2);
-    Ok(Some(times.iter().any(|(t,)| (*t - at).abs() <= near)))
-}
-
-/// Whether the database holds physical item `id`.
-pub async fn item_exists(db: &Database, id: Uuid) -> StoreResult<bool> {
-    exists(db, "SELECT id FROM physical_items WHERE id = $1", id).await
+    Ok(times.iter().any(|(t,)| (*t - at).abs() <= near))
 }
 
 /// Whether the database holds storage location `id`.
 pub async fn location_exists(db: &Database, id: Uuid) -> StoreResult<bool> {
-    exists(db, "SELECT id FROM physical_locations WHERE id = $1", id).await
-}
-
-async fn exists(db: &Database, sql: &'static str, id: Uuid) -> StoreResult<bool> {
-    let row: Option<(Uuid,)> = db.fetch_optional(sql, vec![Value::Uuid(id)]).await?;
+    let row: Option<(Uuid,)> = db
+        .fetch_optional(
+            "SELECT id FROM physical_locations WHERE id = $1",
+            vec![Value::Uuid(id)],
+        )
+        .await?;
     Ok(row.is_some())
 }
 
-/// The client and matter of physical item `id`, if the database holds it.
+/// The client and matter of physical item `id`, if the database holds it
+/// (`None`: it does not).
 pub async fn item_scope(db: &Database, id: Uuid) -> StoreResult<Option<(Uuid, Option<Uuid>)>> {
     db.fetch_optional(
         "SELECT client_id, matter_id FROM physical_items WHERE id = $1",

@@ -131,8 +131,7 @@ pub trait Kms: Send + Sync + fmt::Debug {
     /// Whether `stored` (a key id a wrapped key was stored with) names the
     /// active key: the same id, or an ARN ending in it (AWS returns ARNs).
     fn is_active(&self, stored: &str) -> bool {
-        let active = self.active_key_id();
-        !active.is_empty() && (stored == active || stored.ends_with(&format!("/{active}")))
+        same_key(stored, &self.active_key_id())
     }
 
     /// Generates a data key wrapped under the active key, bound to `context`.
@@ -168,6 +167,13 @@ pub fn local_key_file(config: &crate::config::Config) -> Option<std::path::PathB
         .local_key_file
         .clone()
         .or_else(|| config.data_dir.as_ref().map(|d| d.join(LOCAL_KEY_FILE)))
+}
+
+/// Whether `stored` (a key id a wrapped key was stored with) names `key`:
+/// the same id, or an ARN ending in it (AWS returns ARNs). An empty `key`
+/// names none.
+pub fn same_key(stored: &str, key: &str) -> bool {
+    !key.is_empty() && (stored == key || stored.ends_with(&format!("/{key}")))
 }
 
 /// The KMS the configuration names: AWS KMS, or the local keyring (in
