@@ -83,9 +83,17 @@ impl IdentityApi {
         kind: &str,
         id: Uuid,
     ) -> EventBuilder {
-        EventBuilder::new(ServiceName::Identity, &self.trust_domain, action)
-            .actor(ActorKind::Service, caller.name(), caller.as_str())
+        self.as_caller(caller, action)
             .resource(kind, &id.to_string())
+    }
+
+    /// An event of `action` by `caller` (an admin tool or a service).
+    fn as_caller(&self, caller: &PeerIdentity, action: Action) -> EventBuilder {
+        EventBuilder::new(ServiceName::Identity, &self.trust_domain, action).actor(
+            ActorKind::Service,
+            caller.name(),
+            caller.as_str(),
+        )
     }
 }
 
@@ -373,26 +381,25 @@ impl IdentityService for IdentityApi {
             .map_err(Error::from)?;
         // Who looked at the directory, and for what, before anything is
         // returned.
-        let event = EventBuilder::new(
-            ServiceName::Identity,
-            &self.trust_domain,
-            Action::IdentityStaffListed,
-        )
-        .actor(ActorKind::Service, caller.name(), caller.as_str())
-        .resource("staff", "directory")
-        .related(role.map(|r| ("role", r.to_owned())))
-        .build();
+        let event = self
+            .as_caller(&caller, Action::IdentityStaffListed)
+            .resource("staff", "directory")
+            .related(role.map(|r| ("role", r.to_owned())))
+            .build();
         self.directory.record(event).await.map_err(Error::from)?;
         let now = Utc::now();
         let staff = listed
             .iter()
-            .filter(|s| role.is_none_or(|r| s.holds(r, now)))
-            .map(|s| StaffMemberSummary {
+            .filter_map(|s| {
+                let roles = s.live_roles(now);
+                role.is_none_or(|r| roles.iter().any(|(held, _)| held == r))
+                    .then_some((s, roles))
+            })
+            .map(|(s, roles)| StaffMemberSummary {
                 staff_id: s.id.to_string(),
                 email: s.email.clone(),
                 display_name: s.display_name.clone(),
-                roles: s
-                    .live_roles(now)
+                roles: roles
                     .into_iter()
                     .map(|(role, expires)| StaffRole {
                         role,
