@@ -610,28 +610,20 @@ fn verify_certificate(file: &std::path::Path, public_keys: &[String]) -> anyhow:
         );
     };
     let mut refusals = Vec::new();
-    let mut verified = None;
     for (i, key) in public_keys.iter().enumerate() {
         match confidant_retention::disposal::verify_certificate(body, signature, key) {
             Ok(parsed) => {
-                verified = Some((parsed, key));
-                break;
+                let said = certified(Ok(parsed));
+                if let Some(key_id) = confidant_retention::disposal::key_id_of(key) {
+                    println!("signed by key {key_id}");
+                }
+                return said;
             }
             Err(why) if public_keys.len() == 1 => refusals.push(why),
             Err(why) => refusals.push(format!("public key {}: {why}", i + 1)),
         }
     }
-    let signer = verified
-        .as_ref()
-        .and_then(|(_, key)| confidant_retention::disposal::key_id_of(key));
-    let verified = verified
-        .map(|(parsed, _)| parsed)
-        .ok_or_else(|| refusals.join("; "));
-    let said = certified(verified);
-    if let Some(key_id) = signer {
-        println!("signed by key {key_id}");
-    }
-    said
+    certified(Err(refusals.join("; ")))
 }
 
 /// Prints what a verified certificate certifies, or why it failed.
