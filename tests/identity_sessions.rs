@@ -53,6 +53,7 @@ async fn enrolled(admin: &mut Client, app: &mut Client, email: &str) -> (String,
         .set_password(SetPasswordRequest {
             staff_id: staff_id.clone(),
             password: PASSWORD.into(),
+            temporary: false,
         })
         .await
         .unwrap();
@@ -280,6 +281,7 @@ async fn repeated_failures_lock_the_account_and_bad_input_is_named(backend: Back
         .set_password(SetPasswordRequest {
             staff_id: "x".into(),
             password: "short".into(),
+            temporary: false,
         })
         .await
         .unwrap_err();
@@ -299,6 +301,7 @@ async fn repeated_failures_lock_the_account_and_bad_input_is_named(backend: Back
         .set_password(SetPasswordRequest {
             staff_id: uuid::Uuid::now_v7().to_string(),
             password: PASSWORD.into(),
+            temporary: false,
         })
         .await
         .unwrap_err();
@@ -323,6 +326,7 @@ async fn signed_in(admin: &mut Client, app: &mut Client, email: &str, role: &str
         .set_password(SetPasswordRequest {
             staff_id,
             password: PASSWORD.into(),
+            temporary: false,
         })
         .await
         .unwrap();
@@ -541,6 +545,7 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
             .set_password(SetPasswordRequest {
                 staff_id: staff.clone(),
                 password: PASSWORD.into(),
+                temporary: false,
             })
             .await
             .unwrap();
@@ -552,6 +557,14 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
                 .allowed
         );
     }
+    // Two authenticators: one lost after the backup, one replaced before.
+    let (lost_device, ..) = enrolled(&mut admin, &mut app, "lost.device@firm.example").await;
+    let (replaced_device, ..) =
+        enrolled(&mut admin, &mut app, "replaced.device@firm.example").await;
+    let reset = |staff: &str| ResetTotpRequest {
+        staff_id: staff.to_owned(),
+    };
+    admin.reset_totp(reset(&replaced_device)).await.unwrap();
     let backup = common::back_up(&data, ServiceName::Identity).await;
 
     // After it, access is taken away in every way the directory knows, and
@@ -580,9 +593,11 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
         .set_password(SetPasswordRequest {
             staff_id: rotated.clone(),
             password: "a new and different passphrase".into(),
+            temporary: false,
         })
         .await
         .unwrap();
+    admin.reset_totp(reset(&lost_device)).await.unwrap();
     let newcomer = cleared(&mut admin, "newcomer@firm.example", "associate").await;
     // A client taken on, and two matters opened for it: one under the
     // attorney, one under the newcomer, whom the backup does not hold.
@@ -741,6 +756,23 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
         common::restore_results(&out, &walled),
         vec![("reset_sign_in".to_owned(), "already_applied".to_owned())]
     );
+    // The backup holds the authenticator lost since (and the password set
+    // before it), but not the one removed before it.
+    let sign_in_results = |results: [&str; 2]| {
+        results
+            .map(|r| ("reset_sign_in".to_owned(), r.to_owned()))
+            .to_vec()
+    };
+    assert_eq!(
+        common::restore_results(&out, &lost_device),
+        sign_in_results(["already_applied", "reapplied"]),
+        "{out}"
+    );
+    assert_eq!(
+        common::restore_results(&out, &replaced_device),
+        sign_in_results(["already_applied", "already_applied"]),
+        "{out}"
+    );
     // The client and its matters are back, with their ids and
     // classification, and the closing of the one closed since.
     assert_eq!(
@@ -791,7 +823,7 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
     );
     assert!(!out.contains("put them up again"), "{out}");
     assert!(
-        out.contains("1 staff members' sign-in is locked") && out.contains("directory staff"),
+        out.contains("2 staff members' sign-in is locked") && out.contains("directory staff"),
         "{out}"
     );
     // The exceptions granted through it since are granted again, and the
@@ -900,16 +932,13 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
         .unwrap_err();
     assert_eq!(refreshed.code(), tonic::Code::Unauthenticated);
     // The directory shows whose sign-in the restore locked.
-    let rotated_now = admin
-        .list_staff_members(ListStaffMembersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .staff
-        .into_iter()
-        .find(|s| s.staff_id == rotated)
-        .unwrap();
-    assert_eq!(rotated_now.sign_in(), SignInState::Locked);
+    for locked in [&rotated, &lost_device] {
+        assert_eq!(sign_in_state(&mut admin, locked).await, SignInState::Locked);
+    }
+    assert_eq!(
+        sign_in_state(&mut admin, &replaced_device).await,
+        SignInState::TotpPending
+    );
     // The password the backup held no longer works; a new one from an
     // administrator does.
     let old = app
@@ -924,6 +953,7 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
         .set_password(SetPasswordRequest {
             staff_id: rotated.clone(),
             password: "an administrator's reset".into(),
+            temporary: false,
         })
         .await
         .unwrap();
@@ -943,6 +973,7 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
         assignment.clone(),
         format!("{demoted}/associate"),
         rotated.clone(),
+        lost_device.clone(),
         wall.clone(),
         late_assignment.clone(),
         format!("{late_joiner}/auditor"),
@@ -989,6 +1020,7 @@ async fn admins_list_staff_with_their_roles_and_sign_in(backend: Backend) {
         .set_password(SetPasswordRequest {
             staff_id: pending.clone(),
             password: PASSWORD.into(),
+            temporary: false,
         })
         .await
         .unwrap();
@@ -1157,4 +1189,318 @@ async fn sqlite_admins_list_staff_with_their_roles_and_sign_in() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_admins_list_staff_with_their_roles_and_sign_in() {
     admins_list_staff_with_their_roles_and_sign_in(Backend::Postgres).await;
+}
+
+/// Waits, if need be, until at least three seconds remain of the current
+/// 30-second TOTP step, and returns it: the codes of the step before, this
+/// one and the next are then all accepted while a test spends them in that
+/// order (those of this step and the next for 30 seconds more).
+async fn steady_step() -> i64 {
+    let into = chrono::Utc::now().timestamp().rem_euclid(30);
+    if into >= 27 {
+        let left = u64::try_from(30 - into).unwrap();
+        tokio::time::sleep(std::time::Duration::from_secs(left + 1)).await;
+    }
+    chrono::Utc::now().timestamp().div_euclid(30)
+}
+
+/// The code of TOTP time step `step`.
+fn code_of(secret: &[u8], step: i64) -> String {
+    totp_code(secret, u64::try_from(step * 30).unwrap())
+}
+
+/// Where `staff`'s sign-in stands, as the directory lists it.
+async fn sign_in_state(admin: &mut Client, staff: &str) -> SignInState {
+    admin
+        .list_staff_members(ListStaffMembersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .staff
+        .into_iter()
+        .find(|s| s.staff_id == staff)
+        .unwrap()
+        .sign_in()
+}
+
+async fn staff_change_their_password_and_admins_reset_lost_authenticators(backend: Backend) {
+    const TEMPORARY: &str = "handed out at the desk";
+    const CHOSEN: &str = "one only I know of";
+    const LATER: &str = "changed again a month on";
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec::of(&[ServiceName::Identity, ServiceName::Audit]),
+    )
+    .await;
+    let mut admin = client(&data, &sandbox, "operator").await;
+    let mut app = client(&data, &sandbox, "client-portal").await;
+    let email = "counsel@firm.example";
+    let staff = common::directory::staff(&mut admin, email, "associate").await;
+
+    // A newcomer's temporary password, set with the command line: enough
+    // to enrol an authenticator, not to sign in.
+    let out = common::directory_command(&data, &sandbox)
+        .args(["set-password", "--staff", &staff, "--temporary"])
+        .env("CONFIDANT_STAFF_PASSWORD", TEMPORARY)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["password_set"], staff.as_str());
+    assert_eq!(line["temporary"], true);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(TEMPORARY));
+    let step = steady_step().await;
+    let enrolment = app
+        .enroll_totp(EnrollTotpRequest {
+            email: email.into(),
+            password: TEMPORARY.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let secret = base32_decode(&enrolment.secret_base32);
+    app.confirm_totp(ConfirmTotpRequest {
+        email: email.into(),
+        password: TEMPORARY.into(),
+        code: code_of(&secret, step - 1),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        sign_in_state(&mut admin, &staff).await,
+        SignInState::PasswordChangeRequired
+    );
+    let sign_in = |password: &str, code: String| LoginRequest {
+        email: email.into(),
+        password: password.into(),
+        totp_code: code,
+    };
+    let refused = app
+        .login(sign_in(TEMPORARY, code_of(&secret, step)))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(reason(&refused), "password_change_required");
+    // A spent code is refused, temporary password or not.
+    let wrong = app
+        .login(sign_in(TEMPORARY, code_of(&secret, step - 1)))
+        .await;
+    assert_eq!(reason(&wrong.unwrap_err()), "bad_credentials");
+
+    // The change: bad input is named; a wrong current password fails as a
+    // sign-in does.
+    let change = |current: &str, code: String, new: &str| ChangePasswordRequest {
+        email: email.into(),
+        current_password: current.into(),
+        totp_code: code,
+        new_password: new.into(),
+    };
+    let err = app
+        .change_password(change(TEMPORARY, "12".into(), "short"))
+        .await
+        .unwrap_err();
+    assert_eq!(common::violated_fields(&err), ["totp_code", "new_password"]);
+    let err = app
+        .change_password(change(TEMPORARY, code_of(&secret, step), TEMPORARY))
+        .await
+        .unwrap_err();
+    assert_eq!(common::violated_fields(&err), ["new_password"]);
+    let err = app
+        .change_password(change(
+            "not the password at all",
+            code_of(&secret, step),
+            CHOSEN,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), "bad_credentials");
+    // The code the refused sign-in checked was not spent: the change takes
+    // it, and opens a session.
+    let first = app
+        .change_password(change(TEMPORARY, code_of(&secret, step), CHOSEN))
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap();
+    assert_eq!(sign_in_state(&mut admin, &staff).await, SignInState::Ready);
+    let jwks = app.get_jwks(GetJwksRequest {}).await.unwrap().into_inner();
+    let verifier = TokenVerifier::from_jwks(&jwks.jwks_json, &jwks.issuer).unwrap();
+    assert_eq!(verifier.verify(&first.access_token).unwrap().sub, staff);
+    let old = app
+        .login(sign_in(TEMPORARY, code_of(&secret, step + 1)))
+        .await;
+    assert_eq!(reason(&old.unwrap_err()), "bad_credentials");
+    // Now spent, the code changes nothing more.
+    let replay = app
+        .change_password(change(CHOSEN, code_of(&secret, step), LATER))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&replay), "bad_credentials");
+    // A later change ends the sessions before it.
+    let second = app
+        .change_password(change(CHOSEN, code_of(&secret, step + 1), LATER))
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap();
+    assert_ne!(second.session_id, first.session_id);
+    let refresh = |tokens: &SessionTokens| RefreshSessionRequest {
+        refresh_token: tokens.refresh_token.clone(),
+    };
+    let ended = app.refresh_session(refresh(&first)).await.unwrap_err();
+    assert_eq!(reason(&ended), "session_ended");
+    // Its access token is refused by every service at once; the new one
+    // is a live session (an associate's: the audit log is not theirs).
+    let audit = confidant_proto::audit::v1::audit_service_client::AuditServiceClient::new(
+        common::channel(&data, &sandbox, ServiceName::Audit, "client-portal").await,
+    );
+    let audit_answer = |tokens: &SessionTokens| {
+        let request = with_bearer(
+            confidant_proto::audit::v1::ListEventsRequest::default(),
+            &tokens.access_token,
+        );
+        let mut audit = audit.clone();
+        async move { reason(&audit.list_events(request).await.unwrap_err()) }
+    };
+    assert_eq!(audit_answer(&first).await, "session_revoked");
+    assert_eq!(audit_answer(&second).await, "no_role_permission");
+    let second = app
+        .refresh_session(refresh(&second))
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap();
+
+    // The authenticator is lost: an administrator removes it, which ends
+    // the staff member's sessions.
+    let out = common::directory_cli(&data, &sandbox, &["reset-totp", "--staff", &staff]);
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(line["totp_reset"], staff.as_str());
+    let ended = app.refresh_session(refresh(&second)).await.unwrap_err();
+    assert_eq!(reason(&ended), "session_ended");
+    assert_eq!(audit_answer(&second).await, "session_revoked");
+    assert_eq!(
+        sign_in_state(&mut admin, &staff).await,
+        SignInState::TotpPending
+    );
+    let lost = app.login(sign_in(LATER, code_of(&secret, step + 1))).await;
+    assert_eq!(reason(&lost.unwrap_err()), "totp_not_enrolled");
+    let lost = app
+        .change_password(change(LATER, code_of(&secret, step + 1), CHOSEN))
+        .await;
+    assert_eq!(reason(&lost.unwrap_err()), "totp_not_enrolled");
+    // They enrol a new one with their password; the old one's codes are
+    // worth nothing.
+    let renewed = app
+        .enroll_totp(EnrollTotpRequest {
+            email: email.into(),
+            password: LATER.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let renewed = base32_decode(&renewed.secret_base32);
+    assert_ne!(renewed, secret);
+    app.confirm_totp(ConfirmTotpRequest {
+        email: email.into(),
+        password: LATER.into(),
+        code: code_of(&renewed, step),
+    })
+    .await
+    .unwrap();
+    let stale = app.login(sign_in(LATER, code_of(&secret, step + 1))).await;
+    assert_eq!(reason(&stale.unwrap_err()), "bad_credentials");
+    app.login(sign_in(LATER, code_of(&renewed, step + 1)))
+        .await
+        .unwrap();
+
+    // Removing an authenticator nobody enrolled, or of nobody, is refused;
+    // so is anyone but an administrator.
+    let newcomer = common::directory::staff(&mut admin, "newcomer@firm.example", "associate").await;
+    let reset = |staff_id: &str| ResetTotpRequest {
+        staff_id: staff_id.into(),
+    };
+    let none = admin.reset_totp(reset(&newcomer)).await.unwrap_err();
+    assert_eq!(none.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(reason(&none), "totp_not_enrolled");
+    let nobody = admin
+        .reset_totp(reset(&uuid::Uuid::now_v7().to_string()))
+        .await
+        .unwrap_err();
+    assert_eq!(nobody.code(), tonic::Code::NotFound);
+    let err = admin.reset_totp(reset("x")).await.unwrap_err();
+    assert_eq!(common::violated_fields(&err), ["staff_id"]);
+    let err = app.reset_totp(reset(&staff)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+
+    // Each step is on the record: who set what, who changed it, who took
+    // the authenticator away.
+    let log = confidant_proto::audit::v1::audit_service_client::AuditServiceClient::new(
+        common::channel(&data, &sandbox, ServiceName::Audit, "operator").await,
+    );
+    common::eventually(
+        std::time::Duration::from_secs(20),
+        "the credential changes logged",
+        || {
+            let mut log = log.clone();
+            let staff = staff.clone();
+            async move {
+                let of = |events: Vec<confidant_proto::audit::v1::AuditEvent>| {
+                    events
+                        .into_iter()
+                        .filter(|e| e.resource.as_ref().is_some_and(|r| r.id == staff))
+                        .collect::<Vec<_>>()
+                };
+                let set =
+                    of(
+                        common::logged_events(&mut log, "", "identity", "identity.password.set")
+                            .await,
+                    );
+                let changed = of(common::logged_events(
+                    &mut log,
+                    "",
+                    "identity",
+                    "identity.password.changed",
+                )
+                .await);
+                let reset =
+                    of(
+                        common::logged_events(&mut log, "", "identity", "identity.totp.reset")
+                            .await,
+                    );
+                let refused =
+                    of(
+                        common::logged_events(&mut log, "", "identity", "identity.login.failed")
+                            .await,
+                    );
+                set.len() == 1
+                    && set[0].reason == "temporary"
+                    && changed.len() == 2
+                    && changed
+                        .iter()
+                        .all(|e| e.actor.as_ref().is_some_and(|a| a.id == staff))
+                    && reset.len() == 1
+                    && reset[0].actor.as_ref().is_some_and(|a| a.id == "operator")
+                    && refused
+                        .iter()
+                        .any(|e| e.reason == "password_change_required")
+            }
+        },
+    )
+    .await;
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_staff_change_their_password_and_admins_reset_lost_authenticators() {
+    staff_change_their_password_and_admins_reset_lost_authenticators(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_staff_change_their_password_and_admins_reset_lost_authenticators() {
+    staff_change_their_password_and_admins_reset_lost_authenticators(Backend::Postgres).await;
 }

@@ -52,6 +52,26 @@ pub enum DirectoryCommand {
         #[arg(long)]
         staff: String,
     },
+    /// Set a staff member's password (their sessions end), read from
+    /// CONFIDANT_STAFF_PASSWORD or standard input, never from the command
+    /// line.
+    SetPassword {
+        /// The staff member.
+        #[arg(long)]
+        staff: String,
+        /// A temporary password, handed to them: they must change it
+        /// (ChangePassword, through the firm's application) to sign in.
+        #[arg(long)]
+        temporary: bool,
+    },
+    /// Remove a staff member's TOTP authenticator (a lost or replaced
+    /// device): their sessions end, and they enrol a new one with their
+    /// password before they can sign in again.
+    ResetTotp {
+        /// The staff member.
+        #[arg(long)]
+        staff: String,
+    },
     /// Give a staff member a role, until an optional expiry (RFC 3339).
     GrantRole {
         /// The staff member.
@@ -340,6 +360,21 @@ impl Connection {
     }
 }
 
+/// The password `set-password` sets: CONFIDANT_STAFF_PASSWORD, or the first
+/// line of standard input.
+fn staff_password() -> anyhow::Result<zeroize::Zeroizing<String>> {
+    if let Ok(password) = std::env::var("CONFIDANT_STAFF_PASSWORD") {
+        return Ok(zeroize::Zeroizing::new(password));
+    }
+    let mut line = zeroize::Zeroizing::new(String::new());
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| anyhow::anyhow!("could not read the password from standard input: {e}"))?;
+    Ok(zeroize::Zeroizing::new(
+        line.trim_end_matches(['\r', '\n']).to_owned(),
+    ))
+}
+
 /// Runs one command, writing its JSON line to `out`.
 pub async fn run(
     conn: &Connection,
@@ -424,6 +459,25 @@ pub async fn run(
             .await
             .map_err(fail)?;
             json!({ "disabled": staff })
+        }
+        DirectoryCommand::SetPassword { staff, temporary } => {
+            let password = staff_password()?;
+            c.set_password(pb::SetPasswordRequest {
+                staff_id: staff.clone(),
+                password: password.to_string(),
+                temporary,
+            })
+            .await
+            .map_err(fail)?;
+            json!({ "password_set": staff, "temporary": temporary })
+        }
+        DirectoryCommand::ResetTotp { staff } => {
+            c.reset_totp(pb::ResetTotpRequest {
+                staff_id: staff.clone(),
+            })
+            .await
+            .map_err(fail)?;
+            json!({ "totp_reset": staff })
         }
         DirectoryCommand::GrantRole { staff, role, until } => {
             let expire_time = until.as_deref().map(time).transpose()?;

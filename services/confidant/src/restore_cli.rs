@@ -637,6 +637,25 @@ async fn reapply_all(
     )
 }
 
+/// A logged change of a staff member's sign-in credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Credential {
+    /// Their password was set, by an administrator or by themselves.
+    Password,
+    /// They confirmed a TOTP authenticator.
+    Totp,
+    /// An administrator removed their TOTP authenticator.
+    TotpRemoved,
+}
+
+impl Credential {
+    /// Whether a later change of `other` supersedes this one: TOTP
+    /// enrolments and removals follow one another.
+    fn same_factor(self, other: Credential) -> bool {
+        (self == Credential::Password) == (other == Credential::Password)
+    }
+}
+
 /// What the log says was done in identity since a backup, to be made again
 /// on its restored database (or reported lost, where its event does not say
 /// enough).
@@ -644,10 +663,9 @@ async fn reapply_all(
 enum IdentityChange {
     /// Access taken away (by hand or by an access review): made again.
     Revoke(Revocation),
-    /// The staff member's password (`totp` false) or TOTP (`totp` true) was
-    /// set: if the restored database holds older credentials, they are
-    /// locked.
-    SignIn { staff: Uuid, totp: bool },
+    /// A sign-in credential of the staff member's was set or removed: if
+    /// the restored database holds older credentials, they are locked.
+    SignIn { staff: Uuid, change: Credential },
     /// A client was registered.
     Client(Uuid),
     /// Staff member `grant.staff` was assigned to `matter` (`grant` is
@@ -812,12 +830,20 @@ fn identity_changes(events: &[VerifiedEvent]) -> Vec<LoggedChange<IdentityChange
                     role: resource.id.clone(),
                 })
             }
-            (Action::IdentityPasswordSet, Some(staff)) => {
-                IdentityChange::SignIn { staff, totp: false }
+            (Action::IdentityPasswordSet | Action::IdentityPasswordChanged, Some(staff)) => {
+                IdentityChange::SignIn {
+                    staff,
+                    change: Credential::Password,
+                }
             }
-            (Action::IdentityTotpEnrolled, Some(staff)) => {
-                IdentityChange::SignIn { staff, totp: true }
-            }
+            (Action::IdentityTotpEnrolled, Some(staff)) => IdentityChange::SignIn {
+                staff,
+                change: Credential::Totp,
+            },
+            (Action::IdentityTotpReset, Some(staff)) => IdentityChange::SignIn {
+                staff,
+                change: Credential::TotpRemoved,
+            },
             (Action::IdentityClientCreated, Some(id)) => IdentityChange::Client(id),
             (Action::IdentityAssignmentGranted, Some(id)) => {
                 let Ok(matter) = Uuid::parse_str(&resource.matter_id) else {
@@ -868,8 +894,12 @@ fn identity_changes(events: &[VerifiedEvent]) -> Vec<LoggedChange<IdentityChange
             },
             _ => continue,
         };
-        if matches!(change, IdentityChange::SignIn { .. }) {
-            changes.retain(|c| c.change != change);
+        // Only the last change of each credential counts.
+        if let IdentityChange::SignIn { staff, change } = change {
+            changes.retain(|c| {
+                !matches!(c.change, IdentityChange::SignIn { staff: s, change: earlier }
+                    if s == staff && earlier.same_factor(change))
+            });
         }
         changes.push(LoggedChange {
             change,
@@ -1043,7 +1073,7 @@ async fn reapply_identity(
                 Action::IdentityAttestationReapplied,
             )
         }
-        IdentityChange::SignIn { staff, totp } => {
+        IdentityChange::SignIn { staff, change } => {
             let Some((hash, password_at, totp_at)) =
                 identity_restore::sign_in_set(db, *staff).await?
             else {
@@ -1054,9 +1084,15 @@ async fn reapply_identity(
             // microsecond PostgreSQL keeps).
             let leeway = chrono::Duration::milliseconds(1);
             let held_since = |t: DateTime<Utc>| t + leeway >= c.at;
+            // A removal holds while no authenticator, or one confirmed
+            // since, is on the row.
             let current = hash == identity_restore::LOCKED_HASH
                 || held_since(password_at)
-                || (*totp && totp_at.is_some_and(held_since));
+                || match change {
+                    Credential::Password => false,
+                    Credential::Totp => totp_at.is_some_and(held_since),
+                    Credential::TotpRemoved => totp_at.is_none_or(held_since),
+                };
             if current {
                 return Ok((Fate::AlreadyApplied, extra));
             }
@@ -2277,6 +2313,15 @@ mod tests {
             .resource("wall_exception", &item.to_string())
             .related(let_through.related())
             .build(),
+            // The staff member changed their own password, and lost their
+            // authenticator: each supersedes the sign-in change before it.
+            identity(
+                Action::IdentityPasswordChanged,
+                "staff",
+                &staff.to_string(),
+                "",
+            ),
+            identity(Action::IdentityTotpReset, "staff", &staff.to_string(), ""),
         ]);
         let changes: Vec<(IdentityChange, u64)> = identity_changes(&events)
             .into_iter()
@@ -2292,8 +2337,6 @@ mod tests {
                     }),
                     1
                 ),
-                (IdentityChange::SignIn { staff, totp: false }, 5),
-                (IdentityChange::SignIn { staff, totp: true }, 6),
                 (
                     IdentityChange::Wall {
                         id: wall,
@@ -2374,6 +2417,20 @@ mod tests {
                         granted_by: grantor.to_owned(),
                     },
                     18
+                ),
+                (
+                    IdentityChange::SignIn {
+                        staff,
+                        change: Credential::Password
+                    },
+                    19
+                ),
+                (
+                    IdentityChange::SignIn {
+                        staff,
+                        change: Credential::TotpRemoved
+                    },
+                    20
                 ),
             ]
         );

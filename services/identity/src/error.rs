@@ -54,6 +54,11 @@ impl From<Error> for Status {
                 "totp_already_enrolled",
                 "a TOTP authenticator is already enrolled",
             ),
+            Error::Auth(AuthError::PasswordChangeRequired) => with_reason(
+                Code::FailedPrecondition,
+                "password_change_required",
+                "the password is a temporary one: change it (ChangePassword) to sign in",
+            ),
             Error::Auth(AuthError::SessionEnded) => with_reason(
                 Code::Unauthenticated,
                 "session_ended",

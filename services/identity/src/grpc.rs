@@ -202,16 +202,24 @@ fn tokens(issued: crate::sessions::Issued) -> SessionTokens {
     }
 }
 
-fn credentials(v: &mut Violations, email: &str, password: &str) {
+/// An e-mail address and the password in `password_field`, as presented
+/// to sign in.
+fn credentials(v: &mut Violations, email: &str, password_field: &str, password: &str) {
     if email.is_empty() {
         v.add("email", "is required");
     } else if email.len() > 254 {
         v.add("email", "must be at most 254 characters");
     }
     if password.is_empty() {
-        v.add("password", "is required");
+        v.add(password_field, "is required");
     } else if password.chars().count() > crate::credentials::MAX_PASSWORD {
-        v.add("password", "is too long");
+        v.add(password_field, "is too long");
+    }
+}
+
+fn totp_code(v: &mut Violations, field: &str, code: &str) {
+    if code.len() != 6 || !code.chars().all(|c| c.is_ascii_digit()) {
+        v.add(field, "must be 6 digits");
     }
 }
 
@@ -412,6 +420,9 @@ impl IdentityService for IdentityApi {
                     (None, _) => SignInState::NoPassword,
                     (Some(hash), _) if hash == crate::restore::LOCKED_HASH => SignInState::Locked,
                     (Some(_), None) => SignInState::TotpPending,
+                    (Some(_), Some(_)) if s.must_change_password => {
+                        SignInState::PasswordChangeRequired
+                    }
                     (Some(_), Some(_)) => SignInState::Ready,
                 } as i32,
             })
@@ -973,10 +984,72 @@ impl IdentityService for IdentityApi {
         }
         check(v)?;
         self.sessions
-            .set_password(staff.unwrap_or_default(), &req.password, caller.as_str())
+            .set_password(
+                staff.unwrap_or_default(),
+                &req.password,
+                req.temporary,
+                caller.as_str(),
+            )
             .await
             .map_err(Error::from)?;
         Ok(Response::new(SetPasswordResponse {}))
+    }
+
+    #[tracing::instrument(name = "identity.change_password", skip_all)]
+    async fn change_password(
+        &self,
+        request: Request<ChangePasswordRequest>,
+    ) -> Result<Response<ChangePasswordResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        credentials(
+            &mut v,
+            &req.email,
+            "current_password",
+            &req.current_password,
+        );
+        totp_code(&mut v, "totp_code", &req.totp_code);
+        if let Some(rule) = crate::credentials::password_rule_broken(&req.new_password) {
+            v.add("new_password", rule);
+        } else if req.new_password == req.current_password {
+            v.add("new_password", "must differ from the current password");
+        }
+        check(v)?;
+        let issued = self
+            .sessions
+            .change_password(
+                &req.email,
+                &req.current_password,
+                &req.totp_code,
+                &req.new_password,
+                caller.as_str(),
+            )
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(ChangePasswordResponse {
+            tokens: Some(tokens(issued)),
+        }))
+    }
+
+    #[tracing::instrument(name = "identity.reset_totp", skip_all)]
+    async fn reset_totp(
+        &self,
+        request: Request<ResetTotpRequest>,
+    ) -> Result<Response<ResetTotpResponse>, Status> {
+        let caller = caller(&request)?;
+        let mut v = Violations::new();
+        let staff = uuid(&mut v, "staff_id", &request.get_ref().staff_id);
+        check(v)?;
+        let staff = staff.unwrap_or_default();
+        let event = self
+            .by_caller(&caller, Action::IdentityTotpReset, "staff", staff)
+            .build();
+        self.sessions
+            .reset_totp(staff, event)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(ResetTotpResponse {}))
     }
 
     #[tracing::instrument(name = "identity.enroll_totp", skip_all)]
@@ -987,7 +1060,7 @@ impl IdentityService for IdentityApi {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
-        credentials(&mut v, &req.email, &req.password);
+        credentials(&mut v, &req.email, "password", &req.password);
         check(v)?;
         let secret = self
             .sessions
@@ -1016,10 +1089,8 @@ impl IdentityService for IdentityApi {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
-        credentials(&mut v, &req.email, &req.password);
-        if req.code.len() != 6 || !req.code.chars().all(|c| c.is_ascii_digit()) {
-            v.add("code", "must be 6 digits");
-        }
+        credentials(&mut v, &req.email, "password", &req.password);
+        totp_code(&mut v, "code", &req.code);
         check(v)?;
         self.sessions
             .confirm_totp(&req.email, &req.password, &req.code, caller.as_str())
@@ -1036,10 +1107,8 @@ impl IdentityService for IdentityApi {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let mut v = Violations::new();
-        credentials(&mut v, &req.email, &req.password);
-        if req.totp_code.len() != 6 || !req.totp_code.chars().all(|c| c.is_ascii_digit()) {
-            v.add("totp_code", "must be 6 digits");
-        }
+        credentials(&mut v, &req.email, "password", &req.password);
+        totp_code(&mut v, "totp_code", &req.totp_code);
         check(v)?;
         let issued = self
             .sessions

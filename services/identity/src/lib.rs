@@ -90,6 +90,7 @@ pub async fn build(
         "ListAccessReviewItems",
         "DecideAccessReviewItem",
         "EnrollTotp",
+        "ChangePassword",
         "ConfirmTotp",
         "Login",
         "RefreshSession",

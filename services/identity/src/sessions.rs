@@ -38,6 +38,10 @@ pub enum AuthError {
     /// TOTP is already confirmed; enrolment is closed.
     #[error("a TOTP authenticator is already enrolled")]
     TotpAlreadyEnrolled,
+    /// Password and code were right, but the password is a temporary one
+    /// an administrator set: it must be changed first.
+    #[error("the password must be changed before signing in")]
+    PasswordChangeRequired,
     /// The session was ended, expired, or its refresh token was reused.
     #[error("session ended")]
     SessionEnded,
@@ -108,6 +112,8 @@ type CredentialRow = (
     Option<String>,
     Option<Vec<u8>>,
     Option<DateTime<Utc>>,
+    Option<i32>,
+    Option<i64>,
 );
 
 /// session, used at, staff, session expiry, session revocation.
@@ -125,6 +131,10 @@ struct Account {
     password_hash: Option<String>,
     totp_secret: Option<Zeroizing<Vec<u8>>>,
     totp_confirmed: bool,
+    /// The password is a temporary one (SetPassword's `temporary`).
+    must_change_password: bool,
+    /// The last TOTP time step accepted.
+    totp_last_step: Option<i64>,
 }
 
 fn sha256(bytes: &[u8]) -> Vec<u8> {
@@ -179,12 +189,14 @@ impl Sessions {
         let row: Option<CredentialRow> = self
             .db
             .fetch_optional(
-                "SELECT s.id, s.disabled_at, c.password_hash, c.totp_secret, c.totp_confirmed_at \
+                "SELECT s.id, s.disabled_at, c.password_hash, c.totp_secret, c.totp_confirmed_at, \
+                 c.must_change_password, c.totp_last_step \
                  FROM staff s LEFT JOIN credentials c ON c.staff_id = s.id WHERE s.email = $1",
                 vec![Value::Text(email.to_lowercase())],
             )
             .await?;
-        let Some((staff_id, disabled, hash, sealed, confirmed)) = row else {
+        let Some((staff_id, disabled, hash, sealed, confirmed, must_change, last_step)) = row
+        else {
             return Ok(None);
         };
         // TOTP seeds are stored sealed, bound to their staff member.
@@ -204,6 +216,8 @@ impl Sessions {
             password_hash: hash,
             totp_secret,
             totp_confirmed: confirmed.is_some(),
+            must_change_password: must_change.unwrap_or(0) != 0,
+            totp_last_step: last_step,
         }))
     }
 
@@ -283,11 +297,13 @@ impl Sessions {
         }
     }
 
-    /// Sets a password and ends the staff member's sessions.
+    /// Sets a password (`temporary`: to be changed before signing in) and
+    /// ends the staff member's sessions.
     pub async fn set_password(
         &self,
         staff_id: Uuid,
         password: &str,
+        temporary: bool,
         peer: &str,
     ) -> Result<(), AuthError> {
         let hash = credentials::hash_password(password).map_err(|_| AuthError::Crypto)?;
@@ -302,39 +318,166 @@ impl Sessions {
             return Err(AuthError::Store(StoreError::NotFound("staff member")));
         }
         let now = Utc::now();
-        let sessions: Vec<(Uuid,)> = self
-            .db
-            .fetch_all(
-                "SELECT id FROM sessions WHERE staff_id = $1 AND revoked_at IS NULL",
-                vec![Value::Uuid(staff_id)],
-            )
-            .await?;
         let event = self
             .event(Action::IdentityPasswordSet, Some(staff_id), peer)
+            .outcome(
+                Outcome::Allowed,
+                if temporary { "temporary" } else { "permanent" },
+            )
             .at(now)
             .build();
         self.db
             .transact(
                 vec![
                     Statement::new(
-                        "INSERT INTO credentials (staff_id, password_hash, password_set_at) VALUES ($1, $2, $3) \
+                        "INSERT INTO credentials (staff_id, password_hash, password_set_at, must_change_password) \
+                         VALUES ($1, $2, $3, $4) \
                          ON CONFLICT (staff_id) DO UPDATE SET password_hash = excluded.password_hash, \
-                         password_set_at = excluded.password_set_at",
-                        vec![Value::Uuid(staff_id), Value::Text(hash), Value::Time(now)],
+                         password_set_at = excluded.password_set_at, \
+                         must_change_password = excluded.must_change_password",
+                        vec![
+                            Value::Uuid(staff_id),
+                            Value::Text(hash),
+                            Value::Time(now),
+                            Value::Int(i32::from(temporary)),
+                        ],
                     ),
-                    Statement::new(
-                        "UPDATE sessions SET revoked_at = $1, revoke_reason = 'password_set' \
-                         WHERE staff_id = $2 AND revoked_at IS NULL",
-                        vec![Value::Time(now), Value::Uuid(staff_id)],
-                    ),
+                    sessions_ended(staff_id, "password_set", now),
                 ],
                 &[event],
             )
             .await?;
-        for (sid,) in sessions {
-            self.publish_revocation(sid).await?;
+        self.publish_ended(staff_id, "password_set", now).await
+    }
+
+    /// A staff member changes their own password, proving the current one
+    /// and a TOTP code: their other sessions end, and a new one opens.
+    pub async fn change_password(
+        &self,
+        email: &str,
+        current: &str,
+        code: &str,
+        new: &str,
+        peer: &str,
+    ) -> Result<Issued, AuthError> {
+        let account = self.check_password(email, current, peer).await?;
+        self.require_totp(&account, peer).await?;
+        if !self.accept_code(&account, code).await? {
+            return Err(self
+                .fail(email, Some(&account), "bad_totp_code", peer)
+                .await?);
+        }
+        self.coord.delete(&Self::failures_key(email)).await?;
+        let hash = credentials::hash_password(new).map_err(|_| AuthError::Crypto)?;
+        let staff_id = account.staff_id;
+        let now = Utc::now();
+        let changed = self
+            .event(Action::IdentityPasswordChanged, Some(staff_id), peer)
+            .at(now)
+            .build();
+        let issued = self
+            .open_session(
+                staff_id,
+                now,
+                vec![
+                    Statement::new(
+                        "UPDATE credentials SET password_hash = $1, password_set_at = $2, \
+                         must_change_password = 0 WHERE staff_id = $3",
+                        vec![Value::Text(hash), Value::Time(now), Value::Uuid(staff_id)],
+                    )
+                    .expecting(1),
+                    sessions_ended(staff_id, "password_changed", now),
+                ],
+                vec![changed],
+                peer,
+            )
+            .await?;
+        self.publish_ended(staff_id, "password_changed", now)
+            .await?;
+        Ok(issued)
+    }
+
+    /// An administrator removes a staff member's TOTP authenticator (a lost
+    /// device): their sessions end; they enrol again with their password.
+    /// `event` is the administrator's `identity.totp.reset`.
+    pub async fn reset_totp(&self, staff_id: Uuid, event: AuditEvent) -> Result<(), AuthError> {
+        let row: Option<(Option<Vec<u8>>,)> = self
+            .db
+            .fetch_optional(
+                "SELECT c.totp_secret FROM staff s LEFT JOIN credentials c ON c.staff_id = s.id \
+                 WHERE s.id = $1",
+                vec![Value::Uuid(staff_id)],
+            )
+            .await?;
+        match row {
+            None => return Err(AuthError::Store(StoreError::NotFound("staff member"))),
+            Some((None,)) => return Err(AuthError::TotpNotEnrolled),
+            Some((Some(_),)) => {}
+        }
+        let now = Utc::now();
+        self.db
+            .transact(
+                vec![
+                    Statement::new(
+                        "UPDATE credentials SET totp_secret = NULL, totp_confirmed_at = NULL, \
+                         totp_last_step = NULL WHERE staff_id = $1 AND totp_secret IS NOT NULL",
+                        vec![Value::Uuid(staff_id)],
+                    )
+                    .expecting(1),
+                    sessions_ended(staff_id, "totp_reset", now),
+                ],
+                &[event],
+            )
+            .await
+            .map_err(|e| match e {
+                // Reset meanwhile by another administrator.
+                confidant_runtime::portable::TransactError::Unmet { .. } => {
+                    AuthError::TotpNotEnrolled
+                }
+                other => other.into(),
+            })?;
+        self.publish_ended(staff_id, "totp_reset", now).await
+    }
+
+    /// Announces the end of the sessions of `staff_id` that
+    /// [`sessions_ended`] ended at `at` for `reason` (read back once
+    /// committed, so that one opened meanwhile is not missed).
+    async fn publish_ended(
+        &self,
+        staff_id: Uuid,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), AuthError> {
+        let ended: Vec<(Uuid,)> = self
+            .db
+            .fetch_all(
+                "SELECT id FROM sessions WHERE staff_id = $1 AND revoked_at = $2 \
+                 AND revoke_reason = $3",
+                vec![
+                    Value::Uuid(staff_id),
+                    Value::Time(at),
+                    Value::Text(reason.to_owned()),
+                ],
+            )
+            .await?;
+        for (session,) in ended {
+            self.publish_revocation(session).await?;
         }
         Ok(())
+    }
+
+    /// Refuses (and records) a sign-in step of an account without a
+    /// confirmed authenticator.
+    async fn require_totp(&self, account: &Account, peer: &str) -> Result<(), AuthError> {
+        if account.totp_confirmed {
+            return Ok(());
+        }
+        let event = self
+            .event(Action::IdentityLoginFailed, Some(account.staff_id), peer)
+            .outcome(Outcome::Denied, "totp_not_enrolled")
+            .build();
+        self.db.transact(Vec::new(), &[event]).await?;
+        Err(AuthError::TotpNotEnrolled)
     }
 
     /// Starts TOTP enrolment; returns the new secret.
@@ -370,14 +513,13 @@ impl Sessions {
         Ok(secret)
     }
 
-    /// Accepts a TOTP code once: the same time step never signs in twice.
-    async fn accept_code(&self, account: &Account, code: &str) -> Result<bool, AuthError> {
-        let Some(secret) = &account.totp_secret else {
-            return Ok(false);
-        };
+    /// The time step of `code` if it is a current code of the account's
+    /// authenticator that was not accepted before (nor one after it).
+    fn fresh_step(account: &Account, code: &str) -> Option<i32> {
+        let secret = account.totp_secret.as_ref()?;
         let now = u64::try_from(Utc::now().timestamp()).unwrap_or(0);
         if !credentials::check_totp(secret, code, now) {
-            return Ok(false);
+            return None;
         }
         // The step of the matching code: try the window the check allows.
         let step = [now / 30, now / 30 - 1, now / 30 + 1]
@@ -385,6 +527,18 @@ impl Sessions {
             .find(|s| credentials::totp_code(secret, s * 30) == code)
             .unwrap_or(now / 30);
         let step = i32::try_from(step % (i32::MAX as u64)).unwrap_or(0);
+        account
+            .totp_last_step
+            .is_none_or(|last| last < i64::from(step))
+            .then_some(step)
+    }
+
+    /// Accepts a TOTP code once: the same time step never signs in twice.
+    async fn accept_code(&self, account: &Account, code: &str) -> Result<bool, AuthError> {
+        let Some(step) = Self::fresh_step(account, code) else {
+            return Ok(false);
+        };
+        // Guarded again: a concurrent request may have taken the step.
         let done = self
             .db
             .transact(
@@ -478,13 +632,21 @@ impl Sessions {
         peer: &str,
     ) -> Result<Issued, AuthError> {
         let account = self.check_password(email, password, peer).await?;
-        if !account.totp_confirmed {
+        self.require_totp(&account, peer).await?;
+        if account.must_change_password {
+            // The code is checked but not spent: the application passes it
+            // on to ChangePassword.
+            if Self::fresh_step(&account, code).is_none() {
+                return Err(self
+                    .fail(email, Some(&account), "bad_totp_code", peer)
+                    .await?);
+            }
             let event = self
                 .event(Action::IdentityLoginFailed, Some(account.staff_id), peer)
-                .outcome(Outcome::Denied, "totp_not_enrolled")
+                .outcome(Outcome::Denied, "password_change_required")
                 .build();
             self.db.transact(Vec::new(), &[event]).await?;
-            return Err(AuthError::TotpNotEnrolled);
+            return Err(AuthError::PasswordChangeRequired);
         }
         if !self.accept_code(&account, code).await? {
             return Err(self
@@ -492,37 +654,44 @@ impl Sessions {
                 .await?);
         }
         self.coord.delete(&Self::failures_key(email)).await?;
+        self.open_session(account.staff_id, Utc::now(), Vec::new(), Vec::new(), peer)
+            .await
+    }
 
+    /// Opens a session for `staff_id` (`identity.login.succeeded`) in one
+    /// transaction with `before` and `events`, and issues its tokens.
+    async fn open_session(
+        &self,
+        staff_id: Uuid,
+        now: DateTime<Utc>,
+        mut before: Vec<Statement>,
+        mut events: Vec<AuditEvent>,
+        peer: &str,
+    ) -> Result<Issued, AuthError> {
         let session_id = Uuid::now_v7();
-        let now = Utc::now();
         let session_expires =
             now + chrono::Duration::hours(i64::try_from(self.config.session_hours).unwrap_or(12));
         let refresh = new_refresh_token()?;
-        let event = self
-            .event(Action::IdentityLoginSucceeded, Some(account.staff_id), peer)
-            .build();
-        self.db
-            .transact(
+        events.push(
+            self.event(Action::IdentityLoginSucceeded, Some(staff_id), peer)
+                .at(now)
+                .build(),
+        );
+        before.extend([
+            Statement::new(
+                "INSERT INTO sessions (id, staff_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
                 vec![
-                    Statement::new(
-                        "INSERT INTO sessions (id, staff_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
-                        vec![
-                            Value::Uuid(session_id),
-                            Value::Uuid(account.staff_id),
-                            Value::Time(now),
-                            Value::Time(session_expires),
-                        ],
-                    ),
-                    refresh_insert(&refresh, session_id, now),
+                    Value::Uuid(session_id),
+                    Value::Uuid(staff_id),
+                    Value::Time(now),
+                    Value::Time(session_expires),
                 ],
-                &[event],
-            )
-            .await?;
-        let (access_token, access_expires) = self.access_token(
-            account.staff_id,
-            session_id,
-            self.roles(account.staff_id).await?,
-        )?;
+            ),
+            refresh_insert(&refresh, session_id, now),
+        ]);
+        self.db.transact(before, &events).await?;
+        let (access_token, access_expires) =
+            self.access_token(staff_id, session_id, self.roles(staff_id).await?)?;
         Ok(Issued {
             session_id,
             access_token,
@@ -650,6 +819,19 @@ impl Sessions {
         }
         self.publish_revocation(session_id).await
     }
+}
+
+/// Statement: every live session of `staff_id` ends, for `reason`.
+fn sessions_ended(staff_id: Uuid, reason: &str, now: DateTime<Utc>) -> Statement {
+    Statement::new(
+        "UPDATE sessions SET revoked_at = $1, revoke_reason = $2 \
+         WHERE staff_id = $3 AND revoked_at IS NULL",
+        vec![
+            Value::Time(now),
+            Value::Text(reason.to_owned()),
+            Value::Uuid(staff_id),
+        ],
+    )
 }
 
 fn refresh_insert(token: &str, session_id: Uuid, now: DateTime<Utc>) -> Statement {

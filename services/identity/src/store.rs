@@ -370,12 +370,13 @@ impl Directory {
             Option<DateTime<Utc>>,
             Option<String>,
             Option<DateTime<Utc>>,
+            Option<i32>,
         );
         let mut rows: Vec<Row> = self
             .db
             .fetch_all(
                 "SELECT s.id, s.email, s.display_name, s.created_at, s.disabled_at, \
-                 c.password_hash, c.totp_confirmed_at FROM staff s \
+                 c.password_hash, c.totp_confirmed_at, c.must_change_password FROM staff s \
                  LEFT JOIN credentials c ON c.staff_id = s.id \
                  WHERE ($1 = 1 OR s.disabled_at IS NULL) \
                  AND ($2 IS NULL OR EXISTS (SELECT 1 FROM staff_roles r WHERE r.staff_id = s.id \
@@ -405,19 +406,22 @@ impl Directory {
         let listed = rows
             .into_iter()
             .map(
-                |(id, email, display_name, created_at, disabled_at, hash, totp)| StaffListing {
-                    roles: grants
-                        .iter()
-                        .filter(|(staff, ..)| *staff == id)
-                        .map(|(_, role, expires)| (role.clone(), *expires))
-                        .collect(),
-                    id,
-                    email,
-                    display_name,
-                    created_at,
-                    disabled_at,
-                    password_hash: hash,
-                    totp_confirmed_at: totp,
+                |(id, email, display_name, created_at, disabled_at, hash, totp, temporary)| {
+                    StaffListing {
+                        roles: grants
+                            .iter()
+                            .filter(|(staff, ..)| *staff == id)
+                            .map(|(_, role, expires)| (role.clone(), *expires))
+                            .collect(),
+                        id,
+                        email,
+                        display_name,
+                        created_at,
+                        disabled_at,
+                        password_hash: hash,
+                        totp_confirmed_at: totp,
+                        must_change_password: temporary.unwrap_or(0) != 0,
+                    }
                 },
             )
             .collect();
@@ -1045,6 +1049,8 @@ pub struct StaffListing {
     pub password_hash: Option<String>,
     /// When their TOTP was confirmed.
     pub totp_confirmed_at: Option<DateTime<Utc>>,
+    /// Their password is a temporary one, to be changed before signing in.
+    pub must_change_password: bool,
     /// Their role grants not revoked: (role, expiry), some maybe lapsed.
     pub roles: Vec<(String, Option<DateTime<Utc>>)>,
 }
@@ -1516,6 +1522,7 @@ mod tests {
             disabled_at: None,
             password_hash: None,
             totp_confirmed_at: None,
+            must_change_password: false,
             roles: vec![
                 ("auditor".into(), Some(now - day)),
                 ("paralegal".into(), Some(now + day)),

@@ -74,9 +74,11 @@ actions! {
     IdentityAttestationRecorded => "identity.attestation.recorded", "An NDA or training attestation was recorded (related: the staff member, its kind, version, completion and expiry, a training's score and pass mark).";
     IdentityBreakGlassOpened => "identity.break_glass.opened", "Emergency access to a matter was opened (alerts the security officer).";
     IdentityLoginSucceeded => "identity.login.succeeded", "A staff member signed in (password and TOTP).";
-    IdentityLoginFailed => "identity.login.failed", "A sign-in failed (reason: bad_credentials, account_locked, totp_not_enrolled, account_disabled).";
-    IdentityPasswordSet => "identity.password.set", "A staff member's password was set; their sessions ended.";
+    IdentityLoginFailed => "identity.login.failed", "A sign-in, or another step that checks a staff member's password (TOTP enrolment, a password change), failed (reason: bad_credentials, bad_totp_code, account_locked, totp_not_enrolled, account_disabled; password_change_required: both were right, but the password is a temporary one).";
+    IdentityPasswordSet => "identity.password.set", "An administrator set a staff member's password; their sessions ended (reason: `temporary` for a password they must change before signing in, else `permanent`).";
+    IdentityPasswordChanged => "identity.password.changed", "A staff member changed their own password, proving the old one and a TOTP code; their other sessions ended and a new one opened.";
     IdentityTotpEnrolled => "identity.totp.enrolled", "A staff member confirmed a TOTP authenticator.";
+    IdentityTotpReset => "identity.totp.reset", "An administrator removed a staff member's TOTP authenticator (a lost or replaced device); their sessions ended until they enrol a new one (resource: the staff member).";
     IdentitySessionRevoked => "identity.session.revoked", "A session was ended (reason: logout, admin, refresh_token_reuse, password_set, restore).";
     IdentityAdminBootstrapped => "identity.admin.bootstrapped", "The first firm administrator was created from the command line.";
     IdentityClientVerificationStarted => "identity.client_verification.started", "A one-time code was sent to a client.";
