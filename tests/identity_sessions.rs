@@ -1504,3 +1504,249 @@ async fn sqlite_staff_change_their_password_and_admins_reset_lost_authenticators
 async fn postgres_staff_change_their_password_and_admins_reset_lost_authenticators() {
     staff_change_their_password_and_admins_reset_lost_authenticators(Backend::Postgres).await;
 }
+
+async fn admins_see_and_end_a_staff_members_sessions(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec::of(&[ServiceName::Identity, ServiceName::Audit]),
+    )
+    .await;
+    let mut admin = client(&data, &sandbox, "operator").await;
+    let mut portal = client(&data, &sandbox, "client-portal").await;
+    let mut documents = client(&data, &sandbox, "document-system").await;
+    let email = "traveller@firm.example";
+    let staff = common::directory::staff(&mut admin, email, "associate").await;
+    let bystander = common::directory::staff(&mut admin, "desk@firm.example", "associate").await;
+    admin
+        .set_password(SetPasswordRequest {
+            staff_id: staff.clone(),
+            password: PASSWORD.into(),
+            temporary: false,
+        })
+        .await
+        .unwrap();
+    // Signed in through two applications; the first session's tokens
+    // are refreshed once.
+    let step = steady_step().await;
+    let secret = base32_decode(
+        &portal
+            .enroll_totp(EnrollTotpRequest {
+                email: email.into(),
+                password: PASSWORD.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .secret_base32,
+    );
+    portal
+        .confirm_totp(ConfirmTotpRequest {
+            email: email.into(),
+            password: PASSWORD.into(),
+            code: code_of(&secret, step - 1),
+        })
+        .await
+        .unwrap();
+    let sign_in = |code: String| LoginRequest {
+        email: email.into(),
+        password: PASSWORD.into(),
+        totp_code: code,
+    };
+    let tokens = |r: tonic::Response<LoginResponse>| r.into_inner().tokens.unwrap();
+    let first = tokens(portal.login(sign_in(code_of(&secret, step))).await.unwrap());
+    let second = tokens(
+        documents
+            .login(sign_in(code_of(&secret, step + 1)))
+            .await
+            .unwrap(),
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let first = portal
+        .refresh_session(RefreshSessionRequest {
+            refresh_token: first.refresh_token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap();
+
+    // The administrator sees both, newest first, with where they came from.
+    let list = |staff_id: &str, page_size: i32, page_token: String| ListStaffSessionsRequest {
+        staff_id: staff_id.to_owned(),
+        page_size,
+        page_token,
+    };
+    let sessions = admin
+        .list_staff_sessions(list(&staff, 0, String::new()))
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    let ids: Vec<&str> = sessions.iter().map(|s| s.session_id.as_str()).collect();
+    assert_eq!(ids, [second.session_id.as_str(), first.session_id.as_str()]);
+    assert!(
+        sessions[0].opened_through.ends_with("/document-system"),
+        "{sessions:?}"
+    );
+    assert!(
+        sessions[1].opened_through.ends_with("/client-portal"),
+        "{sessions:?}"
+    );
+    let seconds = |t: &Option<prost_types::Timestamp>| {
+        let t = t.as_ref().unwrap();
+        t.seconds as f64 + f64::from(t.nanos) / 1e9
+    };
+    assert!(seconds(&sessions[1].last_refresh_time) > seconds(&sessions[1].create_time));
+    assert!(seconds(&sessions[0].expire_time) > seconds(&sessions[0].create_time) + 3600.0);
+    common::check_pages(0, 1, |size, token| {
+        let mut admin = admin.clone();
+        let request = list(&staff, size, token);
+        async move {
+            let r = admin.list_staff_sessions(request).await?.into_inner();
+            let ids: Vec<String> = r.sessions.into_iter().map(|s| s.session_id).collect();
+            Ok((ids, r.next_page_token))
+        }
+    })
+    .await;
+    let none = admin
+        .list_staff_sessions(list(&bystander, 0, String::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(none.sessions.is_empty() && none.next_page_token.is_empty());
+    // The command line lists them too.
+    let out = common::directory_cli(&data, &sandbox, &["sessions", "--staff", &staff]);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!(lines[0]["session_id"], second.session_id.as_str());
+    assert!(!out.contains(&first.access_token) && !out.contains(&first.refresh_token));
+
+    // Signed out everywhere at once: neither session refreshes, and the
+    // services refuse their access tokens.
+    let out = common::directory_cli(&data, &sandbox, &["sign-out", "--staff", &staff]);
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(line["sessions_ended"], 2, "{out}");
+    for (app, tokens) in [(&mut portal, &first), (&mut documents, &second)] {
+        let ended = app
+            .refresh_session(RefreshSessionRequest {
+                refresh_token: tokens.refresh_token.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&ended), "session_ended");
+    }
+    let mut audit = confidant_proto::audit::v1::audit_service_client::AuditServiceClient::new(
+        common::channel(&data, &sandbox, ServiceName::Audit, "client-portal").await,
+    );
+    let refused = audit
+        .list_events(with_bearer(
+            confidant_proto::audit::v1::ListEventsRequest::default(),
+            &second.access_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&refused), "session_revoked");
+    let listed = admin
+        .list_staff_sessions(list(&staff, 0, String::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.sessions.is_empty(), "{listed:?}");
+    let again = admin
+        .revoke_staff_sessions(RevokeStaffSessionsRequest {
+            staff_id: staff.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.sessions_ended, 0);
+    // Their credentials stay: they can sign in again.
+    assert_eq!(sign_in_state(&mut admin, &staff).await, SignInState::Ready);
+
+    // Nobody, a malformed id, and anyone but an administrator are refused.
+    let nobody = uuid::Uuid::now_v7().to_string();
+    let err = admin
+        .list_staff_sessions(list(&nobody, 0, String::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let err = admin
+        .revoke_staff_sessions(RevokeStaffSessionsRequest {
+            staff_id: nobody.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let err = admin
+        .list_staff_sessions(list("x", 0, String::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(common::violated_fields(&err), ["staff_id"]);
+    let err = portal
+        .list_staff_sessions(list(&staff, 0, String::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    let err = portal
+        .revoke_staff_sessions(RevokeStaffSessionsRequest {
+            staff_id: staff.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+
+    // Who looked at the sessions, and who ended them, is on the record.
+    let log = confidant_proto::audit::v1::audit_service_client::AuditServiceClient::new(
+        common::channel(&data, &sandbox, ServiceName::Audit, "operator").await,
+    );
+    common::eventually(
+        std::time::Duration::from_secs(20),
+        "the listings and the sign-out logged",
+        || {
+            let mut log = log.clone();
+            let staff = staff.clone();
+            async move {
+                let about = |events: Vec<confidant_proto::audit::v1::AuditEvent>| {
+                    events
+                        .iter()
+                        .filter(|e| {
+                            e.resource.as_ref().is_some_and(|r| r.id == staff)
+                                && e.actor.as_ref().is_some_and(|a| a.id == "operator")
+                        })
+                        .count()
+                };
+                let listed = about(
+                    common::logged_events(
+                        &mut log,
+                        "",
+                        "identity",
+                        "identity.staff.sessions_listed",
+                    )
+                    .await,
+                );
+                let signed_out = about(
+                    common::logged_events(&mut log, "", "identity", "identity.staff.signed_out")
+                        .await,
+                );
+                listed >= 5 && signed_out == 2
+            }
+        },
+    )
+    .await;
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_admins_see_and_end_a_staff_members_sessions() {
+    admins_see_and_end_a_staff_members_sessions(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_admins_see_and_end_a_staff_members_sessions() {
+    admins_see_and_end_a_staff_members_sessions(Backend::Postgres).await;
+}

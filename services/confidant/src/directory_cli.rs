@@ -72,6 +72,21 @@ pub enum DirectoryCommand {
         #[arg(long)]
         staff: String,
     },
+    /// List a staff member's live sessions, newest first, one line each:
+    /// when each opened, through which application, when its tokens were
+    /// last issued and when it ends.
+    Sessions {
+        /// The staff member.
+        #[arg(long)]
+        staff: String,
+    },
+    /// End every live session of a staff member at once (a lost laptop, a
+    /// suspected compromise); their credentials and access stay.
+    SignOut {
+        /// The staff member.
+        #[arg(long)]
+        staff: String,
+    },
     /// Give a staff member a role, until an optional expiry (RFC 3339).
     GrantRole {
         /// The staff member.
@@ -478,6 +493,44 @@ pub async fn run(
             .await
             .map_err(fail)?;
             json!({ "totp_reset": staff })
+        }
+        DirectoryCommand::Sessions { staff } => {
+            let mut page_token = String::new();
+            loop {
+                let r = c
+                    .list_staff_sessions(pb::ListStaffSessionsRequest {
+                        staff_id: staff.clone(),
+                        page_size: 1000,
+                        page_token,
+                    })
+                    .await
+                    .map_err(fail)?
+                    .into_inner();
+                for s in r.sessions {
+                    let line = json!({
+                        "session_id": s.session_id,
+                        "opened": crate::records_cli::timestamp(s.create_time),
+                        "opened_through": s.opened_through,
+                        "last_refresh": crate::records_cli::timestamp(s.last_refresh_time),
+                        "expires": crate::records_cli::timestamp(s.expire_time),
+                    });
+                    writeln!(out, "{line}")?;
+                }
+                if r.next_page_token.is_empty() {
+                    return Ok(());
+                }
+                page_token = r.next_page_token;
+            }
+        }
+        DirectoryCommand::SignOut { staff } => {
+            let r = c
+                .revoke_staff_sessions(pb::RevokeStaffSessionsRequest {
+                    staff_id: staff.clone(),
+                })
+                .await
+                .map_err(fail)?
+                .into_inner();
+            json!({ "staff_id": staff, "sessions_ended": r.sessions_ended })
         }
         DirectoryCommand::GrantRole { staff, role, until } => {
             let expire_time = until.as_deref().map(time).transpose()?;

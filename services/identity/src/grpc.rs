@@ -1183,6 +1183,77 @@ impl IdentityService for IdentityApi {
         Ok(Response::new(RevokeSessionResponse {}))
     }
 
+    #[tracing::instrument(name = "identity.list_staff_sessions", skip_all)]
+    async fn list_staff_sessions(
+        &self,
+        request: Request<ListStaffSessionsRequest>,
+    ) -> Result<Response<ListStaffSessionsResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let staff = uuid(&mut v, "staff_id", &req.staff_id);
+        let (limit, after) = page::requested(
+            &mut v,
+            req.page_size,
+            &req.page_token,
+            (100, 1000),
+            &[page::Part::Uuid],
+        );
+        check(v)?;
+        let staff = staff.unwrap_or_default();
+        let (sessions, next) = self
+            .sessions
+            .live_sessions(staff, after.values(), limit)
+            .await
+            .map_err(Error::from)?
+            .ok_or(Error::Store(crate::store::StoreError::NotFound(
+                "staff member",
+            )))?;
+        // Who looked at whose sign-ins, before anything is returned.
+        let event = self
+            .by_caller(&caller, Action::IdentityStaffSessionsListed, "staff", staff)
+            .build();
+        self.directory.record(event).await.map_err(Error::from)?;
+        Ok(Response::new(ListStaffSessionsResponse {
+            sessions: sessions
+                .into_iter()
+                .map(|s| StaffSession {
+                    session_id: s.id.to_string(),
+                    create_time: Some(proto_time(s.created_at)),
+                    last_refresh_time: s.last_issued.map(proto_time),
+                    expire_time: Some(proto_time(s.expires_at)),
+                    opened_through: s.opened_by.unwrap_or_default(),
+                })
+                .collect(),
+            next_page_token: next
+                .map(|id| page::token(&[Key::Uuid(id)]))
+                .unwrap_or_default(),
+        }))
+    }
+
+    #[tracing::instrument(name = "identity.revoke_staff_sessions", skip_all)]
+    async fn revoke_staff_sessions(
+        &self,
+        request: Request<RevokeStaffSessionsRequest>,
+    ) -> Result<Response<RevokeStaffSessionsResponse>, Status> {
+        let caller = caller(&request)?;
+        let mut v = Violations::new();
+        let staff = uuid(&mut v, "staff_id", &request.get_ref().staff_id);
+        check(v)?;
+        let staff = staff.unwrap_or_default();
+        let event = self
+            .by_caller(&caller, Action::IdentityStaffSignedOut, "staff", staff)
+            .build();
+        let ended = self
+            .sessions
+            .end_all(staff, event)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(RevokeStaffSessionsResponse {
+            sessions_ended: i32::try_from(ended).unwrap_or(i32::MAX),
+        }))
+    }
+
     #[tracing::instrument(name = "identity.get_jwks", skip_all)]
     async fn get_jwks(
         &self,

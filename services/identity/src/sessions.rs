@@ -307,14 +307,7 @@ impl Sessions {
         peer: &str,
     ) -> Result<(), AuthError> {
         let hash = credentials::hash_password(password).map_err(|_| AuthError::Crypto)?;
-        let exists: Option<(Uuid,)> = self
-            .db
-            .fetch_optional(
-                "SELECT id FROM staff WHERE id = $1",
-                vec![Value::Uuid(staff_id)],
-            )
-            .await?;
-        if exists.is_none() {
+        if !self.staff_exists(staff_id).await? {
             return Err(AuthError::Store(StoreError::NotFound("staff member")));
         }
         let now = Utc::now();
@@ -437,6 +430,84 @@ impl Sessions {
                 other => other.into(),
             })?;
         self.publish_ended(staff_id, "totp_reset", now).await
+    }
+
+    /// A page of `staff_id`'s live sessions, newest first, after the
+    /// session `after` holds (none: from the newest), at most `limit`; and
+    /// the last one's id if more follow. `None` if there is no such staff
+    /// member.
+    pub async fn live_sessions(
+        &self,
+        staff_id: Uuid,
+        after: Vec<Value>,
+        limit: i64,
+    ) -> Result<Option<(Vec<LiveSession>, Option<Uuid>)>, AuthError> {
+        if !self.staff_exists(staff_id).await? {
+            return Ok(None);
+        }
+        let mut values = vec![Value::Uuid(staff_id), Value::Time(Utc::now())];
+        values.extend(after);
+        values.push(Value::BigInt(limit + 1));
+        type Row = (
+            Uuid,
+            DateTime<Utc>,
+            DateTime<Utc>,
+            Option<String>,
+            Option<DateTime<Utc>>,
+        );
+        let mut rows: Vec<Row> = self
+            .db
+            .fetch_all(
+                "SELECT s.id, s.created_at, s.expires_at, s.opened_by, \
+                 (SELECT r.issued_at FROM refresh_tokens r WHERE r.session_id = s.id \
+                 ORDER BY r.issued_at DESC LIMIT 1) \
+                 FROM sessions s WHERE s.staff_id = $1 AND s.revoked_at IS NULL \
+                 AND s.expires_at > $2 AND ($3 IS NULL OR s.id < $3) ORDER BY s.id DESC LIMIT $4",
+                values,
+            )
+            .await?;
+        let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+        rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        let next = more.then(|| rows.last().map(|r| r.0)).flatten();
+        let sessions = rows
+            .into_iter()
+            .map(
+                |(id, created_at, expires_at, opened_by, last_issued)| LiveSession {
+                    id,
+                    created_at,
+                    expires_at,
+                    opened_by,
+                    last_issued,
+                },
+            )
+            .collect();
+        Ok(Some((sessions, next)))
+    }
+
+    /// Ends every live session of `staff_id` (an administrator's
+    /// `identity.staff.signed_out`, `event`); returns how many.
+    pub async fn end_all(&self, staff_id: Uuid, event: AuditEvent) -> Result<u64, AuthError> {
+        if !self.staff_exists(staff_id).await? {
+            return Err(AuthError::Store(StoreError::NotFound("staff member")));
+        }
+        let now = Utc::now();
+        let ended = self
+            .db
+            .transact(vec![sessions_ended(staff_id, "admin", now)], &[event])
+            .await?[0];
+        self.publish_ended(staff_id, "admin", now).await?;
+        Ok(ended)
+    }
+
+    async fn staff_exists(&self, staff_id: Uuid) -> Result<bool, AuthError> {
+        let found: Option<(Uuid,)> = self
+            .db
+            .fetch_optional(
+                "SELECT id FROM staff WHERE id = $1",
+                vec![Value::Uuid(staff_id)],
+            )
+            .await?;
+        Ok(found.is_some())
     }
 
     /// Announces the end of the sessions of `staff_id` that
@@ -679,12 +750,14 @@ impl Sessions {
         );
         before.extend([
             Statement::new(
-                "INSERT INTO sessions (id, staff_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+                "INSERT INTO sessions (id, staff_id, created_at, expires_at, opened_by) \
+                 VALUES ($1, $2, $3, $4, $5)",
                 vec![
                     Value::Uuid(session_id),
                     Value::Uuid(staff_id),
                     Value::Time(now),
                     Value::Time(session_expires),
+                    Value::Text(peer.to_owned()),
                 ],
             ),
             refresh_insert(&refresh, session_id, now),
@@ -819,6 +892,21 @@ impl Sessions {
         }
         self.publish_revocation(session_id).await
     }
+}
+
+/// A live session as administrators see it (never its tokens).
+#[derive(Debug, Clone)]
+pub struct LiveSession {
+    /// Session id.
+    pub id: Uuid,
+    /// When it opened.
+    pub created_at: DateTime<Utc>,
+    /// When it ends at the latest.
+    pub expires_at: DateTime<Utc>,
+    /// The SPIFFE id of the application it opened through, if recorded.
+    pub opened_by: Option<String>,
+    /// When its tokens were last issued.
+    pub last_issued: Option<DateTime<Utc>>,
 }
 
 /// Statement: every live session of `staff_id` ends, for `reason`.

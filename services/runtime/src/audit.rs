@@ -79,6 +79,8 @@ actions! {
     IdentityPasswordChanged => "identity.password.changed", "A staff member changed their own password, proving the old one and a TOTP code; their other sessions ended and a new one opened.";
     IdentityTotpEnrolled => "identity.totp.enrolled", "A staff member confirmed a TOTP authenticator.";
     IdentityTotpReset => "identity.totp.reset", "An administrator removed a staff member's TOTP authenticator (a lost or replaced device); their sessions ended until they enrol a new one (resource: the staff member).";
+    IdentityStaffSessionsListed => "identity.staff.sessions_listed", "An administrator listed a staff member's live sessions: when and through which application each opened (resource: the staff member).";
+    IdentityStaffSignedOut => "identity.staff.signed_out", "An administrator ended every live session of a staff member at once (resource: the staff member); their credentials and access stay as they were.";
     IdentitySessionRevoked => "identity.session.revoked", "A session was ended (reason: logout, admin, refresh_token_reuse, password_set, restore).";
     IdentityAdminBootstrapped => "identity.admin.bootstrapped", "The first firm administrator was created from the command line.";
     IdentityClientVerificationStarted => "identity.client_verification.started", "A one-time code was sent to a client.";
