@@ -557,6 +557,18 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
                 .allowed
         );
     }
+    // On leave at the backup, back since; and away and back since.
+    let returner = cleared(&mut admin, "returner@firm.example", "associate").await;
+    assign(&mut admin, &matter, &returner).await;
+    let away_and_back = cleared(&mut admin, "away.and.back@firm.example", "associate").await;
+    assign(&mut admin, &matter, &away_and_back).await;
+    let staff_request = |staff: &str| DisableStaffMemberRequest {
+        staff_id: staff.to_owned(),
+    };
+    admin
+        .disable_staff_member(staff_request(&returner))
+        .await
+        .unwrap();
     // Two authenticators: one lost after the backup, one replaced before.
     let (lost_device, ..) = enrolled(&mut admin, &mut app, "lost.device@firm.example").await;
     let (replaced_device, ..) =
@@ -598,6 +610,18 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
         .await
         .unwrap();
     admin.reset_totp(reset(&lost_device)).await.unwrap();
+    let enable = |staff: &str| EnableStaffMemberRequest {
+        staff_id: staff.to_owned(),
+    };
+    admin.enable_staff_member(enable(&returner)).await.unwrap();
+    admin
+        .disable_staff_member(staff_request(&away_and_back))
+        .await
+        .unwrap();
+    admin
+        .enable_staff_member(enable(&away_and_back))
+        .await
+        .unwrap();
     let newcomer = cleared(&mut admin, "newcomer@firm.example", "associate").await;
     // A client taken on, and two matters opened for it: one under the
     // attorney, one under the newcomer, whom the backup does not hold.
@@ -733,6 +757,18 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
     assert_eq!(
         common::restore_results(&out, &leaver),
         done("revoke"),
+        "{out}"
+    );
+    // Enabled since the backup, which holds them disabled; disabled and
+    // enabled since, which comes to nothing.
+    assert_eq!(
+        common::restore_results(&out, &returner),
+        done("enable"),
+        "{out}"
+    );
+    assert_eq!(
+        common::restore_results(&out, &away_and_back),
+        vec![("enable".to_owned(), "already_applied".to_owned())],
         "{out}"
     );
     // Granted before the backup, which holds it; revoked after.
@@ -880,6 +916,10 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
     assert!(!demoted_now.allowed, "{demoted_now:?}");
     let late_now = decide(&mut vault, &late_joiner, "client_data.read", &matter).await;
     assert!(late_now.allowed, "{late_now:?}");
+    for back in [&returner, &away_and_back] {
+        let back_now = decide(&mut vault, back, "client_data.read", &matter).await;
+        assert!(back_now.allowed, "{back_now:?}");
+    }
     let trainee_now = decide(&mut vault, &trainee, "client_data.read", &matter).await;
     assert!(trainee_now.allowed, "{trainee_now:?}");
     // The attorney is again responsible for the matter opened since, and
@@ -970,6 +1010,8 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
     assert_eq!(code, 0, "{out}");
     for id in [
         leaver.clone(),
+        returner.clone(),
+        away_and_back.clone(),
         assignment.clone(),
         format!("{demoted}/associate"),
         rotated.clone(),
@@ -1749,4 +1791,154 @@ async fn sqlite_admins_see_and_end_a_staff_members_sessions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_admins_see_and_end_a_staff_members_sessions() {
     admins_see_and_end_a_staff_members_sessions(Backend::Postgres).await;
+}
+
+async fn a_disabled_staff_member_is_signed_out_at_once_and_can_come_back(backend: Backend) {
+    use confidant_proto::audit::v1::ListEventsRequest;
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec::of(&[ServiceName::Identity, ServiceName::Audit]),
+    )
+    .await;
+    let mut admin = client(&data, &sandbox, "operator").await;
+    let mut app = client(&data, &sandbox, "client-portal").await;
+    let email = "officer@firm.example";
+    let officer = common::directory::staff(&mut admin, email, "security_officer").await;
+    admin
+        .set_password(SetPasswordRequest {
+            staff_id: officer.clone(),
+            password: PASSWORD.into(),
+            temporary: false,
+        })
+        .await
+        .unwrap();
+    let step = steady_step().await;
+    let secret = base32_decode(
+        &app.enroll_totp(EnrollTotpRequest {
+            email: email.into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret_base32,
+    );
+    app.confirm_totp(ConfirmTotpRequest {
+        email: email.into(),
+        password: PASSWORD.into(),
+        code: code_of(&secret, step - 1),
+    })
+    .await
+    .unwrap();
+    let sign_in = |code: String| LoginRequest {
+        email: email.into(),
+        password: PASSWORD.into(),
+        totp_code: code,
+    };
+    let before = app
+        .login(sign_in(code_of(&secret, step)))
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap();
+    // The officer reads the audit log with their token.
+    let audit = confidant_proto::audit::v1::audit_service_client::AuditServiceClient::new(
+        common::channel(&data, &sandbox, ServiceName::Audit, "client-portal").await,
+    );
+    let read = |tokens: &SessionTokens| {
+        let request = with_bearer(ListEventsRequest::default(), &tokens.access_token);
+        let mut audit = audit.clone();
+        async move { audit.list_events(request).await.map(|_| ()) }
+    };
+    read(&before).await.unwrap();
+
+    // Disabled: the session ends at once, everywhere, and no sign-in works.
+    common::directory_cli(&data, &sandbox, &["disable-staff", "--staff", &officer]);
+    assert_eq!(reason(&read(&before).await.unwrap_err()), "session_revoked");
+    let refresh = |tokens: &SessionTokens| RefreshSessionRequest {
+        refresh_token: tokens.refresh_token.clone(),
+    };
+    let ended = app.refresh_session(refresh(&before)).await.unwrap_err();
+    assert_eq!(reason(&ended), "session_ended");
+    let refused = app
+        .login(sign_in(code_of(&secret, step + 1)))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&refused), "bad_credentials");
+
+    // Back from leave: enabled, they sign in anew and read again; the
+    // session the disabling ended stays ended.
+    let out = common::directory_cli(&data, &sandbox, &["enable-staff", "--staff", &officer]);
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(line["enabled"], officer.as_str());
+    let ended = app.refresh_session(refresh(&before)).await.unwrap_err();
+    assert_eq!(reason(&ended), "session_ended");
+    assert_eq!(reason(&read(&before).await.unwrap_err()), "session_revoked");
+    let after = app
+        .login(sign_in(code_of(&secret, step + 1)))
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap();
+    read(&after).await.unwrap();
+    assert_eq!(
+        sign_in_state(&mut admin, &officer).await,
+        SignInState::Ready
+    );
+
+    // Nobody, a malformed id, and anyone but an administrator are refused.
+    let enable = |staff_id: &str| EnableStaffMemberRequest {
+        staff_id: staff_id.to_owned(),
+    };
+    let err = admin
+        .enable_staff_member(enable(&uuid::Uuid::now_v7().to_string()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let err = admin.enable_staff_member(enable("x")).await.unwrap_err();
+    assert_eq!(common::violated_fields(&err), ["staff_id"]);
+    let err = app.enable_staff_member(enable(&officer)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+
+    // Both are on the record, by the administrator.
+    let log = confidant_proto::audit::v1::audit_service_client::AuditServiceClient::new(
+        common::channel(&data, &sandbox, ServiceName::Audit, "operator").await,
+    );
+    common::eventually(
+        std::time::Duration::from_secs(20),
+        "the disabling and enabling logged",
+        || {
+            let mut log = log.clone();
+            let officer = officer.clone();
+            async move {
+                let mut by_admin = 0;
+                for action in ["identity.staff.disabled", "identity.staff.enabled"] {
+                    by_admin += common::logged_events(&mut log, "", "identity", action)
+                        .await
+                        .iter()
+                        .filter(|e| {
+                            e.resource.as_ref().is_some_and(|r| r.id == officer)
+                                && e.actor.as_ref().is_some_and(|a| a.id == "operator")
+                        })
+                        .count();
+                }
+                by_admin == 2
+            }
+        },
+    )
+    .await;
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_disabled_staff_member_is_signed_out_at_once_and_can_come_back() {
+    a_disabled_staff_member_is_signed_out_at_once_and_can_come_back(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_disabled_staff_member_is_signed_out_at_once_and_can_come_back() {
+    a_disabled_staff_member_is_signed_out_at_once_and_can_come_back(Backend::Postgres).await;
 }

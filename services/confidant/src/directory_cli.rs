@@ -52,6 +52,13 @@ pub enum DirectoryCommand {
         #[arg(long)]
         staff: String,
     },
+    /// Enable a disabled staff member again: their roles, assignments and
+    /// attestations count again as they stand; they sign in anew.
+    EnableStaff {
+        /// The staff member.
+        #[arg(long)]
+        staff: String,
+    },
     /// Set a staff member's password (their sessions end), read from
     /// CONFIDANT_STAFF_PASSWORD or standard input, never from the command
     /// line.
@@ -474,6 +481,14 @@ pub async fn run(
             .await
             .map_err(fail)?;
             json!({ "disabled": staff })
+        }
+        DirectoryCommand::EnableStaff { staff } => {
+            c.enable_staff_member(pb::EnableStaffMemberRequest {
+                staff_id: staff.clone(),
+            })
+            .await
+            .map_err(fail)?;
+            json!({ "enabled": staff })
         }
         DirectoryCommand::SetPassword { staff, temporary } => {
             let password = staff_password()?;

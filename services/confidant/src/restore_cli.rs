@@ -17,7 +17,8 @@
 //!
 //! - `identity`: a restored identity database gives back access taken away
 //!   since its backup, revives sessions and brings back old credentials.
-//!   Every revocation the log records is made again; clients, matters and
+//!   Every revocation the log records is made again (and an enabling of a
+//!   staff member after their last disabling); clients, matters and
 //!   walls created since are created again (their events name a matter's
 //!   classification and whom a wall screens from what), so that the
 //!   vault's data under them is reachable and screened as before;
@@ -663,6 +664,8 @@ impl Credential {
 enum IdentityChange {
     /// Access taken away (by hand or by an access review): made again.
     Revoke(Revocation),
+    /// A disabled staff member was enabled again.
+    Enable(Uuid),
     /// A sign-in credential of the staff member's was set or removed: if
     /// the restored database holds older credentials, they are locked.
     SignIn { staff: Uuid, change: Credential },
@@ -711,6 +714,17 @@ enum IdentityChange {
     },
 }
 
+impl IdentityChange {
+    /// The staff member a disabling or enabling concerns.
+    fn enablement(&self) -> Option<Uuid> {
+        match self {
+            IdentityChange::Revoke(Revocation::StaffDisabled(staff))
+            | IdentityChange::Enable(staff) => Some(*staff),
+            _ => None,
+        }
+    }
+}
+
 /// A change of identity's or retention's that the log records, as its
 /// line in the report names it.
 trait ReportedChange {
@@ -724,6 +738,7 @@ impl ReportedChange for IdentityChange {
     fn as_str(&self) -> &'static str {
         match self {
             IdentityChange::Revoke(_) => "revoke",
+            IdentityChange::Enable(_) => "enable",
             IdentityChange::SignIn { .. } => "reset_sign_in",
             IdentityChange::Client(_) => "client",
             IdentityChange::Assign { .. } => "assign",
@@ -738,6 +753,7 @@ impl ReportedChange for IdentityChange {
     fn target(&self) -> (&'static str, String) {
         match self {
             IdentityChange::Revoke(r) => r.resource(),
+            IdentityChange::Enable(id) => ("staff", id.to_string()),
             IdentityChange::SignIn { staff, .. } => ("staff", staff.to_string()),
             IdentityChange::Client(id) => ("client", id.to_string()),
             IdentityChange::Assign { id, .. } => ("assignment", id.to_string()),
@@ -812,6 +828,7 @@ fn identity_changes(events: &[VerifiedEvent]) -> Vec<LoggedChange<IdentityChange
             (Action::IdentityStaffDisabled, Some(id)) => {
                 IdentityChange::Revoke(Revocation::StaffDisabled(id))
             }
+            (Action::IdentityStaffEnabled, Some(id)) => IdentityChange::Enable(id),
             (Action::IdentityAssignmentRevoked, Some(id)) => {
                 IdentityChange::Revoke(Revocation::Assignment(id))
             }
@@ -894,6 +911,10 @@ fn identity_changes(events: &[VerifiedEvent]) -> Vec<LoggedChange<IdentityChange
             },
             _ => continue,
         };
+        // Only the last of a staff member's disablings and enablings counts.
+        if let Some(staff) = change.enablement() {
+            changes.retain(|c| c.change.enablement() != Some(staff));
+        }
         // Only the last change of each credential counts.
         if let IdentityChange::SignIn { staff, change } = change {
             changes.retain(|c| {
@@ -1099,6 +1120,17 @@ async fn reapply_identity(
             (
                 vec![identity_restore::lock_sign_in(*staff)],
                 Action::IdentitySignInReset,
+            )
+        }
+        IdentityChange::Enable(staff) => {
+            match Revocation::StaffDisabled(*staff).in_force(db).await? {
+                None => return Ok((Fate::NotInDatabase, extra)),
+                Some(true) => return Ok((Fate::AlreadyApplied, extra)),
+                Some(false) => {}
+            }
+            (
+                vec![confidant_identity::store::staff_enabled(*staff).expecting(1)],
+                Action::IdentityStaffEnabledReapplied,
             )
         }
         IdentityChange::Revoke(revocation) => {
@@ -2322,6 +2354,19 @@ mod tests {
                 "",
             ),
             identity(Action::IdentityTotpReset, "staff", &staff.to_string(), ""),
+            // Disabled, and enabled again: only the enabling counts.
+            identity(
+                Action::IdentityStaffDisabled,
+                "staff",
+                &staff.to_string(),
+                "",
+            ),
+            identity(
+                Action::IdentityStaffEnabled,
+                "staff",
+                &staff.to_string(),
+                "",
+            ),
         ]);
         let changes: Vec<(IdentityChange, u64)> = identity_changes(&events)
             .into_iter()
@@ -2432,6 +2477,7 @@ mod tests {
                     },
                     20
                 ),
+                (IdentityChange::Enable(staff), 22),
             ]
         );
     }

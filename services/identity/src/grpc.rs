@@ -350,15 +350,42 @@ impl IdentityService for IdentityApi {
         let id = uuid(&mut v, "staff_id", &request.get_ref().staff_id);
         check(v)?;
         let id = id.unwrap_or_default();
+        let now = Utc::now();
         let event = self
             .by_caller(&caller, Action::IdentityStaffDisabled, "staff", id)
+            .at(now)
             .build();
         self.directory
-            .disable_staff(id, event)
+            .disable_staff(id, now, event)
             .await
             .map_err(Error::from)?;
         self.facts.clear();
+        self.sessions
+            .publish_ended(id, crate::store::DISABLED, now)
+            .await
+            .map_err(Error::from)?;
         Ok(Response::new(DisableStaffMemberResponse {}))
+    }
+
+    #[tracing::instrument(name = "identity.enable_staff_member", skip_all)]
+    async fn enable_staff_member(
+        &self,
+        request: Request<EnableStaffMemberRequest>,
+    ) -> Result<Response<EnableStaffMemberResponse>, Status> {
+        let caller = caller(&request)?;
+        let mut v = Violations::new();
+        let id = uuid(&mut v, "staff_id", &request.get_ref().staff_id);
+        check(v)?;
+        let id = id.unwrap_or_default();
+        let event = self
+            .by_caller(&caller, Action::IdentityStaffEnabled, "staff", id)
+            .build();
+        self.directory
+            .enable_staff(id, event)
+            .await
+            .map_err(Error::from)?;
+        self.facts.clear();
+        Ok(Response::new(EnableStaffMemberResponse {}))
     }
 
     #[tracing::instrument(name = "identity.list_staff_members", skip_all)]

@@ -513,7 +513,7 @@ impl Sessions {
     /// Announces the end of the sessions of `staff_id` that
     /// [`sessions_ended`] ended at `at` for `reason` (read back once
     /// committed, so that one opened meanwhile is not missed).
-    async fn publish_ended(
+    pub(crate) async fn publish_ended(
         &self,
         staff_id: Uuid,
         reason: &str,
@@ -806,7 +806,7 @@ impl Sessions {
             )
             .await?;
         if disabled.and_then(|(d,)| d).is_some_and(|d| d <= now) {
-            self.revoke(session_id, "account_disabled", Some(staff_id), peer)
+            self.revoke(session_id, crate::store::DISABLED, Some(staff_id), peer)
                 .await?;
             return Err(AuthError::SessionEnded);
         }
@@ -910,7 +910,7 @@ pub struct LiveSession {
 }
 
 /// Statement: every live session of `staff_id` ends, for `reason`.
-fn sessions_ended(staff_id: Uuid, reason: &str, now: DateTime<Utc>) -> Statement {
+pub(crate) fn sessions_ended(staff_id: Uuid, reason: &str, now: DateTime<Utc>) -> Statement {
     Statement::new(
         "UPDATE sessions SET revoked_at = $1, revoke_reason = $2 \
          WHERE staff_id = $3 AND revoked_at IS NULL",

@@ -504,11 +504,31 @@ impl Directory {
     }
 
     /// Disables a staff member from now on.
-    pub async fn disable_staff(&self, id: Uuid, event: AuditEvent) -> Result<(), StoreError> {
+    pub async fn disable_staff(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        event: AuditEvent,
+    ) -> Result<(), StoreError> {
         let done = self
             .db
-            .transact(vec![staff_disabled(id, Utc::now())], &[event])
+            .transact(
+                vec![
+                    staff_disabled(id, at),
+                    crate::sessions::sessions_ended(id, DISABLED, at),
+                ],
+                &[event],
+            )
             .await?;
+        if done[0] == 0 && !self.staff_exists(id).await? {
+            return Err(StoreError::NotFound("staff member"));
+        }
+        Ok(())
+    }
+
+    /// Enables a disabled staff member again (no change if enabled).
+    pub async fn enable_staff(&self, id: Uuid, event: AuditEvent) -> Result<(), StoreError> {
+        let done = self.db.transact(vec![staff_enabled(id)], &[event]).await?;
         if done[0] == 0 && !self.staff_exists(id).await? {
             return Err(StoreError::NotFound("staff member"));
         }
@@ -994,6 +1014,17 @@ pub fn staff_disabled(id: Uuid, at: DateTime<Utc>) -> Statement {
     Statement::new(
         "UPDATE staff SET disabled_at = $1 WHERE id = $2 AND disabled_at IS NULL",
         vec![Value::Time(at), Value::Uuid(id)],
+    )
+}
+
+/// Why the sessions of a staff member being disabled end.
+pub const DISABLED: &str = "account_disabled";
+
+/// Statement: staff member `id` is enabled again (no change if enabled).
+pub fn staff_enabled(id: Uuid) -> Statement {
+    Statement::new(
+        "UPDATE staff SET disabled_at = NULL WHERE id = $1 AND disabled_at IS NOT NULL",
+        vec![Value::Uuid(id)],
     )
 }
 
