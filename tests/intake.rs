@@ -1365,3 +1365,577 @@ async fn a_renewed_certificate_is_served_on_the_grpc_port_and_the_web_page(backe
     }
     sandbox.stop().await;
 }
+
+/// The client's token for invitation `secret`, through the invitation's
+/// own one-time code flow.
+async fn invitation_token(
+    intake: &mut IntakeServiceClient<PeerChannel>,
+    data: &SandboxData,
+    secret: &str,
+) -> String {
+    let started = intake
+        .start_invitation_verification(pb::StartInvitationVerificationRequest {
+            secret: secret.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    intake
+        .complete_invitation_verification(pb::CompleteInvitationVerificationRequest {
+            secret: secret.into(),
+            verification_id: started.verification_id,
+            code: last_code(data),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .client_token
+}
+
+/// Identity, intake, vault and audit.
+fn intake_spec() -> SandboxSpec {
+    SandboxSpec::of(&[
+        ServiceName::Identity,
+        ServiceName::Intake,
+        ServiceName::Vault,
+        ServiceName::Audit,
+    ])
+}
+
+/// A client with two matters under a partner, an associate outside them,
+/// and a published notice and form `new-client` version 1.
+struct Firm {
+    client_id: String,
+    matter_id: String,
+    other_matter: String,
+    partner: String,
+    partner_token: String,
+    outsider_token: String,
+    intake: IntakeServiceClient<PeerChannel>,
+}
+
+async fn firm_with_a_form(data: &SandboxData, sandbox: &Sandbox) -> Firm {
+    let mut admin = common::identity_client(data, sandbox, "operator").await;
+    let client_id = new_client(&mut admin).await;
+    let partner = cleared(&mut admin, "partner@firm.example", "partner").await;
+    let matter_id = new_matter(&mut admin, &client_id, Some(&partner), "private-client").await;
+    let other_matter = new_matter(&mut admin, &client_id, Some(&partner), "tax").await;
+    let outsider = cleared(&mut admin, "associate@firm.example", "associate").await;
+    let forms_admin = cleared(&mut admin, "admin@firm.example", "firm_administrator").await;
+    let partner_token = staff_token(data, &partner, &["partner"]);
+    let outsider_token = staff_token(data, &outsider, &["associate"]);
+    let admin_token = staff_token(data, &forms_admin, &["firm_administrator"]);
+    let mut intake = IntakeServiceClient::new(
+        channel(data, sandbox, ServiceName::Intake, "client-portal").await,
+    );
+    intake
+        .publish_privacy_notice(as_staff(
+            &admin_token,
+            pb::PublishPrivacyNoticeRequest {
+                text: "We process your data to advise you.".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    intake
+        .publish_form(as_staff(
+            &admin_token,
+            pb::PublishFormRequest {
+                name: "new-client".into(),
+                title: "New client details".into(),
+                fields: onboarding_fields(),
+                privacy_notice_version: 1,
+                required_verification_level: 1,
+            },
+        ))
+        .await
+        .unwrap();
+    Firm {
+        client_id,
+        matter_id,
+        other_matter,
+        partner,
+        partner_token,
+        outsider_token,
+        intake,
+    }
+}
+
+/// Invites the client to answer `new-client` version 1 for `matter`, with
+/// codes to `address`.
+async fn invite(
+    intake: &IntakeServiceClient<PeerChannel>,
+    token: &str,
+    client_id: &str,
+    matter: &str,
+    address: &str,
+) -> pb::CreateInvitationResponse {
+    intake
+        .clone()
+        .create_invitation(as_staff(
+            token,
+            pb::CreateInvitationRequest {
+                client_id: client_id.to_owned(),
+                matter_id: matter.to_owned(),
+                form_name: "new-client".into(),
+                form_version: 1,
+                valid_days: 0,
+                contact_channel: ContactChannel::Email as i32,
+                contact_address: address.to_owned(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn the_firm_withdraws_an_invitation_and_sees_where_each_stands(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(&data, intake_spec()).await;
+    let Firm {
+        client_id,
+        matter_id,
+        other_matter,
+        partner,
+        partner_token,
+        outsider_token,
+        mut intake,
+    } = firm_with_a_form(&data, &sandbox).await;
+    // Three on the matter: one answered, one sent to the wrong address,
+    // one still open; and one on another matter.
+    let answered = invite(
+        &intake,
+        &partner_token,
+        &client_id,
+        &matter_id,
+        "jane@example.org",
+    )
+    .await;
+    let mistaken = invite(
+        &intake,
+        &partner_token,
+        &client_id,
+        &matter_id,
+        "jane@example.com",
+    )
+    .await;
+    let open = invite(
+        &intake,
+        &partner_token,
+        &client_id,
+        &matter_id,
+        "jane@example.org",
+    )
+    .await;
+    let elsewhere = invite(
+        &intake,
+        &partner_token,
+        &client_id,
+        &other_matter,
+        "jane@example.org",
+    )
+    .await;
+    let token = invitation_token(&mut intake, &data, &answered.secret).await;
+    let request_id = uuid::Uuid::now_v7().to_string();
+    intake
+        .submit_form(submit(
+            &answered.secret,
+            &token,
+            good_answers(),
+            &request_id,
+        ))
+        .await
+        .unwrap();
+    // Whoever got the mistaken link verified and holds a token for it.
+    let stray_token = invitation_token(&mut intake, &data, &mistaken.secret).await;
+
+    // Withdrawn: the response says so.
+    let revoke = |id: &str, token: &str| {
+        as_staff(
+            token,
+            pb::RevokeInvitationRequest {
+                invitation_id: id.to_owned(),
+            },
+        )
+    };
+    let mistaken_id = mistaken.invitation.as_ref().unwrap().id.clone();
+    let err = intake
+        .revoke_invitation(revoke(&mistaken_id, &outsider_token))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let withdrawn = intake
+        .revoke_invitation(revoke(&mistaken_id, &partner_token))
+        .await
+        .unwrap()
+        .into_inner()
+        .invitation
+        .unwrap();
+    assert_eq!(withdrawn.state, pb::InvitationState::Revoked as i32);
+    assert!(withdrawn.revoke_time.is_some());
+
+    // The link, new codes and the token already given all stop working.
+    let refused = |err: tonic::Status| {
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        assert_eq!(error_reason(&err), "invitation_revoked");
+    };
+    refused(
+        intake
+            .open_invitation(pb::OpenInvitationRequest {
+                secret: mistaken.secret.clone(),
+            })
+            .await
+            .unwrap_err(),
+    );
+    refused(
+        intake
+            .start_invitation_verification(pb::StartInvitationVerificationRequest {
+                secret: mistaken.secret.clone(),
+            })
+            .await
+            .unwrap_err(),
+    );
+    refused(
+        upload(
+            &mut intake,
+            &mistaken.secret,
+            &stray_token,
+            "image/png",
+            2048,
+            &png(2048),
+            &uuid::Uuid::now_v7().to_string(),
+        )
+        .await
+        .unwrap_err(),
+    );
+    let stray_request = uuid::Uuid::now_v7().to_string();
+    refused(
+        intake
+            .submit_form(submit(
+                &mistaken.secret,
+                &stray_token,
+                good_answers(),
+                &stray_request,
+            ))
+            .await
+            .unwrap_err(),
+    );
+    // Nothing to withdraw twice, nor once answered; bad ids are named.
+    refused(
+        intake
+            .revoke_invitation(revoke(&mistaken_id, &partner_token))
+            .await
+            .unwrap_err(),
+    );
+    let answered_id = answered.invitation.as_ref().unwrap().id.clone();
+    let err = intake
+        .revoke_invitation(revoke(&answered_id, &partner_token))
+        .await
+        .unwrap_err();
+    assert_eq!(error_reason(&err), "already_submitted");
+    let err = intake
+        .revoke_invitation(revoke("x", &partner_token))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), ["invitation_id"]);
+    let err = intake
+        .revoke_invitation(revoke(&uuid::Uuid::now_v7().to_string(), &partner_token))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    // The invitation still open is untouched.
+    intake
+        .open_invitation(pb::OpenInvitationRequest {
+            secret: open.secret.clone(),
+        })
+        .await
+        .unwrap();
+
+    // The matter's invitations, newest first, each where it stands.
+    let list = |matter: &str, page_size: i32, page_token: String| {
+        as_staff(
+            &partner_token,
+            pb::ListInvitationsRequest {
+                client_id: client_id.clone(),
+                matter_id: matter.to_owned(),
+                page_size,
+                page_token,
+            },
+        )
+    };
+    let listed = intake
+        .list_invitations(list(&matter_id, 0, String::new()))
+        .await
+        .unwrap()
+        .into_inner()
+        .invitations;
+    let states: Vec<(String, pb::InvitationState)> =
+        listed.iter().map(|i| (i.id.clone(), i.state())).collect();
+    assert_eq!(
+        states,
+        [
+            (
+                open.invitation.as_ref().unwrap().id.clone(),
+                pb::InvitationState::Open
+            ),
+            (mistaken_id.clone(), pb::InvitationState::Revoked),
+            (answered_id.clone(), pb::InvitationState::Submitted),
+        ]
+    );
+    assert!(listed[2].submit_time.is_some() && listed[2].revoke_time.is_none());
+    assert!(listed.iter().all(|i| i.create_time.is_some()));
+    // All the client's, in pages.
+    let everything = common::check_pages(0, 1, |size, token| {
+        let mut intake = intake.clone();
+        let request = list("", size, token);
+        async move {
+            let r = intake.list_invitations(request).await?.into_inner();
+            let ids: Vec<String> = r.invitations.into_iter().map(|i| i.id).collect();
+            Ok((ids, r.next_page_token))
+        }
+    })
+    .await;
+    assert_eq!(everything, 4);
+    let first = intake
+        .list_invitations(list("", 1, String::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.invitations[0].id, elsewhere.invitation.unwrap().id);
+    // Only for those who may read the client's data.
+    let err = intake
+        .list_invitations(as_staff(
+            &outsider_token,
+            pb::ListInvitationsRequest {
+                client_id: client_id.clone(),
+                matter_id: matter_id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = intake
+        .list_invitations(pb::ListInvitationsRequest {
+            client_id: client_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    // The withdrawal and the refused submission are on the record.
+    let log =
+        AuditServiceClient::new(channel(&data, &sandbox, ServiceName::Audit, "operator").await);
+    common::eventually(
+        std::time::Duration::from_secs(20),
+        "the withdrawal logged",
+        || {
+            let mut log = log.clone();
+            let (client_id, mistaken_id, partner) =
+                (client_id.clone(), mistaken_id.clone(), partner.clone());
+            async move {
+                let revoked = common::logged_events(
+                    &mut log,
+                    &client_id,
+                    "intake",
+                    "intake.invitation.revoked",
+                )
+                .await;
+                let refused = common::logged_events(
+                    &mut log,
+                    &client_id,
+                    "intake",
+                    "intake.submission.received",
+                )
+                .await;
+                revoked.len() == 1
+                    && revoked[0]
+                        .resource
+                        .as_ref()
+                        .is_some_and(|r| r.id == mistaken_id)
+                    && revoked[0].actor.as_ref().is_some_and(|a| a.id == partner)
+                    && refused.iter().any(|e| {
+                        e.reason == "invitation_revoked"
+                            && e.resource.as_ref().is_some_and(|r| r.id == mistaken_id)
+                    })
+            }
+        },
+    )
+    .await;
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_the_firm_withdraws_an_invitation_and_sees_where_each_stands() {
+    the_firm_withdraws_an_invitation_and_sees_where_each_stands(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_firm_withdraws_an_invitation_and_sees_where_each_stands() {
+    the_firm_withdraws_an_invitation_and_sees_where_each_stands(Backend::Postgres).await;
+}
+
+async fn withdrawn_invitations_stay_withdrawn_after_a_restore(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let spec = intake_spec();
+    let sandbox = Sandbox::start(&data, spec.clone()).await;
+    let Firm {
+        client_id,
+        matter_id,
+        partner_token,
+        mut intake,
+        ..
+    } = firm_with_a_form(&data, &sandbox).await;
+    let address = "jane@example.org";
+    // At the backup: an invitation about to be withdrawn, one about to be
+    // answered, and one already withdrawn.
+    let withdrawn = invite(&intake, &partner_token, &client_id, &matter_id, address).await;
+    let answered = invite(&intake, &partner_token, &client_id, &matter_id, address).await;
+    let withdrawn_before = invite(&intake, &partner_token, &client_id, &matter_id, address).await;
+    let id_of =
+        |created: &pb::CreateInvitationResponse| created.invitation.as_ref().unwrap().id.clone();
+    let revoke = |created: &pb::CreateInvitationResponse| {
+        as_staff(
+            &partner_token,
+            pb::RevokeInvitationRequest {
+                invitation_id: id_of(created),
+            },
+        )
+    };
+    intake
+        .revoke_invitation(revoke(&withdrawn_before))
+        .await
+        .unwrap();
+    let backup = common::back_up(&data, ServiceName::Intake).await;
+
+    // Since: one withdrawn, one answered, one created.
+    intake.revoke_invitation(revoke(&withdrawn)).await.unwrap();
+    let token = invitation_token(&mut intake, &data, &answered.secret).await;
+    let submission = intake
+        .submit_form(submit(
+            &answered.secret,
+            &token,
+            good_answers(),
+            &uuid::Uuid::now_v7().to_string(),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .submission
+        .unwrap();
+    let created_since = invite(&intake, &partner_token, &client_id, &matter_id, address).await;
+    let log =
+        AuditServiceClient::new(channel(&data, &sandbox, ServiceName::Audit, "operator").await);
+    let last = common::logged_leaf(&log, "intake.invitation.created", &id_of(&created_since)).await;
+    let (export_arg, key) = common::exported_log(&data, &sandbox, &log, last).await;
+    sandbox.stop().await;
+
+    common::restore(&data, ServiceName::Intake, &backup).await;
+    let restore = || {
+        common::restore_command(
+            &data,
+            &spec,
+            &["intake", "--log", &export_arg, "--public-key", &key],
+        )
+    };
+    let (code, out) = restore();
+    assert_eq!(code, 0, "{out}");
+    let results = |id: &str| common::restore_results(&out, id);
+    let pair = |change: &str, result: &str| (change.to_owned(), result.to_owned());
+    assert_eq!(
+        results(&id_of(&withdrawn)),
+        [
+            pair("invite", "already_applied"),
+            pair("revoke", "reapplied")
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        results(&id_of(&withdrawn_before)),
+        [
+            pair("invite", "already_applied"),
+            pair("revoke", "already_applied")
+        ],
+        "{out}"
+    );
+    assert_eq!(results(&submission.id), [pair("submit", "lost")], "{out}");
+    assert_eq!(
+        results(&id_of(&created_since)),
+        [pair("invite", "lost")],
+        "{out}"
+    );
+    assert!(
+        out.contains("\"invitations_lost\":1") && out.contains("\"submissions_lost\":1"),
+        "{out}"
+    );
+    assert!(out.contains("invite those clients again"), "{out}");
+
+    // The withdrawn link stays refused; the one created since is gone.
+    let sandbox = Sandbox::start(&data, spec.clone()).await;
+    let mut intake = IntakeServiceClient::new(
+        channel(&data, &sandbox, ServiceName::Intake, "client-portal").await,
+    );
+    let open = |secret: &str| pb::OpenInvitationRequest {
+        secret: secret.to_owned(),
+    };
+    let err = intake
+        .open_invitation(open(&withdrawn.secret))
+        .await
+        .unwrap_err();
+    assert_eq!(error_reason(&err), "invitation_revoked", "{err:?}");
+    let err = intake
+        .open_invitation(open(&created_since.secret))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    // The withdrawal made again is on the record, naming the logged one.
+    let log =
+        AuditServiceClient::new(channel(&data, &sandbox, ServiceName::Audit, "operator").await);
+    common::eventually(
+        std::time::Duration::from_secs(20),
+        "the withdrawal made again logged",
+        || {
+            let mut log = log.clone();
+            let (client_id, id) = (client_id.clone(), id_of(&withdrawn));
+            async move {
+                common::logged_events(
+                    &mut log,
+                    &client_id,
+                    "intake",
+                    "intake.invitation_revocation.reapplied",
+                )
+                .await
+                .iter()
+                .any(|e| {
+                    e.resource.as_ref().is_some_and(|r| r.id == id)
+                        && e.reason.starts_with("event-")
+                })
+            }
+        },
+    )
+    .await;
+    sandbox.stop().await;
+
+    // A second run changes nothing.
+    let (code, out) = restore();
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        common::restore_results(&out, &id_of(&withdrawn)),
+        [
+            pair("invite", "already_applied"),
+            pair("revoke", "already_applied")
+        ],
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_withdrawn_invitations_stay_withdrawn_after_a_restore() {
+    withdrawn_invitations_stay_withdrawn_after_a_restore(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_withdrawn_invitations_stay_withdrawn_after_a_restore() {
+    withdrawn_invitations_stay_withdrawn_after_a_restore(Backend::Postgres).await;
+}

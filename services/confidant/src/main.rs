@@ -203,6 +203,17 @@ enum RestoreCommand {
     /// has re-entered the schedule and resumes them (ResumeDisposals).
     /// Same export, output and guarantees as `vault`. Safe to run again.
     Retention(RestoreArgs),
+    /// Withdraw again the invitations a restored intake database holds
+    /// open, and list what it lost.
+    ///
+    /// After intake's database is restored from a backup, and before intake
+    /// starts on it: every invitation the audit log shows withdrawn since
+    /// the backup (RevokeInvitation) is withdrawn again, so that its link
+    /// and its client's tokens stay refused. Invitations created and forms
+    /// submitted since are listed as `lost`: the links no longer work, and
+    /// the answers stay in the vault without intake's submission. Same
+    /// export, output and guarantees as `vault`. Safe to run again.
+    Intake(RestoreArgs),
 }
 
 /// What both restore commands read.
@@ -902,6 +913,7 @@ fn restore(action: RestoreCommand, env: &HashMap<String, String>) -> ExitCode {
         RestoreCommand::Vault(args) => (What::Vault, args),
         RestoreCommand::Identity(args) => (What::Identity, args),
         RestoreCommand::Retention(args) => (What::Retention, args),
+        RestoreCommand::Intake(args) => (What::Intake, args),
     };
     let config = match chosen_config(args.config.clone(), args.data_dir.clone(), env) {
         Ok(c) => c,

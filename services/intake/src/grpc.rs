@@ -316,6 +316,8 @@ fn definition(row: &FormRow) -> Result<FormDefinition, Error> {
 fn invitation_proto(row: &InvitationRow, now: DateTime<Utc>) -> pb::Invitation {
     let state = if row.submitted_at.is_some() {
         pb::InvitationState::Submitted
+    } else if row.revoked_at.is_some() {
+        pb::InvitationState::Revoked
     } else if now >= row.expires_at {
         pb::InvitationState::Expired
     } else {
@@ -330,8 +332,17 @@ fn invitation_proto(row: &InvitationRow, now: DateTime<Utc>) -> pb::Invitation {
         expire_time: Some(ts(row.expires_at)),
         state: state as i32,
         created_by: row.created_by.clone(),
+        create_time: Some(ts(row.created_at)),
+        submit_time: row.submitted_at.map(ts),
+        revoke_time: row.revoked_at.map(ts),
     }
 }
+
+/// Refused: the firm withdrew the invitation.
+const REVOKED: Error = Error::Precondition {
+    reason: "invitation_revoked",
+    message: "this invitation was withdrawn by the firm; ask the firm for a new one",
+};
 
 fn state_proto(state: &str) -> pb::SubmissionState {
     match state {
@@ -408,6 +419,9 @@ impl IntakeApi {
                 reason: "already_submitted",
                 message: "this invitation has been answered",
             });
+        }
+        if invitation.revoked_at.is_some() {
+            return Err(REVOKED);
         }
         if Utc::now() >= invitation.expires_at {
             return Err(Error::Precondition {
@@ -742,6 +756,10 @@ impl IntakeApi {
             .into());
         }
         let now = Utc::now();
+        if invitation.revoked_at.is_some() {
+            self.refused(peer, &invitation, "invitation_revoked").await;
+            return Err(REVOKED.into());
+        }
         if now >= invitation.expires_at {
             self.refused(peer, &invitation, "invitation_expired").await;
             return Err(Error::Precondition {
@@ -881,6 +899,16 @@ impl IntakeApi {
                 if e.is_duplicate()
                     || matches!(e, confidant_runtime::portable::TransactError::Unmet { .. })
                 {
+                    // Withdrawn meanwhile, or answered by another request.
+                    if self
+                        .store
+                        .invitation(invitation.id)
+                        .await
+                        .map_err(Error::from)?
+                        .is_some_and(|i| i.revoked_at.is_some())
+                    {
+                        return Err(REVOKED.into());
+                    }
                     return Err(Error::Precondition {
                         reason: "already_submitted",
                         message: "this invitation has been answered",
@@ -1192,6 +1220,7 @@ impl IntakeService for IntakeApi {
             submitted_at: None,
             contact_channel: channel.to_owned(),
             contact_sealed: Some(sealed),
+            revoked_at: None,
         };
         let event = self
             .event(&actor, Action::IntakeInvitationCreated)
@@ -1389,6 +1418,105 @@ impl IntakeService for IntakeApi {
         Ok(Response::new(pb::ListSubmissionsResponse {
             submissions,
             next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(name = "intake.list_invitations", skip_all)]
+    async fn list_invitations(
+        &self,
+        request: Request<pb::ListInvitationsRequest>,
+    ) -> Result<Response<pb::ListInvitationsResponse>, Status> {
+        Self::staff(&request)?;
+        let req = request.get_ref();
+        let mut v = Violations::new();
+        let client = required_uuid(&mut v, "client_id", &req.client_id);
+        let matter = confidant_vault::domain::optional_uuid(&mut v, "matter_id", &req.matter_id);
+        let (limit, after) = page::requested(
+            &mut v,
+            req.page_size,
+            &req.page_token,
+            (50, 200),
+            &[Part::Uuid],
+        );
+        check(v)?;
+        let Some(client) = client else {
+            return Err(Status::internal("validated request incomplete"));
+        };
+        self.staff_with(&request, "client_data.read", Some(client), matter)
+            .await?;
+        let rows = self
+            .store
+            .invitations(client, matter, after.values(), limit + 1)
+            .await
+            .map_err(Error::from)?;
+        let (rows, next_page_token) = page::split(rows, limit, |r| page::token(&[Key::Uuid(r.id)]));
+        let now = Utc::now();
+        Ok(Response::new(pb::ListInvitationsResponse {
+            invitations: rows.iter().map(|r| invitation_proto(r, now)).collect(),
+            next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(name = "intake.revoke_invitation", skip_all)]
+    async fn revoke_invitation(
+        &self,
+        request: Request<pb::RevokeInvitationRequest>,
+    ) -> Result<Response<pb::RevokeInvitationResponse>, Status> {
+        Self::staff(&request)?;
+        let mut v = Violations::new();
+        let id = required_uuid(&mut v, "invitation_id", &request.get_ref().invitation_id);
+        check(v)?;
+        let Some(id) = id else {
+            return Err(Status::internal("validated request incomplete"));
+        };
+        let invitation = self
+            .store
+            .invitation(id)
+            .await
+            .map_err(Error::from)?
+            .ok_or(Error::NotFound("invitation"))?;
+        let actor = self
+            .staff_with(
+                &request,
+                "client_data.write",
+                Some(invitation.client_id),
+                Some(invitation.matter_id),
+            )
+            .await?;
+        let now = Utc::now();
+        let event = self
+            .event(&actor, Action::IntakeInvitationRevoked)
+            .resource("invitation", &id.to_string())
+            .scope(Some(invitation.client_id), Some(invitation.matter_id))
+            .at(now)
+            .build();
+        let revoked = self
+            .store
+            .revoke_invitation(id, actor.id(), now, &event)
+            .await
+            .map_err(Error::from)?;
+        let current = self
+            .store
+            .invitation(id)
+            .await
+            .map_err(Error::from)?
+            .ok_or(Error::NotFound("invitation"))?;
+        if !revoked {
+            return Err(if current.submitted_at.is_some() {
+                Error::Precondition {
+                    reason: "already_submitted",
+                    message: "this invitation has been answered; its submission can be rejected",
+                }
+            } else {
+                Error::Precondition {
+                    reason: "invitation_revoked",
+                    message: "this invitation was withdrawn already",
+                }
+            }
+            .into());
+        }
+        Ok(Response::new(pb::RevokeInvitationResponse {
+            invitation: Some(invitation_proto(&current, now)),
         }))
     }
 

@@ -71,6 +71,19 @@ pub struct InvitationRow {
     pub contact_channel: String,
     /// The address, sealed (bound to the invitation id).
     pub contact_sealed: Option<Vec<u8>>,
+    /// When the firm withdrew it.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Statement: invitation `id` is withdrawn at `at` by `by`; unmet unless it
+/// was open (neither answered nor withdrawn).
+pub fn invitation_revoked(id: Uuid, by: &str, at: DateTime<Utc>) -> Statement {
+    Statement::new(
+        "UPDATE intake_invitations SET revoked_at = $1, revoked_by = $2 \
+         WHERE id = $3 AND revoked_at IS NULL AND submitted_at IS NULL",
+        vec![Value::Time(at), Value::Text(by.to_owned()), Value::Uuid(id)],
+    )
+    .expecting(1)
 }
 
 /// A submission.
@@ -298,10 +311,65 @@ impl IntakeStore {
     ) -> StoreResult<Option<InvitationRow>> {
         self.db
             .fetch_optional(
-                "SELECT id, client_id, matter_id, form_name, form_version, created_by, created_at, expires_at, submitted_at, contact_channel, contact_sealed FROM intake_invitations WHERE secret_hash = $1",
+                "SELECT id, client_id, matter_id, form_name, form_version, created_by, created_at, expires_at, submitted_at, contact_channel, contact_sealed, revoked_at FROM intake_invitations WHERE secret_hash = $1",
                 vec![Value::Bytes(secret_hash.to_vec())],
             )
             .await
+    }
+
+    /// An invitation by id.
+    pub async fn invitation(&self, id: Uuid) -> StoreResult<Option<InvitationRow>> {
+        self.db
+            .fetch_optional(
+                "SELECT id, client_id, matter_id, form_name, form_version, created_by, created_at, expires_at, submitted_at, contact_channel, contact_sealed, revoked_at FROM intake_invitations WHERE id = $1",
+                vec![Value::Uuid(id)],
+            )
+            .await
+    }
+
+    /// A page of the invitations of a client (and matter), newest first:
+    /// at most `limit` after the one `after` names (its id).
+    pub async fn invitations(
+        &self,
+        client_id: Uuid,
+        matter_id: Option<Uuid>,
+        after: Vec<Value>,
+        limit: i64,
+    ) -> StoreResult<Vec<InvitationRow>> {
+        let mut values = vec![Value::Uuid(client_id), Value::OptUuid(matter_id)];
+        values.extend(after);
+        values.push(Value::BigInt(limit));
+        self.db
+            .fetch_all(
+                "SELECT id, client_id, matter_id, form_name, form_version, created_by, created_at, expires_at, submitted_at, contact_channel, contact_sealed, revoked_at FROM intake_invitations \
+                 WHERE client_id = $1 AND ($2 IS NULL OR matter_id = $2) AND ($3 IS NULL OR id < $3) \
+                 ORDER BY id DESC LIMIT $4",
+                values,
+            )
+            .await
+    }
+
+    /// Withdraws invitation `id` at `at`, by `by`, if it is still open
+    /// (neither answered nor withdrawn): whether it was.
+    pub async fn revoke_invitation(
+        &self,
+        id: Uuid,
+        by: &str,
+        at: DateTime<Utc>,
+        event: &AuditEvent,
+    ) -> Result<bool, TransactError> {
+        let done = self
+            .db
+            .transact(
+                vec![invitation_revoked(id, by, at)],
+                std::slice::from_ref(event),
+            )
+            .await;
+        match done {
+            Ok(_) => Ok(true),
+            Err(TransactError::Unmet { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// The submission answering an invitation, if any.

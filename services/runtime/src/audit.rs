@@ -138,6 +138,8 @@ actions! {
     IntakeNoticePublished => "intake.notice.published", "A version of the privacy notice was published (resource id: the version).";
     IntakeFormPublished => "intake.form.published", "A form version was published (resource id: name and version).";
     IntakeInvitationCreated => "intake.invitation.created", "A client was invited to answer a form for a matter.";
+    IntakeInvitationRevocationReapplied => "intake.invitation_revocation.reapplied", "An invitation the audit log shows withdrawn was withdrawn again on an intake database restored from a backup that holds it open (resource: the invitation, with its client and matter; reason: `event-` and the logged event's id; `confidant restore intake`).";
+    IntakeInvitationRevoked => "intake.invitation.revoked", "A staff member withdrew an invitation before it was answered: its link and client tokens stop working (resource: the invitation, with its client and matter).";
     IntakeFileUploaded => "intake.file.uploaded", "A client uploaded a file for a form's file field; it is in the vault (resource: the upload).";
     IntakeSubmissionReceived => "intake.submission.received", "A client's answers were stored in the vault and their consent recorded (outcome denied: the reason a submission was refused).";
     IntakeSubmissionDecided => "intake.submission.decided", "Staff accepted or rejected a submission (reason: accepted or rejected).";
