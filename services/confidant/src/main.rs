@@ -181,13 +181,17 @@ enum RestoreCommand {
     /// identity starts on it: take away again every access the audit log
     /// shows taken away since the backup (staff disabled; assignments,
     /// roles and wall exceptions revoked, by hand or by an access review;
-    /// matters closed), lock the sign-in of staff whose password or TOTP
-    /// changed since (the backup holds the old ones: an administrator sets
-    /// a new password, then they enrol TOTP again), and end every session
-    /// (their refresh tokens may have turned since). Walls put up since
-    /// cannot be rebuilt from the log: each is listed as `lost`, to put up
-    /// again before staff sign in. Same export, output and guarantees as
-    /// `vault`; each change is an audit event. Safe to run again.
+    /// matters closed), and enable again staff enabled after their last
+    /// disabling; register and open again the clients and matters, put up
+    /// the walls and grant the assignments, roles, wall exceptions and
+    /// attestations the log names since; lock the sign-in of staff whose
+    /// password or TOTP changed since (the backup holds the old ones: an
+    /// administrator sets a new password, then they enrol TOTP again), and
+    /// end every session (their refresh tokens may have turned since).
+    /// What the log names too little of to make again (events logged by
+    /// older versions) is listed as `lost`. Same export, output and
+    /// guarantees as `vault`; each change is an audit event. Safe to run
+    /// again.
     Identity(RestoreArgs),
     /// Place again the legal holds a restored retention database lost, and
     /// pause disposals.
