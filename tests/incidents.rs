@@ -924,7 +924,7 @@ async fn rules_over_the_event_stream_raise_alerts(backend: Backend) {
         .unwrap()
         .into_inner()
         .rules;
-    assert_eq!(rules.len(), 8);
+    assert_eq!(rules.len(), 9);
     let rule = |code: &str| rules.iter().find(|r| r.code == code).unwrap().clone();
     let err = incidents
         .update_detection_rule(as_staff(
@@ -1080,7 +1080,27 @@ async fn rules_over_the_event_stream_raise_alerts(backend: Backend) {
     };
     AuditServiceClient::new(channel(&data, &sandbox, ServiceName::Audit, "vault").await)
         .append_events(pb::AppendEventsRequest {
-            events: vec![shred, not_rewrapped, unreadable],
+            events: vec![shred, not_rewrapped, unreadable.clone()],
+        })
+        .await
+        .unwrap();
+    // An administrator removed a staff member's authenticator.
+    let authenticator_removed = pb::AuditEvent {
+        id: uuid::Uuid::now_v7().to_string(),
+        source_service: "identity".into(),
+        action: "identity.totp.reset".into(),
+        resource: Some(pb::Resource {
+            r#type: "staff".into(),
+            id: paralegal.clone(),
+            ..Default::default()
+        }),
+        outcome: pb::Outcome::Allowed as i32,
+        reason: String::new(),
+        ..unreadable
+    };
+    AuditServiceClient::new(channel(&data, &sandbox, ServiceName::Audit, "identity").await)
+        .append_events(pb::AppendEventsRequest {
+            events: vec![authenticator_removed],
         })
         .await
         .unwrap();
@@ -1106,6 +1126,7 @@ async fn rules_over_the_event_stream_raise_alerts(backend: Backend) {
             fired.dedup();
             fired
                 == [
+                    "authenticator-removed",
                     "break-glass",
                     "many-clients",
                     "reads-off-hours",
@@ -1160,6 +1181,8 @@ async fn rules_over_the_event_stream_raise_alerts(backend: Backend) {
     assert_eq!(of("scope-key-not-rewrapped")[0].actor_id, operator);
     assert!(of("scope-key-not-rewrapped")[0].incident_id.is_empty());
     assert_eq!(of("stored-data-unreadable")[0].actor_id, operator);
+    assert_eq!(of("authenticator-removed")[0].actor_id, operator);
+    assert!(of("authenticator-removed")[0].incident_id.is_empty());
     assert!(!of("break-glass")[0].incident_id.is_empty());
     assert!(of("walled-access")[0].incident_id.is_empty());
     assert!(
