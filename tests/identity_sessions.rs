@@ -1246,6 +1246,52 @@ async fn steady_step() -> i64 {
     chrono::Utc::now().timestamp().div_euclid(30)
 }
 
+/// Enrols an authenticator for `email` with `password`, confirming it
+/// with the code of the step before a [`steady_step`]; returns its secret
+/// and that step (whose code, and the next one's, are still unspent).
+async fn enrolled_in_step(app: &mut Client, email: &str, password: &str) -> (Vec<u8>, i64) {
+    let step = steady_step().await;
+    let enrolment = app
+        .enroll_totp(EnrollTotpRequest {
+            email: email.into(),
+            password: password.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let secret = base32_decode(&enrolment.secret_base32);
+    app.confirm_totp(ConfirmTotpRequest {
+        email: email.into(),
+        password: password.into(),
+        code: code_of(&secret, step - 1),
+    })
+    .await
+    .unwrap();
+    (secret, step)
+}
+
+/// The events of `action` that identity logged about staff member `staff`
+/// (one page of up to 1,000).
+async fn logged_about(
+    log: &confidant_proto::audit::v1::audit_service_client::AuditServiceClient<PeerChannel>,
+    action: &str,
+    staff: &str,
+) -> Vec<confidant_proto::audit::v1::AuditEvent> {
+    common::logged_events(&mut log.clone(), "", "identity", action)
+        .await
+        .into_iter()
+        .filter(|e| e.resource.as_ref().is_some_and(|r| r.id == staff))
+        .collect()
+}
+
+/// How many of `events` the operator's administrator certificate made.
+fn by_operator(events: Vec<confidant_proto::audit::v1::AuditEvent>) -> usize {
+    events
+        .iter()
+        .filter(|e| e.actor.as_ref().is_some_and(|a| a.id == "operator"))
+        .count()
+}
+
 /// The code of TOTP time step `step`.
 fn code_of(secret: &[u8], step: i64) -> String {
     totp_code(secret, u64::try_from(step * 30).unwrap())
@@ -1292,23 +1338,7 @@ async fn staff_change_their_password_and_admins_reset_lost_authenticators(backen
     assert_eq!(line["password_set"], staff.as_str());
     assert_eq!(line["temporary"], true);
     assert!(!String::from_utf8_lossy(&out.stdout).contains(TEMPORARY));
-    let step = steady_step().await;
-    let enrolment = app
-        .enroll_totp(EnrollTotpRequest {
-            email: email.into(),
-            password: TEMPORARY.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let secret = base32_decode(&enrolment.secret_base32);
-    app.confirm_totp(ConfirmTotpRequest {
-        email: email.into(),
-        password: TEMPORARY.into(),
-        code: code_of(&secret, step - 1),
-    })
-    .await
-    .unwrap();
+    let (secret, step) = enrolled_in_step(&mut app, email, TEMPORARY).await;
     assert_eq!(
         sign_in_state(&mut admin, &staff).await,
         SignInState::PasswordChangeRequired
@@ -1488,37 +1518,12 @@ async fn staff_change_their_password_and_admins_reset_lost_authenticators(backen
         std::time::Duration::from_secs(20),
         "the credential changes logged",
         || {
-            let mut log = log.clone();
-            let staff = staff.clone();
+            let (log, staff) = (log.clone(), staff.clone());
             async move {
-                let of = |events: Vec<confidant_proto::audit::v1::AuditEvent>| {
-                    events
-                        .into_iter()
-                        .filter(|e| e.resource.as_ref().is_some_and(|r| r.id == staff))
-                        .collect::<Vec<_>>()
-                };
-                let set =
-                    of(
-                        common::logged_events(&mut log, "", "identity", "identity.password.set")
-                            .await,
-                    );
-                let changed = of(common::logged_events(
-                    &mut log,
-                    "",
-                    "identity",
-                    "identity.password.changed",
-                )
-                .await);
-                let reset =
-                    of(
-                        common::logged_events(&mut log, "", "identity", "identity.totp.reset")
-                            .await,
-                    );
-                let refused =
-                    of(
-                        common::logged_events(&mut log, "", "identity", "identity.login.failed")
-                            .await,
-                    );
+                let set = logged_about(&log, "identity.password.set", &staff).await;
+                let changed = logged_about(&log, "identity.password.changed", &staff).await;
+                let reset = logged_about(&log, "identity.totp.reset", &staff).await;
+                let refused = logged_about(&log, "identity.login.failed", &staff).await;
                 set.len() == 1
                     && set[0].reason == "temporary"
                     && changed.len() == 2
@@ -1526,7 +1531,7 @@ async fn staff_change_their_password_and_admins_reset_lost_authenticators(backen
                         .iter()
                         .all(|e| e.actor.as_ref().is_some_and(|a| a.id == staff))
                     && reset.len() == 1
-                    && reset[0].actor.as_ref().is_some_and(|a| a.id == "operator")
+                    && by_operator(reset) == 1
                     && refused
                         .iter()
                         .any(|e| e.reason == "password_change_required")
@@ -1570,26 +1575,7 @@ async fn admins_see_and_end_a_staff_members_sessions(backend: Backend) {
         .unwrap();
     // Signed in through two applications; the first session's tokens
     // are refreshed once.
-    let step = steady_step().await;
-    let secret = base32_decode(
-        &portal
-            .enroll_totp(EnrollTotpRequest {
-                email: email.into(),
-                password: PASSWORD.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .secret_base32,
-    );
-    portal
-        .confirm_totp(ConfirmTotpRequest {
-            email: email.into(),
-            password: PASSWORD.into(),
-            code: code_of(&secret, step - 1),
-        })
-        .await
-        .unwrap();
+    let (secret, step) = enrolled_in_step(&mut portal, email, PASSWORD).await;
     let sign_in = |code: String| LoginRequest {
         email: email.into(),
         password: PASSWORD.into(),
@@ -1750,31 +1736,12 @@ async fn admins_see_and_end_a_staff_members_sessions(backend: Backend) {
         std::time::Duration::from_secs(20),
         "the listings and the sign-out logged",
         || {
-            let mut log = log.clone();
-            let staff = staff.clone();
+            let (log, staff) = (log.clone(), staff.clone());
             async move {
-                let about = |events: Vec<confidant_proto::audit::v1::AuditEvent>| {
-                    events
-                        .iter()
-                        .filter(|e| {
-                            e.resource.as_ref().is_some_and(|r| r.id == staff)
-                                && e.actor.as_ref().is_some_and(|a| a.id == "operator")
-                        })
-                        .count()
-                };
-                let listed = about(
-                    common::logged_events(
-                        &mut log,
-                        "",
-                        "identity",
-                        "identity.staff.sessions_listed",
-                    )
-                    .await,
-                );
-                let signed_out = about(
-                    common::logged_events(&mut log, "", "identity", "identity.staff.signed_out")
-                        .await,
-                );
+                let listed =
+                    by_operator(logged_about(&log, "identity.staff.sessions_listed", &staff).await);
+                let signed_out =
+                    by_operator(logged_about(&log, "identity.staff.signed_out", &staff).await);
                 listed >= 5 && signed_out == 2
             }
         },
@@ -1813,24 +1780,7 @@ async fn a_disabled_staff_member_is_signed_out_at_once_and_can_come_back(backend
         })
         .await
         .unwrap();
-    let step = steady_step().await;
-    let secret = base32_decode(
-        &app.enroll_totp(EnrollTotpRequest {
-            email: email.into(),
-            password: PASSWORD.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .secret_base32,
-    );
-    app.confirm_totp(ConfirmTotpRequest {
-        email: email.into(),
-        password: PASSWORD.into(),
-        code: code_of(&secret, step - 1),
-    })
-    .await
-    .unwrap();
+    let (secret, step) = enrolled_in_step(&mut app, email, PASSWORD).await;
     let sign_in = |code: String| LoginRequest {
         email: email.into(),
         password: PASSWORD.into(),
@@ -1911,19 +1861,11 @@ async fn a_disabled_staff_member_is_signed_out_at_once_and_can_come_back(backend
         std::time::Duration::from_secs(20),
         "the disabling and enabling logged",
         || {
-            let mut log = log.clone();
-            let officer = officer.clone();
+            let (log, officer) = (log.clone(), officer.clone());
             async move {
                 let mut by_admin = 0;
                 for action in ["identity.staff.disabled", "identity.staff.enabled"] {
-                    by_admin += common::logged_events(&mut log, "", "identity", action)
-                        .await
-                        .iter()
-                        .filter(|e| {
-                            e.resource.as_ref().is_some_and(|r| r.id == officer)
-                                && e.actor.as_ref().is_some_and(|a| a.id == "operator")
-                        })
-                        .count();
+                    by_admin += by_operator(logged_about(&log, action, &officer).await);
                 }
                 by_admin == 2
             }

@@ -87,6 +87,24 @@ impl IdentityApi {
             .resource(kind, &id.to_string())
     }
 
+    /// The one id a request names, in `field` (its `value`), and the
+    /// caller's event of `action` about it as a resource of `kind`, to
+    /// record with the change.
+    fn about<T>(
+        &self,
+        request: &Request<T>,
+        (field, value): (&str, &str),
+        action: Action,
+        kind: &str,
+    ) -> Result<(Uuid, EventBuilder), Error> {
+        let caller = caller(request)?;
+        let mut v = Violations::new();
+        let id = uuid(&mut v, field, value);
+        check(v)?;
+        let id = id.unwrap_or_default();
+        Ok((id, self.by_caller(&caller, action, kind, id)))
+    }
+
     /// An event of `action` by `caller` (an admin tool or a service).
     fn as_caller(&self, caller: &PeerIdentity, action: Action) -> EventBuilder {
         EventBuilder::new(ServiceName::Identity, &self.trust_domain, action).actor(
@@ -345,16 +363,14 @@ impl IdentityService for IdentityApi {
         &self,
         request: Request<DisableStaffMemberRequest>,
     ) -> Result<Response<DisableStaffMemberResponse>, Status> {
-        let caller = caller(&request)?;
-        let mut v = Violations::new();
-        let id = uuid(&mut v, "staff_id", &request.get_ref().staff_id);
-        check(v)?;
-        let id = id.unwrap_or_default();
+        let (id, event) = self.about(
+            &request,
+            ("staff_id", &request.get_ref().staff_id),
+            Action::IdentityStaffDisabled,
+            "staff",
+        )?;
         let now = Utc::now();
-        let event = self
-            .by_caller(&caller, Action::IdentityStaffDisabled, "staff", id)
-            .at(now)
-            .build();
+        let event = event.at(now).build();
         self.directory
             .disable_staff(id, now, event)
             .await
@@ -372,14 +388,13 @@ impl IdentityService for IdentityApi {
         &self,
         request: Request<EnableStaffMemberRequest>,
     ) -> Result<Response<EnableStaffMemberResponse>, Status> {
-        let caller = caller(&request)?;
-        let mut v = Violations::new();
-        let id = uuid(&mut v, "staff_id", &request.get_ref().staff_id);
-        check(v)?;
-        let id = id.unwrap_or_default();
-        let event = self
-            .by_caller(&caller, Action::IdentityStaffEnabled, "staff", id)
-            .build();
+        let (id, event) = self.about(
+            &request,
+            ("staff_id", &request.get_ref().staff_id),
+            Action::IdentityStaffEnabled,
+            "staff",
+        )?;
+        let event = event.build();
         self.directory
             .enable_staff(id, event)
             .await
@@ -576,15 +591,13 @@ impl IdentityService for IdentityApi {
         &self,
         request: Request<CloseMatterRequest>,
     ) -> Result<Response<CloseMatterResponse>, Status> {
-        let caller = caller(&request)?;
-        let mut v = Violations::new();
-        let id = uuid(&mut v, "matter_id", &request.get_ref().matter_id);
-        check(v)?;
-        let id = id.unwrap_or_default();
-        let event = self
-            .by_caller(&caller, Action::IdentityMatterClosed, "matter", id)
-            .scope(None, Some(id))
-            .build();
+        let (id, event) = self.about(
+            &request,
+            ("matter_id", &request.get_ref().matter_id),
+            Action::IdentityMatterClosed,
+            "matter",
+        )?;
+        let event = event.scope(None, Some(id)).build();
         let closed = self
             .directory
             .close_matter(id, event)
@@ -645,14 +658,13 @@ impl IdentityService for IdentityApi {
         &self,
         request: Request<RevokeAssignmentRequest>,
     ) -> Result<Response<RevokeAssignmentResponse>, Status> {
-        let caller = caller(&request)?;
-        let mut v = Violations::new();
-        let id = uuid(&mut v, "assignment_id", &request.get_ref().assignment_id);
-        check(v)?;
-        let id = id.unwrap_or_default();
-        let event = self
-            .by_caller(&caller, Action::IdentityAssignmentRevoked, "assignment", id)
-            .build();
+        let (id, event) = self.about(
+            &request,
+            ("assignment_id", &request.get_ref().assignment_id),
+            Action::IdentityAssignmentRevoked,
+            "assignment",
+        )?;
+        let event = event.build();
         self.directory
             .revoke_assignment(id, event)
             .await
@@ -1064,14 +1076,13 @@ impl IdentityService for IdentityApi {
         &self,
         request: Request<ResetTotpRequest>,
     ) -> Result<Response<ResetTotpResponse>, Status> {
-        let caller = caller(&request)?;
-        let mut v = Violations::new();
-        let staff = uuid(&mut v, "staff_id", &request.get_ref().staff_id);
-        check(v)?;
-        let staff = staff.unwrap_or_default();
-        let event = self
-            .by_caller(&caller, Action::IdentityTotpReset, "staff", staff)
-            .build();
+        let (staff, event) = self.about(
+            &request,
+            ("staff_id", &request.get_ref().staff_id),
+            Action::IdentityTotpReset,
+            "staff",
+        )?;
+        let event = event.build();
         self.sessions
             .reset_totp(staff, event)
             .await
@@ -1263,14 +1274,13 @@ impl IdentityService for IdentityApi {
         &self,
         request: Request<RevokeStaffSessionsRequest>,
     ) -> Result<Response<RevokeStaffSessionsResponse>, Status> {
-        let caller = caller(&request)?;
-        let mut v = Violations::new();
-        let staff = uuid(&mut v, "staff_id", &request.get_ref().staff_id);
-        check(v)?;
-        let staff = staff.unwrap_or_default();
-        let event = self
-            .by_caller(&caller, Action::IdentityStaffSignedOut, "staff", staff)
-            .build();
+        let (staff, event) = self.about(
+            &request,
+            ("staff_id", &request.get_ref().staff_id),
+            Action::IdentityStaffSignedOut,
+            "staff",
+        )?;
+        let event = event.build();
         let ended = self
             .sessions
             .end_all(staff, event)

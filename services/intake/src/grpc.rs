@@ -448,6 +448,47 @@ impl IntakeApi {
         }
     }
 
+    /// A list's client, optional matter and page (`shape` the key of its
+    /// token), once the staff member calling is allowed to read that
+    /// client's (or matter's) data.
+    async fn readable_page<T>(
+        &self,
+        request: &Request<T>,
+        (client_id, matter_id): (&str, &str),
+        (page_size, page_token): (i32, &str),
+        shape: &[Part],
+    ) -> Result<(Uuid, Option<Uuid>, i64, page::After), Error> {
+        Self::staff(request)?;
+        let mut v = Violations::new();
+        let client = required_uuid(&mut v, "client_id", client_id);
+        let matter = confidant_vault::domain::optional_uuid(&mut v, "matter_id", matter_id);
+        let (limit, after) = page::requested(&mut v, page_size, page_token, (50, 200), shape);
+        check(v)?;
+        let client = client.unwrap_or_default();
+        self.staff_with(request, "client_data.read", Some(client), matter)
+            .await?;
+        Ok((client, matter, limit, after))
+    }
+
+    /// The staff member calling, allowed to write `client`'s data on
+    /// `matter`, and their event of `action` about the `kind` `id` there.
+    async fn writer_about<T>(
+        &self,
+        request: &Request<T>,
+        (client, matter): (Uuid, Uuid),
+        action: Action,
+        (kind, id): (&str, Uuid),
+    ) -> Result<(Actor, EventBuilder), Error> {
+        let actor = self
+            .staff_with(request, "client_data.write", Some(client), Some(matter))
+            .await?;
+        let event = self
+            .event(&actor, action)
+            .resource(kind, &id.to_string())
+            .scope(Some(client), Some(matter));
+        Ok((actor, event))
+    }
+
     /// The staff member calling, with `permission` (on the client or
     /// matter, when given).
     async fn staff_with<T>(
@@ -1379,23 +1420,14 @@ impl IntakeService for IntakeApi {
         &self,
         request: Request<pb::ListSubmissionsRequest>,
     ) -> Result<Response<pb::ListSubmissionsResponse>, Status> {
-        Self::staff(&request)?;
         let req = request.get_ref();
-        let mut v = Violations::new();
-        let client = required_uuid(&mut v, "client_id", &req.client_id);
-        let matter = confidant_vault::domain::optional_uuid(&mut v, "matter_id", &req.matter_id);
-        let (limit, after) = page::requested(
-            &mut v,
-            req.page_size,
-            &req.page_token,
-            (50, 200),
-            &[Part::Time, Part::Uuid],
-        );
-        check(v)?;
-        let Some(client) = client else {
-            return Err(Status::internal("validated request incomplete"));
-        };
-        self.staff_with(&request, "client_data.read", Some(client), matter)
+        let (client, matter, limit, after) = self
+            .readable_page(
+                &request,
+                (&req.client_id, &req.matter_id),
+                (req.page_size, &req.page_token),
+                &[Part::Time, Part::Uuid],
+            )
             .await?;
         let rows = self
             .store
@@ -1426,23 +1458,14 @@ impl IntakeService for IntakeApi {
         &self,
         request: Request<pb::ListInvitationsRequest>,
     ) -> Result<Response<pb::ListInvitationsResponse>, Status> {
-        Self::staff(&request)?;
         let req = request.get_ref();
-        let mut v = Violations::new();
-        let client = required_uuid(&mut v, "client_id", &req.client_id);
-        let matter = confidant_vault::domain::optional_uuid(&mut v, "matter_id", &req.matter_id);
-        let (limit, after) = page::requested(
-            &mut v,
-            req.page_size,
-            &req.page_token,
-            (50, 200),
-            &[Part::Uuid],
-        );
-        check(v)?;
-        let Some(client) = client else {
-            return Err(Status::internal("validated request incomplete"));
-        };
-        self.staff_with(&request, "client_data.read", Some(client), matter)
+        let (client, matter, limit, after) = self
+            .readable_page(
+                &request,
+                (&req.client_id, &req.matter_id),
+                (req.page_size, &req.page_token),
+                &[Part::Uuid],
+            )
             .await?;
         let rows = self
             .store
@@ -1475,21 +1498,16 @@ impl IntakeService for IntakeApi {
             .await
             .map_err(Error::from)?
             .ok_or(Error::NotFound("invitation"))?;
-        let actor = self
-            .staff_with(
+        let (actor, event) = self
+            .writer_about(
                 &request,
-                "client_data.write",
-                Some(invitation.client_id),
-                Some(invitation.matter_id),
+                (invitation.client_id, invitation.matter_id),
+                Action::IntakeInvitationRevoked,
+                ("invitation", id),
             )
             .await?;
         let now = Utc::now();
-        let event = self
-            .event(&actor, Action::IntakeInvitationRevoked)
-            .resource("invitation", &id.to_string())
-            .scope(Some(invitation.client_id), Some(invitation.matter_id))
-            .at(now)
-            .build();
+        let event = event.at(now).build();
         let revoked = self
             .store
             .revoke_invitation(id, actor.id(), now, &event)
@@ -1702,22 +1720,17 @@ impl IntakeService for IntakeApi {
             .await
             .map_err(Error::from)?
             .ok_or(Error::NotFound("submission"))?;
-        let actor = self
-            .staff_with(
+        let (actor, event) = self
+            .writer_about(
                 &request,
-                "client_data.write",
-                Some(row.client_id),
-                Some(row.matter_id),
+                (row.client_id, row.matter_id),
+                Action::IntakeSubmissionDecided,
+                ("submission", row.id),
             )
             .await?;
         let now = Utc::now();
         let reason = req.reason.trim();
-        let event = self
-            .event(&actor, Action::IntakeSubmissionDecided)
-            .resource("submission", &row.id.to_string())
-            .scope(Some(row.client_id), Some(row.matter_id))
-            .outcome(Outcome::Allowed, state)
-            .build();
+        let event = event.outcome(Outcome::Allowed, state).build();
         match self
             .store
             .decide(
