@@ -1308,6 +1308,21 @@ async fn refused_but_to_admins_about_someone<F, Fut>(
     assert_eq!(stranger.unwrap_err().code(), tonic::Code::PermissionDenied);
 }
 
+/// The subjects and bodies of the e-mails identity sent to `address`
+/// (through the sandbox's notifications file), in order.
+fn notices_to(data: &SandboxData, address: &str) -> Vec<(String, String)> {
+    std::fs::read_to_string(data.path().join("notifications.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["address"] == address)
+        .map(|m| {
+            let text = |k: &str| m[k].as_str().unwrap_or_default().to_owned();
+            (text("subject"), text("body"))
+        })
+        .collect()
+}
+
 /// How many of `events` the operator's administrator certificate made.
 fn by_operator(events: Vec<confidant_proto::audit::v1::AuditEvent>) -> usize {
     events
@@ -1530,6 +1545,31 @@ async fn staff_change_their_password_and_admins_reset_lost_authenticators(backen
     })
     .await;
 
+    // The staff member was told of each change by e-mail, with where it
+    // came from, and never a password.
+    let notices = notices_to(&data, email);
+    let subjects: Vec<&str> = notices.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(
+        subjects,
+        [
+            "Your Confidant password was set by an administrator",
+            "Your Confidant password was changed",
+            "Your Confidant password was changed",
+            "Your Confidant authenticator was removed",
+        ]
+    );
+    assert!(notices[0].1.contains("temporary") && notices[0].1.contains("(operator)"));
+    assert!(
+        notices[1].1.contains("through client-portal"),
+        "{notices:?}"
+    );
+    assert!(
+        notices
+            .iter()
+            .all(|(_, body)| body.contains("security officer")
+                && [TEMPORARY, CHOSEN, LATER].iter().all(|p| !body.contains(p)))
+    );
+
     // Each step is on the record: who set what, who changed it, who took
     // the authenticator away.
     let log = confidant_proto::audit::v1::audit_service_client::AuditServiceClient::new(
@@ -1714,6 +1754,13 @@ async fn admins_see_and_end_a_staff_members_sessions(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(again.sessions_ended, 0);
+    // They were told once: the second sign-out ended nothing.
+    let signed_out: Vec<String> = notices_to(&data, email)
+        .into_iter()
+        .map(|(subject, _)| subject)
+        .filter(|s| s.contains("signed out"))
+        .collect();
+    assert_eq!(signed_out, ["You were signed out of Confidant"]);
     // Their credentials stay: they can sign in again.
     assert_eq!(sign_in_state(&mut admin, &staff).await, SignInState::Ready);
 

@@ -114,24 +114,6 @@ pub async fn build(
         )
         .await?,
     );
-    let sessions = std::sync::Arc::new(sessions::Sessions::new(
-        ctx.db.clone(),
-        ctx.coord.clone(),
-        keys,
-        ctx.config.identity.clone(),
-        &ctx.config.trust_domain,
-        secret_box,
-    ));
-    let pepper_path = ctx
-        .config
-        .identity
-        .pepper_file
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("identity.pepper_file is not set"))?;
-    let pepper = zeroize::Zeroizing::new(std::fs::read(&pepper_path)?);
-    if pepper.len() < 32 {
-        anyhow::bail!("identity.pepper_file must hold at least 32 bytes");
-    }
     let identity = &ctx.config.identity;
     let notifier: std::sync::Arc<dyn confidant_runtime::notify::Notifier> = match (
         &identity.notification_webhook_url,
@@ -149,6 +131,27 @@ pub async fn build(
         }
         (None, None) => anyhow::bail!("identity.notification_webhook_url is not set"),
     };
+    let sessions = std::sync::Arc::new(
+        sessions::Sessions::new(
+            ctx.db.clone(),
+            ctx.coord.clone(),
+            keys,
+            ctx.config.identity.clone(),
+            &ctx.config.trust_domain,
+            secret_box,
+        )
+        .with_notifier(notifier.clone()),
+    );
+    let pepper_path = ctx
+        .config
+        .identity
+        .pepper_file
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("identity.pepper_file is not set"))?;
+    let pepper = zeroize::Zeroizing::new(std::fs::read(&pepper_path)?);
+    if pepper.len() < 32 {
+        anyhow::bail!("identity.pepper_file must hold at least 32 bytes");
+    }
     let clients = std::sync::Arc::new(clients::ClientVerification::new(
         ctx.db.clone(),
         ctx.coord.clone(),

@@ -96,6 +96,73 @@ pub struct Sessions {
     keys: TokenKeys,
     config: IdentityConfig,
     trust_domain: String,
+    /// Where staff members' security notices go (none: not sent).
+    notifier: Option<std::sync::Arc<dyn confidant_runtime::notify::Notifier>>,
+}
+
+/// A change to a staff member's sign-in that they are told of by e-mail,
+/// so that one they did not make does not go unnoticed.
+#[derive(Debug, Clone, Copy)]
+pub enum Notice {
+    /// An administrator set their password (`true`: a temporary one).
+    PasswordSet(bool),
+    /// They changed their password, through the application named.
+    PasswordChanged,
+    /// An administrator removed their authenticator.
+    AuthenticatorRemoved,
+    /// An administrator ended all their sessions.
+    SignedOut,
+}
+
+impl Notice {
+    /// Subject and body of the notice, for a change made at `at` through
+    /// the application (or administrator tool) named `through`.
+    fn message(self, at: DateTime<Utc>, through: &str) -> (&'static str, String) {
+        let when = at.format("%Y-%m-%d %H:%M UTC");
+        let (subject, what) = match self {
+            Notice::PasswordSet(temporary) => (
+                "Your Confidant password was set by an administrator",
+                format!(
+                    "An administrator ({through}) set a new password for your account on {when}, \
+                     and your sessions were ended.{}",
+                    if temporary {
+                        " It is a temporary one: you will choose your own when you next sign in."
+                    } else {
+                        ""
+                    }
+                ),
+            ),
+            Notice::PasswordChanged => (
+                "Your Confidant password was changed",
+                format!(
+                    "Your password was changed on {when} through {through}, and your other \
+                     sessions were ended."
+                ),
+            ),
+            Notice::AuthenticatorRemoved => (
+                "Your Confidant authenticator was removed",
+                format!(
+                    "An administrator ({through}) removed the authenticator of your account on \
+                     {when}, and your sessions were ended. You will enrol a new one when you \
+                     next sign in."
+                ),
+            ),
+            Notice::SignedOut => (
+                "You were signed out of Confidant",
+                format!(
+                    "An administrator ({through}) ended all your sessions on {when}. Sign in \
+                     again to go on."
+                ),
+            ),
+        };
+        (
+            subject,
+            format!(
+                "{what}\n\nIf this was not you, or not at your request, tell your firm's \
+                 security officer at once."
+            ),
+        )
+    }
 }
 
 impl std::fmt::Debug for Sessions {
@@ -168,6 +235,53 @@ impl Sessions {
             keys,
             config,
             trust_domain: trust_domain.to_owned(),
+            notifier: None,
+        }
+    }
+
+    /// Sends staff members' security notices through `notifier`.
+    pub fn with_notifier(
+        mut self,
+        notifier: std::sync::Arc<dyn confidant_runtime::notify::Notifier>,
+    ) -> Self {
+        self.notifier = Some(notifier);
+        self
+    }
+
+    /// Tells `staff_id` by e-mail of `notice`, made at `at` by the peer
+    /// `peer`. The change is made whether or not the notice goes out: a
+    /// failure is logged (without the address) and counted.
+    pub async fn notify(&self, staff_id: Uuid, notice: Notice, at: DateTime<Utc>, peer: &str) {
+        let Some(notifier) = &self.notifier else {
+            return;
+        };
+        let email: Option<(String,)> = match self
+            .db
+            .fetch_optional(
+                "SELECT email FROM staff WHERE id = $1",
+                vec![Value::Uuid(staff_id)],
+            )
+            .await
+        {
+            Ok(email) => email,
+            Err(e) => {
+                tracing::warn!(error = %e, "a staff notice was not sent: the address was not read");
+                return;
+            }
+        };
+        let Some((address,)) = email else {
+            return;
+        };
+        let through = peer.rsplit('/').next().unwrap_or(peer);
+        let (subject, body) = notice.message(at, through);
+        let message = confidant_runtime::notify::Message {
+            channel: "email".into(),
+            address,
+            subject: subject.into(),
+            body,
+        };
+        if let Err(e) = notifier.send(&message).await {
+            tracing::warn!(error = %e.0, ?notice, "a staff notice was not sent");
         }
     }
 
@@ -340,7 +454,10 @@ impl Sessions {
                 &[event],
             )
             .await?;
-        self.publish_ended(staff_id, "password_set", now).await
+        self.publish_ended(staff_id, "password_set", now).await?;
+        self.notify(staff_id, Notice::PasswordSet(temporary), now, peer)
+            .await;
+        Ok(())
     }
 
     /// A staff member changes their own password, proving the current one
@@ -387,6 +504,8 @@ impl Sessions {
             .await?;
         self.publish_ended(staff_id, "password_changed", now)
             .await?;
+        self.notify(staff_id, Notice::PasswordChanged, now, peer)
+            .await;
         Ok(issued)
     }
 
@@ -408,6 +527,7 @@ impl Sessions {
             Some((Some(_),)) => {}
         }
         let now = Utc::now();
+        let by = peer_of(&event);
         self.db
             .transact(
                 vec![
@@ -429,7 +549,10 @@ impl Sessions {
                 }
                 other => other.into(),
             })?;
-        self.publish_ended(staff_id, "totp_reset", now).await
+        self.publish_ended(staff_id, "totp_reset", now).await?;
+        self.notify(staff_id, Notice::AuthenticatorRemoved, now, &by)
+            .await;
+        Ok(())
     }
 
     /// A page of `staff_id`'s live sessions, newest first, after the
@@ -491,11 +614,15 @@ impl Sessions {
             return Err(AuthError::Store(StoreError::NotFound("staff member")));
         }
         let now = Utc::now();
+        let by = peer_of(&event);
         let ended = self
             .db
             .transact(vec![sessions_ended(staff_id, "admin", now)], &[event])
             .await?[0];
         self.publish_ended(staff_id, "admin", now).await?;
+        if ended > 0 {
+            self.notify(staff_id, Notice::SignedOut, now, &by).await;
+        }
         Ok(ended)
     }
 
@@ -892,6 +1019,15 @@ impl Sessions {
         }
         self.publish_revocation(session_id).await
     }
+}
+
+/// The peer (SPIFFE id) an event's actor came through.
+fn peer_of(event: &AuditEvent) -> String {
+    event
+        .actor
+        .as_ref()
+        .map(|a| a.peer_identity.clone())
+        .unwrap_or_default()
 }
 
 /// A live session as administrators see it (never its tokens).
