@@ -577,7 +577,21 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
         staff_id: staff.to_owned(),
     };
     admin.reset_totp(reset(&replaced_device)).await.unwrap();
+    // A name changed before the backup; the attorney's after it.
+    let rename = |staff: &str, name: &str| UpdateStaffMemberRequest {
+        staff_id: staff.to_owned(),
+        display_name: name.to_owned(),
+        ..Default::default()
+    };
+    admin
+        .update_staff_member(rename(&reassigned, "R. Assigned"))
+        .await
+        .unwrap();
     let backup = common::back_up(&data, ServiceName::Identity).await;
+    admin
+        .update_staff_member(rename(&attorney, "A. Torney KC"))
+        .await
+        .unwrap();
 
     // After it, access is taken away in every way the directory knows, and
     // a wall goes up, screening a staff member the backup holds and one it
@@ -791,6 +805,22 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
     assert_eq!(
         common::restore_results(&out, &walled),
         vec![("reset_sign_in".to_owned(), "already_applied".to_owned())]
+    );
+    // A name changed before the backup is in it; the one changed since is
+    // lost (the log does not say to what).
+    assert_eq!(
+        common::restore_results(&out, &reassigned),
+        vec![("update_staff".to_owned(), "already_applied".to_owned())],
+        "{out}"
+    );
+    assert_eq!(
+        common::restore_results(&out, &attorney),
+        vec![("update_staff".to_owned(), "lost".to_owned())],
+        "{out}"
+    );
+    assert!(
+        out.contains("\"staff_updates_lost\":1") && out.contains("update-staff"),
+        "{out}"
     );
     // The backup holds the authenticator lost since (and the password set
     // before it), but not the one removed before it.
@@ -1930,4 +1960,167 @@ async fn sqlite_a_disabled_staff_member_is_signed_out_at_once_and_can_come_back(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_disabled_staff_member_is_signed_out_at_once_and_can_come_back() {
     a_disabled_staff_member_is_signed_out_at_once_and_can_come_back(Backend::Postgres).await;
+}
+
+async fn admins_change_a_staff_members_address_and_name(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec::of(&[ServiceName::Identity, ServiceName::Audit]),
+    )
+    .await;
+    let mut admin = client(&data, &sandbox, "operator").await;
+    let mut app = client(&data, &sandbox, "client-portal").await;
+    let (old, new) = ("j.smith@firm.example", "j.jones@firm.example");
+    let staff = common::directory::staff(&mut admin, old, "associate").await;
+    let colleague =
+        common::directory::staff(&mut admin, "colleague@firm.example", "associate").await;
+    admin
+        .set_password(SetPasswordRequest {
+            staff_id: staff.clone(),
+            password: PASSWORD.into(),
+            temporary: false,
+        })
+        .await
+        .unwrap();
+    let (secret, step) = enrolled_in_step(&mut app, old, PASSWORD).await;
+    let sign_in = |email: &str, code: String| LoginRequest {
+        email: email.into(),
+        password: PASSWORD.into(),
+        totp_code: code,
+    };
+    let before = app
+        .login(sign_in(old, code_of(&secret, step)))
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap();
+
+    // Married, renamed: the administrator changes address and name.
+    let out = common::directory_cli(
+        &data,
+        &sandbox,
+        &[
+            "update-staff",
+            "--staff",
+            &staff,
+            "--email",
+            "J.Jones@Firm.Example",
+            "--name",
+            "J. Jones",
+        ],
+    );
+    assert!(out.contains(&staff), "{out}");
+    let listed = admin
+        .list_staff_members(ListStaffMembersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .staff
+        .into_iter()
+        .find(|s| s.staff_id == staff)
+        .unwrap();
+    assert_eq!(
+        (listed.email.as_str(), listed.display_name.as_str()),
+        (new, "J. Jones")
+    );
+    // They sign in with the new address only; their session goes on.
+    let refused = app
+        .login(sign_in(old, code_of(&secret, step + 1)))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&refused), "bad_credentials");
+    app.login(sign_in(new, code_of(&secret, step + 1)))
+        .await
+        .unwrap();
+    app.refresh_session(RefreshSessionRequest {
+        refresh_token: before.refresh_token.clone(),
+    })
+    .await
+    .unwrap();
+    // Told at both addresses.
+    for address in [old, new] {
+        let subjects: Vec<String> = notices_to(&data, address)
+            .into_iter()
+            .map(|(subject, _)| subject)
+            .filter(|s| s.contains("e-mail address"))
+            .collect();
+        assert_eq!(
+            subjects,
+            ["Your Confidant e-mail address was changed"],
+            "{address}"
+        );
+    }
+
+    // An address someone else has, or nothing to change, is refused.
+    let update = |staff_id: &str, email: &str, display_name: &str| UpdateStaffMemberRequest {
+        staff_id: staff_id.into(),
+        email: email.into(),
+        display_name: display_name.into(),
+    };
+    let taken = admin
+        .update_staff_member(update(&colleague, new, ""))
+        .await
+        .unwrap_err();
+    assert_eq!(taken.code(), tonic::Code::AlreadyExists, "{taken:?}");
+    let err = admin
+        .update_staff_member(update(&colleague, "", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(common::violated_fields(&err), ["email"]);
+    let err = admin
+        .update_staff_member(update(&colleague, "not an address", &"n".repeat(201)))
+        .await
+        .unwrap_err();
+    assert_eq!(common::violated_fields(&err), ["email", "display_name"]);
+    refused_but_to_admins_about_someone(&admin, &app, &staff, |mut c, staff_id| async move {
+        c.update_staff_member(UpdateStaffMemberRequest {
+            staff_id,
+            display_name: "Someone Else".into(),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+    })
+    .await;
+
+    // On the record, naming what changed but not to what.
+    let log = confidant_proto::audit::v1::audit_service_client::AuditServiceClient::new(
+        common::channel(&data, &sandbox, ServiceName::Audit, "operator").await,
+    );
+    common::eventually(
+        std::time::Duration::from_secs(20),
+        "the change logged",
+        || {
+            let (log, staff) = (log.clone(), staff.clone());
+            async move {
+                let updated = logged_about(&log, "identity.staff.updated", &staff).await;
+                updated.len() == 1 && by_operator(updated.clone()) == 1 && {
+                    let fields: Vec<&str> = updated[0]
+                        .related
+                        .iter()
+                        .filter(|r| r.r#type == "field")
+                        .map(|r| r.id.as_str())
+                        .collect();
+                    let text = format!("{:?}", updated[0]);
+                    fields == ["email", "display_name"]
+                        && !text.contains("jones")
+                        && !text.contains("Jones")
+                }
+            }
+        },
+    )
+    .await;
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_admins_change_a_staff_members_address_and_name() {
+    admins_change_a_staff_members_address_and_name(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_admins_change_a_staff_members_address_and_name() {
+    admins_change_a_staff_members_address_and_name(Backend::Postgres).await;
 }

@@ -52,6 +52,19 @@ pub enum DirectoryCommand {
         #[arg(long)]
         staff: String,
     },
+    /// Change a staff member's work e-mail address (their sign-in name) or
+    /// displayed name; they are told at the old and the new address.
+    UpdateStaff {
+        /// The staff member.
+        #[arg(long)]
+        staff: String,
+        /// The new work e-mail address.
+        #[arg(long)]
+        email: Option<String>,
+        /// The new name shown to colleagues.
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Enable a disabled staff member again: their roles, assignments and
     /// attestations count again as they stand; they sign in anew.
     EnableStaff {
@@ -481,6 +494,16 @@ pub async fn run(
             .await
             .map_err(fail)?;
             json!({ "disabled": staff })
+        }
+        DirectoryCommand::UpdateStaff { staff, email, name } => {
+            c.update_staff_member(pb::UpdateStaffMemberRequest {
+                staff_id: staff.clone(),
+                email: email.unwrap_or_default(),
+                display_name: name.unwrap_or_default(),
+            })
+            .await
+            .map_err(fail)?;
+            json!({ "updated": staff })
         }
         DirectoryCommand::EnableStaff { staff } => {
             c.enable_staff_member(pb::EnableStaffMemberRequest {

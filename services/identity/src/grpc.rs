@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::domain::decide;
 use crate::error::Error;
+use crate::sessions::Notice;
 use crate::store::{Directory, KIND_NDA, KIND_TRAINING, NewAttestation, WallException};
 
 /// Handlers of `confidant.identity.v1.IdentityService`.
@@ -401,6 +402,60 @@ impl IdentityService for IdentityApi {
             .map_err(Error::from)?;
         self.facts.clear();
         Ok(Response::new(EnableStaffMemberResponse {}))
+    }
+
+    #[tracing::instrument(name = "identity.update_staff_member", skip_all)]
+    async fn update_staff_member(
+        &self,
+        request: Request<UpdateStaffMemberRequest>,
+    ) -> Result<Response<UpdateStaffMemberResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let id = uuid(&mut v, "staff_id", &req.staff_id);
+        let email = req.email.trim().to_lowercase();
+        let name = req.display_name.trim();
+        if email.len() > 254 {
+            v.add("email", "must be at most 254 characters");
+        } else if !email.is_empty() && !email.contains('@') {
+            v.add("email", "must be an e-mail address");
+        }
+        if name.chars().count() > 200 {
+            v.add("display_name", "must be at most 200 characters");
+        }
+        if email.is_empty() && name.is_empty() {
+            v.add(
+                "email",
+                "an e-mail address or a display_name to change to is required",
+            );
+        }
+        check(v)?;
+        let id = id.unwrap_or_default();
+        let email = (!email.is_empty()).then_some(email);
+        let name = (!name.is_empty()).then_some(name);
+        let fields = [("email", email.is_some()), ("display_name", name.is_some())]
+            .into_iter()
+            .filter(|(_, changed)| *changed)
+            .map(|(field, _)| ("field", field.to_owned()));
+        let now = Utc::now();
+        let event = self
+            .by_caller(&caller, Action::IdentityStaffUpdated, "staff", id)
+            .related(fields)
+            .at(now)
+            .build();
+        let old = self
+            .directory
+            .update_staff(id, (email.as_deref(), name), now, event)
+            .await
+            .map_err(Error::from)?;
+        if let Some(new) = email.filter(|new| *new != old) {
+            for address in [old, new] {
+                self.sessions
+                    .notify_at(address, Notice::AddressChanged, now, caller.as_str())
+                    .await;
+            }
+        }
+        Ok(Response::new(UpdateStaffMemberResponse {}))
     }
 
     #[tracing::instrument(name = "identity.list_staff_members", skip_all)]

@@ -526,6 +526,57 @@ impl Directory {
         Ok(())
     }
 
+    /// Changes staff member `id`'s e-mail address (lower case) and/or
+    /// displayed name at `at`; returns the address they had.
+    pub async fn update_staff(
+        &self,
+        id: Uuid,
+        (email, display_name): (Option<&str>, Option<&str>),
+        at: DateTime<Utc>,
+        event: AuditEvent,
+    ) -> Result<String, StoreError> {
+        let old: Option<(String,)> = self
+            .db
+            .fetch_optional(
+                "SELECT email FROM staff WHERE id = $1",
+                vec![Value::Uuid(id)],
+            )
+            .await?;
+        let (old,) = old.ok_or(StoreError::NotFound("staff member"))?;
+        self.db
+            .transact(
+                vec![
+                    Statement::new(
+                        "UPDATE staff SET email = COALESCE($1, email), \
+                         display_name = COALESCE($2, display_name), updated_at = $3 WHERE id = $4",
+                        vec![
+                            Value::OptText(email.map(str::to_owned)),
+                            Value::OptText(display_name.map(str::to_owned)),
+                            Value::Time(at),
+                            Value::Uuid(id),
+                        ],
+                    )
+                    .expecting(1),
+                ],
+                &[event],
+            )
+            .await?;
+        Ok(old)
+    }
+
+    /// When staff member `id`'s address or name last changed (`None`:
+    /// never, or no such staff member).
+    pub async fn staff_updated_at(&self, id: Uuid) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let row: Option<(Option<DateTime<Utc>>,)> = self
+            .db
+            .fetch_optional(
+                "SELECT updated_at FROM staff WHERE id = $1",
+                vec![Value::Uuid(id)],
+            )
+            .await?;
+        Ok(row.and_then(|(at,)| at))
+    }
+
     /// Enables a disabled staff member again (no change if enabled).
     pub async fn enable_staff(&self, id: Uuid, event: AuditEvent) -> Result<(), StoreError> {
         let done = self.db.transact(vec![staff_enabled(id)], &[event]).await?;

@@ -62,6 +62,7 @@ actions! {
     IdentityAuthorize => "identity.authorize", "An authorization decision (outcome allowed or denied, with its reason).";
     IdentityStaffCreated => "identity.staff.created", "A staff account was created.";
     IdentityStaffDisabled => "identity.staff.disabled", "A staff account was disabled; its sessions ended.";
+    IdentityStaffUpdated => "identity.staff.updated", "An administrator changed a staff member's work e-mail address or displayed name (resource: the staff member; related: `field` `email` and/or `display_name`, never the values).";
     IdentityStaffEnabled => "identity.staff.enabled", "A disabled staff account was enabled again (resource: the staff member).";
     IdentityStaffListed => "identity.staff.listed", "An administrator listed staff members: e-mail addresses, names, roles and sign-in states (resource: `staff` `directory`; related: the role asked for, if any).";
     IdentityClientCreated => "identity.client.created", "A client was registered.";
