@@ -522,7 +522,8 @@ impl Sessions {
             .await?;
         self.publish_ended(staff_id, "password_changed", now)
             .await?;
-        self.notify(staff_id, Notice::PasswordChanged, now, peer)
+        // The address they signed in with is the one the notice goes to.
+        self.notify_at(email.to_lowercase(), Notice::PasswordChanged, now, peer)
             .await;
         Ok(issued)
     }

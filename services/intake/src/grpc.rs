@@ -1513,14 +1513,15 @@ impl IntakeService for IntakeApi {
             .revoke_invitation(id, actor.id(), now, &event)
             .await
             .map_err(Error::from)?;
-        let current = self
-            .store
-            .invitation(id)
-            .await
-            .map_err(Error::from)?
-            .ok_or(Error::NotFound("invitation"))?;
         if !revoked {
-            return Err(if current.submitted_at.is_some() {
+            // Answered or withdrawn since it was read: say which.
+            let answered = self
+                .store
+                .invitation(id)
+                .await
+                .map_err(Error::from)?
+                .is_some_and(|i| i.submitted_at.is_some());
+            return Err(if answered {
                 Error::Precondition {
                     reason: "already_submitted",
                     message: "this invitation has been answered; its submission can be rejected",
@@ -1533,8 +1534,13 @@ impl IntakeService for IntakeApi {
             }
             .into());
         }
+        // The guarded update held: the row is the one read, now withdrawn.
+        let withdrawn = InvitationRow {
+            revoked_at: Some(now),
+            ..invitation
+        };
         Ok(Response::new(pb::RevokeInvitationResponse {
-            invitation: Some(invitation_proto(&current, now)),
+            invitation: Some(invitation_proto(&withdrawn, now)),
         }))
     }
 
