@@ -1125,8 +1125,7 @@ async fn admins_list_staff_with_their_roles_and_sign_in(backend: Backend) {
                 .list_staff_members(ListStaffMembersRequest {
                     role,
                     include_disabled,
-                    page_size: 0,
-                    page_token: String::new(),
+                    ..Default::default()
                 })
                 .await
                 .unwrap()
@@ -1181,16 +1180,46 @@ async fn admins_list_staff_with_their_roles_and_sign_in(backend: Backend) {
     let gone = everyone.iter().find(|s| s.staff_id == leaver).unwrap();
     assert!(gone.disable_time.is_some());
     assert_eq!(everyone.len(), 4);
+    // By where their sign-in stands: who never finished setting up.
+    let stage = |state: SignInState, include_disabled: bool| {
+        let mut admin = admin.clone();
+        async move {
+            let listed = admin
+                .list_staff_members(ListStaffMembersRequest {
+                    include_disabled,
+                    sign_in: state as i32,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .staff;
+            ours(listed)
+                .into_iter()
+                .map(|s| s.staff_id)
+                .collect::<Vec<String>>()
+        }
+    };
+    assert_eq!(
+        stage(SignInState::TotpPending, false).await,
+        std::slice::from_ref(&pending)
+    );
+    assert_eq!(
+        stage(SignInState::NoPassword, true).await,
+        [newcomer.clone(), leaver.clone()]
+    );
+    assert_eq!(stage(SignInState::Ready, false).await.len(), 1);
+    assert!(stage(SignInState::Locked, true).await.is_empty());
     // In pages.
     common::check_pages(0, 1, |page_size, page_token| {
         let mut admin = admin.clone();
         async move {
             let r = admin
                 .list_staff_members(ListStaffMembersRequest {
-                    role: String::new(),
                     include_disabled: true,
                     page_size,
                     page_token,
+                    ..Default::default()
                 })
                 .await?
                 .into_inner();
@@ -1213,6 +1242,14 @@ async fn admins_list_staff_with_their_roles_and_sign_in(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(common::violated_fields(&err), ["role"]);
+    let err = admin
+        .list_staff_members(ListStaffMembersRequest {
+            sign_in: 99,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(common::violated_fields(&err), ["sign_in"]);
     // Every listing is in the audit log, with the role asked for.
     let log = confidant_proto::audit::v1::audit_service_client::AuditServiceClient::new(
         common::channel(&data, &sandbox, ServiceName::Audit, "operator").await,
@@ -1225,10 +1262,14 @@ async fn admins_list_staff_with_their_roles_and_sign_in(backend: Backend) {
             async move {
                 let listed =
                     common::logged_events(&mut log, "", "identity", "identity.staff.listed").await;
-                listed.len() >= 5
+                listed.len() >= 9
                     && listed.iter().any(|e| {
                         confidant_runtime::audit::related_named(&e.related, "role")
                             == Some("paralegal")
+                    })
+                    && listed.iter().any(|e| {
+                        confidant_runtime::audit::related_named(&e.related, "sign_in")
+                            == Some("SIGN_IN_STATE_TOTP_PENDING")
                     })
             }
         },
@@ -1250,6 +1291,22 @@ async fn admins_list_staff_with_their_roles_and_sign_in(backend: Backend) {
     assert_eq!(lines[1]["staff_id"], pending.as_str());
     assert_eq!(lines[1]["sign_in"], "SIGN_IN_STATE_TOTP_PENDING");
     assert_eq!(lines[1]["roles"][0]["role"], "paralegal");
+    let out = common::directory_cli(
+        &data,
+        &sandbox,
+        &["staff", "--sign-in", "no-password", "--include-disabled"],
+    );
+    let ids: Vec<String> = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| {
+            v["email"]
+                .as_str()
+                .is_some_and(|e| e.ends_with("@firm.example"))
+        })
+        .map(|v| v["staff_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, [newcomer.clone(), leaver.clone()], "{out}");
     sandbox.stop().await;
 }
 
@@ -1367,17 +1424,33 @@ fn code_of(secret: &[u8], step: i64) -> String {
 }
 
 /// Where `staff`'s sign-in stands, as the directory lists it.
+/// Where a staff member's sign-in stands, as the directory lists it; a
+/// listing of that state alone holds them too.
 async fn sign_in_state(admin: &mut Client, staff: &str) -> SignInState {
-    admin
-        .list_staff_members(ListStaffMembersRequest::default())
+    let listed = |state: SignInState| {
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .list_staff_members(ListStaffMembersRequest {
+                    sign_in: state as i32,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .staff
+        }
+    };
+    let state = listed(SignInState::Unspecified)
         .await
-        .unwrap()
-        .into_inner()
-        .staff
         .into_iter()
         .find(|s| s.staff_id == staff)
         .unwrap()
-        .sign_in()
+        .sign_in();
+    let alike = listed(state).await;
+    assert!(alike.iter().all(|s| s.sign_in() == state));
+    assert!(alike.iter().any(|s| s.staff_id == staff), "{state:?}");
+    state
 }
 
 async fn staff_change_their_password_and_admins_reset_lost_authenticators(backend: Backend) {
@@ -2123,4 +2196,327 @@ async fn sqlite_admins_change_a_staff_members_address_and_name() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_admins_change_a_staff_members_address_and_name() {
     admins_change_a_staff_members_address_and_name(Backend::Postgres).await;
+}
+
+/// `message` with the access token of `token` (a signed-in session).
+fn bearing<T>(token: &SessionTokens, message: T) -> tonic::Request<T> {
+    with_bearer(message, &token.access_token)
+}
+
+async fn staff_see_their_own_account_matters_and_sessions(backend: Backend) {
+    use common::directory::{assign, attest, new_client, new_matter, staff, ts};
+    let data = SandboxData::new(backend).await;
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec::of(&[ServiceName::Identity, ServiceName::Audit]),
+    )
+    .await;
+    let mut admin = client(&data, &sandbox, "operator").await;
+    let mut portal = client(&data, &sandbox, "client-portal").await;
+    let mut documents = client(&data, &sandbox, "document-system").await;
+    let email = "associate@firm.example";
+    let me = staff(&mut admin, email, "associate").await;
+    let colleague = staff(&mut admin, "colleague@firm.example", "associate").await;
+    admin
+        .set_password(SetPasswordRequest {
+            staff_id: me.clone(),
+            password: PASSWORD.into(),
+            temporary: false,
+        })
+        .await
+        .unwrap();
+    let (secret, step) = enrolled_in_step(&mut portal, email, PASSWORD).await;
+    let sign_in = |code: String| LoginRequest {
+        email: email.into(),
+        password: PASSWORD.into(),
+        totp_code: code,
+    };
+    let tokens = |r: tonic::Response<LoginResponse>| r.into_inner().tokens.unwrap();
+    let mine = tokens(portal.login(sign_in(code_of(&secret, step))).await.unwrap());
+    let laptop = tokens(
+        documents
+            .login(sign_in(code_of(&secret, step + 1)))
+            .await
+            .unwrap(),
+    );
+    let account = |portal: Client, token: SessionTokens| async move {
+        portal
+            .clone()
+            .get_my_account(bearing(&token, GetMyAccountRequest {}))
+            .await
+            .map(tonic::Response::into_inner)
+    };
+
+    // Without an agreement on record, nothing of any client's is readable.
+    let fresh = account(portal.clone(), mine.clone()).await.unwrap();
+    let summary = fresh.staff.clone().unwrap();
+    assert_eq!(
+        (summary.staff_id.as_str(), summary.email.as_str()),
+        (me.as_str(), email)
+    );
+    assert_eq!(summary.roles[0].role, "associate");
+    assert_eq!(summary.sign_in(), SignInState::Ready);
+    assert!(fresh.attestations.is_empty());
+    assert_eq!(fresh.client_data_blocked_by(), DenialReason::NdaMissing);
+
+    // An agreement, a passed training that has lapsed and a newer failed
+    // one: the lapsed one counts, and stops every read.
+    attest(&mut admin, &me, AttestationKind::Nda, 10, 365, 0).await;
+    attest(&mut admin, &me, AttestationKind::Training, 400, 365, 90).await;
+    attest(&mut admin, &me, AttestationKind::Training, 5, 365, 40).await;
+    let blocked = account(portal.clone(), mine.clone()).await.unwrap();
+    assert_eq!(
+        blocked.client_data_blocked_by(),
+        DenialReason::TrainingExpired
+    );
+    let kinds: Vec<AttestationKind> = blocked.attestations.iter().map(|a| a.kind()).collect();
+    assert_eq!(kinds, [AttestationKind::Nda, AttestationKind::Training]);
+    let training = &blocked.attestations[1];
+    let lapsed_at = training.expire_time.unwrap();
+    assert!(lapsed_at.seconds < chrono::Utc::now().timestamp());
+    assert_eq!(training.version, "2026-1");
+    attest(&mut admin, &me, AttestationKind::Training, 1, 365, 95).await;
+    let cleared = account(portal.clone(), mine.clone()).await.unwrap();
+    assert_eq!(cleared.client_data_blocked_by(), DenialReason::Unspecified);
+    assert!(cleared.attestations[1].expire_time.unwrap().seconds > lapsed_at.seconds);
+
+    // Ways into matters: an assignment until a date, responsibility, open
+    // emergency access, an assignment behind a wall and one through the
+    // wall by an exception; a revoked assignment and a colleague's matter
+    // are none of theirs.
+    let firm = new_client(&mut admin).await;
+    let until = chrono::Utc::now() + chrono::Duration::days(30);
+    let assigned = new_matter(&mut admin, &firm, None, "tax").await;
+    admin
+        .assign_staff(AssignStaffRequest {
+            matter_id: assigned.clone(),
+            staff_id: me.clone(),
+            expire_time: ts(until),
+        })
+        .await
+        .unwrap();
+    let responsible = new_matter(&mut admin, &firm, Some(&me), "tax").await;
+    let urgent = new_matter(&mut admin, &firm, None, "tax").await;
+    let emergency = admin
+        .open_break_glass(OpenBreakGlassRequest {
+            staff_id: me.clone(),
+            matter_id: urgent.clone(),
+            justification: "court deadline tonight".into(),
+            duration_minutes: 60,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let revoked = new_matter(&mut admin, &firm, None, "tax").await;
+    let gone = assign(&mut admin, &revoked, &me).await;
+    admin
+        .revoke_assignment(RevokeAssignmentRequest {
+            assignment_id: gone,
+        })
+        .await
+        .unwrap();
+    let theirs = new_matter(&mut admin, &firm, Some(&colleague), "tax").await;
+    let rival = new_client(&mut admin).await;
+    let screened = new_matter(&mut admin, &rival, None, "litigation").await;
+    let consented = new_matter(&mut admin, &rival, None, "litigation").await;
+    assign(&mut admin, &screened, &me).await;
+    assign(&mut admin, &consented, &me).await;
+    let wall = admin
+        .create_wall(CreateWallRequest {
+            screened_staff_ids: vec![me.clone()],
+            client_ids: vec![rival.clone()],
+            matter_ids: Vec::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .wall_id;
+    let passage_until = chrono::Utc::now() + chrono::Duration::days(7);
+    let passage = admin
+        .grant_wall_exception(GrantWallExceptionRequest {
+            wall_id: wall.clone(),
+            staff_id: me.clone(),
+            matter_id: consented.clone(),
+            reason: "both clients consented in writing".into(),
+            expire_time: ts(passage_until),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .exception_id;
+    admin
+        .close_matter(CloseMatterRequest {
+            matter_id: responsible.clone(),
+        })
+        .await
+        .unwrap();
+
+    let listed = |size: i32, page_token: String| {
+        let portal = portal.clone();
+        let mine = mine.clone();
+        async move {
+            portal
+                .clone()
+                .list_my_matters(bearing(
+                    &mine,
+                    ListMyMattersRequest {
+                        page_size: size,
+                        page_token,
+                    },
+                ))
+                .await
+                .map(|r| {
+                    let r = r.into_inner();
+                    (r.matters, r.next_page_token)
+                })
+        }
+    };
+    let (matters, _) = listed(0, String::new()).await.unwrap();
+    let mut expected = vec![
+        assigned.clone(),
+        responsible.clone(),
+        urgent.clone(),
+        screened.clone(),
+        consented.clone(),
+    ];
+    expected.sort();
+    let ids: Vec<&str> = matters.iter().map(|m| m.matter_id.as_str()).collect();
+    assert_eq!(ids, expected, "by matter id, theirs only");
+    assert!(!ids.contains(&theirs.as_str()) && !ids.contains(&revoked.as_str()));
+    let of = |id: &str| matters.iter().find(|m| m.matter_id == id).unwrap().clone();
+    let near = |t: Option<prost_types::Timestamp>, want: chrono::DateTime<chrono::Utc>| {
+        (t.unwrap().seconds - want.timestamp()).abs() <= 1
+    };
+    let a = of(&assigned);
+    assert_eq!(
+        (a.client_id.as_str(), a.access_path()),
+        (firm.as_str(), AccessPath::Assignment)
+    );
+    assert!(near(a.access_expire_time, until));
+    let r = of(&responsible);
+    assert_eq!(r.access_path(), AccessPath::ResponsibleAttorney);
+    assert!(r.access_expire_time.is_none() && r.close_time.is_some());
+    assert!(a.close_time.is_none());
+    let u = of(&urgent);
+    assert_eq!(u.access_path(), AccessPath::BreakGlass);
+    let emergency_ends = emergency.expire_time.unwrap();
+    assert!(near(
+        u.access_expire_time,
+        chrono::DateTime::from_timestamp(emergency_ends.seconds, 0).unwrap()
+    ));
+    let s = of(&screened);
+    assert_eq!(
+        (s.access_path(), s.read_denied()),
+        (AccessPath::Assignment, DenialReason::BehindWall)
+    );
+    assert!(s.access_expire_time.is_none());
+    assert_eq!(of(&consented).read_denied(), DenialReason::Unspecified);
+    // Each says what Authorize decides.
+    for m in &matters {
+        let decided =
+            common::directory::decide(&mut admin, &me, "client_data.read", &m.matter_id).await;
+        assert_eq!(decided.reason(), m.read_denied(), "{}", m.matter_id);
+    }
+    common::check_pages(0, 2, listed).await;
+
+    // The wall that screens them, with the way through it.
+    let now = account(portal.clone(), mine.clone()).await.unwrap();
+    assert_eq!(now.walls.len(), 1);
+    let w = &now.walls[0];
+    assert_eq!(
+        (w.wall_id.as_str(), w.client_ids.clone(), w.matter_ids.len()),
+        (wall.as_str(), vec![rival.clone()], 0)
+    );
+    assert_eq!(w.exceptions.len(), 1);
+    assert_eq!(
+        (
+            w.exceptions[0].exception_id.as_str(),
+            w.exceptions[0].matter_id.as_str()
+        ),
+        (passage.as_str(), consented.as_str())
+    );
+    assert!(near(w.exceptions[0].expire_time, passage_until));
+
+    // Their two sessions, newest first, this one marked; they end the
+    // laptop's from the portal.
+    let sessions: Vec<(String, bool, String)> = now
+        .sessions
+        .iter()
+        .map(|s| (s.session_id.clone(), s.current, s.opened_through.clone()))
+        .collect();
+    assert_eq!(sessions.len(), 2);
+    assert_eq!(sessions[0].0, laptop.session_id);
+    assert!(!sessions[0].1 && sessions[1].1);
+    assert_eq!(sessions[1].0, mine.session_id);
+    assert!(sessions[0].2.ends_with("/document-system"));
+    // A colleague's token cannot end it.
+    let (other_secret, other_step) = {
+        admin
+            .set_password(SetPasswordRequest {
+                staff_id: colleague.clone(),
+                password: PASSWORD.into(),
+                temporary: false,
+            })
+            .await
+            .unwrap();
+        enrolled_in_step(&mut portal, "colleague@firm.example", PASSWORD).await
+    };
+    let theirs_tokens = tokens(
+        portal
+            .login(LoginRequest {
+                email: "colleague@firm.example".into(),
+                password: PASSWORD.into(),
+                totp_code: code_of(&other_secret, other_step),
+            })
+            .await
+            .unwrap(),
+    );
+    let end = |session: &str| RevokeSessionRequest {
+        session_id: session.to_owned(),
+    };
+    let refused = portal
+        .revoke_session(bearing(&theirs_tokens, end(&laptop.session_id)))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&refused), "not_session_holder");
+    portal
+        .revoke_session(bearing(&mine, end(&laptop.session_id)))
+        .await
+        .unwrap();
+    let err = documents
+        .refresh_session(RefreshSessionRequest {
+            refresh_token: laptop.refresh_token.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let after = account(portal.clone(), mine.clone()).await.unwrap();
+    assert_eq!(after.sessions.len(), 1);
+    assert!(after.sessions[0].current);
+
+    // Only a staff token's holder is answered.
+    for err in [
+        admin
+            .get_my_account(GetMyAccountRequest {})
+            .await
+            .unwrap_err(),
+        admin
+            .list_my_matters(ListMyMattersRequest::default())
+            .await
+            .unwrap_err(),
+        account(portal.clone(), laptop.clone()).await.unwrap_err(),
+    ] {
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    }
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_staff_see_their_own_account_matters_and_sessions() {
+    staff_see_their_own_account_matters_and_sessions(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_staff_see_their_own_account_matters_and_sessions() {
+    staff_see_their_own_account_matters_and_sessions(Backend::Postgres).await;
 }

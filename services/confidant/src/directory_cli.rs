@@ -45,6 +45,10 @@ pub enum DirectoryCommand {
         /// Disabled staff members too.
         #[arg(long)]
         include_disabled: bool,
+        /// Only those whose sign-in stands so (e.g. totp-pending: never
+        /// finished setting up; locked: locked by a restore).
+        #[arg(long, value_parser = ["no-password", "totp-pending", "ready", "locked", "password-change-required"])]
+        sign_in: Option<String>,
     },
     /// Disable a staff member (sessions end, decisions deny).
     DisableStaff {
@@ -445,7 +449,16 @@ pub async fn run(
         DirectoryCommand::Staff {
             role,
             include_disabled,
+            sign_in,
         } => {
+            // The state's proto name, from the flag's spelling.
+            let sign_in = sign_in.map_or(0, |s| {
+                pb::SignInState::from_str_name(&format!(
+                    "SIGN_IN_STATE_{}",
+                    s.to_uppercase().replace('-', "_")
+                ))
+                .map_or(0, |state| state as i32)
+            });
             let mut page_token = String::new();
             loop {
                 let r = c
@@ -454,6 +467,7 @@ pub async fn run(
                         include_disabled,
                         page_size: 1000,
                         page_token,
+                        sign_in,
                     })
                     .await
                     .map_err(fail)?

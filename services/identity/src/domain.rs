@@ -34,6 +34,8 @@ impl Interval {
 /// An attestation as the decision sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attestation {
+    /// Its id.
+    pub id: uuid::Uuid,
     /// When signed or completed.
     pub completed: DateTime<Utc>,
     /// When it stops counting.
@@ -69,6 +71,67 @@ pub struct Facts {
     pub assignments: Vec<Interval>,
     /// Break-glass grants for the matter.
     pub break_glass: Vec<Interval>,
+}
+
+impl Facts {
+    /// The agreement decisions count at `at`: the latest signed by then.
+    pub fn counted_nda(&self, at: DateTime<Utc>) -> Option<&Attestation> {
+        self.ndas
+            .iter()
+            .filter(|a| a.completed <= at)
+            .max_by_key(|a| a.completed)
+    }
+
+    /// The training decisions count at `at`: the latest passed by then.
+    pub fn counted_training(&self, at: DateTime<Utc>) -> Option<&Attestation> {
+        self.trainings
+            .iter()
+            .filter(|t| t.passed && t.completed <= at)
+            .max_by_key(|t| t.completed)
+    }
+
+    /// The staff member's way into the matter or client at `at`, in the
+    /// order decisions take them, and when it lapses (`None`: not by
+    /// itself).
+    pub fn way_in(&self, at: DateTime<Utc>) -> Option<(AccessPath, Option<DateTime<Utc>>)> {
+        // Of grants holding at `at`, the latest lapse; none if one holds
+        // without end.
+        fn until(grants: &[Interval], at: DateTime<Utc>) -> Option<Option<DateTime<Utc>>> {
+            let holding: Vec<&Interval> = grants.iter().filter(|g| g.holds_at(at)).collect();
+            if holding.is_empty() {
+                return None;
+            }
+            Some(if holding.iter().any(|g| g.expires.is_none()) {
+                None
+            } else {
+                holding.iter().filter_map(|g| g.expires).max()
+            })
+        }
+        if let Some(lapses) = until(&self.assignments, at) {
+            Some((AccessPath::Assignment, lapses))
+        } else if self.responsible_attorney {
+            Some((AccessPath::ResponsibleAttorney, None))
+        } else {
+            until(&self.break_glass, at).map(|lapses| (AccessPath::BreakGlass, lapses))
+        }
+    }
+
+    /// What denies `permission` at `at` on every client and matter alike:
+    /// the decision for a resource the staff member is responsible for
+    /// and screened from by no wall, so that only the account, its roles
+    /// and the compliance gates can deny it. `Unspecified` when nothing
+    /// does.
+    pub fn blocked_everywhere(&self, permission: &str, at: DateTime<Utc>) -> DenialReason {
+        let open = Facts {
+            resource_exists: true,
+            responsible_attorney: true,
+            walls: Vec::new(),
+            wall_exceptions: Vec::new(),
+            wall_exception_ids: Vec::new(),
+            ..self.clone()
+        };
+        decide(&open, permission, at).reason
+    }
 }
 
 /// A decision.
@@ -118,14 +181,6 @@ impl Decision {
     }
 }
 
-/// The latest attestation completed by `at`: `None` if there is none.
-fn latest(attestations: &[Attestation], at: DateTime<Utc>) -> Option<&Attestation> {
-    attestations
-        .iter()
-        .filter(|a| a.completed <= at)
-        .max_by_key(|a| a.completed)
-}
-
 /// Decides whether the staff member of `facts` may use `permission` at `at`.
 ///
 /// Order: who (unknown, disabled), what the roles allow, then for client
@@ -159,18 +214,12 @@ pub fn decide(facts: &Facts, permission: &str, at: DateTime<Utc>) -> Decision {
     if !facts.resource_exists {
         return Decision::deny(DenialReason::UnknownResource);
     }
-    match latest(&facts.ndas, at) {
+    match facts.counted_nda(at) {
         None => return Decision::deny(DenialReason::NdaMissing),
         Some(nda) if nda.expires <= at => return Decision::deny(DenialReason::NdaExpired),
         Some(_) => {}
     }
-    let passed: Vec<Attestation> = facts
-        .trainings
-        .iter()
-        .filter(|t| t.passed)
-        .copied()
-        .collect();
-    match latest(&passed, at) {
+    match facts.counted_training(at) {
         None => return Decision::deny(DenialReason::TrainingMissing),
         Some(t) if t.expires <= at => return Decision::deny(DenialReason::TrainingExpired),
         Some(_) => {}
@@ -192,13 +241,7 @@ pub fn decide(facts: &Facts, permission: &str, at: DateTime<Utc>) -> Decision {
             through_exceptions.push(*id);
         }
     }
-    let path = if facts.assignments.iter().any(|a| a.holds_at(at)) {
-        AccessPath::Assignment
-    } else if facts.responsible_attorney {
-        AccessPath::ResponsibleAttorney
-    } else if facts.break_glass.iter().any(|b| b.holds_at(at)) {
-        AccessPath::BreakGlass
-    } else {
+    let Some((path, _)) = facts.way_in(at) else {
         return Decision::deny(DenialReason::NotAssigned);
     };
     Decision {
@@ -228,6 +271,7 @@ mod tests {
 
     fn valid_attestation() -> Attestation {
         Attestation {
+            id: uuid::Uuid::nil(),
             completed: now() - Duration::days(30),
             expires: now() + Duration::days(300),
             passed: true,
@@ -394,5 +438,51 @@ mod tests {
         let d = decide(&f, "audit.read", now());
         assert!(d.allowed());
         assert_eq!(d.path, AccessPath::FirmWide);
+    }
+
+    #[test]
+    fn a_way_in_lapses_with_the_last_grant_holding() {
+        let mut f = cleared();
+        let soon = now() + Duration::days(1);
+        let later = now() + Duration::days(9);
+        f.assignments = vec![open(3), open(2)];
+        f.assignments[0].expires = Some(soon);
+        assert_eq!(f.way_in(now()), Some((AccessPath::Assignment, None)));
+        f.assignments[1].expires = Some(later);
+        assert_eq!(f.way_in(now()), Some((AccessPath::Assignment, Some(later))));
+        // One lapsed or revoked no longer counts.
+        f.assignments[1].revoked = Some(now() - Duration::hours(1));
+        assert_eq!(f.way_in(now()), Some((AccessPath::Assignment, Some(soon))));
+        f.assignments.clear();
+        f.break_glass = vec![Interval {
+            expires: Some(soon),
+            ..open(0)
+        }];
+        assert_eq!(f.way_in(now()), Some((AccessPath::BreakGlass, Some(soon))));
+        f.responsible_attorney = true;
+        assert_eq!(
+            f.way_in(now()),
+            Some((AccessPath::ResponsibleAttorney, None))
+        );
+        f.responsible_attorney = false;
+        assert_eq!(f.way_in(soon), None);
+    }
+
+    #[test]
+    fn what_blocks_everywhere_ignores_the_matter_but_not_the_gates() {
+        let mut f = cleared();
+        f.assignments.clear();
+        f.walls.push(open(1));
+        f.resource_exists = false;
+        let blocked = |f: &Facts| f.blocked_everywhere("client_data.read", now());
+        assert_eq!(blocked(&f), DenialReason::Unspecified);
+        f.trainings[0].passed = false;
+        assert_eq!(blocked(&f), DenialReason::TrainingMissing);
+        f.ndas[0].expires = now();
+        assert_eq!(blocked(&f), DenialReason::NdaExpired);
+        f.granting_roles.clear();
+        assert_eq!(blocked(&f), DenialReason::NoRolePermission);
+        f.staff = Some(Some(now() - Duration::days(1)));
+        assert_eq!(blocked(&f), DenialReason::AccountDisabled);
     }
 }

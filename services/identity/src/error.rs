@@ -14,6 +14,9 @@ pub enum Error {
     /// The caller presented no identity.
     #[error("caller has no identity")]
     NoIdentity,
+    /// A method about oneself came without a staff token.
+    #[error("a staff token is required")]
+    NoStaffToken,
     /// The caller may not do this: a reason code and what to tell them.
     #[error("{1}")]
     Refused(&'static str, &'static str),
@@ -102,6 +105,11 @@ impl From<Error> for Status {
             Error::NoIdentity => {
                 Status::unauthenticated("a client certificate with a SPIFFE identity is required")
             }
+            Error::NoStaffToken => with_reason(
+                Code::Unauthenticated,
+                "staff_token_required",
+                "sign in: this method answers about the holder of a staff token",
+            ),
             Error::Store(StoreError::NotFound(what)) => {
                 Status::not_found(format!("{what} not found"))
             }

@@ -211,6 +211,65 @@ impl IdentityApi {
 /// The permission that makes a staff member a reviewer of every grant.
 const REVIEWS_MANAGE: &str = "reviews.manage";
 
+/// A staff member as the directory lists them, with the roles they hold.
+fn summary(
+    s: &crate::store::StaffListing,
+    roles: Vec<(String, Option<DateTime<Utc>>)>,
+) -> StaffMemberSummary {
+    StaffMemberSummary {
+        staff_id: s.id.to_string(),
+        email: s.email.clone(),
+        display_name: s.display_name.clone(),
+        roles: roles
+            .into_iter()
+            .map(|(role, expires)| StaffRole {
+                role,
+                expire_time: expires.map(proto_time),
+            })
+            .collect(),
+        create_time: Some(proto_time(s.created_at)),
+        disable_time: s.disabled_at.map(proto_time),
+        sign_in: s.sign_in as i32,
+    }
+}
+
+/// A live session as listed, `current` when it is the caller's own.
+fn staff_session(s: crate::sessions::LiveSession, current: bool) -> StaffSession {
+    StaffSession {
+        session_id: s.id.to_string(),
+        create_time: Some(proto_time(s.created_at)),
+        last_refresh_time: s.last_issued.map(proto_time),
+        expire_time: Some(proto_time(s.expires_at)),
+        opened_through: s.opened_by.unwrap_or_default(),
+        current,
+    }
+}
+
+/// The staff member of a verified staff token.
+fn token_holder_of(actor: &Option<Actor>) -> Option<Uuid> {
+    match actor {
+        Some(Actor::Staff { staff_id, .. }) => Uuid::parse_str(staff_id).ok(),
+        _ => None,
+    }
+}
+
+/// The staff member whose token came with the request, and the session of
+/// that token: the methods about oneself take no other caller.
+fn token_holder<T>(request: &Request<T>) -> Result<(Uuid, String), Error> {
+    match Actor::of(request) {
+        Some(Actor::Staff {
+            staff_id, session, ..
+        }) => Uuid::parse_str(&staff_id)
+            .map(|id| (id, session))
+            .map_err(|_| Error::NoStaffToken),
+        Some(Actor::Service { .. }) => Err(Error::NoStaffToken),
+        None => Err(Error::NoIdentity),
+    }
+}
+
+/// The permission whose decisions the methods about oneself report.
+const CLIENT_DATA_READ: &str = "client_data.read";
+
 fn tokens(issued: crate::sessions::Issued) -> SessionTokens {
     SessionTokens {
         session_id: issued.session_id.to_string(),
@@ -470,6 +529,14 @@ impl IdentityService for IdentityApi {
         if role.chars().count() > 64 {
             v.add("role", "at most 64 characters");
         }
+        let sign_in = match SignInState::try_from(req.sign_in) {
+            Ok(SignInState::Unspecified) => None,
+            Ok(state) => Some(state),
+            Err(_) => {
+                v.add("sign_in", "must be a SignInState");
+                None
+            }
+        };
         let (limit, after) = page::requested(
             &mut v,
             req.page_size,
@@ -479,9 +546,15 @@ impl IdentityService for IdentityApi {
         );
         check(v)?;
         let role = (!role.is_empty()).then_some(role);
+        let filter = crate::store::StaffFilter {
+            role,
+            include_disabled: req.include_disabled,
+            only: None,
+            sign_in,
+        };
         let (listed, next) = self
             .directory
-            .staff_page(role, req.include_disabled, after.values(), limit)
+            .staff_page(&filter, after.values(), limit)
             .await
             .map_err(Error::from)?;
         // Who looked at the directory, and for what, before anything is
@@ -489,7 +562,11 @@ impl IdentityService for IdentityApi {
         let event = self
             .as_caller(&caller, Action::IdentityStaffListed)
             .resource("staff", "directory")
-            .related(role.map(|r| ("role", r.to_owned())))
+            .related(
+                role.map(|r| ("role", r.to_owned()))
+                    .into_iter()
+                    .chain(sign_in.map(|s| ("sign_in", s.as_str_name().to_owned()))),
+            )
             .build();
         self.directory.record(event).await.map_err(Error::from)?;
         let now = Utc::now();
@@ -500,29 +577,7 @@ impl IdentityService for IdentityApi {
                 role.is_none_or(|r| roles.iter().any(|(held, _)| held == r))
                     .then_some((s, roles))
             })
-            .map(|(s, roles)| StaffMemberSummary {
-                staff_id: s.id.to_string(),
-                email: s.email.clone(),
-                display_name: s.display_name.clone(),
-                roles: roles
-                    .into_iter()
-                    .map(|(role, expires)| StaffRole {
-                        role,
-                        expire_time: expires.map(proto_time),
-                    })
-                    .collect(),
-                create_time: Some(proto_time(s.created_at)),
-                disable_time: s.disabled_at.map(proto_time),
-                sign_in: match (&s.password_hash, s.totp_confirmed_at) {
-                    (None, _) => SignInState::NoPassword,
-                    (Some(hash), _) if hash == crate::restore::LOCKED_HASH => SignInState::Locked,
-                    (Some(_), None) => SignInState::TotpPending,
-                    (Some(_), Some(_)) if s.must_change_password => {
-                        SignInState::PasswordChangeRequired
-                    }
-                    (Some(_), Some(_)) => SignInState::Ready,
-                } as i32,
-            })
+            .map(|(s, roles)| summary(s, roles))
             .collect();
         Ok(Response::new(ListStaffMembersResponse {
             staff,
@@ -1244,6 +1299,7 @@ impl IdentityService for IdentityApi {
         request: Request<RevokeSessionRequest>,
     ) -> Result<Response<RevokeSessionResponse>, Status> {
         let caller = caller(&request)?;
+        let actor = Actor::of(&request);
         // The session's own holder (logout) or an administrator.
         let bearer = request
             .metadata()
@@ -1256,10 +1312,23 @@ impl IdentityService for IdentityApi {
         let session = uuid(&mut v, "session_id", &req.session_id);
         check(v)?;
         let session = session.unwrap_or_default();
+        // A staff member whose live token the layer verified may end any
+        // of their own sessions.
+        let holder = match token_holder_of(&actor) {
+            Some(staff) => self
+                .sessions
+                .holder_of(session)
+                .await
+                .map_err(Error::from)?
+                .filter(|holder| *holder == staff),
+            None => None,
+        };
         let (reason, staff) = match bearer {
             Some(claims) if claims.sid == session.to_string() => {
                 ("logout", Uuid::parse_str(&claims.sub).ok())
             }
+            // Another of their own sessions (a device they left signed in).
+            Some(_) if holder.is_some() => ("holder", holder),
             _ if self.admins.iter().any(|a| a == caller.as_str()) => ("admin", None),
             _ => {
                 return Err(confidant_runtime::error::with_reason(
@@ -1310,14 +1379,145 @@ impl IdentityService for IdentityApi {
         Ok(Response::new(ListStaffSessionsResponse {
             sessions: sessions
                 .into_iter()
-                .map(|s| StaffSession {
-                    session_id: s.id.to_string(),
-                    create_time: Some(proto_time(s.created_at)),
-                    last_refresh_time: s.last_issued.map(proto_time),
-                    expire_time: Some(proto_time(s.expires_at)),
-                    opened_through: s.opened_by.unwrap_or_default(),
+                .map(|s| staff_session(s, false))
+                .collect(),
+            next_page_token: next
+                .map(|id| page::token(&[Key::Uuid(id)]))
+                .unwrap_or_default(),
+        }))
+    }
+
+    #[tracing::instrument(name = "identity.get_my_account", skip_all)]
+    async fn get_my_account(
+        &self,
+        request: Request<GetMyAccountRequest>,
+    ) -> Result<Response<GetMyAccountResponse>, Status> {
+        let (staff, session) = token_holder(&request)?;
+        let now = Utc::now();
+        let listing = self
+            .directory
+            .staff_member(staff)
+            .await
+            .map_err(Error::from)?
+            .ok_or(Error::NoStaffToken)?;
+        let attestations = self
+            .directory
+            .attestations(staff)
+            .await
+            .map_err(Error::from)?;
+        let mut facts = self
+            .directory
+            .facts(staff, CLIENT_DATA_READ, None, None)
+            .await
+            .map_err(Error::from)?;
+        facts.attested(&attestations);
+        // The agreement and training decisions count, as recorded.
+        let counted = [
+            (facts.counted_nda(now), AttestationKind::Nda),
+            (facts.counted_training(now), AttestationKind::Training),
+        ]
+        .into_iter()
+        .filter_map(|(counted, kind)| {
+            let a = attestations
+                .iter()
+                .find(|a| Some(a.attestation.id) == counted.map(|c| c.id))?;
+            Some(AttestationStatus {
+                kind: kind as i32,
+                version: a.version.clone(),
+                complete_time: Some(proto_time(a.attestation.completed)),
+                expire_time: Some(proto_time(a.attestation.expires)),
+            })
+        })
+        .collect();
+        let walls = self
+            .directory
+            .walls_screening(staff, now)
+            .await
+            .map_err(Error::from)?
+            .into_iter()
+            .map(|w| ScreeningWall {
+                wall_id: w.id.to_string(),
+                create_time: Some(proto_time(w.created_at)),
+                client_ids: w.clients.iter().map(Uuid::to_string).collect(),
+                matter_ids: w.matters.iter().map(Uuid::to_string).collect(),
+                exceptions: w
+                    .passages
+                    .into_iter()
+                    .map(|(id, matter, expires)| WallPassage {
+                        exception_id: id.to_string(),
+                        matter_id: matter.to_string(),
+                        expire_time: Some(proto_time(expires)),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let (sessions, _) = self
+            .sessions
+            .live_sessions(
+                staff,
+                vec![confidant_runtime::portable::Value::OptUuid(None)],
+                100,
+            )
+            .await
+            .map_err(Error::from)?
+            .unwrap_or_default();
+        Ok(Response::new(GetMyAccountResponse {
+            staff: Some(summary(&listing, listing.live_roles(now))),
+            attestations: counted,
+            client_data_blocked_by: facts.blocked_everywhere(CLIENT_DATA_READ, now) as i32,
+            walls,
+            sessions: sessions
+                .into_iter()
+                .map(|s| {
+                    let current = s.id.to_string() == session;
+                    staff_session(s, current)
                 })
                 .collect(),
+        }))
+    }
+
+    #[tracing::instrument(name = "identity.list_my_matters", skip_all)]
+    async fn list_my_matters(
+        &self,
+        request: Request<ListMyMattersRequest>,
+    ) -> Result<Response<ListMyMattersResponse>, Status> {
+        let (staff, _) = token_holder(&request)?;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let (limit, after) = page::requested(
+            &mut v,
+            req.page_size,
+            &req.page_token,
+            (50, 200),
+            &[page::Part::Uuid],
+        );
+        check(v)?;
+        let now = Utc::now();
+        let (ways, next) = self
+            .directory
+            .ways_in(staff, now, after.values(), limit)
+            .await
+            .map_err(Error::from)?;
+        let mut matters = Vec::with_capacity(ways.len());
+        for (matter, client, closed) in ways {
+            // What Authorize would find and decide for a read of it now.
+            let facts = self
+                .directory
+                .facts(staff, CLIENT_DATA_READ, Some(client), Some(matter))
+                .await
+                .map_err(Error::from)?;
+            let (path, lapses) = facts.way_in(now).unwrap_or((AccessPath::Unspecified, None));
+            matters.push(MyMatter {
+                matter_id: matter.to_string(),
+                client_id: client.to_string(),
+                access_path: path as i32,
+                access_expire_time: lapses.map(proto_time),
+                read_denied: decide(&facts, CLIENT_DATA_READ, now).reason as i32,
+                close_time: closed.map(proto_time),
+            });
+        }
+        Ok(Response::new(ListMyMattersResponse {
+            matters,
             next_page_token: next
                 .map(|id| page::token(&[Key::Uuid(id)]))
                 .unwrap_or_default(),

@@ -84,7 +84,8 @@ pub async fn build(
             verifiers,
         );
     // Access reviews check their callers themselves: an admin certificate,
-    // or a staff token with the right to review (see `reviews`).
+    // or a staff token with the right to review (see `reviews`); the
+    // methods about oneself take a staff token and answer about its holder.
     for open in [
         "StartAccessReview",
         "ListAccessReviewItems",
@@ -95,6 +96,8 @@ pub async fn build(
         "Login",
         "RefreshSession",
         "RevokeSession",
+        "GetMyAccount",
+        "ListMyMatters",
         "GetJwks",
         "GetCertificateKeys",
     ] {

@@ -626,6 +626,18 @@ impl Sessions {
         Ok(Some((sessions, next)))
     }
 
+    /// The staff member a session belongs to, if it exists.
+    pub async fn holder_of(&self, session_id: Uuid) -> Result<Option<Uuid>, AuthError> {
+        let row: Option<(Uuid,)> = self
+            .db
+            .fetch_optional(
+                "SELECT staff_id FROM sessions WHERE id = $1",
+                vec![Value::Uuid(session_id)],
+            )
+            .await?;
+        Ok(row.map(|(staff,)| staff))
+    }
+
     /// Ends every live session of `staff_id` (an administrator's
     /// `identity.staff.signed_out`, `event`); returns how many.
     pub async fn end_all(&self, staff_id: Uuid, event: AuditEvent) -> Result<u64, AuthError> {

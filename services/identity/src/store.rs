@@ -8,6 +8,7 @@ use confidant_runtime::storage::Database;
 use uuid::Uuid;
 
 use crate::domain::{Attestation, Facts, Interval};
+use confidant_proto::identity::v1::SignInState;
 
 /// Storage failures, with the constraint cases the API reports.
 #[derive(Debug, thiserror::Error)]
@@ -69,8 +70,16 @@ pub struct Directory {
     db: Database,
 }
 
-/// kind, completed, expires, score, pass mark.
-type AttestationRow = (i32, DateTime<Utc>, DateTime<Utc>, Option<i32>, Option<i32>);
+/// id, kind, version, completed, expires, score, pass mark.
+type AttestationRow = (
+    Uuid,
+    i32,
+    String,
+    DateTime<Utc>,
+    DateTime<Utc>,
+    Option<i32>,
+    Option<i32>,
+);
 /// role, granted, expires, revoked.
 type RoleRow = (
     String,
@@ -344,21 +353,23 @@ impl Directory {
 
     /// A page of staff members by e-mail address, after the one `after`
     /// names (a key of one text part, the e-mail address): at most `limit`
-    /// looked at, of those enabled unless `include_disabled`, holding a
-    /// live grant of `role` if given (its expiry is checked by the caller,
-    /// against [`StaffListing::live_roles`]); with their role grants. Also
+    /// looked at, of those `filter` lets through (a role's expiry is
+    /// checked by the caller, against [`StaffListing::live_roles`]); with
+    /// their role grants and where their sign-in stands. Also
     /// returns, if there are more, the e-mail address of the last one
     /// looked at, for the next page to start after.
     pub async fn staff_page(
         &self,
-        role: Option<&str>,
-        include_disabled: bool,
+        filter: &StaffFilter<'_>,
         after: Vec<Value>,
         limit: i64,
     ) -> Result<(Vec<StaffListing>, Option<String>), StoreError> {
         let mut values = vec![
-            Value::Int(i32::from(include_disabled)),
-            Value::OptText(role.map(str::to_owned)),
+            Value::Int(i32::from(filter.include_disabled)),
+            Value::OptText(filter.role.map(str::to_owned)),
+            Value::OptUuid(filter.only),
+            Value::Text(crate::restore::LOCKED_HASH.to_owned()),
+            Value::OptInt(filter.sign_in.map(|s| s as i32)),
         ];
         values.extend(after.clone());
         values.push(Value::BigInt(limit + 1));
@@ -368,23 +379,9 @@ impl Directory {
             String,
             DateTime<Utc>,
             Option<DateTime<Utc>>,
-            Option<String>,
-            Option<DateTime<Utc>>,
-            Option<i32>,
+            i32,
         );
-        let mut rows: Vec<Row> = self
-            .db
-            .fetch_all(
-                "SELECT s.id, s.email, s.display_name, s.created_at, s.disabled_at, \
-                 c.password_hash, c.totp_confirmed_at, c.must_change_password FROM staff s \
-                 LEFT JOIN credentials c ON c.staff_id = s.id \
-                 WHERE ($1 = 1 OR s.disabled_at IS NULL) \
-                 AND ($2 IS NULL OR EXISTS (SELECT 1 FROM staff_roles r WHERE r.staff_id = s.id \
-                 AND r.role = $2 AND r.revoked_at IS NULL)) \
-                 AND ($3 IS NULL OR s.email > $3) ORDER BY s.email LIMIT $4",
-                values,
-            )
-            .await?;
+        let mut rows: Vec<Row> = self.db.fetch_all(&STAFF_PAGE, values).await?;
         let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
         rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
         let Some(last) = rows.last().map(|r| r.1.clone()) else {
@@ -392,40 +389,159 @@ impl Directory {
         };
         // The live grants of the staff members of the page: those whose
         // address lies between the page's bounds.
-        let mut bounds = after;
+        let mut bounds = vec![Value::OptUuid(filter.only)];
+        bounds.extend(after);
         bounds.push(Value::Text(last.clone()));
         let grants: Vec<(Uuid, String, Option<DateTime<Utc>>)> = self
             .db
             .fetch_all(
                 "SELECT r.staff_id, r.role, r.expires_at FROM staff_roles r \
                  JOIN staff s ON s.id = r.staff_id WHERE r.revoked_at IS NULL \
-                 AND ($1 IS NULL OR s.email > $1) AND s.email <= $2 ORDER BY r.role",
+                 AND ($1 IS NULL OR s.id = $1) \
+                 AND ($2 IS NULL OR s.email > $2) AND s.email <= $3 ORDER BY r.role",
                 bounds,
             )
             .await?;
         let listed = rows
             .into_iter()
             .map(
-                |(id, email, display_name, created_at, disabled_at, hash, totp, temporary)| {
-                    StaffListing {
-                        roles: grants
-                            .iter()
-                            .filter(|(staff, ..)| *staff == id)
-                            .map(|(_, role, expires)| (role.clone(), *expires))
-                            .collect(),
-                        id,
-                        email,
-                        display_name,
-                        created_at,
-                        disabled_at,
-                        password_hash: hash,
-                        totp_confirmed_at: totp,
-                        must_change_password: temporary.unwrap_or(0) != 0,
-                    }
+                |(id, email, display_name, created_at, disabled_at, sign_in)| StaffListing {
+                    roles: grants
+                        .iter()
+                        .filter(|(staff, ..)| *staff == id)
+                        .map(|(_, role, expires)| (role.clone(), *expires))
+                        .collect(),
+                    id,
+                    email,
+                    display_name,
+                    created_at,
+                    disabled_at,
+                    sign_in: SignInState::try_from(sign_in).unwrap_or_default(),
                 },
             )
             .collect();
         Ok((listed, more.then_some(last)))
+    }
+
+    /// A staff member's attestations, each with its kind ([`KIND_NDA`]
+    /// or [`KIND_TRAINING`]) and version.
+    pub async fn attestations(&self, staff: Uuid) -> Result<Vec<Attested>, StoreError> {
+        let rows: Vec<AttestationRow> = self
+            .db
+            .fetch_all(
+                "SELECT id, kind, version, completed_at, expires_at, score, pass_mark \
+                 FROM attestations WHERE staff_id = $1",
+                vec![Value::Uuid(staff)],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, kind, version, completed, expires, score, pass_mark)| Attested {
+                    kind,
+                    version,
+                    attestation: Attestation {
+                        id,
+                        completed,
+                        expires,
+                        passed: match (score, pass_mark) {
+                            (Some(s), Some(p)) => s >= p,
+                            _ => kind == KIND_NDA,
+                        },
+                    },
+                },
+            )
+            .collect())
+    }
+
+    /// One staff member as [`Directory::staff_page`] lists them.
+    pub async fn staff_member(&self, id: Uuid) -> Result<Option<StaffListing>, StoreError> {
+        let (mut listed, _) = self
+            .staff_page(
+                &StaffFilter {
+                    include_disabled: true,
+                    only: Some(id),
+                    ..StaffFilter::default()
+                },
+                vec![Value::OptText(None)],
+                1,
+            )
+            .await?;
+        Ok(listed.pop())
+    }
+
+    /// The matters `staff` has a way into at `now` (a live assignment,
+    /// responsibility, open emergency access), by id after `after`:
+    /// (matter, client, closed), and the last id when more follow.
+    pub async fn ways_in(
+        &self,
+        staff: Uuid,
+        now: DateTime<Utc>,
+        after: Vec<Value>,
+        limit: i64,
+    ) -> Result<(Vec<MatterWay>, Option<Uuid>), StoreError> {
+        let mut values = vec![Value::Uuid(staff), Value::Time(now)];
+        values.extend(after);
+        values.push(Value::BigInt(limit + 1));
+        let mut rows: Vec<MatterWay> = self
+            .db
+            .fetch_all(
+                "SELECT m.id, m.client_id, m.closed_at FROM matters m \
+                 WHERE ($3 IS NULL OR m.id > $3) AND (m.responsible_attorney_id = $1 \
+                 OR EXISTS (SELECT 1 FROM assignments a WHERE a.matter_id = m.id \
+                 AND a.staff_id = $1 AND a.granted_at <= $2 \
+                 AND (a.expires_at IS NULL OR a.expires_at > $2) \
+                 AND (a.revoked_at IS NULL OR a.revoked_at > $2)) \
+                 OR EXISTS (SELECT 1 FROM break_glass b WHERE b.matter_id = m.id \
+                 AND b.staff_id = $1 AND b.opened_at <= $2 AND b.expires_at > $2)) \
+                 ORDER BY m.id LIMIT $4",
+                values,
+            )
+            .await?;
+        let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+        rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        let next = more.then(|| rows.last().map(|r| r.0)).flatten();
+        Ok((rows, next))
+    }
+
+    /// The walls standing at `now` that screen `staff`, by when they went
+    /// up, with their targets and the staff member's exceptions holding
+    /// at `now`.
+    pub async fn walls_screening(
+        &self,
+        staff: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Screening>, StoreError> {
+        let walls: Vec<(Uuid, DateTime<Utc>)> = self
+            .db
+            .fetch_all(
+                "SELECT w.id, w.created_at FROM walls w JOIN wall_members m ON m.wall_id = w.id \
+                 WHERE m.staff_id = $1 AND w.created_at <= $2 \
+                 AND (w.lifted_at IS NULL OR w.lifted_at > $2) ORDER BY w.created_at, w.id",
+                vec![Value::Uuid(staff), Value::Time(now)],
+            )
+            .await?;
+        let mut screening = Vec::with_capacity(walls.len());
+        for (id, created_at) in walls {
+            let (_, clients, matters) = self.wall(id).await?;
+            let passages: Vec<(Uuid, Uuid, DateTime<Utc>)> = self
+                .db
+                .fetch_all(
+                    "SELECT id, matter_id, expires_at FROM wall_exceptions \
+                     WHERE wall_id = $1 AND staff_id = $2 AND granted_at <= $3 \
+                     AND expires_at > $3 AND (revoked_at IS NULL OR revoked_at > $3) ORDER BY id",
+                    vec![Value::Uuid(id), Value::Uuid(staff), Value::Time(now)],
+                )
+                .await?;
+            screening.push(Screening {
+                id,
+                created_at,
+                clients,
+                matters,
+                passages,
+            });
+        }
+        Ok(screening)
     }
 
     /// Whether a staff member exists.
@@ -937,29 +1053,7 @@ impl Directory {
         facts.resource_exists = true;
         facts.responsible_attorney = matter_row.is_some_and(|(_, a)| a == Some(staff));
 
-        let attestations: Vec<AttestationRow> = self
-            .db
-            .fetch_all(
-                "SELECT kind, completed_at, expires_at, score, pass_mark FROM attestations WHERE staff_id = $1",
-                vec![Value::Uuid(staff)],
-            )
-            .await?;
-        for (kind, completed, expires, score, pass_mark) in attestations {
-            let passed = match (score, pass_mark) {
-                (Some(s), Some(p)) => s >= p,
-                _ => kind == KIND_NDA,
-            };
-            let a = Attestation {
-                completed,
-                expires,
-                passed,
-            };
-            if kind == KIND_NDA {
-                facts.ndas.push(a);
-            } else if kind == KIND_TRAINING {
-                facts.trainings.push(a);
-            }
-        }
+        facts.attested(&self.attestations(staff).await?);
 
         let matter_id = matter_row.map(|(m, _)| m);
         let walls: Vec<(Uuid, DateTime<Utc>, Option<DateTime<Utc>>)> = self
@@ -1114,6 +1208,88 @@ pub fn role_revoked(staff: Uuid, role: &str, at: DateTime<Utc>) -> Statement {
     )
 }
 
+/// An attestation with what the decision does not need of it.
+#[derive(Debug, Clone)]
+pub struct Attested {
+    /// [`KIND_NDA`] or [`KIND_TRAINING`].
+    pub kind: i32,
+    /// The agreement's or course's version.
+    pub version: String,
+    /// As decisions see it.
+    pub attestation: Attestation,
+}
+
+impl Facts {
+    /// Takes in a staff member's attestations.
+    pub fn attested(&mut self, attestations: &[Attested]) {
+        for a in attestations {
+            if a.kind == KIND_NDA {
+                self.ndas.push(a.attestation);
+            } else if a.kind == KIND_TRAINING {
+                self.trainings.push(a.attestation);
+            }
+        }
+    }
+}
+
+/// A matter a staff member has a way into: id, client, when closed.
+pub type MatterWay = (Uuid, Uuid, Option<DateTime<Utc>>);
+
+/// A wall screening a staff member.
+#[derive(Debug, Clone)]
+pub struct Screening {
+    /// The wall.
+    pub id: Uuid,
+    /// When it went up.
+    pub created_at: DateTime<Utc>,
+    /// The clients it screens.
+    pub clients: Vec<Uuid>,
+    /// The matters it screens.
+    pub matters: Vec<Uuid>,
+    /// The staff member's exceptions holding: id, matter, lapse.
+    pub passages: Vec<(Uuid, Uuid, DateTime<Utc>)>,
+}
+
+/// The query of [`Directory::staff_page`]. Where each staff member's
+/// sign-in stands is worked out here alone (`$4` is the hash a restore
+/// locks with), so that the filter and the listing agree.
+static STAFF_PAGE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let state = format!(
+        "CASE WHEN c.password_hash IS NULL THEN {no_password} \
+         WHEN c.password_hash = $4 THEN {locked} \
+         WHEN c.totp_confirmed_at IS NULL THEN {pending} \
+         WHEN c.must_change_password <> 0 THEN {change} ELSE {ready} END",
+        no_password = SignInState::NoPassword as i32,
+        locked = SignInState::Locked as i32,
+        pending = SignInState::TotpPending as i32,
+        change = SignInState::PasswordChangeRequired as i32,
+        ready = SignInState::Ready as i32,
+    );
+    format!(
+        "SELECT s.id, s.email, s.display_name, s.created_at, s.disabled_at, {state} \
+         FROM staff s LEFT JOIN credentials c ON c.staff_id = s.id \
+         WHERE ($1 = 1 OR s.disabled_at IS NULL) \
+         AND ($2 IS NULL OR EXISTS (SELECT 1 FROM staff_roles r WHERE r.staff_id = s.id \
+         AND r.role = $2 AND r.revoked_at IS NULL)) \
+         AND ($3 IS NULL OR s.id = $3) \
+         AND ($5 IS NULL OR {state} = $5) \
+         AND ($6 IS NULL OR s.email > $6) ORDER BY s.email LIMIT $7"
+    )
+});
+
+/// Which staff members [`Directory::staff_page`] lists.
+#[derive(Debug, Clone, Default)]
+pub struct StaffFilter<'a> {
+    /// Only those holding this role (some grant of it not revoked).
+    pub role: Option<&'a str>,
+    /// Disabled ones too.
+    pub include_disabled: bool,
+    /// Only this one.
+    pub only: Option<Uuid>,
+    /// Only those whose sign-in stands so.
+    pub sign_in: Option<SignInState>,
+}
+
 /// A staff member as the directory lists them.
 #[derive(Debug, Clone)]
 pub struct StaffListing {
@@ -1127,12 +1303,8 @@ pub struct StaffListing {
     pub created_at: DateTime<Utc>,
     /// When they were disabled.
     pub disabled_at: Option<DateTime<Utc>>,
-    /// Their password hash, if a password is set.
-    pub password_hash: Option<String>,
-    /// When their TOTP was confirmed.
-    pub totp_confirmed_at: Option<DateTime<Utc>>,
-    /// Their password is a temporary one, to be changed before signing in.
-    pub must_change_password: bool,
+    /// Where their sign-in stands.
+    pub sign_in: SignInState,
     /// Their role grants not revoked: (role, expiry), some maybe lapsed.
     pub roles: Vec<(String, Option<DateTime<Utc>>)>,
 }
@@ -1602,9 +1774,7 @@ mod tests {
             display_name: "A".into(),
             created_at: now,
             disabled_at: None,
-            password_hash: None,
-            totp_confirmed_at: None,
-            must_change_password: false,
+            sign_in: SignInState::NoPassword,
             roles: vec![
                 ("auditor".into(), Some(now - day)),
                 ("paralegal".into(), Some(now + day)),
