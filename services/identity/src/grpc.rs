@@ -1013,7 +1013,12 @@ impl IdentityService for IdentityApi {
         }
         check(v)?;
         let (staff, matter) = (staff.unwrap_or_default(), matter.unwrap_or_default());
-        let expires = Utc::now() + Duration::minutes(i64::from(req.duration_minutes));
+        // To the microsecond, as the database keeps it: the time answered
+        // is the one every later read shows.
+        let expires = chrono::SubsecRound::trunc_subsecs(
+            Utc::now() + Duration::minutes(i64::from(req.duration_minutes)),
+            6,
+        );
         // The justification stays in the identity database for the security
         // officer's review; the audit event records the grant, not the text.
         let id = self
