@@ -1357,6 +1357,39 @@ async fn enrolled_in_step(app: &mut Client, email: &str, password: &str) -> (Vec
     (secret, step)
 }
 
+/// Staff member `staff` (address `email`) given [`PASSWORD`] and an
+/// authenticator, then signed in through each of `apps` (at most two) in
+/// turn, with the codes of consecutive steps; their tokens, in that order.
+async fn signed_in_through(
+    admin: &mut Client,
+    apps: &mut [&mut Client],
+    staff: &str,
+    email: &str,
+) -> Vec<SessionTokens> {
+    admin
+        .set_password(SetPasswordRequest {
+            staff_id: staff.to_owned(),
+            password: PASSWORD.into(),
+            temporary: false,
+        })
+        .await
+        .unwrap();
+    let (secret, step) = enrolled_in_step(apps[0], email, PASSWORD).await;
+    let mut tokens = Vec::new();
+    for (app, step) in apps.iter_mut().zip(step..) {
+        let signed = app
+            .login(LoginRequest {
+                email: email.into(),
+                password: PASSWORD.into(),
+                totp_code: code_of(&secret, step),
+            })
+            .await
+            .unwrap();
+        tokens.push(signed.into_inner().tokens.unwrap());
+    }
+    tokens
+}
+
 /// The events of `action` that identity logged about staff member `staff`
 /// (one page of up to 1,000).
 async fn logged_about(
@@ -1729,30 +1762,17 @@ async fn admins_see_and_end_a_staff_members_sessions(backend: Backend) {
     let email = "traveller@firm.example";
     let staff = common::directory::staff(&mut admin, email, "associate").await;
     let bystander = common::directory::staff(&mut admin, "desk@firm.example", "associate").await;
-    admin
-        .set_password(SetPasswordRequest {
-            staff_id: staff.clone(),
-            password: PASSWORD.into(),
-            temporary: false,
-        })
-        .await
-        .unwrap();
     // Signed in through two applications; the first session's tokens
     // are refreshed once.
-    let (secret, step) = enrolled_in_step(&mut portal, email, PASSWORD).await;
-    let sign_in = |code: String| LoginRequest {
-        email: email.into(),
-        password: PASSWORD.into(),
-        totp_code: code,
-    };
-    let tokens = |r: tonic::Response<LoginResponse>| r.into_inner().tokens.unwrap();
-    let first = tokens(portal.login(sign_in(code_of(&secret, step))).await.unwrap());
-    let second = tokens(
-        documents
-            .login(sign_in(code_of(&secret, step + 1)))
-            .await
-            .unwrap(),
-    );
+    let [first, second]: [SessionTokens; 2] = signed_in_through(
+        &mut admin,
+        &mut [&mut portal, &mut documents],
+        &staff,
+        email,
+    )
+    .await
+    .try_into()
+    .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let first = portal
         .refresh_session(RefreshSessionRequest {
@@ -2217,28 +2237,11 @@ async fn staff_see_their_own_account_matters_and_sessions(backend: Backend) {
     let email = "associate@firm.example";
     let me = staff(&mut admin, email, "associate").await;
     let colleague = staff(&mut admin, "colleague@firm.example", "associate").await;
-    admin
-        .set_password(SetPasswordRequest {
-            staff_id: me.clone(),
-            password: PASSWORD.into(),
-            temporary: false,
-        })
-        .await
-        .unwrap();
-    let (secret, step) = enrolled_in_step(&mut portal, email, PASSWORD).await;
-    let sign_in = |code: String| LoginRequest {
-        email: email.into(),
-        password: PASSWORD.into(),
-        totp_code: code,
-    };
-    let tokens = |r: tonic::Response<LoginResponse>| r.into_inner().tokens.unwrap();
-    let mine = tokens(portal.login(sign_in(code_of(&secret, step))).await.unwrap());
-    let laptop = tokens(
-        documents
-            .login(sign_in(code_of(&secret, step + 1)))
+    let [mine, laptop]: [SessionTokens; 2] =
+        signed_in_through(&mut admin, &mut [&mut portal, &mut documents], &me, email)
             .await
-            .unwrap(),
-    );
+            .try_into()
+            .unwrap();
     let account = |portal: Client, token: SessionTokens| async move {
         portal
             .clone()
@@ -2446,27 +2449,14 @@ async fn staff_see_their_own_account_matters_and_sessions(backend: Backend) {
     assert_eq!(sessions[1].0, mine.session_id);
     assert!(sessions[0].2.ends_with("/document-system"));
     // A colleague's token cannot end it.
-    let (other_secret, other_step) = {
-        admin
-            .set_password(SetPasswordRequest {
-                staff_id: colleague.clone(),
-                password: PASSWORD.into(),
-                temporary: false,
-            })
-            .await
-            .unwrap();
-        enrolled_in_step(&mut portal, "colleague@firm.example", PASSWORD).await
-    };
-    let theirs_tokens = tokens(
-        portal
-            .login(LoginRequest {
-                email: "colleague@firm.example".into(),
-                password: PASSWORD.into(),
-                totp_code: code_of(&other_secret, other_step),
-            })
-            .await
-            .unwrap(),
-    );
+    let theirs_tokens = signed_in_through(
+        &mut admin,
+        &mut [&mut portal],
+        &colleague,
+        "colleague@firm.example",
+    )
+    .await
+    .remove(0);
     let end = |session: &str| RevokeSessionRequest {
         session_id: session.to_owned(),
     };
