@@ -2506,3 +2506,142 @@ async fn sqlite_staff_see_their_own_account_matters_and_sessions() {
 async fn postgres_staff_see_their_own_account_matters_and_sessions() {
     staff_see_their_own_account_matters_and_sessions(Backend::Postgres).await;
 }
+
+async fn staff_are_reminded_before_their_agreement_or_training_lapses(backend: Backend) {
+    use common::directory::{attest, cleared, staff};
+    use confidant_proto::identity::v1::AttestationKind::{Nda, Training};
+    let data = SandboxData::new(backend).await;
+    // The firm's records first, with reminders off, so that no sweep sees
+    // them half made.
+    let quiet = SandboxSpec {
+        settings: vec![("identity", "attestation_reminder_days", 0.into())],
+        ..SandboxSpec::of(&[ServiceName::Identity, ServiceName::Audit])
+    };
+    let sandbox = Sandbox::start(&data, quiet).await;
+    let mut admin = client(&data, &sandbox, "operator").await;
+    // An agreement lapsing in five days.
+    let soon = staff(&mut admin, "soon@firm.example", "associate").await;
+    attest(&mut admin, &soon, Nda, 360, 365, 0).await;
+    attest(&mut admin, &soon, Training, 10, 365, 90).await;
+    // A passed training that lapsed two days ago; a newer one failed.
+    let lapsed = staff(&mut admin, "lapsed@firm.example", "associate").await;
+    attest(&mut admin, &lapsed, Nda, 10, 365, 0).await;
+    attest(&mut admin, &lapsed, Training, 367, 365, 95).await;
+    attest(&mut admin, &lapsed, Training, 3, 365, 20).await;
+    // Renewed in time: the new agreement counts, not the old one.
+    let renewed = staff(&mut admin, "renewed@firm.example", "associate").await;
+    attest(&mut admin, &renewed, Nda, 360, 365, 0).await;
+    attest(&mut admin, &renewed, Nda, 1, 365, 0).await;
+    attest(&mut admin, &renewed, Training, 10, 365, 90).await;
+    // Nothing near; long lapsed (told at the time); gone.
+    cleared(&mut admin, "settled@firm.example", "associate").await;
+    let forgotten = staff(&mut admin, "forgotten@firm.example", "associate").await;
+    attest(&mut admin, &forgotten, Nda, 500, 365, 0).await;
+    let gone = staff(&mut admin, "gone@firm.example", "associate").await;
+    attest(&mut admin, &gone, Nda, 360, 365, 0).await;
+    admin
+        .disable_staff_member(DisableStaffMemberRequest {
+            staff_id: gone.clone(),
+        })
+        .await
+        .unwrap();
+    sandbox.stop().await;
+
+    // Reminders on (30 days ahead, the default), swept every second; while
+    // the mail gateway is down none goes, and none is logged.
+    let sweeping = SandboxSpec {
+        settings: vec![(
+            "identity",
+            "attestation_reminder_interval_seconds",
+            1.into(),
+        )],
+        ..SandboxSpec::of(&[ServiceName::Identity, ServiceName::Audit])
+    };
+    let mut down = sweeping.clone();
+    let gateway = format!("http://127.0.0.1:{}/mail", common::free_port());
+    down.settings.push((
+        "identity",
+        "notification_webhook_url",
+        gateway.as_str().into(),
+    ));
+    let sandbox = Sandbox::start(&data, down).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert!(notices_to(&data, "soon@firm.example").is_empty());
+    let log = confidant_proto::audit::v1::audit_service_client::AuditServiceClient::new(
+        common::channel(&data, &sandbox, ServiceName::Audit, "operator").await,
+    );
+    assert!(
+        logged_about(&log, "identity.attestation.reminded", &soon)
+            .await
+            .is_empty()
+    );
+    sandbox.stop().await;
+
+    // Once it is back, each goes once.
+    let sandbox = Sandbox::start(&data, sweeping).await;
+    common::eventually(
+        std::time::Duration::from_secs(20),
+        "the reminders sent",
+        || async {
+            !notices_to(&data, "soon@firm.example").is_empty()
+                && !notices_to(&data, "lapsed@firm.example").is_empty()
+        },
+    )
+    .await;
+    // Later sweeps send nothing more.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let to_soon = notices_to(&data, "soon@firm.example");
+    assert_eq!(to_soon.len(), 1, "{to_soon:?}");
+    assert_eq!(to_soon[0].0, "Your confidentiality agreement lapses soon");
+    let lapse = (chrono::Utc::now() + chrono::Duration::days(5))
+        .format("%Y-%m-%d")
+        .to_string();
+    assert!(to_soon[0].1.contains(&lapse), "{}", to_soon[0].1);
+    assert!(to_soon[0].1.contains("version 2026-1"));
+    let to_lapsed = notices_to(&data, "lapsed@firm.example");
+    assert_eq!(to_lapsed.len(), 1, "{to_lapsed:?}");
+    assert_eq!(to_lapsed[0].0, "Your confidentiality training has lapsed");
+    for quiet in [
+        "renewed@firm.example",
+        "settled@firm.example",
+        "forgotten@firm.example",
+        "gone@firm.example",
+    ] {
+        assert!(notices_to(&data, quiet).is_empty(), "{quiet}");
+    }
+
+    // Each is in the audit log, with its stage.
+    let log = confidant_proto::audit::v1::audit_service_client::AuditServiceClient::new(
+        common::channel(&data, &sandbox, ServiceName::Audit, "operator").await,
+    );
+    common::eventually(
+        std::time::Duration::from_secs(20),
+        "the reminders logged",
+        || {
+            let log = log.clone();
+            let (soon, lapsed) = (soon.clone(), lapsed.clone());
+            async move {
+                let due = logged_about(&log, "identity.attestation.reminded", &soon).await;
+                let late = logged_about(&log, "identity.attestation.reminded", &lapsed).await;
+                due.len() == 1
+                    && due[0].reason == "due"
+                    && confidant_runtime::audit::related_named(&due[0].related, "kind")
+                        == Some("nda")
+                    && late.len() == 1
+                    && late[0].reason == "lapsed"
+            }
+        },
+    )
+    .await;
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_staff_are_reminded_before_their_agreement_or_training_lapses() {
+    staff_are_reminded_before_their_agreement_or_training_lapses(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_staff_are_reminded_before_their_agreement_or_training_lapses() {
+    staff_are_reminded_before_their_agreement_or_training_lapses(Backend::Postgres).await;
+}

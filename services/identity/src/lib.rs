@@ -13,6 +13,7 @@ pub mod decisions;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod reminders;
 pub mod restore;
 pub mod reviews;
 pub mod sessions;
@@ -155,6 +156,14 @@ pub async fn build(
     if pepper.len() < 32 {
         anyhow::bail!("identity.pepper_file must hold at least 32 bytes");
     }
+    let reminders = (identity.attestation_reminder_days > 0).then(|| {
+        reminders::Reminders::new(
+            ctx.db.clone(),
+            notifier.clone(),
+            &ctx.config.trust_domain,
+            identity.attestation_reminder_days,
+        )
+    });
     let clients = std::sync::Arc::new(clients::ClientVerification::new(
         ctx.db.clone(),
         ctx.coord.clone(),
@@ -179,11 +188,19 @@ pub async fn build(
         &ctx.config.trust_domain,
     )?));
     api.retention = ctx.peer(ServiceName::Retention);
+    let mut tasks: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> =
+        vec![Box::pin(recorder_task)];
+    if let Some(reminders) = reminders {
+        tasks.push(Box::pin(reminders.run(
+            std::time::Duration::from_secs(identity.attestation_reminder_interval_seconds),
+            ctx.shutdown.clone(),
+        )));
+    }
     Ok(confidant_runtime::app::ServiceParts {
         routes: tonic::service::Routes::new(IdentityServiceServer::new(api)),
         grpc_services: vec![GRPC_SERVICE],
         policy,
-        tasks: vec![Box::pin(recorder_task)],
+        tasks,
         on_stop: Vec::new(),
     })
 }

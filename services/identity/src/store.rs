@@ -437,18 +437,8 @@ impl Directory {
         Ok(rows
             .into_iter()
             .map(
-                |(id, kind, version, completed, expires, score, pass_mark)| Attested {
-                    kind,
-                    version,
-                    attestation: Attestation {
-                        id,
-                        completed,
-                        expires,
-                        passed: match (score, pass_mark) {
-                            (Some(s), Some(p)) => s >= p,
-                            _ => kind == KIND_NDA,
-                        },
-                    },
+                |(id, kind, version, completed, expires, score, pass_mark)| {
+                    Attested::from_row(id, kind, version, completed, expires, score, pass_mark)
                 },
             )
             .collect())
@@ -1217,6 +1207,34 @@ pub struct Attested {
     pub version: String,
     /// As decisions see it.
     pub attestation: Attestation,
+}
+
+impl Attested {
+    /// An attestation as stored: a training counts as passed when its
+    /// score reaches its pass mark, an agreement always.
+    pub fn from_row(
+        id: Uuid,
+        kind: i32,
+        version: String,
+        completed: DateTime<Utc>,
+        expires: DateTime<Utc>,
+        score: Option<i32>,
+        pass_mark: Option<i32>,
+    ) -> Self {
+        Self {
+            kind,
+            version,
+            attestation: Attestation {
+                id,
+                completed,
+                expires,
+                passed: match (score, pass_mark) {
+                    (Some(s), Some(p)) => s >= p,
+                    _ => kind == KIND_NDA,
+                },
+            },
+        }
+    }
 }
 
 impl Facts {

@@ -74,6 +74,7 @@ actions! {
     IdentityWallExceptionGranted => "identity.wall.exception_granted", "A screened staff member was let through a wall for one matter, until an expiry (resource: the exception; related: the wall, the staff member, the matter and the expiry; the reason given is not logged).";
     IdentityWallExceptionRevoked => "identity.wall.exception_revoked", "A wall exception was ended.";
     IdentityAttestationRecorded => "identity.attestation.recorded", "An NDA or training attestation was recorded (related: the staff member, its kind, version, completion and expiry, a training's score and pass mark).";
+    IdentityAttestationReminded => "identity.attestation.reminded", "Identity sent a staff member an e-mail (once it was sent) that the agreement or training decisions count for them lapses soon (reason: due) or has lapsed (reason: lapsed), since from then on every read of client data is denied to them (resource: the staff member; related: the attestation and its kind).";
     IdentityBreakGlassOpened => "identity.break_glass.opened", "Emergency access to a matter was opened (alerts the security officer).";
     IdentityLoginSucceeded => "identity.login.succeeded", "A staff member signed in (password and TOTP).";
     IdentityLoginFailed => "identity.login.failed", "A sign-in, or another step that checks a staff member's password (TOTP enrolment, a password change), failed (reason: bad_credentials, bad_totp_code, account_locked, totp_not_enrolled, account_disabled; password_change_required: both were right, but the password is a temporary one).";
@@ -83,7 +84,7 @@ actions! {
     IdentityTotpReset => "identity.totp.reset", "An administrator removed a staff member's TOTP authenticator (a lost or replaced device); their sessions ended until they enrol a new one (resource: the staff member).";
     IdentityStaffSessionsListed => "identity.staff.sessions_listed", "An administrator listed a staff member's live sessions: when and through which application each opened (resource: the staff member).";
     IdentityStaffSignedOut => "identity.staff.signed_out", "An administrator ended every live session of a staff member at once (resource: the staff member); their credentials and access stay as they were.";
-    IdentitySessionRevoked => "identity.session.revoked", "A session was ended (reason: logout, admin, refresh_token_reuse, password_set, restore).";
+    IdentitySessionRevoked => "identity.session.revoked", "A session was ended (reason: logout; holder: the staff member ended another of their own sessions; admin, refresh_token_reuse, password_set, restore).";
     IdentityAdminBootstrapped => "identity.admin.bootstrapped", "The first firm administrator was created from the command line.";
     IdentityClientVerificationStarted => "identity.client_verification.started", "A one-time code was sent to a client.";
     IdentityClientVerified => "identity.client_verification.completed", "A client proved control of a contact channel (outcome denied: wrong or expired code).";

@@ -392,6 +392,13 @@ pub struct IdentityConfig {
     pub notification_webhook_url: Option<String>,
     /// A file holding the bearer token for the webhook, if it needs one.
     pub notification_webhook_token_file: Option<PathBuf>,
+    /// Days before the confidentiality agreement or training that
+    /// decisions count for a staff member lapses that they are e-mailed to
+    /// renew it (and e-mailed again once it has lapsed, within as many
+    /// days); 0 sends no reminders.
+    pub attestation_reminder_days: u64,
+    /// How often identity looks for attestations to remind of.
+    pub attestation_reminder_interval_seconds: u64,
 }
 
 impl Default for IdentityConfig {
@@ -409,6 +416,8 @@ impl Default for IdentityConfig {
             notifications_file: None,
             notification_webhook_url: None,
             notification_webhook_token_file: None,
+            attestation_reminder_days: 30,
+            attestation_reminder_interval_seconds: 3600,
         }
     }
 }
@@ -903,6 +912,10 @@ impl Config {
                 ("session_hours", self.identity.session_hours),
                 ("max_failed_logins", self.identity.max_failed_logins),
                 ("lockout_minutes", self.identity.lockout_minutes),
+                (
+                    "attestation_reminder_interval_seconds",
+                    self.identity.attestation_reminder_interval_seconds,
+                ),
             ] {
                 if value == 0 {
                     problem(format!("identity.{name}"), "must be at least 1");
