@@ -2395,6 +2395,7 @@ async fn staff_see_their_own_account_matters_and_sessions(backend: Backend) {
         (a.client_id.as_str(), a.access_path()),
         (firm.as_str(), AccessPath::Assignment)
     );
+    assert_eq!(of(&screened).practice_area, "litigation");
     assert!(near(a.access_expire_time, until));
     let r = of(&responsible);
     assert_eq!(r.access_path(), AccessPath::ResponsibleAttorney);
@@ -2435,6 +2436,62 @@ async fn staff_see_their_own_account_matters_and_sessions(backend: Backend) {
         (passage.as_str(), consented.as_str())
     );
     assert!(near(w.exceptions[0].expire_time, passage_until));
+
+    // An access review: as responsible attorney they review the
+    // colleague's assignment to their matter (not their own grants).
+    assert!(now.reviews.is_empty());
+    let mine_to_review = new_matter(&mut admin, &firm, Some(&me), "tax").await;
+    assign(&mut admin, &mine_to_review, &colleague).await;
+    let deadline = chrono::Utc::now() + chrono::Duration::days(14);
+    let campaign = admin
+        .start_access_review(StartAccessReviewRequest {
+            name: "2026 Q4".into(),
+            deadline: ts(deadline),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .campaign_id;
+    let reviewing = account(portal.clone(), mine.clone()).await.unwrap();
+    let work: Vec<(&str, &str, i32, bool)> = reviewing
+        .reviews
+        .iter()
+        .map(|r| {
+            (
+                r.campaign_id.as_str(),
+                r.name.as_str(),
+                r.pending_items,
+                r.overdue,
+            )
+        })
+        .collect();
+    assert_eq!(work, [(campaign.as_str(), "2026 Q4", 1, false)]);
+    assert!(near(reviewing.reviews[0].deadline, deadline));
+    let items = portal
+        .list_access_review_items(bearing(
+            &mine,
+            ListAccessReviewItemsRequest {
+                campaign_id: campaign.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(items.len(), 1);
+    portal
+        .decide_access_review_item(bearing(
+            &mine,
+            DecideAccessReviewItemRequest {
+                item_id: items[0].item_id.clone(),
+                decision: ReviewDecision::Certify as i32,
+            },
+        ))
+        .await
+        .unwrap();
+    let reviewed = account(portal.clone(), mine.clone()).await.unwrap();
+    assert!(reviewed.reviews.is_empty());
 
     // Their two sessions, newest first, this one marked; they end the
     // laptop's from the portal.

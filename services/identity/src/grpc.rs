@@ -1456,6 +1456,31 @@ impl IdentityService for IdentityApi {
                     .collect(),
             })
             .collect();
+        // The review items waiting for them, as ListAccessReviewItems shows
+        // them to them.
+        let reviewer = self.reviewer(&request).await?;
+        let mut reviews: Vec<ReviewWork> = Vec::new();
+        for (campaign, name, deadline, item) in self
+            .reviews()
+            .pending_for_others_than(staff)
+            .await
+            .map_err(Error::from)?
+        {
+            if reviewer.may_decide(&item).is_err() {
+                continue;
+            }
+            let campaign = campaign.to_string();
+            match reviews.last_mut() {
+                Some(work) if work.campaign_id == campaign => work.pending_items += 1,
+                _ => reviews.push(ReviewWork {
+                    campaign_id: campaign,
+                    name,
+                    deadline: Some(proto_time(deadline)),
+                    pending_items: 1,
+                    overdue: deadline < now,
+                }),
+            }
+        }
         let (sessions, _) = self
             .sessions
             .live_sessions(
@@ -1478,6 +1503,7 @@ impl IdentityService for IdentityApi {
                     staff_session(s, current)
                 })
                 .collect(),
+            reviews,
         }))
     }
 
@@ -1504,7 +1530,7 @@ impl IdentityService for IdentityApi {
             .await
             .map_err(Error::from)?;
         let mut matters = Vec::with_capacity(ways.len());
-        for (matter, client, closed) in ways {
+        for (matter, client, closed, practice_area) in ways {
             // What Authorize would find and decide for a read of it now.
             let facts = self
                 .directory
@@ -1519,6 +1545,7 @@ impl IdentityService for IdentityApi {
                 access_expire_time: lapses.map(proto_time),
                 read_denied: decide(&facts, CLIENT_DATA_READ, now).reason as i32,
                 close_time: closed.map(proto_time),
+                practice_area,
             });
         }
         Ok(Response::new(ListMyMattersResponse {

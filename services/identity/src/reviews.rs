@@ -132,6 +132,60 @@ impl Reviews {
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
+    /// Every undecided item of another staff member than `staff`, with
+    /// its campaign: (campaign, name, deadline, item), by deadline.
+    pub async fn pending_for_others_than(
+        &self,
+        staff: Uuid,
+    ) -> Result<Vec<(Uuid, String, DateTime<Utc>, Item)>, StoreError> {
+        type Row = (
+            Uuid,
+            String,
+            DateTime<Utc>,
+            Uuid,
+            String,
+            Uuid,
+            String,
+            String,
+            Option<i32>,
+            Option<String>,
+        );
+        let rows: Vec<Row> = self
+            .db
+            .fetch_all(
+                "SELECT c.id, c.name, c.deadline, i.id, i.kind, i.staff_id, i.subject, i.grant_id, \
+                 i.decision, i.decided_by FROM review_items i \
+                 JOIN review_campaigns c ON c.id = i.campaign_id \
+                 WHERE i.decision IS NULL AND i.staff_id <> $1 ORDER BY c.deadline, c.id",
+                vec![Value::Uuid(staff)],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(
+                    campaign,
+                    name,
+                    deadline,
+                    id,
+                    kind,
+                    staff_id,
+                    subject,
+                    grant_id,
+                    decision,
+                    by,
+                )| {
+                    (
+                        campaign,
+                        name,
+                        deadline,
+                        item((id, kind, staff_id, subject, grant_id, decision, by)),
+                    )
+                },
+            )
+            .collect())
+    }
+
     /// Opens a campaign over every grant live now; returns its id and size.
     pub async fn start(
         &self,

@@ -461,8 +461,8 @@ impl Directory {
     }
 
     /// The matters `staff` has a way into at `now` (a live assignment,
-    /// responsibility, open emergency access), by id after `after`:
-    /// (matter, client, closed), and the last id when more follow.
+    /// responsibility, open emergency access), by id after `after`, and
+    /// the last id when more follow.
     pub async fn ways_in(
         &self,
         staff: Uuid,
@@ -476,7 +476,7 @@ impl Directory {
         let mut rows: Vec<MatterWay> = self
             .db
             .fetch_all(
-                "SELECT m.id, m.client_id, m.closed_at FROM matters m \
+                "SELECT m.id, m.client_id, m.closed_at, m.practice_area FROM matters m \
                  WHERE ($3 IS NULL OR m.id > $3) AND (m.responsible_attorney_id = $1 \
                  OR EXISTS (SELECT 1 FROM assignments a WHERE a.matter_id = m.id \
                  AND a.staff_id = $1 AND a.granted_at <= $2 \
@@ -1250,8 +1250,9 @@ impl Facts {
     }
 }
 
-/// A matter a staff member has a way into: id, client, when closed.
-pub type MatterWay = (Uuid, Uuid, Option<DateTime<Utc>>);
+/// A matter a staff member has a way into: id, client, when closed,
+/// practice area.
+pub type MatterWay = (Uuid, Uuid, Option<DateTime<Utc>>, String);
 
 /// A wall screening a staff member.
 #[derive(Debug, Clone)]
