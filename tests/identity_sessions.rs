@@ -2467,6 +2467,23 @@ async fn staff_see_their_own_account_matters_and_sessions(backend: Backend) {
         .collect();
     assert_eq!(work, [(campaign.as_str(), "2026 Q4", 1, false)]);
     assert!(near(reviewing.reviews[0].deadline, deadline));
+    // They were told by e-mail when it started; the colleague, with
+    // nothing to review, was not.
+    common::eventually(
+        std::time::Duration::from_secs(10),
+        "the reviewer told",
+        || async {
+            notices_to(&data, email).iter().any(|(subject, _)| {
+                subject == "Access review \"2026 Q4\": 1 grant waits for your decision"
+            })
+        },
+    )
+    .await;
+    assert!(
+        notices_to(&data, "colleague@firm.example")
+            .iter()
+            .all(|(subject, _)| !subject.starts_with("Access review"))
+    );
     let items = portal
         .list_access_review_items(bearing(
             &mine,
@@ -2568,8 +2585,8 @@ async fn staff_are_reminded_before_their_agreement_or_training_lapses(backend: B
     use common::directory::{attest, cleared, staff};
     use confidant_proto::identity::v1::AttestationKind::{Nda, Training};
     let data = SandboxData::new(backend).await;
-    // The firm's records first, with reminders off, so that no sweep sees
-    // them half made.
+    // The firm's records first, with attestation reminders off, so that no
+    // sweep sees them half made.
     let quiet = SandboxSpec {
         settings: vec![("identity", "attestation_reminder_days", 0.into())],
         ..SandboxSpec::of(&[ServiceName::Identity, ServiceName::Audit])
@@ -2602,6 +2619,34 @@ async fn staff_are_reminded_before_their_agreement_or_training_lapses(backend: B
         })
         .await
         .unwrap();
+    // An access review closing in two days: the responsible attorney
+    // reviews an assignment to their matter, and is told at once that it
+    // started.
+    let attorney = staff(&mut admin, "attorney@firm.example", "partner").await;
+    let firm = common::directory::new_client(&mut admin).await;
+    let matter = common::directory::new_matter(&mut admin, &firm, Some(&attorney), "tax").await;
+    common::directory::assign(&mut admin, &matter, &soon).await;
+    let campaign = admin
+        .start_access_review(StartAccessReviewRequest {
+            name: "year end".into(),
+            deadline: common::directory::ts(chrono::Utc::now() + chrono::Duration::days(2)),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .campaign_id;
+    let review_notices = || {
+        notices_to(&data, "attorney@firm.example")
+            .into_iter()
+            .map(|(subject, _)| subject)
+            .collect::<Vec<String>>()
+    };
+    common::eventually(
+        std::time::Duration::from_secs(10),
+        "the reviewer told of the start",
+        || async { review_notices().len() == 1 },
+    )
+    .await;
     sandbox.stop().await;
 
     // Reminders on (30 days ahead, the default), swept every second; while
@@ -2642,6 +2687,7 @@ async fn staff_are_reminded_before_their_agreement_or_training_lapses(backend: B
         || async {
             !notices_to(&data, "soon@firm.example").is_empty()
                 && !notices_to(&data, "lapsed@firm.example").is_empty()
+                && review_notices().len() == 2
         },
     )
     .await;
@@ -2658,6 +2704,15 @@ async fn staff_are_reminded_before_their_agreement_or_training_lapses(backend: B
     let to_lapsed = notices_to(&data, "lapsed@firm.example");
     assert_eq!(to_lapsed.len(), 1, "{to_lapsed:?}");
     assert_eq!(to_lapsed[0].0, "Your confidentiality training has lapsed");
+    // The reviewer, told of the start before, is reminded of the deadline
+    // once.
+    let deadline_note = review_notices();
+    assert_eq!(deadline_note.len(), 2, "{deadline_note:?}");
+    assert_eq!(
+        deadline_note[0],
+        "Access review \"year end\": 1 grant waits for your decision"
+    );
+    assert!(deadline_note[1].starts_with("Access review \"year end\": due by "));
     for quiet in [
         "renewed@firm.example",
         "settled@firm.example",
@@ -2676,11 +2731,20 @@ async fn staff_are_reminded_before_their_agreement_or_training_lapses(backend: B
         "the reminders logged",
         || {
             let log = log.clone();
-            let (soon, lapsed) = (soon.clone(), lapsed.clone());
+            let (soon, lapsed, campaign) = (soon.clone(), lapsed.clone(), campaign.clone());
             async move {
                 let due = logged_about(&log, "identity.attestation.reminded", &soon).await;
                 let late = logged_about(&log, "identity.attestation.reminded", &lapsed).await;
-                due.len() == 1
+                let reviewed: Vec<String> =
+                    logged_about(&log, "identity.review.reminded", &campaign)
+                        .await
+                        .into_iter()
+                        .map(|e| e.reason)
+                        .collect();
+                let mut reviewed = reviewed;
+                reviewed.sort();
+                reviewed == ["due", "started"]
+                    && due.len() == 1
                     && due[0].reason == "due"
                     && confidant_runtime::audit::related_named(&due[0].related, "kind")
                         == Some("nda")

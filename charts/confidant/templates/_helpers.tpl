@@ -146,6 +146,7 @@ pepper_file = "/etc/confidant/identity/{{ $v.secrets.identity.pepperKey }}"
 access_token_minutes = {{ $s.identity.accessTokenMinutes }}
 session_hours = {{ $s.identity.sessionHours }}
 attestation_reminder_days = {{ $s.identity.attestationReminderDays }}
+review_reminder_hours = {{ $s.identity.reviewReminderHours }}
 admins = {{ toJson $v.clients.admins }}
 notification_webhook_url = {{ required "settings.identity.notificationWebhookUrl is required (the gateway that sends clients their one-time codes)" $s.identity.notificationWebhookUrl | quote }}
 {{- end }}

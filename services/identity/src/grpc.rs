@@ -37,6 +37,8 @@ pub struct IdentityApi {
     /// The retention service, told when a matter closes (a retention
     /// trigger).
     pub retention: Option<confidant_runtime::client::PeerChannel>,
+    /// Tells reviewers of a campaign as soon as it starts.
+    pub reminders: Option<crate::reminders::Reminders>,
 }
 
 impl IdentityApi {
@@ -63,6 +65,7 @@ impl IdentityApi {
             audit: None,
             certificate_keys: None,
             retention: None,
+            reminders: None,
         })
     }
 
@@ -120,14 +123,10 @@ impl IdentityApi {
 enum Reviewer {
     /// An admin tool (its certificate): every item.
     Admin(Actor),
-    /// A staff member by token: every item but their own with
-    /// `reviews.manage`, else the assignments to matters they are the
-    /// responsible attorney of.
+    /// A staff member by token (see [`crate::reviews::StaffReviewer`]).
     Staff {
         actor: Actor,
-        id: Uuid,
-        manages: bool,
-        responsible: std::collections::HashSet<Uuid>,
+        reviewer: crate::reviews::StaffReviewer,
     },
 }
 
@@ -141,34 +140,17 @@ impl Reviewer {
     fn manages(&self) -> bool {
         match self {
             Reviewer::Admin(_) => true,
-            Reviewer::Staff { manages, .. } => *manages,
+            Reviewer::Staff { reviewer, .. } => reviewer.manages,
         }
     }
 
     /// Whether it may decide `item`, and if not why.
     fn may_decide(&self, item: &crate::reviews::Item) -> Result<(), Error> {
-        let Reviewer::Staff {
-            id,
-            manages,
-            responsible,
-            ..
-        } = self
-        else {
-            return Ok(());
-        };
-        if item.staff_id == *id {
-            return Err(Error::Refused(
-                "own_grant",
-                "nobody reviews their own grants",
-            ));
-        }
-        if *manages || item.matter().is_some_and(|m| responsible.contains(&m)) {
-            Ok(())
-        } else {
-            Err(Error::Refused(
-                "not_reviewer",
-                "this item is reviewed by holders of reviews.manage (or, for an assignment, the matter's responsible attorney)",
-            ))
+        match self {
+            Reviewer::Admin(_) => Ok(()),
+            Reviewer::Staff { reviewer, .. } => reviewer
+                .may_decide(item)
+                .map_err(|(reason, why)| Error::Refused(reason, why)),
         }
     }
 }
@@ -183,19 +165,8 @@ impl IdentityApi {
                 let id = Uuid::parse_str(staff_id).map_err(|_| {
                     Error::Refused("not_reviewer", "the token names no staff member")
                 })?;
-                let facts = self.directory.facts(id, REVIEWS_MANAGE, None, None).await?;
-                let manages = decide(&facts, REVIEWS_MANAGE, Utc::now()).allowed();
-                let responsible = if manages {
-                    std::collections::HashSet::new()
-                } else {
-                    self.reviews().responsible_for(id).await?
-                };
-                Ok(Reviewer::Staff {
-                    actor,
-                    id,
-                    manages,
-                    responsible,
-                })
+                let reviewer = self.reviews().reviewer(&self.directory, id).await?;
+                Ok(Reviewer::Staff { actor, reviewer })
             }
             Actor::Service { peer } if self.admins.iter().any(|a| a == peer) => {
                 Ok(Reviewer::Admin(actor))
@@ -207,9 +178,6 @@ impl IdentityApi {
         }
     }
 }
-
-/// The permission that makes a staff member a reviewer of every grant.
-const REVIEWS_MANAGE: &str = "reviews.manage";
 
 /// A staff member as the directory lists them, with the roles they hold.
 fn summary(
@@ -1462,7 +1430,7 @@ impl IdentityService for IdentityApi {
         let mut reviews: Vec<ReviewWork> = Vec::new();
         for (campaign, name, deadline, item) in self
             .reviews()
-            .pending_for_others_than(staff)
+            .pending(Some(staff), None)
             .await
             .map_err(Error::from)?
         {
@@ -1810,6 +1778,14 @@ impl IdentityService for IdentityApi {
             .start(&req.name, deadline.unwrap_or_default(), reviewer.actor())
             .await
             .map_err(Error::from)?;
+        // Its reviewers are told now, not at the next sweep.
+        if let Some(reminders) = self.reminders.clone() {
+            tokio::spawn(async move {
+                if let Err(e) = reminders.sweep(Utc::now()).await {
+                    tracing::warn!(error = %e, "reviewers of a new campaign were not told");
+                }
+            });
+        }
         Ok(Response::new(StartAccessReviewResponse {
             campaign_id: id.to_string(),
             item_count: i32::try_from(count).unwrap_or(i32::MAX),

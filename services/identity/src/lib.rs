@@ -156,14 +156,13 @@ pub async fn build(
     if pepper.len() < 32 {
         anyhow::bail!("identity.pepper_file must hold at least 32 bytes");
     }
-    let reminders = (identity.attestation_reminder_days > 0).then(|| {
-        reminders::Reminders::new(
-            ctx.db.clone(),
-            notifier.clone(),
-            &ctx.config.trust_domain,
-            identity.attestation_reminder_days,
-        )
-    });
+    let reminders = reminders::Reminders::new(
+        ctx.db.clone(),
+        notifier.clone(),
+        &ctx.config.trust_domain,
+        identity.attestation_reminder_days,
+        identity.review_reminder_hours,
+    );
     let clients = std::sync::Arc::new(clients::ClientVerification::new(
         ctx.db.clone(),
         ctx.coord.clone(),
@@ -182,6 +181,7 @@ pub async fn build(
         clients,
         recorder,
     )?;
+    api.reminders = Some(reminders.clone());
     api.audit = ctx.peer(ServiceName::Audit);
     api.certificate_keys = Some(std::sync::Arc::new(tokens::TokenKeys::load(
         &ctx.config.identity.certificate_key_files,
@@ -190,12 +190,10 @@ pub async fn build(
     api.retention = ctx.peer(ServiceName::Retention);
     let mut tasks: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> =
         vec![Box::pin(recorder_task)];
-    if let Some(reminders) = reminders {
-        tasks.push(Box::pin(reminders.run(
-            std::time::Duration::from_secs(identity.attestation_reminder_interval_seconds),
-            ctx.shutdown.clone(),
-        )));
-    }
+    tasks.push(Box::pin(reminders.run(
+        std::time::Duration::from_secs(identity.attestation_reminder_interval_seconds),
+        ctx.shutdown.clone(),
+    )));
     Ok(confidant_runtime::app::ServiceParts {
         routes: tonic::service::Routes::new(IdentityServiceServer::new(api)),
         grpc_services: vec![GRPC_SERVICE],

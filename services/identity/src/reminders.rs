@@ -1,9 +1,12 @@
-//! Reminders before access lapses: when the confidentiality agreement or
-//! the training that decisions count for a staff member lapses, every read
-//! of client data is denied to them from that instant. So that this never
-//! comes as a surprise in the middle of a matter, identity e-mails them
-//! ahead of it (`due`) and once it has lapsed (`lapsed`), each at most once
-//! per attestation, whichever replica's sweep comes first.
+//! Reminders that keep access in order. When the confidentiality agreement
+//! or the training that decisions count for a staff member lapses, every
+//! read of client data is denied to them from that instant; so that this
+//! never comes as a surprise in the middle of a matter, identity e-mails
+//! them ahead of it (`due`) and once it has lapsed (`lapsed`). Access
+//! reviews only work if reviewers know items wait for them: each reviewer
+//! is told when a campaign starts (`started`) and again as its deadline
+//! nears (`due`) while items still wait. Each reminder goes at most once,
+//! whichever replica's sweep comes first.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,7 +21,8 @@ use confidant_runtime::storage::Database;
 use uuid::Uuid;
 
 use crate::domain::{Attestation, Facts};
-use crate::store::{Attested, KIND_NDA, StoreError};
+use crate::reviews::{REVIEWS_MANAGE, Reviews};
+use crate::store::{Attested, Directory, KIND_NDA, StoreError};
 
 /// Sends the reminders.
 #[derive(Debug, Clone)]
@@ -27,8 +31,30 @@ pub struct Reminders {
     notifier: Arc<dyn Notifier>,
     trust_domain: String,
     /// How long before a lapse the first reminder goes, and how long after
-    /// it the second still does.
+    /// it the second still does; zero: no attestation reminders.
     ahead: Duration,
+    /// How long before a campaign's deadline reviewers are reminded; zero:
+    /// only when it starts.
+    review_ahead: Duration,
+}
+
+/// A reviewer to tell of the items of a campaign waiting for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewDue {
+    /// The campaign.
+    pub campaign: Uuid,
+    /// Its name.
+    pub name: String,
+    /// Its deadline.
+    pub deadline: DateTime<Utc>,
+    /// The reviewer.
+    pub staff_id: Uuid,
+    /// Their work address.
+    pub email: String,
+    /// The items waiting for them.
+    pub pending: usize,
+    /// `started` or `due`.
+    pub stage: &'static str,
 }
 
 /// One reminder to send.
@@ -64,19 +90,24 @@ type Row = (
 );
 
 impl Reminders {
-    /// Reminders `ahead_days` ahead through `notifier`.
+    /// Reminders through `notifier`: of attestations `ahead_days` ahead,
+    /// of access reviews `review_ahead_hours` before their deadline.
     pub fn new(
         db: Database,
         notifier: Arc<dyn Notifier>,
         trust_domain: &str,
         ahead_days: u64,
+        review_ahead_hours: u64,
     ) -> Self {
+        // At most a century.
+        let days = |d: u64| Duration::days(i64::try_from(d.min(36_500)).unwrap_or(36_500));
         Self {
             db,
             notifier,
             trust_domain: trust_domain.to_owned(),
-            // At most a century.
-            ahead: Duration::days(i64::try_from(ahead_days.min(36_500)).unwrap_or(36_500)),
+            ahead: days(ahead_days),
+            review_ahead: days(review_ahead_hours / 24)
+                + Duration::hours(i64::try_from(review_ahead_hours % 24).unwrap_or(0)),
         }
     }
 
@@ -84,6 +115,9 @@ impl Reminders {
     /// staff member, the agreement and the training that decisions count
     /// now, when it lapses within the window or lapsed within it.
     pub async fn due(&self, now: DateTime<Utc>) -> Result<Vec<Due>, StoreError> {
+        if self.ahead.is_zero() {
+            return Ok(Vec::new());
+        }
         let rows: Vec<Row> = self
             .db
             .fetch_all(
@@ -153,10 +187,7 @@ impl Reminders {
         }
     }
 
-    /// Sends what is due at `now`; returns how many were sent. Each is
-    /// claimed first, so that a reminder another replica claimed is not
-    /// sent twice; one that could not be sent is let go again, for the next
-    /// sweep, and one sent is then recorded in the audit log.
+    /// Sends what is due at `now`; returns how many were sent.
     pub async fn sweep(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
         let mut sent = 0;
         let me = ServiceName::Identity.spiffe_id(&self.trust_domain);
@@ -174,56 +205,185 @@ impl Reminders {
             ])
             .outcome(Outcome::Allowed, due.stage)
             .build();
-            let claim = Statement::new(
-                "INSERT INTO attestation_reminders (attestation_id, stage, staff_id, sent_at) \
-                 SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM attestation_reminders \
-                 WHERE attestation_id = $1 AND stage = $2)",
-                vec![
-                    Value::Uuid(due.attestation),
-                    Value::Text(due.stage.to_owned()),
-                    Value::Uuid(due.staff_id),
-                    Value::Time(now),
-                ],
-            )
-            .expecting(1);
-            match self.db.transact(vec![claim], &[]).await {
-                Ok(_) => {}
-                // Another replica has it.
-                Err(e @ confidant_runtime::portable::TransactError::Unmet { .. }) => {
-                    tracing::debug!(error = %e, "a reminder was claimed elsewhere");
-                    continue;
-                }
-                Err(e) if e.is_duplicate() => continue,
-                Err(e) => return Err(e.into()),
-            }
+            let key = vec![
+                Value::Uuid(due.attestation),
+                Value::Text(due.stage.to_owned()),
+            ];
+            let mut claim = key.clone();
+            claim.extend([Value::Uuid(due.staff_id), Value::Time(now)]);
             let message = Message {
                 channel: "email".into(),
                 address: due.email.clone(),
                 subject: subject(&due).into(),
                 body: body(&due),
             };
-            if let Err(e) = self.notifier.send(&message).await {
-                tracing::warn!(error = %e.0, stage = due.stage, "a reminder was not sent");
-                self.db
-                    .transact(
-                        vec![Statement::new(
-                            "DELETE FROM attestation_reminders WHERE attestation_id = $1 AND stage = $2",
-                            vec![
-                                Value::Uuid(due.attestation),
-                                Value::Text(due.stage.to_owned()),
-                            ],
-                        )],
-                        &[],
-                    )
-                    .await?;
-                continue;
-            }
-            if let Err(e) = self.db.transact(Vec::new(), &[event]).await {
-                tracing::error!(error = %e, "a reminder sent was not recorded in the audit log");
-            }
-            sent += 1;
+            sent += usize::from(
+                self.deliver(
+                    Statement::new(
+                        "INSERT INTO attestation_reminders (attestation_id, stage, staff_id, sent_at) \
+                         SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM attestation_reminders \
+                         WHERE attestation_id = $1 AND stage = $2)",
+                        claim,
+                    ),
+                    Statement::new(
+                        "DELETE FROM attestation_reminders WHERE attestation_id = $1 AND stage = $2",
+                        key,
+                    ),
+                    &message,
+                    event,
+                )
+                .await?,
+            );
+        }
+        for due in self.reviews_due(now).await? {
+            let event = EventBuilder::new(
+                ServiceName::Identity,
+                &self.trust_domain,
+                Action::IdentityReviewReminded,
+            )
+            .actor(ActorKind::Service, &me, &me)
+            .resource("review", &due.campaign.to_string())
+            .related([
+                ("staff", due.staff_id.to_string()),
+                ("items", due.pending.to_string()),
+            ])
+            .outcome(Outcome::Allowed, due.stage)
+            .build();
+            let key = vec![
+                Value::Uuid(due.campaign),
+                Value::Uuid(due.staff_id),
+                Value::Text(due.stage.to_owned()),
+            ];
+            let mut claim = key.clone();
+            claim.push(Value::Time(now));
+            let message = review_message(&due);
+            sent += usize::from(
+                self.deliver(
+                    Statement::new(
+                        "INSERT INTO review_reminders (campaign_id, staff_id, stage, sent_at) \
+                         SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM review_reminders \
+                         WHERE campaign_id = $1 AND staff_id = $2 AND stage = $3)",
+                        claim,
+                    ),
+                    Statement::new(
+                        "DELETE FROM review_reminders WHERE campaign_id = $1 AND staff_id = $2 AND stage = $3",
+                        key,
+                    ),
+                    &message,
+                    event,
+                )
+                .await?,
+            );
         }
         Ok(sent)
+    }
+
+    /// Sends `message` once: claims it with `claim` first, so that one
+    /// another replica claimed is not sent twice; lets it go again with
+    /// `release` when it could not be sent, for the next sweep; and records
+    /// `event` once it was sent. Whether it was sent now.
+    async fn deliver(
+        &self,
+        claim: Statement,
+        release: Statement,
+        message: &Message,
+        event: confidant_proto::audit::v1::AuditEvent,
+    ) -> Result<bool, StoreError> {
+        match self.db.transact(vec![claim.expecting(1)], &[]).await {
+            Ok(_) => {}
+            // Another replica has it.
+            Err(e @ confidant_runtime::portable::TransactError::Unmet { .. }) => {
+                tracing::debug!(error = %e, "a reminder was claimed elsewhere");
+                return Ok(false);
+            }
+            Err(e) if e.is_duplicate() => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        if let Err(e) = self.notifier.send(message).await {
+            tracing::warn!(error = %e.0, subject = %message.subject, "a reminder was not sent");
+            self.db.transact(vec![release], &[]).await?;
+            return Ok(false);
+        }
+        if let Err(e) = self.db.transact(Vec::new(), &[event]).await {
+            tracing::error!(error = %e, "a reminder sent was not recorded in the audit log");
+        }
+        Ok(true)
+    }
+
+    /// The reviewers to tell at `now` of the items waiting for them in the
+    /// campaigns still open: each reviewer of an item (as
+    /// [`crate::reviews::StaffReviewer`] decides) once when it starts, and
+    /// once more when its deadline is nearer than the review window, if
+    /// they were told of the start in an earlier sweep.
+    pub async fn reviews_due(&self, now: DateTime<Utc>) -> Result<Vec<ReviewDue>, StoreError> {
+        let reviews = Reviews::new(self.db.clone(), &self.trust_domain);
+        let pending = reviews.pending(None, Some(now)).await?;
+        if pending.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Who may review anything: holders of a role that manages reviews,
+        // and responsible attorneys.
+        let candidates: Vec<(Uuid, String)> = self
+            .db
+            .fetch_all(
+                "SELECT s.id, s.email FROM staff s WHERE s.disabled_at IS NULL AND (EXISTS \
+                 (SELECT 1 FROM staff_roles r JOIN role_permissions p ON p.role = r.role \
+                 WHERE r.staff_id = s.id AND r.revoked_at IS NULL AND p.permission = $1) \
+                 OR EXISTS (SELECT 1 FROM matters m WHERE m.responsible_attorney_id = s.id)) \
+                 ORDER BY s.id",
+                vec![Value::Text(REVIEWS_MANAGE.to_owned())],
+            )
+            .await?;
+        let told: Vec<(Uuid, Uuid, String)> = self
+            .db
+            .fetch_all(
+                "SELECT r.campaign_id, r.staff_id, r.stage FROM review_reminders r \
+                 JOIN review_campaigns c ON c.id = r.campaign_id WHERE c.deadline > $1",
+                vec![Value::Time(now)],
+            )
+            .await?;
+        let was_told = |campaign: Uuid, staff: Uuid, stage: &str| {
+            told.iter()
+                .any(|(c, s, st)| *c == campaign && *s == staff && st == stage)
+        };
+        let directory = Directory::new(self.db.clone());
+        let mut due = Vec::new();
+        for (staff_id, email) in candidates {
+            let reviewer = reviews.reviewer(&directory, staff_id).await?;
+            // Items come by campaign: count each one's for this reviewer.
+            let mut waiting: Vec<(Uuid, &str, DateTime<Utc>, usize)> = Vec::new();
+            for (campaign, name, deadline, item) in &pending {
+                if reviewer.may_decide(item).is_err() {
+                    continue;
+                }
+                match waiting.last_mut() {
+                    Some(w) if w.0 == *campaign => w.3 += 1,
+                    _ => waiting.push((*campaign, name, *deadline, 1)),
+                }
+            }
+            for (campaign, name, deadline, count) in waiting {
+                let stage = if !was_told(campaign, staff_id, "started") {
+                    "started"
+                } else if !self.review_ahead.is_zero()
+                    && deadline - now <= self.review_ahead
+                    && !was_told(campaign, staff_id, "due")
+                {
+                    "due"
+                } else {
+                    continue;
+                };
+                due.push(ReviewDue {
+                    campaign,
+                    name: name.to_owned(),
+                    deadline,
+                    staff_id,
+                    email: email.clone(),
+                    pending: count,
+                    stage,
+                });
+            }
+        }
+        Ok(due)
     }
 
     /// Sweeps every `interval` until `shutdown`.
@@ -241,6 +401,42 @@ impl Reminders {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+fn review_message(due: &ReviewDue) -> Message {
+    let when = due.deadline.format("%Y-%m-%d %H:%M UTC");
+    let items = if due.pending == 1 {
+        "1 grant waits".to_owned()
+    } else {
+        format!("{} grants wait", due.pending)
+    };
+    let (subject, opening) = if due.stage == "due" {
+        (
+            format!("Access review \"{}\": due by {when}", due.name),
+            format!(
+                "The access review \"{}\" closes on {when}, and {items} for your decision.",
+                due.name
+            ),
+        )
+    } else {
+        (
+            format!("Access review \"{}\": {items} for your decision", due.name),
+            format!(
+                "An access review, \"{}\", has started: {items} for your decision by {when}.",
+                due.name
+            ),
+        )
+    };
+    Message {
+        channel: "email".into(),
+        address: due.email.clone(),
+        subject,
+        body: format!(
+            "{opening} Certify each grant that is still needed and revoke the others in your \
+             firm application (access reviews); a revocation takes effect at once. Grants \
+             left undecided are reported as overdue."
+        ),
     }
 }
 

@@ -53,6 +53,40 @@ impl Item {
     }
 }
 
+/// What a staff member may review: every item but their own with
+/// `reviews.manage`, else the assignments to matters they are the
+/// responsible attorney of.
+#[derive(Debug, Clone)]
+pub struct StaffReviewer {
+    /// The staff member.
+    pub id: Uuid,
+    /// They hold `reviews.manage` now.
+    pub manages: bool,
+    /// The matters they are the responsible attorney of (when they do not
+    /// manage reviews).
+    pub responsible: std::collections::HashSet<Uuid>,
+}
+
+/// The permission that makes a staff member a reviewer of every grant.
+pub const REVIEWS_MANAGE: &str = "reviews.manage";
+
+impl StaffReviewer {
+    /// Whether they may decide `item`, and if not: a reason code and why.
+    pub fn may_decide(&self, item: &Item) -> Result<(), (&'static str, &'static str)> {
+        if item.staff_id == self.id {
+            return Err(("own_grant", "nobody reviews their own grants"));
+        }
+        if self.manages || item.matter().is_some_and(|m| self.responsible.contains(&m)) {
+            Ok(())
+        } else {
+            Err((
+                "not_reviewer",
+                "this item is reviewed by holders of reviews.manage (or, for an assignment, the matter's responsible attorney)",
+            ))
+        }
+    }
+}
+
 /// A campaign's state.
 #[derive(Debug, Clone)]
 pub struct Campaign {
@@ -117,6 +151,26 @@ impl Reviews {
         row.map(item).ok_or(StoreError::NotFound("review item"))
     }
 
+    /// What staff member `id` may review now.
+    pub async fn reviewer(
+        &self,
+        directory: &crate::store::Directory,
+        id: Uuid,
+    ) -> Result<StaffReviewer, StoreError> {
+        let facts = directory.facts(id, REVIEWS_MANAGE, None, None).await?;
+        let manages = crate::domain::decide(&facts, REVIEWS_MANAGE, Utc::now()).allowed();
+        let responsible = if manages {
+            std::collections::HashSet::new()
+        } else {
+            self.responsible_for(id).await?
+        };
+        Ok(StaffReviewer {
+            id,
+            manages,
+            responsible,
+        })
+    }
+
     /// The matters `staff` is the responsible attorney of.
     pub async fn responsible_for(
         &self,
@@ -132,11 +186,13 @@ impl Reviews {
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
-    /// Every undecided item of another staff member than `staff`, with
-    /// its campaign: (campaign, name, deadline, item), by deadline.
-    pub async fn pending_for_others_than(
+    /// Every undecided item (of another staff member than `others_than`,
+    /// of a campaign whose deadline is after `open_at`, if given), with its
+    /// campaign: (campaign, name, deadline, item), by deadline.
+    pub async fn pending(
         &self,
-        staff: Uuid,
+        others_than: Option<Uuid>,
+        open_at: Option<DateTime<Utc>>,
     ) -> Result<Vec<(Uuid, String, DateTime<Utc>, Item)>, StoreError> {
         type Row = (
             Uuid,
@@ -156,8 +212,9 @@ impl Reviews {
                 "SELECT c.id, c.name, c.deadline, i.id, i.kind, i.staff_id, i.subject, i.grant_id, \
                  i.decision, i.decided_by FROM review_items i \
                  JOIN review_campaigns c ON c.id = i.campaign_id \
-                 WHERE i.decision IS NULL AND i.staff_id <> $1 ORDER BY c.deadline, c.id",
-                vec![Value::Uuid(staff)],
+                 WHERE i.decision IS NULL AND ($1 IS NULL OR i.staff_id <> $1) \
+                 AND ($2 IS NULL OR c.deadline > $2) ORDER BY c.deadline, c.id",
+                vec![Value::OptUuid(others_than), Value::OptTime(open_at)],
             )
             .await?;
         Ok(rows

@@ -90,6 +90,7 @@ actions! {
     IdentityClientVerified => "identity.client_verification.completed", "A client proved control of a contact channel (outcome denied: wrong or expired code).";
     IdentityDocumentChecked => "identity.document.checked", "Staff recorded a check of a client's identity document.";
     IdentityReviewStarted => "identity.review.started", "An access review campaign was opened.";
+    IdentityReviewReminded => "identity.review.reminded", "Identity sent a reviewer an e-mail (once it was sent) that items of an access review campaign wait for their decision (reason: started, or due as its deadline nears; resource: the campaign; related: the reviewer and how many items).";
     IdentityReviewDecided => "identity.review.decided", "A grant under review was certified or revoked (reason: certify, revoke).";
     IdentityRoleGranted => "identity.role.granted", "A staff member was given a role (resource id: the role; reason: `staff-` and the staff member's id; related: the staff member, and the expiry if it has one).";
     IdentityRoleRevoked => "identity.role.revoked", "A role was taken from a staff member (resource id: the role; reason: `staff-` and the staff member's id).";

@@ -397,8 +397,13 @@ pub struct IdentityConfig {
     /// renew it (and e-mailed again once it has lapsed, within as many
     /// days); 0 sends no reminders.
     pub attestation_reminder_days: u64,
-    /// How often identity looks for attestations to remind of.
+    /// How often identity looks for attestations and access reviews to
+    /// remind of.
     pub attestation_reminder_interval_seconds: u64,
+    /// Hours before an access review campaign's deadline that reviewers
+    /// with items still waiting for them are reminded (they are told when
+    /// it starts in any case); 0 sends no such reminder.
+    pub review_reminder_hours: u64,
 }
 
 impl Default for IdentityConfig {
@@ -418,6 +423,7 @@ impl Default for IdentityConfig {
             notification_webhook_token_file: None,
             attestation_reminder_days: 30,
             attestation_reminder_interval_seconds: 3600,
+            review_reminder_hours: 72,
         }
     }
 }
