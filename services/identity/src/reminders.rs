@@ -190,21 +190,15 @@ impl Reminders {
     /// Sends what is due at `now`; returns how many were sent.
     pub async fn sweep(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
         let mut sent = 0;
-        let me = ServiceName::Identity.spiffe_id(&self.trust_domain);
         for due in self.due(now).await? {
-            let event = EventBuilder::new(
-                ServiceName::Identity,
-                &self.trust_domain,
-                Action::IdentityAttestationReminded,
-            )
-            .actor(ActorKind::Service, &me, &me)
-            .resource("staff", &due.staff_id.to_string())
-            .related([
-                ("attestation", due.attestation.to_string()),
-                ("kind", kind_name(due.kind).to_owned()),
-            ])
-            .outcome(Outcome::Allowed, due.stage)
-            .build();
+            let event = self
+                .event(Action::IdentityAttestationReminded, due.stage)
+                .resource("staff", &due.staff_id.to_string())
+                .related([
+                    ("attestation", due.attestation.to_string()),
+                    ("kind", kind_name(due.kind).to_owned()),
+                ])
+                .build();
             let key = vec![
                 Value::Uuid(due.attestation),
                 Value::Text(due.stage.to_owned()),
@@ -236,19 +230,14 @@ impl Reminders {
             );
         }
         for due in self.reviews_due(now).await? {
-            let event = EventBuilder::new(
-                ServiceName::Identity,
-                &self.trust_domain,
-                Action::IdentityReviewReminded,
-            )
-            .actor(ActorKind::Service, &me, &me)
-            .resource("review", &due.campaign.to_string())
-            .related([
-                ("staff", due.staff_id.to_string()),
-                ("items", due.pending.to_string()),
-            ])
-            .outcome(Outcome::Allowed, due.stage)
-            .build();
+            let event = self
+                .event(Action::IdentityReviewReminded, due.stage)
+                .resource("review", &due.campaign.to_string())
+                .related([
+                    ("staff", due.staff_id.to_string()),
+                    ("items", due.pending.to_string()),
+                ])
+                .build();
             let key = vec![
                 Value::Uuid(due.campaign),
                 Value::Uuid(due.staff_id),
@@ -276,6 +265,14 @@ impl Reminders {
             );
         }
         Ok(sent)
+    }
+
+    /// An event of identity's own, of a reminder at `stage`.
+    fn event(&self, action: Action, stage: &str) -> EventBuilder {
+        let me = ServiceName::Identity.spiffe_id(&self.trust_domain);
+        EventBuilder::new(ServiceName::Identity, &self.trust_domain, action)
+            .actor(ActorKind::Service, &me, &me)
+            .outcome(Outcome::Allowed, stage)
     }
 
     /// Sends `message` once: claims it with `claim` first, so that one
