@@ -2666,9 +2666,12 @@ async fn staff_are_reminded_before_their_agreement_or_training_lapses(backend: B
         "notification_webhook_url",
         gateway.as_str().into(),
     ));
+    let failed_before = confidant_runtime::notify::counted("identity", "email", "failed");
     let sandbox = Sandbox::start(&data, down).await;
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     assert!(notices_to(&data, "soon@firm.example").is_empty());
+    // Each refusal is counted for the metrics (the chart alerts on them).
+    assert!(confidant_runtime::notify::counted("identity", "email", "failed") > failed_before);
     let log = confidant_proto::audit::v1::audit_service_client::AuditServiceClient::new(
         common::channel(&data, &sandbox, ServiceName::Audit, "operator").await,
     );

@@ -244,7 +244,7 @@ async fn no_client_data_secret_or_token_reaches_logs_traces_metrics_or_errors() 
         .split(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
         .filter(|word| word.starts_with("confidant_"))
         .collect();
-    assert_eq!(alerted.len(), 7, "{alerted:?}");
+    assert_eq!(alerted.len(), 8, "{alerted:?}");
     for name in alerted {
         assert!(
             exported_names.contains(name),

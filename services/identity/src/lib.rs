@@ -135,6 +135,9 @@ pub async fn build(
         }
         (None, None) => anyhow::bail!("identity.notification_webhook_url is not set"),
     };
+    let notifier: std::sync::Arc<dyn confidant_runtime::notify::Notifier> = std::sync::Arc::new(
+        confidant_runtime::notify::Metered::new(notifier, "identity"),
+    );
     let sessions = std::sync::Arc::new(
         sessions::Sessions::new(
             ctx.db.clone(),

@@ -184,9 +184,127 @@ impl Notifier for WebhookNotifier {
     }
 }
 
+/// The counter of messages sent and failed, by `sender` (the service),
+/// `channel` and `outcome` (`sent`, `failed`): a gateway that refuses
+/// messages otherwise shows only in the logs, while clients wait for codes
+/// that never come. Names no address and nothing of a message.
+pub const NOTIFICATIONS: &str = "confidant.notifications";
+
+type Counts = std::collections::BTreeMap<(&'static str, String, &'static str), u64>;
+
+fn counts() -> &'static std::sync::Mutex<Counts> {
+    static COUNTS: std::sync::OnceLock<std::sync::Mutex<Counts>> = std::sync::OnceLock::new();
+    COUNTS.get_or_init(|| {
+        // Registered once per process, on whatever meter provider the
+        // process set up before its first notifier was made.
+        opentelemetry::global::meter("confidant")
+            .u64_observable_counter(NOTIFICATIONS)
+            .with_description(
+                "Messages to people (one-time codes, staff notices, reminders, alerts), by outcome",
+            )
+            .with_callback(|o| {
+                let counts = counts().lock().unwrap_or_else(|p| p.into_inner());
+                for ((sender, channel, outcome), n) in counts.iter() {
+                    o.observe(
+                        *n,
+                        &[
+                            opentelemetry::KeyValue::new("sender", *sender),
+                            opentelemetry::KeyValue::new("channel", channel.clone()),
+                            opentelemetry::KeyValue::new("outcome", *outcome),
+                        ],
+                    );
+                }
+            })
+            .build();
+        std::sync::Mutex::new(Counts::new())
+    })
+}
+
+/// How many messages `sender` sent (`sent`) or could not send (`failed`)
+/// on `channel` in this process.
+pub fn counted(sender: &'static str, channel: &str, outcome: &'static str) -> u64 {
+    counts()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&(sender, channel.to_owned(), outcome))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// A notifier whose messages are counted in [`NOTIFICATIONS`].
+#[derive(Debug)]
+pub struct Metered {
+    inner: std::sync::Arc<dyn Notifier>,
+    sender: &'static str,
+}
+
+impl Metered {
+    /// Counts what `inner` sends for `sender`. Both outcomes of every
+    /// channel `sender` uses start at zero, so that an alert on failures
+    /// has a series from the start.
+    pub fn new(inner: std::sync::Arc<dyn Notifier>, sender: &'static str) -> Self {
+        let mut counts = counts().lock().unwrap_or_else(|p| p.into_inner());
+        for outcome in ["sent", "failed"] {
+            counts
+                .entry((sender, "email".to_owned(), outcome))
+                .or_insert(0);
+        }
+        Self { inner, sender }
+    }
+}
+
+#[async_trait]
+impl Notifier for Metered {
+    async fn send(&self, message: &Message) -> Result<(), SendError> {
+        let result = self.inner.send(message).await;
+        let outcome = if result.is_ok() { "sent" } else { "failed" };
+        *counts()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((self.sender, message.channel.clone(), outcome))
+            .or_insert(0) += 1;
+        result
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug)]
+    struct Refusing;
+
+    #[async_trait]
+    impl Notifier for Refusing {
+        async fn send(&self, _: &Message) -> Result<(), SendError> {
+            Err(SendError("gateway down".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn messages_are_counted_by_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = Metered::new(
+            std::sync::Arc::new(FileNotifier::new(dir.path().join("m.jsonl"))),
+            "test-file",
+        );
+        let down = Metered::new(std::sync::Arc::new(Refusing), "test-down");
+        assert_eq!(counted("test-down", "email", "failed"), 0);
+        let message = |channel: &str| Message {
+            channel: channel.into(),
+            address: "a@example.org".into(),
+            subject: "s".into(),
+            body: "b".into(),
+        };
+        file.send(&message("email")).await.unwrap();
+        file.send(&message("phone")).await.unwrap();
+        down.send(&message("email")).await.unwrap_err();
+        assert_eq!(counted("test-file", "email", "sent"), 1);
+        assert_eq!(counted("test-file", "phone", "sent"), 1);
+        assert_eq!(counted("test-file", "email", "failed"), 0);
+        assert_eq!(counted("test-down", "email", "failed"), 1);
+        assert_eq!(counted("test-down", "email", "sent"), 0);
+    }
 
     #[test]
     fn webhooks_must_be_https_except_on_loopback() {
