@@ -1210,6 +1210,34 @@ async fn admins_list_staff_with_their_roles_and_sign_in(backend: Backend) {
     );
     assert_eq!(stage(SignInState::Ready, false).await.len(), 1);
     assert!(stage(SignInState::Locked, true).await.is_empty());
+    // By part of the address or name, in either case; LIKE's own
+    // characters match only themselves.
+    let found = |query: &str| {
+        let (mut admin, query) = (admin.clone(), query.to_owned());
+        async move {
+            let listed = admin
+                .list_staff_members(ListStaffMembersRequest {
+                    include_disabled: true,
+                    query,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .staff;
+            ours(listed)
+                .into_iter()
+                .map(|s| s.staff_id)
+                .collect::<Vec<String>>()
+        }
+    };
+    assert_eq!(found("BOB.P").await, std::slice::from_ref(&pending));
+    assert_eq!(found("LEAVER@").await, std::slice::from_ref(&leaver));
+    assert_eq!(found("firm.example").await.len(), 4);
+    assert!(found("%").await.is_empty());
+    assert!(found("bob_pending").await.is_empty());
+    assert!(found("nobody").await.is_empty());
+    assert_eq!(found("s. OFF").await.len(), 1, "by displayed name");
     // In pages.
     common::check_pages(0, 1, |page_size, page_token| {
         let mut admin = admin.clone();
@@ -1307,6 +1335,13 @@ async fn admins_list_staff_with_their_roles_and_sign_in(backend: Backend) {
         .map(|v| v["staff_id"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(ids, [newcomer.clone(), leaver.clone()], "{out}");
+    let out = common::directory_cli(
+        &data,
+        &sandbox,
+        &["staff", "--query", "DAN.", "--include-disabled"],
+    );
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.contains(&leaver), "{out}");
     sandbox.stop().await;
 }
 

@@ -49,6 +49,10 @@ pub enum DirectoryCommand {
         /// finished setting up; locked: locked by a restore).
         #[arg(long, value_parser = ["no-password", "totp-pending", "ready", "locked", "password-change-required"])]
         sign_in: Option<String>,
+        /// Only those whose e-mail address or name contains this text
+        /// (either case).
+        #[arg(long)]
+        query: Option<String>,
     },
     /// Disable a staff member (sessions end, decisions deny).
     DisableStaff {
@@ -450,6 +454,7 @@ pub async fn run(
             role,
             include_disabled,
             sign_in,
+            query,
         } => {
             // The state's proto name, from the flag's spelling.
             let sign_in = sign_in.map_or(0, |s| {
@@ -468,6 +473,7 @@ pub async fn run(
                         page_size: 1000,
                         page_token,
                         sign_in,
+                        query: query.clone().unwrap_or_default(),
                     })
                     .await
                     .map_err(fail)?

@@ -497,6 +497,10 @@ impl IdentityService for IdentityApi {
         if role.chars().count() > 64 {
             v.add("role", "at most 64 characters");
         }
+        let query = req.query.trim();
+        if query.chars().count() > 254 {
+            v.add("query", "at most 254 characters");
+        }
         let sign_in = match SignInState::try_from(req.sign_in) {
             Ok(SignInState::Unspecified) => None,
             Ok(state) => Some(state),
@@ -519,6 +523,7 @@ impl IdentityService for IdentityApi {
             include_disabled: req.include_disabled,
             only: None,
             sign_in,
+            containing: (!query.is_empty()).then_some(query),
         };
         let (listed, next) = self
             .directory
@@ -533,7 +538,8 @@ impl IdentityService for IdentityApi {
             .related(
                 role.map(|r| ("role", r.to_owned()))
                     .into_iter()
-                    .chain(sign_in.map(|s| ("sign_in", s.as_str_name().to_owned()))),
+                    .chain(sign_in.map(|s| ("sign_in", s.as_str_name().to_owned())))
+                    .chain((!query.is_empty()).then(|| ("query", query.to_owned()))),
             )
             .build();
         self.directory.record(event).await.map_err(Error::from)?;

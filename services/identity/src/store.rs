@@ -370,6 +370,15 @@ impl Directory {
             Value::OptUuid(filter.only),
             Value::Text(crate::restore::LOCKED_HASH.to_owned()),
             Value::OptInt(filter.sign_in.map(|s| s as i32)),
+            Value::OptText(filter.containing.map(|text| {
+                // Matched literally: LIKE's own characters escaped.
+                let escaped = text
+                    .to_lowercase()
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_");
+                format!("%{escaped}%")
+            })),
         ];
         values.extend(after.clone());
         values.push(Value::BigInt(limit + 1));
@@ -1292,7 +1301,9 @@ static STAFF_PAGE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
          AND r.role = $2 AND r.revoked_at IS NULL)) \
          AND ($3 IS NULL OR s.id = $3) \
          AND ($5 IS NULL OR {state} = $5) \
-         AND ($6 IS NULL OR s.email > $6) ORDER BY s.email LIMIT $7"
+         AND ($6 IS NULL OR lower(s.email) LIKE $6 ESCAPE '\\' \
+         OR lower(s.display_name) LIKE $6 ESCAPE '\\') \
+         AND ($7 IS NULL OR s.email > $7) ORDER BY s.email LIMIT $8"
     )
 });
 
@@ -1307,6 +1318,9 @@ pub struct StaffFilter<'a> {
     pub only: Option<Uuid>,
     /// Only those whose sign-in stands so.
     pub sign_in: Option<SignInState>,
+    /// Only those whose e-mail address or displayed name contains this
+    /// (letters of either case).
+    pub containing: Option<&'a str>,
 }
 
 /// A staff member as the directory lists them.
