@@ -1180,16 +1180,12 @@ async fn admins_list_staff_with_their_roles_and_sign_in(backend: Backend) {
     let gone = everyone.iter().find(|s| s.staff_id == leaver).unwrap();
     assert!(gone.disable_time.is_some());
     assert_eq!(everyone.len(), 4);
-    // By where their sign-in stands: who never finished setting up.
-    let stage = |state: SignInState, include_disabled: bool| {
+    // The ids of our staff a listing holds.
+    let ids_of = |request: ListStaffMembersRequest| {
         let mut admin = admin.clone();
         async move {
             let listed = admin
-                .list_staff_members(ListStaffMembersRequest {
-                    include_disabled,
-                    sign_in: state as i32,
-                    ..Default::default()
-                })
+                .list_staff_members(request)
                 .await
                 .unwrap()
                 .into_inner()
@@ -1199,6 +1195,14 @@ async fn admins_list_staff_with_their_roles_and_sign_in(backend: Backend) {
                 .map(|s| s.staff_id)
                 .collect::<Vec<String>>()
         }
+    };
+    // By where their sign-in stands: who never finished setting up.
+    let stage = |state: SignInState, include_disabled: bool| {
+        ids_of(ListStaffMembersRequest {
+            include_disabled,
+            sign_in: state as i32,
+            ..Default::default()
+        })
     };
     assert_eq!(
         stage(SignInState::TotpPending, false).await,
@@ -1213,23 +1217,11 @@ async fn admins_list_staff_with_their_roles_and_sign_in(backend: Backend) {
     // By part of the address or name, in either case; LIKE's own
     // characters match only themselves.
     let found = |query: &str| {
-        let (mut admin, query) = (admin.clone(), query.to_owned());
-        async move {
-            let listed = admin
-                .list_staff_members(ListStaffMembersRequest {
-                    include_disabled: true,
-                    query,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .staff;
-            ours(listed)
-                .into_iter()
-                .map(|s| s.staff_id)
-                .collect::<Vec<String>>()
-        }
+        ids_of(ListStaffMembersRequest {
+            include_disabled: true,
+            query: query.to_owned(),
+            ..Default::default()
+        })
     };
     assert_eq!(found("BOB.P").await, std::slice::from_ref(&pending));
     assert_eq!(found("LEAVER@").await, std::slice::from_ref(&leaver));
