@@ -508,7 +508,6 @@ async fn postgres_repeated_failures_lock_the_account_and_bad_input_is_named() {
 
 async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: Backend) {
     use common::directory::{assign, cleared, decide, new_client, new_matter, new_matter_in};
-    use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
 
     let data = SandboxData::new(backend).await;
     let spec = SandboxSpec::of(&[ServiceName::Identity, ServiceName::Audit]);
@@ -740,9 +739,7 @@ async fn access_taken_away_after_a_backup_stays_away_after_its_restore(backend: 
     );
 
     // The log, exported once a signed checkpoint covers all of it.
-    let log = AuditServiceClient::new(
-        common::channel(&data, &sandbox, ServiceName::Audit, "operator").await,
-    );
+    let log = audit_log(&data, &sandbox).await;
     // The last change made: the short-lived exception's end.
     let last = common::logged_leaf(&log, "identity.wall.exception_revoked", &short_lived).await;
     let (export_arg, key) = common::exported_log(&data, &sandbox, &log, last).await;
@@ -1271,9 +1268,7 @@ async fn admins_list_staff_with_their_roles_and_sign_in(backend: Backend) {
         .unwrap_err();
     assert_eq!(common::violated_fields(&err), ["sign_in"]);
     // Every listing is in the audit log, with the role asked for.
-    let log = confidant_proto::audit::v1::audit_service_client::AuditServiceClient::new(
-        common::channel(&data, &sandbox, ServiceName::Audit, "operator").await,
-    );
+    let log = audit_log(&data, &sandbox).await;
     common::eventually(
         std::time::Duration::from_secs(20),
         "the listings logged",
@@ -1417,10 +1412,17 @@ async fn signed_in_through(
     tokens
 }
 
+type AuditLog = confidant_proto::audit::v1::audit_service_client::AuditServiceClient<PeerChannel>;
+
+/// The audit log, read with the operator's certificate.
+async fn audit_log(data: &SandboxData, sandbox: &Sandbox) -> AuditLog {
+    AuditLog::new(common::channel(data, sandbox, ServiceName::Audit, "operator").await)
+}
+
 /// The events of `action` that identity logged about staff member `staff`
 /// (one page of up to 1,000).
 async fn logged_about(
-    log: &confidant_proto::audit::v1::audit_service_client::AuditServiceClient<PeerChannel>,
+    log: &AuditLog,
     action: &str,
     staff: &str,
 ) -> Vec<confidant_proto::audit::v1::AuditEvent> {
@@ -1735,9 +1737,7 @@ async fn staff_change_their_password_and_admins_reset_lost_authenticators(backen
 
     // Each step is on the record: who set what, who changed it, who took
     // the authenticator away.
-    let log = confidant_proto::audit::v1::audit_service_client::AuditServiceClient::new(
-        common::channel(&data, &sandbox, ServiceName::Audit, "operator").await,
-    );
+    let log = audit_log(&data, &sandbox).await;
     common::eventually(
         std::time::Duration::from_secs(20),
         "the credential changes logged",
@@ -1932,9 +1932,7 @@ async fn admins_see_and_end_a_staff_members_sessions(backend: Backend) {
     .await;
 
     // Who looked at the sessions, and who ended them, is on the record.
-    let log = confidant_proto::audit::v1::audit_service_client::AuditServiceClient::new(
-        common::channel(&data, &sandbox, ServiceName::Audit, "operator").await,
-    );
+    let log = audit_log(&data, &sandbox).await;
     common::eventually(
         std::time::Duration::from_secs(20),
         "the listings and the sign-out logged",
@@ -2051,9 +2049,7 @@ async fn a_disabled_staff_member_is_signed_out_at_once_and_can_come_back(backend
     .await;
 
     // Both are on the record, by the administrator.
-    let log = confidant_proto::audit::v1::audit_service_client::AuditServiceClient::new(
-        common::channel(&data, &sandbox, ServiceName::Audit, "operator").await,
-    );
+    let log = audit_log(&data, &sandbox).await;
     common::eventually(
         std::time::Duration::from_secs(20),
         "the disabling and enabling logged",
@@ -2206,9 +2202,7 @@ async fn admins_change_a_staff_members_address_and_name(backend: Backend) {
     .await;
 
     // On the record, naming what changed but not to what.
-    let log = confidant_proto::audit::v1::audit_service_client::AuditServiceClient::new(
-        common::channel(&data, &sandbox, ServiceName::Audit, "operator").await,
-    );
+    let log = audit_log(&data, &sandbox).await;
     common::eventually(
         std::time::Duration::from_secs(20),
         "the change logged",
@@ -2699,9 +2693,7 @@ async fn staff_are_reminded_before_their_agreement_or_training_lapses(backend: B
     assert!(notices_to(&data, "soon@firm.example").is_empty());
     // Each refusal is counted for the metrics (the chart alerts on them).
     assert!(confidant_runtime::notify::counted("identity", "email", "failed") > failed_before);
-    let log = confidant_proto::audit::v1::audit_service_client::AuditServiceClient::new(
-        common::channel(&data, &sandbox, ServiceName::Audit, "operator").await,
-    );
+    let log = audit_log(&data, &sandbox).await;
     assert!(
         logged_about(&log, "identity.attestation.reminded", &soon)
             .await
@@ -2753,9 +2745,7 @@ async fn staff_are_reminded_before_their_agreement_or_training_lapses(backend: B
     }
 
     // Each is in the audit log, with its stage.
-    let log = confidant_proto::audit::v1::audit_service_client::AuditServiceClient::new(
-        common::channel(&data, &sandbox, ServiceName::Audit, "operator").await,
-    );
+    let log = audit_log(&data, &sandbox).await;
     common::eventually(
         std::time::Duration::from_secs(20),
         "the reminders logged",

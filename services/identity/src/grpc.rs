@@ -213,14 +213,6 @@ fn staff_session(s: crate::sessions::LiveSession, current: bool) -> StaffSession
     }
 }
 
-/// The staff member of a verified staff token.
-fn token_holder_of(actor: &Option<Actor>) -> Option<Uuid> {
-    match actor {
-        Some(Actor::Staff { staff_id, .. }) => Uuid::parse_str(staff_id).ok(),
-        _ => None,
-    }
-}
-
 /// The staff member whose token came with the request, and the session of
 /// that token: the methods about oneself take no other caller.
 fn token_holder<T>(request: &Request<T>) -> Result<(Uuid, String), Error> {
@@ -1278,7 +1270,7 @@ impl IdentityService for IdentityApi {
         request: Request<RevokeSessionRequest>,
     ) -> Result<Response<RevokeSessionResponse>, Status> {
         let caller = caller(&request)?;
-        let actor = Actor::of(&request);
+        let token_staff = token_holder(&request).ok().map(|(staff, _)| staff);
         // The session's own holder (logout) or an administrator.
         let bearer = request
             .metadata()
@@ -1293,7 +1285,7 @@ impl IdentityService for IdentityApi {
         let session = session.unwrap_or_default();
         // A staff member whose live token the layer verified may end any
         // of their own sessions.
-        let holder = match token_holder_of(&actor) {
+        let holder = match token_staff {
             Some(staff) => self
                 .sessions
                 .holder_of(session)

@@ -100,14 +100,13 @@ impl Reminders {
         review_ahead_hours: u64,
     ) -> Self {
         // At most a century.
-        let days = |d: u64| Duration::days(i64::try_from(d.min(36_500)).unwrap_or(36_500));
+        let hours = |h: u64| Duration::hours(i64::try_from(h.min(876_000)).unwrap_or(876_000));
         Self {
             db,
             notifier,
             trust_domain: trust_domain.to_owned(),
-            ahead: days(ahead_days),
-            review_ahead: days(review_ahead_hours / 24)
-                + Duration::hours(i64::try_from(review_ahead_hours % 24).unwrap_or(0)),
+            ahead: hours(ahead_days.saturating_mul(24)),
+            review_ahead: hours(review_ahead_hours),
         }
     }
 

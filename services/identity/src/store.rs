@@ -284,6 +284,12 @@ impl Directory {
                 vec![Value::Uuid(id)],
             )
             .await?;
+        let (clients, matters) = self.wall_targets(id).await?;
+        Ok((staff.into_iter().map(|(s,)| s).collect(), clients, matters))
+    }
+
+    /// The clients and the matters a wall screens.
+    async fn wall_targets(&self, id: Uuid) -> Result<(Vec<Uuid>, Vec<Uuid>), StoreError> {
         let targets: Vec<(Option<Uuid>, Option<Uuid>)> = self
             .db
             .fetch_all(
@@ -292,7 +298,6 @@ impl Directory {
             )
             .await?;
         Ok((
-            staff.into_iter().map(|(s,)| s).collect(),
             targets.iter().filter_map(|(c, _)| *c).collect(),
             targets.iter().filter_map(|(_, m)| *m).collect(),
         ))
@@ -522,7 +527,7 @@ impl Directory {
             .await?;
         let mut screening = Vec::with_capacity(walls.len());
         for (id, created_at) in walls {
-            let (_, clients, matters) = self.wall(id).await?;
+            let (clients, matters) = self.wall_targets(id).await?;
             let passages: Vec<(Uuid, Uuid, DateTime<Utc>)> = self
                 .db
                 .fetch_all(
