@@ -1457,21 +1457,6 @@ async fn refused_but_to_admins_about_someone<F, Fut>(
     assert_eq!(stranger.unwrap_err().code(), tonic::Code::PermissionDenied);
 }
 
-/// The subjects and bodies of the e-mails identity sent to `address`
-/// (through the sandbox's notifications file), in order.
-fn notices_to(data: &SandboxData, address: &str) -> Vec<(String, String)> {
-    std::fs::read_to_string(data.path().join("notifications.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["address"] == address)
-        .map(|m| {
-            let text = |k: &str| m[k].as_str().unwrap_or_default().to_owned();
-            (text("subject"), text("body"))
-        })
-        .collect()
-}
-
 /// How many of `events` the operator's administrator certificate made.
 fn by_operator(events: Vec<confidant_proto::audit::v1::AuditEvent>) -> usize {
     events
@@ -1712,7 +1697,7 @@ async fn staff_change_their_password_and_admins_reset_lost_authenticators(backen
 
     // The staff member was told of each change by e-mail, with where it
     // came from, and never a password.
-    let notices = notices_to(&data, email);
+    let notices = common::mails_to(&data, email);
     let subjects: Vec<&str> = notices.iter().map(|(s, _)| s.as_str()).collect();
     assert_eq!(
         subjects,
@@ -1905,7 +1890,7 @@ async fn admins_see_and_end_a_staff_members_sessions(backend: Backend) {
         .into_inner();
     assert_eq!(again.sessions_ended, 0);
     // They were told once: the second sign-out ended nothing.
-    let signed_out: Vec<String> = notices_to(&data, email)
+    let signed_out: Vec<String> = common::mails_to(&data, email)
         .into_iter()
         .map(|(subject, _)| subject)
         .filter(|s| s.contains("signed out"))
@@ -2157,7 +2142,7 @@ async fn admins_change_a_staff_members_address_and_name(backend: Backend) {
     .unwrap();
     // Told at both addresses.
     for address in [old, new] {
-        let subjects: Vec<String> = notices_to(&data, address)
+        let subjects: Vec<String> = common::mails_to(&data, address)
             .into_iter()
             .map(|(subject, _)| subject)
             .filter(|s| s.contains("e-mail address"))
@@ -2494,14 +2479,14 @@ async fn staff_see_their_own_account_matters_and_sessions(backend: Backend) {
         std::time::Duration::from_secs(10),
         "the reviewer told",
         || async {
-            notices_to(&data, email).iter().any(|(subject, _)| {
+            common::mails_to(&data, email).iter().any(|(subject, _)| {
                 subject == "Access review \"2026 Q4\": 1 grant waits for your decision"
             })
         },
     )
     .await;
     assert!(
-        notices_to(&data, "colleague@firm.example")
+        common::mails_to(&data, "colleague@firm.example")
             .iter()
             .all(|(subject, _)| !subject.starts_with("Access review"))
     );
@@ -2657,7 +2642,7 @@ async fn staff_are_reminded_before_their_agreement_or_training_lapses(backend: B
         .into_inner()
         .campaign_id;
     let review_notices = || {
-        notices_to(&data, "attorney@firm.example")
+        common::mails_to(&data, "attorney@firm.example")
             .into_iter()
             .map(|(subject, _)| subject)
             .collect::<Vec<String>>()
@@ -2690,7 +2675,7 @@ async fn staff_are_reminded_before_their_agreement_or_training_lapses(backend: B
     let failed_before = confidant_runtime::notify::counted("identity", "email", "failed");
     let sandbox = Sandbox::start(&data, down).await;
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    assert!(notices_to(&data, "soon@firm.example").is_empty());
+    assert!(common::mails_to(&data, "soon@firm.example").is_empty());
     // Each refusal is counted for the metrics (the chart alerts on them).
     assert!(confidant_runtime::notify::counted("identity", "email", "failed") > failed_before);
     let log = audit_log(&data, &sandbox).await;
@@ -2707,15 +2692,15 @@ async fn staff_are_reminded_before_their_agreement_or_training_lapses(backend: B
         std::time::Duration::from_secs(20),
         "the reminders sent",
         || async {
-            !notices_to(&data, "soon@firm.example").is_empty()
-                && !notices_to(&data, "lapsed@firm.example").is_empty()
+            !common::mails_to(&data, "soon@firm.example").is_empty()
+                && !common::mails_to(&data, "lapsed@firm.example").is_empty()
                 && review_notices().len() == 2
         },
     )
     .await;
     // Later sweeps send nothing more.
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    let to_soon = notices_to(&data, "soon@firm.example");
+    let to_soon = common::mails_to(&data, "soon@firm.example");
     assert_eq!(to_soon.len(), 1, "{to_soon:?}");
     assert_eq!(to_soon[0].0, "Your confidentiality agreement lapses soon");
     let lapse = (chrono::Utc::now() + chrono::Duration::days(5))
@@ -2723,7 +2708,7 @@ async fn staff_are_reminded_before_their_agreement_or_training_lapses(backend: B
         .to_string();
     assert!(to_soon[0].1.contains(&lapse), "{}", to_soon[0].1);
     assert!(to_soon[0].1.contains("version 2026-1"));
-    let to_lapsed = notices_to(&data, "lapsed@firm.example");
+    let to_lapsed = common::mails_to(&data, "lapsed@firm.example");
     assert_eq!(to_lapsed.len(), 1, "{to_lapsed:?}");
     assert_eq!(to_lapsed[0].0, "Your confidentiality training has lapsed");
     // The reviewer, told of the start before, is reminded of the deadline
@@ -2741,7 +2726,7 @@ async fn staff_are_reminded_before_their_agreement_or_training_lapses(backend: B
         "forgotten@firm.example",
         "gone@firm.example",
     ] {
-        assert!(notices_to(&data, quiet).is_empty(), "{quiet}");
+        assert!(common::mails_to(&data, quiet).is_empty(), "{quiet}");
     }
 
     // Each is in the audit log, with its stage.

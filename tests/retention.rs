@@ -14,6 +14,8 @@ use common::directory::{
 use confidant::sandbox::{Sandbox, SandboxData, SandboxSpec};
 use confidant_proto::audit::v1::ListEventsRequest;
 use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
+use confidant_proto::identity::v1 as identity_pb;
+use confidant_proto::identity::v1::identity_service_client::IdentityServiceClient;
 use confidant_proto::retention::v1 as pb;
 use confidant_proto::retention::v1::retention_service_client::RetentionServiceClient;
 use confidant_proto::vault::v1 as vault_pb;
@@ -735,6 +737,8 @@ async fn due_scopes_are_shredded_through_approved_batches_and_certified(backend:
     assert_eq!(first.batches_created, 1, "{first:?}");
     assert_eq!(first.awaiting_client_notice, 1);
     assert_eq!(first.scopes_shredded, 0);
+    // The records manager is e-mailed that the batch waits for them.
+    assert_eq!(first.staff_notices_sent, 1, "{first:?}");
 
     // The client was told three weeks ago: the contacts go at once.
     retention
@@ -803,6 +807,15 @@ async fn due_scopes_are_shredded_through_approved_batches_and_certified(backend:
         .batches;
     assert_eq!(waiting.len(), 1);
     assert_eq!(waiting[0].scope_ids, std::slice::from_ref(&file_scope));
+    // Told once, over every sweep since, and only the records manager.
+    let told = common::mails_to(&data, "records@firm.example");
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(
+        told[0].0,
+        "Disposal batch waiting for your approval: 1 scope"
+    );
+    assert!(told[0].1.contains(&waiting[0].id), "{}", told[0].1);
+    assert!(common::mails_to(&data, "partner@firm.example").is_empty());
     let approve = pb::ApproveDisposalBatchRequest {
         batch_id: waiting[0].id.clone(),
     };
@@ -1746,11 +1759,35 @@ async fn staged_disposals_wait_out_the_vaults_window_and_a_records_manager_can_k
         (
             first.batches_created,
             first.scopes_shredded,
-            first.disposals_pending
+            first.disposals_pending,
+            first.staff_notices_sent,
         ),
-        (1, 0, 2),
+        (1, 0, 2, 1),
         "{first:?}"
     );
+    // The records manager is e-mailed at once that both are staged, and
+    // until when they can keep one.
+    let told = common::mails_to(&data, "records@firm.example");
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert!(
+        told[0]
+            .0
+            .starts_with("2 scopes of client data staged for destruction: keys go from "),
+        "{}",
+        told[0].0
+    );
+    let window_end = chrono::Utc::now() + chrono::Duration::seconds(3);
+    assert!(
+        [window_end, window_end - chrono::Duration::seconds(60)]
+            .iter()
+            .any(|t| told[0]
+                .0
+                .ends_with(&t.format("%Y-%m-%d %H:%M UTC").to_string())),
+        "{}",
+        told[0].0
+    );
+    assert!(told[0].1.contains("cancel its"), "{}", told[0].1);
+    assert!(common::mails_to(&data, "partner@firm.example").is_empty());
     let states = vault_states(&vault_as_retention, &client_id).await;
     assert_eq!(
         states[&file_scope],
@@ -1805,6 +1842,8 @@ async fn staged_disposals_wait_out_the_vaults_window_and_a_records_manager_can_k
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!((cancelled, shredded), (1, 1));
+    // Every later sweep saw them staged, and none told of them again.
+    assert_eq!(common::mails_to(&data, "records@firm.example").len(), 1);
     let states = vault_states(&vault_as_retention, &client_id).await;
     assert_eq!(states[&file_scope], vault_pb::ScopeState::Shredded);
     assert_eq!(states[&contact_scope], vault_pb::ScopeState::Active);
@@ -2456,6 +2495,19 @@ async fn one_record_is_erased_on_request_with_two_approvals_and_certified(backen
     };
     let own = approve(&token, &asked.id).await.unwrap_err();
     assert_eq!(own.code(), tonic::Code::FailedPrecondition);
+    // The other records manager is e-mailed at once that it waits for
+    // them; the asker, whose request was their approval, is not.
+    common::eventually(
+        Duration::from_secs(10),
+        "the second records manager told",
+        || async { !common::mails_to(&data, "records2@firm.example").is_empty() },
+    )
+    .await;
+    let told = common::mails_to(&data, "records2@firm.example");
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(told[0].0, "Erasure of a record waiting for your approval");
+    assert!(told[0].1.contains(&asked.id), "{}", told[0].1);
+    assert!(common::mails_to(&data, "records@firm.example").is_empty());
     let by_partner = approve(&partner_token, &asked.id).await.unwrap_err();
     assert_eq!(by_partner.code(), tonic::Code::PermissionDenied);
 
@@ -3026,4 +3078,215 @@ async fn sqlite_one_record_is_erased_on_request_with_two_approvals_and_certified
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_one_record_is_erased_on_request_with_two_approvals_and_certified() {
     one_record_is_erased_on_request_with_two_approvals_and_certified(Backend::Postgres).await;
+}
+
+/// Records managers hear of a disposal batch waiting for them even when the
+/// mail gateway was down when the sweep made it: the notice waits in
+/// retention's outbox and goes, once, after a sweep once the gateway is
+/// back. Identity takes notices from the retention service only, and names
+/// every rule a notice broke.
+async fn records_managers_hear_of_a_waiting_batch_once_the_gateway_is_back(backend: Backend) {
+    let data = SandboxData::new(backend).await;
+    let gateway = format!("http://127.0.0.1:{}/mail", common::free_port());
+    let sandbox = Sandbox::start(
+        &data,
+        disposal_spec(vec![(
+            "identity",
+            "notification_webhook_url",
+            gateway.as_str().into(),
+        )]),
+    )
+    .await;
+    let firm = DisposalFirm::new(&data, &sandbox).await;
+    let token = firm.token.clone();
+    let mut vault = firm.vault.clone();
+    common::store_note(
+        &mut vault,
+        &firm.client_id,
+        &firm.matter_id,
+        vault_pb::DataCategory::MatterFile,
+    )
+    .await;
+    let mut retention = firm.retention.clone();
+    create_policy(
+        &mut retention,
+        &token,
+        rules(
+            vault_pb::DataCategory::MatterFile,
+            (0, 0, 0),
+            pb::Trigger::Creation,
+            pb::DisposalAction::Review,
+        ),
+    )
+    .await
+    .unwrap();
+    retention
+        .sync_scopes(as_staff(&token, pb::SyncScopesRequest {}))
+        .await
+        .unwrap();
+    // The gateway refuses: nothing is sent, by this sweep or the next.
+    let first = firm.sweep().await;
+    assert_eq!(
+        (first.batches_created, first.staff_notices_sent),
+        (1, 0),
+        "{first:?}"
+    );
+    assert_eq!(firm.sweep().await.staff_notices_sent, 0);
+    assert!(common::mails_to(&data, "records@firm.example").is_empty());
+
+    // Only the retention service may ask identity to notify staff, and a
+    // notice that breaks a rule is refused with every broken rule named.
+    let notice = identity_pb::NotifyStaffRequest {
+        notice_id: "batch:test".into(),
+        kind: identity_pb::StaffNoticeKind::DisposalBatchAwaitingApproval as i32,
+        item_count: 1,
+        deadline: None,
+        reference_id: uuid::Uuid::now_v7().to_string(),
+        except_staff_id: String::new(),
+    };
+    let refused = IdentityServiceClient::new(
+        channel(&data, &sandbox, ServiceName::Identity, "firm-app").await,
+    )
+    .notify_staff(notice.clone())
+    .await
+    .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    let mut identity = IdentityServiceClient::new(
+        channel(&data, &sandbox, ServiceName::Identity, "retention").await,
+    );
+    let bad = identity
+        .notify_staff(identity_pb::NotifyStaffRequest {
+            notice_id: "batch: one".into(),
+            kind: 0,
+            item_count: 0,
+            deadline: None,
+            reference_id: "batch-1".into(),
+            except_staff_id: "someone".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        common::violated_fields(&bad),
+        [
+            "notice_id",
+            "kind",
+            "item_count",
+            "reference_id",
+            "except_staff_id"
+        ]
+    );
+    let staged_without_deadline = identity
+        .notify_staff(identity_pb::NotifyStaffRequest {
+            kind: identity_pb::StaffNoticeKind::DestructionStaged as i32,
+            ..notice.clone()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        common::violated_fields(&staged_without_deadline),
+        ["deadline", "reference_id"]
+    );
+    sandbox.stop().await;
+
+    // The gateway is back: the next sweep (the one every replica starts
+    // with) sends the notice, naming the batch, and no later one sends it
+    // again.
+    let sandbox = Sandbox::start(&data, disposal_spec(Vec::new())).await;
+    let mut retention = RetentionServiceClient::new(
+        channel(&data, &sandbox, ServiceName::Retention, "firm-app").await,
+    );
+    let sweep = |retention: &RetentionServiceClient<PeerChannel>| {
+        let (mut retention, token) = (retention.clone(), token.clone());
+        async move {
+            retention
+                .run_sweep(as_staff(&token, pb::RunSweepRequest {}))
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    common::eventually(
+        Duration::from_secs(20),
+        "the notice sent once the gateway is back",
+        || async { !common::mails_to(&data, "records@firm.example").is_empty() },
+    )
+    .await;
+    for _ in 0..2 {
+        let later = sweep(&retention).await;
+        assert_eq!(
+            (later.batches_created, later.staff_notices_sent),
+            (0, 0),
+            "{later:?}"
+        );
+    }
+    let batch = retention
+        .list_disposal_batches(as_staff(
+            &token,
+            pb::ListDisposalBatchesRequest {
+                state: pb::BatchState::AwaitingApproval as i32,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .batches
+        .remove(0)
+        .id;
+    // Identity itself sends a notice to nobody twice, whoever asks again.
+    let again = IdentityServiceClient::new(
+        channel(&data, &sandbox, ServiceName::Identity, "retention").await,
+    )
+    .notify_staff(identity_pb::NotifyStaffRequest {
+        notice_id: format!("batch:{batch}"),
+        reference_id: batch.clone(),
+        ..notice
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(
+        (again.recipients, again.sent, again.failed),
+        (1, 0, 0),
+        "{again:?}"
+    );
+    let told = common::mails_to(&data, "records@firm.example");
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(
+        told[0].0,
+        "Disposal batch waiting for your approval: 1 scope"
+    );
+    assert!(told[0].1.contains(&batch), "{}", told[0].1);
+    assert!(common::mails_to(&data, "partner@firm.example").is_empty());
+    // The e-mail is in the audit log, naming its recipient and the batch.
+    let log =
+        AuditServiceClient::new(channel(&data, &sandbox, ServiceName::Audit, "operator").await);
+    let manager = firm.manager.clone();
+    common::eventually(Duration::from_secs(20), "the notice in the log", || {
+        let (mut log, manager, batch) = (log.clone(), manager.clone(), batch.clone());
+        async move {
+            let told =
+                common::logged_events(&mut log, "", "identity", "identity.staff.notified").await;
+            told.len() == 1
+                && told.iter().all(|e| {
+                    e.reason == "disposal_batch_awaiting_approval"
+                        && e.resource.as_ref().is_some_and(|r| r.id == manager)
+                        && e.related
+                            .iter()
+                            .any(|r| r.r#type == "reference" && r.id == batch)
+                })
+        }
+    })
+    .await;
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_records_managers_hear_of_a_waiting_batch_once_the_gateway_is_back() {
+    records_managers_hear_of_a_waiting_batch_once_the_gateway_is_back(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_records_managers_hear_of_a_waiting_batch_once_the_gateway_is_back() {
+    records_managers_hear_of_a_waiting_batch_once_the_gateway_is_back(Backend::Postgres).await;
 }

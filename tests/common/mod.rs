@@ -233,6 +233,21 @@ pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The subjects and bodies of the e-mails identity sent to `address`
+/// (through the sandbox's notifications file), in order.
+pub fn mails_to(data: &confidant::sandbox::SandboxData, address: &str) -> Vec<(String, String)> {
+    std::fs::read_to_string(data.path().join("notifications.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["address"] == address)
+        .map(|m| {
+            let text = |k: &str| m[k].as_str().unwrap_or_default().to_owned();
+            (text("subject"), text("body"))
+        })
+        .collect()
+}
+
 /// A mutual-TLS channel to `service` with the certificate of `name` from the
 /// sandbox CA.
 pub async fn channel(

@@ -2165,6 +2165,83 @@ impl IdentityService for IdentityApi {
             reviews,
         }))
     }
+
+    #[tracing::instrument(name = "identity.notify_staff", skip_all)]
+    async fn notify_staff(
+        &self,
+        request: Request<NotifyStaffRequest>,
+    ) -> Result<Response<NotifyStaffResponse>, Status> {
+        let notice = staff_notice(request.into_inner())?;
+        let reminders = self
+            .reminders
+            .as_ref()
+            .ok_or_else(|| Status::unavailable("staff notices are not configured"))?;
+        let noticed = reminders
+            .notify(&notice, Utc::now())
+            .await
+            .map_err(Error::from)?;
+        let n = |x: usize| i32::try_from(x).unwrap_or(i32::MAX);
+        Ok(Response::new(NotifyStaffResponse {
+            recipients: n(noticed.recipients),
+            sent: n(noticed.sent),
+            failed: n(noticed.failed),
+        }))
+    }
+}
+
+/// A NotifyStaff request checked: every broken rule named.
+fn staff_notice(req: NotifyStaffRequest) -> Result<crate::reminders::StaffNotice, Error> {
+    use crate::reminders::NoticeKind;
+    let mut v = Violations::new();
+    if req.notice_id.is_empty()
+        || req.notice_id.len() > 128
+        || !req
+            .notice_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
+    {
+        v.add(
+            "notice_id",
+            "must be 1 to 128 letters, digits, '.', '_', ':' or '-'",
+        );
+    }
+    let kind = match StaffNoticeKind::try_from(req.kind) {
+        Ok(StaffNoticeKind::DestructionStaged) => Some(NoticeKind::DestructionStaged),
+        Ok(StaffNoticeKind::DisposalBatchAwaitingApproval) => {
+            Some(NoticeKind::BatchAwaitingApproval)
+        }
+        Ok(StaffNoticeKind::ErasureAwaitingApproval) => Some(NoticeKind::ErasureAwaitingApproval),
+        Ok(StaffNoticeKind::Unspecified) | Err(_) => {
+            v.add("kind", "must be a known kind of notice");
+            None
+        }
+    };
+    if req.item_count < 1 {
+        v.add("item_count", "must be at least 1");
+    }
+    let staged = kind == Some(NoticeKind::DestructionStaged);
+    let deadline = time(&mut v, "deadline", req.deadline.as_ref(), staged);
+    if !staged && deadline.is_some() {
+        v.add("deadline", "is only for DESTRUCTION_STAGED");
+    }
+    let reference = if staged {
+        if !req.reference_id.is_empty() {
+            v.add("reference_id", "must be empty for DESTRUCTION_STAGED");
+        }
+        None
+    } else {
+        uuid(&mut v, "reference_id", &req.reference_id)
+    };
+    let except = optional_uuid(&mut v, "except_staff_id", &req.except_staff_id);
+    check(v)?;
+    Ok(crate::reminders::StaffNotice {
+        id: req.notice_id,
+        kind: kind.unwrap_or(NoticeKind::DestructionStaged),
+        items: u32::try_from(req.item_count).unwrap_or(1),
+        deadline,
+        reference,
+        except,
+    })
 }
 
 /// Tells retention that a matter closed (its retention periods may count from

@@ -73,6 +73,10 @@ pub async fn build(
             std::iter::once(ctx.spiffe_id(ServiceName::Retention)).chain(admins.iter().cloned()),
         )
         .allow(
+            &format!("/{GRPC_SERVICE}/NotifyStaff"),
+            [ctx.spiffe_id(ServiceName::Retention)],
+        )
+        .allow(
             &format!("/{GRPC_SERVICE}/GetComplianceFacts"),
             std::iter::once(ctx.spiffe_id(ServiceName::Audit)).chain(admins.iter().cloned()),
         )

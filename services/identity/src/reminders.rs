@@ -7,6 +7,12 @@
 //! is told when a campaign starts (`started`) and again as its deadline
 //! nears (`due`) while items still wait. Each reminder goes at most once,
 //! whichever replica's sweep comes first.
+//!
+//! Other services' work waiting for staff comes here too ([`StaffNotice`],
+//! NotifyStaff): identity knows who holds which permission and where to
+//! write to them, so retention tells records managers of a staged
+//! destruction, a disposal batch or an erasure waiting for them through it,
+//! each recipient once per notice.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -74,6 +80,138 @@ pub struct Due {
     pub expires: DateTime<Utc>,
     /// `due` or `lapsed`.
     pub stage: &'static str,
+}
+
+/// What became of one message to a staff member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// Sent now.
+    Sent,
+    /// Sent before, or being sent by another replica.
+    Claimed,
+    /// The gateway refused it; it may be tried again.
+    Failed,
+}
+
+/// What a staff notice is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoticeKind {
+    /// Scopes staged for destruction: records managers may keep one
+    /// before the deadline.
+    DestructionStaged,
+    /// A disposal batch waits for records managers' approval.
+    BatchAwaitingApproval,
+    /// An erasure of one record waits for records managers' approval.
+    ErasureAwaitingApproval,
+}
+
+/// The permission of those who act on retention's notices: records
+/// managers.
+pub const RETENTION_MANAGE: &str = "retention.manage";
+
+impl NoticeKind {
+    /// Its name in the audit log (the event's reason) and the claims.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::DestructionStaged => "destruction_staged",
+            Self::BatchAwaitingApproval => "disposal_batch_awaiting_approval",
+            Self::ErasureAwaitingApproval => "erasure_awaiting_approval",
+        }
+    }
+
+    /// The permission whose enabled holders it goes to.
+    pub fn permission(self) -> &'static str {
+        RETENTION_MANAGE
+    }
+}
+
+/// A notice another service asked identity to send (NotifyStaff).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaffNotice {
+    /// The asker's id of it: each recipient gets it once.
+    pub id: String,
+    /// What it is about.
+    pub kind: NoticeKind,
+    /// How many items wait.
+    pub items: u32,
+    /// By when to act (a staged destruction's earliest key destruction).
+    pub deadline: Option<DateTime<Utc>>,
+    /// The batch or erasure.
+    pub reference: Option<Uuid>,
+    /// Whom not to tell (who asked for it).
+    pub except: Option<Uuid>,
+}
+
+/// How a notice went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Noticed {
+    /// The staff it is for.
+    pub recipients: usize,
+    /// Sent now.
+    pub sent: usize,
+    /// Refused by the gateway now.
+    pub failed: usize,
+}
+
+impl StaffNotice {
+    /// The e-mail to `address`: counts, times and retention's ids, never a
+    /// client.
+    pub fn message(&self, address: &str) -> Message {
+        let n = self.items;
+        let scopes = if n == 1 {
+            "1 scope".to_owned()
+        } else {
+            format!("{n} scopes")
+        };
+        let (subject, body) = match self.kind {
+            NoticeKind::DestructionStaged => {
+                let when = self.deadline.map_or_else(
+                    || "the end of the vault's pending window".to_owned(),
+                    |d| d.format("%Y-%m-%d %H:%M UTC").to_string(),
+                );
+                (
+                    format!("{scopes} of client data staged for destruction: keys go from {when}"),
+                    format!(
+                        "The retention schedule staged {scopes} of client data for destruction. \
+                         Every read of {them} is refused now, and {their} keys will be destroyed \
+                         from {when} on; nothing can be read back after that. To keep a scope \
+                         (a legal hold is coming, the schedule does not fit it), cancel its \
+                         destruction before then in your firm application (scopes pending \
+                         destruction). Notice {id}.",
+                        them = if n == 1 { "it" } else { "them" },
+                        their = if n == 1 { "its" } else { "their" },
+                        id = self.id,
+                    ),
+                )
+            }
+            NoticeKind::BatchAwaitingApproval => (
+                format!("Disposal batch waiting for your approval: {scopes}"),
+                format!(
+                    "A disposal batch of {scopes} of client data that the retention schedule \
+                     says are due waits for records managers' approval (batch {reference}). \
+                     Review it in your firm application (disposal batches); nothing in it is \
+                     destroyed before enough records managers approve it.",
+                    reference = self.reference.map(|r| r.to_string()).unwrap_or_default(),
+                ),
+            ),
+            NoticeKind::ErasureAwaitingApproval => (
+                "Erasure of a record waiting for your approval".to_owned(),
+                format!(
+                    "A records manager asked for the erasure of one record of client data \
+                     before its schedule (erasure {reference}). It waits for another records \
+                     manager's approval in your firm application (erasures); nothing is \
+                     erased before then.",
+                    reference = self.reference.map(|r| r.to_string()).unwrap_or_default(),
+                ),
+            ),
+        };
+        Message {
+            channel: "email".into(),
+            address: address.to_owned(),
+            subject,
+            body,
+        }
+    }
 }
 
 /// id, staff, email, kind, version, completed, expires, score, pass mark.
@@ -211,7 +349,8 @@ impl Reminders {
                 body: body(&due),
             };
             sent += usize::from(
-                self.deliver(
+                Delivery::Sent
+                    == self.deliver(
                     Statement::new(
                         "INSERT INTO attestation_reminders (attestation_id, stage, staff_id, sent_at) \
                          SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM attestation_reminders \
@@ -246,7 +385,8 @@ impl Reminders {
             claim.push(Value::Time(now));
             let message = review_message(&due);
             sent += usize::from(
-                self.deliver(
+                Delivery::Sent
+                    == self.deliver(
                     Statement::new(
                         "INSERT INTO review_reminders (campaign_id, staff_id, stage, sent_at) \
                          SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM review_reminders \
@@ -275,35 +415,104 @@ impl Reminders {
     }
 
     /// Sends `message` once: claims it with `claim` first, so that one
-    /// another replica claimed is not sent twice; lets it go again with
-    /// `release` when it could not be sent, for the next sweep; and records
-    /// `event` once it was sent. Whether it was sent now.
+    /// another replica claimed (or that was sent already) is not sent
+    /// twice; lets it go again with `release` when it could not be sent, for
+    /// a later try; and records `event` once it was sent.
     async fn deliver(
         &self,
         claim: Statement,
         release: Statement,
         message: &Message,
         event: confidant_proto::audit::v1::AuditEvent,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Delivery, StoreError> {
         match self.db.transact(vec![claim.expecting(1)], &[]).await {
             Ok(_) => {}
-            // Another replica has it.
+            // Another replica has it, or it went already.
             Err(e @ confidant_runtime::portable::TransactError::Unmet { .. }) => {
-                tracing::debug!(error = %e, "a reminder was claimed elsewhere");
-                return Ok(false);
+                tracing::debug!(error = %e, "a message to staff was claimed elsewhere");
+                return Ok(Delivery::Claimed);
             }
-            Err(e) if e.is_duplicate() => return Ok(false),
+            Err(e) if e.is_duplicate() => return Ok(Delivery::Claimed),
             Err(e) => return Err(e.into()),
         }
         if let Err(e) = self.notifier.send(message).await {
-            tracing::warn!(error = %e.0, subject = %message.subject, "a reminder was not sent");
+            tracing::warn!(error = %e.0, subject = %message.subject, "a message to staff was not sent");
             self.db.transact(vec![release], &[]).await?;
-            return Ok(false);
+            return Ok(Delivery::Failed);
         }
         if let Err(e) = self.db.transact(Vec::new(), &[event]).await {
-            tracing::error!(error = %e, "a reminder sent was not recorded in the audit log");
+            tracing::error!(error = %e, "a message sent to staff was not recorded in the audit log");
         }
-        Ok(true)
+        Ok(Delivery::Sent)
+    }
+
+    /// Sends `notice` by e-mail to each of its recipients (see
+    /// [`NoticeKind::recipients`]) who has not had it yet, each claimed
+    /// first like a reminder, so that a notice asked for again, on any
+    /// replica, reaches nobody twice.
+    pub async fn notify(
+        &self,
+        notice: &StaffNotice,
+        now: DateTime<Utc>,
+    ) -> Result<Noticed, StoreError> {
+        let recipients: Vec<(Uuid, String)> = self
+            .db
+            .fetch_all(
+                "SELECT s.id, s.email FROM staff s WHERE s.disabled_at IS NULL AND EXISTS \
+                 (SELECT 1 FROM staff_roles r JOIN role_permissions p ON p.role = r.role \
+                 WHERE r.staff_id = s.id AND r.revoked_at IS NULL \
+                 AND (r.expires_at IS NULL OR r.expires_at > $2) AND p.permission = $1) \
+                 ORDER BY s.id",
+                vec![
+                    Value::Text(notice.kind.permission().to_owned()),
+                    Value::Time(now),
+                ],
+            )
+            .await?;
+        let mut outcome = Noticed::default();
+        for (staff_id, email) in recipients {
+            if notice.except == Some(staff_id) {
+                continue;
+            }
+            outcome.recipients += 1;
+            let mut related = vec![
+                ("notice", notice.id.clone()),
+                ("items", notice.items.to_string()),
+            ];
+            if let Some(reference) = notice.reference {
+                related.push(("reference", reference.to_string()));
+            }
+            let event = self
+                .event(Action::IdentityStaffNotified, notice.kind.name())
+                .resource("staff", &staff_id.to_string())
+                .related(related)
+                .build();
+            let key = vec![Value::Text(notice.id.clone()), Value::Uuid(staff_id)];
+            let mut claim = key.clone();
+            claim.extend([Value::Text(notice.kind.name().to_owned()), Value::Time(now)]);
+            let delivery = self
+                .deliver(
+                    Statement::new(
+                        "INSERT INTO staff_notices (notice_id, staff_id, kind, sent_at) \
+                         SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM staff_notices \
+                         WHERE notice_id = $1 AND staff_id = $2)",
+                        claim,
+                    ),
+                    Statement::new(
+                        "DELETE FROM staff_notices WHERE notice_id = $1 AND staff_id = $2",
+                        key,
+                    ),
+                    &notice.message(&email),
+                    event,
+                )
+                .await?;
+            match delivery {
+                Delivery::Sent => outcome.sent += 1,
+                Delivery::Failed => outcome.failed += 1,
+                Delivery::Claimed => {}
+            }
+        }
+        Ok(outcome)
     }
 
     /// The reviewers to tell at `now` of the items waiting for them in the

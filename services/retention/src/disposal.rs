@@ -75,6 +75,9 @@ pub struct SweepReport {
     pub paused: bool,
     /// Erasures of single records the vault confirmed.
     pub erased: usize,
+    /// E-mails to records managers sent after the sweep
+    /// ([`crate::notices`]).
+    pub notified: usize,
 }
 
 /// What the vault did with a shred order.
@@ -408,7 +411,16 @@ impl Disposer {
             Err(e) => Err(e),
         };
         let _ = self.coord.release_lease(&lease).await;
-        result.map(Some)
+        // Records managers are told of what waits for them, whatever became
+        // of the sweep: what it left undone is told by a later one.
+        let notified = match crate::notices::drain(&self.retention).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "records managers not told of work waiting for them yet; retried after the next sweep");
+                0
+            }
+        };
+        result.map(|report| Some(SweepReport { notified, ..report }))
     }
 
     /// Claims the next fencing epoch: from now on only a sweep under this
@@ -458,6 +470,10 @@ impl Disposer {
         self.plan(token, &mut report).await?;
         keeper.keep().await?;
         self.execute(token, &mut report, &mut keeper).await?;
+        // One notice of every destruction staged and not told of yet.
+        let mut statements = vec![fence(token)];
+        statements.extend(crate::notices::staged(Utc::now()));
+        self.commit(statements, &[]).await?;
         self.close_batches(token).await?;
         Ok(report)
     }
@@ -569,6 +585,9 @@ impl Disposer {
                             Value::Time(now),
                         ],
                     ));
+                }
+                if review {
+                    statements.push(crate::notices::batch_awaiting(batch, chunk.len(), now));
                 }
                 let event = self
                     .event(AuditAction::RetentionBatchCreated)

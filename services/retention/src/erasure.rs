@@ -513,10 +513,24 @@ impl Erasures {
         )
         .outcome(Outcome::Allowed, &basis)
         .build();
-        self.commit(vec![insert, approval(row.id, actor.id(), now)], &[event])
-            .await?;
+        let mut statements = vec![insert, approval(row.id, actor.id(), now)];
+        let awaiting = row.state == "awaiting_approval";
+        if awaiting {
+            statements.push(crate::notices::erasure_awaiting(row.id, actor.id(), now));
+        }
+        self.commit(statements, &[event]).await?;
         if row.state == "ordered" {
             self.order(row).await;
+        }
+        if awaiting {
+            // The other records managers hear of it now, not after the
+            // next sweep.
+            let retention = self.retention.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::notices::drain(&retention).await {
+                    tracing::warn!(error = %e, "records managers not told of an erasure yet; retried after the next sweep");
+                }
+            });
         }
         Ok(())
     }

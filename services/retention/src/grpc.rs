@@ -554,6 +554,7 @@ impl RetentionService for RetentionApi {
                 listed_for_return: n(r.listed_for_return),
                 paused: r.paused,
                 records_erased: n(r.erased),
+                staff_notices_sent: n(r.notified),
             },
         }))
     }

@@ -17,6 +17,7 @@ pub mod domain;
 pub mod erasure;
 pub mod error;
 pub mod grpc;
+pub mod notices;
 pub mod physical;
 pub mod restore;
 pub mod service;

@@ -143,6 +143,11 @@ impl Retention {
         self
     }
 
+    /// The identity service.
+    pub fn identity_channel(&self) -> Option<PeerChannel> {
+        self.identity.clone()
+    }
+
     /// The audit service.
     pub fn audit_channel(&self) -> Option<PeerChannel> {
         self.audit.clone()

@@ -91,6 +91,7 @@ actions! {
     IdentityDocumentChecked => "identity.document.checked", "Staff recorded a check of a client's identity document.";
     IdentityReviewStarted => "identity.review.started", "An access review campaign was opened.";
     IdentityReviewReminded => "identity.review.reminded", "Identity sent a reviewer an e-mail (once it was sent) that items of an access review campaign wait for their decision (reason: started, or due as its deadline nears; resource: the campaign; related: the reviewer and how many items).";
+    IdentityStaffNotified => "identity.staff.notified", "Identity sent a staff member an e-mail (once it was sent) of work another service said waits for them (reason: destruction_staged, disposal_batch_awaiting_approval or erasure_awaiting_approval; resource: the staff member; related: the notice's id, how many items, and the batch or erasure as `reference`).";
     IdentityReviewDecided => "identity.review.decided", "A grant under review was certified or revoked (reason: certify, revoke).";
     IdentityRoleGranted => "identity.role.granted", "A staff member was given a role (resource id: the role; reason: `staff-` and the staff member's id; related: the staff member, and the expiry if it has one).";
     IdentityRoleRevoked => "identity.role.revoked", "A role was taken from a staff member (resource id: the role; reason: `staff-` and the staff member's id).";
