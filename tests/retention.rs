@@ -351,6 +351,32 @@ async fn policies_triggers_and_holds_decide_what_falls_due(backend: Backend) {
         .into_inner();
     assert_eq!(first.approvals_needed, 1);
     assert!(first.hold.unwrap().release_time.is_none());
+    // Those who may approve it too (holds.manage: the other records manager
+    // and the partner) are e-mailed at once that it waits; the approver
+    // and the associate are not.
+    let release_notice = |address: &str| {
+        common::mails_to(&data, address)
+            .into_iter()
+            .filter(|(subject, _)| subject == "Release of a legal hold waiting for your approval")
+            .map(|(_, body)| body)
+            .collect::<Vec<String>>()
+    };
+    common::eventually(
+        Duration::from_secs(10),
+        "the other approvers told",
+        || async {
+            !release_notice("records2@firm.example").is_empty()
+                && !release_notice("partner@firm.example").is_empty()
+        },
+    )
+    .await;
+    for other in ["records2@firm.example", "partner@firm.example"] {
+        let told = release_notice(other);
+        assert_eq!(told.len(), 1, "{other}: {told:?}");
+        assert!(told[0].contains(&hold.id), "{}", told[0]);
+    }
+    assert!(common::mails_to(&data, "records@firm.example").is_empty());
+    assert!(common::mails_to(&data, "associate@firm.example").is_empty());
     let again = retention
         .approve_hold_release(as_staff(&manager_token, approve.clone()))
         .await
@@ -372,6 +398,8 @@ async fn policies_triggers_and_holds_decide_what_falls_due(backend: Backend) {
         .into_inner();
     assert_eq!(released.approvals_needed, 0);
     assert!(released.hold.unwrap().release_time.is_some());
+    // Released: nobody is told again.
+    assert_eq!(release_notice("partner@firm.example").len(), 1);
     let after = retention
         .approve_hold_release(as_staff(&second_token, approve))
         .await
@@ -1148,6 +1176,13 @@ async fn originals_go_back_to_the_client_instead_of_the_shredder(backend: Backen
         "{first:?}"
     );
     assert_eq!(sweep(&retention).await.listed_for_return, 0, "listed once");
+    // The records manager is e-mailed that originals wait to go back, once;
+    // the partner is not.
+    let told = common::mails_to(&data, "records@firm.example");
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(told[0].0, "Originals to return to clients: 1 scope");
+    assert!(told[0].1.contains("return-to-client list"), "{}", told[0].1);
+    assert!(common::mails_to(&data, "partner@firm.example").is_empty());
 
     // The vault refuses to shred the originals even when asked directly.
     let mut vault_as_retention =

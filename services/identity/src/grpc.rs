@@ -2211,6 +2211,10 @@ fn staff_notice(req: NotifyStaffRequest) -> Result<crate::reminders::StaffNotice
             Some(NoticeKind::BatchAwaitingApproval)
         }
         Ok(StaffNoticeKind::ErasureAwaitingApproval) => Some(NoticeKind::ErasureAwaitingApproval),
+        Ok(StaffNoticeKind::ReturnsListed) => Some(NoticeKind::ReturnsListed),
+        Ok(StaffNoticeKind::HoldReleaseAwaitingApproval) => {
+            Some(NoticeKind::HoldReleaseAwaitingApproval)
+        }
         Ok(StaffNoticeKind::Unspecified) | Err(_) => {
             v.add("kind", "must be a known kind of notice");
             None
@@ -2224,13 +2228,17 @@ fn staff_notice(req: NotifyStaffRequest) -> Result<crate::reminders::StaffNotice
     if !staged && deadline.is_some() {
         v.add("deadline", "is only for DESTRUCTION_STAGED");
     }
-    let reference = if staged {
-        if !req.reference_id.is_empty() {
-            v.add("reference_id", "must be empty for DESTRUCTION_STAGED");
+    let reference = match kind {
+        Some(kind) if kind.names_one() => uuid(&mut v, "reference_id", &req.reference_id),
+        _ => {
+            if !req.reference_id.is_empty() {
+                v.add(
+                    "reference_id",
+                    "is only for the kinds awaiting approval, which name what waits",
+                );
+            }
+            None
         }
-        None
-    } else {
-        uuid(&mut v, "reference_id", &req.reference_id)
     };
     let except = optional_uuid(&mut v, "except_staff_id", &req.except_staff_id);
     check(v)?;

@@ -103,11 +103,16 @@ pub enum NoticeKind {
     BatchAwaitingApproval,
     /// An erasure of one record waits for records managers' approval.
     ErasureAwaitingApproval,
+    /// Due scopes holding originals are on the return-to-client list.
+    ReturnsListed,
+    /// A legal hold's release waits for another approval.
+    HoldReleaseAwaitingApproval,
 }
 
-/// The permission of those who act on retention's notices: records
-/// managers.
+/// The permission of records managers.
 pub const RETENTION_MANAGE: &str = "retention.manage";
+/// The permission of those who place legal holds and approve releases.
+pub const HOLDS_MANAGE: &str = "holds.manage";
 
 impl NoticeKind {
     /// Its name in the audit log (the event's reason) and the claims.
@@ -116,12 +121,28 @@ impl NoticeKind {
             Self::DestructionStaged => "destruction_staged",
             Self::BatchAwaitingApproval => "disposal_batch_awaiting_approval",
             Self::ErasureAwaitingApproval => "erasure_awaiting_approval",
+            Self::ReturnsListed => "returns_listed",
+            Self::HoldReleaseAwaitingApproval => "hold_release_awaiting_approval",
         }
     }
 
-    /// The permission whose enabled holders it goes to.
+    /// The permission whose enabled holders it goes to: those who can act
+    /// on it.
     pub fn permission(self) -> &'static str {
-        RETENTION_MANAGE
+        match self {
+            Self::HoldReleaseAwaitingApproval => HOLDS_MANAGE,
+            _ => RETENTION_MANAGE,
+        }
+    }
+
+    /// Whether it is about one thing waiting for approval, which it names.
+    pub fn names_one(self) -> bool {
+        matches!(
+            self,
+            Self::BatchAwaitingApproval
+                | Self::ErasureAwaitingApproval
+                | Self::HoldReleaseAwaitingApproval
+        )
     }
 }
 
@@ -163,6 +184,7 @@ impl StaffNotice {
         } else {
             format!("{n} scopes")
         };
+        let reference = self.reference.map(|r| r.to_string()).unwrap_or_default();
         let (subject, body) = match self.kind {
             NoticeKind::DestructionStaged => {
                 let when = self.deadline.map_or_else(
@@ -190,8 +212,7 @@ impl StaffNotice {
                     "A disposal batch of {scopes} of client data that the retention schedule \
                      says are due waits for records managers' approval (batch {reference}). \
                      Review it in your firm application (disposal batches); nothing in it is \
-                     destroyed before enough records managers approve it.",
-                    reference = self.reference.map(|r| r.to_string()).unwrap_or_default(),
+                     destroyed before enough records managers approve it."
                 ),
             ),
             NoticeKind::ErasureAwaitingApproval => (
@@ -200,8 +221,32 @@ impl StaffNotice {
                     "A records manager asked for the erasure of one record of client data \
                      before its schedule (erasure {reference}). It waits for another records \
                      manager's approval in your firm application (erasures); nothing is \
-                     erased before then.",
-                    reference = self.reference.map(|r| r.to_string()).unwrap_or_default(),
+                     erased before then."
+                ),
+            ),
+            NoticeKind::ReturnsListed => (
+                format!("Originals to return to clients: {scopes}"),
+                format!(
+                    "The retention schedule says {scopes} of client data {are} due, but \
+                     {they} {hold} originals that belong to the client, so nothing in {them} \
+                     is destroyed: the originals go back to the client first. {cap} {are} on \
+                     the return-to-client list in your firm application (returns); record how \
+                     each went back (a tracking number, say), and the copies left are disposed \
+                     of by the next sweep.",
+                    are = if n == 1 { "is" } else { "are" },
+                    they = if n == 1 { "it" } else { "they" },
+                    cap = if n == 1 { "It" } else { "They" },
+                    hold = if n == 1 { "holds" } else { "hold" },
+                    them = if n == 1 { "it" } else { "them" },
+                ),
+            ),
+            NoticeKind::HoldReleaseAwaitingApproval => (
+                "Release of a legal hold waiting for your approval".to_owned(),
+                format!(
+                    "A staff member approved the release of a legal hold (hold {reference}). \
+                     It stays in force, and nothing it covers can be destroyed, until another \
+                     person approves the release in your firm application (legal holds). \
+                     Approve it only once the matter that called for the hold allows."
                 ),
             ),
         };

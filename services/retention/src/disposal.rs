@@ -470,9 +470,11 @@ impl Disposer {
         self.plan(token, &mut report).await?;
         keeper.keep().await?;
         self.execute(token, &mut report, &mut keeper).await?;
-        // One notice of every destruction staged and not told of yet.
+        // One notice of every destruction staged and not told of yet, and
+        // one of the originals listed for return.
         let mut statements = vec![fence(token)];
         statements.extend(crate::notices::staged(Utc::now()));
+        statements.extend(crate::notices::returns_listed(Utc::now()));
         self.commit(statements, &[]).await?;
         self.close_batches(token).await?;
         Ok(report)

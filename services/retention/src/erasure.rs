@@ -523,14 +523,7 @@ impl Erasures {
             self.order(row).await;
         }
         if awaiting {
-            // The other records managers hear of it now, not after the
-            // next sweep.
-            let retention = self.retention.clone();
-            tokio::spawn(async move {
-                if let Err(e) = crate::notices::drain(&retention).await {
-                    tracing::warn!(error = %e, "records managers not told of an erasure yet; retried after the next sweep");
-                }
-            });
+            crate::notices::drain_soon(self.retention.clone());
         }
         Ok(())
     }

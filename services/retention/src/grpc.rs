@@ -431,6 +431,9 @@ impl RetentionService for RetentionApi {
         check(v)?;
         let id = id.unwrap_or_default();
         let (hold, needed) = self.retention.approve_release(&actor, id).await?;
+        if needed > 0 {
+            crate::notices::drain_soon(self.retention.clone());
+        }
         let approvers = self
             .retention
             .store()

@@ -1,8 +1,10 @@
-//! Notices to records managers of work waiting for them: a sweep staged
-//! destructions that they can still stop, a disposal batch waits for their
-//! approval, an erasure asked for by one of them waits for another's.
-//! Without them the pending window and the approvals only work for someone
-//! who happens to look.
+//! Notices to staff of work waiting for them: a sweep staged destructions
+//! that records managers can still stop, or listed originals they must
+//! return to clients; a disposal batch waits for their approval, an erasure
+//! asked for by one of them waits for another's, and so does a legal hold's
+//! release approved once (for those who manage holds). Without them the
+//! pending window, the returns and the approvals only work for someone who
+//! happens to look.
 //!
 //! A notice is written in the transaction that made the work (an outbox:
 //! nothing is told of work that was not made, and no work goes untold when
@@ -30,6 +32,10 @@ const STAGED: &str = "destruction_staged";
 const BATCH: &str = "disposal_batch_awaiting_approval";
 /// An erasure waiting for approval.
 const ERASURE: &str = "erasure_awaiting_approval";
+/// Originals to return to clients.
+const RETURNS: &str = "returns_listed";
+/// A hold's release waiting for approval.
+const HOLD_RELEASE: &str = "hold_release_awaiting_approval";
 
 /// Statement: the notice of disposal batch `batch` of `scopes` scopes,
 /// waiting for approval.
@@ -57,6 +63,21 @@ pub fn erasure_awaiting(erasure: Uuid, asker: &str, now: DateTime<Utc>) -> State
     )
 }
 
+/// Statement: the notice that the release of hold `hold` waits for another
+/// approval; not for `approver` (a staff id), who approved it. One per
+/// hold, however many approvals it takes.
+pub fn hold_release_awaiting(hold: Uuid, approver: &str, now: DateTime<Utc>) -> Statement {
+    insert(
+        format!("hold-release:{hold}"),
+        HOLD_RELEASE,
+        1,
+        Some(hold),
+        Uuid::parse_str(approver).ok(),
+        now,
+    )
+}
+
+/// Statement: notice `id`, unless there is one with that id already.
 fn insert(
     id: String,
     kind: &'static str,
@@ -67,7 +88,7 @@ fn insert(
 ) -> Statement {
     Statement::new(
         "INSERT INTO retention_notices (id, kind, item_count, reference, except_staff, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+         SELECT $1, $2, $3, $4, $5, $6 WHERE NOT EXISTS (SELECT 1 FROM retention_notices WHERE id = $1)",
         vec![
             Value::Text(id),
             Value::Text(kind.to_owned()),
@@ -104,6 +125,28 @@ pub fn staged(now: DateTime<Utc>) -> Vec<Statement> {
     ]
 }
 
+/// Statements: one notice of every scope on the return-to-client list that
+/// no notice told of yet (nothing when there is none).
+pub fn returns_listed(now: DateTime<Utc>) -> Vec<Statement> {
+    let id = format!("returns:{}", Uuid::now_v7());
+    vec![
+        Statement::new(
+            "UPDATE retention_returns SET notice_id = $1 WHERE state = 'listed' AND notice_id IS NULL",
+            vec![Value::Text(id.clone())],
+        ),
+        Statement::new(
+            "INSERT INTO retention_notices (id, kind, item_count, created_at) \
+             SELECT notice_id, $2, COUNT(*), $3 FROM retention_returns WHERE notice_id = $1 \
+             GROUP BY notice_id",
+            vec![
+                Value::Text(id),
+                Value::Text(RETURNS.to_owned()),
+                Value::Time(now),
+            ],
+        ),
+    ]
+}
+
 /// A notice as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
 struct NoticeRow {
@@ -121,6 +164,8 @@ impl NoticeRow {
             STAGED => StaffNoticeKind::DestructionStaged,
             BATCH => StaffNoticeKind::DisposalBatchAwaitingApproval,
             ERASURE => StaffNoticeKind::ErasureAwaitingApproval,
+            RETURNS => StaffNoticeKind::ReturnsListed,
+            HOLD_RELEASE => StaffNoticeKind::HoldReleaseAwaitingApproval,
             _ => StaffNoticeKind::Unspecified,
         };
         NotifyStaffRequest {
@@ -193,4 +238,15 @@ pub async fn drain(retention: &Retention) -> Result<usize, Error> {
         }
     }
     Ok(sent)
+}
+
+/// Sends the notices waiting now, in the background: the work that made one
+/// (an erasure asked for, a hold's release approved once) is told at once
+/// instead of after the next sweep, which retries it if this fails.
+pub fn drain_soon(retention: std::sync::Arc<Retention>) {
+    tokio::spawn(async move {
+        if let Err(e) = drain(&retention).await {
+            tracing::warn!(error = %e, "staff not told of work waiting for them yet; retried after the next sweep");
+        }
+    });
 }

@@ -875,15 +875,17 @@ impl Retention {
                 .resource("hold", &hold_id.to_string())
                 .scope(Some(hold.client_id), hold.matter_id)
                 .build();
-            match self
-                .store
-                .db()
-                .transact(
-                    vec![store::approve_release(hold_id, actor.id(), Utc::now())],
-                    &[event],
-                )
-                .await
-            {
+            let now = Utc::now();
+            let mut statements = vec![store::approve_release(hold_id, actor.id(), now)];
+            // Others are told that it waits for them (once per hold).
+            if approvers.len() + 1 < self.release_approvers {
+                statements.push(crate::notices::hold_release_awaiting(
+                    hold_id,
+                    actor.id(),
+                    now,
+                ));
+            }
+            match self.store.db().transact(statements, &[event]).await {
                 Ok(_) => {}
                 // A concurrent call approved for the same person first.
                 Err(e) if e.is_duplicate() => {}

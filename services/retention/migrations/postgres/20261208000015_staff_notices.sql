@@ -1,11 +1,13 @@
--- Notices for records managers of work waiting for them (a destruction
--- staged, a disposal batch or an erasure waiting for approval), written in
--- the transaction that made the work and sent through identity
--- (NotifyStaff) after it: an outbox, so a notice is never lost when
--- identity or its mail gateway is away, and sent again until it went.
+-- Notices for staff of work waiting for them (a destruction staged, a
+-- disposal batch, an erasure or a hold's release waiting for approval,
+-- originals to return), written in the transaction that made the work
+-- and sent through identity (NotifyStaff) after it: an outbox, so a notice
+-- is never lost when identity or its mail gateway is away, and sent again
+-- until it went.
 CREATE TABLE retention_notices (
     id           TEXT PRIMARY KEY,
-    kind         TEXT NOT NULL CHECK (kind IN ('destruction_staged', 'disposal_batch_awaiting_approval', 'erasure_awaiting_approval')),
+    kind         TEXT NOT NULL CHECK (kind IN ('destruction_staged', 'disposal_batch_awaiting_approval',
+        'erasure_awaiting_approval', 'returns_listed', 'hold_release_awaiting_approval')),
     item_count   BIGINT NOT NULL,
     deadline     TIMESTAMPTZ,
     reference    UUID,
@@ -16,3 +18,6 @@ CREATE TABLE retention_notices (
 CREATE INDEX retention_notices_unsent ON retention_notices (created_at) WHERE sent_at IS NULL;
 -- The notice that told records managers of a disposal's staged destruction.
 ALTER TABLE retention_disposals ADD COLUMN notice_id TEXT;
+-- The notice that told records managers of a scope on the return-to-client
+-- list.
+ALTER TABLE retention_returns ADD COLUMN notice_id TEXT;
