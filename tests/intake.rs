@@ -145,16 +145,21 @@ fn good_answers() -> Vec<pb::Answer> {
     ]
 }
 
+/// The one-time code of the last message that carries one (notices to
+/// staff, sent in the background, may come after it).
 fn last_code(data: &SandboxData) -> String {
     let text = std::fs::read_to_string(data.path().join("notifications.jsonl")).unwrap();
-    let line: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
-    line["body"]
-        .as_str()
-        .unwrap()
-        .split_whitespace()
-        .find(|w| w.len() == 6 && w.chars().all(|c| c.is_ascii_digit()))
-        .unwrap()
-        .to_owned()
+    text.lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|line| {
+            line["body"]
+                .as_str()?
+                .split_whitespace()
+                .find(|w| w.len() == 6 && w.chars().all(|c| c.is_ascii_digit()))
+                .map(str::to_owned)
+        })
+        .expect("a message with a one-time code")
 }
 
 /// A client token from identity's one-time code flow for `reference`.
@@ -687,6 +692,19 @@ async fn clients_answer_forms_into_the_vault(backend: Backend) {
         .unwrap();
     assert_eq!(again.id, submission.id);
     assert_eq!(again.records.len(), 4);
+    // The partner who made the invitation is e-mailed, once, that the
+    // answers wait for their review; nobody else on the matter is.
+    common::eventually(
+        std::time::Duration::from_secs(10),
+        "the inviter told of the submission",
+        || async { !common::mails_to(&data, "partner@firm.example").is_empty() },
+    )
+    .await;
+    let told = common::mails_to(&data, "partner@firm.example");
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(told[0].0, "A client answered your intake invitation");
+    assert!(told[0].1.contains(&submission.id), "{}", told[0].1);
+    assert!(common::mails_to(&data, "paralegal@firm.example").is_empty());
     let err = intake
         .submit_form(submit(
             &secret,

@@ -3178,6 +3178,7 @@ async fn records_managers_hear_of_a_waiting_batch_once_the_gateway_is_back(backe
         deadline: None,
         reference_id: uuid::Uuid::now_v7().to_string(),
         except_staff_id: String::new(),
+        recipient_staff_id: String::new(),
     };
     let refused = IdentityServiceClient::new(
         channel(&data, &sandbox, ServiceName::Identity, "firm-app").await,
@@ -3197,6 +3198,7 @@ async fn records_managers_hear_of_a_waiting_batch_once_the_gateway_is_back(backe
             deadline: None,
             reference_id: "batch-1".into(),
             except_staff_id: "someone".into(),
+            recipient_staff_id: "someone else".into(),
         })
         .await
         .unwrap_err();
@@ -3207,9 +3209,27 @@ async fn records_managers_hear_of_a_waiting_batch_once_the_gateway_is_back(backe
             "kind",
             "item_count",
             "reference_id",
-            "except_staff_id"
+            "except_staff_id",
+            "recipient_staff_id"
         ]
     );
+    // A notice of a submission names its one recipient; the others do not.
+    let nobody = identity
+        .notify_staff(identity_pb::NotifyStaffRequest {
+            kind: identity_pb::StaffNoticeKind::SubmissionReceived as i32,
+            ..notice.clone()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(common::violated_fields(&nobody), ["recipient_staff_id"]);
+    let named = identity
+        .notify_staff(identity_pb::NotifyStaffRequest {
+            recipient_staff_id: firm.manager.clone(),
+            ..notice.clone()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(common::violated_fields(&named), ["recipient_staff_id"]);
     let staged_without_deadline = identity
         .notify_staff(identity_pb::NotifyStaffRequest {
             kind: identity_pb::StaffNoticeKind::DestructionStaged as i32,

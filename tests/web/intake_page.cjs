@@ -15,11 +15,14 @@ const [url, notifications] = process.argv.slice(2);
 const TIMEOUT = 15000;
 
 function lastCode() {
+  // The last message with a code: notices to staff may come after it.
   const lines = fs.readFileSync(notifications, "utf8").trim().split("\n");
-  const body = JSON.parse(lines[lines.length - 1]).body;
-  const code = body.split(/\s+/).find((w) => /^\d{6}$/.test(w));
-  if (!code) throw new Error("no code in the last notification");
-  return code;
+  for (const line of lines.reverse()) {
+    const words = JSON.parse(line).body.split(/\s+/);
+    const code = words.find((w) => /^\d{6}$/.test(w));
+    if (code) return code;
+  }
+  throw new Error("no notification with a code");
 }
 
 function png(len) {

@@ -2215,6 +2215,7 @@ fn staff_notice(req: NotifyStaffRequest) -> Result<crate::reminders::StaffNotice
         Ok(StaffNoticeKind::HoldReleaseAwaitingApproval) => {
             Some(NoticeKind::HoldReleaseAwaitingApproval)
         }
+        Ok(StaffNoticeKind::SubmissionReceived) => Some(NoticeKind::SubmissionReceived),
         Ok(StaffNoticeKind::Unspecified) | Err(_) => {
             v.add("kind", "must be a known kind of notice");
             None
@@ -2241,6 +2242,20 @@ fn staff_notice(req: NotifyStaffRequest) -> Result<crate::reminders::StaffNotice
         }
     };
     let except = optional_uuid(&mut v, "except_staff_id", &req.except_staff_id);
+    let recipient = match kind {
+        Some(kind) if kind.permission().is_none() => {
+            uuid(&mut v, "recipient_staff_id", &req.recipient_staff_id)
+        }
+        _ => {
+            if !req.recipient_staff_id.is_empty() {
+                v.add(
+                    "recipient_staff_id",
+                    "is only for SUBMISSION_RECEIVED: the other kinds go to a permission's holders",
+                );
+            }
+            None
+        }
+    };
     check(v)?;
     Ok(crate::reminders::StaffNotice {
         id: req.notice_id,
@@ -2249,6 +2264,7 @@ fn staff_notice(req: NotifyStaffRequest) -> Result<crate::reminders::StaffNotice
         deadline,
         reference,
         except,
+        recipient,
     })
 }
 

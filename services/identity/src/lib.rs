@@ -74,7 +74,10 @@ pub async fn build(
         )
         .allow(
             &format!("/{GRPC_SERVICE}/NotifyStaff"),
-            [ctx.spiffe_id(ServiceName::Retention)],
+            [
+                ctx.spiffe_id(ServiceName::Retention),
+                ctx.spiffe_id(ServiceName::Intake),
+            ],
         )
         .allow(
             &format!("/{GRPC_SERVICE}/GetComplianceFacts"),

@@ -107,6 +107,9 @@ pub enum NoticeKind {
     ReturnsListed,
     /// A legal hold's release waits for another approval.
     HoldReleaseAwaitingApproval,
+    /// A client answered an invitation: the submission waits for the
+    /// review of whoever made the invitation.
+    SubmissionReceived,
 }
 
 /// The permission of records managers.
@@ -123,25 +126,28 @@ impl NoticeKind {
             Self::ErasureAwaitingApproval => "erasure_awaiting_approval",
             Self::ReturnsListed => "returns_listed",
             Self::HoldReleaseAwaitingApproval => "hold_release_awaiting_approval",
+            Self::SubmissionReceived => "submission_received",
         }
     }
 
-    /// The permission whose enabled holders it goes to: those who can act
-    /// on it.
-    pub fn permission(self) -> &'static str {
+    /// The permission whose enabled holders it goes to, those who can act
+    /// on it; none for a kind that names its one recipient.
+    pub fn permission(self) -> Option<&'static str> {
         match self {
-            Self::HoldReleaseAwaitingApproval => HOLDS_MANAGE,
-            _ => RETENTION_MANAGE,
+            Self::HoldReleaseAwaitingApproval => Some(HOLDS_MANAGE),
+            Self::SubmissionReceived => None,
+            _ => Some(RETENTION_MANAGE),
         }
     }
 
-    /// Whether it is about one thing waiting for approval, which it names.
+    /// Whether it is about one thing waiting, which it names.
     pub fn names_one(self) -> bool {
         matches!(
             self,
             Self::BatchAwaitingApproval
                 | Self::ErasureAwaitingApproval
                 | Self::HoldReleaseAwaitingApproval
+                | Self::SubmissionReceived
         )
     }
 }
@@ -161,6 +167,8 @@ pub struct StaffNotice {
     pub reference: Option<Uuid>,
     /// Whom not to tell (who asked for it).
     pub except: Option<Uuid>,
+    /// The one staff member to tell, for a kind without a permission.
+    pub recipient: Option<Uuid>,
 }
 
 /// How a notice went.
@@ -238,6 +246,15 @@ impl StaffNotice {
                     cap = if n == 1 { "It" } else { "They" },
                     hold = if n == 1 { "holds" } else { "hold" },
                     them = if n == 1 { "it" } else { "them" },
+                ),
+            ),
+            NoticeKind::SubmissionReceived => (
+                "A client answered your intake invitation".to_owned(),
+                format!(
+                    "A client you invited has submitted their answers (submission \
+                     {reference}). Review them in your firm application (intake \
+                     submissions) and accept or reject them; the answers are read through \
+                     the vault, for a purpose you name, and the read is recorded."
                 ),
             ),
             NoticeKind::HoldReleaseAwaitingApproval => (
@@ -500,20 +517,29 @@ impl Reminders {
         notice: &StaffNotice,
         now: DateTime<Utc>,
     ) -> Result<Noticed, StoreError> {
-        let recipients: Vec<(Uuid, String)> = self
-            .db
-            .fetch_all(
-                "SELECT s.id, s.email FROM staff s WHERE s.disabled_at IS NULL AND EXISTS \
-                 (SELECT 1 FROM staff_roles r JOIN role_permissions p ON p.role = r.role \
-                 WHERE r.staff_id = s.id AND r.revoked_at IS NULL \
-                 AND (r.expires_at IS NULL OR r.expires_at > $2) AND p.permission = $1) \
-                 ORDER BY s.id",
-                vec![
-                    Value::Text(notice.kind.permission().to_owned()),
-                    Value::Time(now),
-                ],
-            )
-            .await?;
+        let recipients: Vec<(Uuid, String)> = match (notice.kind.permission(), notice.recipient) {
+            (Some(permission), _) => {
+                self.db
+                    .fetch_all(
+                        "SELECT s.id, s.email FROM staff s WHERE s.disabled_at IS NULL AND EXISTS \
+                         (SELECT 1 FROM staff_roles r JOIN role_permissions p ON p.role = r.role \
+                         WHERE r.staff_id = s.id AND r.revoked_at IS NULL \
+                         AND (r.expires_at IS NULL OR r.expires_at > $2) AND p.permission = $1) \
+                         ORDER BY s.id",
+                        vec![Value::Text(permission.to_owned()), Value::Time(now)],
+                    )
+                    .await?
+            }
+            (None, Some(staff)) => {
+                self.db
+                    .fetch_all(
+                        "SELECT id, email FROM staff WHERE id = $1 AND disabled_at IS NULL",
+                        vec![Value::Uuid(staff)],
+                    )
+                    .await?
+            }
+            (None, None) => Vec::new(),
+        };
         let mut outcome = Noticed::default();
         for (staff_id, email) in recipients {
             if notice.except == Some(staff_id) {

@@ -919,10 +919,36 @@ impl IntakeApi {
         .scope(Some(invitation.client_id), Some(invitation.matter_id))
         .outcome(Outcome::Allowed, "")
         .build();
-        match self.store.insert_submission(&row, &records, &event).await {
-            Ok(()) => Ok(pb::SubmitFormResponse {
-                submission: Some(submission_proto(&row, &records)),
-            }),
+        // Whoever made the invitation (a staff member) is told that the
+        // answers wait for their review.
+        let notice = Uuid::parse_str(&invitation.created_by).ok().map(|inviter| {
+            confidant_runtime::staff_notices::Notice {
+                recipient: Some(inviter),
+                ..confidant_runtime::staff_notices::Notice::of_one(
+                    format!("submission:{}", row.id),
+                    confidant_proto::identity::v1::StaffNoticeKind::SubmissionReceived,
+                    row.id,
+                )
+            }
+            .insert(now)
+        });
+        let told = notice.is_some();
+        match self
+            .store
+            .insert_submission(&row, &records, &event, notice)
+            .await
+        {
+            Ok(()) => {
+                if told {
+                    confidant_runtime::staff_notices::drain_soon(
+                        self.store.db().clone(),
+                        self.peers.identity.clone(),
+                    );
+                }
+                Ok(pb::SubmitFormResponse {
+                    submission: Some(submission_proto(&row, &records)),
+                })
+            }
             Err(e) => {
                 // A concurrent retry of the same request won the race.
                 if let Some(existing) = self

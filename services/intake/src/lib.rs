@@ -35,6 +35,9 @@ pub const MIGRATIONS: Migrations = Migrations {
 /// The fully qualified name of the gRPC service.
 pub const GRPC_SERVICE: &str = "confidant.intake.v1.IntakeService";
 
+/// How often notices to staff that could not be sent are tried again.
+const NOTICE_RETRY: Duration = Duration::from_secs(60);
+
 /// Builds the intake service.
 pub async fn build(
     ctx: &confidant_runtime::app::ServiceContext,
@@ -73,7 +76,15 @@ pub async fn build(
         secrets,
         &ctx.config.trust_domain,
     );
-    let mut tasks: Vec<futures::future::BoxFuture<'static, ()>> = Vec::new();
+    // Staff told of the submissions waiting for them; what identity could
+    // not take at once is retried every minute.
+    let mut tasks: Vec<futures::future::BoxFuture<'static, ()>> =
+        vec![Box::pin(confidant_runtime::staff_notices::drain_task(
+            ctx.db.clone(),
+            ctx.peer(ServiceName::Identity),
+            NOTICE_RETRY,
+            ctx.shutdown.clone(),
+        ))];
     if let Some(addr) = ctx.config.intake.web_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -509,13 +509,14 @@ impl IntakeStore {
     }
 
     /// Records a submission, its vault records and the invitation answered,
-    /// with its audit event; a duplicate when the invitation was answered
-    /// meanwhile.
+    /// with its audit event and the `notice` to its inviter, if any; a
+    /// duplicate when the invitation was answered meanwhile.
     pub async fn insert_submission(
         &self,
         row: &SubmissionRow,
         records: &[SubmissionRecordRow],
         event: &AuditEvent,
+        notice: Option<Statement>,
     ) -> Result<(), TransactError> {
         let mut statements = vec![
             Statement::new(
@@ -551,6 +552,7 @@ impl IntakeStore {
                 ],
             ));
         }
+        statements.extend(notice);
         self.db
             .transact(statements, std::slice::from_ref(event))
             .await

@@ -25,6 +25,7 @@ pub mod portable;
 pub mod secret_box;
 pub mod server;
 pub mod service_name;
+pub mod staff_notices;
 pub mod storage;
 pub use storage::Migrations;
 pub mod telemetry;

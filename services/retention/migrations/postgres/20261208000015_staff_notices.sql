@@ -3,19 +3,20 @@
 -- originals to return), written in the transaction that made the work
 -- and sent through identity (NotifyStaff) after it: an outbox, so a notice
 -- is never lost when identity or its mail gateway is away, and sent again
--- until it went.
-CREATE TABLE retention_notices (
+-- until it went (see confidant_runtime::staff_notices). `kind` is the name
+-- of the proto enum value (StaffNoticeKind).
+CREATE TABLE staff_notice_outbox (
     id           TEXT PRIMARY KEY,
-    kind         TEXT NOT NULL CHECK (kind IN ('destruction_staged', 'disposal_batch_awaiting_approval',
-        'erasure_awaiting_approval', 'returns_listed', 'hold_release_awaiting_approval')),
+    kind         TEXT NOT NULL,
     item_count   BIGINT NOT NULL,
     deadline     TIMESTAMPTZ,
     reference    UUID,
     except_staff UUID,
+    recipient    UUID,
     created_at   TIMESTAMPTZ NOT NULL,
     sent_at      TIMESTAMPTZ
 );
-CREATE INDEX retention_notices_unsent ON retention_notices (created_at) WHERE sent_at IS NULL;
+CREATE INDEX staff_notice_outbox_unsent ON staff_notice_outbox (created_at) WHERE sent_at IS NULL;
 -- The notice that told records managers of a disposal's staged destruction.
 ALTER TABLE retention_disposals ADD COLUMN notice_id TEXT;
 -- The notice that told records managers of a scope on the return-to-client

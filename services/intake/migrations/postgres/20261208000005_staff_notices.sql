@@ -1,0 +1,19 @@
+-- Notices for staff of work waiting for them (a client's answers waiting
+-- for the review of whoever invited them), written in the transaction that
+-- stored the submission and sent through identity (NotifyStaff) after it:
+-- an outbox, so a notice is never lost when identity or its mail gateway
+-- is away, and sent again until it went (see
+-- confidant_runtime::staff_notices). `kind` is the name of the proto enum
+-- value (StaffNoticeKind).
+CREATE TABLE staff_notice_outbox (
+    id           TEXT PRIMARY KEY,
+    kind         TEXT NOT NULL,
+    item_count   BIGINT NOT NULL,
+    deadline     TIMESTAMPTZ,
+    reference    UUID,
+    except_staff UUID,
+    recipient    UUID,
+    created_at   TIMESTAMPTZ NOT NULL,
+    sent_at      TIMESTAMPTZ
+);
+CREATE INDEX staff_notice_outbox_unsent ON staff_notice_outbox (created_at) WHERE sent_at IS NULL;
