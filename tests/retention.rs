@@ -66,6 +66,28 @@ async fn create_policy(
         .map(|r| r.into_inner().policy.expect("the policy"))
 }
 
+/// Policies under which the scopes of each category fall due at once, for
+/// its action; then the scope registry synced.
+async fn due_at_once(
+    retention: &mut RetentionServiceClient<PeerChannel>,
+    token: &str,
+    policies: &[(vault_pb::DataCategory, pb::DisposalAction)],
+) {
+    for (category, action) in policies {
+        create_policy(
+            retention,
+            token,
+            rules(*category, (0, 0, 0), pb::Trigger::Creation, *action),
+        )
+        .await
+        .unwrap();
+    }
+    retention
+        .sync_scopes(as_staff(token, pb::SyncScopesRequest {}))
+        .await
+        .unwrap();
+}
+
 fn ts(t: chrono::DateTime<chrono::Utc>) -> Option<prost_types::Timestamp> {
     common::directory::ts(t)
 }
@@ -1138,22 +1160,15 @@ async fn originals_go_back_to_the_client_instead_of_the_shredder(backend: Backen
     let mut retention = RetentionServiceClient::new(
         channel(&data, &sandbox, ServiceName::Retention, "firm-app").await,
     );
-    create_policy(
+    due_at_once(
         &mut retention,
         &token,
-        rules(
+        &[(
             vault_pb::DataCategory::MatterFile,
-            (0, 0, 0),
-            pb::Trigger::Creation,
             pb::DisposalAction::Shred,
-        ),
+        )],
     )
-    .await
-    .unwrap();
-    retention
-        .sync_scopes(as_staff(&token, pb::SyncScopesRequest {}))
-        .await
-        .unwrap();
+    .await;
     let sweep = |retention: &RetentionServiceClient<PeerChannel>| {
         let mut retention = retention.clone();
         let token = token.clone();
@@ -1763,27 +1778,21 @@ async fn staged_disposals_wait_out_the_vaults_window_and_a_records_manager_can_k
     )
     .await;
     let mut retention = firm.retention.clone();
-    for category in [
-        vault_pb::DataCategory::MatterFile,
-        vault_pb::DataCategory::ContactDetails,
-    ] {
-        create_policy(
-            &mut retention,
-            &token,
-            rules(
-                category,
-                (0, 0, 0),
-                pb::Trigger::Creation,
+    due_at_once(
+        &mut retention,
+        &token,
+        &[
+            (
+                vault_pb::DataCategory::MatterFile,
                 pb::DisposalAction::Shred,
             ),
-        )
-        .await
-        .unwrap();
-    }
-    retention
-        .sync_scopes(as_staff(&token, pb::SyncScopesRequest {}))
-        .await
-        .unwrap();
+            (
+                vault_pb::DataCategory::ContactDetails,
+                pb::DisposalAction::Shred,
+            ),
+        ],
+    )
+    .await;
     let vault_as_retention =
         VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "retention").await);
 
@@ -3143,22 +3152,15 @@ async fn records_managers_hear_of_a_waiting_batch_once_the_gateway_is_back(backe
     )
     .await;
     let mut retention = firm.retention.clone();
-    create_policy(
+    due_at_once(
         &mut retention,
         &token,
-        rules(
+        &[(
             vault_pb::DataCategory::MatterFile,
-            (0, 0, 0),
-            pb::Trigger::Creation,
             pb::DisposalAction::Review,
-        ),
+        )],
     )
-    .await
-    .unwrap();
-    retention
-        .sync_scopes(as_staff(&token, pb::SyncScopesRequest {}))
-        .await
-        .unwrap();
+    .await;
     // The gateway refuses: nothing is sent, by this sweep or the next.
     let first = firm.sweep().await;
     assert_eq!(

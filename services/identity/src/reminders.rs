@@ -82,6 +82,16 @@ pub struct Due {
     pub stage: &'static str,
 }
 
+/// The claim of one message to a staff member, in a table whose key is
+/// `key`: `insert` takes the key's values and then `extra`'s and writes the
+/// claim unless it is there; `release` takes the key's and removes it.
+struct Claim {
+    insert: &'static str,
+    release: &'static str,
+    key: Vec<Value>,
+    extra: Vec<Value>,
+}
+
 /// What became of one message to a staff member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Delivery {
@@ -398,36 +408,26 @@ impl Reminders {
                     ("kind", kind_name(due.kind).to_owned()),
                 ])
                 .build();
-            let key = vec![
-                Value::Uuid(due.attestation),
-                Value::Text(due.stage.to_owned()),
-            ];
-            let mut claim = key.clone();
-            claim.extend([Value::Uuid(due.staff_id), Value::Time(now)]);
+            let claim = Claim {
+                insert: "INSERT INTO attestation_reminders (attestation_id, stage, staff_id, sent_at) \
+                         SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM attestation_reminders \
+                         WHERE attestation_id = $1 AND stage = $2)",
+                release: "DELETE FROM attestation_reminders WHERE attestation_id = $1 AND stage = $2",
+                key: vec![
+                    Value::Uuid(due.attestation),
+                    Value::Text(due.stage.to_owned()),
+                ],
+                extra: vec![Value::Uuid(due.staff_id), Value::Time(now)],
+            };
             let message = Message {
                 channel: "email".into(),
                 address: due.email.clone(),
                 subject: subject(&due).into(),
                 body: body(&due),
             };
-            sent += usize::from(
-                Delivery::Sent
-                    == self.deliver(
-                    Statement::new(
-                        "INSERT INTO attestation_reminders (attestation_id, stage, staff_id, sent_at) \
-                         SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM attestation_reminders \
-                         WHERE attestation_id = $1 AND stage = $2)",
-                        claim,
-                    ),
-                    Statement::new(
-                        "DELETE FROM attestation_reminders WHERE attestation_id = $1 AND stage = $2",
-                        key,
-                    ),
-                    &message,
-                    event,
-                )
-                .await?,
-            );
+            if self.deliver(claim, &message, event).await? == Delivery::Sent {
+                sent += 1;
+            }
         }
         for due in self.reviews_due(now).await? {
             let event = self
@@ -438,32 +438,21 @@ impl Reminders {
                     ("items", due.pending.to_string()),
                 ])
                 .build();
-            let key = vec![
-                Value::Uuid(due.campaign),
-                Value::Uuid(due.staff_id),
-                Value::Text(due.stage.to_owned()),
-            ];
-            let mut claim = key.clone();
-            claim.push(Value::Time(now));
-            let message = review_message(&due);
-            sent += usize::from(
-                Delivery::Sent
-                    == self.deliver(
-                    Statement::new(
-                        "INSERT INTO review_reminders (campaign_id, staff_id, stage, sent_at) \
+            let claim = Claim {
+                insert: "INSERT INTO review_reminders (campaign_id, staff_id, stage, sent_at) \
                          SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM review_reminders \
                          WHERE campaign_id = $1 AND staff_id = $2 AND stage = $3)",
-                        claim,
-                    ),
-                    Statement::new(
-                        "DELETE FROM review_reminders WHERE campaign_id = $1 AND staff_id = $2 AND stage = $3",
-                        key,
-                    ),
-                    &message,
-                    event,
-                )
-                .await?,
-            );
+                release: "DELETE FROM review_reminders WHERE campaign_id = $1 AND staff_id = $2 AND stage = $3",
+                key: vec![
+                    Value::Uuid(due.campaign),
+                    Value::Uuid(due.staff_id),
+                    Value::Text(due.stage.to_owned()),
+                ],
+                extra: vec![Value::Time(now)],
+            };
+            if self.deliver(claim, &review_message(&due), event).await? == Delivery::Sent {
+                sent += 1;
+            }
         }
         Ok(sent)
     }
@@ -476,18 +465,21 @@ impl Reminders {
             .outcome(Outcome::Allowed, stage)
     }
 
-    /// Sends `message` once: claims it with `claim` first, so that one
-    /// another replica claimed (or that was sent already) is not sent
-    /// twice; lets it go again with `release` when it could not be sent, for
-    /// a later try; and records `event` once it was sent.
+    /// Sends `message` once: claims it first, so that one another replica
+    /// claimed (or that was sent already) is not sent twice; lets the claim
+    /// go when it could not be sent, for a later try; and records `event`
+    /// once it was sent.
     async fn deliver(
         &self,
-        claim: Statement,
-        release: Statement,
+        claim: Claim,
         message: &Message,
         event: confidant_proto::audit::v1::AuditEvent,
     ) -> Result<Delivery, StoreError> {
-        match self.db.transact(vec![claim.expecting(1)], &[]).await {
+        let mut values = claim.key.clone();
+        values.extend(claim.extra);
+        let release = Statement::new(claim.release, claim.key);
+        let claimed = Statement::new(claim.insert, values).expecting(1);
+        match self.db.transact(vec![claimed], &[]).await {
             Ok(_) => {}
             // Another replica has it, or it went already.
             Err(e @ confidant_runtime::portable::TransactError::Unmet { .. }) => {
@@ -558,25 +550,15 @@ impl Reminders {
                 .resource("staff", &staff_id.to_string())
                 .related(related)
                 .build();
-            let key = vec![Value::Text(notice.id.clone()), Value::Uuid(staff_id)];
-            let mut claim = key.clone();
-            claim.extend([Value::Text(notice.kind.name().to_owned()), Value::Time(now)]);
-            let delivery = self
-                .deliver(
-                    Statement::new(
-                        "INSERT INTO staff_notices (notice_id, staff_id, kind, sent_at) \
+            let claim = Claim {
+                insert: "INSERT INTO staff_notices (notice_id, staff_id, kind, sent_at) \
                          SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM staff_notices \
                          WHERE notice_id = $1 AND staff_id = $2)",
-                        claim,
-                    ),
-                    Statement::new(
-                        "DELETE FROM staff_notices WHERE notice_id = $1 AND staff_id = $2",
-                        key,
-                    ),
-                    &notice.message(&email),
-                    event,
-                )
-                .await?;
+                release: "DELETE FROM staff_notices WHERE notice_id = $1 AND staff_id = $2",
+                key: vec![Value::Text(notice.id.clone()), Value::Uuid(staff_id)],
+                extra: vec![Value::Text(notice.kind.name().to_owned()), Value::Time(now)],
+            };
+            let delivery = self.deliver(claim, &notice.message(&email), event).await?;
             match delivery {
                 Delivery::Sent => outcome.sent += 1,
                 Delivery::Failed => outcome.failed += 1,
@@ -666,17 +648,14 @@ impl Reminders {
     pub async fn run(
         self,
         interval: std::time::Duration,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
-        loop {
+        confidant_runtime::app::every(interval, shutdown, || async {
             if let Err(e) = self.sweep(Utc::now()).await {
                 tracing::warn!(error = %e, "the attestation reminders sweep failed");
             }
-            tokio::select! {
-                () = tokio::time::sleep(interval) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
+        })
+        .await;
     }
 }
 

@@ -1253,29 +1253,25 @@ fn held(holds: &[HoldRow], row: &DisposalRow) -> bool {
 pub async fn sweep_task(
     disposer: Arc<Disposer>,
     every: Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                match disposer.sweep().await {
-                    Ok(Some(r)) if r != SweepReport::default() => tracing::info!(
-                        batches = r.batches_created, shredded = r.shredded, certified = r.certified,
-                        cancelled = r.cancelled, awaiting_notice = r.awaiting_notice,
-                        listed_for_return = r.listed_for_return, "disposal sweep"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "disposal sweep stopped; the next one resumes"),
-                }
-            }
-            changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() {
-                    return;
-                }
-            }
+    confidant_runtime::app::every(every, shutdown, || async {
+        match disposer.sweep().await {
+            Ok(Some(r)) if r != SweepReport::default() => tracing::info!(
+                batches = r.batches_created,
+                shredded = r.shredded,
+                certified = r.certified,
+                cancelled = r.cancelled,
+                awaiting_notice = r.awaiting_notice,
+                listed_for_return = r.listed_for_return,
+                notified = r.notified,
+                "disposal sweep"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "disposal sweep stopped; the next one resumes"),
         }
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]

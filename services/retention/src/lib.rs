@@ -122,24 +122,14 @@ pub async fn build(
 pub async fn sync_task(
     retention: Arc<service::Retention>,
     every: Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                match retention.sync().await {
-                    Ok((0, _)) => {}
-                    Ok((added, known)) => tracing::info!(added, known, "scope registry synced"),
-                    Err(e) => tracing::warn!(error = %e, "scope registry not synced; retrying"),
-                }
-            }
-            changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() {
-                    return;
-                }
-            }
+    confidant_runtime::app::every(every, shutdown, || async {
+        match retention.sync().await {
+            Ok((0, _)) => {}
+            Ok((added, known)) => tracing::info!(added, known, "scope registry synced"),
+            Err(e) => tracing::warn!(error = %e, "scope registry not synced; retrying"),
         }
-    }
+    })
+    .await;
 }

@@ -74,3 +74,28 @@ impl std::fmt::Debug for ServiceParts {
             .finish_non_exhaustive()
     }
 }
+
+/// A service's background work: runs `step` every `every`, the first time
+/// at once, until `shutdown` says stop (a step under way finishes first).
+/// A step that overruns delays the next instead of bunching them up.
+pub async fn every<F, Fut>(
+    every: std::time::Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    mut step: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => step().await,
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+}

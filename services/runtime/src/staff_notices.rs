@@ -199,22 +199,12 @@ pub async fn drain_task(
     db: Database,
     identity: Option<PeerChannel>,
     every: Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                if let Err(e) = drain(&db, identity.clone()).await {
-                    tracing::warn!(error = %e, "staff not told of work waiting for them yet; retried later");
-                }
-            }
-            changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() {
-                    return;
-                }
-            }
+    crate::app::every(every, shutdown, || async {
+        if let Err(e) = drain(&db, identity.clone()).await {
+            tracing::warn!(error = %e, "staff not told of work waiting for them yet; retried later");
         }
-    }
+    })
+    .await;
 }

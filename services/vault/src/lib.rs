@@ -147,31 +147,24 @@ pub async fn build(
 pub async fn destruction_task(
     vault: Arc<records::Vault>,
     every: Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                match vault.destroy_due(chrono::Utc::now()).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(scopes = n, "pending destructions carried out"),
-                    Err(e) => tracing::warn!(error = %e, "pending destructions not carried out; retrying"),
-                }
-                // Uploads whose process stopped mid-stream: a day is longer
-                // than any upload within the size limit takes.
-                match vault.sweep_abandoned_uploads(chrono::Utc::now() - chrono::Duration::hours(24)).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(uploads = n, "abandoned uploads removed"),
-                    Err(e) => tracing::warn!(error = %e, "abandoned uploads not removed; retrying"),
-                }
-            }
-            changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() {
-                    return;
-                }
-            }
+    confidant_runtime::app::every(every, shutdown, || async {
+        match vault.destroy_due(chrono::Utc::now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(scopes = n, "pending destructions carried out"),
+            Err(e) => tracing::warn!(error = %e, "pending destructions not carried out; retrying"),
         }
-    }
+        // Uploads whose process stopped mid-stream: a day is longer than any
+        // upload within the size limit takes.
+        match vault
+            .sweep_abandoned_uploads(chrono::Utc::now() - chrono::Duration::hours(24))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(uploads = n, "abandoned uploads removed"),
+            Err(e) => tracing::warn!(error = %e, "abandoned uploads not removed; retrying"),
+        }
+    })
+    .await;
 }
