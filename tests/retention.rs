@@ -88,6 +88,39 @@ async fn due_at_once(
         .unwrap();
 }
 
+/// The disposal batches waiting for approval (one page).
+async fn awaiting_approval(
+    retention: &RetentionServiceClient<PeerChannel>,
+    token: &str,
+) -> Vec<pb::DisposalBatch> {
+    retention
+        .clone()
+        .list_disposal_batches(as_staff(
+            token,
+            pb::ListDisposalBatchesRequest {
+                state: pb::BatchState::AwaitingApproval as i32,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .batches
+}
+
+/// Runs a sweep as the staff member whose token is `token`.
+async fn run_sweep(
+    retention: &RetentionServiceClient<PeerChannel>,
+    token: &str,
+) -> pb::RunSweepResponse {
+    retention
+        .clone()
+        .run_sweep(as_staff(token, pb::RunSweepRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 fn ts(t: chrono::DateTime<chrono::Utc>) -> Option<prost_types::Timestamp> {
     common::directory::ts(t)
 }
@@ -676,12 +709,7 @@ impl DisposalFirm {
 
     /// Runs a sweep as the records manager.
     async fn sweep(&self) -> pb::RunSweepResponse {
-        self.retention
-            .clone()
-            .run_sweep(as_staff(&self.token, pb::RunSweepRequest {}))
-            .await
-            .unwrap()
-            .into_inner()
+        run_sweep(&self.retention, &self.token).await
     }
 }
 
@@ -843,18 +871,7 @@ async fn due_scopes_are_shredded_through_approved_batches_and_certified(backend:
     .await;
 
     // The matter file waits for a records manager's approval, once.
-    let waiting = retention
-        .list_disposal_batches(as_staff(
-            &token,
-            pb::ListDisposalBatchesRequest {
-                state: pb::BatchState::AwaitingApproval as i32,
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .batches;
+    let waiting = awaiting_approval(&retention, &token).await;
     assert_eq!(waiting.len(), 1);
     assert_eq!(waiting[0].scope_ids, std::slice::from_ref(&file_scope));
     // Told once, over every sweep since, and only the records manager.
@@ -3249,19 +3266,9 @@ async fn records_managers_hear_of_a_waiting_batch_once_the_gateway_is_back(backe
     // with) sends the notice, naming the batch, and no later one sends it
     // again.
     let sandbox = Sandbox::start(&data, disposal_spec(Vec::new())).await;
-    let mut retention = RetentionServiceClient::new(
+    let retention = RetentionServiceClient::new(
         channel(&data, &sandbox, ServiceName::Retention, "firm-app").await,
     );
-    let sweep = |retention: &RetentionServiceClient<PeerChannel>| {
-        let (mut retention, token) = (retention.clone(), token.clone());
-        async move {
-            retention
-                .run_sweep(as_staff(&token, pb::RunSweepRequest {}))
-                .await
-                .unwrap()
-                .into_inner()
-        }
-    };
     common::eventually(
         Duration::from_secs(20),
         "the notice sent once the gateway is back",
@@ -3269,27 +3276,14 @@ async fn records_managers_hear_of_a_waiting_batch_once_the_gateway_is_back(backe
     )
     .await;
     for _ in 0..2 {
-        let later = sweep(&retention).await;
+        let later = run_sweep(&retention, &token).await;
         assert_eq!(
             (later.batches_created, later.staff_notices_sent),
             (0, 0),
             "{later:?}"
         );
     }
-    let batch = retention
-        .list_disposal_batches(as_staff(
-            &token,
-            pb::ListDisposalBatchesRequest {
-                state: pb::BatchState::AwaitingApproval as i32,
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .batches
-        .remove(0)
-        .id;
+    let batch = awaiting_approval(&retention, &token).await.remove(0).id;
     // Identity itself sends a notice to nobody twice, whoever asks again.
     let again = IdentityServiceClient::new(
         channel(&data, &sandbox, ServiceName::Identity, "retention").await,
