@@ -1509,7 +1509,7 @@ async fn invite(
 
 async fn the_firm_withdraws_an_invitation_and_sees_where_each_stands(backend: Backend) {
     let data = SandboxData::new(backend).await;
-    let sandbox = Sandbox::start(&data, intake_spec()).await;
+    let mut sandbox = Sandbox::start(&data, intake_spec()).await;
     let Firm {
         client_id,
         matter_id,
@@ -1781,6 +1781,49 @@ async fn the_firm_withdraws_an_invitation_and_sees_where_each_stands(backend: Ba
         },
     )
     .await;
+
+    // The matter's invitations reach their expiry: the partner who made
+    // them is told, once, of the one left unanswered; not of the answered
+    // or the withdrawn one, nor of the other matter's, still open. (Each
+    // replica looks as it starts, and every minute.)
+    let open_id = open.invitation.as_ref().unwrap().id.clone();
+    common::service_db(&data, ServiceName::Intake)
+        .await
+        .transact(
+            vec![Statement::new(
+                "UPDATE intake_invitations SET expires_at = $1 WHERE matter_id = $2",
+                vec![
+                    Value::Time(chrono::Utc::now() - chrono::Duration::minutes(1)),
+                    Value::Uuid(uuid::Uuid::parse_str(&matter_id).unwrap()),
+                ],
+            )],
+            &[],
+        )
+        .await
+        .unwrap();
+    let expired = || {
+        common::mails_to(&data, "partner@firm.example")
+            .into_iter()
+            .filter(|(subject, _)| subject == "An intake invitation you made expired unanswered")
+            .map(|(_, body)| body)
+            .collect::<Vec<String>>()
+    };
+    assert!(expired().is_empty());
+    for _ in 0..2 {
+        sandbox.stop().await;
+        sandbox = Sandbox::start(&data, intake_spec()).await;
+        common::eventually(
+            std::time::Duration::from_secs(20),
+            "the maker told of the expired invitation",
+            || async { !expired().is_empty() },
+        )
+        .await;
+    }
+    // The second replica's look, as it started, told nobody again.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let told = expired();
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert!(told[0].contains(&open_id), "{}", told[0]);
     sandbox.stop().await;
 }
 

@@ -2216,6 +2216,7 @@ fn staff_notice(req: NotifyStaffRequest) -> Result<crate::reminders::StaffNotice
             Some(NoticeKind::HoldReleaseAwaitingApproval)
         }
         Ok(StaffNoticeKind::SubmissionReceived) => Some(NoticeKind::SubmissionReceived),
+        Ok(StaffNoticeKind::InvitationExpired) => Some(NoticeKind::InvitationExpired),
         Ok(StaffNoticeKind::Unspecified) | Err(_) => {
             v.add("kind", "must be a known kind of notice");
             None
@@ -2250,7 +2251,7 @@ fn staff_notice(req: NotifyStaffRequest) -> Result<crate::reminders::StaffNotice
             if !req.recipient_staff_id.is_empty() {
                 v.add(
                     "recipient_staff_id",
-                    "is only for SUBMISSION_RECEIVED: the other kinds go to a permission's holders",
+                    "is only for the kinds about an invitation: the others go to a permission's holders",
                 );
             }
             None

@@ -120,6 +120,8 @@ pub enum NoticeKind {
     /// A client answered an invitation: the submission waits for the
     /// review of whoever made the invitation.
     SubmissionReceived,
+    /// An invitation expired unanswered; told to whoever made it.
+    InvitationExpired,
 }
 
 /// The permission of records managers.
@@ -137,6 +139,7 @@ impl NoticeKind {
             Self::ReturnsListed => "returns_listed",
             Self::HoldReleaseAwaitingApproval => "hold_release_awaiting_approval",
             Self::SubmissionReceived => "submission_received",
+            Self::InvitationExpired => "invitation_expired",
         }
     }
 
@@ -145,7 +148,7 @@ impl NoticeKind {
     pub fn permission(self) -> Option<&'static str> {
         match self {
             Self::HoldReleaseAwaitingApproval => Some(HOLDS_MANAGE),
-            Self::SubmissionReceived => None,
+            Self::SubmissionReceived | Self::InvitationExpired => None,
             _ => Some(RETENTION_MANAGE),
         }
     }
@@ -158,6 +161,7 @@ impl NoticeKind {
                 | Self::ErasureAwaitingApproval
                 | Self::HoldReleaseAwaitingApproval
                 | Self::SubmissionReceived
+                | Self::InvitationExpired
         )
     }
 }
@@ -265,6 +269,15 @@ impl StaffNotice {
                      {reference}). Review them in your firm application (intake \
                      submissions) and accept or reject them; the answers are read through \
                      the vault, for a purpose you name, and the read is recorded."
+                ),
+            ),
+            NoticeKind::InvitationExpired => (
+                "An intake invitation you made expired unanswered".to_owned(),
+                format!(
+                    "The client you invited did not answer before the invitation expired \
+                     (invitation {reference}); its link no longer works. If you still need \
+                     the answers, send a new invitation from your firm application (intake \
+                     invitations shows where each one stands)."
                 ),
             ),
             NoticeKind::HoldReleaseAwaitingApproval => (

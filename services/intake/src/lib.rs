@@ -35,8 +35,12 @@ pub const MIGRATIONS: Migrations = Migrations {
 /// The fully qualified name of the gRPC service.
 pub const GRPC_SERVICE: &str = "confidant.intake.v1.IntakeService";
 
-/// How often notices to staff that could not be sent are tried again.
+/// How often expired invitations are looked for, and notices to staff
+/// that could not be sent are tried again.
 const NOTICE_RETRY: Duration = Duration::from_secs(60);
+/// How long after an invitation expired unanswered its maker is still told
+/// (one that expired earlier, while no replica ran, is left alone).
+const EXPIRY_TOLD_WITHIN: chrono::Duration = chrono::Duration::days(30);
 
 /// Builds the intake service.
 pub async fn build(
@@ -76,15 +80,27 @@ pub async fn build(
         secrets,
         &ctx.config.trust_domain,
     );
-    // Staff told of the submissions waiting for them; what identity could
-    // not take at once is retried every minute.
-    let mut tasks: Vec<futures::future::BoxFuture<'static, ()>> =
-        vec![Box::pin(confidant_runtime::staff_notices::drain_task(
-            ctx.db.clone(),
-            ctx.peer(ServiceName::Identity),
-            NOTICE_RETRY,
-            ctx.shutdown.clone(),
-        ))];
+    // Every minute, the makers of invitations that expired unanswered are
+    // told, and what identity could not take at once is sent again.
+    let (notes, identity) = (
+        store::IntakeStore::new(ctx.db.clone()),
+        ctx.peer(ServiceName::Identity),
+    );
+    let notices = confidant_runtime::app::every(NOTICE_RETRY, ctx.shutdown.clone(), move || {
+        let (notes, identity) = (notes.clone(), identity.clone());
+        async move {
+            if let Err(e) = notes
+                .note_expired(chrono::Utc::now(), EXPIRY_TOLD_WITHIN)
+                .await
+            {
+                tracing::warn!(error = %e, "expired invitations not told of yet; retried later");
+            }
+            if let Err(e) = confidant_runtime::staff_notices::drain(notes.db(), identity).await {
+                tracing::warn!(error = %e, "staff not told of work waiting for them yet; retried later");
+            }
+        }
+    });
+    let mut tasks: Vec<futures::future::BoxFuture<'static, ()>> = vec![Box::pin(notices)];
     if let Some(addr) = ctx.config.intake.web_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await

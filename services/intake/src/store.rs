@@ -508,6 +508,61 @@ impl IntakeStore {
             .map(|_| ())
     }
 
+    /// Tells the makers of invitations that expired unanswered (and were not
+    /// withdrawn) within `within` before `now` that they did, each once: a
+    /// staff notice goes into the outbox in the transaction that marks the
+    /// invitation told. An invitation made by a service, not a staff member,
+    /// is only marked. Returns how many notices were written.
+    pub async fn note_expired(
+        &self,
+        now: DateTime<Utc>,
+        within: chrono::Duration,
+    ) -> Result<usize, TransactError> {
+        use confidant_proto::identity::v1::StaffNoticeKind;
+        use confidant_runtime::staff_notices::Notice;
+        let rows: Vec<(Uuid, String)> = self
+            .db
+            .fetch_all(
+                "SELECT id, created_by FROM intake_invitations WHERE submitted_at IS NULL \
+                 AND expiry_told_at IS NULL AND revoked_at IS NULL AND expires_at <= $1 \
+                 AND expires_at > $2 ORDER BY expires_at LIMIT 500",
+                vec![Value::Time(now), Value::Time(now - within)],
+            )
+            .await?;
+        let mut told = 0;
+        for (id, maker) in rows {
+            let mut statements = vec![
+                Statement::new(
+                    "UPDATE intake_invitations SET expiry_told_at = $2 WHERE id = $1 \
+                     AND expiry_told_at IS NULL AND submitted_at IS NULL",
+                    vec![Value::Uuid(id), Value::Time(now)],
+                )
+                .expecting(1),
+            ];
+            let maker = Uuid::parse_str(&maker).ok();
+            if let Some(maker) = maker {
+                statements.push(
+                    Notice {
+                        recipient: Some(maker),
+                        ..Notice::of_one(
+                            format!("invitation-expired:{id}"),
+                            StaffNoticeKind::InvitationExpired,
+                            id,
+                        )
+                    }
+                    .insert(now),
+                );
+            }
+            match self.db.transact(statements, &[]).await {
+                Ok(_) => told += usize::from(maker.is_some()),
+                // Another replica told of it first.
+                Err(TransactError::Unmet { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(told)
+    }
+
     /// Records a submission, its vault records and the invitation answered,
     /// with its audit event and the `notice` to its inviter, if any; a
     /// duplicate when the invitation was answered meanwhile.

@@ -193,18 +193,3 @@ pub fn drain_soon(db: Database, identity: Option<PeerChannel>) {
         }
     });
 }
-
-/// Drains every `every` until `shutdown`.
-pub async fn drain_task(
-    db: Database,
-    identity: Option<PeerChannel>,
-    every: Duration,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    crate::app::every(every, shutdown, || async {
-        if let Err(e) = drain(&db, identity.clone()).await {
-            tracing::warn!(error = %e, "staff not told of work waiting for them yet; retried later");
-        }
-    })
-    .await;
-}
