@@ -748,3 +748,73 @@ fn body(due: &Due) -> String {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notice(kind: NoticeKind, items: u32) -> StaffNotice {
+        StaffNotice {
+            id: "n-1".into(),
+            kind,
+            items,
+            deadline: DateTime::parse_from_rfc3339("2026-12-20T09:30:00Z")
+                .ok()
+                .map(|d| d.with_timezone(&Utc)),
+            reference: Some(Uuid::nil()),
+            except: None,
+            recipient: None,
+        }
+    }
+
+    #[test]
+    fn notices_count_their_items_in_words_that_agree() {
+        let one = notice(NoticeKind::ReturnsListed, 1).message("rm@firm.example");
+        assert_eq!(one.subject, "Originals to return to clients: 1 scope");
+        assert!(
+            one.body
+                .contains("1 scope of client data is due, but it holds originals")
+        );
+        assert!(one.body.contains("It is on the return-to-client list"));
+        let many = notice(NoticeKind::ReturnsListed, 3).message("rm@firm.example");
+        assert_eq!(many.subject, "Originals to return to clients: 3 scopes");
+        assert!(
+            many.body
+                .contains("3 scopes of client data are due, but they hold originals")
+        );
+        assert!(many.body.contains("They are on the return-to-client list"));
+        let staged = notice(NoticeKind::DestructionStaged, 2).message("rm@firm.example");
+        assert_eq!(
+            staged.subject,
+            "2 scopes of client data staged for destruction: keys go from 2026-12-20 09:30 UTC"
+        );
+        assert!(staged.body.contains("Every read of them is refused now"));
+        assert_eq!(staged.address, "rm@firm.example");
+    }
+
+    #[test]
+    fn notices_about_one_thing_name_it() {
+        for kind in [
+            NoticeKind::BatchAwaitingApproval,
+            NoticeKind::ErasureAwaitingApproval,
+            NoticeKind::HoldReleaseAwaitingApproval,
+            NoticeKind::SubmissionReceived,
+            NoticeKind::InvitationExpired,
+        ] {
+            assert!(kind.names_one(), "{kind:?}");
+            let m = notice(kind, 1).message("x@firm.example");
+            assert!(
+                m.body.contains(&Uuid::nil().to_string()),
+                "{kind:?}: {}",
+                m.body
+            );
+        }
+        assert!(!NoticeKind::DestructionStaged.names_one());
+        assert!(!NoticeKind::ReturnsListed.names_one());
+        assert_eq!(
+            NoticeKind::HoldReleaseAwaitingApproval.permission(),
+            Some(HOLDS_MANAGE)
+        );
+        assert_eq!(NoticeKind::InvitationExpired.permission(), None);
+    }
+}
