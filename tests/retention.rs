@@ -1849,6 +1849,69 @@ async fn staged_disposals_wait_out_the_vaults_window_and_a_records_manager_can_k
     );
     assert!(told[0].1.contains("cancel its"), "{}", told[0].1);
     assert!(common::mails_to(&data, "partner@firm.example").is_empty());
+    // The records manager's application lists them, the soonest first, with
+    // when each key goes; in pages.
+    let pending = |token: &str, page_size: i32, page_token: String| {
+        let (mut retention, token) = (firm.retention.clone(), token.to_owned());
+        async move {
+            retention
+                .list_pending_destructions(as_staff(
+                    &token,
+                    pb::ListPendingDestructionsRequest {
+                        page_size,
+                        page_token,
+                    },
+                ))
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let listed = pending(&token, 0, String::new())
+        .await
+        .unwrap()
+        .destructions;
+    let mut scopes: Vec<&str> = listed.iter().map(|d| d.scope_id.as_str()).collect();
+    scopes.sort_unstable();
+    let mut expected = [file_scope.as_str(), contact_scope.as_str()];
+    expected.sort_unstable();
+    assert_eq!(scopes, expected);
+    let first_key = listed[0].destroy_time.as_ref().unwrap();
+    assert!(
+        told[0].0.ends_with(
+            &chrono::DateTime::from_timestamp(first_key.seconds, 0)
+                .unwrap()
+                .format("%Y-%m-%d %H:%M UTC")
+                .to_string()
+        )
+    );
+    assert!(
+        listed
+            .windows(2)
+            .all(|w| w[0].destroy_time.as_ref().unwrap().seconds
+                <= w[1].destroy_time.as_ref().unwrap().seconds)
+    );
+    assert!(
+        listed
+            .iter()
+            .all(|d| d.client_id == client_id && !d.batch_id.is_empty() && d.due_time.is_some())
+    );
+    let file = listed.iter().find(|d| d.scope_id == file_scope).unwrap();
+    assert_eq!(
+        (file.matter_id.as_str(), file.category()),
+        (matter_id.as_str(), vault_pb::DataCategory::MatterFile)
+    );
+    common::check_pages(2, 1, |size, page_token| {
+        let page = pending(&token, size, page_token);
+        async move {
+            let r = page.await?;
+            let ids: Vec<String> = r.destructions.into_iter().map(|d| d.scope_id).collect();
+            Ok((ids, r.next_page_token))
+        }
+    })
+    .await;
+    let partner_token = staff_token(&data, &firm.partner, &["partner"]);
+    let refused = pending(&partner_token, 0, String::new()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     let states = vault_states(&vault_as_retention, &client_id).await;
     assert_eq!(
         states[&file_scope],
@@ -1903,8 +1966,16 @@ async fn staged_disposals_wait_out_the_vaults_window_and_a_records_manager_can_k
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!((cancelled, shredded), (1, 1));
-    // Every later sweep saw them staged, and none told of them again.
+    // Every later sweep saw them staged, and none told of them again; none
+    // is pending now.
     assert_eq!(common::mails_to(&data, "records@firm.example").len(), 1);
+    assert!(
+        pending(&token, 0, String::new())
+            .await
+            .unwrap()
+            .destructions
+            .is_empty()
+    );
     let states = vault_states(&vault_as_retention, &client_id).await;
     assert_eq!(states[&file_scope], vault_pb::ScopeState::Shredded);
     assert_eq!(states[&contact_scope], vault_pb::ScopeState::Active);

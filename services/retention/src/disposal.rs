@@ -277,6 +277,27 @@ struct DisposalRow {
     staged_until: Option<DateTime<Utc>>,
 }
 
+/// A disposal whose destruction the vault holds pending.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Pending {
+    /// The disposal.
+    pub id: Uuid,
+    /// Its scope.
+    pub scope_id: Uuid,
+    /// The scope's client.
+    pub client_id: Uuid,
+    /// Its matter.
+    pub matter_id: Option<Uuid>,
+    /// Its category.
+    pub category: String,
+    /// The batch that ordered it.
+    pub batch_id: Uuid,
+    /// When the vault destroys the key.
+    pub staged_until: DateTime<Utc>,
+    /// When it fell due.
+    pub due_at: DateTime<Utc>,
+}
+
 /// A batch as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct BatchRow {
@@ -756,6 +777,25 @@ impl Disposer {
             }
         }
         Ok(())
+    }
+
+    /// Disposals whose destruction the vault holds pending, as the sweeps
+    /// last saw them: at most `limit` after the one `after` names (its key
+    /// destruction time and id), the soonest first.
+    pub async fn pending(&self, after: Vec<Value>, limit: i64) -> Result<Vec<Pending>, Error> {
+        let mut values = after;
+        values.push(Value::BigInt(limit));
+        Ok(self
+            .retention
+            .store()
+            .db()
+            .fetch_all(
+                "SELECT id, scope_id, client_id, matter_id, category, batch_id, staged_until, due_at \
+                 FROM retention_disposals WHERE state = 'shred_ordered' AND staged_until IS NOT NULL \
+                 AND ($1 IS NULL OR (staged_until, id) > ($1, $2)) ORDER BY staged_until, id LIMIT $3",
+                values,
+            )
+            .await?)
     }
 
     /// Cancels a disposal for `reason` (`legal_hold`, or

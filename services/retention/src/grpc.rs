@@ -536,6 +536,43 @@ impl RetentionService for RetentionApi {
         }))
     }
 
+    #[tracing::instrument(name = "retention.list_pending_destructions", skip_all)]
+    async fn list_pending_destructions(
+        &self,
+        request: Request<pb::ListPendingDestructionsRequest>,
+    ) -> Result<Response<pb::ListPendingDestructionsResponse>, Status> {
+        self.staff_with(&request, "retention.manage").await?;
+        let req = request.get_ref();
+        let mut v = Violations::new();
+        let (limit, after) = page::requested(
+            &mut v,
+            req.page_size,
+            &req.page_token,
+            (100, 500),
+            &[Part::Time, Part::Uuid],
+        );
+        check(v)?;
+        let rows = self.disposer.pending(after.values(), limit + 1).await?;
+        let (rows, next_page_token) = page::split(rows, limit, |row| {
+            page::token(&[Key::Time(row.staged_until), Key::Uuid(row.id)])
+        });
+        Ok(Response::new(pb::ListPendingDestructionsResponse {
+            destructions: rows
+                .into_iter()
+                .map(|row| pb::PendingDestruction {
+                    scope_id: row.scope_id.to_string(),
+                    client_id: row.client_id.to_string(),
+                    matter_id: row.matter_id.map(|m| m.to_string()).unwrap_or_default(),
+                    category: category_proto(&row.category),
+                    batch_id: row.batch_id.to_string(),
+                    destroy_time: Some(ts(row.staged_until)),
+                    due_time: Some(ts(row.due_at)),
+                })
+                .collect(),
+            next_page_token,
+        }))
+    }
+
     #[tracing::instrument(name = "retention.run_sweep", skip_all)]
     async fn run_sweep(
         &self,
