@@ -2236,7 +2236,7 @@ fn staff_notice(req: NotifyStaffRequest) -> Result<crate::reminders::StaffNotice
             if !req.reference_id.is_empty() {
                 v.add(
                     "reference_id",
-                    "is only for the kinds awaiting approval, which name what waits",
+                    "is only for the kinds about one thing: a batch, erasure, hold, submission or invitation",
                 );
             }
             None
