@@ -1934,6 +1934,15 @@ async fn staged_disposals_wait_out_the_vaults_window_and_a_records_manager_can_k
     ))
     .await
     .unwrap();
+    // It leaves the list at once; the matter file stays on it.
+    let left: Vec<String> = pending(&token, 0, String::new())
+        .await
+        .unwrap()
+        .destructions
+        .into_iter()
+        .map(|d| d.scope_id)
+        .collect();
+    assert_eq!(left, std::slice::from_ref(&file_scope));
 
     // Once the window is over the vault destroys the matter file's key,
     // and the sweeps confirm and certify it; the kept disposal is cancelled.

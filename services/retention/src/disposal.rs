@@ -48,6 +48,9 @@ const RENEW_EVERY: Duration = Duration::from_secs(5);
 const BATCH_MAX: usize = 1_000;
 /// Due scopes one sweep plans (the next sweep takes the rest).
 const PLAN_MAX: i64 = 50_000;
+/// Pages of the vault's pending scopes a listing of pending destructions
+/// reads at most (1,000 each) to leave out what is no longer pending.
+const PENDING_ASKED_MAX: usize = 50;
 /// The named trigger event that records a notice to the client.
 pub const CLIENT_NOTICE_EVENT: &str = "client_notice";
 
@@ -779,8 +782,8 @@ impl Disposer {
         Ok(())
     }
 
-    /// Disposals whose destruction the vault holds pending, as the sweeps
-    /// last saw them: at most `limit` after the one `after` names (its key
+    /// Disposals whose destruction a sweep staged, as the sweeps last saw
+    /// them: at most `limit` after the one `after` names (its key
     /// destruction time and id), the soonest first.
     pub async fn pending(&self, after: Vec<Value>, limit: i64) -> Result<Vec<Pending>, Error> {
         let mut values = after;
@@ -796,6 +799,33 @@ impl Disposer {
                 values,
             )
             .await?)
+    }
+
+    /// The scopes the vault holds pending destruction now (a records
+    /// manager may have kept one, or its key gone, since the last sweep);
+    /// none when there are more than [`PENDING_ASKED_MAX`] pages of them.
+    pub async fn vault_pending(&self) -> Result<Option<std::collections::HashSet<String>>, Error> {
+        let mut vault = self.vault()?;
+        let mut ids = std::collections::HashSet::new();
+        let mut page_token = String::new();
+        for _ in 0..PENDING_ASKED_MAX {
+            let page = vault
+                .list_scopes(crate::service::timed(vault_pb::ListScopesRequest {
+                    state: vault_pb::ScopeState::PendingDestruction as i32,
+                    page_size: 1000,
+                    page_token,
+                    ..Default::default()
+                }))
+                .await
+                .map_err(|s| Error::VaultUnavailable(s.message().to_owned()))?
+                .into_inner();
+            ids.extend(page.scopes.into_iter().map(|s| s.id));
+            if page.next_page_token.is_empty() {
+                return Ok(Some(ids));
+            }
+            page_token = page.next_page_token;
+        }
+        Ok(None)
     }
 
     /// Cancels a disposal for `reason` (`legal_hold`, or

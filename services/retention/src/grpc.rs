@@ -553,12 +553,23 @@ impl RetentionService for RetentionApi {
         );
         check(v)?;
         let rows = self.disposer.pending(after.values(), limit + 1).await?;
+        // The page and its token follow the sweeps' rows; what the vault no
+        // longer holds pending (kept, or its key gone) is left out of it.
         let (rows, next_page_token) = page::split(rows, limit, |row| {
             page::token(&[Key::Time(row.staged_until), Key::Uuid(row.id)])
         });
+        let held = if rows.is_empty() {
+            None
+        } else {
+            self.disposer.vault_pending().await?
+        };
         Ok(Response::new(pb::ListPendingDestructionsResponse {
             destructions: rows
                 .into_iter()
+                .filter(|row| {
+                    held.as_ref()
+                        .is_none_or(|held| held.contains(&row.scope_id.to_string()))
+                })
                 .map(|row| pb::PendingDestruction {
                     scope_id: row.scope_id.to_string(),
                     client_id: row.client_id.to_string(),
