@@ -805,20 +805,18 @@ impl Disposer {
     /// manager may have kept one, or its key gone, since the last sweep);
     /// none when there are more than [`PENDING_ASKED_MAX`] pages of them.
     pub async fn vault_pending(&self) -> Result<Option<std::collections::HashSet<String>>, Error> {
-        let mut vault = self.vault()?;
         let mut ids = std::collections::HashSet::new();
         let mut page_token = String::new();
         for _ in 0..PENDING_ASKED_MAX {
-            let page = vault
-                .list_scopes(crate::service::timed(vault_pb::ListScopesRequest {
+            let page = self
+                .retention
+                .scopes_page(vault_pb::ListScopesRequest {
                     state: vault_pb::ScopeState::PendingDestruction as i32,
                     page_size: 1000,
                     page_token,
                     ..Default::default()
-                }))
-                .await
-                .map_err(|s| Error::VaultUnavailable(s.message().to_owned()))?
-                .into_inner();
+                })
+                .await?;
             ids.extend(page.scopes.into_iter().map(|s| s.id));
             if page.next_page_token.is_empty() {
                 return Ok(Some(ids));
@@ -931,21 +929,19 @@ impl Disposer {
 
     /// The scope as the vault lists it now.
     async fn vault_scope(&self, row: &DisposalRow) -> Result<Option<vault_pb::Scope>, Error> {
-        let mut vault = self.vault()?;
         let id = row.scope_id.to_string();
         let mut page_token = String::new();
         loop {
-            let page = vault
-                .list_scopes(crate::service::timed(vault_pb::ListScopesRequest {
+            let page = self
+                .retention
+                .scopes_page(vault_pb::ListScopesRequest {
                     client_id: row.client_id.to_string(),
                     matter_id: row.matter_id.map(|m| m.to_string()).unwrap_or_default(),
                     page_size: 1000,
                     page_token,
                     ..Default::default()
-                }))
-                .await
-                .map_err(|s| Error::VaultUnavailable(s.message().to_owned()))?
-                .into_inner();
+                })
+                .await?;
             if let Some(scope) = page.scopes.into_iter().find(|s| s.id == id) {
                 return Ok(Some(scope));
             }

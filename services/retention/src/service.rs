@@ -179,6 +179,19 @@ impl Retention {
         self.vault()
     }
 
+    /// One page of the vault's scopes.
+    pub async fn scopes_page(
+        &self,
+        request: vault_pb::ListScopesRequest,
+    ) -> Result<vault_pb::ListScopesResponse, Error> {
+        Ok(self
+            .vault()?
+            .list_scopes(timed(request))
+            .await
+            .map_err(|s| Error::VaultUnavailable(s.message().to_owned()))?
+            .into_inner())
+    }
+
     fn event(&self, actor: &Actor, action: AuditAction) -> EventBuilder {
         actor.event(crate::NAME, &self.trust_domain, action)
     }
@@ -452,7 +465,6 @@ impl Retention {
     /// a due date; sends holds the vault has not confirmed again. Returns
     /// (new scopes, known scopes).
     pub async fn sync(&self) -> Result<(usize, i64), Error> {
-        let mut vault = self.vault()?;
         let mut token = String::new();
         let mut added = Vec::new();
         let now = Utc::now();
@@ -470,15 +482,13 @@ impl Retention {
             .collect();
         let mut shown = HashSet::new();
         loop {
-            let page = vault
-                .list_scopes(crate::service::timed(vault_pb::ListScopesRequest {
+            let page = self
+                .scopes_page(vault_pb::ListScopesRequest {
                     page_size: 1000,
                     page_token: token.clone(),
                     ..Default::default()
-                }))
-                .await
-                .map_err(|s| Error::VaultUnavailable(s.message().to_owned()))?
-                .into_inner();
+                })
+                .await?;
             let mut statements = Vec::with_capacity(page.scopes.len());
             for scope in &page.scopes {
                 let (Ok(id), Ok(client_id)) = (
