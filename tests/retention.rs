@@ -3267,6 +3267,23 @@ async fn records_managers_hear_of_a_waiting_batch_once_the_gateway_is_back(backe
     );
     assert_eq!(firm.sweep().await.staff_notices_sent, 0);
     assert!(common::mails_to(&data, "records@firm.example").is_empty());
+    // It waits, unsent, marked as tried, so that it goes behind notices
+    // that have not failed.
+    let waiting: Vec<(String, Option<chrono::DateTime<chrono::Utc>>)> =
+        common::service_db(&data, ServiceName::Retention)
+            .await
+            .fetch_all(
+                "SELECT kind, tried_at FROM staff_notice_outbox WHERE sent_at IS NULL",
+                vec![],
+            )
+            .await
+            .unwrap();
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    assert_eq!(
+        waiting[0].0,
+        "STAFF_NOTICE_KIND_DISPOSAL_BATCH_AWAITING_APPROVAL"
+    );
+    assert!(waiting[0].1.is_some(), "{waiting:?}");
 
     // Only the retention service may ask identity to notify staff, and a
     // notice that breaks a rule is refused with every broken rule named.

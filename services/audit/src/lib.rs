@@ -192,16 +192,14 @@ pub async fn build(ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
     let drain = incidents::drain_own_outbox(ctx.outbox.clone(), log.clone(), ctx.shutdown.clone());
     let audit_config = &ctx.config.audit;
     let notifier: Arc<dyn confidant_runtime::notify::Notifier> =
-        match (&audit_config.alerts_webhook_url, &audit_config.alerts_file) {
-            (Some(url), _) => Arc::new(confidant_runtime::notify::Metered::new(
-                Arc::new(confidant_runtime::notify::WebhookNotifier::new(url, None)?),
-                "audit",
-            )),
-            (None, Some(file)) => Arc::new(confidant_runtime::notify::Metered::new(
-                Arc::new(confidant_runtime::notify::FileNotifier::new(file.clone())),
-                "audit",
-            )),
-            (None, None) => {
+        match confidant_runtime::notify::configured(
+            "audit",
+            audit_config.alerts_webhook_url.as_deref(),
+            None,
+            audit_config.alerts_file.as_deref(),
+        )? {
+            Some(notifier) => notifier,
+            None => {
                 tracing::warn!(
                     "audit.alerts_webhook_url is not set: alerts are only listed through the API"
                 );

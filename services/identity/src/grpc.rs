@@ -1424,29 +1424,23 @@ impl IdentityService for IdentityApi {
             .collect();
         // The review items waiting for them, as ListAccessReviewItems shows
         // them to them.
-        let reviewer = self.reviewer(&request).await?;
-        let mut reviews: Vec<ReviewWork> = Vec::new();
-        for (campaign, name, deadline, item) in self
-            .reviews()
-            .pending(Some(staff), None)
+        let reviews = self.reviews();
+        let reviewer = reviews
+            .reviewer(&self.directory, staff)
             .await
-            .map_err(Error::from)?
-        {
-            if reviewer.may_decide(&item).is_err() {
-                continue;
-            }
-            let campaign = campaign.to_string();
-            match reviews.last_mut() {
-                Some(work) if work.campaign_id == campaign => work.pending_items += 1,
-                _ => reviews.push(ReviewWork {
-                    campaign_id: campaign,
-                    name,
-                    deadline: Some(proto_time(deadline)),
-                    pending_items: 1,
-                    overdue: deadline < now,
-                }),
-            }
-        }
+            .map_err(Error::from)?;
+        let pending = reviews.pending(None).await.map_err(Error::from)?;
+        let reviews: Vec<ReviewWork> = reviewer
+            .waiting(&pending)
+            .into_iter()
+            .map(|w| ReviewWork {
+                campaign_id: w.campaign.to_string(),
+                name: w.name.to_owned(),
+                deadline: Some(proto_time(w.deadline)),
+                pending_items: i32::try_from(w.items).unwrap_or(i32::MAX),
+                overdue: w.deadline < now,
+            })
+            .collect();
         let (sessions, _) = self
             .sessions
             .live_sessions(

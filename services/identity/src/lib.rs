@@ -126,25 +126,13 @@ pub async fn build(
         .await?,
     );
     let identity = &ctx.config.identity;
-    let notifier: std::sync::Arc<dyn confidant_runtime::notify::Notifier> = match (
-        &identity.notification_webhook_url,
-        &identity.notifications_file,
-    ) {
-        (Some(url), _) => {
-            let token = match &identity.notification_webhook_token_file {
-                Some(path) => Some(std::fs::read_to_string(path)?.trim().to_owned()),
-                None => None,
-            };
-            std::sync::Arc::new(confidant_runtime::notify::WebhookNotifier::new(url, token)?)
-        }
-        (None, Some(file)) => {
-            std::sync::Arc::new(confidant_runtime::notify::FileNotifier::new(file.clone()))
-        }
-        (None, None) => anyhow::bail!("identity.notification_webhook_url is not set"),
-    };
-    let notifier: std::sync::Arc<dyn confidant_runtime::notify::Notifier> = std::sync::Arc::new(
-        confidant_runtime::notify::Metered::new(notifier, "identity"),
-    );
+    let notifier = confidant_runtime::notify::configured(
+        "identity",
+        identity.notification_webhook_url.as_deref(),
+        identity.notification_webhook_token_file.as_deref(),
+        identity.notifications_file.as_deref(),
+    )?
+    .ok_or_else(|| anyhow::anyhow!("identity.notification_webhook_url is not set"))?;
     let sessions = std::sync::Arc::new(
         sessions::Sessions::new(
             ctx.db.clone(),

@@ -588,7 +588,7 @@ impl Reminders {
     /// they were told of the start in an earlier sweep.
     pub async fn reviews_due(&self, now: DateTime<Utc>) -> Result<Vec<ReviewDue>, StoreError> {
         let reviews = Reviews::new(self.db.clone(), &self.trust_domain);
-        let pending = reviews.pending(None, Some(now)).await?;
+        let pending = reviews.pending(Some(now)).await?;
         if pending.is_empty() {
             return Ok(Vec::new());
         }
@@ -621,18 +621,13 @@ impl Reminders {
         let mut due = Vec::new();
         for (staff_id, email) in candidates {
             let reviewer = reviews.reviewer(&directory, staff_id).await?;
-            // Items come by campaign: count each one's for this reviewer.
-            let mut waiting: Vec<(Uuid, &str, DateTime<Utc>, usize)> = Vec::new();
-            for (campaign, name, deadline, item) in &pending {
-                if reviewer.may_decide(item).is_err() {
-                    continue;
-                }
-                match waiting.last_mut() {
-                    Some(w) if w.0 == *campaign => w.3 += 1,
-                    _ => waiting.push((*campaign, name, *deadline, 1)),
-                }
-            }
-            for (campaign, name, deadline, count) in waiting {
+            for crate::reviews::Waiting {
+                campaign,
+                name,
+                deadline,
+                items,
+            } in reviewer.waiting(&pending)
+            {
                 let stage = if !was_told(campaign, staff_id, "started") {
                     "started"
                 } else if !self.review_ahead.is_zero()
@@ -649,7 +644,7 @@ impl Reminders {
                     deadline,
                     staff_id,
                     email: email.clone(),
-                    pending: count,
+                    pending: items,
                     stage,
                 });
             }

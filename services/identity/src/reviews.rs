@@ -24,7 +24,7 @@ pub const CERTIFY: i32 = 1;
 pub const REVOKE: i32 = 2;
 
 /// One item as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Item {
     /// Item id.
     pub id: Uuid,
@@ -70,7 +70,52 @@ pub struct StaffReviewer {
 /// The permission that makes a staff member a reviewer of every grant.
 pub const REVIEWS_MANAGE: &str = "reviews.manage";
 
+/// An undecided item, with its campaign.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PendingItem {
+    /// The campaign.
+    pub campaign_id: Uuid,
+    /// Its name.
+    pub campaign_name: String,
+    /// Its deadline.
+    pub deadline: DateTime<Utc>,
+    /// The item.
+    #[sqlx(flatten)]
+    pub item: Item,
+}
+
+/// The items of one campaign waiting for one reviewer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting<'a> {
+    /// The campaign.
+    pub campaign: Uuid,
+    /// Its name.
+    pub name: &'a str,
+    /// Its deadline.
+    pub deadline: DateTime<Utc>,
+    /// How many of its items they may decide.
+    pub items: usize,
+}
+
 impl StaffReviewer {
+    /// Of `pending` (a campaign's items together), the items they may
+    /// decide, counted by campaign.
+    pub fn waiting<'a>(&self, pending: &'a [PendingItem]) -> Vec<Waiting<'a>> {
+        let mut waiting: Vec<Waiting<'a>> = Vec::new();
+        for p in pending.iter().filter(|p| self.may_decide(&p.item).is_ok()) {
+            match waiting.last_mut() {
+                Some(w) if w.campaign == p.campaign_id => w.items += 1,
+                _ => waiting.push(Waiting {
+                    campaign: p.campaign_id,
+                    name: &p.campaign_name,
+                    deadline: p.deadline,
+                    items: 1,
+                }),
+            }
+        }
+        waiting
+    }
+
     /// Whether they may decide `item`, and if not: a reason code and why.
     pub fn may_decide(&self, item: &Item) -> Result<(), (&'static str, &'static str)> {
         if item.staff_id == self.id {
@@ -103,28 +148,6 @@ pub struct Reviews {
     trust_domain: String,
 }
 
-type ItemRow = (
-    Uuid,
-    String,
-    Uuid,
-    String,
-    String,
-    Option<i32>,
-    Option<String>,
-);
-
-fn item((id, kind, staff_id, subject, grant_id, decision, decided_by): ItemRow) -> Item {
-    Item {
-        id,
-        kind,
-        staff_id,
-        subject,
-        grant_id,
-        decision,
-        decided_by,
-    }
-}
-
 impl Reviews {
     /// Reviews in `db`.
     pub fn new(db: Database, trust_domain: &str) -> Self {
@@ -141,14 +164,14 @@ impl Reviews {
 
     /// One item.
     pub async fn item(&self, id: Uuid) -> Result<Item, StoreError> {
-        let row: Option<ItemRow> = self
+        let row: Option<Item> = self
             .db
             .fetch_optional(
                 "SELECT id, kind, staff_id, subject, grant_id, decision, decided_by FROM review_items WHERE id = $1",
                 vec![Value::Uuid(id)],
             )
             .await?;
-        row.map(item).ok_or(StoreError::NotFound("review item"))
+        row.ok_or(StoreError::NotFound("review item"))
     }
 
     /// What staff member `id` may review now.
@@ -186,61 +209,24 @@ impl Reviews {
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
-    /// Every undecided item (of another staff member than `others_than`,
-    /// of a campaign whose deadline is after `open_at`, if given), with its
-    /// campaign: (campaign, name, deadline, item), by deadline.
+    /// Every undecided item, of the campaigns whose deadline is after
+    /// `open_at` if given, with its campaign: by deadline, a campaign's
+    /// items together.
     pub async fn pending(
         &self,
-        others_than: Option<Uuid>,
         open_at: Option<DateTime<Utc>>,
-    ) -> Result<Vec<(Uuid, String, DateTime<Utc>, Item)>, StoreError> {
-        type Row = (
-            Uuid,
-            String,
-            DateTime<Utc>,
-            Uuid,
-            String,
-            Uuid,
-            String,
-            String,
-            Option<i32>,
-            Option<String>,
-        );
-        let rows: Vec<Row> = self
+    ) -> Result<Vec<PendingItem>, StoreError> {
+        Ok(self
             .db
             .fetch_all(
-                "SELECT c.id, c.name, c.deadline, i.id, i.kind, i.staff_id, i.subject, i.grant_id, \
-                 i.decision, i.decided_by FROM review_items i \
+                "SELECT c.id AS campaign_id, c.name AS campaign_name, c.deadline, i.id, i.kind, \
+                 i.staff_id, i.subject, i.grant_id, i.decision, i.decided_by FROM review_items i \
                  JOIN review_campaigns c ON c.id = i.campaign_id \
-                 WHERE i.decision IS NULL AND ($1 IS NULL OR i.staff_id <> $1) \
-                 AND ($2 IS NULL OR c.deadline > $2) ORDER BY c.deadline, c.id",
-                vec![Value::OptUuid(others_than), Value::OptTime(open_at)],
+                 WHERE i.decision IS NULL AND ($1 IS NULL OR c.deadline > $1) \
+                 ORDER BY c.deadline, c.id",
+                vec![Value::OptTime(open_at)],
             )
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(
-                    campaign,
-                    name,
-                    deadline,
-                    id,
-                    kind,
-                    staff_id,
-                    subject,
-                    grant_id,
-                    decision,
-                    by,
-                )| {
-                    (
-                        campaign,
-                        name,
-                        deadline,
-                        item((id, kind, staff_id, subject, grant_id, decision, by)),
-                    )
-                },
-            )
-            .collect())
+            .await?)
     }
 
     /// Opens a campaign over every grant live now; returns its id and size.
@@ -322,17 +308,14 @@ impl Reviews {
             )
             .await?;
         let (deadline,) = row.ok_or(StoreError::NotFound("review campaign"))?;
-        let rows: Vec<ItemRow> = self
+        let items: Vec<Item> = self
             .db
             .fetch_all(
                 "SELECT id, kind, staff_id, subject, grant_id, decision, decided_by FROM review_items WHERE campaign_id = $1 ORDER BY id",
                 vec![Value::Uuid(id)],
             )
             .await?;
-        Ok(Campaign {
-            deadline,
-            items: rows.into_iter().map(item).collect(),
-        })
+        Ok(Campaign { deadline, items })
     }
 
     /// Records a verdict by `by` (whose right to give it the caller checked);

@@ -496,9 +496,10 @@ impl Disposer {
         self.execute(token, &mut report, &mut keeper).await?;
         // One notice of every destruction staged and not told of yet, and
         // one of the originals listed for return.
+        let now = Utc::now();
         let mut statements = vec![fence(token)];
-        statements.extend(crate::notices::staged(Utc::now()));
-        statements.extend(crate::notices::returns_listed(Utc::now()));
+        statements.extend(crate::notices::staged(now));
+        statements.extend(crate::notices::returns_listed(now));
         self.commit(statements, &[]).await?;
         self.close_batches(token).await?;
         Ok(report)

@@ -69,42 +69,50 @@ pub fn hold_release_awaiting(hold: Uuid, approver: &str, now: DateTime<Utc>) -> 
 /// (nothing when there is none). Whatever sweep staged them, and whether
 /// or not it finished, each is told once.
 pub fn staged(now: DateTime<Utc>) -> Vec<Statement> {
-    let id = format!("staged:{}", Uuid::now_v7());
-    vec![
-        Statement::new(
-            "UPDATE retention_disposals SET notice_id = $1 WHERE state = 'shred_ordered' \
-             AND staged_until IS NOT NULL AND notice_id IS NULL",
-            vec![Value::Text(id.clone())],
-        ),
-        Statement::new(
-            "INSERT INTO staff_notice_outbox (id, kind, item_count, deadline, created_at) \
-             SELECT notice_id, $2, COUNT(*), MIN(staged_until), $3 FROM retention_disposals \
-             WHERE notice_id = $1 GROUP BY notice_id",
-            vec![
-                Value::Text(id),
-                Value::Text(StaffNoticeKind::DestructionStaged.as_str_name().to_owned()),
-                Value::Time(now),
-            ],
-        ),
-    ]
+    told_once(
+        "staged",
+        StaffNoticeKind::DestructionStaged,
+        "UPDATE retention_disposals SET notice_id = $1 WHERE state = 'shred_ordered' \
+         AND staged_until IS NOT NULL AND notice_id IS NULL",
+        "INSERT INTO staff_notice_outbox (id, kind, item_count, deadline, created_at) \
+         SELECT notice_id, $2, COUNT(*), MIN(staged_until), $3 FROM retention_disposals \
+         WHERE notice_id = $1 GROUP BY notice_id",
+        now,
+    )
 }
 
 /// Statements: one notice of every scope on the return-to-client list that
 /// no notice told of yet (nothing when there is none).
 pub fn returns_listed(now: DateTime<Utc>) -> Vec<Statement> {
-    let id = format!("returns:{}", Uuid::now_v7());
+    told_once(
+        "returns",
+        StaffNoticeKind::ReturnsListed,
+        "UPDATE retention_returns SET notice_id = $1 WHERE state = 'listed' AND notice_id IS NULL",
+        "INSERT INTO staff_notice_outbox (id, kind, item_count, created_at) \
+         SELECT notice_id, $2, COUNT(*), $3 FROM retention_returns WHERE notice_id = $1 \
+         GROUP BY notice_id",
+        now,
+    )
+}
+
+/// Statements: `mark` gives the rows no notice told of yet a new notice's
+/// id (`$1`); `insert` writes that notice of `kind` (`$2`, at `$3`) over
+/// the rows it marked, if any.
+fn told_once(
+    prefix: &str,
+    kind: StaffNoticeKind,
+    mark: &'static str,
+    insert: &'static str,
+    now: DateTime<Utc>,
+) -> Vec<Statement> {
+    let id = format!("{prefix}:{}", Uuid::now_v7());
     vec![
+        Statement::new(mark, vec![Value::Text(id.clone())]),
         Statement::new(
-            "UPDATE retention_returns SET notice_id = $1 WHERE state = 'listed' AND notice_id IS NULL",
-            vec![Value::Text(id.clone())],
-        ),
-        Statement::new(
-            "INSERT INTO staff_notice_outbox (id, kind, item_count, created_at) \
-             SELECT notice_id, $2, COUNT(*), $3 FROM retention_returns WHERE notice_id = $1 \
-             GROUP BY notice_id",
+            insert,
             vec![
                 Value::Text(id),
-                Value::Text(StaffNoticeKind::ReturnsListed.as_str_name().to_owned()),
+                Value::Text(kind.as_str_name().to_owned()),
                 Value::Time(now),
             ],
         ),

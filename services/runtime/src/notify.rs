@@ -253,6 +253,32 @@ impl Metered {
     }
 }
 
+/// The notifier a service's settings name, counted for `sender`: the
+/// webhook at `webhook` (with the bearer token in `token_file`, if any),
+/// else the file `file` (development); none when neither is set.
+pub fn configured(
+    sender: &'static str,
+    webhook: Option<&str>,
+    token_file: Option<&std::path::Path>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<std::sync::Arc<dyn Notifier>>, SendError> {
+    let inner: std::sync::Arc<dyn Notifier> = match (webhook, file) {
+        (Some(url), _) => {
+            let token = token_file
+                .map(|path| {
+                    std::fs::read_to_string(path)
+                        .map(|t| t.trim().to_owned())
+                        .map_err(|e| SendError(format!("{}: {e}", path.display())))
+                })
+                .transpose()?;
+            std::sync::Arc::new(WebhookNotifier::new(url, token)?)
+        }
+        (None, Some(file)) => std::sync::Arc::new(FileNotifier::new(file)),
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(std::sync::Arc::new(Metered::new(inner, sender))))
+}
+
 #[async_trait]
 impl Notifier for Metered {
     async fn send(&self, message: &Message) -> Result<(), SendError> {

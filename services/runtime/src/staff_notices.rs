@@ -134,7 +134,8 @@ pub async fn drain(db: &Database, identity: Option<PeerChannel>) -> Result<usize
     let rows: Vec<Row> = db
         .fetch_all(
             "SELECT id, kind, item_count, deadline, reference, except_staff, recipient \
-             FROM staff_notice_outbox WHERE sent_at IS NULL ORDER BY created_at, id LIMIT $1",
+             FROM staff_notice_outbox WHERE sent_at IS NULL \
+             ORDER BY COALESCE(tried_at, created_at), id LIMIT $1",
             vec![Value::BigInt(DRAIN_MAX)],
         )
         .await?;
@@ -165,20 +166,24 @@ pub async fn drain(db: &Database, identity: Option<PeerChannel>) -> Result<usize
             }
             Err(status) => return Err(DrainError::Identity(status)),
         };
-        if done {
-            db.transact(
-                vec![Statement::new(
-                    "UPDATE staff_notice_outbox SET sent_at = $2 WHERE id = $1 AND sent_at IS NULL",
-                    vec![Value::Text(row.id.clone()), Value::Time(Utc::now())],
-                )],
-                &[],
-            )
-            .await
-            .map_err(|e| match e {
-                TransactError::Sqlx(e) => DrainError::Store(e),
-                e => DrainError::Mark(e.to_string()),
-            })?;
-        }
+        // Sent (or dropped); else tried, and it waits behind the others.
+        let mark = if done {
+            "UPDATE staff_notice_outbox SET sent_at = $2 WHERE id = $1 AND sent_at IS NULL"
+        } else {
+            "UPDATE staff_notice_outbox SET tried_at = $2 WHERE id = $1 AND sent_at IS NULL"
+        };
+        db.transact(
+            vec![Statement::new(
+                mark,
+                vec![Value::Text(row.id.clone()), Value::Time(Utc::now())],
+            )],
+            &[],
+        )
+        .await
+        .map_err(|e| match e {
+            TransactError::Sqlx(e) => DrainError::Store(e),
+            e => DrainError::Mark(e.to_string()),
+        })?;
     }
     Ok(sent)
 }

@@ -14,6 +14,10 @@ CREATE TABLE staff_notice_outbox (
     except_staff BLOB,
     recipient    BLOB,
     created_at   TEXT NOT NULL,
+    -- The last try that did not reach everyone: such a notice waits behind
+    -- the others, so that one that keeps failing does not hold them up.
+    tried_at     TEXT,
     sent_at      TEXT
 );
-CREATE INDEX staff_notice_outbox_unsent ON staff_notice_outbox (created_at) WHERE sent_at IS NULL;
+CREATE INDEX staff_notice_outbox_unsent ON staff_notice_outbox (COALESCE(tried_at, created_at), id)
+    WHERE sent_at IS NULL;
