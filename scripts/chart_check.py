@@ -208,8 +208,8 @@ def prometheus_rules(docs, label, values):
                     fail(f"{where}: no severity")
                 if not rule.get("annotations", {}).get("summary"):
                     fail(f"{where}: no summary")
-    if rules and len(set(names)) != 8:
-        fail(f"PrometheusRule: expected 8 distinct alerts, got {names} ({label})")
+    if rules and len(set(names)) != 9:
+        fail(f"PrometheusRule: expected 9 distinct alerts, got {names} ({label})")
     if rules:
         labels = rules[0]["metadata"].get("labels", {})
         for key, value in values["monitoring"]["prometheusRule"].get("labels", {}).items():

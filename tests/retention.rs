@@ -3284,6 +3284,15 @@ async fn records_managers_hear_of_a_waiting_batch_once_the_gateway_is_back(backe
         "STAFF_NOTICE_KIND_DISPOSAL_BATCH_AWAITING_APPROVAL"
     );
     assert!(waiting[0].1.is_some(), "{waiting:?}");
+    // The gauge operators alert on sees it waiting.
+    let retention_db = common::service_db(&data, ServiceName::Retention).await;
+    let oldest = confidant_runtime::staff_notices::oldest_unsent(&retention_db)
+        .await
+        .unwrap();
+    assert!(
+        oldest.is_some_and(|at| at <= chrono::Utc::now()),
+        "{oldest:?}"
+    );
 
     // Only the retention service may ask identity to notify staff, and a
     // notice that breaks a rule is refused with every broken rule named.
@@ -3406,6 +3415,13 @@ async fn records_managers_hear_of_a_waiting_batch_once_the_gateway_is_back(backe
     );
     assert!(told[0].1.contains(&batch), "{}", told[0].1);
     assert!(common::mails_to(&data, "partner@firm.example").is_empty());
+    // Nothing waits any more.
+    assert_eq!(
+        confidant_runtime::staff_notices::oldest_unsent(&retention_db)
+            .await
+            .unwrap(),
+        None
+    );
     // The e-mail is in the audit log, naming its recipient and the batch.
     let log =
         AuditServiceClient::new(channel(&data, &sandbox, ServiceName::Audit, "operator").await);

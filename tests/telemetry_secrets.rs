@@ -1,5 +1,5 @@
 //! What the services tell operators never carries client data, secrets or
-//! tokens: identity, vault and audit run as one `confidant serve` process
+//! tokens: identity, intake, vault and audit run as one `confidant serve` process
 //! (PostgreSQL, Redis, the AWS KMS API) with debug logs and OTLP export to a
 //! collector in this test, while a firm application stores, reads, lists
 //! and uploads client data, makes mistakes and is refused. Then neither the
@@ -38,11 +38,12 @@ async fn no_client_data_secret_or_token_reaches_logs_traces_metrics_or_errors() 
     let data = SandboxData::new(Backend::Postgres).await;
     let listen: BTreeMap<ServiceName, SocketAddr> = [
         ServiceName::Identity,
+        ServiceName::Intake,
         ServiceName::Vault,
         ServiceName::Audit,
     ]
     .into_iter()
-    .zip(free_ports::<3>())
+    .zip(free_ports::<4>())
     .map(|(s, port)| (s, SocketAddr::from(([127, 0, 0, 1], port))))
     .collect();
     let spec = SandboxSpec {
@@ -63,7 +64,7 @@ async fn no_client_data_secret_or_token_reaches_logs_traces_metrics_or_errors() 
     cmd.args([
         "serve",
         "--services",
-        "identity,vault,audit",
+        "identity,intake,vault,audit",
         "--migrate",
         "--config",
     ])
@@ -218,8 +219,8 @@ async fn no_client_data_secret_or_token_reaches_logs_traces_metrics_or_errors() 
     })
     .await;
     // Metrics too: the calls' durations, when each service's certificate
-    // expires, how far behind audit delivery is, and how old the log's
-    // newest checkpoint.
+    // expires, how far behind audit delivery and notices to staff are, and
+    // how old the log's newest checkpoint.
     common::eventually(Duration::from_secs(30), "the metrics", || {
         let seen = received.text();
         async move {
@@ -229,6 +230,7 @@ async fn no_client_data_secret_or_token_reaches_logs_traces_metrics_or_errors() 
                 && seen.contains("confidant.audit.delivery.lag")
                 && seen.contains("confidant.audit.delivery.held_back")
                 && seen.contains("confidant.audit.checkpoint.age")
+                && seen.contains("confidant.staff_notices.lag")
         }
     })
     .await;
@@ -244,7 +246,7 @@ async fn no_client_data_secret_or_token_reaches_logs_traces_metrics_or_errors() 
         .split(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
         .filter(|word| word.starts_with("confidant_"))
         .collect();
-    assert_eq!(alerted.len(), 8, "{alerted:?}");
+    assert_eq!(alerted.len(), 9, "{alerted:?}");
     for name in alerted {
         assert!(
             exported_names.contains(name),

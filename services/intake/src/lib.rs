@@ -100,7 +100,14 @@ pub async fn build(
             }
         }
     });
-    let mut tasks: Vec<futures::future::BoxFuture<'static, ()>> = vec![Box::pin(notices)];
+    let notice_lag = confidant_runtime::staff_notices::report_lag(
+        "intake",
+        ctx.db.clone(),
+        confidant_runtime::staff_notices::LAG_LOOK,
+        ctx.shutdown.clone(),
+    );
+    let mut tasks: Vec<futures::future::BoxFuture<'static, ()>> =
+        vec![Box::pin(notices), Box::pin(notice_lag)];
     if let Some(addr) = ctx.config.intake.web_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -97,6 +97,12 @@ pub async fn build(
         Duration::from_secs(config.sweep_interval_seconds.max(1)),
         ctx.shutdown.clone(),
     );
+    let notice_lag = confidant_runtime::staff_notices::report_lag(
+        "retention",
+        ctx.db.clone(),
+        confidant_runtime::staff_notices::LAG_LOOK,
+        ctx.shutdown.clone(),
+    );
     let physical = physical::PhysicalApi::new(
         physical::PhysicalStore::new(ctx.db.clone()),
         store::RetentionStore::new(ctx.db.clone()),
@@ -112,7 +118,7 @@ pub async fn build(
         ),
         grpc_services: vec![GRPC_SERVICE, PHYSICAL_GRPC_SERVICE],
         policy: confidant_runtime::peer::PeerPolicy::new(),
-        tasks: vec![Box::pin(sync), Box::pin(sweep)],
+        tasks: vec![Box::pin(sync), Box::pin(sweep), Box::pin(notice_lag)],
         on_stop: Vec::new(),
     })
 }

@@ -198,3 +198,100 @@ pub fn drain_soon(db: Database, identity: Option<PeerChannel>) {
         }
     });
 }
+
+/// Age of the oldest notice to staff a service has not sent yet, seconds,
+/// by `service` (0 when none waits): alert when it grows (identity
+/// unreachable from the service or refusing it, or its mail gateway down).
+pub const LAG: &str = "confidant.staff_notices.lag";
+
+/// How often each replica looks at its outbox for [`LAG`].
+pub const LAG_LOOK: Duration = Duration::from_secs(30);
+
+/// When the oldest notice of `db`'s outbox not sent yet was written, if
+/// one waits.
+pub async fn oldest_unsent(db: &Database) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    let oldest: Option<(DateTime<Utc>,)> = db
+        .fetch_optional(
+            "SELECT created_at FROM staff_notice_outbox WHERE sent_at IS NULL \
+             ORDER BY created_at LIMIT 1",
+            vec![],
+        )
+        .await?;
+    Ok(oldest.map(|(at,)| at))
+}
+
+/// What the gauge [`LAG`] reports: when the oldest unsent notice was
+/// written, as last seen.
+#[derive(Debug, Default)]
+struct Oldest(std::sync::Mutex<Option<DateTime<Utc>>>);
+
+impl Oldest {
+    fn set(&self, at: Option<DateTime<Utc>>) {
+        if let Ok(mut oldest) = self.0.lock() {
+            *oldest = at;
+        }
+    }
+
+    /// How long it has waited by `now` (it keeps growing between looks,
+    /// so a look that stops coming does not hide it).
+    fn age(&self, now: DateTime<Utc>) -> Duration {
+        let oldest = self.0.lock().map(|o| *o).unwrap_or_default();
+        oldest
+            .and_then(|at| (now - at).to_std().ok())
+            .unwrap_or_default()
+    }
+}
+
+/// Reports [`LAG`] for `service`'s outbox in `db`, looking at it every
+/// `every` until `shutdown`. Every replica looks for itself: the drains run
+/// on whichever replica made the work or holds the sweep.
+pub async fn report_lag(
+    service: &'static str,
+    db: Database,
+    every: Duration,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let oldest = std::sync::Arc::new(Oldest::default());
+    let seen = std::sync::Arc::downgrade(&oldest);
+    let _gauge = opentelemetry::global::meter("confidant")
+        .f64_observable_gauge(LAG)
+        .with_unit("s")
+        .with_description("Age of the oldest notice to staff not yet sent")
+        .with_callback(move |o| {
+            if let Some(oldest) = seen.upgrade() {
+                o.observe(
+                    oldest.age(Utc::now()).as_secs_f64(),
+                    &[opentelemetry::KeyValue::new("service", service)],
+                );
+            }
+        })
+        .build();
+    crate::app::every(every, shutdown, || async {
+        match oldest_unsent(&db).await {
+            Ok(at) => oldest.set(at),
+            Err(e) => tracing::warn!(error = %e, "staff notice outbox not read"),
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lag_grows_until_the_oldest_notice_goes() {
+        let oldest = Oldest::default();
+        let now = Utc::now();
+        assert_eq!(oldest.age(now), Duration::ZERO, "none waits");
+        oldest.set(Some(now - chrono::Duration::seconds(90)));
+        assert_eq!(oldest.age(now), Duration::from_secs(90));
+        assert_eq!(
+            oldest.age(now + chrono::Duration::seconds(30)),
+            Duration::from_secs(120),
+            "it grows between looks"
+        );
+        oldest.set(None);
+        assert_eq!(oldest.age(now), Duration::ZERO, "sent");
+    }
+}
