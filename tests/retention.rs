@@ -1764,12 +1764,14 @@ async fn staged_disposals_wait_out_the_vaults_window_and_a_records_manager_can_k
     backend: Backend,
 ) {
     let data = SandboxData::new(backend).await;
-    // The vault stages every destruction for three seconds.
+    // The vault stages every destruction for ten seconds; records managers
+    // get a last reminder six seconds before a key goes.
     let sandbox = Sandbox::start(
         &data,
         disposal_spec(vec![
-            ("vault", "destruction_window_seconds", 3.into()),
+            ("vault", "destruction_window_seconds", 10.into()),
             ("vault", "destruction_check_seconds", 1.into()),
+            ("retention", "destruction_reminder_seconds", 6.into()),
         ]),
     )
     .await;
@@ -1837,7 +1839,8 @@ async fn staged_disposals_wait_out_the_vaults_window_and_a_records_manager_can_k
         "{}",
         told[0].0
     );
-    let window_end = chrono::Utc::now() + chrono::Duration::seconds(3);
+    let staged_at = std::time::Instant::now();
+    let window_end = chrono::Utc::now() + chrono::Duration::seconds(10);
     assert!(
         [window_end, window_end - chrono::Duration::seconds(60)]
             .iter()
@@ -1922,6 +1925,13 @@ async fn staged_disposals_wait_out_the_vaults_window_and_a_records_manager_can_k
         vault_pb::ScopeState::PendingDestruction
     );
 
+    // The keys go within six seconds now, but the first notice is not six
+    // seconds old: no reminder yet (a window shorter than the reminder's
+    // lead is told of once).
+    tokio::time::sleep(Duration::from_millis(4500).saturating_sub(staged_at.elapsed())).await;
+    assert_eq!(firm.sweep().await.staff_notices_sent, 0);
+    assert_eq!(common::mails_to(&data, "records@firm.example").len(), 1);
+
     // Within the window a records manager keeps the contacts.
     let mut app =
         VaultServiceClient::new(channel(&data, &sandbox, ServiceName::Vault, "firm-app").await);
@@ -1946,12 +1956,20 @@ async fn staged_disposals_wait_out_the_vaults_window_and_a_records_manager_can_k
 
     // Once the window is over the vault destroys the matter file's key,
     // and the sweeps confirm and certify it; the kept disposal is cancelled.
+    // Before it goes, the records manager gets one last reminder, of the
+    // matter file alone.
     let (mut cancelled, mut shredded) = (0, 0);
+    let mut shredded_when_reminded = None;
     let started = std::time::Instant::now();
     loop {
         let r = firm.sweep().await;
         cancelled += r.disposals_cancelled;
         shredded += r.scopes_shredded;
+        if shredded_when_reminded.is_none()
+            && common::mails_to(&data, "records@firm.example").len() > 1
+        {
+            shredded_when_reminded = Some(shredded);
+        }
         let certificate = retention
             .get_certificate(as_staff(
                 &token,
@@ -1975,9 +1993,29 @@ async fn staged_disposals_wait_out_the_vaults_window_and_a_records_manager_can_k
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!((cancelled, shredded), (1, 1));
+    assert_eq!(
+        shredded_when_reminded,
+        Some(0),
+        "reminded before the key went"
+    );
     // Every later sweep saw them staged, and none told of them again; none
     // is pending now.
-    assert_eq!(common::mails_to(&data, "records@firm.example").len(), 1);
+    let told = common::mails_to(&data, "records@firm.example");
+    assert_eq!(told.len(), 2, "{told:?}");
+    assert!(
+        told[1]
+            .0
+            .starts_with("Last reminder: 1 scope of client data destroyed from "),
+        "{}",
+        told[1].0
+    );
+    assert!(
+        told[1].0.ends_with(&told[0].0[told[0].0.len() - 20..]),
+        "the same deadline: {} / {}",
+        told[1].0,
+        told[0].0
+    );
+    assert!(common::mails_to(&data, "partner@firm.example").is_empty());
     assert!(
         pending(&token, 0, String::new())
             .await
@@ -3364,6 +3402,17 @@ async fn records_managers_hear_of_a_waiting_batch_once_the_gateway_is_back(backe
         .unwrap_err();
     assert_eq!(
         common::violated_fields(&staged_without_deadline),
+        ["deadline", "reference_id"]
+    );
+    let due_without_deadline = identity
+        .notify_staff(identity_pb::NotifyStaffRequest {
+            kind: identity_pb::StaffNoticeKind::DestructionDue as i32,
+            ..notice.clone()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        common::violated_fields(&due_without_deadline),
         ["deadline", "reference_id"]
     );
     sandbox.stop().await;

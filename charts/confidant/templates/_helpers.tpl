@@ -164,6 +164,7 @@ hold_release_approvers = {{ $s.retention.holdReleaseApprovers }}
 batch_approvers = {{ $s.retention.batchApprovers }}
 erasure_approvers = {{ $s.retention.erasureApprovers }}
 sweep_interval_seconds = {{ $s.retention.sweepIntervalSeconds }}
+destruction_reminder_seconds = {{ $s.retention.destructionReminderSeconds }}
 sync_interval_seconds = {{ $s.retention.syncIntervalSeconds }}
 {{- end }}
 {{- if eq .service "audit" }}

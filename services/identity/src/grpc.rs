@@ -2211,6 +2211,7 @@ fn staff_notice(req: NotifyStaffRequest) -> Result<crate::reminders::StaffNotice
         }
         Ok(StaffNoticeKind::SubmissionReceived) => Some(NoticeKind::SubmissionReceived),
         Ok(StaffNoticeKind::InvitationExpired) => Some(NoticeKind::InvitationExpired),
+        Ok(StaffNoticeKind::DestructionDue) => Some(NoticeKind::DestructionDue),
         Ok(StaffNoticeKind::Unspecified) | Err(_) => {
             v.add("kind", "must be a known kind of notice");
             None
@@ -2219,10 +2220,16 @@ fn staff_notice(req: NotifyStaffRequest) -> Result<crate::reminders::StaffNotice
     if req.item_count < 1 {
         v.add("item_count", "must be at least 1");
     }
-    let staged = kind == Some(NoticeKind::DestructionStaged);
+    let staged = matches!(
+        kind,
+        Some(NoticeKind::DestructionStaged | NoticeKind::DestructionDue)
+    );
     let deadline = time(&mut v, "deadline", req.deadline.as_ref(), staged);
     if !staged && deadline.is_some() {
-        v.add("deadline", "is only for DESTRUCTION_STAGED");
+        v.add(
+            "deadline",
+            "is only for DESTRUCTION_STAGED and DESTRUCTION_DUE",
+        );
     }
     let reference = match kind {
         Some(kind) if kind.names_one() => uuid(&mut v, "reference_id", &req.reference_id),

@@ -122,6 +122,9 @@ pub enum NoticeKind {
     SubmissionReceived,
     /// An invitation expired unanswered; told to whoever made it.
     InvitationExpired,
+    /// The last reminder of staged destructions nobody kept: the keys go
+    /// at the deadline.
+    DestructionDue,
 }
 
 /// The permission of records managers.
@@ -140,6 +143,7 @@ impl NoticeKind {
             Self::HoldReleaseAwaitingApproval => "hold_release_awaiting_approval",
             Self::SubmissionReceived => "submission_received",
             Self::InvitationExpired => "invitation_expired",
+            Self::DestructionDue => "destruction_due",
         }
     }
 
@@ -224,6 +228,28 @@ impl StaffNotice {
                          destruction). Notice {id}.",
                         them = if n == 1 { "it" } else { "them" },
                         their = if n == 1 { "its" } else { "their" },
+                        id = self.id,
+                    ),
+                )
+            }
+            NoticeKind::DestructionDue => {
+                let when = self.deadline.map_or_else(
+                    || "the end of the vault's pending window".to_owned(),
+                    |d| d.format("%Y-%m-%d %H:%M UTC").to_string(),
+                );
+                (
+                    format!("Last reminder: {scopes} of client data destroyed from {when}"),
+                    format!(
+                        "{cap} of client data staged for destruction {are} close to {their} \
+                         deadline, and no records manager has kept {them}: {their} keys will be \
+                         destroyed from {when} on, and nothing can be read back after that. \
+                         This is the last reminder. To keep a scope, cancel its destruction \
+                         before then in your firm application (scopes pending destruction). \
+                         Notice {id}.",
+                        cap = scopes,
+                        are = if n == 1 { "is" } else { "are" },
+                        their = if n == 1 { "its" } else { "their" },
+                        them = if n == 1 { "it" } else { "them" },
                         id = self.id,
                     ),
                 )
@@ -785,6 +811,24 @@ mod tests {
         );
         assert!(staged.body.contains("Every read of them is refused now"));
         assert_eq!(staged.address, "rm@firm.example");
+        let due = notice(NoticeKind::DestructionDue, 1).message("rm@firm.example");
+        assert_eq!(
+            due.subject,
+            "Last reminder: 1 scope of client data destroyed from 2026-12-20 09:30 UTC"
+        );
+        assert!(
+            due.body
+                .contains("1 scope of client data staged for destruction is close to its deadline"),
+            "{}",
+            due.body
+        );
+        assert!(due.body.contains("kept it: its keys"), "{}", due.body);
+        let due = notice(NoticeKind::DestructionDue, 2).message("rm@firm.example");
+        assert!(
+            due.body.contains("2 scopes of client data staged for destruction are close to their deadline, and no records manager has kept them"),
+            "{}",
+            due.body
+        );
     }
 
     #[test]
@@ -806,6 +850,11 @@ mod tests {
         }
         assert!(!NoticeKind::DestructionStaged.names_one());
         assert!(!NoticeKind::ReturnsListed.names_one());
+        assert!(!NoticeKind::DestructionDue.names_one());
+        assert_eq!(
+            NoticeKind::DestructionDue.permission(),
+            Some(RETENTION_MANAGE)
+        );
         assert_eq!(
             NoticeKind::HoldReleaseAwaitingApproval.permission(),
             Some(HOLDS_MANAGE)

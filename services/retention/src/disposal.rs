@@ -352,6 +352,9 @@ pub struct Disposer {
     signer: Arc<Signer>,
     batch_approvers: usize,
     erasures: crate::erasure::Erasures,
+    /// How long before a staged destruction its last reminder goes; none
+    /// when zero.
+    reminder: chrono::Duration,
 }
 
 impl Disposer {
@@ -371,6 +374,7 @@ impl Disposer {
             holder: format!("retention-{}", Uuid::now_v7()),
             signer,
             batch_approvers,
+            reminder: chrono::Duration::days(1),
         }
     }
 
@@ -380,6 +384,15 @@ impl Disposer {
     pub fn with_erasure_approvers(mut self, approvers: usize) -> Self {
         self.erasures =
             crate::erasure::Erasures::new(self.retention.clone(), self.signer.clone(), approvers);
+        self
+    }
+
+    /// Records managers get a last reminder of a staged destruction
+    /// nobody kept when less than `before` remains, if they were first told
+    /// of it at least as long before (a day unless set; zero: never).
+    #[must_use]
+    pub fn with_destruction_reminder(mut self, before: std::time::Duration) -> Self {
+        self.reminder = chrono::Duration::from_std(before).unwrap_or(chrono::Duration::zero());
         self
     }
 
@@ -494,15 +507,51 @@ impl Disposer {
         self.plan(token, &mut report).await?;
         keeper.keep().await?;
         self.execute(token, &mut report, &mut keeper).await?;
-        // One notice of every destruction staged and not told of yet, and
-        // one of the originals listed for return.
+        // One notice of every destruction staged and not told of yet, one
+        // last reminder of those whose keys go soon, and one of the
+        // originals listed for return.
         let now = Utc::now();
+        let due = self.due_unkept(now).await;
         let mut statements = vec![fence(token)];
         statements.extend(crate::notices::staged(now));
+        statements.extend(crate::notices::staged_due(&due, now));
         statements.extend(crate::notices::returns_listed(now));
         self.commit(statements, &[]).await?;
         self.close_batches(token).await?;
         Ok(report)
+    }
+
+    /// The staged disposals whose last reminder is due (see
+    /// [`crate::notices::due_unreminded`]) and whose scope the vault still
+    /// holds pending: a records manager may have kept one since the sweep
+    /// last looked. None when reminders are off, or when the vault cannot
+    /// say (the next sweep reminds of them).
+    async fn due_unkept(&self, now: DateTime<Utc>) -> Vec<Uuid> {
+        if self.reminder <= chrono::Duration::zero() {
+            return Vec::new();
+        }
+        let due = match crate::notices::due_unreminded(&self.retention, now, self.reminder).await {
+            Ok(due) if !due.is_empty() => due,
+            Ok(_) => return Vec::new(),
+            Err(e) => {
+                tracing::warn!(error = %e, "staged destructions not reminded of yet; retried at the next sweep");
+                return Vec::new();
+            }
+        };
+        match self.vault_pending().await {
+            Ok(held) => due
+                .into_iter()
+                .filter(|(_, scope)| {
+                    held.as_ref()
+                        .is_none_or(|held| held.contains(&scope.to_string()))
+                })
+                .map(|(disposal, _)| disposal)
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "staged destructions not reminded of yet; retried at the next sweep");
+                Vec::new()
+            }
+        }
     }
 
     /// Due scopes without a disposal, not held, with their client notice

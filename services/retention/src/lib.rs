@@ -79,7 +79,8 @@ pub async fn build(
             signer.clone(),
             usize::try_from(config.batch_approvers).unwrap_or(1),
         )
-        .with_erasure_approvers(usize::try_from(config.erasure_approvers).unwrap_or(2)),
+        .with_erasure_approvers(usize::try_from(config.erasure_approvers).unwrap_or(2))
+        .with_destruction_reminder(Duration::from_secs(config.destruction_reminder_seconds)),
     );
     let api = grpc::RetentionApi::new(
         retention.clone(),

@@ -1,5 +1,6 @@
 //! Notices to staff of work waiting for them: a sweep staged destructions
-//! that records managers can still stop, or listed originals they must
+//! that records managers can still stop (and, shortly before the keys of
+//! those nobody kept go, a last reminder), or listed originals they must
 //! return to clients; a disposal batch waits for their approval, an erasure
 //! asked for by one of them waits for another's, and so does a legal hold's
 //! release approved once (for those who manage holds). Without them the
@@ -79,6 +80,64 @@ pub fn staged(now: DateTime<Utc>) -> Vec<Statement> {
          WHERE notice_id = $1 GROUP BY notice_id",
         now,
     )
+}
+
+/// The disposals still staged whose key goes within `before` (after
+/// `now`), whose first notice went at least `before` ago (so that a window
+/// shorter than that is told of once), and that no reminder told of yet:
+/// (disposal, scope), at most 1,000.
+pub async fn due_unreminded(
+    retention: &Retention,
+    now: DateTime<Utc>,
+    before: chrono::Duration,
+) -> Result<Vec<(Uuid, Uuid)>, Error> {
+    Ok(retention
+        .store()
+        .db()
+        .fetch_all(
+            "SELECT id, scope_id FROM retention_disposals WHERE state = 'shred_ordered' \
+             AND staged_until IS NOT NULL AND reminder_notice_id IS NULL \
+             AND staged_until > $1 AND staged_until <= $2 \
+             AND notice_id IN (SELECT id FROM staff_notice_outbox WHERE created_at <= $3) \
+             ORDER BY staged_until, id LIMIT 1000",
+            vec![
+                Value::Time(now),
+                Value::Time(now + before),
+                Value::Time(now - before),
+            ],
+        )
+        .await?)
+}
+
+/// Statements: one last reminder of `disposals` (still staged, and kept by
+/// nobody: see [`due_unreminded`]), each reminded of once, with the
+/// earliest key destruction as its deadline; nothing when none is left.
+pub fn staged_due(disposals: &[Uuid], now: DateTime<Utc>) -> Vec<Statement> {
+    if disposals.is_empty() {
+        return Vec::new();
+    }
+    let id = format!("due:{}", Uuid::now_v7());
+    let mut statements: Vec<Statement> = disposals
+        .iter()
+        .map(|disposal| {
+            Statement::new(
+                "UPDATE retention_disposals SET reminder_notice_id = $1 \
+                 WHERE id = $2 AND reminder_notice_id IS NULL",
+                vec![Value::Text(id.clone()), Value::Uuid(*disposal)],
+            )
+        })
+        .collect();
+    statements.push(Statement::new(
+        "INSERT INTO staff_notice_outbox (id, kind, item_count, deadline, created_at) \
+         SELECT reminder_notice_id, $2, COUNT(*), MIN(staged_until), $3 FROM retention_disposals \
+         WHERE reminder_notice_id = $1 GROUP BY reminder_notice_id",
+        vec![
+            Value::Text(id),
+            Value::Text(StaffNoticeKind::DestructionDue.as_str_name().to_owned()),
+            Value::Time(now),
+        ],
+    ));
+    statements
 }
 
 /// Statements: one notice of every scope on the return-to-client list that

@@ -233,6 +233,10 @@ pub struct RetentionConfig {
     /// disposal; create one with `confidant keys signing`. Required where
     /// the retention service runs.
     pub signing_key_file: Option<PathBuf>,
+    /// Records managers get a last reminder of a staged destruction that
+    /// nobody kept this long before its key goes, if they were first told
+    /// of it at least as long before (0: never; at most 30 days).
+    pub destruction_reminder_seconds: u64,
 }
 
 impl Default for RetentionConfig {
@@ -244,6 +248,7 @@ impl Default for RetentionConfig {
             batch_approvers: 1,
             erasure_approvers: 2,
             signing_key_file: None,
+            destruction_reminder_seconds: 24 * 3600,
         }
     }
 }
@@ -753,6 +758,12 @@ impl Config {
                 problem(
                     "retention.sweep_interval_seconds".into(),
                     "must be at least 1",
+                );
+            }
+            if self.retention.destruction_reminder_seconds > 30 * 24 * 3600 {
+                problem(
+                    "retention.destruction_reminder_seconds".into(),
+                    "must be at most 2592000 (30 days, the longest pending window)",
                 );
             }
             match &self.retention.signing_key_file {
@@ -1279,6 +1290,26 @@ mod tests {
         for setting in ["audit.signing_key_file", "services.audit.database_url"] {
             assert!(err.contains(setting), "{setting} missing from:\n{err}");
         }
+    }
+
+    #[test]
+    fn retention_refuses_a_reminder_longer_than_any_window() {
+        let mut config = Config::default();
+        config.retention.destruction_reminder_seconds = 30 * 24 * 3600 + 1;
+        let err = config
+            .validate(&[ServiceName::Retention])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("retention.destruction_reminder_seconds: must be at most 2592000"),
+            "{err}"
+        );
+        config.retention.destruction_reminder_seconds = 30 * 24 * 3600;
+        let err = config
+            .validate(&[ServiceName::Retention])
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("destruction_reminder_seconds"), "{err}");
     }
 
     #[test]
