@@ -922,14 +922,12 @@ impl IntakeApi {
         // Whoever made the invitation (a staff member) is told that the
         // answers wait for their review.
         let notice = Uuid::parse_str(&invitation.created_by).ok().map(|inviter| {
-            confidant_runtime::staff_notices::Notice {
-                recipient: Some(inviter),
-                ..confidant_runtime::staff_notices::Notice::of_one(
-                    format!("submission:{}", row.id),
-                    confidant_proto::identity::v1::StaffNoticeKind::SubmissionReceived,
-                    row.id,
-                )
-            }
+            confidant_runtime::staff_notices::Notice::to_staff(
+                format!("submission:{}", row.id),
+                confidant_proto::identity::v1::StaffNoticeKind::SubmissionReceived,
+                row.id,
+                inviter,
+            )
             .insert(now)
         });
         let told = notice.is_some();

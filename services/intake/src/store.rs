@@ -542,14 +542,12 @@ impl IntakeStore {
             let maker = Uuid::parse_str(&maker).ok();
             if let Some(maker) = maker {
                 statements.push(
-                    Notice {
-                        recipient: Some(maker),
-                        ..Notice::of_one(
-                            format!("invitation-expired:{id}"),
-                            StaffNoticeKind::InvitationExpired,
-                            id,
-                        )
-                    }
+                    Notice::to_staff(
+                        format!("invitation-expired:{id}"),
+                        StaffNoticeKind::InvitationExpired,
+                        id,
+                        maker,
+                    )
                     .insert(now),
                 );
             }

@@ -58,6 +58,15 @@ impl Notice {
         }
     }
 
+    /// A notice of one item, `reference`, to the one staff member
+    /// `recipient` (the kinds about one person's work).
+    pub fn to_staff(id: String, kind: StaffNoticeKind, reference: Uuid, recipient: Uuid) -> Self {
+        Self {
+            recipient: Some(recipient),
+            ..Self::of_one(id, kind, reference)
+        }
+    }
+
     /// Statement: this notice into the outbox, unless one with its id is
     /// there already (the work was told of).
     pub fn insert(&self, now: DateTime<Utc>) -> Statement {
