@@ -98,7 +98,8 @@ pub async fn due_unreminded(
             "SELECT id, scope_id FROM retention_disposals WHERE state = 'shred_ordered' \
              AND staged_until IS NOT NULL AND reminder_notice_id IS NULL \
              AND staged_until > $1 AND staged_until <= $2 \
-             AND notice_id IN (SELECT id FROM staff_notice_outbox WHERE created_at <= $3) \
+             AND EXISTS (SELECT 1 FROM staff_notice_outbox o \
+                         WHERE o.id = retention_disposals.notice_id AND o.created_at <= $3) \
              ORDER BY staged_until, id LIMIT 1000",
             vec![
                 Value::Time(now),
