@@ -211,49 +211,42 @@ impl StaffNotice {
             format!("{n} scopes")
         };
         let reference = self.reference.map(|r| r.to_string()).unwrap_or_default();
+        // The deadline of the kinds about staged destructions.
+        let when = self.deadline.map_or_else(
+            || "the end of the vault's pending window".to_owned(),
+            |d| d.format("%Y-%m-%d %H:%M UTC").to_string(),
+        );
         let (subject, body) = match self.kind {
-            NoticeKind::DestructionStaged => {
-                let when = self.deadline.map_or_else(
-                    || "the end of the vault's pending window".to_owned(),
-                    |d| d.format("%Y-%m-%d %H:%M UTC").to_string(),
-                );
-                (
-                    format!("{scopes} of client data staged for destruction: keys go from {when}"),
-                    format!(
-                        "The retention schedule staged {scopes} of client data for destruction. \
+            NoticeKind::DestructionStaged => (
+                format!("{scopes} of client data staged for destruction: keys go from {when}"),
+                format!(
+                    "The retention schedule staged {scopes} of client data for destruction. \
                          Every read of {them} is refused now, and {their} keys will be destroyed \
                          from {when} on; nothing can be read back after that. To keep a scope \
                          (a legal hold is coming, the schedule does not fit it), cancel its \
                          destruction before then in your firm application (scopes pending \
                          destruction). Notice {id}.",
-                        them = if n == 1 { "it" } else { "them" },
-                        their = if n == 1 { "its" } else { "their" },
-                        id = self.id,
-                    ),
-                )
-            }
-            NoticeKind::DestructionDue => {
-                let when = self.deadline.map_or_else(
-                    || "the end of the vault's pending window".to_owned(),
-                    |d| d.format("%Y-%m-%d %H:%M UTC").to_string(),
-                );
-                (
-                    format!("Last reminder: {scopes} of client data destroyed from {when}"),
-                    format!(
-                        "{cap} of client data staged for destruction {are} close to {their} \
+                    them = if n == 1 { "it" } else { "them" },
+                    their = if n == 1 { "its" } else { "their" },
+                    id = self.id,
+                ),
+            ),
+            NoticeKind::DestructionDue => (
+                format!("Last reminder: {scopes} of client data destroyed from {when}"),
+                format!(
+                    "{cap} of client data staged for destruction {are} close to {their} \
                          deadline, and no records manager has kept {them}: {their} keys will be \
                          destroyed from {when} on, and nothing can be read back after that. \
                          This is the last reminder. To keep a scope, cancel its destruction \
                          before then in your firm application (scopes pending destruction). \
                          Notice {id}.",
-                        cap = scopes,
-                        are = if n == 1 { "is" } else { "are" },
-                        their = if n == 1 { "its" } else { "their" },
-                        them = if n == 1 { "it" } else { "them" },
-                        id = self.id,
-                    ),
-                )
-            }
+                    cap = scopes,
+                    are = if n == 1 { "is" } else { "are" },
+                    their = if n == 1 { "its" } else { "their" },
+                    them = if n == 1 { "it" } else { "them" },
+                    id = self.id,
+                ),
+            ),
             NoticeKind::BatchAwaitingApproval => (
                 format!("Disposal batch waiting for your approval: {scopes}"),
                 format!(
