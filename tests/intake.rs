@@ -11,9 +11,10 @@ use common::{error_reason, violated_fields};
 use confidant::sandbox::{Sandbox, SandboxData, SandboxSpec};
 use confidant_proto::audit::v1::ListEventsRequest;
 use confidant_proto::audit::v1::audit_service_client::AuditServiceClient;
+use confidant_proto::identity::v1::identity_service_client::IdentityServiceClient;
 use confidant_proto::identity::v1::{
-    CompleteClientVerificationRequest, ContactChannel, RecordIdentityDocumentCheckRequest,
-    StartClientVerificationRequest,
+    ClientNoticeKind, CompleteClientVerificationRequest, ContactChannel, NotifyClientRequest,
+    RecordIdentityDocumentCheckRequest, StartClientVerificationRequest,
 };
 use confidant_proto::intake::v1 as pb;
 use confidant_proto::intake::v1::intake_service_client::IntakeServiceClient;
@@ -705,6 +706,85 @@ async fn clients_answer_forms_into_the_vault(backend: Backend) {
     assert_eq!(told[0].0, "A client answered your intake invitation");
     assert!(told[0].1.contains(&submission.id), "{}", told[0].1);
     assert!(common::mails_to(&data, "paralegal@firm.example").is_empty());
+    // The client gets a receipt at the address they verified: when, and
+    // under which reference; never an answer; once.
+    let receipts = || {
+        common::mails_to(&data, "jane@example.org")
+            .into_iter()
+            .filter(|(subject, _)| subject == "We received your answers")
+            .collect::<Vec<_>>()
+    };
+    common::eventually(
+        std::time::Duration::from_secs(10),
+        "the client's receipt",
+        || async { !receipts().is_empty() },
+    )
+    .await;
+    let receipt = receipts();
+    assert_eq!(receipt.len(), 1, "{receipt:?}");
+    assert!(receipt[0].1.contains(&submission.id), "{}", receipt[0].1);
+    for answer in ["Quillfeather", "X1234567", "52000", "1980-02-29"] {
+        assert!(!receipt[0].1.contains(answer), "{}", receipt[0].1);
+    }
+    // Identity sends receipts for the intake service alone, each once, and
+    // only to an address the client verified.
+    let notice = NotifyClientRequest {
+        notice_id: format!("receipt:{}", submission.id),
+        kind: ClientNoticeKind::SubmissionReceived as i32,
+        client_id: client_id.clone(),
+        channel: ContactChannel::Email as i32,
+        contact_address: "jane@example.org".into(),
+        reference_id: submission.id.clone(),
+        occur_time: Some(prost_types::Timestamp {
+            seconds: chrono::Utc::now().timestamp(),
+            nanos: 0,
+        }),
+    };
+    let refused = IdentityServiceClient::new(
+        channel(&data, &sandbox, ServiceName::Identity, "client-portal").await,
+    )
+    .notify_client(notice.clone())
+    .await
+    .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let mut identity_as_intake =
+        IdentityServiceClient::new(channel(&data, &sandbox, ServiceName::Identity, "intake").await);
+    let again = identity_as_intake
+        .notify_client(notice.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!again.sent, "a receipt sent twice");
+    let elsewhere = identity_as_intake
+        .notify_client(NotifyClientRequest {
+            notice_id: format!("receipt-elsewhere:{}", submission.id),
+            contact_address: "someone.else@example.org".into(),
+            ..notice.clone()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (elsewhere.code(), error_reason(&elsewhere).as_str()),
+        (Code::FailedPrecondition, "contact_not_verified")
+    );
+    let bad = identity_as_intake
+        .notify_client(NotifyClientRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated_fields(&bad),
+        [
+            "notice_id",
+            "kind",
+            "client_id",
+            "channel",
+            "contact_address",
+            "reference_id",
+            "occur_time"
+        ]
+    );
+    assert_eq!(receipts().len(), 1);
+    assert!(common::mails_to(&data, "someone.else@example.org").is_empty());
     let err = intake
         .submit_form(submit(
             &secret,

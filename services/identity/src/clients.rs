@@ -22,6 +22,36 @@ use uuid::Uuid;
 use crate::store::StoreError;
 use crate::tokens::TokenKeys;
 
+/// The one kind of notice to clients: their intake answers arrived.
+pub const NOTICE_SUBMISSION_RECEIVED: &str = "submission_received";
+
+/// A notice to a client another service asked for (NotifyClient).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientNotice {
+    /// The asker's id of it: it is sent once under it.
+    pub id: String,
+    /// The client.
+    pub client: Uuid,
+    /// The contact channel (1 e-mail, 2 phone).
+    pub channel: i32,
+    /// The contact address, which the client must have verified.
+    pub address: zeroize::Zeroizing<String>,
+    /// What it is about (a submission).
+    pub reference: Uuid,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for ClientNotice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientNotice")
+            .field("id", &self.id)
+            .field("client", &self.client)
+            .field("reference", &self.reference)
+            .finish_non_exhaustive()
+    }
+}
+
 /// How long a one-time code lives.
 pub const CODE_MINUTES: i64 = 10;
 /// Wrong codes allowed per verification.
@@ -52,6 +82,9 @@ pub enum ClientError {
     /// The notifier failed.
     #[error("could not send the code")]
     NotSent,
+    /// A notice's contact address is not one the client verified.
+    #[error("the client has not verified this contact address")]
+    ContactNotVerified,
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -217,6 +250,92 @@ impl ClientVerification {
             ClientError::NotSent
         })?;
         Ok((id, expires))
+    }
+
+    /// Sends `notice` to its client, once under its id, if its address is
+    /// one the client proved control of with a code; true when this call
+    /// sent it, false when it went before (or another replica sends it).
+    pub async fn notify(&self, notice: &ClientNotice, peer: &str) -> Result<bool, ClientError> {
+        let address = notice.address.trim();
+        let verified: Option<(Uuid,)> = self
+            .db
+            .fetch_optional(
+                "SELECT id FROM client_verifications WHERE client_id = $1 AND channel = $2 \
+                 AND contact_hash = $3 AND completed_at IS NOT NULL LIMIT 1",
+                vec![
+                    Value::Uuid(notice.client),
+                    Value::Int(notice.channel),
+                    Value::Bytes(self.keyed(&[address.to_lowercase().as_bytes()])),
+                ],
+            )
+            .await?;
+        if verified.is_none() {
+            return Err(ClientError::ContactNotVerified);
+        }
+        let claim = Statement::new(
+            "INSERT INTO client_notices (notice_id, client_id, kind, sent_at) \
+             SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM client_notices WHERE notice_id = $1)",
+            vec![
+                Value::Text(notice.id.clone()),
+                Value::Uuid(notice.client),
+                Value::Text(NOTICE_SUBMISSION_RECEIVED.to_owned()),
+                Value::Time(Utc::now()),
+            ],
+        )
+        .expecting(1);
+        match self.db.transact(vec![claim], &[]).await {
+            Ok(_) => {}
+            Err(confidant_runtime::portable::TransactError::Unmet { .. }) => return Ok(false),
+            Err(e) if e.is_duplicate() => return Ok(false),
+            Err(e) => return Err(ClientError::Store(e.into())),
+        }
+        let message = Message {
+            channel: if notice.channel == 2 {
+                "phone"
+            } else {
+                "email"
+            }
+            .to_owned(),
+            address: address.to_owned(),
+            subject: "We received your answers".to_owned(),
+            body: format!(
+                "The firm received the answers you submitted on {} (reference {}). Nothing \
+                 more is needed from you for now. If you did not submit them, contact the \
+                 firm at once.",
+                notice.at.format("%Y-%m-%d %H:%M UTC"),
+                notice.reference,
+            ),
+        };
+        if let Err(e) = self.notifier.send(&message).await {
+            tracing::warn!(error = %e.0, notice = %notice.id, "a notice to a client was not sent");
+            let release = Statement::new(
+                "DELETE FROM client_notices WHERE notice_id = $1",
+                vec![Value::Text(notice.id.clone())],
+            );
+            self.db
+                .transact(vec![release], &[])
+                .await
+                .map_err(|e| ClientError::Store(e.into()))?;
+            return Err(ClientError::NotSent);
+        }
+        let event = EventBuilder::new(
+            ServiceName::Identity,
+            &self.trust_domain,
+            Action::IdentityClientNotified,
+        )
+        .actor(ActorKind::Service, peer, peer)
+        .resource("client", &notice.client.to_string())
+        .scope(Some(notice.client), None)
+        .outcome(Outcome::Allowed, NOTICE_SUBMISSION_RECEIVED)
+        .related([
+            ("notice", notice.id.clone()),
+            ("reference", notice.reference.to_string()),
+        ])
+        .build();
+        if let Err(e) = self.db.transact(Vec::new(), &[event]).await {
+            tracing::error!(error = %e, "a notice sent to a client was not recorded in the audit log");
+        }
+        Ok(true)
     }
 
     /// Exchanges a code for a client token; returns it, its expiry and the

@@ -92,7 +92,12 @@ impl From<Error> for Status {
                     }
                     C::Expired => with_reason(Code::Unauthenticated, "code_expired", e.to_string()),
                     C::Used => with_reason(Code::Unauthenticated, "code_used", e.to_string()),
-                    C::NotSent => Status::unavailable("could not send the code; try again"),
+                    C::NotSent => Status::unavailable("could not send the message; try again"),
+                    C::ContactNotVerified => with_reason(
+                        Code::FailedPrecondition,
+                        "contact_not_verified",
+                        e.to_string(),
+                    ),
                     C::Store(s) => Error::Store(s).into(),
                     C::Coord(c) => {
                         tracing::error!(error = %c, "coordination failed");

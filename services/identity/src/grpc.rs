@@ -2181,16 +2181,57 @@ impl IdentityService for IdentityApi {
             failed: n(noticed.failed),
         }))
     }
+
+    #[tracing::instrument(name = "identity.notify_client", skip_all)]
+    async fn notify_client(
+        &self,
+        request: Request<NotifyClientRequest>,
+    ) -> Result<Response<NotifyClientResponse>, Status> {
+        let caller = caller(&request)?;
+        let notice = client_notice(request.into_inner())?;
+        let sent = self
+            .clients
+            .notify(&notice, caller.as_str())
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(NotifyClientResponse { sent }))
+    }
 }
 
-/// A NotifyStaff request checked: every broken rule named.
-fn staff_notice(req: NotifyStaffRequest) -> Result<crate::reminders::StaffNotice, Error> {
-    use crate::reminders::NoticeKind;
+/// A NotifyClient request checked: every broken rule named.
+fn client_notice(req: NotifyClientRequest) -> Result<crate::clients::ClientNotice, Error> {
     let mut v = Violations::new();
-    if req.notice_id.is_empty()
-        || req.notice_id.len() > 128
-        || !req
-            .notice_id
+    notice_id(&mut v, &req.notice_id);
+    if ClientNoticeKind::try_from(req.kind) != Ok(ClientNoticeKind::SubmissionReceived) {
+        v.add("kind", "must be a known kind of notice");
+    }
+    let client = uuid(&mut v, "client_id", &req.client_id);
+    let channel = ContactChannel::try_from(req.channel);
+    if !matches!(channel, Ok(ContactChannel::Email | ContactChannel::Phone)) {
+        v.add("channel", "must be EMAIL or PHONE");
+    }
+    let address = zeroize::Zeroizing::new(req.contact_address);
+    if address.trim().is_empty() || address.len() > 254 {
+        v.add("contact_address", "must be 1 to 254 characters");
+    }
+    let reference = uuid(&mut v, "reference_id", &req.reference_id);
+    let at = time(&mut v, "occur_time", req.occur_time.as_ref(), true);
+    check(v)?;
+    Ok(crate::clients::ClientNotice {
+        id: req.notice_id,
+        client: client.unwrap_or_default(),
+        channel: req.channel,
+        address,
+        reference: reference.unwrap_or_default(),
+        at: at.unwrap_or_default(),
+    })
+}
+
+/// Checks a caller's id of a notice.
+fn notice_id(v: &mut Violations, id: &str) {
+    if id.is_empty()
+        || id.len() > 128
+        || !id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
     {
@@ -2199,6 +2240,13 @@ fn staff_notice(req: NotifyStaffRequest) -> Result<crate::reminders::StaffNotice
             "must be 1 to 128 letters, digits, '.', '_', ':' or '-'",
         );
     }
+}
+
+/// A NotifyStaff request checked: every broken rule named.
+fn staff_notice(req: NotifyStaffRequest) -> Result<crate::reminders::StaffNotice, Error> {
+    use crate::reminders::NoticeKind;
+    let mut v = Violations::new();
+    notice_id(&mut v, &req.notice_id);
     let kind = match StaffNoticeKind::try_from(req.kind) {
         Ok(StaffNoticeKind::DestructionStaged) => Some(NoticeKind::DestructionStaged),
         Ok(StaffNoticeKind::DisposalBatchAwaitingApproval) => {

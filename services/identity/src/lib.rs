@@ -80,6 +80,10 @@ pub async fn build(
             ],
         )
         .allow(
+            &format!("/{GRPC_SERVICE}/NotifyClient"),
+            [ctx.spiffe_id(ServiceName::Intake)],
+        )
+        .allow(
             &format!("/{GRPC_SERVICE}/GetComplianceFacts"),
             std::iter::once(ctx.spiffe_id(ServiceName::Audit)).chain(admins.iter().cloned()),
         )

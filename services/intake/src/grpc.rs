@@ -943,6 +943,12 @@ impl IntakeApi {
                         self.peers.identity.clone(),
                     );
                 }
+                crate::receipts::send_soon(
+                    self.store.db().clone(),
+                    self.secrets.clone(),
+                    self.peers.identity.clone(),
+                    row.id,
+                );
                 Ok(pb::SubmitFormResponse {
                     submission: Some(submission_proto(&row, &records)),
                 })

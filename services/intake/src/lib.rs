@@ -11,6 +11,7 @@
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod receipts;
 pub mod store;
 pub mod web;
 
@@ -77,18 +78,30 @@ pub async fn build(
             identity: ctx.peer(ServiceName::Identity),
             vault: ctx.peer(ServiceName::Vault),
         },
-        secrets,
+        secrets.clone(),
         &ctx.config.trust_domain,
     );
     // Every minute, the makers of invitations that expired unanswered are
-    // told, and what identity could not take at once is sent again.
+    // told, and what identity could not take at once (notices to staff,
+    // clients' receipts) is sent again.
     let (notes, identity) = (
         store::IntakeStore::new(ctx.db.clone()),
         ctx.peer(ServiceName::Identity),
     );
     let notices = confidant_runtime::app::every(NOTICE_RETRY, ctx.shutdown.clone(), move || {
-        let (notes, identity) = (notes.clone(), identity.clone());
+        let (notes, identity, secrets) = (notes.clone(), identity.clone(), secrets.clone());
         async move {
+            if let Err(e) = receipts::send(
+                notes.db(),
+                &secrets,
+                identity.clone(),
+                None,
+                chrono::Utc::now(),
+            )
+            .await
+            {
+                tracing::warn!(error = %e, "clients' receipts not sent yet; retried later");
+            }
             if let Err(e) = notes
                 .note_expired(chrono::Utc::now(), EXPIRY_TOLD_WITHIN)
                 .await

@@ -87,6 +87,7 @@ actions! {
     IdentitySessionRevoked => "identity.session.revoked", "A session was ended (reason: logout; holder: the staff member ended another of their own sessions; admin, refresh_token_reuse, password_set, restore).";
     IdentityAdminBootstrapped => "identity.admin.bootstrapped", "The first firm administrator was created from the command line.";
     IdentityClientVerificationStarted => "identity.client_verification.started", "A one-time code was sent to a client.";
+    IdentityClientNotified => "identity.client.notified", "Identity sent a client a notice another service asked for, once it was sent, to a contact the client had verified (reason: submission_received; resource: the client; related: the notice's id and its reference, such as the submission).";
     IdentityClientVerified => "identity.client_verification.completed", "A client proved control of a contact channel (outcome denied: wrong or expired code).";
     IdentityDocumentChecked => "identity.document.checked", "Staff recorded a check of a client's identity document.";
     IdentityReviewStarted => "identity.review.started", "An access review campaign was opened.";
