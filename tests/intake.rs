@@ -1207,8 +1207,76 @@ async fn clients_answer_forms_into_the_vault(backend: Backend) {
         },
     )
     .await;
+    // The receipt is in the log, naming the submission, never the address.
+    common::eventually(
+        std::time::Duration::from_secs(10),
+        "the receipt audited",
+        || {
+            let (mut audit, client_id, id) =
+                (audit.clone(), client_id.clone(), submission.id.clone());
+            async move {
+                let told = common::logged_events(
+                    &mut audit,
+                    &client_id,
+                    "identity",
+                    "identity.client.notified",
+                )
+                .await;
+                told.len() == 1
+                    && told[0].reason == "submission_received"
+                    && told[0].related.iter().any(|r| r.id == id)
+                    && !format!("{told:?}").contains("jane@example.org")
+            }
+        },
+    )
+    .await;
     let _ = &mut audit;
+
+    // A receipt that did not go (identity's gateway away, say) goes with
+    // intake's next look, here the first of a restarted replica.
+    let identity_db = common::service_db(&data, ServiceName::Identity).await;
+    identity_db
+        .transact(
+            vec![Statement::new("DELETE FROM client_notices", vec![])],
+            &[],
+        )
+        .await
+        .unwrap();
+    identity_db.close().await;
+    intake_db
+        .transact(
+            vec![Statement::new(
+                "UPDATE intake_submissions SET receipt_sent_at = NULL",
+                vec![],
+            )],
+            &[],
+        )
+        .await
+        .unwrap();
     intake_db.close().await;
+    sandbox.stop().await;
+    let sandbox = Sandbox::start(
+        &data,
+        SandboxSpec::of(&[
+            ServiceName::Identity,
+            ServiceName::Intake,
+            ServiceName::Vault,
+            ServiceName::Audit,
+        ]),
+    )
+    .await;
+    common::eventually(
+        std::time::Duration::from_secs(20),
+        "the receipt sent again",
+        || async {
+            receipts()
+                .iter()
+                .filter(|(_, body)| body.contains(&submission.id))
+                .count()
+                == 2
+        },
+    )
+    .await;
     sandbox.stop().await;
 }
 
