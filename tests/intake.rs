@@ -1404,6 +1404,10 @@ async fn a_client_completes_the_web_form_in_a_browser(backend: Backend) {
     );
     assert_eq!(text("file_invalid"), "true");
     assert_eq!(text("done"), "Thank you");
+    assert!(
+        text("done_text").contains("A receipt is on its way"),
+        "{seen}"
+    );
     assert!(text("csp").contains("default-src 'none'"), "{seen}");
     // The default budget is 120 requests a minute per address, and the page
     // itself used some of it.
@@ -1447,6 +1451,21 @@ async fn a_client_completes_the_web_form_in_a_browser(backend: Backend) {
     };
     assert_eq!(value("full_name"), "Jane Quillfeather");
     assert_eq!(value("contact_by"), "post");
+    // The receipt the page promised reached the address the client
+    // confirmed, naming the submission.
+    let submission_id = listed.submissions[0].id.clone();
+    common::eventually(
+        std::time::Duration::from_secs(10),
+        "the browser client's receipt",
+        || async {
+            common::mails_to(&data, "jane@example.org")
+                .iter()
+                .any(|(subject, body)| {
+                    subject == "We received your answers" && body.contains(&submission_id)
+                })
+        },
+    )
+    .await;
     sandbox.stop().await;
 }
 

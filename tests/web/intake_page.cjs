@@ -88,6 +88,7 @@ function png(len) {
     await page.getByRole("button", { name: "Send to the firm" }).click();
     await page.locator("#done").waitFor({ state: "visible" });
     seen.done = await page.locator("#done h2").textContent();
+    seen.done_text = await page.locator("#done p").textContent();
     seen.csp = (await (await context.request.get(new URL("/", url).href)).headers())["content-security-policy"];
 
     // One address gets a bounded number of requests a minute.
