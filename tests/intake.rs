@@ -722,6 +722,39 @@ async fn clients_answer_forms_into_the_vault(backend: Backend) {
     .await;
     let receipt = receipts();
     assert_eq!(receipt.len(), 1, "{receipt:?}");
+    // The firm sees that it went (marked once identity has sent it).
+    let receipt_time = || {
+        let (mut intake, token) = (intake.clone(), partner_token.clone());
+        let (client_id, matter_id, id) =
+            (client_id.clone(), matter_id.clone(), submission.id.clone());
+        async move {
+            intake
+                .list_submissions(as_staff(
+                    &token,
+                    pb::ListSubmissionsRequest {
+                        client_id,
+                        matter_id,
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .submissions
+                .into_iter()
+                .find(|s| s.id == id)
+                .and_then(|s| s.receipt_time)
+        }
+    };
+    common::eventually(
+        std::time::Duration::from_secs(10),
+        "the receipt marked sent",
+        || async { receipt_time().await.is_some() },
+    )
+    .await;
+    let consent = submission.consent_time.unwrap().seconds;
+    assert!(receipt_time().await.is_some_and(|t| t.seconds >= consent));
+    assert!(submission.receipt_time.is_none(), "not sent when submitted");
     assert!(receipt[0].1.contains(&submission.id), "{}", receipt[0].1);
     for answer in ["Quillfeather", "X1234567", "52000", "1980-02-29"] {
         assert!(!receipt[0].1.contains(answer), "{}", receipt[0].1);
@@ -1167,7 +1200,9 @@ async fn clients_answer_forms_into_the_vault(backend: Backend) {
                 ))
                 .await?
                 .into_inner();
-            Ok((r.submissions, r.next_page_token))
+            // By id: a receipt marked sent meanwhile changes a submission.
+            let ids: Vec<String> = r.submissions.into_iter().map(|s| s.id).collect();
+            Ok((ids, r.next_page_token))
         }
     })
     .await;

@@ -376,6 +376,7 @@ fn submission_proto(row: &SubmissionRow, records: &[SubmissionRecordRow]) -> pb:
         decided_by: row.decided_by.clone().unwrap_or_default(),
         decide_time: row.decided_at.map(ts),
         decision_reason: row.decision_reason.clone().unwrap_or_default(),
+        receipt_time: row.receipt_sent_at.map(ts),
     }
 }
 
@@ -899,6 +900,7 @@ impl IntakeApi {
             decided_by: None,
             decided_at: None,
             decision_reason: None,
+            receipt_sent_at: None,
         };
         let records: Vec<SubmissionRecordRow> = stored
             .iter()

@@ -117,6 +117,8 @@ pub struct SubmissionRow {
     pub decided_at: Option<DateTime<Utc>>,
     /// Why.
     pub decision_reason: Option<String>,
+    /// When the client's receipt went, if it has.
+    pub receipt_sent_at: Option<DateTime<Utc>>,
 }
 
 /// A vault record holding some of a submission's answers.
@@ -376,7 +378,7 @@ impl IntakeStore {
     pub async fn submission_for(&self, invitation_id: Uuid) -> StoreResult<Option<SubmissionRow>> {
         self.db
             .fetch_optional(
-                "SELECT id, invitation_id, request_id, client_id, matter_id, form_name, form_version, privacy_notice_version, privacy_notice_sha256, consent_at, state, decided_by, decided_at, decision_reason FROM intake_submissions WHERE invitation_id = $1",
+                "SELECT id, invitation_id, request_id, client_id, matter_id, form_name, form_version, privacy_notice_version, privacy_notice_sha256, consent_at, state, decided_by, decided_at, decision_reason, receipt_sent_at FROM intake_submissions WHERE invitation_id = $1",
                 vec![Value::Uuid(invitation_id)],
             )
             .await
@@ -386,7 +388,7 @@ impl IntakeStore {
     pub async fn submission(&self, id: Uuid) -> StoreResult<Option<SubmissionRow>> {
         self.db
             .fetch_optional(
-                "SELECT id, invitation_id, request_id, client_id, matter_id, form_name, form_version, privacy_notice_version, privacy_notice_sha256, consent_at, state, decided_by, decided_at, decision_reason FROM intake_submissions WHERE id = $1",
+                "SELECT id, invitation_id, request_id, client_id, matter_id, form_name, form_version, privacy_notice_version, privacy_notice_sha256, consent_at, state, decided_by, decided_at, decision_reason, receipt_sent_at FROM intake_submissions WHERE id = $1",
                 vec![Value::Uuid(id)],
             )
             .await
@@ -406,7 +408,7 @@ impl IntakeStore {
         values.push(Value::BigInt(limit));
         self.db
             .fetch_all(
-                "SELECT id, invitation_id, request_id, client_id, matter_id, form_name, form_version, privacy_notice_version, privacy_notice_sha256, consent_at, state, decided_by, decided_at, decision_reason FROM intake_submissions \
+                "SELECT id, invitation_id, request_id, client_id, matter_id, form_name, form_version, privacy_notice_version, privacy_notice_sha256, consent_at, state, decided_by, decided_at, decision_reason, receipt_sent_at FROM intake_submissions \
                  WHERE client_id = $1 AND ($2 IS NULL OR matter_id = $2) AND ($3 IS NULL OR (consent_at, id) < ($3, $4)) \
                  ORDER BY consent_at DESC, id DESC LIMIT $5",
                 values,
