@@ -210,16 +210,15 @@ fn submit(
 
 async fn clients_answer_forms_into_the_vault(backend: Backend) {
     let data = SandboxData::new(backend).await;
-    let sandbox = Sandbox::start(
-        &data,
+    let spec = || {
         SandboxSpec::of(&[
             ServiceName::Identity,
             ServiceName::Intake,
             ServiceName::Vault,
             ServiceName::Audit,
-        ]),
-    )
-    .await;
+        ])
+    };
+    let sandbox = Sandbox::start(&data, spec()).await;
     let mut admin = common::identity_client(&data, &sandbox, "operator").await;
     let client_id = new_client(&mut admin).await;
     let partner = cleared(&mut admin, "partner@firm.example", "partner").await;
@@ -1290,16 +1289,7 @@ async fn clients_answer_forms_into_the_vault(backend: Backend) {
         .unwrap();
     intake_db.close().await;
     sandbox.stop().await;
-    let sandbox = Sandbox::start(
-        &data,
-        SandboxSpec::of(&[
-            ServiceName::Identity,
-            ServiceName::Intake,
-            ServiceName::Vault,
-            ServiceName::Audit,
-        ]),
-    )
-    .await;
+    let sandbox = Sandbox::start(&data, spec()).await;
     common::eventually(
         std::time::Duration::from_secs(20),
         "the receipt sent again",

@@ -19,6 +19,7 @@ use confidant_runtime::portable::{Statement, Value};
 use confidant_runtime::storage::Database;
 use uuid::Uuid;
 
+use crate::reminders::{Claim, Delivery, deliver};
 use crate::store::StoreError;
 use crate::tokens::TokenKeys;
 
@@ -272,23 +273,18 @@ impl ClientVerification {
         if verified.is_none() {
             return Err(ClientError::ContactNotVerified);
         }
-        let claim = Statement::new(
-            "INSERT INTO client_notices (notice_id, client_id, kind, sent_at) \
-             SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM client_notices WHERE notice_id = $1)",
-            vec![
-                Value::Text(notice.id.clone()),
+        let claim = Claim {
+            insert: "INSERT INTO client_notices (notice_id, client_id, kind, sent_at) \
+                     SELECT $1, $2, $3, $4 WHERE NOT EXISTS \
+                     (SELECT 1 FROM client_notices WHERE notice_id = $1)",
+            release: "DELETE FROM client_notices WHERE notice_id = $1",
+            key: vec![Value::Text(notice.id.clone())],
+            extra: vec![
                 Value::Uuid(notice.client),
                 Value::Text(NOTICE_SUBMISSION_RECEIVED.to_owned()),
                 Value::Time(Utc::now()),
             ],
-        )
-        .expecting(1);
-        match self.db.transact(vec![claim], &[]).await {
-            Ok(_) => {}
-            Err(confidant_runtime::portable::TransactError::Unmet { .. }) => return Ok(false),
-            Err(e) if e.is_duplicate() => return Ok(false),
-            Err(e) => return Err(ClientError::Store(e.into())),
-        }
+        };
         let message = Message {
             channel: if notice.channel == 2 {
                 "phone"
@@ -306,18 +302,6 @@ impl ClientVerification {
                 notice.reference,
             ),
         };
-        if let Err(e) = self.notifier.send(&message).await {
-            tracing::warn!(error = %e.0, notice = %notice.id, "a notice to a client was not sent");
-            let release = Statement::new(
-                "DELETE FROM client_notices WHERE notice_id = $1",
-                vec![Value::Text(notice.id.clone())],
-            );
-            self.db
-                .transact(vec![release], &[])
-                .await
-                .map_err(|e| ClientError::Store(e.into()))?;
-            return Err(ClientError::NotSent);
-        }
         let event = EventBuilder::new(
             ServiceName::Identity,
             &self.trust_domain,
@@ -332,10 +316,11 @@ impl ClientVerification {
             ("reference", notice.reference.to_string()),
         ])
         .build();
-        if let Err(e) = self.db.transact(Vec::new(), &[event]).await {
-            tracing::error!(error = %e, "a notice sent to a client was not recorded in the audit log");
+        match deliver(&self.db, self.notifier.as_ref(), claim, &message, event).await? {
+            Delivery::Sent => Ok(true),
+            Delivery::Claimed => Ok(false),
+            Delivery::Failed => Err(ClientError::NotSent),
         }
-        Ok(true)
     }
 
     /// Exchanges a code for a client token; returns it, its expiry and the

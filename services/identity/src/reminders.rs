@@ -82,19 +82,20 @@ pub struct Due {
     pub stage: &'static str,
 }
 
-/// The claim of one message to a staff member, in a table whose key is
-/// `key`: `insert` takes the key's values and then `extra`'s and writes the
-/// claim unless it is there; `release` takes the key's and removes it.
-struct Claim {
-    insert: &'static str,
-    release: &'static str,
-    key: Vec<Value>,
-    extra: Vec<Value>,
+/// The claim of one message to a person (staff or client), in a table
+/// whose key is `key`: `insert` takes the key's values and then `extra`'s
+/// and writes the claim unless it is there; `release` takes the key's and
+/// removes it.
+pub(crate) struct Claim {
+    pub(crate) insert: &'static str,
+    pub(crate) release: &'static str,
+    pub(crate) key: Vec<Value>,
+    pub(crate) extra: Vec<Value>,
 }
 
-/// What became of one message to a staff member.
+/// What became of one message to a person.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Delivery {
+pub(crate) enum Delivery {
     /// Sent now.
     Sent,
     /// Sent before, or being sent by another replica.
@@ -457,7 +458,9 @@ impl Reminders {
                 subject: subject(&due).into(),
                 body: body(&due),
             };
-            if self.deliver(claim, &message, event).await? == Delivery::Sent {
+            if deliver(&self.db, self.notifier.as_ref(), claim, &message, event).await?
+                == Delivery::Sent
+            {
                 sent += 1;
             }
         }
@@ -482,7 +485,16 @@ impl Reminders {
                 ],
                 extra: vec![Value::Time(now)],
             };
-            if self.deliver(claim, &review_message(&due), event).await? == Delivery::Sent {
+            if deliver(
+                &self.db,
+                self.notifier.as_ref(),
+                claim,
+                &review_message(&due),
+                event,
+            )
+            .await?
+                == Delivery::Sent
+            {
                 sent += 1;
             }
         }
@@ -495,41 +507,6 @@ impl Reminders {
         EventBuilder::new(ServiceName::Identity, &self.trust_domain, action)
             .actor(ActorKind::Service, &me, &me)
             .outcome(Outcome::Allowed, stage)
-    }
-
-    /// Sends `message` once: claims it first, so that one another replica
-    /// claimed (or that was sent already) is not sent twice; lets the claim
-    /// go when it could not be sent, for a later try; and records `event`
-    /// once it was sent.
-    async fn deliver(
-        &self,
-        claim: Claim,
-        message: &Message,
-        event: confidant_proto::audit::v1::AuditEvent,
-    ) -> Result<Delivery, StoreError> {
-        let mut values = claim.key.clone();
-        values.extend(claim.extra);
-        let release = Statement::new(claim.release, claim.key);
-        let claimed = Statement::new(claim.insert, values).expecting(1);
-        match self.db.transact(vec![claimed], &[]).await {
-            Ok(_) => {}
-            // Another replica has it, or it went already.
-            Err(e @ confidant_runtime::portable::TransactError::Unmet { .. }) => {
-                tracing::debug!(error = %e, "a message to staff was claimed elsewhere");
-                return Ok(Delivery::Claimed);
-            }
-            Err(e) if e.is_duplicate() => return Ok(Delivery::Claimed),
-            Err(e) => return Err(e.into()),
-        }
-        if let Err(e) = self.notifier.send(message).await {
-            tracing::warn!(error = %e.0, subject = %message.subject, "a message to staff was not sent");
-            self.db.transact(vec![release], &[]).await?;
-            return Ok(Delivery::Failed);
-        }
-        if let Err(e) = self.db.transact(Vec::new(), &[event]).await {
-            tracing::error!(error = %e, "a message sent to staff was not recorded in the audit log");
-        }
-        Ok(Delivery::Sent)
     }
 
     /// Sends `notice` by e-mail to each of its recipients (see
@@ -590,7 +567,14 @@ impl Reminders {
                 key: vec![Value::Text(notice.id.clone()), Value::Uuid(staff_id)],
                 extra: vec![Value::Text(notice.kind.name().to_owned()), Value::Time(now)],
             };
-            let delivery = self.deliver(claim, &notice.message(&email), event).await?;
+            let delivery = deliver(
+                &self.db,
+                self.notifier.as_ref(),
+                claim,
+                &notice.message(&email),
+                event,
+            )
+            .await?;
             match delivery {
                 Delivery::Sent => outcome.sent += 1,
                 Delivery::Failed => outcome.failed += 1,
@@ -761,6 +745,42 @@ fn body(due: &Due) -> String {
             due.version
         )
     }
+}
+
+/// Sends `message` through `notifier` once: claims it first in `db`, so that
+/// one another replica claimed (or that was sent already) is not sent twice;
+/// lets the claim go when it could not be sent, for a later try; and records
+/// `event` once it was sent.
+pub(crate) async fn deliver(
+    db: &Database,
+    notifier: &dyn Notifier,
+    claim: Claim,
+    message: &Message,
+    event: confidant_proto::audit::v1::AuditEvent,
+) -> Result<Delivery, StoreError> {
+    let mut values = claim.key.clone();
+    values.extend(claim.extra);
+    let release = Statement::new(claim.release, claim.key);
+    let claimed = Statement::new(claim.insert, values).expecting(1);
+    match db.transact(vec![claimed], &[]).await {
+        Ok(_) => {}
+        // Another replica has it, or it went already.
+        Err(e @ confidant_runtime::portable::TransactError::Unmet { .. }) => {
+            tracing::debug!(error = %e, "a message was claimed elsewhere");
+            return Ok(Delivery::Claimed);
+        }
+        Err(e) if e.is_duplicate() => return Ok(Delivery::Claimed),
+        Err(e) => return Err(e.into()),
+    }
+    if let Err(e) = notifier.send(message).await {
+        tracing::warn!(error = %e.0, subject = %message.subject, "a message was not sent");
+        db.transact(vec![release], &[]).await?;
+        return Ok(Delivery::Failed);
+    }
+    if let Err(e) = db.transact(Vec::new(), &[event]).await {
+        tracing::error!(error = %e, "a message sent was not recorded in the audit log");
+    }
+    Ok(Delivery::Sent)
 }
 
 #[cfg(test)]
